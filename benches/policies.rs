@@ -1,0 +1,106 @@
+//! Decide and update of every policy at d in {16, 64} and K in {5, 11, 32}.
+//!
+//! `decide` is the full `Learner::decide` (eligibility, estimates, choice, floor,
+//! explanation); `update` is the policy's learning step on one observation. Each learner is
+//! first trained on 2,000 observations so the models are not at their priors.
+//!
+//! Run: `cargo bench --bench policies`; CI runs it once per benchmark in test mode.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use quiver_bandit::{Arm, Context, Learner, LearnerConfig, Outcome, Policy, Request};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::hint::black_box;
+use std::time::Duration;
+
+const SPECS: [&str; 8] = [
+    "random",
+    "eps(0.05)",
+    "ucb1",
+    "beta-ts",
+    "gaussian-ts",
+    "linucb(alpha=0.5)",
+    "lints(v=0.3)",
+    "fixed(a0)",
+];
+
+fn context(dim: usize, rng: &mut ChaCha8Rng) -> Vec<f64> {
+    let mut x = vec![1.0];
+    x.extend((1..dim).map(|_| rng.random_range(-1.0..1.0) / (dim as f64).sqrt()));
+    x
+}
+
+fn trained(spec: &str, dim: usize, arms: usize) -> Learner {
+    let mut config = LearnerConfig::new(spec.parse().expect("spec"), dim);
+    config.max_tracked_decisions = 1024;
+    let arms = (0..arms).map(|a| Arm::new(format!("a{a}"))).collect();
+    let mut learner = Learner::new(config, arms).expect("learner");
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for _ in 0..2000 {
+        let features = context(dim, &mut rng);
+        let d = learner
+            .decide(&Request::new(Context {
+                features,
+                input_tokens: 200,
+            }))
+            .expect("decide");
+        let quality: f64 = rng.random();
+        learner
+            .record_outcome(d.id, &Outcome::new(300.0, 0.001).with_quality(quality))
+            .expect("outcome");
+    }
+    learner
+}
+
+fn bench(c: &mut Criterion) {
+    for &dim in &[16usize, 64] {
+        for &arms in &[5usize, 11, 32] {
+            let mut decide = c.benchmark_group(format!("decide/d{dim}/k{arms}"));
+            decide.warm_up_time(Duration::from_millis(300));
+            decide.measurement_time(Duration::from_secs(1));
+            for spec in SPECS {
+                let mut learner = trained(spec, dim, arms);
+                let mut rng = ChaCha8Rng::seed_from_u64(2);
+                let requests: Vec<Request> = (0..64)
+                    .map(|_| {
+                        Request::new(Context {
+                            features: context(dim, &mut rng),
+                            input_tokens: 200,
+                        })
+                    })
+                    .collect();
+                let mut i = 0;
+                decide.bench_function(BenchmarkId::from_parameter(spec), |b| {
+                    b.iter(|| {
+                        i = (i + 1) % requests.len();
+                        black_box(learner.decide(&requests[i]).expect("decide"))
+                    })
+                });
+            }
+            decide.finish();
+
+            let mut update = c.benchmark_group(format!("update/d{dim}/k{arms}"));
+            update.warm_up_time(Duration::from_millis(300));
+            update.measurement_time(Duration::from_secs(1));
+            for spec in SPECS {
+                let mut policy = trained(spec, dim, arms).policy().clone();
+                let mut rng = ChaCha8Rng::seed_from_u64(3);
+                let observations: Vec<(usize, Vec<f64>, f64)> = (0..64)
+                    .map(|_| (rng.random_range(0..arms), context(dim, &mut rng), rng.random()))
+                    .collect();
+                let mut i = 0;
+                update.bench_function(BenchmarkId::from_parameter(spec), |b| {
+                    b.iter(|| {
+                        i = (i + 1) % observations.len();
+                        let (arm, x, q) = &observations[i];
+                        policy.update(*arm, black_box(x), *q);
+                    })
+                });
+            }
+            update.finish();
+        }
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,163 @@
+//! Arms (models) and the per-request constraints that decide which are eligible.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{finite, in_range, Error, ErrorKind, Result};
+
+/// One model the router can send a request to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Arm {
+    /// Unique name, e.g. `openai/gpt-4o`; may contain `/ . - :`.
+    pub id: String,
+    /// USD per input token; 0 when unknown (cost is then learned from outcomes).
+    pub input_usd_per_token: f64,
+    /// USD per output token; 0 when unknown.
+    pub output_usd_per_token: f64,
+    /// Largest prompt + completion, in tokens; `None` when unlimited or unknown.
+    pub context_window_tokens: Option<u32>,
+    /// Free-form labels: provider, region, capabilities (`provider:openai`, `vision`).
+    pub tags: BTreeSet<String>,
+}
+
+impl Arm {
+    /// An arm with no price, no context limit and no tags.
+    pub fn new(id: impl Into<String>) -> Self {
+        Arm {
+            id: id.into(),
+            input_usd_per_token: 0.0,
+            output_usd_per_token: 0.0,
+            context_window_tokens: None,
+            tags: BTreeSet::new(),
+        }
+    }
+
+    /// Sets the per-token prices in USD.
+    pub fn with_prices(mut self, input_usd_per_token: f64, output_usd_per_token: f64) -> Self {
+        self.input_usd_per_token = input_usd_per_token;
+        self.output_usd_per_token = output_usd_per_token;
+        self
+    }
+
+    /// Sets the context window in tokens.
+    pub fn with_context_window(mut self, tokens: u32) -> Self {
+        self.context_window_tokens = Some(tokens);
+        self
+    }
+
+    /// Adds a tag.
+    pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
+        self.tags.insert(tag.into());
+        self
+    }
+
+    /// Whether both per-token prices are known.
+    pub fn has_prices(&self) -> bool {
+        self.input_usd_per_token > 0.0 || self.output_usd_per_token > 0.0
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.id.is_empty() {
+            return Err(ErrorKind::InvalidConfig("an arm id is empty".into()).into());
+        }
+        let field = |name: &str| format!("arm `{}` {name}", self.id);
+        in_range(
+            &field("input_usd_per_token"),
+            self.input_usd_per_token,
+            0.0,
+            f64::MAX,
+            "[0, inf)",
+        )?;
+        in_range(
+            &field("output_usd_per_token"),
+            self.output_usd_per_token,
+            0.0,
+            f64::MAX,
+            "[0, inf)",
+        )?;
+        Ok(())
+    }
+}
+
+/// Per-request restrictions on which arms may serve it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Constraints {
+    /// Every one of these tags must be on the arm.
+    #[serde(default)]
+    pub require_tags: BTreeSet<String>,
+    /// None of these tags may be on the arm.
+    #[serde(default)]
+    pub exclude_tags: BTreeSet<String>,
+    /// Only these arm ids (empty: all).
+    #[serde(default)]
+    pub only_arms: BTreeSet<String>,
+    /// Upper bound on the arm's expected cost for this request, in USD.
+    #[serde(default)]
+    pub max_cost_usd: Option<f64>,
+}
+
+impl Constraints {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if let Some(max) = self.max_cost_usd {
+            finite("constraints.max_cost_usd", max)?;
+            if max < 0.0 {
+                return Err(Error::out_of_range("constraints.max_cost_usd", max, "[0, inf)"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Why `arm` may not serve a request of `context_tokens` tokens with expected cost
+    /// `expected_cost_usd`, or `None` when it may.
+    pub(crate) fn exclusion(&self, arm: &Arm, context_tokens: u32, expected_cost_usd: f64) -> Option<String> {
+        if !self.only_arms.is_empty() && !self.only_arms.contains(&arm.id) {
+            return Some(format!("{}: not in only_arms", arm.id));
+        }
+        if let Some(tag) = self.require_tags.iter().find(|t| !arm.tags.contains(*t)) {
+            return Some(format!("{}: lacks tag `{tag}`", arm.id));
+        }
+        if let Some(tag) = self.exclude_tags.iter().find(|t| arm.tags.contains(*t)) {
+            return Some(format!("{}: has excluded tag `{tag}`", arm.id));
+        }
+        if let Some(window) = arm.context_window_tokens {
+            if context_tokens > window {
+                return Some(format!(
+                    "{}: prompt of ~{context_tokens} tokens exceeds its {window}-token context window",
+                    arm.id
+                ));
+            }
+        }
+        if let Some(max) = self.max_cost_usd {
+            if expected_cost_usd > max {
+                return Some(format!(
+                    "{}: expected cost ${expected_cost_usd:.6} exceeds max_cost_usd ${max:.6}",
+                    arm.id
+                ));
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exclusion_names_the_reason() {
+        let arm = Arm::new("small").with_context_window(100).with_tag("provider:a");
+        let mut c = Constraints::default();
+        assert_eq!(c.exclusion(&arm, 50, 0.1), None);
+        assert!(c.exclusion(&arm, 101, 0.1).unwrap().contains("context window"));
+        c.require_tags.insert("vision".into());
+        assert!(c.exclusion(&arm, 50, 0.1).unwrap().contains("lacks tag `vision`"));
+        c.require_tags.clear();
+        c.exclude_tags.insert("provider:a".into());
+        assert!(c.exclusion(&arm, 50, 0.1).unwrap().contains("excluded tag"));
+        c.exclude_tags.clear();
+        c.max_cost_usd = Some(0.01);
+        assert!(c.exclusion(&arm, 50, 0.02).unwrap().contains("max_cost_usd"));
+        assert_eq!(c.exclusion(&arm, 50, 0.01), None);
+    }
+}

@@ -1,0 +1,514 @@
+//! The learner: arms, a policy, cost and latency usage, the objective and budget pacing,
+//! tied together into decide -> outcome -> update, with snapshots.
+
+use std::collections::BTreeMap;
+
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::arm::{Arm, Constraints};
+use crate::error::{in_range, Error, ErrorKind, Result};
+use crate::features::Context;
+use crate::outcome::{validate_quality, BudgetPacer, Objective, Outcome};
+use crate::pmf;
+use crate::policy::{AnyPolicy, ChoiceInput, DecisionRng, Estimate, Policy, PolicySpec, PropensityKind};
+use crate::usage::ArmUsage;
+
+/// The snapshot format this build writes and reads.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// Budget pacing settings; see [`BudgetPacer`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BudgetConfig {
+    /// Target average spend per request, in USD.
+    pub target_usd_per_request: f64,
+    /// Dual step size (dimensionless); 0.05 by default.
+    #[serde(default = "default_pacing_step")]
+    pub step_size: f64,
+}
+
+fn default_pacing_step() -> f64 {
+    0.05
+}
+
+/// Everything a learner is built from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LearnerConfig {
+    /// The policy and its parameters.
+    pub policy: PolicySpec,
+    /// Dimension of every context's features.
+    pub dim: usize,
+    /// Default trade-off of quality, cost and latency; requests may override it.
+    pub objective: Objective,
+    /// Optional budget pacing of spend per request.
+    pub budget: Option<BudgetConfig>,
+    /// Seed of every random draw; decision `i` draws from stream `i` of this seed.
+    pub seed: u64,
+    /// Output tokens expected of a priced arm before it has reported any.
+    pub default_output_tokens: f64,
+    /// How many decisions are remembered for late feedback; the oldest are forgotten first.
+    pub max_tracked_decisions: usize,
+}
+
+impl LearnerConfig {
+    /// A configuration with the given policy and dimension and the defaults: quality-only
+    /// objective, no budget, seed 0, 256 default output tokens, 1,000,000 tracked decisions.
+    pub fn new(policy: PolicySpec, dim: usize) -> Self {
+        LearnerConfig {
+            policy,
+            dim,
+            objective: Objective::default(),
+            budget: None,
+            seed: 0,
+            default_output_tokens: 256.0,
+            max_tracked_decisions: 1_000_000,
+        }
+    }
+}
+
+/// One request to route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Its features and size.
+    pub context: Context,
+    /// Which arms may serve it.
+    #[serde(default)]
+    pub constraints: Constraints,
+    /// A trade-off for this request only.
+    #[serde(default)]
+    pub objective: Option<Objective>,
+}
+
+impl Request {
+    /// A request with no constraints and the learner's objective.
+    pub fn new(context: Context) -> Self {
+        Request {
+            context,
+            constraints: Constraints::default(),
+            objective: None,
+        }
+    }
+}
+
+/// One eligible arm's estimates at decision time: the explanation of a decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArmEstimate {
+    /// Arm id.
+    pub arm: String,
+    /// Estimated quality in this context.
+    pub quality: f64,
+    /// Its uncertainty (see [`Estimate::std`]).
+    pub quality_std: f64,
+    /// Expected cost of this request, USD.
+    pub cost_usd: f64,
+    /// Expected latency, ms.
+    pub latency_ms: f64,
+    /// Standard error of the expected latency, ms.
+    pub latency_std_ms: f64,
+    /// `quality - w_cost * cost_usd - w_latency * latency_s`, with the weights in force.
+    pub reward: f64,
+    /// Probability that this decision picks the arm.
+    pub probability: f64,
+}
+
+/// What the learner decided for one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Unique id, for outcome and feedback.
+    pub id: u64,
+    /// The chosen arm's id.
+    pub arm: String,
+    /// Probability with which this arm was chosen (after the exploration floor).
+    pub propensity: f64,
+    /// Whether `propensity` is exact or estimated.
+    pub propensity_kind: PropensityKind,
+    /// The other eligible arms, best estimated reward first: where to go on failure.
+    pub fallback: Vec<String>,
+    /// Per eligible arm estimates, in arm order.
+    pub arms: Vec<ArmEstimate>,
+    /// Why each ineligible arm was excluded.
+    pub excluded: Vec<String>,
+    /// The cost weight in force, quality points per USD (objective plus budget pacing).
+    pub w_cost: f64,
+}
+
+/// What recording an outcome or quality did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Applied {
+    /// Newly applied to the learner.
+    Applied,
+    /// Already applied earlier; nothing changed (feedback is idempotent).
+    AlreadyApplied,
+    /// The decision's arm has since been removed; acknowledged, not learned.
+    ArmRemoved,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct TrackedDecision {
+    /// `None` once the arm has been removed.
+    arm: Option<usize>,
+    input_tokens: u32,
+    /// Kept until quality arrives; empty after.
+    features: Vec<f64>,
+    outcome_recorded: bool,
+    quality_recorded: bool,
+}
+
+/// A bandit learner for one route: decides, learns from outcomes, snapshots.
+///
+/// Decisions are a pure function of the state, the seed and the decision id, so a learner
+/// restored from a snapshot decides exactly as the original would have.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Learner {
+    config: LearnerConfig,
+    arms: Vec<Arm>,
+    policy: AnyPolicy,
+    usage: Vec<ArmUsage>,
+    pacer: Option<BudgetPacer>,
+    next_decision: u64,
+    tracked: BTreeMap<u64, TrackedDecision>,
+}
+
+/// A serialized learner with its format version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// [`SNAPSHOT_VERSION`] when written.
+    pub format_version: u32,
+    /// The learner's complete state.
+    pub learner: Learner,
+}
+
+impl Learner {
+    /// A learner over `arms` (at least one) with `config`.
+    pub fn new(config: LearnerConfig, arms: Vec<Arm>) -> Result<Self> {
+        if arms.is_empty() {
+            return Err(ErrorKind::InvalidConfig("a learner needs at least one arm".into()).into());
+        }
+        if config.dim == 0 {
+            return Err(ErrorKind::InvalidConfig(
+                "the feature dimension must be at least 1 (the bias)".into(),
+            )
+            .into());
+        }
+        if config.max_tracked_decisions == 0 {
+            return Err(ErrorKind::InvalidConfig("max_tracked_decisions must be at least 1".into()).into());
+        }
+        in_range(
+            "default_output_tokens",
+            config.default_output_tokens,
+            0.0,
+            1e9,
+            "[0, 1e9]",
+        )?;
+        Objective::new(config.objective.w_cost, config.objective.w_latency)?;
+        for (i, arm) in arms.iter().enumerate() {
+            arm.validate()?;
+            if arms[..i].iter().any(|a| a.id == arm.id) {
+                return Err(ErrorKind::DuplicateArm(arm.id.clone()).into());
+            }
+        }
+        let pacer = config
+            .budget
+            .map(|b| BudgetPacer::new(b.target_usd_per_request, b.step_size))
+            .transpose()?;
+        let ids: Vec<&str> = arms.iter().map(|a| a.id.as_str()).collect();
+        let policy = config.policy.build(&ids, config.dim)?;
+        Ok(Learner {
+            usage: vec![ArmUsage::default(); arms.len()],
+            config,
+            arms,
+            policy,
+            pacer,
+            next_decision: 0,
+            tracked: BTreeMap::new(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LearnerConfig {
+        &self.config
+    }
+
+    /// The arms, in index order.
+    pub fn arms(&self) -> &[Arm] {
+        &self.arms
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &AnyPolicy {
+        &self.policy
+    }
+
+    /// Usage (requests, spend, tokens, latency) of the arm at `index`.
+    pub fn usage(&self, index: usize) -> &ArmUsage {
+        &self.usage[index]
+    }
+
+    /// The budget pacer, when pacing.
+    pub fn pacer(&self) -> Option<&BudgetPacer> {
+        self.pacer.as_ref()
+    }
+
+    /// The id the next decision will get.
+    pub fn next_decision_id(&self) -> u64 {
+        self.next_decision
+    }
+
+    /// Index of the arm with id `id`.
+    pub fn arm_index(&self, id: &str) -> Result<usize> {
+        self.arms
+            .iter()
+            .position(|a| a.id == id)
+            .ok_or_else(|| ErrorKind::UnknownArm(id.to_string()).into())
+    }
+
+    fn validate_features(&self, features: &[f64]) -> Result<()> {
+        if features.len() != self.config.dim {
+            return Err(ErrorKind::DimensionMismatch {
+                expected: self.config.dim,
+                found: features.len(),
+            }
+            .into());
+        }
+        match features.iter().position(|v| !v.is_finite()) {
+            Some(i) => Err(Error::not_finite(format!("features[{i}]"), features[i])),
+            None => Ok(()),
+        }
+    }
+
+    /// Chooses an arm for `request` and remembers the decision for its outcome.
+    pub fn decide(&mut self, request: &Request) -> Result<Decision> {
+        let x = &request.context.features;
+        self.validate_features(x)?;
+        request.constraints.validate()?;
+        let objective = match request.objective {
+            Some(o) => Objective::new(o.w_cost, o.w_latency)?,
+            None => self.config.objective,
+        };
+        let w_cost = objective.w_cost + self.pacer.as_ref().map_or(0.0, BudgetPacer::extra_cost_weight);
+        let objective = Objective { w_cost, ..objective };
+
+        let tokens = request.context.input_tokens;
+        let mut eligible = Vec::with_capacity(self.arms.len());
+        let mut excluded = Vec::new();
+        let mut costs = Vec::with_capacity(self.arms.len());
+        for (i, arm) in self.arms.iter().enumerate() {
+            let cost = self.usage[i].expected_cost_usd(arm, tokens, self.config.default_output_tokens);
+            match request.constraints.exclusion(arm, tokens, cost) {
+                Some(reason) => excluded.push(reason),
+                None => {
+                    eligible.push(i);
+                    costs.push(cost);
+                }
+            }
+        }
+        if eligible.is_empty() {
+            return Err(ErrorKind::NoEligibleArm { reasons: excluded }.into());
+        }
+        let estimates: Vec<Estimate> = eligible.iter().map(|&a| self.policy.estimate(a, x)).collect();
+        let latencies: Vec<(f64, f64)> = eligible
+            .iter()
+            .map(|&a| self.usage[a].latency_estimate_ms())
+            .collect();
+        let penalties: Vec<f64> = costs
+            .iter()
+            .zip(&latencies)
+            .map(|(&c, &(l, _))| objective.penalty(c, l))
+            .collect();
+
+        let id = self.next_decision;
+        let mut rng = DecisionRng::seed_from_u64(self.config.seed);
+        rng.set_stream(id);
+        let input = ChoiceInput {
+            features: x,
+            eligible: &eligible,
+            estimates: &estimates,
+            penalties: &penalties,
+        };
+        let choice = self.policy.choose(&input, &mut rng)?;
+
+        // The exploration floor wraps every policy: with probability k * floor a uniform
+        // eligible arm, otherwise the policy's own choice.
+        let k = eligible.len();
+        let floor = pmf::effective_floor(k, self.config.policy.floor);
+        let position = if floor > 0.0 && rng.random::<f64>() < k as f64 * floor {
+            rng.random_range(0..k)
+        } else {
+            choice.position
+        };
+        let probabilities = pmf::with_floor(&choice.pmf, floor);
+
+        let rewards: Vec<f64> = estimates
+            .iter()
+            .zip(&penalties)
+            .map(|(e, p)| e.mean - p)
+            .collect();
+        let mut order: Vec<usize> = (0..k).filter(|&p| p != position).collect();
+        order.sort_by(|&a, &b| rewards[b].total_cmp(&rewards[a]).then(a.cmp(&b)));
+        let arms = (0..k)
+            .map(|p| ArmEstimate {
+                arm: self.arms[eligible[p]].id.clone(),
+                quality: estimates[p].mean,
+                quality_std: estimates[p].std,
+                cost_usd: costs[p],
+                latency_ms: latencies[p].0,
+                latency_std_ms: latencies[p].1,
+                reward: rewards[p],
+                probability: probabilities[p],
+            })
+            .collect();
+
+        let arm = eligible[position];
+        self.next_decision += 1;
+        self.tracked.insert(
+            id,
+            TrackedDecision {
+                arm: Some(arm),
+                input_tokens: tokens,
+                features: x.clone(),
+                outcome_recorded: false,
+                quality_recorded: false,
+            },
+        );
+        while self.tracked.len() > self.config.max_tracked_decisions {
+            self.tracked.pop_first();
+        }
+        Ok(Decision {
+            id,
+            arm: self.arms[arm].id.clone(),
+            propensity: probabilities[position],
+            propensity_kind: choice.propensity,
+            fallback: order.iter().map(|&p| self.arms[eligible[p]].id.clone()).collect(),
+            arms,
+            excluded,
+            w_cost,
+        })
+    }
+
+    fn tracked_mut(&mut self, id: u64) -> Result<&mut TrackedDecision> {
+        self.tracked
+            .get_mut(&id)
+            .ok_or_else(|| Error::from(ErrorKind::UnknownDecision(id)))
+    }
+
+    /// Records what decision `id` cost and how long it took, and its quality when the
+    /// outcome carries one (a failed call counts as quality 0). Each part applies once.
+    pub fn record_outcome(&mut self, id: u64, outcome: &Outcome) -> Result<Applied> {
+        outcome.validate()?;
+        let tracked = self.tracked_mut(id)?;
+        let Some(arm) = tracked.arm else {
+            return Ok(Applied::ArmRemoved);
+        };
+        let mut applied = Applied::AlreadyApplied;
+        if !tracked.outcome_recorded {
+            tracked.outcome_recorded = true;
+            let tokens = if outcome.input_tokens > 0 {
+                outcome.input_tokens
+            } else {
+                tracked.input_tokens
+            };
+            self.usage[arm].record(outcome, tokens);
+            if let Some(pacer) = self.pacer.as_mut() {
+                pacer.observe(outcome.cost_usd);
+            }
+            applied = Applied::Applied;
+        }
+        if let Some(quality) = outcome.credited_quality() {
+            if self.apply_quality(id, quality)? == Applied::Applied {
+                applied = Applied::Applied;
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Records the quality of decision `id`, possibly long after its outcome. Idempotent:
+    /// only the first quality for a decision is learned.
+    pub fn record_quality(&mut self, id: u64, quality: f64) -> Result<Applied> {
+        validate_quality(quality)?;
+        self.apply_quality(id, quality)
+    }
+
+    fn apply_quality(&mut self, id: u64, quality: f64) -> Result<Applied> {
+        let tracked = self.tracked_mut(id)?;
+        let Some(arm) = tracked.arm else {
+            return Ok(Applied::ArmRemoved);
+        };
+        if tracked.quality_recorded {
+            return Ok(Applied::AlreadyApplied);
+        }
+        tracked.quality_recorded = true;
+        let features = std::mem::take(&mut tracked.features);
+        self.policy.update(arm, &features, quality);
+        Ok(Applied::Applied)
+    }
+
+    /// Forgets every decision with an id below `id`: their feedback horizon has passed.
+    pub fn forget_decisions_before(&mut self, id: u64) {
+        self.tracked = self.tracked.split_off(&id);
+    }
+
+    /// Adds an arm at run time; it starts from the policy's optimistic prior.
+    pub fn add_arm(&mut self, arm: Arm) -> Result<()> {
+        arm.validate()?;
+        if self.arms.iter().any(|a| a.id == arm.id) {
+            return Err(ErrorKind::DuplicateArm(arm.id).into());
+        }
+        self.arms.push(arm);
+        self.usage.push(ArmUsage::default());
+        self.policy.add_arm();
+        Ok(())
+    }
+
+    /// Removes an arm at run time. Pending feedback for its decisions is acknowledged but
+    /// no longer learned. The last arm cannot be removed.
+    pub fn remove_arm(&mut self, id: &str) -> Result<Arm> {
+        let index = self.arm_index(id)?;
+        if self.arms.len() == 1 {
+            return Err(ErrorKind::InvalidConfig(format!("cannot remove `{id}`, the only arm")).into());
+        }
+        self.policy.remove_arm(index);
+        self.usage.remove(index);
+        for t in self.tracked.values_mut() {
+            t.arm = match t.arm {
+                Some(a) if a == index => None,
+                Some(a) if a > index => Some(a - 1),
+                other => other,
+            };
+        }
+        Ok(self.arms.remove(index))
+    }
+
+    /// The complete state, versioned, for serialization.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            format_version: SNAPSHOT_VERSION,
+            learner: self.clone(),
+        }
+    }
+
+    /// Restores a learner from a snapshot, checking its version and consistency.
+    pub fn restore(snapshot: Snapshot) -> Result<Self> {
+        if snapshot.format_version != SNAPSHOT_VERSION {
+            return Err(ErrorKind::SnapshotVersion {
+                found: snapshot.format_version,
+                supported: SNAPSHOT_VERSION,
+            }
+            .into());
+        }
+        let l = snapshot.learner;
+        let k = l.arms.len();
+        if k == 0 || l.policy.num_arms() != k || l.usage.len() != k {
+            return Err(ErrorKind::CorruptSnapshot(format!(
+                "{k} arms, but the policy has {} and usage {}",
+                l.policy.num_arms(),
+                l.usage.len()
+            ))
+            .into());
+        }
+        if l.tracked.values().any(|t| t.arm.is_some_and(|a| a >= k)) {
+            return Err(ErrorKind::CorruptSnapshot("a tracked decision names a missing arm".into()).into());
+        }
+        Ok(l)
+    }
+}

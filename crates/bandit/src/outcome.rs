@@ -1,0 +1,220 @@
+//! What happened after a decision, and how quality, cost and latency combine into reward.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{in_range, Result};
+
+/// The observed result of serving one request.
+///
+/// Latency, tokens and cost are known when the response returns; `quality` (in [0, 1]) may
+/// come with it, much later through [`crate::Learner::record_quality`], or never.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Wall time from request to last byte, in milliseconds.
+    pub latency_ms: f64,
+    /// Prompt tokens billed.
+    pub input_tokens: u32,
+    /// Completion tokens billed.
+    pub output_tokens: u32,
+    /// What the call cost, in USD.
+    pub cost_usd: f64,
+    /// The call failed (error status, timeout, unusable body).
+    pub error: bool,
+    /// Quality score in [0, 1], when already known.
+    pub quality: Option<f64>,
+}
+
+impl Outcome {
+    /// A successful call with the given latency and cost and no quality yet.
+    pub fn new(latency_ms: f64, cost_usd: f64) -> Self {
+        Outcome {
+            latency_ms,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_usd,
+            error: false,
+            quality: None,
+        }
+    }
+
+    /// Sets the quality score.
+    pub fn with_quality(mut self, quality: f64) -> Self {
+        self.quality = Some(quality);
+        self
+    }
+
+    /// Sets the billed token counts.
+    pub fn with_tokens(mut self, input_tokens: u32, output_tokens: u32) -> Self {
+        self.input_tokens = input_tokens;
+        self.output_tokens = output_tokens;
+        self
+    }
+
+    /// Marks the call as failed.
+    pub fn failed(mut self) -> Self {
+        self.error = true;
+        self
+    }
+
+    /// Rejects NaN, infinities, negative latency or cost, and quality outside [0, 1].
+    pub fn validate(&self) -> Result<()> {
+        in_range("outcome.latency_ms", self.latency_ms, 0.0, f64::MAX, "[0, inf)")?;
+        in_range("outcome.cost_usd", self.cost_usd, 0.0, f64::MAX, "[0, inf)")?;
+        if let Some(q) = self.quality {
+            validate_quality(q)?;
+        }
+        Ok(())
+    }
+
+    /// The quality the learner credits: a failed call scores 0 unless a score was given.
+    pub(crate) fn credited_quality(&self) -> Option<f64> {
+        match (self.quality, self.error) {
+            (Some(q), _) => Some(q),
+            (None, true) => Some(0.0),
+            (None, false) => None,
+        }
+    }
+}
+
+/// Checks a quality score: finite and in [0, 1].
+pub fn validate_quality(quality: f64) -> Result<f64> {
+    in_range("quality", quality, 0.0, 1.0, "[0, 1]")
+}
+
+/// How quality, cost and latency trade off: `reward = quality - w_cost * cost_usd -
+/// w_latency * latency_s`.
+///
+/// Units: quality is in [0, 1]; `w_cost` is quality points per USD (e.g. 20 means paying
+/// $0.005 more must buy 0.1 more quality); `w_latency` is quality points per second.
+/// Each request may override the learner's default weights; estimates are kept apart,
+/// so a new trade-off applies at once, without relearning.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Objective {
+    /// Quality points per USD of expected cost.
+    pub w_cost: f64,
+    /// Quality points per second of expected latency.
+    pub w_latency: f64,
+}
+
+impl Default for Objective {
+    /// Quality only.
+    fn default() -> Self {
+        Objective {
+            w_cost: 0.0,
+            w_latency: 0.0,
+        }
+    }
+}
+
+impl Objective {
+    /// The weights, checked: finite and non-negative.
+    pub fn new(w_cost: f64, w_latency: f64) -> Result<Self> {
+        in_range("w_cost", w_cost, 0.0, f64::MAX, "[0, inf)")?;
+        in_range("w_latency", w_latency, 0.0, f64::MAX, "[0, inf)")?;
+        Ok(Objective { w_cost, w_latency })
+    }
+
+    /// The penalty, in quality points, of a cost and a latency.
+    pub fn penalty(&self, cost_usd: f64, latency_ms: f64) -> f64 {
+        self.w_cost * cost_usd + self.w_latency * latency_ms / 1000.0
+    }
+
+    /// `quality - penalty(cost_usd, latency_ms)`: the one reward formula of Quiver.
+    pub fn reward(&self, quality: f64, cost_usd: f64, latency_ms: f64) -> f64 {
+        quality - self.penalty(cost_usd, latency_ms)
+    }
+}
+
+/// Budget pacing by online dual descent on the spend constraint `E[cost] <= target`.
+///
+/// The multiplier `lambda >= 0` is dimensionless: the cost weight in force is
+/// `w_cost + lambda / target_usd`, i.e. cost is measured in budgets. After each observed
+/// cost `c`, `lambda <- clip(lambda + eta * (c / target_usd - 1), 0, lambda_max)`
+/// (projected subgradient step on the Lagrangian, as in Agrawal & Devanur 2014 and
+/// Balseiro et al. 2023's dual mirror descent). Summing the steps shows that the average
+/// spend exceeds the target by at most `target * lambda_T / (eta * T)`, which vanishes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetPacer {
+    target_usd: f64,
+    step_size: f64,
+    lambda: f64,
+}
+
+/// Largest dual multiplier: at this weight one budget of cost outweighs 1000 quality points.
+const LAMBDA_MAX: f64 = 1000.0;
+
+impl BudgetPacer {
+    /// A pacer for `target_usd` per request with step size `eta` (0.05 is a good start).
+    pub fn new(target_usd: f64, step_size: f64) -> Result<Self> {
+        in_range(
+            "budget.target_usd",
+            target_usd,
+            f64::MIN_POSITIVE,
+            f64::MAX,
+            "(0, inf)",
+        )?;
+        in_range("budget.step_size", step_size, f64::MIN_POSITIVE, 10.0, "(0, 10]")?;
+        Ok(BudgetPacer {
+            target_usd,
+            step_size,
+            lambda: 0.0,
+        })
+    }
+
+    /// The target spend per request in USD.
+    pub fn target_usd(&self) -> f64 {
+        self.target_usd
+    }
+
+    /// The current dual multiplier.
+    pub fn lambda(&self) -> f64 {
+        self.lambda
+    }
+
+    /// The extra cost weight (quality points per USD) the pacer adds.
+    pub fn extra_cost_weight(&self) -> f64 {
+        self.lambda / self.target_usd
+    }
+
+    /// One dual step after observing a request's cost.
+    pub fn observe(&mut self, cost_usd: f64) {
+        let step = self.step_size * (cost_usd / self.target_usd - 1.0);
+        self.lambda = (self.lambda + step).clamp(0.0, LAMBDA_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reward_is_quality_minus_weighted_cost_and_latency() {
+        let o = Objective::new(20.0, 0.1).unwrap();
+        assert!((o.reward(0.9, 0.005, 2000.0) - (0.9 - 0.1 - 0.2)).abs() < 1e-12);
+        assert!(Objective::new(-1.0, 0.0).is_err());
+        assert!(Objective::new(f64::NAN, 0.0).is_err());
+    }
+
+    #[test]
+    fn outcome_validation_rejects_bad_numbers() {
+        assert!(Outcome::new(10.0, 0.001).with_quality(0.5).validate().is_ok());
+        assert!(Outcome::new(f64::INFINITY, 0.0).validate().is_err());
+        assert!(Outcome::new(1.0, -0.1).validate().is_err());
+        let err = Outcome::new(1.0, 0.0).with_quality(1.5).validate().unwrap_err();
+        assert_eq!(err.to_string(), "quality is 1.5, outside [0, 1]");
+        assert_eq!(Outcome::new(1.0, 0.0).failed().credited_quality(), Some(0.0));
+        assert_eq!(Outcome::new(1.0, 0.0).credited_quality(), None);
+    }
+
+    #[test]
+    fn pacer_raises_the_cost_weight_while_overspending_and_never_goes_negative() {
+        let mut p = BudgetPacer::new(0.001, 0.05).unwrap();
+        p.observe(0.003);
+        assert!((p.lambda() - 0.1).abs() < 1e-12);
+        assert!((p.extra_cost_weight() - 100.0).abs() < 1e-9);
+        for _ in 0..10 {
+            p.observe(0.0);
+        }
+        assert_eq!(p.lambda(), 0.0);
+    }
+}

@@ -1,0 +1,77 @@
+//! Beta-Bernoulli Thompson sampling (Thompson 1933; Chapelle & Li 2011; Agrawal & Goyal 2012).
+//!
+//! Posterior of arm `a`: `Beta(alpha0 + S_a, beta0 + n_a - S_a)` with `S_a` the (possibly
+//! discounted) sum of quality and `n_a` the count. A fractional quality `q` in [0, 1] counts
+//! as `q` successes and `1 - q` failures, the usual extension beyond 0/1 rewards.
+//! Score: one posterior sample minus the penalty. PMF: Monte Carlo, estimated.
+
+use rand_distr::{Beta, Distribution};
+use serde::{Deserialize, Serialize};
+
+use super::uniform::learn_from_arm_stats;
+use super::{thompson_choice, Choice, ChoiceInput, DecisionRng, Estimate, Policy};
+use crate::error::Result;
+use crate::stats::{ArmStatsTable, Forgetting};
+
+/// Beta-Bernoulli Thompson sampling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BetaTs {
+    alpha0: f64,
+    beta0: f64,
+    draws: u32,
+    stats: ArmStatsTable,
+}
+
+impl BetaTs {
+    /// Thompson sampling with prior `Beta(alpha0, beta0)`; `draws` samples estimate the PMF.
+    pub fn new(num_arms: usize, alpha0: f64, beta0: f64, draws: u32, forgetting: Forgetting) -> Self {
+        BetaTs {
+            alpha0,
+            beta0,
+            draws,
+            stats: ArmStatsTable::new(num_arms, forgetting),
+        }
+    }
+
+    /// The posterior `(alpha, beta)` of `arm`.
+    pub fn posterior(&self, arm: usize) -> (f64, f64) {
+        let s = self.stats.get(arm);
+        (self.alpha0 + s.sum, self.beta0 + (s.count - s.sum).max(0.0))
+    }
+}
+
+impl Policy for BetaTs {
+    learn_from_arm_stats!(stats);
+
+    /// Posterior mean `alpha / (alpha + beta)` and standard deviation.
+    fn estimate(&self, arm: usize, _features: &[f64]) -> Estimate {
+        let (a, b) = self.posterior(arm);
+        let n = a + b;
+        Estimate {
+            mean: a / n,
+            std: (a * b / (n * n * (n + 1.0))).sqrt(),
+        }
+    }
+
+    fn choose(&self, input: &ChoiceInput<'_>, rng: &mut DecisionRng) -> Result<Choice> {
+        let posteriors: Vec<Beta<f64>> = input
+            .eligible
+            .iter()
+            .map(|&a| {
+                let (alpha, beta) = self.posterior(a);
+                // alpha, beta >= the validated positive prior, so this cannot fail.
+                Beta::new(alpha, beta).map_err(|e| {
+                    crate::ErrorKind::InvalidConfig(format!("beta posterior ({alpha}, {beta}): {e}")).into()
+                })
+            })
+            .collect::<Result<_>>()?;
+        let sample = |rng: &mut DecisionRng, scores: &mut [f64]| {
+            for ((s, d), p) in scores.iter_mut().zip(&posteriors).zip(input.penalties) {
+                *s = d.sample(rng) - p;
+            }
+        };
+        let mut first = vec![0.0; input.len()];
+        sample(rng, &mut first);
+        Ok(thompson_choice(input.len(), self.draws, rng, first, sample))
+    }
+}

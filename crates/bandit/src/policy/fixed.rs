@@ -1,0 +1,62 @@
+//! Always the same arm: the "always model X" baseline.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Choice, ChoiceInput, DecisionRng, Estimate, Policy};
+use crate::error::{ErrorKind, Result};
+use crate::stats::{ArmStatsTable, Forgetting};
+
+/// Picks one arm every time; learns means only to report them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fixed {
+    /// The arm, or `None` once it has been removed.
+    arm: Option<usize>,
+    stats: ArmStatsTable,
+}
+
+impl Fixed {
+    /// Always `arm`, out of `num_arms`.
+    pub fn new(num_arms: usize, arm: usize) -> Self {
+        Fixed {
+            arm: Some(arm),
+            stats: ArmStatsTable::new(num_arms, Forgetting::None),
+        }
+    }
+}
+
+impl Policy for Fixed {
+    fn num_arms(&self) -> usize {
+        self.stats.len()
+    }
+
+    fn estimate(&self, arm: usize, _features: &[f64]) -> Estimate {
+        self.stats.get(arm).estimate()
+    }
+
+    fn choose(&self, input: &ChoiceInput<'_>, _rng: &mut DecisionRng) -> Result<Choice> {
+        let position = self
+            .arm
+            .and_then(|arm| input.eligible.iter().position(|&a| a == arm))
+            .ok_or_else(|| ErrorKind::NoEligibleArm {
+                reasons: vec!["the fixed policy's arm is removed or excluded by this request".into()],
+            })?;
+        Ok(Choice::deterministic(input.len(), position))
+    }
+
+    fn update(&mut self, arm: usize, _features: &[f64], quality: f64) {
+        self.stats.observe(arm, quality);
+    }
+
+    fn add_arm(&mut self) {
+        self.stats.add_arm();
+    }
+
+    fn remove_arm(&mut self, arm: usize) {
+        self.stats.remove_arm(arm);
+        self.arm = match self.arm {
+            Some(a) if a == arm => None,
+            Some(a) if a > arm => Some(a - 1),
+            other => other,
+        };
+    }
+}

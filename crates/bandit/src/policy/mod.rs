@@ -1,0 +1,272 @@
+//! Policies: how a learner scores arms and picks one, behind one trait.
+//!
+//! A policy learns each arm's quality (from [`crate::stats`] or [`crate::ridge`]), reports
+//! an [`Estimate`] per arm, and [`Policy::choose`]s among the eligible arms given the
+//! per-arm penalties of cost and latency, returning the PMF it drew from. The learner
+//! wraps every policy with the exploration floor (see [`crate::pmf::with_floor`]), so the
+//! floor is one piece of code, not a flag in each policy.
+//!
+//! | policy | score of arm `a` | PMF |
+//! |---|---|---|
+//! | [`Uniform`] | - | `1/k` (exact) |
+//! | [`EpsilonGreedy`] | `mean_a - pen_a` | `eps/k + (1-eps) 1[a = greedy]` (exact) |
+//! | [`Ucb1`] | `mean_a + c sqrt(2 ln N / n_a) - pen_a` | one-hot (exact) |
+//! | [`BetaTs`] | `sample Beta(alpha_a, beta_a) - pen_a` | Monte Carlo (estimated) |
+//! | [`GaussianTs`] | `sample N(mu_a, s_a^2) - pen_a` | Monte Carlo (estimated) |
+//! | [`LinUcb`] | `x'theta_a + alpha sqrt(x'A_a^-1 x) - pen_a` | one-hot (exact) |
+//! | [`LinTs`] | `x'theta~_a - pen_a`, `theta~_a ~ N(theta_a, v^2 A_a^-1)` | Monte Carlo (estimated) |
+//! | [`Fixed`] | - | one-hot on its arm (exact) |
+
+mod beta_ts;
+mod epsilon_greedy;
+mod fixed;
+mod gaussian_ts;
+mod lin_ts;
+mod linucb;
+mod spec;
+mod ucb1;
+mod uniform;
+
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+pub use beta_ts::BetaTs;
+pub use epsilon_greedy::EpsilonGreedy;
+pub use fixed::Fixed;
+pub use gaussian_ts::GaussianTs;
+pub use lin_ts::LinTs;
+pub use linucb::LinUcb;
+pub use spec::{PolicyKind, PolicySpec};
+pub use ucb1::Ucb1;
+pub use uniform::Uniform;
+
+use crate::error::Result;
+
+/// The random number generator every decision draws from (seeded, serializable).
+pub type DecisionRng = ChaCha8Rng;
+
+/// A policy's view of one arm's quality in a context.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    /// Point estimate of quality in [0, 1] (unclipped for linear models).
+    pub mean: f64,
+    /// Its uncertainty: the standard error (non-contextual) or `sqrt(x' A^-1 x)` (linear).
+    pub std: f64,
+}
+
+/// How exactly a reported propensity is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum PropensityKind {
+    /// Read off a closed-form PMF.
+    Exact,
+    /// Estimated by Monte Carlo over `draws` samples of the policy's randomness.
+    Estimated {
+        /// Number of samples behind the estimate.
+        draws: u32,
+    },
+}
+
+/// What a policy is given to choose an arm.
+#[derive(Debug, Clone, Copy)]
+pub struct ChoiceInput<'a> {
+    /// The context's features.
+    pub features: &'a [f64],
+    /// Indices of the eligible arms, ascending; never empty.
+    pub eligible: &'a [usize],
+    /// The policy's estimate for each eligible arm (same order).
+    pub estimates: &'a [Estimate],
+    /// Cost and latency penalty of each eligible arm, in quality points (same order).
+    pub penalties: &'a [f64],
+}
+
+impl ChoiceInput<'_> {
+    /// Number of eligible arms.
+    pub fn len(&self) -> usize {
+        self.eligible.len()
+    }
+
+    /// Whether no arm is eligible.
+    pub fn is_empty(&self) -> bool {
+        self.eligible.is_empty()
+    }
+
+    /// `mean - penalty` of each eligible arm: the greedy scores.
+    pub fn greedy_scores(&self) -> Vec<f64> {
+        self.estimates
+            .iter()
+            .zip(self.penalties)
+            .map(|(e, p)| e.mean - p)
+            .collect()
+    }
+}
+
+/// A policy's pick among the eligible arms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choice {
+    /// Position of the chosen arm in [`ChoiceInput::eligible`].
+    pub position: usize,
+    /// The PMF the choice was drawn from, over the eligible arms.
+    pub pmf: Vec<f64>,
+    /// Whether the PMF is exact or estimated.
+    pub propensity: PropensityKind,
+}
+
+impl Choice {
+    /// A deterministic choice: all mass on `position`.
+    pub fn deterministic(k: usize, position: usize) -> Self {
+        Choice {
+            position,
+            pmf: crate::pmf::one_hot(k, position),
+            propensity: PropensityKind::Exact,
+        }
+    }
+}
+
+/// Thompson sampling's choice: one draw of every eligible arm's score (filled by `sample`)
+/// picks the arm, and `draws` further draws estimate the PMF. The draw that picked the arm
+/// is counted too, so the reported propensity is never 0 (it is at least `1/(draws+1)`).
+fn thompson_choice<R: rand::Rng>(
+    k: usize,
+    draws: u32,
+    rng: &mut R,
+    first: Vec<f64>,
+    sample: impl FnMut(&mut R, &mut [f64]),
+) -> Choice {
+    let position = crate::pmf::argmax(&first);
+    let estimated = crate::pmf::monte_carlo_argmax_pmf(k, draws, rng, sample);
+    let total = f64::from(draws) + 1.0;
+    let pmf = estimated
+        .iter()
+        .enumerate()
+        .map(|(a, p)| (p * f64::from(draws) + f64::from(u8::from(a == position))) / total)
+        .collect();
+    Choice {
+        position,
+        pmf,
+        propensity: PropensityKind::Estimated { draws: draws + 1 },
+    }
+}
+
+/// Thompson sampling over independent Gaussian scores
+/// `N(mean_a - penalty_a, (scale * std_a)^2)` of the eligible arms. `first`, when given, is
+/// the draw that picks the arm (linear TS draws it by Cholesky sampling); otherwise it is
+/// drawn from the same normals.
+fn gaussian_thompson(
+    input: &ChoiceInput<'_>,
+    scale: f64,
+    draws: u32,
+    rng: &mut DecisionRng,
+    first: Option<Vec<f64>>,
+) -> Choice {
+    use rand_distr::{Distribution, StandardNormal};
+    let means = input.greedy_scores();
+    let stds: Vec<f64> = input.estimates.iter().map(|e| scale * e.std).collect();
+    let sample = |rng: &mut DecisionRng, scores: &mut [f64]| {
+        for ((s, m), sd) in scores.iter_mut().zip(&means).zip(&stds) {
+            let z: f64 = StandardNormal.sample(rng);
+            *s = m + sd * z;
+        }
+    };
+    let first = first.unwrap_or_else(|| {
+        let mut scores = vec![0.0; input.len()];
+        sample(rng, &mut scores);
+        scores
+    });
+    thompson_choice(input.len(), draws, rng, first, sample)
+}
+
+/// A bandit policy: learns per-arm quality and chooses among eligible arms.
+///
+/// Arms are addressed by index; the learner maps ids to indices and keeps them aligned
+/// through [`Policy::add_arm`] and [`Policy::remove_arm`].
+pub trait Policy {
+    /// Number of arms the policy knows.
+    fn num_arms(&self) -> usize;
+
+    /// The policy's quality estimate for `arm` in a context.
+    fn estimate(&self, arm: usize, features: &[f64]) -> Estimate;
+
+    /// Chooses an eligible arm; the returned PMF is the one actually sampled.
+    fn choose(&self, input: &ChoiceInput<'_>, rng: &mut DecisionRng) -> Result<Choice>;
+
+    /// Learns one observed quality in [0, 1] of `arm` in a context.
+    fn update(&mut self, arm: usize, features: &[f64], quality: f64);
+
+    /// Appends a new arm with an optimistic prior (cold start).
+    fn add_arm(&mut self);
+
+    /// Removes an arm; arms after it shift down by one.
+    fn remove_arm(&mut self, arm: usize);
+}
+
+/// Every built-in policy, as one serializable type (snapshots store it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "policy")]
+#[allow(missing_docs)]
+pub enum AnyPolicy {
+    Uniform(Uniform),
+    EpsilonGreedy(EpsilonGreedy),
+    Ucb1(Ucb1),
+    BetaTs(BetaTs),
+    GaussianTs(GaussianTs),
+    LinUcb(LinUcb),
+    LinTs(LinTs),
+    Fixed(Fixed),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $p:ident => $body:expr) => {
+        match $self {
+            AnyPolicy::Uniform($p) => $body,
+            AnyPolicy::EpsilonGreedy($p) => $body,
+            AnyPolicy::Ucb1($p) => $body,
+            AnyPolicy::BetaTs($p) => $body,
+            AnyPolicy::GaussianTs($p) => $body,
+            AnyPolicy::LinUcb($p) => $body,
+            AnyPolicy::LinTs($p) => $body,
+            AnyPolicy::Fixed($p) => $body,
+        }
+    };
+}
+
+impl Policy for AnyPolicy {
+    fn num_arms(&self) -> usize {
+        dispatch!(self, p => p.num_arms())
+    }
+    fn estimate(&self, arm: usize, features: &[f64]) -> Estimate {
+        dispatch!(self, p => p.estimate(arm, features))
+    }
+    fn choose(&self, input: &ChoiceInput<'_>, rng: &mut DecisionRng) -> Result<Choice> {
+        dispatch!(self, p => p.choose(input, rng))
+    }
+    fn update(&mut self, arm: usize, features: &[f64], quality: f64) {
+        dispatch!(self, p => p.update(arm, features, quality))
+    }
+    fn add_arm(&mut self) {
+        dispatch!(self, p => p.add_arm())
+    }
+    fn remove_arm(&mut self, arm: usize) {
+        dispatch!(self, p => p.remove_arm(arm))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    //! Shared helpers for the policy tests.
+    use super::*;
+
+    /// Everything eligible, no penalties, estimates from the policy.
+    pub fn choose_all<P: Policy>(policy: &P, x: &[f64], rng: &mut DecisionRng) -> Choice {
+        let eligible: Vec<usize> = (0..policy.num_arms()).collect();
+        let estimates: Vec<Estimate> = eligible.iter().map(|&a| policy.estimate(a, x)).collect();
+        let penalties = vec![0.0; eligible.len()];
+        let input = ChoiceInput {
+            features: x,
+            eligible: &eligible,
+            estimates: &estimates,
+            penalties: &penalties,
+        };
+        policy.choose(&input, rng).expect("choice")
+    }
+}

@@ -1,0 +1,58 @@
+//! UCB1 (Auer, Cesa-Bianchi & Fischer 2002); discounted or sliding-window UCB
+//! (Garivier & Moulines 2011) when the table forgets.
+//!
+//! Score: `mean_a + c * sqrt(2 ln N / n_a) - penalty_a`, with `N = sum_a n_a` (effective
+//! counts under forgetting); an untried arm scores `+inf`. Deterministic: PMF one-hot.
+
+use serde::{Deserialize, Serialize};
+
+use super::uniform::learn_from_arm_stats;
+use super::{Choice, ChoiceInput, DecisionRng, Estimate, Policy};
+use crate::error::Result;
+use crate::pmf;
+use crate::stats::{ArmStatsTable, Forgetting};
+
+/// UCB1 over per-arm sample means.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ucb1 {
+    c: f64,
+    stats: ArmStatsTable,
+}
+
+impl Ucb1 {
+    /// UCB1 with bonus scale `c` (1 is the textbook index).
+    pub fn new(num_arms: usize, c: f64, forgetting: Forgetting) -> Self {
+        Ucb1 {
+            c,
+            stats: ArmStatsTable::new(num_arms, forgetting),
+        }
+    }
+
+    /// The optimistic index of `arm` before penalties.
+    pub fn index(&self, arm: usize) -> f64 {
+        let s = self.stats.get(arm);
+        if s.count <= 0.0 {
+            return f64::INFINITY;
+        }
+        let total = self.stats.total_count().max(1.0);
+        s.mean() + self.c * (2.0 * total.ln() / s.count).sqrt()
+    }
+}
+
+impl Policy for Ucb1 {
+    learn_from_arm_stats!(stats);
+
+    fn estimate(&self, arm: usize, _features: &[f64]) -> Estimate {
+        self.stats.get(arm).estimate()
+    }
+
+    fn choose(&self, input: &ChoiceInput<'_>, _rng: &mut DecisionRng) -> Result<Choice> {
+        let scores: Vec<f64> = input
+            .eligible
+            .iter()
+            .zip(input.penalties)
+            .map(|(&a, p)| self.index(a) - p)
+            .collect();
+        Ok(Choice::deterministic(input.len(), pmf::argmax(&scores)))
+    }
+}

@@ -1,0 +1,105 @@
+//! Per-arm cost and latency: what each arm has cost and how long it took, and what the
+//! next request should be expected to cost.
+//!
+//! Cost and latency are observed at once for every request (unlike quality), so they are
+//! modelled directly rather than explored: the policies learn quality, and the learner
+//! subtracts the expected cost and latency, weighted by the request's [`crate::Objective`].
+//!
+//! Expected cost of a request of `t` input tokens on arm `a`:
+//! - with prices: `t * input_usd_per_token + E[output tokens] * output_usd_per_token`, where
+//!   `E[output tokens]` is the arm's observed mean (the configured default before any);
+//! - without prices, once outcomes reported tokens: `t * (sum cost / sum input tokens)`, a
+//!   ratio estimator that scales with prompt length;
+//! - otherwise the arm's mean cost per request, and 0 before any outcome (optimistic).
+
+use serde::{Deserialize, Serialize};
+
+use crate::arm::Arm;
+use crate::outcome::Outcome;
+
+/// Additive usage statistics of one arm.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArmUsage {
+    /// Outcomes recorded.
+    pub requests: u64,
+    /// Outcomes that were errors.
+    pub errors: u64,
+    /// Total spend in USD.
+    pub cost_usd: f64,
+    /// Sum of input tokens (billed, or estimated when the outcome gave none).
+    pub input_tokens: f64,
+    /// Sum of billed output tokens.
+    pub output_tokens: f64,
+    /// Sum of latencies in ms.
+    pub latency_ms: f64,
+    /// Sum of squared latencies in ms^2.
+    pub latency_ms_sq: f64,
+}
+
+impl ArmUsage {
+    /// Mean latency in ms (0 before any outcome) and its standard error.
+    pub fn latency_estimate_ms(&self) -> (f64, f64) {
+        if self.requests == 0 {
+            return (0.0, 0.0);
+        }
+        let n = self.requests as f64;
+        let mean = self.latency_ms / n;
+        let var = (self.latency_ms_sq / n - mean * mean).max(0.0);
+        (mean, (var / n).sqrt())
+    }
+
+    /// Expected cost in USD of a request of `input_tokens` on `arm` (see module docs).
+    pub fn expected_cost_usd(&self, arm: &Arm, input_tokens: u32, default_output_tokens: f64) -> f64 {
+        let t = f64::from(input_tokens);
+        if arm.has_prices() {
+            let out = if self.requests > 0 {
+                self.output_tokens / self.requests as f64
+            } else {
+                default_output_tokens
+            };
+            t * arm.input_usd_per_token + out * arm.output_usd_per_token
+        } else if self.input_tokens > 0.0 {
+            t * self.cost_usd / self.input_tokens
+        } else if self.requests > 0 {
+            self.cost_usd / self.requests as f64
+        } else {
+            0.0
+        }
+    }
+
+    /// Adds one outcome; `input_tokens` is the billed count, or the prompt estimate.
+    pub(crate) fn record(&mut self, outcome: &Outcome, input_tokens: u32) {
+        self.requests += 1;
+        self.errors += u64::from(outcome.error);
+        self.cost_usd += outcome.cost_usd;
+        self.input_tokens += f64::from(input_tokens);
+        self.output_tokens += f64::from(outcome.output_tokens);
+        self.latency_ms += outcome.latency_ms;
+        self.latency_ms_sq += outcome.latency_ms * outcome.latency_ms;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_cost_uses_prices_then_ratio_then_mean() {
+        let priced = Arm::new("p").with_prices(1e-6, 4e-6);
+        let mut u = ArmUsage::default();
+        assert!((u.expected_cost_usd(&priced, 1000, 250.0) - (1e-3 + 1e-3)).abs() < 1e-15);
+        u.record(&Outcome::new(100.0, 0.002).with_tokens(1000, 500), 1000);
+        assert!((u.expected_cost_usd(&priced, 1000, 250.0) - (1e-3 + 2e-3)).abs() < 1e-15);
+
+        let unpriced = Arm::new("u");
+        let mut u = ArmUsage::default();
+        assert_eq!(u.expected_cost_usd(&unpriced, 100, 250.0), 0.0);
+        u.record(&Outcome::new(100.0, 0.004), 200);
+        u.record(&Outcome::new(300.0, 0.002), 100);
+        // $0.006 over 300 tokens: $2e-5 per token.
+        assert!((u.expected_cost_usd(&unpriced, 50, 250.0) - 1e-3).abs() < 1e-15);
+        let (mean, se) = u.latency_estimate_ms();
+        assert_eq!(mean, 200.0);
+        assert!((se - (10_000.0f64 / 2.0).sqrt()).abs() < 1e-9);
+    }
+}

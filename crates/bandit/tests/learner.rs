@@ -1,0 +1,295 @@
+//! The learner's contract: feedback applied exactly once, snapshots that restore exactly,
+//! bad numbers rejected without side effects, arms added and removed at run time.
+
+mod support;
+
+use quiver_bandit::{
+    Applied, Arm, BudgetConfig, Constraints, Context, ErrorKind, Learner, LearnerConfig, Objective, Outcome,
+    Request, Snapshot,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use support::{arm_index, learner};
+
+fn request(x: Vec<f64>) -> Request {
+    Request::new(Context {
+        features: x,
+        input_tokens: 100,
+    })
+}
+
+fn json(l: &Learner) -> String {
+    serde_json::to_string(&l.snapshot()).expect("serialize")
+}
+
+#[test]
+fn delayed_quality_is_applied_exactly_once() {
+    for spec in ["ucb1", "beta-ts", "lints(v=0.3)", "linucb"] {
+        let mut once = learner(spec, 3, 2, 1);
+        let mut twice = learner(spec, 3, 2, 1);
+        let mut ids = Vec::new();
+        for l in [&mut once, &mut twice] {
+            let d = l.decide(&request(vec![1.0, 0.5])).expect("decide");
+            // Cost and latency now, quality later.
+            assert_eq!(
+                l.record_outcome(d.id, &Outcome::new(80.0, 0.001))
+                    .expect("outcome"),
+                Applied::Applied
+            );
+            ids.push(d.id);
+        }
+        let before = json(&once);
+        assert_eq!(
+            once.record_quality(ids[0], 0.75).expect("quality"),
+            Applied::Applied
+        );
+        assert_ne!(json(&once), before, "{spec}: quality changed nothing");
+        assert_eq!(
+            twice.record_quality(ids[1], 0.75).expect("quality"),
+            Applied::Applied
+        );
+        // Repeats, through either entry point, change nothing.
+        assert_eq!(
+            twice.record_quality(ids[1], 0.75).expect("again"),
+            Applied::AlreadyApplied
+        );
+        assert_eq!(
+            twice.record_quality(ids[1], 0.1).expect("again"),
+            Applied::AlreadyApplied
+        );
+        let late = Outcome::new(80.0, 0.001).with_quality(0.2);
+        assert_eq!(
+            twice.record_outcome(ids[1], &late).expect("again"),
+            Applied::AlreadyApplied
+        );
+        assert_eq!(json(&once), json(&twice), "{spec}: a repeat was counted");
+        let unknown = twice.record_quality(999, 0.5).unwrap_err();
+        assert_eq!(unknown.kind(), &ErrorKind::UnknownDecision(999));
+    }
+}
+
+#[test]
+fn quality_in_the_outcome_and_failed_calls_count_once() {
+    let mut l = learner("ucb1", 2, 1, 0);
+    let d = l.decide(&request(vec![1.0])).expect("decide");
+    let failed = Outcome::new(3000.0, 0.0).failed();
+    assert_eq!(
+        l.record_outcome(d.id, &failed).expect("outcome"),
+        Applied::Applied
+    );
+    // A failure counts as quality 0 at once; a later score does not count it again.
+    assert_eq!(
+        l.record_quality(d.id, 1.0).expect("quality"),
+        Applied::AlreadyApplied
+    );
+    let arm = l.arm_index(&d.arm).expect("arm");
+    assert_eq!(l.usage(arm).errors, 1);
+    assert_eq!(l.usage(arm).requests, 1);
+}
+
+/// Drives a learner with outcomes drawn from `seed`, so two learners fed the same seed
+/// see the same world.
+fn drive(l: &mut Learner, steps: usize, seed: u64) -> Vec<quiver_bandit::Decision> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut decisions = Vec::new();
+    let mut late = Vec::new();
+    for step in 0..steps {
+        let x = vec![1.0, rng.random_range(-1.0..1.0), rng.random_range(0.0..1.0)];
+        let d = l.decide(&request(x)).expect("decide");
+        let a = arm_index(&d.arm);
+        let cost = 0.001 * (a + 1) as f64;
+        let quality = if rng.random::<f64>() < 0.3 + 0.2 * a as f64 {
+            1.0
+        } else {
+            0.0
+        };
+        l.record_outcome(d.id, &Outcome::new(100.0 + 10.0 * a as f64, cost))
+            .expect("outcome");
+        // Every third quality arrives five decisions late.
+        if step % 3 == 0 {
+            late.push((d.id, quality));
+        } else {
+            l.record_quality(d.id, quality).expect("quality");
+        }
+        if late.len() > 5 {
+            let (id, q) = late.remove(0);
+            l.record_quality(id, q).expect("late quality");
+        }
+        decisions.push(d);
+    }
+    decisions
+}
+
+#[test]
+fn snapshot_round_trips_and_restored_learner_decides_bit_identically() {
+    for spec in [
+        "eps(0.1,floor=0.02)",
+        "beta-ts(gamma=0.99)",
+        "gaussian-ts(window=50)",
+        "linucb(alpha=0.4)",
+        "lints(v=0.3,floor=0.01)",
+        "ucb1",
+    ] {
+        let mut config = LearnerConfig::new(spec.parse().expect("spec"), 3);
+        config.seed = 42;
+        config.objective = Objective::new(10.0, 0.01).expect("objective");
+        config.budget = Some(BudgetConfig {
+            target_usd_per_request: 0.002,
+            step_size: 0.05,
+        });
+        let arms = (0..3).map(|a| Arm::new(format!("a{a}"))).collect();
+        let mut original = Learner::new(config, arms).expect("learner");
+        drive(&mut original, 300, 7);
+
+        let text = json(&original);
+        let snapshot: Snapshot = serde_json::from_str(&text).expect("parse");
+        let mut restored = Learner::restore(snapshot).expect("restore");
+        assert_eq!(restored, original, "{spec}: restore is not exact");
+        assert_eq!(json(&restored), text);
+
+        let a = drive(&mut original, 200, 8);
+        let b = drive(&mut restored, 200, 8);
+        assert_eq!(a, b, "{spec}: decisions diverged after restore");
+        assert_eq!(json(&original), json(&restored));
+    }
+}
+
+#[test]
+fn snapshots_from_another_version_or_inconsistent_are_refused() {
+    let l = learner("ucb1", 2, 1, 0);
+    let mut s = l.snapshot();
+    s.format_version = 99;
+    assert_eq!(
+        Learner::restore(s).unwrap_err().to_string(),
+        "snapshot format version 99 is not supported (this build reads version 1)"
+    );
+    let mut value: serde_json::Value = serde_json::to_value(l.snapshot()).expect("value");
+    value["learner"]["arms"].as_array_mut().expect("arms").pop();
+    let broken: Snapshot = serde_json::from_value(value).expect("still parses");
+    assert!(Learner::restore(broken)
+        .unwrap_err()
+        .to_string()
+        .starts_with("corrupt snapshot"));
+}
+
+#[test]
+fn non_finite_numbers_are_rejected_and_change_nothing() {
+    let mut l = learner("lints", 2, 2, 0);
+    let d = l.decide(&request(vec![1.0, 0.0])).expect("decide");
+    let before = json(&l);
+    let err = l.decide(&request(vec![1.0, f64::NAN])).unwrap_err();
+    assert_eq!(err.to_string(), "features[1] is NaN; every number must be finite");
+    assert!(l.decide(&request(vec![1.0])).is_err());
+    let err = l
+        .record_outcome(d.id, &Outcome::new(f64::INFINITY, 0.0))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "outcome.latency_ms is inf; every number must be finite"
+    );
+    assert!(l.record_outcome(d.id, &Outcome::new(1.0, f64::NAN)).is_err());
+    assert!(l.record_quality(d.id, f64::NAN).is_err());
+    assert_eq!(
+        l.record_quality(d.id, 1.5).unwrap_err().to_string(),
+        "quality is 1.5, outside [0, 1]"
+    );
+    let mut bad_weights = request(vec![1.0, 0.0]);
+    bad_weights.objective = Some(Objective {
+        w_cost: f64::NAN,
+        w_latency: 0.0,
+    });
+    assert!(l.decide(&bad_weights).is_err());
+    assert_eq!(json(&l), before);
+}
+
+#[test]
+fn arms_added_at_run_time_are_tried_and_removed_arms_never_chosen() {
+    for spec in [
+        "ucb1",
+        "linucb(alpha=0.5)",
+        "gaussian-ts",
+        "beta-ts",
+        "lints(v=0.2)",
+    ] {
+        let mut l = learner(spec, 2, 3, 5);
+        drive(&mut l, 300, 1);
+        l.add_arm(Arm::new("a2")).expect("add");
+        assert!(l.add_arm(Arm::new("a2")).is_err());
+        let decisions = drive(&mut l, 30, 2);
+        assert!(
+            decisions.iter().any(|d| d.arm == "a2"),
+            "{spec}: the new arm was not tried in 30 decisions"
+        );
+        let pending = l.decide(&request(vec![1.0, 0.0, 0.5])).expect("decide");
+        l.remove_arm("a0").expect("remove");
+        let decisions: Vec<_> = (0..50)
+            .map(|_| l.decide(&request(vec![1.0, 0.2, 0.5])).expect("decide"))
+            .collect();
+        assert!(decisions.iter().all(|d| d.arm != "a0" && d.arms.len() == 2));
+        let ack = l.record_quality(pending.id, 1.0).expect("feedback after removal");
+        let expected = if pending.arm == "a0" {
+            Applied::ArmRemoved
+        } else {
+            Applied::Applied
+        };
+        assert_eq!(ack, expected);
+    }
+}
+
+#[test]
+fn constraints_restrict_the_choice_and_explain_exclusions() {
+    let arms = vec![
+        Arm::new("big")
+            .with_prices(1e-5, 3e-5)
+            .with_context_window(128_000)
+            .with_tag("vision"),
+        Arm::new("small")
+            .with_prices(1e-7, 4e-7)
+            .with_context_window(8_000),
+        Arm::new("mid")
+            .with_prices(1e-6, 2e-6)
+            .with_context_window(32_000)
+            .with_tag("vision"),
+    ];
+    let mut l = Learner::new(LearnerConfig::new("lints".parse().expect("spec"), 1), arms).expect("learner");
+    let long = Request::new(Context {
+        features: vec![1.0],
+        input_tokens: 20_000,
+    });
+    for _ in 0..30 {
+        assert_ne!(l.decide(&long).expect("decide").arm, "small");
+    }
+    let mut cheap_vision = long.clone();
+    cheap_vision.constraints = Constraints {
+        require_tags: ["vision".to_string()].into(),
+        max_cost_usd: Some(0.1),
+        ..Constraints::default()
+    };
+    // big: 20000 * 1e-5 + 256 * 3e-5 = $0.208 > $0.1; mid: $0.0205.
+    let d = l.decide(&cheap_vision).expect("decide");
+    assert_eq!(d.arm, "mid");
+    assert_eq!(d.propensity, 1.0);
+    assert_eq!(d.excluded.len(), 2);
+    cheap_vision.constraints.max_cost_usd = Some(0.001);
+    let err = l.decide(&cheap_vision).unwrap_err().to_string();
+    assert!(
+        err.contains("no arm is eligible") && err.contains("mid: expected cost"),
+        "{err}"
+    );
+}
+
+#[test]
+fn fallback_lists_the_other_eligible_arms_by_estimated_reward() {
+    let mut l = learner("eps(0.0)", 4, 1, 0);
+    let qualities = [0.2, 0.9, 0.5, 0.7];
+    // Greedy with optimistic untried arms: each arm is tried once, then the best repeats.
+    for _ in 0..20 {
+        let d = l.decide(&request(vec![1.0])).expect("decide");
+        let q = qualities[arm_index(&d.arm)];
+        l.record_outcome(d.id, &Outcome::new(10.0, 0.0).with_quality(q))
+            .expect("outcome");
+    }
+    let d = l.decide(&request(vec![1.0])).expect("decide");
+    assert_eq!(d.arm, "a1");
+    assert_eq!(d.fallback, vec!["a3", "a2", "a0"]);
+}
