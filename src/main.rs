@@ -1,17 +1,85 @@
-#![allow(clippy::print_stdout)] // printing is the CLI's job
+//! The `quiver` command line: glue between the flags and the simulator.
+//!
+//! Each subcommand parses its flags (clap), validates them into the simulator's typed
+//! settings, runs, and prints. Errors carry the library's messages (file, row, column).
+#![allow(clippy::print_stdout)] // printing results is the CLI's job
 
-//! The `quiver` command line. The replay simulator and the server add their subcommands
-//! as they land; until then it reports its version and where to start.
+mod data_cmd;
+mod ope_cmd;
+mod progress;
+mod replay_cmd;
 
-fn main() {
-    let version = env!("CARGO_PKG_VERSION");
-    let mut args = std::env::args().skip(1);
-    match args.next().as_deref() {
-        Some("--version" | "-V") => println!("quiver {version}"),
-        _ => {
-            println!("quiver {version}: adaptive multi-armed-bandit routing for LLM requests");
-            println!("The learning core is the quiver-bandit library; see README.md for an example:");
-            println!("  cargo run --release -p quiver-bandit --example route");
+use clap::{Parser, Subcommand};
+
+/// Adaptive multi-armed-bandit routing for LLM requests.
+#[derive(Parser)]
+#[command(name = "quiver", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay routing policies on full-information data under bandit feedback (with no
+    /// arguments: the built-in scenario).
+    Replay(replay_cmd::ReplayArgs),
+    /// Estimate a candidate policy's value, quality and cost on a decision log.
+    Ope(ope_cmd::OpeArgs),
+    /// Convert or generate datasets.
+    #[command(subcommand)]
+    Data(data_cmd::DataCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().command {
+        Command::Replay(args) => replay_cmd::run(args),
+        Command::Ope(args) => ope_cmd::run(args),
+        Command::Data(command) => data_cmd::run(command),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Splits a comma-separated list of policy specs at the commas outside parentheses:
+/// `linucb(alpha=0.3,gamma=0.99),eps(0.05)` is two specs.
+pub fn split_specs(list: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut depth = 0i32;
+    let mut current = String::new();
+    for c in list.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(std::mem::take(&mut current));
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    out.push(current);
+    out.into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_specs;
+
+    #[test]
+    fn specs_split_at_top_level_commas() {
+        assert_eq!(
+            split_specs("linucb(alpha=0.3,gamma=0.99), eps(0.05),random"),
+            vec!["linucb(alpha=0.3,gamma=0.99)", "eps(0.05)", "random"]
+        );
     }
 }

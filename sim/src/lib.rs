@@ -1,5 +1,34 @@
-//! `quiver-sim`: the offline replay simulator and off-policy evaluation.
+//! `quiver-sim`: the offline replay simulator and off-policy evaluation of Quiver.
 //!
-//! It will load logged and full-information request datasets with polars, replay
-//! `quiver-bandit` policies under bandit feedback, and estimate policy values off-policy.
-//! This crate is the reserved home of that work; it has no public items yet.
+//! ML engineers compare routing policies here before deploying one:
+//!
+//! - [`data`] loads datasets with polars (CSV, Parquet, JSON lines; a file, a directory or
+//!   a glob) in the two shapes: wide (full information) and logged (bandit feedback), with
+//!   readers for RouterBench, RouteLLM and the Open Bandit Dataset.
+//! - [`replay`] replays `quiver-bandit` policies on wide data under bandit feedback, seeds
+//!   in parallel, with scenario knobs (feedback delay and loss, drift, a latency model).
+//! - [`ope`] estimates a candidate policy's value, quality and cost on a log with replay,
+//!   IPS, SNIPS, DM, DR, SNDR and Switch-DR, with bootstrap and analytic intervals.
+//! - [`logging`] turns wide data into a log under any logging policy: exact ground truth
+//!   for the estimators.
+//! - [`metrics`] and [`report`] summarize: regret, ratios to the best single model, the
+//!   cost-quality frontier and AIQ, APGR and CPT.
+//!
+//! The learner is the same [`quiver_bandit::Learner`] the server runs, so a replayed policy
+//! behaves as it would online.
+
+pub mod context;
+pub mod data;
+mod error;
+pub mod logging;
+pub mod metrics;
+pub mod ope;
+pub mod output;
+pub mod plot;
+pub mod replay;
+pub mod report;
+pub mod scenario;
+pub mod source;
+pub mod write;
+
+pub use error::{Result, SimError};

@@ -277,8 +277,10 @@ impl Learner {
         }
     }
 
-    /// Chooses an arm for `request` and remembers the decision for its outcome.
-    pub fn decide(&mut self, request: &Request) -> Result<Decision> {
+    /// What [`Learner::decide`] would decide for `request` next, without remembering it:
+    /// the same arm, propensity and explanation, and no change of state. Off-policy
+    /// evaluation reads a candidate's PMF this way.
+    pub fn propose(&self, request: &Request) -> Result<Decision> {
         let x = &request.context.features;
         self.validate_features(x)?;
         request.constraints.validate()?;
@@ -360,20 +362,6 @@ impl Learner {
             .collect();
 
         let arm = eligible[position];
-        self.next_decision += 1;
-        self.tracked.insert(
-            id,
-            TrackedDecision {
-                arm: Some(arm),
-                input_tokens: tokens,
-                features: x.clone(),
-                outcome_recorded: false,
-                quality_recorded: false,
-            },
-        );
-        while self.tracked.len() > self.config.max_tracked_decisions {
-            self.tracked.pop_first();
-        }
         Ok(Decision {
             id,
             arm: self.arms[arm].id.clone(),
@@ -384,6 +372,46 @@ impl Learner {
             excluded,
             w_cost,
         })
+    }
+
+    /// Chooses an arm for `request` and remembers the decision for its outcome.
+    pub fn decide(&mut self, request: &Request) -> Result<Decision> {
+        let decision = self.propose(request)?;
+        let arm = self.arm_index(&decision.arm)?;
+        self.next_decision += 1;
+        self.tracked.insert(
+            decision.id,
+            TrackedDecision {
+                arm: Some(arm),
+                input_tokens: request.context.input_tokens,
+                features: request.context.features.clone(),
+                outcome_recorded: false,
+                quality_recorded: false,
+            },
+        );
+        while self.tracked.len() > self.config.max_tracked_decisions {
+            self.tracked.pop_first();
+        }
+        Ok(decision)
+    }
+
+    /// Learns from an outcome of `arm` that this learner did not decide (a logged decision
+    /// of another policy, or a warm start): cost and latency, and quality if present.
+    /// The budget pacer is left alone: it tracks this learner's own spend.
+    pub fn learn(&mut self, arm: &str, context: &Context, outcome: &Outcome) -> Result<()> {
+        self.validate_features(&context.features)?;
+        outcome.validate()?;
+        let index = self.arm_index(arm)?;
+        let tokens = if outcome.input_tokens > 0 {
+            outcome.input_tokens
+        } else {
+            context.input_tokens
+        };
+        self.usage[index].record(outcome, tokens);
+        if let Some(quality) = outcome.credited_quality() {
+            self.policy.update(index, &context.features, quality);
+        }
+        Ok(())
     }
 
     fn tracked_mut(&mut self, id: u64) -> Result<&mut TrackedDecision> {

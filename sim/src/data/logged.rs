@@ -1,0 +1,234 @@
+//! Logged (bandit-feedback) datasets: one row per decision.
+//!
+//! Columns, exactly as the server writes them ([`LOGGED_COLUMNS`]): `decision_id`,
+//! `timestamp`, `route`, `policy`, `arm`, `propensity` in (0, 1], `quality` in [0, 1] or
+//! null, `cost_usd`, `latency_ms`, `error`, and `prompt` and/or numeric `f_*` columns.
+//! Only `arm` and `propensity` are required of data from elsewhere; the others default to
+//! row numbers, empty text, null quality, 0 and false.
+
+use super::wide::{ids_or_row_numbers, optional_in_range, optional_texts};
+use super::{feature_columns, read_features, Dataset, DatasetReader};
+use crate::error::{Result, SimError};
+use crate::source::Table;
+
+/// The logged shape's columns, in the order the server writes them (then `prompt`, `f_*`).
+pub const LOGGED_COLUMNS: [&str; 10] = [
+    "decision_id",
+    "timestamp",
+    "route",
+    "policy",
+    "arm",
+    "propensity",
+    "quality",
+    "cost_usd",
+    "latency_ms",
+    "error",
+];
+
+/// A decision log.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoggedDataset {
+    /// The data path as given.
+    pub source: String,
+    /// The arms, sorted by name; `arm[i]` indexes this list.
+    pub arms: Vec<String>,
+    /// Decision ids.
+    pub decision_ids: Vec<String>,
+    /// Timestamps as written.
+    pub timestamps: Vec<String>,
+    /// Route names.
+    pub routes: Vec<String>,
+    /// Logging policy names.
+    pub policies: Vec<String>,
+    /// Index of the chosen arm.
+    pub arm: Vec<usize>,
+    /// Probability with which the logger chose it.
+    pub propensity: Vec<f64>,
+    /// Observed quality, when it arrived.
+    pub quality: Vec<Option<f64>>,
+    /// Observed cost, USD.
+    pub cost_usd: Vec<f64>,
+    /// Observed latency, ms.
+    pub latency_ms: Vec<f64>,
+    /// Whether the call failed.
+    pub error: Vec<bool>,
+    /// Prompts, when logged.
+    pub prompts: Option<Vec<String>>,
+    /// Names of the numeric feature columns.
+    pub feature_names: Vec<String>,
+    /// Feature values, `rows x feature_names.len()`.
+    pub features: Vec<f64>,
+}
+
+impl LoggedDataset {
+    /// Number of decisions.
+    pub fn rows(&self) -> usize {
+        self.arm.len()
+    }
+
+    /// The caller features of `row`.
+    pub fn row_features(&self, row: usize) -> &[f64] {
+        let f = self.feature_names.len();
+        &self.features[row * f..(row + 1) * f]
+    }
+}
+
+/// One table's rows with arm names not yet indexed.
+struct Rows {
+    arm_names: Vec<String>,
+    data: LoggedDataset,
+}
+
+/// The native logged shape.
+pub struct LoggedReader;
+
+impl LoggedReader {
+    fn read_table(table: &Table) -> Result<Rows> {
+        let hint = "a log has one row per decision with arm and propensity";
+        let arm_names: Vec<String> = table
+            .texts("arm", hint)?
+            .into_iter()
+            .enumerate()
+            .map(|(row, a)| {
+                a.filter(|s| !s.is_empty())
+                    .ok_or_else(|| table.bad_value(row, "arm", "empty arm"))
+            })
+            .collect::<Result<_>>()?;
+        let propensity = table.numbers("propensity", hint)?;
+        let propensity = propensity
+            .into_iter()
+            .enumerate()
+            .map(|(row, p)| match p {
+                Some(p) if p > 0.0 && p <= 1.0 => Ok(p),
+                Some(p) => Err(table.bad_value(
+                    row,
+                    "propensity",
+                    format!("{p} is not a probability in (0, 1]; an arm logged with propensity 0 could not have been chosen"),
+                )),
+                None => Err(table.bad_value(row, "propensity", "empty; every decision needs its propensity")),
+            })
+            .collect::<Result<Vec<f64>>>()?;
+        let n = table.rows();
+        let or_default = |column: &str| -> Result<Vec<f64>> {
+            if table.has(column) {
+                Ok(optional_in_range(table, column, 0.0, f64::MAX)?
+                    .into_iter()
+                    .map(|v| v.unwrap_or(0.0))
+                    .collect())
+            } else {
+                Ok(vec![0.0; n])
+            }
+        };
+        let texts = |column: &str| -> Result<Vec<String>> {
+            Ok(optional_texts(table, column)?.unwrap_or_else(|| vec![String::new(); n]))
+        };
+        let feature_names = feature_columns(&table.columns());
+        Ok(Rows {
+            data: LoggedDataset {
+                decision_ids: ids_or_row_numbers(table, "decision_id")?,
+                timestamps: texts("timestamp")?,
+                routes: texts("route")?,
+                policies: texts("policy")?,
+                propensity,
+                quality: if table.has("quality") {
+                    optional_in_range(table, "quality", 0.0, 1.0)?
+                } else {
+                    vec![None; n]
+                },
+                cost_usd: or_default("cost_usd")?,
+                latency_ms: or_default("latency_ms")?,
+                error: if table.has("error") {
+                    table
+                        .numbers("error", "")?
+                        .into_iter()
+                        .map(|v| v.unwrap_or(0.0) != 0.0)
+                        .collect()
+                } else {
+                    vec![false; n]
+                },
+                prompts: optional_texts(table, "prompt")?,
+                features: read_features(table, &feature_names)?,
+                feature_names,
+                ..LoggedDataset::default()
+            },
+            arm_names,
+        })
+    }
+}
+
+/// Indexes the arm names of every table against one sorted arm list and concatenates.
+pub(crate) fn combine_logged(
+    source: &str,
+    parts: Vec<(Vec<String>, LoggedDataset)>,
+    arms: Option<Vec<String>>,
+) -> Result<LoggedDataset> {
+    let mut arms = arms.unwrap_or_else(|| {
+        let mut all: Vec<String> = parts
+            .iter()
+            .flat_map(|(names, _)| names.iter().cloned())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    });
+    arms.sort();
+    arms.dedup();
+    let mut out = LoggedDataset {
+        source: source.to_string(),
+        ..LoggedDataset::default()
+    };
+    for (i, (names, mut part)) in parts.into_iter().enumerate() {
+        if i > 0 && part.feature_names != out.feature_names {
+            return Err(SimError::Mismatch(
+                "files of one log must share their f_* columns".into(),
+            ));
+        }
+        if i > 0 && part.prompts.is_some() != out.prompts.is_some() {
+            return Err(SimError::Mismatch(
+                "files of one log must all have, or all lack, prompts".into(),
+            ));
+        }
+        out.feature_names = std::mem::take(&mut part.feature_names);
+        for name in &names {
+            let index = arms
+                .binary_search(name)
+                .map_err(|_| SimError::Mismatch(format!("arm `{name}` is not among the dataset's arms")))?;
+            out.arm.push(index);
+        }
+        out.decision_ids.append(&mut part.decision_ids);
+        out.timestamps.append(&mut part.timestamps);
+        out.routes.append(&mut part.routes);
+        out.policies.append(&mut part.policies);
+        out.propensity.append(&mut part.propensity);
+        out.quality.append(&mut part.quality);
+        out.cost_usd.append(&mut part.cost_usd);
+        out.latency_ms.append(&mut part.latency_ms);
+        out.error.append(&mut part.error);
+        out.features.append(&mut part.features);
+        match (&mut out.prompts, part.prompts) {
+            (Some(mine), Some(mut theirs)) => mine.append(&mut theirs),
+            (None, Some(theirs)) if i == 0 => out.prompts = Some(theirs),
+            _ => {}
+        }
+    }
+    out.arms = arms;
+    Ok(out)
+}
+
+impl DatasetReader for LoggedReader {
+    fn name(&self) -> &'static str {
+        "logged"
+    }
+
+    fn detects(&self, columns: &[String]) -> bool {
+        columns.iter().any(|c| c == "arm") && columns.iter().any(|c| c == "propensity")
+    }
+
+    fn read(&self, source: &str, tables: &[Table]) -> Result<Dataset> {
+        let parts = tables
+            .iter()
+            .map(|t| Self::read_table(t).map(|r| (r.arm_names, r.data)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Dataset::Logged(combine_logged(source, parts, None)?))
+    }
+}

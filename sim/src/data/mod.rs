@@ -1,0 +1,219 @@
+//! The two dataset shapes and the readers that produce them.
+//!
+//! - [`WideDataset`], full information: every arm's quality (and optionally cost and latency)
+//!   for every request; any policy can be replayed on it under bandit feedback.
+//! - [`LoggedDataset`], bandit feedback: one row per decision with the chosen arm, its
+//!   propensity and what was observed; what the server writes, and what OPE reads.
+//!
+//! Each format is a [`DatasetReader`]: the native shapes, RouterBench, RouteLLM eval CSVs
+//! and the Open Bandit Dataset. [`Format::Auto`] picks one from the columns.
+
+mod logged;
+mod obd;
+mod routellm;
+mod routerbench;
+mod wide;
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use logged::{LoggedDataset, LoggedReader, LOGGED_COLUMNS};
+pub use obd::ObdReader;
+pub use routellm::RouteLlmReader;
+pub use routerbench::RouterBenchReader;
+pub use wide::{WideDataset, WideReader};
+
+use crate::error::{Result, SimError};
+use crate::source::{read_all, Table};
+
+/// A loaded dataset of either shape.
+#[derive(Debug, Clone)]
+pub enum Dataset {
+    /// Full information.
+    Wide(WideDataset),
+    /// Bandit feedback.
+    Logged(LoggedDataset),
+}
+
+/// Turns the tables of one data path into a dataset.
+pub trait DatasetReader {
+    /// The format's name, as given to `--format`.
+    fn name(&self) -> &'static str;
+    /// Whether the columns look like this format.
+    fn detects(&self, columns: &[String]) -> bool;
+    /// Reads the tables (one per file) into one dataset.
+    fn read(&self, source: &str, tables: &[Table]) -> Result<Dataset>;
+}
+
+/// The data formats `--format` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Detect from the columns.
+    Auto,
+    /// [`WideReader`].
+    Wide,
+    /// [`LoggedReader`].
+    Logged,
+    /// [`RouterBenchReader`].
+    RouterBench,
+    /// [`RouteLlmReader`].
+    RouteLlm,
+    /// [`ObdReader`].
+    Obd,
+}
+
+impl FromStr for Format {
+    type Err = SimError;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "auto" => Format::Auto,
+            "wide" => Format::Wide,
+            "logged" => Format::Logged,
+            "routerbench" => Format::RouterBench,
+            "routellm" => Format::RouteLlm,
+            "obd" => Format::Obd,
+            other => {
+                return Err(SimError::InvalidOption(format!(
+                    "unknown format `{other}`; use auto, wide, logged, routerbench, routellm or obd"
+                )))
+            }
+        })
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Format::Auto => "auto",
+            Format::Wide => "wide",
+            Format::Logged => "logged",
+            Format::RouterBench => "routerbench",
+            Format::RouteLlm => "routellm",
+            Format::Obd => "obd",
+        };
+        f.write_str(name)
+    }
+}
+
+fn readers() -> [(Format, Box<dyn DatasetReader>); 5] {
+    // Detection order matters: the specific public formats first, the native shapes last.
+    [
+        (Format::RouterBench, Box::new(RouterBenchReader)),
+        (Format::Obd, Box::new(ObdReader)),
+        (Format::Logged, Box::new(LoggedReader)),
+        (Format::Wide, Box::new(WideReader)),
+        (Format::RouteLlm, Box::new(RouteLlmReader)),
+    ]
+}
+
+/// A row filter `COLUMN=VALUE` (`--split`): keeps rows whose column, as text, equals VALUE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    /// The column.
+    pub column: String,
+    /// The value kept.
+    pub value: String,
+}
+
+impl FromStr for Split {
+    type Err = SimError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.split_once('=') {
+            Some((c, v)) if !c.is_empty() => Ok(Split {
+                column: c.to_string(),
+                value: v.to_string(),
+            }),
+            _ => Err(SimError::InvalidOption(format!(
+                "--split `{s}` needs the form COLUMN=VALUE"
+            ))),
+        }
+    }
+}
+
+fn apply_split(table: Table, split: &Split) -> Result<Table> {
+    let values = table.texts(&split.column, "--split names a column of the data")?;
+    let mask: polars::prelude::BooleanChunked = values
+        .iter()
+        .map(|v| Some(v.as_deref() == Some(split.value.as_str())))
+        .collect();
+    let frame = table.frame.filter(&mask).map_err(|e| SimError::Read {
+        path: table.path.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(Table {
+        path: table.path,
+        frame,
+    })
+}
+
+/// Loads a data path (file, directory or glob) in `format`, keeping the rows `split` selects.
+pub fn load(source: &str, format: Format, split: Option<&Split>) -> Result<Dataset> {
+    let mut tables = read_all(source)?;
+    if let Some(split) = split {
+        tables = tables
+            .into_iter()
+            .map(|t| apply_split(t, split))
+            .collect::<Result<_>>()?;
+    }
+    let columns = tables[0].columns();
+    let readers = readers();
+    let reader = match format {
+        Format::Auto => readers
+            .iter()
+            .find(|(_, r)| r.detects(&columns))
+            .map(|(_, r)| r)
+            .ok_or_else(|| {
+                SimError::InvalidOption(format!(
+                    "{}: cannot tell the format from its columns ({}); give --format",
+                    tables[0].path.display(),
+                    columns.join(", ")
+                ))
+            })?,
+        chosen => readers
+            .iter()
+            .find(|(f, _)| *f == chosen)
+            .map(|(_, r)| r)
+            .ok_or_else(|| SimError::InvalidOption(format!("no reader for format {chosen}")))?,
+    };
+    reader.read(source, &tables)
+}
+
+/// Loads a data path that must be full-information.
+pub fn load_wide(source: &str, format: Format, split: Option<&Split>) -> Result<WideDataset> {
+    match load(source, format, split)? {
+        Dataset::Wide(w) => Ok(w),
+        Dataset::Logged(_) => Err(SimError::InvalidOption(format!(
+            "{source} is a logged (bandit-feedback) dataset; replay needs full information \
+             (quality|ARM columns); use `quiver ope` for logs"
+        ))),
+    }
+}
+
+/// Loads a data path that must be logged.
+pub fn load_logged(source: &str, format: Format, split: Option<&Split>) -> Result<LoggedDataset> {
+    match load(source, format, split)? {
+        Dataset::Logged(l) => Ok(l),
+        Dataset::Wide(_) => Err(SimError::InvalidOption(format!(
+            "{source} is a full-information (wide) dataset; OPE needs a log with arm and \
+             propensity columns (`quiver data convert --to logged` makes one)"
+        ))),
+    }
+}
+
+/// The numeric feature columns (`f_*`) of a table, in file order.
+pub(crate) fn feature_columns(columns: &[String]) -> Vec<String> {
+    columns.iter().filter(|c| c.starts_with("f_")).cloned().collect()
+}
+
+/// Reads `f_*` columns row-major, requiring finite values.
+pub(crate) fn read_features(table: &Table, names: &[String]) -> Result<Vec<f64>> {
+    let columns: Vec<Vec<f64>> = names
+        .iter()
+        .map(|n| table.required_numbers(n, f64::MIN, f64::MAX, "feature columns are named f_*"))
+        .collect::<Result<_>>()?;
+    let mut flat = Vec::with_capacity(table.rows() * names.len());
+    for row in 0..table.rows() {
+        flat.extend(columns.iter().map(|c| c[row]));
+    }
+    Ok(flat)
+}

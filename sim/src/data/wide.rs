@@ -1,0 +1,319 @@
+//! Full-information datasets: one row per request, every arm's outcome.
+//!
+//! Columns: optional `id`, `prompt`, `task`, numeric `f_*`; for every arm `A`: `quality|A`
+//! in [0, 1], and optionally `cost|A` (USD), `latency_ms|A`. Arm names may contain
+//! `/ . - :`. A row missing any arm's quality (or cost, when costs are given) is dropped and
+//! counted in [`WideDataset::dropped_incomplete`].
+
+use super::{feature_columns, read_features, Dataset, DatasetReader};
+use crate::error::{Result, SimError};
+use crate::source::{check_range, Table};
+
+/// A full-information table, row-major: value `(row, arm)` is at `row * arms + arm`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WideDataset {
+    /// The data path as given.
+    pub source: String,
+    /// Arm names, in column order.
+    pub arms: Vec<String>,
+    /// Request ids (row numbers when the data has none).
+    pub ids: Vec<String>,
+    /// Prompt text, when the data has it.
+    pub prompts: Option<Vec<String>>,
+    /// Task labels, when the data has them.
+    pub tasks: Option<Vec<String>>,
+    /// Names of the numeric feature columns.
+    pub feature_names: Vec<String>,
+    /// Feature values, `rows x feature_names.len()`.
+    pub features: Vec<f64>,
+    /// Quality in [0, 1], `rows x arms`.
+    pub quality: Vec<f64>,
+    /// Cost in USD, `rows x arms`, when known.
+    pub cost_usd: Option<Vec<f64>>,
+    /// Latency in ms, `rows x arms`, when known.
+    pub latency_ms: Option<Vec<f64>>,
+    /// Rows dropped because an arm's value was missing.
+    pub dropped_incomplete: usize,
+}
+
+impl WideDataset {
+    /// Number of requests.
+    pub fn rows(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Number of arms.
+    pub fn num_arms(&self) -> usize {
+        self.arms.len()
+    }
+
+    /// Quality of `arm` on `row`.
+    pub fn quality(&self, row: usize, arm: usize) -> f64 {
+        self.quality[row * self.arms.len() + arm]
+    }
+
+    /// Cost of `arm` on `row` (0 when the data has no costs).
+    pub fn cost_usd(&self, row: usize, arm: usize) -> f64 {
+        self.cost_usd
+            .as_ref()
+            .map_or(0.0, |c| c[row * self.arms.len() + arm])
+    }
+
+    /// Latency of `arm` on `row`, when the data has latencies.
+    pub fn latency_ms(&self, row: usize, arm: usize) -> Option<f64> {
+        self.latency_ms.as_ref().map(|l| l[row * self.arms.len() + arm])
+    }
+
+    /// The caller features of `row`.
+    pub fn row_features(&self, row: usize) -> &[f64] {
+        let f = self.feature_names.len();
+        &self.features[row * f..(row + 1) * f]
+    }
+
+    /// Appends another table with the same arms (in any column order) and features.
+    pub fn append(&mut self, mut other: WideDataset) -> Result<()> {
+        if self.arms.is_empty() {
+            *self = other;
+            return Ok(());
+        }
+        let mut sorted_self = self.arms.clone();
+        let mut sorted_other = other.arms.clone();
+        sorted_self.sort();
+        sorted_other.sort();
+        if sorted_self != sorted_other || self.feature_names != other.feature_names {
+            return Err(SimError::Mismatch(format!(
+                "files of one table must share arms and features: [{}] vs [{}]",
+                self.arms.join(", "),
+                other.arms.join(", ")
+            )));
+        }
+        if self.cost_usd.is_some() != other.cost_usd.is_some()
+            || self.latency_ms.is_some() != other.latency_ms.is_some()
+            || self.prompts.is_some() != other.prompts.is_some()
+            || self.tasks.is_some() != other.tasks.is_some()
+        {
+            return Err(SimError::Mismatch(
+                "files of one table must all have, or all lack, cost, latency, prompt and task columns"
+                    .into(),
+            ));
+        }
+        let order: Vec<usize> = self
+            .arms
+            .iter()
+            .map(|a| other.arms.iter().position(|b| b == a).unwrap_or(0))
+            .collect();
+        let reorder = |values: &[f64]| -> Vec<f64> {
+            values
+                .chunks(order.len())
+                .flat_map(|row| order.iter().map(move |&j| row[j]))
+                .collect()
+        };
+        self.quality.extend(reorder(&other.quality));
+        if let (Some(mine), Some(theirs)) = (self.cost_usd.as_mut(), other.cost_usd.as_ref()) {
+            mine.extend(reorder(theirs));
+        }
+        if let (Some(mine), Some(theirs)) = (self.latency_ms.as_mut(), other.latency_ms.as_ref()) {
+            mine.extend(reorder(theirs));
+        }
+        self.ids.append(&mut other.ids);
+        if let (Some(mine), Some(theirs)) = (self.prompts.as_mut(), other.prompts.as_mut()) {
+            mine.append(theirs);
+        }
+        if let (Some(mine), Some(theirs)) = (self.tasks.as_mut(), other.tasks.as_mut()) {
+            mine.append(theirs);
+        }
+        self.features.append(&mut other.features);
+        self.dropped_incomplete += other.dropped_incomplete;
+        Ok(())
+    }
+
+    /// Keeps only the rows for which `keep(row)` holds.
+    pub fn retain_rows(&mut self, keep: impl Fn(usize) -> bool) {
+        let k = self.arms.len();
+        let f = self.feature_names.len();
+        let rows: Vec<usize> = (0..self.rows()).filter(|&r| keep(r)).collect();
+        let pick = |values: &[f64], width: usize| -> Vec<f64> {
+            rows.iter()
+                .flat_map(|&r| values[r * width..(r + 1) * width].iter().copied())
+                .collect()
+        };
+        self.quality = pick(&self.quality, k);
+        self.cost_usd = self.cost_usd.as_ref().map(|c| pick(c, k));
+        self.latency_ms = self.latency_ms.as_ref().map(|l| pick(l, k));
+        self.features = pick(&self.features, f);
+        self.ids = rows.iter().map(|&r| self.ids[r].clone()).collect();
+        self.prompts = self
+            .prompts
+            .as_ref()
+            .map(|p| rows.iter().map(|&r| p[r].clone()).collect());
+        self.tasks = self
+            .tasks
+            .as_ref()
+            .map(|t| rows.iter().map(|&r| t[r].clone()).collect());
+    }
+}
+
+/// Columns of one wide table before completeness filtering.
+pub(crate) struct WideColumns {
+    pub arms: Vec<String>,
+    pub ids: Vec<String>,
+    pub prompts: Option<Vec<String>>,
+    pub tasks: Option<Vec<String>>,
+    pub feature_names: Vec<String>,
+    pub features: Vec<f64>,
+    /// Per arm, per row; `None` where missing.
+    pub quality: Vec<Vec<Option<f64>>>,
+    pub cost_usd: Option<Vec<Vec<Option<f64>>>>,
+    pub latency_ms: Option<Vec<Vec<Option<f64>>>>,
+}
+
+impl WideColumns {
+    /// Drops incomplete rows and lays the values out row-major.
+    pub(crate) fn into_dataset(self, source: &str) -> WideDataset {
+        let n = self.ids.len();
+        let complete = |row: usize| {
+            self.quality.iter().all(|q| q[row].is_some())
+                && self
+                    .cost_usd
+                    .as_ref()
+                    .is_none_or(|c| c.iter().all(|a| a[row].is_some()))
+                && self
+                    .latency_ms
+                    .as_ref()
+                    .is_none_or(|l| l.iter().all(|a| a[row].is_some()))
+        };
+        let rows: Vec<usize> = (0..n).filter(|&r| complete(r)).collect();
+        let flat = |per_arm: &Vec<Vec<Option<f64>>>| -> Vec<f64> {
+            rows.iter()
+                .flat_map(|&r| per_arm.iter().map(move |a| a[r].unwrap_or(0.0)))
+                .collect()
+        };
+        let f = self.feature_names.len();
+        WideDataset {
+            source: source.to_string(),
+            quality: flat(&self.quality),
+            cost_usd: self.cost_usd.as_ref().map(flat),
+            latency_ms: self.latency_ms.as_ref().map(flat),
+            features: rows
+                .iter()
+                .flat_map(|&r| self.features[r * f..(r + 1) * f].iter().copied())
+                .collect(),
+            ids: rows.iter().map(|&r| self.ids[r].clone()).collect(),
+            prompts: self.prompts.map(|p| rows.iter().map(|&r| p[r].clone()).collect()),
+            tasks: self.tasks.map(|t| rows.iter().map(|&r| t[r].clone()).collect()),
+            dropped_incomplete: n - rows.len(),
+            arms: self.arms,
+            feature_names: self.feature_names,
+        }
+    }
+}
+
+/// Reads `column` as numbers in `[lo, hi]`, keeping nulls.
+pub(crate) fn optional_in_range(table: &Table, column: &str, lo: f64, hi: f64) -> Result<Vec<Option<f64>>> {
+    let values = table.numbers(column, "")?;
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(row, v)| v.map(|x| check_range(table, row, column, x, lo, hi)).transpose())
+        .collect()
+}
+
+/// Optional text column, nulls as empty strings.
+pub(crate) fn optional_texts(table: &Table, column: &str) -> Result<Option<Vec<String>>> {
+    if !table.has(column) {
+        return Ok(None);
+    }
+    Ok(Some(
+        table
+            .texts(column, "")?
+            .into_iter()
+            .map(|v| v.unwrap_or_default())
+            .collect(),
+    ))
+}
+
+/// Ids from `column`, or the 1-based row numbers.
+pub(crate) fn ids_or_row_numbers(table: &Table, column: &str) -> Result<Vec<String>> {
+    Ok(optional_texts(table, column)?.unwrap_or_else(|| (1..=table.rows()).map(|r| r.to_string()).collect()))
+}
+
+/// The native wide shape.
+pub struct WideReader;
+
+impl WideReader {
+    fn read_table(table: &Table, source: &str) -> Result<WideDataset> {
+        let columns = table.columns();
+        let arms: Vec<String> = columns
+            .iter()
+            .filter_map(|c| c.strip_prefix("quality|").map(str::to_string))
+            .collect();
+        if arms.is_empty() {
+            return Err(SimError::MissingColumn {
+                path: table.path.clone(),
+                column: "quality|<arm>".into(),
+                hint: "a wide table has one quality|ARM column per arm".into(),
+            });
+        }
+        let per_arm = |prefix: &str, hi: f64| -> Result<Option<Vec<Vec<Option<f64>>>>> {
+            let present: Vec<bool> = arms.iter().map(|a| table.has(&format!("{prefix}|{a}"))).collect();
+            if present.iter().all(|p| !p) {
+                return Ok(None);
+            }
+            if let Some(missing) = arms.iter().zip(&present).find(|(_, p)| !**p) {
+                return Err(SimError::MissingColumn {
+                    path: table.path.clone(),
+                    column: format!("{prefix}|{}", missing.0),
+                    hint: format!("give {prefix}|ARM for every arm or for none"),
+                });
+            }
+            arms.iter()
+                .map(|a| optional_in_range(table, &format!("{prefix}|{a}"), 0.0, hi))
+                .collect::<Result<Vec<_>>>()
+                .map(Some)
+        };
+        let feature_names = feature_columns(&columns);
+        let columns = WideColumns {
+            quality: arms
+                .iter()
+                .map(|a| optional_in_range(table, &format!("quality|{a}"), 0.0, 1.0))
+                .collect::<Result<_>>()?,
+            cost_usd: per_arm("cost", f64::MAX)?,
+            latency_ms: per_arm("latency_ms", f64::MAX)?,
+            ids: ids_or_row_numbers(table, "id")?,
+            prompts: optional_texts(table, "prompt")?,
+            tasks: optional_texts(table, "task")?,
+            features: read_features(table, &feature_names)?,
+            feature_names,
+            arms,
+        };
+        Ok(columns.into_dataset(source))
+    }
+}
+
+/// Reads each table with `read_table` and appends them into one dataset.
+pub(crate) fn read_wide_tables(
+    source: &str,
+    tables: &[Table],
+    read_table: impl Fn(&Table) -> Result<WideDataset>,
+) -> Result<Dataset> {
+    let mut all = WideDataset::default();
+    for table in tables {
+        all.append(read_table(table)?)?;
+    }
+    all.source = source.to_string();
+    Ok(Dataset::Wide(all))
+}
+
+impl DatasetReader for WideReader {
+    fn name(&self) -> &'static str {
+        "wide"
+    }
+
+    fn detects(&self, columns: &[String]) -> bool {
+        columns.iter().any(|c| c.starts_with("quality|"))
+    }
+
+    fn read(&self, source: &str, tables: &[Table]) -> Result<Dataset> {
+        read_wide_tables(source, tables, |t| Self::read_table(t, source))
+    }
+}

@@ -1,0 +1,216 @@
+//! Off-policy evaluation: what a candidate policy would have earned on a decision log.
+//!
+//! The candidate runs along the log in order. On each row it computes its PMF over the
+//! arms from what came before (then learns from the logged outcome, unless frozen), so
+//! every estimator below is unbiased for the mean value of the candidate's sequence of
+//! policies (the martingale argument of Dudík et al. 2012 and Li et al. 2011).
+//!
+//! One [`Estimator`] trait: an estimator only states its per-row terms and how their means
+//! combine; the value, the bootstrap interval, the analytic (delta-method) interval and the
+//! weight diagnostics are written once, in this module.
+//!
+//! Notation: on row `i` the logger chose `a_i` with propensity `mu_i`; the candidate gives
+//! it probability `pi_i(a_i)`; `w_i = min(pi_i(a_i) / mu_i, clip)`; `r_i` is the observed
+//! metric; `q(x, a)` is the cross-fitted reward model and `dm_i = sum_a pi_i(a) q(x_i, a)`.
+
+mod candidate;
+mod estimators;
+mod reward_model;
+
+pub use candidate::{inputs_for, report_metric, run_candidate, CandidateRun, Metric, MetricReport};
+pub use estimators::{all_estimators, estimator_by_name, Dm, Dr, Ips, Replay, Sndr, Snips, SwitchDr};
+pub use reward_model::cross_fitted_predictions;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::Serialize;
+
+/// Everything the estimators read, one entry per row.
+#[derive(Debug, Clone, Default)]
+pub struct OpeInputs {
+    /// Observed metric of the logged arm.
+    pub reward: Vec<f64>,
+    /// Logging propensity of the logged arm.
+    pub propensity: Vec<f64>,
+    /// Candidate's probability of the logged arm.
+    pub target: Vec<f64>,
+    /// Reward model's prediction for the logged arm.
+    pub q_logged: Vec<f64>,
+    /// Candidate's expected reward under the reward model, `sum_a pi(a) q(x, a)`.
+    pub dm: Vec<f64>,
+    /// Whether the candidate's own draw matched the logged arm (replay).
+    pub accepted: Vec<bool>,
+    /// Largest importance weight (IPS clipping); `inf` for none.
+    pub clip: f64,
+    /// Switch-DR's threshold on the weight.
+    pub switch_tau: f64,
+}
+
+impl OpeInputs {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.reward.len()
+    }
+
+    /// The clipped importance weight of row `i`.
+    pub fn weight(&self, i: usize) -> f64 {
+        (self.target[i] / self.propensity[i]).min(self.clip)
+    }
+}
+
+/// An off-policy estimator, defined by per-row terms whose means it combines.
+pub trait Estimator: Sync {
+    /// Name, as given to `--estimators`.
+    fn name(&self) -> &'static str;
+
+    /// Up to three per-row terms.
+    fn terms(&self, inputs: &OpeInputs, i: usize) -> [f64; 3];
+
+    /// The estimate from the terms' means; by default the mean of the first term.
+    fn combine(&self, means: [f64; 3]) -> f64 {
+        means[0]
+    }
+
+    /// The gradient of [`Estimator::combine`] at `means` (for the delta method).
+    fn gradient(&self, _means: [f64; 3]) -> [f64; 3] {
+        [1.0, 0.0, 0.0]
+    }
+
+    /// Whether the estimator is unbiased given true propensities.
+    fn unbiased(&self) -> bool;
+}
+
+/// An estimate with its intervals and diagnostics.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EstimateReport {
+    /// Estimator name.
+    pub estimator: String,
+    /// Point estimate.
+    pub value: f64,
+    /// Delta-method (CLT) 95% interval.
+    pub ci95_analytic: [f64; 2],
+    /// Percentile bootstrap 95% interval, when resamples were asked for.
+    pub ci95_bootstrap: Option<[f64; 2]>,
+    /// Analytic standard error.
+    pub std_error: f64,
+}
+
+/// Per-row terms of an estimator, materialized.
+fn all_terms(estimator: &dyn Estimator, inputs: &OpeInputs) -> Vec<[f64; 3]> {
+    (0..inputs.rows()).map(|i| estimator.terms(inputs, i)).collect()
+}
+
+fn means(terms: &[[f64; 3]]) -> [f64; 3] {
+    let n = terms.len().max(1) as f64;
+    let mut m = [0.0; 3];
+    for t in terms {
+        for k in 0..3 {
+            m[k] += t[k];
+        }
+    }
+    m.map(|s| s / n)
+}
+
+/// The point estimate.
+pub fn value(estimator: &dyn Estimator, inputs: &OpeInputs) -> f64 {
+    estimator.combine(means(&all_terms(estimator, inputs)))
+}
+
+/// The delta-method standard error: the sample standard deviation of the linearized
+/// influence `grad . (t_i - mean)` over `sqrt(n)`.
+fn delta_std_error(estimator: &dyn Estimator, terms: &[[f64; 3]]) -> f64 {
+    let n = terms.len();
+    if n < 2 {
+        return f64::NAN;
+    }
+    let m = means(terms);
+    let g = estimator.gradient(m);
+    let influence: Vec<f64> = terms
+        .iter()
+        .map(|t| (0..3).map(|k| g[k] * (t[k] - m[k])).sum())
+        .collect();
+    let var = influence.iter().map(|v| v * v).sum::<f64>() / (n - 1) as f64;
+    (var / n as f64).sqrt()
+}
+
+/// Percentile bootstrap of the estimate: `resamples` resamples of the rows with
+/// replacement, in parallel; resample `b` draws from its own stream of `seed`, so the
+/// interval does not depend on the thread count.
+pub fn bootstrap(estimator: &dyn Estimator, terms: &[[f64; 3]], resamples: usize, seed: u64) -> [f64; 2] {
+    let n = terms.len();
+    if n == 0 || resamples == 0 {
+        return [f64::NAN, f64::NAN];
+    }
+    let mut values: Vec<f64> = (0..resamples)
+        .into_par_iter()
+        .map(|b| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(b as u64);
+            let mut sums = [0.0; 3];
+            for _ in 0..n {
+                let t = &terms[rng.random_range(0..n)];
+                sums[0] += t[0];
+                sums[1] += t[1];
+                sums[2] += t[2];
+            }
+            estimator.combine(sums.map(|s| s / n as f64))
+        })
+        .collect();
+    values.sort_by(f64::total_cmp);
+    let at = |p: f64| values[((values.len() - 1) as f64 * p).round() as usize];
+    [at(0.025), at(0.975)]
+}
+
+/// Value, analytic interval and (with `resamples > 0`) bootstrap interval.
+pub fn estimate(
+    estimator: &dyn Estimator,
+    inputs: &OpeInputs,
+    resamples: usize,
+    seed: u64,
+) -> EstimateReport {
+    let terms = all_terms(estimator, inputs);
+    let value = estimator.combine(means(&terms));
+    let se = delta_std_error(estimator, &terms);
+    EstimateReport {
+        estimator: estimator.name().to_string(),
+        value,
+        ci95_analytic: [value - 1.959964 * se, value + 1.959964 * se],
+        ci95_bootstrap: (resamples > 0).then(|| bootstrap(estimator, &terms, resamples, seed)),
+        std_error: se,
+    }
+}
+
+/// Importance-weight diagnostics of a candidate against a log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WeightDiagnostics {
+    /// Rows.
+    pub rows: usize,
+    /// Mean weight; 1 in expectation when the logger covers the candidate.
+    pub mean_weight: f64,
+    /// Largest weight before clipping.
+    pub max_weight: f64,
+    /// Effective sample size `(sum w)^2 / sum w^2` (Kish).
+    pub effective_sample_size: f64,
+    /// Share of rows whose weight was clipped.
+    pub clipped_share: f64,
+    /// Rows where the candidate's draw matched the logged arm (replay).
+    pub replay_accepted: usize,
+}
+
+/// Weight diagnostics.
+pub fn diagnostics(inputs: &OpeInputs) -> WeightDiagnostics {
+    let n = inputs.rows();
+    let raw: Vec<f64> = (0..n).map(|i| inputs.target[i] / inputs.propensity[i]).collect();
+    let clipped: Vec<f64> = (0..n).map(|i| inputs.weight(i)).collect();
+    let sum: f64 = clipped.iter().sum();
+    let sum_sq: f64 = clipped.iter().map(|w| w * w).sum();
+    WeightDiagnostics {
+        rows: n,
+        mean_weight: sum / n.max(1) as f64,
+        max_weight: raw.iter().cloned().fold(0.0, f64::max),
+        effective_sample_size: if sum_sq > 0.0 { sum * sum / sum_sq } else { 0.0 },
+        clipped_share: raw.iter().filter(|&&w| w > inputs.clip).count() as f64 / n.max(1) as f64,
+        replay_accepted: inputs.accepted.iter().filter(|&&a| a).count(),
+    }
+}

@@ -1,0 +1,138 @@
+//! `--out DIR`: the summary, the per-step curves and the plots of a replay.
+
+use std::path::Path;
+
+use polars::prelude::*;
+
+use crate::error::{Result, SimError};
+use crate::metrics::mean_ci95;
+use crate::plot::{chart, Series};
+use crate::replay::{ReplaySettings, Run};
+use crate::report::Summary;
+use crate::write::write_frame;
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(|e| SimError::Write {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Writes `summary.json`, `curves.parquet` (one row per variant, seed and checkpoint),
+/// `frontier.svg` (cost-quality of every policy and single model) and `regret.svg`
+/// (cumulative regret, mean across seeds with its 95% band).
+pub fn write_out(dir: &Path, summary: &Summary, settings: &ReplaySettings, runs: &[Run]) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| SimError::Write {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let json = serde_json::to_string_pretty(summary).map_err(|e| SimError::Write {
+        path: dir.join("summary.json"),
+        reason: e.to_string(),
+    })?;
+    write_text(&dir.join("summary.json"), &(json + "\n"))?;
+
+    let mut policy = Vec::new();
+    let mut seed = Vec::new();
+    let mut step = Vec::new();
+    let mut regret = Vec::new();
+    let mut quality = Vec::new();
+    let mut cost = Vec::new();
+    for run in runs {
+        for p in &run.curve {
+            policy.push(settings.variants[run.variant].label.clone());
+            seed.push(run.seed);
+            step.push(p.step as u64);
+            regret.push(p.regret);
+            quality.push(p.mean_quality);
+            cost.push(p.mean_cost_usd);
+        }
+    }
+    let path = dir.join("curves.parquet");
+    let mut frame = DataFrame::new_infer_height(vec![
+        Column::new("policy".into(), policy),
+        Column::new("seed".into(), seed),
+        Column::new("step".into(), step),
+        Column::new("regret".into(), regret),
+        Column::new("mean_quality".into(), quality),
+        Column::new("mean_cost_usd".into(), cost),
+    ])
+    .map_err(|e| SimError::Write {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    write_frame(&mut frame, &path)?;
+
+    let mut frontier: Vec<Series> = summary
+        .policies
+        .iter()
+        .map(|p| Series {
+            label: p.policy.clone(),
+            points: vec![(p.mean_cost_usd, p.mean_quality)],
+            band: Vec::new(),
+            markers: true,
+        })
+        .collect();
+    frontier.push(Series {
+        label: "single models".into(),
+        points: summary
+            .single_arms
+            .iter()
+            .map(|a| (a.mean_cost_usd, a.mean_quality))
+            .collect(),
+        band: Vec::new(),
+        markers: true,
+    });
+    frontier.push(Series {
+        label: "single-model frontier".into(),
+        points: summary.frontier.points.iter().map(|p| (p[0], p[1])).collect(),
+        band: Vec::new(),
+        markers: false,
+    });
+    write_text(
+        &dir.join("frontier.svg"),
+        &chart(
+            "Cost-quality frontier",
+            "mean cost per request (USD)",
+            "mean quality",
+            &frontier,
+        ),
+    )?;
+
+    let regret_series: Vec<Series> = settings
+        .variants
+        .iter()
+        .enumerate()
+        .map(|(v, variant)| {
+            let mine: Vec<&Run> = runs.iter().filter(|r| r.variant == v).collect();
+            let points = mine.first().map_or(0, |r| r.curve.len());
+            let mut line = Vec::new();
+            let mut band = Vec::new();
+            for i in 0..points {
+                let values: Vec<f64> = mine
+                    .iter()
+                    .filter_map(|r| r.curve.get(i).map(|p| p.regret))
+                    .collect();
+                let x = mine[0].curve[i].step as f64;
+                let (mean, ci) = mean_ci95(&values);
+                line.push((x, mean));
+                band.push((x, ci[0], ci[1]));
+            }
+            Series {
+                label: variant.label.clone(),
+                points: line,
+                band,
+                markers: false,
+            }
+        })
+        .collect();
+    write_text(
+        &dir.join("regret.svg"),
+        &chart(
+            "Cumulative regret vs the best fixed arm",
+            "requests",
+            "regret (reward units)",
+            &regret_series,
+        ),
+    )
+}

@@ -1,0 +1,232 @@
+//! Minimal SVG charts: scatter and line plots with axes, ticks and a legend.
+//!
+//! Written here rather than with a plotting crate because the output must be the same
+//! bytes for the same input (the replay's determinism promise) and must not depend on the
+//! fonts installed on the machine: text is left to the viewer, as SVG `<text>`.
+
+use std::fmt::Write;
+
+/// One named series.
+pub struct Series {
+    /// Legend label.
+    pub label: String,
+    /// Points (x, y).
+    pub points: Vec<(f64, f64)>,
+    /// Optional band (x, low, high) drawn behind the line.
+    pub band: Vec<(f64, f64, f64)>,
+    /// Draw as markers (true) or as a line (false).
+    pub markers: bool,
+}
+
+const WIDTH: f64 = 900.0;
+const HEIGHT: f64 = 560.0;
+const LEFT: f64 = 80.0;
+const RIGHT: f64 = 260.0;
+const TOP: f64 = 40.0;
+const BOTTOM: f64 = 60.0;
+const PALETTE: [&str; 10] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+    "#17becf",
+];
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn nice_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let span = (hi - lo).max(1e-12);
+    let raw = span / 5.0;
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|s| span / s <= 6.0)
+        .unwrap_or(10.0 * magnitude);
+    let start = (lo / step).ceil() as i64;
+    let end = (hi / step).floor() as i64;
+    (start..=end).map(|i| i as f64 * step).collect()
+}
+
+fn label(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v.abs() < 0.01 || v.abs() >= 1e5 {
+        format!("{v:.1e}")
+    } else {
+        let s = format!("{v:.4}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+/// Renders the series as an SVG document.
+pub fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> String {
+    let all_x = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0).chain(s.band.iter().map(|b| b.0)));
+    let all_y = series.iter().flat_map(|s| {
+        s.points
+            .iter()
+            .map(|p| p.1)
+            .chain(s.band.iter().flat_map(|b| [b.1, b.2]))
+    });
+    let (mut x0, mut x1) = all_x.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+        (a.min(x), b.max(x))
+    });
+    let (mut y0, mut y1) = all_y.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
+        (a.min(y), b.max(y))
+    });
+    if !x0.is_finite() {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    let pad = |lo: f64, hi: f64| {
+        let span = (hi - lo).abs().max(1e-9);
+        (lo - 0.05 * span, hi + 0.05 * span)
+    };
+    (x0, x1) = pad(x0, x1);
+    (y0, y1) = pad(y0, y1);
+    let plot_w = WIDTH - LEFT - RIGHT;
+    let plot_h = HEIGHT - TOP - BOTTOM;
+    let sx = |x: f64| LEFT + (x - x0) / (x1 - x0) * plot_w;
+    let sy = |y: f64| TOP + plot_h - (y - y0) / (y1 - y0) * plot_h;
+
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="24" font-size="16" text-anchor="middle">{}</text>"#,
+        LEFT + plot_w / 2.0,
+        escape(title)
+    );
+    for t in nice_ticks(x0, x1) {
+        let x = sx(t);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#eee"/>"##,
+            TOP + plot_h
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            TOP + plot_h + 18.0,
+            label(t)
+        );
+    }
+    for t in nice_ticks(y0, y1) {
+        let y = sy(t);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#eee"/>"##,
+            LEFT + plot_w
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            LEFT - 6.0,
+            y + 4.0,
+            label(t)
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r#"<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="black"/>"#
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+        LEFT + plot_w / 2.0,
+        HEIGHT - 16.0,
+        escape(x_label)
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text transform="translate(20 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
+        TOP + plot_h / 2.0,
+        escape(y_label)
+    );
+    for (i, s) in series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        if !s.band.is_empty() {
+            let upper: Vec<String> = s
+                .band
+                .iter()
+                .map(|b| format!("{:.1},{:.1}", sx(b.0), sy(b.2)))
+                .collect();
+            let lower: Vec<String> = s
+                .band
+                .iter()
+                .rev()
+                .map(|b| format!("{:.1},{:.1}", sx(b.0), sy(b.1)))
+                .collect();
+            let _ = writeln!(
+                svg,
+                r#"<polygon points="{} {}" fill="{color}" fill-opacity="0.15" stroke="none"/>"#,
+                upper.join(" "),
+                lower.join(" ")
+            );
+        }
+        if s.markers {
+            for p in &s.points {
+                let _ = writeln!(
+                    svg,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="5" fill="{color}"/>"#,
+                    sx(p.0),
+                    sy(p.1)
+                );
+            }
+        } else {
+            let line: Vec<String> = s
+                .points
+                .iter()
+                .map(|p| format!("{:.1},{:.1}", sx(p.0), sy(p.1)))
+                .collect();
+            let _ = writeln!(
+                svg,
+                r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"/>"#,
+                line.join(" ")
+            );
+        }
+        let ly = TOP + 10.0 + 18.0 * i as f64;
+        let lx = LEFT + plot_w + 16.0;
+        let _ = writeln!(
+            svg,
+            r#"<rect x="{lx:.1}" y="{:.1}" width="12" height="12" fill="{color}"/>"#,
+            ly - 10.0
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{ly:.1}">{}</text>"#,
+            lx + 18.0,
+            escape(&s.label)
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chart_is_deterministic_and_escapes_text() {
+        let s = vec![Series {
+            label: "a<b".into(),
+            points: vec![(0.0, 0.0), (1.0, 2.0)],
+            band: vec![(0.0, -0.5, 0.5), (1.0, 1.5, 2.5)],
+            markers: false,
+        }];
+        let a = chart("t", "x", "y", &s);
+        assert_eq!(a, chart("t", "x", "y", &s));
+        assert!(a.contains("a&lt;b") && a.contains("<polyline") && a.contains("<polygon"));
+        assert_eq!(
+            nice_ticks(0.0, 1.0),
+            vec![0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]
+        );
+    }
+}

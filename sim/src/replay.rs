@@ -1,0 +1,389 @@
+//! Online replay of policies on full-information data under bandit feedback.
+//!
+//! Each seed shuffles the request order; the policy decides; only the chosen arm's outcome
+//! is revealed to it (cost and latency at once, quality after the feedback delay, or never
+//! for the missing share). Every arm's true value is known to the simulator, so it tracks
+//! the reward, regret against the best fixed arm in hindsight and against the per-request
+//! oracle. With a training set, the learner first learns on it (bandit feedback, same
+//! knobs), then is evaluated on the data, still learning unless frozen.
+//!
+//! Runs of (variant, seed) are independent and run in parallel; results come back in a
+//! fixed order, so the output is the same byte for byte for the same seed and input.
+
+use std::collections::VecDeque;
+
+use quiver_bandit::{
+    Arm, BudgetConfig, Context, Learner, LearnerConfig, Objective, Outcome, PolicySpec, Request,
+};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+use rayon::prelude::*;
+
+use crate::context::ContextBuilder;
+use crate::data::WideDataset;
+use crate::error::{Result, SimError};
+
+/// A quality shift of one arm from a step of the evaluation stream on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Drift {
+    /// The arm's name.
+    pub arm: String,
+    /// First evaluation step (0-based) with the shifted quality.
+    pub step: usize,
+    /// Added to the arm's quality, then clipped to [0, 1].
+    pub delta: f64,
+}
+
+/// Latency of arms whose table has none: `median_ms * exp(sigma * z)`, `z ~ N(0, 1)`, per
+/// arm (the LLMPerf measurements are close to log-normal; see datasets/scenario).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencyModel {
+    /// Median latency per arm, ms (same order as the dataset's arms).
+    pub median_ms: Vec<f64>,
+    /// Log-space standard deviation.
+    pub sigma: f64,
+}
+
+/// Scenario knobs of a replay.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Knobs {
+    /// Decisions between a request and the arrival of its quality.
+    pub feedback_delay: usize,
+    /// Share of decisions whose quality never arrives, in [0, 1).
+    pub missing_feedback: f64,
+    /// A quality drift of one arm.
+    pub drift: Option<Drift>,
+    /// Latency where the table has none.
+    pub latency: Option<LatencyModel>,
+}
+
+/// One policy at one setting of the objective and budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variant {
+    /// The policy.
+    pub spec: PolicySpec,
+    /// Weights of the reward.
+    pub objective: Objective,
+    /// Target spend per request, USD.
+    pub budget_usd: Option<f64>,
+    /// Label in reports: the spec, plus the swept setting if any.
+    pub label: String,
+}
+
+/// What to replay and how.
+#[derive(Debug, Clone)]
+pub struct ReplaySettings {
+    /// The variants to compare.
+    pub variants: Vec<Variant>,
+    /// Seeds `0..seeds`.
+    pub seeds: u64,
+    /// Scenario knobs.
+    pub knobs: Knobs,
+    /// Evaluate without learning (after training).
+    pub freeze: bool,
+    /// Passes over the training data.
+    pub train_passes: usize,
+    /// Points per regret curve.
+    pub checkpoints: usize,
+}
+
+/// One point of a run's curve.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CurvePoint {
+    /// Requests evaluated so far.
+    pub step: usize,
+    /// Regret against the best fixed arm in hindsight, so far.
+    pub regret: f64,
+    /// Mean quality so far.
+    pub mean_quality: f64,
+    /// Mean cost so far, USD.
+    pub mean_cost_usd: f64,
+}
+
+/// The result of one (variant, seed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    /// Index into [`ReplaySettings::variants`].
+    pub variant: usize,
+    /// The seed.
+    pub seed: u64,
+    /// Mean quality over the evaluated requests.
+    pub mean_quality: f64,
+    /// Mean cost, USD.
+    pub mean_cost_usd: f64,
+    /// Mean latency, ms.
+    pub mean_latency_ms: f64,
+    /// Mean reward under the variant's objective.
+    pub mean_reward: f64,
+    /// Cumulative regret against the best fixed arm in hindsight.
+    pub regret: f64,
+    /// Cumulative regret against the per-request oracle.
+    pub regret_vs_oracle: f64,
+    /// Requests routed to each arm.
+    pub arm_counts: Vec<usize>,
+    /// The regret curve.
+    pub curve: Vec<CurvePoint>,
+}
+
+/// A full-information dataset ready to replay: values plus precomputed contexts.
+pub struct Environment<'a> {
+    data: &'a WideDataset,
+    contexts: Vec<Context>,
+}
+
+impl<'a> Environment<'a> {
+    /// Featurizes every row of `data` with `builder`.
+    pub fn new(data: &'a WideDataset, builder: &ContextBuilder) -> Result<Self> {
+        let contexts = (0..data.rows())
+            .map(|r| {
+                builder.build(
+                    data.prompts.as_ref().map(|p| p[r].as_str()),
+                    data.tasks.as_ref().map(|t| t[r].as_str()),
+                    data.row_features(r),
+                )
+            })
+            .collect::<Result<_>>()?;
+        Ok(Environment { data, contexts })
+    }
+
+    /// The dataset.
+    pub fn data(&self) -> &WideDataset {
+        self.data
+    }
+}
+
+/// What the simulator knows of one arm on one request.
+struct Truth {
+    quality: f64,
+    cost_usd: f64,
+    latency_ms: f64,
+}
+
+fn truth(
+    env: &Environment,
+    knobs: &Knobs,
+    row: usize,
+    arm: usize,
+    step: Option<usize>,
+    rng: &mut ChaCha8Rng,
+) -> Truth {
+    let data = env.data;
+    let mut quality = data.quality(row, arm);
+    if let (Some(drift), Some(step)) = (&knobs.drift, step) {
+        if step >= drift.step && data.arms[arm] == drift.arm {
+            quality = (quality + drift.delta).clamp(0.0, 1.0);
+        }
+    }
+    let latency_ms = match (data.latency_ms(row, arm), &knobs.latency) {
+        (Some(l), _) => l,
+        (None, Some(model)) => {
+            let z: f64 = StandardNormal.sample(rng);
+            model.median_ms[arm] * (model.sigma * z).exp()
+        }
+        (None, None) => 0.0,
+    };
+    Truth {
+        quality,
+        cost_usd: data.cost_usd(row, arm),
+        latency_ms,
+    }
+}
+
+/// One learner playing requests under bandit feedback: it sees the chosen arm's cost and
+/// latency at once and its quality after the delay (or never, for the missing share).
+struct Player<'k> {
+    learner: Learner,
+    knobs: &'k Knobs,
+    rng: ChaCha8Rng,
+    /// Qualities on their way: (due step, decision id, quality).
+    pending: VecDeque<(usize, u64, f64)>,
+    step: usize,
+}
+
+impl Player<'_> {
+    fn deliver_due(&mut self) -> Result<()> {
+        while self.pending.front().is_some_and(|(due, _, _)| *due <= self.step) {
+            if let Some((_, id, quality)) = self.pending.pop_front() {
+                self.learner.record_quality(id, quality)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides one request and reveals only the chosen arm's outcome to the learner.
+    fn play(
+        &mut self,
+        env: &Environment,
+        row: usize,
+        eval_step: Option<usize>,
+        learn: bool,
+    ) -> Result<(usize, Truth)> {
+        let decision = self.learner.decide(&Request::new(env.contexts[row].clone()))?;
+        let arm = self.learner.arm_index(&decision.arm)?;
+        let t = truth(env, self.knobs, row, arm, eval_step, &mut self.rng);
+        if learn {
+            self.deliver_due()?;
+            self.learner
+                .record_outcome(decision.id, &Outcome::new(t.latency_ms, t.cost_usd))?;
+            let missing =
+                self.knobs.missing_feedback > 0.0 && self.rng.random::<f64>() < self.knobs.missing_feedback;
+            if !missing {
+                self.pending
+                    .push_back((self.step + self.knobs.feedback_delay, decision.id, t.quality));
+                self.deliver_due()?;
+            }
+        }
+        self.step += 1;
+        Ok((arm, t))
+    }
+}
+
+fn learner_for(variant: &Variant, arms: &[String], dim: usize, seed: u64, rows: usize) -> Result<Learner> {
+    let mut config = LearnerConfig::new(variant.spec.clone(), dim);
+    config.objective = variant.objective;
+    config.seed = seed;
+    config.budget = variant.budget_usd.map(|b| BudgetConfig {
+        target_usd_per_request: b,
+        step_size: 0.05,
+    });
+    // Quality arrives within the delay, so only that many decisions need remembering.
+    config.max_tracked_decisions = rows.clamp(1, 1_000_000);
+    Ok(Learner::new(config, arms.iter().map(Arm::new).collect())?)
+}
+
+fn shuffled(n: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(rng);
+    order
+}
+
+/// Replays one variant with one seed.
+pub fn run_one(
+    env: &Environment,
+    train: Option<&Environment>,
+    settings: &ReplaySettings,
+    variant_index: usize,
+    seed: u64,
+) -> Result<Run> {
+    let variant = &settings.variants[variant_index];
+    let data = env.data;
+    let k = data.num_arms();
+    let dim = env.contexts.first().map_or(1, |c| c.features.len());
+    let tracked = settings.knobs.feedback_delay + 1024;
+    let mut player = Player {
+        learner: learner_for(variant, &data.arms, dim, seed, tracked)?,
+        knobs: &settings.knobs,
+        rng: ChaCha8Rng::seed_from_u64(seed),
+        pending: VecDeque::new(),
+        step: 0,
+    };
+    if let Some(train) = train {
+        for _ in 0..settings.train_passes {
+            for row in shuffled(train.data.rows(), &mut player.rng) {
+                player.play(train, row, None, true)?;
+            }
+        }
+    }
+    let n = data.rows();
+    let order = shuffled(n, &mut player.rng);
+    let every = (n / settings.checkpoints.max(1)).max(1);
+    let objective = variant.objective;
+    let mut arm_totals = vec![0.0; k];
+    let (mut reward, mut oracle, mut quality, mut cost, mut latency) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let mut arm_counts = vec![0; k];
+    let mut curve = Vec::new();
+    for (i, &row) in order.iter().enumerate() {
+        let (arm, t) = player.play(env, row, Some(i), !settings.freeze)?;
+        // Every arm's reward on this request, for the hindsight comparisons.
+        let mut best = f64::MIN;
+        for (a, total) in arm_totals.iter_mut().enumerate() {
+            let r = if a == arm {
+                objective.reward(t.quality, t.cost_usd, t.latency_ms)
+            } else {
+                let other = truth(env, &settings.knobs, row, a, Some(i), &mut player.rng);
+                objective.reward(other.quality, other.cost_usd, other.latency_ms)
+            };
+            *total += r;
+            best = best.max(r);
+        }
+        oracle += best;
+        reward += objective.reward(t.quality, t.cost_usd, t.latency_ms);
+        quality += t.quality;
+        cost += t.cost_usd;
+        latency += t.latency_ms;
+        arm_counts[arm] += 1;
+        if (i + 1) % every == 0 || i + 1 == n {
+            let best_fixed = arm_totals.iter().cloned().fold(f64::MIN, f64::max);
+            curve.push(CurvePoint {
+                step: i + 1,
+                regret: best_fixed - reward,
+                mean_quality: quality / (i + 1) as f64,
+                mean_cost_usd: cost / (i + 1) as f64,
+            });
+        }
+    }
+    let nf = n.max(1) as f64;
+    let best_fixed = arm_totals.iter().cloned().fold(f64::MIN, f64::max);
+    Ok(Run {
+        variant: variant_index,
+        seed,
+        mean_quality: quality / nf,
+        mean_cost_usd: cost / nf,
+        mean_latency_ms: latency / nf,
+        mean_reward: reward / nf,
+        regret: best_fixed - reward,
+        regret_vs_oracle: oracle - reward,
+        arm_counts,
+        curve,
+    })
+}
+
+/// Replays every variant with every seed, in parallel; `progress` is called once per
+/// finished run. Results are ordered by variant, then seed.
+pub fn replay(
+    env: &Environment,
+    train: Option<&Environment>,
+    settings: &ReplaySettings,
+    progress: &(dyn Fn() + Sync),
+) -> Result<Vec<Run>> {
+    if env.data.rows() == 0 {
+        return Err(SimError::InvalidOption(format!(
+            "{}: no complete rows to replay",
+            env.data.source
+        )));
+    }
+    if let Some(train) = train {
+        if train.data.arms != env.data.arms {
+            return Err(SimError::Mismatch(format!(
+                "train and test arms differ: [{}] vs [{}]",
+                train.data.arms.join(", "),
+                env.data.arms.join(", ")
+            )));
+        }
+    }
+    if !(0.0..1.0).contains(&settings.knobs.missing_feedback) {
+        return Err(SimError::InvalidOption(
+            "--missing-feedback must be in [0, 1)".into(),
+        ));
+    }
+    if let Some(drift) = &settings.knobs.drift {
+        if !env.data.arms.contains(&drift.arm) {
+            return Err(SimError::InvalidOption(format!(
+                "--drift names unknown arm `{}`",
+                drift.arm
+            )));
+        }
+    }
+    let jobs: Vec<(usize, u64)> = (0..settings.variants.len())
+        .flat_map(|v| (0..settings.seeds).map(move |s| (v, s)))
+        .collect();
+    jobs.par_iter()
+        .map(|&(v, s)| {
+            let run = run_one(env, train, settings, v, s);
+            progress();
+            run
+        })
+        .collect()
+}

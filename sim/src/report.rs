@@ -1,0 +1,332 @@
+//! The replay summary: the JSON document of `--json` (field names are stable) and the
+//! terminal table.
+
+use serde::Serialize;
+
+use crate::data::WideDataset;
+use crate::metrics::{self, SingleArm};
+use crate::replay::{ReplaySettings, Run};
+
+/// `dataset` of the summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatasetInfo {
+    /// The data path as given.
+    pub path: String,
+    /// Rows evaluated.
+    pub rows: usize,
+    /// Arm names.
+    pub arms: Vec<String>,
+    /// Rows dropped because an arm's value was missing.
+    pub dropped_incomplete: usize,
+    /// Training rows, when learning on a training set first.
+    pub train_rows: Option<usize>,
+}
+
+/// `oracle` of the summary: the per-request best arm (cheapest among the best).
+#[derive(Debug, Clone, Serialize)]
+pub struct OracleInfo {
+    /// Mean quality.
+    pub mean_quality: f64,
+    /// Mean cost, USD.
+    pub mean_cost_usd: f64,
+}
+
+/// 95% intervals across seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyCi {
+    /// Of mean quality.
+    pub mean_quality: [f64; 2],
+    /// Of mean cost.
+    pub mean_cost_usd: [f64; 2],
+    /// Of mean reward.
+    pub mean_reward: [f64; 2],
+    /// Of regret.
+    pub regret: [f64; 2],
+}
+
+/// One entry of `policies`: a variant averaged over seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicySummary {
+    /// The variant's label (spec, plus the swept setting).
+    pub policy: String,
+    /// Seeds run.
+    pub seeds: u64,
+    /// Mean quality.
+    pub mean_quality: f64,
+    /// Mean cost per request, USD.
+    pub mean_cost_usd: f64,
+    /// Mean latency, ms.
+    pub mean_latency_ms: f64,
+    /// Mean reward under the variant's objective.
+    pub mean_reward: f64,
+    /// Cumulative regret against the best fixed arm in hindsight.
+    pub regret: f64,
+    /// Cumulative regret against the per-request oracle.
+    pub regret_vs_oracle: f64,
+    /// Mean quality over the best single model's.
+    pub quality_vs_best_single: f64,
+    /// Mean cost over the best single model's.
+    pub cost_vs_best_single: f64,
+    /// Share of requests sent to each arm.
+    pub arm_shares: Vec<f64>,
+    /// 95% intervals across seeds (Student t).
+    pub ci95: PolicyCi,
+    /// The variant's cost weight, quality points per USD.
+    pub w_cost: f64,
+    /// The variant's budget, USD per request.
+    pub budget_usd: Option<f64>,
+}
+
+/// `frontier` of the summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct FrontierInfo {
+    /// The single models on the cost-quality frontier, by cost.
+    pub arms: Vec<String>,
+    /// Their (cost USD, quality).
+    pub points: Vec<[f64; 2]>,
+    /// Mean frontier quality over the single models' cost range (RouterBench's AIQ).
+    pub aiq: f64,
+}
+
+/// Two-arm metrics (RouteLLM): one entry per policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct TwoArmInfo {
+    /// The stronger (higher-quality) arm.
+    pub strong: String,
+    /// The weaker arm.
+    pub weak: String,
+    /// Per policy (label without the swept setting): APGR and CPT over its settings.
+    pub policies: Vec<TwoArmPolicy>,
+}
+
+/// APGR and CPT of one policy's settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct TwoArmPolicy {
+    /// The policy spec.
+    pub policy: String,
+    /// Average performance gap recovered.
+    pub apgr: f64,
+    /// Share of strong calls needed for 50% of the gap.
+    pub cpt50: f64,
+    /// Share of strong calls needed for 80% of the gap.
+    pub cpt80: f64,
+}
+
+/// The `--json` document.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// What was replayed.
+    pub dataset: DatasetInfo,
+    /// Every arm alone.
+    pub single_arms: Vec<SingleArm>,
+    /// The arm with the highest mean quality.
+    pub best_single: String,
+    /// The per-request oracle.
+    pub oracle: OracleInfo,
+    /// The single models' cost-quality frontier.
+    pub frontier: FrontierInfo,
+    /// RouteLLM's metrics, for two-arm data.
+    pub two_arm: Option<TwoArmInfo>,
+    /// One entry per variant.
+    pub policies: Vec<PolicySummary>,
+}
+
+/// Builds the summary of `runs` on `data`.
+pub fn summarize(
+    data: &WideDataset,
+    train_rows: Option<usize>,
+    settings: &ReplaySettings,
+    runs: &[Run],
+    latency_median_ms: Option<&[f64]>,
+) -> Summary {
+    let singles = metrics::single_arms(data, latency_median_ms);
+    let best = metrics::best_single(&singles);
+    let (oracle_quality, oracle_cost) = metrics::oracle(data);
+    let points: Vec<(f64, f64)> = singles
+        .iter()
+        .map(|s| (s.mean_cost_usd, s.mean_quality))
+        .collect();
+    let hull = metrics::frontier(&points);
+    let lo = points.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
+    let hi = points.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
+    let frontier = FrontierInfo {
+        arms: hull
+            .iter()
+            .filter_map(|p| points.iter().position(|q| q == p).map(|i| singles[i].arm.clone()))
+            .collect(),
+        points: hull.iter().map(|p| [p.0, p.1]).collect(),
+        aiq: metrics::aiq(&hull, lo, hi),
+    };
+    let best_quality = singles[best].mean_quality;
+    let best_cost = singles[best].mean_cost_usd;
+    let policies: Vec<PolicySummary> = settings
+        .variants
+        .iter()
+        .enumerate()
+        .map(|(v, variant)| {
+            let mine: Vec<&Run> = runs.iter().filter(|r| r.variant == v).collect();
+            let of = |f: fn(&Run) -> f64| -> Vec<f64> { mine.iter().map(|r| f(r)).collect() };
+            let (q, q_ci) = metrics::mean_ci95(&of(|r| r.mean_quality));
+            let (c, c_ci) = metrics::mean_ci95(&of(|r| r.mean_cost_usd));
+            let (rw, rw_ci) = metrics::mean_ci95(&of(|r| r.mean_reward));
+            let (rg, rg_ci) = metrics::mean_ci95(&of(|r| r.regret));
+            let total: usize = mine.iter().map(|r| r.arm_counts.iter().sum::<usize>()).sum();
+            PolicySummary {
+                policy: variant.label.clone(),
+                seeds: mine.len() as u64,
+                mean_quality: q,
+                mean_cost_usd: c,
+                mean_latency_ms: metrics::mean_ci95(&of(|r| r.mean_latency_ms)).0,
+                mean_reward: rw,
+                regret: rg,
+                regret_vs_oracle: metrics::mean_ci95(&of(|r| r.regret_vs_oracle)).0,
+                quality_vs_best_single: q / best_quality,
+                cost_vs_best_single: if best_cost > 0.0 { c / best_cost } else { f64::NAN },
+                arm_shares: (0..data.num_arms())
+                    .map(|a| mine.iter().map(|r| r.arm_counts[a]).sum::<usize>() as f64 / total.max(1) as f64)
+                    .collect(),
+                ci95: PolicyCi {
+                    mean_quality: q_ci,
+                    mean_cost_usd: c_ci,
+                    mean_reward: rw_ci,
+                    regret: rg_ci,
+                },
+                w_cost: variant.objective.w_cost,
+                budget_usd: variant.budget_usd,
+            }
+        })
+        .collect();
+    let two_arm = (data.num_arms() == 2).then(|| {
+        let weak = 1 - best;
+        let mut specs: Vec<String> = settings.variants.iter().map(|v| v.spec.to_string()).collect();
+        specs.dedup();
+        TwoArmInfo {
+            strong: singles[best].arm.clone(),
+            weak: singles[weak].arm.clone(),
+            policies: specs
+                .iter()
+                .map(|spec| {
+                    let points: Vec<(f64, f64)> = settings
+                        .variants
+                        .iter()
+                        .zip(&policies)
+                        .filter(|(v, _)| &v.spec.to_string() == spec)
+                        .map(|(_, p)| (p.arm_shares[best], p.mean_quality))
+                        .collect();
+                    let curve = metrics::pgr_curve(&points, singles[weak].mean_quality, best_quality);
+                    TwoArmPolicy {
+                        policy: spec.clone(),
+                        apgr: metrics::apgr(&curve),
+                        cpt50: metrics::cpt(&curve, 0.5),
+                        cpt80: metrics::cpt(&curve, 0.8),
+                    }
+                })
+                .collect(),
+        }
+    });
+    Summary {
+        dataset: DatasetInfo {
+            path: data.source.clone(),
+            rows: data.rows(),
+            arms: data.arms.clone(),
+            dropped_incomplete: data.dropped_incomplete,
+            train_rows,
+        },
+        best_single: singles[best].arm.clone(),
+        single_arms: singles,
+        oracle: OracleInfo {
+            mean_quality: oracle_quality,
+            mean_cost_usd: oracle_cost,
+        },
+        frontier,
+        two_arm,
+        policies,
+    }
+}
+
+/// The summary as a terminal table.
+pub fn table(summary: &Summary) -> String {
+    let mut out = String::new();
+    let d = &summary.dataset;
+    out.push_str(&format!(
+        "dataset {}: {} rows, {} arms{}{}\n\n",
+        d.path,
+        d.rows,
+        d.arms.len(),
+        d.train_rows
+            .map(|t| format!(", trained on {t} rows"))
+            .unwrap_or_default(),
+        if d.dropped_incomplete > 0 {
+            format!(" ({} incomplete rows dropped)", d.dropped_incomplete)
+        } else {
+            String::new()
+        }
+    ));
+    let width = summary
+        .policies
+        .iter()
+        .map(|p| p.policy.len())
+        .chain(summary.single_arms.iter().map(|a| a.arm.len() + 7))
+        .max()
+        .unwrap_or(10)
+        .max(12);
+    out.push_str(&format!(
+        "{:<width$} {:>8} {:>11} {:>10} {:>8} {:>9} {:>9} {:>8}\n",
+        "policy", "quality", "cost_usd", "latency_ms", "reward", "regret", "q/best", "c/best"
+    ));
+    for p in &summary.policies {
+        out.push_str(&format!(
+            "{:<width$} {:>8.4} {:>11.6} {:>10.1} {:>8.4} {:>9.1} {:>8.1}% {:>7.1}%\n",
+            p.policy,
+            p.mean_quality,
+            p.mean_cost_usd,
+            p.mean_latency_ms,
+            p.mean_reward,
+            p.regret,
+            100.0 * p.quality_vs_best_single,
+            100.0 * p.cost_vs_best_single
+        ));
+    }
+    out.push('\n');
+    let best = summary.single_arms.iter().find(|a| a.arm == summary.best_single);
+    for a in &summary.single_arms {
+        let (q, c) = best.map_or((f64::NAN, f64::NAN), |b| {
+            (a.mean_quality / b.mean_quality, a.mean_cost_usd / b.mean_cost_usd)
+        });
+        out.push_str(&format!(
+            "{:<width$} {:>8.4} {:>11.6} {:>10.1} {:>8} {:>9} {:>8.1}% {:>7.1}%\n",
+            format!("single:{}", a.arm),
+            a.mean_quality,
+            a.mean_cost_usd,
+            a.mean_latency_ms,
+            "",
+            "",
+            100.0 * q,
+            100.0 * c
+        ));
+    }
+    out.push_str(&format!(
+        "{:<width$} {:>8.4} {:>11.6}\n",
+        "oracle", summary.oracle.mean_quality, summary.oracle.mean_cost_usd
+    ));
+    out.push_str(&format!(
+        "\nbest single model: {}; frontier: {} (AIQ {:.4})\n",
+        summary.best_single,
+        summary.frontier.arms.join(" -> "),
+        summary.frontier.aiq
+    ));
+    if let Some(two) = &summary.two_arm {
+        for p in &two.policies {
+            out.push_str(&format!(
+                "{}: APGR {:.3}, CPT(50%) {:.1}%, CPT(80%) {:.1}% ({} vs {})\n",
+                p.policy,
+                p.apgr,
+                100.0 * p.cpt50,
+                100.0 * p.cpt80,
+                two.strong,
+                two.weak
+            ));
+        }
+    }
+    out
+}

@@ -1,0 +1,234 @@
+//! Finding data files and reading them with polars into typed columns.
+//!
+//! A data path is a file, a directory (every `.csv`, `.parquet`, `.jsonl`/`.ndjson` in it)
+//! or a glob; several files make one table, read in sorted order. Each file is read on its
+//! own so that every error names the file, the row and the column.
+
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+
+use crate::error::{Result, SimError};
+
+/// One file's rows.
+pub struct Table {
+    /// Where the rows came from.
+    pub path: PathBuf,
+    /// The rows.
+    pub frame: DataFrame,
+}
+
+const EXTENSIONS: [&str; 5] = ["csv", "parquet", "jsonl", "ndjson", "json"];
+
+fn is_data_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// The files a data path names, sorted.
+pub fn expand(pattern: &str) -> Result<Vec<PathBuf>> {
+    let path = Path::new(pattern);
+    let mut files: Vec<PathBuf> = if path.is_file() {
+        vec![path.to_path_buf()]
+    } else if path.is_dir() {
+        std::fs::read_dir(path)
+            .map_err(|e| SimError::Read {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && is_data_file(p))
+            .collect()
+    } else {
+        glob::glob(pattern)
+            .map_err(|e| SimError::InvalidOption(format!("bad glob `{pattern}`: {e}")))?
+            .filter_map(|entry| entry.ok())
+            .filter(|p| p.is_file() && is_data_file(p))
+            .collect()
+    };
+    files.sort();
+    if files.is_empty() {
+        return Err(SimError::NoFiles {
+            pattern: pattern.to_string(),
+        });
+    }
+    Ok(files)
+}
+
+/// Reads one file by its extension: CSV (RFC 4180, quoted multi-line fields), Parquet, or
+/// JSON lines.
+pub fn read_file(path: &Path) -> Result<Table> {
+    let read_error = |e: PolarsError| SimError::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let extension = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let frame = match extension.as_str() {
+        "parquet" => {
+            let file = std::fs::File::open(path).map_err(|e| SimError::Read {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+            ParquetReader::new(file).finish().map_err(read_error)?
+        }
+        "jsonl" | "ndjson" | "json" => {
+            let file = std::fs::File::open(path).map_err(|e| SimError::Read {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+            JsonReader::new(file)
+                .with_json_format(JsonFormat::JsonLines)
+                .infer_schema_len(Some(
+                    std::num::NonZeroUsize::new(10_000).unwrap_or(std::num::NonZeroUsize::MIN),
+                ))
+                .finish()
+                .map_err(read_error)?
+        }
+        _ => CsvReadOptions::default()
+            .with_has_header(true)
+            .with_infer_schema_length(None)
+            .try_into_reader_with_file_path(Some(path.to_path_buf()))
+            .map_err(read_error)?
+            .finish()
+            .map_err(read_error)?,
+    };
+    Ok(Table {
+        path: path.to_path_buf(),
+        frame,
+    })
+}
+
+/// Reads every file a data path names.
+pub fn read_all(pattern: &str) -> Result<Vec<Table>> {
+    expand(pattern)?.iter().map(|p| read_file(p)).collect()
+}
+
+impl Table {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.frame.height()
+    }
+
+    /// Column names, in file order.
+    pub fn columns(&self) -> Vec<String> {
+        self.frame
+            .get_column_names()
+            .iter()
+            .map(|c| c.to_string())
+            .collect()
+    }
+
+    /// Whether the file has a column.
+    pub fn has(&self, column: &str) -> bool {
+        self.frame.column(column).is_ok()
+    }
+
+    fn column(&self, name: &str, hint: &str) -> Result<&Column> {
+        self.frame.column(name).map_err(|_| SimError::MissingColumn {
+            path: self.path.clone(),
+            column: name.to_string(),
+            hint: hint.to_string(),
+        })
+    }
+
+    /// A bad-value error at a 0-based row.
+    pub fn bad_value(&self, row: usize, column: &str, reason: impl Into<String>) -> SimError {
+        SimError::BadValue {
+            path: self.path.clone(),
+            row: row + 1,
+            column: column.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A numeric column as `f64`, nulls as `None`. Booleans read as 1/0; text must parse
+    /// as a number or `true`/`false`.
+    pub fn numbers(&self, name: &str, hint: &str) -> Result<Vec<Option<f64>>> {
+        let column = self.column(name, hint)?;
+        let series = column.as_materialized_series();
+        match series.dtype() {
+            DataType::Boolean => Ok(series
+                .bool()
+                .map_err(|e| self.bad_value(0, name, e.to_string()))?
+                .iter()
+                .map(|v| v.map(|b| if b { 1.0 } else { 0.0 }))
+                .collect()),
+            DataType::String => {
+                let text = series.str().map_err(|e| self.bad_value(0, name, e.to_string()))?;
+                text.iter()
+                    .enumerate()
+                    .map(|(row, v)| match v.map(str::trim) {
+                        None | Some("") => Ok(None),
+                        Some(s) => parse_number(s)
+                            .map(Some)
+                            .ok_or_else(|| self.bad_value(row, name, format!("`{s}` is not a number"))),
+                    })
+                    .collect()
+            }
+            DataType::Null => Ok(vec![None; series.len()]),
+            _ => {
+                let cast = series
+                    .cast(&DataType::Float64)
+                    .map_err(|e| self.bad_value(0, name, format!("not numeric ({e})")))?;
+                let values = cast.f64().map_err(|e| self.bad_value(0, name, e.to_string()))?;
+                Ok(values.iter().collect())
+            }
+        }
+    }
+
+    /// A numeric column that must have no nulls and only finite values in `[lo, hi]`.
+    pub fn required_numbers(&self, name: &str, lo: f64, hi: f64, hint: &str) -> Result<Vec<f64>> {
+        let values = self.numbers(name, hint)?;
+        values
+            .iter()
+            .enumerate()
+            .map(|(row, v)| match v {
+                None => Err(self.bad_value(row, name, "empty; every row needs a value")),
+                Some(x) => check_range(self, row, name, *x, lo, hi),
+            })
+            .collect()
+    }
+
+    /// A text column; other types are rendered as text, nulls are `None`.
+    pub fn texts(&self, name: &str, hint: &str) -> Result<Vec<Option<String>>> {
+        let column = self.column(name, hint)?;
+        let series = column.as_materialized_series();
+        if let Ok(text) = series.str() {
+            return Ok(text.iter().map(|v| v.map(str::to_string)).collect());
+        }
+        let cast = series
+            .cast(&DataType::String)
+            .map_err(|e| self.bad_value(0, name, format!("not text ({e})")))?;
+        let text = cast.str().map_err(|e| self.bad_value(0, name, e.to_string()))?;
+        Ok(text.iter().map(|v| v.map(str::to_string)).collect())
+    }
+}
+
+/// Checks a finite value against `[lo, hi]`, naming the cell otherwise.
+pub fn check_range(table: &Table, row: usize, column: &str, x: f64, lo: f64, hi: f64) -> Result<f64> {
+    if !x.is_finite() {
+        return Err(table.bad_value(row, column, format!("{x} is not a finite number")));
+    }
+    if x < lo || x > hi {
+        let hint = if hi == 1.0 && lo == 0.0 {
+            "; rescale to [0, 1]"
+        } else {
+            ""
+        };
+        return Err(table.bad_value(row, column, format!("{x} is outside [{lo}, {hi}]{hint}")));
+    }
+    Ok(x)
+}
+
+fn parse_number(s: &str) -> Option<f64> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" => Some(1.0),
+        "false" => Some(0.0),
+        other => other.parse().ok(),
+    }
+}

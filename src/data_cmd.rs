@@ -1,0 +1,112 @@
+//! `quiver data`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use quiver_bandit::{Objective, PolicySpec};
+use quiver_sim::context::ContextBuilder;
+use quiver_sim::data::{load, Dataset, Format, Split};
+use quiver_sim::logging::{log_wide, LoggingSettings};
+use quiver_sim::scenario::Scenario;
+use quiver_sim::write::{write_logged, write_wide};
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Convert a dataset (RouterBench, RouteLLM, Open Bandit Dataset, or the native shapes)
+    /// to the wide or logged shape; wide data becomes a log under --logging-policy.
+    Convert(ConvertArgs),
+    /// Write the table of a scenario file (default: the built-in scenario).
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+pub struct ConvertArgs {
+    /// Input: a file, a directory or a quoted glob.
+    #[arg(long)]
+    data: String,
+    /// Input format.
+    #[arg(long, default_value = "auto")]
+    format: String,
+    /// Keep only rows whose COLUMN equals VALUE.
+    #[arg(long, value_name = "COLUMN=VALUE")]
+    split: Option<String>,
+    /// Output shape: wide or logged.
+    #[arg(long)]
+    to: String,
+    /// Policy that logs wide data (needs a floor to cover every arm).
+    #[arg(long, default_value = "random")]
+    logging_policy: String,
+    /// Cost weight of the logging policy, quality points per USD.
+    #[arg(long, default_value_t = 0.0)]
+    w_cost: f64,
+    /// Share of logged rows left without quality.
+    #[arg(long, default_value_t = 0.0)]
+    missing_quality: f64,
+    /// Seed of the logging order and draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output file: .csv, .parquet or .jsonl.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// A scenario file (default: the built-in one).
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// Output file: .csv, .parquet or .jsonl; a `split` column says train or test.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(command: DataCommand) -> Result<()> {
+    match command {
+        DataCommand::Convert(args) => convert(args),
+        DataCommand::Generate(args) => generate(args),
+    }
+}
+
+fn convert(args: ConvertArgs) -> Result<()> {
+    let format: Format = args.format.parse()?;
+    let split: Option<Split> = args.split.as_deref().map(str::parse).transpose()?;
+    let dataset = load(&args.data, format, split.as_ref())?;
+    match (dataset, args.to.as_str()) {
+        (Dataset::Wide(data), "wide") => write_wide(&data, None, &args.out)?,
+        (Dataset::Logged(log), "logged") => quiver_sim::write::write_logged(&log, &args.out)?,
+        (Dataset::Wide(data), "logged") => {
+            let spec: PolicySpec = args.logging_policy.parse()?;
+            let builder = ContextBuilder::new(
+                data.prompts.is_some(),
+                data.tasks.as_deref().unwrap_or_default(),
+                data.feature_names.len(),
+            );
+            let settings = LoggingSettings {
+                spec,
+                objective: Objective::new(args.w_cost, 0.0)?,
+                seed: args.seed,
+                missing_quality: args.missing_quality,
+            };
+            let (log, _) = log_wide(&data, &builder, &settings)?;
+            write_logged(&log, &args.out)?;
+        }
+        (Dataset::Logged(_), "wide") => {
+            bail!("a log holds only the chosen arm's outcome; it cannot become full-information data")
+        }
+        (_, other) => bail!("--to `{other}`: use wide or logged"),
+    }
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+fn generate(args: GenerateArgs) -> Result<()> {
+    let scenario = match &args.scenario {
+        Some(path) => Scenario::parse(&std::fs::read_to_string(path)?, &path.display().to_string())?,
+        None => Scenario::builtin()?,
+    };
+    let (data, splits) = scenario.generate();
+    write_wide(&data, Some(&splits), &args.out)?;
+    eprintln!("wrote {} ({} rows)", args.out.display(), data.rows());
+    Ok(())
+}

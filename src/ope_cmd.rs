@@ -1,0 +1,166 @@
+//! `quiver ope`.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use quiver_bandit::{Context, Objective, PolicySpec};
+use quiver_sim::context::ContextBuilder;
+use quiver_sim::data::{load_logged, Format, LoggedDataset, Split};
+use quiver_sim::ope::{
+    all_estimators, estimator_by_name, inputs_for, report_metric, run_candidate, Estimator, Metric,
+    MetricReport,
+};
+use serde::Serialize;
+
+#[derive(Args)]
+pub struct OpeArgs {
+    /// The decision log: a file, a directory or a quoted glob.
+    #[arg(long)]
+    data: String,
+    /// The candidate policy spec.
+    #[arg(long)]
+    policy: String,
+    /// Data format.
+    #[arg(long, default_value = "auto")]
+    format: String,
+    /// Keep only rows whose COLUMN equals VALUE.
+    #[arg(long, value_name = "COLUMN=VALUE")]
+    split: Option<String>,
+    /// Comma-separated estimators (default: all of replay, ips, snips, dm, dr, sndr, switch-dr).
+    #[arg(long)]
+    estimators: Option<String>,
+    /// Cost weight of the value, quality points per USD.
+    #[arg(long, default_value_t = 0.0)]
+    w_cost: f64,
+    /// Latency weight of the value, quality points per second.
+    #[arg(long, default_value_t = 0.0)]
+    w_latency: f64,
+    /// Largest importance weight for IPS, SNIPS, DR and SNDR.
+    #[arg(long, default_value_t = f64::INFINITY)]
+    clip: f64,
+    /// Switch-DR's weight threshold.
+    #[arg(long, default_value_t = 100.0)]
+    switch_tau: f64,
+    /// Bootstrap resamples for the percentile intervals (0: analytic only).
+    #[arg(long, default_value_t = 1000)]
+    bootstrap: usize,
+    /// Seed of the candidate's draws and of the bootstrap.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Evaluate the candidate as it starts, without learning along the log.
+    #[arg(long)]
+    frozen: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct OpeSummary {
+    dataset: String,
+    rows: usize,
+    arms: Vec<String>,
+    policy: String,
+    learning: bool,
+    metrics: Vec<MetricReport>,
+}
+
+/// The contexts of every logged row.
+pub fn contexts(log: &LoggedDataset) -> Result<Vec<Context>> {
+    let builder = ContextBuilder::new(log.prompts.is_some(), &[], log.feature_names.len());
+    (0..log.rows())
+        .map(|i| {
+            Ok(builder.build(
+                log.prompts.as_ref().map(|p| p[i].as_str()),
+                None,
+                log.row_features(i),
+            )?)
+        })
+        .collect()
+}
+
+pub fn run(args: OpeArgs) -> Result<()> {
+    let format: Format = args.format.parse()?;
+    let split: Option<Split> = args.split.as_deref().map(str::parse).transpose()?;
+    let log = load_logged(&args.data, format, split.as_ref())?;
+    let spec: PolicySpec = args.policy.parse()?;
+    let objective = Objective::new(args.w_cost, args.w_latency)?;
+    if args.clip.is_nan() || args.clip <= 0.0 {
+        bail!("--clip must be positive");
+    }
+    let estimators: Vec<Box<dyn Estimator>> = match &args.estimators {
+        None => all_estimators(),
+        Some(list) => list
+            .split(',')
+            .map(|name| {
+                estimator_by_name(name).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "unknown estimator `{name}`; use replay, ips, snips, dm, dr, sndr, switch-dr"
+                    )
+                })
+            })
+            .collect::<Result<_>>()?,
+    };
+    let contexts = contexts(&log)?;
+    let candidate = run_candidate(&log, &contexts, &spec, objective, args.seed, !args.frozen)?;
+    let metrics: Vec<MetricReport> = [Metric::Reward(objective), Metric::Quality, Metric::Cost]
+        .into_iter()
+        .map(|m| {
+            let inputs = inputs_for(&log, &contexts, &candidate, m, args.clip, args.switch_tau);
+            report_metric(&inputs, m, &estimators, args.bootstrap, args.seed)
+        })
+        .collect();
+    let summary = OpeSummary {
+        dataset: log.source.clone(),
+        rows: log.rows(),
+        arms: log.arms.clone(),
+        policy: spec.to_string(),
+        learning: !args.frozen,
+        metrics,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    println!(
+        "{}: {} decisions, {} arms; candidate {} ({})",
+        summary.dataset,
+        summary.rows,
+        summary.arms.len(),
+        summary.policy,
+        if summary.learning {
+            "learning along the log"
+        } else {
+            "frozen"
+        }
+    );
+    for m in &summary.metrics {
+        let w = &m.weights;
+        println!(
+            "\n{} over {} rows: mean weight {:.3}, max weight {:.1}, ESS {:.0}, clipped {:.1}%, replay accepted {}",
+            m.metric,
+            m.rows,
+            w.mean_weight,
+            w.max_weight,
+            w.effective_sample_size,
+            100.0 * w.clipped_share,
+            w.replay_accepted
+        );
+        println!(
+            "{:<10} {:>12} {:>27} {:>27}",
+            "estimator", "value", "95% CI (analytic)", "95% CI (bootstrap)"
+        );
+        for e in &m.estimates {
+            let boot = e
+                .ci95_bootstrap
+                .map_or("-".to_string(), |b| format!("[{:.6}, {:.6}]", b[0], b[1]));
+            println!(
+                "{:<10} {:>12.6} {:>27} {:>27}",
+                e.estimator,
+                e.value,
+                format!("[{:.6}, {:.6}]", e.ci95_analytic[0], e.ci95_analytic[1]),
+                boot
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! `quiver replay`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use quiver_bandit::{Objective, PolicySpec};
+use quiver_sim::context::ContextBuilder;
+use quiver_sim::data::{load_wide, Format, Split, WideDataset};
+use quiver_sim::replay::{replay, Drift, Environment, Knobs, LatencyModel, ReplaySettings, Variant};
+use quiver_sim::report::{summarize, table};
+use quiver_sim::scenario::Scenario;
+
+use crate::progress::bar;
+use crate::split_specs;
+
+/// Policies replayed when `--policies` is not given.
+pub const DEFAULT_POLICIES: &str =
+    "random,eps(0.05),ucb1,beta-ts(draws=64),gaussian-ts(draws=64),linucb(alpha=0.5),lints(v=0.3,draws=64)";
+
+#[derive(Args)]
+pub struct ReplayArgs {
+    /// Data to evaluate on: a file, a directory or a quoted glob (default: the built-in
+    /// scenario's test split).
+    #[arg(long)]
+    data: Option<String>,
+    /// Learn on this data first (bandit feedback), then evaluate on --data.
+    #[arg(long)]
+    train: Option<String>,
+    /// Data format.
+    #[arg(long, default_value = "auto")]
+    format: String,
+    /// Comma-separated policy specs, e.g. `linucb(alpha=0.3,gamma=0.999),eps(0.05),fixed(gpt-4o)`.
+    #[arg(long, default_value = DEFAULT_POLICIES)]
+    policies: String,
+    /// Seeds; each shuffles the request order.
+    #[arg(long, default_value_t = 5)]
+    seeds: u64,
+    /// Keep only rows whose COLUMN equals VALUE (of --data, and of --train unless --train-split).
+    #[arg(long, value_name = "COLUMN=VALUE")]
+    split: Option<String>,
+    /// Row filter of --train.
+    #[arg(long, value_name = "COLUMN=VALUE")]
+    train_split: Option<String>,
+    /// Budget: target mean spend per request in USD (paced by the learner).
+    #[arg(long)]
+    budget: Option<f64>,
+    /// Cost weight: quality points per USD.
+    #[arg(long)]
+    w_cost: Option<f64>,
+    /// Latency weight: quality points per second.
+    #[arg(long)]
+    w_latency: Option<f64>,
+    /// Replay each policy at N settings: `budget=A..B:N` or `w-cost=A..B:N`.
+    #[arg(long)]
+    sweep: Option<String>,
+    /// Decisions between a request and its quality feedback.
+    #[arg(long, default_value_t = 0)]
+    feedback_delay: usize,
+    /// Share of decisions whose quality never arrives.
+    #[arg(long, default_value_t = 0.0)]
+    missing_feedback: f64,
+    /// Shift an arm's quality from an evaluation step on: `ARM@STEP:DELTA`.
+    #[arg(long)]
+    drift: Option<String>,
+    /// Latency where the table has none: `MEDIAN_MS[,SIGMA]` for every arm.
+    #[arg(long)]
+    latency_model: Option<String>,
+    /// Evaluate without learning (after --train).
+    #[arg(long)]
+    freeze: bool,
+    /// Passes over --train.
+    #[arg(long, default_value_t = 1)]
+    train_passes: usize,
+    /// Write summary.json, curves.parquet and plots here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the JSON summary instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_sweep(text: &str) -> Result<(String, Vec<f64>)> {
+    let (key, range) = text.split_once('=').context("--sweep needs KEY=A..B:N")?;
+    let (bounds, n) = range.split_once(':').context("--sweep needs KEY=A..B:N")?;
+    let (a, b) = bounds.split_once("..").context("--sweep needs KEY=A..B:N")?;
+    let (a, b): (f64, f64) = (a.parse()?, b.parse()?);
+    let n: usize = n.parse()?;
+    if n < 1 || !a.is_finite() || !b.is_finite() || a < 0.0 || b < a {
+        bail!("--sweep {text}: need 0 <= A <= B and N >= 1");
+    }
+    let values = (0..n)
+        .map(|i| {
+            if n == 1 {
+                a
+            } else {
+                a + (b - a) * i as f64 / (n - 1) as f64
+            }
+        })
+        .collect();
+    match key {
+        "budget" | "w-cost" => Ok((key.to_string(), values)),
+        other => bail!("--sweep `{other}`: sweep budget or w-cost"),
+    }
+}
+
+fn parse_drift(text: &str) -> Result<Drift> {
+    let (arm, rest) = text.rsplit_once('@').context("--drift needs ARM@STEP:DELTA")?;
+    let (step, delta) = rest.split_once(':').context("--drift needs ARM@STEP:DELTA")?;
+    Ok(Drift {
+        arm: arm.to_string(),
+        step: step.parse().context("--drift STEP must be a whole number")?,
+        delta: delta.parse().context("--drift DELTA must be a number")?,
+    })
+}
+
+fn parse_latency(text: &str, arms: usize) -> Result<LatencyModel> {
+    let mut parts = text.split(',');
+    let median: f64 = parts
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .context("--latency-model MEDIAN_MS[,SIGMA]")?;
+    let sigma: f64 = match parts.next() {
+        Some(s) => s
+            .trim()
+            .parse()
+            .context("--latency-model SIGMA must be a number")?,
+        None => 0.3,
+    };
+    if !(median > 0.0 && sigma >= 0.0 && median.is_finite() && sigma.is_finite()) {
+        bail!("--latency-model needs MEDIAN_MS > 0 and SIGMA >= 0");
+    }
+    Ok(LatencyModel {
+        median_ms: vec![median; arms],
+        sigma,
+    })
+}
+
+/// The data to evaluate and to train on, and the base objective.
+fn datasets(args: &ReplayArgs) -> Result<(WideDataset, Option<WideDataset>, Objective)> {
+    let format: Format = args.format.parse()?;
+    let split: Option<Split> = args.split.as_deref().map(str::parse).transpose()?;
+    let train_split: Option<Split> = args.train_split.as_deref().map(str::parse).transpose()?;
+    let objective = |default: Objective| -> Result<Objective> {
+        Ok(Objective::new(
+            args.w_cost.unwrap_or(default.w_cost),
+            args.w_latency.unwrap_or(default.w_latency),
+        )?)
+    };
+    match &args.data {
+        Some(path) => {
+            let data = load_wide(path, format, split.as_ref())?;
+            let train = args
+                .train
+                .as_deref()
+                .map(|t| load_wide(t, format, train_split.as_ref().or(split.as_ref())))
+                .transpose()?;
+            Ok((data, train, objective(Objective::default())?))
+        }
+        None => {
+            if args.train.is_some() {
+                bail!("--train needs --data (the built-in scenario brings its own train split)");
+            }
+            let scenario = Scenario::builtin()?;
+            let (table, splits) = scenario.generate();
+            let mut test = table.clone();
+            test.retain_rows(|r| splits[r] == "test");
+            let mut train = table;
+            train.retain_rows(|r| splits[r] == "train");
+            test.source = format!("builtin:{} (test split)", scenario.name);
+            Ok((test, Some(train), objective(scenario.objective()?)?))
+        }
+    }
+}
+
+pub fn run(args: ReplayArgs) -> Result<()> {
+    let specs: Vec<PolicySpec> = split_specs(&args.policies)
+        .iter()
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()?;
+    if specs.is_empty() {
+        bail!("--policies is empty");
+    }
+    if let Some(b) = args.budget {
+        if !(b > 0.0 && b.is_finite()) {
+            bail!("--budget must be a positive number of USD per request");
+        }
+    }
+    let sweep = args.sweep.as_deref().map(parse_sweep).transpose()?;
+    let drift = args.drift.as_deref().map(parse_drift).transpose()?;
+    let (data, train, objective) = datasets(&args)?;
+    let mut variants = Vec::new();
+    for spec in &specs {
+        match &sweep {
+            None => variants.push(Variant {
+                spec: spec.clone(),
+                objective,
+                budget_usd: args.budget,
+                label: spec.to_string(),
+            }),
+            Some((key, values)) => {
+                for v in values {
+                    let (objective, budget) = if key == "budget" {
+                        (objective, Some(*v))
+                    } else {
+                        (Objective::new(*v, objective.w_latency)?, args.budget)
+                    };
+                    variants.push(Variant {
+                        spec: spec.clone(),
+                        objective,
+                        budget_usd: budget,
+                        label: format!("{spec} @ {key}={v}"),
+                    });
+                }
+            }
+        }
+    }
+    let mut tasks: Vec<String> = data.tasks.clone().unwrap_or_default();
+    if let Some(t) = &train {
+        tasks.extend(t.tasks.clone().unwrap_or_default());
+    }
+    let builder = ContextBuilder::new(data.prompts.is_some(), &tasks, data.feature_names.len());
+    let env = Environment::new(&data, &builder)?;
+    let train_env = train
+        .as_ref()
+        .map(|t| Environment::new(t, &builder))
+        .transpose()?;
+    let latency = match (&args.latency_model, data.latency_ms.is_some()) {
+        (Some(text), false) => Some(parse_latency(text, data.num_arms())?),
+        (Some(_), true) => {
+            bail!("--latency-model applies to tables without latency_ms columns; this one has them")
+        }
+        (None, _) => None,
+    };
+    let settings = ReplaySettings {
+        variants,
+        seeds: args.seeds.max(1),
+        knobs: Knobs {
+            feedback_delay: args.feedback_delay,
+            missing_feedback: args.missing_feedback,
+            drift,
+            latency: latency.clone(),
+        },
+        freeze: args.freeze,
+        train_passes: args.train_passes.max(1),
+        checkpoints: 200,
+    };
+    let progress = bar(settings.variants.len() as u64 * settings.seeds, "replaying");
+    let runs = replay(&env, train_env.as_ref(), &settings, &|| progress.inc(1))?;
+    progress.finish_and_clear();
+    let summary = summarize(
+        &data,
+        train.as_ref().map(WideDataset::rows),
+        &settings,
+        &runs,
+        latency.as_ref().map(|l| l.median_ms.as_slice()),
+    );
+    if let Some(dir) = &args.out {
+        quiver_sim::output::write_out(dir, &summary, &settings, &runs)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", table(&summary));
+        if let Some(dir) = &args.out {
+            println!("wrote {}", dir.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! The `quiver` binary end to end: replay, OPE and conversion on generated fixtures, byte
+//! determinism, and the error messages of bad input.
+
+#![allow(clippy::unwrap_used)] // a test helper that fails should panic
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn quiver(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(args)
+        .output()
+        .expect("run quiver")
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "quiver failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    assert!(!o.status.success(), "quiver should have failed");
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// A fresh directory under the target dir for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// A small wide table: three arms, a feature, prompts with tasks.
+fn wide_fixture(dir: &Path) -> PathBuf {
+    let path = dir.join("wide.csv");
+    let mut text = String::from("id,prompt,task,f_len,quality|small,cost|small,quality|mid/v1,cost|mid/v1,quality|big:2024,cost|big:2024\n");
+    for i in 0..120 {
+        let code = i % 3 == 0;
+        let (qs, qm, qb) = if code { (0, i % 2, 1) } else { (1, 1, (i / 2) % 2) };
+        text.push_str(&format!(
+            "r{i},\"{} {i}\",{},{},{qs},0.0001,{qm},0.0005,{qb},0.002\n",
+            if code {
+                "def f(): return"
+            } else {
+                "What is the capital of"
+            },
+            if code { "code" } else { "chat" },
+            (i % 7) as f64 / 7.0
+        ));
+    }
+    std::fs::write(&path, text).expect("write fixture");
+    path
+}
+
+#[test]
+fn replay_json_is_byte_identical_for_the_same_seed_and_has_the_stable_fields() {
+    let dir = scratch("replay_json");
+    let data = wide_fixture(&dir);
+    let args = [
+        "replay",
+        "--data",
+        data.to_str().unwrap(),
+        "--policies",
+        "linucb(alpha=0.5),lints(v=0.3),eps(0.1),random",
+        "--seeds",
+        "4",
+        "--w-cost",
+        "20",
+        "--json",
+    ];
+    let first = stdout(&quiver(&args));
+    let second = stdout(&quiver(&args));
+    assert_eq!(first, second);
+    let v: serde_json::Value = serde_json::from_str(&first).expect("json");
+    assert_eq!(v["dataset"]["rows"], 120);
+    assert_eq!(v["dataset"]["arms"].as_array().unwrap().len(), 3);
+    // mid/v1 answers 100 of the 120 fixture rows well, small 80, big:2024 ~60.
+    assert_eq!(v["best_single"], "mid/v1");
+    for key in ["arm", "mean_quality", "mean_cost_usd", "mean_latency_ms"] {
+        assert!(v["single_arms"][0].get(key).is_some(), "single_arms.{key}");
+    }
+    assert!(
+        v["oracle"]["mean_quality"].as_f64().unwrap()
+            >= v["single_arms"][1]["mean_quality"].as_f64().unwrap()
+    );
+    let p = &v["policies"][0];
+    for key in [
+        "policy",
+        "seeds",
+        "mean_quality",
+        "mean_cost_usd",
+        "mean_latency_ms",
+        "mean_reward",
+        "regret",
+        "quality_vs_best_single",
+        "cost_vs_best_single",
+        "ci95",
+    ] {
+        assert!(p.get(key).is_some(), "policies[0].{key}");
+    }
+    assert_eq!(p["seeds"], 4);
+    let ratio = p["mean_quality"].as_f64().unwrap() / v["single_arms"][1]["mean_quality"].as_f64().unwrap();
+    assert!((p["quality_vs_best_single"].as_f64().unwrap() - ratio).abs() < 1e-12);
+}
+
+#[test]
+fn replay_out_writes_summary_curves_and_plots() {
+    let dir = scratch("replay_out");
+    let data = wide_fixture(&dir);
+    let out = dir.join("out");
+    stdout(&quiver(&[
+        "replay",
+        "--data",
+        data.to_str().unwrap(),
+        "--policies",
+        "ucb1,random",
+        "--seeds",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    for file in ["summary.json", "curves.parquet", "frontier.svg", "regret.svg"] {
+        let meta = std::fs::metadata(out.join(file)).unwrap_or_else(|_| panic!("{file} missing"));
+        assert!(meta.len() > 100, "{file} is empty");
+    }
+    let svg = std::fs::read_to_string(out.join("frontier.svg")).unwrap();
+    assert!(svg.contains("single-model frontier") && svg.contains("ucb1(c=1)"));
+}
+
+#[test]
+fn wide_data_converts_to_a_log_that_ope_reads() {
+    let dir = scratch("convert_ope");
+    let data = wide_fixture(&dir);
+    let log = dir.join("log.parquet");
+    stdout(&quiver(&[
+        "data",
+        "convert",
+        "--data",
+        data.to_str().unwrap(),
+        "--to",
+        "logged",
+        "--logging-policy",
+        "eps(0.5)",
+        "--out",
+        log.to_str().unwrap(),
+    ]));
+    let out = stdout(&quiver(&[
+        "ope",
+        "--data",
+        log.to_str().unwrap(),
+        "--policy",
+        "fixed(small)",
+        "--bootstrap",
+        "200",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["rows"], 120);
+    let quality = &v["metrics"][1];
+    assert_eq!(quality["metric"], "quality");
+    let names: Vec<&str> = quality["estimates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["estimator"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["replay", "ips", "snips", "dm", "dr", "sndr", "switch-dr"]);
+    // fixed(small)'s true quality on the fixture is 80/120; SNIPS with eps(0.5) logging is close.
+    let snips = quality["estimates"][2]["value"].as_f64().unwrap();
+    assert!((snips - 80.0 / 120.0).abs() < 0.2, "snips {snips}");
+}
+
+#[test]
+fn malformed_inputs_name_the_file_row_and_column() {
+    let dir = scratch("errors");
+    let bad_quality = dir.join("bad_quality.csv");
+    std::fs::write(&bad_quality, "id,quality|a,quality|b\n1,0.5,1\n2,abc,0\n").unwrap();
+    let err = stderr(&quiver(&["replay", "--data", bad_quality.to_str().unwrap()]));
+    assert!(
+        err.contains("bad_quality.csv: row 2, column `quality|a`: `abc` is not a number"),
+        "{err}"
+    );
+
+    let out_of_range = dir.join("range.csv");
+    std::fs::write(&out_of_range, "quality|a,quality|b\n0.5,1\n0.2,1.7\n").unwrap();
+    let err = stderr(&quiver(&["replay", "--data", out_of_range.to_str().unwrap()]));
+    assert!(
+        err.contains("range.csv: row 2, column `quality|b`: 1.7 is outside [0, 1]; rescale to [0, 1]"),
+        "{err}"
+    );
+
+    let no_arm = dir.join("no_arm.csv");
+    std::fs::write(&no_arm, "decision_id,propensity,quality\n1,0.5,1\n").unwrap();
+    let err = stderr(&quiver(&[
+        "ope",
+        "--data",
+        no_arm.to_str().unwrap(),
+        "--format",
+        "logged",
+        "--policy",
+        "random",
+    ]));
+    assert!(err.contains("no_arm.csv: missing column `arm`"), "{err}");
+
+    for (name, p) in [("zero.csv", "0"), ("big.csv", "1.5")] {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("arm,propensity,quality\na,0.5,1\nb,{p},0\n")).unwrap();
+        let err = stderr(&quiver(&[
+            "ope",
+            "--data",
+            path.to_str().unwrap(),
+            "--policy",
+            "random",
+        ]));
+        assert!(
+            err.contains(&format!(
+                "{name}: row 2, column `propensity`: {p} is not a probability in (0, 1]"
+            )),
+            "{err}"
+        );
+    }
+
+    let broken = dir.join("broken.csv");
+    std::fs::write(&broken, "quality|a,quality|b\n0.5,1\n\"unterminated,0\n").unwrap();
+    let err = stderr(&quiver(&["replay", "--data", broken.to_str().unwrap()]));
+    assert!(err.contains("broken.csv"), "{err}");
+
+    let err = stderr(&quiver(&[
+        "replay",
+        "--data",
+        dir.join("nothing-*.csv").to_str().unwrap(),
+    ]));
+    assert!(err.contains("no data file matches"), "{err}");
+    let err = stderr(&quiver(&[
+        "replay",
+        "--data",
+        bad_quality.to_str().unwrap(),
+        "--policies",
+        "linucb(alpha=x)",
+    ]));
+    assert!(err.contains("alpha=x is not a number"), "{err}");
+}
+
+#[test]
+fn several_files_are_one_table() {
+    let dir = scratch("glob");
+    let data = wide_fixture(&dir);
+    let text = std::fs::read_to_string(&data).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    let rows: Vec<&str> = lines.collect();
+    let parts = dir.join("parts");
+    std::fs::create_dir_all(&parts).unwrap();
+    std::fs::write(
+        parts.join("a.csv"),
+        format!("{header}\n{}\n", rows[..60].join("\n")),
+    )
+    .unwrap();
+    std::fs::write(
+        parts.join("b.csv"),
+        format!("{header}\n{}\n", rows[60..].join("\n")),
+    )
+    .unwrap();
+    let whole = stdout(&quiver(&[
+        "replay",
+        "--data",
+        data.to_str().unwrap(),
+        "--policies",
+        "ucb1",
+        "--seeds",
+        "2",
+        "--json",
+    ]));
+    for pattern in [
+        parts.to_str().unwrap().to_string(),
+        format!("{}/*.csv", parts.display()),
+    ] {
+        let split = stdout(&quiver(&[
+            "replay",
+            "--data",
+            &pattern,
+            "--policies",
+            "ucb1",
+            "--seeds",
+            "2",
+            "--json",
+        ]));
+        let (a, b): (serde_json::Value, serde_json::Value) = (
+            serde_json::from_str(&whole).unwrap(),
+            serde_json::from_str(&split).unwrap(),
+        );
+        assert_eq!(a["policies"], b["policies"]);
+        assert_eq!(a["single_arms"], b["single_arms"]);
+    }
+}

@@ -1,0 +1,295 @@
+//! Checks on the public datasets, read from `../shared/datasets/` (or `$QUIVER_DATASETS`).
+//! They run in CI, where the folder exists; elsewhere each test says it is skipped.
+
+#![allow(clippy::unwrap_used)] // a test helper that fails should panic
+
+use std::path::PathBuf;
+
+use quiver_bandit::{Objective, PolicySpec};
+use quiver_sim::context::ContextBuilder;
+use quiver_sim::data::{load_logged, load_wide, Format};
+use quiver_sim::metrics;
+use quiver_sim::ope::{estimate, inputs_for, run_candidate, Ips, Metric, Snips};
+use quiver_sim::replay::{replay, Environment, Knobs, ReplaySettings, Variant};
+use quiver_sim::report::summarize;
+
+fn datasets() -> Option<PathBuf> {
+    let dir = std::env::var_os("QUIVER_DATASETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets"));
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "skipped: public datasets not found at {} (set QUIVER_DATASETS)",
+            dir.display()
+        );
+        None
+    }
+}
+
+fn path(dir: &std::path::Path, rel: &str) -> String {
+    dir.join(rel).to_string_lossy().to_string()
+}
+
+#[test]
+fn routerbench_per_model_means_equal_the_published_facts() {
+    let Some(dir) = datasets() else { return };
+    let data = load_wide(&path(&dir, "routerbench_subset/*.csv"), Format::Auto, None).unwrap();
+    assert_eq!(data.rows(), 3150, "complete rows");
+    assert_eq!(data.num_arms(), 11);
+    let singles = metrics::single_arms(&data, None);
+    let gpt4 = singles.iter().find(|s| s.arm == "gpt-4-1106-preview").unwrap();
+    assert!(
+        (gpt4.mean_quality - 0.879).abs() < 0.0005,
+        "{}",
+        gpt4.mean_quality
+    );
+    assert!(
+        (gpt4.mean_cost_usd - 0.00502).abs() < 0.000005,
+        "{}",
+        gpt4.mean_cost_usd
+    );
+    let (oracle_q, oracle_c) = metrics::oracle(&data);
+    assert!(
+        (oracle_q - 0.976).abs() < 0.0005 && (oracle_c - 0.00021).abs() < 0.000005,
+        "{oracle_q} {oracle_c}"
+    );
+}
+
+#[test]
+fn routerbench_linear_policies_trained_on_train_beat_the_best_fixed_arm_on_test() {
+    let Some(dir) = datasets() else { return };
+    let train = load_wide(
+        &path(&dir, "routerbench_subset/*_train.csv"),
+        Format::RouterBench,
+        None,
+    )
+    .unwrap();
+    let test = load_wide(
+        &path(&dir, "routerbench_subset/*_test.csv"),
+        Format::RouterBench,
+        None,
+    )
+    .unwrap();
+    let mut tasks = train.tasks.clone().unwrap();
+    tasks.extend(test.tasks.clone().unwrap());
+    let builder = ContextBuilder::new(true, &tasks, 0);
+    let (env, train_env) = (
+        Environment::new(&test, &builder).unwrap(),
+        Environment::new(&train, &builder).unwrap(),
+    );
+    let objective = Objective::new(50.0, 0.0).unwrap();
+    let specs = ["linucb(alpha=0.3)", "lints(v=0.1,draws=32)"];
+    let settings = ReplaySettings {
+        variants: specs
+            .iter()
+            .map(|s| Variant {
+                spec: s.parse::<PolicySpec>().unwrap(),
+                objective,
+                budget_usd: None,
+                label: s.to_string(),
+            })
+            .collect(),
+        seeds: 3,
+        knobs: Knobs::default(),
+        freeze: false,
+        train_passes: 3,
+        checkpoints: 10,
+    };
+    let runs = replay(&env, Some(&train_env), &settings, &|| {}).unwrap();
+    let summary = summarize(&test, Some(train.rows()), &settings, &runs, None);
+    let best_fixed = summary
+        .single_arms
+        .iter()
+        .map(|a| objective.reward(a.mean_quality, a.mean_cost_usd, 0.0))
+        .fold(f64::MIN, f64::max);
+    for p in &summary.policies {
+        eprintln!(
+            "{}: reward {:.4} (best fixed {best_fixed:.4}), quality {:.1}% and cost {:.1}% of the best single model",
+            p.policy,
+            p.mean_reward,
+            100.0 * p.quality_vs_best_single,
+            100.0 * p.cost_vs_best_single
+        );
+        assert!(
+            p.mean_reward > best_fixed,
+            "{} reward {} <= best fixed {best_fixed}",
+            p.policy,
+            p.mean_reward
+        );
+    }
+}
+
+/// APGR and CPT of a w-cost sweep, against a brute-force evaluation of the same curve on
+/// a fine grid of strong-call shares.
+#[test]
+fn routellm_apgr_and_cpt_match_brute_force() {
+    let Some(dir) = datasets() else { return };
+    for files in [
+        "routellm_evals/mmlu/*.csv",
+        "routellm_evals/gsm8k/gsm8k_responses.csv",
+    ] {
+        let data = load_wide(&path(&dir, files), Format::RouteLlm, None).unwrap();
+        assert_eq!(data.num_arms(), 2);
+        let builder = ContextBuilder::new(true, data.tasks.as_deref().unwrap(), 0);
+        let env = Environment::new(&data, &builder).unwrap();
+        let spec: PolicySpec = "linucb(alpha=0.3)".parse().unwrap();
+        let variants: Vec<Variant> = [0.0, 2.0, 5.0, 10.0, 20.0, 50.0, 200.0]
+            .iter()
+            .map(|&w| Variant {
+                spec: spec.clone(),
+                objective: Objective::new(w, 0.0).unwrap(),
+                budget_usd: None,
+                label: format!("{spec} @ w-cost={w}"),
+            })
+            .collect();
+        let settings = ReplaySettings {
+            variants,
+            seeds: 1,
+            knobs: Knobs::default(),
+            freeze: false,
+            train_passes: 1,
+            checkpoints: 4,
+        };
+        let runs = replay(&env, None, &settings, &|| {}).unwrap();
+        let summary = summarize(&data, None, &settings, &runs, None);
+        let two = summary.two_arm.as_ref().unwrap();
+        assert_eq!(two.strong, "gpt-4-1106-preview");
+        let strong = data.arms.iter().position(|a| a == &two.strong).unwrap();
+        let (qs, qw) = (
+            summary.single_arms[strong].mean_quality,
+            summary.single_arms[1 - strong].mean_quality,
+        );
+        let mut points: Vec<(f64, f64)> = vec![(0.0, 0.0), (1.0, 1.0)];
+        points.extend(
+            summary
+                .policies
+                .iter()
+                .map(|p| (p.arm_shares[strong], (p.mean_quality - qw) / (qs - qw))),
+        );
+        points.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        let pgr_at = |s: f64| -> f64 {
+            let i = points
+                .iter()
+                .rposition(|p| p.0 <= s)
+                .unwrap()
+                .min(points.len() - 2);
+            let (a, b) = (points[i], points[i + 1]);
+            if b.0 > a.0 {
+                a.1 + (s - a.0) / (b.0 - a.0) * (b.1 - a.1)
+            } else {
+                b.1
+            }
+        };
+        let grid = 200_000;
+        let brute_apgr = (0..grid)
+            .map(|i| pgr_at((i as f64 + 0.5) / grid as f64))
+            .sum::<f64>()
+            / grid as f64;
+        let brute_cpt = |x: f64| {
+            (0..=grid)
+                .map(|i| i as f64 / grid as f64)
+                .find(|&s| pgr_at(s) >= x)
+                .unwrap_or(1.0)
+        };
+        let p = &two.policies[0];
+        eprintln!(
+            "{files}: APGR {:.4}, CPT(50%) {:.3}, CPT(80%) {:.3}",
+            p.apgr, p.cpt50, p.cpt80
+        );
+        assert!(
+            (p.apgr - brute_apgr).abs() < 1e-4,
+            "apgr {} vs {brute_apgr}",
+            p.apgr
+        );
+        assert!(
+            (p.cpt50 - brute_cpt(0.5)).abs() < 1e-4,
+            "cpt50 {} vs {}",
+            p.cpt50,
+            brute_cpt(0.5)
+        );
+        assert!(
+            (p.cpt80 - brute_cpt(0.8)).abs() < 1e-4,
+            "cpt80 {} vs {}",
+            p.cpt80,
+            brute_cpt(0.8)
+        );
+    }
+}
+
+/// The uniform-random policy's click rate, estimated off-policy from the Bernoulli-TS log,
+/// against the random log's own on-policy click rate; and the estimates against their
+/// formulas evaluated directly on the raw CSV.
+#[test]
+fn open_bandit_dataset_off_policy_estimate_of_random_matches_its_on_policy_click_rate() {
+    let Some(dir) = datasets() else { return };
+    let bts = load_logged(
+        &path(&dir, "open_bandit_dataset_sample/bts/all/all.csv"),
+        Format::Obd,
+        None,
+    )
+    .unwrap();
+    let random = load_logged(
+        &path(&dir, "open_bandit_dataset_sample/random/all/all.csv"),
+        Format::Obd,
+        None,
+    )
+    .unwrap();
+    let on_policy = random.quality.iter().map(|q| q.unwrap()).sum::<f64>() / random.rows() as f64;
+    assert_eq!(bts.arms.len(), 80);
+    let builder = ContextBuilder::new(false, &[], bts.feature_names.len());
+    let contexts: Vec<_> = (0..bts.rows())
+        .map(|i| builder.build(None, None, bts.row_features(i)).unwrap())
+        .collect();
+    let spec: PolicySpec = "random".parse().unwrap();
+    let run = run_candidate(&bts, &contexts, &spec, Objective::default(), 0, false).unwrap();
+    let inputs = inputs_for(
+        &bts,
+        &contexts,
+        &run,
+        Metric::Quality,
+        f64::INFINITY,
+        f64::INFINITY,
+    );
+
+    // Direct formulas on the raw file: w = (1/80) / propensity_score.
+    let raw = std::fs::read_to_string(dir.join("open_bandit_dataset_sample/bts/all/all.csv")).unwrap();
+    let mut lines = raw.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let (click, pscore) = (
+        header.iter().position(|h| *h == "click").unwrap(),
+        header.iter().position(|h| *h == "propensity_score").unwrap(),
+    );
+    let (mut sum_wr, mut sum_w, mut n) = (0.0, 0.0, 0.0);
+    for line in lines {
+        let cells: Vec<&str> = line.split(',').collect();
+        let w = (1.0 / 80.0) / cells[pscore].parse::<f64>().unwrap();
+        sum_wr += w * cells[click].parse::<f64>().unwrap();
+        sum_w += w;
+        n += 1.0;
+    }
+    let ips = estimate(&Ips, &inputs, 2000, 1);
+    let snips = estimate(&Snips, &inputs, 2000, 1);
+    assert!(
+        (ips.value - sum_wr / n).abs() < 1e-12,
+        "ips {} vs {}",
+        ips.value,
+        sum_wr / n
+    );
+    assert!((snips.value - sum_wr / sum_w).abs() < 1e-12);
+    // The random log's own rate has sampling error too: widen by its standard error.
+    let se_on = (on_policy * (1.0 - on_policy) / random.rows() as f64).sqrt();
+    for e in [&ips, &snips] {
+        let [lo, hi] = e.ci95_bootstrap.unwrap();
+        eprintln!(
+            "{}: {:.5} [{lo:.5}, {hi:.5}] vs on-policy {on_policy:.5}",
+            e.estimator, e.value
+        );
+        assert!(
+            lo - 2.0 * se_on <= on_policy && on_policy <= hi + 2.0 * se_on,
+            "{} interval misses {on_policy}",
+            e.estimator
+        );
+    }
+}
