@@ -54,7 +54,7 @@ pub struct ReplayArgs {
     /// Replay each policy at N settings: `budget=A..B:N` or `w-cost=A..B:N`.
     #[arg(long)]
     sweep: Option<String>,
-    /// Decisions between a request and its quality feedback.
+    /// Decisions made after a request before its quality arrives (0: before the next one).
     #[arg(long, default_value_t = 0)]
     feedback_delay: usize,
     /// Share of decisions whose quality never arrives.

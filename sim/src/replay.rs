@@ -49,7 +49,7 @@ pub struct LatencyModel {
 /// Scenario knobs of a replay.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Knobs {
-    /// Decisions between a request and the arrival of its quality.
+    /// Decisions made after a request before its quality arrives (0: before the next one).
     pub feedback_delay: usize,
     /// Share of decisions whose quality never arrives, in [0, 1).
     pub missing_feedback: f64,
@@ -212,7 +212,8 @@ impl Player<'_> {
         Ok(())
     }
 
-    /// Decides one request and reveals only the chosen arm's outcome to the learner.
+    /// Decides one request and reveals only the chosen arm's outcome to the learner. The
+    /// quality of decision `t` is learned just before decision `t + feedback_delay + 1`.
     fn play(
         &mut self,
         env: &Environment,
@@ -220,19 +221,20 @@ impl Player<'_> {
         eval_step: Option<usize>,
         learn: bool,
     ) -> Result<(usize, Truth)> {
+        if learn {
+            self.deliver_due()?;
+        }
         let decision = self.learner.decide(&Request::new(env.contexts[row].clone()))?;
         let arm = self.learner.arm_index(&decision.arm)?;
         let t = truth(env, self.knobs, row, arm, eval_step, &mut self.rng);
         if learn {
-            self.deliver_due()?;
             self.learner
                 .record_outcome(decision.id, &Outcome::new(t.latency_ms, t.cost_usd))?;
             let missing =
                 self.knobs.missing_feedback > 0.0 && self.rng.random::<f64>() < self.knobs.missing_feedback;
             if !missing {
                 self.pending
-                    .push_back((self.step + self.knobs.feedback_delay, decision.id, t.quality));
-                self.deliver_due()?;
+                    .push_back((self.step + self.knobs.feedback_delay + 1, decision.id, t.quality));
             }
         }
         self.step += 1;
@@ -386,4 +388,115 @@ pub fn replay(
             run
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Arm a0 never answers well, a1 always; no prompts, no features.
+    fn table(rows: usize) -> WideDataset {
+        WideDataset {
+            source: "test".into(),
+            arms: vec!["a0".into(), "a1".into()],
+            ids: (0..rows).map(|r| r.to_string()).collect(),
+            quality: (0..rows).flat_map(|_| [0.0, 1.0]).collect(),
+            ..WideDataset::default()
+        }
+    }
+
+    fn settings(spec: &str, knobs: Knobs) -> ReplaySettings {
+        ReplaySettings {
+            variants: vec![Variant {
+                spec: spec.parse().unwrap(),
+                objective: Objective::default(),
+                budget_usd: None,
+                label: spec.into(),
+            }],
+            seeds: 1,
+            knobs,
+            freeze: false,
+            train_passes: 1,
+            checkpoints: 10,
+        }
+    }
+
+    fn run(data: &WideDataset, spec: &str, knobs: Knobs) -> Run {
+        let env = Environment::new(data, &ContextBuilder::new(false, &[], 0)).unwrap();
+        run_one(&env, None, &settings(spec, knobs), 0, 0).unwrap()
+    }
+
+    #[test]
+    fn drift_shifts_the_arm_from_its_step_on() {
+        let knobs = Knobs {
+            drift: Some(Drift {
+                arm: "a1".into(),
+                step: 50,
+                delta: -0.4,
+            }),
+            ..Knobs::default()
+        };
+        let r = run(&table(200), "fixed(a1)", knobs);
+        assert!((r.mean_quality - (50.0 + 150.0 * 0.6) / 200.0).abs() < 1e-12);
+    }
+
+    /// Greedy with optimistic untried arms: a0 (quality 0) wins the first tie and is
+    /// abandoned once its quality arrives; while no quality has arrived, every arm still
+    /// looks perfect and the first arm wins every tie.
+    #[test]
+    fn delayed_or_missing_feedback_is_what_the_learner_sees() {
+        let data = table(100);
+        let prompt = run(&data, "eps(0)", Knobs::default());
+        assert_eq!(prompt.arm_counts, vec![1, 99]);
+        let late = run(
+            &data,
+            "eps(0)",
+            Knobs {
+                feedback_delay: 1000,
+                ..Knobs::default()
+            },
+        );
+        assert_eq!(late.arm_counts, vec![100, 0]);
+        let ucb_late = run(
+            &data,
+            "ucb1",
+            Knobs {
+                feedback_delay: 1000,
+                ..Knobs::default()
+            },
+        );
+        assert_eq!(ucb_late.arm_counts, vec![100, 0]);
+        let lost = run(
+            &data,
+            "ucb1",
+            Knobs {
+                missing_feedback: 0.999_999,
+                ..Knobs::default()
+            },
+        );
+        assert_eq!(lost.arm_counts, vec![100, 0]);
+        // Decision 0's quality is learned before decision 11: a0 is played 11 times.
+        let delayed_10 = run(
+            &data,
+            "eps(0)",
+            Knobs {
+                feedback_delay: 10,
+                ..Knobs::default()
+            },
+        );
+        assert_eq!(delayed_10.arm_counts, vec![11, 89]);
+    }
+
+    #[test]
+    fn latency_model_fills_tables_without_latency() {
+        let knobs = Knobs {
+            latency: Some(LatencyModel {
+                median_ms: vec![500.0, 900.0],
+                sigma: 0.0,
+            }),
+            ..Knobs::default()
+        };
+        let r = run(&table(50), "fixed(a1)", knobs);
+        assert_eq!(r.mean_latency_ms, 900.0);
+    }
 }
