@@ -293,3 +293,40 @@ fn fallback_lists_the_other_eligible_arms_by_estimated_reward() {
     assert_eq!(d.arm, "a1");
     assert_eq!(d.fallback, vec!["a3", "a2", "a0"]);
 }
+
+#[test]
+fn propose_previews_decide_without_changing_state() {
+    for spec in ["lints(v=0.3,floor=0.05)", "eps(0.3)", "beta-ts"] {
+        let mut l = learner(spec, 3, 3, 9);
+        drive(&mut l, 50, 3);
+        let before = json(&l);
+        let r = request(vec![1.0, 0.2, 0.7]);
+        let proposed = l.propose(&r).expect("propose");
+        assert_eq!(json(&l), before, "{spec}: propose changed the learner");
+        assert_eq!(l.decide(&r).expect("decide"), proposed, "{spec}");
+        assert_ne!(json(&l), before);
+    }
+}
+
+#[test]
+fn learn_takes_outcomes_of_decisions_made_elsewhere() {
+    let mut l = learner("ucb1", 2, 1, 0);
+    let context = Context {
+        features: vec![1.0],
+        input_tokens: 10,
+    };
+    l.learn("a1", &context, &Outcome::new(120.0, 0.002).with_quality(0.25))
+        .expect("learn");
+    assert_eq!(l.usage(1).requests, 1);
+    assert_eq!(l.usage(1).cost_usd, 0.002);
+    let d = l.propose(&Request::new(context.clone())).expect("propose");
+    let a1 = d.arms.iter().find(|a| a.arm == "a1").expect("a1");
+    assert_eq!(a1.quality, 0.25);
+    assert_eq!(l.next_decision_id(), 0, "learn is not a decision");
+    assert!(l.learn("zz", &context, &Outcome::new(1.0, 0.0)).is_err());
+    let nan = Context {
+        features: vec![f64::NAN],
+        input_tokens: 0,
+    };
+    assert!(l.learn("a0", &nan, &Outcome::new(1.0, 0.0)).is_err());
+}

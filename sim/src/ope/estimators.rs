@@ -2,6 +2,20 @@
 
 use super::{Estimator, OpeInputs};
 
+/// `m0 / m1`: the self-normalized form shared by replay and SNIPS (NaN without mass).
+fn ratio(m: [f64; 3]) -> f64 {
+    if m[1] > 0.0 {
+        m[0] / m[1]
+    } else {
+        f64::NAN
+    }
+}
+
+/// The gradient of [`ratio`].
+fn ratio_gradient(m: [f64; 3]) -> [f64; 3] {
+    [1.0 / m[1], -m[0] / (m[1] * m[1]), 0.0]
+}
+
 /// Replay / rejection sampling (Li, Chu, Langford & Wang 2011): the mean reward of the rows
 /// where the candidate's own draw equals the logged arm. Unbiased under uniform logging,
 /// where about `n / K` rows are accepted; biased otherwise.
@@ -16,14 +30,10 @@ impl Estimator for Replay {
         [accepted * inputs.reward[i], accepted, 0.0]
     }
     fn combine(&self, m: [f64; 3]) -> f64 {
-        if m[1] > 0.0 {
-            m[0] / m[1]
-        } else {
-            f64::NAN
-        }
+        ratio(m)
     }
     fn gradient(&self, m: [f64; 3]) -> [f64; 3] {
-        [1.0 / m[1], -m[0] / (m[1] * m[1]), 0.0]
+        ratio_gradient(m)
     }
     fn unbiased(&self) -> bool {
         false
@@ -60,14 +70,10 @@ impl Estimator for Snips {
         [w * inputs.reward[i], w, 0.0]
     }
     fn combine(&self, m: [f64; 3]) -> f64 {
-        if m[1] > 0.0 {
-            m[0] / m[1]
-        } else {
-            f64::NAN
-        }
+        ratio(m)
     }
     fn gradient(&self, m: [f64; 3]) -> [f64; 3] {
-        [1.0 / m[1], -m[0] / (m[1] * m[1]), 0.0]
+        ratio_gradient(m)
     }
     fn unbiased(&self) -> bool {
         false
