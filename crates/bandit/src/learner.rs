@@ -377,14 +377,23 @@ impl Learner {
     /// Chooses an arm for `request` and remembers the decision for its outcome.
     pub fn decide(&mut self, request: &Request) -> Result<Decision> {
         let decision = self.propose(request)?;
-        let arm = self.arm_index(&decision.arm)?;
-        self.next_decision += 1;
+        self.resume_decision(decision.id, &decision.arm, &request.context)?;
+        Ok(decision)
+    }
+
+    /// Re-registers a decision made before a restart, as read back from a decision log:
+    /// decision `id` chose `arm` in `context`. The learner then tracks it as `decide` did
+    /// (its outcome and quality can still be recorded) and the next decision gets `id + 1`.
+    /// Decisions draw from per-id random streams, so nothing else needs replaying.
+    pub fn resume_decision(&mut self, id: u64, arm: &str, context: &Context) -> Result<()> {
+        self.validate_features(&context.features)?;
+        let index = self.arm_index(arm)?;
         self.tracked.insert(
-            decision.id,
+            id,
             TrackedDecision {
-                arm: Some(arm),
-                input_tokens: request.context.input_tokens,
-                features: request.context.features.clone(),
+                arm: Some(index),
+                input_tokens: context.input_tokens,
+                features: context.features.clone(),
                 outcome_recorded: false,
                 quality_recorded: false,
             },
@@ -392,7 +401,8 @@ impl Learner {
         while self.tracked.len() > self.config.max_tracked_decisions {
             self.tracked.pop_first();
         }
-        Ok(decision)
+        self.next_decision = self.next_decision.max(id + 1);
+        Ok(())
     }
 
     /// Learns from an outcome of `arm` that this learner did not decide (a logged decision
