@@ -5,6 +5,11 @@
 //! null, `cost_usd`, `latency_ms`, `error`, and `prompt` and/or numeric `f_*` columns.
 //! Only `arm` and `propensity` are required of data from elsewhere; the others default to
 //! row numbers, empty text, null quality, 0 and false.
+//!
+//! The server's log also has an `event` column: a `decision` row is written when the
+//! decision is made, and `outcome` and `feedback` rows with the same `decision_id` follow
+//! with the cost, latency, error and quality learned later. Such rows are merged into
+//! their decision's row (in log order; the latest value wins).
 
 use super::wide::{ids_or_row_numbers, optional_in_range, optional_texts};
 use super::{feature_columns, read_features, Dataset, DatasetReader};
@@ -76,6 +81,8 @@ impl LoggedDataset {
 /// One table's rows with arm names not yet indexed.
 struct Rows {
     arm_names: Vec<String>,
+    /// The `event` column, when the table has one.
+    events: Option<Vec<String>>,
     data: LoggedDataset,
 }
 
@@ -85,13 +92,16 @@ pub struct LoggedReader;
 impl LoggedReader {
     fn read_table(table: &Table) -> Result<Rows> {
         let hint = "a log has one row per decision with arm and propensity";
+        let events = optional_texts(table, "event")?;
+        let is_decision = |row: usize| events.as_ref().is_none_or(|e| e[row] == "decision" || e[row].is_empty());
         let arm_names: Vec<String> = table
             .texts("arm", hint)?
             .into_iter()
             .enumerate()
-            .map(|(row, a)| {
-                a.filter(|s| !s.is_empty())
-                    .ok_or_else(|| table.bad_value(row, "arm", "empty arm"))
+            .map(|(row, a)| match a.filter(|s| !s.is_empty()) {
+                Some(a) => Ok(a),
+                None if !is_decision(row) => Ok(String::new()),
+                None => Err(table.bad_value(row, "arm", "empty arm")),
             })
             .collect::<Result<_>>()?;
         let propensity = table.numbers("propensity", hint)?;
@@ -123,7 +133,9 @@ impl LoggedReader {
             Ok(optional_texts(table, column)?.unwrap_or_else(|| vec![String::new(); n]))
         };
         let feature_names = feature_columns(&table.columns());
+        let features = read_features(table, &feature_names, is_decision)?;
         Ok(Rows {
+            events,
             data: LoggedDataset {
                 decision_ids: ids_or_row_numbers(table, "decision_id")?,
                 timestamps: texts("timestamp")?,
@@ -147,13 +159,64 @@ impl LoggedReader {
                     vec![false; n]
                 },
                 prompts: optional_texts(table, "prompt")?,
-                features: read_features(table, &feature_names)?,
+                features,
                 feature_names,
                 ..LoggedDataset::default()
             },
             arm_names,
         })
     }
+}
+
+/// Folds `outcome` and `feedback` rows into the `decision` row with the same id, in order.
+fn merge_events(tables: Vec<Rows>) -> Result<(Vec<String>, LoggedDataset)> {
+    let mut names = Vec::new();
+    let mut out = LoggedDataset::default();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for table in tables {
+        let d = table.data;
+        let f = d.feature_names.len();
+        if out.feature_names.is_empty() {
+            out.feature_names = d.feature_names.clone();
+            out.prompts = d.prompts.as_ref().map(|_| Vec::new());
+        }
+        for row in 0..table.arm_names.len() {
+            let event = table.events.as_ref().map_or("decision", |e| e[row].as_str());
+            let id = &d.decision_ids[row];
+            if event == "decision" || event.is_empty() {
+                index.insert(id.clone(), names.len());
+                names.push(table.arm_names[row].clone());
+                out.decision_ids.push(id.clone());
+                out.timestamps.push(d.timestamps[row].clone());
+                out.routes.push(d.routes[row].clone());
+                out.policies.push(d.policies[row].clone());
+                out.propensity.push(d.propensity[row]);
+                out.quality.push(d.quality[row]);
+                out.cost_usd.push(d.cost_usd[row]);
+                out.latency_ms.push(d.latency_ms[row]);
+                out.error.push(d.error[row]);
+                if let (Some(mine), Some(theirs)) = (out.prompts.as_mut(), d.prompts.as_ref()) {
+                    mine.push(theirs[row].clone());
+                }
+                out.features.extend_from_slice(&d.features[row * f..(row + 1) * f]);
+                continue;
+            }
+            let Some(&target) = index.get(id) else {
+                return Err(SimError::Mismatch(format!(
+                    "{event} row for decision `{id}` comes before (or without) its decision row"
+                )));
+            };
+            if event == "outcome" {
+                out.cost_usd[target] = d.cost_usd[row];
+                out.latency_ms[target] = d.latency_ms[row];
+                out.error[target] = d.error[row];
+            }
+            if let Some(q) = d.quality[row] {
+                out.quality[target] = Some(q);
+            }
+        }
+    }
+    Ok((names, out))
 }
 
 /// Indexes the arm names of every table against one sorted arm list and concatenates.
@@ -225,10 +288,12 @@ impl DatasetReader for LoggedReader {
     }
 
     fn read(&self, source: &str, tables: &[Table]) -> Result<Dataset> {
-        let parts = tables
-            .iter()
-            .map(|t| Self::read_table(t).map(|r| (r.arm_names, r.data)))
-            .collect::<Result<Vec<_>>>()?;
+        let rows = tables.iter().map(Self::read_table).collect::<Result<Vec<_>>>()?;
+        let parts = if rows.iter().any(|r| r.events.is_some()) {
+            vec![merge_events(rows)?]
+        } else {
+            rows.into_iter().map(|r| (r.arm_names, r.data)).collect()
+        };
         Ok(Dataset::Logged(combine_logged(source, parts, None)?))
     }
 }

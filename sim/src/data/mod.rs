@@ -205,15 +205,23 @@ pub(crate) fn feature_columns(columns: &[String]) -> Vec<String> {
     columns.iter().filter(|c| c.starts_with("f_")).cloned().collect()
 }
 
-/// Reads `f_*` columns row-major, requiring finite values.
-pub(crate) fn read_features(table: &Table, names: &[String]) -> Result<Vec<f64>> {
-    let columns: Vec<Vec<f64>> = names
+/// Reads `f_*` columns row-major. Values must be finite; they may be empty only in rows
+/// where `required(row)` is false (read as 0).
+pub(crate) fn read_features(table: &Table, names: &[String], required: impl Fn(usize) -> bool) -> Result<Vec<f64>> {
+    let columns: Vec<Vec<Option<f64>>> = names
         .iter()
-        .map(|n| table.required_numbers(n, f64::MIN, f64::MAX, "feature columns are named f_*"))
+        .map(|n| table.numbers(n, "feature columns are named f_*"))
         .collect::<Result<_>>()?;
     let mut flat = Vec::with_capacity(table.rows() * names.len());
     for row in 0..table.rows() {
-        flat.extend(columns.iter().map(|c| c[row]));
+        for (name, column) in names.iter().zip(&columns) {
+            match column[row] {
+                Some(x) if x.is_finite() => flat.push(x),
+                Some(x) => return Err(table.bad_value(row, name, format!("{x} is not a finite number"))),
+                None if !required(row) => flat.push(0.0),
+                None => return Err(table.bad_value(row, name, "empty; every row needs a value")),
+            }
+        }
     }
     Ok(flat)
 }

@@ -282,7 +282,7 @@ impl WideReader {
             ids: ids_or_row_numbers(table, "id")?,
             prompts: optional_texts(table, "prompt")?,
             tasks: optional_texts(table, "task")?,
-            features: read_features(table, &feature_names)?,
+            features: read_features(table, &feature_names, |_| true)?,
             feature_names,
             arms,
         };

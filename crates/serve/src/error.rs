@@ -1,0 +1,49 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+/// What went wrong in the serving layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// No route of that name.
+    #[error("unknown route `{0}`")]
+    UnknownRoute(String),
+    /// A decision id that is not `<route>:<number>`.
+    #[error("malformed decision id `{0}`; decision ids look like `<route>:<number>`")]
+    BadDecisionId(String),
+    /// A request with neither prompt nor messages.
+    #[error("a request needs a prompt or messages")]
+    EmptyRequest,
+    /// A configuration that cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The learning core refused the input.
+    #[error(transparent)]
+    Bandit(#[from] quiver_bandit::Error),
+    /// A file of the log or the snapshot could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A snapshot that does not fit the configuration.
+    #[error("{path}: {reason}")]
+    Snapshot {
+        /// The snapshot file.
+        path: PathBuf,
+        /// What does not fit.
+        reason: String,
+    },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T> = std::result::Result<T, ServeError>;
+
+/// Attaches a path to an I/O error.
+pub(crate) fn io_at(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ServeError {
+    let path = path.into();
+    move |source| ServeError::Io { path, source }
+}

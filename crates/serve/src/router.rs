@@ -1,0 +1,426 @@
+//! The in-process router: learners per route, the decision log and snapshots.
+//!
+//! Data flows one way: request -> features -> decision -> log -> (call) -> outcome ->
+//! update -> log. Every state change is logged (and fsynced) before it is acknowledged;
+//! on [`Router::open`] the last snapshot is restored and the log records after it are
+//! replayed, so the learners equal those of a run that never stopped.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use quiver_bandit::{
+    Applied, Arm, BudgetConfig, ChatMessage, Constraints, Context, Decision, Featurizer, FeaturizerConfig,
+    HashingFeaturizer, Learner, LearnerConfig, Objective, Outcome, PolicySpec, Request, Snapshot,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{io_at, Result, ServeError};
+use crate::log::{now_rfc3339, read_log, DecisionLog, LogEvent, LogRecord, SEGMENT_BYTES};
+
+/// One model a route can call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Model id, as the upstream names it.
+    pub id: String,
+    /// USD per million input tokens.
+    #[serde(default)]
+    pub input_usd_per_million: f64,
+    /// USD per million output tokens.
+    #[serde(default)]
+    pub output_usd_per_million: f64,
+    /// Context window in tokens.
+    #[serde(default)]
+    pub context_window: Option<u32>,
+    /// Tags (provider, region, capabilities).
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// One route: a name, a policy and its models.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteConfig {
+    /// Route name (letters, digits, `-`, `_`, `.`).
+    pub name: String,
+    /// Policy spec, e.g. `lints(v=0.3,floor=0.01)`.
+    pub policy: String,
+    /// The models.
+    pub models: Vec<ModelConfig>,
+    /// Quality points per USD.
+    #[serde(default)]
+    pub w_cost: f64,
+    /// Quality points per second.
+    #[serde(default)]
+    pub w_latency: f64,
+    /// Target mean spend per request, USD.
+    #[serde(default)]
+    pub budget_usd_per_request: Option<f64>,
+    /// Number of caller features each request brings.
+    #[serde(default)]
+    pub extra_features: usize,
+    /// Seed of the route's decisions.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// A request to route.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RouteRequest {
+    /// The prompt, or
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// the chat messages.
+    #[serde(default)]
+    pub messages: Option<Vec<ChatMessage>>,
+    /// The caller's own features (the route's `extra_features` of them).
+    #[serde(default)]
+    pub features: Vec<f64>,
+    /// Which models may serve it.
+    #[serde(default)]
+    pub constraints: Constraints,
+    /// A trade-off for this request only.
+    #[serde(default)]
+    pub objective: Option<Objective>,
+}
+
+impl RouteRequest {
+    /// The text that is featurized and logged.
+    pub fn text(&self) -> Result<String> {
+        match (&self.prompt, &self.messages) {
+            (Some(p), _) => Ok(p.clone()),
+            (None, Some(m)) if !m.is_empty() => {
+                Ok(m.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n"))
+            }
+            _ => Err(ServeError::EmptyRequest),
+        }
+    }
+}
+
+/// A routed request: the decision and its id for outcome and feedback.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Routed {
+    /// `<route>:<number>`.
+    pub decision_id: String,
+    /// The learner's decision.
+    pub decision: Decision,
+}
+
+struct RouteState {
+    config: RouteConfig,
+    policy: String,
+    featurizer: HashingFeaturizer,
+    learner: Learner,
+}
+
+impl RouteState {
+    fn new(config: RouteConfig) -> Result<Self> {
+        let spec: PolicySpec = config.policy.parse()?;
+        let featurizer = HashingFeaturizer::new(FeaturizerConfig {
+            extra_features: config.extra_features,
+            ..FeaturizerConfig::default()
+        });
+        let mut learner_config = LearnerConfig::new(spec.clone(), featurizer.dim());
+        learner_config.objective = Objective::new(config.w_cost, config.w_latency)?;
+        learner_config.seed = config.seed;
+        learner_config.budget = config.budget_usd_per_request.map(|b| BudgetConfig {
+            target_usd_per_request: b,
+            step_size: 0.05,
+        });
+        let arms = config
+            .models
+            .iter()
+            .map(|m| {
+                let mut arm = Arm::new(&m.id).with_prices(m.input_usd_per_million / 1e6, m.output_usd_per_million / 1e6);
+                arm.context_window_tokens = m.context_window;
+                arm.tags = m.tags.iter().cloned().collect();
+                arm
+            })
+            .collect();
+        Ok(RouteState {
+            policy: spec.to_string(),
+            learner: Learner::new(learner_config, arms)?,
+            featurizer,
+            config,
+        })
+    }
+
+    fn context(&self, prompt: &str, features: &[f64]) -> Result<Context> {
+        Ok(self.featurizer.featurize(prompt, features)?)
+    }
+}
+
+/// The snapshot file: every route's learner and the log position it includes.
+#[derive(Serialize, Deserialize)]
+struct RouterSnapshot {
+    last_seq: u64,
+    routes: BTreeMap<String, Snapshot>,
+}
+
+const SNAPSHOT_FILE: &str = "snapshot.json";
+
+/// Routes requests with per-route learners, logging every change durably.
+pub struct Router {
+    routes: BTreeMap<String, RouteState>,
+    log: DecisionLog,
+    dir: PathBuf,
+}
+
+fn parse_decision_id(id: &str) -> Result<(&str, u64)> {
+    id.rsplit_once(':')
+        .and_then(|(route, n)| n.parse().ok().map(|n| (route, n)))
+        .ok_or_else(|| ServeError::BadDecisionId(id.to_string()))
+}
+
+impl Router {
+    /// Opens the router over `dir` (log segments and snapshot): restores the snapshot, if
+    /// any, and replays the log after it.
+    pub fn open(routes: Vec<RouteConfig>, dir: &Path) -> Result<Self> {
+        Self::open_with_segment_size(routes, dir, SEGMENT_BYTES)
+    }
+
+    /// [`Router::open`] with a chosen log segment size.
+    pub fn open_with_segment_size(routes: Vec<RouteConfig>, dir: &Path, segment_bytes: u64) -> Result<Self> {
+        if routes.is_empty() {
+            return Err(ServeError::Config("at least one route is needed".into()));
+        }
+        let mut states = BTreeMap::new();
+        for route in routes {
+            if route.name.is_empty()
+                || !route.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(ServeError::Config(format!(
+                    "route name `{}`: use letters, digits, `-`, `_` and `.`",
+                    route.name
+                )));
+            }
+            let name = route.name.clone();
+            if states.insert(name.clone(), RouteState::new(route)?).is_some() {
+                return Err(ServeError::Config(format!("route `{name}` is defined twice")));
+            }
+        }
+        std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+        let snapshot_path = dir.join(SNAPSHOT_FILE);
+        let mut last_seq = 0;
+        if snapshot_path.exists() {
+            let text = std::fs::read_to_string(&snapshot_path).map_err(io_at(&snapshot_path))?;
+            let snapshot: RouterSnapshot = serde_json::from_str(&text).map_err(|e| ServeError::Snapshot {
+                path: snapshot_path.clone(),
+                reason: e.to_string(),
+            })?;
+            for (name, learner) in snapshot.routes {
+                // A route removed from the configuration drops its learner; a new one starts fresh.
+                if let Some(state) = states.get_mut(&name) {
+                    let restored = Learner::restore(learner)?;
+                    if restored.config() != state.learner.config() || restored.arms() != state.learner.arms() {
+                        return Err(ServeError::Snapshot {
+                            path: snapshot_path.clone(),
+                            reason: format!(
+                                "route `{name}` changed its policy, models or weights since the snapshot; \
+                                 move the snapshot away to start it afresh"
+                            ),
+                        });
+                    }
+                    state.learner = restored;
+                }
+            }
+            last_seq = snapshot.last_seq;
+        }
+        let records = read_log(dir).map_err(io_at(dir))?;
+        let mut log_last = last_seq;
+        for record in records.iter().filter(|r| r.seq > last_seq) {
+            Self::replay_record(&mut states, record)?;
+            log_last = record.seq;
+        }
+        let log = DecisionLog::open(dir, log_last, segment_bytes).map_err(io_at(dir))?;
+        Ok(Router {
+            routes: states,
+            log,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn replay_record(states: &mut BTreeMap<String, RouteState>, record: &LogRecord) -> Result<()> {
+        let Some(state) = states.get_mut(&record.route) else {
+            return Ok(());
+        };
+        let (_, id) = parse_decision_id(&record.decision_id)?;
+        match record.event {
+            LogEvent::Decision => {
+                let features: Vec<f64> = (0..state.config.extra_features)
+                    .map(|i| record.features.get(&format!("f_{i}")).copied().unwrap_or(0.0))
+                    .collect();
+                let context = state.context(&record.prompt, &features)?;
+                state.learner.resume_decision(id, &record.arm, &context)?;
+            }
+            LogEvent::Outcome => {
+                state.learner.record_outcome(id, &outcome_of(record))?;
+            }
+            LogEvent::Feedback => {
+                if let Some(q) = record.quality {
+                    state.learner.record_quality(id, q)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn state(&self, route: &str) -> Result<&RouteState> {
+        self.routes.get(route).ok_or_else(|| ServeError::UnknownRoute(route.to_string()))
+    }
+
+    fn state_mut(&mut self, route: &str) -> Result<&mut RouteState> {
+        self.routes.get_mut(route).ok_or_else(|| ServeError::UnknownRoute(route.to_string()))
+    }
+
+    /// The learner of a route.
+    pub fn learner(&self, route: &str) -> Result<&Learner> {
+        Ok(&self.state(route)?.learner)
+    }
+
+    /// The route names.
+    pub fn route_names(&self) -> Vec<String> {
+        self.routes.keys().cloned().collect()
+    }
+
+    /// Decides which model serves `request` on `route`, logs the decision durably, and
+    /// returns it.
+    pub fn route(&mut self, route: &str, request: &RouteRequest) -> Result<Routed> {
+        let prompt = request.text()?;
+        let seq = self.log.next_seq();
+        let state = self
+            .routes
+            .get_mut(route)
+            .ok_or_else(|| ServeError::UnknownRoute(route.to_string()))?;
+        let context = state.context(&prompt, &request.features)?;
+        let mut learner_request = Request::new(context.clone());
+        learner_request.constraints = request.constraints.clone();
+        learner_request.objective = request.objective;
+        // Propose first: nothing changes until the log holds the decision.
+        let decision = state.learner.propose(&learner_request)?;
+        let decision_id = format!("{route}:{}", decision.id);
+        let record = LogRecord {
+            decision_id: decision_id.clone(),
+            timestamp: now_rfc3339(),
+            route: route.to_string(),
+            policy: state.policy.clone(),
+            arm: decision.arm.clone(),
+            propensity: decision.propensity,
+            quality: None,
+            cost_usd: 0.0,
+            latency_ms: 0.0,
+            error: false,
+            prompt,
+            input_tokens: context.input_tokens,
+            output_tokens: 0,
+            event: LogEvent::Decision,
+            seq,
+            features: request
+                .features
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("f_{i}"), *v))
+                .collect(),
+        };
+        self.log.append(&[record]).map_err(io_at(&self.dir))?;
+        state.learner.resume_decision(decision.id, &decision.arm, &context)?;
+        Ok(Routed { decision_id, decision })
+    }
+
+    fn tracked_record(&self, decision_id: &str, event: LogEvent) -> Result<(String, u64, LogRecord)> {
+        let (route, id) = parse_decision_id(decision_id)?;
+        let state = self.state(route)?;
+        Ok((
+            route.to_string(),
+            id,
+            LogRecord {
+                decision_id: decision_id.to_string(),
+                timestamp: now_rfc3339(),
+                route: route.to_string(),
+                policy: state.policy.clone(),
+                arm: String::new(),
+                propensity: 1.0,
+                quality: None,
+                cost_usd: 0.0,
+                latency_ms: 0.0,
+                error: false,
+                prompt: String::new(),
+                input_tokens: 0,
+                output_tokens: 0,
+                event,
+                seq: self.log.next_seq(),
+                features: BTreeMap::new(),
+            },
+        ))
+    }
+
+    /// Records what a decision's call cost and how long it took (and its quality, if the
+    /// outcome has one). Logged durably before it returns. A failed fsync leaves memory
+    /// ahead of the log and returns the error: treat it as fatal, as databases do.
+    pub fn record_outcome(&mut self, decision_id: &str, outcome: &Outcome) -> Result<Applied> {
+        outcome.validate()?;
+        let (route, id, mut record) = self.tracked_record(decision_id, LogEvent::Outcome)?;
+        record.cost_usd = outcome.cost_usd;
+        record.latency_ms = outcome.latency_ms;
+        record.error = outcome.error;
+        record.input_tokens = outcome.input_tokens;
+        record.output_tokens = outcome.output_tokens;
+        record.quality = outcome.quality.or(if outcome.error { Some(0.0) } else { None });
+        let state = self.state_mut(&route)?;
+        let applied = state.learner.record_outcome(id, outcome)?;
+        if applied == Applied::Applied {
+            self.log.append(&[record]).map_err(io_at(&self.dir))?;
+        }
+        Ok(applied)
+    }
+
+    /// Records a decision's quality, possibly long after. Idempotent; logged durably
+    /// before it returns.
+    pub fn feedback(&mut self, decision_id: &str, quality: f64) -> Result<Applied> {
+        let (route, id, mut record) = self.tracked_record(decision_id, LogEvent::Feedback)?;
+        record.quality = Some(quality);
+        let state = self.state_mut(&route)?;
+        let applied = state.learner.record_quality(id, quality)?;
+        if applied == Applied::Applied {
+            self.log.append(&[record]).map_err(io_at(&self.dir))?;
+        }
+        Ok(applied)
+    }
+
+    /// Writes every learner and the log position they include to `snapshot.json`
+    /// atomically (temporary file, fsync, rename, fsync of the directory).
+    pub fn snapshot(&self) -> Result<()> {
+        let snapshot = RouterSnapshot {
+            last_seq: self.log.next_seq() - 1,
+            routes: self
+                .routes
+                .iter()
+                .map(|(name, state)| (name.clone(), state.learner.snapshot()))
+                .collect(),
+        };
+        let path = self.dir.join(SNAPSHOT_FILE);
+        let tmp = self.dir.join("snapshot.json.tmp");
+        let text = serde_json::to_vec(&snapshot).map_err(|e| ServeError::Snapshot {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut file = File::create(&tmp).map_err(io_at(&tmp))?;
+        file.write_all(&text).map_err(io_at(&tmp))?;
+        file.sync_all().map_err(io_at(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_at(&path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_at(&self.dir))
+    }
+}
+
+fn outcome_of(record: &LogRecord) -> Outcome {
+    Outcome {
+        latency_ms: record.latency_ms,
+        input_tokens: record.input_tokens,
+        output_tokens: record.output_tokens,
+        cost_usd: record.cost_usd,
+        error: record.error,
+        quality: record.quality,
+    }
+}

@@ -1,0 +1,156 @@
+//! The in-process router: durability across a crash, idempotent feedback, and the log as a
+//! dataset the simulator reads.
+#![allow(clippy::unwrap_used)] // a test helper that fails should panic
+
+use std::path::{Path, PathBuf};
+
+use quiver_bandit::{Applied, Outcome};
+use quiver_serve::{ModelConfig, RouteConfig, RouteRequest, Router, ServeError};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn routes() -> Vec<RouteConfig> {
+    let model = |id: &str, price: f64| ModelConfig {
+        id: id.into(),
+        input_usd_per_million: price,
+        output_usd_per_million: 2.0 * price,
+        context_window: None,
+        tags: vec![],
+    };
+    vec![
+        RouteConfig {
+            name: "chat".into(),
+            policy: "lints(v=0.3,floor=0.05)".into(),
+            models: vec![model("big", 5.0), model("small", 0.2), model("mid", 1.0)],
+            w_cost: 20.0,
+            w_latency: 0.0,
+            budget_usd_per_request: Some(0.002),
+            extra_features: 1,
+            seed: 3,
+        },
+        RouteConfig {
+            name: "code".into(),
+            policy: "beta-ts".into(),
+            models: vec![model("big", 5.0), model("small", 0.2)],
+            w_cost: 0.0,
+            w_latency: 0.0,
+            budget_usd_per_request: None,
+            extra_features: 0,
+            seed: 4,
+        },
+    ]
+}
+
+/// Operation `i` of a fixed workload: route, then outcome, then (for most) feedback, some
+/// of it late.
+fn workload(router: &mut Router, range: std::ops::Range<usize>, ids: &mut Vec<String>) {
+    for i in range {
+        let (route, features) = if i % 3 == 0 { ("code", vec![]) } else { ("chat", vec![(i % 5) as f64 / 5.0]) };
+        let request = RouteRequest {
+            prompt: Some(format!("question {i}: what is {} + {}?", i * 7, i % 11)),
+            features,
+            ..RouteRequest::default()
+        };
+        let routed = router.route(route, &request).unwrap();
+        let arm = &routed.decision.arm;
+        let cost = if arm == "big" { 0.004 } else { 0.0004 };
+        router
+            .record_outcome(&routed.decision_id, &Outcome::new(100.0 + i as f64, cost).with_tokens(20, 30))
+            .unwrap();
+        ids.push(routed.decision_id);
+        // Quality of decision i - 3 arrives now: late feedback.
+        if i >= 3 && i % 4 != 0 {
+            let q = if ids[i - 3].contains("chat") { 0.8 } else { 0.4 };
+            assert_eq!(router.feedback(&ids[i - 3], q).unwrap(), Applied::Applied);
+        }
+    }
+}
+
+fn learners_json(router: &Router) -> String {
+    router
+        .route_names()
+        .iter()
+        .map(|r| serde_json::to_string(&router.learner(r).unwrap().snapshot()).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_restarted_router_equals_one_that_never_stopped() {
+    let reference_dir = scratch("reference");
+    let mut reference = Router::open(routes(), &reference_dir).unwrap();
+    let mut ids = Vec::new();
+    workload(&mut reference, 0..120, &mut ids);
+
+    let dir = scratch("crashing");
+    let mut ids = Vec::new();
+    {
+        // Small segments, so the log rotates; a snapshot midway; then a crash (the router
+        // is dropped without any shutdown work).
+        let mut first = Router::open_with_segment_size(routes(), &dir, 4096).unwrap();
+        workload(&mut first, 0..50, &mut ids);
+        first.snapshot().unwrap();
+        workload(&mut first, 50..90, &mut ids);
+    }
+    // A torn record at the end of the log, as a crash mid-write leaves it.
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "jsonl")).collect();
+    segments.sort();
+    assert!(segments.len() > 2, "the log should have rotated");
+    let last = segments.last().unwrap();
+    let mut text = std::fs::read_to_string(last).unwrap();
+    text.push_str("{\"decision_id\":\"chat:9");
+    std::fs::write(last, text).unwrap();
+
+    let mut restarted = Router::open_with_segment_size(routes(), &dir, 4096).unwrap();
+    workload(&mut restarted, 90..120, &mut ids);
+    assert_eq!(learners_json(&restarted), learners_json(&reference));
+
+    // And once more, from the log alone after a second snapshot.
+    restarted.snapshot().unwrap();
+    drop(restarted);
+    let again = Router::open_with_segment_size(routes(), &dir, 4096).unwrap();
+    assert_eq!(learners_json(&again), learners_json(&reference));
+}
+
+#[test]
+fn feedback_is_idempotent_and_bad_ids_are_refused() {
+    let dir = scratch("feedback");
+    let mut router = Router::open(routes(), &dir).unwrap();
+    let routed = router.route("chat", &RouteRequest { prompt: Some("hi".into()), features: vec![0.5], ..RouteRequest::default() }).unwrap();
+    assert_eq!(router.feedback(&routed.decision_id, 0.9).unwrap(), Applied::Applied);
+    assert_eq!(router.feedback(&routed.decision_id, 0.1).unwrap(), Applied::AlreadyApplied);
+    assert!(matches!(router.feedback("chat:999", 0.5), Err(ServeError::Bandit(_))));
+    assert!(matches!(router.feedback("nope", 0.5), Err(ServeError::BadDecisionId(_))));
+    assert!(matches!(router.feedback("other:1", 0.5), Err(ServeError::UnknownRoute(_))));
+    assert!(router.feedback(&routed.decision_id, f64::NAN).is_err());
+    assert!(matches!(router.route("chat", &RouteRequest::default()), Err(ServeError::EmptyRequest)));
+    let wrong_features = RouteRequest { prompt: Some("x".into()), ..RouteRequest::default() };
+    assert!(router.route("chat", &wrong_features).is_err());
+}
+
+#[test]
+fn the_log_is_a_dataset_the_simulator_reads_and_evaluates() {
+    let dir = scratch("round_trip");
+    let mut router = Router::open(routes(), &dir).unwrap();
+    let mut ids = Vec::new();
+    workload(&mut router, 0..60, &mut ids);
+    let log = quiver_sim::data::load_logged(dir.to_str().unwrap(), quiver_sim::data::Format::Auto, Some(&"route=chat".parse().unwrap())).unwrap();
+    assert_eq!(log.rows(), 40);
+    assert_eq!(log.arms, vec!["big", "mid", "small"]);
+    assert!(log.propensity.iter().all(|&p| p >= 0.05 && p <= 1.0));
+    // Outcomes merged into their decisions; late quality too, except where none came.
+    assert!(log.cost_usd.iter().all(|&c| c > 0.0));
+    assert!(log.quality.iter().filter(|q| q.is_some()).count() >= 25);
+    let contexts: Vec<_> = (0..log.rows())
+        .map(|i| quiver_sim::context::ContextBuilder::new(true, &[], log.feature_names.len()).build(log.prompts.as_ref().map(|p| p[i].as_str()), None, log.row_features(i)).unwrap())
+        .collect();
+    let spec = "random".parse().unwrap();
+    let run = quiver_sim::ope::run_candidate(&log, &contexts, &spec, Default::default(), 0, false).unwrap();
+    let inputs = quiver_sim::ope::inputs_for(&log, &contexts, &run, quiver_sim::ope::Metric::Quality, f64::INFINITY, 100.0);
+    let ips = quiver_sim::ope::estimate(&quiver_sim::ope::Ips, &inputs, 100, 0);
+    assert!(ips.value.is_finite() && ips.value > 0.0);
+}
