@@ -87,6 +87,12 @@ pub fn run(args: OpeArgs) -> Result<()> {
     if args.clip.is_nan() || args.clip <= 0.0 {
         bail!("--clip must be positive");
     }
+    if !args.switch_tau.is_finite() || args.switch_tau <= 0.0 {
+        bail!("--switch-tau must be a positive number");
+    }
+    if log.rows() == 0 {
+        bail!("{}: no decisions to evaluate (check --split)", args.data);
+    }
     let estimators: Vec<Box<dyn Estimator>> = match &args.estimators {
         None => all_estimators(),
         Some(list) => list

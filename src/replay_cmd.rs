@@ -152,11 +152,14 @@ fn datasets(args: &ReplayArgs) -> Result<(WideDataset, Option<WideDataset>, Obje
     match &args.data {
         Some(path) => {
             let data = load_wide(path, format, split.as_ref())?;
-            let train = args
+            let mut train = args
                 .train
                 .as_deref()
                 .map(|t| load_wide(t, format, train_split.as_ref().or(split.as_ref())))
                 .transpose()?;
+            if let Some(train) = train.as_mut() {
+                train.align_to(&data)?;
+            }
             Ok((data, train, objective(Objective::default())?))
         }
         None => {
@@ -255,7 +258,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         train.as_ref().map(WideDataset::rows),
         &settings,
         &runs,
-        latency.as_ref().map(|l| l.median_ms.as_slice()),
+        latency.as_ref().map(LatencyModel::mean_ms).as_deref(),
     );
     if let Some(dir) = &args.out {
         quiver_sim::output::write_out(dir, &summary, &settings, &runs)?;

@@ -19,8 +19,9 @@ pub struct SingleArm {
     pub mean_latency_ms: f64,
 }
 
-/// Every arm's means; `latency_median_ms` stands in where the table has no latency.
-pub fn single_arms(data: &WideDataset, latency_median_ms: Option<&[f64]>) -> Vec<SingleArm> {
+/// Every arm's means; `latency_mean_ms` (the latency model's means) stands in where the
+/// table has no latency.
+pub fn single_arms(data: &WideDataset, latency_mean_ms: Option<&[f64]>) -> Vec<SingleArm> {
     let n = data.rows().max(1) as f64;
     (0..data.num_arms())
         .map(|a| {
@@ -29,7 +30,7 @@ pub fn single_arms(data: &WideDataset, latency_median_ms: Option<&[f64]>) -> Vec
                 arm: data.arms[a].clone(),
                 mean_quality: rows.clone().map(|r| data.quality(r, a)).sum::<f64>() / n,
                 mean_cost_usd: rows.clone().map(|r| data.cost_usd(r, a)).sum::<f64>() / n,
-                mean_latency_ms: match (&data.latency_ms, latency_median_ms) {
+                mean_latency_ms: match (&data.latency_ms, latency_mean_ms) {
                     (Some(_), _) => rows.map(|r| data.latency_ms(r, a).unwrap_or(0.0)).sum::<f64>() / n,
                     (None, Some(m)) => m[a],
                     (None, None) => 0.0,

@@ -46,6 +46,14 @@ pub struct LatencyModel {
     pub sigma: f64,
 }
 
+impl LatencyModel {
+    /// Each arm's mean latency: `median * exp(sigma^2 / 2)` (log-normal).
+    pub fn mean_ms(&self) -> Vec<f64> {
+        let factor = (self.sigma * self.sigma / 2.0).exp();
+        self.median_ms.iter().map(|m| m * factor).collect()
+    }
+}
+
 /// Scenario knobs of a replay.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Knobs {

@@ -137,9 +137,9 @@ pub fn summarize(
     train_rows: Option<usize>,
     settings: &ReplaySettings,
     runs: &[Run],
-    latency_median_ms: Option<&[f64]>,
+    latency_mean_ms: Option<&[f64]>,
 ) -> Summary {
-    let singles = metrics::single_arms(data, latency_median_ms);
+    let singles = metrics::single_arms(data, latency_mean_ms);
     let best = metrics::best_single(&singles);
     let (oracle_quality, oracle_cost) = metrics::oracle(data);
     let points: Vec<(f64, f64)> = singles

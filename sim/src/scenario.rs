@@ -7,9 +7,10 @@
 //!
 //! Generation, per request: a task by its share; a subtopic of the task (visible in the
 //! prompt's words); a hidden difficulty `d ~ N(0, 1)`. Arm `a` answers well with probability
-//! `sigmoid(logit(accuracy[a][task]) + offset[a][subtopic] - 0.8 d)`, where the offsets
-//! (`N(0, 0.7)`, centred per task) make some models better on some subtopics, so routing
-//! can learn below the task level. Cost is the calibrated mean cost times a log-normal
+//! `sigmoid(b[a][task] + offset[a][subtopic] - 0.8 d)`, where the offsets (`N(0, 0.7)`)
+//! make some models better on some subtopics, so routing can learn below the task level,
+//! and the intercept `b` is solved (bisection) so that the expectation over subtopics and
+//! difficulty equals the calibrated `accuracy[a][task]` exactly. Cost is the calibrated mean cost times a log-normal
 //! factor of mean 1 (log-sd 0.3); latency is `(ttft + ms_per_output_token x output_tokens)
 //! x exp(sigma z)`.
 
@@ -101,6 +102,27 @@ impl Scenario {
             path: origin.into(),
             reason: format!("not a scenario file: {e}"),
         })?;
+        let bad = |reason: String| SimError::Read {
+            path: origin.into(),
+            reason,
+        };
+        if scenario.tasks.is_empty() || scenario.arms.is_empty() || scenario.requests == 0 {
+            return Err(bad("a scenario needs tasks, arms and requests > 0".into()));
+        }
+        if scenario
+            .tasks
+            .iter()
+            .any(|t| !(t.share >= 0.0 && t.share.is_finite()))
+            || scenario.tasks.iter().map(|t| t.share).sum::<f64>() <= 0.0
+        {
+            return Err(bad("task shares must be non-negative with a positive sum".into()));
+        }
+        if !(0.0..=1.0).contains(&scenario.test_share) {
+            return Err(bad(format!(
+                "test_share {} is outside [0, 1]",
+                scenario.test_share
+            )));
+        }
         for arm in &scenario.arms {
             for task in &scenario.tasks {
                 for (what, table) in [
@@ -108,11 +130,17 @@ impl Scenario {
                     ("mean_cost_usd", &arm.mean_cost_usd),
                     ("output_tokens", &arm.output_tokens),
                 ] {
-                    if !table.contains_key(&task.name) {
-                        return Err(SimError::Read {
-                            path: origin.into(),
-                            reason: format!("arm `{}` has no {what} for task `{}`", arm.id, task.name),
-                        });
+                    match table.get(&task.name) {
+                        None => {
+                            return Err(bad(format!(
+                                "arm `{}` has no {what} for task `{}`",
+                                arm.id, task.name
+                            )))
+                        }
+                        Some(v) if !v.is_finite() || *v < 0.0 || (what == "accuracy" && *v > 1.0) => {
+                            return Err(bad(format!("arm `{}` {what} for `{}` is {v}", arm.id, task.name)))
+                        }
+                        Some(_) => {}
                     }
                 }
             }
@@ -134,7 +162,7 @@ impl Scenario {
     pub fn generate(&self) -> (WideDataset, Vec<String>) {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         let k = self.arms.len();
-        // Subtopic offsets per arm and task, centred so the task's mean accuracy holds.
+        // Subtopic offsets per arm and task.
         let offsets: Vec<Vec<Vec<f64>>> = self
             .tasks
             .iter()
@@ -142,15 +170,25 @@ impl Scenario {
                 let subtopics = subtopics(&task.name).len();
                 (0..k)
                     .map(|_| {
-                        let raw: Vec<f64> = (0..subtopics)
+                        (0..subtopics)
                             .map(|_| {
                                 let z: f64 = StandardNormal.sample(&mut rng);
                                 0.7 * z
                             })
-                            .collect();
-                        let mean = raw.iter().sum::<f64>() / subtopics as f64;
-                        raw.iter().map(|v| v - mean).collect()
+                            .collect::<Vec<f64>>()
                     })
+                    .collect()
+            })
+            .collect();
+        let intercepts: Vec<Vec<f64>> = self
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(t, task)| {
+                self.arms
+                    .iter()
+                    .enumerate()
+                    .map(|(a, arm)| intercept(arm.accuracy[&task.name], &offsets[t][a]))
                     .collect()
             })
             .collect();
@@ -185,9 +223,7 @@ impl Scenario {
                 .push(prompt(task, topics[s], &mut rng));
             data.tasks.get_or_insert_with(Vec::new).push(task.clone());
             for (a, arm) in self.arms.iter().enumerate() {
-                let accuracy = arm.accuracy[task].clamp(1e-3, 1.0 - 1e-3);
-                let logit = (accuracy / (1.0 - accuracy)).ln() + offsets[t][a][s] - 0.8 * difficulty;
-                let p = 1.0 / (1.0 + (-logit).exp());
+                let p = sigmoid(intercepts[t][a] + offsets[t][a][s] - DIFFICULTY * difficulty);
                 data.quality.push(if rng.random::<f64>() < p { 1.0 } else { 0.0 });
                 let z: f64 = StandardNormal.sample(&mut rng);
                 data.cost_usd
@@ -210,6 +246,40 @@ impl Scenario {
         }
         (data, splits)
     }
+}
+
+/// Weight of the hidden difficulty on the logit.
+const DIFFICULTY: f64 = 0.8;
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// The intercept `b` with `E[sigmoid(b + offset_s - 0.8 d)] = accuracy`, the expectation
+/// over uniform subtopics and `d ~ N(0, 1)` (64-point quantile rule), by bisection.
+fn intercept(accuracy: f64, offsets: &[f64]) -> f64 {
+    let normal = statrs::distribution::Normal::standard();
+    let nodes: Vec<f64> = (0..64)
+        .map(|j| statrs::distribution::ContinuousCDF::inverse_cdf(&normal, (j as f64 + 0.5) / 64.0))
+        .collect();
+    let mean = |b: f64| -> f64 {
+        let total: f64 = offsets
+            .iter()
+            .flat_map(|o| nodes.iter().map(move |d| sigmoid(b + o - DIFFICULTY * d)))
+            .sum();
+        total / (offsets.len() * nodes.len()) as f64
+    };
+    let target = accuracy.clamp(1e-4, 1.0 - 1e-4);
+    let (mut lo, mut hi) = (-30.0, 30.0);
+    for _ in 0..80 {
+        let mid = 0.5 * (lo + hi);
+        if mean(mid) < target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
 }
 
 fn subtopics(task: &str) -> &'static [&'static str] {
@@ -311,6 +381,40 @@ fn prompt(task: &str, subtopic: &str, rng: &mut ChaCha8Rng) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each arm's accuracy per task matches the calibration within 4 binomial standard
+    /// errors (the intercepts make the expectation exact).
+    #[test]
+    fn generated_accuracy_matches_the_calibration() {
+        let s = Scenario::builtin().unwrap();
+        let (data, _) = s.generate();
+        let tasks = data.tasks.as_ref().unwrap();
+        for (a, arm) in s.arms.iter().enumerate() {
+            for task in &s.tasks {
+                let rows: Vec<usize> = (0..data.rows()).filter(|&r| tasks[r] == task.name).collect();
+                let n = rows.len() as f64;
+                let mean = rows.iter().map(|&r| data.quality(r, a)).sum::<f64>() / n;
+                let p = arm.accuracy[&task.name];
+                let tolerance = 4.0 * (p * (1.0 - p) / n).sqrt();
+                assert!(
+                    (mean - p).abs() < tolerance,
+                    "{} {}: {mean} vs {p}",
+                    arm.id,
+                    task.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn scenario_files_are_validated() {
+        let mut value: serde_json::Value = serde_json::from_str(DEFAULT_SCENARIO).unwrap();
+        value["tasks"] = serde_json::json!([]);
+        let err = Scenario::parse(&value.to_string(), "s.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("s.json") && err.contains("needs tasks"), "{err}");
+    }
 
     #[test]
     fn builtin_scenario_generates_deterministically_with_calibrated_means() {

@@ -163,3 +163,47 @@ fn replay_accepts_about_n_over_k_rows_under_uniform_logging() {
         t.accepted
     );
 }
+
+/// A randomized candidate draws from a fresh random stream on every row: its own draws are
+/// spread over the arms as its PMF says, not repeated.
+#[test]
+fn a_randomized_candidate_draws_anew_on_every_row() {
+    let data = table(400, 5);
+    let (log, contexts) = logged(&data, "random", 5);
+    let spec: PolicySpec = "random".parse().unwrap();
+    let run = run_candidate(&log, &contexts, &spec, Objective::default(), 0, false).unwrap();
+    let (n, p) = (400.0, 1.0 / ARMS as f64);
+    for arm in 0..ARMS {
+        let count = run.sampled.iter().filter(|&&a| a == arm).count() as f64;
+        assert!(
+            (count - n * p).abs() < 4.0 * (n * p * (1.0 - p)).sqrt(),
+            "arm {arm}: {count}"
+        );
+    }
+}
+
+/// A failed call without a score counts as quality 0, as the learner credits it.
+#[test]
+fn failed_calls_count_as_quality_zero() {
+    let data = table(40, 6);
+    let (mut log, contexts) = logged(&data, "random", 6);
+    log.quality[0] = None;
+    log.error[0] = true;
+    log.quality[1] = None;
+    let spec: PolicySpec = "random".parse().unwrap();
+    let run = run_candidate(&log, &contexts, &spec, Objective::default(), 0, false).unwrap();
+    let inputs = inputs_for(
+        &log,
+        &contexts,
+        &run,
+        Metric::Quality,
+        f64::INFINITY,
+        f64::INFINITY,
+    );
+    assert_eq!(
+        inputs.rows(),
+        39,
+        "the unscored success is skipped, the failure kept"
+    );
+    assert_eq!(inputs.reward[0], 0.0);
+}

@@ -52,9 +52,10 @@ impl Arm {
         self
     }
 
-    /// Whether both per-token prices are known.
+    /// Whether both per-token prices are known (non-zero); otherwise cost is learned from
+    /// observed outcomes.
     pub fn has_prices(&self) -> bool {
-        self.input_usd_per_token > 0.0 || self.output_usd_per_token > 0.0
+        self.input_usd_per_token > 0.0 && self.output_usd_per_token > 0.0
     }
 
     pub(crate) fn validate(&self) -> Result<()> {

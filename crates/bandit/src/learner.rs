@@ -385,9 +385,13 @@ impl Learner {
     /// decision `id` chose `arm` in `context`. The learner then tracks it as `decide` did
     /// (its outcome and quality can still be recorded) and the next decision gets `id + 1`.
     /// Decisions draw from per-id random streams, so nothing else needs replaying.
+    /// A decision already tracked is left as it is, so resuming twice counts nothing twice.
     pub fn resume_decision(&mut self, id: u64, arm: &str, context: &Context) -> Result<()> {
         self.validate_features(&context.features)?;
         let index = self.arm_index(arm)?;
+        if self.tracked.contains_key(&id) {
+            return Ok(());
+        }
         self.tracked.insert(
             id,
             TrackedDecision {

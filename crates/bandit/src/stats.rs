@@ -17,7 +17,10 @@ pub enum Forgetting {
     /// Stationary: every observation counts forever.
     None,
     /// Discounted (Garivier & Moulines 2011): each new observation multiplies the weight of
-    /// all earlier ones by `gamma` in (0, 1); the effective memory is `1 / (1 - gamma)`.
+    /// all earlier ones by `gamma` in (0, 1); the effective memory is `1 / (1 - gamma)`
+    /// observations. Linear models discount per arm: an arm's observation discounts that
+    /// arm's own history (a global discount would refactorize every arm's `d x d` model on
+    /// every update); pair them with a `floor` so idle arms are revisited.
     Discount {
         /// The discount factor.
         gamma: f64,

@@ -104,7 +104,9 @@ pub fn read_log(dir: &Path) -> io::Result<Vec<LogRecord>> {
     let files = segments(dir)?;
     let mut out = Vec::new();
     for (f, path) in files.iter().enumerate() {
-        let lines: Vec<String> = BufReader::new(File::open(path)?).lines().collect::<io::Result<_>>()?;
+        let lines: Vec<String> = BufReader::new(File::open(path)?)
+            .lines()
+            .collect::<io::Result<_>>()?;
         for (i, line) in lines.iter().enumerate() {
             if line.trim().is_empty() {
                 continue;

@@ -89,9 +89,11 @@ impl RouteRequest {
     pub fn text(&self) -> Result<String> {
         match (&self.prompt, &self.messages) {
             (Some(p), _) => Ok(p.clone()),
-            (None, Some(m)) if !m.is_empty() => {
-                Ok(m.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n"))
-            }
+            (None, Some(m)) if !m.is_empty() => Ok(m
+                .iter()
+                .map(|m| m.content.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")),
             _ => Err(ServeError::EmptyRequest),
         }
     }
@@ -131,7 +133,8 @@ impl RouteState {
             .models
             .iter()
             .map(|m| {
-                let mut arm = Arm::new(&m.id).with_prices(m.input_usd_per_million / 1e6, m.output_usd_per_million / 1e6);
+                let mut arm = Arm::new(&m.id)
+                    .with_prices(m.input_usd_per_million / 1e6, m.output_usd_per_million / 1e6);
                 arm.context_window_tokens = m.context_window;
                 arm.tags = m.tags.iter().cloned().collect();
                 arm
@@ -187,7 +190,10 @@ impl Router {
         let mut states = BTreeMap::new();
         for route in routes {
             if route.name.is_empty()
-                || !route.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                || !route
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             {
                 return Err(ServeError::Config(format!(
                     "route name `{}`: use letters, digits, `-`, `_` and `.`",
@@ -212,7 +218,8 @@ impl Router {
                 // A route removed from the configuration drops its learner; a new one starts fresh.
                 if let Some(state) = states.get_mut(&name) {
                     let restored = Learner::restore(learner)?;
-                    if restored.config() != state.learner.config() || restored.arms() != state.learner.arms() {
+                    if restored.config() != state.learner.config() || restored.arms() != state.learner.arms()
+                    {
                         return Err(ServeError::Snapshot {
                             path: snapshot_path.clone(),
                             reason: format!(
@@ -266,11 +273,15 @@ impl Router {
     }
 
     fn state(&self, route: &str) -> Result<&RouteState> {
-        self.routes.get(route).ok_or_else(|| ServeError::UnknownRoute(route.to_string()))
+        self.routes
+            .get(route)
+            .ok_or_else(|| ServeError::UnknownRoute(route.to_string()))
     }
 
     fn state_mut(&mut self, route: &str) -> Result<&mut RouteState> {
-        self.routes.get_mut(route).ok_or_else(|| ServeError::UnknownRoute(route.to_string()))
+        self.routes
+            .get_mut(route)
+            .ok_or_else(|| ServeError::UnknownRoute(route.to_string()))
     }
 
     /// The learner of a route.
@@ -323,8 +334,13 @@ impl Router {
                 .collect(),
         };
         self.log.append(&[record]).map_err(io_at(&self.dir))?;
-        state.learner.resume_decision(decision.id, &decision.arm, &context)?;
-        Ok(Routed { decision_id, decision })
+        state
+            .learner
+            .resume_decision(decision.id, &decision.arm, &context)?;
+        Ok(Routed {
+            decision_id,
+            decision,
+        })
     }
 
     fn tracked_record(&self, decision_id: &str, event: LogEvent) -> Result<(String, u64, LogRecord)> {

@@ -49,7 +49,11 @@ fn routes() -> Vec<RouteConfig> {
 /// of it late.
 fn workload(router: &mut Router, range: std::ops::Range<usize>, ids: &mut Vec<String>) {
     for i in range {
-        let (route, features) = if i % 3 == 0 { ("code", vec![]) } else { ("chat", vec![(i % 5) as f64 / 5.0]) };
+        let (route, features) = if i % 3 == 0 {
+            ("code", vec![])
+        } else {
+            ("chat", vec![(i % 5) as f64 / 5.0])
+        };
         let request = RouteRequest {
             prompt: Some(format!("question {i}: what is {} + {}?", i * 7, i % 11)),
             features,
@@ -59,7 +63,10 @@ fn workload(router: &mut Router, range: std::ops::Range<usize>, ids: &mut Vec<St
         let arm = &routed.decision.arm;
         let cost = if arm == "big" { 0.004 } else { 0.0004 };
         router
-            .record_outcome(&routed.decision_id, &Outcome::new(100.0 + i as f64, cost).with_tokens(20, 30))
+            .record_outcome(
+                &routed.decision_id,
+                &Outcome::new(100.0 + i as f64, cost).with_tokens(20, 30),
+            )
             .unwrap();
         ids.push(routed.decision_id);
         // Quality of decision i - 3 arrives now: late feedback.
@@ -97,7 +104,11 @@ fn a_restarted_router_equals_one_that_never_stopped() {
         workload(&mut first, 50..90, &mut ids);
     }
     // A torn record at the end of the log, as a crash mid-write leaves it.
-    let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "jsonl")).collect();
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
     segments.sort();
     assert!(segments.len() > 2, "the log should have rotated");
     let last = segments.last().unwrap();
@@ -120,15 +131,45 @@ fn a_restarted_router_equals_one_that_never_stopped() {
 fn feedback_is_idempotent_and_bad_ids_are_refused() {
     let dir = scratch("feedback");
     let mut router = Router::open(routes(), &dir).unwrap();
-    let routed = router.route("chat", &RouteRequest { prompt: Some("hi".into()), features: vec![0.5], ..RouteRequest::default() }).unwrap();
-    assert_eq!(router.feedback(&routed.decision_id, 0.9).unwrap(), Applied::Applied);
-    assert_eq!(router.feedback(&routed.decision_id, 0.1).unwrap(), Applied::AlreadyApplied);
-    assert!(matches!(router.feedback("chat:999", 0.5), Err(ServeError::Bandit(_))));
-    assert!(matches!(router.feedback("nope", 0.5), Err(ServeError::BadDecisionId(_))));
-    assert!(matches!(router.feedback("other:1", 0.5), Err(ServeError::UnknownRoute(_))));
+    let routed = router
+        .route(
+            "chat",
+            &RouteRequest {
+                prompt: Some("hi".into()),
+                features: vec![0.5],
+                ..RouteRequest::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        router.feedback(&routed.decision_id, 0.9).unwrap(),
+        Applied::Applied
+    );
+    assert_eq!(
+        router.feedback(&routed.decision_id, 0.1).unwrap(),
+        Applied::AlreadyApplied
+    );
+    assert!(matches!(
+        router.feedback("chat:999", 0.5),
+        Err(ServeError::Bandit(_))
+    ));
+    assert!(matches!(
+        router.feedback("nope", 0.5),
+        Err(ServeError::BadDecisionId(_))
+    ));
+    assert!(matches!(
+        router.feedback("other:1", 0.5),
+        Err(ServeError::UnknownRoute(_))
+    ));
     assert!(router.feedback(&routed.decision_id, f64::NAN).is_err());
-    assert!(matches!(router.route("chat", &RouteRequest::default()), Err(ServeError::EmptyRequest)));
-    let wrong_features = RouteRequest { prompt: Some("x".into()), ..RouteRequest::default() };
+    assert!(matches!(
+        router.route("chat", &RouteRequest::default()),
+        Err(ServeError::EmptyRequest)
+    ));
+    let wrong_features = RouteRequest {
+        prompt: Some("x".into()),
+        ..RouteRequest::default()
+    };
     assert!(router.route("chat", &wrong_features).is_err());
 }
 
@@ -138,19 +179,39 @@ fn the_log_is_a_dataset_the_simulator_reads_and_evaluates() {
     let mut router = Router::open(routes(), &dir).unwrap();
     let mut ids = Vec::new();
     workload(&mut router, 0..60, &mut ids);
-    let log = quiver_sim::data::load_logged(dir.to_str().unwrap(), quiver_sim::data::Format::Auto, Some(&"route=chat".parse().unwrap())).unwrap();
+    let log = quiver_sim::data::load_logged(
+        dir.to_str().unwrap(),
+        quiver_sim::data::Format::Auto,
+        Some(&"route=chat".parse().unwrap()),
+    )
+    .unwrap();
     assert_eq!(log.rows(), 40);
     assert_eq!(log.arms, vec!["big", "mid", "small"]);
-    assert!(log.propensity.iter().all(|&p| p >= 0.05 && p <= 1.0));
+    assert!(log.propensity.iter().all(|p| (0.05..=1.0).contains(p)));
     // Outcomes merged into their decisions; late quality too, except where none came.
     assert!(log.cost_usd.iter().all(|&c| c > 0.0));
     assert!(log.quality.iter().filter(|q| q.is_some()).count() >= 25);
     let contexts: Vec<_> = (0..log.rows())
-        .map(|i| quiver_sim::context::ContextBuilder::new(true, &[], log.feature_names.len()).build(log.prompts.as_ref().map(|p| p[i].as_str()), None, log.row_features(i)).unwrap())
+        .map(|i| {
+            quiver_sim::context::ContextBuilder::new(true, &[], log.feature_names.len())
+                .build(
+                    log.prompts.as_ref().map(|p| p[i].as_str()),
+                    None,
+                    log.row_features(i),
+                )
+                .unwrap()
+        })
         .collect();
     let spec = "random".parse().unwrap();
     let run = quiver_sim::ope::run_candidate(&log, &contexts, &spec, Default::default(), 0, false).unwrap();
-    let inputs = quiver_sim::ope::inputs_for(&log, &contexts, &run, quiver_sim::ope::Metric::Quality, f64::INFINITY, 100.0);
+    let inputs = quiver_sim::ope::inputs_for(
+        &log,
+        &contexts,
+        &run,
+        quiver_sim::ope::Metric::Quality,
+        f64::INFINITY,
+        100.0,
+    );
     let ips = quiver_sim::ope::estimate(&quiver_sim::ope::Ips, &inputs, 100, 0);
     assert!(ips.value.is_finite() && ips.value > 0.0);
 }

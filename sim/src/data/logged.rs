@@ -93,7 +93,11 @@ impl LoggedReader {
     fn read_table(table: &Table) -> Result<Rows> {
         let hint = "a log has one row per decision with arm and propensity";
         let events = optional_texts(table, "event")?;
-        let is_decision = |row: usize| events.as_ref().is_none_or(|e| e[row] == "decision" || e[row].is_empty());
+        let is_decision = |row: usize| {
+            events
+                .as_ref()
+                .is_none_or(|e| e[row] == "decision" || e[row].is_empty())
+        };
         let arm_names: Vec<String> = table
             .texts("arm", hint)?
             .into_iter()
@@ -198,7 +202,8 @@ fn merge_events(tables: Vec<Rows>) -> Result<(Vec<String>, LoggedDataset)> {
                 if let (Some(mine), Some(theirs)) = (out.prompts.as_mut(), d.prompts.as_ref()) {
                     mine.push(theirs[row].clone());
                 }
-                out.features.extend_from_slice(&d.features[row * f..(row + 1) * f]);
+                out.features
+                    .extend_from_slice(&d.features[row * f..(row + 1) * f]);
                 continue;
             }
             let Some(&target) = index.get(id) else {

@@ -207,7 +207,11 @@ pub(crate) fn feature_columns(columns: &[String]) -> Vec<String> {
 
 /// Reads `f_*` columns row-major. Values must be finite; they may be empty only in rows
 /// where `required(row)` is false (read as 0).
-pub(crate) fn read_features(table: &Table, names: &[String], required: impl Fn(usize) -> bool) -> Result<Vec<f64>> {
+pub(crate) fn read_features(
+    table: &Table,
+    names: &[String],
+    required: impl Fn(usize) -> bool,
+) -> Result<Vec<f64>> {
     let columns: Vec<Vec<Option<f64>>> = names
         .iter()
         .map(|n| table.numbers(n, "feature columns are named f_*"))

@@ -70,23 +70,55 @@ impl WideDataset {
         &self.features[row * f..(row + 1) * f]
     }
 
+    /// Reorders this table's arms to `reference`'s order, after checking that both have
+    /// the same arms and features (a training set against its test set).
+    pub fn align_to(&mut self, reference: &WideDataset) -> Result<()> {
+        self.check_compatible(reference)?;
+        let order: Vec<usize> = reference
+            .arms
+            .iter()
+            .map(|a| self.arms.iter().position(|b| b == a).unwrap_or(0))
+            .collect();
+        self.quality = reorder_rows(&self.quality, &order);
+        self.cost_usd = self.cost_usd.as_deref().map(|c| reorder_rows(c, &order));
+        self.latency_ms = self.latency_ms.as_deref().map(|l| reorder_rows(l, &order));
+        self.arms = reference.arms.clone();
+        Ok(())
+    }
+
+    fn check_compatible(&self, other: &WideDataset) -> Result<()> {
+        let mut mine = self.arms.clone();
+        let mut theirs = other.arms.clone();
+        mine.sort();
+        theirs.sort();
+        if mine != theirs {
+            return Err(SimError::Mismatch(format!(
+                "{} and {} have different arms: [{}] vs [{}]",
+                self.source,
+                other.source,
+                self.arms.join(", "),
+                other.arms.join(", ")
+            )));
+        }
+        if self.feature_names != other.feature_names {
+            return Err(SimError::Mismatch(format!(
+                "{} and {} have different feature columns: [{}] vs [{}]",
+                self.source,
+                other.source,
+                self.feature_names.join(", "),
+                other.feature_names.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
     /// Appends another table with the same arms (in any column order) and features.
     pub fn append(&mut self, mut other: WideDataset) -> Result<()> {
         if self.arms.is_empty() {
             *self = other;
             return Ok(());
         }
-        let mut sorted_self = self.arms.clone();
-        let mut sorted_other = other.arms.clone();
-        sorted_self.sort();
-        sorted_other.sort();
-        if sorted_self != sorted_other || self.feature_names != other.feature_names {
-            return Err(SimError::Mismatch(format!(
-                "files of one table must share arms and features: [{}] vs [{}]",
-                self.arms.join(", "),
-                other.arms.join(", ")
-            )));
-        }
+        other.align_to(self)?;
         if self.cost_usd.is_some() != other.cost_usd.is_some()
             || self.latency_ms.is_some() != other.latency_ms.is_some()
             || self.prompts.is_some() != other.prompts.is_some()
@@ -97,23 +129,12 @@ impl WideDataset {
                     .into(),
             ));
         }
-        let order: Vec<usize> = self
-            .arms
-            .iter()
-            .map(|a| other.arms.iter().position(|b| b == a).unwrap_or(0))
-            .collect();
-        let reorder = |values: &[f64]| -> Vec<f64> {
-            values
-                .chunks(order.len())
-                .flat_map(|row| order.iter().map(move |&j| row[j]))
-                .collect()
-        };
-        self.quality.extend(reorder(&other.quality));
+        self.quality.extend_from_slice(&other.quality);
         if let (Some(mine), Some(theirs)) = (self.cost_usd.as_mut(), other.cost_usd.as_ref()) {
-            mine.extend(reorder(theirs));
+            mine.extend_from_slice(theirs);
         }
         if let (Some(mine), Some(theirs)) = (self.latency_ms.as_mut(), other.latency_ms.as_ref()) {
-            mine.extend(reorder(theirs));
+            mine.extend_from_slice(theirs);
         }
         self.ids.append(&mut other.ids);
         if let (Some(mine), Some(theirs)) = (self.prompts.as_mut(), other.prompts.as_mut()) {
@@ -151,6 +172,15 @@ impl WideDataset {
             .as_ref()
             .map(|t| rows.iter().map(|&r| t[r].clone()).collect());
     }
+}
+
+/// Row-major `rows x k` values with each row's columns permuted: column `i` of the result
+/// is column `order[i]` of the input.
+fn reorder_rows(values: &[f64], order: &[usize]) -> Vec<f64> {
+    values
+        .chunks(order.len())
+        .flat_map(|row| order.iter().map(move |&j| row[j]))
+        .collect()
 }
 
 /// Columns of one wide table before completeness filtering.
@@ -298,7 +328,9 @@ pub(crate) fn read_wide_tables(
 ) -> Result<Dataset> {
     let mut all = WideDataset::default();
     for table in tables {
-        all.append(read_table(table)?)?;
+        let mut part = read_table(table)?;
+        part.source = table.path.display().to_string();
+        all.append(part)?;
     }
     all.source = source.to_string();
     Ok(Dataset::Wide(all))

@@ -19,8 +19,9 @@ pub struct CandidateRun {
     pub sampled: Vec<usize>,
 }
 
-/// Runs `spec` along `log` in order. On each row it proposes (PMF and own draw) from what
-/// came before, then, with `learn`, learns the logged outcome.
+/// Runs `spec` along `log` in order. On each row it decides (PMF and own draw, from the
+/// row's own random stream) from what came before, then, with `learn`, learns the logged
+/// outcome.
 pub fn run_candidate(
     log: &LoggedDataset,
     contexts: &[Context],
@@ -34,11 +35,13 @@ pub fn run_candidate(
     let mut config = LearnerConfig::new(spec.clone(), dim);
     config.objective = objective;
     config.seed = seed;
+    // Decisions are only read here, never resolved: remember few of them.
+    config.max_tracked_decisions = 16;
     let mut learner = Learner::new(config, log.arms.iter().map(Arm::new).collect())?;
     let mut pmf = vec![0.0; log.rows() * k];
     let mut sampled = Vec::with_capacity(log.rows());
     for (i, context) in contexts.iter().enumerate() {
-        let decision = learner.propose(&Request::new(context.clone()))?;
+        let decision = learner.decide(&Request::new(context.clone()))?;
         for estimate in &decision.arms {
             let a = learner.arm_index(&estimate.arm)?;
             pmf[i * k + a] = estimate.probability;
@@ -57,9 +60,10 @@ pub fn run_candidate(
 /// A metric of a logged row that estimators can value.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Metric {
-    /// `quality - w_cost cost - w_latency latency_s`; rows without quality are skipped.
+    /// `quality - w_cost cost - w_latency latency_s`; rows without quality (that did not
+    /// fail) are skipped.
     Reward(Objective),
-    /// Quality; rows without quality are skipped.
+    /// Quality; rows without quality (that did not fail) are skipped.
     Quality,
     /// Cost in USD.
     Cost,
@@ -75,10 +79,18 @@ impl Metric {
         }
     }
 
+    /// The quality of row `i`: as logged, or 0 for a failed call without a score (as the
+    /// learner credits it).
+    fn quality(log: &LoggedDataset, i: usize) -> Option<f64> {
+        log.quality[i].or(if log.error[i] { Some(0.0) } else { None })
+    }
+
     fn observe(&self, log: &LoggedDataset, i: usize) -> Option<f64> {
         match self {
-            Metric::Reward(o) => log.quality[i].map(|q| o.reward(q, log.cost_usd[i], log.latency_ms[i])),
-            Metric::Quality => log.quality[i],
+            Metric::Reward(o) => {
+                Self::quality(log, i).map(|q| o.reward(q, log.cost_usd[i], log.latency_ms[i]))
+            }
+            Metric::Quality => Self::quality(log, i),
             Metric::Cost => Some(log.cost_usd[i]),
         }
     }

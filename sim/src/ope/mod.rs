@@ -1,9 +1,11 @@
 //! Off-policy evaluation: what a candidate policy would have earned on a decision log.
 //!
 //! The candidate runs along the log in order. On each row it computes its PMF over the
-//! arms from what came before (then learns from the logged outcome, unless frozen), so
-//! every estimator below is unbiased for the mean value of the candidate's sequence of
-//! policies (the martingale argument of Dudík et al. 2012 and Li et al. 2011).
+//! arms from what came before (then learns from the logged outcome, unless frozen), so the
+//! estimators target the mean value of the candidate's sequence of policies: IPS and DR
+//! are unbiased for it given true propensities, and replay under uniform logging (the
+//! martingale argument of Dudík et al. 2012 and Li et al. 2011); the others trade bias
+//! for variance, as each one's docs say.
 //!
 //! One [`Estimator`] trait: an estimator only states its per-row terms and how their means
 //! combine; the value, the bootstrap interval, the analytic (delta-method) interval and the
@@ -157,6 +159,11 @@ pub fn bootstrap(estimator: &dyn Estimator, terms: &[[f64; 3]], resamples: usize
             estimator.combine(sums.map(|s| s / n as f64))
         })
         .collect();
+    // A resample can hold no weight at all (a ratio estimator is then undefined): drop it.
+    values.retain(|v| v.is_finite());
+    if values.is_empty() {
+        return [f64::NAN, f64::NAN];
+    }
     values.sort_by(f64::total_cmp);
     let at = |p: f64| values[((values.len() - 1) as f64 * p).round() as usize];
     [at(0.025), at(0.975)]

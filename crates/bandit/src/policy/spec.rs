@@ -2,7 +2,8 @@
 //!
 //! Grammar: `name` or `name(arg,...)`, where each `arg` is `key=value` or, first only, a
 //! bare value for the policy's main parameter. Every policy also takes `gamma=` (discount,
-//! in (0, 1)) or `window=` (sliding window, in observations) for drifting rewards, and
+//! in (0, 1); per arm for the linear policies, see [`crate::Forgetting`]) or `window=`
+//! (sliding window, in observations) for drifting rewards, and
 //! `floor=` (minimum propensity of every eligible arm, for logs usable off-policy).
 //!
 //! | name (aliases) | parameters, defaults | main |
