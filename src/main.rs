@@ -8,6 +8,7 @@ mod data_cmd;
 mod ope_cmd;
 mod progress;
 mod replay_cmd;
+mod serve_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +30,8 @@ enum Command {
     /// Convert or generate datasets.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
+    /// Serve routes over HTTP: route, OpenAI-compatible proxy, feedback.
+    Serve(serve_cmd::ServeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +39,7 @@ fn main() -> std::process::ExitCode {
         Command::Replay(args) => replay_cmd::run(args),
         Command::Ope(args) => ope_cmd::run(args),
         Command::Data(command) => data_cmd::run(command),
+        Command::Serve(args) => serve_cmd::run_serve(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

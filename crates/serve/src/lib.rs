@@ -7,12 +7,22 @@
 //! on open, the router restores its snapshot and replays the log after it, so a crash
 //! loses nothing that was acknowledged.
 //!
-//! The HTTP server (axum: route, OpenAI-compatible proxy, feedback, metrics) builds on
-//! this router.
+//! The HTTP server ([`app::build_app`], run by [`server::run`]) exposes the router:
+//! `/v1/route`, the OpenAI-compatible `/v1/chat/completions` proxy with fallback and
+//! streaming, `/v1/feedback`, `/v1/outcome`, `/v1/routes/{name}`, `/metrics`, `/healthz`
+//! and `/openapi.json`, behind bearer tokens and body and time limits.
 
+mod api_error;
+pub mod app;
+pub mod config;
 mod error;
 pub mod log;
+mod openapi;
+pub mod proxy;
 mod router;
+pub mod server;
 
+pub use api_error::ApiError;
+pub use config::{AuthConfig, ServeConfig};
 pub use error::{Result, ServeError};
-pub use router::{ModelConfig, RouteConfig, RouteRequest, Routed, Router};
+pub use router::{ModelConfig, RouteConfig, RouteRequest, Routed, Router, RouterOptions};

@@ -36,6 +36,16 @@ pub struct ModelConfig {
     /// Tags (provider, region, capabilities).
     #[serde(default)]
     pub tags: Vec<String>,
+    /// OpenAI-compatible base URL of the upstream (`/chat/completions` is appended);
+    /// needed only to proxy.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Environment variable holding the upstream's API key, sent as a bearer token.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// The model name sent upstream (default: `id`).
+    #[serde(default)]
+    pub upstream_model: Option<String>,
 }
 
 /// One route: a name, a policy and its models.
@@ -116,7 +126,7 @@ struct RouteState {
 }
 
 impl RouteState {
-    fn new(config: RouteConfig) -> Result<Self> {
+    fn new(config: RouteConfig, feedback_horizon: usize) -> Result<Self> {
         let spec: PolicySpec = config.policy.parse()?;
         let featurizer = HashingFeaturizer::new(FeaturizerConfig {
             extra_features: config.extra_features,
@@ -125,6 +135,7 @@ impl RouteState {
         let mut learner_config = LearnerConfig::new(spec.clone(), featurizer.dim());
         learner_config.objective = Objective::new(config.w_cost, config.w_latency)?;
         learner_config.seed = config.seed;
+        learner_config.max_tracked_decisions = feedback_horizon.max(1);
         learner_config.budget = config.budget_usd_per_request.map(|b| BudgetConfig {
             target_usd_per_request: b,
             step_size: 0.05,
@@ -150,6 +161,24 @@ impl RouteState {
 
     fn context(&self, prompt: &str, features: &[f64]) -> Result<Context> {
         Ok(self.featurizer.featurize(prompt, features)?)
+    }
+}
+
+/// Options of [`Router::open_with`].
+#[derive(Debug, Clone, Copy)]
+pub struct RouterOptions {
+    /// Log segment size before rotation, bytes.
+    pub segment_bytes: u64,
+    /// Decisions remembered per route for late feedback.
+    pub feedback_horizon: usize,
+}
+
+impl Default for RouterOptions {
+    fn default() -> Self {
+        RouterOptions {
+            segment_bytes: SEGMENT_BYTES,
+            feedback_horizon: 1_000_000,
+        }
     }
 }
 
@@ -179,11 +208,11 @@ impl Router {
     /// Opens the router over `dir` (log segments and snapshot): restores the snapshot, if
     /// any, and replays the log after it.
     pub fn open(routes: Vec<RouteConfig>, dir: &Path) -> Result<Self> {
-        Self::open_with_segment_size(routes, dir, SEGMENT_BYTES)
+        Self::open_with(routes, dir, RouterOptions::default())
     }
 
-    /// [`Router::open`] with a chosen log segment size.
-    pub fn open_with_segment_size(routes: Vec<RouteConfig>, dir: &Path, segment_bytes: u64) -> Result<Self> {
+    /// [`Router::open`] with chosen options.
+    pub fn open_with(routes: Vec<RouteConfig>, dir: &Path, options: RouterOptions) -> Result<Self> {
         if routes.is_empty() {
             return Err(ServeError::Config("at least one route is needed".into()));
         }
@@ -201,7 +230,10 @@ impl Router {
                 )));
             }
             let name = route.name.clone();
-            if states.insert(name.clone(), RouteState::new(route)?).is_some() {
+            if states
+                .insert(name.clone(), RouteState::new(route, options.feedback_horizon)?)
+                .is_some()
+            {
                 return Err(ServeError::Config(format!("route `{name}` is defined twice")));
             }
         }
@@ -239,7 +271,7 @@ impl Router {
             Self::replay_record(&mut states, record)?;
             log_last = record.seq;
         }
-        let log = DecisionLog::open(dir, log_last, segment_bytes).map_err(io_at(dir))?;
+        let log = DecisionLog::open(dir, log_last, options.segment_bytes).map_err(io_at(dir))?;
         Ok(Router {
             routes: states,
             log,
@@ -287,6 +319,11 @@ impl Router {
     /// The learner of a route.
     pub fn learner(&self, route: &str) -> Result<&Learner> {
         Ok(&self.state(route)?.learner)
+    }
+
+    /// A route's configuration.
+    pub fn route_config(&self, route: &str) -> Result<&RouteConfig> {
+        Ok(&self.state(route)?.config)
     }
 
     /// The route names.

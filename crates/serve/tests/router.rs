@@ -5,7 +5,14 @@
 use std::path::{Path, PathBuf};
 
 use quiver_bandit::{Applied, Outcome};
-use quiver_serve::{ModelConfig, RouteConfig, RouteRequest, Router, ServeError};
+use quiver_serve::{ModelConfig, RouteConfig, RouteRequest, Router, RouterOptions, ServeError};
+
+fn small_segments() -> RouterOptions {
+    RouterOptions {
+        segment_bytes: 4096,
+        ..RouterOptions::default()
+    }
+}
 
 fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
@@ -20,6 +27,9 @@ fn routes() -> Vec<RouteConfig> {
         output_usd_per_million: 2.0 * price,
         context_window: None,
         tags: vec![],
+        base_url: None,
+        api_key_env: None,
+        upstream_model: None,
     };
     vec![
         RouteConfig {
@@ -98,7 +108,7 @@ fn a_restarted_router_equals_one_that_never_stopped() {
     {
         // Small segments, so the log rotates; a snapshot midway; then a crash (the router
         // is dropped without any shutdown work).
-        let mut first = Router::open_with_segment_size(routes(), &dir, 4096).unwrap();
+        let mut first = Router::open_with(routes(), &dir, small_segments()).unwrap();
         workload(&mut first, 0..50, &mut ids);
         first.snapshot().unwrap();
         workload(&mut first, 50..90, &mut ids);
@@ -116,14 +126,14 @@ fn a_restarted_router_equals_one_that_never_stopped() {
     text.push_str("{\"decision_id\":\"chat:9");
     std::fs::write(last, text).unwrap();
 
-    let mut restarted = Router::open_with_segment_size(routes(), &dir, 4096).unwrap();
+    let mut restarted = Router::open_with(routes(), &dir, small_segments()).unwrap();
     workload(&mut restarted, 90..120, &mut ids);
     assert_eq!(learners_json(&restarted), learners_json(&reference));
 
     // And once more, from the log alone after a second snapshot.
     restarted.snapshot().unwrap();
     drop(restarted);
-    let again = Router::open_with_segment_size(routes(), &dir, 4096).unwrap();
+    let again = Router::open_with(routes(), &dir, small_segments()).unwrap();
     assert_eq!(learners_json(&again), learners_json(&reference));
 }
 

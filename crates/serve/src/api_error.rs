@@ -1,0 +1,74 @@
+//! HTTP errors: every failure becomes a status and a JSON body in OpenAI's error shape,
+//! `{"error": {"message", "type", "code"}}`, so OpenAI SDKs surface the reason.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use quiver_bandit::ErrorKind;
+use serde_json::json;
+
+use crate::error::ServeError;
+
+/// An error answered over HTTP.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the body is not the JSON the endpoint takes.
+    BadRequest(String),
+    /// 401: missing or wrong bearer token.
+    Unauthorized,
+    /// 404: no such route or decision.
+    NotFound(String),
+    /// 422: well-formed but invalid values.
+    Invalid(String),
+    /// 502: every upstream failed.
+    Upstream(String),
+    /// 500: a fault of the server; details go to the log, not the client.
+    Internal(String),
+}
+
+impl From<ServeError> for ApiError {
+    fn from(e: ServeError) -> Self {
+        match &e {
+            ServeError::UnknownRoute(_) => ApiError::NotFound(e.to_string()),
+            ServeError::BadDecisionId(_) | ServeError::EmptyRequest => ApiError::Invalid(e.to_string()),
+            ServeError::Bandit(b) => match b.kind() {
+                ErrorKind::UnknownDecision(_) | ErrorKind::UnknownArm(_) => ApiError::NotFound(e.to_string()),
+                ErrorKind::NotFinite { .. }
+                | ErrorKind::OutOfRange { .. }
+                | ErrorKind::DimensionMismatch { .. }
+                | ErrorKind::NoEligibleArm { .. }
+                | ErrorKind::InvalidPolicySpec { .. } => ApiError::Invalid(e.to_string()),
+                _ => ApiError::Internal(e.to_string()),
+            },
+            ServeError::Config(_) | ServeError::Io { .. } | ServeError::Snapshot { .. } => {
+                ApiError::Internal(e.to_string())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, message) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "invalid_request_error", m),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "missing or invalid bearer token".to_string(),
+            ),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found_error", m),
+            ApiError::Invalid(m) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request_error", m),
+            ApiError::Upstream(m) => (StatusCode::BAD_GATEWAY, "upstream_error", m),
+            ApiError::Internal(detail) => {
+                eprintln!("quiver serve: internal error: {detail}");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "something went wrong; see the server log".to_string(),
+                )
+            }
+        };
+        let body = json!({"error": {"message": message, "type": kind, "code": status.as_u16()}});
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,355 @@
+//! The HTTP API: `build_app(state)` is the axum router that `quiver serve` and the tests
+//! share. Handlers parse, call the [`Router`], and map errors; nothing else.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
+use quiver_bandit::{Applied, Outcome};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::api_error::ApiError;
+use crate::config::ServeConfig;
+use crate::router::{RouteRequest, Router};
+
+/// Counters for `/metrics` beyond what the learners hold.
+#[derive(Default)]
+pub struct Counters {
+    /// Requests answered, by endpoint kind.
+    pub routed: AtomicU64,
+    /// Proxied chat completions.
+    pub proxied: AtomicU64,
+    /// Upstream attempts that failed (error status, timeout, bad body).
+    pub upstream_failures: AtomicU64,
+    /// Feedback accepted.
+    pub feedback: AtomicU64,
+}
+
+/// What every handler shares.
+pub struct AppState {
+    /// The router; its operations fsync, so handlers run them on blocking threads.
+    pub router: Mutex<Router>,
+    /// The configuration.
+    pub config: ServeConfig,
+    /// The upstream HTTP client.
+    pub http: reqwest::Client,
+    /// Counters.
+    pub counters: Counters,
+}
+
+impl AppState {
+    /// Locks the router; a poisoned lock (a panic while holding it) is an internal error.
+    pub fn router(&self) -> Result<MutexGuard<'_, Router>, ApiError> {
+        self.router
+            .lock()
+            .map_err(|_| ApiError::Internal("router lock poisoned".into()))
+    }
+}
+
+/// Which token set may call an endpoint.
+#[derive(Clone, Copy)]
+pub enum Access {
+    /// Routing and proxying.
+    Route,
+    /// Outcomes and feedback.
+    Feedback,
+    /// Everything, including reading state.
+    Admin,
+}
+
+/// Checks the bearer token of a request against the tokens `access` accepts (admin
+/// tokens are accepted everywhere; an empty token set leaves the endpoint open).
+pub fn authorize(state: &AppState, headers: &HeaderMap, access: Access) -> Result<(), ApiError> {
+    let auth = &state.config.auth;
+    let allowed: Vec<&String> = match access {
+        Access::Route => auth.route_tokens.iter().chain(&auth.admin_tokens).collect(),
+        Access::Feedback => auth.feedback_tokens.iter().chain(&auth.admin_tokens).collect(),
+        Access::Admin => auth.admin_tokens.iter().collect(),
+    };
+    let required = match access {
+        Access::Route => !auth.route_tokens.is_empty() || !auth.admin_tokens.is_empty(),
+        Access::Feedback => !auth.feedback_tokens.is_empty() || !auth.admin_tokens.is_empty(),
+        Access::Admin => !auth.admin_tokens.is_empty(),
+    };
+    if !required {
+        return Ok(());
+    }
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(token) if allowed.iter().any(|t| t.as_str() == token) => Ok(()),
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+/// Parses a JSON body into the app's error shape.
+pub fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    parsed
+        .map(|Json(v)| v)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+/// Runs a router operation on a blocking thread (it fsyncs).
+pub async fn with_router<T: Send + 'static>(
+    state: &Arc<AppState>,
+    op: impl FnOnce(&mut Router) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let state = Arc::clone(state);
+    tokio::task::spawn_blocking(move || op(&mut *state.router()?))
+        .await
+        .map_err(|e| ApiError::Internal(format!("router task failed: {e}")))?
+}
+
+/// `POST /v1/route` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteBody {
+    /// Route name.
+    pub route: String,
+    /// The rest of the request.
+    #[serde(flatten)]
+    pub request: RouteRequest,
+}
+
+async fn route(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    parsed: Result<Json<RouteBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Access::Route)?;
+    let body = body(parsed)?;
+    let routed = with_router(&state, move |r| Ok(r.route(&body.route, &body.request)?)).await?;
+    state.counters.routed.fetch_add(1, Ordering::Relaxed);
+    let d = &routed.decision;
+    Ok(Json(json!({
+        "decision_id": routed.decision_id,
+        "model": d.arm,
+        "propensity": d.propensity,
+        "propensity_kind": d.propensity_kind,
+        "fallback": d.fallback,
+        "explanation": d.arms,
+        "excluded": d.excluded,
+    }))
+    .into_response())
+}
+
+/// `POST /v1/feedback` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackBody {
+    /// The decision.
+    pub decision_id: String,
+    /// Quality in [0, 1].
+    pub quality: f64,
+}
+
+#[derive(Serialize)]
+struct AppliedBody {
+    decision_id: String,
+    status: Applied,
+}
+
+async fn feedback(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    parsed: Result<Json<FeedbackBody>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers, Access::Feedback)?;
+    let body = body(parsed)?;
+    let id = body.decision_id.clone();
+    let status = with_router(&state, move |r| Ok(r.feedback(&body.decision_id, body.quality)?)).await?;
+    state.counters.feedback.fetch_add(1, Ordering::Relaxed);
+    Ok(Json(json!(AppliedBody {
+        decision_id: id,
+        status
+    })))
+}
+
+/// `POST /v1/outcome` body: what the call of a routed request cost, for applications
+/// that call providers themselves.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutcomeBody {
+    /// The decision.
+    pub decision_id: String,
+    /// Latency, ms.
+    pub latency_ms: f64,
+    /// Cost, USD.
+    #[serde(default)]
+    pub cost_usd: f64,
+    /// Prompt tokens.
+    #[serde(default)]
+    pub input_tokens: u32,
+    /// Completion tokens.
+    #[serde(default)]
+    pub output_tokens: u32,
+    /// The call failed.
+    #[serde(default)]
+    pub error: bool,
+    /// Quality, when already known.
+    #[serde(default)]
+    pub quality: Option<f64>,
+}
+
+async fn outcome(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    parsed: Result<Json<OutcomeBody>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers, Access::Feedback)?;
+    let b = body(parsed)?;
+    let id = b.decision_id.clone();
+    let outcome = Outcome {
+        latency_ms: b.latency_ms,
+        input_tokens: b.input_tokens,
+        output_tokens: b.output_tokens,
+        cost_usd: b.cost_usd,
+        error: b.error,
+        quality: b.quality,
+    };
+    let status = with_router(&state, move |r| Ok(r.record_outcome(&b.decision_id, &outcome)?)).await?;
+    Ok(Json(json!(AppliedBody {
+        decision_id: id,
+        status
+    })))
+}
+
+async fn route_state(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers, Access::Admin)?;
+    let router = state.router()?;
+    let learner = router.learner(&name)?;
+    let arms: Vec<serde_json::Value> = learner
+        .arms()
+        .iter()
+        .enumerate()
+        .map(|(i, arm)| {
+            let usage = learner.usage(i);
+            let (latency, latency_se) = usage.latency_estimate_ms();
+            json!({
+                "arm": arm.id,
+                "requests": usage.requests,
+                "errors": usage.errors,
+                "spend_usd": usage.cost_usd,
+                "mean_cost_usd": if usage.requests > 0 { usage.cost_usd / usage.requests as f64 } else { 0.0 },
+                "mean_latency_ms": latency,
+                "latency_std_error_ms": latency_se,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "route": name,
+        "policy": learner.config().policy.to_string(),
+        "decisions": learner.next_decision_id(),
+        "w_cost": learner.config().objective.w_cost,
+        "budget_lambda": learner.pacer().map(|p| p.lambda()),
+        "arms": arms,
+    })))
+}
+
+async fn route_snapshot(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<quiver_bandit::Snapshot>, ApiError> {
+    authorize(&state, &headers, Access::Admin)?;
+    let router = state.router()?;
+    Ok(Json(router.learner(&name)?.snapshot()))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Access::Admin)?;
+    let router = state.router()?;
+    let mut text = String::new();
+    text.push_str("# HELP quiver_arm_requests_total Outcomes recorded per route and arm.\n# TYPE quiver_arm_requests_total counter\n");
+    let mut spend = String::from("# HELP quiver_arm_spend_usd_total Spend per route and arm, USD.\n# TYPE quiver_arm_spend_usd_total counter\n");
+    let mut errors = String::from("# HELP quiver_arm_errors_total Failed calls per route and arm.\n# TYPE quiver_arm_errors_total counter\n");
+    let mut decisions = String::from(
+        "# HELP quiver_decisions_total Decisions per route.\n# TYPE quiver_decisions_total counter\n",
+    );
+    for name in router.route_names() {
+        let learner = router.learner(&name)?;
+        decisions.push_str(&format!(
+            "quiver_decisions_total{{route=\"{name}\"}} {}\n",
+            learner.next_decision_id()
+        ));
+        for (i, arm) in learner.arms().iter().enumerate() {
+            let u = learner.usage(i);
+            let labels = format!("route=\"{name}\",arm=\"{}\"", arm.id.replace('"', "'"));
+            text.push_str(&format!("quiver_arm_requests_total{{{labels}}} {}\n", u.requests));
+            spend.push_str(&format!(
+                "quiver_arm_spend_usd_total{{{labels}}} {}\n",
+                u.cost_usd
+            ));
+            errors.push_str(&format!("quiver_arm_errors_total{{{labels}}} {}\n", u.errors));
+        }
+    }
+    let c = &state.counters;
+    text.push_str(&spend);
+    text.push_str(&errors);
+    text.push_str(&decisions);
+    for (name, help, value) in [
+        ("quiver_routed_total", "Answered /v1/route requests.", &c.routed),
+        (
+            "quiver_proxied_total",
+            "Answered /v1/chat/completions requests.",
+            &c.proxied,
+        ),
+        (
+            "quiver_upstream_failures_total",
+            "Failed upstream attempts.",
+            &c.upstream_failures,
+        ),
+        ("quiver_feedback_total", "Accepted feedback.", &c.feedback),
+    ] {
+        text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+            value.load(Ordering::Relaxed)
+        ));
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    Json(crate::openapi::document())
+}
+
+/// The axum app over `state`.
+pub fn build_app(state: Arc<AppState>) -> axum::Router {
+    let limit = state.config.max_body_bytes;
+    let timeout = Duration::from_millis(state.config.request_timeout_ms);
+    axum::Router::new()
+        .route("/v1/route", post(route))
+        .route("/v1/feedback", post(feedback))
+        .route("/v1/outcome", post(outcome))
+        .route("/v1/chat/completions", post(crate::proxy::chat_completions))
+        .route("/v1/routes/{name}", get(route_state))
+        .route("/v1/routes/{name}/snapshot", get(route_snapshot))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi))
+        .layer(RequestBodyLimitLayer::new(limit))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .with_state(state)
+}

@@ -1,0 +1,433 @@
+//! The server over real HTTP on 127.0.0.1: the proxy's fallback and streaming against
+//! local upstreams, learning from feedback, feedback semantics and auth, and crash safety
+//! of the real binary under SIGKILL.
+#![allow(clippy::unwrap_used)] // a test helper that fails should panic
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::response::IntoResponse;
+use serde_json::{json, Value};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A local OpenAI-compatible upstream that behaves as `kind` says.
+async fn upstream(kind: &'static str) -> SocketAddr {
+    let app = axum::Router::new().route(
+        "/chat/completions",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| async move {
+            match kind {
+                "failing" => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+                "badjson" => (axum::http::StatusCode::OK, "this is not json").into_response(),
+                _ => {
+                    if kind == "slow" {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                    }
+                    if body["stream"].as_bool() == Some(true) {
+                        let events = [
+                            json!({"choices": [{"delta": {"content": "Hel"}}]}),
+                            json!({"choices": [{"delta": {"content": "lo"}}]}),
+                            json!({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2}}),
+                        ];
+                        let mut text: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+                        text.push_str("data: [DONE]\n\n");
+                        ([(axum::http::header::CONTENT_TYPE, "text/event-stream")], text).into_response()
+                    } else {
+                        axum::Json(json!({
+                            "id": "x", "object": "chat.completion",
+                            "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("answer from {kind} for {}", body["model"])}}],
+                            "usage": {"prompt_tokens": 10, "completion_tokens": 5}
+                        }))
+                        .into_response()
+                    }
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+fn model(id: &str, addr: Option<SocketAddr>) -> Value {
+    json!({"id": id, "base_url": addr.map(|a| format!("http://{a}")), "input_usd_per_million": 1.0, "output_usd_per_million": 2.0})
+}
+
+/// Starts the app in-process on 127.0.0.1 and returns its base URL.
+async fn start(config: Value, dir: &Path) -> String {
+    let mut config = config;
+    config["log_dir"] = json!(dir.join("log"));
+    config["listen"] = json!("127.0.0.1:0");
+    let config: quiver_serve::ServeConfig = serde_json::from_value(config).unwrap();
+    let state = quiver_serve::server::state(config).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        quiver_serve::server::run(state, std::future::pending(), move |addr| {
+            let _ = tx.send(addr);
+        })
+        .await
+        .unwrap()
+    });
+    format!("http://{}", rx.await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_falls_back_in_order_and_streams() {
+    let (failing, badjson, slow, good) = (
+        upstream("failing").await,
+        upstream("badjson").await,
+        upstream("slow").await,
+        upstream("good").await,
+    );
+    let dir = scratch("serve_proxy");
+    let base = start(
+        json!({
+            "upstream_timeout_ms": 500,
+            "auth": {"admin_tokens": ["admin"]},
+            "routes": [
+                {"name": "chat", "policy": "fixed(failing)", "models": [model("failing", Some(failing)), model("badjson", Some(badjson)), model("slow", Some(slow)), model("good", Some(good))]},
+                {"name": "stream", "policy": "fixed(good)", "models": [model("good", Some(good)), model("failing", Some(failing))]}
+            ]
+        }),
+        &dir,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth("admin")
+        .json(&json!({"model": "chat", "messages": [{"role": "user", "content": "Say hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-quiver-model"], "good");
+    assert!(response.headers()["x-quiver-decision-id"]
+        .to_str()
+        .unwrap()
+        .starts_with("chat:"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "answer from good for \"good\""
+    );
+    // The policy's own choice failed: recorded as an error of `failing`.
+    let state: Value = client
+        .get(format!("{base}/v1/routes/chat"))
+        .bearer_auth("admin")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["arms"][0]["arm"], "failing");
+    assert_eq!(state["arms"][0]["requests"], 1);
+    assert_eq!(state["arms"][0]["errors"], 1);
+
+    let streamed = client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth("admin")
+        .json(&json!({"model": "stream", "stream": true, "messages": [{"role": "user", "content": "Say hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), 200);
+    assert_eq!(streamed.headers()["content-type"], "text/event-stream");
+    let text = streamed.text().await.unwrap();
+    assert!(
+        text.contains("\"Hel\"") && text.contains("\"lo\"") && text.contains("[DONE]"),
+        "{text}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let state: Value = client
+        .get(format!("{base}/v1/routes/stream"))
+        .bearer_auth("admin")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["arms"][0]["requests"], 1);
+    assert_eq!(state["arms"][0]["errors"], 0);
+    // 9 prompt and 2 completion tokens at $1 and $2 per million.
+    assert!((state["arms"][0]["spend_usd"].as_f64().unwrap() - 13e-6).abs() < 1e-12);
+
+    let all_fail = client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth("admin")
+        .json(&json!({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(all_fail.status(), 404);
+    let error: Value = all_fail.json().await.unwrap();
+    assert_eq!(error["error"]["message"], "unknown route `nope`");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_shifts_to_the_arm_with_the_best_feedback_and_feedback_rules_hold() {
+    let dir = scratch("serve_feedback");
+    let base = start(
+        json!({
+            "max_body_bytes": 65536,
+            "auth": {"route_tokens": ["r"], "feedback_tokens": ["f"], "admin_tokens": ["a"]},
+            "routes": [{"name": "learn", "policy": "beta-ts(draws=32)", "models": [model("weak", None), model("strong", None)]}]
+        }),
+        &dir,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let route = |prompt: String| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            let r: Value = client
+                .post(format!("{base}/v1/route"))
+                .bearer_auth("r")
+                .json(&json!({"route": "learn", "prompt": prompt}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (
+                r["decision_id"].as_str().unwrap().to_string(),
+                r["model"].as_str().unwrap().to_string(),
+            )
+        }
+    };
+    let feedback = |id: String, quality: Value, token: &'static str| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            client
+                .post(format!("{base}/v1/feedback"))
+                .bearer_auth(token)
+                .json(&json!({"decision_id": id, "quality": quality}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let mut late = Vec::new();
+    let mut last = Vec::new();
+    for i in 0..200 {
+        let (id, model) = route(format!("request {i}")).await;
+        let quality = if model == "strong" { 0.9 } else { 0.1 };
+        if i % 10 == 0 {
+            late.push((id, quality));
+        } else {
+            let r = feedback(id, json!(quality), "f").await;
+            assert_eq!(r.status(), 200);
+        }
+        if i >= 150 {
+            last.push(model);
+        }
+    }
+    // Late feedback, long after its decision, still counts.
+    for (id, q) in late {
+        let r: Value = feedback(id, json!(q), "f").await.json().await.unwrap();
+        assert_eq!(r["status"], "applied");
+    }
+    let strong = last.iter().filter(|m| *m == "strong").count();
+    assert!(strong >= 40, "strong got {strong} of the last 50");
+
+    let (id, _) = route("one more".into()).await;
+    assert_eq!(feedback(id.clone(), json!(0.5), "f").await.status(), 200);
+    let again: Value = feedback(id.clone(), json!(0.7), "f").await.json().await.unwrap();
+    assert_eq!(again["status"], "already_applied");
+    assert_eq!(
+        feedback("learn:99999".into(), json!(0.5), "f").await.status(),
+        404
+    );
+    let invalid = feedback(id.clone(), json!(1.5), "f").await;
+    assert_eq!(invalid.status(), 422);
+    let reason: Value = invalid.json().await.unwrap();
+    assert_eq!(reason["error"]["message"], "quality is 1.5, outside [0, 1]");
+    assert_eq!(feedback(id.clone(), json!("high"), "f").await.status(), 400);
+    assert_eq!(feedback(id.clone(), json!(0.5), "wrong").await.status(), 401);
+    assert_eq!(
+        feedback(id.clone(), json!(0.5), "r").await.status(),
+        401,
+        "a routing token may not give feedback"
+    );
+    let no_token = client
+        .post(format!("{base}/v1/route"))
+        .json(&json!({"route": "learn", "prompt": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_token.status(), 401);
+    let big = client
+        .post(format!("{base}/v1/route"))
+        .bearer_auth("r")
+        .json(&json!({"route": "learn", "prompt": "x".repeat(100_000)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 413);
+    assert_eq!(
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "ok"
+    );
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .bearer_auth("a")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("quiver_decisions_total{route=\"learn\"} 201"),
+        "{metrics}"
+    );
+    let openapi: Value = client
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(openapi["paths"]["/v1/feedback"]["post"].is_object());
+}
+
+fn start_binary(config: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("server output").unwrap();
+        if let Some(addr) = line.strip_prefix("quiver serve: listening on ") {
+            break addr.to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+/// Every acknowledged operation survives SIGKILL, and the restored learner equals one that
+/// applied the logged operations without interruption.
+#[test]
+fn sigkill_loses_nothing_acknowledged_and_restart_restores_the_state() {
+    let dir = scratch("serve_crash");
+    let config = dir.join("quiver.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\nlog_dir = \"log\"\nsnapshot_interval_s = 1\n[[routes]]\nname = \"r\"\npolicy = \"lints(v=0.3,floor=0.05)\"\nw_cost = 10.0\n[[routes.models]]\nid = \"a\"\n[[routes.models]]\nid = \"b\"\n[[routes.models]]\nid = \"c\"\n",
+    )
+    .unwrap();
+    let (mut child, base) = start_binary(&config);
+    let client = reqwest::blocking::Client::new();
+    let acknowledged = Arc::new(std::sync::Mutex::new(Vec::<(String, f64)>::new()));
+    let worker = {
+        let acknowledged = Arc::clone(&acknowledged);
+        let base = base.clone();
+        std::thread::spawn(move || {
+            for i in 0..100_000 {
+                let Ok(r) = client
+                    .post(format!("{base}/v1/route"))
+                    .json(&json!({"route": "r", "prompt": format!("question {i}")}))
+                    .send()
+                else {
+                    break;
+                };
+                let Ok(r) = r.json::<Value>() else { break };
+                let id = r["decision_id"].as_str().unwrap().to_string();
+                let q = if r["model"] == "c" { 0.9 } else { 0.2 };
+                match client
+                    .post(format!("{base}/v1/feedback"))
+                    .json(&json!({"decision_id": id, "quality": q}))
+                    .send()
+                {
+                    Ok(resp) if resp.status() == 200 => acknowledged.lock().unwrap().push((id, q)),
+                    _ => break,
+                }
+            }
+        })
+    };
+    // Let it run across at least one periodic snapshot, then kill it mid-stream.
+    std::thread::sleep(Duration::from_millis(2500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    worker.join().unwrap();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(
+        acknowledged.len() > 20,
+        "only {} operations before the kill",
+        acknowledged.len()
+    );
+
+    // Every acknowledged feedback is in the log.
+    let records = quiver_serve::log::read_log(&dir.join("log")).unwrap();
+    for (id, q) in &acknowledged {
+        assert!(
+            records
+                .iter()
+                .any(|r| &r.decision_id == id && r.quality == Some(*q)),
+            "acknowledged feedback for {id} is missing from the log"
+        );
+    }
+    // An uninterrupted router fed the logged operations, in order.
+    let reference_dir = scratch("serve_crash_reference");
+    let routes: quiver_serve::ServeConfig = quiver_serve::ServeConfig::load(&config).unwrap();
+    let mut reference = quiver_serve::Router::open(routes.routes.clone(), &reference_dir).unwrap();
+    for r in &records {
+        match r.event {
+            quiver_serve::log::LogEvent::Decision => {
+                let request = quiver_serve::RouteRequest {
+                    prompt: Some(r.prompt.clone()),
+                    ..Default::default()
+                };
+                let routed = reference.route("r", &request).unwrap();
+                assert_eq!(routed.decision_id, r.decision_id);
+                assert_eq!(
+                    routed.decision.arm, r.arm,
+                    "the reference decides as the server did"
+                );
+            }
+            quiver_serve::log::LogEvent::Feedback => {
+                reference.feedback(&r.decision_id, r.quality.unwrap()).unwrap();
+            }
+            quiver_serve::log::LogEvent::Outcome => {}
+        }
+    }
+    let (mut restarted, base) = start_binary(&config);
+    let client = reqwest::blocking::Client::new();
+    let restored: Value = client
+        .get(format!("{base}/v1/routes/r/snapshot"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let expected = serde_json::to_value(reference.learner("r").unwrap().snapshot()).unwrap();
+    restarted.kill().unwrap();
+    restarted.wait().unwrap();
+    assert_eq!(restored, expected);
+}
