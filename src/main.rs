@@ -5,6 +5,7 @@
 #![allow(clippy::print_stdout)] // printing results is the CLI's job
 
 mod data_cmd;
+mod demo;
 mod ope_cmd;
 mod progress;
 mod replay_cmd;

@@ -15,15 +15,30 @@ pub struct ServeArgs {
     /// Override the configured listen address.
     #[arg(long)]
     listen: Option<String>,
+    /// Start SIMULATED upstream providers (the built-in scenario's models) on 127.0.0.1
+    /// and a `demo` route over them: try routing and feedback without API keys.
+    #[arg(long)]
+    demo: bool,
 }
 
 pub fn run_serve(args: ServeArgs) -> Result<()> {
-    let mut config = ServeConfig::load(&args.config)?;
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
+        let config = if args.demo {
+            crate::demo::demo_config(args.listen).await?
+        } else {
+            let mut config = ServeConfig::load(&args.config)?;
+            if let Some(listen) = args.listen {
+                config.listen = listen;
+            }
+            config
+        };
+        if args.demo {
+            eprintln!(
+                "quiver serve --demo: route `demo`, log in {}",
+                config.log_dir.display()
+            );
+        }
         let state = state(config)?;
         run(state, shutdown_signal(), |addr| {
             eprintln!("quiver serve: listening on http://{addr}");

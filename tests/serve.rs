@@ -314,9 +314,10 @@ async fn traffic_shifts_to_the_arm_with_the_best_feedback_and_feedback_rules_hol
     assert!(openapi["paths"]["/v1/feedback"]["post"].is_object());
 }
 
-fn start_binary(config: &Path) -> (Child, String) {
+fn start_binary(args: &[&str]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_quiver"))
-        .args(["serve", "--config", config.to_str().unwrap()])
+        .arg("serve")
+        .args(args)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -343,7 +344,7 @@ fn sigkill_loses_nothing_acknowledged_and_restart_restores_the_state() {
         "listen = \"127.0.0.1:0\"\nlog_dir = \"log\"\nsnapshot_interval_s = 1\n[[routes]]\nname = \"r\"\npolicy = \"lints(v=0.3,floor=0.05)\"\nw_cost = 10.0\n[[routes.models]]\nid = \"a\"\n[[routes.models]]\nid = \"b\"\n[[routes.models]]\nid = \"c\"\n",
     )
     .unwrap();
-    let (mut child, base) = start_binary(&config);
+    let (mut child, base) = start_binary(&["--config", config.to_str().unwrap()]);
     let client = reqwest::blocking::Client::new();
     let acknowledged = Arc::new(std::sync::Mutex::new(Vec::<(String, f64)>::new()));
     let worker = {
@@ -418,7 +419,7 @@ fn sigkill_loses_nothing_acknowledged_and_restart_restores_the_state() {
             quiver_serve::log::LogEvent::Outcome => {}
         }
     }
-    let (mut restarted, base) = start_binary(&config);
+    let (mut restarted, base) = start_binary(&["--config", config.to_str().unwrap()]);
     let client = reqwest::blocking::Client::new();
     let restored: Value = client
         .get(format!("{base}/v1/routes/r/snapshot"))
@@ -430,4 +431,40 @@ fn sigkill_loses_nothing_acknowledged_and_restart_restores_the_state() {
     restarted.kill().unwrap();
     restarted.wait().unwrap();
     assert_eq!(restored, expected);
+}
+
+#[test]
+fn demo_mode_serves_simulated_providers_labelled_as_such() {
+    let (mut child, base) = start_binary(&["--demo", "--listen", "127.0.0.1:0"]);
+    let client = reqwest::blocking::Client::new();
+    let response = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "demo", "messages": [{"role": "user", "content": "Which of the following explains tides? A) the moon"}]}))
+        .send()
+        .unwrap();
+    let status = response.status();
+    let quality = response
+        .headers()
+        .get("x-quiver-simulated-quality")
+        .map(|v| v.to_str().unwrap().to_string());
+    let id = response
+        .headers()
+        .get("x-quiver-decision-id")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body: Value = response.json().unwrap();
+    let feedback = client
+        .post(format!("{base}/v1/feedback"))
+        .json(&json!({"decision_id": id.clone().unwrap_or_default(), "quality": quality.as_deref().unwrap_or("0").parse::<f64>().unwrap()}))
+        .send()
+        .unwrap()
+        .status();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(status, 200);
+    assert!(body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("[SIMULATED "));
+    assert!(matches!(quality.as_deref(), Some("0") | Some("1")), "{quality:?}");
+    assert_eq!(feedback, 200);
 }

@@ -7,7 +7,7 @@
 //! recorded as feedback automatically; the decision id comes back in the
 //! `x-quiver-decision-id` header, for quality feedback later. Streaming (`"stream": true`)
 //! passes the upstream's server-sent events through as they arrive; the outcome is
-//! recorded when the stream ends.
+//! recorded when the stream ends. The upstream's own `x-*` headers are passed on.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -104,6 +104,22 @@ fn stream_usage(text: &str, prompt_tokens: u32) -> (u32, u32) {
     ))
 }
 
+/// The upstream's own `x-*` headers, passed on to the client.
+fn extension_headers(upstream: &reqwest::Response) -> Vec<(header::HeaderName, HeaderValue)> {
+    upstream
+        .headers()
+        .iter()
+        .filter(|(name, _)| {
+            name.as_str().starts_with("x-") && !name.as_str().starts_with("x-quiver-decision")
+        })
+        .filter_map(|(name, value)| {
+            let name = header::HeaderName::from_bytes(name.as_str().as_bytes()).ok()?;
+            let value = HeaderValue::from_bytes(value.as_bytes()).ok()?;
+            Some((name, value))
+        })
+        .collect()
+}
+
 fn with_headers(mut response: Response, decision_id: &str, model: &str) -> Response {
     for (name, value) in [(DECISION_HEADER, decision_id), (MODEL_HEADER, model)] {
         if let Ok(v) = HeaderValue::from_str(value) {
@@ -177,6 +193,7 @@ pub async fn chat_completions(
         let started = Instant::now();
         let failure = match call.send().await {
             Ok(response) if response.status().is_success() => {
+                let passed = extension_headers(&response);
                 if stream {
                     return Ok(stream_through(
                         &state,
@@ -198,11 +215,12 @@ pub async fn chat_completions(
                                     .with_tokens(input, output);
                                 record(&state, &decision_id, outcome).await;
                             }
-                            let response = Response::builder()
+                            let mut response = Response::builder()
                                 .status(StatusCode::OK)
                                 .header(header::CONTENT_TYPE, "application/json")
                                 .body(Body::from(bytes))
                                 .map_err(|e| ApiError::Internal(e.to_string()))?;
+                            response.headers_mut().extend(passed);
                             return Ok(with_headers(response, &decision_id, &model.id));
                         }
                         _ => format!("{arm}: the upstream's body is not a chat completion"),

@@ -1,0 +1,165 @@
+//! `quiver serve --demo`: simulated upstream providers beside the router, on 127.0.0.1.
+//!
+//! Each model of the built-in scenario becomes a SIMULATED OpenAI-compatible endpoint that
+//! answers after a latency drawn from the scenario's LLMPerf calibration (scaled down ten
+//! times so the demo is quick), fails 2% of calls, and answers well with the model's
+//! calibrated accuracy for the prompt's kind of task. The simulated quality comes back in
+//! the `x-quiver-simulated-quality` header, so a new user can send it to `/v1/feedback`
+//! and watch the router learn, without any API key.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use axum::extract::{Path, State};
+use axum::response::IntoResponse;
+use quiver_serve::{AuthConfig, ModelConfig, RouteConfig, ServeConfig};
+use quiver_sim::scenario::{ArmSpec, Scenario};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+
+struct Simulated {
+    arms: Vec<ArmSpec>,
+    rng: Mutex<ChaCha8Rng>,
+}
+
+/// The scenario task a prompt most looks like.
+fn task_of(prompt: &str) -> &'static str {
+    let lower = prompt.to_lowercase();
+    if ["def ", "function", "python", "code", "```"]
+        .iter()
+        .any(|k| lower.contains(k))
+    {
+        "code"
+    } else if lower.contains("a)") || lower.contains("which of the following") || lower.contains("why") {
+        "reasoning"
+    } else {
+        "commonsense"
+    }
+}
+
+async fn complete(
+    State(sim): State<Arc<Simulated>>,
+    Path(index): Path<usize>,
+    axum::Json(body): axum::Json<Value>,
+) -> axum::response::Response {
+    let Some(arm) = sim.arms.get(index) else {
+        return (axum::http::StatusCode::NOT_FOUND, "no such simulated model").into_response();
+    };
+    let prompt: String = body["messages"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|x| x["content"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default();
+    let task = task_of(&prompt);
+    let (fails, good, latency_ms) = {
+        let mut rng = sim.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let z: f64 = rand_distr::Distribution::sample(&rand_distr::StandardNormal, &mut *rng);
+        let out = arm.output_tokens.get(task).copied().unwrap_or(100.0);
+        let latency =
+            (arm.latency.ttft_ms + arm.latency.ms_per_output_token * out) * (arm.latency.sigma * z).exp();
+        let accuracy = arm.accuracy.get(task).copied().unwrap_or(0.5);
+        (
+            rng.random::<f64>() < 0.02,
+            rng.random::<f64>() < accuracy,
+            latency / 10.0,
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(latency_ms as u64)).await;
+    if fails {
+        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "simulated outage").into_response();
+    }
+    let quality = if good { 1.0 } else { 0.0 };
+    let prompt_tokens = quiver_bandit::features::estimate_tokens(&prompt);
+    let completion_tokens = arm.output_tokens.get(task).copied().unwrap_or(100.0) as u32;
+    let answer = json!({
+        "id": "simulated",
+        "object": "chat.completion",
+        "model": arm.id,
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
+            "content": format!("[SIMULATED {}] a {} answer to a {task} request", arm.id, if good { "good" } else { "poor" })}}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+    });
+    (
+        [("x-quiver-simulated-quality", quality.to_string())],
+        axum::Json(answer),
+    )
+        .into_response()
+}
+
+/// Starts the simulated providers and returns the server configuration that routes to them.
+pub async fn demo_config(listen: Option<String>) -> Result<ServeConfig> {
+    let scenario = Scenario::builtin()?;
+    let sim = Arc::new(Simulated {
+        arms: scenario.arms.clone(),
+        rng: Mutex::new(ChaCha8Rng::seed_from_u64(scenario.seed)),
+    });
+    let app = axum::Router::new()
+        .route(
+            "/simulated/{index}/chat/completions",
+            axum::routing::post(complete),
+        )
+        .with_state(sim);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr: SocketAddr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    eprintln!("quiver serve --demo: SIMULATED upstream providers on http://{addr} (no real model is called)");
+    let models = scenario
+        .arms
+        .iter()
+        .enumerate()
+        .map(|(i, arm)| ModelConfig {
+            id: arm.id.clone(),
+            input_usd_per_million: arm.input_usd_per_token * 1e6,
+            output_usd_per_million: arm.output_usd_per_token * 1e6,
+            context_window: None,
+            tags: vec!["simulated".into()],
+            base_url: Some(format!("http://{addr}/simulated/{i}")),
+            api_key_env: None,
+            upstream_model: None,
+        })
+        .collect();
+    Ok(ServeConfig {
+        listen: listen.unwrap_or_else(|| "127.0.0.1:8080".into()),
+        log_dir: std::env::temp_dir().join("quiver-demo"),
+        snapshot_interval_s: 30,
+        max_body_bytes: 1 << 20,
+        request_timeout_ms: 60_000,
+        upstream_timeout_ms: 20_000,
+        feedback_horizon_decisions: 1_000_000,
+        auth: AuthConfig::default(),
+        routes: vec![RouteConfig {
+            name: "demo".into(),
+            policy: "lints(v=0.3,floor=0.02)".into(),
+            models,
+            w_cost: scenario.objective.w_cost,
+            w_latency: scenario.objective.w_latency,
+            budget_usd_per_request: None,
+            extra_features: 0,
+            seed: 0,
+        }],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::task_of;
+
+    #[test]
+    fn prompts_map_to_scenario_tasks() {
+        assert_eq!(task_of("Write a python function to reverse a list"), "code");
+        assert_eq!(
+            task_of("Which of the following explains tides?\nA) the moon"),
+            "reasoning"
+        );
+        assert_eq!(task_of("Maria thanked Tom because _ helped."), "commonsense");
+    }
+}
