@@ -55,13 +55,13 @@ pub struct OpeArgs {
 }
 
 #[derive(Serialize)]
-struct OpeSummary {
-    dataset: String,
-    rows: usize,
-    arms: Vec<String>,
-    policy: String,
-    learning: bool,
-    metrics: Vec<MetricReport>,
+pub struct OpeSummary {
+    pub dataset: String,
+    pub rows: usize,
+    pub arms: Vec<String>,
+    pub policy: String,
+    pub learning: bool,
+    pub metrics: Vec<MetricReport>,
 }
 
 /// The contexts of every logged row.
@@ -76,6 +76,58 @@ pub fn contexts(log: &LoggedDataset) -> Result<Vec<Context>> {
             )?)
         })
         .collect()
+}
+
+/// Estimator settings shared with `quiver replay` on logs.
+pub struct EstimatorSettings {
+    /// Largest importance weight.
+    pub clip: f64,
+    /// Switch-DR threshold.
+    pub switch_tau: f64,
+    /// Bootstrap resamples.
+    pub bootstrap: usize,
+    /// Seed.
+    pub seed: u64,
+}
+
+impl From<&OpeArgs> for EstimatorSettings {
+    fn from(a: &OpeArgs) -> Self {
+        EstimatorSettings {
+            clip: a.clip,
+            switch_tau: a.switch_tau,
+            bootstrap: a.bootstrap,
+            seed: a.seed,
+        }
+    }
+}
+
+/// Every metric's estimates of `spec` on `log`.
+pub fn evaluate(
+    log: &LoggedDataset,
+    contexts: &[Context],
+    spec: &PolicySpec,
+    objective: Objective,
+    estimators: &[Box<dyn Estimator>],
+    settings: impl Into<EstimatorSettings>,
+    learn: bool,
+) -> Result<OpeSummary> {
+    let settings = settings.into();
+    let candidate = run_candidate(log, contexts, spec, objective, settings.seed, learn)?;
+    let metrics = [Metric::Reward(objective), Metric::Quality, Metric::Cost]
+        .into_iter()
+        .map(|m| {
+            let inputs = inputs_for(log, contexts, &candidate, m, settings.clip, settings.switch_tau);
+            report_metric(&inputs, m, estimators, settings.bootstrap, settings.seed)
+        })
+        .collect();
+    Ok(OpeSummary {
+        dataset: log.source.clone(),
+        rows: log.rows(),
+        arms: log.arms.clone(),
+        policy: spec.to_string(),
+        learning: learn,
+        metrics,
+    })
 }
 
 pub fn run(args: OpeArgs) -> Result<()> {
@@ -107,22 +159,15 @@ pub fn run(args: OpeArgs) -> Result<()> {
             .collect::<Result<_>>()?,
     };
     let contexts = contexts(&log)?;
-    let candidate = run_candidate(&log, &contexts, &spec, objective, args.seed, !args.frozen)?;
-    let metrics: Vec<MetricReport> = [Metric::Reward(objective), Metric::Quality, Metric::Cost]
-        .into_iter()
-        .map(|m| {
-            let inputs = inputs_for(&log, &contexts, &candidate, m, args.clip, args.switch_tau);
-            report_metric(&inputs, m, &estimators, args.bootstrap, args.seed)
-        })
-        .collect();
-    let summary = OpeSummary {
-        dataset: log.source.clone(),
-        rows: log.rows(),
-        arms: log.arms.clone(),
-        policy: spec.to_string(),
-        learning: !args.frozen,
-        metrics,
-    };
+    let summary = evaluate(
+        &log,
+        &contexts,
+        &spec,
+        objective,
+        &estimators,
+        &args,
+        !args.frozen,
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());

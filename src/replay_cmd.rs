@@ -6,7 +6,10 @@ use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use quiver_bandit::{Objective, PolicySpec};
 use quiver_sim::context::ContextBuilder;
-use quiver_sim::data::{load_wide, Format, Split, WideDataset};
+use quiver_sim::data::{load, load_wide, Dataset, Format, LoggedDataset, Split, WideDataset};
+use quiver_sim::ope::{estimator_by_name, Estimator};
+
+use crate::ope_cmd::EstimatorSettings;
 use quiver_sim::replay::{replay, Drift, Environment, Knobs, LatencyModel, ReplaySettings, Variant};
 use quiver_sim::report::{summarize, table};
 use quiver_sim::scenario::Scenario;
@@ -138,8 +141,11 @@ fn parse_latency(text: &str, arms: usize) -> Result<LatencyModel> {
     })
 }
 
-/// The data to evaluate and to train on, and the base objective.
-fn datasets(args: &ReplayArgs) -> Result<(WideDataset, Option<WideDataset>, Objective)> {
+/// The data to evaluate (`loaded`, when given) and to train on, and the base objective.
+fn datasets(
+    args: &ReplayArgs,
+    loaded: Option<WideDataset>,
+) -> Result<(WideDataset, Option<WideDataset>, Objective)> {
     let format: Format = args.format.parse()?;
     let split: Option<Split> = args.split.as_deref().map(str::parse).transpose()?;
     let train_split: Option<Split> = args.train_split.as_deref().map(str::parse).transpose()?;
@@ -151,7 +157,10 @@ fn datasets(args: &ReplayArgs) -> Result<(WideDataset, Option<WideDataset>, Obje
     };
     match &args.data {
         Some(path) => {
-            let data = load_wide(path, format, split.as_ref())?;
+            let data = match loaded {
+                Some(data) => data,
+                None => load_wide(path, format, split.as_ref())?,
+            };
             let mut train = args
                 .train
                 .as_deref()
@@ -178,11 +187,90 @@ fn datasets(args: &ReplayArgs) -> Result<(WideDataset, Option<WideDataset>, Obje
     }
 }
 
+/// `quiver replay` on a decision log: each policy evaluated off-policy along the log
+/// (learning as it goes), by replay (rejection sampling), SNIPS and DR.
+fn replay_log(args: &ReplayArgs, log: LoggedDataset, specs: &[PolicySpec]) -> Result<()> {
+    let objective = Objective::new(args.w_cost.unwrap_or(0.0), args.w_latency.unwrap_or(0.0))?;
+    let contexts = crate::ope_cmd::contexts(&log)?;
+    let estimators: Vec<Box<dyn Estimator>> = ["replay", "snips", "dr"]
+        .iter()
+        .filter_map(|n| estimator_by_name(n))
+        .collect();
+    let settings = || EstimatorSettings {
+        clip: f64::INFINITY,
+        switch_tau: 100.0,
+        bootstrap: 0,
+        seed: 0,
+    };
+    let summaries = specs
+        .iter()
+        .map(|spec| {
+            crate::ope_cmd::evaluate(
+                &log,
+                &contexts,
+                spec,
+                objective,
+                &estimators,
+                settings(),
+                !args.freeze,
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summaries)?);
+        return Ok(());
+    }
+    println!(
+        "log {}: {} decisions, {} arms; off-policy estimates of each policy learning along the log\n",
+        log.source,
+        log.rows(),
+        log.arms.len()
+    );
+    println!(
+        "{:<44} {:>8} {:>9} {:>9} {:>9} {:>11} {:>8}",
+        "policy", "accepted", "replay", "snips", "dr", "dr cost_usd", "ESS"
+    );
+    for s in &summaries {
+        let value = &s.metrics[0];
+        let cost = &s.metrics[2];
+        let get = |m: &quiver_sim::ope::MetricReport, name: &str| {
+            m.estimates
+                .iter()
+                .find(|e| e.estimator == name)
+                .map_or(f64::NAN, |e| e.value)
+        };
+        println!(
+            "{:<44} {:>8} {:>9.4} {:>9.4} {:>9.4} {:>11.6} {:>8.0}",
+            s.policy,
+            value.weights.replay_accepted,
+            get(value, "replay"),
+            get(value, "snips"),
+            get(value, "dr"),
+            get(cost, "dr"),
+            value.weights.effective_sample_size
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: ReplayArgs) -> Result<()> {
     let specs: Vec<PolicySpec> = split_specs(&args.policies)
         .iter()
         .map(|s| s.parse())
         .collect::<Result<_, _>>()?;
+    let mut loaded = None;
+    if let Some(path) = &args.data {
+        let split: Option<Split> = args.split.as_deref().map(str::parse).transpose()?;
+        match load(path, args.format.parse()?, split.as_ref())? {
+            Dataset::Logged(log) => {
+                if args.train.is_some() {
+                    bail!("--train applies to full-information data; a log is evaluated off-policy");
+                }
+                return replay_log(&args, log, &specs);
+            }
+            Dataset::Wide(data) => loaded = Some(data),
+        }
+    }
     if specs.is_empty() {
         bail!("--policies is empty");
     }
@@ -193,7 +281,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     }
     let sweep = args.sweep.as_deref().map(parse_sweep).transpose()?;
     let drift = args.drift.as_deref().map(parse_drift).transpose()?;
-    let (data, train, objective) = datasets(&args)?;
+    let (data, train, objective) = datasets(&args, loaded)?;
     let mut variants = Vec::new();
     for spec in &specs {
         match &sweep {

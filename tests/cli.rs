@@ -170,6 +170,18 @@ fn wide_data_converts_to_a_log_that_ope_reads() {
         .map(|e| e["estimator"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["replay", "ips", "snips", "dm", "dr", "sndr", "switch-dr"]);
+    // `quiver replay` on a log evaluates each policy off-policy along it.
+    let table = stdout(&quiver(&[
+        "replay",
+        "--data",
+        log.to_str().unwrap(),
+        "--policies",
+        "fixed(small),random",
+    ]));
+    assert!(
+        table.contains("120 decisions") && table.contains("fixed(arm=small)") && table.contains("random"),
+        "{table}"
+    );
     // fixed(small)'s true quality on the fixture is 80/120; SNIPS with eps(0.5) logging is close.
     let snips = quality["estimates"][2]["value"].as_f64().unwrap();
     assert!((snips - 80.0 / 120.0).abs() < 0.2, "snips {snips}");

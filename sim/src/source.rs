@@ -1,7 +1,8 @@
 //! Finding data files and reading them with polars into typed columns.
 //!
-//! A data path is a file, a directory (every `.csv`, `.parquet`, `.jsonl`/`.ndjson` in it)
-//! or a glob; several files make one table, read in sorted order. Each file is read on its
+//! A data path is a file, a directory (every `.csv`, `.parquet`, `.jsonl`/`.ndjson` in it;
+//! plain `.json` files, such as the server's `snapshot.json`, are not data) or a glob;
+//! several files make one table, read in sorted order. Each file is read on its
 //! own so that every error names the file, the row and the column.
 
 use std::path::{Path, PathBuf};
@@ -38,7 +39,7 @@ pub fn expand(pattern: &str) -> Result<Vec<PathBuf>> {
                 reason: e.to_string(),
             })?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && is_data_file(p))
+            .filter(|p| p.is_file() && is_data_file(p) && p.extension().is_some_and(|e| e != "json"))
             .collect()
     } else {
         glob::glob(pattern)
