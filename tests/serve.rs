@@ -96,7 +96,8 @@ async fn proxy_falls_back_in_order_and_streams() {
             "auth": {"admin_tokens": ["admin"]},
             "routes": [
                 {"name": "chat", "policy": "fixed(failing)", "models": [model("failing", Some(failing)), model("badjson", Some(badjson)), model("slow", Some(slow)), model("good", Some(good))]},
-                {"name": "stream", "policy": "fixed(good)", "models": [model("good", Some(good)), model("failing", Some(failing))]}
+                {"name": "stream", "policy": "fixed(good)", "models": [model("good", Some(good)), model("failing", Some(failing))]},
+                {"name": "dead", "policy": "fixed(failing)", "models": [model("failing", Some(failing)), model("badjson", Some(badjson))]}
             ]
         }),
         &dir,
@@ -134,6 +135,33 @@ async fn proxy_falls_back_in_order_and_streams() {
     assert_eq!(state["arms"][0]["arm"], "failing");
     assert_eq!(state["arms"][0]["requests"], 1);
     assert_eq!(state["arms"][0]["errors"], 1);
+    // Fallback went failing -> badjson -> slow (timed out) -> good: three failed attempts.
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .bearer_auth("admin")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("quiver_upstream_failures_total 3"), "{metrics}");
+    let dead = client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth("admin")
+        .json(&json!({"model": "dead", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dead.status(), 502);
+    let reason: Value = dead.json().await.unwrap();
+    assert!(
+        reason["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("every model of route `dead` failed"),
+        "{reason}"
+    );
 
     let streamed = client
         .post(format!("{base}/v1/chat/completions"))
@@ -257,7 +285,16 @@ async fn traffic_shifts_to_the_arm_with_the_best_feedback_and_feedback_rules_hol
     assert_eq!(invalid.status(), 422);
     let reason: Value = invalid.json().await.unwrap();
     assert_eq!(reason["error"]["message"], "quality is 1.5, outside [0, 1]");
-    assert_eq!(feedback(id.clone(), json!("high"), "f").await.status(), 400);
+    assert_eq!(feedback(id.clone(), json!("high"), "f").await.status(), 422);
+    let malformed = client
+        .post(format!("{base}/v1/feedback"))
+        .bearer_auth("f")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 400);
     assert_eq!(feedback(id.clone(), json!(0.5), "wrong").await.status(), 401);
     assert_eq!(
         feedback(id.clone(), json!(0.5), "r").await.status(),
@@ -362,6 +399,11 @@ fn sigkill_loses_nothing_acknowledged_and_restart_restores_the_state() {
                 let Ok(r) = r.json::<Value>() else { break };
                 let id = r["decision_id"].as_str().unwrap().to_string();
                 let q = if r["model"] == "c" { 0.9 } else { 0.2 };
+                let outcome = json!({"decision_id": id, "latency_ms": 100 + i % 50, "cost_usd": 0.001, "input_tokens": 10, "output_tokens": 20});
+                match client.post(format!("{base}/v1/outcome")).json(&outcome).send() {
+                    Ok(resp) if resp.status() == 200 => {}
+                    _ => break,
+                }
                 match client
                     .post(format!("{base}/v1/feedback"))
                     .json(&json!({"decision_id": id, "quality": q}))
@@ -416,7 +458,11 @@ fn sigkill_loses_nothing_acknowledged_and_restart_restores_the_state() {
             quiver_serve::log::LogEvent::Feedback => {
                 reference.feedback(&r.decision_id, r.quality.unwrap()).unwrap();
             }
-            quiver_serve::log::LogEvent::Outcome => {}
+            quiver_serve::log::LogEvent::Outcome => {
+                let outcome = quiver_bandit::Outcome::new(r.latency_ms, r.cost_usd)
+                    .with_tokens(r.input_tokens, r.output_tokens);
+                reference.record_outcome(&r.decision_id, &outcome).unwrap();
+            }
         }
     }
     let (mut restarted, base) = start_binary(&["--config", config.to_str().unwrap()]);

@@ -428,6 +428,39 @@ impl Learner {
         Ok(())
     }
 
+    /// What recording `outcome` for decision `id` would do, without doing it: lets a
+    /// caller log a change durably before applying it.
+    pub fn outcome_would_apply(&self, id: u64, outcome: &Outcome) -> Result<Applied> {
+        outcome.validate()?;
+        let t = self
+            .tracked
+            .get(&id)
+            .ok_or_else(|| Error::from(ErrorKind::UnknownDecision(id)))?;
+        Ok(match t.arm {
+            None => Applied::ArmRemoved,
+            Some(_)
+                if !t.outcome_recorded || (outcome.credited_quality().is_some() && !t.quality_recorded) =>
+            {
+                Applied::Applied
+            }
+            Some(_) => Applied::AlreadyApplied,
+        })
+    }
+
+    /// What recording `quality` for decision `id` would do, without doing it.
+    pub fn quality_would_apply(&self, id: u64, quality: f64) -> Result<Applied> {
+        validate_quality(quality)?;
+        let t = self
+            .tracked
+            .get(&id)
+            .ok_or_else(|| Error::from(ErrorKind::UnknownDecision(id)))?;
+        Ok(match t.arm {
+            None => Applied::ArmRemoved,
+            Some(_) if t.quality_recorded => Applied::AlreadyApplied,
+            Some(_) => Applied::Applied,
+        })
+    }
+
     fn tracked_mut(&mut self, id: u64) -> Result<&mut TrackedDecision> {
         self.tracked
             .get_mut(&id)

@@ -18,6 +18,8 @@ pub enum ApiError {
     Unauthorized,
     /// 404: no such route or decision.
     NotFound(String),
+    /// 415: the body is not sent as JSON.
+    UnsupportedMediaType(String),
     /// 422: well-formed but invalid values.
     Invalid(String),
     /// 502: every upstream failed.
@@ -57,6 +59,9 @@ impl IntoResponse for ApiError {
                 "missing or invalid bearer token".to_string(),
             ),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found_error", m),
+            ApiError::UnsupportedMediaType(m) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request_error", m)
+            }
             ApiError::Invalid(m) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request_error", m),
             ApiError::Upstream(m) => (StatusCode::BAD_GATEWAY, "upstream_error", m),
             ApiError::Internal(detail) => {

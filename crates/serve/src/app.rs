@@ -93,11 +93,14 @@ pub fn authorize(state: &AppState, headers: &HeaderMap, access: Access) -> Resul
     }
 }
 
-/// Parses a JSON body into the app's error shape.
+/// Parses a JSON body into the app's error shape: malformed JSON is 400, well-formed JSON
+/// of the wrong shape or types 422, a missing JSON content type 415.
 pub fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    parsed
-        .map(|Json(v)| v)
-        .map_err(|e| ApiError::BadRequest(e.body_text()))
+    parsed.map(|Json(v)| v).map_err(|e| match e {
+        JsonRejection::JsonDataError(_) => ApiError::Invalid(e.body_text()),
+        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(e.body_text()),
+        _ => ApiError::BadRequest(e.body_text()),
+    })
 }
 
 /// Runs a router operation on a blocking thread (it fsyncs).
@@ -231,8 +234,13 @@ async fn route_state(
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, &headers, Access::Admin)?;
-    let router = state.router()?;
-    let learner = router.learner(&name)?;
+    with_router(&state, move |router| route_state_json(router, &name))
+        .await
+        .map(Json)
+}
+
+fn route_state_json(router: &mut Router, name: &str) -> Result<serde_json::Value, ApiError> {
+    let learner = router.learner(name)?;
     let arms: Vec<serde_json::Value> = learner
         .arms()
         .iter()
@@ -251,14 +259,14 @@ async fn route_state(
             })
         })
         .collect();
-    Ok(Json(json!({
+    Ok(json!({
         "route": name,
         "policy": learner.config().policy.to_string(),
         "decisions": learner.next_decision_id(),
         "w_cost": learner.config().objective.w_cost,
         "budget_lambda": learner.pacer().map(|p| p.lambda()),
         "arms": arms,
-    })))
+    }))
 }
 
 async fn route_snapshot(
@@ -267,13 +275,19 @@ async fn route_snapshot(
     Path(name): Path<String>,
 ) -> Result<Json<quiver_bandit::Snapshot>, ApiError> {
     authorize(&state, &headers, Access::Admin)?;
-    let router = state.router()?;
-    Ok(Json(router.learner(&name)?.snapshot()))
+    with_router(&state, move |router| Ok(router.learner(&name)?.snapshot()))
+        .await
+        .map(Json)
 }
 
 async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&state, &headers, Access::Admin)?;
-    let router = state.router()?;
+    let shared = Arc::clone(&state);
+    let text = with_router(&state, move |router| metrics_text(router, &shared.counters)).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+fn metrics_text(router: &mut Router, c: &Counters) -> Result<String, ApiError> {
     let mut text = String::new();
     text.push_str("# HELP quiver_arm_requests_total Outcomes recorded per route and arm.\n# TYPE quiver_arm_requests_total counter\n");
     let mut spend = String::from("# HELP quiver_arm_spend_usd_total Spend per route and arm, USD.\n# TYPE quiver_arm_spend_usd_total counter\n");
@@ -298,7 +312,6 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resu
             errors.push_str(&format!("quiver_arm_errors_total{{{labels}}} {}\n", u.errors));
         }
     }
-    let c = &state.counters;
     text.push_str(&spend);
     text.push_str(&errors);
     text.push_str(&decisions);
@@ -321,7 +334,7 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resu
             value.load(Ordering::Relaxed)
         ));
     }
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+    Ok(text)
 }
 
 async fn healthz() -> &'static str {
@@ -336,20 +349,23 @@ async fn openapi() -> Json<serde_json::Value> {
 pub fn build_app(state: Arc<AppState>) -> axum::Router {
     let limit = state.config.max_body_bytes;
     let timeout = Duration::from_millis(state.config.request_timeout_ms);
-    axum::Router::new()
+    let bounded = axum::Router::new()
         .route("/v1/route", post(route))
         .route("/v1/feedback", post(feedback))
         .route("/v1/outcome", post(outcome))
-        .route("/v1/chat/completions", post(crate::proxy::chat_completions))
         .route("/v1/routes/{name}", get(route_state))
         .route("/v1/routes/{name}/snapshot", get(route_snapshot))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))
-        .layer(RequestBodyLimitLayer::new(limit))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             timeout,
-        ))
+        ));
+    // The proxy enforces the same deadline itself, so that it can fall back and record.
+    let proxy = axum::Router::new().route("/v1/chat/completions", post(crate::proxy::chat_completions));
+    bounded
+        .merge(proxy)
+        .layer(RequestBodyLimitLayer::new(limit))
         .with_state(state)
 }

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -98,22 +98,25 @@ fn segments(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Every complete record in `dir`, in log order. A torn final line is skipped; a bad line
-/// anywhere else is an error naming the file and line.
+/// Every complete record in `dir`, in log order. A final line without its newline is torn
+/// (never acknowledged) and skipped, as [`DecisionLog::open`] cuts it; a bad line anywhere
+/// else is an error naming the file and line.
 pub fn read_log(dir: &Path) -> io::Result<Vec<LogRecord>> {
     let files = segments(dir)?;
     let mut out = Vec::new();
     for (f, path) in files.iter().enumerate() {
-        let lines: Vec<String> = BufReader::new(File::open(path)?)
-            .lines()
-            .collect::<io::Result<_>>()?;
-        for (i, line) in lines.iter().enumerate() {
+        let text = std::fs::read_to_string(path)?;
+        let complete = if f + 1 == files.len() {
+            &text[..text.rfind('\n').map_or(0, |i| i + 1)]
+        } else {
+            text.as_str()
+        };
+        for (i, line) in complete.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
             match serde_json::from_str::<LogRecord>(line) {
                 Ok(record) => out.push(record),
-                Err(_) if f + 1 == files.len() && i + 1 == lines.len() => {}
                 Err(e) => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -187,8 +190,18 @@ impl DecisionLog {
             serde_json::to_writer(&mut buffer, r)?;
             buffer.push(b'\n');
         }
-        self.segment.write_all(&buffer)?;
-        self.segment.sync_data()?;
+        if let Err(e) = self
+            .segment
+            .write_all(&buffer)
+            .and_then(|()| self.segment.sync_data())
+        {
+            // Leave no partial or unacknowledged record behind for the next append.
+            let _ = self
+                .segment
+                .set_len(self.segment_len)
+                .and_then(|()| self.segment.sync_all());
+            return Err(e);
+        }
         self.segment_len += buffer.len() as u64;
         self.last_seq = records[records.len() - 1].seq;
         Ok(())
@@ -198,4 +211,51 @@ impl DecisionLog {
 /// The current time as RFC 3339 UTC with milliseconds.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: u64) -> LogRecord {
+        LogRecord {
+            decision_id: format!("r:{seq}"),
+            timestamp: now_rfc3339(),
+            route: "r".into(),
+            policy: "random".into(),
+            arm: "a".into(),
+            propensity: 0.5,
+            quality: None,
+            cost_usd: 0.0,
+            latency_ms: 0.0,
+            error: false,
+            prompt: "p".into(),
+            input_tokens: 1,
+            output_tokens: 0,
+            event: LogEvent::Decision,
+            seq,
+            features: BTreeMap::new(),
+        }
+    }
+
+    /// A complete record without its newline was never acknowledged: reading skips it and
+    /// reopening cuts it, so both agree on what the log holds.
+    #[test]
+    fn a_last_line_without_newline_is_torn_for_readers_and_writers_alike() {
+        let dir = std::env::temp_dir().join(format!("quiver-log-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut log = DecisionLog::open(&dir, 0, SEGMENT_BYTES).unwrap();
+        log.append(&[record(1), record(2)]).unwrap();
+        let path = segments(&dir).unwrap().pop().unwrap();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(&serde_json::to_string(&record(3)).unwrap());
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(read_log(&dir).unwrap().len(), 2);
+        let mut log = DecisionLog::open(&dir, 2, SEGMENT_BYTES).unwrap();
+        assert_eq!(read_log(&dir).unwrap().len(), 2);
+        log.append(&[record(3)]).unwrap();
+        let seqs: Vec<u64> = read_log(&dir).unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

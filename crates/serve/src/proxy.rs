@@ -7,13 +7,15 @@
 //! recorded as feedback automatically; the decision id comes back in the
 //! `x-quiver-decision-id` header, for quality feedback later. Streaming (`"stream": true`)
 //! passes the upstream's server-sent events through as they arrive; the outcome is
-//! recorded when the stream ends. The upstream's own `x-*` headers are passed on.
+//! recorded when the stream ends (a stream cut short counts as failed). The upstream's own
+//! `x-*` headers are passed on. The proxy keeps its own deadline (`request_timeout_ms`)
+//! so that a hanging model falls back instead of timing the whole request out.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -173,6 +175,9 @@ pub async fn chat_completions(
             continue;
         };
         let Some(base_url) = &model.base_url else {
+            if attempt == 0 {
+                record(&state, &decision_id, Outcome::new(0.0, 0.0).failed()).await;
+            }
             failures.push(format!("{arm}: no base_url configured"));
             continue;
         };
@@ -195,7 +200,7 @@ pub async fn chat_completions(
             Ok(response) if response.status().is_success() => {
                 let passed = extension_headers(&response);
                 if stream {
-                    return Ok(stream_through(
+                    let mut out = stream_through(
                         &state,
                         response,
                         &decision_id,
@@ -203,7 +208,9 @@ pub async fn chat_completions(
                         attempt == 0,
                         started,
                         prompt_tokens,
-                    ));
+                    );
+                    out.headers_mut().extend(passed);
+                    return Ok(out);
                 }
                 match response.bytes().await {
                     Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
@@ -245,7 +252,36 @@ pub async fn chat_completions(
     )))
 }
 
-/// Passes an upstream event stream through, recording the outcome when it ends.
+/// Records a streamed call's outcome when its body is dropped: after the last event, when
+/// the upstream fails mid-stream, or when the client goes away.
+struct StreamOutcome {
+    state: Arc<AppState>,
+    decision_id: String,
+    model: ModelConfig,
+    started: Instant,
+    prompt_tokens: u32,
+    seen: Vec<u8>,
+    failed: bool,
+}
+
+impl Drop for StreamOutcome {
+    fn drop(&mut self) {
+        let text = String::from_utf8_lossy(&self.seen);
+        let complete = text.contains("[DONE]");
+        let (input, output) = stream_usage(&text, self.prompt_tokens);
+        let latency = self.started.elapsed().as_secs_f64() * 1000.0;
+        let mut outcome =
+            Outcome::new(latency, cost_usd(&self.model, input, output)).with_tokens(input, output);
+        outcome.error = self.failed || !complete;
+        let (state, id) = (Arc::clone(&self.state), std::mem::take(&mut self.decision_id));
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move { record(&state, &id, outcome).await });
+        }
+    }
+}
+
+/// Passes an upstream event stream through; the outcome is recorded when the body is
+/// dropped (see [`StreamOutcome`]). A stream that ends without `[DONE]` counts as failed.
 fn stream_through(
     state: &Arc<AppState>,
     upstream: reqwest::Response,
@@ -255,46 +291,29 @@ fn stream_through(
     started: Instant,
     prompt_tokens: u32,
 ) -> Response {
-    let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
-    let seen_in = Arc::clone(&seen);
-    let failed = Arc::new(Mutex::new(false));
-    let failed_in = Arc::clone(&failed);
+    let mut tracker = record_it.then(|| StreamOutcome {
+        state: Arc::clone(state),
+        decision_id: decision_id.to_string(),
+        model: model.clone(),
+        started,
+        prompt_tokens,
+        seen: Vec::new(),
+        failed: false,
+    });
     let body = upstream.bytes_stream().map(move |chunk| {
-        match &chunk {
-            Ok(bytes) => {
-                if let Ok(mut s) = seen_in.lock() {
-                    s.extend_from_slice(bytes);
-                }
-            }
-            Err(_) => {
-                if let Ok(mut f) = failed_in.lock() {
-                    *f = true;
-                }
+        if let Some(t) = tracker.as_mut() {
+            match &chunk {
+                Ok(bytes) => t.seen.extend_from_slice(bytes),
+                Err(_) => t.failed = true,
             }
         }
         chunk.map_err(std::io::Error::other)
-    });
-    let (state, id, model_config) = (Arc::clone(state), decision_id.to_string(), model.clone());
-    let finish = futures_util::stream::once(async move {
-        if record_it {
-            let text = seen
-                .lock()
-                .map(|s| String::from_utf8_lossy(&s).to_string())
-                .unwrap_or_default();
-            let (input, output) = stream_usage(&text, prompt_tokens);
-            let latency = started.elapsed().as_secs_f64() * 1000.0;
-            let mut outcome =
-                Outcome::new(latency, cost_usd(&model_config, input, output)).with_tokens(input, output);
-            outcome.error = failed.lock().map(|f| *f).unwrap_or(true);
-            record(&state, &id, outcome).await;
-        }
-        Ok::<Bytes, std::io::Error>(Bytes::new())
     });
     let response = Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(body.chain(finish)))
+        .body(Body::from_stream(body))
         .unwrap_or_default();
     with_headers(response, decision_id, &model.id)
 }

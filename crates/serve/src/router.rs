@@ -408,36 +408,32 @@ impl Router {
     }
 
     /// Records what a decision's call cost and how long it took (and its quality, if the
-    /// outcome has one). Logged durably before it returns. A failed fsync leaves memory
-    /// ahead of the log and returns the error: treat it as fatal, as databases do.
+    /// outcome has one). A change is logged durably before it is applied and acknowledged;
+    /// a repeat changes nothing and is not logged.
     pub fn record_outcome(&mut self, decision_id: &str, outcome: &Outcome) -> Result<Applied> {
-        outcome.validate()?;
         let (route, id, mut record) = self.tracked_record(decision_id, LogEvent::Outcome)?;
-        record.cost_usd = outcome.cost_usd;
-        record.latency_ms = outcome.latency_ms;
-        record.error = outcome.error;
-        record.input_tokens = outcome.input_tokens;
-        record.output_tokens = outcome.output_tokens;
-        record.quality = outcome.quality.or(if outcome.error { Some(0.0) } else { None });
-        let state = self.state_mut(&route)?;
-        let applied = state.learner.record_outcome(id, outcome)?;
-        if applied == Applied::Applied {
+        let would = self.state(&route)?.learner.outcome_would_apply(id, outcome)?;
+        if would == Applied::Applied {
+            record.cost_usd = outcome.cost_usd;
+            record.latency_ms = outcome.latency_ms;
+            record.error = outcome.error;
+            record.input_tokens = outcome.input_tokens;
+            record.output_tokens = outcome.output_tokens;
+            record.quality = outcome.quality.or(if outcome.error { Some(0.0) } else { None });
             self.log.append(&[record]).map_err(io_at(&self.dir))?;
         }
-        Ok(applied)
+        Ok(self.state_mut(&route)?.learner.record_outcome(id, outcome)?)
     }
 
-    /// Records a decision's quality, possibly long after. Idempotent; logged durably
-    /// before it returns.
+    /// Records a decision's quality, possibly long after. Idempotent; a change is logged
+    /// durably before it is applied and acknowledged.
     pub fn feedback(&mut self, decision_id: &str, quality: f64) -> Result<Applied> {
         let (route, id, mut record) = self.tracked_record(decision_id, LogEvent::Feedback)?;
-        record.quality = Some(quality);
-        let state = self.state_mut(&route)?;
-        let applied = state.learner.record_quality(id, quality)?;
-        if applied == Applied::Applied {
+        if self.state(&route)?.learner.quality_would_apply(id, quality)? == Applied::Applied {
+            record.quality = Some(quality);
             self.log.append(&[record]).map_err(io_at(&self.dir))?;
         }
-        Ok(applied)
+        Ok(self.state_mut(&route)?.learner.record_quality(id, quality)?)
     }
 
     /// Writes every learner and the log position they include to `snapshot.json`
