@@ -64,20 +64,6 @@ pub struct OpeSummary {
     pub metrics: Vec<MetricReport>,
 }
 
-/// The contexts of every logged row.
-pub fn contexts(log: &LoggedDataset) -> Result<Vec<Context>> {
-    let builder = ContextBuilder::new(log.prompts.is_some(), &[], log.feature_names.len());
-    (0..log.rows())
-        .map(|i| {
-            Ok(builder.build(
-                log.prompts.as_ref().map(|p| p[i].as_str()),
-                None,
-                log.row_features(i),
-            )?)
-        })
-        .collect()
-}
-
 /// Estimator settings shared with `quiver replay` on logs.
 pub struct EstimatorSettings {
     /// Largest importance weight.
@@ -158,7 +144,7 @@ pub fn run(args: OpeArgs) -> Result<()> {
             })
             .collect::<Result<_>>()?,
     };
-    let contexts = contexts(&log)?;
+    let contexts = ContextBuilder::log_contexts(&log)?;
     let summary = evaluate(
         &log,
         &contexts,

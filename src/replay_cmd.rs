@@ -191,7 +191,7 @@ fn datasets(
 /// (learning as it goes), by replay (rejection sampling), SNIPS and DR.
 fn replay_log(args: &ReplayArgs, log: LoggedDataset, specs: &[PolicySpec]) -> Result<()> {
     let objective = Objective::new(args.w_cost.unwrap_or(0.0), args.w_latency.unwrap_or(0.0))?;
-    let contexts = crate::ope_cmd::contexts(&log)?;
+    let contexts = ContextBuilder::log_contexts(&log)?;
     let estimators: Vec<Box<dyn Estimator>> = ["replay", "snips", "dr"]
         .iter()
         .filter_map(|n| estimator_by_name(n))

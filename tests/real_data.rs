@@ -238,10 +238,7 @@ fn open_bandit_dataset_off_policy_estimate_of_random_matches_its_on_policy_click
     .unwrap();
     let on_policy = random.quality.iter().map(|q| q.unwrap()).sum::<f64>() / random.rows() as f64;
     assert_eq!(bts.arms.len(), 80);
-    let builder = ContextBuilder::new(false, &[], bts.feature_names.len());
-    let contexts: Vec<_> = (0..bts.rows())
-        .map(|i| builder.build(None, None, bts.row_features(i)).unwrap())
-        .collect();
+    let contexts = ContextBuilder::log_contexts(&bts).unwrap();
     let spec: PolicySpec = "random".parse().unwrap();
     let run = run_candidate(&bts, &contexts, &spec, Objective::default(), 0, false).unwrap();
     let inputs = inputs_for(

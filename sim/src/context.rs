@@ -7,6 +7,7 @@
 
 use quiver_bandit::{Context, Featurizer, FeaturizerConfig, HashingFeaturizer};
 
+use crate::data::{LoggedDataset, WideDataset};
 use crate::error::Result;
 
 /// Builds contexts with one fixed layout.
@@ -43,6 +44,29 @@ impl ContextBuilder {
             Some(f) => f.dim(),
             None => 1 + self.tasks.len() + self.features,
         }
+    }
+
+    /// The context of row `row` of a wide table (its prompt, task and features).
+    pub fn wide_row(&self, data: &WideDataset, row: usize) -> Result<Context> {
+        self.build(
+            data.prompts.as_ref().map(|p| p[row].as_str()),
+            data.tasks.as_ref().map(|t| t[row].as_str()),
+            data.row_features(row),
+        )
+    }
+
+    /// The context of every decision of a log (its prompt and features; logs carry no task).
+    pub fn log_contexts(log: &LoggedDataset) -> Result<Vec<Context>> {
+        let builder = ContextBuilder::new(log.prompts.is_some(), &[], log.feature_names.len());
+        (0..log.rows())
+            .map(|i| {
+                builder.build(
+                    log.prompts.as_ref().map(|p| p[i].as_str()),
+                    None,
+                    log.row_features(i),
+                )
+            })
+            .collect()
     }
 
     /// The context of one row.

@@ -55,11 +55,7 @@ pub fn log_wide(
         ..LoggedDataset::default()
     };
     for (i, &row) in order.iter().enumerate() {
-        let context = builder.build(
-            data.prompts.as_ref().map(|p| p[row].as_str()),
-            data.tasks.as_ref().map(|t| t[row].as_str()),
-            data.row_features(row),
-        )?;
+        let context = builder.wide_row(data, row)?;
         let decision = learner.decide(&Request::new(context))?;
         let arm = learner.arm_index(&decision.arm)?;
         let quality = data.quality(row, arm);

@@ -145,13 +145,7 @@ impl<'a> Environment<'a> {
     /// Featurizes every row of `data` with `builder`.
     pub fn new(data: &'a WideDataset, builder: &ContextBuilder) -> Result<Self> {
         let contexts = (0..data.rows())
-            .map(|r| {
-                builder.build(
-                    data.prompts.as_ref().map(|p| p[r].as_str()),
-                    data.tasks.as_ref().map(|t| t[r].as_str()),
-                    data.row_features(r),
-                )
-            })
+            .map(|r| builder.wide_row(data, r))
             .collect::<Result<_>>()?;
         Ok(Environment { data, contexts })
     }

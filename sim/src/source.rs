@@ -64,32 +64,26 @@ pub fn read_file(path: &Path) -> Result<Table> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
+    let open = || {
+        std::fs::File::open(path).map_err(|e| SimError::Read {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    };
     let extension = path
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or_default()
         .to_ascii_lowercase();
     let frame = match extension.as_str() {
-        "parquet" => {
-            let file = std::fs::File::open(path).map_err(|e| SimError::Read {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-            ParquetReader::new(file).finish().map_err(read_error)?
-        }
-        "jsonl" | "ndjson" | "json" => {
-            let file = std::fs::File::open(path).map_err(|e| SimError::Read {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-            JsonReader::new(file)
-                .with_json_format(JsonFormat::JsonLines)
-                .infer_schema_len(Some(
-                    std::num::NonZeroUsize::new(10_000).unwrap_or(std::num::NonZeroUsize::MIN),
-                ))
-                .finish()
-                .map_err(read_error)?
-        }
+        "parquet" => ParquetReader::new(open()?).finish().map_err(read_error)?,
+        "jsonl" | "ndjson" | "json" => JsonReader::new(open()?)
+            .with_json_format(JsonFormat::JsonLines)
+            .infer_schema_len(Some(
+                std::num::NonZeroUsize::new(10_000).unwrap_or(std::num::NonZeroUsize::MIN),
+            ))
+            .finish()
+            .map_err(read_error)?,
         _ => CsvReadOptions::default()
             .with_has_header(true)
             .with_infer_schema_length(None)

@@ -45,9 +45,7 @@ fn logged(data: &WideDataset, logger: &str, seed: u64) -> (LoggedDataset, Vec<Co
         missing_quality: 0.0,
     };
     let (log, _) = log_wide(data, &builder, &settings).unwrap();
-    let contexts = (0..log.rows())
-        .map(|i| builder.build(None, None, log.row_features(i)).unwrap())
-        .collect();
+    let contexts = ContextBuilder::log_contexts(&log).unwrap();
     (log, contexts)
 }
 

@@ -432,10 +432,7 @@ impl Learner {
     /// caller log a change durably before applying it.
     pub fn outcome_would_apply(&self, id: u64, outcome: &Outcome) -> Result<Applied> {
         outcome.validate()?;
-        let t = self
-            .tracked
-            .get(&id)
-            .ok_or_else(|| Error::from(ErrorKind::UnknownDecision(id)))?;
+        let t = self.tracked(id)?;
         Ok(match t.arm {
             None => Applied::ArmRemoved,
             Some(_)
@@ -450,15 +447,18 @@ impl Learner {
     /// What recording `quality` for decision `id` would do, without doing it.
     pub fn quality_would_apply(&self, id: u64, quality: f64) -> Result<Applied> {
         validate_quality(quality)?;
-        let t = self
-            .tracked
-            .get(&id)
-            .ok_or_else(|| Error::from(ErrorKind::UnknownDecision(id)))?;
+        let t = self.tracked(id)?;
         Ok(match t.arm {
             None => Applied::ArmRemoved,
             Some(_) if t.quality_recorded => Applied::AlreadyApplied,
             Some(_) => Applied::Applied,
         })
+    }
+
+    fn tracked(&self, id: u64) -> Result<&TrackedDecision> {
+        self.tracked
+            .get(&id)
+            .ok_or_else(|| Error::from(ErrorKind::UnknownDecision(id)))
     }
 
     fn tracked_mut(&mut self, id: u64) -> Result<&mut TrackedDecision> {

@@ -69,6 +69,32 @@ pub struct LogRecord {
     pub features: BTreeMap<String, f64>,
 }
 
+impl LogRecord {
+    /// A record of `event` for `decision_id`, stamped now, with every observed field empty
+    /// (no arm, propensity 1, no quality, zero cost, latency and tokens, no features); the
+    /// writer fills in what the event knows.
+    pub fn new(decision_id: &str, route: &str, policy: &str, event: LogEvent, seq: u64) -> Self {
+        LogRecord {
+            decision_id: decision_id.to_string(),
+            timestamp: now_rfc3339(),
+            route: route.to_string(),
+            policy: policy.to_string(),
+            arm: String::new(),
+            propensity: 1.0,
+            quality: None,
+            cost_usd: 0.0,
+            latency_ms: 0.0,
+            error: false,
+            prompt: String::new(),
+            input_tokens: 0,
+            output_tokens: 0,
+            event,
+            seq,
+            features: BTreeMap::new(),
+        }
+    }
+}
+
 /// Default segment size before rotation.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 
@@ -102,9 +128,28 @@ fn segments(dir: &Path) -> io::Result<Vec<PathBuf>> {
 /// (never acknowledged) and skipped, as [`DecisionLog::open`] cuts it; a bad line anywhere
 /// else is an error naming the file and line.
 pub fn read_log(dir: &Path) -> io::Result<Vec<LogRecord>> {
+    read_log_after(dir, 0)
+}
+
+/// The records of `dir` with a sequence number above `after` (what a snapshot taken at
+/// `after` does not hold), read as [`read_log`] does. Segments are named by their first
+/// sequence number, so those wholly at or below `after` are not read at all.
+pub fn read_log_after(dir: &Path, after: u64) -> io::Result<Vec<LogRecord>> {
     let files = segments(dir)?;
+    let first_seq = |path: &PathBuf| -> Option<u64> {
+        path.file_name()?
+            .to_str()?
+            .strip_prefix("decisions-")?
+            .strip_suffix(".jsonl")?
+            .parse()
+            .ok()
+    };
     let mut out = Vec::new();
     for (f, path) in files.iter().enumerate() {
+        let next_first = files.get(f + 1).and_then(first_seq);
+        if next_first.is_some_and(|next| next <= after + 1) {
+            continue;
+        }
         let text = std::fs::read_to_string(path)?;
         let complete = if f + 1 == files.len() {
             &text[..text.rfind('\n').map_or(0, |i| i + 1)]
@@ -116,7 +161,8 @@ pub fn read_log(dir: &Path) -> io::Result<Vec<LogRecord>> {
                 continue;
             }
             match serde_json::from_str::<LogRecord>(line) {
-                Ok(record) => out.push(record),
+                Ok(record) if record.seq > after => out.push(record),
+                Ok(_) => {}
                 Err(e) => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -218,24 +264,7 @@ mod tests {
     use super::*;
 
     fn record(seq: u64) -> LogRecord {
-        LogRecord {
-            decision_id: format!("r:{seq}"),
-            timestamp: now_rfc3339(),
-            route: "r".into(),
-            policy: "random".into(),
-            arm: "a".into(),
-            propensity: 0.5,
-            quality: None,
-            cost_usd: 0.0,
-            latency_ms: 0.0,
-            error: false,
-            prompt: "p".into(),
-            input_tokens: 1,
-            output_tokens: 0,
-            event: LogEvent::Decision,
-            seq,
-            features: BTreeMap::new(),
-        }
+        LogRecord::new(&format!("r:{seq}"), "r", "random", LogEvent::Decision, seq)
     }
 
     /// A complete record without its newline was never acknowledged: reading skips it and

@@ -17,7 +17,7 @@ use quiver_bandit::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io_at, Result, ServeError};
-use crate::log::{now_rfc3339, read_log, DecisionLog, LogEvent, LogRecord, SEGMENT_BYTES};
+use crate::log::{read_log_after, DecisionLog, LogEvent, LogRecord, SEGMENT_BYTES};
 
 /// One model a route can call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -265,9 +265,9 @@ impl Router {
             }
             last_seq = snapshot.last_seq;
         }
-        let records = read_log(dir).map_err(io_at(dir))?;
+        let records = read_log_after(dir, last_seq).map_err(io_at(dir))?;
         let mut log_last = last_seq;
-        for record in records.iter().filter(|r| r.seq > last_seq) {
+        for record in &records {
             Self::replay_record(&mut states, record)?;
             log_last = record.seq;
         }
@@ -347,29 +347,17 @@ impl Router {
         // Propose first: nothing changes until the log holds the decision.
         let decision = state.learner.propose(&learner_request)?;
         let decision_id = format!("{route}:{}", decision.id);
-        let record = LogRecord {
-            decision_id: decision_id.clone(),
-            timestamp: now_rfc3339(),
-            route: route.to_string(),
-            policy: state.policy.clone(),
-            arm: decision.arm.clone(),
-            propensity: decision.propensity,
-            quality: None,
-            cost_usd: 0.0,
-            latency_ms: 0.0,
-            error: false,
-            prompt,
-            input_tokens: context.input_tokens,
-            output_tokens: 0,
-            event: LogEvent::Decision,
-            seq,
-            features: request
-                .features
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (format!("f_{i}"), *v))
-                .collect(),
-        };
+        let mut record = LogRecord::new(&decision_id, route, &state.policy, LogEvent::Decision, seq);
+        record.arm = decision.arm.clone();
+        record.propensity = decision.propensity;
+        record.prompt = prompt;
+        record.input_tokens = context.input_tokens;
+        record.features = request
+            .features
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("f_{i}"), *v))
+            .collect();
         self.log.append(&[record]).map_err(io_at(&self.dir))?;
         state
             .learner
@@ -383,28 +371,8 @@ impl Router {
     fn tracked_record(&self, decision_id: &str, event: LogEvent) -> Result<(String, u64, LogRecord)> {
         let (route, id) = parse_decision_id(decision_id)?;
         let state = self.state(route)?;
-        Ok((
-            route.to_string(),
-            id,
-            LogRecord {
-                decision_id: decision_id.to_string(),
-                timestamp: now_rfc3339(),
-                route: route.to_string(),
-                policy: state.policy.clone(),
-                arm: String::new(),
-                propensity: 1.0,
-                quality: None,
-                cost_usd: 0.0,
-                latency_ms: 0.0,
-                error: false,
-                prompt: String::new(),
-                input_tokens: 0,
-                output_tokens: 0,
-                event,
-                seq: self.log.next_seq(),
-                features: BTreeMap::new(),
-            },
-        ))
+        let record = LogRecord::new(decision_id, route, &state.policy, event, self.log.next_seq());
+        Ok((route.to_string(), id, record))
     }
 
     /// Records what a decision's call cost and how long it took (and its quality, if the

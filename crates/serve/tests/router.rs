@@ -201,17 +201,7 @@ fn the_log_is_a_dataset_the_simulator_reads_and_evaluates() {
     // Outcomes merged into their decisions; late quality too, except where none came.
     assert!(log.cost_usd.iter().all(|&c| c > 0.0));
     assert!(log.quality.iter().filter(|q| q.is_some()).count() >= 25);
-    let contexts: Vec<_> = (0..log.rows())
-        .map(|i| {
-            quiver_sim::context::ContextBuilder::new(true, &[], log.feature_names.len())
-                .build(
-                    log.prompts.as_ref().map(|p| p[i].as_str()),
-                    None,
-                    log.row_features(i),
-                )
-                .unwrap()
-        })
-        .collect();
+    let contexts = quiver_sim::context::ContextBuilder::log_contexts(&log).unwrap();
     let spec = "random".parse().unwrap();
     let run = quiver_sim::ope::run_candidate(&log, &contexts, &spec, Default::default(), 0, false).unwrap();
     let inputs = quiver_sim::ope::inputs_for(

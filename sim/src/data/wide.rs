@@ -201,40 +201,39 @@ impl WideColumns {
     /// Drops incomplete rows and lays the values out row-major.
     pub(crate) fn into_dataset(self, source: &str) -> WideDataset {
         let n = self.ids.len();
-        let complete = |row: usize| {
-            self.quality.iter().all(|q| q[row].is_some())
-                && self
-                    .cost_usd
-                    .as_ref()
-                    .is_none_or(|c| c.iter().all(|a| a[row].is_some()))
-                && self
-                    .latency_ms
-                    .as_ref()
-                    .is_none_or(|l| l.iter().all(|a| a[row].is_some()))
+        let all_present = |per_arm: &Option<Vec<Vec<Option<f64>>>>, row: usize| {
+            per_arm
+                .as_ref()
+                .is_none_or(|c| c.iter().all(|a| a[row].is_some()))
         };
-        let rows: Vec<usize> = (0..n).filter(|&r| complete(r)).collect();
+        let complete: Vec<bool> = (0..n)
+            .map(|row| {
+                self.quality.iter().all(|q| q[row].is_some())
+                    && all_present(&self.cost_usd, row)
+                    && all_present(&self.latency_ms, row)
+            })
+            .collect();
         let flat = |per_arm: &Vec<Vec<Option<f64>>>| -> Vec<f64> {
-            rows.iter()
-                .flat_map(|&r| per_arm.iter().map(move |a| a[r].unwrap_or(0.0)))
+            (0..n)
+                .flat_map(|r| per_arm.iter().map(move |a| a[r].unwrap_or(0.0)))
                 .collect()
         };
-        let f = self.feature_names.len();
-        WideDataset {
+        let mut data = WideDataset {
             source: source.to_string(),
             quality: flat(&self.quality),
             cost_usd: self.cost_usd.as_ref().map(flat),
             latency_ms: self.latency_ms.as_ref().map(flat),
-            features: rows
-                .iter()
-                .flat_map(|&r| self.features[r * f..(r + 1) * f].iter().copied())
-                .collect(),
-            ids: rows.iter().map(|&r| self.ids[r].clone()).collect(),
-            prompts: self.prompts.map(|p| rows.iter().map(|&r| p[r].clone()).collect()),
-            tasks: self.tasks.map(|t| rows.iter().map(|&r| t[r].clone()).collect()),
-            dropped_incomplete: n - rows.len(),
+            features: self.features,
+            ids: self.ids,
+            prompts: self.prompts,
+            tasks: self.tasks,
+            dropped_incomplete: 0,
             arms: self.arms,
             feature_names: self.feature_names,
-        }
+        };
+        data.retain_rows(|r| complete[r]);
+        data.dropped_incomplete = n - data.rows();
+        data
     }
 }
 
