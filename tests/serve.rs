@@ -448,7 +448,7 @@ fn sigkill_loses_nothing_acknowledged_and_restart_restores_the_state() {
                     prompt: Some(r.prompt.clone()),
                     ..Default::default()
                 };
-                let routed = reference.route("r", &request).unwrap();
+                let routed = reference.route("r", &request).unwrap().wait().unwrap();
                 assert_eq!(routed.decision_id, r.decision_id);
                 assert_eq!(
                     routed.decision.arm, r.arm,
@@ -456,12 +456,20 @@ fn sigkill_loses_nothing_acknowledged_and_restart_restores_the_state() {
                 );
             }
             quiver_serve::log::LogEvent::Feedback => {
-                reference.feedback(&r.decision_id, r.quality.unwrap()).unwrap();
+                reference
+                    .feedback(&r.decision_id, r.quality.unwrap())
+                    .unwrap()
+                    .wait()
+                    .unwrap();
             }
             quiver_serve::log::LogEvent::Outcome => {
                 let outcome = quiver_bandit::Outcome::new(r.latency_ms, r.cost_usd)
                     .with_tokens(r.input_tokens, r.output_tokens);
-                reference.record_outcome(&r.decision_id, &outcome).unwrap();
+                reference
+                    .record_outcome(&r.decision_id, &outcome)
+                    .unwrap()
+                    .wait()
+                    .unwrap();
             }
         }
     }

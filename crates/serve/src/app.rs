@@ -19,7 +19,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::api_error::ApiError;
 use crate::config::ServeConfig;
-use crate::router::{RouteRequest, Router};
+use crate::router::{Pending, RouteRequest, Router};
 
 /// Counters for `/metrics` beyond what the learners hold.
 #[derive(Default)]
@@ -36,7 +36,7 @@ pub struct Counters {
 
 /// What every handler shares.
 pub struct AppState {
-    /// The router; its operations fsync, so handlers run them on blocking threads.
+    /// The router; handlers run its operations on blocking threads, since changes wait for fsync.
     pub router: Mutex<Router>,
     /// The configuration.
     pub config: ServeConfig,
@@ -103,7 +103,7 @@ pub fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     })
 }
 
-/// Runs a router operation on a blocking thread (it fsyncs).
+/// Runs a router operation on a blocking thread, under the router's lock.
 pub async fn with_router<T: Send + 'static>(
     state: &Arc<AppState>,
     op: impl FnOnce(&mut Router) -> Result<T, ApiError> + Send + 'static,
@@ -112,6 +112,21 @@ pub async fn with_router<T: Send + 'static>(
     tokio::task::spawn_blocking(move || op(&mut *state.router()?))
         .await
         .map_err(|e| ApiError::Internal(format!("router task failed: {e}")))?
+}
+
+/// Runs a router change on a blocking thread and waits, with the lock released, until the
+/// log holds it durably: concurrent changes share one fsync.
+pub async fn change_router<T: Send + 'static>(
+    state: &Arc<AppState>,
+    op: impl FnOnce(&mut Router) -> Result<Pending<T>, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let state = Arc::clone(state);
+    tokio::task::spawn_blocking(move || {
+        let pending = op(&mut *state.router()?)?;
+        Ok(pending.wait()?)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("router task failed: {e}")))?
 }
 
 /// `POST /v1/route` body.
@@ -132,7 +147,7 @@ async fn route(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Access::Route)?;
     let body = body(parsed)?;
-    let routed = with_router(&state, move |r| Ok(r.route(&body.route, &body.request)?)).await?;
+    let routed = change_router(&state, move |r| Ok(r.route(&body.route, &body.request)?)).await?;
     state.counters.routed.fetch_add(1, Ordering::Relaxed);
     let d = &routed.decision;
     Ok(Json(json!({
@@ -171,7 +186,7 @@ async fn feedback(
     authorize(&state, &headers, Access::Feedback)?;
     let body = body(parsed)?;
     let id = body.decision_id.clone();
-    let status = with_router(&state, move |r| Ok(r.feedback(&body.decision_id, body.quality)?)).await?;
+    let status = change_router(&state, move |r| Ok(r.feedback(&body.decision_id, body.quality)?)).await?;
     state.counters.feedback.fetch_add(1, Ordering::Relaxed);
     Ok(Json(json!(AppliedBody {
         decision_id: id,
@@ -221,7 +236,7 @@ async fn outcome(
         error: b.error,
         quality: b.quality,
     };
-    let status = with_router(&state, move |r| Ok(r.record_outcome(&b.decision_id, &outcome)?)).await?;
+    let status = change_router(&state, move |r| Ok(r.record_outcome(&b.decision_id, &outcome)?)).await?;
     Ok(Json(json!(AppliedBody {
         decision_id: id,
         status
@@ -329,12 +344,28 @@ fn metrics_text(router: &mut Router, c: &Counters) -> Result<String, ApiError> {
         ),
         ("quiver_feedback_total", "Accepted feedback.", &c.feedback),
     ] {
-        text.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-            value.load(Ordering::Relaxed)
-        ));
+        push_counter(&mut text, name, help, value.load(Ordering::Relaxed));
     }
+    let (records, fsyncs) = router.log_counts();
+    push_counter(
+        &mut text,
+        "quiver_log_records_total",
+        "Decision log records (sequence number).",
+        records,
+    );
+    push_counter(
+        &mut text,
+        "quiver_log_fsyncs_total",
+        "Group commits of the decision log since start.",
+        fsyncs,
+    );
     Ok(text)
+}
+
+fn push_counter(text: &mut String, name: &str, help: &str, value: u64) {
+    text.push_str(&format!(
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+    ));
 }
 
 async fn healthz() -> &'static str {

@@ -2,8 +2,9 @@
 //!
 //! [`Router`] is the in-process API for applications that embed Quiver: per-route
 //! `quiver-bandit` learners behind `route`, `record_outcome`, `feedback` and `snapshot`.
-//! Every decision, outcome and feedback is appended to the [`log`] and fsynced before the
-//! call returns, in the logged dataset shape that `quiver replay` and `quiver ope` read;
+//! Every decision, outcome and feedback is appended to the [`log`] and fsynced before it
+//! is acknowledged (each call returns a [`Pending`] result; group commit shares one fsync
+//! among concurrent changes), in the logged dataset shape that `quiver replay` and `quiver ope` read;
 //! on open, the router restores its snapshot and replays the log after it, so a crash
 //! loses nothing that was acknowledged.
 //!
@@ -25,4 +26,4 @@ pub mod server;
 pub use api_error::ApiError;
 pub use config::{AuthConfig, ServeConfig};
 pub use error::{Result, ServeError};
-pub use router::{ModelConfig, RouteConfig, RouteRequest, Routed, Router, RouterOptions};
+pub use router::{ModelConfig, Pending, RouteConfig, RouteRequest, Routed, Router, RouterOptions};

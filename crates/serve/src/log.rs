@@ -7,15 +7,24 @@
 //! the same `decision_id` carrying the new values, so the simulator reads a log directory
 //! directly and merges the rows of each decision.
 //!
-//! Durability: [`DecisionLog::append`] writes a batch and `fsync`s before returning, so a
-//! record acknowledged to a client survives a crash. Segments rotate at a size limit and
-//! are named by their first sequence number. A crash can leave a torn last line in the
-//! last segment; it was never acknowledged and is skipped on reading.
+//! Durability, by group commit: [`DecisionLog::stage`] numbers a record and buffers it, in
+//! the order the caller applies the changes; [`DecisionLog::wait_durable`] returns once it
+//! is written and `fsync`ed. Whichever waiter finds no commit under way writes everything
+//! staged so far with one write and one `fsync`, so concurrent requests share fsyncs
+//! instead of queueing for one each. A client is answered only after `wait_durable`, so
+//! what it was told survives a crash. A failed write or fsync fails the log for good: the
+//! in-memory state may then hold unlogged changes, so nothing more is acknowledged until
+//! a restart rebuilds the state from what is durable (as PostgreSQL does on fsync errors).
+//!
+//! Segments rotate at a size limit and are named by their first sequence number. A crash
+//! can leave a torn last line in the last segment; it was never acknowledged and is
+//! skipped on reading.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -72,8 +81,8 @@ pub struct LogRecord {
 impl LogRecord {
     /// A record of `event` for `decision_id`, stamped now, with every observed field empty
     /// (no arm, propensity 1, no quality, zero cost, latency and tokens, no features); the
-    /// writer fills in what the event knows.
-    pub fn new(decision_id: &str, route: &str, policy: &str, event: LogEvent, seq: u64) -> Self {
+    /// writer fills in what the event knows, and [`DecisionLog::stage`] its `seq`.
+    pub fn new(decision_id: &str, route: &str, policy: &str, event: LogEvent) -> Self {
         LogRecord {
             decision_id: decision_id.to_string(),
             timestamp: now_rfc3339(),
@@ -89,7 +98,7 @@ impl LogRecord {
             input_tokens: 0,
             output_tokens: 0,
             event,
-            seq,
+            seq: 0,
             features: BTreeMap::new(),
         }
     }
@@ -98,13 +107,37 @@ impl LogRecord {
 /// Default segment size before rotation.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 
-/// The writer of a log directory.
+/// The writer of a log directory (see the module docs for the group commit).
 pub struct DecisionLog {
     dir: PathBuf,
-    segment: File,
-    segment_len: u64,
-    segment_bytes: u64,
-    last_seq: u64,
+    state: Mutex<CommitState>,
+    committed: Condvar,
+    /// The open segment; only the committing waiter touches it.
+    segment: Mutex<Segment>,
+}
+
+/// What is staged and what is durable.
+struct CommitState {
+    /// Serialized records not yet written, in sequence order.
+    staged: Vec<u8>,
+    /// Sequence number of the first staged record.
+    staged_first: u64,
+    /// Last sequence number given out.
+    last_staged: u64,
+    /// Last sequence number written and fsynced.
+    durable: u64,
+    /// A waiter is writing a batch.
+    committing: bool,
+    /// Batches written and fsynced.
+    commits: u64,
+    /// Why the log failed, once it has.
+    failed: Option<String>,
+}
+
+struct Segment {
+    file: File,
+    len: u64,
+    max_bytes: u64,
 }
 
 fn segment_name(first_seq: u64) -> String {
@@ -179,12 +212,18 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+fn failed_error(reason: &str) -> io::Error {
+    io::Error::other(format!(
+        "the decision log failed earlier ({reason}); nothing more is acknowledged until a restart"
+    ))
+}
+
 impl DecisionLog {
     /// Opens `dir` for appending after the record with sequence `last_seq` (the last
     /// complete record found there). A torn tail is cut off first.
     pub fn open(dir: &Path, last_seq: u64, segment_bytes: u64) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let (segment, segment_len) = match segments(dir)?.pop() {
+        let (file, len) = match segments(dir)?.pop() {
             Some(path) => {
                 let text = std::fs::read_to_string(&path)?;
                 // Keep whole lines only: everything up to the last newline.
@@ -205,52 +244,122 @@ impl DecisionLog {
         };
         Ok(DecisionLog {
             dir: dir.to_path_buf(),
-            segment,
-            segment_len,
-            segment_bytes,
-            last_seq,
+            state: Mutex::new(CommitState {
+                staged: Vec::new(),
+                staged_first: last_seq + 1,
+                last_staged: last_seq,
+                durable: last_seq,
+                committing: false,
+                commits: 0,
+                failed: None,
+            }),
+            committed: Condvar::new(),
+            segment: Mutex::new(Segment {
+                file,
+                len,
+                max_bytes: segment_bytes,
+            }),
         })
     }
 
-    /// The sequence number the next record gets.
-    pub fn next_seq(&self) -> u64 {
-        self.last_seq + 1
+    fn state(&self) -> MutexGuard<'_, CommitState> {
+        // A panic while holding the lock leaves the state consistent: recover it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes `records` (their `seq` already set, consecutive from [`Self::next_seq`]) and
-    /// fsyncs: when this returns `Ok`, they are durable.
-    pub fn append(&mut self, records: &[LogRecord]) -> io::Result<()> {
-        if records.is_empty() {
+    /// Gives `record` the next sequence number and stages it; returns that number. Callers
+    /// stage in the order they apply the changes (under their own lock), which is then the
+    /// order of the log. Fails once the log has failed.
+    pub fn stage(&self, record: &mut LogRecord) -> io::Result<u64> {
+        let mut state = self.state();
+        if let Some(reason) = &state.failed {
+            return Err(failed_error(reason));
+        }
+        record.seq = state.last_staged + 1;
+        serde_json::to_writer(&mut state.staged, record)?;
+        state.staged.push(b'\n');
+        state.last_staged = record.seq;
+        Ok(record.seq)
+    }
+
+    /// The last sequence number staged: waiting for it covers every change made so far.
+    pub fn last_staged(&self) -> u64 {
+        self.state().last_staged
+    }
+
+    /// Batches written and fsynced since the log was opened.
+    pub fn commits(&self) -> u64 {
+        self.state().commits
+    }
+
+    /// Returns once the record `seq` and all before it are durable, committing what is
+    /// staged if no other waiter is. Fails if the log failed before they were.
+    pub fn wait_durable(&self, seq: u64) -> io::Result<()> {
+        let mut state = self.state();
+        loop {
+            if state.durable >= seq {
+                return Ok(());
+            }
+            if let Some(reason) = &state.failed {
+                return Err(failed_error(reason));
+            }
+            if state.committing {
+                state = self.committed.wait(state).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            state.committing = true;
+            let batch = std::mem::take(&mut state.staged);
+            let (first, last) = (state.staged_first, state.last_staged);
+            state.staged_first = last + 1;
+            drop(state);
+            let written = self.write(&batch, first);
+            state = self.state();
+            state.committing = false;
+            match written {
+                Ok(()) => {
+                    state.durable = last;
+                    state.commits += 1;
+                }
+                Err(e) => state.failed = Some(e.to_string()),
+            }
+            self.committed.notify_all();
+        }
+    }
+
+    /// Writes and fsyncs one batch whose first record is `first_seq`; on failure, cuts the
+    /// segment back to its durable length.
+    fn write(&self, batch: &[u8], first_seq: u64) -> io::Result<()> {
+        let mut segment = self.segment.lock().unwrap_or_else(|e| e.into_inner());
+        if batch.is_empty() {
             return Ok(());
         }
-        if self.segment_len >= self.segment_bytes {
-            self.segment = OpenOptions::new()
+        if segment.len >= segment.max_bytes {
+            segment.file = OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(self.dir.join(segment_name(records[0].seq)))?;
-            self.segment_len = 0;
+                .open(self.dir.join(segment_name(first_seq)))?;
+            segment.len = 0;
             sync_dir(&self.dir)?;
         }
-        let mut buffer = Vec::new();
-        for r in records {
-            serde_json::to_writer(&mut buffer, r)?;
-            buffer.push(b'\n');
-        }
-        if let Err(e) = self
-            .segment
-            .write_all(&buffer)
-            .and_then(|()| self.segment.sync_data())
+        if let Err(e) = segment
+            .file
+            .write_all(batch)
+            .and_then(|()| segment.file.sync_data())
         {
-            // Leave no partial or unacknowledged record behind for the next append.
-            let _ = self
-                .segment
-                .set_len(self.segment_len)
-                .and_then(|()| self.segment.sync_all());
+            let _ = segment
+                .file
+                .set_len(segment.len)
+                .and_then(|()| segment.file.sync_all());
             return Err(e);
         }
-        self.segment_len += buffer.len() as u64;
-        self.last_seq = records[records.len() - 1].seq;
+        segment.len += batch.len() as u64;
         Ok(())
+    }
+
+    /// Stages `record` and waits until it is durable.
+    pub fn append(&self, record: &mut LogRecord) -> io::Result<()> {
+        let seq = self.stage(record)?;
+        self.wait_durable(seq)
     }
 }
 
@@ -264,7 +373,7 @@ mod tests {
     use super::*;
 
     fn record(seq: u64) -> LogRecord {
-        LogRecord::new(&format!("r:{seq}"), "r", "random", LogEvent::Decision, seq)
+        LogRecord::new(&format!("r:{seq}"), "r", "random", LogEvent::Decision)
     }
 
     /// A complete record without its newline was never acknowledged: reading skips it and
@@ -273,16 +382,23 @@ mod tests {
     fn a_last_line_without_newline_is_torn_for_readers_and_writers_alike() {
         let dir = std::env::temp_dir().join(format!("quiver-log-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut log = DecisionLog::open(&dir, 0, SEGMENT_BYTES).unwrap();
-        log.append(&[record(1), record(2)]).unwrap();
+        let log = DecisionLog::open(&dir, 0, SEGMENT_BYTES).unwrap();
+        // Two staged records, one commit.
+        log.stage(&mut record(1)).unwrap();
+        log.append(&mut record(2)).unwrap();
+        assert_eq!(log.commits(), 1);
+        log.wait_durable(2).unwrap();
+        assert_eq!(log.commits(), 1);
         let path = segments(&dir).unwrap().pop().unwrap();
         let mut text = std::fs::read_to_string(&path).unwrap();
-        text.push_str(&serde_json::to_string(&record(3)).unwrap());
+        let mut torn = record(3);
+        torn.seq = 3;
+        text.push_str(&serde_json::to_string(&torn).unwrap());
         std::fs::write(&path, text).unwrap();
         assert_eq!(read_log(&dir).unwrap().len(), 2);
-        let mut log = DecisionLog::open(&dir, 2, SEGMENT_BYTES).unwrap();
+        let log = DecisionLog::open(&dir, 2, SEGMENT_BYTES).unwrap();
         assert_eq!(read_log(&dir).unwrap().len(), 2);
-        log.append(&[record(3)]).unwrap();
+        log.append(&mut record(3)).unwrap();
         let seqs: Vec<u64> = read_log(&dir).unwrap().iter().map(|r| r.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3]);
         let _ = std::fs::remove_dir_all(&dir);

@@ -26,7 +26,7 @@ use quiver_bandit::{ChatMessage, Outcome};
 use serde_json::Value;
 
 use crate::api_error::ApiError;
-use crate::app::{authorize, body, with_router, Access, AppState};
+use crate::app::{authorize, body, change_router, Access, AppState};
 use crate::router::{ModelConfig, RouteRequest};
 
 /// Header carrying the decision id.
@@ -133,7 +133,7 @@ fn with_headers(mut response: Response, decision_id: &str, model: &str) -> Respo
 
 async fn record(state: &Arc<AppState>, decision_id: &str, outcome: Outcome) {
     let id = decision_id.to_string();
-    if let Err(e) = with_router(state, move |r| Ok(r.record_outcome(&id, &outcome)?)).await {
+    if let Err(e) = change_router(state, move |r| Ok(r.record_outcome(&id, &outcome)?)).await {
         eprintln!("quiver serve: could not record the outcome of {decision_id}: {e:?}");
     }
 }
@@ -158,9 +158,10 @@ pub async fn chat_completions(
     };
     let prompt_tokens = quiver_bandit::features::estimate_tokens(&route_request.text()?);
     let route_name = route.clone();
-    let (routed, models) = with_router(&state, move |r| {
+    let (routed, models) = change_router(&state, move |r| {
         let routed = r.route(&route_name, &route_request)?;
-        Ok((routed, r.route_config(&route_name)?.models.clone()))
+        let models = r.route_config(&route_name)?.models.clone();
+        Ok(routed.map(|routed| (routed, models)))
     })
     .await?;
     state.counters.proxied.fetch_add(1, Ordering::Relaxed);

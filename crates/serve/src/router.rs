@@ -1,14 +1,18 @@
 //! The in-process router: learners per route, the decision log and snapshots.
 //!
 //! Data flows one way: request -> features -> decision -> log -> (call) -> outcome ->
-//! update -> log. Every state change is logged (and fsynced) before it is acknowledged;
-//! on [`Router::open`] the last snapshot is restored and the log records after it are
-//! replayed, so the learners equal those of a run that never stopped.
+//! update -> log. Every state change is staged in the log as it is applied and comes back
+//! as a [`Pending`] result, which [`Pending::wait`] releases once the log holds the change
+//! durably (group commit: see [`crate::log`]), so nothing is acknowledged before it is
+//! fsynced while concurrent callers share fsyncs. On [`Router::open`] the last snapshot is
+//! restored and the log records after it are replayed, so the learners equal those of a
+//! run that never stopped.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use quiver_bandit::{
     Applied, Arm, BudgetConfig, ChatMessage, Constraints, Context, Decision, Featurizer, FeaturizerConfig,
@@ -194,8 +198,37 @@ const SNAPSHOT_FILE: &str = "snapshot.json";
 /// Routes requests with per-route learners, logging every change durably.
 pub struct Router {
     routes: BTreeMap<String, RouteState>,
-    log: DecisionLog,
+    log: Arc<DecisionLog>,
     dir: PathBuf,
+}
+
+/// The result of a change that is applied and staged in the log but not yet durable. Wait
+/// for it (without holding the router's lock, so that other changes join the same fsync)
+/// before acknowledging it.
+#[must_use = "a change may be acknowledged only after `wait` returns"]
+pub struct Pending<T> {
+    value: T,
+    log: Arc<DecisionLog>,
+    seq: u64,
+    dir: PathBuf,
+}
+
+impl<T> Pending<T> {
+    /// The pending result mapped through `f`.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Pending<U> {
+        Pending {
+            value: f(self.value),
+            log: self.log,
+            seq: self.seq,
+            dir: self.dir,
+        }
+    }
+
+    /// The result, once the log holds the change (and every change before it) durably.
+    pub fn wait(self) -> Result<T> {
+        self.log.wait_durable(self.seq).map_err(io_at(self.dir))?;
+        Ok(self.value)
+    }
 }
 
 fn parse_decision_id(id: &str) -> Result<(&str, u64)> {
@@ -274,7 +307,7 @@ impl Router {
         let log = DecisionLog::open(dir, log_last, options.segment_bytes).map_err(io_at(dir))?;
         Ok(Router {
             routes: states,
-            log,
+            log: Arc::new(log),
             dir: dir.to_path_buf(),
         })
     }
@@ -326,20 +359,36 @@ impl Router {
         Ok(&self.state(route)?.config)
     }
 
+    /// Records in the log and the fsyncs (group commits) that made them durable, since
+    /// the router opened.
+    pub fn log_counts(&self) -> (u64, u64) {
+        (self.log.last_staged(), self.log.commits())
+    }
+
     /// The route names.
     pub fn route_names(&self) -> Vec<String> {
         self.routes.keys().cloned().collect()
     }
 
-    /// Decides which model serves `request` on `route`, logs the decision durably, and
-    /// returns it.
-    pub fn route(&mut self, route: &str, request: &RouteRequest) -> Result<Routed> {
+    fn pending<T>(&self, value: T, seq: u64) -> Pending<T> {
+        Pending {
+            value,
+            log: Arc::clone(&self.log),
+            seq,
+            dir: self.dir.clone(),
+        }
+    }
+
+    /// Stages `record` in the log; the change it describes must be applied next.
+    fn stage(&self, record: &mut LogRecord) -> Result<u64> {
+        self.log.stage(record).map_err(io_at(&self.dir))
+    }
+
+    /// Decides which model serves `request` on `route` and logs the decision; the decision
+    /// may be returned to the caller once the [`Pending`] result is waited for.
+    pub fn route(&mut self, route: &str, request: &RouteRequest) -> Result<Pending<Routed>> {
         let prompt = request.text()?;
-        let seq = self.log.next_seq();
-        let state = self
-            .routes
-            .get_mut(route)
-            .ok_or_else(|| ServeError::UnknownRoute(route.to_string()))?;
+        let state = self.state(route)?;
         let context = state.context(&prompt, &request.features)?;
         let mut learner_request = Request::new(context.clone());
         learner_request.constraints = request.constraints.clone();
@@ -347,7 +396,7 @@ impl Router {
         // Propose first: nothing changes until the log holds the decision.
         let decision = state.learner.propose(&learner_request)?;
         let decision_id = format!("{route}:{}", decision.id);
-        let mut record = LogRecord::new(&decision_id, route, &state.policy, LogEvent::Decision, seq);
+        let mut record = LogRecord::new(&decision_id, route, &state.policy, LogEvent::Decision);
         record.arm = decision.arm.clone();
         record.propensity = decision.propensity;
         record.prompt = prompt;
@@ -358,57 +407,72 @@ impl Router {
             .enumerate()
             .map(|(i, v)| (format!("f_{i}"), *v))
             .collect();
-        self.log.append(&[record]).map_err(io_at(&self.dir))?;
-        state
+        let seq = self.stage(&mut record)?;
+        self.state_mut(route)?
             .learner
             .resume_decision(decision.id, &decision.arm, &context)?;
-        Ok(Routed {
-            decision_id,
-            decision,
-        })
+        Ok(self.pending(
+            Routed {
+                decision_id,
+                decision,
+            },
+            seq,
+        ))
     }
 
     fn tracked_record(&self, decision_id: &str, event: LogEvent) -> Result<(String, u64, LogRecord)> {
         let (route, id) = parse_decision_id(decision_id)?;
         let state = self.state(route)?;
-        let record = LogRecord::new(decision_id, route, &state.policy, event, self.log.next_seq());
+        let record = LogRecord::new(decision_id, route, &state.policy, event);
         Ok((route.to_string(), id, record))
     }
 
+    /// Stages `record` when the change applies; otherwise (a repeat) nothing is logged,
+    /// but the answer still waits for every change staged so far, since the one it repeats
+    /// may not be durable yet.
+    fn stage_if(&self, applies: Applied, record: &mut LogRecord) -> Result<u64> {
+        match applies {
+            Applied::Applied => self.stage(record),
+            _ => Ok(self.log.last_staged()),
+        }
+    }
+
     /// Records what a decision's call cost and how long it took (and its quality, if the
-    /// outcome has one). A change is logged durably before it is applied and acknowledged;
-    /// a repeat changes nothing and is not logged.
-    pub fn record_outcome(&mut self, decision_id: &str, outcome: &Outcome) -> Result<Applied> {
+    /// outcome has one). A change is logged before it is applied; a repeat changes nothing
+    /// and is not logged.
+    pub fn record_outcome(&mut self, decision_id: &str, outcome: &Outcome) -> Result<Pending<Applied>> {
         let (route, id, mut record) = self.tracked_record(decision_id, LogEvent::Outcome)?;
         let would = self.state(&route)?.learner.outcome_would_apply(id, outcome)?;
-        if would == Applied::Applied {
-            record.cost_usd = outcome.cost_usd;
-            record.latency_ms = outcome.latency_ms;
-            record.error = outcome.error;
-            record.input_tokens = outcome.input_tokens;
-            record.output_tokens = outcome.output_tokens;
-            record.quality = outcome.quality.or(if outcome.error { Some(0.0) } else { None });
-            self.log.append(&[record]).map_err(io_at(&self.dir))?;
-        }
-        Ok(self.state_mut(&route)?.learner.record_outcome(id, outcome)?)
+        record.cost_usd = outcome.cost_usd;
+        record.latency_ms = outcome.latency_ms;
+        record.error = outcome.error;
+        record.input_tokens = outcome.input_tokens;
+        record.output_tokens = outcome.output_tokens;
+        record.quality = outcome.quality.or(if outcome.error { Some(0.0) } else { None });
+        let seq = self.stage_if(would, &mut record)?;
+        let applied = self.state_mut(&route)?.learner.record_outcome(id, outcome)?;
+        Ok(self.pending(applied, seq))
     }
 
     /// Records a decision's quality, possibly long after. Idempotent; a change is logged
-    /// durably before it is applied and acknowledged.
-    pub fn feedback(&mut self, decision_id: &str, quality: f64) -> Result<Applied> {
+    /// before it is applied.
+    pub fn feedback(&mut self, decision_id: &str, quality: f64) -> Result<Pending<Applied>> {
         let (route, id, mut record) = self.tracked_record(decision_id, LogEvent::Feedback)?;
-        if self.state(&route)?.learner.quality_would_apply(id, quality)? == Applied::Applied {
-            record.quality = Some(quality);
-            self.log.append(&[record]).map_err(io_at(&self.dir))?;
-        }
-        Ok(self.state_mut(&route)?.learner.record_quality(id, quality)?)
+        let would = self.state(&route)?.learner.quality_would_apply(id, quality)?;
+        record.quality = Some(quality);
+        let seq = self.stage_if(would, &mut record)?;
+        let applied = self.state_mut(&route)?.learner.record_quality(id, quality)?;
+        Ok(self.pending(applied, seq))
     }
 
     /// Writes every learner and the log position they include to `snapshot.json`
-    /// atomically (temporary file, fsync, rename, fsync of the directory).
+    /// atomically (temporary file, fsync, rename, fsync of the directory), after making the
+    /// log durable up to that position.
     pub fn snapshot(&self) -> Result<()> {
+        let last_seq = self.log.last_staged();
+        self.log.wait_durable(last_seq).map_err(io_at(&self.dir))?;
         let snapshot = RouterSnapshot {
-            last_seq: self.log.next_seq() - 1,
+            last_seq,
             routes: self
                 .routes
                 .iter()

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use quiver_bandit::{Applied, Outcome};
+use quiver_serve::log::LogEvent;
 use quiver_serve::{ModelConfig, RouteConfig, RouteRequest, Router, RouterOptions, ServeError};
 
 fn small_segments() -> RouterOptions {
@@ -69,7 +70,7 @@ fn workload(router: &mut Router, range: std::ops::Range<usize>, ids: &mut Vec<St
             features,
             ..RouteRequest::default()
         };
-        let routed = router.route(route, &request).unwrap();
+        let routed = router.route(route, &request).unwrap().wait().unwrap();
         let arm = &routed.decision.arm;
         let cost = if arm == "big" { 0.004 } else { 0.0004 };
         router
@@ -77,12 +78,17 @@ fn workload(router: &mut Router, range: std::ops::Range<usize>, ids: &mut Vec<St
                 &routed.decision_id,
                 &Outcome::new(100.0 + i as f64, cost).with_tokens(20, 30),
             )
+            .unwrap()
+            .wait()
             .unwrap();
         ids.push(routed.decision_id);
         // Quality of decision i - 3 arrives now: late feedback.
         if i >= 3 && i % 4 != 0 {
             let q = if ids[i - 3].contains("chat") { 0.8 } else { 0.4 };
-            assert_eq!(router.feedback(&ids[i - 3], q).unwrap(), Applied::Applied);
+            assert_eq!(
+                router.feedback(&ids[i - 3], q).unwrap().wait().unwrap(),
+                Applied::Applied
+            );
         }
     }
 }
@@ -150,13 +156,15 @@ fn feedback_is_idempotent_and_bad_ids_are_refused() {
                 ..RouteRequest::default()
             },
         )
+        .unwrap()
+        .wait()
         .unwrap();
     assert_eq!(
-        router.feedback(&routed.decision_id, 0.9).unwrap(),
+        router.feedback(&routed.decision_id, 0.9).unwrap().wait().unwrap(),
         Applied::Applied
     );
     assert_eq!(
-        router.feedback(&routed.decision_id, 0.1).unwrap(),
+        router.feedback(&routed.decision_id, 0.1).unwrap().wait().unwrap(),
         Applied::AlreadyApplied
     );
     assert!(matches!(
@@ -214,4 +222,55 @@ fn the_log_is_a_dataset_the_simulator_reads_and_evaluates() {
     );
     let ips = quiver_sim::ope::estimate(&quiver_sim::ope::Ips, &inputs, 100, 0);
     assert!(ips.value.is_finite() && ips.value > 0.0);
+}
+
+/// Threads route and give feedback through one router, waiting for durability with the
+/// lock released (as the server does): every acknowledged change is in the log, the log
+/// is gapless and in the order the changes were applied, and a restart equals the router
+/// that took them.
+#[test]
+fn concurrent_changes_are_durable_and_logged_in_order() {
+    let dir = scratch("concurrent");
+    let router = std::sync::Mutex::new(Router::open(routes(), &dir).unwrap());
+    let acknowledged: Vec<Vec<String>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..8)
+            .map(|t| {
+                let router = &router;
+                scope.spawn(move || {
+                    let mut ids = Vec::new();
+                    for i in 0..40 {
+                        let request = RouteRequest {
+                            prompt: Some(format!("thread {t} question {i}")),
+                            features: vec![0.2],
+                            ..RouteRequest::default()
+                        };
+                        let pending = router.lock().unwrap().route("chat", &request).unwrap();
+                        let routed = pending.wait().unwrap();
+                        let pending = router.lock().unwrap().feedback(&routed.decision_id, 0.7).unwrap();
+                        assert_eq!(pending.wait().unwrap(), Applied::Applied);
+                        ids.push(routed.decision_id);
+                    }
+                    ids
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let router = router.into_inner().unwrap();
+    let records = quiver_serve::log::read_log(&dir).unwrap();
+    let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=640).collect::<Vec<u64>>());
+    for id in acknowledged.iter().flatten() {
+        let events: Vec<_> = records
+            .iter()
+            .filter(|r| &r.decision_id == id)
+            .map(|r| r.event)
+            .collect();
+        assert_eq!(events, vec![LogEvent::Decision, LogEvent::Feedback], "{id}");
+    }
+    assert_eq!(router.log_counts().0, 640);
+    let expected = learners_json(&router);
+    drop(router);
+    let restarted = Router::open(routes(), &dir).unwrap();
+    assert_eq!(learners_json(&restarted), expected);
 }

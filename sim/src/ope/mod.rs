@@ -17,15 +17,14 @@
 
 mod candidate;
 mod estimators;
+mod resample;
 mod reward_model;
 
 pub use candidate::{inputs_for, report_metric, run_candidate, CandidateRun, Metric, MetricReport};
 pub use estimators::{all_estimators, estimator_by_name, Dm, Dr, Ips, Replay, Sndr, Snips, SwitchDr};
+pub use resample::{poisson_sums, Kernel, ResampleSums};
 pub use reward_model::cross_fitted_predictions;
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 use serde::Serialize;
 
 /// Everything the estimators read, one entry per row.
@@ -69,6 +68,11 @@ pub trait Estimator: Sync {
     /// Up to three per-row terms.
     fn terms(&self, inputs: &OpeInputs, i: usize) -> [f64; 3];
 
+    /// How many of the terms [`Estimator::combine`] reads (the rest are 0).
+    fn arity(&self) -> usize {
+        1
+    }
+
     /// The estimate from the terms' means; by default the mean of the first term.
     fn combine(&self, means: [f64; 3]) -> f64 {
         means[0]
@@ -98,67 +102,84 @@ pub struct EstimateReport {
     pub std_error: f64,
 }
 
-/// Per-row terms of an estimator, materialized.
-fn all_terms(estimator: &dyn Estimator, inputs: &OpeInputs) -> Vec<[f64; 3]> {
-    (0..inputs.rows()).map(|i| estimator.terms(inputs, i)).collect()
-}
+/// Per-row terms of an estimator, materialized one column per term.
+pub type Terms = [Vec<f64>; 3];
 
-fn means(terms: &[[f64; 3]]) -> [f64; 3] {
-    let n = terms.len().max(1) as f64;
-    let mut m = [0.0; 3];
-    for t in terms {
-        for k in 0..3 {
-            m[k] += t[k];
+/// The estimator's per-row terms on `inputs`.
+pub fn terms(estimator: &dyn Estimator, inputs: &OpeInputs) -> Terms {
+    let n = inputs.rows();
+    let mut columns: Terms = std::array::from_fn(|_| Vec::with_capacity(n));
+    for i in 0..n {
+        for (column, t) in columns.iter_mut().zip(estimator.terms(inputs, i)) {
+            column.push(t);
         }
     }
-    m.map(|s| s / n)
+    columns
 }
 
-/// The point estimate.
+fn means(terms: &Terms) -> [f64; 3] {
+    let n = terms[0].len().max(1) as f64;
+    terms.each_ref().map(|column| column.iter().sum::<f64>() / n)
+}
+
+/// The point estimate, in one pass without materializing the terms (the same sums, in
+/// the same order, as [`estimate`] takes).
 pub fn value(estimator: &dyn Estimator, inputs: &OpeInputs) -> f64 {
-    estimator.combine(means(&all_terms(estimator, inputs)))
+    let mut sums = [0.0; 3];
+    for i in 0..inputs.rows() {
+        for (sum, t) in sums.iter_mut().zip(estimator.terms(inputs, i)) {
+            *sum += t;
+        }
+    }
+    let n = inputs.rows().max(1) as f64;
+    estimator.combine(sums.map(|s| s / n))
 }
 
 /// The delta-method standard error: the sample standard deviation of the linearized
 /// influence `grad . (t_i - mean)` over `sqrt(n)`.
-fn delta_std_error(estimator: &dyn Estimator, terms: &[[f64; 3]]) -> f64 {
-    let n = terms.len();
+fn delta_std_error(estimator: &dyn Estimator, terms: &Terms) -> f64 {
+    let n = terms[0].len();
     if n < 2 {
         return f64::NAN;
     }
     let m = means(terms);
     let g = estimator.gradient(m);
-    let influence: Vec<f64> = terms
-        .iter()
-        .map(|t| (0..3).map(|k| g[k] * (t[k] - m[k])).sum())
-        .collect();
-    let var = influence.iter().map(|v| v * v).sum::<f64>() / (n - 1) as f64;
+    let var = (0..n)
+        .map(|i| (0..3).map(|k| g[k] * (terms[k][i] - m[k])).sum::<f64>().powi(2))
+        .sum::<f64>()
+        / (n - 1) as f64;
     (var / n as f64).sqrt()
 }
 
-/// Percentile bootstrap of the estimate: `resamples` resamples of the rows with
-/// replacement, in parallel; resample `b` draws from its own stream of `seed`, so the
-/// interval does not depend on the thread count.
-pub fn bootstrap(estimator: &dyn Estimator, terms: &[[f64; 3]], resamples: usize, seed: u64) -> [f64; 2] {
-    let n = terms.len();
-    if n == 0 || resamples == 0 {
+/// Each resample's estimate from its count-weighted sums (empty resamples dropped).
+fn resample_values<const N: usize>(estimator: &dyn Estimator, resamples: Vec<ResampleSums<N>>) -> Vec<f64> {
+    resamples
+        .iter()
+        .filter(|r| r.count > 0)
+        .map(|r| {
+            let mut m = [0.0; 3];
+            for (mean, sum) in m.iter_mut().zip(r.sums) {
+                *mean = sum / r.count as f64;
+            }
+            estimator.combine(m)
+        })
+        .collect()
+}
+
+/// Percentile bootstrap interval of the estimate from `resamples` Poisson-bootstrap
+/// resamples of the rows ([`poisson_sums`] describes the method); the interval depends
+/// only on `seed`, not on the thread count.
+pub fn bootstrap(estimator: &dyn Estimator, terms: &Terms, resamples: usize, seed: u64) -> [f64; 2] {
+    if terms[0].is_empty() || resamples == 0 {
         return [f64::NAN, f64::NAN];
     }
-    let mut values: Vec<f64> = (0..resamples)
-        .into_par_iter()
-        .map(|b| {
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            rng.set_stream(b as u64);
-            let mut sums = [0.0; 3];
-            for _ in 0..n {
-                let t = &terms[rng.random_range(0..n)];
-                sums[0] += t[0];
-                sums[1] += t[1];
-                sums[2] += t[2];
-            }
-            estimator.combine(sums.map(|s| s / n as f64))
-        })
-        .collect();
+    let kernel = Kernel::detect();
+    let [t0, t1, t2] = terms.each_ref().map(Vec::as_slice);
+    let mut values = match estimator.arity() {
+        1 => resample_values(estimator, poisson_sums([t0], resamples, seed, kernel)),
+        2 => resample_values(estimator, poisson_sums([t0, t1], resamples, seed, kernel)),
+        _ => resample_values(estimator, poisson_sums([t0, t1, t2], resamples, seed, kernel)),
+    };
     // A resample can hold no weight at all (a ratio estimator is then undefined): drop it.
     values.retain(|v| v.is_finite());
     if values.is_empty() {
@@ -176,7 +197,7 @@ pub fn estimate(
     resamples: usize,
     seed: u64,
 ) -> EstimateReport {
-    let terms = all_terms(estimator, inputs);
+    let terms = self::terms(estimator, inputs);
     let value = estimator.combine(means(&terms));
     let se = delta_std_error(estimator, &terms);
     EstimateReport {

@@ -1,0 +1,359 @@
+"""Quiver side by side with the tools users would otherwise pick, in one run, on one machine.
+
+Run through `benches/compare/run.sh`, which prepares the environments and the binaries.
+Each section generates its data once (fixed seeds), writes it for both sides, runs peer and
+Quiver alternately (`--reps` times, keeping each side's best time) and prints one line per
+comparison with both figures and the ratio. All traffic stays on 127.0.0.1. Results also go
+to target/compare/results.json.
+"""
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "target" / "compare"
+RESULTS = []
+
+
+def report(name, peer, peer_value, quiver_value, unit, higher_is_better=True, note=""):
+    """One comparison line: both figures and how many times better Quiver is."""
+    ratio = quiver_value / peer_value if higher_is_better else peer_value / quiver_value
+    print(
+        f"{name:<44} {peer:<26} {peer_value:>12.4g} {unit:<10} quiver {quiver_value:>12.4g} {unit:<10}"
+        f" quiver/peer x{ratio:.2f} {note}",
+        flush=True,
+    )
+    RESULTS.append(
+        dict(name=name, peer=peer, peer_value=peer_value, quiver_value=quiver_value, unit=unit,
+             higher_is_better=higher_is_better, quiver_advantage=ratio, note=note)
+    )
+
+
+def quiver_side(args, *mode):
+    out = subprocess.run([args.quiver_side, *mode], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- Contextual bandit stream: Vowpal Wabbit and MABWiser ---------------------------------
+
+def make_stream(rows, features, arms, seed):
+    """Dense contexts and a Bernoulli reward per arm drawn up front, so the realized reward
+    depends only on the chosen arm: both sides play the same stream."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, features)) / np.sqrt(features)
+    theta = rng.normal(scale=1.5, size=(features, arms))
+    intercept = rng.normal(scale=0.5, size=arms)
+    p = 1 / (1 + np.exp(-(x @ theta + intercept)))
+    rewards = (rng.random((rows, arms)) < p).astype(float)
+    return x, rewards, p
+
+
+def write_stream(path, x, rewards):
+    frame = pd.DataFrame({f"f_{j}": x[:, j] for j in range(x.shape[1])})
+    for a in range(rewards.shape[1]):
+        frame[f"quality|a{a}"] = rewards[:, a]
+    frame.to_parquet(path, index=False)
+
+
+def vw_stream(x, rewards, flags, seed):
+    """VW's online loop through its Python binding, as its contextual-bandit tutorial runs
+    it: predict a PMF over the actions, sample, learn the chosen action's cost."""
+    import vowpalwabbit
+
+    arms = rewards.shape[1]
+    shared = ["shared |s " + " ".join(f"f{j}:{v:.9g}" for j, v in enumerate(row)) for row in x]
+    actions = [f"|a a{a}" for a in range(arms)]
+    vw = vowpalwabbit.Workspace(f"--cb_explore_adf -q sa --quiet --random_seed {seed} {flags}")
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    started = time.perf_counter()
+    for i, s in enumerate(shared):
+        pmf = np.asarray(vw.predict([s] + actions))
+        a = int(rng.choice(arms, p=pmf / pmf.sum()))
+        r = rewards[i, a]
+        total += r
+        labelled = [s] + [
+            f"0:{-r}:{pmf[k]} {actions[k]}" if k == a else actions[k] for k in range(arms)
+        ]
+        vw.learn(labelled)
+    seconds = time.perf_counter() - started
+    vw.finish()
+    return dict(seconds=seconds, examples_per_s=len(shared) / seconds, progressive_reward=total / len(shared))
+
+
+def mabwiser_stream(x, rewards, policy, seed):
+    """MABWiser online: one predict and one partial_fit per example, after a first fit on
+    one round of every arm."""
+    from mabwiser.mab import MAB, LearningPolicy
+
+    arms = list(range(rewards.shape[1]))
+    contextual = policy != "ts"
+    learning = LearningPolicy.LinUCB(alpha=0.5, l2_lambda=1.0) if contextual else LearningPolicy.ThompsonSampling()
+    mab = MAB(arms, learning, seed=seed)
+    ctx = np.hstack([np.ones((len(x), 1)), x])
+    warm = len(arms)
+    mab.fit(arms, rewards[np.arange(warm), arms], ctx[:warm] if contextual else None)
+    total = 0.0
+    started = time.perf_counter()
+    for i in range(warm, len(x)):
+        a = mab.predict(ctx[i : i + 1]) if contextual else mab.predict()
+        r = rewards[i, a]
+        total += r
+        mab.partial_fit([a], [r], ctx[i : i + 1] if contextual else None)
+    seconds = time.perf_counter() - started
+    n = len(x) - warm
+    return dict(seconds=seconds, examples_per_s=n / seconds, progressive_reward=total / n)
+
+
+def best(runs):
+    return min(runs, key=lambda r: r["seconds"])
+
+
+def section_vw(args):
+    rows = args.vw_rows
+    x, rewards, p = make_stream(rows, 63, 11, seed=7)
+    path = OUT / "cb_stream.parquet"
+    write_stream(path, x, rewards)
+    print(f"# VW vs Quiver: {rows} examples, d = 64 (bias + 63 dense features), K = 11; "
+          f"best fixed arm {p.mean(axis=0).max():.3f}, per-example oracle {p.max(axis=1).mean():.3f}")
+    pairs = [
+        ("vw --cb_explore_adf -q sa --epsilon 0.05", "--epsilon 0.05", "linucb(alpha=0.5)"),
+        ("vw --cb_explore_adf -q sa --squarecb", "--squarecb --gamma_scale 10", "lints(v=0.1)"),
+    ]
+    for label, flags, spec in pairs:
+        peer, ours = [], []
+        for _ in range(args.reps):
+            peer.append(vw_stream(x, rewards, flags, seed=1))
+            ours.append(quiver_side(args, "stream", str(path), spec))
+        p_best, q_best = best(peer), best(ours)
+        report(f"cb stream examples/s: {spec}", label, p_best["examples_per_s"], q_best["examples_per_s"], "ex/s")
+        report(f"cb stream progressive reward: {spec}", label, p_best["progressive_reward"],
+               q_best["progressive_reward"], "reward")
+
+
+def section_mabwiser(args):
+    rows = args.mab_rows
+    x, rewards, _ = make_stream(rows, 63, 11, seed=7)
+    path = OUT / "mab_stream.parquet"
+    # Quiver skips the warm-up round too: it plays it as its first decisions.
+    write_stream(path, x, rewards)
+    print(f"# MABWiser vs Quiver: {rows} examples online, d = 64, K = 11")
+    for policy, spec in [("linucb", "linucb(alpha=0.5)"), ("ts", "beta-ts")]:
+        peer, ours = [], []
+        for _ in range(args.reps):
+            peer.append(mabwiser_stream(x, rewards, policy, seed=1))
+            ours.append(quiver_side(args, "stream", str(path), spec))
+        report(f"online decisions/s: {spec}", f"mabwiser {policy}", best(peer)["examples_per_s"],
+               best(ours)["examples_per_s"], "dec/s")
+
+
+# --- Off-policy evaluation: Open Bandit Pipeline ------------------------------------------
+
+def section_obp(args):
+    from obp.ope import (DirectMethod, DoublyRobust, InverseProbabilityWeighting,
+                         SelfNormalizedDoublyRobust, SelfNormalizedInverseProbabilityWeighting,
+                         SwitchDoublyRobust)
+
+    n, k, tau = args.ope_rows, 5, 5.0
+    rng = np.random.default_rng(11)
+    scores = rng.normal(size=(n, k))
+    logging = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
+    action = (logging.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)
+    pscore = logging[np.arange(n), action]
+    target = np.exp(-scores) / np.exp(-scores).sum(axis=1, keepdims=True)
+    q_true = 1 / (1 + np.exp(-(scores + rng.normal(size=(n, k)))))
+    reward = (rng.random(n) < q_true[np.arange(n), action]).astype(float)
+    q_hat = np.clip(q_true + rng.normal(scale=0.1, size=(n, k)), 0, 1)
+    action_dist = target[:, :, None]
+    q_hat3 = q_hat[:, :, None]
+    path = OUT / "ope_rows.parquet"
+    pd.DataFrame(dict(
+        reward=reward, pscore=pscore, target=target[np.arange(n), action],
+        q_logged=q_hat[np.arange(n), action], dm=(target * q_hat).sum(axis=1),
+    )).to_parquet(path, index=False)
+    print(f"# OBP vs Quiver: {n} logged rows, K = {k}, the same reward model on both sides; "
+          f"bootstrap: Quiver {args.resamples} resamples, OBP {args.obp_resamples} (time scaled to {args.resamples})")
+    common = dict(reward=reward, action=action, action_dist=action_dist)
+    estimators = {
+        "ips": (InverseProbabilityWeighting(), dict(pscore=pscore)),
+        "snips": (SelfNormalizedInverseProbabilityWeighting(), dict(pscore=pscore)),
+        "dm": (DirectMethod(), dict(estimated_rewards_by_reg_model=q_hat3)),
+        "dr": (DoublyRobust(), dict(pscore=pscore, estimated_rewards_by_reg_model=q_hat3)),
+        "sndr": (SelfNormalizedDoublyRobust(), dict(pscore=pscore, estimated_rewards_by_reg_model=q_hat3)),
+        "switch-dr": (SwitchDoublyRobust(lambda_=tau),
+                      dict(pscore=pscore, estimated_rewards_by_reg_model=q_hat3)),
+    }
+    obp_times = {name: [] for name in estimators}
+    obp_values = {}
+    ours = []
+    for _ in range(args.reps):
+        for name, (estimator, extra) in estimators.items():
+            started = time.perf_counter()
+            obp_values[name] = estimator.estimate_policy_value(**common, **extra)
+            obp_times[name].append(time.perf_counter() - started)
+        ours.append(quiver_side(args, "ope", str(path), str(args.resamples), str(tau)))
+    for name in estimators:
+        q = min(o["estimators"][name]["seconds"] for o in ours)
+        value = ours[0]["estimators"][name]["value"]
+        diff = abs(value - obp_values[name])
+        report(f"ope {name} on {n} rows", "obp 0.5.7", min(obp_times[name]) * 1e3, q * 1e3, "ms",
+               higher_is_better=False, note=f"|quiver - obp| = {diff:.1e}")
+        if diff > 1e-9:
+            sys.exit(f"{name}: Quiver {value!r} and OBP {obp_values[name]!r} differ by more than 1e-9")
+    for name in ["ips", "snips", "dr"]:
+        estimator, extra = estimators[name]
+        started = time.perf_counter()
+        estimator.estimate_interval(**common, **extra, n_bootstrap_samples=args.obp_resamples, random_state=1)
+        obp_seconds = (time.perf_counter() - started) * args.resamples / args.obp_resamples
+        q = min(o["bootstrap"]["estimators"][name]["seconds"] for o in ours)
+        report(f"bootstrap {args.resamples} resamples: {name}", "obp 0.5.7 (scaled)", obp_seconds, q, "s",
+               higher_is_better=False)
+
+
+# --- Proxies: LiteLLM and quiver serve in front of one local upstream ----------------------
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port, timeout=90):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def wrk(url, body, args, headers=()):
+    """wrk at fixed concurrency; returns requests/s and latency percentiles in ms."""
+    script = OUT / "post.lua"
+    lines = ['wrk.method = "POST"', 'wrk.headers["Content-Type"] = "application/json"',
+             f"wrk.body = [[{json.dumps(body)}]]"]
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers]
+    script.write_text("\n".join(lines) + "\n")
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{args.connections}", f"-d{args.seconds}s", "--latency", "-s", str(script), url],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+    pct = {int(p): float(v) * unit[u] for p, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        raise RuntimeError(f"{url}: {non2xx.group(1)} failed responses\n{out}")
+    return dict(rps=rps, p50=pct[50], p99=pct[99])
+
+
+def start(cmd, port, env=None, log=None):
+    proc = subprocess.Popen(cmd, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+    try:
+        wait_ready(port)
+    except RuntimeError:
+        stop(proc)
+        raise
+    return proc
+
+
+def stop(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def section_proxy(args):
+    up_port, q_port, l_port = free_port(), free_port(), free_port()
+    upstream = start([args.quiver_side, "upstream", str(up_port)], up_port)
+    log_dir = OUT / "serve-log"
+    subprocess.run(["rm", "-rf", str(log_dir)], check=True)
+    config = OUT / "quiver.toml"
+    models = "".join(
+        f'\n[[routes.models]]\nid = "local-{i}"\nbase_url = "http://127.0.0.1:{up_port}/v1"\n'
+        f"input_usd_per_million = {1 + i}\noutput_usd_per_million = {2 + i}\n"
+        for i in range(2)
+    )
+    config.write_text(
+        f'listen = "127.0.0.1:{q_port}"\nlog_dir = "{log_dir}"\n\n'
+        f'[[routes]]\nname = "chat"\npolicy = "linucb(alpha=0.5,floor=0.02)"\nw_cost = 20.0\n{models}'
+    )
+    litellm_config = OUT / "litellm.yaml"
+    litellm_config.write_text(
+        "model_list:\n  - model_name: chat\n    litellm_params:\n      model: openai/local-0\n"
+        f"      api_base: http://127.0.0.1:{up_port}/v1\n      api_key: sk-local\n"
+    )
+    body = {"model": "chat", "messages": [{"role": "user", "content": "What is 17 times 23?"}]}
+    url = "/v1/chat/completions"
+    print(f"# proxies in front of one local upstream: wrk, {args.connections} connections, "
+          f"{args.seconds}s per run, runs alternated")
+    try:
+        quiver = start([args.quiver, "serve", "--config", str(config)], q_port)
+        litellm_log = open(OUT / "litellm.log", "w")
+        litellm = start([args.litellm, "--config", str(litellm_config), "--port", str(l_port),
+                         "--num_workers", "1"], l_port, env={"LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+                        log=litellm_log)
+        runs = {"direct": [], "quiver": [], "litellm": []}
+        for _ in range(args.reps):
+            runs["direct"].append(wrk(f"http://127.0.0.1:{up_port}{url}", body, args))
+            runs["quiver"].append(wrk(f"http://127.0.0.1:{q_port}{url}", body, args))
+            runs["litellm"].append(wrk(f"http://127.0.0.1:{l_port}{url}", body, args,
+                                       headers=[("Authorization", "Bearer sk-local")]))
+        direct = {p: min(r[p] for r in runs["direct"]) for p in ("p50", "p99")}
+        for p in ("p50", "p99"):
+            added = {side: min(r[p] for r in runs[side]) - direct[p] for side in ("quiver", "litellm")}
+            report(f"proxy added latency {p} (c={args.connections})", "litellm 1.102.4 proxy",
+                   added["litellm"], max(added["quiver"], 1e-3), "ms", higher_is_better=False,
+                   note=f"direct {direct[p]:.3f} ms")
+        report(f"proxy throughput (c={args.connections})", "litellm 1.102.4 proxy",
+               max(r["rps"] for r in runs["litellm"]), max(r["rps"] for r in runs["quiver"]), "req/s")
+        route = wrk(f"http://127.0.0.1:{q_port}/v1/route", {"route": "chat", "prompt": "What is 17 times 23?"}, args)
+        print(f"quiver serve /v1/route (c={args.connections}, LinUCB over 2 models, fsynced log): "
+              f"{route['rps']:.0f} req/s, p50 {route['p50']:.3f} ms, p99 {route['p99']:.3f} ms", flush=True)
+        RESULTS.append(dict(name=f"quiver serve /v1/route (c={args.connections})", **route))
+        stop(litellm)
+        stop(quiver)
+    finally:
+        stop(upstream)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quiver", required=True, help="the release quiver binary")
+    parser.add_argument("--quiver-side", required=True, help="the compare harness binary")
+    parser.add_argument("--litellm", help="the litellm executable (proxy section)")
+    parser.add_argument("--sections", default="vw,mabwiser,obp,proxy")
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--vw-rows", type=int, default=20_000)
+    parser.add_argument("--mab-rows", type=int, default=2_000)
+    parser.add_argument("--ope-rows", type=int, default=1_000_000)
+    parser.add_argument("--resamples", type=int, default=10_000)
+    parser.add_argument("--obp-resamples", type=int, default=50)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--seconds", type=int, default=10)
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    sections = dict(vw=section_vw, mabwiser=section_mabwiser, obp=section_obp, proxy=section_proxy)
+    for name in args.sections.split(","):
+        sections[name](args)
+    (OUT / "results.json").write_text(json.dumps(RESULTS, indent=2))
+
+
+if __name__ == "__main__":
+    main()
