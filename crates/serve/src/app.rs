@@ -36,7 +36,7 @@ pub struct Counters {
 
 /// What every handler shares.
 pub struct AppState {
-    /// The router; handlers run its operations on blocking threads, since changes wait for fsync.
+    /// The router; changes run in place (they are brief), reads of its state on blocking threads.
     pub router: Mutex<Router>,
     /// The configuration.
     pub config: ServeConfig,
@@ -114,19 +114,15 @@ pub async fn with_router<T: Send + 'static>(
         .map_err(|e| ApiError::Internal(format!("router task failed: {e}")))?
 }
 
-/// Runs a router change on a blocking thread and waits, with the lock released, until the
-/// log holds it durably: concurrent changes share one fsync.
-pub async fn change_router<T: Send + 'static>(
+/// Makes a router change and waits until the log holds it durably. The change itself
+/// (featurize, decide, stage) is brief and runs in place; the wait for the fsync sleeps as
+/// a task, and concurrent changes share one fsync.
+pub async fn change_router<T>(
     state: &Arc<AppState>,
-    op: impl FnOnce(&mut Router) -> Result<Pending<T>, ApiError> + Send + 'static,
+    op: impl FnOnce(&mut Router) -> Result<Pending<T>, ApiError>,
 ) -> Result<T, ApiError> {
-    let state = Arc::clone(state);
-    tokio::task::spawn_blocking(move || {
-        let pending = op(&mut *state.router()?)?;
-        Ok(pending.wait()?)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("router task failed: {e}")))?
+    let pending = op(&mut *state.router()?)?;
+    Ok(pending.durable().await?)
 }
 
 /// `POST /v1/route` body.

@@ -8,13 +8,15 @@
 //! directly and merges the rows of each decision.
 //!
 //! Durability, by group commit: [`DecisionLog::stage`] numbers a record and buffers it, in
-//! the order the caller applies the changes; [`DecisionLog::wait_durable`] returns once it
-//! is written and `fsync`ed. Whichever waiter finds no commit under way writes everything
-//! staged so far with one write and one `fsync`, so concurrent requests share fsyncs
-//! instead of queueing for one each. A client is answered only after `wait_durable`, so
-//! what it was told survives a crash. A failed write or fsync fails the log for good: the
-//! in-memory state may then hold unlogged changes, so nothing more is acknowledged until
-//! a restart rebuilds the state from what is durable (as PostgreSQL does on fsync errors).
+//! the order the caller applies the changes; [`DecisionLog::wait_durable`] (threads) or
+//! [`DecisionLog::durable`] (async tasks) returns once it is written and `fsync`ed. A
+//! waiter that finds no commit under way starts one, which writes everything staged so far
+//! with one write and one `fsync`, so concurrent requests share fsyncs instead of queueing
+//! for one each; the others wait for it (async tasks without holding a thread). A client
+//! is answered only after that wait, so what it was told survives a crash. A failed write
+//! or fsync fails the log for good: the in-memory state may then hold unlogged changes, so
+//! nothing more is acknowledged until a restart rebuilds the state from what is durable
+//! (as PostgreSQL does on fsync errors).
 //!
 //! Segments rotate at a size limit and are named by their first sequence number. A crash
 //! can leave a torn last line in the last segment; it was never acknowledged and is
@@ -24,7 +26,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -111,9 +113,19 @@ pub const SEGMENT_BYTES: u64 = 64 << 20;
 pub struct DecisionLog {
     dir: PathBuf,
     state: Mutex<CommitState>,
+    /// Signalled when a commit ends, for threads.
     committed: Condvar,
-    /// The open segment; only the committing waiter touches it.
+    /// Counts ended commits, for async tasks.
+    commit_ended: tokio::sync::watch::Sender<u64>,
+    /// The open segment; only the commit under way touches it.
     segment: Mutex<Segment>,
+}
+
+/// Staged bytes taken for one commit.
+struct Batch {
+    bytes: Vec<u8>,
+    first: u64,
+    last: u64,
 }
 
 /// What is staged and what is durable.
@@ -254,6 +266,7 @@ impl DecisionLog {
                 failed: None,
             }),
             committed: Condvar::new(),
+            commit_ended: tokio::sync::watch::Sender::new(0),
             segment: Mutex::new(Segment {
                 file,
                 len,
@@ -292,37 +305,88 @@ impl DecisionLog {
         self.state().commits
     }
 
-    /// Returns once the record `seq` and all before it are durable, committing what is
-    /// staged if no other waiter is. Fails if the log failed before they were.
+    /// Whether `seq` is durable (`Some(Ok)`), can never be (`Some(Err)`), or not yet.
+    fn settled(state: &CommitState, seq: u64) -> Option<io::Result<()>> {
+        if state.durable >= seq {
+            Some(Ok(()))
+        } else {
+            state.failed.as_deref().map(|reason| Err(failed_error(reason)))
+        }
+    }
+
+    /// Takes what is staged for a commit, unless one is under way.
+    fn begin_commit(state: &mut CommitState) -> Option<Batch> {
+        if state.committing {
+            return None;
+        }
+        state.committing = true;
+        let batch = Batch {
+            bytes: std::mem::take(&mut state.staged),
+            first: state.staged_first,
+            last: state.last_staged,
+        };
+        state.staged_first = batch.last + 1;
+        Some(batch)
+    }
+
+    /// Writes and fsyncs a batch taken by [`Self::begin_commit`], then wakes every waiter.
+    fn commit(&self, batch: Batch) {
+        let written = self.write(&batch.bytes, batch.first);
+        let mut state = self.state();
+        state.committing = false;
+        match written {
+            Ok(()) => {
+                state.durable = batch.last;
+                state.commits += 1;
+            }
+            Err(e) => state.failed = Some(e.to_string()),
+        }
+        drop(state);
+        self.committed.notify_all();
+        self.commit_ended.send_modify(|n| *n += 1);
+    }
+
+    /// Returns once the record `seq` and all before it are durable, committing on this
+    /// thread if no commit is under way. Fails if the log failed before they were.
     pub fn wait_durable(&self, seq: u64) -> io::Result<()> {
         let mut state = self.state();
         loop {
-            if state.durable >= seq {
-                return Ok(());
+            if let Some(settled) = Self::settled(&state, seq) {
+                return settled;
             }
-            if let Some(reason) = &state.failed {
-                return Err(failed_error(reason));
-            }
-            if state.committing {
-                state = self.committed.wait(state).unwrap_or_else(|e| e.into_inner());
-                continue;
-            }
-            state.committing = true;
-            let batch = std::mem::take(&mut state.staged);
-            let (first, last) = (state.staged_first, state.last_staged);
-            state.staged_first = last + 1;
-            drop(state);
-            let written = self.write(&batch, first);
-            state = self.state();
-            state.committing = false;
-            match written {
-                Ok(()) => {
-                    state.durable = last;
-                    state.commits += 1;
+            match Self::begin_commit(&mut state) {
+                Some(batch) => {
+                    drop(state);
+                    self.commit(batch);
+                    state = self.state();
                 }
-                Err(e) => state.failed = Some(e.to_string()),
+                None => state = self.committed.wait(state).unwrap_or_else(|e| e.into_inner()),
             }
-            self.committed.notify_all();
+        }
+    }
+
+    /// [`Self::wait_durable`] for async tasks: a commit runs on a blocking thread, detached
+    /// from the waiter (a waiter dropped mid-way cannot leave a commit half done), and the
+    /// waiters sleep as tasks, not threads.
+    pub async fn durable(self: &Arc<Self>, seq: u64) -> io::Result<()> {
+        let mut ended = self.commit_ended.subscribe();
+        loop {
+            ended.borrow_and_update();
+            let batch = {
+                let mut state = self.state();
+                if let Some(settled) = Self::settled(&state, seq) {
+                    return settled;
+                }
+                Self::begin_commit(&mut state)
+            };
+            if let Some(batch) = batch {
+                let log = Arc::clone(self);
+                drop(tokio::task::spawn_blocking(move || log.commit(batch)));
+            }
+            // Wakes when any commit ends, including one that ended since `borrow_and_update`.
+            if ended.changed().await.is_err() {
+                return Err(io::Error::other("the decision log was closed"));
+            }
         }
     }
 
@@ -376,12 +440,44 @@ mod tests {
         LogRecord::new(&format!("r:{seq}"), "r", "random", LogEvent::Decision)
     }
 
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("quiver-log-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// Tasks waiting on records staged together share one commit; a waiter dropped after
+    /// starting a commit does not stop it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn async_waiters_share_a_commit_and_a_dropped_waiter_cannot_stall_it() {
+        let dir = scratch("async");
+        let log = Arc::new(DecisionLog::open(&dir, 0, SEGMENT_BYTES).unwrap());
+        let seqs: Vec<u64> = (1..=50).map(|i| log.stage(&mut record(i)).unwrap()).collect();
+        let waiters: Vec<_> = seqs
+            .iter()
+            .map(|&seq| {
+                let log = Arc::clone(&log);
+                tokio::spawn(async move { log.durable(seq).await })
+            })
+            .collect();
+        for w in waiters {
+            w.await.unwrap().unwrap();
+        }
+        assert_eq!(log.commits(), 1);
+        assert_eq!(read_log(&dir).unwrap().len(), 50);
+        let seq = log.stage(&mut record(51)).unwrap();
+        // Polled once, it starts the commit; then it is dropped.
+        assert!(futures_util::FutureExt::now_or_never(log.durable(seq)).is_none());
+        log.durable(seq).await.unwrap();
+        assert_eq!(log.commits(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A complete record without its newline was never acknowledged: reading skips it and
     /// reopening cuts it, so both agree on what the log holds.
     #[test]
     fn a_last_line_without_newline_is_torn_for_readers_and_writers_alike() {
-        let dir = std::env::temp_dir().join(format!("quiver-log-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = scratch("torn");
         let log = DecisionLog::open(&dir, 0, SEGMENT_BYTES).unwrap();
         // Two staged records, one commit.
         log.stage(&mut record(1)).unwrap();

@@ -224,9 +224,16 @@ impl<T> Pending<T> {
         }
     }
 
-    /// The result, once the log holds the change (and every change before it) durably.
+    /// The result, once the log holds the change (and every change before it) durably;
+    /// blocks the thread.
     pub fn wait(self) -> Result<T> {
         self.log.wait_durable(self.seq).map_err(io_at(self.dir))?;
+        Ok(self.value)
+    }
+
+    /// [`Pending::wait`] for async tasks: the task sleeps, no thread blocks.
+    pub async fn durable(self) -> Result<T> {
+        self.log.durable(self.seq).await.map_err(io_at(self.dir))?;
         Ok(self.value)
     }
 }
