@@ -4,7 +4,8 @@
 //! A synthetic wide table (bias + 9 caller features, 5 arms with linear qualities) is
 //! written to Parquet and loaded back through polars like any user file; the timed part is
 //! `replay` itself: per round one decision, the chosen arm's outcome and its quality,
-//! and the hindsight bookkeeping. Run: `cargo bench --bench replay`.
+//! and the hindsight bookkeeping. One seed is one core's throughput; two seeds in
+//! parallel show the machine's. Run: `cargo bench --bench replay`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use quiver_bandit::Objective;
@@ -55,11 +56,13 @@ fn rounds_per_second(c: &mut Criterion) {
     assert_eq!(builder.dim(), 1 + FEATURES);
     let env = Environment::new(&data, &builder).expect("environment");
     let mut group = c.benchmark_group("replay_d10_k5");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(5))
-        .throughput(Throughput::Elements(ROWS as u64));
-    for spec in ["linucb(alpha=0.5)", "lints(v=0.3)"] {
+    group.sample_size(10).measurement_time(Duration::from_secs(5));
+    // One seed runs on one core; seeds (and policies) run in parallel, one per core.
+    for (spec, seeds) in [
+        ("linucb(alpha=0.5)", 1),
+        ("lints(v=0.3)", 1),
+        ("linucb(alpha=0.5)", 2),
+    ] {
         let settings = ReplaySettings {
             variants: vec![Variant {
                 spec: spec.parse().expect("spec"),
@@ -67,13 +70,14 @@ fn rounds_per_second(c: &mut Criterion) {
                 budget_usd: None,
                 label: spec.into(),
             }],
-            seeds: 1,
+            seeds,
             knobs: Knobs::default(),
             freeze: false,
             train_passes: 0,
             checkpoints: 100,
         };
-        group.bench_function(spec, |b| {
+        group.throughput(Throughput::Elements(ROWS as u64 * seeds));
+        group.bench_function(format!("{spec} x{seeds} seeds"), |b| {
             b.iter(|| replay(&env, None, &settings, &|| {}).expect("replay"))
         });
     }

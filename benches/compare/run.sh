@@ -27,7 +27,8 @@ fi
 
 cargo build --release --bin quiver
 quiver_side=$(cargo bench --bench compare --no-run --message-format=json 2> /dev/null \
-    | python3 -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')
+    | python3 -c 'import json, sys; print(next(m["executable"] for m in map(json.loads, sys.stdin)
+                                          if m.get("executable") and m["target"]["name"] == "compare"))')
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%Y-%m-%d)"
 exec "$venv/bin/python" "$here/compare.py" --quiver target/release/quiver --quiver-side "$quiver_side" \

@@ -56,8 +56,8 @@ pub fn log_wide(
     };
     for (i, &row) in order.iter().enumerate() {
         let context = builder.wide_row(data, row)?;
-        let decision = learner.decide(&Request::new(context))?;
-        let arm = learner.arm_index(&decision.arm)?;
+        let decision = learner.decide_arm(&Request::new(context))?;
+        let arm = decision.arm;
         let quality = data.quality(row, arm);
         let cost = data.cost_usd(row, arm);
         let latency = data.latency_ms(row, arm).unwrap_or(0.0);
@@ -71,7 +71,7 @@ pub fn log_wide(
         log.timestamps.push(i.to_string());
         log.routes.push("replay".to_string());
         log.policies.push(policy.clone());
-        log.arm.push(log.arms.binary_search(&decision.arm).unwrap_or(0));
+        log.arm.push(log.arms.binary_search(&data.arms[arm]).unwrap_or(0));
         log.propensity.push(decision.propensity);
         log.quality.push(outcome.quality);
         log.cost_usd.push(cost);

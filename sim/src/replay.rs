@@ -226,8 +226,10 @@ impl Player<'_> {
         if learn {
             self.deliver_due()?;
         }
-        let decision = self.learner.decide(&Request::new(env.contexts[row].clone()))?;
-        let arm = self.learner.arm_index(&decision.arm)?;
+        let decision = self
+            .learner
+            .decide_arm(&Request::new(env.contexts[row].clone()))?;
+        let arm = decision.arm;
         let t = truth(env, self.knobs, row, arm, eval_step, &mut self.rng);
         if learn {
             self.learner

@@ -144,6 +144,33 @@ pub enum Applied {
     ArmRemoved,
 }
 
+/// The arm [`Learner::decide_arm`] chose.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ArmChoice {
+    /// Decision id, for the outcome and quality.
+    pub id: u64,
+    /// Index of the chosen arm in [`Learner::arms`].
+    pub arm: usize,
+    /// Its probability under the decision's PMF.
+    pub propensity: f64,
+}
+
+/// A decision's arithmetic, shared by [`Learner::propose`] and [`Learner::decide_arm`]:
+/// vectors run over the eligible arms, `position` indexes them.
+struct Selection {
+    id: u64,
+    eligible: Vec<usize>,
+    excluded: Vec<String>,
+    costs: Vec<f64>,
+    estimates: Vec<Estimate>,
+    latencies: Vec<(f64, f64)>,
+    penalties: Vec<f64>,
+    probabilities: Vec<f64>,
+    propensity_kind: PropensityKind,
+    position: usize,
+    w_cost: f64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct TrackedDecision {
     /// `None` once the arm has been removed.
@@ -277,10 +304,8 @@ impl Learner {
         }
     }
 
-    /// What [`Learner::decide`] would decide for `request` next, without remembering it:
-    /// the same arm, propensity and explanation, and no change of state. Off-policy
-    /// evaluation reads a candidate's PMF this way.
-    pub fn propose(&self, request: &Request) -> Result<Decision> {
+    /// Everything a decision computes, before it is explained.
+    fn select(&self, request: &Request) -> Result<Selection> {
         let x = &request.context.features;
         self.validate_features(x)?;
         request.constraints.validate()?;
@@ -339,38 +364,59 @@ impl Learner {
         } else {
             choice.position
         };
-        let probabilities = pmf::with_floor(&choice.pmf, floor);
+        Ok(Selection {
+            id,
+            probabilities: pmf::with_floor(&choice.pmf, floor),
+            propensity_kind: choice.propensity,
+            position,
+            eligible,
+            excluded,
+            costs,
+            estimates,
+            latencies,
+            penalties,
+            w_cost,
+        })
+    }
 
-        let rewards: Vec<f64> = estimates
+    /// What [`Learner::decide`] would decide for `request` next, without remembering it:
+    /// the same arm, propensity and explanation, and no change of state. Off-policy
+    /// evaluation reads a candidate's PMF this way.
+    pub fn propose(&self, request: &Request) -> Result<Decision> {
+        let s = self.select(request)?;
+        let k = s.eligible.len();
+        let rewards: Vec<f64> = s
+            .estimates
             .iter()
-            .zip(&penalties)
+            .zip(&s.penalties)
             .map(|(e, p)| e.mean - p)
             .collect();
-        let mut order: Vec<usize> = (0..k).filter(|&p| p != position).collect();
+        let mut order: Vec<usize> = (0..k).filter(|&p| p != s.position).collect();
         order.sort_by(|&a, &b| rewards[b].total_cmp(&rewards[a]).then(a.cmp(&b)));
         let arms = (0..k)
             .map(|p| ArmEstimate {
-                arm: self.arms[eligible[p]].id.clone(),
-                quality: estimates[p].mean,
-                quality_std: estimates[p].std,
-                cost_usd: costs[p],
-                latency_ms: latencies[p].0,
-                latency_std_ms: latencies[p].1,
+                arm: self.arms[s.eligible[p]].id.clone(),
+                quality: s.estimates[p].mean,
+                quality_std: s.estimates[p].std,
+                cost_usd: s.costs[p],
+                latency_ms: s.latencies[p].0,
+                latency_std_ms: s.latencies[p].1,
                 reward: rewards[p],
-                probability: probabilities[p],
+                probability: s.probabilities[p],
             })
             .collect();
-
-        let arm = eligible[position];
         Ok(Decision {
-            id,
-            arm: self.arms[arm].id.clone(),
-            propensity: probabilities[position],
-            propensity_kind: choice.propensity,
-            fallback: order.iter().map(|&p| self.arms[eligible[p]].id.clone()).collect(),
+            id: s.id,
+            arm: self.arms[s.eligible[s.position]].id.clone(),
+            propensity: s.probabilities[s.position],
+            propensity_kind: s.propensity_kind,
+            fallback: order
+                .iter()
+                .map(|&p| self.arms[s.eligible[p]].id.clone())
+                .collect(),
             arms,
-            excluded,
-            w_cost,
+            excluded: s.excluded,
+            w_cost: s.w_cost,
         })
     }
 
@@ -381,6 +427,19 @@ impl Learner {
         Ok(decision)
     }
 
+    /// [`Learner::decide`] without the explanation, for simulators that play many
+    /// decisions: the same choice and state change, returned as the arm's index.
+    pub fn decide_arm(&mut self, request: &Request) -> Result<ArmChoice> {
+        let s = self.select(request)?;
+        let arm = s.eligible[s.position];
+        self.track(s.id, arm, &request.context);
+        Ok(ArmChoice {
+            id: s.id,
+            arm,
+            propensity: s.probabilities[s.position],
+        })
+    }
+
     /// Re-registers a decision made before a restart, as read back from a decision log:
     /// decision `id` chose `arm` in `context`. The learner then tracks it as `decide` did
     /// (its outcome and quality can still be recorded) and the next decision gets `id + 1`.
@@ -389,9 +448,14 @@ impl Learner {
     pub fn resume_decision(&mut self, id: u64, arm: &str, context: &Context) -> Result<()> {
         self.validate_features(&context.features)?;
         let index = self.arm_index(arm)?;
-        if self.tracked.contains_key(&id) {
-            return Ok(());
+        if !self.tracked.contains_key(&id) {
+            self.track(id, index, context);
         }
+        Ok(())
+    }
+
+    /// Remembers decision `id` (arm `index`) for its outcome; the next decision gets `id + 1`.
+    fn track(&mut self, id: u64, index: usize, context: &Context) {
         self.tracked.insert(
             id,
             TrackedDecision {
@@ -406,7 +470,6 @@ impl Learner {
             self.tracked.pop_first();
         }
         self.next_decision = self.next_decision.max(id + 1);
-        Ok(())
     }
 
     /// Learns from an outcome of `arm` that this learner did not decide (a logged decision

@@ -67,7 +67,8 @@ pub use arm::{Arm, Constraints};
 pub use error::{Error, ErrorKind, Result};
 pub use features::{ChatMessage, Context, Featurizer, FeaturizerConfig, HashingFeaturizer};
 pub use learner::{
-    Applied, ArmEstimate, BudgetConfig, Decision, Learner, LearnerConfig, Request, Snapshot, SNAPSHOT_VERSION,
+    Applied, ArmChoice, ArmEstimate, BudgetConfig, Decision, Learner, LearnerConfig, Request, Snapshot,
+    SNAPSHOT_VERSION,
 };
 pub use outcome::{BudgetPacer, Objective, Outcome};
 pub use policy::{AnyPolicy, Estimate, Policy, PolicyKind, PolicySpec, PropensityKind};

@@ -308,6 +308,34 @@ fn propose_previews_decide_without_changing_state() {
     }
 }
 
+/// The lean path chooses what `decide` chooses and leaves the same state behind.
+#[test]
+fn decide_arm_equals_decide_without_the_explanation() {
+    for spec in [
+        "linucb(alpha=0.5,floor=0.05)",
+        "lints(v=0.3)",
+        "eps(0.3)",
+        "beta-ts",
+    ] {
+        let (mut full, mut lean) = (learner(spec, 3, 3, 9), learner(spec, 3, 3, 9));
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        for _ in 0..200 {
+            let r = request(vec![1.0, rng.random(), rng.random()]);
+            let d = full.decide(&r).expect("decide");
+            let c = lean.decide_arm(&r).expect("decide_arm");
+            assert_eq!(
+                (c.id, c.arm, c.propensity),
+                (d.id, arm_index(&d.arm), d.propensity),
+                "{spec}"
+            );
+            let outcome = Outcome::new(50.0, 0.001).with_quality(rng.random());
+            full.record_outcome(d.id, &outcome).expect("outcome");
+            lean.record_outcome(c.id, &outcome).expect("outcome");
+        }
+        assert_eq!(json(&full), json(&lean), "{spec}");
+    }
+}
+
 #[test]
 fn learn_takes_outcomes_of_decisions_made_elsewhere() {
     let mut l = learner("ucb1", 2, 1, 0);
