@@ -13,26 +13,40 @@
 use nalgebra::DMatrix;
 use serde::{Deserialize, Serialize};
 
-/// Dot product with eight independent accumulators, so that the compiler vectorizes it
-/// (a single running sum is a serial dependency chain it may not reorder).
+/// The dot product of `a` and `b` in eight lanes, not yet summed across them, and the
+/// product of the remainder past the last full chunk of eight.
 #[inline(always)]
-pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
+fn dot_lanes(a: &[f64], b: &[f64]) -> ([f64; 8], f64) {
     let (chunks_a, chunks_b) = (a.chunks_exact(8), b.chunks_exact(8));
     let mut tail = 0.0;
     for (x, y) in chunks_a.remainder().iter().zip(chunks_b.remainder()) {
         tail += x * y;
     }
-    let mut acc = [0.0; 8];
+    let mut lanes = [0.0; 8];
     for (x, y) in chunks_a.zip(chunks_b) {
         for i in 0..8 {
-            acc[i] += x[i] * y[i];
+            lanes[i] += x[i] * y[i];
         }
     }
+    (lanes, tail)
+}
+
+/// Sums eight lanes in a fixed order.
+#[inline(always)]
+fn sum_lanes(lanes: [f64; 8]) -> f64 {
     let mut sum = 0.0;
-    for lane in acc {
+    for lane in lanes {
         sum += lane;
     }
-    sum + tail
+    sum
+}
+
+/// Dot product with eight independent accumulators, so that the compiler vectorizes it
+/// (a single running sum is a serial dependency chain it may not reorder).
+#[inline(always)]
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let (lanes, tail) = dot_lanes(a, b);
+    sum_lanes(lanes) + tail
 }
 
 /// `y += alpha * x`.
@@ -127,26 +141,13 @@ fn quadratic_form_kernel(data: &[f64], dim: usize, x: &[f64]) -> f64 {
     let mut scalar = 0.0;
     for i in 0..dim {
         let row = &data[row_start(dim, i)..row_start(dim, i + 1)];
-        let (chunks_row, chunks_x) = (row[1..].chunks_exact(8), x[i + 1..].chunks_exact(8));
-        let mut tail = 0.0;
-        for (c, v) in chunks_row.remainder().iter().zip(chunks_x.remainder()) {
-            tail += c * v;
-        }
-        let mut acc = [0.0; 8];
-        for (c, v) in chunks_row.zip(chunks_x) {
-            for lane in 0..8 {
-                acc[lane] += c[lane] * v[lane];
-            }
-        }
+        let (lanes, tail) = dot_lanes(&row[1..], &x[i + 1..]);
         for lane in 0..8 {
-            totals[lane] += x[i] * acc[lane];
+            totals[lane] += x[i] * lanes[lane];
         }
         scalar += x[i] * (row[0] * x[i] + 2.0 * tail);
     }
-    let mut sum = 0.0;
-    for lane in totals {
-        sum += lane;
-    }
+    let sum = sum_lanes(totals);
     scalar + 2.0 * sum
 }
 

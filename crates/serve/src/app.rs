@@ -346,7 +346,7 @@ fn metrics_text(router: &mut Router, c: &Counters) -> Result<String, ApiError> {
     push_counter(
         &mut text,
         "quiver_log_records_total",
-        "Decision log records (sequence number).",
+        "Decision log records, all time (the last sequence number).",
         records,
     );
     push_counter(

@@ -3,10 +3,10 @@
 //! [`Router`] is the in-process API for applications that embed Quiver: per-route
 //! `quiver-bandit` learners behind `route`, `record_outcome`, `feedback` and `snapshot`.
 //! Every decision, outcome and feedback is appended to the [`log`] and fsynced before it
-//! is acknowledged (each call returns a [`Pending`] result; group commit shares one fsync
-//! among concurrent changes), in the logged dataset shape that `quiver replay` and `quiver ope` read;
-//! on open, the router restores its snapshot and replays the log after it, so a crash
-//! loses nothing that was acknowledged.
+//! is acknowledged (each change returns a [`Pending`] result to wait for; group commit
+//! shares one fsync among concurrent changes), in the logged dataset shape that `quiver
+//! replay` and `quiver ope` read; on open, the router restores its snapshot and replays
+//! the log after it, so a crash loses nothing that was acknowledged.
 //!
 //! The HTTP server ([`app::build_app`], run by [`server::run`]) exposes the router:
 //! `/v1/route`, the OpenAI-compatible `/v1/chat/completions` proxy with fallback and

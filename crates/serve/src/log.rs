@@ -289,7 +289,11 @@ impl DecisionLog {
             return Err(failed_error(reason));
         }
         record.seq = state.last_staged + 1;
-        serde_json::to_writer(&mut state.staged, record)?;
+        let mark = state.staged.len();
+        if let Err(e) = serde_json::to_writer(&mut state.staged, record) {
+            state.staged.truncate(mark);
+            return Err(e.into());
+        }
         state.staged.push(b'\n');
         state.last_staged = record.seq;
         Ok(record.seq)
@@ -419,12 +423,6 @@ impl DecisionLog {
         segment.len += batch.len() as u64;
         Ok(())
     }
-
-    /// Stages `record` and waits until it is durable.
-    pub fn append(&self, record: &mut LogRecord) -> io::Result<()> {
-        let seq = self.stage(record)?;
-        self.wait_durable(seq)
-    }
 }
 
 /// The current time as RFC 3339 UTC with milliseconds.
@@ -481,7 +479,8 @@ mod tests {
         let log = DecisionLog::open(&dir, 0, SEGMENT_BYTES).unwrap();
         // Two staged records, one commit.
         log.stage(&mut record(1)).unwrap();
-        log.append(&mut record(2)).unwrap();
+        let second = log.stage(&mut record(2)).unwrap();
+        log.wait_durable(second).unwrap();
         assert_eq!(log.commits(), 1);
         log.wait_durable(2).unwrap();
         assert_eq!(log.commits(), 1);
@@ -494,7 +493,8 @@ mod tests {
         assert_eq!(read_log(&dir).unwrap().len(), 2);
         let log = DecisionLog::open(&dir, 2, SEGMENT_BYTES).unwrap();
         assert_eq!(read_log(&dir).unwrap().len(), 2);
-        log.append(&mut record(3)).unwrap();
+        let third = log.stage(&mut record(3)).unwrap();
+        log.wait_durable(third).unwrap();
         let seqs: Vec<u64> = read_log(&dir).unwrap().iter().map(|r| r.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3]);
         let _ = std::fs::remove_dir_all(&dir);

@@ -366,8 +366,8 @@ impl Router {
         Ok(&self.state(route)?.config)
     }
 
-    /// Records in the log and the fsyncs (group commits) that made them durable, since
-    /// the router opened.
+    /// The log's last sequence number (its records, all time) and the fsyncs (group
+    /// commits) since the router opened.
     pub fn log_counts(&self) -> (u64, u64) {
         (self.log.last_staged(), self.log.commits())
     }
