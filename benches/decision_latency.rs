@@ -2,7 +2,8 @@
 //! SPEC.md section 4's target is p99 decision <= 10 us for LinUCB.
 //!
 //! Criterion reports means; a p99 needs each call timed on its own, so this harness times
-//! 200,000 calls per policy after a 2,000-observation warm-up and prints percentiles.
+//! 200,000 calls per policy after a 2,000-observation warm-up and prints percentiles, for
+//! `decide` (with the explanation) and `decide_arm` (the arm only, rows marked `[arm]`).
 //! Run: `cargo bench --bench decision_latency`. Without `--bench` (CI's test mode) it
 //! times 500 calls per policy, only to keep the harness compiling and running. An extra
 //! argument filters policies: `cargo bench --bench decision_latency -- linucb`.
@@ -51,50 +52,60 @@ fn main() {
         .collect();
     println!("{calls} calls per policy, d = {dim}, K = 11; microseconds");
     println!(
-        "{:<20} {:>8} {:>8} {:>8} {:>8} | {:>10} {:>10}",
+        "{:<26} {:>8} {:>8} {:>8} {:>8} | {:>10} {:>10}",
         "policy", "p50", "p90", "p99", "p99.9", "+update p50", "p99"
     );
+    // `decide` returns the decision with its explanation (what `/v1/route` answers);
+    // `decide_arm` only the arm, as simulators and lean in-process callers use it.
     for spec in SPECS.iter().filter(|s| s.contains(filter.as_str())) {
-        let mut config = LearnerConfig::new(spec.parse().expect("spec"), dim);
-        config.max_tracked_decisions = 4096;
-        let arms = (0..11)
-            .map(|a| Arm::new(format!("model-{a}")).with_prices(1e-6, 2e-6))
-            .collect();
-        let mut learner = Learner::new(config, arms).expect("learner");
-        let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let mut step = |learner: &mut Learner, i: usize, timings: Option<(&mut Vec<u64>, &mut Vec<u64>)>| {
-            let request = &requests[i % requests.len()];
-            let start = Instant::now();
-            let d = learner.decide(request).expect("decide");
-            let decided = start.elapsed();
-            let quality: f64 = rng.random();
-            learner
-                .record_outcome(d.id, &Outcome::new(300.0, 0.001).with_quality(quality))
-                .expect("outcome");
-            let total = start.elapsed();
-            if let Some((decide_ns, both_ns)) = timings {
-                decide_ns.push(decided.as_nanos() as u64);
-                both_ns.push(total.as_nanos() as u64);
+        for lean in [false, true] {
+            let mut config = LearnerConfig::new(spec.parse().expect("spec"), dim);
+            config.max_tracked_decisions = 4096;
+            let arms = (0..11)
+                .map(|a| Arm::new(format!("model-{a}")).with_prices(1e-6, 2e-6))
+                .collect();
+            let mut learner = Learner::new(config, arms).expect("learner");
+            let mut rng = ChaCha8Rng::seed_from_u64(1);
+            let mut step =
+                |learner: &mut Learner, i: usize, timings: Option<(&mut Vec<u64>, &mut Vec<u64>)>| {
+                    let request = &requests[i % requests.len()];
+                    let start = Instant::now();
+                    let id = if lean {
+                        learner.decide_arm(request).expect("decide").id
+                    } else {
+                        learner.decide(request).expect("decide").id
+                    };
+                    let decided = start.elapsed();
+                    let quality: f64 = rng.random();
+                    learner
+                        .record_outcome(id, &Outcome::new(300.0, 0.001).with_quality(quality))
+                        .expect("outcome");
+                    let total = start.elapsed();
+                    if let Some((decide_ns, both_ns)) = timings {
+                        decide_ns.push(decided.as_nanos() as u64);
+                        both_ns.push(total.as_nanos() as u64);
+                    }
+                };
+            for i in 0..2000 {
+                step(&mut learner, i, None);
             }
-        };
-        for i in 0..2000 {
-            step(&mut learner, i, None);
+            let (mut decide_ns, mut both_ns) = (Vec::with_capacity(calls), Vec::with_capacity(calls));
+            for i in 0..calls {
+                step(&mut learner, i, Some((&mut decide_ns, &mut both_ns)));
+            }
+            decide_ns.sort_unstable();
+            both_ns.sort_unstable();
+            let label = format!("{spec}{}", if lean { " [arm]" } else { "" });
+            println!(
+                "{:<26} {:>8.2} {:>8.2} {:>8.2} {:>8.2} | {:>10.2} {:>10.2}",
+                label,
+                percentile(&decide_ns, 0.5),
+                percentile(&decide_ns, 0.9),
+                percentile(&decide_ns, 0.99),
+                percentile(&decide_ns, 0.999),
+                percentile(&both_ns, 0.5),
+                percentile(&both_ns, 0.99),
+            );
         }
-        let (mut decide_ns, mut both_ns) = (Vec::with_capacity(calls), Vec::with_capacity(calls));
-        for i in 0..calls {
-            step(&mut learner, i, Some((&mut decide_ns, &mut both_ns)));
-        }
-        decide_ns.sort_unstable();
-        both_ns.sort_unstable();
-        println!(
-            "{:<20} {:>8.2} {:>8.2} {:>8.2} {:>8.2} | {:>10.2} {:>10.2}",
-            spec,
-            percentile(&decide_ns, 0.5),
-            percentile(&decide_ns, 0.9),
-            percentile(&decide_ns, 0.99),
-            percentile(&decide_ns, 0.999),
-            percentile(&both_ns, 0.5),
-            percentile(&both_ns, 0.99),
-        );
     }
 }
