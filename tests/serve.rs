@@ -308,7 +308,9 @@ async fn traffic_shifts_to_the_arm_with_the_best_feedback_and_feedback_rules_hol
         .await
         .unwrap();
     assert_eq!(no_token.status(), 401);
-    let big = client
+    // The server answers 413 before reading the body and closes that connection: use a
+    // client of its own, so that no later request is sent on the closed connection.
+    let big = reqwest::Client::new()
         .post(format!("{base}/v1/route"))
         .bearer_auth("r")
         .json(&json!({"route": "learn", "prompt": "x".repeat(100_000)}))
