@@ -471,6 +471,31 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A write that fails (here: the next segment is `/dev/full`, so the write after the
+    /// rotation gets ENOSPC) fails the log for good: what was durable stays so, the failed
+    /// record is never reported durable, and nothing more can be staged.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_failed_write_fails_the_log_for_good() {
+        let dir = scratch("full");
+        // One byte per segment: the second record rotates into the full device.
+        let log = DecisionLog::open(&dir, 0, 1).unwrap();
+        std::os::unix::fs::symlink("/dev/full", dir.join(segment_name(2))).unwrap();
+        let first = log.stage(&mut record(1)).unwrap();
+        log.wait_durable(first).unwrap();
+        let second = log.stage(&mut record(2)).unwrap();
+        assert!(log.wait_durable(second).is_err());
+        assert!(log.wait_durable(second).is_err(), "a retry is refused too");
+        log.wait_durable(first).unwrap();
+        assert!(log.stage(&mut record(3)).is_err());
+        assert_eq!(log.commits(), 1);
+        // (Reading /dev/full never ends: read the log without it.)
+        std::fs::remove_file(dir.join(segment_name(2))).unwrap();
+        let seqs: Vec<u64> = read_log(&dir).unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, vec![1]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A complete record without its newline was never acknowledged: reading skips it and
     /// reopening cuts it, so both agree on what the log holds.
     #[test]

@@ -274,3 +274,41 @@ fn concurrent_changes_are_durable_and_logged_in_order() {
     let restarted = Router::open(routes(), &dir).unwrap();
     assert_eq!(learners_json(&restarted), expected);
 }
+
+/// After a failed write, a change that was applied in memory but never made durable is not
+/// acknowledged later either: its retry fails instead of answering "already applied", and
+/// a restart rebuilds the state from what is durable. (The next log segment is made
+/// `/dev/full`, so the write after the rotation gets ENOSPC.)
+#[cfg(target_os = "linux")]
+#[test]
+fn after_a_failed_write_nothing_more_is_acknowledged() {
+    let dir = scratch("full");
+    let options = RouterOptions {
+        segment_bytes: 1,
+        ..RouterOptions::default()
+    };
+    let request = RouteRequest {
+        prompt: Some("hi".into()),
+        features: vec![0.5],
+        ..RouteRequest::default()
+    };
+    let mut router = Router::open_with(routes(), &dir, options).unwrap();
+    let routed = router.route("chat", &request).unwrap().wait().unwrap();
+    let full = dir.join("decisions-00000000000000000002.jsonl");
+    std::os::unix::fs::symlink("/dev/full", &full).unwrap();
+    assert!(router.feedback(&routed.decision_id, 0.9).unwrap().wait().is_err());
+    let retry = router.feedback(&routed.decision_id, 0.9).unwrap().wait();
+    assert!(retry.is_err(), "a retry must not be acknowledged: {retry:?}");
+    assert!(router.route("chat", &request).is_err());
+    assert!(router.snapshot().is_err());
+    drop(router);
+    // (Reading /dev/full never ends: restart without it.)
+    std::fs::remove_file(&full).unwrap();
+    let mut restarted = Router::open_with(routes(), &dir, options).unwrap();
+    let applied = restarted
+        .feedback(&routed.decision_id, 0.9)
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(applied, Applied::Applied);
+}
