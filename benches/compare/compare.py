@@ -26,6 +26,13 @@ OUT = ROOT / "target" / "compare"
 RESULTS = []
 
 
+def installed(package):
+    """`package version`, as installed in the environment that runs it."""
+    from importlib.metadata import version
+
+    return f"{package} {version(package)}"
+
+
 def report(name, peer, peer_value, quiver_value, unit, higher_is_better=True, note=""):
     """One comparison line: both figures and how many times better Quiver is."""
     ratio = quiver_value / peer_value if higher_is_better else peer_value / quiver_value
@@ -247,7 +254,7 @@ def section_obp(args):
         q = min(o["estimators"][name]["seconds"] for o in ours)
         value = ours[0]["estimators"][name]["value"]
         diff = abs(value - obp_values[name])
-        report(f"ope {name} on {n} rows", "obp 0.5.7", min(obp_times[name]) * 1e3, q * 1e3, "ms",
+        report(f"ope {name} on {n} rows", installed("obp"), min(obp_times[name]) * 1e3, q * 1e3, "ms",
                higher_is_better=False, note=f"|quiver - obp| = {diff:.1e}")
         if diff > 1e-9:
             sys.exit(f"{name}: Quiver {value!r} and OBP {obp_values[name]!r} differ by more than 1e-9")
@@ -257,7 +264,7 @@ def section_obp(args):
         estimator.estimate_interval(**common, **extra, n_bootstrap_samples=args.obp_resamples, random_state=1)
         obp_seconds = (time.perf_counter() - started) * args.resamples / args.obp_resamples
         q = min(o["bootstrap"]["estimators"][name]["seconds"] for o in ours)
-        report(f"bootstrap {args.resamples} resamples: {name}", "obp 0.5.7 (scaled)", obp_seconds, q, "s",
+        report(f"bootstrap {args.resamples} resamples: {name}", f"{installed('obp')} (scaled)", obp_seconds, q, "s",
                higher_is_better=False)
 
 
@@ -341,6 +348,9 @@ def section_proxy(args):
     )
     body = {"model": "chat", "messages": [{"role": "user", "content": "What is 17 times 23?"}]}
     url = "/v1/chat/completions"
+    # LiteLLM lives in its own environment: its pinned version is the requirement's.
+    pinned = (Path(__file__).parent / "litellm-requirements.txt").read_text().split("==")[1].strip()
+    litellm_label = f"litellm {pinned} proxy"
     print(f"# proxies in front of one local upstream: wrk, {args.connections} connections, "
           f"{args.seconds}s per run, runs alternated")
     try:
@@ -358,10 +368,10 @@ def section_proxy(args):
         direct = {p: min(r[p] for r in runs["direct"]) for p in ("p50", "p99")}
         for p in ("p50", "p99"):
             added = {side: min(r[p] for r in runs[side]) - direct[p] for side in ("quiver", "litellm")}
-            report(f"proxy added latency {p} (c={args.connections})", "litellm 1.102.4 proxy",
+            report(f"proxy added latency {p} (c={args.connections})", litellm_label,
                    added["litellm"], max(added["quiver"], 1e-3), "ms", higher_is_better=False,
                    note=f"direct {direct[p]:.3f} ms")
-        report(f"proxy throughput (c={args.connections})", "litellm 1.102.4 proxy",
+        report(f"proxy throughput (c={args.connections})", litellm_label,
                max(r["rps"] for r in runs["litellm"]), max(r["rps"] for r in runs["quiver"]), "req/s")
         route = wrk(f"http://127.0.0.1:{q_port}/v1/route", {"route": "chat", "prompt": "What is 17 times 23?"}, args)
         print(f"quiver serve /v1/route (c={args.connections}, LinUCB over 2 models, fsynced log): "
