@@ -374,8 +374,8 @@ fn start_binary(args: &[&str]) -> (Child, String) {
 
 /// Every acknowledged operation survives SIGKILL, and the restored learner equals one that
 /// applied the logged operations without interruption.
-#[test]
-fn sigkill_loses_nothing_acknowledged_and_restart_restores_the_state() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_nothing_acknowledged_and_restart_restores_the_state() {
     let dir = scratch("serve_crash");
     let config = dir.join("quiver.toml");
     std::fs::write(
@@ -384,25 +384,31 @@ fn sigkill_loses_nothing_acknowledged_and_restart_restores_the_state() {
     )
     .unwrap();
     let (mut child, base) = start_binary(&["--config", config.to_str().unwrap()]);
-    let client = reqwest::blocking::Client::new();
+    let client = reqwest::Client::new();
     let acknowledged = Arc::new(std::sync::Mutex::new(Vec::<(String, f64)>::new()));
     let worker = {
         let acknowledged = Arc::clone(&acknowledged);
         let base = base.clone();
-        std::thread::spawn(move || {
+        tokio::spawn(async move {
             for i in 0..100_000 {
                 let Ok(r) = client
                     .post(format!("{base}/v1/route"))
                     .json(&json!({"route": "r", "prompt": format!("question {i}")}))
                     .send()
+                    .await
                 else {
                     break;
                 };
-                let Ok(r) = r.json::<Value>() else { break };
+                let Ok(r) = r.json::<Value>().await else { break };
                 let id = r["decision_id"].as_str().unwrap().to_string();
                 let q = if r["model"] == "c" { 0.9 } else { 0.2 };
                 let outcome = json!({"decision_id": id, "latency_ms": 100 + i % 50, "cost_usd": 0.001, "input_tokens": 10, "output_tokens": 20});
-                match client.post(format!("{base}/v1/outcome")).json(&outcome).send() {
+                match client
+                    .post(format!("{base}/v1/outcome"))
+                    .json(&outcome)
+                    .send()
+                    .await
+                {
                     Ok(resp) if resp.status() == 200 => {}
                     _ => break,
                 }
@@ -410,6 +416,7 @@ fn sigkill_loses_nothing_acknowledged_and_restart_restores_the_state() {
                     .post(format!("{base}/v1/feedback"))
                     .json(&json!({"decision_id": id, "quality": q}))
                     .send()
+                    .await
                 {
                     Ok(resp) if resp.status() == 200 => acknowledged.lock().unwrap().push((id, q)),
                     _ => break,
@@ -418,10 +425,10 @@ fn sigkill_loses_nothing_acknowledged_and_restart_restores_the_state() {
         })
     };
     // Let it run across at least one periodic snapshot, then kill it mid-stream.
-    std::thread::sleep(Duration::from_millis(2500));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     child.kill().unwrap();
     child.wait().unwrap();
-    worker.join().unwrap();
+    worker.await.unwrap();
     let acknowledged = acknowledged.lock().unwrap().clone();
     assert!(
         acknowledged.len() > 20,
@@ -476,12 +483,11 @@ fn sigkill_loses_nothing_acknowledged_and_restart_restores_the_state() {
         }
     }
     let (mut restarted, base) = start_binary(&["--config", config.to_str().unwrap()]);
-    let client = reqwest::blocking::Client::new();
-    let restored: Value = client
-        .get(format!("{base}/v1/routes/r/snapshot"))
-        .send()
+    let restored: Value = reqwest::get(format!("{base}/v1/routes/r/snapshot"))
+        .await
         .unwrap()
         .json()
+        .await
         .unwrap();
     let expected = serde_json::to_value(reference.learner("r").unwrap().snapshot()).unwrap();
     restarted.kill().unwrap();
@@ -489,14 +495,15 @@ fn sigkill_loses_nothing_acknowledged_and_restart_restores_the_state() {
     assert_eq!(restored, expected);
 }
 
-#[test]
-fn demo_mode_serves_simulated_providers_labelled_as_such() {
+#[tokio::test]
+async fn demo_mode_serves_simulated_providers_labelled_as_such() {
     let (mut child, base) = start_binary(&["--demo", "--listen", "127.0.0.1:0"]);
-    let client = reqwest::blocking::Client::new();
+    let client = reqwest::Client::new();
     let response = client
         .post(format!("{base}/v1/chat/completions"))
         .json(&json!({"model": "demo", "messages": [{"role": "user", "content": "Which of the following explains tides? A) the moon"}]}))
         .send()
+        .await
         .unwrap();
     let status = response.status();
     let quality = response
@@ -507,11 +514,12 @@ fn demo_mode_serves_simulated_providers_labelled_as_such() {
         .headers()
         .get("x-quiver-decision-id")
         .map(|v| v.to_str().unwrap().to_string());
-    let body: Value = response.json().unwrap();
+    let body: Value = response.json().await.unwrap();
     let feedback = client
         .post(format!("{base}/v1/feedback"))
         .json(&json!({"decision_id": id.clone().unwrap_or_default(), "quality": quality.as_deref().unwrap_or("0").parse::<f64>().unwrap()}))
         .send()
+        .await
         .unwrap()
         .status();
     child.kill().unwrap();
