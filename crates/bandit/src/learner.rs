@@ -383,7 +383,11 @@ impl Learner {
     /// the same arm, propensity and explanation, and no change of state. Off-policy
     /// evaluation reads a candidate's PMF this way.
     pub fn propose(&self, request: &Request) -> Result<Decision> {
-        let s = self.select(request)?;
+        Ok(self.explain(self.select(request)?))
+    }
+
+    /// The decision a selection makes, with its explanation.
+    fn explain(&self, s: Selection) -> Decision {
         let k = s.eligible.len();
         let rewards: Vec<f64> = s
             .estimates
@@ -405,7 +409,7 @@ impl Learner {
                 probability: s.probabilities[p],
             })
             .collect();
-        Ok(Decision {
+        Decision {
             id: s.id,
             arm: self.arms[s.eligible[s.position]].id.clone(),
             propensity: s.probabilities[s.position],
@@ -417,13 +421,15 @@ impl Learner {
             arms,
             excluded: s.excluded,
             w_cost: s.w_cost,
-        })
+        }
     }
 
     /// Chooses an arm for `request` and remembers the decision for its outcome.
     pub fn decide(&mut self, request: &Request) -> Result<Decision> {
-        let decision = self.propose(request)?;
-        self.resume_decision(decision.id, &decision.arm, &request.context)?;
+        let s = self.select(request)?;
+        let (id, arm) = (s.id, s.eligible[s.position]);
+        let decision = self.explain(s);
+        self.track(id, arm, &request.context);
         Ok(decision)
     }
 
