@@ -60,16 +60,8 @@ pub fn expand(pattern: &str) -> Result<Vec<PathBuf>> {
 /// Reads one file by its extension: CSV (RFC 4180, quoted multi-line fields), Parquet, or
 /// JSON lines.
 pub fn read_file(path: &Path) -> Result<Table> {
-    let read_error = |e: PolarsError| SimError::Read {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    let open = || {
-        std::fs::File::open(path).map_err(|e| SimError::Read {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })
-    };
+    let read_error = |e: PolarsError| unreadable(path, e);
+    let open = || std::fs::File::open(path).map_err(|e| unreadable(path, e));
     let extension = path
         .extension()
         .and_then(|e| e.to_str())
@@ -77,7 +69,7 @@ pub fn read_file(path: &Path) -> Result<Table> {
         .to_ascii_lowercase();
     let frame = match extension.as_str() {
         "parquet" => ParquetReader::new(open()?).finish().map_err(read_error)?,
-        "jsonl" | "ndjson" | "json" => JsonReader::new(open()?)
+        "jsonl" | "ndjson" | "json" => JsonReader::new(std::io::Cursor::new(json_lines(path)?))
             .with_json_format(JsonFormat::JsonLines)
             .infer_schema_len(Some(
                 std::num::NonZeroUsize::new(10_000).unwrap_or(std::num::NonZeroUsize::MIN),
@@ -96,6 +88,23 @@ pub fn read_file(path: &Path) -> Result<Table> {
         path: path.to_path_buf(),
         frame,
     })
+}
+
+fn unreadable(path: &Path, reason: impl std::fmt::Display) -> SimError {
+    SimError::Read {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The bytes of a JSON-lines file up to its first NUL: a decision log's open segment is
+/// preallocated, and the space past its records reads as NULs (no JSON text holds one).
+fn json_lines(path: &Path) -> Result<Vec<u8>> {
+    let mut bytes = std::fs::read(path).map_err(|e| unreadable(path, e))?;
+    if let Some(end) = bytes.iter().position(|&b| b == 0) {
+        bytes.truncate(end);
+    }
+    Ok(bytes)
 }
 
 /// Reads every file a data path names.

@@ -21,10 +21,18 @@
 //! Segments rotate at a size limit and are named by their first sequence number. A crash
 //! can leave a torn last line in the last segment; it was never acknowledged and is
 //! skipped on reading.
+//!
+//! The open segment is preallocated to its size limit (`posix_fallocate`) and written in
+//! place, so an `fdatasync` flushes data without changing the file's size; on ext4 that
+//! roughly halves its median and cuts its tail several-fold. The space past the data
+//! reads as NUL bytes, which no record contains (JSON escapes control characters), so
+//! readers end a segment at its first NUL. Rotation and a clean close trim the space off;
+//! after a crash, opening the log does.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -148,8 +156,55 @@ struct CommitState {
 
 struct Segment {
     file: File,
+    /// Bytes of records written.
     len: u64,
+    /// Size of the file, records plus preallocated space.
+    allocated: u64,
     max_bytes: u64,
+}
+
+impl Segment {
+    /// Makes room for `bytes` more past the records: at least up to the size limit.
+    /// Best effort: where the file system cannot preallocate, the write extends the file.
+    fn reserve(&mut self, bytes: u64) {
+        let needed = self.len + bytes;
+        if needed > self.allocated {
+            let size = needed.max(self.max_bytes);
+            if preallocate(&self.file, size).is_ok() {
+                self.allocated = size;
+            }
+        }
+    }
+
+    /// Cuts the preallocated space off, leaving the records only.
+    fn trim(&mut self) -> io::Result<()> {
+        if self.allocated > self.len {
+            self.file.set_len(self.len)?;
+            self.allocated = self.len;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn preallocate(file: &File, size: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let size = libc::off_t::try_from(size).map_err(io::Error::other)?;
+    // SAFETY: the descriptor is open for as long as `file` lives; the call reads no memory.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size) } {
+        0 => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn preallocate(file: &File, size: u64) -> io::Result<()> {
+    file.set_len(size)
+}
+
+/// The records of a segment's text: up to its first NUL, where preallocated space begins.
+fn records_of(text: &str) -> &str {
+    text.find('\0').map_or(text, |end| &text[..end])
 }
 
 fn segment_name(first_seq: u64) -> String {
@@ -196,10 +251,11 @@ pub fn read_log_after(dir: &Path, after: u64) -> io::Result<Vec<LogRecord>> {
             continue;
         }
         let text = std::fs::read_to_string(path)?;
+        let text = records_of(&text);
         let complete = if f + 1 == files.len() {
             &text[..text.rfind('\n').map_or(0, |i| i + 1)]
         } else {
-            text.as_str()
+            text
         };
         for (i, line) in complete.lines().enumerate() {
             if line.trim().is_empty() {
@@ -232,24 +288,21 @@ fn failed_error(reason: &str) -> io::Error {
 
 impl DecisionLog {
     /// Opens `dir` for appending after the record with sequence `last_seq` (the last
-    /// complete record found there). A torn tail is cut off first.
+    /// complete record found there). A torn tail and preallocated space are cut off first.
     pub fn open(dir: &Path, last_seq: u64, segment_bytes: u64) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let (file, len) = match segments(dir)?.pop() {
             Some(path) => {
                 let text = std::fs::read_to_string(&path)?;
                 // Keep whole lines only: everything up to the last newline.
-                let keep = text.rfind('\n').map_or(0, |i| i + 1) as u64;
-                let file = OpenOptions::new().append(true).open(&path)?;
+                let keep = records_of(&text).rfind('\n').map_or(0, |i| i + 1) as u64;
+                let file = OpenOptions::new().write(true).open(&path)?;
                 file.set_len(keep)?;
                 file.sync_all()?;
                 (file, keep)
             }
             None => {
-                let file = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(dir.join(segment_name(last_seq + 1)))?;
+                let file = open_segment(&dir.join(segment_name(last_seq + 1)))?;
                 sync_dir(dir)?;
                 (file, 0)
             }
@@ -270,9 +323,14 @@ impl DecisionLog {
             segment: Mutex::new(Segment {
                 file,
                 len,
+                allocated: len,
                 max_bytes: segment_bytes,
             }),
         })
+    }
+
+    fn segment(&self) -> MutexGuard<'_, Segment> {
+        self.segment.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn state(&self) -> MutexGuard<'_, CommitState> {
@@ -397,23 +455,26 @@ impl DecisionLog {
     /// Writes and fsyncs one batch whose first record is `first_seq`; on failure, cuts the
     /// segment back to its durable length.
     fn write(&self, batch: &[u8], first_seq: u64) -> io::Result<()> {
-        let mut segment = self.segment.lock().unwrap_or_else(|e| e.into_inner());
+        let mut segment = self.segment();
         if batch.is_empty() {
             return Ok(());
         }
         if segment.len >= segment.max_bytes {
-            segment.file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.dir.join(segment_name(first_seq)))?;
+            // The old segment's records are durable; its trim need not be.
+            segment.trim()?;
+            segment.file = open_segment(&self.dir.join(segment_name(first_seq)))?;
             segment.len = 0;
+            segment.allocated = 0;
             sync_dir(&self.dir)?;
         }
+        segment.reserve(batch.len() as u64);
+        let at = segment.len;
         if let Err(e) = segment
             .file
-            .write_all(batch)
+            .write_all_at(batch, at)
             .and_then(|()| segment.file.sync_data())
         {
+            segment.allocated = segment.len;
             let _ = segment
                 .file
                 .set_len(segment.len)
@@ -423,6 +484,22 @@ impl DecisionLog {
         segment.len += batch.len() as u64;
         Ok(())
     }
+}
+
+impl Drop for DecisionLog {
+    /// A clean close leaves the open segment holding its records only.
+    fn drop(&mut self) {
+        let _ = self.segment().trim();
+    }
+}
+
+/// A new, empty segment.
+fn open_segment(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)
 }
 
 /// The current time as RFC 3339 UTC with milliseconds.
@@ -509,6 +586,7 @@ mod tests {
         assert_eq!(log.commits(), 1);
         log.wait_durable(2).unwrap();
         assert_eq!(log.commits(), 1);
+        drop(log);
         let path = segments(&dir).unwrap().pop().unwrap();
         let mut text = std::fs::read_to_string(&path).unwrap();
         let mut torn = record(3);
@@ -522,6 +600,37 @@ mod tests {
         log.wait_durable(third).unwrap();
         let seqs: Vec<u64> = read_log(&dir).unwrap().iter().map(|r| r.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The open segment holds preallocated space past its records; readers stop at it, a
+    /// reopen after a crash (no clean close) cuts it before appending, and a clean close
+    /// trims it.
+    #[test]
+    fn preallocated_space_is_not_data_and_is_cut_on_reopen_and_close() {
+        let dir = scratch("prealloc");
+        let size = |path: &Path| std::fs::metadata(path).unwrap().len();
+        let reserve = 1 << 20;
+        let log = DecisionLog::open(&dir, 0, reserve).unwrap();
+        let last = (1..=3).map(|i| log.stage(&mut record(i)).unwrap()).last();
+        log.wait_durable(last.unwrap()).unwrap();
+        let path = segments(&dir).unwrap().pop().unwrap();
+        assert_eq!(size(&path), reserve);
+        assert_eq!(read_log(&dir).unwrap().len(), 3);
+        // A crash: the segment keeps its preallocated space.
+        std::mem::forget(log);
+        let log = DecisionLog::open(&dir, 3, reserve).unwrap();
+        let records = std::fs::read_to_string(&path).unwrap();
+        assert!(!records.contains('\0'));
+        let fourth = log.stage(&mut record(4)).unwrap();
+        log.wait_durable(fourth).unwrap();
+        let seqs: Vec<u64> = read_log(&dir).unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4]);
+        drop(log);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(size(&path), text.len() as u64);
+        assert_eq!(text.lines().count(), 4);
+        assert!(text.starts_with(&records) && !text.contains('\0'));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
