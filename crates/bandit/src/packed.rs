@@ -5,26 +5,37 @@
 //! d(d+1)/2 values) and the multiply-adds, and every inner loop is a contiguous slice that
 //! the compiler vectorizes.
 //!
+//! The rows have every length from `dim` down to 1, so most end in a part of a chunk of
+//! eight. The reading kernels do not run a scalar loop for that part: they read the chunk
+//! whole, past the row's end (into the next row, or into [`PADDING`] zeros kept after the
+//! last one), against a copy of `x` followed by zeros. The values past the row then add
+//! exact zeros, and every row is whole vectors.
+//!
 //! The baseline x86-64 target has only 2-wide SSE2 vectors, so the three kernels are also
 //! compiled for AVX2 and AVX-512 and chosen at run time. The results are bit-identical on
 //! every path: the code is the same scalar arithmetic on eight independent accumulators
 //! (no fused multiply-add), and vector width only changes how many lanes run at once.
 
 use nalgebra::DMatrix;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// Lanes of the accumulators, and zeros kept past the data so that a row's last chunk can
+/// be read whole.
+const LANES: usize = 8;
+const PADDING: usize = LANES;
 
 /// The dot product of `a` and `b` in eight lanes, not yet summed across them, and the
 /// product of the remainder past the last full chunk of eight.
 #[inline(always)]
-fn dot_lanes(a: &[f64], b: &[f64]) -> ([f64; 8], f64) {
-    let (chunks_a, chunks_b) = (a.chunks_exact(8), b.chunks_exact(8));
+fn dot_lanes(a: &[f64], b: &[f64]) -> ([f64; LANES], f64) {
+    let (chunks_a, chunks_b) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let mut tail = 0.0;
     for (x, y) in chunks_a.remainder().iter().zip(chunks_b.remainder()) {
         tail += x * y;
     }
-    let mut lanes = [0.0; 8];
+    let mut lanes = [0.0; LANES];
     for (x, y) in chunks_a.zip(chunks_b) {
-        for i in 0..8 {
+        for i in 0..LANES {
             lanes[i] += x[i] * y[i];
         }
     }
@@ -33,7 +44,7 @@ fn dot_lanes(a: &[f64], b: &[f64]) -> ([f64; 8], f64) {
 
 /// Sums eight lanes in a fixed order.
 #[inline(always)]
-fn sum_lanes(lanes: [f64; 8]) -> f64 {
+fn sum_lanes(lanes: [f64; LANES]) -> f64 {
     let mut sum = 0.0;
     for lane in lanes {
         sum += lane;
@@ -57,20 +68,67 @@ fn axpy(alpha: f64, x: &[f64], y: &mut [f64]) {
     }
 }
 
-/// Symmetric `dim x dim` matrix; row `i` holds `C[i][i..dim]`.
+/// Calls `f` with `x` followed by [`PADDING`] zeros, copied to the stack where it fits.
+#[inline(always)]
+fn with_padded<R>(x: &[f64], f: impl FnOnce(&[f64]) -> R) -> R {
+    const ON_STACK: usize = 256;
+    let padded = x.len() + PADDING;
+    if padded <= ON_STACK {
+        let mut buffer = [0.0; ON_STACK];
+        buffer[..x.len()].copy_from_slice(x);
+        f(&buffer[..padded])
+    } else {
+        let mut buffer = x.to_vec();
+        buffer.resize(padded, 0.0);
+        f(&buffer)
+    }
+}
+
+/// Symmetric `dim x dim` matrix; row `i` holds `C[i][i..dim]`, and [`PADDING`] zeros
+/// follow the last row (they are not serialized).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "Packed")]
 pub struct PackedSymmetric {
+    dim: usize,
+    #[serde(serialize_with = "without_padding")]
+    data: Vec<f64>,
+}
+
+/// The serialized form: the rows without the padding.
+#[derive(Deserialize)]
+struct Packed {
     dim: usize,
     data: Vec<f64>,
 }
 
+fn without_padding<S: Serializer>(data: &[f64], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(&data[..data.len() - PADDING])
+}
+
+impl TryFrom<Packed> for PackedSymmetric {
+    type Error = String;
+
+    fn try_from(Packed { dim, data }: Packed) -> Result<Self, String> {
+        if data.len() != dim * (dim + 1) / 2 {
+            return Err(format!(
+                "a packed {dim} x {dim} matrix holds {} values, not {}",
+                dim * (dim + 1) / 2,
+                data.len()
+            ));
+        }
+        Ok(PackedSymmetric::from_rows(dim, data))
+    }
+}
+
 impl PackedSymmetric {
+    fn from_rows(dim: usize, mut data: Vec<f64>) -> Self {
+        data.extend([0.0; PADDING]);
+        PackedSymmetric { dim, data }
+    }
+
     /// `scale * I`.
     pub fn scaled_identity(dim: usize, scale: f64) -> Self {
-        let mut m = PackedSymmetric {
-            dim,
-            data: vec![0.0; dim * (dim + 1) / 2],
-        };
+        let mut m = PackedSymmetric::from_rows(dim, vec![0.0; dim * (dim + 1) / 2]);
         for i in 0..dim {
             let start = m.row_start(i);
             m.data[start] = scale;
@@ -84,7 +142,7 @@ impl PackedSymmetric {
         let data = (0..dim)
             .flat_map(|i| (i..dim).map(move |j| matrix[(i, j)]))
             .collect();
-        PackedSymmetric { dim, data }
+        PackedSymmetric::from_rows(dim, data)
     }
 
     /// The full matrix.
@@ -106,15 +164,16 @@ impl PackedSymmetric {
         &self.data[start..start + self.dim - i]
     }
 
-    /// `x' C x = sum_i x_i (C_ii x_i + 2 sum_{j>i} C_ij x_j)`.
+    /// `x' C x = sum_i C_ii x_i^2 + 2 sum_i x_i sum_{j>i} C_ij x_j`.
     pub fn quadratic_form(&self, x: &[f64]) -> f64 {
-        quadratic_form(&self.data, self.dim, x)
+        with_padded(x, |x| quadratic_form(&self.data, self.dim, x))
     }
 
     /// `C x`.
     pub fn mul_vec(&self, x: &[f64]) -> Vec<f64> {
-        let mut out = vec![0.0; self.dim];
-        mul_vec(&self.data, self.dim, x, &mut out);
+        let mut out = vec![0.0; self.dim + PADDING];
+        with_padded(x, |x| mul_vec(&self.data, self.dim, x, &mut out));
+        out.truncate(self.dim);
         out
     }
 
@@ -130,33 +189,42 @@ fn row_start(dim: usize, i: usize) -> usize {
     i * (2 * dim - i + 1) / 2
 }
 
-/// `x' C x = sum_i x_i (C_ii x_i + 2 sum_{j>i} C_ij x_j)`. Each row's off-diagonal dot
-/// product stays in eight lanes, scaled by `x_i` into eight running totals, and only the
-/// totals are summed across lanes at the end: one horizontal sum instead of one per row.
+/// The off-diagonal part of row `i` (`C[i][i+1..dim]`) as whole chunks of eight, read
+/// past its end: its offset in `data` and its length.
+#[inline(always)]
+fn off_diagonal(dim: usize, i: usize) -> (usize, usize) {
+    (row_start(dim, i) + 1, (dim - 1 - i).div_ceil(LANES) * LANES)
+}
+
+/// `x' C x` for `x` followed by [`PADDING`] zeros. Each row's off-diagonal dot product
+/// stays in eight lanes, scaled by `x_i` into eight running totals, and only the totals
+/// are summed across lanes at the end: one horizontal sum instead of one per row.
 // Plain loops, no iterator adaptors over rows: their closures would be separate functions
 // that need not inline into the target-feature wrappers, and would run at baseline width.
 #[inline(always)]
 fn quadratic_form_kernel(data: &[f64], dim: usize, x: &[f64]) -> f64 {
-    let mut totals = [0.0; 8];
-    let mut scalar = 0.0;
+    let mut totals = [0.0; LANES];
+    let mut diagonal = 0.0;
     for i in 0..dim {
-        let row = &data[row_start(dim, i)..row_start(dim, i + 1)];
-        let (lanes, tail) = dot_lanes(&row[1..], &x[i + 1..]);
-        for lane in 0..8 {
+        let (start, len) = off_diagonal(dim, i);
+        let (lanes, _) = dot_lanes(&data[start..start + len], &x[i + 1..i + 1 + len]);
+        for lane in 0..LANES {
             totals[lane] += x[i] * lanes[lane];
         }
-        scalar += x[i] * (row[0] * x[i] + 2.0 * tail);
+        diagonal += data[start - 1] * x[i] * x[i];
     }
-    let sum = sum_lanes(totals);
-    scalar + 2.0 * sum
+    diagonal + 2.0 * sum_lanes(totals)
 }
 
+/// `out += C x` for `x` followed by [`PADDING`] zeros; `out` has [`PADDING`] entries more
+/// than `dim`, which end up holding nothing of use.
 #[inline(always)]
 fn mul_vec_kernel(data: &[f64], dim: usize, x: &[f64], out: &mut [f64]) {
     for i in 0..dim {
-        let row = &data[row_start(dim, i)..row_start(dim, i + 1)];
-        out[i] += row[0] * x[i] + dot(&row[1..], &x[i + 1..]);
-        axpy(x[i], &row[1..], &mut out[i + 1..]);
+        let (start, len) = off_diagonal(dim, i);
+        let row = &data[start..start + len];
+        out[i] += data[start - 1] * x[i] + dot(row, &x[i + 1..i + 1 + len]);
+        axpy(x[i], row, &mut out[i + 1..i + 1 + len]);
     }
 }
 
@@ -235,7 +303,13 @@ mod tests {
 
     #[test]
     fn packed_operations_match_the_dense_ones() {
-        let dim = 11;
+        // Every remainder of a row's last chunk, and rows shorter than a chunk.
+        for dim in 1..=19 {
+            packed_operations_match_the_dense_ones_at(dim);
+        }
+    }
+
+    fn packed_operations_match_the_dense_ones_at(dim: usize) {
         let dense = DMatrix::from_fn(dim, dim, |i, j| {
             1.0 / (1.0 + i as f64 + j as f64) + if i == j { 2.0 } else { 0.0 }
         });
@@ -273,11 +347,29 @@ mod tests {
             .iter()
             .zip(&baseline)
             .all(|(a, b)| a.to_bits() == b.to_bits()));
-        let want = quadratic_form_kernel(&packed.data, dim, &x);
+        let padded: Vec<f64> = x.iter().copied().chain([0.0; PADDING]).collect();
+        let want = quadratic_form_kernel(&packed.data, dim, &padded);
         assert_eq!(packed.quadratic_form(&x).to_bits(), want.to_bits());
-        let mut out = vec![0.0; dim];
-        mul_vec_kernel(&packed.data, dim, &x, &mut out);
+        let mut out = vec![0.0; dim + PADDING];
+        mul_vec_kernel(&packed.data, dim, &padded, &mut out);
         let got = packed.mul_vec(&x);
+        assert_eq!(got.len(), dim);
         assert!(got.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+
+    /// The padding is not part of the serialized form, and a wrong number of values is
+    /// refused instead of read past.
+    #[test]
+    fn serialized_matrices_hold_the_triangle_only() {
+        let mut packed = PackedSymmetric::scaled_identity(4, 2.0);
+        packed.rank_one_update(0.5, &[1.0, -2.0, 0.5, 3.0]);
+        let json = serde_json::to_value(&packed).unwrap();
+        assert_eq!(json["data"].as_array().unwrap().len(), 10);
+        let back: PackedSymmetric = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, packed);
+        assert_eq!(back.quadratic_form(&[1.0; 4]), packed.quadratic_form(&[1.0; 4]));
+        let mut short = json;
+        short["data"].as_array_mut().unwrap().pop();
+        assert!(serde_json::from_value::<PackedSymmetric>(short).is_err());
     }
 }
