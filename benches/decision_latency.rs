@@ -14,6 +14,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
 
+/// The allocator the `quiver` binary uses, so that the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SPECS: [&str; 7] = [
     "linucb(alpha=0.5)",
     "lints(v=0.3)",

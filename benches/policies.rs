@@ -13,6 +13,10 @@ use rand_chacha::ChaCha8Rng;
 use std::hint::black_box;
 use std::time::Duration;
 
+/// The allocator the `quiver` binary uses, so that the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SPECS: [&str; 8] = [
     "random",
     "eps(0.05)",

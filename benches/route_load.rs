@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+/// The allocator the `quiver` binary uses, so that the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (clients, per_client) = if full { (16, 2000) } else { (4, 50) };

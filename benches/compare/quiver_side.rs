@@ -24,6 +24,10 @@ use quiver_sim::data::{load_wide, Format, WideDataset};
 use quiver_sim::ope::{all_estimators, bootstrap, terms, value, OpeInputs};
 use serde_json::json;
 
+/// The allocator the `quiver` binary uses, so that the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn stream(file: &str, spec: &str) -> Result<serde_json::Value> {
     let data = load_wide(file, Format::Wide, None)?;
     let builder = ContextBuilder::new(false, &[], data.feature_names.len());

@@ -71,12 +71,22 @@ fn axpy(alpha: f64, x: &[f64], y: &mut [f64]) {
 /// Calls `f` with `x` followed by [`PADDING`] zeros, copied to the stack where it fits.
 #[inline(always)]
 fn with_padded<R>(x: &[f64], f: impl FnOnce(&[f64]) -> R) -> R {
+    use std::mem::MaybeUninit;
+    // Dimensions up to 248 on the stack. Only the values used are written: zeroing the
+    // whole buffer would cost more than the product itself at small dimensions.
     const ON_STACK: usize = 256;
     let padded = x.len() + PADDING;
     if padded <= ON_STACK {
-        let mut buffer = [0.0; ON_STACK];
-        buffer[..x.len()].copy_from_slice(x);
-        f(&buffer[..padded])
+        let mut buffer = [MaybeUninit::<f64>::uninit(); ON_STACK];
+        for (slot, &value) in buffer.iter_mut().zip(x) {
+            slot.write(value);
+        }
+        for slot in &mut buffer[x.len()..padded] {
+            slot.write(0.0);
+        }
+        // SAFETY: the first `padded` slots were written just above, and `MaybeUninit<f64>`
+        // has the layout of `f64`.
+        f(unsafe { &*(&raw const buffer[..padded] as *const [f64]) })
     } else {
         let mut buffer = x.to_vec();
         buffer.resize(padded, 0.0);

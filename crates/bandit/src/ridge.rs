@@ -22,7 +22,7 @@
 
 use std::collections::VecDeque;
 
-use nalgebra::{Cholesky, DMatrix, DVector, Dyn};
+use nalgebra::{Cholesky, DMatrix, DVector, DVectorView, Dyn};
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
@@ -107,7 +107,7 @@ impl RidgeModel {
 
     /// Adds `(x, r)` with weight `sign` (+1 to learn, -1 to forget an observation).
     fn rank_one(&mut self, x: &[f64], r: f64, sign: f64) {
-        let xv = DVector::from_column_slice(x);
+        let xv = DVectorView::from_slice(x, x.len());
         self.precision.ger(sign, &xv, &xv, 1.0);
         self.b.axpy(sign * r, &xv, 1.0);
         self.count += sign;
@@ -115,8 +115,11 @@ impl RidgeModel {
         let denom = 1.0 + sign * dot(x, &u);
         let residual = r - dot(x, self.theta.as_slice());
         self.covariance.rank_one_update(-sign / denom, &u);
-        self.theta
-            .axpy(sign * residual / denom, &DVector::from_vec(u), 1.0);
+        self.theta.axpy(
+            sign * residual / denom,
+            &DVectorView::from_slice(&u, u.len()),
+            1.0,
+        );
         if let Some(l) = self.cholesky.take() {
             let mut factor = Cholesky::<f64, Dyn>::pack_dirty(l);
             factor.rank_one_update(&xv, sign);
