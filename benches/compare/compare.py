@@ -307,6 +307,27 @@ def wrk(url, body, args, headers=()):
     return dict(rps=rps, p50=pct[50], p99=pct[99])
 
 
+def fdatasync_latency(path, writes=3000, size=300):
+    """The disk's part of an acknowledged request: what the decision log does per commit
+    (a small write into preallocated space, then fdatasync), timed one by one."""
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.posix_fallocate(fd, 0, writes * size)
+        os.fsync(fd)
+        record = b"x" * (size - 1) + b"\n"
+        times = []
+        for i in range(writes):
+            os.pwrite(fd, record, i * size)
+            started = time.perf_counter()
+            os.fdatasync(fd)
+            times.append((time.perf_counter() - started) * 1e3)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    times.sort()
+    return {f"p{p:g}": times[min(len(times) - 1, int(p / 100 * len(times)))] for p in (50, 99, 99.9)}
+
+
 def start(cmd, port, env=None, log=None):
     proc = subprocess.Popen(cmd, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
                             env={**os.environ, **(env or {})}, start_new_session=True)
@@ -373,10 +394,15 @@ def section_proxy(args):
                    note=f"direct {direct[p]:.3f} ms")
         report(f"proxy throughput (c={args.connections})", litellm_label,
                max(r["rps"] for r in runs["litellm"]), max(r["rps"] for r in runs["quiver"]), "req/s")
-        route = wrk(f"http://127.0.0.1:{q_port}/v1/route", {"route": "chat", "prompt": "What is 17 times 23?"}, args)
-        print(f"quiver serve /v1/route (c={args.connections}, LinUCB over 2 models, fsynced log): "
-              f"{route['rps']:.0f} req/s, p50 {route['p50']:.3f} ms, p99 {route['p99']:.3f} ms", flush=True)
-        RESULTS.append(dict(name=f"quiver serve /v1/route (c={args.connections})", **route))
+        for _ in range(args.reps):
+            route = wrk(f"http://127.0.0.1:{q_port}/v1/route", {"route": "chat", "prompt": "What is 17 times 23?"}, args)
+            print(f"quiver serve /v1/route (c={args.connections}, LinUCB over 2 models, fsynced log): "
+                  f"{route['rps']:.0f} req/s, p50 {route['p50']:.3f} ms, p99 {route['p99']:.3f} ms", flush=True)
+            RESULTS.append(dict(name=f"quiver serve /v1/route (c={args.connections})", **route))
+            disk = fdatasync_latency(OUT / "fdatasync.probe")
+            print(f"  this disk, same run: 300-byte write + fdatasync of a preallocated file, "
+                  f"p50 {disk['p50']:.3f} ms, p99 {disk['p99']:.3f} ms, p99.9 {disk['p99.9']:.3f} ms", flush=True)
+            RESULTS.append(dict(name="fdatasync, 300-byte appends", **disk))
         stop(litellm)
         stop(quiver)
     finally:

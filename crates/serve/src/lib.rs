@@ -26,4 +26,6 @@ pub mod server;
 pub use api_error::ApiError;
 pub use config::{AuthConfig, ServeConfig};
 pub use error::{Result, ServeError};
-pub use router::{ModelConfig, Pending, RouteConfig, RouteRequest, Routed, Router, RouterOptions};
+pub use router::{
+    CapturedSnapshot, ModelConfig, Pending, RouteConfig, RouteRequest, Routed, Router, RouterOptions,
+};

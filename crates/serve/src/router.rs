@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use quiver_bandit::{
     Applied, Arm, BudgetConfig, ChatMessage, Constraints, Context, Decision, Featurizer, FeaturizerConfig,
@@ -200,6 +200,20 @@ pub struct Router {
     routes: BTreeMap<String, RouteState>,
     log: Arc<DecisionLog>,
     dir: PathBuf,
+    /// The last sequence number a written snapshot covers; held while one is written.
+    snapshot_written: Arc<Mutex<u64>>,
+}
+
+/// The learners' state at one point of the log, captured under the router's lock by
+/// [`Router::capture_snapshot`] and written by [`CapturedSnapshot::write`] without it:
+/// serializing the learners (every tracked decision's features) and the fsync take far
+/// longer than the copy, and requests need not wait for them.
+#[must_use = "a captured snapshot is saved only once written"]
+pub struct CapturedSnapshot {
+    state: RouterSnapshot,
+    log: Arc<DecisionLog>,
+    dir: PathBuf,
+    written: Arc<Mutex<u64>>,
 }
 
 /// The result of a change that is applied and staged in the log but not yet durable. Wait
@@ -316,6 +330,7 @@ impl Router {
             routes: states,
             log: Arc::new(log),
             dir: dir.to_path_buf(),
+            snapshot_written: Arc::new(Mutex::new(last_seq)),
         })
     }
 
@@ -472,23 +487,45 @@ impl Router {
         Ok(self.pending(applied, seq))
     }
 
-    /// Writes every learner and the log position they include to `snapshot.json`
-    /// atomically (temporary file, fsync, rename, fsync of the directory), after making the
-    /// log durable up to that position.
+    /// Writes every learner and the log position they include to `snapshot.json`:
+    /// [`Router::capture_snapshot`], then [`CapturedSnapshot::write`].
     pub fn snapshot(&self) -> Result<()> {
-        let last_seq = self.log.last_staged();
+        self.capture_snapshot().write()
+    }
+
+    /// Copies every learner's state, at the last change staged, for a snapshot written
+    /// later by [`CapturedSnapshot::write`]; hold the router only for this part.
+    pub fn capture_snapshot(&self) -> CapturedSnapshot {
+        CapturedSnapshot {
+            state: RouterSnapshot {
+                last_seq: self.log.last_staged(),
+                routes: self
+                    .routes
+                    .iter()
+                    .map(|(name, state)| (name.clone(), state.learner.snapshot()))
+                    .collect(),
+            },
+            log: Arc::clone(&self.log),
+            dir: self.dir.clone(),
+            written: Arc::clone(&self.snapshot_written),
+        }
+    }
+}
+
+impl CapturedSnapshot {
+    /// Writes the snapshot atomically (temporary file, fsync, rename, directory fsync),
+    /// once the log holds every change it covers. Writers take turns, and one older than
+    /// the snapshot already written is dropped: a restart would only replay more log.
+    pub fn write(self) -> Result<()> {
+        let last_seq = self.state.last_seq;
         self.log.wait_durable(last_seq).map_err(io_at(&self.dir))?;
-        let snapshot = RouterSnapshot {
-            last_seq,
-            routes: self
-                .routes
-                .iter()
-                .map(|(name, state)| (name.clone(), state.learner.snapshot()))
-                .collect(),
-        };
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if last_seq < *written {
+            return Ok(());
+        }
         let path = self.dir.join(SNAPSHOT_FILE);
         let tmp = self.dir.join("snapshot.json.tmp");
-        let text = serde_json::to_vec(&snapshot).map_err(|e| ServeError::Snapshot {
+        let text = serde_json::to_vec(&self.state).map_err(|e| ServeError::Snapshot {
             path: path.clone(),
             reason: e.to_string(),
         })?;
@@ -498,7 +535,9 @@ impl Router {
         std::fs::rename(&tmp, &path).map_err(io_at(&path))?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
-            .map_err(io_at(&self.dir))
+            .map_err(io_at(&self.dir))?;
+        *written = last_seq;
+        Ok(())
     }
 }
 

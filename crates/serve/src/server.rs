@@ -28,14 +28,14 @@ pub fn state(config: ServeConfig) -> Result<Arc<AppState>> {
     }))
 }
 
+/// Captures the learners under the router's lock, then writes them without it.
 fn snapshot(state: &AppState) {
-    match state.router() {
-        Ok(router) => {
-            if let Err(e) = router.snapshot() {
-                eprintln!("quiver serve: snapshot failed: {e}");
-            }
-        }
-        Err(e) => eprintln!("quiver serve: snapshot skipped: {e:?}"),
+    let captured = match state.router() {
+        Ok(router) => router.capture_snapshot(),
+        Err(e) => return eprintln!("quiver serve: snapshot skipped: {e:?}"),
+    };
+    if let Err(e) = captured.write() {
+        eprintln!("quiver serve: snapshot failed: {e}");
     }
 }
 

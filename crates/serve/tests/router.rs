@@ -112,12 +112,15 @@ fn a_restarted_router_equals_one_that_never_stopped() {
     let dir = scratch("crashing");
     let mut ids = Vec::new();
     {
-        // Small segments, so the log rotates; a snapshot midway; then a crash (the router
-        // is dropped without any shutdown work).
+        // Small segments, so the log rotates; a snapshot captured midway and written after
+        // more changes (as the server writes it, outside the router's lock); then a crash
+        // (the router is dropped without any shutdown work).
         let mut first = Router::open_with(routes(), &dir, small_segments()).unwrap();
         workload(&mut first, 0..50, &mut ids);
-        first.snapshot().unwrap();
-        workload(&mut first, 50..90, &mut ids);
+        let captured = first.capture_snapshot();
+        workload(&mut first, 50..70, &mut ids);
+        captured.write().unwrap();
+        workload(&mut first, 70..90, &mut ids);
     }
     // A torn record at the end of the log, as a crash mid-write leaves it.
     let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -139,8 +142,16 @@ fn a_restarted_router_equals_one_that_never_stopped() {
     // And once more, from the log alone after a second snapshot.
     restarted.snapshot().unwrap();
     drop(restarted);
-    let again = Router::open_with(routes(), &dir, small_segments()).unwrap();
+    let mut again = Router::open_with(routes(), &dir, small_segments()).unwrap();
     assert_eq!(learners_json(&again), learners_json(&reference));
+
+    // A snapshot captured before a newer one was written is dropped, not written over it.
+    let older = again.capture_snapshot();
+    workload(&mut again, 120..125, &mut ids);
+    again.snapshot().unwrap();
+    let newer = std::fs::read(dir.join("snapshot.json")).unwrap();
+    older.write().unwrap();
+    assert_eq!(std::fs::read(dir.join("snapshot.json")).unwrap(), newer);
 }
 
 #[test]
