@@ -8,7 +8,7 @@
 //! parallel show the machine's. Run: `cargo bench --bench replay`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use quiver_bandit::Objective;
+use quiver_bandit::{Objective, DEFAULT_PACING_STEP};
 use quiver_sim::context::ContextBuilder;
 use quiver_sim::data::{load_wide, Format, WideDataset};
 use quiver_sim::replay::{replay, Environment, Knobs, ReplaySettings, Variant};
@@ -78,6 +78,8 @@ fn rounds_per_second(c: &mut Criterion) {
             knobs: Knobs::default(),
             freeze: false,
             train_passes: 0,
+            explore_passes: 0,
+            pacer_step: DEFAULT_PACING_STEP,
             checkpoints: 100,
         };
         group.throughput(Throughput::Elements(ROWS as u64 * seeds));

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
-use quiver_bandit::{Objective, PolicySpec};
+use quiver_bandit::{Objective, PolicySpec, DEFAULT_PACING_STEP};
 use quiver_sim::context::ContextBuilder;
 use quiver_sim::data::{load, load_wide, Dataset, Format, LoggedDataset, Split, WideDataset};
 use quiver_sim::ope::{estimator_by_name, Estimator};
@@ -48,6 +48,10 @@ pub struct ReplayArgs {
     /// Budget: target mean spend per request in USD (paced by the learner).
     #[arg(long)]
     budget: Option<f64>,
+    /// Step size of the budget pacer's dual update; smaller steps track the budget more
+    /// closely over long runs.
+    #[arg(long, default_value_t = DEFAULT_PACING_STEP)]
+    pacer_step: f64,
     /// Cost weight: quality points per USD.
     #[arg(long)]
     w_cost: Option<f64>,
@@ -75,6 +79,10 @@ pub struct ReplayArgs {
     /// Passes over --train.
     #[arg(long, default_value_t = 1)]
     train_passes: usize,
+    /// The first N passes over --train draw models uniformly at random, and the learner
+    /// learns from what they reveal (an exploration phase); the rest follow the policy.
+    #[arg(long, default_value_t = 0)]
+    explore_passes: usize,
     /// Write summary.json, curves.parquet and plots here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -282,6 +290,12 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     let sweep = args.sweep.as_deref().map(parse_sweep).transpose()?;
     let drift = args.drift.as_deref().map(parse_drift).transpose()?;
     let (data, train, objective) = datasets(&args, loaded)?;
+    if args.explore_passes > 0 && (train.is_none() || args.explore_passes > args.train_passes.max(1)) {
+        bail!(
+            "--explore-passes {} needs training data and at most --train-passes passes",
+            args.explore_passes
+        );
+    }
     let mut variants = Vec::new();
     for spec in &specs {
         match &sweep {
@@ -336,6 +350,8 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         },
         freeze: args.freeze,
         train_passes: args.train_passes.max(1),
+        explore_passes: args.explore_passes,
+        pacer_step: args.pacer_step,
         checkpoints: 200,
     };
     let progress = bar(settings.variants.len() as u64 * settings.seeds, "replaying");

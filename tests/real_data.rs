@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use quiver_bandit::{Objective, PolicySpec};
+use quiver_bandit::{Objective, PolicySpec, DEFAULT_PACING_STEP};
 use quiver_sim::context::ContextBuilder;
 use quiver_sim::data::{load_logged, load_wide, Format};
 use quiver_sim::metrics;
@@ -95,6 +95,8 @@ fn routerbench_linear_policies_trained_on_train_beat_the_best_fixed_arm_on_test(
         knobs: Knobs::default(),
         freeze: false,
         train_passes: 3,
+        explore_passes: 0,
+        pacer_step: DEFAULT_PACING_STEP,
         checkpoints: 10,
     };
     let runs = replay(&env, Some(&train_env), &settings, &|| {}).unwrap();
@@ -150,6 +152,8 @@ fn routellm_apgr_and_cpt_match_brute_force() {
             knobs: Knobs::default(),
             freeze: false,
             train_passes: 1,
+            explore_passes: 0,
+            pacer_step: DEFAULT_PACING_STEP,
             checkpoints: 4,
         };
         let runs = replay(&env, None, &settings, &|| {}).unwrap();

@@ -93,6 +93,11 @@ pub struct ReplaySettings {
     pub freeze: bool,
     /// Passes over the training data.
     pub train_passes: usize,
+    /// The first this many training passes draw arms uniformly at random, and the learner
+    /// learns from what they reveal, as from the log of a uniform exploration phase.
+    pub explore_passes: usize,
+    /// Step size of the budget pacer of variants with a budget.
+    pub pacer_step: f64,
     /// Points per regret curve.
     pub checkpoints: usize,
 }
@@ -283,18 +288,35 @@ impl Player<'_> {
         self.step += 1;
         Ok((arm, t))
     }
+
+    /// Draws an arm uniformly at random and lets the learner learn everything its outcome
+    /// reveals, quality included, as from a logged decision made elsewhere.
+    fn explore(&mut self, env: &Environment, row: usize) -> Result<()> {
+        let arm = self.rng.random_range(0..env.data.num_arms());
+        let t = truth(env, self.knobs, row, arm, None, &mut self.rng);
+        let outcome = Outcome::new(t.latency_ms, t.cost_usd).with_quality(t.quality);
+        self.learner
+            .learn(&env.data.arms[arm], &env.context(row), &outcome)?;
+        Ok(())
+    }
 }
 
-fn learner_for(variant: &Variant, arms: &[String], dim: usize, seed: u64, rows: usize) -> Result<Learner> {
+fn learner_for(
+    settings: &ReplaySettings,
+    variant: &Variant,
+    arms: &[String],
+    dim: usize,
+    seed: u64,
+) -> Result<Learner> {
     let mut config = LearnerConfig::new(variant.spec.clone(), dim);
     config.objective = variant.objective;
     config.seed = seed;
     config.budget = variant.budget_usd.map(|b| BudgetConfig {
         target_usd_per_request: b,
-        step_size: 0.05,
+        step_size: settings.pacer_step,
     });
     // Quality arrives within the delay, so only that many decisions need remembering.
-    config.max_tracked_decisions = rows.clamp(1, 1_000_000);
+    config.max_tracked_decisions = (settings.knobs.feedback_delay + 1024).min(1_000_000);
     Ok(Learner::new(config, arms.iter().map(Arm::new).collect())?)
 }
 
@@ -316,18 +338,21 @@ pub fn run_one(
     let data = env.data;
     let k = data.num_arms();
     let dim = env.dim;
-    let tracked = settings.knobs.feedback_delay + 1024;
     let mut player = Player {
-        learner: learner_for(variant, &data.arms, dim, seed, tracked)?,
+        learner: learner_for(settings, variant, &data.arms, dim, seed)?,
         knobs: &settings.knobs,
         rng: ChaCha8Rng::seed_from_u64(seed),
         pending: VecDeque::new(),
         step: 0,
     };
     if let Some(train) = train {
-        for _ in 0..settings.train_passes {
+        for pass in 0..settings.train_passes {
             for row in shuffled(train.data.rows(), &mut player.rng) {
-                player.play(train, row, None, true)?;
+                if pass < settings.explore_passes {
+                    player.explore(train, row)?;
+                } else {
+                    player.play(train, row, None, true)?;
+                }
             }
         }
     }
@@ -439,6 +464,7 @@ pub fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use quiver_bandit::DEFAULT_PACING_STEP;
 
     /// Arm a0 never answers well, a1 always; no prompts, no features.
     fn table(rows: usize) -> WideDataset {
@@ -463,6 +489,8 @@ mod tests {
             knobs,
             freeze: false,
             train_passes: 1,
+            explore_passes: 0,
+            pacer_step: DEFAULT_PACING_STEP,
             checkpoints: 10,
         }
     }
@@ -531,6 +559,27 @@ mod tests {
             },
         );
         assert_eq!(delayed_10.arm_counts, vec![11, 89]);
+    }
+
+    /// Training quality never arrives in time here (a delay of 1000 decisions), so a frozen
+    /// greedy learner stays on the first arm; an exploration pass reveals quality at once.
+    #[test]
+    fn an_exploration_pass_teaches_what_delayed_feedback_hides() {
+        let data = table(100);
+        let env = Environment::new(&data, &ContextBuilder::new(false, &[], 0)).unwrap();
+        let mut settings = settings(
+            "eps(0)",
+            Knobs {
+                feedback_delay: 1000,
+                ..Knobs::default()
+            },
+        );
+        settings.freeze = true;
+        let unexplored = run_one(&env, Some(&env), &settings, 0, 0).unwrap();
+        assert_eq!(unexplored.arm_counts, vec![100, 0]);
+        settings.explore_passes = 1;
+        let explored = run_one(&env, Some(&env), &settings, 0, 0).unwrap();
+        assert_eq!(explored.arm_counts, vec![0, 100]);
     }
 
     #[test]

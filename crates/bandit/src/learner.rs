@@ -22,13 +22,17 @@ pub const SNAPSHOT_VERSION: u32 = 1;
 pub struct BudgetConfig {
     /// Target average spend per request, in USD.
     pub target_usd_per_request: f64,
-    /// Dual step size (dimensionless); 0.05 by default.
+    /// Dual step size (dimensionless); [`DEFAULT_PACING_STEP`] by default.
     #[serde(default = "default_pacing_step")]
     pub step_size: f64,
 }
 
+/// The budget pacer's default step size: it adapts within tens of requests. Long runs
+/// track the budget more closely with smaller steps.
+pub const DEFAULT_PACING_STEP: f64 = 0.05;
+
 fn default_pacing_step() -> f64 {
-    0.05
+    DEFAULT_PACING_STEP
 }
 
 /// Everything a learner is built from.

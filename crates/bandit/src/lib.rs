@@ -68,7 +68,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use features::{ChatMessage, Context, Featurizer, FeaturizerConfig, HashingFeaturizer};
 pub use learner::{
     Applied, ArmChoice, ArmEstimate, BudgetConfig, Decision, Learner, LearnerConfig, Request, Snapshot,
-    SNAPSHOT_VERSION,
+    DEFAULT_PACING_STEP, SNAPSHOT_VERSION,
 };
 pub use outcome::{BudgetPacer, Objective, Outcome};
 pub use policy::{AnyPolicy, Estimate, Policy, PolicyKind, PolicySpec, PropensityKind};

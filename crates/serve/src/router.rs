@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use quiver_bandit::{
     Applied, Arm, BudgetConfig, ChatMessage, Constraints, Context, Decision, Featurizer, FeaturizerConfig,
     HashingFeaturizer, Learner, LearnerConfig, Objective, Outcome, PolicySpec, Request, Snapshot,
+    DEFAULT_PACING_STEP,
 };
 use serde::{Deserialize, Serialize};
 
@@ -142,7 +143,7 @@ impl RouteState {
         learner_config.max_tracked_decisions = feedback_horizon.max(1);
         learner_config.budget = config.budget_usd_per_request.map(|b| BudgetConfig {
             target_usd_per_request: b,
-            step_size: 0.05,
+            step_size: DEFAULT_PACING_STEP,
         });
         let arms = config
             .models
