@@ -12,6 +12,8 @@ use crate::features::Context;
 use crate::outcome::{validate_quality, BudgetPacer, Objective, Outcome};
 use crate::pmf;
 use crate::policy::{AnyPolicy, ChoiceInput, DecisionRng, Estimate, Policy, PolicySpec, PropensityKind};
+use crate::ridge::RidgeTable;
+use crate::stats::Forgetting;
 use crate::usage::ArmUsage;
 
 /// The snapshot format this build writes and reads.
@@ -180,7 +182,7 @@ struct TrackedDecision {
     /// `None` once the arm has been removed.
     arm: Option<usize>,
     input_tokens: u32,
-    /// Kept until quality arrives; empty after.
+    /// Kept until both the cost and the quality are learned; empty after.
     features: Vec<f64>,
     outcome_recorded: bool,
     quality_recorded: bool,
@@ -199,7 +201,17 @@ pub struct Learner {
     pacer: Option<BudgetPacer>,
     next_decision: u64,
     tracked: BTreeMap<u64, TrackedDecision>,
+    /// Per arm without prices, a ridge regression on the context of what the per-token
+    /// cost ratio missed (observed cost minus the ratio's estimate): a request's cost
+    /// depends on more than its prompt's length (the answer's length, say, which varies
+    /// by task). With no data near a context it predicts no correction. Absent in
+    /// snapshots written before it existed; such learners keep the ratio alone.
+    #[serde(default)]
+    cost_models: Option<RidgeTable>,
 }
+
+/// Ridge prior of the cost models: weak next to a handful of observations.
+const COST_RIDGE_LAMBDA: f64 = 1.0;
 
 /// A serialized learner with its format version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -247,6 +259,14 @@ impl Learner {
         let policy = config.policy.build(&ids, config.dim)?;
         Ok(Learner {
             usage: vec![ArmUsage::default(); arms.len()],
+            cost_models: Some(RidgeTable::with_prior(
+                arms.len(),
+                config.dim,
+                COST_RIDGE_LAMBDA,
+                false,
+                Forgetting::None,
+                0.0,
+            )),
             config,
             arms,
             policy,
@@ -325,7 +345,7 @@ impl Learner {
         let mut excluded = Vec::new();
         let mut costs = Vec::with_capacity(self.arms.len());
         for (i, arm) in self.arms.iter().enumerate() {
-            let cost = self.usage[i].expected_cost_usd(arm, tokens, self.config.default_output_tokens);
+            let cost = self.expected_cost_usd(i, x, tokens);
             match request.constraints.exclusion(arm, tokens, cost) {
                 Some(reason) => excluded.push(reason),
                 None => {
@@ -494,6 +514,7 @@ impl Learner {
         } else {
             context.input_tokens
         };
+        self.learn_cost(index, &context.features, tokens, outcome.cost_usd);
         self.usage[index].record(outcome, tokens);
         if let Some(quality) = outcome.credited_quality() {
             self.policy.update(index, &context.features, quality);
@@ -556,9 +577,15 @@ impl Learner {
             } else {
                 tracked.input_tokens
             };
+            let features = std::mem::take(&mut tracked.features);
+            let quality_recorded = tracked.quality_recorded;
+            self.learn_cost(arm, &features, tokens, outcome.cost_usd);
             self.usage[arm].record(outcome, tokens);
             if let Some(pacer) = self.pacer.as_mut() {
                 pacer.observe(outcome.cost_usd);
+            }
+            if !quality_recorded {
+                self.keep_features(id, features);
             }
             applied = Applied::Applied;
         }
@@ -586,9 +613,45 @@ impl Learner {
             return Ok(Applied::AlreadyApplied);
         }
         tracked.quality_recorded = true;
+        let outcome_recorded = tracked.outcome_recorded;
         let features = std::mem::take(&mut tracked.features);
         self.policy.update(arm, &features, quality);
+        if !outcome_recorded {
+            self.keep_features(id, features);
+        }
         Ok(Applied::Applied)
+    }
+
+    /// Gives decision `id` its features back, for the part of its feedback still to come.
+    fn keep_features(&mut self, id: u64, features: Vec<f64>) {
+        if let Some(tracked) = self.tracked.get_mut(&id) {
+            tracked.features = features;
+        }
+    }
+
+    /// What a request with features `x` and `tokens` prompt tokens is expected to cost on
+    /// arm `i`: from its prices, or else from its per-token cost ratio corrected by its
+    /// cost model.
+    fn expected_cost_usd(&self, i: usize, x: &[f64], tokens: u32) -> f64 {
+        let arm = &self.arms[i];
+        let by_usage = self.usage[i].expected_cost_usd(arm, tokens, self.config.default_output_tokens);
+        match &self.cost_models {
+            Some(models) if !arm.has_prices() => (by_usage + models.get(i).mean(x)).max(0.0),
+            _ => by_usage,
+        }
+    }
+
+    /// Teaches arm `arm`'s cost model what the per-token ratio missed on a request with
+    /// features `x` and `tokens` prompt tokens that cost `cost_usd`, unless the arm has
+    /// prices. Call it before the usage records that cost.
+    fn learn_cost(&mut self, arm: usize, x: &[f64], tokens: u32, cost_usd: f64) {
+        let by_usage =
+            self.usage[arm].expected_cost_usd(&self.arms[arm], tokens, self.config.default_output_tokens);
+        if let Some(models) = self.cost_models.as_mut() {
+            if !self.arms[arm].has_prices() && !x.is_empty() {
+                models.observe(arm, x, cost_usd - by_usage);
+            }
+        }
     }
 
     /// Forgets every decision with an id below `id`: their feedback horizon has passed.
@@ -605,6 +668,9 @@ impl Learner {
         self.arms.push(arm);
         self.usage.push(ArmUsage::default());
         self.policy.add_arm();
+        if let Some(models) = self.cost_models.as_mut() {
+            models.add_arm();
+        }
         Ok(())
     }
 
@@ -617,6 +683,9 @@ impl Learner {
         }
         self.policy.remove_arm(index);
         self.usage.remove(index);
+        if let Some(models) = self.cost_models.as_mut() {
+            models.remove_arm(index);
+        }
         for t in self.tracked.values_mut() {
             t.arm = match t.arm {
                 Some(a) if a == index => None,
@@ -651,6 +720,12 @@ impl Learner {
                 "{k} arms, but the policy has {} and usage {}",
                 l.policy.num_arms(),
                 l.usage.len()
+            ))
+            .into());
+        }
+        if l.cost_models.as_ref().is_some_and(|m| m.len() != k) {
+            return Err(ErrorKind::CorruptSnapshot(format!(
+                "{k} arms, but the cost models have another number"
             ))
             .into());
         }

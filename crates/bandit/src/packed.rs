@@ -189,7 +189,7 @@ impl PackedSymmetric {
 
     /// `C += alpha u u'`.
     pub fn rank_one_update(&mut self, alpha: f64, u: &[f64]) {
-        rank_one_update(&mut self.data, self.dim, alpha, u);
+        with_padded(u, |u| rank_one_update(&mut self.data, self.dim, alpha, u));
     }
 }
 
@@ -241,12 +241,10 @@ fn mul_vec_kernel(data: &[f64], dim: usize, x: &[f64], out: &mut [f64]) {
 #[inline(always)]
 fn rank_one_update_kernel(data: &mut [f64], dim: usize, alpha: f64, u: &[f64]) {
     for i in 0..dim {
-        let scale = alpha * u[i];
-        axpy(
-            scale,
-            &u[i..],
-            &mut data[row_start(dim, i)..row_start(dim, i + 1)],
-        );
+        // The whole row, diagonal included, in chunks of eight: past its end the zeros of
+        // `u` add exact zeros to the next row (or to the padding).
+        let (start, len) = (row_start(dim, i), (dim - i).div_ceil(LANES) * LANES);
+        axpy(alpha * u[i], &u[i..i + len], &mut data[start..start + len]);
     }
 }
 
@@ -347,17 +345,17 @@ mod tests {
     fn dispatched_kernels_equal_the_baseline_bit_for_bit() {
         let dim = 67;
         let x: Vec<f64> = (0..dim).map(|i| (i as f64 * 1.3).sin() / 3.0).collect();
+        let padded: Vec<f64> = x.iter().copied().chain([0.0; PADDING]).collect();
         let mut packed = PackedSymmetric::scaled_identity(dim, 1.5);
         packed.rank_one_update(0.7, &x);
         let mut baseline = packed.data.clone();
-        rank_one_update_kernel(&mut baseline, dim, 0.7, &x);
+        rank_one_update_kernel(&mut baseline, dim, 0.7, &padded);
         packed.rank_one_update(0.7, &x);
         assert!(packed
             .data
             .iter()
             .zip(&baseline)
             .all(|(a, b)| a.to_bits() == b.to_bits()));
-        let padded: Vec<f64> = x.iter().copied().chain([0.0; PADDING]).collect();
         let want = quadratic_form_kernel(&packed.data, dim, &padded);
         assert_eq!(packed.quadratic_form(&x).to_bits(), want.to_bits());
         let mut out = vec![0.0; dim + PADDING];

@@ -44,14 +44,29 @@ pub struct RidgeModel {
     covariance: PackedSymmetric,
     cholesky: Option<DMatrix<f64>>,
     updates_since_refresh: u32,
+    /// The prior mean's bias coefficient `q0`.
+    #[serde(default = "optimistic_quality")]
+    prior_bias: f64,
+}
+
+fn optimistic_quality() -> f64 {
+    OPTIMISTIC_QUALITY
 }
 
 impl RidgeModel {
-    /// The prior model: `A = lambda I`, `b = lambda theta0`. With `with_factor`, the
-    /// Cholesky factor of `A` is kept too (for posterior sampling).
+    /// The prior model of quality: `A = lambda I`, `b = lambda theta0` with `q0` =
+    /// [`OPTIMISTIC_QUALITY`]. With `with_factor`, the Cholesky factor of `A` is kept too
+    /// (for posterior sampling).
     pub fn new(dim: usize, lambda: f64, with_factor: bool) -> Self {
-        let theta0 = Self::prior_mean(dim);
+        Self::with_prior(dim, lambda, with_factor, OPTIMISTIC_QUALITY)
+    }
+
+    /// The prior model with bias coefficient `prior_bias` (0 for a quantity, such as cost,
+    /// that should not be assumed before it is seen).
+    pub fn with_prior(dim: usize, lambda: f64, with_factor: bool, prior_bias: f64) -> Self {
+        let theta0 = Self::prior_mean(dim, prior_bias);
         RidgeModel {
+            prior_bias,
             lambda,
             precision: DMatrix::identity(dim, dim) * lambda,
             b: &theta0 * lambda,
@@ -63,10 +78,10 @@ impl RidgeModel {
         }
     }
 
-    /// `theta0`: [`OPTIMISTIC_QUALITY`] on the bias feature, 0 elsewhere.
-    pub fn prior_mean(dim: usize) -> DVector<f64> {
+    /// `theta0`: `prior_bias` on the bias feature, 0 elsewhere.
+    fn prior_mean(dim: usize, prior_bias: f64) -> DVector<f64> {
         let mut theta0 = DVector::zeros(dim);
-        theta0[0] = OPTIMISTIC_QUALITY;
+        theta0[0] = prior_bias;
         theta0
     }
 
@@ -151,7 +166,7 @@ impl RidgeModel {
             self.precision[(i, i)] += (1.0 - gamma) * self.lambda;
         }
         self.b *= gamma;
-        self.b[0] += (1.0 - gamma) * self.lambda * OPTIMISTIC_QUALITY;
+        self.b[0] += (1.0 - gamma) * self.lambda * self.prior_bias;
         self.count *= gamma;
         self.refresh();
     }
@@ -198,20 +213,37 @@ pub struct RidgeTable {
     forgetting: Forgetting,
     /// Under a sliding window, the observations still counted, oldest first.
     window: VecDeque<(usize, Vec<f64>, f64)>,
+    /// The prior mean's bias coefficient of every model.
+    #[serde(default = "optimistic_quality")]
+    prior_bias: f64,
 }
 
 impl RidgeTable {
-    /// Prior models for `num_arms` arms in dimension `dim`.
+    /// Prior models of quality for `num_arms` arms in dimension `dim`.
     pub fn new(num_arms: usize, dim: usize, lambda: f64, with_factor: bool, forgetting: Forgetting) -> Self {
+        Self::with_prior(num_arms, dim, lambda, with_factor, forgetting, OPTIMISTIC_QUALITY)
+    }
+
+    /// [`RidgeTable::new`] with the models' prior bias coefficient (see
+    /// [`RidgeModel::with_prior`]).
+    pub fn with_prior(
+        num_arms: usize,
+        dim: usize,
+        lambda: f64,
+        with_factor: bool,
+        forgetting: Forgetting,
+        prior_bias: f64,
+    ) -> Self {
         RidgeTable {
             models: (0..num_arms)
-                .map(|_| RidgeModel::new(dim, lambda, with_factor))
+                .map(|_| RidgeModel::with_prior(dim, lambda, with_factor, prior_bias))
                 .collect(),
             dim,
             lambda,
             with_factor,
             forgetting,
             window: VecDeque::new(),
+            prior_bias,
         }
     }
 
@@ -250,8 +282,12 @@ impl RidgeTable {
 
     /// Appends a prior model for a new arm.
     pub fn add_arm(&mut self) {
-        self.models
-            .push(RidgeModel::new(self.dim, self.lambda, self.with_factor));
+        self.models.push(RidgeModel::with_prior(
+            self.dim,
+            self.lambda,
+            self.with_factor,
+            self.prior_bias,
+        ));
     }
 
     /// Removes an arm; later arms shift down by one.

@@ -11,6 +11,9 @@
 //! - without prices, once outcomes reported tokens: `t * (sum cost / sum input tokens)`, a
 //!   ratio estimator that scales with prompt length;
 //! - otherwise the arm's mean cost per request, and 0 before any outcome (optimistic).
+//!
+//! For arms without prices the learner adds a correction per context: a ridge regression
+//! of what this estimate missed on each observed request (see `Learner`'s cost models).
 
 use serde::{Deserialize, Serialize};
 

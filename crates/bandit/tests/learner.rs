@@ -358,3 +358,47 @@ fn learn_takes_outcomes_of_decisions_made_elsewhere() {
     };
     assert!(l.learn("a0", &nan, &Outcome::new(1.0, 0.0)).is_err());
 }
+
+/// Arms without prices learn what a request costs in its context: the estimate is the
+/// per-token ratio (here, with equal prompt sizes, the mean cost so far) plus a ridge
+/// regression on the features of what the ratio missed at each observation, checked
+/// against the normal equations on the same sequence. So the cheaper arm can differ by
+/// context; with the ratio alone both contexts (same prompt size) rank the arms the same.
+#[test]
+fn unpriced_arms_learn_their_cost_per_context() {
+    let mut config = LearnerConfig::new("eps(0)".parse().expect("spec"), 2);
+    config.objective = Objective::new(100.0, 0.0).expect("objective");
+    let mut l = Learner::new(config, vec![Arm::new("a0"), Arm::new("a1")]).expect("learner");
+    let context = |t: f64| Context {
+        features: vec![1.0, t],
+        input_tokens: 100,
+    };
+    // a0 is cheap on task 0 and dear on task 1; a1 the other way round. Same quality.
+    let cost = |arm: usize, t: f64| if (arm == 0) == (t == 0.0) { 0.001 } else { 0.004 };
+    // The normal equations of a0's residuals: (I + sum x x') theta = sum (c - mean so far) x.
+    let (mut a, mut b) = (
+        nalgebra::DMatrix::<f64>::identity(2, 2),
+        nalgebra::DVector::<f64>::zeros(2),
+    );
+    let mut spent = 0.0;
+    for i in 0..40 {
+        let t = f64::from(i % 2);
+        for arm in 0..2 {
+            let outcome = Outcome::new(100.0, cost(arm, t)).with_quality(0.5);
+            l.learn(&format!("a{arm}"), &context(t), &outcome).expect("learn");
+        }
+        let x = nalgebra::DVector::from_vec(vec![1.0, t]);
+        let mean_so_far = if i == 0 { 0.0 } else { spent / f64::from(i) };
+        a += &x * x.transpose();
+        b += &x * (cost(0, t) - mean_so_far);
+        spent += cost(0, t);
+    }
+    let theta = a.lu().solve(&b).expect("solve");
+    for t in [0.0, 1.0] {
+        let d = l.propose(&Request::new(context(t))).expect("propose");
+        let a0 = d.arms.iter().find(|e| e.arm == "a0").expect("a0");
+        let want = spent / 40.0 + theta[0] + t * theta[1];
+        assert!((a0.cost_usd - want).abs() < 1e-12, "{} vs {want}", a0.cost_usd);
+        assert_eq!(d.arm, if t == 0.0 { "a0" } else { "a1" }, "task {t}");
+    }
+}
