@@ -402,3 +402,34 @@ fn unpriced_arms_learn_their_cost_per_context() {
         assert_eq!(d.arm, if t == 0.0 { "a0" } else { "a1" }, "task {t}");
     }
 }
+
+/// A snapshot written before learners had cost models restores, and its learner keeps
+/// the per-token cost ratio alone.
+#[test]
+fn snapshots_without_cost_models_keep_the_per_token_ratio() {
+    let mut l = learner("eps(0)", 2, 2, 0);
+    let context = |t: f64, tokens: u32| Context {
+        features: vec![1.0, t],
+        input_tokens: tokens,
+    };
+    l.learn("a0", &context(0.0, 100), &Outcome::new(10.0, 0.001))
+        .expect("learn");
+    l.learn("a0", &context(1.0, 300), &Outcome::new(10.0, 0.009))
+        .expect("learn");
+    let mut value = serde_json::to_value(l.snapshot()).expect("value");
+    let removed = value["learner"]
+        .as_object_mut()
+        .expect("learner")
+        .remove("cost_models");
+    assert!(removed.is_some_and(|m| !m.is_null()));
+    let old: Snapshot = serde_json::from_value(value).expect("old snapshot");
+    let restored = Learner::restore(old).expect("restore");
+    for (t, tokens) in [(0.0, 100), (1.0, 50)] {
+        let d = restored
+            .propose(&Request::new(context(t, tokens)))
+            .expect("propose");
+        let a0 = d.arms.iter().find(|e| e.arm == "a0").expect("a0");
+        let ratio = 0.010 / 400.0;
+        assert!((a0.cost_usd - f64::from(tokens) * ratio).abs() < 1e-15);
+    }
+}
