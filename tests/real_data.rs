@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use quiver_bandit::{Objective, PolicySpec, DEFAULT_PACING_STEP};
 use quiver_sim::context::ContextBuilder;
-use quiver_sim::data::{load_logged, load_wide, Format};
+use quiver_sim::data::{load_logged, load_wide, Format, WideDataset};
 use quiver_sim::metrics;
 use quiver_sim::ope::{estimate, inputs_for, run_candidate, Ips, Metric, Snips};
 use quiver_sim::replay::{replay, Environment, Knobs, ReplaySettings, Variant};
@@ -57,26 +57,30 @@ fn routerbench_per_model_means_equal_the_published_facts() {
     );
 }
 
-/// Replays `variants` on the RouterBench test files after `train_passes` passes over the
-/// train files (the first `explore_passes` of them uniform), under bandit feedback.
+/// The RouterBench train and test files.
+fn routerbench(dir: &std::path::Path) -> (WideDataset, WideDataset) {
+    let load = |files: &str| load_wide(&path(dir, files), Format::RouterBench, None).unwrap();
+    (
+        load("routerbench_subset/*_train.csv"),
+        load("routerbench_subset/*_test.csv"),
+    )
+}
+
+/// Replays `variants` on the RouterBench test files after three passes over the train
+/// files (the first `explore_passes` of them uniform), under bandit feedback.
 fn routerbench_replay(
-    dir: &std::path::Path,
+    (train, test): &(WideDataset, WideDataset),
     variants: Vec<Variant>,
     seeds: u64,
     explore_passes: usize,
     pacer_step: f64,
 ) -> Summary {
-    let load = |files: &str| load_wide(&path(dir, files), Format::RouterBench, None).unwrap();
-    let (train, test) = (
-        load("routerbench_subset/*_train.csv"),
-        load("routerbench_subset/*_test.csv"),
-    );
     let mut tasks = train.tasks.clone().unwrap();
     tasks.extend(test.tasks.clone().unwrap());
     let builder = ContextBuilder::new(true, &tasks, 0);
     let (env, train_env) = (
-        Environment::new(&test, &builder).unwrap(),
-        Environment::new(&train, &builder).unwrap(),
+        Environment::new(test, &builder).unwrap(),
+        Environment::new(train, &builder).unwrap(),
     );
     let settings = ReplaySettings {
         variants,
@@ -89,7 +93,7 @@ fn routerbench_replay(
         checkpoints: 10,
     };
     let runs = replay(&env, Some(&train_env), &settings, &|| {}).unwrap();
-    summarize(&test, Some(train.rows()), &settings, &runs, None)
+    summarize(test, Some(train.rows()), &settings, &runs, None)
 }
 
 fn variant(spec: &str, objective: Objective, budget_usd: Option<f64>) -> Variant {
@@ -119,7 +123,7 @@ fn routerbench_linear_policies_trained_on_train_beat_the_best_fixed_arm_on_test(
     let variants = ["linucb(alpha=0.3,lambda=30)", "lints(v=0.1,lambda=30,draws=32)"]
         .map(|s| variant(s, objective, None))
         .to_vec();
-    let summary = routerbench_replay(&dir, variants, 3, 0, DEFAULT_PACING_STEP);
+    let summary = routerbench_replay(&routerbench(&dir), variants, 3, 0, DEFAULT_PACING_STEP);
     let best_fixed = summary
         .single_arms
         .iter()
@@ -143,13 +147,8 @@ fn routerbench_linear_policies_trained_on_train_beat_the_best_fixed_arm_on_test(
 #[test]
 fn routerbench_budget_routing_reaches_95_percent_of_the_best_model_at_25_percent_of_its_cost() {
     let Some(dir) = datasets() else { return };
-    let test = load_wide(
-        &path(&dir, "routerbench_subset/*_test.csv"),
-        Format::RouterBench,
-        None,
-    )
-    .unwrap();
-    let singles = metrics::single_arms(&test, None);
+    let data = routerbench(&dir);
+    let singles = metrics::single_arms(&data.1, None);
     let best = singles
         .iter()
         .max_by(|a, b| a.mean_quality.total_cmp(&b.mean_quality))
@@ -158,7 +157,7 @@ fn routerbench_budget_routing_reaches_95_percent_of_the_best_model_at_25_percent
     let variants = ["linucb(alpha=0.05,lambda=30)", "lints(v=0.1,lambda=30,draws=32)"]
         .map(|s| variant(s, Objective::default(), Some(0.99 * cap)))
         .to_vec();
-    let summary = routerbench_replay(&dir, variants, 10, 1, 0.002);
+    let summary = routerbench_replay(&data, variants, 10, 1, 0.002);
     for p in &summary.policies {
         print_shares(p);
         assert!(p.quality_vs_best_single >= 0.95, "{}: quality", p.policy);

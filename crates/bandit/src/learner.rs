@@ -633,24 +633,28 @@ impl Learner {
     /// arm `i`: from its prices, or else from its per-token cost ratio corrected by its
     /// cost model.
     fn expected_cost_usd(&self, i: usize, x: &[f64], tokens: u32) -> f64 {
-        let arm = &self.arms[i];
-        let by_usage = self.usage[i].expected_cost_usd(arm, tokens, self.config.default_output_tokens);
+        let by_usage = self.cost_by_usage(i, tokens);
         match &self.cost_models {
-            Some(models) if !arm.has_prices() => (by_usage + models.get(i).mean(x)).max(0.0),
+            Some(models) if !self.arms[i].has_prices() => (by_usage + models.get(i).mean(x)).max(0.0),
             _ => by_usage,
         }
+    }
+
+    /// Arm `i`'s expected cost from its prices or its per-token ratio (see [`ArmUsage`]).
+    fn cost_by_usage(&self, i: usize, tokens: u32) -> f64 {
+        self.usage[i].expected_cost_usd(&self.arms[i], tokens, self.config.default_output_tokens)
     }
 
     /// Teaches arm `arm`'s cost model what the per-token ratio missed on a request with
     /// features `x` and `tokens` prompt tokens that cost `cost_usd`, unless the arm has
     /// prices. Call it before the usage records that cost.
     fn learn_cost(&mut self, arm: usize, x: &[f64], tokens: u32, cost_usd: f64) {
-        let by_usage =
-            self.usage[arm].expected_cost_usd(&self.arms[arm], tokens, self.config.default_output_tokens);
+        if self.arms[arm].has_prices() || x.is_empty() {
+            return;
+        }
+        let by_usage = self.cost_by_usage(arm, tokens);
         if let Some(models) = self.cost_models.as_mut() {
-            if !self.arms[arm].has_prices() && !x.is_empty() {
-                models.observe(arm, x, cost_usd - by_usage);
-            }
+            models.observe(arm, x, cost_usd - by_usage);
         }
     }
 

@@ -6,10 +6,10 @@
 //! the compiler vectorizes.
 //!
 //! The rows have every length from `dim` down to 1, so most end in a part of a chunk of
-//! eight. The reading kernels do not run a scalar loop for that part: they read the chunk
-//! whole, past the row's end (into the next row, or into [`PADDING`] zeros kept after the
-//! last one), against a copy of `x` followed by zeros. The values past the row then add
-//! exact zeros, and every row is whole vectors.
+//! eight. The kernels do not run a scalar loop for that part: they take the chunk whole,
+//! past the row's end (into the next row, or into [`PADDING`] zeros kept after the last
+//! one), against a copy of `x` (or `u`) followed by zeros. The values past the row then
+//! add, or receive, exact zeros, and every row is whole vectors.
 //!
 //! The baseline x86-64 target has only 2-wide SSE2 vectors, so the three kernels are also
 //! compiled for AVX2 and AVX-512 and chosen at run time. The results are bit-identical on
