@@ -60,37 +60,67 @@ pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
     sum_lanes(lanes) + tail
 }
 
-/// `y += alpha * x`.
+/// `a` as whole chunks of eight: its length is a multiple of eight.
 #[inline(always)]
-fn axpy(alpha: f64, x: &[f64], y: &mut [f64]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += alpha * xi;
+fn chunks(a: &[f64]) -> &[[f64; LANES]] {
+    let (chunks, rest) = a.as_chunks();
+    debug_assert!(rest.is_empty());
+    chunks
+}
+
+/// [`dot_lanes`] of whole chunks, which need no remainder loop.
+#[inline(always)]
+fn dot_chunks(a: &[f64], b: &[f64]) -> [f64; LANES] {
+    let mut lanes = [0.0; LANES];
+    for (x, y) in chunks(a).iter().zip(chunks(b)) {
+        for i in 0..LANES {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    lanes
+}
+
+/// `y += alpha * x` over whole chunks of eight.
+#[inline(always)]
+fn axpy_chunks(alpha: f64, x: &[f64], y: &mut [f64]) {
+    let (y_chunks, rest) = y.as_chunks_mut::<LANES>();
+    debug_assert!(rest.is_empty());
+    for (yc, xc) in y_chunks.iter_mut().zip(chunks(x)) {
+        for i in 0..LANES {
+            yc[i] += alpha * xc[i];
+        }
     }
 }
 
-/// Calls `f` with `x` followed by [`PADDING`] zeros, copied to the stack where it fits.
+/// Calls `f` with `x` followed by [`PADDING`] zeros.
 #[inline(always)]
 fn with_padded<R>(x: &[f64], f: impl FnOnce(&[f64]) -> R) -> R {
+    with_buffer(x, x.len() + PADDING, |padded| f(padded))
+}
+
+/// Calls `f` with `len` values: `x`, then zeros; on the stack where they fit.
+#[inline(always)]
+fn with_buffer<R>(x: &[f64], len: usize, f: impl FnOnce(&mut [f64]) -> R) -> R {
     use std::mem::MaybeUninit;
     // Dimensions up to 248 on the stack. Only the values used are written: zeroing the
     // whole buffer would cost more than the product itself at small dimensions.
     const ON_STACK: usize = 256;
-    let padded = x.len() + PADDING;
-    if padded <= ON_STACK {
+    debug_assert!(x.len() <= len);
+    if len <= ON_STACK {
         let mut buffer = [MaybeUninit::<f64>::uninit(); ON_STACK];
         for (slot, &value) in buffer.iter_mut().zip(x) {
             slot.write(value);
         }
-        for slot in &mut buffer[x.len()..padded] {
+        for slot in &mut buffer[x.len()..len] {
             slot.write(0.0);
         }
-        // SAFETY: the first `padded` slots were written just above, and `MaybeUninit<f64>`
+        // SAFETY: the first `len` slots were written just above, and `MaybeUninit<f64>`
         // has the layout of `f64`.
-        f(unsafe { &*(&raw const buffer[..padded] as *const [f64]) })
+        f(unsafe { &mut *(&raw mut buffer[..len] as *mut [f64]) })
     } else {
         let mut buffer = x.to_vec();
-        buffer.resize(padded, 0.0);
-        f(&buffer)
+        buffer.resize(len, 0.0);
+        f(&mut buffer)
     }
 }
 
@@ -179,17 +209,22 @@ impl PackedSymmetric {
         with_padded(x, |x| quadratic_form(&self.data, self.dim, x))
     }
 
-    /// `C x`.
-    pub fn mul_vec(&self, x: &[f64]) -> Vec<f64> {
-        let mut out = vec![0.0; self.dim + PADDING];
-        with_padded(x, |x| mul_vec(&self.data, self.dim, x, &mut out));
-        out.truncate(self.dim);
-        out
-    }
-
-    /// `C += alpha u u'`.
-    pub fn rank_one_update(&mut self, alpha: f64, u: &[f64]) {
-        with_padded(u, |u| rank_one_update(&mut self.data, self.dim, alpha, u));
+    /// The Sherman-Morrison step that keeps `C = A^-1` when `A <- A + w x x'`: with
+    /// `u = C x`, `C <- C - w u u' / (1 + w x'u)`. Then calls `then(u, 1 + w x'u)`, `u`
+    /// being the product with the matrix before the step.
+    ///
+    /// `u` stays in a stack buffer, padded for the update's whole chunks.
+    pub fn sherman_morrison(&mut self, x: &[f64], weight: f64, then: impl FnOnce(&[f64], f64)) {
+        let dim = self.dim;
+        with_padded(x, |x| {
+            with_buffer(&[], dim + PADDING, |u| {
+                mul_vec(&self.data, dim, x, u);
+                u[dim..].fill(0.0);
+                let denom = 1.0 + weight * dot(&x[..dim], &u[..dim]);
+                rank_one_update(&mut self.data, dim, -weight / denom, u);
+                then(&u[..dim], denom);
+            })
+        });
     }
 }
 
@@ -217,7 +252,7 @@ fn quadratic_form_kernel(data: &[f64], dim: usize, x: &[f64]) -> f64 {
     let mut diagonal = 0.0;
     for i in 0..dim {
         let (start, len) = off_diagonal(dim, i);
-        let (lanes, _) = dot_lanes(&data[start..start + len], &x[i + 1..i + 1 + len]);
+        let lanes = dot_chunks(&data[start..start + len], &x[i + 1..i + 1 + len]);
         for lane in 0..LANES {
             totals[lane] += x[i] * lanes[lane];
         }
@@ -233,8 +268,8 @@ fn mul_vec_kernel(data: &[f64], dim: usize, x: &[f64], out: &mut [f64]) {
     for i in 0..dim {
         let (start, len) = off_diagonal(dim, i);
         let row = &data[start..start + len];
-        out[i] += data[start - 1] * x[i] + dot(row, &x[i + 1..i + 1 + len]);
-        axpy(x[i], row, &mut out[i + 1..i + 1 + len]);
+        out[i] += data[start - 1] * x[i] + sum_lanes(dot_chunks(row, &x[i + 1..i + 1 + len]));
+        axpy_chunks(x[i], row, &mut out[i + 1..i + 1 + len]);
     }
 }
 
@@ -244,7 +279,7 @@ fn rank_one_update_kernel(data: &mut [f64], dim: usize, alpha: f64, u: &[f64]) {
         // The whole row, diagonal included, in chunks of eight: past its end the zeros of
         // `u` add exact zeros to the next row (or to the padding).
         let (start, len) = (row_start(dim, i), (dim - i).div_ceil(LANES) * LANES);
-        axpy(alpha * u[i], &u[i..i + len], &mut data[start..start + len]);
+        axpy_chunks(alpha * u[i], &u[i..i + len], &mut data[start..start + len]);
     }
 }
 
@@ -318,6 +353,7 @@ mod tests {
     }
 
     fn packed_operations_match_the_dense_ones_at(dim: usize) {
+        // Symmetric positive definite: a Hilbert-like matrix plus 2 I.
         let dense = DMatrix::from_fn(dim, dim, |i, j| {
             1.0 / (1.0 + i as f64 + j as f64) + if i == j { 2.0 } else { 0.0 }
         });
@@ -326,17 +362,30 @@ mod tests {
         let mut packed = PackedSymmetric::from_matrix(&dense);
         assert_eq!(packed.to_matrix(), dense);
         assert!((packed.quadratic_form(&x) - xv.dot(&(&dense * &xv))).abs() < 1e-12);
-        for (a, b) in packed.mul_vec(&x).iter().zip((&dense * &xv).iter()) {
-            assert!((a - b).abs() < 1e-12);
-        }
-        packed.rank_one_update(-0.3, &x);
-        let updated = &dense - &xv * xv.transpose() * 0.3;
+        assert!((dot(&x, &x) - xv.norm_squared()).abs() < 1e-12);
+
+        // As the inverse of a matrix: `C = A^-1` becomes `(A + w x x')^-1`.
+        let weight = 0.3;
+        let mut packed_inverse = PackedSymmetric::from_matrix(&dense.clone().try_inverse().unwrap());
+        packed_inverse.sherman_morrison(&x, weight, |_, _| {});
+        let want = (&dense + &xv * xv.transpose() * weight).try_inverse().unwrap();
+        assert!((packed_inverse.to_matrix() - want).abs().max() < 1e-12);
+
+        // As a matrix of its own: `u = C x` before the step, and the step subtracts
+        // `w u u' / (1 + w x'u)`.
+        let u_want = &dense * &xv;
+        let denom_want = 1.0 + weight * xv.dot(&u_want);
+        let mut seen = None;
+        packed.sherman_morrison(&x, weight, |u, denom| seen = Some((u.to_vec(), denom)));
+        let (u, denom) = seen.unwrap();
+        assert!(u.iter().zip(u_want.iter()).all(|(a, b)| (a - b).abs() < 1e-12));
+        assert!((denom - denom_want).abs() < 1e-12);
+        let updated = &dense - &u_want * u_want.transpose() * (weight / denom_want);
         assert!((packed.to_matrix() - updated).abs().max() < 1e-12);
         assert_eq!(
             PackedSymmetric::scaled_identity(3, 2.0).to_matrix(),
             DMatrix::identity(3, 3) * 2.0
         );
-        assert!((dot(&x, &x) - xv.norm_squared()).abs() < 1e-12);
     }
 
     /// The kernels this CPU dispatches to give the baseline kernels' results bit for bit,
@@ -347,22 +396,28 @@ mod tests {
         let x: Vec<f64> = (0..dim).map(|i| (i as f64 * 1.3).sin() / 3.0).collect();
         let padded: Vec<f64> = x.iter().copied().chain([0.0; PADDING]).collect();
         let mut packed = PackedSymmetric::scaled_identity(dim, 1.5);
-        packed.rank_one_update(0.7, &x);
+        packed.sherman_morrison(&x, -0.2, |_, _| {});
+
         let mut baseline = packed.data.clone();
-        rank_one_update_kernel(&mut baseline, dim, 0.7, &padded);
-        packed.rank_one_update(0.7, &x);
+        let mut u = vec![0.0; dim + PADDING];
+        mul_vec_kernel(&baseline, dim, &padded, &mut u);
+        u[dim..].fill(0.0);
+        let denom = 1.0 + 0.7 * dot(&x, &u[..dim]);
+        rank_one_update_kernel(&mut baseline, dim, -0.7 / denom, &u);
+
+        let want = quadratic_form_kernel(&packed.data, dim, &padded);
+        assert_eq!(packed.quadratic_form(&x).to_bits(), want.to_bits());
+        let mut seen = None;
+        packed.sherman_morrison(&x, 0.7, |u, denom| seen = Some((u.to_vec(), denom)));
+        let (got_u, got_denom) = seen.unwrap();
+        assert_eq!(got_u.len(), dim);
+        assert!(got_u.iter().zip(&u).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert_eq!(got_denom.to_bits(), denom.to_bits());
         assert!(packed
             .data
             .iter()
             .zip(&baseline)
             .all(|(a, b)| a.to_bits() == b.to_bits()));
-        let want = quadratic_form_kernel(&packed.data, dim, &padded);
-        assert_eq!(packed.quadratic_form(&x).to_bits(), want.to_bits());
-        let mut out = vec![0.0; dim + PADDING];
-        mul_vec_kernel(&packed.data, dim, &padded, &mut out);
-        let got = packed.mul_vec(&x);
-        assert_eq!(got.len(), dim);
-        assert!(got.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 
     /// The padding is not part of the serialized form, and a wrong number of values is
@@ -370,7 +425,7 @@ mod tests {
     #[test]
     fn serialized_matrices_hold_the_triangle_only() {
         let mut packed = PackedSymmetric::scaled_identity(4, 2.0);
-        packed.rank_one_update(0.5, &[1.0, -2.0, 0.5, 3.0]);
+        packed.sherman_morrison(&[1.0, -2.0, 0.5, 3.0], 0.5, |_, _| {});
         let json = serde_json::to_value(&packed).unwrap();
         assert_eq!(json["data"].as_array().unwrap().len(), 10);
         let back: PackedSymmetric = serde_json::from_value(json.clone()).unwrap();

@@ -126,15 +126,11 @@ impl RidgeModel {
         self.precision.ger(sign, &xv, &xv, 1.0);
         self.b.axpy(sign * r, &xv, 1.0);
         self.count += sign;
-        let u = self.covariance.mul_vec(x);
-        let denom = 1.0 + sign * dot(x, &u);
         let residual = r - dot(x, self.theta.as_slice());
-        self.covariance.rank_one_update(-sign / denom, &u);
-        self.theta.axpy(
-            sign * residual / denom,
-            &DVectorView::from_slice(&u, u.len()),
-            1.0,
-        );
+        let theta = &mut self.theta;
+        self.covariance.sherman_morrison(x, sign, |u, denom| {
+            theta.axpy(sign * residual / denom, &DVectorView::from_slice(u, u.len()), 1.0);
+        });
         if let Some(l) = self.cholesky.take() {
             let mut factor = Cholesky::<f64, Dyn>::pack_dirty(l);
             factor.rank_one_update(&xv, sign);
