@@ -4,6 +4,10 @@
 //! explanation); `update` is the policy's learning step on one observation. Each learner is
 //! first trained on 2,000 observations so the models are not at their priors.
 //!
+//! `snapshot` copies a LinUCB learner (d = 64, K = 11) with many decisions awaiting their
+//! quality, as the server does under its lock every snapshot interval, and then makes the
+//! next decision, which pays for any copying the snapshot deferred.
+//!
 //! Run: `cargo bench --bench policies`; CI runs it once per benchmark in test mode.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -34,9 +38,10 @@ fn context(dim: usize, rng: &mut ChaCha8Rng) -> Vec<f64> {
     x
 }
 
-fn trained(spec: &str, dim: usize, arms: usize) -> Learner {
+/// A learner trained on 2,000 observations that remembers up to `max_tracked` decisions.
+fn trained(spec: &str, dim: usize, arms: usize, max_tracked: usize) -> Learner {
     let mut config = LearnerConfig::new(spec.parse().expect("spec"), dim);
-    config.max_tracked_decisions = 1024;
+    config.max_tracked_decisions = max_tracked;
     let arms = (0..arms).map(|a| Arm::new(format!("a{a}"))).collect();
     let mut learner = Learner::new(config, arms).expect("learner");
     let mut rng = ChaCha8Rng::seed_from_u64(1);
@@ -63,7 +68,7 @@ fn bench(c: &mut Criterion) {
             decide.warm_up_time(Duration::from_millis(300));
             decide.measurement_time(Duration::from_secs(1));
             for spec in SPECS {
-                let mut learner = trained(spec, dim, arms);
+                let mut learner = trained(spec, dim, arms, 1024);
                 let mut rng = ChaCha8Rng::seed_from_u64(2);
                 let requests: Vec<Request> = (0..64)
                     .map(|_| {
@@ -87,7 +92,7 @@ fn bench(c: &mut Criterion) {
             update.warm_up_time(Duration::from_millis(300));
             update.measurement_time(Duration::from_secs(1));
             for spec in SPECS {
-                let mut policy = trained(spec, dim, arms).policy().clone();
+                let mut policy = trained(spec, dim, arms, 1024).policy().clone();
                 let mut rng = ChaCha8Rng::seed_from_u64(3);
                 let observations: Vec<(usize, Vec<f64>, f64)> = (0..64)
                     .map(|_| (rng.random_range(0..arms), context(dim, &mut rng), rng.random()))
@@ -106,5 +111,33 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+fn snapshot(c: &mut Criterion) {
+    let mut group = c.benchmark_group("snapshot/linucb/d64/k11");
+    group.warm_up_time(Duration::from_millis(300));
+    group.measurement_time(Duration::from_secs(2));
+    for pending in [10_000usize, 100_000] {
+        let mut learner = trained("linucb(alpha=0.5)", 64, 11, pending);
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let request = |rng: &mut ChaCha8Rng| {
+            Request::new(Context {
+                features: context(64, rng),
+                input_tokens: 200,
+            })
+        };
+        for _ in 0..pending {
+            learner.decide(&request(&mut rng)).expect("decide");
+        }
+        let next = request(&mut rng);
+        group.bench_function(BenchmarkId::new("pending", pending), |b| {
+            b.iter(|| {
+                let copy = black_box(learner.snapshot());
+                black_box(learner.decide(&next).expect("decide"));
+                copy
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, snapshot);
 criterion_main!(benches);

@@ -1,7 +1,9 @@
 //! The learner: arms, a policy, cost and latency usage, the objective and budget pacing,
 //! tied together into decide -> outcome -> update, with snapshots.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use imbl::OrdMap;
 
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -182,10 +184,23 @@ struct TrackedDecision {
     /// `None` once the arm has been removed.
     arm: Option<usize>,
     input_tokens: u32,
-    /// Kept until both the cost and the quality are learned; empty after.
-    features: Vec<f64>,
+    /// Kept until both the cost and the quality are learned; empty after. Shared, so that
+    /// copying the tracked decisions copies no features.
+    features: Arc<[f64]>,
     outcome_recorded: bool,
     quality_recorded: bool,
+}
+
+impl TrackedDecision {
+    /// The features, for one part of the feedback (cost or quality). Once the other part
+    /// is recorded too, the decision needs them no more and hands them over.
+    fn take_or_share_features(&mut self, other_recorded: bool) -> Arc<[f64]> {
+        if other_recorded {
+            std::mem::take(&mut self.features)
+        } else {
+            Arc::clone(&self.features)
+        }
+    }
 }
 
 /// A bandit learner for one route: decides, learns from outcomes, snapshots.
@@ -200,7 +215,10 @@ pub struct Learner {
     usage: Vec<ArmUsage>,
     pacer: Option<BudgetPacer>,
     next_decision: u64,
-    tracked: BTreeMap<u64, TrackedDecision>,
+    /// Decisions awaiting feedback, by id. A persistent map: a clone shares every node
+    /// until one side changes it, so a snapshot costs O(1) here however many decisions
+    /// are tracked, and the live learner copies only the nodes it touches afterwards.
+    tracked: OrdMap<u64, TrackedDecision>,
     /// Per arm without prices, a ridge regression on the context of what the per-token
     /// cost ratio missed (observed cost minus the ratio's estimate): a request's cost
     /// depends on more than its prompt's length (the answer's length, say, which varies
@@ -272,7 +290,7 @@ impl Learner {
             policy,
             pacer,
             next_decision: 0,
-            tracked: BTreeMap::new(),
+            tracked: OrdMap::new(),
         })
     }
 
@@ -491,13 +509,15 @@ impl Learner {
             TrackedDecision {
                 arm: Some(index),
                 input_tokens: context.input_tokens,
-                features: context.features.clone(),
+                features: context.features.as_slice().into(),
                 outcome_recorded: false,
                 quality_recorded: false,
             },
         );
         while self.tracked.len() > self.config.max_tracked_decisions {
-            self.tracked.pop_first();
+            if let Some(&(oldest, _)) = self.tracked.get_min() {
+                self.tracked.remove(&oldest);
+            }
         }
         self.next_decision = self.next_decision.max(id + 1);
     }
@@ -577,15 +597,11 @@ impl Learner {
             } else {
                 tracked.input_tokens
             };
-            let features = std::mem::take(&mut tracked.features);
-            let quality_recorded = tracked.quality_recorded;
+            let features = tracked.take_or_share_features(tracked.quality_recorded);
             self.learn_cost(arm, &features, tokens, outcome.cost_usd);
             self.usage[arm].record(outcome, tokens);
             if let Some(pacer) = self.pacer.as_mut() {
                 pacer.observe(outcome.cost_usd);
-            }
-            if !quality_recorded {
-                self.keep_features(id, features);
             }
             applied = Applied::Applied;
         }
@@ -613,20 +629,9 @@ impl Learner {
             return Ok(Applied::AlreadyApplied);
         }
         tracked.quality_recorded = true;
-        let outcome_recorded = tracked.outcome_recorded;
-        let features = std::mem::take(&mut tracked.features);
+        let features = tracked.take_or_share_features(tracked.outcome_recorded);
         self.policy.update(arm, &features, quality);
-        if !outcome_recorded {
-            self.keep_features(id, features);
-        }
         Ok(Applied::Applied)
-    }
-
-    /// Gives decision `id` its features back, for the part of its feedback still to come.
-    fn keep_features(&mut self, id: u64, features: Vec<f64>) {
-        if let Some(tracked) = self.tracked.get_mut(&id) {
-            tracked.features = features;
-        }
     }
 
     /// What a request with features `x` and `tokens` prompt tokens is expected to cost on
@@ -660,7 +665,11 @@ impl Learner {
 
     /// Forgets every decision with an id below `id`: their feedback horizon has passed.
     pub fn forget_decisions_before(&mut self, id: u64) {
-        self.tracked = self.tracked.split_off(&id);
+        let (_, at, mut after) = self.tracked.split_lookup(&id);
+        if let Some(decision) = at {
+            after.insert(id, decision);
+        }
+        self.tracked = after;
     }
 
     /// Adds an arm at run time; it starts from the policy's optimistic prior.
@@ -690,13 +699,18 @@ impl Learner {
         if let Some(models) = self.cost_models.as_mut() {
             models.remove_arm(index);
         }
-        for t in self.tracked.values_mut() {
-            t.arm = match t.arm {
-                Some(a) if a == index => None,
-                Some(a) if a > index => Some(a - 1),
-                other => other,
-            };
-        }
+        self.tracked = self
+            .tracked
+            .iter()
+            .map(|(&id, t)| {
+                let arm = match t.arm {
+                    Some(a) if a == index => None,
+                    Some(a) if a > index => Some(a - 1),
+                    other => other,
+                };
+                (id, TrackedDecision { arm, ..t.clone() })
+            })
+            .collect();
         Ok(self.arms.remove(index))
     }
 
@@ -737,5 +751,32 @@ impl Learner {
             return Err(ErrorKind::CorruptSnapshot("a tracked decision names a missing arm".into()).into());
         }
         Ok(l)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::Context;
+
+    /// A snapshot shares the tracked decisions with the live learner instead of copying
+    /// them, and the learner's later changes do not reach the snapshot.
+    #[test]
+    fn snapshots_share_the_tracked_decisions() {
+        let spec: PolicySpec = "linucb".parse().expect("spec");
+        let mut l =
+            Learner::new(LearnerConfig::new(spec, 2), vec![Arm::new("a"), Arm::new("b")]).expect("learner");
+        let request = Request::new(Context {
+            features: vec![1.0, 0.5],
+            input_tokens: 10,
+        });
+        let ids: Vec<u64> = (0..1000)
+            .map(|_| l.decide(&request).expect("decide").id)
+            .collect();
+        let snapshot = l.snapshot();
+        assert!(snapshot.learner.tracked.ptr_eq(&l.tracked));
+        l.record_quality(ids[10], 1.0).expect("feedback");
+        assert!(!snapshot.learner.tracked[&ids[10]].quality_recorded);
+        assert!(l.tracked[&ids[10]].quality_recorded);
     }
 }

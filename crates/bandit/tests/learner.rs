@@ -433,3 +433,46 @@ fn snapshots_without_cost_models_keep_the_per_token_ratio() {
         assert!((a0.cost_usd - f64::from(tokens) * ratio).abs() < 1e-15);
     }
 }
+
+/// Feedback is accepted within the learner's memory: with more than
+/// `max_tracked_decisions` pending, the oldest are forgotten first, and
+/// `forget_decisions_before` forgets exactly the ids below its own. Snapshots keep the
+/// pending decisions as a map from id to decision, features included.
+#[test]
+fn tracked_decisions_are_bounded_and_forgotten_oldest_first() {
+    let mut config = LearnerConfig::new("linucb".parse().expect("spec"), 2);
+    config.max_tracked_decisions = 5;
+    let mut l = Learner::new(config, vec![Arm::new("a0"), Arm::new("a1")]).expect("learner");
+    let ids: Vec<u64> = (0..8)
+        .map(|i| l.decide(&request(vec![1.0, i as f64])).expect("decide").id)
+        .collect();
+    let known = |l: &Learner, id: u64| l.quality_would_apply(id, 0.5).is_ok();
+    assert!(ids[..3].iter().all(|&id| !known(&l, id)));
+    assert!(ids[3..].iter().all(|&id| known(&l, id)));
+
+    l.forget_decisions_before(ids[5]);
+    assert!(ids[..5].iter().all(|&id| !known(&l, id)));
+    assert!(ids[5..].iter().all(|&id| known(&l, id)));
+    assert_eq!(
+        l.record_quality(ids[4], 0.5).unwrap_err().kind(),
+        &ErrorKind::UnknownDecision(ids[4])
+    );
+
+    let value = serde_json::to_value(l.snapshot()).expect("value");
+    let tracked = value["learner"]["tracked"].as_object().expect("a map");
+    let keys: Vec<&str> = tracked.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["5", "6", "7"]);
+    assert_eq!(tracked["6"]["features"], serde_json::json!([1.0, 6.0]));
+    // The features are let go once both parts of the feedback are in.
+    l.record_outcome(ids[6], &Outcome::new(80.0, 0.001).with_quality(0.5))
+        .expect("feedback");
+    let value = serde_json::to_value(l.snapshot()).expect("value");
+    assert_eq!(
+        value["learner"]["tracked"]["6"]["features"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        value["learner"]["tracked"]["7"]["features"],
+        serde_json::json!([1.0, 7.0])
+    );
+}

@@ -208,7 +208,8 @@ pub struct Router {
 /// The learners' state at one point of the log, captured under the router's lock by
 /// [`Router::capture_snapshot`] and written by [`CapturedSnapshot::write`] without it:
 /// serializing the learners (every tracked decision's features) and the fsync take far
-/// longer than the copy, and requests need not wait for them.
+/// longer than the copy, and requests need not wait for them. The copy shares the tracked
+/// decisions with the live learners, so its cost does not grow with them.
 #[must_use = "a captured snapshot is saved only once written"]
 pub struct CapturedSnapshot {
     state: RouterSnapshot,
