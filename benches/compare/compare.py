@@ -287,15 +287,20 @@ def wait_ready(port, timeout=90):
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
-def wrk(url, body, args, headers=()):
-    """wrk at fixed concurrency; returns requests/s and latency percentiles in ms."""
+def wrk(url, body, args, headers=(), connections=None, think_ms=0):
+    """wrk at fixed concurrency; returns requests/s and latency percentiles in ms. With
+    `think_ms`, each connection waits that long between a response and its next request,
+    which holds the load below saturation."""
     script = OUT / "post.lua"
     lines = ['wrk.method = "POST"', 'wrk.headers["Content-Type"] = "application/json"',
              f"wrk.body = [[{json.dumps(body)}]]"]
     lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers]
+    if think_ms:
+        lines.append(f"function delay() return {think_ms} end")
     script.write_text("\n".join(lines) + "\n")
+    connections = connections or args.connections
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{args.connections}", f"-d{args.seconds}s", "--latency", "-s", str(script), url],
+        ["wrk", "-t2", f"-c{connections}", f"-d{args.seconds}s", "--latency", "-s", str(script), url],
         check=True, capture_output=True, text=True,
     ).stdout
     unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -347,6 +352,25 @@ def stop(proc):
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def route_load(port, log, args, probe_disk=False):
+    """`/v1/route` at saturation (wrk's connections back to back) and at a moderate load
+    (2 connections, 1 ms between a response and the next request), `--reps` times each."""
+    url = f"http://127.0.0.1:{port}/v1/route"
+    body = {"route": "chat", "prompt": "What is 17 times 23?"}
+    for _ in range(args.reps):
+        for label, connections, think_ms in [("saturated", args.connections, 0), ("moderate", 2, 1)]:
+            route = wrk(url, body, args, connections=connections, think_ms=think_ms)
+            name = f"quiver serve /v1/route, {log}, {label} (c={connections}{', 1 ms think' if think_ms else ''})"
+            print(f"{name}: {route['rps']:.0f} req/s, p50 {route['p50']:.3f} ms, p99 {route['p99']:.3f} ms",
+                  flush=True)
+            RESULTS.append(dict(name=name, **route))
+        if probe_disk:
+            disk = fdatasync_latency(OUT / "fdatasync.probe")
+            print(f"  this disk, same run: 300-byte write + fdatasync of a preallocated file, "
+                  f"p50 {disk['p50']:.3f} ms, p99 {disk['p99']:.3f} ms, p99.9 {disk['p99.9']:.3f} ms", flush=True)
+            RESULTS.append(dict(name="fdatasync, 300-byte appends", **disk))
+
+
 def section_proxy(args):
     up_port, q_port, l_port = free_port(), free_port(), free_port()
     upstream = start([args.quiver_side, "upstream", str(up_port)], up_port)
@@ -394,17 +418,21 @@ def section_proxy(args):
                    note=f"direct {direct[p]:.3f} ms")
         report(f"proxy throughput (c={args.connections})", litellm_label,
                max(r["rps"] for r in runs["litellm"]), max(r["rps"] for r in runs["quiver"]), "req/s")
-        for _ in range(args.reps):
-            route = wrk(f"http://127.0.0.1:{q_port}/v1/route", {"route": "chat", "prompt": "What is 17 times 23?"}, args)
-            print(f"quiver serve /v1/route (c={args.connections}, LinUCB over 2 models, fsynced log): "
-                  f"{route['rps']:.0f} req/s, p50 {route['p50']:.3f} ms, p99 {route['p99']:.3f} ms", flush=True)
-            RESULTS.append(dict(name=f"quiver serve /v1/route (c={args.connections})", **route))
-            disk = fdatasync_latency(OUT / "fdatasync.probe")
-            print(f"  this disk, same run: 300-byte write + fdatasync of a preallocated file, "
-                  f"p50 {disk['p50']:.3f} ms, p99 {disk['p99']:.3f} ms, p99.9 {disk['p99.9']:.3f} ms", flush=True)
-            RESULTS.append(dict(name="fdatasync, 300-byte appends", **disk))
+        route_load(q_port, "fsynced log", args, probe_disk=True)
         stop(litellm)
         stop(quiver)
+        # The same server with its log in memory, where fsync returns at once: what the
+        # software adds, apart from the disk.
+        memory_log = Path("/dev/shm") / f"quiver-compare-{os.getpid()}"
+        if memory_log.parent.is_dir():
+            subprocess.run(["rm", "-rf", str(memory_log)], check=True)
+            config.write_text(config.read_text().replace(f'log_dir = "{log_dir}"', f'log_dir = "{memory_log}"'))
+            quiver = start([args.quiver, "serve", "--config", str(config)], q_port)
+            try:
+                route_load(q_port, "log in memory", args)
+            finally:
+                stop(quiver)
+                subprocess.run(["rm", "-rf", str(memory_log)], check=True)
     finally:
         stop(upstream)
 
