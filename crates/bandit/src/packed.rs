@@ -28,18 +28,24 @@ const PADDING: usize = LANES;
 /// product of the remainder past the last full chunk of eight.
 #[inline(always)]
 fn dot_lanes(a: &[f64], b: &[f64]) -> ([f64; LANES], f64) {
-    let (chunks_a, chunks_b) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let ((chunks_a, rest_a), (chunks_b, rest_b)) = (a.as_chunks(), b.as_chunks());
     let mut tail = 0.0;
-    for (x, y) in chunks_a.remainder().iter().zip(chunks_b.remainder()) {
+    for (x, y) in rest_a.iter().zip(rest_b) {
         tail += x * y;
     }
+    (chunk_lanes(chunks_a, chunks_b), tail)
+}
+
+/// The dot product of whole chunks, in eight lanes not yet summed across them.
+#[inline(always)]
+fn chunk_lanes(a: &[[f64; LANES]], b: &[[f64; LANES]]) -> [f64; LANES] {
     let mut lanes = [0.0; LANES];
-    for (x, y) in chunks_a.zip(chunks_b) {
+    for (x, y) in a.iter().zip(b) {
         for i in 0..LANES {
             lanes[i] += x[i] * y[i];
         }
     }
-    (lanes, tail)
+    lanes
 }
 
 /// Sums eight lanes in a fixed order.
@@ -68,16 +74,10 @@ fn chunks(a: &[f64]) -> &[[f64; LANES]] {
     chunks
 }
 
-/// [`dot_lanes`] of whole chunks, which need no remainder loop.
+/// [`dot_lanes`] of slices that are whole chunks, which need no remainder loop.
 #[inline(always)]
 fn dot_chunks(a: &[f64], b: &[f64]) -> [f64; LANES] {
-    let mut lanes = [0.0; LANES];
-    for (x, y) in chunks(a).iter().zip(chunks(b)) {
-        for i in 0..LANES {
-            lanes[i] += x[i] * y[i];
-        }
-    }
-    lanes
+    chunk_lanes(chunks(a), chunks(b))
 }
 
 /// `y += alpha * x` over whole chunks of eight.
