@@ -6,7 +6,9 @@
 //!
 //! `snapshot` copies a LinUCB learner (d = 64, K = 11) with many decisions awaiting their
 //! quality, as the server does under its lock every snapshot interval, and then makes the
-//! next decision, which pays for any copying the snapshot deferred.
+//! next decision, which pays for any copying the snapshot deferred; then serializes the
+//! copy to JSON, whole (`serialize/full`) and without the tracked decisions, as the server
+//! writes it (`serialize/without_tracked`; the log holds those decisions).
 //!
 //! Run: `cargo bench --bench policies`; CI runs it once per benchmark in test mode.
 
@@ -135,6 +137,16 @@ fn snapshot(c: &mut Criterion) {
                 copy
             })
         });
+        for (name, copy) in [
+            ("serialize/full", learner.snapshot()),
+            ("serialize/without_tracked", learner.snapshot_without_tracked()),
+        ] {
+            group.sample_size(10);
+            group.bench_function(BenchmarkId::new(name, pending), |b| {
+                b.iter(|| serde_json::to_vec(black_box(&copy)).expect("serialize").len())
+            });
+            group.sample_size(100);
+        }
     }
     group.finish();
 }

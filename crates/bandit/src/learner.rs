@@ -522,6 +522,33 @@ impl Learner {
         self.next_decision = self.next_decision.max(id + 1);
     }
 
+    /// Re-registers, after a restart, that decision `id`'s outcome was recorded before the
+    /// snapshot the learner was restored from: the state already holds what it taught, so
+    /// only the decision's bookkeeping changes, as [`Learner::record_outcome`] would change
+    /// it (a repeat then counts as already applied).
+    pub fn resume_outcome(&mut self, id: u64, outcome: &Outcome) -> Result<()> {
+        outcome.validate()?;
+        self.mark_recorded(id, true, outcome.credited_quality().is_some())
+    }
+
+    /// [`Learner::resume_outcome`] for a quality recorded before the snapshot.
+    pub fn resume_quality(&mut self, id: u64, quality: f64) -> Result<()> {
+        validate_quality(quality)?;
+        self.mark_recorded(id, false, true)
+    }
+
+    fn mark_recorded(&mut self, id: u64, outcome: bool, quality: bool) -> Result<()> {
+        let tracked = self.tracked_mut(id)?;
+        if tracked.arm.is_some() {
+            tracked.outcome_recorded |= outcome;
+            tracked.quality_recorded |= quality;
+            if tracked.outcome_recorded && tracked.quality_recorded {
+                tracked.features = Arc::default();
+            }
+        }
+        Ok(())
+    }
+
     /// Learns from an outcome of `arm` that this learner did not decide (a logged decision
     /// of another policy, or a warm start): cost and latency, and quality if present.
     /// The budget pacer is left alone: it tracks this learner's own spend.
@@ -720,6 +747,23 @@ impl Learner {
             format_version: SNAPSHOT_VERSION,
             learner: self.clone(),
         }
+    }
+
+    /// The learned state without the decisions awaiting feedback: for a caller that keeps
+    /// its own record of decisions (a decision log), so that the snapshot's size does not
+    /// grow with them. After [`Learner::restore`], the caller re-registers each decision
+    /// from [`Learner::oldest_tracked_decision`] on with [`Learner::resume_decision`],
+    /// [`Learner::resume_outcome`] and [`Learner::resume_quality`]; until then their
+    /// feedback answers [`ErrorKind::UnknownDecision`].
+    pub fn snapshot_without_tracked(&self) -> Snapshot {
+        let mut snapshot = self.snapshot();
+        snapshot.learner.tracked = OrdMap::new();
+        snapshot
+    }
+
+    /// The id of the oldest decision still awaiting (or remembered for) feedback.
+    pub fn oldest_tracked_decision(&self) -> Option<u64> {
+        self.tracked.get_min().map(|&(id, _)| id)
     }
 
     /// Restores a learner from a snapshot, checking its version and consistency.

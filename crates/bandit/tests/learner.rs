@@ -154,6 +154,75 @@ fn snapshot_round_trips_and_restored_learner_decides_bit_identically() {
     }
 }
 
+/// A snapshot without the tracked decisions, restored and told again what it already
+/// learned (`resume_*`), equals the learner it was taken from: the same decisions await
+/// the same parts of their feedback, with the same features.
+#[test]
+fn a_snapshot_without_tracked_decisions_resumes_them_from_a_journal() {
+    enum Event {
+        Decision(u64, String, Vec<f64>),
+        Outcome(u64, Outcome),
+        Quality(u64, f64),
+    }
+    let mut config = LearnerConfig::new("lints(v=0.3)".parse().expect("spec"), 3);
+    config.max_tracked_decisions = 8;
+    let arms = (0..3).map(|a| Arm::new(format!("a{a}"))).collect();
+    let mut original = Learner::new(config, arms).expect("learner");
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut journal = Vec::new();
+    for step in 0..40u64 {
+        let x = vec![1.0, rng.random_range(-1.0..1.0), rng.random_range(0.0..1.0)];
+        let d = original.decide(&request(x.clone())).expect("decide");
+        journal.push(Event::Decision(d.id, d.arm, x));
+        // Outcome only, quality only, both, a failed call (quality 0), or nothing yet.
+        let outcome = match step % 5 {
+            0 | 2 => Some(Outcome::new(90.0, 0.002)),
+            3 => Some(Outcome::new(90.0, 0.0).failed()),
+            _ => None,
+        };
+        if let Some(outcome) = outcome {
+            original.record_outcome(d.id, &outcome).expect("outcome");
+            journal.push(Event::Outcome(d.id, outcome));
+        }
+        if step % 5 == 1 || step % 5 == 2 {
+            original.record_quality(d.id, 0.6).expect("quality");
+            journal.push(Event::Quality(d.id, 0.6));
+        }
+    }
+    let oldest = original.oldest_tracked_decision().expect("tracked");
+    assert_eq!(oldest, 32, "the horizon keeps the last 8");
+
+    let mut restored = Learner::restore(original.snapshot_without_tracked()).expect("restore");
+    assert_ne!(restored, original);
+    assert!(matches!(
+        restored.record_quality(oldest, 0.5).unwrap_err().kind(),
+        ErrorKind::UnknownDecision(_)
+    ));
+    for event in &journal {
+        match event {
+            Event::Decision(id, arm, x) if *id >= oldest => restored
+                .resume_decision(*id, arm, &request(x.clone()).context)
+                .expect("resume decision"),
+            Event::Outcome(id, outcome) if *id >= oldest => {
+                restored.resume_outcome(*id, outcome).expect("resume outcome")
+            }
+            Event::Quality(id, q) if *id >= oldest => {
+                restored.resume_quality(*id, *q).expect("resume quality")
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(restored, original);
+    for id in oldest..40 {
+        let late = Outcome::new(90.0, 0.002).with_quality(0.9);
+        assert_eq!(
+            restored.record_outcome(id, &late).expect("outcome"),
+            original.record_outcome(id, &late).expect("outcome"),
+        );
+    }
+    assert_eq!(json(&restored), json(&original));
+}
+
 #[test]
 fn snapshots_from_another_version_or_inconsistent_are_refused() {
     let l = learner("ucb1", 2, 1, 0);

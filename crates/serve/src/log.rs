@@ -228,52 +228,115 @@ fn segments(dir: &Path) -> io::Result<Vec<PathBuf>> {
 /// (never acknowledged) and skipped, as [`DecisionLog::open`] cuts it; a bad line anywhere
 /// else is an error naming the file and line.
 pub fn read_log(dir: &Path) -> io::Result<Vec<LogRecord>> {
-    read_log_after(dir, 0)
+    records_after(dir, 0)?.collect()
+}
+
+fn first_seq_of(segment: &Path) -> Option<u64> {
+    segment
+        .file_name()?
+        .to_str()?
+        .strip_prefix("decisions-")?
+        .strip_suffix(".jsonl")?
+        .parse()
+        .ok()
 }
 
 /// The records of `dir` with a sequence number above `after` (what a snapshot taken at
-/// `after` does not hold), read as [`read_log`] does. Segments are named by their first
-/// sequence number, so those wholly at or below `after` are not read at all.
-pub fn read_log_after(dir: &Path, after: u64) -> io::Result<Vec<LogRecord>> {
+/// `after` does not hold), read as [`read_log`] does but one segment at a time. Segments
+/// are named by their first sequence number, so those wholly at or below `after` are not
+/// read at all.
+pub fn records_after(dir: &Path, after: u64) -> io::Result<LogRecords> {
     let files = segments(dir)?;
-    let first_seq = |path: &PathBuf| -> Option<u64> {
-        path.file_name()?
-            .to_str()?
-            .strip_prefix("decisions-")?
-            .strip_suffix(".jsonl")?
-            .parse()
-            .ok()
-    };
-    let mut out = Vec::new();
-    for (f, path) in files.iter().enumerate() {
-        let next_first = files.get(f + 1).and_then(first_seq);
-        if next_first.is_some_and(|next| next <= after + 1) {
-            continue;
+    let skipped = files[1.min(files.len())..]
+        .iter()
+        .take_while(|next| first_seq_of(next).is_some_and(|first| first <= after + 1))
+        .count();
+    Ok(LogRecords {
+        after,
+        files: files.into_iter().skip(skipped).collect::<Vec<_>>().into_iter(),
+        segment: None,
+    })
+}
+
+/// The records of a log directory in order; see [`records_after`].
+pub struct LogRecords {
+    after: u64,
+    files: std::vec::IntoIter<PathBuf>,
+    segment: Option<SegmentText>,
+}
+
+/// The complete records of one segment, and how far they have been read.
+struct SegmentText {
+    path: PathBuf,
+    text: String,
+    pos: usize,
+    line: usize,
+}
+
+impl SegmentText {
+    /// Reads `path`; in the last segment, a final line without its newline is torn.
+    fn read(path: PathBuf, last: bool) -> io::Result<Self> {
+        let mut text = std::fs::read_to_string(&path)?;
+        let mut end = records_of(&text).len();
+        if last {
+            end = text[..end].rfind('\n').map_or(0, |i| i + 1);
         }
-        let text = std::fs::read_to_string(path)?;
-        let text = records_of(&text);
-        let complete = if f + 1 == files.len() {
-            &text[..text.rfind('\n').map_or(0, |i| i + 1)]
-        } else {
-            text
-        };
-        for (i, line) in complete.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            match serde_json::from_str::<LogRecord>(line) {
-                Ok(record) if record.seq > after => out.push(record),
-                Ok(_) => {}
-                Err(e) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("{}: line {}: {e}", path.display(), i + 1),
-                    ))
+        text.truncate(end);
+        Ok(SegmentText {
+            path,
+            text,
+            pos: 0,
+            line: 0,
+        })
+    }
+
+    fn next_line(&mut self) -> Option<&str> {
+        let start = self.pos;
+        if start >= self.text.len() {
+            return None;
+        }
+        let end = self.text[start..]
+            .find('\n')
+            .map_or(self.text.len(), |i| start + i);
+        self.pos = end + 1;
+        self.line += 1;
+        Some(&self.text[start..end])
+    }
+}
+
+impl Iterator for LogRecords {
+    type Item = io::Result<LogRecord>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(segment) = self.segment.as_mut() {
+                while let Some(line) = segment.next_line() {
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    match serde_json::from_str::<LogRecord>(line) {
+                        Ok(record) if record.seq > self.after => return Some(Ok(record)),
+                        Ok(_) => {}
+                        Err(e) => {
+                            let error = io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!("{}: line {}: {e}", segment.path.display(), segment.line),
+                            );
+                            // Nothing after a bad line is read.
+                            self.segment = None;
+                            self.files = Vec::new().into_iter();
+                            return Some(Err(error));
+                        }
+                    }
                 }
+            }
+            let path = self.files.next()?;
+            match SegmentText::read(path, self.files.as_slice().is_empty()) {
+                Ok(segment) => self.segment = Some(segment),
+                Err(e) => return Some(Err(e)),
             }
         }
     }
-    Ok(out)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -570,6 +633,45 @@ mod tests {
         std::fs::remove_file(dir.join(segment_name(2))).unwrap();
         let seqs: Vec<u64> = read_log(&dir).unwrap().iter().map(|r| r.seq).collect();
         assert_eq!(seqs, vec![1]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Reading after a position skips the segments wholly before it, so a bad line there
+    /// does not stop it; reading from the start names that line.
+    #[test]
+    fn reading_after_a_position_skips_the_segments_before_it() {
+        let dir = scratch("after");
+        let log = DecisionLog::open(&dir, 0, 600).unwrap();
+        for i in 1..=40 {
+            // One commit each: a segment rotates between commits.
+            log.wait_durable(log.stage(&mut record(i)).unwrap()).unwrap();
+        }
+        drop(log);
+        let files = segments(&dir).unwrap();
+        assert!(files.len() > 4, "the log should have rotated");
+        let second_first = first_seq_of(&files[1]).unwrap();
+        for after in [0, 1, second_first - 1, second_first, 39, 40] {
+            let seqs: Vec<u64> = records_after(&dir, after)
+                .unwrap()
+                .map(|r| r.unwrap().seq)
+                .collect();
+            assert_eq!(seqs, (after + 1..=40).collect::<Vec<_>>(), "after {after}");
+        }
+        let mut text = std::fs::read_to_string(&files[0]).unwrap();
+        text.insert_str(0, "not json\n");
+        std::fs::write(&files[0], text).unwrap();
+        let error = read_log(&dir).unwrap_err().to_string();
+        assert!(
+            error.ends_with(&format!(
+                "{}: line 1: expected ident at line 1 column 2",
+                files[0].display()
+            )),
+            "{error}"
+        );
+        assert_eq!(
+            records_after(&dir, second_first - 1).unwrap().count(),
+            (41 - second_first) as usize
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -7,8 +7,15 @@
 //! fsynced while concurrent callers share fsyncs. On [`Router::open`] the last snapshot is
 //! restored and the log records after it are replayed, so the learners equal those of a
 //! run that never stopped.
+//!
+//! Snapshots hold what the learners learned but not the decisions awaiting feedback: those
+//! can number up to the feedback horizon (a million by default), with their features, and
+//! the log holds them already. A snapshot instead names, per route, the oldest decision it
+//! still tracks and where the log wrote it; on open the log is read from there, and records
+//! the snapshot already learned from only re-register their decisions. A snapshot's size
+//! and its write then stay those of the models, however much feedback is outstanding.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,7 +29,7 @@ use quiver_bandit::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io_at, Result, ServeError};
-use crate::log::{read_log_after, DecisionLog, LogEvent, LogRecord, SEGMENT_BYTES};
+use crate::log::{records_after, DecisionLog, LogEvent, LogRecord, SEGMENT_BYTES};
 
 /// One model a route can call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,6 +135,38 @@ struct RouteState {
     policy: String,
     featurizer: HashingFeaturizer,
     learner: Learner,
+    decision_seqs: DecisionSeqs,
+}
+
+/// Where the log wrote each tracked decision of a route, so that a snapshot can say where
+/// to rebuild them from. A route's logged decisions take consecutive ids, so a queue
+/// indexed from its first id holds them.
+#[derive(Default)]
+struct DecisionSeqs {
+    first_id: u64,
+    seqs: VecDeque<u64>,
+}
+
+impl DecisionSeqs {
+    fn push(&mut self, id: u64, seq: u64) {
+        if self.seqs.is_empty() || id != self.first_id + self.seqs.len() as u64 {
+            // A gap (decisions restored from an older snapshot format): start afresh.
+            self.seqs.clear();
+            self.first_id = id;
+        }
+        self.seqs.push_back(seq);
+    }
+
+    fn forget_before(&mut self, id: u64) {
+        while self.first_id < id && self.seqs.pop_front().is_some() {
+            self.first_id += 1;
+        }
+    }
+
+    fn seq_of(&self, id: u64) -> Option<u64> {
+        let index = usize::try_from(id.checked_sub(self.first_id)?).ok()?;
+        self.seqs.get(index).copied()
+    }
 }
 
 impl RouteState {
@@ -161,7 +200,18 @@ impl RouteState {
             learner: Learner::new(learner_config, arms)?,
             featurizer,
             config,
+            decision_seqs: DecisionSeqs::default(),
         })
+    }
+
+    /// Tracks decision `id`, logged at `seq`, for its feedback.
+    fn track(&mut self, id: u64, arm: &str, context: &Context, seq: u64) -> Result<()> {
+        self.learner.resume_decision(id, arm, context)?;
+        self.decision_seqs.push(id, seq);
+        if let Some(oldest) = self.learner.oldest_tracked_decision() {
+            self.decision_seqs.forget_before(oldest);
+        }
+        Ok(())
     }
 
     fn context(&self, prompt: &str, features: &[f64]) -> Result<Context> {
@@ -192,6 +242,26 @@ impl Default for RouterOptions {
 struct RouterSnapshot {
     last_seq: u64,
     routes: BTreeMap<String, Snapshot>,
+    /// Per route whose learner is saved without its tracked decisions, where to rebuild
+    /// them from. Routes absent here keep them in their learner (the older format).
+    #[serde(default)]
+    tracked_from: BTreeMap<String, TrackedFrom>,
+}
+
+/// A route's oldest tracked decision at a snapshot, and the log position of its record.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct TrackedFrom {
+    decision: u64,
+    seq: u64,
+}
+
+/// How a log record is replayed on open.
+#[derive(Clone, Copy, PartialEq)]
+enum Replay {
+    /// Written after the snapshot: applied in full.
+    Learn,
+    /// Learned from already (the snapshot holds it): only its decision's bookkeeping.
+    Resume,
 }
 
 const SNAPSHOT_FILE: &str = "snapshot.json";
@@ -207,9 +277,8 @@ pub struct Router {
 
 /// The learners' state at one point of the log, captured under the router's lock by
 /// [`Router::capture_snapshot`] and written by [`CapturedSnapshot::write`] without it:
-/// serializing the learners (every tracked decision's features) and the fsync take far
-/// longer than the copy, and requests need not wait for them. The copy shares the tracked
-/// decisions with the live learners, so its cost does not grow with them.
+/// serializing the learners and the fsync take far longer than the copy, and requests need
+/// not wait for them.
 #[must_use = "a captured snapshot is saved only once written"]
 pub struct CapturedSnapshot {
     state: RouterSnapshot,
@@ -295,38 +364,12 @@ impl Router {
         }
         std::fs::create_dir_all(dir).map_err(io_at(dir))?;
         let snapshot_path = dir.join(SNAPSHOT_FILE);
-        let mut last_seq = 0;
-        if snapshot_path.exists() {
-            let text = std::fs::read_to_string(&snapshot_path).map_err(io_at(&snapshot_path))?;
-            let snapshot: RouterSnapshot = serde_json::from_str(&text).map_err(|e| ServeError::Snapshot {
-                path: snapshot_path.clone(),
-                reason: e.to_string(),
-            })?;
-            for (name, learner) in snapshot.routes {
-                // A route removed from the configuration drops its learner; a new one starts fresh.
-                if let Some(state) = states.get_mut(&name) {
-                    let restored = Learner::restore(learner)?;
-                    if restored.config() != state.learner.config() || restored.arms() != state.learner.arms()
-                    {
-                        return Err(ServeError::Snapshot {
-                            path: snapshot_path.clone(),
-                            reason: format!(
-                                "route `{name}` changed its policy, models or weights since the snapshot; \
-                                 move the snapshot away to start it afresh"
-                            ),
-                        });
-                    }
-                    state.learner = restored;
-                }
-            }
-            last_seq = snapshot.last_seq;
-        }
-        let records = read_log_after(dir, last_seq).map_err(io_at(dir))?;
-        let mut log_last = last_seq;
-        for record in &records {
-            Self::replay_record(&mut states, record)?;
-            log_last = record.seq;
-        }
+        let (last_seq, tracked_from) = if snapshot_path.exists() {
+            Self::restore_snapshot(&mut states, &snapshot_path)?
+        } else {
+            (0, BTreeMap::new())
+        };
+        let log_last = Self::replay_log(&mut states, dir, last_seq, &tracked_from)?;
         let log = DecisionLog::open(dir, log_last, options.segment_bytes).map_err(io_at(dir))?;
         Ok(Router {
             routes: states,
@@ -336,7 +379,89 @@ impl Router {
         })
     }
 
-    fn replay_record(states: &mut BTreeMap<String, RouteState>, record: &LogRecord) -> Result<()> {
+    /// Restores the learners of the snapshot at `path`; returns the log position it
+    /// includes and where each route's tracked decisions are to be rebuilt from.
+    fn restore_snapshot(
+        states: &mut BTreeMap<String, RouteState>,
+        path: &Path,
+    ) -> Result<(u64, BTreeMap<String, TrackedFrom>)> {
+        let text = std::fs::read_to_string(path).map_err(io_at(path))?;
+        let snapshot: RouterSnapshot = serde_json::from_str(&text).map_err(|e| ServeError::Snapshot {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        for (name, learner) in snapshot.routes {
+            // A route removed from the configuration drops its learner; a new one starts fresh.
+            if let Some(state) = states.get_mut(&name) {
+                let restored = Learner::restore(learner)?;
+                if restored.config() != state.learner.config() || restored.arms() != state.learner.arms() {
+                    return Err(ServeError::Snapshot {
+                        path: path.to_path_buf(),
+                        reason: format!(
+                            "route `{name}` changed its policy, models or weights since the snapshot; \
+                             move the snapshot away to start it afresh"
+                        ),
+                    });
+                }
+                state.learner = restored;
+            }
+        }
+        let mut tracked_from = snapshot.tracked_from;
+        tracked_from.retain(|name, _| states.contains_key(name));
+        Ok((snapshot.last_seq, tracked_from))
+    }
+
+    /// Reads the log from the oldest tracked decision's record on: records the snapshot
+    /// (at `last_seq`) learned from re-register the decisions it tracks; the others are
+    /// applied. Returns the log's last sequence number. Records are numbered without gaps,
+    /// so a missing one (a segment moved away) is an error rather than lost state.
+    fn replay_log(
+        states: &mut BTreeMap<String, RouteState>,
+        dir: &Path,
+        last_seq: u64,
+        tracked_from: &BTreeMap<String, TrackedFrom>,
+    ) -> Result<u64> {
+        let read_after = tracked_from
+            .values()
+            .map(|from| from.seq.saturating_sub(1))
+            .fold(last_seq, u64::min);
+        let missing = |seq: u64| ServeError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "the log has no record {seq}; restarting needs every record from {} on \
+                     (the snapshot's position, or its oldest decision awaiting feedback)",
+                    read_after + 1
+                ),
+            ),
+        };
+        let mut next = read_after + 1;
+        for record in records_after(dir, read_after).map_err(io_at(dir))? {
+            let record = record.map_err(io_at(dir))?;
+            if record.seq != next {
+                return Err(missing(next));
+            }
+            next += 1;
+            if record.seq > last_seq {
+                Self::replay_record(states, &record, Replay::Learn)?;
+            } else if let Some(from) = tracked_from.get(&record.route) {
+                if parse_decision_id(&record.decision_id)?.1 >= from.decision {
+                    Self::replay_record(states, &record, Replay::Resume)?;
+                }
+            }
+        }
+        if next <= last_seq && !tracked_from.is_empty() {
+            return Err(missing(next));
+        }
+        Ok(last_seq.max(next - 1))
+    }
+
+    fn replay_record(
+        states: &mut BTreeMap<String, RouteState>,
+        record: &LogRecord,
+        replay: Replay,
+    ) -> Result<()> {
         let Some(state) = states.get_mut(&record.route) else {
             return Ok(());
         };
@@ -347,16 +472,21 @@ impl Router {
                     .map(|i| record.features.get(&format!("f_{i}")).copied().unwrap_or(0.0))
                     .collect();
                 let context = state.context(&record.prompt, &features)?;
-                state.learner.resume_decision(id, &record.arm, &context)?;
+                state.track(id, &record.arm, &context, record.seq)?;
             }
-            LogEvent::Outcome => {
-                state.learner.record_outcome(id, &outcome_of(record))?;
-            }
-            LogEvent::Feedback => {
-                if let Some(q) = record.quality {
+            LogEvent::Outcome => match replay {
+                Replay::Learn => {
+                    state.learner.record_outcome(id, &outcome_of(record))?;
+                }
+                Replay::Resume => state.learner.resume_outcome(id, &outcome_of(record))?,
+            },
+            LogEvent::Feedback => match (record.quality, replay) {
+                (Some(q), Replay::Learn) => {
                     state.learner.record_quality(id, q)?;
                 }
-            }
+                (Some(q), Replay::Resume) => state.learner.resume_quality(id, q)?,
+                (None, _) => {}
+            },
         }
         Ok(())
     }
@@ -433,8 +563,7 @@ impl Router {
             .collect();
         let seq = self.stage(&mut record)?;
         self.state_mut(route)?
-            .learner
-            .resume_decision(decision.id, &decision.arm, &context)?;
+            .track(decision.id, &decision.arm, &context, seq)?;
         Ok(self.pending(
             Routed {
                 decision_id,
@@ -498,14 +627,30 @@ impl Router {
     /// Copies every learner's state, at the last change staged, for a snapshot written
     /// later by [`CapturedSnapshot::write`]; hold the router only for this part.
     pub fn capture_snapshot(&self) -> CapturedSnapshot {
+        let mut routes = BTreeMap::new();
+        let mut tracked_from = BTreeMap::new();
+        for (name, state) in &self.routes {
+            let oldest = state.learner.oldest_tracked_decision();
+            let from = oldest.and_then(|decision| {
+                let seq = state.decision_seqs.seq_of(decision)?;
+                Some(TrackedFrom { decision, seq })
+            });
+            let snapshot = match (oldest, from) {
+                // Tracked decisions restored from the older format: their records are
+                // not located, so they stay in the snapshot.
+                (Some(_), None) => state.learner.snapshot(),
+                _ => state.learner.snapshot_without_tracked(),
+            };
+            routes.insert(name.clone(), snapshot);
+            if let Some(from) = from {
+                tracked_from.insert(name.clone(), from);
+            }
+        }
         CapturedSnapshot {
             state: RouterSnapshot {
                 last_seq: self.log.last_staged(),
-                routes: self
-                    .routes
-                    .iter()
-                    .map(|(name, state)| (name.clone(), state.learner.snapshot()))
-                    .collect(),
+                routes,
+                tracked_from,
             },
             log: Arc::clone(&self.log),
             dir: self.dir.clone(),

@@ -8,10 +8,12 @@ use quiver_bandit::{Applied, Outcome};
 use quiver_serve::log::LogEvent;
 use quiver_serve::{ModelConfig, RouteConfig, RouteRequest, Router, RouterOptions, ServeError};
 
-fn small_segments() -> RouterOptions {
+/// Small segments, so the log rotates, and a short feedback horizon, so the oldest
+/// decisions are forgotten and a restart rebuilds the tracked ones from mid-log.
+fn crash_options() -> RouterOptions {
     RouterOptions {
         segment_bytes: 4096,
-        ..RouterOptions::default()
+        feedback_horizon: 10,
     }
 }
 
@@ -93,6 +95,10 @@ fn workload(router: &mut Router, range: std::ops::Range<usize>, ids: &mut Vec<St
     }
 }
 
+fn snapshot_json(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("snapshot.json")).unwrap()).unwrap()
+}
+
 fn learners_json(router: &Router) -> String {
     router
         .route_names()
@@ -105,44 +111,49 @@ fn learners_json(router: &Router) -> String {
 #[test]
 fn a_restarted_router_equals_one_that_never_stopped() {
     let reference_dir = scratch("reference");
-    let mut reference = Router::open(routes(), &reference_dir).unwrap();
+    let mut reference = Router::open_with(routes(), &reference_dir, crash_options()).unwrap();
     let mut ids = Vec::new();
     workload(&mut reference, 0..120, &mut ids);
 
     let dir = scratch("crashing");
     let mut ids = Vec::new();
     {
-        // Small segments, so the log rotates; a snapshot captured midway and written after
-        // more changes (as the server writes it, outside the router's lock); then a crash
-        // (the router is dropped without any shutdown work).
-        let mut first = Router::open_with(routes(), &dir, small_segments()).unwrap();
+        // A snapshot captured midway and written after more changes (as the server writes
+        // it, outside the router's lock); then a crash (the router is dropped without any
+        // shutdown work).
+        let mut first = Router::open_with(routes(), &dir, crash_options()).unwrap();
         workload(&mut first, 0..50, &mut ids);
         let captured = first.capture_snapshot();
         workload(&mut first, 50..70, &mut ids);
         captured.write().unwrap();
         workload(&mut first, 70..90, &mut ids);
     }
+    // The snapshot holds no tracked decision: it names where the log has the oldest, past
+    // those the horizon forgot.
+    let snapshot = snapshot_json(&dir);
+    for route in ["chat", "code"] {
+        assert_eq!(
+            snapshot["routes"][route]["learner"]["tracked"],
+            serde_json::json!({})
+        );
+        assert!(snapshot["tracked_from"][route]["decision"].as_u64().unwrap() > 0);
+    }
     // A torn record at the end of the log, as a crash mid-write leaves it.
-    let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        .collect();
-    segments.sort();
+    let segments = log_segments(&dir);
     assert!(segments.len() > 2, "the log should have rotated");
     let last = segments.last().unwrap();
     let mut text = std::fs::read_to_string(last).unwrap();
     text.push_str("{\"decision_id\":\"chat:9");
     std::fs::write(last, text).unwrap();
 
-    let mut restarted = Router::open_with(routes(), &dir, small_segments()).unwrap();
+    let mut restarted = Router::open_with(routes(), &dir, crash_options()).unwrap();
     workload(&mut restarted, 90..120, &mut ids);
     assert_eq!(learners_json(&restarted), learners_json(&reference));
 
     // And once more, from the log alone after a second snapshot.
     restarted.snapshot().unwrap();
     drop(restarted);
-    let mut again = Router::open_with(routes(), &dir, small_segments()).unwrap();
+    let mut again = Router::open_with(routes(), &dir, crash_options()).unwrap();
     assert_eq!(learners_json(&again), learners_json(&reference));
 
     // A snapshot captured before a newer one was written is dropped, not written over it.
@@ -152,6 +163,153 @@ fn a_restarted_router_equals_one_that_never_stopped() {
     let newer = std::fs::read(dir.join("snapshot.json")).unwrap();
     older.write().unwrap();
     assert_eq!(std::fs::read(dir.join("snapshot.json")).unwrap(), newer);
+    let before = learners_json(&again);
+    drop(again);
+
+    // Segments before the oldest tracked decision may be moved away; the one holding it
+    // may not, and a restart without it names the record it needs.
+    let segments = log_segments(&dir);
+    let first_seq = |p: &Path| -> u64 {
+        let name = p.file_name().unwrap().to_str().unwrap();
+        name["decisions-".len()..name.len() - ".jsonl".len()]
+            .parse()
+            .unwrap()
+    };
+    let needed = snapshot_json(&dir)["tracked_from"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|from| from["seq"].as_u64().unwrap())
+        .min()
+        .unwrap();
+    let holding = segments.iter().rposition(|p| first_seq(p) <= needed).unwrap();
+    assert!(holding > 0);
+    let archive = scratch("crashing-archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    for segment in &segments[..=holding] {
+        std::fs::rename(segment, archive.join(segment.file_name().unwrap())).unwrap();
+    }
+    let error = Router::open_with(routes(), &dir, crash_options())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains(&format!("the log has no record {needed}")),
+        "{error}"
+    );
+    let holding_segment = &segments[holding];
+    std::fs::rename(
+        archive.join(holding_segment.file_name().unwrap()),
+        holding_segment,
+    )
+    .unwrap();
+    let again = Router::open_with(routes(), &dir, crash_options()).unwrap();
+    assert_eq!(learners_json(&again), before);
+}
+
+fn log_segments(dir: &Path) -> Vec<PathBuf> {
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    segments.sort();
+    segments
+}
+
+/// A snapshot in the older format keeps the tracked decisions in its learners and names
+/// no log position: it restores as it was written, and the snapshots after it keep the
+/// decisions they cannot locate in the log until the horizon forgets them.
+#[test]
+fn a_snapshot_of_the_older_format_restores_and_is_replaced() {
+    let reference_dir = scratch("older-reference");
+    let mut reference = Router::open_with(routes(), &reference_dir, crash_options()).unwrap();
+    let mut ids = Vec::new();
+    workload(&mut reference, 0..150, &mut ids);
+
+    let dir = scratch("older");
+    let mut ids = Vec::new();
+    {
+        let mut router = Router::open_with(routes(), &dir, crash_options()).unwrap();
+        workload(&mut router, 0..60, &mut ids);
+        let routes: serde_json::Map<String, serde_json::Value> = router
+            .route_names()
+            .iter()
+            .map(|r| {
+                (
+                    r.clone(),
+                    serde_json::to_value(router.learner(r).unwrap().snapshot()).unwrap(),
+                )
+            })
+            .collect();
+        let older = serde_json::json!({"last_seq": router.log_counts().0, "routes": routes});
+        std::fs::write(dir.join("snapshot.json"), older.to_string()).unwrap();
+    }
+    let mut router = Router::open_with(routes(), &dir, crash_options()).unwrap();
+    workload(&mut router, 60..66, &mut ids);
+    router.snapshot().unwrap();
+    let snapshot = snapshot_json(&dir);
+    // "chat" still tracks decisions from before the restart; "code" (a third of the
+    // requests) too.
+    for route in ["chat", "code"] {
+        assert_ne!(
+            snapshot["routes"][route]["learner"]["tracked"],
+            serde_json::json!({})
+        );
+    }
+    drop(router);
+    let mut router = Router::open_with(routes(), &dir, crash_options()).unwrap();
+    workload(&mut router, 66..150, &mut ids);
+    router.snapshot().unwrap();
+    assert_eq!(snapshot_json(&dir)["tracked_from"].as_object().unwrap().len(), 2);
+    drop(router);
+    let router = Router::open_with(routes(), &dir, crash_options()).unwrap();
+    assert_eq!(learners_json(&router), learners_json(&reference));
+}
+
+/// A snapshot's size is the models', not the decisions awaiting feedback; after a restart
+/// those decisions still take their feedback, once.
+#[test]
+fn snapshots_do_not_grow_with_decisions_awaiting_feedback() {
+    let dir = scratch("pending");
+    let mut router = Router::open(routes(), &dir).unwrap();
+    let route = |router: &mut Router, i: usize| {
+        let request = RouteRequest {
+            prompt: Some(format!("pending question {i}")),
+            features: vec![0.5],
+            ..RouteRequest::default()
+        };
+        router
+            .route("chat", &request)
+            .unwrap()
+            .wait()
+            .unwrap()
+            .decision_id
+    };
+    let first = route(&mut router, 0);
+    router.feedback(&first, 0.7).unwrap().wait().unwrap();
+    let size = |router: &Router| {
+        router.snapshot().unwrap();
+        std::fs::metadata(dir.join("snapshot.json")).unwrap().len()
+    };
+    let pending: Vec<String> = (1..100).map(|i| route(&mut router, i)).collect();
+    let small = size(&router);
+    let more: Vec<String> = (100..2000).map(|i| route(&mut router, i)).collect();
+    let large = size(&router);
+    // Features alone would add over a kilobyte per decision.
+    assert!(large < small + 1000, "{small} bytes, then {large}");
+    drop(router);
+    let mut router = Router::open(routes(), &dir).unwrap();
+    for id in [&pending[0], &more[1000], more.last().unwrap()] {
+        assert_eq!(
+            router.feedback(id, 0.3).unwrap().wait().unwrap(),
+            Applied::Applied
+        );
+    }
+    assert_eq!(
+        router.feedback(&first, 0.3).unwrap().wait().unwrap(),
+        Applied::AlreadyApplied
+    );
 }
 
 #[test]
