@@ -415,7 +415,8 @@ def section_proxy(args):
             added = {side: min(r[p] for r in runs[side]) - direct[p] for side in ("quiver", "litellm")}
             report(f"proxy added latency {p} (c={args.connections})", litellm_label,
                    added["litellm"], max(added["quiver"], 1e-3), "ms", higher_is_better=False,
-                   note=f"direct {direct[p]:.3f} ms")
+                   note=f"direct {direct[p]:.3f} ms; each run's total, ms: "
+                   + "; ".join(f"{side} " + "/".join(f"{r[p]:.3g}" for r in runs[side]) for side in runs))
         report(f"proxy throughput (c={args.connections})", litellm_label,
                max(r["rps"] for r in runs["litellm"]), max(r["rps"] for r in runs["quiver"]), "req/s")
         route_load(q_port, "fsynced log", args, probe_disk=True)
