@@ -288,12 +288,14 @@ def wait_ready(port, timeout=90):
 
 
 def wrk(url, body, args, headers=(), connections=None, think_ms=0):
-    """wrk at fixed concurrency; returns requests/s and latency percentiles in ms. With
-    `think_ms`, each connection waits that long between a response and its next request,
-    which holds the load below saturation."""
+    """wrk at fixed concurrency, POSTing `body` (or GETs without one); returns requests/s
+    and latency percentiles in ms. With `think_ms`, each connection waits that long between
+    a response and its next request, which holds the load below saturation."""
     script = OUT / "post.lua"
-    lines = ['wrk.method = "POST"', 'wrk.headers["Content-Type"] = "application/json"',
-             f"wrk.body = [[{json.dumps(body)}]]"]
+    lines = []
+    if body is not None:
+        lines += ['wrk.method = "POST"', 'wrk.headers["Content-Type"] = "application/json"',
+                  f"wrk.body = [[{json.dumps(body)}]]"]
     lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers]
     if think_ms:
         lines.append(f"function delay() return {think_ms} end")
@@ -354,16 +356,20 @@ def stop(proc):
 
 def route_load(port, log, args, probe_disk=False):
     """`/v1/route` at saturation (wrk's connections back to back) and at a moderate load
-    (2 connections, 1 ms between a response and the next request), `--reps` times each."""
-    url = f"http://127.0.0.1:{port}/v1/route"
+    (2 connections, 1 ms between a response and the next request), `--reps` times each.
+    Each is followed by `/healthz` of the same server under the same load: what the
+    machine and the load generator alone give, the floor of the figures."""
     body = {"route": "chat", "prompt": "What is 17 times 23?"}
     for _ in range(args.reps):
         for label, connections, think_ms in [("saturated", args.connections, 0), ("moderate", 2, 1)]:
-            route = wrk(url, body, args, connections=connections, think_ms=think_ms)
-            name = f"quiver serve /v1/route, {log}, {label} (c={connections}{', 1 ms think' if think_ms else ''})"
-            print(f"{name}: {route['rps']:.0f} req/s, p50 {route['p50']:.3f} ms, p99 {route['p99']:.3f} ms",
-                  flush=True)
-            RESULTS.append(dict(name=name, **route))
+            load = f"{label} (c={connections}{', 1 ms think' if think_ms else ''})"
+            for path, name, payload in [("/v1/route", f"quiver serve /v1/route, {log}, {load}", body),
+                                        ("/healthz", f"  same server, GET /healthz, {load}", None)]:
+                run = wrk(f"http://127.0.0.1:{port}{path}", payload, args, connections=connections,
+                          think_ms=think_ms)
+                print(f"{name}: {run['rps']:.0f} req/s, p50 {run['p50']:.3f} ms, p99 {run['p99']:.3f} ms",
+                      flush=True)
+                RESULTS.append(dict(name=name, **run))
         if probe_disk:
             disk = fdatasync_latency(OUT / "fdatasync.probe")
             print(f"  this disk, same run: 300-byte write + fdatasync of a preallocated file, "

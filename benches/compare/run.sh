@@ -26,9 +26,11 @@ if ! command -v wrk > /dev/null; then
 fi
 
 cargo build --release --bin quiver
+# Python reads cargo's messages to the end: a reader that stopped at the match could make
+# cargo's last write fail, and the pipeline with it.
 quiver_side=$(cargo bench --bench compare --no-run --message-format=json 2> /dev/null \
-    | python3 -c 'import json, sys; print(next(m["executable"] for m in map(json.loads, sys.stdin)
-                                          if m.get("executable") and m["target"]["name"] == "compare"))')
+    | python3 -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin)
+                                           if m.get("executable") and m["target"]["name"] == "compare"][-1])')
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%Y-%m-%d)"
 exec "$venv/bin/python" "$here/compare.py" --quiver target/release/quiver --quiver-side "$quiver_side" \
