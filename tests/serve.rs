@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::IntoResponse;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 fn scratch(name: &str) -> PathBuf {
@@ -38,9 +39,17 @@ async fn upstream(kind: &'static str) -> SocketAddr {
                             json!({"choices": [{"delta": {"content": "lo"}}]}),
                             json!({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2}}),
                         ];
-                        let mut text: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
-                        text.push_str("data: [DONE]\n\n");
-                        ([(axum::http::header::CONTENT_TYPE, "text/event-stream")], text).into_response()
+                        let mut chunks: Vec<String> = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+                        chunks.push("data: [DONE]\n\n".into());
+                        // The last event comes a moment later: the stream is open meanwhile.
+                        let body = futures_util::stream::iter(chunks).then(|chunk| async move {
+                            if chunk.contains("[DONE]") {
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                            }
+                            Ok::<_, std::convert::Infallible>(chunk)
+                        });
+                        let body = axum::body::Body::from_stream(body);
+                        ([(axum::http::header::CONTENT_TYPE, "text/event-stream")], body).into_response()
                     } else {
                         axum::Json(json!({
                             "id": "x", "object": "chat.completion",
@@ -61,6 +70,24 @@ async fn upstream(kind: &'static str) -> SocketAddr {
 
 fn model(id: &str, addr: Option<SocketAddr>) -> Value {
     json!({"id": id, "base_url": addr.map(|a| format!("http://{a}")), "input_usd_per_million": 1.0, "output_usd_per_million": 2.0})
+}
+
+/// The log under `dir` holds exactly `events` for the decision that `response` names.
+fn assert_logged<const N: usize>(dir: &Path, response: &reqwest::Response, events: [&str; N]) {
+    let id = response.headers()["x-quiver-decision-id"].to_str().unwrap();
+    let logged: Vec<String> = quiver_serve::log::read_log(&dir.join("log"))
+        .unwrap()
+        .iter()
+        .filter(|r| r.decision_id == id)
+        .map(|r| {
+            serde_json::to_value(r.event)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(logged, events, "{id}");
 }
 
 /// Starts the app in-process on 127.0.0.1 and returns its base URL.
@@ -117,6 +144,7 @@ async fn proxy_falls_back_in_order_and_streams() {
         .to_str()
         .unwrap()
         .starts_with("chat:"));
+    assert_logged(&dir, &response, ["decision", "outcome"]);
     let body: Value = response.json().await.unwrap();
     assert_eq!(
         body["choices"][0]["message"]["content"],
@@ -172,6 +200,9 @@ async fn proxy_falls_back_in_order_and_streams() {
         .unwrap();
     assert_eq!(streamed.status(), 200);
     assert_eq!(streamed.headers()["content-type"], "text/event-stream");
+    // The upstream call did not wait for the decision's fsync, but the answer did; the
+    // outcome follows when the stream ends, after its last event.
+    assert_logged(&dir, &streamed, ["decision"]);
     let text = streamed.text().await.unwrap();
     assert!(
         text.contains("\"Hel\"") && text.contains("\"lo\"") && text.contains("[DONE]"),

@@ -10,6 +10,10 @@
 //! recorded when the stream ends (a stream cut short counts as failed). The upstream's own
 //! `x-*` headers are passed on. The proxy keeps its own deadline (`request_timeout_ms`)
 //! so that a hanging model falls back instead of timing the whole request out.
+//!
+//! The upstream call does not wait for the decision's fsync: nothing names the decision
+//! until the answer, and the answer waits for the log to hold the decision (and, when the
+//! outcome is recorded first, the outcome with it, in one fsync).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -157,13 +161,12 @@ pub async fn chat_completions(
         ..RouteRequest::default()
     };
     let prompt_tokens = quiver_bandit::features::estimate_tokens(&route_request.text()?);
-    let route_name = route.clone();
-    let (routed, models) = change_router(&state, move |r| {
-        let routed = r.route(&route_name, &route_request)?;
-        let models = r.route_config(&route_name)?.models.clone();
-        Ok(routed.map(|routed| (routed, models)))
-    })
-    .await?;
+    let ((routed, models), decision_logged) = {
+        let mut router = state.router()?;
+        let routed = router.route(&route, &route_request)?;
+        let models = router.route_config(&route)?.models.clone();
+        routed.map(|routed| (routed, models)).split()
+    };
     state.counters.proxied.fetch_add(1, Ordering::Relaxed);
     let decision_id = routed.decision_id.clone();
     let deadline = Instant::now() + Duration::from_millis(state.config.request_timeout_ms);
@@ -171,6 +174,7 @@ pub async fn chat_completions(
         .chain(routed.decision.fallback.iter().cloned())
         .collect();
     let mut failures = Vec::new();
+    let mut answer = None;
     for (attempt, arm) in order.iter().enumerate() {
         let Some(model) = models.iter().find(|m| &m.id == arm) else {
             continue;
@@ -211,7 +215,8 @@ pub async fn chat_completions(
                         prompt_tokens,
                     );
                     out.headers_mut().extend(passed);
-                    return Ok(out);
+                    answer = Some(out);
+                    break;
                 }
                 match response.bytes().await {
                     Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
@@ -229,7 +234,8 @@ pub async fn chat_completions(
                                 .body(Body::from(bytes))
                                 .map_err(|e| ApiError::Internal(e.to_string()))?;
                             response.headers_mut().extend(passed);
-                            return Ok(with_headers(response, &decision_id, &model.id));
+                            answer = Some(with_headers(response, &decision_id, &model.id));
+                            break;
                         }
                         _ => format!("{arm}: the upstream's body is not a chat completion"),
                     },
@@ -246,6 +252,10 @@ pub async fn chat_completions(
             record(&state, &decision_id, Outcome::new(latency, 0.0).failed()).await;
         }
         failures.push(failure);
+    }
+    if let Some(answer) = answer {
+        decision_logged.durable().await?;
+        return Ok(answer);
     }
     Err(ApiError::Upstream(format!(
         "every model of route `{route}` failed: {}",

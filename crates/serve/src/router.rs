@@ -309,6 +309,18 @@ impl<T> Pending<T> {
         }
     }
 
+    /// The result now, and the change's durability to wait for later: for a caller that
+    /// does other work (an upstream call) before anything it says names the change.
+    pub fn split(self) -> (T, Pending<()>) {
+        let durability = Pending {
+            value: (),
+            log: self.log,
+            seq: self.seq,
+            dir: self.dir,
+        };
+        (self.value, durability)
+    }
+
     /// The result, once the log holds the change (and every change before it) durably;
     /// blocks the thread.
     pub fn wait(self) -> Result<T> {
