@@ -108,12 +108,16 @@ fn learners_json(router: &Router) -> String {
         .join("\n")
 }
 
+/// A router in a directory of its own that ran the workload's first `operations`.
+fn uninterrupted(name: &str, operations: usize) -> Router {
+    let mut router = Router::open_with(routes(), &scratch(name), crash_options()).unwrap();
+    workload(&mut router, 0..operations, &mut Vec::new());
+    router
+}
+
 #[test]
 fn a_restarted_router_equals_one_that_never_stopped() {
-    let reference_dir = scratch("reference");
-    let mut reference = Router::open_with(routes(), &reference_dir, crash_options()).unwrap();
-    let mut ids = Vec::new();
-    workload(&mut reference, 0..120, &mut ids);
+    let reference = uninterrupted("reference", 120);
 
     let dir = scratch("crashing");
     let mut ids = Vec::new();
@@ -222,10 +226,7 @@ fn log_segments(dir: &Path) -> Vec<PathBuf> {
 /// decisions they cannot locate in the log until the horizon forgets them.
 #[test]
 fn a_snapshot_of_the_older_format_restores_and_is_replaced() {
-    let reference_dir = scratch("older-reference");
-    let mut reference = Router::open_with(routes(), &reference_dir, crash_options()).unwrap();
-    let mut ids = Vec::new();
-    workload(&mut reference, 0..150, &mut ids);
+    let reference = uninterrupted("older-reference", 150);
 
     let dir = scratch("older");
     let mut ids = Vec::new();
