@@ -256,7 +256,7 @@ struct TrackedFrom {
 }
 
 /// How a log record is replayed on open.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Replay {
     /// Written after the snapshot: applied in full.
     Learn,
