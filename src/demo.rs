@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Result;
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
-use quiver_serve::{AuthConfig, ModelConfig, RouteConfig, ServeConfig};
+use quiver_serve::{ModelConfig, RouteConfig, ServeConfig};
 use quiver_sim::scenario::{ArmSpec, Scenario};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -127,26 +127,24 @@ pub async fn demo_config(listen: Option<String>) -> Result<ServeConfig> {
             upstream_model: None,
         })
         .collect();
-    Ok(ServeConfig {
-        listen: listen.unwrap_or_else(|| "127.0.0.1:8080".into()),
-        log_dir: std::env::temp_dir().join("quiver-demo"),
-        snapshot_interval_s: 30,
-        max_body_bytes: 1 << 20,
-        request_timeout_ms: 60_000,
-        upstream_timeout_ms: 20_000,
-        feedback_horizon_decisions: 1_000_000,
-        auth: AuthConfig::default(),
-        routes: vec![RouteConfig {
-            name: "demo".into(),
-            policy: "lints(v=0.3,floor=0.02)".into(),
-            models,
-            w_cost: scenario.objective.w_cost,
-            w_latency: scenario.objective.w_latency,
-            budget_usd_per_request: None,
-            extra_features: 0,
-            seed: 0,
-        }],
-    })
+    let route = RouteConfig {
+        name: "demo".into(),
+        policy: "lints(v=0.3,floor=0.02)".into(),
+        models,
+        w_cost: scenario.objective.w_cost,
+        w_latency: scenario.objective.w_latency,
+        budget_usd_per_request: None,
+        extra_features: 0,
+        seed: 0,
+    };
+    let mut config = ServeConfig::new(std::env::temp_dir().join("quiver-demo"), vec![route]);
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    config.snapshot_interval_s = 30;
+    config.request_timeout_ms = 60_000;
+    config.upstream_timeout_ms = 20_000;
+    Ok(config)
 }
 
 #[cfg(test)]

@@ -42,6 +42,14 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Diagnostics go to stderr; `RUST_LOG` filters them (default: info).
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     let result = match Cli::parse().command {
         Command::Replay(args) => replay_cmd::run(args),
         Command::Ope(args) => ope_cmd::run(args),

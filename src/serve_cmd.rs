@@ -19,6 +19,12 @@ pub struct ServeArgs {
     /// and a `demo` route over them: try routing and feedback without API keys.
     #[arg(long)]
     demo: bool,
+    /// Start route NAME afresh: its snapshot is ignored and the log teaches it nothing
+    /// (its decisions still in the log keep accepting feedback). Needed only when a
+    /// route's snapshot cannot be read and the log no longer holds its whole history.
+    /// Repeat for several routes.
+    #[arg(long = "reset-route", value_name = "NAME")]
+    reset_routes: Vec<String>,
 }
 
 pub fn run_serve(args: ServeArgs) -> Result<()> {
@@ -39,6 +45,10 @@ pub fn run_serve(args: ServeArgs) -> Result<()> {
                 config.log_dir.display()
             );
         }
+        let config = ServeConfig {
+            reset_routes: args.reset_routes,
+            ..config
+        };
         let state = state(config)?;
         run(state, shutdown_signal(), |addr| {
             eprintln!("quiver serve: listening on http://{addr}");

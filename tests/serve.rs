@@ -3,23 +3,17 @@
 //! of the real binary under SIGKILL.
 #![allow(clippy::unwrap_used)] // a test helper that fails should panic
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::IntoResponse;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use support::{scratch, start_binary};
 
 /// A local OpenAI-compatible upstream that behaves as `kind` says.
 async fn upstream(kind: &'static str) -> SocketAddr {
@@ -382,25 +376,6 @@ async fn traffic_shifts_to_the_arm_with_the_best_feedback_and_feedback_rules_hol
         .await
         .unwrap();
     assert!(openapi["paths"]["/v1/feedback"]["post"].is_object());
-}
-
-fn start_binary(args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_quiver"))
-        .arg("serve")
-        .args(args)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines.next().expect("server output").unwrap();
-        if let Some(addr) = line.strip_prefix("quiver serve: listening on ") {
-            break addr.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
 }
 
 /// Every acknowledged operation survives SIGKILL, and the restored learner equals one that

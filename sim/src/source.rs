@@ -97,14 +97,15 @@ fn unreadable(path: &Path, reason: impl std::fmt::Display) -> SimError {
     }
 }
 
-/// The bytes of a JSON-lines file up to its first NUL: a decision log's open segment is
-/// preallocated, and the space past its records reads as NULs (no JSON text holds one).
+/// The bytes of a JSON-lines file; of a decision-log segment, its complete records only
+/// (the log's own rule: preallocated space and a torn last record are not data).
 fn json_lines(path: &Path) -> Result<Vec<u8>> {
-    let mut bytes = std::fs::read(path).map_err(|e| unreadable(path, e))?;
-    if let Some(end) = bytes.iter().position(|&b| b == 0) {
-        bytes.truncate(end);
-    }
-    Ok(bytes)
+    let read = if quiver_log::is_segment(path) {
+        quiver_log::read_segment(path)
+    } else {
+        std::fs::read(path)
+    };
+    read.map_err(|e| unreadable(path, e))
 }
 
 /// Reads every file a data path names.

@@ -4,7 +4,8 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{finite, in_range, Error, ErrorKind, Result};
+use crate::error::{finite, Error, ErrorKind, Result};
+use crate::limits;
 
 /// One model the router can send a request to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,20 +64,8 @@ impl Arm {
             return Err(ErrorKind::InvalidConfig("an arm id is empty".into()).into());
         }
         let field = |name: &str| format!("arm `{}` {name}", self.id);
-        in_range(
-            &field("input_usd_per_token"),
-            self.input_usd_per_token,
-            0.0,
-            f64::MAX,
-            "[0, inf)",
-        )?;
-        in_range(
-            &field("output_usd_per_token"),
-            self.output_usd_per_token,
-            0.0,
-            f64::MAX,
-            "[0, inf)",
-        )?;
+        limits::PRICE_USD_PER_TOKEN.check(&field("input_usd_per_token"), self.input_usd_per_token)?;
+        limits::PRICE_USD_PER_TOKEN.check(&field("output_usd_per_token"), self.output_usd_per_token)?;
         Ok(())
     }
 }

@@ -72,6 +72,19 @@ impl Error {
         &self.kind
     }
 
+    /// Whether an input value was refused: NaN, infinite or outside its range.
+    pub fn is_input_error(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::NotFinite { .. } | ErrorKind::OutOfRange { .. }
+        )
+    }
+
+    /// Whether the error names a decision the learner does not track.
+    pub fn is_unknown_decision(&self) -> bool {
+        matches!(self.kind, ErrorKind::UnknownDecision(_))
+    }
+
     pub(crate) fn not_finite(field: impl Into<String>, value: f64) -> Self {
         ErrorKind::NotFinite {
             field: field.into(),
@@ -108,9 +121,11 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             ErrorKind::NotFinite { field, value } => {
-                write!(f, "{field} is {value}; every number must be finite")
+                write!(f, "{field} is {value:?}; every number must be finite")
             }
-            ErrorKind::OutOfRange { field, value, range } => write!(f, "{field} is {value}, outside {range}"),
+            ErrorKind::OutOfRange { field, value, range } => {
+                write!(f, "{field} is {value:?}, outside {range}")
+            }
             ErrorKind::DimensionMismatch { expected, found } => write!(
                 f,
                 "feature vector has {found} values but the learner expects {expected}; \

@@ -15,14 +15,15 @@
 //! | 7 | open generation: write/explain/summarize-style requests | {0, 1} |
 //! | 8.. | hashed word unigrams and bigrams, signed, L2-normalized | [-1, 1] |
 //! | .. | hashed character trigrams, signed, L2-normalized | [-1, 1] |
-//! | .. | the caller's own features, as given | finite |
+//! | .. | the caller's own features, as given | [-1e6, 1e6] ([`crate::limits::FEATURE`]) |
 //!
 //! Hashing is FNV-1a (64-bit), so the vector is the same on every platform and run.
 //! Tokens are estimated as `ceil(chars / 4)`, OpenAI's rule of thumb for English.
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{ErrorKind, Result};
+use crate::limits;
 
 /// A request as the learner sees it: features plus the prompt size that drives cost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,8 +119,8 @@ impl Featurizer for HashingFeaturizer {
             }
             .into());
         }
-        if let Some(i) = extra.iter().position(|v| !v.is_finite()) {
-            return Err(Error::not_finite(format!("extra_features[{i}]"), extra[i]));
+        for (i, &v) in extra.iter().enumerate() {
+            limits::FEATURE.check(&format!("features[{i}]"), v)?;
         }
         let input_tokens = estimate_tokens(prompt);
         let lower = prompt.to_lowercase();

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::arm::{Arm, Constraints};
 use crate::error::{in_range, Error, ErrorKind, Result};
 use crate::features::Context;
+use crate::limits;
 use crate::outcome::{validate_quality, BudgetPacer, Objective, Outcome};
 use crate::pmf;
 use crate::policy::{AnyPolicy, ChoiceInput, DecisionRng, Estimate, Policy, PolicySpec, PropensityKind};
@@ -39,6 +40,13 @@ fn default_pacing_step() -> f64 {
     DEFAULT_PACING_STEP
 }
 
+/// Decisions a learner remembers for late feedback unless told otherwise. A tracked
+/// decision holds its features until its feedback arrives: about 630 bytes with the
+/// default featurizer's 64 (measured in `tests/tracked_memory.rs`), so this default holds
+/// about 63 MB per route. Feedback later than this many newer decisions is refused as
+/// unknown.
+pub const DEFAULT_FEEDBACK_HORIZON: usize = 100_000;
+
 /// Everything a learner is built from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LearnerConfig {
@@ -60,7 +68,8 @@ pub struct LearnerConfig {
 
 impl LearnerConfig {
     /// A configuration with the given policy and dimension and the defaults: quality-only
-    /// objective, no budget, seed 0, 256 default output tokens, 1,000,000 tracked decisions.
+    /// objective, no budget, seed 0, 256 default output tokens, [`DEFAULT_FEEDBACK_HORIZON`]
+    /// tracked decisions.
     pub fn new(policy: PolicySpec, dim: usize) -> Self {
         LearnerConfig {
             policy,
@@ -69,7 +78,7 @@ impl LearnerConfig {
             budget: None,
             seed: 0,
             default_output_tokens: 256.0,
-            max_tracked_decisions: 1_000_000,
+            max_tracked_decisions: DEFAULT_FEEDBACK_HORIZON,
         }
     }
 }
@@ -340,10 +349,10 @@ impl Learner {
             }
             .into());
         }
-        match features.iter().position(|v| !v.is_finite()) {
-            Some(i) => Err(Error::not_finite(format!("features[{i}]"), features[i])),
-            None => Ok(()),
+        for (i, &v) in features.iter().enumerate() {
+            limits::FEATURE.check(&format!("features[{i}]"), v)?;
         }
+        Ok(())
     }
 
     /// Everything a decision computes, before it is explained.
@@ -561,8 +570,9 @@ impl Learner {
         } else {
             context.input_tokens
         };
+        let usage = self.usage[index].recorded(outcome, tokens)?;
         self.learn_cost(index, &context.features, tokens, outcome.cost_usd);
-        self.usage[index].record(outcome, tokens);
+        self.usage[index] = usage;
         if let Some(quality) = outcome.credited_quality() {
             self.policy.update(index, &context.features, quality);
         }
@@ -618,15 +628,17 @@ impl Learner {
         };
         let mut applied = Applied::AlreadyApplied;
         if !tracked.outcome_recorded {
-            tracked.outcome_recorded = true;
             let tokens = if outcome.input_tokens > 0 {
                 outcome.input_tokens
             } else {
                 tracked.input_tokens
             };
+            let usage = self.usage[arm].recorded(outcome, tokens)?;
+            let tracked = self.tracked_mut(id)?;
+            tracked.outcome_recorded = true;
             let features = tracked.take_or_share_features(tracked.quality_recorded);
             self.learn_cost(arm, &features, tokens, outcome.cost_usd);
-            self.usage[arm].record(outcome, tokens);
+            self.usage[arm] = usage;
             if let Some(pacer) = self.pacer.as_mut() {
                 pacer.observe(outcome.cost_usd);
             }

@@ -55,6 +55,7 @@ pub mod arm;
 mod error;
 pub mod features;
 pub mod learner;
+pub mod limits;
 pub mod outcome;
 mod packed;
 pub mod pmf;
@@ -68,7 +69,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use features::{ChatMessage, Context, Featurizer, FeaturizerConfig, HashingFeaturizer};
 pub use learner::{
     Applied, ArmChoice, ArmEstimate, BudgetConfig, Decision, Learner, LearnerConfig, Request, Snapshot,
-    DEFAULT_PACING_STEP, SNAPSHOT_VERSION,
+    DEFAULT_FEEDBACK_HORIZON, DEFAULT_PACING_STEP, SNAPSHOT_VERSION,
 };
 pub use outcome::{BudgetPacer, Objective, Outcome};
 pub use policy::{AnyPolicy, Estimate, Policy, PolicyKind, PolicySpec, PropensityKind};

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{in_range, Result};
+use crate::limits;
 
 /// The observed result of serving one request.
 ///
@@ -56,10 +57,13 @@ impl Outcome {
         self
     }
 
-    /// Rejects NaN, infinities, negative latency or cost, and quality outside [0, 1].
+    /// Rejects NaN, infinities and values outside their physical ranges (see
+    /// [`crate::limits`]).
     pub fn validate(&self) -> Result<()> {
-        in_range("outcome.latency_ms", self.latency_ms, 0.0, f64::MAX, "[0, inf)")?;
-        in_range("outcome.cost_usd", self.cost_usd, 0.0, f64::MAX, "[0, inf)")?;
+        limits::LATENCY_MS.check("outcome.latency_ms", self.latency_ms)?;
+        limits::COST_USD.check("outcome.cost_usd", self.cost_usd)?;
+        limits::TOKENS.check("outcome.input_tokens", f64::from(self.input_tokens))?;
+        limits::TOKENS.check("outcome.output_tokens", f64::from(self.output_tokens))?;
         if let Some(q) = self.quality {
             validate_quality(q)?;
         }
@@ -78,7 +82,7 @@ impl Outcome {
 
 /// Checks a quality score: finite and in [0, 1].
 pub fn validate_quality(quality: f64) -> Result<f64> {
-    in_range("quality", quality, 0.0, 1.0, "[0, 1]")
+    limits::QUALITY.check("quality", quality)
 }
 
 /// How quality, cost and latency trade off: `reward = quality - w_cost * cost_usd -
@@ -107,10 +111,10 @@ impl Default for Objective {
 }
 
 impl Objective {
-    /// The weights, checked: finite and non-negative.
+    /// The weights, checked against [`limits::W_COST`] and [`limits::W_LATENCY`].
     pub fn new(w_cost: f64, w_latency: f64) -> Result<Self> {
-        in_range("w_cost", w_cost, 0.0, f64::MAX, "[0, inf)")?;
-        in_range("w_latency", w_latency, 0.0, f64::MAX, "[0, inf)")?;
+        limits::W_COST.check("w_cost", w_cost)?;
+        limits::W_LATENCY.check("w_latency", w_latency)?;
         Ok(Objective { w_cost, w_latency })
     }
 
@@ -146,13 +150,7 @@ const LAMBDA_MAX: f64 = 1000.0;
 impl BudgetPacer {
     /// A pacer for `target_usd` per request with step size `eta` (0.05 is a good start).
     pub fn new(target_usd: f64, step_size: f64) -> Result<Self> {
-        in_range(
-            "budget.target_usd",
-            target_usd,
-            f64::MIN_POSITIVE,
-            f64::MAX,
-            "(0, inf)",
-        )?;
+        limits::BUDGET_USD.check("budget.target_usd", target_usd)?;
         in_range("budget.step_size", step_size, f64::MIN_POSITIVE, 10.0, "(0, 10]")?;
         Ok(BudgetPacer {
             target_usd,

@@ -18,6 +18,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::arm::Arm;
+use crate::error::{finite, Result};
 use crate::outcome::Outcome;
 
 /// Additive usage statistics of one arm.
@@ -70,15 +71,29 @@ impl ArmUsage {
         }
     }
 
-    /// Adds one outcome; `input_tokens` is the billed count, or the prompt estimate.
-    pub(crate) fn record(&mut self, outcome: &Outcome, input_tokens: u32) {
-        self.requests += 1;
-        self.errors += u64::from(outcome.error);
-        self.cost_usd += outcome.cost_usd;
-        self.input_tokens += f64::from(input_tokens);
-        self.output_tokens += f64::from(outcome.output_tokens);
-        self.latency_ms += outcome.latency_ms;
-        self.latency_ms_sq += outcome.latency_ms * outcome.latency_ms;
+    /// The statistics with one more outcome; `input_tokens` is the billed count, or the
+    /// prompt estimate. Refused, leaving the statistics as they are, if a sum would stop
+    /// being finite (inputs inside [`crate::limits`] never make one).
+    pub(crate) fn recorded(&self, outcome: &Outcome, input_tokens: u32) -> Result<ArmUsage> {
+        let next = ArmUsage {
+            requests: self.requests + 1,
+            errors: self.errors + u64::from(outcome.error),
+            cost_usd: self.cost_usd + outcome.cost_usd,
+            input_tokens: self.input_tokens + f64::from(input_tokens),
+            output_tokens: self.output_tokens + f64::from(outcome.output_tokens),
+            latency_ms: self.latency_ms + outcome.latency_ms,
+            latency_ms_sq: self.latency_ms_sq + outcome.latency_ms * outcome.latency_ms,
+        };
+        for (field, value) in [
+            ("usage.cost_usd", next.cost_usd),
+            ("usage.input_tokens", next.input_tokens),
+            ("usage.output_tokens", next.output_tokens),
+            ("usage.latency_ms", next.latency_ms),
+            ("usage.latency_ms_sq", next.latency_ms_sq),
+        ] {
+            finite(field, value)?;
+        }
+        Ok(next)
     }
 }
 
@@ -91,18 +106,35 @@ mod tests {
         let priced = Arm::new("p").with_prices(1e-6, 4e-6);
         let mut u = ArmUsage::default();
         assert!((u.expected_cost_usd(&priced, 1000, 250.0) - (1e-3 + 1e-3)).abs() < 1e-15);
-        u.record(&Outcome::new(100.0, 0.002).with_tokens(1000, 500), 1000);
+        u = u
+            .recorded(&Outcome::new(100.0, 0.002).with_tokens(1000, 500), 1000)
+            .unwrap();
         assert!((u.expected_cost_usd(&priced, 1000, 250.0) - (1e-3 + 2e-3)).abs() < 1e-15);
 
         let unpriced = Arm::new("u");
         let mut u = ArmUsage::default();
         assert_eq!(u.expected_cost_usd(&unpriced, 100, 250.0), 0.0);
-        u.record(&Outcome::new(100.0, 0.004), 200);
-        u.record(&Outcome::new(300.0, 0.002), 100);
+        u = u.recorded(&Outcome::new(100.0, 0.004), 200).unwrap();
+        u = u.recorded(&Outcome::new(300.0, 0.002), 100).unwrap();
         // $0.006 over 300 tokens: $2e-5 per token.
         assert!((u.expected_cost_usd(&unpriced, 50, 250.0) - 1e-3).abs() < 1e-15);
         let (mean, se) = u.latency_estimate_ms();
         assert_eq!(mean, 200.0);
         assert!((se - (10_000.0f64 / 2.0).sqrt()).abs() < 1e-9);
+    }
+
+    /// A sum that would overflow refuses the outcome and keeps the statistics intact.
+    #[test]
+    fn an_update_that_would_overflow_a_sum_is_refused() {
+        let huge = ArmUsage {
+            latency_ms_sq: f64::MAX,
+            ..ArmUsage::default()
+        };
+        let error = huge.recorded(&Outcome::new(1e200, 0.0), 1).unwrap_err();
+        assert!(
+            error.to_string().starts_with("usage.latency_ms_sq is inf"),
+            "{error}"
+        );
+        assert_eq!(huge.recorded(&Outcome::new(0.0, 0.0), 1).unwrap().requests, 1);
     }
 }

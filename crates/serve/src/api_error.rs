@@ -16,14 +16,24 @@ pub enum ApiError {
     BadRequest(String),
     /// 401: missing or wrong bearer token.
     Unauthorized,
-    /// 404: no such route or decision.
+    /// 404: no such route, decision or endpoint.
     NotFound(String),
+    /// 405: the endpoint does not take this method.
+    MethodNotAllowed(String),
+    /// 408: the request (or its body) did not arrive, or was not answered, in time.
+    RequestTimeout(String),
+    /// 413: the request body is too large.
+    PayloadTooLarge(String),
     /// 415: the body is not sent as JSON.
     UnsupportedMediaType(String),
     /// 422: well-formed but invalid values.
     Invalid(String),
+    /// 431: the request head is too large.
+    HeadersTooLarge(String),
     /// 502: every upstream failed.
     Upstream(String),
+    /// 503: the server serves as many connections as it may.
+    Overloaded(String),
     /// 500: a fault of the server; details go to the log, not the client.
     Internal(String),
 }
@@ -59,13 +69,22 @@ impl IntoResponse for ApiError {
                 "missing or invalid bearer token".to_string(),
             ),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found_error", m),
+            ApiError::MethodNotAllowed(m) => (StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", m),
+            ApiError::RequestTimeout(m) => (StatusCode::REQUEST_TIMEOUT, "timeout_error", m),
+            ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", m),
+            ApiError::HeadersTooLarge(m) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "invalid_request_error",
+                m,
+            ),
             ApiError::UnsupportedMediaType(m) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request_error", m)
             }
             ApiError::Invalid(m) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request_error", m),
             ApiError::Upstream(m) => (StatusCode::BAD_GATEWAY, "upstream_error", m),
+            ApiError::Overloaded(m) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded_error", m),
             ApiError::Internal(detail) => {
-                eprintln!("quiver serve: internal error: {detail}");
+                tracing::error!("internal error: {detail}");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "server_error",

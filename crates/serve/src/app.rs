@@ -3,22 +3,22 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
 use quiver_bandit::{Applied, Outcome};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::TimeoutLayer;
+use subtle::ConstantTimeEq;
 
 use crate::api_error::ApiError;
 use crate::config::ServeConfig;
+use crate::request_limits::{self, RequestLimits};
 use crate::router::{Pending, RouteRequest, Router};
 
 /// Counters for `/metrics` beyond what the learners hold.
@@ -32,6 +32,10 @@ pub struct Counters {
     pub upstream_failures: AtomicU64,
     /// Feedback accepted.
     pub feedback: AtomicU64,
+    /// Snapshots written.
+    pub snapshots: AtomicU64,
+    /// Snapshots that failed (and were not written).
+    pub snapshot_failures: AtomicU64,
 }
 
 /// What every handler shares.
@@ -67,29 +71,34 @@ pub enum Access {
 }
 
 /// Checks the bearer token of a request against the tokens `access` accepts (admin
-/// tokens are accepted everywhere; an empty token set leaves the endpoint open).
+/// tokens are accepted everywhere; an empty token set leaves the endpoint open). Every
+/// token is compared, each in constant time, so the time taken tells nothing of how
+/// much of a token was right.
 pub fn authorize(state: &AppState, headers: &HeaderMap, access: Access) -> Result<(), ApiError> {
     let auth = &state.config.auth;
-    let allowed: Vec<&String> = match access {
-        Access::Route => auth.route_tokens.iter().chain(&auth.admin_tokens).collect(),
-        Access::Feedback => auth.feedback_tokens.iter().chain(&auth.admin_tokens).collect(),
-        Access::Admin => auth.admin_tokens.iter().collect(),
+    let own: &[String] = match access {
+        Access::Route => &auth.route_tokens,
+        Access::Feedback => &auth.feedback_tokens,
+        Access::Admin => &[],
     };
-    let required = match access {
-        Access::Route => !auth.route_tokens.is_empty() || !auth.admin_tokens.is_empty(),
-        Access::Feedback => !auth.feedback_tokens.is_empty() || !auth.admin_tokens.is_empty(),
-        Access::Admin => !auth.admin_tokens.is_empty(),
-    };
-    if !required {
+    if own.is_empty() && auth.admin_tokens.is_empty() {
         return Ok(());
     }
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(token) if allowed.iter().any(|t| t.as_str() == token) => Ok(()),
-        _ => Err(ApiError::Unauthorized),
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let matched = own
+        .iter()
+        .chain(&auth.admin_tokens)
+        .fold(subtle::Choice::from(0), |any, token| {
+            any | token.as_bytes().ct_eq(given.as_bytes())
+        });
+    if bool::from(matched) && !given.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
     }
 }
 
@@ -339,6 +348,12 @@ fn metrics_text(router: &mut Router, c: &Counters) -> Result<String, ApiError> {
             &c.upstream_failures,
         ),
         ("quiver_feedback_total", "Accepted feedback.", &c.feedback),
+        ("quiver_snapshots_total", "Snapshots written.", &c.snapshots),
+        (
+            "quiver_snapshot_failures_total",
+            "Snapshots that failed and were not written (the log still holds everything).",
+            &c.snapshot_failures,
+        ),
     ] {
         push_counter(&mut text, name, help, value.load(Ordering::Relaxed));
     }
@@ -372,11 +387,11 @@ async fn openapi() -> Json<serde_json::Value> {
     Json(crate::openapi::document())
 }
 
-/// The axum app over `state`.
+/// The axum app over `state`: every endpoint behind the request limits, every error in
+/// OpenAI's JSON shape (unknown paths and methods included).
 pub fn build_app(state: Arc<AppState>) -> axum::Router {
-    let limit = state.config.max_body_bytes;
-    let timeout = Duration::from_millis(state.config.request_timeout_ms);
-    let bounded = axum::Router::new()
+    let limits = RequestLimits::from(&state.config);
+    let answered_at_once = axum::Router::new()
         .route("/v1/route", post(route))
         .route("/v1/feedback", post(feedback))
         .route("/v1/outcome", post(outcome))
@@ -385,14 +400,18 @@ pub fn build_app(state: Arc<AppState>) -> axum::Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ));
-    // The proxy enforces the same deadline itself, so that it can fall back and record.
+        .route_layer(middleware::from_fn_with_state(limits, request_limits::deadline));
+    // The proxy keeps its own deadline, so that it can fall back and record, and so that
+    // a stream is bounded by its silences rather than its length.
     let proxy = axum::Router::new().route("/v1/chat/completions", post(crate::proxy::chat_completions));
-    bounded
+    answered_at_once
         .merge(proxy)
-        .layer(RequestBodyLimitLayer::new(limit))
+        .fallback(request_limits::unknown_path)
+        .method_not_allowed_fallback(request_limits::wrong_method)
+        .layer(middleware::from_fn_with_state(
+            limits,
+            request_limits::read_request,
+        ))
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }

@@ -35,16 +35,42 @@ pub struct ServeConfig {
     /// Seconds between periodic snapshots (one is also written on shutdown).
     #[serde(default = "default_snapshot_interval")]
     pub snapshot_interval_s: u64,
-    /// Largest request body, bytes.
+    /// Largest request body, bytes; larger ones get 413.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
-    /// Time limit of a whole request, ms (proxied calls included).
+    /// Largest request head (the request line and headers), bytes; larger ones get 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Time limit for a client to send its request head, ms; the connection is closed
+    /// after it. It also closes keep-alive connections idle that long.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_ms: u64,
+    /// Time limit for a client to send its request body, ms; 408 after it.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout_ms: u64,
+    /// Connections served at once; more get a 503 and are closed. Lowered at start to
+    /// what the process's file descriptor limit allows.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time limit of a whole request, ms: of everything but a stream's body (the proxy's
+    /// fallbacks included); 408 after it.
     #[serde(default = "default_request_timeout")]
     pub request_timeout_ms: u64,
-    /// Time limit of one upstream attempt before falling back, ms.
+    /// Time limit for an upstream's first byte, ms: its response head and, for a stream,
+    /// its first event. Past it the proxy falls back to the next model. Fallback is only
+    /// possible before the first byte reaches the client.
     #[serde(default = "default_upstream_timeout")]
     pub upstream_timeout_ms: u64,
-    /// Decisions remembered for late feedback per route; older ones get 404.
+    /// Time limit between two chunks of an upstream's body, ms. A stream is never cut by
+    /// its length, only by this silence; it then ends with an error event.
+    #[serde(default = "default_upstream_idle_timeout")]
+    pub upstream_idle_timeout_ms: u64,
+    /// Largest upstream body of a non-streamed answer, bytes; a larger one counts as a
+    /// failed attempt and the proxy falls back.
+    #[serde(default = "default_max_upstream_body")]
+    pub max_upstream_body_bytes: usize,
+    /// Decisions remembered for late feedback per route; older ones get 404. Each holds
+    /// its features until then (about 630 bytes with 64 features).
     #[serde(default = "default_horizon")]
     pub feedback_horizon_decisions: usize,
     /// Bearer tokens.
@@ -52,6 +78,10 @@ pub struct ServeConfig {
     pub auth: AuthConfig,
     /// The routes.
     pub routes: Vec<RouteConfig>,
+    /// Routes to start afresh (`quiver serve --reset-route NAME`; not a file option):
+    /// see [`crate::RouterOptions::reset_routes`].
+    #[serde(skip)]
+    pub reset_routes: Vec<String>,
 }
 
 fn default_listen() -> String {
@@ -63,17 +93,58 @@ fn default_snapshot_interval() -> u64 {
 fn default_max_body() -> usize {
     1 << 20
 }
+fn default_max_header_bytes() -> usize {
+    32 << 10
+}
+fn default_header_read_timeout() -> u64 {
+    10_000
+}
+fn default_body_read_timeout() -> u64 {
+    30_000
+}
+fn default_max_connections() -> usize {
+    1024
+}
 fn default_request_timeout() -> u64 {
     120_000
 }
 fn default_upstream_timeout() -> u64 {
     60_000
 }
+fn default_upstream_idle_timeout() -> u64 {
+    60_000
+}
+fn default_max_upstream_body() -> usize {
+    4 << 20
+}
 fn default_horizon() -> usize {
-    1_000_000
+    quiver_bandit::DEFAULT_FEEDBACK_HORIZON
 }
 
 impl ServeConfig {
+    /// A configuration of `routes` logging to `log_dir`, with every other option at its
+    /// default.
+    pub fn new(log_dir: PathBuf, routes: Vec<RouteConfig>) -> Self {
+        ServeConfig {
+            listen: default_listen(),
+            log_dir,
+            snapshot_interval_s: default_snapshot_interval(),
+            max_body_bytes: default_max_body(),
+            max_header_bytes: default_max_header_bytes(),
+            header_read_timeout_ms: default_header_read_timeout(),
+            body_read_timeout_ms: default_body_read_timeout(),
+            max_connections: default_max_connections(),
+            request_timeout_ms: default_request_timeout(),
+            upstream_timeout_ms: default_upstream_timeout(),
+            upstream_idle_timeout_ms: default_upstream_idle_timeout(),
+            max_upstream_body_bytes: default_max_upstream_body(),
+            feedback_horizon_decisions: default_horizon(),
+            auth: AuthConfig::default(),
+            routes,
+            reset_routes: Vec::new(),
+        }
+    }
+
     /// Parses a configuration file, resolving `log_dir` against the file's directory.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(crate::error::io_at(path))?;

@@ -17,11 +17,13 @@ mod api_error;
 pub mod app;
 pub mod config;
 mod error;
-pub mod log;
 mod openapi;
 pub mod proxy;
+mod request_limits;
 mod router;
 pub mod server;
+
+pub use quiver_log as log;
 
 pub use api_error::ApiError;
 pub use config::{AuthConfig, ServeConfig};

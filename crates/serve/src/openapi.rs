@@ -2,13 +2,41 @@
 
 use serde_json::{json, Value};
 
+/// The errors every endpoint may answer, each a JSON error in OpenAI's shape.
 fn error_responses() -> Value {
-    json!({
-        "400": {"description": "Body is not valid JSON of the expected shape", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-        "401": {"description": "Missing or wrong bearer token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-        "404": {"description": "Unknown route or decision", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-        "422": {"description": "Invalid values", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    })
+    let errors = [
+        ("400", "Body is not valid JSON of the expected shape"),
+        ("401", "Missing or wrong bearer token"),
+        ("404", "Unknown route or decision"),
+        ("405", "The endpoint does not take this method"),
+        (
+            "408",
+            "The body did not arrive, or the answer was not ready, in time",
+        ),
+        ("413", "The body is larger than max_body_bytes"),
+        ("415", "The body is not application/json"),
+        (
+            "422",
+            "Invalid values (a number outside its range names the field and the range)",
+        ),
+        ("431", "The request head is larger than max_header_bytes"),
+        (
+            "503",
+            "The server is serving as many connections as it may; retry after Retry-After",
+        ),
+    ];
+    let schema = json!({"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}});
+    Value::Object(
+        errors
+            .into_iter()
+            .map(|(status, description)| {
+                (
+                    status.to_string(),
+                    json!({"description": description, "content": schema}),
+                )
+            })
+            .collect(),
+    )
 }
 
 /// The document.

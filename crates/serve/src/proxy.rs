@@ -5,11 +5,19 @@
 //! unusable body to the next model of the fallback order, within the request's deadline.
 //! The chosen model's outcome (latency, tokens, cost at the configured prices, error) is
 //! recorded as feedback automatically; the decision id comes back in the
-//! `x-quiver-decision-id` header, for quality feedback later. Streaming (`"stream": true`)
-//! passes the upstream's server-sent events through as they arrive; the outcome is
-//! recorded when the stream ends (a stream cut short counts as failed). The upstream's own
-//! `x-*` headers are passed on. The proxy keeps its own deadline (`request_timeout_ms`)
-//! so that a hanging model falls back instead of timing the whole request out.
+//! `x-quiver-decision-id` header, for quality feedback later. The upstream's own `x-*`
+//! headers are passed on.
+//!
+//! Time and size limits, per attempt: the first byte (the response head and, for a
+//! stream, its first event) must come within `upstream_timeout_ms`; a non-streamed body
+//! must then arrive without a silence longer than `upstream_idle_timeout_ms`, within
+//! `max_upstream_body_bytes` and the request's deadline (`request_timeout_ms`). Fallback
+//! is only possible before the first byte reaches the client. A stream (`"stream": true`)
+//! is then passed through as it arrives for as long as the upstream keeps sending: only a
+//! silence longer than `upstream_idle_timeout_ms` or an upstream error cuts it, and it
+//! then ends with an error event that OpenAI's SDKs raise. Its outcome is recorded when it
+//! ends (a stream cut short counts as failed), from a tally of its events that holds one
+//! line at a time, never the stream.
 //!
 //! The upstream call does not wait for the decision's fsync: nothing names the decision
 //! until the answer, and the answer waits for the log to hold the decision (and, when the
@@ -20,13 +28,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use futures_util::StreamExt;
-use quiver_bandit::{ChatMessage, Outcome};
+use quiver_bandit::{limits, ChatMessage, Outcome};
 use serde_json::Value;
 
 use crate::api_error::ApiError;
@@ -68,10 +77,21 @@ fn messages(body: &Value) -> Result<Vec<ChatMessage>, ApiError> {
         .collect())
 }
 
-fn cost_usd(model: &ModelConfig, input_tokens: u32, output_tokens: u32) -> f64 {
-    (f64::from(input_tokens) * model.input_usd_per_million
-        + f64::from(output_tokens) * model.output_usd_per_million)
-        / 1e6
+/// The outcome of a call that took `latency_ms` and was billed the given tokens at the
+/// model's prices. An upstream's figures are a peer's, not a caller's: beyond the physical
+/// ranges they are clamped into them and recorded, never refused.
+fn call_outcome(model: &ModelConfig, latency_ms: f64, input_tokens: u32, output_tokens: u32) -> Outcome {
+    let tokens = |t: u32| limits::TOKENS.clamp(f64::from(t)) as u32;
+    let (input, output) = (tokens(input_tokens), tokens(output_tokens));
+    let cost = (f64::from(input) * model.input_usd_per_million
+        + f64::from(output) * model.output_usd_per_million)
+        / 1e6;
+    Outcome::new(limits::LATENCY_MS.clamp(latency_ms), limits::COST_USD.clamp(cost))
+        .with_tokens(input, output)
+}
+
+fn elapsed_ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
 }
 
 /// Token counts from an OpenAI `usage` object.
@@ -85,29 +105,69 @@ fn usage(value: &Value) -> Option<(u32, u32)> {
     Some((field("prompt_tokens")?, field("completion_tokens")?))
 }
 
-/// Tokens of a finished event stream: the `usage` of its last chunk if any, else the
-/// streamed content's length estimated at four characters a token.
-fn stream_usage(text: &str, prompt_tokens: u32) -> (u32, u32) {
-    let mut chars = 0usize;
-    let mut found = None;
-    for line in text.lines() {
-        let Some(data) = line.strip_prefix("data:").map(str::trim) else {
-            continue;
-        };
-        let Ok(chunk) = serde_json::from_str::<Value>(data) else {
-            continue;
-        };
-        if let Some(u) = usage(&chunk) {
-            found = Some(u);
-        }
-        if let Some(content) = chunk.pointer("/choices/0/delta/content").and_then(Value::as_str) {
-            chars += content.chars().count();
+/// Longest server-sent-event line the tally reads; longer ones pass through unread.
+const MAX_EVENT_LINE: usize = 1 << 20;
+
+/// What a streamed answer told so far, read as it passes through without keeping it: its
+/// `usage` (the last one given), the characters of its content, and whether it ended
+/// with `[DONE]`.
+#[derive(Debug, Default)]
+struct StreamTally {
+    line: Vec<u8>,
+    overlong: bool,
+    content_chars: usize,
+    usage: Option<(u32, u32)>,
+    done: bool,
+}
+
+impl StreamTally {
+    fn feed(&mut self, bytes: &[u8]) {
+        for piece in bytes.split_inclusive(|&b| b == b'\n') {
+            if self.line.len() + piece.len() <= MAX_EVENT_LINE {
+                self.line.extend_from_slice(piece);
+            } else {
+                self.overlong = true;
+            }
+            if piece.ends_with(b"\n") {
+                self.end_line();
+            }
         }
     }
-    found.unwrap_or((
-        prompt_tokens,
-        u32::try_from(chars.div_ceil(4)).unwrap_or(u32::MAX),
-    ))
+
+    fn end_line(&mut self) {
+        let line = std::mem::take(&mut self.line);
+        if !std::mem::take(&mut self.overlong) {
+            self.read_line(line.trim_ascii());
+        }
+    }
+
+    fn read_line(&mut self, line: &[u8]) {
+        let Some(data) = line.strip_prefix(b"data:").map(<[u8]>::trim_ascii) else {
+            return;
+        };
+        if data == b"[DONE]" {
+            self.done = true;
+            return;
+        }
+        let Ok(chunk) = serde_json::from_slice::<Value>(data) else {
+            return;
+        };
+        if let Some(u) = usage(&chunk) {
+            self.usage = Some(u);
+        }
+        if let Some(content) = chunk.pointer("/choices/0/delta/content").and_then(Value::as_str) {
+            self.content_chars += content.chars().count();
+        }
+    }
+
+    /// The tokens of the stream: its `usage` if it gave one, else the prompt's estimate
+    /// and the content's length at four characters a token.
+    fn tokens(&self, prompt_tokens: u32) -> (u32, u32) {
+        self.usage.unwrap_or((
+            prompt_tokens,
+            u32::try_from(self.content_chars.div_ceil(4)).unwrap_or(u32::MAX),
+        ))
+    }
 }
 
 /// The upstream's own `x-*` headers, passed on to the client.
@@ -138,7 +198,7 @@ fn with_headers(mut response: Response, decision_id: &str, model: &str) -> Respo
 async fn record(state: &Arc<AppState>, decision_id: &str, outcome: Outcome) {
     let id = decision_id.to_string();
     if let Err(e) = change_router(state, move |r| Ok(r.record_outcome(&id, &outcome)?)).await {
-        eprintln!("quiver serve: could not record the outcome of {decision_id}: {e:?}");
+        tracing::error!(decision = decision_id, "could not record the outcome: {e:?}");
     }
 }
 
@@ -179,79 +239,61 @@ pub async fn chat_completions(
         let Some(model) = models.iter().find(|m| &m.id == arm) else {
             continue;
         };
-        let Some(base_url) = &model.base_url else {
-            if attempt == 0 {
-                record(&state, &decision_id, Outcome::new(0.0, 0.0).failed()).await;
-            }
-            failures.push(format!("{arm}: no base_url configured"));
-            continue;
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if deadline <= Instant::now() {
             failures.push(format!("{arm}: deadline reached"));
             break;
         }
         request["model"] = Value::String(model.upstream_model.clone().unwrap_or_else(|| model.id.clone()));
-        let mut call = state
-            .http
-            .post(format!("{}/chat/completions", base_url.trim_end_matches('/')))
-            .timeout(left.min(Duration::from_millis(state.config.upstream_timeout_ms)))
-            .json(&request);
-        if let Some(key) = model.api_key_env.as_ref().and_then(|v| std::env::var(v).ok()) {
-            call = call.bearer_auth(key);
-        }
         let started = Instant::now();
-        let failure = match call.send().await {
-            Ok(response) if response.status().is_success() => {
-                let passed = extension_headers(&response);
-                if stream {
-                    let mut out = stream_through(
+        match call_upstream(&state, &request, model, stream, deadline).await {
+            Ok(Upstream::Complete { body, passed }) => {
+                if attempt == 0 {
+                    let (input, output) = usage(&body.1).unwrap_or((0, 0));
+                    record(
                         &state,
-                        response,
                         &decision_id,
-                        model,
-                        attempt == 0,
-                        started,
-                        prompt_tokens,
-                    );
-                    out.headers_mut().extend(passed);
-                    answer = Some(out);
-                    break;
+                        call_outcome(model, elapsed_ms(started), input, output),
+                    )
+                    .await;
                 }
-                match response.bytes().await {
-                    Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
-                        Ok(value) if value.get("choices").is_some() => {
-                            let (input, output) = usage(&value).unwrap_or((0, 0));
-                            if attempt == 0 {
-                                let latency = started.elapsed().as_secs_f64() * 1000.0;
-                                let outcome = Outcome::new(latency, cost_usd(model, input, output))
-                                    .with_tokens(input, output);
-                                record(&state, &decision_id, outcome).await;
-                            }
-                            let mut response = Response::builder()
-                                .status(StatusCode::OK)
-                                .header(header::CONTENT_TYPE, "application/json")
-                                .body(Body::from(bytes))
-                                .map_err(|e| ApiError::Internal(e.to_string()))?;
-                            response.headers_mut().extend(passed);
-                            answer = Some(with_headers(response, &decision_id, &model.id));
-                            break;
-                        }
-                        _ => format!("{arm}: the upstream's body is not a chat completion"),
-                    },
-                    Err(e) => format!("{arm}: reading the body failed: {e}"),
-                }
+                let mut response = Response::builder()
+                    .status(StatusCode::OK)
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(body.0))
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                response.headers_mut().extend(passed);
+                answer = Some(with_headers(response, &decision_id, &model.id));
+                break;
             }
-            Ok(response) => format!("{arm}: upstream answered {}", response.status()),
-            Err(e) if e.is_timeout() => format!("{arm}: timed out"),
-            Err(e) => format!("{arm}: {e}"),
-        };
-        state.counters.upstream_failures.fetch_add(1, Ordering::Relaxed);
-        if attempt == 0 {
-            let latency = started.elapsed().as_secs_f64() * 1000.0;
-            record(&state, &decision_id, Outcome::new(latency, 0.0).failed()).await;
+            Ok(Upstream::Stream { first, rest, passed }) => {
+                let outcome = (attempt == 0).then(|| StreamOutcome {
+                    state: Arc::clone(&state),
+                    decision_id: decision_id.clone(),
+                    model: model.clone(),
+                    started,
+                    prompt_tokens,
+                    tally: StreamTally::default(),
+                    failed: false,
+                });
+                let idle = Duration::from_millis(state.config.upstream_idle_timeout_ms);
+                let mut response = stream_through(first, rest, outcome, idle);
+                response.headers_mut().extend(passed);
+                answer = Some(with_headers(response, &decision_id, &model.id));
+                break;
+            }
+            Err(failure) => {
+                state.counters.upstream_failures.fetch_add(1, Ordering::Relaxed);
+                if attempt == 0 {
+                    record(
+                        &state,
+                        &decision_id,
+                        call_outcome(model, elapsed_ms(started), 0, 0).failed(),
+                    )
+                    .await;
+                }
+                failures.push(format!("{arm}: {failure}"));
+            }
         }
-        failures.push(failure);
     }
     if let Some(answer) = answer {
         decision_logged.durable().await?;
@@ -263,27 +305,119 @@ pub async fn chat_completions(
     )))
 }
 
+type UpstreamBody = futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>;
+
+/// A usable answer of an upstream, with the `x-*` headers to pass on.
+enum Upstream {
+    /// A chat completion: its bytes and their JSON.
+    Complete {
+        body: (Bytes, Value),
+        passed: Vec<(header::HeaderName, HeaderValue)>,
+    },
+    /// An event stream that has sent its first chunk.
+    Stream {
+        first: Bytes,
+        rest: UpstreamBody,
+        passed: Vec<(header::HeaderName, HeaderValue)>,
+    },
+}
+
+/// One attempt at `model`: its first byte (the response head and, for a stream, the first
+/// chunk) must come within `upstream_timeout_ms` and the request's deadline; a complete
+/// body must then arrive with no silence longer than `upstream_idle_timeout_ms`, within
+/// the deadline and `max_upstream_body_bytes`. Any failure is a reason to fall back.
+async fn call_upstream(
+    state: &AppState,
+    request: &Value,
+    model: &ModelConfig,
+    stream: bool,
+    deadline: Instant,
+) -> Result<Upstream, String> {
+    let config = &state.config;
+    let base_url = model.base_url.as_ref().ok_or("no base_url configured")?;
+    let first_byte_by = deadline.min(Instant::now() + Duration::from_millis(config.upstream_timeout_ms));
+    let mut call = state
+        .http
+        .post(format!("{}/chat/completions", base_url.trim_end_matches('/')))
+        .json(request);
+    if let Some(key) = model.api_key_env.as_ref().and_then(|v| std::env::var(v).ok()) {
+        call = call.bearer_auth(key);
+    }
+    let no_first_byte = || format!("no first byte within {} ms", config.upstream_timeout_ms);
+    let response = tokio::time::timeout_at(first_byte_by.into(), call.send())
+        .await
+        .map_err(|_| no_first_byte())?
+        .map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("upstream answered {}", response.status()));
+    }
+    let passed = extension_headers(&response);
+    let limit = config.max_upstream_body_bytes;
+    if !stream && response.content_length().is_some_and(|len| len > limit as u64) {
+        return Err(format!("the body is larger than {limit} bytes"));
+    }
+    let mut body: UpstreamBody = Box::pin(response.bytes_stream());
+    if stream {
+        let first = match tokio::time::timeout_at(first_byte_by.into(), body.next()).await {
+            Err(_) => return Err(no_first_byte()),
+            Ok(None) => return Err("the stream ended before its first event".into()),
+            Ok(Some(Err(e))) => return Err(format!("reading the stream failed: {e}")),
+            Ok(Some(Ok(first))) => first,
+        };
+        return Ok(Upstream::Stream {
+            first,
+            rest: body,
+            passed,
+        });
+    }
+    let idle = Duration::from_millis(config.upstream_idle_timeout_ms);
+    // The chunks are kept as they came and joined once complete: growing one buffer
+    // would allocate (and leave to the allocator) every size up to the limit.
+    let mut chunks = Vec::new();
+    let mut size = 0;
+    loop {
+        let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(wait, body.next()).await {
+            Err(_) => return Err(format!("the body stalled for {} ms", wait.as_millis())),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(format!("reading the body failed: {e}")),
+            Ok(Some(Ok(chunk))) if size + chunk.len() > limit => {
+                return Err(format!("the body is larger than {limit} bytes"))
+            }
+            Ok(Some(Ok(chunk))) => {
+                size += chunk.len();
+                chunks.push(chunk);
+            }
+        }
+    }
+    let bytes = chunks.concat();
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(value) if value.get("choices").is_some() => Ok(Upstream::Complete {
+            body: (Bytes::from(bytes), value),
+            passed,
+        }),
+        _ => Err("the upstream's body is not a chat completion".into()),
+    }
+}
+
 /// Records a streamed call's outcome when its body is dropped: after the last event, when
-/// the upstream fails mid-stream, or when the client goes away.
+/// the upstream fails or falls silent mid-stream, or when the client goes away.
 struct StreamOutcome {
     state: Arc<AppState>,
     decision_id: String,
     model: ModelConfig,
     started: Instant,
     prompt_tokens: u32,
-    seen: Vec<u8>,
+    tally: StreamTally,
     failed: bool,
 }
 
 impl Drop for StreamOutcome {
     fn drop(&mut self) {
-        let text = String::from_utf8_lossy(&self.seen);
-        let complete = text.contains("[DONE]");
-        let (input, output) = stream_usage(&text, self.prompt_tokens);
-        let latency = self.started.elapsed().as_secs_f64() * 1000.0;
-        let mut outcome =
-            Outcome::new(latency, cost_usd(&self.model, input, output)).with_tokens(input, output);
-        outcome.error = self.failed || !complete;
+        self.tally.end_line();
+        let (input, output) = self.tally.tokens(self.prompt_tokens);
+        let mut outcome = call_outcome(&self.model, elapsed_ms(self.started), input, output);
+        outcome.error = self.failed || !self.tally.done;
         let (state, id) = (Arc::clone(&self.state), std::mem::take(&mut self.decision_id));
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move { record(&state, &id, outcome).await });
@@ -291,53 +425,135 @@ impl Drop for StreamOutcome {
     }
 }
 
-/// Passes an upstream event stream through; the outcome is recorded when the body is
-/// dropped (see [`StreamOutcome`]). A stream that ends without `[DONE]` counts as failed.
+/// The event that ends a stream the upstream broke off: OpenAI's SDKs raise an error on
+/// an event whose data is an `error` object.
+fn error_event(message: &str) -> Bytes {
+    let error = serde_json::json!({"error": {"message": message, "type": "upstream_error", "code": 502}});
+    Bytes::from(format!("data: {error}\n\n"))
+}
+
+/// Passes an upstream event stream through, from its first chunk on. The stream lasts as
+/// long as the upstream keeps sending: it is cut only by a silence longer than `idle` or
+/// an upstream error, and then ends with an error event. The outcome, if tracked, is
+/// recorded when the body is dropped (see [`StreamOutcome`]); a stream that ends without
+/// `[DONE]` counts as failed.
 fn stream_through(
-    state: &Arc<AppState>,
-    upstream: reqwest::Response,
-    decision_id: &str,
-    model: &ModelConfig,
-    record_it: bool,
-    started: Instant,
-    prompt_tokens: u32,
+    first: Bytes,
+    rest: UpstreamBody,
+    outcome: Option<StreamOutcome>,
+    idle: Duration,
 ) -> Response {
-    let mut tracker = record_it.then(|| StreamOutcome {
-        state: Arc::clone(state),
-        decision_id: decision_id.to_string(),
-        model: model.clone(),
-        started,
-        prompt_tokens,
-        seen: Vec::new(),
-        failed: false,
-    });
-    let body = upstream.bytes_stream().map(move |chunk| {
-        if let Some(t) = tracker.as_mut() {
-            match &chunk {
-                Ok(bytes) => t.seen.extend_from_slice(bytes),
-                Err(_) => t.failed = true,
+    struct Passing {
+        first: Option<Bytes>,
+        rest: UpstreamBody,
+        outcome: Option<StreamOutcome>,
+        ended: bool,
+    }
+    let passing = Passing {
+        first: Some(first),
+        rest,
+        outcome,
+        ended: false,
+    };
+    let body = futures_util::stream::unfold(passing, move |mut p| async move {
+        if p.ended {
+            return None;
+        }
+        let next = match p.first.take() {
+            Some(first) => Ok(Some(Ok(first))),
+            None => tokio::time::timeout(idle, p.rest.next()).await,
+        };
+        let chunk = match next {
+            Ok(None) => return None,
+            Ok(Some(Ok(chunk))) => {
+                if let Some(o) = p.outcome.as_mut() {
+                    o.tally.feed(&chunk);
+                }
+                chunk
+            }
+            Ok(Some(Err(e))) => {
+                p.ended = true;
+                error_event(&format!("the upstream's stream failed: {e}"))
+            }
+            Err(_) => {
+                p.ended = true;
+                error_event(&format!("the upstream sent nothing for {} ms", idle.as_millis()))
+            }
+        };
+        if p.ended {
+            if let Some(o) = p.outcome.as_mut() {
+                o.failed = true;
             }
         }
-        chunk.map_err(std::io::Error::other)
+        Some((Ok::<_, std::convert::Infallible>(chunk), p))
     });
-    let response = Response::builder()
+    Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(body))
-        .unwrap_or_default();
-    with_headers(response, decision_id, &model.id)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn tally_of(chunks: &[&str]) -> StreamTally {
+        let mut tally = StreamTally::default();
+        for chunk in chunks {
+            tally.feed(chunk.as_bytes());
+        }
+        tally.end_line();
+        tally
+    }
+
     #[test]
-    fn stream_usage_prefers_the_usage_chunk_and_else_counts_content() {
+    fn the_tally_prefers_the_usage_chunk_and_else_counts_content() {
         let with_usage = "data: {\"choices\":[{\"delta\":{\"content\":\"Hello\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n";
-        assert_eq!(stream_usage(with_usage, 0), (7, 3));
+        let tally = tally_of(&[with_usage]);
+        assert_eq!(tally.tokens(0), (7, 3));
+        assert!(tally.done);
         let without = "data: {\"choices\":[{\"delta\":{\"content\":\"Hello world!\"}}]}\n\ndata: [DONE]\n";
-        assert_eq!(stream_usage(without, 5), (5, 3));
+        assert_eq!(tally_of(&[without]).tokens(5), (5, 3));
+    }
+
+    /// Events split at any byte across chunks read as if whole; a last line without its
+    /// newline is read at the end; the tally keeps one line, not the stream.
+    #[test]
+    fn the_tally_reads_events_split_anywhere_and_holds_one_line() {
+        let text = "data: {\"choices\":[{\"delta\":{\"content\":\"Grüße\"}}]}\n\ndata: [DONE]";
+        for cut in 0..text.len() {
+            let (a, b) = text.as_bytes().split_at(cut);
+            let mut tally = StreamTally::default();
+            tally.feed(a);
+            tally.feed(b);
+            tally.end_line();
+            assert_eq!((tally.content_chars, tally.done), (5, true), "cut at {cut}");
+        }
+        let mut tally = StreamTally::default();
+        let long = format!("data: {{\"x\": \"{}\"}}", "a".repeat(3 * MAX_EVENT_LINE));
+        tally.feed(long.as_bytes());
+        assert!(tally.line.len() <= MAX_EVENT_LINE);
+        tally.feed(b"\ndata: [DONE]\n");
+        assert!(tally.done && tally.line.is_empty());
+    }
+
+    #[test]
+    fn an_upstream_s_absurd_usage_is_clamped_into_the_physical_ranges() {
+        let model = ModelConfig {
+            id: "m".into(),
+            input_usd_per_million: 10_000.0,
+            output_usd_per_million: 10_000.0,
+            context_window: None,
+            tags: Vec::new(),
+            base_url: None,
+            api_key_env: None,
+            upstream_model: None,
+        };
+        let outcome = call_outcome(&model, 1e300, u32::MAX, u32::MAX);
+        assert!(outcome.validate().is_ok(), "{outcome:?}");
+        assert_eq!(outcome.input_tokens, 100_000_000);
+        assert_eq!(outcome.cost_usd, limits::COST_USD.hi);
     }
 }

@@ -3,13 +3,13 @@
 //! Data flows one way: request -> features -> decision -> log -> (call) -> outcome ->
 //! update -> log. Every state change is staged in the log as it is applied and comes back
 //! as a [`Pending`] result, which [`Pending::wait`] releases once the log holds the change
-//! durably (group commit: see [`crate::log`]), so nothing is acknowledged before it is
+//! durably (group commit: see [`quiver_log`]), so nothing is acknowledged before it is
 //! fsynced while concurrent callers share fsyncs. On [`Router::open`] the last snapshot is
 //! restored and the log records after it are replayed, so the learners equal those of a
 //! run that never stopped.
 //!
 //! Snapshots hold what the learners learned but not the decisions awaiting feedback: those
-//! can number up to the feedback horizon (a million by default), with their features, and
+//! can number up to the feedback horizon (100,000 by default), with their features, and
 //! the log holds them already. A snapshot instead names, per route, the oldest decision it
 //! still tracks and where the log wrote it; on open the log is read from there, and records
 //! the snapshot already learned from only re-register their decisions. A snapshot's size
@@ -29,10 +29,11 @@ use quiver_bandit::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io_at, Result, ServeError};
-use crate::log::{records_after, DecisionLog, LogEvent, LogRecord, SEGMENT_BYTES};
+use quiver_log::{records_after, DecisionLog, LogEvent, LogRecord, SEGMENT_BYTES};
 
 /// One model a route can call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// Model id, as the upstream names it.
     pub id: String,
@@ -62,6 +63,7 @@ pub struct ModelConfig {
 
 /// One route: a name, a policy and its models.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Route name (letters, digits, `-`, `_`, `.`).
     pub name: String,
@@ -220,25 +222,31 @@ impl RouteState {
 }
 
 /// Options of [`Router::open_with`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RouterOptions {
     /// Log segment size before rotation, bytes.
     pub segment_bytes: u64,
     /// Decisions remembered per route for late feedback.
     pub feedback_horizon: usize,
+    /// Routes to start afresh: their snapshot is ignored and the log teaches them nothing;
+    /// only their decisions still in the log are re-registered, so that late feedback for
+    /// them is accepted and new decision ids follow theirs. The way out when a route's
+    /// snapshot cannot be read and the log no longer holds what rebuilding it needs.
+    pub reset_routes: Vec<String>,
 }
 
 impl Default for RouterOptions {
     fn default() -> Self {
         RouterOptions {
             segment_bytes: SEGMENT_BYTES,
-            feedback_horizon: 1_000_000,
+            feedback_horizon: quiver_bandit::DEFAULT_FEEDBACK_HORIZON,
+            reset_routes: Vec::new(),
         }
     }
 }
 
 /// The snapshot file: every route's learner and the log position it includes.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct RouterSnapshot {
     last_seq: u64,
     routes: BTreeMap<String, Snapshot>,
@@ -246,6 +254,62 @@ struct RouterSnapshot {
     /// them from. Routes absent here keep them in their learner (the older format).
     #[serde(default)]
     tracked_from: BTreeMap<String, TrackedFrom>,
+}
+
+impl RouterSnapshot {
+    /// The first route whose learner would not read back from `text` (this snapshot
+    /// serialized) as it is, and why: JSON has no NaN or infinity, so a non-finite
+    /// statistic would be written as `null` and fail the next start. `None` when every
+    /// route reads back equal.
+    fn unreadable_route(&self, text: &[u8]) -> Option<(String, String)> {
+        let read = match serde_json::from_slice::<RouterSnapshotFile>(text) {
+            Ok(file) => file.parse(),
+            Err(e) => return Some(("(the file)".into(), e.to_string())),
+        };
+        self.routes
+            .iter()
+            .find_map(|(name, learner)| match read.routes.get(name) {
+                Some(Ok(back)) if back == learner => None,
+                Some(Ok(_)) => Some((name.clone(), "a value changes on the way (not finite?)".into())),
+                Some(Err(e)) => Some((name.clone(), e.clone())),
+                None => Some((name.clone(), "missing".into())),
+            })
+    }
+}
+
+/// The snapshot file as read back: each route's learner is parsed on its own, so that
+/// one that cannot be read (a damaged value) costs that route only.
+#[derive(Deserialize)]
+struct RouterSnapshotFile {
+    last_seq: u64,
+    routes: BTreeMap<String, Box<serde_json::value::RawValue>>,
+    #[serde(default)]
+    tracked_from: BTreeMap<String, TrackedFrom>,
+}
+
+/// A snapshot read back: per route its learner, or why it could not be read.
+struct ReadSnapshot {
+    last_seq: u64,
+    routes: BTreeMap<String, std::result::Result<Snapshot, String>>,
+    tracked_from: BTreeMap<String, TrackedFrom>,
+}
+
+impl RouterSnapshotFile {
+    fn parse(self) -> ReadSnapshot {
+        let routes = self
+            .routes
+            .into_iter()
+            .map(|(name, raw)| {
+                let learner = serde_json::from_str::<Snapshot>(raw.get()).map_err(|e| e.to_string());
+                (name, learner)
+            })
+            .collect();
+        ReadSnapshot {
+            last_seq: self.last_seq,
+            routes,
+            tracked_from: self.tracked_from,
+        }
+    }
 }
 
 /// A route's oldest tracked decision at a snapshot, and the log position of its record.
@@ -260,8 +324,54 @@ struct TrackedFrom {
 enum Replay {
     /// Written after the snapshot: applied in full.
     Learn,
-    /// Learned from already (the snapshot holds it): only its decision's bookkeeping.
+    /// Learned from already (the snapshot holds it), or by a route started afresh: only
+    /// its decision's bookkeeping.
     Resume,
+}
+
+/// How a route recovers on open.
+#[derive(Debug, Clone, Copy)]
+enum Recovery {
+    /// From the snapshot (or afresh, for a route the snapshot does not know): records
+    /// after `last_seq` are learned; from `tracked_from` on, earlier ones re-register the
+    /// decisions awaiting feedback.
+    Snapshot {
+        last_seq: u64,
+        tracked_from: Option<TrackedFrom>,
+    },
+    /// Its snapshot could not be read: every record is learned again, from the first, up
+    /// to at least the snapshot's position where it is known (else at least record 1).
+    Rebuild { snapshot_at: Option<u64> },
+    /// Started afresh by request ([`RouterOptions::reset_routes`]): nothing is learned;
+    /// the decisions the log still holds are re-registered.
+    Reset,
+}
+
+impl Recovery {
+    /// The last record this route need not read.
+    fn read_after(&self) -> u64 {
+        match *self {
+            Recovery::Snapshot {
+                last_seq,
+                tracked_from,
+            } => tracked_from.map_or(last_seq, |from| from.seq.saturating_sub(1).min(last_seq)),
+            Recovery::Rebuild { .. } | Recovery::Reset => 0,
+        }
+    }
+
+    /// How record `seq` of decision `decision` is replayed, if at all.
+    fn replay(&self, seq: u64, decision: u64) -> Option<Replay> {
+        match *self {
+            Recovery::Snapshot { last_seq, .. } if seq > last_seq => Some(Replay::Learn),
+            Recovery::Snapshot {
+                tracked_from: Some(from),
+                ..
+            } if decision >= from.decision => Some(Replay::Resume),
+            Recovery::Snapshot { .. } => None,
+            Recovery::Rebuild { .. } => Some(Replay::Learn),
+            Recovery::Reset => Some(Replay::Resume),
+        }
+    }
 }
 
 const SNAPSHOT_FILE: &str = "snapshot.json";
@@ -374,14 +484,20 @@ impl Router {
                 return Err(ServeError::Config(format!("route `{name}` is defined twice")));
             }
         }
+        for name in &options.reset_routes {
+            if !states.contains_key(name) {
+                return Err(ServeError::Config(format!(
+                    "--reset-route `{name}`: no such route (routes: {})",
+                    states.keys().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
         std::fs::create_dir_all(dir).map_err(io_at(dir))?;
-        let snapshot_path = dir.join(SNAPSHOT_FILE);
-        let (last_seq, tracked_from) = if snapshot_path.exists() {
-            Self::restore_snapshot(&mut states, &snapshot_path)?
-        } else {
-            (0, BTreeMap::new())
-        };
-        let log_last = Self::replay_log(&mut states, dir, last_seq, &tracked_from)?;
+        let (last_seq, mut recovery) = Self::restore_snapshot(&mut states, dir)?;
+        for name in &options.reset_routes {
+            recovery.insert(name.clone(), Recovery::Reset);
+        }
+        let log_last = Self::replay_log(&mut states, dir, last_seq, &recovery)?;
         let log = DecisionLog::open(dir, log_last, options.segment_bytes).map_err(io_at(dir))?;
         Ok(Router {
             routes: states,
@@ -391,85 +507,189 @@ impl Router {
         })
     }
 
-    /// Restores the learners of the snapshot at `path`; returns the log position it
-    /// includes and where each route's tracked decisions are to be rebuilt from.
+    /// Restores the learners of the snapshot in `dir`, if any. Returns the log position
+    /// the snapshot includes and how each route recovers: from the snapshot, or, for a
+    /// route whose learner cannot be read back (a damaged file, a value it cannot hold),
+    /// by learning the whole log again. An unreadable snapshot is reported, never fatal.
     fn restore_snapshot(
         states: &mut BTreeMap<String, RouteState>,
-        path: &Path,
-    ) -> Result<(u64, BTreeMap<String, TrackedFrom>)> {
-        let text = std::fs::read_to_string(path).map_err(io_at(path))?;
-        let snapshot: RouterSnapshot = serde_json::from_str(&text).map_err(|e| ServeError::Snapshot {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        for (name, learner) in snapshot.routes {
-            // A route removed from the configuration drops its learner; a new one starts fresh.
-            if let Some(state) = states.get_mut(&name) {
-                let restored = Learner::restore(learner)?;
-                if restored.config() != state.learner.config() || restored.arms() != state.learner.arms() {
-                    return Err(ServeError::Snapshot {
-                        path: path.to_path_buf(),
-                        reason: format!(
-                            "route `{name}` changed its policy, models or weights since the snapshot; \
-                             move the snapshot away to start it afresh"
-                        ),
-                    });
+        dir: &Path,
+    ) -> Result<(u64, BTreeMap<String, Recovery>)> {
+        let path = dir.join(SNAPSHOT_FILE);
+        let fresh = |last_seq| Recovery::Snapshot {
+            last_seq,
+            tracked_from: None,
+        };
+        let mut snapshot = match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((0, states.keys().map(|name| (name.clone(), fresh(0))).collect()))
+            }
+            Err(e) => return Err(io_at(&path)(e)),
+            Ok(bytes) => match serde_json::from_slice::<RouterSnapshotFile>(&bytes) {
+                Ok(file) => file.parse(),
+                Err(e) => {
+                    tracing::error!(
+                        snapshot = %path.display(),
+                        "cannot read the snapshot ({e}); every route is rebuilt from the log"
+                    );
+                    let rebuild = states
+                        .keys()
+                        .map(|name| (name.clone(), Recovery::Rebuild { snapshot_at: None }));
+                    return Ok((0, rebuild.collect()));
                 }
-                state.learner = restored;
+            },
+        };
+        let mut recovery = BTreeMap::new();
+        for (name, state) in states.iter_mut() {
+            let learner = match snapshot.routes.remove(name) {
+                // A route the snapshot does not know starts fresh.
+                None => {
+                    recovery.insert(name.clone(), fresh(snapshot.last_seq));
+                    continue;
+                }
+                Some(read) => read.and_then(|learner| Learner::restore(learner).map_err(|e| e.to_string())),
+            };
+            match learner {
+                Ok(restored) => {
+                    if restored.config() != state.learner.config() || restored.arms() != state.learner.arms()
+                    {
+                        return Err(ServeError::Snapshot {
+                            path: path.clone(),
+                            reason: format!(
+                                "route `{name}` changed its policy, models or weights since the snapshot; \
+                                 move the snapshot away to start it afresh"
+                            ),
+                        });
+                    }
+                    state.learner = restored;
+                    let recovered = Recovery::Snapshot {
+                        last_seq: snapshot.last_seq,
+                        tracked_from: snapshot.tracked_from.get(name).copied(),
+                    };
+                    recovery.insert(name.clone(), recovered);
+                }
+                Err(reason) => {
+                    tracing::error!(
+                        snapshot = %path.display(),
+                        route = %name,
+                        "cannot restore the route from the snapshot ({reason}); it is rebuilt from the log"
+                    );
+                    let snapshot_at = Some(snapshot.last_seq);
+                    recovery.insert(name.clone(), Recovery::Rebuild { snapshot_at });
+                }
             }
         }
-        let mut tracked_from = snapshot.tracked_from;
-        tracked_from.retain(|name, _| states.contains_key(name));
-        Ok((snapshot.last_seq, tracked_from))
+        Ok((snapshot.last_seq, recovery))
     }
 
-    /// Reads the log from the oldest tracked decision's record on: records the snapshot
-    /// (at `last_seq`) learned from re-register the decisions it tracks; the others are
-    /// applied. Returns the log's last sequence number. Records are numbered without gaps,
-    /// so a missing one (a segment moved away) is an error rather than lost state.
+    /// Reads the log from the first record some route needs (see [`Recovery`]) and
+    /// replays each record as its route's recovery says. Returns the log's last sequence
+    /// number. Records are numbered without gaps, so a record that a route needs and the
+    /// log lacks (a segment moved away) is an error rather than lost state; a route
+    /// started afresh needs none.
     fn replay_log(
         states: &mut BTreeMap<String, RouteState>,
         dir: &Path,
         last_seq: u64,
-        tracked_from: &BTreeMap<String, TrackedFrom>,
+        recovery: &BTreeMap<String, Recovery>,
     ) -> Result<u64> {
-        let read_after = tracked_from
-            .values()
-            .map(|from| from.seq.saturating_sub(1))
+        let needed = recovery.iter().filter(|(_, r)| !matches!(r, Recovery::Reset));
+        let required_after = needed
+            .clone()
+            .map(|(_, r)| r.read_after())
             .fold(last_seq, u64::min);
-        let missing = |seq: u64| ServeError::Io {
-            path: dir.to_path_buf(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
+        let read_after = recovery
+            .values()
+            .map(Recovery::read_after)
+            .fold(required_after, u64::min);
+        let missing = |seq: u64| {
+            let rebuilt: Vec<&str> = needed
+                .clone()
+                .filter(|(_, r)| matches!(r, Recovery::Rebuild { .. }))
+                .map(|(name, _)| name.as_str())
+                .collect();
+            let advice = if rebuilt.is_empty() {
+                String::new()
+            } else {
                 format!(
-                    "the log has no record {seq}; restarting needs every record from {} on \
-                     (the snapshot's position, or its oldest decision awaiting feedback)",
-                    read_after + 1
+                    "; routes {} cannot be rebuilt without it: start with `--reset-route NAME` for each \
+                     to start it afresh (what it learned is lost)",
+                    rebuilt.join(", ")
+                )
+            };
+            ServeError::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "the log has no record {seq}; restarting needs every record from {} on \
+                         (the snapshot's position, its oldest decision awaiting feedback, or the \
+                         first record for a route rebuilt from the log){advice}",
+                        required_after + 1
+                    ),
                 ),
-            ),
+            }
         };
-        let mut next = read_after + 1;
+        let mut next = required_after + 1;
+        let mut last = read_after;
         for record in records_after(dir, read_after).map_err(io_at(dir))? {
             let record = record.map_err(io_at(dir))?;
-            if record.seq != next {
+            if record.seq > required_after && record.seq != next {
                 return Err(missing(next));
             }
-            next += 1;
-            if record.seq > last_seq {
-                Self::replay_record(states, &record, Replay::Learn)?;
-            } else if let Some(from) = tracked_from.get(&record.route) {
-                if parse_decision_id(&record.decision_id)?.1 >= from.decision {
-                    Self::replay_record(states, &record, Replay::Resume)?;
-                }
+            next = next.max(record.seq + 1);
+            last = record.seq;
+            let Some(route) = recovery.get(&record.route) else {
+                continue;
+            };
+            let decision = parse_decision_id(&record.decision_id)?.1;
+            if let Some(replay) = route.replay(record.seq, decision) {
+                Self::replay_record(states, &record, replay, matches!(route, Recovery::Reset))?;
             }
         }
-        if next <= last_seq && !tracked_from.is_empty() {
+        // The log must reach the snapshot's position for the routes that need records up
+        // to it, and a route rebuilt without a known position needs at least one record.
+        let must_reach = needed
+            .clone()
+            .map(|(_, r)| match *r {
+                Recovery::Rebuild { snapshot_at } => snapshot_at.unwrap_or(1),
+                Recovery::Snapshot {
+                    last_seq,
+                    tracked_from: Some(_),
+                } => last_seq,
+                Recovery::Snapshot { .. } | Recovery::Reset => 0,
+            })
+            .max()
+            .unwrap_or(0);
+        if next <= must_reach {
             return Err(missing(next));
         }
-        Ok(last_seq.max(next - 1))
+        Ok(last_seq.max(last))
     }
 
+    /// Replays one record. A record whose values the learner refuses (written before
+    /// today's limits, say) is skipped with a warning rather than stopping the start; so
+    /// is, for a route started afresh, a record of a decision the log no longer holds.
     fn replay_record(
+        states: &mut BTreeMap<String, RouteState>,
+        record: &LogRecord,
+        replay: Replay,
+        afresh: bool,
+    ) -> Result<()> {
+        match Self::apply_record(states, record, replay) {
+            Err(ServeError::Bandit(e)) if e.is_input_error() || (afresh && e.is_unknown_decision()) => {
+                tracing::warn!(
+                    record = record.seq,
+                    decision = %record.decision_id,
+                    "log record skipped on replay: {e}"
+                );
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    fn apply_record(
         states: &mut BTreeMap<String, RouteState>,
         record: &LogRecord,
         replay: Replay,
@@ -688,6 +908,15 @@ impl CapturedSnapshot {
             path: path.clone(),
             reason: e.to_string(),
         })?;
+        if let Some((route, reason)) = self.state.unreadable_route(&text) {
+            return Err(ServeError::Snapshot {
+                path,
+                reason: format!(
+                    "not written: route `{route}` would not read back ({reason}); \
+                     the previous snapshot and the log still hold everything"
+                ),
+            });
+        }
         let mut file = File::create(&tmp).map_err(io_at(&tmp))?;
         file.write_all(&text).map_err(io_at(&tmp))?;
         file.sync_all().map_err(io_at(&tmp))?;

@@ -1,8 +1,15 @@
 //! Running the HTTP server: open the router, serve, snapshot periodically and on shutdown.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::Semaphore;
 
 use crate::app::{build_app, AppState, Counters};
 use crate::config::ServeConfig;
@@ -14,6 +21,7 @@ use crate::router::{Router, RouterOptions};
 pub fn state(config: ServeConfig) -> Result<Arc<AppState>> {
     let options = RouterOptions {
         feedback_horizon: config.feedback_horizon_decisions,
+        reset_routes: config.reset_routes.clone(),
         ..RouterOptions::default()
     };
     let router = Router::open_with(config.routes.clone(), &config.log_dir, options)?;
@@ -28,15 +36,22 @@ pub fn state(config: ServeConfig) -> Result<Arc<AppState>> {
     }))
 }
 
-/// Captures the learners under the router's lock, then writes them without it.
+/// Captures the learners under the router's lock, then writes them without it. A
+/// snapshot that fails is counted and logged; the previous one and the log still hold
+/// everything, so serving goes on.
 fn snapshot(state: &AppState) {
-    let captured = match state.router() {
-        Ok(router) => router.capture_snapshot(),
-        Err(e) => return eprintln!("quiver serve: snapshot skipped: {e:?}"),
+    let written = state
+        .router()
+        .map_err(|e| format!("{e:?}"))
+        .map(|router| router.capture_snapshot())
+        .and_then(|captured| captured.write().map_err(|e| e.to_string()));
+    match written {
+        Ok(()) => state.counters.snapshots.fetch_add(1, Ordering::Relaxed),
+        Err(e) => {
+            tracing::error!("snapshot failed: {e}");
+            state.counters.snapshot_failures.fetch_add(1, Ordering::Relaxed)
+        }
     };
-    if let Err(e) = captured.write() {
-        eprintln!("quiver serve: snapshot failed: {e}");
-    }
 }
 
 /// Serves until `shutdown` resolves, then drains requests and writes a final snapshot.
@@ -64,14 +79,174 @@ pub async fn run(
             }
         })
     };
-    axum::serve(listener, build_app(Arc::clone(&state)))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(io_at(addr.to_string()))?;
+    let limits = ConnectionLimits::new(&state.config);
+    serve_connections(listener, build_app(Arc::clone(&state)), limits, shutdown).await;
     periodic.abort();
     let final_state = Arc::clone(&state);
     let _ = tokio::task::spawn_blocking(move || snapshot(&final_state)).await;
     Ok(())
+}
+
+/// What the connections may take of the server.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    /// Connections served at once.
+    max_connections: usize,
+    /// Time to send a request head (and the longest a keep-alive connection stays idle).
+    header_read_timeout: Duration,
+}
+
+/// Connections beyond the limit that are still answered with a 503 at once; past these,
+/// a new connection is closed unanswered, so that an attacker cannot make the answers
+/// themselves exhaust the descriptors.
+const OVERLOAD_ANSWERS: usize = 64;
+
+/// Descriptors kept for the log, the snapshot and the like.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+impl ConnectionLimits {
+    fn new(config: &ServeConfig) -> Self {
+        let mut max_connections = config.max_connections.max(1);
+        if let Some(descriptors) = descriptor_limit() {
+            // Each connection may hold an upstream connection too; keep room for the
+            // 503 answers and the server's own files.
+            let room = descriptors.saturating_sub(RESERVED_DESCRIPTORS + OVERLOAD_ANSWERS as u64) / 2;
+            let room = usize::try_from(room).unwrap_or(usize::MAX).max(1);
+            if room < max_connections {
+                tracing::warn!(
+                    "max_connections lowered from {max_connections} to {room}: the process may open \
+                     {descriptors} files (raise it with `ulimit -n`)"
+                );
+                max_connections = room;
+            }
+        }
+        ConnectionLimits {
+            max_connections,
+            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms.max(1)),
+        }
+    }
+}
+
+/// The process's limit of open files, raised to its hard limit first (as Go's runtime
+/// does): a server should use what it is allowed.
+#[cfg(target_os = "linux")]
+fn descriptor_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    (limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn descriptor_limit() -> Option<u64> {
+    None
+}
+
+/// Accepts connections until `shutdown` resolves, then lets the open ones finish. Each
+/// connection must send a request head within the header timeout (hyper closes it
+/// otherwise, idle keep-alive connections included); beyond `max_connections` a connection
+/// gets a JSON 503 and is closed.
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let mut builder = ConnectionBuilder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.header_read_timeout)
+        .keep_alive_timeout(limits.header_read_timeout);
+    let builder = Arc::new(builder);
+    let busy = axum::Router::new().fallback(crate::request_limits::overloaded);
+    let serving = Arc::new(Semaphore::new(limits.max_connections));
+    let answering_busy = Arc::new(Semaphore::new(OVERLOAD_ANSWERS));
+    let graceful = GracefulShutdown::new();
+    // Tells connections that have not yet sent a byte to close at shutdown: hyper's
+    // graceful shutdown only reaches the connections it serves.
+    let (stopping, stop) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors, or a connection reset before it was accepted:
+                    // wait a moment rather than spin.
+                    tracing::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let (permit, service) = match Arc::clone(&serving).try_acquire_owned() {
+            Ok(permit) => (permit, app.clone()),
+            Err(_) => match Arc::clone(&answering_busy).try_acquire_owned() {
+                Ok(permit) => (permit, busy.clone()),
+                Err(_) => continue,
+            },
+        };
+        let builder = Arc::clone(&builder);
+        let watcher = graceful.watcher();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                arrived = first_bytes_arrive(&stream, limits.header_read_timeout) => if !arrived {
+                    return;
+                },
+                _ = stop.wait_for(|&stopping| stopping) => return,
+            }
+            let connection =
+                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!("connection ended: {e}");
+            }
+            drop(permit);
+        });
+    }
+    let _ = stopping.send(true);
+    graceful.shutdown().await;
+}
+
+/// What an HTTP/2 connection opens with without TLS.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits, at most `limit`, until the client has sent enough to tell HTTP/1 from HTTP/2.
+/// hyper's header timeout starts only after that, so a connection that sends nothing
+/// (or a few bytes of the HTTP/2 preface) would otherwise be held forever.
+async fn first_bytes_arrive(stream: &tokio::net::TcpStream, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut seen = [0u8; HTTP2_PREFACE.len()];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.peek(&mut seen)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return false,
+            Ok(Ok(n)) if n == seen.len() || seen[..n] != HTTP2_PREFACE[..n] => return true,
+            // A prefix of the preface: peek returns at once while bytes wait, so pause.
+            Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

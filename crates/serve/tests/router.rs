@@ -14,6 +14,7 @@ fn crash_options() -> RouterOptions {
     RouterOptions {
         segment_bytes: 4096,
         feedback_horizon: 10,
+        ..RouterOptions::default()
     }
 }
 
@@ -462,7 +463,7 @@ fn after_a_failed_write_nothing_more_is_acknowledged() {
         features: vec![0.5],
         ..RouteRequest::default()
     };
-    let mut router = Router::open_with(routes(), &dir, options).unwrap();
+    let mut router = Router::open_with(routes(), &dir, options.clone()).unwrap();
     let routed = router.route("chat", &request).unwrap().wait().unwrap();
     let full = dir.join("decisions-00000000000000000002.jsonl");
     std::os::unix::fs::symlink("/dev/full", &full).unwrap();

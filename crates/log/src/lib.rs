@@ -1,3 +1,6 @@
+//! `quiver-log`: Quiver's decision log, the one owner of its format. The server writes
+//! through it and the simulator reads through it, so both agree on what a log holds.
+//!
 //! The decision log: append-only JSON-lines segments in the logged shape.
 //!
 //! Every record is one row of the logged dataset shape (`decision_id, timestamp, route,
@@ -19,8 +22,9 @@
 //! (as PostgreSQL does on fsync errors).
 //!
 //! Segments rotate at a size limit and are named by their first sequence number. A crash
-//! can leave a torn last line in the last segment; it was never acknowledged and is
-//! skipped on reading.
+//! can leave a torn last line in the last segment, cut at any byte (inside a multi-byte
+//! UTF-8 character too); it was never acknowledged and is skipped on reading
+//! ([`complete_records`]).
 //!
 //! The open segment is preallocated to its size limit (`posix_fallocate`) and written in
 //! place, so an `fdatasync` flushes data without changing the file's size; on ext4 that
@@ -28,6 +32,8 @@
 //! reads as NUL bytes, which no record contains (JSON escapes control characters), so
 //! readers end a segment at its first NUL. Rotation and a clean close trim the space off;
 //! after a crash, opening the log does.
+
+#![deny(missing_docs)]
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -202,9 +208,40 @@ fn preallocate(file: &File, size: u64) -> io::Result<()> {
     file.set_len(size)
 }
 
-/// The records of a segment's text: up to its first NUL, where preallocated space begins.
-fn records_of(text: &str) -> &str {
-    text.find('\0').map_or(text, |end| &text[..end])
+/// The complete records of a segment's bytes. The data ends at the first NUL, where
+/// preallocated space begins; in the last segment (the one a crash can leave torn) it
+/// ends after the last newline, so a final record cut at any byte, inside a multi-byte
+/// UTF-8 character included, is dropped as the torn write it is.
+pub fn complete_records(bytes: &[u8], last_segment: bool) -> &[u8] {
+    let data = bytes
+        .iter()
+        .position(|&b| b == 0)
+        .map_or(bytes, |end| &bytes[..end]);
+    if !last_segment {
+        return data;
+    }
+    let end = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    &data[..end]
+}
+
+/// Whether `path` names a log segment (`decisions-<first seq>.jsonl`).
+pub fn is_segment(path: &Path) -> bool {
+    first_seq_of(path).is_some()
+}
+
+/// The complete records of the segment at `path` (see [`complete_records`]); the last
+/// segment of its directory may end torn.
+pub fn read_segment(path: &Path) -> io::Result<Vec<u8>> {
+    let last = match path.parent() {
+        Some(dir) => segments(dir)?
+            .last()
+            .is_none_or(|newest| newest.file_name() == path.file_name()),
+        None => true,
+    };
+    let mut bytes = std::fs::read(path)?;
+    let keep = complete_records(&bytes, last).len();
+    bytes.truncate(keep);
+    Ok(bytes)
 }
 
 fn segment_name(first_seq: u64) -> String {
@@ -219,6 +256,7 @@ fn segments(dir: &Path) -> io::Result<Vec<PathBuf>> {
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("decisions-") && n.ends_with(".jsonl"))
         })
+        .filter(|p| is_segment(p))
         .collect();
     files.sort();
     Ok(files)
@@ -271,7 +309,7 @@ pub struct LogRecords {
 /// The complete records of one segment, and how far they have been read.
 struct SegmentText {
     path: PathBuf,
-    text: String,
+    bytes: Vec<u8>,
     pos: usize,
     line: usize,
 }
@@ -279,31 +317,29 @@ struct SegmentText {
 impl SegmentText {
     /// Reads `path`; in the last segment, a final line without its newline is torn.
     fn read(path: PathBuf, last: bool) -> io::Result<Self> {
-        let mut text = std::fs::read_to_string(&path)?;
-        let mut end = records_of(&text).len();
-        if last {
-            end = text[..end].rfind('\n').map_or(0, |i| i + 1);
-        }
-        text.truncate(end);
+        let mut bytes = std::fs::read(&path)?;
+        let keep = complete_records(&bytes, last).len();
+        bytes.truncate(keep);
         Ok(SegmentText {
             path,
-            text,
+            bytes,
             pos: 0,
             line: 0,
         })
     }
 
-    fn next_line(&mut self) -> Option<&str> {
+    fn next_line(&mut self) -> Option<&[u8]> {
         let start = self.pos;
-        if start >= self.text.len() {
+        if start >= self.bytes.len() {
             return None;
         }
-        let end = self.text[start..]
-            .find('\n')
-            .map_or(self.text.len(), |i| start + i);
+        let end = self.bytes[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(self.bytes.len(), |i| start + i);
         self.pos = end + 1;
         self.line += 1;
-        Some(&self.text[start..end])
+        Some(&self.bytes[start..end])
     }
 }
 
@@ -314,10 +350,10 @@ impl Iterator for LogRecords {
         loop {
             if let Some(segment) = self.segment.as_mut() {
                 while let Some(line) = segment.next_line() {
-                    if line.trim().is_empty() {
+                    if line.trim_ascii().is_empty() {
                         continue;
                     }
-                    match serde_json::from_str::<LogRecord>(line) {
+                    match serde_json::from_slice::<LogRecord>(line) {
                         Ok(record) if record.seq > self.after => return Some(Ok(record)),
                         Ok(_) => {}
                         Err(e) => {
@@ -359,9 +395,8 @@ impl DecisionLog {
         std::fs::create_dir_all(dir)?;
         let (file, len) = match segments(dir)?.pop() {
             Some(path) => {
-                let text = std::fs::read_to_string(&path)?;
                 // Keep whole lines only: everything up to the last newline.
-                let keep = records_of(&text).rfind('\n').map_or(0, |i| i + 1) as u64;
+                let keep = complete_records(&std::fs::read(&path)?, true).len() as u64;
                 let file = OpenOptions::new().write(true).open(&path)?;
                 file.set_len(keep)?;
                 file.sync_all()?;
@@ -703,6 +738,79 @@ mod tests {
         let seqs: Vec<u64> = read_log(&dir).unwrap().iter().map(|r| r.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3]);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A crash can cut the last record at any byte. For every byte offset inside the last
+    /// record (whose prompt is multi-byte UTF-8, so most cuts split a character), reading
+    /// skips it, reopening cuts it, and a record appended after the reopen reads back.
+    #[test]
+    fn a_last_record_cut_at_any_byte_is_torn() {
+        let dir = scratch("torn-any-byte");
+        let log = DecisionLog::open(&dir, 0, SEGMENT_BYTES).unwrap();
+        let mut last = record(3);
+        last.prompt = "Grüße, 世界! Ω≈ç √ 🦀".into();
+        for mut r in [record(1), record(2), last] {
+            log.wait_durable(log.stage(&mut r).unwrap()).unwrap();
+        }
+        drop(log);
+        let path = segments(&dir).unwrap().pop().unwrap();
+        let whole = std::fs::read(&path).unwrap();
+        let start = whole[..whole.len() - 1]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .unwrap()
+            + 1;
+        let mut split_chars = 0;
+        for cut in start..whole.len() {
+            split_chars += usize::from(std::str::from_utf8(&whole[..cut]).is_err());
+            std::fs::write(&path, &whole[..cut]).unwrap();
+            let seqs: Vec<u64> = read_log(&dir).unwrap().iter().map(|r| r.seq).collect();
+            assert_eq!(seqs, vec![1, 2], "cut at byte {cut}");
+            let log = DecisionLog::open(&dir, 2, SEGMENT_BYTES).unwrap();
+            let mut again = record(3);
+            log.wait_durable(log.stage(&mut again).unwrap()).unwrap();
+            drop(log);
+            let seqs: Vec<u64> = read_log(&dir).unwrap().iter().map(|r| r.seq).collect();
+            assert_eq!(seqs, vec![1, 2, 3], "appended after a cut at byte {cut}");
+        }
+        assert!(split_chars >= 8, "some cuts split a character: {split_chars}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever the records hold (any text, any finite numbers, any caller features)
+        /// and wherever a crash cuts the segment, the reader returns exactly the records
+        /// that ended before the cut, in order, with their values.
+        #[test]
+        fn the_reader_returns_exactly_the_records_before_a_cut(
+            prompts in proptest::collection::vec(".{0,40}", 1..8),
+            costs in proptest::collection::vec(0.0f64..1e3, 8),
+            features in proptest::collection::vec(-1e6f64..1e6, 0..4),
+            cut_share in 0.0f64..=1.0,
+        ) {
+            let dir = scratch(&format!("prop-{}", prompts.len() * 1000 + (cut_share * 997.0) as usize));
+            let log = DecisionLog::open(&dir, 0, SEGMENT_BYTES).unwrap();
+            let mut written = Vec::new();
+            for (i, prompt) in prompts.iter().enumerate() {
+                let mut r = record(i as u64 + 1);
+                r.prompt = prompt.clone();
+                r.cost_usd = costs[i];
+                r.features = features.iter().enumerate().map(|(j, v)| (format!("f_{j}"), *v)).collect();
+                log.wait_durable(log.stage(&mut r).unwrap()).unwrap();
+                written.push(r);
+            }
+            drop(log);
+            let path = segments(&dir).unwrap().pop().unwrap();
+            let whole = std::fs::read(&path).unwrap();
+            let cut = ((whole.len() as f64) * cut_share) as usize;
+            std::fs::write(&path, &whole[..cut]).unwrap();
+            let complete = whole[..cut].iter().filter(|&&b| b == b'\n').count();
+            let read = read_log(&dir).unwrap();
+            proptest::prop_assert_eq!(&read[..], &written[..complete]);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 
     /// The open segment holds preallocated space past its records; readers stop at it, a

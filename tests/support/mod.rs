@@ -1,0 +1,101 @@
+//! What the end-to-end tests share: scratch directories and the real binary.
+#![allow(dead_code)] // each test file uses its own part
+
+use std::io::{BufRead, BufReader};
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A server process that is killed when the handle drops, so a failing test
+/// leaves nothing running behind it.
+pub struct Running(Child);
+
+impl Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An empty directory under the target's scratch space.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `quiver serve ARGS`, started and ready: the child and its base URL.
+pub fn start_binary(args: &[&str]) -> (Running, String) {
+    start_command(Command::new(env!("CARGO_BIN_EXE_quiver")).arg("serve").args(args))
+}
+
+/// `quiver serve ARGS` under a limit of `files` open files (`ulimit -n`).
+pub fn start_binary_with_file_limit(files: u32, args: &[&str]) -> (Running, String) {
+    let script = format!("ulimit -n {files} && exec \"$0\" serve \"$@\"");
+    start_command(
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg(env!("CARGO_BIN_EXE_quiver"))
+            .args(args),
+    )
+}
+
+/// Starts `command` and waits for the line that names its address; the rest of its
+/// standard error is drained on a thread and returned by the handle's output.
+fn start_command(command: &mut Command) -> (Running, String) {
+    let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("server output").unwrap();
+        if let Some(addr) = line.strip_prefix("quiver serve: listening on ") {
+            break addr.to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (Running(child), addr)
+}
+
+/// `quiver serve ARGS` expected to fail at start: its standard error.
+pub fn failing_start(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .arg("serve")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "the server started");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Sends SIGTERM and waits for a clean exit.
+pub fn terminate(mut child: Running) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success(), "the server did not stop cleanly");
+}
+
+/// The peak resident memory of process `pid` so far, bytes (`VmHWM`).
+pub fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
