@@ -104,6 +104,34 @@ fn replay_json_is_byte_identical_for_the_same_seed_and_has_the_stable_fields() {
         assert!(p.get(key).is_some(), "policies[0].{key}");
     }
     assert_eq!(p["seeds"], 4);
+    // The fixture has no latency: unknown, not zero.
+    assert!(p["mean_latency_ms"].is_null() && v["single_arms"][0]["mean_latency_ms"].is_null());
+    // The hull at the policy's cost, read off the single models' frontier, and the lift.
+    let (q, c) = (
+        p["mean_quality"].as_f64().unwrap(),
+        p["mean_cost_usd"].as_f64().unwrap(),
+    );
+    let frontier: Vec<(f64, f64)> = v["frontier"]["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_f64().unwrap(), p[1].as_f64().unwrap()))
+        .collect();
+    let hull = frontier
+        .windows(2)
+        .find(|w| w[0].0 <= c && c <= w[1].0)
+        .map(|w| w[0].1 + (c - w[0].0) / (w[1].0 - w[0].0) * (w[1].1 - w[0].1))
+        .unwrap_or(if c < frontier[0].0 {
+            frontier[0].1
+        } else {
+            frontier[frontier.len() - 1].1
+        });
+    assert!((p["hull_quality_at_cost"].as_f64().unwrap() - hull).abs() < 1e-12);
+    assert!((p["lift_over_hull"].as_f64().unwrap() - (q - hull)).abs() < 1e-12);
+    assert!(
+        p["regret_vs_hull_at_budget"].is_null(),
+        "no budget, no regret against its hull"
+    );
     let ratio = p["mean_quality"].as_f64().unwrap() / v["single_arms"][1]["mean_quality"].as_f64().unwrap();
     assert!((p["quality_vs_best_single"].as_f64().unwrap() - ratio).abs() < 1e-12);
 }
@@ -129,7 +157,11 @@ fn replay_out_writes_summary_curves_and_plots() {
         assert!(meta.len() > 100, "{file} is empty");
     }
     let svg = std::fs::read_to_string(out.join("frontier.svg")).unwrap();
-    assert!(svg.contains("single-model frontier") && svg.contains("ucb1(c=1)"));
+    assert!(svg.contains("hull: best fixed mix of &lt;= 2 models") && svg.contains("ucb1(c=1)"));
+    // Every single model is labelled on the chart.
+    for arm in ["small", "mid/v1", "big:2024"] {
+        assert!(svg.contains(&format!(">{arm}</text>")), "{arm} unlabelled");
+    }
 }
 
 #[test]

@@ -15,8 +15,8 @@ pub struct SingleArm {
     pub mean_quality: f64,
     /// Mean cost per request, USD.
     pub mean_cost_usd: f64,
-    /// Mean latency, ms (0 when unknown).
-    pub mean_latency_ms: f64,
+    /// Mean latency, ms; `None` when neither the table nor a latency model gives one.
+    pub mean_latency_ms: Option<f64>,
 }
 
 /// Every arm's means; `latency_mean_ms` (the latency model's means) stands in where the
@@ -31,9 +31,9 @@ pub fn single_arms(data: &WideDataset, latency_mean_ms: Option<&[f64]>) -> Vec<S
                 mean_quality: rows.clone().map(|r| data.quality(r, a)).sum::<f64>() / n,
                 mean_cost_usd: rows.clone().map(|r| data.cost_usd(r, a)).sum::<f64>() / n,
                 mean_latency_ms: match (&data.latency_ms, latency_mean_ms) {
-                    (Some(_), _) => rows.map(|r| data.latency_ms(r, a).unwrap_or(0.0)).sum::<f64>() / n,
-                    (None, Some(m)) => m[a],
-                    (None, None) => 0.0,
+                    (Some(_), _) => Some(rows.map(|r| data.latency_ms(r, a).unwrap_or(0.0)).sum::<f64>() / n),
+                    (None, Some(m)) => Some(m[a]),
+                    (None, None) => None,
                 },
             }
         })
@@ -103,6 +103,28 @@ pub fn frontier(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
     hull
 }
 
+/// The hull's quality at mean cost `cost`: the best mean quality a fixed random mix of at
+/// most two single models reaches at that cost, read off `frontier` (see [`frontier`]) by
+/// linear interpolation: mixing models a and b with shares 1 - t and t costs and earns the
+/// same mix of their means. Past the costliest point it stays at that point's quality
+/// (spending more buys nothing); before the cheapest it is the cheapest point's quality,
+/// the least any single-model choice gets. The bar a router must clear for learning to pay.
+pub fn frontier_quality_at(frontier: &[(f64, f64)], cost: f64) -> f64 {
+    let Some(first) = frontier.first() else {
+        return f64::NAN;
+    };
+    if cost <= first.0 {
+        return first.1;
+    }
+    for w in frontier.windows(2) {
+        if cost <= w[1].0 {
+            let t = (cost - w[0].0) / (w[1].0 - w[0].0);
+            return w[0].1 + t * (w[1].1 - w[0].1);
+        }
+    }
+    frontier[frontier.len() - 1].1
+}
+
 /// RouterBench's AIQ (Hu et al. 2024, eq. 3): the mean quality of the frontier over the
 /// cost range `[lo, hi]`, `1/(hi - lo) * integral of the frontier`, the frontier held flat
 /// beyond its last point and at its first quality before its first point.
@@ -113,18 +135,7 @@ pub fn aiq(frontier: &[(f64, f64)], lo: f64, hi: f64) -> f64 {
     if hi <= lo {
         return frontier[0].1;
     }
-    let at = |c: f64| -> f64 {
-        if c <= frontier[0].0 {
-            return frontier[0].1;
-        }
-        for w in frontier.windows(2) {
-            if c <= w[1].0 {
-                let t = (c - w[0].0) / (w[1].0 - w[0].0);
-                return w[0].1 + t * (w[1].1 - w[0].1);
-            }
-        }
-        frontier[frontier.len() - 1].1
-    };
+    let at = |c: f64| frontier_quality_at(frontier, c);
     // The curve is piecewise linear: integrate exactly over the breakpoints in range.
     let mut xs: Vec<f64> = vec![lo, hi];
     xs.extend(frontier.iter().map(|p| p.0).filter(|&c| c > lo && c < hi));
@@ -215,6 +226,39 @@ mod tests {
         assert!((aiq(&f, 0.0, 1.0) - 0.75).abs() < 1e-12);
         // Flat beyond the last point: over [0, 2], (0.75 + 1.0) / 2.
         assert!((aiq(&f, 0.0, 2.0) - 0.875).abs() < 1e-12);
+    }
+
+    /// Brute force on random model sets: the hull at a cost is the best quality of any
+    /// single model within it or any two-model mix costing exactly it.
+    #[test]
+    fn the_hull_is_the_best_mix_of_at_most_two_models_at_the_cost() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for _ in 0..200 {
+            let models: Vec<(f64, f64)> = (0..rng.random_range(1..7))
+                .map(|_| (rng.random_range(0.1..5.0), rng.random_range(0.0..1.0)))
+                .collect();
+            let hull = frontier(&models);
+            let cheapest = models.iter().map(|m| m.0).fold(f64::INFINITY, f64::min);
+            for step in 0..=50 {
+                let cost = cheapest + step as f64 * 0.1;
+                let mut best = models
+                    .iter()
+                    .filter(|m| m.0 <= cost)
+                    .map(|m| m.1)
+                    .fold(f64::NEG_INFINITY, f64::max);
+                for a in &models {
+                    for b in &models {
+                        if a.0 < cost && cost < b.0 {
+                            let t = (cost - a.0) / (b.0 - a.0);
+                            best = best.max((1.0 - t) * a.1 + t * b.1);
+                        }
+                    }
+                }
+                let at = frontier_quality_at(&hull, cost);
+                assert!((at - best).abs() < 1e-9, "{models:?} at {cost}: {at} vs {best}");
+            }
+        }
     }
 
     #[test]

@@ -71,6 +71,7 @@ pub fn write_out(dir: &Path, summary: &Summary, settings: &ReplaySettings, runs:
             points: vec![(p.mean_cost_usd, p.mean_quality)],
             band: Vec::new(),
             markers: true,
+            point_labels: Vec::new(),
         })
         .collect();
     frontier.push(Series {
@@ -82,17 +83,20 @@ pub fn write_out(dir: &Path, summary: &Summary, settings: &ReplaySettings, runs:
             .collect(),
         band: Vec::new(),
         markers: true,
+        point_labels: summary.single_arms.iter().map(|a| a.arm.clone()).collect(),
     });
     frontier.push(Series {
-        label: "single-model frontier".into(),
+        label: "hull: best fixed mix of <= 2 models".into(),
         points: summary.frontier.points.iter().map(|p| (p[0], p[1])).collect(),
         band: Vec::new(),
         markers: false,
+        point_labels: Vec::new(),
     });
     write_text(
         &dir.join("frontier.svg"),
         &chart(
             "Cost-quality frontier",
+            "a policy above the hull beats every fixed mix of models at its cost",
             "mean cost per request (USD)",
             "mean quality",
             &frontier,
@@ -123,6 +127,7 @@ pub fn write_out(dir: &Path, summary: &Summary, settings: &ReplaySettings, runs:
                 points: line,
                 band,
                 markers: false,
+                point_labels: Vec::new(),
             }
         })
         .collect();
@@ -130,6 +135,7 @@ pub fn write_out(dir: &Path, summary: &Summary, settings: &ReplaySettings, runs:
         &dir.join("regret.svg"),
         &chart(
             "Cumulative regret vs the best fixed arm",
+            "line: mean over seeds; band: 95% interval across seeds (Student t)",
             "requests",
             "regret (reward units)",
             &regret_series,

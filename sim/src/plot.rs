@@ -16,13 +16,16 @@ pub struct Series {
     pub band: Vec<(f64, f64, f64)>,
     /// Draw as markers (true) or as a line (false).
     pub markers: bool,
+    /// A label beside each marker (empty: none).
+    pub point_labels: Vec<String>,
 }
 
-const WIDTH: f64 = 900.0;
+const PLOT_WIDTH: f64 = 560.0;
 const HEIGHT: f64 = 560.0;
 const LEFT: f64 = 80.0;
-const RIGHT: f64 = 260.0;
-const TOP: f64 = 40.0;
+/// Width of one character of the 12 px legend, generously: the legend must not be cut.
+const CHAR_WIDTH: f64 = 7.5;
+const TOP: f64 = 56.0;
 const BOTTOM: f64 = 60.0;
 const PALETTE: [&str; 10] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -60,8 +63,9 @@ fn label(v: f64) -> String {
     }
 }
 
-/// Renders the series as an SVG document.
-pub fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> String {
+/// Renders the series as an SVG document; `note` is a line under the title saying how to
+/// read the chart (empty: none). The legend is as wide as its longest label.
+pub fn chart(title: &str, note: &str, x_label: &str, y_label: &str, series: &[Series]) -> String {
     let all_x = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.0).chain(s.band.iter().map(|b| b.0)));
@@ -86,7 +90,10 @@ pub fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> St
     };
     (x0, x1) = pad(x0, x1);
     (y0, y1) = pad(y0, y1);
-    let plot_w = WIDTH - LEFT - RIGHT;
+    let longest = series.iter().map(|s| s.label.chars().count()).max().unwrap_or(0);
+    let right = (40.0 + CHAR_WIDTH * longest as f64).max(160.0);
+    let width = LEFT + PLOT_WIDTH + right;
+    let plot_w = PLOT_WIDTH;
     let plot_h = HEIGHT - TOP - BOTTOM;
     let sx = |x: f64| LEFT + (x - x0) / (x1 - x0) * plot_w;
     let sy = |y: f64| TOP + plot_h - (y - y0) / (y1 - y0) * plot_h;
@@ -94,7 +101,7 @@ pub fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> St
     let mut svg = String::new();
     let _ = writeln!(
         svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{HEIGHT}" viewBox="0 0 {width} {HEIGHT}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
@@ -103,6 +110,14 @@ pub fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> St
         LEFT + plot_w / 2.0,
         escape(title)
     );
+    if !note.is_empty() {
+        let _ = writeln!(
+            svg,
+            r##"<text x="{}" y="42" font-size="11" fill="#555" text-anchor="middle">{}</text>"##,
+            LEFT + plot_w / 2.0,
+            escape(note)
+        );
+    }
     for t in nice_ticks(x0, x1) {
         let x = sx(t);
         let _ = writeln!(
@@ -179,6 +194,15 @@ pub fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> St
                     sy(p.1)
                 );
             }
+            for (p, text) in s.points.iter().zip(&s.point_labels) {
+                let _ = writeln!(
+                    svg,
+                    r##"<text x="{:.1}" y="{:.1}" font-size="10" fill="#333">{}</text>"##,
+                    sx(p.0) + 7.0,
+                    sy(p.1) - 7.0,
+                    escape(text)
+                );
+            }
         } else {
             let line: Vec<String> = s
                 .points
@@ -213,6 +237,37 @@ pub fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> St
 mod tests {
     use super::*;
 
+    /// The legend sits right of the plot; the document is wide enough for its longest
+    /// label at the generous character width, and markers carry their labels.
+    #[test]
+    fn the_legend_fits_and_markers_are_labelled() {
+        let label = "linucb(alpha=0.05,lambda=30) budget=0.0012 pacer-step=0.002";
+        let s = vec![Series {
+            label: label.into(),
+            points: vec![(0.0, 0.0), (1.0, 1.0)],
+            band: Vec::new(),
+            markers: true,
+            point_labels: vec!["gpt-4".into(), "mixtral".into()],
+        }];
+        let svg = chart("t", "how to read it", "x", "y", &s);
+        let width: f64 = svg
+            .split("width=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let legend_x = LEFT + PLOT_WIDTH + 16.0 + 18.0;
+        assert!(width >= legend_x + CHAR_WIDTH * label.len() as f64, "{width}");
+        assert!(
+            svg.contains(">gpt-4</text>")
+                && svg.contains(">mixtral</text>")
+                && svg.contains(">how to read it</text>")
+        );
+    }
+
     #[test]
     fn chart_is_deterministic_and_escapes_text() {
         let s = vec![Series {
@@ -220,9 +275,10 @@ mod tests {
             points: vec![(0.0, 0.0), (1.0, 2.0)],
             band: vec![(0.0, -0.5, 0.5), (1.0, 1.5, 2.5)],
             markers: false,
+            point_labels: Vec::new(),
         }];
-        let a = chart("t", "x", "y", &s);
-        assert_eq!(a, chart("t", "x", "y", &s));
+        let a = chart("t", "", "x", "y", &s);
+        assert_eq!(a, chart("t", "", "x", "y", &s));
         assert!(a.contains("a&lt;b") && a.contains("<polyline") && a.contains("<polygon"));
         assert_eq!(
             nice_ticks(0.0, 1.0),

@@ -55,14 +55,24 @@ pub struct PolicySummary {
     pub mean_quality: f64,
     /// Mean cost per request, USD.
     pub mean_cost_usd: f64,
-    /// Mean latency, ms.
-    pub mean_latency_ms: f64,
+    /// Mean latency, ms; `None` when the data has none and no latency model stands in.
+    pub mean_latency_ms: Option<f64>,
     /// Mean reward under the variant's objective.
     pub mean_reward: f64,
     /// Cumulative regret against the best fixed arm in hindsight.
     pub regret: f64,
     /// Cumulative regret against the per-request oracle.
     pub regret_vs_oracle: f64,
+    /// The hull at this policy's mean cost: the best mean quality of a fixed random mix of
+    /// at most two single models costing the same, on the evaluated rows.
+    pub hull_quality_at_cost: f64,
+    /// Mean quality minus `hull_quality_at_cost`: what learning adds over the best fixed
+    /// mix. Negative means a fixed mix of two models would have done better.
+    pub lift_over_hull: f64,
+    /// Under a budget: cumulative quality regret against the hull at the budget (the best
+    /// fixed mix that keeps it), `rows * (hull(budget) - mean_quality)`. The best fixed
+    /// arm of `regret` may cost far more than the budget allows.
+    pub regret_vs_hull_at_budget: Option<f64>,
     /// Mean quality over the best single model's.
     pub quality_vs_best_single: f64,
     /// Mean cost over the best single model's.
@@ -157,6 +167,8 @@ pub fn summarize(
         points: hull.iter().map(|p| [p.0, p.1]).collect(),
         aiq: metrics::aiq(&hull, lo, hi),
     };
+    let hull_at = |cost: f64| metrics::frontier_quality_at(&hull, cost);
+    let latency_known = data.latency_ms.is_some() || latency_mean_ms.is_some();
     let best_quality = singles[best].mean_quality;
     let best_cost = singles[best].mean_cost_usd;
     let policies: Vec<PolicySummary> = settings
@@ -176,10 +188,15 @@ pub fn summarize(
                 seeds: mine.len() as u64,
                 mean_quality: q,
                 mean_cost_usd: c,
-                mean_latency_ms: metrics::mean_ci95(&of(|r| r.mean_latency_ms)).0,
+                mean_latency_ms: latency_known.then(|| metrics::mean_ci95(&of(|r| r.mean_latency_ms)).0),
                 mean_reward: rw,
                 regret: rg,
                 regret_vs_oracle: metrics::mean_ci95(&of(|r| r.regret_vs_oracle)).0,
+                hull_quality_at_cost: hull_at(c),
+                lift_over_hull: q - hull_at(c),
+                regret_vs_hull_at_budget: variant
+                    .budget_usd
+                    .map(|budget| data.rows() as f64 * (hull_at(budget) - q)),
                 quality_vs_best_single: q / best_quality,
                 cost_vs_best_single: if best_cost > 0.0 { c / best_cost } else { f64::NAN },
                 arm_shares: (0..data.num_arms())
@@ -244,6 +261,11 @@ pub fn summarize(
     }
 }
 
+/// A latency for the table: "n/a" when unknown.
+fn latency(ms: Option<f64>) -> String {
+    ms.map_or("n/a".into(), |ms| format!("{ms:.1}"))
+}
+
 /// The summary as a terminal table.
 pub fn table(summary: &Summary) -> String {
     let mut out = String::new();
@@ -271,20 +293,35 @@ pub fn table(summary: &Summary) -> String {
         .unwrap_or(10)
         .max(12);
     out.push_str(&format!(
-        "{:<width$} {:>8} {:>11} {:>10} {:>8} {:>9} {:>9} {:>8}\n",
-        "policy", "quality", "cost_usd", "latency_ms", "reward", "regret", "q/best", "c/best"
+        "{:<width$} {:>8} {:>11} {:>10} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>10}\n",
+        "policy",
+        "quality",
+        "cost_usd",
+        "latency_ms",
+        "reward",
+        "regret",
+        "q/best",
+        "c/best",
+        "hull",
+        "lift",
+        "w_cost",
+        "budget_usd"
     ));
     for p in &summary.policies {
         out.push_str(&format!(
-            "{:<width$} {:>8.4} {:>11.6} {:>10.1} {:>8.4} {:>9.1} {:>8.1}% {:>7.1}%\n",
+            "{:<width$} {:>8.4} {:>11.6} {:>10} {:>8.4} {:>9.1} {:>8.1}% {:>7.1}% {:>8.4} {:>+8.4} {:>8} {:>10}\n",
             p.policy,
             p.mean_quality,
             p.mean_cost_usd,
-            p.mean_latency_ms,
+            latency(p.mean_latency_ms),
             p.mean_reward,
             p.regret,
             100.0 * p.quality_vs_best_single,
-            100.0 * p.cost_vs_best_single
+            100.0 * p.cost_vs_best_single,
+            p.hull_quality_at_cost,
+            p.lift_over_hull,
+            p.w_cost,
+            p.budget_usd.map_or("none".into(), |b| format!("{b}"))
         ));
     }
     out.push('\n');
@@ -294,11 +331,11 @@ pub fn table(summary: &Summary) -> String {
             (a.mean_quality / b.mean_quality, a.mean_cost_usd / b.mean_cost_usd)
         });
         out.push_str(&format!(
-            "{:<width$} {:>8.4} {:>11.6} {:>10.1} {:>8} {:>9} {:>8.1}% {:>7.1}%\n",
+            "{:<width$} {:>8.4} {:>11.6} {:>10} {:>8} {:>9} {:>8.1}% {:>7.1}%\n",
             format!("single:{}", a.arm),
             a.mean_quality,
             a.mean_cost_usd,
-            a.mean_latency_ms,
+            latency(a.mean_latency_ms),
             "",
             "",
             100.0 * q,
@@ -315,6 +352,21 @@ pub fn table(summary: &Summary) -> String {
         summary.frontier.arms.join(" -> "),
         summary.frontier.aiq
     ));
+    out.push_str(
+        "hull: the best fixed mix of at most two single models at the policy's mean cost; \
+         lift: quality minus hull\n",
+    );
+    for p in summary
+        .policies
+        .iter()
+        .filter(|p| p.regret_vs_hull_at_budget.is_some())
+    {
+        out.push_str(&format!(
+            "{}: regret vs the hull at the budget {:.1}\n",
+            p.policy,
+            p.regret_vs_hull_at_budget.unwrap_or(f64::NAN)
+        ));
+    }
     if let Some(two) = &summary.two_arm {
         for p in &two.policies {
             out.push_str(&format!(
