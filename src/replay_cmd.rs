@@ -48,8 +48,8 @@ pub struct ReplayArgs {
     /// Budget: target mean spend per request in USD (paced by the learner).
     #[arg(long)]
     budget: Option<f64>,
-    /// Step size of the budget pacer's dual update; smaller steps track the budget more
-    /// closely over long runs.
+    /// Initial step size of the budget pacer's dual update (it shrinks as costs are
+    /// observed).
     #[arg(long, default_value_t = DEFAULT_PACING_STEP)]
     pacer_step: f64,
     /// Cost weight: quality points per USD.

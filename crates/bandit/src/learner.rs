@@ -14,7 +14,9 @@ use crate::features::Context;
 use crate::limits;
 use crate::outcome::{validate_quality, BudgetPacer, Objective, Outcome};
 use crate::pmf;
-use crate::policy::{AnyPolicy, ChoiceInput, DecisionRng, Estimate, Policy, PolicySpec, PropensityKind};
+use crate::policy::{
+    AnyPolicy, Choice, ChoiceInput, DecisionRng, Estimate, Policy, PolicySpec, PropensityKind,
+};
 use crate::ridge::RidgeTable;
 use crate::stats::Forgetting;
 use crate::usage::ArmUsage;
@@ -32,8 +34,8 @@ pub struct BudgetConfig {
     pub step_size: f64,
 }
 
-/// The budget pacer's default step size: it adapts within tens of requests. Long runs
-/// track the budget more closely with smaller steps.
+/// The budget pacer's initial step size: it adapts within tens of requests, then the step
+/// shrinks as costs are observed (see [`BudgetPacer::current_step`]).
 pub const DEFAULT_PACING_STEP: f64 = 0.05;
 
 fn default_pacing_step() -> f64 {
@@ -360,12 +362,12 @@ impl Learner {
         let x = &request.context.features;
         self.validate_features(x)?;
         request.constraints.validate()?;
-        let objective = match request.objective {
+        let unpaced = match request.objective {
             Some(o) => Objective::new(o.w_cost, o.w_latency)?,
             None => self.config.objective,
         };
-        let w_cost = objective.w_cost + self.pacer.as_ref().map_or(0.0, BudgetPacer::extra_cost_weight);
-        let objective = Objective { w_cost, ..objective };
+        let w_cost = unpaced.w_cost + self.pacer.as_ref().map_or(0.0, BudgetPacer::extra_cost_weight);
+        let objective = Objective { w_cost, ..unpaced };
 
         let tokens = request.context.input_tokens;
         let mut eligible = Vec::with_capacity(self.arms.len());
@@ -404,7 +406,16 @@ impl Learner {
             estimates: &estimates,
             penalties: &penalties,
         };
-        let choice = self.policy.choose(&input, &mut rng)?;
+        let band = self
+            .pacer
+            .as_ref()
+            .map(BudgetPacer::extra_cost_weights)
+            .unwrap_or_default();
+        let choice = if band.is_empty() {
+            self.policy.choose(&input, &mut rng)?
+        } else {
+            self.choose_in_band(&input, &band, unpaced, &costs, &latencies, &mut rng)?
+        };
 
         // The exploration floor wraps every policy: with probability k * floor a uniform
         // eligible arm, otherwise the policy's own choice.
@@ -427,6 +438,62 @@ impl Learner {
             latencies,
             penalties,
             w_cost,
+        })
+    }
+
+    /// The choice under a binding budget (see [`BudgetPacer`]): the policy chooses at each
+    /// extra cost weight of the pacer's band, added to the `unpaced` objective; the
+    /// decision takes one of these choices at random, so its PMF is their mean.
+    fn choose_in_band(
+        &self,
+        input: &ChoiceInput<'_>,
+        band: &[f64],
+        unpaced: Objective,
+        costs: &[f64],
+        latencies: &[(f64, f64)],
+        rng: &mut DecisionRng,
+    ) -> Result<Choice> {
+        let mut choices = Vec::with_capacity(band.len());
+        for &extra in band {
+            let at = Objective {
+                w_cost: unpaced.w_cost + extra,
+                ..unpaced
+            };
+            let penalties: Vec<f64> = costs
+                .iter()
+                .zip(latencies)
+                .map(|(&c, &(l, _))| at.penalty(c, l))
+                .collect();
+            choices.push(self.policy.choose(
+                &ChoiceInput {
+                    penalties: &penalties,
+                    ..*input
+                },
+                rng,
+            )?);
+        }
+        let share = 1.0 / band.len() as f64;
+        let mut pmf = vec![0.0; input.len()];
+        for choice in &choices {
+            pmf.iter_mut().zip(&choice.pmf).for_each(|(p, q)| *p += share * q);
+        }
+        let propensity = choices
+            .iter()
+            .fold(PropensityKind::Exact, |kind, c| match (kind, c.propensity) {
+                (PropensityKind::Exact, PropensityKind::Exact) => PropensityKind::Exact,
+                (PropensityKind::Estimated { draws }, PropensityKind::Estimated { draws: more }) => {
+                    PropensityKind::Estimated { draws: draws + more }
+                }
+                (PropensityKind::Estimated { draws }, PropensityKind::Exact)
+                | (PropensityKind::Exact, PropensityKind::Estimated { draws }) => {
+                    PropensityKind::Estimated { draws }
+                }
+            });
+        let position = choices[rng.random_range(0..choices.len())].position;
+        Ok(Choice {
+            position,
+            pmf,
+            propensity,
         })
     }
 

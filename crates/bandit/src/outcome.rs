@@ -137,15 +137,35 @@ impl Objective {
 /// (projected subgradient step on the Lagrangian, as in Agrawal & Devanur 2014 and
 /// Balseiro et al. 2023's dual mirror descent). Summing the steps shows that the average
 /// spend exceeds the target by at most `target * lambda_T / (eta * T)`, which vanishes.
+///
+/// Where the budget binds between two arms the optimal policy is randomized (the linear
+/// program of bandits with knapsacks mixes them: Badanidiyuru, Kleinberg and Slivkins
+/// 2013; Agrawal and Devanur 2016 for the contextual case). A decision therefore does not
+/// take the argmax at `lambda` alone: it mixes, with equal weight, the choices at
+/// [`BudgetPacer::extra_cost_weights`], points of the band `lambda * (1 +- PACING_BAND)`.
+/// An arm's probability is the share of the band where it wins, so expected spend is a
+/// continuous, decreasing function of `lambda`, the dual settles where it equals the
+/// target instead of flipping between two arms, and the propensity is exact.
+/// While the budget does not bind (`lambda = 0`) the band is empty and nothing changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BudgetPacer {
     target_usd: f64,
     step_size: f64,
     lambda: f64,
+    /// Costs observed so far: the step shrinks with them.
+    #[serde(default)]
+    observed: u64,
 }
 
 /// Largest dual multiplier: at this weight one budget of cost outweighs 1000 quality points.
 const LAMBDA_MAX: f64 = 1000.0;
+
+/// Half-width of the band a decision mixes the multiplier over, relative to it: wide
+/// enough that two arms tied at the dual optimum share the band in any proportion.
+pub const PACING_BAND: f64 = 0.5;
+
+/// Points of the band a decision mixes over.
+pub const PACING_BAND_POINTS: usize = 8;
 
 impl BudgetPacer {
     /// A pacer for `target_usd` per request with step size `eta` (0.05 is a good start).
@@ -156,6 +176,7 @@ impl BudgetPacer {
             target_usd,
             step_size,
             lambda: 0.0,
+            observed: 0,
         })
     }
 
@@ -174,10 +195,36 @@ impl BudgetPacer {
         self.lambda / self.target_usd
     }
 
+    /// The extra cost weights (quality points per USD) a decision mixes over with equal
+    /// probability: the midpoints of [`PACING_BAND_POINTS`] equal parts of the band
+    /// `lambda * (1 +- PACING_BAND)`. Empty while `lambda` is 0.
+    pub fn extra_cost_weights(&self) -> Vec<f64> {
+        if self.lambda <= 0.0 {
+            return Vec::new();
+        }
+        let k = PACING_BAND_POINTS as f64;
+        (0..PACING_BAND_POINTS)
+            .map(|j| {
+                let offset = PACING_BAND * (2.0 * (j as f64 + 0.5) / k - 1.0);
+                self.lambda * (1.0 + offset) / self.target_usd
+            })
+            .collect()
+    }
+
+    /// The step of the next update: `eta / sqrt(1 + eta * n)` after `n` costs, the
+    /// decreasing schedule under which stochastic approximation settles on the dual
+    /// optimum, held at `eta / 10` or more so that the pacer still follows prices and
+    /// traffic that change.
+    pub fn current_step(&self) -> f64 {
+        let shrink = (1.0 + self.step_size * self.observed as f64).sqrt();
+        (self.step_size / shrink).max(self.step_size / 10.0)
+    }
+
     /// One dual step after observing a request's cost.
     pub fn observe(&mut self, cost_usd: f64) {
-        let step = self.step_size * (cost_usd / self.target_usd - 1.0);
+        let step = self.current_step() * (cost_usd / self.target_usd - 1.0);
         self.lambda = (self.lambda + step).clamp(0.0, LAMBDA_MAX);
+        self.observed += 1;
     }
 }
 

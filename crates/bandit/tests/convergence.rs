@@ -154,3 +154,88 @@ fn budget_pacing_keeps_average_spend_within_five_percent_of_target() {
         );
     }
 }
+
+/// Two arms (and a dominated third) where the budget binds between the two: the optimal
+/// policy mixes them, a third of requests to the dear one (the hull at the budget). The
+/// decisions randomize as that solution prescribes and say so in their propensities, the
+/// dual multiplier settles rather than flipping the choice, spend is within 2% of the
+/// budget over the run, and quality reaches the hull at the budget.
+#[test]
+fn a_binding_budget_mixes_the_hull_arms_with_honest_propensities() {
+    // (quality, cost): the hull at 0.006 mixes a1 and a2 with shares 2/3 and 1/3: 0.8.
+    let arms = [(0.75, 0.004), (0.9, 0.01), (0.5, 0.006)];
+    let (target, hull) = (0.006, 0.8);
+    for spec in ["ucb1", "beta-ts", "linucb(alpha=1)"] {
+        let mut config = LearnerConfig::new(spec.parse().expect("spec"), 1);
+        config.budget = Some(BudgetConfig {
+            target_usd_per_request: target,
+            step_size: 0.05,
+        });
+        let mut l =
+            Learner::new(config, (0..3).map(|a| Arm::new(format!("a{a}"))).collect()).expect("learner");
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(11);
+        let steps = 20_000;
+        let (mut spend, mut quality) = (0.0, 0.0);
+        let (mut dear, mut dear_probability, mut mixed) = (0usize, 0.0, 0usize);
+        let mut lambdas = Vec::new();
+        for t in 0..steps {
+            let request = Request::new(Context {
+                features: vec![1.0],
+                input_tokens: 0,
+            });
+            let d = l.decide(&request).expect("decide");
+            let a = support::arm_index(&d.arm);
+            let (q, c) = arms[a];
+            let cost = c * rand::Rng::random_range(&mut rng, 0.8..1.2);
+            let good = rand::Rng::random::<f64>(&mut rng) < q;
+            spend += cost;
+            quality += f64::from(u8::from(good));
+            if t >= steps / 2 {
+                let p_dear = d
+                    .arms
+                    .iter()
+                    .find(|e| e.arm == "a1")
+                    .map_or(0.0, |e| e.probability);
+                dear_probability += p_dear;
+                dear += usize::from(a == 1);
+                mixed += usize::from(p_dear > 0.05 && p_dear < 0.95);
+                lambdas.push(l.pacer().expect("pacer").lambda());
+            }
+            l.record_outcome(
+                d.id,
+                &Outcome::new(50.0, cost).with_quality(f64::from(u8::from(good))),
+            )
+            .expect("outcome");
+        }
+        let half = (steps / 2) as f64;
+        let mean_spend = spend / steps as f64;
+        assert!(
+            (mean_spend / target - 1.0).abs() < 0.02,
+            "{spec}: spend {mean_spend} vs {target}"
+        );
+        // Over 20,000 Bernoulli draws the mean's standard error is about 0.003.
+        let mean_quality = quality / steps as f64;
+        assert!(
+            mean_quality > hull - 0.015,
+            "{spec}: quality {mean_quality} below the hull {hull}"
+        );
+        // The propensities are what happened: the mean probability of the dear arm equals
+        // its share (binomial standard error about 0.005), near the LP's 1/3.
+        let share = dear as f64 / half;
+        assert!(
+            (dear_probability / half - share).abs() < 0.02,
+            "{spec}: p {} vs share {share}",
+            dear_probability / half
+        );
+        assert!((share - 1.0 / 3.0).abs() < 0.05, "{spec}: dear share {share}");
+        assert!(
+            mixed as f64 > 0.5 * half,
+            "{spec}: only {mixed} of {half} decisions mix"
+        );
+        // The multiplier settles: its spread over the second half is small against its level.
+        let mean = lambdas.iter().sum::<f64>() / half;
+        let sd = (lambdas.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / half).sqrt();
+        println!("{spec}: spend {mean_spend:.6} quality {mean_quality:.4} share {share:.3} mixed {mixed} lambda {mean:.3} sd {sd:.3}");
+        assert!(sd < 0.1 * mean, "{spec}: lambda {mean} +- {sd}");
+    }
+}
