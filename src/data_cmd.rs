@@ -77,11 +77,12 @@ fn convert(args: ConvertArgs) -> Result<()> {
         (Dataset::Logged(log), "logged") => quiver_sim::write::write_logged(&log, &args.out)?,
         (Dataset::Wide(data), "logged") => {
             let spec: PolicySpec = args.logging_policy.parse()?;
-            let builder = ContextBuilder::new(
-                data.prompts.is_some(),
-                data.tasks.as_deref().unwrap_or_default(),
-                data.feature_names.len(),
-            );
+            // The server's context: the task enters only where there is no prompt.
+            let tasks = match &data.prompts {
+                Some(_) => &[][..],
+                None => data.tasks.as_deref().unwrap_or_default(),
+            };
+            let builder = ContextBuilder::new(data.prompts.is_some(), tasks, data.feature_names.len());
             let settings = LoggingSettings {
                 spec,
                 objective: Objective::new(args.w_cost, 0.0)?,

@@ -83,6 +83,11 @@ pub struct ReplayArgs {
     /// learns from what they reveal (an exploration phase); the rest follow the policy.
     #[arg(long, default_value_t = 0)]
     explore_passes: usize,
+    /// Give the learner each row's task label (one-hot) as caller features. A server never
+    /// derives a task: use this only when your requests will send it in `features`.
+    /// Tables without prompts always use it, as it is their only context.
+    #[arg(long)]
+    task_feature: bool,
     /// Write summary.json, curves.parquet and plots here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -322,9 +327,12 @@ pub fn run(args: ReplayArgs) -> Result<()> {
             }
         }
     }
-    let mut tasks: Vec<String> = data.tasks.clone().unwrap_or_default();
-    if let Some(t) = &train {
-        tasks.extend(t.tasks.clone().unwrap_or_default());
+    let mut tasks: Vec<String> = Vec::new();
+    if args.task_feature || data.prompts.is_none() {
+        tasks.extend(data.tasks.clone().unwrap_or_default());
+        if let Some(t) = &train {
+            tasks.extend(t.tasks.clone().unwrap_or_default());
+        }
     }
     let builder = ContextBuilder::new(data.prompts.is_some(), &tasks, data.feature_names.len());
     let env = Environment::new(&data, &builder)?;
@@ -359,6 +367,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     progress.finish_and_clear();
     let summary = summarize(
         &data,
+        &builder.definition(),
         train.as_ref().map(WideDataset::rows),
         &settings,
         &runs,

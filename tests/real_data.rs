@@ -75,9 +75,8 @@ fn routerbench_replay(
     explore_passes: usize,
     pacer_step: f64,
 ) -> Summary {
-    let mut tasks = train.tasks.clone().unwrap();
-    tasks.extend(test.tasks.clone().unwrap());
-    let builder = ContextBuilder::new(true, &tasks, 0);
+    // The server's context: the prompt alone, no task label.
+    let builder = ContextBuilder::new(true, &[], 0);
     let (env, train_env) = (
         Environment::new(test, &builder).unwrap(),
         Environment::new(train, &builder).unwrap(),
@@ -93,7 +92,14 @@ fn routerbench_replay(
         checkpoints: 10,
     };
     let runs = replay(&env, Some(&train_env), &settings, &|| {}).unwrap();
-    summarize(test, Some(train.rows()), &settings, &runs, None)
+    summarize(
+        test,
+        &builder.definition(),
+        Some(train.rows()),
+        &settings,
+        &runs,
+        None,
+    )
 }
 
 fn variant(spec: &str, objective: Objective, budget_usd: Option<f64>) -> Variant {
@@ -199,7 +205,7 @@ fn routellm_apgr_and_cpt_match_brute_force() {
             checkpoints: 4,
         };
         let runs = replay(&env, None, &settings, &|| {}).unwrap();
-        let summary = summarize(&data, None, &settings, &runs, None);
+        let summary = summarize(&data, &builder.definition(), None, &settings, &runs, None);
         let two = summary.two_arm.as_ref().unwrap();
         assert_eq!(two.strong, "gpt-4-1106-preview");
         let strong = data.arms.iter().position(|a| a == &two.strong).unwrap();

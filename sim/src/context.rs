@@ -1,11 +1,14 @@
 //! From a dataset row to the learner's [`Context`].
 //!
-//! With prompts, the context is the [`HashingFeaturizer`]'s vector (bias first) with the
-//! task one-hot and the row's `f_*` values appended as caller features. Without prompts it
-//! is `[1 (bias), task one-hot, f_*]`. One builder serves train and test alike, so both
-//! splits share a layout.
+//! With prompts, the context is the server's ([`HashingFeaturizer::for_routes`]): the
+//! prompt's features with the row's `f_*` values appended as caller features, so that a
+//! replay sees what `quiver serve` will see for the same request. A task label enters only
+//! when asked (`task_features`), as a one-hot before the `f_*` values: a server never
+//! derives one, so asking means the requests will carry it in their `features`. Without
+//! prompts the context is `[1 (bias), task one-hot, f_*]`, the task being all there is.
+//! One builder serves train and test alike, so both splits share a layout.
 
-use quiver_bandit::{Context, Featurizer, FeaturizerConfig, HashingFeaturizer};
+use quiver_bandit::{Context, Featurizer, HashingFeaturizer};
 
 use crate::data::{LoggedDataset, WideDataset};
 use crate::error::Result;
@@ -19,22 +22,27 @@ pub struct ContextBuilder {
 }
 
 impl ContextBuilder {
-    /// A builder for data with or without prompts, the given task labels (any order,
-    /// duplicates allowed) and `features` caller features per row.
-    pub fn new(with_prompts: bool, tasks: &[String], features: usize) -> Self {
-        let mut tasks = tasks.to_vec();
+    /// A builder for data with or without prompts, the task labels to one-hot as caller
+    /// features (any order, duplicates allowed; none to leave the task out) and
+    /// `features` caller features per row.
+    pub fn new(with_prompts: bool, task_features: &[String], features: usize) -> Self {
+        let mut tasks = task_features.to_vec();
         tasks.sort();
         tasks.dedup();
         let extra = tasks.len() + features;
         ContextBuilder {
-            featurizer: with_prompts.then(|| {
-                HashingFeaturizer::new(FeaturizerConfig {
-                    extra_features: extra,
-                    ..FeaturizerConfig::default()
-                })
-            }),
+            featurizer: with_prompts.then(|| HashingFeaturizer::for_routes(extra)),
             tasks,
             features,
+        }
+    }
+
+    /// What builds the contexts: the server's featurizer definition with prompts (equal
+    /// to a route's with as many caller features), else the bias-task-features layout.
+    pub fn definition(&self) -> String {
+        match &self.featurizer {
+            Some(f) => f.definition(),
+            None => format!("bias+tasks({})+caller({})", self.tasks.len(), self.features),
         }
     }
 

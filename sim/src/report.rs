@@ -20,6 +20,9 @@ pub struct DatasetInfo {
     pub dropped_incomplete: usize,
     /// Training rows, when learning on a training set first.
     pub train_rows: Option<usize>,
+    /// What built the contexts (see `ContextBuilder::definition`): with prompts, a
+    /// route's featurizer definition, which a server with as many caller features shares.
+    pub context: String,
 }
 
 /// `oracle` of the summary: the per-request best arm (cheapest among the best).
@@ -141,9 +144,10 @@ pub struct Summary {
     pub policies: Vec<PolicySummary>,
 }
 
-/// Builds the summary of `runs` on `data`.
+/// Builds the summary of `runs` on `data`, whose contexts `context` defined.
 pub fn summarize(
     data: &WideDataset,
+    context: &str,
     train_rows: Option<usize>,
     settings: &ReplaySettings,
     runs: &[Run],
@@ -248,6 +252,7 @@ pub fn summarize(
             arms: data.arms.clone(),
             dropped_incomplete: data.dropped_incomplete,
             train_rows,
+            context: context.to_string(),
         },
         best_single: singles[best].arm.clone(),
         single_arms: singles,

@@ -51,6 +51,10 @@ pub trait Featurizer {
     /// Featurizes a prompt; `extra` (the caller's own numeric features) is appended.
     fn featurize(&self, prompt: &str, extra: &[f64]) -> Result<Context>;
 
+    /// What builds the contexts, as recorded in snapshots and logs: two featurizers with
+    /// the same definition produce the same context from the same request.
+    fn definition(&self) -> String;
+
     /// Featurizes chat messages: their contents, in order, as one prompt.
     fn featurize_messages(&self, messages: &[ChatMessage], extra: &[f64]) -> Result<Context> {
         let prompt: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
@@ -94,6 +98,16 @@ impl HashingFeaturizer {
         HashingFeaturizer { config }
     }
 
+    /// The context definition of Quiver's routes, offline and online alike: the default
+    /// blocks over the prompt, then `caller_features` numbers the request brings. Nothing
+    /// else enters a context, so a replay measures what the server will do.
+    pub fn for_routes(caller_features: usize) -> Self {
+        HashingFeaturizer::new(FeaturizerConfig {
+            extra_features: caller_features,
+            ..FeaturizerConfig::default()
+        })
+    }
+
     /// The block sizes.
     pub fn config(&self) -> FeaturizerConfig {
         self.config
@@ -109,6 +123,14 @@ pub fn estimate_tokens(text: &str) -> u32 {
 impl Featurizer for HashingFeaturizer {
     fn dim(&self) -> usize {
         FIXED_FEATURES + self.config.word_buckets + self.config.char_buckets + self.config.extra_features
+    }
+
+    fn definition(&self) -> String {
+        let c = self.config;
+        format!(
+            "hashing(words={},chars={},caller={})",
+            c.word_buckets, c.char_buckets, c.extra_features
+        )
     }
 
     fn featurize(&self, prompt: &str, extra: &[f64]) -> Result<Context> {

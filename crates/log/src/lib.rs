@@ -89,6 +89,11 @@ pub struct LogRecord {
     pub event: LogEvent,
     /// Position in the log, from 1.
     pub seq: u64,
+    /// On decisions: the definition of the context the decision was made in (see
+    /// `quiver_bandit::Featurizer::definition`), so that a replay of the log can tell
+    /// whether it rebuilds the same contexts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
     /// The caller's own features, as `f_0`, `f_1`, ...
     #[serde(flatten)]
     pub features: BTreeMap<String, f64>,
@@ -115,6 +120,7 @@ impl LogRecord {
             output_tokens: 0,
             event,
             seq: 0,
+            context: None,
             features: BTreeMap::new(),
         }
     }

@@ -22,9 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use quiver_bandit::{
-    Applied, Arm, BudgetConfig, ChatMessage, Constraints, Context, Decision, Featurizer, FeaturizerConfig,
-    HashingFeaturizer, Learner, LearnerConfig, Objective, Outcome, PolicySpec, Request, Snapshot,
-    DEFAULT_PACING_STEP,
+    Applied, Arm, BudgetConfig, ChatMessage, Constraints, Context, Decision, Featurizer, HashingFeaturizer,
+    Learner, LearnerConfig, Objective, Outcome, PolicySpec, Request, Snapshot, DEFAULT_PACING_STEP,
 };
 use serde::{Deserialize, Serialize};
 
@@ -174,10 +173,7 @@ impl DecisionSeqs {
 impl RouteState {
     fn new(config: RouteConfig, feedback_horizon: usize) -> Result<Self> {
         let spec: PolicySpec = config.policy.parse()?;
-        let featurizer = HashingFeaturizer::new(FeaturizerConfig {
-            extra_features: config.extra_features,
-            ..FeaturizerConfig::default()
-        });
+        let featurizer = HashingFeaturizer::for_routes(config.extra_features);
         let mut learner_config = LearnerConfig::new(spec.clone(), featurizer.dim());
         learner_config.objective = Objective::new(config.w_cost, config.w_latency)?;
         learner_config.seed = config.seed;
@@ -254,6 +250,9 @@ struct RouterSnapshot {
     /// them from. Routes absent here keep them in their learner (the older format).
     #[serde(default)]
     tracked_from: BTreeMap<String, TrackedFrom>,
+    /// Per route, the definition of its contexts (see [`Featurizer::definition`]): the
+    /// learners' weights mean nothing under another.
+    contexts: BTreeMap<String, String>,
 }
 
 impl RouterSnapshot {
@@ -285,6 +284,9 @@ struct RouterSnapshotFile {
     routes: BTreeMap<String, Box<serde_json::value::RawValue>>,
     #[serde(default)]
     tracked_from: BTreeMap<String, TrackedFrom>,
+    /// Absent from snapshots written before contexts were recorded.
+    #[serde(default)]
+    contexts: BTreeMap<String, String>,
 }
 
 /// A snapshot read back: per route its learner, or why it could not be read.
@@ -292,6 +294,7 @@ struct ReadSnapshot {
     last_seq: u64,
     routes: BTreeMap<String, std::result::Result<Snapshot, String>>,
     tracked_from: BTreeMap<String, TrackedFrom>,
+    contexts: BTreeMap<String, String>,
 }
 
 impl RouterSnapshotFile {
@@ -308,6 +311,7 @@ impl RouterSnapshotFile {
             last_seq: self.last_seq,
             routes,
             tracked_from: self.tracked_from,
+            contexts: self.contexts,
         }
     }
 }
@@ -551,6 +555,18 @@ impl Router {
             };
             match learner {
                 Ok(restored) => {
+                    let context = snapshot.contexts.get(name);
+                    if context.is_some_and(|c| *c != state.featurizer.definition()) {
+                        return Err(ServeError::Snapshot {
+                            path: path.clone(),
+                            reason: format!(
+                                "route `{name}` changed its context ({} then, {} now) since the snapshot; \
+                                 move the snapshot away to start it afresh",
+                                context.map_or("", String::as_str),
+                                state.featurizer.definition()
+                            ),
+                        });
+                    }
                     if restored.config() != state.learner.config() || restored.arms() != state.learner.arms()
                     {
                         return Err(ServeError::Snapshot {
@@ -770,6 +786,14 @@ impl Router {
         self.log.stage(record).map_err(io_at(&self.dir))
     }
 
+    /// The context `route` decides `request` in, and the definition that built it: the
+    /// same as `quiver replay` builds for a row with this prompt and these features.
+    pub fn context(&self, route: &str, request: &RouteRequest) -> Result<(Context, String)> {
+        let state = self.state(route)?;
+        let context = state.context(&request.text()?, &request.features)?;
+        Ok((context, state.featurizer.definition()))
+    }
+
     /// Decides which model serves `request` on `route` and logs the decision; the decision
     /// may be returned to the caller once the [`Pending`] result is waited for.
     pub fn route(&mut self, route: &str, request: &RouteRequest) -> Result<Pending<Routed>> {
@@ -787,6 +811,7 @@ impl Router {
         record.propensity = decision.propensity;
         record.prompt = prompt;
         record.input_tokens = context.input_tokens;
+        record.context = Some(state.featurizer.definition());
         record.features = request
             .features
             .iter()
@@ -861,7 +886,9 @@ impl Router {
     pub fn capture_snapshot(&self) -> CapturedSnapshot {
         let mut routes = BTreeMap::new();
         let mut tracked_from = BTreeMap::new();
+        let mut contexts = BTreeMap::new();
         for (name, state) in &self.routes {
+            contexts.insert(name.clone(), state.featurizer.definition());
             let oldest = state.learner.oldest_tracked_decision();
             let from = oldest.and_then(|decision| {
                 let seq = state.decision_seqs.seq_of(decision)?;
@@ -883,6 +910,7 @@ impl Router {
                 last_seq: self.log.last_staged(),
                 routes,
                 tracked_from,
+                contexts,
             },
             log: Arc::clone(&self.log),
             dir: self.dir.clone(),

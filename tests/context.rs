@@ -1,0 +1,126 @@
+//! One context definition offline and online: for the same request, the context
+//! `quiver replay` builds from a table row equals the one `quiver serve` builds, the
+//! definitions recorded in the replay's summary, the server's log and its snapshot agree,
+//! and rebuilding contexts from the server's log gives the same vectors again.
+#![allow(clippy::unwrap_used, clippy::panic)] // a test that fails should panic
+
+mod support;
+
+use std::process::Command;
+
+use quiver_serve::{ModelConfig, RouteConfig, RouteRequest, Router};
+use quiver_sim::context::ContextBuilder;
+use quiver_sim::data::{load_wide, Format};
+use support::scratch;
+
+const PROMPTS: [&str; 4] = [
+    "def reverse(xs): return xs[::-1]  # explain this",
+    "What is the capital of France?",
+    "Prove that the square root of 2 is irrational.",
+    "Résumé: écris une lettre de motivation, s'il te plaît.",
+];
+
+fn route(extra_features: usize) -> RouteConfig {
+    let model = |id: &str, price: f64| ModelConfig {
+        id: id.into(),
+        input_usd_per_million: price,
+        output_usd_per_million: 2.0 * price,
+        context_window: None,
+        tags: vec![],
+        base_url: None,
+        api_key_env: None,
+        upstream_model: None,
+    };
+    RouteConfig {
+        name: "r".into(),
+        policy: "linucb".into(),
+        models: vec![model("small", 0.1), model("big", 5.0)],
+        w_cost: 0.0,
+        w_latency: 0.0,
+        budget_usd_per_request: None,
+        extra_features,
+        seed: 0,
+    }
+}
+
+#[test]
+fn replay_and_serve_build_the_same_context_for_the_same_request() {
+    let dir = scratch("context_offline_online");
+    // A table with prompts, a task label and one caller feature.
+    let table = dir.join("table.csv");
+    let mut text = String::from("id,prompt,task,f_len,quality|small,cost|small,quality|big,cost|big\n");
+    for (i, prompt) in PROMPTS.iter().enumerate() {
+        text.push_str(&format!(
+            "r{i},\"{prompt}\",t{},{},1,0.0001,1,0.002\n",
+            i % 2,
+            i as f64 / 4.0
+        ));
+    }
+    std::fs::write(&table, text).unwrap();
+    let data = load_wide(table.to_str().unwrap(), Format::Auto, None).unwrap();
+
+    // What `quiver replay` builds by default: no task, since a server has none.
+    let replay = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args([
+            "replay",
+            "--data",
+            table.to_str().unwrap(),
+            "--policies",
+            "random",
+            "--seeds",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&replay.stdout).unwrap();
+    let offline = ContextBuilder::new(true, &[], data.feature_names.len());
+    assert_eq!(summary["dataset"]["context"], offline.definition());
+
+    let log_dir = dir.join("log");
+    let mut router = Router::open(vec![route(1)], &log_dir).unwrap();
+    for (row, prompt) in PROMPTS.iter().enumerate() {
+        let request = RouteRequest {
+            prompt: Some(prompt.to_string()),
+            features: data.row_features(row).to_vec(),
+            ..RouteRequest::default()
+        };
+        let (online, definition) = router.context("r", &request).unwrap();
+        assert_eq!(definition, offline.definition());
+        assert_eq!(online, offline.wide_row(&data, row).unwrap(), "row {row}");
+        router.route("r", &request).unwrap().wait().unwrap();
+    }
+
+    // The log records the definition with each decision, and the contexts rebuilt from it
+    // (as `quiver ope` does) are the server's.
+    let records = quiver_serve::log::read_log(&log_dir).unwrap();
+    assert_eq!(records.len(), PROMPTS.len());
+    assert!(records
+        .iter()
+        .all(|r| r.context.as_deref() == Some(offline.definition().as_str())));
+    let logged = quiver_sim::data::load(log_dir.to_str().unwrap(), Format::Logged, None).unwrap();
+    let quiver_sim::data::Dataset::Logged(logged) = logged else {
+        panic!("the log did not load as a logged dataset");
+    };
+    let rebuilt = ContextBuilder::log_contexts(&logged).unwrap();
+    for (row, context) in rebuilt.iter().enumerate() {
+        assert_eq!(*context, offline.wide_row(&data, row).unwrap(), "log row {row}");
+    }
+
+    // The snapshot records it too, and a route whose context changed refuses to restore.
+    router.snapshot().unwrap();
+    drop(router);
+    let snapshot: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(log_dir.join("snapshot.json")).unwrap()).unwrap();
+    assert_eq!(snapshot["contexts"]["r"], offline.definition());
+    let mut snapshot = snapshot;
+    snapshot["contexts"]["r"] = "hashing(words=8,chars=4,caller=1)".into();
+    std::fs::write(log_dir.join("snapshot.json"), snapshot.to_string()).unwrap();
+    let error = Router::open(vec![route(1)], &log_dir).err().unwrap().to_string();
+    assert!(error.contains("changed its context"), "{error}");
+}
