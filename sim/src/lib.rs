@@ -29,6 +29,7 @@ pub mod replay;
 pub mod report;
 pub mod scenario;
 pub mod source;
+pub mod suite;
 pub mod write;
 
 pub use error::{Result, SimError};

@@ -1,0 +1,398 @@
+//! The validation suite: the tables and budgets on which Quiver's defaults are chosen,
+//! never on a test split that reports use.
+//!
+//! Generated tables follow an item-response model, so that they look like real evaluation
+//! tables without being any of them: each prompt has a topic (its words say which) and a
+//! hidden difficulty `d ~ N(0, 1)` (longer prompts are harder on average); each model
+//! belongs to a family with an ability per topic, and its members are near-duplicates
+//! (`+ N(0, 0.15)`) at three sizes (`-0.6, 0, +0.6`). A model answers well with
+//! probability `sigmoid(ability[topic] - 1.2 d + 0.6)`; its price per request rises with its
+//! mean ability, unevenly (`exp(1.6 ability + N(0, 0.6))`, scaled to RouterBench's range of
+//! $0.00005 to $0.005), times the prompt's length. Each table has 3, 11, 30 or 60 models and
+//! 4,000 prompts, 70% to train on (bandit feedback) and 30% to evaluate; the drift cases
+//! lower the best model's quality by 0.3 halfway through the evaluation. Budgets are 10%,
+//! 25% and 50% of the best single model's mean cost on the training rows.
+//!
+//! A case's score is the lift over the hull: the evaluated policy's quality minus the best
+//! fixed mix of at most two models at the same cost (see [`crate::metrics`]).
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+use quiver_bandit::{Objective, PolicySpec, DEFAULT_PACING_STEP};
+use serde::Serialize;
+
+use crate::context::ContextBuilder;
+use crate::data::WideDataset;
+use crate::error::Result;
+use crate::replay::{replay, Drift, Environment, Knobs, ReplaySettings, Variant};
+
+/// One generated table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IrtTable {
+    /// Models.
+    pub arms: usize,
+    /// Prompts (train and evaluation).
+    pub rows: usize,
+    /// Seed of the generation.
+    pub seed: u64,
+}
+
+/// Topics of the generated prompts.
+const TOPICS: usize = 8;
+
+/// Share of the rows trained on.
+pub const TRAIN_SHARE: f64 = 0.7;
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn normal(rng: &mut ChaCha8Rng) -> f64 {
+    StandardNormal.sample(rng)
+}
+
+impl IrtTable {
+    /// The training rows and the evaluation rows.
+    pub fn generate(&self) -> (WideDataset, WideDataset) {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        let families = self.arms.div_ceil(3);
+        let family_ability: Vec<Vec<f64>> = (0..families)
+            .map(|_| {
+                let level = 0.8 * normal(&mut rng);
+                (0..TOPICS).map(|_| level + 0.6 * normal(&mut rng)).collect()
+            })
+            .collect();
+        let abilities: Vec<Vec<f64>> = (0..self.arms)
+            .map(|m| {
+                let size = [-0.6, 0.0, 0.6][m % 3];
+                family_ability[m / 3]
+                    .iter()
+                    .map(|a| a + size + 0.15 * normal(&mut rng))
+                    .collect()
+            })
+            .collect();
+        let prices: Vec<f64> = abilities
+            .iter()
+            .map(|a| {
+                let mean = a.iter().sum::<f64>() / TOPICS as f64;
+                (1.6 * mean + 0.6 * normal(&mut rng)).exp()
+            })
+            .collect();
+        // Scale prices so that the dearest model costs $0.005 per average request.
+        let dearest = prices.iter().copied().fold(f64::MIN_POSITIVE, f64::max);
+        let prices: Vec<f64> = prices
+            .iter()
+            .map(|p| (p / dearest * 0.005).max(0.00005))
+            .collect();
+        let mut data = WideDataset {
+            source: format!("irt:{}-arms", self.arms),
+            arms: (0..self.arms)
+                .map(|m| format!("family{}-size{}", m / 3, m % 3))
+                .collect(),
+            prompts: Some(Vec::with_capacity(self.rows)),
+            tasks: Some(Vec::with_capacity(self.rows)),
+            cost_usd: Some(Vec::with_capacity(self.rows * self.arms)),
+            ..WideDataset::default()
+        };
+        for row in 0..self.rows {
+            let topic = rng.random_range(0..TOPICS);
+            let difficulty = normal(&mut rng);
+            let words = (10.0 + 3.0 * (difficulty + 0.5 * normal(&mut rng))).clamp(3.0, 30.0) as usize;
+            let prompt: Vec<String> = (0..words)
+                .map(|_| {
+                    if rng.random::<f64>() < 0.6 {
+                        format!("topic{topic}word{}", rng.random_range(0..12))
+                    } else {
+                        format!("common{}", rng.random_range(0..40))
+                    }
+                })
+                .collect();
+            let length = words as f64 / 10.0;
+            data.ids.push(format!("irt-{row}"));
+            data.prompts.get_or_insert_with(Vec::new).push(prompt.join(" "));
+            data.tasks
+                .get_or_insert_with(Vec::new)
+                .push(format!("topic{topic}"));
+            for m in 0..self.arms {
+                let good = rng.random::<f64>() < sigmoid(abilities[m][topic] - 1.2 * difficulty + 0.6);
+                data.quality.push(f64::from(u8::from(good)));
+                let noise = (0.2 * normal(&mut rng) - 0.02).exp();
+                data.cost_usd
+                    .get_or_insert_with(Vec::new)
+                    .push(prices[m] * length * noise);
+            }
+        }
+        let train_rows = (self.rows as f64 * TRAIN_SHARE) as usize;
+        let mut train = data.clone();
+        train.retain_rows(|r| r < train_rows);
+        data.retain_rows(|r| r >= train_rows);
+        (train, data)
+    }
+}
+
+/// One case of the suite: what to train on, what to evaluate on, under which budget.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// The table's name, with `+drift` when the evaluation drifts.
+    pub table: String,
+    /// Training rows.
+    pub train: WideDataset,
+    /// Evaluation rows.
+    pub test: WideDataset,
+    /// The budget as a share of the best single model's mean cost on the training rows.
+    pub budget_share: f64,
+    /// The budget, USD per request.
+    pub budget_usd: f64,
+    /// A drift of the evaluation, if any.
+    pub drift: Option<Drift>,
+}
+
+/// The budgets of every table, as shares of the best model's cost.
+pub const BUDGET_SHARES: [f64; 3] = [0.10, 0.25, 0.50];
+
+/// The best single model on `data` (highest mean quality) and its mean cost.
+fn best_model(data: &WideDataset) -> (usize, f64) {
+    let singles = crate::metrics::single_arms(data, None);
+    let best = crate::metrics::best_single(&singles);
+    (best, singles[best].mean_cost_usd)
+}
+
+/// The cases of the suite for `tables` (name, train, evaluation): every budget, and with
+/// `drift`, the same again with the best model's quality lowered by 0.3 halfway through
+/// the evaluation.
+pub fn cases(tables: Vec<(String, WideDataset, WideDataset)>, drift: bool) -> Vec<Case> {
+    let mut out = Vec::new();
+    for (name, train, test) in tables {
+        let (best, best_cost) = best_model(&train);
+        let drifts = [
+            None,
+            drift.then(|| Drift {
+                arm: train.arms[best].clone(),
+                step: test.rows() / 2,
+                delta: -0.3,
+            }),
+        ];
+        for drift in drifts
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, d)| (i == 0 || d.is_some()).then_some(d))
+        {
+            for share in BUDGET_SHARES {
+                out.push(Case {
+                    table: if drift.is_some() {
+                        format!("{name}+drift")
+                    } else {
+                        name.clone()
+                    },
+                    train: train.clone(),
+                    test: test.clone(),
+                    budget_share: share,
+                    budget_usd: share * best_cost,
+                    drift: drift.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The generated tables of the suite: 3, 11, 30 and 60 models.
+pub fn generated_tables() -> Vec<(String, WideDataset, WideDataset)> {
+    [3, 11, 30, 60]
+        .into_iter()
+        .map(|arms| {
+            let (train, test) = IrtTable {
+                arms,
+                rows: 4000,
+                seed: 1000 + arms as u64,
+            }
+            .generate();
+            (format!("irt-{arms}"), train, test)
+        })
+        .collect()
+}
+
+/// `k`-fold cross-validation tables of `data` (rows `i` with `i % k == fold` evaluate,
+/// the rest train): how a public table's train split serves the suite without its test
+/// split.
+pub fn folds(name: &str, data: &WideDataset, k: usize) -> Vec<(String, WideDataset, WideDataset)> {
+    (0..k)
+        .map(|fold| {
+            let mut train = data.clone();
+            train.retain_rows(|r| r % k != fold);
+            let mut test = data.clone();
+            test.retain_rows(|r| r % k == fold);
+            (format!("{name}-fold{fold}"), train, test)
+        })
+        .collect()
+}
+
+/// A setting the suite compares: a policy and how many passes it trains.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The policy.
+    pub spec: PolicySpec,
+    /// Passes over the training rows.
+    pub train_passes: usize,
+}
+
+/// A candidate's result on one case, averaged over seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    /// The case's table.
+    pub table: String,
+    /// Its budget as a share of the best model's cost.
+    pub budget_share: f64,
+    /// The candidate: its policy, and its training passes when more than one.
+    pub candidate: String,
+    /// Mean quality on the evaluation rows.
+    pub quality: f64,
+    /// Mean spend over the budget.
+    pub spend_vs_budget: f64,
+    /// Whether the budget can be kept at all: it is at least the cheapest model's mean
+    /// cost on the evaluation rows.
+    pub feasible: bool,
+    /// The hull at the candidate's mean cost.
+    pub hull: f64,
+    /// Quality minus hull.
+    pub lift: f64,
+}
+
+/// Runs every candidate on every case over `seeds` seeds, with the server's context (the
+/// prompt, no task label) and only the budget set.
+pub fn run(
+    cases: &[Case],
+    candidates: &[Candidate],
+    seeds: u64,
+    progress: &(dyn Fn() + Sync),
+) -> Result<Vec<CaseResult>> {
+    let mut results = Vec::new();
+    for case in cases {
+        let builder = ContextBuilder::new(case.test.prompts.is_some(), &[], case.test.feature_names.len());
+        let cheapest = crate::metrics::single_arms(&case.test, None)
+            .iter()
+            .map(|s| s.mean_cost_usd)
+            .fold(f64::INFINITY, f64::min);
+        let env = Environment::new(&case.test, &builder)?;
+        let train = Environment::new(&case.train, &builder)?;
+        for candidate in candidates {
+            let settings = ReplaySettings {
+                variants: vec![Variant {
+                    spec: candidate.spec.clone(),
+                    objective: Objective::default(),
+                    budget_usd: Some(case.budget_usd),
+                    label: candidate.spec.to_string(),
+                }],
+                seeds,
+                knobs: Knobs {
+                    drift: case.drift.clone(),
+                    ..Knobs::default()
+                },
+                freeze: false,
+                train_passes: candidate.train_passes.max(1),
+                explore_passes: 0,
+                pacer_step: DEFAULT_PACING_STEP,
+                checkpoints: 2,
+            };
+            let runs = replay(&env, Some(&train), &settings, progress)?;
+            let summary =
+                crate::report::summarize(&case.test, &builder.definition(), None, &settings, &runs, None);
+            let p = &summary.policies[0];
+            results.push(CaseResult {
+                table: case.table.clone(),
+                budget_share: case.budget_share,
+                candidate: match candidate.train_passes {
+                    0 | 1 => p.policy.clone(),
+                    n => format!("{} x{n}", p.policy),
+                },
+                quality: p.mean_quality,
+                spend_vs_budget: p.mean_cost_usd / case.budget_usd,
+                feasible: case.budget_usd >= cheapest,
+                hull: p.hull_quality_at_cost,
+                lift: p.lift_over_hull,
+            });
+        }
+    }
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table has what the module docs promise: the split, prices in range and rising
+    /// with quality on average, near-duplicate families, and no dominant model.
+    #[test]
+    fn generated_tables_look_like_evaluation_tables() {
+        let (train, test) = IrtTable {
+            arms: 30,
+            rows: 4000,
+            seed: 7,
+        }
+        .generate();
+        assert_eq!((train.rows(), test.rows()), (2800, 1200));
+        let singles = crate::metrics::single_arms(&train, None);
+        let (q, c): (Vec<f64>, Vec<f64>) = singles.iter().map(|s| (s.mean_quality, s.mean_cost_usd)).unzip();
+        assert!(c.iter().all(|&c| (0.00003..0.01).contains(&c)), "{c:?}");
+        // Quality and log cost correlate positively.
+        let lc: Vec<f64> = c.iter().map(|c| c.ln()).collect();
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let (mq, ml) = (mean(&q), mean(&lc));
+        let cov: f64 = q.iter().zip(&lc).map(|(a, b)| (a - mq) * (b - ml)).sum();
+        assert!(cov > 0.0);
+        // Members of a family agree far more often than models of different families.
+        let agree = |a: usize, b: usize| {
+            (0..train.rows())
+                .filter(|&r| train.quality(r, a) == train.quality(r, b))
+                .count() as f64
+                / train.rows() as f64
+        };
+        assert!(agree(0, 1) > agree(0, 4), "{} vs {}", agree(0, 1), agree(0, 4));
+        // The per-prompt oracle beats the best model by a wide margin: routing can pay.
+        let (oracle, _) = crate::metrics::oracle(&train);
+        assert!(oracle > q.iter().copied().fold(0.0, f64::max) + 0.1);
+    }
+
+    /// A small case end to end: one result per candidate, the lift is quality minus hull,
+    /// and the budget is kept within 5% over 600 evaluated rows.
+    #[test]
+    fn a_case_reports_the_lift_over_the_hull() {
+        let (train, test) = IrtTable {
+            arms: 3,
+            rows: 2000,
+            seed: 3,
+        }
+        .generate();
+        let cases: Vec<Case> = cases(vec![("t".into(), train, test)], false)
+            .into_iter()
+            .filter(|c| c.budget_share == 0.5)
+            .collect();
+        let candidates = [Candidate {
+            spec: "beta-ts".parse().unwrap(),
+            train_passes: 1,
+        }];
+        let results = run(&cases, &candidates, 1, &|| {}).unwrap();
+        assert_eq!(results.len(), 1);
+        let r = &results[0];
+        assert!((r.lift - (r.quality - r.hull)).abs() < 1e-12);
+        assert!(r.feasible && (r.spend_vs_budget - 1.0).abs() < 0.05, "{r:?}");
+    }
+
+    #[test]
+    fn folds_partition_the_rows() {
+        let (train, _) = IrtTable {
+            arms: 3,
+            rows: 100,
+            seed: 1,
+        }
+        .generate();
+        let folds = folds("t", &train, 3);
+        let evaluated: usize = folds.iter().map(|(_, _, test)| test.rows()).sum();
+        assert_eq!(evaluated, train.rows());
+        assert!(folds
+            .iter()
+            .all(|(_, tr, te)| tr.rows() + te.rows() == train.rows()));
+    }
+}

@@ -1,0 +1,124 @@
+//! `quiver suite`: the validation protocol defaults are chosen by. Every candidate runs on
+//! every case (generated item-response tables of 3 to 60 models, with and without drift,
+//! and, given a RouterBench directory, 3-fold cross-validation of its train files) under
+//! budgets of 10%, 25% and 50% of the best model's cost; the report is each candidate's
+//! lift over the hull per case, then its mean and worst lift and its worst spend.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use quiver_bandit::PolicySpec;
+use quiver_sim::data::{load_wide, Format};
+use quiver_sim::suite::{self, Candidate, CaseResult};
+
+use crate::progress::bar;
+use crate::replay_cmd::DEFAULT_POLICIES;
+use crate::split_specs;
+
+#[derive(Args)]
+pub struct SuiteArgs {
+    /// Comma-separated policy specs to compare.
+    #[arg(long, default_value = DEFAULT_POLICIES)]
+    candidates: String,
+    /// Passes over each case's training rows.
+    #[arg(long, default_value_t = 1)]
+    train_passes: usize,
+    /// Seeds per case.
+    #[arg(long, default_value_t = 2)]
+    seeds: u64,
+    /// A RouterBench directory: its `*_train.csv` files join the suite as 3 folds (its
+    /// test files are never read).
+    #[arg(long)]
+    routerbench: Option<String>,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: SuiteArgs) -> Result<()> {
+    let candidates: Vec<Candidate> = split_specs(&args.candidates)
+        .iter()
+        .map(|s| {
+            Ok(Candidate {
+                spec: s.parse::<PolicySpec>()?,
+                train_passes: args.train_passes,
+            })
+        })
+        .collect::<Result<_>>()?;
+    if candidates.is_empty() {
+        bail!("--candidates is empty");
+    }
+    let mut tables = suite::generated_tables();
+    if let Some(dir) = &args.routerbench {
+        let train = load_wide(&format!("{dir}/*_train.csv"), Format::RouterBench, None)?;
+        tables.extend(suite::folds("routerbench-train", &train, 3));
+    }
+    let cases = suite::cases(tables, true);
+    let progress = bar(
+        cases.len() as u64 * candidates.len() as u64 * args.seeds,
+        "validating",
+    );
+    let results = suite::run(&cases, &candidates, args.seeds, &|| progress.inc(1))?;
+    progress.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        print!("{}", report(&results));
+    }
+    Ok(())
+}
+
+/// The per-case table, then one line per candidate: mean and worst lift, worst spend.
+fn report(results: &[CaseResult]) -> String {
+    let width = results
+        .iter()
+        .map(|r| r.candidate.len())
+        .max()
+        .unwrap_or(9)
+        .max(9);
+    let mut out = format!(
+        "{:<22} {:>6} {:<width$} {:>8} {:>8} {:>8} {:>8}\n",
+        "table", "budget", "candidate", "quality", "spend", "hull", "lift"
+    );
+    for r in results {
+        out.push_str(&format!(
+            "{:<22} {:>5.0}% {:<width$} {:>8.4} {:>7.1}% {:>8.4} {:>+8.4}\n",
+            r.table,
+            100.0 * r.budget_share,
+            r.candidate,
+            r.quality,
+            100.0 * r.spend_vs_budget,
+            r.hull,
+            r.lift
+        ));
+    }
+    out.push_str(&format!(
+        "\n{:<width$} {:>10} {:>10} {:>12}\n",
+        "candidate", "mean lift", "worst lift", "worst spend"
+    ));
+    out.push_str("(worst spend: the farthest from the budget where it can be kept)\n");
+    let mut names: Vec<&str> = Vec::new();
+    for r in results {
+        if !names.contains(&r.candidate.as_str()) {
+            names.push(&r.candidate);
+        }
+    }
+    for name in names {
+        let mine: Vec<&CaseResult> = results.iter().filter(|r| r.candidate == name).collect();
+        let mean = mine.iter().map(|r| r.lift).sum::<f64>() / mine.len() as f64;
+        let worst = mine.iter().map(|r| r.lift).fold(f64::INFINITY, f64::min);
+        let spend = mine
+            .iter()
+            .filter(|r| r.feasible)
+            .map(|r| r.spend_vs_budget)
+            .max_by(|a, b| (a - 1.0).abs().total_cmp(&(b - 1.0).abs()))
+            .unwrap_or(f64::NAN);
+        out.push_str(&format!(
+            "{:<width$} {:>+10.4} {:>+10.4} {:>11.1}%\n",
+            name,
+            mean,
+            worst,
+            100.0 * spend
+        ));
+    }
+    out
+}
