@@ -214,6 +214,33 @@ impl TrackedDecision {
     }
 }
 
+/// For each arm (by position), an arm that dominates it with confidence `z`, if any: one
+/// that costs no more, is penalized no more, and whose quality's lower bound
+/// `mean - z std` exceeds this arm's upper bound `mean + z std`. Domination is a strict
+/// order, so the arms it leaves always include a best one.
+fn dominated(estimates: &[Estimate], costs: &[f64], penalties: &[f64], z: f64) -> Vec<Option<usize>> {
+    (0..estimates.len())
+        .map(|p| {
+            let upper = estimates[p].mean + z * estimates[p].std;
+            (0..estimates.len()).find(|&q| {
+                q != p
+                    && costs[q] <= costs[p]
+                    && penalties[q] <= penalties[p]
+                    && estimates[q].mean - z * estimates[q].std > upper
+            })
+        })
+        .collect()
+}
+
+/// Keeps the elements of `values` whose position is marked in `keep`.
+fn retain_positions<T>(values: &mut Vec<T>, keep: &[bool]) {
+    let mut position = 0;
+    values.retain(|_| {
+        position += 1;
+        keep[position - 1]
+    });
+}
+
 /// A bandit learner for one route: decides, learns from outcomes, snapshots.
 ///
 /// Decisions are a pure function of the state, the seed and the decision id, so a learner
@@ -396,6 +423,25 @@ impl Learner {
             .zip(&latencies)
             .map(|(&c, &(l, _))| objective.penalty(c, l))
             .collect();
+        let (mut estimates, mut latencies, mut penalties) = (estimates, latencies, penalties);
+        let z = self.config.policy.prune;
+        if z > 0.0 {
+            let dominated = dominated(&estimates, &costs, &penalties, z);
+            for (p, by) in dominated.iter().enumerate().rev() {
+                if let Some(q) = by {
+                    excluded.push(format!(
+                        "{}: dominated by {} (cheaper, and better with confidence)",
+                        self.arms[eligible[p]].id, self.arms[eligible[*q]].id
+                    ));
+                }
+            }
+            let keep: Vec<bool> = dominated.iter().map(Option::is_none).collect();
+            retain_positions(&mut eligible, &keep);
+            retain_positions(&mut costs, &keep);
+            retain_positions(&mut estimates, &keep);
+            retain_positions(&mut latencies, &keep);
+            retain_positions(&mut penalties, &keep);
+        }
 
         let id = self.next_decision;
         let mut rng = DecisionRng::seed_from_u64(self.config.seed);

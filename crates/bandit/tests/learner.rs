@@ -545,3 +545,50 @@ fn tracked_decisions_are_bounded_and_forgotten_oldest_first() {
         serde_json::json!([1.0, 7.0])
     );
 }
+
+/// `prune=z` removes, per decision, an arm that another beats with confidence at no more
+/// cost; a dearer but better arm stays, and without `prune` nothing is removed.
+#[test]
+fn confidently_dominated_arms_are_pruned() {
+    for (spec, pruned) in [
+        ("beta-ts(prune=2)", true),
+        ("beta-ts", false),
+        ("linucb(prune=2)", true),
+    ] {
+        let mut config = LearnerConfig::new(spec.parse().expect("spec"), 2);
+        config.objective = Objective::new(1.0, 0.0).expect("objective");
+        let arms = vec![
+            Arm::new("cheap-good").with_prices(1e-6, 1e-6),
+            Arm::new("dear-bad").with_prices(1e-5, 1e-5),
+            Arm::new("dear-best").with_prices(1e-5, 1e-5),
+        ];
+        let mut l = Learner::new(config, arms).expect("learner");
+        let context = Context {
+            features: vec![1.0, 0.5],
+            input_tokens: 100,
+        };
+        for i in 0..300 {
+            for (arm, p) in [("cheap-good", 0.8), ("dear-bad", 0.3), ("dear-best", 0.95)] {
+                let quality = if (i as f64 * 0.618).fract() < p { 1.0 } else { 0.0 };
+                l.learn(arm, &context, &Outcome::new(100.0, 1e-4).with_quality(quality))
+                    .expect("learn");
+            }
+        }
+        let d = l.decide(&Request::new(context.clone())).expect("decide");
+        let listed: Vec<&str> = d.arms.iter().map(|a| a.arm.as_str()).collect();
+        assert_eq!(!listed.contains(&"dear-bad"), pruned, "{spec}: {listed:?}");
+        assert!(
+            listed.contains(&"cheap-good") && listed.contains(&"dear-best"),
+            "{spec}: {listed:?}"
+        );
+        if pruned {
+            assert!(
+                d.excluded
+                    .iter()
+                    .any(|r| r.starts_with("dear-bad: dominated by cheap-good")),
+                "{:?}",
+                d.excluded
+            );
+        }
+    }
+}

@@ -4,7 +4,10 @@
 //! bare value for the policy's main parameter. Every policy also takes `gamma=` (discount,
 //! in (0, 1); per arm for the linear policies, see [`crate::Forgetting`]) or `window=`
 //! (sliding window, in observations) for drifting rewards, and
-//! `floor=` (minimum propensity of every eligible arm, for logs usable off-policy).
+//! `floor=` (minimum propensity of every eligible arm, for logs usable off-policy), and
+//! `prune=z` (skip, in each context, an arm dominated with confidence: one that costs no
+//! less than another whose quality's lower bound `mean - z std` exceeds its upper bound
+//! `mean + z std`; 0, the default, prunes nothing).
 //!
 //! | name (aliases) | parameters, defaults | main |
 //! |---|---|---|
@@ -74,6 +77,10 @@ pub struct PolicySpec {
     pub forgetting: Forgetting,
     /// Minimum propensity of every eligible arm (capped at `1 / eligible`).
     pub floor: f64,
+    /// Confidence (in standard deviations) of the domination that removes an arm from a
+    /// decision; 0 keeps every arm.
+    #[serde(default)]
+    pub prune: f64,
 }
 
 const DEFAULT_DRAWS: u32 = 256;
@@ -85,6 +92,7 @@ impl PolicySpec {
             kind,
             forgetting: Forgetting::None,
             floor: 0.0,
+            prune: 0.0,
         }
     }
 
@@ -298,6 +306,7 @@ impl FromStr for PolicySpec {
             (None, None) => Forgetting::None,
         };
         let floor = args.number("floor", false, 0.0, 0.0, 1.0, "[0, 1]")?;
+        let prune = args.number("prune", false, 0.0, 0.0, 10.0, "[0, 10]")?;
         if let Some(main) = args.main {
             return Err(Error::invalid_spec(
                 spec,
@@ -314,6 +323,7 @@ impl FromStr for PolicySpec {
             kind,
             forgetting,
             floor,
+            prune,
         })
     }
 }
@@ -362,6 +372,9 @@ impl fmt::Display for PolicySpec {
         }
         if self.floor > 0.0 {
             args.push(format!("floor={}", self.floor));
+        }
+        if self.prune > 0.0 {
+            args.push(format!("prune={}", self.prune));
         }
         let name = match self.kind {
             PolicyKind::Uniform => "random",
