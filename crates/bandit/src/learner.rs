@@ -427,10 +427,10 @@ impl Learner {
         let z = self.config.policy.prune;
         if z > 0.0 {
             let dominated = dominated(&estimates, &costs, &penalties, z);
-            for (p, by) in dominated.iter().enumerate().rev() {
+            for (p, by) in dominated.iter().enumerate() {
                 if let Some(q) = by {
                     excluded.push(format!(
-                        "{}: dominated by {} (cheaper, and better with confidence)",
+                        "{}: dominated by {} (costs no more, better with confidence)",
                         self.arms[eligible[p]].id, self.arms[eligible[*q]].id
                     ));
                 }
