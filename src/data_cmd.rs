@@ -16,7 +16,8 @@ pub enum DataCommand {
     /// Convert a dataset (RouterBench, RouteLLM, Open Bandit Dataset, or the native shapes)
     /// to the wide or logged shape; wide data becomes a log under --logging-policy.
     Convert(ConvertArgs),
-    /// Write the table of a scenario file (default: the built-in scenario).
+    /// Write the table of a scenario file (default: the built-in scenario), or one of the
+    /// validation suite's item-response tables (--irt).
     Generate(GenerateArgs),
 }
 
@@ -54,8 +55,12 @@ pub struct ConvertArgs {
 #[derive(Args)]
 pub struct GenerateArgs {
     /// A scenario file (default: the built-in one).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "irt")]
     scenario: Option<PathBuf>,
+    /// The validation suite's generated table with this many models (`quiver suite` uses
+    /// 3, 11, 30 and 60), with its 70/30 split.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    irt: Option<u16>,
     /// Output file: .csv, .parquet or .jsonl; a `split` column says train or test.
     #[arg(long)]
     out: PathBuf,
@@ -102,6 +107,18 @@ fn convert(args: ConvertArgs) -> Result<()> {
 }
 
 fn generate(args: GenerateArgs) -> Result<()> {
+    if let Some(arms) = args.irt {
+        let (train, test) = quiver_sim::suite::generated_table(usize::from(arms));
+        let splits: Vec<String> = (0..train.rows())
+            .map(|_| "train".to_string())
+            .chain((0..test.rows()).map(|_| "test".to_string()))
+            .collect();
+        let mut data = train;
+        data.append(test)?;
+        write_wide(&data, Some(&splits), &args.out)?;
+        eprintln!("wrote {} ({} rows)", args.out.display(), data.rows());
+        return Ok(());
+    }
     let scenario = match &args.scenario {
         Some(path) => Scenario::parse(&std::fs::read_to_string(path)?, &path.display().to_string())?,
         None => Scenario::builtin()?,

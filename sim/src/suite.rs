@@ -198,17 +198,22 @@ pub fn cases(tables: Vec<(String, WideDataset, WideDataset)>, drift: bool) -> Ve
     out
 }
 
+/// The suite's generated table of `arms` models: training rows and evaluation rows.
+pub fn generated_table(arms: usize) -> (WideDataset, WideDataset) {
+    IrtTable {
+        arms,
+        rows: 4000,
+        seed: 1000 + arms as u64,
+    }
+    .generate()
+}
+
 /// The generated tables of the suite: 3, 11, 30 and 60 models.
 pub fn generated_tables() -> Vec<(String, WideDataset, WideDataset)> {
     [3, 11, 30, 60]
         .into_iter()
         .map(|arms| {
-            let (train, test) = IrtTable {
-                arms,
-                rows: 4000,
-                seed: 1000 + arms as u64,
-            }
-            .generate();
+            let (train, test) = generated_table(arms);
             (format!("irt-{arms}"), train, test)
         })
         .collect()
