@@ -413,17 +413,16 @@ impl Learner {
         if eligible.is_empty() {
             return Err(ErrorKind::NoEligibleArm { reasons: excluded }.into());
         }
-        let estimates: Vec<Estimate> = eligible.iter().map(|&a| self.policy.estimate(a, x)).collect();
-        let latencies: Vec<(f64, f64)> = eligible
+        let mut estimates: Vec<Estimate> = eligible.iter().map(|&a| self.policy.estimate(a, x)).collect();
+        let mut latencies: Vec<(f64, f64)> = eligible
             .iter()
             .map(|&a| self.usage[a].latency_estimate_ms())
             .collect();
-        let penalties: Vec<f64> = costs
+        let mut penalties: Vec<f64> = costs
             .iter()
             .zip(&latencies)
             .map(|(&c, &(l, _))| objective.penalty(c, l))
             .collect();
-        let (mut estimates, mut latencies, mut penalties) = (estimates, latencies, penalties);
         let z = self.config.policy.prune;
         if z > 0.0 {
             let dominated = dominated(&estimates, &costs, &penalties, z);
