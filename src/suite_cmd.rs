@@ -75,13 +75,14 @@ fn report(results: &[CaseResult]) -> String {
         .max()
         .unwrap_or(9)
         .max(9);
+    let tables = results.iter().map(|r| r.table.len()).max().unwrap_or(5).max(5);
     let mut out = format!(
-        "{:<22} {:>6} {:<width$} {:>8} {:>8} {:>8} {:>8}\n",
+        "{:<tables$} {:>6} {:<width$} {:>8} {:>8} {:>8} {:>8}\n",
         "table", "budget", "candidate", "quality", "spend", "hull", "lift"
     );
     for r in results {
         out.push_str(&format!(
-            "{:<22} {:>5.0}% {:<width$} {:>8.4} {:>7.1}% {:>8.4} {:>+8.4}\n",
+            "{:<tables$} {:>5.0}% {:<width$} {:>8.4} {:>7.1}% {:>8.4} {:>+8.4}\n",
             r.table,
             100.0 * r.budget_share,
             r.candidate,

@@ -10,7 +10,9 @@
 //! mean ability, unevenly (`exp(1.6 ability + N(0, 0.6))`, scaled to RouterBench's range of
 //! $0.00005 to $0.005), times the prompt's length. Each table has 3, 11, 30 or 60 models and
 //! 4,000 prompts, 70% to train on (bandit feedback) and 30% to evaluate; the drift cases
-//! lower the best model's quality by 0.3 halfway through the evaluation. Budgets are 10%,
+//! take 0.3 off the best model's quality on every row (clamped at 0, so a correct answer
+//! scores 0.7 and a wrong one stays 0) halfway through the evaluation, and are scored
+//! against the hull of the table as it drifted. Budgets are 10%,
 //! 25% and 50% of the best single model's mean cost on the training rows.
 //!
 //! A case's score is the lift over the hull: the evaluated policy's quality minus the best
@@ -265,6 +267,24 @@ pub struct CaseResult {
     pub lift: f64,
 }
 
+/// The table as a drifted evaluation sees it on average, so that the single models and
+/// the hull are scored on what the policy faced: the drifted model's quality on each row
+/// is its mean over the request orders, `(1 - f) q + f clamp(q + delta, 0, 1)`, where `f`
+/// is the share of the evaluated requests at or after the drift's step.
+fn expected_after(data: &WideDataset, drift: &Drift) -> WideDataset {
+    let mut out = data.clone();
+    let Some(arm) = data.arms.iter().position(|a| *a == drift.arm) else {
+        return out;
+    };
+    let f = data.rows().saturating_sub(drift.step) as f64 / data.rows().max(1) as f64;
+    let k = data.num_arms();
+    for row in 0..data.rows() {
+        let q = data.quality(row, arm);
+        out.quality[row * k + arm] = (1.0 - f) * q + f * (q + drift.delta).clamp(0.0, 1.0);
+    }
+    out
+}
+
 /// Runs every candidate on every case over `seeds` seeds, with the server's context (the
 /// prompt, no task label) and only the budget set.
 pub fn run(
@@ -302,8 +322,12 @@ pub fn run(
                 checkpoints: 2,
             };
             let runs = replay(&env, Some(&train), &settings, progress)?;
+            let scored = match &case.drift {
+                Some(drift) => expected_after(&case.test, drift),
+                None => case.test.clone(),
+            };
             let summary =
-                crate::report::summarize(&case.test, &builder.definition(), None, &settings, &runs, None);
+                crate::report::summarize(&scored, &builder.definition(), None, &settings, &runs, None);
             let p = &summary.policies[0];
             results.push(CaseResult {
                 table: case.table.clone(),
@@ -383,6 +407,26 @@ mod tests {
         let r = &results[0];
         assert!((r.lift - (r.quality - r.hull)).abs() < 1e-12);
         assert!(r.feasible && (r.spend_vs_budget - 1.0).abs() < 0.05, "{r:?}");
+    }
+
+    /// Halfway drift of -0.3: a correct answer of the drifted model averages 0.85, a wrong
+    /// one stays 0, the other models are untouched.
+    #[test]
+    fn a_drifted_table_is_scored_at_its_expectation() {
+        let (_, mut test) = IrtTable {
+            arms: 2,
+            rows: 20,
+            seed: 2,
+        }
+        .generate();
+        test.retain_rows(|r| r < 2);
+        test.quality = vec![1.0, 1.0, 0.0, 1.0];
+        let drift = Drift {
+            arm: test.arms[0].clone(),
+            step: 1,
+            delta: -0.3,
+        };
+        assert_eq!(expected_after(&test, &drift).quality, vec![0.85, 1.0, 0.0, 1.0]);
     }
 
     #[test]

@@ -215,17 +215,18 @@ impl TrackedDecision {
 }
 
 /// For each arm (by position), an arm that dominates it with confidence `z`, if any: one
-/// that costs no more, is penalized no more, and whose quality's lower bound
-/// `mean - z std` exceeds this arm's upper bound `mean + z std`. Domination is a strict
-/// order, so the arms it leaves always include a best one.
-fn dominated(estimates: &[Estimate], costs: &[f64], penalties: &[f64], z: f64) -> Vec<Option<usize>> {
+/// that costs no more, is no slower, and whose quality's lower bound `mean - z std`
+/// exceeds this arm's upper bound `mean + z std`, so that it wins at every cost and
+/// latency weight (those of a budget's band included). Domination is a strict order, so
+/// the arms it leaves always include a best one.
+fn dominated(estimates: &[Estimate], costs: &[f64], latencies: &[(f64, f64)], z: f64) -> Vec<Option<usize>> {
     (0..estimates.len())
         .map(|p| {
             let upper = estimates[p].mean + z * estimates[p].std;
             (0..estimates.len()).find(|&q| {
                 q != p
                     && costs[q] <= costs[p]
-                    && penalties[q] <= penalties[p]
+                    && latencies[q].0 <= latencies[p].0
                     && estimates[q].mean - z * estimates[q].std > upper
             })
         })
@@ -425,7 +426,7 @@ impl Learner {
             .collect();
         let z = self.config.policy.prune;
         if z > 0.0 {
-            let dominated = dominated(&estimates, &costs, &penalties, z);
+            let dominated = dominated(&estimates, &costs, &latencies, z);
             for (p, by) in dominated.iter().enumerate() {
                 if let Some(q) = by {
                     excluded.push(format!(
@@ -635,12 +636,28 @@ impl Learner {
                 quality_recorded: false,
             },
         );
+        self.forget_beyond_horizon();
+        self.next_decision = self.next_decision.max(id + 1);
+    }
+
+    fn forget_beyond_horizon(&mut self) {
         while self.tracked.len() > self.config.max_tracked_decisions {
             if let Some(&(oldest, _)) = self.tracked.get_min() {
                 self.tracked.remove(&oldest);
             }
         }
-        self.next_decision = self.next_decision.max(id + 1);
+    }
+
+    /// Changes how many decisions are remembered for late feedback: an operational
+    /// setting, not part of what was learned, so a restored learner takes the one
+    /// configured now. The oldest decisions beyond it are forgotten.
+    pub fn set_max_tracked_decisions(&mut self, n: usize) -> Result<()> {
+        if n == 0 {
+            return Err(ErrorKind::InvalidConfig("max_tracked_decisions must be at least 1".into()).into());
+        }
+        self.config.max_tracked_decisions = n;
+        self.forget_beyond_horizon();
+        Ok(())
     }
 
     /// Re-registers, after a restart, that decision `id`'s outcome was recorded before the

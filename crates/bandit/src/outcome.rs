@@ -136,16 +136,18 @@ impl Objective {
 /// cost `c`, `lambda <- clip(lambda + eta * (c / target_usd - 1), 0, lambda_max)`
 /// (projected subgradient step on the Lagrangian, as in Agrawal & Devanur 2014 and
 /// Balseiro et al. 2023's dual mirror descent). Summing the steps shows that the average
-/// spend exceeds the target by at most `target * lambda_T / (eta * T)`, which vanishes.
+/// spend exceeds the target by at most `target * lambda_T / (eta_T * T)`, which vanishes:
+/// the step `eta_n` shrinks as `eta / sqrt(1 + eta n)`, at most tenfold.
 ///
 /// Where the budget binds between two arms the optimal policy is randomized (the linear
 /// program of bandits with knapsacks mixes them: Badanidiyuru, Kleinberg and Slivkins
 /// 2013; Agrawal and Devanur 2016 for the contextual case). A decision therefore does not
 /// take the argmax at `lambda` alone: it mixes, with equal weight, the choices at
 /// [`BudgetPacer::extra_cost_weights`], points of the band `lambda * (1 +- PACING_BAND)`.
-/// An arm's probability is the share of the band where it wins, so expected spend is a
-/// continuous, decreasing function of `lambda`, the dual settles where it equals the
-/// target instead of flipping between two arms, and the propensity is exact.
+/// An arm's probability is the share of the band points where it wins, so expected spend
+/// falls with `lambda` in steps of an eighth of the gap between two arms rather than all
+/// at once, the dual settles near the target instead of flipping between two arms, and the
+/// propensity is the mixture of the policy's own (exact where the policy's is).
 /// While the budget does not bind (`lambda = 0`) the band is empty and nothing changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BudgetPacer {

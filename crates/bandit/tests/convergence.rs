@@ -235,7 +235,6 @@ fn a_binding_budget_mixes_the_hull_arms_with_honest_propensities() {
         // The multiplier settles: its spread over the second half is small against its level.
         let mean = lambdas.iter().sum::<f64>() / half;
         let sd = (lambdas.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / half).sqrt();
-        println!("{spec}: spend {mean_spend:.6} quality {mean_quality:.4} share {share:.3} mixed {mixed} lambda {mean:.3} sd {sd:.3}");
         assert!(sd < 0.1 * mean, "{spec}: lambda {mean} +- {sd}");
     }
 }

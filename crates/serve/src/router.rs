@@ -248,7 +248,6 @@ struct RouterSnapshot {
     routes: BTreeMap<String, Snapshot>,
     /// Per route whose learner is saved without its tracked decisions, where to rebuild
     /// them from. Routes absent here keep them in their learner (the older format).
-    #[serde(default)]
     tracked_from: BTreeMap<String, TrackedFrom>,
     /// Per route, the definition of its contexts (see [`Featurizer::definition`]): the
     /// learners' weights mean nothing under another.
@@ -314,6 +313,35 @@ impl RouterSnapshotFile {
             contexts: self.contexts,
         }
     }
+}
+
+/// What differs between a restored learner and the configured one, in the settings that
+/// give what it learned its meaning, said with both values; `None` when nothing does.
+fn learning_change(restored: &Learner, configured: &Learner) -> Option<String> {
+    let (then, now) = (restored.config(), configured.config());
+    if then.policy != now.policy {
+        return Some(format!("policy (`{}` then, `{}` now)", then.policy, now.policy));
+    }
+    if restored.arms() != configured.arms() {
+        let ids = |l: &Learner| {
+            l.arms()
+                .iter()
+                .map(|a| a.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Some(format!(
+            "models or their prices ([{}] then, [{}] now)",
+            ids(restored),
+            ids(configured)
+        ));
+    }
+    (then != now).then(|| {
+        format!(
+            "weights, budget, seed or dimension (w_cost {} then, {} now; budget {:?} then, {:?} now)",
+            then.objective.w_cost, now.objective.w_cost, then.budget, now.budget
+        )
+    })
 }
 
 /// A route's oldest tracked decision at a snapshot, and the log position of its record.
@@ -567,13 +595,15 @@ impl Router {
                             ),
                         });
                     }
-                    if restored.config() != state.learner.config() || restored.arms() != state.learner.arms()
-                    {
+                    let mut restored = restored;
+                    restored.set_max_tracked_decisions(state.learner.config().max_tracked_decisions)?;
+                    if let Some(change) = learning_change(&restored, &state.learner) {
                         return Err(ServeError::Snapshot {
                             path: path.clone(),
                             reason: format!(
-                                "route `{name}` changed its policy, models or weights since the snapshot; \
-                                 move the snapshot away to start it afresh"
+                                "route `{name}` changed its {change} since the snapshot; write the \
+                                 snapshot's setting in the configuration to keep what the route \
+                                 learned, or move the snapshot away to start it afresh"
                             ),
                         });
                     }

@@ -483,3 +483,34 @@ fn after_a_failed_write_nothing_more_is_acknowledged() {
         .unwrap();
     assert_eq!(applied, Applied::Applied);
 }
+
+/// A snapshot restores under another feedback horizon (an operational setting, as when a
+/// default changes on upgrade); a changed policy refuses, naming both specs.
+#[test]
+fn a_new_horizon_restores_and_a_new_policy_is_named() {
+    let dir = scratch("router_upgrade");
+    let mut router = Router::open_with(routes(), &dir, crash_options()).unwrap();
+    workload(&mut router, 0..30, &mut Vec::new());
+    router.snapshot().unwrap();
+    drop(router);
+    let wider = RouterOptions {
+        feedback_horizon: 1000,
+        ..crash_options()
+    };
+    let reopened = Router::open_with(routes(), &dir, wider).unwrap();
+    assert_eq!(
+        reopened.learner("code").unwrap().config().max_tracked_decisions,
+        1000
+    );
+    drop(reopened);
+    let mut changed = routes();
+    changed[1].policy = "beta-ts(alpha=2)".into();
+    let error = Router::open_with(changed, &dir, crash_options())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("changed its policy (`beta-ts(alpha=1,beta=1,draws=256)` then, `beta-ts(alpha=2,beta=1,draws=256)` now)"),
+        "{error}"
+    );
+}
