@@ -168,16 +168,13 @@ async fn serve_connections(
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let mut builder = ConnectionBuilder::new(TokioExecutor::new());
+    // HTTP/1.1 only: an idle HTTP/2 connection is kept alive by pings and would hold its
+    // slot forever, and OpenAI's SDKs speak HTTP/1.1 to a plain-text gateway.
+    let mut builder = ConnectionBuilder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(limits.header_read_timeout)
-        .keep_alive_timeout(limits.header_read_timeout);
     let builder = Arc::new(builder);
     let busy = axum::Router::new().fallback(crate::request_limits::overloaded);
     let serving = Arc::new(Semaphore::new(limits.max_connections));
@@ -213,7 +210,7 @@ async fn serve_connections(
         let mut stop = stop.clone();
         tokio::spawn(async move {
             tokio::select! {
-                arrived = first_bytes_arrive(&stream, limits.header_read_timeout) => if !arrived {
+                arrived = first_byte_arrives(&stream, limits.header_read_timeout) => if !arrived {
                     return;
                 },
                 _ = stop.wait_for(|&stopping| stopping) => return,
@@ -243,23 +240,15 @@ async fn serve_connections(
 /// How long a stop waits for open requests and streams to finish.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
 
-/// What an HTTP/2 connection opens with without TLS.
-const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Waits, at most `limit`, until the client has sent enough to tell HTTP/1 from HTTP/2.
-/// hyper's header timeout starts only after that, so a connection that sends nothing
-/// (or a few bytes of the HTTP/2 preface) would otherwise be held forever.
-async fn first_bytes_arrive(stream: &tokio::net::TcpStream, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut seen = [0u8; HTTP2_PREFACE.len()];
-    loop {
-        match tokio::time::timeout_at(deadline, stream.peek(&mut seen)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return false,
-            Ok(Ok(n)) if n == seen.len() || seen[..n] != HTTP2_PREFACE[..n] => return true,
-            // A prefix of the preface: peek returns at once while bytes wait, so pause.
-            Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
+/// Waits, at most `limit`, for the client's first byte: hyper's header timeout covers a
+/// request head once it has begun, so a connection that sends nothing would otherwise be
+/// held forever.
+async fn first_byte_arrives(stream: &tokio::net::TcpStream, limit: Duration) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(limit, stream.peek(&mut first)).await,
+        Ok(Ok(1))
+    )
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
