@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use quiver_bandit::{Objective, PolicySpec};
-use quiver_sim::context::ContextBuilder;
+use quiver_sim::context::{task_in_context, ContextBuilder};
 use quiver_sim::data::{load, Dataset, Format, Split};
 use quiver_sim::logging::{log_wide, LoggingSettings};
 use quiver_sim::scenario::Scenario;
@@ -82,10 +82,10 @@ fn convert(args: ConvertArgs) -> Result<()> {
         (Dataset::Logged(log), "logged") => quiver_sim::write::write_logged(&log, &args.out)?,
         (Dataset::Wide(data), "logged") => {
             let spec: PolicySpec = args.logging_policy.parse()?;
-            // The server's context: the task enters only where there is no prompt.
-            let tasks = match &data.prompts {
-                Some(_) => &[][..],
-                None => data.tasks.as_deref().unwrap_or_default(),
+            let tasks = if task_in_context(data.prompts.is_some(), false) {
+                data.tasks.as_deref().unwrap_or_default()
+            } else {
+                &[][..]
             };
             let builder = ContextBuilder::new(data.prompts.is_some(), tasks, data.feature_names.len());
             let settings = LoggingSettings {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use quiver_bandit::{Objective, PolicySpec, DEFAULT_PACING_STEP};
-use quiver_sim::context::ContextBuilder;
+use quiver_sim::context::{task_in_context, ContextBuilder};
 use quiver_sim::data::{load, load_wide, Dataset, Format, LoggedDataset, Split, WideDataset};
 use quiver_sim::ope::{estimator_by_name, Estimator};
 
@@ -328,7 +328,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         }
     }
     let mut tasks: Vec<String> = Vec::new();
-    if args.task_feature || data.prompts.is_none() {
+    if task_in_context(data.prompts.is_some(), args.task_feature) {
         tasks.extend(data.tasks.clone().unwrap_or_default());
         if let Some(t) = &train {
             tasks.extend(t.tasks.clone().unwrap_or_default());

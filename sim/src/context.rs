@@ -13,6 +13,12 @@ use quiver_bandit::{Context, Featurizer, HashingFeaturizer};
 use crate::data::{LoggedDataset, WideDataset};
 use crate::error::Result;
 
+/// Whether a table's task label enters its contexts: only when asked (the requests will
+/// send it as features), or when the table has no prompts and the task is all there is.
+pub fn task_in_context(has_prompts: bool, asked: bool) -> bool {
+    asked || !has_prompts
+}
+
 /// Builds contexts with one fixed layout.
 #[derive(Debug, Clone)]
 pub struct ContextBuilder {

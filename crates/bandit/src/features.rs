@@ -141,9 +141,7 @@ impl Featurizer for HashingFeaturizer {
             }
             .into());
         }
-        for (i, &v) in extra.iter().enumerate() {
-            limits::FEATURE.check(&format!("features[{i}]"), v)?;
-        }
+        limits::FEATURE.check_all("features", extra)?;
         let input_tokens = estimate_tokens(prompt);
         let lower = prompt.to_lowercase();
         let words: Vec<&str> = lower

@@ -379,10 +379,7 @@ impl Learner {
             }
             .into());
         }
-        for (i, &v) in features.iter().enumerate() {
-            limits::FEATURE.check(&format!("features[{i}]"), v)?;
-        }
-        Ok(())
+        limits::FEATURE.check_all("features", features)
     }
 
     /// Everything a decision computes, before it is explained.

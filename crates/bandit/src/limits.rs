@@ -48,6 +48,18 @@ impl Bound {
         }
     }
 
+    /// Checks every value of the vector `name`; an error names the first bad one as
+    /// `name[i]`. The name is formatted only then: this runs on every decision.
+    pub fn check_all(&self, name: &str, values: &[f64]) -> Result<()> {
+        match values
+            .iter()
+            .position(|&v| !v.is_finite() || !(self.lo..=self.hi).contains(&v))
+        {
+            None => Ok(()),
+            Some(i) => self.check(&format!("{name}[{i}]"), values[i]).map(|_| ()),
+        }
+    }
+
     /// `value` moved into the range: for figures that come from a peer rather than a
     /// caller (an upstream's reported usage), which are recorded rather than refused.
     pub fn clamp(&self, value: f64) -> f64 {
