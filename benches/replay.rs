@@ -79,6 +79,7 @@ fn rounds_per_second(c: &mut Criterion) {
             freeze: false,
             train_passes: 0,
             explore_passes: 0,
+            priors: None,
             pacer_step: DEFAULT_PACING_STEP,
             checkpoints: 100,
         };

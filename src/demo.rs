@@ -136,6 +136,7 @@ pub async fn demo_config(listen: Option<String>) -> Result<ServeConfig> {
         budget_usd_per_request: None,
         extra_features: 0,
         seed: 0,
+        priors: None,
     };
     let mut config = ServeConfig::new(std::env::temp_dir().join("quiver-demo"), vec![route]);
     if let Some(listen) = listen {

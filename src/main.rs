@@ -7,6 +7,7 @@
 mod data_cmd;
 mod demo;
 mod ope_cmd;
+mod priors_cmd;
 mod progress;
 mod replay_cmd;
 mod serve_cmd;
@@ -38,6 +39,9 @@ enum Command {
     /// Convert or generate datasets.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
+    /// Fit priors that learners start from, from an evaluation table or a log.
+    #[command(subcommand)]
+    Priors(priors_cmd::PriorsCommand),
     /// Serve routes over HTTP: route, OpenAI-compatible proxy, feedback.
     Serve(serve_cmd::ServeArgs),
     /// The validation suite defaults are chosen by: each candidate's lift over the hull on
@@ -59,6 +63,7 @@ fn main() -> std::process::ExitCode {
         Command::Replay(args) => replay_cmd::run(args),
         Command::Ope(args) => ope_cmd::run(args),
         Command::Data(command) => data_cmd::run(command),
+        Command::Priors(command) => priors_cmd::run(command),
         Command::Serve(args) => serve_cmd::run_serve(args),
         Command::Suite(args) => suite_cmd::run(args),
     };

@@ -4,10 +4,12 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
-use quiver_bandit::{Objective, PolicySpec, DEFAULT_PACING_STEP};
+use quiver_bandit::prior::DEFAULT_PRIOR_CAP;
+use quiver_bandit::{Objective, PolicySpec, Priors, DEFAULT_PACING_STEP};
 use quiver_sim::context::{task_in_context, ContextBuilder};
 use quiver_sim::data::{load, load_wide, Dataset, Format, LoggedDataset, Split, WideDataset};
 use quiver_sim::ope::{estimator_by_name, Estimator};
+use quiver_sim::priors::{fit_wide, TrainFeedback};
 
 use crate::ope_cmd::EstimatorSettings;
 use quiver_sim::replay::{replay, Drift, Environment, Knobs, LatencyModel, ReplaySettings, Variant};
@@ -27,9 +29,21 @@ pub struct ReplayArgs {
     /// scenario's test split).
     #[arg(long)]
     data: Option<String>,
-    /// Learn on this data first (bandit feedback), then evaluate on --data.
+    /// Learn on this data first, then evaluate on --data (see --train-feedback).
     #[arg(long)]
     train: Option<String>,
+    /// How --train teaches the learners: `full` fits priors from every model's outcome on
+    /// every row (an offline evaluation table, as `quiver priors fit` does); `bandit`
+    /// replays it under bandit feedback (--train-passes, --explore-passes), as a log of
+    /// the policy's own traffic would.
+    #[arg(long, default_value = "full")]
+    train_feedback: TrainFeedback,
+    /// A table counts as at most this many observations per model when fitting priors.
+    #[arg(long, default_value_t = DEFAULT_PRIOR_CAP)]
+    prior_cap: f64,
+    /// Start every learner from this priors file (written by `quiver priors fit`).
+    #[arg(long)]
+    priors: Option<PathBuf>,
     /// Data format.
     #[arg(long, default_value = "auto")]
     format: String,
@@ -76,7 +90,7 @@ pub struct ReplayArgs {
     /// Evaluate without learning (after --train).
     #[arg(long)]
     freeze: bool,
-    /// Passes over --train.
+    /// Passes over --train, under --train-feedback bandit.
     #[arg(long, default_value_t = 1)]
     train_passes: usize,
     /// The first N passes over --train draw models uniformly at random, and the learner
@@ -152,6 +166,14 @@ fn parse_latency(text: &str, arms: usize) -> Result<LatencyModel> {
         median_ms: vec![median; arms],
         sigma,
     })
+}
+
+/// Reads a priors file and checks it was fitted on contexts built as `definition`.
+pub fn read_priors(path: &std::path::Path, definition: &str) -> Result<Priors> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let priors = Priors::from_json(&text).with_context(|| path.display().to_string())?;
+    priors.check_context(definition)?;
+    Ok(priors)
 }
 
 /// The data to evaluate (`loaded`, when given) and to train on, and the base objective.
@@ -276,8 +298,10 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         let split: Option<Split> = args.split.as_deref().map(str::parse).transpose()?;
         match load(path, args.format.parse()?, split.as_ref())? {
             Dataset::Logged(log) => {
-                if args.train.is_some() {
-                    bail!("--train applies to full-information data; a log is evaluated off-policy");
+                if args.train.is_some() || args.priors.is_some() {
+                    bail!(
+                        "--train and --priors apply to full-information data; a log is evaluated off-policy"
+                    );
                 }
                 return replay_log(&args, log, &specs);
             }
@@ -295,6 +319,9 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     let sweep = args.sweep.as_deref().map(parse_sweep).transpose()?;
     let drift = args.drift.as_deref().map(parse_drift).transpose()?;
     let (data, train, objective) = datasets(&args, loaded)?;
+    if args.train_feedback == TrainFeedback::Full && (args.explore_passes > 0 || args.train_passes > 1) {
+        bail!("--train-passes and --explore-passes apply to --train-feedback bandit");
+    }
     if args.explore_passes > 0 && (train.is_none() || args.explore_passes > args.train_passes.max(1)) {
         bail!(
             "--explore-passes {} needs training data and at most --train-passes passes",
@@ -336,10 +363,26 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     }
     let builder = ContextBuilder::new(data.prompts.is_some(), &tasks, data.feature_names.len());
     let env = Environment::new(&data, &builder)?;
-    let train_env = train
+    let mut train_env = train
         .as_ref()
         .map(|t| Environment::new(t, &builder))
         .transpose()?;
+    let mut priors = args
+        .priors
+        .as_deref()
+        .map(|path| read_priors(path, &builder.definition()))
+        .transpose()?;
+    if args.train_feedback == TrainFeedback::Full {
+        if let Some(t) = train_env.take() {
+            if priors.is_some() {
+                bail!("--priors and --train both give priors; use one, or --train-feedback bandit");
+            }
+            if !(args.prior_cap >= 1.0 && args.prior_cap.is_finite()) {
+                bail!("--prior-cap must be a number of observations, at least 1");
+            }
+            priors = Some(fit_wide(&t, &builder.definition(), args.prior_cap));
+        }
+    }
     let latency = match (&args.latency_model, data.latency_ms.is_some()) {
         (Some(text), false) => Some(parse_latency(text, data.num_arms())?),
         (Some(_), true) => {
@@ -359,6 +402,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         freeze: args.freeze,
         train_passes: args.train_passes.max(1),
         explore_passes: args.explore_passes,
+        priors,
         pacer_step: args.pacer_step,
         checkpoints: 200,
     };

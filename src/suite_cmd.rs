@@ -6,8 +6,10 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
+use quiver_bandit::prior::DEFAULT_PRIOR_CAP;
 use quiver_bandit::PolicySpec;
 use quiver_sim::data::{load_wide, Format};
+use quiver_sim::priors::TrainFeedback;
 use quiver_sim::suite::{self, Candidate, CaseResult};
 
 use crate::progress::bar;
@@ -19,9 +21,15 @@ pub struct SuiteArgs {
     /// Comma-separated policy specs to compare.
     #[arg(long, default_value = DEFAULT_POLICIES)]
     candidates: String,
-    /// Passes over each case's training rows.
+    /// How the training rows teach the candidates: `full` (priors) or `bandit` (a replay).
+    #[arg(long, default_value = "full")]
+    train_feedback: TrainFeedback,
+    /// Passes over each case's training rows, under bandit feedback.
     #[arg(long, default_value_t = 1)]
     train_passes: usize,
+    /// The priors' cap on observations per model.
+    #[arg(long, default_value_t = DEFAULT_PRIOR_CAP)]
+    prior_cap: f64,
     /// Seeds per case.
     #[arg(long, default_value_t = 2)]
     seeds: u64,
@@ -40,7 +48,9 @@ pub fn run(args: SuiteArgs) -> Result<()> {
         .map(|s| {
             Ok(Candidate {
                 spec: s.parse::<PolicySpec>()?,
+                feedback: args.train_feedback,
                 train_passes: args.train_passes,
+                prior_cap: args.prior_cap,
             })
         })
         .collect::<Result<_>>()?;

@@ -391,3 +391,73 @@ fn suite_tables_generate_to_files_that_replay_reads() {
     let lift = p["mean_quality"].as_f64().unwrap() - p["hull_quality_at_cost"].as_f64().unwrap();
     assert!((p["lift_over_hull"].as_f64().unwrap() - lift).abs() < 1e-12);
 }
+
+#[test]
+fn priors_fitted_from_a_table_carry_what_each_model_is_good_at() {
+    let dir = scratch("priors_fit");
+    let data = wide_fixture(&dir);
+    let priors = dir.join("priors.json");
+    let fit = |extra: &[&str]| {
+        let mut args = vec![
+            "priors",
+            "fit",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            priors.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        quiver(&args)
+    };
+    assert!(fit(&[]).status.success());
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&priors).unwrap()).unwrap();
+    assert_eq!(v["context"], "hashing(words=40,chars=16,caller=1)");
+    assert_eq!(v["arms"].as_object().unwrap().len(), 3);
+    // small answers the 80 chat rows of 120 well; 120 rows are under the default cap.
+    let small = &v["arms"]["small"];
+    assert_eq!(small["rows"], 120.0);
+    assert_eq!(small["observations"], 120.0);
+    assert!((small["sum"].as_f64().unwrap() - 80.0).abs() < 1e-9);
+
+    // A frozen greedy learner decides from the priors alone: code goes to big:2024 and
+    // chat to small or mid/v1, which answers every row well; without priors it cannot
+    // tell the models apart and stays on one.
+    let frozen = |with_priors: bool| {
+        let mut args = vec![
+            "replay",
+            "--data",
+            data.to_str().unwrap(),
+            "--policies",
+            "linucb(alpha=0)",
+            "--freeze",
+            "--seeds",
+            "1",
+            "--json",
+        ];
+        if with_priors {
+            args.extend(["--priors", priors.to_str().unwrap()]);
+        }
+        let v: serde_json::Value = serde_json::from_str(&stdout(&quiver(&args))).unwrap();
+        v["policies"][0]["mean_quality"].as_f64().unwrap()
+    };
+    let (with, without) = (frozen(true), frozen(false));
+    assert!(with >= 0.95 && with > without + 0.2, "{with} vs {without}");
+
+    // Priors fitted on other contexts (here with the task one-hot) are refused by name.
+    assert!(fit(&["--cap", "50", "--task-feature"]).status.success());
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&priors).unwrap()).unwrap();
+    assert_eq!(v["arms"]["small"]["observations"], 50.0);
+    let e = stderr(&quiver(&[
+        "replay",
+        "--data",
+        data.to_str().unwrap(),
+        "--priors",
+        priors.to_str().unwrap(),
+    ]));
+    assert!(
+        e.contains("fitted on contexts `hashing(words=40,chars=16,caller=3)`")
+            && e.contains("hashing(words=40,chars=16,caller=1)"),
+        "{e}"
+    );
+    assert!(stderr(&fit(&["--cap", "0"])).contains("--cap"));
+}

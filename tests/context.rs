@@ -40,6 +40,7 @@ fn route(extra_features: usize) -> RouteConfig {
         budget_usd_per_request: None,
         extra_features,
         seed: 0,
+        priors: None,
     }
 }
 

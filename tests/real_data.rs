@@ -5,11 +5,13 @@
 
 use std::path::PathBuf;
 
+use quiver_bandit::prior::DEFAULT_PRIOR_CAP;
 use quiver_bandit::{Objective, PolicySpec, DEFAULT_PACING_STEP};
 use quiver_sim::context::ContextBuilder;
 use quiver_sim::data::{load_logged, load_wide, Format, WideDataset};
 use quiver_sim::metrics;
 use quiver_sim::ope::{estimate, inputs_for, run_candidate, Ips, Metric, Snips};
+use quiver_sim::priors::fit_wide;
 use quiver_sim::replay::{replay, Environment, Knobs, ReplaySettings, Variant};
 use quiver_sim::report::{summarize, PolicySummary, Summary};
 
@@ -88,6 +90,7 @@ fn routerbench_replay(
         freeze: false,
         train_passes: 3,
         explore_passes,
+        priors: None,
         pacer_step,
         checkpoints: 10,
     };
@@ -201,6 +204,7 @@ fn routellm_apgr_and_cpt_match_brute_force() {
             freeze: false,
             train_passes: 1,
             explore_passes: 0,
+            priors: None,
             pacer_step: DEFAULT_PACING_STEP,
             checkpoints: 4,
         };
@@ -339,6 +343,66 @@ fn open_bandit_dataset_off_policy_estimate_of_random_matches_its_on_policy_click
             lo - 2.0 * se_on <= on_policy && on_policy <= hi + 2.0 * se_on,
             "{} interval misses {on_policy}",
             e.estimator
+        );
+    }
+}
+
+/// The replay's defaults on RouterBench (`quiver replay --train *_train.csv --data
+/// *_test.csv --budget 0.0012 --seeds 10`): the linear learners start from priors fitted on
+/// the train files and clear the hull by 3 points within 25% of gpt-4's cost.
+/// (The routing-quality target is 96% and +5 points; this guards what is reached.)
+#[test]
+fn routerbench_defaults_start_from_priors_and_clear_the_hull() {
+    let Some(dir) = datasets() else { return };
+    let (train, test) = routerbench(&dir);
+    let builder = ContextBuilder::new(true, &[], 0);
+    let env = Environment::new(&test, &builder).unwrap();
+    let priors = fit_wide(
+        &Environment::new(&train, &builder).unwrap(),
+        &builder.definition(),
+        DEFAULT_PRIOR_CAP,
+    );
+    let settings = ReplaySettings {
+        variants: ["linucb(alpha=0.5)", "lints(v=0.1,draws=64)"]
+            .map(|s| variant(s, Objective::default(), Some(0.0012)))
+            .to_vec(),
+        seeds: 10,
+        knobs: Knobs::default(),
+        freeze: false,
+        train_passes: 1,
+        explore_passes: 0,
+        priors: Some(priors),
+        pacer_step: DEFAULT_PACING_STEP,
+        checkpoints: 2,
+    };
+    let runs = replay(&env, None, &settings, &|| {}).unwrap();
+    let summary = summarize(
+        &test,
+        &builder.definition(),
+        Some(train.rows()),
+        &settings,
+        &runs,
+        None,
+    );
+    for p in &summary.policies {
+        print_shares(p);
+        assert!(
+            p.quality_vs_best_single >= 0.94,
+            "{}: {}",
+            p.policy,
+            p.quality_vs_best_single
+        );
+        assert!(
+            p.cost_vs_best_single <= 0.25,
+            "{}: {}",
+            p.policy,
+            p.cost_vs_best_single
+        );
+        assert!(
+            p.lift_over_hull >= 0.03,
+            "{}: lift {}",
+            p.policy,
+            p.lift_over_hull
         );
     }
 }

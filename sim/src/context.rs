@@ -69,9 +69,14 @@ impl ContextBuilder {
         )
     }
 
-    /// The context of every decision of a log (its prompt and features; logs carry no task).
+    /// The builder of a log's contexts: its prompts and features (logs carry no task).
+    pub fn for_log(log: &LoggedDataset) -> Self {
+        ContextBuilder::new(log.prompts.is_some(), &[], log.feature_names.len())
+    }
+
+    /// The context of every decision of a log (see [`ContextBuilder::for_log`]).
     pub fn log_contexts(log: &LoggedDataset) -> Result<Vec<Context>> {
-        let builder = ContextBuilder::new(log.prompts.is_some(), &[], log.feature_names.len());
+        let builder = Self::for_log(log);
         (0..log.rows())
             .map(|i| {
                 builder.build(

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod ope;
 pub mod output;
 pub mod plot;
+pub mod priors;
 pub mod replay;
 pub mod report;
 pub mod scenario;

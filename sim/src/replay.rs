@@ -4,8 +4,10 @@
 //! is revealed to it (cost and latency at once, quality after the feedback delay, or never
 //! for the missing share). Every arm's true value is known to the simulator, so it tracks
 //! the reward, regret against the best fixed arm in hindsight and against the per-request
-//! oracle. With a training set, the learner first learns on it (bandit feedback, same
-//! knobs), then is evaluated on the data, still learning unless frozen.
+//! oracle. Learners may start from priors ([`ReplaySettings::priors`], fitted from a
+//! training table with every model's outcome); with a training set, the learner first
+//! learns on it under bandit feedback (same knobs), then is evaluated on the data, still
+//! learning unless frozen.
 //!
 //! Runs of (variant, seed) are independent and run in parallel; results come back in a
 //! fixed order, so the output is the same byte for byte for the same seed and input.
@@ -13,7 +15,7 @@
 use std::collections::VecDeque;
 
 use quiver_bandit::{
-    Arm, BudgetConfig, Context, Learner, LearnerConfig, Objective, Outcome, PolicySpec, Request,
+    Arm, BudgetConfig, Context, Learner, LearnerConfig, Objective, Outcome, PolicySpec, Priors, Request,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -96,6 +98,8 @@ pub struct ReplaySettings {
     /// The first this many training passes draw arms uniformly at random, and the learner
     /// learns from what they reveal, as from the log of a uniform exploration phase.
     pub explore_passes: usize,
+    /// Priors every learner starts from (see [`quiver_bandit::prior`]).
+    pub priors: Option<Priors>,
     /// Step size of the budget pacer of variants with a budget.
     pub pacer_step: f64,
     /// Points per regret curve.
@@ -171,9 +175,24 @@ impl<'a> Environment<'a> {
     /// The context of row `row`.
     fn context(&self, row: usize) -> Context {
         Context {
-            features: self.features[row * self.dim..(row + 1) * self.dim].to_vec(),
+            features: self.features(row).to_vec(),
             input_tokens: self.input_tokens[row],
         }
+    }
+
+    /// The features of row `row`.
+    pub fn features(&self, row: usize) -> &[f64] {
+        &self.features[row * self.dim..(row + 1) * self.dim]
+    }
+
+    /// The estimated prompt tokens of row `row`.
+    pub fn input_tokens(&self, row: usize) -> u32 {
+        self.input_tokens[row]
+    }
+
+    /// The dimension of every context.
+    pub fn dim(&self) -> usize {
+        self.dim
     }
 
     /// The dataset.
@@ -317,7 +336,11 @@ fn learner_for(
     });
     // Quality arrives within the delay, so only that many decisions need remembering.
     config.max_tracked_decisions = (settings.knobs.feedback_delay + 1024).min(1_000_000);
-    Ok(Learner::new(config, arms.iter().map(Arm::new).collect())?)
+    let mut learner = Learner::new(config, arms.iter().map(Arm::new).collect())?;
+    if let Some(priors) = &settings.priors {
+        learner.absorb_priors(priors)?;
+    }
+    Ok(learner)
 }
 
 fn shuffled(n: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
@@ -490,6 +513,7 @@ mod tests {
             freeze: false,
             train_passes: 1,
             explore_passes: 0,
+            priors: None,
             pacer_step: DEFAULT_PACING_STEP,
             checkpoints: 10,
         }

@@ -9,7 +9,7 @@
 //! probability `sigmoid(ability[topic] - 1.2 d + 0.6)`; its price per request rises with its
 //! mean ability, unevenly (`exp(1.6 ability + N(0, 0.6))`, scaled to RouterBench's range of
 //! $0.00005 to $0.005), times the prompt's length. Each table has 3, 11, 30 or 60 models and
-//! 4,000 prompts, 70% to train on (bandit feedback) and 30% to evaluate; the drift cases
+//! 4,000 prompts, 70% to train on (priors fitted from every model's outcome, or a replay under bandit feedback) and 30% to evaluate; the drift cases
 //! take 0.3 off the best model's quality on every row (clamped at 0, so a correct answer
 //! scores 0.7 and a wrong one stays 0) halfway through the evaluation, and are scored
 //! against the hull of the table as it drifted. Budgets are 10%,
@@ -22,12 +22,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
+use quiver_bandit::prior::DEFAULT_PRIOR_CAP;
 use quiver_bandit::{Objective, PolicySpec, DEFAULT_PACING_STEP};
 use serde::Serialize;
 
 use crate::context::ContextBuilder;
 use crate::data::WideDataset;
 use crate::error::Result;
+use crate::priors::{fit_wide, TrainFeedback};
 use crate::replay::{replay, Drift, Environment, Knobs, ReplaySettings, Variant};
 
 /// One generated table.
@@ -236,13 +238,32 @@ pub fn folds(name: &str, data: &WideDataset, k: usize) -> Vec<(String, WideDatas
         .collect()
 }
 
-/// A setting the suite compares: a policy and how many passes it trains.
+/// A setting the suite compares: a policy and how it learns from the training rows.
 #[derive(Debug, Clone)]
 pub struct Candidate {
     /// The policy.
     pub spec: PolicySpec,
-    /// Passes over the training rows.
+    /// Priors fitted from the training rows, or a replay of them under bandit feedback.
+    pub feedback: TrainFeedback,
+    /// Passes over the training rows, under bandit feedback.
     pub train_passes: usize,
+    /// The priors' cap on observations per model.
+    pub prior_cap: f64,
+}
+
+impl Candidate {
+    /// The candidate's name in reports: its policy, then how it trains unless by default.
+    pub fn label(&self) -> String {
+        let mut label = self.spec.to_string();
+        match self.feedback {
+            TrainFeedback::Full if self.prior_cap != DEFAULT_PRIOR_CAP => {
+                label.push_str(&format!(" cap={}", self.prior_cap));
+            }
+            TrainFeedback::Full => {}
+            TrainFeedback::Bandit => label.push_str(&format!(" bandit x{}", self.train_passes.max(1))),
+        }
+        label
+    }
 }
 
 /// A candidate's result on one case, averaged over seeds.
@@ -303,6 +324,13 @@ pub fn run(
         let env = Environment::new(&case.test, &builder)?;
         let train = Environment::new(&case.train, &builder)?;
         for candidate in candidates {
+            let (priors, bandit_train) = match candidate.feedback {
+                TrainFeedback::Full => (
+                    Some(fit_wide(&train, &builder.definition(), candidate.prior_cap)),
+                    None,
+                ),
+                TrainFeedback::Bandit => (None, Some(&train)),
+            };
             let settings = ReplaySettings {
                 variants: vec![Variant {
                     spec: candidate.spec.clone(),
@@ -318,10 +346,11 @@ pub fn run(
                 freeze: false,
                 train_passes: candidate.train_passes.max(1),
                 explore_passes: 0,
+                priors,
                 pacer_step: DEFAULT_PACING_STEP,
                 checkpoints: 2,
             };
-            let runs = replay(&env, Some(&train), &settings, progress)?;
+            let runs = replay(&env, bandit_train, &settings, progress)?;
             let scored = match &case.drift {
                 Some(drift) => expected_after(&case.test, drift),
                 None => case.test.clone(),
@@ -332,10 +361,7 @@ pub fn run(
             results.push(CaseResult {
                 table: case.table.clone(),
                 budget_share: case.budget_share,
-                candidate: match candidate.train_passes {
-                    0 | 1 => p.policy.clone(),
-                    n => format!("{} x{n}", p.policy),
-                },
+                candidate: candidate.label(),
                 quality: p.mean_quality,
                 spend_vs_budget: p.mean_cost_usd / case.budget_usd,
                 feasible: case.budget_usd >= cheapest,
@@ -384,7 +410,8 @@ mod tests {
         assert!(oracle > q.iter().copied().fold(0.0, f64::max) + 0.1);
     }
 
-    /// A small case end to end: one result per candidate, the lift is quality minus hull,
+    /// A small case end to end: one result per candidate (trained on priors and under
+    /// bandit feedback), the lift is quality minus hull,
     /// and the budget is kept within 5% over 600 evaluated rows.
     #[test]
     fn a_case_reports_the_lift_over_the_hull() {
@@ -398,15 +425,22 @@ mod tests {
             .into_iter()
             .filter(|c| c.budget_share == 0.5)
             .collect();
-        let candidates = [Candidate {
+        let candidates = [TrainFeedback::Full, TrainFeedback::Bandit].map(|feedback| Candidate {
             spec: "beta-ts".parse().unwrap(),
+            feedback,
             train_passes: 1,
-        }];
+            prior_cap: DEFAULT_PRIOR_CAP,
+        });
         let results = run(&cases, &candidates, 1, &|| {}).unwrap();
-        assert_eq!(results.len(), 1);
-        let r = &results[0];
-        assert!((r.lift - (r.quality - r.hull)).abs() < 1e-12);
-        assert!(r.feasible && (r.spend_vs_budget - 1.0).abs() < 0.05, "{r:?}");
+        assert_eq!(results.len(), 2);
+        assert_eq!(
+            results[1].candidate,
+            format!("{} bandit x1", results[0].candidate)
+        );
+        for r in &results {
+            assert!((r.lift - (r.quality - r.hull)).abs() < 1e-12);
+            assert!(r.feasible && (r.spend_vs_budget - 1.0).abs() < 0.05, "{r:?}");
+        }
     }
 
     /// Halfway drift of -0.3: a correct answer of the drifted model averages 0.85, a wrong

@@ -17,6 +17,7 @@ use crate::pmf;
 use crate::policy::{
     AnyPolicy, Choice, ChoiceInput, DecisionRng, Estimate, Policy, PolicySpec, PropensityKind,
 };
+use crate::prior::Priors;
 use crate::ridge::RidgeTable;
 use crate::stats::Forgetting;
 use crate::usage::ArmUsage;
@@ -369,6 +370,32 @@ impl Learner {
             .iter()
             .position(|a| a.id == id)
             .ok_or_else(|| ErrorKind::UnknownArm(id.to_string()).into())
+    }
+
+    /// Starts the arms from priors fitted offline (see [`crate::prior`]): each arm with a
+    /// prior adds it to what it has learned, and takes its cost sums as its usage prior. Returns the ids of the arms without one. The
+    /// caller checks that the priors were fitted in the context definition its requests
+    /// are featurized with; the learner can check only the dimension.
+    pub fn absorb_priors(&mut self, priors: &Priors) -> Result<Vec<String>> {
+        priors.validate()?;
+        if priors.dim != self.config.dim {
+            return Err(ErrorKind::DimensionMismatch {
+                expected: self.config.dim,
+                found: priors.dim,
+            }
+            .into());
+        }
+        let mut without = Vec::new();
+        for (index, arm) in self.arms.iter().enumerate() {
+            match priors.arms.get(&arm.id) {
+                Some(prior) => {
+                    self.policy.absorb_prior(index, prior);
+                    self.usage[index].prior = prior.usage;
+                }
+                None => without.push(arm.id.clone()),
+            }
+        }
+        Ok(without)
     }
 
     fn validate_features(&self, features: &[f64]) -> Result<()> {

@@ -60,6 +60,7 @@ pub mod outcome;
 mod packed;
 pub mod pmf;
 pub mod policy;
+pub mod prior;
 pub mod ridge;
 pub mod stats;
 pub mod usage;
@@ -73,4 +74,5 @@ pub use learner::{
 };
 pub use outcome::{BudgetPacer, Objective, Outcome};
 pub use policy::{AnyPolicy, Estimate, Policy, PolicyKind, PolicySpec, PropensityKind};
+pub use prior::{ArmPrior, Priors};
 pub use stats::Forgetting;

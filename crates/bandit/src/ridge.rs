@@ -28,6 +28,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use crate::packed::{dot, PackedSymmetric};
+use crate::prior::ArmPrior;
 use crate::stats::{Forgetting, OPTIMISTIC_QUALITY};
 
 /// Updates between two exact refactorizations of a model.
@@ -167,6 +168,15 @@ impl RidgeModel {
         self.refresh();
     }
 
+    /// Adds a prior fitted offline: `A += s P`, `b += s X'r` (see [`crate::prior`]).
+    pub fn absorb_prior(&mut self, prior: &ArmPrior) {
+        let dim = self.b.len();
+        self.precision += prior.precision_matrix(dim);
+        self.b += DVector::from_column_slice(&prior.moment);
+        self.count += prior.observations;
+        self.refresh();
+    }
+
     /// Recomputes `A^-1`, `theta` and `L` exactly from `A` and `b`.
     pub fn refresh(&mut self) {
         self.updates_since_refresh = 0;
@@ -284,6 +294,11 @@ impl RidgeTable {
             self.with_factor,
             self.prior_bias,
         ));
+    }
+
+    /// Adds a prior to one arm's model (see [`RidgeModel::absorb_prior`]).
+    pub fn absorb_prior(&mut self, arm: usize, prior: &ArmPrior) {
+        self.models[arm].absorb_prior(prior);
     }
 
     /// Removes an arm; later arms shift down by one.

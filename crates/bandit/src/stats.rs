@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::Estimate;
+use crate::prior::ArmPrior;
 
 /// How a learner forgets old observations, for rewards that drift.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -144,6 +145,15 @@ impl ArmStatsTable {
             }
         }
         self.arms[arm].add(quality, 1.0);
+    }
+
+    /// Adds a prior's pseudo-observations to `arm` (a window never forgets them; a
+    /// discount shrinks them with the arm's data).
+    pub fn absorb_prior(&mut self, arm: usize, prior: &ArmPrior) {
+        let s = &mut self.arms[arm];
+        s.count += prior.observations;
+        s.sum += prior.sum;
+        s.sum_sq += prior.sum_sq;
     }
 
     /// Appends a fresh arm with no observations.

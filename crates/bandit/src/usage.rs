@@ -38,6 +38,21 @@ pub struct ArmUsage {
     pub latency_ms: f64,
     /// Sum of squared latencies in ms^2.
     pub latency_ms_sq: f64,
+    /// Spend, input tokens and requests that a prior fitted offline counts as (see
+    /// [`crate::prior`]): they inform the expected cost, not the usage reported.
+    #[serde(default)]
+    pub prior: UsagePrior,
+}
+
+/// The cost part of a prior: scaled sums of a table's spend and input tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsagePrior {
+    /// Requests the prior counts as.
+    pub requests: f64,
+    /// Their spend, USD.
+    pub cost_usd: f64,
+    /// Their input tokens.
+    pub input_tokens: f64,
 }
 
 impl ArmUsage {
@@ -62,12 +77,17 @@ impl ArmUsage {
                 default_output_tokens
             };
             t * arm.input_usd_per_token + out * arm.output_usd_per_token
-        } else if self.input_tokens > 0.0 {
-            t * self.cost_usd / self.input_tokens
-        } else if self.requests > 0 {
-            self.cost_usd / self.requests as f64
         } else {
-            0.0
+            let cost = self.cost_usd + self.prior.cost_usd;
+            let tokens = self.input_tokens + self.prior.input_tokens;
+            let requests = self.requests as f64 + self.prior.requests;
+            if tokens > 0.0 {
+                t * cost / tokens
+            } else if requests > 0.0 {
+                cost / requests
+            } else {
+                0.0
+            }
         }
     }
 
@@ -83,6 +103,7 @@ impl ArmUsage {
             output_tokens: self.output_tokens + f64::from(outcome.output_tokens),
             latency_ms: self.latency_ms + outcome.latency_ms,
             latency_ms_sq: self.latency_ms_sq + outcome.latency_ms * outcome.latency_ms,
+            prior: self.prior,
         };
         for (field, value) in [
             ("usage.cost_usd", next.cost_usd),
@@ -121,6 +142,14 @@ mod tests {
         let (mean, se) = u.latency_estimate_ms();
         assert_eq!(mean, 200.0);
         assert!((se - (10_000.0f64 / 2.0).sqrt()).abs() < 1e-9);
+        // A prior's sums pool with the observed ones: $0.006 + $0.003 over 300 + 600 tokens.
+        u.prior = UsagePrior {
+            requests: 3.0,
+            cost_usd: 0.003,
+            input_tokens: 600.0,
+        };
+        assert!((u.expected_cost_usd(&unpriced, 90, 250.0) - 9e-4).abs() < 1e-15);
+        assert_eq!(u.requests, 2, "the usage reported is what was observed");
     }
 
     /// A sum that would overflow refuses the outcome and keeps the statistics intact.

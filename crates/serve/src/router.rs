@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use quiver_bandit::{
     Applied, Arm, BudgetConfig, ChatMessage, Constraints, Context, Decision, Featurizer, HashingFeaturizer,
-    Learner, LearnerConfig, Objective, Outcome, PolicySpec, Request, Snapshot, DEFAULT_PACING_STEP,
+    Learner, LearnerConfig, Objective, Outcome, PolicySpec, Priors, Request, Snapshot, DEFAULT_PACING_STEP,
 };
 use serde::{Deserialize, Serialize};
 
@@ -85,6 +85,11 @@ pub struct RouteConfig {
     /// Seed of the route's decisions.
     #[serde(default)]
     pub seed: u64,
+    /// A priors file (`quiver priors fit`) the route's models start from when the route
+    /// starts without learned state: first start, or `--reset-route`. A snapshot or the
+    /// log already holds what the priors taught.
+    #[serde(default)]
+    pub priors: Option<PathBuf>,
 }
 
 /// A request to route.
@@ -170,6 +175,25 @@ impl DecisionSeqs {
     }
 }
 
+/// Starts `learner` from the priors file at `path`, fitted on contexts built as
+/// `definition`.
+fn absorb_priors_file(learner: &mut Learner, path: &Path, definition: &str, route: &str) -> Result<()> {
+    let text = std::fs::read_to_string(path).map_err(io_at(path))?;
+    let refuse =
+        |e: quiver_bandit::Error| ServeError::Config(format!("route {route}: {}: {e}", path.display()));
+    let priors = Priors::from_json(&text).map_err(refuse)?;
+    priors.check_context(definition).map_err(refuse)?;
+    let without = learner.absorb_priors(&priors).map_err(refuse)?;
+    tracing::info!(
+        route,
+        priors = %path.display(),
+        source = %priors.source,
+        models_without_prior = ?without,
+        "route starts from priors"
+    );
+    Ok(())
+}
+
 impl RouteState {
     fn new(config: RouteConfig, feedback_horizon: usize) -> Result<Self> {
         let spec: PolicySpec = config.policy.parse()?;
@@ -193,9 +217,13 @@ impl RouteState {
                 arm
             })
             .collect();
+        let mut learner = Learner::new(learner_config, arms)?;
+        if let Some(path) = &config.priors {
+            absorb_priors_file(&mut learner, path, &featurizer.definition(), &config.name)?;
+        }
         Ok(RouteState {
             policy: spec.to_string(),
-            learner: Learner::new(learner_config, arms)?,
+            learner,
             featurizer,
             config,
             decision_seqs: DecisionSeqs::default(),

@@ -1,6 +1,6 @@
 //! The in-process router: durability across a crash, idempotent feedback, and the log as a
 //! dataset the simulator reads.
-#![allow(clippy::unwrap_used)] // a test helper that fails should panic
+#![allow(clippy::unwrap_used, clippy::panic)] // a test helper that fails should panic
 
 use std::path::{Path, PathBuf};
 
@@ -45,6 +45,7 @@ fn routes() -> Vec<RouteConfig> {
             budget_usd_per_request: Some(0.002),
             extra_features: 1,
             seed: 3,
+            priors: None,
         },
         RouteConfig {
             name: "code".into(),
@@ -55,6 +56,7 @@ fn routes() -> Vec<RouteConfig> {
             budget_usd_per_request: None,
             extra_features: 0,
             seed: 4,
+            priors: None,
         },
     ]
 }
@@ -513,4 +515,92 @@ fn a_new_horizon_restores_and_a_new_policy_is_named() {
         error.contains("changed its policy (`beta-ts(alpha=1,beta=1,draws=256)` then, `beta-ts(alpha=2,beta=1,draws=256)` now)"),
         "{error}"
     );
+}
+
+/// Priors for the `code` route: `big` answered 95 of 100 past prompts well, `small` 5.
+fn write_priors(path: &Path, context: &str) {
+    use quiver_bandit::prior::{FoldStatistics, PRIORS_VERSION};
+    use quiver_bandit::{Featurizer, HashingFeaturizer, Priors};
+    let featurizer = HashingFeaturizer::for_routes(0);
+    let mut arms = std::collections::BTreeMap::new();
+    for (arm, good) in [("big", 95), ("small", 5)] {
+        let mut stats = FoldStatistics::new(featurizer.dim());
+        for i in 0..100 {
+            let x = featurizer
+                .featurize(&format!("past prompt {i}"), &[])
+                .unwrap()
+                .features;
+            stats.add(i, &x, f64::from(u8::from(i < good)));
+        }
+        arms.insert(arm.to_string(), stats.fit(1e9).unwrap());
+    }
+    let priors = Priors {
+        version: PRIORS_VERSION,
+        context: context.into(),
+        dim: featurizer.dim(),
+        cap: 1e9,
+        source: "test".into(),
+        arms,
+    };
+    std::fs::write(path, serde_json::to_string(&priors).unwrap()).unwrap();
+}
+
+#[test]
+fn a_route_starts_from_its_priors_once() {
+    let dir = scratch("router_priors");
+    std::fs::create_dir_all(&dir).unwrap();
+    let priors = dir.join("priors.json");
+    write_priors(&priors, "hashing(words=40,chars=16,caller=0)");
+    let mut configs = routes();
+    configs[1].priors = Some(priors.clone());
+    let mut router = Router::open_with(configs.clone(), &dir.join("log"), crash_options()).unwrap();
+    // Beta(96, 6) against Beta(6, 96) with no cost weight: big, every time.
+    let (alpha, beta) = match router.learner("code").unwrap().policy() {
+        quiver_bandit::AnyPolicy::BetaTs(p) => (p.posterior(0), p.posterior(1)),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((alpha, beta), ((96.0, 6.0), (6.0, 96.0)));
+    for i in 0..20 {
+        let request = RouteRequest {
+            prompt: Some(format!("new prompt {i}")),
+            ..RouteRequest::default()
+        };
+        assert_eq!(
+            router
+                .route("code", &request)
+                .unwrap()
+                .wait()
+                .unwrap()
+                .decision
+                .arm,
+            "big"
+        );
+    }
+    // A restart, from the log alone and then from a snapshot, counts the priors once.
+    let before = learners_json(&router);
+    drop(router);
+    let router = Router::open_with(configs.clone(), &dir.join("log"), crash_options()).unwrap();
+    assert_eq!(learners_json(&router), before);
+    router.snapshot().unwrap();
+    drop(router);
+    let router = Router::open_with(configs.clone(), &dir.join("log"), crash_options()).unwrap();
+    assert_eq!(learners_json(&router), before);
+    drop(router);
+
+    // Priors of other contexts, or a missing file, stop the start with the route and file.
+    write_priors(&priors, "hashing(words=40,chars=16,caller=2)");
+    let error = Router::open_with(configs.clone(), &dir.join("other"), crash_options())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("route code") && error.contains("priors.json") && error.contains("caller=2"),
+        "{error}"
+    );
+    configs[1].priors = Some(dir.join("missing.json"));
+    let error = Router::open_with(configs, &dir.join("other"), crash_options())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("missing.json"), "{error}");
 }

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Choice, ChoiceInput, DecisionRng, Estimate, Policy};
 use crate::error::{ErrorKind, Result};
+use crate::prior::ArmPrior;
 use crate::stats::{ArmStatsTable, Forgetting};
 
 /// Picks one arm every time; learns means only to report them.
@@ -31,6 +32,10 @@ impl Policy for Fixed {
 
     fn estimate(&self, arm: usize, _features: &[f64]) -> Estimate {
         self.stats.get(arm).estimate()
+    }
+
+    fn absorb_prior(&mut self, arm: usize, prior: &ArmPrior) {
+        self.stats.absorb_prior(arm, prior);
     }
 
     fn choose(&self, input: &ChoiceInput<'_>, _rng: &mut DecisionRng) -> Result<Choice> {

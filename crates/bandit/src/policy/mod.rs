@@ -41,6 +41,7 @@ pub use ucb1::Ucb1;
 pub use uniform::Uniform;
 
 use crate::error::Result;
+use crate::prior::ArmPrior;
 
 /// The random number generator every decision draws from (seeded, serializable).
 pub type DecisionRng = ChaCha8Rng;
@@ -198,6 +199,9 @@ pub trait Policy {
 
     /// Removes an arm; arms after it shift down by one.
     fn remove_arm(&mut self, arm: usize);
+
+    /// Adds a prior fitted offline to what `arm` has learned (see [`crate::prior`]).
+    fn absorb_prior(&mut self, arm: usize, prior: &ArmPrior);
 }
 
 /// Every built-in policy, as one serializable type (snapshots store it).
@@ -248,6 +252,9 @@ impl Policy for AnyPolicy {
     }
     fn remove_arm(&mut self, arm: usize) {
         dispatch!(self, p => p.remove_arm(arm))
+    }
+    fn absorb_prior(&mut self, arm: usize, prior: &ArmPrior) {
+        dispatch!(self, p => p.absorb_prior(arm, prior))
     }
 }
 

@@ -38,6 +38,9 @@ macro_rules! learn_from_arm_stats {
         fn remove_arm(&mut self, arm: usize) {
             self.$field.remove_arm(arm);
         }
+        fn absorb_prior(&mut self, arm: usize, prior: &crate::prior::ArmPrior) {
+            self.$field.absorb_prior(arm, prior);
+        }
     };
 }
 pub(crate) use learn_from_arm_stats;

@@ -1,0 +1,519 @@
+//! Priors fitted offline: what a table of past outcomes says about each arm's quality,
+//! in the form a learner starts from.
+//!
+//! For arm `a` with `n` observed rows `(x_i, r_i)` (every row of a wide evaluation table,
+//! or the rows of a log where `a` was chosen), the fit is a ridge regression that leaves
+//! the bias (feature 0) unshrunk:
+//!
+//! ```text
+//! P = X'X + lambda_a D,  D = diag(0, 1, ..., 1)      (posterior precision, in units of noise)
+//! theta = P^-1 X'r                                   (posterior mean)
+//! ```
+//!
+//! `lambda_a` is chosen per arm by `k`-fold cross-validation of the squared error over a
+//! log grid ([`LAMBDA_GRID`]); the held-out error is computed in closed form from the
+//! folds' sufficient statistics, `sum r^2 - 2 theta'X'r + theta'X'X theta`, so the fit
+//! never keeps the rows.
+//!
+//! A learner adds the prior as pseudo-observations, scaled by `s = min(1, cap / n)`:
+//! linear policies take `A += s P`, `b += s X'r` (the Gaussian prior `N(theta, (sP)^-1)`,
+//! Bishop 2006, section 3.3), non-contextual ones `count += s n`, `sum += s sum r`. The cap
+//! bounds how many observations the table counts as, so that live traffic that differs
+//! from the table moves the estimate within about `cap` requests; weighting supervised
+//! warm-start data against bandit feedback is studied by Zhang, Agarwal, Daume, Langford
+//! and Negahban (2019), "Warm-starting contextual bandits".
+
+use std::collections::BTreeMap;
+
+use nalgebra::{Cholesky, DMatrix, DVector};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ErrorKind, Result};
+use crate::usage::UsagePrior;
+
+/// Format version of [`Priors`] files.
+pub const PRIORS_VERSION: u32 = 1;
+
+/// Default [`Priors::cap`]: a table counts as at most this many observations per arm.
+pub const DEFAULT_PRIOR_CAP: f64 = 2000.0;
+
+/// Cross-validation folds of the ridge choice.
+pub const FOLDS: usize = 5;
+
+/// The ridge values cross-validation chooses from.
+pub const LAMBDA_GRID: [f64; 9] = [0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0];
+
+/// One arm's prior on quality: capped sufficient statistics plus the chosen shrinkage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArmPrior {
+    /// Rows of the table behind the prior, before the cap.
+    pub rows: f64,
+    /// Observations the prior counts as, `s n`.
+    pub observations: f64,
+    /// `s sum r`.
+    pub sum: f64,
+    /// `s sum r^2`.
+    pub sum_sq: f64,
+    /// The ridge cross-validation chose.
+    pub lambda: f64,
+    /// `s P`, its upper triangle row by row.
+    pub precision: Vec<f64>,
+    /// `s X'r`.
+    pub moment: Vec<f64>,
+    /// What the rows cost, scaled by `s` (empty when the table has no costs): arms without
+    /// prices expect `tokens * cost_usd / input_tokens` from it until their own
+    /// observations pool in (see [`crate::usage`]).
+    #[serde(default)]
+    pub usage: UsagePrior,
+}
+
+/// Priors for the arms of one route, fitted from one table in one context definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Priors {
+    /// [`PRIORS_VERSION`] when written.
+    pub version: u32,
+    /// The featurizer definition the contexts were built with
+    /// ([`crate::Featurizer::definition`]); a route with another one cannot use the priors.
+    pub context: String,
+    /// The feature dimension.
+    pub dim: usize,
+    /// The cap on observations per arm the fit applied.
+    pub cap: f64,
+    /// What the priors were fitted from (file names, row counts).
+    pub source: String,
+    /// Per arm id.
+    pub arms: BTreeMap<String, ArmPrior>,
+}
+
+/// Sufficient statistics of one arm's rows, one set per fold.
+#[derive(Debug, Clone)]
+pub struct FoldStatistics {
+    dim: usize,
+    xtx: Vec<DMatrix<f64>>,
+    xtr: Vec<DVector<f64>>,
+    rows: Vec<f64>,
+    sum: Vec<f64>,
+    sum_sq: Vec<f64>,
+}
+
+impl FoldStatistics {
+    /// Empty statistics in dimension `dim`.
+    pub fn new(dim: usize) -> Self {
+        FoldStatistics {
+            dim,
+            xtx: vec![DMatrix::zeros(dim, dim); FOLDS],
+            xtr: vec![DVector::zeros(dim); FOLDS],
+            rows: vec![0.0; FOLDS],
+            sum: vec![0.0; FOLDS],
+            sum_sq: vec![0.0; FOLDS],
+        }
+    }
+
+    /// Adds row `row` (its number picks the fold) with features `x` and quality `r`.
+    pub fn add(&mut self, row: usize, x: &[f64], r: f64) {
+        let fold = row % FOLDS;
+        let xv = DVector::from_column_slice(x);
+        self.xtx[fold].syger(1.0, &xv, &xv, 1.0);
+        self.xtr[fold].axpy(r, &xv, 1.0);
+        self.rows[fold] += 1.0;
+        self.sum[fold] += r;
+        self.sum_sq[fold] += r * r;
+    }
+
+    /// Rows added.
+    pub fn rows(&self) -> f64 {
+        self.rows.iter().sum()
+    }
+
+    /// The statistics of every fold but `skip` (all of them for `None`).
+    fn pooled(&self, skip: Option<usize>) -> (DMatrix<f64>, DVector<f64>) {
+        let mut xtx = DMatrix::zeros(self.dim, self.dim);
+        let mut xtr = DVector::zeros(self.dim);
+        for fold in (0..FOLDS).filter(|f| Some(*f) != skip) {
+            xtx += &self.xtx[fold];
+            xtr += &self.xtr[fold];
+        }
+        // `syger` fills the lower triangle only.
+        xtx.fill_upper_triangle_with_lower_triangle();
+        (xtx, xtr)
+    }
+
+    /// The held-out squared error of ridge `lambda`, summed over the folds.
+    fn cross_validated_error(&self, lambda: f64) -> f64 {
+        (0..FOLDS)
+            .filter(|&f| self.rows[f] > 0.0)
+            .map(|f| {
+                let (xtx, xtr) = self.pooled(Some(f));
+                let Some(theta) = ridge_solve(xtx, &xtr, lambda) else {
+                    return f64::INFINITY;
+                };
+                let mut held_xtx = self.xtx[f].clone();
+                held_xtx.fill_upper_triangle_with_lower_triangle();
+                self.sum_sq[f] - 2.0 * theta.dot(&self.xtr[f]) + (held_xtx * &theta).dot(&theta)
+            })
+            .sum()
+    }
+
+    /// The prior: the ridge with the lowest cross-validated error, scaled to count as at
+    /// most `cap` observations. `None` without rows.
+    pub fn fit(&self, cap: f64) -> Option<ArmPrior> {
+        let rows = self.rows();
+        if rows == 0.0 {
+            return None;
+        }
+        let lambda = LAMBDA_GRID
+            .iter()
+            .copied()
+            .map(|l| (l, self.cross_validated_error(l)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or(LAMBDA_GRID[0], |(l, _)| l);
+        let (xtx, xtr) = self.pooled(None);
+        let scale = (cap / rows).min(1.0);
+        let precision = shrunk(xtx, lambda) * scale;
+        Some(ArmPrior {
+            rows,
+            observations: rows * scale,
+            sum: self.sum.iter().sum::<f64>() * scale,
+            sum_sq: self.sum_sq.iter().sum::<f64>() * scale,
+            lambda,
+            precision: upper_triangle(&precision),
+            moment: (xtr * scale).as_slice().to_vec(),
+            usage: UsagePrior::default(),
+        })
+    }
+}
+
+/// `X'X + lambda D`: every feature but the bias shrunk.
+fn shrunk(mut xtx: DMatrix<f64>, lambda: f64) -> DMatrix<f64> {
+    for i in 1..xtx.nrows() {
+        xtx[(i, i)] += lambda;
+    }
+    xtx
+}
+
+/// `(X'X + lambda D)^-1 X'r`, or `None` if the bias has no rows.
+fn ridge_solve(xtx: DMatrix<f64>, xtr: &DVector<f64>, lambda: f64) -> Option<DVector<f64>> {
+    Cholesky::new(shrunk(xtx, lambda)).map(|c| c.solve(xtr))
+}
+
+fn upper_triangle(m: &DMatrix<f64>) -> Vec<f64> {
+    (0..m.nrows())
+        .flat_map(|i| (i..m.ncols()).map(move |j| (i, j)))
+        .map(|(i, j)| m[(i, j)])
+        .collect()
+}
+
+impl ArmPrior {
+    /// The prior with the cost of its rows: `requests` rows that cost `cost_usd` in all
+    /// for `input_tokens` tokens, scaled as the quality statistics were.
+    pub fn with_usage(mut self, requests: f64, cost_usd: f64, input_tokens: f64) -> Self {
+        let scale = self.observations / self.rows;
+        self.usage = UsagePrior {
+            requests: requests * scale,
+            cost_usd: cost_usd * scale,
+            input_tokens: input_tokens * scale,
+        };
+        self
+    }
+
+    /// `s P` as a dense symmetric matrix.
+    pub fn precision_matrix(&self, dim: usize) -> DMatrix<f64> {
+        let mut m = DMatrix::zeros(dim, dim);
+        let mut values = self.precision.iter();
+        for i in 0..dim {
+            for j in i..dim {
+                let v = values.next().copied().unwrap_or(0.0);
+                m[(i, j)] = v;
+                m[(j, i)] = v;
+            }
+        }
+        m
+    }
+
+    /// The prior's mean quality in context `x`, `x' P^-1 X'r`.
+    pub fn mean(&self, x: &[f64]) -> Option<f64> {
+        let theta =
+            Cholesky::new(self.precision_matrix(x.len()))?.solve(&DVector::from_column_slice(&self.moment));
+        Some(theta.dot(&DVector::from_column_slice(x)))
+    }
+}
+
+impl Priors {
+    /// Parses and validates a priors file's text.
+    pub fn from_json(text: &str) -> Result<Priors> {
+        let priors: Priors =
+            serde_json::from_str(text).map_err(|e| ErrorKind::InvalidConfig(format!("priors: {e}")))?;
+        priors.validate()?;
+        Ok(priors)
+    }
+
+    /// Refuses priors fitted in another context definition than `definition`: the same
+    /// coefficients would weigh other features.
+    pub fn check_context(&self, definition: &str) -> Result<()> {
+        if self.context == definition {
+            return Ok(());
+        }
+        Err(ErrorKind::InvalidConfig(format!(
+            "the priors were fitted on contexts `{}`, but this route builds `{definition}`",
+            self.context
+        ))
+        .into())
+    }
+
+    /// Checks what a file could get wrong: version, dimensions, finite values and counts
+    /// that a table could have produced. Errors name the arm and the field.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |what: String| Err(ErrorKind::InvalidConfig(what).into());
+        if self.version != PRIORS_VERSION {
+            return invalid(format!(
+                "priors version {} is not supported (expected {PRIORS_VERSION})",
+                self.version
+            ));
+        }
+        if self.dim == 0 {
+            return invalid("priors: dim must be at least 1".into());
+        }
+        let triangle = self.dim * (self.dim + 1) / 2;
+        for (arm, p) in &self.arms {
+            if p.precision.len() != triangle || p.moment.len() != self.dim {
+                return invalid(format!(
+                    "priors of arm {arm}: precision has {} values and moment {} (dim {} needs {triangle} and {})",
+                    p.precision.len(),
+                    p.moment.len(),
+                    self.dim,
+                    self.dim
+                ));
+            }
+            let u = &p.usage;
+            let scalars = [
+                p.rows,
+                p.observations,
+                p.sum,
+                p.sum_sq,
+                p.lambda,
+                u.requests,
+                u.cost_usd,
+                u.input_tokens,
+            ];
+            if scalars
+                .iter()
+                .chain(&p.precision)
+                .chain(&p.moment)
+                .any(|v| !v.is_finite())
+            {
+                return invalid(format!("priors of arm {arm}: a value is not finite"));
+            }
+            if !(0.0..=p.rows).contains(&p.observations)
+                || !(0.0..=p.observations * (1.0 + 1e-9)).contains(&p.sum)
+                || !(0.0..=p.observations * (1.0 + 1e-9)).contains(&p.sum_sq)
+            {
+                return invalid(format!(
+                    "priors of arm {arm}: observations, sum and sum_sq must satisfy \
+                     0 <= sum_sq, sum <= observations <= rows (qualities in [0, 1])"
+                ));
+            }
+            if u.requests < 0.0 || u.cost_usd < 0.0 || u.input_tokens < 0.0 {
+                return invalid(format!("priors of arm {arm}: usage sums must not be negative"));
+            }
+            if Cholesky::new(p.precision_matrix(self.dim)).is_none() {
+                return invalid(format!("priors of arm {arm}: precision is not positive definite"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn rows(n: usize, dim: usize, seed: u64) -> Vec<(Vec<f64>, f64)> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..n)
+            .map(|_| {
+                let mut x: Vec<f64> = (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+                x[0] = 1.0;
+                let r = (0.5 + 0.3 * x[1] + rng.random_range(-0.1..0.1)).clamp(0.0, 1.0);
+                (x, r)
+            })
+            .collect()
+    }
+
+    fn statistics(data: &[(Vec<f64>, f64)], dim: usize) -> FoldStatistics {
+        let mut stats = FoldStatistics::new(dim);
+        for (i, (x, r)) in data.iter().enumerate() {
+            stats.add(i, x, *r);
+        }
+        stats
+    }
+
+    #[test]
+    fn cross_validated_error_equals_refitting_on_the_rows() {
+        let dim = 4;
+        let data = rows(53, dim, 1);
+        let stats = statistics(&data, dim);
+        for lambda in [0.1, 3.0, 100.0] {
+            let mut brute = 0.0;
+            for fold in 0..FOLDS {
+                let (mut xtx, mut xtr) = (DMatrix::zeros(dim, dim), DVector::zeros(dim));
+                for (_, (x, r)) in data.iter().enumerate().filter(|(i, _)| i % FOLDS != fold) {
+                    let xv = DVector::from_column_slice(x);
+                    xtx += &xv * xv.transpose();
+                    xtr += xv * *r;
+                }
+                let theta = ridge_solve(xtx, &xtr, lambda).expect("solvable");
+                for (_, (x, r)) in data.iter().enumerate().filter(|(i, _)| i % FOLDS == fold) {
+                    brute += (r - theta.dot(&DVector::from_column_slice(x))).powi(2);
+                }
+            }
+            let closed = stats.cross_validated_error(lambda);
+            assert!(
+                (closed - brute).abs() < 1e-9 * brute.max(1.0),
+                "{closed} vs {brute}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_fit_recovers_the_linear_model_and_the_cap_scales_only_its_weight() {
+        let dim = 5;
+        let data = rows(4000, dim, 2);
+        let uncapped = statistics(&data, dim).fit(1e9).expect("rows");
+        let capped = statistics(&data, dim).fit(400.0).expect("rows");
+        assert_eq!(uncapped.rows, 4000.0);
+        assert_eq!(uncapped.observations, 4000.0);
+        assert!((capped.observations - 400.0).abs() < 1e-9);
+        // Noise uniform on +-0.1 around 0.5 + 0.3 x1: the mean is within a few standard
+        // errors (0.1 / sqrt(3 * 4000) ~ 1e-3) of the truth at a probe.
+        let probe = [1.0, 0.5, -0.2, 0.3, 0.9];
+        let (u, c) = (
+            uncapped.mean(&probe).expect("pd"),
+            capped.mean(&probe).expect("pd"),
+        );
+        assert!((u - 0.65).abs() < 0.01, "{u}");
+        assert!(
+            (u - c).abs() < 1e-9,
+            "a cap changes the weight, not the mean: {u} vs {c}"
+        );
+        assert!((capped.sum / capped.observations - uncapped.sum / uncapped.observations).abs() < 1e-12);
+    }
+
+    #[test]
+    fn cross_validation_shrinks_more_when_features_are_noise() {
+        let dim = 12;
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let noise: Vec<(Vec<f64>, f64)> = (0..60)
+            .map(|_| {
+                let mut x: Vec<f64> = (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+                x[0] = 1.0;
+                (x, f64::from(u8::from(rng.random::<f64>() < 0.5)))
+            })
+            .collect();
+        let signal = rows(60, dim, 4);
+        let noisy = statistics(&noise, dim).fit(1e9).expect("rows");
+        let clean = statistics(&signal, dim).fit(1e9).expect("rows");
+        assert!(
+            noisy.lambda > clean.lambda,
+            "{} vs {}",
+            noisy.lambda,
+            clean.lambda
+        );
+    }
+
+    #[test]
+    fn policies_add_the_prior_to_their_own_prior() {
+        use crate::policy::{BetaTs, LinUcb, Policy};
+        use crate::stats::Forgetting;
+        let dim = 4;
+        let prior = statistics(&rows(200, dim, 6), dim).fit(150.0).expect("rows");
+        // LinUCB with ridge 2 and its optimistic prior mean e_0:
+        // A = 2 I + s P, b = 2 e_0 + s X'r.
+        let mut linucb = LinUcb::new(2, dim, 0.5, 2.0, Forgetting::None);
+        linucb.absorb_prior(1, &prior);
+        let a = DMatrix::identity(dim, dim) * 2.0 + prior.precision_matrix(dim);
+        let mut b = DVector::from_column_slice(&prior.moment);
+        b[0] += 2.0;
+        let want = Cholesky::new(a).expect("pd").solve(&b);
+        let got = linucb.models().get(1).theta();
+        assert!((got - &want).amax() < 1e-9, "{got} vs {want}");
+        assert_eq!(linucb.models().get(0).count(), 0.0, "other arms are untouched");
+        assert!((linucb.models().get(1).count() - 150.0).abs() < 1e-9);
+        // Beta TS: Beta(1 + s sum r, 1 + s (n - sum r)).
+        let mut beta = BetaTs::new(1, 1.0, 1.0, 16, Forgetting::None);
+        beta.absorb_prior(0, &prior);
+        let (alpha, beta_) = beta.posterior(0);
+        assert!((alpha - (1.0 + prior.sum)).abs() < 1e-9);
+        assert!((beta_ - (1.0 + prior.observations - prior.sum)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_learner_takes_priors_by_arm_id_and_checks_the_dimension() {
+        use crate::{Arm, Learner, LearnerConfig};
+        let dim = 3;
+        let prior = statistics(&rows(40, dim, 7), dim).fit(1e9).expect("rows");
+        let priors = Priors {
+            version: PRIORS_VERSION,
+            context: "test".into(),
+            dim,
+            cap: 1e9,
+            source: "test".into(),
+            arms: BTreeMap::from([("b".to_string(), prior.clone()), ("gone".to_string(), prior)]),
+        };
+        let config = LearnerConfig::new("beta-ts".parse().expect("spec"), dim);
+        let arms = vec![Arm::new("a"), Arm::new("b")];
+        let mut learner = Learner::new(config.clone(), arms.clone()).expect("learner");
+        assert_eq!(
+            learner.absorb_priors(&priors).expect("fits"),
+            vec!["a".to_string()]
+        );
+        let mut wide =
+            Learner::new(LearnerConfig::new(config.policy.clone(), dim + 1), arms).expect("learner");
+        let e = wide.absorb_priors(&priors).expect_err("dim");
+        assert!(e.to_string().contains('3') && e.to_string().contains('4'), "{e}");
+        assert!(priors.check_context("test").is_ok());
+        let e = priors.check_context("other").expect_err("context").to_string();
+        assert!(e.contains("`test`") && e.contains("`other`"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_the_arm_and_the_problem() {
+        let dim = 3;
+        let prior = statistics(&rows(30, dim, 5), dim).fit(1e9).expect("rows");
+        let mut priors = Priors {
+            version: PRIORS_VERSION,
+            context: "test".into(),
+            dim,
+            cap: 1e9,
+            source: "test".into(),
+            arms: BTreeMap::from([("m".to_string(), prior)]),
+        };
+        assert!(priors.validate().is_ok());
+        let good = priors.clone();
+        priors.arms.get_mut("m").expect("arm").moment.pop();
+        let e = priors.validate().expect_err("short").to_string();
+        assert!(e.contains("arm m") && e.contains("moment"), "{e}");
+        priors = good.clone();
+        priors.arms.get_mut("m").expect("arm").sum = f64::NAN;
+        assert!(priors
+            .validate()
+            .expect_err("nan")
+            .to_string()
+            .contains("not finite"));
+        priors = good.clone();
+        priors.arms.get_mut("m").expect("arm").precision[0] = -1.0;
+        assert!(priors
+            .validate()
+            .expect_err("pd")
+            .to_string()
+            .contains("positive definite"));
+        priors = good;
+        priors.version = 99;
+        assert!(priors
+            .validate()
+            .expect_err("version")
+            .to_string()
+            .contains("version 99"));
+    }
+}

@@ -1,0 +1,86 @@
+//! `quiver priors`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Subcommand};
+use quiver_bandit::prior::DEFAULT_PRIOR_CAP;
+use quiver_sim::context::{task_in_context, ContextBuilder};
+use quiver_sim::data::{load, Dataset, Split};
+use quiver_sim::priors::{fit_logged, fit_wide};
+use quiver_sim::replay::Environment;
+
+#[derive(Subcommand)]
+pub enum PriorsCommand {
+    /// Fit each model's quality prior from an evaluation table (every model's outcome on
+    /// every row) or a decision log (the chosen model's outcome), for `quiver serve`
+    /// (a route's `priors`) and `quiver replay --priors` to start from.
+    Fit(FitArgs),
+}
+
+#[derive(Args)]
+pub struct FitArgs {
+    /// A wide table or a decision log: a file, a directory or a quoted glob.
+    #[arg(long)]
+    data: String,
+    /// Data format.
+    #[arg(long, default_value = "auto")]
+    format: String,
+    /// Keep only rows whose COLUMN equals VALUE.
+    #[arg(long, value_name = "COLUMN=VALUE")]
+    split: Option<String>,
+    /// Put each row's task label (one-hot) in the contexts, for routes whose requests send
+    /// it as caller features (see `quiver replay --task-feature`).
+    #[arg(long)]
+    task_feature: bool,
+    /// The table counts as at most this many observations per model.
+    #[arg(long, default_value_t = DEFAULT_PRIOR_CAP)]
+    cap: f64,
+    /// The priors file to write (JSON).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(command: PriorsCommand) -> Result<()> {
+    match command {
+        PriorsCommand::Fit(args) => fit(args),
+    }
+}
+
+fn fit(args: FitArgs) -> Result<()> {
+    if !(args.cap >= 1.0 && args.cap.is_finite()) {
+        anyhow::bail!("--cap must be a number of observations, at least 1");
+    }
+    let split: Option<Split> = args.split.as_deref().map(str::parse).transpose()?;
+    let priors = match load(&args.data, args.format.parse()?, split.as_ref())? {
+        Dataset::Wide(data) => {
+            let tasks = if task_in_context(data.prompts.is_some(), args.task_feature) {
+                data.tasks.clone().unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            let builder = ContextBuilder::new(data.prompts.is_some(), &tasks, data.feature_names.len());
+            let env = Environment::new(&data, &builder)?;
+            fit_wide(&env, &builder.definition(), args.cap)
+        }
+        Dataset::Logged(log) => fit_logged(&log, args.cap)?,
+    };
+    let text = serde_json::to_string(&priors)?;
+    std::fs::write(&args.out, text).with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!(
+        "{}: priors of {} models on `{}`",
+        args.out.display(),
+        priors.arms.len(),
+        priors.context
+    );
+    for (arm, p) in &priors.arms {
+        eprintln!(
+            "  {arm:<40} {:>7} rows, mean quality {:.4}, counts as {:.0}, ridge {}",
+            p.rows,
+            p.sum / p.observations,
+            p.observations,
+            p.lambda
+        );
+    }
+    Ok(())
+}
