@@ -74,12 +74,20 @@ fn fit(args: FitArgs) -> Result<()> {
         priors.context
     );
     for (arm, p) in &priors.arms {
+        let cost = match &p.cost_correction {
+            Some(c) => format!(
+                ", ${:.6} per request, cost ridge {}",
+                p.usage.cost_usd / p.usage.requests,
+                c.lambda
+            ),
+            None => String::new(),
+        };
         eprintln!(
-            "  {arm:<40} {:>7} rows, mean quality {:.4}, counts as {:.0}, ridge {}",
+            "  {arm:<40} {:>7} rows, mean quality {:.4}, counts as {:.0}, ridge {}{cost}",
             p.rows,
             p.sum / p.observations,
             p.observations,
-            p.lambda
+            p.quality.lambda
         );
     }
     Ok(())

@@ -49,13 +49,17 @@ pub fn fit_wide(env: &Environment, context: &str, cap: f64) -> Priors {
                 cost += data.cost_usd(row, arm);
                 tokens += f64::from(env.input_tokens(row));
             }
-            let prior = stats.fit(cap)?;
-            let usage = if data.cost_usd.is_some() {
-                prior.with_usage(data.rows() as f64, cost, tokens)
-            } else {
-                prior
-            };
-            Some((name.clone(), usage))
+            let mut prior = stats.fit(cap)?;
+            if data.cost_usd.is_some() {
+                prior = prior.with_usage(data.rows() as f64, cost, tokens);
+                let mut missed = FoldStatistics::new(env.dim());
+                for row in 0..data.rows() {
+                    let expected = prior.cost_by_usage(f64::from(env.input_tokens(row)));
+                    missed.add(row, env.features(row), data.cost_usd(row, arm) - expected);
+                }
+                prior.cost_correction = missed.fit_ridge(prior.scale());
+            }
+            Some((name.clone(), prior))
         })
         .collect();
     Priors {

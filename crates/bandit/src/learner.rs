@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::arm::{Arm, Constraints};
+use crate::change::{Cusum, RESTART_OBSERVATIONS, WATCHED_FROM};
 use crate::error::{in_range, Error, ErrorKind, Result};
 use crate::features::Context;
 use crate::limits;
@@ -266,6 +267,10 @@ pub struct Learner {
     /// snapshots written before it existed; such learners keep the ratio alone.
     #[serde(default)]
     cost_models: Option<RidgeTable>,
+    /// Per arm, the change detection's sums (see [`crate::change`]); empty when the
+    /// policy detects no change. Absent in snapshots written before it existed.
+    #[serde(default)]
+    changes: Vec<Cusum>,
 }
 
 /// Ridge prior of the cost models: weak next to a handful of observations.
@@ -331,6 +336,7 @@ impl Learner {
             pacer,
             next_decision: 0,
             tracked: OrdMap::new(),
+            changes: Vec::new(),
         })
     }
 
@@ -373,7 +379,8 @@ impl Learner {
     }
 
     /// Starts the arms from priors fitted offline (see [`crate::prior`]): each arm with a
-    /// prior adds it to what it has learned, and takes its cost sums as its usage prior. Returns the ids of the arms without one. The
+    /// prior adds it to what it has learned, takes its cost sums as its usage prior and,
+    /// without prices, starts its cost correction from the prior's. Returns the ids of the arms without one. The
     /// caller checks that the priors were fitted in the context definition its requests
     /// are featurized with; the learner can check only the dimension.
     pub fn absorb_priors(&mut self, priors: &Priors) -> Result<Vec<String>> {
@@ -391,6 +398,11 @@ impl Learner {
                 Some(prior) => {
                     self.policy.absorb_prior(index, prior);
                     self.usage[index].prior = prior.usage;
+                    if let (Some(c), Some(models)) = (&prior.cost_correction, self.cost_models.as_mut()) {
+                        if !arm.has_prices() {
+                            models.absorb_prior(index, c, prior.observations);
+                        }
+                    }
                 }
                 None => without.push(arm.id.clone()),
             }
@@ -727,7 +739,7 @@ impl Learner {
         self.learn_cost(index, &context.features, tokens, outcome.cost_usd);
         self.usage[index] = usage;
         if let Some(quality) = outcome.credited_quality() {
-            self.policy.update(index, &context.features, quality);
+            self.learn_quality(index, &context.features, quality);
         }
         Ok(())
     }
@@ -822,8 +834,22 @@ impl Learner {
         }
         tracked.quality_recorded = true;
         let features = tracked.take_or_share_features(tracked.outcome_recorded);
-        self.policy.update(arm, &features, quality);
+        self.learn_quality(arm, &features, quality);
         Ok(Applied::Applied)
+    }
+
+    /// Learns one quality of `arm`; first, under change detection, weighs how far it is
+    /// from the estimate and restarts the arm on an alarm (see [`crate::change`]).
+    fn learn_quality(&mut self, arm: usize, features: &[f64], quality: f64) {
+        let threshold = self.config.policy.detect;
+        if threshold > 0.0 && self.policy.observations(arm) >= WATCHED_FROM {
+            self.changes.resize(self.arms.len(), Cusum::default());
+            let residual = quality - self.policy.estimate(arm, features).mean.clamp(0.0, 1.0);
+            if self.changes[arm].observe(residual, threshold) {
+                self.policy.shrink_arm(arm, RESTART_OBSERVATIONS);
+            }
+        }
+        self.policy.update(arm, features, quality);
     }
 
     /// What a request with features `x` and `tokens` prompt tokens is expected to cost on
@@ -888,6 +914,9 @@ impl Learner {
         }
         self.policy.remove_arm(index);
         self.usage.remove(index);
+        if index < self.changes.len() {
+            self.changes.remove(index);
+        }
         if let Some(models) = self.cost_models.as_mut() {
             models.remove_arm(index);
         }

@@ -52,6 +52,7 @@
 #![deny(missing_docs)]
 
 pub mod arm;
+pub mod change;
 mod error;
 pub mod features;
 pub mod learner;

@@ -43,7 +43,18 @@ pub const FOLDS: usize = 5;
 /// The ridge values cross-validation chooses from.
 pub const LAMBDA_GRID: [f64; 9] = [0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0];
 
-/// One arm's prior on quality: capped sufficient statistics plus the chosen shrinkage.
+/// A ridge regression's prior on its coefficients: `s P` and `s X'y` (see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RidgePrior {
+    /// The ridge cross-validation chose.
+    pub lambda: f64,
+    /// `s P`, its upper triangle row by row.
+    pub precision: Vec<f64>,
+    /// `s X'y`.
+    pub moment: Vec<f64>,
+}
+
+/// One arm's prior: capped sufficient statistics of its quality and cost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArmPrior {
     /// Rows of the table behind the prior, before the cap.
@@ -54,17 +65,17 @@ pub struct ArmPrior {
     pub sum: f64,
     /// `s sum r^2`.
     pub sum_sq: f64,
-    /// The ridge cross-validation chose.
-    pub lambda: f64,
-    /// `s P`, its upper triangle row by row.
-    pub precision: Vec<f64>,
-    /// `s X'r`.
-    pub moment: Vec<f64>,
+    /// Quality on the context.
+    pub quality: RidgePrior,
     /// What the rows cost, scaled by `s` (empty when the table has no costs): arms without
     /// prices expect `tokens * cost_usd / input_tokens` from it until their own
     /// observations pool in (see [`crate::usage`]).
     #[serde(default)]
     pub usage: UsagePrior,
+    /// What that per-token estimate missed on each row, on the context: the start of the
+    /// learner's cost correction for arms without prices.
+    #[serde(default)]
+    pub cost_correction: Option<RidgePrior>,
 }
 
 /// Priors for the arms of one route, fitted from one table in one context definition.
@@ -154,11 +165,29 @@ impl FoldStatistics {
             .sum()
     }
 
-    /// The prior: the ridge with the lowest cross-validated error, scaled to count as at
-    /// most `cap` observations. `None` without rows.
+    /// The arm's prior: the quality ridge with the lowest cross-validated error, scaled
+    /// to count as at most `cap` observations. `None` without rows.
     pub fn fit(&self, cap: f64) -> Option<ArmPrior> {
         let rows = self.rows();
         if rows == 0.0 {
+            return None;
+        }
+        let scale = (cap / rows).min(1.0);
+        Some(ArmPrior {
+            rows,
+            observations: rows * scale,
+            sum: self.sum.iter().sum::<f64>() * scale,
+            sum_sq: self.sum_sq.iter().sum::<f64>() * scale,
+            quality: self.fit_ridge(scale)?,
+            usage: UsagePrior::default(),
+            cost_correction: None,
+        })
+    }
+
+    /// The ridge with the lowest cross-validated error, its statistics scaled by `scale`.
+    /// `None` without rows.
+    pub fn fit_ridge(&self, scale: f64) -> Option<RidgePrior> {
+        if self.rows() == 0.0 {
             return None;
         }
         let lambda = LAMBDA_GRID
@@ -168,17 +197,10 @@ impl FoldStatistics {
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .map_or(LAMBDA_GRID[0], |(l, _)| l);
         let (xtx, xtr) = self.pooled(None);
-        let scale = (cap / rows).min(1.0);
-        let precision = shrunk(xtx, lambda) * scale;
-        Some(ArmPrior {
-            rows,
-            observations: rows * scale,
-            sum: self.sum.iter().sum::<f64>() * scale,
-            sum_sq: self.sum_sq.iter().sum::<f64>() * scale,
+        Some(RidgePrior {
             lambda,
-            precision: upper_triangle(&precision),
+            precision: upper_triangle(&(shrunk(xtx, lambda) * scale)),
             moment: (xtr * scale).as_slice().to_vec(),
-            usage: UsagePrior::default(),
         })
     }
 }
@@ -204,10 +226,15 @@ fn upper_triangle(m: &DMatrix<f64>) -> Vec<f64> {
 }
 
 impl ArmPrior {
+    /// The scale `s` the cap applied.
+    pub fn scale(&self) -> f64 {
+        self.observations / self.rows
+    }
+
     /// The prior with the cost of its rows: `requests` rows that cost `cost_usd` in all
     /// for `input_tokens` tokens, scaled as the quality statistics were.
     pub fn with_usage(mut self, requests: f64, cost_usd: f64, input_tokens: f64) -> Self {
-        let scale = self.observations / self.rows;
+        let scale = self.scale();
         self.usage = UsagePrior {
             requests: requests * scale,
             cost_usd: cost_usd * scale,
@@ -216,6 +243,21 @@ impl ArmPrior {
         self
     }
 
+    /// The expected cost of a request of `tokens` tokens by [`ArmPrior::usage`] alone, as
+    /// an arm without prices and observations computes it (see [`crate::usage`]).
+    pub fn cost_by_usage(&self, tokens: f64) -> f64 {
+        let u = &self.usage;
+        if u.input_tokens > 0.0 {
+            tokens * u.cost_usd / u.input_tokens
+        } else if u.requests > 0.0 {
+            u.cost_usd / u.requests
+        } else {
+            0.0
+        }
+    }
+}
+
+impl RidgePrior {
     /// `s P` as a dense symmetric matrix.
     pub fn precision_matrix(&self, dim: usize) -> DMatrix<f64> {
         let mut m = DMatrix::zeros(dim, dim);
@@ -230,7 +272,7 @@ impl ArmPrior {
         m
     }
 
-    /// The prior's mean quality in context `x`, `x' P^-1 X'r`.
+    /// The prior's mean in context `x`, `x' P^-1 X'y`.
     pub fn mean(&self, x: &[f64]) -> Option<f64> {
         let theta =
             Cholesky::new(self.precision_matrix(x.len()))?.solve(&DVector::from_column_slice(&self.moment));
@@ -273,16 +315,10 @@ impl Priors {
         if self.dim == 0 {
             return invalid("priors: dim must be at least 1".into());
         }
-        let triangle = self.dim * (self.dim + 1) / 2;
         for (arm, p) in &self.arms {
-            if p.precision.len() != triangle || p.moment.len() != self.dim {
-                return invalid(format!(
-                    "priors of arm {arm}: precision has {} values and moment {} (dim {} needs {triangle} and {})",
-                    p.precision.len(),
-                    p.moment.len(),
-                    self.dim,
-                    self.dim
-                ));
+            p.quality.validate(self.dim, arm, "quality")?;
+            if let Some(c) = &p.cost_correction {
+                c.validate(self.dim, arm, "cost_correction")?;
             }
             let u = &p.usage;
             let scalars = [
@@ -290,17 +326,11 @@ impl Priors {
                 p.observations,
                 p.sum,
                 p.sum_sq,
-                p.lambda,
                 u.requests,
                 u.cost_usd,
                 u.input_tokens,
             ];
-            if scalars
-                .iter()
-                .chain(&p.precision)
-                .chain(&p.moment)
-                .any(|v| !v.is_finite())
-            {
+            if scalars.iter().any(|v| !v.is_finite()) {
                 return invalid(format!("priors of arm {arm}: a value is not finite"));
             }
             if !(0.0..=p.rows).contains(&p.observations)
@@ -315,9 +345,30 @@ impl Priors {
             if u.requests < 0.0 || u.cost_usd < 0.0 || u.input_tokens < 0.0 {
                 return invalid(format!("priors of arm {arm}: usage sums must not be negative"));
             }
-            if Cholesky::new(p.precision_matrix(self.dim)).is_none() {
-                return invalid(format!("priors of arm {arm}: precision is not positive definite"));
-            }
+        }
+        Ok(())
+    }
+}
+
+impl RidgePrior {
+    /// Checks the dimensions, finite values and a positive definite precision; errors
+    /// name the arm and the part (`what`).
+    fn validate(&self, dim: usize, arm: &str, what: &str) -> Result<()> {
+        let invalid =
+            |why: String| Err(ErrorKind::InvalidConfig(format!("priors of arm {arm}: {what} {why}")).into());
+        let triangle = dim * (dim + 1) / 2;
+        if self.precision.len() != triangle || self.moment.len() != dim {
+            return invalid(format!(
+                "precision has {} values and moment {} (dim {dim} needs {triangle} and {dim})",
+                self.precision.len(),
+                self.moment.len(),
+            ));
+        }
+        if !self.lambda.is_finite() || self.precision.iter().chain(&self.moment).any(|v| !v.is_finite()) {
+            return invalid("has a value that is not finite".into());
+        }
+        if Cholesky::new(self.precision_matrix(dim)).is_none() {
+            return invalid("precision is not positive definite".into());
         }
         Ok(())
     }
@@ -389,8 +440,8 @@ mod tests {
         // errors (0.1 / sqrt(3 * 4000) ~ 1e-3) of the truth at a probe.
         let probe = [1.0, 0.5, -0.2, 0.3, 0.9];
         let (u, c) = (
-            uncapped.mean(&probe).expect("pd"),
-            capped.mean(&probe).expect("pd"),
+            uncapped.quality.mean(&probe).expect("pd"),
+            capped.quality.mean(&probe).expect("pd"),
         );
         assert!((u - 0.65).abs() < 0.01, "{u}");
         assert!(
@@ -415,10 +466,10 @@ mod tests {
         let noisy = statistics(&noise, dim).fit(1e9).expect("rows");
         let clean = statistics(&signal, dim).fit(1e9).expect("rows");
         assert!(
-            noisy.lambda > clean.lambda,
+            noisy.quality.lambda > clean.quality.lambda,
             "{} vs {}",
-            noisy.lambda,
-            clean.lambda
+            noisy.quality.lambda,
+            clean.quality.lambda
         );
     }
 
@@ -432,8 +483,8 @@ mod tests {
         // A = 2 I + s P, b = 2 e_0 + s X'r.
         let mut linucb = LinUcb::new(2, dim, 0.5, 2.0, Forgetting::None);
         linucb.absorb_prior(1, &prior);
-        let a = DMatrix::identity(dim, dim) * 2.0 + prior.precision_matrix(dim);
-        let mut b = DVector::from_column_slice(&prior.moment);
+        let a = DMatrix::identity(dim, dim) * 2.0 + prior.quality.precision_matrix(dim);
+        let mut b = DVector::from_column_slice(&prior.quality.moment);
         b[0] += 2.0;
         let want = Cholesky::new(a).expect("pd").solve(&b);
         let got = linucb.models().get(1).theta();
@@ -491,7 +542,7 @@ mod tests {
         };
         assert!(priors.validate().is_ok());
         let good = priors.clone();
-        priors.arms.get_mut("m").expect("arm").moment.pop();
+        priors.arms.get_mut("m").expect("arm").quality.moment.pop();
         let e = priors.validate().expect_err("short").to_string();
         assert!(e.contains("arm m") && e.contains("moment"), "{e}");
         priors = good.clone();
@@ -502,7 +553,7 @@ mod tests {
             .to_string()
             .contains("not finite"));
         priors = good.clone();
-        priors.arms.get_mut("m").expect("arm").precision[0] = -1.0;
+        priors.arms.get_mut("m").expect("arm").quality.precision[0] = -1.0;
         assert!(priors
             .validate()
             .expect_err("pd")

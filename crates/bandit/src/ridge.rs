@@ -28,7 +28,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use crate::packed::{dot, PackedSymmetric};
-use crate::prior::ArmPrior;
+use crate::prior::RidgePrior;
 use crate::stats::{Forgetting, OPTIMISTIC_QUALITY};
 
 /// Updates between two exact refactorizations of a model.
@@ -168,12 +168,13 @@ impl RidgeModel {
         self.refresh();
     }
 
-    /// Adds a prior fitted offline: `A += s P`, `b += s X'r` (see [`crate::prior`]).
-    pub fn absorb_prior(&mut self, prior: &ArmPrior) {
+    /// Adds a prior fitted offline that counts as `observations`: `A += s P`,
+    /// `b += s X'y` (see [`crate::prior`]).
+    pub fn absorb_prior(&mut self, prior: &RidgePrior, observations: f64) {
         let dim = self.b.len();
         self.precision += prior.precision_matrix(dim);
         self.b += DVector::from_column_slice(&prior.moment);
-        self.count += prior.observations;
+        self.count += observations;
         self.refresh();
     }
 
@@ -297,8 +298,17 @@ impl RidgeTable {
     }
 
     /// Adds a prior to one arm's model (see [`RidgeModel::absorb_prior`]).
-    pub fn absorb_prior(&mut self, arm: usize, prior: &ArmPrior) {
-        self.models[arm].absorb_prior(prior);
+    pub fn absorb_prior(&mut self, arm: usize, prior: &RidgePrior, observations: f64) {
+        self.models[arm].absorb_prior(prior, observations);
+    }
+
+    /// Shrinks one arm's data (priors included) to count as at most `keep` observations
+    /// (see [`RidgeModel::discount`]); the estimate stays where it was.
+    pub fn shrink_arm(&mut self, arm: usize, keep: f64) {
+        let model = &mut self.models[arm];
+        if model.count() > keep {
+            model.discount(keep / model.count());
+        }
     }
 
     /// Removes an arm; later arms shift down by one.

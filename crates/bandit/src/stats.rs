@@ -156,6 +156,14 @@ impl ArmStatsTable {
         s.sum_sq += prior.sum_sq;
     }
 
+    /// Scales `arm`'s statistics to count as at most `keep` observations.
+    pub fn shrink_arm(&mut self, arm: usize, keep: f64) {
+        let s = &mut self.arms[arm];
+        if s.count > keep {
+            s.scale(keep / s.count);
+        }
+    }
+
     /// Appends a fresh arm with no observations.
     pub fn add_arm(&mut self) {
         self.arms.push(MeanStats::default());

@@ -38,6 +38,14 @@ impl Policy for Fixed {
         self.stats.absorb_prior(arm, prior);
     }
 
+    fn observations(&self, arm: usize) -> f64 {
+        self.stats.get(arm).count
+    }
+
+    fn shrink_arm(&mut self, arm: usize, keep: f64) {
+        self.stats.shrink_arm(arm, keep);
+    }
+
     fn choose(&self, input: &ChoiceInput<'_>, _rng: &mut DecisionRng) -> Result<Choice> {
         let position = self
             .arm

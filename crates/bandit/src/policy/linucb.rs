@@ -66,7 +66,14 @@ macro_rules! learn_from_ridge {
             self.$field.remove_arm(arm);
         }
         fn absorb_prior(&mut self, arm: usize, prior: &crate::prior::ArmPrior) {
-            self.$field.absorb_prior(arm, prior);
+            self.$field
+                .absorb_prior(arm, &prior.quality, prior.observations);
+        }
+        fn observations(&self, arm: usize) -> f64 {
+            self.$field.get(arm).count()
+        }
+        fn shrink_arm(&mut self, arm: usize, keep: f64) {
+            self.$field.shrink_arm(arm, keep);
         }
     };
 }

@@ -202,6 +202,14 @@ pub trait Policy {
 
     /// Adds a prior fitted offline to what `arm` has learned (see [`crate::prior`]).
     fn absorb_prior(&mut self, arm: usize, prior: &ArmPrior);
+
+    /// How many observations `arm`'s history counts as (priors included; discounted when
+    /// forgetting).
+    fn observations(&self, arm: usize) -> f64;
+
+    /// Shrinks what `arm` has learned (priors included) to count as at most `keep`
+    /// observations, keeping its estimate: after a change (see [`crate::change`]).
+    fn shrink_arm(&mut self, arm: usize, keep: f64);
 }
 
 /// Every built-in policy, as one serializable type (snapshots store it).
@@ -255,6 +263,12 @@ impl Policy for AnyPolicy {
     }
     fn absorb_prior(&mut self, arm: usize, prior: &ArmPrior) {
         dispatch!(self, p => p.absorb_prior(arm, prior))
+    }
+    fn observations(&self, arm: usize) -> f64 {
+        dispatch!(self, p => p.observations(arm))
+    }
+    fn shrink_arm(&mut self, arm: usize, keep: f64) {
+        dispatch!(self, p => p.shrink_arm(arm, keep))
     }
 }
 

@@ -41,6 +41,12 @@ macro_rules! learn_from_arm_stats {
         fn absorb_prior(&mut self, arm: usize, prior: &crate::prior::ArmPrior) {
             self.$field.absorb_prior(arm, prior);
         }
+        fn observations(&self, arm: usize) -> f64 {
+            self.$field.get(arm).count
+        }
+        fn shrink_arm(&mut self, arm: usize, keep: f64) {
+            self.$field.shrink_arm(arm, keep);
+        }
     };
 }
 pub(crate) use learn_from_arm_stats;
