@@ -460,4 +460,36 @@ fn priors_fitted_from_a_table_carry_what_each_model_is_good_at() {
         "{e}"
     );
     assert!(stderr(&fit(&["--cap", "0"])).contains("--cap"));
+
+    // From a log, each model learns from the decisions that chose it.
+    let log = dir.join("log.csv");
+    stdout(&quiver(&[
+        "data",
+        "convert",
+        "--data",
+        data.to_str().unwrap(),
+        "--to",
+        "logged",
+        "--logging-policy",
+        "random",
+        "--out",
+        log.to_str().unwrap(),
+    ]));
+    stdout(&quiver(&[
+        "priors",
+        "fit",
+        "--data",
+        log.to_str().unwrap(),
+        "--out",
+        priors.to_str().unwrap(),
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&priors).unwrap()).unwrap();
+    assert_eq!(v["context"], "hashing(words=40,chars=16,caller=1)");
+    let rows: f64 = v["arms"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|a| a["rows"].as_f64().unwrap())
+        .sum();
+    assert_eq!(rows, 120.0, "every logged decision, under the model it chose");
 }

@@ -528,6 +528,62 @@ mod tests {
         assert!(e.contains("`test`") && e.contains("`other`"), "{e}");
     }
 
+    /// A table where arm `a` costs $1e-5 per prompt token plus $0.002 on rows with
+    /// feature 1 set (prompts of 100 to 106 tokens): the learner's first expected cost is the
+    /// table's, before any outcome.
+    #[test]
+    fn a_learner_expects_the_cost_the_table_shows() {
+        use crate::{Arm, Context, Learner, LearnerConfig, Request};
+        let dim = 2;
+        let (mut quality, mut missed) = (FoldStatistics::new(dim), FoldStatistics::new(dim));
+        let rows: Vec<([f64; 2], f64)> = (0..200)
+            .map(|i| ([1.0, f64::from(u8::from(i % 2 == 0))], f64::from(100 + i % 7)))
+            .collect();
+        let cost = |x: &[f64; 2], tokens: f64| 1e-5 * tokens + 0.002 * x[1];
+        let (total_cost, total_tokens) = rows.iter().fold((0.0, 0.0), |(c, t), (x, tokens)| {
+            (c + cost(x, *tokens), t + tokens)
+        });
+        for (i, (x, _)) in rows.iter().enumerate() {
+            quality.add(i, x, 0.5);
+        }
+        let mut prior = quality
+            .fit(1e9)
+            .expect("rows")
+            .with_usage(200.0, total_cost, total_tokens);
+        for (i, (x, tokens)) in rows.iter().enumerate() {
+            missed.add(i, x, cost(x, *tokens) - prior.cost_by_usage(*tokens));
+        }
+        prior.cost_correction = missed.fit_ridge(prior.scale());
+        let priors = Priors {
+            version: PRIORS_VERSION,
+            context: "test".into(),
+            dim,
+            cap: 1e9,
+            source: "test".into(),
+            arms: BTreeMap::from([("a".to_string(), prior)]),
+        };
+        let config = LearnerConfig::new("linucb".parse().expect("spec"), dim);
+        let mut learner = Learner::new(config, vec![Arm::new("a"), Arm::new("b")]).expect("learner");
+        learner.absorb_priors(&priors).expect("fits");
+        for (x, tokens) in [([1.0, 1.0], 102.0), ([1.0, 0.0], 105.0)] {
+            let request = Request::new(Context {
+                features: x.to_vec(),
+                input_tokens: tokens as u32,
+            });
+            let decision = learner.decide(&request).expect("decides");
+            let a = &decision.arms[0];
+            // The ratio estimate pools both row kinds, the correction's ridge shrinks a
+            // little: within 5% of the truth.
+            let want = cost(&x, tokens);
+            assert!(
+                (a.cost_usd - want).abs() < 0.05 * want,
+                "{} vs {want}",
+                a.cost_usd
+            );
+            assert_eq!(decision.arms[1].cost_usd, 0.0, "b has no prior and no outcome");
+        }
+    }
+
     #[test]
     fn validation_names_the_arm_and_the_problem() {
         let dim = 3;
