@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
-use quiver_bandit::prior::DEFAULT_PRIOR_CAP;
+use quiver_bandit::prior::{check_cap, DEFAULT_PRIOR_CAP};
 use quiver_sim::context::{task_in_context, ContextBuilder};
 use quiver_sim::data::{load, Dataset, Split};
 use quiver_sim::priors::{fit_logged, fit_wide};
@@ -48,9 +48,7 @@ pub fn run(command: PriorsCommand) -> Result<()> {
 }
 
 fn fit(args: FitArgs) -> Result<()> {
-    if !(args.cap >= 1.0 && args.cap.is_finite()) {
-        anyhow::bail!("--cap must be a number of observations, at least 1");
-    }
+    check_cap(args.cap).context("--cap")?;
     let split: Option<Split> = args.split.as_deref().map(str::parse).transpose()?;
     let priors = match load(&args.data, args.format.parse()?, split.as_ref())? {
         Dataset::Wide(data) => {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
-use quiver_bandit::prior::DEFAULT_PRIOR_CAP;
+use quiver_bandit::prior::{check_cap, DEFAULT_PRIOR_CAP};
 use quiver_bandit::{Objective, PolicySpec, Priors, DEFAULT_PACING_STEP};
 use quiver_sim::context::{task_in_context, ContextBuilder};
 use quiver_sim::data::{load, load_wide, Dataset, Format, LoggedDataset, Split, WideDataset};
@@ -172,7 +172,9 @@ fn parse_latency(text: &str, arms: usize) -> Result<LatencyModel> {
 pub fn read_priors(path: &std::path::Path, definition: &str) -> Result<Priors> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let priors = Priors::from_json(&text).with_context(|| path.display().to_string())?;
-    priors.check_context(definition)?;
+    priors
+        .check_context(definition)
+        .with_context(|| path.display().to_string())?;
     Ok(priors)
 }
 
@@ -377,9 +379,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
             if priors.is_some() {
                 bail!("--priors and --train both give priors; use one, or --train-feedback bandit");
             }
-            if !(args.prior_cap >= 1.0 && args.prior_cap.is_finite()) {
-                bail!("--prior-cap must be a number of observations, at least 1");
-            }
+            check_cap(args.prior_cap).context("--prior-cap")?;
             priors = Some(fit_wide(&t, &builder.definition(), args.prior_cap));
         }
     }

@@ -1,12 +1,13 @@
 //! `quiver suite`: the validation protocol defaults are chosen by. Every candidate runs on
 //! every case (generated item-response tables of 3 to 60 models, with and without drift,
-//! and, given a RouterBench directory, 3-fold cross-validation of its train files) under
-//! budgets of 10%, 25% and 50% of the best model's cost; the report is each candidate's
-//! lift over the hull per case, then its mean and worst lift and its worst spend.
+//! and, given a RouterBench directory, 3-fold cross-validation of its train files; each
+//! also from a cold start) under budgets of 10%, 25% and 50% of the best model's cost; the
+//! report is each candidate's lift over the hull per case, then its mean and worst lift
+//! and its worst spend over the trained cases, and its mean and worst lift from cold.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::Args;
-use quiver_bandit::prior::DEFAULT_PRIOR_CAP;
+use quiver_bandit::prior::{check_cap, DEFAULT_PRIOR_CAP};
 use quiver_bandit::PolicySpec;
 use quiver_sim::data::{load_wide, Format};
 use quiver_sim::priors::TrainFeedback;
@@ -43,6 +44,7 @@ pub struct SuiteArgs {
 }
 
 pub fn run(args: SuiteArgs) -> Result<()> {
+    check_cap(args.prior_cap).context("--prior-cap")?;
     let candidates: Vec<Candidate> = split_specs(&args.candidates)
         .iter()
         .map(|s| {
@@ -62,7 +64,7 @@ pub fn run(args: SuiteArgs) -> Result<()> {
         let train = load_wide(&format!("{dir}/*_train.csv"), Format::RouterBench, None)?;
         tables.extend(suite::folds("routerbench-train", &train, 3));
     }
-    let cases = suite::cases(tables, true);
+    let cases = suite::cases(tables, true, true)?;
     let progress = bar(
         cases.len() as u64 * candidates.len() as u64 * args.seeds,
         "validating",
@@ -103,32 +105,43 @@ fn report(results: &[CaseResult]) -> String {
         ));
     }
     out.push_str(&format!(
-        "\n{:<width$} {:>10} {:>10} {:>12}\n",
-        "candidate", "mean lift", "worst lift", "worst spend"
+        "\n{:<width$} {:>10} {:>10} {:>12} {:>10} {:>10}\n",
+        "candidate", "mean lift", "worst lift", "worst spend", "cold mean", "cold worst"
     ));
-    out.push_str("(worst spend: the farthest from the budget where it can be kept)\n");
+    out.push_str(
+        "(trained cases, then cold starts; worst spend: the farthest from the budget where it can be kept)\n",
+    );
     let mut names: Vec<&str> = Vec::new();
     for r in results {
         if !names.contains(&r.candidate.as_str()) {
             names.push(&r.candidate);
         }
     }
+    let mean = |lifts: &[f64]| lifts.iter().sum::<f64>() / lifts.len() as f64;
+    let worst = |lifts: &[f64]| lifts.iter().copied().fold(f64::INFINITY, f64::min);
     for name in names {
-        let mine: Vec<&CaseResult> = results.iter().filter(|r| r.candidate == name).collect();
-        let mean = mine.iter().map(|r| r.lift).sum::<f64>() / mine.len() as f64;
-        let worst = mine.iter().map(|r| r.lift).fold(f64::INFINITY, f64::min);
-        let spend = mine
+        let lifts = |cold: bool| -> Vec<f64> {
+            results
+                .iter()
+                .filter(|r| r.candidate == name && r.cold == cold)
+                .map(|r| r.lift)
+                .collect()
+        };
+        let (trained, cold) = (lifts(false), lifts(true));
+        let spend = results
             .iter()
-            .filter(|r| r.feasible)
+            .filter(|r| r.candidate == name && !r.cold && r.feasible)
             .map(|r| r.spend_vs_budget)
             .max_by(|a, b| (a - 1.0).abs().total_cmp(&(b - 1.0).abs()))
             .unwrap_or(f64::NAN);
         out.push_str(&format!(
-            "{:<width$} {:>+10.4} {:>+10.4} {:>11.1}%\n",
+            "{:<width$} {:>+10.4} {:>+10.4} {:>11.1}% {:>+10.4} {:>+10.4}\n",
             name,
-            mean,
-            worst,
-            100.0 * spend
+            mean(&trained),
+            worst(&trained),
+            100.0 * spend,
+            mean(&cold),
+            worst(&cold)
         ));
     }
     out

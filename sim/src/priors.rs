@@ -52,12 +52,12 @@ pub fn fit_wide(env: &Environment, context: &str, cap: f64) -> Priors {
             let mut prior = stats.fit(cap)?;
             if data.cost_usd.is_some() {
                 prior = prior.with_usage(data.rows() as f64, cost, tokens);
-                let mut missed = FoldStatistics::new(env.dim());
+                let mut cost_residuals = FoldStatistics::new(env.dim());
                 for row in 0..data.rows() {
-                    let expected = prior.cost_by_usage(f64::from(env.input_tokens(row)));
-                    missed.add(row, env.features(row), data.cost_usd(row, arm) - expected);
+                    let expected = prior.usage.expected_cost_usd(f64::from(env.input_tokens(row)));
+                    cost_residuals.add(row, env.features(row), data.cost_usd(row, arm) - expected);
                 }
-                prior.cost_correction = missed.fit_ridge(prior.scale());
+                prior.cost_correction = cost_residuals.fit_ridge(prior.scale());
             }
             Some((name.clone(), prior))
         })
@@ -73,7 +73,9 @@ pub fn fit_wide(env: &Environment, context: &str, cap: f64) -> Priors {
 }
 
 /// Priors from a log's decisions that carry a quality: each arm learns from the rows where
-/// it was chosen. The fit conditions on the context, so the logging policy's choices
+/// it was chosen, its cost per token from all of them (no cost correction: a log's costs
+/// are of the chosen model only, and a few decisions per context would not fit one). An
+/// arm no decision with a quality chose gets no prior. The fit conditions on the context, so the logging policy's choices
 /// need no reweighting (its propensities matter for off-policy values, not here).
 pub fn fit_logged(log: &LoggedDataset, cap: f64) -> Result<Priors> {
     let builder = ContextBuilder::for_log(log);

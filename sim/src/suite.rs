@@ -12,7 +12,8 @@
 //! 4,000 prompts, 70% to train on (priors fitted from every model's outcome, or a replay under bandit feedback) and 30% to evaluate; the drift cases
 //! take 0.3 off the best model's quality on every row (clamped at 0, so a correct answer
 //! scores 0.7 and a wrong one stays 0) halfway through the evaluation, and are scored
-//! against the hull of the table as it drifted. Budgets are 10%,
+//! against the hull of the table as it drifted; the cold cases learn nothing first and are
+//! evaluated online on every row of the table. Budgets are 10%,
 //! 25% and 50% of the best single model's mean cost on the training rows.
 //!
 //! A case's score is the lift over the hull: the evaluated policy's quality minus the best
@@ -23,7 +24,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 use quiver_bandit::prior::DEFAULT_PRIOR_CAP;
-use quiver_bandit::{Objective, PolicySpec, DEFAULT_PACING_STEP};
+use quiver_bandit::{Objective, PolicySpec, Priors, DEFAULT_PACING_STEP};
 use serde::Serialize;
 
 use crate::context::ContextBuilder;
@@ -139,8 +140,12 @@ impl IrtTable {
 /// One case of the suite: what to train on, what to evaluate on, under which budget.
 #[derive(Debug, Clone)]
 pub struct Case {
-    /// The table's name, with `+drift` when the evaluation drifts.
+    /// The table's name, with `+drift` when the evaluation drifts and `+cold` when it
+    /// starts cold.
     pub table: String,
+    /// Whether the candidates start cold: they learn nothing from the training rows and
+    /// are evaluated online on every row of the table.
+    pub cold: bool,
     /// Training rows.
     pub train: WideDataset,
     /// Evaluation rows.
@@ -165,10 +170,26 @@ fn best_model(data: &WideDataset) -> (usize, f64) {
 
 /// The cases of the suite for `tables` (name, train, evaluation): every budget, and with
 /// `drift`, the same again with the best model's quality lowered by 0.3 halfway through
-/// the evaluation.
-pub fn cases(tables: Vec<(String, WideDataset, WideDataset)>, drift: bool) -> Vec<Case> {
+/// the evaluation, and with `cold`, the same again from a cold start on every row.
+pub fn cases(tables: Vec<(String, WideDataset, WideDataset)>, drift: bool, cold: bool) -> Result<Vec<Case>> {
     let mut out = Vec::new();
     for (name, train, test) in tables {
+        if cold {
+            let mut every_row = train.clone();
+            every_row.append(test.clone())?;
+            let best_cost = best_model(&train).1;
+            for share in BUDGET_SHARES {
+                out.push(Case {
+                    table: format!("{name}+cold"),
+                    cold: true,
+                    train: train.clone(),
+                    test: every_row.clone(),
+                    budget_share: share,
+                    budget_usd: share * best_cost,
+                    drift: None,
+                });
+            }
+        }
         let (best, best_cost) = best_model(&train);
         let drifts = [
             None,
@@ -190,6 +211,7 @@ pub fn cases(tables: Vec<(String, WideDataset, WideDataset)>, drift: bool) -> Ve
                     } else {
                         name.clone()
                     },
+                    cold: false,
                     train: train.clone(),
                     test: test.clone(),
                     budget_share: share,
@@ -199,7 +221,7 @@ pub fn cases(tables: Vec<(String, WideDataset, WideDataset)>, drift: bool) -> Ve
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// The suite's generated table of `arms` models: training rows and evaluation rows.
@@ -271,6 +293,8 @@ impl Candidate {
 pub struct CaseResult {
     /// The case's table.
     pub table: String,
+    /// Whether the case starts cold.
+    pub cold: bool,
     /// Its budget as a share of the best model's cost.
     pub budget_share: f64,
     /// The candidate: its policy, and its training passes when more than one.
@@ -323,12 +347,21 @@ pub fn run(
             .fold(f64::INFINITY, f64::min);
         let env = Environment::new(&case.test, &builder)?;
         let train = Environment::new(&case.train, &builder)?;
+        // Priors per cap, fitted once per case.
+        let mut fitted: Vec<(f64, Priors)> = Vec::new();
         for candidate in candidates {
             let (priors, bandit_train) = match candidate.feedback {
-                TrainFeedback::Full => (
-                    Some(fit_wide(&train, &builder.definition(), candidate.prior_cap)),
-                    None,
-                ),
+                _ if case.cold => (None, None),
+                TrainFeedback::Full => {
+                    let cap = candidate.prior_cap;
+                    if !fitted.iter().any(|(c, _)| *c == cap) {
+                        fitted.push((cap, fit_wide(&train, &builder.definition(), cap)));
+                    }
+                    (
+                        fitted.iter().find(|(c, _)| *c == cap).map(|(_, p)| p.clone()),
+                        None,
+                    )
+                }
                 TrainFeedback::Bandit => (None, Some(&train)),
             };
             let settings = ReplaySettings {
@@ -360,6 +393,7 @@ pub fn run(
             let p = &summary.policies[0];
             results.push(CaseResult {
                 table: case.table.clone(),
+                cold: case.cold,
                 budget_share: case.budget_share,
                 candidate: candidate.label(),
                 quality: p.mean_quality,
@@ -421,7 +455,8 @@ mod tests {
             seed: 3,
         }
         .generate();
-        let cases: Vec<Case> = cases(vec![("t".into(), train, test)], false)
+        let cases: Vec<Case> = cases(vec![("t".into(), train, test)], false, false)
+            .unwrap()
             .into_iter()
             .filter(|c| c.budget_share == 0.5)
             .collect();
@@ -461,6 +496,26 @@ mod tests {
             delta: -0.3,
         };
         assert_eq!(expected_after(&test, &drift).quality, vec![0.85, 1.0, 0.0, 1.0]);
+    }
+
+    /// A cold case evaluates every row of the table, with the budget of the trained ones.
+    #[test]
+    fn cold_cases_evaluate_every_row() {
+        let (train, test) = IrtTable {
+            arms: 3,
+            rows: 100,
+            seed: 1,
+        }
+        .generate();
+        let all = cases(vec![("t".into(), train.clone(), test.clone())], false, true).unwrap();
+        assert_eq!(all.len(), 2 * BUDGET_SHARES.len());
+        let (cold, warm): (Vec<&Case>, Vec<&Case>) = all.iter().partition(|c| c.cold);
+        assert_eq!(cold.len(), BUDGET_SHARES.len());
+        for (c, w) in cold.iter().zip(&warm) {
+            assert_eq!(c.table, "t+cold");
+            assert_eq!(c.test.rows(), train.rows() + test.rows());
+            assert_eq!(c.budget_usd, w.budget_usd);
+        }
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub const WATCHED_FROM: f64 = 200.0;
 pub struct Cusum {
     up: f64,
     down: f64,
-    residuals: f64,
+    observed: f64,
     mean_residual: f64,
 }
 
@@ -51,8 +51,8 @@ impl Cusum {
     /// Adds residual `e`; true, and everything restarts, when either sum exceeds `threshold`.
     pub fn observe(&mut self, e: f64, threshold: f64) -> bool {
         let centered = e - self.mean_residual;
-        self.residuals += 1.0;
-        self.mean_residual += (e - self.mean_residual) / self.residuals;
+        self.observed += 1.0;
+        self.mean_residual += (e - self.mean_residual) / self.observed;
         self.up = (self.up + centered - SLACK).max(0.0);
         self.down = (self.down - centered - SLACK).max(0.0);
         let alarm = self.up > threshold || self.down > threshold;

@@ -270,7 +270,7 @@ pub struct Learner {
     /// Per arm, the change detection's sums (see [`crate::change`]); empty when the
     /// policy detects no change. Absent in snapshots written before it existed.
     #[serde(default)]
-    changes: Vec<Cusum>,
+    change_detectors: Vec<Cusum>,
 }
 
 /// Ridge prior of the cost models: weak next to a handful of observations.
@@ -336,7 +336,7 @@ impl Learner {
             pacer,
             next_decision: 0,
             tracked: OrdMap::new(),
-            changes: Vec::new(),
+            change_detectors: Vec::new(),
         })
     }
 
@@ -379,7 +379,7 @@ impl Learner {
     }
 
     /// Starts the arms from priors fitted offline (see [`crate::prior`]): each arm with a
-    /// prior adds it to what it has learned, takes its cost sums as its usage prior and,
+    /// prior adds it to what it has learned, adds its cost sums to its usage prior and,
     /// without prices, starts its cost correction from the prior's. Returns the ids of the arms without one. The
     /// caller checks that the priors were fitted in the context definition its requests
     /// are featurized with; the learner can check only the dimension.
@@ -392,22 +392,22 @@ impl Learner {
             }
             .into());
         }
-        let mut without = Vec::new();
+        let mut arms_without_prior = Vec::new();
         for (index, arm) in self.arms.iter().enumerate() {
             match priors.arms.get(&arm.id) {
                 Some(prior) => {
                     self.policy.absorb_prior(index, prior);
-                    self.usage[index].prior = prior.usage;
+                    self.usage[index].prior.add(&prior.usage);
                     if let (Some(c), Some(models)) = (&prior.cost_correction, self.cost_models.as_mut()) {
                         if !arm.has_prices() {
                             models.absorb_prior(index, c, prior.observations);
                         }
                     }
                 }
-                None => without.push(arm.id.clone()),
+                None => arms_without_prior.push(arm.id.clone()),
             }
         }
-        Ok(without)
+        Ok(arms_without_prior)
     }
 
     fn validate_features(&self, features: &[f64]) -> Result<()> {
@@ -843,9 +843,9 @@ impl Learner {
     fn learn_quality(&mut self, arm: usize, features: &[f64], quality: f64) {
         let threshold = self.config.policy.detect;
         if threshold > 0.0 && self.policy.observations(arm) >= WATCHED_FROM {
-            self.changes.resize(self.arms.len(), Cusum::default());
+            self.change_detectors.resize(self.arms.len(), Cusum::default());
             let residual = quality - self.policy.estimate(arm, features).mean.clamp(0.0, 1.0);
-            if self.changes[arm].observe(residual, threshold) {
+            if self.change_detectors[arm].observe(residual, threshold) {
                 self.policy.shrink_arm(arm, RESTART_OBSERVATIONS);
             }
         }
@@ -914,8 +914,8 @@ impl Learner {
         }
         self.policy.remove_arm(index);
         self.usage.remove(index);
-        if index < self.changes.len() {
-            self.changes.remove(index);
+        if index < self.change_detectors.len() {
+            self.change_detectors.remove(index);
         }
         if let Some(models) = self.cost_models.as_mut() {
             models.remove_arm(index);

@@ -37,6 +37,17 @@ pub const PRIORS_VERSION: u32 = 1;
 /// Default [`Priors::cap`]: a table counts as at most this many observations per arm.
 pub const DEFAULT_PRIOR_CAP: f64 = 2000.0;
 
+/// Refuses a cap that is not a number of observations of at least 1.
+pub fn check_cap(cap: f64) -> Result<()> {
+    if cap >= 1.0 && cap.is_finite() {
+        return Ok(());
+    }
+    Err(ErrorKind::InvalidConfig(format!(
+        "the priors' cap is {cap}; it must be a number of observations, at least 1"
+    ))
+    .into())
+}
+
 /// Cross-validation folds of the ridge choice.
 pub const FOLDS: usize = 5;
 
@@ -242,19 +253,6 @@ impl ArmPrior {
         };
         self
     }
-
-    /// The expected cost of a request of `tokens` tokens by [`ArmPrior::usage`] alone, as
-    /// an arm without prices and observations computes it (see [`crate::usage`]).
-    pub fn cost_by_usage(&self, tokens: f64) -> f64 {
-        let u = &self.usage;
-        if u.input_tokens > 0.0 {
-            tokens * u.cost_usd / u.input_tokens
-        } else if u.requests > 0.0 {
-            u.cost_usd / u.requests
-        } else {
-            0.0
-        }
-    }
 }
 
 impl RidgePrior {
@@ -315,6 +313,7 @@ impl Priors {
         if self.dim == 0 {
             return invalid("priors: dim must be at least 1".into());
         }
+        check_cap(self.cap)?;
         for (arm, p) in &self.arms {
             p.quality.validate(self.dim, arm, "quality")?;
             if let Some(c) = &p.cost_correction {
@@ -322,16 +321,24 @@ impl Priors {
             }
             let u = &p.usage;
             let scalars = [
-                p.rows,
-                p.observations,
-                p.sum,
-                p.sum_sq,
-                u.requests,
-                u.cost_usd,
-                u.input_tokens,
+                ("rows", p.rows),
+                ("observations", p.observations),
+                ("sum", p.sum),
+                ("sum_sq", p.sum_sq),
+                ("usage.requests", u.requests),
+                ("usage.cost_usd", u.cost_usd),
+                ("usage.input_tokens", u.input_tokens),
             ];
-            if scalars.iter().any(|v| !v.is_finite()) {
-                return invalid(format!("priors of arm {arm}: a value is not finite"));
+            if let Some((field, value)) = scalars.iter().find(|(_, v)| !v.is_finite()) {
+                return invalid(format!(
+                    "priors of arm {arm}: {field} is {value}, not a finite number"
+                ));
+            }
+            if p.rows < 1.0 {
+                return invalid(format!(
+                    "priors of arm {arm}: rows is {}, at least 1 is needed",
+                    p.rows
+                ));
             }
             if !(0.0..=p.rows).contains(&p.observations)
                 || !(0.0..=p.observations * (1.0 + 1e-9)).contains(&p.sum)
@@ -364,8 +371,14 @@ impl RidgePrior {
                 self.moment.len(),
             ));
         }
-        if !self.lambda.is_finite() || self.precision.iter().chain(&self.moment).any(|v| !v.is_finite()) {
-            return invalid("has a value that is not finite".into());
+        if !(self.lambda.is_finite() && self.lambda >= 0.0) {
+            return invalid(format!("lambda is {}, not a number >= 0", self.lambda));
+        }
+        if let Some(i) = self.precision.iter().position(|v| !v.is_finite()) {
+            return invalid(format!("precision[{i}] is not a finite number"));
+        }
+        if let Some(i) = self.moment.iter().position(|v| !v.is_finite()) {
+            return invalid(format!("moment[{i}] is not a finite number"));
         }
         if Cholesky::new(self.precision_matrix(dim)).is_none() {
             return invalid("precision is not positive definite".into());
@@ -522,7 +535,16 @@ mod tests {
         let mut wide =
             Learner::new(LearnerConfig::new(config.policy.clone(), dim + 1), arms).expect("learner");
         let e = wide.absorb_priors(&priors).expect_err("dim");
-        assert!(e.to_string().contains('3') && e.to_string().contains('4'), "{e}");
+        assert!(
+            matches!(
+                e.kind(),
+                crate::ErrorKind::DimensionMismatch {
+                    expected: 4,
+                    found: 3
+                }
+            ),
+            "{e}"
+        );
         assert!(priors.check_context("test").is_ok());
         let e = priors.check_context("other").expect_err("context").to_string();
         assert!(e.contains("`test`") && e.contains("`other`"), "{e}");
@@ -551,7 +573,7 @@ mod tests {
             .expect("rows")
             .with_usage(200.0, total_cost, total_tokens);
         for (i, (x, tokens)) in rows.iter().enumerate() {
-            missed.add(i, x, cost(x, *tokens) - prior.cost_by_usage(*tokens));
+            missed.add(i, x, cost(x, *tokens) - prior.usage.expected_cost_usd(*tokens));
         }
         prior.cost_correction = missed.fit_ridge(prior.scale());
         let priors = Priors {
@@ -603,11 +625,15 @@ mod tests {
         assert!(e.contains("arm m") && e.contains("moment"), "{e}");
         priors = good.clone();
         priors.arms.get_mut("m").expect("arm").sum = f64::NAN;
+        let e = priors.validate().expect_err("nan").to_string();
+        assert!(e.contains("arm m: sum is NaN, not a finite number"), "{e}");
+        priors = good.clone();
+        priors.cap = 0.0;
         assert!(priors
             .validate()
-            .expect_err("nan")
+            .expect_err("cap")
             .to_string()
-            .contains("not finite"));
+            .contains("cap is 0"));
         priors = good.clone();
         priors.arms.get_mut("m").expect("arm").quality.precision[0] = -1.0;
         assert!(priors

@@ -303,11 +303,14 @@ impl RidgeTable {
     }
 
     /// Shrinks one arm's data (priors included) to count as at most `keep` observations
-    /// (see [`RidgeModel::discount`]); the estimate stays where it was.
+    /// (see [`RidgeModel::discount`]): the estimate moves toward the ridge prior's mean by
+    /// the share `lambda` then has. Under a window the shrunk history stays as a prior: the
+    /// arm's entries leave the window, which would otherwise subtract them at full weight.
     pub fn shrink_arm(&mut self, arm: usize, keep: f64) {
         let model = &mut self.models[arm];
         if model.count() > keep {
             model.discount(keep / model.count());
+            self.window.retain(|(a, _, _)| *a != arm);
         }
     }
 

@@ -156,11 +156,14 @@ impl ArmStatsTable {
         s.sum_sq += prior.sum_sq;
     }
 
-    /// Scales `arm`'s statistics to count as at most `keep` observations.
+    /// Scales `arm`'s statistics to count as at most `keep` observations (the mean stays).
+    /// Under a window the shrunk history stays as a prior: the arm's entries leave the
+    /// window, which would otherwise subtract them at full weight.
     pub fn shrink_arm(&mut self, arm: usize, keep: f64) {
         let s = &mut self.arms[arm];
         if s.count > keep {
             s.scale(keep / s.count);
+            self.window.retain(|(a, _)| *a != arm);
         }
     }
 
@@ -183,6 +186,25 @@ impl ArmStatsTable {
 
 #[cfg(test)]
 mod tests {
+
+    /// A restart under a window keeps the shrunk history as a prior: the window no longer
+    /// subtracts the arm's old entries at full weight.
+    #[test]
+    fn a_shrunk_arm_leaves_the_window() {
+        let mut table = ArmStatsTable::new(1, Forgetting::Window { size: 5 });
+        for _ in 0..10 {
+            table.observe(0, 1.0);
+        }
+        table.shrink_arm(0, 2.0);
+        assert_eq!(table.get(0).count, 2.0);
+        for _ in 0..10 {
+            table.observe(0, 0.0);
+        }
+        // The shrunk history (2 at mean 1) plus the window's last 5 (at 0).
+        let s = table.get(0);
+        assert_eq!((s.count, s.sum), (7.0, 2.0));
+    }
+
     use super::*;
 
     #[test]

@@ -55,6 +55,28 @@ pub struct UsagePrior {
     pub input_tokens: f64,
 }
 
+impl UsagePrior {
+    /// The expected cost of a request of `tokens` input tokens on an arm without prices
+    /// with these sums: `tokens * cost / input tokens`, else the mean cost per request,
+    /// else 0 (see the module docs).
+    pub fn expected_cost_usd(&self, tokens: f64) -> f64 {
+        if self.input_tokens > 0.0 {
+            tokens * self.cost_usd / self.input_tokens
+        } else if self.requests > 0.0 {
+            self.cost_usd / self.requests
+        } else {
+            0.0
+        }
+    }
+
+    /// Adds another prior's sums.
+    pub fn add(&mut self, other: &UsagePrior) {
+        self.requests += other.requests;
+        self.cost_usd += other.cost_usd;
+        self.input_tokens += other.input_tokens;
+    }
+}
+
 impl ArmUsage {
     /// Mean latency in ms (0 before any outcome) and its standard error.
     pub fn latency_estimate_ms(&self) -> (f64, f64) {
@@ -78,16 +100,12 @@ impl ArmUsage {
             };
             t * arm.input_usd_per_token + out * arm.output_usd_per_token
         } else {
-            let cost = self.cost_usd + self.prior.cost_usd;
-            let tokens = self.input_tokens + self.prior.input_tokens;
-            let requests = self.requests as f64 + self.prior.requests;
-            if tokens > 0.0 {
-                t * cost / tokens
-            } else if requests > 0.0 {
-                cost / requests
-            } else {
-                0.0
+            UsagePrior {
+                requests: self.requests as f64 + self.prior.requests,
+                cost_usd: self.cost_usd + self.prior.cost_usd,
+                input_tokens: self.input_tokens + self.prior.input_tokens,
             }
+            .expected_cost_usd(t)
         }
     }
 

@@ -96,7 +96,7 @@ fn forgetting_variants_recover_after_the_best_arm_changes_and_stationary_ones_do
                 "{stationary} seed {seed} recovered: {}",
                 stuck.best_share(window.clone())
             );
-            for spec in [with("gamma=0.99"), with("window=200"), with("")] {
+            for spec in [with("gamma=0.99,detect=0"), with("window=200,detect=0"), with("")] {
                 let r = run(&mut learner(&spec, 2, 1, seed), &mut env(), change + 900, seed);
                 let share = r.best_share(window.clone());
                 assert!(

@@ -142,6 +142,8 @@ struct RouteState {
     featurizer: HashingFeaturizer,
     learner: Learner,
     decision_seqs: DecisionSeqs,
+    /// Whether the learner came from the snapshot (and so holds what priors taught).
+    restored: bool,
 }
 
 /// Where the log wrote each tracked decision of a route, so that a snapshot can say where
@@ -183,12 +185,12 @@ fn absorb_priors_file(learner: &mut Learner, path: &Path, definition: &str, rout
         |e: quiver_bandit::Error| ServeError::Config(format!("route {route}: {}: {e}", path.display()));
     let priors = Priors::from_json(&text).map_err(refuse)?;
     priors.check_context(definition).map_err(refuse)?;
-    let without = learner.absorb_priors(&priors).map_err(refuse)?;
+    let arms_without_prior = learner.absorb_priors(&priors).map_err(refuse)?;
     tracing::info!(
         route,
         priors = %path.display(),
         source = %priors.source,
-        models_without_prior = ?without,
+        models_without_prior = ?arms_without_prior,
         "route starts from priors"
     );
     Ok(())
@@ -217,17 +219,27 @@ impl RouteState {
                 arm
             })
             .collect();
-        let mut learner = Learner::new(learner_config, arms)?;
-        if let Some(path) = &config.priors {
-            absorb_priors_file(&mut learner, path, &featurizer.definition(), &config.name)?;
-        }
         Ok(RouteState {
             policy: spec.to_string(),
-            learner,
+            learner: Learner::new(learner_config, arms)?,
             featurizer,
             config,
             decision_seqs: DecisionSeqs::default(),
+            restored: false,
         })
+    }
+
+    /// Starts a route without learned state from its priors file, if it has one.
+    fn absorb_priors(&mut self) -> Result<()> {
+        match &self.config.priors {
+            Some(path) => absorb_priors_file(
+                &mut self.learner,
+                path,
+                &self.featurizer.definition(),
+                &self.config.name,
+            ),
+            None => Ok(()),
+        }
     }
 
     /// Tracks decision `id`, logged at `seq`, for its feedback.
@@ -557,6 +569,16 @@ impl Router {
         for name in &options.reset_routes {
             recovery.insert(name.clone(), Recovery::Reset);
         }
+        // Routes without learned state start from their priors: fresh, rebuilt from the
+        // log (which then teaches them on top) and reset ones.
+        for (name, state) in states.iter_mut() {
+            if state.restored && options.reset_routes.contains(name) {
+                *state = RouteState::new(state.config.clone(), options.feedback_horizon)?;
+            }
+            if !state.restored {
+                state.absorb_priors()?;
+            }
+        }
         let log_last = Self::replay_log(&mut states, dir, last_seq, &recovery)?;
         let log = DecisionLog::open(dir, log_last, options.segment_bytes).map_err(io_at(dir))?;
         Ok(Router {
@@ -636,6 +658,7 @@ impl Router {
                         });
                     }
                     state.learner = restored;
+                    state.restored = true;
                     let recovered = Recovery::Snapshot {
                         last_seq: snapshot.last_seq,
                         tracked_from: snapshot.tracked_from.get(name).copied(),

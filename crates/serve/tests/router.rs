@@ -565,17 +565,20 @@ fn a_route_starts_from_its_priors_once() {
             prompt: Some(format!("new prompt {i}")),
             ..RouteRequest::default()
         };
-        assert_eq!(
+        let routed = router.route("code", &request).unwrap().wait().unwrap();
+        assert_eq!(routed.decision.arm, "big");
+        if i < 5 {
+            // Five poor answers, so that the learned state differs from the priors.
+            let outcome = Outcome::new(100.0, 0.001).with_quality(0.0);
             router
-                .route("code", &request)
+                .record_outcome(&routed.decision_id, &outcome)
                 .unwrap()
                 .wait()
-                .unwrap()
-                .decision
-                .arm,
-            "big"
-        );
+                .unwrap();
+        }
     }
+    assert!(matches!(router.learner("code").unwrap().policy(),
+        quiver_bandit::AnyPolicy::BetaTs(p) if p.posterior(0) == (96.0, 11.0)));
     // A restart, from the log alone and then from a snapshot, counts the priors once.
     let before = learners_json(&router);
     drop(router);
@@ -585,6 +588,26 @@ fn a_route_starts_from_its_priors_once() {
     drop(router);
     let router = Router::open_with(configs.clone(), &dir.join("log"), crash_options()).unwrap();
     assert_eq!(learners_json(&router), before);
+    drop(router);
+    // A route restored from its snapshot does not read its priors again: a file moved away
+    // does not block the restart.
+    std::fs::rename(&priors, dir.join("moved.json")).unwrap();
+    let router = Router::open_with(configs.clone(), &dir.join("log"), crash_options()).unwrap();
+    assert_eq!(learners_json(&router), before);
+    drop(router);
+    // A reset route starts again from its priors alone.
+    std::fs::rename(dir.join("moved.json"), &priors).unwrap();
+    let reset = RouterOptions {
+        reset_routes: vec!["code".into()],
+        ..crash_options()
+    };
+    let router = Router::open_with(configs.clone(), &dir.join("log"), reset).unwrap();
+    match router.learner("code").unwrap().policy() {
+        quiver_bandit::AnyPolicy::BetaTs(p) => {
+            assert_eq!((p.posterior(0), p.posterior(1)), ((96.0, 6.0), (6.0, 96.0)))
+        }
+        other => panic!("{other:?}"),
+    }
     drop(router);
 
     // Priors of other contexts, or a missing file, stop the start with the route and file.

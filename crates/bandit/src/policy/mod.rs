@@ -208,7 +208,8 @@ pub trait Policy {
     fn observations(&self, arm: usize) -> f64;
 
     /// Shrinks what `arm` has learned (priors included) to count as at most `keep`
-    /// observations, keeping its estimate: after a change (see [`crate::change`]).
+    /// observations, after a change (see [`crate::change`]): a mean keeps its value, a
+    /// ridge model moves toward its prior by the prior's new share.
     fn shrink_arm(&mut self, arm: usize, keep: f64);
 }
 
