@@ -405,6 +405,18 @@ mod tests {
             .collect()
     }
 
+    /// Priors of `arms` in dimension `dim`, in the context definition `test`.
+    fn test_priors(dim: usize, arms: BTreeMap<String, ArmPrior>) -> Priors {
+        Priors {
+            version: PRIORS_VERSION,
+            context: "test".into(),
+            dim,
+            cap: 1e9,
+            source: "test".into(),
+            arms,
+        }
+    }
+
     fn statistics(data: &[(Vec<f64>, f64)], dim: usize) -> FoldStatistics {
         let mut stats = FoldStatistics::new(dim);
         for (i, (x, r)) in data.iter().enumerate() {
@@ -517,14 +529,10 @@ mod tests {
         use crate::{Arm, Learner, LearnerConfig};
         let dim = 3;
         let prior = statistics(&rows(40, dim, 7), dim).fit(1e9).expect("rows");
-        let priors = Priors {
-            version: PRIORS_VERSION,
-            context: "test".into(),
+        let priors = test_priors(
             dim,
-            cap: 1e9,
-            source: "test".into(),
-            arms: BTreeMap::from([("b".to_string(), prior.clone()), ("gone".to_string(), prior)]),
-        };
+            BTreeMap::from([("b".to_string(), prior.clone()), ("gone".to_string(), prior)]),
+        );
         let config = LearnerConfig::new("beta-ts".parse().expect("spec"), dim);
         let arms = vec![Arm::new("a"), Arm::new("b")];
         let mut learner = Learner::new(config.clone(), arms.clone()).expect("learner");
@@ -576,14 +584,7 @@ mod tests {
             missed.add(i, x, cost(x, *tokens) - prior.usage.expected_cost_usd(*tokens));
         }
         prior.cost_correction = missed.fit_ridge(prior.scale());
-        let priors = Priors {
-            version: PRIORS_VERSION,
-            context: "test".into(),
-            dim,
-            cap: 1e9,
-            source: "test".into(),
-            arms: BTreeMap::from([("a".to_string(), prior)]),
-        };
+        let priors = test_priors(dim, BTreeMap::from([("a".to_string(), prior)]));
         let config = LearnerConfig::new("linucb".parse().expect("spec"), dim);
         let mut learner = Learner::new(config, vec![Arm::new("a"), Arm::new("b")]).expect("learner");
         learner.absorb_priors(&priors).expect("fits");
@@ -610,14 +611,7 @@ mod tests {
     fn validation_names_the_arm_and_the_problem() {
         let dim = 3;
         let prior = statistics(&rows(30, dim, 5), dim).fit(1e9).expect("rows");
-        let mut priors = Priors {
-            version: PRIORS_VERSION,
-            context: "test".into(),
-            dim,
-            cap: 1e9,
-            source: "test".into(),
-            arms: BTreeMap::from([("m".to_string(), prior)]),
-        };
+        let mut priors = test_priors(dim, BTreeMap::from([("m".to_string(), prior)]));
         assert!(priors.validate().is_ok());
         let good = priors.clone();
         priors.arms.get_mut("m").expect("arm").quality.moment.pop();
