@@ -363,7 +363,7 @@ fn routerbench_defaults_start_from_priors_and_clear_the_hull() {
         DEFAULT_PRIOR_CAP,
     );
     let settings = ReplaySettings {
-        variants: ["linucb(alpha=0.5)", "lints(v=0.1,draws=64)"]
+        variants: ["linucb(alpha=0.1)", "lints(v=0.05,draws=64)"]
             .map(|s| variant(s, Objective::default(), Some(0.0012)))
             .to_vec(),
         seeds: 10,
