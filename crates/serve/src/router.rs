@@ -86,8 +86,9 @@ pub struct RouteConfig {
     #[serde(default)]
     pub seed: u64,
     /// A priors file (`quiver priors fit`) the route's models start from when the route
-    /// starts without learned state: first start, or `--reset-route`. A snapshot or the
-    /// log already holds what the priors taught.
+    /// starts without a learner from the snapshot: first start, a rebuild from the log
+    /// (which then teaches it on top, as it did the first time), or `--reset-route`. A
+    /// restored route holds what the priors taught and does not read the file.
     #[serde(default)]
     pub priors: Option<PathBuf>,
 }
