@@ -37,17 +37,17 @@ impl std::str::FromStr for TrainFeedback {
 /// builder of definition `context`, capped at `cap` observations per arm.
 pub fn fit_wide(env: &Environment, context: &str, cap: f64) -> Priors {
     let data = env.data();
+    let tokens: f64 = (0..data.rows()).map(|row| f64::from(env.input_tokens(row))).sum();
     let arms: BTreeMap<String, _> = data
         .arms
         .par_iter()
         .enumerate()
         .filter_map(|(arm, name)| {
             let mut stats = FoldStatistics::new(env.dim());
-            let (mut cost, mut tokens) = (0.0, 0.0);
+            let mut cost = 0.0;
             for row in 0..data.rows() {
                 stats.add(row, env.features(row), data.quality(row, arm));
                 cost += data.cost_usd(row, arm);
-                tokens += f64::from(env.input_tokens(row));
             }
             let mut prior = stats.fit(cap)?;
             if data.cost_usd.is_some() {
