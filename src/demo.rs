@@ -117,14 +117,13 @@ pub async fn demo_config(listen: Option<String>) -> Result<ServeConfig> {
         .iter()
         .enumerate()
         .map(|(i, arm)| ModelConfig {
-            id: arm.id.clone(),
-            input_usd_per_million: arm.input_usd_per_token * 1e6,
-            output_usd_per_million: arm.output_usd_per_token * 1e6,
-            context_window: None,
             tags: vec!["simulated".into()],
             base_url: Some(format!("http://{addr}/simulated/{i}")),
-            api_key_env: None,
-            upstream_model: None,
+            ..ModelConfig::priced(
+                &arm.id,
+                arm.input_usd_per_token * 1e6,
+                arm.output_usd_per_token * 1e6,
+            )
         })
         .collect();
     let route = RouteConfig {

@@ -35,6 +35,22 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// Logs the wide table `data` under `policy` into `out` with `quiver data convert`.
+fn convert_to_log(data: &Path, policy: &str, out: &Path) {
+    stdout(&quiver(&[
+        "data",
+        "convert",
+        "--data",
+        data.to_str().unwrap(),
+        "--to",
+        "logged",
+        "--logging-policy",
+        policy,
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+}
+
 /// A small wide table: three arms, a feature, prompts with tasks.
 fn wide_fixture(dir: &Path) -> PathBuf {
     let path = dir.join("wide.csv");
@@ -169,18 +185,7 @@ fn wide_data_converts_to_a_log_that_ope_reads() {
     let dir = scratch("convert_ope");
     let data = wide_fixture(&dir);
     let log = dir.join("log.parquet");
-    stdout(&quiver(&[
-        "data",
-        "convert",
-        "--data",
-        data.to_str().unwrap(),
-        "--to",
-        "logged",
-        "--logging-policy",
-        "eps(0.5)",
-        "--out",
-        log.to_str().unwrap(),
-    ]));
+    convert_to_log(&data, "eps(0.5)", &log);
     let out = stdout(&quiver(&[
         "ope",
         "--data",
@@ -463,18 +468,7 @@ fn priors_fitted_from_a_table_carry_what_each_model_is_good_at() {
 
     // From a log, each model learns from the decisions that chose it.
     let log = dir.join("log.csv");
-    stdout(&quiver(&[
-        "data",
-        "convert",
-        "--data",
-        data.to_str().unwrap(),
-        "--to",
-        "logged",
-        "--logging-policy",
-        "random",
-        "--out",
-        log.to_str().unwrap(),
-    ]));
+    convert_to_log(&data, "random", &log);
     stdout(&quiver(&[
         "priors",
         "fit",

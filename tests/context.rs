@@ -21,16 +21,7 @@ const PROMPTS: [&str; 4] = [
 ];
 
 fn route(extra_features: usize) -> RouteConfig {
-    let model = |id: &str, price: f64| ModelConfig {
-        id: id.into(),
-        input_usd_per_million: price,
-        output_usd_per_million: 2.0 * price,
-        context_window: None,
-        tags: vec![],
-        base_url: None,
-        api_key_env: None,
-        upstream_model: None,
-    };
+    let model = |id: &str, price: f64| ModelConfig::priced(id, price, 2.0 * price);
     RouteConfig {
         name: "r".into(),
         policy: "linucb".into(),

@@ -541,16 +541,7 @@ mod tests {
 
     #[test]
     fn an_upstream_s_absurd_usage_is_clamped_into_the_physical_ranges() {
-        let model = ModelConfig {
-            id: "m".into(),
-            input_usd_per_million: 10_000.0,
-            output_usd_per_million: 10_000.0,
-            context_window: None,
-            tags: Vec::new(),
-            base_url: None,
-            api_key_env: None,
-            upstream_model: None,
-        };
+        let model = ModelConfig::priced("m", 10_000.0, 10_000.0);
         let outcome = call_outcome(&model, 1e300, u32::MAX, u32::MAX);
         assert!(outcome.validate().is_ok(), "{outcome:?}");
         assert_eq!(outcome.input_tokens, 100_000_000);

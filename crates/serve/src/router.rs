@@ -60,6 +60,22 @@ pub struct ModelConfig {
     pub upstream_model: Option<String>,
 }
 
+impl ModelConfig {
+    /// A model with its list prices and nothing else: no context window, tags or upstream.
+    pub fn priced(id: &str, input_usd_per_million: f64, output_usd_per_million: f64) -> Self {
+        ModelConfig {
+            id: id.into(),
+            input_usd_per_million,
+            output_usd_per_million,
+            context_window: None,
+            tags: Vec::new(),
+            base_url: None,
+            api_key_env: None,
+            upstream_model: None,
+        }
+    }
+}
+
 /// One route: a name, a policy and its models.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

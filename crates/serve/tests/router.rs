@@ -25,16 +25,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn routes() -> Vec<RouteConfig> {
-    let model = |id: &str, price: f64| ModelConfig {
-        id: id.into(),
-        input_usd_per_million: price,
-        output_usd_per_million: 2.0 * price,
-        context_window: None,
-        tags: vec![],
-        base_url: None,
-        api_key_env: None,
-        upstream_model: None,
-    };
+    let model = |id: &str, price: f64| ModelConfig::priced(id, price, 2.0 * price);
     vec![
         RouteConfig {
             name: "chat".into(),
