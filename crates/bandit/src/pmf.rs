@@ -5,7 +5,6 @@
 //! Every PMF here is a `Vec<f64>` indexed like the eligible arms, non-negative, summing to 1.
 
 use rand::Rng;
-use rand_distr::{Distribution, StandardNormal};
 
 /// Index of the largest score; ties go to the lowest index, so the choice is deterministic.
 /// NaN scores never win.
@@ -87,28 +86,12 @@ pub fn monte_carlo_argmax_pmf<R: Rng + ?Sized>(
     counts.iter().map(|&c| f64::from(c) / f64::from(draws)).collect()
 }
 
-/// Monte Carlo PMF of `argmax_a (m_a + s_a z_a)` for independent standard normals `z_a`:
-/// the PMF of Thompson sampling when each arm's sampled score is Gaussian (Gaussian TS, and
-/// linear TS, whose sampled `x' theta` is exactly `N(x' theta_hat, v^2 x' A^-1 x)`).
-pub fn gaussian_argmax_pmf<R: Rng + ?Sized>(
-    means: &[f64],
-    stds: &[f64],
-    draws: u32,
-    rng: &mut R,
-) -> Vec<f64> {
-    monte_carlo_argmax_pmf(means.len(), draws, rng, |rng, scores| {
-        for (a, s) in scores.iter_mut().enumerate() {
-            let z: f64 = StandardNormal.sample(rng);
-            *s = means[a] + stds[a] * z;
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
+    use rand_distr::{Distribution, StandardNormal};
 
     fn sums_to_one(p: &[f64]) -> bool {
         (p.iter().sum::<f64>() - 1.0).abs() < 1e-12 && p.iter().all(|&x| x >= 0.0)
@@ -153,15 +136,23 @@ mod tests {
     }
 
     #[test]
-    fn gaussian_argmax_pmf_matches_the_closed_form_for_two_arms() {
+    fn monte_carlo_pmf_of_gaussian_scores_matches_the_closed_form() {
+        let gaussian = |means: &'static [f64], stds: &'static [f64], draws, rng: &mut ChaCha8Rng| {
+            monte_carlo_argmax_pmf(means.len(), draws, rng, |rng, scores| {
+                for (a, s) in scores.iter_mut().enumerate() {
+                    let z: f64 = StandardNormal.sample(rng);
+                    *s = means[a] + stds[a] * z;
+                }
+            })
+        };
         // P(X1 > X0) for X0 ~ N(0, 1), X1 ~ N(0.5, 1) is Phi(0.5 / sqrt(2)) = 0.638163.
         let mut rng = ChaCha8Rng::seed_from_u64(7);
-        let p = gaussian_argmax_pmf(&[0.0, 0.5], &[1.0, 1.0], 40_000, &mut rng);
+        let p = gaussian(&[0.0, 0.5], &[1.0, 1.0], 40_000, &mut rng);
         assert!(sums_to_one(&p));
         let se = (0.638163f64 * (1.0 - 0.638163) / 40_000.0).sqrt();
         assert!((p[1] - 0.638163).abs() < 4.0 * se, "{p:?}");
         // A zero-variance arm far ahead always wins.
-        let p = gaussian_argmax_pmf(&[1.0, 0.0, -1.0], &[0.0, 0.1, 0.1], 100, &mut rng);
+        let p = gaussian(&[1.0, 0.0, -1.0], &[0.0, 0.1, 0.1], 100, &mut rng);
         assert_eq!(p, vec![1.0, 0.0, 0.0]);
     }
 }

@@ -284,10 +284,6 @@ pub(crate) fn combine_logged(
 }
 
 impl DatasetReader for LoggedReader {
-    fn name(&self) -> &'static str {
-        "logged"
-    }
-
     fn detects(&self, columns: &[String]) -> bool {
         columns.iter().any(|c| c == "arm") && columns.iter().any(|c| c == "propensity")
     }

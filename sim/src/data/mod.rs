@@ -37,8 +37,6 @@ pub enum Dataset {
 
 /// Turns the tables of one data path into a dataset.
 pub trait DatasetReader {
-    /// The format's name, as given to `--format`.
-    fn name(&self) -> &'static str;
     /// Whether the columns look like this format.
     fn detects(&self, columns: &[String]) -> bool;
     /// Reads the tables (one per file) into one dataset.

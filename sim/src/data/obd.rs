@@ -86,10 +86,6 @@ impl ObdReader {
 }
 
 impl DatasetReader for ObdReader {
-    fn name(&self) -> &'static str {
-        "obd"
-    }
-
     fn detects(&self, columns: &[String]) -> bool {
         columns.iter().any(|c| c == "item_id") && columns.iter().any(|c| c == "propensity_score")
     }

@@ -81,10 +81,6 @@ impl RouteLlmReader {
 }
 
 impl DatasetReader for RouteLlmReader {
-    fn name(&self) -> &'static str {
-        "routellm"
-    }
-
     fn detects(&self, columns: &[String]) -> bool {
         columns.first().is_some_and(|c| c == "prompt") && columns.len() >= 3
     }

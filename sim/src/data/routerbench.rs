@@ -54,10 +54,6 @@ impl RouterBenchReader {
 }
 
 impl DatasetReader for RouterBenchReader {
-    fn name(&self) -> &'static str {
-        "routerbench"
-    }
-
     fn detects(&self, columns: &[String]) -> bool {
         columns.iter().any(|c| c == "eval_name") && columns.iter().any(|c| c.ends_with(COST_SUFFIX))
     }

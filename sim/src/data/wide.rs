@@ -336,10 +336,6 @@ pub(crate) fn read_wide_tables(
 }
 
 impl DatasetReader for WideReader {
-    fn name(&self) -> &'static str {
-        "wide"
-    }
-
     fn detects(&self, columns: &[String]) -> bool {
         columns.iter().any(|c| c.starts_with("quality|"))
     }

@@ -38,11 +38,6 @@ impl LinTs {
     pub fn models(&self) -> &RidgeTable {
         &self.ridge
     }
-
-    /// The posterior scale `v`.
-    pub fn v(&self) -> f64 {
-        self.v
-    }
 }
 
 impl Policy for LinTs {

@@ -117,11 +117,6 @@ impl PolicySpec {
         }
     }
 
-    /// Whether the policy uses the context's features.
-    pub fn is_contextual(&self) -> bool {
-        matches!(self.kind, PolicyKind::LinUcb { .. } | PolicyKind::LinTs { .. })
-    }
-
     /// Builds the policy for arms `arm_ids` and contexts of dimension `dim`.
     pub fn build(&self, arm_ids: &[&str], dim: usize) -> Result<AnyPolicy> {
         let k = arm_ids.len();
