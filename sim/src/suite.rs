@@ -4,17 +4,20 @@
 //! Generated tables follow an item-response model, so that they look like real evaluation
 //! tables without being any of them: each prompt has a topic (its words say which) and a
 //! hidden difficulty `d ~ N(0, 1)` (longer prompts are harder on average); each model
-//! belongs to a family with an ability per topic, and its members are near-duplicates
-//! (`+ N(0, 0.15)`) at three sizes (`-0.6, 0, +0.6`). A model answers well with
-//! probability `sigmoid(ability[topic] - 1.2 d + 0.6)`; its price per request rises with its
-//! mean ability, unevenly (`exp(1.6 ability + N(0, 0.6))`, scaled to RouterBench's range of
-//! $0.00005 to $0.005), times the prompt's length. Each table has 3, 11, 30 or 60 models and
-//! 4,000 prompts, 70% to train on (priors fitted from every model's outcome, or a replay under bandit feedback) and 30% to evaluate; the drift cases
-//! take 0.3 off the best model's quality on every row (clamped at 0, so a correct answer
-//! scores 0.7 and a wrong one stays 0) halfway through the evaluation, and are scored
-//! against the hull of the table as it drifted; the cold cases learn nothing first and are
-//! evaluated online on every row of the table. Budgets are 10%,
-//! 25% and 50% of the best single model's mean cost on the training rows.
+//! belongs to a family with an ability level `N(0, 0.6^2)` and an ability per topic around
+//! it (`+ N(0, 0.6^2)`), and its members are near-duplicates (`+ N(0, 0.15^2)`) at three
+//! sizes (`-0.4, 0, +0.4`). A model answers well with probability
+//! `sigmoid(ability[topic] - 1.8 d + 1.2)`; its log price rises with its mean ability,
+//! unevenly (`1.0 ability + N(0, 1.3^2)`, with a geometric mean of $0.0004 per request),
+//! times the prompt's length. These constants are calibrated so that the tables have the
+//! shape of the public ones ([`CALIBRATION`], checked by a test on the public tables).
+//! Each table has 3, 11, 30 or 60 models and 4,000 prompts, 70% to train on (priors
+//! fitted from every model's outcome, or a replay under bandit feedback) and 30% to
+//! evaluate; the drift cases take 0.3 off the best model's quality on every row (clamped
+//! at 0, so a correct answer scores 0.7 and a wrong one stays 0) halfway through the
+//! evaluation, and are scored against the hull of the table as it drifted; the cold cases
+//! learn nothing first and are evaluated online on every row of the table. Budgets are
+//! 10%, 25% and 50% of the best single model's mean cost on the training rows.
 //!
 //! A case's score is the lift over the hull: the evaluated policy's quality minus the best
 //! fixed mix of at most two models at the same cost (see [`crate::metrics`]).
@@ -47,6 +50,23 @@ pub struct IrtTable {
 /// Topics of the generated prompts.
 const TOPICS: usize = 8;
 
+/// The generator's calibration (see [`CALIBRATION`] for what it is calibrated to):
+/// standard deviations of a family's ability level and of its ability per topic,
+const FAMILY_SD: f64 = 0.6;
+const TOPIC_SD: f64 = 0.6;
+/// the ability step between the sizes of a family and the spread of its near-duplicates,
+const SIZE_STEP: f64 = 0.4;
+const DUPLICATE_SD: f64 = 0.15;
+/// the weight of a prompt's difficulty and the log-odds of a typical model on a typical
+/// prompt,
+const DIFFICULTY_WEIGHT: f64 = 1.8;
+const EASE: f64 = 1.2;
+/// and a model's log price: its mean ability times this, plus noise of this deviation,
+/// scaled to the typical price of a request (USD; RouterBench's median model: $0.00033).
+const PRICE_PER_ABILITY: f64 = 1.0;
+const PRICE_NOISE_SD: f64 = 1.3;
+const TYPICAL_PRICE_USD: f64 = 0.0004;
+
 /// Share of the rows trained on.
 pub const TRAIN_SHARE: f64 = 0.7;
 
@@ -65,16 +85,16 @@ impl IrtTable {
         let families = self.arms.div_ceil(3);
         let family_ability: Vec<Vec<f64>> = (0..families)
             .map(|_| {
-                let level = 0.8 * normal(&mut rng);
-                (0..TOPICS).map(|_| level + 0.6 * normal(&mut rng)).collect()
+                let level = FAMILY_SD * normal(&mut rng);
+                (0..TOPICS).map(|_| level + TOPIC_SD * normal(&mut rng)).collect()
             })
             .collect();
         let abilities: Vec<Vec<f64>> = (0..self.arms)
             .map(|m| {
-                let size = [-0.6, 0.0, 0.6][m % 3];
+                let size = SIZE_STEP * (m % 3) as f64 - SIZE_STEP;
                 family_ability[m / 3]
                     .iter()
-                    .map(|a| a + size + 0.15 * normal(&mut rng))
+                    .map(|a| a + size + DUPLICATE_SD * normal(&mut rng))
                     .collect()
             })
             .collect();
@@ -82,14 +102,14 @@ impl IrtTable {
             .iter()
             .map(|a| {
                 let mean = a.iter().sum::<f64>() / TOPICS as f64;
-                (1.6 * mean + 0.6 * normal(&mut rng)).exp()
+                PRICE_PER_ABILITY * mean + PRICE_NOISE_SD * normal(&mut rng)
             })
             .collect();
-        // Scale prices so that the dearest model costs $0.005 per average request.
-        let dearest = prices.iter().copied().fold(f64::MIN_POSITIVE, f64::max);
+        // Scale prices so that their geometric mean is the typical price.
+        let mean_log = prices.iter().sum::<f64>() / prices.len() as f64;
         let prices: Vec<f64> = prices
             .iter()
-            .map(|p| (p / dearest * 0.005).max(0.00005))
+            .map(|log_price| TYPICAL_PRICE_USD * (log_price - mean_log).exp())
             .collect();
         let mut data = WideDataset {
             source: format!("irt:{}-arms", self.arms),
@@ -121,7 +141,8 @@ impl IrtTable {
                 .get_or_insert_with(Vec::new)
                 .push(format!("topic{topic}"));
             for m in 0..self.arms {
-                let good = rng.random::<f64>() < sigmoid(abilities[m][topic] - 1.2 * difficulty + 0.6);
+                let good = rng.random::<f64>()
+                    < sigmoid(abilities[m][topic] - DIFFICULTY_WEIGHT * difficulty + EASE);
                 data.quality.push(f64::from(u8::from(good)));
                 let noise = (0.2 * normal(&mut rng) - 0.02).exp();
                 data.cost_usd
@@ -134,6 +155,107 @@ impl IrtTable {
         train.retain_rows(|r| r < train_rows);
         data.retain_rows(|r| r >= train_rows);
         (train, data)
+    }
+}
+
+/// The shape of an evaluation table, in the statistics that decide how hard routing is:
+/// how far the models' accuracies spread, how far their prices spread, how much price says
+/// about accuracy, how much the models' answers go together, and what a per-prompt oracle
+/// gains over the best model. The generator is calibrated by comparing these with public
+/// tables ([`CALIBRATION`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TableShape {
+    /// Mean of the models' accuracies.
+    pub accuracy_mean: f64,
+    /// Standard deviation of the models' accuracies.
+    pub accuracy_sd: f64,
+    /// Standard deviation of the models' log mean cost per request.
+    pub log_cost_sd: f64,
+    /// Pearson correlation of a model's log mean cost with its accuracy.
+    pub cost_accuracy_correlation: f64,
+    /// Mean Pearson correlation of two models' per-prompt scores.
+    pub answer_correlation: f64,
+    /// Per-prompt oracle's quality minus the best model's.
+    pub oracle_gain: f64,
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+fn sd(v: &[f64]) -> f64 {
+    let m = mean(v);
+    (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len().max(2) - 1) as f64).sqrt()
+}
+
+fn correlation(a: &[f64], b: &[f64]) -> f64 {
+    let (ma, mb) = (mean(a), mean(b));
+    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let norm = |v: &[f64], m: f64| v.iter().map(|x| (x - m).powi(2)).sum::<f64>().sqrt();
+    cov / (norm(a, ma) * norm(b, mb)).max(f64::MIN_POSITIVE)
+}
+
+impl TableShape {
+    /// The shape of a table with costs.
+    pub fn of(data: &WideDataset) -> TableShape {
+        let singles = crate::metrics::single_arms(data, None);
+        let accuracy: Vec<f64> = singles.iter().map(|s| s.mean_quality).collect();
+        let log_cost: Vec<f64> = singles.iter().map(|s| s.mean_cost_usd.ln()).collect();
+        let columns: Vec<Vec<f64>> = (0..data.num_arms())
+            .map(|a| (0..data.rows()).map(|r| data.quality(r, a)).collect())
+            .collect();
+        let pairs: Vec<f64> = (0..columns.len())
+            .flat_map(|a| (a + 1..columns.len()).map(move |b| (a, b)))
+            .map(|(a, b)| correlation(&columns[a], &columns[b]))
+            .collect();
+        let best = accuracy.iter().copied().fold(0.0, f64::max);
+        TableShape {
+            accuracy_mean: mean(&accuracy),
+            accuracy_sd: sd(&accuracy),
+            log_cost_sd: sd(&log_cost),
+            cost_accuracy_correlation: correlation(&log_cost, &accuracy),
+            answer_correlation: mean(&pairs),
+            oracle_gain: crate::metrics::oracle(data).0 - best,
+        }
+    }
+}
+
+/// What the generated tables are calibrated to, from the public tables: the RouterBench
+/// subset's 11 models on 3,150 complete rows have accuracies of mean 0.68 and standard
+/// deviation 0.10, log costs of standard deviation 1.40 (LiteLLM's registry of ~3,000 chat
+/// models: 1.47 in log input price), a correlation of 0.41 between the two, answers that
+/// correlate 0.26 between two models, and an oracle 0.10 above the best model. Each range
+/// holds the public figure; the generator's tables must fall in it too.
+pub const CALIBRATION: [(&str, f64, f64); 6] = [
+    ("accuracy mean", 0.55, 0.80),
+    ("accuracy sd", 0.06, 0.16),
+    ("log cost sd", 1.0, 1.9),
+    ("cost-accuracy correlation", 0.2, 0.8),
+    ("answer correlation", 0.1, 0.45),
+    ("oracle gain", 0.05, 0.2),
+];
+
+impl TableShape {
+    /// The statistics in [`CALIBRATION`]'s order.
+    pub fn values(&self) -> [f64; 6] {
+        [
+            self.accuracy_mean,
+            self.accuracy_sd,
+            self.log_cost_sd,
+            self.cost_accuracy_correlation,
+            self.answer_correlation,
+            self.oracle_gain,
+        ]
+    }
+
+    /// The statistics outside their [`CALIBRATION`] range, named, with their values.
+    pub fn uncalibrated(&self) -> Vec<(&'static str, f64)> {
+        CALIBRATION
+            .iter()
+            .zip(self.values())
+            .filter(|((_, lo, hi), v)| !(lo..=hi).contains(&v))
+            .map(|((name, _, _), v)| (*name, v))
+            .collect()
     }
 }
 
@@ -411,8 +533,9 @@ pub fn run(
 mod tests {
     use super::*;
 
-    /// The table has what the module docs promise: the split, prices in range and rising
-    /// with quality on average, near-duplicate families, and no dominant model.
+    /// The table has what the module docs promise: the split, prices in range, near-duplicate
+    /// families, and the shape of the public tables ([`CALIBRATION`]) at every size the
+    /// suite uses but the smallest (three models have no spread to speak of).
     #[test]
     fn generated_tables_look_like_evaluation_tables() {
         let (train, test) = IrtTable {
@@ -423,14 +546,12 @@ mod tests {
         .generate();
         assert_eq!((train.rows(), test.rows()), (2800, 1200));
         let singles = crate::metrics::single_arms(&train, None);
-        let (q, c): (Vec<f64>, Vec<f64>) = singles.iter().map(|s| (s.mean_quality, s.mean_cost_usd)).unzip();
-        assert!(c.iter().all(|&c| (0.00003..0.01).contains(&c)), "{c:?}");
-        // Quality and log cost correlate positively.
-        let lc: Vec<f64> = c.iter().map(|c| c.ln()).collect();
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-        let (mq, ml) = (mean(&q), mean(&lc));
-        let cov: f64 = q.iter().zip(&lc).map(|(a, b)| (a - mq) * (b - ml)).sum();
-        assert!(cov > 0.0);
+        assert!(
+            singles
+                .iter()
+                .all(|s| (0.000005..0.05).contains(&s.mean_cost_usd)),
+            "{singles:?}"
+        );
         // Members of a family agree far more often than models of different families.
         let agree = |a: usize, b: usize| {
             (0..train.rows())
@@ -439,9 +560,41 @@ mod tests {
                 / train.rows() as f64
         };
         assert!(agree(0, 1) > agree(0, 4), "{} vs {}", agree(0, 1), agree(0, 4));
-        // The per-prompt oracle beats the best model by a wide margin: routing can pay.
-        let (oracle, _) = crate::metrics::oracle(&train);
-        assert!(oracle > q.iter().copied().fold(0.0, f64::max) + 0.1);
+        for (name, train, _) in generated_tables().into_iter().skip(1) {
+            let shape = TableShape::of(&train);
+            assert!(shape.uncalibrated().is_empty(), "{name}: {shape:?}");
+        }
+    }
+
+    /// The shape's statistics against values worked out by hand on a two-model table.
+    #[test]
+    fn table_shape_by_hand() {
+        let data = WideDataset {
+            arms: vec!["a".into(), "b".into()],
+            ids: (0..4).map(|i| i.to_string()).collect(),
+            // a: 1 1 0 0, b: 1 0 1 0 -> accuracies 0.5 and 0.5, answers uncorrelated.
+            quality: vec![1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0],
+            cost_usd: Some(vec![
+                1.0,
+                std::f64::consts::E,
+                1.0,
+                std::f64::consts::E,
+                1.0,
+                std::f64::consts::E,
+                1.0,
+                std::f64::consts::E,
+            ]),
+            ..WideDataset::default()
+        };
+        let shape = TableShape::of(&data);
+        assert!((shape.accuracy_mean - 0.5).abs() < 1e-12);
+        assert!(shape.accuracy_sd.abs() < 1e-12);
+        // log costs 0 and 1: sample sd sqrt(1/2).
+        assert!((shape.log_cost_sd - 0.5f64.sqrt()).abs() < 1e-12);
+        assert!(shape.answer_correlation.abs() < 1e-12);
+        // The oracle is right on 3 prompts of 4.
+        assert!((shape.oracle_gain - 0.25).abs() < 1e-12);
+        assert_eq!(shape.uncalibrated().len(), CALIBRATION.len(), "{shape:?}");
     }
 
     /// A small case end to end: one result per candidate (trained on priors and under
