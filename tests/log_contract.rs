@@ -1,0 +1,83 @@
+//! What the server logs is a dataset the simulator reads: decisions with their outcomes and
+//! late feedback merged into rows, propensities as logged, and a candidate evaluated on it
+//! off-policy.
+#![allow(clippy::unwrap_used)] // a test that fails should panic
+
+mod support;
+
+use quiver_bandit::{Applied, Outcome};
+use quiver_serve::{ModelConfig, RouteConfig, RouteRequest, Router};
+use quiver_sim::context::ContextBuilder;
+use quiver_sim::data::{load_logged, Format};
+use quiver_sim::ope::{estimate, inputs_for, run_candidate, Ips, Metric};
+use support::scratch;
+
+fn route() -> RouteConfig {
+    let model = |id: &str, price: f64| ModelConfig::priced(id, price, 2.0 * price);
+    RouteConfig {
+        name: "chat".into(),
+        policy: "lints(v=0.3,floor=0.05)".into(),
+        models: vec![model("big", 5.0), model("small", 0.2), model("mid", 1.0)],
+        w_cost: 20.0,
+        w_latency: 0.0,
+        budget_usd_per_request: Some(0.002),
+        extra_features: 1,
+        seed: 3,
+        priors: None,
+    }
+}
+
+#[test]
+fn the_log_is_a_dataset_the_simulator_reads_and_evaluates() {
+    let dir = scratch("log_contract");
+    let mut router = Router::open(vec![route()], &dir).unwrap();
+    let mut ids: Vec<String> = Vec::new();
+    for i in 0..40 {
+        let request = RouteRequest {
+            prompt: Some(format!("question {i}: what is {} + {}?", i * 7, i % 11)),
+            features: vec![(i % 5) as f64 / 5.0],
+            ..RouteRequest::default()
+        };
+        let routed = router.route("chat", &request).unwrap().wait().unwrap();
+        let cost = if routed.decision.arm == "big" {
+            0.004
+        } else {
+            0.0004
+        };
+        let outcome = Outcome::new(100.0 + i as f64, cost).with_tokens(20, 30);
+        router
+            .record_outcome(&routed.decision_id, &outcome)
+            .unwrap()
+            .wait()
+            .unwrap();
+        ids.push(routed.decision_id);
+        // The quality of decision i - 3 arrives now (late), except for every fourth.
+        if i >= 3 && i % 4 != 0 {
+            let applied = router.feedback(&ids[i - 3], 0.8).unwrap().wait().unwrap();
+            assert_eq!(applied, Applied::Applied);
+        }
+    }
+    drop(router);
+
+    let log = load_logged(dir.to_str().unwrap(), Format::Auto, None).unwrap();
+    assert_eq!(log.rows(), 40);
+    assert_eq!(log.arms, vec!["big", "mid", "small"]);
+    assert!(log.propensity.iter().all(|p| (0.05..=1.0).contains(p)));
+    assert!(log.cost_usd.iter().all(|&c| c > 0.0));
+    let with_quality = log.quality.iter().filter(|q| q.is_some()).count();
+    assert_eq!(with_quality, (3..40).filter(|i| i % 4 != 0).count());
+
+    let contexts = ContextBuilder::log_contexts(&log).unwrap();
+    let run = run_candidate(
+        &log,
+        &contexts,
+        &"random".parse().unwrap(),
+        Default::default(),
+        0,
+        false,
+    )
+    .unwrap();
+    let inputs = inputs_for(&log, &contexts, &run, Metric::Quality, f64::INFINITY, 100.0);
+    let ips = estimate(&Ips, &inputs, 100, 0);
+    assert!(ips.value.is_finite() && ips.value > 0.0);
+}
