@@ -22,6 +22,7 @@ pub enum DataCommand {
 }
 
 #[derive(Args)]
+#[command(allow_negative_numbers = true)]
 pub struct ConvertArgs {
     /// Input: a file, a directory or a quoted glob.
     #[arg(long)]
@@ -53,6 +54,7 @@ pub struct ConvertArgs {
 }
 
 #[derive(Args)]
+#[command(allow_negative_numbers = true)]
 pub struct GenerateArgs {
     /// A scenario file (default: the built-in one).
     #[arg(long, conflicts_with = "irt")]

@@ -12,6 +12,7 @@ use quiver_sim::ope::{
 use serde::Serialize;
 
 #[derive(Args)]
+#[command(allow_negative_numbers = true)]
 pub struct OpeArgs {
     /// The decision log: a file, a directory or a quoted glob.
     #[arg(long)]

@@ -19,6 +19,7 @@ pub enum PriorsCommand {
 }
 
 #[derive(Args)]
+#[command(allow_negative_numbers = true)]
 pub struct FitArgs {
     /// A wide table or a decision log: a file, a directory or a quoted glob.
     #[arg(long)]

@@ -24,6 +24,7 @@ pub const DEFAULT_POLICIES: &str =
     "random,eps(0.05),ucb1,beta-ts(draws=64),gaussian-ts(draws=64),linucb(alpha=0.1),lints(v=0.05,draws=64)";
 
 #[derive(Args)]
+#[command(allow_negative_numbers = true)]
 pub struct ReplayArgs {
     /// Data to evaluate on: a file, a directory or a quoted glob (default: the built-in
     /// scenario's test split).
@@ -60,7 +61,7 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "COLUMN=VALUE")]
     train_split: Option<String>,
     /// Budget: target mean spend per request in USD (paced by the learner).
-    #[arg(long)]
+    #[arg(long, value_parser = budget_usd)]
     budget: Option<f64>,
     /// Initial step size of the budget pacer's dual update (it shrinks as costs are
     /// observed).
@@ -108,6 +109,14 @@ pub struct ReplayArgs {
     /// Print the JSON summary instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+/// A budget in USD per request, within the learner's bounds.
+fn budget_usd(text: &str) -> std::result::Result<f64, String> {
+    let value: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    quiver_bandit::limits::BUDGET_USD
+        .check("the budget", value)
+        .map_err(|e| e.to_string())
 }
 
 fn parse_sweep(text: &str) -> Result<(String, Vec<f64>)> {
@@ -312,11 +321,6 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     }
     if specs.is_empty() {
         bail!("--policies is empty");
-    }
-    if let Some(b) = args.budget {
-        if !(b > 0.0 && b.is_finite()) {
-            bail!("--budget must be a positive number of USD per request");
-        }
     }
     let sweep = args.sweep.as_deref().map(parse_sweep).transpose()?;
     let drift = args.drift.as_deref().map(parse_drift).transpose()?;

@@ -8,6 +8,7 @@ use quiver_serve::server::{run, shutdown_signal, state};
 use quiver_serve::ServeConfig;
 
 #[derive(Args)]
+#[command(allow_negative_numbers = true)]
 pub struct ServeArgs {
     /// The configuration file (see quiver.example.toml).
     #[arg(long, default_value = "quiver.toml")]

@@ -18,6 +18,7 @@ use crate::replay_cmd::DEFAULT_POLICIES;
 use crate::split_specs;
 
 #[derive(Args)]
+#[command(allow_negative_numbers = true)]
 pub struct SuiteArgs {
     /// Comma-separated policy specs to compare.
     #[arg(long, default_value = DEFAULT_POLICIES)]

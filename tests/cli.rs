@@ -295,6 +295,52 @@ fn malformed_inputs_name_the_file_row_and_column() {
     assert!(err.contains("alpha=x is not a number"), "{err}");
 }
 
+/// What a new user trips on gets a short, precise answer: a negative cost names its bound
+/// as written in the docs, a negative flag value reaches the flag's own check, an unknown
+/// arm lists the arms, an incomplete row is named, and an OS error is said once.
+#[test]
+fn a_new_users_mistakes_get_precise_errors() {
+    let dir = scratch("new_user");
+    let negative = dir.join("negative.csv");
+    std::fs::write(&negative, "quality|a,cost|a,quality|b,cost|b\n1,-0.5,0,0.1\n").unwrap();
+    let err = stderr(&quiver(&["replay", "--data", negative.to_str().unwrap()]));
+    assert!(
+        err.contains("negative.csv: row 1, column `cost|a`: -0.5 is outside [0, 1000]"),
+        "{err}"
+    );
+
+    let err = stderr(&quiver(&["replay", "--budget", "-1"]));
+    assert!(
+        err.contains("'--budget <BUDGET>': the budget is -1.0, outside [1e-9, 1000] USD per request"),
+        "{err}"
+    );
+
+    let err = stderr(&quiver(&["replay", "--policies", "fixed(gpt-5)"]));
+    assert!(
+        err.contains("unknown arm `gpt-5` (the arms: gpt-4-1106-preview, "),
+        "{err}"
+    );
+
+    let truncated = dir.join("truncated.csv");
+    std::fs::write(&truncated, "quality|a,quality|b\n1,0\n0.5\n1,1\n").unwrap();
+    let out = stdout(&quiver(&[
+        "replay",
+        "--data",
+        truncated.to_str().unwrap(),
+        "--policies",
+        "random",
+    ]));
+    assert!(
+        out.contains("2 rows, 2 arms (1 incomplete rows dropped: ")
+            && out.contains("truncated.csv row 2: no quality for `b`)"),
+        "{out}"
+    );
+
+    let missing = dir.join("missing.toml");
+    let err = stderr(&quiver(&["serve", "--config", missing.to_str().unwrap()]));
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
+
 #[test]
 fn several_files_are_one_table() {
     let dir = scratch("glob");

@@ -7,6 +7,9 @@ use crate::data::WideDataset;
 use crate::metrics::{self, SingleArm};
 use crate::replay::{ReplaySettings, Run};
 
+/// Dropped rows a summary names; the rest are counted.
+const DROPPED_EXAMPLES: usize = 3;
+
 /// `dataset` of the summary.
 #[derive(Debug, Clone, Serialize)]
 pub struct DatasetInfo {
@@ -18,6 +21,9 @@ pub struct DatasetInfo {
     pub arms: Vec<String>,
     /// Rows dropped because an arm's value was missing.
     pub dropped_incomplete: usize,
+    /// The first of them: file, row and what it missed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dropped_examples: Vec<String>,
     /// Training rows, when learning on a training set first.
     pub train_rows: Option<usize>,
     /// What built the contexts (see `ContextBuilder::definition`): with prompts, a
@@ -250,7 +256,8 @@ pub fn summarize(
             path: data.source.clone(),
             rows: data.rows(),
             arms: data.arms.clone(),
-            dropped_incomplete: data.dropped_incomplete,
+            dropped_incomplete: data.dropped.len(),
+            dropped_examples: data.dropped.iter().take(DROPPED_EXAMPLES).cloned().collect(),
             train_rows,
             context: context.to_string(),
         },
@@ -284,7 +291,17 @@ pub fn table(summary: &Summary) -> String {
             .map(|t| format!(", trained on {t} rows"))
             .unwrap_or_default(),
         if d.dropped_incomplete > 0 {
-            format!(" ({} incomplete rows dropped)", d.dropped_incomplete)
+            let more = d.dropped_incomplete - d.dropped_examples.len();
+            format!(
+                " ({} incomplete rows dropped: {}{})",
+                d.dropped_incomplete,
+                d.dropped_examples.join("; "),
+                if more > 0 {
+                    format!("; and {more} more")
+                } else {
+                    String::new()
+                }
+            )
         } else {
             String::new()
         }

@@ -34,8 +34,13 @@ pub enum ErrorKind {
         /// Why the arms were excluded, one reason per arm.
         reasons: Vec<String>,
     },
-    /// An arm id that the learner does not know.
-    UnknownArm(String),
+    /// An arm id that the learner does not know, and the arms it knows.
+    UnknownArm {
+        /// The id given.
+        id: String,
+        /// The ids known, in order.
+        known: Vec<String>,
+    },
     /// An arm id added twice.
     DuplicateArm(String),
     /// Feedback for a decision the learner never made or has forgotten.
@@ -134,7 +139,9 @@ impl fmt::Display for Error {
             ErrorKind::NoEligibleArm { reasons } => {
                 write!(f, "no arm is eligible for this request: {}", reasons.join("; "))
             }
-            ErrorKind::UnknownArm(id) => write!(f, "unknown arm `{id}`"),
+            ErrorKind::UnknownArm { id, known } => {
+                write!(f, "unknown arm `{id}` (the arms: {})", known.join(", "))
+            }
             ErrorKind::DuplicateArm(id) => write!(f, "arm `{id}` already exists"),
             ErrorKind::UnknownDecision(id) => write!(
                 f,

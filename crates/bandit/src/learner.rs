@@ -372,10 +372,13 @@ impl Learner {
 
     /// Index of the arm with id `id`.
     pub fn arm_index(&self, id: &str) -> Result<usize> {
-        self.arms
-            .iter()
-            .position(|a| a.id == id)
-            .ok_or_else(|| ErrorKind::UnknownArm(id.to_string()).into())
+        self.arms.iter().position(|a| a.id == id).ok_or_else(|| {
+            ErrorKind::UnknownArm {
+                id: id.to_string(),
+                known: self.arms.iter().map(|a| a.id.clone()).collect(),
+            }
+            .into()
+        })
     }
 
     /// Starts the arms from priors fitted offline (see [`crate::prior`]): each arm with a

@@ -44,7 +44,9 @@ impl From<ServeError> for ApiError {
             ServeError::UnknownRoute(_) => ApiError::NotFound(e.to_string()),
             ServeError::BadDecisionId(_) | ServeError::EmptyRequest => ApiError::Invalid(e.to_string()),
             ServeError::Bandit(b) => match b.kind() {
-                ErrorKind::UnknownDecision(_) | ErrorKind::UnknownArm(_) => ApiError::NotFound(e.to_string()),
+                ErrorKind::UnknownDecision(_) | ErrorKind::UnknownArm { .. } => {
+                    ApiError::NotFound(e.to_string())
+                }
                 ErrorKind::NotFinite { .. }
                 | ErrorKind::OutOfRange { .. }
                 | ErrorKind::DimensionMismatch { .. }

@@ -22,12 +22,13 @@ pub enum ServeError {
     #[error(transparent)]
     Bandit(#[from] quiver_bandit::Error),
     /// A file of the log or the snapshot could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file or directory.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause, written out in the message (not chained as a source, which would
+        /// print it twice).
+        cause: std::io::Error,
     },
     /// A snapshot that does not fit the configuration.
     #[error("{path}: {reason}")]
@@ -45,5 +46,5 @@ pub type Result<T> = std::result::Result<T, ServeError>;
 /// Attaches a path to an I/O error.
 pub(crate) fn io_at(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ServeError {
     let path = path.into();
-    move |source| ServeError::Io { path, source }
+    move |cause| ServeError::Io { path, cause }
 }

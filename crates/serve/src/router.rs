@@ -733,7 +733,7 @@ impl Router {
             };
             ServeError::Io {
                 path: dir.to_path_buf(),
-                source: std::io::Error::new(
+                cause: std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!(
                         "the log has no record {seq}; restarting needs every record from {} on \

@@ -11,6 +11,8 @@
 //! with the cost, latency, error and quality learned later. Such rows are merged into
 //! their decision's row (in log order; the latest value wins).
 
+use quiver_bandit::limits;
+
 use super::wide::{ids_or_row_numbers, optional_in_range, optional_texts};
 use super::{feature_columns, read_features, Dataset, DatasetReader};
 use crate::error::{Result, SimError};
@@ -123,9 +125,9 @@ impl LoggedReader {
             })
             .collect::<Result<Vec<f64>>>()?;
         let n = table.rows();
-        let or_default = |column: &str| -> Result<Vec<f64>> {
+        let or_default = |column: &str, hi: f64| -> Result<Vec<f64>> {
             if table.has(column) {
-                Ok(optional_in_range(table, column, 0.0, f64::MAX)?
+                Ok(optional_in_range(table, column, 0.0, hi)?
                     .into_iter()
                     .map(|v| v.unwrap_or(0.0))
                     .collect())
@@ -151,8 +153,8 @@ impl LoggedReader {
                 } else {
                     vec![None; n]
                 },
-                cost_usd: or_default("cost_usd")?,
-                latency_ms: or_default("latency_ms")?,
+                cost_usd: or_default("cost_usd", limits::COST_USD.hi)?,
+                latency_ms: or_default("latency_ms", limits::LATENCY_MS.hi)?,
                 error: if table.has("error") {
                     table
                         .numbers("error", "")?

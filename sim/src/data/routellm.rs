@@ -28,7 +28,7 @@ pub const ASSUMED_OUTPUT_TOKENS: f64 = 256.0;
 pub struct RouteLlmReader;
 
 impl RouteLlmReader {
-    fn read_table(table: &Table, source: &str) -> Result<WideDataset> {
+    fn read_table(table: &Table) -> Result<WideDataset> {
         let arms: Vec<String> = table
             .columns()
             .into_iter()
@@ -76,7 +76,7 @@ impl RouteLlmReader {
             features: Vec::new(),
             arms,
         };
-        Ok(columns.into_dataset(source))
+        Ok(columns.into_dataset(table))
     }
 }
 
@@ -86,6 +86,6 @@ impl DatasetReader for RouteLlmReader {
     }
 
     fn read(&self, source: &str, tables: &[Table]) -> Result<Dataset> {
-        read_wide_tables(source, tables, |t| Self::read_table(t, source))
+        read_wide_tables(source, tables, Self::read_table)
     }
 }

@@ -5,6 +5,8 @@
 //! `<model>|model_response`, `<model>|total_cost` (USD), `oracle_model_to_route_to`.
 //! Arms are the models with a `|total_cost` column; `eval_name` becomes the task.
 
+use quiver_bandit::limits;
+
 use super::wide::{optional_in_range, optional_texts, read_wide_tables, WideColumns};
 use super::{Dataset, DatasetReader};
 use crate::error::Result;
@@ -16,7 +18,7 @@ pub struct RouterBenchReader;
 const COST_SUFFIX: &str = "|total_cost";
 
 impl RouterBenchReader {
-    fn read_table(table: &Table, source: &str) -> Result<super::WideDataset> {
+    fn read_table(table: &Table) -> Result<super::WideDataset> {
         let arms: Vec<String> = table
             .columns()
             .iter()
@@ -34,7 +36,7 @@ impl RouterBenchReader {
                 .collect::<Result<_>>()?,
             cost_usd: Some(
                 arms.iter()
-                    .map(|a| optional_in_range(table, &format!("{a}{COST_SUFFIX}"), 0.0, f64::MAX))
+                    .map(|a| optional_in_range(table, &format!("{a}{COST_SUFFIX}"), 0.0, limits::COST_USD.hi))
                     .collect::<Result<_>>()?,
             ),
             latency_ms: None,
@@ -49,7 +51,7 @@ impl RouterBenchReader {
             features: Vec::new(),
             arms,
         };
-        Ok(columns.into_dataset(source))
+        Ok(columns.into_dataset(table))
     }
 }
 
@@ -59,7 +61,7 @@ impl DatasetReader for RouterBenchReader {
     }
 
     fn read(&self, source: &str, tables: &[Table]) -> Result<Dataset> {
-        read_wide_tables(source, tables, |t| Self::read_table(t, source))
+        read_wide_tables(source, tables, Self::read_table)
     }
 }
 

@@ -2,8 +2,10 @@
 //!
 //! Columns: optional `id`, `prompt`, `task`, numeric `f_*`; for every arm `A`: `quality|A`
 //! in [0, 1], and optionally `cost|A` (USD), `latency_ms|A`. Arm names may contain
-//! `/ . - :`. A row missing any arm's quality (or cost, when costs are given) is dropped and
-//! counted in [`WideDataset::dropped_incomplete`].
+//! `/ . - :`. A row missing any arm's quality (or cost or latency, when given) is dropped
+//! and named in [`WideDataset::dropped`].
+
+use quiver_bandit::limits;
 
 use super::{feature_columns, read_features, Dataset, DatasetReader};
 use crate::error::{Result, SimError};
@@ -32,8 +34,9 @@ pub struct WideDataset {
     pub cost_usd: Option<Vec<f64>>,
     /// Latency in ms, `rows x arms`, when known.
     pub latency_ms: Option<Vec<f64>>,
-    /// Rows dropped because an arm's value was missing.
-    pub dropped_incomplete: usize,
+    /// Rows dropped because an arm's value was missing, one line each: file, row and what
+    /// it missed.
+    pub dropped: Vec<String>,
 }
 
 impl WideDataset {
@@ -144,7 +147,7 @@ impl WideDataset {
             mine.append(theirs);
         }
         self.features.append(&mut other.features);
-        self.dropped_incomplete += other.dropped_incomplete;
+        self.dropped.append(&mut other.dropped);
         Ok(())
     }
 
@@ -198,19 +201,22 @@ pub(crate) struct WideColumns {
 }
 
 impl WideColumns {
-    /// Drops incomplete rows and lays the values out row-major.
-    pub(crate) fn into_dataset(self, source: &str) -> WideDataset {
+    /// Drops incomplete rows and lays the values out row-major: the dataset of `table`.
+    pub(crate) fn into_dataset(self, table: &Table) -> WideDataset {
+        let source = table.path.display().to_string();
         let n = self.ids.len();
-        let all_present = |per_arm: &Option<Vec<Vec<Option<f64>>>>, row: usize| {
-            per_arm
-                .as_ref()
-                .is_none_or(|c| c.iter().all(|a| a[row].is_some()))
-        };
-        let complete: Vec<bool> = (0..n)
-            .map(|row| {
-                self.quality.iter().all(|q| q[row].is_some())
-                    && all_present(&self.cost_usd, row)
-                    && all_present(&self.latency_ms, row)
+        let measures = [
+            ("quality", Some(&self.quality)),
+            ("cost", self.cost_usd.as_ref()),
+            ("latency", self.latency_ms.as_ref()),
+        ];
+        let dropped: Vec<(usize, String)> = (0..n)
+            .filter_map(|row| {
+                measures.iter().find_map(|(measure, per_arm)| {
+                    let arm = (*per_arm)?.iter().position(|a| a[row].is_none())?;
+                    let what = format!("{source} row {}: no {measure} for `{}`", row + 1, self.arms[arm]);
+                    Some((row, what))
+                })
             })
             .collect();
         let flat = |per_arm: &Vec<Vec<Option<f64>>>| -> Vec<f64> {
@@ -219,7 +225,7 @@ impl WideColumns {
                 .collect()
         };
         let mut data = WideDataset {
-            source: source.to_string(),
+            source: source.clone(),
             quality: flat(&self.quality),
             cost_usd: self.cost_usd.as_ref().map(flat),
             latency_ms: self.latency_ms.as_ref().map(flat),
@@ -227,12 +233,16 @@ impl WideColumns {
             ids: self.ids,
             prompts: self.prompts,
             tasks: self.tasks,
-            dropped_incomplete: 0,
+            dropped: Vec::new(),
             arms: self.arms,
             feature_names: self.feature_names,
         };
+        let mut complete = vec![true; n];
+        for (row, _) in &dropped {
+            complete[*row] = false;
+        }
         data.retain_rows(|r| complete[r]);
-        data.dropped_incomplete = n - data.rows();
+        data.dropped = dropped.into_iter().map(|(_, what)| what).collect();
         data
     }
 }
@@ -270,7 +280,7 @@ pub(crate) fn ids_or_row_numbers(table: &Table, column: &str) -> Result<Vec<Stri
 pub struct WideReader;
 
 impl WideReader {
-    fn read_table(table: &Table, source: &str) -> Result<WideDataset> {
+    fn read_table(table: &Table) -> Result<WideDataset> {
         let columns = table.columns();
         let arms: Vec<String> = columns
             .iter()
@@ -306,8 +316,8 @@ impl WideReader {
                 .iter()
                 .map(|a| optional_in_range(table, &format!("quality|{a}"), 0.0, 1.0))
                 .collect::<Result<_>>()?,
-            cost_usd: per_arm("cost", f64::MAX)?,
-            latency_ms: per_arm("latency_ms", f64::MAX)?,
+            cost_usd: per_arm("cost", limits::COST_USD.hi)?,
+            latency_ms: per_arm("latency_ms", limits::LATENCY_MS.hi)?,
             ids: ids_or_row_numbers(table, "id")?,
             prompts: optional_texts(table, "prompt")?,
             tasks: optional_texts(table, "task")?,
@@ -315,7 +325,7 @@ impl WideReader {
             feature_names,
             arms,
         };
-        Ok(columns.into_dataset(source))
+        Ok(columns.into_dataset(table))
     }
 }
 
@@ -327,9 +337,7 @@ pub(crate) fn read_wide_tables(
 ) -> Result<Dataset> {
     let mut all = WideDataset::default();
     for table in tables {
-        let mut part = read_table(table)?;
-        part.source = table.path.display().to_string();
-        all.append(part)?;
+        all.append(read_table(table)?)?;
     }
     all.source = source.to_string();
     Ok(Dataset::Wide(all))
@@ -341,6 +349,6 @@ impl DatasetReader for WideReader {
     }
 
     fn read(&self, source: &str, tables: &[Table]) -> Result<Dataset> {
-        read_wide_tables(source, tables, |t| Self::read_table(t, source))
+        read_wide_tables(source, tables, Self::read_table)
     }
 }

@@ -143,10 +143,12 @@ impl PolicySpec {
                 AnyPolicy::LinTs(LinTs::new(k, dim, *v, *lambda, *draws, f))
             }
             PolicyKind::Fixed { arm } => {
-                let index = arm_ids
-                    .iter()
-                    .position(|id| id == arm)
-                    .ok_or_else(|| Error::from(ErrorKind::UnknownArm(arm.clone())))?;
+                let index = arm_ids.iter().position(|id| id == arm).ok_or_else(|| {
+                    Error::from(ErrorKind::UnknownArm {
+                        id: arm.clone(),
+                        known: arm_ids.iter().map(|a| a.to_string()).collect(),
+                    })
+                })?;
                 AnyPolicy::Fixed(Fixed::new(k, index))
             }
         })
@@ -513,6 +515,9 @@ mod tests {
     fn fixed_resolves_its_arm_or_names_the_missing_one() {
         let spec: PolicySpec = "fixed(b)".parse().unwrap();
         assert!(spec.build(&["a", "b"], 3).is_ok());
-        assert_eq!(spec.build(&["a"], 3).unwrap_err().to_string(), "unknown arm `b`");
+        assert_eq!(
+            spec.build(&["a", "c"], 3).unwrap_err().to_string(),
+            "unknown arm `b` (the arms: a, c)"
+        );
     }
 }
