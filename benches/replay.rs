@@ -76,7 +76,7 @@ fn rounds_per_second(c: &mut Criterion) {
             }],
             seeds,
             knobs: Knobs::default(),
-            freeze: false,
+            frozen: false,
             train_passes: 0,
             explore_passes: 0,
             priors: None,

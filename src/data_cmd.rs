@@ -42,9 +42,9 @@ pub struct ConvertArgs {
     /// Cost weight of the logging policy, quality points per USD.
     #[arg(long, default_value_t = 0.0)]
     w_cost: f64,
-    /// Share of logged rows left without quality.
-    #[arg(long, default_value_t = 0.0)]
-    missing_quality: f64,
+    /// Share of logged rows left without quality (feedback that never arrived).
+    #[arg(long, alias = "missing-quality", default_value_t = 0.0)]
+    missing_feedback: f64,
     /// Seed of the logging order and draws.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -94,7 +94,7 @@ fn convert(args: ConvertArgs) -> Result<()> {
                 spec,
                 objective: Objective::new(args.w_cost, 0.0)?,
                 seed: args.seed,
-                missing_quality: args.missing_quality,
+                missing_feedback: args.missing_feedback,
             };
             let (log, _) = log_wide(&data, &builder, &settings)?;
             write_logged(&log, &args.out)?;

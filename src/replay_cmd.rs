@@ -89,8 +89,8 @@ pub struct ReplayArgs {
     #[arg(long)]
     latency_model: Option<String>,
     /// Evaluate without learning (after --train).
-    #[arg(long)]
-    freeze: bool,
+    #[arg(long, alias = "freeze")]
+    frozen: bool,
     /// Passes over --train, under --train-feedback bandit.
     #[arg(long, default_value_t = 1)]
     train_passes: usize,
@@ -237,6 +237,11 @@ fn datasets(
 /// (learning as it goes), by replay (rejection sampling), SNIPS and DR.
 fn replay_log(args: &ReplayArgs, log: LoggedDataset, specs: &[PolicySpec]) -> Result<()> {
     let objective = Objective::new(args.w_cost.unwrap_or(0.0), args.w_latency.unwrap_or(0.0))?;
+    tracing::info!(
+        "{} is a decision log: the policies are evaluated off-policy (replay, SNIPS and DR \
+         estimates; `quiver ope` gives every estimator with intervals)",
+        log.source
+    );
     let contexts = ContextBuilder::log_contexts(&log)?;
     let estimators: Vec<Box<dyn Estimator>> = ["replay", "snips", "dr"]
         .iter()
@@ -258,7 +263,7 @@ fn replay_log(args: &ReplayArgs, log: LoggedDataset, specs: &[PolicySpec]) -> Re
                 objective,
                 &estimators,
                 settings(),
-                !args.freeze,
+                !args.frozen,
             )
         })
         .collect::<Result<Vec<_>>>()?;
@@ -403,7 +408,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
             drift,
             latency: latency.clone(),
         },
-        freeze: args.freeze,
+        frozen: args.frozen,
         train_passes: args.train_passes.max(1),
         explore_passes: args.explore_passes,
         priors,

@@ -207,17 +207,24 @@ fn wide_data_converts_to_a_log_that_ope_reads() {
         .map(|e| e["estimator"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["replay", "ips", "snips", "dm", "dr", "sndr", "switch-dr"]);
-    // `quiver replay` on a log evaluates each policy off-policy along it.
-    let table = stdout(&quiver(&[
+    // `quiver replay` on a log evaluates each policy off-policy along it, and says so (on
+    // stderr too, where JSON output leaves no header).
+    let output = quiver(&[
         "replay",
         "--data",
         log.to_str().unwrap(),
         "--policies",
         "fixed(small),random",
-    ]));
+    ]);
+    let table = stdout(&output);
     assert!(
         table.contains("120 decisions") && table.contains("fixed(arm=small)") && table.contains("random"),
         "{table}"
+    );
+    let note = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        note.contains("is a decision log: the policies are evaluated off-policy"),
+        "{note}"
     );
     // fixed(small)'s true quality on the fixture is 80/120; SNIPS with eps(0.5) logging is close.
     let snips = quality["estimates"][2]["value"].as_f64().unwrap();
@@ -480,7 +487,7 @@ fn priors_fitted_from_a_table_carry_what_each_model_is_good_at() {
             data.to_str().unwrap(),
             "--policies",
             "linucb(alpha=0)",
-            "--freeze",
+            "--frozen",
             "--seeds",
             "1",
             "--json",

@@ -24,7 +24,7 @@ pub struct LoggingSettings {
     /// Seed of the order and the logger's draws.
     pub seed: u64,
     /// Share of rows whose quality is left null (feedback that never came).
-    pub missing_quality: f64,
+    pub missing_feedback: f64,
 }
 
 /// The log of `settings.spec` run over `data`. Row `i` of the log is the request
@@ -61,7 +61,7 @@ pub fn log_wide(
         let quality = data.quality(row, arm);
         let cost = data.cost_usd(row, arm);
         let latency = data.latency_ms(row, arm).unwrap_or(0.0);
-        let missing = settings.missing_quality > 0.0 && rng.random::<f64>() < settings.missing_quality;
+        let missing = settings.missing_feedback > 0.0 && rng.random::<f64>() < settings.missing_feedback;
         let mut outcome = Outcome::new(latency, cost);
         if !missing {
             outcome.quality = Some(quality);

@@ -92,7 +92,7 @@ pub struct ReplaySettings {
     /// Scenario knobs.
     pub knobs: Knobs,
     /// Evaluate without learning (after training).
-    pub freeze: bool,
+    pub frozen: bool,
     /// Passes over the training data.
     pub train_passes: usize,
     /// The first this many training passes draw arms uniformly at random, and the learner
@@ -391,7 +391,7 @@ pub fn run_one(
         if let Some(&ahead) = order.get(i + PREFETCH_AHEAD) {
             env.prefetch(ahead);
         }
-        let (arm, t) = player.play(env, row, Some(i), !settings.freeze)?;
+        let (arm, t) = player.play(env, row, Some(i), !settings.frozen)?;
         // Every arm's reward on this request, for the hindsight comparisons.
         let mut best = f64::MIN;
         for (a, total) in arm_totals.iter_mut().enumerate() {
@@ -510,7 +510,7 @@ mod tests {
             }],
             seeds: 1,
             knobs,
-            freeze: false,
+            frozen: false,
             train_passes: 1,
             explore_passes: 0,
             priors: None,
@@ -598,7 +598,7 @@ mod tests {
                 ..Knobs::default()
             },
         );
-        settings.freeze = true;
+        settings.frozen = true;
         let unexplored = run_one(&env, Some(&env), &settings, 0, 0).unwrap();
         assert_eq!(unexplored.arm_counts, vec![100, 0]);
         settings.explore_passes = 1;

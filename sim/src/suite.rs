@@ -498,7 +498,7 @@ pub fn run(
                     drift: case.drift.clone(),
                     ..Knobs::default()
                 },
-                freeze: false,
+                frozen: false,
                 train_passes: candidate.train_passes.max(1),
                 explore_passes: 0,
                 priors,

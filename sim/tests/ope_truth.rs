@@ -42,7 +42,7 @@ fn logged(data: &WideDataset, logger: &str, seed: u64) -> (LoggedDataset, Vec<Co
         spec: logger.parse().unwrap(),
         objective: Objective::default(),
         seed,
-        missing_quality: 0.0,
+        missing_feedback: 0.0,
     };
     let (log, _) = log_wide(data, &builder, &settings).unwrap();
     let contexts = ContextBuilder::log_contexts(&log).unwrap();
