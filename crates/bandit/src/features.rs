@@ -55,10 +55,9 @@ pub trait Featurizer {
     /// the same definition produce the same context from the same request.
     fn definition(&self) -> String;
 
-    /// Featurizes chat messages: their contents, in order, as one prompt.
+    /// Featurizes chat messages as one prompt ([`messages_text`]).
     fn featurize_messages(&self, messages: &[ChatMessage], extra: &[f64]) -> Result<Context> {
-        let prompt: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
-        self.featurize(&prompt.join("\n"), extra)
+        self.featurize(&messages_text(messages), extra)
     }
 }
 
@@ -116,8 +115,18 @@ impl HashingFeaturizer {
 
 /// Estimated token count of a text: `ceil(chars / 4)`.
 pub fn estimate_tokens(text: &str) -> u32 {
-    let chars = text.chars().count();
+    tokens_of_chars(text.chars().count())
+}
+
+/// Estimated token count of a text of `chars` characters: `ceil(chars / 4)`.
+pub fn tokens_of_chars(chars: usize) -> u32 {
     u32::try_from(chars.div_ceil(4)).unwrap_or(u32::MAX)
+}
+
+/// The prompt of chat messages: their contents, in order, one per line.
+pub fn messages_text(messages: &[ChatMessage]) -> String {
+    let contents: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+    contents.join("\n")
 }
 
 impl Featurizer for HashingFeaturizer {

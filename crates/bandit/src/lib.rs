@@ -73,7 +73,7 @@ pub use learner::{
     Applied, ArmChoice, ArmEstimate, BudgetConfig, Decision, Learner, LearnerConfig, Request, Snapshot,
     DEFAULT_FEEDBACK_HORIZON, DEFAULT_PACING_STEP, SNAPSHOT_VERSION,
 };
-pub use outcome::{BudgetPacer, Objective, Outcome};
+pub use outcome::{credited_quality, BudgetPacer, Objective, Outcome};
 pub use policy::{AnyPolicy, Estimate, Policy, PolicyKind, PolicySpec, PropensityKind};
 pub use prior::{ArmPrior, Priors};
 pub use stats::Forgetting;

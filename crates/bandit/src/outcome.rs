@@ -70,13 +70,9 @@ impl Outcome {
         Ok(())
     }
 
-    /// The quality the learner credits: a failed call scores 0 unless a score was given.
+    /// The quality the learner credits ([`credited_quality`]).
     pub(crate) fn credited_quality(&self) -> Option<f64> {
-        match (self.quality, self.error) {
-            (Some(q), _) => Some(q),
-            (None, true) => Some(0.0),
-            (None, false) => None,
-        }
+        credited_quality(self.quality, self.error)
     }
 }
 
@@ -126,6 +122,16 @@ impl Objective {
     /// `quality - penalty(cost_usd, latency_ms)`: the one reward formula of Quiver.
     pub fn reward(&self, quality: f64, cost_usd: f64, latency_ms: f64) -> f64 {
         quality - self.penalty(cost_usd, latency_ms)
+    }
+}
+
+/// The quality a call is credited with: its score if it was given one, else 0 for a
+/// failed call, else none yet. The learner, the log and off-policy evaluation all use it.
+pub fn credited_quality(quality: Option<f64>, error: bool) -> Option<f64> {
+    match (quality, error) {
+        (Some(q), _) => Some(q),
+        (None, true) => Some(0.0),
+        (None, false) => None,
     }
 }
 

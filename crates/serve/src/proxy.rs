@@ -165,7 +165,7 @@ impl StreamTally {
     fn tokens(&self, prompt_tokens: u32) -> (u32, u32) {
         self.usage.unwrap_or((
             prompt_tokens,
-            u32::try_from(self.content_chars.div_ceil(4)).unwrap_or(u32::MAX),
+            quiver_bandit::features::tokens_of_chars(self.content_chars),
         ))
     }
 }

@@ -134,11 +134,7 @@ impl RouteRequest {
     pub fn text(&self) -> Result<String> {
         match (&self.prompt, &self.messages) {
             (Some(p), _) => Ok(p.clone()),
-            (None, Some(m)) if !m.is_empty() => Ok(m
-                .iter()
-                .map(|m| m.content.as_str())
-                .collect::<Vec<_>>()
-                .join("\n")),
+            (None, Some(m)) if !m.is_empty() => Ok(quiver_bandit::features::messages_text(m)),
             _ => Err(ServeError::EmptyRequest),
         }
     }
@@ -956,7 +952,7 @@ impl Router {
         record.error = outcome.error;
         record.input_tokens = outcome.input_tokens;
         record.output_tokens = outcome.output_tokens;
-        record.quality = outcome.quality.or(if outcome.error { Some(0.0) } else { None });
+        record.quality = quiver_bandit::credited_quality(outcome.quality, outcome.error);
         let seq = self.stage_if(would, &mut record)?;
         let applied = self.state_mut(&route)?.learner.record_outcome(id, outcome)?;
         Ok(self.pending(applied, seq))

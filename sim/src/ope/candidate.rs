@@ -79,10 +79,9 @@ impl Metric {
         }
     }
 
-    /// The quality of row `i`: as logged, or 0 for a failed call without a score (as the
-    /// learner credits it).
+    /// The quality of row `i`, credited as the learner credits it.
     fn quality(log: &LoggedDataset, i: usize) -> Option<f64> {
-        log.quality[i].or(if log.error[i] { Some(0.0) } else { None })
+        quiver_bandit::credited_quality(log.quality[i], log.error[i])
     }
 
     fn observe(&self, log: &LoggedDataset, i: usize) -> Option<f64> {
