@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::response::IntoResponse;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use support::{scratch, start_binary};
+use support::{promtool_check, scratch, start_binary};
 
 /// A local OpenAI-compatible upstream that behaves as `kind` says.
 async fn upstream(kind: &'static str) -> SocketAddr {
@@ -227,6 +227,33 @@ async fn proxy_falls_back_in_order_and_streams() {
     assert_eq!(all_fail.status(), 404);
     let error: Value = all_fail.json().await.unwrap();
     assert_eq!(error["error"]["message"], "unknown route `nope`");
+
+    // Prometheus accepts the metrics, and the histograms counted what happened: `slow`
+    // timed out once, `good` answered twice (once streaming), every request was timed.
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .bearer_auth("admin")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    promtool_check(&metrics);
+    for line in [
+        "quiver_upstream_attempt_seconds_count{model=\"slow\",result=\"error\"} 1",
+        "quiver_upstream_attempt_seconds_count{model=\"good\",result=\"ok\"} 2",
+        "quiver_time_to_first_token_seconds_count{model=\"good\"} 1",
+        "quiver_http_request_seconds_count{endpoint=\"/v1/chat/completions\",status=\"4xx\"} 1",
+        "quiver_http_request_seconds_bucket{endpoint=\"/v1/chat/completions\",status=\"2xx\",le=\"+Inf\"} 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} not in\n{metrics}");
+    }
+    let commits = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("quiver_log_commit_seconds_count "))
+        .unwrap();
+    assert!(commits.parse::<u64>().unwrap() >= 4, "{commits}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

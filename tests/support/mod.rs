@@ -99,3 +99,32 @@ pub fn peak_rss_bytes(pid: u32) -> u64 {
     let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     kb * 1024
 }
+
+/// Checks a metrics exposition with `promtool check metrics`, as Prometheus would lint it.
+/// CI installs promtool and sets `QUIVER_REQUIRE_PROMTOOL`; elsewhere a missing promtool
+/// skips the check with a message.
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) if std::env::var_os("QUIVER_REQUIRE_PROMTOOL").is_none() => {
+            eprintln!("skipped: promtool not runnable ({e}); install Debian's prometheus package");
+            return;
+        }
+        Err(e) => panic!("promtool is required here: {e}"),
+    };
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,13 +1,13 @@
 //! The HTTP API: `build_app(state)` is the axum router that `quiver serve` and the tests
 //! share. Handlers parse, call the [`Router`], and map errors; nothing else.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
 use axum::http::{header, HeaderMap};
-use axum::middleware;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
@@ -18,25 +18,9 @@ use subtle::ConstantTimeEq;
 
 use crate::api_error::ApiError;
 use crate::config::ServeConfig;
+use crate::metrics::{self, HttpLabels, LearnerStats, Metrics};
 use crate::request_limits::{self, RequestLimits};
 use crate::router::{Pending, RouteRequest, Router};
-
-/// Counters for `/metrics` beyond what the learners hold.
-#[derive(Default)]
-pub struct Counters {
-    /// Requests answered, by endpoint kind.
-    pub routed: AtomicU64,
-    /// Proxied chat completions.
-    pub proxied: AtomicU64,
-    /// Upstream attempts that failed (error status, timeout, bad body).
-    pub upstream_failures: AtomicU64,
-    /// Feedback accepted.
-    pub feedback: AtomicU64,
-    /// Snapshots written.
-    pub snapshots: AtomicU64,
-    /// Snapshots that failed (and were not written).
-    pub snapshot_failures: AtomicU64,
-}
 
 /// What every handler shares.
 pub struct AppState {
@@ -46,11 +30,21 @@ pub struct AppState {
     pub config: ServeConfig,
     /// The upstream HTTP client.
     pub http: reqwest::Client,
-    /// Counters.
-    pub counters: Counters,
+    /// What the server measures for `/metrics`.
+    pub metrics: Metrics,
 }
 
 impl AppState {
+    /// Waits until the log holds a change durably, timing the wait.
+    pub async fn durable<T>(&self, pending: Pending<T>) -> Result<T, ApiError> {
+        let started = Instant::now();
+        let value = pending.durable().await?;
+        self.metrics
+            .log_commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(value)
+    }
+
     /// Locks the router; a poisoned lock (a panic while holding it) is an internal error.
     pub fn router(&self) -> Result<MutexGuard<'_, Router>, ApiError> {
         self.router
@@ -131,7 +125,7 @@ pub async fn change_router<T>(
     op: impl FnOnce(&mut Router) -> Result<Pending<T>, ApiError>,
 ) -> Result<T, ApiError> {
     let pending = op(&mut *state.router()?)?;
-    Ok(pending.durable().await?)
+    state.durable(pending).await
 }
 
 /// `POST /v1/route` body.
@@ -153,7 +147,7 @@ async fn route(
     authorize(&state, &headers, Access::Route)?;
     let body = body(parsed)?;
     let routed = change_router(&state, move |r| Ok(r.route(&body.route, &body.request)?)).await?;
-    state.counters.routed.fetch_add(1, Ordering::Relaxed);
+    state.metrics.routed.inc();
     let d = &routed.decision;
     Ok(Json(json!({
         "decision_id": routed.decision_id,
@@ -192,7 +186,7 @@ async fn feedback(
     let body = body(parsed)?;
     let id = body.decision_id.clone();
     let status = change_router(&state, move |r| Ok(r.feedback(&body.decision_id, body.quality)?)).await?;
-    state.counters.feedback.fetch_add(1, Ordering::Relaxed);
+    state.metrics.feedback.inc();
     Ok(Json(json!(AppliedBody {
         decision_id: id,
         status
@@ -302,81 +296,30 @@ async fn route_snapshot(
 
 async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&state, &headers, Access::Admin)?;
-    let shared = Arc::clone(&state);
-    let text = with_router(&state, move |router| metrics_text(router, &shared.counters)).await?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+    let stats = with_router(&state, |router| Ok(LearnerStats::read(router)?)).await?;
+    let text = state.metrics.render(stats);
+    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
 }
 
-fn metrics_text(router: &mut Router, c: &Counters) -> Result<String, ApiError> {
-    let mut text = String::new();
-    text.push_str("# HELP quiver_arm_requests_total Outcomes recorded per route and arm.\n# TYPE quiver_arm_requests_total counter\n");
-    let mut spend = String::from("# HELP quiver_arm_spend_usd_total Spend per route and arm, USD.\n# TYPE quiver_arm_spend_usd_total counter\n");
-    let mut errors = String::from("# HELP quiver_arm_errors_total Failed calls per route and arm.\n# TYPE quiver_arm_errors_total counter\n");
-    let mut decisions = String::from(
-        "# HELP quiver_decisions_total Decisions per route.\n# TYPE quiver_decisions_total counter\n",
-    );
-    for name in router.route_names() {
-        let learner = router.learner(&name)?;
-        decisions.push_str(&format!(
-            "quiver_decisions_total{{route=\"{name}\"}} {}\n",
-            learner.next_decision_id()
-        ));
-        for (i, arm) in learner.arms().iter().enumerate() {
-            let u = learner.usage(i);
-            let labels = format!("route=\"{name}\",arm=\"{}\"", arm.id.replace('"', "'"));
-            text.push_str(&format!("quiver_arm_requests_total{{{labels}}} {}\n", u.requests));
-            spend.push_str(&format!(
-                "quiver_arm_spend_usd_total{{{labels}}} {}\n",
-                u.cost_usd
-            ));
-            errors.push_str(&format!("quiver_arm_errors_total{{{labels}}} {}\n", u.errors));
-        }
-    }
-    text.push_str(&spend);
-    text.push_str(&errors);
-    text.push_str(&decisions);
-    for (name, help, value) in [
-        ("quiver_routed_total", "Answered /v1/route requests.", &c.routed),
-        (
-            "quiver_proxied_total",
-            "Answered /v1/chat/completions requests.",
-            &c.proxied,
-        ),
-        (
-            "quiver_upstream_failures_total",
-            "Failed upstream attempts.",
-            &c.upstream_failures,
-        ),
-        ("quiver_feedback_total", "Accepted feedback.", &c.feedback),
-        ("quiver_snapshots_total", "Snapshots written.", &c.snapshots),
-        (
-            "quiver_snapshot_failures_total",
-            "Snapshots that failed and were not written (the log still holds everything).",
-            &c.snapshot_failures,
-        ),
-    ] {
-        push_counter(&mut text, name, help, value.load(Ordering::Relaxed));
-    }
-    let (records, fsyncs) = router.log_counts();
-    push_counter(
-        &mut text,
-        "quiver_log_records_total",
-        "Decision log records, all time (the last sequence number).",
-        records,
-    );
-    push_counter(
-        &mut text,
-        "quiver_log_fsyncs_total",
-        "Group commits of the decision log since start.",
-        fsyncs,
-    );
-    Ok(text)
-}
-
-fn push_counter(text: &mut String, name: &str, help: &str, value: u64) {
-    text.push_str(&format!(
-        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-    ));
+/// Times every request into `quiver_http_request_seconds`, by endpoint and status class.
+async fn track_request(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("other", MatchedPath::as_str)
+        .to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let labels = HttpLabels {
+        endpoint,
+        status: format!("{}xx", response.status().as_u16() / 100),
+    };
+    state
+        .metrics
+        .http_request_seconds
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    response
 }
 
 async fn healthz() -> &'static str {
@@ -413,5 +356,6 @@ pub fn build_app(state: Arc<AppState>) -> axum::Router {
             request_limits::read_request,
         ))
         .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), track_request))
         .with_state(state)
 }

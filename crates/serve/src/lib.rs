@@ -17,6 +17,7 @@ mod api_error;
 pub mod app;
 pub mod config;
 mod error;
+pub mod metrics;
 mod openapi;
 pub mod proxy;
 mod request_limits;

@@ -23,7 +23,6 @@
 //! until the answer, and the answer waits for the log to hold the decision (and, when the
 //! outcome is recorded first, the outcome with it, in one fsync).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +39,7 @@ use serde_json::Value;
 
 use crate::api_error::ApiError;
 use crate::app::{authorize, body, change_router, Access, AppState};
+use crate::metrics::ModelLabels;
 use crate::router::{ModelConfig, RouteRequest};
 
 /// Header carrying the decision id.
@@ -227,7 +227,7 @@ pub async fn chat_completions(
         let models = router.route_config(&route)?.models.clone();
         routed.map(|routed| (routed, models)).split()
     };
-    state.counters.proxied.fetch_add(1, Ordering::Relaxed);
+    state.metrics.proxied.inc();
     let decision_id = routed.decision_id.clone();
     let deadline = Instant::now() + Duration::from_millis(state.config.request_timeout_ms);
     let order: Vec<String> = std::iter::once(routed.decision.arm.clone())
@@ -245,7 +245,21 @@ pub async fn chat_completions(
         }
         request["model"] = Value::String(model.upstream_model.clone().unwrap_or_else(|| model.id.clone()));
         let started = Instant::now();
-        match call_upstream(&state, &request, model, stream, deadline).await {
+        let called = call_upstream(&state, &request, model, stream, deadline).await;
+        state
+            .metrics
+            .upstream_attempt(&model.id, called.is_ok(), started.elapsed());
+        if let Ok(Upstream::Stream { .. }) = &called {
+            let labels = ModelLabels {
+                model: model.id.clone(),
+            };
+            state
+                .metrics
+                .time_to_first_token_seconds
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
+        }
+        match called {
             Ok(Upstream::Complete { body, passed }) => {
                 if attempt == 0 {
                     let (input, output) = usage(&body.1).unwrap_or((0, 0));
@@ -282,7 +296,7 @@ pub async fn chat_completions(
                 break;
             }
             Err(failure) => {
-                state.counters.upstream_failures.fetch_add(1, Ordering::Relaxed);
+                state.metrics.upstream_failures.inc();
                 if attempt == 0 {
                     record(
                         &state,
@@ -296,7 +310,7 @@ pub async fn chat_completions(
         }
     }
     if let Some(answer) = answer {
-        decision_logged.durable().await?;
+        state.durable(decision_logged).await?;
         return Ok(answer);
     }
     Err(ApiError::Upstream(format!(

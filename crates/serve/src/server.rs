@@ -1,7 +1,6 @@
 //! Running the HTTP server: open the router, serve, snapshot periodically and on shutdown.
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,9 +10,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::Semaphore;
 
-use crate::app::{build_app, AppState, Counters};
+use crate::app::{build_app, AppState};
 use crate::config::ServeConfig;
 use crate::error::{io_at, Result, ServeError};
+use crate::metrics::Metrics;
 use crate::router::{Router, RouterOptions};
 
 /// Builds the shared state of a server from its configuration (restoring the snapshot
@@ -32,7 +32,7 @@ pub fn state(config: ServeConfig) -> Result<Arc<AppState>> {
         router: Mutex::new(router),
         config,
         http,
-        counters: Counters::default(),
+        metrics: Metrics::default(),
     }))
 }
 
@@ -46,10 +46,10 @@ fn snapshot(state: &AppState) {
         .map(|router| router.capture_snapshot())
         .and_then(|captured| captured.write().map_err(|e| e.to_string()));
     match written {
-        Ok(()) => state.counters.snapshots.fetch_add(1, Ordering::Relaxed),
+        Ok(()) => state.metrics.snapshots.inc(),
         Err(e) => {
             tracing::error!("snapshot failed: {e}");
-            state.counters.snapshot_failures.fetch_add(1, Ordering::Relaxed)
+            state.metrics.snapshot_failures.inc()
         }
     };
 }

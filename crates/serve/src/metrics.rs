@@ -1,0 +1,378 @@
+//! `/metrics`: the server's Prometheus metrics, in Prometheus's text format (0.0.4), which
+//! `promtool check metrics` accepts.
+//!
+//! Two kinds. What the server measures as it goes lives in [`Metrics`] (counters of
+//! requests and failures, and latency histograms: each HTTP request by endpoint and status
+//! class, each upstream attempt by model and result, the time to a stream's first chunk,
+//! and the wait for the decision log's commit). What the learners hold (per arm: calls,
+//! failures, spend; per route: decisions and the budget pacer's state) is read from the
+//! router at each scrape ([`LearnerStats`]), so it is never a second copy that could drift.
+//! Label values are escaped by `prometheus-client`, so any arm id is safe.
+
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::router::Router;
+
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// An HTTP request: its endpoint (the route's path pattern) and status class (`2xx`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The path pattern, such as `/v1/routes/{name}`; `other` for unknown paths.
+    pub endpoint: String,
+    /// `2xx`, `4xx`, `5xx`, ...
+    pub status: String,
+}
+
+/// An upstream call: the model and whether it answered (`ok`) or failed (`error`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// The configured model id.
+    pub model: String,
+    /// `ok` or `error`.
+    pub result: String,
+}
+
+/// A model.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    /// The configured model id.
+    pub model: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn seconds_from_100us() -> Histogram {
+    // 0.1 ms to 13 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+fn seconds_from_5ms() -> Histogram {
+    // 5 ms to 82 s: model calls.
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+/// What the server measures as it runs.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Answered `/v1/route` requests.
+    pub routed: Counter,
+    /// Answered `/v1/chat/completions` requests.
+    pub proxied: Counter,
+    /// Upstream attempts that failed (error status, timeout, bad body).
+    pub upstream_failures: Counter,
+    /// Feedback accepted.
+    pub feedback: Counter,
+    /// Snapshots written.
+    pub snapshots: Counter,
+    /// Snapshots that failed (and were not written).
+    pub snapshot_failures: Counter,
+    /// Each HTTP request, from its head read to its answer's head.
+    pub http_request_seconds: HistogramFamily<HttpLabels>,
+    /// Each upstream attempt, to its whole answer (to its first chunk for a stream).
+    pub upstream_attempt_seconds: HistogramFamily<UpstreamLabels>,
+    /// Streams: from the call to the first chunk.
+    pub time_to_first_token_seconds: HistogramFamily<ModelLabels>,
+    /// The wait for the decision log to hold a change durably (write and fsync, shared by
+    /// concurrent changes).
+    pub log_commit_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let mut counter = |name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let routed = counter("quiver_routed", "Answered /v1/route requests");
+        let proxied = counter("quiver_proxied", "Answered /v1/chat/completions requests");
+        let upstream_failures = counter("quiver_upstream_failures", "Failed upstream attempts");
+        let feedback = counter("quiver_feedback", "Accepted feedback");
+        let snapshots = counter("quiver_snapshots", "Snapshots written");
+        let snapshot_failures = counter(
+            "quiver_snapshot_failures",
+            "Snapshots that failed and were not written (the log still holds everything)",
+        );
+        let http_request_seconds =
+            HistogramFamily::new_with_constructor(seconds_from_100us as fn() -> Histogram);
+        registry.register(
+            "quiver_http_request_seconds",
+            "HTTP requests by endpoint and status class, seconds to the answer's head",
+            http_request_seconds.clone(),
+        );
+        let upstream_attempt_seconds =
+            HistogramFamily::new_with_constructor(seconds_from_5ms as fn() -> Histogram);
+        registry.register(
+            "quiver_upstream_attempt_seconds",
+            "Upstream attempts by model and result, seconds to the answer (to the first chunk for a stream)",
+            upstream_attempt_seconds.clone(),
+        );
+        let time_to_first_token_seconds =
+            HistogramFamily::new_with_constructor(seconds_from_5ms as fn() -> Histogram);
+        registry.register(
+            "quiver_time_to_first_token_seconds",
+            "Streamed answers by model, seconds from the call to the first chunk",
+            time_to_first_token_seconds.clone(),
+        );
+        let log_commit_seconds = seconds_from_100us();
+        registry.register(
+            "quiver_log_commit_seconds",
+            "Waits for the decision log to hold a change durably (write and fsync), seconds",
+            log_commit_seconds.clone(),
+        );
+        Metrics {
+            registry,
+            routed,
+            proxied,
+            upstream_failures,
+            feedback,
+            snapshots,
+            snapshot_failures,
+            http_request_seconds,
+            upstream_attempt_seconds,
+            time_to_first_token_seconds,
+            log_commit_seconds,
+        }
+    }
+}
+
+impl Metrics {
+    /// Records an upstream attempt.
+    pub fn upstream_attempt(&self, model: &str, ok: bool, took: Duration) {
+        let labels = UpstreamLabels {
+            model: model.to_string(),
+            result: if ok { "ok" } else { "error" }.to_string(),
+        };
+        self.upstream_attempt_seconds
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// The exposition: these metrics, then the learners'.
+    pub fn render(&self, learners: LearnerStats) -> String {
+        let mut scrape = Registry::default();
+        scrape.register_collector(Box::new(learners));
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_text::encode(&mut text, &self.registry)
+            .and_then(|()| prometheus_text::encode(&mut text, &scrape));
+        text
+    }
+}
+
+/// One arm's totals, as its learner holds them.
+#[derive(Debug, Clone, PartialEq)]
+struct ArmTotals {
+    route: String,
+    arm: String,
+    requests: u64,
+    errors: u64,
+    spend_usd: f64,
+}
+
+/// One route's decisions and budget.
+#[derive(Debug, Clone, PartialEq)]
+struct RouteTotals {
+    route: String,
+    decisions: u64,
+    /// The pacer's dual multiplier and target, when the route has a budget.
+    budget: Option<(f64, f64)>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ArmLabels {
+    route: String,
+    arm: String,
+}
+
+/// What the learners and the log hold, read at a scrape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearnerStats {
+    arms: Vec<ArmTotals>,
+    routes: Vec<RouteTotals>,
+    log_records: u64,
+    log_fsyncs: u64,
+}
+
+impl LearnerStats {
+    /// Reads every route's learner and the log's counts.
+    pub fn read(router: &Router) -> crate::Result<LearnerStats> {
+        let mut arms = Vec::new();
+        let mut routes = Vec::new();
+        for route in router.route_names() {
+            let learner = router.learner(&route)?;
+            for (i, arm) in learner.arms().iter().enumerate() {
+                let usage = learner.usage(i);
+                arms.push(ArmTotals {
+                    route: route.clone(),
+                    arm: arm.id.clone(),
+                    requests: usage.requests,
+                    errors: usage.errors,
+                    spend_usd: usage.cost_usd,
+                });
+            }
+            routes.push(RouteTotals {
+                route: route.clone(),
+                decisions: learner.next_decision_id(),
+                budget: learner.pacer().map(|p| (p.lambda(), p.target_usd())),
+            });
+        }
+        let (log_records, log_fsyncs) = router.log_counts();
+        Ok(LearnerStats {
+            arms,
+            routes,
+            log_records,
+            log_fsyncs,
+        })
+    }
+}
+
+/// Encodes one metric family: a descriptor, then one value per label set.
+fn family<L: EncodeLabelSet, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    values: impl IntoIterator<Item = (L, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in values {
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for LearnerStats {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let arm = |a: &ArmTotals| ArmLabels {
+            route: a.route.clone(),
+            arm: a.arm.clone(),
+        };
+        let route = |r: &RouteTotals| RouteLabel {
+            route: r.route.clone(),
+        };
+        family(
+            &mut encoder,
+            "quiver_arm_requests",
+            "Outcomes recorded per route and arm.",
+            MetricType::Counter,
+            self.arms.iter().map(|a| (arm(a), ConstCounter::new(a.requests))),
+        )?;
+        family(
+            &mut encoder,
+            "quiver_arm_errors",
+            "Failed calls per route and arm.",
+            MetricType::Counter,
+            self.arms.iter().map(|a| (arm(a), ConstCounter::new(a.errors))),
+        )?;
+        family(
+            &mut encoder,
+            "quiver_arm_spend_usd",
+            "Spend per route and arm, USD.",
+            MetricType::Counter,
+            self.arms.iter().map(|a| (arm(a), ConstCounter::new(a.spend_usd))),
+        )?;
+        family(
+            &mut encoder,
+            "quiver_decisions",
+            "Decisions per route.",
+            MetricType::Counter,
+            self.routes
+                .iter()
+                .map(|r| (route(r), ConstCounter::new(r.decisions))),
+        )?;
+        let budgeted = || self.routes.iter().filter_map(|r| r.budget.map(|b| (r, b)));
+        family(
+            &mut encoder,
+            "quiver_budget_lambda",
+            "The budget pacer's dual multiplier per route (0 while the budget does not bind).",
+            MetricType::Gauge,
+            budgeted().map(|(r, (lambda, _))| (route(r), ConstGauge::new(lambda))),
+        )?;
+        family(
+            &mut encoder,
+            "quiver_budget_target_usd",
+            "The budget per request per route, USD.",
+            MetricType::Gauge,
+            budgeted().map(|(r, (_, target))| (route(r), ConstGauge::new(target))),
+        )?;
+        let mut total = |name: &str, help: &str, value: u64| -> Result<(), std::fmt::Error> {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(metric)
+        };
+        total(
+            "quiver_log_records",
+            "Decision log records, all time (the last sequence number).",
+            self.log_records,
+        )?;
+        total(
+            "quiver_log_fsyncs",
+            "Group commits of the decision log since start.",
+            self.log_fsyncs,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Learner totals render as counters and gauges with their labels escaped: an arm id
+    /// may hold quotes, backslashes and newlines.
+    #[test]
+    fn learner_stats_render_with_escaped_labels() {
+        let stats = LearnerStats {
+            arms: vec![ArmTotals {
+                route: "r".into(),
+                arm: "we\"ird\\arm\nid".into(),
+                requests: 3,
+                errors: 1,
+                spend_usd: 0.25,
+            }],
+            routes: vec![RouteTotals {
+                route: "r".into(),
+                decisions: 4,
+                budget: Some((0.5, 0.001)),
+            }],
+            log_records: 9,
+            log_fsyncs: 2,
+        };
+        let metrics = Metrics::default();
+        metrics.routed.inc();
+        let text = metrics.render(stats);
+        for line in [
+            "# TYPE quiver_arm_requests_total counter",
+            "quiver_arm_requests_total{route=\"r\",arm=\"we\\\"ird\\\\arm\\nid\"} 3",
+            "quiver_arm_errors_total{route=\"r\",arm=\"we\\\"ird\\\\arm\\nid\"} 1",
+            "quiver_arm_spend_usd_total{route=\"r\",arm=\"we\\\"ird\\\\arm\\nid\"} 0.25",
+            "quiver_decisions_total{route=\"r\"} 4",
+            "quiver_budget_lambda{route=\"r\"} 0.5",
+            "quiver_budget_target_usd{route=\"r\"} 0.001",
+            "quiver_log_records_total 9",
+            "quiver_log_fsyncs_total 2",
+            "quiver_routed_total 1",
+            "# TYPE quiver_log_commit_seconds histogram",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+    }
+}
