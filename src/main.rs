@@ -25,8 +25,19 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "quiver", version, about)]
 struct Cli {
+    /// Diagnostics on standard error (the server's access log among them): `human` lines
+    /// or `json`, one object per line. `RUST_LOG` filters them (default: info;
+    /// `RUST_LOG=info,tower_http=off` drops the access log).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -51,15 +62,18 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    // Diagnostics go to stderr; `RUST_LOG` filters them (default: info).
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let result = match Cli::parse().command {
+        );
+    match cli.log_format {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    let result = match cli.command {
         Command::Replay(args) => replay_cmd::run(args),
         Command::Ope(args) => ope_cmd::run(args),
         Command::Data(command) => data_cmd::run(command),

@@ -79,6 +79,41 @@ fn assert_no_nulls_for_numbers(value: &Value, path: &str) {
     }
 }
 
+/// The access log: one line per request, JSON with `--log-format json`, in the span of the
+/// request id that the answer echoes (the client's, else a new one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_is_logged_with_the_id_its_answer_carries() {
+    let dir = scratch("access_log");
+    let config = write_config(&dir, "", TWO_ARMS);
+    let (child, base) = start_binary(&["--config", &config, "--log-format", "json"]);
+    let client = reqwest::Client::new();
+    let given = client
+        .get(format!("{base}/healthz"))
+        .header("x-request-id", "client-id-7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(given.headers()["x-request-id"], "client-id-7");
+    let made = client.get(format!("{base}/healthz")).send().await.unwrap();
+    let made = made.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(made.len(), 36, "a UUID: {made}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let requests: Vec<Value> = child
+        .logs()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["target"] == "tower_http::trace::on_response")
+        .collect();
+    let ids: Vec<&str> = requests
+        .iter()
+        .map(|l| l["span"]["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["client-id-7", made.as_str()], "{requests:?}");
+    assert!(requests
+        .iter()
+        .all(|l| l["span"]["path"] == "/healthz" && l["fields"]["status"] == 200));
+}
+
 /// The defect that could brick the server: a finite but huge number (1e200 ms, $1e308,
 /// features of 1e200) was accepted, overflowed the learner's sums, and the snapshot wrote
 /// `null`, which the next start could not read. Now each is refused with a 422 naming the

@@ -5,10 +5,19 @@ use std::io::{BufRead, BufReader};
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 /// A server process that is killed when the handle drops, so a failing test
-/// leaves nothing running behind it.
-pub struct Running(Child);
+/// leaves nothing running behind it; it keeps the lines of standard error after the
+/// address.
+pub struct Running(Child, Arc<Mutex<Vec<String>>>);
+
+impl Running {
+    /// The lines of standard error so far, after the one naming the address.
+    pub fn logs(&self) -> Vec<String> {
+        self.1.lock().unwrap().clone()
+    }
+}
 
 impl Deref for Running {
     type Target = Child;
@@ -67,8 +76,14 @@ fn start_command(command: &mut Command) -> (Running, String) {
             break addr.to_string();
         }
     };
-    std::thread::spawn(move || for _ in lines {});
-    (Running(child), addr)
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::clone(&logs);
+    std::thread::spawn(move || {
+        lines
+            .map_while(Result::ok)
+            .for_each(|l| kept.lock().unwrap().push(l))
+    });
+    (Running(child, logs), addr)
 }
 
 /// `quiver serve ARGS` expected to fail at start: its standard error.

@@ -15,6 +15,9 @@ use quiver_bandit::{Applied, Outcome};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use subtle::ConstantTimeEq;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::LatencyUnit;
 
 use crate::api_error::ApiError;
 use crate::config::ServeConfig;
@@ -301,6 +304,21 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resu
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
 }
 
+/// The span of a request in the access log: method, path and request id.
+fn request_span(request: &Request) -> tracing::Span {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = id
+    )
+}
+
 /// Times every request into `quiver_http_request_seconds`, by endpoint and status class.
 async fn track_request(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let endpoint = request
@@ -357,5 +375,19 @@ pub fn build_app(state: Arc<AppState>) -> axum::Router {
         ))
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(Arc::clone(&state), track_request))
+        // The access log, one line per request at its answer's head, in the span of its
+        // request id (the client's `x-request-id`, else a new UUID, echoed on the answer).
+        // Layers added later run first: the id is set, then logged, then echoed.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(
+                    DefaultOnResponse::new()
+                        .level(tracing::Level::INFO)
+                        .latency_unit(LatencyUnit::Micros),
+                ),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }
