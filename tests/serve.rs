@@ -360,6 +360,32 @@ async fn traffic_shifts_to_the_arm_with_the_best_feedback_and_feedback_rules_hol
         .await
         .unwrap();
     assert_eq!(no_token.status(), 401);
+    // Who may call what: each token set its own group, admin everything, health and the
+    // API document anyone. A refused token is refused before the body is looked at.
+    for (method, path, allowed) in [
+        ("POST", "/v1/route", ["r", "a"].as_slice()),
+        ("POST", "/v1/chat/completions", &["r", "a"]),
+        ("POST", "/v1/feedback", &["f", "a"]),
+        ("POST", "/v1/outcome", &["f", "a"]),
+        ("GET", "/v1/routes/learn", &["a"]),
+        ("GET", "/v1/routes/learn/snapshot", &["a"]),
+        ("GET", "/metrics", &["a"]),
+        ("GET", "/healthz", &["", "r", "f", "a", "wrong"]),
+        ("GET", "/openapi.json", &["", "r", "f", "a", "wrong"]),
+    ] {
+        for token in ["", "r", "f", "a", "wrong"] {
+            let request = client
+                .request(method.parse().unwrap(), format!("{base}{path}"))
+                .bearer_auth(token)
+                .json(&json!({}));
+            let status = request.send().await.unwrap().status();
+            assert_eq!(
+                status == 401,
+                !allowed.contains(&token),
+                "{method} {path} with token `{token}`: {status}"
+            );
+        }
+    }
     // The server answers 413 before reading the body and closes that connection: use a
     // client of its own, so that no later request is sent on the closed connection.
     let big = reqwest::Client::new()

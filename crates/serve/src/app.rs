@@ -67,11 +67,22 @@ pub enum Access {
     Admin,
 }
 
+/// The middleware in front of each group of endpoints: the request goes on only with a
+/// token its `access` accepts ([`authorize`]), else it is answered 401.
+async fn require(
+    State((state, access)): State<(Arc<AppState>, Access)>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    authorize(&state, request.headers(), access)?;
+    Ok(next.run(request).await)
+}
+
 /// Checks the bearer token of a request against the tokens `access` accepts (admin
 /// tokens are accepted everywhere; an empty token set leaves the endpoint open). Every
 /// token is compared, each in constant time, so the time taken tells nothing of how
 /// much of a token was right.
-pub fn authorize(state: &AppState, headers: &HeaderMap, access: Access) -> Result<(), ApiError> {
+fn authorize(state: &AppState, headers: &HeaderMap, access: Access) -> Result<(), ApiError> {
     let auth = &state.config.auth;
     let own: &[String] = match access {
         Access::Route => &auth.route_tokens,
@@ -144,10 +155,8 @@ pub struct RouteBody {
 
 async fn route(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     parsed: Result<Json<RouteBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Access::Route)?;
     let body = body(parsed)?;
     let routed = change_router(&state, move |r| Ok(r.route(&body.route, &body.request)?)).await?;
     state.metrics.routed.inc();
@@ -182,10 +191,8 @@ struct AppliedBody {
 
 async fn feedback(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     parsed: Result<Json<FeedbackBody>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&state, &headers, Access::Feedback)?;
     let body = body(parsed)?;
     let id = body.decision_id.clone();
     let status = change_router(&state, move |r| Ok(r.feedback(&body.decision_id, body.quality)?)).await?;
@@ -224,10 +231,8 @@ pub struct OutcomeBody {
 
 async fn outcome(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     parsed: Result<Json<OutcomeBody>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&state, &headers, Access::Feedback)?;
     let b = body(parsed)?;
     let id = b.decision_id.clone();
     let outcome = Outcome {
@@ -247,10 +252,8 @@ async fn outcome(
 
 async fn route_state(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&state, &headers, Access::Admin)?;
     with_router(&state, move |router| route_state_json(router, &name))
         .await
         .map(Json)
@@ -288,17 +291,14 @@ fn route_state_json(router: &mut Router, name: &str) -> Result<serde_json::Value
 
 async fn route_snapshot(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<quiver_bandit::Snapshot>, ApiError> {
-    authorize(&state, &headers, Access::Admin)?;
     with_router(&state, move |router| Ok(router.learner(&name)?.snapshot()))
         .await
         .map(Json)
 }
 
-async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Access::Admin)?;
+async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let stats = with_router(&state, |router| Ok(LearnerStats::read(router)?)).await?;
     let text = state.metrics.render(stats);
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
@@ -352,19 +352,31 @@ async fn openapi() -> Json<serde_json::Value> {
 /// OpenAI's JSON shape (unknown paths and methods included).
 pub fn build_app(state: Arc<AppState>) -> axum::Router {
     let limits = RequestLimits::from(&state.config);
-    let answered_at_once = axum::Router::new()
+    let only = |access| middleware::from_fn_with_state((Arc::clone(&state), access), require);
+    let routing = axum::Router::new()
         .route("/v1/route", post(route))
+        .route_layer(only(Access::Route));
+    let reporting = axum::Router::new()
         .route("/v1/feedback", post(feedback))
         .route("/v1/outcome", post(outcome))
+        .route_layer(only(Access::Feedback));
+    let reading = axum::Router::new()
         .route("/v1/routes/{name}", get(route_state))
         .route("/v1/routes/{name}/snapshot", get(route_snapshot))
         .route("/metrics", get(metrics))
+        .route_layer(only(Access::Admin));
+    let answered_at_once = axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))
+        .merge(routing)
+        .merge(reporting)
+        .merge(reading)
         .route_layer(middleware::from_fn_with_state(limits, request_limits::deadline));
     // The proxy keeps its own deadline, so that it can fall back and record, and so that
     // a stream is bounded by its silences rather than its length.
-    let proxy = axum::Router::new().route("/v1/chat/completions", post(crate::proxy::chat_completions));
+    let proxy = axum::Router::new()
+        .route("/v1/chat/completions", post(crate::proxy::chat_completions))
+        .route_layer(only(Access::Route));
     answered_at_once
         .merge(proxy)
         .fallback(request_limits::unknown_path)

@@ -30,7 +30,7 @@ use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use futures_util::StreamExt;
@@ -38,7 +38,7 @@ use quiver_bandit::{limits, ChatMessage, Outcome};
 use serde_json::Value;
 
 use crate::api_error::ApiError;
-use crate::app::{authorize, body, change_router, Access, AppState};
+use crate::app::{body, change_router, AppState};
 use crate::metrics::ModelLabels;
 use crate::router::{ModelConfig, RouteRequest};
 
@@ -205,10 +205,8 @@ async fn record(state: &Arc<AppState>, decision_id: &str, outcome: Outcome) {
 /// The proxy handler.
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     parsed: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Access::Route)?;
     let mut request = body(parsed)?;
     let route = request
         .get("model")
