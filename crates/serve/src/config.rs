@@ -3,10 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ServeError};
-use crate::router::RouteConfig;
 
 /// Bearer tokens, one set per kind of caller. An empty set leaves that endpoint open.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -160,4 +159,83 @@ impl ServeConfig {
         }
         Ok(config)
     }
+}
+
+/// One model a route can call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Model id, as the upstream names it.
+    pub id: String,
+    /// USD per million input tokens.
+    #[serde(default)]
+    pub input_usd_per_million: f64,
+    /// USD per million output tokens.
+    #[serde(default)]
+    pub output_usd_per_million: f64,
+    /// Context window in tokens.
+    #[serde(default)]
+    pub context_window: Option<u32>,
+    /// Tags (provider, region, capabilities).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// OpenAI-compatible base URL of the upstream (`/chat/completions` is appended);
+    /// needed only to proxy.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Environment variable holding the upstream's API key, sent as a bearer token.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// The model name sent upstream (default: `id`).
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+}
+
+impl ModelConfig {
+    /// A model with its list prices and nothing else: no context window, tags or upstream.
+    pub fn priced(id: &str, input_usd_per_million: f64, output_usd_per_million: f64) -> Self {
+        ModelConfig {
+            id: id.into(),
+            input_usd_per_million,
+            output_usd_per_million,
+            context_window: None,
+            tags: Vec::new(),
+            base_url: None,
+            api_key_env: None,
+            upstream_model: None,
+        }
+    }
+}
+
+/// One route: a name, a policy and its models.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Route name (letters, digits, `-`, `_`, `.`).
+    pub name: String,
+    /// Policy spec, e.g. `lints(v=0.3,floor=0.01)`.
+    pub policy: String,
+    /// The models.
+    pub models: Vec<ModelConfig>,
+    /// Quality points per USD.
+    #[serde(default)]
+    pub w_cost: f64,
+    /// Quality points per second.
+    #[serde(default)]
+    pub w_latency: f64,
+    /// Target mean spend per request, USD.
+    #[serde(default)]
+    pub budget_usd_per_request: Option<f64>,
+    /// Number of caller features each request brings.
+    #[serde(default)]
+    pub extra_features: usize,
+    /// Seed of the route's decisions.
+    #[serde(default)]
+    pub seed: u64,
+    /// A priors file (`quiver priors fit`) the route's models start from when the route
+    /// starts without a learner from the snapshot: first start, a rebuild from the log
+    /// (which then teaches it on top, as it did the first time), or `--reset-route`. A
+    /// restored route holds what the priors taught and does not read the file.
+    #[serde(default)]
+    pub priors: Option<PathBuf>,
 }

@@ -15,7 +15,9 @@
 
 mod api_error;
 pub mod app;
+mod auth;
 pub mod config;
+mod decisions;
 mod error;
 pub mod metrics;
 mod openapi;
@@ -23,12 +25,12 @@ pub mod proxy;
 mod request_limits;
 mod router;
 pub mod server;
+mod state;
+mod status;
 
 pub use quiver_log as log;
 
 pub use api_error::ApiError;
-pub use config::{AuthConfig, ServeConfig};
+pub use config::{AuthConfig, ModelConfig, RouteConfig, ServeConfig};
 pub use error::{Result, ServeError};
-pub use router::{
-    CapturedSnapshot, ModelConfig, Pending, RouteConfig, RouteRequest, Routed, Router, RouterOptions,
-};
+pub use router::{CapturedSnapshot, Pending, RouteRequest, Routed, Router, RouterOptions};

@@ -38,9 +38,10 @@ use quiver_bandit::{limits, ChatMessage, Outcome};
 use serde_json::Value;
 
 use crate::api_error::ApiError;
-use crate::app::{body, change_router, AppState};
+use crate::config::ModelConfig;
 use crate::metrics::ModelLabels;
-use crate::router::{ModelConfig, RouteRequest};
+use crate::router::RouteRequest;
+use crate::state::{body, change_router, AppState};
 
 /// Header carrying the decision id.
 pub const DECISION_HEADER: &str = "x-quiver-decision-id";

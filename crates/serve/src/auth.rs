@@ -1,0 +1,66 @@
+//! Bearer tokens: each group of endpoints accepts its own token set and the admin tokens.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap};
+use axum::middleware::Next;
+use axum::response::Response;
+use subtle::ConstantTimeEq;
+
+use crate::api_error::ApiError;
+use crate::state::AppState;
+
+/// Which token set may call an endpoint.
+#[derive(Clone, Copy)]
+pub enum Access {
+    /// Routing and proxying.
+    Route,
+    /// Outcomes and feedback.
+    Feedback,
+    /// Everything, including reading state.
+    Admin,
+}
+
+/// The middleware in front of each group of endpoints: the request goes on only with a
+/// token its `access` accepts ([`authorize`]), else it is answered 401.
+pub(crate) async fn require(
+    State((state, access)): State<(Arc<AppState>, Access)>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    authorize(&state, request.headers(), access)?;
+    Ok(next.run(request).await)
+}
+
+/// Checks the bearer token of a request against the tokens `access` accepts (admin
+/// tokens are accepted everywhere; an empty token set leaves the endpoint open). Every
+/// token is compared, each in constant time, so the time taken tells nothing of how
+/// much of a token was right.
+fn authorize(state: &AppState, headers: &HeaderMap, access: Access) -> Result<(), ApiError> {
+    let auth = &state.config.auth;
+    let own: &[String] = match access {
+        Access::Route => &auth.route_tokens,
+        Access::Feedback => &auth.feedback_tokens,
+        Access::Admin => &[],
+    };
+    if own.is_empty() && auth.admin_tokens.is_empty() {
+        return Ok(());
+    }
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let matched = own
+        .iter()
+        .chain(&auth.admin_tokens)
+        .fold(subtle::Choice::from(0), |any, token| {
+            any | token.as_bytes().ct_eq(given.as_bytes())
+        });
+    if bool::from(matched) && !given.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}

@@ -1,0 +1,76 @@
+//! What every handler shares: the router behind its lock, the configuration, the upstream
+//! client and the metrics; and the three ways a handler touches the router.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use axum::extract::rejection::JsonRejection;
+use axum::Json;
+
+use crate::api_error::ApiError;
+use crate::config::ServeConfig;
+use crate::metrics::Metrics;
+use crate::router::{Pending, Router};
+
+/// What every handler shares.
+pub struct AppState {
+    /// The router; changes run in place (they are brief), reads of its state on blocking threads.
+    pub router: Mutex<Router>,
+    /// The configuration.
+    pub config: ServeConfig,
+    /// The upstream HTTP client.
+    pub http: reqwest::Client,
+    /// What the server measures for `/metrics`.
+    pub metrics: Metrics,
+}
+
+impl AppState {
+    /// Waits until the log holds a change durably, timing the wait.
+    pub async fn durable<T>(&self, pending: Pending<T>) -> Result<T, ApiError> {
+        let started = Instant::now();
+        let value = pending.durable().await?;
+        self.metrics
+            .log_commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(value)
+    }
+
+    /// Locks the router; a poisoned lock (a panic while holding it) is an internal error.
+    pub fn router(&self) -> Result<MutexGuard<'_, Router>, ApiError> {
+        self.router
+            .lock()
+            .map_err(|_| ApiError::Internal("router lock poisoned".into()))
+    }
+}
+
+/// Parses a JSON body into the app's error shape: malformed JSON is 400, well-formed JSON
+/// of the wrong shape or types 422, a missing JSON content type 415.
+pub fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    parsed.map(|Json(v)| v).map_err(|e| match e {
+        JsonRejection::JsonDataError(_) => ApiError::Invalid(e.body_text()),
+        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(e.body_text()),
+        _ => ApiError::BadRequest(e.body_text()),
+    })
+}
+
+/// Runs a router operation on a blocking thread, under the router's lock.
+pub async fn with_router<T: Send + 'static>(
+    state: &Arc<AppState>,
+    op: impl FnOnce(&mut Router) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let state = Arc::clone(state);
+    tokio::task::spawn_blocking(move || op(&mut *state.router()?))
+        .await
+        .map_err(|e| ApiError::Internal(format!("router task failed: {e}")))?
+}
+
+/// Makes a router change and waits until the log holds it durably. The change itself
+/// (featurize, decide, stage) is brief and runs in place; the wait for the fsync sleeps as
+/// a task, and concurrent changes share one fsync.
+pub async fn change_router<T>(
+    state: &Arc<AppState>,
+    op: impl FnOnce(&mut Router) -> Result<Pending<T>, ApiError>,
+) -> Result<T, ApiError> {
+    let pending = op(&mut *state.router()?)?;
+    state.durable(pending).await
+}
