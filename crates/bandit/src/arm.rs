@@ -53,6 +53,12 @@ impl Arm {
         self
     }
 
+    /// The price of a call of `input_tokens` and `output_tokens` at this arm's per-token
+    /// prices, USD: the one formula of a call's cost from its tokens.
+    pub fn cost_usd(&self, input_tokens: f64, output_tokens: f64) -> f64 {
+        input_tokens * self.input_usd_per_token + output_tokens * self.output_usd_per_token
+    }
+
     /// Whether both per-token prices are known (non-zero); otherwise cost is learned from
     /// observed outcomes.
     pub fn has_prices(&self) -> bool {

@@ -98,7 +98,7 @@ impl ArmUsage {
             } else {
                 default_output_tokens
             };
-            t * arm.input_usd_per_token + out * arm.output_usd_per_token
+            arm.cost_usd(t, out)
         } else {
             UsagePrior {
                 requests: self.requests as f64 + self.prior.requests,

@@ -192,6 +192,17 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// The model as a learner's arm: its prices per token, context window and tags.
+    pub fn arm(&self) -> quiver_bandit::Arm {
+        let mut arm = quiver_bandit::Arm::new(&self.id).with_prices(
+            self.input_usd_per_million / 1e6,
+            self.output_usd_per_million / 1e6,
+        );
+        arm.context_window_tokens = self.context_window;
+        arm.tags = self.tags.iter().cloned().collect();
+        arm
+    }
+
     /// A model with its list prices and nothing else: no context window, tags or upstream.
     pub fn priced(id: &str, input_usd_per_million: f64, output_usd_per_million: f64) -> Self {
         ModelConfig {

@@ -84,9 +84,7 @@ fn messages(body: &Value) -> Result<Vec<ChatMessage>, ApiError> {
 fn call_outcome(model: &ModelConfig, latency_ms: f64, input_tokens: u32, output_tokens: u32) -> Outcome {
     let tokens = |t: u32| limits::TOKENS.clamp(f64::from(t)) as u32;
     let (input, output) = (tokens(input_tokens), tokens(output_tokens));
-    let cost = (f64::from(input) * model.input_usd_per_million
-        + f64::from(output) * model.output_usd_per_million)
-        / 1e6;
+    let cost = model.arm().cost_usd(f64::from(input), f64::from(output));
     Outcome::new(limits::LATENCY_MS.clamp(latency_ms), limits::COST_USD.clamp(cost))
         .with_tokens(input, output)
 }

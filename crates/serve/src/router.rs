@@ -22,12 +22,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use quiver_bandit::{
-    Applied, Arm, BudgetConfig, ChatMessage, Constraints, Context, Decision, Featurizer, HashingFeaturizer,
+    Applied, BudgetConfig, ChatMessage, Constraints, Context, Decision, Featurizer, HashingFeaturizer,
     Learner, LearnerConfig, Objective, Outcome, PolicySpec, Priors, Request, Snapshot, DEFAULT_PACING_STEP,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::config::RouteConfig;
+use crate::config::{ModelConfig, RouteConfig};
 use crate::error::{io_at, Result, ServeError};
 use quiver_log::{records_after, DecisionLog, LogEvent, LogRecord, SEGMENT_BYTES};
 
@@ -143,17 +143,7 @@ impl RouteState {
             target_usd_per_request: b,
             step_size: DEFAULT_PACING_STEP,
         });
-        let arms = config
-            .models
-            .iter()
-            .map(|m| {
-                let mut arm = Arm::new(&m.id)
-                    .with_prices(m.input_usd_per_million / 1e6, m.output_usd_per_million / 1e6);
-                arm.context_window_tokens = m.context_window;
-                arm.tags = m.tags.iter().cloned().collect();
-                arm
-            })
-            .collect();
+        let arms = config.models.iter().map(ModelConfig::arm).collect();
         Ok(RouteState {
             policy: spec.to_string(),
             learner: Learner::new(learner_config, arms)?,

@@ -8,6 +8,8 @@
 //! tokens at the per-token prices of [`PRICES`]; a model not listed there leaves the table
 //! without costs.
 
+use quiver_bandit::Arm;
+
 use super::wide::{optional_in_range, read_wide_tables, WideColumns};
 use super::{Dataset, DatasetReader, WideDataset};
 use crate::error::Result;
@@ -44,19 +46,22 @@ impl RouteLlmReader {
             .file_stem()
             .map(|s| s.to_string_lossy().to_string())
             .unwrap_or_default();
-        let prices: Option<Vec<(f64, f64)>> = arms
+        let priced: Option<Vec<Arm>> = arms
             .iter()
-            .map(|a| PRICES.iter().find(|(m, _, _)| m == a).map(|(_, i, o)| (*i, *o)))
+            .map(|a| {
+                let (_, input, output) = PRICES.iter().find(|(m, _, _)| m == a)?;
+                Some(Arm::new(a.as_str()).with_prices(*input, *output))
+            })
             .collect();
-        let cost_usd = prices.map(|prices| {
-            prices
+        let cost_usd = priced.map(|priced| {
+            priced
                 .iter()
-                .map(|(input, output)| {
+                .map(|arm| {
                     prompts
                         .iter()
                         .map(|p| {
                             let tokens = f64::from(quiver_bandit::features::estimate_tokens(p));
-                            Some(tokens * input + ASSUMED_OUTPUT_TOKENS * output)
+                            Some(arm.cost_usd(tokens, ASSUMED_OUTPUT_TOKENS))
                         })
                         .collect()
                 })
