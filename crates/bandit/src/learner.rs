@@ -938,6 +938,33 @@ impl Learner {
         Ok(self.arms.remove(index))
     }
 
+    /// Adds what `replica` learned since `base`, a snapshot of this learner that the
+    /// replica started from: the policy's statistics ([`Policy::merge`]) and each arm's
+    /// usage are sums, so two replicas of `base` fed two halves of a stream merge into what
+    /// one learner fed the whole stream would hold. The cost models are sums too, of
+    /// residuals against the per-token ratio as each replica estimated it at the time, so
+    /// they merge into nearly, not exactly, the whole's. Not merged, since no
+    /// sum describes them: the budget pacer (each replica paces its own spend), change
+    /// detection (a path, not a sum), decisions awaiting feedback (each replica answers
+    /// for its own) and decision ids. Refused unless the three have the same arms, in the
+    /// same order, and the policy does not forget.
+    pub fn merge(&mut self, replica: &Learner, base: &Learner) -> Result<()> {
+        let ids = |l: &Learner| l.arms.iter().map(|a| a.id.clone()).collect::<Vec<_>>();
+        if ids(replica) != ids(self) || ids(base) != ids(self) {
+            return Err(ErrorKind::InvalidConfig("cannot merge learners with other arms".into()).into());
+        }
+        self.policy.merge(&replica.policy, &base.policy)?;
+        for ((mine, r), b) in self.usage.iter_mut().zip(&replica.usage).zip(&base.usage) {
+            mine.merge(r, b);
+        }
+        if let (Some(mine), Some(r), Some(b)) =
+            (self.cost_models.as_mut(), &replica.cost_models, &base.cost_models)
+        {
+            mine.merge(r, b)?;
+        }
+        Ok(())
+    }
+
     /// The complete state, versioned, for serialization.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {

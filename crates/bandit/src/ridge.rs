@@ -27,9 +27,10 @@ use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
+use crate::error::Result;
 use crate::packed::{dot, PackedSymmetric};
 use crate::prior::RidgePrior;
-use crate::stats::{Forgetting, OPTIMISTIC_QUALITY};
+use crate::stats::{check_mergeable, Forgetting, OPTIMISTIC_QUALITY};
 
 /// Updates between two exact refactorizations of a model.
 pub const REFRESH_INTERVAL: u32 = 256;
@@ -178,6 +179,15 @@ impl RidgeModel {
         self.refresh();
     }
 
+    /// Adds what `replica` learned since `base`: `A += A_r - A_b`, `b += b_r - b_b`, then
+    /// refactorizes (the caches are derived from `A` and `b`).
+    fn merge(&mut self, replica: &RidgeModel, base: &RidgeModel) {
+        self.precision += &replica.precision - &base.precision;
+        self.b += &replica.b - &base.b;
+        self.count += replica.count - base.count;
+        self.refresh();
+    }
+
     /// Recomputes `A^-1`, `theta` and `L` exactly from `A` and `b`.
     pub fn refresh(&mut self) {
         self.updates_since_refresh = 0;
@@ -285,6 +295,16 @@ impl RidgeTable {
             }
         }
         self.models[arm].update(x, r);
+    }
+
+    /// Adds what `replica` learned since `base` to every arm (see
+    /// [`crate::stats::ArmStatsTable::merge`]; the same condition: no forgetting).
+    pub fn merge(&mut self, replica: &RidgeTable, base: &RidgeTable) -> Result<()> {
+        check_mergeable(self.forgetting, [self.len(), replica.len(), base.len()])?;
+        for ((mine, r), b) in self.models.iter_mut().zip(&replica.models).zip(&base.models) {
+            mine.merge(r, b);
+        }
+        Ok(())
     }
 
     /// Appends a prior model for a new arm.

@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{ErrorKind, Result};
 use crate::policy::Estimate;
 use crate::prior::ArmPrior;
 
@@ -167,6 +168,20 @@ impl ArmStatsTable {
         }
     }
 
+    /// Adds what `replica` learned since `base` (a copy of this table's state when the
+    /// replica started from it): every count and sum grows by `replica - base`. Defined
+    /// only without forgetting: a discounted or windowed history is not a sum of the two
+    /// halves (what each forgot depends on the order of the whole).
+    pub fn merge(&mut self, replica: &ArmStatsTable, base: &ArmStatsTable) -> Result<()> {
+        check_mergeable(self.forgetting, [self.len(), replica.len(), base.len()])?;
+        for ((mine, r), b) in self.arms.iter_mut().zip(&replica.arms).zip(&base.arms) {
+            mine.count += r.count - b.count;
+            mine.sum += r.sum - b.sum;
+            mine.sum_sq += r.sum_sq - b.sum_sq;
+        }
+        Ok(())
+    }
+
     /// Appends a fresh arm with no observations.
     pub fn add_arm(&mut self) {
         self.arms.push(MeanStats::default());
@@ -182,6 +197,20 @@ impl ArmStatsTable {
             }
         }
     }
+}
+
+/// Whether statistics under `forgetting` over tables of these arm counts can be merged.
+pub(crate) fn check_mergeable(forgetting: Forgetting, arms: [usize; 3]) -> Result<()> {
+    if forgetting != Forgetting::None {
+        return Err(ErrorKind::InvalidConfig(format!(
+            "statistics under {forgetting:?} cannot be merged: what a discount or a window forgets depends on the order of the whole stream"
+        ))
+        .into());
+    }
+    if arms[1..].iter().any(|&n| n != arms[0]) {
+        return Err(ErrorKind::InvalidConfig(format!("cannot merge tables of {arms:?} arms")).into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

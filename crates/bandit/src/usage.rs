@@ -44,6 +44,22 @@ pub struct ArmUsage {
     pub prior: UsagePrior,
 }
 
+impl ArmUsage {
+    /// Adds what `replica` recorded since `base` (see [`crate::Learner::merge`]).
+    pub fn merge(&mut self, replica: &ArmUsage, base: &ArmUsage) {
+        self.requests += replica.requests.saturating_sub(base.requests);
+        self.errors += replica.errors.saturating_sub(base.errors);
+        self.cost_usd += replica.cost_usd - base.cost_usd;
+        self.input_tokens += replica.input_tokens - base.input_tokens;
+        self.output_tokens += replica.output_tokens - base.output_tokens;
+        self.latency_ms += replica.latency_ms - base.latency_ms;
+        self.latency_ms_sq += replica.latency_ms_sq - base.latency_ms_sq;
+        self.prior.requests += replica.prior.requests - base.prior.requests;
+        self.prior.cost_usd += replica.prior.cost_usd - base.prior.cost_usd;
+        self.prior.input_tokens += replica.prior.input_tokens - base.prior.input_tokens;
+    }
+}
+
 /// The cost part of a prior: scaled sums of a table's spend and input tokens.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct UsagePrior {

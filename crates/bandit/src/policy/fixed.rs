@@ -46,6 +46,10 @@ impl Policy for Fixed {
         self.stats.shrink_arm(arm, keep);
     }
 
+    fn merge(&mut self, replica: &Self, base: &Self) -> Result<()> {
+        self.stats.merge(&replica.stats, &base.stats)
+    }
+
     fn choose(&self, input: &ChoiceInput<'_>, _rng: &mut DecisionRng) -> Result<Choice> {
         let position = self
             .arm

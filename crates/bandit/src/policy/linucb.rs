@@ -75,6 +75,9 @@ macro_rules! learn_from_ridge {
         fn shrink_arm(&mut self, arm: usize, keep: f64) {
             self.$field.shrink_arm(arm, keep);
         }
+        fn merge(&mut self, replica: &Self, base: &Self) -> crate::error::Result<()> {
+            self.$field.merge(&replica.$field, &base.$field)
+        }
     };
 }
 pub(crate) use learn_from_ridge;

@@ -211,6 +211,16 @@ pub trait Policy {
     /// observations, after a change (see [`crate::change`]): a mean keeps its value, a
     /// ridge model moves toward its prior by the prior's new share.
     fn shrink_arm(&mut self, arm: usize, keep: f64);
+
+    /// Adds what `replica` learned since `base`, a copy of this policy's state that the
+    /// replica started from: with two replicas of `base` fed two halves of a stream,
+    /// `base.merge(a, base)` then `.merge(b, base)` learns what one policy fed the whole
+    /// stream learns. Every policy's statistics are sums (counts and sums of quality; a
+    /// ridge model's `A` and `b`), so this holds for all of them without forgetting; with a
+    /// discount or a window it is refused.
+    fn merge(&mut self, replica: &Self, base: &Self) -> Result<()>
+    where
+        Self: Sized;
 }
 
 /// Every built-in policy, as one serializable type (snapshots store it).
@@ -270,6 +280,29 @@ impl Policy for AnyPolicy {
     }
     fn shrink_arm(&mut self, arm: usize, keep: f64) {
         dispatch!(self, p => p.shrink_arm(arm, keep))
+    }
+    fn merge(&mut self, replica: &Self, base: &Self) -> Result<()> {
+        macro_rules! same {
+            ($($variant:ident),*) => {
+                match (self, replica, base) {
+                    $((AnyPolicy::$variant(p), AnyPolicy::$variant(r), AnyPolicy::$variant(b)) => p.merge(r, b),)*
+                    _ => Err(crate::error::ErrorKind::InvalidConfig(
+                        "cannot merge policies of different kinds".into(),
+                    )
+                    .into()),
+                }
+            };
+        }
+        same!(
+            Uniform,
+            EpsilonGreedy,
+            Ucb1,
+            BetaTs,
+            GaussianTs,
+            LinUcb,
+            LinTs,
+            Fixed
+        )
     }
 }
 
