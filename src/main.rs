@@ -25,8 +25,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "quiver", version, about)]
 struct Cli {
-    /// Diagnostics on standard error (the server's access log among them): `human` lines
-    /// or `json`, one object per line. `RUST_LOG` filters them (default: info;
+    /// Logged diagnostics on standard error (the server's access log among them): `human`
+    /// lines or `json`, one object per line. `RUST_LOG` filters them (default: info;
     /// `RUST_LOG=info,tower_http=off` drops the access log).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,

@@ -343,6 +343,23 @@ fn a_new_users_mistakes_get_precise_errors() {
         "{out}"
     );
 
+    let err = stderr(&quiver(&[
+        "data",
+        "convert",
+        "--data",
+        truncated.to_str().unwrap(),
+        "--to",
+        "logged",
+        "--missing-feedback",
+        "1.5",
+        "--out",
+        dir.join("never.csv").to_str().unwrap(),
+    ]));
+    assert!(
+        err.contains("--missing-feedback must be in [0, 1), not 1.5"),
+        "{err}"
+    );
+
     let missing = dir.join("missing.toml");
     let err = stderr(&quiver(&["serve", "--config", missing.to_str().unwrap()]));
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");

@@ -14,7 +14,7 @@ use quiver_sim::ope::{estimate, inputs_for, run_candidate, Ips, Metric, Snips};
 use quiver_sim::priors::fit_wide;
 use quiver_sim::replay::{replay, Environment, Knobs, ReplaySettings, Variant};
 use quiver_sim::report::{summarize, PolicySummary, Summary};
-use quiver_sim::suite::{TableShape, CALIBRATION};
+use quiver_sim::suite::{calibration_range, TableShape};
 
 fn datasets() -> Option<PathBuf> {
     let dir = std::env::var_os("QUIVER_DATASETS")
@@ -87,7 +87,7 @@ fn the_suites_calibration_holds_the_public_tables() {
     let n = log_prices.len() as f64;
     let mean = log_prices.iter().sum::<f64>() / n;
     let sd = (log_prices.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
-    let (_, lo, hi) = CALIBRATION[2];
+    let (lo, hi) = calibration_range("log cost sd").unwrap();
     assert!(
         n > 1000.0 && (lo..=hi).contains(&sd),
         "{n} chat prices, log sd {sd}"

@@ -361,7 +361,7 @@ async fn traffic_shifts_to_the_arm_with_the_best_feedback_and_feedback_rules_hol
         .unwrap();
     assert_eq!(no_token.status(), 401);
     // Who may call what: each token set its own group, admin everything, health and the
-    // API document anyone. A refused token is refused before the body is looked at.
+    // API document anyone.
     for (method, path, allowed) in [
         ("POST", "/v1/route", ["r", "a"].as_slice()),
         ("POST", "/v1/chat/completions", &["r", "a"]),

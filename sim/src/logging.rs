@@ -34,6 +34,7 @@ pub fn log_wide(
     builder: &ContextBuilder,
     settings: &LoggingSettings,
 ) -> Result<(LoggedDataset, Vec<usize>)> {
+    crate::replay::check_missing_feedback(settings.missing_feedback)?;
     let mut config = LearnerConfig::new(settings.spec.clone(), builder.dim());
     config.objective = settings.objective;
     config.seed = settings.seed;

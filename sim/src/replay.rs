@@ -459,11 +459,7 @@ pub fn replay(
             )));
         }
     }
-    if !(0.0..1.0).contains(&settings.knobs.missing_feedback) {
-        return Err(SimError::InvalidOption(
-            "--missing-feedback must be in [0, 1)".into(),
-        ));
-    }
+    check_missing_feedback(settings.knobs.missing_feedback)?;
     if let Some(drift) = &settings.knobs.drift {
         if !env.data.arms.contains(&drift.arm) {
             return Err(SimError::InvalidOption(format!(
@@ -482,6 +478,18 @@ pub fn replay(
             run
         })
         .collect()
+}
+
+/// The share of decisions whose quality never arrives must be in [0, 1): at 1 nothing
+/// would be learned.
+pub(crate) fn check_missing_feedback(share: f64) -> Result<()> {
+    if (0.0..1.0).contains(&share) {
+        Ok(())
+    } else {
+        Err(SimError::InvalidOption(format!(
+            "--missing-feedback must be in [0, 1), not {share}"
+        )))
+    }
 }
 
 #[cfg(test)]

@@ -50,21 +50,26 @@ pub struct IrtTable {
 /// Topics of the generated prompts.
 const TOPICS: usize = 8;
 
-/// The generator's calibration (see [`CALIBRATION`] for what it is calibrated to):
-/// standard deviations of a family's ability level and of its ability per topic,
+// The generator's constants, calibrated so that its tables have the public tables' shape
+// ([`CALIBRATION`]).
+/// Standard deviation of a family's ability level.
 const FAMILY_SD: f64 = 0.6;
+/// Standard deviation of a family's ability per topic around its level.
 const TOPIC_SD: f64 = 0.6;
-/// the ability step between the sizes of a family and the spread of its near-duplicates,
+/// Ability step between the three sizes of a family.
 const SIZE_STEP: f64 = 0.4;
+/// Standard deviation of a family member's ability around its size's.
 const DUPLICATE_SD: f64 = 0.15;
-/// the weight of a prompt's difficulty and the log-odds of a typical model on a typical
-/// prompt,
+/// Weight of a prompt's difficulty in a model's log-odds of answering well.
 const DIFFICULTY_WEIGHT: f64 = 1.8;
+/// Log-odds of a typical model answering a typical prompt well.
 const EASE: f64 = 1.2;
-/// and a model's log price: its mean ability times this, plus noise of this deviation,
-/// scaled to the typical price of a request (USD; RouterBench's median model: $0.00033).
+/// Rise of a model's log price per unit of mean ability.
 const PRICE_PER_ABILITY: f64 = 1.0;
+/// Standard deviation of a model's log price around what its ability says.
 const PRICE_NOISE_SD: f64 = 1.3;
+/// Geometric mean of the models' prices per average request, USD (RouterBench's median
+/// model: $0.00033).
 const TYPICAL_PRICE_USD: f64 = 0.0004;
 
 /// Share of the rows trained on.
@@ -98,7 +103,7 @@ impl IrtTable {
                     .collect()
             })
             .collect();
-        let prices: Vec<f64> = abilities
+        let log_prices: Vec<f64> = abilities
             .iter()
             .map(|a| {
                 let mean = a.iter().sum::<f64>() / TOPICS as f64;
@@ -106,8 +111,8 @@ impl IrtTable {
             })
             .collect();
         // Scale prices so that their geometric mean is the typical price.
-        let mean_log = prices.iter().sum::<f64>() / prices.len() as f64;
-        let prices: Vec<f64> = prices
+        let mean_log = log_prices.iter().sum::<f64>() / log_prices.len() as f64;
+        let prices: Vec<f64> = log_prices
             .iter()
             .map(|log_price| TYPICAL_PRICE_USD * (log_price - mean_log).exp())
             .collect();
@@ -234,6 +239,14 @@ pub const CALIBRATION: [(&str, f64, f64); 6] = [
     ("answer correlation", 0.1, 0.45),
     ("oracle gain", 0.05, 0.2),
 ];
+
+/// The calibration range of the statistic `name` of [`CALIBRATION`].
+pub fn calibration_range(name: &str) -> Option<(f64, f64)> {
+    CALIBRATION
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|&(_, lo, hi)| (lo, hi))
+}
 
 impl TableShape {
     /// The statistics in [`CALIBRATION`]'s order.

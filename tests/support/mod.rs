@@ -65,7 +65,7 @@ pub fn start_binary_with_file_limit(files: u32, args: &[&str]) -> (Running, Stri
 }
 
 /// Starts `command` and waits for the line that names its address; the rest of its
-/// standard error is drained on a thread and returned by the handle's output.
+/// standard error is read on a thread and kept for [`Running::logs`].
 fn start_command(command: &mut Command) -> (Running, String) {
     let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
     let stderr = child.stderr.take().unwrap();

@@ -150,7 +150,11 @@ pub fn credited_quality(quality: Option<f64>, error: bool) -> Option<f64> {
 /// the optimum, where the shrinking step takes most of a run to bring it back. So the
 /// gradient is clipped to `[-1, 1]` (a spend of at most [`MAX_SPEND_RATIO`] budgets per
 /// step) and the excess is carried as debt into the following steps: every dollar still
-/// enters the dual, only later, and the average-spend bound above holds as before.
+/// enters the dual, only later. The bound above then holds for the spend entered so far,
+/// so the average overspend is at most `target * (lambda_T / (eta_T T) + debt_T / T)`:
+/// the outstanding debt ([`BudgetPacer::debt`], exported in the server's metrics) is
+/// what has not reached the dual yet. The price of the clip: under a steady overspend of
+/// more than two budgets per call, `lambda` rises at most one step per call.
 ///
 /// Where the budget binds between two arms the optimal policy is randomized (the linear
 /// program of bandits with knapsacks mixes them: Badanidiyuru, Kleinberg and Slivkins
@@ -210,6 +214,11 @@ impl BudgetPacer {
     /// The current dual multiplier.
     pub fn lambda(&self) -> f64 {
         self.lambda
+    }
+
+    /// Spend, in budgets, not yet entered into the dual (see the clipped gradient above).
+    pub fn debt(&self) -> f64 {
+        self.debt
     }
 
     /// The extra cost weight (quality points per USD) the pacer adds.
@@ -299,7 +308,7 @@ mod tests {
             p.observe(if n == 0 { 0.1 } else { 0.0 });
             assert!((p.lambda() - expected).abs() < 1e-12, "step {n}");
         }
-        assert_eq!(p.debt, 0.0);
+        assert_eq!(p.debt(), 0.0);
         let before = p.lambda();
         let step = p.current_step();
         p.observe(0.0);

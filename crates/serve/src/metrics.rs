@@ -189,8 +189,8 @@ struct ArmTotals {
 struct RouteTotals {
     route: String,
     decisions: u64,
-    /// The pacer's dual multiplier and target, when the route has a budget.
-    budget: Option<(f64, f64)>,
+    /// The pacer's dual multiplier, target and debt, when the route has a budget.
+    budget: Option<(f64, f64, f64)>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -233,7 +233,7 @@ impl LearnerStats {
             routes.push(RouteTotals {
                 route: route.clone(),
                 decisions: learner.next_decision_id(),
-                budget: learner.pacer().map(|p| (p.lambda(), p.target_usd())),
+                budget: learner.pacer().map(|p| (p.lambda(), p.target_usd(), p.debt())),
             });
         }
         let (log_records, log_fsyncs) = router.log_counts();
@@ -306,14 +306,21 @@ impl Collector for LearnerStats {
             "quiver_budget_lambda",
             "The budget pacer's dual multiplier per route (0 while the budget does not bind).",
             MetricType::Gauge,
-            budgeted().map(|(r, (lambda, _))| (route(r), ConstGauge::new(lambda))),
+            budgeted().map(|(r, (lambda, _, _))| (route(r), ConstGauge::new(lambda))),
         )?;
         family(
             &mut encoder,
             "quiver_budget_target_usd",
             "The budget per request per route, USD.",
             MetricType::Gauge,
-            budgeted().map(|(r, (_, target))| (route(r), ConstGauge::new(target))),
+            budgeted().map(|(r, (_, target, _))| (route(r), ConstGauge::new(target))),
+        )?;
+        family(
+            &mut encoder,
+            "quiver_budget_debt",
+            "Spend per route, in budgets, that the pacer has yet to count (it takes at most two budgets per call).",
+            MetricType::Gauge,
+            budgeted().map(|(r, (_, _, debt))| (route(r), ConstGauge::new(debt))),
         )?;
         let mut total = |name: &str, help: &str, value: u64| -> Result<(), std::fmt::Error> {
             let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -351,7 +358,7 @@ mod tests {
             routes: vec![RouteTotals {
                 route: "r".into(),
                 decisions: 4,
-                budget: Some((0.5, 0.001)),
+                budget: Some((0.5, 0.001, 3.0)),
             }],
             log_records: 9,
             log_fsyncs: 2,
@@ -367,6 +374,7 @@ mod tests {
             "quiver_decisions_total{route=\"r\"} 4",
             "quiver_budget_lambda{route=\"r\"} 0.5",
             "quiver_budget_target_usd{route=\"r\"} 0.001",
+            "quiver_budget_debt{route=\"r\"} 3.0",
             "quiver_log_records_total 9",
             "quiver_log_fsyncs_total 2",
             "quiver_routed_total 1",
