@@ -2,14 +2,10 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use quiver_bandit::{Context, Objective, PolicySpec};
+use quiver_bandit::{Objective, PolicySpec};
 use quiver_sim::context::ContextBuilder;
-use quiver_sim::data::{load_logged, Format, LoggedDataset, Split};
-use quiver_sim::ope::{
-    all_estimators, estimator_by_name, inputs_for, report_metric, run_candidate, Estimator, Metric,
-    MetricReport,
-};
-use serde::Serialize;
+use quiver_sim::data::{load_logged, Format, Split};
+use quiver_sim::ope::{all_estimators, estimator_by_name, evaluate, Estimator, EstimatorSettings};
 
 #[derive(Args)]
 #[command(allow_negative_numbers = true)]
@@ -55,80 +51,13 @@ pub struct OpeArgs {
     json: bool,
 }
 
-#[derive(Serialize)]
-pub struct OpeSummary {
-    pub dataset: String,
-    pub rows: usize,
-    pub arms: Vec<String>,
-    pub policy: String,
-    pub learning: bool,
-    pub metrics: Vec<MetricReport>,
-}
-
-/// Estimator settings shared with `quiver replay` on logs.
-pub struct EstimatorSettings {
-    /// Largest importance weight.
-    pub clip: f64,
-    /// Switch-DR threshold.
-    pub switch_tau: f64,
-    /// Bootstrap resamples.
-    pub bootstrap: usize,
-    /// Seed.
-    pub seed: u64,
-}
-
-impl From<&OpeArgs> for EstimatorSettings {
-    fn from(a: &OpeArgs) -> Self {
-        EstimatorSettings {
-            clip: a.clip,
-            switch_tau: a.switch_tau,
-            bootstrap: a.bootstrap,
-            seed: a.seed,
-        }
-    }
-}
-
-/// Every metric's estimates of `spec` on `log`.
-pub fn evaluate(
-    log: &LoggedDataset,
-    contexts: &[Context],
-    spec: &PolicySpec,
-    objective: Objective,
-    estimators: &[Box<dyn Estimator>],
-    settings: impl Into<EstimatorSettings>,
-    learn: bool,
-) -> Result<OpeSummary> {
-    let settings = settings.into();
-    let candidate = run_candidate(log, contexts, spec, objective, settings.seed, learn)?;
-    let metrics = [Metric::Reward(objective), Metric::Quality, Metric::Cost]
-        .into_iter()
-        .map(|m| {
-            let inputs = inputs_for(log, contexts, &candidate, m, settings.clip, settings.switch_tau);
-            report_metric(&inputs, m, estimators, settings.bootstrap, settings.seed)
-        })
-        .collect();
-    Ok(OpeSummary {
-        dataset: log.source.clone(),
-        rows: log.rows(),
-        arms: log.arms.clone(),
-        policy: spec.to_string(),
-        learning: learn,
-        metrics,
-    })
-}
-
 pub fn run(args: OpeArgs) -> Result<()> {
     let format: Format = args.format.parse()?;
     let split: Option<Split> = args.split.as_deref().map(str::parse).transpose()?;
     let log = load_logged(&args.data, format, split.as_ref())?;
     let spec: PolicySpec = args.policy.parse()?;
     let objective = Objective::new(args.w_cost, args.w_latency)?;
-    if args.clip.is_nan() || args.clip <= 0.0 {
-        bail!("--clip must be positive");
-    }
-    if !args.switch_tau.is_finite() || args.switch_tau <= 0.0 {
-        bail!("--switch-tau must be a positive number");
-    }
+    let settings = EstimatorSettings::new(args.clip, args.switch_tau, args.bootstrap, args.seed)?;
     if log.rows() == 0 {
         bail!("{}: no decisions to evaluate (check --split)", args.data);
     }
@@ -152,7 +81,7 @@ pub fn run(args: OpeArgs) -> Result<()> {
         &spec,
         objective,
         &estimators,
-        &args,
+        settings,
         !args.frozen,
     )?;
     if args.json {

@@ -8,10 +8,9 @@ use quiver_bandit::prior::{check_cap, DEFAULT_PRIOR_CAP};
 use quiver_bandit::{Objective, PolicySpec, Priors, DEFAULT_PACING_STEP};
 use quiver_sim::context::{task_in_context, ContextBuilder};
 use quiver_sim::data::{load, load_wide, Dataset, Format, LoggedDataset, Split, WideDataset};
-use quiver_sim::ope::{estimator_by_name, Estimator};
+use quiver_sim::ope::{estimator_by_name, evaluate, Estimator, EstimatorSettings};
 use quiver_sim::priors::{fit_wide, TrainFeedback};
 
-use crate::ope_cmd::EstimatorSettings;
 use quiver_sim::replay::{replay, Drift, Environment, Knobs, LatencyModel, ReplaySettings, Variant};
 use quiver_sim::report::{summarize, table};
 use quiver_sim::scenario::Scenario;
@@ -247,26 +246,23 @@ fn replay_log(args: &ReplayArgs, log: LoggedDataset, specs: &[PolicySpec]) -> Re
         .iter()
         .filter_map(|n| estimator_by_name(n))
         .collect();
-    let settings = || EstimatorSettings {
-        clip: f64::INFINITY,
-        switch_tau: 100.0,
-        bootstrap: 0,
-        seed: 0,
-    };
+    // Unclipped weights, Switch-DR's default threshold, no bootstrap: the table's three
+    // point estimates.
+    let settings = EstimatorSettings::new(f64::INFINITY, 100.0, 0, 0)?;
     let summaries = specs
         .iter()
         .map(|spec| {
-            crate::ope_cmd::evaluate(
+            evaluate(
                 &log,
                 &contexts,
                 spec,
                 objective,
                 &estimators,
-                settings(),
+                settings,
                 !args.frozen,
             )
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summaries)?);
         return Ok(());

@@ -17,11 +17,13 @@
 
 mod candidate;
 mod estimators;
+mod evaluate;
 mod resample;
 mod reward_model;
 
 pub use candidate::{inputs_for, report_metric, run_candidate, CandidateRun, Metric, MetricReport};
 pub use estimators::{all_estimators, estimator_by_name, Dm, Dr, Ips, Replay, Sndr, Snips, SwitchDr};
+pub use evaluate::{evaluate, EstimatorSettings, OpeSummary};
 pub use resample::{poisson_sums, Kernel, ResampleSums};
 pub use reward_model::cross_fitted_predictions;
 
