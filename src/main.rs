@@ -44,7 +44,7 @@ enum LogFormat {
 enum Command {
     /// Replay routing policies on full-information data under bandit feedback (with no
     /// arguments: the built-in scenario).
-    Replay(replay_cmd::ReplayArgs),
+    Replay(Box<replay_cmd::ReplayArgs>),
     /// Estimate a candidate policy's value, quality and cost on a decision log.
     Ope(ope_cmd::OpeArgs),
     /// Convert or generate datasets.
@@ -74,7 +74,7 @@ fn main() -> std::process::ExitCode {
         LogFormat::Json => logs.json().init(),
     }
     let result = match cli.command {
-        Command::Replay(args) => replay_cmd::run(args),
+        Command::Replay(args) => replay_cmd::run(*args),
         Command::Ope(args) => ope_cmd::run(args),
         Command::Data(command) => data_cmd::run(command),
         Command::Priors(command) => priors_cmd::run(command),

@@ -73,8 +73,8 @@ pub struct ReplayArgs {
     #[arg(long)]
     w_latency: Option<f64>,
     /// Replay each policy at N settings: `budget=A..B:N` or `w-cost=A..B:N`.
-    #[arg(long)]
-    sweep: Option<String>,
+    #[arg(long, value_parser = parse_sweep)]
+    sweep: Option<Sweep>,
     /// Decisions made after a request before its quality arrives (0: before the next one).
     #[arg(long, default_value_t = 0)]
     feedback_delay: usize,
@@ -82,11 +82,11 @@ pub struct ReplayArgs {
     #[arg(long, default_value_t = 0.0)]
     missing_feedback: f64,
     /// Shift an arm's quality from an evaluation step on: `ARM@STEP:DELTA`.
-    #[arg(long)]
-    drift: Option<String>,
+    #[arg(long, value_parser = parse_drift)]
+    drift: Option<Drift>,
     /// Latency where the table has none: `MEDIAN_MS[,SIGMA]` for every arm.
-    #[arg(long)]
-    latency_model: Option<String>,
+    #[arg(long, value_parser = parse_latency)]
+    latency_model: Option<(f64, f64)>,
     /// Evaluate without learning (after --train).
     #[arg(long, alias = "freeze")]
     frozen: bool,
@@ -118,14 +118,22 @@ fn budget_usd(text: &str) -> std::result::Result<f64, String> {
         .map_err(|e| e.to_string())
 }
 
-fn parse_sweep(text: &str) -> Result<(String, Vec<f64>)> {
-    let (key, range) = text.split_once('=').context("--sweep needs KEY=A..B:N")?;
-    let (bounds, n) = range.split_once(':').context("--sweep needs KEY=A..B:N")?;
-    let (a, b) = bounds.split_once("..").context("--sweep needs KEY=A..B:N")?;
-    let (a, b): (f64, f64) = (a.parse()?, b.parse()?);
-    let n: usize = n.parse()?;
+/// `--sweep KEY=A..B:N`: the setting swept and its N values, evenly spaced.
+type Sweep = (String, Vec<f64>);
+
+fn parse_sweep(text: &str) -> std::result::Result<Sweep, String> {
+    let form = "KEY=A..B:N, KEY budget or w-cost";
+    let (key, range) = text.split_once('=').ok_or(form)?;
+    let (bounds, n) = range.split_once(':').ok_or(form)?;
+    let (a, b) = bounds.split_once("..").ok_or(form)?;
+    let number = |t: &str| t.parse::<f64>().map_err(|e| format!("{t}: {e}"));
+    let (a, b) = (number(a)?, number(b)?);
+    let n: usize = n.parse().map_err(|e| format!("N {n}: {e}"))?;
     if n < 1 || !a.is_finite() || !b.is_finite() || a < 0.0 || b < a {
-        bail!("--sweep {text}: need 0 <= A <= B and N >= 1");
+        return Err("need 0 <= A <= B and N >= 1".into());
+    }
+    if !matches!(key, "budget" | "w-cost") {
+        return Err(format!("`{key}`: sweep budget or w-cost"));
     }
     let values = (0..n)
         .map(|i| {
@@ -136,44 +144,38 @@ fn parse_sweep(text: &str) -> Result<(String, Vec<f64>)> {
             }
         })
         .collect();
-    match key {
-        "budget" | "w-cost" => Ok((key.to_string(), values)),
-        other => bail!("--sweep `{other}`: sweep budget or w-cost"),
-    }
+    Ok((key.to_string(), values))
 }
 
-fn parse_drift(text: &str) -> Result<Drift> {
-    let (arm, rest) = text.rsplit_once('@').context("--drift needs ARM@STEP:DELTA")?;
-    let (step, delta) = rest.split_once(':').context("--drift needs ARM@STEP:DELTA")?;
+fn parse_drift(text: &str) -> std::result::Result<Drift, String> {
+    let form = "ARM@STEP:DELTA";
+    let (arm, rest) = text.rsplit_once('@').ok_or(form)?;
+    let (step, delta) = rest.split_once(':').ok_or(form)?;
     Ok(Drift {
         arm: arm.to_string(),
-        step: step.parse().context("--drift STEP must be a whole number")?,
-        delta: delta.parse().context("--drift DELTA must be a number")?,
+        step: step
+            .parse()
+            .map_err(|_| format!("STEP `{step}` must be a whole number"))?,
+        delta: delta
+            .parse()
+            .map_err(|_| format!("DELTA `{delta}` must be a number"))?,
     })
 }
 
-fn parse_latency(text: &str, arms: usize) -> Result<LatencyModel> {
+/// `--latency-model MEDIAN_MS[,SIGMA]`: the median and the log-normal sigma (default 0.3).
+fn parse_latency(text: &str) -> std::result::Result<(f64, f64), String> {
     let mut parts = text.split(',');
-    let median: f64 = parts
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .parse()
-        .context("--latency-model MEDIAN_MS[,SIGMA]")?;
-    let sigma: f64 = match parts.next() {
-        Some(s) => s
-            .trim()
-            .parse()
-            .context("--latency-model SIGMA must be a number")?,
-        None => 0.3,
+    let number = |t: &str| {
+        t.trim()
+            .parse::<f64>()
+            .map_err(|_| format!("`{t}` is not a number"))
     };
+    let median = number(parts.next().unwrap_or_default())?;
+    let sigma = parts.next().map(number).transpose()?.unwrap_or(0.3);
     if !(median > 0.0 && sigma >= 0.0 && median.is_finite() && sigma.is_finite()) {
-        bail!("--latency-model needs MEDIAN_MS > 0 and SIGMA >= 0");
+        return Err("need MEDIAN_MS > 0 and SIGMA >= 0".into());
     }
-    Ok(LatencyModel {
-        median_ms: vec![median; arms],
-        sigma,
-    })
+    Ok((median, sigma))
 }
 
 /// Reads a priors file and checks it was fitted on contexts built as `definition`.
@@ -221,12 +223,7 @@ fn datasets(
                 bail!("--train needs --data (the built-in scenario brings its own train split)");
             }
             let scenario = Scenario::builtin()?;
-            let (table, splits) = scenario.generate();
-            let mut test = table.clone();
-            test.retain_rows(|r| splits[r] == "test");
-            let mut train = table;
-            train.retain_rows(|r| splits[r] == "train");
-            test.source = format!("builtin:{} (test split)", scenario.name);
+            let (test, train) = scenario.test_and_train();
             Ok((test, Some(train), objective(scenario.objective()?)?))
         }
     }
@@ -323,8 +320,6 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     if specs.is_empty() {
         bail!("--policies is empty");
     }
-    let sweep = args.sweep.as_deref().map(parse_sweep).transpose()?;
-    let drift = args.drift.as_deref().map(parse_drift).transpose()?;
     let (data, train, objective) = datasets(&args, loaded)?;
     if args.train_feedback == TrainFeedback::Full && (args.explore_passes > 0 || args.train_passes > 1) {
         bail!("--train-passes and --explore-passes apply to --train-feedback bandit");
@@ -337,7 +332,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     }
     let mut variants = Vec::new();
     for spec in &specs {
-        match &sweep {
+        match &args.sweep {
             None => variants.push(Variant {
                 spec: spec.clone(),
                 objective,
@@ -388,8 +383,11 @@ pub fn run(args: ReplayArgs) -> Result<()> {
             priors = Some(fit_wide(&t, &builder.definition(), args.prior_cap));
         }
     }
-    let latency = match (&args.latency_model, data.latency_ms.is_some()) {
-        (Some(text), false) => Some(parse_latency(text, data.num_arms())?),
+    let latency = match (args.latency_model, data.latency_ms.is_some()) {
+        (Some((median, sigma)), false) => Some(LatencyModel {
+            median_ms: vec![median; data.num_arms()],
+            sigma,
+        }),
         (Some(_), true) => {
             bail!("--latency-model applies to tables without latency_ms columns; this one has them")
         }
@@ -401,7 +399,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         knobs: Knobs {
             feedback_delay: args.feedback_delay,
             missing_feedback: args.missing_feedback,
-            drift,
+            drift: args.drift.clone(),
             latency: latency.clone(),
         },
         frozen: args.frozen,

@@ -360,6 +360,35 @@ fn a_new_users_mistakes_get_precise_errors() {
         "{err}"
     );
 
+    // Structured flags are parsed by clap, so a mistake names the flag and its form.
+    for (flag, value, says) in [
+        ("--sweep", "budget=x", "KEY=A..B:N"),
+        ("--sweep", "latency=0..1:3", "`latency`: sweep budget or w-cost"),
+        ("--drift", "gpt-4o", "ARM@STEP:DELTA"),
+        ("--drift", "gpt-4o@ten:-0.2", "STEP `ten` must be a whole number"),
+        ("--latency-model", "-3", "need MEDIAN_MS > 0 and SIGMA >= 0"),
+    ] {
+        let err = stderr(&quiver(&["replay", flag, value]));
+        assert!(
+            err.contains(&format!("invalid value '{value}' for '{flag} ")) && err.contains(says),
+            "{err}"
+        );
+    }
+    let swept = stdout(&quiver(&[
+        "replay",
+        "--data",
+        truncated.to_str().unwrap(),
+        "--policies",
+        "random",
+        "--sweep",
+        "w-cost=0..40:3",
+        "--latency-model",
+        "500,0.2",
+    ]));
+    for w in ["0 ", "20 ", "40 "] {
+        assert!(swept.contains(&format!("random @ w-cost={w}")), "{swept}");
+    }
+
     let missing = dir.join("missing.toml");
     let err = stderr(&quiver(&["serve", "--config", missing.to_str().unwrap()]));
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");

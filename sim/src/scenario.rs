@@ -158,6 +158,18 @@ impl Scenario {
         Ok(Objective::new(self.objective.w_cost, self.objective.w_latency)?)
     }
 
+    /// The generated table split as `quiver replay` uses it: the test rows to evaluate on
+    /// (named `<source> (test split)`) and the train rows to learn from.
+    pub fn test_and_train(&self) -> (WideDataset, WideDataset) {
+        let (table, splits) = self.generate();
+        let mut test = table.clone();
+        test.retain_rows(|r| splits[r] == "test");
+        test.source = format!("{} (test split)", table.source);
+        let mut train = table;
+        train.retain_rows(|r| splits[r] == "train");
+        (test, train)
+    }
+
     /// Generates the full-information table; `split` of each row is `train` or `test`.
     pub fn generate(&self) -> (WideDataset, Vec<String>) {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
@@ -404,6 +416,24 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The split partitions the table: test rows and train rows in their order, by label.
+    #[test]
+    fn test_and_train_partition_the_table_by_its_split() {
+        let s = Scenario::builtin().unwrap();
+        let (table, splits) = s.generate();
+        let (test, train) = s.test_and_train();
+        let ids = |label: &str| -> Vec<String> {
+            (0..table.rows())
+                .filter(|&r| splits[r] == label)
+                .map(|r| table.ids[r].clone())
+                .collect()
+        };
+        assert_eq!(test.ids, ids("test"));
+        assert_eq!(train.ids, ids("train"));
+        assert_eq!(test.rows() + train.rows(), table.rows());
+        assert_eq!(test.source, "builtin:default (test split)");
     }
 
     #[test]
