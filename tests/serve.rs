@@ -386,6 +386,16 @@ async fn traffic_shifts_to_the_arm_with_the_best_feedback_and_feedback_rules_hol
             );
         }
     }
+    // A caller without a token is refused before its body is read, however large: 401,
+    // not 413, and the connection closes.
+    let unread = reqwest::Client::new()
+        .post(format!("{base}/v1/route"))
+        .json(&json!({"route": "learn", "prompt": "x".repeat(100_000)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unread.status(), 401);
+    assert_eq!(unread.headers()["connection"], "close");
     // The server answers 413 before reading the body and closes that connection: use a
     // client of its own, so that no later request is sent on the closed connection.
     let big = reqwest::Client::new()

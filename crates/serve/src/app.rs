@@ -60,39 +60,47 @@ async fn track_request(State(state): State<Arc<AppState>>, request: Request, nex
 /// OpenAI's JSON shape (unknown paths and methods included).
 pub fn build_app(state: Arc<AppState>) -> axum::Router {
     let limits = RequestLimits::from(&state.config);
-    let only = |access| middleware::from_fn_with_state((Arc::clone(&state), access), require);
-    let routing = axum::Router::new()
-        .route("/v1/route", post(route))
-        .route_layer(only(Access::Route));
+    // Each endpoint, outermost first: its tokens, its body read under the limits, then
+    // (except the proxy, which keeps its own deadline so that it can fall back and record,
+    // and so that a stream is bounded by its silences rather than its length) the answer's
+    // deadline.
+    let read_body = || middleware::from_fn_with_state(limits, request_limits::read_body);
+    let deadline = || middleware::from_fn_with_state(limits, request_limits::deadline);
+    let group = |router: axum::Router<Arc<AppState>>, access: Option<Access>, answered_at_once: bool| {
+        let router = if answered_at_once {
+            router.route_layer(deadline())
+        } else {
+            router
+        };
+        let router = router.route_layer(read_body());
+        match access {
+            Some(access) => router.route_layer(middleware::from_fn_with_state(
+                (Arc::clone(&state), access),
+                require,
+            )),
+            None => router,
+        }
+    };
+    let open = axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi));
+    let routing = axum::Router::new().route("/v1/route", post(route));
     let reporting = axum::Router::new()
         .route("/v1/feedback", post(feedback))
-        .route("/v1/outcome", post(outcome))
-        .route_layer(only(Access::Feedback));
+        .route("/v1/outcome", post(outcome));
     let reading = axum::Router::new()
         .route("/v1/routes/{name}", get(route_state))
         .route("/v1/routes/{name}/snapshot", get(route_snapshot))
-        .route("/metrics", get(metrics))
-        .route_layer(only(Access::Admin));
-    let answered_at_once = axum::Router::new()
-        .route("/healthz", get(healthz))
-        .route("/openapi.json", get(openapi))
-        .merge(routing)
-        .merge(reporting)
-        .merge(reading)
-        .route_layer(middleware::from_fn_with_state(limits, request_limits::deadline));
-    // The proxy keeps its own deadline, so that it can fall back and record, and so that
-    // a stream is bounded by its silences rather than its length.
-    let proxy = axum::Router::new()
-        .route("/v1/chat/completions", post(crate::proxy::chat_completions))
-        .route_layer(only(Access::Route));
-    answered_at_once
-        .merge(proxy)
+        .route("/metrics", get(metrics));
+    let proxy = axum::Router::new().route("/v1/chat/completions", post(crate::proxy::chat_completions));
+    group(open, None, true)
+        .merge(group(routing, Some(Access::Route), true))
+        .merge(group(reporting, Some(Access::Feedback), true))
+        .merge(group(reading, Some(Access::Admin), true))
+        .merge(group(proxy, Some(Access::Route), false))
         .fallback(request_limits::unknown_path)
         .method_not_allowed_fallback(request_limits::wrong_method)
-        .layer(middleware::from_fn_with_state(
-            limits,
-            request_limits::read_request,
-        ))
+        .layer(middleware::from_fn_with_state(limits, request_limits::check_head))
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(Arc::clone(&state), track_request))
         // The access log, one line per request at its answer's head, in the span of its

@@ -9,6 +9,7 @@ use axum::response::Response;
 use subtle::ConstantTimeEq;
 
 use crate::api_error::ApiError;
+use crate::request_limits;
 use crate::state::AppState;
 
 /// Which token set may call an endpoint.
@@ -22,15 +23,19 @@ pub enum Access {
     Admin,
 }
 
-/// The middleware in front of each group of endpoints: the request goes on only with a
-/// token its `access` accepts ([`authorize`]), else it is answered 401.
+/// The middleware in front of each group of endpoints, before its body is read: the
+/// request goes on only with a token its `access` accepts ([`authorize`]), else it is
+/// answered 401 and its connection closed.
 pub(crate) async fn require(
     State((state, access)): State<(Arc<AppState>, Access)>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    authorize(&state, request.headers(), access)?;
-    Ok(next.run(request).await)
+    match authorize(&state, request.headers(), access) {
+        Ok(()) => Ok(next.run(request).await),
+        // The body is still unread: the connection closes after the answer.
+        Err(e) => Ok(request_limits::refused(e)),
+    }
 }
 
 /// Checks the bearer token of a request against the tokens `access` accepts (admin

@@ -57,7 +57,7 @@ fn head_bytes(request: &Request) -> usize {
 
 /// The answer to a request whose body was not read to its end: the connection closes
 /// after it, and says so, so that the client does not send its next request on it.
-fn refused(error: ApiError) -> Response {
+pub(crate) fn refused(error: ApiError) -> Response {
     let mut response = error.into_response();
     response
         .headers_mut()
@@ -65,15 +65,21 @@ fn refused(error: ApiError) -> Response {
     response
 }
 
-/// Checks the head's size, then reads the body under its limits and hands the request on
-/// with the body in memory.
-pub async fn read_request(State(limits): State<RequestLimits>, request: Request, next: Next) -> Response {
+/// Checks the head's size, for every request (an unknown path too).
+pub async fn check_head(State(limits): State<RequestLimits>, request: Request, next: Next) -> Response {
     if head_bytes(&request) > limits.max_header_bytes {
         return refused(ApiError::HeadersTooLarge(format!(
             "the request line and headers exceed {} bytes",
             limits.max_header_bytes
         )));
     }
+    next.run(request).await
+}
+
+/// Reads the body under its limits and hands the request on with the body in memory. It
+/// runs per endpoint, after the token check: a caller without a token is refused before
+/// the server reads a byte of its body.
+pub async fn read_body(State(limits): State<RequestLimits>, request: Request, next: Next) -> Response {
     let too_large = || {
         refused(ApiError::PayloadTooLarge(format!(
             "the request body exceeds {} bytes",
