@@ -1,8 +1,8 @@
 //! What a request may take of the server: the size of its head and body, the time to
 //! send its body and to be answered, and the JSON errors past each limit.
 //!
-//! The body is read here, whole, under its size limit and its deadline, before any handler
-//! runs: a client that trickles its body is answered 408 however slowly it sends, and a
+//! The body is read here, whole, under its size limit and its deadline, after the token
+//! check ([`crate::auth`]) and before any handler runs: a client that trickles its body is answered 408 however slowly it sends, and a
 //! chunked body that grows past the limit gets 413 like one that declares its length.
 //! Bodies are small (1 MiB by default), so holding one in memory costs what the handler
 //! would have held anyway. The time to send the head is bounded by the connection itself
