@@ -22,6 +22,11 @@ async fn upstream(kind: &'static str) -> SocketAddr {
         axum::routing::post(move |axum::Json(body): axum::Json<Value>| async move {
             match kind {
                 "failing" => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+                "refusing" => (
+                    axum::http::StatusCode::BAD_REQUEST,
+                    axum::Json(json!({"error": {"message": "too long", "code": "context_length_exceeded"}})),
+                )
+                    .into_response(),
                 "badjson" => (axum::http::StatusCode::OK, "this is not json").into_response(),
                 _ => {
                     if kind == "slow" {
@@ -104,11 +109,12 @@ async fn start(config: Value, dir: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_falls_back_in_order_and_streams() {
-    let (failing, badjson, slow, good) = (
+    let (failing, badjson, slow, good, refusing) = (
         upstream("failing").await,
         upstream("badjson").await,
         upstream("slow").await,
         upstream("good").await,
+        upstream("refusing").await,
     );
     let dir = scratch("serve_proxy");
     let base = start(
@@ -118,7 +124,8 @@ async fn proxy_falls_back_in_order_and_streams() {
             "routes": [
                 {"name": "chat", "policy": "fixed(failing)", "models": [model("failing", Some(failing)), model("badjson", Some(badjson)), model("slow", Some(slow)), model("good", Some(good))]},
                 {"name": "stream", "policy": "fixed(good)", "models": [model("good", Some(good)), model("failing", Some(failing))]},
-                {"name": "dead", "policy": "fixed(failing)", "models": [model("failing", Some(failing)), model("badjson", Some(badjson))]}
+                {"name": "dead", "policy": "fixed(failing)", "models": [model("failing", Some(failing)), model("badjson", Some(badjson))]},
+                {"name": "strict", "policy": "fixed(refusing)", "models": [model("refusing", Some(refusing)), model("good", Some(good))]}
             ]
         }),
         &dir,
@@ -228,6 +235,36 @@ async fn proxy_falls_back_in_order_and_streams() {
     let error: Value = all_fail.json().await.unwrap();
     assert_eq!(error["error"]["message"], "unknown route `nope`");
 
+    // An upstream that blames the request: its status and body reach the client as they
+    // came, no other model is tried, and the model is not charged with a failure.
+    let refused = client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth("admin")
+        .json(&json!({"model": "strict", "messages": [{"role": "user", "content": "a very long prompt"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    assert_eq!(refused.headers()["x-quiver-model"], "refusing");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "context_length_exceeded");
+    let strict: Value = client
+        .get(format!("{base}/v1/routes/strict"))
+        .bearer_auth("admin")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for arm in strict["arms"].as_array().unwrap() {
+        assert_eq!(
+            (arm["requests"].as_u64(), arm["errors"].as_u64()),
+            (Some(0), Some(0)),
+            "{arm}"
+        );
+    }
+
     // Prometheus accepts the metrics, and the histograms counted what happened: `slow`
     // timed out once, `good` answered twice (once streaming), every request was timed.
     let metrics = client
@@ -243,8 +280,9 @@ async fn proxy_falls_back_in_order_and_streams() {
     for line in [
         "quiver_upstream_attempt_seconds_count{model=\"slow\",result=\"error\"} 1",
         "quiver_upstream_attempt_seconds_count{model=\"good\",result=\"ok\"} 2",
+        "quiver_upstream_attempt_seconds_count{model=\"refusing\",result=\"refused\"} 1",
         "quiver_time_to_first_token_seconds_count{model=\"good\"} 1",
-        "quiver_http_request_seconds_count{endpoint=\"/v1/chat/completions\",status=\"4xx\"} 1",
+        "quiver_http_request_seconds_count{endpoint=\"/v1/chat/completions\",status=\"4xx\"} 2",
         "quiver_http_request_seconds_bucket{endpoint=\"/v1/chat/completions\",status=\"2xx\",le=\"+Inf\"} 2",
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} not in\n{metrics}");

@@ -35,12 +35,13 @@ pub struct HttpLabels {
     pub status: String,
 }
 
-/// An upstream call: the model and whether it answered (`ok`) or failed (`error`).
+/// An upstream call: the model and whether it answered (`ok`), refused the request as the
+/// client's error (`refused`) or failed (`error`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
     /// The configured model id.
     pub model: String,
-    /// `ok` or `error`.
+    /// `ok`, `refused` or `error`.
     pub result: String,
 }
 
@@ -151,11 +152,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Records an upstream attempt.
-    pub fn upstream_attempt(&self, model: &str, ok: bool, took: Duration) {
+    /// Records an upstream attempt and its result: `ok`, `refused` (the upstream blamed the
+    /// request) or `error`.
+    pub fn upstream_attempt(&self, model: &str, result: &str, took: Duration) {
         let labels = UpstreamLabels {
             model: model.to_string(),
-            result: if ok { "ok" } else { "error" }.to_string(),
+            result: result.to_string(),
         };
         self.upstream_attempt_seconds
             .get_or_create(&labels)

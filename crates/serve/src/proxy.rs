@@ -3,7 +3,9 @@
 //! `model` names a route. The route's learner picks a model; the request goes to that
 //! model's upstream with `model` rewritten, and on an error status, a timeout or an
 //! unusable body to the next model of the fallback order, within the request's deadline.
-//! The chosen model's outcome (latency, tokens, cost at the configured prices, error) is
+//! A status that blames the request itself (400, 404, 413, 415, 422: another model would
+//! refuse it too) is relayed to the client with the upstream's body, tried nowhere else and
+//! not recorded as the model's outcome. The chosen model's outcome (latency, tokens, cost at the configured prices, error) is
 //! recorded as feedback automatically; the decision id comes back in the
 //! `x-quiver-decision-id` header, for quality feedback later. The upstream's own `x-*`
 //! headers are passed on.
@@ -243,9 +245,14 @@ pub async fn chat_completions(
         request["model"] = Value::String(model.upstream_model.clone().unwrap_or_else(|| model.id.clone()));
         let started = Instant::now();
         let called = call_upstream(&state, &request, model, stream, deadline).await;
+        let result = match &called {
+            Ok(Upstream::Refused { .. }) => "refused",
+            Ok(_) => "ok",
+            Err(_) => "error",
+        };
         state
             .metrics
-            .upstream_attempt(&model.id, called.is_ok(), started.elapsed());
+            .upstream_attempt(&model.id, result, started.elapsed());
         if let Ok(Upstream::Stream { .. }) = &called {
             let labels = ModelLabels {
                 model: model.id.clone(),
@@ -292,6 +299,27 @@ pub async fn chat_completions(
                 answer = Some(with_headers(response, &decision_id, &model.id));
                 break;
             }
+            Ok(Upstream::Refused {
+                status,
+                body,
+                content_type,
+            }) => {
+                tracing::info!(
+                    decision = %decision_id,
+                    model = %model.id,
+                    %status,
+                    "the upstream refused the request itself: relayed, not retried, not learned"
+                );
+                let mut response = Response::builder()
+                    .status(status)
+                    .body(Body::from(body))
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                if let Some(content_type) = content_type {
+                    response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+                }
+                answer = Some(with_headers(response, &decision_id, &model.id));
+                break;
+            }
             Err(failure) => {
                 state.metrics.upstream_failures.inc();
                 if attempt == 0 {
@@ -331,6 +359,20 @@ enum Upstream {
         rest: UpstreamBody,
         passed: Vec<(header::HeaderName, HeaderValue)>,
     },
+    /// The upstream refused the request itself ([`is_client_error`]): relayed to the
+    /// client as it came, neither retried elsewhere nor learned as the model's failure.
+    Refused {
+        status: StatusCode,
+        body: Bytes,
+        content_type: Option<HeaderValue>,
+    },
+}
+
+/// An upstream status that blames the request, not the model: another model would refuse
+/// it too (400, 404, 413, 415, 422). Key and quota problems (401, 403, 429) and the
+/// upstream's own failures fall back instead.
+fn is_client_error(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 400 | 404 | 413 | 415 | 422)
 }
 
 /// One attempt at `model`: its first byte (the response head and, for a stream, the first
@@ -359,11 +401,22 @@ async fn call_upstream(
         .await
         .map_err(|_| no_first_byte())?
         .map_err(|e| e.to_string())?;
-    if !response.status().is_success() {
-        return Err(format!("upstream answered {}", response.status()));
+    let limit = config.max_upstream_body_bytes;
+    let idle = Duration::from_millis(config.upstream_idle_timeout_ms);
+    let status = response.status();
+    if is_client_error(status) {
+        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+        let body = read_whole(Box::pin(response.bytes_stream()), idle, deadline, limit).await?;
+        return Ok(Upstream::Refused {
+            status,
+            body,
+            content_type,
+        });
+    }
+    if !status.is_success() {
+        return Err(format!("upstream answered {status}"));
     }
     let passed = extension_headers(&response);
-    let limit = config.max_upstream_body_bytes;
     if !stream && response.content_length().is_some_and(|len| len > limit as u64) {
         return Err(format!("the body is larger than {limit} bytes"));
     }
@@ -381,7 +434,24 @@ async fn call_upstream(
             passed,
         });
     }
-    let idle = Duration::from_millis(config.upstream_idle_timeout_ms);
+    let bytes = read_whole(body, idle, deadline, limit).await?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(value) if value.get("choices").is_some() => Ok(Upstream::Complete {
+            body: (bytes, value),
+            passed,
+        }),
+        _ => Err("the upstream's body is not a chat completion".into()),
+    }
+}
+
+/// A whole body, with no silence longer than `idle`, by `deadline`, of at most `limit`
+/// bytes.
+async fn read_whole(
+    mut body: UpstreamBody,
+    idle: Duration,
+    deadline: Instant,
+    limit: usize,
+) -> Result<Bytes, String> {
     // The chunks are kept as they came and joined once complete: growing one buffer
     // would allocate (and leave to the allocator) every size up to the limit.
     let mut chunks = Vec::new();
@@ -401,14 +471,7 @@ async fn call_upstream(
             }
         }
     }
-    let bytes = chunks.concat();
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(value) if value.get("choices").is_some() => Ok(Upstream::Complete {
-            body: (Bytes::from(bytes), value),
-            passed,
-        }),
-        _ => Err("the upstream's body is not a chat completion".into()),
-    }
+    Ok(Bytes::from(chunks.concat()))
 }
 
 /// Records a streamed call's outcome when its body is dropped: after the last event, when
