@@ -402,6 +402,8 @@ async fn traffic_shifts_to_the_arm_with_the_best_feedback_and_feedback_rules_hol
     // API document anyone.
     for (method, path, allowed) in [
         ("POST", "/v1/route", ["r", "a"].as_slice()),
+        ("GET", "/v1/models", &["r", "a"]),
+        ("GET", "/v1/models/learn", &["r", "a"]),
         ("POST", "/v1/chat/completions", &["r", "a"]),
         ("POST", "/v1/feedback", &["f", "a"]),
         ("POST", "/v1/outcome", &["f", "a"]),
@@ -424,6 +426,37 @@ async fn traffic_shifts_to_the_arm_with_the_best_feedback_and_feedback_rules_hol
             );
         }
     }
+    // The routes, as OpenAI models: what tools list at start-up.
+    let models: Value = client
+        .get(format!("{base}/v1/models"))
+        .bearer_auth("r")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], "learn");
+    assert_eq!(models["data"][0]["object"], "model");
+    let one = client
+        .get(format!("{base}/v1/models/learn"))
+        .bearer_auth("r")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(one.json::<Value>().await.unwrap()["id"], "learn");
+    let none = client
+        .get(format!("{base}/v1/models/nope"))
+        .bearer_auth("r")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 404);
+    assert!(none.json::<Value>().await.unwrap()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no route `nope`"));
     // A caller without a token is refused before its body is read, however large: 401,
     // not 413, and the connection closes.
     let unread = reqwest::Client::new()
@@ -477,6 +510,10 @@ async fn traffic_shifts_to_the_arm_with_the_best_feedback_and_feedback_rules_hol
         .await
         .unwrap();
     assert!(openapi["paths"]["/v1/feedback"]["post"].is_object());
+    assert!(
+        openapi["paths"]["/v1/models"]["get"].is_object()
+            && openapi["paths"]["/v1/models/{id}"]["get"].is_object()
+    );
 }
 
 /// Every acknowledged operation survives SIGKILL, and the restored learner equals one that

@@ -16,6 +16,7 @@ use tower_http::LatencyUnit;
 use crate::auth::{require, Access};
 use crate::decisions::{feedback, outcome, route};
 use crate::metrics::HttpLabels;
+use crate::models::{list_models, retrieve_model};
 use crate::request_limits::{self, RequestLimits};
 pub use crate::state::AppState;
 use crate::status::{healthz, metrics, openapi, route_snapshot, route_state};
@@ -84,7 +85,10 @@ pub fn build_app(state: Arc<AppState>) -> axum::Router {
     let open = axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi));
-    let routing = axum::Router::new().route("/v1/route", post(route));
+    let routing = axum::Router::new()
+        .route("/v1/route", post(route))
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{id}", get(retrieve_model));
     let reporting = axum::Router::new()
         .route("/v1/feedback", post(feedback))
         .route("/v1/outcome", post(outcome));

@@ -10,8 +10,9 @@
 //!
 //! The HTTP server ([`app::build_app`], run by [`server::run`]) exposes the router:
 //! `/v1/route`, the OpenAI-compatible `/v1/chat/completions` proxy with fallback and
-//! streaming, `/v1/feedback`, `/v1/outcome`, `/v1/routes/{name}`, `/metrics`, `/healthz`
-//! and `/openapi.json`, behind bearer tokens and body and time limits.
+//! streaming and `/v1/models`, `/v1/feedback`, `/v1/outcome`, `/v1/routes/{name}`,
+//! `/metrics`, `/healthz` and `/openapi.json`, behind bearer tokens and body and time
+//! limits.
 
 mod api_error;
 pub mod app;
@@ -20,6 +21,7 @@ pub mod config;
 mod decisions;
 mod error;
 pub mod metrics;
+mod models;
 mod openapi;
 pub mod proxy;
 mod request_limits;
