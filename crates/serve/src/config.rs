@@ -159,6 +159,24 @@ impl ServeConfig {
         }
         Ok(config)
     }
+
+    /// Every `api_key_env` must name a variable that is set: a key that is missing would
+    /// send requests upstream without authorization. (A keyless model leaves it out.)
+    pub fn check_api_keys(&self) -> Result<()> {
+        for route in &self.routes {
+            for model in &route.models {
+                let Some(var) = &model.api_key_env else { continue };
+                if std::env::var_os(var).is_none_or(|v| v.is_empty()) {
+                    return Err(ServeError::Config(format!(
+                        "route `{}`, model `{}`: api_key_env names `{var}`, which is not set \
+                         (leave api_key_env out for a model without a key)",
+                        route.name, model.id
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One model a route can call.
@@ -249,4 +267,43 @@ pub struct RouteConfig {
     /// restored route holds what the priors taught and does not read the file.
     #[serde(default)]
     pub priors: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_key(var: Option<&str>) -> ServeConfig {
+        let model = ModelConfig {
+            api_key_env: var.map(str::to_string),
+            ..ModelConfig::priced("m", 1.0, 2.0)
+        };
+        let route = RouteConfig {
+            name: "r".into(),
+            policy: "linucb".into(),
+            models: vec![model],
+            w_cost: 0.0,
+            w_latency: 0.0,
+            budget_usd_per_request: None,
+            extra_features: 0,
+            seed: 0,
+            priors: None,
+        };
+        ServeConfig::new(PathBuf::from("log"), vec![route])
+    }
+
+    #[test]
+    fn an_api_key_variable_must_be_set() {
+        assert!(with_key(None).check_api_keys().is_ok());
+        assert!(with_key(Some("PATH")).check_api_keys().is_ok());
+        let err = with_key(Some("QUIVER_SURELY_UNSET_KEY_6F2A"))
+            .check_api_keys()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "route `r`, model `m`: api_key_env names `QUIVER_SURELY_UNSET_KEY_6F2A`, which is not set"
+            ),
+            "{err}"
+        );
+    }
 }

@@ -19,6 +19,7 @@ use crate::router::{Router, RouterOptions};
 /// Builds the shared state of a server from its configuration (restoring the snapshot
 /// and replaying the log).
 pub fn state(config: ServeConfig) -> Result<Arc<AppState>> {
+    config.check_api_keys()?;
     let options = RouterOptions {
         feedback_horizon: config.feedback_horizon_decisions,
         reset_routes: config.reset_routes.clone(),
