@@ -78,19 +78,53 @@ async fn complete(
     let quality = if good { 1.0 } else { 0.0 };
     let prompt_tokens = quiver_bandit::features::estimate_tokens(&prompt);
     let completion_tokens = arm.output_tokens.get(task).copied().unwrap_or(100.0) as u32;
+    let content = format!(
+        "[SIMULATED {}] a {} answer to a {task} request",
+        arm.id,
+        if good { "good" } else { "poor" }
+    );
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens});
+    let simulated = [("x-quiver-simulated-quality", quality.to_string())];
+    if body["stream"].as_bool() == Some(true) {
+        // Server-sent events as OpenAI streams them: the content, the finish with usage, [DONE].
+        let chunk = |delta: Value, finish: Value, usage: Value| {
+            let mut event = json!({"id": "simulated", "object": "chat.completion.chunk", "created": created,
+                "model": arm.id, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+            if !usage.is_null() {
+                event["usage"] = usage;
+            }
+            format!("data: {event}\n\n")
+        };
+        let events = [
+            chunk(
+                json!({"role": "assistant", "content": content}),
+                Value::Null,
+                Value::Null,
+            ),
+            chunk(json!({}), json!("stop"), usage),
+            "data: [DONE]\n\n".to_string(),
+        ]
+        .concat();
+        return (
+            simulated,
+            [(axum::http::header::CONTENT_TYPE, "text/event-stream")],
+            events,
+        )
+            .into_response();
+    }
     let answer = json!({
         "id": "simulated",
         "object": "chat.completion",
+        "created": created,
         "model": arm.id,
-        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
-            "content": format!("[SIMULATED {}] a {} answer to a {task} request", arm.id, if good { "good" } else { "poor" })}}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+        "usage": usage
     });
-    (
-        [("x-quiver-simulated-quality", quality.to_string())],
-        axum::Json(answer),
-    )
-        .into_response()
+    (simulated, axum::Json(answer)).into_response()
 }
 
 /// Starts the simulated providers and returns the server configuration that routes to them.

@@ -666,6 +666,15 @@ async fn demo_mode_serves_simulated_providers_labelled_as_such() {
         .await
         .unwrap()
         .status();
+    // A stream is real server-sent events: content chunks, the finish with usage, [DONE].
+    let streamed = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "demo", "stream": true, "messages": [{"role": "user", "content": "Write a function that reverses a list"}]}))
+        .send()
+        .await
+        .unwrap();
+    let stream_type = streamed.headers()["content-type"].to_str().unwrap().to_string();
+    let events = streamed.text().await.unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(status, 200);
@@ -673,6 +682,25 @@ async fn demo_mode_serves_simulated_providers_labelled_as_such() {
         .as_str()
         .unwrap()
         .starts_with("[SIMULATED "));
+    assert!(body["created"].as_u64().unwrap() > 0);
+    let usage = &body["usage"];
+    assert_eq!(
+        usage["total_tokens"].as_u64(),
+        Some(usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap())
+    );
+    assert_eq!(stream_type, "text/event-stream");
+    let data: Vec<&str> = events.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{events}");
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert!(chunks[0]["choices"][0]["delta"]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("[SIMULATED "));
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "stop");
     assert!(matches!(quality.as_deref(), Some("0") | Some("1")), "{quality:?}");
     assert_eq!(feedback, 200);
 }
