@@ -79,6 +79,36 @@ fn assert_no_nulls_for_numbers(value: &Value, path: &str) {
     }
 }
 
+/// A platform configures a deployment through the environment: `QUIVER_ADMIN_TOKENS`
+/// replaces the file's admin tokens, `QUIVER_LOG_DIR` its log directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_environment_overrides_the_configuration_file() {
+    let dir = scratch("env_overrides");
+    let config = write_config(&dir, "[auth]\nadmin_tokens = [\"from-file\"]", TWO_ARMS);
+    let log_dir = dir.join("elsewhere");
+    let (child, base) = support::start_binary_with_env(
+        &[
+            ("QUIVER_ADMIN_TOKENS", "from-env"),
+            ("QUIVER_LOG_DIR", log_dir.to_str().unwrap()),
+        ],
+        &["--config", &config],
+    );
+    let client = reqwest::Client::new();
+    let metrics = |token: &'static str| client.get(format!("{base}/metrics")).bearer_auth(token).send();
+    assert_eq!(metrics("from-env").await.unwrap().status(), 200);
+    assert_eq!(metrics("from-file").await.unwrap().status(), 401);
+    let routed = client
+        .post(format!("{base}/v1/route"))
+        .bearer_auth("from-env")
+        .json(&json!({"route": "r", "prompt": "logged elsewhere?", "features": [0.5, 1.0]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(routed.status(), 200);
+    assert!(log_dir.is_dir(), "the log went to QUIVER_LOG_DIR");
+    drop(child);
+}
+
 /// The access log: one line per request, JSON with `--log-format json`, in the span of the
 /// request id that the answer echoes (the client's, else a new one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,7 +49,17 @@ pub fn scratch(name: &str) -> PathBuf {
 
 /// `quiver serve ARGS`, started and ready: the child and its base URL.
 pub fn start_binary(args: &[&str]) -> (Running, String) {
-    start_command(Command::new(env!("CARGO_BIN_EXE_quiver")).arg("serve").args(args))
+    start_binary_with_env(&[], args)
+}
+
+/// [`start_binary`] with these environment variables set.
+pub fn start_binary_with_env(env: &[(&str, &str)], args: &[&str]) -> (Running, String) {
+    start_command(
+        Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .arg("serve")
+            .args(args)
+            .envs(env.iter().copied()),
+    )
 }
 
 /// `quiver serve ARGS` under a limit of `files` open files (`ulimit -n`).

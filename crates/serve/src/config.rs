@@ -160,6 +160,36 @@ impl ServeConfig {
         Ok(config)
     }
 
+    /// Applies the environment's overrides, as a platform sets them per deployment:
+    /// `QUIVER_LISTEN`, `QUIVER_LOG_DIR`, and `QUIVER_ROUTE_TOKENS`, `QUIVER_FEEDBACK_TOKENS`,
+    /// `QUIVER_ADMIN_TOKENS` (comma-separated). `var` reads a variable (`std::env::var`).
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+        if let Some(listen) = var("QUIVER_LISTEN") {
+            self.listen = listen;
+        }
+        if let Some(dir) = var("QUIVER_LOG_DIR") {
+            self.log_dir = PathBuf::from(dir);
+        }
+        let tokens = |name: &str| -> Option<Vec<String>> {
+            var(name).map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+        };
+        if let Some(t) = tokens("QUIVER_ROUTE_TOKENS") {
+            self.auth.route_tokens = t;
+        }
+        if let Some(t) = tokens("QUIVER_FEEDBACK_TOKENS") {
+            self.auth.feedback_tokens = t;
+        }
+        if let Some(t) = tokens("QUIVER_ADMIN_TOKENS") {
+            self.auth.admin_tokens = t;
+        }
+    }
+
     /// Every `api_key_env` must name a variable that is set: a key that is missing would
     /// send requests upstream without authorization. (A keyless model leaves it out.)
     pub fn check_api_keys(&self) -> Result<()> {
@@ -290,6 +320,24 @@ mod tests {
             priors: None,
         };
         ServeConfig::new(PathBuf::from("log"), vec![route])
+    }
+
+    #[test]
+    fn the_environment_overrides_listen_log_dir_and_tokens() {
+        let mut config = with_key(None);
+        config.auth.admin_tokens = vec!["from-file".into()];
+        let env = [
+            ("QUIVER_LISTEN", "0.0.0.0:9000"),
+            ("QUIVER_LOG_DIR", "/var/lib/quiver"),
+            ("QUIVER_ADMIN_TOKENS", "a1, a2,"),
+            ("QUIVER_ROUTE_TOKENS", "r1"),
+        ];
+        config.apply_env(|name| env.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string()));
+        assert_eq!(config.listen, "0.0.0.0:9000");
+        assert_eq!(config.log_dir, PathBuf::from("/var/lib/quiver"));
+        assert_eq!(config.auth.admin_tokens, ["a1", "a2"]);
+        assert_eq!(config.auth.route_tokens, ["r1"]);
+        assert!(config.auth.feedback_tokens.is_empty(), "unset: the file's (none)");
     }
 
     #[test]
