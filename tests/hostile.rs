@@ -109,6 +109,59 @@ async fn the_environment_overrides_the_configuration_file() {
     drop(child);
 }
 
+/// A browser page from an allowed origin may call the API: its preflight is answered
+/// before any token is asked for, and the answer lets it read the decision headers. Other
+/// origins get no CORS headers, so the browser keeps their pages out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_lets_configured_origins_in_and_no_others() {
+    let dir = scratch("cors");
+    let config = write_config(
+        &dir,
+        "cors_allow_origins = [\"https://app.example\"]\n[auth]\nadmin_tokens = [\"t\"]",
+        TWO_ARMS,
+    );
+    let (child, base) = start_binary(&["--config", &config]);
+    let client = reqwest::Client::new();
+    let preflight = |origin: &'static str| {
+        client
+            .request(reqwest::Method::OPTIONS, format!("{base}/v1/route"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization,content-type")
+            .send()
+    };
+    let allowed = preflight("https://app.example").await.unwrap();
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let methods = allowed.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap();
+    assert!(methods.contains("POST"), "{methods}");
+    let other = preflight("https://evil.example").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    let routed = client
+        .post(format!("{base}/v1/route"))
+        .header("origin", "https://app.example")
+        .bearer_auth("t")
+        .json(&json!({"route": "r", "prompt": "hi", "features": [0.5, 1.0]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(routed.status(), 200);
+    assert_eq!(
+        routed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let exposed = routed.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    assert!(exposed.contains("x-quiver-decision-id"), "{exposed}");
+    drop(child);
+}
+
 /// The access log: one line per request, JSON with `--log-format json`, in the span of the
 /// request id that the answer echoes (the client's, else a new one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tower_http::LatencyUnit;
@@ -20,6 +22,24 @@ use crate::models::{list_models, retrieve_model};
 use crate::request_limits::{self, RequestLimits};
 pub use crate::state::AppState;
 use crate::status::{healthz, metrics, openapi, route_snapshot, route_state};
+
+/// The CORS policy of `origins` (none when empty; any with `*`): GET and POST with
+/// bearer tokens and JSON bodies, and the decision headers readable by the page.
+fn cors(origins: &[String]) -> CorsLayer {
+    let allowed = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allowed)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([
+            HeaderName::from_static(crate::proxy::DECISION_HEADER),
+            HeaderName::from_static(crate::proxy::MODEL_HEADER),
+        ])
+}
 
 /// The span of a request in the access log: method, path and request id.
 fn request_span(request: &Request) -> tracing::Span {
@@ -121,5 +141,7 @@ pub fn build_app(state: Arc<AppState>) -> axum::Router {
                 ),
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        // Outermost: a browser's preflight is answered before tokens are asked for.
+        .layer(cors(&state.config.cors_allow_origins))
         .with_state(state)
 }

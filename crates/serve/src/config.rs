@@ -75,6 +75,10 @@ pub struct ServeConfig {
     /// Bearer tokens.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Web origins whose pages may call the API from a browser (CORS), e.g.
+    /// `["https://app.example.com"]`; `["*"]` allows any. Empty (the default): none.
+    #[serde(default)]
+    pub cors_allow_origins: Vec<String>,
     /// The routes.
     pub routes: Vec<RouteConfig>,
     /// Routes to start afresh (`quiver serve --reset-route NAME`; not a file option):
@@ -139,6 +143,7 @@ impl ServeConfig {
             max_upstream_body_bytes: default_max_upstream_body(),
             feedback_horizon_decisions: default_horizon(),
             auth: AuthConfig::default(),
+            cors_allow_origins: Vec::new(),
             routes,
             reset_routes: Vec::new(),
         }
