@@ -121,6 +121,9 @@ fn budget_usd(text: &str) -> std::result::Result<f64, String> {
 /// `--sweep KEY=A..B:N`: the setting swept and its N values, evenly spaced.
 type Sweep = (String, Vec<f64>);
 
+/// The most settings one sweep replays.
+const MAX_SWEEP_POINTS: usize = 1000;
+
 fn parse_sweep(text: &str) -> std::result::Result<Sweep, String> {
     let form = "KEY=A..B:N, KEY budget or w-cost";
     let (key, range) = text.split_once('=').ok_or(form)?;
@@ -129,11 +132,16 @@ fn parse_sweep(text: &str) -> std::result::Result<Sweep, String> {
     let number = |t: &str| t.parse::<f64>().map_err(|e| format!("{t}: {e}"));
     let (a, b) = (number(a)?, number(b)?);
     let n: usize = n.parse().map_err(|e| format!("N {n}: {e}"))?;
-    if n < 1 || !a.is_finite() || !b.is_finite() || a < 0.0 || b < a {
-        return Err("need 0 <= A <= B and N >= 1".into());
+    if !(1..=MAX_SWEEP_POINTS).contains(&n) || !a.is_finite() || !b.is_finite() || b < a {
+        return Err(format!("need A <= B and 1 <= N <= {MAX_SWEEP_POINTS}"));
     }
-    if !matches!(key, "budget" | "w-cost") {
-        return Err(format!("`{key}`: sweep budget or w-cost"));
+    let bound = match key {
+        "budget" => quiver_bandit::limits::BUDGET_USD,
+        "w-cost" => quiver_bandit::limits::W_COST,
+        other => return Err(format!("`{other}`: sweep budget or w-cost")),
+    };
+    for end in [a, b] {
+        bound.check(key, end).map_err(|e| e.to_string())?;
     }
     let values = (0..n)
         .map(|i| {
@@ -157,8 +165,10 @@ fn parse_drift(text: &str) -> std::result::Result<Drift, String> {
             .parse()
             .map_err(|_| format!("STEP `{step}` must be a whole number"))?,
         delta: delta
-            .parse()
-            .map_err(|_| format!("DELTA `{delta}` must be a number"))?,
+            .parse::<f64>()
+            .ok()
+            .filter(|d| d.is_finite())
+            .ok_or_else(|| format!("DELTA `{delta}` must be a number"))?,
     })
 }
 
@@ -172,6 +182,9 @@ fn parse_latency(text: &str) -> std::result::Result<(f64, f64), String> {
     };
     let median = number(parts.next().unwrap_or_default())?;
     let sigma = parts.next().map(number).transpose()?.unwrap_or(0.3);
+    if parts.next().is_some() {
+        return Err("MEDIAN_MS[,SIGMA]: two numbers at most".into());
+    }
     if !(median > 0.0 && sigma >= 0.0 && median.is_finite() && sigma.is_finite()) {
         return Err("need MEDIAN_MS > 0 and SIGMA >= 0".into());
     }

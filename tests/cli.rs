@@ -367,6 +367,14 @@ fn a_new_users_mistakes_get_precise_errors() {
         ("--drift", "gpt-4o", "ARM@STEP:DELTA"),
         ("--drift", "gpt-4o@ten:-0.2", "STEP `ten` must be a whole number"),
         ("--latency-model", "-3", "need MEDIAN_MS > 0 and SIGMA >= 0"),
+        ("--latency-model", "500,0.2,9", "two numbers at most"),
+        (
+            "--sweep",
+            "budget=0..0.01:3",
+            "budget is 0.0, outside [1e-9, 1000]",
+        ),
+        ("--sweep", "w-cost=0..10:100000", "1 <= N <= 1000"),
+        ("--drift", "gpt-4o@10:NaN", "DELTA `NaN` must be a number"),
     ] {
         let err = stderr(&quiver(&["replay", flag, value]));
         assert!(

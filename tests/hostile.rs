@@ -896,6 +896,11 @@ async fn every_error_is_json_in_openai_shape() {
     let cases = [
         (404, client.get(format!("{base}/nowhere"))),
         (405, client.get(format!("{base}/v1/route"))),
+        // Without CORS origins configured, a preflight is just a method /v1/route lacks.
+        (
+            405,
+            client.request(reqwest::Method::OPTIONS, format!("{base}/v1/route")),
+        ),
         (
             401,
             client
@@ -973,6 +978,16 @@ async fn every_error_is_json_in_openai_shape() {
         assert_eq!(body["error"]["code"], expected);
         assert!(!body["error"]["message"].as_str().unwrap().is_empty());
         assert!(body["error"]["type"].is_string());
+    }
+    // Bodies the server never reads (no endpoint, no such method): the connection closes,
+    // and the answer says so.
+    for (expected, request) in [
+        (404, client.post(format!("{base}/nowhere"))),
+        (405, client.put(format!("{base}/v1/route"))),
+    ] {
+        let response = request.body("x".repeat(512)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), expected);
+        assert_eq!(response.headers()["connection"], "close", "{expected}");
     }
     terminate(child);
 }

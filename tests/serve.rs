@@ -22,6 +22,7 @@ async fn upstream(kind: &'static str) -> SocketAddr {
         axum::routing::post(move |axum::Json(body): axum::Json<Value>| async move {
             match kind {
                 "failing" => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+                "missing" => (axum::http::StatusCode::NOT_FOUND, "no such model").into_response(),
                 "refusing" => (
                     axum::http::StatusCode::BAD_REQUEST,
                     axum::Json(json!({"error": {"message": "too long", "code": "context_length_exceeded"}})),
@@ -109,12 +110,13 @@ async fn start(config: Value, dir: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_falls_back_in_order_and_streams() {
-    let (failing, badjson, slow, good, refusing) = (
+    let (failing, badjson, slow, good, refusing, missing) = (
         upstream("failing").await,
         upstream("badjson").await,
         upstream("slow").await,
         upstream("good").await,
         upstream("refusing").await,
+        upstream("missing").await,
     );
     let dir = scratch("serve_proxy");
     let base = start(
@@ -125,7 +127,8 @@ async fn proxy_falls_back_in_order_and_streams() {
                 {"name": "chat", "policy": "fixed(failing)", "models": [model("failing", Some(failing)), model("badjson", Some(badjson)), model("slow", Some(slow)), model("good", Some(good))]},
                 {"name": "stream", "policy": "fixed(good)", "models": [model("good", Some(good)), model("failing", Some(failing))]},
                 {"name": "dead", "policy": "fixed(failing)", "models": [model("failing", Some(failing)), model("badjson", Some(badjson))]},
-                {"name": "strict", "policy": "fixed(refusing)", "models": [model("refusing", Some(refusing)), model("good", Some(good))]}
+                {"name": "strict", "policy": "fixed(refusing)", "models": [model("refusing", Some(refusing)), model("good", Some(good))]},
+                {"name": "moved", "policy": "fixed(missing)", "models": [model("missing", Some(missing)), model("good", Some(good))]}
             ]
         }),
         &dir,
@@ -265,8 +268,19 @@ async fn proxy_falls_back_in_order_and_streams() {
         );
     }
 
+    // A 404 is the model's (retired, or a wrong base_url): the next model answers.
+    let moved = client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth("admin")
+        .json(&json!({"model": "moved", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), 200);
+    assert_eq!(moved.headers()["x-quiver-model"], "good");
+
     // Prometheus accepts the metrics, and the histograms counted what happened: `slow`
-    // timed out once, `good` answered twice (once streaming), every request was timed.
+    // timed out once, `good` answered three times (once streaming), every request was timed.
     let metrics = client
         .get(format!("{base}/metrics"))
         .bearer_auth("admin")
@@ -279,11 +293,11 @@ async fn proxy_falls_back_in_order_and_streams() {
     promtool_check(&metrics);
     for line in [
         "quiver_upstream_attempt_seconds_count{model=\"slow\",result=\"error\"} 1",
-        "quiver_upstream_attempt_seconds_count{model=\"good\",result=\"ok\"} 2",
+        "quiver_upstream_attempt_seconds_count{model=\"good\",result=\"ok\"} 3",
         "quiver_upstream_attempt_seconds_count{model=\"refusing\",result=\"refused\"} 1",
         "quiver_time_to_first_token_seconds_count{model=\"good\"} 1",
         "quiver_http_request_seconds_count{endpoint=\"/v1/chat/completions\",status=\"4xx\"} 2",
-        "quiver_http_request_seconds_bucket{endpoint=\"/v1/chat/completions\",status=\"2xx\",le=\"+Inf\"} 2",
+        "quiver_http_request_seconds_bucket{endpoint=\"/v1/chat/completions\",status=\"2xx\",le=\"+Inf\"} 3",
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} not in\n{metrics}");
     }

@@ -953,6 +953,11 @@ impl Learner {
         if ids(replica) != ids(self) || ids(base) != ids(self) {
             return Err(ErrorKind::InvalidConfig("cannot merge learners with other arms".into()).into());
         }
+        if replica.config.dim != self.config.dim || base.config.dim != self.config.dim {
+            return Err(
+                ErrorKind::InvalidConfig("cannot merge learners of other context dimensions".into()).into(),
+            );
+        }
         self.policy.merge(&replica.policy, &base.policy)?;
         for ((mine, r), b) in self.usage.iter_mut().zip(&replica.usage).zip(&base.usage) {
             mine.merge(r, b);

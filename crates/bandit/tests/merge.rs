@@ -165,4 +165,11 @@ fn learners_fed_halves_merge_into_the_learner_fed_the_whole() {
     )
     .unwrap();
     assert!(merged.merge(&other, &base).is_err());
+    let wider = Learner::new(
+        LearnerConfig::new("fixed(a1)".parse().unwrap(), 3),
+        (0..3).map(|a| Arm::new(format!("a{a}"))).collect(),
+    )
+    .unwrap();
+    let err = merged.merge(&wider, &base).unwrap_err();
+    assert!(err.to_string().contains("context dimensions"), "{err}");
 }

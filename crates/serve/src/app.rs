@@ -24,21 +24,26 @@ pub use crate::state::AppState;
 use crate::status::{healthz, metrics, openapi, route_snapshot, route_state};
 
 /// The CORS policy of `origins` (none when empty; any with `*`): GET and POST with
-/// bearer tokens and JSON bodies, and the decision headers readable by the page.
-fn cors(origins: &[String]) -> CorsLayer {
+/// bearer tokens and JSON bodies, and the decision headers readable by the page. The
+/// origins were checked at start-up ([`crate::config::ServeConfig::check_cors`]).
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
     let allowed = if origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
     } else {
         AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
     };
-    CorsLayer::new()
+    let layer = CorsLayer::new()
         .allow_origin(allowed)
         .allow_methods([Method::GET, Method::POST])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
         .expose_headers([
             HeaderName::from_static(crate::proxy::DECISION_HEADER),
             HeaderName::from_static(crate::proxy::MODEL_HEADER),
-        ])
+        ]);
+    Some(layer)
 }
 
 /// The span of a request in the access log: method, path and request id.
@@ -117,7 +122,7 @@ pub fn build_app(state: Arc<AppState>) -> axum::Router {
         .route("/v1/routes/{name}/snapshot", get(route_snapshot))
         .route("/metrics", get(metrics));
     let proxy = axum::Router::new().route("/v1/chat/completions", post(crate::proxy::chat_completions));
-    group(open, None, true)
+    let app = group(open, None, true)
         .merge(group(routing, Some(Access::Route), true))
         .merge(group(reporting, Some(Access::Feedback), true))
         .merge(group(reading, Some(Access::Admin), true))
@@ -140,8 +145,12 @@ pub fn build_app(state: Arc<AppState>) -> axum::Router {
                         .latency_unit(LatencyUnit::Micros),
                 ),
         )
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        // Outermost: a browser's preflight is answered before tokens are asked for.
-        .layer(cors(&state.config.cors_allow_origins))
-        .with_state(state)
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
+    // Outermost, and only when origins are configured: a browser's preflight is answered
+    // before tokens are asked for.
+    let app = match cors(&state.config.cors_allow_origins) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    app.with_state(state)
 }

@@ -11,7 +11,7 @@ use crate::error::{Result, ServeError};
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// May call `/v1/route` and `/v1/chat/completions`.
+    /// May call `/v1/route`, `/v1/chat/completions` and `/v1/models`.
     #[serde(default)]
     pub route_tokens: Vec<String>,
     /// May call `/v1/feedback` and `/v1/outcome`.
@@ -76,7 +76,8 @@ pub struct ServeConfig {
     #[serde(default)]
     pub auth: AuthConfig,
     /// Web origins whose pages may call the API from a browser (CORS), e.g.
-    /// `["https://app.example.com"]`; `["*"]` allows any. Empty (the default): none.
+    /// `["https://app.example.com"]`; `["*"]` allows any and needs route or admin tokens.
+    /// Empty (the default): none, and no CORS layer at all.
     #[serde(default)]
     pub cors_allow_origins: Vec<String>,
     /// The routes.
@@ -166,9 +167,13 @@ impl ServeConfig {
     }
 
     /// Applies the environment's overrides, as a platform sets them per deployment:
-    /// `QUIVER_LISTEN`, `QUIVER_LOG_DIR`, and `QUIVER_ROUTE_TOKENS`, `QUIVER_FEEDBACK_TOKENS`,
-    /// `QUIVER_ADMIN_TOKENS` (comma-separated). `var` reads a variable (`std::env::var`).
-    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+    /// `QUIVER_LISTEN`, `QUIVER_LOG_DIR` (relative to the working directory), and
+    /// `QUIVER_ROUTE_TOKENS`, `QUIVER_FEEDBACK_TOKENS`, `QUIVER_ADMIN_TOKENS`
+    /// (comma-separated). `var` reads a variable (`std::env::var`). A variable that is
+    /// empty or holds no token overrides nothing: an unset `${VAR}` in a manifest must
+    /// not leave an endpoint open.
+    pub fn apply_env(&mut self, read: impl Fn(&str) -> Option<String>) {
+        let var = |name: &str| read(name).filter(|v| !v.trim().is_empty());
         if let Some(listen) = var("QUIVER_LISTEN") {
             self.listen = listen;
         }
@@ -176,13 +181,13 @@ impl ServeConfig {
             self.log_dir = PathBuf::from(dir);
         }
         let tokens = |name: &str| -> Option<Vec<String>> {
-            var(name).map(|list| {
-                list.split(',')
-                    .map(str::trim)
-                    .filter(|t| !t.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            })
+            let list: Vec<String> = var(name)?
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect();
+            (!list.is_empty()).then_some(list)
         };
         if let Some(t) = tokens("QUIVER_ROUTE_TOKENS") {
             self.auth.route_tokens = t;
@@ -195,13 +200,35 @@ impl ServeConfig {
         }
     }
 
+    /// The CORS origins must be origins (`https://host[:port]`, no path, no trailing
+    /// slash) or `*`; and `*` only where the proxy asks for a token, or any web page in a
+    /// user's browser could spend through an open gateway.
+    pub fn check_cors(&self) -> Result<()> {
+        for origin in &self.cors_allow_origins {
+            let scheme_ok = origin.starts_with("http://") || origin.starts_with("https://");
+            let host = origin.split_once("://").map_or("", |(_, h)| h);
+            if origin != "*" && (!scheme_ok || host.is_empty() || host.contains('/')) {
+                return Err(ServeError::Config(format!(
+                    "cors_allow_origins: `{origin}` is not an origin (scheme://host[:port], no path or trailing slash)"
+                )));
+            }
+        }
+        let open_proxy = self.auth.route_tokens.is_empty() && self.auth.admin_tokens.is_empty();
+        if open_proxy && self.cors_allow_origins.iter().any(|o| o == "*") {
+            return Err(ServeError::Config(
+                "cors_allow_origins = [\"*\"] needs route or admin tokens: without them any web page could call the proxy".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Every `api_key_env` must name a variable that is set: a key that is missing would
     /// send requests upstream without authorization. (A keyless model leaves it out.)
     pub fn check_api_keys(&self) -> Result<()> {
         for route in &self.routes {
             for model in &route.models {
                 let Some(var) = &model.api_key_env else { continue };
-                if std::env::var_os(var).is_none_or(|v| v.is_empty()) {
+                if std::env::var(var).map_or(true, |v| v.is_empty()) {
                     return Err(ServeError::Config(format!(
                         "route `{}`, model `{}`: api_key_env names `{var}`, which is not set \
                          (leave api_key_env out for a model without a key)",
@@ -343,6 +370,43 @@ mod tests {
         assert_eq!(config.auth.admin_tokens, ["a1", "a2"]);
         assert_eq!(config.auth.route_tokens, ["r1"]);
         assert!(config.auth.feedback_tokens.is_empty(), "unset: the file's (none)");
+    }
+
+    #[test]
+    fn empty_token_variables_leave_the_files_tokens() {
+        let mut config = with_key(None);
+        config.auth.admin_tokens = vec!["from-file".into()];
+        for empty in ["", " ", ",", " , "] {
+            config.apply_env(|name| (name == "QUIVER_ADMIN_TOKENS").then(|| empty.to_string()));
+            assert_eq!(config.auth.admin_tokens, ["from-file"], "{empty:?}");
+        }
+        config.apply_env(|name| (name == "QUIVER_LISTEN").then(String::new));
+        assert_eq!(config.listen, default_listen());
+    }
+
+    #[test]
+    fn cors_origins_are_checked() {
+        let mut config = with_key(None);
+        config.cors_allow_origins = vec!["https://app.example".into(), "http://localhost:3000".into()];
+        assert!(config.check_cors().is_ok());
+        for bad in [
+            "https://app.example/",
+            "app.example",
+            "https://app.example/path",
+            "https://",
+        ] {
+            config.cors_allow_origins = vec![bad.into()];
+            let err = config.check_cors().unwrap_err().to_string();
+            assert!(err.contains(&format!("`{bad}` is not an origin")), "{err}");
+        }
+        config.cors_allow_origins = vec!["*".into()];
+        assert!(config
+            .check_cors()
+            .unwrap_err()
+            .to_string()
+            .contains("needs route or admin tokens"));
+        config.auth.route_tokens = vec!["t".into()];
+        assert!(config.check_cors().is_ok());
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! `model` names a route. The route's learner picks a model; the request goes to that
 //! model's upstream with `model` rewritten, and on an error status, a timeout or an
 //! unusable body to the next model of the fallback order, within the request's deadline.
-//! A status that blames the request itself (400, 404, 413, 415, 422: another model would
-//! refuse it too) is relayed to the client with the upstream's body, tried nowhere else and
-//! not recorded as the model's outcome. The chosen model's outcome (latency, tokens, cost at the configured prices, error) is
+//! A status that blames the request itself (400, 413, 415, 422: another model would refuse
+//! it too) is relayed to the client with the upstream's status, content type and body (not
+//! its other headers), tried nowhere else and not recorded as the model's outcome. The chosen model's outcome (latency, tokens, cost at the configured prices, error) is
 //! recorded as feedback automatically; the decision id comes back in the
 //! `x-quiver-decision-id` header, for quality feedback later. The upstream's own `x-*`
 //! headers are passed on.
@@ -369,10 +369,11 @@ enum Upstream {
 }
 
 /// An upstream status that blames the request, not the model: another model would refuse
-/// it too (400, 404, 413, 415, 422). Key and quota problems (401, 403, 429) and the
-/// upstream's own failures fall back instead.
+/// it too (400, 413, 415, 422). A 404 (a retired model, a wrong `base_url` or
+/// `upstream_model`), key and quota problems (401, 403, 429) and the upstream's own
+/// failures are the model's: they fall back.
 fn is_client_error(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 400 | 404 | 413 | 415 | 422)
+    matches!(status.as_u16(), 400 | 413 | 415 | 422)
 }
 
 /// One attempt at `model`: its first byte (the response head and, for a stream, the first

@@ -129,19 +129,21 @@ pub async fn deadline(State(limits): State<RequestLimits>, request: Request, nex
 }
 
 /// The answer for a path no endpoint serves.
-pub async fn unknown_path(method: Method, uri: Uri) -> ApiError {
-    ApiError::NotFound(format!(
+/// Its body is never read, so the connection closes after it (see [`refused`]).
+pub async fn unknown_path(method: Method, uri: Uri) -> Response {
+    refused(ApiError::NotFound(format!(
         "no endpoint at {method} {}; /openapi.json lists the API",
         uri.path()
-    ))
+    )))
 }
 
-/// The answer for a method an endpoint does not take.
-pub async fn wrong_method(method: Method, uri: Uri) -> ApiError {
-    ApiError::MethodNotAllowed(format!(
+/// The answer for a method an endpoint does not take; its body is never read, so the
+/// connection closes after it.
+pub async fn wrong_method(method: Method, uri: Uri) -> Response {
+    refused(ApiError::MethodNotAllowed(format!(
         "{} does not take {method}; /openapi.json lists the API",
         uri.path()
-    ))
+    )))
 }
 
 /// The answer on a connection beyond the server's limit; the connection then closes.

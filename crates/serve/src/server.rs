@@ -20,6 +20,7 @@ use crate::router::{Router, RouterOptions};
 /// and replaying the log).
 pub fn state(config: ServeConfig) -> Result<Arc<AppState>> {
     config.check_api_keys()?;
+    config.check_cors()?;
     let options = RouterOptions {
         feedback_horizon: config.feedback_horizon_decisions,
         reset_routes: config.reset_routes.clone(),
