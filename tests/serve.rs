@@ -718,3 +718,30 @@ async fn demo_mode_serves_simulated_providers_labelled_as_such() {
     assert!(matches!(quality.as_deref(), Some("0") | Some("1")), "{quality:?}");
     assert_eq!(feedback, 200);
 }
+
+/// The official OpenAI Python SDK against the demo server: routes listed as models, a
+/// completion and a stream parsed into the SDK's strict types, Quiver's headers, and an
+/// unknown route raised as the SDK's `NotFoundError` (`tests/clients/openai_sdk.py`).
+/// CI installs the SDK and sets `QUIVER_PYTHON` to that interpreter; without it the test
+/// skips with a message.
+#[test]
+fn the_official_openai_sdk_works_against_the_demo() {
+    let Some(python) = std::env::var_os("QUIVER_PYTHON") else {
+        eprintln!("skipped: set QUIVER_PYTHON to a Python with the `openai` package");
+        return;
+    };
+    let (child, base) = start_binary(&["--demo", "--listen", "127.0.0.1:0"]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/openai_sdk.py");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(&base)
+        .output()
+        .unwrap();
+    drop(child);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
