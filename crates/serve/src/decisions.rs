@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -12,7 +11,7 @@ use serde_json::json;
 
 use crate::api_error::ApiError;
 use crate::router::RouteRequest;
-use crate::state::{body, change_router, AppState};
+use crate::state::{change_router, ApiJson, AppState};
 
 /// `POST /v1/route` body.
 #[derive(Debug, Deserialize)]
@@ -27,9 +26,8 @@ pub struct RouteBody {
 
 pub(crate) async fn route(
     State(state): State<Arc<AppState>>,
-    parsed: Result<Json<RouteBody>, JsonRejection>,
+    ApiJson(body): ApiJson<RouteBody>,
 ) -> Result<Response, ApiError> {
-    let body = body(parsed)?;
     let routed = change_router(&state, move |r| Ok(r.route(&body.route, &body.request)?)).await?;
     state.metrics.routed.inc();
     let d = &routed.decision;
@@ -63,9 +61,8 @@ struct AppliedBody {
 
 pub(crate) async fn feedback(
     State(state): State<Arc<AppState>>,
-    parsed: Result<Json<FeedbackBody>, JsonRejection>,
+    ApiJson(body): ApiJson<FeedbackBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let body = body(parsed)?;
     let id = body.decision_id.clone();
     let status = change_router(&state, move |r| Ok(r.feedback(&body.decision_id, body.quality)?)).await?;
     state.metrics.feedback.inc();
@@ -103,9 +100,8 @@ pub struct OutcomeBody {
 
 pub(crate) async fn outcome(
     State(state): State<Arc<AppState>>,
-    parsed: Result<Json<OutcomeBody>, JsonRejection>,
+    ApiJson(b): ApiJson<OutcomeBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let b = body(parsed)?;
     let id = b.decision_id.clone();
     let outcome = Outcome {
         latency_ms: b.latency_ms,

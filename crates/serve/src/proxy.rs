@@ -30,11 +30,9 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::body::Bytes;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
-use axum::Json;
 use futures_util::StreamExt;
 use quiver_bandit::{limits, ChatMessage, Outcome};
 use serde_json::Value;
@@ -43,7 +41,7 @@ use crate::api_error::ApiError;
 use crate::config::ModelConfig;
 use crate::metrics::ModelLabels;
 use crate::router::RouteRequest;
-use crate::state::{body, change_router, AppState};
+use crate::state::{change_router, ApiJson, AppState};
 
 /// Header carrying the decision id.
 pub const DECISION_HEADER: &str = "x-quiver-decision-id";
@@ -206,9 +204,8 @@ async fn record(state: &Arc<AppState>, decision_id: &str, outcome: Outcome) {
 /// The proxy handler.
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
-    parsed: Result<Json<Value>, JsonRejection>,
+    ApiJson(mut request): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    let mut request = body(parsed)?;
     let route = request
         .get("model")
         .and_then(Value::as_str)

@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
 use axum::Json;
+use serde::de::DeserializeOwned;
 
 use crate::api_error::ApiError;
 use crate::config::ServeConfig;
@@ -43,14 +45,24 @@ impl AppState {
     }
 }
 
-/// Parses a JSON body into the app's error shape: malformed JSON is 400, well-formed JSON
-/// of the wrong shape or types 422, a missing JSON content type 415.
-pub fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    parsed.map(|Json(v)| v).map_err(|e| match e {
-        JsonRejection::JsonDataError(_) => ApiError::Invalid(e.body_text()),
-        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(e.body_text()),
-        _ => ApiError::BadRequest(e.body_text()),
-    })
+/// A JSON body, the one extractor of the API's requests: malformed JSON is 400, well-formed
+/// JSON of the wrong shape or types 422, a missing JSON content type 415, each in the
+/// API's error shape.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(e @ JsonRejection::JsonDataError(_)) => Err(ApiError::Invalid(e.body_text())),
+            Err(e @ JsonRejection::MissingJsonContentType(_)) => {
+                Err(ApiError::UnsupportedMediaType(e.body_text()))
+            }
+            Err(e) => Err(ApiError::BadRequest(e.body_text())),
+        }
+    }
 }
 
 /// Runs a router operation on a blocking thread, under the router's lock.
