@@ -29,10 +29,10 @@ pub struct ConvertArgs {
     data: String,
     /// Input format.
     #[arg(long, default_value = "auto")]
-    format: String,
+    format: Format,
     /// Keep only rows whose COLUMN equals VALUE.
     #[arg(long, value_name = "COLUMN=VALUE")]
-    split: Option<String>,
+    split: Option<Split>,
     /// Output shape: wide or logged.
     #[arg(long)]
     to: String,
@@ -76,8 +76,8 @@ pub fn run(command: DataCommand) -> Result<()> {
 }
 
 fn convert(args: ConvertArgs) -> Result<()> {
-    let format: Format = args.format.parse()?;
-    let split: Option<Split> = args.split.as_deref().map(str::parse).transpose()?;
+    let format = args.format;
+    let split = args.split.clone();
     let dataset = load(&args.data, format, split.as_ref())?;
     match (dataset, args.to.as_str()) {
         (Dataset::Wide(data), "wide") => write_wide(&data, None, &args.out)?,

@@ -18,10 +18,10 @@ pub struct OpeArgs {
     policy: String,
     /// Data format.
     #[arg(long, default_value = "auto")]
-    format: String,
+    format: Format,
     /// Keep only rows whose COLUMN equals VALUE.
     #[arg(long, value_name = "COLUMN=VALUE")]
-    split: Option<String>,
+    split: Option<Split>,
     /// Comma-separated estimators (default: all of replay, ips, snips, dm, dr, sndr, switch-dr).
     #[arg(long)]
     estimators: Option<String>,
@@ -52,8 +52,8 @@ pub struct OpeArgs {
 }
 
 pub fn run(args: OpeArgs) -> Result<()> {
-    let format: Format = args.format.parse()?;
-    let split: Option<Split> = args.split.as_deref().map(str::parse).transpose()?;
+    let format = args.format;
+    let split = args.split.clone();
     let log = load_logged(&args.data, format, split.as_ref())?;
     let spec: PolicySpec = args.policy.parse()?;
     let objective = Objective::new(args.w_cost, args.w_latency)?;

@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 use quiver_bandit::prior::{check_cap, DEFAULT_PRIOR_CAP};
 use quiver_sim::context::{task_in_context, ContextBuilder};
-use quiver_sim::data::{load, Dataset, Split};
+use quiver_sim::data::{load, Dataset, Format, Split};
 use quiver_sim::priors::{fit_logged, fit_wide};
 use quiver_sim::replay::Environment;
 
@@ -26,10 +26,10 @@ pub struct FitArgs {
     data: String,
     /// Data format.
     #[arg(long, default_value = "auto")]
-    format: String,
+    format: Format,
     /// Keep only rows whose COLUMN equals VALUE.
     #[arg(long, value_name = "COLUMN=VALUE")]
-    split: Option<String>,
+    split: Option<Split>,
     /// Put each row's task label (one-hot) in the contexts, for routes whose requests send
     /// it as caller features (see `quiver replay --task-feature`).
     #[arg(long)]
@@ -50,8 +50,8 @@ pub fn run(command: PriorsCommand) -> Result<()> {
 
 fn fit(args: FitArgs) -> Result<()> {
     check_cap(args.cap).context("--cap")?;
-    let split: Option<Split> = args.split.as_deref().map(str::parse).transpose()?;
-    let priors = match load(&args.data, args.format.parse()?, split.as_ref())? {
+    let split = args.split.clone();
+    let priors = match load(&args.data, args.format, split.as_ref())? {
         Dataset::Wide(data) => {
             let tasks = if task_in_context(data.prompts.is_some(), args.task_feature) {
                 data.tasks.clone().unwrap_or_default()

@@ -46,7 +46,7 @@ pub struct ReplayArgs {
     priors: Option<PathBuf>,
     /// Data format.
     #[arg(long, default_value = "auto")]
-    format: String,
+    format: Format,
     /// Comma-separated policy specs, e.g. `linucb(alpha=0.3,gamma=0.999),eps(0.05),fixed(gpt-4o)`.
     #[arg(long, default_value = DEFAULT_POLICIES)]
     policies: String,
@@ -55,10 +55,10 @@ pub struct ReplayArgs {
     seeds: u64,
     /// Keep only rows whose COLUMN equals VALUE (of --data, and of --train unless --train-split).
     #[arg(long, value_name = "COLUMN=VALUE")]
-    split: Option<String>,
+    split: Option<Split>,
     /// Row filter of --train.
     #[arg(long, value_name = "COLUMN=VALUE")]
-    train_split: Option<String>,
+    train_split: Option<Split>,
     /// Budget: target mean spend per request in USD (paced by the learner).
     #[arg(long, value_parser = budget_usd)]
     budget: Option<f64>,
@@ -206,9 +206,9 @@ fn datasets(
     args: &ReplayArgs,
     loaded: Option<WideDataset>,
 ) -> Result<(WideDataset, Option<WideDataset>, Objective)> {
-    let format: Format = args.format.parse()?;
-    let split: Option<Split> = args.split.as_deref().map(str::parse).transpose()?;
-    let train_split: Option<Split> = args.train_split.as_deref().map(str::parse).transpose()?;
+    let format = args.format;
+    let split = args.split.clone();
+    let train_split = args.train_split.clone();
     let objective = |default: Objective| -> Result<Objective> {
         Ok(Objective::new(
             args.w_cost.unwrap_or(default.w_cost),
@@ -317,8 +317,8 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         .collect::<Result<_, _>>()?;
     let mut loaded = None;
     if let Some(path) = &args.data {
-        let split: Option<Split> = args.split.as_deref().map(str::parse).transpose()?;
-        match load(path, args.format.parse()?, split.as_ref())? {
+        let split = args.split.clone();
+        match load(path, args.format, split.as_ref())? {
             Dataset::Logged(log) => {
                 if args.train.is_some() || args.priors.is_some() {
                     bail!(
