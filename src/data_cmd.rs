@@ -76,9 +76,7 @@ pub fn run(command: DataCommand) -> Result<()> {
 }
 
 fn convert(args: ConvertArgs) -> Result<()> {
-    let format = args.format;
-    let split = args.split.clone();
-    let dataset = load(&args.data, format, split.as_ref())?;
+    let dataset = load(&args.data, args.format, args.split.as_ref())?;
     match (dataset, args.to.as_str()) {
         (Dataset::Wide(data), "wide") => write_wide(&data, None, &args.out)?,
         (Dataset::Logged(log), "logged") => quiver_sim::write::write_logged(&log, &args.out)?,

@@ -52,9 +52,7 @@ pub struct OpeArgs {
 }
 
 pub fn run(args: OpeArgs) -> Result<()> {
-    let format = args.format;
-    let split = args.split.clone();
-    let log = load_logged(&args.data, format, split.as_ref())?;
+    let log = load_logged(&args.data, args.format, args.split.as_ref())?;
     let spec: PolicySpec = args.policy.parse()?;
     let objective = Objective::new(args.w_cost, args.w_latency)?;
     let settings = EstimatorSettings::new(args.clip, args.switch_tau, args.bootstrap, args.seed)?;

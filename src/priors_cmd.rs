@@ -50,8 +50,7 @@ pub fn run(command: PriorsCommand) -> Result<()> {
 
 fn fit(args: FitArgs) -> Result<()> {
     check_cap(args.cap).context("--cap")?;
-    let split = args.split.clone();
-    let priors = match load(&args.data, args.format, split.as_ref())? {
+    let priors = match load(&args.data, args.format, args.split.as_ref())? {
         Dataset::Wide(data) => {
             let tasks = if task_in_context(data.prompts.is_some(), args.task_feature) {
                 data.tasks.clone().unwrap_or_default()

@@ -206,9 +206,7 @@ fn datasets(
     args: &ReplayArgs,
     loaded: Option<WideDataset>,
 ) -> Result<(WideDataset, Option<WideDataset>, Objective)> {
-    let format = args.format;
-    let split = args.split.clone();
-    let train_split = args.train_split.clone();
+    let (format, split) = (args.format, args.split.as_ref());
     let objective = |default: Objective| -> Result<Objective> {
         Ok(Objective::new(
             args.w_cost.unwrap_or(default.w_cost),
@@ -219,12 +217,12 @@ fn datasets(
         Some(path) => {
             let data = match loaded {
                 Some(data) => data,
-                None => load_wide(path, format, split.as_ref())?,
+                None => load_wide(path, format, split)?,
             };
             let mut train = args
                 .train
                 .as_deref()
-                .map(|t| load_wide(t, format, train_split.as_ref().or(split.as_ref())))
+                .map(|t| load_wide(t, format, args.train_split.as_ref().or(split)))
                 .transpose()?;
             if let Some(train) = train.as_mut() {
                 train.align_to(&data)?;
@@ -317,8 +315,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         .collect::<Result<_, _>>()?;
     let mut loaded = None;
     if let Some(path) = &args.data {
-        let split = args.split.clone();
-        match load(path, args.format, split.as_ref())? {
+        match load(path, args.format, args.split.as_ref())? {
             Dataset::Logged(log) => {
                 if args.train.is_some() || args.priors.is_some() {
                     bail!(
