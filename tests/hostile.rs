@@ -792,6 +792,19 @@ async fn slow_heads_are_cut_and_connections_are_capped() {
         reqwest::get(format!("{base}/healthz")).await.unwrap().status(),
         200
     );
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let turned_away: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("quiver_overloaded_connections_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(turned_away >= 1, "{metrics}");
     drop(idle);
     let grown = peak_rss_bytes(child.id()).saturating_sub(before);
     assert!(grown < 32 * MIB, "peak RSS grew by {} MiB", grown / MIB);

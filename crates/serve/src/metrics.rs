@@ -80,6 +80,9 @@ pub struct Metrics {
     pub snapshots: Counter,
     /// Snapshots that failed (and were not written).
     pub snapshot_failures: Counter,
+    /// Connections turned away at `max_connections` (answered 503 by the connection
+    /// handler, outside the app, or closed unanswered when too many wait for that).
+    pub overloaded: Counter,
     /// Each HTTP request, from its head read to its answer's head.
     pub http_request_seconds: HistogramFamily<HttpLabels>,
     /// Each upstream attempt, to its whole answer (to its first chunk for a stream).
@@ -107,6 +110,10 @@ impl Default for Metrics {
         let snapshot_failures = counter(
             "quiver_snapshot_failures",
             "Snapshots that failed and were not written (the log still holds everything)",
+        );
+        let overloaded = counter(
+            "quiver_overloaded_connections",
+            "Connections turned away at max_connections (503, or closed unanswered)",
         );
         let http_request_seconds =
             HistogramFamily::new_with_constructor(seconds_from_100us as fn() -> Histogram);
@@ -143,6 +150,7 @@ impl Default for Metrics {
             feedback,
             snapshots,
             snapshot_failures,
+            overloaded,
             http_request_seconds,
             upstream_attempt_seconds,
             time_to_first_token_seconds,

@@ -82,7 +82,15 @@ pub async fn run(
         })
     };
     let limits = ConnectionLimits::new(&state.config);
-    serve_connections(listener, build_app(Arc::clone(&state)), limits, shutdown).await;
+    let overloaded = state.metrics.overloaded.clone();
+    serve_connections(
+        listener,
+        build_app(Arc::clone(&state)),
+        limits,
+        overloaded,
+        shutdown,
+    )
+    .await;
     periodic.abort();
     let final_state = Arc::clone(&state);
     let _ = tokio::task::spawn_blocking(move || snapshot(&final_state)).await;
@@ -168,6 +176,7 @@ async fn serve_connections(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     limits: ConnectionLimits,
+    overloaded: prometheus_client::metrics::counter::Counter,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     // HTTP/1.1 only: an idle HTTP/2 connection is kept alive by pings and would hold its
@@ -202,10 +211,14 @@ async fn serve_connections(
         };
         let (permit, service) = match Arc::clone(&serving).try_acquire_owned() {
             Ok(permit) => (permit, app.clone()),
-            Err(_) => match Arc::clone(&answering_busy).try_acquire_owned() {
-                Ok(permit) => (permit, busy.clone()),
-                Err(_) => continue,
-            },
+            Err(_) => {
+                // Counted, not logged: a flood of connections must not become a flood of lines.
+                overloaded.inc();
+                match Arc::clone(&answering_busy).try_acquire_owned() {
+                    Ok(permit) => (permit, busy.clone()),
+                    Err(_) => continue,
+                }
+            }
         };
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
