@@ -161,15 +161,9 @@ pub async fn demo_config(listen: Option<String>) -> Result<ServeConfig> {
         })
         .collect();
     let route = RouteConfig {
-        name: "demo".into(),
-        policy: "lints(v=0.3,floor=0.02)".into(),
-        models,
         w_cost: scenario.objective.w_cost,
         w_latency: scenario.objective.w_latency,
-        budget_usd_per_request: None,
-        extra_features: 0,
-        seed: 0,
-        priors: None,
+        ..RouteConfig::new("demo", "lints(v=0.3,floor=0.02)", models)
     };
     let mut config = ServeConfig::new(std::env::temp_dir().join("quiver-demo"), vec![route]);
     if let Some(listen) = listen {

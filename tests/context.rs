@@ -23,15 +23,8 @@ const PROMPTS: [&str; 4] = [
 fn route(extra_features: usize) -> RouteConfig {
     let model = |id: &str, price: f64| ModelConfig::priced(id, price, 2.0 * price);
     RouteConfig {
-        name: "r".into(),
-        policy: "linucb".into(),
-        models: vec![model("small", 0.1), model("big", 5.0)],
-        w_cost: 0.0,
-        w_latency: 0.0,
-        budget_usd_per_request: None,
         extra_features,
-        seed: 0,
-        priors: None,
+        ..RouteConfig::new("r", "linucb", vec![model("small", 0.1), model("big", 5.0)])
     }
 }
 

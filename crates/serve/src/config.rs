@@ -331,6 +331,24 @@ pub struct RouteConfig {
     pub priors: Option<PathBuf>,
 }
 
+impl RouteConfig {
+    /// A route of `models` under `policy`, every other option at its default (as a
+    /// configuration file that leaves them out).
+    pub fn new(name: &str, policy: &str, models: Vec<ModelConfig>) -> Self {
+        RouteConfig {
+            name: name.into(),
+            policy: policy.into(),
+            models,
+            w_cost: 0.0,
+            w_latency: 0.0,
+            budget_usd_per_request: None,
+            extra_features: 0,
+            seed: 0,
+            priors: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,18 +358,10 @@ mod tests {
             api_key_env: var.map(str::to_string),
             ..ModelConfig::priced("m", 1.0, 2.0)
         };
-        let route = RouteConfig {
-            name: "r".into(),
-            policy: "linucb".into(),
-            models: vec![model],
-            w_cost: 0.0,
-            w_latency: 0.0,
-            budget_usd_per_request: None,
-            extra_features: 0,
-            seed: 0,
-            priors: None,
-        };
-        ServeConfig::new(PathBuf::from("log"), vec![route])
+        ServeConfig::new(
+            PathBuf::from("log"),
+            vec![RouteConfig::new("r", "linucb", vec![model])],
+        )
     }
 
     #[test]

@@ -29,26 +29,19 @@ fn routes() -> Vec<RouteConfig> {
     let model = |id: &str, price: f64| ModelConfig::priced(id, price, 2.0 * price);
     vec![
         RouteConfig {
-            name: "chat".into(),
-            policy: "lints(v=0.3,floor=0.05)".into(),
-            models: vec![model("big", 5.0), model("small", 0.2), model("mid", 1.0)],
             w_cost: 20.0,
-            w_latency: 0.0,
             budget_usd_per_request: Some(0.002),
             extra_features: 1,
             seed: 3,
-            priors: None,
+            ..RouteConfig::new(
+                "chat",
+                "lints(v=0.3,floor=0.05)",
+                vec![model("big", 5.0), model("small", 0.2), model("mid", 1.0)],
+            )
         },
         RouteConfig {
-            name: "code".into(),
-            policy: "beta-ts".into(),
-            models: vec![model("big", 5.0), model("small", 0.2)],
-            w_cost: 0.0,
-            w_latency: 0.0,
-            budget_usd_per_request: None,
-            extra_features: 0,
             seed: 4,
-            priors: None,
+            ..RouteConfig::new("code", "beta-ts", vec![model("big", 5.0), model("small", 0.2)])
         },
     ]
 }
