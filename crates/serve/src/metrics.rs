@@ -172,6 +172,16 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// Records a stream's time to its first chunk.
+    pub fn first_token(&self, model: &str, took: Duration) {
+        let labels = ModelLabels {
+            model: model.to_string(),
+        };
+        self.time_to_first_token_seconds
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
     /// The exposition: these metrics, then the learners'.
     pub fn render(&self, learners: LearnerStats) -> String {
         let mut scrape = Registry::default();

@@ -5,7 +5,8 @@
 //! unusable body to the next model of the fallback order, within the request's deadline.
 //! A status that blames the request itself (400, 413, 415, 422: another model would refuse
 //! it too) is relayed to the client with the upstream's status, content type and body (not
-//! its other headers), tried nowhere else and not recorded as the model's outcome. The chosen model's outcome (latency, tokens, cost at the configured prices, error) is
+//! its other headers), tried nowhere else and not recorded as the model's outcome. The
+//! chosen model's outcome (latency, tokens, cost at the configured prices, error) is
 //! recorded as feedback automatically; the decision id comes back in the
 //! `x-quiver-decision-id` header, for quality feedback later. The upstream's own `x-*`
 //! headers are passed on.
@@ -39,7 +40,6 @@ use serde_json::Value;
 
 use crate::api_error::ApiError;
 use crate::config::ModelConfig;
-use crate::metrics::ModelLabels;
 use crate::router::RouteRequest;
 use crate::state::{change_router, ApiJson, AppState};
 
@@ -247,18 +247,10 @@ pub async fn chat_completions(
             Ok(_) => "ok",
             Err(_) => "error",
         };
-        state
-            .metrics
-            .upstream_attempt(&model.id, result, started.elapsed());
+        let took = started.elapsed();
+        state.metrics.upstream_attempt(&model.id, result, took);
         if let Ok(Upstream::Stream { .. }) = &called {
-            let labels = ModelLabels {
-                model: model.id.clone(),
-            };
-            state
-                .metrics
-                .time_to_first_token_seconds
-                .get_or_create(&labels)
-                .observe(started.elapsed().as_secs_f64());
+            state.metrics.first_token(&model.id, took);
         }
         match called {
             Ok(Upstream::Complete { body, passed }) => {
