@@ -15,6 +15,32 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use support::{promtool_check, scratch, start_binary};
 
+/// `GET url` with a bearer token: the answer's JSON.
+async fn get_json(client: &reqwest::Client, url: String, token: &str) -> Value {
+    client
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// `GET url` with a bearer token: the answer's text.
+async fn get_text(client: &reqwest::Client, url: String, token: &str) -> String {
+    client
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// A local OpenAI-compatible upstream that behaves as `kind` says.
 async fn upstream(kind: &'static str) -> SocketAddr {
     let app = axum::Router::new().route(
@@ -155,28 +181,12 @@ async fn proxy_falls_back_in_order_and_streams() {
         "answer from good for \"good\""
     );
     // The policy's own choice failed: recorded as an error of `failing`.
-    let state: Value = client
-        .get(format!("{base}/v1/routes/chat"))
-        .bearer_auth("admin")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state = get_json(&client, format!("{base}/v1/routes/chat"), "admin").await;
     assert_eq!(state["arms"][0]["arm"], "failing");
     assert_eq!(state["arms"][0]["requests"], 1);
     assert_eq!(state["arms"][0]["errors"], 1);
     // Fallback went failing -> badjson -> slow (timed out) -> good: three failed attempts.
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .bearer_auth("admin")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&client, format!("{base}/metrics"), "admin").await;
     assert!(metrics.contains("quiver_upstream_failures_total 3"), "{metrics}");
     let dead = client
         .post(format!("{base}/v1/chat/completions"))
@@ -213,15 +223,7 @@ async fn proxy_falls_back_in_order_and_streams() {
         "{text}"
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let state: Value = client
-        .get(format!("{base}/v1/routes/stream"))
-        .bearer_auth("admin")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state = get_json(&client, format!("{base}/v1/routes/stream"), "admin").await;
     assert_eq!(state["arms"][0]["requests"], 1);
     assert_eq!(state["arms"][0]["errors"], 0);
     // 9 prompt and 2 completion tokens at $1 and $2 per million.
@@ -251,15 +253,7 @@ async fn proxy_falls_back_in_order_and_streams() {
     assert_eq!(refused.headers()["x-quiver-model"], "refusing");
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["code"], "context_length_exceeded");
-    let strict: Value = client
-        .get(format!("{base}/v1/routes/strict"))
-        .bearer_auth("admin")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let strict = get_json(&client, format!("{base}/v1/routes/strict"), "admin").await;
     for arm in strict["arms"].as_array().unwrap() {
         assert_eq!(
             (arm["requests"].as_u64(), arm["errors"].as_u64()),
@@ -281,15 +275,7 @@ async fn proxy_falls_back_in_order_and_streams() {
 
     // Prometheus accepts the metrics, and the histograms counted what happened: `slow`
     // timed out once, `good` answered three times (once streaming), every request was timed.
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .bearer_auth("admin")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&client, format!("{base}/metrics"), "admin").await;
     promtool_check(&metrics);
     for line in [
         "quiver_upstream_attempt_seconds_count{model=\"slow\",result=\"error\"} 1",
@@ -441,15 +427,7 @@ async fn traffic_shifts_to_the_arm_with_the_best_feedback_and_feedback_rules_hol
         }
     }
     // The routes, as OpenAI models: what tools list at start-up.
-    let models: Value = client
-        .get(format!("{base}/v1/models"))
-        .bearer_auth("r")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models = get_json(&client, format!("{base}/v1/models"), "r").await;
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], "learn");
     assert_eq!(models["data"][0]["object"], "model");
@@ -502,15 +480,7 @@ async fn traffic_shifts_to_the_arm_with_the_best_feedback_and_feedback_rules_hol
             .unwrap(),
         "ok"
     );
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .bearer_auth("a")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&client, format!("{base}/metrics"), "a").await;
     assert!(
         metrics.contains("quiver_decisions_total{route=\"learn\"} 201"),
         "{metrics}"
