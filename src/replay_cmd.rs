@@ -8,6 +8,7 @@ use quiver_bandit::prior::{check_cap, DEFAULT_PRIOR_CAP};
 use quiver_bandit::{Objective, PolicySpec, Priors, DEFAULT_PACING_STEP};
 use quiver_sim::context::{task_in_context, ContextBuilder};
 use quiver_sim::data::{load, load_wide, Dataset, Format, LoggedDataset, Split, WideDataset};
+use quiver_sim::embeddings::{default_cache_dir, PromptEmbeddings};
 use quiver_sim::ope::{estimator_by_name, evaluate, Estimator, EstimatorSettings};
 use quiver_sim::priors::{fit_wide, TrainFeedback};
 
@@ -102,12 +103,57 @@ pub struct ReplayArgs {
     /// Tables without prompts always use it, as it is their only context.
     #[arg(long)]
     task_feature: bool,
+    /// Append each prompt's sentence embedding to the context, as a route with
+    /// `[routes.embedding]` does: `minilm` is the bundled MiniLM-L3 encoder (a build with
+    /// the `minilm` feature). Embeddings are computed once per table and cached.
+    #[arg(long, value_enum)]
+    embedding: Option<EmbeddingSource>,
+    /// Coordinates of the embedding block (a route's `embedding.dims`).
+    #[arg(long, default_value_t = 32, requires = "embedding")]
+    embedding_dims: usize,
+    /// Directory of the embeddings cache (default: `$XDG_CACHE_HOME/quiver/embeddings`, else
+    /// `~/.cache/quiver/embeddings`).
+    #[arg(long, requires = "embedding")]
+    embedding_cache: Option<PathBuf>,
     /// Write summary.json, curves.parquet and plots here.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Print the JSON summary instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+/// Where `--embedding` embeddings come from.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum EmbeddingSource {
+    /// The bundled MiniLM-L3 sentence encoder (384 dimensions).
+    Minilm,
+}
+
+/// `builder` with the embedding block `args` ask for, the prompts of `datasets` embedded
+/// (or read from the cache).
+fn with_embeddings(
+    builder: ContextBuilder,
+    args: &ReplayArgs,
+    datasets: &[&WideDataset],
+) -> Result<ContextBuilder> {
+    let Some(EmbeddingSource::Minilm) = args.embedding else {
+        return Ok(builder);
+    };
+    let cache = args.embedding_cache.clone().unwrap_or_else(default_cache_dir);
+    let embeddings = PromptEmbeddings::for_datasets(datasets, minilm()?.as_ref(), &cache)?;
+    Ok(builder.with_embeddings(embeddings, args.embedding_dims)?)
+}
+
+/// The bundled encoder, in a build that has it.
+fn minilm() -> Result<Box<dyn quiver_bandit::Embedder>> {
+    #[cfg(feature = "minilm")]
+    return match quiver_bandit::MiniLm::new() {
+        Ok(encoder) => Ok(Box::new(encoder)),
+        Err(e) => bail!("the bundled encoder: {e}"),
+    };
+    #[cfg(not(feature = "minilm"))]
+    bail!("--embedding minilm: this build has no bundled encoder (build with `--features minilm`)")
 }
 
 /// A budget in USD per request, within the learner's bounds.
@@ -374,6 +420,8 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         }
     }
     let builder = ContextBuilder::new(data.prompts.is_some(), &tasks, data.feature_names.len());
+    let datasets: Vec<&WideDataset> = std::iter::once(&data).chain(train.as_ref()).collect();
+    let builder = with_embeddings(builder, &args, &datasets)?;
     let env = Environment::new(&data, &builder)?;
     let mut train_env = train
         .as_ref()

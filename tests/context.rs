@@ -75,7 +75,7 @@ fn replay_and_serve_build_the_same_context_for_the_same_request() {
             features: data.row_features(row).to_vec(),
             ..RouteRequest::default()
         };
-        let (online, definition) = router.context("r", &request).unwrap();
+        let (online, definition) = router.context("r", &request, None).unwrap();
         assert_eq!(definition, offline.definition());
         assert_eq!(online, offline.wide_row(&data, row).unwrap(), "row {row}");
         router.route("r", &request).unwrap().wait().unwrap();

@@ -6,12 +6,17 @@
 //! when asked (`task_features`), as a one-hot before the `f_*` values: a server never
 //! derives one, so asking means the requests will carry it in their `features`. Without
 //! prompts the context is `[1 (bias), task one-hot, f_*]`, the task being all there is.
+//! With an embedding block ([`ContextBuilder::with_embeddings`]) the prompt's projected
+//! embedding follows, as on a route with one.
 //! One builder serves train and test alike, so both splits share a layout.
 
-use quiver_bandit::{Context, Featurizer, HashingFeaturizer};
+use std::sync::Arc;
+
+use quiver_bandit::{Context, EmbeddingFeaturizer, Featurizer, HashingFeaturizer};
 
 use crate::data::{LoggedDataset, WideDataset};
-use crate::error::Result;
+use crate::embeddings::PromptEmbeddings;
+use crate::error::{Result, SimError};
 
 /// Whether a table's task label enters its contexts: only when asked (the requests will
 /// send it as features), or when the table has no prompts and the task is all there is.
@@ -22,9 +27,24 @@ pub fn task_in_context(has_prompts: bool, asked: bool) -> bool {
 /// Builds contexts with one fixed layout.
 #[derive(Debug, Clone)]
 pub struct ContextBuilder {
-    featurizer: Option<HashingFeaturizer>,
+    featurizer: Option<PromptFeaturizer>,
     tasks: Vec<String>,
     features: usize,
+}
+
+#[derive(Debug, Clone)]
+enum PromptFeaturizer {
+    Hashing(HashingFeaturizer),
+    Embedding(Arc<EmbeddingFeaturizer<PromptEmbeddings>>),
+}
+
+impl PromptFeaturizer {
+    fn get(&self) -> &dyn Featurizer {
+        match self {
+            PromptFeaturizer::Hashing(f) => f,
+            PromptFeaturizer::Embedding(f) => f.as_ref(),
+        }
+    }
 }
 
 impl ContextBuilder {
@@ -37,17 +57,31 @@ impl ContextBuilder {
         tasks.dedup();
         let extra = tasks.len() + features;
         ContextBuilder {
-            featurizer: with_prompts.then(|| HashingFeaturizer::for_routes(extra)),
+            featurizer: with_prompts.then(|| PromptFeaturizer::Hashing(HashingFeaturizer::for_routes(extra))),
             tasks,
             features,
         }
+    }
+
+    /// The same layout followed by a block of `dims` projected coordinates of each
+    /// prompt's embedding in `embeddings` (zeros for a prompt it lacks), as a route with
+    /// that embedding source and width builds. Data without prompts has nothing to embed.
+    pub fn with_embeddings(mut self, embeddings: PromptEmbeddings, dims: usize) -> Result<Self> {
+        let Some(PromptFeaturizer::Hashing(hashing)) = self.featurizer else {
+            return Err(SimError::InvalidOption(
+                "an embedding block needs prompts, and this data has none".into(),
+            ));
+        };
+        let featurizer = EmbeddingFeaturizer::new(hashing, embeddings, dims)?;
+        self.featurizer = Some(PromptFeaturizer::Embedding(Arc::new(featurizer)));
+        Ok(self)
     }
 
     /// What builds the contexts: the server's featurizer definition with prompts (equal
     /// to a route's with as many caller features), else the bias-task-features layout.
     pub fn definition(&self) -> String {
         match &self.featurizer {
-            Some(f) => f.definition(),
+            Some(f) => f.get().definition(),
             None => format!("bias+tasks({})+caller({})", self.tasks.len(), self.features),
         }
     }
@@ -55,7 +89,7 @@ impl ContextBuilder {
     /// The dimension of every context.
     pub fn dim(&self) -> usize {
         match &self.featurizer {
-            Some(f) => f.dim(),
+            Some(f) => f.get().dim(),
             None => 1 + self.tasks.len() + self.features,
         }
     }
@@ -97,7 +131,7 @@ impl ContextBuilder {
             .collect();
         extra.extend_from_slice(features);
         match &self.featurizer {
-            Some(f) => Ok(f.featurize(prompt.unwrap_or_default(), &extra)?),
+            Some(f) => Ok(f.get().featurize(prompt.unwrap_or_default(), &extra)?),
             None => {
                 let mut x = Vec::with_capacity(self.dim());
                 x.push(1.0);

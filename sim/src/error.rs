@@ -53,6 +53,8 @@ pub enum SimError {
     Bandit(quiver_bandit::Error),
     /// A bad option value.
     InvalidOption(String),
+    /// An embedder that failed on a dataset's prompts.
+    Embedding(String),
 }
 
 impl fmt::Display for SimError {
@@ -76,6 +78,7 @@ impl fmt::Display for SimError {
             SimError::Write { path, reason } => write!(f, "{}: cannot write: {reason}", path.display()),
             SimError::Bandit(e) => write!(f, "{e}"),
             SimError::InvalidOption(why) => write!(f, "{why}"),
+            SimError::Embedding(why) => write!(f, "embedding the prompts: {why}"),
         }
     }
 }

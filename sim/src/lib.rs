@@ -11,6 +11,8 @@
 //!   IPS, SNIPS, DM, DR, SNDR and Switch-DR, with bootstrap and analytic intervals.
 //! - [`logging`] turns wide data into a log under any logging policy: exact ground truth
 //!   for the estimators.
+//! - [`embeddings`] embeds a dataset's prompts once and caches them, for contexts with an
+//!   embedding block.
 //! - [`metrics`] and [`report`] summarize: regret, ratios to the best single model, the
 //!   cost-quality frontier and AIQ, APGR and CPT.
 //!
@@ -19,6 +21,7 @@
 
 pub mod context;
 pub mod data;
+pub mod embeddings;
 mod error;
 pub mod logging;
 pub mod metrics;

@@ -6,7 +6,8 @@
 //! # The story
 //!
 //! A request's prompt becomes a [`Context`] through a [`Featurizer`] (the built-in
-//! [`HashingFeaturizer`] documents its 64-dimensional layout). The [`Learner`] asks its
+//! [`HashingFeaturizer`] documents its 64-dimensional layout; an [`EmbeddingFeaturizer`]
+//! appends a sentence embedding's block). The [`Learner`] asks its
 //! [`Policy`] for an [`Estimate`] of each eligible [`Arm`]'s quality, subtracts each arm's
 //! expected cost and latency weighted by the request's [`Objective`] (see [`usage`]), and
 //! lets the policy choose. An exploration floor wraps every policy ([`pmf::with_floor`]).
@@ -56,6 +57,7 @@
 
 pub mod arm;
 pub mod change;
+pub mod embedding;
 mod error;
 pub mod features;
 pub mod learner;
@@ -70,6 +72,9 @@ pub mod stats;
 pub mod usage;
 
 pub use arm::{Arm, Constraints};
+#[cfg(feature = "minilm")]
+pub use embedding::MiniLm;
+pub use embedding::{ContextLayout, Embedder, EmbeddingBlock, EmbeddingFeaturizer};
 pub use error::{Error, ErrorKind, Result};
 pub use features::{ChatMessage, Context, Featurizer, FeaturizerConfig, HashingFeaturizer};
 pub use learner::{

@@ -94,6 +94,15 @@ pub struct LogRecord {
     /// whether it rebuilds the same contexts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
+    /// On decisions of a route with an embedding block: which featurizer decided,
+    /// `embedding`, or `hashing` when the prompt's embedding was not to be had (the
+    /// endpoint timed out or failed) and the block was zeros.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub featurizer: Option<String>,
+    /// With `featurizer = "embedding"`: the prompt's projected embedding, the context's
+    /// block, so that the log rebuilds the context without embedding again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<Vec<f64>>,
     /// The caller's own features, as `f_0`, `f_1`, ...
     #[serde(flatten)]
     pub features: BTreeMap<String, f64>,
@@ -121,6 +130,8 @@ impl LogRecord {
             event,
             seq: 0,
             context: None,
+            featurizer: None,
+            embedding: None,
             features: BTreeMap::new(),
         }
     }

@@ -236,6 +236,15 @@ impl ServeConfig {
                     )));
                 }
             }
+            let embedding_key = route.embedding.as_ref().and_then(|e| e.api_key_env.as_ref());
+            if let Some(var) = embedding_key {
+                if std::env::var(var).map_or(true, |v| v.is_empty()) {
+                    return Err(ServeError::Config(format!(
+                        "route `{}`, embedding: api_key_env names `{var}`, which is not set",
+                        route.name
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -329,6 +338,10 @@ pub struct RouteConfig {
     /// restored route holds what the priors taught and does not read the file.
     #[serde(default)]
     pub priors: Option<PathBuf>,
+    /// A sentence embedding of the prompt as a block of the context, after the hashed
+    /// features (`quiver_bandit::embedding`). None (the default): hashed features only.
+    #[serde(default)]
+    pub embedding: Option<EmbeddingConfig>,
 }
 
 impl RouteConfig {
@@ -345,7 +358,93 @@ impl RouteConfig {
             extra_features: 0,
             seed: 0,
             priors: None,
+            embedding: None,
         }
+    }
+}
+
+/// Where a route's prompt embeddings come from: an OpenAI-compatible `/v1/embeddings`
+/// endpoint (`url` and `model`) or the encoder bundled in a build with the `minilm`
+/// feature (`bundled = "minilm-l3"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingConfig {
+    /// The endpoint's URL, e.g. `https://api.openai.com/v1/embeddings`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The model the endpoint embeds with, sent as `model`.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Environment variable holding the endpoint's API key, sent as a bearer token.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// `minilm-l3`: the bundled encoder, in process, instead of an endpoint.
+    #[serde(default)]
+    pub bundled: Option<String>,
+    /// Time limit of one embedding, ms; past it, or on any failure, the hashed features
+    /// decide alone and the log says so.
+    #[serde(default = "default_embedding_timeout")]
+    pub timeout_ms: u64,
+    /// Coordinates of the projected block (1 to 256).
+    #[serde(default = "default_embedding_dims")]
+    pub dims: usize,
+}
+
+fn default_embedding_timeout() -> u64 {
+    300
+}
+fn default_embedding_dims() -> usize {
+    32
+}
+
+/// The bundled encoder's name, as `bundled` takes it.
+pub const BUNDLED_MINILM: &str = "minilm-l3";
+
+impl EmbeddingConfig {
+    /// An OpenAI-compatible endpoint at `url` embedding with `model`, other options at
+    /// their defaults.
+    pub fn endpoint(url: &str, model: &str) -> Self {
+        EmbeddingConfig {
+            url: Some(url.into()),
+            model: Some(model.into()),
+            api_key_env: None,
+            bundled: None,
+            timeout_ms: default_embedding_timeout(),
+            dims: default_embedding_dims(),
+        }
+    }
+
+    /// What embeds, as the context definition records it: `openai(model=M)` for an
+    /// endpoint (any host serving the model embeds alike), `minilm-l3` for the bundled
+    /// encoder. Checks that exactly one source is given, in full.
+    pub fn source(&self) -> Result<String> {
+        let bad = |why: &str| Err(ServeError::Config(format!("embedding: {why}")));
+        match (&self.url, &self.bundled) {
+            (Some(url), None) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return bad(&format!("url `{url}` is not an http(s) URL"));
+                }
+                match &self.model {
+                    Some(model) if !model.trim().is_empty() => Ok(format!("openai(model={model})")),
+                    _ => bad("an endpoint needs `model`"),
+                }
+            }
+            (None, Some(name)) if name == BUNDLED_MINILM => {
+                if self.model.is_some() || self.api_key_env.is_some() {
+                    return bad("`model` and `api_key_env` are for an endpoint, not `bundled`");
+                }
+                Ok(BUNDLED_MINILM.into())
+            }
+            (None, Some(name)) => bad(&format!(
+                "unknown bundled encoder `{name}` (the one there is: `{BUNDLED_MINILM}`)"
+            )),
+            _ => bad("give either `url` (with `model`) or `bundled`, not both"),
+        }
+    }
+
+    /// The block the embeddings fill (checks the source and `dims`).
+    pub fn block(&self) -> Result<quiver_bandit::EmbeddingBlock> {
+        Ok(quiver_bandit::EmbeddingBlock::new(&self.source()?, self.dims)?)
     }
 }
 
@@ -432,5 +531,38 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_embedding_source_is_one_endpoint_or_the_bundled_encoder() {
+        let parse = |text: &str| -> std::result::Result<EmbeddingConfig, String> {
+            toml::from_str(text).map_err(|e| e.to_string())
+        };
+        let endpoint =
+            parse("url = \"https://api.openai.com/v1/embeddings\"\nmodel = \"text-embedding-3-small\"")
+                .unwrap();
+        assert_eq!(endpoint.source().unwrap(), "openai(model=text-embedding-3-small)");
+        assert_eq!((endpoint.timeout_ms, endpoint.dims), (300, 32));
+        let bundled = parse("bundled = \"minilm-l3\"\ndims = 16").unwrap();
+        assert_eq!(bundled.block().unwrap().dims(), 16);
+        assert!(parse("url = \"http://x\"\ntimeout = 5")
+            .unwrap_err()
+            .contains("unknown field `timeout`"));
+        for (text, why) in [
+            ("url = \"http://x/v1/embeddings\"", "needs `model`"),
+            ("url = \"ftp://x\"\nmodel = \"m\"", "not an http(s) URL"),
+            ("bundled = \"bert\"", "unknown bundled encoder `bert`"),
+            ("bundled = \"minilm-l3\"\nmodel = \"m\"", "for an endpoint"),
+            (
+                "url = \"http://x\"\nmodel = \"m\"\nbundled = \"minilm-l3\"",
+                "not both",
+            ),
+            ("timeout_ms = 5", "not both"),
+        ] {
+            let err = parse(text).unwrap().source().unwrap_err().to_string();
+            assert!(err.contains(why), "{text}: {err}");
+        }
+        let wide = parse("bundled = \"minilm-l3\"\ndims = 512").unwrap();
+        assert!(wide.block().unwrap_err().to_string().contains("embedding.dims"));
     }
 }

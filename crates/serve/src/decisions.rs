@@ -28,7 +28,11 @@ pub(crate) async fn route(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<RouteBody>,
 ) -> Result<Response, ApiError> {
-    let routed = change_router(&state, move |r| Ok(r.route(&body.route, &body.request)?)).await?;
+    let embedding = state.embed(&body.route, &body.request.text()?).await;
+    let routed = change_router(&state, move |r| {
+        Ok(r.route_embedded(&body.route, &body.request, embedding)?)
+    })
+    .await?;
     state.metrics.routed.inc();
     let d = &routed.decision;
     Ok(Json(json!({

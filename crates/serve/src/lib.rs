@@ -19,6 +19,7 @@ pub mod app;
 mod auth;
 pub mod config;
 mod decisions;
+pub mod embeddings;
 mod error;
 pub mod metrics;
 mod models;
@@ -33,6 +34,6 @@ mod status;
 pub use quiver_log as log;
 
 pub use api_error::ApiError;
-pub use config::{AuthConfig, ModelConfig, RouteConfig, ServeConfig};
+pub use config::{AuthConfig, EmbeddingConfig, ModelConfig, RouteConfig, ServeConfig};
 pub use error::{Result, ServeError};
 pub use router::{CapturedSnapshot, Pending, RouteRequest, Routed, Router, RouterOptions};

@@ -45,6 +45,15 @@ pub struct UpstreamLabels {
     pub result: String,
 }
 
+/// A prompt embedding that was not to be had: the route and why (`timeout` or `error`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EmbeddingFallbackLabels {
+    /// The route.
+    pub route: String,
+    /// `timeout` or `error`.
+    pub reason: String,
+}
+
 /// A model.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
@@ -92,6 +101,8 @@ pub struct Metrics {
     /// The wait for the decision log to hold a change durably (write and fsync, shared by
     /// concurrent changes).
     pub log_commit_seconds: Histogram,
+    /// Decisions of routes with an embedding block made on hashed features alone.
+    pub embedding_fallbacks: Family<EmbeddingFallbackLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -142,6 +153,12 @@ impl Default for Metrics {
             "Waits for the decision log to hold a change durably (write and fsync), seconds",
             log_commit_seconds.clone(),
         );
+        let embedding_fallbacks = Family::<EmbeddingFallbackLabels, Counter>::default();
+        registry.register(
+            "quiver_embedding_fallbacks",
+            "Decisions of routes with an embedding block made on hashed features alone, by route and reason",
+            embedding_fallbacks.clone(),
+        );
         Metrics {
             registry,
             routed,
@@ -155,6 +172,7 @@ impl Default for Metrics {
             upstream_attempt_seconds,
             time_to_first_token_seconds,
             log_commit_seconds,
+            embedding_fallbacks,
         }
     }
 }

@@ -216,10 +216,12 @@ pub async fn chat_completions(
         messages: Some(messages(&request)?),
         ..RouteRequest::default()
     };
-    let prompt_tokens = quiver_bandit::features::estimate_tokens(&route_request.text()?);
+    let prompt = route_request.text()?;
+    let prompt_tokens = quiver_bandit::features::estimate_tokens(&prompt);
+    let embedding = state.embed(&route, &prompt).await;
     let ((routed, models), decision_logged) = {
         let mut router = state.router()?;
-        let routed = router.route(&route, &route_request)?;
+        let routed = router.route_embedded(&route, &route_request, embedding)?;
         let models = router.route_config(&route)?.models.clone();
         routed.map(|routed| (routed, models)).split()
     };

@@ -22,12 +22,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use quiver_bandit::{
-    Applied, BudgetConfig, ChatMessage, Constraints, Context, Decision, Featurizer, HashingFeaturizer,
+    Applied, BudgetConfig, ChatMessage, Constraints, Context, ContextLayout, Decision, HashingFeaturizer,
     Learner, LearnerConfig, Objective, Outcome, PolicySpec, Priors, Request, Snapshot, DEFAULT_PACING_STEP,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ModelConfig, RouteConfig};
+use crate::config::{EmbeddingConfig, ModelConfig, RouteConfig};
 use crate::error::{io_at, Result, ServeError};
 use quiver_log::{records_after, DecisionLog, LogEvent, LogRecord, SEGMENT_BYTES};
 
@@ -74,7 +74,7 @@ pub struct Routed {
 struct RouteState {
     config: RouteConfig,
     policy: String,
-    featurizer: HashingFeaturizer,
+    layout: ContextLayout,
     learner: Learner,
     decision_seqs: DecisionSeqs,
     /// Whether the learner came from the snapshot (and so holds what priors taught).
@@ -134,8 +134,13 @@ fn absorb_priors_file(learner: &mut Learner, path: &Path, definition: &str, rout
 impl RouteState {
     fn new(config: RouteConfig, feedback_horizon: usize) -> Result<Self> {
         let spec: PolicySpec = config.policy.parse()?;
-        let featurizer = HashingFeaturizer::for_routes(config.extra_features);
-        let mut learner_config = LearnerConfig::new(spec.clone(), featurizer.dim());
+        let embedding = config
+            .embedding
+            .as_ref()
+            .map(EmbeddingConfig::block)
+            .transpose()?;
+        let layout = ContextLayout::new(HashingFeaturizer::for_routes(config.extra_features), embedding);
+        let mut learner_config = LearnerConfig::new(spec.clone(), layout.dim());
         learner_config.objective = Objective::new(config.w_cost, config.w_latency)?;
         learner_config.seed = config.seed;
         learner_config.max_tracked_decisions = feedback_horizon.max(1);
@@ -147,7 +152,7 @@ impl RouteState {
         Ok(RouteState {
             policy: spec.to_string(),
             learner: Learner::new(learner_config, arms)?,
-            featurizer,
+            layout,
             config,
             decision_seqs: DecisionSeqs::default(),
             restored: false,
@@ -160,7 +165,7 @@ impl RouteState {
             Some(path) => absorb_priors_file(
                 &mut self.learner,
                 path,
-                &self.featurizer.definition(),
+                &self.layout.definition(),
                 &self.config.name,
             ),
             None => Ok(()),
@@ -177,8 +182,8 @@ impl RouteState {
         Ok(())
     }
 
-    fn context(&self, prompt: &str, features: &[f64]) -> Result<Context> {
-        Ok(self.featurizer.featurize(prompt, features)?)
+    fn context(&self, prompt: &str, features: &[f64], embedding: Option<&[f64]>) -> Result<Context> {
+        Ok(self.layout.build(prompt, features, embedding)?)
     }
 }
 
@@ -559,14 +564,14 @@ impl Router {
             match learner {
                 Ok(restored) => {
                     let context = snapshot.contexts.get(name);
-                    if context.is_some_and(|c| *c != state.featurizer.definition()) {
+                    if context.is_some_and(|c| *c != state.layout.definition()) {
                         return Err(ServeError::Snapshot {
                             path: path.clone(),
                             reason: format!(
                                 "route `{name}` changed its context ({} then, {} now) since the snapshot; \
                                  move the snapshot away to start it afresh",
                                 context.map_or("", String::as_str),
-                                state.featurizer.definition()
+                                state.layout.definition()
                             ),
                         });
                     }
@@ -725,7 +730,7 @@ impl Router {
                 let features: Vec<f64> = (0..state.config.extra_features)
                     .map(|i| record.features.get(&format!("f_{i}")).copied().unwrap_or(0.0))
                     .collect();
-                let context = state.context(&record.prompt, &features)?;
+                let context = state.context(&record.prompt, &features, record.embedding.as_deref())?;
                 state.track(id, &record.arm, &context, record.seq)?;
             }
             LogEvent::Outcome => match replay {
@@ -792,20 +797,46 @@ impl Router {
         self.log.stage(record).map_err(io_at(&self.dir))
     }
 
-    /// The context `route` decides `request` in, and the definition that built it: the
-    /// same as `quiver replay` builds for a row with this prompt and these features.
-    pub fn context(&self, route: &str, request: &RouteRequest) -> Result<(Context, String)> {
+    /// The context `route` decides `request` in, with the prompt's projected `embedding`
+    /// if the route has an embedding block (zeros without one), and the definition that
+    /// built it: the same as `quiver replay` builds for a row with this prompt and these
+    /// features.
+    pub fn context(
+        &self,
+        route: &str,
+        request: &RouteRequest,
+        embedding: Option<&[f64]>,
+    ) -> Result<(Context, String)> {
         let state = self.state(route)?;
-        let context = state.context(&request.text()?, &request.features)?;
-        Ok((context, state.featurizer.definition()))
+        let context = state.context(&request.text()?, &request.features, embedding)?;
+        Ok((context, state.layout.definition()))
+    }
+
+    /// The layout of `route`'s contexts: its hashed features and embedding block.
+    pub fn layout(&self, route: &str) -> Result<&ContextLayout> {
+        Ok(&self.state(route)?.layout)
     }
 
     /// Decides which model serves `request` on `route` and logs the decision; the decision
-    /// may be returned to the caller once the [`Pending`] result is waited for.
+    /// may be returned to the caller once the [`Pending`] result is waited for. A route
+    /// with an embedding block decides on hashed features alone ([`Router::route_embedded`]
+    /// with none).
     pub fn route(&mut self, route: &str, request: &RouteRequest) -> Result<Pending<Routed>> {
+        self.route_embedded(route, request, None)
+    }
+
+    /// [`Router::route`] with the prompt's projected embedding, for a route with an
+    /// embedding block. The log records the block and which featurizer decided:
+    /// `embedding`, or `hashing` when there was no embedding to give.
+    pub fn route_embedded(
+        &mut self,
+        route: &str,
+        request: &RouteRequest,
+        embedding: Option<Vec<f64>>,
+    ) -> Result<Pending<Routed>> {
         let prompt = request.text()?;
         let state = self.state(route)?;
-        let context = state.context(&prompt, &request.features)?;
+        let context = state.context(&prompt, &request.features, embedding.as_deref())?;
         let mut learner_request = Request::new(context.clone());
         learner_request.constraints = request.constraints.clone();
         learner_request.objective = request.objective;
@@ -817,7 +848,16 @@ impl Router {
         record.propensity = decision.propensity;
         record.prompt = prompt;
         record.input_tokens = context.input_tokens;
-        record.context = Some(state.featurizer.definition());
+        record.context = Some(state.layout.definition());
+        if state.layout.embedding().is_some() {
+            let by = if embedding.is_some() {
+                "embedding"
+            } else {
+                "hashing"
+            };
+            record.featurizer = Some(by.into());
+            record.embedding = embedding;
+        }
         record.features = request
             .features
             .iter()
@@ -894,7 +934,7 @@ impl Router {
         let mut tracked_from = BTreeMap::new();
         let mut contexts = BTreeMap::new();
         for (name, state) in &self.routes {
-            contexts.insert(name.clone(), state.featurizer.definition());
+            contexts.insert(name.clone(), state.layout.definition());
             let oldest = state.learner.oldest_tracked_decision();
             let from = oldest.and_then(|decision| {
                 let seq = state.decision_seqs.seq_of(decision)?;

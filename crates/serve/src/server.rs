@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 
 use crate::app::{build_app, AppState};
 use crate::config::ServeConfig;
+use crate::embeddings::Embedders;
 use crate::error::{io_at, Result, ServeError};
 use crate::metrics::Metrics;
 use crate::router::{Router, RouterOptions};
@@ -26,6 +27,7 @@ pub fn state(config: ServeConfig) -> Result<Arc<AppState>> {
         reset_routes: config.reset_routes.clone(),
         ..RouterOptions::default()
     };
+    let embedders = Embedders::new(&config.routes)?;
     let router = Router::open_with(config.routes.clone(), &config.log_dir, options)?;
     let http = reqwest::Client::builder()
         .build()
@@ -35,6 +37,7 @@ pub fn state(config: ServeConfig) -> Result<Arc<AppState>> {
         config,
         http,
         metrics: Metrics::default(),
+        embedders,
     }))
 }
 

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api_error::ApiError;
 use crate::config::ServeConfig;
+use crate::embeddings::Embedders;
 use crate::metrics::Metrics;
 use crate::router::{Pending, Router};
 
@@ -24,9 +25,17 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// What the server measures for `/metrics`.
     pub metrics: Metrics,
+    /// The prompt embedders of routes with an embedding block.
+    pub embedders: Embedders,
 }
 
 impl AppState {
+    /// The projected embedding of `text` for `route`, if the route has an embedding block
+    /// and the embedding comes in time (see [`Embedders::embed`]).
+    pub async fn embed(&self, route: &str, text: &str) -> Option<Vec<f64>> {
+        self.embedders.embed(&self.http, &self.metrics, route, text).await
+    }
+
     /// Waits until the log holds a change durably, timing the wait.
     pub async fn durable<T>(&self, pending: Pending<T>) -> Result<T, ApiError> {
         let started = Instant::now();

@@ -579,3 +579,82 @@ fn a_route_starts_from_its_priors_once() {
         .to_string();
     assert!(error.contains("missing.json"), "{error}");
 }
+
+/// A route with an embedding block logs each decision's block and which featurizer
+/// decided, and a restart without a snapshot rebuilds the same learner from the log
+/// without embedding anything again.
+#[test]
+fn embedding_blocks_are_logged_and_rebuild_the_learner_after_a_restart() {
+    use quiver_serve::EmbeddingConfig;
+    let dir = scratch("embedding_restart");
+    let model = |id: &str, price: f64| ModelConfig::priced(id, price, 2.0 * price);
+    let embedding = EmbeddingConfig {
+        dims: 4,
+        ..EmbeddingConfig::endpoint("http://127.0.0.1:9/v1/embeddings", "emb-1")
+    };
+    let route = RouteConfig {
+        embedding: Some(embedding.clone()),
+        ..RouteConfig::new(
+            "r",
+            "linucb(alpha=0.3)",
+            vec![model("big", 5.0), model("small", 0.2)],
+        )
+    };
+    let block = embedding.block().unwrap();
+    let mut router = Router::open(vec![route.clone()], &dir).unwrap();
+    assert_eq!(
+        router.layout("r").unwrap().definition(),
+        "hashing(words=40,chars=16,caller=0)+embedding(source=openai(model=emb-1),dims=4)"
+    );
+    for i in 0..30 {
+        let request = RouteRequest {
+            prompt: Some(format!("prompt {i}")),
+            ..RouteRequest::default()
+        };
+        // Every third embedding "failed": the hashed features decide alone.
+        let projected = (i % 3 != 0).then(|| block.project(&[i as f32, 1.0, -0.5, 0.25, 2.0]).unwrap());
+        let routed = router
+            .route_embedded("r", &request, projected)
+            .unwrap()
+            .wait()
+            .unwrap();
+        router
+            .record_outcome(
+                &routed.decision_id,
+                &Outcome::new(100.0, 0.001).with_quality(if i % 2 == 0 { 1.0 } else { 0.2 }),
+            )
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    let decisions: Vec<_> = quiver_serve::log::read_log(&dir)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event == LogEvent::Decision)
+        .collect();
+    assert_eq!(decisions.len(), 30);
+    for (i, record) in decisions.iter().enumerate() {
+        let by = if i % 3 == 0 { "hashing" } else { "embedding" };
+        assert_eq!(record.featurizer.as_deref(), Some(by), "decision {i}");
+        assert_eq!(record.embedding.is_some(), i % 3 != 0);
+        assert_eq!(
+            record.context.as_deref(),
+            Some(router.layout("r").unwrap().definition().as_str())
+        );
+    }
+    let before = learners_json(&router);
+    drop(router);
+    let rebuilt = Router::open(vec![route], &dir).unwrap();
+    assert_eq!(learners_json(&rebuilt), before);
+
+    // A route without an embedding block logs neither field; a projection handed to it
+    // is refused rather than ignored.
+    let plain = RouteConfig::new("p", "linucb", vec![model("big", 5.0)]);
+    let mut router = Router::open(vec![plain], &scratch("embedding_plain")).unwrap();
+    let request = RouteRequest {
+        prompt: Some("hi".into()),
+        ..RouteRequest::default()
+    };
+    assert!(router.route_embedded("p", &request, Some(vec![1.0])).is_err());
+    router.route("p", &request).unwrap().wait().unwrap();
+}

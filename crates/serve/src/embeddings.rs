@@ -1,0 +1,190 @@
+//! Prompt embeddings for the routes with an embedding block, fetched before the router is
+//! locked: from an OpenAI-compatible `/v1/embeddings` endpoint, or from the bundled
+//! encoder on a blocking thread (a build with the `minilm` feature). Each has the route's
+//! time limit; past it, or on any failure, the route decides on hashed features alone
+//! (the block is zeros), the log says `featurizer: "hashing"` and
+//! `quiver_embedding_fallbacks_total` counts it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use quiver_bandit::EmbeddingBlock;
+use serde_json::{json, Value};
+
+use crate::config::{EmbeddingConfig, RouteConfig};
+use crate::error::{Result, ServeError};
+use crate::metrics::{EmbeddingFallbackLabels, Metrics};
+
+/// The embedders of every route that has an embedding block.
+#[derive(Debug, Default)]
+pub struct Embedders {
+    routes: BTreeMap<String, RouteEmbedder>,
+}
+
+#[derive(Debug)]
+struct RouteEmbedder {
+    source: Source,
+    block: EmbeddingBlock,
+    timeout: Duration,
+}
+
+#[derive(Debug)]
+enum Source {
+    Endpoint {
+        url: String,
+        model: String,
+        key: Option<String>,
+    },
+    #[cfg(feature = "minilm")]
+    Bundled(quiver_bandit::MiniLm),
+}
+
+/// Why an embedding was not to be had.
+enum Failure {
+    Timeout,
+    Error(String),
+}
+
+impl Embedders {
+    /// The embedders of `routes`' embedding blocks. API keys are read from the environment
+    /// now (start-up checks they are set).
+    pub fn new(routes: &[RouteConfig]) -> Result<Self> {
+        let mut embedders = BTreeMap::new();
+        for route in routes {
+            let Some(config) = &route.embedding else { continue };
+            let refuse = |e: ServeError| ServeError::Config(format!("route `{}`: {e}", route.name));
+            let block = config.block().map_err(refuse)?;
+            let source = source(config).map_err(refuse)?;
+            embedders.insert(
+                route.name.clone(),
+                RouteEmbedder {
+                    source,
+                    block,
+                    timeout: Duration::from_millis(config.timeout_ms),
+                },
+            );
+        }
+        Ok(Embedders { routes: embedders })
+    }
+
+    /// The projected embedding of `text` for `route`'s block; None for a route without
+    /// one, and when the embedding failed or took longer than the route allows (counted in
+    /// `metrics` and logged).
+    pub async fn embed(
+        &self,
+        http: &reqwest::Client,
+        metrics: &Metrics,
+        route: &str,
+        text: &str,
+    ) -> Option<Vec<f64>> {
+        let embedder = self.routes.get(route)?;
+        let result = match tokio::time::timeout(embedder.timeout, embedder.fetch(http, text)).await {
+            Ok(Ok(raw)) => embedder
+                .block
+                .project(&raw)
+                .map_err(|e| Failure::Error(e.to_string())),
+            Ok(Err(message)) => Err(Failure::Error(message)),
+            Err(_) => Err(Failure::Timeout),
+        };
+        let (reason, message) = match result {
+            Ok(projected) => return Some(projected),
+            Err(Failure::Timeout) => ("timeout", format!("no answer within {:?}", embedder.timeout)),
+            Err(Failure::Error(message)) => ("error", message),
+        };
+        tracing::warn!(
+            route,
+            reason,
+            "embedding not available, hashed features decide: {message}"
+        );
+        metrics
+            .embedding_fallbacks
+            .get_or_create(&EmbeddingFallbackLabels {
+                route: route.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+        None
+    }
+}
+
+fn source(config: &EmbeddingConfig) -> Result<Source> {
+    match (&config.url, &config.bundled) {
+        (Some(url), _) => Ok(Source::Endpoint {
+            url: url.clone(),
+            model: config.model.clone().unwrap_or_default(),
+            key: config
+                .api_key_env
+                .as_ref()
+                .and_then(|var| std::env::var(var).ok()),
+        }),
+        #[cfg(feature = "minilm")]
+        (None, _) => quiver_bandit::MiniLm::new()
+            .map(Source::Bundled)
+            .map_err(|e| ServeError::Config(format!("embedding: the bundled encoder: {e}"))),
+        #[cfg(not(feature = "minilm"))]
+        (None, _) => Err(ServeError::Config(
+            "embedding: this build has no bundled encoder (build with `--features minilm`)".into(),
+        )),
+    }
+}
+
+impl RouteEmbedder {
+    async fn fetch(&self, http: &reqwest::Client, text: &str) -> std::result::Result<Vec<f32>, String> {
+        if text.trim().is_empty() {
+            return Err("blank prompt".into());
+        }
+        match &self.source {
+            Source::Endpoint { url, model, key } => {
+                let mut request = http.post(url).json(&json!({ "model": model, "input": text }));
+                if let Some(key) = key {
+                    request = request.bearer_auth(key);
+                }
+                let response = request.send().await.map_err(|e| format!("{url}: {e}"))?;
+                let status = response.status();
+                if !status.is_success() {
+                    return Err(format!("{url}: status {status}"));
+                }
+                let body: Value = response.json().await.map_err(|e| format!("{url}: {e}"))?;
+                first_embedding(&body)
+                    .ok_or_else(|| format!("{url}: no `data[0].embedding` array of numbers"))
+            }
+            #[cfg(feature = "minilm")]
+            Source::Bundled(encoder) => {
+                use quiver_bandit::Embedder;
+                let (encoder, text) = (encoder.clone(), text.to_string());
+                let mut vectors = tokio::task::spawn_blocking(move || encoder.embed(&[&text]))
+                    .await
+                    .map_err(|e| format!("encoder task failed: {e}"))??;
+                vectors.pop().ok_or_else(|| "the encoder returned nothing".into())
+            }
+        }
+    }
+}
+
+/// `data[0].embedding` of an OpenAI embeddings answer.
+fn first_embedding(body: &Value) -> Option<Vec<f32>> {
+    body.get("data")?
+        .get(0)?
+        .get("embedding")?
+        .as_array()?
+        .iter()
+        .map(|v| v.as_f64().map(|x| x as f32))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_embedding_of_an_openai_answer() {
+        let body =
+            json!({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.5, -1]}]});
+        assert_eq!(first_embedding(&body), Some(vec![0.5, -1.0]));
+        assert_eq!(
+            first_embedding(&json!({"data": [{"embedding": [0.5, "x"]}]})),
+            None
+        );
+        assert_eq!(first_embedding(&json!({"data": []})), None);
+    }
+}

@@ -1,0 +1,276 @@
+//! Embedding featurizers end to end: a route that embeds its prompts through an
+//! OpenAI-compatible `/v1/embeddings` endpoint over real HTTP on 127.0.0.1, falling back
+//! to hashed features on a timeout or an error; and a replay that embeds a table once,
+//! caches it, and builds the contexts the server builds.
+#![allow(clippy::unwrap_used, clippy::panic)] // a test that fails should panic
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::response::IntoResponse;
+use quiver_bandit::Embedder;
+use quiver_serve::log::LogEvent;
+use quiver_serve::{EmbeddingConfig, ModelConfig, RouteConfig, RouteRequest, Router};
+use quiver_sim::context::ContextBuilder;
+use quiver_sim::data::{load_wide, Format};
+use quiver_sim::embeddings::PromptEmbeddings;
+use serde_json::{json, Value};
+use support::scratch;
+
+/// The test's embedding of a text: a few of its counts, so that it is known here.
+fn toy_embedding(text: &str) -> Vec<f32> {
+    let count = |f: fn(char) -> bool| text.chars().filter(|c| f(*c)).count() as f32;
+    vec![
+        text.len() as f32,
+        count(|c| "aeiou".contains(c)),
+        count(char::is_whitespace),
+        count(|c| c.is_ascii_digit()),
+        1.0,
+    ]
+}
+
+/// What the endpoint was sent: the model, the input and the authorization header.
+type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
+
+/// A local OpenAI-compatible endpoint: `/embeddings` answers [`toy_embedding`] (slowly for
+/// an input with "slow", 500 for "fail", a malformed body for "garbled"), and
+/// `/chat/completions` answers every request.
+async fn endpoint(seen: Seen) -> SocketAddr {
+    let embeddings = axum::routing::post(
+        move |headers: axum::http::HeaderMap, axum::Json(body): axum::Json<Value>| async move {
+            let input = body["input"].as_str().unwrap_or_default().to_string();
+            let auth = headers
+                .get("authorization")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            seen.lock().unwrap().push((
+                body["model"].as_str().unwrap_or_default().into(),
+                input.clone(),
+                auth,
+            ));
+            if input.contains("slow") {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            if input.contains("fail") {
+                return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down").into_response();
+            }
+            if input.contains("garbled") {
+                return axum::Json(json!({"data": [{"embedding": ["x"]}]})).into_response();
+            }
+            axum::Json(json!({
+                "object": "list",
+                "data": [{"object": "embedding", "index": 0, "embedding": toy_embedding(&input)}],
+                "model": body["model"],
+            }))
+            .into_response()
+        },
+    );
+    let chat = axum::routing::post(|| async {
+        axum::Json(json!({
+            "id": "x", "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5}
+        }))
+    });
+    let app = axum::Router::new()
+        .route("/v1/embeddings", embeddings)
+        .route("/chat/completions", chat);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+const KEY_VAR: &str = "QUIVER_TEST_EMBEDDING_KEY";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_embeds_through_an_endpoint_and_falls_back_to_hashing() {
+    // Set before anything else runs: this test binary's only environment change.
+    std::env::set_var(KEY_VAR, "sk-embed");
+    let seen = Seen::default();
+    let addr = endpoint(Arc::clone(&seen)).await;
+    let dir = scratch("embedding_endpoint");
+    let config = json!({
+        "log_dir": dir.join("log"),
+        "listen": "127.0.0.1:0",
+        "routes": [{
+            "name": "r",
+            "policy": "linucb",
+            "models": [{"id": "m", "base_url": format!("http://{addr}"), "input_usd_per_million": 1.0}],
+            "embedding": {
+                "url": format!("http://{addr}/v1/embeddings"),
+                "model": "emb-1",
+                "api_key_env": KEY_VAR,
+                "timeout_ms": 300,
+                "dims": 8
+            }
+        }]
+    });
+    let config: quiver_serve::ServeConfig = serde_json::from_value(config).unwrap();
+    let block = config.routes[0].embedding.as_ref().unwrap().block().unwrap();
+    let state = quiver_serve::server::state(config).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        quiver_serve::server::run(state, std::future::pending(), move |a| {
+            let _ = tx.send(a);
+        })
+        .await
+        .unwrap()
+    });
+    let base = format!("http://{}", rx.await.unwrap());
+    let client = reqwest::Client::new();
+
+    let prompts = [
+        "What is 12 + 30?",
+        "a slow one",
+        "this will fail",
+        "garbled please",
+    ];
+    for prompt in prompts {
+        let started = Instant::now();
+        let answer = client
+            .post(format!("{base}/v1/route"))
+            .json(&json!({"route": "r", "prompt": prompt}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "{prompt}");
+        // The slow endpoint costs the route its time limit, not the endpoint's 3 s.
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{prompt}: {:?}",
+            started.elapsed()
+        );
+    }
+    let proxied = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "r", "messages": [{"role": "user", "content": "Proxy me, 7 times"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(proxied.status(), 200);
+
+    let sent = seen.lock().unwrap().clone();
+    assert_eq!(sent.len(), 5);
+    for (model, _, auth) in &sent {
+        assert_eq!((model.as_str(), auth.as_str()), ("emb-1", "Bearer sk-embed"));
+    }
+    assert_eq!(sent[4].1, "Proxy me, 7 times");
+
+    let decisions: Vec<_> = quiver_serve::log::read_log(&dir.join("log"))
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event == LogEvent::Decision)
+        .collect();
+    let by: Vec<&str> = decisions
+        .iter()
+        .map(|r| r.featurizer.as_deref().unwrap())
+        .collect();
+    assert_eq!(by, ["embedding", "hashing", "hashing", "hashing", "embedding"]);
+    for (record, text) in [(&decisions[0], prompts[0]), (&decisions[4], "Proxy me, 7 times")] {
+        assert_eq!(
+            record.embedding,
+            Some(block.project(&toy_embedding(text)).unwrap())
+        );
+        assert_eq!(
+            record.context.as_deref(),
+            Some("hashing(words=40,chars=16,caller=0)+embedding(source=openai(model=emb-1),dims=8)")
+        );
+    }
+    assert!(decisions[1..4].iter().all(|r| r.embedding.is_none()));
+
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (reason, n) in [("timeout", 1), ("error", 2)] {
+        let line = format!("quiver_embedding_fallbacks_total{{route=\"r\",reason=\"{reason}\"}} {n}");
+        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    }
+    std::env::remove_var(KEY_VAR);
+}
+
+/// Embeds with [`toy_embedding`], counting the prompts it is asked for.
+struct Counting(Mutex<usize>);
+
+impl Embedder for Counting {
+    fn source(&self) -> String {
+        "toy".into()
+    }
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
+        *self.0.lock().unwrap() += texts.len();
+        Ok(texts.iter().map(|t| toy_embedding(t)).collect())
+    }
+}
+
+#[test]
+fn a_replay_embeds_a_table_once_and_builds_the_servers_contexts() {
+    let dir = scratch("embedding_replay");
+    let table = dir.join("table.csv");
+    let prompts = [
+        "What is 2 + 2?",
+        "Write a haiku about rain.",
+        "What is 2 + 2?",
+        "Name a prime.",
+    ];
+    let mut text = String::from("id,prompt,quality|small,cost|small,quality|big,cost|big\n");
+    for (i, p) in prompts.iter().enumerate() {
+        text.push_str(&format!("r{i},\"{p}\",1,0.0001,1,0.002\n"));
+    }
+    std::fs::write(&table, text).unwrap();
+    let data = load_wide(table.to_str().unwrap(), Format::Auto, None).unwrap();
+    let cache = dir.join("cache");
+
+    let embedder = Counting(Mutex::new(0));
+    let embeddings = PromptEmbeddings::for_datasets(&[&data], &embedder, &cache).unwrap();
+    // Three distinct prompts, each embedded once.
+    assert_eq!((*embedder.0.lock().unwrap(), embeddings.len()), (3, 3));
+    // Again: read from the cache, nothing embedded.
+    let again = PromptEmbeddings::for_datasets(&[&data], &embedder, &cache).unwrap();
+    assert_eq!(*embedder.0.lock().unwrap(), 3);
+    assert_eq!(
+        again.embed(&["Write a haiku about rain."]).unwrap(),
+        vec![toy_embedding("Write a haiku about rain.")]
+    );
+    // A damaged cache file is embedded again, not trusted.
+    let file = std::fs::read_dir(&cache).unwrap().next().unwrap().unwrap().path();
+    std::fs::write(&file, b"quiver-embeddings 1\n\x03\x00").unwrap();
+    PromptEmbeddings::for_datasets(&[&data], &embedder, &cache).unwrap();
+    assert_eq!(*embedder.0.lock().unwrap(), 6);
+
+    let offline = ContextBuilder::new(true, &[], 0)
+        .with_embeddings(again, 16)
+        .unwrap();
+    let route = RouteConfig {
+        embedding: Some(EmbeddingConfig {
+            dims: 16,
+            ..EmbeddingConfig::endpoint("http://127.0.0.1:9/v1/embeddings", "m")
+        }),
+        ..RouteConfig::new("r", "linucb", vec![ModelConfig::priced("small", 0.1, 0.2)])
+    };
+    let router = Router::open(vec![route], &dir.join("log")).unwrap();
+    let block = router.layout("r").unwrap().embedding().unwrap().clone();
+    for (row, prompt) in prompts.iter().enumerate() {
+        let request = RouteRequest {
+            prompt: Some(prompt.to_string()),
+            ..RouteRequest::default()
+        };
+        let projected = block.project(&toy_embedding(prompt)).unwrap();
+        let (online, _) = router.context("r", &request, Some(&projected)).unwrap();
+        assert_eq!(online, offline.wide_row(&data, row).unwrap(), "row {row}");
+    }
+    // The definitions differ only in the source: the replay's embedder is not the route's.
+    assert_eq!(
+        offline
+            .definition()
+            .replace("source=toy", "source=openai(model=m)"),
+        router.layout("r").unwrap().definition()
+    );
+}
