@@ -274,3 +274,77 @@ fn a_replay_embeds_a_table_once_and_builds_the_servers_contexts() {
         router.layout("r").unwrap().definition()
     );
 }
+
+/// Writes a small wide table with prompts and returns its path.
+fn small_table(dir: &std::path::Path) -> std::path::PathBuf {
+    let table = dir.join("table.csv");
+    let mut text = String::from("id,prompt,quality|small,cost|small,quality|big,cost|big\n");
+    for i in 0..40 {
+        let prompt = if i % 2 == 0 {
+            format!("Compute {i} * 17 and explain each step.")
+        } else {
+            format!("Write a short poem about the number {i}.")
+        };
+        text.push_str(&format!("r{i},\"{prompt}\",{},0.0001,1,0.002\n", i % 2));
+    }
+    std::fs::write(&table, text).unwrap();
+    table
+}
+
+fn replay_with_minilm(table: &std::path::Path, cache: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args([
+            "replay",
+            "--data",
+            table.to_str().unwrap(),
+            "--policies",
+            "linucb",
+            "--seeds",
+            "1",
+        ])
+        .args(["--embedding", "minilm", "--embedding-dims", "16", "--json"])
+        .arg("--embedding-cache")
+        .arg(cache)
+        .output()
+        .unwrap()
+}
+
+#[cfg(feature = "minilm")]
+#[test]
+fn replay_embeds_with_the_bundled_encoder_once() {
+    let dir = scratch("embedding_minilm_replay");
+    let (table, cache) = (small_table(&dir), dir.join("cache"));
+    let first = replay_with_minilm(&table, &cache);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(
+        summary["dataset"]["context"],
+        "hashing(words=40,chars=16,caller=0)+embedding(source=minilm-l3,dims=16)"
+    );
+    let files: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1);
+    let written = std::fs::metadata(&files[0]).unwrap().modified().unwrap();
+    // 40 distinct prompts of 384 floats, after the header.
+    assert_eq!(std::fs::metadata(&files[0]).unwrap().len(), 20 + 8 + 40 * 384 * 4);
+    let second = replay_with_minilm(&table, &cache);
+    assert!(second.status.success());
+    assert_eq!(std::fs::metadata(&files[0]).unwrap().modified().unwrap(), written);
+    assert_eq!(first.stdout, second.stdout, "the cache gives the same replay");
+}
+
+#[cfg(not(feature = "minilm"))]
+#[test]
+fn replay_without_the_bundled_encoder_says_how_to_get_it() {
+    let dir = scratch("embedding_no_minilm");
+    let out = replay_with_minilm(&small_table(&dir), &dir.join("cache"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("build with `--features minilm`"), "{stderr}");
+}

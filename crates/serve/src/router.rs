@@ -730,7 +730,11 @@ impl Router {
                 let features: Vec<f64> = (0..state.config.extra_features)
                     .map(|i| record.features.get(&format!("f_{i}")).copied().unwrap_or(0.0))
                     .collect();
-                let context = state.context(&record.prompt, &features, record.embedding.as_deref())?;
+                // A block logged under another layout (the route's embedding changed) is
+                // not this one's: the context is rebuilt without it.
+                let same_layout = record.context.as_deref() == Some(state.layout.definition().as_str());
+                let embedding = record.embedding.as_deref().filter(|_| same_layout);
+                let context = state.context(&record.prompt, &features, embedding)?;
                 state.track(id, &record.arm, &context, record.seq)?;
             }
             LogEvent::Outcome => match replay {
