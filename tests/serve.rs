@@ -715,3 +715,56 @@ fn the_official_openai_sdk_works_against_the_demo() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `/openapi.json` is a valid OpenAPI 3.1 document (openapi-spec-validator), and
+/// schemathesis, sending generated requests to every operation of the demo server for a
+/// bounded time, finds no undocumented status, no response that breaks its schema or
+/// content type, and no server error.
+#[test]
+fn the_api_document_is_valid_and_the_server_keeps_to_it() {
+    let Some(python) = std::env::var_os("QUIVER_PYTHON") else {
+        eprintln!("skipped: set QUIVER_PYTHON to a Python with `schemathesis` and `openapi-spec-validator`");
+        return;
+    };
+    let (child, base) = start_binary(&["--demo", "--listen", "127.0.0.1:0"]);
+    let dir = scratch("serve_api_document");
+    let document = dir.join("openapi.json");
+    let text = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let client = reqwest::Client::new();
+        get_text(&client, format!("{base}/openapi.json"), "").await
+    });
+    std::fs::write(&document, text).unwrap();
+    let validated = std::process::Command::new(&python)
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&document)
+        .output()
+        .unwrap();
+    assert!(
+        validated.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&validated.stdout),
+        String::from_utf8_lossy(&validated.stderr)
+    );
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/schemathesis.toml");
+    let st = Path::new(&python).with_file_name("st");
+    let run = std::process::Command::new(st)
+        .arg("--config-file")
+        .arg(config)
+        .args(["run", &format!("{base}/openapi.json")])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+        ])
+        .args(["--max-examples", "20", "--seed", "1", "--max-time", "60"])
+        .args(["--generation-database", "none", "--request-timeout", "10"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    drop(child);
+    assert!(
+        run.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+}

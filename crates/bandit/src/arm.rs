@@ -77,6 +77,7 @@ impl Arm {
 }
 
 /// Per-request restrictions on which arms may serve it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Constraints {
     /// Every one of these tags must be on the arm.

@@ -35,6 +35,7 @@ pub struct Context {
 }
 
 /// One chat message, as in OpenAI's chat format.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
     /// `system`, `user`, `assistant` or `tool`.

@@ -112,6 +112,7 @@ impl Request {
 }
 
 /// One eligible arm's estimates at decision time: the explanation of a decision.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArmEstimate {
     /// Arm id.
@@ -154,6 +155,7 @@ pub struct Decision {
 }
 
 /// What recording an outcome or quality did.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Applied {

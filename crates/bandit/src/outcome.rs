@@ -88,6 +88,7 @@ pub fn validate_quality(quality: f64) -> Result<f64> {
 /// $0.005 more must buy 0.1 more quality); `w_latency` is quality points per second.
 /// Each request may override the learner's default weights; estimates are kept apart,
 /// so a new trade-off applies at once, without relearning.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Objective {
     /// Quality points per USD of expected cost.

@@ -5,7 +5,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use quiver_bandit::ErrorKind;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::{IntoResponses, ToSchema};
 
 use crate::error::ServeError;
 
@@ -94,7 +95,74 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        let body = json!({"error": {"message": message, "type": kind, "code": status.as_u16()}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                message,
+                kind: kind.into(),
+                code: status.as_u16(),
+            },
+        };
         (status, Json(body)).into_response()
     }
+}
+
+/// Every error's body, in OpenAI's shape.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The reason, its kind and the status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// What is wrong and, where it helps, how to fix it.
+    pub message: String,
+    /// `invalid_request_error`, `authentication_error`, `not_found_error`,
+    /// `timeout_error`, `upstream_error`, `overloaded_error` or `server_error`.
+    #[serde(rename = "type")]
+    #[schema(rename = "type")]
+    pub kind: String,
+    /// The HTTP status.
+    pub code: u16,
+}
+
+/// The errors any endpoint may answer (each an [`ErrorBody`]): the OpenAPI document lists
+/// them under every operation, and the proxy adds 502.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // a description of responses, never built
+pub enum ErrorResponses {
+    /// The body is not JSON, or not of the endpoint's shape.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// A bearer token is missing or wrong.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// No such route, decision, model or path.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The path does not take this method.
+    #[response(status = 405)]
+    MethodNotAllowed(ErrorBody),
+    /// The body did not arrive, or the answer was not ready, in time.
+    #[response(status = 408)]
+    RequestTimeout(ErrorBody),
+    /// The body is larger than `max_body_bytes`.
+    #[response(status = 413)]
+    PayloadTooLarge(ErrorBody),
+    /// The body is not sent as `application/json`.
+    #[response(status = 415)]
+    UnsupportedMediaType(ErrorBody),
+    /// Well-formed, but a value is invalid (the message names the field and its range).
+    #[response(status = 422)]
+    Invalid(ErrorBody),
+    /// The request head is larger than `max_header_bytes`.
+    #[response(status = 431)]
+    HeadersTooLarge(ErrorBody),
+    /// A fault of the server; the details are in its log.
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// The server serves as many connections as it may; retry after `Retry-After`.
+    #[response(status = 503)]
+    Overloaded(ErrorBody),
 }

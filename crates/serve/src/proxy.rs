@@ -38,7 +38,7 @@ use futures_util::StreamExt;
 use quiver_bandit::{limits, ChatMessage, Outcome};
 use serde_json::Value;
 
-use crate::api_error::ApiError;
+use crate::api_error::{ApiError, ErrorBody};
 use crate::config::ModelConfig;
 use crate::router::RouteRequest;
 use crate::state::{change_router, ApiJson, AppState};
@@ -201,7 +201,46 @@ async fn record(state: &Arc<AppState>, decision_id: &str, outcome: Outcome) {
     }
 }
 
-/// The proxy handler.
+/// OpenAI's chat completion request, as the proxy reads it: `model` names a route, the
+/// messages' text is what the route featurizes, and every other field goes upstream as sent.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documents the body the proxy passes on as JSON
+pub struct ChatCompletionRequest {
+    /// The route.
+    model: String,
+    /// The chat, each message with a `role` and a `content` (a string or text parts).
+    messages: Vec<Object>,
+    /// Stream the answer as server-sent events.
+    stream: Option<bool>,
+}
+
+/// Any JSON object.
+type Object = serde_json::Map<String, Value>;
+
+/// A completion through the route's chosen model, with fallback; the decision id is in the
+/// `x-quiver-decision-id` header.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    operation_id = "chat_completions",
+    request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, description = "The upstream's completion: JSON, or server-sent events when streaming",
+            content((Object = "application/json"), (String = "text/event-stream"))),
+        (status = 400, description = "A malformed request; or an upstream's, relayed unchanged", body = Object),
+        (status = 401, description = "A bearer token is missing or wrong", body = ErrorBody),
+        (status = 404, description = "No such route", body = ErrorBody),
+        (status = 405, description = "The path does not take this method", body = ErrorBody),
+        (status = 408, description = "The body or the answer did not come in time", body = ErrorBody),
+        (status = 413, description = "The body is too large, here or upstream (relayed unchanged)", body = Object),
+        (status = 415, description = "The body is not JSON, here or upstream (relayed unchanged)", body = Object),
+        (status = 422, description = "An invalid value, here or upstream (relayed unchanged)", body = Object),
+        (status = 431, description = "The request head is too large", body = ErrorBody),
+        (status = 500, description = "A fault of the server", body = ErrorBody),
+        (status = 502, description = "Every upstream of the route failed", body = ErrorBody),
+        (status = 503, description = "Too many connections; retry after Retry-After", body = ErrorBody)
+    )
+)]
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     ApiJson(mut request): ApiJson<Value>,

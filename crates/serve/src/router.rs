@@ -32,7 +32,7 @@ use crate::error::{io_at, Result, ServeError};
 use quiver_log::{records_after, DecisionLog, LogEvent, LogRecord, SEGMENT_BYTES};
 
 /// A request to route.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RouteRequest {
     /// The prompt, or
     #[serde(default)]

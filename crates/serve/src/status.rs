@@ -7,52 +7,109 @@ use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use crate::api_error::ApiError;
+use crate::api_error::{ApiError, ErrorResponses};
 use crate::metrics::{self, LearnerStats};
 use crate::router::Router;
 use crate::state::{with_router, AppState};
 
+/// A route's state: its learner's decisions and each model's totals.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RouteState {
+    /// The route.
+    pub route: String,
+    /// Its policy spec.
+    pub policy: String,
+    /// Decisions made, all time.
+    pub decisions: u64,
+    /// The route's cost weight, quality points per USD.
+    pub w_cost: f64,
+    /// The budget pacer's multiplier, on a route with a budget.
+    pub budget_lambda: Option<f64>,
+    /// Each model's totals.
+    pub arms: Vec<ArmState>,
+}
+
+/// One model's totals on a route.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ArmState {
+    /// The model.
+    pub arm: String,
+    /// Calls with an outcome.
+    pub requests: u64,
+    /// Failed calls.
+    pub errors: u64,
+    /// Spend, USD.
+    pub spend_usd: f64,
+    /// Spend per call, USD (0 before any call).
+    pub mean_cost_usd: f64,
+    /// Expected latency, ms.
+    pub mean_latency_ms: f64,
+    /// Its standard error, ms.
+    pub latency_std_error_ms: f64,
+}
+
+/// Per-model counts, spend and latency of a route.
+#[utoipa::path(
+    get,
+    path = "/v1/routes/{name}",
+    operation_id = "route_state",
+    params(("name" = String, Path, description = "The route")),
+    responses((status = 200, description = "The route's state", body = RouteState), ErrorResponses)
+)]
 pub(crate) async fn route_state(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    with_router(&state, move |router| route_state_json(router, &name))
+) -> Result<Json<RouteState>, ApiError> {
+    with_router(&state, move |router| route_state_of(router, &name))
         .await
         .map(Json)
 }
 
-fn route_state_json(router: &mut Router, name: &str) -> Result<serde_json::Value, ApiError> {
+fn route_state_of(router: &mut Router, name: &str) -> Result<RouteState, ApiError> {
     let learner = router.learner(name)?;
-    let arms: Vec<serde_json::Value> = learner
+    let arms = learner
         .arms()
         .iter()
         .enumerate()
         .map(|(i, arm)| {
             let usage = learner.usage(i);
             let (latency, latency_se) = usage.latency_estimate_ms();
-            json!({
-                "arm": arm.id,
-                "requests": usage.requests,
-                "errors": usage.errors,
-                "spend_usd": usage.cost_usd,
-                "mean_cost_usd": if usage.requests > 0 { usage.cost_usd / usage.requests as f64 } else { 0.0 },
-                "mean_latency_ms": latency,
-                "latency_std_error_ms": latency_se,
-            })
+            ArmState {
+                arm: arm.id.clone(),
+                requests: usage.requests,
+                errors: usage.errors,
+                spend_usd: usage.cost_usd,
+                mean_cost_usd: if usage.requests > 0 {
+                    usage.cost_usd / usage.requests as f64
+                } else {
+                    0.0
+                },
+                mean_latency_ms: latency,
+                latency_std_error_ms: latency_se,
+            }
         })
         .collect();
-    Ok(json!({
-        "route": name,
-        "policy": learner.config().policy.to_string(),
-        "decisions": learner.next_decision_id(),
-        "w_cost": learner.config().objective.w_cost,
-        "budget_lambda": learner.pacer().map(|p| p.lambda()),
-        "arms": arms,
-    }))
+    Ok(RouteState {
+        route: name.to_string(),
+        policy: learner.config().policy.to_string(),
+        decisions: learner.next_decision_id(),
+        w_cost: learner.config().objective.w_cost,
+        budget_lambda: learner.pacer().map(|p| p.lambda()),
+        arms,
+    })
 }
 
+/// The route's learner state, versioned (the format of `snapshot.json`'s routes).
+#[utoipa::path(
+    get,
+    path = "/v1/routes/{name}/snapshot",
+    operation_id = "route_snapshot",
+    params(("name" = String, Path, description = "The route")),
+    responses((status = 200, description = "The learner's snapshot", body = Object), ErrorResponses)
+)]
 pub(crate) async fn route_snapshot(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -62,16 +119,42 @@ pub(crate) async fn route_snapshot(
         .map(Json)
 }
 
+/// Prometheus metrics, in the text exposition format 0.0.4.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    responses(
+        (status = 200, description = "The metrics", body = String, content_type = "text/plain"),
+        ErrorResponses
+    )
+)]
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let stats = with_router(&state, |router| Ok(LearnerStats::read(router)?)).await?;
     let text = state.metrics.render(stats);
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
 }
 
+/// Liveness: `ok` while the server serves.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    security(()),
+    responses((status = 200, description = "Serving", body = String, content_type = "text/plain"), ErrorResponses)
+)]
 pub(crate) async fn healthz() -> &'static str {
     "ok"
 }
 
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "openapi",
+    security(()),
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object), ErrorResponses)
+)]
 pub(crate) async fn openapi() -> Json<serde_json::Value> {
     Json(crate::openapi::document())
 }

@@ -56,6 +56,7 @@ pub struct Estimate {
 }
 
 /// How exactly a reported propensity is known.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum PropensityKind {
