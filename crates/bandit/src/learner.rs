@@ -207,6 +207,18 @@ struct TrackedDecision {
 }
 
 impl TrackedDecision {
+    /// A decision whose arm is gone: its feedback is acknowledged, never learned, so it
+    /// keeps nothing but its size.
+    fn of_removed_arm(input_tokens: u32) -> Self {
+        TrackedDecision {
+            arm: None,
+            input_tokens,
+            features: Arc::default(),
+            outcome_recorded: false,
+            quality_recorded: false,
+        }
+    }
+
     /// The features, for one part of the feedback (cost or quality). Once the other part
     /// is recorded too, the decision needs them no more and hands them over.
     fn take_or_share_features(&mut self, other_recorded: bool) -> Arc<[f64]> {
@@ -287,35 +299,43 @@ pub struct Snapshot {
     pub learner: Learner,
 }
 
+/// What [`Learner::new`] and [`Learner::reconfigure`] require of a configuration.
+fn check_config(config: &LearnerConfig, arms: &[Arm]) -> Result<()> {
+    if arms.is_empty() {
+        return Err(ErrorKind::InvalidConfig("a learner needs at least one arm".into()).into());
+    }
+    if config.dim == 0 {
+        return Err(
+            ErrorKind::InvalidConfig("the feature dimension must be at least 1 (the bias)".into()).into(),
+        );
+    }
+    if config.max_tracked_decisions == 0 {
+        return Err(ErrorKind::InvalidConfig("max_tracked_decisions must be at least 1".into()).into());
+    }
+    in_range(
+        "default_output_tokens",
+        config.default_output_tokens,
+        0.0,
+        1e9,
+        "[0, 1e9]",
+    )?;
+    Objective::new(config.objective.w_cost, config.objective.w_latency)?;
+    for (i, arm) in arms.iter().enumerate() {
+        arm.validate()?;
+        if arms[..i].iter().any(|a| a.id == arm.id) {
+            return Err(ErrorKind::DuplicateArm(arm.id.clone()).into());
+        }
+    }
+    if let Some(b) = config.budget {
+        BudgetPacer::new(b.target_usd_per_request, b.step_size)?;
+    }
+    Ok(())
+}
+
 impl Learner {
     /// A learner over `arms` (at least one) with `config`.
     pub fn new(config: LearnerConfig, arms: Vec<Arm>) -> Result<Self> {
-        if arms.is_empty() {
-            return Err(ErrorKind::InvalidConfig("a learner needs at least one arm".into()).into());
-        }
-        if config.dim == 0 {
-            return Err(ErrorKind::InvalidConfig(
-                "the feature dimension must be at least 1 (the bias)".into(),
-            )
-            .into());
-        }
-        if config.max_tracked_decisions == 0 {
-            return Err(ErrorKind::InvalidConfig("max_tracked_decisions must be at least 1".into()).into());
-        }
-        in_range(
-            "default_output_tokens",
-            config.default_output_tokens,
-            0.0,
-            1e9,
-            "[0, 1e9]",
-        )?;
-        Objective::new(config.objective.w_cost, config.objective.w_latency)?;
-        for (i, arm) in arms.iter().enumerate() {
-            arm.validate()?;
-            if arms[..i].iter().any(|a| a.id == arm.id) {
-                return Err(ErrorKind::DuplicateArm(arm.id.clone()).into());
-            }
-        }
+        check_config(&config, &arms)?;
         let pacer = config
             .budget
             .map(|b| BudgetPacer::new(b.target_usd_per_request, b.step_size))
@@ -656,18 +676,22 @@ impl Learner {
     /// (its outcome and quality can still be recorded) and the next decision gets `id + 1`.
     /// Decisions draw from per-id random streams, so nothing else needs replaying.
     /// A decision already tracked is left as it is, so resuming twice counts nothing twice.
+    /// A decision of an arm removed since ([`Learner::reconfigure`]) is tracked as
+    /// [`Learner::remove_arm`] leaves one: its outcome and quality are acknowledged, not learned.
     pub fn resume_decision(&mut self, id: u64, arm: &str, context: &Context) -> Result<()> {
         self.validate_features(&context.features)?;
-        let index = self.arm_index(arm)?;
         if !self.tracked.contains_key(&id) {
-            self.track(id, index, context);
+            match self.arms.iter().position(|a| a.id == arm) {
+                Some(index) => self.track(id, index, context),
+                None => self.track_decision(id, TrackedDecision::of_removed_arm(context.input_tokens)),
+            }
         }
         Ok(())
     }
 
     /// Remembers decision `id` (arm `index`) for its outcome; the next decision gets `id + 1`.
     fn track(&mut self, id: u64, index: usize, context: &Context) {
-        self.tracked.insert(
+        self.track_decision(
             id,
             TrackedDecision {
                 arm: Some(index),
@@ -677,6 +701,10 @@ impl Learner {
                 quality_recorded: false,
             },
         );
+    }
+
+    fn track_decision(&mut self, id: u64, decision: TrackedDecision) {
+        self.tracked.insert(id, decision);
         self.forget_beyond_horizon();
         self.next_decision = self.next_decision.max(id + 1);
     }
@@ -699,6 +727,82 @@ impl Learner {
         self.config.max_tracked_decisions = n;
         self.forget_beyond_horizon();
         Ok(())
+    }
+
+    /// Takes a new configuration and arm list without forgetting what was learned: arms
+    /// no longer listed are removed ([`Learner::remove_arm`]), new ones are added at the
+    /// end from the policy's prior ([`Learner::add_arm`]), kept ones take their new prices,
+    /// context window and tags; the objective, seed, output-token default and feedback
+    /// horizon take the new values, and a changed budget starts a new pacer. The policy and
+    /// the dimension cannot change: what was learned is statistics of that model of those
+    /// contexts. Returns what changed, one line each (empty when nothing did).
+    pub fn reconfigure(&mut self, config: LearnerConfig, arms: &[Arm]) -> Result<Vec<String>> {
+        if config.policy != self.config.policy || config.dim != self.config.dim {
+            return Err(ErrorKind::InvalidConfig(format!(
+                "the policy or the dimension changed (`{}` in {} then, `{}` in {} now): \
+                 what was learned does not carry over",
+                self.config.policy, self.config.dim, config.policy, config.dim
+            ))
+            .into());
+        }
+        check_config(&config, arms)?;
+        let mut changes = Vec::new();
+        // Add first, so that removing never leaves the learner without an arm.
+        for arm in arms {
+            match self.arms.iter().position(|a| a.id == arm.id) {
+                Some(i) if self.arms[i] != *arm => {
+                    changes.push(format!(
+                        "model `{}`: prices, context window or tags updated",
+                        arm.id
+                    ));
+                    self.arms[i] = arm.clone();
+                }
+                Some(_) => {}
+                None => {
+                    changes.push(format!("model `{}` added", arm.id));
+                    self.add_arm(arm.clone())?;
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .arms
+            .iter()
+            .filter(|a| !arms.iter().any(|b| b.id == a.id))
+            .map(|a| a.id.clone())
+            .collect();
+        for id in gone {
+            self.remove_arm(&id)?;
+            changes.push(format!("model `{id}` removed"));
+        }
+        if config.budget != self.config.budget {
+            changes.push(format!(
+                "budget {:?} then, {:?} now: pacing starts afresh",
+                self.config.budget.map(|b| b.target_usd_per_request),
+                config.budget.map(|b| b.target_usd_per_request)
+            ));
+            self.pacer = config
+                .budget
+                .map(|b| BudgetPacer::new(b.target_usd_per_request, b.step_size))
+                .transpose()?;
+        }
+        if config.objective != self.config.objective {
+            changes.push(format!(
+                "objective: w_cost {} then, {} now; w_latency {} then, {} now",
+                self.config.objective.w_cost,
+                config.objective.w_cost,
+                self.config.objective.w_latency,
+                config.objective.w_latency
+            ));
+        }
+        if config.seed != self.config.seed
+            || config.default_output_tokens != self.config.default_output_tokens
+        {
+            changes.push("seed or default output tokens".into());
+        }
+        let horizon = config.max_tracked_decisions;
+        self.config = config;
+        self.set_max_tracked_decisions(horizon)?;
+        Ok(changes)
     }
 
     /// Re-registers, after a restart, that decision `id`'s outcome was recorded before the
@@ -929,12 +1033,15 @@ impl Learner {
             .tracked
             .iter()
             .map(|(&id, t)| {
-                let arm = match t.arm {
-                    Some(a) if a == index => None,
-                    Some(a) if a > index => Some(a - 1),
-                    other => other,
+                let kept = match t.arm {
+                    Some(a) if a == index => TrackedDecision::of_removed_arm(t.input_tokens),
+                    Some(a) if a > index => TrackedDecision {
+                        arm: Some(a - 1),
+                        ..t.clone()
+                    },
+                    _ => t.clone(),
                 };
-                (id, TrackedDecision { arm, ..t.clone() })
+                (id, kept)
             })
             .collect();
         Ok(self.arms.remove(index))

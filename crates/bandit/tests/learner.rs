@@ -592,3 +592,71 @@ fn confidently_dominated_arms_are_pruned() {
         }
     }
 }
+
+/// A new configuration keeps every kept arm's statistics, its pending decisions and their
+/// feedback; a removed arm's pending feedback is acknowledged, not learned; a changed
+/// policy or dimension is refused.
+#[test]
+fn reconfiguring_keeps_what_the_kept_arms_learned() {
+    let mut l = learner("linucb(alpha=0.5)", 3, 2, 1);
+    let mut pending = Vec::new();
+    for i in 0..60 {
+        let d = l.decide(&request(vec![1.0, (i % 4) as f64 / 4.0])).unwrap();
+        if i % 5 == 0 {
+            pending.push((d.id, d.arm.clone()));
+        } else {
+            l.record_outcome(d.id, &Outcome::new(100.0, 0.001).with_quality(0.5))
+                .unwrap();
+        }
+    }
+    assert!(pending.iter().any(|(_, a)| a == "a1") && pending.iter().any(|(_, a)| a != "a1"));
+    let usage = |l: &Learner, id: &str| {
+        l.usage(l.arms().iter().position(|a| a.id == id).unwrap())
+            .requests
+    };
+    let (a0, a2) = (usage(&l, "a0"), usage(&l, "a2"));
+
+    let mut config = l.config().clone();
+    config.objective = Objective::new(5.0, 0.0).unwrap();
+    config.budget = Some(BudgetConfig {
+        target_usd_per_request: 0.002,
+        step_size: 0.05,
+    });
+    let arms = vec![
+        Arm::new("a0").with_prices(1e-6, 2e-6),
+        Arm::new("a2"),
+        Arm::new("a3"),
+    ];
+    let changes = l.reconfigure(config.clone(), &arms).unwrap();
+    assert_eq!(changes.len(), 5, "{changes:?}");
+    let ids: Vec<&str> = l.arms().iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["a0", "a2", "a3"]);
+    assert_eq!((usage(&l, "a0"), usage(&l, "a2"), usage(&l, "a3")), (a0, a2, 0));
+    assert_eq!(l.arms()[0].input_usd_per_token, 1e-6);
+    assert_eq!(l.config().objective.w_cost, 5.0);
+    assert_eq!(l.pacer().unwrap().target_usd(), 0.002);
+    for (id, arm) in &pending {
+        let applied = l
+            .record_outcome(*id, &Outcome::new(100.0, 0.001).with_quality(1.0))
+            .unwrap();
+        let expected = if arm == "a1" {
+            Applied::ArmRemoved
+        } else {
+            Applied::Applied
+        };
+        assert_eq!(applied, expected, "{arm}");
+    }
+    assert_eq!(
+        usage(&l, "a0") + usage(&l, "a2"),
+        a0 + a2 + pending.iter().filter(|(_, a)| a != "a1").count() as u64
+    );
+    // The same configuration again changes nothing.
+    assert!(l.reconfigure(config.clone(), &arms).unwrap().is_empty());
+
+    let mut other = config.clone();
+    other.policy = "lints".parse().unwrap();
+    assert!(l.reconfigure(other, &arms).is_err());
+    let mut wider = config;
+    wider.dim = 3;
+    assert!(l.reconfigure(wider, &arms).is_err());
+}

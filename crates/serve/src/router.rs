@@ -22,8 +22,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use quiver_bandit::{
-    Applied, BudgetConfig, ChatMessage, Constraints, Context, ContextLayout, Decision, HashingFeaturizer,
-    Learner, LearnerConfig, Objective, Outcome, PolicySpec, Priors, Request, Snapshot, DEFAULT_PACING_STEP,
+    Applied, Arm, BudgetConfig, ChatMessage, Constraints, Context, ContextLayout, Decision,
+    HashingFeaturizer, Learner, LearnerConfig, Objective, Outcome, Priors, Request, Snapshot,
+    DEFAULT_PACING_STEP,
 };
 use serde::{Deserialize, Serialize};
 
@@ -131,26 +132,37 @@ fn absorb_priors_file(learner: &mut Learner, path: &Path, definition: &str, rout
     Ok(())
 }
 
+/// The learner configuration and arms that `config` asks for, in contexts of `dim`.
+fn learner_setup(
+    config: &RouteConfig,
+    dim: usize,
+    feedback_horizon: usize,
+) -> Result<(LearnerConfig, Vec<Arm>)> {
+    let mut learner_config = LearnerConfig::new(config.policy.parse()?, dim);
+    learner_config.objective = Objective::new(config.w_cost, config.w_latency)?;
+    learner_config.seed = config.seed;
+    learner_config.max_tracked_decisions = feedback_horizon.max(1);
+    learner_config.budget = config.budget_usd_per_request.map(|b| BudgetConfig {
+        target_usd_per_request: b,
+        step_size: DEFAULT_PACING_STEP,
+    });
+    Ok((
+        learner_config,
+        config.models.iter().map(ModelConfig::arm).collect(),
+    ))
+}
+
 impl RouteState {
     fn new(config: RouteConfig, feedback_horizon: usize) -> Result<Self> {
-        let spec: PolicySpec = config.policy.parse()?;
         let embedding = config
             .embedding
             .as_ref()
             .map(EmbeddingConfig::block)
             .transpose()?;
         let layout = ContextLayout::new(HashingFeaturizer::for_routes(config.extra_features), embedding);
-        let mut learner_config = LearnerConfig::new(spec.clone(), layout.dim());
-        learner_config.objective = Objective::new(config.w_cost, config.w_latency)?;
-        learner_config.seed = config.seed;
-        learner_config.max_tracked_decisions = feedback_horizon.max(1);
-        learner_config.budget = config.budget_usd_per_request.map(|b| BudgetConfig {
-            target_usd_per_request: b,
-            step_size: DEFAULT_PACING_STEP,
-        });
-        let arms = config.models.iter().map(ModelConfig::arm).collect();
+        let (learner_config, arms) = learner_setup(&config, layout.dim(), feedback_horizon)?;
         Ok(RouteState {
-            policy: spec.to_string(),
+            policy: learner_config.policy.to_string(),
             learner: Learner::new(learner_config, arms)?,
             layout,
             config,
@@ -283,35 +295,6 @@ impl RouterSnapshotFile {
             contexts: self.contexts,
         }
     }
-}
-
-/// What differs between a restored learner and the configured one, in the settings that
-/// give what it learned its meaning, said with both values; `None` when nothing does.
-fn learning_change(restored: &Learner, configured: &Learner) -> Option<String> {
-    let (then, now) = (restored.config(), configured.config());
-    if then.policy != now.policy {
-        return Some(format!("policy (`{}` then, `{}` now)", then.policy, now.policy));
-    }
-    if restored.arms() != configured.arms() {
-        let ids = |l: &Learner| {
-            l.arms()
-                .iter()
-                .map(|a| a.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        return Some(format!(
-            "models or their prices ([{}] then, [{}] now)",
-            ids(restored),
-            ids(configured)
-        ));
-    }
-    (then != now).then(|| {
-        format!(
-            "weights, budget, seed or dimension (w_cost {} then, {} now; budget {:?} then, {:?} now)",
-            then.objective.w_cost, now.objective.w_cost, then.budget, now.budget
-        )
-    })
 }
 
 /// A route's oldest tracked decision at a snapshot, and the log position of its record.
@@ -495,7 +478,7 @@ impl Router {
             }
         }
         std::fs::create_dir_all(dir).map_err(io_at(dir))?;
-        let (last_seq, mut recovery) = Self::restore_snapshot(&mut states, dir)?;
+        let (last_seq, mut recovery) = Self::restore_snapshot(&mut states, dir, &options.reset_routes)?;
         for name in &options.reset_routes {
             recovery.insert(name.clone(), Recovery::Reset);
         }
@@ -510,13 +493,33 @@ impl Router {
             }
         }
         let log_last = Self::replay_log(&mut states, dir, last_seq, &recovery)?;
+        // A restored learner takes the configuration now in force (models added or
+        // removed, prices, weights, budget), keeping what it learned; after the log, which
+        // was written under the old one. A snapshot then records the change, so that the
+        // log never spans two configurations of a route.
+        let mut reconfigured = false;
+        for (name, state) in states.iter_mut().filter(|(_, s)| s.restored) {
+            let (config, arms) = learner_setup(&state.config, state.layout.dim(), options.feedback_horizon)?;
+            let changes = state
+                .learner
+                .reconfigure(config, &arms)
+                .map_err(|e| ServeError::Config(format!("route `{name}`: {e}")))?;
+            if !changes.is_empty() {
+                tracing::info!(route = %name, ?changes, "route reconfigured; what it learned is kept");
+                reconfigured = true;
+            }
+        }
         let log = DecisionLog::open(dir, log_last, options.segment_bytes).map_err(io_at(dir))?;
-        Ok(Router {
+        let router = Router {
             routes: states,
             log: Arc::new(log),
             dir: dir.to_path_buf(),
             snapshot_written: Arc::new(Mutex::new(last_seq)),
-        })
+        };
+        if reconfigured {
+            router.snapshot()?;
+        }
+        Ok(router)
     }
 
     /// Restores the learners of the snapshot in `dir`, if any. Returns the log position
@@ -526,6 +529,7 @@ impl Router {
     fn restore_snapshot(
         states: &mut BTreeMap<String, RouteState>,
         dir: &Path,
+        reset: &[String],
     ) -> Result<(u64, BTreeMap<String, Recovery>)> {
         let path = dir.join(SNAPSHOT_FILE);
         let fresh = |last_seq| Recovery::Snapshot {
@@ -564,12 +568,12 @@ impl Router {
             match learner {
                 Ok(restored) => {
                     let context = snapshot.contexts.get(name);
-                    if context.is_some_and(|c| *c != state.layout.definition()) {
+                    if context.is_some_and(|c| *c != state.layout.definition()) && !reset.contains(name) {
                         return Err(ServeError::Snapshot {
                             path: path.clone(),
                             reason: format!(
                                 "route `{name}` changed its context ({} then, {} now) since the snapshot; \
-                                 move the snapshot away to start it afresh",
+                                 start the route afresh with `--reset-route {name}`",
                                 context.map_or("", String::as_str),
                                 state.layout.definition()
                             ),
@@ -577,13 +581,15 @@ impl Router {
                     }
                     let mut restored = restored;
                     restored.set_max_tracked_decisions(state.learner.config().max_tracked_decisions)?;
-                    if let Some(change) = learning_change(&restored, &state.learner) {
+                    let (then, now) = (&restored.config().policy, &state.learner.config().policy);
+                    if then != now && !reset.contains(name) {
                         return Err(ServeError::Snapshot {
                             path: path.clone(),
                             reason: format!(
-                                "route `{name}` changed its {change} since the snapshot; write the \
-                                 snapshot's setting in the configuration to keep what the route \
-                                 learned, or move the snapshot away to start it afresh"
+                                "route `{name}` changed its policy (`{then}` then, `{now}` now) since the \
+                                 snapshot, and what it learned does not carry over: write the snapshot's \
+                                 policy in the configuration to keep it, or start the route afresh with \
+                                 `--reset-route {name}`"
                             ),
                         });
                     }

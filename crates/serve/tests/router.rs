@@ -459,13 +459,71 @@ fn a_new_horizon_restores_and_a_new_policy_is_named() {
     drop(reopened);
     let mut changed = routes();
     changed[1].policy = "beta-ts(alpha=2)".into();
-    let error = Router::open_with(changed, &dir, crash_options())
+    let error = Router::open_with(changed.clone(), &dir, crash_options())
         .err()
         .unwrap()
         .to_string();
     assert!(
-        error.contains("changed its policy (`beta-ts(alpha=1,beta=1,draws=256)` then, `beta-ts(alpha=2,beta=1,draws=256)` now)"),
+        error.contains("changed its policy (`beta-ts(alpha=1,beta=1,draws=256)` then, `beta-ts(alpha=2,beta=1,draws=256)` now)")
+            && error.contains("--reset-route code"),
         "{error}"
+    );
+    // Asked to, the route starts afresh under the new policy; the other keeps its learner.
+    let reset = RouterOptions {
+        reset_routes: vec!["code".into()],
+        ..crash_options()
+    };
+    let router = Router::open_with(changed, &dir, reset).unwrap();
+    assert_eq!(router.learner("code").unwrap().usage(0).requests, 0);
+    assert!(router.learner("chat").unwrap().usage(0).requests > 0);
+}
+
+/// Adding and removing models and changing prices, weights and the budget keep what the
+/// route learned about the models it still has, across a restart, and a snapshot records
+/// the new configuration at once.
+#[test]
+fn a_reconfigured_route_keeps_what_it_learned() {
+    let dir = scratch("router_reconfigure");
+    let mut router = Router::open_with(routes(), &dir, crash_options()).unwrap();
+    let mut ids = Vec::new();
+    workload(&mut router, 0..60, &mut ids);
+    router.snapshot().unwrap();
+    // Some of what it learned is only in the log, after the snapshot.
+    workload(&mut router, 60..80, &mut ids);
+    let before = router.learner("chat").unwrap().clone();
+    drop(router);
+
+    let mut changed = routes();
+    let chat = &mut changed[0];
+    chat.models.retain(|m| m.id != "mid");
+    chat.models.push(ModelConfig::priced("new", 0.5, 1.0));
+    chat.models[0].input_usd_per_million = 4.0;
+    chat.w_cost = 10.0;
+    chat.budget_usd_per_request = Some(0.003);
+    let router = Router::open_with(changed.clone(), &dir, crash_options()).unwrap();
+    let after = router.learner("chat").unwrap();
+    let ids: Vec<&str> = after.arms().iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["big", "small", "new"]);
+    for id in ["big", "small"] {
+        let (was, is) = (
+            before.arms().iter().position(|a| a.id == id).unwrap(),
+            after.arms().iter().position(|a| a.id == id).unwrap(),
+        );
+        assert_eq!(before.usage(was), after.usage(is), "{id}");
+        assert!(before.usage(was).requests > 0, "{id}");
+    }
+    assert_eq!(after.usage(2).requests, 0);
+    assert_eq!(after.arms()[0].input_usd_per_token, 4e-6);
+    assert_eq!(after.config().objective.w_cost, 10.0);
+    assert_eq!(after.pacer().unwrap().target_usd(), 0.003);
+    // The snapshot holds the new configuration: reopening changes nothing more.
+    let first = learners_json(&router);
+    drop(router);
+    let again = Router::open_with(changed, &dir, crash_options()).unwrap();
+    // (Not `assert_eq!`: a failure would print two learners in full.)
+    assert!(
+        learners_json(&again) == first,
+        "a second restart changed the learners"
     );
 }
 
