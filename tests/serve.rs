@@ -43,11 +43,21 @@ async fn get_text(client: &reqwest::Client, url: String, token: &str) -> String 
 
 /// A local OpenAI-compatible upstream that behaves as `kind` says.
 async fn upstream(kind: &'static str) -> SocketAddr {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let app = axum::Router::new().route(
         "/chat/completions",
         axum::routing::post(move |axum::Json(body): axum::Json<Value>| async move {
+            let call = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             match kind {
                 "failing" => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+                // Every other call, from the first, fails.
+                "flaky" if call.is_multiple_of(2) => (axum::http::StatusCode::BAD_GATEWAY, "flaked").into_response(),
+                "ratelimited" => (
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    [(axum::http::header::RETRY_AFTER, "1")],
+                    axum::Json(json!({"error": {"message": "slow down", "code": "rate_limit_exceeded"}})),
+                )
+                    .into_response(),
                 "missing" => (axum::http::StatusCode::NOT_FOUND, "no such model").into_response(),
                 "refusing" => (
                     axum::http::StatusCode::BAD_REQUEST,
@@ -185,9 +195,15 @@ async fn proxy_falls_back_in_order_and_streams() {
     assert_eq!(state["arms"][0]["arm"], "failing");
     assert_eq!(state["arms"][0]["requests"], 1);
     assert_eq!(state["arms"][0]["errors"], 1);
-    // Fallback went failing -> badjson -> slow (timed out) -> good: three failed attempts.
+    // Fallback went failing (a 500, called again once after a backoff) -> badjson -> slow
+    // (timed out, not retried) -> good: four failed calls.
     let metrics = get_text(&client, format!("{base}/metrics"), "admin").await;
-    assert!(metrics.contains("quiver_upstream_failures_total 3"), "{metrics}");
+    assert!(metrics.contains("quiver_upstream_failures_total 4"), "{metrics}");
+    for (model, calls) in [("failing", 2), ("badjson", 1), ("slow", 1)] {
+        let line =
+            format!("quiver_upstream_attempt_seconds_count{{model=\"{model}\",result=\"error\"}} {calls}");
+        assert!(metrics.contains(&line), "{line}\n{metrics}");
+    }
     let dead = client
         .post(format!("{base}/v1/chat/completions"))
         .bearer_auth("admin")
@@ -767,4 +783,124 @@ fn the_api_document_is_valid_and_the_server_keeps_to_it() {
         String::from_utf8_lossy(&run.stdout),
         String::from_utf8_lossy(&run.stderr)
     );
+}
+
+/// The sum of `metric`'s samples with all of `labels` in a Prometheus text.
+fn sample(metrics: &str, metric: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(metric) && labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A model failing half its calls is skipped once its breaker opens, which the decision,
+/// the log, `/v1/routes` and `/metrics` say; it is probed after the cooldown and closes on
+/// a success. A 429 with `Retry-After` falls back at once and cools the model down for
+/// that long, with exactly one call to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breakers_skip_failing_models_and_retry_after_cools_them_down() {
+    let (flaky, limited, good) = (
+        upstream("flaky").await,
+        upstream("ratelimited").await,
+        upstream("good").await,
+    );
+    let dir = scratch("serve_breakers");
+    let base = start(
+        json!({
+            "upstream_retries": 0,
+            "circuit_breaker": {"window": 10, "min_calls": 4, "failure_rate": 0.5, "cooldown_ms": 500},
+            "routes": [
+                {"name": "flaky", "policy": "fixed(flaky)", "models": [model("flaky", Some(flaky)), model("good", Some(good))]},
+                {"name": "limited", "policy": "fixed(limited)", "models": [model("limited", Some(limited)), model("good", Some(good))]}
+            ]
+        }),
+        &dir,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let chat = |route: &'static str| {
+        let client = client.clone();
+        let url = format!("{base}/v1/chat/completions");
+        async move {
+            let answer = client
+                .post(url)
+                .json(&json!({"model": route, "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 200);
+            answer.headers()["x-quiver-model"].to_str().unwrap().to_string()
+        }
+    };
+    let calls = |metrics: &str, model: &str| {
+        sample(
+            metrics,
+            "quiver_upstream_attempt_seconds_count",
+            &[&format!("model=\"{model}\"")],
+        )
+    };
+    // Calls 1 to 4 of `flaky`: fail, answer, fail, answer. Two failures of four open it.
+    let served: Vec<String> = futures_util::future::join_all((0..4).map(|_| chat("flaky"))).await;
+    assert_eq!(served.iter().filter(|m| *m == "flaky").count(), 2, "{served:?}");
+    let state = get_json(&client, format!("{base}/v1/routes/flaky"), "").await;
+    assert_eq!(state["arms"][0]["circuit"], "open");
+    // Open: decisions leave it out, their propensities over the others alone.
+    let decided: Value = client
+        .post(format!("{base}/v1/route"))
+        .json(&json!({"route": "flaky", "prompt": "hi"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(decided["model"], "good");
+    assert_eq!(decided["propensity"], 1.0);
+    let excluded = decided["excluded"][0].as_str().unwrap();
+    assert!(
+        excluded.starts_with("flaky: unavailable (circuit open: 2 of the last 4 calls failed"),
+        "{excluded}"
+    );
+    let logged = quiver_serve::log::read_log(&dir.join("log")).unwrap();
+    let record = logged
+        .iter()
+        .find(|r| r.decision_id == decided["decision_id"])
+        .unwrap();
+    assert_eq!(record.unavailable, ["flaky"]);
+    for _ in 0..3 {
+        assert_eq!(chat("flaky").await, "good");
+    }
+    let metrics = get_text(&client, format!("{base}/metrics"), "").await;
+    assert_eq!(calls(&metrics, "flaky"), 4.0, "no call while open");
+    let open = ["route=\"flaky\"", "arm=\"flaky\"", "state=\"open\""];
+    assert_eq!(sample(&metrics, "quiver_circuit_state", &open), 1.0);
+    // After the cooldown, call 5 probes it and fails: open again.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(chat("flaky").await, "good");
+    let state = get_json(&client, format!("{base}/v1/routes/flaky"), "").await;
+    assert_eq!(state["arms"][0]["circuit"], "open");
+    // The next probe, call 6, answers: closed.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(chat("flaky").await, "flaky");
+    let state = get_json(&client, format!("{base}/v1/routes/flaky"), "").await;
+    assert_eq!(state["arms"][0]["circuit"], "closed");
+    let metrics = get_text(&client, format!("{base}/metrics"), "").await;
+    assert_eq!(calls(&metrics, "flaky"), 6.0);
+
+    // A 429 asking for a second: one call, then `good`; `limited` rests for that second.
+    assert_eq!(chat("limited").await, "good");
+    assert_eq!(chat("limited").await, "good");
+    let metrics = get_text(&client, format!("{base}/metrics"), "").await;
+    assert_eq!(
+        calls(&metrics, "limited"),
+        1.0,
+        "no retry, no call while cooling down"
+    );
+    let state = get_json(&client, format!("{base}/v1/routes/limited"), "").await;
+    assert_eq!(state["arms"][0]["circuit"], "open");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(chat("limited").await, "good");
+    let metrics = get_text(&client, format!("{base}/metrics"), "").await;
+    assert_eq!(calls(&metrics, "limited"), 2.0, "probed after the cooldown");
 }

@@ -1,6 +1,7 @@
 //! The learner: arms, a policy, cost and latency usage, the objective and budget pacing,
 //! tied together into decide -> outcome -> update, with snapshots.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use imbl::OrdMap;
@@ -98,6 +99,11 @@ pub struct Request {
     /// A trade-off for this request only.
     #[serde(default)]
     pub objective: Option<Objective>,
+    /// Arms that cannot serve now, and why (a gateway's open circuit breakers, say):
+    /// left out of the decision, and so of its propensities, unless no other arm the
+    /// constraints allow is left, when they are all considered again.
+    #[serde(default)]
+    pub unavailable: BTreeMap<String, String>,
 }
 
 impl Request {
@@ -107,6 +113,7 @@ impl Request {
             context,
             constraints: Constraints::default(),
             objective: None,
+            unavailable: BTreeMap::new(),
         }
     }
 }
@@ -474,6 +481,18 @@ impl Learner {
         }
         if eligible.is_empty() {
             return Err(ErrorKind::NoEligibleArm { reasons: excluded }.into());
+        }
+        let available: Vec<bool> = eligible
+            .iter()
+            .map(|&a| !request.unavailable.contains_key(&self.arms[a].id))
+            .collect();
+        if available.contains(&true) {
+            for (&a, _) in eligible.iter().zip(&available).filter(|(_, up)| !**up) {
+                let id = &self.arms[a].id;
+                excluded.push(format!("{id}: unavailable ({})", request.unavailable[id]));
+            }
+            retain_positions(&mut costs, &available);
+            retain_positions(&mut eligible, &available);
         }
         let mut estimates: Vec<Estimate> = eligible.iter().map(|&a| self.policy.estimate(a, x)).collect();
         let mut latencies: Vec<(f64, f64)> = eligible

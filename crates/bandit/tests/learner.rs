@@ -660,3 +660,24 @@ fn reconfiguring_keeps_what_the_kept_arms_learned() {
     wider.dim = 3;
     assert!(l.reconfigure(wider, &arms).is_err());
 }
+
+/// Unavailable arms are left out of the decision and its propensities, and named in its
+/// exclusions; when the constraints leave nothing else, they are all considered again.
+#[test]
+fn unavailable_arms_are_skipped_unless_nothing_else_is_left() {
+    let mut l = learner("eps(0.2)", 3, 1, 2);
+    let mut r = request(vec![1.0]);
+    r.unavailable.insert("a1".into(), "circuit open".into());
+    for _ in 0..50 {
+        let d = l.decide(&r).unwrap();
+        assert_ne!(d.arm, "a1");
+        assert!(d.arms.iter().all(|e| e.arm != "a1"));
+        assert!((d.arms.iter().map(|e| e.probability).sum::<f64>() - 1.0).abs() < 1e-12);
+        assert_eq!(d.excluded, ["a1: unavailable (circuit open)"]);
+    }
+    r.unavailable.insert("a0".into(), "circuit open".into());
+    r.constraints.only_arms = ["a0".to_string(), "a1".to_string()].into();
+    let d = l.decide(&r).unwrap();
+    assert!(d.arm == "a0" || d.arm == "a1");
+    assert_eq!(d.arms.len(), 2);
+}

@@ -103,6 +103,10 @@ pub struct LogRecord {
     /// block, so that the log rebuilds the context without embedding again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding: Option<Vec<f64>>,
+    /// On decisions: the models left out because they could not take a call (an open
+    /// circuit breaker, a provider's cooldown).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unavailable: Vec<String>,
     /// The caller's own features, as `f_0`, `f_1`, ...
     #[serde(flatten)]
     pub features: BTreeMap<String, f64>,
@@ -132,6 +136,7 @@ impl LogRecord {
             context: None,
             featurizer: None,
             embedding: None,
+            unavailable: Vec::new(),
             features: BTreeMap::new(),
         }
     }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ServeError};
+use crate::health::BreakerConfig;
 
 /// Bearer tokens, one set per kind of caller. An empty set leaves that endpoint open.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -68,6 +69,14 @@ pub struct ServeConfig {
     /// failed attempt and the proxy falls back.
     #[serde(default = "default_max_upstream_body")]
     pub max_upstream_body_bytes: usize,
+    /// Retries of a model after a failed call (a 5xx status or a failed connection; not a
+    /// timeout, nor a 429, whose `Retry-After` cools the model down), each after an
+    /// exponential backoff with jitter, within the request's deadline; then the next model.
+    #[serde(default = "default_upstream_retries")]
+    pub upstream_retries: u32,
+    /// The models' circuit breakers (see `crate::health`).
+    #[serde(default)]
+    pub circuit_breaker: BreakerConfig,
     /// Decisions remembered for late feedback per route; older ones get 404. Each holds
     /// its features until then (about 630 bytes with 64 features).
     #[serde(default = "default_horizon")]
@@ -121,6 +130,9 @@ fn default_upstream_idle_timeout() -> u64 {
 fn default_max_upstream_body() -> usize {
     4 << 20
 }
+fn default_upstream_retries() -> u32 {
+    1
+}
 fn default_horizon() -> usize {
     quiver_bandit::DEFAULT_FEEDBACK_HORIZON
 }
@@ -142,6 +154,8 @@ impl ServeConfig {
             upstream_timeout_ms: default_upstream_timeout(),
             upstream_idle_timeout_ms: default_upstream_idle_timeout(),
             max_upstream_body_bytes: default_max_upstream_body(),
+            upstream_retries: default_upstream_retries(),
+            circuit_breaker: BreakerConfig::default(),
             feedback_horizon_decisions: default_horizon(),
             auth: AuthConfig::default(),
             cors_allow_origins: Vec::new(),

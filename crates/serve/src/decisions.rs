@@ -54,9 +54,9 @@ pub(crate) async fn route(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<RouteBody>,
 ) -> Result<Json<RouteAnswer>, ApiError> {
-    let embedding = state.embed(&body.route, &body.request.text()?).await;
+    let observed = state.observe(&body.route, &body.request.text()?).await;
     let routed = change_router(&state, move |r| {
-        Ok(r.route_embedded(&body.route, &body.request, embedding)?)
+        Ok(r.route_observed(&body.route, &body.request, observed)?)
     })
     .await?;
     state.metrics.routed.inc();

@@ -9,7 +9,7 @@
 //! router at each scrape ([`LearnerStats`]), so it is never a second copy that could drift.
 //! Label values are escaped by `prometheus-client`, so any arm id is safe.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::prometheus_text;
@@ -21,6 +21,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::health::{Circuit, Health};
 use crate::router::Router;
 
 /// The content type of [`Metrics::render`]'s text.
@@ -237,6 +238,13 @@ struct RouteLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CircuitLabels {
+    route: String,
+    arm: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ArmLabels {
     route: String,
     arm: String,
@@ -249,6 +257,8 @@ pub struct LearnerStats {
     routes: Vec<RouteTotals>,
     log_records: u64,
     log_fsyncs: u64,
+    /// Each arm's circuit breaker, in the order of `arms`.
+    circuits: Vec<Circuit>,
 }
 
 impl LearnerStats {
@@ -280,7 +290,18 @@ impl LearnerStats {
             routes,
             log_records,
             log_fsyncs,
+            circuits: Vec::new(),
         })
+    }
+
+    /// Adds each arm's circuit breaker state, as `health` holds it `now`.
+    pub fn with_circuits(mut self, health: &Health, now: Instant) -> Self {
+        self.circuits = self
+            .arms
+            .iter()
+            .map(|a| health.circuit(&a.route, &a.arm, now))
+            .collect();
+        self
     }
 }
 
@@ -337,6 +358,27 @@ impl Collector for LearnerStats {
             self.routes
                 .iter()
                 .map(|r| (route(r), ConstCounter::new(r.decisions))),
+        )?;
+        let states = [
+            (Circuit::Closed, "closed"),
+            (Circuit::Open, "open"),
+            (Circuit::HalfOpen, "half_open"),
+        ];
+        family(
+            &mut encoder,
+            "quiver_circuit_state",
+            "Each model's circuit breaker per route: 1 for its state, 0 for the others.",
+            MetricType::Gauge,
+            self.arms.iter().zip(&self.circuits).flat_map(|(a, &circuit)| {
+                states.iter().map(move |&(state, name)| {
+                    let labels = CircuitLabels {
+                        route: a.route.clone(),
+                        arm: a.arm.clone(),
+                        state: name.to_string(),
+                    };
+                    (labels, ConstGauge::new(i64::from(state == circuit)))
+                })
+            }),
         )?;
         let budgeted = || self.routes.iter().filter_map(|r| r.budget.map(|b| (r, b)));
         family(
@@ -400,6 +442,7 @@ mod tests {
             }],
             log_records: 9,
             log_fsyncs: 2,
+            circuits: vec![Circuit::HalfOpen],
         };
         let metrics = Metrics::default();
         metrics.routed.inc();
@@ -415,6 +458,8 @@ mod tests {
             "quiver_budget_debt{route=\"r\"} 3.0",
             "quiver_log_records_total 9",
             "quiver_log_fsyncs_total 2",
+            "quiver_circuit_state{route=\"r\",arm=\"we\\\"ird\\\\arm\\nid\",state=\"half_open\"} 1",
+            "quiver_circuit_state{route=\"r\",arm=\"we\\\"ird\\\\arm\\nid\",state=\"open\"} 0",
             "quiver_routed_total 1",
             "# TYPE quiver_log_commit_seconds histogram",
         ] {

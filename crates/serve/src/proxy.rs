@@ -11,6 +11,12 @@
 //! `x-quiver-decision-id` header, for quality feedback later. The upstream's own `x-*`
 //! headers are passed on.
 //!
+//! Each model's health decides too (`crate::health`): a 5xx or a failed connection is
+//! retried on the same model up to `upstream_retries` times after an exponential backoff
+//! with jitter; a 429 or 503 with `Retry-After` is not, and opens the model's circuit
+//! breaker for that long; a model whose breaker is open is left out of the decision, so of
+//! the fallback order too, until a probe call after its cooldown succeeds.
+//!
 //! Time and size limits, per attempt: the first byte (the response head and, for a
 //! stream, its first event) must come within `upstream_timeout_ms`; a non-streamed body
 //! must then arrive without a silence longer than `upstream_idle_timeout_ms`, within
@@ -257,10 +263,10 @@ pub async fn chat_completions(
     };
     let prompt = route_request.text()?;
     let prompt_tokens = quiver_bandit::features::estimate_tokens(&prompt);
-    let embedding = state.embed(&route, &prompt).await;
+    let observed = state.observe(&route, &prompt).await;
     let ((routed, models), decision_logged) = {
         let mut router = state.router()?;
-        let routed = router.route_embedded(&route, &route_request, embedding)?;
+        let routed = router.route_observed(&route, &route_request, observed)?;
         let models = router.route_config(&route)?.models.clone();
         routed.map(|routed| (routed, models)).split()
     };
@@ -276,23 +282,13 @@ pub async fn chat_completions(
         let Some(model) = models.iter().find(|m| &m.id == arm) else {
             continue;
         };
-        if deadline <= Instant::now() {
+        request["model"] = Value::String(model.upstream_model.clone().unwrap_or_else(|| model.id.clone()));
+        let Some((called, started)) =
+            call_with_retries(&state, &route, &request, model, stream, deadline).await
+        else {
             failures.push(format!("{arm}: deadline reached"));
             break;
-        }
-        request["model"] = Value::String(model.upstream_model.clone().unwrap_or_else(|| model.id.clone()));
-        let started = Instant::now();
-        let called = call_upstream(&state, &request, model, stream, deadline).await;
-        let result = match &called {
-            Ok(Upstream::Refused { .. }) => "refused",
-            Ok(_) => "ok",
-            Err(_) => "error",
         };
-        let took = started.elapsed();
-        state.metrics.upstream_attempt(&model.id, result, took);
-        if let Ok(Upstream::Stream { .. }) = &called {
-            state.metrics.first_token(&model.id, took);
-        }
         match called {
             Ok(Upstream::Complete { body, passed }) => {
                 if attempt == 0 {
@@ -351,7 +347,6 @@ pub async fn chat_completions(
                 break;
             }
             Err(failure) => {
-                state.metrics.upstream_failures.inc();
                 if attempt == 0 {
                     record(
                         &state,
@@ -372,6 +367,108 @@ pub async fn chat_completions(
         "every model of route `{route}` failed: {}",
         failures.join("; ")
     )))
+}
+
+/// Calls `model`, again after a retryable failure (up to `upstream_retries` times, each
+/// after [`backoff`]) while the deadline allows, and tells its breaker how each call
+/// went. The last call's result and start; None if the deadline passed before any call.
+async fn call_with_retries(
+    state: &AppState,
+    route: &str,
+    request: &Value,
+    model: &ModelConfig,
+    stream: bool,
+    deadline: Instant,
+) -> Option<(Result<Upstream, Failure>, Instant)> {
+    let mut retries = 0;
+    loop {
+        let started = Instant::now();
+        if deadline <= started {
+            return None;
+        }
+        state.health.calling(route, &model.id, started);
+        let called = call_upstream(state, request, model, stream, deadline).await;
+        let took = started.elapsed();
+        let (result, failure) = match &called {
+            Ok(Upstream::Refused { .. }) => ("refused", None),
+            Ok(_) => ("ok", None),
+            Err(failure) => ("error", Some(failure)),
+        };
+        state.metrics.upstream_attempt(&model.id, result, took);
+        if let Ok(Upstream::Stream { .. }) = &called {
+            state.metrics.first_token(&model.id, took);
+        }
+        let retry_after = failure.and_then(|f| f.retry_after);
+        state
+            .health
+            .record(route, &model.id, failure.is_some(), retry_after, Instant::now());
+        let Some(failure) = failure else {
+            return Some((called, started));
+        };
+        state.metrics.upstream_failures.inc();
+        let wait = backoff(retries);
+        if !failure.retryable || retries >= state.config.upstream_retries || Instant::now() + wait >= deadline
+        {
+            return Some((called, started));
+        }
+        tracing::info!(model = %model.id, retry = retries + 1, wait_ms = wait.as_millis() as u64, "retrying after: {failure}");
+        tokio::time::sleep(wait).await;
+        retries += 1;
+    }
+}
+
+/// The wait before retry `n` (from 0): exponential from 100 ms, at most 2 s, with full
+/// jitter in its upper half so that clients that failed together do not retry together.
+fn backoff(n: u32) -> Duration {
+    let ceiling = (100.0 * 2f64.powi(n.min(16) as i32)).min(2000.0);
+    Duration::from_secs_f64(ceiling * rand::random_range(0.5..=1.0) / 1000.0)
+}
+
+/// Why an upstream call failed, and what that allows next.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    /// A 5xx status without `Retry-After`, or a failed connection: the same model may be
+    /// called again after a backoff.
+    retryable: bool,
+    /// A 429 or 503's `Retry-After`: the model's breaker opens for that long.
+    retry_after: Option<Duration>,
+}
+
+impl Failure {
+    /// A failure that another call to the model would not mend soon.
+    fn final_(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            retryable: false,
+            retry_after: None,
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure::final_(message)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// `Retry-After` in seconds (an HTTP date is not read).
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let seconds: f64 = response
+        .headers()
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
 }
 
 type UpstreamBody = futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>;
@@ -416,9 +513,12 @@ async fn call_upstream(
     model: &ModelConfig,
     stream: bool,
     deadline: Instant,
-) -> Result<Upstream, String> {
+) -> Result<Upstream, Failure> {
     let config = &state.config;
-    let base_url = model.base_url.as_ref().ok_or("no base_url configured")?;
+    let base_url = model
+        .base_url
+        .as_ref()
+        .ok_or_else(|| Failure::final_("no base_url configured"))?;
     let first_byte_by = deadline.min(Instant::now() + Duration::from_millis(config.upstream_timeout_ms));
     let mut call = state
         .http
@@ -431,7 +531,10 @@ async fn call_upstream(
     let response = tokio::time::timeout_at(first_byte_by.into(), call.send())
         .await
         .map_err(|_| no_first_byte())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Failure {
+            retryable: e.is_connect(),
+            ..Failure::final_(e.to_string())
+        })?;
     let limit = config.max_upstream_body_bytes;
     let idle = Duration::from_millis(config.upstream_idle_timeout_ms);
     let status = response.status();
@@ -445,18 +548,23 @@ async fn call_upstream(
         });
     }
     if !status.is_success() {
-        return Err(format!("upstream answered {status}"));
+        let retry_after = retry_after(&response).filter(|_| matches!(status.as_u16(), 429 | 503));
+        return Err(Failure {
+            retryable: status.is_server_error() && retry_after.is_none(),
+            retry_after,
+            ..Failure::final_(format!("upstream answered {status}"))
+        });
     }
     let passed = extension_headers(&response);
     if !stream && response.content_length().is_some_and(|len| len > limit as u64) {
-        return Err(format!("the body is larger than {limit} bytes"));
+        return Err(format!("the body is larger than {limit} bytes").into());
     }
     let mut body: UpstreamBody = Box::pin(response.bytes_stream());
     if stream {
         let first = match tokio::time::timeout_at(first_byte_by.into(), body.next()).await {
-            Err(_) => return Err(no_first_byte()),
-            Ok(None) => return Err("the stream ended before its first event".into()),
-            Ok(Some(Err(e))) => return Err(format!("reading the stream failed: {e}")),
+            Err(_) => return Err(no_first_byte().into()),
+            Ok(None) => return Err(Failure::final_("the stream ended before its first event")),
+            Ok(Some(Err(e))) => return Err(format!("reading the stream failed: {e}").into()),
             Ok(Some(Ok(first))) => first,
         };
         return Ok(Upstream::Stream {
@@ -471,7 +579,7 @@ async fn call_upstream(
             body: (bytes, value),
             passed,
         }),
-        _ => Err("the upstream's body is not a chat completion".into()),
+        _ => Err(Failure::final_("the upstream's body is not a chat completion")),
     }
 }
 

@@ -63,6 +63,16 @@ impl RouteRequest {
     }
 }
 
+/// What the server observed about a request before deciding it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    /// The prompt's projected embedding (`quiver_bandit::EmbeddingBlock::project`), for a
+    /// route with an embedding block; None to decide on hashed features alone.
+    pub embedding: Option<Vec<f64>>,
+    /// Models that cannot take a call now, and why (see `crate::health`).
+    pub unavailable: BTreeMap<String, String>,
+}
+
 /// A routed request: the decision and its id for outcome and feedback.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Routed {
@@ -829,27 +839,34 @@ impl Router {
 
     /// Decides which model serves `request` on `route` and logs the decision; the decision
     /// may be returned to the caller once the [`Pending`] result is waited for. A route
-    /// with an embedding block decides on hashed features alone ([`Router::route_embedded`]
-    /// with none).
+    /// with an embedding block decides on hashed features alone, every model counts as
+    /// available ([`Router::route_observed`] with nothing observed).
     pub fn route(&mut self, route: &str, request: &RouteRequest) -> Result<Pending<Routed>> {
-        self.route_embedded(route, request, None)
+        self.route_observed(route, request, Observed::default())
     }
 
-    /// [`Router::route`] with the prompt's projected embedding, for a route with an
-    /// embedding block. The log records the block and which featurizer decided:
-    /// `embedding`, or `hashing` when there was no embedding to give.
-    pub fn route_embedded(
+    /// [`Router::route`] with what the server observed before deciding: the prompt's
+    /// projected embedding, for a route with an embedding block, and the models that
+    /// cannot take a call now. The log records the block, which featurizer decided
+    /// (`embedding`, or `hashing` when there was no embedding to give) and the models left
+    /// out as unavailable.
+    pub fn route_observed(
         &mut self,
         route: &str,
         request: &RouteRequest,
-        embedding: Option<Vec<f64>>,
+        observed: Observed,
     ) -> Result<Pending<Routed>> {
+        let Observed {
+            embedding,
+            unavailable,
+        } = observed;
         let prompt = request.text()?;
         let state = self.state(route)?;
         let context = state.context(&prompt, &request.features, embedding.as_deref())?;
         let mut learner_request = Request::new(context.clone());
         learner_request.constraints = request.constraints.clone();
         learner_request.objective = request.objective;
+        learner_request.unavailable = unavailable;
         // Propose first: nothing changes until the log holds the decision.
         let decision = state.learner.propose(&learner_request)?;
         let decision_id = format!("{route}:{}", decision.id);
@@ -868,6 +885,12 @@ impl Router {
             record.featurizer = Some(by.into());
             record.embedding = embedding;
         }
+        // Unless every model was unavailable (and all were considered again).
+        record.unavailable = learner_request
+            .unavailable
+            .into_keys()
+            .filter(|m| decision.arms.iter().all(|e| &e.arm != m))
+            .collect();
         record.features = request
             .features
             .iter()

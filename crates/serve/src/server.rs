@@ -14,6 +14,7 @@ use crate::app::{build_app, AppState};
 use crate::config::ServeConfig;
 use crate::embeddings::Embedders;
 use crate::error::{io_at, Result, ServeError};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::router::{Router, RouterOptions};
 
@@ -28,6 +29,8 @@ pub fn state(config: ServeConfig) -> Result<Arc<AppState>> {
         ..RouterOptions::default()
     };
     let embedders = Embedders::new(&config.routes)?;
+    let breakers = config.circuit_breaker;
+    breakers.check().map_err(ServeError::Config)?;
     let router = Router::open_with(config.routes.clone(), &config.log_dir, options)?;
     let http = reqwest::Client::builder()
         .build()
@@ -38,6 +41,7 @@ pub fn state(config: ServeConfig) -> Result<Arc<AppState>> {
         http,
         metrics: Metrics::default(),
         embedders,
+        health: Health::new(breakers),
     }))
 }
 

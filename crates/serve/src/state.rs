@@ -12,8 +12,9 @@ use serde::de::DeserializeOwned;
 use crate::api_error::ApiError;
 use crate::config::ServeConfig;
 use crate::embeddings::Embedders;
+use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::router::{Pending, Router};
+use crate::router::{Observed, Pending, Router};
 
 /// What every handler shares.
 pub struct AppState {
@@ -27,13 +28,20 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The prompt embedders of routes with an embedding block.
     pub embedders: Embedders,
+    /// The models' circuit breakers.
+    pub health: Health,
 }
 
 impl AppState {
-    /// The projected embedding of `text` for `route`, if the route has an embedding block
-    /// and the embedding comes in time (see [`Embedders::embed`]).
-    pub async fn embed(&self, route: &str, text: &str) -> Option<Vec<f64>> {
-        self.embedders.embed(&self.http, &self.metrics, route, text).await
+    /// What a decision on `route` for a prompt of `text` takes from outside the router:
+    /// the prompt's projected embedding, if the route has an embedding block and the
+    /// embedding comes in time (see [`Embedders::embed`]), and the models whose circuit
+    /// is open.
+    pub async fn observe(&self, route: &str, text: &str) -> Observed {
+        Observed {
+            embedding: self.embedders.embed(&self.http, &self.metrics, route, text).await,
+            unavailable: self.health.unavailable(route, Instant::now()),
+        }
     }
 
     /// Waits until the log holds a change durably, timing the wait.

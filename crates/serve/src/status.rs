@@ -2,6 +2,7 @@
 //! and the API document.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::{Path, State};
 use axum::http::header;
@@ -11,6 +12,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::api_error::{ApiError, ErrorResponses};
+use crate::health::Circuit;
 use crate::metrics::{self, LearnerStats};
 use crate::router::Router;
 use crate::state::{with_router, AppState};
@@ -49,6 +51,8 @@ pub struct ArmState {
     pub mean_latency_ms: f64,
     /// Its standard error, ms.
     pub latency_std_error_ms: f64,
+    /// Its circuit breaker (see the proxy).
+    pub circuit: Circuit,
 }
 
 /// Per-model counts, spend and latency of a route.
@@ -63,9 +67,12 @@ pub(crate) async fn route_state(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<RouteState>, ApiError> {
-    with_router(&state, move |router| route_state_of(router, &name))
-        .await
-        .map(Json)
+    let mut route = with_router(&state, move |router| route_state_of(router, &name)).await?;
+    let now = Instant::now();
+    for arm in &mut route.arms {
+        arm.circuit = state.health.circuit(&route.route, &arm.arm, now);
+    }
+    Ok(Json(route))
 }
 
 fn route_state_of(router: &mut Router, name: &str) -> Result<RouteState, ApiError> {
@@ -89,6 +96,7 @@ fn route_state_of(router: &mut Router, name: &str) -> Result<RouteState, ApiErro
                 },
                 mean_latency_ms: latency,
                 latency_std_error_ms: latency_se,
+                circuit: Circuit::Closed,
             }
         })
         .collect();
@@ -130,7 +138,9 @@ pub(crate) async fn route_snapshot(
     )
 )]
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let stats = with_router(&state, |router| Ok(LearnerStats::read(router)?)).await?;
+    let stats = with_router(&state, |router| Ok(LearnerStats::read(router)?))
+        .await?
+        .with_circuits(&state.health, Instant::now());
     let text = state.metrics.render(stats);
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
 }

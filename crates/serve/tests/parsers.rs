@@ -278,6 +278,7 @@ fn the_example_config_loads_and_states_the_defaults() {
                 c.max_connections,
                 c.max_upstream_body_bytes,
                 c.feedback_horizon_decisions,
+                c.upstream_retries as usize,
             ],
             [
                 c.header_read_timeout_ms,
@@ -289,4 +290,5 @@ fn the_example_config_loads_and_states_the_defaults() {
         )
     };
     assert_eq!(pairs(&example), pairs(&defaults));
+    assert_eq!(example.circuit_breaker, defaults.circuit_breaker);
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use quiver_bandit::{Applied, Outcome};
 use quiver_serve::log::LogEvent;
-use quiver_serve::{ModelConfig, RouteConfig, RouteRequest, Router, RouterOptions, ServeError};
+use quiver_serve::{ModelConfig, Observed, RouteConfig, RouteRequest, Router, RouterOptions, ServeError};
 
 /// Small segments, so the log rotates, and a short feedback horizon, so the oldest
 /// decisions are forgotten and a restart rebuilds the tracked ones from mid-log.
@@ -672,7 +672,14 @@ fn embedding_blocks_are_logged_and_rebuild_the_learner_after_a_restart() {
         // Every third embedding "failed": the hashed features decide alone.
         let projected = (i % 3 != 0).then(|| block.project(&[i as f32, 1.0, -0.5, 0.25, 2.0]).unwrap());
         let routed = router
-            .route_embedded("r", &request, projected)
+            .route_observed(
+                "r",
+                &request,
+                Observed {
+                    embedding: projected,
+                    ..Observed::default()
+                },
+            )
             .unwrap()
             .wait()
             .unwrap();
@@ -713,6 +720,10 @@ fn embedding_blocks_are_logged_and_rebuild_the_learner_after_a_restart() {
         prompt: Some("hi".into()),
         ..RouteRequest::default()
     };
-    assert!(router.route_embedded("p", &request, Some(vec![1.0])).is_err());
+    let observed = Observed {
+        embedding: Some(vec![1.0]),
+        ..Observed::default()
+    };
+    assert!(router.route_observed("p", &request, observed).is_err());
     router.route("p", &request).unwrap().wait().unwrap();
 }

@@ -1,9 +1,10 @@
-//! Always the same arm: the "always model X" baseline.
+//! Always the same arm: the "always model X" baseline (when X cannot serve a request, the
+//! first eligible arm, as a primary model's fallback).
 
 use serde::{Deserialize, Serialize};
 
 use super::{Choice, ChoiceInput, DecisionRng, Estimate, Policy};
-use crate::error::{ErrorKind, Result};
+use crate::error::Result;
 use crate::prior::ArmPrior;
 use crate::stats::{ArmStatsTable, Forgetting};
 
@@ -51,12 +52,12 @@ impl Policy for Fixed {
     }
 
     fn choose(&self, input: &ChoiceInput<'_>, _rng: &mut DecisionRng) -> Result<Choice> {
+        // Its arm when eligible; else, as a primary's fallback would, the first eligible
+        // arm in the route's order (eligible arms come in that order).
         let position = self
             .arm
             .and_then(|arm| input.eligible.iter().position(|&a| a == arm))
-            .ok_or_else(|| ErrorKind::NoEligibleArm {
-                reasons: vec!["the fixed policy's arm is removed or excluded by this request".into()],
-            })?;
+            .unwrap_or(0);
         Ok(Choice::deterministic(input.len(), position))
     }
 

@@ -1,0 +1,312 @@
+//! Each model's health, as the proxy's calls show it: a circuit breaker per route and
+//! model, and cooldowns a provider asks for.
+//!
+//! A breaker is closed while the model answers. It opens when, among its last `window`
+//! calls (at least `min_calls` of them), the share that failed reaches `failure_rate`,
+//! or when the provider answers 429 or 503 with `Retry-After` (open for that long, at
+//! most `max_cooldown_ms`). Open, it stays so for `cooldown_ms`, then turns half-open: the
+//! next call is a probe, and while it runs no other call goes to the model; the probe's
+//! success closes the breaker, its failure opens it again. Decisions leave out models
+//! whose breaker is open or probing (`quiver_bandit::Request::unavailable`), unless that
+//! leaves no model, when every model is tried as if all were closed.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// The breakers' settings (`[circuit_breaker]` in `quiver.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Calls remembered per model.
+    #[serde(default = "default_window")]
+    pub window: usize,
+    /// Calls needed in the window before the failure rate can open the breaker.
+    #[serde(default = "default_min_calls")]
+    pub min_calls: usize,
+    /// Share of failed calls in the window that opens the breaker, in (0, 1].
+    #[serde(default = "default_failure_rate")]
+    pub failure_rate: f64,
+    /// How long an open breaker stays open before a probe, ms.
+    #[serde(default = "default_cooldown")]
+    pub cooldown_ms: u64,
+    /// The longest cooldown a provider's `Retry-After` may ask for, ms.
+    #[serde(default = "default_max_cooldown")]
+    pub max_cooldown_ms: u64,
+}
+
+fn default_window() -> usize {
+    20
+}
+fn default_min_calls() -> usize {
+    10
+}
+fn default_failure_rate() -> f64 {
+    0.5
+}
+fn default_cooldown() -> u64 {
+    30_000
+}
+fn default_max_cooldown() -> u64 {
+    300_000
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            window: default_window(),
+            min_calls: default_min_calls(),
+            failure_rate: default_failure_rate(),
+            cooldown_ms: default_cooldown(),
+            max_cooldown_ms: default_max_cooldown(),
+        }
+    }
+}
+
+impl BreakerConfig {
+    /// Checks the settings' ranges.
+    pub fn check(&self) -> Result<(), String> {
+        if self.window == 0 || self.min_calls == 0 || self.min_calls > self.window {
+            return Err(format!(
+                "circuit_breaker: need 1 <= min_calls ({}) <= window ({})",
+                self.min_calls, self.window
+            ));
+        }
+        if !(self.failure_rate > 0.0 && self.failure_rate <= 1.0) {
+            return Err(format!(
+                "circuit_breaker: failure_rate {} is not in (0, 1]",
+                self.failure_rate
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A breaker's state, as `/v1/routes/{name}` and `/metrics` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Circuit {
+    /// Calls go through.
+    Closed,
+    /// No calls until the cooldown ends.
+    Open,
+    /// The cooldown ended: one probe call decides.
+    HalfOpen,
+}
+
+#[derive(Debug, Default)]
+struct Breaker {
+    /// The last calls, `true` for a failure.
+    recent: VecDeque<bool>,
+    /// Open until then.
+    open_until: Option<Instant>,
+    /// A probe is under way.
+    probing: bool,
+    /// Why it opened.
+    reason: String,
+}
+
+impl Breaker {
+    fn circuit(&self, now: Instant) -> Circuit {
+        match self.open_until {
+            Some(until) if now < until => Circuit::Open,
+            Some(_) => Circuit::HalfOpen,
+            None => Circuit::Closed,
+        }
+    }
+
+    fn open(&mut self, until: Instant, reason: String) {
+        self.open_until = Some(until);
+        self.probing = false;
+        self.recent.clear();
+        self.reason = reason;
+    }
+}
+
+/// Every route's breakers, by route and model.
+#[derive(Debug, Default)]
+pub struct Health {
+    config: BreakerConfig,
+    breakers: Mutex<BTreeMap<(String, String), Breaker>>,
+}
+
+impl Health {
+    /// Breakers with `config`.
+    pub fn new(config: BreakerConfig) -> Self {
+        Health {
+            config,
+            breakers: Mutex::default(),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<(String, String), Breaker>) -> T) -> T {
+        // A panic elsewhere while holding the lock leaves plain data, still usable.
+        let mut breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut breakers)
+    }
+
+    /// The models of `route` that cannot take a call now, and why.
+    pub fn unavailable(&self, route: &str, now: Instant) -> BTreeMap<String, String> {
+        self.with(|breakers| {
+            breakers
+                .range((route.to_string(), String::new())..)
+                .take_while(|((r, _), _)| r == route)
+                .filter_map(|((_, model), b)| match b.circuit(now) {
+                    Circuit::Open => Some((model.clone(), format!("circuit open: {}", b.reason))),
+                    Circuit::HalfOpen if b.probing => {
+                        Some((model.clone(), "circuit half-open, probing".into()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+    }
+
+    /// Marks the start of a call to `model`: a half-open breaker's probe.
+    pub fn calling(&self, route: &str, model: &str, now: Instant) {
+        self.with(|breakers| {
+            if let Some(b) = breakers.get_mut(&(route.to_string(), model.to_string())) {
+                if b.circuit(now) == Circuit::HalfOpen {
+                    b.probing = true;
+                }
+            }
+        });
+    }
+
+    /// Records a call's end: `failed`, and the cooldown the provider asked for, if any.
+    pub fn record(
+        &self,
+        route: &str,
+        model: &str,
+        failed: bool,
+        retry_after: Option<Duration>,
+        now: Instant,
+    ) {
+        let config = self.config;
+        self.with(|breakers| {
+            let b = breakers
+                .entry((route.to_string(), model.to_string()))
+                .or_default();
+            if let Some(wait) = retry_after {
+                let wait = wait.min(Duration::from_millis(config.max_cooldown_ms));
+                b.open(
+                    now + wait,
+                    format!("the provider asked to wait {} ms", wait.as_millis()),
+                );
+                return;
+            }
+            if b.circuit(now) == Circuit::HalfOpen {
+                if failed {
+                    let reason = "the probe failed".to_string();
+                    b.open(now + Duration::from_millis(config.cooldown_ms), reason);
+                } else {
+                    *b = Breaker::default();
+                }
+                return;
+            }
+            b.recent.push_back(failed);
+            if b.recent.len() > config.window {
+                b.recent.pop_front();
+            }
+            let failures = b.recent.iter().filter(|f| **f).count();
+            let calls = b.recent.len();
+            if calls >= config.min_calls && failures as f64 >= config.failure_rate * calls as f64 {
+                let reason = format!("{failures} of the last {calls} calls failed");
+                b.open(now + Duration::from_millis(config.cooldown_ms), reason);
+            }
+        });
+    }
+
+    /// The state of `model`'s breaker on `route`.
+    pub fn circuit(&self, route: &str, model: &str, now: Instant) -> Circuit {
+        self.with(|breakers| {
+            breakers
+                .get(&(route.to_string(), model.to_string()))
+                .map_or(Circuit::Closed, |b| b.circuit(now))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health() -> Health {
+        Health::new(BreakerConfig {
+            window: 10,
+            min_calls: 4,
+            failure_rate: 0.5,
+            cooldown_ms: 1000,
+            max_cooldown_ms: 5000,
+        })
+    }
+
+    #[test]
+    fn a_failing_model_opens_is_probed_and_closes() {
+        let (h, t0) = (health(), Instant::now());
+        // Alternating results: half fail, but only from the fourth call on does it count.
+        for (i, failed) in [true, false, true].into_iter().enumerate() {
+            h.record("r", "m", failed, None, t0);
+            assert_eq!(h.circuit("r", "m", t0), Circuit::Closed, "call {i}");
+        }
+        h.record("r", "m", false, None, t0);
+        assert_eq!(h.circuit("r", "m", t0), Circuit::Open, "2 of 4 failed");
+        assert!(h.unavailable("r", t0)["m"].contains("2 of the last 4 calls failed"));
+        assert!(h.unavailable("other", t0).is_empty());
+        let later = t0 + Duration::from_millis(1000);
+        assert_eq!(h.circuit("r", "m", later), Circuit::HalfOpen);
+        assert!(h.unavailable("r", later).is_empty(), "half-open takes a probe");
+        h.calling("r", "m", later);
+        assert!(h.unavailable("r", later)["m"].contains("probing"));
+        h.record("r", "m", true, None, later);
+        assert_eq!(h.circuit("r", "m", later), Circuit::Open, "the probe failed");
+        let after = later + Duration::from_millis(1000);
+        h.calling("r", "m", after);
+        h.record("r", "m", false, None, after);
+        assert_eq!(h.circuit("r", "m", after), Circuit::Closed);
+        // Closed afresh: three failures are not yet enough calls to open it.
+        for _ in 0..3 {
+            h.record("r", "m", true, None, after);
+        }
+        assert_eq!(h.circuit("r", "m", after), Circuit::Closed);
+    }
+
+    #[test]
+    fn retry_after_opens_for_that_long_within_the_bound() {
+        let (h, t0) = (health(), Instant::now());
+        h.record("r", "m", true, Some(Duration::from_millis(200)), t0);
+        assert_eq!(
+            h.circuit("r", "m", t0 + Duration::from_millis(199)),
+            Circuit::Open
+        );
+        assert_eq!(
+            h.circuit("r", "m", t0 + Duration::from_millis(200)),
+            Circuit::HalfOpen
+        );
+        h.record("r", "n", true, Some(Duration::from_secs(3600)), t0);
+        assert_eq!(
+            h.circuit("r", "n", t0 + Duration::from_millis(4999)),
+            Circuit::Open
+        );
+        assert_eq!(
+            h.circuit("r", "n", t0 + Duration::from_millis(5000)),
+            Circuit::HalfOpen
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let bad = BreakerConfig {
+            min_calls: 30,
+            ..BreakerConfig::default()
+        };
+        assert!(bad.check().unwrap_err().contains("min_calls (30) <= window (20)"));
+        let bad = BreakerConfig {
+            failure_rate: 0.0,
+            ..BreakerConfig::default()
+        };
+        assert!(bad.check().unwrap_err().contains("failure_rate"));
+    }
+}
