@@ -56,8 +56,23 @@ fn the_log_is_a_dataset_the_simulator_reads_and_evaluates() {
             let applied = router.feedback(&ids[i - 3], 0.8).unwrap().wait().unwrap();
             assert_eq!(applied, Applied::Applied);
         }
+        // Some answers are served again from the cache: events a policy learns nothing from.
+        if i % 10 == 9 {
+            let model = router.learner("chat").unwrap().arms()[0].id.clone();
+            router
+                .log_cache_hit(&ids[i], &model, "again")
+                .unwrap()
+                .wait()
+                .unwrap();
+        }
     }
+    let learners = serde_json::to_string(&router.learner("chat").unwrap().snapshot()).unwrap();
     drop(router);
+    // A restart reads the same log to the same learner.
+    let reopened = Router::open(vec![route()], &dir).unwrap();
+    let again = serde_json::to_string(&reopened.learner("chat").unwrap().snapshot()).unwrap();
+    assert!(again == learners, "the restarted learner differs");
+    drop(reopened);
 
     let log = load_logged(dir.to_str().unwrap(), Format::Auto, None).unwrap();
     assert_eq!(log.rows(), 40);

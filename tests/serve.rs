@@ -624,6 +624,8 @@ async fn sigkill_loses_nothing_acknowledged_and_restart_restores_the_state() {
                     .wait()
                     .unwrap();
             }
+            // This server has no cache.
+            quiver_serve::log::LogEvent::CacheHit => panic!("a cache hit without a cache"),
         }
     }
     let (mut restarted, base) = start_binary(&["--config", config.to_str().unwrap()]);
@@ -903,4 +905,87 @@ async fn breakers_skip_failing_models_and_retry_after_cools_them_down() {
     assert_eq!(chat("limited").await, "good");
     let metrics = get_text(&client, format!("{base}/metrics"), "").await;
     assert_eq!(calls(&metrics, "limited"), 2.0, "probed after the cooldown");
+}
+
+/// With `[cache]` on, an identical request from the same caller is answered from the cache
+/// with no upstream call and nothing learned, the hit logged as its own event; another
+/// caller's identical request is not; `cache-control: no-cache` goes upstream; streams are
+/// not cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_answers_repeats_per_caller_without_calling_upstream() {
+    let good = upstream("good").await;
+    let dir = scratch("serve_cache");
+    let base = start(
+        json!({
+            "cache": {"enabled": true, "ttl_s": 60},
+            "auth": {"route_tokens": ["tenant-a", "tenant-b"], "admin_tokens": ["admin"]},
+            "routes": [{"name": "chat", "policy": "fixed(good)", "models": [model("good", Some(good))]}]
+        }),
+        &dir,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let body = json!({"model": "chat", "messages": [{"role": "user", "content": "What is 2 + 2?"}], "temperature": 0});
+    let send = |token: &'static str, no_cache: bool, body: Value| {
+        let request = client
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(token)
+            .json(&body);
+        let request = if no_cache {
+            request.header("cache-control", "no-cache")
+        } else {
+            request
+        };
+        async move {
+            let answer = request.send().await.unwrap();
+            assert_eq!(answer.status(), 200);
+            let cache = answer
+                .headers()
+                .get("x-quiver-cache")
+                .map(|v| v.to_str().unwrap().to_string());
+            let decision = answer
+                .headers()
+                .get("x-quiver-decision-id")
+                .map(|v| v.to_str().unwrap().to_string());
+            (cache, decision, answer.bytes().await.unwrap())
+        }
+    };
+    let (cache, first_decision, first) = send("tenant-a", false, body.clone()).await;
+    assert_eq!(cache.as_deref(), Some("miss"));
+    let (cache, decision, again) = send("tenant-a", false, body.clone()).await;
+    assert_eq!((cache.as_deref(), decision), (Some("hit"), None));
+    assert_eq!(again, first);
+    let (cache, _, _) = send("tenant-b", false, body.clone()).await;
+    assert_eq!(
+        cache.as_deref(),
+        Some("miss"),
+        "another caller's answers are its own"
+    );
+    let (cache, _, _) = send("tenant-a", true, body.clone()).await;
+    assert_eq!(cache.as_deref(), Some("miss"), "no-cache goes upstream");
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let (cache, _, _) = send("tenant-a", false, streamed).await;
+    assert_eq!(cache, None, "streams are not cached");
+
+    let metrics = get_text(&client, format!("{base}/metrics"), "admin").await;
+    let calls = sample(
+        &metrics,
+        "quiver_upstream_attempt_seconds_count",
+        &["model=\"good\""],
+    );
+    assert_eq!(calls, 4.0, "every request but the hit called upstream");
+    assert_eq!(sample(&metrics, "quiver_cache_hits_total", &[]), 1.0);
+    assert_eq!(sample(&metrics, "quiver_cache_misses_total", &[]), 2.0);
+    assert!(sample(&metrics, "quiver_cache_bytes", &[]) > first.len() as f64);
+    let state = get_json(&client, format!("{base}/v1/routes/chat"), "admin").await;
+    assert_eq!(state["arms"][0]["requests"], 4, "the hit taught nothing");
+    let hits: Vec<_> = quiver_serve::log::read_log(&dir.join("log"))
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event == quiver_serve::log::LogEvent::CacheHit)
+        .collect();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(Some(&hits[0].decision_id), first_decision.as_ref());
+    assert_eq!(hits[0].arm, "good");
 }

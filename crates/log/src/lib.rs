@@ -54,6 +54,8 @@ pub enum LogEvent {
     Outcome,
     /// Its quality arrived.
     Feedback,
+    /// Its answer was served again from the proxy's cache: no call, nothing learned.
+    CacheHit,
 }
 
 /// One row of the decision log.

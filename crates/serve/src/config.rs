@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cache::CacheConfig;
 use crate::error::{Result, ServeError};
 use crate::health::BreakerConfig;
 
@@ -77,6 +78,9 @@ pub struct ServeConfig {
     /// The models' circuit breakers (see `crate::health`).
     #[serde(default)]
     pub circuit_breaker: BreakerConfig,
+    /// The proxy's response cache (see `crate::cache`); off by default.
+    #[serde(default)]
+    pub cache: CacheConfig,
     /// Decisions remembered for late feedback per route; older ones get 404. Each holds
     /// its features until then (about 630 bytes with 64 features).
     #[serde(default = "default_horizon")]
@@ -156,6 +160,7 @@ impl ServeConfig {
             max_upstream_body_bytes: default_max_upstream_body(),
             upstream_retries: default_upstream_retries(),
             circuit_breaker: BreakerConfig::default(),
+            cache: CacheConfig::default(),
             feedback_horizon_decisions: default_horizon(),
             auth: AuthConfig::default(),
             cors_allow_origins: Vec::new(),

@@ -17,6 +17,7 @@
 mod api_error;
 pub mod app;
 mod auth;
+pub mod cache;
 pub mod config;
 mod decisions;
 pub mod embeddings;

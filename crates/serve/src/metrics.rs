@@ -16,7 +16,7 @@ use prometheus_client::encoding::prometheus_text;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
@@ -104,6 +104,14 @@ pub struct Metrics {
     pub log_commit_seconds: Histogram,
     /// Decisions of routes with an embedding block made on hashed features alone.
     pub embedding_fallbacks: Family<EmbeddingFallbackLabels, Counter>,
+    /// Requests answered from the response cache.
+    pub cache_hits: Counter,
+    /// Cacheable requests the cache could not answer.
+    pub cache_misses: Counter,
+    /// Cache entries evicted to make room.
+    pub cache_evictions: Counter,
+    /// Bytes the cache holds.
+    pub cache_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -127,6 +135,12 @@ impl Default for Metrics {
             "quiver_overloaded_connections",
             "Connections turned away at max_connections (503, or closed unanswered)",
         );
+        let cache_hits = counter("quiver_cache_hits", "Requests answered from the response cache");
+        let cache_misses = counter(
+            "quiver_cache_misses",
+            "Cacheable requests the cache could not answer",
+        );
+        let cache_evictions = counter("quiver_cache_evictions", "Cache entries evicted to make room");
         let http_request_seconds =
             HistogramFamily::new_with_constructor(seconds_from_100us as fn() -> Histogram);
         registry.register(
@@ -154,6 +168,12 @@ impl Default for Metrics {
             "Waits for the decision log to hold a change durably (write and fsync), seconds",
             log_commit_seconds.clone(),
         );
+        let cache_bytes = Gauge::default();
+        registry.register(
+            "quiver_cache_bytes",
+            "Bytes of requests and answers the response cache holds",
+            cache_bytes.clone(),
+        );
         let embedding_fallbacks = Family::<EmbeddingFallbackLabels, Counter>::default();
         registry.register(
             "quiver_embedding_fallbacks",
@@ -174,6 +194,10 @@ impl Default for Metrics {
             time_to_first_token_seconds,
             log_commit_seconds,
             embedding_fallbacks,
+            cache_hits,
+            cache_misses,
+            cache_evictions,
+            cache_bytes,
         }
     }
 }

@@ -38,13 +38,14 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use futures_util::StreamExt;
 use quiver_bandit::{limits, ChatMessage, Outcome};
 use serde_json::Value;
 
 use crate::api_error::{ApiError, ErrorBody};
+use crate::cache::{CacheKey, Cached, Lookup, ResponseCache};
 use crate::config::ModelConfig;
 use crate::router::RouteRequest;
 use crate::state::{change_router, ApiJson, AppState};
@@ -53,6 +54,8 @@ use crate::state::{change_router, ApiJson, AppState};
 pub const DECISION_HEADER: &str = "x-quiver-decision-id";
 /// Header naming the model that answered.
 pub const MODEL_HEADER: &str = "x-quiver-model";
+/// Header saying whether the cache answered (`hit`) or stored the answer (`miss`).
+pub const CACHE_HEADER: &str = "x-quiver-cache";
 
 fn messages(body: &Value) -> Result<Vec<ChatMessage>, ApiError> {
     let list = body
@@ -249,6 +252,7 @@ type Object = serde_json::Map<String, Value>;
 )]
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     ApiJson(mut request): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let route = request
@@ -262,6 +266,17 @@ pub async fn chat_completions(
         ..RouteRequest::default()
     };
     let prompt = route_request.text()?;
+    let mut store_under = None;
+    if let Some((key, read)) = cache_key(&state, &headers, &route, &request, stream) {
+        match read.then(|| state.cache.lookup(key.clone(), Instant::now())) {
+            Some(Lookup::Hit(hit)) => return answer_from_cache(&state, &route, hit, &prompt).await,
+            Some(Lookup::Miss(_)) => {
+                state.metrics.cache_misses.inc();
+            }
+            None => {}
+        }
+        store_under = Some(key);
+    }
     let prompt_tokens = quiver_bandit::features::estimate_tokens(&prompt);
     let observed = state.observe(&route, &prompt).await;
     let ((routed, models), decision_logged) = {
@@ -303,9 +318,22 @@ pub async fn chat_completions(
                 let mut response = Response::builder()
                     .status(StatusCode::OK)
                     .header(header::CONTENT_TYPE, "application/json")
-                    .body(Body::from(body.0))
+                    .body(Body::from(body.0.clone()))
                     .map_err(|e| ApiError::Internal(e.to_string()))?;
                 response.headers_mut().extend(passed);
+                if let Some(key) = store_under.take() {
+                    let cached = Cached {
+                        body: body.0,
+                        model: model.id.clone(),
+                        decision_id: decision_id.clone(),
+                    };
+                    let evicted = state.cache.store(key, cached, Instant::now());
+                    state.metrics.cache_evictions.inc_by(evicted);
+                    state.metrics.cache_bytes.set(state.cache.counts().bytes as i64);
+                    response
+                        .headers_mut()
+                        .insert(CACHE_HEADER, HeaderValue::from_static("miss"));
+                }
                 answer = Some(with_headers(response, &decision_id, &model.id));
                 break;
             }
@@ -367,6 +395,60 @@ pub async fn chat_completions(
         "every model of route `{route}` failed: {}",
         failures.join("; ")
     )))
+}
+
+/// The cache key of a request, and whether the cache may answer it (not with
+/// `cache-control: no-cache`); None when the answer is not to be cached: the cache is
+/// off, the answer streams, or `cache-control: no-store`.
+fn cache_key(
+    state: &AppState,
+    headers: &HeaderMap,
+    route: &str,
+    request: &Value,
+    stream: bool,
+) -> Option<(CacheKey, bool)> {
+    let directives = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|d| d.trim().to_ascii_lowercase())
+        .collect::<Vec<_>>();
+    let has = |d: &str| directives.iter().any(|x| x == d);
+    if !state.cache.enabled() || stream || has("no-store") {
+        return None;
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    Some((ResponseCache::key(route, token, request), !has("no-cache")))
+}
+
+/// Answers from the cache: no upstream call; the hit is logged under the decision whose
+/// answer it repeats, and nothing is learned.
+async fn answer_from_cache(
+    state: &Arc<AppState>,
+    route: &str,
+    hit: Cached,
+    prompt: &str,
+) -> Result<Response, ApiError> {
+    let logged = state
+        .router()?
+        .log_cache_hit(&hit.decision_id, &hit.model, prompt)?;
+    state.durable(logged).await?;
+    state.metrics.cache_hits.inc();
+    tracing::debug!(route, decision = %hit.decision_id, "answered from the cache");
+    let mut response = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(CACHE_HEADER, "hit")
+        .body(Body::from(hit.body))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if let Ok(model) = HeaderValue::from_str(&hit.model) {
+        response.headers_mut().insert(MODEL_HEADER, model);
+    }
+    Ok(response)
 }
 
 /// Calls `model`, again after a retryable failure (up to `upstream_retries` times, each

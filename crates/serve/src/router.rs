@@ -766,6 +766,7 @@ impl Router {
                 (Some(q), Replay::Resume) => state.learner.resume_quality(id, q)?,
                 (None, _) => {}
             },
+            LogEvent::CacheHit => {}
         }
         Ok(())
     }
@@ -941,6 +942,16 @@ impl Router {
         let seq = self.stage_if(would, &mut record)?;
         let applied = self.state_mut(&route)?.learner.record_outcome(id, outcome)?;
         Ok(self.pending(applied, seq))
+    }
+
+    /// Logs that the answer to decision `decision_id` (by `model`) was served again from
+    /// the cache for `prompt`; nothing is learned from it.
+    pub fn log_cache_hit(&mut self, decision_id: &str, model: &str, prompt: &str) -> Result<Pending<()>> {
+        let (_, _, mut record) = self.tracked_record(decision_id, LogEvent::CacheHit)?;
+        record.arm = model.to_string();
+        record.prompt = prompt.to_string();
+        let seq = self.stage(&mut record)?;
+        Ok(self.pending((), seq))
     }
 
     /// Records a decision's quality, possibly long after. Idempotent; a change is logged

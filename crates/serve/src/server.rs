@@ -11,6 +11,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::sync::Semaphore;
 
 use crate::app::{build_app, AppState};
+use crate::cache::ResponseCache;
 use crate::config::ServeConfig;
 use crate::embeddings::Embedders;
 use crate::error::{io_at, Result, ServeError};
@@ -29,7 +30,7 @@ pub fn state(config: ServeConfig) -> Result<Arc<AppState>> {
         ..RouterOptions::default()
     };
     let embedders = Embedders::new(&config.routes)?;
-    let breakers = config.circuit_breaker;
+    let (breakers, cache) = (config.circuit_breaker, config.cache);
     breakers.check().map_err(ServeError::Config)?;
     let router = Router::open_with(config.routes.clone(), &config.log_dir, options)?;
     let http = reqwest::Client::builder()
@@ -42,6 +43,7 @@ pub fn state(config: ServeConfig) -> Result<Arc<AppState>> {
         metrics: Metrics::default(),
         embedders,
         health: Health::new(breakers),
+        cache: ResponseCache::new(cache),
     }))
 }
 

@@ -10,6 +10,7 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 
 use crate::api_error::ApiError;
+use crate::cache::ResponseCache;
 use crate::config::ServeConfig;
 use crate::embeddings::Embedders;
 use crate::health::Health;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub embedders: Embedders,
     /// The models' circuit breakers.
     pub health: Health,
+    /// The proxy's response cache.
+    pub cache: ResponseCache,
 }
 
 impl AppState {

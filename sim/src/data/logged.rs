@@ -208,6 +208,10 @@ fn merge_events(tables: Vec<Rows>) -> Result<(Vec<String>, LoggedDataset)> {
                     .extend_from_slice(&d.features[row * f..(row + 1) * f]);
                 continue;
             }
+            // Other events (a cache hit) change nothing a policy learns from.
+            if event != "outcome" && event != "feedback" {
+                continue;
+            }
             let Some(&target) = index.get(id) else {
                 return Err(SimError::Mismatch(format!(
                     "{event} row for decision `{id}` comes before (or without) its decision row"
