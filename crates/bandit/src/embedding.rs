@@ -217,11 +217,12 @@ impl<E: Embedder> EmbeddingFeaturizer<E> {
         &self.layout
     }
 
-    /// The prompt's projected embedding; None if the embedder failed on it.
-    pub fn projected(&self, prompt: &str) -> Result<Option<Vec<f64>>> {
+    /// The prompt's projected embedding; None if the embedder failed on it or gave no
+    /// usable vector (empty or not finite), as the server falls back then.
+    pub fn projected(&self, prompt: &str) -> Option<Vec<f64>> {
         match self.embedder.embed(&[prompt]) {
-            Ok(mut v) if v.len() == 1 => Ok(Some(self.block.project(&v.swap_remove(0))?)),
-            _ => Ok(None),
+            Ok(mut v) if v.len() == 1 => self.block.project(&v.swap_remove(0)).ok(),
+            _ => None,
         }
     }
 }
@@ -237,7 +238,7 @@ impl<E: Embedder> Featurizer for EmbeddingFeaturizer<E> {
 
     /// An embedder's failure is no error: the block is zeros (see the module docs).
     fn featurize(&self, prompt: &str, extra: &[f64]) -> Result<Context> {
-        let projected = self.projected(prompt)?;
+        let projected = self.projected(prompt);
         self.layout.build(prompt, extra, projected.as_deref())
     }
 }

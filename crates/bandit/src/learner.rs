@@ -750,7 +750,8 @@ impl Learner {
 
     /// Takes a new configuration and arm list without forgetting what was learned: arms
     /// no longer listed are removed ([`Learner::remove_arm`]), new ones are added at the
-    /// end from the policy's prior ([`Learner::add_arm`]), kept ones take their new prices,
+    /// end from the policy's prior ([`Learner::add_arm`]; the kept arms keep their order,
+    /// whatever the order of `arms`), kept ones take their new prices,
     /// context window and tags; the objective, seed, output-token default and feedback
     /// horizon take the new values, and a changed budget starts a new pacer. The policy and
     /// the dimension cannot change: what was learned is statistics of that model of those

@@ -31,6 +31,8 @@ pub enum ApiError {
     Invalid(String),
     /// 431: the request head is too large.
     HeadersTooLarge(String),
+    /// 429: a limit of the route (a spend cap) refuses requests until `Retry-After` seconds.
+    TooManyRequests(String, u64),
     /// 502: every upstream failed.
     Upstream(String),
     /// 503: the server serves as many connections as it may.
@@ -55,6 +57,9 @@ impl From<ServeError> for ApiError {
                 | ErrorKind::InvalidPolicySpec { .. } => ApiError::Invalid(e.to_string()),
                 _ => ApiError::Internal(e.to_string()),
             },
+            ServeError::SpendCap { message, retry_after } => {
+                ApiError::TooManyRequests(message.clone(), retry_after.as_secs().max(1))
+            }
             ServeError::Config(_) | ServeError::Io { .. } | ServeError::Snapshot { .. } => {
                 ApiError::Internal(e.to_string())
             }
@@ -64,6 +69,10 @@ impl From<ServeError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let retry_after = match &self {
+            ApiError::TooManyRequests(_, seconds) => Some(*seconds),
+            _ => None,
+        };
         let (status, kind, message) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "invalid_request_error", m),
             ApiError::Unauthorized => (
@@ -84,6 +93,7 @@ impl IntoResponse for ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request_error", m)
             }
             ApiError::Invalid(m) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request_error", m),
+            ApiError::TooManyRequests(m, _) => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", m),
             ApiError::Upstream(m) => (StatusCode::BAD_GATEWAY, "upstream_error", m),
             ApiError::Overloaded(m) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded_error", m),
             ApiError::Internal(detail) => {
@@ -102,7 +112,13 @@ impl IntoResponse for ApiError {
                 code: status.as_u16(),
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -119,7 +135,8 @@ pub struct ErrorDetail {
     /// What is wrong and, where it helps, how to fix it.
     pub message: String,
     /// `invalid_request_error`, `authentication_error`, `not_found_error`,
-    /// `timeout_error`, `upstream_error`, `overloaded_error` or `server_error`.
+    /// `timeout_error`, `rate_limit_error`, `upstream_error`, `overloaded_error` or
+    /// `server_error`.
     #[serde(rename = "type")]
     #[schema(rename = "type")]
     pub kind: String,
@@ -159,10 +176,29 @@ pub enum ErrorResponses {
     /// The request head is larger than `max_header_bytes`.
     #[response(status = 431)]
     HeadersTooLarge(ErrorBody),
+    /// The route reached a spend cap; `Retry-After` says when its period ends.
+    #[response(status = 429)]
+    TooManyRequests(ErrorBody),
     /// A fault of the server; the details are in its log.
     #[response(status = 500)]
     Internal(ErrorBody),
     /// The server serves as many connections as it may; retry after `Retry-After`.
     #[response(status = 503)]
     Overloaded(ErrorBody),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spend_cap_is_a_429_with_retry_after() {
+        let error = ServeError::SpendCap {
+            message: "route `r` reached its daily spend cap".into(),
+            retry_after: std::time::Duration::from_millis(3_600_500),
+        };
+        let response = ApiError::from(error).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[axum::http::header::RETRY_AFTER], "3600");
+    }
 }

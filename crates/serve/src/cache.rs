@@ -1,9 +1,9 @@
 //! The proxy's exact response cache: a non-streamed completion, kept for `ttl_s` under its
 //! request, answers the same request again without an upstream call.
 //!
-//! The key is the route, the caller (its bearer token, hashed: one tenant never sees
-//! another's answers) and the request body with its keys sorted, compared in full, not by
-//! hash alone. The cache holds at most `max_bytes` of keys and bodies, evicting the least
+//! The key is the route, the caller (its bearer token: one tenant never sees another's
+//! answers) and the request body with its keys sorted, compared in full, not by hash
+//! alone. The cache holds at most `max_bytes` of keys and bodies, evicting the least
 //! recently used entries first. A hit is logged as its own event (`cache_hit`, under the
 //! decision whose answer it repeats) and never learned from.
 
@@ -89,19 +89,11 @@ pub struct CacheKey {
     request: String,
 }
 
-/// Sizes and counts, for `/metrics`.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct CacheCounts {
-    /// Bytes held.
-    pub bytes: usize,
-    /// Entries evicted to make room, all time.
-    pub evictions: u64,
-}
-
 #[derive(Debug)]
 struct Inner {
     entries: LruCache<u64, Entry>,
-    counts: CacheCounts,
+    /// Bytes held.
+    bytes: usize,
 }
 
 /// The cache.
@@ -118,7 +110,7 @@ impl ResponseCache {
             config,
             inner: Mutex::new(Inner {
                 entries: LruCache::unbounded(),
-                counts: CacheCounts::default(),
+                bytes: 0,
             }),
         }
     }
@@ -135,10 +127,9 @@ impl ResponseCache {
 
     /// The key of `body` sent to `route` by the holder of `token` (None: no token).
     pub fn key(route: &str, token: Option<&str>, body: &Value) -> CacheKey {
-        let mut caller = DefaultHasher::new();
-        token.hash(&mut caller);
-        // serde_json's maps keep their keys sorted, so equal requests print alike.
-        let request = format!("{route}\n{:016x}\n{body}", caller.finish());
+        // serde_json's maps keep their keys sorted, so equal requests print alike. A route
+        // name has no newline, and `None` (no token) differs from every `Some`.
+        let request = format!("{route}\n{token:?}\n{body}");
         let mut hasher = DefaultHasher::new();
         request.hash(&mut hasher);
         CacheKey {
@@ -163,7 +154,7 @@ impl ResponseCache {
             Some(answer) => Lookup::Hit(answer),
             None => {
                 if let Some(stale) = inner.entries.pop(&key.hash) {
-                    inner.counts.bytes -= stale.size();
+                    inner.bytes -= stale.size();
                 }
                 Lookup::Miss(key)
             }
@@ -185,24 +176,23 @@ impl ResponseCache {
         }
         let mut inner = self.inner();
         if let Some(old) = inner.entries.put(key.hash, entry) {
-            inner.counts.bytes -= old.size();
+            inner.bytes -= old.size();
         }
-        inner.counts.bytes += size;
+        inner.bytes += size;
         let mut evicted = 0;
-        while inner.counts.bytes > self.config.max_bytes {
+        while inner.bytes > self.config.max_bytes {
             let Some((_, old)) = inner.entries.pop_lru() else {
                 break;
             };
-            inner.counts.bytes -= old.size();
+            inner.bytes -= old.size();
             evicted += 1;
         }
-        inner.counts.evictions += evicted;
         evicted
     }
 
-    /// Bytes held and evictions so far.
-    pub fn counts(&self) -> CacheCounts {
-        self.inner().counts
+    /// Bytes of requests and answers held.
+    pub fn bytes(&self) -> usize {
+        self.inner().bytes
     }
 }
 
@@ -254,7 +244,7 @@ mod tests {
             t0 + Duration::from_secs(10),
         );
         assert!(matches!(stale, Lookup::Miss(_)));
-        assert_eq!(cache.counts().bytes, 0, "the stale entry is dropped");
+        assert_eq!(cache.bytes(), 0, "the stale entry is dropped");
     }
 
     #[test]
@@ -268,25 +258,18 @@ mod tests {
         });
         let t0 = Instant::now();
         for i in 0..3 {
-            cache.store(key(i), answer(&"x".repeat(100)), t0);
+            assert_eq!(cache.store(key(i), answer(&"x".repeat(100)), t0), 0);
         }
-        assert_eq!(
-            cache.counts(),
-            CacheCounts {
-                bytes: size(0) * 3,
-                evictions: 0
-            }
-        );
+        assert_eq!(cache.bytes(), size(0) * 3);
         // Touch 0, so that 1 is the least recently used when 3 arrives.
         assert!(matches!(cache.lookup(key(0), t0), Lookup::Hit(_)));
-        cache.store(key(3), answer(&"x".repeat(100)), t0);
-        assert_eq!(cache.counts().evictions, 1);
+        assert_eq!(cache.store(key(3), answer(&"x".repeat(100)), t0), 1);
         assert!(matches!(cache.lookup(key(1), t0), Lookup::Miss(_)));
         for i in [0, 2, 3] {
             assert!(matches!(cache.lookup(key(i), t0), Lookup::Hit(_)), "{i}");
         }
         // Larger than the whole cache: not stored, nothing evicted.
-        cache.store(key(9), answer(&"x".repeat(size(0) * 3)), t0);
-        assert_eq!(cache.counts().evictions, 1);
+        assert_eq!(cache.store(key(9), answer(&"x".repeat(size(0) * 3)), t0), 0);
+        assert_eq!(cache.bytes(), size(0) * 3);
     }
 }

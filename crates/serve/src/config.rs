@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::cache::CacheConfig;
 use crate::error::{Result, ServeError};
 use crate::health::BreakerConfig;
+use crate::spend::SpendCap;
 
 /// Bearer tokens, one set per kind of caller. An empty set leaves that endpoint open.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -361,6 +362,9 @@ pub struct RouteConfig {
     /// features (`quiver_bandit::embedding`). None (the default): hashed features only.
     #[serde(default)]
     pub embedding: Option<EmbeddingConfig>,
+    /// Spend caps per UTC day and month (see `crate::spend`). None: no cap.
+    #[serde(default)]
+    pub spend_cap: Option<SpendCap>,
 }
 
 impl RouteConfig {
@@ -378,6 +382,7 @@ impl RouteConfig {
             seed: 0,
             priors: None,
             embedding: None,
+            spend_cap: None,
         }
     }
 }

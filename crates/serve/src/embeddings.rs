@@ -35,8 +35,10 @@ enum Source {
         model: String,
         key: Option<String>,
     },
+    /// The encoder, and a permit per core: an encoding outlives its request's time
+    /// limit, so without them slow encodings would pile up on the blocking pool.
     #[cfg(feature = "minilm")]
-    Bundled(quiver_bandit::MiniLm),
+    Bundled(quiver_bandit::MiniLm, std::sync::Arc<tokio::sync::Semaphore>),
 }
 
 /// Why an embedding was not to be had.
@@ -118,9 +120,13 @@ fn source(config: &EmbeddingConfig) -> Result<Source> {
                 .and_then(|var| std::env::var(var).ok()),
         }),
         #[cfg(feature = "minilm")]
-        (None, _) => quiver_bandit::MiniLm::new()
-            .map(Source::Bundled)
-            .map_err(|e| ServeError::Config(format!("embedding: the bundled encoder: {e}"))),
+        (None, _) => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(cores));
+            quiver_bandit::MiniLm::new()
+                .map(|encoder| Source::Bundled(encoder, permits))
+                .map_err(|e| ServeError::Config(format!("embedding: the bundled encoder: {e}")))
+        }
         #[cfg(not(feature = "minilm"))]
         (None, _) => Err(ServeError::Config(
             "embedding: this build has no bundled encoder (build with `--features minilm`)".into(),
@@ -149,12 +155,18 @@ impl RouteEmbedder {
                     .ok_or_else(|| format!("{url}: no `data[0].embedding` array of numbers"))
             }
             #[cfg(feature = "minilm")]
-            Source::Bundled(encoder) => {
+            Source::Bundled(encoder, permits) => {
                 use quiver_bandit::Embedder;
+                let permit = std::sync::Arc::clone(permits)
+                    .try_acquire_owned()
+                    .map_err(|_| "every core is encoding".to_string())?;
                 let (encoder, text) = (encoder.clone(), text.to_string());
-                let mut vectors = tokio::task::spawn_blocking(move || encoder.embed(&[&text]))
-                    .await
-                    .map_err(|e| format!("encoder task failed: {e}"))??;
+                let mut vectors = tokio::task::spawn_blocking(move || {
+                    let _held = permit;
+                    encoder.embed(&[&text])
+                })
+                .await
+                .map_err(|e| format!("encoder task failed: {e}"))??;
                 vectors.pop().ok_or_else(|| "the encoder returned nothing".into())
             }
         }

@@ -30,6 +30,14 @@ pub enum ServeError {
         /// print it twice).
         cause: std::io::Error,
     },
+    /// The route reached a spend cap.
+    #[error("{message}")]
+    SpendCap {
+        /// Which cap, what was spent, when it resets.
+        message: String,
+        /// Until the cap's period ends.
+        retry_after: std::time::Duration,
+    },
     /// A snapshot that does not fit the configuration.
     #[error("{path}: {reason}")]
     Snapshot {

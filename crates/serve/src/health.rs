@@ -4,11 +4,14 @@
 //! A breaker is closed while the model answers. It opens when, among its last `window`
 //! calls (at least `min_calls` of them), the share that failed reaches `failure_rate`,
 //! or when the provider answers 429 or 503 with `Retry-After` (open for that long, at
-//! most `max_cooldown_ms`). Open, it stays so for `cooldown_ms`, then turns half-open: the
-//! next call is a probe, and while it runs no other call goes to the model; the probe's
-//! success closes the breaker, its failure opens it again. Decisions leave out models
-//! whose breaker is open or probing (`quiver_bandit::Request::unavailable`), unless that
-//! leaves no model, when every model is tried as if all were closed.
+//! most `max_cooldown_ms`; a cooldown is never shortened). Open, it stays so for
+//! `cooldown_ms`, then turns half-open: the next call is a probe, and while it runs no
+//! other call goes to the model ([`Health::try_call`] refuses them); the probe's success
+//! closes the breaker, its failure opens it again, and a probe that never reports (its
+//! request dropped) is given up after `cooldown_ms`. Any success closes the breaker.
+//! Decisions leave out models whose breaker is open or probing
+//! (`quiver_bandit::Request::unavailable`), unless that leaves no model, when every model
+//! is tried as if all were closed.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
@@ -102,8 +105,8 @@ struct Breaker {
     recent: VecDeque<bool>,
     /// Open until then.
     open_until: Option<Instant>,
-    /// A probe is under way.
-    probing: bool,
+    /// A probe under way, since then.
+    probing: Option<Instant>,
     /// Why it opened.
     reason: String,
 }
@@ -117,11 +120,19 @@ impl Breaker {
         }
     }
 
+    /// Opens the breaker until `until`, or later if it is open longer already.
     fn open(&mut self, until: Instant, reason: String) {
-        self.open_until = Some(until);
-        self.probing = false;
+        if self.open_until.is_none_or(|u| u < until) {
+            self.open_until = Some(until);
+            self.reason = reason;
+        }
+        self.probing = None;
         self.recent.clear();
-        self.reason = reason;
+    }
+
+    /// A probe under way that has not yet been given up on.
+    fn probing(&self, now: Instant, cooldown: Duration) -> bool {
+        self.probing.is_some_and(|since| now < since + cooldown)
     }
 }
 
@@ -147,15 +158,20 @@ impl Health {
         f(&mut breakers)
     }
 
+    fn cooldown(&self) -> Duration {
+        Duration::from_millis(self.config.cooldown_ms)
+    }
+
     /// The models of `route` that cannot take a call now, and why.
     pub fn unavailable(&self, route: &str, now: Instant) -> BTreeMap<String, String> {
+        let cooldown = self.cooldown();
         self.with(|breakers| {
             breakers
                 .range((route.to_string(), String::new())..)
                 .take_while(|((r, _), _)| r == route)
                 .filter_map(|((_, model), b)| match b.circuit(now) {
                     Circuit::Open => Some((model.clone(), format!("circuit open: {}", b.reason))),
-                    Circuit::HalfOpen if b.probing => {
+                    Circuit::HalfOpen if b.probing(now, cooldown) => {
                         Some((model.clone(), "circuit half-open, probing".into()))
                     }
                     _ => None,
@@ -164,15 +180,25 @@ impl Health {
         })
     }
 
-    /// Marks the start of a call to `model`: a half-open breaker's probe.
-    pub fn calling(&self, route: &str, model: &str, now: Instant) {
+    /// Whether a call to `model` may start now, and if so marks it: a closed breaker, or
+    /// a half-open one's probe when no other is under way; not an open one (unless
+    /// `forced`, as when every model is unavailable and all are tried).
+    pub fn try_call(&self, route: &str, model: &str, forced: bool, now: Instant) -> bool {
+        let cooldown = self.cooldown();
         self.with(|breakers| {
-            if let Some(b) = breakers.get_mut(&(route.to_string(), model.to_string())) {
-                if b.circuit(now) == Circuit::HalfOpen {
-                    b.probing = true;
+            let Some(b) = breakers.get_mut(&(route.to_string(), model.to_string())) else {
+                return true;
+            };
+            match b.circuit(now) {
+                Circuit::Closed => true,
+                Circuit::Open => forced,
+                Circuit::HalfOpen if b.probing(now, cooldown) => forced,
+                Circuit::HalfOpen => {
+                    b.probing = Some(now);
+                    true
                 }
             }
-        });
+        })
     }
 
     /// Records a call's end: `failed`, and the cooldown the provider asked for, if any.
@@ -184,7 +210,7 @@ impl Health {
         retry_after: Option<Duration>,
         now: Instant,
     ) {
-        let config = self.config;
+        let (config, cooldown) = (self.config, self.cooldown());
         self.with(|breakers| {
             let b = breakers
                 .entry((route.to_string(), model.to_string()))
@@ -197,13 +223,13 @@ impl Health {
                 );
                 return;
             }
+            if !failed && b.circuit(now) != Circuit::Closed {
+                // The model answers again: the probe, or a call made when all were tried.
+                *b = Breaker::default();
+                return;
+            }
             if b.circuit(now) == Circuit::HalfOpen {
-                if failed {
-                    let reason = "the probe failed".to_string();
-                    b.open(now + Duration::from_millis(config.cooldown_ms), reason);
-                } else {
-                    *b = Breaker::default();
-                }
+                b.open(now + cooldown, "the probe failed".to_string());
                 return;
             }
             b.recent.push_back(failed);
@@ -214,7 +240,7 @@ impl Health {
             let calls = b.recent.len();
             if calls >= config.min_calls && failures as f64 >= config.failure_rate * calls as f64 {
                 let reason = format!("{failures} of the last {calls} calls failed");
-                b.open(now + Duration::from_millis(config.cooldown_ms), reason);
+                b.open(now + cooldown, reason);
             }
         });
     }
@@ -258,13 +284,20 @@ mod tests {
         let later = t0 + Duration::from_millis(1000);
         assert_eq!(h.circuit("r", "m", later), Circuit::HalfOpen);
         assert!(h.unavailable("r", later).is_empty(), "half-open takes a probe");
-        h.calling("r", "m", later);
+        assert!(h.try_call("r", "m", false, later));
         assert!(h.unavailable("r", later)["m"].contains("probing"));
+        assert!(!h.try_call("r", "m", false, later), "one probe at a time");
         h.record("r", "m", true, None, later);
         assert_eq!(h.circuit("r", "m", later), Circuit::Open, "the probe failed");
+        assert!(!h.try_call("r", "m", false, later) && h.try_call("r", "m", true, later));
+        // A probe whose request was dropped never reports: given up after a cooldown.
         let after = later + Duration::from_millis(1000);
-        h.calling("r", "m", after);
-        h.record("r", "m", false, None, after);
+        assert!(h.try_call("r", "m", false, after));
+        let lost = after + Duration::from_millis(1000);
+        assert!(h.unavailable("r", lost).is_empty());
+        assert!(h.try_call("r", "m", false, lost));
+        h.record("r", "m", false, None, lost);
+        let after = lost;
         assert_eq!(h.circuit("r", "m", after), Circuit::Closed);
         // Closed afresh: three failures are not yet enough calls to open it.
         for _ in 0..3 {

@@ -30,6 +30,7 @@ pub mod proxy;
 mod request_limits;
 mod router;
 pub mod server;
+pub mod spend;
 mod state;
 mod status;
 

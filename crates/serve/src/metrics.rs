@@ -254,11 +254,19 @@ struct RouteTotals {
     decisions: u64,
     /// The pacer's dual multiplier, target and debt, when the route has a budget.
     budget: Option<(f64, f64, f64)>,
+    /// Spend this UTC day and month, USD.
+    spend: (f64, f64),
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabel {
     route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeriodLabels {
+    route: String,
+    period: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -306,6 +314,7 @@ impl LearnerStats {
                 route: route.clone(),
                 decisions: learner.next_decision_id(),
                 budget: learner.pacer().map(|p| (p.lambda(), p.target_usd(), p.debt())),
+                spend: router.spend(&route)?,
             });
         }
         let (log_records, log_fsyncs) = router.log_counts();
@@ -404,6 +413,21 @@ impl Collector for LearnerStats {
                 })
             }),
         )?;
+        family(
+            &mut encoder,
+            "quiver_route_spend_usd",
+            "Spend per route in the current UTC day and month, USD (what spend caps count).",
+            MetricType::Gauge,
+            self.routes.iter().flat_map(|r| {
+                [("day", r.spend.0), ("month", r.spend.1)].map(|(period, usd)| {
+                    let labels = PeriodLabels {
+                        route: r.route.clone(),
+                        period: period.to_string(),
+                    };
+                    (labels, ConstGauge::new(usd))
+                })
+            }),
+        )?;
         let budgeted = || self.routes.iter().filter_map(|r| r.budget.map(|b| (r, b)));
         family(
             &mut encoder,
@@ -463,6 +487,7 @@ mod tests {
                 route: "r".into(),
                 decisions: 4,
                 budget: Some((0.5, 0.001, 3.0)),
+                spend: (1.5, 20.25),
             }],
             log_records: 9,
             log_fsyncs: 2,
@@ -480,6 +505,8 @@ mod tests {
             "quiver_budget_lambda{route=\"r\"} 0.5",
             "quiver_budget_target_usd{route=\"r\"} 0.001",
             "quiver_budget_debt{route=\"r\"} 3.0",
+            "quiver_route_spend_usd{route=\"r\",period=\"day\"} 1.5",
+            "quiver_route_spend_usd{route=\"r\",period=\"month\"} 20.25",
             "quiver_log_records_total 9",
             "quiver_log_fsyncs_total 2",
             "quiver_circuit_state{route=\"r\",arm=\"we\\\"ird\\\\arm\\nid\",state=\"half_open\"} 1",

@@ -47,6 +47,7 @@ use serde_json::Value;
 use crate::api_error::{ApiError, ErrorBody};
 use crate::cache::{CacheKey, Cached, Lookup, ResponseCache};
 use crate::config::ModelConfig;
+use crate::health::Circuit;
 use crate::router::RouteRequest;
 use crate::state::{change_router, ApiJson, AppState};
 
@@ -227,7 +228,7 @@ pub struct ChatCompletionRequest {
 type Object = serde_json::Map<String, Value>;
 
 /// A completion through the route's chosen model, with fallback; the decision id is in the
-/// `x-quiver-decision-id` header.
+/// `x-quiver-decision-id` header (not on an answer from the cache, `x-quiver-cache: hit`).
 #[utoipa::path(
     post,
     path = "/v1/chat/completions",
@@ -244,6 +245,7 @@ type Object = serde_json::Map<String, Value>;
         (status = 413, description = "The body is too large, here or upstream (relayed unchanged)", body = Object),
         (status = 415, description = "The body is not JSON, here or upstream (relayed unchanged)", body = Object),
         (status = 422, description = "An invalid value, here or upstream (relayed unchanged)", body = Object),
+        (status = 429, description = "The route reached a spend cap; retry after Retry-After", body = ErrorBody),
         (status = 431, description = "The request head is too large", body = ErrorBody),
         (status = 500, description = "A fault of the server", body = ErrorBody),
         (status = 502, description = "Every upstream of the route failed", body = ErrorBody),
@@ -279,6 +281,7 @@ pub async fn chat_completions(
     }
     let prompt_tokens = quiver_bandit::features::estimate_tokens(&prompt);
     let observed = state.observe(&route, &prompt).await;
+    let breakers_open = observed.unavailable.len();
     let ((routed, models), decision_logged) = {
         let mut router = state.router()?;
         let routed = router.route_observed(&route, &route_request, observed)?;
@@ -291,6 +294,8 @@ pub async fn chat_completions(
     let order: Vec<String> = std::iter::once(routed.decision.arm.clone())
         .chain(routed.decision.fallback.iter().cloned())
         .collect();
+    // With every model's breaker open, the decision considered them all: so do the calls.
+    let forced = breakers_open >= models.len();
     let mut failures = Vec::new();
     let mut answer = None;
     for (attempt, arm) in order.iter().enumerate() {
@@ -298,9 +303,8 @@ pub async fn chat_completions(
             continue;
         };
         request["model"] = Value::String(model.upstream_model.clone().unwrap_or_else(|| model.id.clone()));
-        let Some((called, started)) =
-            call_with_retries(&state, &route, &request, model, stream, deadline).await
-        else {
+        let called = call_with_retries(&state, &route, &request, model, (stream, forced), deadline).await;
+        let Some((called, started)) = called else {
             failures.push(format!("{arm}: deadline reached"));
             break;
         };
@@ -329,7 +333,6 @@ pub async fn chat_completions(
                     };
                     let evicted = state.cache.store(key, cached, Instant::now());
                     state.metrics.cache_evictions.inc_by(evicted);
-                    state.metrics.cache_bytes.set(state.cache.counts().bytes as i64);
                     response
                         .headers_mut()
                         .insert(CACHE_HEADER, HeaderValue::from_static("miss"));
@@ -452,23 +455,29 @@ async fn answer_from_cache(
 }
 
 /// Calls `model`, again after a retryable failure (up to `upstream_retries` times, each
-/// after [`backoff`]) while the deadline allows, and tells its breaker how each call
-/// went. The last call's result and start; None if the deadline passed before any call.
+/// after [`backoff`], while its breaker stays closed and the deadline allows), and tells
+/// its breaker how each call went. A model whose breaker turned open or is being probed
+/// since the decision is not called (unless `forced`: every model was unavailable). The
+/// last call's result and the first call's start; None if the deadline passed first.
 async fn call_with_retries(
     state: &AppState,
     route: &str,
     request: &Value,
     model: &ModelConfig,
-    stream: bool,
+    (stream, forced): (bool, bool),
     deadline: Instant,
 ) -> Option<(Result<Upstream, Failure>, Instant)> {
+    let first_started = Instant::now();
     let mut retries = 0;
     loop {
         let started = Instant::now();
         if deadline <= started {
             return None;
         }
-        state.health.calling(route, &model.id, started);
+        if !state.health.try_call(route, &model.id, forced, started) {
+            let failure = Failure::final_("its circuit breaker opened since the decision");
+            return Some((Err(failure), first_started));
+        }
         let called = call_upstream(state, request, model, stream, deadline).await;
         let took = started.elapsed();
         let (result, failure) = match &called {
@@ -485,13 +494,17 @@ async fn call_with_retries(
             .health
             .record(route, &model.id, failure.is_some(), retry_after, Instant::now());
         let Some(failure) = failure else {
-            return Some((called, started));
+            return Some((called, first_started));
         };
         state.metrics.upstream_failures.inc();
         let wait = backoff(retries);
-        if !failure.retryable || retries >= state.config.upstream_retries || Instant::now() + wait >= deadline
+        let closed = state.health.circuit(route, &model.id, Instant::now()) == Circuit::Closed;
+        if !failure.retryable
+            || !closed
+            || retries >= state.config.upstream_retries
+            || Instant::now() + wait >= deadline
         {
-            return Some((called, started));
+            return Some((called, first_started));
         }
         tracing::info!(model = %model.id, retry = retries + 1, wait_ms = wait.as_millis() as u64, "retrying after: {failure}");
         tokio::time::sleep(wait).await;

@@ -20,6 +20,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use quiver_bandit::{
     Applied, Arm, BudgetConfig, ChatMessage, Constraints, Context, ContextLayout, Decision,
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{EmbeddingConfig, ModelConfig, RouteConfig};
 use crate::error::{io_at, Result, ServeError};
+use crate::spend::{self, Allowance, Spend};
 use quiver_log::{records_after, DecisionLog, LogEvent, LogRecord, SEGMENT_BYTES};
 
 /// A request to route.
@@ -90,6 +92,8 @@ struct RouteState {
     decision_seqs: DecisionSeqs,
     /// Whether the learner came from the snapshot (and so holds what priors taught).
     restored: bool,
+    /// What the route spent this UTC day and month.
+    spend: Spend,
 }
 
 /// Where the log wrote each tracked decision of a route, so that a snapshot can say where
@@ -164,6 +168,10 @@ fn learner_setup(
 
 impl RouteState {
     fn new(config: RouteConfig, feedback_horizon: usize) -> Result<Self> {
+        if let Some(cap) = &config.spend_cap {
+            cap.check()
+                .map_err(|e| ServeError::Config(format!("route `{}`: {e}", config.name)))?;
+        }
         let embedding = config
             .embedding
             .as_ref()
@@ -178,6 +186,7 @@ impl RouteState {
             config,
             decision_seqs: DecisionSeqs::default(),
             restored: false,
+            spend: Spend::default(),
         })
     }
 
@@ -519,6 +528,7 @@ impl Router {
                 reconfigured = true;
             }
         }
+        Self::read_spend(&mut states, dir)?;
         let log = DecisionLog::open(dir, log_last, options.segment_bytes).map_err(io_at(dir))?;
         let router = Router {
             routes: states,
@@ -732,6 +742,24 @@ impl Router {
         }
     }
 
+    /// Reads back from the log what the routes with a spend cap spent this UTC month.
+    fn read_spend(states: &mut BTreeMap<String, RouteState>, dir: &Path) -> Result<()> {
+        if states.values().all(|s| s.config.spend_cap.is_none()) {
+            return Ok(());
+        }
+        let month = quiver_log::now_rfc3339()[..7].to_string();
+        for record in records_after(dir, 0).map_err(io_at(dir))? {
+            let record = record.map_err(io_at(dir))?;
+            if record.event != LogEvent::Outcome || !record.timestamp.starts_with(&month) {
+                continue;
+            }
+            if let Some(state) = states.get_mut(&record.route) {
+                state.spend.add(&record.timestamp, record.cost_usd);
+            }
+        }
+        Ok(())
+    }
+
     fn apply_record(
         states: &mut BTreeMap<String, RouteState>,
         record: &LogRecord,
@@ -833,6 +861,12 @@ impl Router {
         Ok((context, state.layout.definition()))
     }
 
+    /// What `route` spent this UTC day and month, USD.
+    pub fn spend(&self, route: &str) -> Result<(f64, f64)> {
+        let now = quiver_log::now_rfc3339();
+        Ok(self.state(route)?.spend.at(&now))
+    }
+
     /// The layout of `route`'s contexts: its hashed features and embedding block.
     pub fn layout(&self, route: &str) -> Result<&ContextLayout> {
         Ok(&self.state(route)?.layout)
@@ -859,10 +893,25 @@ impl Router {
     ) -> Result<Pending<Routed>> {
         let Observed {
             embedding,
-            unavailable,
+            mut unavailable,
         } = observed;
         let prompt = request.text()?;
         let state = self.state(route)?;
+        if let Some(cap) = &state.config.spend_cap {
+            match spend::allowance(cap, route, &state.spend, SystemTime::now()) {
+                Allowance::Open => {}
+                Allowance::Downgraded(why) => {
+                    for model in spend::dearer_half(&state.config.models) {
+                        unavailable
+                            .entry(model.to_string())
+                            .or_insert_with(|| why.clone());
+                    }
+                }
+                Allowance::Exhausted(message, retry_after) => {
+                    return Err(ServeError::SpendCap { message, retry_after });
+                }
+            }
+        }
         let context = state.context(&prompt, &request.features, embedding.as_deref())?;
         let mut learner_request = Request::new(context.clone());
         learner_request.constraints = request.constraints.clone();
@@ -886,11 +935,15 @@ impl Router {
             record.featurizer = Some(by.into());
             record.embedding = embedding;
         }
-        // Unless every model was unavailable (and all were considered again).
+        // The models the decision left out as unavailable (none if all were, and so were
+        // all considered again).
         record.unavailable = learner_request
             .unavailable
             .into_keys()
-            .filter(|m| decision.arms.iter().all(|e| &e.arm != m))
+            .filter(|m| {
+                let left_out = format!("{m}: unavailable (");
+                decision.excluded.iter().any(|e| e.starts_with(&left_out))
+            })
             .collect();
         record.features = request
             .features
@@ -940,7 +993,11 @@ impl Router {
         record.output_tokens = outcome.output_tokens;
         record.quality = quiver_bandit::credited_quality(outcome.quality, outcome.error);
         let seq = self.stage_if(would, &mut record)?;
-        let applied = self.state_mut(&route)?.learner.record_outcome(id, outcome)?;
+        let state = self.state_mut(&route)?;
+        let applied = state.learner.record_outcome(id, outcome)?;
+        if applied == Applied::Applied {
+            state.spend.add(&record.timestamp, outcome.cost_usd);
+        }
         Ok(self.pending(applied, seq))
     }
 

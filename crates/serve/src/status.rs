@@ -30,6 +30,14 @@ pub struct RouteState {
     pub w_cost: f64,
     /// The budget pacer's multiplier, on a route with a budget.
     pub budget_lambda: Option<f64>,
+    /// Spend this UTC day, USD.
+    pub spend_today_usd: f64,
+    /// Spend this UTC month, USD.
+    pub spend_month_usd: f64,
+    /// The daily spend cap, if any.
+    pub daily_cap_usd: Option<f64>,
+    /// The monthly spend cap, if any.
+    pub monthly_cap_usd: Option<f64>,
     /// Each model's totals.
     pub arms: Vec<ArmState>,
 }
@@ -100,7 +108,13 @@ fn route_state_of(router: &mut Router, name: &str) -> Result<RouteState, ApiErro
             }
         })
         .collect();
+    let (spend_today_usd, spend_month_usd) = router.spend(name)?;
+    let cap = router.route_config(name)?.spend_cap;
     Ok(RouteState {
+        spend_today_usd,
+        spend_month_usd,
+        daily_cap_usd: cap.and_then(|c| c.daily_usd),
+        monthly_cap_usd: cap.and_then(|c| c.monthly_usd),
         route: name.to_string(),
         policy: learner.config().policy.to_string(),
         decisions: learner.next_decision_id(),
@@ -138,6 +152,7 @@ pub(crate) async fn route_snapshot(
     )
 )]
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    state.metrics.cache_bytes.set(state.cache.bytes() as i64);
     let stats = with_router(&state, |router| Ok(LearnerStats::read(router)?))
         .await?
         .with_circuits(&state.health, Instant::now());

@@ -727,3 +727,74 @@ fn embedding_blocks_are_logged_and_rebuild_the_learner_after_a_restart() {
     assert!(router.route_observed("p", &request, observed).is_err());
     router.route("p", &request).unwrap().wait().unwrap();
 }
+
+/// A route near its daily spend cap keeps to its cheaper models, at the cap refuses to
+/// decide, and after a restart knows what it spent.
+#[test]
+fn a_spend_cap_downgrades_then_refuses_and_survives_a_restart() {
+    use quiver_serve::spend::SpendCap;
+    let dir = scratch("router_spend_cap");
+    let route = RouteConfig {
+        spend_cap: Some(SpendCap {
+            daily_usd: Some(0.001),
+            monthly_usd: None,
+            downgrade_at: 0.5,
+        }),
+        ..RouteConfig::new(
+            "r",
+            "fixed(dear)",
+            vec![
+                ModelConfig::priced("dear", 20.0, 40.0),
+                ModelConfig::priced("cheap", 1.0, 2.0),
+            ],
+        )
+    };
+    let request = RouteRequest {
+        prompt: Some("hi".into()),
+        ..RouteRequest::default()
+    };
+    let mut router = Router::open(vec![route.clone()], &dir).unwrap();
+    let mut served = Vec::new();
+    let refusal = loop {
+        let routed = match router.route("r", &request) {
+            Ok(pending) => pending.wait().unwrap(),
+            Err(e) => break e,
+        };
+        let cost = if routed.decision.arm == "dear" {
+            0.0004
+        } else {
+            0.0001
+        };
+        router
+            .record_outcome(&routed.decision_id, &Outcome::new(100.0, cost))
+            .unwrap()
+            .wait()
+            .unwrap();
+        served.push((routed.decision.arm, routed.decision.excluded));
+        assert!(served.len() < 10, "never refused");
+    };
+    // 0.0004 and 0.0008 by `dear`; from half the cap on, `cheap`: 0.0009, then 0.0010.
+    let arms: Vec<&str> = served.iter().map(|(arm, _)| arm.as_str()).collect();
+    assert_eq!(arms, ["dear", "dear", "cheap", "cheap"]);
+    assert_eq!(
+        served[2].1,
+        ["dear: unavailable (spend cap: 80% of the daily $0.001 spent)"]
+    );
+    let ServeError::SpendCap { message, retry_after } = refusal else {
+        panic!("{refusal}")
+    };
+    assert!(
+        message.starts_with("route `r` reached its daily spend cap of $0.001 ($0.001 spent)"),
+        "{message}"
+    );
+    assert!(retry_after <= std::time::Duration::from_secs(86_400));
+    let (day, month) = router.spend("r").unwrap();
+    assert!((day - 0.001).abs() < 1e-12 && (month - 0.001).abs() < 1e-12);
+    drop(router);
+    let mut reopened = Router::open(vec![route], &dir).unwrap();
+    assert_eq!(reopened.spend("r").unwrap(), (day, month));
+    assert!(matches!(
+        reopened.route("r", &request),
+        Err(ServeError::SpendCap { .. })
+    ));
+}

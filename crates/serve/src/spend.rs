@@ -1,0 +1,277 @@
+//! Spend caps per route: USD per UTC day and per UTC month.
+//!
+//! A route's spend is the cost of the outcomes it recorded (the proxy's calls and
+//! `/v1/outcome` reports), counted by the UTC day and month of the record. Near a cap
+//! (from `downgrade_at` of it) decisions keep to the cheaper half of the route's models,
+//! by list price; at the cap the route refuses requests with a 429 naming the cap, until
+//! the period ends (`Retry-After`). Refused requests are neither decided nor learned. On
+//! start the spend of the current month is read back from the log.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ModelConfig;
+
+/// A route's caps (`[routes.spend_cap]`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpendCap {
+    /// USD per UTC day.
+    #[serde(default)]
+    pub daily_usd: Option<f64>,
+    /// USD per UTC month.
+    #[serde(default)]
+    pub monthly_usd: Option<f64>,
+    /// The share of a cap from which decisions keep to the cheaper models, in (0, 1].
+    #[serde(default = "default_downgrade_at")]
+    pub downgrade_at: f64,
+}
+
+fn default_downgrade_at() -> f64 {
+    0.9
+}
+
+impl SpendCap {
+    /// Checks the values: caps positive and finite, `downgrade_at` in (0, 1].
+    pub fn check(&self) -> Result<(), String> {
+        for (name, cap) in [("daily_usd", self.daily_usd), ("monthly_usd", self.monthly_usd)] {
+            if cap.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
+                return Err(format!("spend_cap.{name} must be a positive number of USD"));
+            }
+        }
+        if !(self.downgrade_at > 0.0 && self.downgrade_at <= 1.0) {
+            return Err(format!(
+                "spend_cap.downgrade_at {} is not in (0, 1]",
+                self.downgrade_at
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Spend of the current UTC day and month.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Spend {
+    day: String,
+    day_usd: f64,
+    month: String,
+    month_usd: f64,
+}
+
+/// `YYYY-MM-DD` and `YYYY-MM` of an RFC 3339 UTC timestamp.
+fn periods(timestamp: &str) -> (&str, &str) {
+    (
+        timestamp.get(..10).unwrap_or(""),
+        timestamp.get(..7).unwrap_or(""),
+    )
+}
+
+impl Spend {
+    /// Adds `usd` spent at `timestamp` (RFC 3339 UTC); spend of an earlier period than
+    /// the one counted is not counted, a later period starts afresh.
+    pub fn add(&mut self, timestamp: &str, usd: f64) {
+        let (day, month) = periods(timestamp);
+        if month > self.month.as_str() {
+            self.month = month.to_string();
+            self.month_usd = 0.0;
+        }
+        if day > self.day.as_str() {
+            self.day = day.to_string();
+            self.day_usd = 0.0;
+        }
+        if month == self.month {
+            self.month_usd += usd;
+        }
+        if day == self.day {
+            self.day_usd += usd;
+        }
+    }
+
+    /// The day's and the month's spend at `now` (RFC 3339 UTC): 0 for a period that has
+    /// ended since.
+    pub fn at(&self, now: &str) -> (f64, f64) {
+        let (day, month) = periods(now);
+        (
+            if day == self.day { self.day_usd } else { 0.0 },
+            if month == self.month { self.month_usd } else { 0.0 },
+        )
+    }
+}
+
+/// What a cap allows now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Allowance {
+    /// Every model.
+    Open,
+    /// The cheaper models only; why.
+    Downgraded(String),
+    /// Nothing: the message names the cap, and the wait is until its period ends.
+    Exhausted(String, Duration),
+}
+
+/// An amount in USD: cents from a dollar up, else up to six decimals.
+fn usd(x: f64) -> String {
+    if x >= 1.0 {
+        format!("${x:.2}")
+    } else {
+        let text = format!("{x:.6}");
+        format!("${}", text.trim_end_matches('0').trim_end_matches('.'))
+    }
+}
+
+/// What `cap` allows a route that has spent `spend` at `now`.
+pub fn allowance(cap: &SpendCap, route: &str, spend: &Spend, now: SystemTime) -> Allowance {
+    let stamp = humantime::format_rfc3339_seconds(now).to_string();
+    let (day_usd, month_usd) = spend.at(&stamp);
+    let periods = [
+        ("daily", cap.daily_usd, day_usd, until_next_day(now)),
+        (
+            "monthly",
+            cap.monthly_usd,
+            month_usd,
+            until_next_month(&stamp, now),
+        ),
+    ];
+    let mut near = None;
+    for (name, cap_usd, spent, wait) in periods {
+        let Some(cap_usd) = cap_usd else { continue };
+        if spent >= cap_usd {
+            return Allowance::Exhausted(
+                format!(
+                    "route `{route}` reached its {name} spend cap of {} ({} spent); \
+                     it serves again when the period ends, in {} s (UTC)",
+                    usd(cap_usd),
+                    usd(spent),
+                    wait.as_secs()
+                ),
+                wait,
+            );
+        }
+        if spent >= cap.downgrade_at * cap_usd && near.is_none() {
+            let share = 100.0 * spent / cap_usd;
+            near = Some(format!(
+                "spend cap: {share:.0}% of the {name} {} spent",
+                usd(cap_usd)
+            ));
+        }
+    }
+    near.map_or(Allowance::Open, Allowance::Downgraded)
+}
+
+fn until_next_day(now: SystemTime) -> Duration {
+    let secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    Duration::from_secs(86_400 - secs % 86_400)
+}
+
+fn until_next_month(stamp: &str, now: SystemTime) -> Duration {
+    let year: i32 = stamp.get(..4).and_then(|y| y.parse().ok()).unwrap_or(1970);
+    let month: u32 = stamp.get(5..7).and_then(|m| m.parse().ok()).unwrap_or(1);
+    let (year, month) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
+    humantime::parse_rfc3339(&format!("{year:04}-{month:02}-01T00:00:00Z"))
+        .ok()
+        .and_then(|start| start.duration_since(now).ok())
+        .unwrap_or_default()
+}
+
+/// The models a downgraded route keeps: the cheaper half by list price (input plus output
+/// per million tokens; at least one, ties kept).
+pub fn dearer_half(models: &[ModelConfig]) -> Vec<&str> {
+    let price = |m: &ModelConfig| m.input_usd_per_million + m.output_usd_per_million;
+    let mut prices: Vec<f64> = models.iter().map(price).collect();
+    prices.sort_by(f64::total_cmp);
+    let keep_up_to = prices[(prices.len() - 1) / 2];
+    models
+        .iter()
+        .filter(|m| price(m) > keep_up_to)
+        .map(|m| m.id.as_str())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(stamp: &str) -> SystemTime {
+        humantime::parse_rfc3339(stamp).unwrap()
+    }
+
+    #[test]
+    fn spend_counts_by_utc_day_and_month() {
+        let mut spend = Spend::default();
+        spend.add("2026-11-30T23:59:00.000Z", 1.0);
+        spend.add("2026-12-01T00:01:00.000Z", 2.0);
+        spend.add("2026-12-01T10:00:00.000Z", 0.5);
+        // Late: an earlier day is not today's.
+        spend.add("2026-11-30T23:59:59.000Z", 4.0);
+        assert_eq!(spend.at("2026-12-01T12:00:00Z"), (2.5, 2.5));
+        assert_eq!(spend.at("2026-12-02T00:00:00Z"), (0.0, 2.5));
+        assert_eq!(spend.at("2027-01-01T00:00:00Z"), (0.0, 0.0));
+    }
+
+    #[test]
+    fn a_cap_downgrades_then_refuses_until_its_period_ends() {
+        let cap = SpendCap {
+            daily_usd: Some(10.0),
+            monthly_usd: Some(100.0),
+            downgrade_at: 0.9,
+        };
+        let now = at("2026-12-31T18:00:00Z");
+        let mut spend = Spend::default();
+        spend.add("2026-12-31T01:00:00Z", 8.0);
+        assert_eq!(allowance(&cap, "r", &spend, now), Allowance::Open);
+        spend.add("2026-12-31T02:00:00Z", 1.0);
+        let Allowance::Downgraded(why) = allowance(&cap, "r", &spend, now) else {
+            panic!()
+        };
+        assert_eq!(why, "spend cap: 90% of the daily $10.00 spent");
+        spend.add("2026-12-31T03:00:00Z", 1.0);
+        let Allowance::Exhausted(message, wait) = allowance(&cap, "r", &spend, now) else {
+            panic!()
+        };
+        assert!(
+            message.starts_with("route `r` reached its daily spend cap of $10.00 ($10.00 spent)"),
+            "{message}"
+        );
+        assert_eq!(wait, Duration::from_secs(6 * 3600));
+        // The month's cap, reached on another day, waits for the first of January.
+        let mut month = Spend::default();
+        month.add("2026-12-02T00:00:00Z", 100.0);
+        let Allowance::Exhausted(message, wait) = allowance(&cap, "r", &month, now) else {
+            panic!()
+        };
+        assert!(message.contains("monthly spend cap of $100.00"), "{message}");
+        assert_eq!(wait, Duration::from_secs(6 * 3600));
+        let Allowance::Exhausted(_, wait) = allowance(&cap, "r", &month, at("2026-12-15T00:00:00Z")) else {
+            panic!()
+        };
+        assert_eq!(wait, Duration::from_secs(17 * 86_400));
+        assert!(SpendCap {
+            daily_usd: Some(-1.0),
+            ..cap
+        }
+        .check()
+        .is_err());
+        assert!(SpendCap {
+            downgrade_at: 0.0,
+            ..cap
+        }
+        .check()
+        .is_err());
+    }
+
+    #[test]
+    fn the_dearer_half_is_left_out() {
+        let models: Vec<ModelConfig> = [("a", 0.1), ("b", 5.0), ("c", 1.0), ("d", 1.0)]
+            .iter()
+            .map(|(id, p)| ModelConfig::priced(id, *p, *p))
+            .collect();
+        assert_eq!(dearer_half(&models), ["b"]);
+        assert!(dearer_half(&models[..1]).is_empty());
+        assert_eq!(dearer_half(&models[..2]), ["b"]);
+    }
+}
