@@ -280,6 +280,8 @@ pub async fn chat_completions(
         store_under = Some(key);
     }
     let prompt_tokens = quiver_bandit::features::estimate_tokens(&prompt);
+    // The embedding's wait counts against the request's time limit.
+    let deadline = Instant::now() + Duration::from_millis(state.config.request_timeout_ms);
     let observed = state.observe(&route, &prompt).await;
     let breakers_open = observed.unavailable.len();
     let ((routed, models), decision_logged) = {
@@ -290,7 +292,6 @@ pub async fn chat_completions(
     };
     state.metrics.proxied.inc();
     let decision_id = routed.decision_id.clone();
-    let deadline = Instant::now() + Duration::from_millis(state.config.request_timeout_ms);
     let order: Vec<String> = std::iter::once(routed.decision.arm.clone())
         .chain(routed.decision.fallback.iter().cloned())
         .collect();
