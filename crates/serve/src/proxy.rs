@@ -564,7 +564,9 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
         .trim()
         .parse()
         .ok()?;
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+    // A day is past any cooldown the breaker keeps (`max_cooldown_ms` bounds it further);
+    // a negative or non-finite value is no answer.
+    Duration::try_from_secs_f64(seconds.min(86_400.0)).ok()
 }
 
 type UpstreamBody = futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>;
@@ -807,6 +809,44 @@ fn stream_through(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_retry_after(value: &str) -> reqwest::Response {
+        let response = axum::http::Response::builder()
+            .status(429)
+            .header(header::RETRY_AFTER, value)
+            .body(Vec::<u8>::new())
+            .unwrap_or_default();
+        reqwest::Response::from(response)
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_within_a_day() {
+        assert_eq!(retry_after(&with_retry_after("2")), Some(Duration::from_secs(2)));
+        assert_eq!(
+            retry_after(&with_retry_after(" 0.5 ")),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            retry_after(&with_retry_after("1e20")),
+            Some(Duration::from_secs(86_400))
+        );
+        for unread in ["-1", "soon", "Wed, 21 Oct 2026 07:28:00 GMT"] {
+            assert_eq!(retry_after(&with_retry_after(unread)), None, "{unread}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_from_100_ms_to_2_s_with_jitter_in_the_upper_half() {
+        for (n, ceiling_ms) in [(0, 100), (1, 200), (4, 1600), (5, 2000), (40, 2000)] {
+            for _ in 0..20 {
+                let wait = backoff(n).as_secs_f64() * 1000.0;
+                assert!(
+                    wait >= ceiling_ms as f64 / 2.0 - 1e-9 && wait <= ceiling_ms as f64 + 1e-9,
+                    "{n}: {wait}"
+                );
+            }
+        }
+    }
 
     fn tally_of(chunks: &[&str]) -> StreamTally {
         let mut tally = StreamTally::default();
