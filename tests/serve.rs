@@ -989,3 +989,55 @@ async fn the_cache_answers_repeats_per_caller_without_calling_upstream() {
     assert_eq!(Some(&hits[0].decision_id), first_decision.as_ref());
     assert_eq!(hits[0].arm, "good");
 }
+
+/// Through the official OpenAI SDK (`tests/clients/openai_sdk_errors.py`): an upstream's
+/// 400 surfaces as `BadRequestError` with the upstream's code after exactly one upstream
+/// call, and a 429 with `Retry-After` falls back and rests its model (one call for two
+/// requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_sees_upstream_refusals_and_rate_limits_as_it_should() {
+    let Some(python) = std::env::var_os("QUIVER_PYTHON") else {
+        eprintln!("skipped: set QUIVER_PYTHON to a Python with the `openai` package");
+        return;
+    };
+    let (refusing, limited, good) = (
+        upstream("refusing").await,
+        upstream("ratelimited").await,
+        upstream("good").await,
+    );
+    let dir = scratch("serve_sdk_errors");
+    let base = start(
+        json!({
+            "routes": [
+                {"name": "strict", "policy": "fixed(refusing)", "models": [model("refusing", Some(refusing)), model("good", Some(good))]},
+                {"name": "limited", "policy": "fixed(limited)", "models": [model("limited", Some(limited)), model("good", Some(good))]}
+            ]
+        }),
+        &dir,
+    )
+    .await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/openai_sdk_errors.py");
+    let url = base.clone();
+    let out =
+        tokio::task::spawn_blocking(move || std::process::Command::new(python).arg(script).arg(url).output())
+            .await
+            .unwrap()
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics = get_text(&reqwest::Client::new(), format!("{base}/metrics"), "").await;
+    let calls = |model: &str| {
+        sample(
+            &metrics,
+            "quiver_upstream_attempt_seconds_count",
+            &[&format!("model=\"{model}\"")],
+        )
+    };
+    assert_eq!(calls("refusing"), 1.0, "the refused request was sent once");
+    assert_eq!(calls("limited"), 1.0, "the rate-limited model was rested");
+    assert_eq!(calls("good"), 2.0);
+}
