@@ -348,3 +348,66 @@ fn replay_without_the_bundled_encoder_says_how_to_get_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("build with `--features minilm`"), "{stderr}");
 }
+
+/// A log of a route with an embedding block is read with each decision's block, so the
+/// contexts a replay or an off-policy evaluation of the log builds are the server's.
+#[test]
+fn a_logged_replay_rebuilds_the_servers_contexts_with_their_blocks() {
+    use quiver_serve::Observed;
+    use quiver_sim::data::load_logged;
+    let dir = scratch("embedding_logged");
+    let route = RouteConfig {
+        extra_features: 1,
+        embedding: Some(EmbeddingConfig {
+            dims: 8,
+            ..EmbeddingConfig::endpoint("http://127.0.0.1:9/v1/embeddings", "emb-1")
+        }),
+        ..RouteConfig::new(
+            "r",
+            "linucb",
+            vec![
+                ModelConfig::priced("small", 0.1, 0.2),
+                ModelConfig::priced("big", 5.0, 10.0),
+            ],
+        )
+    };
+    let mut router = Router::open(vec![route], &dir).unwrap();
+    let block = router.layout("r").unwrap().embedding().unwrap().clone();
+    let mut expected = Vec::new();
+    for i in 0..12 {
+        let prompt = format!("question {i}: what is {i} squared?");
+        let request = RouteRequest {
+            prompt: Some(prompt.clone()),
+            features: vec![i as f64 / 12.0],
+            ..RouteRequest::default()
+        };
+        // Every fourth embedding "timed out": the hashed features decided alone.
+        let embedding = (i % 4 != 3).then(|| block.project(&toy_embedding(&prompt)).unwrap());
+        let (context, _) = router.context("r", &request, embedding.as_deref()).unwrap();
+        expected.push(context);
+        let observed = Observed {
+            embedding,
+            ..Observed::default()
+        };
+        let routed = router
+            .route_observed("r", &request, observed)
+            .unwrap()
+            .wait()
+            .unwrap();
+        let outcome = quiver_bandit::Outcome::new(100.0, 0.001).with_quality(0.5);
+        router
+            .record_outcome(&routed.decision_id, &outcome)
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    let definition = router.layout("r").unwrap().definition();
+    drop(router);
+
+    let log = load_logged(dir.to_str().unwrap(), Format::Auto, None).unwrap();
+    assert_eq!(log.context.as_deref(), Some(definition.as_str()));
+    let blocks = log.embeddings.as_ref().unwrap();
+    assert_eq!(blocks.iter().filter(|b| b.is_none()).count(), 3);
+    assert_eq!(ContextBuilder::for_log(&log).definition(), definition);
+    assert_eq!(ContextBuilder::log_contexts(&log).unwrap(), expected);
+}

@@ -12,7 +12,9 @@
 
 use std::sync::Arc;
 
-use quiver_bandit::{Context, EmbeddingFeaturizer, Featurizer, HashingFeaturizer};
+use quiver_bandit::{
+    Context, ContextLayout, EmbeddingBlock, EmbeddingFeaturizer, Featurizer, HashingFeaturizer,
+};
 
 use crate::data::{LoggedDataset, WideDataset};
 use crate::embeddings::PromptEmbeddings;
@@ -36,14 +38,34 @@ pub struct ContextBuilder {
 enum PromptFeaturizer {
     Hashing(HashingFeaturizer),
     Embedding(Arc<EmbeddingFeaturizer<PromptEmbeddings>>),
+    /// A log's: its server's layout, each decision's block as logged.
+    Logged(ContextLayout),
 }
 
 impl PromptFeaturizer {
-    fn get(&self) -> &dyn Featurizer {
+    fn definition(&self) -> String {
         match self {
-            PromptFeaturizer::Hashing(f) => f,
-            PromptFeaturizer::Embedding(f) => f.as_ref(),
+            PromptFeaturizer::Hashing(f) => f.definition(),
+            PromptFeaturizer::Embedding(f) => f.definition(),
+            PromptFeaturizer::Logged(layout) => layout.definition(),
         }
+    }
+
+    fn dim(&self) -> usize {
+        match self {
+            PromptFeaturizer::Hashing(f) => f.dim(),
+            PromptFeaturizer::Embedding(f) => f.dim(),
+            PromptFeaturizer::Logged(layout) => layout.dim(),
+        }
+    }
+
+    /// A context; a logged layout's block is `logged` (zeros without one).
+    fn featurize(&self, prompt: &str, extra: &[f64], logged: Option<&[f64]>) -> Result<Context> {
+        Ok(match self {
+            PromptFeaturizer::Hashing(f) => f.featurize(prompt, extra)?,
+            PromptFeaturizer::Embedding(f) => f.featurize(prompt, extra)?,
+            PromptFeaturizer::Logged(layout) => layout.build(prompt, extra, logged)?,
+        })
     }
 }
 
@@ -81,7 +103,7 @@ impl ContextBuilder {
     /// to a route's with as many caller features), else the bias-task-features layout.
     pub fn definition(&self) -> String {
         match &self.featurizer {
-            Some(f) => f.get().definition(),
+            Some(f) => f.definition(),
             None => format!("bias+tasks({})+caller({})", self.tasks.len(), self.features),
         }
     }
@@ -89,7 +111,7 @@ impl ContextBuilder {
     /// The dimension of every context.
     pub fn dim(&self) -> usize {
         match &self.featurizer {
-            Some(f) => f.get().dim(),
+            Some(f) => f.dim(),
             None => 1 + self.tasks.len() + self.features,
         }
     }
@@ -103,9 +125,18 @@ impl ContextBuilder {
         )
     }
 
-    /// The builder of a log's contexts: its prompts and features (logs carry no task).
+    /// The builder of a log's contexts: its prompts and features (logs carry no task), and,
+    /// on a log of a route with an embedding block, that block as each decision logged it.
     pub fn for_log(log: &LoggedDataset) -> Self {
-        ContextBuilder::new(log.prompts.is_some(), &[], log.feature_names.len())
+        let builder = ContextBuilder::new(log.prompts.is_some(), &[], log.feature_names.len());
+        let block = log.context.as_deref().and_then(EmbeddingBlock::from_definition);
+        match (builder.featurizer.clone(), block, &log.embeddings) {
+            (Some(PromptFeaturizer::Hashing(hashing)), Some(block), Some(_)) => ContextBuilder {
+                featurizer: Some(PromptFeaturizer::Logged(ContextLayout::new(hashing, Some(block)))),
+                ..builder
+            },
+            _ => builder,
+        }
     }
 
     /// The context of every decision of a log (see [`ContextBuilder::for_log`]).
@@ -113,10 +144,12 @@ impl ContextBuilder {
         let builder = Self::for_log(log);
         (0..log.rows())
             .map(|i| {
-                builder.build(
+                let logged = log.embeddings.as_ref().and_then(|e| e[i].as_deref());
+                builder.build_logged(
                     log.prompts.as_ref().map(|p| p[i].as_str()),
                     None,
                     log.row_features(i),
+                    logged,
                 )
             })
             .collect()
@@ -124,6 +157,16 @@ impl ContextBuilder {
 
     /// The context of one row.
     pub fn build(&self, prompt: Option<&str>, task: Option<&str>, features: &[f64]) -> Result<Context> {
+        self.build_logged(prompt, task, features, None)
+    }
+
+    fn build_logged(
+        &self,
+        prompt: Option<&str>,
+        task: Option<&str>,
+        features: &[f64],
+        logged: Option<&[f64]>,
+    ) -> Result<Context> {
         let mut extra: Vec<f64> = self
             .tasks
             .iter()
@@ -131,7 +174,7 @@ impl ContextBuilder {
             .collect();
         extra.extend_from_slice(features);
         match &self.featurizer {
-            Some(f) => Ok(f.get().featurize(prompt.unwrap_or_default(), &extra)?),
+            Some(f) => f.featurize(prompt.unwrap_or_default(), &extra, logged),
             None => {
                 let mut x = Vec::with_capacity(self.dim());
                 x.push(1.0);

@@ -199,6 +199,41 @@ impl Table {
             .collect()
     }
 
+    /// A column of lists of numbers (a log's `embedding`), nulls as `None`; None when the
+    /// file has no such column.
+    pub fn number_lists(&self, name: &str) -> Result<Option<Vec<Option<Vec<f64>>>>> {
+        let Ok(column) = self.frame.column(name) else {
+            return Ok(None);
+        };
+        let series = column.as_materialized_series();
+        if series.dtype() == &DataType::Null {
+            return Ok(Some(vec![None; series.len()]));
+        }
+        let lists = series
+            .list()
+            .map_err(|e| self.bad_value(0, name, format!("not a list of numbers ({e})")))?;
+        (0..lists.len())
+            .map(|row| {
+                let Some(list) = lists.get_as_series(row) else {
+                    return Ok(None);
+                };
+                let values = list
+                    .cast(&DataType::Float64)
+                    .map_err(|e| self.bad_value(row, name, format!("not numbers ({e})")))?;
+                let values = values
+                    .f64()
+                    .map_err(|e| self.bad_value(row, name, e.to_string()))?;
+                values
+                    .iter()
+                    .map(|v| v.filter(|x| x.is_finite()))
+                    .collect::<Option<Vec<f64>>>()
+                    .map(Some)
+                    .ok_or_else(|| self.bad_value(row, name, "a missing or non-finite number"))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
     /// A text column; other types are rendered as text, nulls are `None`.
     pub fn texts(&self, name: &str, hint: &str) -> Result<Vec<Option<String>>> {
         let column = self.column(name, hint)?;

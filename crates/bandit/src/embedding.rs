@@ -100,6 +100,17 @@ impl EmbeddingBlock {
     }
 }
 
+impl EmbeddingBlock {
+    /// The block a context definition ([`ContextLayout::definition`]) names, if it names
+    /// one: how a log's reader rebuilds the contexts its server built.
+    pub fn from_definition(definition: &str) -> Option<Self> {
+        let (_, rest) = definition.split_once("+embedding(source=")?;
+        let (source, dims) = rest.rsplit_once(",dims=")?;
+        let dims = dims.strip_suffix(')')?.parse().ok()?;
+        EmbeddingBlock::new(source, dims).ok()
+    }
+}
+
 /// `R x / sqrt(dims)` for the fixed sparse sign matrix `R` of the module docs.
 fn sparse_projection(x: &[f32], dims: usize) -> Vec<f64> {
     let mut out = vec![0.0; dims];
@@ -352,6 +363,19 @@ mod tests {
         );
         // The mean error: within four standard errors of zero.
         assert!((err / pairs as f64).abs() < 4.0 * (mean_sq / pairs as f64).sqrt());
+    }
+
+    #[test]
+    fn a_definition_names_its_block() {
+        let block = EmbeddingBlock::new("openai(model=text-embedding-3-small)", 24).unwrap();
+        let layout = ContextLayout::new(HashingFeaturizer::for_routes(2), Some(block.clone()));
+        assert_eq!(EmbeddingBlock::from_definition(&layout.definition()), Some(block));
+        let plain = ContextLayout::new(HashingFeaturizer::for_routes(2), None);
+        assert_eq!(EmbeddingBlock::from_definition(&plain.definition()), None);
+        assert_eq!(
+            EmbeddingBlock::from_definition("hashing()+embedding(source=x,dims=0)"),
+            None
+        );
     }
 
     #[test]

@@ -65,6 +65,12 @@ pub struct LoggedDataset {
     pub feature_names: Vec<String>,
     /// Feature values, `rows x feature_names.len()`.
     pub features: Vec<f64>,
+    /// The definition of the contexts the logging server built (its decisions'
+    /// `context`), when logged.
+    pub context: Option<String>,
+    /// Each decision's projected prompt embedding (`embedding`), on a log of a route with
+    /// an embedding block; None for a decision the hashed features made alone.
+    pub embeddings: Option<Vec<Option<Vec<f64>>>>,
 }
 
 impl LoggedDataset {
@@ -167,6 +173,9 @@ impl LoggedReader {
                 prompts: optional_texts(table, "prompt")?,
                 features,
                 feature_names,
+                context: optional_texts(table, "context")?
+                    .and_then(|c| c.into_iter().find(|d| !d.is_empty())),
+                embeddings: table.number_lists("embedding")?,
                 ..LoggedDataset::default()
             },
             arm_names,
@@ -186,6 +195,12 @@ fn merge_events(tables: Vec<Rows>) -> Result<(Vec<String>, LoggedDataset)> {
             out.feature_names = d.feature_names.clone();
             out.prompts = d.prompts.as_ref().map(|_| Vec::new());
         }
+        if out.context.is_none() {
+            out.context = d.context.clone();
+        }
+        if d.embeddings.is_some() && out.embeddings.is_none() {
+            out.embeddings = Some(vec![None; out.decision_ids.len()]);
+        }
         for row in 0..table.arm_names.len() {
             let event = table.events.as_ref().map_or("decision", |e| e[row].as_str());
             let id = &d.decision_ids[row];
@@ -203,6 +218,9 @@ fn merge_events(tables: Vec<Rows>) -> Result<(Vec<String>, LoggedDataset)> {
                 out.error.push(d.error[row]);
                 if let (Some(mine), Some(theirs)) = (out.prompts.as_mut(), d.prompts.as_ref()) {
                     mine.push(theirs[row].clone());
+                }
+                if let Some(mine) = out.embeddings.as_mut() {
+                    mine.push(d.embeddings.as_ref().and_then(|e| e[row].clone()));
                 }
                 out.features
                     .extend_from_slice(&d.features[row * f..(row + 1) * f]);
@@ -252,6 +270,7 @@ pub(crate) fn combine_logged(
         ..LoggedDataset::default()
     };
     for (i, (names, mut part)) in parts.into_iter().enumerate() {
+        let rows = part.decision_ids.len();
         if i > 0 && part.feature_names != out.feature_names {
             return Err(SimError::Mismatch(
                 "files of one log must share their f_* columns".into(),
@@ -283,6 +302,15 @@ pub(crate) fn combine_logged(
             (Some(mine), Some(mut theirs)) => mine.append(&mut theirs),
             (None, Some(theirs)) if i == 0 => out.prompts = Some(theirs),
             _ => {}
+        }
+        if part.embeddings.is_some() && out.embeddings.is_none() {
+            out.embeddings = Some(vec![None; out.decision_ids.len() - rows]);
+        }
+        if let Some(mine) = out.embeddings.as_mut() {
+            mine.extend(part.embeddings.unwrap_or_else(|| vec![None; rows]));
+        }
+        if out.context.is_none() {
+            out.context = part.context;
         }
     }
     out.arms = arms;
