@@ -5,7 +5,9 @@
 //! times so the demo is quick), fails 2% of calls, and answers well with the model's
 //! calibrated accuracy for the prompt's kind of task. The simulated quality comes back in
 //! the `x-quiver-simulated-quality` header, so a new user can send it to `/v1/feedback`
-//! and watch the router learn, without any API key.
+//! and watch the router learn, without any API key. The endpoints embed too
+//! (`/v1/embeddings` passes through to them): the prompt's hashed features, labelled
+//! simulated, not a sentence embedding.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -14,6 +16,7 @@ use std::time::Duration;
 use anyhow::Result;
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
+use quiver_bandit::{Featurizer, HashingFeaturizer};
 use quiver_serve::{ModelConfig, RouteConfig, ServeConfig};
 use quiver_sim::scenario::{ArmSpec, Scenario};
 use rand::{Rng, SeedableRng};
@@ -127,6 +130,40 @@ async fn complete(
     (simulated, axum::Json(answer)).into_response()
 }
 
+/// A simulated `/embeddings`: each input's hashed features (`quiver_bandit`'s featurizer).
+async fn embed(Path(index): Path<usize>, axum::Json(body): axum::Json<Value>) -> axum::response::Response {
+    let texts: Vec<String> = match &body["input"] {
+        Value::String(text) => vec![text.clone()],
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().unwrap_or_default().to_string())
+            .collect(),
+        _ => {
+            let error = json!({"error": {"message": "`input` must be a string or strings", "type": "invalid_request_error"}});
+            return (axum::http::StatusCode::BAD_REQUEST, axum::Json(error)).into_response();
+        }
+    };
+    let featurizer = HashingFeaturizer::default();
+    let data: Vec<Value> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let features = featurizer
+                .featurize(text, &[])
+                .map(|c| c.features)
+                .unwrap_or_default();
+            json!({"object": "embedding", "index": i, "embedding": features})
+        })
+        .collect();
+    let tokens: u32 = texts
+        .iter()
+        .map(|t| quiver_bandit::features::estimate_tokens(t))
+        .sum();
+    let answer = json!({"object": "list", "data": data, "model": format!("simulated-{index}"),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}});
+    ([("x-quiver-simulated", "true")], axum::Json(answer)).into_response()
+}
+
 /// Starts the simulated providers and returns the server configuration that routes to them.
 pub async fn demo_config(listen: Option<String>) -> Result<ServeConfig> {
     let scenario = Scenario::builtin()?;
@@ -139,6 +176,7 @@ pub async fn demo_config(listen: Option<String>) -> Result<ServeConfig> {
             "/simulated/{index}/chat/completions",
             axum::routing::post(complete),
         )
+        .route("/simulated/{index}/embeddings", axum::routing::post(embed))
         .with_state(sim);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr: SocketAddr = listener.local_addr()?;

@@ -86,10 +86,16 @@ async fn endpoint(seen: Seen) -> SocketAddr {
 
 const KEY_VAR: &str = "QUIVER_TEST_EMBEDDING_KEY";
 
+/// Sets the key variable, once for this test binary (its only environment change), and
+/// never unsets it: tests run on threads that read the environment.
+fn set_key() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::env::set_var(KEY_VAR, "sk-embed"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_embeds_through_an_endpoint_and_falls_back_to_hashing() {
-    // Set before anything else runs: this test binary's only environment change.
-    std::env::set_var(KEY_VAR, "sk-embed");
+    set_key();
     let seen = Seen::default();
     let addr = endpoint(Arc::clone(&seen)).await;
     let dir = scratch("embedding_endpoint");
@@ -194,7 +200,6 @@ async fn a_route_embeds_through_an_endpoint_and_falls_back_to_hashing() {
         let line = format!("quiver_embedding_fallbacks_total{{route=\"r\",reason=\"{reason}\"}} {n}");
         assert!(metrics.contains(&line), "{line} not in\n{metrics}");
     }
-    std::env::remove_var(KEY_VAR);
 }
 
 /// Embeds with [`toy_embedding`], counting the prompts it is asked for.
@@ -410,4 +415,82 @@ fn a_logged_replay_rebuilds_the_servers_contexts_with_their_blocks() {
     assert_eq!(blocks.iter().filter(|b| b.is_none()).count(), 3);
     assert_eq!(ContextBuilder::for_log(&log).definition(), definition);
     assert_eq!(ContextBuilder::log_contexts(&log).unwrap(), expected);
+}
+
+/// `POST /v1/embeddings` passes through to the configured model `model` names, with its
+/// upstream name and key; an upstream failure is a 502 and an unknown model a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_pass_through_to_the_named_model() {
+    set_key();
+    let seen = Seen::default();
+    let addr = endpoint(Arc::clone(&seen)).await;
+    let dir = scratch("embedding_passthrough");
+    let config = json!({
+        "log_dir": dir.join("log"),
+        "listen": "127.0.0.1:0",
+        "routes": [{
+            "name": "r",
+            "policy": "linucb",
+            "models": [
+                {"id": "chat", "base_url": format!("http://{addr}"), "input_usd_per_million": 1.0},
+                {"id": "emb", "base_url": format!("http://{addr}/v1"), "upstream_model": "text-embedding-x",
+                 "api_key_env": KEY_VAR}
+            ]
+        }]
+    });
+    let config: quiver_serve::ServeConfig = serde_json::from_value(config).unwrap();
+    let state = quiver_serve::server::state(config).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        quiver_serve::server::run(state, std::future::pending(), move |a| {
+            let _ = tx.send(a);
+        })
+        .await
+        .unwrap()
+    });
+    let base = format!("http://{}", rx.await.unwrap());
+    let client = reqwest::Client::new();
+    let post = |body: Value| client.post(format!("{base}/v1/embeddings")).json(&body).send();
+
+    let answer = post(json!({"model": "emb", "input": "hello there"}))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.unwrap();
+    let vector: Vec<f32> = serde_json::from_value(body["data"][0]["embedding"].clone()).unwrap();
+    assert_eq!(vector, toy_embedding("hello there"));
+    let sent = seen.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0],
+        (
+            "text-embedding-x".into(),
+            "hello there".into(),
+            "Bearer sk-embed".into()
+        )
+    );
+
+    let failed = post(json!({"model": "emb", "input": "this will fail"}))
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), 502);
+    let reason: Value = failed.json().await.unwrap();
+    assert!(
+        reason["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("upstream answered 500"),
+        "{reason}"
+    );
+
+    let unknown = post(json!({"model": "nope", "input": "x"})).await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    let reason: Value = unknown.json().await.unwrap();
+    assert!(
+        reason["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("(models: chat, emb)"),
+        "{reason}"
+    );
 }

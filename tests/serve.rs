@@ -677,6 +677,17 @@ async fn demo_mode_serves_simulated_providers_labelled_as_such() {
         .unwrap();
     let stream_type = streamed.headers()["content-type"].to_str().unwrap().to_string();
     let events = streamed.text().await.unwrap();
+    // Embeddings pass through to a model's simulated endpoint: one vector per input.
+    let model = body["model"].as_str().unwrap_or_default().to_string();
+    let embedded = client
+        .post(format!("{base}/v1/embeddings"))
+        .json(&json!({"model": model, "input": ["one text", "another"]}))
+        .send()
+        .await
+        .unwrap();
+    let embedded_status = embedded.status();
+    let simulated = embedded.headers().get("x-quiver-simulated").cloned();
+    let embedded: Value = embedded.json().await.unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(status, 200);
@@ -705,6 +716,10 @@ async fn demo_mode_serves_simulated_providers_labelled_as_such() {
     assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "stop");
     assert!(matches!(quality.as_deref(), Some("0") | Some("1")), "{quality:?}");
     assert_eq!(feedback, 200);
+    assert_eq!(embedded_status, 200, "{embedded} (model `{model}`)");
+    assert!(simulated.is_some());
+    assert_eq!(embedded["data"].as_array().unwrap().len(), 2);
+    assert_eq!(embedded["data"][1]["embedding"].as_array().unwrap().len(), 64);
 }
 
 /// The official OpenAI Python SDK against the demo server: routes listed as models, a

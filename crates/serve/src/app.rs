@@ -112,6 +112,7 @@ pub fn build_app(state: Arc<AppState>) -> axum::Router {
         .route("/openapi.json", get(openapi));
     let routing = axum::Router::new()
         .route("/v1/route", post(route))
+        .route("/v1/embeddings", post(crate::passthrough::embeddings))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(retrieve_model));
     let reporting = axum::Router::new()

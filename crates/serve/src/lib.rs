@@ -26,6 +26,7 @@ pub mod health;
 pub mod metrics;
 mod models;
 mod openapi;
+mod passthrough;
 pub mod proxy;
 mod request_limits;
 mod router;

@@ -19,6 +19,7 @@ use utoipa::{Modify, OpenApi};
         crate::decisions::feedback,
         crate::decisions::outcome,
         crate::proxy::chat_completions,
+        crate::passthrough::embeddings,
         crate::models::list_models,
         crate::models::retrieve_model,
         crate::status::route_state,
@@ -78,7 +79,7 @@ mod tests {
                 assert!(open || responses.contains_key("401"), "{method} {path}: no 401");
             }
         }
-        assert_eq!(names.len(), 11);
+        assert_eq!(names.len(), 12);
         assert!(doc["paths"]["/v1/chat/completions"]["post"]["responses"]["502"].is_object());
         assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
     }

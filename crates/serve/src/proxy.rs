@@ -180,7 +180,7 @@ impl StreamTally {
 }
 
 /// The upstream's own `x-*` headers, passed on to the client.
-fn extension_headers(upstream: &reqwest::Response) -> Vec<(header::HeaderName, HeaderValue)> {
+pub(crate) fn extension_headers(upstream: &reqwest::Response) -> Vec<(header::HeaderName, HeaderValue)> {
     upstream
         .headers()
         .iter()
@@ -225,7 +225,7 @@ pub struct ChatCompletionRequest {
 }
 
 /// Any JSON object.
-type Object = serde_json::Map<String, Value>;
+pub(crate) type Object = serde_json::Map<String, Value>;
 
 /// A completion through the route's chosen model, with fallback; the decision id is in the
 /// `x-quiver-decision-id` header (not on an answer from the cache, `x-quiver-cache: hit`).
@@ -683,7 +683,7 @@ async fn call_upstream(
 
 /// A whole body, with no silence longer than `idle`, by `deadline`, of at most `limit`
 /// bytes.
-async fn read_whole(
+pub(crate) async fn read_whole(
     mut body: UpstreamBody,
     idle: Duration,
     deadline: Instant,
