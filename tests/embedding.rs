@@ -18,7 +18,7 @@ use quiver_sim::context::ContextBuilder;
 use quiver_sim::data::{load_wide, Format};
 use quiver_sim::embeddings::PromptEmbeddings;
 use serde_json::{json, Value};
-use support::scratch;
+use support::{scratch, start_app};
 
 /// The test's embedding of a text: a few of its counts, so that it is known here.
 fn toy_embedding(text: &str) -> Vec<f32> {
@@ -100,8 +100,6 @@ async fn a_route_embeds_through_an_endpoint_and_falls_back_to_hashing() {
     let addr = endpoint(Arc::clone(&seen)).await;
     let dir = scratch("embedding_endpoint");
     let config = json!({
-        "log_dir": dir.join("log"),
-        "listen": "127.0.0.1:0",
         "routes": [{
             "name": "r",
             "policy": "linucb",
@@ -115,18 +113,11 @@ async fn a_route_embeds_through_an_endpoint_and_falls_back_to_hashing() {
             }
         }]
     });
-    let config: quiver_serve::ServeConfig = serde_json::from_value(config).unwrap();
-    let block = config.routes[0].embedding.as_ref().unwrap().block().unwrap();
-    let state = quiver_serve::server::state(config).unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        quiver_serve::server::run(state, std::future::pending(), move |a| {
-            let _ = tx.send(a);
-        })
-        .await
+    let block = serde_json::from_value::<EmbeddingConfig>(config["routes"][0]["embedding"].clone())
         .unwrap()
-    });
-    let base = format!("http://{}", rx.await.unwrap());
+        .block()
+        .unwrap();
+    let base = start_app(config, &dir).await;
     let client = reqwest::Client::new();
 
     let prompts = [
@@ -426,8 +417,6 @@ async fn embeddings_pass_through_to_the_named_model() {
     let addr = endpoint(Arc::clone(&seen)).await;
     let dir = scratch("embedding_passthrough");
     let config = json!({
-        "log_dir": dir.join("log"),
-        "listen": "127.0.0.1:0",
         "routes": [{
             "name": "r",
             "policy": "linucb",
@@ -438,17 +427,7 @@ async fn embeddings_pass_through_to_the_named_model() {
             ]
         }]
     });
-    let config: quiver_serve::ServeConfig = serde_json::from_value(config).unwrap();
-    let state = quiver_serve::server::state(config).unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        quiver_serve::server::run(state, std::future::pending(), move |a| {
-            let _ = tx.send(a);
-        })
-        .await
-        .unwrap()
-    });
-    let base = format!("http://{}", rx.await.unwrap());
+    let base = start_app(config, &dir).await;
     let client = reqwest::Client::new();
     let post = |body: Value| client.post(format!("{base}/v1/embeddings")).json(&body).send();
 

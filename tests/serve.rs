@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::response::IntoResponse;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use support::{promtool_check, scratch, start_binary};
+use support::{promtool_check, scratch, start_app, start_binary};
 
 /// `GET url` with a bearer token: the answer's JSON.
 async fn get_json(client: &reqwest::Client, url: String, token: &str) -> Value {
@@ -126,24 +126,6 @@ fn assert_logged<const N: usize>(dir: &Path, response: &reqwest::Response, event
     assert_eq!(logged, events, "{id}");
 }
 
-/// Starts the app in-process on 127.0.0.1 and returns its base URL.
-async fn start(config: Value, dir: &Path) -> String {
-    let mut config = config;
-    config["log_dir"] = json!(dir.join("log"));
-    config["listen"] = json!("127.0.0.1:0");
-    let config: quiver_serve::ServeConfig = serde_json::from_value(config).unwrap();
-    let state = quiver_serve::server::state(config).unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        quiver_serve::server::run(state, std::future::pending(), move |addr| {
-            let _ = tx.send(addr);
-        })
-        .await
-        .unwrap()
-    });
-    format!("http://{}", rx.await.unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_falls_back_in_order_and_streams() {
     let (failing, badjson, slow, good, refusing, missing) = (
@@ -155,7 +137,7 @@ async fn proxy_falls_back_in_order_and_streams() {
         upstream("missing").await,
     );
     let dir = scratch("serve_proxy");
-    let base = start(
+    let base = start_app(
         json!({
             "upstream_timeout_ms": 500,
             "auth": {"admin_tokens": ["admin"]},
@@ -313,7 +295,7 @@ async fn proxy_falls_back_in_order_and_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_shifts_to_the_arm_with_the_best_feedback_and_feedback_rules_hold() {
     let dir = scratch("serve_feedback");
-    let base = start(
+    let base = start_app(
         json!({
             "max_body_bytes": 65536,
             "auth": {"route_tokens": ["r"], "feedback_tokens": ["f"], "admin_tokens": ["a"]},
@@ -823,7 +805,7 @@ async fn breakers_skip_failing_models_and_retry_after_cools_them_down() {
         upstream("good").await,
     );
     let dir = scratch("serve_breakers");
-    let base = start(
+    let base = start_app(
         json!({
             "upstream_retries": 0,
             "circuit_breaker": {"window": 10, "min_calls": 4, "failure_rate": 0.5, "cooldown_ms": 500},
@@ -930,7 +912,7 @@ async fn breakers_skip_failing_models_and_retry_after_cools_them_down() {
 async fn the_cache_answers_repeats_per_caller_without_calling_upstream() {
     let good = upstream("good").await;
     let dir = scratch("serve_cache");
-    let base = start(
+    let base = start_app(
         json!({
             "cache": {"enabled": true, "ttl_s": 60},
             "auth": {"route_tokens": ["tenant-a", "tenant-b"], "admin_tokens": ["admin"]},
@@ -1021,7 +1003,7 @@ async fn the_openai_sdk_sees_upstream_refusals_and_rate_limits_as_it_should() {
         upstream("good").await,
     );
     let dir = scratch("serve_sdk_errors");
-    let base = start(
+    let base = start_app(
         json!({
             "routes": [
                 {"name": "strict", "policy": "fixed(refusing)", "models": [model("refusing", Some(refusing)), model("good", Some(good))]},

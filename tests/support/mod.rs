@@ -1,4 +1,5 @@
-//! What the end-to-end tests share: scratch directories and the real binary.
+//! What the end-to-end tests share: scratch directories, the real binary and the server
+//! in process.
 #![allow(dead_code)] // each test file uses its own part
 
 use std::io::{BufRead, BufReader};
@@ -152,4 +153,22 @@ pub fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Starts the server in process on a free 127.0.0.1 port with `config` (its `log_dir` and
+/// `listen` set here, the log under `dir`) and returns its base URL.
+pub async fn start_app(mut config: serde_json::Value, dir: &Path) -> String {
+    config["log_dir"] = serde_json::json!(dir.join("log"));
+    config["listen"] = serde_json::json!("127.0.0.1:0");
+    let config: quiver_serve::ServeConfig = serde_json::from_value(config).unwrap();
+    let state = quiver_serve::server::state(config).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        quiver_serve::server::run(state, std::future::pending(), move |addr| {
+            let _ = tx.send(addr);
+        })
+        .await
+        .unwrap()
+    });
+    format!("http://{}", rx.await.unwrap())
 }
