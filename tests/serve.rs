@@ -15,6 +15,16 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use support::{promtool_check, scratch, start_app, start_binary};
 
+/// Fails with a command's output unless it succeeded.
+fn assert_succeeded(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `GET url` with a bearer token: the answer's JSON.
 async fn get_json(client: &reqwest::Client, url: String, token: &str) -> Value {
     client
@@ -723,12 +733,7 @@ fn the_official_openai_sdk_works_against_the_demo() {
         .output()
         .unwrap();
     drop(child);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
 }
 
 /// `/openapi.json` is a valid OpenAPI 3.1 document (openapi-spec-validator), and
@@ -754,12 +759,7 @@ fn the_api_document_is_valid_and_the_server_keeps_to_it() {
         .arg(&document)
         .output()
         .unwrap();
-    assert!(
-        validated.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&validated.stdout),
-        String::from_utf8_lossy(&validated.stderr)
-    );
+    assert_succeeded(&validated);
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/schemathesis.toml");
     let st = Path::new(&python).with_file_name("st");
     let run = std::process::Command::new(st)
@@ -776,12 +776,7 @@ fn the_api_document_is_valid_and_the_server_keeps_to_it() {
         .output()
         .unwrap();
     drop(child);
-    assert!(
-        run.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_succeeded(&run);
 }
 
 /// The sum of `metric`'s samples with all of `labels` in a Prometheus text.
@@ -1020,12 +1015,7 @@ async fn the_openai_sdk_sees_upstream_refusals_and_rate_limits_as_it_should() {
             .await
             .unwrap()
             .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     let metrics = get_text(&reqwest::Client::new(), format!("{base}/metrics"), "").await;
     let calls = |model: &str| {
         sample(
