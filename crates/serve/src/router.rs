@@ -613,6 +613,18 @@ impl Router {
                             ),
                         });
                     }
+                    // A snapshot older than recorded context definitions: the dimension
+                    // tells a changed context all the same.
+                    let (then, now) = (restored.config().dim, state.learner.config().dim);
+                    if then != now && !reset.contains(name) {
+                        return Err(ServeError::Snapshot {
+                            path: path.clone(),
+                            reason: format!(
+                                "route `{name}` changed its context ({then} features then, {now} now) \
+                                 since the snapshot; start the route afresh with `--reset-route {name}`"
+                            ),
+                        });
+                    }
                     state.learner = restored;
                     state.restored = true;
                     let recovered = Recovery::Snapshot {

@@ -798,3 +798,28 @@ fn a_spend_cap_downgrades_then_refuses_and_survives_a_restart() {
         Err(ServeError::SpendCap { .. })
     ));
 }
+
+/// A snapshot without recorded context definitions (an older format) still refuses a
+/// route whose context changed, by its dimension, and names the way out.
+#[test]
+fn a_changed_dimension_is_refused_without_recorded_contexts() {
+    let dir = scratch("router_old_contexts");
+    let mut router = Router::open_with(routes(), &dir, crash_options()).unwrap();
+    workload(&mut router, 0..10, &mut Vec::new());
+    router.snapshot().unwrap();
+    drop(router);
+    let mut snapshot = snapshot_json(&dir);
+    assert!(snapshot.as_object_mut().unwrap().remove("contexts").is_some());
+    std::fs::write(dir.join("snapshot.json"), snapshot.to_string()).unwrap();
+    let mut wider = routes();
+    wider[0].extra_features = 2;
+    let error = Router::open_with(wider, &dir, crash_options())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("route `chat` changed its context (65 features then, 66 now)")
+            && error.contains("--reset-route chat"),
+        "{error}"
+    );
+}
