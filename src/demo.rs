@@ -43,14 +43,12 @@ fn task_of(prompt: &str) -> &'static str {
     }
 }
 
-async fn complete(
+/// A simulated `/chat/completions`.
+async fn chat(
     State(sim): State<Arc<Simulated>>,
     Path(index): Path<usize>,
     axum::Json(body): axum::Json<Value>,
 ) -> axum::response::Response {
-    let Some(arm) = sim.arms.get(index) else {
-        return (axum::http::StatusCode::NOT_FOUND, "no such simulated model").into_response();
-    };
     let prompt: String = body["messages"]
         .as_array()
         .map(|m| {
@@ -60,7 +58,31 @@ async fn complete(
                 .join("\n")
         })
         .unwrap_or_default();
-    let task = task_of(&prompt);
+    complete(&sim, index, &prompt, &body, false).await
+}
+
+/// A simulated `/completions` (the text API).
+async fn text(
+    State(sim): State<Arc<Simulated>>,
+    Path(index): Path<usize>,
+    axum::Json(body): axum::Json<Value>,
+) -> axum::response::Response {
+    let prompt = body["prompt"].as_str().unwrap_or_default().to_string();
+    complete(&sim, index, &prompt, &body, true).await
+}
+
+/// An answer to `prompt`, in the chat or the text API's shape.
+async fn complete(
+    sim: &Simulated,
+    index: usize,
+    prompt: &str,
+    body: &Value,
+    text: bool,
+) -> axum::response::Response {
+    let Some(arm) = sim.arms.get(index) else {
+        return (axum::http::StatusCode::NOT_FOUND, "no such simulated model").into_response();
+    };
+    let task = task_of(prompt);
     let (fails, good, latency_ms) = {
         let mut rng = sim.rng.lock().unwrap_or_else(|e| e.into_inner());
         let z: f64 = rand_distr::Distribution::sample(&rand_distr::StandardNormal, &mut *rng);
@@ -79,7 +101,7 @@ async fn complete(
         return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "simulated outage").into_response();
     }
     let quality = if good { 1.0 } else { 0.0 };
-    let prompt_tokens = quiver_bandit::features::estimate_tokens(&prompt);
+    let prompt_tokens = quiver_bandit::features::estimate_tokens(prompt);
     let completion_tokens = arm.output_tokens.get(task).copied().unwrap_or(100.0) as u32;
     let content = format!(
         "[SIMULATED {}] a {} answer to a {task} request",
@@ -95,8 +117,14 @@ async fn complete(
     if body["stream"].as_bool() == Some(true) {
         // Server-sent events as OpenAI streams them: the content, the finish with usage, [DONE].
         let chunk = |delta: Value, finish: Value, usage: Value| {
-            let mut event = json!({"id": "simulated", "object": "chat.completion.chunk", "created": created,
-                "model": arm.id, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+            let mut event = if text {
+                let words = delta["content"].as_str().unwrap_or_default();
+                json!({"id": "simulated", "object": "text_completion", "created": created,
+                    "model": arm.id, "choices": [{"index": 0, "text": words, "finish_reason": finish}]})
+            } else {
+                json!({"id": "simulated", "object": "chat.completion.chunk", "created": created,
+                    "model": arm.id, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            };
             if !usage.is_null() {
                 event["usage"] = usage;
             }
@@ -119,12 +147,24 @@ async fn complete(
         )
             .into_response();
     }
+    let (object, choice) = if text {
+        (
+            "text_completion",
+            json!({"index": 0, "finish_reason": "stop", "text": content}),
+        )
+    } else {
+        let message = json!({"role": "assistant", "content": content});
+        (
+            "chat.completion",
+            json!({"index": 0, "finish_reason": "stop", "message": message}),
+        )
+    };
     let answer = json!({
         "id": "simulated",
-        "object": "chat.completion",
+        "object": object,
         "created": created,
         "model": arm.id,
-        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+        "choices": [choice],
         "usage": usage
     });
     (simulated, axum::Json(answer)).into_response()
@@ -172,10 +212,8 @@ pub async fn demo_config(listen: Option<String>) -> Result<ServeConfig> {
         rng: Mutex::new(ChaCha8Rng::seed_from_u64(scenario.seed)),
     });
     let app = axum::Router::new()
-        .route(
-            "/simulated/{index}/chat/completions",
-            axum::routing::post(complete),
-        )
+        .route("/simulated/{index}/chat/completions", axum::routing::post(chat))
+        .route("/simulated/{index}/completions", axum::routing::post(text))
         .route("/simulated/{index}/embeddings", axum::routing::post(embed))
         .with_state(sim);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -669,6 +669,16 @@ async fn demo_mode_serves_simulated_providers_labelled_as_such() {
         .unwrap();
     let stream_type = streamed.headers()["content-type"].to_str().unwrap().to_string();
     let events = streamed.text().await.unwrap();
+    // The legacy text API is routed the same way.
+    let text: Value = client
+        .post(format!("{base}/v1/completions"))
+        .json(&json!({"model": "demo", "prompt": ["Write a function", "that reverses a list"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     // Embeddings pass through to a model's simulated endpoint: one vector per input.
     let model = body["model"].as_str().unwrap_or_default().to_string();
     let embedded = client
@@ -708,6 +718,11 @@ async fn demo_mode_serves_simulated_providers_labelled_as_such() {
     assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "stop");
     assert!(matches!(quality.as_deref(), Some("0") | Some("1")), "{quality:?}");
     assert_eq!(feedback, 200);
+    assert_eq!(text["object"], "text_completion", "{text}");
+    assert!(text["choices"][0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("[SIMULATED "));
     assert_eq!(embedded_status, 200, "{embedded} (model `{model}`)");
     assert!(simulated.is_some());
     assert_eq!(embedded["data"].as_array().unwrap().len(), 2);

@@ -36,6 +36,11 @@ text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 assert text.startswith("[SIMULATED "), text
 assert any(c.choices and c.choices[0].finish_reason == "stop" for c in chunks), chunks
 
+# The legacy text API, routed the same way.
+text = client.completions.create(model="demo", prompt="Write a function that reverses a list")
+assert text.choices[0].text.startswith("[SIMULATED "), text
+assert text.usage.total_tokens == text.usage.prompt_tokens + text.usage.completion_tokens
+
 # An unknown route is the SDK's NotFoundError, with the server's message.
 try:
     client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])

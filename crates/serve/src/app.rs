@@ -122,7 +122,9 @@ pub fn build_app(state: Arc<AppState>) -> axum::Router {
         .route("/v1/routes/{name}", get(route_state))
         .route("/v1/routes/{name}/snapshot", get(route_snapshot))
         .route("/metrics", get(metrics));
-    let proxy = axum::Router::new().route("/v1/chat/completions", post(crate::proxy::chat_completions));
+    let proxy = axum::Router::new()
+        .route("/v1/chat/completions", post(crate::proxy::chat_completions))
+        .route("/v1/completions", post(crate::proxy::completions));
     let app = group(open, None, true)
         .merge(group(routing, Some(Access::Route), true))
         .merge(group(reporting, Some(Access::Feedback), true))

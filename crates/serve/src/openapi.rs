@@ -19,6 +19,7 @@ use utoipa::{Modify, OpenApi};
         crate::decisions::feedback,
         crate::decisions::outcome,
         crate::proxy::chat_completions,
+        crate::proxy::completions,
         crate::passthrough::embeddings,
         crate::models::list_models,
         crate::models::retrieve_model,
@@ -79,7 +80,7 @@ mod tests {
                 assert!(open || responses.contains_key("401"), "{method} {path}: no 401");
             }
         }
-        assert_eq!(names.len(), 12);
+        assert_eq!(names.len(), 13);
         assert!(doc["paths"]["/v1/chat/completions"]["post"]["responses"]["502"].is_object());
         assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
     }

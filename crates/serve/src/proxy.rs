@@ -1,4 +1,5 @@
-//! `POST /v1/chat/completions`: the OpenAI-compatible proxy.
+//! `POST /v1/chat/completions` and `/v1/completions` (the legacy text API): the
+//! OpenAI-compatible proxy.
 //!
 //! `model` names a route. The route's learner picks a model; the request goes to that
 //! model's upstream with `model` rewritten, and on an error status, a timeout or an
@@ -164,7 +165,10 @@ impl StreamTally {
         if let Some(u) = usage(&chunk) {
             self.usage = Some(u);
         }
-        if let Some(content) = chunk.pointer("/choices/0/delta/content").and_then(Value::as_str) {
+        let content = chunk
+            .pointer("/choices/0/delta/content")
+            .or_else(|| chunk.pointer("/choices/0/text"));
+        if let Some(content) = content.and_then(Value::as_str) {
             self.content_chars += content.chars().count();
         }
     }
@@ -255,7 +259,108 @@ pub(crate) type Object = serde_json::Map<String, Value>;
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    ApiJson(mut request): ApiJson<Value>,
+    ApiJson(request): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    complete(state, headers, request, Api::Chat).await
+}
+
+/// OpenAI's text completion request (the legacy API), as the proxy reads it: `model`
+/// names a route, the prompt is what the route featurizes, every other field goes upstream.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documents the body the proxy passes on as JSON
+pub struct CompletionRequest {
+    /// The route.
+    model: String,
+    /// The prompt, or prompts (featurized as one text, one per line).
+    prompt: Value,
+    /// Stream the answer as server-sent events.
+    stream: Option<bool>,
+}
+
+/// A text completion (OpenAI's legacy API) through the route's chosen model, as
+/// `/v1/chat/completions` does a chat.
+#[utoipa::path(
+    post,
+    path = "/v1/completions",
+    operation_id = "completions",
+    request_body = CompletionRequest,
+    responses(
+        (status = 200, description = "The upstream's completion: JSON, or server-sent events when streaming",
+            content((Object = "application/json"), (String = "text/event-stream"))),
+        (status = 400, description = "A malformed request; or an upstream's, relayed unchanged", body = Object),
+        (status = 401, description = "A bearer token is missing or wrong", body = ErrorBody),
+        (status = 404, description = "No such route", body = ErrorBody),
+        (status = 405, description = "The path does not take this method", body = ErrorBody),
+        (status = 408, description = "The body or the answer did not come in time", body = ErrorBody),
+        (status = 413, description = "The body is too large, here or upstream (relayed unchanged)", body = Object),
+        (status = 415, description = "The body is not JSON, here or upstream (relayed unchanged)", body = Object),
+        (status = 422, description = "An invalid value, here or upstream (relayed unchanged)", body = Object),
+        (status = 429, description = "The route reached a spend cap; retry after Retry-After", body = ErrorBody),
+        (status = 431, description = "The request head is too large", body = ErrorBody),
+        (status = 500, description = "A fault of the server", body = ErrorBody),
+        (status = 502, description = "Every upstream of the route failed", body = ErrorBody),
+        (status = 503, description = "Too many connections; retry after Retry-After", body = ErrorBody)
+    )
+)]
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    complete(state, headers, request, Api::Text).await
+}
+
+/// Which of OpenAI's completion APIs a request speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    /// `/chat/completions`: `messages`.
+    Chat,
+    /// `/completions`: `prompt`.
+    Text,
+}
+
+impl Api {
+    /// The upstream path, after a model's `base_url`.
+    fn path(self) -> &'static str {
+        match self {
+            Api::Chat => "/chat/completions",
+            Api::Text => "/completions",
+        }
+    }
+
+    /// What of `body` the route decides on: the chat's messages, or the prompt.
+    fn route_request(self, body: &Value) -> Result<RouteRequest, ApiError> {
+        Ok(match self {
+            Api::Chat => RouteRequest {
+                messages: Some(messages(body)?),
+                ..RouteRequest::default()
+            },
+            Api::Text => {
+                let prompt = match body.get("prompt") {
+                    Some(Value::String(prompt)) => prompt.clone(),
+                    Some(Value::Array(prompts)) => prompts
+                        .iter()
+                        .map(|p| p.as_str().map(str::to_string))
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| ApiError::Invalid("`prompt` must be a string or strings".into()))?
+                        .join("\n"),
+                    _ => return Err(ApiError::Invalid("`prompt` must be a string or strings".into())),
+                };
+                RouteRequest {
+                    prompt: Some(prompt),
+                    ..RouteRequest::default()
+                }
+            }
+        })
+    }
+}
+
+/// A completion of either API through the route's chosen model (see the module docs).
+async fn complete(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    mut request: Value,
+    api: Api,
 ) -> Result<Response, ApiError> {
     let route = request
         .get("model")
@@ -263,13 +368,11 @@ pub async fn chat_completions(
         .ok_or_else(|| ApiError::Invalid("`model` must name a route".into()))?
         .to_string();
     let stream = request.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let route_request = RouteRequest {
-        messages: Some(messages(&request)?),
-        ..RouteRequest::default()
-    };
+    let route_request = api.route_request(&request)?;
     let prompt = route_request.text()?;
     let mut store_under = None;
-    if let Some((key, read)) = cache_key(&state, &headers, &route, &request, stream) {
+    let cache_scope = format!("{route}{}", api.path());
+    if let Some((key, read)) = cache_key(&state, &headers, &cache_scope, &request, stream) {
         match read.then(|| state.cache.lookup(key.clone(), Instant::now())) {
             Some(Lookup::Hit(hit)) => return answer_from_cache(&state, &route, hit, &prompt).await,
             Some(Lookup::Miss(_)) => {
@@ -304,7 +407,8 @@ pub async fn chat_completions(
             continue;
         };
         request["model"] = Value::String(model.upstream_model.clone().unwrap_or_else(|| model.id.clone()));
-        let called = call_with_retries(&state, &route, &request, model, (stream, forced), deadline).await;
+        let called =
+            call_with_retries(&state, &route, &request, model, (api, stream, forced), deadline).await;
         let Some((called, started)) = called else {
             failures.push(format!("{arm}: deadline reached"));
             break;
@@ -465,7 +569,7 @@ async fn call_with_retries(
     route: &str,
     request: &Value,
     model: &ModelConfig,
-    (stream, forced): (bool, bool),
+    (api, stream, forced): (Api, bool, bool),
     deadline: Instant,
 ) -> Option<(Result<Upstream, Failure>, Instant)> {
     let first_started = Instant::now();
@@ -479,7 +583,7 @@ async fn call_with_retries(
             let failure = Failure::final_("its circuit breaker opened since the decision");
             return Some((Err(failure), first_started));
         }
-        let called = call_upstream(state, request, model, stream, deadline).await;
+        let called = call_upstream(state, request, model, (api, stream), deadline).await;
         let took = started.elapsed();
         let (result, failure) = match &called {
             Ok(Upstream::Refused { .. }) => ("refused", None),
@@ -609,7 +713,7 @@ async fn call_upstream(
     state: &AppState,
     request: &Value,
     model: &ModelConfig,
-    stream: bool,
+    (api, stream): (Api, bool),
     deadline: Instant,
 ) -> Result<Upstream, Failure> {
     let config = &state.config;
@@ -620,7 +724,7 @@ async fn call_upstream(
     let first_byte_by = deadline.min(Instant::now() + Duration::from_millis(config.upstream_timeout_ms));
     let mut call = state
         .http
-        .post(format!("{}/chat/completions", base_url.trim_end_matches('/')))
+        .post(format!("{}{}", base_url.trim_end_matches('/'), api.path()))
         .json(request);
     if let Some(key) = model.api_key_env.as_ref().and_then(|v| std::env::var(v).ok()) {
         call = call.bearer_auth(key);
@@ -677,7 +781,7 @@ async fn call_upstream(
             body: (bytes, value),
             passed,
         }),
-        _ => Err(Failure::final_("the upstream's body is not a chat completion")),
+        _ => Err(Failure::final_("the upstream's body is not a completion")),
     }
 }
 
@@ -817,6 +921,12 @@ mod tests {
             .body(Vec::<u8>::new())
             .unwrap_or_default();
         reqwest::Response::from(response)
+    }
+
+    #[test]
+    fn the_tally_counts_the_text_api_s_chunks_too() {
+        let text = "data: {\"choices\":[{\"text\":\"Hello world!\"}]}\n\ndata: [DONE]\n";
+        assert_eq!(tally_of(&[text]).tokens(5), (5, 3));
     }
 
     #[test]
