@@ -256,6 +256,8 @@ struct RouteTotals {
     budget: Option<(f64, f64, f64)>,
     /// Spend this UTC day and month, USD.
     spend: (f64, f64),
+    /// This month's savings against the dearest model, USD.
+    savings: f64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -315,6 +317,7 @@ impl LearnerStats {
                 decisions: learner.next_decision_id(),
                 budget: learner.pacer().map(|p| (p.lambda(), p.target_usd(), p.debt())),
                 spend: router.spend(&route)?,
+                savings: router.savings(&route)?,
             });
         }
         let (log_records, log_fsyncs) = router.log_counts();
@@ -428,6 +431,15 @@ impl Collector for LearnerStats {
                 })
             }),
         )?;
+        family(
+            &mut encoder,
+            "quiver_route_savings_usd",
+            "This UTC month's calls per route on its dearest model at list prices, minus what they cost, USD.",
+            MetricType::Gauge,
+            self.routes
+                .iter()
+                .map(|r| (route(r), ConstGauge::new(r.savings))),
+        )?;
         let budgeted = || self.routes.iter().filter_map(|r| r.budget.map(|b| (r, b)));
         family(
             &mut encoder,
@@ -488,6 +500,7 @@ mod tests {
                 decisions: 4,
                 budget: Some((0.5, 0.001, 3.0)),
                 spend: (1.5, 20.25),
+                savings: 4.5,
             }],
             log_records: 9,
             log_fsyncs: 2,
@@ -507,6 +520,7 @@ mod tests {
             "quiver_budget_debt{route=\"r\"} 3.0",
             "quiver_route_spend_usd{route=\"r\",period=\"day\"} 1.5",
             "quiver_route_spend_usd{route=\"r\",period=\"month\"} 20.25",
+            "quiver_route_savings_usd{route=\"r\"} 4.5",
             "quiver_log_records_total 9",
             "quiver_log_fsyncs_total 2",
             "quiver_circuit_state{route=\"r\",arm=\"we\\\"ird\\\\arm\\nid\",state=\"half_open\"} 1",

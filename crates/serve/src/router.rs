@@ -754,11 +754,9 @@ impl Router {
         }
     }
 
-    /// Reads back from the log what the routes with a spend cap spent this UTC month.
+    /// Reads back from the log what the routes spent this UTC month (for their spend caps
+    /// and savings).
     fn read_spend(states: &mut BTreeMap<String, RouteState>, dir: &Path) -> Result<()> {
-        if states.values().all(|s| s.config.spend_cap.is_none()) {
-            return Ok(());
-        }
         let month = quiver_log::now_rfc3339()[..7].to_string();
         for record in records_after(dir, 0).map_err(io_at(dir))? {
             let record = record.map_err(io_at(dir))?;
@@ -766,7 +764,13 @@ impl Router {
                 continue;
             }
             if let Some(state) = states.get_mut(&record.route) {
-                state.spend.add(&record.timestamp, record.cost_usd);
+                let dearest = spend::dearest_cost(
+                    &state.config.models,
+                    record.input_tokens,
+                    record.output_tokens,
+                    record.cost_usd,
+                );
+                state.spend.add(&record.timestamp, record.cost_usd, dearest);
             }
         }
         Ok(())
@@ -877,6 +881,13 @@ impl Router {
     pub fn spend(&self, route: &str) -> Result<(f64, f64)> {
         let now = quiver_log::now_rfc3339();
         Ok(self.state(route)?.spend.at(&now))
+    }
+
+    /// What routing saved `route` this UTC month against always calling its dearest
+    /// model, USD at list prices.
+    pub fn savings(&self, route: &str) -> Result<f64> {
+        let now = quiver_log::now_rfc3339();
+        Ok(self.state(route)?.spend.month_savings(&now))
     }
 
     /// The layout of `route`'s contexts: its hashed features and embedding block.
@@ -1008,7 +1019,13 @@ impl Router {
         let state = self.state_mut(&route)?;
         let applied = state.learner.record_outcome(id, outcome)?;
         if applied == Applied::Applied {
-            state.spend.add(&record.timestamp, outcome.cost_usd);
+            let dearest = spend::dearest_cost(
+                &state.config.models,
+                outcome.input_tokens,
+                outcome.output_tokens,
+                outcome.cost_usd,
+            );
+            state.spend.add(&record.timestamp, outcome.cost_usd, dearest);
         }
         Ok(self.pending(applied, seq))
     }

@@ -50,13 +50,15 @@ impl SpendCap {
     }
 }
 
-/// Spend of the current UTC day and month.
+/// Spend of the current UTC day and month, and what the month would have cost on the
+/// route's dearest model.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Spend {
     day: String,
     day_usd: f64,
     month: String,
     month_usd: f64,
+    month_dearest_usd: f64,
 }
 
 /// `YYYY-MM-DD` and `YYYY-MM` of an RFC 3339 UTC timestamp.
@@ -68,13 +70,15 @@ fn periods(timestamp: &str) -> (&str, &str) {
 }
 
 impl Spend {
-    /// Adds `usd` spent at `timestamp` (RFC 3339 UTC); spend of an earlier period than
-    /// the one counted is not counted, a later period starts afresh.
-    pub fn add(&mut self, timestamp: &str, usd: f64) {
+    /// Adds `usd` spent at `timestamp` (RFC 3339 UTC), a call the dearest model would have
+    /// charged `dearest_usd` for; spend of an earlier period than the one counted is not
+    /// counted, a later period starts afresh.
+    pub fn add(&mut self, timestamp: &str, usd: f64, dearest_usd: f64) {
         let (day, month) = periods(timestamp);
         if month > self.month.as_str() {
             self.month = month.to_string();
             self.month_usd = 0.0;
+            self.month_dearest_usd = 0.0;
         }
         if day > self.day.as_str() {
             self.day = day.to_string();
@@ -82,9 +86,20 @@ impl Spend {
         }
         if month == self.month {
             self.month_usd += usd;
+            self.month_dearest_usd += dearest_usd;
         }
         if day == self.day {
             self.day_usd += usd;
+        }
+    }
+
+    /// What routing saved this month at `now` (RFC 3339 UTC): the calls' cost on the
+    /// dearest model, at list prices, minus what they cost.
+    pub fn month_savings(&self, now: &str) -> f64 {
+        if periods(now).1 == self.month {
+            self.month_dearest_usd - self.month_usd
+        } else {
+            0.0
         }
     }
 
@@ -178,6 +193,19 @@ fn until_next_month(stamp: &str, now: SystemTime) -> Duration {
         .unwrap_or_default()
 }
 
+/// What a call of `input` and `output` tokens that cost `actual_usd` would have cost on the
+/// dearest of `models` at list prices; without its tokens (a report that gave none), what
+/// it cost: no saving is claimed for it.
+pub fn dearest_cost(models: &[ModelConfig], input: u32, output: u32, actual_usd: f64) -> f64 {
+    if input == 0 && output == 0 {
+        return actual_usd;
+    }
+    models
+        .iter()
+        .map(|m| m.arm().cost_usd(f64::from(input), f64::from(output)))
+        .fold(0.0, f64::max)
+}
+
 /// The models a downgraded route keeps: the cheaper half by list price (input plus output
 /// per million tokens; at least one, ties kept).
 pub fn dearer_half(models: &[ModelConfig]) -> Vec<&str> {
@@ -203,12 +231,14 @@ mod tests {
     #[test]
     fn spend_counts_by_utc_day_and_month() {
         let mut spend = Spend::default();
-        spend.add("2026-11-30T23:59:00.000Z", 1.0);
-        spend.add("2026-12-01T00:01:00.000Z", 2.0);
-        spend.add("2026-12-01T10:00:00.000Z", 0.5);
+        spend.add("2026-11-30T23:59:00.000Z", 1.0, 3.0);
+        spend.add("2026-12-01T00:01:00.000Z", 2.0, 5.0);
+        spend.add("2026-12-01T10:00:00.000Z", 0.5, 1.0);
         // Late: an earlier day is not today's.
-        spend.add("2026-11-30T23:59:59.000Z", 4.0);
+        spend.add("2026-11-30T23:59:59.000Z", 4.0, 4.0);
         assert_eq!(spend.at("2026-12-01T12:00:00Z"), (2.5, 2.5));
+        assert_eq!(spend.month_savings("2026-12-01T12:00:00Z"), 3.5);
+        assert_eq!(spend.month_savings("2027-01-01T00:00:00Z"), 0.0);
         assert_eq!(spend.at("2026-12-02T00:00:00Z"), (0.0, 2.5));
         assert_eq!(spend.at("2027-01-01T00:00:00Z"), (0.0, 0.0));
     }
@@ -222,14 +252,14 @@ mod tests {
         };
         let now = at("2026-12-31T18:00:00Z");
         let mut spend = Spend::default();
-        spend.add("2026-12-31T01:00:00Z", 8.0);
+        spend.add("2026-12-31T01:00:00Z", 8.0, 8.0);
         assert_eq!(allowance(&cap, "r", &spend, now), Allowance::Open);
-        spend.add("2026-12-31T02:00:00Z", 1.0);
+        spend.add("2026-12-31T02:00:00Z", 1.0, 1.0);
         let Allowance::Downgraded(why) = allowance(&cap, "r", &spend, now) else {
             panic!()
         };
         assert_eq!(why, "spend cap: 90% of the daily $10.00 spent");
-        spend.add("2026-12-31T03:00:00Z", 1.0);
+        spend.add("2026-12-31T03:00:00Z", 1.0, 1.0);
         let Allowance::Exhausted(message, wait) = allowance(&cap, "r", &spend, now) else {
             panic!()
         };
@@ -240,7 +270,7 @@ mod tests {
         assert_eq!(wait, Duration::from_secs(6 * 3600));
         // The month's cap, reached on another day, waits for the first of January.
         let mut month = Spend::default();
-        month.add("2026-12-02T00:00:00Z", 100.0);
+        month.add("2026-12-02T00:00:00Z", 100.0, 100.0);
         let Allowance::Exhausted(message, wait) = allowance(&cap, "r", &month, now) else {
             panic!()
         };
@@ -273,5 +303,8 @@ mod tests {
         assert_eq!(dearer_half(&models), ["b"]);
         assert!(dearer_half(&models[..1]).is_empty());
         assert_eq!(dearer_half(&models[..2]), ["b"]);
+        // 1,000 input and 2,000 output tokens on `b`: 0.005 + 0.010.
+        assert!((dearest_cost(&models, 1000, 2000, 0.001) - 0.015).abs() < 1e-15);
+        assert_eq!(dearest_cost(&models, 0, 0, 0.25), 0.25);
     }
 }

@@ -38,6 +38,9 @@ pub struct RouteState {
     pub daily_cap_usd: Option<f64>,
     /// The monthly spend cap, if any.
     pub monthly_cap_usd: Option<f64>,
+    /// This UTC month's calls on the route's dearest model at list prices, minus what they
+    /// cost: what routing saved.
+    pub savings_month_usd: f64,
     /// Each model's totals.
     pub arms: Vec<ArmState>,
 }
@@ -115,6 +118,7 @@ fn route_state_of(router: &mut Router, name: &str) -> Result<RouteState, ApiErro
         spend_month_usd,
         daily_cap_usd: cap.and_then(|c| c.daily_usd),
         monthly_cap_usd: cap.and_then(|c| c.monthly_usd),
+        savings_month_usd: router.savings(name)?,
         route: name.to_string(),
         policy: learner.config().policy.to_string(),
         decisions: learner.next_decision_id(),

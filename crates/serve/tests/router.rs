@@ -765,8 +765,10 @@ fn a_spend_cap_downgrades_then_refuses_and_survives_a_restart() {
         } else {
             0.0001
         };
+        // 10 + 10 tokens: 0.0006 on `dear` at its list prices.
+        let outcome = Outcome::new(100.0, cost).with_tokens(10, 10);
         router
-            .record_outcome(&routed.decision_id, &Outcome::new(100.0, cost))
+            .record_outcome(&routed.decision_id, &outcome)
             .unwrap()
             .wait()
             .unwrap();
@@ -790,9 +792,13 @@ fn a_spend_cap_downgrades_then_refuses_and_survives_a_restart() {
     assert!(retry_after <= std::time::Duration::from_secs(86_400));
     let (day, month) = router.spend("r").unwrap();
     assert!((day - 0.001).abs() < 1e-12 && (month - 0.001).abs() < 1e-12);
+    // Four calls on `dear` would have cost 0.0024: routing saved 0.0014.
+    let savings = router.savings("r").unwrap();
+    assert!((savings - 0.0014).abs() < 1e-12, "{savings}");
     drop(router);
     let mut reopened = Router::open(vec![route], &dir).unwrap();
     assert_eq!(reopened.spend("r").unwrap(), (day, month));
+    assert_eq!(reopened.savings("r").unwrap(), savings);
     assert!(matches!(
         reopened.route("r", &request),
         Err(ServeError::SpendCap { .. })
