@@ -187,6 +187,53 @@ pub enum ErrorResponses {
     Overloaded(ErrorBody),
 }
 
+/// What an endpoint that calls upstream may answer besides its success: the errors of
+/// [`ErrorResponses`], a request's own faults as the upstream may relay them (any JSON),
+/// and 502 when the upstream failed.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // a description of responses, never built
+pub enum UpstreamResponses {
+    /// A malformed request; or an upstream's, relayed unchanged.
+    #[response(status = 400)]
+    BadRequest(serde_json::Value),
+    /// A bearer token is missing or wrong.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// No such route or model.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The path does not take this method.
+    #[response(status = 405)]
+    MethodNotAllowed(ErrorBody),
+    /// The body or the answer did not come in time.
+    #[response(status = 408)]
+    RequestTimeout(ErrorBody),
+    /// The body is too large, here or upstream (relayed unchanged).
+    #[response(status = 413)]
+    PayloadTooLarge(serde_json::Value),
+    /// The body is not JSON, here or upstream (relayed unchanged).
+    #[response(status = 415)]
+    UnsupportedMediaType(serde_json::Value),
+    /// An invalid value, here or upstream (relayed unchanged).
+    #[response(status = 422)]
+    Invalid(serde_json::Value),
+    /// The route reached a spend cap; retry after `Retry-After`.
+    #[response(status = 429)]
+    TooManyRequests(ErrorBody),
+    /// The request head is too large.
+    #[response(status = 431)]
+    HeadersTooLarge(ErrorBody),
+    /// A fault of the server.
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// The upstream failed (on the proxy: every model of the route).
+    #[response(status = 502)]
+    Upstream(ErrorBody),
+    /// Too many connections; retry after `Retry-After`.
+    #[response(status = 503)]
+    Overloaded(ErrorBody),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,8 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::api_error::{ErrorBody, ErrorDetail};
+
 /// The document's parts: the paths, and the bearer scheme every path but the open ones
 /// asks for.
 #[derive(OpenApi)]
@@ -29,6 +31,9 @@ use utoipa::{Modify, OpenApi};
         crate::status::healthz,
         crate::status::openapi,
     ),
+    // The error bodies the response enums refer to (`ErrorResponses`, `UpstreamResponses`
+    // name them without registering them).
+    components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -81,6 +86,15 @@ mod tests {
             }
         }
         assert_eq!(names.len(), 13);
+        // Every schema referred to is in the document.
+        let text = doc.to_string();
+        for reference in text.split("\"#/components/schemas/").skip(1) {
+            let name = reference.split('"').next().unwrap_or_default();
+            assert!(
+                doc["components"]["schemas"][name].is_object(),
+                "{name} is referred to, not defined"
+            );
+        }
         assert!(doc["paths"]["/v1/chat/completions"]["post"]["responses"]["502"].is_object());
         assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
     }

@@ -13,7 +13,7 @@ use axum::http::{header, StatusCode};
 use axum::response::Response;
 use serde_json::Value;
 
-use crate::api_error::{ApiError, ErrorBody};
+use crate::api_error::{ApiError, UpstreamResponses};
 use crate::proxy::{extension_headers, read_whole};
 use crate::state::{ApiJson, AppState};
 
@@ -36,18 +36,7 @@ pub struct EmbeddingsRequest {
     request_body = EmbeddingsRequest,
     responses(
         (status = 200, description = "The upstream's embeddings", body = Value),
-        (status = 400, description = "A malformed request; or an upstream's, relayed unchanged", body = Value),
-        (status = 401, description = "A bearer token is missing or wrong", body = ErrorBody),
-        (status = 404, description = "No configured model of that id with a base_url", body = ErrorBody),
-        (status = 405, description = "The path does not take this method", body = ErrorBody),
-        (status = 408, description = "The body or the answer did not come in time", body = ErrorBody),
-        (status = 413, description = "The body is too large, here or upstream (relayed unchanged)", body = Value),
-        (status = 415, description = "The body is not JSON, here or upstream (relayed unchanged)", body = Value),
-        (status = 422, description = "An invalid value, here or upstream (relayed unchanged)", body = Value),
-        (status = 431, description = "The request head is too large", body = ErrorBody),
-        (status = 500, description = "A fault of the server", body = ErrorBody),
-        (status = 502, description = "The upstream failed", body = ErrorBody),
-        (status = 503, description = "Too many connections; retry after Retry-After", body = ErrorBody)
+        UpstreamResponses
     )
 )]
 pub(crate) async fn embeddings(

@@ -45,7 +45,7 @@ use futures_util::StreamExt;
 use quiver_bandit::{limits, ChatMessage, Outcome};
 use serde_json::Value;
 
-use crate::api_error::{ApiError, ErrorBody};
+use crate::api_error::{ApiError, UpstreamResponses};
 use crate::cache::{CacheKey, Cached, Lookup, ResponseCache};
 use crate::config::ModelConfig;
 use crate::health::Circuit;
@@ -241,19 +241,7 @@ pub(crate) type Object = serde_json::Map<String, Value>;
     responses(
         (status = 200, description = "The upstream's completion: JSON, or server-sent events when streaming",
             content((Object = "application/json"), (String = "text/event-stream"))),
-        (status = 400, description = "A malformed request; or an upstream's, relayed unchanged", body = Object),
-        (status = 401, description = "A bearer token is missing or wrong", body = ErrorBody),
-        (status = 404, description = "No such route", body = ErrorBody),
-        (status = 405, description = "The path does not take this method", body = ErrorBody),
-        (status = 408, description = "The body or the answer did not come in time", body = ErrorBody),
-        (status = 413, description = "The body is too large, here or upstream (relayed unchanged)", body = Object),
-        (status = 415, description = "The body is not JSON, here or upstream (relayed unchanged)", body = Object),
-        (status = 422, description = "An invalid value, here or upstream (relayed unchanged)", body = Object),
-        (status = 429, description = "The route reached a spend cap; retry after Retry-After", body = ErrorBody),
-        (status = 431, description = "The request head is too large", body = ErrorBody),
-        (status = 500, description = "A fault of the server", body = ErrorBody),
-        (status = 502, description = "Every upstream of the route failed", body = ErrorBody),
-        (status = 503, description = "Too many connections; retry after Retry-After", body = ErrorBody)
+        UpstreamResponses
     )
 )]
 pub async fn chat_completions(
@@ -287,19 +275,7 @@ pub struct CompletionRequest {
     responses(
         (status = 200, description = "The upstream's completion: JSON, or server-sent events when streaming",
             content((Object = "application/json"), (String = "text/event-stream"))),
-        (status = 400, description = "A malformed request; or an upstream's, relayed unchanged", body = Object),
-        (status = 401, description = "A bearer token is missing or wrong", body = ErrorBody),
-        (status = 404, description = "No such route", body = ErrorBody),
-        (status = 405, description = "The path does not take this method", body = ErrorBody),
-        (status = 408, description = "The body or the answer did not come in time", body = ErrorBody),
-        (status = 413, description = "The body is too large, here or upstream (relayed unchanged)", body = Object),
-        (status = 415, description = "The body is not JSON, here or upstream (relayed unchanged)", body = Object),
-        (status = 422, description = "An invalid value, here or upstream (relayed unchanged)", body = Object),
-        (status = 429, description = "The route reached a spend cap; retry after Retry-After", body = ErrorBody),
-        (status = 431, description = "The request head is too large", body = ErrorBody),
-        (status = 500, description = "A fault of the server", body = ErrorBody),
-        (status = 502, description = "Every upstream of the route failed", body = ErrorBody),
-        (status = 503, description = "Too many connections; retry after Retry-After", body = ErrorBody)
+        UpstreamResponses
     )
 )]
 pub async fn completions(
