@@ -68,7 +68,7 @@ fn replay_and_serve_build_the_same_context_for_the_same_request() {
     assert_eq!(summary["dataset"]["context"], offline.definition());
 
     let log_dir = dir.join("log");
-    let mut router = Router::open(vec![route(1)], &log_dir).unwrap();
+    let router = Router::open(vec![route(1)], &log_dir).unwrap();
     for (row, prompt) in PROMPTS.iter().enumerate() {
         let request = RouteRequest {
             prompt: Some(prompt.to_string()),

@@ -367,7 +367,7 @@ fn a_logged_replay_rebuilds_the_servers_contexts_with_their_blocks() {
             ],
         )
     };
-    let mut router = Router::open(vec![route], &dir).unwrap();
+    let router = Router::open(vec![route], &dir).unwrap();
     let block = router.layout("r").unwrap().embedding().unwrap().clone();
     let mut expected = Vec::new();
     for i in 0..12 {

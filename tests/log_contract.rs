@@ -30,7 +30,7 @@ fn route() -> RouteConfig {
 #[test]
 fn the_log_is_a_dataset_the_simulator_reads_and_evaluates() {
     let dir = scratch("log_contract");
-    let mut router = Router::open(vec![route()], &dir).unwrap();
+    let router = Router::open(vec![route()], &dir).unwrap();
     let mut ids: Vec<String> = Vec::new();
     for i in 0..40 {
         let request = RouteRequest {

@@ -585,7 +585,7 @@ async fn sigkill_loses_nothing_acknowledged_and_restart_restores_the_state() {
     // An uninterrupted router fed the logged operations, in order.
     let reference_dir = scratch("serve_crash_reference");
     let routes: quiver_serve::ServeConfig = quiver_serve::ServeConfig::load(&config).unwrap();
-    let mut reference = quiver_serve::Router::open(routes.routes.clone(), &reference_dir).unwrap();
+    let reference = quiver_serve::Router::open(routes.routes.clone(), &reference_dir).unwrap();
     for r in &records {
         match r.event {
             quiver_serve::log::LogEvent::Decision => {

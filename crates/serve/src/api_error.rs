@@ -60,9 +60,10 @@ impl From<ServeError> for ApiError {
             ServeError::SpendCap { message, retry_after } => {
                 ApiError::TooManyRequests(message.clone(), retry_after.as_secs().max(1))
             }
-            ServeError::Config(_) | ServeError::Io { .. } | ServeError::Snapshot { .. } => {
-                ApiError::Internal(e.to_string())
-            }
+            ServeError::Config(_)
+            | ServeError::Io { .. }
+            | ServeError::Snapshot { .. }
+            | ServeError::Poisoned(_) => ApiError::Internal(e.to_string()),
         }
     }
 }

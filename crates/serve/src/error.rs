@@ -38,6 +38,9 @@ pub enum ServeError {
         /// Until the cap's period ends.
         retry_after: std::time::Duration,
     },
+    /// A route whose state a panic may have left half changed.
+    #[error("route `{0}` is out of service: a failure left its state inconsistent; restart the server")]
+    Poisoned(String),
     /// A snapshot that does not fit the configuration.
     #[error("{path}: {reason}")]
     Snapshot {

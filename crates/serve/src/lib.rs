@@ -40,4 +40,6 @@ pub use quiver_log as log;
 pub use api_error::ApiError;
 pub use config::{AuthConfig, EmbeddingConfig, ModelConfig, RouteConfig, ServeConfig};
 pub use error::{Result, ServeError};
-pub use router::{CapturedSnapshot, Observed, Pending, RouteRequest, Routed, Router, RouterOptions};
+pub use router::{
+    CapturedSnapshot, LearnerRef, Observed, Pending, RouteRequest, Routed, Router, RouterOptions,
+};

@@ -301,6 +301,8 @@ impl LearnerStats {
         let mut arms = Vec::new();
         let mut routes = Vec::new();
         for route in router.route_names() {
+            // Each read takes the route's lock: the spend before the learner, which holds it.
+            let (spend, savings) = (router.spend(&route)?, router.savings(&route)?);
             let learner = router.learner(&route)?;
             for (i, arm) in learner.arms().iter().enumerate() {
                 let usage = learner.usage(i);
@@ -316,8 +318,8 @@ impl LearnerStats {
                 route: route.clone(),
                 decisions: learner.next_decision_id(),
                 budget: learner.pacer().map(|p| (p.lambda(), p.target_usd(), p.debt())),
-                spend: router.spend(&route)?,
-                savings: router.savings(&route)?,
+                spend,
+                savings,
             });
         }
         let (log_records, log_fsyncs) = router.log_counts();

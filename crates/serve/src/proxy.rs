@@ -364,9 +364,8 @@ async fn complete(
     let observed = state.observe(&route, &prompt).await;
     let breakers_open = observed.unavailable.len();
     let ((routed, models), decision_logged) = {
-        let mut router = state.router()?;
-        let routed = router.route_observed(&route, &route_request, observed)?;
-        let models = router.route_config(&route)?.models.clone();
+        let routed = state.router.route_observed(&route, &route_request, observed)?;
+        let models = state.router.route_config(&route)?.models.clone();
         routed.map(|routed| (routed, models)).split()
     };
     state.metrics.proxied.inc();
@@ -517,9 +516,7 @@ async fn answer_from_cache(
     hit: Cached,
     prompt: &str,
 ) -> Result<Response, ApiError> {
-    let logged = state
-        .router()?
-        .log_cache_hit(&hit.decision_id, &hit.model, prompt)?;
+    let logged = state.router.log_cache_hit(&hit.decision_id, &hit.model, prompt)?;
     state.durable(logged).await?;
     state.metrics.cache_hits.inc();
     tracing::debug!(route, decision = %hit.decision_id, "answered from the cache");

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use quiver_bandit::{
@@ -84,14 +84,21 @@ pub struct Routed {
     pub decision: Decision,
 }
 
+/// A route: what its configuration fixes, and what it learns behind its own lock, so that
+/// requests to different routes never wait for each other.
 struct RouteState {
     config: RouteConfig,
     policy: String,
     layout: ContextLayout,
-    learner: Learner,
-    decision_seqs: DecisionSeqs,
     /// Whether the learner came from the snapshot (and so holds what priors taught).
     restored: bool,
+    live: Mutex<LiveRoute>,
+}
+
+/// What a route changes as it serves.
+struct LiveRoute {
+    learner: Learner,
+    decision_seqs: DecisionSeqs,
     /// What the route spent this UTC day and month.
     spend: Spend,
 }
@@ -181,28 +188,54 @@ impl RouteState {
         let (learner_config, arms) = learner_setup(&config, layout.dim(), feedback_horizon)?;
         Ok(RouteState {
             policy: learner_config.policy.to_string(),
-            learner: Learner::new(learner_config, arms)?,
+            live: Mutex::new(LiveRoute {
+                learner: Learner::new(learner_config, arms)?,
+                decision_seqs: DecisionSeqs::default(),
+                spend: Spend::default(),
+            }),
             layout,
             config,
-            decision_seqs: DecisionSeqs::default(),
             restored: false,
-            spend: Spend::default(),
         })
     }
 
     /// Starts a route without learned state from its priors file, if it has one.
     fn absorb_priors(&mut self) -> Result<()> {
+        let definition = self.layout.definition();
         match &self.config.priors {
             Some(path) => absorb_priors_file(
-                &mut self.learner,
+                &mut self
+                    .live
+                    .get_mut()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .learner,
                 path,
-                &self.layout.definition(),
+                &definition,
                 &self.config.name,
             ),
             None => Ok(()),
         }
     }
 
+    /// What the route changes, while the router opens (nothing else can hold it yet).
+    fn live_mut(&mut self) -> &mut LiveRoute {
+        self.live.get_mut().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Locks what the route changes. A panic while it was held may have left it half
+    /// changed, so the route then refuses to serve rather than learn from that state.
+    fn lock(&self) -> Result<MutexGuard<'_, LiveRoute>> {
+        self.live
+            .lock()
+            .map_err(|_| ServeError::Poisoned(self.config.name.clone()))
+    }
+
+    fn context(&self, prompt: &str, features: &[f64], embedding: Option<&[f64]>) -> Result<Context> {
+        Ok(self.layout.build(prompt, features, embedding)?)
+    }
+}
+
+impl LiveRoute {
     /// Tracks decision `id`, logged at `seq`, for its feedback.
     fn track(&mut self, id: u64, arm: &str, context: &Context, seq: u64) -> Result<()> {
         self.learner.resume_decision(id, arm, context)?;
@@ -212,9 +245,16 @@ impl RouteState {
         }
         Ok(())
     }
+}
 
-    fn context(&self, prompt: &str, features: &[f64], embedding: Option<&[f64]>) -> Result<Context> {
-        Ok(self.layout.build(prompt, features, embedding)?)
+/// A route's learner, read under the route's lock (held while this lives).
+pub struct LearnerRef<'a>(MutexGuard<'a, LiveRoute>);
+
+impl std::ops::Deref for LearnerRef<'_> {
+    type Target = Learner;
+
+    fn deref(&self) -> &Learner {
+        &self.0.learner
     }
 }
 
@@ -245,7 +285,11 @@ impl Default for RouterOptions {
 /// The snapshot file: every route's learner and the log position it includes.
 #[derive(Serialize)]
 struct RouterSnapshot {
+    /// The last record any route's learner includes.
     last_seq: u64,
+    /// Per route, the last record its learner includes: routes are captured one at a
+    /// time, each under its own lock, while the others go on serving.
+    learned_through: BTreeMap<String, u64>,
     routes: BTreeMap<String, Snapshot>,
     /// Per route whose learner is saved without its tracked decisions, where to rebuild
     /// them from. Routes absent here keep them in their learner (the older format).
@@ -281,6 +325,10 @@ impl RouterSnapshot {
 #[derive(Deserialize)]
 struct RouterSnapshotFile {
     last_seq: u64,
+    /// Absent from snapshots written under one lock for all routes, which include every
+    /// record up to `last_seq`.
+    #[serde(default)]
+    learned_through: BTreeMap<String, u64>,
     routes: BTreeMap<String, Box<serde_json::value::RawValue>>,
     #[serde(default)]
     tracked_from: BTreeMap<String, TrackedFrom>,
@@ -292,6 +340,7 @@ struct RouterSnapshotFile {
 /// A snapshot read back: per route its learner, or why it could not be read.
 struct ReadSnapshot {
     last_seq: u64,
+    learned_through: BTreeMap<String, u64>,
     routes: BTreeMap<String, std::result::Result<Snapshot, String>>,
     tracked_from: BTreeMap<String, TrackedFrom>,
     contexts: BTreeMap<String, String>,
@@ -309,6 +358,7 @@ impl RouterSnapshotFile {
             .collect();
         ReadSnapshot {
             last_seq: self.last_seq,
+            learned_through: self.learned_through,
             routes,
             tracked_from: self.tracked_from,
             contexts: self.contexts,
@@ -389,10 +439,10 @@ pub struct Router {
     snapshot_written: Arc<Mutex<u64>>,
 }
 
-/// The learners' state at one point of the log, captured under the router's lock by
-/// [`Router::capture_snapshot`] and written by [`CapturedSnapshot::write`] without it:
-/// serializing the learners and the fsync take far longer than the copy, and requests need
-/// not wait for them.
+/// The learners' state, each route's at its own point of the log, captured under the
+/// routes' locks by [`Router::capture_snapshot`] and written by [`CapturedSnapshot::write`]
+/// without them: serializing the learners and the fsync take far longer than the copy, and
+/// requests need not wait for them.
 #[must_use = "a captured snapshot is saved only once written"]
 pub struct CapturedSnapshot {
     state: RouterSnapshot,
@@ -520,6 +570,7 @@ impl Router {
         for (name, state) in states.iter_mut().filter(|(_, s)| s.restored) {
             let (config, arms) = learner_setup(&state.config, state.layout.dim(), options.feedback_horizon)?;
             let changes = state
+                .live_mut()
                 .learner
                 .reconfigure(config, &arms)
                 .map_err(|e| ServeError::Config(format!("route `{name}`: {e}")))?;
@@ -600,8 +651,9 @@ impl Router {
                         });
                     }
                     let mut restored = restored;
-                    restored.set_max_tracked_decisions(state.learner.config().max_tracked_decisions)?;
-                    let (then, now) = (&restored.config().policy, &state.learner.config().policy);
+                    let current = state.live_mut().learner.config().clone();
+                    restored.set_max_tracked_decisions(current.max_tracked_decisions)?;
+                    let (then, now) = (&restored.config().policy, &current.policy);
                     if then != now && !reset.contains(name) {
                         return Err(ServeError::Snapshot {
                             path: path.clone(),
@@ -615,7 +667,7 @@ impl Router {
                     }
                     // A snapshot older than recorded context definitions: the dimension
                     // tells a changed context all the same.
-                    let (then, now) = (restored.config().dim, state.learner.config().dim);
+                    let (then, now) = (restored.config().dim, current.dim);
                     if then != now && !reset.contains(name) {
                         return Err(ServeError::Snapshot {
                             path: path.clone(),
@@ -625,10 +677,14 @@ impl Router {
                             ),
                         });
                     }
-                    state.learner = restored;
+                    state.live_mut().learner = restored;
                     state.restored = true;
                     let recovered = Recovery::Snapshot {
-                        last_seq: snapshot.last_seq,
+                        last_seq: snapshot
+                            .learned_through
+                            .get(name)
+                            .copied()
+                            .unwrap_or(snapshot.last_seq),
                         tracked_from: snapshot.tracked_from.get(name).copied(),
                     };
                     recovery.insert(name.clone(), recovered);
@@ -770,7 +826,10 @@ impl Router {
                     record.output_tokens,
                     record.cost_usd,
                 );
-                state.spend.add(&record.timestamp, record.cost_usd, dearest);
+                state
+                    .live_mut()
+                    .spend
+                    .add(&record.timestamp, record.cost_usd, dearest);
             }
         }
         Ok(())
@@ -795,19 +854,19 @@ impl Router {
                 let same_layout = record.context.as_deref() == Some(state.layout.definition().as_str());
                 let embedding = record.embedding.as_deref().filter(|_| same_layout);
                 let context = state.context(&record.prompt, &features, embedding)?;
-                state.track(id, &record.arm, &context, record.seq)?;
+                state.live_mut().track(id, &record.arm, &context, record.seq)?;
             }
             LogEvent::Outcome => match replay {
                 Replay::Learn => {
-                    state.learner.record_outcome(id, &outcome_of(record))?;
+                    state.live_mut().learner.record_outcome(id, &outcome_of(record))?;
                 }
-                Replay::Resume => state.learner.resume_outcome(id, &outcome_of(record))?,
+                Replay::Resume => state.live_mut().learner.resume_outcome(id, &outcome_of(record))?,
             },
             LogEvent::Feedback => match (record.quality, replay) {
                 (Some(q), Replay::Learn) => {
-                    state.learner.record_quality(id, q)?;
+                    state.live_mut().learner.record_quality(id, q)?;
                 }
-                (Some(q), Replay::Resume) => state.learner.resume_quality(id, q)?,
+                (Some(q), Replay::Resume) => state.live_mut().learner.resume_quality(id, q)?,
                 (None, _) => {}
             },
             LogEvent::CacheHit => {}
@@ -821,15 +880,10 @@ impl Router {
             .ok_or_else(|| ServeError::UnknownRoute(route.to_string()))
     }
 
-    fn state_mut(&mut self, route: &str) -> Result<&mut RouteState> {
-        self.routes
-            .get_mut(route)
-            .ok_or_else(|| ServeError::UnknownRoute(route.to_string()))
-    }
-
-    /// The learner of a route.
-    pub fn learner(&self, route: &str) -> Result<&Learner> {
-        Ok(&self.state(route)?.learner)
+    /// The learner of a route, under the route's lock: requests to the route wait while
+    /// the reference lives, so read it and let it go.
+    pub fn learner(&self, route: &str) -> Result<LearnerRef<'_>> {
+        Ok(LearnerRef(self.state(route)?.lock()?))
     }
 
     /// A route's configuration.
@@ -880,14 +934,14 @@ impl Router {
     /// What `route` spent this UTC day and month, USD.
     pub fn spend(&self, route: &str) -> Result<(f64, f64)> {
         let now = quiver_log::now_rfc3339();
-        Ok(self.state(route)?.spend.at(&now))
+        Ok(self.state(route)?.lock()?.spend.at(&now))
     }
 
     /// What routing saved `route` this UTC month against always calling its dearest
     /// model, USD at list prices.
     pub fn savings(&self, route: &str) -> Result<f64> {
         let now = quiver_log::now_rfc3339();
-        Ok(self.state(route)?.spend.month_savings(&now))
+        Ok(self.state(route)?.lock()?.spend.month_savings(&now))
     }
 
     /// The layout of `route`'s contexts: its hashed features and embedding block.
@@ -899,7 +953,7 @@ impl Router {
     /// may be returned to the caller once the [`Pending`] result is waited for. A route
     /// with an embedding block decides on hashed features alone, every model counts as
     /// available ([`Router::route_observed`] with nothing observed).
-    pub fn route(&mut self, route: &str, request: &RouteRequest) -> Result<Pending<Routed>> {
+    pub fn route(&self, route: &str, request: &RouteRequest) -> Result<Pending<Routed>> {
         self.route_observed(route, request, Observed::default())
     }
 
@@ -909,7 +963,7 @@ impl Router {
     /// (`embedding`, or `hashing` when there was no embedding to give) and the models left
     /// out as unavailable.
     pub fn route_observed(
-        &mut self,
+        &self,
         route: &str,
         request: &RouteRequest,
         observed: Observed,
@@ -920,8 +974,9 @@ impl Router {
         } = observed;
         let prompt = request.text()?;
         let state = self.state(route)?;
+        let mut live = state.lock()?;
         if let Some(cap) = &state.config.spend_cap {
-            match spend::allowance(cap, route, &state.spend, SystemTime::now()) {
+            match spend::allowance(cap, route, &live.spend, SystemTime::now()) {
                 Allowance::Open => {}
                 Allowance::Downgraded(why) => {
                     for model in spend::dearer_half(&state.config.models) {
@@ -941,7 +996,7 @@ impl Router {
         learner_request.objective = request.objective;
         learner_request.unavailable = unavailable;
         // Propose first: nothing changes until the log holds the decision.
-        let decision = state.learner.propose(&learner_request)?;
+        let decision = live.learner.propose(&learner_request)?;
         let decision_id = format!("{route}:{}", decision.id);
         let mut record = LogRecord::new(&decision_id, route, &state.policy, LogEvent::Decision);
         record.arm = decision.arm.clone();
@@ -975,8 +1030,7 @@ impl Router {
             .map(|(i, v)| (format!("f_{i}"), *v))
             .collect();
         let seq = self.stage(&mut record)?;
-        self.state_mut(route)?
-            .track(decision.id, &decision.arm, &context, seq)?;
+        live.track(decision.id, &decision.arm, &context, seq)?;
         Ok(self.pending(
             Routed {
                 decision_id,
@@ -1006,9 +1060,11 @@ impl Router {
     /// Records what a decision's call cost and how long it took (and its quality, if the
     /// outcome has one). A change is logged before it is applied; a repeat changes nothing
     /// and is not logged.
-    pub fn record_outcome(&mut self, decision_id: &str, outcome: &Outcome) -> Result<Pending<Applied>> {
+    pub fn record_outcome(&self, decision_id: &str, outcome: &Outcome) -> Result<Pending<Applied>> {
         let (route, id, mut record) = self.tracked_record(decision_id, LogEvent::Outcome)?;
-        let would = self.state(&route)?.learner.outcome_would_apply(id, outcome)?;
+        let state = self.state(&route)?;
+        let mut live = state.lock()?;
+        let would = live.learner.outcome_would_apply(id, outcome)?;
         record.cost_usd = outcome.cost_usd;
         record.latency_ms = outcome.latency_ms;
         record.error = outcome.error;
@@ -1016,8 +1072,7 @@ impl Router {
         record.output_tokens = outcome.output_tokens;
         record.quality = quiver_bandit::credited_quality(outcome.quality, outcome.error);
         let seq = self.stage_if(would, &mut record)?;
-        let state = self.state_mut(&route)?;
-        let applied = state.learner.record_outcome(id, outcome)?;
+        let applied = live.learner.record_outcome(id, outcome)?;
         if applied == Applied::Applied {
             let dearest = spend::dearest_cost(
                 &state.config.models,
@@ -1025,14 +1080,14 @@ impl Router {
                 outcome.output_tokens,
                 outcome.cost_usd,
             );
-            state.spend.add(&record.timestamp, outcome.cost_usd, dearest);
+            live.spend.add(&record.timestamp, outcome.cost_usd, dearest);
         }
         Ok(self.pending(applied, seq))
     }
 
     /// Logs that the answer to decision `decision_id` (by `model`) was served again from
     /// the cache for `prompt`; nothing is learned from it.
-    pub fn log_cache_hit(&mut self, decision_id: &str, model: &str, prompt: &str) -> Result<Pending<()>> {
+    pub fn log_cache_hit(&self, decision_id: &str, model: &str, prompt: &str) -> Result<Pending<()>> {
         let (_, _, mut record) = self.tracked_record(decision_id, LogEvent::CacheHit)?;
         record.arm = model.to_string();
         record.prompt = prompt.to_string();
@@ -1042,56 +1097,63 @@ impl Router {
 
     /// Records a decision's quality, possibly long after. Idempotent; a change is logged
     /// before it is applied.
-    pub fn feedback(&mut self, decision_id: &str, quality: f64) -> Result<Pending<Applied>> {
+    pub fn feedback(&self, decision_id: &str, quality: f64) -> Result<Pending<Applied>> {
         let (route, id, mut record) = self.tracked_record(decision_id, LogEvent::Feedback)?;
-        let would = self.state(&route)?.learner.quality_would_apply(id, quality)?;
+        let mut live = self.state(&route)?.lock()?;
+        let would = live.learner.quality_would_apply(id, quality)?;
         record.quality = Some(quality);
         let seq = self.stage_if(would, &mut record)?;
-        let applied = self.state_mut(&route)?.learner.record_quality(id, quality)?;
+        let applied = live.learner.record_quality(id, quality)?;
         Ok(self.pending(applied, seq))
     }
 
     /// Writes every learner and the log position they include to `snapshot.json`:
     /// [`Router::capture_snapshot`], then [`CapturedSnapshot::write`].
     pub fn snapshot(&self) -> Result<()> {
-        self.capture_snapshot().write()
+        self.capture_snapshot()?.write()
     }
 
-    /// Copies every learner's state, at the last change staged, for a snapshot written
-    /// later by [`CapturedSnapshot::write`]; hold the router only for this part.
-    pub fn capture_snapshot(&self) -> CapturedSnapshot {
-        let mut routes = BTreeMap::new();
-        let mut tracked_from = BTreeMap::new();
-        let mut contexts = BTreeMap::new();
-        for (name, state) in &self.routes {
-            contexts.insert(name.clone(), state.layout.definition());
-            let oldest = state.learner.oldest_tracked_decision();
+    /// Copies every learner's state, for a snapshot written later by
+    /// [`CapturedSnapshot::write`]. Routes are copied one at a time, each under its own
+    /// lock and at the last change staged then, while the others serve.
+    pub fn capture_snapshot(&self) -> Result<CapturedSnapshot> {
+        let mut state = RouterSnapshot {
+            last_seq: 0,
+            learned_through: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            tracked_from: BTreeMap::new(),
+            contexts: BTreeMap::new(),
+        };
+        for (name, route) in &self.routes {
+            let live = route.lock()?;
+            // Every record of this route staged so far; staging takes the route's lock.
+            let learned_through = self.log.last_staged();
+            let oldest = live.learner.oldest_tracked_decision();
             let from = oldest.and_then(|decision| {
-                let seq = state.decision_seqs.seq_of(decision)?;
+                let seq = live.decision_seqs.seq_of(decision)?;
                 Some(TrackedFrom { decision, seq })
             });
             let snapshot = match (oldest, from) {
                 // Tracked decisions restored from the older format: their records are
                 // not located, so they stay in the snapshot.
-                (Some(_), None) => state.learner.snapshot(),
-                _ => state.learner.snapshot_without_tracked(),
+                (Some(_), None) => live.learner.snapshot(),
+                _ => live.learner.snapshot_without_tracked(),
             };
-            routes.insert(name.clone(), snapshot);
+            drop(live);
+            state.routes.insert(name.clone(), snapshot);
             if let Some(from) = from {
-                tracked_from.insert(name.clone(), from);
+                state.tracked_from.insert(name.clone(), from);
             }
+            state.contexts.insert(name.clone(), route.layout.definition());
+            state.learned_through.insert(name.clone(), learned_through);
+            state.last_seq = state.last_seq.max(learned_through);
         }
-        CapturedSnapshot {
-            state: RouterSnapshot {
-                last_seq: self.log.last_staged(),
-                routes,
-                tracked_from,
-                contexts,
-            },
+        Ok(CapturedSnapshot {
+            state,
             log: Arc::clone(&self.log),
             dir: self.dir.clone(),
             written: Arc::clone(&self.snapshot_written),
-        }
+        })
     }
 }
 

@@ -1,7 +1,7 @@
 //! Running the HTTP server: open the router, serve, snapshot periodically and on shutdown.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -17,7 +17,7 @@ use crate::embeddings::Embedders;
 use crate::error::{io_at, Result, ServeError};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::router::{Router, RouterOptions};
+use crate::router::{CapturedSnapshot, Router, RouterOptions};
 
 /// Builds the shared state of a server from its configuration (restoring the snapshot
 /// and replaying the log).
@@ -37,7 +37,7 @@ pub fn state(config: ServeConfig) -> Result<Arc<AppState>> {
         .build()
         .map_err(|e| ServeError::Config(format!("HTTP client: {e}")))?;
     Ok(Arc::new(AppState {
-        router: Mutex::new(router),
+        router,
         config,
         http,
         metrics: Metrics::default(),
@@ -51,11 +51,7 @@ pub fn state(config: ServeConfig) -> Result<Arc<AppState>> {
 /// snapshot that fails is counted and logged; the previous one and the log still hold
 /// everything, so serving goes on.
 fn snapshot(state: &AppState) {
-    let written = state
-        .router()
-        .map_err(|e| format!("{e:?}"))
-        .map(|router| router.capture_snapshot())
-        .and_then(|captured| captured.write().map_err(|e| e.to_string()));
+    let written = state.router.capture_snapshot().and_then(CapturedSnapshot::write);
     match written {
         Ok(()) => state.metrics.snapshots.inc(),
         Err(e) => {

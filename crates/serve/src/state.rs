@@ -1,7 +1,8 @@
-//! What every handler shares: the router behind its lock, the configuration, the upstream
-//! client and the metrics; and the three ways a handler touches the router.
+//! What every handler shares: the router (each route behind its own lock), the
+//! configuration, the upstream client and the metrics; and the two ways a handler touches
+//! the router.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::rejection::JsonRejection;
@@ -19,8 +20,9 @@ use crate::router::{Observed, Pending, Router};
 
 /// What every handler shares.
 pub struct AppState {
-    /// The router; changes run in place (they are brief), reads of its state on blocking threads.
-    pub router: Mutex<Router>,
+    /// The router; changes run in place (they are brief), reads of its state on blocking
+    /// threads.
+    pub router: Router,
     /// The configuration.
     pub config: ServeConfig,
     /// The upstream HTTP client.
@@ -56,13 +58,6 @@ impl AppState {
             .observe(started.elapsed().as_secs_f64());
         Ok(value)
     }
-
-    /// Locks the router; a poisoned lock (a panic while holding it) is an internal error.
-    pub fn router(&self) -> Result<MutexGuard<'_, Router>, ApiError> {
-        self.router
-            .lock()
-            .map_err(|_| ApiError::Internal("router lock poisoned".into()))
-    }
 }
 
 /// A JSON body, the one extractor of the API's requests: malformed JSON is 400, well-formed
@@ -85,13 +80,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// Runs a router operation on a blocking thread, under the router's lock.
+/// Runs a router operation on a blocking thread (it may wait for the routes' locks).
 pub async fn with_router<T: Send + 'static>(
     state: &Arc<AppState>,
-    op: impl FnOnce(&mut Router) -> Result<T, ApiError> + Send + 'static,
+    op: impl FnOnce(&Router) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let state = Arc::clone(state);
-    tokio::task::spawn_blocking(move || op(&mut *state.router()?))
+    tokio::task::spawn_blocking(move || op(&state.router))
         .await
         .map_err(|e| ApiError::Internal(format!("router task failed: {e}")))?
 }
@@ -101,8 +96,8 @@ pub async fn with_router<T: Send + 'static>(
 /// a task, and concurrent changes share one fsync.
 pub async fn change_router<T>(
     state: &Arc<AppState>,
-    op: impl FnOnce(&mut Router) -> Result<Pending<T>, ApiError>,
+    op: impl FnOnce(&Router) -> Result<Pending<T>, ApiError>,
 ) -> Result<T, ApiError> {
-    let pending = op(&mut *state.router()?)?;
+    let pending = op(&state.router)?;
     state.durable(pending).await
 }

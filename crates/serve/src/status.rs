@@ -86,7 +86,11 @@ pub(crate) async fn route_state(
     Ok(Json(route))
 }
 
-fn route_state_of(router: &mut Router, name: &str) -> Result<RouteState, ApiError> {
+fn route_state_of(router: &Router, name: &str) -> Result<RouteState, ApiError> {
+    // Each read takes the route's lock: the spend before the learner, which holds it.
+    let (spend_today_usd, spend_month_usd) = router.spend(name)?;
+    let savings_month_usd = router.savings(name)?;
+    let cap = router.route_config(name)?.spend_cap;
     let learner = router.learner(name)?;
     let arms = learner
         .arms()
@@ -111,14 +115,12 @@ fn route_state_of(router: &mut Router, name: &str) -> Result<RouteState, ApiErro
             }
         })
         .collect();
-    let (spend_today_usd, spend_month_usd) = router.spend(name)?;
-    let cap = router.route_config(name)?.spend_cap;
     Ok(RouteState {
         spend_today_usd,
         spend_month_usd,
         daily_cap_usd: cap.and_then(|c| c.daily_usd),
         monthly_cap_usd: cap.and_then(|c| c.monthly_usd),
-        savings_month_usd: router.savings(name)?,
+        savings_month_usd,
         route: name.to_string(),
         policy: learner.config().policy.to_string(),
         decisions: learner.next_decision_id(),

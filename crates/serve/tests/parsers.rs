@@ -253,7 +253,7 @@ proptest! {
 /// Snapshots the router of `state`, opens a new one on the same log, and checks that it
 /// learned exactly `before`.
 async fn reopen(state: &Arc<AppState>, dir: &Path, before: Value) -> Result<(), TestCaseError> {
-    state.router().unwrap().snapshot().unwrap();
+    state.router.snapshot().unwrap();
     let reopened = quiver_serve::server::state(config(dir)).unwrap();
     let after = learners(&build_app(reopened)).await;
     prop_assert_eq!(after, before);

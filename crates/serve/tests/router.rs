@@ -48,7 +48,7 @@ fn routes() -> Vec<RouteConfig> {
 
 /// Operation `i` of a fixed workload: route, then outcome, then (for most) feedback, some
 /// of it late.
-fn workload(router: &mut Router, range: std::ops::Range<usize>, ids: &mut Vec<String>) {
+fn workload(router: &Router, range: std::ops::Range<usize>, ids: &mut Vec<String>) {
     for i in range {
         let (route, features) = if i % 3 == 0 {
             ("code", vec![])
@@ -98,8 +98,8 @@ fn learners_json(router: &Router) -> String {
 
 /// A router in a directory of its own that ran the workload's first `operations`.
 fn uninterrupted(name: &str, operations: usize) -> Router {
-    let mut router = Router::open_with(routes(), &scratch(name), crash_options()).unwrap();
-    workload(&mut router, 0..operations, &mut Vec::new());
+    let router = Router::open_with(routes(), &scratch(name), crash_options()).unwrap();
+    workload(&router, 0..operations, &mut Vec::new());
     router
 }
 
@@ -113,12 +113,12 @@ fn a_restarted_router_equals_one_that_never_stopped() {
         // A snapshot captured midway and written after more changes (as the server writes
         // it, outside the router's lock); then a crash (the router is dropped without any
         // shutdown work).
-        let mut first = Router::open_with(routes(), &dir, crash_options()).unwrap();
-        workload(&mut first, 0..50, &mut ids);
-        let captured = first.capture_snapshot();
-        workload(&mut first, 50..70, &mut ids);
+        let first = Router::open_with(routes(), &dir, crash_options()).unwrap();
+        workload(&first, 0..50, &mut ids);
+        let captured = first.capture_snapshot().unwrap();
+        workload(&first, 50..70, &mut ids);
         captured.write().unwrap();
-        workload(&mut first, 70..90, &mut ids);
+        workload(&first, 70..90, &mut ids);
     }
     // The snapshot holds no tracked decision: it names where the log has the oldest, past
     // those the horizon forgot.
@@ -138,19 +138,19 @@ fn a_restarted_router_equals_one_that_never_stopped() {
     text.push_str("{\"decision_id\":\"chat:9");
     std::fs::write(last, text).unwrap();
 
-    let mut restarted = Router::open_with(routes(), &dir, crash_options()).unwrap();
-    workload(&mut restarted, 90..120, &mut ids);
+    let restarted = Router::open_with(routes(), &dir, crash_options()).unwrap();
+    workload(&restarted, 90..120, &mut ids);
     assert_eq!(learners_json(&restarted), learners_json(&reference));
 
     // And once more, from the log alone after a second snapshot.
     restarted.snapshot().unwrap();
     drop(restarted);
-    let mut again = Router::open_with(routes(), &dir, crash_options()).unwrap();
+    let again = Router::open_with(routes(), &dir, crash_options()).unwrap();
     assert_eq!(learners_json(&again), learners_json(&reference));
 
     // A snapshot captured before a newer one was written is dropped, not written over it.
-    let older = again.capture_snapshot();
-    workload(&mut again, 120..125, &mut ids);
+    let older = again.capture_snapshot().unwrap();
+    workload(&again, 120..125, &mut ids);
     again.snapshot().unwrap();
     let newer = std::fs::read(dir.join("snapshot.json")).unwrap();
     older.write().unwrap();
@@ -219,8 +219,8 @@ fn a_snapshot_of_the_older_format_restores_and_is_replaced() {
     let dir = scratch("older");
     let mut ids = Vec::new();
     {
-        let mut router = Router::open_with(routes(), &dir, crash_options()).unwrap();
-        workload(&mut router, 0..60, &mut ids);
+        let router = Router::open_with(routes(), &dir, crash_options()).unwrap();
+        workload(&router, 0..60, &mut ids);
         let routes: serde_json::Map<String, serde_json::Value> = router
             .route_names()
             .iter()
@@ -234,8 +234,8 @@ fn a_snapshot_of_the_older_format_restores_and_is_replaced() {
         let older = serde_json::json!({"last_seq": router.log_counts().0, "routes": routes});
         std::fs::write(dir.join("snapshot.json"), older.to_string()).unwrap();
     }
-    let mut router = Router::open_with(routes(), &dir, crash_options()).unwrap();
-    workload(&mut router, 60..66, &mut ids);
+    let router = Router::open_with(routes(), &dir, crash_options()).unwrap();
+    workload(&router, 60..66, &mut ids);
     router.snapshot().unwrap();
     let snapshot = snapshot_json(&dir);
     // "chat" still tracks decisions from before the restart; "code" (a third of the
@@ -247,8 +247,8 @@ fn a_snapshot_of_the_older_format_restores_and_is_replaced() {
         );
     }
     drop(router);
-    let mut router = Router::open_with(routes(), &dir, crash_options()).unwrap();
-    workload(&mut router, 66..150, &mut ids);
+    let router = Router::open_with(routes(), &dir, crash_options()).unwrap();
+    workload(&router, 66..150, &mut ids);
     router.snapshot().unwrap();
     assert_eq!(snapshot_json(&dir)["tracked_from"].as_object().unwrap().len(), 2);
     drop(router);
@@ -288,7 +288,7 @@ fn snapshots_do_not_grow_with_decisions_awaiting_feedback() {
     // Features alone would add over a kilobyte per decision.
     assert!(large < small + 1000, "{small} bytes, then {large}");
     drop(router);
-    let mut router = Router::open(routes(), &dir).unwrap();
+    let router = Router::open(routes(), &dir).unwrap();
     for id in [&pending[0], &more[1000], more.last().unwrap()] {
         assert_eq!(
             router.feedback(id, 0.3).unwrap().wait().unwrap(),
@@ -304,7 +304,7 @@ fn snapshots_do_not_grow_with_decisions_awaiting_feedback() {
 #[test]
 fn feedback_is_idempotent_and_bad_ids_are_refused() {
     let dir = scratch("feedback");
-    let mut router = Router::open(routes(), &dir).unwrap();
+    let router = Router::open(routes(), &dir).unwrap();
     let routed = router
         .route(
             "chat",
@@ -349,39 +349,57 @@ fn feedback_is_idempotent_and_bad_ids_are_refused() {
     assert!(router.route("chat", &wrong_features).is_err());
 }
 
-/// Threads route and give feedback through one router, waiting for durability with the
-/// lock released (as the server does): every acknowledged change is in the log, the log
-/// is gapless and in the order the changes were applied, and a restart equals the router
-/// that took them.
+/// Threads route and give feedback through one router on two routes, each behind its own
+/// lock, waiting for durability with the locks released (as the server does), while
+/// another thread writes snapshots during the first half: every acknowledged change is in
+/// the log, the log is gapless, and a restart from the last snapshot (taken while both
+/// routes changed, each at its own log position) and the log equals the router that took
+/// them.
 #[test]
 fn concurrent_changes_are_durable_and_logged_in_order() {
     let dir = scratch("concurrent");
-    let router = std::sync::Mutex::new(Router::open(routes(), &dir).unwrap());
-    let acknowledged: Vec<Vec<String>> = std::thread::scope(|scope| {
+    let router = Router::open(routes(), &dir).unwrap();
+    let acked = std::sync::atomic::AtomicUsize::new(0);
+    let (acknowledged, snapshots): (Vec<Vec<String>>, usize) = std::thread::scope(|scope| {
+        let router = &router;
+        let acked = &acked;
+        let snapshotter = scope.spawn(move || {
+            let mut written = 0;
+            while acked.load(std::sync::atomic::Ordering::Relaxed) < 160 {
+                router.snapshot().unwrap();
+                written += 1;
+            }
+            written
+        });
         let workers: Vec<_> = (0..8)
             .map(|t| {
-                let router = &router;
                 scope.spawn(move || {
                     let mut ids = Vec::new();
                     for i in 0..40 {
+                        let (route, features) = if t % 2 == 0 {
+                            ("chat", vec![0.2])
+                        } else {
+                            ("code", vec![])
+                        };
                         let request = RouteRequest {
                             prompt: Some(format!("thread {t} question {i}")),
-                            features: vec![0.2],
+                            features,
                             ..RouteRequest::default()
                         };
-                        let pending = router.lock().unwrap().route("chat", &request).unwrap();
-                        let routed = pending.wait().unwrap();
-                        let pending = router.lock().unwrap().feedback(&routed.decision_id, 0.7).unwrap();
+                        let routed = router.route(route, &request).unwrap().wait().unwrap();
+                        let pending = router.feedback(&routed.decision_id, 0.7).unwrap();
                         assert_eq!(pending.wait().unwrap(), Applied::Applied);
                         ids.push(routed.decision_id);
+                        acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     ids
                 })
             })
             .collect();
-        workers.into_iter().map(|w| w.join().unwrap()).collect()
+        let acknowledged = workers.into_iter().map(|w| w.join().unwrap()).collect();
+        (acknowledged, snapshotter.join().unwrap())
     });
-    let router = router.into_inner().unwrap();
+    assert!(snapshots > 0);
     let records = quiver_serve::log::read_log(&dir).unwrap();
     let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, (1..=640).collect::<Vec<u64>>());
@@ -396,6 +414,46 @@ fn concurrent_changes_are_durable_and_logged_in_order() {
     assert_eq!(router.log_counts().0, 640);
     let expected = learners_json(&router);
     drop(router);
+    let restarted = Router::open(routes(), &dir).unwrap();
+    assert_eq!(learners_json(&restarted), expected);
+}
+
+/// A snapshot copies the routes one at a time, each under its own lock, while the others
+/// serve: a change to a route already copied, made while the snapshot waits for the next
+/// route, is after that route's position in the snapshot, so a restart learns it from the
+/// log (a single position for the whole snapshot would skip it).
+#[test]
+fn each_route_restarts_from_its_own_position_in_the_snapshot() {
+    let dir = scratch("positions");
+    let router = Router::open(routes(), &dir).unwrap();
+    let mut ids = Vec::new();
+    workload(&router, 0..6, &mut ids);
+    let captured = std::thread::scope(|scope| {
+        // Holding "code" keeps the snapshot waiting after it copied "chat" (routes are
+        // copied in name order).
+        let code = router.learner("code").unwrap();
+        let capture = scope.spawn(|| router.capture_snapshot().unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let request = RouteRequest {
+            prompt: Some("meanwhile on chat".into()),
+            features: vec![0.4],
+            ..RouteRequest::default()
+        };
+        let routed = router.route("chat", &request).unwrap().wait().unwrap();
+        let applied = router.feedback(&routed.decision_id, 0.9).unwrap().wait().unwrap();
+        assert_eq!(applied, Applied::Applied);
+        drop(code);
+        capture.join().unwrap()
+    });
+    captured.write().unwrap();
+    let expected = learners_json(&router);
+    drop(router);
+    let snapshot = snapshot_json(&dir);
+    assert!(
+        snapshot["learned_through"]["chat"].as_u64() < snapshot["learned_through"]["code"].as_u64(),
+        "{}",
+        snapshot["learned_through"]
+    );
     let restarted = Router::open(routes(), &dir).unwrap();
     assert_eq!(learners_json(&restarted), expected);
 }
@@ -417,7 +475,7 @@ fn after_a_failed_write_nothing_more_is_acknowledged() {
         features: vec![0.5],
         ..RouteRequest::default()
     };
-    let mut router = Router::open_with(routes(), &dir, options.clone()).unwrap();
+    let router = Router::open_with(routes(), &dir, options.clone()).unwrap();
     let routed = router.route("chat", &request).unwrap().wait().unwrap();
     let full = dir.join("decisions-00000000000000000002.jsonl");
     std::os::unix::fs::symlink("/dev/full", &full).unwrap();
@@ -429,7 +487,7 @@ fn after_a_failed_write_nothing_more_is_acknowledged() {
     drop(router);
     // (Reading /dev/full never ends: restart without it.)
     std::fs::remove_file(&full).unwrap();
-    let mut restarted = Router::open_with(routes(), &dir, options).unwrap();
+    let restarted = Router::open_with(routes(), &dir, options).unwrap();
     let applied = restarted
         .feedback(&routed.decision_id, 0.9)
         .unwrap()
@@ -443,8 +501,8 @@ fn after_a_failed_write_nothing_more_is_acknowledged() {
 #[test]
 fn a_new_horizon_restores_and_a_new_policy_is_named() {
     let dir = scratch("router_upgrade");
-    let mut router = Router::open_with(routes(), &dir, crash_options()).unwrap();
-    workload(&mut router, 0..30, &mut Vec::new());
+    let router = Router::open_with(routes(), &dir, crash_options()).unwrap();
+    workload(&router, 0..30, &mut Vec::new());
     router.snapshot().unwrap();
     drop(router);
     let wider = RouterOptions {
@@ -484,12 +542,12 @@ fn a_new_horizon_restores_and_a_new_policy_is_named() {
 #[test]
 fn a_reconfigured_route_keeps_what_it_learned() {
     let dir = scratch("router_reconfigure");
-    let mut router = Router::open_with(routes(), &dir, crash_options()).unwrap();
+    let router = Router::open_with(routes(), &dir, crash_options()).unwrap();
     let mut ids = Vec::new();
-    workload(&mut router, 0..60, &mut ids);
+    workload(&router, 0..60, &mut ids);
     router.snapshot().unwrap();
     // Some of what it learned is only in the log, after the snapshot.
-    workload(&mut router, 60..80, &mut ids);
+    workload(&router, 60..80, &mut ids);
     let before = router.learner("chat").unwrap().clone();
     drop(router);
 
@@ -501,7 +559,7 @@ fn a_reconfigured_route_keeps_what_it_learned() {
     chat.w_cost = 10.0;
     chat.budget_usd_per_request = Some(0.003);
     let router = Router::open_with(changed.clone(), &dir, crash_options()).unwrap();
-    let after = router.learner("chat").unwrap();
+    let after = router.learner("chat").unwrap().clone();
     let ids: Vec<&str> = after.arms().iter().map(|a| a.id.as_str()).collect();
     assert_eq!(ids, ["big", "small", "new"]);
     for id in ["big", "small"] {
@@ -563,7 +621,7 @@ fn a_route_starts_from_its_priors_once() {
     write_priors(&priors, "hashing(words=40,chars=16,caller=0)");
     let mut configs = routes();
     configs[1].priors = Some(priors.clone());
-    let mut router = Router::open_with(configs.clone(), &dir.join("log"), crash_options()).unwrap();
+    let router = Router::open_with(configs.clone(), &dir.join("log"), crash_options()).unwrap();
     // Beta(96, 6) against Beta(6, 96) with no cost weight: big, every time.
     let (alpha, beta) = match router.learner("code").unwrap().policy() {
         quiver_bandit::AnyPolicy::BetaTs(p) => (p.posterior(0), p.posterior(1)),
@@ -659,7 +717,7 @@ fn embedding_blocks_are_logged_and_rebuild_the_learner_after_a_restart() {
         )
     };
     let block = embedding.block().unwrap();
-    let mut router = Router::open(vec![route.clone()], &dir).unwrap();
+    let router = Router::open(vec![route.clone()], &dir).unwrap();
     assert_eq!(
         router.layout("r").unwrap().definition(),
         "hashing(words=40,chars=16,caller=0)+embedding(source=openai(model=emb-1),dims=4)"
@@ -715,7 +773,7 @@ fn embedding_blocks_are_logged_and_rebuild_the_learner_after_a_restart() {
     // A route without an embedding block logs neither field; a projection handed to it
     // is refused rather than ignored.
     let plain = RouteConfig::new("p", "linucb", vec![model("big", 5.0)]);
-    let mut router = Router::open(vec![plain], &scratch("embedding_plain")).unwrap();
+    let router = Router::open(vec![plain], &scratch("embedding_plain")).unwrap();
     let request = RouteRequest {
         prompt: Some("hi".into()),
         ..RouteRequest::default()
@@ -753,7 +811,7 @@ fn a_spend_cap_downgrades_then_refuses_and_survives_a_restart() {
         prompt: Some("hi".into()),
         ..RouteRequest::default()
     };
-    let mut router = Router::open(vec![route.clone()], &dir).unwrap();
+    let router = Router::open(vec![route.clone()], &dir).unwrap();
     let mut served = Vec::new();
     let refusal = loop {
         let routed = match router.route("r", &request) {
@@ -796,7 +854,7 @@ fn a_spend_cap_downgrades_then_refuses_and_survives_a_restart() {
     let savings = router.savings("r").unwrap();
     assert!((savings - 0.0014).abs() < 1e-12, "{savings}");
     drop(router);
-    let mut reopened = Router::open(vec![route], &dir).unwrap();
+    let reopened = Router::open(vec![route], &dir).unwrap();
     assert_eq!(reopened.spend("r").unwrap(), (day, month));
     assert_eq!(reopened.savings("r").unwrap(), savings);
     assert!(matches!(
@@ -810,8 +868,8 @@ fn a_spend_cap_downgrades_then_refuses_and_survives_a_restart() {
 #[test]
 fn a_changed_dimension_is_refused_without_recorded_contexts() {
     let dir = scratch("router_old_contexts");
-    let mut router = Router::open_with(routes(), &dir, crash_options()).unwrap();
-    workload(&mut router, 0..10, &mut Vec::new());
+    let router = Router::open_with(routes(), &dir, crash_options()).unwrap();
+    workload(&router, 0..10, &mut Vec::new());
     router.snapshot().unwrap();
     drop(router);
     let mut snapshot = snapshot_json(&dir);
