@@ -34,6 +34,7 @@ pub mod server;
 pub mod spend;
 mod state;
 mod status;
+pub mod upstream;
 
 pub use quiver_log as log;
 

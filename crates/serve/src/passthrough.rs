@@ -1,21 +1,22 @@
 //! `POST /v1/embeddings`: passed through to the configured model that `model` names, so
 //! that a client of the gateway embeds through it too. Nothing is routed or learned: an
 //! embedding has no quality to feed back. The upstream's answer reaches the client as it
-//! came (status, content type, body, `x-*` headers) when it is a success or blames the
-//! request (400, 413, 415, 422); any other failure is a 502 naming it.
+//! came when it is a success (its JSON body and `x-*` headers) or blames the request (400,
+//! 413, 415, 422: its status, content type and body, as the proxy relays them); any other
+//! failure, a body that is not JSON included, is a 502 naming it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::Response;
 use serde_json::Value;
 
 use crate::api_error::{ApiError, UpstreamResponses};
-use crate::proxy::{extension_headers, read_whole};
 use crate::state::{ApiJson, AppState};
+use crate::upstream::{Answer, UpstreamCall};
 
 /// OpenAI's embeddings request: `model` names a configured model; every other field goes
 /// upstream as sent.
@@ -49,9 +50,7 @@ pub(crate) async fn embeddings(
         .ok_or_else(|| ApiError::Invalid("`model` must name a configured model".into()))?
         .to_string();
     let models = || state.config.routes.iter().flat_map(|r| &r.models);
-    let Some((model, base_url)) =
-        models().find_map(|m| Some((m, m.base_url.as_ref()?)).filter(|(m, _)| m.id == id))
-    else {
+    let Some(model) = models().find(|m| m.id == id && m.base_url.is_some()) else {
         let known: Vec<&str> = models()
             .filter(|m| m.base_url.is_some())
             .map(|m| m.id.as_str())
@@ -62,54 +61,45 @@ pub(crate) async fn embeddings(
         )));
     };
     body["model"] = Value::String(model.upstream_model.clone().unwrap_or_else(|| model.id.clone()));
-    let config = &state.config;
-    let mut call = state
-        .http
-        .post(format!("{}/embeddings", base_url.trim_end_matches('/')))
-        .json(&body);
-    if let Some(key) = model.api_key_env.as_ref().and_then(|v| std::env::var(v).ok()) {
-        call = call.bearer_auth(key);
-    }
     let started = Instant::now();
-    let deadline = started + Duration::from_millis(config.request_timeout_ms);
-    let first_byte_by = deadline.min(started + Duration::from_millis(config.upstream_timeout_ms));
-    let failed = |reason: String| {
-        state
-            .metrics
-            .upstream_attempt(&model.id, "error", started.elapsed());
-        ApiError::Upstream(format!("model `{id}`: {reason}"))
+    let call = UpstreamCall {
+        model,
+        path: "/embeddings",
+        body: &body,
+        stream: false,
+        deadline: started + Duration::from_millis(state.config.request_timeout_ms),
     };
-    let response = tokio::time::timeout_at(first_byte_by.into(), call.send())
-        .await
-        .map_err(|_| failed(format!("no first byte within {} ms", config.upstream_timeout_ms)))?
-        .map_err(|e| failed(e.to_string()))?;
-    let status = response.status();
-    let relayed = status.is_success() || matches!(status.as_u16(), 400 | 413 | 415 | 422);
-    if !relayed {
-        return Err(failed(format!("upstream answered {status}")));
-    }
-    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-    let passed = extension_headers(&response);
-    let idle = Duration::from_millis(config.upstream_idle_timeout_ms);
-    let bytes = read_whole(
-        Box::pin(response.bytes_stream()),
-        idle,
-        deadline,
-        config.max_upstream_body_bytes,
-    )
-    .await
-    .map_err(|e| failed(e.to_string()))?;
-    let result = if status.is_success() { "ok" } else { "refused" };
+    let answered = state.upstream.call(call).await;
+    let (result, answer) = match answered {
+        Ok(Answer::Complete { body, passed, .. }) => {
+            let mut answer = json_response(StatusCode::OK, body)?;
+            answer.headers_mut().extend(passed);
+            ("ok", Ok(answer))
+        }
+        Ok(Answer::Refused {
+            status,
+            body,
+            content_type,
+        }) => {
+            let mut answer = json_response(status, body)?;
+            if let Some(content_type) = content_type {
+                answer.headers_mut().insert(header::CONTENT_TYPE, content_type);
+            }
+            ("refused", Ok(answer))
+        }
+        Ok(Answer::Stream { .. }) => ("error", Err("it answered an event stream".to_string())),
+        Err(failure) => ("error", Err(failure.to_string())),
+    };
     state
         .metrics
         .upstream_attempt(&model.id, result, started.elapsed());
-    let mut answer = Response::builder()
-        .status(StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY))
-        .body(Body::from(bytes))
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    if let Some(content_type) = content_type {
-        answer.headers_mut().insert(header::CONTENT_TYPE, content_type);
-    }
-    answer.headers_mut().extend(passed);
-    Ok(answer)
+    answer.map_err(|reason| ApiError::Upstream(format!("model `{id}`: {reason}")))
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Result<Response, ApiError> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }

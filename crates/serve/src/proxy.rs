@@ -51,6 +51,7 @@ use crate::config::ModelConfig;
 use crate::health::Circuit;
 use crate::router::RouteRequest;
 use crate::state::{change_router, ApiJson, AppState};
+use crate::upstream::{Answer, Failure, UpstreamBody, UpstreamCall};
 
 /// Header carrying the decision id.
 pub const DECISION_HEADER: &str = "x-quiver-decision-id";
@@ -181,22 +182,6 @@ impl StreamTally {
             quiver_bandit::features::tokens_of_chars(self.content_chars),
         ))
     }
-}
-
-/// The upstream's own `x-*` headers, passed on to the client.
-pub(crate) fn extension_headers(upstream: &reqwest::Response) -> Vec<(header::HeaderName, HeaderValue)> {
-    upstream
-        .headers()
-        .iter()
-        .filter(|(name, _)| {
-            name.as_str().starts_with("x-") && !name.as_str().starts_with("x-quiver-decision")
-        })
-        .filter_map(|(name, value)| {
-            let name = header::HeaderName::from_bytes(name.as_str().as_bytes()).ok()?;
-            let value = HeaderValue::from_bytes(value.as_bytes()).ok()?;
-            Some((name, value))
-        })
-        .collect()
 }
 
 fn with_headers(mut response: Response, decision_id: &str, model: &str) -> Response {
@@ -389,9 +374,9 @@ async fn complete(
             break;
         };
         match called {
-            Ok(Upstream::Complete { body, passed }) => {
+            Ok(Answer::Complete { body, json, passed }) => {
                 if attempt == 0 {
-                    let (input, output) = usage(&body.1).unwrap_or((0, 0));
+                    let (input, output) = usage(&json).unwrap_or((0, 0));
                     record(
                         &state,
                         &decision_id,
@@ -402,12 +387,12 @@ async fn complete(
                 let mut response = Response::builder()
                     .status(StatusCode::OK)
                     .header(header::CONTENT_TYPE, "application/json")
-                    .body(Body::from(body.0.clone()))
+                    .body(Body::from(body.clone()))
                     .map_err(|e| ApiError::Internal(e.to_string()))?;
                 response.headers_mut().extend(passed);
                 if let Some(key) = store_under.take() {
                     let cached = Cached {
-                        body: body.0,
+                        body,
                         model: model.id.clone(),
                         decision_id: decision_id.clone(),
                     };
@@ -420,7 +405,7 @@ async fn complete(
                 answer = Some(with_headers(response, &decision_id, &model.id));
                 break;
             }
-            Ok(Upstream::Stream { first, rest, passed }) => {
+            Ok(Answer::Stream { first, rest, passed }) => {
                 let outcome = (attempt == 0).then(|| StreamOutcome {
                     state: Arc::clone(&state),
                     decision_id: decision_id.clone(),
@@ -436,7 +421,7 @@ async fn complete(
                 answer = Some(with_headers(response, &decision_id, &model.id));
                 break;
             }
-            Ok(Upstream::Refused {
+            Ok(Answer::Refused {
                 status,
                 body,
                 content_type,
@@ -544,7 +529,7 @@ async fn call_with_retries(
     model: &ModelConfig,
     (api, stream, forced): (Api, bool, bool),
     deadline: Instant,
-) -> Option<(Result<Upstream, Failure>, Instant)> {
+) -> Option<(Result<Answer, Failure>, Instant)> {
     let first_started = Instant::now();
     let mut retries = 0;
     loop {
@@ -556,15 +541,27 @@ async fn call_with_retries(
             let failure = Failure::final_("its circuit breaker opened since the decision");
             return Some((Err(failure), first_started));
         }
-        let called = call_upstream(state, request, model, (api, stream), deadline).await;
+        let call = UpstreamCall {
+            model,
+            path: api.path(),
+            body: request,
+            stream,
+            deadline,
+        };
+        let called = state.upstream.call(call).await.and_then(|answer| match answer {
+            Answer::Complete { json, .. } if json.get("choices").is_none() => {
+                Err(Failure::final_("the upstream's body is not a completion"))
+            }
+            answer => Ok(answer),
+        });
         let took = started.elapsed();
         let (result, failure) = match &called {
-            Ok(Upstream::Refused { .. }) => ("refused", None),
+            Ok(Answer::Refused { .. }) => ("refused", None),
             Ok(_) => ("ok", None),
             Err(failure) => ("error", Some(failure)),
         };
         state.metrics.upstream_attempt(&model.id, result, took);
-        if let Ok(Upstream::Stream { .. }) = &called {
+        if let Ok(Answer::Stream { .. }) = &called {
             state.metrics.first_token(&model.id, took);
         }
         let retry_after = failure.and_then(|f| f.retry_after);
@@ -595,197 +592,6 @@ async fn call_with_retries(
 fn backoff(n: u32) -> Duration {
     let ceiling = (100.0 * 2f64.powi(n.min(16) as i32)).min(2000.0);
     Duration::from_secs_f64(ceiling * rand::random_range(0.5..=1.0) / 1000.0)
-}
-
-/// Why an upstream call failed, and what that allows next.
-#[derive(Debug)]
-struct Failure {
-    message: String,
-    /// A 5xx status without `Retry-After`, or a failed connection: the same model may be
-    /// called again after a backoff.
-    retryable: bool,
-    /// A 429 or 503's `Retry-After`: the model's breaker opens for that long.
-    retry_after: Option<Duration>,
-}
-
-impl Failure {
-    /// A failure that another call to the model would not mend soon.
-    fn final_(message: impl Into<String>) -> Self {
-        Failure {
-            message: message.into(),
-            retryable: false,
-            retry_after: None,
-        }
-    }
-}
-
-impl From<String> for Failure {
-    fn from(message: String) -> Self {
-        Failure::final_(message)
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-/// `Retry-After` in seconds (an HTTP date is not read).
-fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    let seconds: f64 = response
-        .headers()
-        .get(header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    // A day is past any cooldown the breaker keeps (`max_cooldown_ms` bounds it further);
-    // a negative or non-finite value is no answer.
-    Duration::try_from_secs_f64(seconds.min(86_400.0)).ok()
-}
-
-type UpstreamBody = futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>;
-
-/// A usable answer of an upstream, with the `x-*` headers to pass on.
-enum Upstream {
-    /// A chat completion: its bytes and their JSON.
-    Complete {
-        body: (Bytes, Value),
-        passed: Vec<(header::HeaderName, HeaderValue)>,
-    },
-    /// An event stream that has sent its first chunk.
-    Stream {
-        first: Bytes,
-        rest: UpstreamBody,
-        passed: Vec<(header::HeaderName, HeaderValue)>,
-    },
-    /// The upstream refused the request itself ([`is_client_error`]): relayed to the
-    /// client as it came, neither retried elsewhere nor learned as the model's failure.
-    Refused {
-        status: StatusCode,
-        body: Bytes,
-        content_type: Option<HeaderValue>,
-    },
-}
-
-/// An upstream status that blames the request, not the model: another model would refuse
-/// it too (400, 413, 415, 422). A 404 (a retired model, a wrong `base_url` or
-/// `upstream_model`), key and quota problems (401, 403, 429) and the upstream's own
-/// failures are the model's: they fall back.
-fn is_client_error(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 400 | 413 | 415 | 422)
-}
-
-/// One attempt at `model`: its first byte (the response head and, for a stream, the first
-/// chunk) must come within `upstream_timeout_ms` and the request's deadline; a complete
-/// body must then arrive with no silence longer than `upstream_idle_timeout_ms`, within
-/// the deadline and `max_upstream_body_bytes`. Any failure is a reason to fall back.
-async fn call_upstream(
-    state: &AppState,
-    request: &Value,
-    model: &ModelConfig,
-    (api, stream): (Api, bool),
-    deadline: Instant,
-) -> Result<Upstream, Failure> {
-    let config = &state.config;
-    let base_url = model
-        .base_url
-        .as_ref()
-        .ok_or_else(|| Failure::final_("no base_url configured"))?;
-    let first_byte_by = deadline.min(Instant::now() + Duration::from_millis(config.upstream_timeout_ms));
-    let mut call = state
-        .http
-        .post(format!("{}{}", base_url.trim_end_matches('/'), api.path()))
-        .json(request);
-    if let Some(key) = model.api_key_env.as_ref().and_then(|v| std::env::var(v).ok()) {
-        call = call.bearer_auth(key);
-    }
-    let no_first_byte = || format!("no first byte within {} ms", config.upstream_timeout_ms);
-    let response = tokio::time::timeout_at(first_byte_by.into(), call.send())
-        .await
-        .map_err(|_| no_first_byte())?
-        .map_err(|e| Failure {
-            retryable: e.is_connect(),
-            ..Failure::final_(e.to_string())
-        })?;
-    let limit = config.max_upstream_body_bytes;
-    let idle = Duration::from_millis(config.upstream_idle_timeout_ms);
-    let status = response.status();
-    if is_client_error(status) {
-        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-        let body = read_whole(Box::pin(response.bytes_stream()), idle, deadline, limit).await?;
-        return Ok(Upstream::Refused {
-            status,
-            body,
-            content_type,
-        });
-    }
-    if !status.is_success() {
-        let retry_after = retry_after(&response).filter(|_| matches!(status.as_u16(), 429 | 503));
-        return Err(Failure {
-            retryable: status.is_server_error() && retry_after.is_none(),
-            retry_after,
-            ..Failure::final_(format!("upstream answered {status}"))
-        });
-    }
-    let passed = extension_headers(&response);
-    if !stream && response.content_length().is_some_and(|len| len > limit as u64) {
-        return Err(format!("the body is larger than {limit} bytes").into());
-    }
-    let mut body: UpstreamBody = Box::pin(response.bytes_stream());
-    if stream {
-        let first = match tokio::time::timeout_at(first_byte_by.into(), body.next()).await {
-            Err(_) => return Err(no_first_byte().into()),
-            Ok(None) => return Err(Failure::final_("the stream ended before its first event")),
-            Ok(Some(Err(e))) => return Err(format!("reading the stream failed: {e}").into()),
-            Ok(Some(Ok(first))) => first,
-        };
-        return Ok(Upstream::Stream {
-            first,
-            rest: body,
-            passed,
-        });
-    }
-    let bytes = read_whole(body, idle, deadline, limit).await?;
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(value) if value.get("choices").is_some() => Ok(Upstream::Complete {
-            body: (bytes, value),
-            passed,
-        }),
-        _ => Err(Failure::final_("the upstream's body is not a completion")),
-    }
-}
-
-/// A whole body, with no silence longer than `idle`, by `deadline`, of at most `limit`
-/// bytes.
-pub(crate) async fn read_whole(
-    mut body: UpstreamBody,
-    idle: Duration,
-    deadline: Instant,
-    limit: usize,
-) -> Result<Bytes, String> {
-    // The chunks are kept as they came and joined once complete: growing one buffer
-    // would allocate (and leave to the allocator) every size up to the limit.
-    let mut chunks = Vec::new();
-    let mut size = 0;
-    loop {
-        let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
-        match tokio::time::timeout(wait, body.next()).await {
-            Err(_) => return Err(format!("the body stalled for {} ms", wait.as_millis())),
-            Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(format!("reading the body failed: {e}")),
-            Ok(Some(Ok(chunk))) if size + chunk.len() > limit => {
-                return Err(format!("the body is larger than {limit} bytes"))
-            }
-            Ok(Some(Ok(chunk))) => {
-                size += chunk.len();
-                chunks.push(chunk);
-            }
-        }
-    }
-    Ok(Bytes::from(chunks.concat()))
 }
 
 /// Records a streamed call's outcome when its body is dropped: after the last event, when
@@ -887,35 +693,10 @@ fn stream_through(
 mod tests {
     use super::*;
 
-    fn with_retry_after(value: &str) -> reqwest::Response {
-        let response = axum::http::Response::builder()
-            .status(429)
-            .header(header::RETRY_AFTER, value)
-            .body(Vec::<u8>::new())
-            .unwrap_or_default();
-        reqwest::Response::from(response)
-    }
-
     #[test]
     fn the_tally_counts_the_text_api_s_chunks_too() {
         let text = "data: {\"choices\":[{\"text\":\"Hello world!\"}]}\n\ndata: [DONE]\n";
         assert_eq!(tally_of(&[text]).tokens(5), (5, 3));
-    }
-
-    #[test]
-    fn retry_after_is_read_in_seconds_within_a_day() {
-        assert_eq!(retry_after(&with_retry_after("2")), Some(Duration::from_secs(2)));
-        assert_eq!(
-            retry_after(&with_retry_after(" 0.5 ")),
-            Some(Duration::from_millis(500))
-        );
-        assert_eq!(
-            retry_after(&with_retry_after("1e20")),
-            Some(Duration::from_secs(86_400))
-        );
-        for unread in ["-1", "soon", "Wed, 21 Oct 2026 07:28:00 GMT"] {
-            assert_eq!(retry_after(&with_retry_after(unread)), None, "{unread}");
-        }
     }
 
     #[test]

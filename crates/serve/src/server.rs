@@ -18,10 +18,22 @@ use crate::error::{io_at, Result, ServeError};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::router::{CapturedSnapshot, Router, RouterOptions};
+use crate::upstream::{OpenAiCompatible, Upstream};
 
 /// Builds the shared state of a server from its configuration (restoring the snapshot
-/// and replaying the log).
+/// and replaying the log), calling models over OpenAI-compatible HTTP.
 pub fn state(config: ServeConfig) -> Result<Arc<AppState>> {
+    state_with(config, |http, config| {
+        Box::new(OpenAiCompatible::new(http.clone(), config))
+    })
+}
+
+/// [`state`] with another provider of models, made from the server's HTTP client and
+/// configuration.
+pub fn state_with(
+    config: ServeConfig,
+    upstream: impl FnOnce(&reqwest::Client, &ServeConfig) -> Box<dyn Upstream>,
+) -> Result<Arc<AppState>> {
     config.check_api_keys()?;
     config.check_cors()?;
     let options = RouterOptions {
@@ -38,6 +50,7 @@ pub fn state(config: ServeConfig) -> Result<Arc<AppState>> {
         .map_err(|e| ServeError::Config(format!("HTTP client: {e}")))?;
     Ok(Arc::new(AppState {
         router,
+        upstream: upstream(&http, &config),
         config,
         http,
         metrics: Metrics::default(),

@@ -17,6 +17,7 @@ use crate::embeddings::Embedders;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::router::{Observed, Pending, Router};
+use crate::upstream::Upstream;
 
 /// What every handler shares.
 pub struct AppState {
@@ -25,8 +26,10 @@ pub struct AppState {
     pub router: Router,
     /// The configuration.
     pub config: ServeConfig,
-    /// The upstream HTTP client.
+    /// The HTTP client of the embedding endpoints.
     pub http: reqwest::Client,
+    /// The models' provider.
+    pub upstream: Box<dyn Upstream>,
     /// What the server measures for `/metrics`.
     pub metrics: Metrics,
     /// The prompt embedders of routes with an embedding block.

@@ -1,0 +1,168 @@
+//! The gateway over the `Upstream` seam: retries, fallback, relayed refusals and what is
+//! learned are the gateway's, whatever provider answers. Driven in process with a
+//! scripted provider that records every attempt.
+#![allow(clippy::unwrap_used, clippy::panic)] // a test helper that fails should panic
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use axum::body::{Body, Bytes};
+use axum::http::{Request, StatusCode};
+use futures_util::future::BoxFuture;
+use http_body_util::BodyExt;
+use quiver_serve::upstream::{Answer, Failure, Upstream, UpstreamCall};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+/// What the scripted provider answers one attempt.
+#[derive(Clone, Copy)]
+enum Reply {
+    /// A completion whose content names the model.
+    Completion,
+    /// A JSON body that is not a completion.
+    NotCompletion,
+    /// A 5xx: another attempt may succeed.
+    ServerError,
+    /// The request's own fault, relayed as it came.
+    Refused(u16),
+}
+
+/// Answers each model's attempts from its script, in order, recording `(model, path)`.
+#[derive(Default)]
+struct Scripted {
+    replies: Mutex<BTreeMap<String, VecDeque<Reply>>>,
+    calls: Mutex<Vec<(String, &'static str)>>,
+}
+
+impl Scripted {
+    fn script(&self, model: &str, replies: &[Reply]) {
+        self.replies
+            .lock()
+            .unwrap()
+            .insert(model.into(), replies.iter().copied().collect());
+    }
+
+    /// The models called since the last take, each at the chat API's path.
+    fn take_calls(&self) -> Vec<String> {
+        let calls = std::mem::take(&mut *self.calls.lock().unwrap());
+        assert!(
+            calls.iter().all(|(_, path)| *path == "/chat/completions"),
+            "{calls:?}"
+        );
+        calls.into_iter().map(|(model, _)| model).collect()
+    }
+}
+
+struct Provider(Arc<Scripted>);
+
+impl Upstream for Provider {
+    fn call<'a>(&'a self, call: UpstreamCall<'a>) -> BoxFuture<'a, Result<Answer, Failure>> {
+        let model = call.model.id.clone();
+        self.0.calls.lock().unwrap().push((model.clone(), call.path));
+        let reply = self
+            .0
+            .replies
+            .lock()
+            .unwrap()
+            .get_mut(&model)
+            .and_then(VecDeque::pop_front);
+        let complete = |json: Value| Answer::Complete {
+            body: Bytes::from(json.to_string()),
+            json,
+            passed: Vec::new(),
+        };
+        Box::pin(async move {
+            match reply {
+                Some(Reply::Completion) => Ok(complete(json!({
+                    "choices": [{"message": {"role": "assistant", "content": model}}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 5},
+                }))),
+                Some(Reply::NotCompletion) => Ok(complete(json!({"data": []}))),
+                Some(Reply::ServerError) => Err(Failure {
+                    retryable: true,
+                    ..Failure::final_("upstream answered 500")
+                }),
+                Some(Reply::Refused(status)) => Ok(Answer::Refused {
+                    status: StatusCode::from_u16(status).unwrap(),
+                    body: Bytes::from(r#"{"error":{"code":"context_length_exceeded"}}"#),
+                    content_type: None,
+                }),
+                None => Err(Failure::final_("no reply scripted")),
+            }
+        })
+    }
+}
+
+fn config(dir: &Path) -> quiver_serve::ServeConfig {
+    serde_json::from_value(json!({
+        "log_dir": dir.join("log"),
+        "routes": [{
+            "name": "r", "policy": "fixed(a)",
+            "models": [
+                {"id": "a", "input_usd_per_million": 1.0, "output_usd_per_million": 2.0},
+                {"id": "b", "input_usd_per_million": 5.0, "output_usd_per_million": 10.0}
+            ]
+        }]
+    }))
+    .unwrap()
+}
+
+async fn chat(app: &axum::Router) -> (StatusCode, Option<String>, Value) {
+    let body = json!({"model": "r", "messages": [{"role": "user", "content": "hi"}]});
+    let request = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let model = response
+        .headers()
+        .get("x-quiver-model")
+        .map(|v| v.to_str().unwrap().to_string());
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, model, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn the_gateway_retries_falls_back_and_relays_whatever_the_provider() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("upstream-seam");
+    let _ = std::fs::remove_dir_all(&dir);
+    let scripted = Arc::new(Scripted::default());
+    let provider = Arc::clone(&scripted);
+    let state =
+        quiver_serve::server::state_with(config(&dir), move |_, _| Box::new(Provider(provider))).unwrap();
+    let app = quiver_serve::app::build_app(Arc::clone(&state));
+
+    // A 5xx is retried once on the same model (`upstream_retries` = 1), then the next
+    // model of the fallback order answers.
+    scripted.script("a", &[Reply::ServerError, Reply::ServerError]);
+    scripted.script("b", &[Reply::Completion]);
+    let (status, model, body) = chat(&app).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(model.as_deref(), Some("b"));
+    assert_eq!(body["choices"][0]["message"]["content"], "b");
+    assert_eq!(scripted.take_calls(), ["a", "a", "b"]);
+
+    // A body that is not a completion is unusable: no retry, straight to the next model.
+    scripted.script("a", &[Reply::NotCompletion]);
+    scripted.script("b", &[Reply::Completion]);
+    assert_eq!(chat(&app).await.1.as_deref(), Some("b"));
+    assert_eq!(scripted.take_calls(), ["a", "b"]);
+
+    // The request's own fault is relayed as it came, tried nowhere else.
+    scripted.script("a", &[Reply::Refused(400)]);
+    let (status, _, body) = chat(&app).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "context_length_exceeded");
+    assert_eq!(scripted.take_calls(), ["a"]);
+
+    // Only the chosen model's outcomes were learned: two failures and a success; the
+    // refusal is not the model's.
+    scripted.script("a", &[Reply::Completion]);
+    assert_eq!(chat(&app).await.1.as_deref(), Some("a"));
+    let learner = state.router.learner("r").unwrap();
+    let (a, b) = (learner.usage(0), learner.usage(1));
+    assert_eq!((a.requests, a.errors), (3, 2));
+    assert_eq!(b.requests, 0);
+}
