@@ -47,7 +47,8 @@
 //!
 //! All learned state is additive sufficient statistics (counts and sums; `A` and `b` of
 //! the ridge models; the ridge's inverse, estimate and factor are caches derived from
-//! them), so a learner merges what a replica learned since a common snapshot
+//! them, kept and serialized apart: a model read without them recomputes them), so a
+//! learner merges what a replica learned since a common snapshot
 //! ([`Learner::merge`]; not under a discount or a window, whose forgetting depends on the
 //! order of the whole stream). [`Learner::snapshot`] captures it with a
 //! format version; decision `i` draws from stream `i` of the configured seed, so a restored

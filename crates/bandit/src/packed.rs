@@ -161,6 +161,11 @@ impl TryFrom<Packed> for PackedSymmetric {
 }
 
 impl PackedSymmetric {
+    /// The matrix's dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
     fn from_rows(dim: usize, mut data: Vec<f64>) -> Self {
         data.extend([0.0; PADDING]);
         PackedSymmetric { dim, data }

@@ -35,24 +35,119 @@ use crate::stats::{check_mergeable, Forgetting, OPTIMISTIC_QUALITY};
 /// Updates between two exact refactorizations of a model.
 pub const REFRESH_INTERVAL: u32 = 256;
 
-/// One arm's ridge regression.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One arm's ridge regression: its sufficient statistics and the caches derived from them.
+///
+/// Serialized as [`RidgeStatistics`]: the statistics, and the caches apart beside them.
+/// Two models are equal when their statistics are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "RidgeStatistics", into = "RidgeStatistics")]
 pub struct RidgeModel {
     lambda: f64,
     precision: DMatrix<f64>,
     b: DVector<f64>,
     count: f64,
+    /// The prior mean's bias coefficient `q0`.
+    prior_bias: f64,
+    caches: RidgeCaches,
+}
+
+/// What is derived from `A` and `b`, kept current by rank-one updates.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RidgeCaches {
     theta: DVector<f64>,
     covariance: PackedSymmetric,
     cholesky: Option<DMatrix<f64>>,
     updates_since_refresh: u32,
-    /// The prior mean's bias coefficient `q0`.
+}
+
+/// What a [`RidgeModel`] is: `A`, `b`, the ridge and prior that started them, the count,
+/// and whether the model keeps the Cholesky factor of `A` (for posterior sampling); and,
+/// apart, the caches derived from them.
+///
+/// The caches are written because a fresh factorization differs from the rank-one
+/// updates in the last bits, and a restored learner is to continue bit-identically (its
+/// change detectors read the estimates); a model without them (merged, or written by
+/// another tool) gets them recomputed. Snapshots before this format hold the caches beside
+/// the statistics (`theta`, `covariance`, `cholesky`, `updates_since_refresh`).
+#[derive(Serialize, Deserialize)]
+struct RidgeStatistics {
+    lambda: f64,
+    precision: DMatrix<f64>,
+    b: DVector<f64>,
+    count: f64,
     #[serde(default = "optimistic_quality")]
     prior_bias: f64,
+    /// Absent from the older format, where the factor itself says.
+    #[serde(default)]
+    with_factor: Option<bool>,
+    #[serde(default)]
+    caches: Option<RidgeCaches>,
+    #[serde(flatten)]
+    older: Option<RidgeCaches>,
 }
 
 fn optimistic_quality() -> f64 {
     OPTIMISTIC_QUALITY
+}
+
+impl From<RidgeStatistics> for RidgeModel {
+    fn from(stats: RidgeStatistics) -> Self {
+        let dim = stats.b.len();
+        let caches = stats.caches.or(stats.older);
+        let with_factor = stats
+            .with_factor
+            .unwrap_or_else(|| caches.as_ref().is_some_and(|c| c.cholesky.is_some()));
+        let fits = |c: &RidgeCaches| {
+            c.theta.len() == dim
+                && c.covariance.dim() == dim
+                && c.cholesky.as_ref().map(|l| l.nrows() == dim && l.ncols() == dim)
+                    == with_factor.then_some(true)
+        };
+        let mut model = RidgeModel {
+            lambda: stats.lambda,
+            precision: stats.precision,
+            b: stats.b,
+            count: stats.count,
+            prior_bias: stats.prior_bias,
+            caches: RidgeCaches {
+                theta: DVector::zeros(dim),
+                covariance: PackedSymmetric::scaled_identity(dim, 1.0 / stats.lambda),
+                cholesky: with_factor.then(|| DMatrix::identity(dim, dim)),
+                updates_since_refresh: 0,
+            },
+        };
+        match caches.filter(fits) {
+            Some(caches) => model.caches = caches,
+            None => model.refresh(),
+        }
+        model
+    }
+}
+
+impl From<RidgeModel> for RidgeStatistics {
+    fn from(model: RidgeModel) -> Self {
+        RidgeStatistics {
+            with_factor: Some(model.caches.cholesky.is_some()),
+            lambda: model.lambda,
+            precision: model.precision,
+            b: model.b,
+            count: model.count,
+            prior_bias: model.prior_bias,
+            caches: Some(model.caches),
+            older: None,
+        }
+    }
+}
+
+impl PartialEq for RidgeModel {
+    fn eq(&self, other: &Self) -> bool {
+        self.lambda == other.lambda
+            && self.precision == other.precision
+            && self.b == other.b
+            && self.count == other.count
+            && self.prior_bias == other.prior_bias
+            && self.caches.cholesky.is_some() == other.caches.cholesky.is_some()
+    }
 }
 
 impl RidgeModel {
@@ -73,10 +168,12 @@ impl RidgeModel {
             precision: DMatrix::identity(dim, dim) * lambda,
             b: &theta0 * lambda,
             count: 0.0,
-            theta: theta0,
-            covariance: PackedSymmetric::scaled_identity(dim, 1.0 / lambda),
-            cholesky: with_factor.then(|| DMatrix::identity(dim, dim) * lambda.sqrt()),
-            updates_since_refresh: 0,
+            caches: RidgeCaches {
+                theta: theta0,
+                covariance: PackedSymmetric::scaled_identity(dim, 1.0 / lambda),
+                cholesky: with_factor.then(|| DMatrix::identity(dim, dim) * lambda.sqrt()),
+                updates_since_refresh: 0,
+            },
         }
     }
 
@@ -89,12 +186,12 @@ impl RidgeModel {
 
     /// The ridge estimate `theta = A^-1 b`.
     pub fn theta(&self) -> &DVector<f64> {
-        &self.theta
+        &self.caches.theta
     }
 
     /// `A^-1`, as a dense matrix.
     pub fn covariance(&self) -> DMatrix<f64> {
-        self.covariance.to_matrix()
+        self.caches.covariance.to_matrix()
     }
 
     /// `A = lambda I + sum x x'`.
@@ -114,12 +211,12 @@ impl RidgeModel {
 
     /// The predicted quality `x' theta`.
     pub fn mean(&self, x: &[f64]) -> f64 {
-        dot(self.theta.as_slice(), x)
+        dot(self.caches.theta.as_slice(), x)
     }
 
     /// `x' A^-1 x`, the squared width of the confidence ellipsoid along `x`.
     pub fn variance(&self, x: &[f64]) -> f64 {
-        self.covariance.quadratic_form(x).max(0.0)
+        self.caches.covariance.quadratic_form(x).max(0.0)
     }
 
     /// Adds `(x, r)` with weight `sign` (+1 to learn, -1 to forget an observation).
@@ -128,18 +225,18 @@ impl RidgeModel {
         self.precision.ger(sign, &xv, &xv, 1.0);
         self.b.axpy(sign * r, &xv, 1.0);
         self.count += sign;
-        let residual = r - dot(x, self.theta.as_slice());
-        let theta = &mut self.theta;
-        self.covariance.sherman_morrison(x, sign, |u, denom| {
+        let residual = r - dot(x, self.caches.theta.as_slice());
+        let theta = &mut self.caches.theta;
+        self.caches.covariance.sherman_morrison(x, sign, |u, denom| {
             theta.axpy(sign * residual / denom, &DVectorView::from_slice(u, u.len()), 1.0);
         });
-        if let Some(l) = self.cholesky.take() {
+        if let Some(l) = self.caches.cholesky.take() {
             let mut factor = Cholesky::<f64, Dyn>::pack_dirty(l);
             factor.rank_one_update(&xv, sign);
-            self.cholesky = Some(factor.unpack_dirty());
+            self.caches.cholesky = Some(factor.unpack_dirty());
         }
-        self.updates_since_refresh += 1;
-        if self.updates_since_refresh >= REFRESH_INTERVAL {
+        self.caches.updates_since_refresh += 1;
+        if self.caches.updates_since_refresh >= REFRESH_INTERVAL {
             self.refresh();
         }
     }
@@ -190,16 +287,16 @@ impl RidgeModel {
 
     /// Recomputes `A^-1`, `theta` and `L` exactly from `A` and `b`.
     pub fn refresh(&mut self) {
-        self.updates_since_refresh = 0;
+        self.caches.updates_since_refresh = 0;
         // A = lambda I + sum x x' is positive definite in exact arithmetic; the substitute
         // only guards a pivot that rounding (after many window downdates) pushed to zero.
         let Some(factor) = Cholesky::new_with_substitute(self.precision.clone(), self.lambda * 1e-9) else {
             return;
         };
-        self.covariance = PackedSymmetric::from_matrix(&factor.inverse());
-        self.theta = factor.solve(&self.b);
-        if self.cholesky.is_some() {
-            self.cholesky = Some(factor.unpack());
+        self.caches.covariance = PackedSymmetric::from_matrix(&factor.inverse());
+        self.caches.theta = factor.solve(&self.b);
+        if self.caches.cholesky.is_some() {
+            self.caches.cholesky = Some(factor.unpack());
         }
     }
 
@@ -209,13 +306,13 @@ impl RidgeModel {
     pub fn sample_theta<R: Rng + ?Sized>(&self, v: f64, rng: &mut R) -> DVector<f64> {
         let dim = self.b.len();
         let z = DVector::from_iterator(dim, (0..dim).map(|_| StandardNormal.sample(rng)));
-        let y = match &self.cholesky {
+        let y = match &self.caches.cholesky {
             Some(l) => l.tr_solve_lower_triangular(&z),
             None => Cholesky::new(self.covariance()).map(|c| c.l() * &z),
         };
         match y {
-            Some(y) => &self.theta + y * v,
-            None => self.theta.clone(),
+            Some(y) => &self.caches.theta + y * v,
+            None => self.caches.theta.clone(),
         }
     }
 }
@@ -343,5 +440,68 @@ impl RidgeTable {
                 *a -= 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn trained(with_factor: bool) -> RidgeModel {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut model = RidgeModel::new(4, 2.0, with_factor);
+        for _ in 0..300 {
+            let x: Vec<f64> = (0..4)
+                .map(|i| if i == 0 { 1.0 } else { rng.random_range(-1.0..1.0) })
+                .collect();
+            model.update(&x, 0.5 + 0.3 * x[1] + rng.random_range(-0.1..0.1));
+        }
+        model
+    }
+
+    #[test]
+    fn a_model_reads_back_with_its_caches_bit_for_bit() {
+        for with_factor in [false, true] {
+            let model = trained(with_factor);
+            let text = serde_json::to_value(&model).unwrap();
+            assert!(text.get("caches").is_some() && text.get("theta").is_none());
+            let back: RidgeModel = serde_json::from_value(text).unwrap();
+            assert_eq!(back, model);
+            assert_eq!(back.theta(), model.theta());
+            assert_eq!(back.covariance(), model.covariance());
+            assert_eq!(back.caches.cholesky, model.caches.cholesky);
+        }
+    }
+
+    #[test]
+    fn statistics_without_caches_get_them_recomputed() {
+        let model = trained(true);
+        let mut text = serde_json::to_value(&model).unwrap();
+        text.as_object_mut().unwrap().remove("caches");
+        let back: RidgeModel = serde_json::from_value(text).unwrap();
+        assert_eq!(back, model);
+        // The exact solve and the rank-one updates agree to rounding.
+        let x = [1.0, 0.2, -0.4, 0.9];
+        assert!((back.mean(&x) - model.mean(&x)).abs() < 1e-12);
+        assert!((back.variance(&x) - model.variance(&x)).abs() < 1e-12);
+        let l = back.caches.cholesky.as_ref().unwrap();
+        assert!((l * l.transpose() - model.precision()).abs().max() < 1e-9);
+    }
+
+    #[test]
+    fn the_older_format_with_caches_beside_the_statistics_reads() {
+        let model = trained(true);
+        let mut text = serde_json::to_value(&model).unwrap();
+        let object = text.as_object_mut().unwrap();
+        let caches = object.remove("caches").unwrap();
+        object.remove("with_factor");
+        for (key, value) in caches.as_object().unwrap() {
+            object.insert(key.clone(), value.clone());
+        }
+        let back: RidgeModel = serde_json::from_value(text).unwrap();
+        assert_eq!(back, model);
+        assert_eq!(back.theta(), model.theta());
+        assert!(back.caches.cholesky.is_some());
     }
 }
