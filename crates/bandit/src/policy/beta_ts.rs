@@ -9,7 +9,7 @@ use rand_distr::{Beta, Distribution};
 use serde::{Deserialize, Serialize};
 
 use super::uniform::learn_from_arm_stats;
-use super::{thompson_choice, Choice, ChoiceInput, DecisionRng, Estimate, Policy};
+use super::{Args, Choice, ChoiceInput, DecisionRng, Estimate, Policy, PolicyParams, thompson_choice};
 use crate::error::Result;
 use crate::stats::{ArmStatsTable, Forgetting};
 
@@ -73,5 +73,41 @@ impl Policy for BetaTs {
         let mut first = vec![0.0; input.len()];
         sample(rng, &mut first);
         Ok(thompson_choice(input.len(), self.draws, rng, first, sample))
+    }
+}
+
+/// `beta-ts(alpha=1,beta=1,draws=256)` (aliases `ts`, `bts`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BetaTsParams {
+    /// The prior's successes.
+    pub alpha: f64,
+    /// The prior's failures.
+    pub beta: f64,
+    /// Monte Carlo samples behind the propensity.
+    pub draws: u32,
+}
+
+impl PolicyParams for BetaTsParams {
+    const NAMES: &'static [&'static str] = &["beta-ts", "ts", "bts"];
+    type Policy = BetaTs;
+
+    fn parse(args: &mut Args<'_>) -> Result<Self> {
+        Ok(BetaTsParams {
+            alpha: args.positive("alpha", false, 1.0)?,
+            beta: args.positive("beta", false, 1.0)?,
+            draws: args.draws()?,
+        })
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            format!("alpha={}", self.alpha),
+            format!("beta={}", self.beta),
+            format!("draws={}", self.draws),
+        ]
+    }
+
+    fn build(&self, arm_ids: &[&str], _: usize, forgetting: Forgetting) -> Result<BetaTs> {
+        Ok(BetaTs::new(arm_ids.len(), self.alpha, self.beta, self.draws, forgetting))
     }
 }

@@ -7,7 +7,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::uniform::learn_from_arm_stats;
-use super::{Choice, ChoiceInput, DecisionRng, Estimate, Policy, PropensityKind};
+use super::{Args, Choice, ChoiceInput, DecisionRng, Estimate, Policy, PolicyParams, PropensityKind};
 use crate::error::Result;
 use crate::pmf;
 use crate::stats::{ArmStatsTable, Forgetting};
@@ -44,5 +44,31 @@ impl Policy for EpsilonGreedy {
             pmf,
             propensity: PropensityKind::Exact,
         })
+    }
+}
+
+/// `eps(epsilon=0.1)` (aliases `epsilon-greedy`, `egreedy`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpsilonGreedyParams {
+    /// The share of decisions spread uniformly.
+    pub epsilon: f64,
+}
+
+impl PolicyParams for EpsilonGreedyParams {
+    const NAMES: &'static [&'static str] = &["eps", "epsilon-greedy", "egreedy"];
+    type Policy = EpsilonGreedy;
+
+    fn parse(args: &mut Args<'_>) -> Result<Self> {
+        Ok(EpsilonGreedyParams {
+            epsilon: args.number("epsilon", true, 0.1, 0.0, 1.0, "[0, 1]")?,
+        })
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![format!("epsilon={}", self.epsilon)]
+    }
+
+    fn build(&self, arm_ids: &[&str], _: usize, forgetting: Forgetting) -> Result<EpsilonGreedy> {
+        Ok(EpsilonGreedy::new(arm_ids.len(), self.epsilon, forgetting))
     }
 }

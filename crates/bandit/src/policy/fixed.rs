@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Choice, ChoiceInput, DecisionRng, Estimate, Policy};
-use crate::error::Result;
+use super::{Args, Choice, ChoiceInput, DecisionRng, Estimate, Policy, PolicyParams};
+use crate::error::{Error, ErrorKind, Result};
 use crate::prior::ArmPrior;
 use crate::stats::{ArmStatsTable, Forgetting};
 
@@ -76,5 +76,38 @@ impl Policy for Fixed {
             Some(a) if a > arm => Some(a - 1),
             other => other,
         };
+    }
+}
+
+/// `fixed(arm=gpt-4o)`, or `fixed(gpt-4o)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FixedParams {
+    /// The arm's id.
+    pub arm: String,
+}
+
+impl PolicyParams for FixedParams {
+    const NAMES: &'static [&'static str] = &["fixed"];
+    type Policy = Fixed;
+
+    fn parse(args: &mut Args<'_>) -> Result<Self> {
+        let arm = args
+            .take("arm", true)
+            .ok_or_else(|| args.invalid("fixed needs an arm, e.g. fixed(gpt-4o)"))?;
+        Ok(FixedParams { arm: arm.to_string() })
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![format!("arm={}", self.arm)]
+    }
+
+    fn build(&self, arm_ids: &[&str], _: usize, _: Forgetting) -> Result<Fixed> {
+        let index = arm_ids.iter().position(|id| *id == self.arm).ok_or_else(|| {
+            Error::from(ErrorKind::UnknownArm {
+                id: self.arm.clone(),
+                known: arm_ids.iter().map(|a| a.to_string()).collect(),
+            })
+        })?;
+        Ok(Fixed::new(arm_ids.len(), index))
     }
 }

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::uniform::learn_from_arm_stats;
-use super::{gaussian_thompson, Choice, ChoiceInput, DecisionRng, Estimate, Policy};
+use super::{Args, Choice, ChoiceInput, DecisionRng, Estimate, Policy, PolicyParams, gaussian_thompson};
 use crate::error::Result;
 use crate::stats::{ArmStatsTable, Forgetting};
 
@@ -60,5 +60,52 @@ impl Policy for GaussianTs {
 
     fn choose(&self, input: &ChoiceInput<'_>, rng: &mut DecisionRng) -> Result<Choice> {
         Ok(gaussian_thompson(input, 1.0, self.draws, rng, None))
+    }
+}
+
+/// `gaussian-ts(mu0=1,sigma0=1,noise=0.5,draws=256)` (alias `gts`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GaussianTsParams {
+    /// The prior mean.
+    pub mu0: f64,
+    /// The prior's standard deviation.
+    pub sigma0: f64,
+    /// The observations' noise, a standard deviation.
+    pub noise: f64,
+    /// Monte Carlo samples behind the propensity.
+    pub draws: u32,
+}
+
+impl PolicyParams for GaussianTsParams {
+    const NAMES: &'static [&'static str] = &["gaussian-ts", "gts"];
+    type Policy = GaussianTs;
+
+    fn parse(args: &mut Args<'_>) -> Result<Self> {
+        Ok(GaussianTsParams {
+            mu0: args.number("mu0", false, 1.0, f64::MIN, f64::MAX, "(-inf, inf)")?,
+            sigma0: args.positive("sigma0", false, 1.0)?,
+            noise: args.positive("noise", false, 0.5)?,
+            draws: args.draws()?,
+        })
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            format!("mu0={}", self.mu0),
+            format!("sigma0={}", self.sigma0),
+            format!("noise={}", self.noise),
+            format!("draws={}", self.draws),
+        ]
+    }
+
+    fn build(&self, arm_ids: &[&str], _: usize, forgetting: Forgetting) -> Result<GaussianTs> {
+        Ok(GaussianTs::new(
+            arm_ids.len(),
+            self.mu0,
+            self.sigma0,
+            self.noise,
+            self.draws,
+            forgetting,
+        ))
     }
 }

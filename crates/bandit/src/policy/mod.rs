@@ -17,28 +17,12 @@
 //! | [`LinTs`] | `x'theta~_a - pen_a`, `theta~_a ~ N(theta_a, v^2 A_a^-1)` | Monte Carlo (estimated) |
 //! | [`Fixed`] | - | one-hot on its arm (exact) |
 
-mod beta_ts;
-mod epsilon_greedy;
-mod fixed;
-mod gaussian_ts;
-mod lin_ts;
-mod linucb;
 mod spec;
-mod ucb1;
-mod uniform;
 
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-pub use beta_ts::BetaTs;
-pub use epsilon_greedy::EpsilonGreedy;
-pub use fixed::Fixed;
-pub use gaussian_ts::GaussianTs;
-pub use lin_ts::LinTs;
-pub use linucb::LinUcb;
-pub use spec::{PolicyKind, PolicySpec};
-pub use ucb1::Ucb1;
-pub use uniform::Uniform;
+pub use spec::{Args, PolicySpec, DEFAULT_DRAWS};
 
 use crate::error::Result;
 use crate::prior::ArmPrior;
@@ -224,67 +208,107 @@ pub trait Policy {
         Self: Sized;
 }
 
-/// Every built-in policy, as one serializable type (snapshots store it).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "policy")]
-#[allow(missing_docs)]
-pub enum AnyPolicy {
-    Uniform(Uniform),
-    EpsilonGreedy(EpsilonGreedy),
-    Ucb1(Ucb1),
-    BetaTs(BetaTs),
-    GaussianTs(GaussianTs),
-    LinUcb(LinUcb),
-    LinTs(LinTs),
-    Fixed(Fixed),
+/// A policy's parameters: its names in specs, how they are read and written back, and how
+/// they build the policy. Each policy's file implements it beside the policy.
+pub trait PolicyParams: Sized {
+    /// The name specs use (the canonical one first), and its aliases.
+    const NAMES: &'static [&'static str];
+    /// The policy the parameters build.
+    type Policy: Policy;
+    /// Reads the parameters from a spec's arguments (defaults for those absent).
+    fn parse(args: &mut Args<'_>) -> Result<Self>;
+    /// The parameters as `key=value` arguments, in the canonical form.
+    fn args(&self) -> Vec<String>;
+    /// The policy for arms `arm_ids` in contexts of dimension `dim`.
+    fn build(&self, arm_ids: &[&str], dim: usize, forgetting: crate::Forgetting) -> Result<Self::Policy>;
 }
 
-macro_rules! dispatch {
-    ($self:ident, $p:ident => $body:expr) => {
-        match $self {
-            AnyPolicy::Uniform($p) => $body,
-            AnyPolicy::EpsilonGreedy($p) => $body,
-            AnyPolicy::Ucb1($p) => $body,
-            AnyPolicy::BetaTs($p) => $body,
-            AnyPolicy::GaussianTs($p) => $body,
-            AnyPolicy::LinUcb($p) => $body,
-            AnyPolicy::LinTs($p) => $body,
-            AnyPolicy::Fixed($p) => $body,
+/// The registry of built-in policies. A new policy is one file (the policy, its `impl
+/// Policy`, its parameters and their `impl PolicyParams`) and one line here:
+/// `Variant: module::Policy(Params)`. The line makes it a variant of [`AnyPolicy`] (the
+/// type snapshots store) and of [`PolicyKind`] (a spec's algorithm), and gives it to
+/// parsing, display, building and every `Policy` method.
+macro_rules! policies {
+    ($($variant:ident: $module:ident::$policy:ident($params:ident)),* $(,)?) => {
+        $(mod $module;)*
+        $(pub use $module::{$policy, $params};)*
+
+        /// Every built-in policy, as one serializable type (snapshots store it).
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case", tag = "policy")]
+        #[allow(missing_docs)]
+        pub enum AnyPolicy {
+            $($variant($policy),)*
         }
-    };
-}
 
-impl Policy for AnyPolicy {
-    fn num_arms(&self) -> usize {
-        dispatch!(self, p => p.num_arms())
-    }
-    fn estimate(&self, arm: usize, features: &[f64]) -> Estimate {
-        dispatch!(self, p => p.estimate(arm, features))
-    }
-    fn choose(&self, input: &ChoiceInput<'_>, rng: &mut DecisionRng) -> Result<Choice> {
-        dispatch!(self, p => p.choose(input, rng))
-    }
-    fn update(&mut self, arm: usize, features: &[f64], quality: f64) {
-        dispatch!(self, p => p.update(arm, features, quality))
-    }
-    fn add_arm(&mut self) {
-        dispatch!(self, p => p.add_arm())
-    }
-    fn remove_arm(&mut self, arm: usize) {
-        dispatch!(self, p => p.remove_arm(arm))
-    }
-    fn absorb_prior(&mut self, arm: usize, prior: &ArmPrior) {
-        dispatch!(self, p => p.absorb_prior(arm, prior))
-    }
-    fn observations(&self, arm: usize) -> f64 {
-        dispatch!(self, p => p.observations(arm))
-    }
-    fn shrink_arm(&mut self, arm: usize, keep: f64) {
-        dispatch!(self, p => p.shrink_arm(arm, keep))
-    }
-    fn merge(&mut self, replica: &Self, base: &Self) -> Result<()> {
-        macro_rules! same {
-            ($($variant:ident),*) => {
+        /// Which algorithm, with its own parameters.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case", tag = "kind")]
+        #[allow(missing_docs)]
+        pub enum PolicyKind {
+            $($variant($params),)*
+        }
+
+        impl PolicyKind {
+            /// The algorithm called `name` (or an alias), with its parameters from `args`.
+            fn parse(name: &str, args: &mut Args<'_>) -> Result<Self> {
+                $(if <$params as PolicyParams>::NAMES.contains(&name) {
+                    return Ok(PolicyKind::$variant(<$params as PolicyParams>::parse(args)?));
+                })*
+                let known = [$(<$params as PolicyParams>::NAMES[0]),*];
+                Err(args.invalid(&format!("unknown policy `{name}`; use one of {}", known.join(", "))))
+            }
+
+            /// The canonical name.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(PolicyKind::$variant(_) => <$params as PolicyParams>::NAMES[0],)*
+                }
+            }
+
+            /// The parameters as `key=value` arguments.
+            fn args(&self) -> Vec<String> {
+                match self {
+                    $(PolicyKind::$variant(p) => p.args(),)*
+                }
+            }
+
+            fn build(&self, arm_ids: &[&str], dim: usize, forgetting: crate::Forgetting) -> Result<AnyPolicy> {
+                Ok(match self {
+                    $(PolicyKind::$variant(p) => AnyPolicy::$variant(p.build(arm_ids, dim, forgetting)?),)*
+                })
+            }
+        }
+
+        impl Policy for AnyPolicy {
+            fn num_arms(&self) -> usize {
+                match self { $(AnyPolicy::$variant(p) => p.num_arms(),)* }
+            }
+            fn estimate(&self, arm: usize, features: &[f64]) -> Estimate {
+                match self { $(AnyPolicy::$variant(p) => p.estimate(arm, features),)* }
+            }
+            fn choose(&self, input: &ChoiceInput<'_>, rng: &mut DecisionRng) -> Result<Choice> {
+                match self { $(AnyPolicy::$variant(p) => p.choose(input, rng),)* }
+            }
+            fn update(&mut self, arm: usize, features: &[f64], quality: f64) {
+                match self { $(AnyPolicy::$variant(p) => p.update(arm, features, quality),)* }
+            }
+            fn add_arm(&mut self) {
+                match self { $(AnyPolicy::$variant(p) => p.add_arm(),)* }
+            }
+            fn remove_arm(&mut self, arm: usize) {
+                match self { $(AnyPolicy::$variant(p) => p.remove_arm(arm),)* }
+            }
+            fn absorb_prior(&mut self, arm: usize, prior: &ArmPrior) {
+                match self { $(AnyPolicy::$variant(p) => p.absorb_prior(arm, prior),)* }
+            }
+            fn observations(&self, arm: usize) -> f64 {
+                match self { $(AnyPolicy::$variant(p) => p.observations(arm),)* }
+            }
+            fn shrink_arm(&mut self, arm: usize, keep: f64) {
+                match self { $(AnyPolicy::$variant(p) => p.shrink_arm(arm, keep),)* }
+            }
+            fn merge(&mut self, replica: &Self, base: &Self) -> Result<()> {
                 match (self, replica, base) {
                     $((AnyPolicy::$variant(p), AnyPolicy::$variant(r), AnyPolicy::$variant(b)) => p.merge(r, b),)*
                     _ => Err(crate::error::ErrorKind::InvalidConfig(
@@ -292,20 +316,24 @@ impl Policy for AnyPolicy {
                     )
                     .into()),
                 }
-            };
+            }
         }
-        same!(
-            Uniform,
-            EpsilonGreedy,
-            Ucb1,
-            BetaTs,
-            GaussianTs,
-            LinUcb,
-            LinTs,
-            Fixed
-        )
-    }
+    };
 }
+
+policies! {
+    Uniform: uniform::Uniform(UniformParams),
+    EpsilonGreedy: epsilon_greedy::EpsilonGreedy(EpsilonGreedyParams),
+    Ucb1: ucb1::Ucb1(Ucb1Params),
+    BetaTs: beta_ts::BetaTs(BetaTsParams),
+    GaussianTs: gaussian_ts::GaussianTs(GaussianTsParams),
+    LinUcb: linucb::LinUcb(LinUcbParams),
+    LinTs: lin_ts::LinTs(LinTsParams),
+    Fixed: fixed::Fixed(FixedParams),
+}
+
+pub use lin_ts::DEFAULT_LINTS_LAMBDA;
+pub use linucb::DEFAULT_LINUCB_LAMBDA;
 
 #[cfg(test)]
 pub(crate) mod testutil {

@@ -29,46 +29,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AnyPolicy, BetaTs, EpsilonGreedy, Fixed, GaussianTs, LinTs, LinUcb, Ucb1, Uniform};
-use crate::error::{Error, ErrorKind, Result};
+use super::{AnyPolicy, LinUcbParams, PolicyKind, DEFAULT_LINUCB_LAMBDA};
+use crate::error::{Error, Result};
 use crate::stats::Forgetting;
-
-/// Which algorithm, with its own parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-#[allow(missing_docs)]
-pub enum PolicyKind {
-    Uniform,
-    EpsilonGreedy {
-        epsilon: f64,
-    },
-    Ucb1 {
-        c: f64,
-    },
-    BetaTs {
-        alpha: f64,
-        beta: f64,
-        draws: u32,
-    },
-    GaussianTs {
-        mu0: f64,
-        sigma0: f64,
-        noise: f64,
-        draws: u32,
-    },
-    LinUcb {
-        alpha: f64,
-        lambda: f64,
-    },
-    LinTs {
-        v: f64,
-        lambda: f64,
-        draws: u32,
-    },
-    Fixed {
-        arm: String,
-    },
-}
 
 /// A complete, validated policy specification.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,7 +53,8 @@ pub struct PolicySpec {
     pub detect: f64,
 }
 
-const DEFAULT_DRAWS: u32 = 256;
+/// Monte Carlo samples behind a Thompson policy's propensity, unless `draws=` says.
+pub const DEFAULT_DRAWS: u32 = 256;
 
 /// The change detection's default threshold (benches/RESULTS.md): on the validation suite,
 /// with priors fitted on the training rows, 12 lifts LinUCB's worst drift case from -2.6
@@ -119,71 +83,36 @@ impl PolicySpec {
 
     /// Builds the policy for arms `arm_ids` and contexts of dimension `dim`.
     pub fn build(&self, arm_ids: &[&str], dim: usize) -> Result<AnyPolicy> {
-        let k = arm_ids.len();
-        let f = self.forgetting;
-        Ok(match &self.kind {
-            PolicyKind::Uniform => AnyPolicy::Uniform(Uniform::new(k, f)),
-            PolicyKind::EpsilonGreedy { epsilon } => {
-                AnyPolicy::EpsilonGreedy(EpsilonGreedy::new(k, *epsilon, f))
-            }
-            PolicyKind::Ucb1 { c } => AnyPolicy::Ucb1(Ucb1::new(k, *c, f)),
-            PolicyKind::BetaTs { alpha, beta, draws } => {
-                AnyPolicy::BetaTs(BetaTs::new(k, *alpha, *beta, *draws, f))
-            }
-            PolicyKind::GaussianTs {
-                mu0,
-                sigma0,
-                noise,
-                draws,
-            } => AnyPolicy::GaussianTs(GaussianTs::new(k, *mu0, *sigma0, *noise, *draws, f)),
-            PolicyKind::LinUcb { alpha, lambda } => {
-                AnyPolicy::LinUcb(LinUcb::new(k, dim, *alpha, *lambda, f))
-            }
-            PolicyKind::LinTs { v, lambda, draws } => {
-                AnyPolicy::LinTs(LinTs::new(k, dim, *v, *lambda, *draws, f))
-            }
-            PolicyKind::Fixed { arm } => {
-                let index = arm_ids.iter().position(|id| id == arm).ok_or_else(|| {
-                    Error::from(ErrorKind::UnknownArm {
-                        id: arm.clone(),
-                        known: arm_ids.iter().map(|a| a.to_string()).collect(),
-                    })
-                })?;
-                AnyPolicy::Fixed(Fixed::new(k, index))
-            }
-        })
+        self.kind.build(arm_ids, dim, self.forgetting)
     }
 }
-
-/// LinUCB's default ridge prior, chosen by the validation suite (`quiver suite`, recorded
-/// in benches/RESULTS.md): with 64 hashed features and tens of models, `lambda = 1` leaves
-/// each model's ridge so loose that the learner explores dominated models and lost 4.3
-/// points to the hull on average; `lambda = 10` lost 0.4, `lambda = 30` 1.1.
-pub const DEFAULT_LINUCB_LAMBDA: f64 = 10.0;
-
-/// Linear TS's default ridge prior, chosen by the same suite: `lints(v=0.3)` lost 5.9
-/// points to the hull on average at `lambda = 1`, 3.0 at 10 and 30; `lints(v=0.1)` 0.2 at 10.
-pub const DEFAULT_LINTS_LAMBDA: f64 = 10.0;
 
 impl Default for PolicySpec {
     /// `linucb(alpha=1,lambda=10)`.
     fn default() -> Self {
-        PolicySpec::new(PolicyKind::LinUcb {
+        PolicySpec::new(PolicyKind::LinUcb(LinUcbParams {
             alpha: 1.0,
             lambda: DEFAULT_LINUCB_LAMBDA,
-        })
+        }))
     }
 }
 
-/// Parsed `key=value` arguments, consumed one by one so that leftovers are reported.
-struct Args<'a> {
+/// A spec's arguments, `key=value` pairs and a leading bare value, consumed one by one by
+/// the policy's [`super::PolicyParams::parse`] so that leftovers are reported.
+pub struct Args<'a> {
     spec: &'a str,
     main: Option<&'a str>,
     pairs: Vec<(&'a str, &'a str)>,
 }
 
 impl<'a> Args<'a> {
-    fn take(&mut self, key: &str, is_main: bool) -> Option<&'a str> {
+    /// The spec's refusal, with `reason`.
+    pub fn invalid(&self, reason: &str) -> Error {
+        Error::invalid_spec(self.spec, reason)
+    }
+
+    /// The value of `key`, or (for the policy's main parameter) the bare value.
+    pub fn take(&mut self, key: &str, is_main: bool) -> Option<&'a str> {
         if let Some(i) = self.pairs.iter().position(|(k, _)| *k == key) {
             return Some(self.pairs.remove(i).1);
         }
@@ -194,7 +123,9 @@ impl<'a> Args<'a> {
         }
     }
 
-    fn number(
+    /// The number `key` (see [`Args::take`]), `default` when absent, refused outside
+    /// `[lo, hi]` (named `range` in the message).
+    pub fn number(
         &mut self,
         key: &str,
         is_main: bool,
@@ -218,7 +149,8 @@ impl<'a> Args<'a> {
         Ok(value)
     }
 
-    fn positive(&mut self, key: &str, is_main: bool, default: f64) -> Result<f64> {
+    /// A number in `(0, inf)`.
+    pub fn positive(&mut self, key: &str, is_main: bool, default: f64) -> Result<f64> {
         let v = self.number(key, is_main, default, 0.0, f64::MAX, "(0, inf)")?;
         if v > 0.0 {
             Ok(v)
@@ -230,7 +162,8 @@ impl<'a> Args<'a> {
         }
     }
 
-    fn draws(&mut self) -> Result<u32> {
+    /// `draws`, in `[1, 1000000]`, [`DEFAULT_DRAWS`] when absent.
+    pub fn draws(&mut self) -> Result<u32> {
         Ok(self.number("draws", false, f64::from(DEFAULT_DRAWS), 1.0, 1e6, "[1, 1000000]")? as u32)
     }
 }
@@ -271,49 +204,7 @@ impl FromStr for PolicySpec {
                 }
             }
         }
-        let kind = match name.trim().to_ascii_lowercase().as_str() {
-            "random" | "uniform" => PolicyKind::Uniform,
-            "eps" | "epsilon-greedy" | "egreedy" => PolicyKind::EpsilonGreedy {
-                epsilon: args.number("epsilon", true, 0.1, 0.0, 1.0, "[0, 1]")?,
-            },
-            "ucb1" | "ucb" => PolicyKind::Ucb1 {
-                c: args.number("c", true, 1.0, 0.0, f64::MAX, "[0, inf)")?,
-            },
-            "beta-ts" | "ts" | "bts" => PolicyKind::BetaTs {
-                alpha: args.positive("alpha", false, 1.0)?,
-                beta: args.positive("beta", false, 1.0)?,
-                draws: args.draws()?,
-            },
-            "gaussian-ts" | "gts" => PolicyKind::GaussianTs {
-                mu0: args.number("mu0", false, 1.0, f64::MIN, f64::MAX, "(-inf, inf)")?,
-                sigma0: args.positive("sigma0", false, 1.0)?,
-                noise: args.positive("noise", false, 0.5)?,
-                draws: args.draws()?,
-            },
-            "linucb" => PolicyKind::LinUcb {
-                alpha: args.number("alpha", true, 1.0, 0.0, f64::MAX, "[0, inf)")?,
-                lambda: args.positive("lambda", false, DEFAULT_LINUCB_LAMBDA)?,
-            },
-            "lints" | "linear-ts" | "lin-ts" => PolicyKind::LinTs {
-                v: args.positive("v", true, 0.5)?,
-                lambda: args.positive("lambda", false, DEFAULT_LINTS_LAMBDA)?,
-                draws: args.draws()?,
-            },
-            "fixed" => PolicyKind::Fixed {
-                arm: args
-                    .take("arm", true)
-                    .ok_or_else(|| Error::invalid_spec(spec, "fixed needs an arm, e.g. fixed(gpt-4o)"))?
-                    .to_string(),
-            },
-            other => {
-                return Err(Error::invalid_spec(
-                    spec,
-                    format!(
-                        "unknown policy `{other}`; use one of random, eps, ucb1, beta-ts, gaussian-ts, linucb, lints, fixed"
-                    ),
-                ))
-            }
-        };
+        let kind = PolicyKind::parse(&name.trim().to_ascii_lowercase(), &mut args)?;
         let gamma = args.take("gamma", false);
         let window = args.take("window", false);
         let forgetting = match (gamma, window) {
@@ -361,40 +252,7 @@ impl FromStr for PolicySpec {
 impl fmt::Display for PolicySpec {
     /// The canonical form, which parses back to the same spec.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut args: Vec<String> = match &self.kind {
-            PolicyKind::Uniform => vec![],
-            PolicyKind::EpsilonGreedy { epsilon } => vec![format!("epsilon={epsilon}")],
-            PolicyKind::Ucb1 { c } => vec![format!("c={c}")],
-            PolicyKind::BetaTs { alpha, beta, draws } => {
-                vec![
-                    format!("alpha={alpha}"),
-                    format!("beta={beta}"),
-                    format!("draws={draws}"),
-                ]
-            }
-            PolicyKind::GaussianTs {
-                mu0,
-                sigma0,
-                noise,
-                draws,
-            } => vec![
-                format!("mu0={mu0}"),
-                format!("sigma0={sigma0}"),
-                format!("noise={noise}"),
-                format!("draws={draws}"),
-            ],
-            PolicyKind::LinUcb { alpha, lambda } => {
-                vec![format!("alpha={alpha}"), format!("lambda={lambda}")]
-            }
-            PolicyKind::LinTs { v, lambda, draws } => {
-                vec![
-                    format!("v={v}"),
-                    format!("lambda={lambda}"),
-                    format!("draws={draws}"),
-                ]
-            }
-            PolicyKind::Fixed { arm } => vec![format!("arm={arm}")],
-        };
+        let mut args = self.kind.args();
         match self.forgetting {
             Forgetting::None => {}
             Forgetting::Discount { gamma } => args.push(format!("gamma={gamma}")),
@@ -409,16 +267,7 @@ impl fmt::Display for PolicySpec {
         if self.detect != DEFAULT_DETECT {
             args.push(format!("detect={}", self.detect));
         }
-        let name = match self.kind {
-            PolicyKind::Uniform => "random",
-            PolicyKind::EpsilonGreedy { .. } => "eps",
-            PolicyKind::Ucb1 { .. } => "ucb1",
-            PolicyKind::BetaTs { .. } => "beta-ts",
-            PolicyKind::GaussianTs { .. } => "gaussian-ts",
-            PolicyKind::LinUcb { .. } => "linucb",
-            PolicyKind::LinTs { .. } => "lints",
-            PolicyKind::Fixed { .. } => "fixed",
-        };
+        let name = self.kind.name();
         if args.is_empty() {
             write!(f, "{name}")
         } else {
@@ -430,31 +279,51 @@ impl fmt::Display for PolicySpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{EpsilonGreedyParams, FixedParams, UniformParams};
 
     #[test]
     fn specs_parse_with_main_argument_and_common_parameters() {
         let s: PolicySpec = "linucb(alpha=0.3,gamma=0.999)".parse().unwrap();
         assert_eq!(
             s.kind,
-            PolicyKind::LinUcb {
+            PolicyKind::LinUcb(LinUcbParams {
                 alpha: 0.3,
                 lambda: DEFAULT_LINUCB_LAMBDA
-            }
+            })
         );
         assert_eq!(s.forgetting, Forgetting::Discount { gamma: 0.999 });
         let s: PolicySpec = "eps(0.05)".parse().unwrap();
-        assert_eq!(s.kind, PolicyKind::EpsilonGreedy { epsilon: 0.05 });
+        assert_eq!(
+            s.kind,
+            PolicyKind::EpsilonGreedy(EpsilonGreedyParams { epsilon: 0.05 })
+        );
         let s: PolicySpec = "fixed(openai/gpt-4o:2024-08)".parse().unwrap();
         assert_eq!(
             s.kind,
-            PolicyKind::Fixed {
+            PolicyKind::Fixed(FixedParams {
                 arm: "openai/gpt-4o:2024-08".into()
-            }
+            })
         );
         let s: PolicySpec = "lints(v=0.2,window=500,floor=0.01)".parse().unwrap();
         assert_eq!(s.forgetting, Forgetting::Window { size: 500 });
         assert_eq!(s.floor, 0.01);
-        assert_eq!("random".parse::<PolicySpec>().unwrap().kind, PolicyKind::Uniform);
+        assert_eq!(
+            "random".parse::<PolicySpec>().unwrap().kind,
+            PolicyKind::Uniform(UniformParams {})
+        );
+    }
+
+    #[test]
+    fn specs_serialize_as_snapshots_hold_them() {
+        let json = |text: &str| serde_json::to_value(text.parse::<PolicySpec>().unwrap().kind).unwrap();
+        assert_eq!(json("random"), serde_json::json!({"kind": "uniform"}));
+        assert_eq!(
+            json("lints(v=0.1)"),
+            serde_json::json!({"kind": "lin_ts", "v": 0.1, "lambda": 10.0, "draws": 256})
+        );
+        let kind: PolicyKind =
+            serde_json::from_value(serde_json::json!({"kind": "fixed", "arm": "a"})).unwrap();
+        assert_eq!(kind, PolicyKind::Fixed(FixedParams { arm: "a".into() }));
     }
 
     #[test]

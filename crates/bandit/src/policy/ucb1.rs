@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::uniform::learn_from_arm_stats;
-use super::{Choice, ChoiceInput, DecisionRng, Estimate, Policy};
+use super::{Args, Choice, ChoiceInput, DecisionRng, Estimate, Policy, PolicyParams};
 use crate::error::Result;
 use crate::pmf;
 use crate::stats::{ArmStatsTable, Forgetting};
@@ -54,5 +54,31 @@ impl Policy for Ucb1 {
             .map(|(&a, p)| self.index(a) - p)
             .collect();
         Ok(Choice::deterministic(input.len(), pmf::argmax(&scores)))
+    }
+}
+
+/// `ucb1(c=1)` (alias `ucb`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ucb1Params {
+    /// The bonus scale.
+    pub c: f64,
+}
+
+impl PolicyParams for Ucb1Params {
+    const NAMES: &'static [&'static str] = &["ucb1", "ucb"];
+    type Policy = Ucb1;
+
+    fn parse(args: &mut Args<'_>) -> Result<Self> {
+        Ok(Ucb1Params {
+            c: args.number("c", true, 1.0, 0.0, f64::MAX, "[0, inf)")?,
+        })
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![format!("c={}", self.c)]
+    }
+
+    fn build(&self, arm_ids: &[&str], _: usize, forgetting: Forgetting) -> Result<Ucb1> {
+        Ok(Ucb1::new(arm_ids.len(), self.c, forgetting))
     }
 }

@@ -3,7 +3,7 @@
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{Choice, ChoiceInput, DecisionRng, Estimate, Policy, PropensityKind};
+use super::{Args, Choice, ChoiceInput, DecisionRng, Estimate, Policy, PolicyParams, PropensityKind};
 use crate::error::Result;
 use crate::stats::{ArmStatsTable, Forgetting};
 
@@ -68,5 +68,26 @@ impl Policy for Uniform {
             pmf: crate::pmf::uniform(k),
             propensity: PropensityKind::Exact,
         })
+    }
+}
+
+/// `random` (alias `uniform`): no parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UniformParams {}
+
+impl PolicyParams for UniformParams {
+    const NAMES: &'static [&'static str] = &["random", "uniform"];
+    type Policy = Uniform;
+
+    fn parse(_: &mut Args<'_>) -> Result<Self> {
+        Ok(UniformParams {})
+    }
+
+    fn args(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn build(&self, arm_ids: &[&str], _: usize, forgetting: Forgetting) -> Result<Uniform> {
+        Ok(Uniform::new(arm_ids.len(), forgetting))
     }
 }
