@@ -1,31 +1,33 @@
 //! The learner: arms, a policy, cost and latency usage, the objective and budget pacing,
 //! tied together into decide -> outcome -> update, with snapshots.
+//!
+//! Here: the learner's state, its configuration, and learning from feedback. Apart: the
+//! decision pipeline (`decide.rs`: eligibility, estimates, penalties, pruning, the budget's
+//! band, the choice and its explanation), the ledger of decisions awaiting feedback
+//! (`ledger.rs`) and snapshots (`snapshot.rs`).
+
+mod decide;
+mod ledger;
+mod snapshot;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use imbl::OrdMap;
-
-use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::arm::{Arm, Constraints};
 use crate::change::{Cusum, RESTART_OBSERVATIONS, WATCHED_FROM};
-use crate::error::{in_range, Error, ErrorKind, Result};
+use crate::error::{in_range, ErrorKind, Result};
 use crate::features::Context;
 use crate::limits;
 use crate::outcome::{validate_quality, BudgetPacer, Objective, Outcome};
-use crate::pmf;
-use crate::policy::{
-    AnyPolicy, Choice, ChoiceInput, DecisionRng, Estimate, Policy, PolicySpec, PropensityKind,
-};
+use crate::policy::{AnyPolicy, Policy, PolicySpec, PropensityKind};
 use crate::prior::Priors;
 use crate::ridge::RidgeTable;
 use crate::stats::Forgetting;
 use crate::usage::ArmUsage;
 
-/// The snapshot format this build writes and reads.
-pub const SNAPSHOT_VERSION: u32 = 1;
+use ledger::{Ledger, TrackedDecision};
+pub use snapshot::{Snapshot, SNAPSHOT_VERSION};
 
 /// Budget pacing settings; see [`BudgetPacer`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -185,86 +187,6 @@ pub struct ArmChoice {
     pub propensity: f64,
 }
 
-/// A decision's arithmetic, shared by [`Learner::propose`] and [`Learner::decide_arm`]:
-/// vectors run over the eligible arms, `position` indexes them.
-struct Selection {
-    id: u64,
-    eligible: Vec<usize>,
-    excluded: Vec<String>,
-    costs: Vec<f64>,
-    estimates: Vec<Estimate>,
-    latencies: Vec<(f64, f64)>,
-    penalties: Vec<f64>,
-    probabilities: Vec<f64>,
-    propensity_kind: PropensityKind,
-    position: usize,
-    w_cost: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct TrackedDecision {
-    /// `None` once the arm has been removed.
-    arm: Option<usize>,
-    input_tokens: u32,
-    /// Kept until both the cost and the quality are learned; empty after. Shared, so that
-    /// copying the tracked decisions copies no features.
-    features: Arc<[f64]>,
-    outcome_recorded: bool,
-    quality_recorded: bool,
-}
-
-impl TrackedDecision {
-    /// A decision whose arm is gone: its feedback is acknowledged, never learned, so it
-    /// keeps nothing but its size.
-    fn of_removed_arm(input_tokens: u32) -> Self {
-        TrackedDecision {
-            arm: None,
-            input_tokens,
-            features: Arc::default(),
-            outcome_recorded: false,
-            quality_recorded: false,
-        }
-    }
-
-    /// The features, for one part of the feedback (cost or quality). Once the other part
-    /// is recorded too, the decision needs them no more and hands them over.
-    fn take_or_share_features(&mut self, other_recorded: bool) -> Arc<[f64]> {
-        if other_recorded {
-            std::mem::take(&mut self.features)
-        } else {
-            Arc::clone(&self.features)
-        }
-    }
-}
-
-/// For each arm (by position), an arm that dominates it with confidence `z`, if any: one
-/// that costs no more, is no slower, and whose quality's lower bound `mean - z std`
-/// exceeds this arm's upper bound `mean + z std`, so that it wins at every cost and
-/// latency weight (those of a budget's band included). Domination is a strict order, so
-/// the arms it leaves always include a best one.
-fn dominated(estimates: &[Estimate], costs: &[f64], latencies: &[(f64, f64)], z: f64) -> Vec<Option<usize>> {
-    (0..estimates.len())
-        .map(|p| {
-            let upper = estimates[p].mean + z * estimates[p].std;
-            (0..estimates.len()).find(|&q| {
-                q != p
-                    && costs[q] <= costs[p]
-                    && latencies[q].0 <= latencies[p].0
-                    && estimates[q].mean - z * estimates[q].std > upper
-            })
-        })
-        .collect()
-}
-
-/// Keeps the elements of `values` whose position is marked in `keep`.
-fn retain_positions<T>(values: &mut Vec<T>, keep: &[bool]) {
-    let mut position = 0;
-    values.retain(|_| {
-        position += 1;
-        keep[position - 1]
-    });
-}
-
 /// A bandit learner for one route: decides, learns from outcomes, snapshots.
 ///
 /// Decisions are a pure function of the state, the seed and the decision id, so a learner
@@ -277,10 +199,8 @@ pub struct Learner {
     usage: Vec<ArmUsage>,
     pacer: Option<BudgetPacer>,
     next_decision: u64,
-    /// Decisions awaiting feedback, by id. A persistent map: a clone shares every node
-    /// until one side changes it, so a snapshot costs O(1) here however many decisions
-    /// are tracked, and the live learner copies only the nodes it touches afterwards.
-    tracked: OrdMap<u64, TrackedDecision>,
+    /// Decisions awaiting feedback.
+    tracked: Ledger,
     /// Per arm without prices, a ridge regression on the context of what the per-token
     /// cost ratio missed (observed cost minus the ratio's estimate): a request's cost
     /// depends on more than its prompt's length (the answer's length, say, which varies
@@ -296,15 +216,6 @@ pub struct Learner {
 
 /// Ridge prior of the cost models: weak next to a handful of observations.
 const COST_RIDGE_LAMBDA: f64 = 1.0;
-
-/// A serialized learner with its format version.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Snapshot {
-    /// [`SNAPSHOT_VERSION`] when written.
-    pub format_version: u32,
-    /// The learner's complete state.
-    pub learner: Learner,
-}
 
 /// What [`Learner::new`] and [`Learner::reconfigure`] require of a configuration.
 fn check_config(config: &LearnerConfig, arms: &[Arm]) -> Result<()> {
@@ -364,7 +275,7 @@ impl Learner {
             policy,
             pacer,
             next_decision: 0,
-            tracked: OrdMap::new(),
+            tracked: Ledger::default(),
             change_detectors: Vec::new(),
         })
     }
@@ -453,243 +364,6 @@ impl Learner {
         limits::FEATURE.check_all("features", features)
     }
 
-    /// Everything a decision computes, before it is explained.
-    fn select(&self, request: &Request) -> Result<Selection> {
-        let x = &request.context.features;
-        self.validate_features(x)?;
-        request.constraints.validate()?;
-        let unpaced = match request.objective {
-            Some(o) => Objective::new(o.w_cost, o.w_latency)?,
-            None => self.config.objective,
-        };
-        let w_cost = unpaced.w_cost + self.pacer.as_ref().map_or(0.0, BudgetPacer::extra_cost_weight);
-        let objective = Objective { w_cost, ..unpaced };
-
-        let tokens = request.context.input_tokens;
-        let mut eligible = Vec::with_capacity(self.arms.len());
-        let mut excluded = Vec::new();
-        let mut costs = Vec::with_capacity(self.arms.len());
-        for (i, arm) in self.arms.iter().enumerate() {
-            let cost = self.expected_cost_usd(i, x, tokens);
-            match request.constraints.exclusion(arm, tokens, cost) {
-                Some(reason) => excluded.push(reason),
-                None => {
-                    eligible.push(i);
-                    costs.push(cost);
-                }
-            }
-        }
-        if eligible.is_empty() {
-            return Err(ErrorKind::NoEligibleArm { reasons: excluded }.into());
-        }
-        let available: Vec<bool> = eligible
-            .iter()
-            .map(|&a| !request.unavailable.contains_key(&self.arms[a].id))
-            .collect();
-        if available.contains(&true) {
-            for (&a, _) in eligible.iter().zip(&available).filter(|(_, up)| !**up) {
-                let id = &self.arms[a].id;
-                excluded.push(format!("{id}: unavailable ({})", request.unavailable[id]));
-            }
-            retain_positions(&mut costs, &available);
-            retain_positions(&mut eligible, &available);
-        }
-        let mut estimates: Vec<Estimate> = eligible.iter().map(|&a| self.policy.estimate(a, x)).collect();
-        let mut latencies: Vec<(f64, f64)> = eligible
-            .iter()
-            .map(|&a| self.usage[a].latency_estimate_ms())
-            .collect();
-        let mut penalties: Vec<f64> = costs
-            .iter()
-            .zip(&latencies)
-            .map(|(&c, &(l, _))| objective.penalty(c, l))
-            .collect();
-        let z = self.config.policy.prune;
-        if z > 0.0 {
-            let dominated = dominated(&estimates, &costs, &latencies, z);
-            for (p, by) in dominated.iter().enumerate() {
-                if let Some(q) = by {
-                    excluded.push(format!(
-                        "{}: dominated by {} (costs no more, better with confidence)",
-                        self.arms[eligible[p]].id, self.arms[eligible[*q]].id
-                    ));
-                }
-            }
-            let keep: Vec<bool> = dominated.iter().map(Option::is_none).collect();
-            retain_positions(&mut eligible, &keep);
-            retain_positions(&mut costs, &keep);
-            retain_positions(&mut estimates, &keep);
-            retain_positions(&mut latencies, &keep);
-            retain_positions(&mut penalties, &keep);
-        }
-
-        let id = self.next_decision;
-        let mut rng = DecisionRng::seed_from_u64(self.config.seed);
-        rng.set_stream(id);
-        let input = ChoiceInput {
-            features: x,
-            eligible: &eligible,
-            estimates: &estimates,
-            penalties: &penalties,
-        };
-        let band = self
-            .pacer
-            .as_ref()
-            .map(BudgetPacer::extra_cost_weights)
-            .unwrap_or_default();
-        let choice = if band.is_empty() {
-            self.policy.choose(&input, &mut rng)?
-        } else {
-            self.choose_in_band(&input, &band, unpaced, &costs, &latencies, &mut rng)?
-        };
-
-        // The exploration floor wraps every policy: with probability k * floor a uniform
-        // eligible arm, otherwise the policy's own choice.
-        let k = eligible.len();
-        let floor = pmf::effective_floor(k, self.config.policy.floor);
-        let position = if floor > 0.0 && rng.random::<f64>() < k as f64 * floor {
-            rng.random_range(0..k)
-        } else {
-            choice.position
-        };
-        Ok(Selection {
-            id,
-            probabilities: pmf::with_floor(&choice.pmf, floor),
-            propensity_kind: choice.propensity,
-            position,
-            eligible,
-            excluded,
-            costs,
-            estimates,
-            latencies,
-            penalties,
-            w_cost,
-        })
-    }
-
-    /// The choice under a binding budget (see [`BudgetPacer`]): the policy chooses at each
-    /// extra cost weight of the pacer's band, added to the `unpaced` objective; the
-    /// decision takes one of these choices at random, so its PMF is their mean.
-    fn choose_in_band(
-        &self,
-        input: &ChoiceInput<'_>,
-        band: &[f64],
-        unpaced: Objective,
-        costs: &[f64],
-        latencies: &[(f64, f64)],
-        rng: &mut DecisionRng,
-    ) -> Result<Choice> {
-        let mut choices = Vec::with_capacity(band.len());
-        for &extra in band {
-            let at = Objective {
-                w_cost: unpaced.w_cost + extra,
-                ..unpaced
-            };
-            let penalties: Vec<f64> = costs
-                .iter()
-                .zip(latencies)
-                .map(|(&c, &(l, _))| at.penalty(c, l))
-                .collect();
-            choices.push(self.policy.choose(
-                &ChoiceInput {
-                    penalties: &penalties,
-                    ..*input
-                },
-                rng,
-            )?);
-        }
-        let share = 1.0 / band.len() as f64;
-        let mut pmf = vec![0.0; input.len()];
-        for choice in &choices {
-            pmf.iter_mut().zip(&choice.pmf).for_each(|(p, q)| *p += share * q);
-        }
-        let propensity = choices
-            .iter()
-            .fold(PropensityKind::Exact, |kind, c| match (kind, c.propensity) {
-                (PropensityKind::Exact, PropensityKind::Exact) => PropensityKind::Exact,
-                (PropensityKind::Estimated { draws }, PropensityKind::Estimated { draws: more }) => {
-                    PropensityKind::Estimated { draws: draws + more }
-                }
-                (PropensityKind::Estimated { draws }, PropensityKind::Exact)
-                | (PropensityKind::Exact, PropensityKind::Estimated { draws }) => {
-                    PropensityKind::Estimated { draws }
-                }
-            });
-        let position = choices[rng.random_range(0..choices.len())].position;
-        Ok(Choice {
-            position,
-            pmf,
-            propensity,
-        })
-    }
-
-    /// What [`Learner::decide`] would decide for `request` next, without remembering it:
-    /// the same arm, propensity and explanation, and no change of state. Off-policy
-    /// evaluation reads a candidate's PMF this way.
-    pub fn propose(&self, request: &Request) -> Result<Decision> {
-        Ok(self.explain(self.select(request)?))
-    }
-
-    /// The decision a selection makes, with its explanation.
-    fn explain(&self, s: Selection) -> Decision {
-        let k = s.eligible.len();
-        let rewards: Vec<f64> = s
-            .estimates
-            .iter()
-            .zip(&s.penalties)
-            .map(|(e, p)| e.mean - p)
-            .collect();
-        let mut order: Vec<usize> = (0..k).filter(|&p| p != s.position).collect();
-        order.sort_by(|&a, &b| rewards[b].total_cmp(&rewards[a]).then(a.cmp(&b)));
-        let arms = (0..k)
-            .map(|p| ArmEstimate {
-                arm: self.arms[s.eligible[p]].id.clone(),
-                quality: s.estimates[p].mean,
-                quality_std: s.estimates[p].std,
-                cost_usd: s.costs[p],
-                latency_ms: s.latencies[p].0,
-                latency_std_ms: s.latencies[p].1,
-                reward: rewards[p],
-                probability: s.probabilities[p],
-            })
-            .collect();
-        Decision {
-            id: s.id,
-            arm: self.arms[s.eligible[s.position]].id.clone(),
-            propensity: s.probabilities[s.position],
-            propensity_kind: s.propensity_kind,
-            fallback: order
-                .iter()
-                .map(|&p| self.arms[s.eligible[p]].id.clone())
-                .collect(),
-            arms,
-            excluded: s.excluded,
-            w_cost: s.w_cost,
-        }
-    }
-
-    /// Chooses an arm for `request` and remembers the decision for its outcome.
-    pub fn decide(&mut self, request: &Request) -> Result<Decision> {
-        let s = self.select(request)?;
-        let (id, arm) = (s.id, s.eligible[s.position]);
-        let decision = self.explain(s);
-        self.track(id, arm, &request.context);
-        Ok(decision)
-    }
-
-    /// [`Learner::decide`] without the explanation, for simulators that play many
-    /// decisions: the same choice and state change, returned as the arm's index.
-    pub fn decide_arm(&mut self, request: &Request) -> Result<ArmChoice> {
-        let s = self.select(request)?;
-        let arm = s.eligible[s.position];
-        self.track(s.id, arm, &request.context);
-        Ok(ArmChoice {
-            id: s.id,
-            arm,
-            propensity: s.probabilities[s.position],
-        })
-    }
-
     /// Re-registers a decision made before a restart, as read back from a decision log:
     /// decision `id` chose `arm` in `context`. The learner then tracks it as `decide` did
     /// (its outcome and quality can still be recorded) and the next decision gets `id + 1`.
@@ -699,7 +373,7 @@ impl Learner {
     /// [`Learner::remove_arm`] leaves one: its outcome and quality are acknowledged, not learned.
     pub fn resume_decision(&mut self, id: u64, arm: &str, context: &Context) -> Result<()> {
         self.validate_features(&context.features)?;
-        if !self.tracked.contains_key(&id) {
+        if !self.tracked.contains(id) {
             match self.arms.iter().position(|a| a.id == arm) {
                 Some(index) => self.track(id, index, context),
                 None => self.track_decision(id, TrackedDecision::of_removed_arm(context.input_tokens)),
@@ -710,30 +384,13 @@ impl Learner {
 
     /// Remembers decision `id` (arm `index`) for its outcome; the next decision gets `id + 1`.
     fn track(&mut self, id: u64, index: usize, context: &Context) {
-        self.track_decision(
-            id,
-            TrackedDecision {
-                arm: Some(index),
-                input_tokens: context.input_tokens,
-                features: context.features.as_slice().into(),
-                outcome_recorded: false,
-                quality_recorded: false,
-            },
-        );
+        self.track_decision(id, TrackedDecision::new(index, context));
     }
 
     fn track_decision(&mut self, id: u64, decision: TrackedDecision) {
-        self.tracked.insert(id, decision);
-        self.forget_beyond_horizon();
+        self.tracked
+            .insert(id, decision, self.config.max_tracked_decisions);
         self.next_decision = self.next_decision.max(id + 1);
-    }
-
-    fn forget_beyond_horizon(&mut self) {
-        while self.tracked.len() > self.config.max_tracked_decisions {
-            if let Some(&(oldest, _)) = self.tracked.get_min() {
-                self.tracked.remove(&oldest);
-            }
-        }
     }
 
     /// Changes how many decisions are remembered for late feedback: an operational
@@ -744,7 +401,7 @@ impl Learner {
             return Err(ErrorKind::InvalidConfig("max_tracked_decisions must be at least 1".into()).into());
         }
         self.config.max_tracked_decisions = n;
-        self.forget_beyond_horizon();
+        self.tracked.keep_at_most(n);
         Ok(())
     }
 
@@ -831,25 +488,14 @@ impl Learner {
     /// it (a repeat then counts as already applied).
     pub fn resume_outcome(&mut self, id: u64, outcome: &Outcome) -> Result<()> {
         outcome.validate()?;
-        self.mark_recorded(id, true, outcome.credited_quality().is_some())
+        self.tracked
+            .mark_recorded(id, true, outcome.credited_quality().is_some())
     }
 
     /// [`Learner::resume_outcome`] for a quality recorded before the snapshot.
     pub fn resume_quality(&mut self, id: u64, quality: f64) -> Result<()> {
         validate_quality(quality)?;
-        self.mark_recorded(id, false, true)
-    }
-
-    fn mark_recorded(&mut self, id: u64, outcome: bool, quality: bool) -> Result<()> {
-        let tracked = self.tracked_mut(id)?;
-        if tracked.arm.is_some() {
-            tracked.outcome_recorded |= outcome;
-            tracked.quality_recorded |= quality;
-            if tracked.outcome_recorded && tracked.quality_recorded {
-                tracked.features = Arc::default();
-            }
-        }
-        Ok(())
+        self.tracked.mark_recorded(id, false, true)
     }
 
     /// Learns from an outcome of `arm` that this learner did not decide (a logged decision
@@ -877,46 +523,21 @@ impl Learner {
     /// caller log a change durably before applying it.
     pub fn outcome_would_apply(&self, id: u64, outcome: &Outcome) -> Result<Applied> {
         outcome.validate()?;
-        let t = self.tracked(id)?;
-        Ok(match t.arm {
-            None => Applied::ArmRemoved,
-            Some(_)
-                if !t.outcome_recorded || (outcome.credited_quality().is_some() && !t.quality_recorded) =>
-            {
-                Applied::Applied
-            }
-            Some(_) => Applied::AlreadyApplied,
-        })
+        self.tracked
+            .outcome_would_apply(id, outcome.credited_quality().is_some())
     }
 
     /// What recording `quality` for decision `id` would do, without doing it.
     pub fn quality_would_apply(&self, id: u64, quality: f64) -> Result<Applied> {
         validate_quality(quality)?;
-        let t = self.tracked(id)?;
-        Ok(match t.arm {
-            None => Applied::ArmRemoved,
-            Some(_) if t.quality_recorded => Applied::AlreadyApplied,
-            Some(_) => Applied::Applied,
-        })
-    }
-
-    fn tracked(&self, id: u64) -> Result<&TrackedDecision> {
-        self.tracked
-            .get(&id)
-            .ok_or_else(|| Error::from(ErrorKind::UnknownDecision(id)))
-    }
-
-    fn tracked_mut(&mut self, id: u64) -> Result<&mut TrackedDecision> {
-        self.tracked
-            .get_mut(&id)
-            .ok_or_else(|| Error::from(ErrorKind::UnknownDecision(id)))
+        self.tracked.quality_would_apply(id)
     }
 
     /// Records what decision `id` cost and how long it took, and its quality when the
     /// outcome carries one (a failed call counts as quality 0). Each part applies once.
     pub fn record_outcome(&mut self, id: u64, outcome: &Outcome) -> Result<Applied> {
         outcome.validate()?;
-        let tracked = self.tracked_mut(id)?;
+        let tracked = self.tracked.get_mut(id)?;
         let Some(arm) = tracked.arm else {
             return Ok(Applied::ArmRemoved);
         };
@@ -928,7 +549,7 @@ impl Learner {
                 tracked.input_tokens
             };
             let usage = self.usage[arm].recorded(outcome, tokens)?;
-            let tracked = self.tracked_mut(id)?;
+            let tracked = self.tracked.get_mut(id)?;
             tracked.outcome_recorded = true;
             let features = tracked.take_or_share_features(tracked.quality_recorded);
             self.learn_cost(arm, &features, tokens, outcome.cost_usd);
@@ -954,7 +575,7 @@ impl Learner {
     }
 
     fn apply_quality(&mut self, id: u64, quality: f64) -> Result<Applied> {
-        let tracked = self.tracked_mut(id)?;
+        let tracked = self.tracked.get_mut(id)?;
         let Some(arm) = tracked.arm else {
             return Ok(Applied::ArmRemoved);
         };
@@ -1012,11 +633,7 @@ impl Learner {
 
     /// Forgets every decision with an id below `id`: their feedback horizon has passed.
     pub fn forget_decisions_before(&mut self, id: u64) {
-        let (_, at, mut after) = self.tracked.split_lookup(&id);
-        if let Some(decision) = at {
-            after.insert(id, decision);
-        }
-        self.tracked = after;
+        self.tracked.forget_before(id);
     }
 
     /// Adds an arm at run time; it starts from the policy's optimistic prior.
@@ -1049,21 +666,7 @@ impl Learner {
         if let Some(models) = self.cost_models.as_mut() {
             models.remove_arm(index);
         }
-        self.tracked = self
-            .tracked
-            .iter()
-            .map(|(&id, t)| {
-                let kept = match t.arm {
-                    Some(a) if a == index => TrackedDecision::of_removed_arm(t.input_tokens),
-                    Some(a) if a > index => TrackedDecision {
-                        arm: Some(a - 1),
-                        ..t.clone()
-                    },
-                    _ => t.clone(),
-                };
-                (id, kept)
-            })
-            .collect();
+        self.tracked.remove_arm(index);
         Ok(self.arms.remove(index))
     }
 
@@ -1097,88 +700,5 @@ impl Learner {
             mine.merge(r, b)?;
         }
         Ok(())
-    }
-
-    /// The complete state, versioned, for serialization.
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            format_version: SNAPSHOT_VERSION,
-            learner: self.clone(),
-        }
-    }
-
-    /// The learned state without the decisions awaiting feedback: for a caller that keeps
-    /// its own record of decisions (a decision log), so that the snapshot's size does not
-    /// grow with them. After [`Learner::restore`], the caller re-registers each decision
-    /// from [`Learner::oldest_tracked_decision`] on with [`Learner::resume_decision`],
-    /// [`Learner::resume_outcome`] and [`Learner::resume_quality`]; until then their
-    /// feedback answers [`ErrorKind::UnknownDecision`].
-    pub fn snapshot_without_tracked(&self) -> Snapshot {
-        let mut snapshot = self.snapshot();
-        snapshot.learner.tracked = OrdMap::new();
-        snapshot
-    }
-
-    /// The id of the oldest decision still awaiting (or remembered for) feedback.
-    pub fn oldest_tracked_decision(&self) -> Option<u64> {
-        self.tracked.get_min().map(|&(id, _)| id)
-    }
-
-    /// Restores a learner from a snapshot, checking its version and consistency.
-    pub fn restore(snapshot: Snapshot) -> Result<Self> {
-        if snapshot.format_version != SNAPSHOT_VERSION {
-            return Err(ErrorKind::SnapshotVersion {
-                found: snapshot.format_version,
-                supported: SNAPSHOT_VERSION,
-            }
-            .into());
-        }
-        let l = snapshot.learner;
-        let k = l.arms.len();
-        if k == 0 || l.policy.num_arms() != k || l.usage.len() != k {
-            return Err(ErrorKind::CorruptSnapshot(format!(
-                "{k} arms, but the policy has {} and usage {}",
-                l.policy.num_arms(),
-                l.usage.len()
-            ))
-            .into());
-        }
-        if l.cost_models.as_ref().is_some_and(|m| m.len() != k) {
-            return Err(ErrorKind::CorruptSnapshot(format!(
-                "{k} arms, but the cost models have another number"
-            ))
-            .into());
-        }
-        if l.tracked.values().any(|t| t.arm.is_some_and(|a| a >= k)) {
-            return Err(ErrorKind::CorruptSnapshot("a tracked decision names a missing arm".into()).into());
-        }
-        Ok(l)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::features::Context;
-
-    /// A snapshot shares the tracked decisions with the live learner instead of copying
-    /// them, and the learner's later changes do not reach the snapshot.
-    #[test]
-    fn snapshots_share_the_tracked_decisions() {
-        let spec: PolicySpec = "linucb".parse().expect("spec");
-        let mut l =
-            Learner::new(LearnerConfig::new(spec, 2), vec![Arm::new("a"), Arm::new("b")]).expect("learner");
-        let request = Request::new(Context {
-            features: vec![1.0, 0.5],
-            input_tokens: 10,
-        });
-        let ids: Vec<u64> = (0..1000)
-            .map(|_| l.decide(&request).expect("decide").id)
-            .collect();
-        let snapshot = l.snapshot();
-        assert!(snapshot.learner.tracked.ptr_eq(&l.tracked));
-        l.record_quality(ids[10], 1.0).expect("feedback");
-        assert!(!snapshot.learner.tracked[&ids[10]].quality_recorded);
-        assert!(l.tracked[&ids[10]].quality_recorded);
     }
 }

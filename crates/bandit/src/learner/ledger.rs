@@ -1,0 +1,181 @@
+//! The ledger of decisions awaiting feedback: what each needs to learn from its outcome
+//! and quality, which parts are recorded, and how many decisions are remembered.
+
+use std::sync::Arc;
+
+use imbl::OrdMap;
+use serde::{Deserialize, Serialize};
+
+use super::Applied;
+use crate::error::{Error, ErrorKind, Result};
+use crate::features::Context;
+
+/// One decision awaiting feedback.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct TrackedDecision {
+    /// `None` once the arm has been removed.
+    pub(super) arm: Option<usize>,
+    pub(super) input_tokens: u32,
+    /// Kept until both the cost and the quality are learned; empty after. Shared, so that
+    /// copying the tracked decisions copies no features.
+    pub(super) features: Arc<[f64]>,
+    pub(super) outcome_recorded: bool,
+    pub(super) quality_recorded: bool,
+}
+
+impl TrackedDecision {
+    /// Decision of arm `arm` in `context`, nothing recorded yet.
+    pub(super) fn new(arm: usize, context: &Context) -> Self {
+        TrackedDecision {
+            arm: Some(arm),
+            input_tokens: context.input_tokens,
+            features: context.features.as_slice().into(),
+            outcome_recorded: false,
+            quality_recorded: false,
+        }
+    }
+
+    /// A decision whose arm is gone: its feedback is acknowledged, never learned, so it
+    /// keeps nothing but its size.
+    pub(super) fn of_removed_arm(input_tokens: u32) -> Self {
+        TrackedDecision {
+            arm: None,
+            input_tokens,
+            features: Arc::default(),
+            outcome_recorded: false,
+            quality_recorded: false,
+        }
+    }
+
+    /// The features, for one part of the feedback (cost or quality). Once the other part
+    /// is recorded too, the decision needs them no more and hands them over.
+    pub(super) fn take_or_share_features(&mut self, other_recorded: bool) -> Arc<[f64]> {
+        if other_recorded {
+            std::mem::take(&mut self.features)
+        } else {
+            Arc::clone(&self.features)
+        }
+    }
+}
+
+/// Decisions awaiting feedback, by id. A persistent map: a clone shares every node until
+/// one side changes it, so a snapshot costs O(1) here however many decisions are tracked,
+/// and the live learner copies only the nodes it touches afterwards.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(super) struct Ledger {
+    decisions: OrdMap<u64, TrackedDecision>,
+}
+
+impl Ledger {
+    /// Remembers decision `id`, then forgets the oldest beyond `horizon` decisions.
+    pub(super) fn insert(&mut self, id: u64, decision: TrackedDecision, horizon: usize) {
+        self.decisions.insert(id, decision);
+        self.keep_at_most(horizon);
+    }
+
+    /// Forgets the oldest decisions beyond `horizon`.
+    pub(super) fn keep_at_most(&mut self, horizon: usize) {
+        while self.decisions.len() > horizon {
+            if let Some(&(oldest, _)) = self.decisions.get_min() {
+                self.decisions.remove(&oldest);
+            }
+        }
+    }
+
+    /// Whether decision `id` is remembered.
+    pub(super) fn contains(&self, id: u64) -> bool {
+        self.decisions.contains_key(&id)
+    }
+
+    pub(super) fn get(&self, id: u64) -> Result<&TrackedDecision> {
+        self.decisions
+            .get(&id)
+            .ok_or_else(|| Error::from(ErrorKind::UnknownDecision(id)))
+    }
+
+    pub(super) fn get_mut(&mut self, id: u64) -> Result<&mut TrackedDecision> {
+        self.decisions
+            .get_mut(&id)
+            .ok_or_else(|| Error::from(ErrorKind::UnknownDecision(id)))
+    }
+
+    /// Marks parts of decision `id`'s feedback as recorded without learning them (what a
+    /// restored state already holds); a decision with both parts drops its features.
+    pub(super) fn mark_recorded(&mut self, id: u64, outcome: bool, quality: bool) -> Result<()> {
+        let tracked = self.get_mut(id)?;
+        if tracked.arm.is_some() {
+            tracked.outcome_recorded |= outcome;
+            tracked.quality_recorded |= quality;
+            if tracked.outcome_recorded && tracked.quality_recorded {
+                tracked.features = Arc::default();
+            }
+        }
+        Ok(())
+    }
+
+    /// What recording an outcome (with a quality, or not) for decision `id` would do.
+    pub(super) fn outcome_would_apply(&self, id: u64, with_quality: bool) -> Result<Applied> {
+        let t = self.get(id)?;
+        Ok(match t.arm {
+            None => Applied::ArmRemoved,
+            Some(_) if !t.outcome_recorded || (with_quality && !t.quality_recorded) => Applied::Applied,
+            Some(_) => Applied::AlreadyApplied,
+        })
+    }
+
+    /// What recording a quality for decision `id` would do.
+    pub(super) fn quality_would_apply(&self, id: u64) -> Result<Applied> {
+        let t = self.get(id)?;
+        Ok(match t.arm {
+            None => Applied::ArmRemoved,
+            Some(_) if t.quality_recorded => Applied::AlreadyApplied,
+            Some(_) => Applied::Applied,
+        })
+    }
+
+    /// Forgets every decision with an id below `id`.
+    pub(super) fn forget_before(&mut self, id: u64) {
+        let (_, at, mut after) = self.decisions.split_lookup(&id);
+        if let Some(decision) = at {
+            after.insert(id, decision);
+        }
+        self.decisions = after;
+    }
+
+    /// After arm `index` is removed: its decisions keep only their size (their feedback is
+    /// acknowledged, not learned), and later arms' indices shift down by one.
+    pub(super) fn remove_arm(&mut self, index: usize) {
+        self.decisions = self
+            .decisions
+            .iter()
+            .map(|(&id, t)| {
+                let kept = match t.arm {
+                    Some(a) if a == index => TrackedDecision::of_removed_arm(t.input_tokens),
+                    Some(a) if a > index => TrackedDecision {
+                        arm: Some(a - 1),
+                        ..t.clone()
+                    },
+                    _ => t.clone(),
+                };
+                (id, kept)
+            })
+            .collect();
+    }
+
+    /// The id of the oldest decision remembered.
+    pub(super) fn oldest(&self) -> Option<u64> {
+        self.decisions.get_min().map(|&(id, _)| id)
+    }
+
+    /// Whether a decision names an arm at `arms` or beyond (a damaged snapshot).
+    pub(super) fn names_arm_beyond(&self, arms: usize) -> bool {
+        self.decisions.values().any(|t| t.arm.is_some_and(|a| a >= arms))
+    }
+
+    /// Whether both ledgers share their storage (a snapshot and its learner).
+    #[cfg(test)]
+    pub(super) fn shares_with(&self, other: &Ledger) -> bool {
+        self.decisions.ptr_eq(&other.decisions)
+    }
+}

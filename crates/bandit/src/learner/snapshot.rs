@@ -1,0 +1,115 @@
+//! Snapshots: a learner's state with its format version, and its restoration.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ErrorKind, Result};
+use crate::policy::Policy;
+
+use super::ledger::Ledger;
+use super::Learner;
+
+/// The snapshot format this build writes and reads.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// A serialized learner with its format version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// [`SNAPSHOT_VERSION`] when written.
+    pub format_version: u32,
+    /// The learner's complete state.
+    pub learner: Learner,
+}
+
+impl Learner {
+    /// The complete state, versioned, for serialization.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            format_version: SNAPSHOT_VERSION,
+            learner: self.clone(),
+        }
+    }
+
+    /// The learned state without the decisions awaiting feedback: for a caller that keeps
+    /// its own record of decisions (a decision log), so that the snapshot's size does not
+    /// grow with them. After [`Learner::restore`], the caller re-registers each decision
+    /// from [`Learner::oldest_tracked_decision`] on with [`Learner::resume_decision`],
+    /// [`Learner::resume_outcome`] and [`Learner::resume_quality`]; until then their
+    /// feedback answers [`ErrorKind::UnknownDecision`].
+    pub fn snapshot_without_tracked(&self) -> Snapshot {
+        let mut snapshot = self.snapshot();
+        snapshot.learner.tracked = Ledger::default();
+        snapshot
+    }
+
+    /// The id of the oldest decision still awaiting (or remembered for) feedback.
+    pub fn oldest_tracked_decision(&self) -> Option<u64> {
+        self.tracked.oldest()
+    }
+
+    /// Restores a learner from a snapshot, checking its version and consistency.
+    pub fn restore(snapshot: Snapshot) -> Result<Self> {
+        if snapshot.format_version != SNAPSHOT_VERSION {
+            return Err(ErrorKind::SnapshotVersion {
+                found: snapshot.format_version,
+                supported: SNAPSHOT_VERSION,
+            }
+            .into());
+        }
+        let l = snapshot.learner;
+        let k = l.arms.len();
+        if k == 0 || l.policy.num_arms() != k || l.usage.len() != k {
+            return Err(ErrorKind::CorruptSnapshot(format!(
+                "{k} arms, but the policy has {} and usage {}",
+                l.policy.num_arms(),
+                l.usage.len()
+            ))
+            .into());
+        }
+        if l.cost_models.as_ref().is_some_and(|m| m.len() != k) {
+            return Err(ErrorKind::CorruptSnapshot(format!(
+                "{k} arms, but the cost models have another number"
+            ))
+            .into());
+        }
+        if l.tracked.names_arm_beyond(k) {
+            return Err(ErrorKind::CorruptSnapshot("a tracked decision names a missing arm".into()).into());
+        }
+        Ok(l)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::Context;
+    use crate::learner::{LearnerConfig, Request};
+    use crate::{Arm, PolicySpec};
+
+    /// A snapshot shares the tracked decisions with the live learner instead of copying
+    /// them, and the learner's later changes do not reach the snapshot.
+    #[test]
+    fn snapshots_share_the_tracked_decisions() {
+        let spec: PolicySpec = "linucb".parse().expect("spec");
+        let mut l =
+            Learner::new(LearnerConfig::new(spec, 2), vec![Arm::new("a"), Arm::new("b")]).expect("learner");
+        let request = Request::new(Context {
+            features: vec![1.0, 0.5],
+            input_tokens: 10,
+        });
+        let ids: Vec<u64> = (0..1000)
+            .map(|_| l.decide(&request).expect("decide").id)
+            .collect();
+        let snapshot = l.snapshot();
+        assert!(snapshot.learner.tracked.shares_with(&l.tracked));
+        l.record_quality(ids[10], 1.0).expect("feedback");
+        assert!(
+            !snapshot
+                .learner
+                .tracked
+                .get(ids[10])
+                .expect("tracked")
+                .quality_recorded
+        );
+        assert!(l.tracked.get(ids[10]).expect("tracked").quality_recorded);
+    }
+}
