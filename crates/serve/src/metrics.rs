@@ -245,6 +245,8 @@ struct ArmTotals {
     requests: u64,
     errors: u64,
     spend_usd: f64,
+    /// Input and output tokens.
+    tokens: (f64, f64),
 }
 
 /// One route's decisions and budget.
@@ -284,6 +286,13 @@ struct ArmLabels {
     arm: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    route: String,
+    arm: String,
+    direction: &'static str,
+}
+
 /// What the learners and the log hold, read at a scrape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LearnerStats {
@@ -312,6 +321,7 @@ impl LearnerStats {
                     requests: usage.requests,
                     errors: usage.errors,
                     spend_usd: usage.cost_usd,
+                    tokens: (usage.input_tokens, usage.output_tokens),
                 });
             }
             routes.push(RouteTotals {
@@ -387,6 +397,22 @@ impl Collector for LearnerStats {
             "Spend per route and arm, USD.",
             MetricType::Counter,
             self.arms.iter().map(|a| (arm(a), ConstCounter::new(a.spend_usd))),
+        )?;
+        family(
+            &mut encoder,
+            "quiver_arm_tokens",
+            "Tokens per route and arm, `input` (billed, or estimated) and `output` (billed).",
+            MetricType::Counter,
+            self.arms.iter().flat_map(|a| {
+                [("input", a.tokens.0), ("output", a.tokens.1)].map(|(direction, n)| {
+                    let labels = TokenLabels {
+                        route: a.route.clone(),
+                        arm: a.arm.clone(),
+                        direction,
+                    };
+                    (labels, ConstCounter::new(n))
+                })
+            }),
         )?;
         family(
             &mut encoder,
@@ -496,6 +522,7 @@ mod tests {
                 requests: 3,
                 errors: 1,
                 spend_usd: 0.25,
+                tokens: (120.0, 80.0),
             }],
             routes: vec![RouteTotals {
                 route: "r".into(),
@@ -516,6 +543,8 @@ mod tests {
             "quiver_arm_requests_total{route=\"r\",arm=\"we\\\"ird\\\\arm\\nid\"} 3",
             "quiver_arm_errors_total{route=\"r\",arm=\"we\\\"ird\\\\arm\\nid\"} 1",
             "quiver_arm_spend_usd_total{route=\"r\",arm=\"we\\\"ird\\\\arm\\nid\"} 0.25",
+            "quiver_arm_tokens_total{route=\"r\",arm=\"we\\\"ird\\\\arm\\nid\",direction=\"input\"} 120.0",
+            "quiver_arm_tokens_total{route=\"r\",arm=\"we\\\"ird\\\\arm\\nid\",direction=\"output\"} 80.0",
             "quiver_decisions_total{route=\"r\"} 4",
             "quiver_budget_lambda{route=\"r\"} 0.5",
             "quiver_budget_target_usd{route=\"r\"} 0.001",
