@@ -58,6 +58,7 @@
 
 pub mod arm;
 pub mod change;
+pub mod cost;
 pub mod embedding;
 mod error;
 pub mod features;

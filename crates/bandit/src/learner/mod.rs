@@ -16,14 +16,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::arm::{Arm, Constraints};
 use crate::change::{Cusum, RESTART_OBSERVATIONS, WATCHED_FROM};
+use crate::cost::{ArmCost, CostModel};
 use crate::error::{in_range, ErrorKind, Result};
 use crate::features::Context;
 use crate::limits;
 use crate::outcome::{validate_quality, BudgetPacer, Objective, Outcome};
 use crate::policy::{AnyPolicy, Policy, PolicySpec, PropensityKind};
 use crate::prior::Priors;
-use crate::ridge::RidgeTable;
-use crate::stats::Forgetting;
 use crate::usage::ArmUsage;
 
 use ledger::{Ledger, TrackedDecision};
@@ -201,21 +200,15 @@ pub struct Learner {
     next_decision: u64,
     /// Decisions awaiting feedback.
     tracked: Ledger,
-    /// Per arm without prices, a ridge regression on the context of what the per-token
-    /// cost ratio missed (observed cost minus the ratio's estimate): a request's cost
-    /// depends on more than its prompt's length (the answer's length, say, which varies
-    /// by task). With no data near a context it predicts no correction. Absent in
-    /// snapshots written before it existed; such learners keep the ratio alone.
-    #[serde(default)]
-    cost_models: Option<RidgeTable>,
+    /// What each arm is expected to cost, learned for arms without prices (see
+    /// [`crate::cost`]). Absent in snapshots written before it existed.
+    #[serde(default, rename = "cost_models")]
+    cost: CostModel,
     /// Per arm, the change detection's sums (see [`crate::change`]); empty when the
     /// policy detects no change. Absent in snapshots written before it existed.
     #[serde(default)]
     change_detectors: Vec<Cusum>,
 }
-
-/// Ridge prior of the cost models: weak next to a handful of observations.
-const COST_RIDGE_LAMBDA: f64 = 1.0;
 
 /// What [`Learner::new`] and [`Learner::reconfigure`] require of a configuration.
 fn check_config(config: &LearnerConfig, arms: &[Arm]) -> Result<()> {
@@ -262,14 +255,7 @@ impl Learner {
         let policy = config.policy.build(&ids, config.dim)?;
         Ok(Learner {
             usage: vec![ArmUsage::default(); arms.len()],
-            cost_models: Some(RidgeTable::with_prior(
-                arms.len(),
-                config.dim,
-                COST_RIDGE_LAMBDA,
-                false,
-                Forgetting::None,
-                0.0,
-            )),
+            cost: CostModel::new(arms.len(), config.dim),
             config,
             arms,
             policy,
@@ -341,10 +327,8 @@ impl Learner {
                 Some(prior) => {
                     self.policy.absorb_prior(index, prior);
                     self.usage[index].prior.add(&prior.usage);
-                    if let (Some(c), Some(models)) = (&prior.cost_correction, self.cost_models.as_mut()) {
-                        if !arm.has_prices() {
-                            models.absorb_prior(index, c, prior.observations);
-                        }
+                    if let Some(c) = &prior.cost_correction {
+                        self.cost.absorb_prior(index, arm, c, prior.observations);
                     }
                 }
                 None => arms_without_prior.push(arm.id.clone()),
@@ -602,33 +586,30 @@ impl Learner {
         self.policy.update(arm, features, quality);
     }
 
+    /// Arm `i` as the cost model sees it.
+    fn arm_cost(&self, i: usize) -> ArmCost<'_> {
+        ArmCost {
+            arm: &self.arms[i],
+            usage: &self.usage[i],
+            default_output_tokens: self.config.default_output_tokens,
+        }
+    }
+
     /// What a request with features `x` and `tokens` prompt tokens is expected to cost on
-    /// arm `i`: from its prices, or else from its per-token cost ratio corrected by its
-    /// cost model.
+    /// arm `i` (see [`CostModel::expected_usd`]).
     fn expected_cost_usd(&self, i: usize, x: &[f64], tokens: u32) -> f64 {
-        let by_usage = self.cost_by_usage(i, tokens);
-        match &self.cost_models {
-            Some(models) if !self.arms[i].has_prices() => (by_usage + models.get(i).mean(x)).max(0.0),
-            _ => by_usage,
-        }
+        self.cost.expected_usd(i, self.arm_cost(i), x, tokens)
     }
 
-    /// Arm `i`'s expected cost from its prices or its per-token ratio (see [`ArmUsage`]).
-    fn cost_by_usage(&self, i: usize, tokens: u32) -> f64 {
-        self.usage[i].expected_cost_usd(&self.arms[i], tokens, self.config.default_output_tokens)
-    }
-
-    /// Teaches arm `arm`'s cost model what the per-token ratio missed on a request with
-    /// features `x` and `tokens` prompt tokens that cost `cost_usd`, unless the arm has
-    /// prices. Call it before the usage records that cost.
+    /// Teaches the cost model what arm `arm`'s request cost (see [`CostModel::learn`]);
+    /// before the usage records it.
     fn learn_cost(&mut self, arm: usize, x: &[f64], tokens: u32, cost_usd: f64) {
-        if self.arms[arm].has_prices() || x.is_empty() {
-            return;
-        }
-        let by_usage = self.cost_by_usage(arm, tokens);
-        if let Some(models) = self.cost_models.as_mut() {
-            models.observe(arm, x, cost_usd - by_usage);
-        }
+        let seen = ArmCost {
+            arm: &self.arms[arm],
+            usage: &self.usage[arm],
+            default_output_tokens: self.config.default_output_tokens,
+        };
+        self.cost.learn(arm, seen, x, tokens, cost_usd);
     }
 
     /// Forgets every decision with an id below `id`: their feedback horizon has passed.
@@ -645,9 +626,7 @@ impl Learner {
         self.arms.push(arm);
         self.usage.push(ArmUsage::default());
         self.policy.add_arm();
-        if let Some(models) = self.cost_models.as_mut() {
-            models.add_arm();
-        }
+        self.cost.add_arm();
         Ok(())
     }
 
@@ -663,9 +642,7 @@ impl Learner {
         if index < self.change_detectors.len() {
             self.change_detectors.remove(index);
         }
-        if let Some(models) = self.cost_models.as_mut() {
-            models.remove_arm(index);
-        }
+        self.cost.remove_arm(index);
         self.tracked.remove_arm(index);
         Ok(self.arms.remove(index))
     }
@@ -694,11 +671,6 @@ impl Learner {
         for ((mine, r), b) in self.usage.iter_mut().zip(&replica.usage).zip(&base.usage) {
             mine.merge(r, b);
         }
-        if let (Some(mine), Some(r), Some(b)) =
-            (self.cost_models.as_mut(), &replica.cost_models, &base.cost_models)
-        {
-            mine.merge(r, b)?;
-        }
-        Ok(())
+        self.cost.merge(&replica.cost, &base.cost)
     }
 }

@@ -65,7 +65,7 @@ impl Learner {
             ))
             .into());
         }
-        if l.cost_models.as_ref().is_some_and(|m| m.len() != k) {
+        if !l.cost.fits(k) {
             return Err(ErrorKind::CorruptSnapshot(format!(
                 "{k} arms, but the cost models have another number"
             ))
