@@ -8,6 +8,7 @@
 //! parallel show the machine's. Run: `cargo bench --bench replay`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ndarray::Array2;
 use quiver_bandit::{Objective, DEFAULT_PACING_STEP};
 use quiver_sim::context::ContextBuilder;
 use quiver_sim::data::{load_wide, Format, WideDataset};
@@ -34,19 +35,20 @@ fn synthetic(rows: usize) -> WideDataset {
         arms: (0..ARMS).map(|a| format!("m{a}")).collect(),
         ids: (0..rows).map(|r| r.to_string()).collect(),
         feature_names: (0..FEATURES).map(|f| format!("f_{f}")).collect(),
-        cost_usd: Some(Vec::with_capacity(rows * ARMS)),
+        cost_usd: Some(Array2::from_shape_fn((rows, ARMS), |(_, a)| {
+            1e-4 * (a + 1) as f64
+        })),
+        features: Array2::zeros((rows, FEATURES)),
+        quality: Array2::zeros((rows, ARMS)),
         ..WideDataset::default()
     };
-    for _ in 0..rows {
+    for r in 0..rows {
         let x: Vec<f64> = (0..FEATURES).map(|_| rng.random_range(-1.0..1.0)).collect();
         for a in 0..ARMS {
             let score: f64 = x.iter().zip(&weights[a * FEATURES..]).map(|(x, w)| x * w).sum();
-            data.quality.push((0.5 + score).clamp(0.0, 1.0));
-            if let Some(cost) = data.cost_usd.as_mut() {
-                cost.push(1e-4 * (a + 1) as f64);
-            }
+            data.quality[[r, a]] = (0.5 + score).clamp(0.0, 1.0);
         }
-        data.features.extend(x);
+        data.features.row_mut(r).assign(&ndarray::ArrayView1::from(&x));
     }
     data
 }

@@ -18,6 +18,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
+use ndarray::Array2;
 use quiver_bandit::{Arm, Learner, LearnerConfig, Outcome, Request};
 use quiver_sim::context::ContextBuilder;
 use quiver_sim::data::{load_wide, Format, WideDataset};
@@ -133,10 +134,12 @@ fn self_check() -> Result<()> {
         arms: vec!["a".into(), "b".into()],
         ids: (0..rows).map(|r| r.to_string()).collect(),
         feature_names: vec!["f_0".into()],
-        features: (0..rows).map(|r| (r % 7) as f64 / 7.0).collect(),
-        quality: (0..rows)
-            .flat_map(|r| [0.2, if r % 2 == 0 { 1.0 } else { 0.6 }])
-            .collect(),
+        features: Array2::from_shape_fn((rows, 1), |(r, _)| (r % 7) as f64 / 7.0),
+        quality: Array2::from_shape_fn((rows, 2), |(r, a)| match (a, r % 2) {
+            (0, _) => 0.2,
+            (_, 0) => 1.0,
+            _ => 0.6,
+        }),
         ..WideDataset::default()
     };
     let wide = dir.join("stream.csv");

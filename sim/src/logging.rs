@@ -5,6 +5,7 @@
 //! the wide table holds every arm's outcome, any candidate's true value on the same rows is
 //! known, which gives off-policy estimators an exact ground truth.
 
+use ndarray::Axis;
 use quiver_bandit::{Arm, Learner, LearnerConfig, Objective, Outcome, PolicySpec, Request};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -81,7 +82,7 @@ pub fn log_wide(
         if let (Some(prompts), Some(source)) = (log.prompts.as_mut(), data.prompts.as_ref()) {
             prompts.push(source[row].clone());
         }
-        log.features.extend_from_slice(data.row_features(row));
     }
+    log.features = data.features.select(Axis(0), &order);
     Ok((log, order))
 }

@@ -14,6 +14,7 @@
 
 use std::collections::VecDeque;
 
+use ndarray::{Array2, ArrayView1};
 use quiver_bandit::{
     Arm, BudgetConfig, Context, Learner, LearnerConfig, Objective, Outcome, PolicySpec, Priors, Request,
 };
@@ -24,7 +25,7 @@ use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
 use crate::context::ContextBuilder;
-use crate::data::WideDataset;
+use crate::data::{row_slice, WideDataset};
 use crate::error::{Result, SimError};
 
 /// A quality shift of one arm from a step of the evaluation stream on.
@@ -148,25 +149,23 @@ pub struct Run {
 /// features in one row-major block so that a row is one contiguous read.
 pub struct Environment<'a> {
     data: &'a WideDataset,
-    dim: usize,
-    features: Vec<f64>,
+    /// Each row's context, `rows x dim`.
+    features: Array2<f64>,
     input_tokens: Vec<u32>,
 }
 
 impl<'a> Environment<'a> {
     /// Featurizes every row of `data` with `builder`.
     pub fn new(data: &'a WideDataset, builder: &ContextBuilder) -> Result<Self> {
-        let dim = builder.dim();
-        let mut features = Vec::with_capacity(data.rows() * dim);
+        let mut features = Array2::zeros((data.rows(), builder.dim()));
         let mut input_tokens = Vec::with_capacity(data.rows());
-        for row in 0..data.rows() {
+        for (row, mut x) in features.rows_mut().into_iter().enumerate() {
             let context = builder.wide_row(data, row)?;
-            features.extend_from_slice(&context.features);
+            x.assign(&ArrayView1::from(&context.features));
             input_tokens.push(context.input_tokens);
         }
         Ok(Environment {
             data,
-            dim,
             features,
             input_tokens,
         })
@@ -182,7 +181,7 @@ impl<'a> Environment<'a> {
 
     /// The features of row `row`.
     pub fn features(&self, row: usize) -> &[f64] {
-        &self.features[row * self.dim..(row + 1) * self.dim]
+        row_slice(&self.features, row)
     }
 
     /// The estimated prompt tokens of row `row`.
@@ -192,7 +191,7 @@ impl<'a> Environment<'a> {
 
     /// The dimension of every context.
     pub fn dim(&self) -> usize {
-        self.dim
+        self.features.ncols()
     }
 
     /// The dataset.
@@ -206,10 +205,13 @@ impl<'a> Environment<'a> {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let at = row * self.data.num_arms();
-            let quality = self.data.quality[at..].as_ptr();
-            let cost = self.data.cost_usd.as_ref().map_or(quality, |c| c[at..].as_ptr());
-            for line in [self.features[row * self.dim..].as_ptr(), quality, cost] {
+            let quality = self.data.quality.row(row).as_ptr();
+            let cost = self
+                .data
+                .cost_usd
+                .as_ref()
+                .map_or(quality, |c| c.row(row).as_ptr());
+            for line in [self.features.row(row).as_ptr(), quality, cost] {
                 // SAFETY: SSE is part of x86-64, and a prefetch reads nothing the program
                 // sees and cannot fault.
                 unsafe { _mm_prefetch::<_MM_HINT_T0>(line.cast()) };
@@ -360,7 +362,7 @@ pub fn run_one(
     let variant = &settings.variants[variant_index];
     let data = env.data;
     let k = data.num_arms();
-    let dim = env.dim;
+    let dim = env.dim();
     let mut player = Player {
         learner: learner_for(settings, variant, &data.arms, dim, seed)?,
         knobs: &settings.knobs,
@@ -503,7 +505,8 @@ mod tests {
             source: "test".into(),
             arms: vec!["a0".into(), "a1".into()],
             ids: (0..rows).map(|r| r.to_string()).collect(),
-            quality: (0..rows).flat_map(|_| [0.0, 1.0]).collect(),
+            quality: Array2::from_shape_fn((rows, 2), |(_, a)| a as f64),
+            features: Array2::zeros((rows, 0)),
             ..WideDataset::default()
         }
     }

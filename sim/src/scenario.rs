@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 
+use ndarray::Array2;
 use quiver_bandit::Objective;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -210,10 +211,12 @@ impl Scenario {
             arms: self.arms.iter().map(|a| a.id.clone()).collect(),
             prompts: Some(Vec::new()),
             tasks: Some(Vec::new()),
-            cost_usd: Some(Vec::new()),
-            latency_ms: Some(Vec::new()),
+            features: Array2::zeros((self.requests, 0)),
             ..WideDataset::default()
         };
+        let shape = (self.requests, self.arms.len());
+        let (mut quality, mut cost, mut latency) =
+            (Array2::zeros(shape), Array2::zeros(shape), Array2::zeros(shape));
         let mut splits = Vec::with_capacity(self.requests);
         for i in 0..self.requests {
             let mut u = rng.random::<f64>() * total_share;
@@ -236,16 +239,12 @@ impl Scenario {
             data.tasks.get_or_insert_with(Vec::new).push(task.clone());
             for (a, arm) in self.arms.iter().enumerate() {
                 let p = sigmoid(intercepts[t][a] + offsets[t][a][s] - DIFFICULTY * difficulty);
-                data.quality.push(if rng.random::<f64>() < p { 1.0 } else { 0.0 });
+                quality[[i, a]] = if rng.random::<f64>() < p { 1.0 } else { 0.0 };
                 let z: f64 = StandardNormal.sample(&mut rng);
-                data.cost_usd
-                    .get_or_insert_with(Vec::new)
-                    .push(arm.mean_cost_usd[task] * (0.3 * z - 0.045).exp());
+                cost[[i, a]] = arm.mean_cost_usd[task] * (0.3 * z - 0.045).exp();
                 let z: f64 = StandardNormal.sample(&mut rng);
                 let base = arm.latency.ttft_ms + arm.latency.ms_per_output_token * arm.output_tokens[task];
-                data.latency_ms
-                    .get_or_insert_with(Vec::new)
-                    .push(base * (arm.latency.sigma * z).exp());
+                latency[[i, a]] = base * (arm.latency.sigma * z).exp();
             }
             splits.push(
                 if rng.random::<f64>() < self.test_share {
@@ -256,6 +255,9 @@ impl Scenario {
                 .to_string(),
             );
         }
+        data.quality = quality;
+        data.cost_usd = Some(cost);
+        data.latency_ms = Some(latency);
         (data, splits)
     }
 }

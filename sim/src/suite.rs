@@ -22,6 +22,7 @@
 //! A case's score is the lift over the hull: the evaluated policy's quality minus the best
 //! fixed mix of at most two models at the same cost (see [`crate::metrics`]).
 
+use ndarray::Array2;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -123,9 +124,13 @@ impl IrtTable {
                 .collect(),
             prompts: Some(Vec::with_capacity(self.rows)),
             tasks: Some(Vec::with_capacity(self.rows)),
-            cost_usd: Some(Vec::with_capacity(self.rows * self.arms)),
+            features: Array2::zeros((self.rows, 0)),
             ..WideDataset::default()
         };
+        let (mut quality, mut cost) = (
+            Array2::zeros((self.rows, self.arms)),
+            Array2::zeros((self.rows, self.arms)),
+        );
         for row in 0..self.rows {
             let topic = rng.random_range(0..TOPICS);
             let difficulty = normal(&mut rng);
@@ -148,13 +153,13 @@ impl IrtTable {
             for m in 0..self.arms {
                 let good = rng.random::<f64>()
                     < sigmoid(abilities[m][topic] - DIFFICULTY_WEIGHT * difficulty + EASE);
-                data.quality.push(f64::from(u8::from(good)));
+                quality[[row, m]] = f64::from(u8::from(good));
                 let noise = (0.2 * normal(&mut rng) - 0.02).exp();
-                data.cost_usd
-                    .get_or_insert_with(Vec::new)
-                    .push(prices[m] * length * noise);
+                cost[[row, m]] = prices[m] * length * noise;
             }
         }
+        data.quality = quality;
+        data.cost_usd = Some(cost);
         let train_rows = (self.rows as f64 * TRAIN_SHARE) as usize;
         let mut train = data.clone();
         train.retain_rows(|r| r < train_rows);
@@ -457,10 +462,9 @@ fn expected_after(data: &WideDataset, drift: &Drift) -> WideDataset {
         return out;
     };
     let f = data.rows().saturating_sub(drift.step) as f64 / data.rows().max(1) as f64;
-    let k = data.num_arms();
     for row in 0..data.rows() {
         let q = data.quality(row, arm);
-        out.quality[row * k + arm] = (1.0 - f) * q + f * (q + drift.delta).clamp(0.0, 1.0);
+        out.quality[[row, arm]] = (1.0 - f) * q + f * (q + drift.delta).clamp(0.0, 1.0);
     }
     out
 }
@@ -586,17 +590,11 @@ mod tests {
             arms: vec!["a".into(), "b".into()],
             ids: (0..4).map(|i| i.to_string()).collect(),
             // a: 1 1 0 0, b: 1 0 1 0 -> accuracies 0.5 and 0.5, answers uncorrelated.
-            quality: vec![1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0],
-            cost_usd: Some(vec![
-                1.0,
-                std::f64::consts::E,
-                1.0,
-                std::f64::consts::E,
-                1.0,
-                std::f64::consts::E,
-                1.0,
-                std::f64::consts::E,
-            ]),
+            quality: ndarray::array![[1.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]],
+            cost_usd: Some(Array2::from_shape_fn((4, 2), |(_, a)| {
+                [1.0, std::f64::consts::E][a]
+            })),
+            features: Array2::zeros((4, 0)),
             ..WideDataset::default()
         };
         let shape = TableShape::of(&data);
@@ -655,13 +653,16 @@ mod tests {
         }
         .generate();
         test.retain_rows(|r| r < 2);
-        test.quality = vec![1.0, 1.0, 0.0, 1.0];
+        test.quality = ndarray::array![[1.0, 1.0], [0.0, 1.0]];
         let drift = Drift {
             arm: test.arms[0].clone(),
             step: 1,
             delta: -0.3,
         };
-        assert_eq!(expected_after(&test, &drift).quality, vec![0.85, 1.0, 0.0, 1.0]);
+        assert_eq!(
+            expected_after(&test, &drift).quality,
+            ndarray::array![[0.85, 1.0], [0.0, 1.0]]
+        );
     }
 
     /// A cold case evaluates every row of the table, with the budget of the trained ones.

@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::path::Path;
 
+use ndarray::Array2;
 use polars::prelude::*;
 
 use crate::data::{LoggedDataset, WideDataset};
@@ -49,12 +50,10 @@ fn frame(columns: Vec<Column>, path: &Path) -> Result<DataFrame> {
     DataFrame::new_infer_height(columns).map_err(|e| write_error(path, e))
 }
 
-/// Appends the `f_*` columns of a row-major feature block.
-fn feature_columns(columns: &mut Vec<Column>, names: &[String], values: &[f64], rows: usize) {
-    let f = names.len();
-    for (j, name) in names.iter().enumerate() {
-        let col: Vec<f64> = (0..rows).map(|r| values[r * f + j]).collect();
-        columns.push(column(name, col));
+/// Appends the `f_*` columns of a feature block.
+fn feature_columns(columns: &mut Vec<Column>, names: &[String], values: &Array2<f64>) {
+    for (name, values) in names.iter().zip(values.columns()) {
+        columns.push(column(name, values.to_vec()));
     }
 }
 
@@ -76,7 +75,7 @@ pub fn write_logged(log: &LoggedDataset, path: &Path) -> Result<()> {
     if let Some(prompts) = &log.prompts {
         columns.push(column("prompt", prompts.clone()));
     }
-    feature_columns(&mut columns, &log.feature_names, &log.features, log.rows());
+    feature_columns(&mut columns, &log.feature_names, &log.features);
     write_frame(&mut frame(columns, path)?, path)
 }
 
@@ -93,7 +92,7 @@ pub fn write_wide(data: &WideDataset, split: Option<&[String]>, path: &Path) -> 
     if let Some(tasks) = &data.tasks {
         columns.push(column("task", tasks.clone()));
     }
-    feature_columns(&mut columns, &data.feature_names, &data.features, n);
+    feature_columns(&mut columns, &data.feature_names, &data.features);
     for (a, arm) in data.arms.iter().enumerate() {
         columns.push(column(
             &format!("quality|{arm}"),

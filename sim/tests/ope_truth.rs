@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // a test helper that fails should panic
 
+use ndarray::Array2;
 use quiver_bandit::{Context, Objective, PolicySpec};
 use quiver_sim::context::ContextBuilder;
 use quiver_sim::data::{LoggedDataset, WideDataset};
@@ -22,15 +23,17 @@ fn table(rows: usize, seed: u64) -> WideDataset {
         source: "synthetic".into(),
         arms: (0..ARMS).map(|a| format!("a{a}")).collect(),
         feature_names: vec!["f_x".into()],
+        features: Array2::zeros((rows, 1)),
+        quality: Array2::zeros((rows, ARMS)),
         ..WideDataset::default()
     };
     for r in 0..rows {
         let f: f64 = rng.random();
         data.ids.push(r.to_string());
-        data.features.push(f);
+        data.features[[r, 0]] = f;
         for a in 0..ARMS {
             let p = 0.2 + 0.15 * a as f64 + 0.2 * f;
-            data.quality.push(if rng.random::<f64>() < p { 1.0 } else { 0.0 });
+            data.quality[[r, a]] = if rng.random::<f64>() < p { 1.0 } else { 0.0 };
         }
     }
     data
@@ -53,7 +56,6 @@ fn logged(data: &WideDataset, logger: &str, seed: u64) -> (LoggedDataset, Vec<Co
 /// true quality there (known from the wide table).
 fn truth(data: &WideDataset, log: &LoggedDataset, contexts: &[Context], spec: &PolicySpec, seed: u64) -> f64 {
     let run = run_candidate(log, contexts, spec, Objective::default(), seed, false).unwrap();
-    let k = log.arms.len();
     let by_id: std::collections::HashMap<&str, usize> = data
         .ids
         .iter()
@@ -65,7 +67,7 @@ fn truth(data: &WideDataset, log: &LoggedDataset, contexts: &[Context], spec: &P
         let row = by_id[log.decision_ids[i].as_str()];
         for (a, name) in log.arms.iter().enumerate() {
             let table_arm = data.arms.iter().position(|x| x == name).unwrap();
-            total += run.pmf[i * k + a] * data.quality(row, table_arm);
+            total += run.pmf[[i, a]] * data.quality(row, table_arm);
         }
     }
     total / log.rows() as f64

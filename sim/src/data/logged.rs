@@ -11,10 +11,11 @@
 //! with the cost, latency, error and quality learned later. Such rows are merged into
 //! their decision's row (in log order; the latest value wins).
 
+use ndarray::{concatenate, Array2, Axis};
 use quiver_bandit::limits;
 
 use super::wide::{ids_or_row_numbers, optional_in_range, optional_texts};
-use super::{feature_columns, read_features, Dataset, DatasetReader};
+use super::{feature_columns, read_features, row_slice, Dataset, DatasetReader};
 use crate::error::{Result, SimError};
 use crate::source::Table;
 
@@ -64,7 +65,7 @@ pub struct LoggedDataset {
     /// Names of the numeric feature columns.
     pub feature_names: Vec<String>,
     /// Feature values, `rows x feature_names.len()`.
-    pub features: Vec<f64>,
+    pub features: Array2<f64>,
     /// The definition of the contexts the logging server built (its decisions'
     /// `context`), when logged.
     pub context: Option<String>,
@@ -81,8 +82,7 @@ impl LoggedDataset {
 
     /// The caller features of `row`.
     pub fn row_features(&self, row: usize) -> &[f64] {
-        let f = self.feature_names.len();
-        &self.features[row * f..(row + 1) * f]
+        row_slice(&self.features, row)
     }
 }
 
@@ -188,9 +188,9 @@ fn merge_events(tables: Vec<Rows>) -> Result<(Vec<String>, LoggedDataset)> {
     let mut names = Vec::new();
     let mut out = LoggedDataset::default();
     let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut features = Vec::new();
     for table in tables {
         let d = table.data;
-        let f = d.feature_names.len();
         if out.feature_names.is_empty() {
             out.feature_names = d.feature_names.clone();
             out.prompts = d.prompts.as_ref().map(|_| Vec::new());
@@ -222,8 +222,7 @@ fn merge_events(tables: Vec<Rows>) -> Result<(Vec<String>, LoggedDataset)> {
                 if let Some(mine) = out.embeddings.as_mut() {
                     mine.push(d.embeddings.as_ref().and_then(|e| e[row].clone()));
                 }
-                out.features
-                    .extend_from_slice(&d.features[row * f..(row + 1) * f]);
+                features.extend_from_slice(d.row_features(row));
                 continue;
             }
             // Other events (a cache hit) change nothing a policy learns from.
@@ -245,6 +244,8 @@ fn merge_events(tables: Vec<Rows>) -> Result<(Vec<String>, LoggedDataset)> {
             }
         }
     }
+    out.features = Array2::from_shape_vec((out.decision_ids.len(), out.feature_names.len()), features)
+        .map_err(|_| SimError::Mismatch("files of one log must share their f_* columns".into()))?;
     Ok((names, out))
 }
 
@@ -297,7 +298,12 @@ pub(crate) fn combine_logged(
         out.cost_usd.append(&mut part.cost_usd);
         out.latency_ms.append(&mut part.latency_ms);
         out.error.append(&mut part.error);
-        out.features.append(&mut part.features);
+        out.features = if i == 0 {
+            std::mem::take(&mut part.features)
+        } else {
+            concatenate(Axis(0), &[out.features.view(), part.features.view()])
+                .map_err(|e| SimError::Mismatch(format!("the log's f_* columns: {e}")))?
+        };
         match (&mut out.prompts, part.prompts) {
             (Some(mine), Some(mut theirs)) => mine.append(&mut theirs),
             (None, Some(theirs)) if i == 0 => out.prompts = Some(theirs),

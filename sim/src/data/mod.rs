@@ -17,6 +17,8 @@ mod wide;
 use std::fmt;
 use std::str::FromStr;
 
+use ndarray::Array2;
+
 pub use logged::{LoggedDataset, LoggedReader, LOGGED_COLUMNS};
 pub use obd::ObdReader;
 pub use routellm::RouteLlmReader;
@@ -209,21 +211,29 @@ pub(crate) fn read_features(
     table: &Table,
     names: &[String],
     required: impl Fn(usize) -> bool,
-) -> Result<Vec<f64>> {
+) -> Result<Array2<f64>> {
     let columns: Vec<Vec<Option<f64>>> = names
         .iter()
         .map(|n| table.numbers(n, "feature columns are named f_*"))
         .collect::<Result<_>>()?;
-    let mut flat = Vec::with_capacity(table.rows() * names.len());
-    for row in 0..table.rows() {
-        for (name, column) in names.iter().zip(&columns) {
-            match column[row] {
-                Some(x) if x.is_finite() => flat.push(x),
-                Some(x) => return Err(table.bad_value(row, name, format!("{x} is not a finite number"))),
-                None if !required(row) => flat.push(0.0),
-                None => return Err(table.bad_value(row, name, "empty; every row needs a value")),
-            }
-        }
+    let mut features = Array2::zeros((table.rows(), names.len()));
+    // Row by row, so that the first bad value named is the first in the file.
+    for ((row, j), value) in features.indexed_iter_mut() {
+        *value = match columns[j][row] {
+            Some(x) if x.is_finite() => x,
+            Some(x) => return Err(table.bad_value(row, &names[j], format!("{x} is not a finite number"))),
+            None if !required(row) => 0.0,
+            None => return Err(table.bad_value(row, &names[j], "empty; every row needs a value")),
+        };
     }
-    Ok(flat)
+    Ok(features)
+}
+
+/// Row `row` of a table's matrix, as a slice: the tables keep their matrices in standard
+/// (row-major, contiguous) layout, as every constructor of ndarray used here makes them.
+pub(crate) fn row_slice(matrix: &Array2<f64>, row: usize) -> &[f64] {
+    matrix
+        .row(row)
+        .to_slice()
+        .expect("a table's matrix is in standard layout")
 }

@@ -49,11 +49,11 @@ impl ObdReader {
                 .iter()
                 .map(|c| format!("f_affinity_{}", c.trim_start_matches("user-item_affinity_"))),
         );
-        let mut features = Vec::with_capacity(n * feature_names.len());
-        for row in 0..n {
-            features.extend((1..=3).map(|p| if positions[row] == f64::from(p) { 1.0 } else { 0.0 }));
-            features.extend(affinity_values.iter().map(|c| c[row]));
-        }
+        // One-hot position (1 to 3), then the affinities.
+        let features = ndarray::Array2::from_shape_fn((n, feature_names.len()), |(row, j)| match j {
+            0..=2 => f64::from(u8::from(positions[row] == (j + 1) as f64)),
+            _ => affinity_values[j - 3][row],
+        });
         let timestamps = if table.has("timestamp") {
             table
                 .texts("timestamp", hint)?

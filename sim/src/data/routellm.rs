@@ -78,7 +78,7 @@ impl RouteLlmReader {
             tasks: Some(vec![task; table.rows()]),
             prompts: Some(prompts),
             feature_names: Vec::new(),
-            features: Vec::new(),
+            features: ndarray::Array2::zeros((table.rows(), 0)),
             arms,
         };
         Ok(columns.into_dataset(table))

@@ -48,7 +48,7 @@ impl RouterBenchReader {
             prompts: Some(prompts),
             tasks: optional_texts(table, "eval_name")?,
             feature_names: Vec::new(),
-            features: Vec::new(),
+            features: ndarray::Array2::zeros((table.rows(), 0)),
             arms,
         };
         Ok(columns.into_dataset(table))

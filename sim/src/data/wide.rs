@@ -5,13 +5,15 @@
 //! `/ . - :`. A row missing any arm's quality (or cost or latency, when given) is dropped
 //! and named in [`WideDataset::dropped`].
 
+use ndarray::{concatenate, Array2, Axis};
 use quiver_bandit::limits;
 
-use super::{feature_columns, read_features, Dataset, DatasetReader};
+use super::{feature_columns, read_features, row_slice, Dataset, DatasetReader};
 use crate::error::{Result, SimError};
 use crate::source::{check_range, Table};
 
-/// A full-information table, row-major: value `(row, arm)` is at `row * arms + arm`.
+/// A full-information table: one row per request, its matrices `rows x arms` (and the
+/// features `rows x features`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WideDataset {
     /// The data path as given.
@@ -27,13 +29,13 @@ pub struct WideDataset {
     /// Names of the numeric feature columns.
     pub feature_names: Vec<String>,
     /// Feature values, `rows x feature_names.len()`.
-    pub features: Vec<f64>,
+    pub features: Array2<f64>,
     /// Quality in [0, 1], `rows x arms`.
-    pub quality: Vec<f64>,
+    pub quality: Array2<f64>,
     /// Cost in USD, `rows x arms`, when known.
-    pub cost_usd: Option<Vec<f64>>,
+    pub cost_usd: Option<Array2<f64>>,
     /// Latency in ms, `rows x arms`, when known.
-    pub latency_ms: Option<Vec<f64>>,
+    pub latency_ms: Option<Array2<f64>>,
     /// Rows dropped because an arm's value was missing, one line each: file, row and what
     /// it missed.
     pub dropped: Vec<String>,
@@ -52,25 +54,22 @@ impl WideDataset {
 
     /// Quality of `arm` on `row`.
     pub fn quality(&self, row: usize, arm: usize) -> f64 {
-        self.quality[row * self.arms.len() + arm]
+        self.quality[[row, arm]]
     }
 
     /// Cost of `arm` on `row` (0 when the data has no costs).
     pub fn cost_usd(&self, row: usize, arm: usize) -> f64 {
-        self.cost_usd
-            .as_ref()
-            .map_or(0.0, |c| c[row * self.arms.len() + arm])
+        self.cost_usd.as_ref().map_or(0.0, |c| c[[row, arm]])
     }
 
     /// Latency of `arm` on `row`, when the data has latencies.
     pub fn latency_ms(&self, row: usize, arm: usize) -> Option<f64> {
-        self.latency_ms.as_ref().map(|l| l[row * self.arms.len() + arm])
+        self.latency_ms.as_ref().map(|l| l[[row, arm]])
     }
 
     /// The caller features of `row`.
     pub fn row_features(&self, row: usize) -> &[f64] {
-        let f = self.feature_names.len();
-        &self.features[row * f..(row + 1) * f]
+        row_slice(&self.features, row)
     }
 
     /// Reorders this table's arms to `reference`'s order, after checking that both have
@@ -82,9 +81,9 @@ impl WideDataset {
             .iter()
             .map(|a| self.arms.iter().position(|b| b == a).unwrap_or(0))
             .collect();
-        self.quality = reorder_rows(&self.quality, &order);
-        self.cost_usd = self.cost_usd.as_deref().map(|c| reorder_rows(c, &order));
-        self.latency_ms = self.latency_ms.as_deref().map(|l| reorder_rows(l, &order));
+        self.quality = self.quality.select(Axis(1), &order);
+        self.cost_usd = self.cost_usd.as_ref().map(|c| c.select(Axis(1), &order));
+        self.latency_ms = self.latency_ms.as_ref().map(|l| l.select(Axis(1), &order));
         self.arms = reference.arms.clone();
         Ok(())
     }
@@ -132,12 +131,17 @@ impl WideDataset {
                     .into(),
             ));
         }
-        self.quality.extend_from_slice(&other.quality);
-        if let (Some(mine), Some(theirs)) = (self.cost_usd.as_mut(), other.cost_usd.as_ref()) {
-            mine.extend_from_slice(theirs);
+        let stack = |mine: &Array2<f64>, theirs: &Array2<f64>| {
+            concatenate(Axis(0), &[mine.view(), theirs.view()])
+                .map_err(|e| SimError::Mismatch(format!("{} after {}: {e}", other.source, self.source)))
+        };
+        self.quality = stack(&self.quality, &other.quality)?;
+        self.features = stack(&self.features, &other.features)?;
+        if let (Some(mine), Some(theirs)) = (&self.cost_usd, &other.cost_usd) {
+            self.cost_usd = Some(stack(mine, theirs)?);
         }
-        if let (Some(mine), Some(theirs)) = (self.latency_ms.as_mut(), other.latency_ms.as_ref()) {
-            mine.extend_from_slice(theirs);
+        if let (Some(mine), Some(theirs)) = (&self.latency_ms, &other.latency_ms) {
+            self.latency_ms = Some(stack(mine, theirs)?);
         }
         self.ids.append(&mut other.ids);
         if let (Some(mine), Some(theirs)) = (self.prompts.as_mut(), other.prompts.as_mut()) {
@@ -146,25 +150,18 @@ impl WideDataset {
         if let (Some(mine), Some(theirs)) = (self.tasks.as_mut(), other.tasks.as_mut()) {
             mine.append(theirs);
         }
-        self.features.append(&mut other.features);
         self.dropped.append(&mut other.dropped);
         Ok(())
     }
 
     /// Keeps only the rows for which `keep(row)` holds.
     pub fn retain_rows(&mut self, keep: impl Fn(usize) -> bool) {
-        let k = self.arms.len();
-        let f = self.feature_names.len();
         let rows: Vec<usize> = (0..self.rows()).filter(|&r| keep(r)).collect();
-        let pick = |values: &[f64], width: usize| -> Vec<f64> {
-            rows.iter()
-                .flat_map(|&r| values[r * width..(r + 1) * width].iter().copied())
-                .collect()
-        };
-        self.quality = pick(&self.quality, k);
-        self.cost_usd = self.cost_usd.as_ref().map(|c| pick(c, k));
-        self.latency_ms = self.latency_ms.as_ref().map(|l| pick(l, k));
-        self.features = pick(&self.features, f);
+        let pick = |m: &Array2<f64>| m.select(Axis(0), &rows);
+        self.quality = pick(&self.quality);
+        self.cost_usd = self.cost_usd.as_ref().map(pick);
+        self.latency_ms = self.latency_ms.as_ref().map(pick);
+        self.features = pick(&self.features);
         self.ids = rows.iter().map(|&r| self.ids[r].clone()).collect();
         self.prompts = self
             .prompts
@@ -177,15 +174,6 @@ impl WideDataset {
     }
 }
 
-/// Row-major `rows x k` values with each row's columns permuted: column `i` of the result
-/// is column `order[i]` of the input.
-fn reorder_rows(values: &[f64], order: &[usize]) -> Vec<f64> {
-    values
-        .chunks(order.len())
-        .flat_map(|row| order.iter().map(move |&j| row[j]))
-        .collect()
-}
-
 /// Columns of one wide table before completeness filtering.
 pub(crate) struct WideColumns {
     pub arms: Vec<String>,
@@ -193,7 +181,7 @@ pub(crate) struct WideColumns {
     pub prompts: Option<Vec<String>>,
     pub tasks: Option<Vec<String>>,
     pub feature_names: Vec<String>,
-    pub features: Vec<f64>,
+    pub features: Array2<f64>,
     /// Per arm, per row; `None` where missing.
     pub quality: Vec<Vec<Option<f64>>>,
     pub cost_usd: Option<Vec<Vec<Option<f64>>>>,
@@ -201,7 +189,7 @@ pub(crate) struct WideColumns {
 }
 
 impl WideColumns {
-    /// Drops incomplete rows and lays the values out row-major: the dataset of `table`.
+    /// Drops incomplete rows and lays the values out as matrices: the dataset of `table`.
     pub(crate) fn into_dataset(self, table: &Table) -> WideDataset {
         let source = table.path.display().to_string();
         let n = self.ids.len();
@@ -219,10 +207,8 @@ impl WideColumns {
                 })
             })
             .collect();
-        let flat = |per_arm: &Vec<Vec<Option<f64>>>| -> Vec<f64> {
-            (0..n)
-                .flat_map(|r| per_arm.iter().map(move |a| a[r].unwrap_or(0.0)))
-                .collect()
+        let flat = |per_arm: &Vec<Vec<Option<f64>>>| {
+            Array2::from_shape_fn((n, per_arm.len()), |(r, a)| per_arm[a][r].unwrap_or(0.0))
         };
         let mut data = WideDataset {
             source: source.clone(),

@@ -2,6 +2,7 @@
 //! estimator inputs for each metric.
 
 use quiver_bandit::{Arm, Context, Learner, LearnerConfig, Objective, Outcome, PolicySpec, Request};
+use ndarray::Array2;
 use serde::Serialize;
 
 use super::{
@@ -14,7 +15,7 @@ use crate::error::Result;
 #[derive(Debug, Clone)]
 pub struct CandidateRun {
     /// `rows x arms`: the candidate's probability of each arm on each row.
-    pub pmf: Vec<f64>,
+    pub pmf: Array2<f64>,
     /// The arm the candidate itself drew on each row.
     pub sampled: Vec<usize>,
 }
@@ -38,13 +39,13 @@ pub fn run_candidate(
     // Decisions are only read here, never resolved: remember few of them.
     config.max_tracked_decisions = 16;
     let mut learner = Learner::new(config, log.arms.iter().map(Arm::new).collect())?;
-    let mut pmf = vec![0.0; log.rows() * k];
+    let mut pmf = Array2::zeros((log.rows(), k));
     let mut sampled = Vec::with_capacity(log.rows());
     for (i, context) in contexts.iter().enumerate() {
         let decision = learner.decide(&Request::new(context.clone()))?;
         for estimate in &decision.arms {
             let a = learner.arm_index(&estimate.arm)?;
-            pmf[i * k + a] = estimate.probability;
+            pmf[[i, a]] = estimate.probability;
         }
         sampled.push(learner.arm_index(&decision.arm)?);
         if learn {
@@ -105,14 +106,13 @@ pub fn inputs_for(
     clip: f64,
     switch_tau: f64,
 ) -> OpeInputs {
-    let k = log.arms.len();
     let observed: Vec<Option<f64>> = (0..log.rows()).map(|i| metric.observe(log, i)).collect();
     let rows: Vec<(&[f64], usize, Option<f64>)> = contexts
         .iter()
         .enumerate()
         .map(|(i, c)| (c.features.as_slice(), log.arm[i], observed[i]))
         .collect();
-    let q = cross_fitted_predictions(&rows, k);
+    let q = cross_fitted_predictions(&rows, log.arms.len());
     let mut inputs = OpeInputs {
         clip,
         switch_tau,
@@ -121,13 +121,12 @@ pub fn inputs_for(
     for (i, r) in observed.iter().enumerate() {
         let Some(r) = r else { continue };
         let a = log.arm[i];
-        let pi = &run.pmf[i * k..(i + 1) * k];
-        let qi = &q[i * k..(i + 1) * k];
+        let (pi, qi) = (run.pmf.row(i), q.row(i));
         inputs.reward.push(*r);
         inputs.propensity.push(log.propensity[i]);
         inputs.target.push(pi[a]);
         inputs.q_logged.push(qi[a]);
-        inputs.dm.push(pi.iter().zip(qi).map(|(p, q)| p * q).sum());
+        inputs.dm.push(pi.iter().zip(&qi).map(|(p, q)| p * q).sum());
         inputs.accepted.push(run.sampled[i] == a);
     }
     inputs

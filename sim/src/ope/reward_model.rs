@@ -4,14 +4,15 @@
 //! fold is predicted by the models fitted on the other.
 
 use nalgebra::{DMatrix, DVector};
+use ndarray::Array2;
 
 /// Ridge penalty of the reward model.
 pub const RIDGE_LAMBDA: f64 = 1.0;
 
-/// Predictions `q(x_i, a)` for every row and arm, row-major (`rows x arms`).
+/// Predictions `q(x_i, a)` for every row and arm (`rows x arms`).
 /// `rows` lists `(context, logged arm, observed metric)`; rows with no observation
 /// (`None`) are predicted but not fitted on.
-pub fn cross_fitted_predictions(rows: &[(&[f64], usize, Option<f64>)], arms: usize) -> Vec<f64> {
+pub fn cross_fitted_predictions(rows: &[(&[f64], usize, Option<f64>)], arms: usize) -> Array2<f64> {
     let dim = rows.first().map_or(0, |r| r.0.len());
     let fit = |fold: usize| -> Vec<DVector<f64>> {
         let mut a: Vec<DMatrix<f64>> = vec![DMatrix::identity(dim, dim) * RIDGE_LAMBDA; arms];
@@ -29,11 +30,12 @@ pub fn cross_fitted_predictions(rows: &[(&[f64], usize, Option<f64>)], arms: usi
             .collect()
     };
     let models = [fit(0), fit(1)];
-    let mut out = Vec::with_capacity(rows.len() * arms);
+    let mut out = Array2::zeros((rows.len(), arms));
     for (i, (x, _, _)) in rows.iter().enumerate() {
-        let theta = &models[1 - i % 2];
         let xv = DVector::from_column_slice(x);
-        out.extend(theta.iter().map(|t| t.dot(&xv)));
+        for (q, theta) in out.row_mut(i).iter_mut().zip(&models[1 - i % 2]) {
+            *q = theta.dot(&xv);
+        }
     }
     out
 }
