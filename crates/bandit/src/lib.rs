@@ -1,7 +1,8 @@
 //! `quiver-bandit`: the learning core of Quiver, an adaptive router for LLM requests.
 //!
-//! Pure computation: no I/O, no clocks, no async. The serving layer and the simulator
-//! both drive the same [`Learner`], so a policy behaves identically offline and online.
+//! Pure computation: no I/O, no clocks, no async (the crate's `clippy.toml` refuses the
+//! clock, file and unseeded random calls). The serving layer and the simulator both drive
+//! the same [`Learner`], so a policy behaves identically offline and online.
 //!
 //! # The story
 //!

@@ -37,7 +37,7 @@ pub const REFRESH_INTERVAL: u32 = 256;
 
 /// One arm's ridge regression: its sufficient statistics and the caches derived from them.
 ///
-/// Serialized as [`RidgeStatistics`]: the statistics, and the caches apart beside them.
+/// Serialized as its statistics, and the caches apart beside them (see `RidgeStatistics`).
 /// Two models are equal when their statistics are.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(from = "RidgeStatistics", into = "RidgeStatistics")]

@@ -1,8 +1,8 @@
 //! Running a candidate policy along a log: its PMF on every row, its own draw, and the
 //! estimator inputs for each metric.
 
-use quiver_bandit::{Arm, Context, Learner, LearnerConfig, Objective, Outcome, PolicySpec, Request};
 use ndarray::Array2;
+use quiver_bandit::{Arm, Context, Learner, LearnerConfig, Objective, Outcome, PolicySpec, Request};
 use serde::Serialize;
 
 use super::{

@@ -127,7 +127,7 @@ pub struct ArmEstimate {
     pub arm: String,
     /// Estimated quality in this context.
     pub quality: f64,
-    /// Its uncertainty (see [`Estimate::std`]).
+    /// Its uncertainty (see [`crate::policy::Estimate::std`]).
     pub quality_std: f64,
     /// Expected cost of this request, USD.
     pub cost_usd: f64,
