@@ -96,3 +96,46 @@ fn the_log_is_a_dataset_the_simulator_reads_and_evaluates() {
     let ips = estimate(&Ips, &inputs, 100, 0);
     assert!(ips.value.is_finite() && ips.value > 0.0);
 }
+
+/// The simulator reads a log under the log's contract: a record of a newer format than
+/// this build reads, or of an event it does not know, stops the reading with the file, row
+/// and column named.
+#[test]
+fn the_simulator_refuses_records_it_cannot_read_under_the_contract() {
+    let dir = scratch("log_contract_refusals");
+    let router = Router::open(vec![route()], &dir).unwrap();
+    let request = RouteRequest {
+        prompt: Some("one question".into()),
+        features: vec![0.5],
+        ..RouteRequest::default()
+    };
+    router.route("chat", &request).unwrap().wait().unwrap();
+    drop(router);
+    let segment = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| quiver_serve::log::is_segment(p))
+        .unwrap();
+    let text = String::from_utf8(quiver_serve::log::read_segment(&segment).unwrap()).unwrap();
+    let record: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(record["schema"], quiver_serve::log::SCHEMA_VERSION);
+    for (field, value, expected) in [
+        (
+            "schema",
+            serde_json::json!(quiver_serve::log::SCHEMA_VERSION + 1),
+            "format version 2",
+        ),
+        ("event", serde_json::json!("rollback"), "unknown event `rollback`"),
+    ] {
+        let mut changed = record.clone();
+        changed[field] = value;
+        std::fs::write(&segment, format!("{changed}\n")).unwrap();
+        let error = load_logged(dir.to_str().unwrap(), Format::Auto, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(expected) && error.contains("row 1") && error.contains(field),
+            "{error}"
+        );
+    }
+}

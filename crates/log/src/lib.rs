@@ -3,12 +3,13 @@
 //!
 //! The decision log: append-only JSON-lines segments in the logged shape.
 //!
-//! Every record is one row of the logged dataset shape (`decision_id, timestamp, route,
-//! policy, arm, propensity, quality, cost_usd, latency_ms, error, prompt, f_*`) plus the
-//! `event` that wrote it (`decision`, `outcome` or `feedback`) and a log sequence number.
-//! A decision is written when it is made; its outcome and its quality follow as rows with
-//! the same `decision_id` carrying the new values, so the simulator reads a log directory
-//! directly and merges the rows of each decision.
+//! Every record is one row of the logged dataset shape ([`COLUMNS`], then `prompt` and
+//! the caller features named by [`feature_name`]) plus the `event` that wrote it
+//! (`decision`, `outcome`, `feedback`, `cache_hit`), a log sequence number and the
+//! format's version ([`SCHEMA_VERSION`]). A decision is written when it is made; its
+//! outcome and its quality follow as rows with the same `decision_id` carrying the new
+//! values, so the simulator reads a log directory directly and merges the rows of each
+//! decision as [`LogEvent::merge`] says.
 //!
 //! Durability, by group commit: [`DecisionLog::stage`] numbers a record and buffers it, in
 //! the order the caller applies the changes; [`DecisionLog::wait_durable`] (threads) or
@@ -44,6 +45,36 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
+/// The version of the record format, written in every record (`schema`). A reader refuses
+/// a record of a newer version than its own; records written before versions were
+/// recorded have none and read as version 1.
+pub const SCHEMA_VERSION: u32 = 1;
+
+fn first_schema() -> u32 {
+    1
+}
+
+/// The logged shape's columns, in the order records hold them (then `prompt` and the
+/// caller features, named by [`feature_name`]): what a reader of a log, or of a logged
+/// dataset from elsewhere, finds.
+pub const COLUMNS: [&str; 10] = [
+    "decision_id",
+    "timestamp",
+    "route",
+    "policy",
+    "arm",
+    "propensity",
+    "quality",
+    "cost_usd",
+    "latency_ms",
+    "error",
+];
+
+/// The column of caller feature `i`: `f_0`, `f_1`, ...
+pub fn feature_name(i: usize) -> String {
+    format!("f_{i}")
+}
+
 /// What wrote a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -58,9 +89,61 @@ pub enum LogEvent {
     CacheHit,
 }
 
+/// What a record of an event changes in its decision's row, when the records of a log are
+/// merged into one row per decision (in log order; the latest value wins; an outcome or
+/// feedback record before its decision's is an error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Merge {
+    /// Starts the decision's row: arm, propensity, prompt, features, context.
+    Starts,
+    /// Sets the row's cost, latency and error, and its quality when the record has one.
+    Outcome,
+    /// Sets the row's quality.
+    Quality,
+    /// Changes nothing a policy learns from.
+    Nothing,
+}
+
+impl LogEvent {
+    /// The event named `name` in a log's `event` column; an empty name (a logged dataset
+    /// from elsewhere, one row per decision) is a decision.
+    pub fn from_name(name: &str) -> Option<LogEvent> {
+        Some(match name {
+            "decision" | "" => LogEvent::Decision,
+            "outcome" => LogEvent::Outcome,
+            "feedback" => LogEvent::Feedback,
+            "cache_hit" => LogEvent::CacheHit,
+            _ => return None,
+        })
+    }
+
+    /// The event's name in a log's `event` column.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogEvent::Decision => "decision",
+            LogEvent::Outcome => "outcome",
+            LogEvent::Feedback => "feedback",
+            LogEvent::CacheHit => "cache_hit",
+        }
+    }
+
+    /// What a record of this event changes in its decision's merged row.
+    pub fn merge(self) -> Merge {
+        match self {
+            LogEvent::Decision => Merge::Starts,
+            LogEvent::Outcome => Merge::Outcome,
+            LogEvent::Feedback => Merge::Quality,
+            LogEvent::CacheHit => Merge::Nothing,
+        }
+    }
+}
+
 /// One row of the decision log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogRecord {
+    /// The record format's version, [`SCHEMA_VERSION`] when written.
+    #[serde(default = "first_schema")]
+    pub schema: u32,
     /// `<route>:<id>`.
     pub decision_id: String,
     /// When the record was written, RFC 3339 UTC.
@@ -120,6 +203,7 @@ impl LogRecord {
     /// writer fills in what the event knows, and [`DecisionLog::stage`] its `seq`.
     pub fn new(decision_id: &str, route: &str, policy: &str, event: LogEvent) -> Self {
         LogRecord {
+            schema: SCHEMA_VERSION,
             decision_id: decision_id.to_string(),
             timestamp: now_rfc3339(),
             route: route.to_string(),
@@ -377,7 +461,15 @@ impl Iterator for LogRecords {
                     if line.trim_ascii().is_empty() {
                         continue;
                     }
-                    match serde_json::from_slice::<LogRecord>(line) {
+                    let parsed = serde_json::from_slice::<LogRecord>(line)
+                        .map_err(|e| e.to_string())
+                        .and_then(|record| match record.schema {
+                            v if v > SCHEMA_VERSION => Err(format!(
+                                "record format version {v}; this build reads up to {SCHEMA_VERSION}"
+                            )),
+                            _ => Ok(record),
+                        });
+                    match parsed {
                         Ok(record) if record.seq > self.after => return Some(Ok(record)),
                         Ok(_) => {}
                         Err(e) => {
@@ -646,6 +738,74 @@ mod tests {
         dir
     }
 
+    /// Every record carries the format's version and the logged shape's columns; a record
+    /// of a newer version stops the reading with the file and line; one written before
+    /// versions reads as version 1.
+    #[test]
+    fn records_carry_their_version_and_newer_ones_are_refused() {
+        let dir = scratch("schema");
+        let log = DecisionLog::open(&dir, 0, SEGMENT_BYTES).unwrap();
+        let mut first = record(1);
+        first.features.insert(feature_name(0), 0.5);
+        let seq = log.stage(&mut first).unwrap();
+        log.wait_durable(seq).unwrap();
+        drop(log);
+        let segment = dir.join(segment_name(1));
+        let text = String::from_utf8(read_segment(&segment).unwrap()).unwrap();
+        let written: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(written["schema"], SCHEMA_VERSION);
+        for column in COLUMNS.iter().copied().chain(["prompt", "f_0"]) {
+            assert!(written.get(column).is_some(), "{column} missing from {written}");
+        }
+        let mut older = written.clone();
+        older.as_object_mut().unwrap().remove("schema");
+        older["seq"] = 2.into();
+        let mut newer = written.clone();
+        newer["schema"] = (SCHEMA_VERSION + 1).into();
+        newer["seq"] = 3.into();
+        std::fs::write(&segment, format!("{}\n{older}\n{newer}\n", text.trim_end())).unwrap();
+        let records: Vec<io::Result<LogRecord>> = records_after(&dir, 0).unwrap().collect();
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[1].as_ref().unwrap().schema, 1);
+        let refused = records[2].as_ref().unwrap_err().to_string();
+        assert!(
+            refused.contains("line 3") && refused.contains("format version 2"),
+            "{refused}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The merge of a log's records into one row per decision, event by event.
+    #[test]
+    fn each_event_merges_as_documented() {
+        let merges: Vec<Option<Merge>> = ["decision", "", "outcome", "feedback", "cache_hit", "other"]
+            .iter()
+            .map(|name| LogEvent::from_name(name).map(LogEvent::merge))
+            .collect();
+        assert_eq!(
+            merges,
+            [
+                Some(Merge::Starts),
+                Some(Merge::Starts),
+                Some(Merge::Outcome),
+                Some(Merge::Quality),
+                Some(Merge::Nothing),
+                None
+            ]
+        );
+        // The names are the serialized events'.
+        for event in [
+            LogEvent::Decision,
+            LogEvent::Outcome,
+            LogEvent::Feedback,
+            LogEvent::CacheHit,
+        ] {
+            let name = serde_json::to_value(event).unwrap();
+            assert_eq!(name.as_str(), Some(event.name()));
+            assert_eq!(LogEvent::from_name(event.name()), Some(event));
+        }
+    }
+
     /// Tasks waiting on records staged together share one commit; a waiter dropped after
     /// starting a commit does not stop it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -821,7 +981,7 @@ mod tests {
                 let mut r = record(i as u64 + 1);
                 r.prompt = prompt.clone();
                 r.cost_usd = costs[i];
-                r.features = features.iter().enumerate().map(|(j, v)| (format!("f_{j}"), *v)).collect();
+                r.features = features.iter().enumerate().map(|(j, v)| (feature_name(j), *v)).collect();
                 log.wait_durable(log.stage(&mut r).unwrap()).unwrap();
                 written.push(r);
             }

@@ -847,7 +847,10 @@ impl Router {
         match record.event {
             LogEvent::Decision => {
                 let features: Vec<f64> = (0..state.config.extra_features)
-                    .map(|i| record.features.get(&format!("f_{i}")).copied().unwrap_or(0.0))
+                    .map(|i| {
+                        let name = quiver_log::feature_name(i);
+                        record.features.get(&name).copied().unwrap_or(0.0)
+                    })
                     .collect();
                 // A block logged under another layout (the route's embedding changed) is
                 // not this one's: the context is rebuilt without it.
@@ -1027,7 +1030,7 @@ impl Router {
             .features
             .iter()
             .enumerate()
-            .map(|(i, v)| (format!("f_{i}"), *v))
+            .map(|(i, v)| (quiver_log::feature_name(i), *v))
             .collect();
         let seq = self.stage(&mut record)?;
         live.track(decision.id, &decision.arm, &context, seq)?;

@@ -1,6 +1,6 @@
 //! Logged (bandit-feedback) datasets: one row per decision.
 //!
-//! Columns, exactly as the server writes them ([`LOGGED_COLUMNS`]): `decision_id`,
+//! Columns, exactly as the server writes them ([`quiver_log::COLUMNS`]): `decision_id`,
 //! `timestamp`, `route`, `policy`, `arm`, `propensity` in (0, 1], `quality` in [0, 1] or
 //! null, `cost_usd`, `latency_ms`, `error`, and `prompt` and/or numeric `f_*` columns.
 //! Only `arm` and `propensity` are required of data from elsewhere; the others default to
@@ -9,29 +9,17 @@
 //! The server's log also has an `event` column: a `decision` row is written when the
 //! decision is made, and `outcome` and `feedback` rows with the same `decision_id` follow
 //! with the cost, latency, error and quality learned later. Such rows are merged into
-//! their decision's row (in log order; the latest value wins).
+//! their decision's row as the log's contract says ([`quiver_log::Merge`]), and a record
+//! of a newer format than this build reads (`schema`) is refused.
 
 use ndarray::{concatenate, Array2, Axis};
 use quiver_bandit::limits;
+use quiver_log::{LogEvent, Merge, SCHEMA_VERSION};
 
 use super::wide::{ids_or_row_numbers, optional_in_range, optional_texts};
 use super::{feature_columns, read_features, row_slice, Dataset, DatasetReader};
 use crate::error::{Result, SimError};
 use crate::source::Table;
-
-/// The logged shape's columns, in the order the server writes them (then `prompt`, `f_*`).
-pub const LOGGED_COLUMNS: [&str; 10] = [
-    "decision_id",
-    "timestamp",
-    "route",
-    "policy",
-    "arm",
-    "propensity",
-    "quality",
-    "cost_usd",
-    "latency_ms",
-    "error",
-];
 
 /// A decision log.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -90,8 +78,25 @@ impl LoggedDataset {
 struct Rows {
     arm_names: Vec<String>,
     /// The `event` column, when the table has one.
-    events: Option<Vec<String>>,
+    events: Option<Vec<LogEvent>>,
     data: LoggedDataset,
+}
+
+/// Refuses a log with records of a newer format than this build reads.
+fn check_schema(table: &Table) -> Result<()> {
+    if !table.has("schema") {
+        return Ok(());
+    }
+    for (row, version) in table.numbers("schema", "")?.into_iter().enumerate() {
+        if let Some(v) = version.filter(|&v| v > f64::from(SCHEMA_VERSION)) {
+            return Err(table.bad_value(
+                row,
+                "schema",
+                format!("record format version {v}; this build reads up to {SCHEMA_VERSION}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The native logged shape.
@@ -100,12 +105,20 @@ pub struct LoggedReader;
 impl LoggedReader {
     fn read_table(table: &Table) -> Result<Rows> {
         let hint = "a log has one row per decision with arm and propensity";
-        let events = optional_texts(table, "event")?;
-        let is_decision = |row: usize| {
-            events
-                .as_ref()
-                .is_none_or(|e| e[row] == "decision" || e[row].is_empty())
-        };
+        check_schema(table)?;
+        let events = optional_texts(table, "event")?
+            .map(|names| {
+                names
+                    .iter()
+                    .enumerate()
+                    .map(|(row, name)| {
+                        LogEvent::from_name(name)
+                            .ok_or_else(|| table.bad_value(row, "event", format!("unknown event `{name}`")))
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .transpose()?;
+        let is_decision = |row: usize| events.as_ref().is_none_or(|e| e[row].merge() == Merge::Starts);
         let arm_names: Vec<String> = table
             .texts("arm", hint)?
             .into_iter()
@@ -202,9 +215,10 @@ fn merge_events(tables: Vec<Rows>) -> Result<(Vec<String>, LoggedDataset)> {
             out.embeddings = Some(vec![None; out.decision_ids.len()]);
         }
         for row in 0..table.arm_names.len() {
-            let event = table.events.as_ref().map_or("decision", |e| e[row].as_str());
+            let event = table.events.as_ref().map_or(LogEvent::Decision, |e| e[row]);
             let id = &d.decision_ids[row];
-            if event == "decision" || event.is_empty() {
+            let merge = event.merge();
+            if merge == Merge::Starts {
                 index.insert(id.clone(), names.len());
                 names.push(table.arm_names[row].clone());
                 out.decision_ids.push(id.clone());
@@ -225,16 +239,16 @@ fn merge_events(tables: Vec<Rows>) -> Result<(Vec<String>, LoggedDataset)> {
                 features.extend_from_slice(d.row_features(row));
                 continue;
             }
-            // Other events (a cache hit) change nothing a policy learns from.
-            if event != "outcome" && event != "feedback" {
+            if merge == Merge::Nothing {
                 continue;
             }
             let Some(&target) = index.get(id) else {
                 return Err(SimError::Mismatch(format!(
-                    "{event} row for decision `{id}` comes before (or without) its decision row"
+                    "{} row for decision `{id}` comes before (or without) its decision row",
+                    event.name()
                 )));
             };
-            if event == "outcome" {
+            if merge == Merge::Outcome {
                 out.cost_usd[target] = d.cost_usd[row];
                 out.latency_ms[target] = d.latency_ms[row];
                 out.error[target] = d.error[row];

@@ -19,7 +19,7 @@ use std::str::FromStr;
 
 use ndarray::Array2;
 
-pub use logged::{LoggedDataset, LoggedReader, LOGGED_COLUMNS};
+pub use logged::{LoggedDataset, LoggedReader};
 pub use obd::ObdReader;
 pub use routellm::RouteLlmReader;
 pub use routerbench::RouterBenchReader;
