@@ -8,22 +8,13 @@
 //! Each format is a [`DatasetReader`]: the native shapes, RouterBench, RouteLLM eval CSVs
 //! and the Open Bandit Dataset. [`Format::Auto`] picks one from the columns.
 
-mod logged;
-mod obd;
-mod routellm;
-mod routerbench;
-mod wide;
-
 use std::fmt;
 use std::str::FromStr;
 
 use ndarray::Array2;
 
-pub use logged::{LoggedDataset, LoggedReader};
-pub use obd::ObdReader;
-pub use routellm::RouteLlmReader;
-pub use routerbench::RouterBenchReader;
-pub use wide::{WideDataset, WideReader};
+pub use logged::LoggedDataset;
+pub use wide::WideDataset;
 
 use crate::error::{Result, SimError};
 use crate::source::{read_all, Table};
@@ -45,65 +36,59 @@ pub trait DatasetReader {
     fn read(&self, source: &str, tables: &[Table]) -> Result<Dataset>;
 }
 
-/// The data formats `--format` accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// Detect from the columns.
-    Auto,
-    /// [`WideReader`].
-    Wide,
-    /// [`LoggedReader`].
-    Logged,
-    /// [`RouterBenchReader`].
-    RouterBench,
-    /// [`RouteLlmReader`].
-    RouteLlm,
-    /// [`ObdReader`].
-    Obd,
-}
+/// The registry of data formats. A new format is one file (its reader, `impl
+/// DatasetReader`) and one line here, `Variant: module::Reader = "name"`, in the order
+/// [`Format::Auto`] tries them (the specific public formats first, the native shapes
+/// last): the line makes it a [`Format`], a `--format` name and a reader detection tries.
+macro_rules! formats {
+    ($($variant:ident: $module:ident::$reader:ident = $name:literal),* $(,)?) => {
+        $(mod $module;)*
+        $(pub use $module::$reader;)*
 
-impl FromStr for Format {
-    type Err = SimError;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s.to_ascii_lowercase().as_str() {
-            "auto" => Format::Auto,
-            "wide" => Format::Wide,
-            "logged" => Format::Logged,
-            "routerbench" => Format::RouterBench,
-            "routellm" => Format::RouteLlm,
-            "obd" => Format::Obd,
-            other => {
-                return Err(SimError::InvalidOption(format!(
-                    "unknown format `{other}`; use auto, wide, logged, routerbench, routellm or obd"
-                )))
+        /// The data formats `--format` accepts.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Format {
+            /// Detect from the columns.
+            Auto,
+            $(#[doc = concat!("[`", stringify!($reader), "`].")] $variant,)*
+        }
+
+        impl FromStr for Format {
+            type Err = SimError;
+            fn from_str(s: &str) -> Result<Self> {
+                match s.to_ascii_lowercase().as_str() {
+                    "auto" => Ok(Format::Auto),
+                    $($name => Ok(Format::$variant),)*
+                    other => Err(SimError::InvalidOption(format!(
+                        "unknown format `{other}`; use auto, {}",
+                        [$($name),*].join(", ")
+                    ))),
+                }
             }
-        })
-    }
+        }
+
+        impl fmt::Display for Format {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self {
+                    Format::Auto => "auto",
+                    $(Format::$variant => $name,)*
+                })
+            }
+        }
+
+        /// Every format's reader, in detection order.
+        fn readers() -> Vec<(Format, Box<dyn DatasetReader>)> {
+            vec![$((Format::$variant, Box::new($reader) as Box<dyn DatasetReader>),)*]
+        }
+    };
 }
 
-impl fmt::Display for Format {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = match self {
-            Format::Auto => "auto",
-            Format::Wide => "wide",
-            Format::Logged => "logged",
-            Format::RouterBench => "routerbench",
-            Format::RouteLlm => "routellm",
-            Format::Obd => "obd",
-        };
-        f.write_str(name)
-    }
-}
-
-fn readers() -> [(Format, Box<dyn DatasetReader>); 5] {
-    // Detection order matters: the specific public formats first, the native shapes last.
-    [
-        (Format::RouterBench, Box::new(RouterBenchReader)),
-        (Format::Obd, Box::new(ObdReader)),
-        (Format::Logged, Box::new(LoggedReader)),
-        (Format::Wide, Box::new(WideReader)),
-        (Format::RouteLlm, Box::new(RouteLlmReader)),
-    ]
+formats! {
+    RouterBench: routerbench::RouterBenchReader = "routerbench",
+    Obd: obd::ObdReader = "obd",
+    Logged: logged::LoggedReader = "logged",
+    Wide: wide::WideReader = "wide",
+    RouteLlm: routellm::RouteLlmReader = "routellm",
 }
 
 /// A row filter `COLUMN=VALUE` (`--split`): keeps rows whose column, as text, equals VALUE.
@@ -236,4 +221,24 @@ pub(crate) fn row_slice(matrix: &Array2<f64>, row: usize) -> &[f64] {
         .row(row)
         .to_slice()
         .expect("a table's matrix is in standard layout")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every registered format is named, parses back from its name and has a reader; an
+    /// unknown name lists them all.
+    #[test]
+    fn the_registry_names_and_reads_every_format() {
+        let registered: Vec<Format> = readers().into_iter().map(|(format, _)| format).collect();
+        assert_eq!(registered.len(), 5);
+        for format in registered.iter().copied().chain([Format::Auto]) {
+            assert_eq!(format.to_string().parse::<Format>().unwrap(), format);
+        }
+        let refused = "parquetish".parse::<Format>().unwrap_err().to_string();
+        for format in &registered {
+            assert!(refused.contains(&format.to_string()), "{refused}");
+        }
+    }
 }
