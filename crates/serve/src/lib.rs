@@ -6,7 +6,13 @@
 //! is acknowledged (each change returns a [`Pending`] result to wait for; group commit
 //! shares one fsync among concurrent changes), in the logged dataset shape that `quiver
 //! replay` and `quiver ope` read; on open, the router restores its snapshot and replays
-//! the log after it, so a crash loses nothing that was acknowledged.
+//! the log after it, so a crash loses nothing that was acknowledged. Each route has its own
+//! lock, so requests to different routes never wait for each other.
+//!
+//! The gateway calls models through the [`upstream::Upstream`] trait: one attempt at a
+//! model and what came of it, and what a call costs. [`upstream::OpenAiCompatible`] owns
+//! each model's URL and key and an attempt's limits; the proxy decides retries, fallback
+//! and what is learned, whatever the provider.
 //!
 //! The HTTP server ([`app::build_app`], run by [`server::run`]) exposes the router:
 //! `/v1/route`, the OpenAI-compatible `/v1/chat/completions` proxy with fallback and

@@ -51,7 +51,7 @@ use crate::config::ModelConfig;
 use crate::health::Circuit;
 use crate::router::RouteRequest;
 use crate::state::{change_router, ApiJson, AppState};
-use crate::upstream::{Answer, Failure, UpstreamBody, UpstreamCall};
+use crate::upstream::{Answer, Failure, Upstream, UpstreamBody, UpstreamCall};
 
 /// Header carrying the decision id.
 pub const DECISION_HEADER: &str = "x-quiver-decision-id";
@@ -90,13 +90,20 @@ fn messages(body: &Value) -> Result<Vec<ChatMessage>, ApiError> {
         .collect())
 }
 
-/// The outcome of a call that took `latency_ms` and was billed the given tokens at the
-/// model's prices. An upstream's figures are a peer's, not a caller's: beyond the physical
-/// ranges they are clamped into them and recorded, never refused.
-fn call_outcome(model: &ModelConfig, latency_ms: f64, input_tokens: u32, output_tokens: u32) -> Outcome {
+/// The outcome of a call to `model` that took `latency_ms` and was billed the given
+/// tokens, at what `upstream` charges for them. An upstream's figures are a peer's, not a
+/// caller's: beyond the physical ranges they are clamped into them and recorded, never
+/// refused.
+fn call_outcome(
+    upstream: &dyn Upstream,
+    model: &ModelConfig,
+    latency_ms: f64,
+    input_tokens: u32,
+    output_tokens: u32,
+) -> Outcome {
     let tokens = |t: u32| limits::TOKENS.clamp(f64::from(t)) as u32;
     let (input, output) = (tokens(input_tokens), tokens(output_tokens));
-    let cost = model.arm().cost_usd(f64::from(input), f64::from(output));
+    let cost = upstream.cost_usd(model, input, output);
     Outcome::new(limits::LATENCY_MS.clamp(latency_ms), limits::COST_USD.clamp(cost))
         .with_tokens(input, output)
 }
@@ -380,7 +387,7 @@ async fn complete(
                     record(
                         &state,
                         &decision_id,
-                        call_outcome(model, elapsed_ms(started), input, output),
+                        call_outcome(&*state.upstream, model, elapsed_ms(started), input, output),
                     )
                     .await;
                 }
@@ -447,7 +454,7 @@ async fn complete(
                     record(
                         &state,
                         &decision_id,
-                        call_outcome(model, elapsed_ms(started), 0, 0).failed(),
+                        call_outcome(&*state.upstream, model, elapsed_ms(started), 0, 0).failed(),
                     )
                     .await;
                 }
@@ -610,7 +617,8 @@ impl Drop for StreamOutcome {
     fn drop(&mut self) {
         self.tally.end_line();
         let (input, output) = self.tally.tokens(self.prompt_tokens);
-        let mut outcome = call_outcome(&self.model, elapsed_ms(self.started), input, output);
+        let upstream = &*self.state.upstream;
+        let mut outcome = call_outcome(upstream, &self.model, elapsed_ms(self.started), input, output);
         outcome.error = self.failed || !self.tally.done;
         let (state, id) = (Arc::clone(&self.state), std::mem::take(&mut self.decision_id));
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -692,6 +700,7 @@ fn stream_through(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::future::BoxFuture;
 
     #[test]
     fn the_tally_counts_the_text_api_s_chunks_too() {
@@ -755,7 +764,14 @@ mod tests {
     #[test]
     fn an_upstream_s_absurd_usage_is_clamped_into_the_physical_ranges() {
         let model = ModelConfig::priced("m", 10_000.0, 10_000.0);
-        let outcome = call_outcome(&model, 1e300, u32::MAX, u32::MAX);
+        /// Charges list prices (the trait's default); never called.
+        struct ListPrices;
+        impl Upstream for ListPrices {
+            fn call<'a>(&'a self, _: UpstreamCall<'a>) -> BoxFuture<'a, Result<Answer, Failure>> {
+                Box::pin(async { Err(Failure::final_("not called")) })
+            }
+        }
+        let outcome = call_outcome(&ListPrices, &model, 1e300, u32::MAX, u32::MAX);
         assert!(outcome.validate().is_ok(), "{outcome:?}");
         assert_eq!(outcome.input_tokens, 100_000_000);
         assert_eq!(outcome.cost_usd, limits::COST_USD.hi);

@@ -32,6 +32,15 @@ pub struct UpstreamCall<'a> {
 pub trait Upstream: Send + Sync {
     /// Makes one attempt; any failure is a reason to fall back (see [`Failure`]).
     fn call<'a>(&'a self, call: UpstreamCall<'a>) -> BoxFuture<'a, Result<Answer, Failure>>;
+
+    /// What a call to `model` billed for `input_tokens` and `output_tokens` cost, USD: by
+    /// default at the model's list prices (`quiver_bandit::Arm::cost_usd`, the one formula);
+    /// a provider that charges otherwise says so here.
+    fn cost_usd(&self, model: &ModelConfig, input_tokens: u32, output_tokens: u32) -> f64 {
+        model
+            .arm()
+            .cost_usd(f64::from(input_tokens), f64::from(output_tokens))
+    }
 }
 
 /// The body of a streamed answer after its first chunk.
