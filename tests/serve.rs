@@ -1043,3 +1043,125 @@ async fn the_openai_sdk_sees_upstream_refusals_and_rate_limits_as_it_should() {
     assert_eq!(calls("limited"), 1.0, "the rate-limited model was rested");
     assert_eq!(calls("good"), 2.0);
 }
+
+/// A local upstream that answers every call and counts them.
+async fn counting_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let app = axum::Router::new().route(
+        "/chat/completions",
+        axum::routing::post(move || {
+            let calls = Arc::clone(&counter);
+            async move {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // A moment in flight, so that concurrent calls overlap.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                axum::Json(json!({
+                    "id": "x", "object": "chat.completion",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 5}
+                }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, calls)
+}
+
+/// Three deployments of one model with rpm limits, under a bounded concurrent load: no
+/// deployment is called more often than its limit allows, the load fills all three, and
+/// the requests past every limit get 429 with Retry-After, no upstream call and nothing
+/// learned. Required tags keep calls on the deployments that carry them, and tags no
+/// deployment carries are the request's fault (400).
+#[tokio::test]
+async fn deployments_keep_to_their_limits_and_tags() {
+    let mut upstreams = Vec::new();
+    for _ in 0..5 {
+        upstreams.push(counting_upstream().await);
+    }
+    let deployment = |i: usize, rpm: Option<u32>, tag: &str| json!({"name": format!("d{i}"), "base_url": format!("http://{}", upstreams[i].0), "rpm": rpm, "tags": [tag]});
+    let dir = scratch("serve_deployments");
+    let base = start_app(
+        json!({
+            "routes": [
+                {"name": "limited", "policy": "fixed(m)", "models": [{
+                    "id": "m", "input_usd_per_million": 1.0, "output_usd_per_million": 2.0,
+                    "deployments": [deployment(0, Some(3), "region:eu"), deployment(1, Some(2), "region:us"), deployment(2, Some(1), "region:us")]
+                }]},
+                {"name": "tagged", "policy": "fixed(m)", "models": [{
+                    "id": "m", "input_usd_per_million": 1.0, "output_usd_per_million": 2.0,
+                    "deployments": [deployment(3, None, "region:eu"), deployment(4, None, "region:us")]
+                }]}
+            ]
+        }),
+        &dir,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let chat = |route: &'static str, tags: Option<&'static str>| {
+        let mut request = client
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&json!({"model": route, "messages": [{"role": "user", "content": "hello"}]}));
+        if let Some(tags) = tags {
+            request = request.header("x-quiver-tags", tags);
+        }
+        async move { request.send().await.unwrap() }
+    };
+    let counts = || -> Vec<usize> {
+        upstreams
+            .iter()
+            .map(|(_, c)| c.load(std::sync::atomic::Ordering::SeqCst))
+            .collect()
+    };
+    let answers = futures_util::future::join_all((0..10).map(|_| chat("limited", None))).await;
+    let (mut served, mut refused) = (0, 0);
+    for answer in answers {
+        match answer.status().as_u16() {
+            200 => served += 1,
+            429 => {
+                assert_eq!(answer.headers()["retry-after"], "60");
+                let body: Value = answer.json().await.unwrap();
+                assert!(
+                    body["error"]["message"].as_str().unwrap().contains("rpm"),
+                    "{body}"
+                );
+                refused += 1;
+            }
+            other => panic!("status {other}"),
+        }
+    }
+    let calls = counts();
+    assert_eq!((served, refused), (6, 4));
+    assert_eq!(
+        &calls[..3],
+        &[3, 2, 1],
+        "calls per deployment against rpm 3, 2, 1"
+    );
+    let state: Value = client
+        .get(format!("{base}/v1/routes/limited"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        state["arms"][0]["requests"], 6,
+        "only the served calls are learned: {state}"
+    );
+
+    for _ in 0..6 {
+        assert_eq!(chat("tagged", Some("region:eu")).await.status(), 200);
+    }
+    let calls = counts();
+    assert_eq!(&calls[3..], &[6, 0], "region:eu calls stay on the eu deployment");
+    let answer = chat("tagged", Some("region:apac")).await;
+    assert_eq!(answer.status(), 400);
+    let body: Value = answer.json().await.unwrap();
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("region:apac"),
+        "{body}"
+    );
+}

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheConfig;
+use crate::deployments::{Balance, DeploymentConfig};
 use crate::error::{Result, ServeError};
 use crate::health::BreakerConfig;
 use crate::spend::SpendCap;
@@ -82,6 +83,9 @@ pub struct ServeConfig {
     /// The proxy's response cache (see `crate::cache`); off by default.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// How the proxy picks among a model's deployments: `least-busy` or `latency`.
+    #[serde(default)]
+    pub balance: Balance,
     /// Decisions remembered for late feedback per route; older ones get 404. Each holds
     /// its features until then (about 630 bytes with 64 features).
     #[serde(default = "default_horizon")]
@@ -162,6 +166,7 @@ impl ServeConfig {
             upstream_retries: default_upstream_retries(),
             circuit_breaker: BreakerConfig::default(),
             cache: CacheConfig::default(),
+            balance: Balance::default(),
             feedback_horizon_decisions: default_horizon(),
             auth: AuthConfig::default(),
             cors_allow_origins: Vec::new(),
@@ -242,18 +247,49 @@ impl ServeConfig {
         Ok(())
     }
 
+    /// Refuses a deployment that cannot work (a weight or limit out of range, a model
+    /// with deployments and its own `base_url`), naming it.
+    pub fn check_deployments(&self) -> Result<()> {
+        for route in &self.routes {
+            for model in &route.models {
+                let at = |what: String| {
+                    ServeError::Config(format!("route `{}`, model `{}`: {what}", route.name, model.id))
+                };
+                if !model.deployments.is_empty() && model.base_url.is_some() {
+                    return Err(at(
+                        "give base_url on the model or on its deployments, not both".into()
+                    ));
+                }
+                for (i, deployment) in model.deployments.iter().enumerate() {
+                    deployment.check().map_err(|e| {
+                        at(format!(
+                            "deployment {}: {e}",
+                            deployment.name.clone().unwrap_or_else(|| i.to_string())
+                        ))
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Every `api_key_env` must name a variable that is set: a key that is missing would
     /// send requests upstream without authorization. (A keyless model leaves it out.)
     pub fn check_api_keys(&self) -> Result<()> {
         for route in &self.routes {
             for model in &route.models {
-                let Some(var) = &model.api_key_env else { continue };
-                if std::env::var(var).map_or(true, |v| v.is_empty()) {
-                    return Err(ServeError::Config(format!(
-                        "route `{}`, model `{}`: api_key_env names `{var}`, which is not set \
-                         (leave api_key_env out for a model without a key)",
-                        route.name, model.id
-                    )));
+                let deployments = model.deployments.iter().map(|d| d.api_key_env.as_ref());
+                for var in std::iter::once(model.api_key_env.as_ref())
+                    .chain(deployments)
+                    .flatten()
+                {
+                    if std::env::var(var).map_or(true, |v| v.is_empty()) {
+                        return Err(ServeError::Config(format!(
+                            "route `{}`, model `{}`: api_key_env names `{var}`, which is not set \
+                             (leave api_key_env out for a model without a key)",
+                            route.name, model.id
+                        )));
+                    }
                 }
             }
             let embedding_key = route.embedding.as_ref().and_then(|e| e.api_key_env.as_ref());
@@ -298,6 +334,10 @@ pub struct ModelConfig {
     /// The model name sent upstream (default: `id`).
     #[serde(default)]
     pub upstream_model: Option<String>,
+    /// Its deployments, when more than one provider, region or key serves it (see
+    /// `crate::deployments`); none: the model is served at its `base_url`.
+    #[serde(default)]
+    pub deployments: Vec<DeploymentConfig>,
 }
 
 impl ModelConfig {
@@ -323,6 +363,7 @@ impl ModelConfig {
             base_url: None,
             api_key_env: None,
             upstream_model: None,
+            deployments: Vec::new(),
         }
     }
 }

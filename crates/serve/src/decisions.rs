@@ -54,7 +54,7 @@ pub(crate) async fn route(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<RouteBody>,
 ) -> Result<Json<RouteAnswer>, ApiError> {
-    let observed = state.observe(&body.route, &body.request.text()?).await;
+    let observed = state.observe(&body.route, &body.request.text()?, None).await;
     let routed = change_router(&state, move |r| {
         Ok(r.route_observed(&body.route, &body.request, observed)?)
     })

@@ -26,6 +26,7 @@ mod auth;
 pub mod cache;
 pub mod config;
 mod decisions;
+pub mod deployments;
 pub mod embeddings;
 mod error;
 pub mod health;

@@ -48,10 +48,14 @@ use serde_json::Value;
 use crate::api_error::{ApiError, UpstreamResponses};
 use crate::cache::{CacheKey, Cached, Lookup, ResponseCache};
 use crate::config::ModelConfig;
+use crate::deployments::NoDeployment;
 use crate::health::Circuit;
 use crate::router::RouteRequest;
 use crate::state::{change_router, ApiJson, AppState};
 use crate::upstream::{Answer, Failure, Upstream, UpstreamBody, UpstreamCall};
+
+/// Header naming the tags a request requires of the deployments that serve it.
+pub const TAGS_HEADER: &str = "x-quiver-tags";
 
 /// Header carrying the decision id.
 pub const DECISION_HEADER: &str = "x-quiver-decision-id";
@@ -338,8 +342,10 @@ async fn complete(
     let stream = request.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let route_request = api.route_request(&request)?;
     let prompt = route_request.text()?;
+    let tags = required_tags(&headers)?;
     let mut store_under = None;
-    let cache_scope = format!("{route}{}", api.path());
+    // Answers made under other required tags (another region, say) are not this request's.
+    let cache_scope = format!("{route}{}|{}", api.path(), tags.join(","));
     if let Some((key, read)) = cache_key(&state, &headers, &cache_scope, &request, stream) {
         match read.then(|| state.cache.lookup(key.clone(), Instant::now())) {
             Some(Lookup::Hit(hit)) => return answer_from_cache(&state, &route, hit, &prompt).await,
@@ -353,7 +359,7 @@ async fn complete(
     let prompt_tokens = quiver_bandit::features::estimate_tokens(&prompt);
     // The embedding's wait counts against the request's time limit.
     let deadline = Instant::now() + Duration::from_millis(state.config.request_timeout_ms);
-    let observed = state.observe(&route, &prompt).await;
+    let observed = state.observe(&route, &prompt, Some(&tags)).await;
     let breakers_open = observed.unavailable.len();
     let ((routed, models), decision_logged) = {
         let routed = state.router.route_observed(&route, &route_request, observed)?;
@@ -368,17 +374,46 @@ async fn complete(
     // With every model's breaker open, the decision considered them all: so do the calls.
     let forced = breakers_open >= models.len();
     let mut failures = Vec::new();
+    // Until a model was called, the earliest a deployment's limits free enough.
+    let mut only_limits: Option<Option<Duration>> = None;
+    // Whether no model has a deployment with the required tags.
+    let mut untagged = true;
     let mut answer = None;
     for (attempt, arm) in order.iter().enumerate() {
         let Some(model) = models.iter().find(|m| &m.id == arm) else {
             continue;
         };
-        request["model"] = Value::String(model.upstream_model.clone().unwrap_or_else(|| model.id.clone()));
-        let called =
-            call_with_retries(&state, &route, &request, model, (api, stream, forced), deadline).await;
-        let Some((called, started)) = called else {
-            failures.push(format!("{arm}: deadline reached"));
-            break;
+        let call = Call {
+            api,
+            stream,
+            forced,
+            tags: &tags,
+            tokens: prompt_tokens,
+            deadline,
+        };
+        let (called, started) = match call_with_retries(&state, &route, &mut request, model, call).await {
+            Called::Deadline => {
+                failures.push(format!("{arm}: deadline reached"));
+                only_limits = Some(None);
+                untagged = false;
+                break;
+            }
+            Called::NoDeployment(no) => {
+                // No call was made: nothing to learn, no breaker to tell.
+                failures.push(format!("{arm}: no deployment can take the call ({})", no.reason));
+                untagged &= no.untagged;
+                only_limits = match (only_limits, no.retry_after) {
+                    (None, wait) => Some(wait),
+                    (Some(Some(a)), Some(b)) => Some(Some(a.min(b))),
+                    _ => Some(None),
+                };
+                continue;
+            }
+            Called::Answered(called, started) => {
+                only_limits = Some(None);
+                untagged = false;
+                (called, started)
+            }
         };
         match called {
             Ok(Answer::Complete { body, json, passed }) => {
@@ -466,6 +501,23 @@ async fn complete(
         state.durable(decision_logged).await?;
         return Ok(answer);
     }
+    if untagged && !failures.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "no model of route `{route}` has a deployment with the tags in `{TAGS_HEADER}` ({}): {}",
+            tags.join(", "),
+            failures.join("; ")
+        )));
+    }
+    if let Some(Some(wait)) = only_limits {
+        return Err(ApiError::TooManyRequests(
+            format!(
+                "every model of route `{route}` is at its deployments' limits: {}",
+                failures.join("; ")
+            ),
+            // Rounded up: a client that waits that long finds the limit freed.
+            (wait.as_secs_f64().ceil() as u64).max(1),
+        ));
+    }
     Err(ApiError::Upstream(format!(
         "every model of route `{route}` failed: {}",
         failures.join("; ")
@@ -524,49 +576,105 @@ async fn answer_from_cache(
     Ok(response)
 }
 
-/// Calls `model`, again after a retryable failure (up to `upstream_retries` times, each
-/// after [`backoff`], while its breaker stays closed and the deadline allows), and tells
-/// its breaker how each call went. A model whose breaker turned open or is being probed
-/// since the decision is not called (unless `forced`: every model was unavailable). The
-/// last call's result and the first call's start; None if the deadline passed first.
+/// The tags a request requires of the deployments that serve it: `x-quiver-tags`, comma-
+/// separated (e.g. `region:eu`).
+fn required_tags(headers: &HeaderMap) -> Result<Vec<String>, ApiError> {
+    let Some(value) = headers.get(TAGS_HEADER) else {
+        return Ok(Vec::new());
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::BadRequest(format!("`{TAGS_HEADER}` must be visible ASCII")))?;
+    Ok(text
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// What a call to one model needs besides the model.
+struct Call<'a> {
+    api: Api,
+    stream: bool,
+    /// Every model is unavailable, so all are tried, open breakers included.
+    forced: bool,
+    tags: &'a [String],
+    /// The prompt's estimated tokens, counted against the deployments' tpm.
+    tokens: u32,
+    deadline: Instant,
+}
+
+/// How the calls to one model ended.
+enum Called {
+    /// The last attempt's answer or failure, and when the first attempt started.
+    Answered(Result<Answer, Failure>, Instant),
+    /// No deployment could take a call: nothing was sent.
+    NoDeployment(NoDeployment),
+    /// The request's deadline came first.
+    Deadline,
+}
+
+/// Calls `model` (a deployment of it, see `crate::deployments`), retrying as
+/// `upstream_retries` allows after a 5xx or a failed connection.
 async fn call_with_retries(
     state: &AppState,
     route: &str,
-    request: &Value,
+    request: &mut Value,
     model: &ModelConfig,
-    (api, stream, forced): (Api, bool, bool),
-    deadline: Instant,
-) -> Option<(Result<Answer, Failure>, Instant)> {
+    call: Call<'_>,
+) -> Called {
     let first_started = Instant::now();
     let mut retries = 0;
     loop {
         let started = Instant::now();
-        if deadline <= started {
-            return None;
+        if call.deadline <= started {
+            return Called::Deadline;
         }
-        if !state.health.try_call(route, &model.id, forced, started) {
-            let failure = Failure::final_("its circuit breaker opened since the decision");
-            return Some((Err(failure), first_started));
-        }
-        let call = UpstreamCall {
+        let lease = match state.deployments.acquire(
+            route,
             model,
-            path: api.path(),
-            body: request,
-            stream,
-            deadline,
+            (call.tags, call.tokens),
+            (&state.health, call.forced),
+            started,
+        ) {
+            Ok(lease) => lease,
+            Err(no) if retries == 0 => return Called::NoDeployment(no),
+            Err(no) => return Called::Answered(Err(Failure::final_(no.reason)), first_started),
         };
-        let called = state.upstream.call(call).await.and_then(|answer| match answer {
-            Answer::Complete { json, .. } if json.get("choices").is_none() => {
-                Err(Failure::final_("the upstream's body is not a completion"))
-            }
-            answer => Ok(answer),
-        });
+        if !state.health.try_call(route, &lease.key, call.forced, started) {
+            state.deployments.release(&lease, None);
+            let failure = Failure::final_("its circuit breaker opened since the decision");
+            return Called::Answered(Err(failure), first_started);
+        }
+        let served = &lease.model_config;
+        request["model"] = Value::String(served.upstream_model.clone().unwrap_or_else(|| served.id.clone()));
+        let attempt = UpstreamCall {
+            model: served,
+            path: call.api.path(),
+            body: request,
+            stream: call.stream,
+            deadline: call.deadline,
+        };
+        let called = state
+            .upstream
+            .call(attempt)
+            .await
+            .and_then(|answer| match answer {
+                Answer::Complete { json, .. } if json.get("choices").is_none() => {
+                    Err(Failure::final_("the upstream's body is not a completion"))
+                }
+                answer => Ok(answer),
+            });
         let took = started.elapsed();
         let (result, failure) = match &called {
             Ok(Answer::Refused { .. }) => ("refused", None),
             Ok(_) => ("ok", None),
             Err(failure) => ("error", Some(failure)),
         };
+        state
+            .deployments
+            .release(&lease, failure.is_none().then_some(took.as_secs_f64() * 1000.0));
         state.metrics.upstream_attempt(&model.id, result, took);
         if let Ok(Answer::Stream { .. }) = &called {
             state.metrics.first_token(&model.id, took);
@@ -574,21 +682,21 @@ async fn call_with_retries(
         let retry_after = failure.and_then(|f| f.retry_after);
         state
             .health
-            .record(route, &model.id, failure.is_some(), retry_after, Instant::now());
+            .record(route, &lease.key, failure.is_some(), retry_after, Instant::now());
         let Some(failure) = failure else {
-            return Some((called, first_started));
+            return Called::Answered(called, first_started);
         };
         state.metrics.upstream_failures.inc();
         let wait = backoff(retries);
-        let closed = state.health.circuit(route, &model.id, Instant::now()) == Circuit::Closed;
+        let closed = state.health.circuit(route, &lease.key, Instant::now()) == Circuit::Closed;
         if !failure.retryable
             || !closed
             || retries >= state.config.upstream_retries
-            || Instant::now() + wait >= deadline
+            || Instant::now() + wait >= call.deadline
         {
-            return Some((called, first_started));
+            return Called::Answered(called, first_started);
         }
-        tracing::info!(model = %model.id, retry = retries + 1, wait_ms = wait.as_millis() as u64, "retrying after: {failure}");
+        tracing::info!(model = %model.id, deployment = %lease.key, retry = retries + 1, wait_ms = wait.as_millis() as u64, "retrying after: {failure}");
         tokio::time::sleep(wait).await;
         retries += 1;
     }

@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use crate::app::{build_app, AppState};
 use crate::cache::ResponseCache;
 use crate::config::ServeConfig;
+use crate::deployments::Deployments;
 use crate::embeddings::Embedders;
 use crate::error::{io_at, Result, ServeError};
 use crate::health::Health;
@@ -35,6 +36,7 @@ pub fn state_with(
     upstream: impl FnOnce(&reqwest::Client, &ServeConfig) -> Box<dyn Upstream>,
 ) -> Result<Arc<AppState>> {
     config.check_api_keys()?;
+    config.check_deployments()?;
     config.check_cors()?;
     let options = RouterOptions {
         feedback_horizon: config.feedback_horizon_decisions,
@@ -51,6 +53,7 @@ pub fn state_with(
     Ok(Arc::new(AppState {
         router,
         upstream: upstream(&http, &config),
+        deployments: Deployments::new(config.balance),
         config,
         http,
         metrics: Metrics::default(),

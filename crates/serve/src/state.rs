@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use crate::api_error::ApiError;
 use crate::cache::ResponseCache;
 use crate::config::ServeConfig;
+use crate::deployments::Deployments;
 use crate::embeddings::Embedders;
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -34,8 +35,10 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The prompt embedders of routes with an embedding block.
     pub embedders: Embedders,
-    /// The models' circuit breakers.
+    /// The models' (and deployments') circuit breakers.
     pub health: Health,
+    /// The models' deployments: limits and balancing.
+    pub deployments: Deployments,
     /// The proxy's response cache.
     pub cache: ResponseCache,
 }
@@ -43,12 +46,35 @@ pub struct AppState {
 impl AppState {
     /// What a decision on `route` for a prompt of `text` takes from outside the router:
     /// the prompt's projected embedding, if the route has an embedding block and the
-    /// embedding comes in time (see [`Embedders::embed`]), and the models whose circuit
-    /// is open.
-    pub async fn observe(&self, route: &str, text: &str) -> Observed {
+    /// embedding comes in time (see [`Embedders::embed`]), and the models that cannot take
+    /// the call: their circuit is open or, for a call the proxy makes (`call` names the
+    /// tags it requires), none of their deployments can take it (see [`Deployments`]).
+    pub async fn observe(&self, route: &str, text: &str, call: Option<&[String]>) -> Observed {
+        let embedding = self.embedders.embed(&self.http, &self.metrics, route, text).await;
+        let now = Instant::now();
+        let mut unavailable = self.health.unavailable(route, now);
+        let models = self
+            .config
+            .routes
+            .iter()
+            .filter(|r| r.name == route)
+            .flat_map(|r| &r.models);
+        // Deployments' breakers are keyed `model@deployment`: the deployments speak for them.
+        unavailable.retain(|key, _| models.clone().any(|m| m.id == *key));
+        if let Some(tags) = call {
+            let tokens = quiver_bandit::features::estimate_tokens(text);
+            for model in models {
+                if let Some(no) =
+                    self.deployments
+                        .unavailable(route, model, (tags, tokens), &self.health, now)
+                {
+                    unavailable.entry(model.id.clone()).or_insert(no.reason);
+                }
+            }
+        }
         Observed {
-            embedding: self.embedders.embed(&self.http, &self.metrics, route, text).await,
-            unavailable: self.health.unavailable(route, Instant::now()),
+            embedding,
+            unavailable,
         }
     }
 

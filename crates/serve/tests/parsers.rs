@@ -292,4 +292,5 @@ fn the_example_config_loads_and_states_the_defaults() {
     assert_eq!(pairs(&example), pairs(&defaults));
     assert_eq!(example.circuit_breaker, defaults.circuit_breaker);
     assert_eq!(example.cache, defaults.cache);
+    assert_eq!(example.balance, defaults.balance);
 }
