@@ -23,14 +23,16 @@ use std::time::Duration;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const SPECS: [&str; 8] = [
+const SPECS: [&str; 10] = [
     "random",
     "eps(0.05)",
     "ucb1",
     "beta-ts",
     "gaussian-ts",
+    "gaussian-ts(draws=0)",
     "linucb(alpha=0.5)",
     "lints(v=0.3)",
+    "lints(v=0.3,draws=0)",
     "fixed(a0)",
 ];
 

@@ -8,14 +8,16 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use support::{arm_index, learner};
 
-const ALL: [&str; 8] = [
+const ALL: [&str; 10] = [
     "random",
     "eps(0.2)",
     "ucb1",
     "beta-ts",
     "gaussian-ts",
+    "gaussian-ts(draws=0)",
     "linucb(alpha=0.5)",
     "lints(v=0.5)",
+    "lints(v=0.5,draws=0)",
     "fixed(a2)",
 ];
 
@@ -63,7 +65,8 @@ fn propensities_sum_to_one_respect_the_floor_and_match_the_chosen_arm() {
             );
             let chosen = d.arms.iter().find(|a| a.arm == d.arm).expect("chosen arm listed");
             assert_eq!(chosen.probability, d.propensity);
-            let expect_exact = !(spec.contains("ts"));
+            // Thompson policies estimate their PMF, unless they compute it (`draws=0`).
+            let expect_exact = !spec.contains("ts") || spec.contains("draws=0");
             assert_eq!(
                 matches!(d.propensity_kind, PropensityKind::Exact),
                 expect_exact,

@@ -12,9 +12,9 @@
 //! | [`EpsilonGreedy`] | `mean_a - pen_a` | `eps/k + (1-eps) 1[a = greedy]` (exact) |
 //! | [`Ucb1`] | `mean_a + c sqrt(2 ln N / n_a) - pen_a` | one-hot (exact) |
 //! | [`BetaTs`] | `sample Beta(alpha_a, beta_a) - pen_a` | Monte Carlo (estimated) |
-//! | [`GaussianTs`] | `sample N(mu_a, s_a^2) - pen_a` | Monte Carlo (estimated) |
+//! | [`GaussianTs`] | `sample N(mu_a, s_a^2) - pen_a` | Monte Carlo (estimated); `draws=0`: quadrature (exact) |
 //! | [`LinUcb`] | `x'theta_a + alpha sqrt(x'A_a^-1 x) - pen_a` | one-hot (exact) |
-//! | [`LinTs`] | `x'theta~_a - pen_a`, `theta~_a ~ N(theta_a, v^2 A_a^-1)` | Monte Carlo (estimated) |
+//! | [`LinTs`] | `x'theta~_a - pen_a`, `theta~_a ~ N(theta_a, v^2 A_a^-1)` | Monte Carlo (estimated); `draws=0`: quadrature (exact) |
 //! | [`Fixed`] | - | one-hot on its arm (exact) |
 
 mod spec;
@@ -137,7 +137,8 @@ fn thompson_choice<R: rand::Rng>(
 /// Thompson sampling over independent Gaussian scores
 /// `N(mean_a - penalty_a, (scale * std_a)^2)` of the eligible arms. `first`, when given, is
 /// the draw that picks the arm (linear TS draws it by Cholesky sampling); otherwise it is
-/// drawn from the same normals.
+/// drawn from the same normals. With `draws` 0 the PMF is exact
+/// ([`crate::pmf::gaussian_argmax_pmf`]), else estimated from `draws` further draws.
 fn gaussian_thompson(
     input: &ChoiceInput<'_>,
     scale: f64,
@@ -159,7 +160,18 @@ fn gaussian_thompson(
         sample(rng, &mut scores);
         scores
     });
-    thompson_choice(input.len(), draws, rng, first, sample)
+    if draws > 0 {
+        return thompson_choice(input.len(), draws, rng, first, sample);
+    }
+    let position = crate::pmf::argmax(&first);
+    let mut pmf = crate::pmf::gaussian_argmax_pmf(&means, &stds);
+    // A draw beyond the quadrature's reach (odds below 1e-19) still needs a propensity.
+    pmf[position] = pmf[position].max(f64::MIN_POSITIVE);
+    Choice {
+        position,
+        pmf,
+        propensity: PropensityKind::Exact,
+    }
 }
 
 /// A bandit policy: learns per-arm quality and chooses among eligible arms.

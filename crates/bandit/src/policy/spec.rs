@@ -22,7 +22,10 @@
 //! | `lints` (`linear-ts`) | `v=0.5`, `lambda=10`, `draws=256` | `v` |
 //! | `fixed` | `arm` | `arm` |
 //!
-//! `draws` is the number of Monte Carlo samples behind a Thompson policy's propensity.
+//! `draws` is the number of Monte Carlo samples behind a Thompson policy's propensity. Linear
+//! and Gaussian TS take `draws=0` for their exact PMF instead, by quadrature
+//! (`crate::pmf::gaussian_argmax_pmf`): exact propensities for off-policy evaluation, at
+//! more cost per decision than 256 draws today (benches/RESULTS.md).
 
 use std::fmt;
 use std::str::FromStr;
@@ -165,6 +168,12 @@ impl<'a> Args<'a> {
     /// `draws`, in `[1, 1000000]`, [`DEFAULT_DRAWS`] when absent.
     pub fn draws(&mut self) -> Result<u32> {
         Ok(self.number("draws", false, f64::from(DEFAULT_DRAWS), 1.0, 1e6, "[1, 1000000]")? as u32)
+    }
+
+    /// `draws` of a policy whose PMF has an exact form: as [`Args::draws`], or 0 for the
+    /// exact PMF instead of a Monte Carlo estimate.
+    pub fn draws_or_exact(&mut self) -> Result<u32> {
+        Ok(self.number("draws", false, f64::from(DEFAULT_DRAWS), 0.0, 1e6, "[0, 1000000]")? as u32)
     }
 }
 
@@ -344,6 +353,8 @@ mod tests {
             "gaussian-ts(mu0=1,sigma0=0.5,noise=0.25,draws=256)",
             "linucb(alpha=0.3,lambda=1,gamma=0.999)",
             "lints(v=0.5,lambda=2,draws=128,detect=5)",
+            "lints(v=0.5,lambda=2,draws=0)",
+            "gaussian-ts(mu0=1,sigma0=1,noise=0.5,draws=0)",
             "ucb1(c=0.5,detect=0)",
             "fixed(arm=gpt-4o)",
         ] {
@@ -378,6 +389,8 @@ mod tests {
         assert!(msg("eps(gamma=0.9,window=5)").contains("not both"));
         assert!(msg("lints(lambda=0)").contains("lambda must be in (0, inf)"));
         assert!(msg("random(0.3)").contains("takes no bare argument"));
+        // Only the policies with an exact PMF take draws=0.
+        assert!(msg("beta-ts(draws=0)").contains("draws=0 must be in [1, 1000000]"));
     }
 
     #[test]
