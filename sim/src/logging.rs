@@ -83,6 +83,6 @@ pub fn log_wide(
             prompts.push(source[row].clone());
         }
     }
-    log.features = data.features.select(Axis(0), &order);
+    log.features = crate::data::standard(data.features.select(Axis(0), &order));
     Ok((log, order))
 }

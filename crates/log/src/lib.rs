@@ -54,9 +54,9 @@ fn first_schema() -> u32 {
     1
 }
 
-/// The logged shape's columns, in the order records hold them (then `prompt` and the
-/// caller features, named by [`feature_name`]): what a reader of a log, or of a logged
-/// dataset from elsewhere, finds.
+/// The logged shape's columns: what a reader of a log, or of a logged dataset from
+/// elsewhere, finds, beside `prompt` and the caller features (named by [`feature_name`]).
+/// A log's records also carry `schema`, tokens, `event`, `seq` and the context fields.
 pub const COLUMNS: [&str; 10] = [
     "decision_id",
     "timestamp",

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ModelConfig;
-use crate::health::{Circuit, Health};
+use crate::health::Health;
 
 /// The window of the rpm and tpm limits.
 const LIMIT_WINDOW: Duration = Duration::from_secs(60);
@@ -93,6 +93,8 @@ pub struct Lease {
     route: String,
     model: String,
     index: usize,
+    /// When the call was counted.
+    started: Instant,
     /// The breaker's key: the model's id, or `model@deployment`.
     pub key: String,
     /// The model as this deployment serves it: its URL, key and upstream name.
@@ -119,17 +121,17 @@ impl Usage {
     }
 
     /// Why a call of `tokens` prompt tokens would exceed `deployment`'s limits now, and
-    /// when it would not.
+    /// when it would not (never, for a prompt larger than the tpm).
     fn over_limit(
         &self,
         deployment: &DeploymentConfig,
         tokens: u32,
         now: Instant,
-    ) -> Option<(String, Duration)> {
+    ) -> Option<(String, Option<Duration>)> {
         let frees = |i: usize| {
-            self.recent.get(i).map_or(Duration::ZERO, |&(t, _)| {
+            Some(self.recent.get(i).map_or(Duration::ZERO, |&(t, _)| {
                 (t + LIMIT_WINDOW).saturating_duration_since(now)
-            })
+            }))
         };
         if let Some(rpm) = deployment.rpm {
             let calls = self.recent.len();
@@ -142,10 +144,7 @@ impl Usage {
         }
         if let Some(tpm) = deployment.tpm {
             if tokens > tpm {
-                return Some((
-                    format!("{tokens} prompt tokens, more than tpm {tpm}"),
-                    LIMIT_WINDOW,
-                ));
+                return Some((format!("{tokens} prompt tokens, more than tpm {tpm}"), None));
             }
             let used: u64 = self.recent.iter().map(|&(_, t)| u64::from(t)).sum();
             if used + u64::from(tokens) > u64::from(tpm) {
@@ -237,19 +236,77 @@ impl Deployments {
     ) -> Result<Lease, NoDeployment> {
         let deployments = deployments_of(model);
         let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
-        let states = usage
-            .entry((route.to_string(), model.id.clone()))
-            .or_insert_with(|| deployments.iter().map(|_| Usage::default()).collect());
-        states.resize_with(deployments.len(), Usage::default);
+        let states = states_of(&mut usage, route, model, deployments.len(), now);
+        let call = Call {
+            route,
+            model,
+            tags,
+            tokens,
+            health,
+            forced,
+            now,
+        };
+        let chosen = self.pick(&call, &deployments, states)?;
+        let state = &mut states[chosen];
+        state.in_flight += 1;
+        state.recent.push_back((now, tokens));
+        let deployment = &deployments[chosen];
+        let mut model_config = model.clone();
+        model_config.base_url = Some(deployment.base_url.clone()).filter(|url| !url.is_empty());
+        model_config.api_key_env = deployment.api_key_env.clone().or(model.api_key_env.clone());
+        model_config.upstream_model = deployment.upstream_model.clone().or(model.upstream_model.clone());
+        Ok(Lease {
+            route: route.to_string(),
+            model: model.id.clone(),
+            index: chosen,
+            started: now,
+            key: key_of(model, chosen, deployment),
+            model_config,
+        })
+    }
+
+    /// Why `model` can take no call now for a request of `tokens` prompt tokens requiring
+    /// `tags`, if it cannot. Counts nothing.
+    pub fn unavailable(
+        &self,
+        route: &str,
+        model: &ModelConfig,
+        (tags, tokens): (&[String], u32),
+        health: &Health,
+        now: Instant,
+    ) -> Option<NoDeployment> {
+        let deployments = deployments_of(model);
+        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let states = states_of(&mut usage, route, model, deployments.len(), now);
+        let call = Call {
+            route,
+            model,
+            tags,
+            tokens,
+            health,
+            forced: false,
+            now,
+        };
+        self.pick(&call, &deployments, states).err()
+    }
+
+    /// The deployment `call` would take (see [`Deployments::acquire`]), or why none can.
+    fn pick(
+        &self,
+        call: &Call<'_>,
+        deployments: &[DeploymentConfig],
+        states: &[Usage],
+    ) -> Result<usize, NoDeployment> {
+        let (model, now) = (call.model, call.now);
         let mut reasons = Vec::new();
         let mut wait: Option<Duration> = None;
         let mut limited_only = true;
         let mut untagged = 0;
         let mut candidates = Vec::new();
-        for (i, (deployment, state)) in deployments.iter().zip(states.iter_mut()).enumerate() {
+        for (i, (deployment, state)) in deployments.iter().zip(states).enumerate() {
             let key = key_of(model, i, deployment);
-            state.forget_before(now);
-            let missing: Vec<&String> = tags
+            let missing: Vec<&String> = call
+                .tags
                 .iter()
                 .filter(|t| !deployment.tags.contains(t) && !model.tags.contains(t))
                 .collect();
@@ -257,38 +314,25 @@ impl Deployments {
                 reasons.push(format!("{key}: lacks tag {}", join(&missing)));
                 limited_only = false;
                 untagged += 1;
-            } else if !forced && health.circuit(route, &key, now) == Circuit::Open {
+            } else if !call.forced && !call.health.admits(call.route, &key, now) {
                 reasons.push(format!("{key}: circuit open"));
                 limited_only = false;
-            } else if let Some((why, frees)) = state.over_limit(deployment, tokens, now) {
+            } else if let Some((why, frees)) = state.over_limit(deployment, call.tokens, now) {
                 reasons.push(format!("{key}: {why}"));
-                wait = Some(wait.map_or(frees, |w| w.min(frees)));
+                match frees {
+                    Some(frees) => wait = Some(wait.map_or(frees, |w| w.min(frees))),
+                    None => limited_only = false,
+                }
             } else {
                 candidates.push(i);
             }
         }
-        let Some(chosen) = self.choose(&candidates, &deployments, states) else {
-            return Err(NoDeployment {
+        self.choose(&candidates, deployments, states)
+            .ok_or_else(|| NoDeployment {
                 reason: reasons.join("; "),
                 retry_after: wait.filter(|_| limited_only),
                 untagged: untagged == deployments.len(),
-            });
-        };
-        let state = &mut states[chosen];
-        state.in_flight += 1;
-        state.recent.push_back((now, tokens));
-        let deployment = &deployments[chosen];
-        let mut model_config = model.clone();
-        model_config.base_url = Some(deployment.base_url.clone());
-        model_config.api_key_env = deployment.api_key_env.clone().or(model.api_key_env.clone());
-        model_config.upstream_model = deployment.upstream_model.clone().or(model.upstream_model.clone());
-        Ok(Lease {
-            route: route.to_string(),
-            model: model.id.clone(),
-            index: chosen,
-            key: key_of(model, chosen, deployment),
-            model_config,
-        })
+            })
     }
 
     /// The candidate the balance picks, ties at random in proportion to the weights.
@@ -333,39 +377,47 @@ impl Deployments {
         }
     }
 
-    /// Why `model` can take no call now for a request of `tokens` prompt tokens requiring
-    /// `tags`, if it cannot: nothing is counted.
-    pub fn unavailable(
-        &self,
-        route: &str,
-        model: &ModelConfig,
-        (tags, tokens): (&[String], u32),
-        health: &Health,
-        now: Instant,
-    ) -> Option<NoDeployment> {
-        let lease = self.acquire(route, model, (tags, tokens), (health, false), now);
-        match lease {
-            Ok(lease) => {
-                self.unacquire(&lease, now);
-                None
-            }
-            Err(no) => Some(no),
-        }
-    }
-
-    /// Takes back a lease that made no call.
-    fn unacquire(&self, lease: &Lease, now: Instant) {
+    /// Takes back a lease whose call was never sent: it counts against no limit.
+    pub fn cancel(&self, lease: &Lease) {
         let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(state) = usage
             .get_mut(&(lease.route.clone(), lease.model.clone()))
             .and_then(|states| states.get_mut(lease.index))
         {
             state.in_flight = state.in_flight.saturating_sub(1);
-            if let Some(i) = state.recent.iter().rposition(|&(t, _)| t == now) {
+            if let Some(i) = state.recent.iter().rposition(|&(t, _)| t == lease.started) {
                 state.recent.remove(i);
             }
         }
     }
+}
+
+/// A call the deployments are asked about.
+struct Call<'a> {
+    route: &'a str,
+    model: &'a ModelConfig,
+    tags: &'a [String],
+    tokens: u32,
+    health: &'a Health,
+    /// Open breakers are ignored (every model is unavailable, so all are tried).
+    forced: bool,
+    now: Instant,
+}
+
+/// A model's deployments' usage on a route, the calls older than the window forgotten.
+fn states_of<'a>(
+    usage: &'a mut BTreeMap<(String, String), Vec<Usage>>,
+    route: &str,
+    model: &ModelConfig,
+    deployments: usize,
+    now: Instant,
+) -> &'a mut Vec<Usage> {
+    let states = usage.entry((route.to_string(), model.id.clone())).or_default();
+    states.resize_with(deployments, Usage::default);
+    for state in states.iter_mut() {
+        state.forget_before(now);
+    }
+    states
 }
 
 fn join(tags: &[&String]) -> String {
@@ -432,6 +484,71 @@ mod tests {
         assert!(deployments
             .acquire("r", &m, (&[], 40), (&health, false), later)
             .is_ok());
+    }
+
+    /// Asking whether a model can take a call counts nothing; a lease cancelled before its
+    /// call counts nothing either; a prompt larger than the tpm is refused with no wait.
+    #[test]
+    fn only_calls_sent_count_against_the_limits() {
+        let deployments = Deployments::new(Balance::LeastBusy);
+        let health = Health::default();
+        let m = model(vec![deployment("a", Some(3), Some(1000), &[])]);
+        let now = Instant::now();
+        let first = deployments
+            .acquire("r", &m, (&[], 10), (&health, false), now)
+            .unwrap();
+        deployments.cancel(&first);
+        for _ in 0..10 {
+            assert!(deployments
+                .unavailable("r", &m, (&[], 10), &health, now)
+                .is_none());
+        }
+        for _ in 0..3 {
+            deployments
+                .acquire("r", &m, (&[], 10), (&health, false), now)
+                .unwrap();
+        }
+        let full = deployments.unavailable("r", &m, (&[], 10), &health, now).unwrap();
+        assert_eq!(full.retry_after, Some(LIMIT_WINDOW));
+        let fresh = model(vec![deployment("b", None, Some(100), &[])]);
+        let too_long = deployments
+            .unavailable("r", &fresh, (&[], 101), &health, now)
+            .unwrap();
+        assert!(
+            too_long.reason.contains("more than tpm 100") && too_long.retry_after.is_none(),
+            "{too_long:?}"
+        );
+    }
+
+    /// A deployment whose breaker is open, or half-open with its probe under way, is not
+    /// picked; its sibling is.
+    #[test]
+    fn unhealthy_deployments_are_passed_over() {
+        let deployments = Deployments::new(Balance::LeastBusy);
+        let health = Health::new(crate::health::BreakerConfig {
+            window: 4,
+            min_calls: 2,
+            failure_rate: 0.5,
+            cooldown_ms: 1000,
+            max_cooldown_ms: 5000,
+        });
+        let m = model(vec![
+            deployment("sick", None, None, &[]),
+            deployment("well", None, None, &[]),
+        ]);
+        let t0 = Instant::now();
+        health.record("r", "m@sick", true, None, t0);
+        health.record("r", "m@sick", true, None, t0);
+        let pick = |now| {
+            deployments
+                .acquire("r", &m, (&[], 1), (&health, false), now)
+                .unwrap()
+                .key
+        };
+        assert!((0..10).all(|_| pick(t0) == "m@well"));
+        let later = t0 + Duration::from_millis(1500);
+        assert!(health.try_call("r", "m@sick", false, later), "the probe");
+        assert!((0..10).all(|_| pick(later) == "m@well"));
     }
 
     /// Tags rule deployments out per request; a model's own tags count for all of them.

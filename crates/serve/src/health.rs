@@ -245,6 +245,21 @@ impl Health {
         });
     }
 
+    /// Whether a call to `model` (or a deployment's key) on `route` may start now: its
+    /// breaker is closed, or half-open with no probe under way. Marks nothing.
+    pub fn admits(&self, route: &str, model: &str, now: Instant) -> bool {
+        let cooldown = self.cooldown();
+        self.with(|breakers| {
+            breakers
+                .get(&(route.to_string(), model.to_string()))
+                .is_none_or(|b| match b.circuit(now) {
+                    Circuit::Closed => true,
+                    Circuit::Open => false,
+                    Circuit::HalfOpen => !b.probing(now, cooldown),
+                })
+        })
+    }
+
     /// The state of `model`'s breaker on `route`.
     pub fn circuit(&self, route: &str, model: &str, now: Instant) -> Circuit {
         self.with(|breakers| {

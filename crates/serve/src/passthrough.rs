@@ -15,6 +15,8 @@ use axum::response::Response;
 use serde_json::Value;
 
 use crate::api_error::{ApiError, UpstreamResponses};
+use crate::config::ModelConfig;
+use crate::proxy::Leased;
 use crate::state::{ApiJson, AppState};
 use crate::upstream::{Answer, UpstreamCall};
 
@@ -49,21 +51,40 @@ pub(crate) async fn embeddings(
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::Invalid("`model` must name a configured model".into()))?
         .to_string();
-    let models = || state.config.routes.iter().flat_map(|r| &r.models);
-    let Some(model) = models().find(|m| m.id == id && m.base_url.is_some()) else {
+    let callable = |m: &ModelConfig| m.base_url.is_some() || !m.deployments.is_empty();
+    let models = || {
+        state
+            .config
+            .routes
+            .iter()
+            .flat_map(|r| r.models.iter().map(move |m| (r.name.as_str(), m)))
+    };
+    let Some((route, model)) = models().find(|(_, m)| m.id == id && callable(m)) else {
         let known: Vec<&str> = models()
-            .filter(|m| m.base_url.is_some())
-            .map(|m| m.id.as_str())
+            .filter(|(_, m)| callable(m))
+            .map(|(_, m)| m.id.as_str())
             .collect();
         return Err(ApiError::NotFound(format!(
-            "no configured model `{id}` with a base_url (models: {})",
+            "no configured model `{id}` with a base_url or deployments (models: {})",
             known.join(", ")
         )));
     };
-    body["model"] = Value::String(model.upstream_model.clone().unwrap_or_else(|| model.id.clone()));
     let started = Instant::now();
+    // A deployment of the model, as the proxy picks one (no tags, no prompt tokens).
+    let lease = state
+        .deployments
+        .acquire(route, model, (&[], 0), (&state.health, false), started)
+        .map_err(|no| {
+            ApiError::Upstream(format!(
+                "model `{id}`: no deployment can take the call ({})",
+                no.reason
+            ))
+        })?;
+    let lease = Leased::new(&state.deployments, lease);
+    let served = &lease.model_config;
+    body["model"] = Value::String(served.upstream_model.clone().unwrap_or_else(|| served.id.clone()));
     let call = UpstreamCall {
-        model,
+        model: served,
         path: "/embeddings",
         body: &body,
         stream: false,

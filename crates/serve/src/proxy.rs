@@ -48,7 +48,7 @@ use serde_json::Value;
 use crate::api_error::{ApiError, UpstreamResponses};
 use crate::cache::{CacheKey, Cached, Lookup, ResponseCache};
 use crate::config::ModelConfig;
-use crate::deployments::NoDeployment;
+use crate::deployments::{Deployments, Lease, NoDeployment};
 use crate::health::Circuit;
 use crate::router::RouteRequest;
 use crate::state::{change_router, ApiJson, AppState};
@@ -402,11 +402,14 @@ async fn complete(
                 // No call was made: nothing to learn, no breaker to tell.
                 failures.push(format!("{arm}: no deployment can take the call ({})", no.reason));
                 untagged &= no.untagged;
-                only_limits = match (only_limits, no.retry_after) {
-                    (None, wait) => Some(wait),
-                    (Some(Some(a)), Some(b)) => Some(Some(a.min(b))),
-                    _ => Some(None),
-                };
+                // A model without the tags says nothing of the others' limits.
+                if !no.untagged {
+                    only_limits = match (only_limits, no.retry_after) {
+                        (None, wait) => Some(wait),
+                        (Some(Some(a)), Some(b)) => Some(Some(a.min(b))),
+                        _ => Some(None),
+                    };
+                }
                 continue;
             }
             Called::Answered(called, started) => {
@@ -631,19 +634,22 @@ async fn call_with_retries(
         if call.deadline <= started {
             return Called::Deadline;
         }
-        let lease = match state.deployments.acquire(
+        let acquired = state.deployments.acquire(
             route,
             model,
             (call.tags, call.tokens),
             (&state.health, call.forced),
             started,
-        ) {
-            Ok(lease) => lease,
+        );
+        let lease = match acquired {
+            // Released when the attempt ends, or when this task is dropped mid-call.
+            Ok(lease) => Leased::new(&state.deployments, lease),
             Err(no) if retries == 0 => return Called::NoDeployment(no),
             Err(no) => return Called::Answered(Err(Failure::final_(no.reason)), first_started),
         };
         if !state.health.try_call(route, &lease.key, call.forced, started) {
-            state.deployments.release(&lease, None);
+            // Never sent: it counts against no limit.
+            state.deployments.cancel(&lease.into_inner());
             let failure = Failure::final_("its circuit breaker opened since the decision");
             return Called::Answered(Err(failure), first_started);
         }
@@ -672,9 +678,8 @@ async fn call_with_retries(
             Ok(_) => ("ok", None),
             Err(failure) => ("error", Some(failure)),
         };
-        state
-            .deployments
-            .release(&lease, failure.is_none().then_some(took.as_secs_f64() * 1000.0));
+        let mut lease = lease;
+        lease.latency_ms = failure.is_none().then_some(took.as_secs_f64() * 1000.0);
         state.metrics.upstream_attempt(&model.id, result, took);
         if let Ok(Answer::Stream { .. }) = &called {
             state.metrics.first_token(&model.id, took);
@@ -699,6 +704,51 @@ async fn call_with_retries(
         tracing::info!(model = %model.id, deployment = %lease.key, retry = retries + 1, wait_ms = wait.as_millis() as u64, "retrying after: {failure}");
         tokio::time::sleep(wait).await;
         retries += 1;
+    }
+}
+
+/// A deployment's lease for one attempt, released when dropped: after the attempt (with its
+/// latency when it succeeded), or with the task if the client goes away mid-call. A
+/// stream's lease ends at its first chunk: in flight counts calls awaiting a first byte.
+pub(crate) struct Leased<'a> {
+    deployments: &'a Deployments,
+    lease: Lease,
+    latency_ms: Option<f64>,
+    /// Whether dropping it releases the lease.
+    armed: bool,
+}
+
+impl<'a> Leased<'a> {
+    /// `lease`, released when dropped.
+    pub(crate) fn new(deployments: &'a Deployments, lease: Lease) -> Self {
+        Leased {
+            deployments,
+            lease,
+            latency_ms: None,
+            armed: true,
+        }
+    }
+
+    /// The lease, no longer released on drop.
+    fn into_inner(mut self) -> Lease {
+        self.armed = false;
+        self.lease.clone()
+    }
+}
+
+impl std::ops::Deref for Leased<'_> {
+    type Target = Lease;
+
+    fn deref(&self) -> &Lease {
+        &self.lease
+    }
+}
+
+impl Drop for Leased<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.deployments.release(&self.lease, self.latency_ms);
+        }
     }
 }
 

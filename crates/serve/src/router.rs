@@ -452,7 +452,7 @@ pub struct CapturedSnapshot {
 }
 
 /// The result of a change that is applied and staged in the log but not yet durable. Wait
-/// for it (without holding the router's lock, so that other changes join the same fsync)
+/// for it (without holding the route's lock, so that other changes join the same fsync)
 /// before acknowledging it.
 #[must_use = "a change may be acknowledged only after `wait` returns"]
 pub struct Pending<T> {

@@ -63,7 +63,7 @@ pub fn state_with(
     }))
 }
 
-/// Captures the learners under the router's lock, then writes them without it. A
+/// Captures the learners under their routes' locks, then writes them without them. A
 /// snapshot that fails is counted and logged; the previous one and the log still hold
 /// everything, so serving goes on.
 fn snapshot(state: &AppState) {

@@ -17,7 +17,7 @@ use quiver_bandit::limits;
 use quiver_log::{LogEvent, Merge, SCHEMA_VERSION};
 
 use super::wide::{ids_or_row_numbers, optional_in_range, optional_texts};
-use super::{feature_columns, read_features, row_slice, Dataset, DatasetReader};
+use super::{feature_columns, read_features, row_slice, standard, Dataset, DatasetReader};
 use crate::error::{Result, SimError};
 use crate::source::Table;
 
@@ -316,6 +316,7 @@ pub(crate) fn combine_logged(
             std::mem::take(&mut part.features)
         } else {
             concatenate(Axis(0), &[out.features.view(), part.features.view()])
+                .map(standard)
                 .map_err(|e| SimError::Mismatch(format!("the log's f_* columns: {e}")))?
         };
         match (&mut out.prompts, part.prompts) {

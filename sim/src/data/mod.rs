@@ -214,8 +214,18 @@ pub(crate) fn read_features(
     Ok(features)
 }
 
-/// Row `row` of a table's matrix, as a slice: the tables keep their matrices in standard
-/// (row-major, contiguous) layout, as every constructor of ndarray used here makes them.
+/// `matrix` in standard (row-major, contiguous) layout: selecting or stacking along an
+/// axis may give another, and the tables keep theirs standard so that a row is a slice.
+pub(crate) fn standard(matrix: Array2<f64>) -> Array2<f64> {
+    if matrix.is_standard_layout() {
+        matrix
+    } else {
+        matrix.as_standard_layout().into_owned()
+    }
+}
+
+/// Row `row` of a table's matrix, as a slice (the tables keep their matrices standard:
+/// see [`standard`]).
 pub(crate) fn row_slice(matrix: &Array2<f64>, row: usize) -> &[f64] {
     matrix
         .row(row)

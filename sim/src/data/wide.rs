@@ -8,7 +8,7 @@
 use ndarray::{concatenate, Array2, Axis};
 use quiver_bandit::limits;
 
-use super::{feature_columns, read_features, row_slice, Dataset, DatasetReader};
+use super::{feature_columns, read_features, row_slice, standard, Dataset, DatasetReader};
 use crate::error::{Result, SimError};
 use crate::source::{check_range, Table};
 
@@ -81,9 +81,9 @@ impl WideDataset {
             .iter()
             .map(|a| self.arms.iter().position(|b| b == a).unwrap_or(0))
             .collect();
-        self.quality = self.quality.select(Axis(1), &order);
-        self.cost_usd = self.cost_usd.as_ref().map(|c| c.select(Axis(1), &order));
-        self.latency_ms = self.latency_ms.as_ref().map(|l| l.select(Axis(1), &order));
+        self.quality = columns_in(&self.quality, &order);
+        self.cost_usd = self.cost_usd.as_ref().map(|c| columns_in(c, &order));
+        self.latency_ms = self.latency_ms.as_ref().map(|l| columns_in(l, &order));
         self.arms = reference.arms.clone();
         Ok(())
     }
@@ -133,6 +133,7 @@ impl WideDataset {
         }
         let stack = |mine: &Array2<f64>, theirs: &Array2<f64>| {
             concatenate(Axis(0), &[mine.view(), theirs.view()])
+                .map(standard)
                 .map_err(|e| SimError::Mismatch(format!("{} after {}: {e}", other.source, self.source)))
         };
         self.quality = stack(&self.quality, &other.quality)?;
@@ -157,7 +158,7 @@ impl WideDataset {
     /// Keeps only the rows for which `keep(row)` holds.
     pub fn retain_rows(&mut self, keep: impl Fn(usize) -> bool) {
         let rows: Vec<usize> = (0..self.rows()).filter(|&r| keep(r)).collect();
-        let pick = |m: &Array2<f64>| m.select(Axis(0), &rows);
+        let pick = |m: &Array2<f64>| standard(m.select(Axis(0), &rows));
         self.quality = pick(&self.quality);
         self.cost_usd = self.cost_usd.as_ref().map(pick);
         self.latency_ms = self.latency_ms.as_ref().map(pick);
@@ -172,6 +173,11 @@ impl WideDataset {
             .as_ref()
             .map(|t| rows.iter().map(|&r| t[r].clone()).collect());
     }
+}
+
+/// `matrix` with its columns permuted: column `i` of the result is column `order[i]`.
+fn columns_in(matrix: &Array2<f64>, order: &[usize]) -> Array2<f64> {
+    standard(matrix.select(Axis(1), order))
 }
 
 /// Columns of one wide table before completeness filtering.
