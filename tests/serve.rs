@@ -1151,6 +1151,26 @@ async fn deployments_keep_to_their_limits_and_tags() {
         state["arms"][0]["requests"], 6,
         "only the served calls are learned: {state}"
     );
+    let deployments: Vec<(String, u64)> = state["arms"][0]["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["key"].as_str().unwrap().to_string(),
+                d["calls_last_minute"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        deployments,
+        [
+            ("m@d0".to_string(), 3),
+            ("m@d1".to_string(), 2),
+            ("m@d2".to_string(), 1)
+        ],
+        "{state}"
+    );
 
     for _ in 0..6 {
         assert_eq!(chat("tagged", Some("region:eu")).await.status(), 200);

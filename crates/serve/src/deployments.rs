@@ -377,6 +377,31 @@ impl Deployments {
         }
     }
 
+    /// Each deployment of a model that lists several, now: its key, calls in flight, and the
+    /// calls and prompt tokens of the last minute. Empty for a model served at its own URL.
+    pub fn usage(&self, route: &str, model: &ModelConfig, now: Instant) -> Vec<(String, u32, u32, u64)> {
+        if model.deployments.is_empty() {
+            return Vec::new();
+        }
+        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let states = states_of(&mut usage, route, model, model.deployments.len(), now);
+        model
+            .deployments
+            .iter()
+            .zip(states.iter())
+            .enumerate()
+            .map(|(i, (deployment, state))| {
+                let tokens = state.recent.iter().map(|&(_, t)| u64::from(t)).sum();
+                (
+                    key_of(model, i, deployment),
+                    state.in_flight,
+                    state.recent.len() as u32,
+                    tokens,
+                )
+            })
+            .collect()
+    }
+
     /// Takes back a lease whose call was never sent: it counts against no limit.
     pub fn cancel(&self, lease: &Lease) {
         let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());

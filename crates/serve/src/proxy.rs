@@ -360,7 +360,7 @@ async fn complete(
     // The embedding's wait counts against the request's time limit.
     let deadline = Instant::now() + Duration::from_millis(state.config.request_timeout_ms);
     let observed = state.observe(&route, &prompt, Some(&tags)).await;
-    let breakers_open = observed.unavailable.len();
+    let unavailable = observed.unavailable.len();
     let ((routed, models), decision_logged) = {
         let routed = state.router.route_observed(&route, &route_request, observed)?;
         let models = state.router.route_config(&route)?.models.clone();
@@ -371,8 +371,9 @@ async fn complete(
     let order: Vec<String> = std::iter::once(routed.decision.arm.clone())
         .chain(routed.decision.fallback.iter().cloned())
         .collect();
-    // With every model's breaker open, the decision considered them all: so do the calls.
-    let forced = breakers_open >= models.len();
+    // With every model unavailable (breakers, deployments' limits or tags), the decision
+    // considered them all: so do the calls, past open breakers (never past limits or tags).
+    let forced = unavailable >= models.len();
     let mut failures = Vec::new();
     // Until a model was called, the earliest a deployment's limits free enough.
     let mut only_limits: Option<Option<Duration>> = None;

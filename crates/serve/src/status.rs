@@ -64,6 +64,23 @@ pub struct ArmState {
     pub latency_std_error_ms: f64,
     /// Its circuit breaker (see the proxy).
     pub circuit: Circuit,
+    /// Its deployments, when it lists several (see `crate::deployments`).
+    pub deployments: Vec<DeploymentState>,
+}
+
+/// One deployment of a model, now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeploymentState {
+    /// `model@name`, as the breakers and errors name it.
+    pub key: String,
+    /// Its circuit breaker.
+    pub circuit: Circuit,
+    /// Calls awaiting its first byte.
+    pub in_flight: u32,
+    /// Calls it started in the last minute (against its `rpm`).
+    pub calls_last_minute: u32,
+    /// Their prompt tokens (against its `tpm`).
+    pub tokens_last_minute: u64,
 }
 
 /// Per-model counts, spend and latency of a route.
@@ -80,8 +97,26 @@ pub(crate) async fn route_state(
 ) -> Result<Json<RouteState>, ApiError> {
     let mut route = with_router(&state, move |router| route_state_of(router, &name)).await?;
     let now = Instant::now();
+    let models = &state.router.route_config(&route.route)?.models;
     for arm in &mut route.arms {
         arm.circuit = state.health.circuit(&route.route, &arm.arm, now);
+        let Some(model) = models.iter().find(|m| m.id == arm.arm) else {
+            continue;
+        };
+        arm.deployments = state
+            .deployments
+            .usage(&route.route, model, now)
+            .into_iter()
+            .map(
+                |(key, in_flight, calls_last_minute, tokens_last_minute)| DeploymentState {
+                    circuit: state.health.circuit(&route.route, &key, now),
+                    key,
+                    in_flight,
+                    calls_last_minute,
+                    tokens_last_minute,
+                },
+            )
+            .collect();
     }
     Ok(Json(route))
 }
@@ -112,6 +147,7 @@ fn route_state_of(router: &Router, name: &str) -> Result<RouteState, ApiError> {
                 mean_latency_ms: latency,
                 latency_std_error_ms: latency_se,
                 circuit: Circuit::Closed,
+                deployments: Vec::new(),
             }
         })
         .collect();
