@@ -1171,6 +1171,16 @@ async fn deployments_keep_to_their_limits_and_tags() {
         ],
         "{state}"
     );
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let closed = "quiver_deployment_circuit_state{route=\"limited\",deployment=\"m@d0\",state=\"closed\"} 1";
+    assert!(metrics.contains(closed), "{metrics}");
 
     for _ in 0..6 {
         assert_eq!(chat("tagged", Some("region:eu")).await.status(), 200);

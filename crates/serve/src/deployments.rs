@@ -204,6 +204,14 @@ fn deployments_of(model: &ModelConfig) -> Vec<DeploymentConfig> {
     }]
 }
 
+/// The breaker keys of the deployments `model` lists (`model@name`); none for a model
+/// served at its own URL, whose breaker is the model's.
+pub fn deployment_keys(model: &ModelConfig) -> Vec<String> {
+    (model.deployments.iter().enumerate())
+        .map(|(i, deployment)| key_of(model, i, deployment))
+        .collect()
+}
+
 /// The breaker key of deployment `index` of `model`: the model's id when it has none of
 /// its own, so that a model's health reads as before.
 fn key_of(model: &ModelConfig, index: usize, deployment: &DeploymentConfig) -> String {

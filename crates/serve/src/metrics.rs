@@ -21,6 +21,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::config::RouteConfig;
+use crate::deployments::deployment_keys;
 use crate::health::{Circuit, Health};
 use crate::router::Router;
 
@@ -281,6 +283,13 @@ struct CircuitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeploymentCircuitLabels {
+    route: String,
+    deployment: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ArmLabels {
     route: String,
     arm: String,
@@ -302,6 +311,8 @@ pub struct LearnerStats {
     log_fsyncs: u64,
     /// Each arm's circuit breaker, in the order of `arms`.
     circuits: Vec<Circuit>,
+    /// Each deployment's circuit breaker: route, `model@deployment`, state.
+    deployment_circuits: Vec<(String, String, Circuit)>,
 }
 
 impl LearnerStats {
@@ -339,15 +350,27 @@ impl LearnerStats {
             log_records,
             log_fsyncs,
             circuits: Vec::new(),
+            deployment_circuits: Vec::new(),
         })
     }
 
-    /// Adds each arm's circuit breaker state, as `health` holds it `now`.
-    pub fn with_circuits(mut self, health: &Health, now: Instant) -> Self {
+    /// Adds each arm's circuit breaker state, and each deployment's of the `routes`, as
+    /// `health` holds them `now`.
+    pub fn with_circuits(mut self, health: &Health, routes: &[RouteConfig], now: Instant) -> Self {
         self.circuits = self
             .arms
             .iter()
             .map(|a| health.circuit(&a.route, &a.arm, now))
+            .collect();
+        self.deployment_circuits = routes
+            .iter()
+            .flat_map(|r| r.models.iter().map(move |m| (r, m)))
+            .flat_map(|(r, m)| {
+                deployment_keys(m).into_iter().map(move |key| {
+                    let circuit = health.circuit(&r.name, &key, now);
+                    (r.name.clone(), key, circuit)
+                })
+            })
             .collect();
         self
     }
@@ -446,6 +469,22 @@ impl Collector for LearnerStats {
         )?;
         family(
             &mut encoder,
+            "quiver_deployment_circuit_state",
+            "Each deployment's circuit breaker per route: 1 for its state, 0 for the others.",
+            MetricType::Gauge,
+            self.deployment_circuits.iter().flat_map(|(route, key, circuit)| {
+                states.iter().map(move |&(state, name)| {
+                    let labels = DeploymentCircuitLabels {
+                        route: route.clone(),
+                        deployment: key.clone(),
+                        state: name.to_string(),
+                    };
+                    (labels, ConstGauge::new(i64::from(state == *circuit)))
+                })
+            }),
+        )?;
+        family(
+            &mut encoder,
             "quiver_route_spend_usd",
             "Spend per route in the current UTC day and month, USD (what spend caps count).",
             MetricType::Gauge,
@@ -534,6 +573,7 @@ mod tests {
             log_records: 9,
             log_fsyncs: 2,
             circuits: vec![Circuit::HalfOpen],
+            deployment_circuits: vec![("r".into(), "m@eu".into(), Circuit::Open)],
         };
         let metrics = Metrics::default();
         metrics.routed.inc();
@@ -557,6 +597,8 @@ mod tests {
             "quiver_circuit_state{route=\"r\",arm=\"we\\\"ird\\\\arm\\nid\",state=\"half_open\"} 1",
             "quiver_circuit_state{route=\"r\",arm=\"we\\\"ird\\\\arm\\nid\",state=\"open\"} 0",
             "quiver_routed_total 1",
+            "quiver_deployment_circuit_state{route=\"r\",deployment=\"m@eu\",state=\"open\"} 1",
+            "quiver_deployment_circuit_state{route=\"r\",deployment=\"m@eu\",state=\"closed\"} 0",
             "# TYPE quiver_log_commit_seconds histogram",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");

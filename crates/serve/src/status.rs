@@ -197,7 +197,7 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Result<Respon
     state.metrics.cache_bytes.set(state.cache.bytes() as i64);
     let stats = with_router(&state, |router| Ok(LearnerStats::read(router)?))
         .await?
-        .with_circuits(&state.health, Instant::now());
+        .with_circuits(&state.health, &state.config.routes, Instant::now());
     let text = state.metrics.render(stats);
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
 }
