@@ -218,7 +218,8 @@ pub enum UpstreamResponses {
     /// An invalid value, here or upstream (relayed unchanged).
     #[response(status = 422)]
     Invalid(serde_json::Value),
-    /// The route reached a spend cap; retry after `Retry-After`.
+    /// The route reached a spend cap, or every model's deployments their rate limits; retry
+    /// after `Retry-After`.
     #[response(status = 429)]
     TooManyRequests(ErrorBody),
     /// The request head is too large.

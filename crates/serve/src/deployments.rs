@@ -242,9 +242,6 @@ impl Deployments {
         (health, forced): (&Health, bool),
         now: Instant,
     ) -> Result<Lease, NoDeployment> {
-        let deployments = deployments_of(model);
-        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
-        let states = states_of(&mut usage, route, model, deployments.len(), now);
         let call = Call {
             route,
             model,
@@ -254,22 +251,24 @@ impl Deployments {
             forced,
             now,
         };
-        let chosen = self.pick(&call, &deployments, states)?;
-        let state = &mut states[chosen];
-        state.in_flight += 1;
-        state.recent.push_back((now, tokens));
-        let deployment = &deployments[chosen];
-        let mut model_config = model.clone();
-        model_config.base_url = Some(deployment.base_url.clone()).filter(|url| !url.is_empty());
-        model_config.api_key_env = deployment.api_key_env.clone().or(model.api_key_env.clone());
-        model_config.upstream_model = deployment.upstream_model.clone().or(model.upstream_model.clone());
-        Ok(Lease {
-            route: route.to_string(),
-            model: model.id.clone(),
-            index: chosen,
-            started: now,
-            key: key_of(model, chosen, deployment),
-            model_config,
+        self.with_pick(&call, |deployments, states, picked| {
+            let chosen = picked?;
+            let state = &mut states[chosen];
+            state.in_flight += 1;
+            state.recent.push_back((now, tokens));
+            let deployment = &deployments[chosen];
+            let mut model_config = model.clone();
+            model_config.base_url = Some(deployment.base_url.clone()).filter(|url| !url.is_empty());
+            model_config.api_key_env = deployment.api_key_env.clone().or(model.api_key_env.clone());
+            model_config.upstream_model = deployment.upstream_model.clone().or(model.upstream_model.clone());
+            Ok(Lease {
+                route: route.to_string(),
+                model: model.id.clone(),
+                index: chosen,
+                started: now,
+                key: key_of(model, chosen, deployment),
+                model_config,
+            })
         })
     }
 
@@ -283,9 +282,6 @@ impl Deployments {
         health: &Health,
         now: Instant,
     ) -> Option<NoDeployment> {
-        let deployments = deployments_of(model);
-        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
-        let states = states_of(&mut usage, route, model, deployments.len(), now);
         let call = Call {
             route,
             model,
@@ -295,7 +291,21 @@ impl Deployments {
             forced: false,
             now,
         };
-        self.pick(&call, &deployments, states).err()
+        self.with_pick(&call, |_, _, picked| picked.err())
+    }
+
+    /// Runs `then` on the model's deployments, their usage and the pick for `call`, under
+    /// the usage's lock.
+    fn with_pick<T>(
+        &self,
+        call: &Call<'_>,
+        then: impl FnOnce(&[DeploymentConfig], &mut [Usage], Result<usize, NoDeployment>) -> T,
+    ) -> T {
+        let deployments = deployments_of(call.model);
+        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let states = states_of(&mut usage, call.route, call.model, deployments.len(), call.now);
+        let picked = self.pick(call, &deployments, states);
+        then(&deployments, states, picked)
     }
 
     /// The deployment `call` would take (see [`Deployments::acquire`]), or why none can.

@@ -201,20 +201,11 @@ impl RouteState {
 
     /// Starts a route without learned state from its priors file, if it has one.
     fn absorb_priors(&mut self) -> Result<()> {
-        let definition = self.layout.definition();
-        match &self.config.priors {
-            Some(path) => absorb_priors_file(
-                &mut self
-                    .live
-                    .get_mut()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .learner,
-                path,
-                &definition,
-                &self.config.name,
-            ),
-            None => Ok(()),
-        }
+        let Some(path) = self.config.priors.clone() else {
+            return Ok(());
+        };
+        let (definition, name) = (self.layout.definition(), self.config.name.clone());
+        absorb_priors_file(&mut self.live_mut().learner, &path, &definition, &name)
     }
 
     /// What the route changes, while the router opens (nothing else can hold it yet).

@@ -47,9 +47,10 @@ impl AppState {
     /// What a decision on `route` for a prompt of `text` takes from outside the router:
     /// the prompt's projected embedding, if the route has an embedding block and the
     /// embedding comes in time (see [`Embedders::embed`]), and the models that cannot take
-    /// the call: their circuit is open or, for a call the proxy makes (`call` names the
-    /// tags it requires), none of their deployments can take it (see [`Deployments`]).
-    pub async fn observe(&self, route: &str, text: &str, call: Option<&[String]>) -> Observed {
+    /// the call: their circuit is open or, for a call the proxy makes (`call`: the tags it
+    /// requires and the prompt's estimated tokens), none of their deployments can take it
+    /// (see [`Deployments`]).
+    pub async fn observe(&self, route: &str, text: &str, call: Option<(&[String], u32)>) -> Observed {
         let embedding = self.embedders.embed(&self.http, &self.metrics, route, text).await;
         let now = Instant::now();
         let mut unavailable = self.health.unavailable(route, now);
@@ -61,12 +62,11 @@ impl AppState {
             .flat_map(|r| &r.models);
         // Deployments' breakers are keyed `model@deployment`: the deployments speak for them.
         unavailable.retain(|key, _| models.clone().any(|m| m.id == *key));
-        if let Some(tags) = call {
-            let tokens = quiver_bandit::features::estimate_tokens(text);
+        if let Some(call) = call {
             for model in models {
-                if let Some(no) =
-                    self.deployments
-                        .unavailable(route, model, (tags, tokens), &self.health, now)
+                if let Some(no) = self
+                    .deployments
+                    .unavailable(route, model, call, &self.health, now)
                 {
                     unavailable.entry(model.id.clone()).or_insert(no.reason);
                 }

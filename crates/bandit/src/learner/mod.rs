@@ -587,28 +587,26 @@ impl Learner {
     }
 
     /// Arm `i` as the cost model sees it.
-    fn arm_cost(&self, i: usize) -> ArmCost<'_> {
+    /// (A function of the fields it reads, so that the cost model may be borrowed beside it.)
+    fn arm_cost<'a>(arms: &'a [Arm], usage: &'a [ArmUsage], config: &LearnerConfig, i: usize) -> ArmCost<'a> {
         ArmCost {
-            arm: &self.arms[i],
-            usage: &self.usage[i],
-            default_output_tokens: self.config.default_output_tokens,
+            arm: &arms[i],
+            usage: &usage[i],
+            default_output_tokens: config.default_output_tokens,
         }
     }
 
     /// What a request with features `x` and `tokens` prompt tokens is expected to cost on
     /// arm `i` (see [`CostModel::expected_usd`]).
     fn expected_cost_usd(&self, i: usize, x: &[f64], tokens: u32) -> f64 {
-        self.cost.expected_usd(i, self.arm_cost(i), x, tokens)
+        let arm = Self::arm_cost(&self.arms, &self.usage, &self.config, i);
+        self.cost.expected_usd(i, arm, x, tokens)
     }
 
     /// Teaches the cost model what arm `arm`'s request cost (see [`CostModel::learn`]);
     /// before the usage records it.
     fn learn_cost(&mut self, arm: usize, x: &[f64], tokens: u32, cost_usd: f64) {
-        let seen = ArmCost {
-            arm: &self.arms[arm],
-            usage: &self.usage[arm],
-            default_output_tokens: self.config.default_output_tokens,
-        };
+        let seen = Self::arm_cost(&self.arms, &self.usage, &self.config, arm);
         self.cost.learn(arm, seen, x, tokens, cost_usd);
     }
 
