@@ -84,6 +84,7 @@ fn rounds_per_second(c: &mut Criterion) {
             priors: None,
             pacer_step: DEFAULT_PACING_STEP,
             checkpoints: 100,
+            full_information: false,
         };
         group.throughput(Throughput::Elements(ROWS as u64 * seeds));
         group.bench_function(format!("{spec} x{seeds} seeds"), |b| {

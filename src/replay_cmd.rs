@@ -91,6 +91,10 @@ pub struct ReplayArgs {
     /// Evaluate without learning (after --train).
     #[arg(long, alias = "freeze")]
     frozen: bool,
+    /// Skip the full-information reference: each policy replayed again, shown every
+    /// model's outcome after each decision (`full_lift`; it doubles the replay's work).
+    #[arg(long)]
+    no_full_information: bool,
     /// Passes over --train, under --train-feedback bandit.
     #[arg(long, default_value_t = 1)]
     train_passes: usize,
@@ -466,8 +470,14 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         priors,
         pacer_step: args.pacer_step,
         checkpoints: 200,
+        // Frozen learners learn nothing while evaluated, so their reference would repeat them.
+        full_information: !args.no_full_information && !args.frozen,
     };
-    let progress = bar(settings.variants.len() as u64 * settings.seeds, "replaying");
+    let runs_per_seed = if settings.full_information { 2 } else { 1 };
+    let progress = bar(
+        settings.variants.len() as u64 * settings.seeds * runs_per_seed,
+        "replaying",
+    );
     let runs = replay(&env, train_env.as_ref(), &settings, &|| progress.inc(1))?;
     progress.finish_and_clear();
     let summary = summarize(

@@ -66,8 +66,9 @@ pub fn run(args: SuiteArgs) -> Result<()> {
         tables.extend(suite::folds("routerbench-train", &train, 3));
     }
     let cases = suite::cases(tables, true, true)?;
+    // Each seed runs twice: under bandit feedback and with full information.
     let progress = bar(
-        cases.len() as u64 * candidates.len() as u64 * args.seeds,
+        cases.len() as u64 * candidates.len() as u64 * args.seeds * 2,
         "validating",
     );
     let results = suite::run(&cases, &candidates, args.seeds, &|| progress.inc(1))?;
@@ -90,27 +91,36 @@ fn report(results: &[CaseResult]) -> String {
         .max(9);
     let tables = results.iter().map(|r| r.table.len()).max().unwrap_or(5).max(5);
     let mut out = format!(
-        "{:<tables$} {:>6} {:<width$} {:>8} {:>8} {:>8} {:>8}\n",
-        "table", "budget", "candidate", "quality", "spend", "hull", "lift"
+        "{:<tables$} {:>6} {:<width$} {:>8} {:>8} {:>8} {:>8} {:>9}\n",
+        "table", "budget", "candidate", "quality", "spend", "hull", "lift", "full_lift"
     );
     for r in results {
         out.push_str(&format!(
-            "{:<tables$} {:>5.0}% {:<width$} {:>8.4} {:>7.1}% {:>8.4} {:>+8.4}\n",
+            "{:<tables$} {:>5.0}% {:<width$} {:>8.4} {:>7.1}% {:>8.4} {:>+8.4} {:>+9.4}\n",
             r.table,
             100.0 * r.budget_share,
             r.candidate,
             r.quality,
             100.0 * r.spend_vs_budget,
             r.hull,
-            r.lift
+            r.lift,
+            r.full_information_lift
         ));
     }
     out.push_str(&format!(
-        "\n{:<width$} {:>10} {:>10} {:>12} {:>10} {:>10}\n",
-        "candidate", "mean lift", "worst lift", "worst spend", "cold mean", "cold worst"
+        "\n{:<width$} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10} {:>10}\n",
+        "candidate",
+        "mean lift",
+        "worst lift",
+        "worst spend",
+        "cold mean",
+        "cold worst",
+        "full mean",
+        "cold full"
     ));
     out.push_str(
-        "(trained cases, then cold starts; worst spend: the farthest from the budget where it can be kept)\n",
+        "(trained cases, then cold starts; worst spend: the farthest from the budget where it can be kept; \
+         full: the mean lift of the same candidate shown every model's outcome)\n",
     );
     let mut names: Vec<&str> = Vec::new();
     for r in results {
@@ -121,14 +131,14 @@ fn report(results: &[CaseResult]) -> String {
     let mean = |lifts: &[f64]| lifts.iter().sum::<f64>() / lifts.len() as f64;
     let worst = |lifts: &[f64]| lifts.iter().copied().fold(f64::INFINITY, f64::min);
     for name in names {
-        let lifts = |cold: bool| -> Vec<f64> {
+        let lifts = |cold: bool, full: bool| -> Vec<f64> {
             results
                 .iter()
                 .filter(|r| r.candidate == name && r.cold == cold)
-                .map(|r| r.lift)
+                .map(|r| if full { r.full_information_lift } else { r.lift })
                 .collect()
         };
-        let (trained, cold) = (lifts(false), lifts(true));
+        let (trained, cold) = (lifts(false, false), lifts(true, false));
         let spend = results
             .iter()
             .filter(|r| r.candidate == name && !r.cold && r.feasible)
@@ -136,13 +146,15 @@ fn report(results: &[CaseResult]) -> String {
             .max_by(|a, b| (a - 1.0).abs().total_cmp(&(b - 1.0).abs()))
             .unwrap_or(f64::NAN);
         out.push_str(&format!(
-            "{:<width$} {:>+10.4} {:>+10.4} {:>11.1}% {:>+10.4} {:>+10.4}\n",
+            "{:<width$} {:>+10.4} {:>+10.4} {:>11.1}% {:>+10.4} {:>+10.4} {:>+10.4} {:>+10.4}\n",
             name,
             mean(&trained),
             worst(&trained),
             100.0 * spend,
             mean(&cold),
-            worst(&cold)
+            worst(&cold),
+            mean(&lifts(false, true)),
+            mean(&lifts(true, true))
         ));
     }
     out

@@ -7,7 +7,7 @@ use polars::prelude::*;
 use crate::error::{Result, SimError};
 use crate::metrics::mean_ci95;
 use crate::plot::{chart, Series};
-use crate::replay::{ReplaySettings, Run};
+use crate::replay::{Feedback, ReplaySettings, Run};
 use crate::report::Summary;
 use crate::write::write_frame;
 
@@ -18,8 +18,9 @@ fn write_text(path: &Path, text: &str) -> Result<()> {
     })
 }
 
-/// Writes `summary.json`, `curves.parquet` (one row per variant, seed and checkpoint),
-/// `frontier.svg` (cost-quality of every policy and single model) and `regret.svg`
+/// Writes `summary.json`, `curves.parquet` (one row per variant, seed, feedback and
+/// checkpoint), `frontier.svg` (cost-quality of every policy, its full-information
+/// reference when run, and every single model) and `regret.svg`
 /// (cumulative regret, mean across seeds with its 95% band).
 pub fn write_out(dir: &Path, summary: &Summary, settings: &ReplaySettings, runs: &[Run]) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| SimError::Write {
@@ -33,6 +34,7 @@ pub fn write_out(dir: &Path, summary: &Summary, settings: &ReplaySettings, runs:
     write_text(&dir.join("summary.json"), &(json + "\n"))?;
 
     let mut policy = Vec::new();
+    let mut feedback = Vec::new();
     let mut seed = Vec::new();
     let mut step = Vec::new();
     let mut regret = Vec::new();
@@ -41,6 +43,10 @@ pub fn write_out(dir: &Path, summary: &Summary, settings: &ReplaySettings, runs:
     for run in runs {
         for p in &run.curve {
             policy.push(settings.variants[run.variant].label.clone());
+            feedback.push(match run.feedback {
+                Feedback::Bandit => "bandit",
+                Feedback::Full => "full",
+            });
             seed.push(run.seed);
             step.push(p.step as u64);
             regret.push(p.regret);
@@ -51,6 +57,7 @@ pub fn write_out(dir: &Path, summary: &Summary, settings: &ReplaySettings, runs:
     let path = dir.join("curves.parquet");
     let mut frame = DataFrame::new_infer_height(vec![
         Column::new("policy".into(), policy),
+        Column::new("feedback".into(), feedback),
         Column::new("seed".into(), seed),
         Column::new("step".into(), step),
         Column::new("regret".into(), regret),
@@ -74,6 +81,21 @@ pub fn write_out(dir: &Path, summary: &Summary, settings: &ReplaySettings, runs:
             point_labels: Vec::new(),
         })
         .collect();
+    let full: Vec<(f64, f64)> = summary
+        .policies
+        .iter()
+        .filter_map(|p| p.full_information.as_ref())
+        .map(|f| (f.mean_cost_usd, f.mean_quality))
+        .collect();
+    if !full.is_empty() {
+        frontier.push(Series {
+            label: "full information (each policy shown every outcome)".into(),
+            points: full,
+            band: Vec::new(),
+            markers: true,
+            point_labels: Vec::new(),
+        });
+    }
     frontier.push(Series {
         label: "single models".into(),
         points: summary
@@ -108,7 +130,10 @@ pub fn write_out(dir: &Path, summary: &Summary, settings: &ReplaySettings, runs:
         .iter()
         .enumerate()
         .map(|(v, variant)| {
-            let mine: Vec<&Run> = runs.iter().filter(|r| r.variant == v).collect();
+            let mine: Vec<&Run> = runs
+                .iter()
+                .filter(|r| r.variant == v && r.feedback == Feedback::Bandit)
+                .collect();
             let points = mine.first().map_or(0, |r| r.curve.len());
             let mut line = Vec::new();
             let mut band = Vec::new();

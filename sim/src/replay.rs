@@ -9,8 +9,14 @@
 //! learns on it under bandit feedback (same knobs), then is evaluated on the data, still
 //! learning unless frozen.
 //!
-//! Runs of (variant, seed) are independent and run in parallel; results come back in a
-//! fixed order, so the output is the same byte for byte for the same seed and input.
+//! The full-information reference ([`Feedback::Full`]) runs the same policy on the same
+//! features and requests but shows it every arm's outcome after each decision: what the
+//! learner would reach if it never had to explore, so that a report can say how much
+//! learning from the chosen arm alone costs.
+//!
+//! Runs of (variant, seed, feedback) are independent and run in parallel; results come
+//! back in a fixed order, so the output is the same byte for byte for the same seed and
+//! input.
 
 use std::collections::VecDeque;
 
@@ -83,6 +89,16 @@ pub struct Variant {
     pub label: String,
 }
 
+/// What a learner is shown after each decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feedback {
+    /// The chosen arm's outcome only, as a server learns.
+    Bandit,
+    /// Every arm's outcome, with the same delay and missing share: the full-information
+    /// reference on the same features.
+    Full,
+}
+
 /// What to replay and how.
 #[derive(Debug, Clone)]
 pub struct ReplaySettings {
@@ -105,6 +121,8 @@ pub struct ReplaySettings {
     pub pacer_step: f64,
     /// Points per regret curve.
     pub checkpoints: usize,
+    /// Also run every (variant, seed) under [`Feedback::Full`].
+    pub full_information: bool,
 }
 
 /// One point of a run's curve.
@@ -127,6 +145,8 @@ pub struct Run {
     pub variant: usize,
     /// The seed.
     pub seed: u64,
+    /// What the learner was shown.
+    pub feedback: Feedback,
     /// Mean quality over the evaluated requests.
     pub mean_quality: f64,
     /// Mean cost, USD.
@@ -224,6 +244,7 @@ impl<'a> Environment<'a> {
 const PREFETCH_AHEAD: usize = 16;
 
 /// What the simulator knows of one arm on one request.
+#[derive(Clone, Copy)]
 struct Truth {
     quality: f64,
     cost_usd: f64,
@@ -260,54 +281,115 @@ fn truth(
     }
 }
 
-/// One learner playing requests under bandit feedback: it sees the chosen arm's cost and
-/// latency at once and its quality after the delay (or never, for the missing share).
+/// What reaches the learner after a decision's delay.
+enum Reveal {
+    /// The chosen arm's quality.
+    Quality { id: u64, quality: f64 },
+    /// The other arms' whole outcomes in the decision's context (full information).
+    Others {
+        context: Context,
+        outcomes: Vec<(usize, Outcome)>,
+    },
+}
+
+/// What one decision met: the chosen arm and its truth, and the other arms' truths (by arm,
+/// ascending) where they were drawn.
+struct Played {
+    arm: usize,
+    truth: Truth,
+    others: Vec<(usize, Truth)>,
+}
+
+/// One learner playing requests: it sees the chosen arm's cost and latency at once and its
+/// quality after the delay (or never, for the missing share); under full information it
+/// learns every other arm's outcome with the chosen arm's quality.
 struct Player<'k> {
     learner: Learner,
+    arms: &'k [String],
     knobs: &'k Knobs,
+    feedback: Feedback,
     rng: ChaCha8Rng,
-    /// Qualities on their way: (due step, decision id, quality).
-    pending: VecDeque<(usize, u64, f64)>,
+    /// What is on its way: (due step, what).
+    pending: VecDeque<(usize, Reveal)>,
     step: usize,
 }
 
 impl Player<'_> {
     fn deliver_due(&mut self) -> Result<()> {
-        while self.pending.front().is_some_and(|(due, _, _)| *due <= self.step) {
-            if let Some((_, id, quality)) = self.pending.pop_front() {
-                self.learner.record_quality(id, quality)?;
+        while self.pending.front().is_some_and(|(due, _)| *due <= self.step) {
+            match self.pending.pop_front().map(|(_, reveal)| reveal) {
+                Some(Reveal::Quality { id, quality }) => {
+                    self.learner.record_quality(id, quality)?;
+                }
+                Some(Reveal::Others { context, outcomes }) => {
+                    for (arm, outcome) in outcomes {
+                        self.learner.learn(&self.arms[arm], &context, &outcome)?;
+                    }
+                }
+                None => {}
             }
         }
         Ok(())
     }
 
-    /// Decides one request and reveals only the chosen arm's outcome to the learner. The
-    /// quality of decision `t` is learned just before decision `t + feedback_delay + 1`.
+    /// Decides one request and reveals what the feedback allows. The quality of decision
+    /// `t` is learned just before decision `t + feedback_delay + 1`. The other arms' truths
+    /// are drawn, after the chosen one's, on evaluated rows and under full information.
     fn play(
         &mut self,
         env: &Environment,
         row: usize,
         eval_step: Option<usize>,
         learn: bool,
-    ) -> Result<(usize, Truth)> {
+    ) -> Result<Played> {
         if learn {
             self.deliver_due()?;
         }
         let decision = self.learner.decide_arm(&Request::new(env.context(row)))?;
         let arm = decision.arm;
         let t = truth(env, self.knobs, row, arm, eval_step, &mut self.rng);
+        let mut missing = false;
         if learn {
             self.learner
                 .record_outcome(decision.id, &Outcome::new(t.latency_ms, t.cost_usd))?;
-            let missing =
+            missing =
                 self.knobs.missing_feedback > 0.0 && self.rng.random::<f64>() < self.knobs.missing_feedback;
-            if !missing {
+        }
+        let full = self.feedback == Feedback::Full;
+        // Training rows under bandit feedback need no other arm's truth.
+        let others: Vec<(usize, Truth)> = if eval_step.is_some() || full {
+            (0..env.data.num_arms())
+                .filter(|&a| a != arm)
+                .map(|a| (a, truth(env, self.knobs, row, a, eval_step, &mut self.rng)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if learn && !missing {
+            let due = self.step + self.knobs.feedback_delay + 1;
+            self.pending.push_back((
+                due,
+                Reveal::Quality {
+                    id: decision.id,
+                    quality: t.quality,
+                },
+            ));
+            if full {
+                let outcomes = others
+                    .iter()
+                    .map(|(a, o)| (*a, Outcome::new(o.latency_ms, o.cost_usd).with_quality(o.quality)))
+                    .collect();
+                let context = env.context(row);
                 self.pending
-                    .push_back((self.step + self.knobs.feedback_delay + 1, decision.id, t.quality));
+                    .push_back((due, Reveal::Others { context, outcomes }));
             }
         }
         self.step += 1;
-        Ok((arm, t))
+        Ok(Played {
+            arm,
+            truth: t,
+            others,
+        })
     }
 
     /// Draws an arm uniformly at random and lets the learner learn everything its outcome
@@ -316,8 +398,7 @@ impl Player<'_> {
         let arm = self.rng.random_range(0..env.data.num_arms());
         let t = truth(env, self.knobs, row, arm, None, &mut self.rng);
         let outcome = Outcome::new(t.latency_ms, t.cost_usd).with_quality(t.quality);
-        self.learner
-            .learn(&env.data.arms[arm], &env.context(row), &outcome)?;
+        self.learner.learn(&self.arms[arm], &env.context(row), &outcome)?;
         Ok(())
     }
 }
@@ -358,6 +439,7 @@ pub fn run_one(
     settings: &ReplaySettings,
     variant_index: usize,
     seed: u64,
+    feedback: Feedback,
 ) -> Result<Run> {
     let variant = &settings.variants[variant_index];
     let data = env.data;
@@ -365,7 +447,9 @@ pub fn run_one(
     let dim = env.dim();
     let mut player = Player {
         learner: learner_for(settings, variant, &data.arms, dim, seed)?,
+        arms: &data.arms,
         knobs: &settings.knobs,
+        feedback,
         rng: ChaCha8Rng::seed_from_u64(seed),
         pending: VecDeque::new(),
         step: 0,
@@ -393,17 +477,16 @@ pub fn run_one(
         if let Some(&ahead) = order.get(i + PREFETCH_AHEAD) {
             env.prefetch(ahead);
         }
-        let (arm, t) = player.play(env, row, Some(i), !settings.frozen)?;
+        let Played {
+            arm,
+            truth: t,
+            others,
+        } = player.play(env, row, Some(i), !settings.frozen)?;
         // Every arm's reward on this request, for the hindsight comparisons.
         let mut best = f64::MIN;
-        for (a, total) in arm_totals.iter_mut().enumerate() {
-            let r = if a == arm {
-                objective.reward(t.quality, t.cost_usd, t.latency_ms)
-            } else {
-                let other = truth(env, &settings.knobs, row, a, Some(i), &mut player.rng);
-                objective.reward(other.quality, other.cost_usd, other.latency_ms)
-            };
-            *total += r;
+        for (a, o) in others.iter().chain([(arm, t)].iter()) {
+            let r = objective.reward(o.quality, o.cost_usd, o.latency_ms);
+            arm_totals[*a] += r;
             best = best.max(r);
         }
         oracle += best;
@@ -427,6 +510,7 @@ pub fn run_one(
     Ok(Run {
         variant: variant_index,
         seed,
+        feedback,
         mean_quality: quality / nf,
         mean_cost_usd: cost / nf,
         mean_latency_ms: latency / nf,
@@ -438,8 +522,9 @@ pub fn run_one(
     })
 }
 
-/// Replays every variant with every seed, in parallel; `progress` is called once per
-/// finished run. Results are ordered by variant, then seed.
+/// Replays every variant with every seed (and under both feedbacks when
+/// [`ReplaySettings::full_information`]), in parallel; `progress` is called once per
+/// finished run. Results are ordered by variant, then seed, then feedback.
 pub fn replay(
     env: &Environment,
     train: Option<&Environment>,
@@ -470,12 +555,17 @@ pub fn replay(
             )));
         }
     }
-    let jobs: Vec<(usize, u64)> = (0..settings.variants.len())
-        .flat_map(|v| (0..settings.seeds).map(move |s| (v, s)))
+    let feedbacks: &[Feedback] = if settings.full_information {
+        &[Feedback::Bandit, Feedback::Full]
+    } else {
+        &[Feedback::Bandit]
+    };
+    let jobs: Vec<(usize, u64, Feedback)> = (0..settings.variants.len())
+        .flat_map(|v| (0..settings.seeds).flat_map(move |s| feedbacks.iter().map(move |&f| (v, s, f))))
         .collect();
     jobs.par_iter()
-        .map(|&(v, s)| {
-            let run = run_one(env, train, settings, v, s);
+        .map(|&(v, s, f)| {
+            let run = run_one(env, train, settings, v, s, f);
             progress();
             run
         })
@@ -499,16 +589,21 @@ mod tests {
     use super::*;
     use quiver_bandit::DEFAULT_PACING_STEP;
 
-    /// Arm a0 never answers well, a1 always; no prompts, no features.
-    fn table(rows: usize) -> WideDataset {
+    /// Arm `a{i}` always answers with quality `qualities[i]`; no prompts, no features.
+    fn constant_table(rows: usize, qualities: &[f64]) -> WideDataset {
         WideDataset {
             source: "test".into(),
-            arms: vec!["a0".into(), "a1".into()],
+            arms: (0..qualities.len()).map(|a| format!("a{a}")).collect(),
             ids: (0..rows).map(|r| r.to_string()).collect(),
-            quality: Array2::from_shape_fn((rows, 2), |(_, a)| a as f64),
+            quality: Array2::from_shape_fn((rows, qualities.len()), |(_, a)| qualities[a]),
             features: Array2::zeros((rows, 0)),
             ..WideDataset::default()
         }
+    }
+
+    /// Arm a0 never answers well, a1 always.
+    fn table(rows: usize) -> WideDataset {
+        constant_table(rows, &[0.0, 1.0])
     }
 
     fn settings(spec: &str, knobs: Knobs) -> ReplaySettings {
@@ -527,12 +622,77 @@ mod tests {
             priors: None,
             pacer_step: DEFAULT_PACING_STEP,
             checkpoints: 10,
+            full_information: false,
         }
     }
 
     fn run(data: &WideDataset, spec: &str, knobs: Knobs) -> Run {
+        run_with(data, spec, knobs, Feedback::Bandit)
+    }
+
+    fn run_with(data: &WideDataset, spec: &str, knobs: Knobs, feedback: Feedback) -> Run {
         let env = Environment::new(data, &ContextBuilder::new(false, &[], 0)).unwrap();
-        run_one(&env, None, &settings(spec, knobs), 0, 0).unwrap()
+        run_one(&env, None, &settings(spec, knobs), 0, 0, feedback).unwrap()
+    }
+
+    /// Greedy with optimistic untried arms on qualities 0, 0.5, 1: under bandit feedback it
+    /// must play a0, then a1, before it knows a2 is best; shown every arm's outcome it
+    /// knows after the first decision. The others' outcomes arrive with the chosen one's
+    /// delay and are lost with it.
+    #[test]
+    fn full_information_reveals_every_arm_with_the_chosen_ones_delay() {
+        let data = constant_table(100, &[0.0, 0.5, 1.0]);
+        let counts = |knobs: Knobs, feedback| run_with(&data, "eps(0)", knobs, feedback).arm_counts;
+        assert_eq!(counts(Knobs::default(), Feedback::Bandit), vec![1, 1, 98]);
+        assert_eq!(counts(Knobs::default(), Feedback::Full), vec![1, 0, 99]);
+        let delayed = Knobs {
+            feedback_delay: 10,
+            ..Knobs::default()
+        };
+        assert_eq!(counts(delayed.clone(), Feedback::Bandit), vec![11, 11, 78]);
+        assert_eq!(counts(delayed, Feedback::Full), vec![11, 0, 89]);
+        let lost = Knobs {
+            missing_feedback: 0.999_999,
+            ..Knobs::default()
+        };
+        assert_eq!(counts(lost, Feedback::Full), vec![100, 0, 0]);
+    }
+
+    /// `replay` runs both feedbacks when asked; the summary reports the reference beside
+    /// the policy, its lift over the hull at its own cost, and the gap between the two.
+    #[test]
+    fn the_full_information_reference_is_summarized_beside_the_policy() {
+        let data = constant_table(100, &[0.0, 0.5, 1.0]);
+        let env = Environment::new(&data, &ContextBuilder::new(false, &[], 0)).unwrap();
+        let mut settings = settings("eps(0)", Knobs::default());
+        settings.seeds = 2;
+        settings.full_information = true;
+        let runs = replay(&env, None, &settings, &|| {}).unwrap();
+        let order: Vec<(u64, Feedback)> = runs.iter().map(|r| (r.seed, r.feedback)).collect();
+        assert_eq!(
+            order,
+            vec![
+                (0, Feedback::Bandit),
+                (0, Feedback::Full),
+                (1, Feedback::Bandit),
+                (1, Feedback::Full)
+            ]
+        );
+        let summary = crate::report::summarize(&data, "none", None, &settings, &runs, None);
+        let p = &summary.policies[0];
+        // Without prices the hull is flat at the best model's quality 1.
+        assert!((p.mean_quality - 0.985).abs() < 1e-12, "{}", p.mean_quality);
+        assert!((p.lift_over_hull - (0.985 - 1.0)).abs() < 1e-12);
+        let full = p.full_information.as_ref().unwrap();
+        assert!((full.mean_quality - 0.99).abs() < 1e-12, "{}", full.mean_quality);
+        assert!((full.lift_over_hull - (0.99 - 1.0)).abs() < 1e-12);
+        // No prices: the reward is the quality.
+        assert!((full.mean_reward - 0.99).abs() < 1e-12);
+        assert!((full.feedback_gap - 0.005).abs() < 1e-12);
+        settings.full_information = false;
+        let runs = replay(&env, None, &settings, &|| {}).unwrap();
+        let summary = crate::report::summarize(&data, "none", None, &settings, &runs, None);
+        assert!(summary.policies[0].full_information.is_none());
     }
 
     #[test]
@@ -610,10 +770,10 @@ mod tests {
             },
         );
         settings.frozen = true;
-        let unexplored = run_one(&env, Some(&env), &settings, 0, 0).unwrap();
+        let unexplored = run_one(&env, Some(&env), &settings, 0, 0, Feedback::Bandit).unwrap();
         assert_eq!(unexplored.arm_counts, vec![100, 0]);
         settings.explore_passes = 1;
-        let explored = run_one(&env, Some(&env), &settings, 0, 0).unwrap();
+        let explored = run_one(&env, Some(&env), &settings, 0, 0, Feedback::Bandit).unwrap();
         assert_eq!(explored.arm_counts, vec![0, 100]);
     }
 

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::data::WideDataset;
 use crate::metrics::{self, SingleArm};
-use crate::replay::{ReplaySettings, Run};
+use crate::replay::{Feedback, ReplaySettings, Run};
 
 /// Dropped rows a summary names; the rest are counted.
 const DROPPED_EXAMPLES: usize = 3;
@@ -53,6 +53,23 @@ pub struct PolicyCi {
     pub regret: [f64; 2],
 }
 
+/// `full_information` of a policy: the same policy shown every model's outcome after each
+/// decision, on the same features and requests (averaged over the same seeds).
+#[derive(Debug, Clone, Serialize)]
+pub struct FullInformation {
+    /// Mean quality.
+    pub mean_quality: f64,
+    /// Mean cost per request, USD.
+    pub mean_cost_usd: f64,
+    /// Mean reward under the variant's objective.
+    pub mean_reward: f64,
+    /// Its lift over the hull at its own mean cost.
+    pub lift_over_hull: f64,
+    /// Its mean reward minus the policy's: what learning from the chosen model's outcome
+    /// alone costs (under a budget, where the reward is the quality, in quality points).
+    pub feedback_gap: f64,
+}
+
 /// One entry of `policies`: a variant averaged over seeds.
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicySummary {
@@ -82,6 +99,8 @@ pub struct PolicySummary {
     /// fixed mix that keeps it), `rows * (hull(budget) - mean_quality)`. The best fixed
     /// arm of `regret` may cost far more than the budget allows.
     pub regret_vs_hull_at_budget: Option<f64>,
+    /// The full-information reference, when it was run.
+    pub full_information: Option<FullInformation>,
     /// Mean quality over the best single model's.
     pub quality_vs_best_single: f64,
     /// Mean cost over the best single model's.
@@ -186,7 +205,14 @@ pub fn summarize(
         .iter()
         .enumerate()
         .map(|(v, variant)| {
-            let mine: Vec<&Run> = runs.iter().filter(|r| r.variant == v).collect();
+            let mine: Vec<&Run> = runs
+                .iter()
+                .filter(|r| r.variant == v && r.feedback == Feedback::Bandit)
+                .collect();
+            let full: Vec<&Run> = runs
+                .iter()
+                .filter(|r| r.variant == v && r.feedback == Feedback::Full)
+                .collect();
             let of = |f: fn(&Run) -> f64| -> Vec<f64> { mine.iter().map(|r| f(r)).collect() };
             let (q, q_ci) = metrics::mean_ci95(&of(|r| r.mean_quality));
             let (c, c_ci) = metrics::mean_ci95(&of(|r| r.mean_cost_usd));
@@ -207,6 +233,22 @@ pub fn summarize(
                 regret_vs_hull_at_budget: variant
                     .budget_usd
                     .map(|budget| data.rows() as f64 * (hull_at(budget) - q)),
+                full_information: (!full.is_empty()).then(|| {
+                    let mean =
+                        |f: fn(&Run) -> f64| full.iter().map(|r| f(r)).sum::<f64>() / full.len() as f64;
+                    let (fq, fc, fr) = (
+                        mean(|r| r.mean_quality),
+                        mean(|r| r.mean_cost_usd),
+                        mean(|r| r.mean_reward),
+                    );
+                    FullInformation {
+                        mean_quality: fq,
+                        mean_cost_usd: fc,
+                        mean_reward: fr,
+                        lift_over_hull: fq - hull_at(fc),
+                        feedback_gap: fr - rw,
+                    }
+                }),
                 quality_vs_best_single: q / best_quality,
                 cost_vs_best_single: if best_cost > 0.0 { c / best_cost } else { f64::NAN },
                 arm_shares: (0..data.num_arms())
@@ -315,7 +357,7 @@ pub fn table(summary: &Summary) -> String {
         .unwrap_or(10)
         .max(12);
     out.push_str(&format!(
-        "{:<width$} {:>8} {:>11} {:>10} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>10}\n",
+        "{:<width$} {:>8} {:>11} {:>10} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8} {:>10}\n",
         "policy",
         "quality",
         "cost_usd",
@@ -326,12 +368,13 @@ pub fn table(summary: &Summary) -> String {
         "c/best",
         "hull",
         "lift",
+        "full_gap",
         "w_cost",
         "budget_usd"
     ));
     for p in &summary.policies {
         out.push_str(&format!(
-            "{:<width$} {:>8.4} {:>11.6} {:>10} {:>8.4} {:>9.1} {:>8.1}% {:>7.1}% {:>8.4} {:>+8.4} {:>8} {:>10}\n",
+            "{:<width$} {:>8.4} {:>11.6} {:>10} {:>8.4} {:>9.1} {:>8.1}% {:>7.1}% {:>8.4} {:>+8.4} {:>9} {:>8} {:>10}\n",
             p.policy,
             p.mean_quality,
             p.mean_cost_usd,
@@ -342,6 +385,9 @@ pub fn table(summary: &Summary) -> String {
             100.0 * p.cost_vs_best_single,
             p.hull_quality_at_cost,
             p.lift_over_hull,
+            p.full_information
+                .as_ref()
+                .map_or("n/a".into(), |f| format!("{:+.4}", f.feedback_gap)),
             p.w_cost,
             p.budget_usd.map_or("none".into(), |b| format!("{b}"))
         ));
@@ -378,6 +424,12 @@ pub fn table(summary: &Summary) -> String {
         "hull: the best fixed mix of at most two single models at the policy's mean cost; \
          lift: quality minus hull\n",
     );
+    if summary.policies.iter().any(|p| p.full_information.is_some()) {
+        out.push_str(
+            "full_gap: the reward the same policy gains when shown every model's outcome \
+             after each decision (full information, same features and requests)\n",
+        );
+    }
     for p in summary
         .policies
         .iter()

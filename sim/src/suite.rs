@@ -450,6 +450,8 @@ pub struct CaseResult {
     pub hull: f64,
     /// Quality minus hull.
     pub lift: f64,
+    /// The lift of the same candidate shown every model's outcome (full information).
+    pub full_information_lift: f64,
 }
 
 /// The table as a drifted evaluation sees it on average, so that the single models and
@@ -521,6 +523,7 @@ pub fn run(
                 priors,
                 pacer_step: DEFAULT_PACING_STEP,
                 checkpoints: 2,
+                full_information: true,
             };
             let runs = replay(&env, bandit_train, &settings, progress)?;
             let scored = match &case.drift {
@@ -540,6 +543,7 @@ pub fn run(
                 feasible: case.budget_usd >= cheapest,
                 hull: p.hull_quality_at_cost,
                 lift: p.lift_over_hull,
+                full_information_lift: p.full_information.as_ref().map_or(f64::NAN, |f| f.lift_over_hull),
             });
         }
     }
@@ -638,6 +642,7 @@ mod tests {
         );
         for r in &results {
             assert!((r.lift - (r.quality - r.hull)).abs() < 1e-12);
+            assert!(r.full_information_lift.is_finite(), "{r:?}");
             assert!(r.feasible && (r.spend_vs_budget - 1.0).abs() < 0.05, "{r:?}");
         }
     }
