@@ -997,6 +997,85 @@ async fn the_cache_answers_repeats_per_caller_without_calling_upstream() {
     assert_eq!(hits[0].arm, "good");
 }
 
+/// Per-caller spend caps through the proxy: each token's calls count against its own
+/// cap (a call of 10 prompt and 5 completion tokens costs $0.001 at the model's prices), so
+/// the caller at its cap gets a 429 naming it while the other is served; the route's state
+/// and `/metrics` show each caller's spend under a digest of its token, and the log names
+/// the caller by that digest, never by the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_spend_caps_hold_each_token_to_its_own() {
+    use sha2::{Digest, Sha256};
+    let (addr, calls) = counting_upstream().await;
+    let dir = scratch("serve_caller_caps");
+    let base = start_app(
+        json!({
+            "auth": {"route_tokens": ["tenant-a", "tenant-b"], "admin_tokens": ["admin"]},
+            "routes": [{
+                "name": "chat", "policy": "fixed(m)",
+                "caller_spend_cap": {"daily_usd": 0.002},
+                "models": [{"id": "m", "base_url": format!("http://{addr}"),
+                            "input_usd_per_million": 50.0, "output_usd_per_million": 100.0}]
+            }]
+        }),
+        &dir,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let ask = |token: &'static str| {
+        let request = client
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(token)
+            .json(&json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}));
+        async move {
+            let answer = request.send().await.unwrap();
+            let status = answer.status().as_u16();
+            (status, answer.json::<Value>().await.unwrap())
+        }
+    };
+    let digest = |token: &str| -> String {
+        Sha256::digest(token.as_bytes())[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    assert_eq!(ask("tenant-a").await.0, 200);
+    assert_eq!(ask("tenant-a").await.0, 200);
+    let (status, refusal) = ask("tenant-a").await;
+    assert_eq!(status, 429, "{refusal}");
+    let message = refusal["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "caller `{}` on route `chat` reached its daily spend cap of $0.002",
+            digest("tenant-a")
+        )),
+        "{message}"
+    );
+    assert_eq!(ask("tenant-b").await.0, 200, "another caller is served");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+    let state = get_json(&client, format!("{base}/v1/routes/chat"), "admin").await;
+    assert_eq!(state["caller_daily_cap_usd"], 0.002);
+    let spent = |token: &str| {
+        state["callers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["caller"] == digest(token))
+            .map(|c| c["spend_today_usd"].as_f64().unwrap())
+    };
+    assert!((spent("tenant-a").unwrap() - 0.002).abs() < 1e-12, "{state}");
+    assert!((spent("tenant-b").unwrap() - 0.001).abs() < 1e-12, "{state}");
+    let metrics = get_text(&client, format!("{base}/metrics"), "admin").await;
+    let caller = format!("caller=\"{}\"", digest("tenant-b"));
+    let day = sample(&metrics, "quiver_caller_spend_usd", &[&caller, "period=\"day\""]);
+    assert!((day - 0.001).abs() < 1e-12, "{day}");
+    let log = std::fs::read_dir(dir.join("log"))
+        .unwrap()
+        .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+        .collect::<String>();
+    assert!(!log.contains("tenant-a") && log.contains(&digest("tenant-a")));
+}
+
 /// Through the official OpenAI SDK (`tests/clients/openai_sdk_errors.py`): an upstream's
 /// 400 surfaces as `BadRequestError` with the upstream's code after exactly one upstream
 /// call, and a 429 with `Retry-After` falls back and rests its model (one call for two

@@ -47,8 +47,8 @@ use serde::{Deserialize, Serialize};
 
 /// The version of the record format, written in every record (`schema`). A reader refuses
 /// a record of a newer version than its own; records written before versions were
-/// recorded have none and read as version 1.
-pub const SCHEMA_VERSION: u32 = 1;
+/// recorded have none and read as version 1. Version 2 adds `caller`.
+pub const SCHEMA_VERSION: u32 = 2;
 
 fn first_schema() -> u32 {
     1
@@ -56,7 +56,8 @@ fn first_schema() -> u32 {
 
 /// The logged shape's columns: what a reader of a log, or of a logged dataset from
 /// elsewhere, finds, beside `prompt` and the caller features (named by [`feature_name`]).
-/// A log's records also carry `schema`, tokens, `event`, `seq` and the context fields.
+/// A log's records also carry `schema`, tokens, `event`, `seq`, the context fields and
+/// `caller`.
 pub const COLUMNS: [&str; 10] = [
     "decision_id",
     "timestamp",
@@ -192,6 +193,10 @@ pub struct LogRecord {
     /// circuit breaker, a provider's cooldown).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unavailable: Vec<String>,
+    /// On decisions and outcomes, when the endpoint takes tokens: who asked, as a digest
+    /// of the bearer token (never the token), so that spend counts per caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
     /// The caller's own features, as `f_0`, `f_1`, ...
     #[serde(flatten)]
     pub features: BTreeMap<String, f64>,
@@ -223,6 +228,7 @@ impl LogRecord {
             featurizer: None,
             embedding: None,
             unavailable: Vec::new(),
+            caller: None,
             features: BTreeMap::new(),
         }
     }
@@ -769,7 +775,7 @@ mod tests {
         assert_eq!(records[1].as_ref().unwrap().schema, 1);
         let refused = records[2].as_ref().unwrap_err().to_string();
         assert!(
-            refused.contains("line 3") && refused.contains("format version 2"),
+            refused.contains("line 3") && refused.contains(&format!("format version {}", SCHEMA_VERSION + 1)),
             "{refused}"
         );
         let _ = std::fs::remove_dir_all(&dir);

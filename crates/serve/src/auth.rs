@@ -6,6 +6,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::Response;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::api_error::ApiError;
@@ -38,6 +39,27 @@ pub(crate) async fn require(
     }
 }
 
+/// The bearer token of a request, if it sent one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// Who sent a routing request (`/v1/route`, the proxy): the first 16 hex digits of the
+/// SHA-256 of its bearer token, so that logs and spend caps can tell callers apart without
+/// holding a token. None when routing is open to anyone (any string would pass, so none
+/// names a caller) or no token came.
+pub(crate) fn caller(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    let auth = &state.config.auth;
+    if auth.route_tokens.is_empty() && auth.admin_tokens.is_empty() {
+        return None;
+    }
+    let digest = Sha256::digest(bearer(headers)?.as_bytes());
+    Some(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Checks the bearer token of a request against the tokens `access` accepts (admin
 /// tokens are accepted everywhere; an empty token set leaves the endpoint open). Every
 /// token is compared, each in constant time, so the time taken tells nothing of how
@@ -52,11 +74,7 @@ fn authorize(state: &AppState, headers: &HeaderMap, access: Access) -> Result<()
     if own.is_empty() && auth.admin_tokens.is_empty() {
         return Ok(());
     }
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
+    let given = bearer(headers).unwrap_or_default();
     let matched = own
         .iter()
         .chain(&auth.admin_tokens)

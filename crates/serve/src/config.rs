@@ -406,6 +406,10 @@ pub struct RouteConfig {
     /// Spend caps per UTC day and month (see `crate::spend`). None: no cap.
     #[serde(default)]
     pub spend_cap: Option<SpendCap>,
+    /// Each caller's own spend caps on the route, callers told apart by their bearer
+    /// token (see `crate::spend`). None: no cap.
+    #[serde(default)]
+    pub caller_spend_cap: Option<SpendCap>,
 }
 
 impl RouteConfig {
@@ -424,6 +428,7 @@ impl RouteConfig {
             priors: None,
             embedding: None,
             spend_cap: None,
+            caller_spend_cap: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::Json;
 use quiver_bandit::{Applied, ArmEstimate, Outcome, PropensityKind};
 use serde::{Deserialize, Serialize};
@@ -52,9 +53,12 @@ pub struct RouteAnswer {
 )]
 pub(crate) async fn route(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<RouteBody>,
 ) -> Result<Json<RouteAnswer>, ApiError> {
-    let observed = state.observe(&body.route, &body.request.text()?, None).await;
+    let observed = state
+        .observe(&body.route, &body.request.text()?, &headers, None)
+        .await;
     let routed = change_router(&state, move |r| {
         Ok(r.route_observed(&body.route, &body.request, observed)?)
     })

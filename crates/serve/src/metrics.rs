@@ -262,6 +262,8 @@ struct RouteTotals {
     spend: (f64, f64),
     /// This month's savings against the dearest model, USD.
     savings: f64,
+    /// Each caller's spend this UTC day and month, USD.
+    callers: Vec<(String, f64, f64)>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -272,6 +274,13 @@ struct RouteLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeriodLabels {
     route: String,
+    period: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallerPeriodLabels {
+    route: String,
+    caller: String,
     period: String,
 }
 
@@ -323,6 +332,7 @@ impl LearnerStats {
         for route in router.route_names() {
             // Each read takes the route's lock: the spend before the learner, which holds it.
             let (spend, savings) = (router.spend(&route)?, router.savings(&route)?);
+            let callers = router.caller_spend(&route)?;
             let learner = router.learner(&route)?;
             for (i, arm) in learner.arms().iter().enumerate() {
                 let usage = learner.usage(i);
@@ -341,6 +351,7 @@ impl LearnerStats {
                 budget: learner.pacer().map(|p| (p.lambda(), p.target_usd(), p.debt())),
                 spend,
                 savings,
+                callers,
             });
         }
         let (log_records, log_fsyncs) = router.log_counts();
@@ -500,6 +511,24 @@ impl Collector for LearnerStats {
         )?;
         family(
             &mut encoder,
+            "quiver_caller_spend_usd",
+            "Spend per route and caller (a digest of its token) in the current UTC day and month, USD (what caller spend caps count).",
+            MetricType::Gauge,
+            self.routes.iter().flat_map(|r| {
+                r.callers.iter().flat_map(|(caller, day, month)| {
+                    [("day", *day), ("month", *month)].map(|(period, usd)| {
+                        let labels = CallerPeriodLabels {
+                            route: r.route.clone(),
+                            caller: caller.clone(),
+                            period: period.to_string(),
+                        };
+                        (labels, ConstGauge::new(usd))
+                    })
+                })
+            }),
+        )?;
+        family(
+            &mut encoder,
             "quiver_route_savings_usd",
             "This UTC month's calls per route on its dearest model at list prices, minus what they cost, USD.",
             MetricType::Gauge,
@@ -569,6 +598,7 @@ mod tests {
                 budget: Some((0.5, 0.001, 3.0)),
                 spend: (1.5, 20.25),
                 savings: 4.5,
+                callers: vec![("0123456789abcdef".into(), 0.5, 7.0)],
             }],
             log_records: 9,
             log_fsyncs: 2,
@@ -592,6 +622,8 @@ mod tests {
             "quiver_route_spend_usd{route=\"r\",period=\"day\"} 1.5",
             "quiver_route_spend_usd{route=\"r\",period=\"month\"} 20.25",
             "quiver_route_savings_usd{route=\"r\"} 4.5",
+            "quiver_caller_spend_usd{route=\"r\",caller=\"0123456789abcdef\",period=\"day\"} 0.5",
+            "quiver_caller_spend_usd{route=\"r\",caller=\"0123456789abcdef\",period=\"month\"} 7.0",
             "quiver_log_records_total 9",
             "quiver_log_fsyncs_total 2",
             "quiver_circuit_state{route=\"r\",arm=\"we\\\"ird\\\\arm\\nid\",state=\"half_open\"} 1",

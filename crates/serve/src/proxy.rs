@@ -359,7 +359,9 @@ async fn complete(
     let prompt_tokens = quiver_bandit::features::estimate_tokens(&prompt);
     // The embedding's wait counts against the request's time limit.
     let deadline = Instant::now() + Duration::from_millis(state.config.request_timeout_ms);
-    let observed = state.observe(&route, &prompt, Some((&tags, prompt_tokens))).await;
+    let observed = state
+        .observe(&route, &prompt, &headers, Some((&tags, prompt_tokens)))
+        .await;
     let unavailable = observed.unavailable.len();
     let ((routed, models), decision_logged) = {
         let routed = state.router.route_observed(&route, &route_request, observed)?;

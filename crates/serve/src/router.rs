@@ -73,6 +73,8 @@ pub struct Observed {
     pub embedding: Option<Vec<f64>>,
     /// Models that cannot take a call now, and why (see `crate::health`).
     pub unavailable: BTreeMap<String, String>,
+    /// Who asked (`crate::auth::caller`), when routing takes tokens.
+    pub caller: Option<String>,
 }
 
 /// A routed request: the decision and its id for outcome and feedback.
@@ -98,39 +100,50 @@ struct RouteState {
 /// What a route changes as it serves.
 struct LiveRoute {
     learner: Learner,
-    decision_seqs: DecisionSeqs,
+    logged: LoggedDecisions,
     /// What the route spent this UTC day and month.
     spend: Spend,
+    /// What each caller spent on the route this UTC day and month.
+    caller_spend: BTreeMap<String, Spend>,
 }
 
-/// Where the log wrote each tracked decision of a route, so that a snapshot can say where
-/// to rebuild them from. A route's logged decisions take consecutive ids, so a queue
-/// indexed from its first id holds them.
+/// What the router keeps of each tracked decision beside the learner: where the log wrote
+/// it, so that a snapshot can say where to rebuild the tracked decisions from, and who
+/// asked for it, so that its cost counts against the caller. A route's logged decisions
+/// take consecutive ids, so a queue indexed from its first id holds them.
 #[derive(Default)]
-struct DecisionSeqs {
+struct LoggedDecisions {
     first_id: u64,
-    seqs: VecDeque<u64>,
+    entries: VecDeque<(u64, Option<Arc<str>>)>,
 }
 
-impl DecisionSeqs {
-    fn push(&mut self, id: u64, seq: u64) {
-        if self.seqs.is_empty() || id != self.first_id + self.seqs.len() as u64 {
+impl LoggedDecisions {
+    fn push(&mut self, id: u64, seq: u64, caller: Option<&str>) {
+        if self.entries.is_empty() || id != self.first_id + self.entries.len() as u64 {
             // A gap (decisions restored from an older snapshot format): start afresh.
-            self.seqs.clear();
+            self.entries.clear();
             self.first_id = id;
         }
-        self.seqs.push_back(seq);
+        self.entries.push_back((seq, caller.map(Arc::from)));
     }
 
     fn forget_before(&mut self, id: u64) {
-        while self.first_id < id && self.seqs.pop_front().is_some() {
+        while self.first_id < id && self.entries.pop_front().is_some() {
             self.first_id += 1;
         }
     }
 
-    fn seq_of(&self, id: u64) -> Option<u64> {
+    fn get(&self, id: u64) -> Option<&(u64, Option<Arc<str>>)> {
         let index = usize::try_from(id.checked_sub(self.first_id)?).ok()?;
-        self.seqs.get(index).copied()
+        self.entries.get(index)
+    }
+
+    fn seq_of(&self, id: u64) -> Option<u64> {
+        self.get(id).map(|(seq, _)| *seq)
+    }
+
+    fn caller_of(&self, id: u64) -> Option<&str> {
+        self.get(id)?.1.as_deref()
     }
 }
 
@@ -175,9 +188,11 @@ fn learner_setup(
 
 impl RouteState {
     fn new(config: RouteConfig, feedback_horizon: usize) -> Result<Self> {
-        if let Some(cap) = &config.spend_cap {
-            cap.check()
-                .map_err(|e| ServeError::Config(format!("route `{}`: {e}", config.name)))?;
+        for (key, cap) in [("", &config.spend_cap), ("caller_", &config.caller_spend_cap)] {
+            if let Some(cap) = cap {
+                cap.check()
+                    .map_err(|e| ServeError::Config(format!("route `{}`: {key}{e}", config.name)))?;
+            }
         }
         let embedding = config
             .embedding
@@ -190,8 +205,9 @@ impl RouteState {
             policy: learner_config.policy.to_string(),
             live: Mutex::new(LiveRoute {
                 learner: Learner::new(learner_config, arms)?,
-                decision_seqs: DecisionSeqs::default(),
+                logged: LoggedDecisions::default(),
                 spend: Spend::default(),
+                caller_spend: BTreeMap::new(),
             }),
             layout,
             config,
@@ -228,13 +244,25 @@ impl RouteState {
 
 impl LiveRoute {
     /// Tracks decision `id`, logged at `seq`, for its feedback.
-    fn track(&mut self, id: u64, arm: &str, context: &Context, seq: u64) -> Result<()> {
+    fn track(&mut self, id: u64, arm: &str, context: &Context, seq: u64, caller: Option<&str>) -> Result<()> {
         self.learner.resume_decision(id, arm, context)?;
-        self.decision_seqs.push(id, seq);
+        self.logged.push(id, seq, caller);
         if let Some(oldest) = self.learner.oldest_tracked_decision() {
-            self.decision_seqs.forget_before(oldest);
+            self.logged.forget_before(oldest);
         }
         Ok(())
+    }
+
+    /// Counts what an outcome recorded at `timestamp` cost (and would have cost on the
+    /// dearest model) against the route and its caller.
+    fn spent(&mut self, timestamp: &str, usd: f64, dearest_usd: f64, caller: Option<&str>) {
+        self.spend.add(timestamp, usd, dearest_usd);
+        if let Some(caller) = caller {
+            self.caller_spend
+                .entry(caller.to_string())
+                .or_default()
+                .add(timestamp, usd, dearest_usd);
+        }
     }
 }
 
@@ -817,10 +845,12 @@ impl Router {
                     record.output_tokens,
                     record.cost_usd,
                 );
-                state
-                    .live_mut()
-                    .spend
-                    .add(&record.timestamp, record.cost_usd, dearest);
+                state.live_mut().spent(
+                    &record.timestamp,
+                    record.cost_usd,
+                    dearest,
+                    record.caller.as_deref(),
+                );
             }
         }
         Ok(())
@@ -848,7 +878,9 @@ impl Router {
                 let same_layout = record.context.as_deref() == Some(state.layout.definition().as_str());
                 let embedding = record.embedding.as_deref().filter(|_| same_layout);
                 let context = state.context(&record.prompt, &features, embedding)?;
-                state.live_mut().track(id, &record.arm, &context, record.seq)?;
+                state
+                    .live_mut()
+                    .track(id, &record.arm, &context, record.seq, record.caller.as_deref())?;
             }
             LogEvent::Outcome => match replay {
                 Replay::Learn => {
@@ -931,6 +963,20 @@ impl Router {
         Ok(self.state(route)?.lock()?.spend.at(&now))
     }
 
+    /// What each caller spent on `route` this UTC day and month, USD, by caller.
+    pub fn caller_spend(&self, route: &str) -> Result<Vec<(String, f64, f64)>> {
+        let now = quiver_log::now_rfc3339();
+        let live = self.state(route)?.lock()?;
+        Ok(live
+            .caller_spend
+            .iter()
+            .map(|(caller, spend)| {
+                let (day, month) = spend.at(&now);
+                (caller.clone(), day, month)
+            })
+            .collect())
+    }
+
     /// What routing saved `route` this UTC month against always calling its dearest
     /// model, USD at list prices.
     pub fn savings(&self, route: &str) -> Result<f64> {
@@ -965,12 +1011,32 @@ impl Router {
         let Observed {
             embedding,
             mut unavailable,
+            caller,
         } = observed;
         let prompt = request.text()?;
         let state = self.state(route)?;
         let mut live = state.lock()?;
-        if let Some(cap) = &state.config.spend_cap {
-            match spend::allowance(cap, route, &live.spend, SystemTime::now()) {
+        let now = SystemTime::now();
+        let no_spend = Spend::default();
+        let caps = [
+            (
+                state.config.spend_cap,
+                format!("route `{route}`"),
+                Some(&live.spend),
+            ),
+            (
+                state.config.caller_spend_cap,
+                format!("caller `{}` on route `{route}`", caller.as_deref().unwrap_or("")),
+                caller
+                    .as_ref()
+                    .map(|c| live.caller_spend.get(c).unwrap_or(&no_spend)),
+            ),
+        ];
+        for (cap, who, spent) in caps {
+            let (Some(cap), Some(spent)) = (cap, spent) else {
+                continue;
+            };
+            match spend::allowance(&cap, &who, spent, now) {
                 Allowance::Open => {}
                 Allowance::Downgraded(why) => {
                     for model in spend::dearer_half(&state.config.models) {
@@ -1023,8 +1089,15 @@ impl Router {
             .enumerate()
             .map(|(i, v)| (quiver_log::feature_name(i), *v))
             .collect();
+        record.caller = caller;
         let seq = self.stage(&mut record)?;
-        live.track(decision.id, &decision.arm, &context, seq)?;
+        live.track(
+            decision.id,
+            &decision.arm,
+            &context,
+            seq,
+            record.caller.as_deref(),
+        )?;
         Ok(self.pending(
             Routed {
                 decision_id,
@@ -1065,6 +1138,7 @@ impl Router {
         record.input_tokens = outcome.input_tokens;
         record.output_tokens = outcome.output_tokens;
         record.quality = quiver_bandit::credited_quality(outcome.quality, outcome.error);
+        record.caller = live.logged.caller_of(id).map(str::to_string);
         let seq = self.stage_if(would, &mut record)?;
         let applied = live.learner.record_outcome(id, outcome)?;
         if applied == Applied::Applied {
@@ -1074,7 +1148,12 @@ impl Router {
                 outcome.output_tokens,
                 outcome.cost_usd,
             );
-            live.spend.add(&record.timestamp, outcome.cost_usd, dearest);
+            live.spent(
+                &record.timestamp,
+                outcome.cost_usd,
+                dearest,
+                record.caller.as_deref(),
+            );
         }
         Ok(self.pending(applied, seq))
     }
@@ -1124,7 +1203,7 @@ impl Router {
             let learned_through = self.log.last_staged();
             let oldest = live.learner.oldest_tracked_decision();
             let from = oldest.and_then(|decision| {
-                let seq = live.decision_seqs.seq_of(decision)?;
+                let seq = live.logged.seq_of(decision)?;
                 Some(TrackedFrom { decision, seq })
             });
             let snapshot = match (oldest, from) {

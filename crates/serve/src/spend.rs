@@ -1,9 +1,11 @@
-//! Spend caps per route: USD per UTC day and per UTC month.
+//! Spend caps per route, and per caller on a route: USD per UTC day and per UTC month.
 //!
 //! A route's spend is the cost of the outcomes it recorded (the proxy's calls and
-//! `/v1/outcome` reports), counted by the UTC day and month of the record. Near a cap
-//! (from `downgrade_at` of it) decisions keep to the cheaper half of the route's models,
-//! by list price; at the cap the route refuses requests with a 429 naming the cap, until
+//! `/v1/outcome` reports), counted by the UTC day and month of the record; a caller's is
+//! that of the outcomes of the decisions it asked for (callers are told apart by a digest
+//! of their bearer token, logged with each decision and outcome). Near a cap (from
+//! `downgrade_at` of it) decisions keep to the cheaper half of the route's models, by list
+//! price; at the cap the route (or the caller) is refused with a 429 naming the cap, until
 //! the period ends (`Retry-After`). Refused requests are neither decided nor learned. On
 //! start the spend of the current month is read back from the log.
 
@@ -135,8 +137,8 @@ fn usd(x: f64) -> String {
     }
 }
 
-/// What `cap` allows a route that has spent `spend` at `now`.
-pub fn allowance(cap: &SpendCap, route: &str, spend: &Spend, now: SystemTime) -> Allowance {
+/// What `cap` allows `who` (`route \`r\``, say), who has spent `spend`, at `now`.
+pub fn allowance(cap: &SpendCap, who: &str, spend: &Spend, now: SystemTime) -> Allowance {
     let stamp = humantime::format_rfc3339_seconds(now).to_string();
     let (day_usd, month_usd) = spend.at(&stamp);
     let periods = [
@@ -154,8 +156,8 @@ pub fn allowance(cap: &SpendCap, route: &str, spend: &Spend, now: SystemTime) ->
         if spent >= cap_usd {
             return Allowance::Exhausted(
                 format!(
-                    "route `{route}` reached its {name} spend cap of {} ({} spent); \
-                     it serves again when the period ends, in {} s (UTC)",
+                    "{who} reached its {name} spend cap of {} ({} spent); \
+                     it is served again when the period ends, in {} s (UTC)",
                     usd(cap_usd),
                     usd(spent),
                     wait.as_secs()
@@ -253,14 +255,14 @@ mod tests {
         let now = at("2026-12-31T18:00:00Z");
         let mut spend = Spend::default();
         spend.add("2026-12-31T01:00:00Z", 8.0, 8.0);
-        assert_eq!(allowance(&cap, "r", &spend, now), Allowance::Open);
+        assert_eq!(allowance(&cap, "route `r`", &spend, now), Allowance::Open);
         spend.add("2026-12-31T02:00:00Z", 1.0, 1.0);
-        let Allowance::Downgraded(why) = allowance(&cap, "r", &spend, now) else {
+        let Allowance::Downgraded(why) = allowance(&cap, "route `r`", &spend, now) else {
             panic!()
         };
         assert_eq!(why, "spend cap: 90% of the daily $10.00 spent");
         spend.add("2026-12-31T03:00:00Z", 1.0, 1.0);
-        let Allowance::Exhausted(message, wait) = allowance(&cap, "r", &spend, now) else {
+        let Allowance::Exhausted(message, wait) = allowance(&cap, "route `r`", &spend, now) else {
             panic!()
         };
         assert!(
@@ -271,12 +273,13 @@ mod tests {
         // The month's cap, reached on another day, waits for the first of January.
         let mut month = Spend::default();
         month.add("2026-12-02T00:00:00Z", 100.0, 100.0);
-        let Allowance::Exhausted(message, wait) = allowance(&cap, "r", &month, now) else {
+        let Allowance::Exhausted(message, wait) = allowance(&cap, "route `r`", &month, now) else {
             panic!()
         };
         assert!(message.contains("monthly spend cap of $100.00"), "{message}");
         assert_eq!(wait, Duration::from_secs(6 * 3600));
-        let Allowance::Exhausted(_, wait) = allowance(&cap, "r", &month, at("2026-12-15T00:00:00Z")) else {
+        let Allowance::Exhausted(_, wait) = allowance(&cap, "route `r`", &month, at("2026-12-15T00:00:00Z"))
+        else {
             panic!()
         };
         assert_eq!(wait, Duration::from_secs(17 * 86_400));

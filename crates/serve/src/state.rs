@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
+use axum::http::HeaderMap;
 use axum::Json;
 use serde::de::DeserializeOwned;
 
@@ -44,13 +45,19 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// What a decision on `route` for a prompt of `text` takes from outside the router:
-    /// the prompt's projected embedding, if the route has an embedding block and the
-    /// embedding comes in time (see [`Embedders::embed`]), and the models that cannot take
-    /// the call: their circuit is open or, for a call the proxy makes (`call`: the tags it
-    /// requires and the prompt's estimated tokens), none of their deployments can take it
-    /// (see [`Deployments`]).
-    pub async fn observe(&self, route: &str, text: &str, call: Option<(&[String], u32)>) -> Observed {
+    /// What a decision on `route` for a prompt of `text`, asked with `headers`, takes from
+    /// outside the router: the prompt's projected embedding, if the route has an embedding
+    /// block and the embedding comes in time (see [`Embedders::embed`]); the models that
+    /// cannot take the call: their circuit is open or, for a call the proxy makes (`call`:
+    /// the tags it requires and the prompt's estimated tokens), none of their deployments
+    /// can take it (see [`Deployments`]); and who asked ([`crate::auth::caller`]).
+    pub async fn observe(
+        &self,
+        route: &str,
+        text: &str,
+        headers: &HeaderMap,
+        call: Option<(&[String], u32)>,
+    ) -> Observed {
         let embedding = self.embedders.embed(&self.http, &self.metrics, route, text).await;
         let now = Instant::now();
         let mut unavailable = self.health.unavailable(route, now);
@@ -75,6 +82,7 @@ impl AppState {
         Observed {
             embedding,
             unavailable,
+            caller: crate::auth::caller(self, headers),
         }
     }
 

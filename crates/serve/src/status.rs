@@ -41,8 +41,25 @@ pub struct RouteState {
     /// This UTC month's calls on the route's dearest model at list prices, minus what they
     /// cost: what routing saved.
     pub savings_month_usd: f64,
+    /// Each caller's daily spend cap, if any.
+    pub caller_daily_cap_usd: Option<f64>,
+    /// Each caller's monthly spend cap, if any.
+    pub caller_monthly_cap_usd: Option<f64>,
+    /// What each caller (a digest of its token) spent, when routing takes tokens.
+    pub callers: Vec<CallerSpend>,
     /// Each model's totals.
     pub arms: Vec<ArmState>,
+}
+
+/// One caller's spend on a route.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CallerSpend {
+    /// The first 16 hex digits of the SHA-256 of the caller's bearer token.
+    pub caller: String,
+    /// Spend this UTC day, USD.
+    pub spend_today_usd: f64,
+    /// Spend this UTC month, USD.
+    pub spend_month_usd: f64,
 }
 
 /// One model's totals on a route.
@@ -125,7 +142,17 @@ fn route_state_of(router: &Router, name: &str) -> Result<RouteState, ApiError> {
     // Each read takes the route's lock: the spend before the learner, which holds it.
     let (spend_today_usd, spend_month_usd) = router.spend(name)?;
     let savings_month_usd = router.savings(name)?;
-    let cap = router.route_config(name)?.spend_cap;
+    let callers = router
+        .caller_spend(name)?
+        .into_iter()
+        .map(|(caller, spend_today_usd, spend_month_usd)| CallerSpend {
+            caller,
+            spend_today_usd,
+            spend_month_usd,
+        })
+        .collect();
+    let config = router.route_config(name)?;
+    let (cap, caller_cap) = (config.spend_cap, config.caller_spend_cap);
     let learner = router.learner(name)?;
     let arms = learner
         .arms()
@@ -157,6 +184,9 @@ fn route_state_of(router: &Router, name: &str) -> Result<RouteState, ApiError> {
         daily_cap_usd: cap.and_then(|c| c.daily_usd),
         monthly_cap_usd: cap.and_then(|c| c.monthly_usd),
         savings_month_usd,
+        caller_daily_cap_usd: caller_cap.and_then(|c| c.daily_usd),
+        caller_monthly_cap_usd: caller_cap.and_then(|c| c.monthly_usd),
+        callers,
         route: name.to_string(),
         policy: learner.config().policy.to_string(),
         decisions: learner.next_decision_id(),

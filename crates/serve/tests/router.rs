@@ -863,6 +863,87 @@ fn a_spend_cap_downgrades_then_refuses_and_survives_a_restart() {
     ));
 }
 
+/// Each caller's cap counts only the outcomes of the decisions it asked for: a caller at
+/// its cap is refused, naming itself, while another is served; decisions without a caller
+/// count against no caller; the route's spend holds them all; the log names the caller on
+/// decisions and outcomes, and a restart reads each caller's spend back from it.
+#[test]
+fn a_caller_spend_cap_refuses_that_caller_only_and_survives_a_restart() {
+    use quiver_serve::spend::SpendCap;
+    let dir = scratch("router_caller_cap");
+    let route = RouteConfig {
+        caller_spend_cap: Some(SpendCap {
+            daily_usd: None,
+            monthly_usd: Some(0.002),
+            downgrade_at: 1.0,
+        }),
+        ..RouteConfig::new("r", "fixed(m)", vec![ModelConfig::priced("m", 1.0, 2.0)])
+    };
+    let request = RouteRequest {
+        prompt: Some("hi".into()),
+        ..RouteRequest::default()
+    };
+    let ask = |router: &Router, caller: Option<&str>| {
+        let observed = Observed {
+            caller: caller.map(str::to_string),
+            ..Observed::default()
+        };
+        let routed = router.route_observed("r", &request, observed)?.wait()?;
+        router
+            .record_outcome(&routed.decision_id, &Outcome::new(10.0, 0.001))?
+            .wait()?;
+        Ok::<_, ServeError>(())
+    };
+    let router = Router::open(vec![route.clone()], &dir).unwrap();
+    ask(&router, Some("a")).unwrap();
+    ask(&router, Some("a")).unwrap();
+    let refusal = ask(&router, Some("a")).unwrap_err();
+    let ServeError::SpendCap { message, .. } = refusal else {
+        panic!("{refusal}")
+    };
+    assert!(
+        message.starts_with("caller `a` on route `r` reached its monthly spend cap of $0.002 ($0.002 spent)"),
+        "{message}"
+    );
+    ask(&router, Some("b")).unwrap();
+    for _ in 0..3 {
+        ask(&router, None).unwrap();
+    }
+    let month = |spend: &[(String, f64, f64)], caller: &str| {
+        spend.iter().find(|(c, _, _)| c == caller).map(|(_, _, m)| *m)
+    };
+    let spend = router.caller_spend("r").unwrap();
+    assert_eq!(spend.len(), 2, "{spend:?}");
+    assert!((month(&spend, "a").unwrap() - 0.002).abs() < 1e-12);
+    assert!((month(&spend, "b").unwrap() - 0.001).abs() < 1e-12);
+    assert!((router.spend("r").unwrap().1 - 0.006).abs() < 1e-12);
+    drop(router);
+    let records = quiver_serve::log::read_log(&dir).unwrap();
+    let by_a = records
+        .iter()
+        .filter(|r| r.caller.as_deref() == Some("a"))
+        .map(|r| r.event)
+        .collect::<Vec<_>>();
+    assert_eq!(
+        by_a,
+        [
+            LogEvent::Decision,
+            LogEvent::Outcome,
+            LogEvent::Decision,
+            LogEvent::Outcome
+        ]
+    );
+    let reopened = Router::open(vec![route], &dir).unwrap();
+    let after = reopened.caller_spend("r").unwrap();
+    assert_eq!(month(&after, "a"), month(&spend, "a"));
+    assert_eq!(month(&after, "b"), month(&spend, "b"));
+    assert!(matches!(
+        ask(&reopened, Some("a")),
+        Err(ServeError::SpendCap { .. })
+    ));
+    ask(&reopened, Some("b")).unwrap();
+}
+
 /// A snapshot without recorded context definitions (an older format) still refuses a
 /// route whose context changed, by its dimension, and names the way out.
 #[test]
