@@ -473,3 +473,89 @@ async fn embeddings_pass_through_to_the_named_model() {
         "{reason}"
     );
 }
+
+/// With `semantic_similarity`, a prompt whose embedding is as similar as that to a cached
+/// one's (here equal: the toy embedding counts characters) is answered from the cache, with
+/// no decision and no upstream call, and the hit logged; another caller, another request
+/// beyond the prompt, or a dissimilar prompt is not. An embedding that does not come in
+/// time is a miss, answered without waiting for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn similar_prompts_share_a_cached_answer() {
+    set_key();
+    let addr = endpoint(Seen::default()).await;
+    let dir = scratch("embedding_semantic_cache");
+    let base = start_app(
+        json!({
+            "cache": {"enabled": true, "semantic_similarity": 0.99},
+            "auth": {"route_tokens": ["a", "b"], "admin_tokens": ["admin"]},
+            "routes": [{
+                "name": "r",
+                "policy": "fixed(m)",
+                "models": [{"id": "m", "base_url": format!("http://{addr}"), "input_usd_per_million": 1.0}],
+                "embedding": {"url": format!("http://{addr}/v1/embeddings"), "model": "emb-1", "timeout_ms": 300}
+            }]
+        }),
+        &dir,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let ask = |token: &'static str, prompt: &'static str, temperature: f64| {
+        let request = client
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(token)
+            .json(&json!({"model": "r", "temperature": temperature,
+                          "messages": [{"role": "user", "content": prompt}]}));
+        async move {
+            let started = Instant::now();
+            let answer = request.send().await.unwrap();
+            assert_eq!(answer.status(), 200);
+            let cache = answer.headers()["x-quiver-cache"].to_str().unwrap().to_string();
+            (cache, started.elapsed())
+        }
+    };
+    assert_eq!(ask("a", "What is 12 + 30?", 0.0).await.0, "miss");
+    assert_eq!(
+        toy_embedding("What is 12 + 30?"),
+        toy_embedding("What is 13 + 30?")
+    );
+    assert_eq!(ask("a", "What is 13 + 30?", 0.0).await.0, "hit");
+    assert_eq!(
+        ask("b", "What is 13 + 30?", 0.0).await.0,
+        "miss",
+        "another caller"
+    );
+    assert_eq!(
+        ask("a", "What is 13 + 30?", 0.5).await.0,
+        "miss",
+        "another request"
+    );
+    assert_eq!(
+        ask("a", "Tell me about the sea", 0.0).await.0,
+        "miss",
+        "dissimilar"
+    );
+    let (cache, took) = ask("a", "What is slow + 30?", 0.0).await;
+    assert_eq!(cache, "miss");
+    assert!(
+        took < Duration::from_secs(2),
+        "waited {took:?} for a slow embedding"
+    );
+
+    let records = quiver_serve::log::read_log(&dir.join("log")).unwrap();
+    let count = |event| records.iter().filter(|r| r.event == event).count();
+    assert_eq!(count(LogEvent::Decision), 5, "the hit decided nothing");
+    assert_eq!(count(LogEvent::CacheHit), 1);
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .bearer_auth("admin")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "quiver_cache_semantic_hits_total 1"),
+        "{metrics}"
+    );
+}

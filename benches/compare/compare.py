@@ -377,63 +377,84 @@ def route_load(port, log, args, probe_disk=False):
             RESULTS.append(dict(name="fdatasync, 300-byte appends", **disk))
 
 
+def proxy_configs(up_port, q_port, log_dir, scenario):
+    """Quiver's and LiteLLM's configurations for one proxy scenario: `one model` (LinUCB
+    over two models, one upstream each), `cache hit` (the same with each proxy's response
+    cache on, so that every repeat of wrk's one request is a hit) or `three deployments`
+    (the first model served by three deployments of the local upstream, balanced by each
+    proxy's default: Quiver least-busy, LiteLLM simple shuffle)."""
+    upstream = f"http://127.0.0.1:{up_port}/v1"
+    deployments = scenario == "three deployments"
+    models = ""
+    for i in range(2):
+        models += (f'\n[[routes.models]]\nid = "local-{i}"\n'
+                   f"input_usd_per_million = {1 + i}\noutput_usd_per_million = {2 + i}\n")
+        if deployments and i == 0:
+            models += "".join(f'[[routes.models.deployments]]\nname = "d{d}"\nbase_url = "{upstream}"\n'
+                              for d in range(3))
+        else:
+            models += f'base_url = "{upstream}"\n'
+    cache = "\n[cache]\nenabled = true\n" if scenario == "cache hit" else ""
+    quiver = (f'listen = "127.0.0.1:{q_port}"\nlog_dir = "{log_dir}"\n{cache}\n'
+              f'[[routes]]\nname = "chat"\npolicy = "linucb(alpha=0.5,floor=0.02)"\nw_cost = 20.0\n{models}')
+    entries = 3 if deployments else 1
+    litellm = "model_list:\n" + "".join(
+        "  - model_name: chat\n    litellm_params:\n      model: openai/local-0\n"
+        f"      api_base: {upstream}\n      api_key: sk-local\n" for _ in range(entries))
+    if scenario == "cache hit":
+        litellm += "litellm_settings:\n  cache: true\n  cache_params:\n    type: local\n"
+    return quiver, litellm
+
+
 def section_proxy(args):
     up_port, q_port, l_port = free_port(), free_port(), free_port()
     upstream = start([args.quiver_side, "upstream", str(up_port)], up_port)
     log_dir = OUT / "serve-log"
-    subprocess.run(["rm", "-rf", str(log_dir)], check=True)
     config = OUT / "quiver.toml"
-    models = "".join(
-        f'\n[[routes.models]]\nid = "local-{i}"\nbase_url = "http://127.0.0.1:{up_port}/v1"\n'
-        f"input_usd_per_million = {1 + i}\noutput_usd_per_million = {2 + i}\n"
-        for i in range(2)
-    )
-    config.write_text(
-        f'listen = "127.0.0.1:{q_port}"\nlog_dir = "{log_dir}"\n\n'
-        f'[[routes]]\nname = "chat"\npolicy = "linucb(alpha=0.5,floor=0.02)"\nw_cost = 20.0\n{models}'
-    )
     litellm_config = OUT / "litellm.yaml"
-    litellm_config.write_text(
-        "model_list:\n  - model_name: chat\n    litellm_params:\n      model: openai/local-0\n"
-        f"      api_base: http://127.0.0.1:{up_port}/v1\n      api_key: sk-local\n"
-    )
     body = {"model": "chat", "messages": [{"role": "user", "content": "What is 17 times 23?"}]}
     url = "/v1/chat/completions"
     # LiteLLM lives in its own environment: its pinned version is the requirement's.
     pinned = (Path(__file__).parent / "litellm-requirements.txt").read_text().split("==")[1].strip()
     litellm_label = f"litellm {pinned} proxy"
-    print(f"# proxies in front of one local upstream: wrk, {args.connections} connections, "
-          f"{args.seconds}s per run, runs alternated")
     try:
-        quiver = start([args.quiver, "serve", "--config", str(config)], q_port)
-        litellm_log = open(OUT / "litellm.log", "w")
-        litellm = start([args.litellm, "--config", str(litellm_config), "--port", str(l_port),
-                         "--num_workers", "1"], l_port, env={"LITELLM_LOCAL_MODEL_COST_MAP": "True"},
-                        log=litellm_log)
-        runs = {"direct": [], "quiver": [], "litellm": []}
-        for _ in range(args.reps):
-            runs["direct"].append(wrk(f"http://127.0.0.1:{up_port}{url}", body, args))
-            runs["quiver"].append(wrk(f"http://127.0.0.1:{q_port}{url}", body, args))
-            runs["litellm"].append(wrk(f"http://127.0.0.1:{l_port}{url}", body, args,
-                                       headers=[("Authorization", "Bearer sk-local")]))
-        direct = {p: min(r[p] for r in runs["direct"]) for p in ("p50", "p99")}
-        for p in ("p50", "p99"):
-            added = {side: min(r[p] for r in runs[side]) - direct[p] for side in ("quiver", "litellm")}
-            report(f"proxy added latency {p} (c={args.connections})", litellm_label,
-                   added["litellm"], max(added["quiver"], 1e-3), "ms", higher_is_better=False,
-                   note=f"direct {direct[p]:.3f} ms; each run's total, ms: "
-                   + "; ".join(f"{side} " + "/".join(f"{r[p]:.3g}" for r in runs[side]) for side in runs))
-        report(f"proxy throughput (c={args.connections})", litellm_label,
-               max(r["rps"] for r in runs["litellm"]), max(r["rps"] for r in runs["quiver"]), "req/s")
-        route_load(q_port, "fsynced log", args, probe_disk=True)
-        stop(litellm)
-        stop(quiver)
+        for scenario in ["one model", "cache hit", "three deployments"]:
+            print(f"# proxies in front of one local upstream, {scenario}: wrk, {args.connections} "
+                  f"connections, {args.seconds}s per run, runs alternated")
+            subprocess.run(["rm", "-rf", str(log_dir)], check=True)
+            quiver_text, litellm_text = proxy_configs(up_port, q_port, log_dir, scenario)
+            config.write_text(quiver_text)
+            litellm_config.write_text(litellm_text)
+            quiver = start([args.quiver, "serve", "--config", str(config)], q_port)
+            litellm_log = open(OUT / "litellm.log", "a")
+            litellm = start([args.litellm, "--config", str(litellm_config), "--port", str(l_port),
+                             "--num_workers", "1"], l_port, env={"LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+                            log=litellm_log)
+            runs = {"direct": [], "quiver": [], "litellm": []}
+            for _ in range(args.reps):
+                runs["direct"].append(wrk(f"http://127.0.0.1:{up_port}{url}", body, args))
+                runs["quiver"].append(wrk(f"http://127.0.0.1:{q_port}{url}", body, args))
+                runs["litellm"].append(wrk(f"http://127.0.0.1:{l_port}{url}", body, args,
+                                           headers=[("Authorization", "Bearer sk-local")]))
+            direct = {p: min(r[p] for r in runs["direct"]) for p in ("p50", "p99")}
+            for p in ("p50", "p99"):
+                added = {side: min(r[p] for r in runs[side]) - direct[p] for side in ("quiver", "litellm")}
+                report(f"proxy added latency {p}, {scenario} (c={args.connections})", litellm_label,
+                       added["litellm"], max(added["quiver"], 1e-3), "ms", higher_is_better=False,
+                       note=f"direct {direct[p]:.3f} ms; each run's total, ms: "
+                       + "; ".join(f"{side} " + "/".join(f"{r[p]:.3g}" for r in runs[side]) for side in runs))
+            report(f"proxy throughput, {scenario} (c={args.connections})", litellm_label,
+                   max(r["rps"] for r in runs["litellm"]), max(r["rps"] for r in runs["quiver"]), "req/s")
+            stop(litellm)
+            if scenario == "one model":
+                route_load(q_port, "fsynced log", args, probe_disk=True)
+            stop(quiver)
         # The same server with its log in memory, where fsync returns at once: what the
         # software adds, apart from the disk.
         memory_log = Path("/dev/shm") / f"quiver-compare-{os.getpid()}"
         if memory_log.parent.is_dir():
             subprocess.run(["rm", "-rf", str(memory_log)], check=True)
-            config.write_text(config.read_text().replace(f'log_dir = "{log_dir}"', f'log_dir = "{memory_log}"'))
+            config.write_text(proxy_configs(up_port, q_port, memory_log, "one model")[0])
             quiver = start([args.quiver, "serve", "--config", str(config)], q_port)
             try:
                 route_load(q_port, "log in memory", args)

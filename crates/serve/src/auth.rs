@@ -40,7 +40,7 @@ pub(crate) async fn require(
 }
 
 /// The bearer token of a request, if it sent one.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -1,4 +1,4 @@
-//! The proxy's exact response cache: a non-streamed completion, kept for `ttl_s` under its
+//! The proxy's response cache: a non-streamed completion, kept for `ttl_s` under its
 //! request, answers the same request again without an upstream call.
 //!
 //! The key is the route, the caller (its bearer token: one tenant never sees another's
@@ -6,7 +6,14 @@
 //! alone. The cache holds at most `max_bytes` of keys and bodies, evicting the least
 //! recently used entries first. A hit is logged as its own event (`cache_hit`, under the
 //! decision whose answer it repeats) and never learned from.
+//!
+//! With `semantic_similarity` set, a request that misses may still be answered by a
+//! similar one's answer: on a route with an embedding (`[routes.embedding]`), an entry
+//! whose prompt embedding has a cosine similarity of at least that with the request's, and
+//! whose request is otherwise the same (route, caller, tags and every field but the
+//! prompt), answers it. An embedding that did not come in time is a miss.
 
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -30,6 +37,10 @@ pub struct CacheConfig {
     /// The most the cache holds, bytes of requests and answers.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: usize,
+    /// The least cosine similarity of two prompts' embeddings for one's answer to serve
+    /// the other (see the module docs). None (the default): equal requests only.
+    #[serde(default)]
+    pub semantic_similarity: Option<f64>,
 }
 
 fn default_ttl() -> u64 {
@@ -45,6 +56,19 @@ impl Default for CacheConfig {
             enabled: false,
             ttl_s: default_ttl(),
             max_bytes: default_max_bytes(),
+            semantic_similarity: None,
+        }
+    }
+}
+
+impl CacheConfig {
+    /// Refuses a similarity that is not in (0, 1].
+    pub fn check(&self) -> Result<(), String> {
+        match self.semantic_similarity {
+            Some(s) if !(s > 0.0 && s <= 1.0) => {
+                Err(format!("cache.semantic_similarity {s} is not in (0, 1]"))
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -65,12 +89,29 @@ struct Entry {
     request: String,
     answer: Cached,
     stored: Instant,
+    similar: Option<SimilarKey>,
 }
 
 impl Entry {
     fn size(&self) -> usize {
-        self.request.len() + self.answer.body.len() + self.answer.model.len() + self.answer.decision_id.len()
+        let similar = self
+            .similar
+            .as_ref()
+            .map_or(0, |s| s.scope.len() + 4 * s.embedding.len());
+        self.request.len()
+            + self.answer.body.len()
+            + self.answer.model.len()
+            + self.answer.decision_id.len()
+            + similar
     }
+}
+
+/// A request's place among similar ones: everything but its prompt, and the prompt's
+/// embedding.
+#[derive(Debug, Clone)]
+pub struct SimilarKey {
+    scope: String,
+    embedding: Vec<f32>,
 }
 
 /// What a lookup found.
@@ -94,6 +135,40 @@ struct Inner {
     entries: LruCache<u64, Entry>,
     /// Bytes held.
     bytes: usize,
+    /// The entries stored with an embedding, by scope: what a similar request may reuse.
+    similar: HashMap<String, Vec<(u64, Vec<f32>)>>,
+}
+
+impl Inner {
+    /// Accounts for `entry`, stored under `hash`, having left the cache.
+    fn forget(&mut self, hash: u64, entry: &Entry) {
+        self.bytes -= entry.size();
+        let Some(similar) = &entry.similar else {
+            return;
+        };
+        if let Some(peers) = self.similar.get_mut(&similar.scope) {
+            peers.retain(|(h, _)| *h != hash);
+            if peers.is_empty() {
+                self.similar.remove(&similar.scope);
+            }
+        }
+    }
+}
+
+/// The cosine similarity of two vectors (0 when either is zero).
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot = |x: &[f32], y: &[f32]| {
+        x.iter()
+            .zip(y)
+            .map(|(p, q)| f64::from(*p) * f64::from(*q))
+            .sum::<f64>()
+    };
+    let norms = (dot(a, a) * dot(b, b)).sqrt();
+    if norms > 0.0 && a.len() == b.len() {
+        dot(a, b) / norms
+    } else {
+        0.0
+    }
 }
 
 /// The cache.
@@ -111,6 +186,7 @@ impl ResponseCache {
             inner: Mutex::new(Inner {
                 entries: LruCache::unbounded(),
                 bytes: 0,
+                similar: HashMap::new(),
             }),
         }
     }
@@ -118,6 +194,11 @@ impl ResponseCache {
     /// Whether the proxy uses it.
     pub fn enabled(&self) -> bool {
         self.config.enabled
+    }
+
+    /// Whether similar requests share answers.
+    pub fn semantic(&self) -> bool {
+        self.config.enabled && self.config.semantic_similarity.is_some()
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -154,37 +235,88 @@ impl ResponseCache {
             Some(answer) => Lookup::Hit(answer),
             None => {
                 if let Some(stale) = inner.entries.pop(&key.hash) {
-                    inner.bytes -= stale.size();
+                    inner.forget(key.hash, &stale);
                 }
                 Lookup::Miss(key)
             }
         }
     }
 
-    /// Stores `answer` under `key`, evicting the least recently used entries past the
-    /// size bound; returns how many it evicted. An answer larger than the whole cache is
-    /// not stored.
-    pub fn store(&self, key: CacheKey, answer: Cached, now: Instant) -> u64 {
+    /// The similar key of a request to `route` by the holder of `token` (as in
+    /// [`ResponseCache::key`]) whose prompt has `embedding`: the body without its prompt
+    /// (`messages` or `prompt`) is the scope.
+    pub fn similar_key(route: &str, token: Option<&str>, body: &Value, embedding: Vec<f32>) -> SimilarKey {
+        let mut rest = body.clone();
+        if let Some(fields) = rest.as_object_mut() {
+            fields.remove("messages");
+            fields.remove("prompt");
+        }
+        SimilarKey {
+            scope: format!("{route}\n{token:?}\n{rest}"),
+            embedding,
+        }
+    }
+
+    /// The fresh answer of the most similar request in `key`'s scope, if its similarity
+    /// reaches the configured least.
+    pub fn lookup_similar(&self, key: &SimilarKey, now: Instant) -> Option<Cached> {
+        let least = self.config.semantic_similarity?;
+        let ttl = Duration::from_secs(self.config.ttl_s);
+        let mut inner = self.inner();
+        let (hash, _) = inner
+            .similar
+            .get(&key.scope)?
+            .iter()
+            .map(|(hash, embedding)| (*hash, cosine(embedding, &key.embedding)))
+            .filter(|(_, similarity)| *similarity >= least)
+            .max_by(|a, b| a.1.total_cmp(&b.1))?;
+        match inner.entries.get(&hash) {
+            Some(entry) if now.duration_since(entry.stored) < ttl => Some(entry.answer.clone()),
+            _ => {
+                if let Some(stale) = inner.entries.pop(&hash) {
+                    inner.forget(hash, &stale);
+                }
+                None
+            }
+        }
+    }
+
+    /// Stores `answer` under `key` (and among similar requests under `similar`), evicting
+    /// the least recently used entries past the size bound; returns how many it evicted.
+    /// An answer larger than the whole cache is not stored.
+    pub fn store(&self, key: CacheKey, similar: Option<SimilarKey>, answer: Cached, now: Instant) -> u64 {
         let entry = Entry {
             request: key.request,
             answer,
             stored: now,
+            similar,
         };
         let size = entry.size();
         if size > self.config.max_bytes {
             return 0;
         }
+        let index = entry
+            .similar
+            .as_ref()
+            .map(|s| (s.scope.clone(), s.embedding.clone()));
         let mut inner = self.inner();
         if let Some(old) = inner.entries.put(key.hash, entry) {
-            inner.bytes -= old.size();
+            inner.forget(key.hash, &old);
+        }
+        if let Some((scope, embedding)) = index {
+            inner
+                .similar
+                .entry(scope)
+                .or_default()
+                .push((key.hash, embedding));
         }
         inner.bytes += size;
         let mut evicted = 0;
         while inner.bytes > self.config.max_bytes {
-            let Some((_, old)) = inner.entries.pop_lru() else {
+            let Some((hash, old)) = inner.entries.pop_lru() else {
                 break;
             };
-            inner.bytes -= old.size();
+            inner.forget(hash, &old);
             evicted += 1;
         }
         evicted
@@ -216,13 +348,14 @@ mod tests {
             enabled: true,
             ttl_s: 10,
             max_bytes: 1 << 20,
+            semantic_similarity: None,
         });
         let t0 = Instant::now();
         let body = json!({"model": "r", "messages": [{"role": "user", "content": "hi"}], "temperature": 0});
         let Lookup::Miss(key) = cache.lookup(ResponseCache::key("r", Some("a"), &body), t0) else {
             panic!("an empty cache hit")
         };
-        cache.store(key, answer("hello"), t0);
+        cache.store(key, None, answer("hello"), t0);
         // The same request with its keys in another order is the same request.
         let reordered: Value = serde_json::from_str(
             r#"{"temperature": 0, "messages": [{"content": "hi", "role": "user"}], "model": "r"}"#,
@@ -247,6 +380,51 @@ mod tests {
         assert_eq!(cache.bytes(), 0, "the stale entry is dropped");
     }
 
+    /// A prompt at least as similar as the setting (cosine), in the same scope, gets the
+    /// stored answer; a less similar one, another caller's, another route's, or a request
+    /// that differs beyond its prompt does not. Storing the same request again keeps one
+    /// entry in the index; a stale entry leaves it.
+    #[test]
+    fn similar_requests_share_an_answer_within_their_scope() {
+        let cache = ResponseCache::new(CacheConfig {
+            enabled: true,
+            ttl_s: 10,
+            max_bytes: 1 << 20,
+            semantic_similarity: Some(0.9),
+        });
+        let t0 = Instant::now();
+        let body = |text: &str, temperature: f64| json!({"model": "r", "messages": [{"role": "user", "content": text}], "temperature": temperature});
+        // Unit vectors at cosine 0.95 and 0.85 from (1, 0).
+        let at = |cos: f32| vec![cos, (1.0 - cos * cos).sqrt()];
+        for _ in 0..2 {
+            let key = ResponseCache::key("r", Some("a"), &body("hi there", 0.0));
+            let similar = ResponseCache::similar_key("r", Some("a"), &body("hi there", 0.0), vec![1.0, 0.0]);
+            cache.store(key, Some(similar), answer("hello"), t0);
+        }
+        assert_eq!(cache.inner().similar.values().map(Vec::len).sum::<usize>(), 1);
+        let near = ResponseCache::similar_key("r", Some("a"), &body("hello there", 0.0), at(0.95));
+        assert_eq!(cache.lookup_similar(&near, t0).unwrap().body, "hello");
+        for key in [
+            ResponseCache::similar_key("r", Some("a"), &body("hello there", 0.0), at(0.85)),
+            ResponseCache::similar_key("r", Some("b"), &body("hello there", 0.0), at(0.95)),
+            ResponseCache::similar_key("r", Some("a"), &body("hello there", 0.7), at(0.95)),
+            ResponseCache::similar_key("other", Some("a"), &body("hello there", 0.0), at(0.95)),
+        ] {
+            assert!(cache.lookup_similar(&key, t0).is_none(), "{key:?}");
+        }
+        assert!(cache
+            .lookup_similar(&near, t0 + Duration::from_secs(10))
+            .is_none());
+        assert_eq!(cache.bytes(), 0, "the stale entry is dropped");
+        assert!(cache.inner().similar.is_empty(), "and leaves the index");
+        assert!(CacheConfig {
+            semantic_similarity: Some(1.5),
+            ..CacheConfig::default()
+        }
+        .check()
+        .is_err());
+    }
+
     #[test]
     fn the_size_bound_evicts_the_least_recently_used() {
         let key = |i: u32| ResponseCache::key("r", None, &json!({"i": i}));
@@ -255,21 +433,22 @@ mod tests {
             enabled: true,
             ttl_s: 60,
             max_bytes: size(0) * 3,
+            semantic_similarity: None,
         });
         let t0 = Instant::now();
         for i in 0..3 {
-            assert_eq!(cache.store(key(i), answer(&"x".repeat(100)), t0), 0);
+            assert_eq!(cache.store(key(i), None, answer(&"x".repeat(100)), t0), 0);
         }
         assert_eq!(cache.bytes(), size(0) * 3);
         // Touch 0, so that 1 is the least recently used when 3 arrives.
         assert!(matches!(cache.lookup(key(0), t0), Lookup::Hit(_)));
-        assert_eq!(cache.store(key(3), answer(&"x".repeat(100)), t0), 1);
+        assert_eq!(cache.store(key(3), None, answer(&"x".repeat(100)), t0), 1);
         assert!(matches!(cache.lookup(key(1), t0), Lookup::Miss(_)));
         for i in [0, 2, 3] {
             assert!(matches!(cache.lookup(key(i), t0), Lookup::Hit(_)), "{i}");
         }
         // Larger than the whole cache: not stored, nothing evicted.
-        assert_eq!(cache.store(key(9), answer(&"x".repeat(size(0) * 3)), t0), 0);
+        assert_eq!(cache.store(key(9), None, answer(&"x".repeat(size(0) * 3)), t0), 0);
         assert_eq!(cache.bytes(), size(0) * 3);
     }
 }

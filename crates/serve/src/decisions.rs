@@ -56,7 +56,7 @@ pub(crate) async fn route(
     headers: HeaderMap,
     ApiJson(body): ApiJson<RouteBody>,
 ) -> Result<Json<RouteAnswer>, ApiError> {
-    let observed = state
+    let (observed, _) = state
         .observe(&body.route, &body.request.text()?, &headers, None)
         .await;
     let routed = change_router(&state, move |r| {

@@ -15,6 +15,15 @@ use crate::config::{EmbeddingConfig, RouteConfig};
 use crate::error::{Result, ServeError};
 use crate::metrics::{EmbeddingFallbackLabels, Metrics};
 
+/// A prompt's embedding.
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    /// As the endpoint or encoder gave it: what the semantic cache compares.
+    pub raw: Vec<f32>,
+    /// Projected for the route's block (`quiver_bandit::EmbeddingBlock::project`).
+    pub projected: Vec<f64>,
+}
+
 /// The embedders of every route that has an embedding block.
 #[derive(Debug, Default)]
 pub struct Embedders {
@@ -69,27 +78,28 @@ impl Embedders {
         Ok(Embedders { routes: embedders })
     }
 
-    /// The projected embedding of `text` for `route`'s block; None for a route without
-    /// one, and when the embedding failed or took longer than the route allows (counted in
-    /// `metrics` and logged).
+    /// The embedding of `text` for `route`: as its source gave it, and projected for the
+    /// route's block; None for a route without one, and when the embedding failed or took
+    /// longer than the route allows (counted in `metrics` and logged).
     pub async fn embed(
         &self,
         http: &reqwest::Client,
         metrics: &Metrics,
         route: &str,
         text: &str,
-    ) -> Option<Vec<f64>> {
+    ) -> Option<Embedded> {
         let embedder = self.routes.get(route)?;
         let result = match tokio::time::timeout(embedder.timeout, embedder.fetch(http, text)).await {
             Ok(Ok(raw)) => embedder
                 .block
                 .project(&raw)
+                .map(|projected| Embedded { raw, projected })
                 .map_err(|e| Failure::Error(e.to_string())),
             Ok(Err(message)) => Err(Failure::Error(message)),
             Err(_) => Err(Failure::Timeout),
         };
         let (reason, message) = match result {
-            Ok(projected) => return Some(projected),
+            Ok(embedded) => return Some(embedded),
             Err(Failure::Timeout) => ("timeout", format!("no answer within {:?}", embedder.timeout)),
             Err(Failure::Error(message)) => ("error", message),
         };

@@ -108,6 +108,8 @@ pub struct Metrics {
     pub embedding_fallbacks: Family<EmbeddingFallbackLabels, Counter>,
     /// Requests answered from the response cache.
     pub cache_hits: Counter,
+    /// Of those, requests answered by a similar request's answer.
+    pub cache_semantic_hits: Counter,
     /// Cacheable requests the cache could not answer.
     pub cache_misses: Counter,
     /// Cache entries evicted to make room.
@@ -138,6 +140,10 @@ impl Default for Metrics {
             "Connections turned away at max_connections (503, or closed unanswered)",
         );
         let cache_hits = counter("quiver_cache_hits", "Requests answered from the response cache");
+        let cache_semantic_hits = counter(
+            "quiver_cache_semantic_hits",
+            "Requests answered from the response cache by a similar request's answer (also in quiver_cache_hits)",
+        );
         let cache_misses = counter(
             "quiver_cache_misses",
             "Cacheable requests the cache could not answer",
@@ -197,6 +203,7 @@ impl Default for Metrics {
             log_commit_seconds,
             embedding_fallbacks,
             cache_hits,
+            cache_semantic_hits,
             cache_misses,
             cache_evictions,
             cache_bytes,

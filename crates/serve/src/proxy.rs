@@ -343,25 +343,45 @@ async fn complete(
     let route_request = api.route_request(&request)?;
     let prompt = route_request.text()?;
     let tags = required_tags(&headers)?;
-    let mut store_under = None;
+    let (mut store_under, mut read_cache) = (None, false);
     // Answers made under other required tags (another region, say) are not this request's.
     let cache_scope = format!("{route}{}|{}", api.path(), tags.join(","));
     if let Some((key, read)) = cache_key(&state, &headers, &cache_scope, &request, stream) {
-        match read.then(|| state.cache.lookup(key.clone(), Instant::now())) {
-            Some(Lookup::Hit(hit)) => return answer_from_cache(&state, &route, hit, &prompt).await,
-            Some(Lookup::Miss(_)) => {
-                state.metrics.cache_misses.inc();
+        if read {
+            if let Lookup::Hit(hit) = state.cache.lookup(key.clone(), Instant::now()) {
+                return answer_from_cache(&state, &route, hit, &prompt).await;
             }
-            None => {}
         }
-        store_under = Some(key);
+        (store_under, read_cache) = (Some(key), read);
     }
     let prompt_tokens = quiver_bandit::features::estimate_tokens(&prompt);
     // The embedding's wait counts against the request's time limit.
     let deadline = Instant::now() + Duration::from_millis(state.config.request_timeout_ms);
-    let observed = state
+    let (observed, embedding) = state
         .observe(&route, &prompt, &headers, Some((&tags, prompt_tokens)))
         .await;
+    // Where the cache compares prompts, a similar request's answer serves, still before
+    // deciding; without the prompt's embedding (none came in time) it is a miss.
+    let mut similar = match (&store_under, embedding) {
+        (Some(_), Some(embedding)) if state.cache.semantic() => Some(ResponseCache::similar_key(
+            &cache_scope,
+            crate::auth::bearer(&headers),
+            &request,
+            embedding,
+        )),
+        _ => None,
+    };
+    if read_cache {
+        let now = Instant::now();
+        if let Some(hit) = similar
+            .as_ref()
+            .and_then(|key| state.cache.lookup_similar(key, now))
+        {
+            state.metrics.cache_semantic_hits.inc();
+            return answer_from_cache(&state, &route, hit, &prompt).await;
+        }
+        state.metrics.cache_misses.inc();
+    }
     let unavailable = observed.unavailable.len();
     let ((routed, models), decision_logged) = {
         let routed = state.router.route_observed(&route, &route_request, observed)?;
@@ -444,7 +464,7 @@ async fn complete(
                         model: model.id.clone(),
                         decision_id: decision_id.clone(),
                     };
-                    let evicted = state.cache.store(key, cached, Instant::now());
+                    let evicted = state.cache.store(key, similar.take(), cached, Instant::now());
                     state.metrics.cache_evictions.inc_by(evicted);
                     response
                         .headers_mut()
@@ -551,11 +571,8 @@ fn cache_key(
     if !state.cache.enabled() || stream || has("no-store") {
         return None;
     }
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    Some((ResponseCache::key(route, token, request), !has("no-cache")))
+    let key = ResponseCache::key(route, crate::auth::bearer(headers), request);
+    Some((key, !has("no-cache")))
 }
 
 /// Answers from the cache: no upstream call; the hit is logged under the decision whose

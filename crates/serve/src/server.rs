@@ -38,6 +38,7 @@ pub fn state_with(
     config.check_api_keys()?;
     config.check_deployments()?;
     config.check_cors()?;
+    config.cache.check().map_err(ServeError::Config)?;
     let options = RouterOptions {
         feedback_horizon: config.feedback_horizon_decisions,
         reset_routes: config.reset_routes.clone(),

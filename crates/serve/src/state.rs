@@ -50,15 +50,21 @@ impl AppState {
     /// block and the embedding comes in time (see [`Embedders::embed`]); the models that
     /// cannot take the call: their circuit is open or, for a call the proxy makes (`call`:
     /// the tags it requires and the prompt's estimated tokens), none of their deployments
-    /// can take it (see [`Deployments`]); and who asked ([`crate::auth::caller`]).
+    /// can take it (see [`Deployments`]); and who asked ([`crate::auth::caller`]). Beside
+    /// it, the prompt's embedding as its source gave it, for the semantic cache.
     pub async fn observe(
         &self,
         route: &str,
         text: &str,
         headers: &HeaderMap,
         call: Option<(&[String], u32)>,
-    ) -> Observed {
-        let embedding = self.embedders.embed(&self.http, &self.metrics, route, text).await;
+    ) -> (Observed, Option<Vec<f32>>) {
+        let (raw, embedding) = self
+            .embedders
+            .embed(&self.http, &self.metrics, route, text)
+            .await
+            .map(|e| (e.raw, e.projected))
+            .unzip();
         let now = Instant::now();
         let mut unavailable = self.health.unavailable(route, now);
         let models = self
@@ -79,11 +85,12 @@ impl AppState {
                 }
             }
         }
-        Observed {
+        let observed = Observed {
             embedding,
             unavailable,
             caller: crate::auth::caller(self, headers),
-        }
+        };
+        (observed, raw)
     }
 
     /// Waits until the log holds a change durably, timing the wait.
