@@ -23,11 +23,12 @@ use std::time::Duration;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const SPECS: [&str; 10] = [
+const SPECS: [&str; 11] = [
     "random",
     "eps(0.05)",
     "ucb1",
     "beta-ts",
+    "beta-ts(draws=0)",
     "gaussian-ts",
     "gaussian-ts(draws=0)",
     "linucb(alpha=0.5)",

@@ -93,6 +93,10 @@ pub const EXACT_TOLERANCE: f64 = 1e-7;
 /// normal's mass is below `1e-19`.
 const REACH: f64 = 9.0;
 
+/// The most mass a Beta posterior may hold beyond its reach (else the reach is its
+/// support's end).
+const TAIL: f64 = 1e-12;
+
 /// Gauss-Kronrod 7-15 nodes on [-1, 1] (the non-negative half; the rule is symmetric),
 /// Kronrod weights, and the Gauss weights of the odd nodes.
 const GK_NODES: [f64; 8] = [
@@ -131,9 +135,10 @@ const GAUSS_WEIGHTS: [f64; 4] = [
 ///
 /// (`f`, `F`: the scores' densities and distribution functions), by adaptive
 /// Gauss-Kronrod (7-15) quadrature over the range where the scores have mass, split at
-/// each arm's mean, to a total error estimate below [`EXACT_TOLERANCE`]. Arms that cannot win (their score's upper reach is below another's
-/// lower reach) get 0 and are left out of the products. A score with zero spread is
-/// widened to `1e-12` of its mean's scale; a mean of minus infinity never wins.
+/// each arm's mean, to a total error estimate below [`EXACT_TOLERANCE`]. Arms that cannot
+/// win (their score's upper reach is below another's lower reach) get 0 and are left out
+/// of the products. A score with zero spread is widened to `1e-12` of its mean's scale; a
+/// mean of minus infinity never wins.
 pub fn gaussian_argmax_pmf(means: &[f64], stds: &[f64]) -> Vec<f64> {
     let k = means.len();
     let mut pmf = vec![0.0; k];
@@ -146,38 +151,109 @@ pub fn gaussian_argmax_pmf(means: &[f64], stds: &[f64]) -> Vec<f64> {
         return uniform(k);
     }
     let spread = |a: usize| stds[a].max(1e-12 * (1.0 + means[a].abs()));
+    let reach = |a: usize| (means[a] - REACH * spread(a), means[a] + REACH * spread(a));
+    let scores = |relevant: &[usize]| NormalScores {
+        means: relevant.iter().map(|&a| means[a]).collect(),
+        inverse_stds: relevant.iter().map(|&a| 1.0 / spread(a)).collect(),
+    };
+    argmax_pmf_by_quadrature(k, &playing, reach, |a| vec![means[a]], scores)
+}
+
+/// The exact PMF of Thompson sampling over independent Beta scores shifted by penalties:
+/// the probability that arm `k`'s score, `X_k - penalties[k]` with
+/// `X_k ~ Beta(alphas[k], betas[k])`, is the largest, by the quadrature of
+/// [`gaussian_argmax_pmf`] over where the scores have mass (nine standard deviations either
+/// side of each mean, or the support's end where a skewed posterior's tail beyond holds
+/// more than `1e-12`), split at each arm's mean and 1 and 3 standard deviations either
+/// side of it, so that a peaked posterior is never stepped over.
+pub fn beta_argmax_pmf(alphas: &[f64], betas: &[f64], penalties: &[f64]) -> Vec<f64> {
+    let k = alphas.len();
+    let all: Vec<usize> = (0..k).collect();
+    let moments = |a: usize| {
+        let (al, be) = (alphas[a], betas[a]);
+        let n = al + be;
+        (al / n, (al * be / (n * n * (n + 1.0))).sqrt())
+    };
+    // Where a posterior has its mass: REACH standard deviations either side of its mean,
+    // or its support's end where the tail beyond holds more than TAIL (skewed posteriors).
+    let reach = |a: usize| {
+        let (mean, sd) = moments(a);
+        let (lower, upper) = (mean - REACH * sd, mean + REACH * sd);
+        let cdf = |x: f64| statrs::function::beta::beta_reg(alphas[a], betas[a], x);
+        let lower = if lower > 0.0 && cdf(lower) < TAIL {
+            lower
+        } else {
+            0.0
+        };
+        let upper = if upper < 1.0 && 1.0 - cdf(upper) < TAIL {
+            upper
+        } else {
+            1.0
+        };
+        (lower - penalties[a], upper - penalties[a])
+    };
+    let splits = |a: usize| {
+        let (mean, sd) = moments(a);
+        let (lower, upper) = reach(a);
+        [0.0, -1.0, 1.0, -3.0, 3.0]
+            .iter()
+            .map(|c| mean + c * sd - penalties[a])
+            .filter(|&x| x > lower && x < upper)
+            .chain([lower, upper])
+            .collect()
+    };
+    let scores = |relevant: &[usize]| BetaScores {
+        alphas: relevant.iter().map(|&a| alphas[a]).collect(),
+        betas: relevant.iter().map(|&a| betas[a]).collect(),
+        ln_betas: relevant
+            .iter()
+            .map(|&a| statrs::function::beta::ln_beta(alphas[a], betas[a]))
+            .collect(),
+        shifts: relevant.iter().map(|&a| penalties[a]).collect(),
+    };
+    argmax_pmf_by_quadrature(k, &all, reach, splits, scores)
+}
+
+/// The argmax PMF over `k` arms of independent scores, of which `playing` may win: each
+/// arm's score has its mass within `reach(a)` (lower, upper), the integral is split at
+/// every `splits(a)`, and `laws` gives the densities and distribution functions of a set
+/// of arms. The range runs
+/// from the highest lower reach (below it some score has no mass, so no arm wins there)
+/// to the highest upper reach; an arm whose upper reach is below that range gets 0.
+fn argmax_pmf_by_quadrature<S: ScoreLaws>(
+    k: usize,
+    playing: &[usize],
+    reach: impl Fn(usize) -> (f64, f64),
+    splits: impl Fn(usize) -> Vec<f64>,
+    laws: impl Fn(&[usize]) -> S,
+) -> Vec<f64> {
+    let mut pmf = vec![0.0; k];
     let low = playing
         .iter()
-        .map(|&a| means[a] - REACH * spread(a))
+        .map(|&a| reach(a).0)
         .fold(f64::NEG_INFINITY, f64::max);
-    let relevant: Vec<usize> = playing
-        .into_iter()
-        .filter(|&a| means[a] + REACH * spread(a) >= low)
-        .collect();
+    let relevant: Vec<usize> = playing.iter().copied().filter(|&a| reach(a).1 >= low).collect();
     if relevant.len() == 1 {
         pmf[relevant[0]] = 1.0;
         return pmf;
     }
-    let scores = NormalScores {
-        means: relevant.iter().map(|&a| means[a]).collect(),
-        inverse_stds: relevant.iter().map(|&a| 1.0 / spread(a)).collect(),
-    };
     let high = relevant
         .iter()
-        .map(|&a| means[a] + REACH * spread(a))
+        .map(|&a| reach(a).1)
         .fold(f64::NEG_INFINITY, f64::max);
     let mut breaks: Vec<f64> = relevant
         .iter()
-        .map(|&a| means[a])
+        .flat_map(|&a| splits(a))
         .filter(|&x| x > low && x < high)
         .chain([low, high])
         .collect();
     breaks.sort_by(f64::total_cmp);
     breaks.dedup();
+    let scores = laws(&relevant);
     let mut total = vec![0.0; relevant.len()];
     for pair in breaks.windows(2) {
         let share = EXACT_TOLERANCE * (pair[1] - pair[0]) / (high - low);
-        scores.integrate(pair[0], pair[1], share, 0, &mut total);
+        integrate(&scores, pair[0], pair[1], share, 0, &mut total);
     }
     let sum: f64 = total.iter().sum();
     for (&a, p) in relevant.iter().zip(&total) {
@@ -186,68 +262,114 @@ pub fn gaussian_argmax_pmf(means: &[f64], stds: &[f64]) -> Vec<f64> {
     pmf
 }
 
+/// Independent scores, as the quadrature reads them.
+trait ScoreLaws {
+    /// The number of scores.
+    fn len(&self) -> usize;
+    /// Score `j`'s density and distribution function at `s`.
+    fn law(&self, j: usize, s: f64) -> (f64, f64);
+}
+
 /// Independent normal scores, for [`gaussian_argmax_pmf`].
 struct NormalScores {
     means: Vec<f64>,
     inverse_stds: Vec<f64>,
 }
 
-impl NormalScores {
-    /// Adds to `out[k]` the integral of `f_k(s) prod_{j != k} F_j(s)` over `[a, b]`, halving
-    /// the interval until the 15-point and 7-point rules agree within `tolerance`.
-    fn integrate(&self, a: f64, b: f64, tolerance: f64, depth: u32, out: &mut [f64]) {
-        let (center, half) = ((a + b) / 2.0, (b - a) / 2.0);
-        let n = self.means.len();
-        let mut kronrod = vec![0.0; n];
-        let mut gauss = vec![0.0; n];
-        let (mut values, mut cdf) = (vec![0.0; n], vec![0.0; n]);
-        for (i, &x) in GK_NODES.iter().enumerate() {
-            let sides: &[f64] = if x == 0.0 { &[0.0] } else { &[-x, x] };
-            for &node in sides {
-                self.integrand(center + half * node, &mut values, &mut cdf);
-                for (c, v) in values.iter().enumerate() {
-                    kronrod[c] += KRONROD_WEIGHTS[i] * v;
-                    // The Gauss nodes are the odd-indexed Kronrod nodes.
-                    if i % 2 == 1 {
-                        gauss[c] += GAUSS_WEIGHTS[i / 2] * v;
-                    }
+impl ScoreLaws for NormalScores {
+    fn len(&self) -> usize {
+        self.means.len()
+    }
+
+    fn law(&self, j: usize, s: f64) -> (f64, f64) {
+        let inv = self.inverse_stds[j];
+        let z = (s - self.means[j]) * inv;
+        (
+            (-0.5 * z * z).exp() * inv / (2.0 * std::f64::consts::PI).sqrt(),
+            0.5 * statrs::function::erf::erfc(-z * std::f64::consts::FRAC_1_SQRT_2),
+        )
+    }
+}
+
+/// Independent shifted Beta scores, for [`beta_argmax_pmf`].
+struct BetaScores {
+    alphas: Vec<f64>,
+    betas: Vec<f64>,
+    ln_betas: Vec<f64>,
+    shifts: Vec<f64>,
+}
+
+impl ScoreLaws for BetaScores {
+    fn len(&self) -> usize {
+        self.alphas.len()
+    }
+
+    fn law(&self, j: usize, s: f64) -> (f64, f64) {
+        let x = s + self.shifts[j];
+        if x <= 0.0 {
+            return (0.0, 0.0);
+        }
+        if x >= 1.0 {
+            return (0.0, 1.0);
+        }
+        let (a, b) = (self.alphas[j], self.betas[j]);
+        let density = ((a - 1.0) * x.ln() + (b - 1.0) * (-x).ln_1p() - self.ln_betas[j]).exp();
+        (density, statrs::function::beta::beta_reg(a, b, x))
+    }
+}
+
+/// Adds to `out[k]` the integral of `f_k(s) prod_{j != k} F_j(s)` over `[a, b]`, halving
+/// the interval until the 15-point and 7-point rules agree within `tolerance`.
+fn integrate<S: ScoreLaws>(scores: &S, a: f64, b: f64, tolerance: f64, depth: u32, out: &mut [f64]) {
+    let (center, half) = ((a + b) / 2.0, (b - a) / 2.0);
+    let n = scores.len();
+    let mut kronrod = vec![0.0; n];
+    let mut gauss = vec![0.0; n];
+    let (mut values, mut cdf) = (vec![0.0; n], vec![0.0; n]);
+    for (i, &x) in GK_NODES.iter().enumerate() {
+        let sides: &[f64] = if x == 0.0 { &[0.0] } else { &[-x, x] };
+        for &node in sides {
+            integrand(scores, center + half * node, &mut values, &mut cdf);
+            for (c, v) in values.iter().enumerate() {
+                kronrod[c] += KRONROD_WEIGHTS[i] * v;
+                // The Gauss nodes are the odd-indexed Kronrod nodes.
+                if i % 2 == 1 {
+                    gauss[c] += GAUSS_WEIGHTS[i / 2] * v;
                 }
             }
         }
-        let error: f64 = kronrod
-            .iter()
-            .zip(&gauss)
-            .map(|(k, g)| (k - g).abs() * half)
-            .sum();
-        if error <= tolerance || depth >= 40 {
-            for (o, k) in out.iter_mut().zip(&kronrod) {
-                *o += k * half;
-            }
-            return;
-        }
-        self.integrate(a, center, tolerance / 2.0, depth + 1, out);
-        self.integrate(center, b, tolerance / 2.0, depth + 1, out);
     }
+    let error: f64 = kronrod
+        .iter()
+        .zip(&gauss)
+        .map(|(k, g)| (k - g).abs() * half)
+        .sum();
+    if error <= tolerance || depth >= 40 {
+        for (o, k) in out.iter_mut().zip(&kronrod) {
+            *o += k * half;
+        }
+        return;
+    }
+    integrate(scores, a, center, tolerance / 2.0, depth + 1, out);
+    integrate(scores, center, b, tolerance / 2.0, depth + 1, out);
+}
 
-    /// `f_k(s) prod_{j != k} F_j(s)` for every arm `k`, into `out` (`cdf`: scratch).
-    fn integrand(&self, s: f64, out: &mut [f64], cdf: &mut [f64]) {
-        let n = self.means.len();
-        for (j, (m, inv)) in self.means.iter().zip(&self.inverse_stds).enumerate() {
-            let z = (s - m) * inv;
-            cdf[j] = 0.5 * statrs::function::erf::erfc(-z * std::f64::consts::FRAC_1_SQRT_2);
-            out[j] = (-0.5 * z * z).exp() * inv / (2.0 * std::f64::consts::PI).sqrt();
-        }
-        // The product of the others' CDFs, from products before and after each arm.
-        let mut before = 1.0;
-        for j in 0..n {
-            out[j] *= before;
-            before *= cdf[j];
-        }
-        let mut after = 1.0;
-        for j in (0..n).rev() {
-            out[j] *= after;
-            after *= cdf[j];
-        }
+/// `f_k(s) prod_{j != k} F_j(s)` for every score `k`, into `out` (`cdf`: scratch).
+fn integrand<S: ScoreLaws>(scores: &S, s: f64, out: &mut [f64], cdf: &mut [f64]) {
+    let n = scores.len();
+    for j in 0..n {
+        (out[j], cdf[j]) = scores.law(j, s);
+    }
+    // The product of the others' CDFs, from products before and after each arm.
+    let mut before = 1.0;
+    for j in 0..n {
+        out[j] *= before;
+        before *= cdf[j];
+    }
+    let mut after = 1.0;
+    for j in (0..n).rev() {
+        out[j] *= after;
+        after *= cdf[j];
     }
 }
 
@@ -310,6 +432,68 @@ mod tests {
             same.iter().all(|p| (p - 0.25).abs() < EXACT_TOLERANCE),
             "{same:?}"
         );
+    }
+
+    /// Two Beta arms with integer parameters: `P(X_1 > X_0) = sum_{i < a_1}
+    /// B(a_0 + i, b_0 + b_1) / ((b_1 + i) B(1 + i, b_1) B(a_0, b_0))` (Miller 2015), from
+    /// flat to peaked posteriors; and shifted uniforms: `P(U_0 > U_1 - d) = 1 - (1 - d)^2 / 2`.
+    #[test]
+    fn two_beta_arms_match_the_closed_forms() {
+        use statrs::function::beta::ln_beta;
+        for (a0, b0, a1, b1) in [
+            (1.0, 1.0, 1.0, 1.0),
+            (3.0, 7.0, 4.0, 6.0),
+            (20.0, 10.0, 15.0, 12.0),
+            (300.0, 100.0, 610.0, 190.0),
+            (2.0, 50.0, 40.0, 3.0),
+        ] {
+            let p1: f64 = (0..a1 as u32)
+                .map(|i| {
+                    let i = f64::from(i);
+                    (ln_beta(a0 + i, b0 + b1) - (b1 + i).ln() - ln_beta(1.0 + i, b1) - ln_beta(a0, b0)).exp()
+                })
+                .sum();
+            let p = beta_argmax_pmf(&[a0, a1], &[b0, b1], &[0.0, 0.0]);
+            let tv = (p[1] - p1).abs() + (p[0] - (1.0 - p1)).abs();
+            assert!(tv < EXACT_TOLERANCE, "{a0} {b0} {a1} {b1}: {p:?} vs {p1}");
+        }
+        for d in [0.0, 0.1, 0.5, 0.9] {
+            let p = beta_argmax_pmf(&[1.0, 1.0], &[1.0, 1.0], &[0.0, d]);
+            let exact = 1.0 - (1.0 - d) * (1.0 - d) / 2.0;
+            assert!((p[0] - exact).abs() < EXACT_TOLERANCE, "{d}: {p:?} vs {exact}");
+        }
+    }
+
+    /// More Beta arms with penalties: within sampling error of 10^6 draws; an arm whose
+    /// best score is below another's worst gets exactly 0.
+    #[test]
+    fn many_beta_arms_match_monte_carlo() {
+        let alphas = [5.0, 40.0, 2.0, 120.0, 1.0];
+        let betas = [3.0, 30.0, 2.0, 80.0, 9.0];
+        let penalties = [0.1, 0.0, 0.05, 0.02, 0.0];
+        let exact = beta_argmax_pmf(&alphas, &betas, &penalties);
+        assert!(sums_to_one(&exact));
+        let laws: Vec<rand_distr::Beta<f64>> = alphas
+            .iter()
+            .zip(&betas)
+            .map(|(a, b)| rand_distr::Beta::new(*a, *b).unwrap())
+            .collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        let draws = 1_000_000;
+        let estimated = monte_carlo_argmax_pmf(5, draws, &mut rng, |rng, scores| {
+            for ((s, law), p) in scores.iter_mut().zip(&laws).zip(&penalties) {
+                *s = law.sample(rng) - p;
+            }
+        });
+        for (p, q) in exact.iter().zip(&estimated) {
+            let se = (p * (1.0 - p) / f64::from(draws)).sqrt();
+            assert!(
+                (p - q).abs() <= 5.0 * se + EXACT_TOLERANCE,
+                "{exact:?} vs {estimated:?}"
+            );
+        }
+        let p = beta_argmax_pmf(&[2.0, 2.0], &[2.0, 2.0], &[0.0, 1.5]);
+        assert_eq!(p, vec![1.0, 0.0]);
     }
 
     /// An arm far below another's reach gets exactly 0; a mean of minus infinity never

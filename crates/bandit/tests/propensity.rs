@@ -8,11 +8,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use support::{arm_index, learner};
 
-const ALL: [&str; 10] = [
+const ALL: [&str; 11] = [
     "random",
     "eps(0.2)",
     "ucb1",
     "beta-ts",
+    "beta-ts(draws=0)",
     "gaussian-ts",
     "gaussian-ts(draws=0)",
     "linucb(alpha=0.5)",

@@ -3,13 +3,16 @@
 //! Posterior of arm `a`: `Beta(alpha0 + S_a, beta0 + n_a - S_a)` with `S_a` the (possibly
 //! discounted) sum of quality and `n_a` the count. A fractional quality `q` in [0, 1] counts
 //! as `q` successes and `1 - q` failures, the usual extension beyond 0/1 rewards.
-//! Score: one posterior sample minus the penalty. PMF: Monte Carlo, estimated.
+//! Score: one posterior sample minus the penalty. PMF: Monte Carlo, estimated; with
+//! `draws=0`, exact by quadrature ([`crate::pmf::beta_argmax_pmf`]).
 
 use rand_distr::{Beta, Distribution};
 use serde::{Deserialize, Serialize};
 
 use super::uniform::learn_from_arm_stats;
-use super::{Args, Choice, ChoiceInput, DecisionRng, Estimate, Policy, PolicyParams, thompson_choice};
+use super::{
+    Args, Choice, ChoiceInput, DecisionRng, Estimate, Policy, PolicyParams, PropensityKind, thompson_choice,
+};
 use crate::error::Result;
 use crate::stats::{ArmStatsTable, Forgetting};
 
@@ -72,11 +75,23 @@ impl Policy for BetaTs {
         };
         let mut first = vec![0.0; input.len()];
         sample(rng, &mut first);
-        Ok(thompson_choice(input.len(), self.draws, rng, first, sample))
+        if self.draws > 0 {
+            return Ok(thompson_choice(input.len(), self.draws, rng, first, sample));
+        }
+        let (alphas, betas): (Vec<f64>, Vec<f64>) = input.eligible.iter().map(|&a| self.posterior(a)).unzip();
+        let position = crate::pmf::argmax(&first);
+        let mut pmf = crate::pmf::beta_argmax_pmf(&alphas, &betas, input.penalties);
+        // A draw beyond the quadrature's resolution still needs a propensity.
+        pmf[position] = pmf[position].max(f64::MIN_POSITIVE);
+        Ok(Choice {
+            position,
+            pmf,
+            propensity: PropensityKind::Exact,
+        })
     }
 }
 
-/// `beta-ts(alpha=1,beta=1,draws=256)` (aliases `ts`, `bts`).
+/// `beta-ts(alpha=1,beta=1,draws=256)` (aliases `ts`, `bts`); `draws=0`: exact PMF.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BetaTsParams {
     /// The prior's successes.

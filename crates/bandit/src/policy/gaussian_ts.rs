@@ -85,7 +85,7 @@ impl PolicyParams for GaussianTsParams {
             mu0: args.number("mu0", false, 1.0, f64::MIN, f64::MAX, "(-inf, inf)")?,
             sigma0: args.positive("sigma0", false, 1.0)?,
             noise: args.positive("noise", false, 0.5)?,
-            draws: args.draws_or_exact()?,
+            draws: args.draws()?,
         })
     }
 

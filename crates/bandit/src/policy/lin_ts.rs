@@ -81,7 +81,7 @@ impl PolicyParams for LinTsParams {
         Ok(LinTsParams {
             v: args.positive("v", true, 0.5)?,
             lambda: args.positive("lambda", false, DEFAULT_LINTS_LAMBDA)?,
-            draws: args.draws_or_exact()?,
+            draws: args.draws()?,
         })
     }
 

@@ -11,7 +11,7 @@
 //! | [`Uniform`] | - | `1/k` (exact) |
 //! | [`EpsilonGreedy`] | `mean_a - pen_a` | `eps/k + (1-eps) 1[a = greedy]` (exact) |
 //! | [`Ucb1`] | `mean_a + c sqrt(2 ln N / n_a) - pen_a` | one-hot (exact) |
-//! | [`BetaTs`] | `sample Beta(alpha_a, beta_a) - pen_a` | Monte Carlo (estimated) |
+//! | [`BetaTs`] | `sample Beta(alpha_a, beta_a) - pen_a` | Monte Carlo (estimated); `draws=0`: quadrature (exact) |
 //! | [`GaussianTs`] | `sample N(mu_a, s_a^2) - pen_a` | Monte Carlo (estimated); `draws=0`: quadrature (exact) |
 //! | [`LinUcb`] | `x'theta_a + alpha sqrt(x'A_a^-1 x) - pen_a` | one-hot (exact) |
 //! | [`LinTs`] | `x'theta~_a - pen_a`, `theta~_a ~ N(theta_a, v^2 A_a^-1)` | Monte Carlo (estimated); `draws=0`: quadrature (exact) |

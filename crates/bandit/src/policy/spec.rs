@@ -22,10 +22,11 @@
 //! | `lints` (`linear-ts`) | `v=0.5`, `lambda=10`, `draws=256` | `v` |
 //! | `fixed` | `arm` | `arm` |
 //!
-//! `draws` is the number of Monte Carlo samples behind a Thompson policy's propensity. Linear
-//! and Gaussian TS take `draws=0` for their exact PMF instead, by quadrature
-//! (`crate::pmf::gaussian_argmax_pmf`): exact propensities for off-policy evaluation, at
-//! more cost per decision than 256 draws today (benches/RESULTS.md).
+//! `draws` is the number of Monte Carlo samples behind a Thompson policy's propensity. Every
+//! Thompson policy takes `draws=0` for its exact PMF instead, by quadrature
+//! (`crate::pmf::gaussian_argmax_pmf`, `crate::pmf::beta_argmax_pmf`): exact propensities
+//! for off-policy evaluation, at more cost per decision than 256 draws today
+//! (benches/RESULTS.md).
 
 use std::fmt;
 use std::str::FromStr;
@@ -165,14 +166,9 @@ impl<'a> Args<'a> {
         }
     }
 
-    /// `draws`, in `[1, 1000000]`, [`DEFAULT_DRAWS`] when absent.
+    /// `draws` of a Thompson policy: Monte Carlo samples behind its propensity, in
+    /// `[1, 1000000]`, [`DEFAULT_DRAWS`] when absent; or 0 for its exact PMF.
     pub fn draws(&mut self) -> Result<u32> {
-        Ok(self.number("draws", false, f64::from(DEFAULT_DRAWS), 1.0, 1e6, "[1, 1000000]")? as u32)
-    }
-
-    /// `draws` of a policy whose PMF has an exact form: as [`Args::draws`], or 0 for the
-    /// exact PMF instead of a Monte Carlo estimate.
-    pub fn draws_or_exact(&mut self) -> Result<u32> {
         Ok(self.number("draws", false, f64::from(DEFAULT_DRAWS), 0.0, 1e6, "[0, 1000000]")? as u32)
     }
 }
@@ -355,6 +351,7 @@ mod tests {
             "lints(v=0.5,lambda=2,draws=128,detect=5)",
             "lints(v=0.5,lambda=2,draws=0)",
             "gaussian-ts(mu0=1,sigma0=1,noise=0.5,draws=0)",
+            "beta-ts(alpha=1,beta=1,draws=0)",
             "ucb1(c=0.5,detect=0)",
             "fixed(arm=gpt-4o)",
         ] {
@@ -390,7 +387,7 @@ mod tests {
         assert!(msg("lints(lambda=0)").contains("lambda must be in (0, inf)"));
         assert!(msg("random(0.3)").contains("takes no bare argument"));
         // Only the policies with an exact PMF take draws=0.
-        assert!(msg("beta-ts(draws=0)").contains("draws=0 must be in [1, 1000000]"));
+        assert!(msg("ucb1(draws=0)").contains("unknown parameter `draws`"));
     }
 
     #[test]
