@@ -292,14 +292,6 @@ enum Reveal {
     },
 }
 
-/// What one decision met: the chosen arm and its truth, and the other arms' truths (by arm,
-/// ascending) where they were drawn.
-struct Played {
-    arm: usize,
-    truth: Truth,
-    others: Vec<(usize, Truth)>,
-}
-
 /// One learner playing requests: it sees the chosen arm's cost and latency at once and its
 /// quality after the delay (or never, for the missing share); under full information it
 /// learns every other arm's outcome with the chosen arm's quality.
@@ -311,6 +303,8 @@ struct Player<'k> {
     rng: ChaCha8Rng,
     /// What is on its way: (due step, what).
     pending: VecDeque<(usize, Reveal)>,
+    /// The other arms' truths on the last request (by arm, ascending), where drawn.
+    others: Vec<(usize, Truth)>,
     step: usize,
 }
 
@@ -332,16 +326,17 @@ impl Player<'_> {
         Ok(())
     }
 
-    /// Decides one request and reveals what the feedback allows. The quality of decision
-    /// `t` is learned just before decision `t + feedback_delay + 1`. The other arms' truths
-    /// are drawn, after the chosen one's, on evaluated rows and under full information.
+    /// Decides one request and reveals what the feedback allows; returns the chosen arm
+    /// and its truth. The quality of decision `t` is learned just before decision
+    /// `t + feedback_delay + 1`. The other arms' truths are drawn into `others`, after the
+    /// chosen one's, on evaluated rows and under full information.
     fn play(
         &mut self,
         env: &Environment,
         row: usize,
         eval_step: Option<usize>,
         learn: bool,
-    ) -> Result<Played> {
+    ) -> Result<(usize, Truth)> {
         if learn {
             self.deliver_due()?;
         }
@@ -356,15 +351,14 @@ impl Player<'_> {
                 self.knobs.missing_feedback > 0.0 && self.rng.random::<f64>() < self.knobs.missing_feedback;
         }
         let full = self.feedback == Feedback::Full;
+        self.others.clear();
         // Training rows under bandit feedback need no other arm's truth.
-        let others: Vec<(usize, Truth)> = if eval_step.is_some() || full {
-            (0..env.data.num_arms())
-                .filter(|&a| a != arm)
-                .map(|a| (a, truth(env, self.knobs, row, a, eval_step, &mut self.rng)))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        if eval_step.is_some() || full {
+            for a in (0..env.data.num_arms()).filter(|&a| a != arm) {
+                let other = truth(env, self.knobs, row, a, eval_step, &mut self.rng);
+                self.others.push((a, other));
+            }
+        }
         if learn && !missing {
             let due = self.step + self.knobs.feedback_delay + 1;
             self.pending.push_back((
@@ -375,7 +369,8 @@ impl Player<'_> {
                 },
             ));
             if full {
-                let outcomes = others
+                let outcomes = self
+                    .others
                     .iter()
                     .map(|(a, o)| (*a, Outcome::new(o.latency_ms, o.cost_usd).with_quality(o.quality)))
                     .collect();
@@ -385,11 +380,7 @@ impl Player<'_> {
             }
         }
         self.step += 1;
-        Ok(Played {
-            arm,
-            truth: t,
-            others,
-        })
+        Ok((arm, t))
     }
 
     /// Draws an arm uniformly at random and lets the learner learn everything its outcome
@@ -452,6 +443,7 @@ pub fn run_one(
         feedback,
         rng: ChaCha8Rng::seed_from_u64(seed),
         pending: VecDeque::new(),
+        others: Vec::with_capacity(k),
         step: 0,
     };
     if let Some(train) = train {
@@ -477,14 +469,10 @@ pub fn run_one(
         if let Some(&ahead) = order.get(i + PREFETCH_AHEAD) {
             env.prefetch(ahead);
         }
-        let Played {
-            arm,
-            truth: t,
-            others,
-        } = player.play(env, row, Some(i), !settings.frozen)?;
+        let (arm, t) = player.play(env, row, Some(i), !settings.frozen)?;
         // Every arm's reward on this request, for the hindsight comparisons.
         let mut best = f64::MIN;
-        for (a, o) in others.iter().chain([(arm, t)].iter()) {
+        for (a, o) in player.others.iter().chain([(arm, t)].iter()) {
             let r = objective.reward(o.quality, o.cost_usd, o.latency_ms);
             arm_totals[*a] += r;
             best = best.max(r);
