@@ -92,7 +92,7 @@ pub struct ReplayArgs {
     #[arg(long, alias = "freeze")]
     frozen: bool,
     /// Skip the full-information reference: each policy replayed again, shown every
-    /// model's outcome after each decision (`full_lift`; it doubles the replay's work).
+    /// model's outcome after each decision (`full_gap`; it doubles the replay's work).
     #[arg(long)]
     no_full_information: bool,
     /// Passes over --train, under --train-feedback bandit.

@@ -301,6 +301,9 @@ struct Player<'k> {
     knobs: &'k Knobs,
     feedback: Feedback,
     rng: ChaCha8Rng,
+    /// Draws what full information reveals on training rows, apart from `rng`, so that
+    /// the evaluation order and draws are the bandit run's.
+    reveal_rng: ChaCha8Rng,
     /// What is on its way: (due step, what).
     pending: VecDeque<(usize, Reveal)>,
     /// The other arms' truths on the last request (by arm, ascending), where drawn.
@@ -354,9 +357,14 @@ impl Player<'_> {
         self.others.clear();
         // Training rows under bandit feedback need no other arm's truth.
         if eval_step.is_some() || full {
+            let rng = if eval_step.is_some() {
+                &mut self.rng
+            } else {
+                &mut self.reveal_rng
+            };
             for a in (0..env.data.num_arms()).filter(|&a| a != arm) {
-                let other = truth(env, self.knobs, row, a, eval_step, &mut self.rng);
-                self.others.push((a, other));
+                self.others
+                    .push((a, truth(env, self.knobs, row, a, eval_step, rng)));
             }
         }
         if learn && !missing {
@@ -393,6 +401,9 @@ impl Player<'_> {
         Ok(())
     }
 }
+
+/// Mixed into a run's seed for what full information reveals on training rows.
+const REVEAL_SEED: u64 = 0x5eed_f011;
 
 fn learner_for(
     settings: &ReplaySettings,
@@ -442,6 +453,7 @@ pub fn run_one(
         knobs: &settings.knobs,
         feedback,
         rng: ChaCha8Rng::seed_from_u64(seed),
+        reveal_rng: ChaCha8Rng::seed_from_u64(seed ^ REVEAL_SEED),
         pending: VecDeque::new(),
         others: Vec::with_capacity(k),
         step: 0,

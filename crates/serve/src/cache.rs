@@ -10,8 +10,9 @@
 //! With `semantic_similarity` set, a request that misses may still be answered by a
 //! similar one's answer: on a route with an embedding (`[routes.embedding]`), an entry
 //! whose prompt embedding has a cosine similarity of at least that with the request's, and
-//! whose request is otherwise the same (route, caller, tags and every field but the
-//! prompt), answers it. An embedding that did not come in time is a miss.
+//! whose request is otherwise the same (route, caller, tags, and the body with the text of
+//! its messages or prompt blanked: roles, images, tool calls and every other field equal),
+//! answers it. An embedding that did not come in time is a miss.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -89,7 +90,9 @@ struct Entry {
     request: String,
     answer: Cached,
     stored: Instant,
-    similar: Option<SimilarKey>,
+    /// The scope the entry is indexed under among similar requests, and its embedding's
+    /// length (the index holds the embedding).
+    similar: Option<(String, usize)>,
 }
 
 impl Entry {
@@ -97,7 +100,7 @@ impl Entry {
         let similar = self
             .similar
             .as_ref()
-            .map_or(0, |s| s.scope.len() + 4 * s.embedding.len());
+            .map_or(0, |(scope, dims)| scope.len() + 4 * dims);
         self.request.len()
             + self.answer.body.len()
             + self.answer.model.len()
@@ -106,8 +109,8 @@ impl Entry {
     }
 }
 
-/// A request's place among similar ones: everything but its prompt, and the prompt's
-/// embedding.
+/// A request's place among similar ones: everything but its prompt's text, and the
+/// prompt's embedding scaled to unit length.
 #[derive(Debug, Clone)]
 pub struct SimilarKey {
     scope: String,
@@ -143,32 +146,64 @@ impl Inner {
     /// Accounts for `entry`, stored under `hash`, having left the cache.
     fn forget(&mut self, hash: u64, entry: &Entry) {
         self.bytes -= entry.size();
-        let Some(similar) = &entry.similar else {
+        let Some((scope, _)) = &entry.similar else {
             return;
         };
-        if let Some(peers) = self.similar.get_mut(&similar.scope) {
+        if let Some(peers) = self.similar.get_mut(scope) {
             peers.retain(|(h, _)| *h != hash);
             if peers.is_empty() {
-                self.similar.remove(&similar.scope);
+                self.similar.remove(scope);
             }
         }
     }
 }
 
-/// The cosine similarity of two vectors (0 when either is zero).
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot = |x: &[f32], y: &[f32]| {
-        x.iter()
-            .zip(y)
-            .map(|(p, q)| f64::from(*p) * f64::from(*q))
-            .sum::<f64>()
-    };
-    let norms = (dot(a, a) * dot(b, b)).sqrt();
-    if norms > 0.0 && a.len() == b.len() {
-        dot(a, b) / norms
-    } else {
-        0.0
+/// `v` scaled to unit length (zeros stay zeros), so that a dot product is a cosine.
+fn unit(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v
+        .iter()
+        .map(|x| f64::from(*x) * f64::from(*x))
+        .sum::<f64>()
+        .sqrt();
+    if norm > 0.0 {
+        for x in &mut v {
+            *x = (f64::from(*x) / norm) as f32;
+        }
     }
+    v
+}
+
+/// The dot product of two unit vectors: their cosine similarity (0 across dimensions).
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    if a.len() != b.len() {
+        return 0.0;
+    }
+    a.iter().zip(b).map(|(p, q)| f64::from(*p) * f64::from(*q)).sum()
+}
+
+/// `body` with the text of its messages (or prompt) blanked and everything else kept:
+/// roles, non-text parts, tool calls, the number of messages and every other field.
+fn without_text(body: &Value) -> Value {
+    let mut rest = body.clone();
+    let blank = |text: &mut Value| {
+        if let Value::String(t) = text {
+            t.clear();
+        }
+    };
+    if let Some(messages) = rest.get_mut("messages").and_then(Value::as_array_mut) {
+        for content in messages.iter_mut().filter_map(|m| m.get_mut("content")) {
+            match content {
+                Value::Array(parts) => parts.iter_mut().filter_map(|p| p.get_mut("text")).for_each(blank),
+                text => blank(text),
+            }
+        }
+    }
+    match rest.get_mut("prompt") {
+        Some(Value::Array(items)) => items.iter_mut().for_each(blank),
+        Some(text) => blank(text),
+        None => {}
+    }
+    rest
 }
 
 /// The cache.
@@ -243,42 +278,40 @@ impl ResponseCache {
     }
 
     /// The similar key of a request to `route` by the holder of `token` (as in
-    /// [`ResponseCache::key`]) whose prompt has `embedding`: the body without its prompt
-    /// (`messages` or `prompt`) is the scope.
+    /// [`ResponseCache::key`]) whose prompt has `embedding`: the body with its text
+    /// blanked is the scope.
     pub fn similar_key(route: &str, token: Option<&str>, body: &Value, embedding: Vec<f32>) -> SimilarKey {
-        let mut rest = body.clone();
-        if let Some(fields) = rest.as_object_mut() {
-            fields.remove("messages");
-            fields.remove("prompt");
-        }
         SimilarKey {
-            scope: format!("{route}\n{token:?}\n{rest}"),
-            embedding,
+            scope: format!("{route}\n{token:?}\n{}", without_text(body)),
+            embedding: unit(embedding),
         }
     }
 
     /// The fresh answer of the most similar request in `key`'s scope, if its similarity
-    /// reaches the configured least.
+    /// reaches the configured least; stale entries met on the way are dropped.
     pub fn lookup_similar(&self, key: &SimilarKey, now: Instant) -> Option<Cached> {
         let least = self.config.semantic_similarity?;
         let ttl = Duration::from_secs(self.config.ttl_s);
         let mut inner = self.inner();
-        let (hash, _) = inner
+        let mut candidates: Vec<(u64, f64)> = inner
             .similar
             .get(&key.scope)?
             .iter()
             .map(|(hash, embedding)| (*hash, cosine(embedding, &key.embedding)))
             .filter(|(_, similarity)| *similarity >= least)
-            .max_by(|a, b| a.1.total_cmp(&b.1))?;
-        match inner.entries.get(&hash) {
-            Some(entry) if now.duration_since(entry.stored) < ttl => Some(entry.answer.clone()),
-            _ => {
-                if let Some(stale) = inner.entries.pop(&hash) {
-                    inner.forget(hash, &stale);
+            .collect();
+        candidates.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (hash, _) in candidates {
+            if let Some(entry) = inner.entries.get(&hash) {
+                if now.duration_since(entry.stored) < ttl {
+                    return Some(entry.answer.clone());
                 }
-                None
+            }
+            if let Some(stale) = inner.entries.pop(&hash) {
+                inner.forget(hash, &stale);
             }
         }
+        None
     }
 
     /// Stores `answer` under `key` (and among similar requests under `similar`), evicting
@@ -289,21 +322,17 @@ impl ResponseCache {
             request: key.request,
             answer,
             stored: now,
-            similar,
+            similar: similar.as_ref().map(|s| (s.scope.clone(), s.embedding.len())),
         };
         let size = entry.size();
         if size > self.config.max_bytes {
             return 0;
         }
-        let index = entry
-            .similar
-            .as_ref()
-            .map(|s| (s.scope.clone(), s.embedding.clone()));
         let mut inner = self.inner();
         if let Some(old) = inner.entries.put(key.hash, entry) {
             inner.forget(key.hash, &old);
         }
-        if let Some((scope, embedding)) = index {
+        if let Some(SimilarKey { scope, embedding }) = similar {
             inner
                 .similar
                 .entry(scope)
@@ -409,9 +438,29 @@ mod tests {
             ResponseCache::similar_key("r", Some("b"), &body("hello there", 0.0), at(0.95)),
             ResponseCache::similar_key("r", Some("a"), &body("hello there", 0.7), at(0.95)),
             ResponseCache::similar_key("other", Some("a"), &body("hello there", 0.0), at(0.95)),
+            // The same text from another role, or with an image beside it, is another request.
+            ResponseCache::similar_key(
+                "r",
+                Some("a"),
+                &json!({"model": "r", "messages": [{"role": "assistant", "content": "hello there"}], "temperature": 0.0}),
+                at(0.95),
+            ),
+            ResponseCache::similar_key(
+                "r",
+                Some("a"),
+                &json!({"model": "r", "messages": [{"role": "user", "content": [
+                    {"type": "text", "text": "hello there"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+                ]}], "temperature": 0.0}),
+                at(0.95),
+            ),
         ] {
             assert!(cache.lookup_similar(&key, t0).is_none(), "{key:?}");
         }
+        // Unscaled embeddings compare by their cosine.
+        let scaled =
+            ResponseCache::similar_key("r", Some("a"), &body("hey there", 0.0), vec![9.5, 9.5 * 0.329]);
+        assert!(cache.lookup_similar(&scaled, t0).is_some());
         assert!(cache
             .lookup_similar(&near, t0 + Duration::from_secs(10))
             .is_none());
@@ -450,5 +499,16 @@ mod tests {
         // Larger than the whole cache: not stored, nothing evicted.
         assert_eq!(cache.store(key(9), None, answer(&"x".repeat(size(0) * 3)), t0), 0);
         assert_eq!(cache.bytes(), size(0) * 3);
+        // Entries indexed among similar requests leave the index when evicted.
+        let similar = |i: u32| ResponseCache::similar_key("r", None, &json!({"i": i}), vec![1.0, i as f32]);
+        for i in 10..14 {
+            cache.store(key(i), Some(similar(i)), answer(&"y".repeat(100)), t0);
+        }
+        let inner = cache.inner();
+        let indexed: usize = inner.similar.values().map(Vec::len).sum();
+        let with_embedding = inner.entries.iter().filter(|(_, e)| e.similar.is_some()).count();
+        assert_eq!(indexed, with_embedding);
+        assert!(with_embedding < 4, "some were evicted");
+        drop(inner);
     }
 }

@@ -15,6 +15,10 @@ use crate::config::{EmbeddingConfig, RouteConfig};
 use crate::error::{Result, ServeError};
 use crate::metrics::{EmbeddingFallbackLabels, Metrics};
 
+/// The most estimated tokens (four characters each) of a text the bundled encoder is
+/// taken to see whole: seven eighths of its 128-token window, as the estimate is rough.
+pub const BUNDLED_WHOLE_TOKENS: u32 = 112;
+
 /// A prompt's embedding.
 #[derive(Debug, Clone)]
 pub struct Embedded {
@@ -76,6 +80,22 @@ impl Embedders {
             );
         }
         Ok(Embedders { routes: embedders })
+    }
+
+    /// Whether `route`'s embedder sees `text` whole: the bundled encoder reads at most 128
+    /// tokens, so a text estimated past [`BUNDLED_WHOLE_TOKENS`] is not; an endpoint's
+    /// limits are its own (a text beyond them fails, and no embedding comes).
+    #[cfg_attr(not(feature = "minilm"), allow(unused_variables))]
+    pub fn sees_whole(&self, route: &str, text: &str) -> bool {
+        #[cfg(feature = "minilm")]
+        if let Some(RouteEmbedder {
+            source: Source::Bundled(..),
+            ..
+        }) = self.routes.get(route)
+        {
+            return quiver_bandit::features::estimate_tokens(text) <= BUNDLED_WHOLE_TOKENS;
+        }
+        true
     }
 
     /// The embedding of `text` for `route`: as its source gave it, and projected for the
@@ -197,6 +217,33 @@ fn first_embedding(body: &Value) -> Option<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bundled encoder reads 128 tokens: a text estimated past [`BUNDLED_WHOLE_TOKENS`]
+    /// is not seen whole (two such texts sharing their beginning would embed alike); an
+    /// endpoint's texts are, as are routes without an embedding.
+    #[cfg(feature = "minilm")]
+    #[test]
+    fn the_bundled_encoder_sees_short_texts_whole() {
+        use crate::config::ModelConfig;
+        let route = |name: &str, embedding: Value| RouteConfig {
+            embedding: Some(serde_json::from_value(embedding).unwrap()),
+            ..RouteConfig::new(name, "linucb", vec![ModelConfig::priced("m", 1.0, 1.0)])
+        };
+        let embedders = Embedders::new(&[
+            route("bundled", json!({"bundled": "minilm-l3"})),
+            route(
+                "endpoint",
+                json!({"url": "http://127.0.0.1:9/v1/embeddings", "model": "e"}),
+            ),
+        ])
+        .unwrap();
+        let fits = "x".repeat(4 * BUNDLED_WHOLE_TOKENS as usize);
+        let past = "x".repeat(4 * BUNDLED_WHOLE_TOKENS as usize + 1);
+        assert!(embedders.sees_whole("bundled", &fits));
+        assert!(!embedders.sees_whole("bundled", &past));
+        assert!(embedders.sees_whole("endpoint", &past));
+        assert!(embedders.sees_whole("none", &past));
+    }
 
     #[test]
     fn the_first_embedding_of_an_openai_answer() {

@@ -362,23 +362,24 @@ async fn complete(
         .await;
     // Where the cache compares prompts, a similar request's answer serves, still before
     // deciding; without the prompt's embedding (none came in time) it is a miss.
-    let mut similar = match (&store_under, embedding) {
-        (Some(_), Some(embedding)) if state.cache.semantic() => Some(ResponseCache::similar_key(
-            &cache_scope,
-            crate::auth::bearer(&headers),
-            &request,
-            embedding,
-        )),
-        _ => None,
-    };
+    // A text the embedder did not see whole would match any other with its beginning.
+    let whole = state.embedders.sees_whole(&route, &prompt);
+    let mut similar =
+        match (&store_under, embedding) {
+            (Some(_), Some(embedding)) if state.cache.semantic() && whole => Some(
+                ResponseCache::similar_key(&cache_scope, crate::auth::bearer(&headers), &request, embedding),
+            ),
+            _ => None,
+        };
     if read_cache {
         let now = Instant::now();
         if let Some(hit) = similar
             .as_ref()
             .and_then(|key| state.cache.lookup_similar(key, now))
         {
+            let answer = answer_from_cache(&state, &route, hit, &prompt).await?;
             state.metrics.cache_semantic_hits.inc();
-            return answer_from_cache(&state, &route, hit, &prompt).await;
+            return Ok(answer);
         }
         state.metrics.cache_misses.inc();
     }

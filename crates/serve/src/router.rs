@@ -114,7 +114,7 @@ struct LiveRoute {
 #[derive(Default)]
 struct LoggedDecisions {
     first_id: u64,
-    entries: VecDeque<(u64, Option<Arc<str>>)>,
+    entries: VecDeque<(u64, Option<Box<str>>)>,
 }
 
 impl LoggedDecisions {
@@ -124,7 +124,7 @@ impl LoggedDecisions {
             self.entries.clear();
             self.first_id = id;
         }
-        self.entries.push_back((seq, caller.map(Arc::from)));
+        self.entries.push_back((seq, caller.map(Box::from)));
     }
 
     fn forget_before(&mut self, id: u64) {
@@ -133,7 +133,7 @@ impl LoggedDecisions {
         }
     }
 
-    fn get(&self, id: u64) -> Option<&(u64, Option<Arc<str>>)> {
+    fn get(&self, id: u64) -> Option<&(u64, Option<Box<str>>)> {
         let index = usize::try_from(id.checked_sub(self.first_id)?).ok()?;
         self.entries.get(index)
     }
@@ -963,7 +963,8 @@ impl Router {
         Ok(self.state(route)?.lock()?.spend.at(&now))
     }
 
-    /// What each caller spent on `route` this UTC day and month, USD, by caller.
+    /// What each caller spent on `route` this UTC day and month, USD, by caller; callers
+    /// that spent nothing this month are left out.
     pub fn caller_spend(&self, route: &str) -> Result<Vec<(String, f64, f64)>> {
         let now = quiver_log::now_rfc3339();
         let live = self.state(route)?.lock()?;
@@ -974,6 +975,7 @@ impl Router {
                 let (day, month) = spend.at(&now);
                 (caller.clone(), day, month)
             })
+            .filter(|(_, _, month)| *month > 0.0)
             .collect())
     }
 
@@ -1126,11 +1128,19 @@ impl Router {
 
     /// Records what a decision's call cost and how long it took (and its quality, if the
     /// outcome has one). A change is logged before it is applied; a repeat changes nothing
-    /// and is not logged.
+    /// and is not logged. Once the cost is in, a later outcome can only bring the quality,
+    /// which is logged and learned as feedback, so that no cost counts twice.
     pub fn record_outcome(&self, decision_id: &str, outcome: &Outcome) -> Result<Pending<Applied>> {
         let (route, id, mut record) = self.tracked_record(decision_id, LogEvent::Outcome)?;
         let state = self.state(&route)?;
         let mut live = state.lock()?;
+        if live.learner.outcome_recorded(id)? {
+            let Some(quality) = quiver_bandit::credited_quality(outcome.quality, outcome.error) else {
+                return Ok(self.pending(Applied::AlreadyApplied, self.log.last_staged()));
+            };
+            record.event = LogEvent::Feedback;
+            return self.apply_feedback(&mut live, id, quality, record);
+        }
         let would = live.learner.outcome_would_apply(id, outcome)?;
         record.cost_usd = outcome.cost_usd;
         record.latency_ms = outcome.latency_ms;
@@ -1171,8 +1181,19 @@ impl Router {
     /// Records a decision's quality, possibly long after. Idempotent; a change is logged
     /// before it is applied.
     pub fn feedback(&self, decision_id: &str, quality: f64) -> Result<Pending<Applied>> {
-        let (route, id, mut record) = self.tracked_record(decision_id, LogEvent::Feedback)?;
+        let (route, id, record) = self.tracked_record(decision_id, LogEvent::Feedback)?;
         let mut live = self.state(&route)?.lock()?;
+        self.apply_feedback(&mut live, id, quality, record)
+    }
+
+    /// Logs then learns `quality` for decision `id` of the locked route, in `record`.
+    fn apply_feedback(
+        &self,
+        live: &mut LiveRoute,
+        id: u64,
+        quality: f64,
+        mut record: LogRecord,
+    ) -> Result<Pending<Applied>> {
         let would = live.learner.quality_would_apply(id, quality)?;
         record.quality = Some(quality);
         let seq = self.stage_if(would, &mut record)?;

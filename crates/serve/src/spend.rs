@@ -168,7 +168,7 @@ pub fn allowance(cap: &SpendCap, who: &str, spend: &Spend, now: SystemTime) -> A
         if spent >= cap.downgrade_at * cap_usd && near.is_none() {
             let share = 100.0 * spent / cap_usd;
             near = Some(format!(
-                "spend cap: {share:.0}% of the {name} {} spent",
+                "spend cap of {who}: {share:.0}% of the {name} {} spent",
                 usd(cap_usd)
             ));
         }
@@ -260,7 +260,7 @@ mod tests {
         let Allowance::Downgraded(why) = allowance(&cap, "route `r`", &spend, now) else {
             panic!()
         };
-        assert_eq!(why, "spend cap: 90% of the daily $10.00 spent");
+        assert_eq!(why, "spend cap of route `r`: 90% of the daily $10.00 spent");
         spend.add("2026-12-31T03:00:00Z", 1.0, 1.0);
         let Allowance::Exhausted(message, wait) = allowance(&cap, "route `r`", &spend, now) else {
             panic!()

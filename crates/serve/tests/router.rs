@@ -838,7 +838,7 @@ fn a_spend_cap_downgrades_then_refuses_and_survives_a_restart() {
     assert_eq!(arms, ["dear", "dear", "cheap", "cheap"]);
     assert_eq!(
         served[2].1,
-        ["dear: unavailable (spend cap: 80% of the daily $0.001 spent)"]
+        ["dear: unavailable (spend cap of route `r`: 80% of the daily $0.001 spent)"]
     );
     let ServeError::SpendCap { message, retry_after } = refusal else {
         panic!("{refusal}")
@@ -863,9 +863,10 @@ fn a_spend_cap_downgrades_then_refuses_and_survives_a_restart() {
     ));
 }
 
-/// Each caller's cap counts only the outcomes of the decisions it asked for: a caller at
-/// its cap is refused, naming itself, while another is served; decisions without a caller
-/// count against no caller; the route's spend holds them all; the log names the caller on
+/// Each caller's cap counts only the outcomes of the decisions it asked for, each cost
+/// once (a later outcome bringing the quality is feedback): a caller at its cap is
+/// refused, naming itself, while another is served; decisions without a caller count
+/// against no caller; the route's spend holds them all; the log names the caller on
 /// decisions and outcomes, and a restart reads each caller's spend back from it.
 #[test]
 fn a_caller_spend_cap_refuses_that_caller_only_and_survives_a_restart() {
@@ -892,6 +893,10 @@ fn a_caller_spend_cap_refuses_that_caller_only_and_survives_a_restart() {
         router
             .record_outcome(&routed.decision_id, &Outcome::new(10.0, 0.001))?
             .wait()?;
+        // A later outcome with the quality (and the cost again) charges nothing more.
+        let later = Outcome::new(10.0, 0.001).with_quality(1.0);
+        let applied = router.record_outcome(&routed.decision_id, &later)?.wait()?;
+        assert_eq!(applied, Applied::Applied);
         Ok::<_, ServeError>(())
     };
     let router = Router::open(vec![route.clone()], &dir).unwrap();
@@ -919,6 +924,9 @@ fn a_caller_spend_cap_refuses_that_caller_only_and_survives_a_restart() {
     assert!((router.spend("r").unwrap().1 - 0.006).abs() < 1e-12);
     drop(router);
     let records = quiver_serve::log::read_log(&dir).unwrap();
+    // Six decisions: each cost once, each quality as feedback.
+    let count = |event| records.iter().filter(|r| r.event == event).count();
+    assert_eq!((count(LogEvent::Outcome), count(LogEvent::Feedback)), (6, 6));
     let by_a = records
         .iter()
         .filter(|r| r.caller.as_deref() == Some("a"))

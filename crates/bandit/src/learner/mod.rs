@@ -503,6 +503,11 @@ impl Learner {
         Ok(())
     }
 
+    /// Whether decision `id`'s outcome (its cost and latency) is recorded already.
+    pub fn outcome_recorded(&self, id: u64) -> Result<bool> {
+        Ok(self.tracked.get(id)?.outcome_recorded)
+    }
+
     /// What recording `outcome` for decision `id` would do, without doing it: lets a
     /// caller log a change durably before applying it.
     pub fn outcome_would_apply(&self, id: u64, outcome: &Outcome) -> Result<Applied> {

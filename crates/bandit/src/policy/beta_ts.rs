@@ -10,9 +10,7 @@ use rand_distr::{Beta, Distribution};
 use serde::{Deserialize, Serialize};
 
 use super::uniform::learn_from_arm_stats;
-use super::{
-    Args, Choice, ChoiceInput, DecisionRng, Estimate, Policy, PolicyParams, PropensityKind, thompson_choice,
-};
+use super::{exact_choice, thompson_choice, Args, Choice, ChoiceInput, DecisionRng, Estimate, Policy, PolicyParams};
 use crate::error::Result;
 use crate::stats::{ArmStatsTable, Forgetting};
 
@@ -79,15 +77,7 @@ impl Policy for BetaTs {
             return Ok(thompson_choice(input.len(), self.draws, rng, first, sample));
         }
         let (alphas, betas): (Vec<f64>, Vec<f64>) = input.eligible.iter().map(|&a| self.posterior(a)).unzip();
-        let position = crate::pmf::argmax(&first);
-        let mut pmf = crate::pmf::beta_argmax_pmf(&alphas, &betas, input.penalties);
-        // A draw beyond the quadrature's resolution still needs a propensity.
-        pmf[position] = pmf[position].max(f64::MIN_POSITIVE);
-        Ok(Choice {
-            position,
-            pmf,
-            propensity: PropensityKind::Exact,
-        })
+        Ok(exact_choice(&first, crate::pmf::beta_argmax_pmf(&alphas, &betas, input.penalties)))
     }
 }
 
@@ -98,7 +88,7 @@ pub struct BetaTsParams {
     pub alpha: f64,
     /// The prior's failures.
     pub beta: f64,
-    /// Monte Carlo samples behind the propensity.
+    /// Monte Carlo samples behind the propensity; 0: the exact PMF.
     pub draws: u32,
 }
 
@@ -107,11 +97,17 @@ impl PolicyParams for BetaTsParams {
     type Policy = BetaTs;
 
     fn parse(args: &mut Args<'_>) -> Result<Self> {
-        Ok(BetaTsParams {
+        let params = BetaTsParams {
             alpha: args.positive("alpha", false, 1.0)?,
             beta: args.positive("beta", false, 1.0)?,
             draws: args.draws()?,
-        })
+        };
+        // Below 1 a posterior's density is unbounded at an end, where the quadrature
+        // would fall short while calling its result exact.
+        if params.draws == 0 && params.alpha.min(params.beta) < 1.0 {
+            return Err(args.invalid("draws=0 (the exact PMF) needs alpha and beta of at least 1"));
+        }
+        Ok(params)
     }
 
     fn args(&self) -> Vec<String> {

@@ -163,8 +163,13 @@ fn gaussian_thompson(
     if draws > 0 {
         return thompson_choice(input.len(), draws, rng, first, sample);
     }
-    let position = crate::pmf::argmax(&first);
-    let mut pmf = crate::pmf::gaussian_argmax_pmf(&means, &stds);
+    exact_choice(&first, crate::pmf::gaussian_argmax_pmf(&means, &stds))
+}
+
+/// Thompson sampling's choice with its exact PMF: `first`, one draw of every eligible
+/// arm's score, picks the arm; `pmf` says how likely each was to be the largest.
+fn exact_choice(first: &[f64], mut pmf: Vec<f64>) -> Choice {
+    let position = crate::pmf::argmax(first);
     // A draw beyond the quadrature's reach (odds below 1e-19) still needs a propensity.
     pmf[position] = pmf[position].max(f64::MIN_POSITIVE);
     Choice {

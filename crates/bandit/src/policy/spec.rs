@@ -386,8 +386,10 @@ mod tests {
         assert!(msg("eps(gamma=0.9,window=5)").contains("not both"));
         assert!(msg("lints(lambda=0)").contains("lambda must be in (0, inf)"));
         assert!(msg("random(0.3)").contains("takes no bare argument"));
-        // Only the policies with an exact PMF take draws=0.
+        // Thompson policies take draws in [0, 10^6] (0: the exact PMF); others take none.
+        assert!(msg("lints(draws=-1)").contains("draws=-1 must be in [0, 1000000]"));
         assert!(msg("ucb1(draws=0)").contains("unknown parameter `draws`"));
+        assert!(msg("beta-ts(alpha=0.5,draws=0)").contains("needs alpha and beta of at least 1"));
     }
 
     #[test]
