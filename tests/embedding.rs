@@ -18,7 +18,7 @@ use quiver_sim::context::ContextBuilder;
 use quiver_sim::data::{load_wide, Format};
 use quiver_sim::embeddings::PromptEmbeddings;
 use serde_json::{json, Value};
-use support::{scratch, start_app};
+use support::{get_text, scratch, start_app};
 
 /// The test's embedding of a text: a few of its counts, so that it is known here.
 fn toy_embedding(text: &str) -> Vec<f32> {
@@ -179,14 +179,8 @@ async fn a_route_embeds_through_an_endpoint_and_falls_back_to_hashing() {
     }
     assert!(decisions[1..4].iter().all(|r| r.embedding.is_none()));
 
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // Metrics are open on this server: no token is needed, and an empty one is ignored.
+    let metrics = get_text(&client, format!("{base}/metrics"), "").await;
     for (reason, n) in [("timeout", 1), ("error", 2)] {
         let line = format!("quiver_embedding_fallbacks_total{{route=\"r\",reason=\"{reason}\"}} {n}");
         assert!(metrics.contains(&line), "{line} not in\n{metrics}");
@@ -545,15 +539,7 @@ async fn similar_prompts_share_a_cached_answer() {
     let count = |event| records.iter().filter(|r| r.event == event).count();
     assert_eq!(count(LogEvent::Decision), 5, "the hit decided nothing");
     assert_eq!(count(LogEvent::CacheHit), 1);
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .bearer_auth("admin")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&client, format!("{base}/metrics"), "admin").await;
     assert!(
         metrics.lines().any(|l| l == "quiver_cache_semantic_hits_total 1"),
         "{metrics}"

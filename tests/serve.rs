@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::response::IntoResponse;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use support::{promtool_check, scratch, start_app, start_binary};
+use support::{get_json, get_text, promtool_check, scratch, start_app, start_binary};
 
 /// Fails with a command's output unless it succeeded.
 fn assert_succeeded(out: &std::process::Output) {
@@ -23,32 +23,6 @@ fn assert_succeeded(out: &std::process::Output) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// `GET url` with a bearer token: the answer's JSON.
-async fn get_json(client: &reqwest::Client, url: String, token: &str) -> Value {
-    client
-        .get(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-/// `GET url` with a bearer token: the answer's text.
-async fn get_text(client: &reqwest::Client, url: String, token: &str) -> String {
-    client
-        .get(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 /// A local OpenAI-compatible upstream that behaves as `kind` says.

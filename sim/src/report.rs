@@ -213,29 +213,29 @@ pub fn summarize(
                 .iter()
                 .filter(|r| r.variant == v && r.feedback == Feedback::Full)
                 .collect();
-            let of = |f: fn(&Run) -> f64| -> Vec<f64> { mine.iter().map(|r| f(r)).collect() };
-            let (q, q_ci) = metrics::mean_ci95(&of(|r| r.mean_quality));
-            let (c, c_ci) = metrics::mean_ci95(&of(|r| r.mean_cost_usd));
-            let (rw, rw_ci) = metrics::mean_ci95(&of(|r| r.mean_reward));
-            let (rg, rg_ci) = metrics::mean_ci95(&of(|r| r.regret));
+            let of = |runs: &[&Run], f: fn(&Run) -> f64| -> Vec<f64> { runs.iter().map(|r| f(r)).collect() };
+            let (q, q_ci) = metrics::mean_ci95(&of(&mine, |r| r.mean_quality));
+            let (c, c_ci) = metrics::mean_ci95(&of(&mine, |r| r.mean_cost_usd));
+            let (rw, rw_ci) = metrics::mean_ci95(&of(&mine, |r| r.mean_reward));
+            let (rg, rg_ci) = metrics::mean_ci95(&of(&mine, |r| r.regret));
             let total: usize = mine.iter().map(|r| r.arm_counts.iter().sum::<usize>()).sum();
             PolicySummary {
                 policy: variant.label.clone(),
                 seeds: mine.len() as u64,
                 mean_quality: q,
                 mean_cost_usd: c,
-                mean_latency_ms: latency_known.then(|| metrics::mean_ci95(&of(|r| r.mean_latency_ms)).0),
+                mean_latency_ms: latency_known
+                    .then(|| metrics::mean_ci95(&of(&mine, |r| r.mean_latency_ms)).0),
                 mean_reward: rw,
                 regret: rg,
-                regret_vs_oracle: metrics::mean_ci95(&of(|r| r.regret_vs_oracle)).0,
+                regret_vs_oracle: metrics::mean_ci95(&of(&mine, |r| r.regret_vs_oracle)).0,
                 hull_quality_at_cost: hull_at(c),
                 lift_over_hull: q - hull_at(c),
                 regret_vs_hull_at_budget: variant
                     .budget_usd
                     .map(|budget| data.rows() as f64 * (hull_at(budget) - q)),
                 full_information: (!full.is_empty()).then(|| {
-                    let mean =
-                        |f: fn(&Run) -> f64| full.iter().map(|r| f(r)).sum::<f64>() / full.len() as f64;
+                    let mean = |f: fn(&Run) -> f64| metrics::mean_ci95(&of(&full, f)).0;
                     let (fq, fc, fr) = (
                         mean(|r| r.mean_quality),
                         mean(|r| r.mean_cost_usd),

@@ -363,14 +363,19 @@ async fn complete(
     // Where the cache compares prompts, a similar request's answer serves, still before
     // deciding; without the prompt's embedding (none came in time) it is a miss.
     // A text the embedder did not see whole would match any other with its beginning.
-    let whole = state.embedders.sees_whole(&route, &prompt);
-    let mut similar =
-        match (&store_under, embedding) {
-            (Some(_), Some(embedding)) if state.cache.semantic() && whole => Some(
-                ResponseCache::similar_key(&cache_scope, crate::auth::bearer(&headers), &request, embedding),
-            ),
-            _ => None,
-        };
+    let mut similar = match (&store_under, embedding) {
+        (Some(_), Some(embedding))
+            if state.cache.semantic() && state.embedders.sees_whole(&route, &prompt) =>
+        {
+            Some(ResponseCache::similar_key(
+                &cache_scope,
+                crate::auth::bearer(&headers),
+                &request,
+                embedding,
+            ))
+        }
+        _ => None,
+    };
     if read_cache {
         let now = Instant::now();
         if let Some(hit) = similar

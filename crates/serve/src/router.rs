@@ -1020,24 +1020,23 @@ impl Router {
         let mut live = state.lock()?;
         let now = SystemTime::now();
         let no_spend = Spend::default();
+        // The caps in force, each with whom it holds and what they spent (named only then:
+        // this is every decision's path).
         let caps = [
-            (
-                state.config.spend_cap,
-                format!("route `{route}`"),
-                Some(&live.spend),
-            ),
-            (
-                state.config.caller_spend_cap,
-                format!("caller `{}` on route `{route}`", caller.as_deref().unwrap_or("")),
-                caller
-                    .as_ref()
-                    .map(|c| live.caller_spend.get(c).unwrap_or(&no_spend)),
-            ),
+            state
+                .config
+                .spend_cap
+                .map(|cap| (cap, format!("route `{route}`"), &live.spend)),
+            state
+                .config
+                .caller_spend_cap
+                .zip(caller.as_deref())
+                .map(|(cap, c)| {
+                    let spent = live.caller_spend.get(c).unwrap_or(&no_spend);
+                    (cap, format!("caller `{c}` on route `{route}`"), spent)
+                }),
         ];
-        for (cap, who, spent) in caps {
-            let (Some(cap), Some(spent)) = (cap, spent) else {
-                continue;
-            };
+        for (cap, who, spent) in caps.into_iter().flatten() {
             match spend::allowance(&cap, &who, spent, now) {
                 Allowance::Open => {}
                 Allowance::Downgraded(why) => {
