@@ -173,28 +173,17 @@ pub async fn start_app(mut config: serde_json::Value, dir: &Path) -> String {
     format!("http://{}", rx.await.unwrap())
 }
 
+/// `GET url` with a bearer token.
+async fn get(client: &reqwest::Client, url: String, token: &str) -> reqwest::Response {
+    client.get(url).bearer_auth(token).send().await.unwrap()
+}
+
 /// `GET url` with a bearer token: the answer's JSON.
 pub async fn get_json(client: &reqwest::Client, url: String, token: &str) -> serde_json::Value {
-    client
-        .get(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get(client, url, token).await.json().await.unwrap()
 }
 
 /// `GET url` with a bearer token: the answer's text.
 pub async fn get_text(client: &reqwest::Client, url: String, token: &str) -> String {
-    client
-        .get(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    get(client, url, token).await.text().await.unwrap()
 }
