@@ -58,6 +58,10 @@ struct RidgeCaches {
     covariance: PackedSymmetric,
     cholesky: Option<DMatrix<f64>>,
     updates_since_refresh: u32,
+    /// Derived from `A` and `b` alone, so that a reader derives them again bit for bit:
+    /// a prior's (in closed form) or [`RidgeModel::refresh`]'s. Such caches are not written.
+    #[serde(skip)]
+    fresh: bool,
 }
 
 /// What a [`RidgeModel`] is: `A`, `b`, the ridge and prior that started them, the count,
@@ -66,8 +70,8 @@ struct RidgeCaches {
 ///
 /// The caches are written because a fresh factorization differs from the rank-one
 /// updates in the last bits, and a restored learner is to continue bit-identically (its
-/// change detectors read the estimates); a model without them (merged, or written by
-/// another tool) gets them recomputed. Snapshots before this format hold the caches beside
+/// change detectors read the estimates); a model without them (just refactorized, merged,
+/// or written by another tool) gets them recomputed. Snapshots before this format hold the caches beside
 /// the statistics (`theta`, `covariance`, `cholesky`, `updates_since_refresh`).
 #[derive(Serialize, Deserialize)]
 struct RidgeStatistics {
@@ -114,11 +118,20 @@ impl From<RidgeStatistics> for RidgeModel {
                 covariance: PackedSymmetric::scaled_identity(dim, 1.0 / stats.lambda),
                 cholesky: with_factor.then(|| DMatrix::identity(dim, dim)),
                 updates_since_refresh: 0,
+                fresh: false,
             },
         };
         match caches.filter(fits) {
             Some(caches) => model.caches = caches,
-            None => model.refresh(),
+            None => {
+                let prior = RidgeModel::with_prior(dim, model.lambda, with_factor, model.prior_bias);
+                if model == prior {
+                    // Nothing learned: the prior's caches, in closed form.
+                    model.caches = prior.caches;
+                } else {
+                    model.refresh();
+                }
+            }
         }
         model
     }
@@ -133,7 +146,7 @@ impl From<RidgeModel> for RidgeStatistics {
             b: model.b,
             count: model.count,
             prior_bias: model.prior_bias,
-            caches: Some(model.caches),
+            caches: (!model.caches.fresh).then_some(model.caches),
             older: None,
         }
     }
@@ -173,6 +186,7 @@ impl RidgeModel {
                 covariance: PackedSymmetric::scaled_identity(dim, 1.0 / lambda),
                 cholesky: with_factor.then(|| DMatrix::identity(dim, dim) * lambda.sqrt()),
                 updates_since_refresh: 0,
+                fresh: true,
             },
         }
     }
@@ -236,6 +250,7 @@ impl RidgeModel {
             self.caches.cholesky = Some(factor.unpack_dirty());
         }
         self.caches.updates_since_refresh += 1;
+        self.caches.fresh = false;
         if self.caches.updates_since_refresh >= REFRESH_INTERVAL {
             self.refresh();
         }
@@ -277,8 +292,12 @@ impl RidgeModel {
     }
 
     /// Adds what `replica` learned since `base`: `A += A_r - A_b`, `b += b_r - b_b`, then
-    /// refactorizes (the caches are derived from `A` and `b`).
+    /// refactorizes (the caches are derived from `A` and `b`). Nothing to add, nothing to
+    /// refactorize.
     fn merge(&mut self, replica: &RidgeModel, base: &RidgeModel) {
+        if replica.count == base.count && replica.b == base.b && replica.precision == base.precision {
+            return;
+        }
         self.precision += &replica.precision - &base.precision;
         self.b += &replica.b - &base.b;
         self.count += replica.count - base.count;
@@ -298,6 +317,7 @@ impl RidgeModel {
         if self.caches.cholesky.is_some() {
             self.caches.cholesky = Some(factor.unpack());
         }
+        self.caches.fresh = true;
     }
 
     /// Draws `theta ~ N(theta_hat, v^2 A^-1)` by Cholesky sampling: with `L L' = A` and
@@ -471,6 +491,31 @@ mod tests {
             assert_eq!(back.theta(), model.theta());
             assert_eq!(back.covariance(), model.covariance());
             assert_eq!(back.caches.cholesky, model.caches.cholesky);
+        }
+    }
+
+    #[test]
+    fn a_refactorized_model_is_written_without_caches_and_reads_back_bit_for_bit() {
+        for with_factor in [false, true] {
+            let mut model = trained(with_factor);
+            model.refresh();
+            let text = serde_json::to_value(&model).unwrap();
+            assert!(text.get("caches").is_some_and(|c| c.is_null()));
+            let back: RidgeModel = serde_json::from_value(text).unwrap();
+            assert_eq!(back.theta(), model.theta());
+            assert_eq!(back.covariance(), model.covariance());
+            assert_eq!(back.caches.cholesky, model.caches.cholesky);
+            // One update later the caches are the updates' again, and written.
+            model.update(&[1.0, 0.5, 0.5, 0.5], 0.7);
+            assert!(!serde_json::to_value(&model).unwrap()["caches"].is_null());
+            // A prior's are its closed form, written as none and read back the same.
+            let prior = RidgeModel::with_prior(4, 3.0, with_factor, 0.7);
+            let text = serde_json::to_value(&prior).unwrap();
+            assert!(text["caches"].is_null());
+            let back: RidgeModel = serde_json::from_value(text).unwrap();
+            assert_eq!(back.theta(), prior.theta());
+            assert_eq!(back.covariance(), prior.covariance());
+            assert_eq!(back.caches.cholesky, prior.caches.cholesky);
         }
     }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheConfig;
+use crate::cluster::ClusterConfig;
 use crate::deployments::{Balance, DeploymentConfig};
 use crate::error::{Result, ServeError};
 use crate::health::BreakerConfig;
@@ -98,6 +99,10 @@ pub struct ServeConfig {
     /// Empty (the default): none, and no CORS layer at all.
     #[serde(default)]
     pub cors_allow_origins: Vec<String>,
+    /// Replicas sharing what the routes learn through Redis (see `crate::cluster`).
+    /// None (the default): this server learns alone.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
     /// The routes.
     pub routes: Vec<RouteConfig>,
     /// Routes to start afresh (`quiver serve --reset-route NAME`; not a file option):
@@ -170,6 +175,7 @@ impl ServeConfig {
             feedback_horizon_decisions: default_horizon(),
             auth: AuthConfig::default(),
             cors_allow_origins: Vec::new(),
+            cluster: None,
             routes,
             reset_routes: Vec::new(),
         }

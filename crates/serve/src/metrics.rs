@@ -57,6 +57,13 @@ pub struct EmbeddingFallbackLabels {
     pub reason: String,
 }
 
+/// What came of something: `ok` or `error`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `error`.
+    pub result: String,
+}
+
 /// A model.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
@@ -116,6 +123,14 @@ pub struct Metrics {
     pub cache_evictions: Counter,
     /// Bytes the cache holds.
     pub cache_bytes: Gauge,
+    /// 1 while the last sync with the cluster's Redis reached it (`crate::cluster`).
+    pub cluster_redis_up: Gauge,
+    /// Syncs with the cluster, by result.
+    pub cluster_syncs: Family<ResultLabels, Counter>,
+    /// Bytes of this replica's learning published to the cluster.
+    pub cluster_sent_bytes: Counter,
+    /// Bytes of other replicas' learning read from the cluster.
+    pub cluster_received_bytes: Counter,
 }
 
 impl Default for Metrics {
@@ -149,6 +164,14 @@ impl Default for Metrics {
             "Cacheable requests the cache could not answer",
         );
         let cache_evictions = counter("quiver_cache_evictions", "Cache entries evicted to make room");
+        let cluster_sent_bytes = counter(
+            "quiver_cluster_sent_bytes",
+            "Bytes of this replica's learning published to the cluster",
+        );
+        let cluster_received_bytes = counter(
+            "quiver_cluster_received_bytes",
+            "Bytes of other replicas' learning read from the cluster",
+        );
         let http_request_seconds =
             HistogramFamily::new_with_constructor(seconds_from_100us as fn() -> Histogram);
         registry.register(
@@ -182,6 +205,18 @@ impl Default for Metrics {
             "Bytes of requests and answers the response cache holds",
             cache_bytes.clone(),
         );
+        let cluster_redis_up = Gauge::default();
+        registry.register(
+            "quiver_cluster_redis_up",
+            "1 while the last sync with the cluster's Redis reached it; 0 when it failed or there is no cluster",
+            cluster_redis_up.clone(),
+        );
+        let cluster_syncs = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "quiver_cluster_syncs",
+            "Syncs with the cluster's Redis, by result (ok, error)",
+            cluster_syncs.clone(),
+        );
         let embedding_fallbacks = Family::<EmbeddingFallbackLabels, Counter>::default();
         registry.register(
             "quiver_embedding_fallbacks",
@@ -207,6 +242,10 @@ impl Default for Metrics {
             cache_misses,
             cache_evictions,
             cache_bytes,
+            cluster_redis_up,
+            cluster_syncs,
+            cluster_sent_bytes,
+            cluster_received_bytes,
         }
     }
 }

@@ -94,6 +94,10 @@ struct RouteState {
     layout: ContextLayout,
     /// Whether the learner came from the snapshot (and so holds what priors taught).
     restored: bool,
+    /// For a route whose replicas share what they learn ([`RouterOptions::shared`]):
+    /// where every replica of it starts, the learner of a first start under today's
+    /// configuration.
+    base: Option<Learner>,
     live: Mutex<LiveRoute>,
 }
 
@@ -105,6 +109,12 @@ struct LiveRoute {
     spend: Spend,
     /// What each caller spent on the route this UTC day and month.
     caller_spend: BTreeMap<String, Spend>,
+    /// Per other replica of a shared route, what it had learned when last folded into
+    /// `learner` (see [`Router::fold_replica`]).
+    folded: BTreeMap<String, Learner>,
+    /// Outcomes and feedback the route applied since the router opened, so that a
+    /// replica that learned nothing new need not publish.
+    own_changes: u64,
 }
 
 /// What the router keeps of each tracked decision beside the learner: where the log wrote
@@ -208,11 +218,25 @@ impl RouteState {
                 logged: LoggedDecisions::default(),
                 spend: Spend::default(),
                 caller_spend: BTreeMap::new(),
+                folded: BTreeMap::new(),
+                own_changes: 0,
             }),
             layout,
             config,
             restored: false,
+            base: None,
         })
+    }
+
+    /// The learner a first start of the route gets under its configuration: priors
+    /// included, nothing learned.
+    fn starting_learner(&self, feedback_horizon: usize) -> Result<Learner> {
+        let (config, arms) = learner_setup(&self.config, self.layout.dim(), feedback_horizon)?;
+        let mut learner = Learner::new(config, arms)?;
+        if let Some(path) = &self.config.priors {
+            absorb_priors_file(&mut learner, path, &self.layout.definition(), &self.config.name)?;
+        }
+        Ok(learner)
     }
 
     /// Starts a route without learned state from its priors file, if it has one.
@@ -289,6 +313,11 @@ pub struct RouterOptions {
     /// them is accepted and new decision ids follow theirs. The way out when a route's
     /// snapshot cannot be read and the log no longer holds what rebuilding it needs.
     pub reset_routes: Vec<String>,
+    /// Whether replicas share what the routes learn (`crate::cluster`): every route's
+    /// policy must then learn sums only, and the router keeps, beside each learner, what
+    /// it folded in from the other replicas ([`Router::fold_replica`]), so that it can
+    /// tell its own learning apart ([`Router::own_learning`]).
+    pub shared: bool,
 }
 
 impl Default for RouterOptions {
@@ -297,6 +326,7 @@ impl Default for RouterOptions {
             segment_bytes: SEGMENT_BYTES,
             feedback_horizon: quiver_bandit::DEFAULT_FEEDBACK_HORIZON,
             reset_routes: Vec::new(),
+            shared: false,
         }
     }
 }
@@ -316,6 +346,9 @@ struct RouterSnapshot {
     /// Per route, the definition of its contexts (see [`Featurizer::definition`]): the
     /// learners' weights mean nothing under another.
     contexts: BTreeMap<String, String>,
+    /// Per shared route, what each other replica had learned when last folded in.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    folded: BTreeMap<String, BTreeMap<String, Snapshot>>,
 }
 
 impl RouterSnapshot {
@@ -354,6 +387,9 @@ struct RouterSnapshotFile {
     /// Absent from snapshots written before contexts were recorded.
     #[serde(default)]
     contexts: BTreeMap<String, String>,
+    /// Absent unless routes are shared.
+    #[serde(default)]
+    folded: BTreeMap<String, BTreeMap<String, Snapshot>>,
 }
 
 /// A snapshot read back: per route its learner, or why it could not be read.
@@ -363,6 +399,7 @@ struct ReadSnapshot {
     routes: BTreeMap<String, std::result::Result<Snapshot, String>>,
     tracked_from: BTreeMap<String, TrackedFrom>,
     contexts: BTreeMap<String, String>,
+    folded: BTreeMap<String, BTreeMap<String, Snapshot>>,
 }
 
 impl RouterSnapshotFile {
@@ -381,6 +418,7 @@ impl RouterSnapshotFile {
             routes,
             tracked_from: self.tracked_from,
             contexts: self.contexts,
+            folded: self.folded,
         }
     }
 }
@@ -565,6 +603,14 @@ impl Router {
                 )));
             }
         }
+        if options.shared {
+            for (name, state) in &states {
+                let policy: quiver_bandit::PolicySpec = state.config.policy.parse()?;
+                policy
+                    .check_additive()
+                    .map_err(|e| ServeError::Config(format!("route `{name}`: {e}")))?;
+            }
+        }
         std::fs::create_dir_all(dir).map_err(io_at(dir))?;
         let (last_seq, mut recovery) = Self::restore_snapshot(&mut states, dir, &options.reset_routes)?;
         for name in &options.reset_routes {
@@ -578,6 +624,8 @@ impl Router {
             }
             if !state.restored {
                 state.absorb_priors()?;
+                // What it folded in from the other replicas went with the learner.
+                state.live_mut().folded.clear();
             }
         }
         let log_last = Self::replay_log(&mut states, dir, last_seq, &recovery)?;
@@ -588,14 +636,26 @@ impl Router {
         let mut reconfigured = false;
         for (name, state) in states.iter_mut().filter(|(_, s)| s.restored) {
             let (config, arms) = learner_setup(&state.config, state.layout.dim(), options.feedback_horizon)?;
-            let changes = state
-                .live_mut()
+            let live = state.live_mut();
+            let changes = live
                 .learner
-                .reconfigure(config, &arms)
+                .reconfigure(config.clone(), &arms)
                 .map_err(|e| ServeError::Config(format!("route `{name}`: {e}")))?;
+            // What other replicas taught is kept the same way, so that their next
+            // statistics, under the same configuration, fold in.
+            for theirs in live.folded.values_mut() {
+                theirs
+                    .reconfigure(config.clone(), &arms)
+                    .map_err(|e| ServeError::Config(format!("route `{name}`: {e}")))?;
+            }
             if !changes.is_empty() {
                 tracing::info!(route = %name, ?changes, "route reconfigured; what it learned is kept");
                 reconfigured = true;
+            }
+        }
+        if options.shared {
+            for state in states.values_mut() {
+                state.base = Some(state.starting_learner(options.feedback_horizon)?);
             }
         }
         Self::read_spend(&mut states, dir)?;
@@ -696,7 +756,17 @@ impl Router {
                             ),
                         });
                     }
-                    state.live_mut().learner = restored;
+                    let mut folded = BTreeMap::new();
+                    for (replica, theirs) in snapshot.folded.remove(name).unwrap_or_default() {
+                        let theirs = Learner::restore(theirs).map_err(|e| ServeError::Snapshot {
+                            path: path.clone(),
+                            reason: format!("route `{name}`: what replica `{replica}` learned: {e}"),
+                        })?;
+                        folded.insert(replica, theirs);
+                    }
+                    let live = state.live_mut();
+                    live.learner = restored;
+                    live.folded = folded;
                     state.restored = true;
                     let recovered = Recovery::Snapshot {
                         last_seq: snapshot
@@ -910,6 +980,55 @@ impl Router {
     /// the reference lives, so read it and let it go.
     pub fn learner(&self, route: &str) -> Result<LearnerRef<'_>> {
         Ok(LearnerRef(self.state(route)?.lock()?))
+    }
+
+    /// What this replica learned on a shared route by itself, as a learner that started
+    /// where every replica starts: the route's learner less what it folded in from the
+    /// others. Its statistics, and those of every other replica, add up to the route's
+    /// (`Learner::merge`), however often each is folded in. The heavy part (one
+    /// refactorization per arm and replica) runs outside the route's lock.
+    pub fn own_learning(&self, route: &str) -> Result<Learner> {
+        let state = self.state(route)?;
+        let base = state.base.as_ref().ok_or_else(|| not_shared(route))?;
+        let (learner, folded) = {
+            let live = state.lock()?;
+            (
+                live.learner.without_tracked(),
+                live.folded.values().cloned().collect::<Vec<_>>(),
+            )
+        };
+        let mut others = base.clone();
+        for theirs in &folded {
+            others.merge(theirs, base)?;
+        }
+        let mut own = base.clone();
+        own.merge(&learner, &others)?;
+        Ok(own)
+    }
+
+    /// Folds in what another replica of a shared route has learned by itself
+    /// ([`Router::own_learning`] there): the difference from what it had learned when
+    /// last folded in, so that nothing counts twice. What it folds in is recorded in the
+    /// snapshots, with the learner, so that a restart neither loses nor repeats it.
+    pub fn fold_replica(&self, route: &str, replica: &str, theirs: Learner) -> Result<()> {
+        let state = self.state(route)?;
+        let base = state.base.as_ref().ok_or_else(|| not_shared(route))?;
+        let mut live = state.lock()?;
+        let LiveRoute { learner, folded, .. } = &mut *live;
+        learner.merge(&theirs, folded.get(replica).unwrap_or(base))?;
+        folded.insert(replica.to_string(), theirs);
+        Ok(())
+    }
+
+    /// Outcomes and feedback the route applied since the router opened (not those the log
+    /// replayed): while it stays the same, so does [`Router::own_learning`].
+    pub fn own_changes(&self, route: &str) -> Result<u64> {
+        Ok(self.state(route)?.lock()?.own_changes)
+    }
+
+    /// The replicas whose learning a shared route holds beside its own.
+    pub fn folded_replicas(&self, route: &str) -> Result<Vec<String>> {
+        Ok(self.state(route)?.lock()?.folded.keys().cloned().collect())
     }
 
     /// A route's configuration.
@@ -1151,6 +1270,7 @@ impl Router {
         let seq = self.stage_if(would, &mut record)?;
         let applied = live.learner.record_outcome(id, outcome)?;
         if applied == Applied::Applied {
+            live.own_changes += 1;
             let dearest = spend::dearest_cost(
                 &state.config.models,
                 outcome.input_tokens,
@@ -1197,6 +1317,9 @@ impl Router {
         record.quality = Some(quality);
         let seq = self.stage_if(would, &mut record)?;
         let applied = live.learner.record_quality(id, quality)?;
+        if applied == Applied::Applied {
+            live.own_changes += 1;
+        }
         Ok(self.pending(applied, seq))
     }
 
@@ -1216,6 +1339,7 @@ impl Router {
             routes: BTreeMap::new(),
             tracked_from: BTreeMap::new(),
             contexts: BTreeMap::new(),
+            folded: BTreeMap::new(),
         };
         for (name, route) in &self.routes {
             let live = route.lock()?;
@@ -1232,6 +1356,10 @@ impl Router {
                 (Some(_), None) => live.learner.snapshot(),
                 _ => live.learner.snapshot_without_tracked(),
             };
+            if !live.folded.is_empty() {
+                let folded = live.folded.iter().map(|(r, l)| (r.clone(), l.snapshot()));
+                state.folded.insert(name.clone(), folded.collect());
+            }
             drop(live);
             state.routes.insert(name.clone(), snapshot);
             if let Some(from) = from {
@@ -1286,6 +1414,10 @@ impl CapturedSnapshot {
         *written = last_seq;
         Ok(())
     }
+}
+
+fn not_shared(route: &str) -> ServeError {
+    ServeError::Config(format!("route `{route}` is not shared between replicas"))
 }
 
 fn outcome_of(record: &LogRecord) -> Outcome {

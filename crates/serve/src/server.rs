@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 
 use crate::app::{build_app, AppState};
 use crate::cache::ResponseCache;
+use crate::cluster::{self, Cluster};
 use crate::config::ServeConfig;
 use crate::deployments::Deployments;
 use crate::embeddings::Embedders;
@@ -39,9 +40,15 @@ pub fn state_with(
     config.check_deployments()?;
     config.check_cors()?;
     config.cache.check().map_err(ServeError::Config)?;
+    let cluster = config
+        .cluster
+        .clone()
+        .map(|c| Cluster::new(c, &config.log_dir))
+        .transpose()?;
     let options = RouterOptions {
         feedback_horizon: config.feedback_horizon_decisions,
         reset_routes: config.reset_routes.clone(),
+        shared: cluster.is_some(),
         ..RouterOptions::default()
     };
     let embedders = Embedders::new(&config.routes)?;
@@ -61,6 +68,7 @@ pub fn state_with(
         embedders,
         health: Health::new(breakers),
         cache: ResponseCache::new(cache),
+        cluster,
     }))
 }
 
@@ -103,6 +111,7 @@ pub async fn run(
             }
         })
     };
+    let sync = tokio::spawn(cluster::sync_forever(Arc::clone(&state)));
     let limits = ConnectionLimits::new(&state.config);
     let overloaded = state.metrics.overloaded.clone();
     serve_connections(
@@ -114,6 +123,7 @@ pub async fn run(
     )
     .await;
     periodic.abort();
+    sync.abort();
     let final_state = Arc::clone(&state);
     let _ = tokio::task::spawn_blocking(move || snapshot(&final_state)).await;
     Ok(())

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api_error::ApiError;
 use crate::cache::ResponseCache;
+use crate::cluster::Cluster;
 use crate::config::ServeConfig;
 use crate::deployments::Deployments;
 use crate::embeddings::Embedders;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub deployments: Deployments,
     /// The proxy's response cache.
     pub cache: ResponseCache,
+    /// The cluster this replica shares its learning with, if any.
+    pub cluster: Option<Cluster>,
 }
 
 impl AppState {

@@ -240,8 +240,14 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Result<Respon
     security(()),
     responses((status = 200, description = "Serving", body = String, content_type = "text/plain"), ErrorResponses)
 )]
-pub(crate) async fn healthz() -> &'static str {
-    "ok"
+pub(crate) async fn healthz(State(state): State<Arc<AppState>>) -> String {
+    match state.cluster.as_ref().map(|c| (c.replica(), c.health())) {
+        None => "ok".into(),
+        Some((replica, Ok(()))) => format!("ok\ncluster: replica `{replica}`, in sync"),
+        Some((replica, Err(reason))) => {
+            format!("ok\ncluster: replica `{replica}` serving and learning alone: {reason}")
+        }
+    }
 }
 
 /// This document.

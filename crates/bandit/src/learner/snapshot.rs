@@ -36,9 +36,26 @@ impl Learner {
     /// [`Learner::resume_outcome`] and [`Learner::resume_quality`]; until then their
     /// feedback answers [`ErrorKind::UnknownDecision`].
     pub fn snapshot_without_tracked(&self) -> Snapshot {
-        let mut snapshot = self.snapshot();
-        snapshot.learner.tracked = Ledger::default();
-        snapshot
+        Snapshot {
+            format_version: SNAPSHOT_VERSION,
+            learner: self.without_tracked(),
+        }
+    }
+
+    /// A copy of the learned state without the decisions awaiting feedback, which are
+    /// not copied: what replicas share ([`Learner::merge`]) and snapshots keep.
+    pub fn without_tracked(&self) -> Learner {
+        Learner {
+            config: self.config.clone(),
+            arms: self.arms.clone(),
+            policy: self.policy.clone(),
+            usage: self.usage.clone(),
+            pacer: self.pacer.clone(),
+            next_decision: self.next_decision,
+            tracked: Ledger::default(),
+            cost: self.cost.clone(),
+            change_detectors: self.change_detectors.clone(),
+        }
     }
 
     /// The id of the oldest decision still awaiting (or remembered for) feedback.

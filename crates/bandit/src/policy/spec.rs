@@ -34,7 +34,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::{AnyPolicy, LinUcbParams, PolicyKind, DEFAULT_LINUCB_LAMBDA};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::stats::Forgetting;
 
 /// A complete, validated policy specification.
@@ -83,6 +83,33 @@ impl PolicySpec {
             prune: 0.0,
             detect: DEFAULT_DETECT,
         }
+    }
+
+    /// Whether what the policy learns is sums alone, which replicas add up
+    /// ([`crate::Learner::merge`]); if not, why: a discount, a window and a restart on a
+    /// detected change each depend on the order of the whole stream, which no replica sees.
+    pub fn check_additive(&self) -> Result<()> {
+        let reason = if let Forgetting::Discount { gamma } = self.forgetting {
+            format!("it discounts what it learned (gamma={gamma})")
+        } else if let Forgetting::Window { size } = self.forgetting {
+            format!("it forgets what falls out of its window (window={size})")
+        } else if self.detect > 0.0 {
+            format!(
+                "it restarts an arm on a detected change (detect={}{}); write detect=0",
+                self.detect,
+                if self.detect == DEFAULT_DETECT {
+                    ", the default"
+                } else {
+                    ""
+                }
+            )
+        } else {
+            return Ok(());
+        };
+        Err(ErrorKind::InvalidConfig(format!(
+            "`{self}` cannot be shared between replicas, whose statistics add up as sums: {reason}"
+        ))
+        .into())
     }
 
     /// Builds the policy for arms `arm_ids` and contexts of dimension `dim`.
@@ -284,6 +311,27 @@ impl fmt::Display for PolicySpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_policies_that_learn_sums_are_additive() {
+        for additive in [
+            "linucb(detect=0)",
+            "lints(v=0.1,detect=0)",
+            "beta-ts(detect=0,floor=0.01)",
+        ] {
+            let spec: PolicySpec = additive.parse().unwrap();
+            assert!(spec.check_additive().is_ok(), "{additive}");
+        }
+        for (spec, reason) in [
+            ("linucb", "detect=12, the default); write detect=0"),
+            ("linucb(detect=5)", "detect=5); write detect=0"),
+            ("lints(gamma=0.99,detect=0)", "gamma=0.99"),
+            ("beta-ts(window=100,detect=0)", "window=100"),
+        ] {
+            let err = spec.parse::<PolicySpec>().unwrap().check_additive().unwrap_err();
+            assert!(err.to_string().contains(reason), "{spec}: {err}");
+        }
+    }
     use crate::policy::{EpsilonGreedyParams, FixedParams, UniformParams};
 
     #[test]

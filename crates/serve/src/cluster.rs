@@ -1,0 +1,438 @@
+//! Replicas that share what their routes learn, through Redis (or Valkey).
+//!
+//! Each replica decides alone, from its own learner: no network call is on the decision
+//! path. Every `sync_interval_ms`, a task does per route:
+//!
+//! 1. **Publish.** What the replica learned by itself ([`Router::own_learning`]: its
+//!    learner less what it folded in from the others) goes to Redis as one cumulative
+//!    record, written only by its owner, in one transaction with a new version in the
+//!    route's version hash. Nothing is written when it has not changed.
+//! 2. **Fold.** Each other replica's record whose version changed is read and folded in
+//!    ([`Router::fold_replica`]): the learner adds what that replica learned since its
+//!    record was last folded in.
+//!
+//! Why cumulative records, each with one writer, rather than increments of shared
+//! counters: the statistics are floating-point sums (ridge `A` and `b`, counts, spend),
+//! which Redis cannot add atomically as matrices, and increments lost or repeated across
+//! a crash could not be told apart. A record replaces the previous one, so reading or
+//! writing it twice changes nothing; a replica that restarts recovers its own learning
+//! from its snapshot and log and publishes the same record again, never more; and what it
+//! folded in is kept in its snapshots, so it folds in only what is new. Forgetting and
+//! restarts on a detected change are not sums, so shared routes refuse them
+//! (`PolicySpec::check_additive`).
+//!
+//! Keys, under `key_prefix` (`quiver` by default): `<prefix>:<route>:versions`, a hash
+//! from replica to the version of its record, and `<prefix>:<route>:learned:<replica>`,
+//! the record: MessagePack of [`SharedLearning`]. When Redis cannot be reached the
+//! replicas serve and learn alone, `/healthz` and `quiver_cluster_redis_up` say so, and
+//! the next sync that reaches it publishes and folds in everything since.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quiver_bandit::{Learner, Snapshot};
+use redis::aio::MultiplexedConnection;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{io_at, Result, ServeError};
+use crate::state::AppState;
+
+/// `[cluster]`: the Redis the replicas share their learning through.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The Redis (or Valkey) server, e.g. `redis://127.0.0.1:6379`.
+    pub redis_url: String,
+    /// This replica's name among the replicas, unique to it. Absent: the name kept in the
+    /// log directory's `replica_id` file, made up on the first start (host name and a
+    /// random suffix). The name goes with the log directory, whose learning it publishes:
+    /// a directory started under another name is refused, as its learning would count
+    /// twice.
+    #[serde(default)]
+    pub replica_id: Option<String>,
+    /// Time between two syncs, ms.
+    #[serde(default = "default_sync_interval")]
+    pub sync_interval_ms: u64,
+    /// Prefix of the keys, so that clusters can share one Redis.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_sync_interval() -> u64 {
+    250
+}
+
+fn default_key_prefix() -> String {
+    "quiver".into()
+}
+
+const REPLICA_FILE: &str = "replica_id";
+
+/// What one replica publishes of a route: what it learned by itself.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SharedLearning {
+    /// The replica that wrote it.
+    pub replica: String,
+    /// The definition of the route's contexts at that replica (`Featurizer::definition`):
+    /// statistics of other contexts do not add up.
+    pub context: String,
+    /// The learner: where every replica starts, plus what this one learned.
+    pub learner: Snapshot,
+}
+
+/// What the last sync found.
+#[derive(Debug, Clone, Default)]
+struct SyncStatus {
+    /// Why the last sync did not reach Redis; None when it did (or none ran yet).
+    error: Option<String>,
+    /// When a sync last reached Redis.
+    last_ok: Option<Instant>,
+}
+
+/// A replica's membership of a cluster.
+pub struct Cluster {
+    config: ClusterConfig,
+    replica: String,
+    client: redis::Client,
+    status: Mutex<SyncStatus>,
+}
+
+impl Cluster {
+    /// Checks `config` and settles this replica's name with the log directory `log_dir`.
+    pub fn new(config: ClusterConfig, log_dir: &Path) -> Result<Self> {
+        let refuse = |what: String| ServeError::Config(format!("[cluster] {what}"));
+        let client = redis::Client::open(config.redis_url.as_str())
+            .map_err(|e| refuse(format!("redis_url `{}`: {e}", config.redis_url)))?;
+        if !(10..=60_000).contains(&config.sync_interval_ms) {
+            return Err(refuse(format!(
+                "sync_interval_ms = {}: use 10 to 60000",
+                config.sync_interval_ms
+            )));
+        }
+        if !valid_name(&config.key_prefix) {
+            return Err(refuse(format!(
+                "key_prefix `{}`: use 1 to 64 letters, digits, `-`, `_`, `.` and `:`",
+                config.key_prefix
+            )));
+        }
+        let replica = replica_name(config.replica_id.as_deref(), log_dir)?;
+        Ok(Cluster {
+            config,
+            replica,
+            client,
+            status: Mutex::new(SyncStatus::default()),
+        })
+    }
+
+    /// This replica's name.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// Whether the last sync reached Redis, and if not why: for `/healthz`.
+    pub fn health(&self) -> std::result::Result<(), String> {
+        let status = self.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match (status.error, status.last_ok) {
+            (None, _) => Ok(()),
+            (Some(error), Some(at)) => Err(format!(
+                "{error} (last reached {:.1} s ago)",
+                at.elapsed().as_secs_f64()
+            )),
+            (Some(error), None) => Err(format!("{error} (never reached)")),
+        }
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_millis(self.config.sync_interval_ms)
+    }
+
+    fn versions_key(&self, route: &str) -> String {
+        format!("{}:{route}:versions", self.config.key_prefix)
+    }
+
+    fn learned_key(&self, route: &str, replica: &str) -> String {
+        format!("{}:{route}:learned:{replica}", self.config.key_prefix)
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+}
+
+/// The replica's name: the configured one or the log directory's, which must agree.
+fn replica_name(configured: Option<&str>, log_dir: &Path) -> Result<String> {
+    let path = log_dir.join(REPLICA_FILE);
+    let kept = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_at(&path)(e)),
+    };
+    let name = match (configured, kept) {
+        (Some(name), Some(kept)) if name != kept => {
+            return Err(ServeError::Config(format!(
+                "[cluster] replica_id `{name}`: the log directory {} holds what replica `{kept}` \
+                 learned, which the cluster has as `{kept}`'s; under another name it would count \
+                 twice (keep `{kept}`, or start `{name}` on an empty log directory)",
+                log_dir.display()
+            )))
+        }
+        (_, Some(kept)) => return checked_name(kept),
+        (Some(name), None) => checked_name(name.to_string())?,
+        (None, None) => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let host: String = host
+                .trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .take(40)
+                .collect();
+            let host = if host.is_empty() { "replica".into() } else { host };
+            format!("{host}-{:08x}", rand::random::<u32>())
+        }
+    };
+    std::fs::create_dir_all(log_dir).map_err(io_at(log_dir))?;
+    let tmp = log_dir.join("replica_id.tmp");
+    std::fs::write(&tmp, format!("{name}\n"))
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .map_err(io_at(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_at(&path))?;
+    std::fs::File::open(log_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_at(log_dir))?;
+    Ok(name)
+}
+
+fn checked_name(name: String) -> Result<String> {
+    if valid_name(&name) {
+        Ok(name)
+    } else {
+        Err(ServeError::Config(format!(
+            "[cluster] replica_id `{name}`: use 1 to 64 letters, digits, `-`, `_`, `.` and `:`"
+        )))
+    }
+}
+
+/// What the sync task remembers between syncs.
+#[derive(Default)]
+struct SyncMemory {
+    connection: Option<MultiplexedConnection>,
+    /// Per route, the router's count of its own changes when last published
+    /// ([`crate::Router::own_changes`]), and the version published.
+    published: HashMap<String, (u64, String)>,
+    /// Per route and other replica, the version last folded in.
+    folded: HashMap<(String, String), String>,
+    /// Records published since the start, for versions that never repeat.
+    publications: u64,
+}
+
+/// Syncs every route with the cluster every interval, until the task is dropped.
+pub async fn sync_forever(state: Arc<AppState>) {
+    let Some(cluster) = state.cluster.as_ref() else {
+        return;
+    };
+    let boot = format!("{:016x}", rand::random::<u64>());
+    let mut memory = SyncMemory::default();
+    let mut tick = tokio::time::interval(cluster.interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let outcome = sync(&state, cluster, &boot, &mut memory).await;
+        let (up, result) = if outcome.is_ok() { (1, "ok") } else { (0, "error") };
+        state.metrics.cluster_redis_up.set(up);
+        let label = crate::metrics::ResultLabels {
+            result: result.into(),
+        };
+        state.metrics.cluster_syncs.get_or_create(&label).inc();
+        let mut status = cluster.status.lock().unwrap_or_else(|e| e.into_inner());
+        match outcome {
+            Ok(()) => {
+                status.error = None;
+                status.last_ok = Some(Instant::now());
+            }
+            Err(error) => {
+                if status.error.is_none() {
+                    tracing::warn!(
+                        "cluster sync failed: {error}; serving and learning alone until Redis answers"
+                    );
+                }
+                memory.connection = None;
+                status.error = Some(error);
+            }
+        }
+    }
+}
+
+/// One sync of every route; an error means Redis was not reached (or failed).
+async fn sync(
+    state: &Arc<AppState>,
+    cluster: &Cluster,
+    boot: &str,
+    memory: &mut SyncMemory,
+) -> std::result::Result<(), String> {
+    let limit = cluster.interval().max(Duration::from_secs(1));
+    let mut connection = match memory.connection.clone() {
+        Some(c) => c,
+        None => {
+            let connecting = cluster.client.get_multiplexed_async_connection();
+            let c = within(limit, connecting).await?;
+            memory.connection = Some(c.clone());
+            c
+        }
+    };
+    for route in state.router.route_names() {
+        publish(state, cluster, boot, memory, &mut connection, &route, limit).await?;
+        fold(state, cluster, memory, &mut connection, &route, limit).await?;
+    }
+    Ok(())
+}
+
+/// Awaits a Redis command for at most `limit`.
+async fn within<T>(
+    limit: Duration,
+    command: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> std::result::Result<T, String> {
+    match tokio::time::timeout(limit, command).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(format!("redis: {e}")),
+        Err(_) => Err(format!("redis: no answer within {} ms", limit.as_millis())),
+    }
+}
+
+/// Runs `work` on a blocking thread: the statistics' algebra and encoding take
+/// milliseconds, which the runtime's threads must not.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::result::Result<T, String> + Send + 'static,
+) -> std::result::Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| format!("sync task: {e}"))?
+}
+
+/// Publishes what this replica learned on `route`, if it changed or Redis lost it.
+async fn publish(
+    state: &Arc<AppState>,
+    cluster: &Cluster,
+    boot: &str,
+    memory: &mut SyncMemory,
+    connection: &mut MultiplexedConnection,
+    route: &str,
+    limit: Duration,
+) -> std::result::Result<(), String> {
+    let versions_key = cluster.versions_key(route);
+    let in_redis: Option<String> = within(limit, connection.hget(&versions_key, &cluster.replica)).await?;
+    let changes = state.router.own_changes(route).map_err(|e| e.to_string())?;
+    // Unchanged and still in Redis (which may have restarted empty): nothing to write. The
+    // replica's learning changes by its own outcomes and feedback only, never by what it
+    // folds in, so replicas do not echo each other's records.
+    if let Some((published, version)) = memory.published.get(route) {
+        if *published == changes && in_redis.as_ref() == Some(version) {
+            return Ok(());
+        }
+    }
+    let record = {
+        let (state, route) = (Arc::clone(state), route.to_string());
+        let replica = cluster.replica.clone();
+        blocking(move || {
+            let learner = state.router.own_learning(&route).map_err(|e| e.to_string())?;
+            let context = state
+                .router
+                .layout(&route)
+                .map_err(|e| e.to_string())?
+                .definition();
+            let learning = SharedLearning {
+                replica,
+                context,
+                learner: learner.snapshot(),
+            };
+            rmp_serde::to_vec_named(&learning).map_err(|e| e.to_string())
+        })
+        .await?
+    };
+    memory.publications += 1;
+    let version = format!("{boot}-{}", memory.publications);
+    let mut transaction = redis::pipe();
+    transaction
+        .atomic()
+        .set(cluster.learned_key(route, &cluster.replica), &record)
+        .ignore()
+        .hset(&versions_key, &cluster.replica, &version)
+        .ignore();
+    within(limit, transaction.query_async::<()>(connection)).await?;
+    state.metrics.cluster_sent_bytes.inc_by(record.len() as u64);
+    memory.published.insert(route.to_string(), (changes, version));
+    Ok(())
+}
+
+/// Folds in what the other replicas of `route` learned since last folded in. A record
+/// newer than the version read beside it is no harm: folding in is by content (the
+/// difference from what was folded in before), so the newer version folds in nothing
+/// twice.
+async fn fold(
+    state: &Arc<AppState>,
+    cluster: &Cluster,
+    memory: &mut SyncMemory,
+    connection: &mut MultiplexedConnection,
+    route: &str,
+    limit: Duration,
+) -> std::result::Result<(), String> {
+    let versions: HashMap<String, String> =
+        within(limit, connection.hgetall(cluster.versions_key(route))).await?;
+    for (replica, version) in versions {
+        let key = (route.to_string(), replica.clone());
+        if replica == cluster.replica || memory.folded.get(&key) == Some(&version) {
+            continue;
+        }
+        let bytes: Option<Vec<u8>> =
+            within(limit, connection.get(cluster.learned_key(route, &replica))).await?;
+        let Some(bytes) = bytes else { continue };
+        state.metrics.cluster_received_bytes.inc_by(bytes.len() as u64);
+        let (state, route_name, replica_name) = (Arc::clone(state), route.to_string(), replica.clone());
+        let folded = blocking(move || {
+            let learning: SharedLearning =
+                rmp_serde::from_slice(&bytes).map_err(|e| format!("unreadable record: {e}"))?;
+            let ours = state
+                .router
+                .layout(&route_name)
+                .map_err(|e| e.to_string())?
+                .definition();
+            if learning.context != ours {
+                return Err(format!(
+                    "its contexts are `{}`, this replica's `{ours}`",
+                    learning.context
+                ));
+            }
+            if learning.replica != replica_name {
+                return Err(format!("the record names replica `{}`", learning.replica));
+            }
+            let learner = Learner::restore(learning.learner).map_err(|e| e.to_string())?;
+            state
+                .router
+                .fold_replica(&route_name, &replica_name, learner)
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        match folded {
+            Ok(()) => {
+                memory.folded.insert(key, version);
+            }
+            Err(reason) => {
+                // Another configuration (models, policy, context): its learning stays out
+                // until it publishes one that adds up; said once per version.
+                tracing::warn!(
+                    route,
+                    replica,
+                    version,
+                    "replica's learning not folded in: {reason}"
+                );
+                memory.folded.insert(key, version);
+            }
+        }
+    }
+    Ok(())
+}

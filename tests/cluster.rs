@@ -1,0 +1,378 @@
+//! Replicas of `quiver serve` sharing one learner through a real `redis-server` on
+//! 127.0.0.1: what each learns reaches the others within two sync intervals; a replica
+//! killed with SIGKILL and restarted, and Redis stopped and restarted empty, lose nothing
+//! acknowledged and count nothing twice: in the end every replica's statistics equal those
+//! of one learner fed the union of the replicas' logs.
+//!
+//! `.ci/run` installs Debian's `redis-server` and sets `QUIVER_REQUIRE_REDIS`; elsewhere a
+//! missing `redis-server` skips these tests with a message.
+#![allow(clippy::unwrap_used)] // a test helper that fails should panic
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use quiver_bandit::{Policy, PolicySpec};
+use serde_json::{json, Value};
+use support::{get_json, get_text, scratch, start_binary, Running};
+
+const SYNC_MS: u64 = 250;
+const POLICY: &str = "linucb(alpha=0.1,detect=0)";
+const MODELS: [&str; 3] = ["small", "medium", "large"];
+
+/// A `redis-server` on a free loopback port, without persistence, killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    /// Starts one on `port` (0: a free one); None when `redis-server` cannot run here
+    /// and the environment does not require it.
+    fn start(port: u16, dir: &Path) -> Option<Redis> {
+        let port = if port == 0 {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        } else {
+            port
+        };
+        let spawned = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match spawned {
+            Ok(child) => child,
+            Err(e) if std::env::var_os("QUIVER_REQUIRE_REDIS").is_none() => {
+                eprintln!("skipped: redis-server not runnable ({e}); install Debian's redis-server package");
+                return None;
+            }
+            Err(e) => panic!("redis-server is required here: {e}"),
+        };
+        let redis = Redis { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !redis.answers() {
+            assert!(Instant::now() < deadline, "redis-server did not start on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(redis)
+    }
+
+    fn answers(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let mut answer = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut answer).is_ok()
+            && &answer == b"+PONG\r\n"
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A replica's configuration file, under `dir/<name>/`.
+fn replica_config(dir: &Path, name: &str, redis: &str) -> PathBuf {
+    let home = dir.join(name);
+    std::fs::create_dir_all(&home).unwrap();
+    let models: String = MODELS
+        .iter()
+        .map(|m| format!("[[routes.models]]\nid = \"{m}\"\n"))
+        .collect();
+    let config = home.join("quiver.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nlog_dir = \"log\"\nsnapshot_interval_s = 1\n\
+             [cluster]\nredis_url = \"{redis}\"\nreplica_id = \"{name}\"\nsync_interval_ms = {SYNC_MS}\n\
+             [[routes]]\nname = \"r\"\npolicy = \"{POLICY}\"\n{models}"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn start_replica(config: &Path) -> (Running, String) {
+    start_binary(&["--config", config.to_str().unwrap()])
+}
+
+/// Routes `n` prompts on the replica at `base` and sends each decision's feedback (the
+/// quality depends on the model and the prompt); returns how many were acknowledged.
+async fn learn(client: &reqwest::Client, base: &str, tag: &str, n: usize) -> usize {
+    let mut acknowledged = 0;
+    for i in 0..n {
+        let prompt = format!("{tag} question {i} about {}", ["code", "math", "poems"][i % 3]);
+        let routed: Value = client
+            .post(format!("{base}/v1/route"))
+            .json(&json!({"route": "r", "prompt": prompt}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let model = routed["model"].as_str().unwrap();
+        let quality = match (model, i % 3) {
+            ("large", _) => 0.9,
+            ("medium", 1) => 0.2,
+            ("medium", _) => 0.7,
+            _ => 0.3,
+        };
+        let answer = client
+            .post(format!("{base}/v1/feedback"))
+            .json(&json!({"decision_id": routed["decision_id"], "quality": quality}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
+        acknowledged += 1;
+    }
+    acknowledged
+}
+
+/// Per model: the ridge model's `A` (flattened), `b` and count, from a learner's or a
+/// policy's JSON.
+fn ridge_statistics(policy: &Value) -> Vec<(Vec<f64>, Vec<f64>, f64)> {
+    fn numbers(v: &Value, out: &mut Vec<f64>) {
+        match v {
+            Value::Array(items) => items.iter().for_each(|i| numbers(i, out)),
+            Value::Number(n) => out.push(n.as_f64().unwrap()),
+            _ => {}
+        }
+    }
+    policy["ridge"]["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            numbers(&m["precision"], &mut a);
+            numbers(&m["b"], &mut b);
+            (a, b, m["count"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+/// The route's policy as the replica at `base` holds it.
+async fn replica_statistics(client: &reqwest::Client, base: &str) -> Vec<(Vec<f64>, Vec<f64>, f64)> {
+    let snapshot = get_json(client, format!("{base}/v1/routes/r/snapshot"), "").await;
+    ridge_statistics(&snapshot["learner"]["policy"])
+}
+
+/// One policy fed every feedback in the replicas' logs (each log's decisions give its
+/// feedback's model and prompt), with contexts built as the server builds them.
+fn union_of_logs(config: &Path, homes: &[PathBuf]) -> Vec<(Vec<f64>, Vec<f64>, f64)> {
+    let routes = quiver_serve::ServeConfig::load(config).unwrap().routes;
+    let contexts = quiver_serve::Router::open(routes, &scratch("cluster_reference")).unwrap();
+    let spec: PolicySpec = POLICY.parse().unwrap();
+    let dim = contexts.layout("r").unwrap().dim();
+    let mut policy = spec.build(&MODELS, dim).unwrap();
+    for home in homes {
+        let records = quiver_serve::log::read_log(&home.join("log")).unwrap();
+        let decisions: HashMap<&str, (&str, &str)> = records
+            .iter()
+            .filter(|r| r.event == quiver_serve::log::LogEvent::Decision)
+            .map(|r| (r.decision_id.as_str(), (r.arm.as_str(), r.prompt.as_str())))
+            .collect();
+        for feedback in records
+            .iter()
+            .filter(|r| r.event == quiver_serve::log::LogEvent::Feedback)
+        {
+            let (arm, prompt) = decisions[feedback.decision_id.as_str()];
+            let request = quiver_serve::RouteRequest {
+                prompt: Some(prompt.to_string()),
+                ..Default::default()
+            };
+            let (context, _) = contexts.context("r", &request, None).unwrap();
+            let arm = MODELS.iter().position(|m| *m == arm).unwrap();
+            policy.update(arm, &context.features, feedback.quality.unwrap());
+        }
+    }
+    ridge_statistics(&serde_json::to_value(&policy).unwrap())
+}
+
+/// Whether two sets of statistics agree to rounding (sums added in another order).
+fn agree(a: &[(Vec<f64>, Vec<f64>, f64)], b: &[(Vec<f64>, Vec<f64>, f64)]) -> bool {
+    let close = |x: &[f64], y: &[f64]| {
+        x.len() == y.len()
+            && x.iter()
+                .zip(y)
+                .all(|(p, q)| (p - q).abs() <= 1e-9 * p.abs().max(q.abs()).max(1.0))
+    };
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((a1, b1, c1), (a2, b2, c2))| close(a1, a2) && close(b1, b2) && c1 == c2)
+}
+
+fn total(stats: &[(Vec<f64>, Vec<f64>, f64)]) -> f64 {
+    stats.iter().map(|(_, _, count)| count).sum()
+}
+
+/// Waits until every replica holds `expected` statistics; returns how long that took.
+async fn converge(
+    client: &reqwest::Client,
+    bases: &[&str],
+    expected: &[(Vec<f64>, Vec<f64>, f64)],
+    within: Duration,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let mut all = true;
+        for base in bases {
+            all &= agree(&replica_statistics(client, base).await, expected);
+        }
+        if all {
+            return start.elapsed();
+        }
+        if start.elapsed() > within {
+            let counts: Vec<f64> = futures_util::future::join_all(
+                bases
+                    .iter()
+                    .map(|b| async { total(&replica_statistics(client, b).await) }),
+            )
+            .await;
+            panic!(
+                "replicas did not converge within {within:?}: they count {counts:?}, one learner fed every log {}",
+                total(expected)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Snapshots the replica at `base` has written.
+async fn snapshots_written(client: &reqwest::Client, base: &str) -> f64 {
+    let metrics = get_text(client, format!("{base}/metrics"), "").await;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("quiver_snapshots_total "))
+        .unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+async fn healthz(client: &reqwest::Client, base: &str) -> String {
+    get_text(client, format!("{base}/healthz"), "").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_what_they_learn_through_crashes_and_redis_restarts() {
+    let dir = scratch("cluster_share");
+    let Some(redis) = Redis::start(0, &dir) else {
+        return;
+    };
+    let homes = [dir.join("a"), dir.join("b")];
+    let configs = ["a", "b"].map(|name| replica_config(&dir, name, &redis.url()));
+    let (mut a, base_a) = start_replica(&configs[0]);
+    let (b, base_b) = start_replica(&configs[1]);
+    let client = reqwest::Client::new();
+    let two_intervals = Duration::from_millis(2 * SYNC_MS);
+
+    // Each learns alone; each soon holds what both learned.
+    let (n_a, n_b) = tokio::join!(learn(&client, &base_a, "a", 40), learn(&client, &base_b, "b", 30));
+    let expected = union_of_logs(&configs[0], &homes);
+    assert_eq!(total(&expected), (n_a + n_b) as f64);
+    let took = converge(&client, &[&base_a, &base_b], &expected, Duration::from_secs(5)).await;
+    // Two sync intervals, and the polling's own time on a busy machine.
+    assert!(
+        took <= two_intervals + Duration::from_millis(300),
+        "converged after {took:?}, more than two sync intervals"
+    );
+    assert!(healthz(&client, &base_a).await.contains("replica `a`, in sync"));
+
+    // A replica killed mid-run restarts from its snapshot (taken once it held the other's
+    // learning) and log, and counts nothing twice: neither what it had published nor what
+    // it had folded in.
+    let snapshots = snapshots_written(&client, &base_a).await;
+    while snapshots_written(&client, &base_a).await < snapshots + 2.0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    learn(&client, &base_a, "a-before-kill", 10).await;
+    a.kill().unwrap();
+    a.wait().unwrap();
+    drop(a);
+    let (a, base_a) = start_replica(&configs[0]);
+    learn(&client, &base_a, "a-after-restart", 10).await;
+    let expected = union_of_logs(&configs[0], &homes);
+    assert_eq!(total(&expected), (n_a + n_b + 20) as f64);
+    converge(&client, &[&base_a, &base_b], &expected, Duration::from_secs(5)).await;
+
+    // Redis gone (killed: what it held is lost): the replicas serve and learn alone and
+    // say so; back empty, they publish again and fold in what the others learned meanwhile.
+    let port = redis.port;
+    drop(redis);
+    tokio::time::sleep(two_intervals).await;
+    {
+        for base in [&base_a, &base_b] {
+            let health = healthz(&client, base).await;
+            assert!(health.contains("serving and learning alone"), "{health}");
+            let metrics = get_text(&client, format!("{base}/metrics"), "").await;
+            assert!(metrics.contains("quiver_cluster_redis_up 0"), "{metrics}");
+        }
+        tokio::join!(
+            learn(&client, &base_a, "a-alone", 15),
+            learn(&client, &base_b, "b-alone", 15)
+        );
+    }
+    let redis = Redis::start(port, &dir).unwrap();
+    let expected = union_of_logs(&configs[0], &homes);
+    assert_eq!(total(&expected), (n_a + n_b + 50) as f64);
+    converge(&client, &[&base_a, &base_b], &expected, Duration::from_secs(10)).await;
+    assert!(healthz(&client, &base_b).await.contains("in sync"));
+    drop((a, b, redis));
+}
+
+/// A log directory holds one replica's learning: started under another name, it would
+/// count twice, and the server refuses to start.
+#[test]
+fn a_log_directory_keeps_its_replica_name() {
+    let dir = scratch("cluster_name");
+    let config = replica_config(&dir, "first", "redis://127.0.0.1:1");
+    // Redis need not answer for a replica to start: it serves and learns alone.
+    let (running, _) = start_replica(&config);
+    drop(running);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("first/log/replica_id"))
+            .unwrap()
+            .trim(),
+        "first"
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("\"first\"", "\"second\"");
+    std::fs::write(&config, text).unwrap();
+    let err = support::failing_start(&["--config", config.to_str().unwrap()]);
+    assert!(err.contains("holds what replica `first` learned"), "{err}");
+
+    // Policies whose statistics are not sums cannot be shared.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("\"second\"", "\"first\"")
+        .replace("detect=0", "detect=0,gamma=0.99");
+    std::fs::write(&config, text).unwrap();
+    let err = support::failing_start(&["--config", config.to_str().unwrap()]);
+    assert!(
+        err.contains("cannot be shared between replicas") && err.contains("gamma=0.99"),
+        "{err}"
+    );
+}
