@@ -116,21 +116,28 @@ fn start_replica(config: &Path) -> (Running, String) {
     start_binary(&["--config", config.to_str().unwrap()])
 }
 
+async fn post(client: &reqwest::Client, url: &str, body: Value) -> reqwest::Response {
+    client.post(url).json(&body).send().await.unwrap()
+}
+
+/// Routes `prompt` on route `r` of the replica at `base`: the decision.
+async fn route(client: &reqwest::Client, base: &str, prompt: &str) -> Value {
+    let answer = post(
+        client,
+        &format!("{base}/v1/route"),
+        json!({"route": "r", "prompt": prompt}),
+    )
+    .await;
+    answer.json().await.unwrap()
+}
+
 /// Routes `n` prompts on the replica at `base` and sends each decision's feedback (the
 /// quality depends on the model and the prompt); returns how many were acknowledged.
 async fn learn(client: &reqwest::Client, base: &str, tag: &str, n: usize) -> usize {
     let mut acknowledged = 0;
     for i in 0..n {
         let prompt = format!("{tag} question {i} about {}", ["code", "math", "poems"][i % 3]);
-        let routed: Value = client
-            .post(format!("{base}/v1/route"))
-            .json(&json!({"route": "r", "prompt": prompt}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let routed = route(client, base, &prompt).await;
         let model = routed["model"].as_str().unwrap();
         let quality = match (model, i % 3) {
             ("large", _) => 0.9,
@@ -138,12 +145,8 @@ async fn learn(client: &reqwest::Client, base: &str, tag: &str, n: usize) -> usi
             ("medium", _) => 0.7,
             _ => 0.3,
         };
-        let answer = client
-            .post(format!("{base}/v1/feedback"))
-            .json(&json!({"decision_id": routed["decision_id"], "quality": quality}))
-            .send()
-            .await
-            .unwrap();
+        let body = json!({"decision_id": routed["decision_id"], "quality": quality});
+        let answer = post(client, &format!("{base}/v1/feedback"), body).await;
         assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
         acknowledged += 1;
     }
@@ -375,4 +378,134 @@ fn a_log_directory_keeps_its_replica_name() {
         err.contains("cannot be shared between replicas") && err.contains("gamma=0.99"),
         "{err}"
     );
+}
+
+/// Routes `n` prompts on the replica at `decide` and sends each decision's outcome and
+/// feedback to the replica at `report`, which accepts them for the deciding one.
+async fn decide_here_report_there(client: &reqwest::Client, decide: &str, report: &str, tag: &str, n: usize) {
+    for i in 0..n {
+        let routed = route(client, decide, &format!("{tag} request {i}")).await;
+        let id = &routed["decision_id"];
+        let quality = if routed["model"] == "large" { 0.9 } else { 0.4 };
+        for (path, body) in [
+            (
+                "outcome",
+                json!({"decision_id": id, "latency_ms": 120, "cost_usd": 0.001}),
+            ),
+            ("feedback", json!({"decision_id": id, "quality": quality})),
+        ] {
+            let answer = post(client, &format!("{report}/v1/{path}"), body).await;
+            assert_eq!(answer.status(), 202);
+            let answer: Value = answer.json().await.unwrap();
+            assert_eq!(answer["status"], "forwarded", "{answer}");
+        }
+    }
+}
+
+/// A metric's value on the replica at `base` (0 when absent).
+async fn metric(client: &reqwest::Client, base: &str, sample: &str) -> f64 {
+    let metrics = get_text(client, format!("{base}/metrics"), "").await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits until `sample` on the replica at `base` satisfies `done`.
+async fn wait_for_metric(
+    client: &reqwest::Client,
+    base: &str,
+    sample: &str,
+    done: impl Fn(f64) -> bool,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let value = metric(client, base, sample).await;
+        if done(value) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sample} is {value} on {base} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Feedback and outcomes sent to a replica that did not make the decision are accepted
+/// durably there and applied exactly once by the one that did, also when Redis is down
+/// at the time and the accepting replica is killed before Redis returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_reach_the_replica_that_decided() {
+    let dir = scratch("cluster_forward");
+    let Some(redis) = Redis::start(0, &dir) else {
+        return;
+    };
+    let homes = [dir.join("a"), dir.join("b")];
+    let configs = ["a", "b"].map(|name| replica_config(&dir, name, &redis.url()));
+    let (a, base_a) = start_replica(&configs[0]);
+    let (b, base_b) = start_replica(&configs[1]);
+    let client = reqwest::Client::new();
+
+    decide_here_report_there(&client, &base_a, &base_b, "first", 20).await;
+    // A repeat is accepted again, and applied as a repeat.
+    let routed = route(&client, &base_a, "repeated").await;
+    let id = routed["decision_id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("r:a:"), "{id}");
+    let feedback = format!("{base_b}/v1/feedback");
+    for _ in 0..2 {
+        let answer = post(&client, &feedback, json!({"decision_id": id, "quality": 0.5})).await;
+        assert_eq!(answer.status(), 202);
+    }
+    // What the deciding replica would refuse is refused here.
+    let bad = post(&client, &feedback, json!({"decision_id": id, "quality": 1.5})).await;
+    assert_eq!(bad.status(), 422);
+
+    let applied = "quiver_cluster_forwards_received_total{result=\"applied\"}";
+    let five_s = Duration::from_secs(5);
+    wait_for_metric(&client, &base_a, applied, |n| n == 20.0 * 2.0 + 1.0, five_s).await;
+    let expected = union_of_logs(&configs[0], &homes);
+    assert_eq!(total(&expected), 21.0);
+    converge(&client, &[&base_a, &base_b], &expected, Duration::from_secs(5)).await;
+    let repeated = "quiver_cluster_forwards_received_total{result=\"repeated\"}";
+    assert_eq!(metric(&client, &base_a, repeated).await, 1.0);
+    let state = get_json(&client, format!("{base_a}/v1/routes/r"), "").await;
+    let calls: u64 = state["arms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(calls, 20, "every forwarded outcome counted once: {state}");
+
+    // Redis down: B still accepts durably; killed before Redis returns, it restarts with
+    // its outbox and hands everything over once Redis is back.
+    let port = redis.port;
+    drop(redis);
+    decide_here_report_there(&client, &base_a, &base_b, "while-down", 10).await;
+    assert_eq!(
+        metric(&client, &base_b, "quiver_cluster_forwarded_total").await,
+        20.0 * 2.0 + 2.0 + 20.0
+    );
+    let mut b = b;
+    b.kill().unwrap();
+    b.wait().unwrap();
+    drop(b);
+    let (b, base_b) = start_replica(&configs[1]);
+    let redis = Redis::start(port, &dir).unwrap();
+    wait_for_metric(&client, &base_a, applied, |n| n == 61.0, Duration::from_secs(10)).await;
+    let expected = union_of_logs(&configs[0], &homes);
+    assert_eq!(total(&expected), 31.0);
+    converge(&client, &[&base_a, &base_b], &expected, Duration::from_secs(5)).await;
+    // B learns that A applied them, and lets them go.
+    wait_for_metric(
+        &client,
+        &base_b,
+        "quiver_cluster_forwards_pending",
+        |n| n == 0.0,
+        five_s,
+    )
+    .await;
+    drop((a, b, redis));
 }

@@ -44,7 +44,9 @@ pub enum ApiError {
 impl From<ServeError> for ApiError {
     fn from(e: ServeError) -> Self {
         match &e {
-            ServeError::UnknownRoute(_) => ApiError::NotFound(e.to_string()),
+            ServeError::UnknownRoute(_) | ServeError::OtherReplica { .. } => {
+                ApiError::NotFound(e.to_string())
+            }
             ServeError::BadDecisionId(_) | ServeError::EmptyRequest => ApiError::Invalid(e.to_string()),
             ServeError::Bandit(b) => match b.kind() {
                 ErrorKind::UnknownDecision(_) | ErrorKind::UnknownArm { .. } => {

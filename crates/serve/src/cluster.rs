@@ -21,23 +21,37 @@
 //! restarts on a detected change are not sums, so shared routes refuse them
 //! (`PolicySpec::check_additive`).
 //!
+//! Feedback and outcomes may reach any replica. Decision ids name the replica that made
+//! them (`<route>:<replica>:<number>`), and only it holds the decision's features, so only
+//! it applies them. Another replica accepts them into its outbox (`forwarded.jsonl` in its
+//! log directory, fsynced before the answer: acknowledged means durable there) and, at
+//! each sync, hands them to the deciding replica's inbox in Redis until that one confirms.
+//! The deciding replica applies each as if sent to it (logged and fsynced in its own log;
+//! a repeat changes nothing), then confirms. A message lost with Redis is sent again (the
+//! outbox keeps it until confirmed); one applied twice is a repeat. So each is applied
+//! exactly once.
+//!
 //! Keys, under `key_prefix` (`quiver` by default): `<prefix>:<route>:versions`, a hash
-//! from replica to the version of its record, and `<prefix>:<route>:learned:<replica>`,
-//! the record: MessagePack of [`SharedLearning`]. When Redis cannot be reached the
-//! replicas serve and learn alone, `/healthz` and `quiver_cluster_redis_up` say so, and
-//! the next sync that reaches it publishes and folds in everything since.
+//! from replica to the version of its record; `<prefix>:<route>:learned:<replica>`, the
+//! record: MessagePack of [`SharedLearning`]; `<prefix>:inbox:<replica>`, a list of
+//! forwarded feedback and outcomes (JSON of [`Forward`]); `<prefix>:confirmed:<replica>`,
+//! the set of that replica's forwards applied. When Redis cannot be reached the replicas
+//! serve and learn alone, `/healthz` and `quiver_cluster_redis_up` say so, and the next
+//! sync that reaches it publishes, folds in and delivers everything since.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use quiver_bandit::{Learner, Snapshot};
+use quiver_bandit::{Applied, Learner, Snapshot};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io_at, Result, ServeError};
+use crate::forward::{Forward, Outbox, Report};
+use crate::router::Pending;
 use crate::state::AppState;
 
 /// `[cluster]`: the Redis the replicas share their learning through.
@@ -98,6 +112,7 @@ pub struct Cluster {
     replica: String,
     client: redis::Client,
     status: Mutex<SyncStatus>,
+    outbox: Outbox,
 }
 
 impl Cluster {
@@ -112,7 +127,7 @@ impl Cluster {
                 config.sync_interval_ms
             )));
         }
-        if !valid_name(&config.key_prefix) {
+        if !valid_name(&config.key_prefix, ":") {
             return Err(refuse(format!(
                 "key_prefix `{}`: use 1 to 64 letters, digits, `-`, `_`, `.` and `:`",
                 config.key_prefix
@@ -124,7 +139,14 @@ impl Cluster {
             replica,
             client,
             status: Mutex::new(SyncStatus::default()),
+            outbox: Outbox::open(log_dir)?,
         })
+    }
+
+    /// Accepts `report` on decision `decision_id`, made by replica `to`, for that replica
+    /// (see the module docs); durable when this returns. Blocks for the fsync.
+    pub fn forward(&self, to: &str, decision_id: &str, report: Report) -> Result<()> {
+        self.outbox.add(&self.replica, to, decision_id, report).map(drop)
     }
 
     /// This replica's name.
@@ -156,13 +178,22 @@ impl Cluster {
     fn learned_key(&self, route: &str, replica: &str) -> String {
         format!("{}:{route}:learned:{replica}", self.config.key_prefix)
     }
+
+    fn inbox_key(&self, replica: &str) -> String {
+        format!("{}:inbox:{replica}", self.config.key_prefix)
+    }
+
+    fn confirmed_key(&self, replica: &str) -> String {
+        format!("{}:confirmed:{replica}", self.config.key_prefix)
+    }
 }
 
-fn valid_name(name: &str) -> bool {
+/// Whether `name` is 1 to 64 letters, digits, `-`, `_`, `.` and any of `more`.
+fn valid_name(name: &str, more: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c) || more.contains(c))
 }
 
 /// The replica's name: the configured one or the log directory's, which must agree.
@@ -209,11 +240,12 @@ fn replica_name(configured: Option<&str>, log_dir: &Path) -> Result<String> {
 }
 
 fn checked_name(name: String) -> Result<String> {
-    if valid_name(&name) {
+    // No `:`, which separates the parts of decision ids.
+    if valid_name(&name, "") {
         Ok(name)
     } else {
         Err(ServeError::Config(format!(
-            "[cluster] replica_id `{name}`: use 1 to 64 letters, digits, `-`, `_`, `.` and `:`"
+            "[cluster] replica_id `{name}`: use 1 to 64 letters, digits, `-`, `_` and `.`"
         )))
     }
 }
@@ -229,6 +261,9 @@ struct SyncMemory {
     folded: HashMap<(String, String), String>,
     /// Records published since the start, for versions that never repeat.
     publications: u64,
+    /// Forwards sent over the current connection: those not yet confirmed are sent again
+    /// over the next one, since Redis may have restarted without them.
+    sent: HashSet<u64>,
 }
 
 /// Syncs every route with the cluster every interval, until the task is dropped.
@@ -282,6 +317,7 @@ async fn sync(
             let connecting = cluster.client.get_multiplexed_async_connection();
             let c = within(limit, connecting).await?;
             memory.connection = Some(c.clone());
+            memory.sent.clear();
             c
         }
     };
@@ -289,7 +325,142 @@ async fn sync(
         publish(state, cluster, boot, memory, &mut connection, &route, limit).await?;
         fold(state, cluster, memory, &mut connection, &route, limit).await?;
     }
+    deliver(state, cluster, memory, &mut connection, limit).await?;
+    receive(state, cluster, &mut connection, limit).await
+}
+
+/// Sends the forwards not yet sent over this connection to their replicas' inboxes, and
+/// settles the outbox with what they confirmed.
+async fn deliver(
+    state: &Arc<AppState>,
+    cluster: &Cluster,
+    memory: &mut SyncMemory,
+    connection: &mut MultiplexedConnection,
+    limit: Duration,
+) -> std::result::Result<(), String> {
+    let confirmed_key = cluster.confirmed_key(&cluster.replica);
+    let confirmed: Vec<u64> = within(limit, connection.smembers(&confirmed_key)).await?;
+    if !confirmed.is_empty() {
+        let (state, seqs) = (Arc::clone(state), confirmed.clone());
+        blocking(move || outbox_of(&state).confirm(&seqs).map_err(|e| e.to_string())).await?;
+        within(limit, connection.srem::<_, _, ()>(&confirmed_key, &confirmed)).await?;
+        for seq in confirmed {
+            memory.sent.remove(&seq);
+        }
+    }
+    let pending = cluster.outbox.pending();
+    state.metrics.cluster_forwards_pending.set(pending.len() as i64);
+    let mut sending = redis::pipe();
+    let mut seqs = Vec::new();
+    for forward in pending.iter().filter(|f| !memory.sent.contains(&f.seq)) {
+        let text = serde_json::to_string(forward).map_err(|e| e.to_string())?;
+        sending.rpush(cluster.inbox_key(&forward.to), text).ignore();
+        seqs.push(forward.seq);
+    }
+    if !seqs.is_empty() {
+        within(limit, sending.query_async::<()>(connection)).await?;
+        memory.sent.extend(seqs);
+    }
     Ok(())
+}
+
+fn outbox_of(state: &AppState) -> &Outbox {
+    &state.cluster.as_ref().expect("the sync runs in a cluster").outbox
+}
+
+/// Forwards applied per sync at most, so that a long inbox does not hold the sync up.
+const INBOX_BATCH: isize = 1000;
+
+/// Applies what other replicas forwarded to this one, and confirms each to its sender.
+async fn receive(
+    state: &Arc<AppState>,
+    cluster: &Cluster,
+    connection: &mut MultiplexedConnection,
+    limit: Duration,
+) -> std::result::Result<(), String> {
+    let inbox = cluster.inbox_key(&cluster.replica);
+    let entries: Vec<String> = within(limit, connection.lrange(&inbox, 0, INBOX_BATCH - 1)).await?;
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let (taken, confirmations) = {
+        let state = Arc::clone(state);
+        blocking(move || {
+            let mut confirmations = Vec::new();
+            for (taken, entry) in entries.iter().enumerate() {
+                match apply_forward(&state, entry) {
+                    Received::Settled(confirm) => confirmations.extend(confirm),
+                    Received::Retry => return Ok((taken, confirmations)),
+                }
+            }
+            Ok((entries.len(), confirmations))
+        })
+        .await?
+    };
+    let mut confirming = redis::pipe();
+    confirming.atomic();
+    for (from, seq) in confirmations {
+        confirming.sadd(cluster.confirmed_key(&from), seq).ignore();
+    }
+    confirming.ltrim(&inbox, taken as isize, -1).ignore();
+    within(limit, confirming.query_async::<()>(connection)).await
+}
+
+/// What came of a forward from the inbox.
+enum Received {
+    /// Applied, a repeat, or refused for good: off the inbox, confirmed to its sender
+    /// (unless it names none).
+    Settled(Option<(String, u64)>),
+    /// Not applied for a fault of this replica (its log, say): left in the inbox.
+    Retry,
+}
+
+/// Applies one forward from the inbox, durably. A forward this replica refuses (its
+/// decision is past the feedback horizon, say) is confirmed all the same, since sending
+/// it again would not change that; one that cannot be read names no sender and is
+/// dropped.
+fn apply_forward(state: &AppState, entry: &str) -> Received {
+    let forward: Forward = match serde_json::from_str(entry) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("unreadable forward dropped from the inbox: {e}");
+            return Received::Settled(None);
+        }
+    };
+    let applied = forward
+        .report
+        .stage(&state.router, &forward.decision_id)
+        .and_then(Pending::wait);
+    let result = match applied {
+        Ok(Applied::Applied) => "applied",
+        Ok(_) => "repeated",
+        Err(
+            e @ (ServeError::Bandit(_)
+            | ServeError::UnknownRoute(_)
+            | ServeError::BadDecisionId(_)
+            | ServeError::OtherReplica { .. }),
+        ) => {
+            tracing::warn!(
+                decision = %forward.decision_id,
+                from = %forward.from,
+                "forwarded report refused: {e}"
+            );
+            "refused"
+        }
+        Err(e) => {
+            tracing::error!(decision = %forward.decision_id, "forwarded report not applied yet: {e}");
+            return Received::Retry;
+        }
+    };
+    let label = crate::metrics::ResultLabels {
+        result: result.into(),
+    };
+    state
+        .metrics
+        .cluster_forwards_received
+        .get_or_create(&label)
+        .inc();
+    Received::Settled(Some((forward.from, forward.seq)))
 }
 
 /// Awaits a Redis command for at most `limit`.

@@ -3,13 +3,15 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use quiver_bandit::{Applied, ArmEstimate, Outcome, PropensityKind};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::api_error::{ApiError, ErrorResponses};
+use crate::error::ServeError;
+use crate::forward::Report;
 use crate::router::RouteRequest;
 use crate::state::{change_router, ApiJson, AppState};
 
@@ -87,14 +89,73 @@ pub struct FeedbackBody {
     pub quality: f64,
 }
 
-/// What a report did: `applied`, `already_applied` (a repeat; nothing changed) or
-/// `arm_removed` (acknowledged, not learned).
+/// What became of a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportStatus {
+    /// Newly applied to the learner.
+    Applied,
+    /// A repeat; nothing changed.
+    AlreadyApplied,
+    /// The decision's model has since been removed; acknowledged, not learned.
+    ArmRemoved,
+    /// For a decision another replica of the cluster made: kept durably here and handed
+    /// to that replica, which applies it (HTTP 202).
+    Forwarded,
+}
+
+impl From<Applied> for ReportStatus {
+    fn from(applied: Applied) -> Self {
+        match applied {
+            Applied::Applied => ReportStatus::Applied,
+            Applied::AlreadyApplied => ReportStatus::AlreadyApplied,
+            Applied::ArmRemoved => ReportStatus::ArmRemoved,
+        }
+    }
+}
+
+/// What a report did: `applied`, `already_applied` (a repeat; nothing changed),
+/// `arm_removed` (acknowledged, not learned) or `forwarded` (to the replica that made the
+/// decision).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AppliedBody {
     /// The decision.
     pub decision_id: String,
     /// What became of the report.
-    pub status: Applied,
+    pub status: ReportStatus,
+}
+
+/// Applies `report` to decision `decision_id`, durably; or, for a decision another
+/// replica of the cluster made, accepts it for that replica (202).
+async fn report(
+    state: &Arc<AppState>,
+    decision_id: String,
+    report: Report,
+) -> Result<(StatusCode, Json<AppliedBody>), ApiError> {
+    let status = match (report.stage(&state.router, &decision_id), &state.cluster) {
+        (Err(ServeError::OtherReplica { replica, .. }), Some(_)) => {
+            let (state, id) = (Arc::clone(state), decision_id.clone());
+            tokio::task::spawn_blocking(move || {
+                let cluster = state.cluster.as_ref().expect("matched above");
+                cluster.forward(&replica, &id, report)?;
+                state.metrics.cluster_forwarded.inc();
+                Ok::<_, ServeError>(())
+            })
+            .await
+            .map_err(|e| ApiError::Internal(format!("forwarding: {e}")))??;
+            let body = AppliedBody {
+                decision_id,
+                status: ReportStatus::Forwarded,
+            };
+            return Ok((StatusCode::ACCEPTED, Json(body)));
+        }
+        (staged, _) => state.durable(staged?).await?,
+    };
+    let body = AppliedBody {
+        decision_id,
+        status: status.into(),
+    };
+    Ok((StatusCode::OK, Json(body)))
 }
 
 /// Report a decision's quality (idempotent, accepted late).
@@ -103,19 +164,20 @@ pub struct AppliedBody {
     path = "/v1/feedback",
     operation_id = "feedback",
     request_body = FeedbackBody,
-    responses((status = 200, description = "What the feedback did", body = AppliedBody), ErrorResponses)
+    responses(
+        (status = 200, description = "What the feedback did", body = AppliedBody),
+        (status = 202, description = "Accepted for the replica that made the decision", body = AppliedBody),
+        ErrorResponses
+    )
 )]
 pub(crate) async fn feedback(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<FeedbackBody>,
-) -> Result<Json<AppliedBody>, ApiError> {
-    let id = body.decision_id.clone();
-    let status = change_router(&state, move |r| Ok(r.feedback(&body.decision_id, body.quality)?)).await?;
+) -> Result<(StatusCode, Json<AppliedBody>), ApiError> {
+    let quality = body.quality;
+    let answer = report(&state, body.decision_id, Report::Feedback { quality }).await?;
     state.metrics.feedback.inc();
-    Ok(Json(AppliedBody {
-        decision_id: id,
-        status,
-    }))
+    Ok(answer)
 }
 
 /// `POST /v1/outcome` body: what the call of a routed request cost, for applications
@@ -150,13 +212,16 @@ pub struct OutcomeBody {
     path = "/v1/outcome",
     operation_id = "outcome",
     request_body = OutcomeBody,
-    responses((status = 200, description = "What the outcome did", body = AppliedBody), ErrorResponses)
+    responses(
+        (status = 200, description = "What the outcome did", body = AppliedBody),
+        (status = 202, description = "Accepted for the replica that made the decision", body = AppliedBody),
+        ErrorResponses
+    )
 )]
 pub(crate) async fn outcome(
     State(state): State<Arc<AppState>>,
     ApiJson(b): ApiJson<OutcomeBody>,
-) -> Result<Json<AppliedBody>, ApiError> {
-    let id = b.decision_id.clone();
+) -> Result<(StatusCode, Json<AppliedBody>), ApiError> {
     let outcome = Outcome {
         latency_ms: b.latency_ms,
         input_tokens: b.input_tokens,
@@ -165,9 +230,5 @@ pub(crate) async fn outcome(
         error: b.error,
         quality: b.quality,
     };
-    let status = change_router(&state, move |r| Ok(r.record_outcome(&b.decision_id, &outcome)?)).await?;
-    Ok(Json(AppliedBody {
-        decision_id: id,
-        status,
-    }))
+    report(&state, b.decision_id, Report::Outcome { outcome }).await
 }

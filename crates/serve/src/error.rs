@@ -9,9 +9,19 @@ pub enum ServeError {
     /// No route of that name.
     #[error("unknown route `{0}`")]
     UnknownRoute(String),
-    /// A decision id that is not `<route>:<number>`.
-    #[error("malformed decision id `{0}`; decision ids look like `<route>:<number>`")]
+    /// A decision id that is not `<route>:<number>` (or `<route>:<replica>:<number>`).
+    #[error("malformed decision id `{0}`; decision ids look like `<route>:<number>` (`<route>:<replica>:<number>` in a cluster)")]
     BadDecisionId(String),
+    /// Feedback or an outcome for a decision another replica made (see `crate::cluster`).
+    #[error("decision `{decision_id}` was made by replica `{replica}`, not by this server")]
+    OtherReplica {
+        /// The decision.
+        decision_id: String,
+        /// Its route.
+        route: String,
+        /// The replica that made it.
+        replica: String,
+    },
     /// A request with neither prompt nor messages.
     #[error("a request needs a prompt or messages")]
     EmptyRequest,

@@ -30,6 +30,7 @@ mod decisions;
 pub mod deployments;
 pub mod embeddings;
 mod error;
+mod forward;
 pub mod health;
 pub mod metrics;
 mod models;

@@ -131,6 +131,13 @@ pub struct Metrics {
     pub cluster_sent_bytes: Counter,
     /// Bytes of other replicas' learning read from the cluster.
     pub cluster_received_bytes: Counter,
+    /// Feedback and outcomes accepted here for decisions other replicas made.
+    pub cluster_forwarded: Counter,
+    /// Of those, the ones their replicas have not confirmed yet.
+    pub cluster_forwards_pending: Gauge,
+    /// Feedback and outcomes other replicas forwarded here, by result (`applied`,
+    /// `repeated`, `refused`).
+    pub cluster_forwards_received: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -171,6 +178,10 @@ impl Default for Metrics {
         let cluster_received_bytes = counter(
             "quiver_cluster_received_bytes",
             "Bytes of other replicas' learning read from the cluster",
+        );
+        let cluster_forwarded = counter(
+            "quiver_cluster_forwarded",
+            "Feedback and outcomes accepted here for decisions other replicas made",
         );
         let http_request_seconds =
             HistogramFamily::new_with_constructor(seconds_from_100us as fn() -> Histogram);
@@ -217,6 +228,18 @@ impl Default for Metrics {
             "Syncs with the cluster's Redis, by result (ok, error)",
             cluster_syncs.clone(),
         );
+        let cluster_forwards_pending = Gauge::default();
+        registry.register(
+            "quiver_cluster_forwards_pending",
+            "Feedback and outcomes accepted here for other replicas and not yet confirmed by them",
+            cluster_forwards_pending.clone(),
+        );
+        let cluster_forwards_received = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "quiver_cluster_forwards_received",
+            "Feedback and outcomes other replicas forwarded here, by result (applied, repeated, refused)",
+            cluster_forwards_received.clone(),
+        );
         let embedding_fallbacks = Family::<EmbeddingFallbackLabels, Counter>::default();
         registry.register(
             "quiver_embedding_fallbacks",
@@ -246,6 +269,9 @@ impl Default for Metrics {
             cluster_syncs,
             cluster_sent_bytes,
             cluster_received_bytes,
+            cluster_forwarded,
+            cluster_forwards_pending,
+            cluster_forwards_received,
         }
     }
 }

@@ -313,11 +313,13 @@ pub struct RouterOptions {
     /// them is accepted and new decision ids follow theirs. The way out when a route's
     /// snapshot cannot be read and the log no longer holds what rebuilding it needs.
     pub reset_routes: Vec<String>,
-    /// Whether replicas share what the routes learn (`crate::cluster`): every route's
-    /// policy must then learn sums only, and the router keeps, beside each learner, what
-    /// it folded in from the other replicas ([`Router::fold_replica`]), so that it can
-    /// tell its own learning apart ([`Router::own_learning`]).
-    pub shared: bool,
+    /// This replica's name, when replicas share what the routes learn (`crate::cluster`):
+    /// every route's policy must then learn sums only; the router keeps, beside each
+    /// learner, what it folded in from the other replicas ([`Router::fold_replica`]), so
+    /// that it can tell its own learning apart ([`Router::own_learning`]); and decision
+    /// ids name the replica (`<route>:<replica>:<number>`), so that feedback sent to
+    /// another replica finds this one.
+    pub replica: Option<String>,
 }
 
 impl Default for RouterOptions {
@@ -326,7 +328,7 @@ impl Default for RouterOptions {
             segment_bytes: SEGMENT_BYTES,
             feedback_horizon: quiver_bandit::DEFAULT_FEEDBACK_HORIZON,
             reset_routes: Vec::new(),
-            shared: false,
+            replica: None,
         }
     }
 }
@@ -494,6 +496,8 @@ pub struct Router {
     dir: PathBuf,
     /// The last sequence number a written snapshot covers; held while one is written.
     snapshot_written: Arc<Mutex<u64>>,
+    /// This replica's name in its cluster ([`RouterOptions::replica`]).
+    replica: Option<String>,
 }
 
 /// The learners' state, each route's at its own point of the log, captured under the
@@ -556,10 +560,30 @@ impl<T> Pending<T> {
     }
 }
 
-fn parse_decision_id(id: &str) -> Result<(&str, u64)> {
-    id.rsplit_once(':')
-        .and_then(|(route, n)| n.parse().ok().map(|n| (route, n)))
-        .ok_or_else(|| ServeError::BadDecisionId(id.to_string()))
+/// A decision id taken apart: `<route>:<number>`, or `<route>:<replica>:<number>` on a
+/// replica of a cluster (route and replica names have no `:`).
+struct DecisionRef<'a> {
+    route: &'a str,
+    replica: Option<&'a str>,
+    number: u64,
+}
+
+fn parse_decision_id(id: &str) -> Result<DecisionRef<'_>> {
+    let (route, rest) = id
+        .split_once(':')
+        .ok_or_else(|| ServeError::BadDecisionId(id.to_string()))?;
+    let (replica, number) = match rest.split_once(':') {
+        Some((replica, number)) => (Some(replica), number),
+        None => (None, rest),
+    };
+    let number = number
+        .parse()
+        .map_err(|_| ServeError::BadDecisionId(id.to_string()))?;
+    Ok(DecisionRef {
+        route,
+        replica,
+        number,
+    })
 }
 
 impl Router {
@@ -603,7 +627,7 @@ impl Router {
                 )));
             }
         }
-        if options.shared {
+        if options.replica.is_some() {
             for (name, state) in &states {
                 let policy: quiver_bandit::PolicySpec = state.config.policy.parse()?;
                 policy
@@ -653,7 +677,7 @@ impl Router {
                 reconfigured = true;
             }
         }
-        if options.shared {
+        if options.replica.is_some() {
             for state in states.values_mut() {
                 state.base = Some(state.starting_learner(options.feedback_horizon)?);
             }
@@ -665,6 +689,7 @@ impl Router {
             log: Arc::new(log),
             dir: dir.to_path_buf(),
             snapshot_written: Arc::new(Mutex::new(last_seq)),
+            replica: options.replica,
         };
         if reconfigured {
             router.snapshot()?;
@@ -852,7 +877,7 @@ impl Router {
             let Some(route) = recovery.get(&record.route) else {
                 continue;
             };
-            let decision = parse_decision_id(&record.decision_id)?.1;
+            let decision = parse_decision_id(&record.decision_id)?.number;
             if let Some(replay) = route.replay(record.seq, decision) {
                 Self::replay_record(states, &record, replay, matches!(route, Recovery::Reset))?;
             }
@@ -934,7 +959,7 @@ impl Router {
         let Some(state) = states.get_mut(&record.route) else {
             return Ok(());
         };
-        let (_, id) = parse_decision_id(&record.decision_id)?;
+        let id = parse_decision_id(&record.decision_id)?.number;
         match record.event {
             LogEvent::Decision => {
                 let features: Vec<f64> = (0..state.config.extra_features)
@@ -1177,7 +1202,10 @@ impl Router {
         learner_request.unavailable = unavailable;
         // Propose first: nothing changes until the log holds the decision.
         let decision = live.learner.propose(&learner_request)?;
-        let decision_id = format!("{route}:{}", decision.id);
+        let decision_id = match &self.replica {
+            Some(replica) => format!("{route}:{replica}:{}", decision.id),
+            None => format!("{route}:{}", decision.id),
+        };
         let mut record = LogRecord::new(&decision_id, route, &state.policy, LogEvent::Decision);
         record.arm = decision.arm.clone();
         record.propensity = decision.propensity;
@@ -1227,11 +1255,19 @@ impl Router {
         ))
     }
 
+    /// A record of `event` for decision `decision_id`, which this router must have made.
     fn tracked_record(&self, decision_id: &str, event: LogEvent) -> Result<(String, u64, LogRecord)> {
-        let (route, id) = parse_decision_id(decision_id)?;
-        let state = self.state(route)?;
-        let record = LogRecord::new(decision_id, route, &state.policy, event);
-        Ok((route.to_string(), id, record))
+        let decision = parse_decision_id(decision_id)?;
+        let state = self.state(decision.route)?;
+        if let Some(replica) = decision.replica.filter(|r| Some(*r) != self.replica.as_deref()) {
+            return Err(ServeError::OtherReplica {
+                decision_id: decision_id.to_string(),
+                route: decision.route.to_string(),
+                replica: replica.to_string(),
+            });
+        }
+        let record = LogRecord::new(decision_id, decision.route, &state.policy, event);
+        Ok((decision.route.to_string(), decision.number, record))
     }
 
     /// Stages `record` when the change applies; otherwise (a repeat) nothing is logged,

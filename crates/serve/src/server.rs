@@ -48,7 +48,7 @@ pub fn state_with(
     let options = RouterOptions {
         feedback_horizon: config.feedback_horizon_decisions,
         reset_routes: config.reset_routes.clone(),
-        shared: cluster.is_some(),
+        replica: cluster.as_ref().map(|c| c.replica().to_string()),
         ..RouterOptions::default()
     };
     let embedders = Embedders::new(&config.routes)?;

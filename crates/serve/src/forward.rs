@@ -1,0 +1,216 @@
+//! Feedback and outcomes for decisions another replica made, kept durably in this
+//! replica's outbox until the replica that made the decision confirms it applied them
+//! (`crate::cluster` carries them).
+//!
+//! The outbox is a JSON-lines file beside the log, `forwarded.jsonl`: a line per forward
+//! accepted and a line per confirmation, each fsynced before it counts. On open it is read
+//! back (a torn last line, a crash mid-write, is dropped: that forward was never
+//! acknowledged) and rewritten with only the forwards still unconfirmed.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use quiver_bandit::{Applied, Outcome};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{io_at, Result, ServeError};
+use crate::router::{Pending, Router};
+
+const OUTBOX_FILE: &str = "forwarded.jsonl";
+
+/// What a client reported about a decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Report {
+    /// `/v1/feedback`.
+    Feedback {
+        /// In [0, 1].
+        quality: f64,
+    },
+    /// `/v1/outcome`.
+    Outcome {
+        /// As reported.
+        outcome: Outcome,
+    },
+}
+
+impl Report {
+    /// Refuses what the deciding replica would refuse, before it is accepted here.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Report::Feedback { quality } => quiver_bandit::outcome::validate_quality(*quality).map(drop)?,
+            Report::Outcome { outcome } => outcome.validate()?,
+        }
+        Ok(())
+    }
+
+    /// Applies the report to `decision_id` on `router`, which must have made the decision
+    /// (a repeat changes nothing); applied once the log holds it durably.
+    pub fn stage(&self, router: &Router, decision_id: &str) -> Result<Pending<Applied>> {
+        match self {
+            Report::Feedback { quality } => router.feedback(decision_id, *quality),
+            Report::Outcome { outcome } => router.record_outcome(decision_id, outcome),
+        }
+    }
+}
+
+/// A report on its way to the replica that made the decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Forward {
+    /// The replica that accepted it.
+    pub from: String,
+    /// Its number in that replica's outbox.
+    pub seq: u64,
+    /// The replica that made the decision.
+    pub to: String,
+    /// The decision.
+    pub decision_id: String,
+    /// What was reported.
+    pub report: Report,
+}
+
+/// A line of the outbox file.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Line {
+    Forward(Forward),
+    Confirmed(u64),
+}
+
+/// The forwards this replica accepted and that are not yet confirmed.
+pub struct Outbox {
+    path: PathBuf,
+    state: Mutex<OutboxState>,
+}
+
+struct OutboxState {
+    file: File,
+    /// The file's length after its last complete line.
+    len: u64,
+    next_seq: u64,
+    pending: BTreeMap<u64, Forward>,
+}
+
+impl Outbox {
+    /// Opens the outbox in `dir`, keeping the forwards still unconfirmed.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join(OUTBOX_FILE);
+        let mut pending = BTreeMap::new();
+        let mut next_seq = 0;
+        match File::open(&path) {
+            Ok(file) => {
+                for line in BufReader::new(file).lines() {
+                    let line = line.map_err(io_at(&path))?;
+                    // A torn line (a crash mid-write) was never acknowledged.
+                    match serde_json::from_str::<Line>(&line) {
+                        Ok(Line::Forward(f)) => {
+                            next_seq = next_seq.max(f.seq + 1);
+                            pending.insert(f.seq, f);
+                        }
+                        Ok(Line::Confirmed(seq)) => {
+                            pending.remove(&seq);
+                        }
+                        Err(_) => continue,
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_at(&path)(e)),
+        }
+        let tmp = dir.join("forwarded.jsonl.tmp");
+        let mut text = Vec::new();
+        for forward in pending.values() {
+            write_line(&mut text, &Line::Forward(forward.clone()));
+        }
+        let mut file = File::create(&tmp).map_err(io_at(&tmp))?;
+        file.write_all(&text)
+            .and_then(|()| file.sync_all())
+            .map_err(io_at(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_at(&path))?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io_at(dir))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_at(&path))?;
+        Ok(Outbox {
+            path,
+            state: Mutex::new(OutboxState {
+                file,
+                len: text.len() as u64,
+                next_seq,
+                pending,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Accepts `report` on `decision_id` for replica `to`, durably; returns its number.
+    pub fn add(&self, from: &str, to: &str, decision_id: &str, report: Report) -> Result<u64> {
+        report.validate()?;
+        let mut state = self.lock();
+        let forward = Forward {
+            from: from.to_string(),
+            seq: state.next_seq,
+            to: to.to_string(),
+            decision_id: decision_id.to_string(),
+            report,
+        };
+        self.append(&mut state, &[Line::Forward(forward.clone())])?;
+        state.next_seq += 1;
+        state.pending.insert(forward.seq, forward);
+        Ok(state.next_seq - 1)
+    }
+
+    /// Records that the forwards numbered `seqs` were applied; they are not sent again.
+    pub fn confirm(&self, seqs: &[u64]) -> Result<()> {
+        let mut state = self.lock();
+        let lines: Vec<Line> = seqs
+            .iter()
+            .filter(|s| state.pending.contains_key(s))
+            .map(|s| Line::Confirmed(*s))
+            .collect();
+        self.append(&mut state, &lines)?;
+        for seq in seqs {
+            state.pending.remove(seq);
+        }
+        Ok(())
+    }
+
+    /// The forwards not yet confirmed, oldest first.
+    pub fn pending(&self) -> Vec<Forward> {
+        self.lock().pending.values().cloned().collect()
+    }
+
+    fn append(&self, state: &mut OutboxState, lines: &[Line]) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut text = Vec::new();
+        for line in lines {
+            write_line(&mut text, line);
+        }
+        let written = state.file.write_all(&text).and_then(|()| state.file.sync_data());
+        if let Err(cause) = written {
+            // Cut a partial line off, so that the next one starts clean.
+            let _ = state.file.set_len(state.len);
+            return Err(ServeError::Io {
+                path: self.path.clone(),
+                cause,
+            });
+        }
+        state.len += text.len() as u64;
+        Ok(())
+    }
+}
+
+fn write_line(out: &mut Vec<u8>, line: &Line) {
+    // A line of plain data: serializing it cannot fail.
+    serde_json::to_writer(&mut *out, line).unwrap_or_default();
+    out.push(b'\n');
+}
