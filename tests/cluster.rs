@@ -91,8 +91,8 @@ impl Drop for Redis {
     }
 }
 
-/// A replica's configuration file, under `dir/<name>/`.
-fn replica_config(dir: &Path, name: &str, redis: &str) -> PathBuf {
+/// A replica's configuration file, under `dir/<name>/`; `more` is appended to the route.
+fn replica_config(dir: &Path, name: &str, redis: &str, more: &str) -> PathBuf {
     let home = dir.join(name);
     std::fs::create_dir_all(&home).unwrap();
     let models: String = MODELS
@@ -105,7 +105,7 @@ fn replica_config(dir: &Path, name: &str, redis: &str) -> PathBuf {
         format!(
             "listen = \"127.0.0.1:0\"\nlog_dir = \"log\"\nsnapshot_interval_s = 1\n\
              [cluster]\nredis_url = \"{redis}\"\nreplica_id = \"{name}\"\nsync_interval_ms = {SYNC_MS}\n\
-             [[routes]]\nname = \"r\"\npolicy = \"{POLICY}\"\n{models}"
+             [[routes]]\nname = \"r\"\npolicy = \"{POLICY}\"\n{models}{more}"
         ),
     )
     .unwrap();
@@ -285,7 +285,7 @@ async fn replicas_share_what_they_learn_through_crashes_and_redis_restarts() {
         return;
     };
     let homes = [dir.join("a"), dir.join("b")];
-    let configs = ["a", "b"].map(|name| replica_config(&dir, name, &redis.url()));
+    let configs = ["a", "b"].map(|name| replica_config(&dir, name, &redis.url(), ""));
     let (mut a, base_a) = start_replica(&configs[0]);
     let (b, base_b) = start_replica(&configs[1]);
     let client = reqwest::Client::new();
@@ -302,6 +302,10 @@ async fn replicas_share_what_they_learn_through_crashes_and_redis_restarts() {
         "converged after {took:?}, more than two sync intervals"
     );
     assert!(healthz(&client, &base_a).await.contains("replica `a`, in sync"));
+    let state = get_json(&client, format!("{base_b}/v1/routes/r"), "").await;
+    assert_eq!(state["decisions"], 30, "{state}");
+    assert_eq!(state["cluster"]["decisions"], 70, "{state}");
+    assert_eq!(state["cluster"]["other_replicas"], json!(["a"]), "{state}");
 
     // A replica killed mid-run restarts from its snapshot (taken once it held the other's
     // learning) and log, and counts nothing twice: neither what it had published nor what
@@ -350,7 +354,7 @@ async fn replicas_share_what_they_learn_through_crashes_and_redis_restarts() {
 #[test]
 fn a_log_directory_keeps_its_replica_name() {
     let dir = scratch("cluster_name");
-    let config = replica_config(&dir, "first", "redis://127.0.0.1:1");
+    let config = replica_config(&dir, "first", "redis://127.0.0.1:1", "");
     // Redis need not answer for a replica to start: it serves and learns alone.
     let (running, _) = start_replica(&config);
     drop(running);
@@ -443,7 +447,9 @@ async fn reports_reach_the_replica_that_decided() {
         return;
     };
     let homes = [dir.join("a"), dir.join("b")];
-    let configs = ["a", "b"].map(|name| replica_config(&dir, name, &redis.url()));
+    // The cap counts the cluster's spend: 30 calls of $0.001 reach it.
+    let cap = "[routes.spend_cap]\ndaily_usd = 0.025\n";
+    let configs = ["a", "b"].map(|name| replica_config(&dir, name, &redis.url(), cap));
     let (a, base_a) = start_replica(&configs[0]);
     let (b, base_b) = start_replica(&configs[1]);
     let client = reqwest::Client::new();
@@ -498,6 +504,19 @@ async fn reports_reach_the_replica_that_decided() {
     let expected = union_of_logs(&configs[0], &homes);
     assert_eq!(total(&expected), 31.0);
     converge(&client, &[&base_a, &base_b], &expected, Duration::from_secs(5)).await;
+    // B, which spent nothing itself, holds to the cluster's spend.
+    let state = get_json(&client, format!("{base_b}/v1/routes/r"), "").await;
+    assert_eq!(state["spend_today_usd"], 0.0, "{state}");
+    let spent = state["cluster"]["spend_today_usd"].as_f64().unwrap();
+    assert!((spent - 0.03).abs() < 1e-9, "{state}");
+    let refused = post(
+        &client,
+        &format!("{base_b}/v1/route"),
+        json!({"route": "r", "prompt": "more"}),
+    )
+    .await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.text().await.unwrap().contains("daily spend cap"));
     // B learns that A applied them, and lets them go.
     wait_for_metric(
         &client,

@@ -173,3 +173,46 @@ fn learners_fed_halves_merge_into_the_learner_fed_the_whole() {
     let err = merged.merge(&wider, &base).unwrap_err();
     assert!(err.to_string().contains("context dimensions"), "{err}");
 }
+
+/// Calls another replica made step the budget pacer as if this learner had recorded them:
+/// at equal costs, one step per call at their mean cost is exactly the steps the other
+/// took, so replicas that hand each other their calls pace one budget.
+#[test]
+fn calls_elsewhere_step_the_pacer_as_if_recorded_here() {
+    let make = || {
+        let mut config = LearnerConfig::new("fixed(a1)".parse().unwrap(), 2);
+        config.budget = Some(quiver_bandit::BudgetConfig {
+            target_usd_per_request: 0.001,
+            step_size: 0.05,
+        });
+        Learner::new(config, (0..2).map(|a| Arm::new(format!("a{a}"))).collect()).unwrap()
+    };
+    let base = make();
+    let mut there = base.clone();
+    for i in 0..50 {
+        let d = there
+            .decide(&Request::new(Context {
+                features: vec![1.0, (i % 3) as f64],
+                input_tokens: 10,
+            }))
+            .unwrap();
+        there
+            .record_outcome(d.id, &Outcome::new(100.0, 0.0025).with_tokens(10, 10))
+            .unwrap();
+    }
+    let (calls, cost) = there.calls_since(&base);
+    assert_eq!(calls, 50);
+    assert!((cost - 50.0 * 0.0025).abs() < 1e-12);
+    let mut here = base.clone();
+    here.pace_calls_elsewhere(calls, cost);
+    let (h, t) = (here.pacer().unwrap(), there.pacer().unwrap());
+    assert!(t.lambda() > 0.0, "overspending raised the dual");
+    assert!(
+        (h.lambda() - t.lambda()).abs() < 1e-12,
+        "{} vs {}",
+        h.lambda(),
+        t.lambda()
+    );
+    assert!((h.debt() - t.debt()).abs() < 1e-12);
+    assert!((h.current_step() - t.current_step()).abs() < 1e-15);
+}

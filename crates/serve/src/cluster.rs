@@ -39,7 +39,7 @@
 //! serve and learn alone, `/healthz` and `quiver_cluster_redis_up` say so, and the next
 //! sync that reaches it publishes, folds in and delivers everything since.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,7 +51,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{io_at, Result, ServeError};
 use crate::forward::{Forward, Outbox, Report};
-use crate::router::Pending;
+use crate::router::{Pending, ReplicaShare};
+use crate::spend::Spend;
 use crate::state::AppState;
 
 /// `[cluster]`: the Redis the replicas share their learning through.
@@ -95,6 +96,12 @@ pub struct SharedLearning {
     pub context: String,
     /// The learner: where every replica starts, plus what this one learned.
     pub learner: Snapshot,
+    /// What the route spent on this replica this UTC day and month.
+    pub spend: Spend,
+    /// What each caller spent on the route on this replica.
+    pub callers: BTreeMap<String, Spend>,
+    /// Decisions this replica made on the route, all time.
+    pub decisions: u64,
 }
 
 /// What the last sync found.
@@ -498,9 +505,9 @@ async fn publish(
     let versions_key = cluster.versions_key(route);
     let in_redis: Option<String> = within(limit, connection.hget(&versions_key, &cluster.replica)).await?;
     let changes = state.router.own_changes(route).map_err(|e| e.to_string())?;
-    // Unchanged and still in Redis (which may have restarted empty): nothing to write. The
-    // replica's learning changes by its own outcomes and feedback only, never by what it
-    // folds in, so replicas do not echo each other's records.
+    // Unchanged and still in Redis (which may have restarted empty): nothing to write. What
+    // the replica publishes changes by its own decisions, outcomes and feedback only, never
+    // by what it folds in, so replicas do not echo each other's records.
     if let Some((published, version)) = memory.published.get(route) {
         if *published == changes && in_redis.as_ref() == Some(version) {
             return Ok(());
@@ -510,7 +517,7 @@ async fn publish(
         let (state, route) = (Arc::clone(state), route.to_string());
         let replica = cluster.replica.clone();
         blocking(move || {
-            let learner = state.router.own_learning(&route).map_err(|e| e.to_string())?;
+            let own = state.router.own_learning(&route).map_err(|e| e.to_string())?;
             let context = state
                 .router
                 .layout(&route)
@@ -519,7 +526,10 @@ async fn publish(
             let learning = SharedLearning {
                 replica,
                 context,
-                learner: learner.snapshot(),
+                learner: own.learner.snapshot(),
+                spend: own.spend,
+                callers: own.callers,
+                decisions: own.decisions,
             };
             rmp_serde::to_vec_named(&learning).map_err(|e| e.to_string())
         })
@@ -581,10 +591,15 @@ async fn fold(
             if learning.replica != replica_name {
                 return Err(format!("the record names replica `{}`", learning.replica));
             }
-            let learner = Learner::restore(learning.learner).map_err(|e| e.to_string())?;
+            let share = ReplicaShare {
+                learner: Learner::restore(learning.learner).map_err(|e| e.to_string())?,
+                spend: learning.spend,
+                callers: learning.callers,
+                decisions: learning.decisions,
+            };
             state
                 .router
-                .fold_replica(&route_name, &replica_name, learner)
+                .fold_replica(&route_name, &replica_name, share)
                 .map_err(|e| e.to_string())
         })
         .await;

@@ -336,6 +336,8 @@ struct RouteTotals {
     savings: f64,
     /// Each caller's spend this UTC day and month, USD.
     callers: Vec<(String, f64, f64)>,
+    /// On a replica of a cluster, the route's figures across it.
+    cluster: Option<crate::router::ClusterFigures>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -405,6 +407,7 @@ impl LearnerStats {
             // Each read takes the route's lock: the spend before the learner, which holds it.
             let (spend, savings) = (router.spend(&route)?, router.savings(&route)?);
             let callers = router.caller_spend(&route)?;
+            let cluster = router.cluster_figures(&route)?;
             let learner = router.learner(&route)?;
             for (i, arm) in learner.arms().iter().enumerate() {
                 let usage = learner.usage(i);
@@ -424,6 +427,7 @@ impl LearnerStats {
                 spend,
                 savings,
                 callers,
+                cluster,
             });
         }
         let (log_records, log_fsyncs) = router.log_counts();
@@ -569,7 +573,7 @@ impl Collector for LearnerStats {
         family(
             &mut encoder,
             "quiver_route_spend_usd",
-            "Spend per route in the current UTC day and month, USD (what spend caps count).",
+            "Spend per route in the current UTC day and month, USD (on this replica; caps count the cluster's, quiver_cluster_route_spend_usd).",
             MetricType::Gauge,
             self.routes.iter().flat_map(|r| {
                 [("day", r.spend.0), ("month", r.spend.1)].map(|(period, usd)| {
@@ -607,6 +611,33 @@ impl Collector for LearnerStats {
             self.routes
                 .iter()
                 .map(|r| (route(r), ConstGauge::new(r.savings))),
+        )?;
+        let clustered = || {
+            self.routes
+                .iter()
+                .filter_map(|r| r.cluster.as_ref().map(|c| (r, c)))
+        };
+        family(
+            &mut encoder,
+            "quiver_cluster_decisions",
+            "Decisions per route across the cluster, as this replica knows them.",
+            MetricType::Gauge,
+            clustered().map(|(r, c)| (route(r), ConstGauge::new(c.decisions as i64))),
+        )?;
+        family(
+            &mut encoder,
+            "quiver_cluster_route_spend_usd",
+            "Spend per route across the cluster in the current UTC day and month, USD, as this replica knows it (what spend caps count).",
+            MetricType::Gauge,
+            clustered().flat_map(|(r, c)| {
+                [("day", c.spend.0), ("month", c.spend.1)].map(|(period, usd)| {
+                    let labels = PeriodLabels {
+                        route: r.route.clone(),
+                        period: period.to_string(),
+                    };
+                    (labels, ConstGauge::new(usd))
+                })
+            }),
         )?;
         let budgeted = || self.routes.iter().filter_map(|r| r.budget.map(|b| (r, b)));
         family(
@@ -671,6 +702,13 @@ mod tests {
                 spend: (1.5, 20.25),
                 savings: 4.5,
                 callers: vec![("0123456789abcdef".into(), 0.5, 7.0)],
+                cluster: Some(crate::router::ClusterFigures {
+                    replica: "a".into(),
+                    other_replicas: vec!["b".into()],
+                    decisions: 9,
+                    spend: (2.5, 30.0),
+                    savings: 6.0,
+                }),
             }],
             log_records: 9,
             log_fsyncs: 2,
@@ -694,6 +732,9 @@ mod tests {
             "quiver_route_spend_usd{route=\"r\",period=\"day\"} 1.5",
             "quiver_route_spend_usd{route=\"r\",period=\"month\"} 20.25",
             "quiver_route_savings_usd{route=\"r\"} 4.5",
+            "quiver_cluster_decisions{route=\"r\"} 9",
+            "quiver_cluster_route_spend_usd{route=\"r\",period=\"day\"} 2.5",
+            "quiver_cluster_route_spend_usd{route=\"r\",period=\"month\"} 30.0",
             "quiver_caller_spend_usd{route=\"r\",caller=\"0123456789abcdef\",period=\"day\"} 0.5",
             "quiver_caller_spend_usd{route=\"r\",caller=\"0123456789abcdef\",period=\"month\"} 7.0",
             "quiver_log_records_total 9",

@@ -109,11 +109,11 @@ struct LiveRoute {
     spend: Spend,
     /// What each caller spent on the route this UTC day and month.
     caller_spend: BTreeMap<String, Spend>,
-    /// Per other replica of a shared route, what it had learned when last folded into
-    /// `learner` (see [`Router::fold_replica`]).
-    folded: BTreeMap<String, Learner>,
-    /// Outcomes and feedback the route applied since the router opened, so that a
-    /// replica that learned nothing new need not publish.
+    /// Per other replica of a shared route, what it had learned and spent when last
+    /// folded in (see [`Router::fold_replica`]).
+    folded: BTreeMap<String, ReplicaShare>,
+    /// Decisions, outcomes and feedback the route took since the router opened, so that a
+    /// replica with nothing new need not publish.
     own_changes: u64,
 }
 
@@ -266,7 +266,53 @@ impl RouteState {
     }
 }
 
+/// What a replica of a shared route publishes ([`Router::own_learning`]) and the others
+/// fold in ([`Router::fold_replica`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaShare {
+    /// Where every replica starts, plus what this one learned by itself.
+    pub learner: Learner,
+    /// What the route spent on this replica this UTC day and month.
+    pub spend: Spend,
+    /// What each caller spent on the route on this replica.
+    pub callers: BTreeMap<String, Spend>,
+    /// Decisions this replica made on the route, all time.
+    pub decisions: u64,
+}
+
+/// A shared route's figures across its cluster, as this replica knows them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterFigures {
+    /// This replica.
+    pub replica: String,
+    /// The others whose learning and spend it folded in.
+    pub other_replicas: Vec<String>,
+    /// Decisions, all time.
+    pub decisions: u64,
+    /// Spend this UTC day and month, USD: what spend caps hold to.
+    pub spend: (f64, f64),
+    /// This month's calls on the dearest model at list prices, minus what they cost.
+    pub savings: f64,
+}
+
 impl LiveRoute {
+    /// What the route spent across its cluster: here, and on each other replica as last
+    /// folded in. What spend caps hold to.
+    fn cluster_spend(&self) -> Spend {
+        let mut total = self.spend.clone();
+        self.folded.values().for_each(|share| total.combine(&share.spend));
+        total
+    }
+
+    /// What `caller` spent on the route across its cluster.
+    fn cluster_caller_spend(&self, caller: &str) -> Spend {
+        let mut total = self.caller_spend.get(caller).cloned().unwrap_or_default();
+        for share in self.folded.values() {
+            share.callers.get(caller).iter().for_each(|s| total.combine(s));
+        }
+        total
+    }
+
     /// Tracks decision `id`, logged at `seq`, for its feedback.
     fn track(&mut self, id: u64, arm: &str, context: &Context, seq: u64, caller: Option<&str>) -> Result<()> {
         self.learner.resume_decision(id, arm, context)?;
@@ -348,9 +394,18 @@ struct RouterSnapshot {
     /// Per route, the definition of its contexts (see [`Featurizer::definition`]): the
     /// learners' weights mean nothing under another.
     contexts: BTreeMap<String, String>,
-    /// Per shared route, what each other replica had learned when last folded in.
+    /// Per shared route, what each other replica had learned and spent when last folded in.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    folded: BTreeMap<String, BTreeMap<String, Snapshot>>,
+    folded: BTreeMap<String, BTreeMap<String, FoldedShare>>,
+}
+
+/// A [`ReplicaShare`] in a snapshot, its learner with its format version.
+#[derive(Serialize, Deserialize)]
+struct FoldedShare {
+    learner: Snapshot,
+    spend: Spend,
+    callers: BTreeMap<String, Spend>,
+    decisions: u64,
 }
 
 impl RouterSnapshot {
@@ -391,7 +446,7 @@ struct RouterSnapshotFile {
     contexts: BTreeMap<String, String>,
     /// Absent unless routes are shared.
     #[serde(default)]
-    folded: BTreeMap<String, BTreeMap<String, Snapshot>>,
+    folded: BTreeMap<String, BTreeMap<String, FoldedShare>>,
 }
 
 /// A snapshot read back: per route its learner, or why it could not be read.
@@ -401,7 +456,7 @@ struct ReadSnapshot {
     routes: BTreeMap<String, std::result::Result<Snapshot, String>>,
     tracked_from: BTreeMap<String, TrackedFrom>,
     contexts: BTreeMap<String, String>,
-    folded: BTreeMap<String, BTreeMap<String, Snapshot>>,
+    folded: BTreeMap<String, BTreeMap<String, FoldedShare>>,
 }
 
 impl RouterSnapshotFile {
@@ -669,6 +724,7 @@ impl Router {
             // statistics, under the same configuration, fold in.
             for theirs in live.folded.values_mut() {
                 theirs
+                    .learner
                     .reconfigure(config.clone(), &arms)
                     .map_err(|e| ServeError::Config(format!("route `{name}`: {e}")))?;
             }
@@ -783,11 +839,18 @@ impl Router {
                     }
                     let mut folded = BTreeMap::new();
                     for (replica, theirs) in snapshot.folded.remove(name).unwrap_or_default() {
-                        let theirs = Learner::restore(theirs).map_err(|e| ServeError::Snapshot {
+                        let learner = Learner::restore(theirs.learner).map_err(|e| ServeError::Snapshot {
                             path: path.clone(),
                             reason: format!("route `{name}`: what replica `{replica}` learned: {e}"),
                         })?;
-                        folded.insert(replica, theirs);
+                        let (spend, callers, decisions) = (theirs.spend, theirs.callers, theirs.decisions);
+                        let share = ReplicaShare {
+                            learner,
+                            spend,
+                            callers,
+                            decisions,
+                        };
+                        folded.insert(replica, share);
                     }
                     let live = state.live_mut();
                     live.learner = restored;
@@ -1008,52 +1071,80 @@ impl Router {
     }
 
     /// What this replica learned on a shared route by itself, as a learner that started
-    /// where every replica starts: the route's learner less what it folded in from the
-    /// others. Its statistics, and those of every other replica, add up to the route's
-    /// (`Learner::merge`), however often each is folded in. The heavy part (one
-    /// refactorization per arm and replica) runs outside the route's lock.
-    pub fn own_learning(&self, route: &str) -> Result<Learner> {
+    /// where every replica starts (the route's learner less what it folded in from the
+    /// others), and what it spent. Its statistics, and those of every other replica, add
+    /// up to the route's (`Learner::merge`), however often each is folded in. The heavy
+    /// part (one refactorization per arm and replica) runs outside the route's lock.
+    pub fn own_learning(&self, route: &str) -> Result<ReplicaShare> {
         let state = self.state(route)?;
         let base = state.base.as_ref().ok_or_else(|| not_shared(route))?;
-        let (learner, folded) = {
+        let (learner, folded, spend, callers) = {
             let live = state.lock()?;
+            let folded: Vec<Learner> = live.folded.values().map(|s| s.learner.clone()).collect();
             (
                 live.learner.without_tracked(),
-                live.folded.values().cloned().collect::<Vec<_>>(),
+                folded,
+                live.spend.clone(),
+                live.caller_spend.clone(),
             )
         };
+        let decisions = learner.next_decision_id();
         let mut others = base.clone();
         for theirs in &folded {
             others.merge(theirs, base)?;
         }
         let mut own = base.clone();
         own.merge(&learner, &others)?;
-        Ok(own)
+        Ok(ReplicaShare {
+            learner: own,
+            spend,
+            callers,
+            decisions,
+        })
     }
 
-    /// Folds in what another replica of a shared route has learned by itself
+    /// Folds in what another replica of a shared route has learned by itself and spent
     /// ([`Router::own_learning`] there): the difference from what it had learned when
-    /// last folded in, so that nothing counts twice. What it folds in is recorded in the
-    /// snapshots, with the learner, so that a restart neither loses nor repeats it.
-    pub fn fold_replica(&self, route: &str, replica: &str, theirs: Learner) -> Result<()> {
+    /// last folded in, so that nothing counts twice, and its calls since then step the
+    /// budget pacer, so that the replicas pace one budget together. Spend caps hold to the
+    /// cluster's spend: this replica's and the others' as last folded in. What it folds in
+    /// is recorded in the snapshots, with the learner, so that a restart neither loses nor
+    /// repeats it.
+    pub fn fold_replica(&self, route: &str, replica: &str, theirs: ReplicaShare) -> Result<()> {
         let state = self.state(route)?;
         let base = state.base.as_ref().ok_or_else(|| not_shared(route))?;
         let mut live = state.lock()?;
         let LiveRoute { learner, folded, .. } = &mut *live;
-        learner.merge(&theirs, folded.get(replica).unwrap_or(base))?;
+        let before = folded.get(replica).map_or(base, |share| &share.learner);
+        let (calls, cost_usd) = theirs.learner.calls_since(before);
+        learner.merge(&theirs.learner, before)?;
+        learner.pace_calls_elsewhere(calls, cost_usd);
         folded.insert(replica.to_string(), theirs);
         Ok(())
     }
 
-    /// Outcomes and feedback the route applied since the router opened (not those the log
-    /// replayed): while it stays the same, so does [`Router::own_learning`].
+    /// Decisions, outcomes and feedback the route took since the router opened (not those
+    /// the log replayed): while it stays the same, so does [`Router::own_learning`].
     pub fn own_changes(&self, route: &str) -> Result<u64> {
         Ok(self.state(route)?.lock()?.own_changes)
     }
 
-    /// The replicas whose learning a shared route holds beside its own.
-    pub fn folded_replicas(&self, route: &str) -> Result<Vec<String>> {
-        Ok(self.state(route)?.lock()?.folded.keys().cloned().collect())
+    /// A shared route's figures across its cluster (None on a server alone).
+    pub fn cluster_figures(&self, route: &str) -> Result<Option<ClusterFigures>> {
+        let Some(replica) = self.replica.clone() else {
+            return Ok(None);
+        };
+        let live = self.state(route)?.lock()?;
+        let now = quiver_log::now_rfc3339();
+        let spend = live.cluster_spend();
+        let others = live.folded.values().map(|share| share.decisions);
+        Ok(Some(ClusterFigures {
+            replica,
+            other_replicas: live.folded.keys().cloned().collect(),
+            decisions: live.learner.next_decision_id() + others.sum::<u64>(),
+            spend: spend.at(&now),
+            savings: spend.month_savings(&now),
+        }))
     }
 
     /// A route's configuration.
@@ -1163,25 +1254,24 @@ impl Router {
         let state = self.state(route)?;
         let mut live = state.lock()?;
         let now = SystemTime::now();
-        let no_spend = Spend::default();
         // The caps in force, each with whom it holds and what they spent (named only then:
         // this is every decision's path).
         let caps = [
             state
                 .config
                 .spend_cap
-                .map(|cap| (cap, format!("route `{route}`"), &live.spend)),
+                .map(|cap| (cap, format!("route `{route}`"), live.cluster_spend())),
             state
                 .config
                 .caller_spend_cap
                 .zip(caller.as_deref())
                 .map(|(cap, c)| {
-                    let spent = live.caller_spend.get(c).unwrap_or(&no_spend);
+                    let spent = live.cluster_caller_spend(c);
                     (cap, format!("caller `{c}` on route `{route}`"), spent)
                 }),
         ];
         for (cap, who, spent) in caps.into_iter().flatten() {
-            match spend::allowance(&cap, &who, spent, now) {
+            match spend::allowance(&cap, &who, &spent, now) {
                 Allowance::Open => {}
                 Allowance::Downgraded(why) => {
                     for model in spend::dearer_half(&state.config.models) {
@@ -1246,6 +1336,7 @@ impl Router {
             seq,
             record.caller.as_deref(),
         )?;
+        live.own_changes += 1;
         Ok(self.pending(
             Routed {
                 decision_id,
@@ -1393,7 +1484,15 @@ impl Router {
                 _ => live.learner.snapshot_without_tracked(),
             };
             if !live.folded.is_empty() {
-                let folded = live.folded.iter().map(|(r, l)| (r.clone(), l.snapshot()));
+                let folded = live.folded.iter().map(|(replica, share)| {
+                    let folded = FoldedShare {
+                        learner: share.learner.snapshot(),
+                        spend: share.spend.clone(),
+                        callers: share.callers.clone(),
+                        decisions: share.decisions,
+                    };
+                    (replica.clone(), folded)
+                });
                 state.folded.insert(name.clone(), folded.collect());
             }
             drop(live);

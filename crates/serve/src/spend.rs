@@ -54,7 +54,7 @@ impl SpendCap {
 
 /// Spend of the current UTC day and month, and what the month would have cost on the
 /// route's dearest model.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Spend {
     day: String,
     day_usd: f64,
@@ -92,6 +92,27 @@ impl Spend {
         }
         if day == self.day {
             self.day_usd += usd;
+        }
+    }
+
+    /// Adds another replica's spend of the same periods; of two periods, the later counts,
+    /// as in [`Spend::add`]. The order of additions does not matter.
+    pub fn combine(&mut self, other: &Spend) {
+        if other.month > self.month {
+            self.month.clone_from(&other.month);
+            self.month_usd = 0.0;
+            self.month_dearest_usd = 0.0;
+        }
+        if other.month == self.month {
+            self.month_usd += other.month_usd;
+            self.month_dearest_usd += other.month_dearest_usd;
+        }
+        if other.day > self.day {
+            self.day.clone_from(&other.day);
+            self.day_usd = 0.0;
+        }
+        if other.day == self.day {
+            self.day_usd += other.day_usd;
         }
     }
 
@@ -228,6 +249,34 @@ mod tests {
 
     fn at(stamp: &str) -> SystemTime {
         humantime::parse_rfc3339(stamp).unwrap()
+    }
+
+    #[test]
+    fn replicas_spend_combines_by_period_in_any_order() {
+        let spent = |entries: &[(&str, f64)]| {
+            let mut s = Spend::default();
+            for (stamp, usd) in entries {
+                s.add(stamp, *usd, 2.0 * usd);
+            }
+            s
+        };
+        let a = spent(&[("2026-11-30T10:00:00Z", 5.0), ("2026-12-01T09:00:00Z", 1.0)]);
+        let b = spent(&[("2026-12-01T08:00:00Z", 2.0), ("2026-12-01T10:00:00Z", 0.5)]);
+        let c = spent(&[("2026-11-29T08:00:00Z", 7.0)]);
+        // What one replica recording every call would hold.
+        let whole = spent(&[
+            ("2026-11-29T08:00:00Z", 7.0),
+            ("2026-11-30T10:00:00Z", 5.0),
+            ("2026-12-01T08:00:00Z", 2.0),
+            ("2026-12-01T09:00:00Z", 1.0),
+            ("2026-12-01T10:00:00Z", 0.5),
+        ]);
+        for order in [[&a, &b, &c], [&c, &b, &a], [&b, &c, &a]] {
+            let mut total = Spend::default();
+            order.iter().for_each(|s| total.combine(s));
+            assert_eq!(total, whole);
+        }
+        assert_eq!(whole.at("2026-12-01T12:00:00Z"), (3.5, 3.5));
     }
 
     #[test]

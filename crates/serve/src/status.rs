@@ -47,8 +47,28 @@ pub struct RouteState {
     pub caller_monthly_cap_usd: Option<f64>,
     /// What each caller (a digest of its token) spent, when routing takes tokens.
     pub callers: Vec<CallerSpend>,
-    /// Each model's totals.
+    /// Each model's totals (in a cluster, the cluster's: what the learner holds).
     pub arms: Vec<ArmState>,
+    /// On a replica of a cluster, the route's figures across it (the figures above,
+    /// but the models', are this replica's own).
+    pub cluster: Option<ClusterState>,
+}
+
+/// A route's figures across its cluster, as this replica knows them (see `crate::cluster`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterState {
+    /// This replica.
+    pub replica: String,
+    /// The others whose learning and spend it folded in.
+    pub other_replicas: Vec<String>,
+    /// Decisions, all time.
+    pub decisions: u64,
+    /// Spend this UTC day, USD: what the route's daily cap holds to.
+    pub spend_today_usd: f64,
+    /// Spend this UTC month, USD: what the route's monthly cap holds to.
+    pub spend_month_usd: f64,
+    /// This UTC month's calls at the dearest model's list prices, minus what they cost.
+    pub savings_month_usd: f64,
 }
 
 /// One caller's spend on a route.
@@ -151,6 +171,14 @@ fn route_state_of(router: &Router, name: &str) -> Result<RouteState, ApiError> {
             spend_month_usd,
         })
         .collect();
+    let cluster = router.cluster_figures(name)?.map(|c| ClusterState {
+        replica: c.replica,
+        other_replicas: c.other_replicas,
+        decisions: c.decisions,
+        spend_today_usd: c.spend.0,
+        spend_month_usd: c.spend.1,
+        savings_month_usd: c.savings,
+    });
     let config = router.route_config(name)?;
     let (cap, caller_cap) = (config.spend_cap, config.caller_spend_cap);
     let learner = router.learner(name)?;
@@ -193,6 +221,7 @@ fn route_state_of(router: &Router, name: &str) -> Result<RouteState, ApiError> {
         w_cost: learner.config().objective.w_cost,
         budget_lambda: learner.pacer().map(|p| p.lambda()),
         arms,
+        cluster,
     })
 }
 

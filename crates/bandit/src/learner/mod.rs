@@ -656,9 +656,9 @@ impl Learner {
     /// one learner fed the whole stream would hold. The cost models are sums too, of
     /// residuals against the per-token ratio as each replica estimated it at the time, so
     /// they merge into nearly, not exactly, the whole's. Not merged, since no
-    /// sum describes them: the budget pacer (each replica paces its own spend), change
-    /// detection (a path, not a sum), decisions awaiting feedback (each replica answers
-    /// for its own) and decision ids. Refused unless the three have the same arms, in the
+    /// sum describes them: the budget pacer (a path: [`Learner::pace_calls_elsewhere`]
+    /// steps it with another replica's spend), change detection (a path, not a sum),
+    /// decisions awaiting feedback (each replica answers for its own) and decision ids. Refused unless the three have the same arms, in the
     /// same order, and the policy does not forget.
     pub fn merge(&mut self, replica: &Learner, base: &Learner) -> Result<()> {
         let ids = |l: &Learner| l.arms.iter().map(|a| a.id.clone()).collect::<Vec<_>>();
@@ -675,5 +675,30 @@ impl Learner {
             mine.merge(r, b);
         }
         self.cost.merge(&replica.cost, &base.cost)
+    }
+
+    /// The calls recorded since `base` (this learner's past) and what they cost in all.
+    pub fn calls_since(&self, base: &Learner) -> (u64, f64) {
+        self.usage
+            .iter()
+            .zip(&base.usage)
+            .fold((0, 0.0), |(n, usd), (now, then)| {
+                (
+                    n + now.requests.saturating_sub(then.requests),
+                    usd + (now.cost_usd - then.cost_usd),
+                )
+            })
+    }
+
+    /// Steps the budget pacer with `calls` made elsewhere (by other replicas of the route)
+    /// that cost `cost_usd` in all, one step per call at their mean cost, as if it had
+    /// recorded them: replicas that step each other's pacers pace one budget together.
+    pub fn pace_calls_elsewhere(&mut self, calls: u64, cost_usd: f64) {
+        if let Some(pacer) = &mut self.pacer {
+            let each = cost_usd.max(0.0) / calls.max(1) as f64;
+            for _ in 0..calls {
+                pacer.observe(each);
+            }
+        }
     }
 }
