@@ -156,22 +156,14 @@ async fn learn(client: &reqwest::Client, base: &str, tag: &str, n: usize) -> usi
 /// Per model: the ridge model's `A` (flattened), `b` and count, from a learner's or a
 /// policy's JSON.
 fn ridge_statistics(policy: &Value) -> Vec<(Vec<f64>, Vec<f64>, f64)> {
-    fn numbers(v: &Value, out: &mut Vec<f64>) {
-        match v {
-            Value::Array(items) => items.iter().for_each(|i| numbers(i, out)),
-            Value::Number(n) => out.push(n.as_f64().unwrap()),
-            _ => {}
-        }
-    }
     policy["ridge"]["models"]
         .as_array()
         .unwrap()
         .iter()
         .map(|m| {
-            let (mut a, mut b) = (Vec::new(), Vec::new());
-            numbers(&m["precision"], &mut a);
-            numbers(&m["b"], &mut b);
-            (a, b, m["count"].as_f64().unwrap())
+            let model: quiver_bandit::ridge::RidgeModel = serde_json::from_value(m.clone()).unwrap();
+            let a = model.precision().iter().copied().collect();
+            (a, model.b().iter().copied().collect(), model.count())
         })
         .collect()
 }

@@ -40,7 +40,7 @@ pub const REFRESH_INTERVAL: u32 = 256;
 /// Serialized as its statistics, and the caches apart beside them (see `RidgeStatistics`).
 /// Two models are equal when their statistics are.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(from = "RidgeStatistics", into = "RidgeStatistics")]
+#[serde(try_from = "RidgeStatistics", into = "RidgeStatistics")]
 pub struct RidgeModel {
     lambda: f64,
     precision: DMatrix<f64>,
@@ -68,6 +68,11 @@ struct RidgeCaches {
 /// and whether the model keeps the Cholesky factor of `A` (for posterior sampling); and,
 /// apart, the caches derived from them.
 ///
+/// `A` is symmetric and written as its upper triangle (`packed_precision`); a model still
+/// at its prior is written without `A` and `b`, which its ridge and prior give, but with
+/// its dimension. Replicas of a route exchange these (`quiver-serve`'s cluster), so their
+/// size is the sync's. Older snapshots hold `A` in full (`precision`).
+///
 /// The caches are written because a fresh factorization differs from the rank-one
 /// updates in the last bits, and a restored learner is to continue bit-identically (its
 /// change detectors read the estimates); a model without them (just refactorized, merged,
@@ -76,8 +81,16 @@ struct RidgeCaches {
 #[derive(Serialize, Deserialize)]
 struct RidgeStatistics {
     lambda: f64,
-    precision: DMatrix<f64>,
-    b: DVector<f64>,
+    /// Written only for a model at its prior.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dim: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    packed_precision: Option<PackedSymmetric>,
+    /// `A` in full, as older snapshots hold it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    precision: Option<DMatrix<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    b: Option<DVector<f64>>,
     count: f64,
     #[serde(default = "optimistic_quality")]
     prior_bias: f64,
@@ -94,9 +107,33 @@ fn optimistic_quality() -> f64 {
     OPTIMISTIC_QUALITY
 }
 
-impl From<RidgeStatistics> for RidgeModel {
-    fn from(stats: RidgeStatistics) -> Self {
-        let dim = stats.b.len();
+impl TryFrom<RidgeStatistics> for RidgeModel {
+    type Error = String;
+
+    fn try_from(stats: RidgeStatistics) -> std::result::Result<Self, String> {
+        let dim = stats
+            .b
+            .as_ref()
+            .map(|b| b.len())
+            .or(stats.dim)
+            .or(stats.packed_precision.as_ref().map(PackedSymmetric::dim))
+            .ok_or("a ridge model without its dimension")?;
+        let lambda = stats.lambda;
+        let precision = match (stats.packed_precision, stats.precision) {
+            (Some(packed), _) => packed.to_matrix(),
+            (None, Some(full)) => full,
+            (None, None) => DMatrix::identity(dim, dim) * lambda,
+        };
+        if precision.nrows() != dim || precision.ncols() != dim {
+            return Err(format!(
+                "a ridge model of dimension {dim} with a {}x{} precision",
+                precision.nrows(),
+                precision.ncols()
+            ));
+        }
+        let b = stats
+            .b
+            .unwrap_or_else(|| Self::prior_mean(dim, stats.prior_bias) * lambda);
         let caches = stats.caches.or(stats.older);
         let with_factor = stats
             .with_factor
@@ -108,14 +145,14 @@ impl From<RidgeStatistics> for RidgeModel {
                     == with_factor.then_some(true)
         };
         let mut model = RidgeModel {
-            lambda: stats.lambda,
-            precision: stats.precision,
-            b: stats.b,
+            lambda,
+            precision,
+            b,
             count: stats.count,
             prior_bias: stats.prior_bias,
             caches: RidgeCaches {
                 theta: DVector::zeros(dim),
-                covariance: PackedSymmetric::scaled_identity(dim, 1.0 / stats.lambda),
+                covariance: PackedSymmetric::scaled_identity(dim, 1.0 / lambda),
                 cholesky: with_factor.then(|| DMatrix::identity(dim, dim)),
                 updates_since_refresh: 0,
                 fresh: false,
@@ -124,7 +161,7 @@ impl From<RidgeStatistics> for RidgeModel {
         match caches.filter(fits) {
             Some(caches) => model.caches = caches,
             None => {
-                let prior = RidgeModel::with_prior(dim, model.lambda, with_factor, model.prior_bias);
+                let prior = RidgeModel::with_prior(dim, lambda, with_factor, model.prior_bias);
                 if model == prior {
                     // Nothing learned: the prior's caches, in closed form.
                     model.caches = prior.caches;
@@ -133,17 +170,24 @@ impl From<RidgeStatistics> for RidgeModel {
                 }
             }
         }
-        model
+        Ok(model)
     }
 }
 
 impl From<RidgeModel> for RidgeStatistics {
     fn from(model: RidgeModel) -> Self {
+        let dim = model.b.len();
+        let at_prior = model.count == 0.0 && {
+            let prior = RidgeModel::with_prior(dim, model.lambda, false, model.prior_bias);
+            model.precision == prior.precision && model.b == prior.b
+        };
         RidgeStatistics {
             with_factor: Some(model.caches.cholesky.is_some()),
             lambda: model.lambda,
-            precision: model.precision,
-            b: model.b,
+            dim: at_prior.then_some(dim),
+            packed_precision: (!at_prior).then(|| PackedSymmetric::from_matrix(&model.precision)),
+            precision: None,
+            b: (!at_prior).then_some(model.b),
             count: model.count,
             prior_bias: model.prior_bias,
             caches: (!model.caches.fresh).then_some(model.caches),
@@ -517,6 +561,44 @@ mod tests {
             assert_eq!(back.covariance(), prior.covariance());
             assert_eq!(back.caches.cholesky, prior.caches.cholesky);
         }
+    }
+
+    #[test]
+    fn a_model_is_written_compactly_and_older_forms_read() {
+        let model = trained(false);
+        let text = serde_json::to_value(&model).unwrap();
+        // The upper triangle of A, by rows, and nothing in full.
+        assert_eq!(
+            text["packed_precision"]["data"].as_array().unwrap().len(),
+            4 * 5 / 2
+        );
+        assert!(text.get("precision").is_none() && text.get("dim").is_none());
+        // The older form, with A in full, reads the same.
+        let mut older = text.clone();
+        let object = older.as_object_mut().unwrap();
+        object.remove("packed_precision");
+        object.insert(
+            "precision".into(),
+            serde_json::to_value(model.precision()).unwrap(),
+        );
+        let back: RidgeModel = serde_json::from_value(older).unwrap();
+        assert_eq!(back, model);
+        assert_eq!(back.theta(), model.theta());
+        // A model at its prior is its ridge, prior and dimension.
+        let prior = RidgeModel::with_prior(6, 2.5, true, 0.3);
+        let text = serde_json::to_value(&prior).unwrap();
+        assert_eq!(text["dim"], 6);
+        assert!(text.get("packed_precision").is_none() && text.get("b").is_none());
+        let back: RidgeModel = serde_json::from_value(text).unwrap();
+        assert_eq!(back, prior);
+        // A precision of another dimension than `b` is refused, not a panic later.
+        let mut wrong = serde_json::to_value(&model).unwrap();
+        wrong["b"] = serde_json::to_value(DVector::from_vec(vec![1.0, 2.0, 3.0])).unwrap();
+        let err = serde_json::from_value::<RidgeModel>(wrong).unwrap_err();
+        assert!(
+            err.to_string().contains("dimension 3 with a 4x4 precision"),
+            "{err}"
+        );
     }
 
     #[test]

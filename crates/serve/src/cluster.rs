@@ -51,7 +51,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{io_at, Result, ServeError};
 use crate::forward::{Forward, Outbox, Report};
-use crate::router::{Pending, ReplicaShare};
+use crate::router::{Pending, ReplicaShare, Router};
 use crate::spend::Spend;
 use crate::state::AppState;
 
@@ -102,6 +102,55 @@ pub struct SharedLearning {
     pub callers: BTreeMap<String, Spend>,
     /// Decisions this replica made on the route, all time.
     pub decisions: u64,
+}
+
+impl SharedLearning {
+    /// The record as it is published: what `replica` learned and spent on `route`.
+    pub fn of(router: &Router, route: &str, replica: &str) -> std::result::Result<Self, String> {
+        let own = router.own_learning(route).map_err(|e| e.to_string())?;
+        Ok(SharedLearning {
+            replica: replica.to_string(),
+            context: router.layout(route).map_err(|e| e.to_string())?.definition(),
+            learner: own.learner.snapshot(),
+            spend: own.spend,
+            callers: own.callers,
+            decisions: own.decisions,
+        })
+    }
+
+    /// The record in its wire form, MessagePack.
+    pub fn encode(&self) -> std::result::Result<Vec<u8>, String> {
+        rmp_serde::to_vec_named(self).map_err(|e| e.to_string())
+    }
+
+    /// A record read back from its wire form.
+    pub fn decode(bytes: &[u8]) -> std::result::Result<Self, String> {
+        rmp_serde::from_slice(bytes).map_err(|e| format!("unreadable record: {e}"))
+    }
+
+    /// Folds the record, published by `replica`, into `route` on `router`
+    /// ([`Router::fold_replica`]), if it is of the same contexts and names that replica.
+    pub fn fold_into(self, router: &Router, route: &str, replica: &str) -> std::result::Result<(), String> {
+        let ours = router.layout(route).map_err(|e| e.to_string())?.definition();
+        if self.context != ours {
+            return Err(format!(
+                "its contexts are `{}`, this replica's `{ours}`",
+                self.context
+            ));
+        }
+        if self.replica != replica {
+            return Err(format!("the record names replica `{}`", self.replica));
+        }
+        let share = ReplicaShare {
+            learner: Learner::restore(self.learner).map_err(|e| e.to_string())?,
+            spend: self.spend,
+            callers: self.callers,
+            decisions: self.decisions,
+        };
+        router
+            .fold_replica(route, replica, share)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// What the last sync found.
@@ -516,24 +565,7 @@ async fn publish(
     let record = {
         let (state, route) = (Arc::clone(state), route.to_string());
         let replica = cluster.replica.clone();
-        blocking(move || {
-            let own = state.router.own_learning(&route).map_err(|e| e.to_string())?;
-            let context = state
-                .router
-                .layout(&route)
-                .map_err(|e| e.to_string())?
-                .definition();
-            let learning = SharedLearning {
-                replica,
-                context,
-                learner: own.learner.snapshot(),
-                spend: own.spend,
-                callers: own.callers,
-                decisions: own.decisions,
-            };
-            rmp_serde::to_vec_named(&learning).map_err(|e| e.to_string())
-        })
-        .await?
+        blocking(move || SharedLearning::of(&state.router, &route, &replica)?.encode()).await?
     };
     memory.publications += 1;
     let version = format!("{boot}-{}", memory.publications);
@@ -575,32 +607,7 @@ async fn fold(
         state.metrics.cluster_received_bytes.inc_by(bytes.len() as u64);
         let (state, route_name, replica_name) = (Arc::clone(state), route.to_string(), replica.clone());
         let folded = blocking(move || {
-            let learning: SharedLearning =
-                rmp_serde::from_slice(&bytes).map_err(|e| format!("unreadable record: {e}"))?;
-            let ours = state
-                .router
-                .layout(&route_name)
-                .map_err(|e| e.to_string())?
-                .definition();
-            if learning.context != ours {
-                return Err(format!(
-                    "its contexts are `{}`, this replica's `{ours}`",
-                    learning.context
-                ));
-            }
-            if learning.replica != replica_name {
-                return Err(format!("the record names replica `{}`", learning.replica));
-            }
-            let share = ReplicaShare {
-                learner: Learner::restore(learning.learner).map_err(|e| e.to_string())?,
-                spend: learning.spend,
-                callers: learning.callers,
-                decisions: learning.decisions,
-            };
-            state
-                .router
-                .fold_replica(&route_name, &replica_name, share)
-                .map_err(|e| e.to_string())
+            SharedLearning::decode(&bytes)?.fold_into(&state.router, &route_name, &replica_name)
         })
         .await;
         match folded {

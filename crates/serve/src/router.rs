@@ -1089,9 +1089,11 @@ impl Router {
             )
         };
         let decisions = learner.next_decision_id();
-        let mut others = base.clone();
-        for theirs in &folded {
-            others.merge(theirs, base)?;
+        // base + the sum of (theirs - base): the first of them plus the rest's differences.
+        let mut folded = folded.into_iter();
+        let mut others = folded.next().unwrap_or_else(|| base.clone());
+        for theirs in folded {
+            others.merge(&theirs, base)?;
         }
         let mut own = base.clone();
         own.merge(&learner, &others)?;
