@@ -520,3 +520,29 @@ async fn reports_reach_the_replica_that_decided() {
     .await;
     drop((a, b, redis));
 }
+
+/// Two replicas started under one name would overwrite each other's learning: the one
+/// that finds the other's record under its name says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_under_one_name_are_told() {
+    let dir = scratch("cluster_same_name");
+    let Some(redis) = Redis::start(0, &dir) else {
+        return;
+    };
+    let first = replica_config(&dir, "a", &redis.url(), "");
+    let second = replica_config(&dir.join("elsewhere"), "a", &redis.url(), "");
+    let (a, base_a) = start_replica(&first);
+    let (other, base_other) = start_replica(&second);
+    let client = reqwest::Client::new();
+    let interval = Duration::from_millis(SYNC_MS);
+    for base in [&base_a, &base_other, &base_a] {
+        route(&client, base, "hello").await;
+        tokio::time::sleep(3 * interval).await;
+    }
+    let told = |logs: Vec<String>| {
+        logs.iter()
+            .any(|l| l.contains("publishes under this replica's name"))
+    };
+    assert!(told(a.logs()), "{:?}", a.logs());
+    drop((a, other, redis));
+}

@@ -193,6 +193,9 @@ pub const PACING_BAND: f64 = 0.5;
 /// Points of the band a decision mixes over.
 pub const PACING_BAND_POINTS: usize = 8;
 
+/// The most dual steps [`BudgetPacer::observe_calls`] takes at once.
+pub const MAX_STEPS_AT_ONCE: u64 = 4096;
+
 impl BudgetPacer {
     /// A pacer for `target_usd` per request with step size `eta` (0.05 is a good start).
     pub fn new(target_usd: f64, step_size: f64) -> Result<Self> {
@@ -252,6 +255,21 @@ impl BudgetPacer {
         (self.step_size / shrink).max(self.step_size / 10.0)
     }
 
+    /// Steps for `calls` requests observed elsewhere (another replica's) that cost
+    /// `cost_usd` in all: one step per call at their mean cost, for the latest
+    /// [`MAX_STEPS_AT_ONCE`] of them; older ones only count toward the step's shrinking.
+    /// A replica's whole history, folded in for the first time, would otherwise take as
+    /// many steps, while its pacer's own multiplier, which the decisions of that history
+    /// answered to, is not shared.
+    pub fn observe_calls(&mut self, calls: u64, cost_usd: f64) {
+        let each = cost_usd.max(0.0) / calls.max(1) as f64;
+        let stepped = calls.min(MAX_STEPS_AT_ONCE);
+        self.observed += calls - stepped;
+        for _ in 0..stepped {
+            self.observe(each);
+        }
+    }
+
     /// One dual step after observing a request's cost.
     pub fn observe(&mut self, cost_usd: f64) {
         let owed = self.debt + cost_usd / self.target_usd;
@@ -284,6 +302,24 @@ mod tests {
         assert_eq!(err.to_string(), "quality is 1.5, outside [0, 1]");
         assert_eq!(Outcome::new(1.0, 0.0).failed().credited_quality(), Some(0.0));
         assert_eq!(Outcome::new(1.0, 0.0).credited_quality(), None);
+    }
+
+    #[test]
+    fn calls_observed_elsewhere_take_at_most_so_many_steps() {
+        let (target, eta) = (0.001, 0.05);
+        let mut p = BudgetPacer::new(target, eta).unwrap();
+        let calls = 1_000_000;
+        // Two budgets a call: every step's gradient is 1, at the step's floor eta / 10
+        // (the older calls counted first).
+        p.observe_calls(calls, calls as f64 * 2.0 * target);
+        let expected = MAX_STEPS_AT_ONCE as f64 * eta / 10.0;
+        assert!(
+            (p.lambda() - expected).abs() < 1e-9,
+            "{} vs {expected}",
+            p.lambda()
+        );
+        assert_eq!(p.current_step(), eta / 10.0);
+        assert_eq!(p.debt(), 0.0);
     }
 
     #[test]

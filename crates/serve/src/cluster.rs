@@ -561,6 +561,15 @@ async fn publish(
         if *published == changes && in_redis.as_ref() == Some(version) {
             return Ok(());
         }
+        // Not this process's version, nor gone with Redis: another replica writes as this
+        // one, and the two overwrite each other's learning.
+        if in_redis.as_ref().is_some_and(|v| !v.starts_with(boot)) {
+            tracing::error!(
+                route,
+                replica = %cluster.replica,
+                "another replica publishes under this replica's name; give each its own replica_id"
+            );
+        }
     }
     let record = {
         let (state, route) = (Arc::clone(state), route.to_string());

@@ -691,14 +691,12 @@ impl Learner {
     }
 
     /// Steps the budget pacer with `calls` made elsewhere (by other replicas of the route)
-    /// that cost `cost_usd` in all, one step per call at their mean cost, as if it had
-    /// recorded them: replicas that step each other's pacers pace one budget together.
+    /// that cost `cost_usd` in all, as if it had recorded them
+    /// ([`BudgetPacer::observe_calls`]): replicas that step each other's pacers pace one
+    /// budget together.
     pub fn pace_calls_elsewhere(&mut self, calls: u64, cost_usd: f64) {
         if let Some(pacer) = &mut self.pacer {
-            let each = cost_usd.max(0.0) / calls.max(1) as f64;
-            for _ in 0..calls {
-                pacer.observe(each);
-            }
+            pacer.observe_calls(calls, cost_usd);
         }
     }
 }
