@@ -78,6 +78,10 @@ pub struct Forward {
 enum Line {
     Forward(Forward),
     Confirmed(u64),
+    /// The number the next forward takes, written first when the file is rewritten: a
+    /// number is never used twice, so that a confirmation of an old forward left in Redis
+    /// cannot settle a new one.
+    Next(u64),
 }
 
 /// The forwards this replica accepted and that are not yet confirmed.
@@ -113,6 +117,7 @@ impl Outbox {
                         Ok(Line::Confirmed(seq)) => {
                             pending.remove(&seq);
                         }
+                        Ok(Line::Next(seq)) => next_seq = next_seq.max(seq),
                         Err(_) => continue,
                     }
                 }
@@ -122,6 +127,7 @@ impl Outbox {
         }
         let tmp = dir.join("forwarded.jsonl.tmp");
         let mut text = Vec::new();
+        write_line(&mut text, &Line::Next(next_seq));
         for forward in pending.values() {
             write_line(&mut text, &Line::Forward(forward.clone()));
         }
@@ -213,4 +219,54 @@ fn write_line(out: &mut Vec<u8>, line: &Line) {
     // A line of plain data: serializing it cannot fail.
     serde_json::to_writer(&mut *out, line).unwrap_or_default();
     out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("quiver-outbox-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn feedback(quality: f64) -> Report {
+        Report::Feedback { quality }
+    }
+
+    #[test]
+    fn the_outbox_keeps_what_is_unconfirmed_and_never_reuses_a_number() {
+        let dir = scratch("keeps");
+        let outbox = Outbox::open(&dir).unwrap();
+        for i in 0..3 {
+            let seq = outbox.add("b", "a", &format!("r:a:{i}"), feedback(0.5)).unwrap();
+            assert_eq!(seq, i);
+        }
+        assert!(
+            outbox.add("b", "a", "r:a:9", feedback(1.5)).is_err(),
+            "checked as A would"
+        );
+        outbox.confirm(&[0, 2]).unwrap();
+        drop(outbox);
+        // A crash mid-write leaves a torn line: it was never acknowledged.
+        let path = dir.join(OUTBOX_FILE);
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(br#"{"forward":{"from":"b","se"#).unwrap();
+        drop(file);
+        let outbox = Outbox::open(&dir).unwrap();
+        let pending: Vec<u64> = outbox.pending().iter().map(|f| f.seq).collect();
+        assert_eq!(pending, [1]);
+        assert_eq!(outbox.pending()[0].decision_id, "r:a:1");
+        // Everything confirmed and the file rewritten empty of forwards: the numbers go on.
+        outbox.confirm(&[1]).unwrap();
+        drop(outbox);
+        let outbox = Outbox::open(&dir).unwrap();
+        assert!(outbox.pending().is_empty());
+        drop(outbox);
+        let outbox = Outbox::open(&dir).unwrap();
+        assert_eq!(outbox.add("b", "a", "r:a:5", feedback(0.1)).unwrap(), 3);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
