@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use quiver_bandit::{Policy, PolicySpec};
 use serde_json::{json, Value};
-use support::{get_json, get_text, scratch, start_binary, Running};
+use support::{get_json, get_text, sample, scratch, start_binary, Running};
 
 const SYNC_MS: u64 = 250;
 const POLICY: &str = "linucb(alpha=0.1,detect=0)";
@@ -110,6 +110,16 @@ fn replica_config(dir: &Path, name: &str, redis: &str, more: &str) -> PathBuf {
     )
     .unwrap();
     config
+}
+
+/// A scratch directory `name`, a Redis, and the homes and configurations of replicas `a`
+/// and `b` in it (their route with `more`); None when `redis-server` cannot run here.
+fn two_replicas(name: &str, more: &str) -> Option<(PathBuf, Redis, [PathBuf; 2], [PathBuf; 2])> {
+    let dir = scratch(name);
+    let redis = Redis::start(0, &dir)?;
+    let homes = [dir.join("a"), dir.join("b")];
+    let configs = ["a", "b"].map(|replica| replica_config(&dir, replica, &redis.url(), more));
+    Some((dir, redis, homes, configs))
 }
 
 fn start_replica(config: &Path) -> (Running, String) {
@@ -258,12 +268,7 @@ async fn converge(
 
 /// Snapshots the replica at `base` has written.
 async fn snapshots_written(client: &reqwest::Client, base: &str) -> f64 {
-    let metrics = get_text(client, format!("{base}/metrics"), "").await;
-    let line = metrics
-        .lines()
-        .find(|l| l.starts_with("quiver_snapshots_total "))
-        .unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    metric(client, base, "quiver_snapshots_total").await
 }
 
 async fn healthz(client: &reqwest::Client, base: &str) -> String {
@@ -272,12 +277,9 @@ async fn healthz(client: &reqwest::Client, base: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_what_they_learn_through_crashes_and_redis_restarts() {
-    let dir = scratch("cluster_share");
-    let Some(redis) = Redis::start(0, &dir) else {
+    let Some((dir, redis, homes, configs)) = two_replicas("cluster_share", "") else {
         return;
     };
-    let homes = [dir.join("a"), dir.join("b")];
-    let configs = ["a", "b"].map(|name| replica_config(&dir, name, &redis.url(), ""));
     let (mut a, base_a) = start_replica(&configs[0]);
     let (b, base_b) = start_replica(&configs[1]);
     let client = reqwest::Client::new();
@@ -399,31 +401,27 @@ async fn decide_here_report_there(client: &reqwest::Client, decide: &str, report
 }
 
 /// A metric's value on the replica at `base` (0 when absent).
-async fn metric(client: &reqwest::Client, base: &str, sample: &str) -> f64 {
-    let metrics = get_text(client, format!("{base}/metrics"), "").await;
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
+    sample(&get_text(client, format!("{base}/metrics"), "").await, name, &[])
 }
 
-/// Waits until `sample` on the replica at `base` satisfies `done`.
+/// Waits until `name` on the replica at `base` satisfies `done`.
 async fn wait_for_metric(
     client: &reqwest::Client,
     base: &str,
-    sample: &str,
+    name: &str,
     done: impl Fn(f64) -> bool,
     within: Duration,
 ) {
     let deadline = Instant::now() + within;
     loop {
-        let value = metric(client, base, sample).await;
+        let value = metric(client, base, name).await;
         if done(value) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "{sample} is {value} on {base} after {within:?}"
+            "{name} is {value} on {base} after {within:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -434,14 +432,11 @@ async fn wait_for_metric(
 /// at the time and the accepting replica is killed before Redis returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_reach_the_replica_that_decided() {
-    let dir = scratch("cluster_forward");
-    let Some(redis) = Redis::start(0, &dir) else {
-        return;
-    };
-    let homes = [dir.join("a"), dir.join("b")];
     // The cap counts the cluster's spend: 30 calls of $0.001 reach it.
     let cap = "[routes.spend_cap]\ndaily_usd = 0.025\n";
-    let configs = ["a", "b"].map(|name| replica_config(&dir, name, &redis.url(), cap));
+    let Some((dir, redis, homes, configs)) = two_replicas("cluster_forward", cap) else {
+        return;
+    };
     let (a, base_a) = start_replica(&configs[0]);
     let (b, base_b) = start_replica(&configs[1]);
     let client = reqwest::Client::new();

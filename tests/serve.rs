@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::response::IntoResponse;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use support::{get_json, get_text, promtool_check, scratch, start_app, start_binary};
+use support::{get_json, get_text, promtool_check, sample, scratch, start_app, start_binary};
 
 /// Fails with a command's output unless it succeeded.
 fn assert_succeeded(out: &std::process::Output) {
@@ -766,15 +766,6 @@ fn the_api_document_is_valid_and_the_server_keeps_to_it() {
         .unwrap();
     drop(child);
     assert_succeeded(&run);
-}
-
-/// The sum of `metric`'s samples with all of `labels` in a Prometheus text.
-fn sample(metrics: &str, metric: &str, labels: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(metric) && labels.iter().all(|label| l.contains(label)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// A model failing half its calls is skipped once its breaker opens, which the decision,

@@ -173,6 +173,15 @@ pub async fn start_app(mut config: serde_json::Value, dir: &Path) -> String {
     format!("http://{}", rx.await.unwrap())
 }
 
+/// The sum of `metric`'s samples with all of `labels` in a Prometheus text (0 if none).
+pub fn sample(metrics: &str, metric: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(metric) && labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// `GET url` with a bearer token.
 async fn get(client: &reqwest::Client, url: String, token: &str) -> reqwest::Response {
     client.get(url).bearer_auth(token).send().await.unwrap()

@@ -478,6 +478,17 @@ fn family<L: EncodeLabelSet, M: EncodeMetric>(
     Ok(())
 }
 
+/// A route's spend of the day and of the month, as gauges labelled by period.
+fn by_period(route: &str, (day, month): (f64, f64)) -> [(PeriodLabels, ConstGauge<f64>); 2] {
+    [("day", day), ("month", month)].map(|(period, usd)| {
+        let labels = PeriodLabels {
+            route: route.to_string(),
+            period: period.to_string(),
+        };
+        (labels, ConstGauge::new(usd))
+    })
+}
+
 impl Collector for LearnerStats {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let arm = |a: &ArmTotals| ArmLabels {
@@ -575,15 +586,7 @@ impl Collector for LearnerStats {
             "quiver_route_spend_usd",
             "Spend per route in the current UTC day and month, USD (on this replica; caps count the cluster's, quiver_cluster_route_spend_usd).",
             MetricType::Gauge,
-            self.routes.iter().flat_map(|r| {
-                [("day", r.spend.0), ("month", r.spend.1)].map(|(period, usd)| {
-                    let labels = PeriodLabels {
-                        route: r.route.clone(),
-                        period: period.to_string(),
-                    };
-                    (labels, ConstGauge::new(usd))
-                })
-            }),
+            self.routes.iter().flat_map(|r| by_period(&r.route, r.spend)),
         )?;
         family(
             &mut encoder,
@@ -629,15 +632,7 @@ impl Collector for LearnerStats {
             "quiver_cluster_route_spend_usd",
             "Spend per route across the cluster in the current UTC day and month, USD, as this replica knows it (what spend caps count).",
             MetricType::Gauge,
-            clustered().flat_map(|(r, c)| {
-                [("day", c.spend.0), ("month", c.spend.1)].map(|(period, usd)| {
-                    let labels = PeriodLabels {
-                        route: r.route.clone(),
-                        period: period.to_string(),
-                    };
-                    (labels, ConstGauge::new(usd))
-                })
-            }),
+            clustered().flat_map(|(r, c)| by_period(&r.route, c.spend)),
         )?;
         let budgeted = || self.routes.iter().filter_map(|r| r.budget.map(|b| (r, b)));
         family(

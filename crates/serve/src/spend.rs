@@ -77,42 +77,39 @@ impl Spend {
     /// counted, a later period starts afresh.
     pub fn add(&mut self, timestamp: &str, usd: f64, dearest_usd: f64) {
         let (day, month) = periods(timestamp);
-        if month > self.month.as_str() {
-            self.month = month.to_string();
-            self.month_usd = 0.0;
-            self.month_dearest_usd = 0.0;
-        }
-        if day > self.day.as_str() {
-            self.day = day.to_string();
-            self.day_usd = 0.0;
-        }
-        if month == self.month {
-            self.month_usd += usd;
-            self.month_dearest_usd += dearest_usd;
-        }
-        if day == self.day {
-            self.day_usd += usd;
-        }
+        self.count(day, usd, month, usd, dearest_usd);
     }
 
     /// Adds another replica's spend of the same periods; of two periods, the later counts,
     /// as in [`Spend::add`]. The order of additions does not matter.
     pub fn combine(&mut self, other: &Spend) {
-        if other.month > self.month {
-            self.month.clone_from(&other.month);
+        self.count(
+            &other.day,
+            other.day_usd,
+            &other.month,
+            other.month_usd,
+            other.month_dearest_usd,
+        );
+    }
+
+    /// Counts spend of `day` and `month`: a later period than the one counted starts
+    /// afresh, an earlier one is not counted.
+    fn count(&mut self, day: &str, day_usd: f64, month: &str, month_usd: f64, month_dearest_usd: f64) {
+        if month > self.month.as_str() {
+            self.month = month.to_string();
             self.month_usd = 0.0;
             self.month_dearest_usd = 0.0;
         }
-        if other.month == self.month {
-            self.month_usd += other.month_usd;
-            self.month_dearest_usd += other.month_dearest_usd;
+        if month == self.month {
+            self.month_usd += month_usd;
+            self.month_dearest_usd += month_dearest_usd;
         }
-        if other.day > self.day {
-            self.day.clone_from(&other.day);
+        if day > self.day.as_str() {
+            self.day = day.to_string();
             self.day_usd = 0.0;
         }
-        if other.day == self.day {
-            self.day_usd += other.day_usd;
+        if day == self.day {
+            self.day_usd += day_usd;
         }
     }
 
