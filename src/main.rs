@@ -6,6 +6,7 @@
 
 mod data_cmd;
 mod demo;
+mod log_cmd;
 mod ope_cmd;
 mod priors_cmd;
 mod progress;
@@ -50,6 +51,9 @@ enum Command {
     /// Convert or generate datasets.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
+    /// Maintain a server's decision log: compact closed segments to Parquet.
+    #[command(subcommand)]
+    Log(log_cmd::LogCommand),
     /// Fit priors that learners start from, from an evaluation table or a log.
     #[command(subcommand)]
     Priors(priors_cmd::PriorsCommand),
@@ -77,6 +81,7 @@ fn main() -> std::process::ExitCode {
         Command::Replay(args) => replay_cmd::run(*args),
         Command::Ope(args) => ope_cmd::run(args),
         Command::Data(command) => data_cmd::run(command),
+        Command::Log(command) => log_cmd::run(command),
         Command::Priors(command) => priors_cmd::run(command),
         Command::Serve(args) => serve_cmd::run_serve(args),
         Command::Suite(args) => suite_cmd::run(args),

@@ -3,9 +3,9 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use quiver_bandit::{Objective, PolicySpec};
-use quiver_sim::context::ContextBuilder;
-use quiver_sim::data::{load_logged, Format, Split};
+use quiver_sim::data::{Format, LogStream, Split};
 use quiver_sim::ope::{all_estimators, estimator_by_name, evaluate, Estimator, EstimatorSettings};
+use quiver_sim::source::CHUNK_ROWS;
 
 #[derive(Args)]
 #[command(allow_negative_numbers = true)]
@@ -52,7 +52,7 @@ pub struct OpeArgs {
 }
 
 pub fn run(args: OpeArgs) -> Result<()> {
-    let log = load_logged(&args.data, args.format, args.split.as_ref())?;
+    let mut log = LogStream::open(&args.data, args.format, args.split.as_ref(), CHUNK_ROWS)?;
     let spec: PolicySpec = args.policy.parse()?;
     let objective = Objective::new(args.w_cost, args.w_latency)?;
     let settings = EstimatorSettings::new(args.clip, args.switch_tau, args.bootstrap, args.seed)?;
@@ -72,16 +72,7 @@ pub fn run(args: OpeArgs) -> Result<()> {
             })
             .collect::<Result<_>>()?,
     };
-    let contexts = ContextBuilder::log_contexts(&log)?;
-    let summary = evaluate(
-        &log,
-        &contexts,
-        &spec,
-        objective,
-        &estimators,
-        settings,
-        !args.frozen,
-    )?;
+    let summary = evaluate(&mut log, &spec, objective, &estimators, settings, !args.frozen)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());

@@ -7,10 +7,11 @@ use clap::Args;
 use quiver_bandit::prior::{check_cap, DEFAULT_PRIOR_CAP};
 use quiver_bandit::{Objective, PolicySpec, Priors, DEFAULT_PACING_STEP};
 use quiver_sim::context::{task_in_context, ContextBuilder};
-use quiver_sim::data::{load, load_wide, Dataset, Format, LoggedDataset, Split, WideDataset};
+use quiver_sim::data::{detect_format, load_wide, Format, LogStream, Split, WideDataset};
 use quiver_sim::embeddings::{default_cache_dir, PromptEmbeddings};
 use quiver_sim::ope::{estimator_by_name, evaluate, Estimator, EstimatorSettings};
 use quiver_sim::priors::{fit_wide, TrainFeedback};
+use quiver_sim::source::CHUNK_ROWS;
 
 use quiver_sim::replay::{replay, Drift, Environment, Knobs, LatencyModel, ReplaySettings, Variant};
 use quiver_sim::report::{summarize, table};
@@ -251,11 +252,8 @@ pub fn read_priors(path: &std::path::Path, definition: &str) -> Result<Priors> {
     Ok(priors)
 }
 
-/// The data to evaluate (`loaded`, when given) and to train on, and the base objective.
-fn datasets(
-    args: &ReplayArgs,
-    loaded: Option<WideDataset>,
-) -> Result<(WideDataset, Option<WideDataset>, Objective)> {
+/// The data to evaluate and to train on, and the base objective.
+fn datasets(args: &ReplayArgs) -> Result<(WideDataset, Option<WideDataset>, Objective)> {
     let (format, split) = (args.format, args.split.as_ref());
     let objective = |default: Objective| -> Result<Objective> {
         Ok(Objective::new(
@@ -265,10 +263,7 @@ fn datasets(
     };
     match &args.data {
         Some(path) => {
-            let data = match loaded {
-                Some(data) => data,
-                None => load_wide(path, format, split)?,
-            };
+            let data = load_wide(path, format, split)?;
             let mut train = args
                 .train
                 .as_deref()
@@ -292,14 +287,13 @@ fn datasets(
 
 /// `quiver replay` on a decision log: each policy evaluated off-policy along the log
 /// (learning as it goes), by replay (rejection sampling), SNIPS and DR.
-fn replay_log(args: &ReplayArgs, log: LoggedDataset, specs: &[PolicySpec]) -> Result<()> {
+fn replay_log(args: &ReplayArgs, mut log: LogStream, specs: &[PolicySpec]) -> Result<()> {
     let objective = Objective::new(args.w_cost.unwrap_or(0.0), args.w_latency.unwrap_or(0.0))?;
     tracing::info!(
         "{} is a decision log: the policies are evaluated off-policy (replay, SNIPS and DR \
          estimates; `quiver ope` gives every estimator with intervals)",
-        log.source
+        log.header().source
     );
-    let contexts = ContextBuilder::log_contexts(&log)?;
     let estimators: Vec<Box<dyn Estimator>> = ["replay", "snips", "dr"]
         .iter()
         .filter_map(|n| estimator_by_name(n))
@@ -309,17 +303,7 @@ fn replay_log(args: &ReplayArgs, log: LoggedDataset, specs: &[PolicySpec]) -> Re
     let settings = EstimatorSettings::new(f64::INFINITY, 100.0, 0, 0)?;
     let summaries = specs
         .iter()
-        .map(|spec| {
-            evaluate(
-                &log,
-                &contexts,
-                spec,
-                objective,
-                &estimators,
-                settings,
-                !args.frozen,
-            )
-        })
+        .map(|spec| evaluate(&mut log, spec, objective, &estimators, settings, !args.frozen))
         .collect::<Result<Vec<_>, _>>()?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summaries)?);
@@ -327,9 +311,9 @@ fn replay_log(args: &ReplayArgs, log: LoggedDataset, specs: &[PolicySpec]) -> Re
     }
     println!(
         "log {}: {} decisions, {} arms; off-policy estimates of each policy learning along the log\n",
-        log.source,
+        log.header().source,
         log.rows(),
-        log.arms.len()
+        log.header().arms.len()
     );
     println!(
         "{:<44} {:>8} {:>9} {:>9} {:>9} {:>11} {:>8}",
@@ -363,24 +347,19 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         .iter()
         .map(|s| s.parse())
         .collect::<Result<_, _>>()?;
-    let mut loaded = None;
     if let Some(path) = &args.data {
-        match load(path, args.format, args.split.as_ref())? {
-            Dataset::Logged(log) => {
-                if args.train.is_some() || args.priors.is_some() {
-                    bail!(
-                        "--train and --priors apply to full-information data; a log is evaluated off-policy"
-                    );
-                }
-                return replay_log(&args, log, &specs);
+        if detect_format(path, args.format)? == Format::Logged {
+            if args.train.is_some() || args.priors.is_some() {
+                bail!("--train and --priors apply to full-information data; a log is evaluated off-policy");
             }
-            Dataset::Wide(data) => loaded = Some(data),
+            let log = LogStream::open(path, Format::Logged, args.split.as_ref(), CHUNK_ROWS)?;
+            return replay_log(&args, log, &specs);
         }
     }
     if specs.is_empty() {
         bail!("--policies is empty");
     }
-    let (data, train, objective) = datasets(&args, loaded)?;
+    let (data, train, objective) = datasets(&args)?;
     if args.train_feedback == TrainFeedback::Full && (args.explore_passes > 0 || args.train_passes > 1) {
         bail!("--train-passes and --explore-passes apply to --train-feedback bandit");
     }

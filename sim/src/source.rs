@@ -1,9 +1,14 @@
 //! Finding data files and reading them with polars into typed columns.
 //!
-//! A data path is a file, a directory (every `.csv`, `.parquet`, `.jsonl`/`.ndjson` in it;
-//! plain `.json` files, such as the server's `snapshot.json`, are not data) or a glob;
+//! A data path is a file, a directory (a server's log directory: its segments, JSON lines
+//! and compacted; any other: every `.csv`, `.parquet`, `.jsonl`/`.ndjson` in it, but not
+//! plain `.json` files such as a `snapshot.json`) or a glob;
 //! several files make one table, read in sorted order. Each file is read on its
 //! own so that every error names the file, the row and the column.
+//!
+//! [`read_chunks`] reads a file in consecutive tables of a bounded number of rows, for
+//! logs larger than memory: Parquet by row ranges, JSON lines by lines (a log segment's
+//! complete records, at most one segment's bytes at a time); a CSV file is one chunk.
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +22,12 @@ pub struct Table {
     pub path: PathBuf,
     /// The rows.
     pub frame: DataFrame,
+    /// The file's row of this table's first row (0 unless read in chunks).
+    pub first_row: usize,
 }
+
+/// Rows per table that [`read_chunks`] reads: a multiple of the bootstrap's blocks.
+pub const CHUNK_ROWS: usize = 1 << 16;
 
 const EXTENSIONS: [&str; 5] = ["csv", "parquet", "jsonl", "ndjson", "json"];
 
@@ -27,11 +37,19 @@ fn is_data_file(path: &Path) -> bool {
         .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
+/// Whether `dir` holds decision-log segments.
+fn is_log_dir(dir: &Path) -> bool {
+    quiver_log::segment_files(dir).is_ok_and(|files| !files.is_empty())
+}
+
 /// The files a data path names, sorted.
 pub fn expand(pattern: &str) -> Result<Vec<PathBuf>> {
     let path = Path::new(pattern);
     let mut files: Vec<PathBuf> = if path.is_file() {
         vec![path.to_path_buf()]
+    } else if path.is_dir() && is_log_dir(path) {
+        // A server's log: its segments, JSON lines or compacted, not what lies beside them.
+        quiver_log::segment_files(path).map_err(|e| unreadable(path, e))?
     } else if path.is_dir() {
         std::fs::read_dir(path)
             .map_err(|e| SimError::Read {
@@ -69,13 +87,7 @@ pub fn read_file(path: &Path) -> Result<Table> {
         .to_ascii_lowercase();
     let frame = match extension.as_str() {
         "parquet" => ParquetReader::new(open()?).finish().map_err(read_error)?,
-        "jsonl" | "ndjson" | "json" => JsonReader::new(std::io::Cursor::new(json_lines(path)?))
-            .with_json_format(JsonFormat::JsonLines)
-            .infer_schema_len(Some(
-                std::num::NonZeroUsize::new(10_000).unwrap_or(std::num::NonZeroUsize::MIN),
-            ))
-            .finish()
-            .map_err(read_error)?,
+        "jsonl" | "ndjson" | "json" => parse_json_lines(json_lines(path)?).map_err(read_error)?,
         _ => CsvReadOptions::default()
             .with_has_header(true)
             .with_infer_schema_length(None)
@@ -87,7 +99,154 @@ pub fn read_file(path: &Path) -> Result<Table> {
     Ok(Table {
         path: path.to_path_buf(),
         frame,
+        first_row: 0,
     })
+}
+
+/// One file's rows as consecutive tables of at most `rows` rows each (at least one table,
+/// perhaps empty), read as [`read_file`] reads the whole file; a CSV file is one table.
+pub fn read_chunks(path: &Path, rows: usize) -> Result<Box<dyn Iterator<Item = Result<Table>>>> {
+    let rows = rows.max(1);
+    let extension = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let path = path.to_path_buf();
+    match extension.as_str() {
+        "parquet" => {
+            let open = |path: &Path| std::fs::File::open(path).map_err(|e| unreadable(path, e));
+            let total = ParquetReader::new(open(&path)?)
+                .num_rows()
+                .map_err(|e| unreadable(&path, e))?;
+            let starts: Vec<usize> = (0..total.max(1)).step_by(rows).collect();
+            Ok(Box::new(starts.into_iter().map(move |first_row| {
+                let frame = ParquetReader::new(open(&path)?)
+                    .with_slice(Some((first_row, rows)))
+                    .finish()
+                    .map_err(|e| unreadable(&path, e))?;
+                Ok(Table {
+                    path: path.clone(),
+                    frame,
+                    first_row,
+                })
+            })))
+        }
+        "jsonl" | "ndjson" | "json" => {
+            let lines: Box<dyn std::io::BufRead> = if quiver_log::is_segment(&path) {
+                Box::new(std::io::Cursor::new(json_lines(&path)?))
+            } else {
+                let file = std::fs::File::open(&path).map_err(|e| unreadable(&path, e))?;
+                Box::new(std::io::BufReader::with_capacity(1 << 20, file))
+            };
+            Ok(Box::new(JsonLineChunks {
+                path,
+                lines,
+                rows,
+                first_row: 0,
+                done: false,
+            }))
+        }
+        _ => Ok(Box::new(std::iter::once(read_file(&path)))),
+    }
+}
+
+/// The first `rows` rows of one file (its columns, for telling its format).
+pub fn read_head(path: &Path, rows: usize) -> Result<Table> {
+    let is_csv = path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        !matches!(
+            e.to_ascii_lowercase().as_str(),
+            "parquet" | "jsonl" | "ndjson" | "json"
+        )
+    });
+    if !is_csv {
+        return read_chunks(path, rows)?
+            .next()
+            .unwrap_or_else(|| Err(unreadable(path, "no rows")));
+    }
+    let frame = CsvReadOptions::default()
+        .with_has_header(true)
+        .with_n_rows(Some(rows))
+        .try_into_reader_with_file_path(Some(path.to_path_buf()))
+        .and_then(|r| r.finish())
+        .map_err(|e| unreadable(path, e))?;
+    Ok(Table {
+        path: path.to_path_buf(),
+        frame,
+        first_row: 0,
+    })
+}
+
+/// The tables of a JSON-lines file, `rows` lines at a time.
+struct JsonLineChunks {
+    path: PathBuf,
+    lines: Box<dyn std::io::BufRead>,
+    rows: usize,
+    first_row: usize,
+    done: bool,
+}
+
+impl JsonLineChunks {
+    fn next_table(&mut self) -> Result<Table> {
+        let mut bytes = Vec::new();
+        let mut read = 0;
+        while read < self.rows {
+            let before = bytes.len();
+            let n = self
+                .lines
+                .read_until(b'\n', &mut bytes)
+                .map_err(|e| unreadable(&self.path, e))?;
+            if n == 0 {
+                self.done = true;
+                break;
+            }
+            // Blank lines are not rows (as the whole-file reader skips them).
+            if bytes[before..].trim_ascii().is_empty() {
+                bytes.truncate(before);
+            } else {
+                read += 1;
+            }
+        }
+        let frame = if read == 0 {
+            DataFrame::empty()
+        } else {
+            parse_json_lines(bytes).map_err(|e| unreadable(&self.path, e))?
+        };
+        let table = Table {
+            path: self.path.clone(),
+            frame,
+            first_row: self.first_row,
+        };
+        self.first_row += read;
+        Ok(table)
+    }
+}
+
+impl Iterator for JsonLineChunks {
+    type Item = Result<Table>;
+
+    fn next(&mut self) -> Option<Result<Table>> {
+        if self.done {
+            return None;
+        }
+        let table = self.next_table();
+        match &table {
+            Err(_) => self.done = true,
+            // A file's rows end on an empty table only when it has none at all.
+            Ok(t) if t.rows() == 0 && t.first_row > 0 => return None,
+            Ok(_) => {}
+        }
+        Some(table)
+    }
+}
+
+fn parse_json_lines(bytes: Vec<u8>) -> PolarsResult<DataFrame> {
+    JsonReader::new(std::io::Cursor::new(bytes))
+        .with_json_format(JsonFormat::JsonLines)
+        .infer_schema_len(Some(
+            std::num::NonZeroUsize::new(10_000).unwrap_or(std::num::NonZeroUsize::MIN),
+        ))
+        .finish()
 }
 
 fn unreadable(path: &Path, reason: impl std::fmt::Display) -> SimError {
@@ -145,7 +304,7 @@ impl Table {
     pub fn bad_value(&self, row: usize, column: &str, reason: impl Into<String>) -> SimError {
         SimError::BadValue {
             path: self.path.clone(),
-            row: row + 1,
+            row: self.first_row + row + 1,
             column: column.to_string(),
             reason: reason.into(),
         }

@@ -85,6 +85,7 @@ pub use learner::{
     DEFAULT_FEEDBACK_HORIZON, DEFAULT_PACING_STEP, SNAPSHOT_VERSION,
 };
 pub use outcome::{credited_quality, BudgetPacer, Objective, Outcome};
+pub use packed::PackedSymmetric;
 pub use policy::{AnyPolicy, Estimate, Policy, PolicyKind, PolicySpec, PropensityKind};
 pub use prior::{ArmPrior, Priors};
 pub use stats::Forgetting;

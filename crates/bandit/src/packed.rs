@@ -214,6 +214,12 @@ impl PackedSymmetric {
         with_padded(x, |x| quadratic_form(&self.data, self.dim, x))
     }
 
+    /// `C <- C + w x x'`, the update of a Gram matrix by one row.
+    pub fn add_outer(&mut self, x: &[f64], weight: f64) {
+        let dim = self.dim;
+        with_padded(x, |x| rank_one_update(&mut self.data, dim, weight, x));
+    }
+
     /// The Sherman-Morrison step that keeps `C = A^-1` when `A <- A + w x x'`: with
     /// `u = C x`, `C <- C - w u u' / (1 + w x'u)`. Then calls `then(u, 1 + w x'u)`, `u`
     /// being the product with the matrix before the step.
@@ -348,6 +354,25 @@ dispatched!(rank_one_update => rank_one_update_kernel(data: &mut [f64], dim: usi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows added one by one give the Gram matrix that nalgebra's rank-one update gives,
+    /// to the bit, at dimensions that end rows inside a chunk of eight and past it.
+    #[test]
+    fn outer_products_add_up_to_the_gram_matrix() {
+        for dim in [1, 7, 13, 66] {
+            let mut packed = PackedSymmetric::scaled_identity(dim, 1.0);
+            let mut dense = DMatrix::<f64>::identity(dim, dim);
+            for row in 0..20 {
+                let x: Vec<f64> = (0..dim)
+                    .map(|j| ((row * 31 + j * 17) % 23) as f64 / 7.0 - 1.5)
+                    .collect();
+                packed.add_outer(&x, 1.0);
+                let xv = nalgebra::DVector::from_column_slice(&x);
+                dense.ger(1.0, &xv, &xv, 1.0);
+            }
+            assert_eq!(packed.to_matrix(), dense, "dim {dim}");
+        }
+    }
 
     #[test]
     fn packed_operations_match_the_dense_ones() {

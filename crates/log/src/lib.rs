@@ -27,6 +27,9 @@
 //! UTF-8 character too); it was never acknowledged and is skipped on reading
 //! ([`complete_records`]).
 //!
+//! Closed segments can be rewritten as Parquet ([`compact`]); every reader here takes
+//! both forms ([`segment_files`]).
+//!
 //! The open segment is preallocated to its size limit (`posix_fallocate`) and written in
 //! place, so an `fdatasync` flushes data without changing the file's size; on ext4 that
 //! roughly halves its median and cuts its tail several-fold. The space past the data
@@ -36,6 +39,8 @@
 
 #![deny(missing_docs)]
 
+mod compact;
+
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -44,6 +49,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
+
+pub use compact::{compact, Compaction};
 
 /// The version of the record format, written in every record (`schema`). A reader refuses
 /// a record of a newer version than its own; records written before versions were
@@ -92,7 +99,7 @@ pub enum LogEvent {
 
 /// What a record of an event changes in its decision's row, when the records of a log are
 /// merged into one row per decision (in log order; the latest value wins; an outcome or
-/// feedback record before its decision's is an error).
+/// feedback record for a decision the log does not hold is an error).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Merge {
     /// Starts the decision's row: arm, propensity, prompt, features, context.
@@ -362,6 +369,27 @@ fn segment_name(first_seq: u64) -> String {
     format!("decisions-{first_seq:020}.jsonl")
 }
 
+/// The segments of the log in `dir` in order, JSON lines and compacted ([`compact`]) alike;
+/// of a segment found in both forms (a compaction under way), the compacted one.
+pub fn segment_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut by_first: BTreeMap<u64, PathBuf> = segments(dir)?
+        .into_iter()
+        .filter_map(|p| Some((first_seq_of(&p)?, p)))
+        .collect();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if let Some(first) = compact::parquet_first_seq(&path) {
+            by_first.insert(first, path);
+        }
+    }
+    Ok(by_first.into_values().collect())
+}
+
+/// The first sequence number of a segment of either form, by its name.
+fn segment_first_seq(path: &Path) -> Option<u64> {
+    first_seq_of(path).or_else(|| compact::parquet_first_seq(path))
+}
+
 fn segments(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -398,18 +426,19 @@ fn first_seq_of(segment: &Path) -> Option<u64> {
 /// are named by their first sequence number, so those wholly at or below `after` are not
 /// read at all.
 pub fn records_after(dir: &Path, after: u64) -> io::Result<LogRecords> {
-    let mut files = segments(dir)?;
+    let mut files = segment_files(dir)?;
     let before = files
         .get(1..)
         .unwrap_or_default()
         .iter()
-        .take_while(|next| first_seq_of(next).is_some_and(|first| first <= after + 1))
+        .take_while(|next| segment_first_seq(next).is_some_and(|first| first <= after + 1))
         .count();
     files.drain(..before);
     Ok(LogRecords {
         after,
         files: files.into_iter(),
         segment: None,
+        compacted: Vec::new().into_iter(),
     })
 }
 
@@ -418,6 +447,8 @@ pub struct LogRecords {
     after: u64,
     files: std::vec::IntoIter<PathBuf>,
     segment: Option<SegmentText>,
+    /// The records of the compacted segment being read.
+    compacted: std::vec::IntoIter<LogRecord>,
 }
 
 /// The complete records of one segment, and how far they have been read.
@@ -442,6 +473,42 @@ impl SegmentText {
         })
     }
 
+    /// The next record; an error names the file and line.
+    fn next_record(&mut self) -> Option<io::Result<LogRecord>> {
+        loop {
+            let line = self.next_line()?;
+            if line.trim_ascii().is_empty() {
+                continue;
+            }
+            let parsed = serde_json::from_slice::<LogRecord>(line)
+                .map_err(|e| e.to_string())
+                .and_then(|record| match record.schema {
+                    v if v > SCHEMA_VERSION => Err(format!(
+                        "record format version {v}; this build reads up to {SCHEMA_VERSION}"
+                    )),
+                    _ => Ok(record),
+                });
+            return Some(parsed.map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: line {}: {e}", self.path.display(), self.line),
+                )
+            }));
+        }
+    }
+
+    /// Every record that `keep` accepts.
+    fn records(mut self, keep: impl Fn(&LogRecord) -> bool) -> io::Result<Vec<LogRecord>> {
+        let mut out = Vec::new();
+        while let Some(record) = self.next_record() {
+            let record = record?;
+            if keep(&record) {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
     fn next_line(&mut self) -> Option<&[u8]> {
         let start = self.pos;
         if start >= self.bytes.len() {
@@ -462,37 +529,37 @@ impl Iterator for LogRecords {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
+            if let Some(record) = self.compacted.find(|r| r.seq > self.after) {
+                return Some(Ok(record));
+            }
             if let Some(segment) = self.segment.as_mut() {
-                while let Some(line) = segment.next_line() {
-                    if line.trim_ascii().is_empty() {
-                        continue;
-                    }
-                    let parsed = serde_json::from_slice::<LogRecord>(line)
-                        .map_err(|e| e.to_string())
-                        .and_then(|record| match record.schema {
-                            v if v > SCHEMA_VERSION => Err(format!(
-                                "record format version {v}; this build reads up to {SCHEMA_VERSION}"
-                            )),
-                            _ => Ok(record),
-                        });
-                    match parsed {
+                while let Some(record) = segment.next_record() {
+                    match record {
                         Ok(record) if record.seq > self.after => return Some(Ok(record)),
                         Ok(_) => {}
                         Err(e) => {
-                            let error = io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                format!("{}: line {}: {e}", segment.path.display(), segment.line),
-                            );
                             // Nothing after a bad line is read.
                             self.segment = None;
                             self.files = Vec::new().into_iter();
-                            return Some(Err(error));
+                            return Some(Err(e));
                         }
                     }
                 }
+                self.segment = None;
             }
             let path = self.files.next()?;
-            match SegmentText::read(path, self.files.as_slice().is_empty()) {
+            if compact::parquet_first_seq(&path).is_some() {
+                match compact::read_parquet_segment(&path) {
+                    Ok(records) => self.compacted = records.into_iter(),
+                    Err(e) => {
+                        self.files = Vec::new().into_iter();
+                        return Some(Err(e));
+                    }
+                }
+                continue;
+            }
+            let last = self.files.as_slice().is_empty();
+            match SegmentText::read(path, last) {
                 Ok(segment) => self.segment = Some(segment),
                 Err(e) => return Some(Err(e)),
             }
@@ -897,6 +964,96 @@ mod tests {
             records_after(&dir, second_first - 1).unwrap().count(),
             (41 - second_first) as usize
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A record with every field set, or left empty, by `seq`.
+    fn varied_record(seq: u64) -> LogRecord {
+        let events = [
+            LogEvent::Decision,
+            LogEvent::Outcome,
+            LogEvent::Feedback,
+            LogEvent::CacheHit,
+        ];
+        let mut r = LogRecord::new(
+            &format!("chat:{}", seq / 3),
+            "chat",
+            "linucb",
+            events[seq as usize % 4],
+        );
+        r.arm = ["big", "small", ""][seq as usize % 3].into();
+        r.propensity = 1.0 / (1 + seq % 5) as f64;
+        r.quality = seq.is_multiple_of(2).then_some(seq as f64 / 100.0);
+        r.cost_usd = seq as f64 * 1e-6;
+        r.latency_ms = 100.0 + seq as f64;
+        r.error = seq.is_multiple_of(7);
+        r.prompt = format!("prompt \u{e9} {seq}\nline");
+        r.input_tokens = seq as u32;
+        r.output_tokens = 2 * seq as u32;
+        if seq.is_multiple_of(3) {
+            r.context = Some("hashing(d=64)".into());
+            r.featurizer = Some("embedding".into());
+            r.embedding = Some(vec![0.5, -1.25, seq as f64]);
+            r.unavailable = vec!["big".into()];
+            r.caller = Some("00ff".into());
+        }
+        if seq % 4 != 1 {
+            r.features.insert(feature_name(0), seq as f64);
+        }
+        if seq.is_multiple_of(5) {
+            r.features.insert(feature_name(1), -(seq as f64));
+        }
+        r
+    }
+
+    /// Compaction rewrites every closed segment as Parquet and keeps the newest as JSON
+    /// lines: the log then reads to the same records, field for field, from any
+    /// position, and the writer appends after it; a segment found in both forms (a
+    /// compaction cut short) is read once.
+    #[test]
+    fn a_compacted_log_reads_to_the_same_records() {
+        let dir = scratch("compact");
+        let log = DecisionLog::open(&dir, 0, 4000).unwrap();
+        for i in 1..=60 {
+            log.wait_durable(log.stage(&mut varied_record(i)).unwrap())
+                .unwrap();
+        }
+        drop(log);
+        let before = read_log(&dir).unwrap();
+        let jsonl = segments(&dir).unwrap();
+        assert!(jsonl.len() > 3, "the log should have rotated");
+        let done = compact(&dir).unwrap();
+        assert_eq!(done.segments, jsonl.len() - 1);
+        assert!(done.parquet_bytes > 0 && done.records > 0);
+        let files = segment_files(&dir).unwrap();
+        assert_eq!(files.len(), jsonl.len());
+        assert!(files[..files.len() - 1]
+            .iter()
+            .all(|p| p.extension().unwrap() == "parquet"));
+        assert_eq!(files.last(), jsonl.last());
+        assert_eq!(read_log(&dir).unwrap(), before);
+        let second_first = segment_first_seq(&files[1]).unwrap();
+        for after in [0, second_first - 1, second_first, 59] {
+            let seqs: Vec<u64> = records_after(&dir, after)
+                .unwrap()
+                .map(|r| r.unwrap().seq)
+                .collect();
+            assert_eq!(seqs, (after + 1..=60).collect::<Vec<_>>(), "after {after}");
+        }
+        // Nothing is left to compact but the open segment.
+        assert_eq!(compact(&dir).unwrap(), Compaction::default());
+        // A compaction cut short after the rename: both forms of the first segment.
+        std::fs::write(&jsonl[0], "not even json\n").unwrap();
+        assert_eq!(read_log(&dir).unwrap(), before);
+        std::fs::remove_file(&jsonl[0]).unwrap();
+        // The writer appends after the compacted log.
+        let log = DecisionLog::open(&dir, 60, 4000).unwrap();
+        log.wait_durable(log.stage(&mut varied_record(61)).unwrap())
+            .unwrap();
+        drop(log);
+        let after: Vec<LogRecord> = read_log(&dir).unwrap();
+        assert_eq!(after.len(), 61);
+        assert_eq!(after[..60], before[..]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

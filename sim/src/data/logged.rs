@@ -12,14 +12,19 @@
 //! their decision's row as the log's contract says ([`quiver_log::Merge`]), and a record
 //! of a newer format than this build reads (`schema`) is refused.
 
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
 use ndarray::{concatenate, Array2, Axis};
 use quiver_bandit::limits;
 use quiver_log::{LogEvent, Merge, SCHEMA_VERSION};
 
 use super::wide::{ids_or_row_numbers, optional_in_range, optional_texts};
-use super::{feature_columns, read_features, row_slice, standard, Dataset, DatasetReader};
+use super::{apply_split, feature_columns, read_features, row_slice, standard, Dataset, DatasetReader, Format, Split};
 use crate::error::{Result, SimError};
-use crate::source::Table;
+use crate::source::{expand, read_chunks, Table};
 
 /// A decision log.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -76,6 +81,9 @@ impl LoggedDataset {
 
 /// One table's rows with arm names not yet indexed.
 struct Rows {
+    /// The file, and its row of the table's first.
+    path: PathBuf,
+    first_row: usize,
     arm_names: Vec<String>,
     /// The `event` column, when the table has one.
     events: Option<Vec<LogEvent>>,
@@ -160,6 +168,8 @@ impl LoggedReader {
         let feature_names = feature_columns(&table.columns());
         let features = read_features(table, &feature_names, is_decision)?;
         Ok(Rows {
+            path: table.path.clone(),
+            first_row: table.first_row,
             events,
             data: LoggedDataset {
                 decision_ids: ids_or_row_numbers(table, "decision_id")?,
@@ -196,71 +206,153 @@ impl LoggedReader {
     }
 }
 
-/// Folds `outcome` and `feedback` rows into the `decision` row with the same id, in order.
-fn merge_events(tables: Vec<Rows>) -> Result<(Vec<String>, LoggedDataset)> {
-    let mut names = Vec::new();
-    let mut out = LoggedDataset::default();
-    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    let mut features = Vec::new();
-    for table in tables {
-        let d = table.data;
-        if out.feature_names.is_empty() {
-            out.feature_names = d.feature_names.clone();
-            out.prompts = d.prompts.as_ref().map(|_| Vec::new());
-        }
-        if out.context.is_none() {
-            out.context = d.context.clone();
-        }
-        if d.embeddings.is_some() && out.embeddings.is_none() {
-            out.embeddings = Some(vec![None; out.decision_ids.len()]);
-        }
-        for row in 0..table.arm_names.len() {
-            let event = table.events.as_ref().map_or(LogEvent::Decision, |e| e[row]);
-            let id = &d.decision_ids[row];
+/// What a decision's later records set in its row ([`LogEvent::merge`]), in log order.
+#[derive(Debug, Clone, Copy)]
+struct Update {
+    /// Cost, latency and error, once an outcome record came.
+    cost_usd: f64,
+    latency_ms: f64,
+    /// Quality, NaN until a record carried one.
+    quality: f64,
+    outcome: bool,
+    error: bool,
+    /// Whether a decision row took it.
+    used: bool,
+    /// Where its first record is: file (in the log's order) and row.
+    file: u32,
+    row: u32,
+}
+
+/// The outcome and feedback records of a log by decision, merged: what lets a decision
+/// row be completed when it is read, whatever comes between. Keyed by a 128-bit hash of
+/// the decision id (two ids of one log sharing it have odds of about `n^2 / 2^129`), so a
+/// decision with later records costs 56 bytes and the hash table's slack, whatever its id.
+#[derive(Default)]
+struct Updates {
+    by_decision: HashMap<u128, Update>,
+}
+
+fn decision_key(id: &str) -> u128 {
+    let half = |salt: u8| {
+        let mut hasher = DefaultHasher::new();
+        salt.hash(&mut hasher);
+        id.hash(&mut hasher);
+        hasher.finish()
+    };
+    (u128::from(half(0)) << 64) | u128::from(half(1))
+}
+
+impl Updates {
+    /// Takes in a table's outcome and feedback rows (`file` is the table's place in the log).
+    fn collect(&mut self, table: &Rows, file: usize) {
+        let Some(events) = &table.events else { return };
+        let d = &table.data;
+        for (row, event) in events.iter().enumerate() {
             let merge = event.merge();
-            if merge == Merge::Starts {
-                index.insert(id.clone(), names.len());
-                names.push(table.arm_names[row].clone());
-                out.decision_ids.push(id.clone());
-                out.timestamps.push(d.timestamps[row].clone());
-                out.routes.push(d.routes[row].clone());
-                out.policies.push(d.policies[row].clone());
-                out.propensity.push(d.propensity[row]);
-                out.quality.push(d.quality[row]);
-                out.cost_usd.push(d.cost_usd[row]);
-                out.latency_ms.push(d.latency_ms[row]);
-                out.error.push(d.error[row]);
-                if let (Some(mine), Some(theirs)) = (out.prompts.as_mut(), d.prompts.as_ref()) {
-                    mine.push(theirs[row].clone());
-                }
-                if let Some(mine) = out.embeddings.as_mut() {
-                    mine.push(d.embeddings.as_ref().and_then(|e| e[row].clone()));
-                }
-                features.extend_from_slice(d.row_features(row));
+            if matches!(merge, Merge::Starts | Merge::Nothing) {
                 continue;
             }
-            if merge == Merge::Nothing {
-                continue;
-            }
-            let Some(&target) = index.get(id) else {
-                return Err(SimError::Mismatch(format!(
-                    "{} row for decision `{id}` comes before (or without) its decision row",
-                    event.name()
-                )));
-            };
+            let update = self
+                .by_decision
+                .entry(decision_key(&d.decision_ids[row]))
+                .or_insert(Update {
+                    cost_usd: 0.0,
+                    latency_ms: 0.0,
+                    quality: f64::NAN,
+                    outcome: false,
+                    error: false,
+                    used: false,
+                    file: u32::try_from(file).unwrap_or(u32::MAX),
+                    row: u32::try_from(table.first_row + row).unwrap_or(u32::MAX),
+                });
             if merge == Merge::Outcome {
-                out.cost_usd[target] = d.cost_usd[row];
-                out.latency_ms[target] = d.latency_ms[row];
-                out.error[target] = d.error[row];
+                update.outcome = true;
+                update.cost_usd = d.cost_usd[row];
+                update.latency_ms = d.latency_ms[row];
+                update.error = d.error[row];
             }
             if let Some(q) = d.quality[row] {
-                out.quality[target] = Some(q);
+                update.quality = q;
             }
         }
     }
-    out.features = Array2::from_shape_vec((out.decision_ids.len(), out.feature_names.len()), features)
-        .map_err(|_| SimError::Mismatch("files of one log must share their f_* columns".into()))?;
-    Ok((names, out))
+
+    /// A table's decision rows, each completed by its later records; `(arm names, rows)`.
+    fn decisions(&mut self, table: Rows) -> (Vec<String>, LoggedDataset) {
+        let Some(events) = &table.events else {
+            return (table.arm_names, table.data);
+        };
+        let keep: Vec<usize> = (0..events.len()).filter(|&r| events[r].merge() == Merge::Starts).collect();
+        let d = table.data;
+        let pick_texts = |v: &[String]| keep.iter().map(|&r| v[r].clone()).collect::<Vec<_>>();
+        let mut out = LoggedDataset {
+            decision_ids: pick_texts(&d.decision_ids),
+            timestamps: pick_texts(&d.timestamps),
+            routes: pick_texts(&d.routes),
+            policies: pick_texts(&d.policies),
+            propensity: keep.iter().map(|&r| d.propensity[r]).collect(),
+            quality: keep.iter().map(|&r| d.quality[r]).collect(),
+            cost_usd: keep.iter().map(|&r| d.cost_usd[r]).collect(),
+            latency_ms: keep.iter().map(|&r| d.latency_ms[r]).collect(),
+            error: keep.iter().map(|&r| d.error[r]).collect(),
+            prompts: d.prompts.as_ref().map(|p| pick_texts(p)),
+            features: d.features.select(Axis(0), &keep),
+            embeddings: d
+                .embeddings
+                .as_ref()
+                .map(|e| keep.iter().map(|&r| e[r].clone()).collect()),
+            feature_names: d.feature_names,
+            context: d.context,
+            ..LoggedDataset::default()
+        };
+        for (i, id) in out.decision_ids.iter().enumerate() {
+            let Some(update) = self.by_decision.get_mut(&decision_key(id)) else {
+                continue;
+            };
+            update.used = true;
+            if update.outcome {
+                out.cost_usd[i] = update.cost_usd;
+                out.latency_ms[i] = update.latency_ms;
+                out.error[i] = update.error;
+            }
+            if !update.quality.is_nan() {
+                out.quality[i] = Some(update.quality);
+            }
+        }
+        let names = keep.iter().map(|&r| table.arm_names[r].clone()).collect();
+        (names, out)
+    }
+
+    /// Refuses records whose decision no row held, naming the first (`files` in the
+    /// log's order), once every decision row has been through [`Updates::decisions`].
+    fn check_all_used(&self, files: &[PathBuf]) -> Result<()> {
+        let orphans = self.by_decision.values().filter(|u| !u.used);
+        match orphans.min_by_key(|u| (u.file, u.row)) {
+            None => Ok(()),
+            Some(first) => Err(SimError::BadValue {
+                path: files.get(first.file as usize).cloned().unwrap_or_default(),
+                row: first.row as usize + 1,
+                column: "decision_id".into(),
+                reason: "an outcome or feedback record for a decision the log does not hold".into(),
+            }),
+        }
+    }
+}
+
+/// Merges the `outcome` and `feedback` rows of in-memory tables into their decisions'
+/// rows; tables with no decision row are left out.
+fn merge_events(tables: Vec<Rows>) -> Result<Vec<(Vec<String>, LoggedDataset)>> {
+    let mut updates = Updates::default();
+    for (file, table) in tables.iter().enumerate() {
+        updates.collect(table, file);
+    }
+    let paths: Vec<PathBuf> = tables.iter().map(|t| t.path.clone()).collect();
+    let mut parts: Vec<_> = tables.into_iter().map(|t| updates.decisions(t)).collect();
+    updates.check_all_used(&paths)?;
+    if parts.iter().any(|(names, _)| !names.is_empty()) {
+        parts.retain(|(names, _)| !names.is_empty());
+    }
+    Ok(parts)
 }
 
 /// Indexes the arm names of every table against one sorted arm list and concatenates.
@@ -338,6 +430,158 @@ pub(crate) fn combine_logged(
     Ok(out)
 }
 
+/// A decision log read a chunk at a time, in log order, for logs larger than memory:
+/// each file in tables of at most `chunk_rows` rows ([`read_chunks`]), each table's
+/// decision rows completed by their later records. Opening it reads the log once for its
+/// arms, its number of decisions and every decision's later records ([`Updates`]); each
+/// [`LogStream::for_each_chunk`] reads it again. What stays in memory is one table and
+/// those records: nothing for a log of one row per decision, 60 to 120 bytes per decision
+/// for a server's log with its outcome and feedback records.
+pub struct LogStream {
+    files: LogFiles,
+    /// The log with no rows: its source, arms, feature names, context definition, and
+    /// whether it has prompts and embeddings.
+    header: LoggedDataset,
+    rows: usize,
+    updates: Updates,
+}
+
+impl LogStream {
+    /// Opens the log at `source` (a file, directory or glob of logged data), keeping only
+    /// rows whose `split` column has its value.
+    pub fn open(source: &str, format: Format, split: Option<&Split>, chunk_rows: usize) -> Result<Self> {
+        if !matches!(format, Format::Auto | Format::Logged) {
+            return Err(SimError::InvalidOption(format!(
+                "{source}: format {format} is not a decision log; logs are read with --format logged"
+            )));
+        }
+        let mut stream = LogStream {
+            files: LogFiles {
+                paths: expand(source)?,
+                split: split.cloned(),
+                chunk_rows,
+            },
+            header: LoggedDataset {
+                source: source.to_string(),
+                ..LoggedDataset::default()
+            },
+            rows: 0,
+            updates: Updates::default(),
+        };
+        let mut arms = std::collections::BTreeSet::new();
+        let mut described = false;
+        stream.files.each_table(|file, table| {
+            // Told it is a log, the reader names what is missing.
+            if format == Format::Auto && table.rows() > 0 && !LoggedReader.detects(&table.columns()) {
+                return Err(SimError::InvalidOption(format!(
+                    "{}: not a decision log (no arm and propensity columns); a full-information \
+                     table is replayed by `quiver replay`, or made a log by `quiver data convert \
+                     --to logged`",
+                    table.path.display()
+                )));
+            }
+            let rows = LoggedReader::read_table(&table)?;
+            let header = &mut stream.header;
+            let decisions = (0..rows.arm_names.len())
+                .filter(|&r| rows.events.as_ref().is_none_or(|e| e[r].merge() == Merge::Starts))
+                .inspect(|&r| {
+                    arms.insert(rows.arm_names[r].clone());
+                })
+                .count();
+            if decisions > 0 && !described {
+                described = true;
+                header.feature_names = rows.data.feature_names.clone();
+                header.prompts = rows.data.prompts.as_ref().map(|_| Vec::new());
+            }
+            if header.context.is_none() {
+                header.context = rows.data.context.clone();
+            }
+            if rows.data.embeddings.is_some() {
+                header.embeddings = Some(Vec::new());
+            }
+            stream.rows += decisions;
+            stream.updates.collect(&rows, file);
+            Ok(())
+        })?;
+        stream.header.arms = arms.into_iter().collect();
+        Ok(stream)
+    }
+
+    /// The log with no rows (see [`LogStream`]); what a context builder needs of it.
+    pub fn header(&self) -> &LoggedDataset {
+        &self.header
+    }
+
+    /// Decisions in the log.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Calls `f` with each chunk of decisions in log order, arms indexed as in
+    /// [`LogStream::header`]; chunks may be empty.
+    pub fn for_each_chunk(&mut self, mut f: impl FnMut(LoggedDataset) -> Result<()>) -> Result<()> {
+        let mut updates = std::mem::take(&mut self.updates);
+        let header = &self.header;
+        let result = self.files.each_table(|_, table| {
+            let rows = LoggedReader::read_table(&table)?;
+            let (names, part) = updates.decisions(rows);
+            if names.is_empty() {
+                return Ok(());
+            }
+            f(header.chunk_of(names, part, &table.path)?)
+        });
+        let checked = result.and_then(|()| updates.check_all_used(&self.files.paths));
+        self.updates = updates;
+        checked
+    }
+}
+
+/// The files of a log, and how they are read.
+struct LogFiles {
+    paths: Vec<PathBuf>,
+    split: Option<Split>,
+    chunk_rows: usize,
+}
+
+impl LogFiles {
+    /// Calls `f` with each table of the log (after the split) and its file's place.
+    fn each_table(&self, mut f: impl FnMut(usize, Table) -> Result<()>) -> Result<()> {
+        for (file, path) in self.paths.iter().enumerate() {
+            for table in read_chunks(path, self.chunk_rows)? {
+                let mut table = table?;
+                if let Some(split) = &self.split {
+                    table = apply_split(table, split)?;
+                }
+                f(file, table)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LoggedDataset {
+    /// A chunk of decisions of the log this header describes, its arms indexed as here.
+    fn chunk_of(&self, names: Vec<String>, mut part: LoggedDataset, path: &Path) -> Result<LoggedDataset> {
+        let differs = |what: &str| {
+            SimError::Mismatch(format!(
+                "{}: every decision of one log must have the same {what} as its first",
+                path.display()
+            ))
+        };
+        if part.feature_names != self.feature_names {
+            return Err(differs("f_* columns"));
+        }
+        if part.prompts.is_some() != self.prompts.is_some() {
+            return Err(differs("prompt column (present or absent)"));
+        }
+        if self.embeddings.is_some() && part.embeddings.is_none() {
+            part.embeddings = Some(vec![None; names.len()]);
+        }
+        part.context = self.context.clone();
+        combine_logged(&self.source, vec![(names, part)], Some(self.arms.clone()))
+    }
+}
+
 impl DatasetReader for LoggedReader {
     fn detects(&self, columns: &[String]) -> bool {
         columns.iter().any(|c| c == "arm") && columns.iter().any(|c| c == "propensity")
@@ -346,7 +590,7 @@ impl DatasetReader for LoggedReader {
     fn read(&self, source: &str, tables: &[Table]) -> Result<Dataset> {
         let rows = tables.iter().map(Self::read_table).collect::<Result<Vec<_>>>()?;
         let parts = if rows.iter().any(|r| r.events.is_some()) {
-            vec![merge_events(rows)?]
+            merge_events(rows)?
         } else {
             rows.into_iter().map(|r| (r.arm_names, r.data)).collect()
         };

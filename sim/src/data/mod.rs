@@ -13,11 +13,11 @@ use std::str::FromStr;
 
 use ndarray::Array2;
 
-pub use logged::LoggedDataset;
+pub use logged::{LogStream, LoggedDataset};
 pub use wide::WideDataset;
 
 use crate::error::{Result, SimError};
-use crate::source::{read_all, Table};
+use crate::source::{expand, read_all, read_head, Table};
 
 /// A loaded dataset of either shape.
 #[derive(Debug, Clone)]
@@ -115,7 +115,7 @@ impl FromStr for Split {
     }
 }
 
-fn apply_split(table: Table, split: &Split) -> Result<Table> {
+pub(crate) fn apply_split(table: Table, split: &Split) -> Result<Table> {
     let values = table.texts(&split.column, "--split names a column of the data")?;
     let mask: polars::prelude::BooleanChunked = values
         .iter()
@@ -128,6 +128,7 @@ fn apply_split(table: Table, split: &Split) -> Result<Table> {
     Ok(Table {
         path: table.path,
         frame,
+        first_row: table.first_row,
     })
 }
 
@@ -140,27 +141,40 @@ pub fn load(source: &str, format: Format, split: Option<&Split>) -> Result<Datas
             .map(|t| apply_split(t, split))
             .collect::<Result<_>>()?;
     }
-    let columns = tables[0].columns();
-    let readers = readers();
-    let reader = match format {
-        Format::Auto => readers
-            .iter()
-            .find(|(_, r)| r.detects(&columns))
-            .map(|(_, r)| r)
-            .ok_or_else(|| {
-                SimError::InvalidOption(format!(
-                    "{}: cannot tell the format from its columns ({}); give --format",
-                    tables[0].path.display(),
-                    columns.join(", ")
-                ))
-            })?,
-        chosen => readers
-            .iter()
-            .find(|(f, _)| *f == chosen)
-            .map(|(_, r)| r)
-            .ok_or_else(|| SimError::InvalidOption(format!("no reader for format {chosen}")))?,
-    };
+    let chosen = detect(&tables[0], format)?;
+    let (_, reader) = readers()
+        .into_iter()
+        .find(|(f, _)| *f == chosen)
+        .ok_or_else(|| SimError::InvalidOption(format!("no reader for format {chosen}")))?;
     reader.read(source, &tables)
+}
+
+/// The format of the data whose first table is `first`: `format` unless it is auto.
+fn detect(first: &Table, format: Format) -> Result<Format> {
+    if format != Format::Auto {
+        return Ok(format);
+    }
+    let columns = first.columns();
+    readers()
+        .into_iter()
+        .find(|(_, r)| r.detects(&columns))
+        .map(|(f, _)| f)
+        .ok_or_else(|| {
+            SimError::InvalidOption(format!(
+                "{}: cannot tell the format from its columns ({}); give --format",
+                first.path.display(),
+                columns.join(", ")
+            ))
+        })
+}
+
+/// The format of the data at `source` (`format` unless it is auto), from the first rows
+/// of its first file.
+pub fn detect_format(source: &str, format: Format) -> Result<Format> {
+    if format != Format::Auto {
+        return Ok(format);
+    }
+    detect(&read_head(&expand(source)?[0], 1000)?, format)
 }
 
 /// Loads a data path that must be full-information.

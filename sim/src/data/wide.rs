@@ -265,7 +265,9 @@ pub(crate) fn optional_texts(table: &Table, column: &str) -> Result<Option<Vec<S
 
 /// Ids from `column`, or the 1-based row numbers.
 pub(crate) fn ids_or_row_numbers(table: &Table, column: &str) -> Result<Vec<String>> {
-    Ok(optional_texts(table, column)?.unwrap_or_else(|| (1..=table.rows()).map(|r| r.to_string()).collect()))
+    let first = table.first_row;
+    Ok(optional_texts(table, column)?
+        .unwrap_or_else(|| (first + 1..=first + table.rows()).map(|r| r.to_string()).collect()))
 }
 
 /// The native wide shape.

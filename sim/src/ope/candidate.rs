@@ -5,9 +5,8 @@ use ndarray::Array2;
 use quiver_bandit::{Arm, Context, Learner, LearnerConfig, Objective, Outcome, PolicySpec, Request};
 use serde::Serialize;
 
-use super::{
-    cross_fitted_predictions, diagnostics, estimate, EstimateReport, Estimator, OpeInputs, WeightDiagnostics,
-};
+use super::reward_model::{CrossFitted, RewardFit};
+use super::{EstimateReport, EstimateStream, Estimator, OpeInputs, WeightDiagnostics, WeightStream};
 use crate::data::LoggedDataset;
 use crate::error::Result;
 
@@ -20,9 +19,60 @@ pub struct CandidateRun {
     pub sampled: Vec<usize>,
 }
 
-/// Runs `spec` along `log` in order. On each row it decides (PMF and own draw, from the
-/// row's own random stream) from what came before, then, with `learn`, learns the logged
-/// outcome.
+/// A candidate policy running along a log, a chunk of rows at a time.
+pub struct Candidate {
+    learner: Learner,
+    learn: bool,
+}
+
+impl Candidate {
+    /// `spec` over `arms`, on contexts of `dim` features; with `learn`, it learns each
+    /// row's logged outcome after deciding on it.
+    pub fn new(
+        arms: &[String],
+        dim: usize,
+        spec: &PolicySpec,
+        objective: Objective,
+        seed: u64,
+        learn: bool,
+    ) -> Result<Self> {
+        let mut config = LearnerConfig::new(spec.clone(), dim);
+        config.objective = objective;
+        config.seed = seed;
+        // Decisions are only read here, never resolved: remember few of them.
+        config.max_tracked_decisions = 16;
+        Ok(Candidate {
+            learner: Learner::new(config, arms.iter().map(Arm::new).collect())?,
+            learn,
+        })
+    }
+
+    /// Runs along the rows of `log` (the next chunk of the log) in order. On each row it
+    /// decides (PMF and own draw, from the row's own random stream) from what came before,
+    /// then learns the logged outcome.
+    pub fn run(&mut self, log: &LoggedDataset, contexts: &[Context]) -> Result<CandidateRun> {
+        let learner = &mut self.learner;
+        let mut pmf = Array2::zeros((log.rows(), log.arms.len()));
+        let mut sampled = Vec::with_capacity(log.rows());
+        for (i, context) in contexts.iter().enumerate() {
+            let decision = learner.decide(&Request::new(context.clone()))?;
+            for estimate in &decision.arms {
+                let a = learner.arm_index(&estimate.arm)?;
+                pmf[[i, a]] = estimate.probability;
+            }
+            sampled.push(learner.arm_index(&decision.arm)?);
+            if self.learn {
+                let mut outcome = Outcome::new(log.latency_ms[i], log.cost_usd[i]);
+                outcome.error = log.error[i];
+                outcome.quality = log.quality[i];
+                learner.learn(&log.arms[log.arm[i]], context, &outcome)?;
+            }
+        }
+        Ok(CandidateRun { pmf, sampled })
+    }
+}
+
+/// Runs `spec` along the whole of `log` ([`Candidate::run`]).
 pub fn run_candidate(
     log: &LoggedDataset,
     contexts: &[Context],
@@ -31,31 +81,8 @@ pub fn run_candidate(
     seed: u64,
     learn: bool,
 ) -> Result<CandidateRun> {
-    let k = log.arms.len();
     let dim = contexts.first().map_or(1, |c| c.features.len());
-    let mut config = LearnerConfig::new(spec.clone(), dim);
-    config.objective = objective;
-    config.seed = seed;
-    // Decisions are only read here, never resolved: remember few of them.
-    config.max_tracked_decisions = 16;
-    let mut learner = Learner::new(config, log.arms.iter().map(Arm::new).collect())?;
-    let mut pmf = Array2::zeros((log.rows(), k));
-    let mut sampled = Vec::with_capacity(log.rows());
-    for (i, context) in contexts.iter().enumerate() {
-        let decision = learner.decide(&Request::new(context.clone()))?;
-        for estimate in &decision.arms {
-            let a = learner.arm_index(&estimate.arm)?;
-            pmf[[i, a]] = estimate.probability;
-        }
-        sampled.push(learner.arm_index(&decision.arm)?);
-        if learn {
-            let mut outcome = Outcome::new(log.latency_ms[i], log.cost_usd[i]);
-            outcome.error = log.error[i];
-            outcome.quality = log.quality[i];
-            learner.learn(&log.arms[log.arm[i]], context, &outcome)?;
-        }
-    }
-    Ok(CandidateRun { pmf, sampled })
+    Candidate::new(&log.arms, dim, spec, objective, seed, learn)?.run(log, contexts)
 }
 
 /// A metric of a logged row that estimators can value.
@@ -85,7 +112,8 @@ impl Metric {
         quiver_bandit::credited_quality(log.quality[i], log.error[i])
     }
 
-    fn observe(&self, log: &LoggedDataset, i: usize) -> Option<f64> {
+    /// The metric on row `i` of `log`, if observed.
+    pub fn observe(&self, log: &LoggedDataset, i: usize) -> Option<f64> {
         match self {
             Metric::Reward(o) => {
                 Self::quality(log, i).map(|q| o.reward(q, log.cost_usd[i], log.latency_ms[i]))
@@ -96,8 +124,8 @@ impl Metric {
     }
 }
 
-/// The estimator inputs for one metric: the rows where it was observed, the candidate's
-/// probabilities and the cross-fitted reward model.
+/// The estimator inputs for one metric on the whole of `log`: the rows where it was
+/// observed, the candidate's probabilities and the cross-fitted reward model.
 pub fn inputs_for(
     log: &LoggedDataset,
     contexts: &[Context],
@@ -106,23 +134,39 @@ pub fn inputs_for(
     clip: f64,
     switch_tau: f64,
 ) -> OpeInputs {
-    let observed: Vec<Option<f64>> = (0..log.rows()).map(|i| metric.observe(log, i)).collect();
-    let rows: Vec<(&[f64], usize, Option<f64>)> = contexts
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.features.as_slice(), log.arm[i], observed[i]))
-        .collect();
-    let q = cross_fitted_predictions(&rows, log.arms.len());
+    let dim = contexts.first().map_or(0, |c| c.features.len());
+    let mut fit = RewardFit::new(dim, log.arms.len());
+    for (i, context) in contexts.iter().enumerate() {
+        fit.add(i, &context.features, log.arm[i], metric.observe(log, i));
+    }
+    chunk_inputs(log, contexts, run, metric, &fit.solve(), 0, clip, switch_tau)
+}
+
+/// The estimator inputs for one metric on a chunk of a log whose first row is the log's
+/// row `first_row` (which decides each row's fold of the reward model `q`).
+#[allow(clippy::too_many_arguments)]
+pub fn chunk_inputs(
+    log: &LoggedDataset,
+    contexts: &[Context],
+    run: &CandidateRun,
+    metric: Metric,
+    q: &CrossFitted,
+    first_row: usize,
+    clip: f64,
+    switch_tau: f64,
+) -> OpeInputs {
     let mut inputs = OpeInputs {
         clip,
         switch_tau,
         ..OpeInputs::default()
     };
-    for (i, r) in observed.iter().enumerate() {
-        let Some(r) = r else { continue };
+    let mut qi = vec![0.0; log.arms.len()];
+    for (i, context) in contexts.iter().enumerate() {
+        let Some(r) = metric.observe(log, i) else { continue };
+        q.predict(first_row + i, &context.features, &mut qi);
         let a = log.arm[i];
-        let (pi, qi) = (run.pmf.row(i), q.row(i));
-        inputs.reward.push(*r);
+        let pi = run.pmf.row(i);
+        inputs.reward.push(r);
         inputs.propensity.push(log.propensity[i]);
         inputs.target.push(pi[a]);
         inputs.q_logged.push(qi[a]);
@@ -153,13 +197,47 @@ pub fn report_metric(
     resamples: usize,
     seed: u64,
 ) -> MetricReport {
-    MetricReport {
-        metric: metric.name().to_string(),
-        rows: inputs.rows(),
-        weights: diagnostics(inputs),
-        estimates: estimators
-            .iter()
-            .map(|e| estimate(e.as_ref(), inputs, resamples, seed))
-            .collect(),
+    let mut stream = MetricStream::new(metric, estimators, resamples, seed);
+    stream.add(inputs);
+    stream.finish()
+}
+
+/// A metric's report over rows that come a chunk at a time.
+pub struct MetricStream<'a> {
+    metric: Metric,
+    weights: WeightStream,
+    estimates: Vec<EstimateStream<'a>>,
+}
+
+impl<'a> MetricStream<'a> {
+    /// No rows yet; `resamples` bootstrap resamples (0: none) drawn from `seed`.
+    pub fn new(metric: Metric, estimators: &'a [Box<dyn Estimator>], resamples: usize, seed: u64) -> Self {
+        MetricStream {
+            metric,
+            weights: WeightStream::default(),
+            estimates: estimators
+                .iter()
+                .map(|e| EstimateStream::new(e.as_ref(), resamples, seed))
+                .collect(),
+        }
+    }
+
+    /// Adds the next rows.
+    pub fn add(&mut self, inputs: &OpeInputs) {
+        self.weights.add(inputs);
+        for e in &mut self.estimates {
+            e.add(inputs);
+        }
+    }
+
+    /// The report.
+    pub fn finish(self) -> MetricReport {
+        let weights = self.weights.finish();
+        MetricReport {
+            metric: self.metric.name().to_string(),
+            rows: weights.rows,
+            weights,
+            estimates: self.estimates.into_iter().map(EstimateStream::finish).collect(),
+        }
     }
 }

@@ -295,6 +295,26 @@ mod tests {
         assert!((r.std_error * 1.959964 / half - 1.0).abs() < 1e-9);
     }
 
+    /// SNIPS' delta-method standard error against the linearized influence written out:
+    /// terms `(w r, w)`, gradient `(1 / m_w, -m_wr / m_w^2)`, two passes over the rows.
+    #[test]
+    fn a_ratio_estimators_standard_error_is_its_delta_method() {
+        let x = inputs();
+        let w = [2.0, 2.0, 0.0, 4.0];
+        let wr: Vec<f64> = w.iter().zip(&x.reward).map(|(w, r)| w * r).collect();
+        let n = 4.0;
+        let (m_wr, m_w) = (wr.iter().sum::<f64>() / n, w.iter().sum::<f64>() / n);
+        let g = [1.0 / m_w, -m_wr / (m_w * m_w)];
+        let var = (0..4)
+            .map(|i| (g[0] * (wr[i] - m_wr) + g[1] * (w[i] - m_w)).powi(2))
+            .sum::<f64>()
+            / (n - 1.0);
+        let se = (var / n).sqrt();
+        let r = estimate(&Snips, &x, 0, 0);
+        assert!((r.std_error - se).abs() < 1e-12, "{} vs {se}", r.std_error);
+        assert_eq!(r.ci95_bootstrap, None);
+    }
+
     #[test]
     fn estimators_are_found_by_name() {
         assert_eq!(estimator_by_name("SNDR").unwrap().name(), "sndr");

@@ -2,11 +2,12 @@
 //! validated set of estimator settings. `quiver ope` and `quiver replay` on a log both
 //! evaluate through here.
 
-use quiver_bandit::{Context, Objective, PolicySpec};
+use quiver_bandit::{Objective, PolicySpec};
 use serde::Serialize;
 
-use super::{inputs_for, report_metric, run_candidate, Estimator, Metric, MetricReport};
-use crate::data::LoggedDataset;
+use super::{chunk_inputs, Candidate, Estimator, Metric, MetricReport, MetricStream, RewardFit};
+use crate::context::ContextBuilder;
+use crate::data::LogStream;
 use crate::error::{Result, SimError};
 
 /// How the estimators weigh and resample, checked once.
@@ -58,32 +59,61 @@ pub struct OpeSummary {
     pub metrics: Vec<MetricReport>,
 }
 
-/// Every metric's estimates of `spec` on `log` (with `contexts`, one per row), learning
-/// along the log when `learn`.
+/// Every metric's estimates of `spec` on the log `log` streams, learning along the log
+/// when `learn`. The log is read twice, a chunk at a time: once for the reward models'
+/// statistics, once for the candidate's decisions and the estimators' sums, so memory
+/// holds one chunk, whatever the log's length.
 pub fn evaluate(
-    log: &LoggedDataset,
-    contexts: &[Context],
+    log: &mut LogStream,
     spec: &PolicySpec,
     objective: Objective,
     estimators: &[Box<dyn Estimator>],
     settings: EstimatorSettings,
     learn: bool,
 ) -> Result<OpeSummary> {
-    let candidate = run_candidate(log, contexts, spec, objective, settings.seed, learn)?;
-    let metrics = [Metric::Reward(objective), Metric::Quality, Metric::Cost]
-        .into_iter()
-        .map(|m| {
-            let inputs = inputs_for(log, contexts, &candidate, m, settings.clip, settings.switch_tau);
-            report_metric(&inputs, m, estimators, settings.bootstrap, settings.seed)
-        })
-        .collect();
+    let header = log.header().clone();
+    let (dim, arms) = (ContextBuilder::for_log(&header).dim(), header.arms.len());
+    let metrics = [Metric::Reward(objective), Metric::Quality, Metric::Cost];
+    let mut fits = metrics.map(|_| RewardFit::new(dim, arms));
+    let mut first_row = 0;
+    log.for_each_chunk(|chunk| {
+        let contexts = ContextBuilder::log_contexts(&chunk)?;
+        for (fit, metric) in fits.iter_mut().zip(metrics) {
+            for (i, context) in contexts.iter().enumerate() {
+                fit.add(
+                    first_row + i,
+                    &context.features,
+                    chunk.arm[i],
+                    metric.observe(&chunk, i),
+                );
+            }
+        }
+        first_row += chunk.rows();
+        Ok(())
+    })?;
+    let models = fits.map(RewardFit::solve);
+    let mut candidate = Candidate::new(&header.arms, dim, spec, objective, settings.seed, learn)?;
+    let mut streams = metrics.map(|m| MetricStream::new(m, estimators, settings.bootstrap, settings.seed));
+    first_row = 0;
+    log.for_each_chunk(|chunk| {
+        let contexts = ContextBuilder::log_contexts(&chunk)?;
+        let run = candidate.run(&chunk, &contexts)?;
+        for ((stream, metric), q) in streams.iter_mut().zip(metrics).zip(&models) {
+            let (clip, tau) = (settings.clip, settings.switch_tau);
+            stream.add(&chunk_inputs(
+                &chunk, &contexts, &run, metric, q, first_row, clip, tau,
+            ));
+        }
+        first_row += chunk.rows();
+        Ok(())
+    })?;
     Ok(OpeSummary {
-        dataset: log.source.clone(),
+        dataset: header.source.clone(),
         rows: log.rows(),
-        arms: log.arms.clone(),
+        arms: header.arms.clone(),
         policy: spec.to_string(),
         learning: learn,
-        metrics,
+        metrics: streams.into_iter().map(MetricStream::finish).collect(),
     })
 }
 

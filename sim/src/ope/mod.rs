@@ -21,11 +21,14 @@ mod evaluate;
 mod resample;
 mod reward_model;
 
-pub use candidate::{inputs_for, report_metric, run_candidate, CandidateRun, Metric, MetricReport};
+pub use candidate::{
+    chunk_inputs, inputs_for, report_metric, run_candidate, Candidate, CandidateRun, Metric, MetricReport,
+    MetricStream,
+};
 pub use estimators::{all_estimators, estimator_by_name, Dm, Dr, Ips, Replay, Sndr, Snips, SwitchDr};
 pub use evaluate::{evaluate, EstimatorSettings, OpeSummary};
-pub use resample::{poisson_sums, Kernel, ResampleSums};
-pub use reward_model::cross_fitted_predictions;
+pub use resample::{poisson_sums, Kernel, PoissonStream, ResampleSums};
+pub use reward_model::{CrossFitted, RewardFit};
 
 use serde::Serialize;
 
@@ -131,32 +134,11 @@ pub fn terms(estimator: &dyn Estimator, inputs: &OpeInputs) -> Terms {
     columns
 }
 
-fn means(terms: &Terms) -> [f64; 3] {
-    let n = terms[0].len().max(1) as f64;
-    terms.each_ref().map(|column| column.iter().sum::<f64>() / n)
-}
-
 /// The point estimate, in one pass without materializing the terms (the same sums, in
 /// the same order, as [`estimate`] takes).
 pub fn value(estimator: &dyn Estimator, inputs: &OpeInputs) -> f64 {
     let n = inputs.rows().max(1) as f64;
     estimator.combine(estimator.sums(inputs).map(|s| s / n))
-}
-
-/// The delta-method standard error: the sample standard deviation of the linearized
-/// influence `grad . (t_i - mean)` over `sqrt(n)`.
-fn delta_std_error(estimator: &dyn Estimator, terms: &Terms) -> f64 {
-    let n = terms[0].len();
-    if n < 2 {
-        return f64::NAN;
-    }
-    let m = means(terms);
-    let g = estimator.gradient(m);
-    let var = (0..n)
-        .map(|i| (0..3).map(|k| g[k] * (terms[k][i] - m[k])).sum::<f64>().powi(2))
-        .sum::<f64>()
-        / (n - 1) as f64;
-    (var / n as f64).sqrt()
 }
 
 /// Each resample's estimate from its count-weighted sums (empty resamples dropped).
@@ -174,6 +156,51 @@ fn resample_values<const N: usize>(estimator: &dyn Estimator, resamples: Vec<Res
         .collect()
 }
 
+/// The Poisson-bootstrap sums of as many term columns as an estimator reads.
+enum Resampling {
+    One(PoissonStream<1>),
+    Two(PoissonStream<2>),
+    Three(PoissonStream<3>),
+}
+
+impl Resampling {
+    fn new(arity: usize, resamples: usize, seed: u64) -> Self {
+        let kernel = Kernel::detect();
+        match arity {
+            1 => Resampling::One(PoissonStream::new(resamples, seed, kernel)),
+            2 => Resampling::Two(PoissonStream::new(resamples, seed, kernel)),
+            _ => Resampling::Three(PoissonStream::new(resamples, seed, kernel)),
+        }
+    }
+
+    /// Adds the next rows (see [`PoissonStream::add`]).
+    fn add(&mut self, terms: &Terms) {
+        let [t0, t1, t2] = terms.each_ref().map(Vec::as_slice);
+        match self {
+            Resampling::One(s) => s.add([t0]),
+            Resampling::Two(s) => s.add([t0, t1]),
+            Resampling::Three(s) => s.add([t0, t1, t2]),
+        }
+    }
+
+    /// The percentile interval of the resamples' estimates.
+    fn interval(self, estimator: &dyn Estimator) -> [f64; 2] {
+        let mut values = match self {
+            Resampling::One(s) => resample_values(estimator, s.finish()),
+            Resampling::Two(s) => resample_values(estimator, s.finish()),
+            Resampling::Three(s) => resample_values(estimator, s.finish()),
+        };
+        // A resample can hold no weight at all (a ratio estimator is then undefined): drop it.
+        values.retain(|v| v.is_finite());
+        if values.is_empty() {
+            return [f64::NAN, f64::NAN];
+        }
+        values.sort_by(f64::total_cmp);
+        let at = |p: f64| values[((values.len() - 1) as f64 * p).round() as usize];
+        [at(0.025), at(0.975)]
+    }
+}
+
 /// Percentile bootstrap interval of the estimate from `resamples` Poisson-bootstrap
 /// resamples of the rows ([`poisson_sums`] describes the method); the interval depends
 /// only on `seed`, not on the thread count.
@@ -181,21 +208,9 @@ pub fn bootstrap(estimator: &dyn Estimator, terms: &Terms, resamples: usize, see
     if terms[0].is_empty() || resamples == 0 {
         return [f64::NAN, f64::NAN];
     }
-    let kernel = Kernel::detect();
-    let [t0, t1, t2] = terms.each_ref().map(Vec::as_slice);
-    let mut values = match estimator.arity() {
-        1 => resample_values(estimator, poisson_sums([t0], resamples, seed, kernel)),
-        2 => resample_values(estimator, poisson_sums([t0, t1], resamples, seed, kernel)),
-        _ => resample_values(estimator, poisson_sums([t0, t1, t2], resamples, seed, kernel)),
-    };
-    // A resample can hold no weight at all (a ratio estimator is then undefined): drop it.
-    values.retain(|v| v.is_finite());
-    if values.is_empty() {
-        return [f64::NAN, f64::NAN];
-    }
-    values.sort_by(f64::total_cmp);
-    let at = |p: f64| values[((values.len() - 1) as f64 * p).round() as usize];
-    [at(0.025), at(0.975)]
+    let mut resampling = Resampling::new(estimator.arity(), resamples, seed);
+    resampling.add(terms);
+    resampling.interval(estimator)
 }
 
 /// Value, analytic interval and (with `resamples > 0`) bootstrap interval.
@@ -205,15 +220,108 @@ pub fn estimate(
     resamples: usize,
     seed: u64,
 ) -> EstimateReport {
-    let terms = self::terms(estimator, inputs);
-    let value = estimator.combine(means(&terms));
-    let se = delta_std_error(estimator, &terms);
-    EstimateReport {
-        estimator: estimator.name().to_string(),
-        value,
-        ci95_analytic: [value - 1.959964 * se, value + 1.959964 * se],
-        ci95_bootstrap: (resamples > 0).then(|| bootstrap(estimator, &terms, resamples, seed)),
-        std_error: se,
+    let mut stream = EstimateStream::new(estimator, resamples, seed);
+    stream.add(inputs);
+    stream.finish()
+}
+
+/// Rows of terms handed to the bootstrap at once: whole blocks of its streams, and
+/// enough of them to share out among threads.
+const RESAMPLE_BATCH: usize = 16 * PoissonStream::<1>::BATCH_MULTIPLE;
+
+/// One estimator's [`EstimateReport`] over rows that come a chunk at a time, the same
+/// whatever the chunks: the terms' sums (the value), their co-moments (the delta
+/// method's variance, by Welford's update) and the bootstrap's resample sums.
+pub struct EstimateStream<'a> {
+    estimator: &'a dyn Estimator,
+    rows: usize,
+    sums: [f64; 3],
+    mean: [f64; 3],
+    comoment: [[f64; 3]; 3],
+    /// The bootstrap's sums, and the terms not yet handed to it.
+    resampling: Option<(Resampling, Terms)>,
+}
+
+impl<'a> EstimateStream<'a> {
+    /// No rows yet; `resamples` bootstrap resamples (0: none) drawn from `seed`.
+    pub fn new(estimator: &'a dyn Estimator, resamples: usize, seed: u64) -> Self {
+        EstimateStream {
+            estimator,
+            rows: 0,
+            sums: [0.0; 3],
+            mean: [0.0; 3],
+            comoment: [[0.0; 3]; 3],
+            resampling: (resamples > 0).then(|| {
+                (
+                    Resampling::new(estimator.arity(), resamples, seed),
+                    Terms::default(),
+                )
+            }),
+        }
+    }
+
+    /// Adds the next rows.
+    pub fn add(&mut self, inputs: &OpeInputs) {
+        for i in 0..inputs.rows() {
+            let t = self.estimator.terms(inputs, i);
+            self.rows += 1;
+            let n = self.rows as f64;
+            let before = self.mean;
+            for k in 0..3 {
+                self.sums[k] += t[k];
+                self.mean[k] += (t[k] - before[k]) / n;
+            }
+            for (j, row) in self.comoment.iter_mut().enumerate() {
+                for (k, c) in row.iter_mut().enumerate() {
+                    *c += (t[j] - before[j]) * (t[k] - self.mean[k]);
+                }
+            }
+            if let Some((resampling, pending)) = self.resampling.as_mut() {
+                for (column, x) in pending.iter_mut().zip(t) {
+                    column.push(x);
+                }
+                if pending[0].len() == RESAMPLE_BATCH {
+                    resampling.add(pending);
+                    pending.iter_mut().for_each(Vec::clear);
+                }
+            }
+        }
+    }
+
+    /// The estimate, with the delta method's standard error: the sample standard
+    /// deviation of the linearized influence `grad . (t_i - mean)` over `sqrt(n)`.
+    pub fn finish(self) -> EstimateReport {
+        let e = self.estimator;
+        let n = self.rows;
+        let means = self.sums.map(|s| s / n.max(1) as f64);
+        let value = e.combine(means);
+        let se = if n < 2 {
+            f64::NAN
+        } else {
+            let g = e.gradient(means);
+            let var = (0..3)
+                .flat_map(|j| (0..3).map(move |k| (j, k)))
+                .map(|(j, k)| g[j] * g[k] * self.comoment[j][k])
+                .sum::<f64>()
+                / (n - 1) as f64;
+            (var.max(0.0) / n as f64).sqrt()
+        };
+        let ci95_bootstrap = self.resampling.map(|(mut resampling, pending)| {
+            if n == 0 {
+                return [f64::NAN, f64::NAN];
+            }
+            if !pending[0].is_empty() {
+                resampling.add(&pending);
+            }
+            resampling.interval(e)
+        });
+        EstimateReport {
+            estimator: e.name().to_string(),
+            value,
+            ci95_analytic: [value - 1.959964 * se, value + 1.959964 * se],
+            ci95_bootstrap,
+            std_error: se,
+        }
     }
 }
 
@@ -236,17 +344,51 @@ pub struct WeightDiagnostics {
 
 /// Weight diagnostics.
 pub fn diagnostics(inputs: &OpeInputs) -> WeightDiagnostics {
-    let n = inputs.rows();
-    let raw: Vec<f64> = (0..n).map(|i| inputs.target[i] / inputs.propensity[i]).collect();
-    let clipped: Vec<f64> = (0..n).map(|i| inputs.weight(i)).collect();
-    let sum: f64 = clipped.iter().sum();
-    let sum_sq: f64 = clipped.iter().map(|w| w * w).sum();
-    WeightDiagnostics {
-        rows: n,
-        mean_weight: sum / n.max(1) as f64,
-        max_weight: raw.iter().cloned().fold(0.0, f64::max),
-        effective_sample_size: if sum_sq > 0.0 { sum * sum / sum_sq } else { 0.0 },
-        clipped_share: raw.iter().filter(|&&w| w > inputs.clip).count() as f64 / n.max(1) as f64,
-        replay_accepted: inputs.accepted.iter().filter(|&&a| a).count(),
+    let mut stream = WeightStream::default();
+    stream.add(inputs);
+    stream.finish()
+}
+
+/// [`WeightDiagnostics`] over rows that come a chunk at a time.
+#[derive(Debug, Clone, Default)]
+pub struct WeightStream {
+    rows: usize,
+    sum: f64,
+    sum_sq: f64,
+    max_raw: f64,
+    clipped: usize,
+    accepted: usize,
+}
+
+impl WeightStream {
+    /// Adds the next rows.
+    pub fn add(&mut self, inputs: &OpeInputs) {
+        for i in 0..inputs.rows() {
+            let raw = inputs.target[i] / inputs.propensity[i];
+            let w = inputs.weight(i);
+            self.rows += 1;
+            self.sum += w;
+            self.sum_sq += w * w;
+            self.max_raw = self.max_raw.max(raw);
+            self.clipped += usize::from(raw > inputs.clip);
+            self.accepted += usize::from(inputs.accepted[i]);
+        }
+    }
+
+    /// The diagnostics.
+    pub fn finish(self) -> WeightDiagnostics {
+        let n = self.rows.max(1) as f64;
+        WeightDiagnostics {
+            rows: self.rows,
+            mean_weight: self.sum / n,
+            max_weight: self.max_raw,
+            effective_sample_size: if self.sum_sq > 0.0 {
+                self.sum * self.sum / self.sum_sq
+            } else {
+                0.0
+            },
+            clipped_share: self.clipped as f64 / n,
+            replay_accepted: self.accepted,
+        }
     }
 }

@@ -183,28 +183,32 @@ type BlockKernel<const N: usize> =
     fn(&mut LaneState, &[u32; MAX_COUNT], &[&[f64]; N], &mut [[f64; LANES]; N], &mut [i32; LANES]);
 
 /// One resample group over all rows: the sums and total count of each lane.
-fn group_sums<const N: usize>(
+/// Adds `columns` (rows from block `first_block` on) to one group's lane sums.
+fn group_add<const N: usize>(
+    lanes: &mut GroupSums<N>,
     columns: &[&[f64]; N],
     seed: u64,
     group: usize,
+    first_block: usize,
     block_kernel: BlockKernel<N>,
-) -> ([[f64; LANES]; N], [u64; LANES]) {
+) {
     let thresholds = thresholds();
     let rows = columns.first().map_or(0, |c| c.len());
-    let mut sums = [[0.0; LANES]; N];
-    let mut totals = [0u64; LANES];
-    for (block, start) in (0..rows).step_by(BLOCK).enumerate() {
+    let (sums, totals) = lanes;
+    for (block, start) in (first_block..).zip((0..rows).step_by(BLOCK)) {
         let end = (start + BLOCK).min(rows);
         let block_columns: [&[f64]; N] = std::array::from_fn(|k| &columns[k][start..end]);
         let mut state = seed_lanes(seed, group, block);
         let mut counts = [0i32; LANES];
-        block_kernel(&mut state, &thresholds, &block_columns, &mut sums, &mut counts);
+        block_kernel(&mut state, &thresholds, &block_columns, sums, &mut counts);
         for l in 0..LANES {
             totals[l] += counts[l] as u64;
         }
     }
-    (sums, totals)
 }
+
+/// One group's running sums: per column and lane, and each lane's total count.
+type GroupSums<const N: usize> = ([[f64; LANES]; N], [u64; LANES]);
 
 /// Which build of the kernel runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,23 +259,71 @@ pub fn poisson_sums<const N: usize>(
     seed: u64,
     kernel: Kernel,
 ) -> Vec<ResampleSums<N>> {
-    let kernel = if kernel.supported() {
-        kernel
-    } else {
-        Kernel::Portable
-    };
-    let mut out: Vec<ResampleSums<N>> = (0..resamples.div_ceil(LANES))
-        .into_par_iter()
-        .flat_map_iter(|group| {
-            let (sums, totals) = group_sums(&columns, seed, group, kernel.block_kernel());
-            (0..LANES).map(move |l| ResampleSums {
-                sums: std::array::from_fn(|k| sums[k][l]),
-                count: totals[l],
+    let mut stream = PoissonStream::new(resamples, seed, kernel);
+    stream.add(columns);
+    stream.finish()
+}
+
+/// [`poisson_sums`] over rows that come a batch at a time: every batch but the last
+/// must hold a whole number of blocks ([`PoissonStream::BATCH_MULTIPLE`] rows), and the
+/// result is then the same, to the bit, as one call over all the rows.
+pub struct PoissonStream<const N: usize> {
+    resamples: usize,
+    seed: u64,
+    kernel: Kernel,
+    groups: Vec<GroupSums<N>>,
+    next_block: usize,
+    ended: bool,
+}
+
+impl<const N: usize> PoissonStream<N> {
+    /// Rows of which every batch but the last is a multiple.
+    pub const BATCH_MULTIPLE: usize = BLOCK;
+
+    /// No rows yet.
+    pub fn new(resamples: usize, seed: u64, kernel: Kernel) -> Self {
+        PoissonStream {
+            resamples,
+            seed,
+            kernel: if kernel.supported() {
+                kernel
+            } else {
+                Kernel::Portable
+            },
+            groups: vec![([[0.0; LANES]; N], [0; LANES]); resamples.div_ceil(LANES)],
+            next_block: 0,
+            ended: false,
+        }
+    }
+
+    /// Adds the next rows (columns of equal length).
+    pub fn add(&mut self, columns: [&[f64]; N]) {
+        let rows = columns.first().map_or(0, |c| c.len());
+        assert!(!self.ended, "a batch of {rows} rows after a partial block");
+        self.ended = !rows.is_multiple_of(BLOCK);
+        let (seed, first_block, kernel) = (self.seed, self.next_block, self.kernel.block_kernel());
+        self.groups
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(group, lanes)| group_add(lanes, &columns, seed, group, first_block, kernel));
+        self.next_block += rows.div_ceil(BLOCK);
+    }
+
+    /// Each resample's sums.
+    pub fn finish(self) -> Vec<ResampleSums<N>> {
+        let mut out: Vec<ResampleSums<N>> = self
+            .groups
+            .into_iter()
+            .flat_map(|(sums, totals)| {
+                (0..LANES).map(move |l| ResampleSums {
+                    sums: std::array::from_fn(|k| sums[k][l]),
+                    count: totals[l],
+                })
             })
-        })
-        .collect();
-    out.truncate(resamples);
-    out
+            .collect();
+        out.truncate(self.resamples);
+        out
+    }
 }
 
 #[cfg(test)]
@@ -333,6 +385,31 @@ mod tests {
         }
         let other_seed = poisson_sums([&ones], 64, 8, Kernel::detect());
         assert_ne!(other_seed[0].count, runs[0].count);
+    }
+
+    /// Rows handed over in batches of whole blocks and a partial last one give the sums
+    /// of one call over all of them, to the bit; a batch after a partial block is refused.
+    #[test]
+    fn batches_sum_as_one_call() {
+        let rows = 5 * BLOCK + 123;
+        let x: Vec<f64> = (0..rows).map(|i| ((i * 7919) % 1000) as f64 / 997.0).collect();
+        let y: Vec<f64> = x.iter().map(|v| v * v - 0.3).collect();
+        let whole = poisson_sums([&x, &y], 40, 11, Kernel::detect());
+        let mut stream = PoissonStream::new(40, 11, Kernel::detect());
+        for range in [0..BLOCK, BLOCK..3 * BLOCK, 3 * BLOCK..3 * BLOCK, 3 * BLOCK..rows] {
+            stream.add([&x[range.clone()], &y[range]]);
+        }
+        let batched = stream.finish();
+        assert_eq!(whole.len(), 40);
+        for (a, b) in whole.iter().zip(&batched) {
+            assert_eq!((a.count, a.sums), (b.count, b.sums));
+        }
+        let refused = std::panic::catch_unwind(|| {
+            let mut stream = PoissonStream::new(16, 1, Kernel::Portable);
+            stream.add([&x[..10]]);
+            stream.add([&x[10..20]]);
+        });
+        assert!(refused.is_err());
     }
 
     /// The frequency of each count over one long lane against e^-1 / k!: a chi-square

@@ -1,0 +1,254 @@
+//! Compacted segments: a closed JSON-lines segment rewritten as Parquet, the same records
+//! in columns (a tenth of the bytes on a long log, and a reader can take the columns it needs).
+//!
+//! A compacted segment is named as its JSON-lines segment was, with `.parquet`
+//! (`decisions-<first seq>.parquet`), and holds the same records in the same order: one
+//! column per field of [`LogRecord`] (`embedding` and `unavailable` as lists) and one per
+//! caller feature, null where a record has none. Every reader of a log directory, the
+//! server's recovery among them, reads both kinds of segment ([`segment_files`]).
+//!
+//! [`compact`] never touches the newest JSON-lines segment (the open one, which the server
+//! appends to). For each closed one it writes the Parquet file under a temporary name,
+//! fsyncs it, renames it into place, fsyncs the directory and only then removes the
+//! JSON-lines file; a reader that lists the directory in between finds both and reads the
+//! Parquet file, so a log is complete at every moment of a compaction, also under a crash.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+
+use crate::{first_seq_of, segment_files, sync_dir, LogEvent, LogRecord, SegmentText};
+
+/// What [`compact`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Compaction {
+    /// Segments rewritten as Parquet.
+    pub segments: usize,
+    /// Records in them.
+    pub records: usize,
+    /// Their bytes as JSON lines.
+    pub json_bytes: u64,
+    /// Their bytes as Parquet.
+    pub parquet_bytes: u64,
+}
+
+/// Rewrites every closed JSON-lines segment of the log in `dir` as Parquet (see the
+/// module docs); the newest JSON-lines segment stays as it is.
+pub fn compact(dir: &Path) -> io::Result<Compaction> {
+    let mut closed: Vec<PathBuf> = segment_files(dir)?
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    closed.pop();
+    let mut done = Compaction::default();
+    for path in closed {
+        let records = SegmentText::read(path.clone(), false)?.records(|_| true)?;
+        let target = path.with_extension("parquet");
+        let partial = path.with_extension("parquet.partial");
+        let mut file = File::create(&partial)?;
+        let mut frame = to_frame(&records).map_err(|e| invalid(&path, e))?;
+        ParquetWriter::new(&mut file)
+            .finish(&mut frame)
+            .map_err(|e| invalid(&partial, e))?;
+        file.sync_all()?;
+        std::fs::rename(&partial, &target)?;
+        sync_dir(dir)?;
+        done.json_bytes += std::fs::metadata(&path)?.len();
+        done.parquet_bytes += std::fs::metadata(&target)?.len();
+        std::fs::remove_file(&path)?;
+        sync_dir(dir)?;
+        done.segments += 1;
+        done.records += records.len();
+    }
+    Ok(done)
+}
+
+fn invalid(path: &Path, e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
+}
+
+fn text<'a>(name: &str, values: impl Iterator<Item = &'a str>) -> Column {
+    Column::new(name.into(), values.collect::<Vec<_>>())
+}
+
+/// The records as one frame, a column per field and per caller feature.
+fn to_frame(records: &[LogRecord]) -> PolarsResult<DataFrame> {
+    let r = records;
+    let mut columns = vec![
+        Column::new("schema".into(), r.iter().map(|r| r.schema).collect::<Vec<_>>()),
+        text("decision_id", r.iter().map(|r| r.decision_id.as_str())),
+        text("timestamp", r.iter().map(|r| r.timestamp.as_str())),
+        text("route", r.iter().map(|r| r.route.as_str())),
+        text("policy", r.iter().map(|r| r.policy.as_str())),
+        text("arm", r.iter().map(|r| r.arm.as_str())),
+        Column::new(
+            "propensity".into(),
+            r.iter().map(|r| r.propensity).collect::<Vec<_>>(),
+        ),
+        Column::new("quality".into(), r.iter().map(|r| r.quality).collect::<Vec<_>>()),
+        Column::new(
+            "cost_usd".into(),
+            r.iter().map(|r| r.cost_usd).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "latency_ms".into(),
+            r.iter().map(|r| r.latency_ms).collect::<Vec<_>>(),
+        ),
+        Column::new("error".into(), r.iter().map(|r| r.error).collect::<Vec<_>>()),
+        text("prompt", r.iter().map(|r| r.prompt.as_str())),
+        Column::new(
+            "input_tokens".into(),
+            r.iter().map(|r| r.input_tokens).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "output_tokens".into(),
+            r.iter().map(|r| r.output_tokens).collect::<Vec<_>>(),
+        ),
+        text("event", r.iter().map(|r| r.event.name())),
+        Column::new("seq".into(), r.iter().map(|r| r.seq).collect::<Vec<_>>()),
+    ];
+    // The optional fields, as JSON lines write them: a column only where a record has one.
+    for (name, values) in [
+        (
+            "context",
+            r.iter().map(|r| r.context.as_deref()).collect::<Vec<_>>(),
+        ),
+        ("featurizer", r.iter().map(|r| r.featurizer.as_deref()).collect()),
+        ("caller", r.iter().map(|r| r.caller.as_deref()).collect()),
+    ] {
+        if values.iter().any(Option::is_some) {
+            columns.push(Column::new(name.into(), values));
+        }
+    }
+    if r.iter().any(|r| r.embedding.is_some()) {
+        let embedding: ListChunked = r
+            .iter()
+            .map(|r| r.embedding.as_deref().map(|v| Series::new("".into(), v)))
+            .collect();
+        columns.push(embedding.with_name("embedding".into()).into_column());
+    }
+    if r.iter().any(|r| !r.unavailable.is_empty()) {
+        let unavailable: ListChunked = r
+            .iter()
+            .map(|r| Some(Series::new("".into(), r.unavailable.clone())))
+            .collect();
+        columns.push(unavailable.with_name("unavailable".into()).into_column());
+    }
+    let features: std::collections::BTreeSet<&String> = r.iter().flat_map(|r| r.features.keys()).collect();
+    for name in features {
+        let values: Vec<Option<f64>> = r.iter().map(|r| r.features.get(name).copied()).collect();
+        columns.push(Column::new(name.as_str().into(), values));
+    }
+    DataFrame::new_infer_height(columns)
+}
+
+/// The records of the compacted segment at `path`, in order.
+pub(crate) fn read_parquet_segment(path: &Path) -> io::Result<Vec<LogRecord>> {
+    let frame = ParquetReader::new(File::open(path)?)
+        .finish()
+        .map_err(|e| invalid(path, e))?;
+    from_frame(&frame).map_err(|e| invalid(path, e))
+}
+
+fn from_frame(frame: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
+    let get = |name: &str| frame.column(name).map(Column::as_materialized_series);
+    // An optional field's column is absent where no record has it.
+    let texts = |name: &str| -> PolarsResult<Vec<Option<String>>> {
+        match frame.column(name) {
+            Ok(c) => Ok(c
+                .as_materialized_series()
+                .str()?
+                .iter()
+                .map(|v| v.map(str::to_string))
+                .collect()),
+            Err(_) => Ok(vec![None; frame.height()]),
+        }
+    };
+    let lists = |name: &str| {
+        frame
+            .column(name)
+            .ok()
+            .map(|c| c.as_materialized_series().list().cloned())
+            .transpose()
+    };
+    let numbers = |name: &str| -> PolarsResult<Vec<Option<f64>>> {
+        Ok(get(name)?.cast(&DataType::Float64)?.f64()?.iter().collect())
+    };
+    let (schema, seq) = (get("schema")?.u32()?, get("seq")?.u64()?);
+    let (input_tokens, output_tokens) = (get("input_tokens")?.u32()?, get("output_tokens")?.u32()?);
+    let error = get("error")?.bool()?;
+    let [decision_id, timestamp, route, policy, arm, prompt, event, context, featurizer, caller] = [
+        "decision_id",
+        "timestamp",
+        "route",
+        "policy",
+        "arm",
+        "prompt",
+        "event",
+        "context",
+        "featurizer",
+        "caller",
+    ]
+    .map(texts);
+    let [propensity, quality, cost_usd, latency_ms] =
+        ["propensity", "quality", "cost_usd", "latency_ms"].map(numbers);
+    let (embedding, unavailable) = (lists("embedding")?, lists("unavailable")?);
+    let features: Vec<(String, Vec<Option<f64>>)> = frame
+        .get_column_names()
+        .into_iter()
+        .filter(|n| n.starts_with("f_"))
+        .map(|n| Ok((n.to_string(), numbers(n)?)))
+        .collect::<PolarsResult<_>>()?;
+    let (decision_id, timestamp, route, policy, arm) = (decision_id?, timestamp?, route?, policy?, arm?);
+    let (prompt, event, context, featurizer, caller) = (prompt?, event?, context?, featurizer?, caller?);
+    let (propensity, quality, cost_usd, latency_ms) = (propensity?, quality?, cost_usd?, latency_ms?);
+    let missing = |what: &str, row: usize| polars_err!(ComputeError: "row {}: no {what}", row + 1);
+    (0..frame.height())
+        .map(|i| {
+            let event_name = event[i].as_deref().unwrap_or_default();
+            let list_of = |lists: &Option<ListChunked>| lists.as_ref().and_then(|l| l.get_as_series(i));
+            Ok(LogRecord {
+                schema: schema.get(i).ok_or_else(|| missing("schema", i))?,
+                decision_id: decision_id[i].clone().unwrap_or_default(),
+                timestamp: timestamp[i].clone().unwrap_or_default(),
+                route: route[i].clone().unwrap_or_default(),
+                policy: policy[i].clone().unwrap_or_default(),
+                arm: arm[i].clone().unwrap_or_default(),
+                propensity: propensity[i].ok_or_else(|| missing("propensity", i))?,
+                quality: quality[i],
+                cost_usd: cost_usd[i].unwrap_or_default(),
+                latency_ms: latency_ms[i].unwrap_or_default(),
+                error: error.get(i).unwrap_or_default(),
+                prompt: prompt[i].clone().unwrap_or_default(),
+                input_tokens: input_tokens.get(i).unwrap_or_default(),
+                output_tokens: output_tokens.get(i).unwrap_or_default(),
+                event: LogEvent::from_name(event_name).ok_or_else(
+                    || polars_err!(ComputeError: "row {}: unknown event `{event_name}`", i + 1),
+                )?,
+                seq: seq.get(i).ok_or_else(|| missing("seq", i))?,
+                context: context[i].clone(),
+                featurizer: featurizer[i].clone(),
+                embedding: list_of(&embedding)
+                    .map(|s| Ok::<_, PolarsError>(s.f64()?.iter().map(Option::unwrap_or_default).collect()))
+                    .transpose()?,
+                unavailable: list_of(&unavailable)
+                    .map(|s| Ok::<_, PolarsError>(s.str()?.iter().flatten().map(str::to_string).collect()))
+                    .transpose()?
+                    .unwrap_or_default(),
+                caller: caller[i].clone(),
+                features: features
+                    .iter()
+                    .filter_map(|(name, values)| values[i].map(|v| (name.clone(), v)))
+                    .collect::<BTreeMap<_, _>>(),
+            })
+        })
+        .collect()
+}
+
+/// The first sequence number a compacted segment's name gives.
+pub(crate) fn parquet_first_seq(path: &Path) -> Option<u64> {
+    first_seq_of(&path.with_extension("jsonl")).filter(|_| path.extension().is_some_and(|e| e == "parquet"))
+}
