@@ -6,9 +6,10 @@ use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 use quiver_bandit::prior::{check_cap, DEFAULT_PRIOR_CAP};
 use quiver_sim::context::{task_in_context, ContextBuilder};
-use quiver_sim::data::{load, Dataset, Format, Split};
+use quiver_sim::data::{detect_format, load_wide, Format, LogStream, Split};
 use quiver_sim::priors::{fit_logged, fit_wide};
 use quiver_sim::replay::Environment;
+use quiver_sim::source::CHUNK_ROWS;
 
 #[derive(Subcommand)]
 pub enum PriorsCommand {
@@ -50,18 +51,19 @@ pub fn run(command: PriorsCommand) -> Result<()> {
 
 fn fit(args: FitArgs) -> Result<()> {
     check_cap(args.cap).context("--cap")?;
-    let priors = match load(&args.data, args.format, args.split.as_ref())? {
-        Dataset::Wide(data) => {
-            let tasks = if task_in_context(data.prompts.is_some(), args.task_feature) {
-                data.tasks.clone().unwrap_or_default()
-            } else {
-                Vec::new()
-            };
-            let builder = ContextBuilder::new(data.prompts.is_some(), &tasks, data.feature_names.len());
-            let env = Environment::new(&data, &builder)?;
-            fit_wide(&env, &builder.definition(), args.cap)
-        }
-        Dataset::Logged(log) => fit_logged(&log, args.cap)?,
+    let priors = if detect_format(&args.data, args.format)? == Format::Logged {
+        let mut log = LogStream::open(&args.data, Format::Logged, args.split.as_ref(), CHUNK_ROWS)?;
+        fit_logged(&mut log, args.cap)?
+    } else {
+        let data = load_wide(&args.data, args.format, args.split.as_ref())?;
+        let tasks = if task_in_context(data.prompts.is_some(), args.task_feature) {
+            data.tasks.clone().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let builder = ContextBuilder::new(data.prompts.is_some(), &tasks, data.feature_names.len());
+        let env = Environment::new(&data, &builder)?;
+        fit_wide(&env, &builder.definition(), args.cap)
     };
     let text = serde_json::to_string(&priors)?;
     std::fs::write(&args.out, text).with_context(|| format!("writing {}", args.out.display()))?;

@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 
 use quiver_bandit::prior::{FoldStatistics, PRIORS_VERSION};
-use quiver_bandit::{Context, Priors};
+use quiver_bandit::{ArmPrior, Context, Priors};
 use rayon::prelude::*;
 
 use crate::context::ContextBuilder;
-use crate::data::LoggedDataset;
+use crate::data::LogStream;
 use crate::error::Result;
 use crate::replay::Environment;
 
@@ -76,36 +76,69 @@ pub fn fit_wide(env: &Environment, context: &str, cap: f64) -> Priors {
 /// it was chosen, its cost per token from all of them (no cost correction: a log's costs
 /// are of the chosen model only, and a few decisions per context would not fit one). An
 /// arm no decision with a quality chose gets no prior. The fit conditions on the context, so the logging policy's choices
-/// need no reweighting (its propensities matter for off-policy values, not here).
-pub fn fit_logged(log: &LoggedDataset, cap: f64) -> Result<Priors> {
-    let builder = ContextBuilder::for_log(log);
-    let contexts: Vec<Context> = ContextBuilder::log_contexts(log)?;
-    let dim = builder.dim();
-    let arms: BTreeMap<String, _> = log
-        .arms
-        .par_iter()
-        .enumerate()
-        .filter_map(|(arm, name)| {
-            let mut stats = FoldStatistics::new(dim);
-            let (mut requests, mut cost, mut tokens) = (0.0, 0.0, 0.0);
-            let rows = (0..log.rows()).filter(|&i| log.arm[i] == arm);
-            for (seen, i) in rows.enumerate() {
-                if let Some(q) = log.quality[i] {
-                    stats.add(seen, &contexts[i].features, q);
-                }
-                requests += 1.0;
-                cost += log.cost_usd[i];
-                tokens += f64::from(contexts[i].input_tokens);
+/// need no reweighting (its propensities matter for off-policy values, not here). The log
+/// is read a chunk at a time ([`LogStream`]): the fit keeps sufficient statistics only.
+pub fn fit_logged(log: &mut LogStream, cap: f64) -> Result<Priors> {
+    let header = log.header().clone();
+    let dim = ContextBuilder::for_log(&header).dim();
+    let mut arms: Vec<ArmFit> = header.arms.iter().map(|_| ArmFit::new(dim)).collect();
+    log.for_each_chunk(|chunk| {
+        let contexts = ContextBuilder::log_contexts(&chunk)?;
+        arms.par_iter_mut().enumerate().for_each(|(arm, fit)| {
+            for i in (0..chunk.rows()).filter(|&i| chunk.arm[i] == arm) {
+                fit.add(&contexts[i], chunk.quality[i], chunk.cost_usd[i]);
             }
-            Some((name.clone(), stats.fit(cap)?.with_usage(requests, cost, tokens)))
-        })
+        });
+        Ok(())
+    })?;
+    let arms: BTreeMap<String, _> = header
+        .arms
+        .iter()
+        .zip(arms)
+        .filter_map(|(name, fit)| Some((name.clone(), fit.finish(cap)?)))
         .collect();
     Ok(Priors {
         version: PRIORS_VERSION,
-        context: builder.definition(),
+        context: ContextBuilder::for_log(&header).definition(),
         dim,
         cap,
-        source: format!("{} ({} logged decisions)", log.source, log.rows()),
+        source: format!("{} ({} logged decisions)", header.source, log.rows()),
         arms,
     })
+}
+
+/// One arm's statistics from the log rows that chose it, in log order.
+struct ArmFit {
+    stats: FoldStatistics,
+    seen: usize,
+    cost: f64,
+    tokens: f64,
+}
+
+impl ArmFit {
+    fn new(dim: usize) -> Self {
+        ArmFit {
+            stats: FoldStatistics::new(dim),
+            seen: 0,
+            cost: 0.0,
+            tokens: 0.0,
+        }
+    }
+
+    fn add(&mut self, context: &Context, quality: Option<f64>, cost_usd: f64) {
+        if let Some(q) = quality {
+            self.stats.add(self.seen, &context.features, q);
+        }
+        self.seen += 1;
+        self.cost += cost_usd;
+        self.tokens += f64::from(context.input_tokens);
+    }
+
+    fn finish(self, cap: f64) -> Option<ArmPrior> {
+        Some(
+            self.stats
+                .fit(cap)?
+                .with_usage(self.seen as f64, self.cost, self.tokens),
+        )
+    }
 }

@@ -266,3 +266,26 @@ fn an_estimate_over_chunks_equals_one_over_all_rows() {
     assert!((chunked.std_error - whole.std_error).abs() <= 1e-12 * whole.std_error);
     assert!(whole.ci95_bootstrap.unwrap()[0] < whole.value && whole.value < whole.ci95_bootstrap.unwrap()[1]);
 }
+
+/// Priors fitted from a log read in small chunks equal those from one chunk, and each
+/// model's rows are the decisions that chose it and got a quality.
+#[test]
+fn priors_from_a_log_do_not_depend_on_the_chunks() {
+    use quiver_sim::priors::fit_logged;
+    let log = scenario_log();
+    let dir = scratch("ope_stream_priors");
+    let path = dir.join("events.jsonl");
+    write_server_log(&log, &path);
+    let fit = |chunk_rows| {
+        let mut stream = LogStream::open(path.to_str().unwrap(), Format::Auto, None, chunk_rows).unwrap();
+        fit_logged(&mut stream, 500.0).unwrap()
+    };
+    let (small, whole) = (fit(7), fit(1 << 16));
+    assert_eq!(small, whole);
+    for (arm, prior) in &whole.arms {
+        let chose = (0..log.rows())
+            .filter(|&i| log.arms[log.arm[i]] == *arm && log.quality[i].is_some())
+            .count();
+        assert_eq!(prior.rows, chose as f64, "{arm}");
+    }
+}
