@@ -1,14 +1,16 @@
-//! `quiver ope` on a log larger than memory: rows per second and peak resident memory,
+//! `quiver ope` on a log larger than memory: decisions per second and peak resident memory,
 //! on JSON-lines segments and on the same log compacted to Parquet (`quiver log compact`).
 //!
-//! Writes a server-shaped log directory of `QUIVER_OPE_LOG_ROWS` decisions (default 20
-//! million under `cargo bench --bench ope_log`, 50,000 under `cargo test --benches`):
-//! 64 MiB JSON-lines segments (4 MiB under test), one record per decision with its outcome and quality (as a
-//! log reads once merged), a prompt of a few words, two caller features and five models
-//! chosen by an epsilon-greedy logger. Then it runs the `quiver` binary's `ope` on it, compacts
-//! it and runs `ope` again, each time measuring the child's wall time and peak resident
-//! set (`wait4`'s `ru_maxrss`); each run must stay under 2 GiB. The log is removed after
-//! (kept with `QUIVER_OPE_LOG_KEEP` set).
+//! Writes a server-shaped log directory of `QUIVER_OPE_LOG_ROWS` records (default 20
+//! million under `cargo bench --bench ope_log`, 50,000 under `cargo test --benches`) in
+//! 64 MiB JSON-lines segments (4 MiB under test): one record per decision with its outcome
+//! and quality (as a log reads once merged), or, with `QUIVER_OPE_LOG_EVENTS` set, each
+//! decision's decision, outcome and feedback records as a server writes them. Each decision
+//! has a prompt of a few words and two caller features; an epsilon-greedy logger chose
+//! among five models. Then it runs the `quiver` binary's `ope` on it, compacts it and runs
+//! `ope` again, each time measuring the child's wall time and peak resident set (`wait4`'s
+//! `ru_maxrss`); each run must stay under 2 GiB. The log is removed after (kept with
+//! `QUIVER_OPE_LOG_KEEP` set).
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -28,9 +30,46 @@ const ARMS: [(&str, f64, f64); 5] = [
 ];
 const MAX_RSS_BYTES: u64 = 2 << 30;
 
-/// Writes `rows` decisions into `dir` as JSON-lines segments of about `segment_bytes`;
-/// returns their bytes.
-fn write_log(dir: &Path, rows: usize, segment_bytes: usize) -> u64 {
+/// Log segments of about `segment_bytes` each, written in order.
+struct Segments<'a> {
+    dir: &'a Path,
+    segment_bytes: usize,
+    file: Option<BufWriter<std::fs::File>>,
+    len: usize,
+    seq: u64,
+    bytes: u64,
+    line: Vec<u8>,
+}
+
+impl Segments<'_> {
+    fn write(&mut self, record: &mut LogRecord) {
+        self.seq += 1;
+        record.seq = self.seq;
+        if self.file.is_none() || self.len >= self.segment_bytes {
+            if let Some(mut done) = self.file.take() {
+                done.flush().unwrap();
+            }
+            let path = self.dir.join(format!("decisions-{:020}.jsonl", self.seq));
+            self.file = Some(BufWriter::with_capacity(
+                1 << 20,
+                std::fs::File::create(path).unwrap(),
+            ));
+            self.len = 0;
+        }
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, &*record).unwrap();
+        self.line.push(b'\n');
+        self.file.as_mut().unwrap().write_all(&self.line).unwrap();
+        self.len += self.line.len();
+        self.bytes += self.line.len() as u64;
+    }
+}
+
+/// Writes a log of `rows` records into `dir` as JSON-lines segments of about
+/// `segment_bytes`: one per decision, or (`events`) each decision's three records as a
+/// server writes them, the outcome and the quality after the next decisions. Returns the
+/// decisions and the bytes.
+fn write_log(dir: &Path, rows: usize, segment_bytes: usize, events: bool) -> (usize, u64) {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let topics = [
         "algebra",
@@ -41,21 +80,20 @@ fn write_log(dir: &Path, rows: usize, segment_bytes: usize) -> u64 {
         "contracts",
         "rust",
     ];
-    let (mut segment, mut segment_len, mut total) = (None::<BufWriter<std::fs::File>>, 0usize, 0u64);
-    let mut line = Vec::new();
-    for i in 0..rows {
-        let seq = i as u64 + 1;
-        if segment.is_none() || segment_len >= segment_bytes {
-            if let Some(mut done) = segment.take() {
-                done.flush().unwrap();
-            }
-            let path = dir.join(format!("decisions-{seq:020}.jsonl"));
-            segment = Some(BufWriter::with_capacity(
-                1 << 20,
-                std::fs::File::create(path).unwrap(),
-            ));
-            segment_len = 0;
-        }
+    let mut out = Segments {
+        dir,
+        segment_bytes,
+        file: None,
+        len: 0,
+        seq: 0,
+        bytes: 0,
+        line: Vec::new(),
+    };
+    let mut later: Vec<LogRecord> = Vec::new();
+    let mut decisions = 0;
+    while (out.seq as usize) < rows {
+        let i = decisions;
+        decisions += 1;
         let topic = rng.random_range(0..topics.len());
         let (x0, x1): (f64, f64) = (rng.random(), rng.random());
         // Epsilon-greedy over five models: the "large" one is the logger's favourite.
@@ -68,16 +106,18 @@ fn write_log(dir: &Path, rows: usize, segment_bytes: usize) -> u64 {
         let propensity = 0.2 / ARMS.len() as f64 + if arm == 1 { 0.8 } else { 0.0 };
         let (name, accuracy, price) = ARMS[arm];
         let p = (accuracy + 0.1 * (x0 - 0.5) + 0.03 * topic as f64 - 0.09).clamp(0.0, 1.0);
-        let mut record = LogRecord::new(&format!("chat:{seq}"), "chat", "eps(0.2)", LogEvent::Decision);
-        record.seq = seq;
+        let id = format!("chat:{i}");
+        let mut record = LogRecord::new(&id, "chat", "eps(0.2)", LogEvent::Decision);
         record.timestamp = "2026-11-30T12:00:00Z".into();
         record.arm = name.into();
         record.propensity = propensity;
-        record.quality = rng
+        let quality = rng
             .random_bool(0.9)
             .then(|| f64::from(u8::from(rng.random_bool(p))));
-        record.cost_usd = price * (0.5 + x1);
-        record.latency_ms = 200.0 + 3000.0 * price.sqrt() * rng.random::<f64>();
+        let (cost, latency) = (
+            price * (0.5 + x1),
+            200.0 + 3000.0 * price.sqrt() * rng.random::<f64>(),
+        );
         record.prompt = format!(
             "{} question {} about {}",
             topics[topic],
@@ -86,15 +126,31 @@ fn write_log(dir: &Path, rows: usize, segment_bytes: usize) -> u64 {
         );
         record.features.insert(feature_name(0), x0);
         record.features.insert(feature_name(1), x1);
-        line.clear();
-        serde_json::to_writer(&mut line, &record).unwrap();
-        line.push(b'\n');
-        segment.as_mut().unwrap().write_all(&line).unwrap();
-        segment_len += line.len();
-        total += line.len() as u64;
+        if events {
+            let mut outcome = LogRecord::new(&id, "chat", "eps(0.2)", LogEvent::Outcome);
+            (outcome.arm, outcome.cost_usd, outcome.latency_ms) = (name.into(), cost, latency);
+            later.push(outcome);
+            if let Some(q) = quality {
+                let mut feedback = LogRecord::new(&id, "chat", "eps(0.2)", LogEvent::Feedback);
+                (feedback.arm, feedback.quality) = (name.into(), Some(q));
+                later.push(feedback);
+            }
+        } else {
+            (record.quality, record.cost_usd, record.latency_ms) = (quality, cost, latency);
+        }
+        out.write(&mut record);
+        // The later records of a decision come a few decisions after it.
+        if later.len() >= 8 {
+            for mut r in later.drain(..) {
+                out.write(&mut r);
+            }
+        }
     }
-    segment.unwrap().flush().unwrap();
-    total
+    for mut r in later {
+        out.write(&mut r);
+    }
+    out.file.unwrap().flush().unwrap();
+    (decisions, out.bytes)
 }
 
 /// Runs `quiver args`, returning its wall time in seconds and peak resident set in bytes.
@@ -134,10 +190,11 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let start = Instant::now();
+    let events = std::env::var_os("QUIVER_OPE_LOG_EVENTS").is_some();
     // The server's 64 MiB segments; smaller ones in a test run, so that some are compacted.
-    let json_bytes = write_log(&dir, rows, if full { 64 << 20 } else { 4 << 20 });
+    let (decisions, json_bytes) = write_log(&dir, rows, if full { 64 << 20 } else { 4 << 20 }, events);
     println!(
-        "ope_log: {rows} decisions, {:.2} GB of JSON lines written in {:.0} s",
+        "ope_log: {rows} records, {decisions} decisions, {:.2} GB of JSON lines written in {:.0} s",
         json_bytes as f64 / 1e9,
         start.elapsed().as_secs_f64()
     );
@@ -170,8 +227,8 @@ fn main() {
     runs.push(("Parquet", seconds, rss));
     for (form, seconds, rss) in &runs {
         println!(
-            "ope_log: {form}: {seconds:.1} s, {:.0} rows/s, peak RSS {:.0} MiB",
-            rows as f64 / seconds,
+            "ope_log: {form}: {seconds:.1} s, {:.0} decisions/s, peak RSS {:.0} MiB",
+            decisions as f64 / seconds,
             *rss as f64 / (1 << 20) as f64
         );
     }

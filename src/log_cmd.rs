@@ -12,7 +12,7 @@ pub enum LogCommand {
     /// which a running server appends to, stays). Safe while the server runs: every reader
     /// (the server's restart, `quiver ope`, `quiver replay`) reads both forms.
     Compact {
-        /// The log directory (a route's `log_dir`).
+        /// The log directory (the server's `log_dir`).
         dir: PathBuf,
     },
 }
@@ -20,8 +20,10 @@ pub enum LogCommand {
 pub fn run(command: LogCommand) -> Result<()> {
     match command {
         LogCommand::Compact { dir } => {
-            if !dir.is_dir() {
-                anyhow::bail!("{}: not a log directory", dir.display());
+            let segments =
+                quiver_log::segment_files(&dir).with_context(|| format!("reading {}", dir.display()))?;
+            if segments.is_empty() {
+                anyhow::bail!("{}: no log segments (decisions-<seq>.jsonl) in it", dir.display());
             }
             let done = quiver_log::compact(&dir).with_context(|| format!("compacting {}", dir.display()))?;
             if done.segments == 0 {

@@ -45,11 +45,13 @@ fn is_log_dir(dir: &Path) -> bool {
 /// The files a data path names, sorted.
 pub fn expand(pattern: &str) -> Result<Vec<PathBuf>> {
     let path = Path::new(pattern);
+    if path.is_dir() && is_log_dir(path) {
+        // A server's log: its segments in order, JSON lines or compacted, not what lies
+        // beside them.
+        return quiver_log::segment_files(path).map_err(|e| unreadable(path, e));
+    }
     let mut files: Vec<PathBuf> = if path.is_file() {
         vec![path.to_path_buf()]
-    } else if path.is_dir() && is_log_dir(path) {
-        // A server's log: its segments, JSON lines or compacted, not what lies beside them.
-        quiver_log::segment_files(path).map_err(|e| unreadable(path, e))?
     } else if path.is_dir() {
         std::fs::read_dir(path)
             .map_err(|e| SimError::Read {
@@ -103,9 +105,33 @@ pub fn read_file(path: &Path) -> Result<Table> {
     })
 }
 
+/// The bytes of a JSON-lines file that hold complete records now (of a log segment the
+/// server is still writing, what it has written so far): what [`read_chunks`] reads of it
+/// later, so that every pass over a log that is growing reads the same records.
+pub fn json_length(path: &Path) -> Result<Option<u64>> {
+    let json = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jsonl" | "ndjson" | "json"));
+    if !json {
+        return Ok(None);
+    }
+    let bytes = if quiver_log::is_segment(path) {
+        json_lines(path)?.len() as u64
+    } else {
+        std::fs::metadata(path).map_err(|e| unreadable(path, e))?.len()
+    };
+    Ok(Some(bytes))
+}
+
 /// One file's rows as consecutive tables of at most `rows` rows each (at least one table,
-/// perhaps empty), read as [`read_file`] reads the whole file; a CSV file is one table.
-pub fn read_chunks(path: &Path, rows: usize) -> Result<Box<dyn Iterator<Item = Result<Table>>>> {
+/// perhaps empty), read as [`read_file`] reads the whole file; of a JSON-lines file, its
+/// first `json_bytes` only, when given ([`json_length`]); a CSV file is one table.
+pub fn read_chunks(
+    path: &Path,
+    rows: usize,
+    json_bytes: Option<u64>,
+) -> Result<Box<dyn Iterator<Item = Result<Table>>>> {
     let rows = rows.max(1);
     let extension = path
         .extension()
@@ -133,11 +159,17 @@ pub fn read_chunks(path: &Path, rows: usize) -> Result<Box<dyn Iterator<Item = R
             })))
         }
         "jsonl" | "ndjson" | "json" => {
+            let limit = json_bytes.unwrap_or(u64::MAX);
             let lines: Box<dyn std::io::BufRead> = if quiver_log::is_segment(&path) {
-                Box::new(std::io::Cursor::new(json_lines(&path)?))
+                let mut bytes = json_lines(&path)?;
+                bytes.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+                Box::new(std::io::Cursor::new(bytes))
             } else {
                 let file = std::fs::File::open(&path).map_err(|e| unreadable(&path, e))?;
-                Box::new(std::io::BufReader::with_capacity(1 << 20, file))
+                Box::new(std::io::BufReader::with_capacity(
+                    1 << 20,
+                    std::io::Read::take(file, limit),
+                ))
             };
             Ok(Box::new(JsonLineChunks {
                 path,
@@ -160,7 +192,7 @@ pub fn read_head(path: &Path, rows: usize) -> Result<Table> {
         )
     });
     if !is_csv {
-        return read_chunks(path, rows)?
+        return read_chunks(path, rows, None)?
             .next()
             .unwrap_or_else(|| Err(unreadable(path, "no rows")));
     }
@@ -243,9 +275,9 @@ impl Iterator for JsonLineChunks {
 fn parse_json_lines(bytes: Vec<u8>) -> PolarsResult<DataFrame> {
     JsonReader::new(std::io::Cursor::new(bytes))
         .with_json_format(JsonFormat::JsonLines)
-        .infer_schema_len(Some(
-            std::num::NonZeroUsize::new(10_000).unwrap_or(std::num::NonZeroUsize::MIN),
-        ))
+        // Every row's keys: a field first seen late (an embedding once the endpoint came
+        // back) would otherwise be dropped, and a chunk's columns depend on where it starts.
+        .infer_schema_len(None)
         .finish()
 }
 

@@ -9,18 +9,21 @@
 //!
 //! [`compact`] never touches the newest JSON-lines segment (the open one, which the server
 //! appends to). For each closed one it writes the Parquet file under a temporary name,
-//! fsyncs it, renames it into place, fsyncs the directory and only then removes the
-//! JSON-lines file; a reader that lists the directory in between finds both and reads the
-//! Parquet file, so a log is complete at every moment of a compaction, also under a crash.
+//! fsyncs it, reads it back, renames it into place, fsyncs the directory and only then
+//! removes the JSON-lines file; a reader that lists the directory in between finds both and
+//! reads the Parquet file, and one that listed it before and finds the JSON-lines file gone
+//! reads its Parquet form, so a log is complete at every moment of a compaction, also
+//! under a crash (the next compaction removes a JSON-lines file left beside its Parquet
+//! form). Two compactions of one directory at once are not supported.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use polars::prelude::*;
 
-use crate::{first_seq_of, segment_files, sync_dir, LogEvent, LogRecord, SegmentText};
+use crate::{first_seq_of, segments, sync_dir, LogEvent, LogRecord, SegmentText, SCHEMA_VERSION};
 
 /// What [`compact`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -36,14 +39,19 @@ pub struct Compaction {
 }
 
 /// Rewrites every closed JSON-lines segment of the log in `dir` as Parquet (see the
-/// module docs); the newest JSON-lines segment stays as it is.
+/// module docs); the newest JSON-lines segment stays as it is. Each Parquet file is read
+/// back and compared with the records before their JSON lines are removed. A JSON-lines
+/// segment left beside its Parquet form by a compaction cut short is removed.
 pub fn compact(dir: &Path) -> io::Result<Compaction> {
-    let mut closed: Vec<PathBuf> = segment_files(dir)?
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        .collect();
-    closed.pop();
     let mut done = Compaction::default();
+    for stale in segments(dir)? {
+        if stale.with_extension("parquet").exists() {
+            std::fs::remove_file(&stale)?;
+            sync_dir(dir)?;
+        }
+    }
+    let mut closed = segments(dir)?;
+    closed.pop();
     for path in closed {
         let records = SegmentText::read(path.clone(), false)?.records(|_| true)?;
         let target = path.with_extension("parquet");
@@ -54,6 +62,13 @@ pub fn compact(dir: &Path) -> io::Result<Compaction> {
             .finish(&mut frame)
             .map_err(|e| invalid(&partial, e))?;
         file.sync_all()?;
+        if read_parquet_segment(&partial)? != records {
+            std::fs::remove_file(&partial)?;
+            return Err(invalid(
+                &path,
+                "its Parquet form reads back otherwise; left as JSON lines",
+            ));
+        }
         std::fs::rename(&partial, &target)?;
         sync_dir(dir)?;
         done.json_bytes += std::fs::metadata(&path)?.len();
@@ -73,6 +88,31 @@ fn invalid(path: &Path, e: impl std::fmt::Display) -> io::Error {
 fn text<'a>(name: &str, values: impl Iterator<Item = &'a str>) -> Column {
     Column::new(name.into(), values.collect::<Vec<_>>())
 }
+
+/// The columns of a record's fields; the others are its caller features.
+const FIELDS: [&str; 21] = [
+    "schema",
+    "decision_id",
+    "timestamp",
+    "route",
+    "policy",
+    "arm",
+    "propensity",
+    "quality",
+    "cost_usd",
+    "latency_ms",
+    "error",
+    "prompt",
+    "input_tokens",
+    "output_tokens",
+    "event",
+    "seq",
+    "context",
+    "featurizer",
+    "caller",
+    "embedding",
+    "unavailable",
+];
 
 /// The records as one frame, a column per field and per caller feature.
 fn to_frame(records: &[LogRecord]) -> PolarsResult<DataFrame> {
@@ -196,10 +236,11 @@ fn from_frame(frame: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
     let [propensity, quality, cost_usd, latency_ms] =
         ["propensity", "quality", "cost_usd", "latency_ms"].map(numbers);
     let (embedding, unavailable) = (lists("embedding")?, lists("unavailable")?);
+    // Every other column is a caller feature, as every other JSON field is.
     let features: Vec<(String, Vec<Option<f64>>)> = frame
         .get_column_names()
         .into_iter()
-        .filter(|n| n.starts_with("f_"))
+        .filter(|n| !FIELDS.contains(&n.as_str()))
         .map(|n| Ok((n.to_string(), numbers(n)?)))
         .collect::<PolarsResult<_>>()?;
     let (decision_id, timestamp, route, policy, arm) = (decision_id?, timestamp?, route?, policy?, arm?);
@@ -210,8 +251,12 @@ fn from_frame(frame: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
         .map(|i| {
             let event_name = event[i].as_deref().unwrap_or_default();
             let list_of = |lists: &Option<ListChunked>| lists.as_ref().and_then(|l| l.get_as_series(i));
+            let version = schema.get(i).ok_or_else(|| missing("schema", i))?;
+            if version > SCHEMA_VERSION {
+                polars_bail!(ComputeError: "row {}: record format version {version}; this build reads up to {SCHEMA_VERSION}", i + 1);
+            }
             Ok(LogRecord {
-                schema: schema.get(i).ok_or_else(|| missing("schema", i))?,
+                schema: version,
                 decision_id: decision_id[i].clone().unwrap_or_default(),
                 timestamp: timestamp[i].clone().unwrap_or_default(),
                 route: route[i].clone().unwrap_or_default(),

@@ -24,7 +24,7 @@ use quiver_log::{LogEvent, Merge, SCHEMA_VERSION};
 use super::wide::{ids_or_row_numbers, optional_in_range, optional_texts};
 use super::{apply_split, feature_columns, read_features, row_slice, standard, Dataset, DatasetReader, Format, Split};
 use crate::error::{Result, SimError};
-use crate::source::{expand, read_chunks, Table};
+use crate::source::{expand, json_length, read_chunks, Table};
 
 /// A decision log.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -376,6 +376,9 @@ pub(crate) fn combine_logged(
         source: source.to_string(),
         ..LoggedDataset::default()
     };
+    // The parts' features, stacked once at the end (stacking part by part copies the
+    // rows read so far once per part).
+    let mut features = Vec::with_capacity(parts.len());
     for (i, (names, mut part)) in parts.into_iter().enumerate() {
         let rows = part.decision_ids.len();
         if i > 0 && part.feature_names != out.feature_names {
@@ -404,13 +407,7 @@ pub(crate) fn combine_logged(
         out.cost_usd.append(&mut part.cost_usd);
         out.latency_ms.append(&mut part.latency_ms);
         out.error.append(&mut part.error);
-        out.features = if i == 0 {
-            std::mem::take(&mut part.features)
-        } else {
-            concatenate(Axis(0), &[out.features.view(), part.features.view()])
-                .map(standard)
-                .map_err(|e| SimError::Mismatch(format!("the log's f_* columns: {e}")))?
-        };
+        features.push(std::mem::take(&mut part.features));
         match (&mut out.prompts, part.prompts) {
             (Some(mine), Some(mut theirs)) => mine.append(&mut theirs),
             (None, Some(theirs)) if i == 0 => out.prompts = Some(theirs),
@@ -425,6 +422,13 @@ pub(crate) fn combine_logged(
         if out.context.is_none() {
             out.context = part.context;
         }
+    }
+    if features.len() == 1 {
+        out.features = features.remove(0);
+    } else if !features.is_empty() {
+        out.features = concatenate(Axis(0), &features.iter().map(Array2::view).collect::<Vec<_>>())
+            .map(standard)
+            .map_err(|e| SimError::Mismatch(format!("the log's f_* columns: {e}")))?;
     }
     out.arms = arms;
     Ok(out)
@@ -455,9 +459,11 @@ impl LogStream {
                 "{source}: format {format} is not a decision log; logs are read with --format logged"
             )));
         }
+        let paths = expand(source)?;
         let mut stream = LogStream {
             files: LogFiles {
-                paths: expand(source)?,
+                json_bytes: paths.iter().map(|p| json_length(p)).collect::<Result<_>>()?,
+                paths,
                 split: split.cloned(),
                 chunk_rows,
             },
@@ -472,7 +478,7 @@ impl LogStream {
         let mut described = false;
         stream.files.each_table(|file, table| {
             // Told it is a log, the reader names what is missing.
-            if format == Format::Auto && table.rows() > 0 && !LoggedReader.detects(&table.columns()) {
+            if format == Format::Auto && !LoggedReader.detects(&table.columns()) {
                 return Err(SimError::InvalidOption(format!(
                     "{}: not a decision log (no arm and propensity columns); a full-information \
                      table is replayed by `quiver replay`, or made a log by `quiver data convert \
@@ -539,16 +545,29 @@ impl LogStream {
 /// The files of a log, and how they are read.
 struct LogFiles {
     paths: Vec<PathBuf>,
+    /// Of each JSON-lines file, the bytes of complete records when the log was opened:
+    /// every pass reads those, however the server appends meanwhile.
+    json_bytes: Vec<Option<u64>>,
     split: Option<Split>,
     chunk_rows: usize,
 }
 
 impl LogFiles {
-    /// Calls `f` with each table of the log (after the split) and its file's place.
+    /// Calls `f` with each non-empty table of the log (after the split) and its file's
+    /// place. A segment compacted since the log was opened is read in its Parquet form.
     fn each_table(&self, mut f: impl FnMut(usize, Table) -> Result<()>) -> Result<()> {
-        for (file, path) in self.paths.iter().enumerate() {
-            for table in read_chunks(path, self.chunk_rows)? {
+        for (file, (path, json_bytes)) in self.paths.iter().zip(&self.json_bytes).enumerate() {
+            let compacted = path.with_extension("parquet");
+            let tables = if !path.exists() && quiver_log::is_segment(path) && compacted.exists() {
+                read_chunks(&compacted, self.chunk_rows, None)?
+            } else {
+                read_chunks(path, self.chunk_rows, *json_bytes)?
+            };
+            for table in tables {
                 let mut table = table?;
+                if table.rows() == 0 {
+                    continue;
+                }
                 if let Some(split) = &self.split {
                     table = apply_split(table, split)?;
                 }
