@@ -23,7 +23,7 @@ use std::path::Path;
 
 use polars::prelude::*;
 
-use crate::{first_seq_of, segments, sync_dir, LogEvent, LogRecord, SegmentText, SCHEMA_VERSION};
+use crate::{first_seq_of, segments, sync_dir, LogEvent, LogRecord, SegmentText, COLUMNS, SCHEMA_VERSION};
 
 /// What [`compact`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -89,19 +89,10 @@ fn text<'a>(name: &str, values: impl Iterator<Item = &'a str>) -> Column {
     Column::new(name.into(), values.collect::<Vec<_>>())
 }
 
-/// The columns of a record's fields; the others are its caller features.
-const FIELDS: [&str; 21] = [
+/// The columns of a record's fields beside the logged shape's ([`COLUMNS`]); the others
+/// are its caller features.
+const OTHER_FIELDS: [&str; 11] = [
     "schema",
-    "decision_id",
-    "timestamp",
-    "route",
-    "policy",
-    "arm",
-    "propensity",
-    "quality",
-    "cost_usd",
-    "latency_ms",
-    "error",
     "prompt",
     "input_tokens",
     "output_tokens",
@@ -240,7 +231,7 @@ fn from_frame(frame: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
     let features: Vec<(String, Vec<Option<f64>>)> = frame
         .get_column_names()
         .into_iter()
-        .filter(|n| !FIELDS.contains(&n.as_str()))
+        .filter(|n| !COLUMNS.contains(&n.as_str()) && !OTHER_FIELDS.contains(&n.as_str()))
         .map(|n| Ok((n.to_string(), numbers(n)?)))
         .collect::<PolarsResult<_>>()?;
     let (decision_id, timestamp, route, policy, arm) = (decision_id?, timestamp?, route?, policy?, arm?);
