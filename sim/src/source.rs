@@ -77,26 +77,53 @@ pub fn expand(pattern: &str) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// How a data file is read, by its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    Parquet,
+    JsonLines,
+    /// Anything else.
+    Csv,
+}
+
+impl FileKind {
+    fn of(path: &Path) -> Self {
+        let extension = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        match extension.as_str() {
+            "parquet" => FileKind::Parquet,
+            "jsonl" | "ndjson" | "json" => FileKind::JsonLines,
+            _ => FileKind::Csv,
+        }
+    }
+}
+
+fn open(path: &Path) -> Result<std::fs::File> {
+    std::fs::File::open(path).map_err(|e| unreadable(path, e))
+}
+
+/// A CSV file's first `rows` rows, or all of them.
+fn read_csv(path: &Path, rows: Option<usize>) -> Result<DataFrame> {
+    CsvReadOptions::default()
+        .with_has_header(true)
+        .with_infer_schema_length(None)
+        .with_n_rows(rows)
+        .try_into_reader_with_file_path(Some(path.to_path_buf()))
+        .and_then(|reader| reader.finish())
+        .map_err(|e| unreadable(path, e))
+}
+
 /// Reads one file by its extension: CSV (RFC 4180, quoted multi-line fields), Parquet, or
 /// JSON lines.
 pub fn read_file(path: &Path) -> Result<Table> {
     let read_error = |e: PolarsError| unreadable(path, e);
-    let open = || std::fs::File::open(path).map_err(|e| unreadable(path, e));
-    let extension = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let frame = match extension.as_str() {
-        "parquet" => ParquetReader::new(open()?).finish().map_err(read_error)?,
-        "jsonl" | "ndjson" | "json" => parse_json_lines(json_lines(path)?).map_err(read_error)?,
-        _ => CsvReadOptions::default()
-            .with_has_header(true)
-            .with_infer_schema_length(None)
-            .try_into_reader_with_file_path(Some(path.to_path_buf()))
-            .map_err(read_error)?
-            .finish()
-            .map_err(read_error)?,
+    let frame = match FileKind::of(path) {
+        FileKind::Parquet => ParquetReader::new(open(path)?).finish().map_err(read_error)?,
+        FileKind::JsonLines => parse_json_lines(json_lines(path)?).map_err(read_error)?,
+        FileKind::Csv => read_csv(path, None)?,
     };
     Ok(Table {
         path: path.to_path_buf(),
@@ -109,11 +136,7 @@ pub fn read_file(path: &Path) -> Result<Table> {
 /// server is still writing, what it has written so far): what [`read_chunks`] reads of it
 /// later, so that every pass over a log that is growing reads the same records.
 pub fn json_length(path: &Path) -> Result<Option<u64>> {
-    let json = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jsonl" | "ndjson" | "json"));
-    if !json {
+    if FileKind::of(path) != FileKind::JsonLines {
         return Ok(None);
     }
     let bytes = if quiver_log::is_segment(path) {
@@ -133,15 +156,9 @@ pub fn read_chunks(
     json_bytes: Option<u64>,
 ) -> Result<Box<dyn Iterator<Item = Result<Table>>>> {
     let rows = rows.max(1);
-    let extension = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
     let path = path.to_path_buf();
-    match extension.as_str() {
-        "parquet" => {
-            let open = |path: &Path| std::fs::File::open(path).map_err(|e| unreadable(path, e));
+    match FileKind::of(&path) {
+        FileKind::Parquet => {
             let total = ParquetReader::new(open(&path)?)
                 .num_rows()
                 .map_err(|e| unreadable(&path, e))?;
@@ -158,17 +175,16 @@ pub fn read_chunks(
                 })
             })))
         }
-        "jsonl" | "ndjson" | "json" => {
+        FileKind::JsonLines => {
             let limit = json_bytes.unwrap_or(u64::MAX);
             let lines: Box<dyn std::io::BufRead> = if quiver_log::is_segment(&path) {
                 let mut bytes = json_lines(&path)?;
                 bytes.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
                 Box::new(std::io::Cursor::new(bytes))
             } else {
-                let file = std::fs::File::open(&path).map_err(|e| unreadable(&path, e))?;
                 Box::new(std::io::BufReader::with_capacity(
                     1 << 20,
-                    std::io::Read::take(file, limit),
+                    std::io::Read::take(open(&path)?, limit),
                 ))
             };
             Ok(Box::new(JsonLineChunks {
@@ -179,32 +195,20 @@ pub fn read_chunks(
                 done: false,
             }))
         }
-        _ => Ok(Box::new(std::iter::once(read_file(&path)))),
+        FileKind::Csv => Ok(Box::new(std::iter::once(read_file(&path)))),
     }
 }
 
 /// The first `rows` rows of one file (its columns, for telling its format).
 pub fn read_head(path: &Path, rows: usize) -> Result<Table> {
-    let is_csv = path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-        !matches!(
-            e.to_ascii_lowercase().as_str(),
-            "parquet" | "jsonl" | "ndjson" | "json"
-        )
-    });
-    if !is_csv {
+    if FileKind::of(path) != FileKind::Csv {
         return read_chunks(path, rows, None)?
             .next()
             .unwrap_or_else(|| Err(unreadable(path, "no rows")));
     }
-    let frame = CsvReadOptions::default()
-        .with_has_header(true)
-        .with_n_rows(Some(rows))
-        .try_into_reader_with_file_path(Some(path.to_path_buf()))
-        .and_then(|r| r.finish())
-        .map_err(|e| unreadable(path, e))?;
     Ok(Table {
         path: path.to_path_buf(),
-        frame,
+        frame: read_csv(path, Some(rows))?,
         first_row: 0,
     })
 }

@@ -23,7 +23,9 @@ use std::path::Path;
 
 use polars::prelude::*;
 
-use crate::{first_seq_of, segments, sync_dir, LogEvent, LogRecord, SegmentText, COLUMNS, SCHEMA_VERSION};
+use crate::{
+    first_seq_of, segments, sync_dir, unreadable_version, LogEvent, LogRecord, SegmentText, COLUMNS,
+};
 
 /// What [`compact`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,7 +55,7 @@ pub fn compact(dir: &Path) -> io::Result<Compaction> {
     let mut closed = segments(dir)?;
     closed.pop();
     for path in closed {
-        let records = SegmentText::read(path.clone(), false)?.records(|_| true)?;
+        let records = SegmentText::read(path.clone(), false)?.records()?;
         let target = path.with_extension("parquet");
         let partial = path.with_extension("parquet.partial");
         let mut file = File::create(&partial)?;
@@ -243,8 +245,8 @@ fn from_frame(frame: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
             let event_name = event[i].as_deref().unwrap_or_default();
             let list_of = |lists: &Option<ListChunked>| lists.as_ref().and_then(|l| l.get_as_series(i));
             let version = schema.get(i).ok_or_else(|| missing("schema", i))?;
-            if version > SCHEMA_VERSION {
-                polars_bail!(ComputeError: "row {}: record format version {version}; this build reads up to {SCHEMA_VERSION}", i + 1);
+            if let Some(why) = unreadable_version(version) {
+                polars_bail!(ComputeError: "row {}: {why}", i + 1);
             }
             Ok(LogRecord {
                 schema: version,

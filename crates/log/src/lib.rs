@@ -369,6 +369,24 @@ fn segment_name(first_seq: u64) -> String {
     format!("decisions-{first_seq:020}.jsonl")
 }
 
+/// Why a record of format version `version` cannot be read by this build, if it cannot.
+pub fn unreadable_version(version: u32) -> Option<String> {
+    (version > SCHEMA_VERSION)
+        .then(|| format!("record format version {version}; this build reads up to {SCHEMA_VERSION}"))
+}
+
+/// The file that holds a segment listed as `path` now: its Parquet form if it was
+/// compacted since it was listed ([`compact`] removes the JSON lines only after the
+/// Parquet file is in place).
+pub fn current_segment_file(path: &Path) -> PathBuf {
+    let compacted = path.with_extension("parquet");
+    if is_segment(path) && !path.exists() && compacted.exists() {
+        compacted
+    } else {
+        path.to_path_buf()
+    }
+}
+
 /// The segments of the log in `dir` in order, JSON lines and compacted ([`compact`]) alike;
 /// of a segment found in both forms (a compaction under way), the compacted one.
 pub fn segment_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
@@ -482,11 +500,9 @@ impl SegmentText {
             }
             let parsed = serde_json::from_slice::<LogRecord>(line)
                 .map_err(|e| e.to_string())
-                .and_then(|record| match record.schema {
-                    v if v > SCHEMA_VERSION => Err(format!(
-                        "record format version {v}; this build reads up to {SCHEMA_VERSION}"
-                    )),
-                    _ => Ok(record),
+                .and_then(|record| match unreadable_version(record.schema) {
+                    Some(why) => Err(why),
+                    None => Ok(record),
                 });
             return Some(parsed.map_err(|e| {
                 io::Error::new(
@@ -497,14 +513,11 @@ impl SegmentText {
         }
     }
 
-    /// Every record that `keep` accepts.
-    fn records(mut self, keep: impl Fn(&LogRecord) -> bool) -> io::Result<Vec<LogRecord>> {
+    /// Every record.
+    fn records(mut self) -> io::Result<Vec<LogRecord>> {
         let mut out = Vec::new();
         while let Some(record) = self.next_record() {
-            let record = record?;
-            if keep(&record) {
-                out.push(record);
-            }
+            out.push(record?);
         }
         Ok(out)
     }
@@ -547,7 +560,8 @@ impl Iterator for LogRecords {
                 }
                 self.segment = None;
             }
-            let path = self.files.next()?;
+            // A segment compacted since the directory was listed is read as Parquet.
+            let path = current_segment_file(&self.files.next()?);
             if compact::parquet_first_seq(&path).is_some() {
                 match compact::read_parquet_segment(&path) {
                     Ok(records) => self.compacted = records.into_iter(),
@@ -559,15 +573,8 @@ impl Iterator for LogRecords {
                 continue;
             }
             let last = self.files.as_slice().is_empty();
-            match SegmentText::read(path.clone(), last) {
+            match SegmentText::read(path, last) {
                 Ok(segment) => self.segment = Some(segment),
-                // Compacted since the directory was listed: the same records as Parquet.
-                Err(e) if e.kind() == io::ErrorKind::NotFound && path.with_extension("parquet").exists() => {
-                    match compact::read_parquet_segment(&path.with_extension("parquet")) {
-                        Ok(records) => self.compacted = records.into_iter(),
-                        Err(e) => return Some(Err(e)),
-                    }
-                }
                 Err(e) => return Some(Err(e)),
             }
         }

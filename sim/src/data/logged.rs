@@ -557,12 +557,8 @@ impl LogFiles {
     /// place. A segment compacted since the log was opened is read in its Parquet form.
     fn each_table(&self, mut f: impl FnMut(usize, Table) -> Result<()>) -> Result<()> {
         for (file, (path, json_bytes)) in self.paths.iter().zip(&self.json_bytes).enumerate() {
-            let compacted = path.with_extension("parquet");
-            let tables = if !path.exists() && quiver_log::is_segment(path) && compacted.exists() {
-                read_chunks(&compacted, self.chunk_rows, None)?
-            } else {
-                read_chunks(path, self.chunk_rows, *json_bytes)?
-            };
+            let current = quiver_log::current_segment_file(path);
+            let tables = read_chunks(&current, self.chunk_rows, json_bytes.filter(|_| current == *path))?;
             for table in tables {
                 let mut table = table?;
                 if table.rows() == 0 {
