@@ -63,14 +63,17 @@ pub mod cost;
 pub mod embedding;
 mod error;
 pub mod features;
+pub mod hull;
 pub mod learner;
 pub mod limits;
+pub mod ope;
 pub mod outcome;
 mod packed;
 pub mod pmf;
 pub mod policy;
 pub mod prior;
 pub mod ridge;
+pub mod shadow;
 pub mod stats;
 pub mod usage;
 

@@ -198,7 +198,7 @@ pub fn estimator_by_name(name: &str) -> Option<Box<dyn Estimator>> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{estimate, value, OpeInputs};
+    use super::super::{value, OpeInputs, TermMoments};
     use super::*;
 
     fn inputs() -> OpeInputs {
@@ -251,50 +251,6 @@ mod tests {
         assert!((value(&Ips, &x) - ips).abs() < 1e-12);
     }
 
-    #[test]
-    fn snips_stays_within_the_reward_range_and_intervals_contain_the_value() {
-        let x = inputs();
-        let v = value(&Snips, &x);
-        assert!((0.0..=1.0).contains(&v));
-        let r = estimate(&Snips, &x, 200, 1);
-        assert!(r.ci95_analytic[0] <= v && v <= r.ci95_analytic[1]);
-        let b = r.ci95_bootstrap.unwrap();
-        assert!(b[0] <= b[1]);
-    }
-
-    /// The bootstrap interval of a plain mean against its closed form, `mean +- 1.96 s /
-    /// sqrt(n)`: with 4,000 resamples the 2.5% and 97.5% quantiles are each within about 4%
-    /// of the half-width (their standard error), so 12% is a tolerance of 3 standard errors.
-    #[test]
-    fn bootstrap_interval_of_a_mean_matches_the_normal_interval() {
-        let n = 20_000;
-        let reward: Vec<f64> = (0..n).map(|i| ((i as f64) * 0.618_033_988_75).fract()).collect();
-        let x = OpeInputs {
-            propensity: vec![1.0; n],
-            target: vec![1.0; n],
-            q_logged: vec![0.0; n],
-            dm: vec![0.0; n],
-            accepted: vec![true; n],
-            clip: f64::INFINITY,
-            switch_tau: 1.0,
-            reward,
-        };
-        let r = estimate(&Ips, &x, 4000, 11);
-        let mean = x.reward.iter().sum::<f64>() / n as f64;
-        let sd = (x.reward.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
-        let half = 1.959964 * sd / (n as f64).sqrt();
-        let [lo, hi] = r.ci95_bootstrap.unwrap();
-        assert!(
-            ((mean - lo) / half - 1.0).abs() < 0.12,
-            "lower {lo}, mean {mean}, half {half}"
-        );
-        assert!(
-            ((hi - mean) / half - 1.0).abs() < 0.12,
-            "upper {hi}, mean {mean}, half {half}"
-        );
-        assert!((r.std_error * 1.959964 / half - 1.0).abs() < 1e-9);
-    }
-
     /// SNIPS' delta-method standard error against the linearized influence written out:
     /// terms `(w r, w)`, gradient `(1 / m_w, -m_wr / m_w^2)`, two passes over the rows.
     #[test]
@@ -310,9 +266,10 @@ mod tests {
             .sum::<f64>()
             / (n - 1.0);
         let se = (var / n).sqrt();
-        let r = estimate(&Snips, &x, 0, 0);
+        let mut moments = TermMoments::default();
+        moments.add_rows(&Snips, &x);
+        let r = moments.report(&Snips, None);
         assert!((r.std_error - se).abs() < 1e-12, "{} vs {se}", r.std_error);
-        assert_eq!(r.ci95_bootstrap, None);
     }
 
     #[test]

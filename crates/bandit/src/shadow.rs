@@ -1,0 +1,458 @@
+//! Shadow candidates: policies that run beside a route's live policy on its live traffic,
+//! deciding on every request without serving any, and whose value is estimated off-policy
+//! as the outcomes come in, so that an operator sees whether one would do better before
+//! letting it serve.
+//!
+//! Each candidate is a [`Learner`] of its own over the route's arms, context and
+//! objective. On every live decision it decides on the same request (its PMF, nothing
+//! served); when the live decision's outcome and quality are known it **learns them as if
+//! it had chosen that arm, unweighted**, as `quiver ope` runs a learning candidate along a
+//! log. No importance weight is needed for that: every policy Quiver has learns a
+//! per-arm model of quality given the context (a ridge per arm, or an arm's mean), and a
+//! regression on the context is unbiased whichever policy chose the rows it sees, as long
+//! as the choice depended on the context alone; the logged policy changes only where the
+//! candidate's data is dense. What the candidate learns is what it would learn from the
+//! live log, not from its own choices, so its estimate is the value of *this* sequence of
+//! candidate policies (the martingale argument of Dudik et al. 2012 and Li et al. 2011).
+//!
+//! Each completed decision `i` (live arm `a_i`, propensity `mu_i`) adds one row per metric
+//! (value `quality - w_cost cost - w_latency latency_s` under the route's objective,
+//! quality, cost) to [`crate::ope`]'s estimators, SNIPS and DR with their delta-method
+//! 95% intervals and the weights' effective sample size. DR's reward model `q(x, a)` is a
+//! ridge per arm and metric fitted on the rows completed before the decision was made
+//! (prequential, so no row is predicted by a model that saw it). Beside the candidates:
+//! the incumbent's own mean of each metric (the rows as logged), and each model's
+//! quality and cost as a fixed policy would get them (SNIPS with target `1[a_i = k]`), whose
+//! frontier is the hull a candidate is compared with ([`crate::hull`]).
+//!
+//! A decision completes when its quality is known (from the outcome, a failed call
+//! counting 0, or from feedback) and its outcome too; one still waiting when
+//! `max_pending` newer decisions have come is completed with what it has (its cost, if its
+//! outcome came; it then counts for cost only, as `quiver ope` skips rows without quality).
+
+use std::collections::VecDeque;
+
+use serde::Serialize;
+
+use crate::arm::Arm;
+use crate::error::Result;
+use crate::hull;
+use crate::learner::{Learner, LearnerConfig, Request};
+use crate::ope::{Dr, Estimator, OpeInputs, Snips, TermMoments, WeightStream};
+use crate::outcome::{credited_quality, Objective, Outcome};
+use crate::policy::PolicySpec;
+use crate::ridge::RidgeTable;
+use crate::stats::Forgetting;
+
+/// Ridge of the DR reward models (as the simulator's cross-fitted one).
+const REWARD_MODEL_LAMBDA: f64 = 1.0;
+
+/// A completed decision's metrics: `[value, quality, cost]`, `None` where unobserved.
+type Observed = [Option<f64>; 3];
+
+/// A live decision awaiting its outcome or quality.
+struct PendingDecision {
+    id: u64,
+    arm: usize,
+    propensity: f64,
+    request: Request,
+    /// Each reward model's prediction for every arm when the decision was made.
+    q: [Vec<f64>; 3],
+    /// Each candidate's PMF over the arms, and the arm it drew.
+    candidates: Vec<(Vec<f64>, usize)>,
+    outcome: Option<Outcome>,
+    quality: Option<f64>,
+}
+
+/// SNIPS and DR of one metric for one candidate, with the weights' diagnostics.
+#[derive(Default)]
+struct MetricEstimates {
+    weights: WeightStream,
+    snips: TermMoments,
+    dr: TermMoments,
+}
+
+impl MetricEstimates {
+    fn add(&mut self, row: &OpeInputs) {
+        self.weights.add(row);
+        self.snips.add_rows(&Snips, row);
+        self.dr.add_rows(&Dr, row);
+    }
+}
+
+/// What a fixed policy on one model would get: SNIPS of quality and cost, with target
+/// `1[a_i = k]`.
+#[derive(Clone, Default)]
+struct FixedModel {
+    chosen: usize,
+    quality: TermMoments,
+    cost: TermMoments,
+}
+
+/// A candidate policy running in the shadow of the live one.
+struct Candidate {
+    policy: String,
+    learner: Learner,
+    metrics: [MetricEstimates; 3],
+}
+
+/// A route's shadow candidates and what they are compared with.
+pub struct Shadows {
+    objective: Objective,
+    arms: Vec<String>,
+    candidates: Vec<Candidate>,
+    pending: VecDeque<PendingDecision>,
+    max_pending: usize,
+    reward_models: [RidgeTable; 3],
+    /// The incumbent's own mean of each metric.
+    incumbent: [TermMoments; 3],
+    /// Per model, the quality and cost a fixed policy on it would get.
+    models: Vec<FixedModel>,
+    decisions: u64,
+}
+
+/// An estimate and its 95% interval.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Interval {
+    /// Point estimate (`null` before any row).
+    pub value: Option<f64>,
+    /// Delta-method 95% interval (`null` under two rows).
+    pub ci95: Option<[f64; 2]>,
+}
+
+impl Interval {
+    fn of(moments: &TermMoments, estimator: &dyn Estimator) -> Interval {
+        let report = moments.report(estimator, None);
+        let finite = |v: f64| v.is_finite().then_some(v);
+        Interval {
+            value: finite(report.value),
+            ci95: finite(report.std_error).map(|_| report.ci95_analytic),
+        }
+    }
+}
+
+/// One metric's estimates for a candidate.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MetricReport {
+    /// Rows where the metric was observed.
+    pub rows: usize,
+    /// Self-normalized importance sampling.
+    pub snips: Interval,
+    /// Doubly robust, with the prequential reward model.
+    pub dr: Interval,
+}
+
+/// A candidate's estimates.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CandidateReport {
+    /// Its policy spec, canonical.
+    pub policy: String,
+    /// Kish's effective sample size of its importance weights on the value's rows.
+    pub effective_sample_size: f64,
+    /// `quality - w_cost cost - w_latency latency_s` under the route's objective.
+    pub value: MetricReport,
+    /// Quality.
+    pub quality: MetricReport,
+    /// Cost in USD per request.
+    pub cost_usd: MetricReport,
+    /// The hull's quality at the candidate's estimated cost (DR): the best a fixed mix of
+    /// at most two models gets for that spend.
+    pub hull_quality_at_cost: Option<f64>,
+    /// The candidate's quality (DR) minus [`CandidateReport::hull_quality_at_cost`].
+    pub lift_over_hull: Option<f64>,
+}
+
+/// The incumbent's own means.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct IncumbentReport {
+    /// Rows with a value.
+    pub rows: usize,
+    /// Mean value.
+    pub value: Interval,
+    /// Mean quality.
+    pub quality: Interval,
+    /// Mean cost in USD.
+    pub cost_usd: Interval,
+    /// The hull's quality at the incumbent's mean cost.
+    pub hull_quality_at_cost: Option<f64>,
+    /// Its mean quality minus the hull's.
+    pub lift_over_hull: Option<f64>,
+}
+
+/// One model as a fixed policy would do.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ModelReport {
+    /// The model.
+    pub model: String,
+    /// Completed decisions that chose it.
+    pub rows: usize,
+    /// Its quality (SNIPS).
+    pub quality: Interval,
+    /// Its cost per request in USD (SNIPS).
+    pub cost_usd: Interval,
+}
+
+/// Everything the shadows estimate, as `GET /v1/routes/{name}/candidates` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ShadowReport {
+    /// Live decisions seen.
+    pub decisions: u64,
+    /// Decisions still waiting for their outcome or quality.
+    pub pending: usize,
+    /// The live policy.
+    pub incumbent: IncumbentReport,
+    /// The candidates, in configured order.
+    pub candidates: Vec<CandidateReport>,
+    /// The models.
+    pub models: Vec<ModelReport>,
+    /// The hull's corners, `[cost_usd, quality]`, by cost.
+    pub hull: Vec<[f64; 2]>,
+}
+
+impl Shadows {
+    /// Candidates `specs` beside a route whose learner has `config` over `arms`; a
+    /// decision waits for its outcome and quality while fewer than `max_pending` newer
+    /// ones have come.
+    pub fn new(
+        specs: &[PolicySpec],
+        config: &LearnerConfig,
+        arms: &[Arm],
+        max_pending: usize,
+    ) -> Result<Self> {
+        let candidates = specs
+            .iter()
+            .map(|spec| {
+                let mut config = config.clone();
+                config.policy = spec.clone();
+                // Its decisions are only read, never resolved: it learns through `learn`.
+                config.max_tracked_decisions = 1;
+                Ok(Candidate {
+                    policy: spec.to_string(),
+                    learner: Learner::new(config, arms.to_vec())?,
+                    metrics: Default::default(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let ridge = || {
+            RidgeTable::with_prior(
+                arms.len(),
+                config.dim,
+                REWARD_MODEL_LAMBDA,
+                false,
+                Forgetting::None,
+                0.0,
+            )
+        };
+        Ok(Shadows {
+            objective: config.objective,
+            arms: arms.iter().map(|a| a.id.clone()).collect(),
+            candidates,
+            pending: VecDeque::new(),
+            max_pending: max_pending.max(1),
+            reward_models: [ridge(), ridge(), ridge()],
+            incumbent: Default::default(),
+            models: vec![Default::default(); arms.len()],
+            decisions: 0,
+        })
+    }
+
+    /// The live policy chose `arm` with `propensity` for `request` as decision `id`: each
+    /// candidate decides on the same request.
+    pub fn decided(&mut self, id: u64, request: &Request, arm: &str, propensity: f64) -> Result<()> {
+        let Some(arm) = self.arms.iter().position(|a| a == arm) else {
+            return Ok(());
+        };
+        let x = &request.context.features;
+        let q = std::array::from_fn(|m| {
+            (0..self.arms.len())
+                .map(|a| self.reward_models[m].get(a).mean(x))
+                .collect()
+        });
+        let mut candidates = Vec::with_capacity(self.candidates.len());
+        for c in &mut self.candidates {
+            let decision = c.learner.decide(request)?;
+            let mut pmf = vec![0.0; self.arms.len()];
+            for e in &decision.arms {
+                pmf[c.learner.arm_index(&e.arm)?] = e.probability;
+            }
+            candidates.push((pmf, c.learner.arm_index(&decision.arm)?));
+        }
+        self.pending.push_back(PendingDecision {
+            id,
+            arm,
+            propensity,
+            request: request.clone(),
+            q,
+            candidates,
+            outcome: None,
+            quality: None,
+        });
+        self.decisions += 1;
+        while self.pending.len() > self.max_pending {
+            if let Some(oldest) = self.pending.pop_front() {
+                self.complete(oldest)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Decision `id`'s outcome (the first one counts; an unknown id is ignored).
+    pub fn outcome(&mut self, id: u64, outcome: &Outcome) -> Result<()> {
+        self.update(id, |p| {
+            if p.outcome.is_none() {
+                p.outcome = Some(outcome.clone());
+                if p.quality.is_none() {
+                    p.quality = credited_quality(outcome.quality, outcome.error);
+                }
+            }
+        })
+    }
+
+    /// Decision `id`'s quality from feedback (the first quality counts).
+    pub fn quality(&mut self, id: u64, quality: f64) -> Result<()> {
+        self.update(id, |p| {
+            p.quality.get_or_insert(quality);
+        })
+    }
+
+    fn update(&mut self, id: u64, change: impl FnOnce(&mut PendingDecision)) -> Result<()> {
+        let Some(at) = self.pending.iter().position(|p| p.id == id) else {
+            return Ok(());
+        };
+        change(&mut self.pending[at]);
+        let p = &self.pending[at];
+        if p.outcome.is_some() && p.quality.is_some() {
+            if let Some(done) = self.pending.remove(at) {
+                self.complete(done)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a decision's rows to the estimates, then lets the reward models and the
+    /// candidates learn it.
+    fn complete(&mut self, p: PendingDecision) -> Result<()> {
+        let Some(outcome) = p.outcome else {
+            return Ok(());
+        };
+        let cost = outcome.cost_usd;
+        let observed: Observed = [
+            p.quality
+                .map(|q| self.objective.reward(q, cost, outcome.latency_ms)),
+            p.quality,
+            Some(cost),
+        ];
+        let row = |r: f64, target: f64, q: &[f64], pmf: &[f64], accepted: bool| OpeInputs {
+            reward: vec![r],
+            propensity: vec![p.propensity],
+            target: vec![target],
+            q_logged: vec![q[p.arm]],
+            dm: vec![pmf.iter().zip(q).map(|(w, q)| w * q).sum()],
+            accepted: vec![accepted],
+            clip: f64::INFINITY,
+            switch_tau: f64::INFINITY,
+        };
+        let chosen: Vec<f64> = (0..self.arms.len())
+            .map(|a| f64::from(u8::from(a == p.arm)))
+            .collect();
+        for (m, r) in observed.iter().enumerate() {
+            let Some(r) = *r else { continue };
+            let logged = row(r, p.propensity, &p.q[m], &chosen, true);
+            self.incumbent[m].add_rows(&Snips, &logged);
+            for (c, (pmf, sampled)) in self.candidates.iter_mut().zip(&p.candidates) {
+                c.metrics[m].add(&row(r, pmf[p.arm], &p.q[m], pmf, *sampled == p.arm));
+            }
+            self.reward_models[m].observe(p.arm, &p.request.context.features, r);
+        }
+        // A fixed policy on model k puts weight 1 / mu on the rows that chose k and 0 on
+        // the others, which count in SNIPS' denominator's rows all the same.
+        self.models[p.arm].chosen += 1;
+        for (k, model) in self.models.iter_mut().enumerate() {
+            let target = f64::from(u8::from(k == p.arm));
+            for (moments, r) in [(&mut model.quality, observed[1]), (&mut model.cost, observed[2])] {
+                if let Some(r) = r {
+                    moments.add(Snips.terms(&row(r, target, &p.q[0], &chosen, true), 0));
+                }
+            }
+        }
+        let mut learned = outcome;
+        learned.quality = p.quality;
+        let arm = &self.arms[p.arm];
+        for c in &mut self.candidates {
+            c.learner.learn(arm, &p.request.context, &learned)?;
+        }
+        Ok(())
+    }
+
+    /// The estimates so far.
+    pub fn report(&self) -> ShadowReport {
+        let models: Vec<ModelReport> = self
+            .models
+            .iter()
+            .zip(&self.arms)
+            .map(|(m, id)| ModelReport {
+                model: id.clone(),
+                rows: m.chosen,
+                quality: Interval::of(&m.quality, &Snips),
+                cost_usd: Interval::of(&m.cost, &Snips),
+            })
+            .collect();
+        let points: Vec<(f64, f64)> = models
+            .iter()
+            .filter_map(|m| Some((m.cost_usd.value?, m.quality.value?)))
+            .collect();
+        let frontier = hull::frontier(&points);
+        let hull_at = |cost: Option<f64>| {
+            cost.filter(|_| !frontier.is_empty())
+                .map(|c| hull::frontier_quality_at(&frontier, c))
+        };
+        let lift = |quality: Option<f64>, hull: Option<f64>| Some(quality? - hull?);
+        let incumbent = {
+            let [value, quality, cost_usd] = [0, 1, 2].map(|m| Interval::of(&self.incumbent[m], &Snips));
+            let hull_quality_at_cost = hull_at(cost_usd.value);
+            IncumbentReport {
+                rows: self.incumbent[0].rows(),
+                lift_over_hull: lift(quality.value, hull_quality_at_cost),
+                hull_quality_at_cost,
+                value,
+                quality,
+                cost_usd,
+            }
+        };
+        let candidates = self
+            .candidates
+            .iter()
+            .map(|c| {
+                let [value, quality, cost_usd] = [0, 1, 2].map(|m| MetricReport {
+                    rows: c.metrics[m].snips.rows(),
+                    snips: Interval::of(&c.metrics[m].snips, &Snips),
+                    dr: Interval::of(&c.metrics[m].dr, &Dr),
+                });
+                let hull_quality_at_cost = hull_at(cost_usd.dr.value);
+                CandidateReport {
+                    policy: c.policy.clone(),
+                    effective_sample_size: c.metrics[0].weights.finish().effective_sample_size,
+                    lift_over_hull: lift(quality.dr.value, hull_quality_at_cost),
+                    hull_quality_at_cost,
+                    value,
+                    quality,
+                    cost_usd,
+                }
+            })
+            .collect();
+        ShadowReport {
+            decisions: self.decisions,
+            pending: self.pending.len(),
+            incumbent,
+            candidates,
+            models,
+            hull: frontier.iter().map(|&(c, q)| [c, q]).collect(),
+        }
+    }
+}
