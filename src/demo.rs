@@ -236,9 +236,12 @@ pub async fn demo_config(listen: Option<String>) -> Result<ServeConfig> {
             )
         })
         .collect();
+    // A candidate in the shadow of the route's policy, so that
+    // `GET /v1/routes/demo/candidates` shows one estimated on the demo's traffic.
     let route = RouteConfig {
         w_cost: scenario.objective.w_cost,
         w_latency: scenario.objective.w_latency,
+        shadow: vec!["linucb(alpha=0.1)".into()],
         ..RouteConfig::new("demo", "lints(v=0.3,floor=0.02)", models)
     };
     let mut config = ServeConfig::new(std::env::temp_dir().join("quiver-demo"), vec![route]);

@@ -664,8 +664,28 @@ async fn demo_mode_serves_simulated_providers_labelled_as_such() {
     let embedded_status = embedded.status();
     let simulated = embedded.headers().get("x-quiver-simulated").cloned();
     let embedded: Value = embedded.json().await.unwrap();
+    // The demo route's shadow candidate, estimated on the demo's log (which earlier runs
+    // may have added to).
+    let candidates = get_json(&client, format!("{base}/v1/routes/demo/candidates"), "open").await;
     child.kill().unwrap();
     child.wait().unwrap();
+    assert_eq!(
+        candidates["policy"], "lints(v=0.3,lambda=10,draws=256,floor=0.02)",
+        "{candidates}"
+    );
+    assert!(candidates["decisions"].as_u64().unwrap() >= 3, "{candidates}");
+    let shadow = &candidates["candidates"][0];
+    assert!(
+        shadow["policy"].as_str().unwrap().starts_with("linucb(alpha=0.1"),
+        "{shadow}"
+    );
+    assert!(shadow["quality"]["rows"].as_u64().unwrap() >= 1, "{shadow}");
+    assert!(
+        shadow["effective_sample_size"].as_f64().unwrap() > 0.0,
+        "{shadow}"
+    );
+    assert_eq!(candidates["models"].as_array().unwrap().len(), 6, "{candidates}");
+    assert!(!candidates["hull"].as_array().unwrap().is_empty(), "{candidates}");
     assert_eq!(status, 200);
     assert!(body["choices"][0]["message"]["content"]
         .as_str()

@@ -21,7 +21,7 @@ use crate::metrics::HttpLabels;
 use crate::models::{list_models, retrieve_model};
 use crate::request_limits::{self, RequestLimits};
 pub use crate::state::AppState;
-use crate::status::{healthz, metrics, openapi, route_snapshot, route_state};
+use crate::status::{healthz, metrics, openapi, route_candidates, route_snapshot, route_state};
 
 /// The CORS policy of `origins` (none when empty; any with `*`): GET and POST with
 /// bearer tokens and JSON bodies, and the decision headers readable by the page. The
@@ -121,6 +121,7 @@ pub fn build_app(state: Arc<AppState>) -> axum::Router {
     let reading = axum::Router::new()
         .route("/v1/routes/{name}", get(route_state))
         .route("/v1/routes/{name}/snapshot", get(route_snapshot))
+        .route("/v1/routes/{name}/candidates", get(route_candidates))
         .route("/metrics", get(metrics));
     let proxy = axum::Router::new()
         .route("/v1/chat/completions", post(crate::proxy::chat_completions))

@@ -416,6 +416,11 @@ pub struct RouteConfig {
     /// token (see `crate::spend`). None: no cap.
     #[serde(default)]
     pub caller_spend_cap: Option<SpendCap>,
+    /// Candidate policies run in the shadow of the route's policy: each decides on every
+    /// request without serving it, learns the route's outcomes and is estimated
+    /// off-policy (`quiver_bandit::shadow`; `GET /v1/routes/{name}/candidates`).
+    #[serde(default)]
+    pub shadow: Vec<String>,
 }
 
 impl RouteConfig {
@@ -435,6 +440,7 @@ impl RouteConfig {
             embedding: None,
             spend_cap: None,
             caller_spend_cap: None,
+            shadow: Vec::new(),
         }
     }
 }

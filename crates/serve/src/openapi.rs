@@ -27,6 +27,7 @@ use crate::api_error::{ErrorBody, ErrorDetail};
         crate::models::retrieve_model,
         crate::status::route_state,
         crate::status::route_snapshot,
+        crate::status::route_candidates,
         crate::status::metrics,
         crate::status::healthz,
         crate::status::openapi,
@@ -85,7 +86,7 @@ mod tests {
                 assert!(open || responses.contains_key("401"), "{method} {path}: no 401");
             }
         }
-        assert_eq!(names.len(), 13);
+        assert_eq!(names.len(), 14);
         // Every schema referred to is in the document.
         let text = doc.to_string();
         for reference in text.split("\"#/components/schemas/").skip(1) {

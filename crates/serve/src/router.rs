@@ -22,9 +22,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
+use quiver_bandit::shadow::{ShadowReport, Shadows};
 use quiver_bandit::{
     Applied, Arm, BudgetConfig, ChatMessage, Constraints, Context, ContextLayout, Decision,
-    HashingFeaturizer, Learner, LearnerConfig, Objective, Outcome, Priors, Request, Snapshot,
+    HashingFeaturizer, Learner, LearnerConfig, Objective, Outcome, PolicySpec, Priors, Request, Snapshot,
     DEFAULT_PACING_STEP,
 };
 use serde::{Deserialize, Serialize};
@@ -115,6 +116,8 @@ struct LiveRoute {
     /// Decisions, outcomes and feedback the route took since the router opened, so that a
     /// replica with nothing new need not publish.
     own_changes: u64,
+    /// The route's shadow candidates, if it has any.
+    shadows: Option<Shadows>,
 }
 
 /// What the router keeps of each tracked decision beside the learner: where the log wrote
@@ -211,6 +214,19 @@ impl RouteState {
             .transpose()?;
         let layout = ContextLayout::new(HashingFeaturizer::for_routes(config.extra_features), embedding);
         let (learner_config, arms) = learner_setup(&config, layout.dim(), feedback_horizon)?;
+        let shadows = if config.shadow.is_empty() {
+            None
+        } else {
+            let refuse =
+                |e: quiver_bandit::Error| ServeError::Config(format!("route `{}`: shadow: {e}", config.name));
+            let specs = config
+                .shadow
+                .iter()
+                .map(|spec| spec.parse::<PolicySpec>())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(refuse)?;
+            Some(Shadows::new(&specs, &learner_config, &arms, feedback_horizon).map_err(refuse)?)
+        };
         Ok(RouteState {
             policy: learner_config.policy.to_string(),
             live: Mutex::new(LiveRoute {
@@ -220,6 +236,7 @@ impl RouteState {
                 caller_spend: BTreeMap::new(),
                 folded: BTreeMap::new(),
                 own_changes: 0,
+                shadows,
             }),
             layout,
             config,
@@ -263,6 +280,21 @@ impl RouteState {
 
     fn context(&self, prompt: &str, features: &[f64], embedding: Option<&[f64]>) -> Result<Context> {
         Ok(self.layout.build(prompt, features, embedding)?)
+    }
+
+    /// The context of a logged decision, rebuilt as the route builds it now.
+    fn logged_context(&self, record: &LogRecord) -> Result<Context> {
+        let features: Vec<f64> = (0..self.config.extra_features)
+            .map(|i| {
+                let name = quiver_log::feature_name(i);
+                record.features.get(&name).copied().unwrap_or(0.0)
+            })
+            .collect();
+        // A block logged under another layout (the route's embedding changed) is not
+        // this one's: the context is rebuilt without it.
+        let same_layout = record.context.as_deref() == Some(self.layout.definition().as_str());
+        let embedding = record.embedding.as_deref().filter(|_| same_layout);
+        self.context(&record.prompt, &features, embedding)
     }
 }
 
@@ -321,6 +353,30 @@ impl LiveRoute {
             self.logged.forget_before(oldest);
         }
         Ok(())
+    }
+
+    /// Tells the route's shadow candidates, if any, of a record of decision `id` (the
+    /// decision's `context` with a decision record). A record they cannot take is skipped
+    /// with a warning: the shadows never stop the route.
+    fn shadow(&mut self, id: u64, record: &LogRecord, context: Option<&Context>) {
+        let Some(shadows) = self.shadows.as_mut() else {
+            return;
+        };
+        let told = match (record.event, context) {
+            (LogEvent::Decision, Some(context)) => {
+                shadows.decided(id, &Request::new(context.clone()), &record.arm, record.propensity)
+            }
+            (LogEvent::Outcome, _) => shadows.outcome(id, &outcome_of(record)),
+            (LogEvent::Feedback, _) => record.quality.map_or(Ok(()), |q| shadows.quality(id, q)),
+            _ => Ok(()),
+        };
+        if let Err(e) = told {
+            tracing::warn!(
+                route = %record.route,
+                decision = %record.decision_id,
+                "shadow candidates skipped a record: {e}"
+            );
+        }
     }
 
     /// Counts what an outcome recorded at `timestamp` cost (and would have cost on the
@@ -738,7 +794,7 @@ impl Router {
                 state.base = Some(state.starting_learner(options.feedback_horizon)?);
             }
         }
-        Self::read_spend(&mut states, dir)?;
+        Self::read_history(&mut states, dir)?;
         let log = DecisionLog::open(dir, log_last, options.segment_bytes).map_err(io_at(dir))?;
         let router = Router {
             routes: states,
@@ -987,16 +1043,25 @@ impl Router {
         }
     }
 
-    /// Reads back from the log what the routes spent this UTC month (for their spend caps
-    /// and savings).
-    fn read_spend(states: &mut BTreeMap<String, RouteState>, dir: &Path) -> Result<()> {
+    /// Reads the whole log once more: what the routes spent this UTC month (for their
+    /// spend caps and savings), and every record for the routes' shadow candidates, which
+    /// are estimated on the route's whole log.
+    fn read_history(states: &mut BTreeMap<String, RouteState>, dir: &Path) -> Result<()> {
         let month = quiver_log::now_rfc3339()[..7].to_string();
         for record in records_after(dir, 0).map_err(io_at(dir))? {
             let record = record.map_err(io_at(dir))?;
-            if record.event != LogEvent::Outcome || !record.timestamp.starts_with(&month) {
+            let Some(state) = states.get_mut(&record.route) else {
                 continue;
+            };
+            if state.live_mut().shadows.is_some() {
+                let id = parse_decision_id(&record.decision_id)?.number;
+                let context = match record.event {
+                    LogEvent::Decision => Some(state.logged_context(&record)?),
+                    _ => None,
+                };
+                state.live_mut().shadow(id, &record, context.as_ref());
             }
-            if let Some(state) = states.get_mut(&record.route) {
+            if record.event == LogEvent::Outcome && record.timestamp.starts_with(&month) {
                 let dearest = spend::dearest_cost(
                     &state.config.models,
                     record.input_tokens,
@@ -1025,17 +1090,7 @@ impl Router {
         let id = parse_decision_id(&record.decision_id)?.number;
         match record.event {
             LogEvent::Decision => {
-                let features: Vec<f64> = (0..state.config.extra_features)
-                    .map(|i| {
-                        let name = quiver_log::feature_name(i);
-                        record.features.get(&name).copied().unwrap_or(0.0)
-                    })
-                    .collect();
-                // A block logged under another layout (the route's embedding changed) is
-                // not this one's: the context is rebuilt without it.
-                let same_layout = record.context.as_deref() == Some(state.layout.definition().as_str());
-                let embedding = record.embedding.as_deref().filter(|_| same_layout);
-                let context = state.context(&record.prompt, &features, embedding)?;
+                let context = state.logged_context(record)?;
                 state
                     .live_mut()
                     .track(id, &record.arm, &context, record.seq, record.caller.as_deref())?;
@@ -1147,6 +1202,14 @@ impl Router {
             spend: spend.at(&now),
             savings: spend.month_savings(&now),
         }))
+    }
+
+    /// What the route's shadow candidates are estimated to do, beside its policy, its
+    /// models and their hull; `None` for a route without candidates.
+    pub fn candidates(&self, route: &str) -> Result<Option<ShadowReport>> {
+        let state = self.state(route)?;
+        let live = state.lock()?;
+        Ok(live.shadows.as_ref().map(Shadows::report))
     }
 
     /// A route's configuration.
@@ -1338,6 +1401,7 @@ impl Router {
             seq,
             record.caller.as_deref(),
         )?;
+        live.shadow(decision.id, &record, Some(&context));
         live.own_changes += 1;
         Ok(self.pending(
             Routed {
@@ -1399,6 +1463,7 @@ impl Router {
         let seq = self.stage_if(would, &mut record)?;
         let applied = live.learner.record_outcome(id, outcome)?;
         if applied == Applied::Applied {
+            live.shadow(id, &record, None);
             live.own_changes += 1;
             let dearest = spend::dearest_cost(
                 &state.config.models,
@@ -1447,6 +1512,7 @@ impl Router {
         let seq = self.stage_if(would, &mut record)?;
         let applied = live.learner.record_quality(id, quality)?;
         if applied == Applied::Applied {
+            live.shadow(id, &record, None);
             live.own_changes += 1;
         }
         Ok(self.pending(applied, seq))

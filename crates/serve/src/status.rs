@@ -11,6 +11,8 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use quiver_bandit::shadow::ShadowReport;
+
 use crate::api_error::{ApiError, ErrorResponses};
 use crate::health::Circuit;
 use crate::metrics::{self, LearnerStats};
@@ -223,6 +225,48 @@ fn route_state_of(router: &Router, name: &str) -> Result<RouteState, ApiError> {
         arms,
         cluster,
     })
+}
+
+/// A route's shadow candidates beside its policy (see `quiver_bandit::shadow`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RouteCandidates {
+    /// The route.
+    pub route: String,
+    /// Its policy spec: the incumbent.
+    pub policy: String,
+    /// The estimates.
+    #[serde(flatten)]
+    pub estimates: ShadowReport,
+}
+
+/// The route's shadow candidates, estimated off-policy on its log (SNIPS and DR with 95%
+/// intervals, effective sample sizes) beside the incumbent, each model as a fixed policy
+/// would do, and their hull.
+#[utoipa::path(
+    get,
+    path = "/v1/routes/{name}/candidates",
+    operation_id = "route_candidates",
+    params(("name" = String, Path, description = "The route")),
+    responses((status = 200, description = "The candidates' estimates", body = RouteCandidates), ErrorResponses)
+)]
+pub(crate) async fn route_candidates(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<RouteCandidates>, ApiError> {
+    with_router(&state, move |router| {
+        let Some(estimates) = router.candidates(&name)? else {
+            return Err(ApiError::NotFound(format!(
+                "route `{name}` has no shadow candidates: list policy specs in its `shadow`"
+            )));
+        };
+        Ok(RouteCandidates {
+            policy: router.learner(&name)?.config().policy.to_string(),
+            route: name,
+            estimates,
+        })
+    })
+    .await
+    .map(Json)
 }
 
 /// The route's learner state, versioned (the format of `snapshot.json`'s routes).
