@@ -667,6 +667,7 @@ async fn demo_mode_serves_simulated_providers_labelled_as_such() {
     // The demo route's shadow candidate, estimated on the demo's log (which earlier runs
     // may have added to).
     let candidates = get_json(&client, format!("{base}/v1/routes/demo/candidates"), "open").await;
+    let metrics = get_text(&client, format!("{base}/metrics"), "open").await;
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(
@@ -686,6 +687,19 @@ async fn demo_mode_serves_simulated_providers_labelled_as_such() {
     );
     assert_eq!(candidates["models"].as_array().unwrap().len(), 6, "{candidates}");
     assert!(!candidates["hull"].as_array().unwrap().is_empty(), "{candidates}");
+    // The same estimates in /metrics.
+    promtool_check(&metrics);
+    let shadow_quality = shadow["quality"]["dr"]["value"].as_f64().unwrap();
+    let labels = [
+        "route=\"demo\"",
+        "policy=\"linucb(alpha=0.1,lambda=10)\"",
+        "metric=\"quality\"",
+        "estimator=\"dr\"",
+        "bound=\"value\"",
+    ];
+    assert!((sample(&metrics, "quiver_shadow_estimate", &labels) - shadow_quality).abs() < 1e-12);
+    let ess = sample(&metrics, "quiver_shadow_effective_sample_size", &labels[..2]);
+    assert!((ess - shadow["effective_sample_size"].as_f64().unwrap()).abs() < 1e-9);
     assert_eq!(status, 200);
     assert!(body["choices"][0]["message"]["content"]
         .as_str()

@@ -20,6 +20,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use quiver_bandit::shadow::{CandidateReport, ShadowReport};
 
 use crate::config::RouteConfig;
 use crate::deployments::deployment_keys;
@@ -334,6 +335,8 @@ struct RouteTotals {
     spend: (f64, f64),
     /// This month's savings against the dearest model, USD.
     savings: f64,
+    /// The route's shadow candidates' estimates, if it has candidates.
+    candidates: Option<ShadowReport>,
     /// Each caller's spend this UTC day and month, USD.
     callers: Vec<(String, f64, f64)>,
     /// On a replica of a cluster, the route's figures across it.
@@ -356,6 +359,21 @@ struct CallerPeriodLabels {
     route: String,
     caller: String,
     period: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CandidateLabels {
+    route: String,
+    policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EstimateLabels {
+    route: String,
+    policy: String,
+    metric: String,
+    estimator: String,
+    bound: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -408,6 +426,7 @@ impl LearnerStats {
             let (spend, savings) = (router.spend(&route)?, router.savings(&route)?);
             let callers = router.caller_spend(&route)?;
             let cluster = router.cluster_figures(&route)?;
+            let candidates = router.candidates(&route)?;
             let learner = router.learner(&route)?;
             for (i, arm) in learner.arms().iter().enumerate() {
                 let usage = learner.usage(i);
@@ -428,6 +447,7 @@ impl LearnerStats {
                 savings,
                 callers,
                 cluster,
+                candidates,
             });
         }
         let (log_records, log_fsyncs) = router.log_counts();
@@ -615,6 +635,61 @@ impl Collector for LearnerStats {
                 .iter()
                 .map(|r| (route(r), ConstGauge::new(r.savings))),
         )?;
+        let candidates = || {
+            self.routes.iter().flat_map(|r| {
+                r.candidates
+                    .iter()
+                    .flat_map(|report| &report.candidates)
+                    .map(move |c| (r, c))
+            })
+        };
+        let candidate_labels = |r: &RouteTotals, c: &CandidateReport| CandidateLabels {
+            route: r.route.clone(),
+            policy: c.policy.clone(),
+        };
+        family(
+            &mut encoder,
+            "quiver_shadow_estimate",
+            "Each shadow candidate's off-policy estimate per route, by metric (value, quality, cost_usd), estimator (snips, dr) and bound (value, lower and upper of the 95% interval).",
+            MetricType::Gauge,
+            candidates().flat_map(|(r, c)| {
+                [("value", &c.value), ("quality", &c.quality), ("cost_usd", &c.cost_usd)]
+                    .into_iter()
+                    .flat_map(|(metric, m)| [("snips", &m.snips), ("dr", &m.dr)].map(|(e, i)| (metric, e, i)))
+                    .flat_map(move |(metric, estimator, interval)| {
+                        let ci = interval.ci95.map_or([None, None], |[lo, hi]| [Some(lo), Some(hi)]);
+                        [("value", interval.value), ("lower", ci[0]), ("upper", ci[1])]
+                            .into_iter()
+                            .filter_map(move |(bound, v)| {
+                                let labels = EstimateLabels {
+                                    route: r.route.clone(),
+                                    policy: c.policy.clone(),
+                                    metric: metric.to_string(),
+                                    estimator: estimator.to_string(),
+                                    bound: bound.to_string(),
+                                };
+                                v.map(|v| (labels, ConstGauge::new(v)))
+                            })
+                    })
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "quiver_shadow_effective_sample_size",
+            "Kish's effective sample size of each shadow candidate's importance weights per route.",
+            MetricType::Gauge,
+            candidates().map(|(r, c)| (candidate_labels(r, c), ConstGauge::new(c.effective_sample_size))),
+        )?;
+        family(
+            &mut encoder,
+            "quiver_shadow_lift_over_hull",
+            "Each shadow candidate's quality (DR) minus the best fixed mix of two models at its cost, per route.",
+            MetricType::Gauge,
+            candidates().filter_map(|(r, c)| {
+                c.lift_over_hull
+                    .map(|lift| (candidate_labels(r, c), ConstGauge::new(lift)))
+            }),
+        )?;
         let clustered = || {
             self.routes
                 .iter()
@@ -704,6 +779,7 @@ mod tests {
                     spend: (2.5, 30.0),
                     savings: 6.0,
                 }),
+                candidates: None,
             }],
             log_records: 9,
             log_fsyncs: 2,
