@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::response::IntoResponse;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use support::{get_json, get_text, promtool_check, sample, scratch, start_app, start_binary};
+use support::{get_json, get_text, post_json, promtool_check, sample, scratch, start_app, start_binary};
 
 /// Fails with a command's output unless it succeeded.
 fn assert_succeeded(out: &std::process::Output) {
@@ -293,16 +293,13 @@ async fn traffic_shifts_to_the_arm_with_the_best_feedback_and_feedback_rules_hol
         let client = client.clone();
         let base = base.clone();
         async move {
-            let r: Value = client
-                .post(format!("{base}/v1/route"))
-                .bearer_auth("r")
-                .json(&json!({"route": "learn", "prompt": prompt}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let r = post_json(
+                &client,
+                format!("{base}/v1/route"),
+                "r",
+                &json!({"route": "learn", "prompt": prompt}),
+            )
+            .await;
             (
                 r["decision_id"].as_str().unwrap().to_string(),
                 r["model"].as_str().unwrap().to_string(),
@@ -1259,4 +1256,126 @@ async fn deployments_keep_to_their_limits_and_tags() {
         body["error"]["message"].as_str().unwrap().contains("region:apac"),
         "{body}"
     );
+}
+
+/// The browser the dashboard test drives: `QUIVER_CHROMIUM`, else Debian's `chromium`. CI
+/// installs it and sets `QUIVER_REQUIRE_CHROMIUM`; elsewhere a missing one skips the test.
+fn chromium() -> Option<String> {
+    let browser = std::env::var("QUIVER_CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    match std::process::Command::new(&browser).arg("--version").output() {
+        Ok(out) if out.status.success() => Some(browser),
+        _ if std::env::var_os("QUIVER_REQUIRE_CHROMIUM").is_none() => {
+            eprintln!("skipped: no runnable `{browser}`; install Debian's chromium package");
+            None
+        }
+        _ => panic!("`{browser}` is required here"),
+    }
+}
+
+/// Headless Chromium on `url` after the page's scripts have run for 10 s of virtual time
+/// (which waits for its requests): the DOM, and with `screenshot`, a PNG there too.
+fn browse(browser: &str, url: &str, screenshot: Option<&Path>) -> String {
+    let profile = scratch("dashboard_profile");
+    let mut command = std::process::Command::new(browser);
+    command.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--window-size=1500,1300",
+        "--virtual-time-budget=10000",
+        &format!("--user-data-dir={}", profile.display()),
+    ]);
+    match screenshot {
+        Some(path) => command.arg(format!("--screenshot={}", path.display())),
+        None => command.arg("--dump-dom"),
+    };
+    let out = command.arg(url).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `/ui` in a real headless Chromium: with the admin token it shows the route's live
+/// numbers (its decision count, its newest decision, each model, the shadow candidate);
+/// without one it shows the refusal; it loads nothing from elsewhere. A screenshot is kept
+/// at `target/tmp/dashboard.png`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_shows_live_numbers_in_a_real_browser() {
+    let Some(browser) = chromium() else { return };
+    let dir = scratch("serve_dashboard");
+    let base = start_app(
+        json!({
+            "auth": {"route_tokens": ["r"], "feedback_tokens": ["f"], "admin_tokens": ["a"]},
+            "routes": [{"name": "chat", "policy": "lints(v=0.3,floor=0.05,draws=0)",
+                "models": [model("small", None), model("large", None)],
+                "shadow": ["linucb(alpha=0.1)"]}]
+        }),
+        &dir,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for i in 0..37 {
+        let prompt = json!({"route": "chat", "prompt": format!("question {i}")});
+        let r = post_json(&client, format!("{base}/v1/route"), "r", &prompt).await;
+        let quality = if r["model"] == "large" { 0.9 } else { 0.4 };
+        let outcome = json!({"decision_id": r["decision_id"], "latency_ms": 120, "cost_usd": 0.001, "quality": quality});
+        let status = client
+            .post(format!("{base}/v1/outcome"))
+            .bearer_auth("f")
+            .json(&outcome)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+    let recent = get_json(&client, format!("{base}/v1/routes/chat/decisions"), "a").await;
+    let newest = recent["decisions"][0]["decision_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(newest, "chat:36");
+    assert!(recent["decisions"][0]["quality"].as_f64().is_some());
+    let page = client.get(format!("{base}/ui")).send().await.unwrap();
+    let policy = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let html = page.text().await.unwrap();
+    assert!(policy.starts_with("default-src 'self'"), "{policy}");
+    // No script, stylesheet or font from elsewhere (the policy above would block one).
+    for loads in ["<script src", "<link", "@import", "url("] {
+        assert!(!html.contains(loads), "the page has {loads}");
+    }
+
+    let url = format!("{base}/ui#token=a");
+    let (dom, refused) = {
+        let (browser, url, bare) = (browser.clone(), url.clone(), format!("{base}/ui"));
+        tokio::task::spawn_blocking(move || (browse(&browser, &url, None), browse(&browser, &bare, None)))
+            .await
+            .unwrap()
+    };
+    assert!(dom.contains("live, updated"), "{dom}");
+    assert!(dom.contains("class=\"decisions-count\">37<"), "{dom}");
+    assert!(dom.contains(&format!(">{newest}<")), "{dom}");
+    for text in [
+        "small",
+        "large",
+        "linucb(alpha=0.1,lambda=10)",
+        "lints(v=0.3,lambda=10,draws=0,floor=0.05) (live)",
+    ] {
+        assert!(dom.contains(text), "{text} missing from {dom}");
+    }
+    assert!(
+        refused.contains("class=\"error\"") && refused.contains("401"),
+        "{refused}"
+    );
+
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    tokio::task::spawn_blocking(move || browse(&browser, &url, Some(&shot)).len())
+        .await
+        .unwrap();
+    let png = std::fs::read(Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 }

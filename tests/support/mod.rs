@@ -196,3 +196,20 @@ pub async fn get_json(client: &reqwest::Client, url: String, token: &str) -> ser
 pub async fn get_text(client: &reqwest::Client, url: String, token: &str) -> String {
     get(client, url, token).await.text().await.unwrap()
 }
+
+/// `POST url` with a bearer token and a JSON body: the answer's JSON.
+pub async fn post_json(
+    client: &reqwest::Client,
+    url: String,
+    token: &str,
+    body: &serde_json::Value,
+) -> serde_json::Value {
+    let answer = client
+        .post(url)
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    answer.json().await.unwrap()
+}

@@ -21,7 +21,9 @@ use crate::metrics::HttpLabels;
 use crate::models::{list_models, retrieve_model};
 use crate::request_limits::{self, RequestLimits};
 pub use crate::state::AppState;
-use crate::status::{healthz, metrics, openapi, route_candidates, route_snapshot, route_state};
+use crate::status::{
+    healthz, metrics, openapi, route_candidates, route_decisions, route_snapshot, route_state, ui,
+};
 
 /// The CORS policy of `origins` (none when empty; any with `*`): GET and POST with
 /// bearer tokens and JSON bodies, and the decision headers readable by the page. The
@@ -109,7 +111,8 @@ pub fn build_app(state: Arc<AppState>) -> axum::Router {
     };
     let open = axum::Router::new()
         .route("/healthz", get(healthz))
-        .route("/openapi.json", get(openapi));
+        .route("/openapi.json", get(openapi))
+        .route("/ui", get(ui));
     let routing = axum::Router::new()
         .route("/v1/route", post(route))
         .route("/v1/embeddings", post(crate::passthrough::embeddings))
@@ -122,6 +125,7 @@ pub fn build_app(state: Arc<AppState>) -> axum::Router {
         .route("/v1/routes/{name}", get(route_state))
         .route("/v1/routes/{name}/snapshot", get(route_snapshot))
         .route("/v1/routes/{name}/candidates", get(route_candidates))
+        .route("/v1/routes/{name}/decisions", get(route_decisions))
         .route("/metrics", get(metrics));
     let proxy = axum::Router::new()
         .route("/v1/chat/completions", post(crate::proxy::chat_completions))

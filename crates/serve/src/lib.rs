@@ -51,6 +51,6 @@ pub use api_error::ApiError;
 pub use config::{AuthConfig, EmbeddingConfig, ModelConfig, RouteConfig, ServeConfig};
 pub use error::{Result, ServeError};
 pub use router::{
-    CapturedSnapshot, ClusterFigures, LearnerRef, Observed, Pending, ReplicaShare, RouteRequest, Routed,
-    Router, RouterOptions,
+    CapturedSnapshot, ClusterFigures, LearnerRef, Observed, Pending, RecentDecision, ReplicaShare,
+    RouteRequest, Routed, Router, RouterOptions,
 };

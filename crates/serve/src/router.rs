@@ -24,7 +24,7 @@ use std::time::SystemTime;
 
 use quiver_bandit::shadow::{ShadowReport, Shadows};
 use quiver_bandit::{
-    Applied, Arm, BudgetConfig, ChatMessage, Constraints, Context, ContextLayout, Decision,
+    Applied, Arm, ArmEstimate, BudgetConfig, ChatMessage, Constraints, Context, ContextLayout, Decision,
     HashingFeaturizer, Learner, LearnerConfig, Objective, Outcome, PolicySpec, Priors, Request, Snapshot,
     DEFAULT_PACING_STEP,
 };
@@ -118,6 +118,34 @@ struct LiveRoute {
     own_changes: u64,
     /// The route's shadow candidates, if it has any.
     shadows: Option<Shadows>,
+    /// The route's latest decisions since the router opened, oldest first.
+    recent: VecDeque<RecentDecision>,
+}
+
+/// Decisions a route keeps for [`Router::recent_decisions`].
+const RECENT_DECISIONS: usize = 50;
+
+/// A recent decision of a route, with its explanation and what came of it so far.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct RecentDecision {
+    /// Its id.
+    pub decision_id: String,
+    /// When it was made (RFC 3339, UTC).
+    pub timestamp: String,
+    /// The model chosen.
+    pub model: String,
+    /// The probability with which it was chosen.
+    pub propensity: f64,
+    /// Each eligible model's estimates at the time.
+    pub explanation: Vec<ArmEstimate>,
+    /// Why each ineligible model was excluded.
+    pub excluded: Vec<String>,
+    /// Its call's cost, once reported.
+    pub cost_usd: Option<f64>,
+    /// Its call's latency, once reported.
+    pub latency_ms: Option<f64>,
+    /// Its quality, once reported.
+    pub quality: Option<f64>,
 }
 
 /// What the router keeps of each tracked decision beside the learner: where the log wrote
@@ -237,6 +265,7 @@ impl RouteState {
                 folded: BTreeMap::new(),
                 own_changes: 0,
                 shadows,
+                recent: VecDeque::new(),
             }),
             layout,
             config,
@@ -353,6 +382,41 @@ impl LiveRoute {
             self.logged.forget_before(oldest);
         }
         Ok(())
+    }
+
+    /// Keeps a decision among the route's recent ones.
+    fn remember(&mut self, decision: &Decision, record: &LogRecord) {
+        if self.recent.len() == RECENT_DECISIONS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(RecentDecision {
+            decision_id: record.decision_id.clone(),
+            timestamp: record.timestamp.clone(),
+            model: decision.arm.clone(),
+            propensity: decision.propensity,
+            explanation: decision.arms.clone(),
+            excluded: decision.excluded.clone(),
+            cost_usd: None,
+            latency_ms: None,
+            quality: None,
+        });
+    }
+
+    /// Adds what an outcome or feedback record says to its decision, if recent.
+    fn remember_result(&mut self, record: &LogRecord) {
+        let Some(recent) = self
+            .recent
+            .iter_mut()
+            .rev()
+            .find(|r| r.decision_id == record.decision_id)
+        else {
+            return;
+        };
+        if record.event == LogEvent::Outcome {
+            recent.cost_usd = Some(record.cost_usd);
+            recent.latency_ms = Some(record.latency_ms);
+        }
+        recent.quality = recent.quality.or(record.quality);
     }
 
     /// Tells the route's shadow candidates, if any, of a record of decision `id` (the
@@ -1212,6 +1276,12 @@ impl Router {
         Ok(live.shadows.as_ref().map(Shadows::report))
     }
 
+    /// A route's latest decisions since the router opened (at most 50), newest first.
+    pub fn recent_decisions(&self, route: &str) -> Result<Vec<RecentDecision>> {
+        let live = self.state(route)?.lock()?;
+        Ok(live.recent.iter().rev().cloned().collect())
+    }
+
     /// A route's configuration.
     pub fn route_config(&self, route: &str) -> Result<&RouteConfig> {
         Ok(&self.state(route)?.config)
@@ -1402,6 +1472,7 @@ impl Router {
             record.caller.as_deref(),
         )?;
         live.shadow(decision.id, &record, Some(&context));
+        live.remember(&decision, &record);
         live.own_changes += 1;
         Ok(self.pending(
             Routed {
@@ -1464,6 +1535,7 @@ impl Router {
         let applied = live.learner.record_outcome(id, outcome)?;
         if applied == Applied::Applied {
             live.shadow(id, &record, None);
+            live.remember_result(&record);
             live.own_changes += 1;
             let dearest = spend::dearest_cost(
                 &state.config.models,
@@ -1513,6 +1585,7 @@ impl Router {
         let applied = live.learner.record_quality(id, quality)?;
         if applied == Applied::Applied {
             live.shadow(id, &record, None);
+            live.remember_result(&record);
             live.own_changes += 1;
         }
         Ok(self.pending(applied, seq))

@@ -16,7 +16,7 @@ use quiver_bandit::shadow::ShadowReport;
 use crate::api_error::{ApiError, ErrorResponses};
 use crate::health::Circuit;
 use crate::metrics::{self, LearnerStats};
-use crate::router::Router;
+use crate::router::{RecentDecision, Router};
 use crate::state::{with_router, AppState};
 
 /// A route's state: its learner's decisions and each model's totals.
@@ -269,6 +269,38 @@ pub(crate) async fn route_candidates(
     .map(Json)
 }
 
+/// A route's latest decisions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecentDecisions {
+    /// The route.
+    pub route: String,
+    /// Its latest decisions since the server started (at most 50), newest first.
+    pub decisions: Vec<RecentDecision>,
+}
+
+/// The route's latest decisions, each with its explanation and its outcome and quality
+/// once reported.
+#[utoipa::path(
+    get,
+    path = "/v1/routes/{name}/decisions",
+    operation_id = "route_decisions",
+    params(("name" = String, Path, description = "The route")),
+    responses((status = 200, description = "The latest decisions", body = RecentDecisions), ErrorResponses)
+)]
+pub(crate) async fn route_decisions(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<RecentDecisions>, ApiError> {
+    with_router(&state, move |router| {
+        Ok(RecentDecisions {
+            decisions: router.recent_decisions(&name)?,
+            route: name,
+        })
+    })
+    .await
+    .map(Json)
+}
+
 /// The route's learner state, versioned (the format of `snapshot.json`'s routes).
 #[utoipa::path(
     get,
@@ -321,6 +353,25 @@ pub(crate) async fn healthz(State(state): State<Arc<AppState>>) -> String {
             format!("ok\ncluster: replica `{replica}` serving and learning alone: {reason}")
         }
     }
+}
+
+/// The dashboard: one page, its script and styles compiled in, nothing fetched from
+/// elsewhere (its content security policy says so). It holds no data: it reads the admin
+/// endpoints with the token it is given (`/ui#token=...`, kept in the tab's session
+/// storage) every two seconds.
+pub(crate) async fn ui() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+            ),
+        ],
+        include_str!("ui.html"),
+    )
+        .into_response()
 }
 
 /// This document.
