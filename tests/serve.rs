@@ -1307,6 +1307,7 @@ async fn the_dashboard_shows_live_numbers_in_a_real_browser() {
         json!({
             "auth": {"route_tokens": ["r"], "feedback_tokens": ["f"], "admin_tokens": ["a"]},
             "routes": [{"name": "chat", "policy": "lints(v=0.3,floor=0.05,draws=0)",
+                "budget_usd_per_request": 0.002,
                 "models": [model("small", None), model("large", None)],
                 "shadow": ["linucb(alpha=0.1)"]}]
         }),
@@ -1363,6 +1364,8 @@ async fn the_dashboard_shows_live_numbers_in_a_real_browser() {
         "large",
         "linucb(alpha=0.1,lambda=10)",
         "lints(v=0.3,lambda=10,draws=0,floor=0.05) (live)",
+        // Every call cost $0.001.
+        "spend per request <b>$0.00100</b> against a budget of $0.00200",
     ] {
         assert!(dom.contains(text), "{text} missing from {dom}");
     }

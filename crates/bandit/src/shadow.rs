@@ -263,8 +263,8 @@ impl Shadows {
     }
 
     /// The live policy chose `arm` with `propensity` for `request` as decision `id`: each
-    /// candidate decides on the same request.
-    pub fn decided(&mut self, id: u64, request: &Request, arm: &str, propensity: f64) -> Result<()> {
+    /// candidate decides on the same request. Decisions come in increasing `id`.
+    pub fn decided(&mut self, id: u64, request: Request, arm: &str, propensity: f64) -> Result<()> {
         let Some(arm) = self.arms.iter().position(|a| a == arm) else {
             return Ok(());
         };
@@ -276,7 +276,7 @@ impl Shadows {
         });
         let mut candidates = Vec::with_capacity(self.candidates.len());
         for c in &mut self.candidates {
-            let decision = c.learner.decide(request)?;
+            let decision = c.learner.decide(&request)?;
             let mut pmf = vec![0.0; self.arms.len()];
             for e in &decision.arms {
                 pmf[c.learner.arm_index(&e.arm)?] = e.probability;
@@ -287,7 +287,7 @@ impl Shadows {
             id,
             arm,
             propensity,
-            request: request.clone(),
+            request,
             q,
             candidates,
             outcome: None,
@@ -322,7 +322,8 @@ impl Shadows {
     }
 
     fn update(&mut self, id: u64, change: impl FnOnce(&mut PendingDecision)) -> Result<()> {
-        let Some(at) = self.pending.iter().position(|p| p.id == id) else {
+        // Decisions arrive in increasing id, so the pending ones are sorted by it.
+        let Ok(at) = self.pending.binary_search_by_key(&id, |p| p.id) else {
             return Ok(());
         };
         change(&mut self.pending[at]);

@@ -428,7 +428,7 @@ impl LiveRoute {
         };
         let told = match (record.event, context) {
             (LogEvent::Decision, Some(context)) => {
-                shadows.decided(id, &Request::new(context.clone()), &record.arm, record.propensity)
+                shadows.decided(id, Request::new(context.clone()), &record.arm, record.propensity)
             }
             (LogEvent::Outcome, _) => shadows.outcome(id, &outcome_of(record)),
             (LogEvent::Feedback, _) => record.quality.map_or(Ok(()), |q| shadows.quality(id, q)),

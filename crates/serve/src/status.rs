@@ -30,6 +30,8 @@ pub struct RouteState {
     pub decisions: u64,
     /// The route's cost weight, quality points per USD.
     pub w_cost: f64,
+    /// The target mean spend per request, USD, on a route with a budget.
+    pub budget_usd_per_request: Option<f64>,
     /// The budget pacer's multiplier, on a route with a budget.
     pub budget_lambda: Option<f64>,
     /// Spend this UTC day, USD.
@@ -221,6 +223,7 @@ fn route_state_of(router: &Router, name: &str) -> Result<RouteState, ApiError> {
         policy: learner.config().policy.to_string(),
         decisions: learner.next_decision_id(),
         w_cost: learner.config().objective.w_cost,
+        budget_usd_per_request: learner.pacer().map(|p| p.target_usd()),
         budget_lambda: learner.pacer().map(|p| p.lambda()),
         arms,
         cluster,
