@@ -10,10 +10,14 @@
 //! copy to JSON, whole (`serialize/full`) and without the tracked decisions, as the server
 //! writes it (`serialize/without_tracked`; the log holds those decisions).
 //!
+//! `shadow` is what shadow candidates add to each decision of a route: their decisions,
+//! and on the outcome the estimators, reward models and their learning.
+//!
 //! Run: `cargo bench --bench policies`; CI runs it once per benchmark in test mode.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use quiver_bandit::{Arm, Context, Learner, LearnerConfig, Outcome, Policy, Request};
+use quiver_bandit::shadow::Shadows;
+use quiver_bandit::{Arm, Context, Learner, LearnerConfig, Outcome, Policy, PolicySpec, Request};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::hint::black_box;
@@ -154,5 +158,44 @@ fn snapshot(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, snapshot);
+/// What shadow candidates add to each decision of a route (d = 64, K = 11, trained on
+/// 2,000 decisions): the candidates' decisions on the request, then, when its outcome
+/// comes, the estimators' rows, the reward models' updates and the candidates' learning.
+fn shadow(c: &mut Criterion) {
+    let mut group = c.benchmark_group("shadow/d64/k11");
+    group.warm_up_time(Duration::from_millis(300));
+    group.measurement_time(Duration::from_secs(1));
+    let (dim, arms) = (64, 11);
+    let live = trained("lints(v=0.3,floor=0.02)", dim, arms, 1024);
+    let arm_list: Vec<Arm> = (0..arms).map(|a| Arm::new(format!("a{a}"))).collect();
+    for candidates in [&["linucb(alpha=0.1)"][..], &["linucb(alpha=0.1)", "lints(v=0.1)"]] {
+        let specs: Vec<PolicySpec> = candidates.iter().map(|s| s.parse().expect("spec")).collect();
+        let mut shadows = Shadows::new(&specs, live.config(), &arm_list, 1024).expect("shadows");
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut id = 0;
+        let mut serve = |shadows: &mut Shadows| {
+            let request = Request::new(Context {
+                features: context(dim, &mut rng),
+                input_tokens: 200,
+            });
+            let arm = rng.random_range(0..arms);
+            shadows
+                .decided(id, request, &format!("a{arm}"), 0.1)
+                .expect("decided");
+            let quality: f64 = rng.random();
+            let outcome = Outcome::new(300.0, 0.001).with_quality(quality);
+            shadows.outcome(id, &outcome).expect("outcome");
+            id += 1;
+        };
+        for _ in 0..2000 {
+            serve(&mut shadows);
+        }
+        group.bench_function(BenchmarkId::new("candidates", candidates.len()), |b| {
+            b.iter(|| serve(&mut shadows))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, snapshot, shadow);
 criterion_main!(benches);

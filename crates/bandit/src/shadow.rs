@@ -349,38 +349,51 @@ impl Shadows {
             p.quality,
             Some(cost),
         ];
-        let row = |r: f64, target: f64, q: &[f64], pmf: &[f64], accepted: bool| OpeInputs {
-            reward: vec![r],
+        // One row of estimator inputs, rewritten for each policy valued on it.
+        let mut row = OpeInputs {
+            reward: vec![0.0],
             propensity: vec![p.propensity],
-            target: vec![target],
-            q_logged: vec![q[p.arm]],
-            dm: vec![pmf.iter().zip(q).map(|(w, q)| w * q).sum()],
-            accepted: vec![accepted],
+            target: vec![0.0],
+            q_logged: vec![0.0],
+            dm: vec![0.0],
+            accepted: vec![false],
             clip: f64::INFINITY,
             switch_tau: f64::INFINITY,
         };
-        let chosen: Vec<f64> = (0..self.arms.len())
-            .map(|a| f64::from(u8::from(a == p.arm)))
-            .collect();
+        let set = |row: &mut OpeInputs, r: f64, q: f64, target: f64, dm: f64, accepted: bool| {
+            row.reward[0] = r;
+            row.q_logged[0] = q;
+            row.target[0] = target;
+            row.dm[0] = dm;
+            row.accepted[0] = accepted;
+        };
+        self.models[p.arm].chosen += 1;
         for (m, r) in observed.iter().enumerate() {
             let Some(r) = *r else { continue };
-            let logged = row(r, p.propensity, &p.q[m], &chosen, true);
-            self.incumbent[m].add_rows(&Snips, &logged);
+            let q = &p.q[m];
+            // The live policy on its own rows: weight 1.
+            set(&mut row, r, q[p.arm], p.propensity, q[p.arm], true);
+            self.incumbent[m].add_rows(&Snips, &row);
             for (c, (pmf, sampled)) in self.candidates.iter_mut().zip(&p.candidates) {
-                c.metrics[m].add(&row(r, pmf[p.arm], &p.q[m], pmf, *sampled == p.arm));
+                let dm = pmf.iter().zip(q).map(|(w, q)| w * q).sum();
+                set(&mut row, r, q[p.arm], pmf[p.arm], dm, *sampled == p.arm);
+                c.metrics[m].add(&row);
             }
-            self.reward_models[m].observe(p.arm, &p.request.context.features, r);
-        }
-        // A fixed policy on model k puts weight 1 / mu on the rows that chose k and 0 on
-        // the others, which count in SNIPS' denominator's rows all the same.
-        self.models[p.arm].chosen += 1;
-        for (k, model) in self.models.iter_mut().enumerate() {
-            let target = f64::from(u8::from(k == p.arm));
-            for (moments, r) in [(&mut model.quality, observed[1]), (&mut model.cost, observed[2])] {
-                if let Some(r) = r {
-                    moments.add(Snips.terms(&row(r, target, &p.q[0], &chosen, true), 0));
+            // A fixed policy on model k puts weight 1 / mu on the rows that chose k and 0
+            // on the others, which count in SNIPS' denominator's rows all the same.
+            if m > 0 {
+                for (k, model) in self.models.iter_mut().enumerate() {
+                    let chosen = f64::from(u8::from(k == p.arm));
+                    set(&mut row, r, q[p.arm], chosen, q[k], true);
+                    let moments = if m == 1 {
+                        &mut model.quality
+                    } else {
+                        &mut model.cost
+                    };
+                    moments.add_rows(&Snips, &row);
                 }
             }
+            self.reward_models[m].observe(p.arm, &p.request.context.features, r);
         }
         let mut learned = outcome;
         learned.quality = p.quality;
