@@ -371,7 +371,8 @@ impl Shadows {
         for (m, r) in observed.iter().enumerate() {
             let Some(r) = *r else { continue };
             let q = &p.q[m];
-            // The live policy on its own rows: weight 1.
+            // The live policy on its own rows: weight 1 (only its SNIPS, the plain mean, is
+            // reported, so its `dm` is never read).
             set(&mut row, r, q[p.arm], p.propensity, q[p.arm], true);
             self.incumbent[m].add_rows(&Snips, &row);
             for (c, (pmf, sampled)) in self.candidates.iter_mut().zip(&p.candidates) {
