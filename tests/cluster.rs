@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use quiver_bandit::{Policy, PolicySpec};
 use serde_json::{json, Value};
-use support::{get_json, get_text, sample, scratch, start_binary, Running};
+use support::{get_json, get_text, outside_tool, sample, scratch, start_binary, Running};
 
 const SYNC_MS: u64 = 250;
 const POLICY: &str = "linucb(alpha=0.1,detect=0)";
@@ -52,14 +52,7 @@ impl Redis {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
-        let child = match spawned {
-            Ok(child) => child,
-            Err(e) if std::env::var_os("QUIVER_REQUIRE_REDIS").is_none() => {
-                eprintln!("skipped: redis-server not runnable ({e}); install Debian's redis-server package");
-                return None;
-            }
-            Err(e) => panic!("redis-server is required here: {e}"),
-        };
+        let child = outside_tool(spawned, "redis-server", "QUIVER_REQUIRE_REDIS", "redis-server")?;
         let redis = Redis { child, port };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !redis.answers() {

@@ -13,7 +13,9 @@ use std::time::Duration;
 use axum::response::IntoResponse;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use support::{get_json, get_text, post_json, promtool_check, sample, scratch, start_app, start_binary};
+use support::{
+    get_json, get_text, outside_tool, post_json, promtool_check, sample, scratch, start_app, start_binary,
+};
 
 /// Fails with a command's output unless it succeeded.
 fn assert_succeeded(out: &std::process::Output) {
@@ -1262,14 +1264,16 @@ async fn deployments_keep_to_their_limits_and_tags() {
 /// installs it and sets `QUIVER_REQUIRE_CHROMIUM`; elsewhere a missing one skips the test.
 fn chromium() -> Option<String> {
     let browser = std::env::var("QUIVER_CHROMIUM").unwrap_or_else(|_| "chromium".into());
-    match std::process::Command::new(&browser).arg("--version").output() {
-        Ok(out) if out.status.success() => Some(browser),
-        _ if std::env::var_os("QUIVER_REQUIRE_CHROMIUM").is_none() => {
-            eprintln!("skipped: no runnable `{browser}`; install Debian's chromium package");
-            None
-        }
-        _ => panic!("`{browser}` is required here"),
-    }
+    let version = std::process::Command::new(&browser)
+        .arg("--version")
+        .output()
+        .and_then(|out| match out.status.success() {
+            true => Ok(browser.clone()),
+            false => Err(std::io::Error::other(
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )),
+        });
+    outside_tool(version, &browser, "QUIVER_REQUIRE_CHROMIUM", "chromium")
 }
 
 /// Headless Chromium on `url` after the page's scripts have run for 10 s of virtual time

@@ -126,6 +126,20 @@ pub fn peak_rss_bytes(pid: u32) -> u64 {
     kb * 1024
 }
 
+/// An outside tool a test runs (`started`: what starting it gave), or `None` with a
+/// message when it cannot run: CI installs each tool and sets its `require` variable, which
+/// makes a tool that cannot run fail the test instead.
+pub fn outside_tool<T>(started: std::io::Result<T>, tool: &str, require: &str, package: &str) -> Option<T> {
+    match started {
+        Ok(running) => Some(running),
+        Err(e) if std::env::var_os(require).is_none() => {
+            eprintln!("skipped: {tool} not runnable ({e}); install Debian's {package} package");
+            None
+        }
+        Err(e) => panic!("{tool} is required here: {e}"),
+    }
+}
+
 /// Checks a metrics exposition with `promtool check metrics`, as Prometheus would lint it.
 /// CI installs promtool and sets `QUIVER_REQUIRE_PROMTOOL`; elsewhere a missing promtool
 /// skips the check with a message.
@@ -137,13 +151,8 @@ pub fn promtool_check(text: &str) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(e) if std::env::var_os("QUIVER_REQUIRE_PROMTOOL").is_none() => {
-            eprintln!("skipped: promtool not runnable ({e}); install Debian's prometheus package");
-            return;
-        }
-        Err(e) => panic!("promtool is required here: {e}"),
+    let Some(mut child) = outside_tool(child, "promtool", "QUIVER_REQUIRE_PROMTOOL", "prometheus") else {
+        return;
     };
     child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();

@@ -274,15 +274,11 @@ impl Shadows {
                 .map(|a| self.reward_models[m].get(a).mean(x))
                 .collect()
         });
-        let mut candidates = Vec::with_capacity(self.candidates.len());
-        for c in &mut self.candidates {
-            let decision = c.learner.decide(&request)?;
-            let mut pmf = vec![0.0; self.arms.len()];
-            for e in &decision.arms {
-                pmf[c.learner.arm_index(&e.arm)?] = e.probability;
-            }
-            candidates.push((pmf, c.learner.arm_index(&decision.arm)?));
-        }
+        let candidates = self
+            .candidates
+            .iter_mut()
+            .map(|c| c.learner.decide_pmf(&request))
+            .collect::<Result<Vec<_>>>()?;
         self.pending.push_back(PendingDecision {
             id,
             arm,

@@ -402,6 +402,14 @@ impl LiveRoute {
         });
     }
 
+    /// Tells the shadows and the recent decisions of an outcome or feedback record of
+    /// decision `id` that the learner applied.
+    fn applied(&mut self, id: u64, record: &LogRecord) {
+        self.shadow(id, record, None);
+        self.remember_result(record);
+        self.own_changes += 1;
+    }
+
     /// Adds what an outcome or feedback record says to its decision, if recent.
     fn remember_result(&mut self, record: &LogRecord) {
         let Some(recent) = self
@@ -1534,9 +1542,7 @@ impl Router {
         let seq = self.stage_if(would, &mut record)?;
         let applied = live.learner.record_outcome(id, outcome)?;
         if applied == Applied::Applied {
-            live.shadow(id, &record, None);
-            live.remember_result(&record);
-            live.own_changes += 1;
+            live.applied(id, &record);
             let dearest = spend::dearest_cost(
                 &state.config.models,
                 outcome.input_tokens,
@@ -1584,9 +1590,7 @@ impl Router {
         let seq = self.stage_if(would, &mut record)?;
         let applied = live.learner.record_quality(id, quality)?;
         if applied == Applied::Applied {
-            live.shadow(id, &record, None);
-            live.remember_result(&record);
-            live.own_changes += 1;
+            live.applied(id, &record);
         }
         Ok(self.pending(applied, seq))
     }

@@ -279,6 +279,21 @@ impl Learner {
         Ok(decision)
     }
 
+    /// [`Learner::decide`] without the explanation, for off-policy evaluation: the same
+    /// choice and state change, returned as the decision's probability of every arm (in
+    /// the order of [`Learner::arms`]; 0 for an arm it left out) and the index of the arm
+    /// it drew.
+    pub fn decide_pmf(&mut self, request: &Request) -> Result<(Vec<f64>, usize)> {
+        let s = self.select(request)?;
+        let mut pmf = vec![0.0; self.arms.len()];
+        for (&arm, &p) in s.eligible.iter().zip(&s.probabilities) {
+            pmf[arm] = p;
+        }
+        let arm = s.eligible[s.position];
+        self.track(s.id, arm, &request.context);
+        Ok((pmf, arm))
+    }
+
     /// [`Learner::decide`] without the explanation, for simulators that play many
     /// decisions: the same choice and state change, returned as the arm's index.
     pub fn decide_arm(&mut self, request: &Request) -> Result<ArmChoice> {
