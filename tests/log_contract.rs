@@ -200,7 +200,7 @@ fn the_simulator_refuses_records_it_cannot_read_under_the_contract() {
             serde_json::json!(quiver_serve::log::SCHEMA_VERSION + 1),
             newer.as_str(),
         ),
-        ("event", serde_json::json!("rollback"), "unknown event `rollback`"),
+        ("event", serde_json::json!("rewind"), "unknown event `rewind`"),
     ] {
         let mut changed = record.clone();
         changed[field] = value;

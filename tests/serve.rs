@@ -278,6 +278,171 @@ async fn proxy_falls_back_in_order_and_streams() {
     assert!(commits.parse::<u64>().unwrap() >= 4, "{commits}");
 }
 
+/// Routes `n` requests on `route`: each decision's model and propensity.
+async fn route_many(client: &reqwest::Client, base: &str, route: &str, n: usize) -> Vec<(String, f64)> {
+    let mut decided = Vec::new();
+    for i in 0..n {
+        let url = format!("{base}/v1/route");
+        let r = post_json(
+            client,
+            url,
+            "r",
+            &json!({"route": route, "prompt": format!("request {i}")}),
+        )
+        .await;
+        decided.push((
+            r["model"].as_str().unwrap().to_string(),
+            r["propensity"].as_f64().unwrap(),
+        ));
+    }
+    decided
+}
+
+/// A canary under an operator, over HTTP: every decision's propensity is the mixture's
+/// (a quarter of the traffic on the canary `fixed(strong)`, three quarters once promoted,
+/// none once rolled back), the admin endpoint promotes, blocks and rolls back, each an
+/// event in the log with its reason (a repeat changes nothing and logs nothing), the
+/// candidates report and `/metrics` say so, and bad requests get their reasons.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_promotes_blocks_and_rolls_back_a_canary() {
+    let dir = scratch("serve_canary");
+    let base = start_app(
+        json!({
+            "auth": {"route_tokens": ["r"], "feedback_tokens": ["f"], "admin_tokens": ["a"]},
+            "routes": [
+                {"name": "learn", "policy": "fixed(weak)", "models": [model("weak", None), model("strong", None)],
+                 "canary": {"policy": "fixed(strong)", "share": 0.25}},
+                {"name": "plain", "policy": "fixed(weak)", "models": [model("weak", None)]}
+            ]
+        }),
+        &dir,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let act = |action: &'static str| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let url = format!("{base}/v1/routes/learn/canary");
+            post_json(&client, url, "a", &json!({ "action": action })).await
+        }
+    };
+    // The mixture's propensities: fixed(weak) with 1 - s, fixed(strong) with s.
+    let check = |decided: &[(String, f64)], share: f64| {
+        for (model, p) in decided {
+            let expected = if model == "strong" { share } else { 1.0 - share };
+            assert!((p - expected).abs() < 1e-12, "{model}: {p}, not {expected}");
+        }
+        decided.iter().filter(|(m, _)| m == "strong").count()
+    };
+    // 400 coins at 1/4: 100 +- 8.7; six standard deviations either way.
+    let strong = check(&route_many(&client, &base, "learn", 400).await, 0.25);
+    assert!((48..=152).contains(&strong), "{strong} of 400 on the canary");
+
+    let promoted = act("promote").await;
+    assert_eq!(promoted["stage"], "promoted");
+    assert_eq!(promoted["serving_share"], 0.75);
+    assert_eq!(act("promote").await["promotions"], 1, "a repeat changes nothing");
+    let strong = check(&route_many(&client, &base, "learn", 400).await, 0.75);
+    assert!(
+        (248..=352).contains(&strong),
+        "{strong} of 400 on the promoted canary"
+    );
+
+    assert_eq!(act("block").await["blocked"], true);
+    let metrics = get_text(&client, format!("{base}/metrics"), "a").await;
+    promtool_check(&metrics);
+    // Policies are named by their canonical specs.
+    let labels = ["route=\"learn\"", "policy=\"fixed(arm=strong)\""];
+    let promoted_stage = [labels[0], labels[1], "stage=\"promoted\""];
+    assert_eq!(sample(&metrics, "quiver_canary_stage", &promoted_stage), 1.0);
+    assert_eq!(
+        sample(&metrics, "quiver_canary_stage", &labels),
+        1.0,
+        "one stage at a time"
+    );
+    assert_eq!(sample(&metrics, "quiver_canary_serving_share", &labels), 0.75);
+    assert_eq!(sample(&metrics, "quiver_canary_gate_blocked", &labels), 1.0);
+    assert_eq!(sample(&metrics, "quiver_canary_promotions_total", &labels), 1.0);
+
+    let rolled_back = act("roll_back").await;
+    assert_eq!(
+        (rolled_back["stage"].as_str(), rolled_back["rollbacks"].as_u64()),
+        (Some("rolled_back"), Some(1))
+    );
+    check(&route_many(&client, &base, "learn", 50).await, 0.0);
+    let report = get_json(&client, format!("{base}/v1/routes/learn/candidates"), "a").await;
+    assert_eq!(report["canary"]["stage"], "rolled_back");
+    assert_eq!(report["candidates"][0]["policy"], "fixed(arm=strong)");
+
+    let events: Vec<(String, String, Option<String>)> = quiver_serve::log::read_log(&dir.join("log"))
+        .unwrap()
+        .into_iter()
+        .filter(|r| {
+            r.event.name().starts_with("promotion")
+                || r.event.name().contains("gate")
+                || r.event.name() == "rollback"
+        })
+        .map(|r| (r.event.name().to_string(), r.policy, r.reason))
+        .collect();
+    let by_operator = |event: &str| {
+        (
+            event.to_string(),
+            "fixed(arm=strong)".to_string(),
+            Some("by an operator".to_string()),
+        )
+    };
+    assert_eq!(
+        events,
+        [
+            by_operator("promotion"),
+            by_operator("gate_blocked"),
+            by_operator("rollback")
+        ]
+    );
+
+    // Refusals: a route token, an unknown action, a route without a canary.
+    let url = format!("{base}/v1/routes/learn/canary");
+    let refused = client
+        .post(&url)
+        .bearer_auth("r")
+        .json(&json!({"action": "promote"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let refused = client
+        .post(&url)
+        .bearer_auth("a")
+        .json(&json!({"action": "launch"}))
+        .send()
+        .await
+        .unwrap();
+    let status = refused.status();
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("launch"),
+        "{body}"
+    );
+    let url = format!("{base}/v1/routes/plain/canary");
+    let refused = client
+        .post(&url)
+        .bearer_auth("a")
+        .json(&json!({"action": "promote"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 404);
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("has no canary"),
+        "{body}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_shifts_to_the_arm_with_the_best_feedback_and_feedback_rules_hold() {
     let dir = scratch("serve_feedback");
@@ -589,8 +754,8 @@ async fn sigkill_loses_nothing_acknowledged_and_restart_restores_the_state() {
                     .wait()
                     .unwrap();
             }
-            // This server has no cache.
-            quiver_serve::log::LogEvent::CacheHit => panic!("a cache hit without a cache"),
+            // This server has no cache and no canary.
+            event => panic!("a {} event on a route without cache or canary", event.name()),
         }
     }
     let (mut restarted, base) = start_binary(&["--config", config.to_str().unwrap()]);

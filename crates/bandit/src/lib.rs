@@ -58,6 +58,7 @@
 #![deny(missing_docs)]
 
 pub mod arm;
+pub mod canary;
 pub mod change;
 pub mod cost;
 pub mod embedding;

@@ -29,12 +29,18 @@
 //! counting 0, or from feedback) and its outcome too; one still waiting when
 //! `max_pending` newer decisions have come is completed with what it has (its cost, if its
 //! outcome came; it then counts for cost only, as `quiver ope` skips rows without quality).
+//!
+//! On a route with a budget, a candidate's pacer steps on what it would have spent: DR's
+//! estimate of its cost on each completed decision (clipped at 0), since it pays for
+//! nothing itself. One candidate may serve a share of the traffic as a canary
+//! ([`crate::canary`]).
 
 use std::collections::VecDeque;
 
 use serde::Serialize;
 
 use crate::arm::Arm;
+use crate::canary::{CanaryReport, CanaryRule, Gate, Stage, Verdict};
 use crate::error::Result;
 use crate::hull;
 use crate::learner::{Learner, LearnerConfig, Request};
@@ -60,6 +66,8 @@ struct PendingDecision {
     q: [Vec<f64>; 3],
     /// Each candidate's PMF over the arms, and the arm it drew.
     candidates: Vec<(Vec<f64>, usize)>,
+    /// Whether the canary served it.
+    canary_served: bool,
     outcome: Option<Outcome>,
     quality: Option<f64>,
 }
@@ -109,6 +117,17 @@ pub struct Shadows {
     /// Per model, the quality and cost a fixed policy on it would get.
     models: Vec<FixedModel>,
     decisions: u64,
+    /// The canary, if one of the candidates serves: its index and gate.
+    canary: Option<(usize, Gate)>,
+    /// The route's seed, for the canary's coins.
+    seed: u64,
+}
+
+/// The candidates' decisions on a request, taken before the route's decision is logged
+/// (see [`Shadows::decide`]).
+pub struct Draws {
+    candidates: Vec<(Vec<f64>, usize)>,
+    canary_serves: bool,
 }
 
 /// An estimate and its 95% interval.
@@ -122,7 +141,7 @@ pub struct Interval {
 }
 
 impl Interval {
-    fn of(moments: &TermMoments, estimator: &dyn Estimator) -> Interval {
+    pub(crate) fn of(moments: &TermMoments, estimator: &dyn Estimator) -> Interval {
         let report = moments.report(estimator, None);
         let finite = |v: f64| v.is_finite().then_some(v);
         Interval {
@@ -213,6 +232,8 @@ pub struct ShadowReport {
     pub models: Vec<ModelReport>,
     /// The hull's corners, `[cost_usd, quality]`, by cost.
     pub hull: Vec<[f64; 2]>,
+    /// The candidate serving as a canary, if any.
+    pub canary: Option<CanaryReport>,
 }
 
 impl Shadows {
@@ -259,12 +280,77 @@ impl Shadows {
             incumbent: Default::default(),
             models: vec![Default::default(); arms.len()],
             decisions: 0,
+            canary: None,
+            seed: config.seed,
         })
     }
 
-    /// The live policy chose `arm` with `propensity` for `request` as decision `id`: each
-    /// candidate decides on the same request. Decisions come in increasing `id`.
+    /// Lets candidate `index` serve as a canary under `rule`, starting in
+    /// [`Stage::Canary`].
+    pub fn with_canary(mut self, index: usize, rule: CanaryRule) -> Result<Self> {
+        if index >= self.candidates.len() {
+            return Err(crate::ErrorKind::InvalidConfig(format!(
+                "canary candidate {index}: there are {} candidates",
+                self.candidates.len()
+            ))
+            .into());
+        }
+        self.canary = Some((index, Gate::new(rule)?));
+        Ok(self)
+    }
+
+    /// Each candidate decides on `request`, decision `id` of the route, and the canary's
+    /// coin says whether it serves (see [`Shadows::canary_arm`] and
+    /// [`Shadows::propensity`]); then [`Shadows::record`] takes the logged decision.
+    pub fn decide(&mut self, id: u64, request: &Request) -> Result<Draws> {
+        let candidates = self
+            .candidates
+            .iter_mut()
+            .map(|c| c.learner.decide_pmf(request))
+            .collect::<Result<Vec<_>>>()?;
+        let canary_serves = self
+            .canary
+            .as_ref()
+            .is_some_and(|(_, gate)| gate.serves(self.seed, id));
+        Ok(Draws {
+            candidates,
+            canary_serves,
+        })
+    }
+
+    /// The arm the canary drew, when the coin lets it serve the decision of `draws`.
+    pub fn canary_arm(&self, draws: &Draws) -> Option<&str> {
+        let (index, _) = self.canary.as_ref().filter(|_| draws.canary_serves)?;
+        Some(&self.arms[draws.candidates[*index].1])
+    }
+
+    /// The probability with which the route serves `arm` in the decision of `draws`,
+    /// when its own policy gives it `route_probability`: the mixture with the canary's.
+    pub fn propensity(&self, draws: &Draws, arm: &str, route_probability: f64) -> f64 {
+        let (Some((index, gate)), Some(a)) = (&self.canary, self.arms.iter().position(|m| m == arm)) else {
+            return route_probability;
+        };
+        gate.propensity(route_probability, draws.candidates[*index].0[a])
+    }
+
+    /// The route served `arm` with `propensity` for `request` as decision `id`:
+    /// [`Shadows::decide`], then [`Shadows::record`], for a decision already made (read
+    /// from the log, say).
     pub fn decided(&mut self, id: u64, request: Request, arm: &str, propensity: f64) -> Result<()> {
+        let draws = self.decide(id, &request)?;
+        self.record(id, request, arm, propensity, draws)
+    }
+
+    /// The route served `arm` with `propensity` for `request` as decision `id`, after the
+    /// candidates' `draws` ([`Shadows::decide`]). Decisions come in increasing `id`.
+    pub fn record(
+        &mut self,
+        id: u64,
+        request: Request,
+        arm: &str,
+        propensity: f64,
+        draws: Draws,
+    ) -> Result<()> {
         let Some(arm) = self.arms.iter().position(|a| a == arm) else {
             return Ok(());
         };
@@ -274,18 +360,14 @@ impl Shadows {
                 .map(|a| self.reward_models[m].get(a).mean(x))
                 .collect()
         });
-        let candidates = self
-            .candidates
-            .iter_mut()
-            .map(|c| c.learner.decide_pmf(&request))
-            .collect::<Result<Vec<_>>>()?;
         self.pending.push_back(PendingDecision {
             id,
             arm,
             propensity,
             request,
             q,
-            candidates,
+            candidates: draws.candidates,
+            canary_served: draws.canary_serves,
             outcome: None,
             quality: None,
         });
@@ -371,10 +453,19 @@ impl Shadows {
             // reported, so its `dm` is never read).
             set(&mut row, r, q[p.arm], p.propensity, q[p.arm], true);
             self.incumbent[m].add_rows(&Snips, &row);
-            for (c, (pmf, sampled)) in self.candidates.iter_mut().zip(&p.candidates) {
+            for (i, (c, (pmf, sampled))) in self.candidates.iter_mut().zip(&p.candidates).enumerate() {
                 let dm = pmf.iter().zip(q).map(|(w, q)| w * q).sum();
                 set(&mut row, r, q[p.arm], pmf[p.arm], dm, *sampled == p.arm);
                 c.metrics[m].add(&row);
+                match (m, &mut self.canary) {
+                    (0, Some((index, gate))) if *index == i => gate.add(&row, !p.canary_served),
+                    // What it would have spent, for its pacer: DR's cost term.
+                    (2, _) => {
+                        let cost = Dr.terms(&row, 0)[0];
+                        c.learner.pace_calls_elsewhere(1, cost.max(0.0));
+                    }
+                    _ => {}
+                }
             }
             // A fixed policy on model k puts weight 1 / mu on the rows that chose k and 0
             // on the others, which count in SNIPS' denominator's rows all the same.
@@ -464,6 +555,35 @@ impl Shadows {
             candidates,
             models,
             hull: frontier.iter().map(|&(c, q)| [c, q]).collect(),
+            canary: self
+                .canary
+                .as_ref()
+                .map(|(index, gate)| gate.report(&self.candidates[*index].policy)),
+        }
+    }
+
+    /// The canary's policy spec, if a candidate serves as one.
+    pub fn canary_policy(&self) -> Option<&str> {
+        let (index, _) = self.canary.as_ref()?;
+        Some(&self.candidates[*index].policy)
+    }
+
+    /// The change of stage the canary's gate calls for, if any.
+    pub fn canary_verdict(&self) -> Option<Verdict> {
+        self.canary.as_ref()?.1.verdict()
+    }
+
+    /// Moves the canary to `stage`, its gate's estimates starting afresh.
+    pub fn enter_stage(&mut self, stage: Stage) {
+        if let Some((_, gate)) = &mut self.canary {
+            gate.enter(stage);
+        }
+    }
+
+    /// Blocks or unblocks the canary's gate.
+    pub fn block_canary(&mut self, blocked: bool) {
+        if let Some((_, gate)) = &mut self.canary {
+            gate.block(blocked);
         }
     }
 }

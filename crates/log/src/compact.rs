@@ -93,7 +93,7 @@ fn text<'a>(name: &str, values: impl Iterator<Item = &'a str>) -> Column {
 
 /// The columns of a record's fields beside the logged shape's ([`COLUMNS`]); the others
 /// are its caller features.
-const OTHER_FIELDS: [&str; 11] = [
+const OTHER_FIELDS: [&str; 12] = [
     "schema",
     "prompt",
     "input_tokens",
@@ -103,6 +103,7 @@ const OTHER_FIELDS: [&str; 11] = [
     "context",
     "featurizer",
     "caller",
+    "reason",
     "embedding",
     "unavailable",
 ];
@@ -151,6 +152,7 @@ fn to_frame(records: &[LogRecord]) -> PolarsResult<DataFrame> {
         ),
         ("featurizer", r.iter().map(|r| r.featurizer.as_deref()).collect()),
         ("caller", r.iter().map(|r| r.caller.as_deref()).collect()),
+        ("reason", r.iter().map(|r| r.reason.as_deref()).collect()),
     ] {
         if values.iter().any(Option::is_some) {
             columns.push(Column::new(name.into(), values));
@@ -213,7 +215,7 @@ fn from_frame(frame: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
     let (schema, seq) = (get("schema")?.u32()?, get("seq")?.u64()?);
     let (input_tokens, output_tokens) = (get("input_tokens")?.u32()?, get("output_tokens")?.u32()?);
     let error = get("error")?.bool()?;
-    let [decision_id, timestamp, route, policy, arm, prompt, event, context, featurizer, caller] = [
+    let [decision_id, timestamp, route, policy, arm, prompt, event, context, featurizer, caller, reason] = [
         "decision_id",
         "timestamp",
         "route",
@@ -224,6 +226,7 @@ fn from_frame(frame: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
         "context",
         "featurizer",
         "caller",
+        "reason",
     ]
     .map(texts);
     let [propensity, quality, cost_usd, latency_ms] =
@@ -237,7 +240,8 @@ fn from_frame(frame: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
         .map(|n| Ok((n.to_string(), numbers(n)?)))
         .collect::<PolarsResult<_>>()?;
     let (decision_id, timestamp, route, policy, arm) = (decision_id?, timestamp?, route?, policy?, arm?);
-    let (prompt, event, context, featurizer, caller) = (prompt?, event?, context?, featurizer?, caller?);
+    let (prompt, event, context, featurizer, caller, reason) =
+        (prompt?, event?, context?, featurizer?, caller?, reason?);
     let (propensity, quality, cost_usd, latency_ms) = (propensity?, quality?, cost_usd?, latency_ms?);
     let missing = |what: &str, row: usize| polars_err!(ComputeError: "row {}: no {what}", row + 1);
     (0..frame.height())
@@ -277,6 +281,7 @@ fn from_frame(frame: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
                     .transpose()?
                     .unwrap_or_default(),
                 caller: caller[i].clone(),
+                reason: reason[i].clone(),
                 features: features
                     .iter()
                     .filter_map(|(name, values)| values[i].map(|v| (name.clone(), v)))

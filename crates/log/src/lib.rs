@@ -5,7 +5,8 @@
 //!
 //! Every record is one row of the logged dataset shape ([`COLUMNS`], then `prompt` and
 //! the caller features named by [`feature_name`]) plus the `event` that wrote it
-//! (`decision`, `outcome`, `feedback`, `cache_hit`), a log sequence number and the
+//! (`decision`, `outcome`, `feedback`, `cache_hit`, and a route's canary events), a log
+//! sequence number and the
 //! format's version ([`SCHEMA_VERSION`]). A decision is written when it is made; its
 //! outcome and its quality follow as rows with the same `decision_id` carrying the new
 //! values, so the simulator reads a log directory directly and merges the rows of each
@@ -95,6 +96,16 @@ pub enum LogEvent {
     Feedback,
     /// Its answer was served again from the proxy's cache: no call, nothing learned.
     CacheHit,
+    /// The route's canary (the record's `policy`) was promoted: it serves the larger share.
+    Promotion,
+    /// The route's canary was rolled back: it serves nothing.
+    Rollback,
+    /// The route's canary started (again) serving its share.
+    CanaryStart,
+    /// An operator blocked the canary's gate: no change of stage but by an operator.
+    GateBlocked,
+    /// An operator unblocked the canary's gate.
+    GateUnblocked,
 }
 
 /// What a record of an event changes in its decision's row, when the records of a log are
@@ -121,6 +132,11 @@ impl LogEvent {
             "outcome" => LogEvent::Outcome,
             "feedback" => LogEvent::Feedback,
             "cache_hit" => LogEvent::CacheHit,
+            "promotion" => LogEvent::Promotion,
+            "rollback" => LogEvent::Rollback,
+            "canary_start" => LogEvent::CanaryStart,
+            "gate_blocked" => LogEvent::GateBlocked,
+            "gate_unblocked" => LogEvent::GateUnblocked,
             _ => return None,
         })
     }
@@ -132,6 +148,11 @@ impl LogEvent {
             LogEvent::Outcome => "outcome",
             LogEvent::Feedback => "feedback",
             LogEvent::CacheHit => "cache_hit",
+            LogEvent::Promotion => "promotion",
+            LogEvent::Rollback => "rollback",
+            LogEvent::CanaryStart => "canary_start",
+            LogEvent::GateBlocked => "gate_blocked",
+            LogEvent::GateUnblocked => "gate_unblocked",
         }
     }
 
@@ -141,7 +162,12 @@ impl LogEvent {
             LogEvent::Decision => Merge::Starts,
             LogEvent::Outcome => Merge::Outcome,
             LogEvent::Feedback => Merge::Quality,
-            LogEvent::CacheHit => Merge::Nothing,
+            LogEvent::CacheHit
+            | LogEvent::Promotion
+            | LogEvent::Rollback
+            | LogEvent::CanaryStart
+            | LogEvent::GateBlocked
+            | LogEvent::GateUnblocked => Merge::Nothing,
         }
     }
 }
@@ -204,6 +230,9 @@ pub struct LogRecord {
     /// of the bearer token (never the token), so that spend counts per caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<String>,
+    /// On a canary's events: why its stage changed (the gate's figures, or an operator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The caller's own features, as `f_0`, `f_1`, ...
     #[serde(flatten)]
     pub features: BTreeMap<String, f64>,
@@ -236,6 +265,7 @@ impl LogRecord {
             embedding: None,
             unavailable: Vec::new(),
             caller: None,
+            reason: None,
             features: BTreeMap::new(),
         }
     }
@@ -865,10 +895,18 @@ mod tests {
     /// The merge of a log's records into one row per decision, event by event.
     #[test]
     fn each_event_merges_as_documented() {
-        let merges: Vec<Option<Merge>> = ["decision", "", "outcome", "feedback", "cache_hit", "other"]
-            .iter()
-            .map(|name| LogEvent::from_name(name).map(LogEvent::merge))
-            .collect();
+        let merges: Vec<Option<Merge>> = [
+            "decision",
+            "",
+            "outcome",
+            "feedback",
+            "cache_hit",
+            "promotion",
+            "other",
+        ]
+        .iter()
+        .map(|name| LogEvent::from_name(name).map(LogEvent::merge))
+        .collect();
         assert_eq!(
             merges,
             [
@@ -876,6 +914,7 @@ mod tests {
                 Some(Merge::Starts),
                 Some(Merge::Outcome),
                 Some(Merge::Quality),
+                Some(Merge::Nothing),
                 Some(Merge::Nothing),
                 None
             ]
@@ -886,6 +925,11 @@ mod tests {
             LogEvent::Outcome,
             LogEvent::Feedback,
             LogEvent::CacheHit,
+            LogEvent::Promotion,
+            LogEvent::Rollback,
+            LogEvent::CanaryStart,
+            LogEvent::GateBlocked,
+            LogEvent::GateUnblocked,
         ] {
             let name = serde_json::to_value(event).unwrap();
             assert_eq!(name.as_str(), Some(event.name()));
@@ -988,12 +1032,13 @@ mod tests {
             LogEvent::Outcome,
             LogEvent::Feedback,
             LogEvent::CacheHit,
+            LogEvent::Promotion,
         ];
         let mut r = LogRecord::new(
             &format!("chat:{}", seq / 3),
             "chat",
             "linucb",
-            events[seq as usize % 4],
+            events[seq as usize % 5],
         );
         r.arm = ["big", "small", ""][seq as usize % 3].into();
         r.propensity = 1.0 / (1 + seq % 5) as f64;
@@ -1010,6 +1055,9 @@ mod tests {
             r.embedding = Some(vec![0.5, -1.25, seq as f64]);
             r.unavailable = vec!["big".into()];
             r.caller = Some("00ff".into());
+        }
+        if seq % 5 == 4 {
+            r.reason = Some(format!("gate {seq}"));
         }
         if seq % 4 != 1 {
             r.features.insert(feature_name(0), seq as f64);

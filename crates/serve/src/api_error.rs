@@ -44,7 +44,7 @@ pub enum ApiError {
 impl From<ServeError> for ApiError {
     fn from(e: ServeError) -> Self {
         match &e {
-            ServeError::UnknownRoute(_) | ServeError::OtherReplica { .. } => {
+            ServeError::UnknownRoute(_) | ServeError::OtherReplica { .. } | ServeError::NoCanary(_) => {
                 ApiError::NotFound(e.to_string())
             }
             ServeError::BadDecisionId(_) | ServeError::EmptyRequest => ApiError::Invalid(e.to_string()),

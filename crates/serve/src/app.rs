@@ -22,7 +22,8 @@ use crate::models::{list_models, retrieve_model};
 use crate::request_limits::{self, RequestLimits};
 pub use crate::state::AppState;
 use crate::status::{
-    healthz, metrics, openapi, route_candidates, route_decisions, route_snapshot, route_state, ui,
+    healthz, metrics, openapi, route_canary, route_candidates, route_decisions, route_snapshot, route_state,
+    ui,
 };
 
 /// The CORS policy of `origins` (none when empty; any with `*`): GET and POST with
@@ -121,10 +122,11 @@ pub fn build_app(state: Arc<AppState>) -> axum::Router {
     let reporting = axum::Router::new()
         .route("/v1/feedback", post(feedback))
         .route("/v1/outcome", post(outcome));
-    let reading = axum::Router::new()
+    let admin = axum::Router::new()
         .route("/v1/routes/{name}", get(route_state))
         .route("/v1/routes/{name}/snapshot", get(route_snapshot))
         .route("/v1/routes/{name}/candidates", get(route_candidates))
+        .route("/v1/routes/{name}/canary", post(route_canary))
         .route("/v1/routes/{name}/decisions", get(route_decisions))
         .route("/metrics", get(metrics));
     let proxy = axum::Router::new()
@@ -133,7 +135,7 @@ pub fn build_app(state: Arc<AppState>) -> axum::Router {
     let app = group(open, None, true)
         .merge(group(routing, Some(Access::Route), true))
         .merge(group(reporting, Some(Access::Feedback), true))
-        .merge(group(reading, Some(Access::Admin), true))
+        .merge(group(admin, Some(Access::Admin), true))
         .merge(group(proxy, Some(Access::Route), false))
         .fallback(request_limits::unknown_path)
         .method_not_allowed_fallback(request_limits::wrong_method)

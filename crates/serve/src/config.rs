@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use quiver_bandit::canary::{CanaryRule, Promote};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheConfig;
@@ -421,6 +422,49 @@ pub struct RouteConfig {
     /// off-policy (`quiver_bandit::shadow`; `GET /v1/routes/{name}/candidates`).
     #[serde(default)]
     pub shadow: Vec<String>,
+    /// A candidate serving a share of the route's traffic behind a safety gate
+    /// (`quiver_bandit::canary`). None (the default): no canary.
+    #[serde(default)]
+    pub canary: Option<CanaryConfig>,
+}
+
+/// A route's canary: a candidate policy serving a share of the traffic, promoted or
+/// rolled back on its off-policy estimate (`quiver_bandit::canary`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryConfig {
+    /// Its policy spec; it runs as a shadow candidate too (added to `shadow` if missing).
+    pub policy: String,
+    /// Its share of the traffic while in canary, in `(0, 0.5]`.
+    #[serde(default = "default_canary_share")]
+    pub share: f64,
+    /// `auto`: the gate promotes it when its value's 95% lower bound exceeds the route's
+    /// policy's; `manual` (the default): only an operator does. Either way the gate rolls
+    /// it back when its upper bound falls below.
+    #[serde(default)]
+    pub promote: Promote,
+    /// Completed decisions in a stage before the gate judges it.
+    #[serde(default = "default_canary_min_decisions")]
+    pub min_decisions: u64,
+}
+
+fn default_canary_share() -> f64 {
+    0.05
+}
+
+fn default_canary_min_decisions() -> u64 {
+    500
+}
+
+impl CanaryConfig {
+    /// The gate's rule.
+    pub fn rule(&self) -> CanaryRule {
+        CanaryRule {
+            share: self.share,
+            promote: self.promote,
+            min_decisions: self.min_decisions,
+        }
+    }
 }
 
 impl RouteConfig {
@@ -441,6 +485,7 @@ impl RouteConfig {
             spend_cap: None,
             caller_spend_cap: None,
             shadow: Vec::new(),
+            canary: None,
         }
     }
 }
@@ -646,5 +691,30 @@ mod tests {
         }
         let wide = parse("bundled = \"minilm-l3\"\ndims = 512").unwrap();
         assert!(wide.block().unwrap_err().to_string().contains("embedding.dims"));
+    }
+
+    /// A canary names its policy; the rest has defaults, and a misspelled key is named.
+    #[test]
+    fn a_canary_takes_its_defaults_and_refuses_unknown_keys() {
+        let parse = |text: &str| -> std::result::Result<CanaryConfig, String> {
+            toml::from_str(text).map_err(|e| e.to_string())
+        };
+        let canary = parse("policy = \"linucb(alpha=0.1)\"").unwrap();
+        let rule = canary.rule();
+        assert_eq!(
+            (rule.share, rule.promote, rule.min_decisions),
+            (0.05, Promote::Manual, 500)
+        );
+        let auto = parse("policy = \"random\"\npromote = \"auto\"\nshare = 0.2").unwrap();
+        assert_eq!((auto.promote, auto.share), (Promote::Auto, 0.2));
+        assert!(parse("policy = \"random\"\nshares = 0.2")
+            .unwrap_err()
+            .contains("unknown field `shares`"));
+        assert!(parse("policy = \"random\"\npromote = \"always\"")
+            .unwrap_err()
+            .contains("always"));
+        assert!(parse("share = 0.2")
+            .unwrap_err()
+            .contains("missing field `policy`"));
     }
 }

@@ -22,6 +22,9 @@ pub enum ServeError {
         /// The replica that made it.
         replica: String,
     },
+    /// An operator's action on the canary of a route that has none.
+    #[error("route `{0}` has no canary: configure one under its `canary`")]
+    NoCanary(String),
     /// A request with neither prompt nor messages.
     #[error("a request needs a prompt or messages")]
     EmptyRequest,

@@ -48,9 +48,9 @@ pub mod upstream;
 pub use quiver_log as log;
 
 pub use api_error::ApiError;
-pub use config::{AuthConfig, EmbeddingConfig, ModelConfig, RouteConfig, ServeConfig};
+pub use config::{AuthConfig, CanaryConfig, EmbeddingConfig, ModelConfig, RouteConfig, ServeConfig};
 pub use error::{Result, ServeError};
 pub use router::{
-    CapturedSnapshot, ClusterFigures, LearnerRef, Observed, Pending, RecentDecision, ReplicaShare,
-    RouteRequest, Routed, Router, RouterOptions,
+    CanaryAction, CapturedSnapshot, ClusterFigures, LearnerRef, Observed, Pending, RecentDecision,
+    ReplicaShare, RouteRequest, Routed, Router, RouterOptions,
 };

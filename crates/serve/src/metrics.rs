@@ -20,6 +20,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use quiver_bandit::canary::Stage;
 use quiver_bandit::shadow::{CandidateReport, ShadowReport};
 
 use crate::config::RouteConfig;
@@ -368,6 +369,13 @@ struct CandidateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    route: String,
+    policy: String,
+    stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EstimateLabels {
     route: String,
     policy: String,
@@ -689,6 +697,60 @@ impl Collector for LearnerStats {
                 c.lift_over_hull
                     .map(|lift| (candidate_labels(r, c), ConstGauge::new(lift)))
             }),
+        )?;
+        let canaries = || {
+            self.routes.iter().filter_map(|r| {
+                let canary = r.candidates.as_ref()?.canary.as_ref()?;
+                let labels = CandidateLabels {
+                    route: r.route.clone(),
+                    policy: canary.policy.clone(),
+                };
+                Some((labels, canary))
+            })
+        };
+        family(
+            &mut encoder,
+            "quiver_canary_stage",
+            "Each route's canary: 1 for its stage (canary, promoted, rolled_back), 0 for the others.",
+            MetricType::Gauge,
+            canaries().flat_map(|(labels, canary)| {
+                [Stage::Canary, Stage::Promoted, Stage::RolledBack].map(|stage| {
+                    let labels = StageLabels {
+                        route: labels.route.clone(),
+                        policy: labels.policy.clone(),
+                        stage: stage.name().to_string(),
+                    };
+                    (labels, ConstGauge::new(i64::from(stage == canary.stage)))
+                })
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "quiver_canary_serving_share",
+            "Each route's canary's share of new decisions.",
+            MetricType::Gauge,
+            canaries().map(|(labels, canary)| (labels, ConstGauge::new(canary.serving_share))),
+        )?;
+        family(
+            &mut encoder,
+            "quiver_canary_gate_blocked",
+            "1 while an operator has blocked the gate of the route's canary.",
+            MetricType::Gauge,
+            canaries().map(|(labels, canary)| (labels, ConstGauge::new(i64::from(canary.blocked)))),
+        )?;
+        family(
+            &mut encoder,
+            "quiver_canary_promotions",
+            "Promotions of each route's canary in its log.",
+            MetricType::Counter,
+            canaries().map(|(labels, canary)| (labels, ConstCounter::new(canary.promotions))),
+        )?;
+        family(
+            &mut encoder,
+            "quiver_canary_rollbacks",
+            "Rollbacks of each route's canary in its log.",
+            MetricType::Counter,
+            canaries().map(|(labels, canary)| (labels, ConstCounter::new(canary.rollbacks))),
         )?;
         let clustered = || {
             self.routes

@@ -28,6 +28,7 @@ use crate::api_error::{ErrorBody, ErrorDetail};
         crate::status::route_state,
         crate::status::route_snapshot,
         crate::status::route_candidates,
+        crate::status::route_canary,
         crate::status::route_decisions,
         crate::status::metrics,
         crate::status::healthz,
@@ -87,7 +88,7 @@ mod tests {
                 assert!(open || responses.contains_key("401"), "{method} {path}: no 401");
             }
         }
-        assert_eq!(names.len(), 15);
+        assert_eq!(names.len(), 16);
         // Every schema referred to is in the document.
         let text = doc.to_string();
         for reference in text.split("\"#/components/schemas/").skip(1) {

@@ -22,7 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
-use quiver_bandit::shadow::{ShadowReport, Shadows};
+use quiver_bandit::canary::{CanaryReport, Stage};
+use quiver_bandit::shadow::{Draws, ShadowReport, Shadows};
 use quiver_bandit::{
     Applied, Arm, ArmEstimate, BudgetConfig, ChatMessage, Constraints, Context, ContextLayout, Decision,
     HashingFeaturizer, Learner, LearnerConfig, Objective, Outcome, PolicySpec, Priors, Request, Snapshot,
@@ -34,6 +35,22 @@ use crate::config::{EmbeddingConfig, ModelConfig, RouteConfig};
 use crate::error::{io_at, Result, ServeError};
 use crate::spend::{self, Allowance, Spend};
 use quiver_log::{records_after, DecisionLog, LogEvent, LogRecord, SEGMENT_BYTES};
+
+/// What an operator does to a route's canary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CanaryAction {
+    /// Promote it now: it serves the larger share.
+    Promote,
+    /// Roll it back now: it serves nothing.
+    RollBack,
+    /// Start it again in canary, its gate's estimates afresh.
+    Restart,
+    /// Stop the gate from changing its stage.
+    Block,
+    /// Let the gate judge again.
+    Unblock,
+}
 
 /// A request to route.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -136,6 +153,8 @@ pub struct RecentDecision {
     pub model: String,
     /// The probability with which it was chosen.
     pub propensity: f64,
+    /// Whether the route's canary served it.
+    pub canary: bool,
     /// Each eligible model's estimates at the time.
     pub explanation: Vec<ArmEstimate>,
     /// Why each ineligible model was excluded.
@@ -242,19 +261,7 @@ impl RouteState {
             .transpose()?;
         let layout = ContextLayout::new(HashingFeaturizer::for_routes(config.extra_features), embedding);
         let (learner_config, arms) = learner_setup(&config, layout.dim(), feedback_horizon)?;
-        let shadows = if config.shadow.is_empty() {
-            None
-        } else {
-            let refuse =
-                |e: quiver_bandit::Error| ServeError::Config(format!("route `{}`: shadow: {e}", config.name));
-            let specs = config
-                .shadow
-                .iter()
-                .map(|spec| spec.parse::<PolicySpec>())
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(refuse)?;
-            Some(Shadows::new(&specs, &learner_config, &arms, feedback_horizon).map_err(refuse)?)
-        };
+        let shadows = Self::shadows(&config, &learner_config, &arms, feedback_horizon)?;
         Ok(RouteState {
             policy: learner_config.policy.to_string(),
             live: Mutex::new(LiveRoute {
@@ -272,6 +279,48 @@ impl RouteState {
             restored: false,
             base: None,
         })
+    }
+
+    /// The route's shadow candidates, the canary's among them, if it has any.
+    fn shadows(
+        config: &RouteConfig,
+        learner_config: &LearnerConfig,
+        arms: &[Arm],
+        feedback_horizon: usize,
+    ) -> Result<Option<Shadows>> {
+        let name = &config.name;
+        let refuse = |what: &'static str| {
+            move |e: quiver_bandit::Error| ServeError::Config(format!("route `{name}`: {what}: {e}"))
+        };
+        let mut specs = config
+            .shadow
+            .iter()
+            .map(|spec| spec.parse::<PolicySpec>())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(refuse("shadow"))?;
+        let canary = match &config.canary {
+            Some(canary) => {
+                let spec: PolicySpec = canary.policy.parse().map_err(refuse("canary"))?;
+                let index = match specs.iter().position(|s| *s == spec) {
+                    Some(index) => index,
+                    None => {
+                        specs.push(spec);
+                        specs.len() - 1
+                    }
+                };
+                Some((index, canary.rule()))
+            }
+            None => None,
+        };
+        if specs.is_empty() {
+            return Ok(None);
+        }
+        let shadows =
+            Shadows::new(&specs, learner_config, arms, feedback_horizon).map_err(refuse("shadow"))?;
+        Ok(Some(match canary {
+            Some((index, rule)) => shadows.with_canary(index, rule).map_err(refuse("canary"))?,
+            None => shadows,
+        }))
     }
 
     /// The learner a first start of the route gets under its configuration: priors
@@ -385,7 +434,7 @@ impl LiveRoute {
     }
 
     /// Keeps a decision among the route's recent ones.
-    fn remember(&mut self, decision: &Decision, record: &LogRecord) {
+    fn remember(&mut self, decision: &Decision, record: &LogRecord, canary: bool) {
         if self.recent.len() == RECENT_DECISIONS {
             self.recent.pop_front();
         }
@@ -394,6 +443,7 @@ impl LiveRoute {
             timestamp: record.timestamp.clone(),
             model: decision.arm.clone(),
             propensity: decision.propensity,
+            canary,
             explanation: decision.arms.clone(),
             excluded: decision.excluded.clone(),
             cost_usd: None,
@@ -435,11 +485,26 @@ impl LiveRoute {
             return;
         };
         let told = match (record.event, context) {
-            (LogEvent::Decision, Some(context)) => {
-                shadows.decided(id, Request::new(context.clone()), &record.arm, record.propensity)
-            }
+            (LogEvent::Decision, Some(context)) => shadows.decided(
+                id,
+                shadow_request(context, record),
+                &record.arm,
+                record.propensity,
+            ),
             (LogEvent::Outcome, _) => shadows.outcome(id, &outcome_of(record)),
             (LogEvent::Feedback, _) => record.quality.map_or(Ok(()), |q| shadows.quality(id, q)),
+            // An event of an earlier canary of the route is not this one's.
+            (event, _) if shadows.canary_policy() == Some(record.policy.as_str()) => {
+                match event {
+                    LogEvent::Promotion => shadows.enter_stage(Stage::Promoted),
+                    LogEvent::Rollback => shadows.enter_stage(Stage::RolledBack),
+                    LogEvent::CanaryStart => shadows.enter_stage(Stage::Canary),
+                    LogEvent::GateBlocked => shadows.block_canary(true),
+                    LogEvent::GateUnblocked => shadows.block_canary(false),
+                    _ => {}
+                }
+                Ok(())
+            }
             _ => Ok(()),
         };
         if let Err(e) = told {
@@ -816,6 +881,12 @@ impl Router {
                 policy
                     .check_additive()
                     .map_err(|e| ServeError::Config(format!("route `{name}`: {e}")))?;
+                if state.config.canary.is_some() {
+                    return Err(ServeError::Config(format!(
+                        "route `{name}`: a canary is judged on one server's log; remove `canary` from a \
+                         route shared between replicas"
+                    )));
+                }
             }
         }
         std::fs::create_dir_all(dir).map_err(io_at(dir))?;
@@ -1180,7 +1251,14 @@ impl Router {
                 (Some(q), Replay::Resume) => state.live_mut().learner.resume_quality(id, q)?,
                 (None, _) => {}
             },
-            LogEvent::CacheHit => {}
+            // Canary events change the shadows alone, which the whole log rebuilds
+            // (`Router::read_history`).
+            LogEvent::CacheHit
+            | LogEvent::Promotion
+            | LogEvent::Rollback
+            | LogEvent::CanaryStart
+            | LogEvent::GateBlocked
+            | LogEvent::GateUnblocked => {}
         }
         Ok(())
     }
@@ -1434,14 +1512,12 @@ impl Router {
         learner_request.objective = request.objective;
         learner_request.unavailable = unavailable;
         // Propose first: nothing changes until the log holds the decision.
-        let decision = live.learner.propose(&learner_request)?;
+        let mut decision = live.learner.propose(&learner_request)?;
         let decision_id = match &self.replica {
             Some(replica) => format!("{route}:{replica}:{}", decision.id),
             None => format!("{route}:{}", decision.id),
         };
         let mut record = LogRecord::new(&decision_id, route, &state.policy, LogEvent::Decision);
-        record.arm = decision.arm.clone();
-        record.propensity = decision.propensity;
         record.prompt = prompt;
         record.input_tokens = context.input_tokens;
         record.context = Some(state.layout.definition());
@@ -1456,14 +1532,31 @@ impl Router {
         }
         // The models the decision left out as unavailable (none if all were, and so were
         // all considered again).
-        record.unavailable = learner_request
-            .unavailable
+        record.unavailable = std::mem::take(&mut learner_request.unavailable)
             .into_keys()
             .filter(|m| {
                 let left_out = format!("{m}: unavailable (");
                 decision.excluded.iter().any(|e| e.starts_with(&left_out))
             })
             .collect();
+        // The shadow candidates decide on what the route decided on; the canary, if its
+        // coin says so, serves.
+        let mut shadowed = None;
+        let mut canary = false;
+        if let Some(shadows) = live.shadows.as_mut() {
+            let mut request = shadow_request(&context, &record);
+            request.constraints = learner_request.constraints;
+            request.objective = learner_request.objective;
+            match shadows.decide(decision.id, &request) {
+                Ok(draws) => {
+                    canary = serve_canary(&mut decision, shadows, &draws);
+                    shadowed = Some((request, draws));
+                }
+                Err(e) => tracing::warn!(route, "shadow candidates skipped a decision: {e}"),
+            }
+        }
+        record.arm = decision.arm.clone();
+        record.propensity = decision.propensity;
         record.features = request
             .features
             .iter()
@@ -1479,8 +1572,13 @@ impl Router {
             seq,
             record.caller.as_deref(),
         )?;
-        live.shadow(decision.id, &record, Some(&context));
-        live.remember(&decision, &record);
+        if let (Some(shadows), Some((request, draws))) = (live.shadows.as_mut(), shadowed) {
+            let recorded = shadows.record(decision.id, request, &decision.arm, decision.propensity, draws);
+            if let Err(e) = recorded {
+                tracing::warn!(route, decision = %decision_id, "shadow candidates skipped a decision: {e}");
+            }
+        }
+        live.remember(&decision, &record, canary);
         live.own_changes += 1;
         Ok(self.pending(
             Routed {
@@ -1543,6 +1641,7 @@ impl Router {
         let applied = live.learner.record_outcome(id, outcome)?;
         if applied == Applied::Applied {
             live.applied(id, &record);
+            self.judge_canary(&route, id, &mut live)?;
             let dearest = spend::dearest_cost(
                 &state.config.models,
                 outcome.input_tokens,
@@ -1591,8 +1690,74 @@ impl Router {
         let applied = live.learner.record_quality(id, quality)?;
         if applied == Applied::Applied {
             live.applied(id, &record);
+            self.judge_canary(&record.route, id, live)?;
         }
         Ok(self.pending(applied, seq))
+    }
+
+    /// Lets the canary's gate of `route`, if it has one, judge after decision `id`
+    /// completed: a change of stage it calls for is logged, then made.
+    fn judge_canary(&self, route: &str, id: u64, live: &mut LiveRoute) -> Result<()> {
+        let Some(verdict) = live.shadows.as_ref().and_then(Shadows::canary_verdict) else {
+            return Ok(());
+        };
+        let event = match verdict.stage {
+            Stage::Promoted => LogEvent::Promotion,
+            Stage::RolledBack => LogEvent::Rollback,
+            Stage::Canary => LogEvent::CanaryStart,
+        };
+        tracing::info!(route, stage = verdict.stage.name(), reason = %verdict.reason, "canary");
+        self.canary_event(route, id, live, event, verdict.reason)?;
+        Ok(())
+    }
+
+    /// Logs a canary `event` of `route` (after decision `id`), then makes it.
+    fn canary_event(
+        &self,
+        route: &str,
+        id: u64,
+        live: &mut LiveRoute,
+        event: LogEvent,
+        reason: String,
+    ) -> Result<u64> {
+        let Some(policy) = live.shadows.as_ref().and_then(Shadows::canary_policy) else {
+            return Err(ServeError::NoCanary(route.to_string()));
+        };
+        let mut record = LogRecord::new(&format!("{route}:{id}"), route, policy, event);
+        record.reason = Some(reason);
+        let seq = self.stage(&mut record)?;
+        live.shadow(id, &record, None);
+        Ok(seq)
+    }
+
+    /// An operator's `action` on the canary of `route`: a change of stage, or a block of
+    /// its gate, logged then made; an action that changes nothing is not logged.
+    pub fn canary_action(&self, route: &str, action: CanaryAction) -> Result<Pending<CanaryReport>> {
+        let state = self.state(route)?;
+        let mut live = state.lock()?;
+        let report = |live: &LiveRoute| {
+            live.shadows
+                .as_ref()
+                .and_then(|s| s.report().canary)
+                .ok_or_else(|| ServeError::NoCanary(route.to_string()))
+        };
+        let now = report(&live)?;
+        let (event, changes) = match action {
+            CanaryAction::Promote => (LogEvent::Promotion, now.stage != Stage::Promoted),
+            CanaryAction::RollBack => (LogEvent::Rollback, now.stage != Stage::RolledBack),
+            CanaryAction::Restart => (LogEvent::CanaryStart, true),
+            CanaryAction::Block => (LogEvent::GateBlocked, !now.blocked),
+            CanaryAction::Unblock => (LogEvent::GateUnblocked, now.blocked),
+        };
+        let seq = if changes {
+            // The event follows the route's latest decision.
+            let id = live.learner.next_decision_id().saturating_sub(1);
+            tracing::info!(route, event = event.name(), "canary: by an operator");
+            self.canary_event(route, id, &mut live, event, "by an operator".into())?
+        } else {
+            self.log.last_staged()
+        };
+        Ok(self.pending(report(&live)?, seq))
     }
 
     /// Writes every learner and the log position they include to `snapshot.json`:
@@ -1698,6 +1863,40 @@ impl CapturedSnapshot {
 
 fn not_shared(route: &str) -> ServeError {
     ServeError::Config(format!("route `{route}` is not shared between replicas"))
+}
+
+/// The request shadow candidates decide a logged decision on: its context, with the models
+/// it left out as unavailable. (A request's constraints are not logged: a rebuild decides
+/// without them.)
+fn shadow_request(context: &Context, record: &LogRecord) -> Request {
+    let mut request = Request::new(context.clone());
+    request.unavailable = record
+        .unavailable
+        .iter()
+        .map(|m| (m.clone(), "unavailable".to_string()))
+        .collect();
+    request
+}
+
+/// Lets the canary of `draws` serve `decision` when its coin says so, and sets the
+/// decision's probabilities to the mixture's: the route's policy's and the canary's.
+fn serve_canary(decision: &mut Decision, shadows: &Shadows, draws: &Draws) -> bool {
+    let served = shadows.canary_arm(draws).map(str::to_string);
+    if let Some(arm) = served.as_ref().filter(|arm| **arm != decision.arm) {
+        let route_arm = std::mem::replace(&mut decision.arm, arm.clone());
+        decision.fallback.retain(|m| m != arm);
+        decision.fallback.insert(0, route_arm);
+    }
+    let route_probability = decision
+        .arms
+        .iter()
+        .find(|e| e.arm == decision.arm)
+        .map_or(0.0, |e| e.probability);
+    decision.propensity = shadows.propensity(draws, &decision.arm, route_probability);
+    for e in &mut decision.arms {
+        e.probability = shadows.propensity(draws, &e.arm, e.probability);
+    }
+    served.is_some()
 }
 
 fn outcome_of(record: &LogRecord) -> Outcome {

@@ -8,16 +8,17 @@ use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use quiver_bandit::canary::CanaryReport;
 use quiver_bandit::shadow::ShadowReport;
 
 use crate::api_error::{ApiError, ErrorResponses};
 use crate::health::Circuit;
 use crate::metrics::{self, LearnerStats};
-use crate::router::{RecentDecision, Router};
-use crate::state::{with_router, AppState};
+use crate::router::{CanaryAction, RecentDecision, Router};
+use crate::state::{change_router, with_router, ApiJson, AppState};
 
 /// A route's state: its learner's decisions and each model's totals.
 #[derive(Debug, Serialize, ToSchema)]
@@ -268,6 +269,38 @@ pub(crate) async fn route_candidates(
             estimates,
         })
     })
+    .await
+    .map(Json)
+}
+
+/// `POST /v1/routes/{name}/canary` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryBody {
+    /// What to do.
+    pub action: CanaryAction,
+}
+
+/// Promote, roll back or restart a route's canary, or block or unblock its gate, now.
+/// The change is an event in the log (a restart keeps it); an action that changes nothing
+/// (promoting a promoted canary) is not logged.
+#[utoipa::path(
+    post,
+    path = "/v1/routes/{name}/canary",
+    operation_id = "route_canary",
+    params(("name" = String, Path, description = "The route")),
+    request_body = CanaryBody,
+    responses((status = 200, description = "The canary after the action", body = CanaryReport), ErrorResponses)
+)]
+pub(crate) async fn route_canary(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<CanaryBody>,
+) -> Result<Json<CanaryReport>, ApiError> {
+    change_router(
+        &state,
+        move |router| Ok(router.canary_action(&name, body.action)?),
+    )
     .await
     .map(Json)
 }
