@@ -202,3 +202,41 @@ fn decisions_complete_when_their_quality_comes_or_they_age_out() {
     assert_eq!(report.incumbent.quality.value, Some(0.5));
     assert_eq!(report.models[1].rows, 2);
 }
+
+/// A candidate's DR cost on a route with a budget of 0.0015 USD per request and no cost
+/// weight, behind a uniformly random live policy over 4,000 decisions.
+fn paced_candidate_cost(budget: Option<f64>) -> f64 {
+    let mut live = config("random", 3);
+    live.objective = Objective::new(0.0, 0.0).expect("objective");
+    live.budget = budget.map(|b| quiver_bandit::BudgetConfig {
+        target_usd_per_request: b,
+        step_size: quiver_bandit::DEFAULT_PACING_STEP,
+    });
+    let mut learner = Learner::new(live.clone(), arms()).expect("learner");
+    let mut shadows = Shadows::new(&specs(&["linucb(alpha=0.1)"]), &live, &arms(), 1000).expect("shadows");
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for _ in 0..4000 {
+        let kind = rng.random_range(0..2);
+        let d = learner.decide(&request(kind)).expect("decide");
+        shadows
+            .decided(d.id, request(kind), &d.arm, d.propensity)
+            .expect("shadow");
+        let arm = learner.arm_index(&d.arm).expect("arm");
+        let quality = f64::from(u8::from(rng.random_bool(QUALITY[kind][arm])));
+        let outcome = Outcome::new(100.0, COST[arm]).with_quality(quality);
+        learner.record_outcome(d.id, &outcome).expect("outcome");
+        shadows.outcome(d.id, &outcome).expect("shadow outcome");
+    }
+    shadows.report().candidates[0].cost_usd.dr.value.expect("a cost")
+}
+
+/// A candidate pays for nothing, so its pacer steps on DR's estimate of what it would
+/// have spent: with a budget it keeps near it, where unpaced it would play each kind's best
+/// model, `c` then `a`, at 0.0025 a request.
+#[test]
+fn a_candidate_paces_its_budget_on_what_it_would_have_spent() {
+    let unpaced = paced_candidate_cost(None);
+    assert!((unpaced - 0.0025).abs() < 0.0002, "{unpaced}");
+    let paced = paced_candidate_cost(Some(0.0015));
+    assert!((paced - 0.0015).abs() < 0.00015, "{paced}");
+}
