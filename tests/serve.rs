@@ -278,6 +278,166 @@ async fn proxy_falls_back_in_order_and_streams() {
     assert!(commits.parse::<u64>().unwrap() >= 4, "{commits}");
 }
 
+/// The decision records of a log directory, in order: `(reason, session, model, propensity)`.
+fn logged_decisions(dir: &Path) -> Vec<(Option<String>, Option<String>, String, f64)> {
+    quiver_serve::log::read_log(&dir.join("log"))
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event == quiver_serve::log::LogEvent::Decision)
+        .map(|r| (r.reason, r.session, r.arm, r.propensity))
+        .collect()
+}
+
+/// Sessions over HTTP: a session named in `/v1/route`'s body (or its `x-quiver-session`
+/// header, which wins) stays on its first model, with propensity 1 and the reason
+/// `session: stay` in the log, until its call fails; requests without one are decided
+/// afresh each time; the proxy takes OpenAI's `user` as the session. The log holds a
+/// digest, never the session's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_stays_on_its_model_until_a_call_fails() {
+    let dir = scratch("serve_sessions");
+    let (one, two) = (upstream("ok").await, upstream("ok").await);
+    let base = start_app(
+        json!({
+            "auth": {"route_tokens": ["r"], "feedback_tokens": ["f"], "admin_tokens": ["a"]},
+            "routes": [{"name": "learn", "policy": "random", "models": [model("one", Some(one)), model("two", Some(two))]}]
+        }),
+        &dir,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let route = |session: Option<&'static str>, header: Option<&'static str>| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let mut request = client.post(format!("{base}/v1/route")).bearer_auth("r");
+            if let Some(h) = header {
+                request = request.header("x-quiver-session", h);
+            }
+            let body = json!({"route": "learn", "prompt": "hello", "session": session});
+            let answer: Value = request.json(&body).send().await.unwrap().json().await.unwrap();
+            (
+                answer["decision_id"].as_str().unwrap().to_string(),
+                answer["model"].as_str().unwrap().to_string(),
+                answer["propensity"].as_f64().unwrap(),
+            )
+        }
+    };
+    let (_, first, p) = route(Some("alice"), None).await;
+    assert_eq!(p, 0.5);
+    let mut last = String::new();
+    for _ in 0..9 {
+        let (id, model, p) = route(Some("alice"), None).await;
+        assert_eq!((model.as_str(), p), (first.as_str(), 1.0));
+        last = id;
+    }
+    // Without a session, 40 decisions of a uniformly random policy on two models: both
+    // models (all on one has probability 2^-39).
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let (_, model, p) = route(None, None).await;
+        assert_eq!(p, 0.5);
+        seen.insert(model);
+    }
+    assert_eq!(seen.len(), 2);
+    // The header names another session than the body.
+    let (_, _, p) = route(Some("alice"), Some("bob")).await;
+    assert_eq!(p, 0.5, "a new session");
+    // A failed call moves the session on: the next request is decided afresh.
+    let outcome = json!({"decision_id": last, "latency_ms": 100.0, "error": true});
+    let answer = client
+        .post(format!("{base}/v1/outcome"))
+        .bearer_auth("f")
+        .json(&outcome)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let (_, _, p) = route(Some("alice"), None).await;
+    assert_eq!(p, 0.5);
+
+    // The proxy: OpenAI's `user`.
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let body =
+            json!({"model": "learn", "user": "carol", "messages": [{"role": "user", "content": "hi"}]});
+        let answer = client
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth("r")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        answered.insert(answer.headers()["x-quiver-model"].to_str().unwrap().to_string());
+    }
+    assert_eq!(answered.len(), 1, "{answered:?}");
+
+    let logged = logged_decisions(&dir);
+    let reasons: Vec<Option<&str>> = logged.iter().map(|(reason, ..)| reason.as_deref()).collect();
+    let stay = Some("session: stay");
+    let mut expected = vec![Some("session: new")];
+    expected.extend([stay; 9]);
+    expected.extend([None; 40]);
+    expected.push(Some("session: new"));
+    expected.push(Some("session: switch after a failed call"));
+    expected.push(Some("session: new"));
+    expected.extend([stay; 9]);
+    assert_eq!(reasons, expected);
+    let sessions: std::collections::BTreeSet<&str> =
+        logged.iter().filter_map(|(_, s, ..)| s.as_deref()).collect();
+    assert_eq!(sessions.len(), 3, "alice, bob and carol");
+    assert!(sessions
+        .iter()
+        .all(|s| s.len() == 16 && !s.contains("alice") && !s.contains("carol")));
+    assert!(logged
+        .iter()
+        .all(|(reason, _, _, p)| (*p == 1.0) == (reason.as_deref() == stay)));
+}
+
+/// A restarted router finds its sessions in the log: a session keeps its model across
+/// the restart, and a session whose last call failed moves on.
+#[test]
+fn sessions_are_rebuilt_from_the_log_on_restart() {
+    let dir = scratch("sessions_restart");
+    let models = vec![
+        quiver_serve::ModelConfig::priced("one", 1.0, 2.0),
+        quiver_serve::ModelConfig::priced("two", 1.0, 2.0),
+    ];
+    let config = quiver_serve::RouteConfig::new("chat", "random", models);
+    let request = |session: &str| quiver_serve::RouteRequest {
+        prompt: Some("hello".into()),
+        session: Some(session.into()),
+        ..Default::default()
+    };
+    let (kept, failed) = {
+        let router = quiver_serve::Router::open(vec![config.clone()], &dir).unwrap();
+        let kept = router.route("chat", &request("kept")).unwrap().wait().unwrap();
+        let failed = router.route("chat", &request("failed")).unwrap().wait().unwrap();
+        let outcome = quiver_bandit::Outcome::new(100.0, 0.0).failed();
+        router
+            .record_outcome(&failed.decision_id, &outcome)
+            .unwrap()
+            .wait()
+            .unwrap();
+        (kept.decision.arm, failed.decision.arm)
+    };
+    let router = quiver_serve::Router::open(vec![config], &dir).unwrap();
+    let again = router
+        .route("chat", &request("kept"))
+        .unwrap()
+        .wait()
+        .unwrap()
+        .decision;
+    assert_eq!((again.arm, again.propensity), (kept, 1.0));
+    let moved = router
+        .route("chat", &request("failed"))
+        .unwrap()
+        .wait()
+        .unwrap()
+        .decision;
+    assert_eq!(moved.propensity, 0.5, "decided afresh, not kept on {failed}");
+}
+
 /// Routes `n` requests on `route`: each decision's model and propensity.
 async fn route_many(client: &reqwest::Client, base: &str, route: &str, n: usize) -> Vec<(String, f64)> {
     let mut decided = Vec::new();

@@ -35,8 +35,18 @@ fn specs(list: &[&str]) -> Vec<PolicySpec> {
 /// Serves `n` requests with `live`, the shadows deciding beside it; each outcome (with
 /// its quality) is reported at once.
 fn serve(live: &str, candidates: &[&str], n: usize, seed: u64) -> quiver_bandit::shadow::ShadowReport {
-    let mut learner = Learner::new(config(live, seed), arms()).expect("learner");
-    let mut shadows = Shadows::new(&specs(candidates), &config(live, seed), &arms(), 1000).expect("shadows");
+    serve_under(config(live, seed), candidates, n, seed)
+}
+
+/// [`serve`] with the live learner's whole configuration, which the shadows share.
+fn serve_under(
+    live: LearnerConfig,
+    candidates: &[&str],
+    n: usize,
+    seed: u64,
+) -> quiver_bandit::shadow::ShadowReport {
+    let mut learner = Learner::new(live.clone(), arms()).expect("learner");
+    let mut shadows = Shadows::new(&specs(candidates), &live, &arms(), 1000).expect("shadows");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     for _ in 0..n {
         let kind = rng.random_range(0..2);
@@ -212,22 +222,8 @@ fn paced_candidate_cost(budget: Option<f64>) -> f64 {
         target_usd_per_request: b,
         step_size: quiver_bandit::DEFAULT_PACING_STEP,
     });
-    let mut learner = Learner::new(live.clone(), arms()).expect("learner");
-    let mut shadows = Shadows::new(&specs(&["linucb(alpha=0.1)"]), &live, &arms(), 1000).expect("shadows");
-    let mut rng = ChaCha8Rng::seed_from_u64(3);
-    for _ in 0..4000 {
-        let kind = rng.random_range(0..2);
-        let d = learner.decide(&request(kind)).expect("decide");
-        shadows
-            .decided(d.id, request(kind), &d.arm, d.propensity)
-            .expect("shadow");
-        let arm = learner.arm_index(&d.arm).expect("arm");
-        let quality = f64::from(u8::from(rng.random_bool(QUALITY[kind][arm])));
-        let outcome = Outcome::new(100.0, COST[arm]).with_quality(quality);
-        learner.record_outcome(d.id, &outcome).expect("outcome");
-        shadows.outcome(d.id, &outcome).expect("shadow outcome");
-    }
-    shadows.report().candidates[0].cost_usd.dr.value.expect("a cost")
+    let report = serve_under(live, &["linucb(alpha=0.1)"], 4000, 3);
+    report.candidates[0].cost_usd.dr.value.expect("a cost")
 }
 
 /// A candidate pays for nothing, so its pacer steps on DR's estimate of what it would

@@ -93,7 +93,7 @@ fn text<'a>(name: &str, values: impl Iterator<Item = &'a str>) -> Column {
 
 /// The columns of a record's fields beside the logged shape's ([`COLUMNS`]); the others
 /// are its caller features.
-const OTHER_FIELDS: [&str; 12] = [
+const OTHER_FIELDS: [&str; 13] = [
     "schema",
     "prompt",
     "input_tokens",
@@ -103,6 +103,7 @@ const OTHER_FIELDS: [&str; 12] = [
     "context",
     "featurizer",
     "caller",
+    "session",
     "reason",
     "embedding",
     "unavailable",
@@ -152,6 +153,7 @@ fn to_frame(records: &[LogRecord]) -> PolarsResult<DataFrame> {
         ),
         ("featurizer", r.iter().map(|r| r.featurizer.as_deref()).collect()),
         ("caller", r.iter().map(|r| r.caller.as_deref()).collect()),
+        ("session", r.iter().map(|r| r.session.as_deref()).collect()),
         ("reason", r.iter().map(|r| r.reason.as_deref()).collect()),
     ] {
         if values.iter().any(Option::is_some) {
@@ -215,20 +217,22 @@ fn from_frame(frame: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
     let (schema, seq) = (get("schema")?.u32()?, get("seq")?.u64()?);
     let (input_tokens, output_tokens) = (get("input_tokens")?.u32()?, get("output_tokens")?.u32()?);
     let error = get("error")?.bool()?;
-    let [decision_id, timestamp, route, policy, arm, prompt, event, context, featurizer, caller, reason] = [
-        "decision_id",
-        "timestamp",
-        "route",
-        "policy",
-        "arm",
-        "prompt",
-        "event",
-        "context",
-        "featurizer",
-        "caller",
-        "reason",
-    ]
-    .map(texts);
+    let [decision_id, timestamp, route, policy, arm, prompt, event, context, featurizer, caller, session, reason] =
+        [
+            "decision_id",
+            "timestamp",
+            "route",
+            "policy",
+            "arm",
+            "prompt",
+            "event",
+            "context",
+            "featurizer",
+            "caller",
+            "session",
+            "reason",
+        ]
+        .map(texts);
     let [propensity, quality, cost_usd, latency_ms] =
         ["propensity", "quality", "cost_usd", "latency_ms"].map(numbers);
     let (embedding, unavailable) = (lists("embedding")?, lists("unavailable")?);
@@ -240,8 +244,8 @@ fn from_frame(frame: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
         .map(|n| Ok((n.to_string(), numbers(n)?)))
         .collect::<PolarsResult<_>>()?;
     let (decision_id, timestamp, route, policy, arm) = (decision_id?, timestamp?, route?, policy?, arm?);
-    let (prompt, event, context, featurizer, caller, reason) =
-        (prompt?, event?, context?, featurizer?, caller?, reason?);
+    let (prompt, event, context, featurizer) = (prompt?, event?, context?, featurizer?);
+    let (caller, session, reason) = (caller?, session?, reason?);
     let (propensity, quality, cost_usd, latency_ms) = (propensity?, quality?, cost_usd?, latency_ms?);
     let missing = |what: &str, row: usize| polars_err!(ComputeError: "row {}: no {what}", row + 1);
     (0..frame.height())
@@ -281,6 +285,7 @@ fn from_frame(frame: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
                     .transpose()?
                     .unwrap_or_default(),
                 caller: caller[i].clone(),
+                session: session[i].clone(),
                 reason: reason[i].clone(),
                 features: features
                     .iter()

@@ -230,7 +230,12 @@ pub struct LogRecord {
     /// of the bearer token (never the token), so that spend counts per caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<String>,
-    /// On a canary's events: why its stage changed (the gate's figures, or an operator).
+    /// On decisions of a session: its key (a digest of the caller and the session's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// Why: on a canary's events, why its stage changed (the gate's figures, or an
+    /// operator); on decisions of a session, the session rule's verdict (`session: stay`
+    /// when the decision kept the session's model, with certainty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The caller's own features, as `f_0`, `f_1`, ...
@@ -265,6 +270,7 @@ impl LogRecord {
             embedding: None,
             unavailable: Vec::new(),
             caller: None,
+            session: None,
             reason: None,
             features: BTreeMap::new(),
         }
@@ -1058,6 +1064,9 @@ mod tests {
         }
         if seq % 5 == 4 {
             r.reason = Some(format!("gate {seq}"));
+        }
+        if seq.is_multiple_of(5) {
+            r.session = Some(format!("{seq:016x}"));
         }
         if seq % 4 != 1 {
             r.features.insert(feature_name(0), seq as f64);

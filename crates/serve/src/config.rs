@@ -11,6 +11,7 @@ use crate::cluster::ClusterConfig;
 use crate::deployments::{Balance, DeploymentConfig};
 use crate::error::{Result, ServeError};
 use crate::health::BreakerConfig;
+use crate::sessions::SessionConfig;
 use crate::spend::SpendCap;
 
 /// Bearer tokens, one set per kind of caller. An empty set leaves that endpoint open.
@@ -426,6 +427,9 @@ pub struct RouteConfig {
     /// (`quiver_bandit::canary`). None (the default): no canary.
     #[serde(default)]
     pub canary: Option<CanaryConfig>,
+    /// How requests naming a session stay on one model (`crate::sessions`).
+    #[serde(default)]
+    pub sessions: SessionConfig,
 }
 
 /// A route's canary: a candidate policy serving a share of the traffic, promoted or
@@ -486,6 +490,7 @@ impl RouteConfig {
             caller_spend_cap: None,
             shadow: Vec::new(),
             canary: None,
+            sessions: SessionConfig::default(),
         }
     }
 }

@@ -56,8 +56,9 @@ pub struct RouteAnswer {
 pub(crate) async fn route(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<RouteBody>,
+    ApiJson(mut body): ApiJson<RouteBody>,
 ) -> Result<Json<RouteAnswer>, ApiError> {
+    body.request.session = crate::proxy::session(&headers, body.request.session.take())?;
     let (observed, _) = state
         .observe(&body.route, &body.request.text()?, &headers, None)
         .await;

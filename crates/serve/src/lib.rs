@@ -40,6 +40,7 @@ pub mod proxy;
 mod request_limits;
 mod router;
 pub mod server;
+pub mod sessions;
 pub mod spend;
 mod state;
 mod status;
@@ -54,3 +55,4 @@ pub use router::{
     CanaryAction, CapturedSnapshot, ClusterFigures, LearnerRef, Observed, Pending, RecentDecision,
     ReplicaShare, RouteRequest, Routed, Router, RouterOptions,
 };
+pub use sessions::SessionConfig;

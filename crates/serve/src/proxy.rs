@@ -63,6 +63,20 @@ pub const DECISION_HEADER: &str = "x-quiver-decision-id";
 pub const MODEL_HEADER: &str = "x-quiver-model";
 /// Header saying whether the cache answered (`hit`) or stored the answer (`miss`).
 pub const CACHE_HEADER: &str = "x-quiver-cache";
+/// Header naming the session a request belongs to (see `crate::sessions`).
+pub const SESSION_HEADER: &str = "x-quiver-session";
+
+/// The session a request names: its `x-quiver-session` header, else `named` (OpenAI's
+/// `user` on a completion, `session` on `/v1/route`).
+pub(crate) fn session(headers: &HeaderMap, named: Option<String>) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(SESSION_HEADER) else {
+        return Ok(named.filter(|s| !s.is_empty()));
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::BadRequest(format!("`{SESSION_HEADER}` must be visible ASCII")))?;
+    Ok(Some(text.trim().to_string()).filter(|s| !s.is_empty()))
+}
 
 fn messages(body: &Value) -> Result<Vec<ChatMessage>, ApiError> {
     let list = body
@@ -340,7 +354,9 @@ async fn complete(
         .ok_or_else(|| ApiError::Invalid("`model` must name a route".into()))?
         .to_string();
     let stream = request.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let route_request = api.route_request(&request)?;
+    let mut route_request = api.route_request(&request)?;
+    let user = request.get("user").and_then(Value::as_str).map(str::to_string);
+    route_request.session = session(&headers, user)?;
     let prompt = route_request.text()?;
     let tags = required_tags(&headers)?;
     let (mut store_under, mut read_cache) = (None, false);

@@ -26,13 +26,14 @@ use quiver_bandit::canary::{CanaryReport, Stage};
 use quiver_bandit::shadow::{Draws, ShadowReport, Shadows};
 use quiver_bandit::{
     Applied, Arm, ArmEstimate, BudgetConfig, ChatMessage, Constraints, Context, ContextLayout, Decision,
-    HashingFeaturizer, Learner, LearnerConfig, Objective, Outcome, PolicySpec, Priors, Request, Snapshot,
-    DEFAULT_PACING_STEP,
+    HashingFeaturizer, Learner, LearnerConfig, Objective, Outcome, PolicySpec, Priors, PropensityKind,
+    Request, Snapshot, DEFAULT_PACING_STEP,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::config::{EmbeddingConfig, ModelConfig, RouteConfig};
 use crate::error::{io_at, Result, ServeError};
+use crate::sessions::{self, Sessions, Verdict as SessionVerdict};
 use crate::spend::{self, Allowance, Spend};
 use quiver_log::{records_after, DecisionLog, LogEvent, LogRecord, SEGMENT_BYTES};
 
@@ -70,6 +71,10 @@ pub struct RouteRequest {
     /// A trade-off for this request only.
     #[serde(default)]
     pub objective: Option<Objective>,
+    /// The session it belongs to (OpenAI's `user`, say): a session stays on one model
+    /// while it keeps succeeding (see `crate::sessions`).
+    #[serde(default)]
+    pub session: Option<String>,
 }
 
 impl RouteRequest {
@@ -137,6 +142,8 @@ struct LiveRoute {
     shadows: Option<Shadows>,
     /// The route's latest decisions since the router opened, oldest first.
     recent: VecDeque<RecentDecision>,
+    /// The sessions its requests named.
+    sessions: Sessions,
 }
 
 /// Decisions a route keeps for [`Router::recent_decisions`].
@@ -168,23 +175,34 @@ pub struct RecentDecision {
 }
 
 /// What the router keeps of each tracked decision beside the learner: where the log wrote
-/// it, so that a snapshot can say where to rebuild the tracked decisions from, and who
-/// asked for it, so that its cost counts against the caller. A route's logged decisions
-/// take consecutive ids, so a queue indexed from its first id holds them.
+/// it, so that a snapshot can say where to rebuild the tracked decisions from, who asked
+/// for it, so that its cost counts against the caller, and its session, which a failed
+/// call moves on. A route's logged decisions take consecutive ids, so a queue indexed from
+/// its first id holds them.
 #[derive(Default)]
 struct LoggedDecisions {
     first_id: u64,
-    entries: VecDeque<(u64, Option<Box<str>>)>,
+    entries: VecDeque<LoggedDecision>,
+}
+
+struct LoggedDecision {
+    seq: u64,
+    caller: Option<Box<str>>,
+    session: Option<Box<str>>,
 }
 
 impl LoggedDecisions {
-    fn push(&mut self, id: u64, seq: u64, caller: Option<&str>) {
+    fn push(&mut self, id: u64, record: &LogRecord) {
         if self.entries.is_empty() || id != self.first_id + self.entries.len() as u64 {
             // A gap (decisions restored from an older snapshot format): start afresh.
             self.entries.clear();
             self.first_id = id;
         }
-        self.entries.push_back((seq, caller.map(Box::from)));
+        self.entries.push_back(LoggedDecision {
+            seq: record.seq,
+            caller: record.caller.as_deref().map(Box::from),
+            session: record.session.as_deref().map(Box::from),
+        });
     }
 
     fn forget_before(&mut self, id: u64) {
@@ -193,17 +211,21 @@ impl LoggedDecisions {
         }
     }
 
-    fn get(&self, id: u64) -> Option<&(u64, Option<Box<str>>)> {
+    fn get(&self, id: u64) -> Option<&LoggedDecision> {
         let index = usize::try_from(id.checked_sub(self.first_id)?).ok()?;
         self.entries.get(index)
     }
 
     fn seq_of(&self, id: u64) -> Option<u64> {
-        self.get(id).map(|(seq, _)| *seq)
+        self.get(id).map(|d| d.seq)
     }
 
     fn caller_of(&self, id: u64) -> Option<&str> {
-        self.get(id)?.1.as_deref()
+        self.get(id)?.caller.as_deref()
+    }
+
+    fn session_of(&self, id: u64) -> Option<&str> {
+        self.get(id)?.session.as_deref()
     }
 }
 
@@ -273,6 +295,7 @@ impl RouteState {
                 own_changes: 0,
                 shadows,
                 recent: VecDeque::new(),
+                sessions: Sessions::new(config.sessions.clone()),
             }),
             layout,
             config,
@@ -423,10 +446,10 @@ impl LiveRoute {
         total
     }
 
-    /// Tracks decision `id`, logged at `seq`, for its feedback.
-    fn track(&mut self, id: u64, arm: &str, context: &Context, seq: u64, caller: Option<&str>) -> Result<()> {
-        self.learner.resume_decision(id, arm, context)?;
-        self.logged.push(id, seq, caller);
+    /// Tracks decision `id`, logged as `record`, for its feedback.
+    fn track(&mut self, id: u64, context: &Context, record: &LogRecord) -> Result<()> {
+        self.learner.resume_decision(id, &record.arm, context)?;
+        self.logged.push(id, record);
         if let Some(oldest) = self.learner.oldest_tracked_decision() {
             self.logged.forget_before(oldest);
         }
@@ -460,6 +483,13 @@ impl LiveRoute {
         self.own_changes += 1;
     }
 
+    /// A failed call moves decision `id`'s session, if it has one, on.
+    fn session_failed(&mut self, id: u64) {
+        if let Some(key) = self.logged.session_of(id).map(str::to_string) {
+            self.sessions.failed(&key, id);
+        }
+    }
+
     /// Adds what an outcome or feedback record says to its decision, if recent.
     fn remember_result(&mut self, record: &LogRecord) {
         let Some(recent) = self
@@ -485,6 +515,8 @@ impl LiveRoute {
             return;
         };
         let told = match (record.event, context) {
+            // A decision that stayed on its session's model gave the others no chance.
+            (LogEvent::Decision, _) if record.reason.as_deref() == Some(sessions::STAY) => Ok(()),
             (LogEvent::Decision, Some(context)) => shadows.decided(
                 id,
                 shadow_request(context, record),
@@ -1187,8 +1219,8 @@ impl Router {
     }
 
     /// Reads the whole log once more: what the routes spent this UTC month (for their
-    /// spend caps and savings), and every record for the routes' shadow candidates, which
-    /// are estimated on the route's whole log.
+    /// spend caps and savings), every record for the routes' shadow candidates, which are
+    /// estimated on the route's whole log, and the sessions' models and failures.
     fn read_history(states: &mut BTreeMap<String, RouteState>, dir: &Path) -> Result<()> {
         let month = quiver_log::now_rfc3339()[..7].to_string();
         for record in records_after(dir, 0).map_err(io_at(dir))? {
@@ -1203,6 +1235,19 @@ impl Router {
                     _ => None,
                 };
                 state.live_mut().shadow(id, &record, context.as_ref());
+            }
+            let live = state.live_mut();
+            match (record.event, &record.session) {
+                (LogEvent::Decision, Some(key)) => {
+                    let id = parse_decision_id(&record.decision_id)?.number;
+                    let at =
+                        humantime::parse_rfc3339_weak(&record.timestamp).unwrap_or(SystemTime::UNIX_EPOCH);
+                    live.sessions.decided(key, id, &record.arm, at);
+                }
+                (LogEvent::Outcome, _) if record.error => {
+                    live.session_failed(parse_decision_id(&record.decision_id)?.number);
+                }
+                _ => {}
             }
             if record.event == LogEvent::Outcome && record.timestamp.starts_with(&month) {
                 let dearest = spend::dearest_cost(
@@ -1234,9 +1279,7 @@ impl Router {
         match record.event {
             LogEvent::Decision => {
                 let context = state.logged_context(record)?;
-                state
-                    .live_mut()
-                    .track(id, &record.arm, &context, record.seq, record.caller.as_deref())?;
+                state.live_mut().track(id, &context, record)?;
             }
             LogEvent::Outcome => match replay {
                 Replay::Learn => {
@@ -1539,11 +1582,33 @@ impl Router {
                 decision.excluded.iter().any(|e| e.starts_with(&left_out))
             })
             .collect();
+        // A session's request stays on its model while the rule says so: the decision is
+        // then deterministic, and the shadows and the canary leave it out.
+        let session = request
+            .session
+            .as_deref()
+            .filter(|_| live.sessions.enabled())
+            .map(|name| sessions::key(caller.as_deref(), name));
+        let mut stayed = false;
+        if let Some(key) = &session {
+            match live
+                .sessions
+                .verdict(key, now, |model| can_serve(&decision, model))
+            {
+                SessionVerdict::Stay(model) => {
+                    stay_on(&mut decision, &model);
+                    record.reason = Some(sessions::STAY.into());
+                    stayed = true;
+                }
+                SessionVerdict::Decide(why) => record.reason = Some(why.into()),
+            }
+        }
+        record.session = session;
         // The shadow candidates decide on what the route decided on; the canary, if its
         // coin says so, serves.
         let mut shadowed = None;
         let mut canary = false;
-        if let Some(shadows) = live.shadows.as_mut() {
+        if let Some(shadows) = live.shadows.as_mut().filter(|_| !stayed) {
             let mut request = shadow_request(&context, &record);
             request.constraints = learner_request.constraints;
             request.objective = learner_request.objective;
@@ -1565,13 +1630,10 @@ impl Router {
             .collect();
         record.caller = caller;
         let seq = self.stage(&mut record)?;
-        live.track(
-            decision.id,
-            &decision.arm,
-            &context,
-            seq,
-            record.caller.as_deref(),
-        )?;
+        live.track(decision.id, &context, &record)?;
+        if let Some(key) = &record.session {
+            live.sessions.decided(key, decision.id, &decision.arm, now);
+        }
         if let (Some(shadows), Some((request, draws))) = (live.shadows.as_mut(), shadowed) {
             let recorded = shadows.record(decision.id, request, &decision.arm, decision.propensity, draws);
             if let Err(e) = recorded {
@@ -1642,6 +1704,9 @@ impl Router {
         if applied == Applied::Applied {
             live.applied(id, &record);
             self.judge_canary(&route, id, &mut live)?;
+            if outcome.error {
+                live.session_failed(id);
+            }
             let dearest = spend::dearest_cost(
                 &state.config.models,
                 outcome.input_tokens,
@@ -1878,14 +1943,40 @@ fn shadow_request(context: &Context, record: &LogRecord) -> Request {
     request
 }
 
+/// Serves `decision` with `arm` instead of the policy's choice, which becomes the first
+/// fallback.
+fn switch_arm(decision: &mut Decision, arm: &str) {
+    if decision.arm != arm {
+        let chosen = std::mem::replace(&mut decision.arm, arm.to_string());
+        decision.fallback.retain(|m| m != arm);
+        decision.fallback.insert(0, chosen);
+    }
+}
+
+/// Whether `model` may serve the request `decision` decided: eligible, or left out only as
+/// dominated (a session need not leave a model the policy would not explore).
+fn can_serve(decision: &Decision, model: &str) -> bool {
+    let dominated = format!("{model}: dominated by ");
+    decision.arms.iter().any(|e| e.arm == model)
+        || decision.excluded.iter().any(|e| e.starts_with(&dominated))
+}
+
+/// Serves `decision` with its session's `model`, with certainty.
+fn stay_on(decision: &mut Decision, model: &str) {
+    switch_arm(decision, model);
+    decision.propensity = 1.0;
+    decision.propensity_kind = PropensityKind::Exact;
+    for e in &mut decision.arms {
+        e.probability = f64::from(u8::from(e.arm == model));
+    }
+}
+
 /// Lets the canary of `draws` serve `decision` when its coin says so, and sets the
 /// decision's probabilities to the mixture's: the route's policy's and the canary's.
 fn serve_canary(decision: &mut Decision, shadows: &Shadows, draws: &Draws) -> bool {
     let served = shadows.canary_arm(draws).map(str::to_string);
-    if let Some(arm) = served.as_ref().filter(|arm| **arm != decision.arm) {
-        let route_arm = std::mem::replace(&mut decision.arm, arm.clone());
-        decision.fallback.retain(|m| m != arm);
-        decision.fallback.insert(0, route_arm);
+    if let Some(arm) = &served {
+        switch_arm(decision, arm);
     }
     let route_probability = decision
         .arms
