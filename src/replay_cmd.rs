@@ -13,8 +13,10 @@ use quiver_sim::ope::{estimator_by_name, evaluate, Estimator, EstimatorSettings}
 use quiver_sim::priors::{fit_wide, TrainFeedback};
 use quiver_sim::source::CHUNK_ROWS;
 
-use quiver_sim::replay::{replay, Drift, Environment, Knobs, LatencyModel, ReplaySettings, Variant};
-use quiver_sim::report::{summarize, table};
+use quiver_sim::replay::{
+    replay, replay_cascades, Cascade, Drift, Environment, Knobs, LatencyModel, ReplaySettings, Variant,
+};
+use quiver_sim::report::{summarize, summarize_cascades, table};
 use quiver_sim::scenario::Scenario;
 
 use crate::progress::bar;
@@ -52,6 +54,11 @@ pub struct ReplayArgs {
     /// Comma-separated policy specs, e.g. `linucb(alpha=0.3,gamma=0.999),eps(0.05),fixed(gpt-4o)`.
     #[arg(long, default_value = DEFAULT_POLICIES)]
     policies: String,
+    /// A cascade to replay beside the policies (repeatable): call FIRST, check its answer,
+    /// call THEN when the check fails. The check passes an answer of quality at least
+    /// `pass` and misjudges with probability `check_error`.
+    #[arg(long, value_name = "first=MODEL,then=MODEL[,pass=0.5][,check_error=0]", value_parser = cascade_arg)]
+    cascade: Vec<Cascade>,
     /// Seeds; each shuffles the request order.
     #[arg(long, default_value_t = 5)]
     seeds: u64,
@@ -206,6 +213,10 @@ fn parse_sweep(text: &str) -> std::result::Result<Sweep, String> {
     Ok((key.to_string(), values))
 }
 
+fn cascade_arg(text: &str) -> std::result::Result<Cascade, String> {
+    text.parse().map_err(|e: quiver_sim::SimError| e.to_string())
+}
+
 fn parse_drift(text: &str) -> std::result::Result<Drift, String> {
     let form = "ARM@STEP:DELTA";
     let (arm, rest) = text.rsplit_once('@').ok_or(form)?;
@@ -349,8 +360,11 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         .collect::<Result<_, _>>()?;
     if let Some(path) = &args.data {
         if detect_format(path, args.format)? == Format::Logged {
-            if args.train.is_some() || args.priors.is_some() {
-                bail!("--train and --priors apply to full-information data; a log is evaluated off-policy");
+            if args.train.is_some() || args.priors.is_some() || !args.cascade.is_empty() {
+                bail!(
+                    "--train, --priors and --cascade apply to full-information data; a log is evaluated \
+                     off-policy"
+                );
             }
             let log = LogStream::open(path, Format::Logged, args.split.as_ref(), CHUNK_ROWS)?;
             return replay_log(&args, log, &specs);
@@ -457,9 +471,11 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         settings.variants.len() as u64 * settings.seeds * runs_per_seed,
         "replaying",
     );
+    // Cascades first: they take a moment, and a model they misname stops the run at once.
+    let cascade_runs = replay_cascades(&env, &settings.knobs, &args.cascade, settings.seeds)?;
     let runs = replay(&env, train_env.as_ref(), &settings, &|| progress.inc(1))?;
     progress.finish_and_clear();
-    let summary = summarize(
+    let mut summary = summarize(
         &data,
         &builder.definition(),
         train.as_ref().map(WideDataset::rows),
@@ -467,6 +483,8 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         &runs,
         latency.as_ref().map(LatencyModel::mean_ms).as_deref(),
     );
+    let latency_known = data.latency_ms.is_some() || latency.is_some();
+    summary.cascades = summarize_cascades(&summary, &args.cascade, &cascade_runs, latency_known);
     if let Some(dir) = &args.out {
         quiver_sim::output::write_out(dir, &summary, &settings, &runs)?;
     }

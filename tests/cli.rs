@@ -180,6 +180,77 @@ fn replay_out_writes_summary_curves_and_plots() {
     }
 }
 
+/// A cascade on the built-in scenario is replayed beside a router: its figures in the JSON
+/// summary (both calls' cost; the hull at its cost) and its point on the frontier plot.
+#[test]
+fn a_cascade_is_replayed_beside_the_policies_and_drawn_on_the_frontier() {
+    let dir = scratch("replay_cascade");
+    let out = dir.join("out");
+    let cascade = "first=mistralai/mixtral-8x7b-chat,then=gpt-4-1106-preview,check_error=0.1";
+    let o = quiver(&[
+        "replay",
+        "--policies",
+        "linucb(alpha=0.1)",
+        "--cascade",
+        cascade,
+        "--seeds",
+        "2",
+        "--no-full-information",
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let c = &v["cascades"][0];
+    assert_eq!(c["first"], "mistralai/mixtral-8x7b-chat");
+    assert_eq!(
+        (c["pass"].as_f64(), c["check_error"].as_f64(), c["seeds"].as_u64()),
+        (Some(0.5), Some(0.1), Some(2))
+    );
+    let single = |name: &str| {
+        let arms = v["single_arms"].as_array().unwrap();
+        let arm = arms.iter().find(|a| a["arm"] == name).unwrap();
+        (
+            arm["mean_quality"].as_f64().unwrap(),
+            arm["mean_cost_usd"].as_f64().unwrap(),
+        )
+    };
+    let ((_, cheap), (_, dear)) = (
+        single("mistralai/mixtral-8x7b-chat"),
+        single("gpt-4-1106-preview"),
+    );
+    let escalated = c["escalated"].as_f64().unwrap();
+    assert!(escalated > 0.0 && escalated < 1.0, "{escalated}");
+    // Every request pays the first call, the escalated ones the second too: the mean cost
+    // is the first model's plus the escalated share of the second's, up to the rows'
+    // covariance of escalation and price (prices are per token: a few percent here).
+    let cost = c["mean_cost_usd"].as_f64().unwrap();
+    let expected = cheap + escalated * dear;
+    assert!((cost - expected).abs() < 0.1 * expected, "{cost} vs {expected}");
+    let lift = c["mean_quality"].as_f64().unwrap() - c["hull_quality_at_cost"].as_f64().unwrap();
+    assert!((c["lift_over_hull"].as_f64().unwrap() - lift).abs() < 1e-12);
+    let svg = std::fs::read_to_string(out.join("frontier.svg")).unwrap();
+    assert!(
+        svg.contains(
+            "cascade mistralai/mixtral-8x7b-chat &gt; gpt-4-1106-preview (pass 0.5, check error 0.1)"
+        ),
+        "the cascade is not on the frontier plot"
+    );
+    // A misnamed model stops the replay, named.
+    let o = quiver(&[
+        "replay",
+        "--policies",
+        "random",
+        "--cascade",
+        "first=gpt-9,then=gpt-4-1106-preview",
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("unknown model `gpt-9`"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn wide_data_converts_to_a_log_that_ope_reads() {
     let dir = scratch("convert_ope");

@@ -81,6 +81,13 @@ pub fn write_out(dir: &Path, summary: &Summary, settings: &ReplaySettings, runs:
             point_labels: Vec::new(),
         })
         .collect();
+    frontier.extend(summary.cascades.iter().map(|c| Series {
+        label: c.cascade.clone(),
+        points: vec![(c.mean_cost_usd, c.mean_quality)],
+        band: Vec::new(),
+        markers: true,
+        point_labels: Vec::new(),
+    }));
     let full: Vec<(f64, f64)> = summary
         .policies
         .iter()

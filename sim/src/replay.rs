@@ -572,6 +572,169 @@ pub fn replay(
         .collect()
 }
 
+/// A cascade: call the `first` model, check its answer, and call `then` when the check
+/// fails; the client gets the last answer, and both calls are paid for and waited on.
+///
+/// On full-information data the answers' text is not there to check, so the check is
+/// modelled: the first answer passes when its quality is at least `pass`, and the check
+/// misjudges it with probability `check_error` (a validator that is exact on what it
+/// checks, a JSON schema on a structured task, has `check_error = 0`; a confidence
+/// signal such as the upstream's token log-probabilities, more).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cascade {
+    /// The model called first.
+    pub first: String,
+    /// The model escalated to.
+    pub then: String,
+    /// The first answer's quality at which the check passes it.
+    pub pass: f64,
+    /// The probability that the check misjudges the first answer.
+    pub check_error: f64,
+}
+
+impl Cascade {
+    /// Its label in reports: `first > then`, with the check's settings.
+    pub fn label(&self) -> String {
+        format!(
+            "cascade {} > {} (pass {}, check error {})",
+            self.first, self.then, self.pass, self.check_error
+        )
+    }
+}
+
+impl std::str::FromStr for Cascade {
+    type Err = SimError;
+
+    /// `first=MODEL,then=MODEL[,pass=Q][,check_error=P]` (pass 0.5 and check error 0
+    /// by default).
+    fn from_str(text: &str) -> Result<Self> {
+        let bad = |why: String| {
+            SimError::InvalidOption(format!(
+                "--cascade `{text}`: {why}; write first=MODEL,then=MODEL[,pass=0.5][,check_error=0]"
+            ))
+        };
+        let (mut first, mut then, mut pass, mut check_error) = (None, None, 0.5, 0.0);
+        for part in text.split(',') {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| bad(format!("`{part}` is not KEY=VALUE")))?;
+            let number = |range: std::ops::RangeInclusive<f64>| {
+                value
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| range.contains(v))
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "{key} must be a number in [{}, {}]",
+                            range.start(),
+                            range.end()
+                        ))
+                    })
+            };
+            match key.trim() {
+                "first" => first = Some(value.trim().to_string()),
+                "then" => then = Some(value.trim().to_string()),
+                "pass" => pass = number(0.0..=1.0)?,
+                "check_error" => check_error = number(0.0..=0.5)?,
+                other => return Err(bad(format!("unknown key `{other}`"))),
+            }
+        }
+        let (Some(first), Some(then)) = (first, then) else {
+            return Err(bad("first and then are needed".into()));
+        };
+        if first == then {
+            return Err(bad("first and then are the same model".into()));
+        }
+        Ok(Cascade {
+            first,
+            then,
+            pass,
+            check_error,
+        })
+    }
+}
+
+/// The result of one cascade with one seed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CascadeRun {
+    /// Index into the cascades replayed.
+    pub cascade: usize,
+    /// The seed.
+    pub seed: u64,
+    /// Mean quality of the answers the client got.
+    pub mean_quality: f64,
+    /// Mean cost of both calls, USD.
+    pub mean_cost_usd: f64,
+    /// Mean latency of both calls, ms.
+    pub mean_latency_ms: f64,
+    /// Share of requests escalated.
+    pub escalated: f64,
+}
+
+/// Replays `cascade` (number `index`) on `env` with `seed`: the request order and the
+/// check's misjudgements are the seed's; drift and the latency model apply as in
+/// [`run_one`].
+pub fn run_cascade(
+    env: &Environment,
+    knobs: &Knobs,
+    cascade: &Cascade,
+    index: usize,
+    seed: u64,
+) -> Result<CascadeRun> {
+    let data = env.data;
+    let arm = |name: &str| {
+        data.arms.iter().position(|a| a == name).ok_or_else(|| {
+            SimError::InvalidOption(format!(
+                "--cascade names unknown model `{name}` (models: {})",
+                data.arms.join(", ")
+            ))
+        })
+    };
+    let (first, then) = (arm(&cascade.first)?, arm(&cascade.then)?);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (mut quality, mut cost, mut latency, mut escalated) = (0.0, 0.0, 0.0, 0usize);
+    for (step, row) in shuffled(data.rows(), &mut rng).into_iter().enumerate() {
+        let a = truth(env, knobs, row, first, Some(step), &mut rng);
+        let misjudged = cascade.check_error > 0.0 && rng.random::<f64>() < cascade.check_error;
+        cost += a.cost_usd;
+        latency += a.latency_ms;
+        if (a.quality >= cascade.pass) != misjudged {
+            quality += a.quality;
+        } else {
+            let b = truth(env, knobs, row, then, Some(step), &mut rng);
+            quality += b.quality;
+            cost += b.cost_usd;
+            latency += b.latency_ms;
+            escalated += 1;
+        }
+    }
+    let n = data.rows().max(1) as f64;
+    Ok(CascadeRun {
+        cascade: index,
+        seed,
+        mean_quality: quality / n,
+        mean_cost_usd: cost / n,
+        mean_latency_ms: latency / n,
+        escalated: escalated as f64 / n,
+    })
+}
+
+/// Replays every cascade with every seed, in parallel, ordered by cascade then seed.
+pub fn replay_cascades(
+    env: &Environment,
+    knobs: &Knobs,
+    cascades: &[Cascade],
+    seeds: u64,
+) -> Result<Vec<CascadeRun>> {
+    let jobs: Vec<(usize, u64)> = (0..cascades.len())
+        .flat_map(|c| (0..seeds).map(move |s| (c, s)))
+        .collect();
+    jobs.par_iter()
+        .map(|&(c, s)| run_cascade(env, knobs, &cascades[c], c, s))
+        .collect()
+}
+
 /// The share of decisions whose quality never arrives must be in [0, 1): at 1 nothing
 /// would be learned.
 pub(crate) fn check_missing_feedback(share: f64) -> Result<()> {
@@ -788,5 +951,96 @@ mod tests {
         };
         let r = run(&table(50), "fixed(a1)", knobs);
         assert_eq!(r.mean_latency_ms, 900.0);
+    }
+
+    /// Two models with the given per-row qualities; the first costs 1, the second 10,
+    /// with latencies 100 and 1,000 ms.
+    fn two_models(first: &[f64], then: &[f64]) -> WideDataset {
+        let rows = first.len();
+        WideDataset {
+            cost_usd: Some(Array2::from_shape_fn((rows, 2), |(_, a)| [1.0, 10.0][a])),
+            latency_ms: Some(Array2::from_shape_fn((rows, 2), |(_, a)| [100.0, 1000.0][a])),
+            quality: Array2::from_shape_fn((rows, 2), |(r, a)| [first[r], then[r]][a]),
+            ..constant_table(rows, &[0.0, 0.0])
+        }
+    }
+
+    fn cascade(check_error: f64) -> Cascade {
+        format!("first=a0,then=a1,check_error={check_error}")
+            .parse()
+            .unwrap()
+    }
+
+    /// With an exact check, a cascade's figures are those of its rows: the answers that
+    /// pass (quality >= 0.5) are kept, the others replaced by the second model's, which
+    /// is paid and waited for on top. Any seed gives them.
+    #[test]
+    fn a_cascade_with_an_exact_check_keeps_the_answers_that_pass() {
+        let data = two_models(&[1.0, 0.0, 0.4, 0.6], &[1.0, 1.0, 0.9, 0.2]);
+        let env = Environment::new(&data, &ContextBuilder::new(false, &[], 0)).unwrap();
+        for seed in 0..3 {
+            let r = run_cascade(&env, &Knobs::default(), &cascade(0.0), 0, seed).unwrap();
+            assert!((r.mean_quality - (1.0 + 1.0 + 0.9 + 0.6) / 4.0).abs() < 1e-12);
+            assert_eq!(
+                (r.escalated, r.mean_cost_usd, r.mean_latency_ms),
+                (0.5, 6.0, 600.0)
+            );
+        }
+    }
+
+    /// A check that errs with probability e: on 40,000 rows whose first answer is right
+    /// (1) or wrong (0) in turn, the second's always 0.8, the mean quality is
+    /// `(1/2)((1 - e) + 0.8 e) + (1/2)(0.8 (1 - e))` and the escalated share 1/2; five
+    /// standard errors (each under sqrt(0.25 / 40,000)) are allowed.
+    #[test]
+    fn a_cascade_whose_check_errs_matches_its_closed_form() {
+        let n = 40_000;
+        let first: Vec<f64> = (0..n).map(|r| f64::from(u8::from(r % 2 == 0))).collect();
+        let data = two_models(&first, &vec![0.8; n]);
+        let env = Environment::new(&data, &ContextBuilder::new(false, &[], 0)).unwrap();
+        let e = 0.25;
+        let r = run_cascade(&env, &Knobs::default(), &cascade(e), 0, 7).unwrap();
+        let expected = 0.5 * ((1.0 - e) + 0.8 * e) + 0.5 * (0.8 * (1.0 - e));
+        let tolerance = 5.0 * (0.25 / n as f64).sqrt();
+        assert!(
+            (r.mean_quality - expected).abs() < tolerance,
+            "{}",
+            r.mean_quality
+        );
+        assert!((r.escalated - 0.5).abs() < tolerance, "{}", r.escalated);
+        assert!((r.mean_cost_usd - (1.0 + 10.0 * r.escalated)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn cascade_specs_are_checked() {
+        let c: Cascade = "first=a, then=b ,pass=0.7".parse().unwrap();
+        assert_eq!(
+            (c.first.as_str(), c.then.as_str(), c.pass, c.check_error),
+            ("a", "b", 0.7, 0.0)
+        );
+        for (text, why) in [
+            ("first=a", "first and then are needed"),
+            ("first=a,then=a", "the same model"),
+            ("first=a,then=b,pass=2", "pass must be a number in [0, 1]"),
+            (
+                "first=a,then=b,check_error=0.9",
+                "check_error must be a number in [0, 0.5]",
+            ),
+            ("first=a,then=b,threshold=1", "unknown key `threshold`"),
+            ("a>b", "is not KEY=VALUE"),
+        ] {
+            let err = text.parse::<Cascade>().unwrap_err().to_string();
+            assert!(err.contains(why) && err.contains(text), "{text}: {err}");
+        }
+        let data = two_models(&[1.0], &[1.0]);
+        let env = Environment::new(&data, &ContextBuilder::new(false, &[], 0)).unwrap();
+        let unknown: Cascade = "first=a0,then=gpt-9".parse().unwrap();
+        let err = run_cascade(&env, &Knobs::default(), &unknown, 0, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown model `gpt-9`") && err.contains("a0, a1"),
+            "{err}"
+        );
     }
 }

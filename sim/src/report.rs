@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::data::WideDataset;
 use crate::metrics::{self, SingleArm};
-use crate::replay::{Feedback, ReplaySettings, Run};
+use crate::replay::{Cascade, CascadeRun, Feedback, ReplaySettings, Run};
 
 /// Dropped rows a summary names; the rest are counted.
 const DROPPED_EXAMPLES: usize = 3;
@@ -167,6 +167,76 @@ pub struct Summary {
     pub two_arm: Option<TwoArmInfo>,
     /// One entry per variant.
     pub policies: Vec<PolicySummary>,
+    /// One entry per cascade replayed ([`summarize_cascades`]).
+    pub cascades: Vec<CascadeSummary>,
+}
+
+/// One entry of `cascades`: a cascade averaged over seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct CascadeSummary {
+    /// Its label: the models and the check's settings.
+    pub cascade: String,
+    /// The model called first.
+    pub first: String,
+    /// The model escalated to.
+    pub then: String,
+    /// The first answer's quality at which the check passes it.
+    pub pass: f64,
+    /// The probability that the check misjudges.
+    pub check_error: f64,
+    /// Seeds run.
+    pub seeds: u64,
+    /// Mean quality of the answers given.
+    pub mean_quality: f64,
+    /// Mean cost of both calls per request, USD.
+    pub mean_cost_usd: f64,
+    /// Mean latency of both calls, ms; `None` when the data has none and no latency model
+    /// stands in.
+    pub mean_latency_ms: Option<f64>,
+    /// Share of requests escalated.
+    pub escalated: f64,
+    /// The hull at the cascade's mean cost.
+    pub hull_quality_at_cost: f64,
+    /// Mean quality minus `hull_quality_at_cost`.
+    pub lift_over_hull: f64,
+    /// 95% interval of the mean quality across seeds (Student t).
+    pub ci95_quality: [f64; 2],
+}
+
+/// The summaries of `runs` of `cascades` on `data` (whose hull `summary` holds).
+pub fn summarize_cascades(
+    summary: &Summary,
+    cascades: &[Cascade],
+    runs: &[CascadeRun],
+    latency_known: bool,
+) -> Vec<CascadeSummary> {
+    let hull: Vec<(f64, f64)> = summary.frontier.points.iter().map(|p| (p[0], p[1])).collect();
+    cascades
+        .iter()
+        .enumerate()
+        .map(|(i, cascade)| {
+            let mine: Vec<&CascadeRun> = runs.iter().filter(|r| r.cascade == i).collect();
+            let of = |f: fn(&CascadeRun) -> f64| -> Vec<f64> { mine.iter().map(|r| f(r)).collect() };
+            let (q, ci95_quality) = metrics::mean_ci95(&of(|r| r.mean_quality));
+            let c = metrics::mean_ci95(&of(|r| r.mean_cost_usd)).0;
+            let hull_at = metrics::frontier_quality_at(&hull, c);
+            CascadeSummary {
+                cascade: cascade.label(),
+                first: cascade.first.clone(),
+                then: cascade.then.clone(),
+                pass: cascade.pass,
+                check_error: cascade.check_error,
+                seeds: mine.len() as u64,
+                mean_quality: q,
+                mean_cost_usd: c,
+                mean_latency_ms: latency_known.then(|| metrics::mean_ci95(&of(|r| r.mean_latency_ms)).0),
+                escalated: metrics::mean_ci95(&of(|r| r.escalated)).0,
+                hull_quality_at_cost: hull_at,
+                lift_over_hull: q - hull_at,
+                ci95_quality,
+            }
+        })
+        .collect()
 }
 
 /// Builds the summary of `runs` on `data`, whose contexts `context` defined.
@@ -312,6 +382,7 @@ pub fn summarize(
         frontier,
         two_arm,
         policies,
+        cascades: Vec::new(),
     }
 }
 
@@ -352,6 +423,7 @@ pub fn table(summary: &Summary) -> String {
         .policies
         .iter()
         .map(|p| p.policy.len())
+        .chain(summary.cascades.iter().map(|c| c.cascade.len()))
         .chain(summary.single_arms.iter().map(|a| a.arm.len() + 7))
         .max()
         .unwrap_or(10)
@@ -390,6 +462,22 @@ pub fn table(summary: &Summary) -> String {
                 .map_or("n/a".into(), |f| format!("{:+.4}", f.feedback_gap)),
             p.w_cost,
             p.budget_usd.map_or("none".into(), |b| format!("{b}"))
+        ));
+    }
+    for c in &summary.cascades {
+        out.push_str(&format!(
+            "{:<width$} {:>8.4} {:>11.6} {:>10} {:>8} {:>9} {:>9} {:>8} {:>8.4} {:>+8.4}   escalated {:.1}%\n",
+            c.cascade,
+            c.mean_quality,
+            c.mean_cost_usd,
+            latency(c.mean_latency_ms),
+            "",
+            "",
+            "",
+            "",
+            c.hull_quality_at_cost,
+            c.lift_over_hull,
+            100.0 * c.escalated
         ));
     }
     out.push('\n');
