@@ -51,6 +51,23 @@ async fn upstream(kind: &'static str) -> SocketAddr {
                 )
                     .into_response(),
                 "badjson" => (axum::http::StatusCode::OK, "this is not json").into_response(),
+                // A JSON answer.
+                "json" => axum::Json(json!({
+                    "id": "x", "object": "chat.completion",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "{\"answer\": 42}"}}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 5}
+                }))
+                .into_response(),
+                // An answer it is unsure of: token log-probabilities of -2 when asked for.
+                "unsure" => {
+                    let mut choice = json!({"index": 0, "message": {"role": "assistant", "content": "maybe"}});
+                    if body["logprobs"] == true {
+                        choice["logprobs"] = json!({"content": [{"token": "may", "logprob": -2.0}, {"token": "be", "logprob": -2.0}]});
+                    }
+                    axum::Json(json!({"id": "x", "object": "chat.completion", "choices": [choice],
+                        "usage": {"prompt_tokens": 10, "completion_tokens": 5}}))
+                    .into_response()
+                }
                 _ => {
                     if kind == "slow" {
                         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -276,6 +293,116 @@ async fn proxy_falls_back_in_order_and_streams() {
         .find_map(|l| l.strip_prefix("quiver_log_commit_seconds_count "))
         .unwrap();
     assert!(commits.parse::<u64>().unwrap() >= 4, "{commits}");
+}
+
+/// Cascades through the proxy: an answer that fails the route's check is escalated to
+/// the stronger model, whose answer the client gets with the escalation's decision id and
+/// the parent's; the log holds both decisions (the child's `parent_decision_id`,
+/// propensity 1 and reason), both calls' outcomes, and quality 0 for the failed answer. A
+/// stream is not checked; token log-probabilities are asked for when a check reads them
+/// and taken out of the answer of a client that did not ask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cascade_escalates_an_answer_that_fails_its_check() {
+    let dir = scratch("serve_cascade");
+    let (plain, structured, unsure) = (
+        upstream("ok").await,
+        upstream("json").await,
+        upstream("unsure").await,
+    );
+    let base = start_app(
+        json!({
+            "auth": {"route_tokens": ["r"], "feedback_tokens": ["f"], "admin_tokens": ["a"]},
+            "routes": [
+                {"name": "json", "policy": "fixed(cheap)", "models": [model("cheap", Some(plain)), model("strong", Some(structured))],
+                 "cascade": {"then": "strong", "json": true}},
+                {"name": "sure", "policy": "fixed(cheap)", "models": [model("cheap", Some(unsure)), model("strong", Some(structured))],
+                 "cascade": {"then": "strong", "min_mean_logprob": -1.0}},
+                {"name": "lenient", "policy": "fixed(cheap)", "models": [model("cheap", Some(unsure)), model("strong", Some(structured))],
+                 "cascade": {"then": "strong", "regex": "may", "min_mean_logprob": -3.0}}
+            ]
+        }),
+        &dir,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let chat = |route: &'static str, stream: bool| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let body = json!({"model": route, "stream": stream, "messages": [{"role": "user", "content": "give me JSON"}]});
+            let answer = client
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth("r")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 200);
+            let header = |name: &str| {
+                answer
+                    .headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_string())
+            };
+            let headers = [
+                header("x-quiver-model"),
+                header("x-quiver-decision-id"),
+                header("x-quiver-parent-decision-id"),
+            ];
+            (headers, answer.text().await.unwrap())
+        }
+    };
+    let ([model_id, child, parent], text) = chat("json", false).await;
+    assert_eq!(model_id.as_deref(), Some("strong"));
+    let (child, parent) = (child.unwrap(), parent.unwrap());
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["choices"][0]["message"]["content"], "{\"answer\": 42}");
+    let records = quiver_serve::log::read_log(&dir.join("log")).unwrap();
+    let of = |id: &str| -> Vec<&quiver_serve::log::LogRecord> {
+        records.iter().filter(|r| r.decision_id == id).collect()
+    };
+    let events = |id: &str| of(id).iter().map(|r| r.event.name()).collect::<Vec<_>>();
+    assert_eq!(events(&parent), ["decision", "outcome", "feedback"]);
+    assert_eq!(
+        (of(&parent)[0].arm.as_str(), of(&parent)[2].quality),
+        ("cheap", Some(0.0))
+    );
+    assert_eq!(events(&child), ["decision", "outcome"]);
+    let (decided, outcome) = (of(&child)[0], of(&child)[1]);
+    assert_eq!(decided.arm, "strong");
+    assert_eq!(decided.propensity, 1.0);
+    assert_eq!(decided.parent_decision_id.as_deref(), Some(parent.as_str()));
+    assert_eq!(decided.reason.as_deref(), Some("cascade: the answer is not JSON"));
+    // 10 prompt tokens at $1 and 5 completion tokens at $2 a million.
+    assert!((outcome.cost_usd - 2e-5).abs() < 1e-12, "{}", outcome.cost_usd);
+    assert!((of(&parent)[1].cost_usd - 2e-5).abs() < 1e-12);
+    // The client's feedback goes to the answer it got.
+    let feedback = json!({"decision_id": child, "quality": 1.0});
+    let answer = client
+        .post(format!("{base}/v1/feedback"))
+        .bearer_auth("f")
+        .json(&feedback)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+
+    // A stream passes unchecked.
+    let ([model_id, _, parent], _) = chat("json", true).await;
+    assert_eq!((model_id.as_deref(), parent), (Some("cheap"), None));
+    // Unsure (mean log-probability -2 under -1): escalated; the upstream was asked for
+    // log-probabilities the client did not ask for.
+    let ([model_id, _, parent], _) = chat("sure", false).await;
+    assert_eq!(model_id.as_deref(), Some("strong"));
+    assert!(parent.is_some());
+    // Sure enough for a lenient check (-2 over -3): the first answer, without them.
+    let ([model_id, _, parent], text) = chat("lenient", false).await;
+    assert_eq!((model_id.as_deref(), parent), (Some("cheap"), None));
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["choices"][0]["message"]["content"], "maybe");
+    assert!(answer["choices"][0].get("logprobs").is_none(), "{answer}");
+
+    let metrics = get_text(&client, format!("{base}/metrics"), "a").await;
+    assert_eq!(sample(&metrics, "quiver_cascade_escalations_total", &[]), 2.0);
 }
 
 /// The decision records of a log directory, in order: `(reason, session, model, propensity)`.

@@ -93,7 +93,7 @@ fn text<'a>(name: &str, values: impl Iterator<Item = &'a str>) -> Column {
 
 /// The columns of a record's fields beside the logged shape's ([`COLUMNS`]); the others
 /// are its caller features.
-const OTHER_FIELDS: [&str; 13] = [
+const OTHER_FIELDS: [&str; 14] = [
     "schema",
     "prompt",
     "input_tokens",
@@ -103,6 +103,7 @@ const OTHER_FIELDS: [&str; 13] = [
     "context",
     "featurizer",
     "caller",
+    "parent_decision_id",
     "session",
     "reason",
     "embedding",
@@ -153,6 +154,10 @@ fn to_frame(records: &[LogRecord]) -> PolarsResult<DataFrame> {
         ),
         ("featurizer", r.iter().map(|r| r.featurizer.as_deref()).collect()),
         ("caller", r.iter().map(|r| r.caller.as_deref()).collect()),
+        (
+            "parent_decision_id",
+            r.iter().map(|r| r.parent_decision_id.as_deref()).collect(),
+        ),
         ("session", r.iter().map(|r| r.session.as_deref()).collect()),
         ("reason", r.iter().map(|r| r.reason.as_deref()).collect()),
     ] {
@@ -217,7 +222,7 @@ fn from_frame(frame: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
     let (schema, seq) = (get("schema")?.u32()?, get("seq")?.u64()?);
     let (input_tokens, output_tokens) = (get("input_tokens")?.u32()?, get("output_tokens")?.u32()?);
     let error = get("error")?.bool()?;
-    let [decision_id, timestamp, route, policy, arm, prompt, event, context, featurizer, caller, session, reason] =
+    let [decision_id, timestamp, route, policy, arm, prompt, event, context, featurizer, caller, parent, session, reason] =
         [
             "decision_id",
             "timestamp",
@@ -229,6 +234,7 @@ fn from_frame(frame: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
             "context",
             "featurizer",
             "caller",
+            "parent_decision_id",
             "session",
             "reason",
         ]
@@ -245,7 +251,7 @@ fn from_frame(frame: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
         .collect::<PolarsResult<_>>()?;
     let (decision_id, timestamp, route, policy, arm) = (decision_id?, timestamp?, route?, policy?, arm?);
     let (prompt, event, context, featurizer) = (prompt?, event?, context?, featurizer?);
-    let (caller, session, reason) = (caller?, session?, reason?);
+    let (caller, parent, session, reason) = (caller?, parent?, session?, reason?);
     let (propensity, quality, cost_usd, latency_ms) = (propensity?, quality?, cost_usd?, latency_ms?);
     let missing = |what: &str, row: usize| polars_err!(ComputeError: "row {}: no {what}", row + 1);
     (0..frame.height())
@@ -285,6 +291,7 @@ fn from_frame(frame: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
                     .transpose()?
                     .unwrap_or_default(),
                 caller: caller[i].clone(),
+                parent_decision_id: parent[i].clone(),
                 session: session[i].clone(),
                 reason: reason[i].clone(),
                 features: features

@@ -230,6 +230,10 @@ pub struct LogRecord {
     /// of the bearer token (never the token), so that spend counts per caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<String>,
+    /// On a cascade's escalation, a decision of its own: the decision whose answer the
+    /// cascade's check failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_decision_id: Option<String>,
     /// On decisions of a session: its key (a digest of the caller and the session's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
@@ -270,6 +274,7 @@ impl LogRecord {
             embedding: None,
             unavailable: Vec::new(),
             caller: None,
+            parent_decision_id: None,
             session: None,
             reason: None,
             features: BTreeMap::new(),
@@ -1067,6 +1072,9 @@ mod tests {
         }
         if seq.is_multiple_of(5) {
             r.session = Some(format!("{seq:016x}"));
+        }
+        if seq % 7 == 3 {
+            r.parent_decision_id = Some(format!("chat:{}", seq / 3 - 1));
         }
         if seq % 4 != 1 {
             r.features.insert(feature_name(0), seq as f64);

@@ -7,6 +7,7 @@ use quiver_bandit::canary::{CanaryRule, Promote};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheConfig;
+use crate::cascade::CascadeConfig;
 use crate::cluster::ClusterConfig;
 use crate::deployments::{Balance, DeploymentConfig};
 use crate::error::{Result, ServeError};
@@ -427,6 +428,10 @@ pub struct RouteConfig {
     /// (`quiver_bandit::canary`). None (the default): no canary.
     #[serde(default)]
     pub canary: Option<CanaryConfig>,
+    /// Escalation to a stronger model when the chosen one's answer fails a check
+    /// (`crate::cascade`). None (the default): no cascade.
+    #[serde(default)]
+    pub cascade: Option<CascadeConfig>,
     /// How requests naming a session stay on one model (`crate::sessions`).
     #[serde(default)]
     pub sessions: SessionConfig,
@@ -490,6 +495,7 @@ impl RouteConfig {
             caller_spend_cap: None,
             shadow: Vec::new(),
             canary: None,
+            cascade: None,
             sessions: SessionConfig::default(),
         }
     }

@@ -24,6 +24,7 @@ mod api_error;
 pub mod app;
 mod auth;
 pub mod cache;
+pub mod cascade;
 pub mod cluster;
 pub mod config;
 mod decisions;

@@ -93,6 +93,8 @@ pub struct Metrics {
     pub routed: Counter,
     /// Answered `/v1/chat/completions` requests.
     pub proxied: Counter,
+    /// Completions a cascade's check failed, escalated to the cascade's stronger model.
+    pub cascade_escalations: Counter,
     /// Upstream attempts that failed (error status, timeout, bad body).
     pub upstream_failures: Counter,
     /// Feedback accepted.
@@ -152,6 +154,10 @@ impl Default for Metrics {
         };
         let routed = counter("quiver_routed", "Answered /v1/route requests");
         let proxied = counter("quiver_proxied", "Answered /v1/chat/completions requests");
+        let cascade_escalations = counter(
+            "quiver_cascade_escalations",
+            "Completions whose answer failed the route's cascade check, escalated to its stronger model",
+        );
         let upstream_failures = counter("quiver_upstream_failures", "Failed upstream attempts");
         let feedback = counter("quiver_feedback", "Accepted feedback");
         let snapshots = counter("quiver_snapshots", "Snapshots written");
@@ -252,6 +258,7 @@ impl Default for Metrics {
             registry,
             routed,
             proxied,
+            cascade_escalations,
             upstream_failures,
             feedback,
             snapshots,

@@ -47,6 +47,7 @@ use serde_json::Value;
 
 use crate::api_error::{ApiError, UpstreamResponses};
 use crate::cache::{CacheKey, Cached, Lookup, ResponseCache};
+use crate::cascade::Cascade;
 use crate::config::ModelConfig;
 use crate::deployments::{Deployments, Lease, NoDeployment};
 use crate::health::Circuit;
@@ -63,6 +64,9 @@ pub const DECISION_HEADER: &str = "x-quiver-decision-id";
 pub const MODEL_HEADER: &str = "x-quiver-model";
 /// Header saying whether the cache answered (`hit`) or stored the answer (`miss`).
 pub const CACHE_HEADER: &str = "x-quiver-cache";
+/// Header naming, on an answer a cascade escalated, the decision whose answer its check
+/// failed (`x-quiver-decision-id` names the escalation's).
+pub const PARENT_HEADER: &str = "x-quiver-parent-decision-id";
 /// Header naming the session a request belongs to (see `crate::sessions`).
 pub const SESSION_HEADER: &str = "x-quiver-session";
 
@@ -405,6 +409,12 @@ async fn complete(
         state.metrics.cache_misses.inc();
     }
     let unavailable = observed.unavailable.len();
+    // A cascade checks whole answers: a stream passes unchecked.
+    let cascade = state.router.cascade(&route)?.filter(|_| !stream).cloned();
+    let asked_logprobs = cascade
+        .as_ref()
+        .is_some_and(|c| c.ask_logprobs(&mut request, api == Api::Chat));
+    let block = observed.embedding.clone();
     let ((routed, models), decision_logged) = {
         let routed = state.router.route_observed(&route, &route_request, observed)?;
         let models = state.router.route_config(&route)?.models.clone();
@@ -474,17 +484,66 @@ async fn complete(
                     )
                     .await;
                 }
+                let mut served = Served {
+                    body,
+                    json,
+                    passed,
+                    model: model.id.clone(),
+                    decision_id: decision_id.clone(),
+                    parent: None,
+                };
+                let failed = cascade.as_ref().filter(|c| c.then != model.id).and_then(|c| {
+                    Some((
+                        c.failed_check(&served.json)?,
+                        models.iter().find(|m| m.id == c.then)?,
+                    ))
+                });
+                if let Some((reason, then)) = failed {
+                    let call = Call {
+                        api,
+                        stream,
+                        forced,
+                        tags: &tags,
+                        tokens: prompt_tokens,
+                        deadline,
+                    };
+                    let escalation = Escalation {
+                        route: &route,
+                        request: &route_request,
+                        block: block.as_deref(),
+                        parent: &decision_id,
+                        own: attempt == 0,
+                    };
+                    if let Some(escalated) =
+                        escalate(&state, escalation, then, reason, &mut request, call).await?
+                    {
+                        served = escalated;
+                    }
+                }
+                if asked_logprobs {
+                    Cascade::strip_logprobs(&mut served.json);
+                    served.body = serde_json::to_vec(&served.json)
+                        .map_err(|e| ApiError::Internal(e.to_string()))?
+                        .into();
+                }
                 let mut response = Response::builder()
                     .status(StatusCode::OK)
                     .header(header::CONTENT_TYPE, "application/json")
-                    .body(Body::from(body.clone()))
+                    .body(Body::from(served.body.clone()))
                     .map_err(|e| ApiError::Internal(e.to_string()))?;
-                response.headers_mut().extend(passed);
+                response.headers_mut().extend(served.passed);
+                if let Some(parent) = served
+                    .parent
+                    .as_deref()
+                    .and_then(|p| HeaderValue::from_str(p).ok())
+                {
+                    response.headers_mut().insert(PARENT_HEADER, parent);
+                }
                 if let Some(key) = store_under.take() {
                     let cached = Cached {
-                        body,
-                        model: model.id.clone(),
-                        decision_id: decision_id.clone(),
+                        body: served.body,
+                        model: served.model.clone(),
+                        decision_id: served.decision_id.clone(),
                     };
                     let evicted = state.cache.store(key, similar.take(), cached, Instant::now());
                     state.metrics.cache_evictions.inc_by(evicted);
@@ -492,7 +551,7 @@ async fn complete(
                         .headers_mut()
                         .insert(CACHE_HEADER, HeaderValue::from_static("miss"));
                 }
-                answer = Some(with_headers(response, &decision_id, &model.id));
+                answer = Some(with_headers(response, &served.decision_id, &served.model));
                 break;
             }
             Ok(Answer::Stream { first, rest, passed }) => {
@@ -636,6 +695,87 @@ fn required_tags(headers: &HeaderMap) -> Result<Vec<String>, ApiError> {
         .filter(|t| !t.is_empty())
         .map(str::to_string)
         .collect())
+}
+
+/// A completion the proxy answers with: the first model's, or a cascade's escalation's.
+struct Served {
+    body: Bytes,
+    json: Value,
+    passed: Vec<(header::HeaderName, HeaderValue)>,
+    model: String,
+    decision_id: String,
+    /// For an escalation, the decision whose answer the check failed.
+    parent: Option<String>,
+}
+
+/// What a cascade escalates from: the request, and the decision whose answer failed.
+struct Escalation<'a> {
+    route: &'a str,
+    request: &'a RouteRequest,
+    /// The request's context's embedding block, where the route has one.
+    block: Option<&'a [f64]>,
+    parent: &'a str,
+    /// Whether the failed answer was the parent decision's own model's (not a fallback's).
+    own: bool,
+}
+
+/// Escalates an answer that failed a cascade's check (see `crate::cascade`): the first
+/// answer counts as quality 0 for its decision, when it was its own model's; a child
+/// decision on `then` is logged, the model called and its outcome recorded. `None` when
+/// the escalation did not answer: the first answer is served after all.
+async fn escalate(
+    state: &Arc<AppState>,
+    from: Escalation<'_>,
+    then: &ModelConfig,
+    reason: String,
+    request: &mut Value,
+    call: Call<'_>,
+) -> Result<Option<Served>, ApiError> {
+    if from.own {
+        change_router(state, |r| Ok(r.feedback(from.parent, 0.0)?)).await?;
+    }
+    let child = state.router.escalate(
+        from.route,
+        from.request,
+        from.block,
+        from.parent,
+        &then.id,
+        reason,
+    )?;
+    let (routed, logged) = child.split();
+    state.metrics.cascade_escalations.inc();
+    let answered = match call_with_retries(state, from.route, request, then, call).await {
+        Called::Answered(called, started) => Some((called, started)),
+        Called::NoDeployment(_) | Called::Deadline => None,
+    };
+    let served = match answered {
+        Some((Ok(Answer::Complete { body, json, passed }), started)) => {
+            let (input, output) = usage(&json).unwrap_or((0, 0));
+            let outcome = call_outcome(&*state.upstream, then, elapsed_ms(started), input, output);
+            record(state, &routed.decision_id, outcome).await;
+            Some(Served {
+                body,
+                json,
+                passed,
+                model: then.id.clone(),
+                decision_id: routed.decision_id,
+                parent: Some(from.parent.to_string()),
+            })
+        }
+        // No answer to give (a stream or a refusal cannot come of a non-streamed request
+        // the first model answered): its call failed.
+        Some((_, started)) => {
+            let outcome = call_outcome(&*state.upstream, then, elapsed_ms(started), 0, 0).failed();
+            record(state, &routed.decision_id, outcome).await;
+            None
+        }
+        None => {
+            record(state, &routed.decision_id, Outcome::new(0.0, 0.0).failed()).await;
+            None
+        }
+    };
+    state.durable(logged).await?;
+    Ok(served)
 }
 
 /// What a call to one model needs besides the model.

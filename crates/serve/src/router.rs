@@ -31,6 +31,7 @@ use quiver_bandit::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::cascade::Cascade;
 use crate::config::{EmbeddingConfig, ModelConfig, RouteConfig};
 use crate::error::{io_at, Result, ServeError};
 use crate::sessions::{self, Sessions, Verdict as SessionVerdict};
@@ -113,6 +114,8 @@ pub struct Routed {
 /// requests to different routes never wait for each other.
 struct RouteState {
     config: RouteConfig,
+    /// Its cascade's checks, if it has one.
+    cascade: Option<Cascade>,
     policy: String,
     layout: ContextLayout,
     /// Whether the learner came from the snapshot (and so holds what priors taught).
@@ -284,7 +287,14 @@ impl RouteState {
         let layout = ContextLayout::new(HashingFeaturizer::for_routes(config.extra_features), embedding);
         let (learner_config, arms) = learner_setup(&config, layout.dim(), feedback_horizon)?;
         let shadows = Self::shadows(&config, &learner_config, &arms, feedback_horizon)?;
+        let models: Vec<String> = config.models.iter().map(|m| m.id.clone()).collect();
+        let cascade = config
+            .cascade
+            .as_ref()
+            .map(|c| c.compile(&config.name, &models))
+            .transpose()?;
         Ok(RouteState {
+            cascade,
             policy: learner_config.policy.to_string(),
             live: Mutex::new(LiveRoute {
                 learner: Learner::new(learner_config, arms)?,
@@ -381,6 +391,23 @@ impl RouteState {
 
     fn context(&self, prompt: &str, features: &[f64], embedding: Option<&[f64]>) -> Result<Context> {
         Ok(self.layout.build(prompt, features, embedding)?)
+    }
+
+    /// Writes into a decision's `record` what rebuilds its `context`: the prompt's tokens,
+    /// the context's definition and, on a route with an embedding block, which featurizer
+    /// decided and the block (`embedding`, or none when it was not to be had).
+    fn stamp_context(&self, record: &mut LogRecord, context: &Context, embedding: Option<Vec<f64>>) {
+        record.input_tokens = context.input_tokens;
+        record.context = Some(self.layout.definition());
+        if self.layout.embedding().is_some() {
+            let by = if embedding.is_some() {
+                "embedding"
+            } else {
+                "hashing"
+            };
+            record.featurizer = Some(by.into());
+            record.embedding = embedding;
+        }
     }
 
     /// The context of a logged decision, rebuilt as the route builds it now.
@@ -515,8 +542,14 @@ impl LiveRoute {
             return;
         };
         let told = match (record.event, context) {
-            // A decision that stayed on its session's model gave the others no chance.
-            (LogEvent::Decision, _) if record.reason.as_deref() == Some(sessions::STAY) => Ok(()),
+            // A decision that stayed on its session's model, or a cascade's escalation, gave
+            // the other models no chance.
+            (LogEvent::Decision, _)
+                if record.reason.as_deref() == Some(sessions::STAY)
+                    || record.parent_decision_id.is_some() =>
+            {
+                Ok(())
+            }
             (LogEvent::Decision, Some(context)) => shadows.decided(
                 id,
                 shadow_request(context, record),
@@ -1411,6 +1444,11 @@ impl Router {
         Ok(live.recent.iter().rev().cloned().collect())
     }
 
+    /// A route's cascade, if it has one.
+    pub fn cascade(&self, route: &str) -> Result<Option<&Cascade>> {
+        Ok(self.state(route)?.cascade.as_ref())
+    }
+
     /// A route's configuration.
     pub fn route_config(&self, route: &str) -> Result<&RouteConfig> {
         Ok(&self.state(route)?.config)
@@ -1562,17 +1600,7 @@ impl Router {
         };
         let mut record = LogRecord::new(&decision_id, route, &state.policy, LogEvent::Decision);
         record.prompt = prompt;
-        record.input_tokens = context.input_tokens;
-        record.context = Some(state.layout.definition());
-        if state.layout.embedding().is_some() {
-            let by = if embedding.is_some() {
-                "embedding"
-            } else {
-                "hashing"
-            };
-            record.featurizer = Some(by.into());
-            record.embedding = embedding;
-        }
+        state.stamp_context(&mut record, &context, embedding);
         // The models the decision left out as unavailable (none if all were, and so were
         // all considered again).
         record.unavailable = std::mem::take(&mut learner_request.unavailable)
@@ -1641,6 +1669,59 @@ impl Router {
             }
         }
         live.remember(&decision, &record, canary);
+        live.own_changes += 1;
+        Ok(self.pending(
+            Routed {
+                decision_id,
+                decision,
+            },
+            seq,
+        ))
+    }
+
+    /// Logs a cascade's escalation of decision `parent` of `route` (for `request`, its
+    /// context's embedding block `embedding`) to `model`, for `reason`: a child decision
+    /// with propensity 1, since the check's verdict on the answer chose it. The route's
+    /// learner tracks it for its outcome and feedback; the shadows, the canary and the
+    /// sessions leave it out.
+    pub fn escalate(
+        &self,
+        route: &str,
+        request: &RouteRequest,
+        embedding: Option<&[f64]>,
+        parent: &str,
+        model: &str,
+        reason: String,
+    ) -> Result<Pending<Routed>> {
+        let state = self.state(route)?;
+        let mut live = state.lock()?;
+        let context = state.context(&request.text()?, &request.features, embedding)?;
+        let mut decision = live.learner.propose(&Request::new(context.clone()))?;
+        stay_on(&mut decision, model);
+        let decision_id = match &self.replica {
+            Some(replica) => format!("{route}:{replica}:{}", decision.id),
+            None => format!("{route}:{}", decision.id),
+        };
+        let mut record = LogRecord::new(&decision_id, route, &state.policy, LogEvent::Decision);
+        record.arm = decision.arm.clone();
+        record.propensity = decision.propensity;
+        record.prompt = request.text()?;
+        state.stamp_context(&mut record, &context, embedding.map(<[f64]>::to_vec));
+        record.parent_decision_id = Some(parent.to_string());
+        record.reason = Some(reason);
+        record.caller = live
+            .logged
+            .caller_of(parse_decision_id(parent)?.number)
+            .map(str::to_string);
+        record.features = request
+            .features
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (quiver_log::feature_name(i), *v))
+            .collect();
+        let seq = self.stage(&mut record)?;
+        live.track(decision.id, &context, &record)?;
+        live.remember(&decision, &record, false);
         live.own_changes += 1;
         Ok(self.pending(
             Routed {
