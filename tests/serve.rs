@@ -688,46 +688,21 @@ async fn an_operator_promotes_blocks_and_rolls_back_a_canary() {
     );
 
     // Refusals: a route token, an unknown action, a route without a canary.
-    let url = format!("{base}/v1/routes/learn/canary");
-    let refused = client
-        .post(&url)
-        .bearer_auth("r")
-        .json(&json!({"action": "promote"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status(), 401);
-    let refused = client
-        .post(&url)
-        .bearer_auth("a")
-        .json(&json!({"action": "launch"}))
-        .send()
-        .await
-        .unwrap();
-    let status = refused.status();
-    let body: Value = refused.json().await.unwrap();
-    assert_eq!(status, 422, "{body}");
-    assert!(
-        body["error"]["message"].as_str().unwrap().contains("launch"),
-        "{body}"
-    );
-    let url = format!("{base}/v1/routes/plain/canary");
-    let refused = client
-        .post(&url)
-        .bearer_auth("a")
-        .json(&json!({"action": "promote"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status(), 404);
-    let body: Value = refused.json().await.unwrap();
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("has no canary"),
-        "{body}"
-    );
+    let refusal = |route: &str, token: &'static str, action: &str| {
+        let request = client
+            .post(format!("{base}/v1/routes/{route}/canary"))
+            .bearer_auth(token)
+            .json(&json!({ "action": action }));
+        async move {
+            let answer = request.send().await.unwrap();
+            (answer.status(), answer.text().await.unwrap())
+        }
+    };
+    assert_eq!(refusal("learn", "r", "promote").await.0, 401);
+    let (status, body) = refusal("learn", "a", "launch").await;
+    assert!(status == 422 && body.contains("launch"), "{status} {body}");
+    let (status, body) = refusal("plain", "a", "promote").await;
+    assert!(status == 404 && body.contains("has no canary"), "{status} {body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

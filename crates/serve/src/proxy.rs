@@ -434,17 +434,17 @@ async fn complete(
     // Whether no model has a deployment with the required tags.
     let mut untagged = true;
     let mut answer = None;
+    let call = Call {
+        api,
+        stream,
+        forced,
+        tags: &tags,
+        tokens: prompt_tokens,
+        deadline,
+    };
     for (attempt, arm) in order.iter().enumerate() {
         let Some(model) = models.iter().find(|m| &m.id == arm) else {
             continue;
-        };
-        let call = Call {
-            api,
-            stream,
-            forced,
-            tags: &tags,
-            tokens: prompt_tokens,
-            deadline,
         };
         let (called, started) = match call_with_retries(&state, &route, &mut request, model, call).await {
             Called::Deadline => {
@@ -499,14 +499,6 @@ async fn complete(
                     ))
                 });
                 if let Some((reason, then)) = failed {
-                    let call = Call {
-                        api,
-                        stream,
-                        forced,
-                        tags: &tags,
-                        tokens: prompt_tokens,
-                        deadline,
-                    };
                     let escalation = Escalation {
                         route: &route,
                         request: &route_request,
@@ -779,6 +771,7 @@ async fn escalate(
 }
 
 /// What a call to one model needs besides the model.
+#[derive(Clone, Copy)]
 struct Call<'a> {
     api: Api,
     stream: bool,

@@ -1594,10 +1594,7 @@ impl Router {
         learner_request.unavailable = unavailable;
         // Propose first: nothing changes until the log holds the decision.
         let mut decision = live.learner.propose(&learner_request)?;
-        let decision_id = match &self.replica {
-            Some(replica) => format!("{route}:{replica}:{}", decision.id),
-            None => format!("{route}:{}", decision.id),
-        };
+        let decision_id = self.decision_id(route, decision.id);
         let mut record = LogRecord::new(&decision_id, route, &state.policy, LogEvent::Decision);
         record.prompt = prompt;
         state.stamp_context(&mut record, &context, embedding);
@@ -1624,7 +1621,7 @@ impl Router {
                 .verdict(key, now, |model| can_serve(&decision, model))
             {
                 SessionVerdict::Stay(model) => {
-                    stay_on(&mut decision, &model);
+                    serve_surely(&mut decision, &model);
                     record.reason = Some(sessions::STAY.into());
                     stayed = true;
                 }
@@ -1650,12 +1647,7 @@ impl Router {
         }
         record.arm = decision.arm.clone();
         record.propensity = decision.propensity;
-        record.features = request
-            .features
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (quiver_log::feature_name(i), *v))
-            .collect();
+        record.features = logged_features(&request.features);
         record.caller = caller;
         let seq = self.stage(&mut record)?;
         live.track(decision.id, &context, &record)?;
@@ -1697,11 +1689,8 @@ impl Router {
         let mut live = state.lock()?;
         let context = state.context(&request.text()?, &request.features, embedding)?;
         let mut decision = live.learner.propose(&Request::new(context.clone()))?;
-        stay_on(&mut decision, model);
-        let decision_id = match &self.replica {
-            Some(replica) => format!("{route}:{replica}:{}", decision.id),
-            None => format!("{route}:{}", decision.id),
-        };
+        serve_surely(&mut decision, model);
+        let decision_id = self.decision_id(route, decision.id);
         let mut record = LogRecord::new(&decision_id, route, &state.policy, LogEvent::Decision);
         record.arm = decision.arm.clone();
         record.propensity = decision.propensity;
@@ -1713,12 +1702,7 @@ impl Router {
             .logged
             .caller_of(parse_decision_id(parent)?.number)
             .map(str::to_string);
-        record.features = request
-            .features
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (quiver_log::feature_name(i), *v))
-            .collect();
+        record.features = logged_features(&request.features);
         let seq = self.stage(&mut record)?;
         live.track(decision.id, &context, &record)?;
         live.remember(&decision, &record, false);
@@ -1730,6 +1714,15 @@ impl Router {
             },
             seq,
         ))
+    }
+
+    /// The id of decision `id` of `route`: `<route>:<id>`, or `<route>:<replica>:<id>` on a
+    /// replica of a cluster.
+    fn decision_id(&self, route: &str, id: u64) -> String {
+        match &self.replica {
+            Some(replica) => format!("{route}:{replica}:{id}"),
+            None => format!("{route}:{id}"),
+        }
     }
 
     /// A record of `event` for decision `decision_id`, which this router must have made.
@@ -2042,8 +2035,9 @@ fn can_serve(decision: &Decision, model: &str) -> bool {
         || decision.excluded.iter().any(|e| e.starts_with(&dominated))
 }
 
-/// Serves `decision` with its session's `model`, with certainty.
-fn stay_on(decision: &mut Decision, model: &str) {
+/// Serves `decision` with `model`, with certainty: a session's stay, a cascade's
+/// escalation.
+fn serve_surely(decision: &mut Decision, model: &str) {
     switch_arm(decision, model);
     decision.propensity = 1.0;
     decision.propensity_kind = PropensityKind::Exact;
@@ -2069,6 +2063,15 @@ fn serve_canary(decision: &mut Decision, shadows: &Shadows, draws: &Draws) -> bo
         e.probability = shadows.propensity(draws, &e.arm, e.probability);
     }
     served.is_some()
+}
+
+/// A request's caller features as the log names them: `f_0`, `f_1`, ...
+fn logged_features(features: &[f64]) -> BTreeMap<String, f64> {
+    features
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (quiver_log::feature_name(i), *v))
+        .collect()
 }
 
 fn outcome_of(record: &LogRecord) -> Outcome {
