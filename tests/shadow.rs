@@ -315,6 +315,11 @@ fn canaries_are_promoted_when_better_and_rolled_back_when_worse() {
             (canary.promotions, canary.rollbacks, canary.serving_share),
             (1, 1, 0.0)
         );
+        // The route's own policy learned every outcome throughout, whoever served: its
+        // state is intact to take over again.
+        let learner = router.learner("demo").unwrap();
+        let learned: u64 = (0..table.arms.len()).map(|a| learner.usage(a).requests).sum();
+        assert_eq!(learned, 2000);
     }
 }
 
