@@ -403,6 +403,14 @@ async fn a_cascade_escalates_an_answer_that_fails_its_check() {
 
     let metrics = get_text(&client, format!("{base}/metrics"), "a").await;
     assert_eq!(sample(&metrics, "quiver_cascade_escalations_total", &[]), 2.0);
+    // Off-policy evaluation leaves the escalations out, and takes the rest with their
+    // outcomes and feedback (the failed answers' quality 0).
+    let log_dir = dir.join("log");
+    let log = log_dir.to_str().unwrap();
+    let read = quiver_sim::data::load_logged(log, quiver_sim::data::Format::Auto, None).unwrap();
+    assert_eq!(read.decision_ids.len(), 4, "the first model's four decisions");
+    assert!(!read.decision_ids.contains(&child));
+    assert_eq!(read.quality.iter().filter(|q| **q == Some(0.0)).count(), 2);
 }
 
 /// The decision records of a log directory, in order: `(reason, session, model, propensity)`.
@@ -519,6 +527,15 @@ async fn a_session_stays_on_its_model_until_a_call_fails() {
     assert!(logged
         .iter()
         .all(|(reason, _, _, p)| (*p == 1.0) == (reason.as_deref() == stay)));
+    // Off-policy evaluation reads the decisions that gave every model its chance: all but
+    // the 18 stays, both in memory and in chunks.
+    let log_dir = dir.join("log");
+    let log = log_dir.to_str().unwrap();
+    let read = quiver_sim::data::load_logged(log, quiver_sim::data::Format::Auto, None).unwrap();
+    assert_eq!(read.decision_ids.len(), logged.len() - 18);
+    assert!(read.propensity.iter().all(|&p| p == 0.5));
+    let stream = quiver_sim::data::LogStream::open(log, quiver_sim::data::Format::Auto, None, 7).unwrap();
+    assert_eq!(stream.rows(), logged.len() - 18);
 }
 
 /// A restarted router finds its sessions in the log: a session keeps its model across

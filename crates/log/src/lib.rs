@@ -79,6 +79,17 @@ pub const COLUMNS: [&str; 10] = [
     "error",
 ];
 
+/// The `reason` of a decision that stayed on its session's model.
+pub const SESSION_STAY: &str = "session: stay";
+
+/// Whether a decision with this `reason` and `parent_decision_id` (empty when absent) gave
+/// every model the chance its propensity says: not a session's stay on its model nor a
+/// cascade's escalation, which the check's verdict on an answer chose. Those are logged
+/// with propensity 1, and off-policy estimates leave them out.
+pub fn gave_every_model_a_chance(reason: &str, parent_decision_id: &str) -> bool {
+    reason != SESSION_STAY && parent_decision_id.is_empty()
+}
+
 /// The column of caller feature `i`: `f_0`, `f_1`, ...
 pub fn feature_name(i: usize) -> String {
     format!("f_{i}")

@@ -545,8 +545,10 @@ impl LiveRoute {
             // A decision that stayed on its session's model, or a cascade's escalation, gave
             // the other models no chance.
             (LogEvent::Decision, _)
-                if record.reason.as_deref() == Some(sessions::STAY)
-                    || record.parent_decision_id.is_some() =>
+                if !quiver_log::gave_every_model_a_chance(
+                    record.reason.as_deref().unwrap_or_default(),
+                    record.parent_decision_id.as_deref().unwrap_or_default(),
+                ) =>
             {
                 Ok(())
             }

@@ -13,7 +13,7 @@
 //! of a newer format than this build reads (`schema`) is refused.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
@@ -87,8 +87,12 @@ struct Rows {
     arm_names: Vec<String>,
     /// The `event` column, when the table has one.
     events: Option<Vec<LogEvent>>,
+    /// Whether a row is a decision off-policy estimates take: every decision but a
+    /// session's stays and a cascade's escalations (`quiver_log::gave_every_model_a_chance`).
+    evaluated: Vec<bool>,
     data: LoggedDataset,
 }
+
 
 /// Refuses a log with records of a newer format than this build reads.
 fn check_schema(table: &Table) -> Result<()> {
@@ -167,10 +171,15 @@ impl LoggedReader {
         };
         let feature_names = feature_columns(&table.columns());
         let features = read_features(table, &feature_names, is_decision)?;
+        let (reasons, parents) = (texts("reason")?, texts("parent_decision_id")?);
+        let evaluated = (0..n)
+            .map(|r| is_decision(r) && quiver_log::gave_every_model_a_chance(&reasons[r], &parents[r]))
+            .collect();
         Ok(Rows {
             path: table.path.clone(),
             first_row: table.first_row,
             events,
+            evaluated,
             data: LoggedDataset {
                 decision_ids: ids_or_row_numbers(table, "decision_id")?,
                 timestamps: texts("timestamp")?,
@@ -230,6 +239,8 @@ struct Update {
 #[derive(Default)]
 struct Updates {
     by_decision: HashMap<u128, Update>,
+    /// Decisions left out ([`Rows::evaluated`]): their later records are taken by none.
+    left_out: HashSet<u128>,
 }
 
 fn decision_key(id: &str) -> u128 {
@@ -249,6 +260,9 @@ impl Updates {
         let d = &table.data;
         for (row, event) in events.iter().enumerate() {
             let merge = event.merge();
+            if merge == Merge::Starts && !table.evaluated[row] {
+                self.left_out.insert(decision_key(&d.decision_ids[row]));
+            }
             if matches!(merge, Merge::Starts | Merge::Nothing) {
                 continue;
             }
@@ -282,7 +296,7 @@ impl Updates {
         let Some(events) = &table.events else {
             return (table.arm_names, table.data);
         };
-        let keep: Vec<usize> = (0..events.len()).filter(|&r| events[r].merge() == Merge::Starts).collect();
+        let keep: Vec<usize> = (0..events.len()).filter(|&r| table.evaluated[r]).collect();
         let d = table.data;
         let pick_texts = |v: &[String]| keep.iter().map(|&r| v[r].clone()).collect::<Vec<_>>();
         let mut out = LoggedDataset {
@@ -326,7 +340,11 @@ impl Updates {
     /// Refuses records whose decision no row held, naming the first (`files` in the
     /// log's order), once every decision row has been through [`Updates::decisions`].
     fn check_all_used(&self, files: &[PathBuf]) -> Result<()> {
-        let orphans = self.by_decision.values().filter(|u| !u.used);
+        let orphans = self
+            .by_decision
+            .iter()
+            .filter(|(key, u)| !u.used && !self.left_out.contains(key))
+            .map(|(_, u)| u);
         match orphans.min_by_key(|u| (u.file, u.row)) {
             None => Ok(()),
             Some(first) => Err(SimError::BadValue {
@@ -489,7 +507,7 @@ impl LogStream {
             let rows = LoggedReader::read_table(&table)?;
             let header = &mut stream.header;
             let decisions = (0..rows.arm_names.len())
-                .filter(|&r| rows.events.as_ref().is_none_or(|e| e[r].merge() == Merge::Starts))
+                .filter(|&r| rows.evaluated[r])
                 .inspect(|&r| {
                     arms.insert(rows.arm_names[r].clone());
                 })
