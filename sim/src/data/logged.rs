@@ -93,7 +93,6 @@ struct Rows {
     data: LoggedDataset,
 }
 
-
 /// Refuses a log with records of a newer format than this build reads.
 fn check_schema(table: &Table) -> Result<()> {
     if !table.has("schema") {
