@@ -555,11 +555,15 @@ impl Shadows {
             candidates,
             models,
             hull: frontier.iter().map(|&(c, q)| [c, q]).collect(),
-            canary: self
-                .canary
-                .as_ref()
-                .map(|(index, gate)| gate.report(&self.candidates[*index].policy)),
+            canary: self.canary_report(),
         }
+    }
+
+    /// The canary's state and estimates, if a candidate serves as one: what [`Shadows::report`]
+    /// holds of it, without the rest.
+    pub fn canary_report(&self) -> Option<CanaryReport> {
+        let (index, gate) = self.canary.as_ref()?;
+        Some(gate.report(&self.candidates[*index].policy))
     }
 
     /// The canary's policy spec, if a candidate serves as one.

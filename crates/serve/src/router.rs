@@ -1263,8 +1263,8 @@ impl Router {
             let Some(state) = states.get_mut(&record.route) else {
                 continue;
             };
+            let id = parse_decision_id(&record.decision_id)?.number;
             if state.live_mut().shadows.is_some() {
-                let id = parse_decision_id(&record.decision_id)?.number;
                 let context = match record.event {
                     LogEvent::Decision => Some(state.logged_context(&record)?),
                     _ => None,
@@ -1274,14 +1274,11 @@ impl Router {
             let live = state.live_mut();
             match (record.event, &record.session) {
                 (LogEvent::Decision, Some(key)) => {
-                    let id = parse_decision_id(&record.decision_id)?.number;
                     let at =
                         humantime::parse_rfc3339_weak(&record.timestamp).unwrap_or(SystemTime::UNIX_EPOCH);
                     live.sessions.decided(key, id, &record.arm, at);
                 }
-                (LogEvent::Outcome, _) if record.error => {
-                    live.session_failed(parse_decision_id(&record.decision_id)?.number);
-                }
+                (LogEvent::Outcome, _) if record.error => live.session_failed(id),
                 _ => {}
             }
             if record.event == LogEvent::Outcome && record.timestamp.starts_with(&month) {
@@ -1689,14 +1686,15 @@ impl Router {
     ) -> Result<Pending<Routed>> {
         let state = self.state(route)?;
         let mut live = state.lock()?;
-        let context = state.context(&request.text()?, &request.features, embedding)?;
+        let prompt = request.text()?;
+        let context = state.context(&prompt, &request.features, embedding)?;
         let mut decision = live.learner.propose(&Request::new(context.clone()))?;
         serve_surely(&mut decision, model);
         let decision_id = self.decision_id(route, decision.id);
         let mut record = LogRecord::new(&decision_id, route, &state.policy, LogEvent::Decision);
         record.arm = decision.arm.clone();
         record.propensity = decision.propensity;
-        record.prompt = request.text()?;
+        record.prompt = prompt;
         state.stamp_context(&mut record, &context, embedding.map(<[f64]>::to_vec));
         record.parent_decision_id = Some(parent.to_string());
         record.reason = Some(reason);
@@ -1879,7 +1877,7 @@ impl Router {
         let report = |live: &LiveRoute| {
             live.shadows
                 .as_ref()
-                .and_then(|s| s.report().canary)
+                .and_then(Shadows::canary_report)
                 .ok_or_else(|| ServeError::NoCanary(route.to_string()))
         };
         let now = report(&live)?;
