@@ -93,6 +93,28 @@ pub const EXACT_TOLERANCE: f64 = 1e-7;
 /// normal's mass is below `1e-19`.
 const REACH: f64 = 9.0;
 
+/// The widest segment, in standard deviations of any score with mass in it, that the
+/// quadrature accepts. The 7-point and 15-point rules can both step over a narrow score's
+/// shoulder on a wide segment and agree on the wrong value (a score of spread 0.001
+/// beside one of 0.19 lost 9e-5 so); on segments of six spreads they cannot.
+const RESOLUTION: f64 = 6.0;
+
+/// How the quadrature works: how far each score reaches (in its standard deviations), the
+/// total error allowed, and the resolution.
+#[derive(Clone, Copy)]
+struct Quadrature {
+    reach: f64,
+    tolerance: f64,
+    resolution: f64,
+}
+
+/// The quadrature of the exact PMFs.
+const EXACT: Quadrature = Quadrature {
+    reach: REACH,
+    tolerance: EXACT_TOLERANCE,
+    resolution: RESOLUTION,
+};
+
 /// The most mass a Beta posterior may hold beyond its reach (else the reach is its
 /// support's end).
 const TAIL: f64 = 1e-12;
@@ -134,12 +156,20 @@ const GAUSS_WEIGHTS: [f64; 4] = [
 /// ```
 ///
 /// (`f`, `F`: the scores' densities and distribution functions), by adaptive
-/// Gauss-Kronrod (7-15) quadrature over the range where the scores have mass, split at
-/// each arm's mean, to a total error estimate below [`EXACT_TOLERANCE`]. Arms that cannot
+/// Gauss-Kronrod (7-15) quadrature over the range where the scores have mass, to a total
+/// error estimate below [`EXACT_TOLERANCE`], on segments no wider than six standard
+/// deviations of any score with mass in them (a narrower segment first, never a wasted
+/// evaluation of a wider one). A score's law is evaluated only within its reach (beyond
+/// it, density 0 and distribution 0 or 1). Arms that cannot
 /// win (their score's upper reach is below another's lower reach) get 0 and are left out
 /// of the products. A score with zero spread is widened to `1e-12` of its mean's scale; a
 /// mean of minus infinity never wins.
 pub fn gaussian_argmax_pmf(means: &[f64], stds: &[f64]) -> Vec<f64> {
+    gaussian_argmax_pmf_by(means, stds, EXACT)
+}
+
+/// [`gaussian_argmax_pmf`] by a given quadrature.
+fn gaussian_argmax_pmf_by(means: &[f64], stds: &[f64], quadrature: Quadrature) -> Vec<f64> {
     let k = means.len();
     let mut pmf = vec![0.0; k];
     if let Some(best) = means.iter().position(|m| *m == f64::INFINITY) {
@@ -151,12 +181,15 @@ pub fn gaussian_argmax_pmf(means: &[f64], stds: &[f64]) -> Vec<f64> {
         return uniform(k);
     }
     let spread = |a: usize| stds[a].max(1e-12 * (1.0 + means[a].abs()));
-    let reach = |a: usize| (means[a] - REACH * spread(a), means[a] + REACH * spread(a));
+    let reach = |a: usize| {
+        let r = quadrature.reach * spread(a);
+        (means[a] - r, means[a] + r)
+    };
     let scores = |relevant: &[usize]| NormalScores {
         means: relevant.iter().map(|&a| means[a]).collect(),
         inverse_stds: relevant.iter().map(|&a| 1.0 / spread(a)).collect(),
     };
-    argmax_pmf_by_quadrature(k, &playing, reach, |a| vec![means[a]], scores)
+    argmax_pmf_by_quadrature(k, &playing, quadrature, reach, spread, |_| Vec::new(), scores)
 }
 
 /// The exact PMF of Thompson sampling over independent Beta scores shifted by penalties:
@@ -211,7 +244,8 @@ pub fn beta_argmax_pmf(alphas: &[f64], betas: &[f64], penalties: &[f64]) -> Vec<
             .collect(),
         shifts: relevant.iter().map(|&a| penalties[a]).collect(),
     };
-    argmax_pmf_by_quadrature(k, &all, reach, splits, scores)
+    let spread = |a: usize| moments(a).1;
+    argmax_pmf_by_quadrature(k, &all, EXACT, reach, spread, splits, scores)
 }
 
 /// The argmax PMF over `k` arms of independent scores, of which `playing` may win: each
@@ -223,7 +257,9 @@ pub fn beta_argmax_pmf(alphas: &[f64], betas: &[f64], penalties: &[f64]) -> Vec<
 fn argmax_pmf_by_quadrature<S: ScoreLaws>(
     k: usize,
     playing: &[usize],
+    quadrature: Quadrature,
     reach: impl Fn(usize) -> (f64, f64),
+    spread: impl Fn(usize) -> f64,
     splits: impl Fn(usize) -> Vec<f64>,
     laws: impl Fn(&[usize]) -> S,
 ) -> Vec<f64> {
@@ -249,11 +285,31 @@ fn argmax_pmf_by_quadrature<S: ScoreLaws>(
         .collect();
     breaks.sort_by(f64::total_cmp);
     breaks.dedup();
+    let bodies: Vec<Body> = relevant
+        .iter()
+        .map(|&a| {
+            let (lower, upper) = reach(a);
+            Body {
+                lower,
+                upper,
+                finest: quadrature.resolution * spread(a),
+            }
+        })
+        .collect();
     let scores = laws(&relevant);
     let mut total = vec![0.0; relevant.len()];
+    let mut scratch = Scratch::new(relevant.len());
     for pair in breaks.windows(2) {
-        let share = EXACT_TOLERANCE * (pair[1] - pair[0]) / (high - low);
-        integrate(&scores, pair[0], pair[1], share, 0, &mut total);
+        let share = quadrature.tolerance * (pair[1] - pair[0]) / (high - low);
+        integrate(
+            &scores,
+            &bodies,
+            (pair[0], pair[1]),
+            share,
+            0,
+            &mut scratch,
+            &mut total,
+        );
     }
     let sum: f64 = total.iter().sum();
     for (&a, p) in relevant.iter().zip(&total) {
@@ -284,6 +340,11 @@ impl ScoreLaws for NormalScores {
     fn law(&self, j: usize, s: f64) -> (f64, f64) {
         let inv = self.inverse_stds[j];
         let z = (s - self.means[j]) * inv;
+        // Beyond the reach the density is below 1e-17 of its peak and the distribution
+        // function within 1e-19 of 0 or 1.
+        if z.abs() > REACH {
+            return (0.0, if z > 0.0 { 1.0 } else { 0.0 });
+        }
         (
             (-0.5 * z * z).exp() * inv / (2.0 * std::f64::consts::PI).sqrt(),
             0.5 * statrs::function::erf::erfc(-z * std::f64::consts::FRAC_1_SQRT_2),
@@ -318,40 +379,87 @@ impl ScoreLaws for BetaScores {
     }
 }
 
+/// Where a score has its mass, and the widest segment that resolves it.
+struct Body {
+    lower: f64,
+    upper: f64,
+    finest: f64,
+}
+
+/// The quadrature's working vectors, one entry per score, allocated once per PMF: a
+/// segment's rules are read before its halves are integrated, so every level of the
+/// recursion can reuse them.
+struct Scratch {
+    kronrod: Vec<f64>,
+    gauss: Vec<f64>,
+    values: Vec<f64>,
+    cdf: Vec<f64>,
+}
+
+impl Scratch {
+    fn new(n: usize) -> Self {
+        Scratch {
+            kronrod: vec![0.0; n],
+            gauss: vec![0.0; n],
+            values: vec![0.0; n],
+            cdf: vec![0.0; n],
+        }
+    }
+}
+
 /// Adds to `out[k]` the integral of `f_k(s) prod_{j != k} F_j(s)` over `[a, b]`, halving
-/// the interval until the 15-point and 7-point rules agree within `tolerance`.
-fn integrate<S: ScoreLaws>(scores: &S, a: f64, b: f64, tolerance: f64, depth: u32, out: &mut [f64]) {
+/// the interval until it resolves every score with mass in it (`bodies`) and the 15-point
+/// and 7-point rules agree within `tolerance`.
+fn integrate<S: ScoreLaws>(
+    scores: &S,
+    bodies: &[Body],
+    (a, b): (f64, f64),
+    tolerance: f64,
+    depth: u32,
+    scratch: &mut Scratch,
+    out: &mut [f64],
+) {
     let (center, half) = ((a + b) / 2.0, (b - a) / 2.0);
-    let n = scores.len();
-    let mut kronrod = vec![0.0; n];
-    let mut gauss = vec![0.0; n];
-    let (mut values, mut cdf) = (vec![0.0; n], vec![0.0; n]);
-    for (i, &x) in GK_NODES.iter().enumerate() {
-        let sides: &[f64] = if x == 0.0 { &[0.0] } else { &[-x, x] };
-        for &node in sides {
-            integrand(scores, center + half * node, &mut values, &mut cdf);
-            for (c, v) in values.iter().enumerate() {
-                kronrod[c] += KRONROD_WEIGHTS[i] * v;
-                // The Gauss nodes are the odd-indexed Kronrod nodes.
-                if i % 2 == 1 {
-                    gauss[c] += GAUSS_WEIGHTS[i / 2] * v;
+    let resolved = bodies
+        .iter()
+        .all(|body| body.upper <= a || body.lower >= b || b - a <= body.finest);
+    if resolved || depth >= 40 {
+        let Scratch {
+            kronrod,
+            gauss,
+            values,
+            cdf,
+        } = &mut *scratch;
+        kronrod.fill(0.0);
+        gauss.fill(0.0);
+        for (i, &x) in GK_NODES.iter().enumerate() {
+            let sides: &[f64] = if x == 0.0 { &[0.0] } else { &[-x, x] };
+            for &node in sides {
+                integrand(scores, center + half * node, values, cdf);
+                for (c, v) in values.iter().enumerate() {
+                    kronrod[c] += KRONROD_WEIGHTS[i] * v;
+                    // The Gauss nodes are the odd-indexed Kronrod nodes.
+                    if i % 2 == 1 {
+                        gauss[c] += GAUSS_WEIGHTS[i / 2] * v;
+                    }
                 }
             }
         }
-    }
-    let error: f64 = kronrod
-        .iter()
-        .zip(&gauss)
-        .map(|(k, g)| (k - g).abs() * half)
-        .sum();
-    if error <= tolerance || depth >= 40 {
-        for (o, k) in out.iter_mut().zip(&kronrod) {
-            *o += k * half;
+        let error: f64 = kronrod
+            .iter()
+            .zip(gauss.iter())
+            .map(|(k, g)| (k - g).abs() * half)
+            .sum();
+        if error <= tolerance || depth >= 40 {
+            for (o, k) in out.iter_mut().zip(kronrod.iter()) {
+                *o += k * half;
+            }
+            return;
         }
-        return;
     }
-    integrate(scores, a, center, tolerance / 2.0, depth + 1, out);
-    integrate(scores, center, b, tolerance / 2.0, depth + 1, out);
+    for half in [(a, center), (center, b)] {
+        integrate(scores, bodies, half, tolerance / 2.0, depth + 1, scratch, out);
+    }
 }
 
 /// `f_k(s) prod_{j != k} F_j(s)` for every score `k`, into `out` (`cdf`: scratch).
@@ -498,6 +606,42 @@ mod tests {
 
     /// An arm far below another's reach gets exactly 0; a mean of minus infinity never
     /// wins; plus infinity always does.
+    /// Against the same integrand resolved far more finely (segments of two standard
+    /// deviations, reach 12, error 1e-13): 400 sets of 2 to 12 arms, means clustered within
+    /// 0.001 to 0.3 and spreads from 0.0006 to 0.2, narrow arms beside wide ones; and the
+    /// narrow-beside-wide case that a quadrature without the resolution rule got wrong by
+    /// 9e-5.
+    #[test]
+    fn normal_arms_match_a_finer_quadrature() {
+        let finer = Quadrature {
+            reach: 12.0,
+            tolerance: 1e-13,
+            resolution: 2.0,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        let mut cases = vec![(
+            vec![0.5015574666938564, 0.5057523651342063, 0.49199312045392607],
+            vec![0.0011721369847499522, 0.18705774130066222, 0.002011530797869351],
+        )];
+        for case in 0..400 {
+            let spread = [0.001, 0.01, 0.05, 0.3][case % 4];
+            let (means, stds) = (0..2 + case % 11)
+                .map(|_| {
+                    let z: f64 = StandardNormal.sample(&mut rng);
+                    let log_std: f64 = rng.random_range(-1.5..1.0);
+                    (0.5 + spread * z, 0.02 * 10f64.powf(log_std))
+                })
+                .unzip();
+            cases.push((means, stds));
+        }
+        for (means, stds) in cases {
+            let p = gaussian_argmax_pmf(&means, &stds);
+            let reference = gaussian_argmax_pmf_by(&means, &stds, finer);
+            let tv: f64 = p.iter().zip(&reference).map(|(a, b)| (a - b).abs()).sum();
+            assert!(tv < EXACT_TOLERANCE, "{means:?} {stds:?}: {p:?} vs {reference:?}");
+        }
+    }
+
     #[test]
     fn hopeless_and_certain_arms() {
         let p = gaussian_argmax_pmf(&[0.9, 0.1, f64::NEG_INFINITY], &[0.01, 0.01, 1.0]);
