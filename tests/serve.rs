@@ -15,7 +15,18 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use support::{
     get_json, get_text, outside_tool, post_json, promtool_check, sample, scratch, start_app, start_binary,
+    start_binary_with_env, Running,
 };
+
+/// `quiver serve --demo` with a log of its own: the demo keeps its log under the
+/// temporary directory, which tests running at once would otherwise share.
+fn start_demo(name: &str) -> (Running, String) {
+    let tmp = scratch(name);
+    start_binary_with_env(
+        &[("TMPDIR", tmp.to_str().unwrap())],
+        &["--demo", "--listen", "127.0.0.1:0"],
+    )
+}
 
 /// Fails with a command's output unless it succeeded.
 fn assert_succeeded(out: &std::process::Output) {
@@ -1052,7 +1063,7 @@ async fn sigkill_loses_nothing_acknowledged_and_restart_restores_the_state() {
 
 #[tokio::test]
 async fn demo_mode_serves_simulated_providers_labelled_as_such() {
-    let (mut child, base) = start_binary(&["--demo", "--listen", "127.0.0.1:0"]);
+    let (mut child, base) = start_demo("demo_mode");
     let client = reqwest::Client::new();
     let response = client
         .post(format!("{base}/v1/chat/completions"))
@@ -1107,8 +1118,7 @@ async fn demo_mode_serves_simulated_providers_labelled_as_such() {
     let embedded_status = embedded.status();
     let simulated = embedded.headers().get("x-quiver-simulated").cloned();
     let embedded: Value = embedded.json().await.unwrap();
-    // The demo route's shadow candidate, estimated on the demo's log (which earlier runs
-    // may have added to).
+    // The demo route's shadow candidate, estimated on this run's log.
     let candidates = get_json(&client, format!("{base}/v1/routes/demo/candidates"), "open").await;
     let metrics = get_text(&client, format!("{base}/metrics"), "open").await;
     child.kill().unwrap();
@@ -1123,11 +1133,16 @@ async fn demo_mode_serves_simulated_providers_labelled_as_such() {
         shadow["policy"].as_str().unwrap().starts_with("linucb(alpha=0.1"),
         "{shadow}"
     );
-    assert!(shadow["quality"]["rows"].as_u64().unwrap() >= 1, "{shadow}");
-    assert!(
-        shadow["effective_sample_size"].as_f64().unwrap() > 0.0,
-        "{shadow}"
-    );
+    let rows = shadow["quality"]["rows"].as_u64().unwrap();
+    assert!(rows >= 1, "{shadow}");
+    // Kish's size lies in [0, rows]; at 0 (the candidate chose no logged model) the
+    // self-normalized estimate and its interval are undefined, and say so.
+    let size = shadow["effective_sample_size"].as_f64().unwrap();
+    assert!((0.0..=rows as f64).contains(&size), "{shadow}");
+    if size == 0.0 {
+        assert!(shadow["quality"]["snips"]["value"].is_null(), "{shadow}");
+        assert!(shadow["quality"]["snips"]["ci95"].is_null(), "{shadow}");
+    }
     assert_eq!(candidates["models"].as_array().unwrap().len(), 6, "{candidates}");
     assert!(!candidates["hull"].as_array().unwrap().is_empty(), "{candidates}");
     // The same estimates in /metrics.
@@ -1191,7 +1206,7 @@ fn the_official_openai_sdk_works_against_the_demo() {
         eprintln!("skipped: set QUIVER_PYTHON to a Python with the `openai` package");
         return;
     };
-    let (child, base) = start_binary(&["--demo", "--listen", "127.0.0.1:0"]);
+    let (child, base) = start_demo("demo_openai_sdk");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/openai_sdk.py");
     let out = std::process::Command::new(python)
         .arg(script)
@@ -1212,7 +1227,7 @@ fn the_api_document_is_valid_and_the_server_keeps_to_it() {
         eprintln!("skipped: set QUIVER_PYTHON to a Python with `schemathesis` and `openapi-spec-validator`");
         return;
     };
-    let (child, base) = start_binary(&["--demo", "--listen", "127.0.0.1:0"]);
+    let (child, base) = start_demo("demo_api_document");
     let dir = scratch("serve_api_document");
     let document = dir.join("openapi.json");
     let text = tokio::runtime::Runtime::new().unwrap().block_on(async {

@@ -144,9 +144,11 @@ impl Interval {
     pub(crate) fn of(moments: &TermMoments, estimator: &dyn Estimator) -> Interval {
         let report = moments.report(estimator, None);
         let finite = |v: f64| v.is_finite().then_some(v);
+        // No weight on any row leaves the estimate, and so its interval, undefined.
+        let interval = report.ci95_analytic;
         Interval {
             value: finite(report.value),
-            ci95: finite(report.std_error).map(|_| report.ci95_analytic),
+            ci95: interval.iter().all(|v| v.is_finite()).then_some(interval),
         }
     }
 }
