@@ -249,9 +249,9 @@ pub fn beta_argmax_pmf(alphas: &[f64], betas: &[f64], penalties: &[f64]) -> Vec<
 }
 
 /// The argmax PMF over `k` arms of independent scores, of which `playing` may win: each
-/// arm's score has its mass within `reach(a)` (lower, upper), the integral is split at
-/// every `splits(a)`, and `laws` gives the densities and distribution functions of a set
-/// of arms. The range runs
+/// arm's score has its mass within `reach(a)` (lower, upper) and spreads `spread(a)` (the
+/// quadrature's segments resolve it), the integral is split at every `splits(a)`, and
+/// `laws` gives the densities and distribution functions of a set of arms. The range runs
 /// from the highest lower reach (below it some score has no mass, so no arm wins there)
 /// to the highest upper reach; an arm whose upper reach is below that range gets 0.
 fn argmax_pmf_by_quadrature<S: ScoreLaws>(
