@@ -1621,7 +1621,7 @@ impl Router {
             {
                 SessionVerdict::Stay(model) => {
                     serve_surely(&mut decision, &model);
-                    record.reason = Some(sessions::STAY.into());
+                    record.reason = Some(quiver_log::SESSION_STAY.into());
                     stayed = true;
                 }
                 SessionVerdict::Decide(why) => record.reason = Some(why.into()),

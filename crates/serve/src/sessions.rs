@@ -19,9 +19,6 @@ use lru::LruCache;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The reason logged on a decision that stayed on its session's model.
-pub const STAY: &str = quiver_log::SESSION_STAY;
-
 /// A route's session rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
