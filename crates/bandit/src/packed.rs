@@ -255,6 +255,10 @@ fn off_diagonal(dim: usize, i: usize) -> (usize, usize) {
 /// `x' C x` for `x` followed by [`PADDING`] zeros. Each row's off-diagonal dot product
 /// stays in eight lanes, scaled by `x_i` into eight running totals, and only the totals
 /// are summed across lanes at the end: one horizontal sum instead of one per row.
+///
+/// A row whose `x_i` is 0 adds exact zeros and is skipped: hashed text features leave
+/// most of a short prompt's entries at 0, and the rows skipped are work saved in
+/// proportion.
 // Plain loops, no iterator adaptors over rows: their closures would be separate functions
 // that need not inline into the target-feature wrappers, and would run at baseline width.
 #[inline(always)]
@@ -262,6 +266,9 @@ fn quadratic_form_kernel(data: &[f64], dim: usize, x: &[f64]) -> f64 {
     let mut totals = [0.0; LANES];
     let mut diagonal = 0.0;
     for i in 0..dim {
+        if x[i] == 0.0 {
+            continue;
+        }
         let (start, len) = off_diagonal(dim, i);
         let lanes = dot_chunks(&data[start..start + len], &x[i + 1..i + 1 + len]);
         for lane in 0..LANES {
@@ -273,14 +280,18 @@ fn quadratic_form_kernel(data: &[f64], dim: usize, x: &[f64]) -> f64 {
 }
 
 /// `out += C x` for `x` followed by [`PADDING`] zeros; `out` has [`PADDING`] entries more
-/// than `dim`, which end up holding nothing of use.
+/// than `dim`, which end up holding nothing of use. Row `i` adds `C[i][i..] x[i..]` to
+/// `out_i` and `x_i C[i][i+1..]` to the entries after it; the second is skipped where
+/// `x_i` is 0 (exact zeros, as in [`quadratic_form_kernel`]).
 #[inline(always)]
 fn mul_vec_kernel(data: &[f64], dim: usize, x: &[f64], out: &mut [f64]) {
     for i in 0..dim {
         let (start, len) = off_diagonal(dim, i);
         let row = &data[start..start + len];
         out[i] += data[start - 1] * x[i] + sum_lanes(dot_chunks(row, &x[i + 1..i + 1 + len]));
-        axpy_chunks(x[i], row, &mut out[i + 1..i + 1 + len]);
+        if x[i] != 0.0 {
+            axpy_chunks(x[i], row, &mut out[i + 1..i + 1 + len]);
+        }
     }
 }
 
@@ -415,6 +426,39 @@ mod tests {
         assert_eq!(
             PackedSymmetric::scaled_identity(3, 2.0).to_matrix(),
             DMatrix::identity(3, 3) * 2.0
+        );
+    }
+
+    /// Rows skipped for a zero entry of `x` change nothing: the form and the update equal
+    /// the dense ones where most entries are 0, as in a short prompt's hashed features.
+    #[test]
+    fn zero_entries_skip_rows_and_change_nothing() {
+        let dim = 29;
+        let dense = DMatrix::from_fn(dim, dim, |i, j| {
+            1.0 / (1.0 + i as f64 + j as f64) + if i == j { 2.0 } else { 0.0 }
+        });
+        let x: Vec<f64> = (0..dim)
+            .map(|i| {
+                if i % 3 == 1 || i == dim - 1 {
+                    (i as f64 * 0.7).cos()
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let xv = nalgebra::DVector::from_column_slice(&x);
+        let mut packed = PackedSymmetric::from_matrix(&dense);
+        assert!((packed.quadratic_form(&x) - xv.dot(&(&dense * &xv))).abs() < 1e-12);
+        let u_want = &dense * &xv;
+        let mut seen = None;
+        packed.sherman_morrison(&x, 0.4, |u, _| seen = Some(u.to_vec()));
+        let u = seen.unwrap();
+        assert!(u.iter().zip(u_want.iter()).all(|(a, b)| (a - b).abs() < 1e-12));
+        let updated = &dense - &u_want * u_want.transpose() * (0.4 / (1.0 + 0.4 * xv.dot(&u_want)));
+        assert!((packed.to_matrix() - updated).abs().max() < 1e-12);
+        assert_eq!(
+            PackedSymmetric::scaled_identity(dim, 2.0).quadratic_form(&vec![0.0; dim]),
+            0.0
         );
     }
 
