@@ -225,16 +225,22 @@ impl<'a> Environment<'a> {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let quality = self.data.quality.row(row).as_ptr();
-            let cost = self
-                .data
-                .cost_usd
-                .as_ref()
-                .map_or(quality, |c| c.row(row).as_ptr());
-            for line in [self.features.row(row).as_ptr(), quality, cost] {
+            let quality = &self.data.quality;
+            let matrices = [
+                &self.features,
+                quality,
+                self.data.cost_usd.as_ref().unwrap_or(quality),
+            ];
+            // A row's first and last values: a row of a few values can span two lines.
+            let rows = matrices.map(|m| m.row(row));
+            let values = rows.iter().flat_map(|r| [r.first(), r.last()]).flatten();
+            let lines = values
+                .map(|v| std::ptr::from_ref(v).cast::<i8>())
+                .chain([std::ptr::from_ref(&self.input_tokens[row]).cast()]);
+            for line in lines {
                 // SAFETY: SSE is part of x86-64, and a prefetch reads nothing the program
                 // sees and cannot fault.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(line.cast()) };
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(line) };
             }
         }
     }
@@ -281,10 +287,14 @@ fn truth(
     }
 }
 
-/// What reaches the learner after a decision's delay.
-enum Reveal {
-    /// The chosen arm's quality.
-    Quality { id: u64, quality: f64 },
+/// What reaches the learner after a decision's delay; `'e` is the tables'.
+enum Reveal<'e> {
+    /// The chosen arm's quality, in the decision's context.
+    Quality {
+        arm: usize,
+        features: &'e [f64],
+        quality: f64,
+    },
     /// The other arms' whole outcomes in the decision's context (full information).
     Others {
         context: Context,
@@ -295,8 +305,13 @@ enum Reveal {
 /// One learner playing requests: it sees the chosen arm's cost and latency at once and its
 /// quality after the delay (or never, for the missing share); under full information it
 /// learns every other arm's outcome with the chosen arm's quality.
+///
+/// The player keeps the pending decisions itself (each one's arm and its row's features
+/// in the table) and the learner does not track them: nothing is copied per decision.
 struct Player<'k> {
     learner: Learner,
+    /// The request being decided, its buffers reused from row to row.
+    request: Request,
     arms: &'k [String],
     knobs: &'k Knobs,
     feedback: Feedback,
@@ -305,18 +320,22 @@ struct Player<'k> {
     /// the evaluation order and draws are the bandit run's.
     reveal_rng: ChaCha8Rng,
     /// What is on its way: (due step, what).
-    pending: VecDeque<(usize, Reveal)>,
+    pending: VecDeque<(usize, Reveal<'k>)>,
     /// The other arms' truths on the last request (by arm, ascending), where drawn.
     others: Vec<(usize, Truth)>,
     step: usize,
 }
 
-impl Player<'_> {
+impl<'k> Player<'k> {
     fn deliver_due(&mut self) -> Result<()> {
         while self.pending.front().is_some_and(|(due, _)| *due <= self.step) {
             match self.pending.pop_front().map(|(_, reveal)| reveal) {
-                Some(Reveal::Quality { id, quality }) => {
-                    self.learner.record_quality(id, quality)?;
+                Some(Reveal::Quality {
+                    arm,
+                    features,
+                    quality,
+                }) => {
+                    self.learner.record_untracked_quality(arm, features, quality)?;
                 }
                 Some(Reveal::Others { context, outcomes }) => {
                     for (arm, outcome) in outcomes {
@@ -335,7 +354,7 @@ impl Player<'_> {
     /// chosen one's, on evaluated rows and under full information.
     fn play(
         &mut self,
-        env: &Environment,
+        env: &'k Environment<'_>,
         row: usize,
         eval_step: Option<usize>,
         learn: bool,
@@ -343,13 +362,19 @@ impl Player<'_> {
         if learn {
             self.deliver_due()?;
         }
-        let decision = self.learner.decide_arm(&Request::new(env.context(row)))?;
-        let arm = decision.arm;
+        let context = &mut self.request.context;
+        context.features.clear();
+        context.features.extend_from_slice(env.features(row));
+        context.input_tokens = env.input_tokens(row);
+        let arm = self.learner.decide_untracked(&self.request)?.arm;
         let t = truth(env, self.knobs, row, arm, eval_step, &mut self.rng);
         let mut missing = false;
         if learn {
-            self.learner
-                .record_outcome(decision.id, &Outcome::new(t.latency_ms, t.cost_usd))?;
+            self.learner.record_untracked_outcome(
+                arm,
+                &self.request.context,
+                &Outcome::new(t.latency_ms, t.cost_usd),
+            )?;
             missing =
                 self.knobs.missing_feedback > 0.0 && self.rng.random::<f64>() < self.knobs.missing_feedback;
         }
@@ -372,7 +397,8 @@ impl Player<'_> {
             self.pending.push_back((
                 due,
                 Reveal::Quality {
-                    id: decision.id,
+                    arm,
+                    features: env.features(row),
                     quality: t.quality,
                 },
             ));
@@ -419,8 +445,6 @@ fn learner_for(
         target_usd_per_request: b,
         step_size: settings.pacer_step,
     });
-    // Quality arrives within the delay, so only that many decisions need remembering.
-    config.max_tracked_decisions = (settings.knobs.feedback_delay + 1024).min(1_000_000);
     let mut learner = Learner::new(config, arms.iter().map(Arm::new).collect())?;
     if let Some(priors) = &settings.priors {
         learner.absorb_priors(priors)?;
@@ -449,6 +473,10 @@ pub fn run_one(
     let dim = env.dim();
     let mut player = Player {
         learner: learner_for(settings, variant, &data.arms, dim, seed)?,
+        request: Request::new(Context {
+            features: Vec::with_capacity(dim),
+            input_tokens: 0,
+        }),
         arms: &data.arms,
         knobs: &settings.knobs,
         feedback,

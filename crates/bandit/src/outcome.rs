@@ -51,6 +51,16 @@ impl Outcome {
         self
     }
 
+    /// The prompt tokens billed, or `estimated` (the decision's estimate) when the outcome
+    /// does not say.
+    pub fn tokens_or(&self, estimated: u32) -> u32 {
+        if self.input_tokens > 0 {
+            self.input_tokens
+        } else {
+            estimated
+        }
+    }
+
     /// Marks the call as failed.
     pub fn failed(mut self) -> Self {
         self.error = true;

@@ -44,10 +44,13 @@ pub fn epsilon_greedy(k: usize, greedy: usize, epsilon: f64) -> Vec<f64> {
 /// arm with probability `k * floor` and drawing from `p` otherwise.
 ///
 /// The floor is capped at `1 / k` (where `p'` is uniform).
-pub fn with_floor(pmf: &[f64], floor: f64) -> Vec<f64> {
+pub fn with_floor(mut pmf: Vec<f64>, floor: f64) -> Vec<f64> {
     let k = pmf.len() as f64;
     let floor = effective_floor(pmf.len(), floor);
-    pmf.iter().map(|p| floor + (1.0 - k * floor) * p).collect()
+    for p in &mut pmf {
+        *p = floor + (1.0 - k * floor) * *p;
+    }
+    pmf
 }
 
 /// The floor actually applied over `k` arms: `min(floor, 1 / k)`.
@@ -669,13 +672,13 @@ mod tests {
 
     #[test]
     fn floor_holds_and_is_capped_at_uniform() {
-        let p = with_floor(&one_hot(5, 3), 0.02);
+        let p = with_floor(one_hot(5, 3), 0.02);
         assert!(sums_to_one(&p));
         assert!(p.iter().all(|&x| x >= 0.02 - 1e-15));
         assert!((p[3] - (0.02 + 0.9)).abs() < 1e-12);
-        let capped = with_floor(&one_hot(4, 0), 0.5);
+        let capped = with_floor(one_hot(4, 0), 0.5);
         assert!(capped.iter().all(|&x| (x - 0.25).abs() < 1e-12));
-        assert_eq!(with_floor(&[0.3, 0.7], 0.0), vec![0.3, 0.7]);
+        assert_eq!(with_floor(vec![0.3, 0.7], 0.0), vec![0.3, 0.7]);
     }
 
     #[test]

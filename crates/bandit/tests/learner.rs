@@ -405,6 +405,70 @@ fn decide_arm_equals_decide_without_the_explanation() {
     }
 }
 
+/// A caller that keeps its own pending decisions (a replay) gets the same decisions and
+/// ends in the same learned state as one whose decisions the learner tracks: cost at once
+/// (the budget pacer sees it), quality after a delay, some qualities never, and failed
+/// calls with quality 0 in the outcome; linear models with change detection (the default).
+#[test]
+fn untracked_decisions_learn_what_tracked_ones_learn() {
+    for spec in ["linucb(alpha=0.5)", "lints(v=0.3)", "beta-ts"] {
+        let paced = |spec: &str| {
+            let mut config = LearnerConfig::new(spec.parse().expect("spec"), 3);
+            config.seed = 5;
+            config.budget = Some(BudgetConfig {
+                target_usd_per_request: 0.002,
+                step_size: 0.05,
+            });
+            let arms = (0..3).map(|a| Arm::new(format!("a{a}"))).collect();
+            Learner::new(config, arms).expect("learner")
+        };
+        let (mut tracked, mut untracked) = (paced(spec), paced(spec));
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let mut pending = std::collections::VecDeque::new();
+        for step in 0..400 {
+            let r = request(vec![1.0, rng.random(), rng.random()]);
+            let d = tracked.decide_arm(&r).expect("decide");
+            let u = untracked.decide_untracked(&r).expect("decide");
+            assert_eq!(
+                (u.id, u.arm, u.propensity),
+                (d.id, d.arm, d.propensity),
+                "{spec}, step {step}"
+            );
+            let cost = 0.001 * (d.arm + 1) as f64;
+            let outcome = if rng.random::<f64>() < 0.1 {
+                Outcome::new(30.0, cost).failed()
+            } else {
+                Outcome::new(80.0, cost)
+            };
+            tracked.record_outcome(d.id, &outcome).expect("outcome");
+            untracked
+                .record_untracked_outcome(u.arm, &r.context, &outcome)
+                .expect("outcome");
+            if !outcome.error && rng.random::<f64>() < 0.8 {
+                let quality = (0.3 * d.arm as f64 + 0.4 * r.context.features[1]).min(1.0);
+                pending.push_back((step + 3, d.id, d.arm, r.context.features.clone(), quality));
+            }
+            while pending.front().is_some_and(|p| p.0 <= step) {
+                let (_, id, arm, features, quality) = pending.pop_front().expect("due");
+                tracked.record_quality(id, quality).expect("quality");
+                untracked
+                    .record_untracked_quality(arm, &features, quality)
+                    .expect("quality");
+            }
+        }
+        let state = |l: &Learner| serde_json::to_string(&l.snapshot_without_tracked()).expect("serialize");
+        assert_eq!(state(&tracked), state(&untracked), "{spec}");
+        assert!(untracked
+            .record_untracked_quality(3, &[1.0, 0.0, 0.0], 0.5)
+            .is_err());
+        assert!(untracked
+            .record_untracked_quality(0, &[1.0, 0.0, 0.0], f64::NAN)
+            .is_err());
+        let unknown = untracked.record_quality(0, 0.5).expect_err("untracked");
+        assert!(matches!(unknown.kind(), ErrorKind::UnknownDecision(0)), "{spec}");
+    }
+}
+
 #[test]
 fn learn_takes_outcomes_of_decisions_made_elsewhere() {
     let mut l = learner("ucb1", 2, 1, 0);

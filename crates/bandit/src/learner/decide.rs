@@ -84,17 +84,19 @@ impl Learner {
         if eligible.is_empty() {
             return Err(ErrorKind::NoEligibleArm { reasons: excluded }.into());
         }
-        let available: Vec<bool> = eligible
-            .iter()
-            .map(|&a| !request.unavailable.contains_key(&self.arms[a].id))
-            .collect();
-        if available.contains(&true) {
-            for (&a, _) in eligible.iter().zip(&available).filter(|(_, up)| !**up) {
-                let id = &self.arms[a].id;
-                excluded.push(format!("{id}: unavailable ({})", request.unavailable[id]));
+        if !request.unavailable.is_empty() {
+            let available: Vec<bool> = eligible
+                .iter()
+                .map(|&a| !request.unavailable.contains_key(&self.arms[a].id))
+                .collect();
+            if available.contains(&true) {
+                for (&a, _) in eligible.iter().zip(&available).filter(|(_, up)| !**up) {
+                    let id = &self.arms[a].id;
+                    excluded.push(format!("{id}: unavailable ({})", request.unavailable[id]));
+                }
+                retain_positions(&mut costs, &available);
+                retain_positions(&mut eligible, &available);
             }
-            retain_positions(&mut costs, &available);
-            retain_positions(&mut eligible, &available);
         }
         let mut estimates: Vec<Estimate> = eligible.iter().map(|&a| self.policy.estimate(a, x)).collect();
         let mut latencies: Vec<(f64, f64)> = eligible
@@ -156,7 +158,7 @@ impl Learner {
         };
         Ok(Selection {
             id,
-            probabilities: pmf::with_floor(&choice.pmf, floor),
+            probabilities: pmf::with_floor(choice.pmf, floor),
             propensity_kind: choice.propensity,
             position,
             eligible,
@@ -297,12 +299,22 @@ impl Learner {
     /// [`Learner::decide`] without the explanation, for simulators that play many
     /// decisions: the same choice and state change, returned as the arm's index.
     pub fn decide_arm(&mut self, request: &Request) -> Result<ArmChoice> {
+        let choice = self.decide_untracked(request)?;
+        self.track(choice.id, choice.arm, &request.context);
+        Ok(choice)
+    }
+
+    /// [`Learner::decide_arm`] for a caller that keeps its own pending decisions (a
+    /// simulator replaying a table knows each decision's arm and context): the same
+    /// choice, and the decision is not remembered. Its feedback goes to
+    /// [`Learner::record_untracked_outcome`] and [`Learner::record_untracked_quality`];
+    /// the ids of the decisions it has made cannot be given feedback.
+    pub fn decide_untracked(&mut self, request: &Request) -> Result<ArmChoice> {
         let s = self.select(request)?;
-        let arm = s.eligible[s.position];
-        self.track(s.id, arm, &request.context);
+        self.next_decision = s.id + 1;
         Ok(ArmChoice {
             id: s.id,
-            arm,
+            arm: s.eligible[s.position],
             propensity: s.probabilities[s.position],
         })
     }

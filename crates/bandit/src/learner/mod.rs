@@ -489,11 +489,7 @@ impl Learner {
         self.validate_features(&context.features)?;
         outcome.validate()?;
         let index = self.arm_index(arm)?;
-        let tokens = if outcome.input_tokens > 0 {
-            outcome.input_tokens
-        } else {
-            context.input_tokens
-        };
+        let tokens = outcome.tokens_or(context.input_tokens);
         let usage = self.usage[index].recorded(outcome, tokens)?;
         self.learn_cost(index, &context.features, tokens, outcome.cost_usd);
         self.usage[index] = usage;
@@ -532,20 +528,12 @@ impl Learner {
         };
         let mut applied = Applied::AlreadyApplied;
         if !tracked.outcome_recorded {
-            let tokens = if outcome.input_tokens > 0 {
-                outcome.input_tokens
-            } else {
-                tracked.input_tokens
-            };
+            let tokens = outcome.tokens_or(tracked.input_tokens);
             let usage = self.usage[arm].recorded(outcome, tokens)?;
             let tracked = self.tracked.get_mut(id)?;
             tracked.outcome_recorded = true;
             let features = tracked.take_or_share_features(tracked.quality_recorded);
-            self.learn_cost(arm, &features, tokens, outcome.cost_usd);
-            self.usage[arm] = usage;
-            if let Some(pacer) = self.pacer.as_mut() {
-                pacer.observe(outcome.cost_usd);
-            }
+            self.apply_own_cost(arm, &features, tokens, usage, outcome.cost_usd);
             applied = Applied::Applied;
         }
         if let Some(quality) = outcome.credited_quality() {
@@ -554,6 +542,57 @@ impl Learner {
             }
         }
         Ok(applied)
+    }
+
+    /// What recording an outcome of this learner's own decision learns: the cost model,
+    /// the arm's usage (`usage`, already checked) and the budget pacer.
+    fn apply_own_cost(&mut self, arm: usize, x: &[f64], tokens: u32, usage: ArmUsage, cost_usd: f64) {
+        self.learn_cost(arm, x, tokens, cost_usd);
+        self.usage[arm] = usage;
+        if let Some(pacer) = self.pacer.as_mut() {
+            pacer.observe(cost_usd);
+        }
+    }
+
+    /// [`Learner::record_outcome`] of a decision made by [`Learner::decide_untracked`]:
+    /// the caller says which arm it chose in which context. It learns the same things in
+    /// the same way; nothing checks that the outcome is recorded once.
+    pub fn record_untracked_outcome(
+        &mut self,
+        arm: usize,
+        context: &Context,
+        outcome: &Outcome,
+    ) -> Result<()> {
+        outcome.validate()?;
+        self.check_arm_index(arm)?;
+        let tokens = outcome.tokens_or(context.input_tokens);
+        let usage = self.usage[arm].recorded(outcome, tokens)?;
+        self.apply_own_cost(arm, &context.features, tokens, usage, outcome.cost_usd);
+        if let Some(quality) = outcome.credited_quality() {
+            self.learn_quality(arm, &context.features, quality);
+        }
+        Ok(())
+    }
+
+    /// [`Learner::record_quality`] of a decision made by [`Learner::decide_untracked`], in
+    /// the context `features` it was made in.
+    pub fn record_untracked_quality(&mut self, arm: usize, features: &[f64], quality: f64) -> Result<()> {
+        validate_quality(quality)?;
+        self.check_arm_index(arm)?;
+        self.learn_quality(arm, features, quality);
+        Ok(())
+    }
+
+    fn check_arm_index(&self, arm: usize) -> Result<()> {
+        if arm < self.arms.len() {
+            Ok(())
+        } else {
+            Err(ErrorKind::InvalidConfig(format!(
+                "arm index {arm}: the learner has {} arms",
+                self.arms.len()
+            ))
+            .into())
+        }
     }
 
     /// Records the quality of decision `id`, possibly long after its outcome. Idempotent:
