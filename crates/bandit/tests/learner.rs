@@ -464,6 +464,19 @@ fn untracked_decisions_learn_what_tracked_ones_learn() {
         assert!(untracked
             .record_untracked_quality(0, &[1.0, 0.0, 0.0], f64::NAN)
             .is_err());
+        assert!(untracked
+            .record_untracked_quality(0, &[1.0, f64::INFINITY, 0.0], 0.5)
+            .is_err());
+        assert!(untracked.record_untracked_quality(0, &[1.0, 0.0], 0.5).is_err());
+        let bad = request(vec![1.0, f64::NAN, 0.0]).context;
+        assert!(untracked
+            .record_untracked_outcome(0, &bad, &Outcome::new(1.0, 0.0))
+            .is_err());
+        assert_eq!(
+            state(&untracked),
+            state(&tracked),
+            "rejected feedback changes nothing"
+        );
         let unknown = untracked.record_quality(0, 0.5).expect_err("untracked");
         assert!(matches!(unknown.kind(), ErrorKind::UnknownDecision(0)), "{spec}");
     }

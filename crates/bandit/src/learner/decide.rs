@@ -306,9 +306,9 @@ impl Learner {
 
     /// [`Learner::decide_arm`] for a caller that keeps its own pending decisions (a
     /// simulator replaying a table knows each decision's arm and context): the same
-    /// choice, and the decision is not remembered. Its feedback goes to
-    /// [`Learner::record_untracked_outcome`] and [`Learner::record_untracked_quality`];
-    /// the ids of the decisions it has made cannot be given feedback.
+    /// choice, and the decision is not remembered: its feedback goes, with its arm and
+    /// context, to [`Learner::record_untracked_outcome`] and
+    /// [`Learner::record_untracked_quality`], not by id.
     pub fn decide_untracked(&mut self, request: &Request) -> Result<ArmChoice> {
         let s = self.select(request)?;
         self.next_decision = s.id + 1;

@@ -564,7 +564,7 @@ impl Learner {
         outcome: &Outcome,
     ) -> Result<()> {
         outcome.validate()?;
-        self.check_arm_index(arm)?;
+        self.check_untracked(arm, &context.features)?;
         let tokens = outcome.tokens_or(context.input_tokens);
         let usage = self.usage[arm].recorded(outcome, tokens)?;
         self.apply_own_cost(arm, &context.features, tokens, usage, outcome.cost_usd);
@@ -578,21 +578,21 @@ impl Learner {
     /// the context `features` it was made in.
     pub fn record_untracked_quality(&mut self, arm: usize, features: &[f64], quality: f64) -> Result<()> {
         validate_quality(quality)?;
-        self.check_arm_index(arm)?;
+        self.check_untracked(arm, features)?;
         self.learn_quality(arm, features, quality);
         Ok(())
     }
 
-    fn check_arm_index(&self, arm: usize) -> Result<()> {
-        if arm < self.arms.len() {
-            Ok(())
-        } else {
-            Err(ErrorKind::InvalidConfig(format!(
-                "arm index {arm}: the learner has {} arms",
-                self.arms.len()
-            ))
-            .into())
+    /// An untracked decision's arm index and context, as the caller passes them back.
+    fn check_untracked(&self, arm: usize, features: &[f64]) -> Result<()> {
+        if arm >= self.arms.len() {
+            return Err(ErrorKind::UnknownArm {
+                id: format!("#{arm}"),
+                known: self.arms.iter().map(|a| a.id.clone()).collect(),
+            }
+            .into());
         }
+        self.validate_features(features)
     }
 
     /// Records the quality of decision `id`, possibly long after its outcome. Idempotent:
