@@ -13,6 +13,12 @@
 //! `shadow` is what shadow candidates add to each decision of a route: their decisions,
 //! and on the outcome the estimators, reward models and their learning.
 //!
+//! `settled` decides as `decide` does, for the Thompson policies and LinUCB, after
+//! training on models of distinct mean quality (0.2 to 0.8, noise of 0.1) instead of equal
+//! ones: a learned route, where a few models are in contention and the exact propensities'
+//! quadrature leaves the others out, against `decide`'s worst case of every model in
+//! contention.
+//!
 //! Run: `cargo bench --bench policies`; CI runs it once per benchmark in test mode.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -47,8 +53,20 @@ fn context(dim: usize, rng: &mut ChaCha8Rng) -> Vec<f64> {
     x
 }
 
-/// A learner trained on 2,000 observations that remembers up to `max_tracked` decisions.
+/// A learner trained on 2,000 observations of uniform qualities, that remembers up to
+/// `max_tracked` decisions.
 fn trained(spec: &str, dim: usize, arms: usize, max_tracked: usize) -> Learner {
+    trained_on(spec, dim, arms, max_tracked, |_, rng| rng.random())
+}
+
+/// [`trained`] on the qualities `quality(arm, rng)` draws.
+fn trained_on(
+    spec: &str,
+    dim: usize,
+    arms: usize,
+    max_tracked: usize,
+    quality: impl Fn(usize, &mut ChaCha8Rng) -> f64,
+) -> Learner {
     let mut config = LearnerConfig::new(spec.parse().expect("spec"), dim);
     config.max_tracked_decisions = max_tracked;
     let arms = (0..arms).map(|a| Arm::new(format!("a{a}"))).collect();
@@ -62,12 +80,59 @@ fn trained(spec: &str, dim: usize, arms: usize, max_tracked: usize) -> Learner {
                 input_tokens: 200,
             }))
             .expect("decide");
-        let quality: f64 = rng.random();
+        let quality = quality(arm_index(&d.arm), &mut rng);
         learner
             .record_outcome(d.id, &Outcome::new(300.0, 0.001).with_quality(quality))
             .expect("outcome");
     }
     learner
+}
+
+fn arm_index(arm: &str) -> usize {
+    arm[1..].parse().expect("arm a<i>")
+}
+
+/// 64 requests of dimension `dim`.
+fn requests(dim: usize) -> Vec<Request> {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    (0..64)
+        .map(|_| {
+            Request::new(Context {
+                features: context(dim, &mut rng),
+                input_tokens: 200,
+            })
+        })
+        .collect()
+}
+
+fn settled(c: &mut Criterion) {
+    const SETTLED: [&str; 5] = [
+        "linucb(alpha=0.5)",
+        "lints(v=0.3)",
+        "lints(v=0.3,draws=0)",
+        "gaussian-ts",
+        "gaussian-ts(draws=0)",
+    ];
+    for dim in [16, 64] {
+        let arms = 11;
+        let mut group = c.benchmark_group(format!("settled/d{dim}/k{arms}"));
+        group.warm_up_time(Duration::from_millis(300));
+        group.measurement_time(Duration::from_secs(1));
+        for spec in SETTLED {
+            let mut learner = trained_on(spec, dim, arms, 1024, |arm, rng| {
+                (0.2 + 0.6 * arm as f64 / (arms - 1) as f64 + rng.random_range(-0.1..0.1)).clamp(0.0, 1.0)
+            });
+            let requests = requests(dim);
+            let mut i = 0;
+            group.bench_function(BenchmarkId::from_parameter(spec), |b| {
+                b.iter(|| {
+                    i = (i + 1) % requests.len();
+                    black_box(learner.decide(&requests[i]).expect("decide"))
+                })
+            });
+        }
+        group.finish();
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -78,15 +143,7 @@ fn bench(c: &mut Criterion) {
             decide.measurement_time(Duration::from_secs(1));
             for spec in SPECS {
                 let mut learner = trained(spec, dim, arms, 1024);
-                let mut rng = ChaCha8Rng::seed_from_u64(2);
-                let requests: Vec<Request> = (0..64)
-                    .map(|_| {
-                        Request::new(Context {
-                            features: context(dim, &mut rng),
-                            input_tokens: 200,
-                        })
-                    })
-                    .collect();
+                let requests = requests(dim);
                 let mut i = 0;
                 decide.bench_function(BenchmarkId::from_parameter(spec), |b| {
                     b.iter(|| {
@@ -197,5 +254,5 @@ fn shadow(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, snapshot, shadow);
+criterion_group!(benches, bench, settled, snapshot, shadow);
 criterion_main!(benches);
