@@ -21,7 +21,8 @@
 //!
 //! Run: `cargo bench --bench policies`; CI runs it once per benchmark in test mode.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
 use quiver_bandit::shadow::Shadows;
 use quiver_bandit::{Arm, Context, Learner, LearnerConfig, Outcome, Policy, PolicySpec, Request};
 use rand::{Rng, SeedableRng};
@@ -92,17 +93,24 @@ fn arm_index(arm: &str) -> usize {
     arm[1..].parse().expect("arm a<i>")
 }
 
-/// 64 requests of dimension `dim`.
-fn requests(dim: usize) -> Vec<Request> {
+/// Times `learner.decide`, named `spec` in `group`, over 64 requests of its dimension.
+fn bench_decide(group: &mut BenchmarkGroup<'_, WallTime>, spec: &str, mut learner: Learner, dim: usize) {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
-    (0..64)
+    let requests: Vec<Request> = (0..64)
         .map(|_| {
             Request::new(Context {
                 features: context(dim, &mut rng),
                 input_tokens: 200,
             })
         })
-        .collect()
+        .collect();
+    let mut i = 0;
+    group.bench_function(BenchmarkId::from_parameter(spec), |b| {
+        b.iter(|| {
+            i = (i + 1) % requests.len();
+            black_box(learner.decide(&requests[i]).expect("decide"))
+        })
+    });
 }
 
 fn settled(c: &mut Criterion) {
@@ -119,17 +127,10 @@ fn settled(c: &mut Criterion) {
         group.warm_up_time(Duration::from_millis(300));
         group.measurement_time(Duration::from_secs(1));
         for spec in SETTLED {
-            let mut learner = trained_on(spec, dim, arms, 1024, |arm, rng| {
+            let learner = trained_on(spec, dim, arms, 1024, |arm, rng| {
                 (0.2 + 0.6 * arm as f64 / (arms - 1) as f64 + rng.random_range(-0.1..0.1)).clamp(0.0, 1.0)
             });
-            let requests = requests(dim);
-            let mut i = 0;
-            group.bench_function(BenchmarkId::from_parameter(spec), |b| {
-                b.iter(|| {
-                    i = (i + 1) % requests.len();
-                    black_box(learner.decide(&requests[i]).expect("decide"))
-                })
-            });
+            bench_decide(&mut group, spec, learner, dim);
         }
         group.finish();
     }
@@ -142,15 +143,7 @@ fn bench(c: &mut Criterion) {
             decide.warm_up_time(Duration::from_millis(300));
             decide.measurement_time(Duration::from_secs(1));
             for spec in SPECS {
-                let mut learner = trained(spec, dim, arms, 1024);
-                let requests = requests(dim);
-                let mut i = 0;
-                decide.bench_function(BenchmarkId::from_parameter(spec), |b| {
-                    b.iter(|| {
-                        i = (i + 1) % requests.len();
-                        black_box(learner.decide(&requests[i]).expect("decide"))
-                    })
-                });
+                bench_decide(&mut decide, spec, trained(spec, dim, arms, 1024), dim);
             }
             decide.finish();
 

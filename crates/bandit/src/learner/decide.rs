@@ -306,7 +306,7 @@ impl Learner {
 
     /// [`Learner::decide_arm`] for a caller that keeps its own pending decisions (a
     /// simulator replaying a table knows each decision's arm and context): the same
-    /// choice, and the decision is not remembered: its feedback goes, with its arm and
+    /// choice, without remembering the decision. Its feedback goes, with its arm and
     /// context, to [`Learner::record_untracked_outcome`] and
     /// [`Learner::record_untracked_quality`], not by id.
     pub fn decide_untracked(&mut self, request: &Request) -> Result<ArmChoice> {

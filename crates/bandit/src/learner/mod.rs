@@ -486,15 +486,20 @@ impl Learner {
     /// of another policy, or a warm start): cost and latency, and quality if present.
     /// The budget pacer is left alone: it tracks this learner's own spend.
     pub fn learn(&mut self, arm: &str, context: &Context, outcome: &Outcome) -> Result<()> {
+        let index = self.arm_index(arm)?;
+        self.learn_outcome(index, context, outcome, false)
+    }
+
+    /// Learns a whole outcome of arm `arm` in `context`; the pacer too when the decision
+    /// was this learner's own.
+    fn learn_outcome(&mut self, arm: usize, context: &Context, outcome: &Outcome, own: bool) -> Result<()> {
         self.validate_features(&context.features)?;
         outcome.validate()?;
-        let index = self.arm_index(arm)?;
         let tokens = outcome.tokens_or(context.input_tokens);
-        let usage = self.usage[index].recorded(outcome, tokens)?;
-        self.learn_cost(index, &context.features, tokens, outcome.cost_usd);
-        self.usage[index] = usage;
+        let usage = self.usage[arm].recorded(outcome, tokens)?;
+        self.apply_cost(arm, &context.features, tokens, usage, outcome.cost_usd, own);
         if let Some(quality) = outcome.credited_quality() {
-            self.learn_quality(index, &context.features, quality);
+            self.learn_quality(arm, &context.features, quality);
         }
         Ok(())
     }
@@ -533,7 +538,7 @@ impl Learner {
             let tracked = self.tracked.get_mut(id)?;
             tracked.outcome_recorded = true;
             let features = tracked.take_or_share_features(tracked.quality_recorded);
-            self.apply_own_cost(arm, &features, tokens, usage, outcome.cost_usd);
+            self.apply_cost(arm, &features, tokens, usage, outcome.cost_usd, true);
             applied = Applied::Applied;
         }
         if let Some(quality) = outcome.credited_quality() {
@@ -544,12 +549,13 @@ impl Learner {
         Ok(applied)
     }
 
-    /// What recording an outcome of this learner's own decision learns: the cost model,
-    /// the arm's usage (`usage`, already checked) and the budget pacer.
-    fn apply_own_cost(&mut self, arm: usize, x: &[f64], tokens: u32, usage: ArmUsage, cost_usd: f64) {
+    /// What an outcome's cost teaches: the cost model and the arm's usage (`usage`,
+    /// already checked), and the budget pacer when the decision was this learner's `own`
+    /// (the pacer tracks its own spend).
+    fn apply_cost(&mut self, arm: usize, x: &[f64], tokens: u32, usage: ArmUsage, cost_usd: f64, own: bool) {
         self.learn_cost(arm, x, tokens, cost_usd);
         self.usage[arm] = usage;
-        if let Some(pacer) = self.pacer.as_mut() {
+        if let Some(pacer) = self.pacer.as_mut().filter(|_| own) {
             pacer.observe(cost_usd);
         }
     }
@@ -563,36 +569,30 @@ impl Learner {
         context: &Context,
         outcome: &Outcome,
     ) -> Result<()> {
-        outcome.validate()?;
-        self.check_untracked(arm, &context.features)?;
-        let tokens = outcome.tokens_or(context.input_tokens);
-        let usage = self.usage[arm].recorded(outcome, tokens)?;
-        self.apply_own_cost(arm, &context.features, tokens, usage, outcome.cost_usd);
-        if let Some(quality) = outcome.credited_quality() {
-            self.learn_quality(arm, &context.features, quality);
-        }
-        Ok(())
+        self.check_arm_index(arm)?;
+        self.learn_outcome(arm, context, outcome, true)
     }
 
     /// [`Learner::record_quality`] of a decision made by [`Learner::decide_untracked`], in
     /// the context `features` it was made in.
     pub fn record_untracked_quality(&mut self, arm: usize, features: &[f64], quality: f64) -> Result<()> {
         validate_quality(quality)?;
-        self.check_untracked(arm, features)?;
+        self.check_arm_index(arm)?;
+        self.validate_features(features)?;
         self.learn_quality(arm, features, quality);
         Ok(())
     }
 
-    /// An untracked decision's arm index and context, as the caller passes them back.
-    fn check_untracked(&self, arm: usize, features: &[f64]) -> Result<()> {
-        if arm >= self.arms.len() {
-            return Err(ErrorKind::UnknownArm {
-                id: format!("#{arm}"),
-                known: self.arms.iter().map(|a| a.id.clone()).collect(),
-            }
-            .into());
+    /// An untracked decision's arm index, as the caller passes it back.
+    fn check_arm_index(&self, arm: usize) -> Result<()> {
+        if arm < self.arms.len() {
+            return Ok(());
         }
-        self.validate_features(features)
+        Err(ErrorKind::UnknownArm {
+            id: format!("#{arm}"),
+            known: self.arms.iter().map(|a| a.id.clone()).collect(),
+        }
+        .into())
     }
 
     /// Records the quality of decision `id`, possibly long after its outcome. Idempotent:
