@@ -24,7 +24,7 @@ use crate::split_specs;
 
 /// Policies replayed when `--policies` is not given.
 pub const DEFAULT_POLICIES: &str =
-    "random,eps(0.05),ucb1,beta-ts(draws=64),gaussian-ts(draws=64),linucb(alpha=0.1),lints(v=0.05,draws=64)";
+    "random,eps(0.05),ucb1,beta-ts,gaussian-ts,linucb(alpha=0.1),lints(v=0.05)";
 
 #[derive(Args)]
 #[command(allow_negative_numbers = true)]

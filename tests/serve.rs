@@ -1124,7 +1124,7 @@ async fn demo_mode_serves_simulated_providers_labelled_as_such() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(
-        candidates["policy"], "lints(v=0.3,lambda=10,draws=256,floor=0.02)",
+        candidates["policy"], "lints(v=0.3,lambda=10,draws=0,floor=0.02)",
         "{candidates}"
     );
     assert!(candidates["decisions"].as_u64().unwrap() >= 3, "{candidates}");

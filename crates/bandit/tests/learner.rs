@@ -5,7 +5,7 @@ mod support;
 
 use quiver_bandit::{
     Applied, Arm, BudgetConfig, Constraints, Context, ErrorKind, Learner, LearnerConfig, Objective, Outcome,
-    Request, Snapshot,
+    PropensityKind, Request, Snapshot,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -152,6 +152,31 @@ fn snapshot_round_trips_and_restored_learner_decides_bit_identically() {
         assert_eq!(a, b, "{spec}: decisions diverged after restore");
         assert_eq!(json(&original), json(&restored));
     }
+}
+
+/// A learner takes another way of finding its propensities and keeps what it learned (its
+/// decisions' arms are the same: the draw that picks the arm comes first); a spec that
+/// differs in anything else is refused and changes nothing.
+#[test]
+fn a_learner_adopts_other_draws_and_nothing_else() {
+    let config = LearnerConfig::new("lints(v=0.3,draws=256)".parse().expect("spec"), 3);
+    let arms = (0..3).map(|a| Arm::new(format!("a{a}"))).collect();
+    let mut original = Learner::new(config, arms).expect("learner");
+    drive(&mut original, 200, 7);
+    let mut exact = original.clone();
+    exact
+        .adopt_draws(&"lints(v=0.3)".parse().expect("spec"))
+        .expect("adopt");
+    assert_eq!(
+        exact.config().policy.to_string(),
+        "lints(v=0.3,lambda=10,draws=0)"
+    );
+    let (a, b) = (drive(&mut original, 100, 8), drive(&mut exact, 100, 8));
+    assert!(a.iter().zip(&b).all(|(a, b)| a.arm == b.arm && a.id == b.id));
+    assert!(b.iter().all(|d| d.propensity_kind == PropensityKind::Exact));
+    let before = json(&exact);
+    assert!(exact.adopt_draws(&"lints(v=0.2)".parse().expect("spec")).is_err());
+    assert_eq!(json(&exact), before);
 }
 
 /// A snapshot without the tracked decisions, restored and told again what it already

@@ -13,12 +13,12 @@ const ALL: [&str; 11] = [
     "eps(0.2)",
     "ucb1",
     "beta-ts",
-    "beta-ts(draws=0)",
+    "beta-ts(draws=256)",
     "gaussian-ts",
-    "gaussian-ts(draws=0)",
+    "gaussian-ts(draws=256)",
     "linucb(alpha=0.5)",
     "lints(v=0.5)",
-    "lints(v=0.5,draws=0)",
+    "lints(v=0.5,draws=256)",
     "fixed(a2)",
 ];
 
@@ -66,8 +66,8 @@ fn propensities_sum_to_one_respect_the_floor_and_match_the_chosen_arm() {
             );
             let chosen = d.arms.iter().find(|a| a.arm == d.arm).expect("chosen arm listed");
             assert_eq!(chosen.probability, d.propensity);
-            // Thompson policies estimate their PMF, unless they compute it (`draws=0`).
-            let expect_exact = !spec.contains("ts") || spec.contains("draws=0");
+            // Thompson policies compute their PMF, unless told to estimate it (`draws=256`).
+            let expect_exact = !spec.contains("draws=256");
             assert_eq!(
                 matches!(d.propensity_kind, PropensityKind::Exact),
                 expect_exact,

@@ -1079,6 +1079,9 @@ impl Router {
                     let mut restored = restored;
                     let current = state.live_mut().learner.config().clone();
                     restored.set_max_tracked_decisions(current.max_tracked_decisions)?;
+                    if restored.config().policy.learns_as(&current.policy) {
+                        restored.adopt_draws(&current.policy)?;
+                    }
                     let (then, now) = (&restored.config().policy, &current.policy);
                     if then != now && !reset.contains(name) {
                         return Err(ServeError::Snapshot {

@@ -496,8 +496,9 @@ fn after_a_failed_write_nothing_more_is_acknowledged() {
     assert_eq!(applied, Applied::Applied);
 }
 
-/// A snapshot restores under another feedback horizon (an operational setting, as when a
-/// default changes on upgrade); a changed policy refuses, naming both specs.
+/// A snapshot restores under another feedback horizon and another way of finding a
+/// Thompson policy's propensities (operational settings, as when a default changes on
+/// upgrade); a changed policy refuses, naming both specs.
 #[test]
 fn a_new_horizon_restores_and_a_new_policy_is_named() {
     let dir = scratch("router_upgrade");
@@ -515,6 +516,17 @@ fn a_new_horizon_restores_and_a_new_policy_is_named() {
         1000
     );
     drop(reopened);
+    let mut estimated = routes();
+    estimated[1].policy = "beta-ts(draws=64)".into();
+    let reopened = Router::open_with(estimated, &dir, crash_options()).unwrap();
+    let learner = reopened.learner("code").unwrap();
+    assert_eq!(
+        learner.config().policy.to_string(),
+        "beta-ts(alpha=1,beta=1,draws=64)"
+    );
+    assert!(learner.usage(0).requests > 0, "what it learned is kept");
+    drop(learner);
+    drop(reopened);
     let mut changed = routes();
     changed[1].policy = "beta-ts(alpha=2)".into();
     let error = Router::open_with(changed.clone(), &dir, crash_options())
@@ -522,7 +534,7 @@ fn a_new_horizon_restores_and_a_new_policy_is_named() {
         .unwrap()
         .to_string();
     assert!(
-        error.contains("changed its policy (`beta-ts(alpha=1,beta=1,draws=256)` then, `beta-ts(alpha=2,beta=1,draws=256)` now)")
+        error.contains("changed its policy (`beta-ts(alpha=1,beta=1,draws=0)` then, `beta-ts(alpha=2,beta=1,draws=0)` now)")
             && error.contains("--reset-route code"),
         "{error}"
     );

@@ -377,6 +377,24 @@ impl Learner {
         self.next_decision = self.next_decision.max(id + 1);
     }
 
+    /// Takes `spec`'s way of finding propensities (a Thompson policy's `draws`): like the
+    /// tracked decisions' bound, not part of what was learned, so a restored learner takes
+    /// the one configured now. Refused when `spec` differs in anything else.
+    pub fn adopt_draws(&mut self, spec: &PolicySpec) -> Result<()> {
+        if !self.config.policy.learns_as(spec) {
+            return Err(ErrorKind::InvalidConfig(format!(
+                "`{spec}` learns otherwise than `{}`",
+                self.config.policy
+            ))
+            .into());
+        }
+        self.config.policy = spec.clone();
+        if let Some(&mut draws) = self.config.policy.kind.draws_mut() {
+            self.policy.set_draws(draws);
+        }
+        Ok(())
+    }
+
     /// Changes how many decisions are remembered for late feedback: an operational
     /// setting, not part of what was learned, so a restored learner takes the one
     /// configured now. The oldest decisions beyond it are forgotten.

@@ -10,7 +10,7 @@ use rand_distr::{Beta, Distribution};
 use serde::{Deserialize, Serialize};
 
 use super::uniform::learn_from_arm_stats;
-use super::{exact_choice, thompson_choice, Args, Choice, ChoiceInput, DecisionRng, Estimate, Policy, PolicyParams};
+use super::{exact_choice, MONTE_CARLO_DRAWS, thompson_choice, Args, Choice, ChoiceInput, DecisionRng, Estimate, Policy, PolicyParams};
 use crate::error::Result;
 use crate::stats::{ArmStatsTable, Forgetting};
 
@@ -42,6 +42,10 @@ impl BetaTs {
 }
 
 impl Policy for BetaTs {
+    fn set_draws(&mut self, draws: u32) {
+        self.draws = draws;
+    }
+
     learn_from_arm_stats!(stats);
 
     /// Posterior mean `alpha / (alpha + beta)` and standard deviation.
@@ -81,7 +85,8 @@ impl Policy for BetaTs {
     }
 }
 
-/// `beta-ts(alpha=1,beta=1,draws=256)` (aliases `ts`, `bts`); `draws=0`: exact PMF.
+/// `beta-ts(alpha=1,beta=1,draws=0)` (aliases `ts`, `bts`); `draws=0`: exact PMF, the
+/// default unless the prior is below 1 (then [`MONTE_CARLO_DRAWS`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BetaTsParams {
     /// The prior's successes.
@@ -97,10 +102,12 @@ impl PolicyParams for BetaTsParams {
     type Policy = BetaTs;
 
     fn parse(args: &mut Args<'_>) -> Result<Self> {
+        let (alpha, beta) = (args.positive("alpha", false, 1.0)?, args.positive("beta", false, 1.0)?);
+        let default_draws = if alpha.min(beta) < 1.0 { MONTE_CARLO_DRAWS } else { 0 };
         let params = BetaTsParams {
-            alpha: args.positive("alpha", false, 1.0)?,
-            beta: args.positive("beta", false, 1.0)?,
-            draws: args.draws()?,
+            alpha,
+            beta,
+            draws: args.draws(default_draws)?,
         };
         // Below 1 a posterior's density is unbounded at an end, where the quadrature
         // would fall short while calling its result exact.
@@ -120,5 +127,9 @@ impl PolicyParams for BetaTsParams {
 
     fn build(&self, arm_ids: &[&str], _: usize, forgetting: Forgetting) -> Result<BetaTs> {
         Ok(BetaTs::new(arm_ids.len(), self.alpha, self.beta, self.draws, forgetting))
+    }
+
+    fn draws_mut(&mut self) -> Option<&mut u32> {
+        Some(&mut self.draws)
     }
 }

@@ -44,6 +44,10 @@ impl GaussianTs {
 }
 
 impl Policy for GaussianTs {
+    fn set_draws(&mut self, draws: u32) {
+        self.draws = draws;
+    }
+
     learn_from_arm_stats!(stats);
 
     /// Posterior mean and standard deviation of the arm's mean quality.
@@ -63,7 +67,7 @@ impl Policy for GaussianTs {
     }
 }
 
-/// `gaussian-ts(mu0=1,sigma0=1,noise=0.5,draws=256)` (alias `gts`).
+/// `gaussian-ts(mu0=1,sigma0=1,noise=0.5,draws=0)` (alias `gts`); `draws=0`: exact PMF.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GaussianTsParams {
     /// The prior mean.
@@ -85,7 +89,7 @@ impl PolicyParams for GaussianTsParams {
             mu0: args.number("mu0", false, 1.0, f64::MIN, f64::MAX, "(-inf, inf)")?,
             sigma0: args.positive("sigma0", false, 1.0)?,
             noise: args.positive("noise", false, 0.5)?,
-            draws: args.draws()?,
+            draws: args.draws(0)?,
         })
     }
 
@@ -107,5 +111,9 @@ impl PolicyParams for GaussianTsParams {
             self.draws,
             forgetting,
         ))
+    }
+
+    fn draws_mut(&mut self) -> Option<&mut u32> {
+        Some(&mut self.draws)
     }
 }

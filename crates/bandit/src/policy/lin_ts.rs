@@ -41,6 +41,10 @@ impl LinTs {
 }
 
 impl Policy for LinTs {
+    fn set_draws(&mut self, draws: u32) {
+        self.draws = draws;
+    }
+
     learn_from_ridge!(ridge);
 
     fn choose(&self, input: &ChoiceInput<'_>, rng: &mut DecisionRng) -> Result<Choice> {
@@ -62,14 +66,14 @@ impl Policy for LinTs {
 /// points to the hull on average at `lambda = 1`, 3.0 at 10 and 30; `lints(v=0.1)` 0.2 at 10.
 pub const DEFAULT_LINTS_LAMBDA: f64 = 10.0;
 
-/// `lints(v=0.5,lambda=10,draws=256)` (aliases `linear-ts`, `lin-ts`).
+/// `lints(v=0.5,lambda=10,draws=0)` (aliases `linear-ts`, `lin-ts`); `draws=0`: exact PMF.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinTsParams {
     /// The posterior's scale.
     pub v: f64,
     /// The ridge (see [`DEFAULT_LINTS_LAMBDA`]).
     pub lambda: f64,
-    /// Monte Carlo samples behind the propensity.
+    /// Monte Carlo samples behind the propensity; 0: the exact PMF.
     pub draws: u32,
 }
 
@@ -81,7 +85,7 @@ impl PolicyParams for LinTsParams {
         Ok(LinTsParams {
             v: args.positive("v", true, 0.5)?,
             lambda: args.positive("lambda", false, DEFAULT_LINTS_LAMBDA)?,
-            draws: args.draws()?,
+            draws: args.draws(0)?,
         })
     }
 
@@ -95,6 +99,10 @@ impl PolicyParams for LinTsParams {
 
     fn build(&self, arm_ids: &[&str], dim: usize, forgetting: Forgetting) -> Result<LinTs> {
         Ok(LinTs::new(arm_ids.len(), dim, self.v, self.lambda, self.draws, forgetting))
+    }
+
+    fn draws_mut(&mut self) -> Option<&mut u32> {
+        Some(&mut self.draws)
     }
 }
 

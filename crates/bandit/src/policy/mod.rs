@@ -22,7 +22,7 @@ mod spec;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-pub use spec::{Args, PolicySpec, DEFAULT_DRAWS};
+pub use spec::{Args, PolicySpec, MONTE_CARLO_DRAWS};
 
 use crate::error::Result;
 use crate::prior::ArmPrior;
@@ -223,6 +223,10 @@ pub trait Policy {
     fn merge(&mut self, replica: &Self, base: &Self) -> Result<()>
     where
         Self: Sized;
+
+    /// Sets how a Thompson policy's propensity is found (Monte Carlo draws, 0 for exact);
+    /// nothing learned depends on it. Other policies ignore it.
+    fn set_draws(&mut self, _draws: u32) {}
 }
 
 /// A policy's parameters: its names in specs, how they are read and written back, and how
@@ -238,6 +242,10 @@ pub trait PolicyParams: Sized {
     fn args(&self) -> Vec<String>;
     /// The policy for arms `arm_ids` in contexts of dimension `dim`.
     fn build(&self, arm_ids: &[&str], dim: usize, forgetting: crate::Forgetting) -> Result<Self::Policy>;
+    /// A Thompson policy's `draws` (see [`Policy::set_draws`]); `None` for other policies.
+    fn draws_mut(&mut self) -> Option<&mut u32> {
+        None
+    }
 }
 
 /// The registry of built-in policies. A new policy is one file (the policy, its `impl
@@ -274,6 +282,13 @@ macro_rules! policies {
                 })*
                 let known = [$(<$params as PolicyParams>::NAMES[0]),*];
                 Err(args.invalid(&format!("unknown policy `{name}`; use one of {}", known.join(", "))))
+            }
+
+            /// A Thompson policy's `draws` (0: the exact PMF); `None` for other policies.
+            pub fn draws_mut(&mut self) -> Option<&mut u32> {
+                match self {
+                    $(PolicyKind::$variant(p) => p.draws_mut(),)*
+                }
             }
 
             /// The canonical name.
@@ -324,6 +339,9 @@ macro_rules! policies {
             }
             fn shrink_arm(&mut self, arm: usize, keep: f64) {
                 match self { $(AnyPolicy::$variant(p) => p.shrink_arm(arm, keep),)* }
+            }
+            fn set_draws(&mut self, draws: u32) {
+                match self { $(AnyPolicy::$variant(p) => p.set_draws(draws),)* }
             }
             fn merge(&mut self, replica: &Self, base: &Self) -> Result<()> {
                 match (self, replica, base) {

@@ -16,17 +16,18 @@
 //! | `random` (`uniform`) | - | - |
 //! | `eps` (`epsilon-greedy`) | `epsilon=0.1` | `epsilon` |
 //! | `ucb1` | `c=1` (bonus scale) | `c` |
-//! | `beta-ts` (`ts`) | `alpha=1,beta=1` (prior), `draws=256` | - |
-//! | `gaussian-ts` (`gts`) | `mu0=1,sigma0=1` (prior), `noise=0.5`, `draws=256` | - |
+//! | `beta-ts` (`ts`) | `alpha=1,beta=1` (prior), `draws=0` | - |
+//! | `gaussian-ts` (`gts`) | `mu0=1,sigma0=1` (prior), `noise=0.5`, `draws=0` | - |
 //! | `linucb` | `alpha=1`, `lambda=10` (ridge; see [`DEFAULT_LINUCB_LAMBDA`]) | `alpha` |
-//! | `lints` (`linear-ts`) | `v=0.5`, `lambda=10`, `draws=256` | `v` |
+//! | `lints` (`linear-ts`) | `v=0.5`, `lambda=10`, `draws=0` | `v` |
 //! | `fixed` | `arm` | `arm` |
 //!
-//! `draws` is the number of Monte Carlo samples behind a Thompson policy's propensity. Every
-//! Thompson policy takes `draws=0` for its exact PMF instead, by quadrature
-//! (`crate::pmf::gaussian_argmax_pmf`, `crate::pmf::beta_argmax_pmf`): exact propensities
-//! for off-policy evaluation, at about the cost of 256 draws for the normal scores and a
-//! third of it for Beta TS (benches/RESULTS.md).
+//! `draws` is the number of Monte Carlo samples behind a Thompson policy's propensity, and
+//! 0, the default, its exact PMF by quadrature (`crate::pmf::gaussian_argmax_pmf`,
+//! `crate::pmf::beta_argmax_pmf`): exact propensities for off-policy evaluation, at about
+//! the cost of 256 draws for the normal scores and a third of it for Beta TS
+//! (benches/RESULTS.md). Monte Carlo is the default only where the quadrature does not
+//! apply: Beta TS with a prior below 1 ([`MONTE_CARLO_DRAWS`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -57,8 +58,9 @@ pub struct PolicySpec {
     pub detect: f64,
 }
 
-/// Monte Carlo samples behind a Thompson policy's propensity, unless `draws=` says.
-pub const DEFAULT_DRAWS: u32 = 256;
+/// Monte Carlo samples behind a Thompson policy's propensity where no exact PMF applies
+/// (Beta TS with a prior below 1), unless `draws=` says.
+pub const MONTE_CARLO_DRAWS: u32 = 256;
 
 /// The change detection's default threshold (benches/RESULTS.md): on the validation suite,
 /// with priors fitted on the training rows, 12 lifts LinUCB's worst drift case from -2.6
@@ -83,6 +85,17 @@ impl PolicySpec {
             prune: 0.0,
             detect: DEFAULT_DETECT,
         }
+    }
+
+    /// Whether `other` differs from this spec at most in a Thompson policy's `draws`, which
+    /// say how the propensity is found and change nothing that is learned.
+    pub fn learns_as(&self, other: &PolicySpec) -> bool {
+        let mut same = self.clone();
+        let mut other = other.clone();
+        if let (Some(a), Some(b)) = (same.kind.draws_mut(), other.kind.draws_mut()) {
+            *a = *b;
+        }
+        same == other
     }
 
     /// Whether what the policy learns is sums alone, which replicas add up
@@ -194,9 +207,9 @@ impl<'a> Args<'a> {
     }
 
     /// `draws` of a Thompson policy: Monte Carlo samples behind its propensity, in
-    /// `[1, 1000000]`, [`DEFAULT_DRAWS`] when absent; or 0 for its exact PMF.
-    pub fn draws(&mut self) -> Result<u32> {
-        Ok(self.number("draws", false, f64::from(DEFAULT_DRAWS), 0.0, 1e6, "[0, 1000000]")? as u32)
+    /// `[1, 1000000]`, or 0 for its exact PMF; `default` when absent.
+    pub fn draws(&mut self, default: u32) -> Result<u32> {
+        Ok(self.number("draws", false, f64::from(default), 0.0, 1e6, "[0, 1000000]")? as u32)
     }
 }
 
@@ -366,13 +379,32 @@ mod tests {
         );
     }
 
+    /// Thompson policies find exact propensities unless told otherwise, except Beta TS with
+    /// a prior below 1, where the quadrature does not apply; `draws` alone changes nothing
+    /// learned.
+    #[test]
+    fn thompson_policies_default_to_exact_propensities() {
+        let draws = |text: &str| text.parse::<PolicySpec>().unwrap().kind.draws_mut().copied();
+        assert_eq!(draws("lints(v=0.1)"), Some(0));
+        assert_eq!(draws("gaussian-ts"), Some(0));
+        assert_eq!(draws("beta-ts"), Some(0));
+        assert_eq!(draws("beta-ts(alpha=0.5)"), Some(MONTE_CARLO_DRAWS));
+        assert_eq!(draws("beta-ts(alpha=0.5,draws=8)"), Some(8));
+        assert_eq!(draws("linucb"), None);
+        let spec = |text: &str| text.parse::<PolicySpec>().unwrap();
+        assert!(spec("lints(v=0.1)").learns_as(&spec("lints(v=0.1,draws=256)")));
+        assert!(!spec("lints(v=0.1)").learns_as(&spec("lints(v=0.2,draws=256)")));
+        assert!(!spec("lints(v=0.1)").learns_as(&spec("lints(v=0.1,floor=0.01)")));
+        assert!(spec("linucb").learns_as(&spec("linucb")));
+    }
+
     #[test]
     fn specs_serialize_as_snapshots_hold_them() {
         let json = |text: &str| serde_json::to_value(text.parse::<PolicySpec>().unwrap().kind).unwrap();
         assert_eq!(json("random"), serde_json::json!({"kind": "uniform"}));
         assert_eq!(
             json("lints(v=0.1)"),
-            serde_json::json!({"kind": "lin_ts", "v": 0.1, "lambda": 10.0, "draws": 256})
+            serde_json::json!({"kind": "lin_ts", "v": 0.1, "lambda": 10.0, "draws": 0})
         );
         let kind: PolicyKind =
             serde_json::from_value(serde_json::json!({"kind": "fixed", "arm": "a"})).unwrap();
