@@ -58,7 +58,6 @@ impl CostModel {
                 arms,
                 dim,
                 CORRECTION_RIDGE_LAMBDA,
-                false,
                 Forgetting::None,
                 0.0,
             )),

@@ -15,16 +15,13 @@
 //! `A^-1` (stored as a [`PackedSymmetric`]) is kept current by Sherman-Morrison rank-one updates, O(d^2) each:
 //! `A^-1 <- A^-1 - (A^-1 x)(A^-1 x)' / (1 + x' A^-1 x)`, and `theta` by the matching
 //! recursive-least-squares step `theta <- theta + A^-1_old x (r - x' theta) / (1 + x' A^-1_old x)`.
-//! Linear TS also keeps the lower Cholesky factor `L L' = A`, updated by rank-one Cholesky
-//! updates. Rounding drifts both, so every [`REFRESH_INTERVAL`] updates they are recomputed
-//! from `A` and `b` by a fresh Cholesky factorization, which also keeps `A^-1` symmetric
-//! positive definite.
+//! Rounding drifts both, so every [`REFRESH_INTERVAL`] updates they are recomputed from `A`
+//! and `b` by a fresh Cholesky factorization, which also keeps `A^-1` symmetric positive
+//! definite.
 
 use std::collections::VecDeque;
 
-use nalgebra::{Cholesky, DMatrix, DVector, DVectorView, Dyn};
-use rand::Rng;
-use rand_distr::{Distribution, StandardNormal};
+use nalgebra::{Cholesky, DMatrix, DVector, DVectorView};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
@@ -56,7 +53,6 @@ pub struct RidgeModel {
 struct RidgeCaches {
     theta: DVector<f64>,
     covariance: PackedSymmetric,
-    cholesky: Option<DMatrix<f64>>,
     updates_since_refresh: u32,
     /// Derived from `A` and `b` alone, so that a reader derives them again bit for bit:
     /// a prior's (in closed form) or [`RidgeModel::refresh`]'s. Such caches are not written.
@@ -64,9 +60,8 @@ struct RidgeCaches {
     fresh: bool,
 }
 
-/// What a [`RidgeModel`] is: `A`, `b`, the ridge and prior that started them, the count,
-/// and whether the model keeps the Cholesky factor of `A` (for posterior sampling); and,
-/// apart, the caches derived from them.
+/// What a [`RidgeModel`] is: `A`, `b`, the ridge and prior that started them, the count;
+/// and, apart, the caches derived from them.
 ///
 /// `A` is symmetric and written as its upper triangle (`packed_precision`); a model still
 /// at its prior is written without `A` and `b`, which its ridge and prior give, but with
@@ -77,7 +72,9 @@ struct RidgeCaches {
 /// updates in the last bits, and a restored learner is to continue bit-identically (its
 /// change detectors read the estimates); a model without them (just refactorized, merged,
 /// or written by another tool) gets them recomputed. Snapshots before this format hold the caches beside
-/// the statistics (`theta`, `covariance`, `cholesky`, `updates_since_refresh`).
+/// the statistics (`theta`, `covariance`, `updates_since_refresh`). Older snapshots of
+/// linear TS also hold a Cholesky factor of `A` (`cholesky`, `with_factor`), which nothing
+/// reads any more.
 #[derive(Serialize, Deserialize)]
 struct RidgeStatistics {
     lambda: f64,
@@ -94,9 +91,6 @@ struct RidgeStatistics {
     count: f64,
     #[serde(default = "optimistic_quality")]
     prior_bias: f64,
-    /// Absent from the older format, where the factor itself says.
-    #[serde(default)]
-    with_factor: Option<bool>,
     #[serde(default)]
     caches: Option<RidgeCaches>,
     #[serde(flatten)]
@@ -135,15 +129,7 @@ impl TryFrom<RidgeStatistics> for RidgeModel {
             .b
             .unwrap_or_else(|| Self::prior_mean(dim, stats.prior_bias) * lambda);
         let caches = stats.caches.or(stats.older);
-        let with_factor = stats
-            .with_factor
-            .unwrap_or_else(|| caches.as_ref().is_some_and(|c| c.cholesky.is_some()));
-        let fits = |c: &RidgeCaches| {
-            c.theta.len() == dim
-                && c.covariance.dim() == dim
-                && c.cholesky.as_ref().map(|l| l.nrows() == dim && l.ncols() == dim)
-                    == with_factor.then_some(true)
-        };
+        let fits = |c: &RidgeCaches| c.theta.len() == dim && c.covariance.dim() == dim;
         let mut model = RidgeModel {
             lambda,
             precision,
@@ -153,7 +139,6 @@ impl TryFrom<RidgeStatistics> for RidgeModel {
             caches: RidgeCaches {
                 theta: DVector::zeros(dim),
                 covariance: PackedSymmetric::scaled_identity(dim, 1.0 / lambda),
-                cholesky: with_factor.then(|| DMatrix::identity(dim, dim)),
                 updates_since_refresh: 0,
                 fresh: false,
             },
@@ -161,7 +146,7 @@ impl TryFrom<RidgeStatistics> for RidgeModel {
         match caches.filter(fits) {
             Some(caches) => model.caches = caches,
             None => {
-                let prior = RidgeModel::with_prior(dim, lambda, with_factor, model.prior_bias);
+                let prior = RidgeModel::with_prior(dim, lambda, model.prior_bias);
                 if model == prior {
                     // Nothing learned: the prior's caches, in closed form.
                     model.caches = prior.caches;
@@ -178,11 +163,10 @@ impl From<RidgeModel> for RidgeStatistics {
     fn from(model: RidgeModel) -> Self {
         let dim = model.b.len();
         let at_prior = model.count == 0.0 && {
-            let prior = RidgeModel::with_prior(dim, model.lambda, false, model.prior_bias);
+            let prior = RidgeModel::with_prior(dim, model.lambda, model.prior_bias);
             model.precision == prior.precision && model.b == prior.b
         };
         RidgeStatistics {
-            with_factor: Some(model.caches.cholesky.is_some()),
             lambda: model.lambda,
             dim: at_prior.then_some(dim),
             packed_precision: (!at_prior).then(|| PackedSymmetric::from_matrix(&model.precision)),
@@ -203,21 +187,19 @@ impl PartialEq for RidgeModel {
             && self.b == other.b
             && self.count == other.count
             && self.prior_bias == other.prior_bias
-            && self.caches.cholesky.is_some() == other.caches.cholesky.is_some()
     }
 }
 
 impl RidgeModel {
     /// The prior model of quality: `A = lambda I`, `b = lambda theta0` with `q0` =
-    /// [`OPTIMISTIC_QUALITY`]. With `with_factor`, the Cholesky factor of `A` is kept too
-    /// (for posterior sampling).
-    pub fn new(dim: usize, lambda: f64, with_factor: bool) -> Self {
-        Self::with_prior(dim, lambda, with_factor, OPTIMISTIC_QUALITY)
+    /// [`OPTIMISTIC_QUALITY`].
+    pub fn new(dim: usize, lambda: f64) -> Self {
+        Self::with_prior(dim, lambda, OPTIMISTIC_QUALITY)
     }
 
     /// The prior model with bias coefficient `prior_bias` (0 for a quantity, such as cost,
     /// that should not be assumed before it is seen).
-    pub fn with_prior(dim: usize, lambda: f64, with_factor: bool, prior_bias: f64) -> Self {
+    pub fn with_prior(dim: usize, lambda: f64, prior_bias: f64) -> Self {
         let theta0 = Self::prior_mean(dim, prior_bias);
         RidgeModel {
             prior_bias,
@@ -228,7 +210,6 @@ impl RidgeModel {
             caches: RidgeCaches {
                 theta: theta0,
                 covariance: PackedSymmetric::scaled_identity(dim, 1.0 / lambda),
-                cholesky: with_factor.then(|| DMatrix::identity(dim, dim) * lambda.sqrt()),
                 updates_since_refresh: 0,
                 fresh: true,
             },
@@ -288,11 +269,6 @@ impl RidgeModel {
         self.caches.covariance.sherman_morrison(x, sign, |u, denom| {
             theta.axpy(sign * residual / denom, &DVectorView::from_slice(u, u.len()), 1.0);
         });
-        if let Some(l) = self.caches.cholesky.take() {
-            let mut factor = Cholesky::<f64, Dyn>::pack_dirty(l);
-            factor.rank_one_update(&xv, sign);
-            self.caches.cholesky = Some(factor.unpack_dirty());
-        }
         self.caches.updates_since_refresh += 1;
         self.caches.fresh = false;
         if self.caches.updates_since_refresh >= REFRESH_INTERVAL {
@@ -348,7 +324,7 @@ impl RidgeModel {
         self.refresh();
     }
 
-    /// Recomputes `A^-1`, `theta` and `L` exactly from `A` and `b`.
+    /// Recomputes `A^-1` and `theta` exactly from `A` and `b`.
     pub fn refresh(&mut self) {
         self.caches.updates_since_refresh = 0;
         // A = lambda I + sum x x' is positive definite in exact arithmetic; the substitute
@@ -358,26 +334,7 @@ impl RidgeModel {
         };
         self.caches.covariance = PackedSymmetric::from_matrix(&factor.inverse());
         self.caches.theta = factor.solve(&self.b);
-        if self.caches.cholesky.is_some() {
-            self.caches.cholesky = Some(factor.unpack());
-        }
         self.caches.fresh = true;
-    }
-
-    /// Draws `theta ~ N(theta_hat, v^2 A^-1)` by Cholesky sampling: with `L L' = A` and
-    /// `z ~ N(0, I)`, `y = L'^-1 z` has covariance `(L L')^-1 = A^-1`.
-    /// Falls back to the factor of `A^-1` when the model keeps no factor of `A`.
-    pub fn sample_theta<R: Rng + ?Sized>(&self, v: f64, rng: &mut R) -> DVector<f64> {
-        let dim = self.b.len();
-        let z = DVector::from_iterator(dim, (0..dim).map(|_| StandardNormal.sample(rng)));
-        let y = match &self.caches.cholesky {
-            Some(l) => l.tr_solve_lower_triangular(&z),
-            None => Cholesky::new(self.covariance()).map(|c| c.l() * &z),
-        };
-        match y {
-            Some(y) => &self.caches.theta + y * v,
-            None => self.caches.theta.clone(),
-        }
     }
 }
 
@@ -387,7 +344,6 @@ pub struct RidgeTable {
     models: Vec<RidgeModel>,
     dim: usize,
     lambda: f64,
-    with_factor: bool,
     forgetting: Forgetting,
     /// Under a sliding window, the observations still counted, oldest first.
     window: VecDeque<(usize, Vec<f64>, f64)>,
@@ -398,8 +354,8 @@ pub struct RidgeTable {
 
 impl RidgeTable {
     /// Prior models of quality for `num_arms` arms in dimension `dim`.
-    pub fn new(num_arms: usize, dim: usize, lambda: f64, with_factor: bool, forgetting: Forgetting) -> Self {
-        Self::with_prior(num_arms, dim, lambda, with_factor, forgetting, OPTIMISTIC_QUALITY)
+    pub fn new(num_arms: usize, dim: usize, lambda: f64, forgetting: Forgetting) -> Self {
+        Self::with_prior(num_arms, dim, lambda, forgetting, OPTIMISTIC_QUALITY)
     }
 
     /// [`RidgeTable::new`] with the models' prior bias coefficient (see
@@ -408,17 +364,15 @@ impl RidgeTable {
         num_arms: usize,
         dim: usize,
         lambda: f64,
-        with_factor: bool,
         forgetting: Forgetting,
         prior_bias: f64,
     ) -> Self {
         RidgeTable {
             models: (0..num_arms)
-                .map(|_| RidgeModel::with_prior(dim, lambda, with_factor, prior_bias))
+                .map(|_| RidgeModel::with_prior(dim, lambda, prior_bias))
                 .collect(),
             dim,
             lambda,
-            with_factor,
             forgetting,
             window: VecDeque::new(),
             prior_bias,
@@ -470,12 +424,8 @@ impl RidgeTable {
 
     /// Appends a prior model for a new arm.
     pub fn add_arm(&mut self) {
-        self.models.push(RidgeModel::with_prior(
-            self.dim,
-            self.lambda,
-            self.with_factor,
-            self.prior_bias,
-        ));
+        self.models
+            .push(RidgeModel::with_prior(self.dim, self.lambda, self.prior_bias));
     }
 
     /// Adds a prior to one arm's model (see [`RidgeModel::absorb_prior`]).
@@ -512,9 +462,9 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    fn trained(with_factor: bool) -> RidgeModel {
+    fn trained() -> RidgeModel {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let mut model = RidgeModel::new(4, 2.0, with_factor);
+        let mut model = RidgeModel::new(4, 2.0);
         for _ in 0..300 {
             let x: Vec<f64> = (0..4)
                 .map(|i| if i == 0 { 1.0 } else { rng.random_range(-1.0..1.0) })
@@ -526,46 +476,39 @@ mod tests {
 
     #[test]
     fn a_model_reads_back_with_its_caches_bit_for_bit() {
-        for with_factor in [false, true] {
-            let model = trained(with_factor);
-            let text = serde_json::to_value(&model).unwrap();
-            assert!(text.get("caches").is_some() && text.get("theta").is_none());
-            let back: RidgeModel = serde_json::from_value(text).unwrap();
-            assert_eq!(back, model);
-            assert_eq!(back.theta(), model.theta());
-            assert_eq!(back.covariance(), model.covariance());
-            assert_eq!(back.caches.cholesky, model.caches.cholesky);
-        }
+        let model = trained();
+        let text = serde_json::to_value(&model).unwrap();
+        assert!(text.get("caches").is_some() && text.get("theta").is_none());
+        let back: RidgeModel = serde_json::from_value(text).unwrap();
+        assert_eq!(back, model);
+        assert_eq!(back.theta(), model.theta());
+        assert_eq!(back.covariance(), model.covariance());
     }
 
     #[test]
     fn a_refactorized_model_is_written_without_caches_and_reads_back_bit_for_bit() {
-        for with_factor in [false, true] {
-            let mut model = trained(with_factor);
-            model.refresh();
-            let text = serde_json::to_value(&model).unwrap();
-            assert!(text.get("caches").is_some_and(|c| c.is_null()));
-            let back: RidgeModel = serde_json::from_value(text).unwrap();
-            assert_eq!(back.theta(), model.theta());
-            assert_eq!(back.covariance(), model.covariance());
-            assert_eq!(back.caches.cholesky, model.caches.cholesky);
-            // One update later the caches are the updates' again, and written.
-            model.update(&[1.0, 0.5, 0.5, 0.5], 0.7);
-            assert!(!serde_json::to_value(&model).unwrap()["caches"].is_null());
-            // A prior's are its closed form, written as none and read back the same.
-            let prior = RidgeModel::with_prior(4, 3.0, with_factor, 0.7);
-            let text = serde_json::to_value(&prior).unwrap();
-            assert!(text["caches"].is_null());
-            let back: RidgeModel = serde_json::from_value(text).unwrap();
-            assert_eq!(back.theta(), prior.theta());
-            assert_eq!(back.covariance(), prior.covariance());
-            assert_eq!(back.caches.cholesky, prior.caches.cholesky);
-        }
+        let mut model = trained();
+        model.refresh();
+        let text = serde_json::to_value(&model).unwrap();
+        assert!(text.get("caches").is_some_and(|c| c.is_null()));
+        let back: RidgeModel = serde_json::from_value(text).unwrap();
+        assert_eq!(back.theta(), model.theta());
+        assert_eq!(back.covariance(), model.covariance());
+        // One update later the caches are the updates' again, and written.
+        model.update(&[1.0, 0.5, 0.5, 0.5], 0.7);
+        assert!(!serde_json::to_value(&model).unwrap()["caches"].is_null());
+        // A prior's are its closed form, written as none and read back the same.
+        let prior = RidgeModel::with_prior(4, 3.0, 0.7);
+        let text = serde_json::to_value(&prior).unwrap();
+        assert!(text["caches"].is_null());
+        let back: RidgeModel = serde_json::from_value(text).unwrap();
+        assert_eq!(back.theta(), prior.theta());
+        assert_eq!(back.covariance(), prior.covariance());
     }
 
     #[test]
     fn a_model_is_written_compactly_and_older_forms_read() {
-        let model = trained(false);
+        let model = trained();
         let text = serde_json::to_value(&model).unwrap();
         // The upper triangle of A, by rows, and nothing in full.
         assert_eq!(
@@ -585,7 +528,7 @@ mod tests {
         assert_eq!(back, model);
         assert_eq!(back.theta(), model.theta());
         // A model at its prior is its ridge, prior and dimension.
-        let prior = RidgeModel::with_prior(6, 2.5, true, 0.3);
+        let prior = RidgeModel::with_prior(6, 2.5, 0.3);
         let text = serde_json::to_value(&prior).unwrap();
         assert_eq!(text["dim"], 6);
         assert!(text.get("packed_precision").is_none() && text.get("b").is_none());
@@ -603,7 +546,7 @@ mod tests {
 
     #[test]
     fn statistics_without_caches_get_them_recomputed() {
-        let model = trained(true);
+        let model = trained();
         let mut text = serde_json::to_value(&model).unwrap();
         text.as_object_mut().unwrap().remove("caches");
         let back: RidgeModel = serde_json::from_value(text).unwrap();
@@ -612,23 +555,28 @@ mod tests {
         let x = [1.0, 0.2, -0.4, 0.9];
         assert!((back.mean(&x) - model.mean(&x)).abs() < 1e-12);
         assert!((back.variance(&x) - model.variance(&x)).abs() < 1e-12);
-        let l = back.caches.cholesky.as_ref().unwrap();
-        assert!((l * l.transpose() - model.precision()).abs().max() < 1e-9);
     }
 
+    /// The older format, with the caches beside the statistics, reads; so does linear TS's,
+    /// with a Cholesky factor of `A` that nothing reads any more.
     #[test]
-    fn the_older_format_with_caches_beside_the_statistics_reads() {
-        let model = trained(true);
+    fn the_older_formats_read() {
+        let model = trained();
         let mut text = serde_json::to_value(&model).unwrap();
         let object = text.as_object_mut().unwrap();
         let caches = object.remove("caches").unwrap();
-        object.remove("with_factor");
         for (key, value) in caches.as_object().unwrap() {
             object.insert(key.clone(), value.clone());
         }
         let back: RidgeModel = serde_json::from_value(text).unwrap();
         assert_eq!(back, model);
         assert_eq!(back.theta(), model.theta());
-        assert!(back.caches.cholesky.is_some());
+        let mut text = serde_json::to_value(&model).unwrap();
+        let factor = serde_json::to_value(DMatrix::<f64>::identity(4, 4)).unwrap();
+        text["with_factor"] = true.into();
+        text["caches"]["cholesky"] = factor;
+        let back: RidgeModel = serde_json::from_value(text).unwrap();
+        assert_eq!(back, model);
+        assert_eq!(back.theta(), model.theta());
     }
 }

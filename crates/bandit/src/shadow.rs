@@ -262,16 +262,8 @@ impl Shadows {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let ridge = || {
-            RidgeTable::with_prior(
-                arms.len(),
-                config.dim,
-                REWARD_MODEL_LAMBDA,
-                false,
-                Forgetting::None,
-                0.0,
-            )
-        };
+        let ridge =
+            || RidgeTable::with_prior(arms.len(), config.dim, REWARD_MODEL_LAMBDA, Forgetting::None, 0.0);
         Ok(Shadows {
             objective: config.objective,
             arms: arms.iter().map(|a| a.id.clone()).collect(),

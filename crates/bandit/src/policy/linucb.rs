@@ -27,7 +27,7 @@ impl LinUcb {
     pub fn new(num_arms: usize, dim: usize, alpha: f64, lambda: f64, forgetting: Forgetting) -> Self {
         LinUcb {
             alpha,
-            ridge: RidgeTable::new(num_arms, dim, lambda, false, forgetting),
+            ridge: RidgeTable::new(num_arms, dim, lambda, forgetting),
         }
     }
 
