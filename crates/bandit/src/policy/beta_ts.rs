@@ -24,7 +24,7 @@ pub struct BetaTs {
 }
 
 impl BetaTs {
-    /// Thompson sampling with prior `Beta(alpha0, beta0)`; `draws` samples estimate the PMF.
+    /// Thompson sampling with prior `Beta(alpha0, beta0)`; `draws` samples estimate the PMF (0: exact).
     pub fn new(num_arms: usize, alpha0: f64, beta0: f64, draws: u32, forgetting: Forgetting) -> Self {
         BetaTs {
             alpha0,

@@ -24,7 +24,7 @@ pub struct GaussianTs {
 }
 
 impl GaussianTs {
-    /// Prior `N(mu0, sigma0^2)`, observation noise `noise`; `draws` samples estimate the PMF.
+    /// Prior `N(mu0, sigma0^2)`, observation noise `noise`; `draws` samples estimate the PMF (0: exact).
     pub fn new(
         num_arms: usize,
         mu0: f64,

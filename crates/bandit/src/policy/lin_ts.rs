@@ -27,7 +27,7 @@ pub struct LinTs {
 
 impl LinTs {
     /// Linear TS over `dim` features with posterior scale `v` and ridge `lambda`; `draws`
-    /// samples estimate the PMF.
+    /// samples estimate the PMF (0: exact).
     pub fn new(num_arms: usize, dim: usize, v: f64, lambda: f64, draws: u32, forgetting: Forgetting) -> Self {
         LinTs {
             v,
