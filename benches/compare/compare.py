@@ -137,7 +137,7 @@ def section_vw(args):
     pairs = [
         ("vw --cb_explore_adf -q sa --epsilon 0.05", "--epsilon 0.05", "linucb(alpha=0.5)"),
         ("vw --cb_explore_adf -q sa --squarecb", "--squarecb --gamma_scale 10", "lints(v=0.1)"),
-        ("vw --cb_explore_adf -q sa --squarecb", "--squarecb --gamma_scale 10", "lints(v=0.1,draws=0)"),
+        ("vw --cb_explore_adf -q sa --squarecb", "--squarecb --gamma_scale 10", "lints(v=0.1,draws=256)"),
     ]
     for label, flags, spec in pairs:
         peer, ours = [], []
@@ -157,10 +157,10 @@ def section_mabwiser(args):
     # Quiver skips the warm-up round too: it plays it as its first decisions.
     write_stream(path, x, rewards)
     print(f"# MABWiser vs Quiver: {rows} examples online, d = 64, K = 11")
-    # Quiver's TS logs a propensity with every decision: a Monte Carlo estimate (256 draws by
-    # default; 32 shown too) or the exact one (draws=0); MABWiser's logs none.
-    specs = [("linucb", "linucb(alpha=0.5)"), ("ts", "beta-ts"), ("ts", "beta-ts(draws=32)"),
-             ("ts", "beta-ts(draws=0)")]
+    # Quiver's TS logs a propensity with every decision: the exact one by default, or a Monte
+    # Carlo estimate (draws=n); MABWiser's logs none.
+    specs = [("linucb", "linucb(alpha=0.5)"), ("ts", "beta-ts"), ("ts", "beta-ts(draws=256)"),
+             ("ts", "beta-ts(draws=32)")]
     for policy, spec in specs:
         peer, ours = [], []
         for _ in range(args.reps):

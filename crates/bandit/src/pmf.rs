@@ -4,6 +4,8 @@
 //! drawn from, so that the logged propensity is read off the distribution actually sampled.
 //! Every PMF here is a `Vec<f64>` indexed like the eligible arms, non-negative, summing to 1.
 
+use std::cell::RefCell;
+
 use rand::Rng;
 
 /// Index of the largest score; ties go to the lowest index, so the choice is deterministic.
@@ -155,11 +157,12 @@ const GAUSS_WEIGHTS: [f64; 4] = [
 const NODES: usize = 15;
 
 /// The 7-15 rule with its nodes in ascending order, and what a running distribution
-/// function needs: `partial[i][l]`, the integral from -1 to node `i` of the Lagrange
+/// function needs: `partial[l][i]`, the integral from -1 to node `i` of the Lagrange
 /// polynomial that is 1 at node `l` and 0 at the others. With a density's values `f_l` at
-/// the nodes, `sum_l partial[i][l] f_l` is its integral up to node `i` (exact for
-/// polynomials of degree 14), so a score's distribution function at every node follows
-/// from its densities there and its value at the segment's start.
+/// the nodes, `sum_l partial[l][i] f_l` is its integral up to node `i` (exact for
+/// polynomials of degree 14, [`Rule::integrals_to_nodes`]), so a score's distribution
+/// function at every node follows from its densities there and its value at the
+/// segment's start.
 struct Rule {
     nodes: [f64; NODES],
     kronrod: [f64; NODES],
@@ -199,9 +202,9 @@ impl Rule {
                 .product::<f64>()
         };
         // The rule itself on [-1, t_i] integrates the degree-14 polynomials exactly.
-        for (i, row) in rule.partial.iter_mut().enumerate() {
-            let (mid, half) = ((nodes[i] - 1.0) / 2.0, (nodes[i] + 1.0) / 2.0);
-            for (l, entry) in row.iter_mut().enumerate() {
+        for (l, column) in rule.partial.iter_mut().enumerate() {
+            for (i, entry) in column.iter_mut().enumerate() {
+                let (mid, half) = ((nodes[i] - 1.0) / 2.0, (nodes[i] + 1.0) / 2.0);
                 *entry = half
                     * nodes
                         .iter()
@@ -211,6 +214,18 @@ impl Rule {
             }
         }
         rule
+    }
+
+    /// The integrals from -1 to each node of the degree-14 polynomial through `values` at
+    /// the nodes; a sum of columns, which vectorizes over the nodes.
+    fn integrals_to_nodes(&self, values: &[f64; NODES]) -> [f64; NODES] {
+        let mut integrals = [0.0; NODES];
+        for (column, value) in self.partial.iter().zip(values) {
+            for (integral, entry) in integrals.iter_mut().zip(column) {
+                *integral += entry * value;
+            }
+        }
+        integrals
     }
 }
 
@@ -283,14 +298,9 @@ pub fn beta_argmax_pmf(alphas: &[f64], betas: &[f64], penalties: &[f64]) -> Vec<
             (mean + tail).min(1.0) - penalties[a],
         )
     };
-    let scores = |relevant: &[usize]| BetaScores {
-        alphas: relevant.iter().map(|&a| alphas[a]).collect(),
-        betas: relevant.iter().map(|&a| betas[a]).collect(),
-        ln_betas: relevant
-            .iter()
-            .map(|&a| statrs::function::beta::ln_beta(alphas[a], betas[a]))
-            .collect(),
-        shifts: relevant.iter().map(|&a| penalties[a]).collect(),
+    let scores = |relevant: &[usize]| {
+        let pick = |values: &[f64]| relevant.iter().map(|&a| values[a]).collect();
+        BetaScores::new(pick(alphas), pick(betas), pick(penalties))
     };
     let spread = |a: usize| moments(a).1;
     argmax_pmf_by_quadrature(k, &all, EXACT, reach, spread, scores)
@@ -360,6 +370,12 @@ trait ScoreLaws {
     fn len(&self) -> usize;
     /// Score `j`'s density at `s`.
     fn density(&self, j: usize, s: f64) -> f64;
+    /// Score `j`'s density at a segment's nodes.
+    fn densities(&self, j: usize, nodes: &[f64; NODES], out: &mut [f64; NODES]) {
+        for (f, &s) in out.iter_mut().zip(nodes) {
+            *f = self.density(j, s);
+        }
+    }
     /// Score `j`'s distribution function at `s`.
     fn distribution(&self, j: usize, s: f64) -> f64;
 }
@@ -402,6 +418,53 @@ struct BetaScores {
     betas: Vec<f64>,
     ln_betas: Vec<f64>,
     shifts: Vec<f64>,
+    /// Each score's index among the distinct shifts.
+    shift_of: Vec<usize>,
+    /// Per distinct shift, the logarithms at the nodes of the segment last evaluated:
+    /// scores with equal penalties (all of them, without a budget) share them, which
+    /// leaves one `exp` per score and node.
+    node_logs: RefCell<Vec<NodeLogs>>,
+}
+
+/// `ln x` and `ln(1 - x)` at a segment's nodes `x = s + shift`; NaN outside (0, 1).
+#[derive(Clone, Copy)]
+struct NodeLogs {
+    /// The segment's first and last node, as computed for (NaN before any).
+    segment: (f64, f64),
+    ln_x: [f64; NODES],
+    ln_1m_x: [f64; NODES],
+}
+
+impl BetaScores {
+    fn new(alphas: Vec<f64>, betas: Vec<f64>, shifts: Vec<f64>) -> Self {
+        let mut distinct: Vec<f64> = Vec::new();
+        let shift_of = shifts
+            .iter()
+            .map(|&shift| {
+                distinct.iter().position(|&d| d == shift).unwrap_or_else(|| {
+                    distinct.push(shift);
+                    distinct.len() - 1
+                })
+            })
+            .collect();
+        let unset = NodeLogs {
+            segment: (f64::NAN, f64::NAN),
+            ln_x: [0.0; NODES],
+            ln_1m_x: [0.0; NODES],
+        };
+        BetaScores {
+            ln_betas: alphas
+                .iter()
+                .zip(&betas)
+                .map(|(&a, &b)| statrs::function::beta::ln_beta(a, b))
+                .collect(),
+            alphas,
+            betas,
+            shifts,
+            shift_of,
+            node_logs: RefCell::new(vec![unset; distinct.len()]),
+        }
+    }
 }
 
 impl ScoreLaws for BetaScores {
@@ -416,6 +479,32 @@ impl ScoreLaws for BetaScores {
         }
         let (a, b) = (self.alphas[j], self.betas[j]);
         ((a - 1.0) * x.ln() + (b - 1.0) * (-x).ln_1p() - self.ln_betas[j]).exp()
+    }
+
+    /// [`ScoreLaws::density`] at each node, the logarithms shared among equal shifts.
+    fn densities(&self, j: usize, nodes: &[f64; NODES], out: &mut [f64; NODES]) {
+        let mut node_logs = self.node_logs.borrow_mut();
+        let logs = &mut node_logs[self.shift_of[j]];
+        let segment = (nodes[0], nodes[NODES - 1]);
+        if logs.segment != segment {
+            for ((&s, ln_x), ln_1m_x) in nodes.iter().zip(&mut logs.ln_x).zip(&mut logs.ln_1m_x) {
+                let x = s + self.shifts[j];
+                (*ln_x, *ln_1m_x) = if x <= 0.0 || x >= 1.0 {
+                    (f64::NAN, f64::NAN)
+                } else {
+                    (x.ln(), (-x).ln_1p())
+                };
+            }
+            logs.segment = segment;
+        }
+        let (a, b, ln_beta) = (self.alphas[j], self.betas[j], self.ln_betas[j]);
+        for ((f, &ln_x), &ln_1m_x) in out.iter_mut().zip(&logs.ln_x).zip(&logs.ln_1m_x) {
+            *f = if ln_x.is_nan() {
+                0.0
+            } else {
+                ((a - 1.0) * ln_x + (b - 1.0) * ln_1m_x - ln_beta).exp()
+            };
+        }
     }
 
     fn distribution(&self, j: usize, s: f64) -> f64 {
@@ -478,6 +567,7 @@ impl Scratch {
     fn evaluate<S: ScoreLaws>(&mut self, scores: &S, bodies: &[Body], (a, b): (f64, f64)) -> f64 {
         let rule = Rule::get();
         let (center, half) = ((a + b) / 2.0, (b - a) / 2.0);
+        let nodes = rule.nodes.map(|t| center + half * t);
         for (j, body) in bodies.iter().enumerate() {
             let (density, distribution) = (&mut self.densities[j], &mut self.distributions[j]);
             if !body.meets((a, b)) {
@@ -487,11 +577,9 @@ impl Scratch {
                 self.mass_gauss[j] = 0.0;
                 continue;
             }
-            for (f, t) in density.iter_mut().zip(&rule.nodes) {
-                *f = scores.density(j, center + half * t);
-            }
-            for (c, row) in distribution.iter_mut().zip(&rule.partial) {
-                *c = (self.start[j] + half * dot(row, density)).clamp(0.0, 1.0);
+            scores.densities(j, &nodes, density);
+            for (c, integral) in distribution.iter_mut().zip(rule.integrals_to_nodes(density)) {
+                *c = (self.start[j] + half * integral).clamp(0.0, 1.0);
             }
             self.mass_kronrod[j] = dot(&rule.kronrod, density);
             self.mass_gauss[j] = dot(&rule.gauss, density);
@@ -730,6 +818,30 @@ mod tests {
         }
     }
 
+    /// Scores that share a shift share their nodes' logarithms; each score's densities at
+    /// a segment's nodes are still its own, bit for bit, whatever order the scores and
+    /// segments are read in, at nodes inside and outside the support.
+    #[test]
+    fn shared_logarithms_give_each_score_its_own_density() {
+        let shifts = vec![0.0, 0.05, 0.0, 0.05, 0.3, 0.0];
+        let scores = BetaScores::new(
+            vec![2.0, 7.5, 30.0, 1.0, 3.0, 0.5],
+            vec![5.0, 2.5, 12.0, 1.0, 40.0, 0.7],
+            shifts,
+        );
+        let segments = [(-0.4, 0.2), (0.1, 0.15), (0.6, 1.1), (-0.4, 0.2)];
+        for (round, &(a, b)) in segments.iter().enumerate() {
+            let nodes = Rule::get().nodes.map(|t| (a + b) / 2.0 + (b - a) / 2.0 * t);
+            for j in (0..scores.len()).map(|j| (j + round) % scores.len()) {
+                let mut out = [f64::NAN; NODES];
+                scores.densities(j, &nodes, &mut out);
+                for (f, &s) in out.iter().zip(&nodes) {
+                    assert_eq!(f.to_bits(), scores.density(j, s).to_bits(), "score {j} at {s}");
+                }
+            }
+        }
+    }
+
     /// The partial-integral matrix integrates every polynomial of degree up to 14 exactly
     /// from -1 to each node.
     #[test]
@@ -737,12 +849,9 @@ mod tests {
         let rule = Rule::get();
         for degree in 0..NODES as i32 {
             let values: [f64; NODES] = rule.nodes.map(|t| t.powi(degree));
-            for (t, row) in rule.nodes.iter().zip(&rule.partial) {
+            for (t, integral) in rule.nodes.iter().zip(rule.integrals_to_nodes(&values)) {
                 let exact = (t.powi(degree + 1) - (-1f64).powi(degree + 1)) / f64::from(degree + 1);
-                assert!(
-                    (dot(row, &values) - exact).abs() < 1e-13,
-                    "degree {degree} at {t}"
-                );
+                assert!((integral - exact).abs() < 1e-13, "degree {degree} at {t}");
             }
         }
         assert_eq!(rule.gauss.iter().filter(|&&w| w > 0.0).count(), 7);
@@ -812,16 +921,7 @@ mod tests {
                     rng.random_range(0.0..0.1)
                 });
             }
-            let scores = BetaScores {
-                ln_betas: alphas
-                    .iter()
-                    .zip(&betas)
-                    .map(|(a, b)| statrs::function::beta::ln_beta(*a, *b))
-                    .collect(),
-                alphas: alphas.clone(),
-                betas: betas.clone(),
-                shifts: shifts.clone(),
-            };
+            let scores = BetaScores::new(alphas.clone(), betas.clone(), shifts.clone());
             let reference = direct_pmf(&scores, (-0.1, 1.0), 4_000);
             let p = beta_argmax_pmf(&alphas, &betas, &shifts);
             let tv: f64 = p.iter().zip(&reference).map(|(a, b)| (a - b).abs()).sum();
