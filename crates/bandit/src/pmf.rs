@@ -534,8 +534,8 @@ struct Scratch {
     densities: Vec<[f64; NODES]>,
     /// Each score's distribution function at the segment's nodes.
     distributions: Vec<[f64; NODES]>,
-    /// The integrand at one node.
-    values: Vec<f64>,
+    /// Each score's integrand `f_k prod_{j != k} F_j` at the nodes.
+    values: Vec<[f64; NODES]>,
     /// The integrand's integral over the segment by the 15-point and 7-point rules, per
     /// score (unscaled: times the half-width).
     kronrod: Vec<f64>,
@@ -553,7 +553,7 @@ impl Scratch {
             start: (0..n).map(|j| scores.distribution(j, s)).collect(),
             densities: vec![[0.0; NODES]; n],
             distributions: vec![[0.0; NODES]; n],
-            values: vec![0.0; n],
+            values: vec![[0.0; NODES]; n],
             kronrod: vec![0.0; n],
             gauss: vec![0.0; n],
             mass_kronrod: vec![0.0; n],
@@ -584,23 +584,32 @@ impl Scratch {
             self.mass_kronrod[j] = dot(&rule.kronrod, density);
             self.mass_gauss[j] = dot(&rule.gauss, density);
         }
-        self.kronrod.fill(0.0);
-        self.gauss.fill(0.0);
-        let n = bodies.len();
-        for i in 0..NODES {
-            // f_k prod_{j != k} F_j, from the products before and after each score.
-            let mut before = 1.0;
-            for j in 0..n {
-                self.values[j] = self.densities[j][i] * before;
-                before *= self.distributions[j][i];
+        // f_k prod_{j != k} F_j at every node, from the products before and after each
+        // score; the nodes run in the inner loops, as independent lanes.
+        let mut before = [1.0; NODES];
+        for ((values, density), distribution) in self
+            .values
+            .iter_mut()
+            .zip(&self.densities)
+            .zip(&self.distributions)
+        {
+            for (((v, f), b), c) in values.iter_mut().zip(density).zip(&mut before).zip(distribution) {
+                *v = f * *b;
+                *b *= c;
             }
-            let mut after = 1.0;
-            for j in (0..n).rev() {
-                let value = self.values[j] * after;
-                after *= self.distributions[j][i];
-                self.kronrod[j] += rule.kronrod[i] * value;
-                self.gauss[j] += rule.gauss[i] * value;
+        }
+        let mut after = [1.0; NODES];
+        for j in (0..bodies.len()).rev() {
+            for ((v, a), c) in self.values[j]
+                .iter_mut()
+                .zip(&mut after)
+                .zip(&self.distributions[j])
+            {
+                *v *= *a;
+                *a *= c;
             }
+            self.kronrod[j] = dot(&rule.kronrod, &self.values[j]);
+            self.gauss[j] = dot(&rule.gauss, &self.values[j]);
         }
         let differences = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(x, y)| (x - y).abs()).sum::<f64>();
         let sizes = |x: &[f64]| x.iter().map(|x| x.abs()).sum::<f64>();
