@@ -465,6 +465,26 @@ impl BetaScores {
             node_logs: RefCell::new(vec![unset; distinct.len()]),
         }
     }
+
+    /// `ln x` and `ln(1 - x)` at score `j`'s `x = s + shift`; NaN outside (0, 1), where the
+    /// density is 0.
+    fn logs(&self, j: usize, s: f64) -> (f64, f64) {
+        let x = s + self.shifts[j];
+        if x <= 0.0 || x >= 1.0 {
+            (f64::NAN, f64::NAN)
+        } else {
+            (x.ln(), (-x).ln_1p())
+        }
+    }
+
+    /// Score `j`'s density from [`BetaScores::logs`].
+    fn density_of_logs(&self, j: usize, ln_x: f64, ln_1m_x: f64) -> f64 {
+        if ln_x.is_nan() {
+            return 0.0;
+        }
+        let (a, b) = (self.alphas[j], self.betas[j]);
+        ((a - 1.0) * ln_x + (b - 1.0) * ln_1m_x - self.ln_betas[j]).exp()
+    }
 }
 
 impl ScoreLaws for BetaScores {
@@ -473,12 +493,8 @@ impl ScoreLaws for BetaScores {
     }
 
     fn density(&self, j: usize, s: f64) -> f64 {
-        let x = s + self.shifts[j];
-        if x <= 0.0 || x >= 1.0 {
-            return 0.0;
-        }
-        let (a, b) = (self.alphas[j], self.betas[j]);
-        ((a - 1.0) * x.ln() + (b - 1.0) * (-x).ln_1p() - self.ln_betas[j]).exp()
+        let (ln_x, ln_1m_x) = self.logs(j, s);
+        self.density_of_logs(j, ln_x, ln_1m_x)
     }
 
     /// [`ScoreLaws::density`] at each node, the logarithms shared among equal shifts.
@@ -488,22 +504,12 @@ impl ScoreLaws for BetaScores {
         let segment = (nodes[0], nodes[NODES - 1]);
         if logs.segment != segment {
             for ((&s, ln_x), ln_1m_x) in nodes.iter().zip(&mut logs.ln_x).zip(&mut logs.ln_1m_x) {
-                let x = s + self.shifts[j];
-                (*ln_x, *ln_1m_x) = if x <= 0.0 || x >= 1.0 {
-                    (f64::NAN, f64::NAN)
-                } else {
-                    (x.ln(), (-x).ln_1p())
-                };
+                (*ln_x, *ln_1m_x) = self.logs(j, s);
             }
             logs.segment = segment;
         }
-        let (a, b, ln_beta) = (self.alphas[j], self.betas[j], self.ln_betas[j]);
         for ((f, &ln_x), &ln_1m_x) in out.iter_mut().zip(&logs.ln_x).zip(&logs.ln_1m_x) {
-            *f = if ln_x.is_nan() {
-                0.0
-            } else {
-                ((a - 1.0) * ln_x + (b - 1.0) * ln_1m_x - ln_beta).exp()
-            };
+            *f = self.density_of_logs(j, ln_x, ln_1m_x);
         }
     }
 
