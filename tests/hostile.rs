@@ -712,10 +712,10 @@ async fn huge_upstream_bodies_fall_back_and_memory_stays_bounded() {
         grown / MIB
     );
     let grown = after_three_streams.saturating_sub(after_one_stream);
-    // Holding either stream would grow it by 128 MiB; the allocator's own slack under a
-    // loaded machine has reached 16.
+    // Holding either stream would grow it by 128 MiB; the allocator's own slack (freed
+    // chunks kept in the worker threads' arenas) has reached 39 under a loaded machine.
     assert!(
-        grown < 32 * MIB,
+        grown < 64 * MIB,
         "two more streams grew peak RSS by {} MiB",
         grown / MIB
     );
