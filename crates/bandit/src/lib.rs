@@ -77,6 +77,7 @@ pub mod ridge;
 pub mod shadow;
 pub mod stats;
 pub mod usage;
+mod vectors;
 
 pub use arm::{Arm, Constraints};
 #[cfg(feature = "minilm")]

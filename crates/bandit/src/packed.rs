@@ -11,13 +11,14 @@
 //! one), against a copy of `x` (or `u`) followed by zeros. The values past the row then
 //! add, or receive, exact zeros, and every row is whole vectors.
 //!
-//! The baseline x86-64 target has only 2-wide SSE2 vectors, so the three kernels are also
-//! compiled for AVX2 and AVX-512 and chosen at run time. The results are bit-identical on
-//! every path: the code is the same scalar arithmetic on eight independent accumulators
-//! (no fused multiply-add), and vector width only changes how many lanes run at once.
+//! The three kernels are [`dispatched`]: compiled for AVX2 and AVX-512 too and chosen at
+//! run time. The code is the same scalar arithmetic on eight independent accumulators, so
+//! the results are bit-identical on every path.
 
 use nalgebra::DMatrix;
 use serde::{Deserialize, Serialize, Serializer};
+
+use crate::vectors::dispatched;
 
 /// Lanes of the accumulators, and zeros kept past the data so that a row's last chunk can
 /// be read whole.
@@ -303,59 +304,6 @@ fn rank_one_update_kernel(data: &mut [f64], dim: usize, alpha: f64, u: &[f64]) {
         let (start, len) = (row_start(dim, i), (dim - i).div_ceil(LANES) * LANES);
         axpy_chunks(alpha * u[i], &u[i..i + len], &mut data[start..start + len]);
     }
-}
-
-/// The widest vector unit of this CPU, detected once.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Vectors {
-    Baseline,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-}
-
-fn vectors() -> Vectors {
-    static DETECTED: std::sync::OnceLock<Vectors> = std::sync::OnceLock::new();
-    *DETECTED.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Vectors::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                return Vectors::Avx2;
-            }
-        }
-        Vectors::Baseline
-    })
-}
-
-/// `fn $name(args) -> ret` running `$kernel` compiled for the widest vectors available.
-macro_rules! dispatched {
-    ($name:ident => $kernel:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
-        fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                fn avx512($($arg: $ty),*) $(-> $ret)? {
-                    $kernel($($arg),*)
-                }
-                #[target_feature(enable = "avx2")]
-                fn avx2($($arg: $ty),*) $(-> $ret)? {
-                    $kernel($($arg),*)
-                }
-                match vectors() {
-                    // SAFETY: `vectors()` detected the feature on this CPU.
-                    Vectors::Avx512 => return unsafe { avx512($($arg),*) },
-                    // SAFETY: as above.
-                    Vectors::Avx2 => return unsafe { avx2($($arg),*) },
-                    Vectors::Baseline => {}
-                }
-            }
-            $kernel($($arg),*)
-        }
-    };
 }
 
 dispatched!(quadratic_form => quadratic_form_kernel(data: &[f64], dim: usize, x: &[f64]) -> f64);

@@ -8,6 +8,8 @@ use std::cell::RefCell;
 
 use rand::Rng;
 
+use crate::vectors::{dispatched, exp};
+
 /// Index of the largest score; ties go to the lowest index, so the choice is deterministic.
 /// NaN scores never win.
 pub fn argmax(scores: &[f64]) -> usize {
@@ -94,9 +96,9 @@ pub fn monte_carlo_argmax_pmf<R: Rng + ?Sized>(
 /// Total-variation accuracy [`gaussian_argmax_pmf`] integrates to.
 pub const EXACT_TOLERANCE: f64 = 1e-7;
 
-/// How far (in standard deviations) a score's distribution is integrated: beyond it a
-/// normal's mass is below `1e-19`.
-const REACH: f64 = 9.0;
+/// How far (in standard deviations) a score's distribution is integrated: beyond it each
+/// tail of a normal holds less than `TAIL`, as a Beta score's reach does.
+const REACH: f64 = 7.1;
 
 /// The widest segment, in standard deviations of any score with mass in it, that the
 /// quadrature accepts. The 7-point and 15-point rules can both step over a narrow score's
@@ -162,13 +164,14 @@ const NODES: usize = 15;
 /// the nodes, `sum_l partial[l][i] f_l` is its integral up to node `i` (exact for
 /// polynomials of degree 14, [`Rule::integrals_to_nodes`]), so a score's distribution
 /// function at every node follows from its densities there and its value at the
-/// segment's start.
+/// segment's start. Each column ends with the integral up to 1, the Kronrod weight `w_l`:
+/// the 16 entries fill whole vectors, and the last sum is the rule's integral.
 struct Rule {
     nodes: [f64; NODES],
     kronrod: [f64; NODES],
     /// The 7-point Gauss weights at the odd nodes, 0 elsewhere.
     gauss: [f64; NODES],
-    partial: [[f64; NODES]; NODES],
+    partial: [[f64; NODES + 1]; NODES],
 }
 
 impl Rule {
@@ -182,7 +185,7 @@ impl Rule {
             nodes: [0.0; NODES],
             kronrod: [0.0; NODES],
             gauss: [0.0; NODES],
-            partial: [[0.0; NODES]; NODES],
+            partial: [[0.0; NODES + 1]; NODES],
         };
         for i in 0..NODES {
             // GK_NODES is the non-negative half, descending.
@@ -203,7 +206,8 @@ impl Rule {
         };
         // The rule itself on [-1, t_i] integrates the degree-14 polynomials exactly.
         for (l, column) in rule.partial.iter_mut().enumerate() {
-            for (i, entry) in column.iter_mut().enumerate() {
+            column[NODES] = rule.kronrod[l];
+            for (i, entry) in column[..NODES].iter_mut().enumerate() {
                 let (mid, half) = ((nodes[i] - 1.0) / 2.0, (nodes[i] + 1.0) / 2.0);
                 *entry = half
                     * nodes
@@ -216,10 +220,11 @@ impl Rule {
         rule
     }
 
-    /// The integrals from -1 to each node of the degree-14 polynomial through `values` at
-    /// the nodes; a sum of columns, which vectorizes over the nodes.
-    fn integrals_to_nodes(&self, values: &[f64; NODES]) -> [f64; NODES] {
-        let mut integrals = [0.0; NODES];
+    /// The integrals from -1 to each node, and last to 1, of the degree-14 polynomial
+    /// through `values` at the nodes; a sum of columns, which vectorizes over the nodes.
+    #[inline(always)]
+    fn integrals_to_nodes(&self, values: &[f64; NODES]) -> [f64; NODES + 1] {
+        let mut integrals = [0.0; NODES + 1];
         for (column, value) in self.partial.iter().zip(values) {
             for (integral, entry) in integrals.iter_mut().zip(column) {
                 *integral += entry * value;
@@ -271,6 +276,7 @@ fn gaussian_argmax_pmf_by(means: &[f64], stds: &[f64], quadrature: Quadrature) -
     let scores = |relevant: &[usize]| NormalScores {
         means: relevant.iter().map(|&a| means[a]).collect(),
         inverse_stds: relevant.iter().map(|&a| 1.0 / spread(a)).collect(),
+        reach: quadrature.reach,
     };
     argmax_pmf_by_quadrature(k, &playing, quadrature, reach, spread, scores)
 }
@@ -384,6 +390,8 @@ trait ScoreLaws {
 struct NormalScores {
     means: Vec<f64>,
     inverse_stds: Vec<f64>,
+    /// How far, in standard deviations, each density reaches.
+    reach: f64,
 }
 
 impl NormalScores {
@@ -397,13 +405,12 @@ impl ScoreLaws for NormalScores {
         self.means.len()
     }
 
-    /// 0 beyond the reach, where it is below 1e-17 of its peak.
     fn density(&self, j: usize, s: f64) -> f64 {
-        let z = self.standardized(j, s);
-        if z.abs() > REACH {
-            return 0.0;
-        }
-        (-0.5 * z * z).exp() * self.inverse_stds[j] / (2.0 * std::f64::consts::PI).sqrt()
+        normal_density(self.standardized(j, s), self.inverse_stds[j], self.reach)
+    }
+
+    fn densities(&self, j: usize, nodes: &[f64; NODES], out: &mut [f64; NODES]) {
+        normal_densities(nodes, self.means[j], self.inverse_stds[j], self.reach, out);
     }
 
     fn distribution(&self, j: usize, s: f64) -> f64 {
@@ -477,13 +484,9 @@ impl BetaScores {
         }
     }
 
-    /// Score `j`'s density from [`BetaScores::logs`].
-    fn density_of_logs(&self, j: usize, ln_x: f64, ln_1m_x: f64) -> f64 {
-        if ln_x.is_nan() {
-            return 0.0;
-        }
-        let (a, b) = (self.alphas[j], self.betas[j]);
-        ((a - 1.0) * ln_x + (b - 1.0) * ln_1m_x - self.ln_betas[j]).exp()
+    /// Score `j`'s law: alpha, beta and `ln B(alpha, beta)`.
+    fn law(&self, j: usize) -> (f64, f64, f64) {
+        (self.alphas[j], self.betas[j], self.ln_betas[j])
     }
 }
 
@@ -494,7 +497,7 @@ impl ScoreLaws for BetaScores {
 
     fn density(&self, j: usize, s: f64) -> f64 {
         let (ln_x, ln_1m_x) = self.logs(j, s);
-        self.density_of_logs(j, ln_x, ln_1m_x)
+        beta_density(self.law(j), ln_x, ln_1m_x)
     }
 
     /// [`ScoreLaws::density`] at each node, the logarithms shared among equal shifts.
@@ -508,14 +511,64 @@ impl ScoreLaws for BetaScores {
             }
             logs.segment = segment;
         }
-        for ((f, &ln_x), &ln_1m_x) in out.iter_mut().zip(&logs.ln_x).zip(&logs.ln_1m_x) {
-            *f = self.density_of_logs(j, ln_x, ln_1m_x);
-        }
+        beta_densities(self.law(j), logs, out);
     }
 
     fn distribution(&self, j: usize, s: f64) -> f64 {
         let x = (s + self.shifts[j]).clamp(0.0, 1.0);
         statrs::function::beta::beta_reg(self.alphas[j], self.betas[j], x)
+    }
+}
+
+/// The normal density at standard score `z` of a law with `1 / std` `inverse_std`; 0
+/// beyond `reach`.
+#[inline(always)]
+fn normal_density(z: f64, inverse_std: f64, reach: f64) -> f64 {
+    let density = exp(-0.5 * z * z) * inverse_std / (2.0 * std::f64::consts::PI).sqrt();
+    if z.abs() > reach {
+        0.0
+    } else {
+        density
+    }
+}
+
+dispatched!(normal_densities => normal_densities_kernel(
+    nodes: &[f64; NODES], mean: f64, inverse_std: f64, reach: f64, out: &mut [f64; NODES]
+));
+
+#[inline(always)]
+fn normal_densities_kernel(
+    nodes: &[f64; NODES],
+    mean: f64,
+    inverse_std: f64,
+    reach: f64,
+    out: &mut [f64; NODES],
+) {
+    for i in 0..NODES {
+        out[i] = normal_density((nodes[i] - mean) * inverse_std, inverse_std, reach);
+    }
+}
+
+/// The density of `Beta(alpha, beta)` (`law`: alpha, beta, `ln B(alpha, beta)`) from
+/// [`BetaScores::logs`]; 0 where they are NaN, outside the support.
+#[inline(always)]
+fn beta_density((alpha, beta, ln_beta): (f64, f64, f64), ln_x: f64, ln_1m_x: f64) -> f64 {
+    let density = exp((alpha - 1.0) * ln_x + (beta - 1.0) * ln_1m_x - ln_beta);
+    if ln_x.is_nan() {
+        0.0
+    } else {
+        density
+    }
+}
+
+dispatched!(beta_densities => beta_densities_kernel(
+    law: (f64, f64, f64), logs: &NodeLogs, out: &mut [f64; NODES]
+));
+
+#[inline(always)]
+fn beta_densities_kernel(law: (f64, f64, f64), logs: &NodeLogs, out: &mut [f64; NODES]) {
+    for ((f, &ln_x), &ln_1m_x) in out.iter_mut().zip(&logs.ln_x).zip(&logs.ln_1m_x) {
+        *f = beta_density(law, ln_x, ln_1m_x);
     }
 }
 
@@ -536,6 +589,8 @@ impl Body {
 /// the next segment starts, and the working values of the segment last evaluated.
 struct Scratch {
     start: Vec<f64>,
+    /// Whether each score has mass in the segment.
+    meets: Vec<bool>,
     /// Each score's density at the segment's nodes.
     densities: Vec<[f64; NODES]>,
     /// Each score's distribution function at the segment's nodes.
@@ -557,6 +612,7 @@ impl Scratch {
         let n = scores.len();
         Scratch {
             start: (0..n).map(|j| scores.distribution(j, s)).collect(),
+            meets: vec![false; n],
             densities: vec![[0.0; NODES]; n],
             distributions: vec![[0.0; NODES]; n],
             values: vec![[0.0; NODES]; n],
@@ -571,60 +627,15 @@ impl Scratch {
     /// error estimate: the two rules' difference summed over the integrands and over the
     /// densities (whose integrals carry the distribution functions on).
     fn evaluate<S: ScoreLaws>(&mut self, scores: &S, bodies: &[Body], (a, b): (f64, f64)) -> f64 {
-        let rule = Rule::get();
         let (center, half) = ((a + b) / 2.0, (b - a) / 2.0);
-        let nodes = rule.nodes.map(|t| center + half * t);
+        let nodes = Rule::get().nodes.map(|t| center + half * t);
         for (j, body) in bodies.iter().enumerate() {
-            let (density, distribution) = (&mut self.densities[j], &mut self.distributions[j]);
-            if !body.meets((a, b)) {
-                density.fill(0.0);
-                distribution.fill(self.start[j]);
-                self.mass_kronrod[j] = 0.0;
-                self.mass_gauss[j] = 0.0;
-                continue;
-            }
-            scores.densities(j, &nodes, density);
-            for (c, integral) in distribution.iter_mut().zip(rule.integrals_to_nodes(density)) {
-                *c = (self.start[j] + half * integral).clamp(0.0, 1.0);
-            }
-            self.mass_kronrod[j] = dot(&rule.kronrod, density);
-            self.mass_gauss[j] = dot(&rule.gauss, density);
-        }
-        // f_k prod_{j != k} F_j at every node, from the products before and after each
-        // score; the nodes run in the inner loops, as independent lanes.
-        let mut before = [1.0; NODES];
-        for ((values, density), distribution) in self
-            .values
-            .iter_mut()
-            .zip(&self.densities)
-            .zip(&self.distributions)
-        {
-            for (((v, f), b), c) in values.iter_mut().zip(density).zip(&mut before).zip(distribution) {
-                *v = f * *b;
-                *b *= c;
+            self.meets[j] = body.meets((a, b));
+            if self.meets[j] {
+                scores.densities(j, &nodes, &mut self.densities[j]);
             }
         }
-        let mut after = [1.0; NODES];
-        for j in (0..bodies.len()).rev() {
-            for ((v, a), c) in self.values[j]
-                .iter_mut()
-                .zip(&mut after)
-                .zip(&self.distributions[j])
-            {
-                *v *= *a;
-                *a *= c;
-            }
-            self.kronrod[j] = dot(&rule.kronrod, &self.values[j]);
-            self.gauss[j] = dot(&rule.gauss, &self.values[j]);
-        }
-        let differences = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(x, y)| (x - y).abs()).sum::<f64>();
-        let sizes = |x: &[f64]| x.iter().map(|x| x.abs()).sum::<f64>();
-        let difference =
-            differences(&self.kronrod, &self.gauss) + differences(&self.mass_kronrod, &self.mass_gauss);
-        // A difference within the sums' rounding is no error (QUADPACK's rule), else a
-        // tolerance near the rounding would halve segments forever.
-        let rounding = 50.0 * f64::EPSILON * (sizes(&self.kronrod) + sizes(&self.mass_kronrod));
-        half * (difference - rounding).max(0.0)
+        combine(self, half)
     }
 
     /// Adds the last segment's integrals to `out` and carries the distribution functions to
@@ -640,8 +651,82 @@ impl Scratch {
     }
 }
 
+dispatched!(combine => combine_kernel(scratch: &mut Scratch, half: f64) -> f64);
+
+/// The rest of [`Scratch::evaluate`] once the densities at the nodes of a segment of
+/// half-width `half` are in: the distribution functions, the integrands and both rules'
+/// integrals of each, and the error estimate.
+// Plain indexed loops over scores: closures over them need not inline into the
+// target-feature wrappers.
+#[inline(always)]
+fn combine_kernel(scratch: &mut Scratch, half: f64) -> f64 {
+    let rule = Rule::get();
+    let n = scratch.start.len();
+    for j in 0..n {
+        let (density, distribution) = (&mut scratch.densities[j], &mut scratch.distributions[j]);
+        if !scratch.meets[j] {
+            density.fill(0.0);
+            distribution.fill(scratch.start[j]);
+            scratch.mass_kronrod[j] = 0.0;
+            scratch.mass_gauss[j] = 0.0;
+            continue;
+        }
+        let integrals = rule.integrals_to_nodes(density);
+        for i in 0..NODES {
+            distribution[i] = (scratch.start[j] + half * integrals[i]).clamp(0.0, 1.0);
+        }
+        scratch.mass_kronrod[j] = integrals[NODES];
+        scratch.mass_gauss[j] = dot(&rule.gauss, density);
+    }
+    // f_k prod_{j != k} F_j at every node, from the products before and after each
+    // score; the nodes run in the inner loops, as independent lanes.
+    let mut before = [1.0; NODES];
+    for j in 0..n {
+        let (values, density, distribution) = (
+            &mut scratch.values[j],
+            &scratch.densities[j],
+            &scratch.distributions[j],
+        );
+        for i in 0..NODES {
+            values[i] = density[i] * before[i];
+            before[i] *= distribution[i];
+        }
+    }
+    let mut after = [1.0; NODES];
+    for j in (0..n).rev() {
+        let (values, distribution) = (&mut scratch.values[j], &scratch.distributions[j]);
+        for i in 0..NODES {
+            values[i] *= after[i];
+            after[i] *= distribution[i];
+        }
+        scratch.kronrod[j] = dot(&rule.kronrod, values);
+        scratch.gauss[j] = dot(&rule.gauss, values);
+    }
+    let (mut differences, mut mass_differences, mut sizes, mut mass_sizes) = (0.0, 0.0, 0.0, 0.0);
+    for j in 0..n {
+        differences += (scratch.kronrod[j] - scratch.gauss[j]).abs();
+        mass_differences += (scratch.mass_kronrod[j] - scratch.mass_gauss[j]).abs();
+        sizes += scratch.kronrod[j].abs();
+        mass_sizes += scratch.mass_kronrod[j].abs();
+    }
+    // A difference within the sums' rounding is no error (QUADPACK's rule), else a
+    // tolerance near the rounding would halve segments forever.
+    let rounding = 50.0 * f64::EPSILON * (sizes + mass_sizes);
+    half * (differences + mass_differences - rounding).max(0.0)
+}
+
+/// `sum_i x_i y_i` over the nodes, added as a tree (eight lanes, then halves) whose
+/// additions run side by side rather than in one chain.
+#[inline(always)]
 fn dot(x: &[f64; NODES], y: &[f64; NODES]) -> f64 {
-    x.iter().zip(y).map(|(x, y)| x * y).sum()
+    let mut lanes = [0.0; 8];
+    for i in 0..8 {
+        lanes[i] = x[i] * y[i];
+    }
+    for i in 8..NODES {
+        lanes[i - 8] += x[i] * y[i];
+    }
+    ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
 }
 
 /// Adds to `out[k]` the integral of `f_k(s) prod_{j != k} F_j(s)` over `[a, b]`, halving
@@ -858,13 +943,14 @@ mod tests {
     }
 
     /// The partial-integral matrix integrates every polynomial of degree up to 14 exactly
-    /// from -1 to each node.
+    /// from -1 to each node and to 1.
     #[test]
     fn partial_integrals_are_exact_for_polynomials() {
         let rule = Rule::get();
         for degree in 0..NODES as i32 {
             let values: [f64; NODES] = rule.nodes.map(|t| t.powi(degree));
-            for (t, integral) in rule.nodes.iter().zip(rule.integrals_to_nodes(&values)) {
+            let ends = rule.nodes.iter().chain([&1.0]);
+            for (t, integral) in ends.zip(rule.integrals_to_nodes(&values)) {
                 let exact = (t.powi(degree + 1) - (-1f64).powi(degree + 1)) / f64::from(degree + 1);
                 assert!((integral - exact).abs() < 1e-13, "degree {degree} at {t}");
             }
@@ -913,6 +999,7 @@ mod tests {
             let scores = NormalScores {
                 means: means.clone(),
                 inverse_stds: stds.iter().map(|s| 1.0 / s).collect(),
+                reach: REACH,
             };
             let range = (0.5 - 13.0 * 0.2, 0.5 + 13.0 * 0.2);
             let reference = direct_pmf(&scores, range, 20_000);

@@ -170,7 +170,7 @@ fn gaussian_thompson(
 /// arm's score, picks the arm; `pmf` says how likely each was to be the largest.
 fn exact_choice(first: &[f64], mut pmf: Vec<f64>) -> Choice {
     let position = crate::pmf::argmax(first);
-    // A draw beyond the quadrature's reach (odds below 1e-19) still needs a propensity.
+    // A draw beyond the quadrature's reach (odds below 1e-12) still needs a propensity.
     pmf[position] = pmf[position].max(f64::MIN_POSITIVE);
     Choice {
         position,
