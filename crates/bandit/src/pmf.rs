@@ -8,6 +8,7 @@ use std::cell::RefCell;
 
 use rand::Rng;
 
+use crate::packed::dot;
 use crate::vectors::{dispatched, exp};
 
 /// Index of the largest score; ties go to the lowest index, so the choice is deterministic.
@@ -713,20 +714,6 @@ fn combine_kernel(scratch: &mut Scratch, half: f64) -> f64 {
     // tolerance near the rounding would halve segments forever.
     let rounding = 50.0 * f64::EPSILON * (sizes + mass_sizes);
     half * (differences + mass_differences - rounding).max(0.0)
-}
-
-/// `sum_i x_i y_i` over the nodes, added as a tree (eight lanes, then halves) whose
-/// additions run side by side rather than in one chain.
-#[inline(always)]
-fn dot(x: &[f64; NODES], y: &[f64; NODES]) -> f64 {
-    let mut lanes = [0.0; 8];
-    for i in 0..8 {
-        lanes[i] = x[i] * y[i];
-    }
-    for i in 8..NODES {
-        lanes[i - 8] += x[i] * y[i];
-    }
-    ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
 }
 
 /// Adds to `out[k]` the integral of `f_k(s) prod_{j != k} F_j(s)` over `[a, b]`, halving
