@@ -7,6 +7,17 @@ use serde::{Deserialize, Serialize};
 use crate::error::{finite, Error, ErrorKind, Result};
 use crate::limits;
 
+/// The family an arm's id names: the id's last `/`-separated part up to its first `-`, `_`
+/// or `:`, in lower case (`meta/llama-2-70b-chat` and `llama-3-8b`: `llama`;
+/// `claude-instant-v1`: `claude`; `gpt-4o` and `gpt-3.5-turbo`: `gpt`; `a0`: `a0`).
+/// Linear policies shrink the prompt weights of arms of one family toward each other
+/// ([`crate::ridge`]): versions and sizes of one model tend to be good at the same things.
+pub fn family_of(id: &str) -> String {
+    let name = id.rsplit('/').next().unwrap_or(id);
+    let stem = name.split(['-', '_', ':']).next().unwrap_or(name);
+    stem.to_lowercase()
+}
+
 /// One model the router can send a request to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Arm {
@@ -140,6 +151,26 @@ impl Constraints {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn families_are_the_names_stems() {
+        for (id, family) in [
+            ("meta/llama-2-70b-chat", "llama"),
+            ("llama-3-8b", "llama"),
+            ("claude-instant-v1", "claude"),
+            ("claude-v2", "claude"),
+            ("gpt-3.5-turbo-1106", "gpt"),
+            ("openai/gpt-4o", "gpt"),
+            ("zero-one-ai/Yi-34B-Chat", "yi"),
+            ("llama3:8b", "llama3"),
+            ("mistral_7b", "mistral"),
+            ("family3-size1", "family3"),
+            ("a0", "a0"),
+        ] {
+            assert_eq!(family_of(id), family, "{id}");
+        }
+        assert_ne!(family_of("mixtral-8x7b"), family_of("mistral-7b"));
+    }
 
     #[test]
     fn exclusion_names_the_reason() {

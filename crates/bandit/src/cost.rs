@@ -97,7 +97,7 @@ impl CostModel {
     /// Appends an arm, nothing learned.
     pub fn add_arm(&mut self) {
         if let Some(models) = self.corrections.as_mut() {
-            models.add_arm();
+            models.add_arm(None);
         }
     }
 

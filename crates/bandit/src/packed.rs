@@ -215,6 +215,17 @@ impl PackedSymmetric {
         with_padded(x, |x| quadratic_form(&self.data, self.dim, x))
     }
 
+    /// `C x`.
+    pub fn mul(&self, x: &[f64]) -> Vec<f64> {
+        let dim = self.dim;
+        with_padded(x, |x| {
+            with_buffer(&[], dim + PADDING, |out| {
+                mul_vec(&self.data, dim, x, out);
+                out[..dim].to_vec()
+            })
+        })
+    }
+
     /// `C <- C + w x x'`, the update of a Gram matrix by one row.
     pub fn add_outer(&mut self, x: &[f64], weight: f64) {
         let dim = self.dim;

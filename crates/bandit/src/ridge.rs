@@ -18,8 +18,29 @@
 //! Rounding drifts both, so every [`REFRESH_INTERVAL`] updates they are recomputed from `A`
 //! and `b` by a fresh Cholesky factorization, which also keeps `A^-1` symmetric positive
 //! definite.
+//!
+//! **Families share strength.** Arms of one family ([`crate::arm::family_of`]: versions and
+//! sizes of one model) tend to be good and bad at the same kinds of prompt, and a route
+//! with thirty models sees each one too rarely to learn that alone. A [`RidgeTable`] with
+//! families therefore shrinks each arm's prompt weights toward its family's instead of
+//! toward 0: with the pooled ridge model of every observation of the family's arms,
+//!
+//! ```text
+//! A_F = lambda I + sum_{a in F} (A_a - lambda I),  b_F = lambda theta0 + sum_{a in F} (b_a - lambda theta0)
+//! delta_F = A_F^-1 b_F with its bias coefficient set to 0
+//! theta_a = A_a^-1 (b_a + lambda delta_F) = A_a^-1 b_a + lambda A_a^-1 delta_F
+//! ```
+//!
+//! the arm's prior mean is `theta0 + delta_F`: the optimistic bias of its own (so a new
+//! member is still tried, and its level is its own) and its family's prompt weights. This is
+//! the two-stage (empirical Bayes) form of the hierarchical model `theta_a ~ N(theta_F,
+//! sigma^2 / lambda I)` (Gelman et al. 2013, *Bayesian Data Analysis*, ch. 5; as multi-task
+//! ridge, Evgeniou and Pontil 2004), with the arm's own rows counted in `theta_F` too. The
+//! confidence width `x' A_a^-1 x` stays the arm's own. A family of one arm changes nothing.
+//! Each arm's `theta_a` is kept with the table, recomputed when a member learns (one `O(d^2)`
+//! product per member), so a decision costs what it did.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use nalgebra::{Cholesky, DMatrix, DVector, DVectorView};
 use serde::{Deserialize, Serialize};
@@ -338,7 +359,8 @@ impl RidgeModel {
     }
 }
 
-/// The ridge models of all arms, with their forgetting rule.
+/// The ridge models of all arms, with their forgetting rule, and the families that share
+/// strength (see the module docs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RidgeTable {
     models: Vec<RidgeModel>,
@@ -350,6 +372,17 @@ pub struct RidgeTable {
     /// The prior mean's bias coefficient of every model.
     #[serde(default = "optimistic_quality")]
     prior_bias: f64,
+    /// Each arm's family, or none; empty in a table without families (and in snapshots
+    /// written before them), else one entry per arm.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    families: Vec<Option<String>>,
+    /// Per family of two or more arms, the ridge model of all their observations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pooled: BTreeMap<String, RidgeModel>,
+    /// Per arm of such a family, its estimate under the family's prior; one entry per arm
+    /// when `families` has any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    shared_means: Vec<Option<DVector<f64>>>,
 }
 
 impl RidgeTable {
@@ -376,12 +409,38 @@ impl RidgeTable {
             forgetting,
             window: VecDeque::new(),
             prior_bias,
+            families: Vec::new(),
+            pooled: BTreeMap::new(),
+            shared_means: Vec::new(),
         }
     }
 
-    /// The model of one arm.
+    /// Puts each arm in its family (`None`: in none), replacing any families it had.
+    pub fn assign_families(&mut self, families: Vec<Option<String>>) {
+        assert_eq!(families.len(), self.models.len(), "one family per arm");
+        self.families = families;
+        self.shared_means = vec![None; self.models.len()];
+        self.pooled.clear();
+        self.rebuild_all_families();
+    }
+
+    /// Whether arms were put in families (see [`RidgeTable::assign_families`]).
+    pub fn has_families(&self) -> bool {
+        !self.families.is_empty()
+    }
+
+    /// The model of one arm, learned from its own observations alone.
     pub fn get(&self, arm: usize) -> &RidgeModel {
         &self.models[arm]
+    }
+
+    /// Arm `arm`'s estimate of quality at `x`: under its family's prior when it has one
+    /// (see the module docs), else its own model's.
+    pub fn mean(&self, arm: usize, x: &[f64]) -> f64 {
+        match self.shared_means.get(arm) {
+            Some(Some(theta)) => dot(theta.as_slice(), x),
+            _ => self.models[arm].mean(x),
+        }
     }
 
     /// Number of arms.
@@ -405,11 +464,24 @@ impl RidgeTable {
                 while self.window.len() > size {
                     if let Some((old_arm, old_x, old_r)) = self.window.pop_front() {
                         self.models[old_arm].downdate(&old_x, old_r);
+                        if let Some(pooled) = self.pooled_of_mut(old_arm) {
+                            pooled.downdate(&old_x, old_r);
+                        }
+                        self.refresh_shared_means(old_arm);
                     }
                 }
             }
         }
         self.models[arm].update(x, r);
+        if let Forgetting::Discount { .. } = self.forgetting {
+            // The discount changed the arm's whole history, not one row of it.
+            self.rebuild_family_of(arm);
+        } else {
+            if let Some(pooled) = self.pooled_of_mut(arm) {
+                pooled.update(x, r);
+            }
+            self.refresh_shared_means(arm);
+        }
     }
 
     /// Adds what `replica` learned since `base` to every arm (see
@@ -419,18 +491,28 @@ impl RidgeTable {
         for ((mine, r), b) in self.models.iter_mut().zip(&replica.models).zip(&base.models) {
             mine.merge(r, b);
         }
+        self.rebuild_all_families();
         Ok(())
     }
 
-    /// Appends a prior model for a new arm.
-    pub fn add_arm(&mut self) {
+    /// Appends a prior model for a new arm, in `family` if given.
+    pub fn add_arm(&mut self, family: Option<String>) {
         self.models
             .push(RidgeModel::with_prior(self.dim, self.lambda, self.prior_bias));
+        if family.is_none() && self.families.is_empty() {
+            return;
+        }
+        let arms = self.models.len();
+        self.families.resize(arms - 1, None);
+        self.families.push(family);
+        self.shared_means.resize(arms, None);
+        self.rebuild_family_of(arms - 1);
     }
 
     /// Adds a prior to one arm's model (see [`RidgeModel::absorb_prior`]).
     pub fn absorb_prior(&mut self, arm: usize, prior: &RidgePrior, observations: f64) {
         self.models[arm].absorb_prior(prior, observations);
+        self.rebuild_family_of(arm);
     }
 
     /// Shrinks one arm's data (priors included) to count as at most `keep` observations
@@ -442,6 +524,7 @@ impl RidgeTable {
         if model.count() > keep {
             model.discount(keep / model.count());
             self.window.retain(|(a, _, _)| *a != arm);
+            self.rebuild_family_of(arm);
         }
     }
 
@@ -453,6 +536,88 @@ impl RidgeTable {
             if *a > arm {
                 *a -= 1;
             }
+        }
+        if arm < self.families.len() {
+            let family = self.families.remove(arm);
+            self.shared_means.remove(arm);
+            if let Some(family) = family {
+                self.rebuild_family(&family);
+            }
+        }
+    }
+
+    fn family_of(&self, arm: usize) -> Option<&str> {
+        self.families.get(arm).and_then(Option::as_deref)
+    }
+
+    fn members(&self, family: &str) -> Vec<usize> {
+        (0..self.families.len())
+            .filter(|&a| self.family_of(a) == Some(family))
+            .collect()
+    }
+
+    fn pooled_of_mut(&mut self, arm: usize) -> Option<&mut RidgeModel> {
+        let family = self.families.get(arm)?.as_deref()?;
+        self.pooled.get_mut(family)
+    }
+
+    fn rebuild_all_families(&mut self) {
+        let families: BTreeSet<String> = self.families.iter().flatten().cloned().collect();
+        for family in &families {
+            self.rebuild_family(family);
+        }
+    }
+
+    fn rebuild_family_of(&mut self, arm: usize) {
+        if let Some(family) = self.family_of(arm).map(str::to_owned) {
+            self.rebuild_family(&family);
+        }
+    }
+
+    /// The pooled model of `family` from its arms' statistics, `A = lambda I + sum_a (A_a -
+    /// lambda I)`, `b = lambda theta0 + sum_a (b_a - lambda theta0)`; none for a family of
+    /// fewer than two arms.
+    fn rebuild_family(&mut self, family: &str) {
+        let members = self.members(family);
+        if members.len() < 2 {
+            self.pooled.remove(family);
+            for a in members {
+                self.shared_means[a] = None;
+            }
+            return;
+        }
+        let prior = RidgeModel::with_prior(self.dim, self.lambda, self.prior_bias);
+        let mut pooled = prior.clone();
+        for &a in &members {
+            let model = &self.models[a];
+            pooled.precision += &model.precision - &prior.precision;
+            pooled.b += &model.b - &prior.b;
+            pooled.count += model.count;
+        }
+        pooled.refresh();
+        self.pooled.insert(family.to_owned(), pooled);
+        self.refresh_shared_means(members[0]);
+    }
+
+    /// Recomputes the estimates of the arms in `arm`'s family (if it is pooled): with the
+    /// family's prompt weights `delta` (its pooled estimate with the bias left out) as the
+    /// prior mean's, arm `a`'s estimate is `A_a^-1 (b_a + lambda delta) = theta_a + lambda
+    /// A_a^-1 delta`.
+    fn refresh_shared_means(&mut self, arm: usize) {
+        let Some(family) = self.family_of(arm) else {
+            return;
+        };
+        let Some(pooled) = self.pooled.get(family) else {
+            return;
+        };
+        let mut delta = pooled.theta().clone();
+        delta[0] = 0.0;
+        for a in self.members(family) {
+            let model = &self.models[a];
+            let shift = DVector::from_vec(model.caches.covariance.mul(delta.as_slice()));
+            let mut theta = model.theta().clone();
+            theta.axpy(self.lambda, &shift, 1.0);
+            self.shared_means[a] = Some(theta);
         }
     }
 }
@@ -578,5 +743,168 @@ mod tests {
         let back: RidgeModel = serde_json::from_value(text).unwrap();
         assert_eq!(back, model);
         assert_eq!(back.theta(), model.theta());
+    }
+
+    /// Observations of `arms` arms in dimension `dim`: a bias, then uniform features; each
+    /// arm's quality shares the prompt weights `w` around a level of its own, plus noise.
+    fn family_rows(seed: u64, arms: usize, rows: usize) -> Vec<(usize, Vec<f64>, f64)> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let w = [0.0, 0.3, -0.2, 0.25];
+        (0..rows)
+            .map(|i| {
+                let arm = i % arms;
+                let x: Vec<f64> = (0..4)
+                    .map(|j| if j == 0 { 1.0 } else { rng.random_range(-1.0..1.0) })
+                    .collect();
+                let r = 0.4 + 0.1 * arm as f64 + dot(&w, &x) + rng.random_range(-0.05..0.05);
+                (arm, x, r)
+            })
+            .collect()
+    }
+
+    fn families(names: &[Option<&str>]) -> Vec<Option<String>> {
+        names.iter().map(|f| f.map(str::to_owned)).collect()
+    }
+
+    #[test]
+    fn family_estimates_equal_the_closed_form() {
+        let (dim, lambda) = (4, 3.0);
+        let mut table = RidgeTable::new(3, dim, lambda, Forgetting::None);
+        table.assign_families(families(&[Some("f"), Some("f"), Some("g")]));
+        let rows = family_rows(1, 3, 60);
+        for (arm, x, r) in &rows {
+            table.observe(*arm, x, *r);
+        }
+        // Brute force: the normal equations of each arm and of the family, solved by LU.
+        let theta0 = DVector::from_fn(dim, |i, _| if i == 0 { OPTIMISTIC_QUALITY } else { 0.0 });
+        let statistics = |arms: &[usize]| {
+            let mut a = DMatrix::identity(dim, dim) * lambda;
+            let mut b = &theta0 * lambda;
+            for (_, x, r) in rows.iter().filter(|(arm, _, _)| arms.contains(arm)) {
+                let x = DVector::from_column_slice(x);
+                a += &x * x.transpose();
+                b += x * *r;
+            }
+            (a, b)
+        };
+        let (a_f, b_f) = statistics(&[0, 1]);
+        let mut delta = a_f.lu().solve(&b_f).unwrap();
+        delta[0] = 0.0;
+        let probe = [1.0, 0.4, -0.7, 0.2];
+        for arm in 0..3 {
+            let (a, b) = statistics(&[arm]);
+            let prior_shift = if arm < 2 {
+                &delta * lambda
+            } else {
+                DVector::zeros(dim)
+            };
+            let theta = a.lu().solve(&(b + prior_shift)).unwrap();
+            let want = dot(theta.as_slice(), &probe);
+            let got = table.mean(arm, &probe);
+            assert!((got - want).abs() < 1e-9, "arm {arm}: {got} vs {want}");
+        }
+        // An arm alone in its family is its own model, to the bit.
+        assert_eq!(table.mean(2, &probe), table.get(2).mean(&probe));
+    }
+
+    #[test]
+    fn a_new_family_member_starts_from_its_familys_prompt_weights() {
+        let probes = [
+            [1.0, 0.8, -0.5, 0.1],
+            [1.0, -0.6, 0.9, -0.4],
+            [1.0, 0.2, 0.2, 0.9],
+        ];
+        let w = [0.0, 0.3, -0.2, 0.25];
+        let weights_error = |table: &RidgeTable| -> f64 {
+            // The estimate's differences between prompts against the true ones: the bias,
+            // the arm's level, cancels.
+            let base = table.mean(2, &probes[0]);
+            probes[1..]
+                .iter()
+                .map(|p| {
+                    let got = table.mean(2, p) - base;
+                    let want = dot(&w, p) - dot(&w, &probes[0]);
+                    (got - want).abs()
+                })
+                .sum()
+        };
+        let mut alone = RidgeTable::new(3, 4, 10.0, Forgetting::None);
+        alone.assign_families(families(&[Some("f"), Some("g"), Some("h")]));
+        let mut shared = RidgeTable::new(3, 4, 10.0, Forgetting::None);
+        shared.assign_families(families(&[Some("f"), Some("f"), Some("f")]));
+        // Arms 0 and 1 learn from 400 rows; arm 2 has seen none.
+        for (arm, x, r) in family_rows(2, 2, 400) {
+            alone.observe(arm, &x, r);
+            shared.observe(arm, &x, r);
+        }
+        // Alone, arm 2 predicts every prompt alike: the error is the whole effect of the
+        // prompts. With its family it is the family's: the ridge's shrinkage over 400 rows
+        // of features of variance 1/3 (about 10 / (400 / 3 + 10), 7%) and the noise's.
+        let effect: f64 = probes[1..]
+            .iter()
+            .map(|p| (dot(&w, p) - dot(&w, &probes[0])).abs())
+            .sum();
+        let (alone_error, shared_error) = (weights_error(&alone), weights_error(&shared));
+        assert!((alone_error - effect).abs() < 1e-12, "{alone_error} vs {effect}");
+        assert!(
+            shared_error < 0.15 * effect,
+            "{shared_error} against {alone_error} alone"
+        );
+    }
+
+    #[test]
+    fn family_estimates_kept_by_updates_equal_a_rebuild() {
+        let names = families(&[Some("f"), Some("f"), None, Some("f"), Some("g")]);
+        for forgetting in [
+            Forgetting::None,
+            Forgetting::Window { size: 25 },
+            Forgetting::Discount { gamma: 0.97 },
+        ] {
+            let mut table = RidgeTable::new(5, 4, 2.0, forgetting);
+            table.assign_families(names.clone());
+            for (arm, x, r) in family_rows(3, 5, 200) {
+                table.observe(arm, &x, r);
+            }
+            table.shrink_arm(1, 5.0);
+            table.add_arm(Some("g".into()));
+            table.remove_arm(0);
+            for (arm, x, r) in family_rows(4, 5, 50) {
+                table.observe(arm, &x, r);
+            }
+            let mut rebuilt = table.clone();
+            rebuilt.assign_families(table.families.clone());
+            let probe = [1.0, -0.3, 0.5, 0.8];
+            for arm in 0..table.len() {
+                let (got, want) = (table.mean(arm, &probe), rebuilt.mean(arm, &probe));
+                assert!(
+                    (got - want).abs() < 1e-9,
+                    "{forgetting:?}, arm {arm}: {got} vs {want}"
+                );
+            }
+            // "g" has two arms now (the one added and the last); "f" two after the removal.
+            assert_eq!(table.pooled.len(), 2, "{forgetting:?}");
+        }
+    }
+
+    #[test]
+    fn a_table_with_families_reads_back_bit_for_bit_and_older_ones_have_none() {
+        let mut table = RidgeTable::new(3, 4, 2.0, Forgetting::None);
+        table.assign_families(families(&[Some("f"), Some("f"), Some("g")]));
+        for (arm, x, r) in family_rows(5, 3, 90) {
+            table.observe(arm, &x, r);
+        }
+        let text = serde_json::to_value(&table).unwrap();
+        let back: RidgeTable = serde_json::from_value(text.clone()).unwrap();
+        let probe = [1.0, 0.1, 0.2, 0.3];
+        for arm in 0..3 {
+            assert_eq!(back.mean(arm, &probe), table.mean(arm, &probe));
+        }
+        let mut older = text;
+        for key in ["families", "pooled", "shared_means"] {
+            older.as_object_mut().unwrap().remove(key);
+        }
+        let older: RidgeTable = serde_json::from_value(older).unwrap();
+        assert!(!older.has_families());
+        assert_eq!(older.mean(0, &probe), table.get(0).mean(&probe));
     }
 }

@@ -683,9 +683,9 @@ impl Learner {
         if self.arms.iter().any(|a| a.id == arm.id) {
             return Err(ErrorKind::DuplicateArm(arm.id).into());
         }
+        self.policy.add_arm(&arm.id);
         self.arms.push(arm);
         self.usage.push(ArmUsage::default());
-        self.policy.add_arm();
         self.cost.add_arm();
         Ok(())
     }

@@ -72,7 +72,7 @@ impl Learner {
             }
             .into());
         }
-        let l = snapshot.learner;
+        let mut l = snapshot.learner;
         let k = l.arms.len();
         if k == 0 || l.policy.num_arms() != k || l.usage.len() != k {
             return Err(ErrorKind::CorruptSnapshot(format!(
@@ -91,6 +91,8 @@ impl Learner {
         if l.tracked.names_arm_beyond(k) {
             return Err(ErrorKind::CorruptSnapshot("a tracked decision names a missing arm".into()).into());
         }
+        let ids: Vec<&str> = l.arms.iter().map(|a| a.id.as_str()).collect();
+        l.policy.share_families(&ids);
         Ok(l)
     }
 }
@@ -128,5 +130,41 @@ mod tests {
                 .quality_recorded
         );
         assert!(l.tracked.get(ids[10]).expect("tracked").quality_recorded);
+    }
+
+    /// A snapshot written before families restores with its arms in their families, as a
+    /// learner built now would have them, and estimates what one would.
+    #[test]
+    fn a_snapshot_from_before_families_restores_them() {
+        let spec: PolicySpec = "linucb".parse().expect("spec");
+        let arms = vec![Arm::new("m-small"), Arm::new("m-large"), Arm::new("other")];
+        let mut l = Learner::new(LearnerConfig::new(spec, 2), arms).expect("learner");
+        for i in 0..300 {
+            let x = 0.1 * f64::from(i % 10);
+            let d = l
+                .decide(&Request::new(Context {
+                    features: vec![1.0, x],
+                    input_tokens: 10,
+                }))
+                .expect("decide");
+            l.record_quality(d.id, (0.3 + 0.5 * x).min(1.0))
+                .expect("feedback");
+        }
+        let mut text = serde_json::to_value(l.snapshot()).expect("json");
+        let table = &mut text["learner"]["policy"]["ridge"];
+        for key in ["families", "pooled", "shared_means"] {
+            assert!(
+                table.as_object_mut().expect("table").remove(key).is_some(),
+                "{key}"
+            );
+        }
+        let restored = Learner::restore(serde_json::from_value(text).expect("snapshot")).expect("restore");
+        for arm in 0..3 {
+            let (got, want) = (
+                restored.policy().estimate(arm, &[1.0, 0.7]).mean,
+                l.policy().estimate(arm, &[1.0, 0.7]).mean,
+            );
+            assert!((got - want).abs() < 1e-9, "arm {arm}: {got} vs {want}");
+        }
     }
 }

@@ -90,7 +90,9 @@ impl PolicyParams for LinTsParams {
     }
 
     fn build(&self, arm_ids: &[&str], dim: usize, forgetting: Forgetting) -> Result<LinTs> {
-        Ok(LinTs::new(arm_ids.len(), dim, self.v, self.lambda, self.draws, forgetting))
+        let mut policy = LinTs::new(arm_ids.len(), dim, self.v, self.lambda, self.draws, forgetting);
+        policy.share_families(arm_ids);
+        Ok(policy)
     }
 
     fn draws_mut(&mut self) -> Option<&mut u32> {

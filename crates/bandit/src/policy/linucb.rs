@@ -6,6 +6,10 @@
 //! Deterministic: PMF one-hot, exact. An arm with no data is predicted at quality 1 (the
 //! ridge prior mean, see [`crate::ridge`]) with the widest bonus `alpha |x| / sqrt(lambda)`,
 //! so new arms are tried early.
+//!
+//! Arms of one family ([`crate::arm::family_of`]) shrink their prompt weights toward the
+//! family's pooled estimate instead of toward 0 (see [`crate::ridge`]), here and in linear
+//! TS: `theta_a` above is then `A_a^-1 (b_a + lambda delta_F)`.
 
 use serde::{Deserialize, Serialize};
 
@@ -52,15 +56,22 @@ macro_rules! learn_from_ridge {
         fn estimate(&self, arm: usize, features: &[f64]) -> Estimate {
             let model = self.$field.get(arm);
             Estimate {
-                mean: model.mean(features),
+                mean: self.$field.mean(arm, features),
                 std: model.variance(features).sqrt(),
             }
         }
         fn update(&mut self, arm: usize, features: &[f64], quality: f64) {
             self.$field.observe(arm, features, quality);
         }
-        fn add_arm(&mut self) {
-            self.$field.add_arm();
+        fn add_arm(&mut self, id: &str) {
+            let family = self.$field.has_families().then(|| crate::arm::family_of(id));
+            self.$field.add_arm(family);
+        }
+        fn share_families(&mut self, arm_ids: &[&str]) {
+            if !self.$field.has_families() {
+                let families = arm_ids.iter().map(|id| Some(crate::arm::family_of(id)));
+                self.$field.assign_families(families.collect());
+            }
         }
         fn remove_arm(&mut self, arm: usize) {
             self.$field.remove_arm(arm);
@@ -127,7 +138,9 @@ impl PolicyParams for LinUcbParams {
     }
 
     fn build(&self, arm_ids: &[&str], dim: usize, forgetting: Forgetting) -> Result<LinUcb> {
-        Ok(LinUcb::new(arm_ids.len(), dim, self.alpha, self.lambda, forgetting))
+        let mut policy = LinUcb::new(arm_ids.len(), dim, self.alpha, self.lambda, forgetting);
+        policy.share_families(arm_ids);
+        Ok(policy)
     }
 }
 
@@ -225,7 +238,7 @@ mod tests {
         assert_eq!(c.position, 0);
         assert_eq!(c.pmf, vec![1.0, 0.0]);
         // An untried arm (prior mean 1, bonus alpha |x| / sqrt(lambda) = 1) beats arm 0.
-        policy.add_arm();
+        policy.add_arm("c");
         assert_eq!(choose_all(&policy, &x, &mut rng).position, 2);
     }
 }
