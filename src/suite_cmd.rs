@@ -1,15 +1,16 @@
 //! `quiver suite`: the validation protocol defaults are chosen by. Every candidate runs on
-//! every case (generated item-response tables of 3 to 60 models, with and without drift,
-//! and, given a RouterBench directory, 3-fold cross-validation of its train files; each
-//! also from a cold start) under budgets of 10%, 25% and 50% of the best model's cost; the
-//! report is each candidate's lift over the hull per case, then its mean and worst lift
-//! and its worst spend over the trained cases, and its mean and worst lift from cold.
+//! every case (generated item-response tables of 3 to 60 models and 3-fold
+//! cross-validation of the built-in scenario's train split, with and without drift, and,
+//! given their directories, 3-fold cross-validation of RouterBench's train files and of the
+//! RouteLLM tables; each also from a cold start) under budgets of 10%, 25% and 50% of the
+//! best model's cost; the report is each candidate's lift over the hull per case, then its
+//! mean and worst lift and its worst spend over the trained cases, and its mean and worst
+//! lift from cold.
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use quiver_bandit::prior::{check_cap, DEFAULT_PRIOR_CAP};
 use quiver_bandit::PolicySpec;
-use quiver_sim::data::{load_wide, Format};
 use quiver_sim::priors::TrainFeedback;
 use quiver_sim::suite::{self, Candidate, CaseResult};
 
@@ -39,6 +40,9 @@ pub struct SuiteArgs {
     /// test files are never read).
     #[arg(long)]
     routerbench: Option<String>,
+    /// A RouteLLM directory (`mmlu/`, `gsm8k/`): each table joins the suite as 3 folds.
+    #[arg(long)]
+    routellm: Option<String>,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -60,11 +64,7 @@ pub fn run(args: SuiteArgs) -> Result<()> {
     if candidates.is_empty() {
         bail!("--candidates is empty");
     }
-    let mut tables = suite::generated_tables();
-    if let Some(dir) = &args.routerbench {
-        let train = load_wide(&format!("{dir}/*_train.csv"), Format::RouterBench, None)?;
-        tables.extend(suite::folds("routerbench-train", &train, 3));
-    }
+    let tables = suite::tables(args.routerbench.as_deref(), args.routellm.as_deref())?;
     let cases = suite::cases(tables, true, true)?;
     // Each seed runs twice: under bandit feedback and with full information.
     let progress = bar(

@@ -14,7 +14,7 @@ use quiver_sim::ope::{estimate, inputs_for, run_candidate, Ips, Metric, Snips};
 use quiver_sim::priors::fit_wide;
 use quiver_sim::replay::{replay, Environment, Knobs, ReplaySettings, Variant};
 use quiver_sim::report::{summarize, PolicySummary, Summary};
-use quiver_sim::suite::{calibration_range, TableShape};
+use quiver_sim::suite::{self, calibration_range, TableShape};
 
 fn datasets() -> Option<PathBuf> {
     let dir = std::env::var_os("QUIVER_DATASETS")
@@ -33,6 +33,37 @@ fn datasets() -> Option<PathBuf> {
 
 fn path(dir: &std::path::Path, rel: &str) -> String {
     dir.join(rel).to_string_lossy().to_string()
+}
+
+/// `quiver suite --routerbench ... --routellm ...`: RouterBench's train files and each
+/// RouteLLM table join in 3 folds that evaluate every row once, priced, never RouterBench's
+/// test files.
+#[test]
+fn the_suite_takes_the_public_tables_in_folds() {
+    let Some(dir) = datasets() else { return };
+    let (routerbench, routellm) = (path(&dir, "routerbench_subset"), path(&dir, "routellm_evals"));
+    let all = suite::tables(Some(&routerbench), Some(&routellm)).unwrap();
+    let evaluated = |prefix: &str| -> usize {
+        let folds: Vec<_> = all.iter().filter(|(n, _, _)| n.starts_with(prefix)).collect();
+        assert_eq!(folds.len(), 3, "{prefix}");
+        for (name, train, test) in &folds {
+            assert!(
+                train.cost_usd.is_some() && test.cost_usd.is_some(),
+                "{name} is priced"
+            );
+            assert!(test.ids.iter().all(|id| !train.ids.contains(id)), "{name}");
+        }
+        folds.iter().map(|(_, _, test)| test.rows()).sum()
+    };
+    let train_files = load_wide(
+        &path(&dir, "routerbench_subset/*_train.csv"),
+        Format::RouterBench,
+        None,
+    )
+    .unwrap();
+    assert_eq!(evaluated("routerbench-train-fold"), train_files.rows());
+    assert_eq!(evaluated("routellm-mmlu-fold"), 14_042);
+    assert_eq!(evaluated("routellm-gsm8k-fold"), 1_319);
 }
 
 #[test]

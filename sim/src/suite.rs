@@ -32,10 +32,11 @@ use quiver_bandit::{Objective, PolicySpec, Priors, DEFAULT_PACING_STEP};
 use serde::Serialize;
 
 use crate::context::ContextBuilder;
-use crate::data::WideDataset;
+use crate::data::{load_wide, Format, WideDataset};
 use crate::error::Result;
 use crate::priors::{fit_wide, TrainFeedback};
 use crate::replay::{replay, Drift, Environment, Knobs, ReplaySettings, Variant};
+use crate::scenario::Scenario;
 
 /// One generated table.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -385,6 +386,30 @@ pub fn generated_tables() -> Vec<(String, WideDataset, WideDataset)> {
         .collect()
 }
 
+/// Every table of the suite: the generated ones, 3 folds of the built-in scenario's train
+/// split (the scenario `quiver replay` reports on; its test split is never read), and, given
+/// their directories, 3 folds of RouterBench's train files and of each RouteLLM table
+/// (`mmlu/`, `gsm8k/`).
+pub fn tables(
+    routerbench: Option<&str>,
+    routellm: Option<&str>,
+) -> Result<Vec<(String, WideDataset, WideDataset)>> {
+    let mut tables = generated_tables();
+    let (_, builtin_train) = Scenario::builtin()?.test_and_train();
+    tables.extend(folds("builtin-train", &builtin_train, 3));
+    if let Some(dir) = routerbench {
+        let train = load_wide(&format!("{dir}/*_train.csv"), Format::RouterBench, None)?;
+        tables.extend(folds("routerbench-train", &train, 3));
+    }
+    if let Some(dir) = routellm {
+        for task in ["mmlu", "gsm8k"] {
+            let data = load_wide(&format!("{dir}/{task}/*.csv"), Format::RouteLlm, None)?;
+            tables.extend(folds(&format!("routellm-{task}"), &data, 3));
+        }
+    }
+    Ok(tables)
+}
+
 /// `k`-fold cross-validation tables of `data` (rows `i` with `i % k == fold` evaluate,
 /// the rest train): how a public table's train split serves the suite without its test
 /// split.
@@ -584,6 +609,37 @@ mod tests {
         for (name, train, _) in generated_tables().into_iter().skip(1) {
             let shape = TableShape::of(&train);
             assert!(shape.uncalibrated().is_empty(), "{name}: {shape:?}");
+        }
+    }
+
+    /// Without dataset directories the suite is the generated tables and the built-in
+    /// scenario's train split in 3 folds: together they hold every train row once as
+    /// evaluation and none of its test split.
+    #[test]
+    fn the_built_in_scenario_joins_by_its_train_split_alone() {
+        let all = tables(None, None).unwrap();
+        let names: Vec<&str> = all.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "irt-3",
+                "irt-11",
+                "irt-30",
+                "irt-60",
+                "builtin-train-fold0",
+                "builtin-train-fold1",
+                "builtin-train-fold2"
+            ]
+        );
+        let (test, train) = Scenario::builtin().unwrap().test_and_train();
+        let mut evaluated: Vec<&String> = all[4..].iter().flat_map(|(_, _, t)| &t.ids).collect();
+        evaluated.sort();
+        let mut train_ids: Vec<&String> = train.ids.iter().collect();
+        train_ids.sort();
+        assert_eq!(evaluated, train_ids);
+        for (name, fold_train, fold_test) in &all[4..] {
+            assert_eq!(fold_train.rows() + fold_test.rows(), train.rows(), "{name}");
+            assert!(fold_test.ids.iter().all(|id| !test.ids.contains(id)), "{name}");
         }
     }
 
