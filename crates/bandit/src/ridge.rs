@@ -456,6 +456,7 @@ impl RidgeTable {
     /// Learns `(x, r)` for `arm`, forgetting as configured. A discount applies to the
     /// updated arm's own history (see [`RidgeModel::discount`]); a window is global.
     pub fn observe(&mut self, arm: usize, x: &[f64], r: f64) {
+        let mut forgotten = Vec::new();
         match self.forgetting {
             Forgetting::None => {}
             Forgetting::Discount { gamma } => self.models[arm].discount(gamma),
@@ -467,7 +468,7 @@ impl RidgeTable {
                         if let Some(pooled) = self.pooled_of_mut(old_arm) {
                             pooled.downdate(&old_x, old_r);
                         }
-                        self.refresh_shared_means(old_arm);
+                        forgotten.push(old_arm);
                     }
                 }
             }
@@ -481,6 +482,12 @@ impl RidgeTable {
                 pooled.update(x, r);
             }
             self.refresh_shared_means(arm);
+        }
+        // A forgotten row's family, once, unless the arm's refresh just covered it.
+        for old_arm in forgotten {
+            if self.family_of(old_arm) != self.family_of(arm) {
+                self.refresh_shared_means(old_arm);
+            }
         }
     }
 
