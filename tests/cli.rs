@@ -127,13 +127,27 @@ fn replay_json_is_byte_identical_for_the_same_seed_and_has_the_stable_fields() {
         p["mean_quality"].as_f64().unwrap(),
         p["mean_cost_usd"].as_f64().unwrap(),
     );
+    let hull = hull_at(&v, c);
+    assert!((p["hull_quality_at_cost"].as_f64().unwrap() - hull).abs() < 1e-12);
+    assert!((p["lift_over_hull"].as_f64().unwrap() - (q - hull)).abs() < 1e-12);
+    assert!(
+        p["regret_vs_hull_at_budget"].is_null() && p["hull_quality_at_budget"].is_null(),
+        "no budget, no hull at it"
+    );
+    let ratio = p["mean_quality"].as_f64().unwrap() / v["single_arms"][1]["mean_quality"].as_f64().unwrap();
+    assert!((p["quality_vs_best_single"].as_f64().unwrap() - ratio).abs() < 1e-12);
+}
+
+/// The frontier of a replay's `--json` read at cost `c`: the chord between the two
+/// frontier models around it, flat beyond either end.
+fn hull_at(v: &serde_json::Value, c: f64) -> f64 {
     let frontier: Vec<(f64, f64)> = v["frontier"]["points"]
         .as_array()
         .unwrap()
         .iter()
         .map(|p| (p[0].as_f64().unwrap(), p[1].as_f64().unwrap()))
         .collect();
-    let hull = frontier
+    frontier
         .windows(2)
         .find(|w| w[0].0 <= c && c <= w[1].0)
         .map(|w| w[0].1 + (c - w[0].0) / (w[1].0 - w[0].0) * (w[1].1 - w[0].1))
@@ -141,15 +155,36 @@ fn replay_json_is_byte_identical_for_the_same_seed_and_has_the_stable_fields() {
             frontier[0].1
         } else {
             frontier[frontier.len() - 1].1
-        });
-    assert!((p["hull_quality_at_cost"].as_f64().unwrap() - hull).abs() < 1e-12);
-    assert!((p["lift_over_hull"].as_f64().unwrap() - (q - hull)).abs() < 1e-12);
-    assert!(
-        p["regret_vs_hull_at_budget"].is_null(),
-        "no budget, no regret against its hull"
-    );
-    let ratio = p["mean_quality"].as_f64().unwrap() / v["single_arms"][1]["mean_quality"].as_f64().unwrap();
-    assert!((p["quality_vs_best_single"].as_f64().unwrap() - ratio).abs() < 1e-12);
+        })
+}
+
+/// Under a budget the report reads the hull at the budget too, and the regret against it
+/// is the rows times the quality that mix would have had over the policy's.
+#[test]
+fn a_budgeted_replay_reports_the_hull_at_its_budget() {
+    let dir = scratch("replay_budget_hull");
+    let data = wide_fixture(&dir);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&quiver(&[
+        "replay",
+        "--data",
+        data.to_str().unwrap(),
+        "--policies",
+        "linucb(alpha=0.5)",
+        "--seeds",
+        "2",
+        "--budget",
+        "0.0003",
+        "--json",
+    ])))
+    .expect("json");
+    let p = &v["policies"][0];
+    let hull = hull_at(&v, 0.0003);
+    // Between the cheapest model ($0.0001) and the middle one ($0.0005): a chord, not a point.
+    assert!(hull > v["frontier"]["points"][0][1].as_f64().unwrap(), "{hull}");
+    assert!((p["hull_quality_at_budget"].as_f64().unwrap() - hull).abs() < 1e-12);
+    let q = p["mean_quality"].as_f64().unwrap();
+    let rows = v["dataset"]["rows"].as_f64().unwrap();
+    assert!((p["regret_vs_hull_at_budget"].as_f64().unwrap() - rows * (hull - q)).abs() < 1e-9);
 }
 
 #[test]

@@ -99,6 +99,10 @@ pub struct PolicySummary {
     /// fixed mix that keeps it), `rows * (hull(budget) - mean_quality)`. The best fixed
     /// arm of `regret` may cost far more than the budget allows.
     pub regret_vs_hull_at_budget: Option<f64>,
+    /// Under a budget: the hull at the budget, the best quality a fixed mix that keeps it
+    /// reaches. A policy spending less than the budget is measured by `lift_over_hull`
+    /// against a cheaper mix; this says what spending up to the budget could have bought.
+    pub hull_quality_at_budget: Option<f64>,
     /// The full-information reference, when it was run.
     pub full_information: Option<FullInformation>,
     /// Mean quality over the best single model's.
@@ -304,6 +308,7 @@ pub fn summarize(
                 regret_vs_hull_at_budget: variant
                     .budget_usd
                     .map(|budget| data.rows() as f64 * (hull_at(budget) - q)),
+                hull_quality_at_budget: variant.budget_usd.map(hull_at),
                 full_information: (!full.is_empty()).then(|| {
                     let mean = |f: fn(&Run) -> f64| metrics::mean_ci95(&of(&full, f)).0;
                     let (fq, fc, fr) = (
