@@ -7,11 +7,15 @@ use serde::{Deserialize, Serialize};
 use crate::error::{finite, Error, ErrorKind, Result};
 use crate::limits;
 
+/// The tag that names an arm's family outright (`family:llama`), whatever its id says.
+pub const FAMILY_TAG: &str = "family:";
+
 /// The family an arm's id names: the id's last `/`-separated part up to its first `-`, `_`
 /// or `:`, in lower case (`meta/llama-2-70b-chat` and `llama-3-8b`: `llama`;
 /// `claude-instant-v1`: `claude`; `gpt-4o` and `gpt-3.5-turbo`: `gpt`; `a0`: `a0`).
 /// Linear policies shrink the prompt weights of arms of one family toward each other
 /// ([`crate::ridge`]): versions and sizes of one model tend to be good at the same things.
+/// A [`FAMILY_TAG`] overrides it ([`Arm::family`]).
 pub fn family_of(id: &str) -> String {
     let name = id.rsplit('/').next().unwrap_or(id);
     let stem = name.split(['-', '_', ':']).next().unwrap_or(name);
@@ -64,6 +68,16 @@ impl Arm {
         self
     }
 
+    /// The arm's family: the name its `family:` tag gives, else the one its id names ([`family_of`]). A tag puts a model whose id says nothing of its
+    /// lineage (a fine-tune, an alias) in its family, or keeps a model alone
+    /// (`family:` and its own id).
+    pub fn family(&self) -> String {
+        self.tags
+            .iter()
+            .find_map(|tag| tag.strip_prefix(FAMILY_TAG))
+            .map_or_else(|| family_of(&self.id), str::to_owned)
+    }
+
     /// The price of a call of `input_tokens` and `output_tokens` at this arm's per-token
     /// prices, USD: the one formula of a call's cost from its tokens.
     pub fn cost_usd(&self, input_tokens: f64, output_tokens: f64) -> f64 {
@@ -83,6 +97,18 @@ impl Arm {
         let field = |name: &str| format!("arm `{}` {name}", self.id);
         limits::PRICE_USD_PER_TOKEN.check(&field("input_usd_per_token"), self.input_usd_per_token)?;
         limits::PRICE_USD_PER_TOKEN.check(&field("output_usd_per_token"), self.output_usd_per_token)?;
+        let families: Vec<&str> = self
+            .tags
+            .iter()
+            .filter_map(|t| t.strip_prefix(FAMILY_TAG))
+            .collect();
+        if families.len() > 1 || families.iter().any(|f| f.is_empty()) {
+            return Err(ErrorKind::InvalidConfig(format!(
+                "{}: a model has at most one `{FAMILY_TAG}` tag, with a name ({families:?})",
+                field("tags")
+            ))
+            .into());
+        }
         Ok(())
     }
 }
@@ -170,6 +196,28 @@ mod tests {
             assert_eq!(family_of(id), family, "{id}");
         }
         assert_ne!(family_of("mixtral-8x7b"), family_of("mistral-7b"));
+    }
+
+    #[test]
+    fn a_family_tag_overrides_the_id() {
+        let tuned = Arm::new("acme-support-v3")
+            .with_tag("family:llama")
+            .with_tag("provider:acme");
+        assert_eq!(tuned.family(), "llama");
+        assert!(tuned.validate().is_ok());
+        assert_eq!(Arm::new("llama-3-8b").family(), "llama");
+        let alone = Arm::new("llama-3-8b").with_tag("family:llama-3-8b");
+        assert_eq!(alone.family(), "llama-3-8b");
+        for bad in [
+            Arm::new("m").with_tag("family:a").with_tag("family:b"),
+            Arm::new("m").with_tag("family:"),
+        ] {
+            let error = bad.validate().unwrap_err().to_string();
+            assert!(
+                error.contains("arm `m` tags: a model has at most one `family:` tag"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

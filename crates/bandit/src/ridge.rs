@@ -19,7 +19,7 @@
 //! and `b` by a fresh Cholesky factorization, which also keeps `A^-1` symmetric positive
 //! definite.
 //!
-//! **Families share strength.** Arms of one family ([`crate::arm::family_of`]: versions and
+//! **Families share strength.** Arms of one family ([`crate::Arm::family`]: versions and
 //! sizes of one model) tend to be good and bad at the same kinds of prompt, and a route
 //! with thirty models sees each one too rarely to learn that alone. A [`RidgeTable`] with
 //! families therefore shrinks each arm's prompt weights toward its family's instead of
@@ -427,6 +427,11 @@ impl RidgeTable {
     /// Whether arms were put in families (see [`RidgeTable::assign_families`]).
     pub fn has_families(&self) -> bool {
         !self.families.is_empty()
+    }
+
+    /// Each arm's family, or none; empty in a table without families.
+    pub fn families(&self) -> &[Option<String>] {
+        &self.families
     }
 
     /// The model of one arm, learned from its own observations alone.

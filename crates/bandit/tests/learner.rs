@@ -5,7 +5,7 @@ mod support;
 
 use quiver_bandit::{
     Applied, Arm, BudgetConfig, Constraints, Context, ErrorKind, Learner, LearnerConfig, Objective, Outcome,
-    PropensityKind, Request, Snapshot,
+    Policy, PropensityKind, Request, Snapshot,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -782,4 +782,46 @@ fn unavailable_arms_are_skipped_unless_nothing_else_is_left() {
     let d = l.decide(&r).unwrap();
     assert!(d.arm == "a0" || d.arm == "a1");
     assert_eq!(d.arms.len(), 2);
+}
+
+/// A `family:` tag puts models in one family whatever their ids say, and a reconfigure
+/// that changes the tag moves them: a model with no data of its own takes its family's
+/// prompt weights, and alone keeps its flat prior.
+#[test]
+fn a_family_tag_groups_models_and_a_reconfigure_regroups_them() {
+    let config = || LearnerConfig::new("linucb".parse().expect("spec"), 2);
+    let arms = |tag: Option<&str>| -> Vec<Arm> {
+        ["acme-support", "zeta-7b"]
+            .map(|id| tag.map_or_else(|| Arm::new(id), |t| Arm::new(id).with_tag(t)))
+            .to_vec()
+    };
+    // What the untrained model predicts at x = 1 over x = 0: its prompt weight.
+    let slope =
+        |l: &Learner| l.policy().estimate(1, &[1.0, 1.0]).mean - l.policy().estimate(1, &[1.0, 0.0]).mean;
+    let mut l = Learner::new(config(), arms(Some("family:acme"))).expect("learner");
+    // The first model's ridge of 10 on its rows, in closed form: A = 10 I + sum x x',
+    // b = 10 e_0 + sum r x (its optimistic prior), theta = A^-1 b.
+    let (mut a, mut b) = ([[10.0, 0.0], [0.0, 10.0]], [10.0, 0.0]);
+    for i in 0..200 {
+        let x = [1.0, f64::from(i % 10) / 10.0];
+        let r = 0.2 + 0.6 * x[1];
+        l.record_untracked_quality(0, &x, r).expect("learn");
+        for (j, row) in a.iter_mut().enumerate() {
+            row[0] += x[j] * x[0];
+            row[1] += x[j] * x[1];
+            b[j] += r * x[j];
+        }
+    }
+    let det = a[0][0] * a[1][1] - a[0][1] * a[1][0];
+    let family_slope = (a[0][0] * b[1] - a[1][0] * b[0]) / det;
+    // The family's pooled model is the first model's alone; the second, with no rows of its
+    // own, takes its prompt weight whole.
+    let shared = slope(&l);
+    assert!(family_slope > 0.2, "{family_slope}");
+    assert!((shared - family_slope).abs() < 1e-9, "{shared} vs {family_slope}");
+    l.reconfigure(config(), &arms(None)).expect("untag");
+    assert!(slope(&l).abs() < 1e-12, "alone: {}", slope(&l));
+    l.reconfigure(config(), &arms(Some("family:acme")))
+        .expect("tag again");
+    assert!((slope(&l) - shared).abs() < 1e-9, "{} vs {shared}", slope(&l));
 }

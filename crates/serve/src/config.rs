@@ -330,7 +330,8 @@ pub struct ModelConfig {
     /// Context window in tokens.
     #[serde(default)]
     pub context_window: Option<u32>,
-    /// Tags (provider, region, capabilities).
+    /// Tags (provider, region, capabilities; `family:NAME` names its family, see
+    /// [`quiver_bandit::Arm::family`]).
     #[serde(default)]
     pub tags: Vec<String>,
     /// OpenAI-compatible base URL of the upstream (`/chat/completions` is appended);

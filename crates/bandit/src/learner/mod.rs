@@ -210,6 +210,11 @@ pub struct Learner {
     change_detectors: Vec<Cusum>,
 }
 
+/// Each arm's family ([`Arm::family`]), in arm order.
+fn families(arms: &[Arm]) -> Vec<String> {
+    arms.iter().map(Arm::family).collect()
+}
+
 /// What [`Learner::new`] and [`Learner::reconfigure`] require of a configuration.
 fn check_config(config: &LearnerConfig, arms: &[Arm]) -> Result<()> {
     if arms.is_empty() {
@@ -252,7 +257,8 @@ impl Learner {
             .map(|b| BudgetPacer::new(b.target_usd_per_request, b.step_size))
             .transpose()?;
         let ids: Vec<&str> = arms.iter().map(|a| a.id.as_str()).collect();
-        let policy = config.policy.build(&ids, config.dim)?;
+        let mut policy = config.policy.build(&ids, config.dim)?;
+        policy.share_families(&families(&arms));
         Ok(Learner {
             usage: vec![ArmUsage::default(); arms.len()],
             cost: CostModel::new(arms.len(), config.dim),
@@ -453,6 +459,8 @@ impl Learner {
             self.remove_arm(&id)?;
             changes.push(format!("model `{id}` removed"));
         }
+        // A `family:` tag may have moved a kept model to another family.
+        self.policy.share_families(&families(&self.arms));
         if config.budget != self.config.budget {
             changes.push(format!(
                 "budget {:?} then, {:?} now: pacing starts afresh",
@@ -683,7 +691,7 @@ impl Learner {
         if self.arms.iter().any(|a| a.id == arm.id) {
             return Err(ErrorKind::DuplicateArm(arm.id).into());
         }
-        self.policy.add_arm(&arm.id);
+        self.policy.add_arm(&arm.family());
         self.arms.push(arm);
         self.usage.push(ArmUsage::default());
         self.cost.add_arm();

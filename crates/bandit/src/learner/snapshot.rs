@@ -91,8 +91,7 @@ impl Learner {
         if l.tracked.names_arm_beyond(k) {
             return Err(ErrorKind::CorruptSnapshot("a tracked decision names a missing arm".into()).into());
         }
-        let ids: Vec<&str> = l.arms.iter().map(|a| a.id.as_str()).collect();
-        l.policy.share_families(&ids);
+        l.policy.share_families(&super::families(&l.arms));
         Ok(l)
     }
 }

@@ -65,7 +65,7 @@ impl Policy for Fixed {
         self.stats.observe(arm, quality);
     }
 
-    fn add_arm(&mut self, _id: &str) {
+    fn add_arm(&mut self, _family: &str) {
         self.stats.add_arm();
     }
 

@@ -90,9 +90,7 @@ impl PolicyParams for LinTsParams {
     }
 
     fn build(&self, arm_ids: &[&str], dim: usize, forgetting: Forgetting) -> Result<LinTs> {
-        let mut policy = LinTs::new(arm_ids.len(), dim, self.v, self.lambda, self.draws, forgetting);
-        policy.share_families(arm_ids);
-        Ok(policy)
+        Ok(LinTs::new(arm_ids.len(), dim, self.v, self.lambda, self.draws, forgetting))
     }
 
     fn draws_mut(&mut self) -> Option<&mut u32> {

@@ -7,7 +7,7 @@
 //! ridge prior mean, see [`crate::ridge`]) with the widest bonus `alpha |x| / sqrt(lambda)`,
 //! so new arms are tried early.
 //!
-//! Arms of one family ([`crate::arm::family_of`]) shrink their prompt weights toward the
+//! Arms of one family ([`crate::Arm::family`]) shrink their prompt weights toward the
 //! family's pooled estimate instead of toward 0 (see [`crate::ridge`]), here and in linear
 //! TS: `theta_a` above is then `A_a^-1 (b_a + lambda delta_F)`.
 
@@ -63,14 +63,14 @@ macro_rules! learn_from_ridge {
         fn update(&mut self, arm: usize, features: &[f64], quality: f64) {
             self.$field.observe(arm, features, quality);
         }
-        fn add_arm(&mut self, id: &str) {
-            let family = self.$field.has_families().then(|| crate::arm::family_of(id));
+        fn add_arm(&mut self, family: &str) {
+            let family = self.$field.has_families().then(|| family.to_owned());
             self.$field.add_arm(family);
         }
-        fn share_families(&mut self, arm_ids: &[&str]) {
-            if !self.$field.has_families() {
-                let families = arm_ids.iter().map(|id| Some(crate::arm::family_of(id)));
-                self.$field.assign_families(families.collect());
+        fn share_families(&mut self, families: &[String]) {
+            let families: Vec<Option<String>> = families.iter().cloned().map(Some).collect();
+            if self.$field.families() != families.as_slice() {
+                self.$field.assign_families(families);
             }
         }
         fn remove_arm(&mut self, arm: usize) {
@@ -138,9 +138,7 @@ impl PolicyParams for LinUcbParams {
     }
 
     fn build(&self, arm_ids: &[&str], dim: usize, forgetting: Forgetting) -> Result<LinUcb> {
-        let mut policy = LinUcb::new(arm_ids.len(), dim, self.alpha, self.lambda, forgetting);
-        policy.share_families(arm_ids);
-        Ok(policy)
+        Ok(LinUcb::new(arm_ids.len(), dim, self.alpha, self.lambda, forgetting))
     }
 }
 

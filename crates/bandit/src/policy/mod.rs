@@ -196,13 +196,15 @@ pub trait Policy {
     /// Learns one observed quality in [0, 1] of `arm` in a context.
     fn update(&mut self, arm: usize, features: &[f64], quality: f64);
 
-    /// Appends a new arm, named `id`, with an optimistic prior (cold start).
-    fn add_arm(&mut self, id: &str);
+    /// Appends a new arm, of family `family` ([`crate::Arm::family`]), with an optimistic
+    /// prior (cold start).
+    fn add_arm(&mut self, family: &str);
 
-    /// Puts the arms, named `arm_ids` in index order, in their families
-    /// ([`crate::arm::family_of`]) if the policy shares strength within families and its
-    /// arms have none yet (a learner restored from a snapshot written before families).
-    fn share_families(&mut self, _arm_ids: &[&str]) {}
+    /// Puts the arms in their families (`families`, in index order; see
+    /// [`crate::Arm::family`]) if the policy shares strength within families, rebuilding
+    /// what they share when the families changed (a tag changed, or a snapshot written
+    /// before families was restored).
+    fn share_families(&mut self, _families: &[String]) {}
 
     /// Removes an arm; arms after it shift down by one.
     fn remove_arm(&mut self, arm: usize);
@@ -330,11 +332,11 @@ macro_rules! policies {
             fn update(&mut self, arm: usize, features: &[f64], quality: f64) {
                 match self { $(AnyPolicy::$variant(p) => p.update(arm, features, quality),)* }
             }
-            fn add_arm(&mut self, id: &str) {
-                match self { $(AnyPolicy::$variant(p) => p.add_arm(id),)* }
+            fn add_arm(&mut self, family: &str) {
+                match self { $(AnyPolicy::$variant(p) => p.add_arm(family),)* }
             }
-            fn share_families(&mut self, arm_ids: &[&str]) {
-                match self { $(AnyPolicy::$variant(p) => p.share_families(arm_ids),)* }
+            fn share_families(&mut self, families: &[String]) {
+                match self { $(AnyPolicy::$variant(p) => p.share_families(families),)* }
             }
             fn remove_arm(&mut self, arm: usize) {
                 match self { $(AnyPolicy::$variant(p) => p.remove_arm(arm),)* }

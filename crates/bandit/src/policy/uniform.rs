@@ -32,7 +32,7 @@ macro_rules! learn_from_arm_stats {
         fn update(&mut self, arm: usize, _features: &[f64], quality: f64) {
             self.$field.observe(arm, quality);
         }
-        fn add_arm(&mut self, _id: &str) {
+        fn add_arm(&mut self, _family: &str) {
             self.$field.add_arm();
         }
         fn remove_arm(&mut self, arm: usize) {
