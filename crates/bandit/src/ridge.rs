@@ -61,7 +61,9 @@ pub const REFRESH_INTERVAL: u32 = 256;
 #[serde(try_from = "RidgeStatistics", into = "RidgeStatistics")]
 pub struct RidgeModel {
     lambda: f64,
-    precision: DMatrix<f64>,
+    /// `A`, its upper triangle: an observation's rank-one update touches half the entries
+    /// a dense matrix has (the only per-observation use; the rest read it densely).
+    precision: PackedSymmetric,
     b: DVector<f64>,
     count: f64,
     /// The prior mean's bias coefficient `q0`.
@@ -135,15 +137,21 @@ impl TryFrom<RidgeStatistics> for RidgeModel {
             .ok_or("a ridge model without its dimension")?;
         let lambda = stats.lambda;
         let precision = match (stats.packed_precision, stats.precision) {
-            (Some(packed), _) => packed.to_matrix(),
-            (None, Some(full)) => full,
-            (None, None) => DMatrix::identity(dim, dim) * lambda,
+            (Some(packed), _) => packed,
+            (None, Some(full)) if full.nrows() == full.ncols() => PackedSymmetric::from_matrix(&full),
+            (None, Some(full)) => {
+                return Err(format!(
+                    "a ridge model with a {}x{} precision",
+                    full.nrows(),
+                    full.ncols()
+                ))
+            }
+            (None, None) => PackedSymmetric::scaled_identity(dim, lambda),
         };
-        if precision.nrows() != dim || precision.ncols() != dim {
+        if precision.dim() != dim {
+            let n = precision.dim();
             return Err(format!(
-                "a ridge model of dimension {dim} with a {}x{} precision",
-                precision.nrows(),
-                precision.ncols()
+                "a ridge model of dimension {dim} with a {n}x{n} precision"
             ));
         }
         let b = stats
@@ -190,7 +198,7 @@ impl From<RidgeModel> for RidgeStatistics {
         RidgeStatistics {
             lambda: model.lambda,
             dim: at_prior.then_some(dim),
-            packed_precision: (!at_prior).then(|| PackedSymmetric::from_matrix(&model.precision)),
+            packed_precision: (!at_prior).then_some(model.precision),
             precision: None,
             b: (!at_prior).then_some(model.b),
             count: model.count,
@@ -225,7 +233,7 @@ impl RidgeModel {
         RidgeModel {
             prior_bias,
             lambda,
-            precision: DMatrix::identity(dim, dim) * lambda,
+            precision: PackedSymmetric::scaled_identity(dim, lambda),
             b: &theta0 * lambda,
             count: 0.0,
             caches: RidgeCaches {
@@ -254,9 +262,17 @@ impl RidgeModel {
         self.caches.covariance.to_matrix()
     }
 
-    /// `A = lambda I + sum x x'`.
-    pub fn precision(&self) -> &DMatrix<f64> {
-        &self.precision
+    /// `A = lambda I + sum x x'`, as a dense matrix.
+    pub fn precision(&self) -> DMatrix<f64> {
+        self.precision.to_matrix()
+    }
+
+    /// Changes `A` as a dense matrix (for the changes that refactorize after, which cost
+    /// more than the conversion).
+    fn change_precision(&mut self, change: impl FnOnce(&mut DMatrix<f64>)) {
+        let mut dense = self.precision.to_matrix();
+        change(&mut dense);
+        self.precision = PackedSymmetric::from_matrix(&dense);
     }
 
     /// `b = lambda theta0 + sum r x`.
@@ -281,9 +297,8 @@ impl RidgeModel {
 
     /// Adds `(x, r)` with weight `sign` (+1 to learn, -1 to forget an observation).
     fn rank_one(&mut self, x: &[f64], r: f64, sign: f64) {
-        let xv = DVectorView::from_slice(x, x.len());
-        self.precision.ger(sign, &xv, &xv, 1.0);
-        self.b.axpy(sign * r, &xv, 1.0);
+        self.precision.add_outer(x, sign);
+        self.b.axpy(sign * r, &DVectorView::from_slice(x, x.len()), 1.0);
         self.count += sign;
         let residual = r - dot(x, self.caches.theta.as_slice());
         let theta = &mut self.caches.theta;
@@ -311,11 +326,13 @@ impl RidgeModel {
     /// `A <- gamma (A - lambda I) + lambda I`, `b <- gamma (b - lambda theta0) + lambda theta0`.
     /// The prior term makes this a full-rank change, so the model is refactorized (O(d^3)).
     pub fn discount(&mut self, gamma: f64) {
-        let dim = self.b.len();
-        self.precision *= gamma;
-        for i in 0..dim {
-            self.precision[(i, i)] += (1.0 - gamma) * self.lambda;
-        }
+        let lambda = self.lambda;
+        self.change_precision(|a| {
+            *a *= gamma;
+            for i in 0..a.nrows() {
+                a[(i, i)] += (1.0 - gamma) * lambda;
+            }
+        });
         self.b *= gamma;
         self.b[0] += (1.0 - gamma) * self.lambda * self.prior_bias;
         self.count *= gamma;
@@ -326,7 +343,7 @@ impl RidgeModel {
     /// `b += s X'y` (see [`crate::prior`]).
     pub fn absorb_prior(&mut self, prior: &RidgePrior, observations: f64) {
         let dim = self.b.len();
-        self.precision += prior.precision_matrix(dim);
+        self.change_precision(|a| *a += prior.precision_matrix(dim));
         self.b += DVector::from_column_slice(&prior.moment);
         self.count += observations;
         self.refresh();
@@ -339,7 +356,8 @@ impl RidgeModel {
         if replica.count == base.count && replica.b == base.b && replica.precision == base.precision {
             return;
         }
-        self.precision += &replica.precision - &base.precision;
+        let learned = replica.precision() - base.precision();
+        self.change_precision(|a| *a += learned);
         self.b += &replica.b - &base.b;
         self.count += replica.count - base.count;
         self.refresh();
@@ -350,7 +368,7 @@ impl RidgeModel {
         self.caches.updates_since_refresh = 0;
         // A = lambda I + sum x x' is positive definite in exact arithmetic; the substitute
         // only guards a pivot that rounding (after many window downdates) pushed to zero.
-        let Some(factor) = Cholesky::new_with_substitute(self.precision.clone(), self.lambda * 1e-9) else {
+        let Some(factor) = Cholesky::new_with_substitute(self.precision(), self.lambda * 1e-9) else {
             return;
         };
         self.caches.covariance = PackedSymmetric::from_matrix(&factor.inverse());
@@ -600,12 +618,14 @@ impl RidgeTable {
         }
         let prior = RidgeModel::with_prior(self.dim, self.lambda, self.prior_bias);
         let mut pooled = prior.clone();
+        let mut precision = prior.precision();
         for &a in &members {
             let model = &self.models[a];
-            pooled.precision += &model.precision - &prior.precision;
+            precision += model.precision() - prior.precision();
             pooled.b += &model.b - &prior.b;
             pooled.count += model.count;
         }
+        pooled.precision = PackedSymmetric::from_matrix(&precision);
         pooled.refresh();
         self.pooled.insert(family.to_owned(), pooled);
         self.refresh_shared_means(members[0]);
@@ -717,6 +737,19 @@ mod tests {
         let err = serde_json::from_value::<RidgeModel>(wrong).unwrap_err();
         assert!(
             err.to_string().contains("dimension 3 with a 4x4 precision"),
+            "{err}"
+        );
+        // An older, full `A` that is not square is refused too.
+        let mut skewed = serde_json::to_value(&model).unwrap();
+        let object = skewed.as_object_mut().unwrap();
+        object.remove("packed_precision");
+        object.insert(
+            "precision".into(),
+            serde_json::to_value(DMatrix::<f64>::zeros(3, 4)).unwrap(),
+        );
+        let err = serde_json::from_value::<RidgeModel>(skewed).unwrap_err();
+        assert!(
+            err.to_string().contains("a ridge model with a 3x4 precision"),
             "{err}"
         );
     }
