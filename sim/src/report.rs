@@ -293,6 +293,7 @@ pub fn summarize(
             let (rw, rw_ci) = metrics::mean_ci95(&of(&mine, |r| r.mean_reward));
             let (rg, rg_ci) = metrics::mean_ci95(&of(&mine, |r| r.regret));
             let total: usize = mine.iter().map(|r| r.arm_counts.iter().sum::<usize>()).sum();
+            let hull_at_budget = variant.budget_usd.map(hull_at);
             PolicySummary {
                 policy: variant.label.clone(),
                 seeds: mine.len() as u64,
@@ -305,10 +306,8 @@ pub fn summarize(
                 regret_vs_oracle: metrics::mean_ci95(&of(&mine, |r| r.regret_vs_oracle)).0,
                 hull_quality_at_cost: hull_at(c),
                 lift_over_hull: q - hull_at(c),
-                regret_vs_hull_at_budget: variant
-                    .budget_usd
-                    .map(|budget| data.rows() as f64 * (hull_at(budget) - q)),
-                hull_quality_at_budget: variant.budget_usd.map(hull_at),
+                regret_vs_hull_at_budget: hull_at_budget.map(|hull| data.rows() as f64 * (hull - q)),
+                hull_quality_at_budget: hull_at_budget,
                 full_information: (!full.is_empty()).then(|| {
                     let mean = |f: fn(&Run) -> f64| metrics::mean_ci95(&of(&full, f)).0;
                     let (fq, fc, fr) = (

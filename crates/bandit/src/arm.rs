@@ -68,9 +68,10 @@ impl Arm {
         self
     }
 
-    /// The arm's family: the name its `family:` tag gives, else the one its id names ([`family_of`]). A tag puts a model whose id says nothing of its
-    /// lineage (a fine-tune, an alias) in its family, or keeps a model alone
-    /// (`family:` and its own id).
+    /// The arm's family: the name its `family:` tag gives, else the one its id names
+    /// ([`family_of`]). A tag puts a model whose id says nothing of its lineage (a
+    /// fine-tune, an alias) in its family, or keeps a model alone (a `family:` tag with
+    /// its own id).
     pub fn family(&self) -> String {
         self.tags
             .iter()
