@@ -618,10 +618,11 @@ impl RidgeTable {
         }
         let prior = RidgeModel::with_prior(self.dim, self.lambda, self.prior_bias);
         let mut pooled = prior.clone();
-        let mut precision = prior.precision();
+        let prior_precision = prior.precision();
+        let mut precision = prior_precision.clone();
         for &a in &members {
             let model = &self.models[a];
-            precision += model.precision() - prior.precision();
+            precision += model.precision() - &prior_precision;
             pooled.b += &model.b - &prior.b;
             pooled.count += model.count;
         }
@@ -644,12 +645,14 @@ impl RidgeTable {
         };
         let mut delta = pooled.theta().clone();
         delta[0] = 0.0;
+        let (dim, lambda) = (self.dim, self.lambda);
         for a in self.members(family) {
             let model = &self.models[a];
-            let shift = DVector::from_vec(model.caches.covariance.mul(delta.as_slice()));
-            let mut theta = model.theta().clone();
-            theta.axpy(self.lambda, &shift, 1.0);
-            self.shared_means[a] = Some(theta);
+            let shift = model.caches.covariance.mul(delta.as_slice());
+            // The estimate's buffer is reused from update to update.
+            let theta = self.shared_means[a].get_or_insert_with(|| DVector::zeros(dim));
+            theta.copy_from(model.theta());
+            theta.axpy(lambda, &DVectorView::from_slice(&shift, dim), 1.0);
         }
     }
 }
