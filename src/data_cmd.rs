@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use quiver_bandit::{Objective, PolicySpec};
 use quiver_sim::context::{task_in_context, ContextBuilder};
+use quiver_sim::data::prices::write_list_prices;
 use quiver_sim::data::{load, Dataset, Format, Split};
 use quiver_sim::logging::{log_wide, LoggingSettings};
 use quiver_sim::scenario::Scenario;
@@ -66,6 +67,10 @@ pub struct GenerateArgs {
     /// Output file: .csv, .parquet or .jsonl; a `split` column says train or test.
     #[arg(long)]
     out: PathBuf,
+    /// Also write the generated table's list prices here, in LiteLLM's registry format
+    /// (`quiver replay --prices` reads it back).
+    #[arg(long, requires = "irt")]
+    prices_out: Option<PathBuf>,
 }
 
 pub fn run(command: DataCommand) -> Result<()> {
@@ -117,6 +122,10 @@ fn generate(args: GenerateArgs) -> Result<()> {
         data.append(test)?;
         write_wide(&data, Some(&splits), &args.out)?;
         eprintln!("wrote {} ({} rows)", args.out.display(), data.rows());
+        if let Some(path) = &args.prices_out {
+            write_list_prices(&data.list_prices, path)?;
+            eprintln!("wrote {}", path.display());
+        }
         return Ok(());
     }
     let scenario = match &args.scenario {

@@ -7,6 +7,7 @@ use clap::Args;
 use quiver_bandit::prior::{check_cap, DEFAULT_PRIOR_CAP};
 use quiver_bandit::{Objective, PolicySpec, Priors, DEFAULT_PACING_STEP};
 use quiver_sim::context::{task_in_context, ContextBuilder};
+use quiver_sim::data::prices::read_list_prices;
 use quiver_sim::data::{detect_format, load_wide, Format, LogStream, Split, WideDataset};
 use quiver_sim::embeddings::{default_cache_dir, PromptEmbeddings};
 use quiver_sim::ope::{estimator_by_name, evaluate, Estimator, EstimatorSettings};
@@ -48,6 +49,12 @@ pub struct ReplayArgs {
     /// Start every learner from this priors file (written by `quiver priors fit`).
     #[arg(long)]
     priors: Option<PathBuf>,
+    /// Models' list prices in LiteLLM's registry format (its
+    /// `model_prices_and_context_window.json`, or a file of the same shape): a priced model
+    /// is expected to cost its prices from its first request, as on a route configured
+    /// with them. Replaces the prices a table carries.
+    #[arg(long)]
+    prices: Option<PathBuf>,
     /// Data format.
     #[arg(long, default_value = "auto")]
     format: Format,
@@ -263,8 +270,29 @@ pub fn read_priors(path: &std::path::Path, definition: &str) -> Result<Priors> {
     Ok(priors)
 }
 
-/// The data to evaluate and to train on, and the base objective.
+/// The data to evaluate and to train on, and the base objective, with the list prices of
+/// `--prices`.
 fn datasets(args: &ReplayArgs) -> Result<(WideDataset, Option<WideDataset>, Objective)> {
+    let (mut data, mut train, objective) = unpriced_datasets(args)?;
+    if let Some(path) = &args.prices {
+        let prices = read_list_prices(path)?;
+        let unpriced = data.price_from(&prices);
+        if let Some(train) = train.as_mut() {
+            train.price_from(&prices);
+        }
+        if !unpriced.is_empty() {
+            tracing::warn!(
+                "{}: no list price for {}; their cost is learned from their calls",
+                path.display(),
+                unpriced.join(", ")
+            );
+        }
+    }
+    Ok((data, train, objective))
+}
+
+/// The data to evaluate and to train on, and the base objective.
+fn unpriced_datasets(args: &ReplayArgs) -> Result<(WideDataset, Option<WideDataset>, Objective)> {
     let (format, split) = (args.format, args.split.as_ref());
     let objective = |default: Objective| -> Result<Objective> {
         Ok(Objective::new(

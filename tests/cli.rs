@@ -561,6 +561,13 @@ fn several_files_are_one_table() {
     }
 }
 
+/// Writes the suite's generated table of three models to `table` with `data generate`.
+fn generate_irt3(table: &Path, extra: &[&str]) {
+    let mut args = vec!["data", "generate", "--irt", "3", "--out", table.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    stdout(&quiver(&args));
+}
+
 /// The validation suite's tables are files a replay reads: `data generate --irt N` writes
 /// the 4,000 prompts with the 70/30 split the suite uses, and a replay of its test split,
 /// trained on its train split, reports the hull and the lift.
@@ -568,14 +575,7 @@ fn several_files_are_one_table() {
 fn suite_tables_generate_to_files_that_replay_reads() {
     let dir = scratch("irt_generate");
     let table = dir.join("irt.csv");
-    stdout(&quiver(&[
-        "data",
-        "generate",
-        "--irt",
-        "3",
-        "--out",
-        table.to_str().unwrap(),
-    ]));
+    generate_irt3(&table, &[]);
     let text = std::fs::read_to_string(&table).unwrap();
     assert_eq!(text.lines().count(), 4001);
     assert_eq!(
@@ -608,6 +608,64 @@ fn suite_tables_generate_to_files_that_replay_reads() {
     let p = &v["policies"][0];
     let lift = p["mean_quality"].as_f64().unwrap() - p["hull_quality_at_cost"].as_f64().unwrap();
     assert!((p["lift_over_hull"].as_f64().unwrap() - lift).abs() < 1e-12);
+}
+
+/// `data generate --prices-out` writes the table's list prices in LiteLLM's registry
+/// format, and `replay --prices` reads them, warning of the models a file leaves unpriced.
+#[test]
+fn generated_list_prices_are_a_registry_that_replay_reads() {
+    let dir = scratch("irt_prices");
+    let (table, prices) = (dir.join("irt.csv"), dir.join("prices.json"));
+    generate_irt3(&table, &["--prices-out", prices.to_str().unwrap()]);
+    let mut registry: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&prices).unwrap()).unwrap();
+    assert_eq!(
+        registry.keys().collect::<Vec<_>>(),
+        ["family0-size0", "family0-size1", "family0-size2"]
+    );
+    for entry in registry.values() {
+        let price = |field: &str| entry[field].as_f64().unwrap();
+        assert!(price("input_cost_per_token") > 0.0, "{entry}");
+        assert!((price("output_cost_per_token") / price("input_cost_per_token") - 4.0).abs() < 1e-12);
+    }
+    let replay = |prices: &Path| {
+        quiver(&[
+            "replay",
+            "--data",
+            table.to_str().unwrap(),
+            "--split",
+            "split=test",
+            "--prices",
+            prices.to_str().unwrap(),
+            "--budget",
+            "0.0002",
+            "--policies",
+            "linucb(alpha=0.1)",
+            "--seeds",
+            "1",
+            "--json",
+        ])
+    };
+    let priced = replay(&prices);
+    stdout(&priced);
+    assert!(!String::from_utf8_lossy(&priced.stderr).contains("no list price"));
+    registry.remove("family0-size1");
+    let partial = dir.join("partial.json");
+    std::fs::write(&partial, serde_json::to_string(&registry).unwrap()).unwrap();
+    let warned = replay(&partial);
+    stdout(&warned);
+    let log = String::from_utf8_lossy(&warned.stderr);
+    assert!(log.contains("no list price for family0-size1;"), "{log}");
+    std::fs::write(
+        &partial,
+        r#"{"family0-size0": {"input_cost_per_token": 1.0, "output_cost_per_token": 1e-6}}"#,
+    )
+    .unwrap();
+    let refused = stderr(&replay(&partial));
+    assert!(
+        refused.contains("`family0-size0` input_cost_per_token"),
+        "{refused}"
+    );
 }
 
 #[test]

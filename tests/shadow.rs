@@ -284,9 +284,9 @@ fn canaries_are_promoted_when_better_and_rolled_back_when_worse() {
         Router::open(vec![config], &scratch(&format!("canary_{name}_{seed}"))).unwrap()
     };
     let expected = [
-        ([300], [583], [300, 1091]),
-        ([300], [300], [341, 1170]),
-        ([562], [617], [524, 1187]),
+        ([437], [538], [300, 1091]),
+        ([300], [561], [341, 1170]),
+        ([380], [300], [524, 1187]),
     ];
     for (seed, (better_at, worse_at, dropped_at)) in (0..3u64).zip(expected) {
         let mut rows: Vec<usize> = (0..table.rows()).collect();

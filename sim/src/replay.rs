@@ -434,7 +434,7 @@ const REVEAL_SEED: u64 = 0x5eed_f011;
 fn learner_for(
     settings: &ReplaySettings,
     variant: &Variant,
-    arms: &[String],
+    arms: Vec<Arm>,
     dim: usize,
     seed: u64,
 ) -> Result<Learner> {
@@ -445,7 +445,7 @@ fn learner_for(
         target_usd_per_request: b,
         step_size: settings.pacer_step,
     });
-    let mut learner = Learner::new(config, arms.iter().map(Arm::new).collect())?;
+    let mut learner = Learner::new(config, arms)?;
     if let Some(priors) = &settings.priors {
         learner.absorb_priors(priors)?;
     }
@@ -472,7 +472,7 @@ pub fn run_one(
     let k = data.num_arms();
     let dim = env.dim();
     let mut player = Player {
-        learner: learner_for(settings, variant, &data.arms, dim, seed)?,
+        learner: learner_for(settings, variant, data.priced_arms(), dim, seed)?,
         request: Request::new(Context {
             features: Vec::with_capacity(dim),
             input_tokens: 0,

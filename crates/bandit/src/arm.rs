@@ -85,6 +85,16 @@ impl Arm {
         input_tokens * self.input_usd_per_token + output_tokens * self.output_usd_per_token
     }
 
+    /// The output tokens that make a call of `input_tokens` cost `cost_usd` at this arm's
+    /// prices: the inverse of [`Arm::cost_usd`], for a table that records what each call
+    /// cost but not its tokens. 0 when the input alone costs that much, and `None` without
+    /// an output price.
+    pub fn output_tokens_costing(&self, cost_usd: f64, input_tokens: f64) -> Option<f64> {
+        (self.output_usd_per_token > 0.0).then(|| {
+            ((cost_usd - input_tokens * self.input_usd_per_token) / self.output_usd_per_token).max(0.0)
+        })
+    }
+
     /// Whether both per-token prices are known (non-zero); otherwise cost is learned from
     /// observed outcomes.
     pub fn has_prices(&self) -> bool {
@@ -197,6 +207,19 @@ mod tests {
             assert_eq!(family_of(id), family, "{id}");
         }
         assert_ne!(family_of("mixtral-8x7b"), family_of("mistral-7b"));
+    }
+
+    #[test]
+    fn output_tokens_costing_inverts_the_cost() {
+        let arm = Arm::new("m").with_prices(1e-6, 4e-6);
+        for (input, output) in [(100.0, 250.0), (0.0, 7.0), (3000.0, 0.0)] {
+            let cost = arm.cost_usd(input, output);
+            let back = arm.output_tokens_costing(cost, input).unwrap();
+            assert!((back - output).abs() < 1e-9, "{input} {output}: {back}");
+        }
+        // A cost below the input's price implies no answer, not a negative one.
+        assert_eq!(arm.output_tokens_costing(5e-5, 100.0), Some(0.0));
+        assert_eq!(Arm::new("u").output_tokens_costing(1e-3, 100.0), None);
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub struct ArmCost<'a> {
     pub arm: &'a Arm,
     /// What it has cost, per token and per request.
     pub usage: &'a ArmUsage,
-    /// The output tokens a priced arm's first request is assumed to produce.
+    /// The answer tokens a priced arm with none of its own (nor a prior's) is expected to give.
     pub default_output_tokens: f64,
 }
 

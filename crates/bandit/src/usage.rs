@@ -7,7 +7,10 @@
 //!
 //! Expected cost of a request of `t` input tokens on arm `a`:
 //! - with prices: `t * input_usd_per_token + E[output tokens] * output_usd_per_token`, where
-//!   `E[output tokens]` is the arm's observed mean (the configured default before any);
+//!   `E[output tokens]` is the arm's observed mean, counting the answers a prior's spend
+//!   implies at its prices; before any, the mean answer of the route's priced arms, and
+//!   the configured default before any of those (so that a model not yet called is not
+//!   taken for dearer than the ones that were, which would keep a budget from trying it);
 //! - without prices, once outcomes reported tokens: `t * (sum cost / sum input tokens)`, a
 //!   ratio estimator that scales with prompt length;
 //! - otherwise the arm's mean cost per request, and 0 before any outcome (optimistic).
@@ -105,12 +108,25 @@ impl ArmUsage {
         (mean, (var / n).sqrt())
     }
 
-    /// Expected cost in USD of a request of `input_tokens` on `arm` (see module docs).
+    /// The answers' tokens of priced `arm` and the requests they came from: its own, and
+    /// those a prior's spend implies at the arm's prices ([`Arm::output_tokens_costing`]).
+    pub fn answer_sums(&self, arm: &Arm) -> (f64, f64) {
+        let prior = match arm.output_tokens_costing(self.prior.cost_usd, self.prior.input_tokens) {
+            Some(tokens) if self.prior.requests > 0.0 => (tokens, self.prior.requests),
+            _ => (0.0, 0.0),
+        };
+        (self.output_tokens + prior.0, self.requests as f64 + prior.1)
+    }
+
+    /// Expected cost in USD of a request of `input_tokens` on `arm` (see module docs);
+    /// `default_output_tokens` is the answer a priced arm with none of its own is expected
+    /// to give.
     pub fn expected_cost_usd(&self, arm: &Arm, input_tokens: u32, default_output_tokens: f64) -> f64 {
         let t = f64::from(input_tokens);
         if arm.has_prices() {
-            let out = if self.requests > 0 {
-                self.output_tokens / self.requests as f64
+            let (tokens, requests) = self.answer_sums(arm);
+            let out = if requests > 0.0 {
+                tokens / requests
             } else {
                 default_output_tokens
             };
@@ -125,16 +141,23 @@ impl ArmUsage {
         }
     }
 
-    /// The statistics with one more outcome; `input_tokens` is the billed count, or the
-    /// prompt estimate. Refused, leaving the statistics as they are, if a sum would stop
-    /// being finite (inputs inside [`crate::limits`] never make one).
-    pub(crate) fn recorded(&self, outcome: &Outcome, input_tokens: u32) -> Result<ArmUsage> {
+    /// The statistics of `arm` with one more outcome; `input_tokens` is the billed count,
+    /// or the prompt estimate. A priced arm's outcome that gives a cost but no answer
+    /// tokens (a table of costs, a caller that reports only what a call cost) counts the
+    /// answer its cost implies at the arm's prices ([`Arm::output_tokens_costing`]).
+    /// Refused, leaving the statistics as they are, if a sum would stop being finite
+    /// (inputs inside [`crate::limits`] never make one).
+    pub(crate) fn recorded(&self, arm: &Arm, outcome: &Outcome, input_tokens: u32) -> Result<ArmUsage> {
+        let answer_tokens = match arm.output_tokens_costing(outcome.cost_usd, f64::from(input_tokens)) {
+            Some(implied) if outcome.output_tokens == 0 && arm.has_prices() => implied,
+            _ => f64::from(outcome.output_tokens),
+        };
         let next = ArmUsage {
             requests: self.requests + 1,
             errors: self.errors + u64::from(outcome.error),
             cost_usd: self.cost_usd + outcome.cost_usd,
             input_tokens: self.input_tokens + f64::from(input_tokens),
-            output_tokens: self.output_tokens + f64::from(outcome.output_tokens),
+            output_tokens: self.output_tokens + answer_tokens,
             latency_ms: self.latency_ms + outcome.latency_ms,
             latency_ms_sq: self.latency_ms_sq + outcome.latency_ms * outcome.latency_ms,
             prior: self.prior,
@@ -162,15 +185,33 @@ mod tests {
         let mut u = ArmUsage::default();
         assert!((u.expected_cost_usd(&priced, 1000, 250.0) - (1e-3 + 1e-3)).abs() < 1e-15);
         u = u
-            .recorded(&Outcome::new(100.0, 0.002).with_tokens(1000, 500), 1000)
+            .recorded(&priced, &Outcome::new(100.0, 0.002).with_tokens(1000, 500), 1000)
             .unwrap();
         assert!((u.expected_cost_usd(&priced, 1000, 250.0) - (1e-3 + 2e-3)).abs() < 1e-15);
+
+        // A prior's spend of $0.03 over 10 requests of 1000 input tokens: 5000 answer
+        // tokens at $4e-6, 500 per request, and with the one answer of 500 above, 500.
+        u.prior = UsagePrior {
+            requests: 10.0,
+            cost_usd: 0.03,
+            input_tokens: 10_000.0,
+        };
+        let (answers, requests) = u.answer_sums(&priced);
+        assert!(
+            (answers - 5500.0).abs() < 1e-9 && requests == 11.0,
+            "{answers} {requests}"
+        );
+        assert!((u.expected_cost_usd(&priced, 1000, 250.0) - (1e-3 + 2e-3)).abs() < 1e-12);
+        // An outcome with a cost and no answer tokens counts the answer the cost implies:
+        // $0.0034 for 1000 input tokens is 600 answer tokens at $4e-6.
+        u = u.recorded(&priced, &Outcome::new(100.0, 0.0034), 1000).unwrap();
+        assert!((u.output_tokens - 1100.0).abs() < 1e-9, "{}", u.output_tokens);
 
         let unpriced = Arm::new("u");
         let mut u = ArmUsage::default();
         assert_eq!(u.expected_cost_usd(&unpriced, 100, 250.0), 0.0);
-        u = u.recorded(&Outcome::new(100.0, 0.004), 200).unwrap();
-        u = u.recorded(&Outcome::new(300.0, 0.002), 100).unwrap();
+        u = u.recorded(&unpriced, &Outcome::new(100.0, 0.004), 200).unwrap();
+        u = u.recorded(&unpriced, &Outcome::new(300.0, 0.002), 100).unwrap();
         // $0.006 over 300 tokens: $2e-5 per token.
         assert!((u.expected_cost_usd(&unpriced, 50, 250.0) - 1e-3).abs() < 1e-15);
         let (mean, se) = u.latency_estimate_ms();
@@ -193,11 +234,18 @@ mod tests {
             latency_ms_sq: f64::MAX,
             ..ArmUsage::default()
         };
-        let error = huge.recorded(&Outcome::new(1e200, 0.0), 1).unwrap_err();
+        let error = huge
+            .recorded(&Arm::new("a"), &Outcome::new(1e200, 0.0), 1)
+            .unwrap_err();
         assert!(
             error.to_string().starts_with("usage.latency_ms_sq is inf"),
             "{error}"
         );
-        assert_eq!(huge.recorded(&Outcome::new(0.0, 0.0), 1).unwrap().requests, 1);
+        assert_eq!(
+            huge.recorded(&Arm::new("a"), &Outcome::new(0.0, 0.0), 1)
+                .unwrap()
+                .requests,
+            1
+        );
     }
 }

@@ -574,6 +574,41 @@ fn unpriced_arms_learn_their_cost_per_context() {
     }
 }
 
+/// A priced model not yet called is expected to answer as long as the route's priced
+/// models did, not the configured default, so that a budget does not take it for dearer
+/// than the ones it tried.
+#[test]
+fn a_priced_model_not_yet_called_expects_the_routes_answers() {
+    let arms = vec![
+        Arm::new("a0").with_prices(1e-6, 4e-6),
+        Arm::new("a1").with_prices(2e-6, 8e-6),
+        Arm::new("a2").with_prices(3e-6, 1.2e-5),
+    ];
+    let mut l = Learner::new(LearnerConfig::new("eps(0)".parse().expect("spec"), 2), arms).expect("learner");
+    let context = Context {
+        features: vec![1.0, 0.0],
+        input_tokens: 100,
+    };
+    let cost_of = |l: &Learner, arm: &str| {
+        let d = l.propose(&Request::new(context.clone())).expect("propose");
+        d.arms.iter().find(|e| e.arm == arm).expect("arm").cost_usd
+    };
+    // Before any answer: the configured default of 256 tokens.
+    assert!((cost_of(&l, "a1") - (100.0 * 2e-6 + 256.0 * 8e-6)).abs() < 1e-15);
+    for output in [20, 40] {
+        let outcome = Outcome::new(10.0, 0.0).with_tokens(100, output);
+        l.learn("a0", &context, &outcome).expect("learn");
+    }
+    // a0 answered in 30 tokens on average: so do a1 and a2 until they answer.
+    assert!((cost_of(&l, "a0") - (100.0 * 1e-6 + 30.0 * 4e-6)).abs() < 1e-15);
+    assert!((cost_of(&l, "a1") - (100.0 * 2e-6 + 30.0 * 8e-6)).abs() < 1e-15);
+    l.learn("a1", &context, &Outcome::new(10.0, 0.0).with_tokens(100, 90))
+        .expect("learn");
+    // The route's mean is now (20 + 40 + 90) / 3 = 50 tokens; a1 keeps its own.
+    assert!((cost_of(&l, "a1") - (100.0 * 2e-6 + 90.0 * 8e-6)).abs() < 1e-15);
+    assert!((cost_of(&l, "a2") - (100.0 * 3e-6 + 50.0 * 1.2e-5)).abs() < 1e-15);
+}
+
 /// A snapshot written before learners had cost models restores, and its learner keeps
 /// the per-token cost ratio alone.
 #[test]

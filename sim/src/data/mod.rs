@@ -13,6 +13,8 @@ use std::str::FromStr;
 
 use ndarray::Array2;
 
+pub mod prices;
+
 pub use logged::{LogStream, LoggedDataset};
 pub use wide::WideDataset;
 

@@ -5,8 +5,8 @@
 //! `<model>_response` column per model (ignored). The task is the file's name without its
 //! extension (`mmlu_anatomy`, `gsm8k_responses`). The files carry no cost, so it is priced
 //! from list prices: `ceil(chars / 4)` input tokens plus [`ASSUMED_OUTPUT_TOKENS`] output
-//! tokens at the per-token prices of [`PRICES`]; a model not listed there leaves the table
-//! without costs.
+//! tokens at the per-token prices of [`PRICES`], which the table carries as its list
+//! prices; a model not listed there leaves the table without costs.
 
 use quiver_bandit::Arm;
 
@@ -81,7 +81,13 @@ impl RouteLlmReader {
             features: ndarray::Array2::zeros((table.rows(), 0)),
             arms,
         };
-        Ok(columns.into_dataset(table))
+        let mut data = columns.into_dataset(table);
+        data.list_prices = PRICES
+            .iter()
+            .filter(|(model, _, _)| data.arms.iter().any(|a| a == model))
+            .map(|(model, input, output)| (model.to_string(), (*input, *output)))
+            .collect();
+        Ok(data)
     }
 }
 

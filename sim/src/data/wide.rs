@@ -6,8 +6,9 @@
 //! and named in [`WideDataset::dropped`].
 
 use ndarray::{concatenate, Array2, Axis};
-use quiver_bandit::limits;
+use quiver_bandit::{limits, Arm};
 
+use super::prices::ListPrices;
 use super::{feature_columns, read_features, row_slice, standard, Dataset, DatasetReader};
 use crate::error::{Result, SimError};
 use crate::source::{check_range, Table};
@@ -39,6 +40,9 @@ pub struct WideDataset {
     /// Rows dropped because an arm's value was missing, one line each: file, row and what
     /// it missed.
     pub dropped: Vec<String>,
+    /// List prices by arm name, USD per input and output token, where the data gives them:
+    /// what a server's route would be configured with.
+    pub list_prices: ListPrices,
 }
 
 impl WideDataset {
@@ -50,6 +54,17 @@ impl WideDataset {
     /// Number of arms.
     pub fn num_arms(&self) -> usize {
         self.arms.len()
+    }
+
+    /// The arms as a learner takes them: each with its list prices where known.
+    pub fn priced_arms(&self) -> Vec<Arm> {
+        self.arms
+            .iter()
+            .map(|id| match self.list_prices.get(id) {
+                Some(&(input, output)) => Arm::new(id.as_str()).with_prices(input, output),
+                None => Arm::new(id.as_str()),
+            })
+            .collect()
     }
 
     /// Quality of `arm` on `row`.
@@ -152,6 +167,7 @@ impl WideDataset {
             mine.append(theirs);
         }
         self.dropped.append(&mut other.dropped);
+        self.list_prices.append(&mut other.list_prices);
         Ok(())
     }
 
@@ -228,6 +244,7 @@ impl WideColumns {
             dropped: Vec::new(),
             arms: self.arms,
             feature_names: self.feature_names,
+            list_prices: ListPrices::new(),
         };
         let mut complete = vec![true; n];
         for (row, _) in &dropped {

@@ -68,11 +68,12 @@ impl Learner {
         let objective = Objective { w_cost, ..unpaced };
 
         let tokens = request.context.input_tokens;
+        let answer_tokens = self.route_answer_tokens();
         let mut eligible = Vec::with_capacity(self.arms.len());
         let mut excluded = Vec::new();
         let mut costs = Vec::with_capacity(self.arms.len());
         for (i, arm) in self.arms.iter().enumerate() {
-            let cost = self.expected_cost_usd(i, x, tokens);
+            let cost = self.expected_cost_usd(i, x, tokens, answer_tokens);
             match request.constraints.exclusion(arm, tokens, cost) {
                 Some(reason) => excluded.push(reason),
                 None => {

@@ -522,7 +522,7 @@ impl Learner {
         self.validate_features(&context.features)?;
         outcome.validate()?;
         let tokens = outcome.tokens_or(context.input_tokens);
-        let usage = self.usage[arm].recorded(outcome, tokens)?;
+        let usage = self.usage[arm].recorded(&self.arms[arm], outcome, tokens)?;
         self.apply_cost(arm, &context.features, tokens, usage, outcome.cost_usd, own);
         if let Some(quality) = outcome.credited_quality() {
             self.learn_quality(arm, &context.features, quality);
@@ -560,7 +560,7 @@ impl Learner {
         let mut applied = Applied::AlreadyApplied;
         if !tracked.outcome_recorded {
             let tokens = outcome.tokens_or(tracked.input_tokens);
-            let usage = self.usage[arm].recorded(outcome, tokens)?;
+            let usage = self.usage[arm].recorded(&self.arms[arm], outcome, tokens)?;
             let tracked = self.tracked.get_mut(id)?;
             tracked.outcome_recorded = true;
             let features = tracked.take_or_share_features(tracked.quality_recorded);
@@ -656,27 +656,48 @@ impl Learner {
         self.policy.update(arm, features, quality);
     }
 
-    /// Arm `i` as the cost model sees it.
+    /// Arm `i` as the cost model sees it, a priced arm with no answers of its own expected
+    /// to answer in `answer_tokens`.
     /// (A function of the fields it reads, so that the cost model may be borrowed beside it.)
-    fn arm_cost<'a>(arms: &'a [Arm], usage: &'a [ArmUsage], config: &LearnerConfig, i: usize) -> ArmCost<'a> {
+    fn arm_cost<'a>(arms: &'a [Arm], usage: &'a [ArmUsage], answer_tokens: f64, i: usize) -> ArmCost<'a> {
         ArmCost {
             arm: &arms[i],
             usage: &usage[i],
-            default_output_tokens: config.default_output_tokens,
+            default_output_tokens: answer_tokens,
+        }
+    }
+
+    /// The answer a priced arm with none of its own is expected to give: the mean answer
+    /// of the route's priced arms so far (see [`ArmUsage::answer_sums`]), else the
+    /// configured default.
+    fn route_answer_tokens(&self) -> f64 {
+        let (tokens, requests) = self
+            .arms
+            .iter()
+            .zip(&self.usage)
+            .filter(|(arm, _)| arm.has_prices())
+            .map(|(arm, usage)| usage.answer_sums(arm))
+            .fold((0.0, 0.0), |(t, n), (ti, ni)| (t + ti, n + ni));
+        if requests > 0.0 {
+            tokens / requests
+        } else {
+            self.config.default_output_tokens
         }
     }
 
     /// What a request with features `x` and `tokens` prompt tokens is expected to cost on
-    /// arm `i` (see [`CostModel::expected_usd`]).
-    fn expected_cost_usd(&self, i: usize, x: &[f64], tokens: u32) -> f64 {
-        let arm = Self::arm_cost(&self.arms, &self.usage, &self.config, i);
+    /// arm `i` (see [`CostModel::expected_usd`]); `answer_tokens` from
+    /// [`Learner::route_answer_tokens`].
+    fn expected_cost_usd(&self, i: usize, x: &[f64], tokens: u32, answer_tokens: f64) -> f64 {
+        let arm = Self::arm_cost(&self.arms, &self.usage, answer_tokens, i);
         self.cost.expected_usd(i, arm, x, tokens)
     }
 
     /// Teaches the cost model what arm `arm`'s request cost (see [`CostModel::learn`]);
     /// before the usage records it.
     fn learn_cost(&mut self, arm: usize, x: &[f64], tokens: u32, cost_usd: f64) {
-        let seen = Self::arm_cost(&self.arms, &self.usage, &self.config, arm);
+        // Only arms without prices learn here, and their cost does not read answers.
+        let seen = Self::arm_cost(&self.arms, &self.usage, self.config.default_output_tokens, arm);
         self.cost.learn(arm, seen, x, tokens, cost_usd);
     }
 
