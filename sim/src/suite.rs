@@ -32,7 +32,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 use quiver_bandit::features::estimate_tokens;
 use quiver_bandit::prior::DEFAULT_PRIOR_CAP;
-use quiver_bandit::{Arm, Objective, PolicySpec, Priors, DEFAULT_PACING_STEP};
+use quiver_bandit::{Objective, PolicySpec, Priors, DEFAULT_PACING_STEP};
 use serde::Serialize;
 
 use crate::context::ContextBuilder;
@@ -136,21 +136,13 @@ impl IrtTable {
             features: Array2::zeros((self.rows, 0)),
             ..WideDataset::default()
         };
-        let priced: Vec<Arm> = data
+        data.list_prices = data
             .arms
             .iter()
             .zip(&input_prices)
-            .map(|(id, &input)| Arm::new(id.as_str()).with_prices(input, OUTPUT_PRICE_RATIO * input))
+            .map(|(id, &input)| (id.clone(), (input, OUTPUT_PRICE_RATIO * input)))
             .collect();
-        data.list_prices = priced
-            .iter()
-            .map(|arm| {
-                (
-                    arm.id.clone(),
-                    (arm.input_usd_per_token, arm.output_usd_per_token),
-                )
-            })
-            .collect();
+        let priced = data.priced_arms();
         let (mut quality, mut cost) = (
             Array2::zeros((self.rows, self.arms)),
             Array2::zeros((self.rows, self.arms)),

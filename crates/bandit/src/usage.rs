@@ -63,6 +63,37 @@ impl ArmUsage {
     }
 }
 
+/// Answers' tokens and the requests they came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct AnswerSums {
+    /// Tokens of the answers.
+    pub tokens: f64,
+    /// Requests answered.
+    pub requests: f64,
+}
+
+impl AnswerSums {
+    /// The mean answer, or `default` with no requests.
+    pub fn mean_or(&self, default: f64) -> f64 {
+        if self.requests > 0.0 {
+            self.tokens / self.requests
+        } else {
+            default
+        }
+    }
+}
+
+impl std::ops::Add for AnswerSums {
+    type Output = AnswerSums;
+
+    fn add(self, other: AnswerSums) -> AnswerSums {
+        AnswerSums {
+            tokens: self.tokens + other.tokens,
+            requests: self.requests + other.requests,
+        }
+    }
+}
+
 /// The cost part of a prior: scaled sums of a table's spend and input tokens.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct UsagePrior {
@@ -110,12 +141,15 @@ impl ArmUsage {
 
     /// The answers' tokens of priced `arm` and the requests they came from: its own, and
     /// those a prior's spend implies at the arm's prices ([`Arm::output_tokens_costing`]).
-    pub fn answer_sums(&self, arm: &Arm) -> (f64, f64) {
+    pub fn answer_sums(&self, arm: &Arm) -> AnswerSums {
         let prior = match arm.output_tokens_costing(self.prior.cost_usd, self.prior.input_tokens) {
             Some(tokens) if self.prior.requests > 0.0 => (tokens, self.prior.requests),
             _ => (0.0, 0.0),
         };
-        (self.output_tokens + prior.0, self.requests as f64 + prior.1)
+        AnswerSums {
+            tokens: self.output_tokens + prior.0,
+            requests: self.requests as f64 + prior.1,
+        }
     }
 
     /// Expected cost in USD of a request of `input_tokens` on `arm` (see module docs);
@@ -124,13 +158,7 @@ impl ArmUsage {
     pub fn expected_cost_usd(&self, arm: &Arm, input_tokens: u32, default_output_tokens: f64) -> f64 {
         let t = f64::from(input_tokens);
         if arm.has_prices() {
-            let (tokens, requests) = self.answer_sums(arm);
-            let out = if requests > 0.0 {
-                tokens / requests
-            } else {
-                default_output_tokens
-            };
-            arm.cost_usd(t, out)
+            arm.cost_usd(t, self.answer_sums(arm).mean_or(default_output_tokens))
         } else {
             UsagePrior {
                 requests: self.requests as f64 + self.prior.requests,
@@ -196,10 +224,10 @@ mod tests {
             cost_usd: 0.03,
             input_tokens: 10_000.0,
         };
-        let (answers, requests) = u.answer_sums(&priced);
+        let sums = u.answer_sums(&priced);
         assert!(
-            (answers - 5500.0).abs() < 1e-9 && requests == 11.0,
-            "{answers} {requests}"
+            (sums.tokens - 5500.0).abs() < 1e-9 && sums.requests == 11.0,
+            "{sums:?}"
         );
         assert!((u.expected_cost_usd(&priced, 1000, 250.0) - (1e-3 + 2e-3)).abs() < 1e-12);
         // An outcome with a cost and no answer tokens counts the answer the cost implies:

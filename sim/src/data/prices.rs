@@ -62,14 +62,12 @@ pub fn write_list_prices(prices: &ListPrices, path: &Path) -> Result<()> {
             (model.clone(), entry)
         })
         .collect();
-    let text = serde_json::to_string_pretty(&registry).map_err(|e| SimError::Write {
+    let write_error = |reason: String| SimError::Write {
         path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    std::fs::write(path, text).map_err(|e| SimError::Write {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    let text = serde_json::to_string_pretty(&registry).map_err(|e| write_error(e.to_string()))?;
+    std::fs::write(path, text).map_err(|e| write_error(e.to_string()))
 }
 
 /// The last `/`-separated part of a model name, in lower case.

@@ -10,6 +10,7 @@
 
 use quiver_bandit::Arm;
 
+use super::prices::ListPrices;
 use super::wide::{optional_in_range, read_wide_tables, WideColumns};
 use super::{Dataset, DatasetReader, WideDataset};
 use crate::error::Result;
@@ -46,11 +47,16 @@ impl RouteLlmReader {
             .file_stem()
             .map(|s| s.to_string_lossy().to_string())
             .unwrap_or_default();
+        let list_prices: ListPrices = PRICES
+            .iter()
+            .filter(|(model, _, _)| arms.iter().any(|a| a == model))
+            .map(|(model, input, output)| (model.to_string(), (*input, *output)))
+            .collect();
         let priced: Option<Vec<Arm>> = arms
             .iter()
             .map(|a| {
-                let (_, input, output) = PRICES.iter().find(|(m, _, _)| m == a)?;
-                Some(Arm::new(a.as_str()).with_prices(*input, *output))
+                let &(input, output) = list_prices.get(a)?;
+                Some(Arm::new(a.as_str()).with_prices(input, output))
             })
             .collect();
         let cost_usd = priced.map(|priced| {
@@ -82,11 +88,7 @@ impl RouteLlmReader {
             arms,
         };
         let mut data = columns.into_dataset(table);
-        data.list_prices = PRICES
-            .iter()
-            .filter(|(model, _, _)| data.arms.iter().any(|a| a == model))
-            .map(|(model, input, output)| (model.to_string(), (*input, *output)))
-            .collect();
+        data.list_prices = list_prices;
         Ok(data)
     }
 }

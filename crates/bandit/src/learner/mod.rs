@@ -23,7 +23,7 @@ use crate::limits;
 use crate::outcome::{validate_quality, BudgetPacer, Objective, Outcome};
 use crate::policy::{AnyPolicy, Policy, PolicySpec, PropensityKind};
 use crate::prior::Priors;
-use crate::usage::ArmUsage;
+use crate::usage::{AnswerSums, ArmUsage};
 
 use ledger::{Ledger, TrackedDecision};
 pub use snapshot::{Snapshot, SNAPSHOT_VERSION};
@@ -671,18 +671,13 @@ impl Learner {
     /// of the route's priced arms so far (see [`ArmUsage::answer_sums`]), else the
     /// configured default.
     fn route_answer_tokens(&self) -> f64 {
-        let (tokens, requests) = self
-            .arms
+        self.arms
             .iter()
             .zip(&self.usage)
             .filter(|(arm, _)| arm.has_prices())
             .map(|(arm, usage)| usage.answer_sums(arm))
-            .fold((0.0, 0.0), |(t, n), (ti, ni)| (t + ti, n + ni));
-        if requests > 0.0 {
-            tokens / requests
-        } else {
-            self.config.default_output_tokens
-        }
+            .fold(AnswerSums::default(), |sum, sums| sum + sums)
+            .mean_or(self.config.default_output_tokens)
     }
 
     /// What a request with features `x` and `tokens` prompt tokens is expected to cost on
