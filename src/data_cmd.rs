@@ -10,6 +10,7 @@ use quiver_sim::data::prices::write_list_prices;
 use quiver_sim::data::{load, Dataset, Format, Split};
 use quiver_sim::logging::{log_wide, LoggingSettings};
 use quiver_sim::scenario::Scenario;
+use quiver_sim::suite::{IrtTable, SUITE_ROWS};
 use quiver_sim::write::{write_logged, write_wide};
 
 #[derive(Subcommand)]
@@ -67,6 +68,11 @@ pub struct GenerateArgs {
     /// Output file: .csv, .parquet or .jsonl; a `split` column says train or test.
     #[arg(long)]
     out: PathBuf,
+    /// Prompts of the generated table (--irt): the suite's table has 4,000; a longer one
+    /// has the same models, prices and first prompts.
+    #[arg(long, requires = "irt", default_value_t = SUITE_ROWS as u32,
+          value_parser = clap::value_parser!(u32).range(10..=1_000_000))]
+    rows: u32,
     /// Also write the generated table's list prices here, in LiteLLM's registry format
     /// (`quiver replay --prices` reads it back).
     #[arg(long, requires = "irt")]
@@ -113,7 +119,11 @@ fn convert(args: ConvertArgs) -> Result<()> {
 
 fn generate(args: GenerateArgs) -> Result<()> {
     if let Some(arms) = args.irt {
-        let (train, test) = quiver_sim::suite::generated_table(usize::from(arms));
+        let (train, test) = IrtTable {
+            rows: args.rows as usize,
+            ..IrtTable::of_suite(usize::from(arms))
+        }
+        .generate();
         let splits: Vec<String> = (0..train.rows())
             .map(|_| "train".to_string())
             .chain((0..test.rows()).map(|_| "test".to_string()))

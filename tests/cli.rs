@@ -610,6 +610,46 @@ fn suite_tables_generate_to_files_that_replay_reads() {
     assert!((p["lift_over_hull"].as_f64().unwrap() - lift).abs() < 1e-12);
 }
 
+/// `data generate --rows N` writes a longer (or shorter) table of the same models: the same
+/// list prices, and the suite's prompts first, split 70/30 over its own rows.
+#[test]
+fn a_generated_table_of_other_length_extends_the_suites() {
+    let dir = scratch("irt_rows");
+    let (suite, suite_prices) = (dir.join("suite.csv"), dir.join("suite.json"));
+    let (long, long_prices) = (dir.join("long.csv"), dir.join("long.json"));
+    generate_irt3(&suite, &["--prices-out", suite_prices.to_str().unwrap()]);
+    generate_irt3(
+        &long,
+        &["--rows", "5000", "--prices-out", long_prices.to_str().unwrap()],
+    );
+    let (suite_text, long_text) = (
+        std::fs::read_to_string(&suite).unwrap(),
+        std::fs::read_to_string(&long).unwrap(),
+    );
+    assert_eq!(long_text.lines().count(), 5001);
+    assert_eq!(
+        long_text
+            .lines()
+            .filter(|l| l.split(',').nth(1) == Some("test"))
+            .count(),
+        1500
+    );
+    // The suite's 2,800 training prompts are the long table's first ones, row for row.
+    assert!(suite_text.lines().take(2801).eq(long_text.lines().take(2801)));
+    assert_eq!(
+        std::fs::read_to_string(&suite_prices).unwrap(),
+        std::fs::read_to_string(&long_prices).unwrap()
+    );
+    let out = dir.join("x.csv");
+    let refused = |args: &[&str]| {
+        stderr(&quiver(
+            &[&["data", "generate", "--out", out.to_str().unwrap()], args].concat(),
+        ))
+    };
+    assert!(refused(&["--irt", "3", "--rows", "5"]).contains("--rows"));
+    assert!(refused(&["--rows", "100"]).contains("--irt"));
+}
+
 /// `data generate --prices-out` writes the table's list prices in LiteLLM's registry
 /// format, and `replay --prices` reads them, warning of the models a file leaves unpriced.
 #[test]

@@ -382,14 +382,24 @@ pub fn cases(tables: Vec<(String, WideDataset, WideDataset)>, drift: bool, cold:
     Ok(out)
 }
 
+/// Prompts of each of the suite's generated tables.
+pub const SUITE_ROWS: usize = 4000;
+
+impl IrtTable {
+    /// The suite's generated table of `arms` models. A table of other `rows` from the same
+    /// seed has the same models and prices, and its prompts begin with the suite's.
+    pub fn of_suite(arms: usize) -> IrtTable {
+        IrtTable {
+            arms,
+            rows: SUITE_ROWS,
+            seed: 1000 + arms as u64,
+        }
+    }
+}
+
 /// The suite's generated table of `arms` models: training rows and evaluation rows.
 pub fn generated_table(arms: usize) -> (WideDataset, WideDataset) {
-    IrtTable {
-        arms,
-        rows: 4000,
-        seed: 1000 + arms as u64,
-    }
-    .generate()
+    IrtTable::of_suite(arms).generate()
 }
 
 /// The generated tables of the suite: 3, 11, 30 and 60 models.
