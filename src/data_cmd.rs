@@ -62,7 +62,7 @@ pub struct GenerateArgs {
     #[arg(long, conflicts_with = "irt")]
     scenario: Option<PathBuf>,
     /// The validation suite's generated table with this many models (`quiver suite` uses
-    /// 3, 11, 30 and 60), with its 70/30 split.
+    /// 3, 11, 30 and 60, and 30 on 10,000 prompts), with its 70/30 split.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
     irt: Option<u16>,
     /// Output file: .csv, .parquet or .jsonl; a `split` column says train or test.

@@ -14,7 +14,8 @@
 //! list prices go with the table, as a route's configuration would give them to a
 //! server. These constants are calibrated so that the tables have the
 //! shape of the public ones ([`CALIBRATION`], checked by a test on the public tables).
-//! Each table has 3, 11, 30 or 60 models and 4,000 prompts, 70% to train on (priors
+//! Each table has 3, 11, 30 or 60 models and 4,000 prompts (and the 30 models again with
+//! 10,000, the size of a public table of about thirty models), 70% to train on (priors
 //! fitted from every model's outcome, or a replay under bandit feedback) and 30% to
 //! evaluate; the drift cases take 0.3 off the best model's quality on every row (clamped
 //! at 0, so a correct answer scores 0.7 and a wrong one stays 0) halfway through the
@@ -397,18 +398,28 @@ impl IrtTable {
     }
 }
 
-/// The suite's generated table of `arms` models: training rows and evaluation rows.
-pub fn generated_table(arms: usize) -> (WideDataset, WideDataset) {
-    IrtTable::of_suite(arms).generate()
-}
+/// Prompts of the suite's longer table of thirty models.
+const LONG_ROWS: usize = 10_000;
 
-/// The generated tables of the suite: 3, 11, 30 and 60 models.
+/// The generated tables of the suite: 3, 11, 30 and 60 models on 4,000 prompts, and the
+/// thirty models again on 10,000, the size of a public evaluation table of about thirty
+/// models: a cold start pays most of its loss in its first few thousand requests, so a
+/// table's length decides how much of that loss its mean shows.
 pub fn generated_tables() -> Vec<(String, WideDataset, WideDataset)> {
     [3, 11, 30, 60]
+        .map(IrtTable::of_suite)
         .into_iter()
-        .map(|arms| {
-            let (train, test) = generated_table(arms);
-            (format!("irt-{arms}"), train, test)
+        .chain([IrtTable {
+            rows: LONG_ROWS,
+            ..IrtTable::of_suite(30)
+        }])
+        .map(|table| {
+            let (train, test) = table.generate();
+            let name = match table.rows {
+                SUITE_ROWS => format!("irt-{}", table.arms),
+                rows => format!("irt-{}-{}k", table.arms, rows / 1000),
+            };
+            (name, train, test)
         })
         .collect()
 }
@@ -679,18 +690,19 @@ mod tests {
                 "irt-11",
                 "irt-30",
                 "irt-60",
+                "irt-30-10k",
                 "builtin-train-fold0",
                 "builtin-train-fold1",
                 "builtin-train-fold2"
             ]
         );
         let (test, train) = Scenario::builtin().unwrap().test_and_train();
-        let mut evaluated: Vec<&String> = all[4..].iter().flat_map(|(_, _, t)| &t.ids).collect();
+        let mut evaluated: Vec<&String> = all[5..].iter().flat_map(|(_, _, t)| &t.ids).collect();
         evaluated.sort();
         let mut train_ids: Vec<&String> = train.ids.iter().collect();
         train_ids.sort();
         assert_eq!(evaluated, train_ids);
-        for (name, fold_train, fold_test) in &all[4..] {
+        for (name, fold_train, fold_test) in &all[5..] {
             assert_eq!(fold_train.rows() + fold_test.rows(), train.rows(), "{name}");
             assert!(fold_test.ids.iter().all(|id| !test.ids.contains(id)), "{name}");
         }
