@@ -94,7 +94,20 @@ fn normal(rng: &mut ChaCha8Rng) -> f64 {
     StandardNormal.sample(rng)
 }
 
+/// Prompts of each of the suite's generated tables.
+pub const SUITE_ROWS: usize = 4000;
+
 impl IrtTable {
+    /// The suite's generated table of `arms` models. A table of other `rows` from the same
+    /// seed has the same models and prices, and its prompts begin with the suite's.
+    pub fn of_suite(arms: usize) -> IrtTable {
+        IrtTable {
+            arms,
+            rows: SUITE_ROWS,
+            seed: 1000 + arms as u64,
+        }
+    }
+
     /// The training rows and the evaluation rows.
     pub fn generate(&self) -> (WideDataset, WideDataset) {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
@@ -381,21 +394,6 @@ pub fn cases(tables: Vec<(String, WideDataset, WideDataset)>, drift: bool, cold:
         }
     }
     Ok(out)
-}
-
-/// Prompts of each of the suite's generated tables.
-pub const SUITE_ROWS: usize = 4000;
-
-impl IrtTable {
-    /// The suite's generated table of `arms` models. A table of other `rows` from the same
-    /// seed has the same models and prices, and its prompts begin with the suite's.
-    pub fn of_suite(arms: usize) -> IrtTable {
-        IrtTable {
-            arms,
-            rows: SUITE_ROWS,
-            seed: 1000 + arms as u64,
-        }
-    }
 }
 
 /// Prompts of the suite's longer table of thirty models.
