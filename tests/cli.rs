@@ -568,6 +568,13 @@ fn generate_irt3(table: &Path, extra: &[&str]) {
     stdout(&quiver(&args));
 }
 
+/// Rows of a generated table's CSV text that its `split` column puts in the test split.
+fn test_rows(text: &str) -> usize {
+    text.lines()
+        .filter(|l| l.split(',').nth(1) == Some("test"))
+        .count()
+}
+
 /// The validation suite's tables are files a replay reads: `data generate --irt N` writes
 /// the 4,000 prompts with the 70/30 split the suite uses, and a replay of its test split,
 /// trained on its train split, reports the hull and the lift.
@@ -578,12 +585,7 @@ fn suite_tables_generate_to_files_that_replay_reads() {
     generate_irt3(&table, &[]);
     let text = std::fs::read_to_string(&table).unwrap();
     assert_eq!(text.lines().count(), 4001);
-    assert_eq!(
-        text.lines()
-            .filter(|l| l.split(',').nth(1) == Some("test"))
-            .count(),
-        1200
-    );
+    assert_eq!(test_rows(&text), 1200);
     let summary = stdout(&quiver(&[
         "replay",
         "--data",
@@ -627,13 +629,7 @@ fn a_generated_table_of_other_length_extends_the_suites() {
         std::fs::read_to_string(&long).unwrap(),
     );
     assert_eq!(long_text.lines().count(), 5001);
-    assert_eq!(
-        long_text
-            .lines()
-            .filter(|l| l.split(',').nth(1) == Some("test"))
-            .count(),
-        1500
-    );
+    assert_eq!(test_rows(&long_text), 1500);
     // The suite's 2,800 training prompts are the long table's first ones, row for row.
     assert!(suite_text.lines().take(2801).eq(long_text.lines().take(2801)));
     assert_eq!(
