@@ -459,11 +459,10 @@ fn routerbench_defaults_start_from_priors_and_clear_the_hull() {
 /// tables, the built-in scenario's folds, RouterBench's train files and RouteLLM's tables
 /// in folds), at every budget, after training, with and without drift: each default learner
 /// is at least the hull at its own spend less one point, and where the budget can be kept it
-/// is at least the hull at the budget less one point, and spends less than 98% of it only
-/// where it is above the hull at the budget (the route stopped spending because no model
-/// pays for its price). Spending over the budget is printed, not asserted: a GSM8K fold of
-/// 440 requests under 10% spends 102.7% of it, which the 2% does not allow. Two
-/// seeds, the suite's default; `benches/RESULTS.md` records the six-seed run.
+/// is at least the hull at the budget less one point, spends at most 102% of the budget,
+/// and less than 98% of it only where it is above the hull at the budget (the route
+/// stopped spending because no model pays for its price). Two seeds, the suite's default;
+/// `benches/RESULTS.md` records the six-seed run.
 #[test]
 fn the_default_learners_hold_the_hull_on_every_trained_case_of_the_suite() {
     let Some(dir) = datasets() else { return };
@@ -495,7 +494,10 @@ fn the_default_learners_hold_the_hull_on_every_trained_case_of_the_suite() {
         );
         eprintln!("{case}");
         let underspent_below_the_hull = r.spend_vs_budget < 0.98 && r.lift_at_budget < 0.0;
-        if r.lift < -0.01 || (r.feasible && (r.lift_at_budget < -0.01 || underspent_below_the_hull)) {
+        let overspent = r.spend_vs_budget > 1.02;
+        if r.lift < -0.01
+            || (r.feasible && (r.lift_at_budget < -0.01 || underspent_below_the_hull || overspent))
+        {
             misses.push(case);
         }
     }

@@ -4,8 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use quiver_bandit::prior::{FoldStatistics, PRIORS_VERSION};
-use quiver_bandit::{ArmPrior, Context, Priors};
+use nalgebra::DVector;
+use quiver_bandit::prior::{FoldStatistics, RidgePrior, FOLDS, PRIORS_VERSION};
+use quiver_bandit::{ArmPrior, Context, Priors, SpendCurve};
 use rayon::prelude::*;
 
 use crate::context::ContextBuilder;
@@ -34,11 +35,12 @@ impl std::str::FromStr for TrainFeedback {
 }
 
 /// Priors for every arm of a full-information table, featurized as `env` was with a
-/// builder of definition `context`, capped at `cap` observations per arm.
+/// builder of definition `context`, capped at `cap` observations per arm, with the
+/// table's spend curve.
 pub fn fit_wide(env: &Environment, context: &str, cap: f64) -> Priors {
     let data = env.data();
     let tokens: f64 = (0..data.rows()).map(|row| f64::from(env.input_tokens(row))).sum();
-    let arms: BTreeMap<String, _> = data
+    let fitted: Vec<WideFit> = data
         .arms
         .par_iter()
         .enumerate()
@@ -59,17 +61,73 @@ pub fn fit_wide(env: &Environment, context: &str, cap: f64) -> Priors {
                 }
                 prior.cost_correction = cost_residuals.fit_ridge(prior.scale());
             }
-            Some((name.clone(), prior))
+            Some(WideFit::new(env, name.clone(), prior, &stats))
         })
         .collect();
+    let spend = spend_curve(env, &fitted);
     Priors {
         version: PRIORS_VERSION,
         context: context.to_string(),
         dim: env.dim(),
         cap,
         source: format!("{} ({} rows, every arm observed)", data.source, data.rows()),
-        arms,
+        arms: fitted.into_iter().map(|f| (f.name, f.prior)).collect(),
+        spend,
     }
+}
+
+/// One arm's prior from a wide table, and what it expects on each of the table's rows.
+struct WideFit {
+    name: String,
+    prior: ArmPrior,
+    /// Quality, as the fit predicts it for prompts it has not seen: from the folds
+    /// without the row's.
+    quality: Vec<f64>,
+    /// Cost in USD, per token and corrected on the context, as a learner expects the
+    /// cost of an arm without prices from the prior.
+    cost_usd: Vec<f64>,
+}
+
+impl WideFit {
+    fn new(env: &Environment, name: String, prior: ArmPrior, stats: &FoldStatistics) -> Self {
+        let held_out = stats.held_out_coefficients(prior.quality.lambda);
+        let whole = prior.quality.coefficients();
+        let correction = prior.cost_correction.as_ref().and_then(RidgePrior::coefficients);
+        let (mut quality, mut cost_usd) = (Vec::new(), Vec::new());
+        for row in 0..env.data().rows() {
+            let x = DVector::from_column_slice(env.features(row));
+            let theta = held_out[row % FOLDS].as_ref().or(whole.as_ref());
+            quality.push(theta.map_or(0.0, |t| t.dot(&x)));
+            let missed = correction.as_ref().map_or(0.0, |c| c.dot(&x));
+            let per_token = prior.usage.expected_cost_usd(f64::from(env.input_tokens(row)));
+            cost_usd.push((per_token + missed).max(0.0));
+        }
+        WideFit {
+            name,
+            prior,
+            quality,
+            cost_usd,
+        }
+    }
+}
+
+/// The spend curve of a wide table ([`SpendCurve`]): each row's choice made on what the
+/// priors expect ([`WideFit`]), paying the row's cost. `None` without costs.
+fn spend_curve(env: &Environment, fitted: &[WideFit]) -> Option<SpendCurve> {
+    let data = env.data();
+    if fitted.len() != data.arms.len() {
+        return None;
+    }
+    let (rows, arms) = (data.rows(), data.arms.len());
+    let (mut qualities, mut expected, mut costs) = (Vec::new(), Vec::new(), Vec::new());
+    for row in 0..rows {
+        for (arm, fit) in fitted.iter().enumerate() {
+            qualities.push(fit.quality[row]);
+            expected.push(fit.cost_usd[row]);
+            costs.push(data.cost_usd(row, arm));
+        }
+    }
+    SpendCurve::fit(arms, &qualities, &expected, &costs)
 }
 
 /// Priors from a log's decisions that carry a quality: each arm learns from the rows where
@@ -104,6 +162,7 @@ pub fn fit_logged(log: &mut LogStream, cap: f64) -> Result<Priors> {
         cap,
         source: format!("{} ({} logged decisions)", header.source, log.rows()),
         arms,
+        spend: None,
     })
 }
 
@@ -140,5 +199,75 @@ impl ArmFit {
                 .fit(cap)?
                 .with_usage(self.seen as f64, self.cost, self.tokens),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quiver_bandit::{Objective, DEFAULT_PACING_STEP};
+
+    use super::*;
+    use crate::metrics::single_arms;
+    use crate::replay::{run_one, Feedback, Knobs, ReplaySettings, Variant};
+    use crate::suite::IrtTable;
+
+    /// The suite's 11-model table under 10%, 25% and 50% of its best model's cost, the
+    /// default learners started from priors of its training rows: with the spend curve the
+    /// pacer starts near the multiplier the budget needs, and the first 100 requests
+    /// spend the budget within 2% (mean of six seeds); without it the pacer starts at 0
+    /// and those requests spend more.
+    #[test]
+    fn priors_with_a_spend_curve_keep_the_budget_from_the_first_requests() {
+        let (train, test) = IrtTable::of_suite(11).generate();
+        let builder = ContextBuilder::new(true, &[], 0);
+        let train_env = Environment::new(&train, &builder).unwrap();
+        let env = Environment::new(&test, &builder).unwrap();
+        let best_cost = single_arms(&train, None)
+            .iter()
+            .max_by(|a, b| a.mean_quality.total_cmp(&b.mean_quality))
+            .unwrap()
+            .mean_cost_usd;
+        let priors = fit_wide(&train_env, &builder.definition(), 2000.0);
+        let without_curve = Priors {
+            spend: None,
+            ..priors.clone()
+        };
+        let first_spend = |priors: &Priors, spec: &str, budget: f64| {
+            let settings = ReplaySettings {
+                variants: vec![Variant {
+                    spec: spec.parse().unwrap(),
+                    objective: Objective::default(),
+                    budget_usd: Some(budget),
+                    label: spec.into(),
+                }],
+                seeds: 1,
+                knobs: Knobs::default(),
+                frozen: false,
+                train_passes: 1,
+                explore_passes: 0,
+                priors: Some(priors.clone()),
+                pacer_step: DEFAULT_PACING_STEP,
+                checkpoints: test.rows() / 100,
+                full_information: false,
+            };
+            let seeds = 6;
+            (0..seeds)
+                .map(|seed| {
+                    let run = run_one(&env, None, &settings, 0, seed, Feedback::Bandit).unwrap();
+                    assert_eq!(run.curve[0].step, 100);
+                    run.curve[0].mean_cost_usd / budget
+                })
+                .sum::<f64>()
+                / seeds as f64
+        };
+        for share in [0.1, 0.25, 0.5] {
+            let budget = share * best_cost;
+            for spec in ["linucb(alpha=0.1)", "lints(v=0.05)"] {
+                let warm = first_spend(&priors, spec, budget);
+                let cold = first_spend(&without_curve, spec, budget);
+                assert!((warm - 1.0).abs() < 0.02, "{spec} at {share}: {warm}");
+                assert!(cold > warm, "{spec} at {share}: {cold} vs {warm}");
+            }
+        }
     }
 }

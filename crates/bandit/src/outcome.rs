@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{in_range, Result};
 use crate::limits;
+use crate::spend::SpendCurve;
 
 /// The observed result of serving one request.
 ///
@@ -203,6 +204,10 @@ pub const PACING_BAND: f64 = 0.5;
 /// Points of the band a decision mixes over.
 pub const PACING_BAND_POINTS: usize = 8;
 
+/// Halvings of `[0, LAMBDA_MAX]` in [`BudgetPacer::warm_start`]: to a millionth of a
+/// quality point per budget.
+const WARM_START_BISECTIONS: u32 = 30;
+
 /// The most dual steps [`BudgetPacer::observe_calls`] takes at once.
 pub const MAX_STEPS_AT_ONCE: u64 = 4096;
 
@@ -244,16 +249,64 @@ impl BudgetPacer {
     /// probability: the midpoints of [`PACING_BAND_POINTS`] equal parts of the band
     /// `lambda * (1 +- PACING_BAND)`. Empty while `lambda` is 0.
     pub fn extra_cost_weights(&self) -> Vec<f64> {
-        if self.lambda <= 0.0 {
+        self.band_weights(self.lambda)
+    }
+
+    /// [`BudgetPacer::extra_cost_weights`] at multiplier `lambda`.
+    fn band_weights(&self, lambda: f64) -> Vec<f64> {
+        if lambda <= 0.0 {
             return Vec::new();
         }
         let k = PACING_BAND_POINTS as f64;
         (0..PACING_BAND_POINTS)
             .map(|j| {
                 let offset = PACING_BAND * (2.0 * (j as f64 + 0.5) / k - 1.0);
-                self.lambda * (1.0 + offset) / self.target_usd
+                lambda * (1.0 + offset) / self.target_usd
             })
             .collect()
+    }
+
+    /// Starts a pacer that has observed nothing where a table's `curve` says its budget
+    /// binds: at the multiplier whose band, on top of the cost weight `w_cost`, spends the
+    /// target on the curve, found by bisection (the band's spend falls with the multiplier
+    /// where expected costs rank the arms as their costs do; the bisection finds a
+    /// crossing either way). A budget the curve keeps unpaced leaves the multiplier at 0;
+    /// one it cannot keep starts it at its largest value. Returns the multiplier.
+    ///
+    /// The step keeps its first size: the curve is a greedy chooser's, and a learner that
+    /// explores spends more at the same multiplier (its noise moves choices from the arm
+    /// most rows take to the dearer few), so the pacer still has a difference to find,
+    /// which a step shrunk as if the table's rows had been paced would find only by
+    /// overspending many budgets first.
+    pub fn warm_start(&mut self, curve: &SpendCurve, w_cost: f64) -> f64 {
+        if self.observed > 0 {
+            return self.lambda;
+        }
+        let band_spend = |lambda: f64| {
+            let weights = self.band_weights(lambda);
+            weights
+                .iter()
+                .map(|w| curve.mean_cost_usd(w_cost + w))
+                .sum::<f64>()
+                / weights.len() as f64
+        };
+        self.lambda = if curve.mean_cost_usd(w_cost) <= self.target_usd {
+            0.0
+        } else if band_spend(LAMBDA_MAX) > self.target_usd {
+            LAMBDA_MAX
+        } else {
+            let (mut low, mut high) = (0.0, LAMBDA_MAX);
+            for _ in 0..WARM_START_BISECTIONS {
+                let mid = 0.5 * (low + high);
+                if band_spend(mid) > self.target_usd {
+                    low = mid;
+                } else {
+                    high = mid;
+                }
+            }
+            high
+        };
+        self.lambda
     }
 
     /// The step of the next update: `eta / sqrt(1 + eta * n)` after `n` costs, the
@@ -360,5 +413,56 @@ mod tests {
         let step = p.current_step();
         p.observe(0.0);
         assert!((p.lambda() - (before - step)).abs() < 1e-12);
+    }
+
+    /// A curve falling from $0.01 at w = 10 to $0.001 at w = 1000, linearly in `ln w`: its
+    /// band's mean cost at multiplier `lambda` is
+    /// `0.01 - 0.009 (ln(lambda / (10 B)) + m) / ln 100`, `m` the band's mean `ln(1 + o_j)`,
+    /// so the target `B` is met at `lambda = 10 B exp((0.01 - B) ln 100 / 0.009 - m)`.
+    #[test]
+    fn a_warm_start_meets_the_target_on_the_curve() {
+        use crate::spend::{SpendCurve, SpendPoint};
+        let curve = SpendCurve {
+            points: vec![
+                SpendPoint {
+                    cost_weight: 10.0,
+                    mean_cost_usd: 0.01,
+                },
+                SpendPoint {
+                    cost_weight: 1000.0,
+                    mean_cost_usd: 0.001,
+                },
+            ],
+        };
+        let (target, eta) = (0.0055, 0.05);
+        let k = PACING_BAND_POINTS as f64;
+        let m = (0..PACING_BAND_POINTS)
+            .map(|j| (1.0 + PACING_BAND * (2.0 * (j as f64 + 0.5) / k - 1.0)).ln())
+            .sum::<f64>()
+            / k;
+        let want = 10.0 * target * ((0.01 - target) * 100f64.ln() / 0.009 - m).exp();
+        let mut p = BudgetPacer::new(target, eta).unwrap();
+        let lambda = p.warm_start(&curve, 0.0);
+        assert!((lambda - want).abs() < 1e-5, "{lambda} vs {want}");
+        assert_eq!(p.lambda(), lambda);
+        // Every band weight falls between the curve's points, where the closed form holds.
+        assert!(p.extra_cost_weights().iter().all(|w| (10.0..1000.0).contains(w)));
+        // The step keeps its first size.
+        assert_eq!(p.current_step(), eta);
+
+        // A fixed cost weight is part of the weight the curve is read at: w_cost = 1000
+        // alone keeps spend at $0.001, so the budget does not bind.
+        let mut unpaced = BudgetPacer::new(target, eta).unwrap();
+        assert_eq!(unpaced.warm_start(&curve, 1000.0), 0.0);
+        assert!(unpaced.extra_cost_weights().is_empty());
+        // A budget below the cheapest spend starts at the largest multiplier.
+        let mut tight = BudgetPacer::new(0.0005, eta).unwrap();
+        assert_eq!(tight.warm_start(&curve, 0.0), LAMBDA_MAX);
+        // A pacer that has observed costs keeps its own multiplier.
+        let mut running = BudgetPacer::new(target, eta).unwrap();
+        running.observe(2.0 * target);
+        let before = running.clone();
+        assert_eq!(running.warm_start(&curve, 0.0), before.lambda());
+        assert_eq!(running, before);
     }
 }

@@ -29,6 +29,7 @@ use nalgebra::{Cholesky, DMatrix, DVector};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorKind, Result};
+use crate::spend::SpendCurve;
 use crate::usage::UsagePrior;
 
 /// Format version of [`Priors`] files.
@@ -105,6 +106,11 @@ pub struct Priors {
     pub source: String,
     /// Per arm id.
     pub arms: BTreeMap<String, ArmPrior>,
+    /// What the table's rows would cost choosing by what these priors expect at each cost
+    /// weight: where a budget's pacer starts. Absent where the table says nothing of it (a
+    /// log: only the chosen arm's cost is known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend: Option<SpendCurve>,
 }
 
 /// Sufficient statistics of one arm's rows, one set per fold.
@@ -195,6 +201,18 @@ impl FoldStatistics {
         })
     }
 
+    /// For each fold, the coefficients of ridge `lambda` fitted on the other folds: what
+    /// the fit predicts for rows it has not seen. `None` for a fold whose complement has
+    /// no rows.
+    pub fn held_out_coefficients(&self, lambda: f64) -> Vec<Option<DVector<f64>>> {
+        (0..FOLDS)
+            .map(|f| {
+                let (xtx, xtr) = self.pooled(Some(f));
+                ridge_solve(xtx, &xtr, lambda)
+            })
+            .collect()
+    }
+
     /// The ridge with the lowest cross-validated error, its statistics scaled by `scale`.
     /// `None` without rows.
     pub fn fit_ridge(&self, scale: f64) -> Option<RidgePrior> {
@@ -270,11 +288,15 @@ impl RidgePrior {
         m
     }
 
+    /// The prior's mean coefficients, `P^-1 X'y`.
+    pub fn coefficients(&self) -> Option<DVector<f64>> {
+        let dim = self.moment.len();
+        Some(Cholesky::new(self.precision_matrix(dim))?.solve(&DVector::from_column_slice(&self.moment)))
+    }
+
     /// The prior's mean in context `x`, `x' P^-1 X'y`.
     pub fn mean(&self, x: &[f64]) -> Option<f64> {
-        let theta =
-            Cholesky::new(self.precision_matrix(x.len()))?.solve(&DVector::from_column_slice(&self.moment));
-        Some(theta.dot(&DVector::from_column_slice(x)))
+        Some(self.coefficients()?.dot(&DVector::from_column_slice(x)))
     }
 }
 
@@ -314,6 +336,9 @@ impl Priors {
             return invalid("priors: dim must be at least 1".into());
         }
         check_cap(self.cap)?;
+        if let Some(curve) = &self.spend {
+            curve.validate()?;
+        }
         for (arm, p) in &self.arms {
             p.quality.validate(self.dim, arm, "quality")?;
             if let Some(c) = &p.cost_correction {
@@ -414,6 +439,7 @@ mod tests {
             cap: 1e9,
             source: "test".into(),
             arms,
+            spend: None,
         }
     }
 
@@ -426,13 +452,14 @@ mod tests {
     }
 
     #[test]
-    fn cross_validated_error_equals_refitting_on_the_rows() {
+    fn cross_validated_error_and_held_out_fits_equal_refitting_on_the_rows() {
         let dim = 4;
         let data = rows(53, dim, 1);
         let stats = statistics(&data, dim);
         for lambda in [0.1, 3.0, 100.0] {
             let mut brute = 0.0;
-            for fold in 0..FOLDS {
+            let held_out = stats.held_out_coefficients(lambda);
+            for (fold, held) in held_out.iter().enumerate() {
                 let (mut xtx, mut xtr) = (DMatrix::zeros(dim, dim), DVector::zeros(dim));
                 for (_, (x, r)) in data.iter().enumerate().filter(|(i, _)| i % FOLDS != fold) {
                     let xv = DVector::from_column_slice(x);
@@ -440,6 +467,8 @@ mod tests {
                     xtr += xv * *r;
                 }
                 let theta = ridge_solve(xtx, &xtr, lambda).expect("solvable");
+                let held = held.as_ref().expect("solvable");
+                assert!((held - &theta).amax() < 1e-9, "fold {fold}: {held} vs {theta}");
                 for (_, (x, r)) in data.iter().enumerate().filter(|(i, _)| i % FOLDS == fold) {
                     brute += (r - theta.dot(&DVector::from_column_slice(x))).powi(2);
                 }

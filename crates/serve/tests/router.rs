@@ -597,12 +597,18 @@ fn a_reconfigured_route_keeps_what_it_learned() {
     );
 }
 
-/// Priors for the `code` route: `big` answered 95 of 100 past prompts well, `small` 5.
+/// Priors for the `code` route: `big` answered 95 of 100 past prompts well, `small` 5, at
+/// $0.004 and $0.0004 a prompt.
 fn write_priors(path: &Path, context: &str) {
     use quiver_bandit::prior::{FoldStatistics, PRIORS_VERSION};
     use quiver_bandit::{Featurizer, HashingFeaturizer, Priors};
     let featurizer = HashingFeaturizer::for_routes(0);
     let mut arms = std::collections::BTreeMap::new();
+    let (mut qualities, mut costs) = (Vec::new(), Vec::new());
+    for i in 0..100 {
+        qualities.extend([f64::from(u8::from(i < 95)), f64::from(u8::from(i < 5))]);
+        costs.extend([0.004, 0.0004]);
+    }
     for (arm, good) in [("big", 95), ("small", 5)] {
         let mut stats = FoldStatistics::new(featurizer.dim());
         for i in 0..100 {
@@ -621,8 +627,54 @@ fn write_priors(path: &Path, context: &str) {
         cap: 1e9,
         source: "test".into(),
         arms,
+        spend: quiver_bandit::SpendCurve::fit(2, &qualities, &costs, &costs),
     };
     std::fs::write(path, serde_json::to_string(&priors).unwrap()).unwrap();
+}
+
+/// A route with a budget starts its pacer where its priors' spend curve meets the budget
+/// (choosing `big` costs 4 budgets, `small` 0.4); a restart keeps the multiplier learned
+/// since.
+#[test]
+fn a_budgeted_route_starts_its_pacer_from_its_priors() {
+    let dir = scratch("router_priors_pacer");
+    std::fs::create_dir_all(&dir).unwrap();
+    let priors = dir.join("priors.json");
+    write_priors(&priors, "hashing(words=40,chars=16,caller=0)");
+    let curve = quiver_bandit::Priors::from_json(&std::fs::read_to_string(&priors).unwrap())
+        .unwrap()
+        .spend
+        .unwrap();
+    let mut configs = routes();
+    configs[1].priors = Some(priors);
+    configs[1].budget_usd_per_request = Some(0.001);
+    let mut expected = quiver_bandit::BudgetPacer::new(0.001, quiver_bandit::DEFAULT_PACING_STEP).unwrap();
+    let start = expected.warm_start(&curve, configs[1].w_cost);
+    assert!(start > 0.0);
+    let lambda = |router: &Router| router.learner("code").unwrap().pacer().unwrap().lambda();
+    let router = Router::open_with(configs.clone(), &dir.join("log"), crash_options()).unwrap();
+    assert_eq!(lambda(&router), start);
+    for i in 0..10 {
+        let request = RouteRequest {
+            prompt: Some(format!("new prompt {i}")),
+            ..RouteRequest::default()
+        };
+        let routed = router.route("code", &request).unwrap().wait().unwrap();
+        router
+            .record_outcome(&routed.decision_id, &Outcome::new(100.0, 0.004))
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    let learned = lambda(&router);
+    assert!(
+        learned > start,
+        "ten calls at 4 budgets raise it: {learned} vs {start}"
+    );
+    router.snapshot().unwrap();
+    drop(router);
+    let router = Router::open_with(configs, &dir.join("log"), crash_options()).unwrap();
+    assert_eq!(lambda(&router), learned);
 }
 
 #[test]

@@ -315,9 +315,11 @@ impl Learner {
 
     /// Starts the arms from priors fitted offline (see [`crate::prior`]): each arm with a
     /// prior adds it to what it has learned, adds its cost sums to its usage prior and,
-    /// without prices, starts its cost correction from the prior's. Returns the ids of the arms without one. The
-    /// caller checks that the priors were fitted in the context definition its requests
-    /// are featurized with; the learner can check only the dimension.
+    /// without prices, starts its cost correction from the prior's; a budget's pacer starts
+    /// from the priors' spend curve ([`BudgetPacer::warm_start`]). Returns the ids of the
+    /// arms without one. The caller checks that the priors were fitted in the context
+    /// definition its requests are featurized with; the learner can check only the
+    /// dimension.
     pub fn absorb_priors(&mut self, priors: &Priors) -> Result<Vec<String>> {
         priors.validate()?;
         if priors.dim != self.config.dim {
@@ -339,6 +341,9 @@ impl Learner {
                 }
                 None => arms_without_prior.push(arm.id.clone()),
             }
+        }
+        if let (Some(pacer), Some(curve)) = (self.pacer.as_mut(), &priors.spend) {
+            pacer.warm_start(curve, self.config.objective.w_cost);
         }
         Ok(arms_without_prior)
     }
