@@ -16,6 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorKind, Result};
+use crate::pmf;
 
 /// Weights kept per decade.
 pub const POINTS_PER_DECADE: i32 = 32;
@@ -61,21 +62,26 @@ impl SpendCurve {
         if dearest <= 0.0 || !dearest.is_finite() {
             return None;
         }
-        let points = (-DECADES_BELOW * POINTS_PER_DECADE..=DECADES_ABOVE * POINTS_PER_DECADE)
-            .map(|k| {
-                let cost_weight = 10f64.powf(f64::from(k) / f64::from(POINTS_PER_DECADE)) / dearest;
-                let spent: f64 = qualities
-                    .chunks(arms)
-                    .zip(expected.chunks(arms))
-                    .zip(costs.chunks(arms))
-                    .map(|((q, e), c)| c[greedy(q, e, cost_weight)])
-                    .sum();
-                SpendPoint {
-                    cost_weight,
-                    mean_cost_usd: spent / rows as f64,
+        let mut scores = vec![0.0; arms];
+        let mut points = Vec::new();
+        for k in -DECADES_BELOW * POINTS_PER_DECADE..=DECADES_ABOVE * POINTS_PER_DECADE {
+            let cost_weight = 10f64.powf(f64::from(k) / f64::from(POINTS_PER_DECADE)) / dearest;
+            let mut spent = 0.0;
+            for ((q, e), c) in qualities
+                .chunks(arms)
+                .zip(expected.chunks(arms))
+                .zip(costs.chunks(arms))
+            {
+                for (score, (q, e)) in scores.iter_mut().zip(q.iter().zip(e)) {
+                    *score = q - cost_weight * e;
                 }
-            })
-            .collect();
+                spent += c[pmf::argmax(&scores)];
+            }
+            points.push(SpendPoint {
+                cost_weight,
+                mean_cost_usd: spent / rows as f64,
+            });
+        }
         Some(SpendCurve { points })
     }
 
@@ -123,17 +129,6 @@ impl SpendCurve {
         }
         Ok(())
     }
-}
-
-/// The first arm maximizing `quality - w * expected`.
-fn greedy(qualities: &[f64], expected: &[f64], w: f64) -> usize {
-    let mut best = 0;
-    for a in 1..qualities.len() {
-        if qualities[a] - w * expected[a] > qualities[best] - w * expected[best] {
-            best = a;
-        }
-    }
-    best
 }
 
 #[cfg(test)]
