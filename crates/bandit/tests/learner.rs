@@ -730,6 +730,59 @@ fn confidently_dominated_arms_are_pruned() {
     }
 }
 
+/// A budget set after the priors were absorbed starts its pacer from their spend curve, as
+/// one configured from the start would, also across a snapshot; once the models' prices
+/// change the curve no longer describes them, and the next budget starts from 0.
+#[test]
+fn a_budget_set_later_starts_from_the_priors_spend_curve() {
+    use quiver_bandit::prior::PRIORS_VERSION;
+    use quiver_bandit::{BudgetPacer, Priors, SpendCurve};
+    // Two rows: `a0` is better by 0.5 on both and costs $0.01 against $0.001.
+    let (qualities, costs) = ([0.9, 0.4, 0.8, 0.3], [0.01, 0.001, 0.01, 0.001]);
+    let curve = SpendCurve::fit(2, &qualities, &costs, &costs).expect("curve");
+    let priors = Priors {
+        version: PRIORS_VERSION,
+        context: "test".into(),
+        dim: 2,
+        cap: 1e9,
+        source: "test".into(),
+        arms: Default::default(),
+        spend: Some(curve.clone()),
+    };
+    let budget = |target| BudgetConfig {
+        target_usd_per_request: target,
+        step_size: 0.05,
+    };
+    let mut l = learner("linucb(alpha=0.5)", 2, 2, 1);
+    l.absorb_priors(&priors).expect("absorbs");
+    assert!(l.pacer().is_none());
+    let arms = l.arms().to_vec();
+    let mut config = l.config().clone();
+    config.budget = Some(budget(0.004));
+    let mut l = Learner::restore(serde_json::from_str(&json(&l)).expect("parse")).expect("restore");
+    let changes = l.reconfigure(config.clone(), &arms).expect("reconfigures");
+    assert!(
+        changes[0].ends_with("from the priors' spend curve"),
+        "{changes:?}"
+    );
+    let mut fresh = BudgetPacer::new(0.004, 0.05).expect("pacer");
+    let start = fresh.warm_start(&curve, 0.0);
+    assert!(start > 0.0, "$0.004 a request cannot pay for a0 everywhere");
+    assert_eq!(l.pacer().expect("paces").lambda(), start);
+
+    let repriced = vec![arms[0].clone().with_prices(1e-6, 1e-6), arms[1].clone()];
+    config.budget = Some(budget(0.003));
+    let changes = l.reconfigure(config, &repriced).expect("reconfigures");
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.contains("spend curve") && c.ends_with("dropped")),
+        "{changes:?}"
+    );
+    assert!(changes.iter().any(|c| c.ends_with("from 0")), "{changes:?}");
+    assert_eq!(l.pacer().expect("paces").lambda(), 0.0);
+}
+
 /// A new configuration keeps every kept arm's statistics, its pending decisions and their
 /// feedback; a removed arm's pending feedback is acknowledged, not learned; a changed
 /// policy or dimension is refused.

@@ -634,7 +634,7 @@ fn write_priors(path: &Path, context: &str) {
 
 /// A route with a budget starts its pacer where its priors' spend curve meets the budget
 /// (choosing `big` costs 4 budgets, `small` 0.4); a restart keeps the multiplier learned
-/// since.
+/// since, and a restart with another budget starts from the curve again.
 #[test]
 fn a_budgeted_route_starts_its_pacer_from_its_priors() {
     let dir = scratch("router_priors_pacer");
@@ -673,8 +673,16 @@ fn a_budgeted_route_starts_its_pacer_from_its_priors() {
     );
     router.snapshot().unwrap();
     drop(router);
-    let router = Router::open_with(configs, &dir.join("log"), crash_options()).unwrap();
+    let router = Router::open_with(configs.clone(), &dir.join("log"), crash_options()).unwrap();
     assert_eq!(lambda(&router), learned);
+    drop(router);
+    // A new budget starts afresh, from the curve the route's learner kept.
+    configs[1].budget_usd_per_request = Some(0.002);
+    let mut expected = quiver_bandit::BudgetPacer::new(0.002, quiver_bandit::DEFAULT_PACING_STEP).unwrap();
+    let start = expected.warm_start(&curve, configs[1].w_cost);
+    assert!(start > 0.0);
+    let router = Router::open_with(configs, &dir.join("log"), crash_options()).unwrap();
+    assert_eq!(lambda(&router), start);
 }
 
 #[test]

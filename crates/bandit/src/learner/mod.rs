@@ -23,6 +23,7 @@ use crate::limits;
 use crate::outcome::{validate_quality, BudgetPacer, Objective, Outcome};
 use crate::policy::{AnyPolicy, Policy, PolicySpec, PropensityKind};
 use crate::prior::Priors;
+use crate::spend::SpendCurve;
 use crate::usage::{AnswerSums, ArmUsage};
 
 use ledger::{Ledger, TrackedDecision};
@@ -208,6 +209,11 @@ pub struct Learner {
     /// policy detects no change. Absent in snapshots written before it existed.
     #[serde(default)]
     change_detectors: Vec<Cusum>,
+    /// The priors' spend curve, kept so that a budget set by a later reconfiguration
+    /// starts its pacer from it too; dropped when the arms or their prices change, since
+    /// it describes choices among the arms it was fitted with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spend_curve: Option<SpendCurve>,
 }
 
 /// Each arm's family ([`Arm::family`]), in arm order.
@@ -269,6 +275,7 @@ impl Learner {
             next_decision: 0,
             tracked: Ledger::default(),
             change_detectors: Vec::new(),
+            spend_curve: None,
         })
     }
 
@@ -316,7 +323,8 @@ impl Learner {
     /// Starts the arms from priors fitted offline (see [`crate::prior`]): each arm with a
     /// prior adds it to what it has learned, adds its cost sums to its usage prior and,
     /// without prices, starts its cost correction from the prior's; a budget's pacer starts
-    /// from the priors' spend curve ([`BudgetPacer::warm_start`]). Returns the ids of the
+    /// from the priors' spend curve ([`BudgetPacer::warm_start`]), which the learner keeps
+    /// for a budget set later ([`Learner::reconfigure`]). Returns the ids of the
     /// arms without one. The caller checks that the priors were fitted in the context
     /// definition its requests are featurized with; the learner can check only the
     /// dimension.
@@ -342,10 +350,18 @@ impl Learner {
                 None => arms_without_prior.push(arm.id.clone()),
             }
         }
-        if let (Some(pacer), Some(curve)) = (self.pacer.as_mut(), &priors.spend) {
+        if priors.spend.is_some() {
+            self.spend_curve = priors.spend.clone();
+        }
+        self.warm_start_pacer();
+        Ok(arms_without_prior)
+    }
+
+    /// Starts a pacer that has observed nothing from the priors' spend curve, if any.
+    fn warm_start_pacer(&mut self) {
+        if let (Some(pacer), Some(curve)) = (self.pacer.as_mut(), &self.spend_curve) {
             pacer.warm_start(curve, self.config.objective.w_cost);
         }
-        Ok(arms_without_prior)
     }
 
     fn validate_features(&self, features: &[f64]) -> Result<()> {
@@ -423,7 +439,8 @@ impl Learner {
     /// end from the policy's prior ([`Learner::add_arm`]; the kept arms keep their order,
     /// whatever the order of `arms`), kept ones take their new prices,
     /// context window and tags; the objective, seed, output-token default and feedback
-    /// horizon take the new values, and a changed budget starts a new pacer. The policy and
+    /// horizon take the new values, and a changed budget starts a new pacer (from the
+    /// priors' spend curve while the arms and prices are the ones it describes). The policy and
     /// the dimension cannot change: what was learned is statistics of that model of those
     /// contexts. Returns what changed, one line each (empty when nothing did).
     pub fn reconfigure(&mut self, config: LearnerConfig, arms: &[Arm]) -> Result<Vec<String>> {
@@ -437,6 +454,7 @@ impl Learner {
         }
         check_config(&config, arms)?;
         let mut changes = Vec::new();
+        let mut choices_changed = false;
         // Add first, so that removing never leaves the learner without an arm.
         for arm in arms {
             match self.arms.iter().position(|a| a.id == arm.id) {
@@ -445,11 +463,14 @@ impl Learner {
                         "model `{}`: prices, context window or tags updated",
                         arm.id
                     ));
+                    choices_changed |= self.arms[i].input_usd_per_token != arm.input_usd_per_token
+                        || self.arms[i].output_usd_per_token != arm.output_usd_per_token;
                     self.arms[i] = arm.clone();
                 }
                 Some(_) => {}
                 None => {
                     changes.push(format!("model `{}` added", arm.id));
+                    choices_changed = true;
                     self.add_arm(arm.clone())?;
                 }
             }
@@ -463,12 +484,22 @@ impl Learner {
         for id in gone {
             self.remove_arm(&id)?;
             changes.push(format!("model `{id}` removed"));
+            choices_changed = true;
+        }
+        if choices_changed && self.spend_curve.take().is_some() {
+            changes.push("the priors' spend curve no longer describes the models: dropped".into());
         }
         // A `family:` tag may have moved a kept model to another family.
         self.policy.share_families(&families(&self.arms));
-        if config.budget != self.config.budget {
+        let budget_changed = config.budget != self.config.budget;
+        if budget_changed {
+            let from = if self.spend_curve.is_some() {
+                "the priors' spend curve"
+            } else {
+                "0"
+            };
             changes.push(format!(
-                "budget {:?} then, {:?} now: pacing starts afresh",
+                "budget {:?} then, {:?} now: pacing starts afresh from {from}",
                 self.config.budget.map(|b| b.target_usd_per_request),
                 config.budget.map(|b| b.target_usd_per_request)
             ));
@@ -494,6 +525,9 @@ impl Learner {
         let horizon = config.max_tracked_decisions;
         self.config = config;
         self.set_max_tracked_decisions(horizon)?;
+        if budget_changed {
+            self.warm_start_pacer();
+        }
         Ok(changes)
     }
 

@@ -55,6 +55,7 @@ impl Learner {
             tracked: Ledger::default(),
             cost: self.cost.clone(),
             change_detectors: self.change_detectors.clone(),
+            spend_curve: self.spend_curve.clone(),
         }
     }
 
