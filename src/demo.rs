@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Result;
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
-use quiver_bandit::{Featurizer, HashingFeaturizer};
+use quiver_bandit::{Featurizer, HashingFeaturizer, DEFAULT_LEARNERS, DEFAULT_ROUTE_POLICY};
 use quiver_serve::{ModelConfig, RouteConfig, ServeConfig};
 use quiver_sim::scenario::{ArmSpec, Scenario};
 use rand::{Rng, SeedableRng};
@@ -241,8 +241,8 @@ pub async fn demo_config(listen: Option<String>) -> Result<ServeConfig> {
     let route = RouteConfig {
         w_cost: scenario.objective.w_cost,
         w_latency: scenario.objective.w_latency,
-        shadow: vec!["linucb(alpha=0.1)".into()],
-        ..RouteConfig::new("demo", "lints(v=0.3,floor=0.02)", models)
+        shadow: vec![DEFAULT_LEARNERS[0].into()],
+        ..RouteConfig::new("demo", DEFAULT_ROUTE_POLICY, models)
     };
     let mut config = ServeConfig::new(std::env::temp_dir().join("quiver-demo"), vec![route]);
     if let Some(listen) = listen {

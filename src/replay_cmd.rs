@@ -1,11 +1,12 @@
 //! `quiver replay`.
 
 use std::path::PathBuf;
+use std::sync::LazyLock;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use quiver_bandit::prior::{check_cap, DEFAULT_PRIOR_CAP};
-use quiver_bandit::{Objective, PolicySpec, Priors, DEFAULT_PACING_STEP};
+use quiver_bandit::{Objective, PolicySpec, Priors, DEFAULT_LEARNERS, DEFAULT_PACING_STEP};
 use quiver_sim::context::{task_in_context, ContextBuilder};
 use quiver_sim::data::prices::read_list_prices;
 use quiver_sim::data::{detect_format, load_wide, Format, LogStream, Split, WideDataset};
@@ -23,9 +24,15 @@ use quiver_sim::scenario::Scenario;
 use crate::progress::bar;
 use crate::split_specs;
 
-/// Policies replayed when `--policies` is not given.
-pub const DEFAULT_POLICIES: &str =
-    "random,eps(0.05),ucb1,beta-ts,gaussian-ts,linucb(alpha=0.1),lints(v=0.05)";
+/// Policies replayed when `--policies` is not given: the non-contextual baselines, then
+/// the suite's learners ([`DEFAULT_LEARNERS`]).
+pub static DEFAULT_POLICIES: LazyLock<String> = LazyLock::new(|| {
+    ["random", "eps(0.05)", "ucb1", "beta-ts", "gaussian-ts"]
+        .into_iter()
+        .chain(DEFAULT_LEARNERS)
+        .collect::<Vec<_>>()
+        .join(",")
+});
 
 #[derive(Args)]
 #[command(allow_negative_numbers = true)]
@@ -59,7 +66,7 @@ pub struct ReplayArgs {
     #[arg(long, default_value = "auto")]
     format: Format,
     /// Comma-separated policy specs, e.g. `linucb(alpha=0.3,gamma=0.999),eps(0.05),fixed(gpt-4o)`.
-    #[arg(long, default_value = DEFAULT_POLICIES)]
+    #[arg(long, default_value = DEFAULT_POLICIES.as_str())]
     policies: String,
     /// A cascade to replay beside the policies (repeatable): call FIRST, check its answer,
     /// call THEN when the check fails. The check passes an answer of quality at least

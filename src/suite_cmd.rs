@@ -22,7 +22,7 @@ use crate::split_specs;
 #[command(allow_negative_numbers = true)]
 pub struct SuiteArgs {
     /// Comma-separated policy specs to compare.
-    #[arg(long, default_value = DEFAULT_POLICIES)]
+    #[arg(long, default_value = DEFAULT_POLICIES.as_str())]
     candidates: String,
     /// How the training rows teach the candidates: `full` (priors) or `bandit` (a replay).
     #[arg(long, default_value = "full")]

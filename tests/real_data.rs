@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use quiver_bandit::prior::DEFAULT_PRIOR_CAP;
-use quiver_bandit::{Objective, PolicySpec, DEFAULT_PACING_STEP};
+use quiver_bandit::{Objective, PolicySpec, DEFAULT_LEARNERS, DEFAULT_PACING_STEP};
 use quiver_sim::context::ContextBuilder;
 use quiver_sim::data::{load_logged, load_wide, Format, WideDataset};
 use quiver_sim::metrics;
@@ -473,7 +473,7 @@ fn the_default_learners_hold_the_hull_on_every_trained_case_of_the_suite() {
         false,
     )
     .unwrap();
-    let candidates = ["linucb(alpha=0.1)", "lints(v=0.05)"].map(|spec| Candidate {
+    let candidates = DEFAULT_LEARNERS.map(|spec| Candidate {
         spec: spec.parse::<PolicySpec>().unwrap(),
         feedback: TrainFeedback::Full,
         train_passes: 1,

@@ -1123,14 +1123,18 @@ async fn demo_mode_serves_simulated_providers_labelled_as_such() {
     let metrics = get_text(&client, format!("{base}/metrics"), "open").await;
     child.kill().unwrap();
     child.wait().unwrap();
+    // The route runs the default policy, the suite's other learner in its shadow.
+    let spelled = |spec: &str| spec.parse::<quiver_bandit::PolicySpec>().unwrap().to_string();
     assert_eq!(
-        candidates["policy"], "lints(v=0.3,lambda=10,draws=0,floor=0.02)",
+        candidates["policy"],
+        spelled(quiver_bandit::DEFAULT_ROUTE_POLICY),
         "{candidates}"
     );
     assert!(candidates["decisions"].as_u64().unwrap() >= 3, "{candidates}");
     let shadow = &candidates["candidates"][0];
-    assert!(
-        shadow["policy"].as_str().unwrap().starts_with("linucb(alpha=0.1"),
+    assert_eq!(
+        shadow["policy"],
+        spelled(quiver_bandit::DEFAULT_LEARNERS[0]),
         "{shadow}"
     );
     let rows = shadow["quality"]["rows"].as_u64().unwrap();

@@ -262,7 +262,7 @@ mod tests {
         };
         for share in [0.1, 0.25, 0.5] {
             let budget = share * best_cost;
-            for spec in ["linucb(alpha=0.1)", "lints(v=0.05)"] {
+            for spec in quiver_bandit::DEFAULT_LEARNERS {
                 let warm = first_spend(&priors, spec, budget);
                 let cold = first_spend(&without_curve, spec, budget);
                 assert!((warm - 1.0).abs() < 0.02, "{spec} at {share}: {warm}");

@@ -92,7 +92,10 @@ pub use learner::{
 };
 pub use outcome::{credited_quality, BudgetPacer, Objective, Outcome};
 pub use packed::PackedSymmetric;
-pub use policy::{AnyPolicy, Estimate, Policy, PolicyKind, PolicySpec, PropensityKind};
+pub use policy::{
+    AnyPolicy, Estimate, Policy, PolicyKind, PolicySpec, PropensityKind, DEFAULT_LEARNERS,
+    DEFAULT_ROUTE_POLICY,
+};
 pub use prior::{ArmPrior, Priors};
 pub use spend::SpendCurve;
 pub use stats::Forgetting;

@@ -913,3 +913,35 @@ fn a_family_tag_groups_models_and_a_reconfigure_regroups_them() {
         .expect("tag again");
     assert!((slope(&l) - shared).abs() < 1e-9, "{} vs {shared}", slope(&l));
 }
+
+/// The route's default policy randomizes among models whose estimates overlap, giving each
+/// a share, where LinUCB, the suite's other learner, gives one model all of it.
+#[test]
+fn the_default_route_policy_spreads_its_propensity_over_close_models() {
+    use quiver_bandit::{DEFAULT_LEARNERS, DEFAULT_ROUTE_POLICY};
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for spec in DEFAULT_LEARNERS {
+        let mut l = learner(spec, 3, 2, 1);
+        for _ in 0..90 {
+            let d = l.decide(&request(vec![1.0, rng.random()])).unwrap();
+            let quality = f64::from(u8::from(rng.random_bool(0.5)));
+            l.record_outcome(d.id, &Outcome::new(100.0, 0.0).with_quality(quality))
+                .unwrap();
+        }
+        let d = l.decide(&request(vec![1.0, 0.5])).unwrap();
+        let shares: Vec<f64> = d.arms.iter().map(|a| a.probability).collect();
+        assert!(
+            (shares.iter().sum::<f64>() - 1.0).abs() < 1e-9,
+            "{spec}: {shares:?}"
+        );
+        if spec == DEFAULT_ROUTE_POLICY {
+            assert!(shares.iter().all(|&p| p > 1e-3), "{spec}: {shares:?}");
+        } else {
+            assert_eq!(
+                shares.iter().copied().fold(0.0, f64::max),
+                1.0,
+                "{spec}: {shares:?}"
+            );
+        }
+    }
+}

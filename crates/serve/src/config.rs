@@ -114,6 +114,10 @@ pub struct ServeConfig {
     pub reset_routes: Vec<String>,
 }
 
+fn default_route_policy() -> String {
+    quiver_bandit::DEFAULT_ROUTE_POLICY.into()
+}
+
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
 }
@@ -384,7 +388,9 @@ impl ModelConfig {
 pub struct RouteConfig {
     /// Route name (letters, digits, `-`, `_`, `.`).
     pub name: String,
-    /// Policy spec, e.g. `lints(v=0.3,floor=0.01)`.
+    /// Policy spec, e.g. `lints(v=0.3,floor=0.01)`; [`quiver_bandit::DEFAULT_ROUTE_POLICY`]
+    /// when none is given.
+    #[serde(default = "default_route_policy")]
     pub policy: String,
     /// The models.
     pub models: Vec<ModelConfig>,

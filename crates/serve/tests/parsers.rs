@@ -293,4 +293,13 @@ fn the_example_config_loads_and_states_the_defaults() {
     assert_eq!(example.circuit_breaker, defaults.circuit_breaker);
     assert_eq!(example.cache, defaults.cache);
     assert_eq!(example.balance, defaults.balance);
+    // The example's route states the policy a route gets without one.
+    let mut route: toml::Table = EXAMPLE.parse::<toml::Table>().unwrap()["routes"][0]
+        .as_table()
+        .unwrap()
+        .clone();
+    route.remove("policy");
+    let unnamed: quiver_serve::RouteConfig = route.try_into().unwrap();
+    assert_eq!(unnamed.policy, quiver_bandit::DEFAULT_ROUTE_POLICY);
+    assert_eq!(example.routes[0].policy, unnamed.policy);
 }

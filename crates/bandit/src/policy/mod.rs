@@ -22,7 +22,7 @@ mod spec;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-pub use spec::{Args, PolicySpec, MONTE_CARLO_DRAWS};
+pub use spec::{Args, PolicySpec, DEFAULT_LEARNERS, DEFAULT_ROUTE_POLICY, MONTE_CARLO_DRAWS};
 
 use crate::error::Result;
 use crate::prior::ArmPrior;

@@ -34,9 +34,20 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AnyPolicy, LinUcbParams, PolicyKind, DEFAULT_LINUCB_LAMBDA};
+use super::{AnyPolicy, PolicyKind};
 use crate::error::{Error, ErrorKind, Result};
 use crate::stats::Forgetting;
+
+/// The learners the validation suite chose (`quiver suite` on its generated, public and
+/// built-in tables; benches/RESULTS.md): `quiver replay` runs both by default.
+pub const DEFAULT_LEARNERS: [&str; 2] = ["linucb(alpha=0.1)", "lints(v=0.05)"];
+
+/// A route's policy when its configuration names none: linear TS of the suite's pair. The
+/// suite cannot tell the two apart, and on a server, where feedback is late, linear TS
+/// spreads a kind of prompt over the models whose estimates are close while LinUCB gives
+/// it one model until feedback arrives (Chapelle and Li 2011); its log then supports
+/// off-policy estimates of policies near it.
+pub const DEFAULT_ROUTE_POLICY: &str = DEFAULT_LEARNERS[1];
 
 /// A complete, validated policy specification.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,16 +139,6 @@ impl PolicySpec {
     /// Builds the policy for arms `arm_ids` and contexts of dimension `dim`.
     pub fn build(&self, arm_ids: &[&str], dim: usize) -> Result<AnyPolicy> {
         self.kind.build(arm_ids, dim, self.forgetting)
-    }
-}
-
-impl Default for PolicySpec {
-    /// `linucb(alpha=1,lambda=10)`.
-    fn default() -> Self {
-        PolicySpec::new(PolicyKind::LinUcb(LinUcbParams {
-            alpha: 1.0,
-            lambda: DEFAULT_LINUCB_LAMBDA,
-        }))
     }
 }
 
@@ -345,7 +346,9 @@ mod tests {
             assert!(err.to_string().contains(reason), "{spec}: {err}");
         }
     }
-    use crate::policy::{EpsilonGreedyParams, FixedParams, UniformParams};
+    use crate::policy::{
+        EpsilonGreedyParams, FixedParams, LinUcbParams, UniformParams, DEFAULT_LINUCB_LAMBDA,
+    };
 
     #[test]
     fn specs_parse_with_main_argument_and_common_parameters() {
