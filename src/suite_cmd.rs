@@ -2,10 +2,11 @@
 //! every case (generated item-response tables of 3 to 60 models and 3-fold
 //! cross-validation of the built-in scenario's train split, with and without drift, and,
 //! given their directories, 3-fold cross-validation of RouterBench's train files and of the
-//! RouteLLM tables; each also from a cold start) under budgets of 10%, 25% and 50% of the
-//! best model's cost; the report is each candidate's lift over the hull per case, then its
-//! mean and worst lift, its worst spend and its worst lift at the budget over the trained
-//! cases, and its mean and worst lift from cold.
+//! RouteLLM tables; each also from a cold start, with each quality at once and late) under
+//! budgets of 10%, 25% and 50% of the best model's cost; the report is each candidate's lift
+//! over the hull per case, then its mean and worst lift, its worst spend and its worst lift
+//! at the budget over the trained cases, and its mean and worst lift from cold, at once and
+//! late.
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
@@ -110,7 +111,7 @@ fn report(results: &[CaseResult]) -> String {
         ));
     }
     out.push_str(&format!(
-        "\n{:<width$} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
+        "\n{:<width$} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
         "candidate",
         "mean lift",
         "worst lift",
@@ -118,14 +119,18 @@ fn report(results: &[CaseResult]) -> String {
         "at budget",
         "cold mean",
         "cold worst",
+        "late mean",
+        "late worst",
         "full mean",
         "cold full"
     ));
-    out.push_str(
-        "(trained cases, then cold starts; worst spend: the farthest from the budget where it can be kept; \
+    out.push_str(&format!(
+        "(trained cases, then cold starts with each quality at once, then {} decisions late; \
+         worst spend: the farthest from the budget where it can be kept; \
          at budget: the worst lift over the hull at the budget instead of at the spend, where it can be kept; \
          full: the mean lift of the same candidate shown every model's outcome)\n",
-    );
+        suite::LATE_FEEDBACK
+    ));
     let mut names: Vec<&str> = Vec::new();
     for r in results {
         if !names.contains(&r.candidate.as_str()) {
@@ -135,14 +140,18 @@ fn report(results: &[CaseResult]) -> String {
     let mean = |lifts: &[f64]| lifts.iter().sum::<f64>() / lifts.len() as f64;
     let worst = |lifts: &[f64]| lifts.iter().copied().fold(f64::INFINITY, f64::min);
     for name in names {
-        let lifts = |cold: bool, full: bool| -> Vec<f64> {
+        let lifts = |cold: bool, late: bool, full: bool| -> Vec<f64> {
             results
                 .iter()
-                .filter(|r| r.candidate == name && r.cold == cold)
+                .filter(|r| r.candidate == name && r.cold == cold && (r.feedback_delay > 0) == late)
                 .map(|r| if full { r.full_information_lift } else { r.lift })
                 .collect()
         };
-        let (trained, cold) = (lifts(false, false), lifts(true, false));
+        let (trained, cold, late) = (
+            lifts(false, false, false),
+            lifts(true, false, false),
+            lifts(true, true, false),
+        );
         let feasible = || {
             results
                 .iter()
@@ -154,7 +163,7 @@ fn report(results: &[CaseResult]) -> String {
             .unwrap_or(f64::NAN);
         let at_budget: Vec<f64> = feasible().map(|r| r.lift_at_budget).collect();
         out.push_str(&format!(
-            "{:<width$} {:>+10.4} {:>+10.4} {:>11.1}% {:>+10.4} {:>+10.4} {:>+10.4} {:>+10.4} {:>+10.4}\n",
+            "{:<width$} {:>+10.4} {:>+10.4} {:>11.1}% {:>+10.4} {:>+10.4} {:>+10.4} {:>+10.4} {:>+10.4} {:>+10.4} {:>+10.4}\n",
             name,
             mean(&trained),
             worst(&trained),
@@ -162,8 +171,10 @@ fn report(results: &[CaseResult]) -> String {
             worst(&at_budget),
             mean(&cold),
             worst(&cold),
-            mean(&lifts(false, true)),
-            mean(&lifts(true, true))
+            mean(&late),
+            worst(&late),
+            mean(&lifts(false, false, true)),
+            mean(&lifts(true, false, true))
         ));
     }
     out

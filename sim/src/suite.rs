@@ -312,8 +312,8 @@ impl TableShape {
 /// One case of the suite: what to train on, what to evaluate on, under which budget.
 #[derive(Debug, Clone)]
 pub struct Case {
-    /// The table's name, with `+drift` when the evaluation drifts and `+cold` when it
-    /// starts cold.
+    /// The table's name, with `+drift` when the evaluation drifts, `+cold` when it
+    /// starts cold and `+late` when its quality arrives late.
     pub table: String,
     /// Whether the candidates start cold: they learn nothing from the training rows and
     /// are evaluated online on every row of the table.
@@ -328,7 +328,14 @@ pub struct Case {
     pub budget_usd: f64,
     /// A drift of the evaluation, if any.
     pub drift: Option<Drift>,
+    /// Decisions made after a request before its quality arrives.
+    pub feedback_delay: usize,
 }
+
+/// How late a late case's quality arrives, in decisions: a route serving 20 requests a
+/// second whose answers are judged 10 seconds after they are sent. A server's feedback is
+/// never immediate, and a learner that is only right when it is shows it here.
+pub const LATE_FEEDBACK: usize = 200;
 
 /// The budgets of every table, as shares of the best model's cost.
 pub const BUDGET_SHARES: [f64; 3] = [0.10, 0.25, 0.50];
@@ -342,7 +349,8 @@ fn best_model(data: &WideDataset) -> (usize, f64) {
 
 /// The cases of the suite for `tables` (name, train, evaluation): every budget, and with
 /// `drift`, the same again with the best model's quality lowered by 0.3 halfway through
-/// the evaluation, and with `cold`, the same again from a cold start on every row.
+/// the evaluation, and with `cold`, the same again from a cold start on every row, with
+/// each quality at once and [`LATE_FEEDBACK`] decisions late.
 pub fn cases(tables: Vec<(String, WideDataset, WideDataset)>, drift: bool, cold: bool) -> Result<Vec<Case>> {
     let mut out = Vec::new();
     for (name, train, test) in tables {
@@ -350,16 +358,19 @@ pub fn cases(tables: Vec<(String, WideDataset, WideDataset)>, drift: bool, cold:
             let mut every_row = train.clone();
             every_row.append(test.clone())?;
             let best_cost = best_model(&train).1;
-            for share in BUDGET_SHARES {
-                out.push(Case {
-                    table: format!("{name}+cold"),
-                    cold: true,
-                    train: train.clone(),
-                    test: every_row.clone(),
-                    budget_share: share,
-                    budget_usd: share * best_cost,
-                    drift: None,
-                });
+            for (suffix, feedback_delay) in [("", 0), ("+late", LATE_FEEDBACK)] {
+                for share in BUDGET_SHARES {
+                    out.push(Case {
+                        table: format!("{name}+cold{suffix}"),
+                        cold: true,
+                        train: train.clone(),
+                        test: every_row.clone(),
+                        budget_share: share,
+                        budget_usd: share * best_cost,
+                        drift: None,
+                        feedback_delay,
+                    });
+                }
             }
         }
         let (best, best_cost) = best_model(&train);
@@ -389,6 +400,7 @@ pub fn cases(tables: Vec<(String, WideDataset, WideDataset)>, drift: bool, cold:
                     budget_share: share,
                     budget_usd: share * best_cost,
                     drift: drift.clone(),
+                    feedback_delay: 0,
                 });
             }
         }
@@ -496,6 +508,8 @@ pub struct CaseResult {
     pub table: String,
     /// Whether the case starts cold.
     pub cold: bool,
+    /// Decisions made after a request before its quality arrives.
+    pub feedback_delay: usize,
     /// Its budget as a share of the best model's cost.
     pub budget_share: f64,
     /// The candidate: its policy, and its training passes when more than one.
@@ -580,6 +594,7 @@ pub fn run(
                 seeds,
                 knobs: Knobs {
                     drift: case.drift.clone(),
+                    feedback_delay: case.feedback_delay,
                     ..Knobs::default()
                 },
                 frozen: false,
@@ -601,6 +616,7 @@ pub fn run(
             results.push(CaseResult {
                 table: case.table.clone(),
                 cold: case.cold,
+                feedback_delay: case.feedback_delay,
                 budget_share: case.budget_share,
                 candidate: candidate.label(),
                 quality: p.mean_quality,
@@ -800,7 +816,8 @@ mod tests {
         );
     }
 
-    /// A cold case evaluates every row of the table, with the budget of the trained ones.
+    /// A cold case evaluates every row of the table, with the budget of the trained ones,
+    /// once with each quality at once and once with it [`LATE_FEEDBACK`] decisions late.
     #[test]
     fn cold_cases_evaluate_every_row() {
         let (train, test) = IrtTable {
@@ -810,14 +827,45 @@ mod tests {
         }
         .generate();
         let all = cases(vec![("t".into(), train.clone(), test.clone())], false, true).unwrap();
-        assert_eq!(all.len(), 2 * BUDGET_SHARES.len());
+        assert_eq!(all.len(), 3 * BUDGET_SHARES.len());
         let (cold, warm): (Vec<&Case>, Vec<&Case>) = all.iter().partition(|c| c.cold);
-        assert_eq!(cold.len(), BUDGET_SHARES.len());
-        for (c, w) in cold.iter().zip(&warm) {
-            assert_eq!(c.table, "t+cold");
+        let (late, at_once): (Vec<&Case>, Vec<&Case>) = cold.iter().partition(|c| c.feedback_delay > 0);
+        assert_eq!(at_once.len(), BUDGET_SHARES.len());
+        assert!(warm.iter().all(|w| w.feedback_delay == 0));
+        for ((c, l), w) in at_once.iter().zip(&late).zip(&warm) {
+            assert_eq!((c.table.as_str(), l.table.as_str()), ("t+cold", "t+cold+late"));
+            assert_eq!(l.feedback_delay, LATE_FEEDBACK);
             assert_eq!(c.test.rows(), train.rows() + test.rows());
-            assert_eq!(c.budget_usd, w.budget_usd);
+            assert_eq!(l.test.quality, c.test.quality);
+            assert_eq!((c.budget_usd, l.budget_usd), (w.budget_usd, w.budget_usd));
         }
+    }
+
+    /// A late case's learner sees each quality late: with the same seed, rows and budget, a
+    /// learner fed at once decides otherwise, and the result says which case it is.
+    #[test]
+    fn a_late_case_holds_its_quality_back() {
+        let (train, test) = IrtTable {
+            arms: 3,
+            rows: 400,
+            seed: 1,
+        }
+        .generate();
+        let cold: Vec<Case> = cases(vec![("t".into(), train, test)], false, true)
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.cold && c.budget_share == 0.5)
+            .collect();
+        let candidate = Candidate {
+            spec: "linucb(alpha=0.1)".parse().unwrap(),
+            feedback: TrainFeedback::Full,
+            train_passes: 1,
+            prior_cap: DEFAULT_PRIOR_CAP,
+        };
+        let results = run(&cold, &[candidate], 1, &|| {}).unwrap();
+        let delays: Vec<usize> = results.iter().map(|r| r.feedback_delay).collect();
+        assert_eq!(delays, [0, LATE_FEEDBACK]);
+        assert_ne!(results[0].quality, results[1].quality, "{results:?}");
     }
 
     #[test]
