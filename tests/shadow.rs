@@ -38,7 +38,8 @@ fn serve(router: &Router, table: &WideDataset, rows: &[usize]) {
 }
 
 /// [`serve`], with `mirror`, a learner of a candidate's policy, run as a shadow runs it:
-/// it decides on each request's context, then learns the served model's outcome. Returns
+/// it decides on each request's context (`decide_pmf`, which holds nothing for the model
+/// it drew), then learns the served model's outcome. Returns
 /// the mirror's true mean quality on the rows, `sum_a pi_i(a) quality(i, a)` averaged.
 fn serve_beside(
     router: &Router,
@@ -57,10 +58,10 @@ fn serve_beside(
         };
         let context = featurizer.featurize(&prompts[r], &[]).unwrap();
         if let Some(mirror) = mirror.as_deref_mut() {
-            let decision = mirror.decide(&Request::new(context.clone())).unwrap();
-            for e in &decision.arms {
-                let a = table.arms.iter().position(|m| *m == e.arm).unwrap();
-                truth += e.probability * table.quality(r, a);
+            let (pmf, _) = mirror.decide_pmf(&Request::new(context.clone())).unwrap();
+            for (arm, p) in mirror.arms().iter().zip(&pmf) {
+                let a = table.arms.iter().position(|m| *m == arm.id).unwrap();
+                truth += p * table.quality(r, a);
             }
         }
         let routed = router.route("demo", &request).unwrap().split().0;

@@ -291,6 +291,7 @@ fn truth(
 enum Reveal<'e> {
     /// The chosen arm's quality, in the decision's context.
     Quality {
+        id: u64,
         arm: usize,
         features: &'e [f64],
         quality: f64,
@@ -331,11 +332,13 @@ impl<'k> Player<'k> {
         while self.pending.front().is_some_and(|(due, _)| *due <= self.step) {
             match self.pending.pop_front().map(|(_, reveal)| reveal) {
                 Some(Reveal::Quality {
+                    id,
                     arm,
                     features,
                     quality,
                 }) => {
-                    self.learner.record_untracked_quality(arm, features, quality)?;
+                    self.learner
+                        .record_untracked_quality(id, arm, features, quality)?;
                 }
                 Some(Reveal::Others { context, outcomes }) => {
                     for (arm, outcome) in outcomes {
@@ -366,17 +369,24 @@ impl<'k> Player<'k> {
         context.features.clear();
         context.features.extend_from_slice(env.features(row));
         context.input_tokens = env.input_tokens(row);
-        let arm = self.learner.decide_untracked(&self.request)?.arm;
+        let choice = self.learner.decide_untracked(&self.request)?;
+        let arm = choice.arm;
         let t = truth(env, self.knobs, row, arm, eval_step, &mut self.rng);
         let mut missing = false;
         if learn {
             self.learner.record_untracked_outcome(
+                choice.id,
                 arm,
                 &self.request.context,
                 &Outcome::new(t.latency_ms, t.cost_usd),
             )?;
             missing =
                 self.knobs.missing_feedback > 0.0 && self.rng.random::<f64>() < self.knobs.missing_feedback;
+            // A quality that comes after later decisions, or never, is held meanwhile, as
+            // a server holds it (the learner lets go of one that never comes).
+            if self.knobs.feedback_delay > 0 || self.knobs.missing_feedback > 0.0 {
+                self.learner.hold_untracked(choice.id, arm, env.features(row))?;
+            }
         }
         let full = self.feedback == Feedback::Full;
         self.others.clear();
@@ -397,6 +407,7 @@ impl<'k> Player<'k> {
             self.pending.push_back((
                 due,
                 Reveal::Quality {
+                    id: choice.id,
                     arm,
                     features: env.features(row),
                     quality: t.quality,

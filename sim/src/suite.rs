@@ -637,6 +637,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use quiver_bandit::DEFAULT_ROUTE_POLICY;
 
     /// The table has what the module docs promise: the split, prices in range, near-duplicate
     /// families, and the shape of the public tables ([`CALIBRATION`]) at every size the
@@ -846,7 +847,7 @@ mod tests {
     #[test]
     fn a_late_case_holds_its_quality_back() {
         let (train, test) = IrtTable {
-            arms: 3,
+            arms: 11,
             rows: 400,
             seed: 1,
         }
@@ -857,7 +858,7 @@ mod tests {
             .filter(|c| c.cold && c.budget_share == 0.5)
             .collect();
         let candidate = Candidate {
-            spec: "linucb(alpha=0.1)".parse().unwrap(),
+            spec: DEFAULT_ROUTE_POLICY.parse().unwrap(),
             feedback: TrainFeedback::Full,
             train_passes: 1,
             prior_cap: DEFAULT_PRIOR_CAP,

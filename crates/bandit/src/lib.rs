@@ -88,7 +88,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use features::{ChatMessage, Context, Featurizer, FeaturizerConfig, HashingFeaturizer};
 pub use learner::{
     Applied, ArmChoice, ArmEstimate, BudgetConfig, Decision, Learner, LearnerConfig, Request, Snapshot,
-    DEFAULT_FEEDBACK_HORIZON, DEFAULT_PACING_STEP, SNAPSHOT_VERSION,
+    DEFAULT_FEEDBACK_HORIZON, DEFAULT_PACING_STEP, HOLD_HORIZON, SNAPSHOT_VERSION,
 };
 pub use outcome::{credited_quality, BudgetPacer, Objective, Outcome};
 pub use packed::PackedSymmetric;

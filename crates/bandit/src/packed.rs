@@ -182,6 +182,11 @@ impl PackedSymmetric {
         m
     }
 
+    /// Sets every entry to 0, keeping the storage.
+    pub fn set_zero(&mut self) {
+        self.data.fill(0.0);
+    }
+
     /// The upper triangle of `matrix` (assumed symmetric).
     pub fn from_matrix(matrix: &DMatrix<f64>) -> Self {
         let dim = matrix.nrows();

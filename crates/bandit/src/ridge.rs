@@ -69,6 +69,30 @@ pub struct RidgeModel {
     /// The prior mean's bias coefficient `q0`.
     prior_bias: f64,
     caches: RidgeCaches,
+    /// Rows of decisions awaiting their quality (see [`RidgeModel::hold`]); kept with a
+    /// count of 0 once all are released, for the storage.
+    held: Option<Box<HeldRows>>,
+}
+
+/// Rows of decisions whose quality is on its way: counted in the width, not in the
+/// estimate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct HeldRows {
+    /// `H = sum x x'` over the held rows.
+    rows: PackedSymmetric,
+    /// `(A + H)^-1`, kept by rank-one updates as the model's own `A^-1` is.
+    covariance: PackedSymmetric,
+    count: u32,
+    updates_since_refresh: u32,
+}
+
+impl HeldRows {
+    /// Adds (`sign` 1) or takes out (-1) one row `x` of `H` or of `A`: `(A + H)^-1` changes
+    /// alike.
+    fn rank_one(&mut self, x: &[f64], sign: f64) {
+        self.covariance.sherman_morrison(x, sign, |_, _| {});
+        self.updates_since_refresh += 1;
+    }
 }
 
 /// What is derived from `A` and `b`, kept current by rank-one updates.
@@ -118,6 +142,8 @@ struct RidgeStatistics {
     caches: Option<RidgeCaches>,
     #[serde(flatten)]
     older: Option<RidgeCaches>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    held: Option<Box<HeldRows>>,
 }
 
 fn optimistic_quality() -> f64 {
@@ -171,6 +197,7 @@ impl TryFrom<RidgeStatistics> for RidgeModel {
                 updates_since_refresh: 0,
                 fresh: false,
             },
+            held: None,
         };
         match caches.filter(fits) {
             Some(caches) => model.caches = caches,
@@ -184,6 +211,8 @@ impl TryFrom<RidgeStatistics> for RidgeModel {
                 }
             }
         }
+        let held_fits = |h: &HeldRows| h.rows.dim() == dim && h.covariance.dim() == dim;
+        model.held = stats.held.filter(|h| held_fits(h));
         Ok(model)
     }
 }
@@ -205,6 +234,7 @@ impl From<RidgeModel> for RidgeStatistics {
             prior_bias: model.prior_bias,
             caches: (!model.caches.fresh).then_some(model.caches),
             older: None,
+            held: model.held.filter(|h| h.count > 0),
         }
     }
 }
@@ -216,6 +246,7 @@ impl PartialEq for RidgeModel {
             && self.b == other.b
             && self.count == other.count
             && self.prior_bias == other.prior_bias
+            && self.holding().map(|h| (&h.rows, h.count)) == other.holding().map(|h| (&h.rows, h.count))
     }
 }
 
@@ -242,6 +273,7 @@ impl RidgeModel {
                 updates_since_refresh: 0,
                 fresh: true,
             },
+            held: None,
         }
     }
 
@@ -290,9 +322,79 @@ impl RidgeModel {
         dot(self.caches.theta.as_slice(), x)
     }
 
-    /// `x' A^-1 x`, the squared width of the confidence ellipsoid along `x`.
+    /// `x' A^-1 x`, the squared width of the confidence ellipsoid along `x`; with rows
+    /// held, `x' (A + H)^-1 x` (see [`RidgeModel::hold`]).
     pub fn variance(&self, x: &[f64]) -> f64 {
-        self.caches.covariance.quadratic_form(x).max(0.0)
+        let covariance = self.holding().map_or(&self.caches.covariance, |h| &h.covariance);
+        covariance.quadratic_form(x).max(0.0)
+    }
+
+    /// Counts a row `x` of a decision whose quality is on its way in the width and not in
+    /// the estimate: the width along `x` becomes `x' (A + H)^-1 x`, with `H` the held rows,
+    /// while `theta = A^-1 b` stays as it is, the hallucinated observation of GP-BUCB
+    /// (Desautels, Krause and Burdick 2014): as if the quality were observed at the
+    /// estimate. [`RidgeModel::release`] takes it out when the quality comes, or will not.
+    pub fn hold(&mut self, x: &[f64]) {
+        let covariance = &self.caches.covariance;
+        let held = self.held.get_or_insert_with(|| {
+            Box::new(HeldRows {
+                rows: PackedSymmetric::scaled_identity(x.len(), 0.0),
+                covariance: covariance.clone(),
+                count: 0,
+                updates_since_refresh: 0,
+            })
+        });
+        if held.count == 0 {
+            // Storage kept from the last rows held, so that a model whose qualities come
+            // at once allocates nothing per decision.
+            held.rows.set_zero();
+            held.covariance.clone_from(covariance);
+            held.updates_since_refresh = 0;
+        }
+        held.rows.add_outer(x, 1.0);
+        held.rank_one(x, 1.0);
+        held.count += 1;
+        self.refresh_held_if_due();
+    }
+
+    /// Takes a held row `x` out of the width again.
+    pub fn release(&mut self, x: &[f64]) {
+        let Some(held) = self.held.as_mut().filter(|h| h.count > 0) else {
+            return;
+        };
+        held.count -= 1;
+        if held.count > 0 {
+            held.rows.add_outer(x, -1.0);
+            held.rank_one(x, -1.0);
+            self.refresh_held_if_due();
+        }
+    }
+
+    /// The held rows, if any are held now.
+    fn holding(&self) -> Option<&HeldRows> {
+        self.held.as_deref().filter(|h| h.count > 0)
+    }
+
+    fn refresh_held_if_due(&mut self) {
+        if self
+            .held
+            .as_ref()
+            .is_some_and(|h| h.updates_since_refresh >= REFRESH_INTERVAL)
+        {
+            self.refresh_held();
+        }
+    }
+
+    /// Recomputes `(A + H)^-1` exactly, as [`RidgeModel::refresh`] does `A^-1`.
+    fn refresh_held(&mut self) {
+        let Some(held) = self.held.as_mut().filter(|h| h.count > 0) else {
+            return;
+        };
+        held.updates_since_refresh = 0;
+        let sum = self.precision.to_matrix() + held.rows.to_matrix();
+        if let Some(factor) = Cholesky::new_with_substitute(sum, self.lambda * 1e-9) {
+            held.covariance = PackedSymmetric::from_matrix(&factor.inverse());
+        }
     }
 
     /// Adds `(x, r)` with weight `sign` (+1 to learn, -1 to forget an observation).
@@ -305,6 +407,9 @@ impl RidgeModel {
         self.caches.covariance.sherman_morrison(x, sign, |u, denom| {
             theta.axpy(sign * residual / denom, &DVectorView::from_slice(u, u.len()), 1.0);
         });
+        if let Some(held) = self.held.as_mut().filter(|h| h.count > 0) {
+            held.rank_one(x, sign);
+        }
         self.caches.updates_since_refresh += 1;
         self.caches.fresh = false;
         if self.caches.updates_since_refresh >= REFRESH_INTERVAL {
@@ -374,6 +479,7 @@ impl RidgeModel {
         self.caches.covariance = PackedSymmetric::from_matrix(&factor.inverse());
         self.caches.theta = factor.solve(&self.b);
         self.caches.fresh = true;
+        self.refresh_held();
     }
 }
 
@@ -512,6 +618,17 @@ impl RidgeTable {
                 self.refresh_shared_means(old_arm);
             }
         }
+    }
+
+    /// Counts a row of `arm` whose quality is on its way in the arm's width (see
+    /// [`RidgeModel::hold`]).
+    pub fn hold(&mut self, arm: usize, x: &[f64]) {
+        self.models[arm].hold(x);
+    }
+
+    /// Takes a held row of `arm` out of its width again.
+    pub fn release(&mut self, arm: usize, x: &[f64]) {
+        self.models[arm].release(x);
     }
 
     /// Adds what `replica` learned since `base` to every arm (see
@@ -954,5 +1071,71 @@ mod tests {
         let older: RidgeTable = serde_json::from_value(older).unwrap();
         assert!(!older.has_families());
         assert_eq!(older.mean(0, &probe), table.get(0).mean(&probe));
+    }
+
+    /// A held row narrows the width as the coming quality will and moves no estimate (in
+    /// a family too); released, it leaves the model as it was, so that a quality then
+    /// learned leaves it as if learned at once. Rows held across updates, a window's
+    /// forgetting and a refactorization keep the width `x' (A + H)^-1 x` of the closed form.
+    #[test]
+    fn a_held_row_narrows_the_width_and_moves_no_estimate() {
+        let (x, q) = ([1.0, 0.3, -0.6, 0.8], 0.9);
+        let probe = [1.0, -0.2, 0.5, 0.1];
+        for family in [None, Some("f")] {
+            let rows = family_rows(3, 2, 40);
+            let build = || {
+                let mut table = RidgeTable::new(2, 4, 3.0, Forgetting::None);
+                table.assign_families(families(&[family, family]));
+                for (arm, x, r) in &rows {
+                    table.observe(*arm, x, *r);
+                }
+                table
+            };
+            let before = build();
+            let mut learned = build();
+            learned.observe(0, &x, q);
+            let mut held = build();
+            held.hold(0, &x);
+            for arm in 0..2 {
+                for p in [&x, &probe] {
+                    assert_eq!(held.mean(arm, p), before.mean(arm, p), "{family:?}");
+                    let (v, w) = (held.get(arm).variance(p), learned.get(arm).variance(p));
+                    assert!((v - w).abs() < 1e-12, "{family:?}, arm {arm}: {v} vs {w}");
+                }
+            }
+            assert!(held.get(0).variance(&x) < before.get(0).variance(&x));
+            held.release(0, &x);
+            assert_eq!(held.get(0), before.get(0));
+            held.observe(0, &x, q);
+            for p in [&x, &probe] {
+                let (m, n) = (held.mean(0, p), learned.mean(0, p));
+                assert!((m - n).abs() < 1e-12, "{family:?}: {m} vs {n}");
+                assert_eq!(held.get(0).variance(p), learned.get(0).variance(p));
+            }
+        }
+
+        // Many rows held across a window's updates and refactorizations.
+        let mut table = RidgeTable::new(1, 4, 3.0, Forgetting::Window { size: 50 });
+        let rows = family_rows(4, 1, 900);
+        let mut pending = VecDeque::new();
+        for (i, (_, x, r)) in rows.iter().enumerate() {
+            table.hold(0, x);
+            pending.push_back((x, *r));
+            if i % 3 != 0 {
+                let (x, r) = pending.pop_front().unwrap();
+                table.release(0, x);
+                table.observe(0, x, r);
+            }
+        }
+        let model = table.get(0);
+        let mut sum = model.precision();
+        for (x, _) in &pending {
+            let x = DVector::from_column_slice(x.as_slice());
+            sum += &x * x.transpose();
+        }
+        let want = sum.lu().solve(&DVector::from_column_slice(&probe)).unwrap();
+        let want = dot(want.as_slice(), &probe);
+        let got = model.variance(&probe);
+        assert!((got - want).abs() < 1e-12 * want.max(1.0), "{got} vs {want}");
     }
 }

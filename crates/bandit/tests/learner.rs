@@ -5,7 +5,7 @@ mod support;
 
 use quiver_bandit::{
     Applied, Arm, BudgetConfig, Constraints, Context, ErrorKind, Learner, LearnerConfig, Objective, Outcome,
-    Policy, PropensityKind, Request, Snapshot,
+    Policy, PropensityKind, Request, Snapshot, HOLD_HORIZON,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -454,6 +454,9 @@ fn untracked_decisions_learn_what_tracked_ones_learn() {
             let r = request(vec![1.0, rng.random(), rng.random()]);
             let d = tracked.decide_arm(&r).expect("decide");
             let u = untracked.decide_untracked(&r).expect("decide");
+            untracked
+                .hold_untracked(u.id, u.arm, &r.context.features)
+                .expect("hold");
             assert_eq!(
                 (u.id, u.arm, u.propensity),
                 (d.id, d.arm, d.propensity),
@@ -467,7 +470,7 @@ fn untracked_decisions_learn_what_tracked_ones_learn() {
             };
             tracked.record_outcome(d.id, &outcome).expect("outcome");
             untracked
-                .record_untracked_outcome(u.arm, &r.context, &outcome)
+                .record_untracked_outcome(u.id, u.arm, &r.context, &outcome)
                 .expect("outcome");
             if !outcome.error && rng.random::<f64>() < 0.8 {
                 let quality = (0.3 * d.arm as f64 + 0.4 * r.context.features[1]).min(1.0);
@@ -477,25 +480,27 @@ fn untracked_decisions_learn_what_tracked_ones_learn() {
                 let (_, id, arm, features, quality) = pending.pop_front().expect("due");
                 tracked.record_quality(id, quality).expect("quality");
                 untracked
-                    .record_untracked_quality(arm, &features, quality)
+                    .record_untracked_quality(id, arm, &features, quality)
                     .expect("quality");
             }
         }
         let state = |l: &Learner| serde_json::to_string(&l.snapshot_without_tracked()).expect("serialize");
         assert_eq!(state(&tracked), state(&untracked), "{spec}");
         assert!(untracked
-            .record_untracked_quality(3, &[1.0, 0.0, 0.0], 0.5)
+            .record_untracked_quality(0, 3, &[1.0, 0.0, 0.0], 0.5)
             .is_err());
         assert!(untracked
-            .record_untracked_quality(0, &[1.0, 0.0, 0.0], f64::NAN)
+            .record_untracked_quality(0, 0, &[1.0, 0.0, 0.0], f64::NAN)
             .is_err());
         assert!(untracked
-            .record_untracked_quality(0, &[1.0, f64::INFINITY, 0.0], 0.5)
+            .record_untracked_quality(0, 0, &[1.0, f64::INFINITY, 0.0], 0.5)
             .is_err());
-        assert!(untracked.record_untracked_quality(0, &[1.0, 0.0], 0.5).is_err());
+        assert!(untracked
+            .record_untracked_quality(0, 0, &[1.0, 0.0], 0.5)
+            .is_err());
         let bad = request(vec![1.0, f64::NAN, 0.0]).context;
         assert!(untracked
-            .record_untracked_outcome(0, &bad, &Outcome::new(1.0, 0.0))
+            .record_untracked_outcome(0, 0, &bad, &Outcome::new(1.0, 0.0))
             .is_err());
         assert_eq!(
             state(&untracked),
@@ -893,7 +898,7 @@ fn a_family_tag_groups_models_and_a_reconfigure_regroups_them() {
     for i in 0..200 {
         let x = [1.0, f64::from(i % 10) / 10.0];
         let r = 0.2 + 0.6 * x[1];
-        l.record_untracked_quality(0, &x, r).expect("learn");
+        l.record_untracked_quality(0, 0, &x, r).expect("learn");
         for (j, row) in a.iter_mut().enumerate() {
             row[0] += x[j] * x[0];
             row[1] += x[j] * x[1];
@@ -944,4 +949,158 @@ fn the_default_route_policy_spreads_its_propensity_over_close_models() {
             );
         }
     }
+}
+
+/// Every arm's estimate and width at `probes`, and its observation count.
+fn estimates(l: &Learner, probes: &[Vec<f64>]) -> Vec<(f64, f64, f64)> {
+    let policy = l.policy();
+    (0..l.arms().len())
+        .flat_map(|arm| {
+            probes.iter().map(move |x| {
+                let e = policy.estimate(arm, x);
+                (e.mean, e.std, policy.observations(arm))
+            })
+        })
+        .collect()
+}
+
+fn assert_close(got: &[(f64, f64, f64)], want: &[(f64, f64, f64)], what: &str) {
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g.0 - w.0).abs() < 1e-9 && (g.1 - w.1).abs() < 1e-9 && g.2 == w.2,
+            "{what}, entry {i}: {g:?} vs {w:?}"
+        );
+    }
+}
+
+/// LinUCB holds a decision awaiting its quality. With every quality late, a cold learner
+/// tries each arm in turn: all arms tie at the optimistic prior, and without the holds it
+/// would send every request to the first until a quality came. Once the qualities come, it
+/// holds what a learner told each at once holds.
+#[test]
+fn linucb_holds_decisions_awaiting_their_quality() {
+    let x = vec![1.0, 0.5];
+    let mut late = learner("linucb(alpha=0.5)", 4, 2, 0);
+    let decisions: Vec<_> = (0..8)
+        .map(|_| late.decide(&request(x.clone())).expect("decide"))
+        .collect();
+    let first: std::collections::BTreeSet<&str> = decisions[..4].iter().map(|d| d.arm.as_str()).collect();
+    assert_eq!(first.len(), 4, "{decisions:?}");
+    let mut at_once = learner("linucb(alpha=0.5)", 4, 2, 0);
+    for d in &decisions {
+        let quality = 0.2 + 0.1 * arm_index(&d.arm) as f64;
+        late.record_quality(d.id, quality).expect("quality");
+        at_once
+            .learn(
+                &d.arm,
+                &request(x.clone()).context,
+                &Outcome::new(0.0, 0.0).with_quality(quality),
+            )
+            .expect("learn");
+    }
+    let probes = [x, vec![1.0, -0.3]];
+    assert_close(&estimates(&late, &probes), &estimates(&at_once, &probes), "late");
+    // Linear TS draws its choices and holds nothing: its decisions leave its state alone.
+    let mut drawn = learner("lints(v=0.3)", 4, 2, 0);
+    let before = estimates(&drawn, &probes);
+    drawn.decide(&request(vec![1.0, 0.5])).expect("decide");
+    assert_close(&estimates(&drawn, &probes), &before, "lints");
+}
+
+/// A decision is held from the next decision on if its quality has not come by then. A
+/// quality that never comes is let go: after the longest recent delay twice over (at
+/// least 16 decisions), or after [`HOLD_HORIZON`] decisions before any quality came. A
+/// quality that comes after all is learned as any other. With one model and one prompt
+/// `x`, `n` rows learned or held give the width `x' (10 I + n x x')^-1 x = s / (1 + n s)`,
+/// `s = x'x / 10` (ridge 10).
+#[test]
+fn a_quality_that_never_comes_is_let_go() {
+    let x = vec![1.0, 0.5];
+    let s = 1.25 / 10.0;
+    let closed_form = |n: u64| s / (1.0 + n as f64 * s);
+    let width = |l: &Learner| l.policy().estimate(0, &x).std.powi(2);
+
+    let mut silent = learner("linucb(alpha=0.5)", 1, 2, 0);
+    for n in 1..=HOLD_HORIZON + 10 {
+        silent.decide(&request(x.clone())).expect("decide");
+        // The latest decision is held when the next is decided, and a decision
+        // `HOLD_HORIZON` decisions old is let go: with the latest, that many await.
+        let (got, want) = (width(&silent), closed_form((n - 1).min(HOLD_HORIZON - 1)));
+        assert!((got - want).abs() < 1e-12, "after {n}: {got} vs {want}");
+    }
+
+    let mut l = learner("linucb(alpha=0.5)", 1, 2, 0);
+    let unjudged = l.decide(&request(x.clone())).expect("decide").id;
+    // The others are judged at once: the longest delay is one decision.
+    for judged in 1..=40 {
+        let d = l.decide(&request(x.clone())).expect("decide");
+        l.record_quality(d.id, 0.5).expect("quality");
+        let held = u64::from(judged < 16);
+        let (got, want) = (width(&l), closed_form(judged + held));
+        assert!(
+            (got - want).abs() < 1e-12,
+            "after {judged} judged: {got} vs {want}"
+        );
+    }
+    l.record_quality(unjudged, 0.5).expect("late quality");
+    assert!(
+        (width(&l) - closed_form(41)).abs() < 1e-12,
+        "{} vs {}",
+        width(&l),
+        closed_form(41)
+    );
+    assert_eq!(l.policy().observations(0), 41.0);
+}
+
+/// A snapshot keeps what was learned and not the holds, which are the live learner's
+/// alone; restarted from it, a learner holds the journal's decisions that await their
+/// quality again, lets go of those whose quality the snapshot holds, and estimates and
+/// learns the late qualities as the learner that never stopped.
+#[test]
+fn held_decisions_are_held_again_after_a_restart() {
+    let mut original = learner("linucb(alpha=0.5)", 3, 3, 2);
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut journal = Vec::new();
+    for step in 0..30 {
+        let x = vec![1.0, rng.random_range(-1.0..1.0), rng.random_range(0.0..1.0)];
+        let d = original.decide(&request(x.clone())).expect("decide");
+        let quality = 0.3 + 0.2 * x[1];
+        if step % 2 == 0 {
+            original.record_quality(d.id, quality).expect("quality");
+        }
+        journal.push((d.id, d.arm, x, quality, step % 2 == 0));
+    }
+    let snapshot = original.snapshot_without_tracked();
+    let judged: f64 = (0..3).map(|a| snapshot.learner.policy().observations(a)).sum();
+    assert_eq!(judged, 15.0, "the snapshot holds nothing");
+    let mut restored = Learner::restore(snapshot).expect("restore");
+    for (id, arm, x, _, judged) in &journal {
+        restored
+            .resume_decision(*id, arm, &request(x.clone()).context)
+            .expect("resume");
+        if *judged {
+            restored.resume_quality(*id, 0.0).expect("resume quality");
+        }
+    }
+    let probes: Vec<Vec<f64>> = journal.iter().take(4).map(|j| j.2.clone()).collect();
+    // As before the next decision: the latest held, the oldest let go.
+    original.hold_latest();
+    restored.hold_latest();
+    assert_close(
+        &estimates(&restored, &probes),
+        &estimates(&original, &probes),
+        "restored",
+    );
+    for (id, _, _, quality, judged) in &journal {
+        if !judged {
+            original.record_quality(*id, *quality).expect("quality");
+            restored.record_quality(*id, *quality).expect("quality");
+        }
+    }
+    assert_close(
+        &estimates(&restored, &probes),
+        &estimates(&original, &probes),
+        "judged late",
+    );
 }

@@ -1594,7 +1594,9 @@ impl Router {
         learner_request.constraints = request.constraints.clone();
         learner_request.objective = request.objective;
         learner_request.unavailable = unavailable;
-        // Propose first: nothing changes until the log holds the decision.
+        // Propose first: nothing learned changes until the log holds the decision (the
+        // latest decision, if still unjudged, is held: see `Learner::hold_latest`).
+        live.learner.hold_latest();
         let mut decision = live.learner.propose(&learner_request)?;
         let decision_id = self.decision_id(route, decision.id);
         let mut record = LogRecord::new(&decision_id, route, &state.policy, LogEvent::Decision);
@@ -1691,6 +1693,7 @@ impl Router {
         let mut live = state.lock()?;
         let prompt = request.text()?;
         let context = state.context(&prompt, &request.features, embedding)?;
+        live.learner.hold_latest();
         let mut decision = live.learner.propose(&Request::new(context.clone()))?;
         serve_surely(&mut decision, model);
         let decision_id = self.decision_id(route, decision.id);

@@ -8,7 +8,7 @@ use crate::outcome::{BudgetPacer, Objective};
 use crate::pmf;
 use crate::policy::{Choice, ChoiceInput, DecisionRng, Estimate, Policy, PropensityKind};
 
-use super::{ArmChoice, ArmEstimate, Decision, Learner, Request};
+use super::{ArmChoice, ArmEstimate, Decision, Learner, Request, TrackedDecision};
 
 /// A decision's arithmetic, shared by [`Learner::propose`] and [`Learner::decide_arm`]:
 /// vectors run over the eligible arms, `position` indexes them.
@@ -58,12 +58,7 @@ impl Learner {
     /// Everything a decision computes, before it is explained.
     fn select(&self, request: &Request) -> Result<Selection> {
         let x = &request.context.features;
-        self.validate_features(x)?;
-        request.constraints.validate()?;
-        let unpaced = match request.objective {
-            Some(o) => Objective::new(o.w_cost, o.w_latency)?,
-            None => self.config.objective,
-        };
+        let unpaced = self.check_request(request)?;
         let w_cost = unpaced.w_cost + self.pacer.as_ref().map_or(0.0, BudgetPacer::extra_cost_weight);
         let objective = Objective { w_cost, ..unpaced };
 
@@ -273,8 +268,28 @@ impl Learner {
         }
     }
 
+    /// A request's features, constraints and objective checked; its objective (the
+    /// learner's unless it brings one), before pacing.
+    fn check_request(&self, request: &Request) -> Result<Objective> {
+        self.validate_features(&request.context.features)?;
+        request.constraints.validate()?;
+        match request.objective {
+            Some(o) => Objective::new(o.w_cost, o.w_latency),
+            None => Ok(self.config.objective),
+        }
+    }
+
+    /// Holds the latest decision ([`Learner::hold_latest`]) once `request` is known to be
+    /// sound, so that a refused request changes nothing.
+    fn hold_latest_for(&mut self, request: &Request) -> Result<()> {
+        self.check_request(request)?;
+        self.hold_latest();
+        Ok(())
+    }
+
     /// Chooses an arm for `request` and remembers the decision for its outcome.
     pub fn decide(&mut self, request: &Request) -> Result<Decision> {
+        self.hold_latest_for(request)?;
         let s = self.select(request)?;
         let (id, arm) = (s.id, s.eligible[s.position]);
         let decision = self.explain(s);
@@ -283,9 +298,10 @@ impl Learner {
     }
 
     /// [`Learner::decide`] without the explanation, for off-policy evaluation: the same
-    /// choice and state change, returned as the decision's probability of every arm (in
-    /// the order of [`Learner::arms`]; 0 for an arm it left out) and the index of the arm
-    /// it drew.
+    /// choice, returned as the decision's probability of every arm (in the order of
+    /// [`Learner::arms`]; 0 for an arm it left out) and the index of the arm it drew. The
+    /// decision is tracked but not held: a counterfactual one, whose caller learns what
+    /// was served instead ([`Learner::learn`]).
     pub fn decide_pmf(&mut self, request: &Request) -> Result<(Vec<f64>, usize)> {
         let s = self.select(request)?;
         let mut pmf = vec![0.0; self.arms.len()];
@@ -293,7 +309,7 @@ impl Learner {
             pmf[arm] = p;
         }
         let arm = s.eligible[s.position];
-        self.track(s.id, arm, &request.context);
+        self.track_decision(s.id, TrackedDecision::new(arm, &request.context));
         Ok((pmf, arm))
     }
 
@@ -307,10 +323,12 @@ impl Learner {
 
     /// [`Learner::decide_arm`] for a caller that keeps its own pending decisions (a
     /// simulator replaying a table knows each decision's arm and context): the same
-    /// choice, without remembering the decision. Its feedback goes, with its arm and
+    /// choice, without remembering the decision. Its feedback goes, with its id, arm and
     /// context, to [`Learner::record_untracked_outcome`] and
-    /// [`Learner::record_untracked_quality`], not by id.
+    /// [`Learner::record_untracked_quality`]; a caller whose qualities come after later
+    /// decisions holds it meanwhile ([`Learner::hold_untracked`]), as `decide_arm` does.
     pub fn decide_untracked(&mut self, request: &Request) -> Result<ArmChoice> {
+        self.hold_latest_for(request)?;
         let s = self.select(request)?;
         self.next_decision = s.id + 1;
         Ok(ArmChoice {

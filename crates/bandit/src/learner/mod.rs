@@ -7,10 +7,12 @@
 //! (`ledger.rs`) and snapshots (`snapshot.rs`).
 
 mod decide;
+mod held;
 mod ledger;
 mod snapshot;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +28,8 @@ use crate::prior::Priors;
 use crate::spend::SpendCurve;
 use crate::usage::{AnswerSums, ArmUsage};
 
+pub use held::HOLD_HORIZON;
+use held::{Held, HeldDecisions};
 use ledger::{Ledger, TrackedDecision};
 pub use snapshot::{Snapshot, SNAPSHOT_VERSION};
 
@@ -214,6 +218,10 @@ pub struct Learner {
     /// it describes choices among the arms it was fitted with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     spend_curve: Option<SpendCurve>,
+    /// Decisions held while their quality is on its way (see `held.rs`); none under a
+    /// policy that holds nothing, and none in [`Learner::without_tracked`].
+    #[serde(default, skip_serializing_if = "HeldDecisions::is_empty")]
+    held: HeldDecisions,
 }
 
 /// Each arm's family ([`Arm::family`]), in arm order.
@@ -276,6 +284,7 @@ impl Learner {
             tracked: Ledger::default(),
             change_detectors: Vec::new(),
             spend_curve: None,
+            held: HeldDecisions::default(),
         })
     }
 
@@ -394,8 +403,49 @@ impl Learner {
     }
 
     /// Remembers decision `id` (arm `index`) for its outcome; the next decision gets `id + 1`.
+    /// The policy holds it while its quality is on its way.
     fn track(&mut self, id: u64, index: usize, context: &Context) {
-        self.track_decision(id, TrackedDecision::new(index, context));
+        let decision = TrackedDecision::new(index, context);
+        let features = Arc::clone(&decision.features);
+        self.track_decision(id, decision);
+        self.hold(id, index, features);
+    }
+
+    /// Decision `id` of `arm` awaits its quality: it is held from the next decision on if
+    /// the quality has not come by then (see `held.rs`). A decision awaiting before it is
+    /// held now.
+    fn hold(&mut self, id: u64, arm: usize, features: Arc<[f64]>) {
+        if self.policy.holds() {
+            let earlier = self.held.await_quality(id, Held { arm, features });
+            self.hold_in_policy(earlier);
+        }
+    }
+
+    /// Holds the latest decision if its quality has not come, so that the next decision
+    /// knows it is coming (nothing under a policy that holds nothing). Every way of deciding does this first; a caller that decides
+    /// with [`Learner::propose`] and tracks with [`Learner::resume_decision`] (a server
+    /// that logs first) calls it before proposing.
+    pub fn hold_latest(&mut self) {
+        let latest = self.held.take_latest();
+        self.hold_in_policy(latest);
+    }
+
+    /// Lets go of the decisions older than the horizon, then holds `decision` in the
+    /// policy unless it is older too.
+    fn hold_in_policy(&mut self, decision: Option<(u64, Held)>) {
+        let horizon = self.next_decision.saturating_sub(self.held.horizon());
+        while let Some(held) = self.held.take_oldest_before(horizon) {
+            self.let_go(held);
+        }
+        if let Some((id, held)) = decision.filter(|(id, _)| *id >= horizon) {
+            self.policy.hold(held.arm, &held.features);
+            self.held.insert(id, held);
+        }
+    }
+
+    /// Takes a held decision out of the policy's width: its quality came, or will not.
+    fn let_go(&mut self, held: Held) {
+        self.policy.release(held.arm, &held.features);
     }
 
     fn track_decision(&mut self, id: u64, decision: TrackedDecision) {
@@ -537,14 +587,27 @@ impl Learner {
     /// it (a repeat then counts as already applied).
     pub fn resume_outcome(&mut self, id: u64, outcome: &Outcome) -> Result<()> {
         outcome.validate()?;
-        self.tracked
-            .mark_recorded(id, true, outcome.credited_quality().is_some())
+        let with_quality = outcome.credited_quality().is_some();
+        self.tracked.mark_recorded(id, true, with_quality)?;
+        if with_quality {
+            self.let_go_of(id);
+        }
+        Ok(())
     }
 
     /// [`Learner::resume_outcome`] for a quality recorded before the snapshot.
     pub fn resume_quality(&mut self, id: u64, quality: f64) -> Result<()> {
         validate_quality(quality)?;
-        self.tracked.mark_recorded(id, false, true)
+        self.tracked.mark_recorded(id, false, true)?;
+        self.let_go_of(id);
+        Ok(())
+    }
+
+    /// Lets go of decision `id` if it awaits its quality: the state already holds it.
+    fn let_go_of(&mut self, id: u64) {
+        if let Some((held, true)) = self.held.take(id) {
+            self.let_go(held);
+        }
     }
 
     /// Learns from an outcome of `arm` that this learner did not decide (a logged decision
@@ -552,19 +615,32 @@ impl Learner {
     /// The budget pacer is left alone: it tracks this learner's own spend.
     pub fn learn(&mut self, arm: &str, context: &Context, outcome: &Outcome) -> Result<()> {
         let index = self.arm_index(arm)?;
-        self.learn_outcome(index, context, outcome, false)
+        self.learn_outcome(index, context, outcome, None)
     }
 
     /// Learns a whole outcome of arm `arm` in `context`; the pacer too when the decision
-    /// was this learner's own.
-    fn learn_outcome(&mut self, arm: usize, context: &Context, outcome: &Outcome, own: bool) -> Result<()> {
+    /// was this learner's `own` (its id).
+    fn learn_outcome(
+        &mut self,
+        arm: usize,
+        context: &Context,
+        outcome: &Outcome,
+        own: Option<u64>,
+    ) -> Result<()> {
         self.validate_features(&context.features)?;
         outcome.validate()?;
         let tokens = outcome.tokens_or(context.input_tokens);
         let usage = self.usage[arm].recorded(&self.arms[arm], outcome, tokens)?;
-        self.apply_cost(arm, &context.features, tokens, usage, outcome.cost_usd, own);
+        self.apply_cost(
+            arm,
+            &context.features,
+            tokens,
+            usage,
+            outcome.cost_usd,
+            own.is_some(),
+        );
         if let Some(quality) = outcome.credited_quality() {
-            self.learn_quality(arm, &context.features, quality);
+            self.learn_quality(arm, &context.features, quality, own);
         }
         Ok(())
     }
@@ -625,26 +701,44 @@ impl Learner {
         }
     }
 
-    /// [`Learner::record_outcome`] of a decision made by [`Learner::decide_untracked`]:
+    /// [`Learner::record_outcome`] of decision `id`, made by [`Learner::decide_untracked`]:
     /// the caller says which arm it chose in which context. It learns the same things in
     /// the same way; nothing checks that the outcome is recorded once.
     pub fn record_untracked_outcome(
         &mut self,
+        id: u64,
         arm: usize,
         context: &Context,
         outcome: &Outcome,
     ) -> Result<()> {
         self.check_arm_index(arm)?;
-        self.learn_outcome(arm, context, outcome, true)
+        self.learn_outcome(arm, context, outcome, Some(id))
     }
 
-    /// [`Learner::record_quality`] of a decision made by [`Learner::decide_untracked`], in
-    /// the context `features` it was made in.
-    pub fn record_untracked_quality(&mut self, arm: usize, features: &[f64], quality: f64) -> Result<()> {
+    /// [`Learner::record_quality`] of decision `id`, made by [`Learner::decide_untracked`]
+    /// of arm `arm`, in the context `features` it was made in; lets go of the decision if
+    /// [`Learner::hold_untracked`] held it.
+    pub fn record_untracked_quality(
+        &mut self,
+        id: u64,
+        arm: usize,
+        features: &[f64],
+        quality: f64,
+    ) -> Result<()> {
         validate_quality(quality)?;
         self.check_arm_index(arm)?;
         self.validate_features(features)?;
-        self.learn_quality(arm, features, quality);
+        self.learn_quality(arm, features, quality, Some(id));
+        Ok(())
+    }
+
+    /// Holds decision `id` of arm `arm`, made by [`Learner::decide_untracked`] in context
+    /// `features`, while its quality is on its way, as a tracked decision is held (see
+    /// `held.rs`): for a caller whose qualities come after later decisions.
+    pub fn hold_untracked(&mut self, id: u64, arm: usize, features: &[f64]) -> Result<()> {
+        self.check_arm_index(arm)?;
+        self.validate_features(features)?;
+        self.hold(id, arm, features.into());
         Ok(())
     }
 
@@ -677,13 +771,21 @@ impl Learner {
         }
         tracked.quality_recorded = true;
         let features = tracked.take_or_share_features(tracked.outcome_recorded);
-        self.learn_quality(arm, &features, quality);
+        self.learn_quality(arm, &features, quality, Some(id));
         Ok(Applied::Applied)
     }
 
-    /// Learns one quality of `arm`; first, under change detection, weighs how far it is
-    /// from the estimate and restarts the arm on an alarm (see [`crate::change`]).
-    fn learn_quality(&mut self, arm: usize, features: &[f64], quality: f64) {
+    /// Learns one quality of `arm`, of decision `id` if it was this learner's own: first
+    /// lets go of the decision if it was held, and under change detection weighs how far
+    /// the quality is from the estimate and restarts the arm on an alarm (see
+    /// [`crate::change`]).
+    fn learn_quality(&mut self, arm: usize, features: &[f64], quality: f64, id: Option<u64>) {
+        if let Some((id, (held, in_policy))) = id.and_then(|id| Some((id, self.held.take(id)?))) {
+            self.held.came_after(self.next_decision.saturating_sub(id));
+            if in_policy {
+                self.let_go(held);
+            }
+        }
         let threshold = self.config.policy.detect;
         if threshold > 0.0 && self.policy.observations(arm) >= WATCHED_FROM {
             self.change_detectors.resize(self.arms.len(), Cusum::default());
@@ -767,6 +869,7 @@ impl Learner {
         }
         self.cost.remove_arm(index);
         self.tracked.remove_arm(index);
+        self.held.remove_arm(index);
         Ok(self.arms.remove(index))
     }
 

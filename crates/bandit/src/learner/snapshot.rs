@@ -43,9 +43,10 @@ impl Learner {
     }
 
     /// A copy of the learned state without the decisions awaiting feedback, which are
-    /// not copied: what replicas share ([`Learner::merge`]) and snapshots keep.
+    /// not copied: what replicas share ([`Learner::merge`]) and snapshots keep. Its policy
+    /// has let go of the held decisions: a hold is this learner's, not something learned.
     pub fn without_tracked(&self) -> Learner {
-        Learner {
+        let mut learned = Learner {
             config: self.config.clone(),
             arms: self.arms.clone(),
             policy: self.policy.clone(),
@@ -56,7 +57,13 @@ impl Learner {
             cost: self.cost.clone(),
             change_detectors: self.change_detectors.clone(),
             spend_curve: self.spend_curve.clone(),
+            held: self.held.clone(),
+        };
+        learned.held.take_latest();
+        while let Some(held) = learned.held.take_oldest_before(u64::MAX) {
+            learned.let_go(held);
         }
+        learned
     }
 
     /// The id of the oldest decision still awaiting (or remembered for) feedback.
@@ -89,7 +96,7 @@ impl Learner {
             ))
             .into());
         }
-        if l.tracked.names_arm_beyond(k) {
+        if l.tracked.names_arm_beyond(k) || l.held.names_arm_beyond(k) {
             return Err(ErrorKind::CorruptSnapshot("a tracked decision names a missing arm".into()).into());
         }
         l.policy.share_families(&super::families(&l.arms));

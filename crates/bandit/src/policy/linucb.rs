@@ -96,6 +96,20 @@ pub(crate) use learn_from_ridge;
 impl Policy for LinUcb {
     learn_from_ridge!(ridge);
 
+    /// An index policy decides alike until its state changes: a decision awaiting its
+    /// quality narrows its model's width (see [`crate::ridge::RidgeModel::hold`]).
+    fn holds(&self) -> bool {
+        true
+    }
+
+    fn hold(&mut self, arm: usize, features: &[f64]) {
+        self.ridge.hold(arm, features);
+    }
+
+    fn release(&mut self, arm: usize, features: &[f64]) {
+        self.ridge.release(arm, features);
+    }
+
     fn choose(&self, input: &ChoiceInput<'_>, _rng: &mut DecisionRng) -> Result<Choice> {
         let scores: Vec<f64> = input
             .estimates

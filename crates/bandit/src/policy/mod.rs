@@ -196,6 +196,19 @@ pub trait Policy {
     /// Learns one observed quality in [0, 1] of `arm` in a context.
     fn update(&mut self, arm: usize, features: &[f64], quality: f64);
 
+    /// Whether the policy holds decisions whose quality is on its way ([`Policy::hold`]);
+    /// most do not.
+    fn holds(&self) -> bool {
+        false
+    }
+
+    /// Holds a decision of `arm` whose quality is on its way, so that the decisions before
+    /// it arrives know it is coming.
+    fn hold(&mut self, _arm: usize, _features: &[f64]) {}
+
+    /// Lets go of a decision [`Policy::hold`] held: its quality came, or will not.
+    fn release(&mut self, _arm: usize, _features: &[f64]) {}
+
     /// Appends a new arm, of family `family` ([`crate::Arm::family`]), with an optimistic
     /// prior (cold start).
     fn add_arm(&mut self, family: &str);
@@ -331,6 +344,15 @@ macro_rules! policies {
             }
             fn update(&mut self, arm: usize, features: &[f64], quality: f64) {
                 match self { $(AnyPolicy::$variant(p) => p.update(arm, features, quality),)* }
+            }
+            fn holds(&self) -> bool {
+                match self { $(AnyPolicy::$variant(p) => p.holds(),)* }
+            }
+            fn hold(&mut self, arm: usize, features: &[f64]) {
+                match self { $(AnyPolicy::$variant(p) => p.hold(arm, features),)* }
+            }
+            fn release(&mut self, arm: usize, features: &[f64]) {
+                match self { $(AnyPolicy::$variant(p) => p.release(arm, features),)* }
             }
             fn add_arm(&mut self, family: &str) {
                 match self { $(AnyPolicy::$variant(p) => p.add_arm(family),)* }
