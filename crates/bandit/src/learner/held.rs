@@ -9,10 +9,9 @@
 //! row leaves the width and the quality is learned as any other. The latest decision is
 //! held only when the next one is about to be decided and its quality has not come: a
 //! quality judged at once costs nothing, and a decision's work is one hold at most. A
-//! quality that never
-//! comes must not count as knowledge, so a decision is let go once it is older than twice
-//! the longest delay its route's qualities have lately taken (and at most
-//! [`HOLD_HORIZON`] decisions); a quality after that is learned as any other.
+//! quality that never comes must not count as knowledge, so a decision is let go once it
+//! is older than twice the longest delay its route's qualities have lately taken (and at
+//! most [`HOLD_HORIZON`] decisions); a quality after that is learned as any other.
 //!
 //! Thompson sampling randomizes its choices and needs no hold (Chapelle and Li 2011 found
 //! it robust to delay); its policies hold nothing.
@@ -53,7 +52,7 @@ pub(super) struct HeldDecisions {
     /// has not come by then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     latest: Option<(u64, Held)>,
-    /// The longest delay, in decisions, of a held decision's quality, decayed by
+    /// The longest delay, in decisions, of an awaited decision's quality, decayed by
     /// [`DELAY_MEMORY`] at each; 0 before the first.
     longest_delay: f64,
 }

@@ -403,7 +403,7 @@ impl Learner {
     }
 
     /// Remembers decision `id` (arm `index`) for its outcome; the next decision gets `id + 1`.
-    /// The policy holds it while its quality is on its way.
+    /// It awaits its quality (see `held.rs`).
     fn track(&mut self, id: u64, index: usize, context: &Context) {
         let decision = TrackedDecision::new(index, context);
         let features = Arc::clone(&decision.features);
@@ -422,9 +422,10 @@ impl Learner {
     }
 
     /// Holds the latest decision if its quality has not come, so that the next decision
-    /// knows it is coming (nothing under a policy that holds nothing). Every way of deciding does this first; a caller that decides
-    /// with [`Learner::propose`] and tracks with [`Learner::resume_decision`] (a server
-    /// that logs first) calls it before proposing.
+    /// knows it is coming (nothing under a policy that holds nothing). Every way of
+    /// deciding does this first; a caller that decides with [`Learner::propose`] and
+    /// tracks with [`Learner::resume_decision`] (a server that logs first) calls it before
+    /// proposing.
     pub fn hold_latest(&mut self) {
         let latest = self.held.take_latest();
         self.hold_in_policy(latest);
@@ -738,7 +739,9 @@ impl Learner {
     pub fn hold_untracked(&mut self, id: u64, arm: usize, features: &[f64]) -> Result<()> {
         self.check_arm_index(arm)?;
         self.validate_features(features)?;
-        self.hold(id, arm, features.into());
+        if self.policy.holds() {
+            self.hold(id, arm, features.into());
+        }
         Ok(())
     }
 
