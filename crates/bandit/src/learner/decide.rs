@@ -55,10 +55,10 @@ fn retain_positions<T>(values: &mut Vec<T>, keep: &[bool]) {
 }
 
 impl Learner {
-    /// Everything a decision computes, before it is explained.
-    fn select(&self, request: &Request) -> Result<Selection> {
+    /// Everything a decision computes, before it is explained; `unpaced` is the objective
+    /// [`Learner::check_request`] found the request sound with.
+    fn select(&self, request: &Request, unpaced: Objective) -> Result<Selection> {
         let x = &request.context.features;
-        let unpaced = self.check_request(request)?;
         let w_cost = unpaced.w_cost + self.pacer.as_ref().map_or(0.0, BudgetPacer::extra_cost_weight);
         let objective = Objective { w_cost, ..unpaced };
 
@@ -227,7 +227,8 @@ impl Learner {
     /// the same arm, propensity and explanation, and no change of state. Off-policy
     /// evaluation reads a candidate's PMF this way.
     pub fn propose(&self, request: &Request) -> Result<Decision> {
-        Ok(self.explain(self.select(request)?))
+        let unpaced = self.check_request(request)?;
+        Ok(self.explain(self.select(request, unpaced)?))
     }
 
     /// The decision a selection makes, with its explanation.
@@ -279,18 +280,18 @@ impl Learner {
         }
     }
 
-    /// Holds the latest decision ([`Learner::hold_latest`]) once `request` is known to be
-    /// sound, so that a refused request changes nothing.
-    fn hold_latest_for(&mut self, request: &Request) -> Result<()> {
-        self.check_request(request)?;
+    /// Checks `request`, then holds the latest decision ([`Learner::hold_latest`]), so
+    /// that a refused request changes nothing; returns the request's objective.
+    fn check_and_hold_latest(&mut self, request: &Request) -> Result<Objective> {
+        let unpaced = self.check_request(request)?;
         self.hold_latest();
-        Ok(())
+        Ok(unpaced)
     }
 
     /// Chooses an arm for `request` and remembers the decision for its outcome.
     pub fn decide(&mut self, request: &Request) -> Result<Decision> {
-        self.hold_latest_for(request)?;
-        let s = self.select(request)?;
+        let unpaced = self.check_and_hold_latest(request)?;
+        let s = self.select(request, unpaced)?;
         let (id, arm) = (s.id, s.eligible[s.position]);
         let decision = self.explain(s);
         self.track(id, arm, &request.context);
@@ -303,7 +304,8 @@ impl Learner {
     /// decision is tracked but not held: a counterfactual one, whose caller learns what
     /// was served instead ([`Learner::learn`]).
     pub fn decide_pmf(&mut self, request: &Request) -> Result<(Vec<f64>, usize)> {
-        let s = self.select(request)?;
+        let unpaced = self.check_request(request)?;
+        let s = self.select(request, unpaced)?;
         let mut pmf = vec![0.0; self.arms.len()];
         for (&arm, &p) in s.eligible.iter().zip(&s.probabilities) {
             pmf[arm] = p;
@@ -328,8 +330,8 @@ impl Learner {
     /// [`Learner::record_untracked_quality`]; a caller whose qualities come after later
     /// decisions holds it meanwhile ([`Learner::hold_untracked`]), as `decide_arm` does.
     pub fn decide_untracked(&mut self, request: &Request) -> Result<ArmChoice> {
-        self.hold_latest_for(request)?;
-        let s = self.select(request)?;
+        let unpaced = self.check_and_hold_latest(request)?;
+        let s = self.select(request, unpaced)?;
         self.next_decision = s.id + 1;
         Ok(ArmChoice {
             id: s.id,

@@ -414,8 +414,9 @@ impl Learner {
     /// Decision `id` of `arm` awaits its quality: it is held from the next decision on if
     /// the quality has not come by then (see `held.rs`). A decision awaiting before it is
     /// held now.
-    fn hold(&mut self, id: u64, arm: usize, features: Arc<[f64]>) {
+    fn hold(&mut self, id: u64, arm: usize, features: impl Into<Arc<[f64]>>) {
         if self.policy.holds() {
+            let features = features.into();
             let earlier = self.held.await_quality(id, Held { arm, features });
             self.hold_in_policy(earlier);
         }
@@ -435,12 +436,17 @@ impl Learner {
     /// policy unless it is older too.
     fn hold_in_policy(&mut self, decision: Option<(u64, Held)>) {
         let horizon = self.next_decision.saturating_sub(self.held.horizon());
-        while let Some(held) = self.held.take_oldest_before(horizon) {
-            self.let_go(held);
-        }
+        self.let_go_before(horizon);
         if let Some((id, held)) = decision.filter(|(id, _)| *id >= horizon) {
             self.policy.hold(held.arm, &held.features);
             self.held.insert(id, held);
+        }
+    }
+
+    /// Lets go of every held decision older than `id`.
+    fn let_go_before(&mut self, id: u64) {
+        while let Some(held) = self.held.take_oldest_before(id) {
+            self.let_go(held);
         }
     }
 
@@ -739,9 +745,7 @@ impl Learner {
     pub fn hold_untracked(&mut self, id: u64, arm: usize, features: &[f64]) -> Result<()> {
         self.check_arm_index(arm)?;
         self.validate_features(features)?;
-        if self.policy.holds() {
-            self.hold(id, arm, features.into());
-        }
+        self.hold(id, arm, features);
         Ok(())
     }
 
@@ -783,10 +787,12 @@ impl Learner {
     /// the quality is from the estimate and restarts the arm on an alarm (see
     /// [`crate::change`]).
     fn learn_quality(&mut self, arm: usize, features: &[f64], quality: f64, id: Option<u64>) {
-        if let Some((id, (held, in_policy))) = id.and_then(|id| Some((id, self.held.take(id)?))) {
-            self.held.came_after(self.next_decision.saturating_sub(id));
-            if in_policy {
-                self.let_go(held);
+        if let Some(id) = id {
+            if let Some((held, in_policy)) = self.held.take(id) {
+                self.held.came_after(self.next_decision.saturating_sub(id));
+                if in_policy {
+                    self.let_go(held);
+                }
             }
         }
         let threshold = self.config.policy.detect;

@@ -60,9 +60,7 @@ impl Learner {
             held: self.held.clone(),
         };
         learned.held.take_latest();
-        while let Some(held) = learned.held.take_oldest_before(u64::MAX) {
-            learned.let_go(held);
-        }
+        learned.let_go_before(u64::MAX);
         learned
     }
 
