@@ -38,8 +38,8 @@ fn serve(router: &Router, table: &WideDataset, rows: &[usize]) {
 }
 
 /// [`serve`], with `mirror`, a learner of a candidate's policy, run as a shadow runs it:
-/// it decides on each request's context (`decide_pmf`, which holds nothing for the model
-/// it drew), then learns the served model's outcome. Returns
+/// it decides on each request's context (`decide_pmf`), holds the served model's decision
+/// (not the one it drew), then learns the served model's outcome. Returns
 /// the mirror's true mean quality on the rows, `sum_a pi_i(a) quality(i, a)` averaged.
 fn serve_beside(
     router: &Router,
@@ -51,6 +51,7 @@ fn serve_beside(
     let featurizer = HashingFeaturizer::for_routes(0);
     let mut last = None;
     let mut truth = 0.0;
+    let mut drawn = None;
     for &r in rows {
         let request = RouteRequest {
             prompt: Some(prompts[r].clone()),
@@ -58,18 +59,23 @@ fn serve_beside(
         };
         let context = featurizer.featurize(&prompts[r], &[]).unwrap();
         if let Some(mirror) = mirror.as_deref_mut() {
-            let (pmf, _) = mirror.decide_pmf(&Request::new(context.clone())).unwrap();
-            for (arm, p) in mirror.arms().iter().zip(&pmf) {
+            let choice = mirror.decide_pmf(&Request::new(context.clone())).unwrap();
+            for (arm, p) in mirror.arms().iter().zip(&choice.pmf) {
                 let a = table.arms.iter().position(|m| *m == arm.id).unwrap();
                 truth += p * table.quality(r, a);
             }
+            drawn = Some(choice.id);
         }
         let routed = router.route("demo", &request).unwrap().split().0;
         let arm = table.arms.iter().position(|a| *a == routed.decision.arm).unwrap();
         let outcome = Outcome::new(200.0, table.cost_usd(r, arm)).with_quality(table.quality(r, arm));
         last = Some(router.record_outcome(&routed.decision_id, &outcome).unwrap());
-        if let Some(mirror) = mirror.as_deref_mut() {
-            mirror.learn(&routed.decision.arm, &context, &outcome).unwrap();
+        if let (Some(mirror), Some(id)) = (mirror.as_deref_mut(), drawn) {
+            let served = mirror.arm_index(&routed.decision.arm).unwrap();
+            mirror.hold_untracked(id, served, &context.features).unwrap();
+            mirror
+                .learn_held(id, &routed.decision.arm, &context, &outcome)
+                .unwrap();
         }
     }
     last.unwrap().wait().unwrap();

@@ -87,8 +87,8 @@ pub use embedding::{ContextLayout, Embedder, EmbeddingBlock, EmbeddingFeaturizer
 pub use error::{Error, ErrorKind, Result};
 pub use features::{ChatMessage, Context, Featurizer, FeaturizerConfig, HashingFeaturizer};
 pub use learner::{
-    Applied, ArmChoice, ArmEstimate, BudgetConfig, Decision, Learner, LearnerConfig, Request, Snapshot,
-    DEFAULT_FEEDBACK_HORIZON, DEFAULT_PACING_STEP, HOLD_HORIZON, SNAPSHOT_VERSION,
+    Applied, ArmChoice, ArmEstimate, BudgetConfig, Decision, Learner, LearnerConfig, PmfChoice, Request,
+    Snapshot, DEFAULT_FEEDBACK_HORIZON, DEFAULT_PACING_STEP, HOLD_HORIZON, SNAPSHOT_VERSION,
 };
 pub use outcome::{credited_quality, BudgetPacer, Objective, Outcome};
 pub use packed::PackedSymmetric;

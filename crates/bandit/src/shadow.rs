@@ -29,6 +29,10 @@
 //! counting 0, or from feedback) and its outcome too; one still waiting when
 //! `max_pending` newer decisions have come is completed with what it has (its cost, if its
 //! outcome came; it then counts for cost only, as `quiver ope` skips rows without quality).
+//! Meanwhile each candidate holds the served decision as a learner that served it would
+//! (see `learner/held.rs`), so that a LinUCB candidate, or canary, explores under late
+//! qualities as a live LinUCB route does instead of repeating its choice until the first
+//! quality comes.
 //!
 //! On a route with a budget, a candidate's pacer steps on what it would have spent: DR's
 //! estimate of its cost on each completed decision (clipped at 0), since it pays for
@@ -43,7 +47,7 @@ use crate::arm::Arm;
 use crate::canary::{CanaryReport, CanaryRule, Gate, Stage, Verdict};
 use crate::error::Result;
 use crate::hull;
-use crate::learner::{Learner, LearnerConfig, Request};
+use crate::learner::{Learner, LearnerConfig, PmfChoice, Request};
 use crate::ope::{Dr, Estimator, OpeInputs, Snips, TermMoments, WeightStream};
 use crate::outcome::{credited_quality, Objective, Outcome};
 use crate::policy::PolicySpec;
@@ -64,8 +68,8 @@ struct PendingDecision {
     request: Request,
     /// Each reward model's prediction for every arm when the decision was made.
     q: [Vec<f64>; 3],
-    /// Each candidate's PMF over the arms, and the arm it drew.
-    candidates: Vec<(Vec<f64>, usize)>,
+    /// Each candidate's decision: its PMF over the arms and the arm it drew.
+    candidates: Vec<PmfChoice>,
     /// Whether the canary served it.
     canary_served: bool,
     outcome: Option<Outcome>,
@@ -126,7 +130,7 @@ pub struct Shadows {
 /// The candidates' decisions on a request, taken before the route's decision is logged
 /// (see [`Shadows::decide`]).
 pub struct Draws {
-    candidates: Vec<(Vec<f64>, usize)>,
+    candidates: Vec<PmfChoice>,
     canary_serves: bool,
 }
 
@@ -315,7 +319,7 @@ impl Shadows {
     /// The arm the canary drew, when the coin lets it serve the decision of `draws`.
     pub fn canary_arm(&self, draws: &Draws) -> Option<&str> {
         let (index, _) = self.canary.as_ref().filter(|_| draws.canary_serves)?;
-        Some(&self.arms[draws.candidates[*index].1])
+        Some(&self.arms[draws.candidates[*index].arm])
     }
 
     /// The probability with which the route serves `arm` in the decision of `draws`,
@@ -324,7 +328,7 @@ impl Shadows {
         let (Some((index, gate)), Some(a)) = (&self.canary, self.arms.iter().position(|m| m == arm)) else {
             return route_probability;
         };
-        gate.propensity(route_probability, draws.candidates[*index].0[a])
+        gate.propensity(route_probability, draws.candidates[*index].pmf[a])
     }
 
     /// The route served `arm` with `propensity` for `request` as decision `id`:
@@ -354,6 +358,11 @@ impl Shadows {
                 .map(|a| self.reward_models[m].get(a).mean(x))
                 .collect()
         });
+        // Each candidate will learn the served arm's outcome: held until then, as a
+        // learner that had served it would hold it.
+        for (c, choice) in self.candidates.iter_mut().zip(&draws.candidates) {
+            c.learner.hold_untracked(choice.id, arm, x)?;
+        }
         self.pending.push_back(PendingDecision {
             id,
             arm,
@@ -447,9 +456,9 @@ impl Shadows {
             // reported, so its `dm` is never read).
             set(&mut row, r, q[p.arm], p.propensity, q[p.arm], true);
             self.incumbent[m].add_rows(&Snips, &row);
-            for (i, (c, (pmf, sampled))) in self.candidates.iter_mut().zip(&p.candidates).enumerate() {
-                let dm = pmf.iter().zip(q).map(|(w, q)| w * q).sum();
-                set(&mut row, r, q[p.arm], pmf[p.arm], dm, *sampled == p.arm);
+            for (i, (c, choice)) in self.candidates.iter_mut().zip(&p.candidates).enumerate() {
+                let dm = choice.pmf.iter().zip(q).map(|(w, q)| w * q).sum();
+                set(&mut row, r, q[p.arm], choice.pmf[p.arm], dm, choice.arm == p.arm);
                 c.metrics[m].add(&row);
                 match (m, &mut self.canary) {
                     (0, Some((index, gate))) if *index == i => gate.add(&row, !p.canary_served),
@@ -480,8 +489,9 @@ impl Shadows {
         let mut learned = outcome;
         learned.quality = p.quality;
         let arm = &self.arms[p.arm];
-        for c in &mut self.candidates {
-            c.learner.learn(arm, &p.request.context, &learned)?;
+        for (c, choice) in self.candidates.iter_mut().zip(&p.candidates) {
+            c.learner
+                .learn_held(choice.id, arm, &p.request.context, &learned)?;
         }
         Ok(())
     }
@@ -583,5 +593,57 @@ impl Shadows {
         if let Some((_, gate)) = &mut self.canary {
             gate.block(blocked);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::Context;
+
+    fn request(kind: usize) -> Request {
+        Request::new(Context {
+            features: vec![1.0, kind as f64],
+            input_tokens: 50,
+        })
+    }
+
+    /// With every quality coming 50 decisions late, a LinUCB candidate on a route that
+    /// serves what a live LinUCB learner chooses draws, at every decision, the arm that
+    /// learner chooses: it holds what was served as the live learner holds its own
+    /// decisions. Without the holds it would repeat its first choice for each kind of
+    /// request until the first quality came, where the live learner tries every model.
+    #[test]
+    fn a_linucb_candidate_holds_what_was_served_as_a_live_linucb_does() {
+        const DELAY: usize = 50;
+        let arms: Vec<Arm> = ["a", "b", "c", "d"].into_iter().map(Arm::new).collect();
+        let mut config = LearnerConfig::new("linucb(alpha=0.1)".parse().unwrap(), 2);
+        config.objective = Objective::new(100.0, 0.0).unwrap();
+        let mut live = Learner::new(config.clone(), arms.clone()).unwrap();
+        let mut shadows = Shadows::new(&[config.policy.clone()], &config, &arms, 1000).unwrap();
+        let quality = |kind: usize, arm: usize| [[0.3, 0.6, 0.8, 0.5], [0.7, 0.5, 0.2, 0.4]][kind][arm];
+        let mut waiting = VecDeque::new();
+        let mut tried_early = std::collections::BTreeSet::new();
+        for t in 0..600 {
+            let kind = t % 2;
+            let d = live.decide(&request(kind)).unwrap();
+            let arm = live.arm_index(&d.arm).unwrap();
+            let draws = shadows.decide(d.id, &request(kind)).unwrap();
+            assert_eq!(draws.candidates[0].arm, arm, "decision {t}");
+            if t < DELAY {
+                tried_early.insert(arm);
+            }
+            shadows
+                .record(d.id, request(kind), &d.arm, d.propensity, draws)
+                .unwrap();
+            let outcome = Outcome::new(100.0, 0.001 * (arm + 1) as f64).with_quality(quality(kind, arm));
+            waiting.push_back((d.id, outcome));
+            if waiting.len() > DELAY {
+                let (id, outcome) = waiting.pop_front().unwrap();
+                live.record_outcome(id, &outcome).unwrap();
+                shadows.outcome(id, &outcome).unwrap();
+            }
+        }
+        assert_eq!(tried_early.len(), arms.len(), "{tried_early:?}");
     }
 }

@@ -55,9 +55,9 @@ impl Candidate {
         let mut pmf = Array2::zeros((log.rows(), log.arms.len()));
         let mut sampled = Vec::with_capacity(log.rows());
         for (i, context) in contexts.iter().enumerate() {
-            let (probabilities, arm) = learner.decide_pmf(&Request::new(context.clone()))?;
-            pmf.row_mut(i).assign(&ndarray::ArrayView1::from(&probabilities));
-            sampled.push(arm);
+            let choice = learner.decide_pmf(&Request::new(context.clone()))?;
+            pmf.row_mut(i).assign(&ndarray::ArrayView1::from(&choice.pmf));
+            sampled.push(choice.arm);
             if self.learn {
                 let mut outcome = Outcome::new(log.latency_ms[i], log.cost_usd[i]);
                 outcome.error = log.error[i];

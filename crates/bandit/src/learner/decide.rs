@@ -8,7 +8,7 @@ use crate::outcome::{BudgetPacer, Objective};
 use crate::pmf;
 use crate::policy::{Choice, ChoiceInput, DecisionRng, Estimate, Policy, PropensityKind};
 
-use super::{ArmChoice, ArmEstimate, Decision, Learner, Request, TrackedDecision};
+use super::{ArmChoice, ArmEstimate, Decision, Learner, PmfChoice, Request, TrackedDecision};
 
 /// A decision's arithmetic, shared by [`Learner::propose`] and [`Learner::decide_arm`]:
 /// vectors run over the eligible arms, `position` indexes them.
@@ -299,12 +299,12 @@ impl Learner {
     }
 
     /// [`Learner::decide`] without the explanation, for off-policy evaluation: the same
-    /// choice, returned as the decision's probability of every arm (in the order of
-    /// [`Learner::arms`]; 0 for an arm it left out) and the index of the arm it drew. The
-    /// decision is tracked but not held: a counterfactual one, whose caller learns what
-    /// was served instead ([`Learner::learn`]).
-    pub fn decide_pmf(&mut self, request: &Request) -> Result<(Vec<f64>, usize)> {
-        let unpaced = self.check_request(request)?;
+    /// choice, returned as the decision's probability of every arm. The decision is a
+    /// counterfactual one, tracked but not held: its caller learns what was served instead,
+    /// holding it meanwhile if its quality comes late ([`Learner::hold_untracked`], then
+    /// [`Learner::learn_held`]), as a learner that served it would.
+    pub fn decide_pmf(&mut self, request: &Request) -> Result<PmfChoice> {
+        let unpaced = self.check_and_hold_latest(request)?;
         let s = self.select(request, unpaced)?;
         let mut pmf = vec![0.0; self.arms.len()];
         for (&arm, &p) in s.eligible.iter().zip(&s.probabilities) {
@@ -312,7 +312,7 @@ impl Learner {
         }
         let arm = s.eligible[s.position];
         self.track_decision(s.id, TrackedDecision::new(arm, &request.context));
-        Ok((pmf, arm))
+        Ok(PmfChoice { id: s.id, pmf, arm })
     }
 
     /// [`Learner::decide`] without the explanation, for simulators that play many

@@ -191,6 +191,17 @@ pub struct ArmChoice {
     pub propensity: f64,
 }
 
+/// The decision [`Learner::decide_pmf`] made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PmfChoice {
+    /// Decision id, in the learner's own sequence.
+    pub id: u64,
+    /// The probability of every arm, in the order of [`Learner::arms`] (0 for an arm left out).
+    pub pmf: Vec<f64>,
+    /// Index of the arm drawn.
+    pub arm: usize,
+}
+
 /// A bandit learner for one route: decides, learns from outcomes, snapshots.
 ///
 /// Decisions are a pure function of the state, the seed and the decision id, so a learner
@@ -622,32 +633,36 @@ impl Learner {
     /// The budget pacer is left alone: it tracks this learner's own spend.
     pub fn learn(&mut self, arm: &str, context: &Context, outcome: &Outcome) -> Result<()> {
         let index = self.arm_index(arm)?;
-        self.learn_outcome(index, context, outcome, None)
+        self.learn_outcome(index, context, outcome, None, false)
     }
 
-    /// Learns a whole outcome of arm `arm` in `context`; the pacer too when the decision
-    /// was this learner's `own` (its id).
+    /// [`Learner::learn`] of the outcome of decision `id`, which the caller held with
+    /// [`Learner::hold_untracked`] while it was on its way (a shadow candidate learning
+    /// what its route served): lets go of the decision when the outcome carries its
+    /// quality. The pacer is left alone, as by `learn`.
+    pub fn learn_held(&mut self, id: u64, arm: &str, context: &Context, outcome: &Outcome) -> Result<()> {
+        let index = self.arm_index(arm)?;
+        self.learn_outcome(index, context, outcome, Some(id), false)
+    }
+
+    /// Learns a whole outcome of arm `arm` in `context`, for decision `id` if the caller
+    /// knows it (to let go of the decision if held); the pacer too when the decision was
+    /// this learner's `own`.
     fn learn_outcome(
         &mut self,
         arm: usize,
         context: &Context,
         outcome: &Outcome,
-        own: Option<u64>,
+        id: Option<u64>,
+        own: bool,
     ) -> Result<()> {
         self.validate_features(&context.features)?;
         outcome.validate()?;
         let tokens = outcome.tokens_or(context.input_tokens);
         let usage = self.usage[arm].recorded(&self.arms[arm], outcome, tokens)?;
-        self.apply_cost(
-            arm,
-            &context.features,
-            tokens,
-            usage,
-            outcome.cost_usd,
-            own.is_some(),
-        );
+        self.apply_cost(arm, &context.features, tokens, usage, outcome.cost_usd, own);
         if let Some(quality) = outcome.credited_quality() {
-            self.learn_quality(arm, &context.features, quality, own);
+            self.learn_quality(arm, &context.features, quality, id);
         }
         Ok(())
     }
@@ -719,7 +734,7 @@ impl Learner {
         outcome: &Outcome,
     ) -> Result<()> {
         self.check_arm_index(arm)?;
-        self.learn_outcome(arm, context, outcome, Some(id))
+        self.learn_outcome(arm, context, outcome, Some(id), true)
     }
 
     /// [`Learner::record_quality`] of decision `id`, made by [`Learner::decide_untracked`]
@@ -741,7 +756,9 @@ impl Learner {
 
     /// Holds decision `id` of arm `arm`, made by [`Learner::decide_untracked`] in context
     /// `features`, while its quality is on its way, as a tracked decision is held (see
-    /// `held.rs`): for a caller whose qualities come after later decisions.
+    /// `held.rs`): for a caller whose qualities come after later decisions. A caller of
+    /// [`Learner::decide_pmf`] holds the arm it served, not the one drawn: the one whose
+    /// outcome it will learn ([`Learner::learn_held`]).
     pub fn hold_untracked(&mut self, id: u64, arm: usize, features: &[f64]) -> Result<()> {
         self.check_arm_index(arm)?;
         self.validate_features(features)?;
