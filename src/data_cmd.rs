@@ -15,7 +15,7 @@ use quiver_sim::write::{write_logged, write_wide};
 
 #[derive(Subcommand)]
 pub enum DataCommand {
-    /// Convert a dataset (RouterBench, RouteLLM, Open Bandit Dataset, or the native shapes)
+    /// Convert a dataset (RouterBench, RouteLLM, RouterArena, Open Bandit Dataset, or the native shapes)
     /// to the wide or logged shape; wide data becomes a log under --logging-policy.
     Convert(ConvertArgs),
     /// Write the table of a scenario file (default: the built-in scenario), or one of the

@@ -57,7 +57,8 @@ pub struct ReplayArgs {
     #[arg(long)]
     priors: Option<PathBuf>,
     /// Models' list prices in LiteLLM's registry format (its
-    /// `model_prices_and_context_window.json`, or a file of the same shape): a priced model
+    /// `model_prices_and_context_window.json`, or a file of the same shape; RouterArena's
+    /// per-million `model_cost.json` is read too): a priced model
     /// is expected to cost its prices from its first request, as on a route configured
     /// with them. Replaces the prices a table carries.
     #[arg(long)]

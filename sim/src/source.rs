@@ -350,7 +350,26 @@ impl Table {
     /// as a number or `true`/`false`.
     pub fn numbers(&self, name: &str, hint: &str) -> Result<Vec<Option<f64>>> {
         let column = self.column(name, hint)?;
-        let series = column.as_materialized_series();
+        self.series_numbers(column.as_materialized_series(), name)
+    }
+
+    /// [`Table::numbers`] of field `field` of the object column `name` (JSON lines'
+    /// `{"evaluation_result": {"score": 1.0}}`), named `name.field` in errors.
+    pub fn field_numbers(&self, name: &str, field: &str, hint: &str) -> Result<Vec<Option<f64>>> {
+        let label = format!("{name}.{field}");
+        let column = self.column(name, hint)?;
+        let missing = || SimError::MissingColumn {
+            path: self.path.clone(),
+            column: label.clone(),
+            hint: hint.to_string(),
+        };
+        let objects = column.as_materialized_series().struct_().map_err(|_| missing())?;
+        let values = objects.field_by_name(field).map_err(|_| missing())?;
+        self.series_numbers(&values, &label)
+    }
+
+    /// The values of `series`, column `name` of the table, as numbers.
+    fn series_numbers(&self, series: &Series, name: &str) -> Result<Vec<Option<f64>>> {
         match series.dtype() {
             DataType::Boolean => Ok(series
                 .bool()

@@ -5,8 +5,9 @@
 //! - [`LoggedDataset`], bandit feedback: one row per decision with the chosen arm, its
 //!   propensity and what was observed; what the server writes, and what OPE reads.
 //!
-//! Each format is a [`DatasetReader`]: the native shapes, RouterBench, RouteLLM eval CSVs
-//! and the Open Bandit Dataset. [`Format::Auto`] picks one from the columns.
+//! Each format is a [`DatasetReader`]: the native shapes, RouterBench, RouteLLM eval CSVs,
+//! RouterArena's cached results and the Open Bandit Dataset. [`Format::Auto`] picks one
+//! from the columns.
 
 use std::fmt;
 use std::str::FromStr;
@@ -88,6 +89,7 @@ macro_rules! formats {
 formats! {
     RouterBench: routerbench::RouterBenchReader = "routerbench",
     Obd: obd::ObdReader = "obd",
+    RouterArena: routerarena::RouterArenaReader = "routerarena",
     Logged: logged::LoggedReader = "logged",
     Wide: wide::WideReader = "wide",
     RouteLlm: routellm::RouteLlmReader = "routellm",
@@ -258,7 +260,7 @@ mod tests {
     #[test]
     fn the_registry_names_and_reads_every_format() {
         let registered: Vec<Format> = readers().into_iter().map(|(format, _)| format).collect();
-        assert_eq!(registered.len(), 5);
+        assert_eq!(registered.len(), 6);
         for format in registered.iter().copied().chain([Format::Auto]) {
             assert_eq!(format.to_string().parse::<Format>().unwrap(), format);
         }

@@ -1,7 +1,9 @@
 //! List prices of models, read from a JSON file in the shape of LiteLLM's price registry
 //! (`model_prices_and_context_window.json`): an object whose keys are model names and
-//! whose values hold `input_cost_per_token` and `output_cost_per_token` in USD. Entries
-//! without both (embedding and image models, the registry's `sample_spec`) are skipped.
+//! whose values hold `input_cost_per_token` and `output_cost_per_token` in USD, or, as
+//! RouterArena's `model_cost.json` writes them, `input_token_price_per_million` and
+//! `output_token_price_per_million`. Entries without both (embedding and image models, the
+//! registry's `sample_spec`) are skipped.
 //!
 //! A table's models take the price of the key equal to their name, else of the one key
 //! whose last `/`-separated part equals their name's (case aside): the registry writes
@@ -34,9 +36,12 @@ pub fn read_list_prices(path: &Path) -> Result<ListPrices> {
     };
     let mut prices = ListPrices::new();
     for (model, entry) in &models {
-        let price = |field: &str| entry.get(field).and_then(Value::as_f64);
-        let (Some(input), Some(output)) = (price("input_cost_per_token"), price("output_cost_per_token"))
-        else {
+        let price = |side: &str| {
+            let field = |name: String| entry.get(name).and_then(Value::as_f64);
+            field(format!("{side}_cost_per_token"))
+                .or_else(|| field(format!("{side}_token_price_per_million")).map(|p| p * 1e-6))
+        };
+        let (Some(input), Some(output)) = (price("input"), price("output")) else {
             continue;
         };
         for (field, value) in [("input_cost_per_token", input), ("output_cost_per_token", output)] {
@@ -139,6 +144,20 @@ mod tests {
         let written = file("");
         write_list_prices(&prices, written.path()).unwrap();
         assert_eq!(read_list_prices(written.path()).unwrap(), prices);
+    }
+
+    /// RouterArena's `model_cost.json` gives USD per million tokens.
+    #[test]
+    fn prices_per_million_tokens_are_read_per_token() {
+        let f = file(
+            r#"{"gemini-2.0-flash-001": {"input_token_price_per_million": 0.1,
+                                          "output_token_price_per_million": 0.4}}"#,
+        );
+        let (input, output) = read_list_prices(f.path()).unwrap()["gemini-2.0-flash-001"];
+        assert!(
+            (input - 1e-7).abs() < 1e-20 && (output - 4e-7).abs() < 1e-20,
+            "{input} {output}"
+        );
     }
 
     #[test]
