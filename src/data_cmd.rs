@@ -15,8 +15,9 @@ use quiver_sim::write::{write_logged, write_wide};
 
 #[derive(Subcommand)]
 pub enum DataCommand {
-    /// Convert a dataset (RouterBench, RouteLLM, RouterArena, Open Bandit Dataset, or the native shapes)
-    /// to the wide or logged shape; wide data becomes a log under --logging-policy.
+    /// Convert a dataset (RouterBench, RouteLLM, RouterArena, Open Bandit Dataset, or the
+    /// native shapes) to the wide or logged shape; wide data becomes a log under
+    /// --logging-policy.
     Convert(ConvertArgs),
     /// Write the table of a scenario file (default: the built-in scenario), or one of the
     /// validation suite's item-response tables (--irt).
@@ -53,6 +54,11 @@ pub struct ConvertArgs {
     /// Output file: .csv, .parquet or .jsonl.
     #[arg(long)]
     out: PathBuf,
+    /// Also write the table's list prices here, in LiteLLM's registry format (`quiver
+    /// replay --prices` reads it back): the shapes have no place for them, and RouteLLM's
+    /// and RouterArena's tables carry theirs.
+    #[arg(long)]
+    prices_out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -88,6 +94,15 @@ pub fn run(command: DataCommand) -> Result<()> {
 
 fn convert(args: ConvertArgs) -> Result<()> {
     let dataset = load(&args.data, args.format, args.split.as_ref())?;
+    if let Some(path) = &args.prices_out {
+        match &dataset {
+            Dataset::Wide(data) if !data.list_prices.is_empty() => {
+                write_list_prices(&data.list_prices, path)?;
+                eprintln!("wrote {}", path.display());
+            }
+            _ => bail!("--prices-out: {} carries no list prices", args.data),
+        }
+    }
     match (dataset, args.to.as_str()) {
         (Dataset::Wide(data), "wide") => write_wide(&data, None, &args.out)?,
         (Dataset::Logged(log), "logged") => quiver_sim::write::write_logged(&log, &args.out)?,

@@ -794,3 +794,89 @@ fn priors_fitted_from_a_table_carry_what_each_model_is_good_at() {
         .sum();
     assert_eq!(rows, 120.0, "every logged decision, under the model it chose");
 }
+
+/// `quiver data convert --prices-out` keeps a table's list prices, which the shapes have no
+/// place for: a RouteLLM table converted to the wide shape and replayed with them decides
+/// as the table itself does. A table without list prices is refused by name.
+#[test]
+fn a_converted_table_keeps_its_list_prices() {
+    let dir = scratch("convert_prices");
+    let table = dir.join("mmlu_fixture.csv");
+    let mut text = String::from("prompt,mistralai/Mixtral-8x7B-Instruct-v0.1,gpt-4-1106-preview\n");
+    for i in 0..90 {
+        let (weak, strong) = if i % 3 == 0 {
+            ("False", "True")
+        } else {
+            ("True", "True")
+        };
+        text.push_str(&format!("\"Question {i}: which answer?\",{weak},{strong}\n"));
+    }
+    std::fs::write(&table, text).unwrap();
+    let (wide, prices) = (dir.join("converted.csv"), dir.join("prices.json"));
+    let converted = quiver(&[
+        "data",
+        "convert",
+        "--data",
+        table.to_str().unwrap(),
+        "--to",
+        "wide",
+        "--out",
+        wide.to_str().unwrap(),
+        "--prices-out",
+        prices.to_str().unwrap(),
+    ]);
+    assert!(
+        converted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&converted.stderr)
+    );
+    let registry: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&prices).unwrap()).unwrap();
+    assert_eq!(registry["gpt-4-1106-preview"]["input_cost_per_token"], 10e-6);
+    assert_eq!(
+        registry["mistralai/Mixtral-8x7B-Instruct-v0.1"]["output_cost_per_token"],
+        0.6e-6
+    );
+
+    let replayed = |data: &Path, extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "replay",
+            "--data",
+            data.to_str().unwrap(),
+            "--policies",
+            "linucb(alpha=0.1)",
+            "--budget",
+            "0.0005",
+            "--seeds",
+            "2",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let summary: serde_json::Value = serde_json::from_str(&stdout(&quiver(&args))).unwrap();
+        summary["policies"].clone()
+    };
+    let original = replayed(&table, &["--format", "routellm"]);
+    assert_eq!(original, replayed(&wide, &["--prices", prices.to_str().unwrap()]));
+    assert_ne!(
+        original,
+        replayed(&wide, &[]),
+        "unpriced, the models' costs are learned call by call"
+    );
+
+    let err = stderr(&quiver(&[
+        "data",
+        "convert",
+        "--data",
+        wide_fixture(&dir).to_str().unwrap(),
+        "--to",
+        "wide",
+        "--out",
+        dir.join("again.csv").to_str().unwrap(),
+        "--prices-out",
+        dir.join("none.json").to_str().unwrap(),
+    ]));
+    assert!(
+        err.contains("--prices-out: ") && err.contains("wide.csv carries no list prices"),
+        "{err}"
+    );
+}
