@@ -3,7 +3,10 @@
 //!
 //! Criterion reports means; a p99 needs each call timed on its own, so this harness times
 //! 200,000 calls per policy after a 2,000-observation warm-up and prints percentiles, for
-//! `decide` (with the explanation) and `decide_arm` (the arm only, rows marked `[arm]`).
+//! `decide` (with the explanation) and `decide_arm` (the arm only, rows marked `[arm]`),
+//! each quality recorded at once; then `decide` with each quality recorded [`LATE`]
+//! decisions later, as a server's judgements come (rows marked `[late]`: LinUCB holds each
+//! decision meanwhile, `learner/held.rs`).
 //! Run: `cargo bench --bench decision_latency`. Without `--bench` (CI's test mode) it
 //! times 500 calls per policy, only to keep the harness compiling and running. An extra
 //! argument filters policies: `cargo bench --bench decision_latency -- linucb`.
@@ -27,6 +30,9 @@ const SPECS: [&str; 7] = [
     "gaussian-ts",
     "random",
 ];
+
+/// Decisions after which a `[late]` row's qualities come: the validation suite's delay.
+const LATE: usize = 200;
 
 fn percentile(sorted_ns: &[u64], p: f64) -> f64 {
     let i = ((sorted_ns.len() as f64 - 1.0) * p).round() as usize;
@@ -62,7 +68,7 @@ fn main() {
     // `decide` returns the decision with its explanation (what `/v1/route` answers);
     // `decide_arm` only the arm, as simulators and lean in-process callers use it.
     for spec in SPECS.iter().filter(|s| s.contains(filter.as_str())) {
-        for lean in [false, true] {
+        for (lean, delay) in [(false, 0), (true, 0), (false, LATE)] {
             let mut config = LearnerConfig::new(spec.parse().expect("spec"), dim);
             config.max_tracked_decisions = 4096;
             let arms = (0..11)
@@ -70,6 +76,7 @@ fn main() {
                 .collect();
             let mut learner = Learner::new(config, arms).expect("learner");
             let mut rng = ChaCha8Rng::seed_from_u64(1);
+            let mut waiting = std::collections::VecDeque::with_capacity(delay + 1);
             let mut step =
                 |learner: &mut Learner, i: usize, timings: Option<(&mut Vec<u64>, &mut Vec<u64>)>| {
                     let request = &requests[i % requests.len()];
@@ -80,10 +87,14 @@ fn main() {
                         learner.decide(request).expect("decide").id
                     };
                     let decided = start.elapsed();
-                    let quality: f64 = rng.random();
-                    learner
-                        .record_outcome(id, &Outcome::new(300.0, 0.001).with_quality(quality))
-                        .expect("outcome");
+                    waiting.push_back(id);
+                    if waiting.len() > delay {
+                        let judged = waiting.pop_front().expect("a decision waits");
+                        let quality: f64 = rng.random();
+                        learner
+                            .record_outcome(judged, &Outcome::new(300.0, 0.001).with_quality(quality))
+                            .expect("outcome");
+                    }
                     let total = start.elapsed();
                     if let Some((decide_ns, both_ns)) = timings {
                         decide_ns.push(decided.as_nanos() as u64);
@@ -99,7 +110,11 @@ fn main() {
             }
             decide_ns.sort_unstable();
             both_ns.sort_unstable();
-            let label = format!("{spec}{}", if lean { " [arm]" } else { "" });
+            let label = match (lean, delay) {
+                (true, _) => format!("{spec} [arm]"),
+                (false, 0) => spec.to_string(),
+                (false, _) => format!("{spec} [late]"),
+            };
             println!(
                 "{:<26} {:>8.2} {:>8.2} {:>8.2} {:>8.2} | {:>10.2} {:>10.2}",
                 label,
