@@ -94,15 +94,14 @@ pub fn run(command: DataCommand) -> Result<()> {
 
 fn convert(args: ConvertArgs) -> Result<()> {
     let dataset = load(&args.data, args.format, args.split.as_ref())?;
-    if let Some(path) = &args.prices_out {
-        match &dataset {
-            Dataset::Wide(data) if !data.list_prices.is_empty() => {
-                write_list_prices(&data.list_prices, path)?;
-                eprintln!("wrote {}", path.display());
-            }
-            _ => bail!("--prices-out: {} carries no list prices", args.data),
+    // Refused before anything is written; written once the table is.
+    let list_prices = match (&dataset, &args.prices_out) {
+        (_, None) => None,
+        (Dataset::Wide(data), Some(path)) if !data.list_prices.is_empty() => {
+            Some((data.list_prices.clone(), path))
         }
-    }
+        (_, Some(_)) => bail!("--prices-out: {} carries no list prices", args.data),
+    };
     match (dataset, args.to.as_str()) {
         (Dataset::Wide(data), "wide") => write_wide(&data, None, &args.out)?,
         (Dataset::Logged(log), "logged") => quiver_sim::write::write_logged(&log, &args.out)?,
@@ -129,6 +128,10 @@ fn convert(args: ConvertArgs) -> Result<()> {
         (_, other) => bail!("--to `{other}`: use wide or logged"),
     }
     eprintln!("wrote {}", args.out.display());
+    if let Some((prices, path)) = list_prices {
+        write_list_prices(&prices, path)?;
+        eprintln!("wrote {}", path.display());
+    }
     Ok(())
 }
 
