@@ -82,8 +82,12 @@ fn fit(args: FitArgs) -> Result<()> {
             ),
             None => String::new(),
         };
+        let answers = match &p.answer_correction {
+            Some(c) => format!(", answer ridge {}", c.lambda),
+            None => String::new(),
+        };
         eprintln!(
-            "  {arm:<40} {:>7} rows, mean quality {:.4}, counts as {:.0}, ridge {}{cost}",
+            "  {arm:<40} {:>7} rows, mean quality {:.4}, counts as {:.0}, ridge {}{cost}{answers}",
             p.rows,
             p.sum / p.observations,
             p.observations,

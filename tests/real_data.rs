@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use quiver_bandit::prior::DEFAULT_PRIOR_CAP;
 use quiver_bandit::{Objective, PolicySpec, DEFAULT_LEARNERS, DEFAULT_PACING_STEP};
 use quiver_sim::context::ContextBuilder;
+use quiver_sim::data::prices::read_list_prices;
 use quiver_sim::data::{load_logged, load_wide, Format, WideDataset};
 use quiver_sim::metrics;
 use quiver_sim::ope::{estimate, inputs_for, run_candidate, Ips, Metric, Snips};
@@ -465,6 +466,49 @@ fn routerbench_defaults_start_from_priors_and_clear_the_hull() {
             p.policy,
             full.mean_quality,
             p.mean_quality
+        );
+    }
+}
+
+/// List prices tell a learner what a model costs before its first call, and must not cost
+/// it what it learns: on RouterBench with LiteLLM's prices for the models it has, the
+/// defaults under the same budget (`quiver replay ... --budget 0.0012 --prices ...`) come
+/// within half a point of their lift without prices. A priced model's answers vary in
+/// length by prompt (a program for MBPP, a letter for ARC), so the learner corrects its
+/// mean answer per context; with the mean alone, priced gpt-4 and gpt-3.5 looked as dear
+/// on every prompt and the defaults lost 1.0-1.2 points.
+#[test]
+fn routerbench_list_prices_keep_what_the_defaults_reach() {
+    let Some(dir) = datasets() else { return };
+    let registry = path(
+        &dir,
+        "prices_latency/litellm_model_prices_and_context_window.json",
+    );
+    let prices = read_list_prices(std::path::Path::new(&registry)).unwrap();
+    let (train, test) = routerbench(&dir);
+    let (mut priced_train, mut priced_test) = (train.clone(), test.clone());
+    priced_train.price_from(&prices);
+    let unpriced = priced_test.price_from(&prices);
+    assert!(
+        unpriced.len() < test.arms.len() - 1,
+        "the registry prices at least two of RouterBench's models: {unpriced:?}"
+    );
+    let variants = || {
+        DEFAULT_LEARNERS
+            .map(|s| variant(s, Objective::default(), Some(0.0012)))
+            .to_vec()
+    };
+    let without = replay_from_priors(&train, &test, variants(), 10, false);
+    let with = replay_from_priors(&priced_train, &priced_test, variants(), 10, false);
+    for (p, q) in without.policies.iter().zip(&with.policies) {
+        print_shares(p);
+        print_shares(q);
+        assert!(
+            q.lift_over_hull >= p.lift_over_hull - 0.005,
+            "{}: lift {} with list prices, {} without",
+            p.policy,
+            q.lift_over_hull,
+            p.lift_over_hull
         );
     }
 }

@@ -5,8 +5,10 @@
 use std::collections::BTreeMap;
 
 use nalgebra::DVector;
+use quiver_bandit::cost::ArmCost;
 use quiver_bandit::prior::{FoldStatistics, RidgePrior, FOLDS, PRIORS_VERSION};
-use quiver_bandit::{ArmPrior, Context, Priors, SpendCurve};
+use quiver_bandit::usage::ArmUsage;
+use quiver_bandit::{Arm, ArmPrior, Context, Outcome, Priors, SpendCurve};
 use rayon::prelude::*;
 
 use crate::context::ContextBuilder;
@@ -40,6 +42,7 @@ impl std::str::FromStr for TrainFeedback {
 pub fn fit_wide(env: &Environment, context: &str, cap: f64) -> Priors {
     let data = env.data();
     let tokens: f64 = (0..data.rows()).map(|row| f64::from(env.input_tokens(row))).sum();
+    let priced = data.priced_arms();
     let fitted: Vec<WideFit> = data
         .arms
         .par_iter()
@@ -54,14 +57,35 @@ pub fn fit_wide(env: &Environment, context: &str, cap: f64) -> Priors {
             let mut prior = stats.fit(cap)?;
             if data.cost_usd.is_some() {
                 prior = prior.with_usage(data.rows() as f64, cost, tokens);
-                let mut cost_residuals = FoldStatistics::new(env.dim());
-                for row in 0..data.rows() {
-                    let expected = prior.usage.expected_cost_usd(f64::from(env.input_tokens(row)));
-                    cost_residuals.add(row, env.features(row), data.cost_usd(row, arm) - expected);
+                let (usage, scale) = (
+                    ArmUsage {
+                        prior: prior.usage,
+                        ..ArmUsage::default()
+                    },
+                    prior.scale(),
+                );
+                // What a learner holding `view` of the arm (priced or not) missed.
+                let fit_correction = |view: &Arm| {
+                    let seen = ArmCost {
+                        arm: view,
+                        usage: &usage,
+                        default_output_tokens: 0.0,
+                    };
+                    let mut missed = FoldStatistics::new(env.dim());
+                    for row in 0..data.rows() {
+                        let outcome = Outcome::new(0.0, data.cost_usd(row, arm));
+                        if let Some(m) = seen.missed(env.input_tokens(row), &outcome) {
+                            missed.add(row, env.features(row), m);
+                        }
+                    }
+                    missed.fit_ridge(scale)
+                };
+                prior.cost_correction = fit_correction(&Arm::new(name.as_str()));
+                if priced[arm].has_prices() {
+                    prior.answer_correction = fit_correction(&priced[arm]);
                 }
-                prior.cost_correction = cost_residuals.fit_ridge(prior.scale());
             }
-            Some(WideFit::new(env, name.clone(), prior, &stats))
+            Some(WideFit::new(env, &priced[arm], prior, &stats))
         })
         .collect();
     let spend = spend_curve(env, &fitted);
@@ -83,27 +107,40 @@ struct WideFit {
     /// Quality, as the fit predicts it for prompts it has not seen: from the folds
     /// without the row's.
     quality: Vec<f64>,
-    /// Cost in USD, per token and corrected on the context, as a learner expects the
-    /// cost of an arm without prices from the prior.
+    /// Cost in USD, as a learner started from the prior expects it of the arm at the
+    /// table's prices (if any), corrected on the context.
     cost_usd: Vec<f64>,
 }
 
 impl WideFit {
-    fn new(env: &Environment, name: String, prior: ArmPrior, stats: &FoldStatistics) -> Self {
+    fn new(env: &Environment, arm: &Arm, prior: ArmPrior, stats: &FoldStatistics) -> Self {
         let held_out = stats.held_out_coefficients(prior.quality.lambda);
         let whole = prior.quality.coefficients();
-        let correction = prior.cost_correction.as_ref().and_then(RidgePrior::coefficients);
+        let usage = ArmUsage {
+            prior: prior.usage,
+            ..ArmUsage::default()
+        };
+        let seen = ArmCost {
+            arm,
+            usage: &usage,
+            default_output_tokens: 0.0,
+        };
+        let correction = if arm.has_prices() {
+            &prior.answer_correction
+        } else {
+            &prior.cost_correction
+        };
+        let correction = correction.as_ref().and_then(RidgePrior::coefficients);
         let (mut quality, mut cost_usd) = (Vec::new(), Vec::new());
         for row in 0..env.data().rows() {
             let x = DVector::from_column_slice(env.features(row));
             let theta = held_out[row % FOLDS].as_ref().or(whole.as_ref());
             quality.push(theta.map_or(0.0, |t| t.dot(&x)));
             let missed = correction.as_ref().map_or(0.0, |c| c.dot(&x));
-            let per_token = prior.usage.expected_cost_usd(f64::from(env.input_tokens(row)));
-            cost_usd.push((per_token + missed).max(0.0));
+            cost_usd.push(seen.expected_usd(env.input_tokens(row), missed));
         }
         WideFit {
-            name,
+            name: arm.id.clone(),
             prior,
             quality,
             cost_usd,
@@ -207,9 +244,80 @@ mod tests {
     use quiver_bandit::{Objective, DEFAULT_PACING_STEP};
 
     use super::*;
+    use crate::data::WideDataset;
     use crate::metrics::single_arms;
     use crate::replay::{run_one, Feedback, Knobs, ReplaySettings, Variant};
     use crate::suite::IrtTable;
+
+    /// A priced model that answers a coding prompt at length and a choice in a word: its
+    /// priors carry the answer's length per prompt (in tokens, against its mean) for a
+    /// learner that knows its prices, and the cost per prompt (in USD, against the
+    /// per-token ratio) for one that does not. Before its first call, either learner
+    /// expects each prompt's cost within 5% of the two prompts' difference in cost (the
+    /// cross-validated ridge shrinks a little); without the answer correction, as priors
+    /// fitted before it, the priced one expects the mean answer on both and is off by
+    /// half that difference on each.
+    #[test]
+    fn a_priced_models_priors_carry_its_answers_length_per_prompt() {
+        use quiver_bandit::{Learner, LearnerConfig, Request};
+        let (input_price, output_price) = (1e-6, 4e-6);
+        let prompts = [
+            (
+                "Write a Python function that parses an ISO date and test it",
+                500.0,
+            ),
+            ("Which is larger, A or B?", 2.0),
+        ];
+        let rows = 200;
+        let mut data = WideDataset {
+            source: "answers".into(),
+            arms: vec!["m".into()],
+            ids: (0..rows).map(|r| r.to_string()).collect(),
+            prompts: Some((0..rows).map(|r| prompts[r % 2].0.to_string()).collect()),
+            features: ndarray::Array2::zeros((rows, 0)),
+            quality: ndarray::Array2::from_elem((rows, 1), 0.5),
+            ..WideDataset::default()
+        };
+        data.list_prices.insert("m".into(), (input_price, output_price));
+        let builder = ContextBuilder::new(true, &[], 0);
+        let tokens = {
+            let env = Environment::new(&data, &builder).unwrap();
+            [env.input_tokens(0), env.input_tokens(1)]
+        };
+        let cost = |kind: usize| f64::from(tokens[kind]) * input_price + prompts[kind].1 * output_price;
+        let spread = cost(0) - cost(1);
+        data.cost_usd = Some(ndarray::Array2::from_shape_fn((rows, 1), |(r, _)| cost(r % 2)));
+        let env = Environment::new(&data, &builder).unwrap();
+        let priors = fit_wide(&env, &builder.definition(), 2000.0);
+        let learner = |arm: Arm, priors: &Priors| {
+            let mut learner = Learner::new(
+                LearnerConfig::new("linucb".parse().unwrap(), env.dim()),
+                vec![arm],
+            )
+            .unwrap();
+            learner.absorb_priors(priors).unwrap();
+            learner
+        };
+        let expected = |learner: &Learner, kind: usize| {
+            let decision = learner.propose(&Request::new(env.context(kind))).unwrap();
+            decision.arms[0].cost_usd
+        };
+        let priced = Arm::new("m").with_prices(input_price, output_price);
+        for arm in [priced.clone(), Arm::new("m")] {
+            let learner = learner(arm, &priors);
+            for kind in 0..2 {
+                let (got, want) = (expected(&learner, kind), cost(kind));
+                assert!((got - want).abs() < 0.05 * spread, "{kind}: {got} vs {want}");
+            }
+        }
+        let mut older = priors.clone();
+        older.arms.get_mut("m").unwrap().answer_correction = None;
+        let learner = learner(priced, &older);
+        for kind in 0..2 {
+            let (got, want) = (expected(&learner, kind), cost(kind));
+            assert!((got - want).abs() > 0.45 * spread, "{kind}: {got} vs {want}");
+        }
+    }
 
     /// The suite's 11-model table under 10%, 25% and 50% of its best model's cost, the
     /// default learners started from priors of its training rows: with the spend curve the

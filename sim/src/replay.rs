@@ -192,7 +192,7 @@ impl<'a> Environment<'a> {
     }
 
     /// The context of row `row`.
-    fn context(&self, row: usize) -> Context {
+    pub(crate) fn context(&self, row: usize) -> Context {
         Context {
             features: self.features(row).to_vec(),
             input_tokens: self.input_tokens[row],

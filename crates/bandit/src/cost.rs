@@ -2,11 +2,13 @@
 //!
 //! - At an arm's prices: [`Arm::cost_usd`], the one formula of a call's cost from its
 //!   tokens (the learner's expectation, the proxy's outcome and the spend caps use it).
-//! - For an arm without prices, learned from outcomes: the per-token ratio of its usage
-//!   ([`crate::usage`]) corrected, per context, by a ridge regression of what the ratio
-//!   missed, since a request's cost depends on more than its prompt's length (the
-//!   answer's length, say, which varies by task). With no data near a context the
-//!   correction is 0.
+//! - What the learner expects a request to cost ([`ArmCost::expected_usd`]): the arm's
+//!   estimate from its usage ([`crate::usage`]), corrected per context by a ridge
+//!   regression of what that estimate missed, since a request's cost depends on more than
+//!   its prompt's length. For a priced arm the correction is in answer tokens: at known
+//!   prices the answer's length is what a request's cost does not say in advance, and it
+//!   varies by prompt (a one-letter choice, a page of code). For an arm without prices it
+//!   is in USD, on the per-token ratio. With no data near a context the correction is 0.
 //!
 //! [`CostModel`] holds the learned part and answers what a request is expected to cost.
 
@@ -14,17 +16,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::arm::Arm;
 use crate::error::Result;
-use crate::prior::RidgePrior;
+use crate::outcome::Outcome;
+use crate::prior::ArmPrior;
 use crate::ridge::RidgeTable;
 use crate::stats::Forgetting;
-use crate::usage::ArmUsage;
+use crate::usage::{answer_tokens, AnswerSums, ArmUsage};
 
 /// Ridge prior of the corrections: weak next to a handful of observations.
 const CORRECTION_RIDGE_LAMBDA: f64 = 1.0;
 
-/// The expected cost of a request on each arm, with what is learned for arms without
-/// prices. Serialized as the corrections alone (`null` in learners written before they
-/// existed, which keep the ratio alone).
+/// The expected cost of a request on each arm, with what is learned per context.
+/// Serialized as the corrections alone (`null` in learners written before they existed,
+/// which keep the usage's estimate alone).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct CostModel {
@@ -43,8 +46,36 @@ pub struct ArmCost<'a> {
 }
 
 impl ArmCost<'_> {
-    /// From the prices, or else the per-token ratio (see [`ArmUsage::expected_cost_usd`]).
-    fn by_usage(&self, tokens: u32) -> f64 {
+    /// What a request of `tokens` prompt tokens is expected to cost, `missed` being the
+    /// correction for its context (in answer tokens for a priced arm, else in USD).
+    pub fn expected_usd(&self, tokens: u32, missed: f64) -> f64 {
+        if self.arm.has_prices() {
+            let answer = self.answers().mean_or(self.default_output_tokens);
+            self.arm.cost_usd(f64::from(tokens), (answer + missed).max(0.0))
+        } else {
+            (self.by_ratio(tokens) + missed).max(0.0)
+        }
+    }
+
+    /// What the uncorrected expectation missed on a request of `tokens` prompt tokens
+    /// that ended in `outcome`, in the correction's unit; `None` for a priced arm with no
+    /// answer to compare with yet (its expectation is only the route's guess).
+    pub fn missed(&self, tokens: u32, outcome: &Outcome) -> Option<f64> {
+        if self.arm.has_prices() {
+            let answers = self.answers();
+            (answers.requests > 0.0).then(|| answer_tokens(self.arm, outcome, tokens) - answers.mean_or(0.0))
+        } else {
+            Some(outcome.cost_usd - self.by_ratio(tokens))
+        }
+    }
+
+    /// A priced arm's answers so far (see [`ArmUsage::answer_sums`]).
+    fn answers(&self) -> AnswerSums {
+        self.usage.answer_sums(self.arm)
+    }
+
+    /// An unpriced arm's per-token ratio (see [`ArmUsage::expected_cost_usd`]).
+    fn by_ratio(&self, tokens: u32) -> f64 {
         self.usage
             .expected_cost_usd(self.arm, tokens, self.default_output_tokens)
     }
@@ -65,32 +96,43 @@ impl CostModel {
     }
 
     /// What a request with features `x` and `tokens` prompt tokens is expected to cost on
-    /// arm `index`: from its prices, or else from its per-token ratio corrected for `x`.
+    /// arm `index`.
     pub fn expected_usd(&self, index: usize, arm: ArmCost<'_>, x: &[f64], tokens: u32) -> f64 {
-        let by_usage = arm.by_usage(tokens);
-        match &self.corrections {
-            Some(models) if !arm.arm.has_prices() => (by_usage + models.get(index).mean(x)).max(0.0),
-            _ => by_usage,
-        }
+        let missed = self.corrections.as_ref().map_or(0.0, |m| m.get(index).mean(x));
+        arm.expected_usd(tokens, missed)
     }
 
-    /// Learns what the per-token ratio missed on a request with features `x` and `tokens`
-    /// prompt tokens that cost `cost_usd`, unless the arm has prices. Call it before the
-    /// usage records that cost.
-    pub fn learn(&mut self, index: usize, arm: ArmCost<'_>, x: &[f64], tokens: u32, cost_usd: f64) {
-        if arm.arm.has_prices() || x.is_empty() {
+    /// Learns what the estimate from `arm`'s usage missed on a request with features `x`
+    /// and `tokens` prompt tokens that ended in `outcome`. Call it before the usage
+    /// records that outcome.
+    pub fn learn(&mut self, index: usize, arm: ArmCost<'_>, x: &[f64], tokens: u32, outcome: &Outcome) {
+        if x.is_empty() {
             return;
         }
-        let by_usage = arm.by_usage(tokens);
-        if let Some(models) = self.corrections.as_mut() {
-            models.observe(index, x, cost_usd - by_usage);
+        if let (Some(models), Some(missed)) = (self.corrections.as_mut(), arm.missed(tokens, outcome)) {
+            models.observe(index, x, missed);
         }
     }
 
-    /// Starts arm `index`'s correction from a prior fitted offline, unless it has prices.
-    pub fn absorb_prior(&mut self, index: usize, arm: &Arm, prior: &RidgePrior, observations: f64) {
-        if let (false, Some(models)) = (arm.has_prices(), self.corrections.as_mut()) {
-            models.absorb_prior(index, prior, observations);
+    /// Starts arm `index`'s correction from a prior fitted offline: its answer
+    /// correction if the arm has prices, else its cost correction (see [`ArmPrior`]).
+    pub fn absorb_prior(&mut self, index: usize, arm: &Arm, prior: &ArmPrior) {
+        let correction = if arm.has_prices() {
+            &prior.answer_correction
+        } else {
+            &prior.cost_correction
+        };
+        if let (Some(c), Some(models)) = (correction, self.corrections.as_mut()) {
+            models.absorb_prior(index, c, prior.observations);
+        }
+    }
+
+    /// Forgets what arm `index` learned: its prices came or went, and with them the
+    /// correction's unit.
+    pub fn forget_arm(&mut self, index: usize) {
+        if let Some(models) = self.corrections.as_mut() {
+            // Shrunk to count as no observation, a model is back at its prior.
+            models.shrink_arm(index, 0.0);
         }
     }
 

@@ -84,10 +84,15 @@ pub struct ArmPrior {
     /// observations pool in (see [`crate::usage`]).
     #[serde(default)]
     pub usage: UsagePrior,
-    /// What that per-token estimate missed on each row, on the context: the start of the
-    /// learner's cost correction for arms without prices.
+    /// What that per-token estimate missed on each row, in USD, on the context: the start
+    /// of the learner's cost correction for the arm without prices.
     #[serde(default)]
     pub cost_correction: Option<RidgePrior>,
+    /// What the arm's mean answer missed on each row, in tokens (those the row's cost
+    /// implies at the arm's list prices), on the context: the start of the learner's cost
+    /// correction for the arm with prices. Absent when the table had no prices for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_correction: Option<RidgePrior>,
 }
 
 /// Priors for the arms of one route, fitted from one table in one context definition.
@@ -198,6 +203,7 @@ impl FoldStatistics {
             quality: self.fit_ridge(scale)?,
             usage: UsagePrior::default(),
             cost_correction: None,
+            answer_correction: None,
         })
     }
 
@@ -341,8 +347,13 @@ impl Priors {
         }
         for (arm, p) in &self.arms {
             p.quality.validate(self.dim, arm, "quality")?;
-            if let Some(c) = &p.cost_correction {
-                c.validate(self.dim, arm, "cost_correction")?;
+            for (field, correction) in [
+                ("cost_correction", &p.cost_correction),
+                ("answer_correction", &p.answer_correction),
+            ] {
+                if let Some(c) = correction {
+                    c.validate(self.dim, arm, field)?;
+                }
             }
             let u = &p.usage;
             let scalars = [
@@ -664,6 +675,12 @@ mod tests {
             .expect_err("pd")
             .to_string()
             .contains("positive definite"));
+        priors = good.clone();
+        let mut short = priors.arms["m"].quality.clone();
+        short.moment.pop();
+        priors.arms.get_mut("m").expect("arm").answer_correction = Some(short);
+        let e = priors.validate().expect_err("short correction").to_string();
+        assert!(e.contains("arm m") && e.contains("answer_correction"), "{e}");
         priors = good;
         priors.version = 99;
         assert!(priors

@@ -15,8 +15,10 @@
 //!   ratio estimator that scales with prompt length;
 //! - otherwise the arm's mean cost per request, and 0 before any outcome (optimistic).
 //!
-//! For arms without prices the learner adds a correction per context: a ridge regression
-//! of what this estimate missed on each observed request (see `Learner`'s cost models).
+//! The learner corrects this estimate per context with a ridge regression of what it
+//! missed on each observed request ([`crate::cost`]): for a priced arm, the answer's
+//! tokens, which vary by prompt (a one-letter choice, a page of code); for the others, the
+//! cost in USD.
 
 use serde::{Deserialize, Serialize};
 
@@ -170,16 +172,11 @@ impl ArmUsage {
     }
 
     /// The statistics of `arm` with one more outcome; `input_tokens` is the billed count,
-    /// or the prompt estimate. A priced arm's outcome that gives a cost but no answer
-    /// tokens (a table of costs, a caller that reports only what a call cost) counts the
-    /// answer its cost implies at the arm's prices ([`Arm::output_tokens_costing`]).
+    /// or the prompt estimate, and the answer's tokens are [`answer_tokens`]'s.
     /// Refused, leaving the statistics as they are, if a sum would stop being finite
     /// (inputs inside [`crate::limits`] never make one).
     pub(crate) fn recorded(&self, arm: &Arm, outcome: &Outcome, input_tokens: u32) -> Result<ArmUsage> {
-        let answer_tokens = match arm.output_tokens_costing(outcome.cost_usd, f64::from(input_tokens)) {
-            Some(implied) if outcome.output_tokens == 0 && arm.has_prices() => implied,
-            _ => f64::from(outcome.output_tokens),
-        };
+        let answer_tokens = answer_tokens(arm, outcome, input_tokens);
         let next = ArmUsage {
             requests: self.requests + 1,
             errors: self.errors + u64::from(outcome.error),
@@ -200,6 +197,17 @@ impl ArmUsage {
             finite(field, value)?;
         }
         Ok(next)
+    }
+}
+
+/// The answer's tokens of `outcome` on `arm` with `input_tokens` billed: as reported, or,
+/// for a priced arm's outcome that gives a cost and no answer tokens (a table of costs, a
+/// caller that reports only what a call cost), those its cost implies at the arm's prices
+/// ([`Arm::output_tokens_costing`]).
+pub(crate) fn answer_tokens(arm: &Arm, outcome: &Outcome, input_tokens: u32) -> f64 {
+    match arm.output_tokens_costing(outcome.cost_usd, f64::from(input_tokens)) {
+        Some(implied) if outcome.output_tokens == 0 && arm.has_prices() => implied,
+        _ => f64::from(outcome.output_tokens),
     }
 }
 

@@ -579,6 +579,67 @@ fn unpriced_arms_learn_their_cost_per_context() {
     }
 }
 
+/// Priced arms learn how long their answers are in each context: the estimate is the
+/// arm's mean answer so far plus a ridge regression on the features of what that mean
+/// missed at each answer after the first (the first has no mean to miss), checked against
+/// the normal equations on the same sequence. An answer's tokens are the reported ones, or
+/// those the cost implies at the prices when the outcome reports none. So the cheaper arm
+/// differs by context at equal prices, which the mean answer alone cannot tell; an arm
+/// whose prices go forgets its correction, which was in tokens.
+#[test]
+fn priced_arms_learn_their_answer_length_per_context() {
+    let (input_price, output_price) = (1e-6, 4e-6);
+    let priced = |id: &str| Arm::new(id).with_prices(input_price, output_price);
+    let mut config = LearnerConfig::new("eps(0)".parse().expect("spec"), 2);
+    config.objective = Objective::new(100.0, 0.0).expect("objective");
+    let mut l = Learner::new(config.clone(), vec![priced("a0"), priced("a1")]).expect("learner");
+    let context = |t: f64| Context {
+        features: vec![1.0, t],
+        input_tokens: 100,
+    };
+    // a0 answers briefly on task 0 and at length on task 1; a1 the other way round.
+    let answer = |arm: usize, t: f64| if (arm == 0) == (t == 0.0) { 20.0 } else { 600.0 };
+    let (mut a, mut b) = (
+        nalgebra::DMatrix::<f64>::identity(2, 2),
+        nalgebra::DVector::<f64>::zeros(2),
+    );
+    let mut answered = 0.0;
+    for i in 0..40 {
+        let t = f64::from(i % 2);
+        for arm in 0..2 {
+            let tokens = answer(arm, t);
+            let cost = 100.0 * input_price + tokens * output_price;
+            // a0 reports its tokens, a1 only its cost.
+            let outcome = match arm {
+                0 => Outcome::new(100.0, cost).with_tokens(100, tokens as u32),
+                _ => Outcome::new(100.0, cost),
+            };
+            l.learn(&format!("a{arm}"), &context(t), &outcome.with_quality(0.5))
+                .expect("learn");
+        }
+        if i > 0 {
+            let x = nalgebra::DVector::from_vec(vec![1.0, t]);
+            a += &x * x.transpose();
+            b += &x * (answer(0, t) - answered / f64::from(i));
+        }
+        answered += answer(0, t);
+    }
+    let theta = a.lu().solve(&b).expect("solve");
+    for t in [0.0, 1.0] {
+        let d = l.propose(&Request::new(context(t))).expect("propose");
+        let a0 = d.arms.iter().find(|e| e.arm == "a0").expect("a0");
+        let want = 100.0 * input_price + (answered / 40.0 + theta[0] + t * theta[1]) * output_price;
+        assert!((a0.cost_usd - want).abs() < 1e-15, "{} vs {want}", a0.cost_usd);
+        assert_eq!(d.arm, if t == 0.0 { "a0" } else { "a1" }, "task {t}");
+    }
+    let unpriced = [Arm::new("a0"), priced("a1")];
+    l.reconfigure(config, &unpriced).expect("reconfigure");
+    let d = l.propose(&Request::new(context(1.0))).expect("propose");
+    let a0 = d.arms.iter().find(|e| e.arm == "a0").expect("a0");
+    let ratio = l.usage(0).cost_usd / l.usage(0).input_tokens;
+    assert!((a0.cost_usd - 100.0 * ratio).abs() < 1e-15, "{}", a0.cost_usd);
+}
+
 /// A priced model not yet called is expected to answer as long as the route's priced
 /// models did, not the configured default, so that a budget does not take it for dearer
 /// than the ones it tried.
@@ -604,8 +665,10 @@ fn a_priced_model_not_yet_called_expects_the_routes_answers() {
         let outcome = Outcome::new(10.0, 0.0).with_tokens(100, output);
         l.learn("a0", &context, &outcome).expect("learn");
     }
-    // a0 answered in 30 tokens on average: so do a1 and a2 until they answer.
-    assert!((cost_of(&l, "a0") - (100.0 * 1e-6 + 30.0 * 4e-6)).abs() < 1e-15);
+    // a0 answered in 30 tokens on average: so do a1 and a2 until they answer. a0 itself
+    // expects 10 more here, its correction for this context (the second answer was 20
+    // over the first; ridge 1 on one row: 20 / 2).
+    assert!((cost_of(&l, "a0") - (100.0 * 1e-6 + 40.0 * 4e-6)).abs() < 1e-15);
     assert!((cost_of(&l, "a1") - (100.0 * 2e-6 + 30.0 * 8e-6)).abs() < 1e-15);
     l.learn("a1", &context, &Outcome::new(10.0, 0.0).with_tokens(100, 90))
         .expect("learn");

@@ -216,7 +216,7 @@ pub struct Learner {
     next_decision: u64,
     /// Decisions awaiting feedback.
     tracked: Ledger,
-    /// What each arm is expected to cost, learned for arms without prices (see
+    /// What each arm is expected to cost in a context beyond what its usage says (see
     /// [`crate::cost`]). Absent in snapshots written before it existed.
     #[serde(default, rename = "cost_models")]
     cost: CostModel,
@@ -341,13 +341,13 @@ impl Learner {
     }
 
     /// Starts the arms from priors fitted offline (see [`crate::prior`]): each arm with a
-    /// prior adds it to what it has learned, adds its cost sums to its usage prior and,
-    /// without prices, starts its cost correction from the prior's; a budget's pacer starts
-    /// from the priors' spend curve ([`BudgetPacer::warm_start`]), which the learner keeps
-    /// for a budget set later ([`Learner::reconfigure`]). Returns the ids of the
-    /// arms without one. The caller checks that the priors were fitted in the context
-    /// definition its requests are featurized with; the learner can check only the
-    /// dimension.
+    /// prior adds it to what it has learned, adds its cost sums to its usage prior and
+    /// starts its cost correction from the prior's ([`CostModel::absorb_prior`]); a
+    /// budget's pacer starts from the priors' spend curve ([`BudgetPacer::warm_start`]),
+    /// which the learner keeps for a budget set later ([`Learner::reconfigure`]). Returns
+    /// the ids of the arms without one. The caller checks that the priors were fitted in
+    /// the context definition its requests are featurized with; the learner can check only
+    /// the dimension.
     pub fn absorb_priors(&mut self, priors: &Priors) -> Result<Vec<String>> {
         priors.validate()?;
         if priors.dim != self.config.dim {
@@ -363,9 +363,7 @@ impl Learner {
                 Some(prior) => {
                     self.policy.absorb_prior(index, prior);
                     self.usage[index].prior.add(&prior.usage);
-                    if let Some(c) = &prior.cost_correction {
-                        self.cost.absorb_prior(index, arm, c, prior.observations);
-                    }
+                    self.cost.absorb_prior(index, arm, prior);
                 }
                 None => arms_without_prior.push(arm.id.clone()),
             }
@@ -533,6 +531,9 @@ impl Learner {
                     ));
                     choices_changed |= self.arms[i].input_usd_per_token != arm.input_usd_per_token
                         || self.arms[i].output_usd_per_token != arm.output_usd_per_token;
+                    if self.arms[i].has_prices() != arm.has_prices() {
+                        self.cost.forget_arm(i);
+                    }
                     self.arms[i] = arm.clone();
                 }
                 Some(_) => {}
@@ -660,7 +661,7 @@ impl Learner {
         outcome.validate()?;
         let tokens = outcome.tokens_or(context.input_tokens);
         let usage = self.usage[arm].recorded(&self.arms[arm], outcome, tokens)?;
-        self.apply_cost(arm, &context.features, tokens, usage, outcome.cost_usd, own);
+        self.apply_cost(arm, &context.features, tokens, usage, outcome, own);
         if let Some(quality) = outcome.credited_quality() {
             self.learn_quality(arm, &context.features, quality, id);
         }
@@ -701,7 +702,7 @@ impl Learner {
             let tracked = self.tracked.get_mut(id)?;
             tracked.outcome_recorded = true;
             let features = tracked.take_or_share_features(tracked.quality_recorded);
-            self.apply_cost(arm, &features, tokens, usage, outcome.cost_usd, true);
+            self.apply_cost(arm, &features, tokens, usage, outcome, true);
             applied = Applied::Applied;
         }
         if let Some(quality) = outcome.credited_quality() {
@@ -715,11 +716,19 @@ impl Learner {
     /// What an outcome's cost teaches: the cost model and the arm's usage (`usage`,
     /// already checked), and the budget pacer when the decision was this learner's `own`
     /// (the pacer tracks its own spend).
-    fn apply_cost(&mut self, arm: usize, x: &[f64], tokens: u32, usage: ArmUsage, cost_usd: f64, own: bool) {
-        self.learn_cost(arm, x, tokens, cost_usd);
+    fn apply_cost(
+        &mut self,
+        arm: usize,
+        x: &[f64],
+        tokens: u32,
+        usage: ArmUsage,
+        outcome: &Outcome,
+        own: bool,
+    ) {
+        self.learn_cost(arm, x, tokens, outcome);
         self.usage[arm] = usage;
         if let Some(pacer) = self.pacer.as_mut().filter(|_| own) {
-            pacer.observe(cost_usd);
+            pacer.observe(outcome.cost_usd);
         }
     }
 
@@ -857,10 +866,10 @@ impl Learner {
 
     /// Teaches the cost model what arm `arm`'s request cost (see [`CostModel::learn`]);
     /// before the usage records it.
-    fn learn_cost(&mut self, arm: usize, x: &[f64], tokens: u32, cost_usd: f64) {
-        // Only arms without prices learn here, and their cost does not read answers.
+    fn learn_cost(&mut self, arm: usize, x: &[f64], tokens: u32, outcome: &Outcome) {
+        // What is learned compares with the arm's own usage, never with a default.
         let seen = Self::arm_cost(&self.arms, &self.usage, self.config.default_output_tokens, arm);
-        self.cost.learn(arm, seen, x, tokens, cost_usd);
+        self.cost.learn(arm, seen, x, tokens, outcome);
     }
 
     /// Forgets every decision with an id below `id`: their feedback horizon has passed.
