@@ -125,12 +125,7 @@ impl WideFit {
             usage: &usage,
             default_output_tokens: 0.0,
         };
-        let correction = if arm.has_prices() {
-            &prior.answer_correction
-        } else {
-            &prior.cost_correction
-        };
-        let correction = correction.as_ref().and_then(RidgePrior::coefficients);
+        let correction = prior.cost_correction_for(arm).and_then(RidgePrior::coefficients);
         let (mut quality, mut cost_usd) = (Vec::new(), Vec::new());
         for row in 0..env.data().rows() {
             let x = DVector::from_column_slice(env.features(row));

@@ -114,15 +114,10 @@ impl CostModel {
         }
     }
 
-    /// Starts arm `index`'s correction from a prior fitted offline: its answer
-    /// correction if the arm has prices, else its cost correction (see [`ArmPrior`]).
+    /// Starts arm `index`'s correction from a prior fitted offline
+    /// ([`ArmPrior::cost_correction_for`]).
     pub fn absorb_prior(&mut self, index: usize, arm: &Arm, prior: &ArmPrior) {
-        let correction = if arm.has_prices() {
-            &prior.answer_correction
-        } else {
-            &prior.cost_correction
-        };
-        if let (Some(c), Some(models)) = (correction, self.corrections.as_mut()) {
+        if let (Some(c), Some(models)) = (prior.cost_correction_for(arm), self.corrections.as_mut()) {
             models.absorb_prior(index, c, prior.observations);
         }
     }

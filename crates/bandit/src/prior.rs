@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use nalgebra::{Cholesky, DMatrix, DVector};
 use serde::{Deserialize, Serialize};
 
+use crate::arm::Arm;
 use crate::error::{ErrorKind, Result};
 use crate::spend::SpendCurve;
 use crate::usage::UsagePrior;
@@ -261,6 +262,16 @@ fn upper_triangle(m: &DMatrix<f64>) -> Vec<f64> {
 }
 
 impl ArmPrior {
+    /// The cost correction a learner starts `arm` from: in answer tokens if it has
+    /// prices, else in USD.
+    pub fn cost_correction_for(&self, arm: &Arm) -> Option<&RidgePrior> {
+        if arm.has_prices() {
+            self.answer_correction.as_ref()
+        } else {
+            self.cost_correction.as_ref()
+        }
+    }
+
     /// The scale `s` the cap applied.
     pub fn scale(&self) -> f64 {
         self.observations / self.rows
