@@ -53,7 +53,7 @@ impl ArmCost<'_> {
             let answer = self.answers().mean_or(self.default_output_tokens);
             self.arm.cost_usd(f64::from(tokens), (answer + missed).max(0.0))
         } else {
-            (self.by_ratio(tokens) + missed).max(0.0)
+            (self.usage.ratio_cost_usd(tokens) + missed).max(0.0)
         }
     }
 
@@ -65,19 +65,13 @@ impl ArmCost<'_> {
             let answers = self.answers();
             (answers.requests > 0.0).then(|| answer_tokens(self.arm, outcome, tokens) - answers.mean_or(0.0))
         } else {
-            Some(outcome.cost_usd - self.by_ratio(tokens))
+            Some(outcome.cost_usd - self.usage.ratio_cost_usd(tokens))
         }
     }
 
     /// A priced arm's answers so far (see [`ArmUsage::answer_sums`]).
     fn answers(&self) -> AnswerSums {
         self.usage.answer_sums(self.arm)
-    }
-
-    /// An unpriced arm's per-token ratio (see [`ArmUsage::expected_cost_usd`]).
-    fn by_ratio(&self, tokens: u32) -> f64 {
-        self.usage
-            .expected_cost_usd(self.arm, tokens, self.default_output_tokens)
     }
 }
 

@@ -5,7 +5,8 @@
 //! modelled directly rather than explored: the policies learn quality, and the learner
 //! subtracts the expected cost and latency, weighted by the request's [`crate::Objective`].
 //!
-//! Expected cost of a request of `t` input tokens on arm `a`:
+//! Expected cost of a request of `t` input tokens on arm `a` ([`crate::cost::ArmCost`]
+//! computes it from these statistics):
 //! - with prices: `t * input_usd_per_token + E[output tokens] * output_usd_per_token`, where
 //!   `E[output tokens]` is the arm's observed mean, counting the answers a prior's spend
 //!   implies at its prices; before any, the mean answer of the route's priced arms, and
@@ -154,21 +155,15 @@ impl ArmUsage {
         }
     }
 
-    /// Expected cost in USD of a request of `input_tokens` on `arm` (see module docs);
-    /// `default_output_tokens` is the answer a priced arm with none of its own is expected
-    /// to give.
-    pub fn expected_cost_usd(&self, arm: &Arm, input_tokens: u32, default_output_tokens: f64) -> f64 {
-        let t = f64::from(input_tokens);
-        if arm.has_prices() {
-            arm.cost_usd(t, self.answer_sums(arm).mean_or(default_output_tokens))
-        } else {
-            UsagePrior {
-                requests: self.requests as f64 + self.prior.requests,
-                cost_usd: self.cost_usd + self.prior.cost_usd,
-                input_tokens: self.input_tokens + self.prior.input_tokens,
-            }
-            .expected_cost_usd(t)
+    /// Expected cost in USD of a request of `input_tokens` on an arm without prices: its
+    /// per-token ratio, its prior's sums pooled with its own (see the module docs).
+    pub fn ratio_cost_usd(&self, input_tokens: u32) -> f64 {
+        UsagePrior {
+            requests: self.requests as f64 + self.prior.requests,
+            cost_usd: self.cost_usd + self.prior.cost_usd,
+            input_tokens: self.input_tokens + self.prior.input_tokens,
         }
+        .expected_cost_usd(f64::from(input_tokens))
     }
 
     /// The statistics of `arm` with one more outcome; `input_tokens` is the billed count,
@@ -215,15 +210,28 @@ pub(crate) fn answer_tokens(arm: &Arm, outcome: &Outcome, input_tokens: u32) -> 
 mod tests {
     use super::*;
 
+    use crate::cost::ArmCost;
+
+    /// What a learner expects a request of `tokens` prompt tokens to cost on `arm` with
+    /// `usage`, before any correction, a priced arm answering 250 tokens by default.
+    fn expected(usage: &ArmUsage, arm: &Arm, tokens: u32) -> f64 {
+        let seen = ArmCost {
+            arm,
+            usage,
+            default_output_tokens: 250.0,
+        };
+        seen.expected_usd(tokens, 0.0)
+    }
+
     #[test]
     fn expected_cost_uses_prices_then_ratio_then_mean() {
         let priced = Arm::new("p").with_prices(1e-6, 4e-6);
         let mut u = ArmUsage::default();
-        assert!((u.expected_cost_usd(&priced, 1000, 250.0) - (1e-3 + 1e-3)).abs() < 1e-15);
+        assert!((expected(&u, &priced, 1000) - (1e-3 + 1e-3)).abs() < 1e-15);
         u = u
             .recorded(&priced, &Outcome::new(100.0, 0.002).with_tokens(1000, 500), 1000)
             .unwrap();
-        assert!((u.expected_cost_usd(&priced, 1000, 250.0) - (1e-3 + 2e-3)).abs() < 1e-15);
+        assert!((expected(&u, &priced, 1000) - (1e-3 + 2e-3)).abs() < 1e-15);
 
         // A prior's spend of $0.03 over 10 requests of 1000 input tokens: 5000 answer
         // tokens at $4e-6, 500 per request, and with the one answer of 500 above, 500.
@@ -237,7 +245,7 @@ mod tests {
             (sums.tokens - 5500.0).abs() < 1e-9 && sums.requests == 11.0,
             "{sums:?}"
         );
-        assert!((u.expected_cost_usd(&priced, 1000, 250.0) - (1e-3 + 2e-3)).abs() < 1e-12);
+        assert!((expected(&u, &priced, 1000) - (1e-3 + 2e-3)).abs() < 1e-12);
         // An outcome with a cost and no answer tokens counts the answer the cost implies:
         // $0.0034 for 1000 input tokens is 600 answer tokens at $4e-6.
         u = u.recorded(&priced, &Outcome::new(100.0, 0.0034), 1000).unwrap();
@@ -245,11 +253,11 @@ mod tests {
 
         let unpriced = Arm::new("u");
         let mut u = ArmUsage::default();
-        assert_eq!(u.expected_cost_usd(&unpriced, 100, 250.0), 0.0);
+        assert_eq!(expected(&u, &unpriced, 100), 0.0);
         u = u.recorded(&unpriced, &Outcome::new(100.0, 0.004), 200).unwrap();
         u = u.recorded(&unpriced, &Outcome::new(300.0, 0.002), 100).unwrap();
         // $0.006 over 300 tokens: $2e-5 per token.
-        assert!((u.expected_cost_usd(&unpriced, 50, 250.0) - 1e-3).abs() < 1e-15);
+        assert!((expected(&u, &unpriced, 50) - 1e-3).abs() < 1e-15);
         let (mean, se) = u.latency_estimate_ms();
         assert_eq!(mean, 200.0);
         assert!((se - (10_000.0f64 / 2.0).sqrt()).abs() < 1e-9);
@@ -259,7 +267,7 @@ mod tests {
             cost_usd: 0.003,
             input_tokens: 600.0,
         };
-        assert!((u.expected_cost_usd(&unpriced, 90, 250.0) - 9e-4).abs() < 1e-15);
+        assert!((expected(&u, &unpriced, 90) - 9e-4).abs() < 1e-15);
         assert_eq!(u.requests, 2, "the usage reported is what was observed");
     }
 
