@@ -92,8 +92,9 @@ fn routerbench_per_model_means_equal_the_published_facts() {
     );
 }
 
-/// The suite's calibration ranges hold the public tables: RouterBench's shape, and the
-/// spread of list prices in LiteLLM's registry of chat models.
+/// The suite's calibration ranges hold the public tables: RouterBench's shape, how much
+/// RouterArena's tasks move its costs, and the spread of list prices in LiteLLM's registry
+/// of chat models.
 #[test]
 fn the_suites_calibration_holds_the_public_tables() {
     let Some(dir) = datasets() else { return };
@@ -101,6 +102,12 @@ fn the_suites_calibration_holds_the_public_tables() {
     let shape = TableShape::of(&data);
     assert!(shape.uncalibrated().is_empty(), "{shape:?}");
     assert!((shape.accuracy_sd - 0.102).abs() < 0.001, "{shape:?}");
+    assert!((shape.task_cost_spread - 1.613).abs() < 0.001, "{shape:?}");
+    // RouterArena's two models: their answers' lengths, in its costs, by task.
+    let arena = load_wide(&path(&dir, "routerarena_cached"), Format::Auto, None).unwrap();
+    let spread = TableShape::of(&arena).task_cost_spread;
+    let (lo, hi) = calibration_range("task cost spread").unwrap();
+    assert!((lo..=hi).contains(&spread), "RouterArena: {spread}");
 
     let registry: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("prices_latency/litellm_model_prices_and_context_window.json"))

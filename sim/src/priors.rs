@@ -57,13 +57,7 @@ pub fn fit_wide(env: &Environment, context: &str, cap: f64) -> Priors {
             let mut prior = stats.fit(cap)?;
             if data.cost_usd.is_some() {
                 prior = prior.with_usage(data.rows() as f64, cost, tokens);
-                let (usage, scale) = (
-                    ArmUsage {
-                        prior: prior.usage,
-                        ..ArmUsage::default()
-                    },
-                    prior.scale(),
-                );
+                let (usage, scale) = (ArmUsage::from(prior.usage), prior.scale());
                 // What a learner holding `view` of the arm (priced or not) missed.
                 let fit_correction = |view: &Arm| {
                     let seen = ArmCost {
@@ -116,10 +110,7 @@ impl WideFit {
     fn new(env: &Environment, arm: &Arm, prior: ArmPrior, stats: &FoldStatistics) -> Self {
         let held_out = stats.held_out_coefficients(prior.quality.lambda);
         let whole = prior.quality.coefficients();
-        let usage = ArmUsage {
-            prior: prior.usage,
-            ..ArmUsage::default()
-        };
+        let usage = ArmUsage::from(prior.usage);
         let seen = ArmCost {
             arm,
             usage: &usage,

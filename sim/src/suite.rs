@@ -10,9 +10,13 @@
 //! `sigmoid(ability[topic] - 1.8 d + 1.2)`; its log list price per token rises with its
 //! mean ability, unevenly (`1.0 ability + N(0, 1.3^2)`, with a geometric mean of $3 per
 //! million input tokens and four times that per output token), and a call costs the
-//! prompt's tokens and an answer as long as the prompt on average at those prices. The
-//! list prices go with the table, as a route's configuration would give them to a
-//! server. These constants are calibrated so that the tables have the
+//! prompt's tokens and an answer at those prices. How long an answer is depends on what
+//! is asked, as in public tables (a program for a coding prompt, a letter for a multiple
+//! choice): its log length over the prompt's is the topic's (`N(0, 0.75^2)`) plus the
+//! family's on that topic (`N(0, 0.45^2)`), both centred, plus the request's own
+//! (`N(0, 0.2^2)`), less half their variance, so that answers are as long as their
+//! prompts on average. The list prices go with the table, as a route's configuration would
+//! give them to a server. These constants are calibrated so that the tables have the
 //! shape of the public ones ([`CALIBRATION`], checked by a test on the public tables).
 //! Each table has 3, 11, 30 or 60 models and 4,000 prompts (and the 30 models again with
 //! 10,000, the size of a public table of about thirty models), 70% to train on (priors
@@ -25,6 +29,8 @@
 //!
 //! A case's score is the lift over the hull: the evaluated policy's quality minus the best
 //! fixed mix of at most two models at the same cost (see [`crate::metrics`]).
+
+use std::collections::BTreeMap;
 
 use ndarray::Array2;
 use rand::{Rng, SeedableRng};
@@ -82,6 +88,19 @@ const TYPICAL_INPUT_PRICE_USD: f64 = 3e-6;
 /// A model's list price per output token over its price per input token (LiteLLM's
 /// registry: 3-5 for most chat models).
 const OUTPUT_PRICE_RATIO: f64 = 4.0;
+/// Standard deviation of a topic's log answer length over the prompt's (RouterArena's
+/// 78 tasks: 0.72 and 0.96 for its two models, whose lengths correlate 0.74 over tasks).
+const TOPIC_LENGTH_SD: f64 = 0.75;
+/// Standard deviation of a family's log answer length on a topic around the topic's: with
+/// [`TOPIC_LENGTH_SD`], two families' lengths correlate `0.75^2 / (0.75^2 + 0.45^2) = 0.74`
+/// over topics.
+const FAMILY_LENGTH_SD: f64 = 0.45;
+/// Standard deviation of a request's log answer length around its topic's and family's.
+const REQUEST_LENGTH_SD: f64 = 0.2;
+/// Variance of an answer's log length over its prompt's, less which its mean is 0.
+const LENGTH_VARIANCE: f64 = TOPIC_LENGTH_SD * TOPIC_LENGTH_SD
+    + FAMILY_LENGTH_SD * FAMILY_LENGTH_SD
+    + REQUEST_LENGTH_SD * REQUEST_LENGTH_SD;
 
 /// Share of the rows trained on.
 pub const TRAIN_SHARE: f64 = 0.7;
@@ -92,6 +111,13 @@ fn sigmoid(x: f64) -> f64 {
 
 fn normal(rng: &mut ChaCha8Rng) -> f64 {
     StandardNormal.sample(rng)
+}
+
+/// `n` normal draws of standard deviation `sd`, less their mean.
+fn centred_normals(rng: &mut ChaCha8Rng, n: usize, sd: f64) -> Vec<f64> {
+    let draws: Vec<f64> = (0..n).map(|_| sd * normal(rng)).collect();
+    let mean = draws.iter().sum::<f64>() / n as f64;
+    draws.iter().map(|d| d - mean).collect()
 }
 
 /// Prompts of each of the suite's generated tables.
@@ -157,6 +183,14 @@ impl IrtTable {
             .map(|(id, &input)| (id.clone(), (input, OUTPUT_PRICE_RATIO * input)))
             .collect();
         let priced = data.priced_arms();
+        // Answer lengths come from a stream of their own, so the qualities are the draws
+        // they were before lengths depended on the topic.
+        let mut lengths = ChaCha8Rng::seed_from_u64(self.seed);
+        lengths.set_stream(1);
+        let topic_length = centred_normals(&mut lengths, TOPICS, TOPIC_LENGTH_SD);
+        let family_length: Vec<Vec<f64>> = (0..families)
+            .map(|_| centred_normals(&mut lengths, TOPICS, FAMILY_LENGTH_SD))
+            .collect();
         let (mut quality, mut cost) = (
             Array2::zeros((self.rows, self.arms)),
             Array2::zeros((self.rows, self.arms)),
@@ -185,8 +219,10 @@ impl IrtTable {
                 let good = rng.random::<f64>()
                     < sigmoid(abilities[m][topic] - DIFFICULTY_WEIGHT * difficulty + EASE);
                 quality[[row, m]] = f64::from(u8::from(good));
-                // The answer is as long as the prompt on average; its length varies.
-                let answer_tokens = tokens * (0.2 * normal(&mut rng) - 0.02).exp();
+                let log_length =
+                    topic_length[topic] + family_length[m / 3][topic] + REQUEST_LENGTH_SD * normal(&mut rng)
+                        - LENGTH_VARIANCE / 2.0;
+                let answer_tokens = tokens * log_length.exp();
                 cost[[row, m]] = priced[m].cost_usd(tokens, answer_tokens);
             }
         }
@@ -202,8 +238,9 @@ impl IrtTable {
 
 /// The shape of an evaluation table, in the statistics that decide how hard routing is:
 /// how far the models' accuracies spread, how far their prices spread, how much price says
-/// about accuracy, how much the models' answers go together, and what a per-prompt oracle
-/// gains over the best model. The generator is calibrated by comparing these with public
+/// about accuracy, how much the models' answers go together, what a per-prompt oracle
+/// gains over the best model, and how much what is asked moves a request's cost beyond
+/// its prompt's length. The generator is calibrated by comparing these with public
 /// tables ([`CALIBRATION`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct TableShape {
@@ -219,6 +256,10 @@ pub struct TableShape {
     pub answer_correlation: f64,
     /// Per-prompt oracle's quality minus the best model's.
     pub oracle_gain: f64,
+    /// Mean over models of the standard deviation over tasks of the log cost per prompt
+    /// token (a task's total cost over its prompts' estimated tokens); NaN for a table
+    /// without prompts or with fewer than two tasks.
+    pub task_cost_spread: f64,
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -258,23 +299,59 @@ impl TableShape {
             cost_accuracy_correlation: correlation(&log_cost, &accuracy),
             answer_correlation: mean(&pairs),
             oracle_gain: crate::metrics::oracle(data).0 - best,
+            task_cost_spread: task_cost_spread(data),
         }
     }
+}
+
+/// See [`TableShape::task_cost_spread`].
+fn task_cost_spread(data: &WideDataset) -> f64 {
+    let (Some(prompts), Some(tasks)) = (&data.prompts, &data.tasks) else {
+        return f64::NAN;
+    };
+    let mut rows_of: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (row, task) in tasks.iter().enumerate() {
+        rows_of.entry(task.as_str()).or_default().push(row);
+    }
+    if rows_of.len() < 2 {
+        return f64::NAN;
+    }
+    let spreads: Vec<f64> = (0..data.num_arms())
+        .map(|arm| {
+            let log_cost_per_token: Vec<f64> = rows_of
+                .values()
+                .map(|rows| {
+                    let cost: f64 = rows.iter().map(|&r| data.cost_usd(r, arm)).sum();
+                    let tokens: f64 = rows
+                        .iter()
+                        .map(|&r| f64::from(estimate_tokens(&prompts[r])))
+                        .sum();
+                    (cost / tokens).ln()
+                })
+                .collect();
+            sd(&log_cost_per_token)
+        })
+        .collect();
+    mean(&spreads)
 }
 
 /// What the generated tables are calibrated to, from the public tables: the RouterBench
 /// subset's 11 models on 3,150 complete rows have accuracies of mean 0.68 and standard
 /// deviation 0.10, log costs of standard deviation 1.40 (LiteLLM's registry of ~3,000 chat
 /// models: 1.47 in log input price), a correlation of 0.41 between the two, answers that
-/// correlate 0.26 between two models, and an oracle 0.10 above the best model. Each range
-/// holds the public figure; the generator's tables must fall in it too.
-pub const CALIBRATION: [(&str, f64, f64); 6] = [
+/// correlate 0.26 between two models, and an oracle 0.10 above the best model. Its costs
+/// per prompt token spread by 1.61 (log standard deviation over its three tasks, mean over
+/// models: coding prompts get programs, the others a letter); RouterArena's two models with
+/// token counts, whose prompts are longer than their answers, by 0.40 and 0.41 over its 78
+/// tasks. Each range holds the public figures; the generator's tables must fall in it too.
+pub const CALIBRATION: [(&str, f64, f64); 7] = [
     ("accuracy mean", 0.55, 0.80),
     ("accuracy sd", 0.06, 0.16),
     ("log cost sd", 1.0, 1.9),
     ("cost-accuracy correlation", 0.2, 0.8),
     ("answer correlation", 0.1, 0.45),
     ("oracle gain", 0.05, 0.2),
+    ("task cost spread", 0.3, 2.0),
 ];
 
 /// The calibration range of the statistic `name` of [`CALIBRATION`].
@@ -287,7 +364,7 @@ pub fn calibration_range(name: &str) -> Option<(f64, f64)> {
 
 impl TableShape {
     /// The statistics in [`CALIBRATION`]'s order.
-    pub fn values(&self) -> [f64; 6] {
+    pub fn values(&self) -> [f64; 7] {
         [
             self.accuracy_mean,
             self.accuracy_sd,
@@ -295,6 +372,7 @@ impl TableShape {
             self.cost_accuracy_correlation,
             self.answer_correlation,
             self.oracle_gain,
+            self.task_cost_spread,
         ]
     }
 
@@ -666,25 +744,68 @@ mod tests {
                 / train.rows() as f64
         };
         assert!(agree(0, 1) > agree(0, 4), "{} vs {}", agree(0, 1), agree(0, 4));
-        // Each model's list prices are what its calls cost: the prompt's tokens and an
-        // answer as long on average (its length's log-normal factor has mean 1, and over
-        // 2,800 rows a standard error under 0.4%).
+        // Each call costs its prompt's tokens and an answer at the model's list prices. The
+        // answer's log length over the prompt's averages `-LENGTH_VARIANCE / 2` on every
+        // model: its topic's and family's parts are centred over the topics, so what is left
+        // is the topics' uneven counts (about 0.015 over 2,800 rows: each topic's share is
+        // off 1/8 by 0.006, times eight parts of deviation 0.87) and the requests' own parts
+        // (standard error 0.2 / sqrt(2800) = 0.004).
         let tokens: Vec<f64> = train
             .prompts
             .iter()
             .flatten()
             .map(|p| f64::from(estimate_tokens(p)))
             .collect();
-        for (m, arm) in train.priced_arms().iter().enumerate() {
-            let listed: f64 = tokens.iter().map(|&t| arm.cost_usd(t, t)).sum();
-            let spent: f64 = (0..train.rows()).map(|r| train.cost_usd(r, m)).sum();
-            assert!(
-                (spent / listed - 1.0).abs() < 0.015,
-                "{}: {}",
-                arm.id,
-                spent / listed
-            );
-        }
+        let topics = train.tasks.as_deref().unwrap();
+        let log_lengths = |m: usize, arm: &quiver_bandit::Arm| -> Vec<(usize, f64)> {
+            let price = |input: f64, output: f64| arm.cost_usd(input, output);
+            (0..train.rows())
+                .map(|r| {
+                    let answer = (train.cost_usd(r, m) - price(tokens[r], 0.0)) / price(0.0, 1.0);
+                    let topic = topics[r].trim_start_matches("topic").parse().unwrap();
+                    (topic, (answer / tokens[r]).ln())
+                })
+                .collect()
+        };
+        let priced = train.priced_arms();
+        let by_topic: Vec<Vec<f64>> = priced
+            .iter()
+            .enumerate()
+            .map(|(m, arm)| {
+                let lengths = log_lengths(m, arm);
+                let overall = lengths.iter().map(|(_, l)| l).sum::<f64>() / lengths.len() as f64;
+                assert!(
+                    (overall + LENGTH_VARIANCE / 2.0).abs() < 0.03,
+                    "{}: {overall}",
+                    arm.id
+                );
+                (0..TOPICS)
+                    .map(|t| {
+                        let on_topic: Vec<f64> = lengths
+                            .iter()
+                            .filter(|(topic, _)| *topic == t)
+                            .map(|(_, l)| *l)
+                            .collect();
+                        mean(&on_topic)
+                    })
+                    .collect()
+            })
+            .collect();
+        // Lengths follow the topic. A family's members answer alike: they share both parts
+        // and differ by the requests' noise, about 0.2 / sqrt(350) = 0.01 per topic. Two
+        // families share the topic's part, so their lengths correlate 0.74 over topics in
+        // expectation (neither 0, as without a topic's part, nor 1, as without a family's;
+        // eight topics leave the realized figure loose). And a model's length spreads over
+        // the topics by about sqrt(0.75^2 + 0.45^2) = 0.87.
+        assert!(correlation(&by_topic[0], &by_topic[1]) > 0.99);
+        let leaders: Vec<&Vec<f64>> = by_topic.iter().step_by(3).collect();
+        let pairs: Vec<f64> = (0..leaders.len())
+            .flat_map(|a| (a + 1..leaders.len()).map(move |b| (a, b)))
+            .map(|(a, b)| correlation(leaders[a], leaders[b]))
+            .collect();
+        assert!((0.5..0.95).contains(&mean(&pairs)), "{pairs:?}");
+        let spreads: Vec<f64> = by_topic.iter().map(|t| sd(t)).collect();
+        assert!((0.5..1.2).contains(&mean(&spreads)), "{spreads:?}");
         for (name, train, _) in generated_tables().into_iter().skip(1) {
             let shape = TableShape::of(&train);
             assert!(shape.uncalibrated().is_empty(), "{name}: {shape:?}");

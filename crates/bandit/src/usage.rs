@@ -66,6 +66,16 @@ impl ArmUsage {
     }
 }
 
+impl From<UsagePrior> for ArmUsage {
+    /// The usage of an arm with no outcome yet, started from a prior.
+    fn from(prior: UsagePrior) -> Self {
+        ArmUsage {
+            prior,
+            ..ArmUsage::default()
+        }
+    }
+}
+
 /// Answers' tokens and the requests they came from.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct AnswerSums {
