@@ -316,16 +316,21 @@ fn task_cost_spread(data: &WideDataset) -> f64 {
     if rows_of.len() < 2 {
         return f64::NAN;
     }
+    let tokens_of: Vec<f64> = rows_of
+        .values()
+        .map(|rows| {
+            rows.iter()
+                .map(|&r| f64::from(estimate_tokens(&prompts[r])))
+                .sum()
+        })
+        .collect();
     let spreads: Vec<f64> = (0..data.num_arms())
         .map(|arm| {
             let log_cost_per_token: Vec<f64> = rows_of
                 .values()
-                .map(|rows| {
+                .zip(&tokens_of)
+                .map(|(rows, tokens)| {
                     let cost: f64 = rows.iter().map(|&r| data.cost_usd(r, arm)).sum();
-                    let tokens: f64 = rows
-                        .iter()
-                        .map(|&r| f64::from(estimate_tokens(&prompts[r])))
-                        .sum();
                     (cost / tokens).ln()
                 })
                 .collect();
@@ -758,10 +763,11 @@ mod tests {
             .collect();
         let topics = train.tasks.as_deref().unwrap();
         let log_lengths = |m: usize, arm: &quiver_bandit::Arm| -> Vec<(usize, f64)> {
-            let price = |input: f64, output: f64| arm.cost_usd(input, output);
             (0..train.rows())
                 .map(|r| {
-                    let answer = (train.cost_usd(r, m) - price(tokens[r], 0.0)) / price(0.0, 1.0);
+                    let answer = arm
+                        .output_tokens_costing(train.cost_usd(r, m), tokens[r])
+                        .unwrap();
                     let topic = topics[r].trim_start_matches("topic").parse().unwrap();
                     (topic, (answer / tokens[r]).ln())
                 })
