@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use nalgebra::DVector;
-use quiver_bandit::cost::ArmCost;
-use quiver_bandit::prior::{FoldStatistics, RidgePrior, FOLDS, PRIORS_VERSION};
+use quiver_bandit::cost::{ArmCost, CostModel};
+use quiver_bandit::prior::{FoldStatistics, FOLDS, PRIORS_VERSION};
 use quiver_bandit::usage::ArmUsage;
 use quiver_bandit::{Arm, ArmPrior, Context, Outcome, Priors, SpendCurve};
 use rayon::prelude::*;
@@ -41,10 +41,26 @@ impl std::str::FromStr for TrainFeedback {
 /// table's spend curve.
 pub fn fit_wide(env: &Environment, context: &str, cap: f64) -> Priors {
     let data = env.data();
+    let fitted = fit_arms(env, cap);
+    let spend = spend_curve(env, &fitted);
+    Priors {
+        version: PRIORS_VERSION,
+        context: context.to_string(),
+        dim: env.dim(),
+        cap,
+        source: format!("{} ({} rows, every arm observed)", data.source, data.rows()),
+        arms: fitted.into_iter().map(|f| (f.name, f.prior)).collect(),
+        spend,
+    }
+}
+
+/// Every arm's prior from a full-information table, with what it expects on each row; an
+/// arm without a quality on any row gets none.
+fn fit_arms(env: &Environment, cap: f64) -> Vec<WideFit> {
+    let data = env.data();
     let tokens: f64 = (0..data.rows()).map(|row| f64::from(env.input_tokens(row))).sum();
     let priced = data.priced_arms();
-    let fitted: Vec<WideFit> = data
-        .arms
+    data.arms
         .par_iter()
         .enumerate()
         .filter_map(|(arm, name)| {
@@ -81,17 +97,7 @@ pub fn fit_wide(env: &Environment, context: &str, cap: f64) -> Priors {
             }
             Some(WideFit::new(env, &priced[arm], prior, &stats))
         })
-        .collect();
-    let spend = spend_curve(env, &fitted);
-    Priors {
-        version: PRIORS_VERSION,
-        context: context.to_string(),
-        dim: env.dim(),
-        cap,
-        source: format!("{} ({} rows, every arm observed)", data.source, data.rows()),
-        arms: fitted.into_iter().map(|f| (f.name, f.prior)).collect(),
-        spend,
-    }
+        .collect()
 }
 
 /// One arm's prior from a wide table, and what it expects on each of the table's rows.
@@ -116,14 +122,16 @@ impl WideFit {
             usage: &usage,
             default_output_tokens: 0.0,
         };
-        let correction = prior.cost_correction_for(arm).and_then(RidgePrior::coefficients);
+        // The cost model a learner starts from the prior, so that the curve expects what
+        // the learner will.
+        let mut cost = CostModel::new(1, env.dim());
+        cost.absorb_prior(0, arm, &prior);
         let (mut quality, mut cost_usd) = (Vec::new(), Vec::new());
         for row in 0..env.data().rows() {
-            let x = DVector::from_column_slice(env.features(row));
+            let features = env.features(row);
             let theta = held_out[row % FOLDS].as_ref().or(whole.as_ref());
-            quality.push(theta.map_or(0.0, |t| t.dot(&x)));
-            let missed = correction.as_ref().map_or(0.0, |c| c.dot(&x));
-            cost_usd.push(seen.expected_usd(env.input_tokens(row), missed));
+            quality.push(theta.map_or(0.0, |t| t.dot(&DVector::from_column_slice(features))));
+            cost_usd.push(cost.expected_usd(0, seen, features, env.input_tokens(row)));
         }
         WideFit {
             name: arm.id.clone(),
@@ -227,6 +235,7 @@ impl ArmFit {
 
 #[cfg(test)]
 mod tests {
+    use quiver_bandit::prior::DEFAULT_PRIOR_CAP;
     use quiver_bandit::{Objective, DEFAULT_PACING_STEP};
 
     use super::*;
@@ -302,6 +311,44 @@ mod tests {
         for kind in 0..2 {
             let (got, want) = (expected(&learner, kind), cost(kind));
             assert!((got - want).abs() > 0.45 * spread, "{kind}: {got} vs {want}");
+        }
+    }
+
+    /// The spend curve is fitted on what a learner started from the priors expects each
+    /// model to cost on each row, with list prices or without: on a generated table every
+    /// cost the fit expects is the one such a learner proposes, to rounding.
+    #[test]
+    fn the_spend_curve_expects_the_costs_a_learner_started_from_the_priors_expects() {
+        use quiver_bandit::{Learner, LearnerConfig, Request};
+        let (mut train, _) = IrtTable::of_suite(3).generate();
+        let builder = ContextBuilder::new(true, &[], 0);
+        for priced in [true, false] {
+            if !priced {
+                train.list_prices.clear();
+            }
+            let env = Environment::new(&train, &builder).unwrap();
+            let fitted = fit_arms(&env, DEFAULT_PRIOR_CAP);
+            let mut learner = Learner::new(
+                LearnerConfig::new("linucb".parse().unwrap(), env.dim()),
+                train.priced_arms(),
+            )
+            .unwrap();
+            learner
+                .absorb_priors(&fit_wide(&env, &builder.definition(), DEFAULT_PRIOR_CAP))
+                .unwrap();
+            for row in (0..train.rows()).step_by(7) {
+                let decision = learner.propose(&Request::new(env.context(row))).unwrap();
+                assert_eq!(decision.arms.len(), fitted.len());
+                for (fit, proposed) in fitted.iter().zip(&decision.arms) {
+                    assert_eq!(fit.name, proposed.arm);
+                    let (want, got) = (proposed.cost_usd, fit.cost_usd[row]);
+                    assert!(
+                        (got - want).abs() <= 1e-9 * want,
+                        "{priced} {row} {}: {got} vs {want}",
+                        fit.name
+                    );
+                }
+            }
         }
     }
 
