@@ -397,8 +397,32 @@ impl RidgeModel {
         }
     }
 
+    /// Learns the quality `r` of a held row `x` ([`RidgeModel::hold`]): the row leaves `H`
+    /// and enters `A`, so `A + H` and the width's `(A + H)^-1` stay as they are, and only
+    /// `A^-1` and `theta` change. The same as [`RidgeModel::release`] then
+    /// [`RidgeModel::update`], without the two rank-one updates of `(A + H)^-1` that cancel.
+    pub fn learn_held(&mut self, x: &[f64], r: f64) {
+        let Some(held) = self.held.as_mut().filter(|h| h.count > 0) else {
+            return self.update(x, r);
+        };
+        held.count -= 1;
+        if held.count > 0 {
+            held.rows.add_outer(x, -1.0);
+        }
+        self.learn_row(x, r, 1.0);
+    }
+
     /// Adds `(x, r)` with weight `sign` (+1 to learn, -1 to forget an observation).
     fn rank_one(&mut self, x: &[f64], r: f64, sign: f64) {
+        if let Some(held) = self.held.as_mut().filter(|h| h.count > 0) {
+            held.rank_one(x, sign);
+        }
+        self.learn_row(x, r, sign);
+    }
+
+    /// [`RidgeModel::rank_one`] of `A`, `b` and what derives from them, the held rows'
+    /// `(A + H)^-1` left to the caller.
+    fn learn_row(&mut self, x: &[f64], r: f64, sign: f64) {
         self.precision.add_outer(x, sign);
         self.b.axpy(sign * r, &DVectorView::from_slice(x, x.len()), 1.0);
         self.count += sign;
@@ -407,9 +431,6 @@ impl RidgeModel {
         self.caches.covariance.sherman_morrison(x, sign, |u, denom| {
             theta.axpy(sign * residual / denom, &DVectorView::from_slice(u, u.len()), 1.0);
         });
-        if let Some(held) = self.held.as_mut().filter(|h| h.count > 0) {
-            held.rank_one(x, sign);
-        }
         self.caches.updates_since_refresh += 1;
         self.caches.fresh = false;
         if self.caches.updates_since_refresh >= REFRESH_INTERVAL {
@@ -585,6 +606,15 @@ impl RidgeTable {
     /// Learns `(x, r)` for `arm`, forgetting as configured. A discount applies to the
     /// updated arm's own history (see [`RidgeModel::discount`]); a window is global.
     pub fn observe(&mut self, arm: usize, x: &[f64], r: f64) {
+        self.observe_row(arm, x, r, RidgeModel::update);
+    }
+
+    /// [`RidgeTable::observe`] of a row `arm` held ([`RidgeModel::learn_held`]).
+    pub fn observe_held(&mut self, arm: usize, x: &[f64], r: f64) {
+        self.observe_row(arm, x, r, RidgeModel::learn_held);
+    }
+
+    fn observe_row(&mut self, arm: usize, x: &[f64], r: f64, learn: fn(&mut RidgeModel, &[f64], f64)) {
         let mut forgotten = Vec::new();
         match self.forgetting {
             Forgetting::None => {}
@@ -602,7 +632,7 @@ impl RidgeTable {
                 }
             }
         }
-        self.models[arm].update(x, r);
+        learn(&mut self.models[arm], x, r);
         if let Forgetting::Discount { .. } = self.forgetting {
             // The discount changed the arm's whole history, not one row of it.
             self.rebuild_family_of(arm);
@@ -1137,5 +1167,53 @@ mod tests {
         let want = dot(want.as_slice(), &probe);
         let got = model.variance(&probe);
         assert!((got - want).abs() < 1e-12 * want.max(1.0), "{got} vs {want}");
+    }
+
+    /// A held row's quality learned in one step ([`RidgeTable::observe_held`]: the row
+    /// moves from `H` to `A`, and `(A + H)^-1` is left as it is) leaves the model as
+    /// releasing the row, then learning it, does: in a family and without, under
+    /// forgetting, over rows held across updates and refactorizations.
+    #[test]
+    fn a_held_rows_quality_learned_in_one_step_equals_release_then_update() {
+        let probes = [[1.0, -0.2, 0.5, 0.1], [1.0, 0.7, 0.1, -0.4]];
+        let cases = [
+            (None, Forgetting::None),
+            (Some("f"), Forgetting::None),
+            (None, Forgetting::Window { size: 50 }),
+            (Some("f"), Forgetting::Discount { gamma: 0.995 }),
+        ];
+        for (family, forgetting) in cases {
+            let [mut apart, mut fused] = [(); 2].map(|_| {
+                let mut table = RidgeTable::new(2, 4, 3.0, forgetting);
+                table.assign_families(families(&[family, family]));
+                table
+            });
+            let mut pending = VecDeque::new();
+            for (i, row) in family_rows(5, 2, 900).into_iter().enumerate() {
+                apart.hold(row.0, &row.1);
+                fused.hold(row.0, &row.1);
+                pending.push_back(row);
+                if i % 3 != 0 {
+                    let (arm, x, r) = pending.pop_front().unwrap();
+                    apart.release(arm, &x);
+                    apart.observe(arm, &x, r);
+                    fused.observe_held(arm, &x, r);
+                }
+            }
+            for arm in 0..2 {
+                for p in &probes {
+                    let (m, n) = (fused.mean(arm, p), apart.mean(arm, p));
+                    assert!(
+                        (m - n).abs() < 1e-9,
+                        "{family:?} {forgetting:?}, arm {arm}: {m} vs {n}"
+                    );
+                    let (v, w) = (fused.get(arm).variance(p), apart.get(arm).variance(p));
+                    assert!(
+                        (v - w).abs() < 1e-9 * w,
+                        "{family:?} {forgetting:?}, arm {arm}: {v} vs {w}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -808,17 +808,17 @@ impl Learner {
         Ok(Applied::Applied)
     }
 
-    /// Learns one quality of `arm`, of decision `id` if it was this learner's own: first
-    /// lets go of the decision if it was held, and under change detection weighs how far
-    /// the quality is from the estimate and restarts the arm on an alarm (see
+    /// Learns one quality of `arm`, of decision `id` if it was this learner's own (letting
+    /// go of the decision if it was held), and under change detection weighs how far the
+    /// quality is from the estimate and restarts the arm on an alarm (see
     /// [`crate::change`]).
     fn learn_quality(&mut self, arm: usize, features: &[f64], quality: f64, id: Option<u64>) {
+        let mut held_here = false;
         if let Some(id) = id {
             if let Some((held, in_policy)) = self.held.take(id) {
                 self.held.came_after(self.next_decision.saturating_sub(id));
-                if in_policy {
-                    self.let_go(held);
-                }
+                debug_assert_eq!(held.arm, arm, "a decision's quality is its arm's");
+                held_here = in_policy;
             }
         }
         let threshold = self.config.policy.detect;
@@ -829,7 +829,11 @@ impl Learner {
                 self.policy.shrink_arm(arm, RESTART_OBSERVATIONS);
             }
         }
-        self.policy.update(arm, features, quality);
+        if held_here {
+            self.policy.update_held(arm, features, quality);
+        } else {
+            self.policy.update(arm, features, quality);
+        }
     }
 
     /// Arm `i` as the cost model sees it, a priced arm with no answers of its own expected

@@ -110,6 +110,10 @@ impl Policy for LinUcb {
         self.ridge.release(arm, features);
     }
 
+    fn update_held(&mut self, arm: usize, features: &[f64], quality: f64) {
+        self.ridge.observe_held(arm, features, quality);
+    }
+
     fn choose(&self, input: &ChoiceInput<'_>, _rng: &mut DecisionRng) -> Result<Choice> {
         let scores: Vec<f64> = input
             .estimates

@@ -209,6 +209,13 @@ pub trait Policy {
     /// Lets go of a decision [`Policy::hold`] held: its quality came, or will not.
     fn release(&mut self, _arm: usize, _features: &[f64]) {}
 
+    /// Learns the quality of a decision [`Policy::hold`] held: lets go of it, then learns
+    /// the quality as [`Policy::update`] does (a policy may do both at once).
+    fn update_held(&mut self, arm: usize, features: &[f64], quality: f64) {
+        self.release(arm, features);
+        self.update(arm, features, quality);
+    }
+
     /// Appends a new arm, of family `family` ([`crate::Arm::family`]), with an optimistic
     /// prior (cold start).
     fn add_arm(&mut self, family: &str);
@@ -353,6 +360,9 @@ macro_rules! policies {
             }
             fn release(&mut self, arm: usize, features: &[f64]) {
                 match self { $(AnyPolicy::$variant(p) => p.release(arm, features),)* }
+            }
+            fn update_held(&mut self, arm: usize, features: &[f64], quality: f64) {
+                match self { $(AnyPolicy::$variant(p) => p.update_held(arm, features, quality),)* }
             }
             fn add_arm(&mut self, family: &str) {
                 match self { $(AnyPolicy::$variant(p) => p.add_arm(family),)* }
