@@ -56,6 +56,9 @@ impl Policy for LinTs {
 
 /// Linear TS's default ridge prior, chosen by the validation suite: `lints(v=0.3)` lost 5.9
 /// points to the hull on average at `lambda = 1`, 3.0 at 10 and 30; `lints(v=0.1)` 0.2 at 10.
+/// For `lints(v=0.05)`, the suite since ("Cold starts on many models at 24 seeds"): mean
+/// lift after training +2.74 at 30 against +2.83 at 10, though 30 gains from a cold start
+/// on 30 and 60 models.
 pub const DEFAULT_LINTS_LAMBDA: f64 = 10.0;
 
 /// `lints(v=0.5,lambda=10,draws=0)` (aliases `linear-ts`, `lin-ts`); `draws=0`: exact PMF.
