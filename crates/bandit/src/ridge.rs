@@ -359,15 +359,22 @@ impl RidgeModel {
 
     /// Takes a held row `x` out of the width again.
     pub fn release(&mut self, x: &[f64]) {
-        let Some(held) = self.held.as_mut().filter(|h| h.count > 0) else {
-            return;
-        };
-        held.count -= 1;
-        if held.count > 0 {
-            held.rows.add_outer(x, -1.0);
+        if let Some(held) = self.unhold(x) {
             held.rank_one(x, -1.0);
             self.refresh_held_if_due();
         }
+    }
+
+    /// Takes a held row `x` out of `H`, leaving `(A + H)^-1` to the caller: the held rows
+    /// if some are still held after it, `None` if it was the last or none was held.
+    fn unhold(&mut self, x: &[f64]) -> Option<&mut HeldRows> {
+        let held = self.held.as_mut().filter(|h| h.count > 0)?;
+        held.count -= 1;
+        if held.count == 0 {
+            return None;
+        }
+        held.rows.add_outer(x, -1.0);
+        Some(held)
     }
 
     /// The held rows, if any are held now.
@@ -402,13 +409,10 @@ impl RidgeModel {
     /// `A^-1` and `theta` change. The same as [`RidgeModel::release`] then
     /// [`RidgeModel::update`], without the two rank-one updates of `(A + H)^-1` that cancel.
     pub fn learn_held(&mut self, x: &[f64], r: f64) {
-        let Some(held) = self.held.as_mut().filter(|h| h.count > 0) else {
+        if self.holding().is_none() {
             return self.update(x, r);
-        };
-        held.count -= 1;
-        if held.count > 0 {
-            held.rows.add_outer(x, -1.0);
         }
+        self.unhold(x);
         self.learn_row(x, r, 1.0);
     }
 
