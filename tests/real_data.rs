@@ -93,8 +93,8 @@ fn routerbench_per_model_means_equal_the_published_facts() {
 }
 
 /// The suite's calibration ranges hold the public tables: RouterBench's shape, how much
-/// RouterArena's tasks move its costs, and the spread of list prices in LiteLLM's registry
-/// of chat models.
+/// RouterArena's tasks move its costs, how much both tables' prompts teach a model about
+/// its quality, and the spread of list prices in LiteLLM's registry of chat models.
 #[test]
 fn the_suites_calibration_holds_the_public_tables() {
     let Some(dir) = datasets() else { return };
@@ -105,9 +105,18 @@ fn the_suites_calibration_holds_the_public_tables() {
     assert!((shape.task_cost_spread - 1.613).abs() < 0.001, "{shape:?}");
     // RouterArena's two models: their answers' lengths, in its costs, by task.
     let arena = load_wide(&path(&dir, "routerarena_cached"), Format::Auto, None).unwrap();
-    let spread = TableShape::of(&arena).task_cost_spread;
+    let arena_shape = TableShape::of(&arena);
+    let spread = arena_shape.task_cost_spread;
     let (lo, hi) = calibration_range("task cost spread").unwrap();
     assert!((lo..=hi).contains(&spread), "RouterArena: {spread}");
+    // What a model's first few hundred prompts teach about its quality.
+    let (lo, hi) = suite::PROMPT_SIGNAL_RANGE;
+    for (name, signal) in [
+        ("RouterBench", shape.prompt_signal),
+        ("RouterArena", arena_shape.prompt_signal),
+    ] {
+        assert!((lo..=hi).contains(&signal), "{name}: {signal}");
+    }
 
     let registry: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("prices_latency/litellm_model_prices_and_context_window.json"))
