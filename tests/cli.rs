@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use quiver_sim::data::{load_wide, Format, Split, WideDataset};
+
 fn quiver(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_quiver"))
         .args(args)
@@ -568,11 +570,11 @@ fn generate_irt3(table: &Path, extra: &[&str]) {
     stdout(&quiver(&args));
 }
 
-/// Rows of a generated table's CSV text that its `split` column puts in the test split.
-fn test_rows(text: &str) -> usize {
-    text.lines()
-        .filter(|l| l.split(',').nth(1) == Some("test"))
-        .count()
+/// A generated table's rows that its `split` column puts in `split`, read as replay reads
+/// them (prompts run over several lines, as a benchmark's do).
+fn split_of(table: &Path, split: &str) -> WideDataset {
+    let split: Split = format!("split={split}").parse().unwrap();
+    load_wide(table.to_str().unwrap(), Format::Auto, Some(&split)).unwrap()
 }
 
 /// The validation suite's tables are files a replay reads: `data generate --irt N` writes
@@ -583,9 +585,10 @@ fn suite_tables_generate_to_files_that_replay_reads() {
     let dir = scratch("irt_generate");
     let table = dir.join("irt.csv");
     generate_irt3(&table, &[]);
-    let text = std::fs::read_to_string(&table).unwrap();
-    assert_eq!(text.lines().count(), 4001);
-    assert_eq!(test_rows(&text), 1200);
+    assert_eq!(
+        (split_of(&table, "train").rows(), split_of(&table, "test").rows()),
+        (2800, 1200)
+    );
     let summary = stdout(&quiver(&[
         "replay",
         "--data",
@@ -624,14 +627,24 @@ fn a_generated_table_of_other_length_extends_the_suites() {
         &long,
         &["--rows", "5000", "--prices-out", long_prices.to_str().unwrap()],
     );
-    let (suite_text, long_text) = (
-        std::fs::read_to_string(&suite).unwrap(),
-        std::fs::read_to_string(&long).unwrap(),
-    );
-    assert_eq!(long_text.lines().count(), 5001);
-    assert_eq!(test_rows(&long_text), 1500);
+    let (suite_train, mut long_train) = (split_of(&suite, "train"), split_of(&long, "train"));
+    assert_eq!((long_train.rows(), split_of(&long, "test").rows()), (3500, 1500));
     // The suite's 2,800 training prompts are the long table's first ones, row for row.
-    assert!(suite_text.lines().take(2801).eq(long_text.lines().take(2801)));
+    long_train.retain_rows(|r| r < suite_train.rows());
+    assert_eq!(
+        (
+            &long_train.ids,
+            &long_train.prompts,
+            &long_train.quality,
+            &long_train.cost_usd
+        ),
+        (
+            &suite_train.ids,
+            &suite_train.prompts,
+            &suite_train.quality,
+            &suite_train.cost_usd
+        )
+    );
     assert_eq!(
         std::fs::read_to_string(&suite_prices).unwrap(),
         std::fs::read_to_string(&long_prices).unwrap()
