@@ -1018,6 +1018,35 @@ mod tests {
         assert!(shape.prompt_signal.is_nan());
     }
 
+    /// Each topic's layout shows in the featurizer's markers as a benchmark task's would,
+    /// and no other marker fires: the made-up words carry no digit that would make every
+    /// prompt look like arithmetic, nor a letter outside ASCII but in translations.
+    #[test]
+    fn each_layout_fires_its_own_marker() {
+        use quiver_bandit::features::{Featurizer, HashingFeaturizer};
+        // Indices of the markers in the featurizer's vector (crates/bandit/src/features.rs).
+        let (code, arithmetic, options, question, language, essay) = (2, 3, 4, 5, 6, 7);
+        let featurizer = HashingFeaturizer::for_routes(0);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for (topic, layout) in LAYOUTS.iter().enumerate() {
+            let expected: &[usize] = match layout {
+                Layout::MultipleChoice => &[options],
+                Layout::Code => &[code, essay],
+                Layout::Arithmetic => &[arithmetic, question],
+                Layout::Question => &[question],
+                Layout::Essay => &[essay],
+                Layout::Translation => &[language],
+                Layout::Statement => &[],
+            };
+            for words in [3, 10, 30] {
+                let text = prompt(&mut rng, topic, words);
+                let x = featurizer.featurize(&text, &[]).unwrap().features;
+                let fired: Vec<usize> = (code..=essay).filter(|&i| x[i] > 0.0).collect();
+                assert_eq!(fired, expected, "{layout:?}: {text}");
+            }
+        }
+    }
+
     /// The prompt signal of a model that is right exactly on the prompts of one topic, and
     /// of one whose quality is a fair coin the prompt says nothing about.
     #[test]
