@@ -573,7 +573,10 @@ fn generate_irt3(table: &Path, extra: &[&str]) {
 /// A generated table's rows that its `split` column puts in `split`, read as replay reads
 /// them (prompts run over several lines, as a benchmark's do).
 fn split_of(table: &Path, split: &str) -> WideDataset {
-    let split: Split = format!("split={split}").parse().unwrap();
+    let split = Split {
+        column: "split".into(),
+        value: split.into(),
+    };
     load_wide(table.to_str().unwrap(), Format::Auto, Some(&split)).unwrap()
 }
 
