@@ -722,11 +722,19 @@ async fn huge_upstream_bodies_fall_back_and_memory_stays_bounded() {
     terminate(child);
 }
 
+/// A connection to `addr` whose connect and writes give up after five seconds.
+fn connect(addr: &str) -> std::io::Result<TcpStream> {
+    let limit = Duration::from_secs(5);
+    let stream = TcpStream::connect_timeout(&addr.parse().unwrap(), limit)?;
+    stream.set_write_timeout(Some(limit))?;
+    Ok(stream)
+}
+
 /// Writes a request line, then one more header line every `every` until the server
 /// closes the connection or `limit` passes; returns how long the connection stayed open.
 fn trickle_head(addr: &str, every: Duration, limit: Duration) -> Option<Duration> {
     let started = Instant::now();
-    let mut stream = TcpStream::connect(addr).unwrap();
+    let mut stream = connect(addr).unwrap();
     stream.set_read_timeout(Some(every)).unwrap();
     stream
         .write_all(b"POST /v1/route HTTP/1.1\r\nHost: x\r\n")
@@ -764,6 +772,11 @@ async fn slow_heads_are_cut_and_connections_are_capped() {
     );
     let (child, base) = start_binary(&["--config", &config]);
     let addr = base.trim_start_matches("http://").to_string();
+    // Every wait is bounded: a server that stops answering fails the test, not CI's clock.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let before = peak_rss_bytes(child.id());
     let slow: Vec<_> = (0..40)
         .map(|_| {
@@ -779,9 +792,9 @@ async fn slow_heads_are_cut_and_connections_are_capped() {
     }
 
     // 48 idle connections fill the server; the next is told so in JSON.
-    let idle: Vec<TcpStream> = (0..48).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    let idle: Vec<TcpStream> = (0..48).map(|_| connect(&addr).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(200));
-    let busy = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    let busy = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(busy.status(), 503);
     assert_eq!(busy.headers()["retry-after"], "1");
     let busy: Value = busy.json().await.unwrap();
@@ -791,10 +804,12 @@ async fn slow_heads_are_cut_and_connections_are_capped() {
         .contains("as many connections"));
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
-        reqwest::get(format!("{base}/healthz")).await.unwrap().status(),
+        http.get(format!("{base}/healthz")).send().await.unwrap().status(),
         200
     );
-    let metrics = reqwest::get(format!("{base}/metrics"))
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
         .await
         .unwrap()
         .text()
@@ -816,11 +831,11 @@ async fn slow_heads_are_cut_and_connections_are_capped() {
     let config = write_config(&dir, "header_read_timeout_ms = 1000", TWO_ARMS);
     let (child, base) = start_binary_with_file_limit(256, &["--config", &config]);
     let addr = base.trim_start_matches("http://").to_string();
-    let flood: Vec<TcpStream> = (0..300).filter_map(|_| TcpStream::connect(&addr).ok()).collect();
+    let flood: Vec<TcpStream> = (0..300).filter_map(|_| connect(&addr).ok()).collect();
     assert!(flood.len() >= 250);
     let started = Instant::now();
     let health = loop {
-        match reqwest::get(format!("{base}/healthz")).await {
+        match http.get(format!("{base}/healthz")).send().await {
             Ok(r) if r.status() == 200 => break r.status(),
             _ if started.elapsed() < Duration::from_secs(4) => {
                 tokio::time::sleep(Duration::from_millis(100)).await
@@ -837,7 +852,7 @@ async fn slow_heads_are_cut_and_connections_are_capped() {
 /// server answers 408 in JSON after the body limit, on every endpoint, the proxy's too.
 fn trickle_body(addr: &str, path: &str) -> (Duration, String) {
     let started = Instant::now();
-    let mut stream = TcpStream::connect(addr).unwrap();
+    let mut stream = connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"

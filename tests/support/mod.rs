@@ -4,39 +4,61 @@
 
 use std::io::{BufRead, BufReader};
 use std::ops::{Deref, DerefMut};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A server process that is killed when the handle drops, so a failing test
 /// leaves nothing running behind it; it keeps the lines of standard error after the
-/// address.
-pub struct Running(Child, Arc<Mutex<Vec<String>>>);
+/// address. While it lives, a watchdog ends the whole test binary if it outlives
+/// [`SERVER_LIFETIME_LIMIT`].
+pub struct Running {
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+    /// Dropped with the handle, which tells the watchdog the test is over.
+    _watched: mpsc::Sender<()>,
+}
+
+/// The longest any test keeps one server: each takes seconds, so a server still held
+/// after this means a test hung. It ends the test binary with the server's log, rather
+/// than hold CI until its own limit.
+const SERVER_LIFETIME_LIMIT: Duration = Duration::from_secs(300);
+
+/// The longest a server may take to stop after SIGTERM: its drain of open connections
+/// (30 s) and a final snapshot, with room.
+const STOP_LIMIT: Duration = Duration::from_secs(45);
 
 impl Running {
     /// The lines of standard error so far, after the one naming the address.
     pub fn logs(&self) -> Vec<String> {
-        self.1.lock().unwrap().clone()
+        lines_of(&self.logs)
     }
+}
+
+fn lines_of(logs: &Mutex<Vec<String>>) -> Vec<String> {
+    logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 impl Deref for Running {
     type Target = Child;
     fn deref(&self) -> &Child {
-        &self.0
+        &self.child
     }
 }
 
 impl DerefMut for Running {
     fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
+        &mut self.child
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -76,25 +98,54 @@ pub fn start_binary_with_file_limit(files: u32, args: &[&str]) -> (Running, Stri
 }
 
 /// Starts `command` and waits for the line that names its address; the rest of its
-/// standard error is read on a thread and kept for [`Running::logs`].
+/// standard error is read on a thread and kept for [`Running::logs`]. The server is
+/// killed if the test binary ends first (a test that a watchdog ended included).
 fn start_command(command: &mut Command) -> (Running, String) {
+    // SAFETY: prctl is async-signal-safe and touches only the calling process.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
     let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let addr = loop {
-        let line = lines.next().expect("server output").unwrap();
+        let line = next_line(&mut stderr).expect("server output");
         if let Some(addr) = line.strip_prefix("quiver serve: listening on ") {
             break addr.to_string();
         }
     };
     let logs = Arc::new(Mutex::new(Vec::new()));
     let kept = Arc::clone(&logs);
+    // Read to the end: a reader that stopped would leave the server blocked on a full pipe.
     std::thread::spawn(move || {
-        lines
-            .map_while(Result::ok)
-            .for_each(|l| kept.lock().unwrap().push(l))
+        while let Some(line) = next_line(&mut stderr) {
+            kept.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        }
     });
-    (Running(child, logs), addr)
+    let (watched, ended) = mpsc::channel();
+    let watched_logs = Arc::clone(&logs);
+    let test = std::thread::current().name().unwrap_or("a test").to_string();
+    std::thread::spawn(move || {
+        if let Err(RecvTimeoutError::Timeout) = ended.recv_timeout(SERVER_LIFETIME_LIMIT) {
+            eprintln!(
+                "{test} still holds its server after {SERVER_LIFETIME_LIMIT:?}: the test hung. \
+                 The server's log:\n{}",
+                lines_of(&watched_logs).join("\n")
+            );
+            std::process::exit(101);
+        }
+    });
+    let running = Running {
+        child,
+        logs,
+        _watched: watched,
+    };
+    (running, addr)
 }
 
 /// `quiver serve ARGS` expected to fail at start: its standard error.
@@ -108,14 +159,35 @@ pub fn failing_start(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// Sends SIGTERM and waits for a clean exit.
+/// The next line of `reader`, whatever its bytes; `None` at its end.
+fn next_line(reader: &mut impl BufRead) -> Option<String> {
+    let mut line = Vec::new();
+    match reader.read_until(b'\n', &mut line) {
+        Ok(n) if n > 0 => Some(String::from_utf8_lossy(&line).trim_end().to_string()),
+        _ => None,
+    }
+}
+
+/// Sends SIGTERM and waits, at most [`STOP_LIMIT`], for a clean exit.
 pub fn terminate(mut child: Running) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    assert!(child.wait().unwrap().success(), "the server did not stop cleanly");
+    let asked = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            asked.elapsed() < STOP_LIMIT,
+            "the server did not stop within {STOP_LIMIT:?} of SIGTERM; its log:\n{}",
+            child.logs().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "the server did not stop cleanly: {status}");
 }
 
 /// The peak resident memory of process `pid` so far, bytes (`VmHWM`).
