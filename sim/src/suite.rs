@@ -1023,25 +1023,26 @@ mod tests {
     /// prompt look like arithmetic, nor a letter outside ASCII but in translations.
     #[test]
     fn each_layout_fires_its_own_marker() {
+        use quiver_bandit::features::position::{
+            CODE, GENERATION, LANGUAGE, MATH, MULTIPLE_CHOICE, QUESTION,
+        };
         use quiver_bandit::features::{Featurizer, HashingFeaturizer};
-        // Indices of the markers in the featurizer's vector (crates/bandit/src/features.rs).
-        let (code, arithmetic, options, question, language, essay) = (2, 3, 4, 5, 6, 7);
         let featurizer = HashingFeaturizer::for_routes(0);
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         for (topic, layout) in LAYOUTS.iter().enumerate() {
             let expected: &[usize] = match layout {
-                Layout::MultipleChoice => &[options],
-                Layout::Code => &[code, essay],
-                Layout::Arithmetic => &[arithmetic, question],
-                Layout::Question => &[question],
-                Layout::Essay => &[essay],
-                Layout::Translation => &[language],
+                Layout::MultipleChoice => &[MULTIPLE_CHOICE],
+                Layout::Code => &[CODE, GENERATION],
+                Layout::Arithmetic => &[MATH, QUESTION],
+                Layout::Question => &[QUESTION],
+                Layout::Essay => &[GENERATION],
+                Layout::Translation => &[LANGUAGE],
                 Layout::Statement => &[],
             };
             for words in [3, 10, 30] {
                 let text = prompt(&mut rng, topic, words);
                 let x = featurizer.featurize(&text, &[]).unwrap().features;
-                let fired: Vec<usize> = (code..=essay).filter(|&i| x[i] > 0.0).collect();
+                let fired: Vec<usize> = (CODE..=GENERATION).filter(|&i| x[i] > 0.0).collect();
                 assert_eq!(fired, expected, "{layout:?}: {text}");
             }
         }

@@ -83,8 +83,29 @@ impl Default for FeaturizerConfig {
     }
 }
 
+/// Where [`HashingFeaturizer`] puts each of its fixed leading features (the table in the
+/// module docs).
+pub mod position {
+    /// The bias, always 1.
+    pub const BIAS: usize = 0;
+    /// The prompt's length in estimated tokens, log-scaled.
+    pub const LENGTH: usize = 1;
+    /// Code: fences, keywords or a high share of `{}();=`.
+    pub const CODE: usize = 2;
+    /// Math: digits and operators, or math words.
+    pub const MATH: usize = 3;
+    /// Two or more lettered options.
+    pub const MULTIPLE_CHOICE: usize = 4;
+    /// A question mark.
+    pub const QUESTION: usize = 5;
+    /// The share of non-ASCII letters.
+    pub const LANGUAGE: usize = 6;
+    /// A write/explain/summarize-style request.
+    pub const GENERATION: usize = 7;
+}
+
 /// Number of fixed leading features (bias, length and the six task signals).
-pub const FIXED_FEATURES: usize = 8;
+pub const FIXED_FEATURES: usize = position::GENERATION + 1;
 
 /// The built-in featurizer; see the module docs for its layout.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,16 +181,15 @@ impl Featurizer for HashingFeaturizer {
             .collect();
 
         let mut x = Vec::with_capacity(self.dim());
-        x.push(1.0);
-        x.push(((1.0 + f64::from(input_tokens)).ln() / (1.0 + 32768.0f64).ln()).min(1.0));
-        x.push(indicator(looks_like_code(prompt)));
-        x.push(indicator(looks_like_math(prompt, &words)));
-        x.push(indicator(looks_like_multiple_choice(prompt)));
-        x.push(indicator(prompt.contains('?')));
-        x.push(non_ascii_letter_share(prompt));
-        x.push(indicator(
-            words.iter().take(12).any(|w| GENERATION_WORDS.contains(w)),
-        ));
+        x.resize(FIXED_FEATURES, 0.0);
+        x[position::BIAS] = 1.0;
+        x[position::LENGTH] = ((1.0 + f64::from(input_tokens)).ln() / (1.0 + 32768.0f64).ln()).min(1.0);
+        x[position::CODE] = indicator(looks_like_code(prompt));
+        x[position::MATH] = indicator(looks_like_math(prompt, &words));
+        x[position::MULTIPLE_CHOICE] = indicator(looks_like_multiple_choice(prompt));
+        x[position::QUESTION] = indicator(prompt.contains('?'));
+        x[position::LANGUAGE] = non_ascii_letter_share(prompt);
+        x[position::GENERATION] = indicator(words.iter().take(12).any(|w| GENERATION_WORDS.contains(w)));
 
         let mut word_block = vec![0.0; self.config.word_buckets];
         for w in &words {
@@ -356,23 +376,24 @@ mod tests {
 
     #[test]
     fn task_signals_fire_on_their_kind_of_prompt() {
+        use position::{CODE, GENERATION, LANGUAGE, MATH, MULTIPLE_CHOICE, QUESTION};
         let f = HashingFeaturizer::default();
         let code = f.featurize("def add(a, b):\n    return a + b", &[]).unwrap();
-        assert_eq!(code.features[2], 1.0);
+        assert_eq!(code.features[CODE], 1.0);
         let math = f.featurize("Calculate the sum of 345 and 982.", &[]).unwrap();
-        assert_eq!(math.features[3], 1.0);
-        assert_eq!(math.features[2], 0.0);
+        assert_eq!(math.features[MATH], 1.0);
+        assert_eq!(math.features[CODE], 0.0);
         let mc = f
             .featurize("Which is a mammal?\nA) shark\nB) whale\nC) trout", &[])
             .unwrap();
-        assert_eq!(mc.features[4], 1.0);
-        assert_eq!(mc.features[5], 1.0);
+        assert_eq!(mc.features[MULTIPLE_CHOICE], 1.0);
+        assert_eq!(mc.features[QUESTION], 1.0);
         let fr = f.featurize("Écris un poème sur l'été à Paris", &[]).unwrap();
-        assert!(fr.features[6] > 0.0 && fr.features[6] < 0.5);
+        assert!(fr.features[LANGUAGE] > 0.0 && fr.features[LANGUAGE] < 0.5);
         let ja = f.featurize("日本語で答えてください", &[]).unwrap();
-        assert_eq!(ja.features[6], 1.0);
+        assert_eq!(ja.features[LANGUAGE], 1.0);
         let essay = f.featurize("Write an essay about rivers", &[]).unwrap();
-        assert_eq!(essay.features[7], 1.0);
+        assert_eq!(essay.features[GENERATION], 1.0);
     }
 
     #[test]
