@@ -93,7 +93,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(&state.config.listen)
+    let listener = listen(&state.config.listen)
         .await
         .map_err(io_at(&state.config.listen))?;
     let addr = listener.local_addr().map_err(io_at(&state.config.listen))?;
@@ -127,6 +127,37 @@ pub async fn run(
     let final_state = Arc::clone(&state);
     let _ = tokio::task::spawn_blocking(move || snapshot(&final_state)).await;
     Ok(())
+}
+
+/// Connections the kernel may hold, completed, for the server to accept (it caps this at
+/// `net.core.somaxconn`, 4096 by default since Linux 5.4). The standard library's and
+/// tokio's 128 drop the SYNs of a burst beyond it, and every client behind them, however
+/// patient the server, waits out TCP's retransmissions: 1, 3, then 7 seconds.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Listens on `address` (`host:port`), on the first of its addresses that can be bound,
+/// with a backlog of [`LISTEN_BACKLOG`].
+async fn listen(address: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut failure = None;
+    for addr in tokio::net::lookup_host(address).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As tokio's own `bind`: a restarted server can take its port back at once.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr) {
+            Ok(()) => return socket.listen(LISTEN_BACKLOG),
+            Err(e) => failure = Some(e),
+        }
+    }
+    Err(failure.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolves to nothing",
+        )
+    }))
 }
 
 /// What the connections may take of the server.
