@@ -730,6 +730,14 @@ fn connect(addr: &str) -> std::io::Result<TcpStream> {
     Ok(stream)
 }
 
+/// An HTTP client whose requests give up after ten seconds.
+fn bounded_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
 /// Writes a request line, then one more header line every `every` until the server
 /// closes the connection or `limit` passes; returns how long the connection stayed open.
 fn trickle_head(addr: &str, every: Duration, limit: Duration) -> Option<Duration> {
@@ -773,10 +781,7 @@ async fn slow_heads_are_cut_and_connections_are_capped() {
     let (child, base) = start_binary(&["--config", &config]);
     let addr = base.trim_start_matches("http://").to_string();
     // Every wait is bounded: a server that stops answering fails the test, not CI's clock.
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let http = bounded_client();
     let before = peak_rss_bytes(child.id());
     let slow: Vec<_> = (0..40)
         .map(|_| {
@@ -867,7 +872,7 @@ async fn a_burst_of_connections_waits_in_the_queue() {
     let queued = BURST.min(somaxconn + 1);
     let pid = libc::pid_t::try_from(child.id()).unwrap();
     // SAFETY: kill only sends a signal, to the server this test started.
-    let signal = |signal| assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    let signal = |number| assert_eq!(unsafe { libc::kill(pid, number) }, 0);
     // Stopped, the server accepts nothing: the kernel's queue alone holds the burst.
     signal(libc::SIGSTOP);
     let burst: Vec<_> = (0..BURST)
@@ -890,10 +895,7 @@ async fn a_burst_of_connections_waits_in_the_queue() {
         "{} of {BURST} connections completed; the queue holds {queued}",
         connected.len()
     );
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let http = bounded_client();
     let health = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     drop(connected);
