@@ -6,14 +6,17 @@
 //! budgets of 10%, 25% and 50% of the best model's cost; the report is each candidate's lift
 //! over the hull per case, then its mean and worst lift, its worst spend and its worst lift
 //! at the budget over the trained cases, and its mean and worst lift from cold, at once and
-//! late.
+//! late. `--against` compares the report with an earlier `--json` run, per table and kind
+//! of case, and `--from` reads one instead of running the suite.
+
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use quiver_bandit::prior::{check_cap, DEFAULT_PRIOR_CAP};
 use quiver_bandit::PolicySpec;
 use quiver_sim::priors::TrainFeedback;
-use quiver_sim::suite::{self, Candidate, CaseResult};
+use quiver_sim::suite::{self, Candidate, CaseResult, LiftChange};
 
 use crate::progress::bar;
 use crate::replay_cmd::DEFAULT_POLICIES;
@@ -47,9 +50,42 @@ pub struct SuiteArgs {
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
+    /// Read the results of an earlier `--json` run from this file instead of running the
+    /// suite.
+    #[arg(long, conflicts_with_all = ["candidates", "train_feedback", "train_passes", "prior_cap", "seeds", "routerbench", "routellm"])]
+    from: Option<PathBuf>,
+    /// Compare with an earlier `--json` run (of another build, say): each candidate's mean
+    /// lift per table (its folds together) and per kind of case, in both runs, over the
+    /// cases both have.
+    #[arg(long, conflicts_with = "json")]
+    against: Option<PathBuf>,
+}
+
+/// The results of `quiver suite --json`, read from `path`.
+fn read_results(path: &Path) -> Result<Vec<CaseResult>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{}: not the output of `quiver suite --json`", path.display()))
 }
 
 pub fn run(args: SuiteArgs) -> Result<()> {
+    let base = args.against.as_deref().map(read_results).transpose()?;
+    let results = match &args.from {
+        Some(path) => read_results(path)?,
+        None => run_suite(&args)?,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(());
+    }
+    print!("{}", report(&results));
+    if let (Some(base), Some(path)) = (base, &args.against) {
+        print!("{}", against(&results, &base, path)?);
+    }
+    Ok(())
+}
+
+fn run_suite(args: &SuiteArgs) -> Result<Vec<CaseResult>> {
     check_cap(args.prior_cap).context("--prior-cap")?;
     let candidates: Vec<Candidate> = split_specs(&args.candidates)
         .iter()
@@ -74,12 +110,53 @@ pub fn run(args: SuiteArgs) -> Result<()> {
     );
     let results = suite::run(&cases, &candidates, args.seeds, &|| progress.inc(1))?;
     progress.finish_and_clear();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
-    } else {
-        print!("{}", report(&results));
+    Ok(results)
+}
+
+/// The comparison with a base run: per table group, then per kind of case, each
+/// candidate's mean lift in the base and in this run, and the change.
+fn against(results: &[CaseResult], base: &[CaseResult], path: &Path) -> Result<String> {
+    let comparison = suite::compare(results, base);
+    if comparison.by_kind.is_empty() {
+        bail!(
+            "no case of this run is in {} (cases match by table, budget and candidate)",
+            path.display()
+        );
     }
-    Ok(())
+    let all = || comparison.by_table.iter().chain(&comparison.by_kind);
+    let sets = all().map(|c| c.cases_of.len()).max().unwrap_or(5).max(5);
+    let width = all().map(|c| c.candidate.len()).max().unwrap_or(9).max(9);
+    let mut out = format!(
+        "\nagainst {}: mean lift over the hull in both runs, over the cases both have\n",
+        path.display()
+    );
+    let mut section = |title: &str, changes: &[LiftChange]| {
+        out.push_str(&format!(
+            "{title:<sets$} {:<width$} {:>5} {:>8} {:>8} {:>8}\n",
+            "candidate", "cases", "base", "this", "change"
+        ));
+        for c in changes {
+            out.push_str(&format!(
+                "{:<sets$} {:<width$} {:>5} {:>+8.4} {:>+8.4} {:>+8.4}\n",
+                c.cases_of,
+                c.candidate,
+                c.cases,
+                c.base,
+                c.new,
+                c.new - c.base
+            ));
+        }
+    };
+    section("table", &comparison.by_table);
+    section("cases", &comparison.by_kind);
+    if comparison.unmatched > 0 {
+        out.push_str(&format!(
+            "({} cases of this run are not in {} and are left out)\n",
+            comparison.unmatched,
+            path.display()
+        ));
+    }
+    Ok(out)
 }
 
 /// The per-case table, then one line per candidate: mean and worst lift, worst spend, worst

@@ -891,3 +891,102 @@ fn a_converted_table_keeps_its_list_prices() {
         "{err}"
     );
 }
+
+/// `quiver suite --against` compares a run with an earlier `--json` run case by case, and
+/// `--from` reads a run instead of running the suite; a file that is not such a run, or
+/// shares no case, is refused by name.
+#[test]
+fn a_suite_run_compares_with_an_earlier_one() {
+    let dir = scratch("suite_against");
+    let case = |table: &str, candidate: &str, lift: f64| {
+        serde_json::json!({
+            "table": table, "cold": table.contains("+cold"),
+            "feedback_delay": if table.contains("+late") { 200 } else { 0 },
+            "budget_share": 0.25, "candidate": candidate, "quality": 0.6 + lift,
+            "spend_vs_budget": 0.99, "feasible": true, "hull": 0.6, "lift": lift,
+            "lift_at_budget": lift, "full_information_lift": null
+        })
+    };
+    let write = |name: &str, cases: serde_json::Value| {
+        let path = dir.join(name);
+        std::fs::write(&path, cases.to_string()).unwrap();
+        path
+    };
+    let base = write(
+        "base.json",
+        serde_json::json!([
+            case("t-fold0", "linucb", 0.010),
+            case("t-fold1", "linucb", 0.030),
+            case("t-fold0+cold", "linucb", -0.040),
+        ]),
+    );
+    let new = write(
+        "new.json",
+        serde_json::json!([
+            case("t-fold0", "linucb", 0.015),
+            case("t-fold1", "linucb", 0.045),
+            case("t-fold0+cold", "linucb", -0.010),
+            case("u", "linucb", 0.5),
+        ]),
+    );
+    let (new_arg, base_arg) = (new.to_str().unwrap(), base.to_str().unwrap());
+    let out = stdout(&quiver(&["suite", "--from", new_arg, "--against", base_arg]));
+    let row = |set: &str| -> Vec<String> {
+        let line = out
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(set) && l.contains("linucb") && !l.contains('%'))
+            .unwrap_or_else(|| panic!("no row {set}: {out}"));
+        line.split_whitespace().skip(2).map(str::to_owned).collect()
+    };
+    // Folds together: the base's mean is 0.02, this run's 0.03.
+    assert_eq!(row("t"), ["2", "+0.0200", "+0.0300", "+0.0100"], "{out}");
+    assert_eq!(row("t+cold"), ["1", "-0.0400", "-0.0100", "+0.0300"], "{out}");
+    assert_eq!(row("trained"), ["2", "+0.0200", "+0.0300", "+0.0100"], "{out}");
+    assert_eq!(row("all"), ["3", "+0.0000", "+0.0167", "+0.0167"], "{out}");
+    assert!(out.contains("(1 cases of this run are not in"), "{out}");
+    // The report itself reads from the file as from a run, and `--json` writes it back.
+    assert!(
+        out.lines().any(|l| l.starts_with("u ") && l.contains("+0.5000")),
+        "{out}"
+    );
+    let again: serde_json::Value =
+        serde_json::from_str(&stdout(&quiver(&["suite", "--from", new_arg, "--json"]))).unwrap();
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&new).unwrap()).unwrap();
+    assert_eq!(again, written);
+
+    let missing = dir.join("missing.json");
+    let err = stderr(&quiver(&[
+        "suite",
+        "--from",
+        new_arg,
+        "--against",
+        missing.to_str().unwrap(),
+    ]));
+    assert!(err.contains("reading ") && err.contains("missing.json"), "{err}");
+    let replayed = write("replay.json", serde_json::json!({"policies": []}));
+    let err = stderr(&quiver(&[
+        "suite",
+        "--from",
+        new_arg,
+        "--against",
+        replayed.to_str().unwrap(),
+    ]));
+    assert!(
+        err.contains("replay.json: not the output of `quiver suite --json`"),
+        "{err}"
+    );
+    let other = write("other.json", serde_json::json!([case("v", "lints", 0.0)]));
+    let err = stderr(&quiver(&[
+        "suite",
+        "--from",
+        new_arg,
+        "--against",
+        other.to_str().unwrap(),
+    ]));
+    assert!(
+        err.contains("no case of this run is in") && err.contains("other.json"),
+        "{err}"
+    );
+    let err = stderr(&quiver(&["suite", "--from", new_arg, "--seeds", "3"]));
+    assert!(err.contains("--seeds"), "{err}");
+}

@@ -48,7 +48,7 @@ use quiver_bandit::policy::DEFAULT_LINUCB_LAMBDA;
 use quiver_bandit::prior::DEFAULT_PRIOR_CAP;
 use quiver_bandit::ridge::RidgeModel;
 use quiver_bandit::{Objective, PolicySpec, Priors, DEFAULT_PACING_STEP};
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::context::ContextBuilder;
 use crate::data::{load_wide, Format, WideDataset};
@@ -725,8 +725,9 @@ impl Candidate {
     }
 }
 
-/// A candidate's result on one case, averaged over seeds.
-#[derive(Debug, Clone, Serialize)]
+/// A candidate's result on one case, averaged over seeds. Read back from `quiver suite
+/// --json`'s output, a lift that was not a number (written `null`) is one again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CaseResult {
     /// The case's table.
     pub table: String,
@@ -752,9 +753,115 @@ pub struct CaseResult {
     /// Quality minus the hull at the budget: against the best fixed mix that spends up to
     /// it, so that spending less than the budget where more would have paid shows (`lift`
     /// measures against a mix as cheap as the candidate).
+    #[serde(deserialize_with = "number_or_nan")]
     pub lift_at_budget: f64,
     /// The lift of the same candidate shown every model's outcome (full information).
+    #[serde(deserialize_with = "number_or_nan")]
     pub full_information_lift: f64,
+}
+
+/// A number, or NaN where JSON has `null` (as `serde_json` writes a NaN).
+fn number_or_nan<'de, D: Deserializer<'de>>(deserializer: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
+}
+
+impl CaseResult {
+    /// The kind of case the report's summary counts it in: `trained` (drifting ones too),
+    /// `cold`, or `late` (cold, with each quality [`LATE_FEEDBACK`] decisions late).
+    pub fn kind(&self) -> &'static str {
+        match (self.cold, self.feedback_delay > 0) {
+            (false, _) => "trained",
+            (true, false) => "cold",
+            (true, true) => "late",
+        }
+    }
+}
+
+/// The name the folds of one table share: `routerbench-train-fold1+cold` is in
+/// `routerbench-train+cold`.
+pub fn table_group(table: &str) -> String {
+    let (name, variant) = table.split_at(table.find('+').unwrap_or(table.len()));
+    let name = match name.rfind("-fold") {
+        Some(at) if name.len() > at + 5 && name[at + 5..].bytes().all(|b| b.is_ascii_digit()) => &name[..at],
+        _ => name,
+    };
+    format!("{name}{variant}")
+}
+
+/// One candidate's mean lift over the hull over a set of cases, in a run of the suite and
+/// in a base run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiftChange {
+    /// The set: a table group ([`table_group`]) or a kind of case ([`CaseResult::kind`]),
+    /// or `all`.
+    pub cases_of: String,
+    /// The candidate's label.
+    pub candidate: String,
+    /// Cases in the set, matched in both runs.
+    pub cases: usize,
+    /// The mean lift in the base run.
+    pub base: f64,
+    /// The mean lift in the run compared.
+    pub new: f64,
+}
+
+/// A run of the suite against a base run (see [`compare`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Comparison {
+    /// Per table group, in the order the run has them.
+    pub by_table: Vec<LiftChange>,
+    /// Per kind of case, then over all cases.
+    pub by_kind: Vec<LiftChange>,
+    /// Cases of the run the base lacks (another table, budget or candidate), left out.
+    pub unmatched: usize,
+}
+
+/// Compares `new` with `base` case by case: a case is matched by its table, budget and
+/// candidate, so two builds' runs of the same candidates compare, and each mean is over the
+/// matched cases alone.
+pub fn compare(new: &[CaseResult], base: &[CaseResult]) -> Comparison {
+    let key = |r: &CaseResult| (r.table.clone(), r.budget_share.to_bits(), r.candidate.clone());
+    let base: BTreeMap<_, &CaseResult> = base.iter().map(|r| (key(r), r)).collect();
+    let pairs: Vec<(&CaseResult, &CaseResult)> = new
+        .iter()
+        .filter_map(|r| base.get(&key(r)).map(|b| (r, *b)))
+        .collect();
+    let mean_by = |cases_of: &dyn Fn(&CaseResult) -> String| {
+        let mut changes: Vec<LiftChange> = Vec::new();
+        for (r, b) in &pairs {
+            let name = cases_of(r);
+            let at = changes
+                .iter()
+                .position(|c| c.cases_of == name && c.candidate == r.candidate)
+                .unwrap_or_else(|| {
+                    changes.push(LiftChange {
+                        cases_of: name,
+                        candidate: r.candidate.clone(),
+                        cases: 0,
+                        base: 0.0,
+                        new: 0.0,
+                    });
+                    changes.len() - 1
+                });
+            let change = &mut changes[at];
+            change.cases += 1;
+            change.base += b.lift;
+            change.new += r.lift;
+        }
+        for change in &mut changes {
+            change.base /= change.cases as f64;
+            change.new /= change.cases as f64;
+        }
+        changes
+    };
+    let mut by_kind = mean_by(&|r| r.kind().to_owned());
+    by_kind.sort_by_key(|c| ["trained", "cold", "late"].iter().position(|k| *k == c.cases_of));
+    by_kind.extend(mean_by(&|_| "all".to_owned()));
+    Comparison {
+        by_table: mean_by(&|r| table_group(&r.table)),
+        by_kind,
+        unmatched: new.len() - pairs.len(),
+    }
 }
 
 /// The table as a drifted evaluation sees it on average, so that the single models and
@@ -861,6 +968,101 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn result(table: &str, budget_share: f64, candidate: &str, lift: f64) -> CaseResult {
+        CaseResult {
+            table: table.into(),
+            cold: table.contains("+cold"),
+            feedback_delay: if table.contains("+late") { LATE_FEEDBACK } else { 0 },
+            budget_share,
+            candidate: candidate.into(),
+            quality: 0.5 + lift,
+            spend_vs_budget: 1.0,
+            feasible: true,
+            hull: 0.5,
+            lift,
+            lift_at_budget: lift,
+            full_information_lift: f64::NAN,
+        }
+    }
+
+    #[test]
+    fn the_folds_of_a_table_are_one_group() {
+        for (table, group) in [
+            ("routerbench-train-fold1+cold", "routerbench-train+cold"),
+            ("builtin-train-fold0", "builtin-train"),
+            ("builtin-train-fold12+cold+late", "builtin-train+cold+late"),
+            ("irt-60+drift", "irt-60+drift"),
+            ("irt-30-10k", "irt-30-10k"),
+            ("data-folder+cold", "data-folder+cold"),
+            ("data-fold", "data-fold"),
+        ] {
+            assert_eq!(table_group(table), group, "{table}");
+        }
+    }
+
+    #[test]
+    fn a_run_compares_with_a_base_case_by_case() {
+        let base = [
+            result("t-fold0", 0.1, "a", 0.01),
+            result("t-fold1", 0.1, "a", 0.03),
+            result("t-fold0+cold", 0.1, "a", -0.02),
+            result("t-fold0+cold+late", 0.1, "a", -0.04),
+            result("t-fold0", 0.1, "b", 0.05),
+        ];
+        let new = [
+            result("t-fold0", 0.1, "a", 0.02),
+            result("t-fold1", 0.1, "a", 0.06),
+            result("t-fold0+cold", 0.1, "a", 0.01),
+            result("t-fold0+cold+late", 0.1, "a", -0.05),
+            // Not in the base: another budget, another candidate.
+            result("t-fold0", 0.25, "a", 0.9),
+            result("t-fold0", 0.1, "c", 0.9),
+        ];
+        let comparison = compare(&new, &base);
+        assert_eq!(comparison.unmatched, 2);
+        let summary = |changes: &[LiftChange]| -> Vec<(String, usize, f64, f64)> {
+            changes
+                .iter()
+                .map(|c| (c.cases_of.clone(), c.cases, c.base, c.new))
+                .collect()
+        };
+        let close = |got: Vec<(String, usize, f64, f64)>, want: &[(&str, usize, f64, f64)]| {
+            assert_eq!(got.len(), want.len(), "{got:?}");
+            for (g, w) in got.iter().zip(want) {
+                assert_eq!((g.0.as_str(), g.1), (w.0, w.1), "{got:?}");
+                assert!((g.2 - w.2).abs() < 1e-15 && (g.3 - w.3).abs() < 1e-15, "{got:?}");
+            }
+        };
+        close(
+            summary(&comparison.by_table),
+            &[
+                ("t", 2, 0.02, 0.04),
+                ("t+cold", 1, -0.02, 0.01),
+                ("t+cold+late", 1, -0.04, -0.05),
+            ],
+        );
+        close(
+            summary(&comparison.by_kind),
+            &[
+                ("trained", 2, 0.02, 0.04),
+                ("cold", 1, -0.02, 0.01),
+                ("late", 1, -0.04, -0.05),
+                ("all", 4, -0.005, 0.01),
+            ],
+        );
+        assert!(comparison.by_kind.iter().all(|c| c.candidate == "a"));
+    }
+
+    #[test]
+    fn results_read_back_with_their_missing_lifts() {
+        let written = serde_json::to_string(&[result("t+cold", 0.5, "a", 0.02)]).unwrap();
+        assert!(written.contains("\"full_information_lift\":null"), "{written}");
+        let read: Vec<CaseResult> = serde_json::from_str(&written).unwrap();
+        assert!(read[0].full_information_lift.is_nan());
+        assert_eq!(read[0].lift, 0.02);
+        assert_eq!(read[0].kind(), "cold");
+    }
     use quiver_bandit::DEFAULT_ROUTE_POLICY;
 
     /// The table has what the module docs promise: the split, prices in range, near-duplicate
