@@ -217,22 +217,22 @@ fn report(results: &[CaseResult]) -> String {
     let mean = |lifts: &[f64]| lifts.iter().sum::<f64>() / lifts.len() as f64;
     let worst = |lifts: &[f64]| lifts.iter().copied().fold(f64::INFINITY, f64::min);
     for name in names {
-        let lifts = |cold: bool, late: bool, full: bool| -> Vec<f64> {
+        let lifts = |kind: &str, full: bool| -> Vec<f64> {
             results
                 .iter()
-                .filter(|r| r.candidate == name && r.cold == cold && (r.feedback_delay > 0) == late)
+                .filter(|r| r.candidate == name && r.kind() == kind)
                 .map(|r| if full { r.full_information_lift } else { r.lift })
                 .collect()
         };
         let (trained, cold, late) = (
-            lifts(false, false, false),
-            lifts(true, false, false),
-            lifts(true, true, false),
+            lifts("trained", false),
+            lifts("cold", false),
+            lifts("late", false),
         );
         let feasible = || {
             results
                 .iter()
-                .filter(|r| r.candidate == name && !r.cold && r.feasible)
+                .filter(|r| r.candidate == name && r.kind() == "trained" && r.feasible)
         };
         let spend = feasible()
             .map(|r| r.spend_vs_budget)
@@ -250,8 +250,8 @@ fn report(results: &[CaseResult]) -> String {
             worst(&cold),
             mean(&late),
             worst(&late),
-            mean(&lifts(false, false, true)),
-            mean(&lifts(true, false, true))
+            mean(&lifts("trained", true)),
+            mean(&lifts("cold", true))
         ));
     }
     out

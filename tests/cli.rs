@@ -949,6 +949,18 @@ fn a_suite_run_compares_with_an_earlier_one() {
         out.lines().any(|l| l.starts_with("u ") && l.contains("+0.5000")),
         "{out}"
     );
+    // Its summary: the trained cases' mean and worst lift (u counts), the cold cases' mean.
+    let summary: Vec<&str> = out
+        .lines()
+        .find(|l| l.starts_with("linucb "))
+        .unwrap_or_else(|| panic!("no summary: {out}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        [summary[1], summary[2], summary[5]],
+        ["+0.1867", "+0.0150", "-0.0100"],
+        "{out}"
+    );
     let again: serde_json::Value =
         serde_json::from_str(&stdout(&quiver(&["suite", "--from", new_arg, "--json"]))).unwrap();
     let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&new).unwrap()).unwrap();
@@ -989,4 +1001,13 @@ fn a_suite_run_compares_with_an_earlier_one() {
     );
     let err = stderr(&quiver(&["suite", "--from", new_arg, "--seeds", "3"]));
     assert!(err.contains("--seeds"), "{err}");
+    let err = stderr(&quiver(&[
+        "suite",
+        "--from",
+        new_arg,
+        "--against",
+        base_arg,
+        "--json",
+    ]));
+    assert!(err.contains("--json") && err.contains("--against"), "{err}");
 }
