@@ -781,8 +781,8 @@ impl CaseResult {
 /// `routerbench-train+cold`.
 pub fn table_group(table: &str) -> String {
     let (name, variant) = table.split_at(table.find('+').unwrap_or(table.len()));
-    let name = match name.rfind("-fold") {
-        Some(at) if name.len() > at + 5 && name[at + 5..].bytes().all(|b| b.is_ascii_digit()) => &name[..at],
+    let name = match name.rsplit_once("-fold") {
+        Some((table, fold)) if !fold.is_empty() && fold.bytes().all(|b| b.is_ascii_digit()) => table,
         _ => name,
     };
     format!("{name}{variant}")
