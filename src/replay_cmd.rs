@@ -83,9 +83,18 @@ pub struct ReplayArgs {
     /// Row filter of --train.
     #[arg(long, value_name = "COLUMN=VALUE")]
     train_split: Option<Split>,
-    /// Budget: target mean spend per request in USD (paced by the learner).
-    #[arg(long, value_parser = budget_usd)]
-    budget: Option<f64>,
+    /// Evaluate on this share of --data's rows, drawn at random (see --holdout-seed), after
+    /// training on the rest as --train would (`0.3`: train on 70%, evaluate on 30%).
+    #[arg(long, value_parser = holdout_share, requires = "data", conflicts_with = "train")]
+    holdout: Option<f64>,
+    /// The seed of --holdout's draw: the same rows for every policy and every --seeds.
+    #[arg(long, default_value_t = 0, requires = "holdout")]
+    holdout_seed: u64,
+    /// Budget: target mean spend per request in USD (paced by the learner), or `P%` of the
+    /// best model's mean cost per request on the training rows (on the evaluated rows
+    /// without any), as the validation suite sets its budgets.
+    #[arg(long, value_parser = budget_arg)]
+    budget: Option<Budget>,
     /// Initial step size of the budget pacer's dual update (it shrinks as costs are
     /// observed).
     #[arg(long, default_value_t = DEFAULT_PACING_STEP)]
@@ -181,6 +190,71 @@ fn minilm() -> Result<Box<dyn quiver_bandit::Embedder>> {
     };
     #[cfg(not(feature = "minilm"))]
     bail!("--embedding minilm: this build has no bundled encoder (build with `--features minilm`)")
+}
+
+/// `--budget`: USD per request, or a share of the best model's mean cost.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Budget {
+    Usd(f64),
+    ShareOfBest(f64),
+}
+
+fn budget_arg(text: &str) -> std::result::Result<Budget, String> {
+    let Some(percent) = text.strip_suffix('%') else {
+        return budget_usd(text).map(Budget::Usd);
+    };
+    match percent.trim().parse::<f64>() {
+        Ok(p) if p > 0.0 && p.is_finite() => Ok(Budget::ShareOfBest(p / 100.0)),
+        _ => Err(format!(
+            "`{text}`: a share of the best model's cost is a percentage above 0, such as 25%"
+        )),
+    }
+}
+
+/// The budget in USD per request: `--budget` as given, or its share of the best model's
+/// mean cost on the training rows (the evaluated ones when there are none).
+fn budget_in_usd(
+    budget: Option<Budget>,
+    data: &WideDataset,
+    train: Option<&WideDataset>,
+) -> Result<Option<f64>> {
+    let share = match budget {
+        None => return Ok(None),
+        Some(Budget::Usd(usd)) => return Ok(Some(usd)),
+        Some(Budget::ShareOfBest(share)) => share,
+    };
+    let (basis, rows) = match train {
+        Some(train) => (train, "training"),
+        None => (data, "evaluated"),
+    };
+    if basis.cost_usd.is_none() {
+        bail!(
+            "--budget {}%: {} has no costs to take a share of (give --prices, or the budget in USD)",
+            share * 100.0,
+            basis.source
+        );
+    }
+    let (best, cost) = quiver_sim::metrics::best_model(basis);
+    let usd = quiver_bandit::limits::BUDGET_USD
+        .check("the budget", share * cost)
+        .with_context(|| format!("--budget {}% of {}'s mean cost", share * 100.0, basis.arms[best]))?;
+    tracing::info!(
+        "budget: {}% of {}'s mean cost per request on the {} {rows} rows, ${usd:.6}",
+        share * 100.0,
+        basis.arms[best],
+        basis.rows()
+    );
+    Ok(Some(usd))
+}
+
+/// `--holdout`: a share strictly between 0 and 1.
+fn holdout_share(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(share) if share > 0.0 && share < 1.0 => Ok(share),
+        _ => Err(format!(
+            "`{text}`: the share of rows held out is a number between 0 and 1, such as 0.3"
+        )),
+    }
 }
 
 /// A budget in USD per request, within the learner's bounds.
@@ -311,6 +385,10 @@ fn unpriced_datasets(args: &ReplayArgs) -> Result<(WideDataset, Option<WideDatas
     match &args.data {
         Some(path) => {
             let data = load_wide(path, format, split)?;
+            if let Some(share) = args.holdout {
+                let (train, held_out) = data.holdout(share, args.holdout_seed)?;
+                return Ok((held_out, Some(train), objective(Objective::default())?));
+            }
             let mut train = args
                 .train
                 .as_deref()
@@ -396,10 +474,14 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         .collect::<Result<_, _>>()?;
     if let Some(path) = &args.data {
         if detect_format(path, args.format)? == Format::Logged {
-            if args.train.is_some() || args.priors.is_some() || !args.cascade.is_empty() {
+            if args.train.is_some()
+                || args.holdout.is_some()
+                || args.priors.is_some()
+                || !args.cascade.is_empty()
+            {
                 bail!(
-                    "--train, --priors and --cascade apply to full-information data; a log is evaluated \
-                     off-policy"
+                    "--train, --holdout, --priors and --cascade apply to full-information data; a log is \
+                     evaluated off-policy"
                 );
             }
             let log = LogStream::open(path, Format::Logged, args.split.as_ref(), CHUNK_ROWS)?;
@@ -410,6 +492,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         bail!("--policies is empty");
     }
     let (data, train, objective) = datasets(&args)?;
+    let budget = budget_in_usd(args.budget, &data, train.as_ref())?;
     if args.train_feedback == TrainFeedback::Full && (args.explore_passes > 0 || args.train_passes > 1) {
         bail!("--train-passes and --explore-passes apply to --train-feedback bandit");
     }
@@ -425,7 +508,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
             None => variants.push(Variant {
                 spec: spec.clone(),
                 objective,
-                budget_usd: args.budget,
+                budget_usd: budget,
                 label: spec.to_string(),
             }),
             Some((key, values)) => {
@@ -433,7 +516,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
                     let (objective, budget) = if key == "budget" {
                         (objective, Some(*v))
                     } else {
-                        (Objective::new(*v, objective.w_latency)?, args.budget)
+                        (Objective::new(*v, objective.w_latency)?, budget)
                     };
                     variants.push(Variant {
                         spec: spec.clone(),
@@ -533,4 +616,52 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::array;
+
+    use super::*;
+
+    /// Two models; the first is the better one, at `cost` a request.
+    fn table(source: &str, cost: f64) -> WideDataset {
+        WideDataset {
+            source: source.into(),
+            arms: vec!["good".into(), "cheap".into()],
+            ids: vec!["0".into(), "1".into()],
+            features: ndarray::Array2::zeros((2, 0)),
+            quality: array![[1.0, 0.0], [1.0, 1.0]],
+            cost_usd: Some(array![[cost, 0.001], [3.0 * cost, 0.001]]),
+            ..WideDataset::default()
+        }
+    }
+
+    /// A share of the best model's cost is taken on the training rows when there are any,
+    /// so the evaluated rows never set their own budget.
+    #[test]
+    fn a_budget_share_is_of_the_best_models_cost_on_the_training_rows() {
+        let (evaluated, train) = (table("eval.csv", 1.0), table("train.csv", 10.0));
+        let share = Some(Budget::ShareOfBest(0.25));
+        assert_eq!(budget_in_usd(share, &evaluated, Some(&train)).unwrap(), Some(5.0));
+        assert_eq!(budget_in_usd(share, &evaluated, None).unwrap(), Some(0.5));
+        let usd = Some(Budget::Usd(0.002));
+        assert_eq!(budget_in_usd(usd, &evaluated, Some(&train)).unwrap(), Some(0.002));
+        assert_eq!(budget_in_usd(None, &evaluated, None).unwrap(), None);
+        let err = budget_in_usd(Some(Budget::ShareOfBest(1e6)), &evaluated, Some(&train)).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("--budget 100000000% of good's mean cost: the budget is"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn budgets_parse_as_dollars_or_as_a_percentage() {
+        assert_eq!(budget_arg("0.001"), Ok(Budget::Usd(0.001)));
+        assert_eq!(budget_arg("25%"), Ok(Budget::ShareOfBest(0.25)));
+        assert_eq!(budget_arg(" 12.5 %"), Ok(Budget::ShareOfBest(0.125)));
+        for bad in ["0%", "-5%", "inf%", "%", "25 percent"] {
+            assert!(budget_arg(bad).is_err(), "{bad}");
+        }
+    }
 }

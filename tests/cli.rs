@@ -510,6 +510,116 @@ fn a_new_users_mistakes_get_precise_errors() {
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
 
+/// `--holdout` trains on a random share of a table's rows and evaluates on the rest, the
+/// rows `WideDataset::holdout` draws; `--budget P%` is that share of the best model's mean
+/// cost, on the training rows (or the evaluated ones without any), as the suite sets its
+/// budgets. The fixture's best model, `mid/v1`, costs $0.0005 on every row, so 25% is
+/// $0.000125 whatever the draw.
+#[test]
+fn a_holdout_and_a_budget_share_run_the_suites_protocol_on_a_table() {
+    let dir = scratch("holdout");
+    let data = wide_fixture(&dir);
+    let path = data.to_str().unwrap();
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let args = [
+            &[
+                "replay",
+                "--data",
+                path,
+                "--policies",
+                "linucb(alpha=0.1)",
+                "--seeds",
+                "2",
+                "--json",
+            ],
+            extra,
+        ]
+        .concat();
+        serde_json::from_str(&stdout(&quiver(&args))).expect("json")
+    };
+    let held = run(&["--holdout", "0.3", "--budget", "25%"]);
+    assert_eq!(held["dataset"]["rows"], 36);
+    assert_eq!(held["dataset"]["train_rows"], 84);
+    let budget = held["policies"][0]["budget_usd"].as_f64().unwrap();
+    assert!((budget - 0.25 * 0.0005).abs() < 1e-15, "{budget}");
+    let (_, evaluated) = load_wide(path, Format::Auto, None)
+        .unwrap()
+        .holdout(0.3, 0)
+        .unwrap();
+    for (a, arm) in evaluated.arms.iter().enumerate() {
+        let mean = evaluated.quality.column(a).mean().unwrap();
+        let single = held["single_arms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["arm"] == arm.as_str())
+            .unwrap();
+        assert!(
+            (single["mean_quality"].as_f64().unwrap() - mean).abs() < 1e-12,
+            "{arm}"
+        );
+    }
+    assert_eq!(run(&["--holdout", "0.3", "--budget", "25%"]), held);
+    let redrawn = run(&["--holdout", "0.3", "--holdout-seed", "1", "--budget", "25%"]);
+    assert_ne!(redrawn["single_arms"], held["single_arms"]);
+    // Without training rows the share is of the evaluated rows' best model.
+    let cold = run(&["--budget", "50%"]);
+    assert!((cold["policies"][0]["budget_usd"].as_f64().unwrap() - 0.5 * 0.0005).abs() < 1e-15);
+
+    let unpriced = dir.join("unpriced.csv");
+    std::fs::write(&unpriced, "quality|a,quality|b\n1,0\n0,1\n1,1\n").unwrap();
+    let err = stderr(&quiver(&[
+        "replay",
+        "--data",
+        unpriced.to_str().unwrap(),
+        "--budget",
+        "25%",
+    ]));
+    assert!(
+        err.contains("--budget 25%: ") && err.contains("unpriced.csv has no costs to take a share of"),
+        "{err}"
+    );
+    let err = stderr(&quiver(&[
+        "replay",
+        "--data",
+        unpriced.to_str().unwrap(),
+        "--holdout",
+        "0.1",
+    ]));
+    assert!(
+        err.contains("holding out 0.1 of the 3 rows of ")
+            && err.contains("no rows to train or to evaluate on"),
+        "{err}"
+    );
+    for (flag, value, says) in [
+        ("--budget", "0%", "a percentage above 0"),
+        ("--budget", "x%", "a percentage above 0"),
+        ("--holdout", "1", "between 0 and 1"),
+        ("--holdout", "NaN", "between 0 and 1"),
+    ] {
+        let err = stderr(&quiver(&["replay", "--data", path, flag, value]));
+        assert!(
+            err.contains(&format!("invalid value '{value}' for '{flag} ")) && err.contains(says),
+            "{err}"
+        );
+    }
+    let err = stderr(&quiver(&[
+        "replay",
+        "--data",
+        path,
+        "--train",
+        path,
+        "--holdout",
+        "0.3",
+    ]));
+    assert!(
+        err.contains("'--train <TRAIN>' cannot be used with '--holdout <HOLDOUT>'"),
+        "{err}"
+    );
+    let err = stderr(&quiver(&["replay", "--holdout", "0.3"]));
+    assert!(err.contains("--data <DATA>"), "{err}");
+}
+
 #[test]
 fn several_files_are_one_table() {
     let dir = scratch("glob");

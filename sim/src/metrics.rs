@@ -55,6 +55,14 @@ pub fn best_single(arms: &[SingleArm]) -> usize {
     best
 }
 
+/// The single model of the highest mean quality (the cheaper of ties) and its mean cost
+/// per request: what budgets are set as shares of.
+pub fn best_model(data: &WideDataset) -> (usize, f64) {
+    let singles = single_arms(data, None);
+    let best = best_single(&singles);
+    (best, singles[best].mean_cost_usd)
+}
+
 /// The per-request oracle: on each request the best-quality arm, the cheapest among ties
 /// (RouterBench's "cheapest correct model"). Returns (mean quality, mean cost USD).
 pub fn oracle(data: &WideDataset) -> (f64, f64) {

@@ -53,6 +53,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::context::ContextBuilder;
 use crate::data::{load_wide, Format, WideDataset};
 use crate::error::Result;
+use crate::metrics::best_model;
 use crate::priors::{fit_wide, TrainFeedback};
 use crate::replay::{replay, Drift, Environment, Knobs, ReplaySettings, Variant};
 use crate::scenario::Scenario;
@@ -563,13 +564,6 @@ pub const LATE_FEEDBACK: usize = 200;
 
 /// The budgets of every table, as shares of the best model's cost.
 pub const BUDGET_SHARES: [f64; 3] = [0.10, 0.25, 0.50];
-
-/// The best single model on `data` (highest mean quality) and its mean cost.
-fn best_model(data: &WideDataset) -> (usize, f64) {
-    let singles = crate::metrics::single_arms(data, None);
-    let best = crate::metrics::best_single(&singles);
-    (best, singles[best].mean_cost_usd)
-}
 
 /// The cases of the suite for `tables` (name, train, evaluation): every budget, and with
 /// `drift`, the same again with the best model's quality lowered by 0.3 halfway through

@@ -7,6 +7,9 @@
 
 use ndarray::{concatenate, Array2, Axis};
 use quiver_bandit::{limits, Arm};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 use super::prices::ListPrices;
 use super::{feature_columns, read_features, row_slice, standard, Dataset, DatasetReader};
@@ -189,6 +192,32 @@ impl WideDataset {
             .as_ref()
             .map(|t| rows.iter().map(|&r| t[r].clone()).collect());
     }
+
+    /// The table split at random into rows to train on and rows held out to evaluate on,
+    /// `fraction` of them (rounded) held out; the same split for the same `seed`. Each part
+    /// keeps the table's order.
+    pub fn holdout(&self, fraction: f64, seed: u64) -> Result<(WideDataset, WideDataset)> {
+        let rows = self.rows();
+        let held = (fraction * rows as f64).round() as usize;
+        if !(fraction > 0.0 && fraction < 1.0) || held == 0 || held == rows {
+            return Err(SimError::InvalidOption(format!(
+                "holding out {fraction} of the {rows} rows of {} leaves no rows to train or to \
+                 evaluate on",
+                self.source
+            )));
+        }
+        let mut order: Vec<usize> = (0..rows).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+        let mut held_out = vec![false; rows];
+        for &row in &order[..held] {
+            held_out[row] = true;
+        }
+        let mut train = self.clone();
+        train.retain_rows(|r| !held_out[r]);
+        let mut evaluate = self.clone();
+        evaluate.retain_rows(|r| held_out[r]);
+        Ok((train, evaluate))
+    }
 }
 
 /// `matrix` with its columns permuted: column `i` of the result is column `order[i]`.
@@ -361,5 +390,53 @@ impl DatasetReader for WideReader {
 
     fn read(&self, source: &str, tables: &[Table]) -> Result<Dataset> {
         read_wide_tables(source, tables, Self::read_table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbered(rows: usize) -> WideDataset {
+        WideDataset {
+            source: "t.csv".into(),
+            arms: vec!["a".into()],
+            ids: (0..rows).map(|r| r.to_string()).collect(),
+            features: Array2::zeros((rows, 0)),
+            quality: Array2::from_shape_fn((rows, 1), |(r, _)| r as f64 / rows as f64),
+            ..WideDataset::default()
+        }
+    }
+
+    /// The two parts partition the rows, the held-out one of the share asked, each row with
+    /// its own values; a seed fixes the draw, and the draw is not the table's tail.
+    #[test]
+    fn a_holdout_partitions_the_rows_at_random() {
+        let table = numbered(100);
+        let (train, held) = table.holdout(0.3, 7).unwrap();
+        assert_eq!((train.rows(), held.rows()), (70, 30));
+        let mut ids: Vec<usize> = train.ids.iter().chain(&held.ids).map(|i| i.parse().unwrap()).collect();
+        for part in [&train, &held] {
+            for (r, id) in part.ids.iter().enumerate() {
+                let id: f64 = id.parse().unwrap();
+                assert_eq!(part.quality[[r, 0]], id / 100.0);
+            }
+            assert!(part.ids.windows(2).all(|w| w[0].parse::<usize>().unwrap() < w[1].parse().unwrap()));
+        }
+        ids.sort_unstable();
+        assert_eq!(ids, (0..100).collect::<Vec<_>>());
+        assert_eq!(table.holdout(0.3, 7).unwrap(), (train, held.clone()));
+        assert_ne!(table.holdout(0.3, 8).unwrap().1.ids, held.ids);
+        // 30 of 100 drawn at random are the last 30 with probability 1 / C(100, 30).
+        assert!(held.ids.iter().any(|i| i.parse::<usize>().unwrap() < 70));
+    }
+
+    #[test]
+    fn a_holdout_leaves_rows_on_both_sides() {
+        for (rows, fraction) in [(100, 0.0), (100, 1.0), (100, f64::NAN), (1, 0.5), (3, 0.1), (3, 0.9)] {
+            let err = numbered(rows).holdout(fraction, 0).unwrap_err().to_string();
+            assert!(err.contains("t.csv") && err.contains("no rows to train or to evaluate on"), "{err}");
+        }
+        assert_eq!(numbered(3).holdout(0.2, 0).unwrap().1.rows(), 1);
     }
 }
