@@ -105,7 +105,8 @@ pub struct ReplayArgs {
     /// Latency weight: quality points per second.
     #[arg(long)]
     w_latency: Option<f64>,
-    /// Replay each policy at N settings: `budget=A..B:N` or `w-cost=A..B:N`.
+    /// Replay each policy at N settings: `budget=A..B:N` (in USD, or both ends in % as
+    /// --budget takes them) or `w-cost=A..B:N`.
     #[arg(long, value_parser = parse_sweep)]
     sweep: Option<Sweep>,
     /// Decisions made after a request before its quality arrives (0: before the next one).
@@ -196,32 +197,42 @@ fn minilm() -> Result<Box<dyn quiver_bandit::Embedder>> {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Budget {
     Usd(f64),
-    ShareOfBest(f64),
+    /// A percentage of the best model's mean cost.
+    PercentOfBest(f64),
 }
 
-fn budget_arg(text: &str) -> std::result::Result<Budget, String> {
-    let Some(percent) = text.strip_suffix('%') else {
-        return budget_usd(text).map(Budget::Usd);
-    };
-    match percent.trim().parse::<f64>() {
-        Ok(p) if p > 0.0 && p.is_finite() => Ok(Budget::ShareOfBest(p / 100.0)),
-        _ => Err(format!(
-            "`{text}`: a share of the best model's cost is a percentage above 0, such as 25%"
-        )),
+impl std::fmt::Display for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Budget::Usd(usd) => write!(f, "{usd}"),
+            Budget::PercentOfBest(percent) => write!(f, "{percent}%"),
+        }
     }
 }
 
-/// The budget in USD per request: `--budget` as given, or its share of the best model's
-/// mean cost on the training rows (the evaluated ones when there are none).
-fn budget_in_usd(
-    budget: Option<Budget>,
-    data: &WideDataset,
-    train: Option<&WideDataset>,
-) -> Result<Option<f64>> {
+fn budget_arg(text: &str) -> std::result::Result<Budget, String> {
+    match text.strip_suffix('%') {
+        Some(percent) => {
+            percent_of_best(percent.trim().parse().unwrap_or(f64::NAN)).map_err(|e| format!("`{text}`: {e}"))
+        }
+        None => budget_usd(text).map(Budget::Usd),
+    }
+}
+
+fn percent_of_best(percent: f64) -> std::result::Result<Budget, String> {
+    if percent > 0.0 && percent.is_finite() {
+        Ok(Budget::PercentOfBest(percent))
+    } else {
+        Err("a share of the best model's cost is a percentage above 0, such as 25%".into())
+    }
+}
+
+/// A budget in USD per request: as given, or its share of the best model's mean cost on
+/// the training rows (the evaluated ones when there are none).
+fn budget_in_usd(budget: Budget, data: &WideDataset, train: Option<&WideDataset>) -> Result<f64> {
     let share = match budget {
-        None => return Ok(None),
-        Some(Budget::Usd(usd)) => return Ok(Some(usd)),
-        Some(Budget::ShareOfBest(share)) => share,
+        Budget::Usd(usd) => return Ok(usd),
+        Budget::PercentOfBest(percent) => percent / 100.0,
     };
     let (basis, rows) = match train {
         Some(train) => (train, "training"),
@@ -229,22 +240,20 @@ fn budget_in_usd(
     };
     if basis.cost_usd.is_none() {
         bail!(
-            "--budget {}%: {} has no costs to take a share of (give --prices, or the budget in USD)",
-            share * 100.0,
+            "--budget {budget}: {} has no costs to take a share of (give --prices, or the budget in USD)",
             basis.source
         );
     }
     let (best, cost) = quiver_sim::metrics::best_model(basis);
     let usd = quiver_bandit::limits::BUDGET_USD
         .check("the budget", share * cost)
-        .with_context(|| format!("--budget {}% of {}'s mean cost", share * 100.0, basis.arms[best]))?;
+        .with_context(|| format!("--budget {budget} of {}'s mean cost", basis.arms[best]))?;
     tracing::info!(
-        "budget: {}% of {}'s mean cost per request on the {} {rows} rows, ${usd:.6}",
-        share * 100.0,
+        "budget: {budget} of {}'s mean cost per request on the {} {rows} rows, ${usd:.6}",
         basis.arms[best],
         basis.rows()
     );
-    Ok(Some(usd))
+    Ok(usd)
 }
 
 /// `--holdout`: a share strictly between 0 and 1.
@@ -259,47 +268,66 @@ fn holdout_share(text: &str) -> std::result::Result<f64, String> {
 
 /// A budget in USD per request, within the learner's bounds.
 fn budget_usd(text: &str) -> std::result::Result<f64, String> {
-    let value: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    checked_budget_usd(text.parse().map_err(|e| format!("{e}"))?)
+}
+
+fn checked_budget_usd(usd: f64) -> std::result::Result<f64, String> {
     quiver_bandit::limits::BUDGET_USD
-        .check("the budget", value)
+        .check("the budget", usd)
         .map_err(|e| e.to_string())
 }
 
 /// `--sweep KEY=A..B:N`: the setting swept and its N values, evenly spaced.
-type Sweep = (String, Vec<f64>);
+#[derive(Debug, Clone)]
+enum Sweep {
+    Budget(Vec<Budget>),
+    WCost(Vec<f64>),
+}
 
 /// The most settings one sweep replays.
 const MAX_SWEEP_POINTS: usize = 1000;
 
 fn parse_sweep(text: &str) -> std::result::Result<Sweep, String> {
-    let form = "KEY=A..B:N, KEY budget or w-cost";
+    let form = "KEY=A..B:N, KEY budget (in USD, or both ends in %) or w-cost";
     let (key, range) = text.split_once('=').ok_or(form)?;
     let (bounds, n) = range.split_once(':').ok_or(form)?;
     let (a, b) = bounds.split_once("..").ok_or(form)?;
+    let (a, b, percentages) = match (key, a.strip_suffix('%'), b.strip_suffix('%')) {
+        ("budget", Some(a), Some(b)) => (a, b, true),
+        _ => (a, b, false),
+    };
     let number = |t: &str| t.parse::<f64>().map_err(|e| format!("{t}: {e}"));
     let (a, b) = (number(a)?, number(b)?);
     let n: usize = n.parse().map_err(|e| format!("N {n}: {e}"))?;
     if !(1..=MAX_SWEEP_POINTS).contains(&n) || !a.is_finite() || !b.is_finite() || b < a {
         return Err(format!("need A <= B and 1 <= N <= {MAX_SWEEP_POINTS}"));
     }
-    let bound = match key {
-        "budget" => quiver_bandit::limits::BUDGET_USD,
-        "w-cost" => quiver_bandit::limits::W_COST,
-        other => return Err(format!("`{other}`: sweep budget or w-cost")),
-    };
-    for end in [a, b] {
-        bound.check(key, end).map_err(|e| e.to_string())?;
+    let values = (0..n).map(|i| {
+        if n == 1 {
+            a
+        } else {
+            a + (b - a) * i as f64 / (n - 1) as f64
+        }
+    });
+    match key {
+        "budget" if percentages => values
+            .map(percent_of_best)
+            .collect::<std::result::Result<_, _>>()
+            .map(Sweep::Budget),
+        "budget" => values
+            .map(|usd| checked_budget_usd(usd).map(Budget::Usd))
+            .collect::<std::result::Result<_, _>>()
+            .map(Sweep::Budget),
+        "w-cost" => values
+            .map(|w| {
+                quiver_bandit::limits::W_COST
+                    .check(key, w)
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<std::result::Result<_, _>>()
+            .map(Sweep::WCost),
+        other => Err(format!("`{other}`: sweep budget or w-cost")),
     }
-    let values = (0..n)
-        .map(|i| {
-            if n == 1 {
-                a
-            } else {
-                a + (b - a) * i as f64 / (n - 1) as f64
-            }
-        })
-        .collect();
-    Ok((key.to_string(), values))
 }
 
 fn cascade_arg(text: &str) -> std::result::Result<Cascade, String> {
@@ -492,7 +520,6 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         bail!("--policies is empty");
     }
     let (data, train, objective) = datasets(&args)?;
-    let budget = budget_in_usd(args.budget, &data, train.as_ref())?;
     if args.train_feedback == TrainFeedback::Full && (args.explore_passes > 0 || args.train_passes > 1) {
         bail!("--train-passes and --explore-passes apply to --train-feedback bandit");
     }
@@ -502,32 +529,45 @@ pub fn run(args: ReplayArgs) -> Result<()> {
             args.explore_passes
         );
     }
-    let mut variants = Vec::new();
-    for spec in &specs {
-        match &args.sweep {
-            None => variants.push(Variant {
+    let budget = args
+        .budget
+        .map(|b| budget_in_usd(b, &data, train.as_ref()))
+        .transpose()?;
+    // Every policy runs at each setting: the one given, or each of the sweep's.
+    let points: Vec<(Objective, Option<f64>, String)> = match &args.sweep {
+        None => vec![(objective, budget, String::new())],
+        Some(Sweep::Budget(budgets)) => budgets
+            .iter()
+            .map(|b| {
+                Ok((
+                    objective,
+                    Some(budget_in_usd(*b, &data, train.as_ref())?),
+                    format!(" @ budget={b}"),
+                ))
+            })
+            .collect::<Result<_>>()?,
+        Some(Sweep::WCost(weights)) => weights
+            .iter()
+            .map(|w| {
+                Ok((
+                    Objective::new(*w, objective.w_latency)?,
+                    budget,
+                    format!(" @ w-cost={w}"),
+                ))
+            })
+            .collect::<Result<_>>()?,
+    };
+    let variants = specs
+        .iter()
+        .flat_map(|spec| {
+            points.iter().map(move |(objective, budget_usd, suffix)| Variant {
                 spec: spec.clone(),
-                objective,
-                budget_usd: budget,
-                label: spec.to_string(),
-            }),
-            Some((key, values)) => {
-                for v in values {
-                    let (objective, budget) = if key == "budget" {
-                        (objective, Some(*v))
-                    } else {
-                        (Objective::new(*v, objective.w_latency)?, budget)
-                    };
-                    variants.push(Variant {
-                        spec: spec.clone(),
-                        objective,
-                        budget_usd: budget,
-                        label: format!("{spec} @ {key}={v}"),
-                    });
-                }
-            }
-        }
-    }
+                objective: *objective,
+                budget_usd: *budget_usd,
+                label: format!("{spec}{suffix}"),
+            })
+        })
+        .collect();
     let mut tasks: Vec<String> = Vec::new();
     if task_in_context(data.prompts.is_some(), args.task_feature) {
         tasks.extend(data.tasks.clone().unwrap_or_default());
@@ -642,13 +682,14 @@ mod tests {
     #[test]
     fn a_budget_share_is_of_the_best_models_cost_on_the_training_rows() {
         let (evaluated, train) = (table("eval.csv", 1.0), table("train.csv", 10.0));
-        let share = Some(Budget::ShareOfBest(0.25));
-        assert_eq!(budget_in_usd(share, &evaluated, Some(&train)).unwrap(), Some(5.0));
-        assert_eq!(budget_in_usd(share, &evaluated, None).unwrap(), Some(0.5));
-        let usd = Some(Budget::Usd(0.002));
-        assert_eq!(budget_in_usd(usd, &evaluated, Some(&train)).unwrap(), Some(0.002));
-        assert_eq!(budget_in_usd(None, &evaluated, None).unwrap(), None);
-        let err = budget_in_usd(Some(Budget::ShareOfBest(1e6)), &evaluated, Some(&train)).unwrap_err();
+        let share = Budget::PercentOfBest(25.0);
+        assert_eq!(budget_in_usd(share, &evaluated, Some(&train)).unwrap(), 5.0);
+        assert_eq!(budget_in_usd(share, &evaluated, None).unwrap(), 0.5);
+        assert_eq!(
+            budget_in_usd(Budget::Usd(0.002), &evaluated, Some(&train)).unwrap(),
+            0.002
+        );
+        let err = budget_in_usd(Budget::PercentOfBest(1e8), &evaluated, Some(&train)).unwrap_err();
         assert!(
             format!("{err:#}").contains("--budget 100000000% of good's mean cost: the budget is"),
             "{err:#}"
@@ -658,8 +699,8 @@ mod tests {
     #[test]
     fn budgets_parse_as_dollars_or_as_a_percentage() {
         assert_eq!(budget_arg("0.001"), Ok(Budget::Usd(0.001)));
-        assert_eq!(budget_arg("25%"), Ok(Budget::ShareOfBest(0.25)));
-        assert_eq!(budget_arg(" 12.5 %"), Ok(Budget::ShareOfBest(0.125)));
+        assert_eq!(budget_arg("25%"), Ok(Budget::PercentOfBest(25.0)));
+        assert_eq!(budget_arg(" 12.5 %"), Ok(Budget::PercentOfBest(12.5)));
         for bad in ["0%", "-5%", "inf%", "%", "25 percent"] {
             assert!(budget_arg(bad).is_err(), "{bad}");
         }

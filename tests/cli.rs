@@ -562,6 +562,23 @@ fn a_holdout_and_a_budget_share_run_the_suites_protocol_on_a_table() {
     assert_eq!(run(&["--holdout", "0.3", "--budget", "25%"]), held);
     let redrawn = run(&["--holdout", "0.3", "--holdout-seed", "1", "--budget", "25%"]);
     assert_ne!(redrawn["single_arms"], held["single_arms"]);
+    let swept = run(&["--holdout", "0.3", "--sweep", "budget=10%..50%:3"]);
+    for (policy, percent) in swept["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip([10.0, 30.0, 50.0])
+    {
+        assert!(
+            policy["policy"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!(" @ budget={percent}%")),
+            "{policy}"
+        );
+        let usd = policy["budget_usd"].as_f64().unwrap();
+        assert!((usd - percent / 100.0 * 0.0005).abs() < 1e-15, "{usd}");
+    }
     // Without training rows the share is of the evaluated rows' best model.
     let cold = run(&["--budget", "50%"]);
     assert!((cold["policies"][0]["budget_usd"].as_f64().unwrap() - 0.5 * 0.0005).abs() < 1e-15);
@@ -594,6 +611,8 @@ fn a_holdout_and_a_budget_share_run_the_suites_protocol_on_a_table() {
     for (flag, value, says) in [
         ("--budget", "0%", "a percentage above 0"),
         ("--budget", "x%", "a percentage above 0"),
+        ("--sweep", "budget=0%..50%:3", "a percentage above 0"),
+        ("--sweep", "budget=10%..0.5:3", "10%: invalid float literal"),
         ("--holdout", "1", "between 0 and 1"),
         ("--holdout", "NaN", "between 0 and 1"),
     ] {
