@@ -240,14 +240,14 @@ fn budget_in_usd(budget: Budget, data: &WideDataset, train: Option<&WideDataset>
     };
     if basis.cost_usd.is_none() {
         bail!(
-            "--budget {budget}: {} has no costs to take a share of (give --prices, or the budget in USD)",
+            "a budget of {budget}: {} has no costs to take a share of (give --prices, or a budget in USD)",
             basis.source
         );
     }
     let (best, cost) = quiver_sim::metrics::best_model(basis);
     let usd = quiver_bandit::limits::BUDGET_USD
         .check("the budget", share * cost)
-        .with_context(|| format!("--budget {budget} of {}'s mean cost", basis.arms[best]))?;
+        .with_context(|| format!("a budget of {budget} of {}'s mean cost", basis.arms[best]))?;
     tracing::info!(
         "budget: {budget} of {}'s mean cost per request on the {} {rows} rows, ${usd:.6}",
         basis.arms[best],
@@ -691,7 +691,7 @@ mod tests {
         );
         let err = budget_in_usd(Budget::PercentOfBest(1e8), &evaluated, Some(&train)).unwrap_err();
         assert!(
-            format!("{err:#}").contains("--budget 100000000% of good's mean cost: the budget is"),
+            format!("{err:#}").contains("a budget of 100000000% of good's mean cost: the budget is"),
             "{err:#}"
         );
     }

@@ -593,7 +593,7 @@ fn a_holdout_and_a_budget_share_run_the_suites_protocol_on_a_table() {
         "25%",
     ]));
     assert!(
-        err.contains("--budget 25%: ") && err.contains("unpriced.csv has no costs to take a share of"),
+        err.contains("a budget of 25%: ") && err.contains("unpriced.csv has no costs to take a share of"),
         "{err}"
     );
     let err = stderr(&quiver(&[
