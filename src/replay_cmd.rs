@@ -85,14 +85,14 @@ pub struct ReplayArgs {
     train_split: Option<Split>,
     /// Evaluate on this share of --data's rows, drawn at random (see --holdout-seed), after
     /// training on the rest as --train would (`0.3`: train on 70%, evaluate on 30%).
-    #[arg(long, value_parser = holdout_share, requires = "data", conflicts_with = "train")]
+    #[arg(long, value_parser = holdout_share, requires = "data", conflicts_with_all = ["train", "train_split"])]
     holdout: Option<f64>,
     /// The seed of --holdout's draw: the same rows for every policy and every --seeds.
     #[arg(long, default_value_t = 0, requires = "holdout")]
     holdout_seed: u64,
     /// Budget: target mean spend per request in USD (paced by the learner), or `P%` of the
-    /// best model's mean cost per request on the training rows (on the evaluated rows
-    /// without any), as the validation suite sets its budgets.
+    /// best model's mean cost per request on the training rows, as in the validation suite
+    /// (on the evaluated rows when there are none).
     #[arg(long, value_parser = budget_arg)]
     budget: Option<Budget>,
     /// Initial step size of the budget pacer's dual update (it shrinks as costs are
@@ -240,7 +240,7 @@ fn budget_in_usd(budget: Budget, data: &WideDataset, train: Option<&WideDataset>
     };
     if basis.cost_usd.is_none() {
         bail!(
-            "a budget of {budget}: {} has no costs to take a share of (give --prices, or a budget in USD)",
+            "a budget of {budget}: {} has no cost columns, so no best model's cost to take a share of",
             basis.source
         );
     }
@@ -529,6 +529,9 @@ pub fn run(args: ReplayArgs) -> Result<()> {
             args.explore_passes
         );
     }
+    if args.budget.is_some() && matches!(args.sweep, Some(Sweep::Budget(_))) {
+        bail!("--budget and --sweep budget=... both set the budget; use one");
+    }
     let budget = args
         .budget
         .map(|b| budget_in_usd(b, &data, train.as_ref()))
@@ -591,7 +594,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     if args.train_feedback == TrainFeedback::Full {
         if let Some(t) = train_env.take() {
             if priors.is_some() {
-                bail!("--priors and --train both give priors; use one, or --train-feedback bandit");
+                bail!("--priors and --train (or --holdout) both give priors; use one, or --train-feedback bandit");
             }
             check_cap(args.prior_cap).context("--prior-cap")?;
             priors = Some(fit_wide(&t, &builder.definition(), args.prior_cap));

@@ -583,6 +583,44 @@ fn a_holdout_and_a_budget_share_run_the_suites_protocol_on_a_table() {
     let cold = run(&["--budget", "50%"]);
     assert!((cold["policies"][0]["budget_usd"].as_f64().unwrap() - 0.5 * 0.0005).abs() < 1e-15);
 
+    // With the best model's cost varying by row, the training rows' mean is the base.
+    let varying = dir.join("varying.csv");
+    let text = std::fs::read_to_string(&data).unwrap();
+    let rows: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(i, line)| line.replace(",0.0005,", &format!(",{},", 0.0001 * (1 + i % 9) as f64)))
+        .collect();
+    std::fs::write(&varying, rows.join("\n")).unwrap();
+    let table = load_wide(varying.to_str().unwrap(), Format::Auto, None).unwrap();
+    let (train, evaluated) = table.holdout(0.3, 0).unwrap();
+    let [on_train, on_evaluated] = [&train, &evaluated].map(|t| quiver_sim::metrics::best_model(t).1);
+    assert!(
+        (on_train - on_evaluated).abs() > 1e-6,
+        "{on_train} {on_evaluated}"
+    );
+    let budget_of = |args: &[&str]| {
+        let all = [
+            &[
+                "replay",
+                "--data",
+                varying.to_str().unwrap(),
+                "--policies",
+                "random",
+                "--seeds",
+                "1",
+                "--json",
+            ],
+            args,
+        ]
+        .concat();
+        let v: serde_json::Value = serde_json::from_str(&stdout(&quiver(&all))).unwrap();
+        v["policies"][0]["budget_usd"].as_f64().unwrap()
+    };
+    assert!((budget_of(&["--holdout", "0.3", "--budget", "25%"]) - 0.25 * on_train).abs() < 1e-15);
+    let every_row = quiver_sim::metrics::best_model(&table).1;
+    assert!((budget_of(&["--budget", "25%"]) - 0.25 * every_row).abs() < 1e-15);
+
     let unpriced = dir.join("unpriced.csv");
     std::fs::write(&unpriced, "quality|a,quality|b\n1,0\n0,1\n1,1\n").unwrap();
     let err = stderr(&quiver(&[
@@ -593,7 +631,8 @@ fn a_holdout_and_a_budget_share_run_the_suites_protocol_on_a_table() {
         "25%",
     ]));
     assert!(
-        err.contains("a budget of 25%: ") && err.contains("unpriced.csv has no costs to take a share of"),
+        err.contains("a budget of 25%: ")
+            && err.contains("unpriced.csv has no cost columns, so no best model's cost to take a share of"),
         "{err}"
     );
     let err = stderr(&quiver(&[
@@ -633,6 +672,32 @@ fn a_holdout_and_a_budget_share_run_the_suites_protocol_on_a_table() {
     ]));
     assert!(
         err.contains("'--train <TRAIN>' cannot be used with '--holdout <HOLDOUT>'"),
+        "{err}"
+    );
+    let err = stderr(&quiver(&[
+        "replay",
+        "--data",
+        path,
+        "--train-split",
+        "task=chat",
+        "--holdout",
+        "0.3",
+    ]));
+    assert!(
+        err.contains("'--train-split <COLUMN=VALUE>' cannot be used with '--holdout <HOLDOUT>'"),
+        "{err}"
+    );
+    let err = stderr(&quiver(&[
+        "replay",
+        "--data",
+        path,
+        "--budget",
+        "0.001",
+        "--sweep",
+        "budget=10%..50%:3",
+    ]));
+    assert!(
+        err.contains("--budget and --sweep budget=... both set the budget"),
         "{err}"
     );
     let err = stderr(&quiver(&["replay", "--holdout", "0.3"]));
