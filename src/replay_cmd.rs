@@ -245,8 +245,8 @@ fn budget_in_usd(budget: Budget, data: &WideDataset, train: Option<&WideDataset>
         );
     }
     let (best, cost) = quiver_sim::metrics::best_model(basis);
-    let usd = quiver_bandit::limits::BUDGET_USD
-        .check("the budget", share * cost)
+    let usd = checked_budget_usd(share * cost)
+        .map_err(anyhow::Error::msg)
         .with_context(|| format!("a budget of {budget} of {}'s mean cost", basis.arms[best]))?;
     tracing::info!(
         "budget: {budget} of {}'s mean cost per request on the {} {rows} rows, ${usd:.6}",

@@ -520,12 +520,12 @@ fn a_holdout_and_a_budget_share_run_the_suites_protocol_on_a_table() {
     let dir = scratch("holdout");
     let data = wide_fixture(&dir);
     let path = data.to_str().unwrap();
-    let run = |extra: &[&str]| -> serde_json::Value {
+    let replay = |data: &str, extra: &[&str]| -> serde_json::Value {
         let args = [
             &[
                 "replay",
                 "--data",
-                path,
+                data,
                 "--policies",
                 "linucb(alpha=0.1)",
                 "--seeds",
@@ -537,6 +537,7 @@ fn a_holdout_and_a_budget_share_run_the_suites_protocol_on_a_table() {
         .concat();
         serde_json::from_str(&stdout(&quiver(&args))).expect("json")
     };
+    let run = |extra: &[&str]| replay(path, extra);
     let held = run(&["--holdout", "0.3", "--budget", "25%"]);
     assert_eq!(held["dataset"]["rows"], 36);
     assert_eq!(held["dataset"]["train_rows"], 84);
@@ -599,23 +600,10 @@ fn a_holdout_and_a_budget_share_run_the_suites_protocol_on_a_table() {
         (on_train - on_evaluated).abs() > 1e-6,
         "{on_train} {on_evaluated}"
     );
-    let budget_of = |args: &[&str]| {
-        let all = [
-            &[
-                "replay",
-                "--data",
-                varying.to_str().unwrap(),
-                "--policies",
-                "random",
-                "--seeds",
-                "1",
-                "--json",
-            ],
-            args,
-        ]
-        .concat();
-        let v: serde_json::Value = serde_json::from_str(&stdout(&quiver(&all))).unwrap();
-        v["policies"][0]["budget_usd"].as_f64().unwrap()
+    let budget_of = |extra: &[&str]| {
+        replay(varying.to_str().unwrap(), extra)["policies"][0]["budget_usd"]
+            .as_f64()
+            .unwrap()
     };
     assert!((budget_of(&["--holdout", "0.3", "--budget", "25%"]) - 0.25 * on_train).abs() < 1e-15);
     let every_row = quiver_sim::metrics::best_model(&table).1;
