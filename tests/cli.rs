@@ -649,45 +649,26 @@ fn a_holdout_and_a_budget_share_run_the_suites_protocol_on_a_table() {
             "{err}"
         );
     }
-    let err = stderr(&quiver(&[
-        "replay",
-        "--data",
-        path,
-        "--train",
-        path,
-        "--holdout",
-        "0.3",
-    ]));
-    assert!(
-        err.contains("'--train <TRAIN>' cannot be used with '--holdout <HOLDOUT>'"),
-        "{err}"
-    );
-    let err = stderr(&quiver(&[
-        "replay",
-        "--data",
-        path,
-        "--train-split",
-        "task=chat",
-        "--holdout",
-        "0.3",
-    ]));
-    assert!(
-        err.contains("'--train-split <COLUMN=VALUE>' cannot be used with '--holdout <HOLDOUT>'"),
-        "{err}"
-    );
-    let err = stderr(&quiver(&[
-        "replay",
-        "--data",
-        path,
-        "--budget",
-        "0.001",
-        "--sweep",
-        "budget=10%..50%:3",
-    ]));
-    assert!(
-        err.contains("--budget and --sweep budget=... both set the budget"),
-        "{err}"
-    );
+    // Options that cannot go together, each refused with what it conflicts with.
+    for (extra, says) in [
+        (
+            ["--train", path, "--holdout", "0.3"],
+            "'--train <TRAIN>' cannot be used with '--holdout <HOLDOUT>'",
+        ),
+        (
+            ["--train-split", "task=chat", "--holdout", "0.3"],
+            "'--train-split <COLUMN=VALUE>' cannot be used with '--holdout <HOLDOUT>'",
+        ),
+        (
+            ["--budget", "0.001", "--sweep", "budget=10%..50%:3"],
+            "--budget and --sweep budget=... both set the budget",
+        ),
+    ] {
+        let mut args = vec!["replay", "--data", path];
+        args.extend(extra);
+        let err = stderr(&quiver(&args));
+        assert!(err.contains(says), "{err}");
+    }
     let err = stderr(&quiver(&["replay", "--holdout", "0.3"]));
     assert!(err.contains("--data <DATA>"), "{err}");
 }
