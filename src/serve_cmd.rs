@@ -52,7 +52,7 @@ pub fn run_serve(args: ServeArgs) -> Result<()> {
             ..config
         };
         let state = state(config)?;
-        run(state, shutdown_signal(), |addr| {
+        run(state, shutdown_signal()?, |addr| {
             eprintln!("quiver serve: listening on http://{addr}");
         })
         .await?;

@@ -329,24 +329,43 @@ async fn first_byte_arrives(stream: &tokio::net::TcpStream, limit: Duration) -> 
     )
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Catches Ctrl-C and SIGTERM from now on and returns a future that resolves on either.
+/// Registering before the server announces its address means a signal sent as soon as
+/// it is listening stops it cleanly, rather than killing it before the loop first waits.
+#[cfg(unix)]
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
+    })
+}
+
+#[cfg(not(unix))]
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A SIGTERM that arrives before the future is first polled is caught, not fatal: with
+    /// a handler installed only on the first poll, this signal would end the test binary.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_terminate_signal_before_the_first_wait_is_caught() {
+        let stopped = shutdown_signal().unwrap();
+        // SAFETY: kill only sends a signal, to this process, whose handler is installed.
+        assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGTERM) }, 0);
+        tokio::time::timeout(Duration::from_secs(5), stopped)
+            .await
+            .expect("the signal was not delivered");
     }
 }
