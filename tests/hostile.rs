@@ -654,6 +654,49 @@ async fn streams_are_bounded_by_silence_not_length() {
     assert_eq!(failed("headless"), Some(true));
 }
 
+/// A stop lets an open stream finish whole, and turns new connections away at once
+/// rather than leaving them queued, unanswered, until the server exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_finishes_open_streams_and_refuses_new_connections() {
+    let upstream = upstreams().await;
+    let dir = scratch("hostile_stop");
+    let routes = proxy_routes(upstream, &[("trickle", &["trickle"])]);
+    let (child, base) = start_binary(&["--config", &write_config(&dir, "", &routes)]);
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "trickle", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut text = String::from_utf8_lossy(&body.next().await.unwrap().unwrap()).into_owned();
+
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill only sends a signal, to the server this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    // Refused within 2 s, while the stream (2.7 s to go) is still open.
+    let asked = Instant::now();
+    let refused = loop {
+        match connect(base.trim_start_matches("http://")) {
+            Ok(_) if asked.elapsed() < Duration::from_secs(2) => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Ok(_) => panic!("still accepting connections 2 s after SIGTERM"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused, "{refused}");
+
+    while let Some(chunk) = body.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    let events: Vec<_> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(events.len(), 11, "{events:?}");
+    assert_eq!(events.last(), Some(&"[DONE]"));
+    terminate(child);
+}
+
 /// An upstream that answers with 128 MiB (or declares 512 MiB) counts as a failed attempt
 /// and the proxy falls back, holding no more than the body limit; a 128 MiB stream passes
 /// through without being held. Three rounds of each show that the memory is a constant,

@@ -231,7 +231,8 @@ fn descriptor_limit() -> Option<u64> {
     None
 }
 
-/// Accepts connections until `shutdown` resolves, then lets the open ones finish. Each
+/// Accepts connections until `shutdown` resolves, then closes the listener and lets the
+/// open ones finish. Each
 /// connection must send a request head within the header timeout (hyper closes it
 /// otherwise, idle keep-alive connections included); beyond `max_connections` a connection
 /// gets a JSON 503 and is closed.
@@ -301,6 +302,9 @@ async fn serve_connections(
             drop(permit);
         });
     }
+    // New connections are refused from now on, instead of waiting in the kernel's queue
+    // through the drain only to be reset at exit.
+    drop(listener);
     let _ = stopping.send(true);
     // Streams are bounded by their silences, not their length: a stop waits for them a
     // while, then the final snapshot is written regardless.
