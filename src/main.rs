@@ -65,14 +65,22 @@ enum Command {
     Suite(suite_cmd::SuiteArgs),
 }
 
+/// Log lines held while standard error is not read, a few MB; later ones are dropped.
+const QUEUED_LOG_LINES: usize = 16_384;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let logs = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        );
+    // Diagnostics reach standard error through a queue and a thread of their own: when
+    // its reader stalls (a full pipe, a slow journal), lines are dropped, never requests
+    // held. The guard writes what is queued at exit.
+    let (stderr, _written_at_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(QUEUED_LOG_LINES)
+        .lossy(true)
+        .finish(std::io::stderr());
+    let logs = tracing_subscriber::fmt().with_writer(stderr).with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    );
     match cli.log_format {
         LogFormat::Human => logs.init(),
         LogFormat::Json => logs.json().init(),

@@ -697,6 +697,26 @@ async fn a_stop_finishes_open_streams_and_refuses_new_connections() {
     terminate(child);
 }
 
+/// The server's diagnostics never hold a request: with its standard error unread (a full
+/// pipe, a stalled journal), a thousand requests, each with its access-log line, are all
+/// answered; an access-log line is about 350 bytes, so a 64 KiB pipe fills within 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_log_reader_holds_no_request() {
+    let dir = scratch("hostile_stalled_log");
+    let (child, base) = start_binary(&["--config", &write_config(&dir, "", TWO_ARMS)]);
+    let http = bounded_client();
+    child.stall_stderr(true);
+    for i in 0..1000 {
+        let answer = http.get(format!("{base}/healthz")).send().await;
+        assert!(
+            matches!(&answer, Ok(r) if r.status() == 200),
+            "request {i}: {answer:?}"
+        );
+    }
+    child.stall_stderr(false);
+    terminate(child);
+}
+
 /// An upstream that answers with 128 MiB (or declares 512 MiB) counts as a failed attempt
 /// and the proxy falls back, holding no more than the body limit; a 128 MiB stream passes
 /// through without being held. Three rounds of each show that the memory is a constant,

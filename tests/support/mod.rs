@@ -7,6 +7,7 @@ use std::ops::{Deref, DerefMut};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +19,8 @@ use std::time::{Duration, Instant};
 pub struct Running {
     child: Child,
     logs: Arc<Mutex<Vec<String>>>,
+    /// While set, its standard error is not read: its pipe fills.
+    stderr_stalled: Arc<AtomicBool>,
     /// Dropped with the handle, which tells the watchdog the test is over.
     _watched: mpsc::Sender<()>,
 }
@@ -35,6 +38,12 @@ impl Running {
     /// The lines of standard error so far, after the one naming the address.
     pub fn logs(&self) -> Vec<String> {
         lines_of(&self.logs)
+    }
+
+    /// Stops reading the server's standard error (after the line being read), as a
+    /// stalled log reader would, or reads it again.
+    pub fn stall_stderr(&self, stalled: bool) {
+        self.stderr_stalled.store(stalled, Ordering::SeqCst);
     }
 }
 
@@ -121,10 +130,15 @@ fn start_command(command: &mut Command) -> (Running, String) {
     };
     let logs = Arc::new(Mutex::new(Vec::new()));
     let kept = Arc::clone(&logs);
-    // Read to the end: a reader that stopped would leave the server blocked on a full pipe.
+    let stderr_stalled = Arc::new(AtomicBool::new(false));
+    let stalled = Arc::clone(&stderr_stalled);
+    // Read to the end, unless a test stalls the reading on purpose.
     std::thread::spawn(move || {
         while let Some(line) = next_line(&mut stderr) {
             kept.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            while stalled.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     });
     let (watched, ended) = mpsc::channel();
@@ -143,6 +157,7 @@ fn start_command(command: &mut Command) -> (Running, String) {
     let running = Running {
         child,
         logs,
+        stderr_stalled,
         _watched: watched,
     };
     (running, addr)
