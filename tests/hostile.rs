@@ -686,7 +686,14 @@ async fn a_stop_finishes_open_streams_and_refuses_new_connections() {
             Err(e) => break e,
         }
     };
-    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused, "{refused}");
+    // One made as the listener closes is reset with the queue it waited in.
+    assert!(
+        matches!(
+            refused.kind(),
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+        ),
+        "{refused}"
+    );
 
     while let Some(chunk) = body.next().await {
         text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));

@@ -232,10 +232,9 @@ fn descriptor_limit() -> Option<u64> {
 }
 
 /// Accepts connections until `shutdown` resolves, then closes the listener and lets the
-/// open ones finish. Each
-/// connection must send a request head within the header timeout (hyper closes it
-/// otherwise, idle keep-alive connections included); beyond `max_connections` a connection
-/// gets a JSON 503 and is closed.
+/// open ones finish. Each connection must send a request head within the header timeout
+/// (hyper closes it otherwise, idle keep-alive connections included); beyond
+/// `max_connections` a connection gets a JSON 503 and is closed.
 async fn serve_connections(
     listener: tokio::net::TcpListener,
     app: axum::Router,
