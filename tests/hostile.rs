@@ -16,7 +16,8 @@ use axum::response::IntoResponse;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use support::{
-    failing_start, peak_rss_bytes, scratch, start_binary, start_binary_with_file_limit, terminate,
+    ask_to_stop, failing_start, peak_rss_bytes, scratch, start_binary, start_binary_with_file_limit,
+    terminate, wait_for_clean_stop,
 };
 
 const MIB: u64 = 1 << 20;
@@ -568,9 +569,8 @@ fn proxy_routes(upstream: SocketAddr, routes: &[(&str, &[&str])]) -> String {
         .collect()
 }
 
-/// Reads a streamed answer whole: its data lines, and how long it took.
-async fn read_stream(client: &reqwest::Client, base: &str, route: &str) -> (String, Vec<String>, Duration) {
-    let started = Instant::now();
+/// Asks `route` for a streamed answer: the response, its head read (200).
+async fn open_stream(client: &reqwest::Client, base: &str, route: &str) -> reqwest::Response {
     let response = client
         .post(format!("{base}/v1/chat/completions"))
         .json(&json!({"model": route, "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
@@ -578,17 +578,29 @@ async fn read_stream(client: &reqwest::Client, base: &str, route: &str) -> (Stri
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let model = response.headers()["x-quiver-model"].to_str().unwrap().to_string();
-    let mut text = String::new();
-    let mut body = response.bytes_stream();
+    response
+}
+
+/// The data lines of a stream: `text`, already read, then `body` to its end.
+async fn data_lines<B: AsRef<[u8]>>(
+    mut text: String,
+    mut body: impl futures_util::Stream<Item = reqwest::Result<B>> + Unpin,
+) -> Vec<String> {
     while let Some(chunk) = body.next().await {
-        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        text.push_str(&String::from_utf8_lossy(chunk.unwrap().as_ref()));
     }
-    let events = text
-        .lines()
+    text.lines()
         .filter_map(|l| l.strip_prefix("data: "))
         .map(str::to_string)
-        .collect();
+        .collect()
+}
+
+/// Reads a streamed answer whole: its data lines, and how long it took.
+async fn read_stream(client: &reqwest::Client, base: &str, route: &str) -> (String, Vec<String>, Duration) {
+    let started = Instant::now();
+    let response = open_stream(client, base, route).await;
+    let model = response.headers()["x-quiver-model"].to_str().unwrap().to_string();
+    let events = data_lines(String::new(), response.bytes_stream()).await;
     (model, events, started.elapsed())
 }
 
@@ -662,19 +674,12 @@ async fn a_stop_finishes_open_streams_and_refuses_new_connections() {
     let dir = scratch("hostile_stop");
     let routes = proxy_routes(upstream, &[("trickle", &["trickle"])]);
     let (child, base) = start_binary(&["--config", &write_config(&dir, "", &routes)]);
-    let response = reqwest::Client::new()
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&json!({"model": "trickle", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
+    let mut body = open_stream(&reqwest::Client::new(), &base, "trickle")
         .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let mut body = response.bytes_stream();
-    let mut text = String::from_utf8_lossy(&body.next().await.unwrap().unwrap()).into_owned();
+        .bytes_stream();
+    let first = String::from_utf8_lossy(&body.next().await.unwrap().unwrap()).into_owned();
 
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
-    // SAFETY: kill only sends a signal, to the server this test started.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    ask_to_stop(&child);
     // Refused within 2 s, while the stream (2.7 s to go) is still open.
     let asked = Instant::now();
     let refused = loop {
@@ -695,13 +700,10 @@ async fn a_stop_finishes_open_streams_and_refuses_new_connections() {
         "{refused}"
     );
 
-    while let Some(chunk) = body.next().await {
-        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-    }
-    let events: Vec<_> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    let events = data_lines(first, body).await;
     assert_eq!(events.len(), 11, "{events:?}");
-    assert_eq!(events.last(), Some(&"[DONE]"));
-    terminate(child);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    wait_for_clean_stop(child);
 }
 
 /// The server's diagnostics never hold a request: with its standard error unread (a full

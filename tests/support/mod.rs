@@ -184,12 +184,22 @@ fn next_line(reader: &mut impl BufRead) -> Option<String> {
 }
 
 /// Sends SIGTERM and waits, at most [`STOP_LIMIT`], for a clean exit.
-pub fn terminate(mut child: Running) {
+pub fn terminate(child: Running) {
+    ask_to_stop(&child);
+    wait_for_clean_stop(child);
+}
+
+/// Sends SIGTERM.
+pub fn ask_to_stop(child: &Running) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// Waits, at most [`STOP_LIMIT`] from now, for a server asked to stop to exit cleanly.
+pub fn wait_for_clean_stop(mut child: Running) {
     let asked = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
