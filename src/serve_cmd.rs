@@ -56,7 +56,8 @@ pub fn run_serve(args: ServeArgs) -> Result<()> {
             eprintln!("quiver serve: listening on http://{addr}");
         })
         .await?;
-        eprintln!("quiver serve: stopped; snapshot written");
+        // Through the log's queue: a reader that stopped reading must not hold the exit.
+        tracing::info!("stopped; snapshot written");
         Ok(())
     })
 }

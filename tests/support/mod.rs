@@ -41,9 +41,9 @@ impl Running {
     }
 
     /// Stops reading the server's standard error (after the line being read), as a
-    /// stalled log reader would, or reads it again.
-    pub fn stall_stderr(&self, stalled: bool) {
-        self.stderr_stalled.store(stalled, Ordering::SeqCst);
+    /// stalled log reader would.
+    pub fn stall_stderr(&self) {
+        self.stderr_stalled.store(true, Ordering::SeqCst);
     }
 }
 
