@@ -861,7 +861,8 @@ mod tests {
     }
 
     /// `replay` runs both feedbacks when asked; the summary reports the reference beside
-    /// the policy, its lift over the hull at its own cost, and the gap between the two.
+    /// the policy, its lift over the hull at its own cost, the gap between the two, and
+    /// where each sent its decisions.
     #[test]
     fn the_full_information_reference_is_summarized_beside_the_policy() {
         let data = constant_table(100, &[0.0, 0.5, 1.0]);
@@ -891,6 +892,9 @@ mod tests {
         // No prices: the reward is the quality.
         assert!((full.mean_reward - 0.99).abs() < 1e-12);
         assert!((full.feedback_gap - 0.005).abs() < 1e-12);
+        // Each seed plays a0, a1, then a2 98 times; shown every outcome, a0 once, then a2.
+        assert_eq!(p.arm_shares, vec![0.01, 0.01, 0.98]);
+        assert_eq!(full.arm_shares, vec![0.01, 0.0, 0.99]);
         settings.full_information = false;
         let runs = replay(&env, None, &settings, &|| {}).unwrap();
         let summary = crate::report::summarize(&data, "none", None, &settings, &runs, None);

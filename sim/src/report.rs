@@ -68,6 +68,9 @@ pub struct FullInformation {
     /// Its mean reward minus the policy's: what learning from the chosen model's outcome
     /// alone costs (under a budget, where the reward is the quality, in quality points).
     pub feedback_gap: f64,
+    /// Share of its decisions that went to each arm, next to the policy's own
+    /// `arm_shares`: which models the information it lacks would have it call.
+    pub arm_shares: Vec<f64>,
 }
 
 /// One entry of `policies`: a variant averaged over seeds.
@@ -292,7 +295,6 @@ pub fn summarize(
             let (c, c_ci) = metrics::mean_ci95(&of(&mine, |r| r.mean_cost_usd));
             let (rw, rw_ci) = metrics::mean_ci95(&of(&mine, |r| r.mean_reward));
             let (rg, rg_ci) = metrics::mean_ci95(&of(&mine, |r| r.regret));
-            let total: usize = mine.iter().map(|r| r.arm_counts.iter().sum::<usize>()).sum();
             let hull_at_budget = variant.budget_usd.map(hull_at);
             PolicySummary {
                 policy: variant.label.clone(),
@@ -321,13 +323,12 @@ pub fn summarize(
                         mean_reward: fr,
                         lift_over_hull: fq - hull_at(fc),
                         feedback_gap: fr - rw,
+                        arm_shares: arm_shares(&full, data.num_arms()),
                     }
                 }),
                 quality_vs_best_single: q / best_quality,
                 cost_vs_best_single: if best_cost > 0.0 { c / best_cost } else { f64::NAN },
-                arm_shares: (0..data.num_arms())
-                    .map(|a| mine.iter().map(|r| r.arm_counts[a]).sum::<usize>() as f64 / total.max(1) as f64)
-                    .collect(),
+                arm_shares: arm_shares(&mine, data.num_arms()),
                 ci95: PolicyCi {
                     mean_quality: q_ci,
                     mean_cost_usd: c_ci,
@@ -388,6 +389,14 @@ pub fn summarize(
         policies,
         cascades: Vec::new(),
     }
+}
+
+/// Share of the runs' decisions that went to each of `arms` arms.
+fn arm_shares(runs: &[&Run], arms: usize) -> Vec<f64> {
+    let total: usize = runs.iter().map(|r| r.arm_counts.iter().sum::<usize>()).sum();
+    (0..arms)
+        .map(|a| runs.iter().map(|r| r.arm_counts[a]).sum::<usize>() as f64 / total.max(1) as f64)
+        .collect()
 }
 
 /// A latency for the table: "n/a" when unknown.
