@@ -14,6 +14,8 @@ mod replay_cmd;
 mod serve_cmd;
 mod suite_cmd;
 
+use std::io::Write;
+
 use clap::{Parser, Subcommand};
 
 /// mimalloc: deciding, learning and serving allocate small, short-lived vectors per
@@ -77,6 +79,7 @@ fn main() -> std::process::ExitCode {
         .buffered_lines_limit(QUEUED_LOG_LINES)
         .lossy(true)
         .finish(std::io::stderr());
+    let mut error_line = stderr.clone();
     let logs = tracing_subscriber::fmt().with_writer(stderr).with_env_filter(
         tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -97,7 +100,10 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Plain text, through the queue too: the error that ends a long run (a stop
+            // whose snapshot failed) must not wait for a reader that stopped reading. One
+            // write, so that it is queued whole.
+            let _ = error_line.write_all(format!("error: {e:#}\n").as_bytes());
             std::process::ExitCode::FAILURE
         }
     }

@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use support::{
     ask_to_stop, failing_start, peak_rss_bytes, scratch, start_binary, start_binary_with_file_limit,
-    terminate, wait_for_clean_stop,
+    terminate, wait_for_clean_stop, wait_for_stop,
 };
 
 const MIB: u64 = 1 << 20;
@@ -724,6 +724,48 @@ async fn a_stalled_log_reader_holds_no_request() {
         );
     }
     terminate(child);
+}
+
+/// A stop whose final snapshot cannot be written (a directory stands where its temporary
+/// file goes) fails: the exit status says so and the last line says why, and it exits as
+/// soon with nothing reading standard error. It loses nothing: a restart replays the log,
+/// so a decision made before takes its feedback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_without_its_final_snapshot_fails_loses_nothing_and_is_not_held() {
+    for stalled in [false, true] {
+        let dir = scratch(&format!("hostile_final_snapshot_{stalled}"));
+        let config = write_config(&dir, "", TWO_ARMS);
+        let (child, base) = start_binary(&["--config", &config]);
+        let client = bounded_client();
+        let id = decide(&client, &base, "before the stop").await;
+        let blocker = dir.join("log").join("snapshot.json.tmp");
+        std::fs::create_dir(&blocker).unwrap();
+        if stalled {
+            child.stall_stderr();
+            for _ in 0..1000 {
+                client.get(format!("{base}/healthz")).send().await.unwrap();
+            }
+        }
+        ask_to_stop(&child);
+        let (status, logs) = wait_for_stop(child);
+        assert_eq!(status.code(), Some(1), "stalled: {stalled}; {logs:?}");
+        if !stalled {
+            let last = logs.last().unwrap();
+            assert!(
+                last.starts_with("error: stopped without the final snapshot")
+                    && last.contains("snapshot.json.tmp")
+                    && last.ends_with("a restart replays it"),
+                "{logs:?}"
+            );
+            assert!(!logs.iter().any(|l| l.contains("snapshot written")), "{logs:?}");
+        }
+
+        std::fs::remove_dir(&blocker).unwrap();
+        let (child, base) = start_binary(&["--config", &config]);
+        let body = json!({"decision_id": id, "quality": 1.0});
+        assert_eq!(post(&client, format!("{base}/v1/feedback"), body).await.0, 200);
+        terminate(child);
+    }
 }
 
 /// An upstream that answers with 128 MiB (or declares 512 MiB) counts as a failed attempt

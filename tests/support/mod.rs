@@ -6,10 +6,11 @@ use std::io::{BufRead, BufReader};
 use std::ops::{Deref, DerefMut};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// A server process that is killed when the handle drops, so a failing test
@@ -21,6 +22,8 @@ pub struct Running {
     logs: Arc<Mutex<Vec<String>>>,
     /// While set, its standard error is not read: its pipe fills.
     stderr_stalled: Arc<AtomicBool>,
+    /// The thread reading standard error, which ends at its end.
+    reader: Option<JoinHandle<()>>,
     /// Dropped with the handle, which tells the watchdog the test is over.
     _watched: mpsc::Sender<()>,
 }
@@ -133,7 +136,7 @@ fn start_command(command: &mut Command) -> (Running, String) {
     let stderr_stalled = Arc::new(AtomicBool::new(false));
     let stalled = Arc::clone(&stderr_stalled);
     // Read to the end, unless a test stalls the reading on purpose.
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         while let Some(line) = next_line(&mut stderr) {
             kept.lock().unwrap_or_else(|e| e.into_inner()).push(line);
             while stalled.load(Ordering::SeqCst) {
@@ -158,6 +161,7 @@ fn start_command(command: &mut Command) -> (Running, String) {
         child,
         logs,
         stderr_stalled,
+        reader: Some(reader),
         _watched: watched,
     };
     (running, addr)
@@ -199,7 +203,18 @@ pub fn ask_to_stop(child: &Running) {
 }
 
 /// Waits, at most [`STOP_LIMIT`] from now, for a server asked to stop to exit cleanly.
-pub fn wait_for_clean_stop(mut child: Running) {
+pub fn wait_for_clean_stop(child: Running) {
+    let (status, logs) = wait_for_stop(child);
+    assert!(
+        status.success(),
+        "the server did not stop cleanly: {status}; its log:\n{}",
+        logs.join("\n")
+    );
+}
+
+/// Waits, at most [`STOP_LIMIT`] from now, for a server asked to stop to exit: its exit
+/// status and, unless its standard error is stalled, every line it wrote to the end.
+pub fn wait_for_stop(mut child: Running) -> (ExitStatus, Vec<String>) {
     let asked = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -212,7 +227,12 @@ pub fn wait_for_clean_stop(mut child: Running) {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert!(status.success(), "the server did not stop cleanly: {status}");
+    if !child.stderr_stalled.load(Ordering::SeqCst) {
+        if let Some(reader) = child.reader.take() {
+            reader.join().unwrap();
+        }
+    }
+    (status, child.logs())
 }
 
 /// The peak resident memory of process `pid` so far, bytes (`VmHWM`).

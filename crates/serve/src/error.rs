@@ -54,6 +54,11 @@ pub enum ServeError {
     /// A route whose state a panic may have left half changed.
     #[error("route `{0}` is out of service: a failure left its state inconsistent; restart the server")]
     Poisoned(String),
+    /// The snapshot a stop writes, not written; the log holds what it would have.
+    #[error(
+        "stopped without the final snapshot ({0}); the log holds every change, and a restart replays it"
+    )]
+    FinalSnapshot(Box<ServeError>),
     /// A snapshot that does not fit the configuration.
     #[error("{path}: {reason}")]
     Snapshot {

@@ -72,22 +72,21 @@ pub fn state_with(
     }))
 }
 
-/// Captures the learners under their routes' locks, then writes them without them. A
-/// snapshot that fails is counted and logged; the previous one and the log still hold
-/// everything, so serving goes on.
-fn snapshot(state: &AppState) {
+/// Captures the learners under their routes' locks, then writes them without them, and
+/// counts the outcome. A snapshot that fails loses nothing: the previous one and the log
+/// still hold everything.
+fn snapshot(state: &AppState) -> Result<()> {
     let written = state.router.capture_snapshot().and_then(CapturedSnapshot::write);
     match written {
         Ok(()) => state.metrics.snapshots.inc(),
-        Err(e) => {
-            tracing::error!("snapshot failed: {e}");
-            state.metrics.snapshot_failures.inc()
-        }
+        Err(_) => state.metrics.snapshot_failures.inc(),
     };
+    written
 }
 
 /// Serves until `shutdown` resolves, then drains requests and writes a final snapshot.
-/// `ready` receives the bound address.
+/// `ready` receives the bound address. A final snapshot not written is the stop's error,
+/// so that the exit status tells a supervisor.
 pub async fn run(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -107,7 +106,10 @@ pub async fn run(
             loop {
                 tick.tick().await;
                 let state = Arc::clone(&state);
-                let _ = tokio::task::spawn_blocking(move || snapshot(&state)).await;
+                // A periodic snapshot that fails is logged and serving goes on.
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || snapshot(&state)).await {
+                    tracing::error!("snapshot failed: {e}");
+                }
             }
         })
     };
@@ -125,8 +127,11 @@ pub async fn run(
     periodic.abort();
     sync.abort();
     let final_state = Arc::clone(&state);
-    let _ = tokio::task::spawn_blocking(move || snapshot(&final_state)).await;
-    Ok(())
+    match tokio::task::spawn_blocking(move || snapshot(&final_state)).await {
+        Ok(written) => written.map_err(|e| ServeError::FinalSnapshot(Box::new(e))),
+        // A blocking task is not cancelled while its runtime runs: this is a panic, passed on.
+        Err(writer) => std::panic::resume_unwind(writer.into_panic()),
+    }
 }
 
 /// Connections the kernel may hold, completed, for the server to accept (it caps this at
