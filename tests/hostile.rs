@@ -1,7 +1,8 @@
 //! The server against hostile clients and upstreams, on 127.0.0.1, bounded in time: finite
-//! but absurd numbers followed by restarts, an unreadable snapshot, torn log tails, slow
-//! heads and bodies, connection floods under a small descriptor limit, streams that are
-//! long, stall or never start, and bodies far larger than any answer. Each test sets short
+//! but absurd numbers followed by restarts, an unreadable snapshot, snapshots that cannot be
+//! written, torn log tails, slow heads and bodies, connection floods under a small
+//! descriptor limit, streams that are long, stall or never start, and bodies far larger
+//! than any answer. Each test sets short
 //! limits in its own configuration, so that each attack ends within seconds.
 #![allow(clippy::unwrap_used, clippy::panic)] // a test that fails should panic
 
@@ -16,8 +17,8 @@ use axum::response::IntoResponse;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use support::{
-    ask_to_stop, failing_start, peak_rss_bytes, scratch, start_binary, start_binary_with_file_limit,
-    terminate, wait_for_clean_stop, wait_for_stop,
+    ask_to_stop, failing_start, get_text, peak_rss_bytes, sample, scratch, start_binary,
+    start_binary_with_file_limit, terminate, wait_for_clean_stop, wait_for_stop,
 };
 
 const MIB: u64 = 1 << 20;
@@ -766,6 +767,54 @@ async fn a_stop_without_its_final_snapshot_fails_loses_nothing_and_is_not_held()
         assert_eq!(post(&client, format!("{base}/v1/feedback"), body).await.0, 200);
         terminate(child);
     }
+}
+
+/// A periodic snapshot that cannot be written (a directory stands where its temporary file
+/// goes) is counted and logged, and serving goes on; once the way is clear, the next one is
+/// written, and so is the stop's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_periodic_snapshot_that_fails_is_counted_and_logged_and_serving_goes_on() {
+    let dir = scratch("hostile_periodic_snapshot");
+    let config = write_config(&dir, "snapshot_interval_s = 1", TWO_ARMS);
+    let (child, base) = start_binary(&["--config", &config]);
+    let client = bounded_client();
+    let blocker = dir.join("log").join("snapshot.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let failed = |logs: &[String]| {
+        logs.iter()
+            .any(|l| l.contains("snapshot failed") && l.contains("snapshot.json.tmp"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&client, &base, "quiver_snapshot_failures_total").await < 1.0 || !failed(&child.logs()) {
+        let said: Vec<String> = child
+            .logs()
+            .into_iter()
+            .filter(|l| l.contains("snapshot"))
+            .collect();
+        assert!(
+            Instant::now() < deadline,
+            "no failed snapshot counted and logged: {said:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    decide(&client, &base, "while snapshots fail").await;
+
+    let written = metric(&client, &base, "quiver_snapshots_total").await;
+    std::fs::remove_dir(&blocker).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&client, &base, "quiver_snapshots_total").await <= written {
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot written once the way was clear"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    terminate(child);
+}
+
+/// The value of `name` in the server's metrics.
+async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
+    sample(&get_text(client, format!("{base}/metrics"), "").await, name, &[])
 }
 
 /// An upstream that answers with 128 MiB (or declares 512 MiB) counts as a failed attempt
