@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use quiver_bandit::{Policy, PolicySpec};
 use serde_json::{json, Value};
-use support::{get_json, get_text, outside_tool, sample, scratch, start_binary, Running};
+use support::{get_json, get_text, metric, outside_tool, scratch, start_binary, wait_for_metric, Running};
 
 const SYNC_MS: u64 = 250;
 const POLICY: &str = "linucb(alpha=0.1,detect=0)";
@@ -390,33 +390,6 @@ async fn decide_here_report_there(client: &reqwest::Client, decide: &str, report
             let answer: Value = answer.json().await.unwrap();
             assert_eq!(answer["status"], "forwarded", "{answer}");
         }
-    }
-}
-
-/// A metric's value on the replica at `base` (0 when absent).
-async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
-    sample(&get_text(client, format!("{base}/metrics"), "").await, name, &[])
-}
-
-/// Waits until `name` on the replica at `base` satisfies `done`.
-async fn wait_for_metric(
-    client: &reqwest::Client,
-    base: &str,
-    name: &str,
-    done: impl Fn(f64) -> bool,
-    within: Duration,
-) {
-    let deadline = Instant::now() + within;
-    loop {
-        let value = metric(client, base, name).await;
-        if done(value) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} is {value} on {base} after {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -2,23 +2,23 @@
 //! but absurd numbers followed by restarts, an unreadable snapshot, snapshots that cannot be
 //! written, torn log tails, slow heads and bodies, connection floods under a small
 //! descriptor limit, streams that are long, stall or never start, and bodies far larger
-//! than any answer. Each test sets short
-//! limits in its own configuration, so that each attack ends within seconds.
+//! than any answer. Each test sets short limits in its own configuration, so that each
+//! attack ends within seconds.
 #![allow(clippy::unwrap_used, clippy::panic)] // a test that fails should panic
 
 mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use axum::response::IntoResponse;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use support::{
-    ask_to_stop, failing_start, get_text, peak_rss_bytes, sample, scratch, start_binary,
-    start_binary_with_file_limit, terminate, wait_for_clean_stop, wait_for_stop,
+    ask_to_stop, failing_start, metric, peak_rss_bytes, scratch, start_binary, start_binary_with_file_limit,
+    terminate, wait_for_clean_stop, wait_for_metric, wait_for_stop,
 };
 
 const MIB: u64 = 1 << 20;
@@ -727,10 +727,18 @@ async fn a_stalled_log_reader_holds_no_request() {
     terminate(child);
 }
 
-/// A stop whose final snapshot cannot be written (a directory stands where its temporary
-/// file goes) fails: the exit status says so and the last line says why, and it exits as
-/// soon with nothing reading standard error. It loses nothing: a restart replays the log,
-/// so a decision made before takes its feedback.
+/// Makes every snapshot of the server logging to `dir/log` fail: a directory stands where
+/// its temporary file goes. Removing the returned path clears the way.
+fn block_snapshots(dir: &Path) -> PathBuf {
+    let blocker = dir.join("log").join("snapshot.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    blocker
+}
+
+/// A stop whose final snapshot cannot be written ([`block_snapshots`]) fails: the exit
+/// status says so and the last line says why, and it exits as soon with nothing reading
+/// standard error. It loses nothing: a restart replays the log, so a decision made before
+/// takes its feedback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_without_its_final_snapshot_fails_loses_nothing_and_is_not_held() {
     for stalled in [false, true] {
@@ -739,8 +747,7 @@ async fn a_stop_without_its_final_snapshot_fails_loses_nothing_and_is_not_held()
         let (child, base) = start_binary(&["--config", &config]);
         let client = bounded_client();
         let id = decide(&client, &base, "before the stop").await;
-        let blocker = dir.join("log").join("snapshot.json.tmp");
-        std::fs::create_dir(&blocker).unwrap();
+        let blocker = block_snapshots(&dir);
         if stalled {
             child.stall_stderr();
             for _ in 0..1000 {
@@ -769,17 +776,16 @@ async fn a_stop_without_its_final_snapshot_fails_loses_nothing_and_is_not_held()
     }
 }
 
-/// A periodic snapshot that cannot be written (a directory stands where its temporary file
-/// goes) is counted and logged, and serving goes on; once the way is clear, the next one is
-/// written, and so is the stop's.
+/// A periodic snapshot that cannot be written ([`block_snapshots`]) is counted and logged,
+/// and serving goes on; once the way is clear, the next one is written, and so is the
+/// stop's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_periodic_snapshot_that_fails_is_counted_and_logged_and_serving_goes_on() {
     let dir = scratch("hostile_periodic_snapshot");
     let config = write_config(&dir, "snapshot_interval_s = 1", TWO_ARMS);
     let (child, base) = start_binary(&["--config", &config]);
     let client = bounded_client();
-    let blocker = dir.join("log").join("snapshot.json.tmp");
-    std::fs::create_dir(&blocker).unwrap();
+    let blocker = block_snapshots(&dir);
     let failed = |logs: &[String]| {
         logs.iter()
             .any(|l| l.contains("snapshot failed") && l.contains("snapshot.json.tmp"))
@@ -801,20 +807,16 @@ async fn a_periodic_snapshot_that_fails_is_counted_and_logged_and_serving_goes_o
 
     let written = metric(&client, &base, "quiver_snapshots_total").await;
     std::fs::remove_dir(&blocker).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&client, &base, "quiver_snapshots_total").await <= written {
-        assert!(
-            Instant::now() < deadline,
-            "no snapshot written once the way was clear"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let snapshots = "quiver_snapshots_total";
+    wait_for_metric(
+        &client,
+        &base,
+        snapshots,
+        |n| n > written,
+        Duration::from_secs(10),
+    )
+    .await;
     terminate(child);
-}
-
-/// The value of `name` in the server's metrics.
-async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
-    sample(&get_text(client, format!("{base}/metrics"), "").await, name, &[])
 }
 
 /// An upstream that answers with 128 MiB (or declares 512 MiB) counts as a failed attempt

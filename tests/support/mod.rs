@@ -308,6 +308,33 @@ pub fn sample(metrics: &str, metric: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// A metric's value on the server at `base` (0 when absent).
+pub async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
+    sample(&get_text(client, format!("{base}/metrics"), "").await, name, &[])
+}
+
+/// Waits until `name` on the server at `base` satisfies `done`.
+pub async fn wait_for_metric(
+    client: &reqwest::Client,
+    base: &str,
+    name: &str,
+    done: impl Fn(f64) -> bool,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let value = metric(client, base, name).await;
+        if done(value) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} is {value} on {base} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `GET url` with a bearer token.
 async fn get(client: &reqwest::Client, url: String, token: &str) -> reqwest::Response {
     client.get(url).bearer_auth(token).send().await.unwrap()
