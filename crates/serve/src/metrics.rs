@@ -95,6 +95,8 @@ pub struct Metrics {
     pub proxied: Counter,
     /// Completions a cascade's check failed, escalated to the cascade's stronger model.
     pub cascade_escalations: Counter,
+    /// Calls to a fallback model after the decision's own model failed.
+    pub fallbacks: Counter,
     /// Upstream attempts that failed (error status, timeout, bad body).
     pub upstream_failures: Counter,
     /// Feedback accepted.
@@ -157,6 +159,10 @@ impl Default for Metrics {
         let cascade_escalations = counter(
             "quiver_cascade_escalations",
             "Completions whose answer failed the route's cascade check, escalated to its stronger model",
+        );
+        let fallbacks = counter(
+            "quiver_fallbacks",
+            "Calls to a fallback model after the decision's model failed, each a child decision",
         );
         let upstream_failures = counter("quiver_upstream_failures", "Failed upstream attempts");
         let feedback = counter("quiver_feedback", "Accepted feedback");
@@ -259,6 +265,7 @@ impl Default for Metrics {
             routed,
             proxied,
             cascade_escalations,
+            fallbacks,
             upstream_failures,
             feedback,
             snapshots,

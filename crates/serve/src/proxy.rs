@@ -6,11 +6,14 @@
 //! unusable body to the next model of the fallback order, within the request's deadline.
 //! A status that blames the request itself (400, 413, 415, 422: another model would refuse
 //! it too) is relayed to the client with the upstream's status, content type and body (not
-//! its other headers), tried nowhere else and not recorded as the model's outcome. The
-//! chosen model's outcome (latency, tokens, cost at the configured prices, error) is
-//! recorded as feedback automatically; the decision id comes back in the
-//! `x-quiver-decision-id` header, for quality feedback later. The upstream's own `x-*`
-//! headers are passed on.
+//! its other headers), tried nowhere else and not recorded as the model's outcome. Each
+//! called model's outcome (latency, tokens, cost at the configured prices, error) is
+//! recorded as feedback automatically: a fallback's call is a child decision of the one
+//! whose model failed (propensity 1, reason `fallback: ...`), so that its cost and its
+//! quality are its own model's. The answering model's decision id comes back in the
+//! `x-quiver-decision-id` header, for quality feedback later (and, after a fallback, the
+//! first decision's in `x-quiver-parent-decision-id`). The upstream's own `x-*` headers
+//! are passed on.
 //!
 //! Each model's health decides too (`crate::health`): a 5xx or a failed connection is
 //! retried on the same model up to `upstream_retries` times after an exponential backoff
@@ -51,7 +54,7 @@ use crate::cascade::Cascade;
 use crate::config::ModelConfig;
 use crate::deployments::{Deployments, Lease, NoDeployment};
 use crate::health::Circuit;
-use crate::router::RouteRequest;
+use crate::router::{Pending, RouteRequest};
 use crate::state::{change_router, ApiJson, AppState};
 use crate::upstream::{Answer, Failure, Upstream, UpstreamBody, UpstreamCall};
 
@@ -64,8 +67,9 @@ pub const DECISION_HEADER: &str = "x-quiver-decision-id";
 pub const MODEL_HEADER: &str = "x-quiver-model";
 /// Header saying whether the cache answered (`hit`) or stored the answer (`miss`).
 pub const CACHE_HEADER: &str = "x-quiver-cache";
-/// Header naming, on an answer a cascade escalated, the decision whose answer its check
-/// failed (`x-quiver-decision-id` names the escalation's).
+/// Header naming, on a fallback's answer or one a cascade escalated, the decision it
+/// followed: whose model failed, or whose answer the check failed (`x-quiver-decision-id`
+/// names the answer's own).
 pub const PARENT_HEADER: &str = "x-quiver-parent-decision-id";
 /// Header naming the session a request belongs to (see `crate::sessions`).
 pub const SESSION_HEADER: &str = "x-quiver-session";
@@ -210,6 +214,13 @@ impl StreamTally {
             prompt_tokens,
             quiver_bandit::features::tokens_of_chars(self.content_chars),
         ))
+    }
+}
+
+/// Names `parent`, if any, as the decision the answer's own decision followed.
+fn with_parent(response: &mut Response, parent: Option<&str>) {
+    if let Some(parent) = parent.and_then(|p| HeaderValue::from_str(p).ok()) {
+        response.headers_mut().insert(PARENT_HEADER, parent);
     }
 }
 
@@ -415,7 +426,7 @@ async fn complete(
         .as_ref()
         .is_some_and(|c| c.ask_logprobs(&mut request, api == Api::Chat));
     let block = observed.embedding.clone();
-    let ((routed, models), decision_logged) = {
+    let ((routed, models), mut decision_logged) = {
         let routed = state.router.route_observed(&route, &route_request, observed)?;
         let models = state.router.route_config(&route)?.models.clone();
         routed.map(|routed| (routed, models)).split()
@@ -473,24 +484,41 @@ async fn complete(
                 (called, started)
             }
         };
+        // A fallback's call is a decision of its own, so that its outcome and its quality's
+        // feedback are its model's, not the failed model's.
+        let mut own = || -> Result<(String, Option<String>), ApiError> {
+            if attempt == 0 {
+                return Ok((decision_id.clone(), None));
+            }
+            let reason = format!("fallback: {}", failures.join("; "));
+            let child = Child {
+                route: &route,
+                request: &route_request,
+                block: block.as_deref(),
+                parent: &decision_id,
+            };
+            let (routed, logged) = child.log(&state, &model.id, reason)?;
+            decision_logged = logged;
+            state.metrics.fallbacks.inc();
+            Ok((routed, Some(decision_id.clone())))
+        };
         match called {
             Ok(Answer::Complete { body, json, passed }) => {
-                if attempt == 0 {
-                    let (input, output) = usage(&json).unwrap_or((0, 0));
-                    record(
-                        &state,
-                        &decision_id,
-                        call_outcome(&*state.upstream, model, elapsed_ms(started), input, output),
-                    )
-                    .await;
-                }
+                let (own_id, parent) = own()?;
+                let (input, output) = usage(&json).unwrap_or((0, 0));
+                record(
+                    &state,
+                    &own_id,
+                    call_outcome(&*state.upstream, model, elapsed_ms(started), input, output),
+                )
+                .await;
                 let mut served = Served {
                     body,
                     json,
                     passed,
                     model: model.id.clone(),
-                    decision_id: decision_id.clone(),
-                    parent: None,
+                    decision_id: own_id,
+                    parent,
                 };
                 let failed = cascade.as_ref().filter(|c| c.then != model.id).and_then(|c| {
                     Some((
@@ -499,12 +527,11 @@ async fn complete(
                     ))
                 });
                 if let Some((reason, then)) = failed {
-                    let escalation = Escalation {
+                    let escalation = Child {
                         route: &route,
                         request: &route_request,
                         block: block.as_deref(),
-                        parent: &decision_id,
-                        own: attempt == 0,
+                        parent: &served.decision_id,
                     };
                     if let Some(escalated) =
                         escalate(&state, escalation, then, reason, &mut request, call).await?
@@ -524,13 +551,7 @@ async fn complete(
                     .body(Body::from(served.body.clone()))
                     .map_err(|e| ApiError::Internal(e.to_string()))?;
                 response.headers_mut().extend(served.passed);
-                if let Some(parent) = served
-                    .parent
-                    .as_deref()
-                    .and_then(|p| HeaderValue::from_str(p).ok())
-                {
-                    response.headers_mut().insert(PARENT_HEADER, parent);
-                }
+                with_parent(&mut response, served.parent.as_deref());
                 if let Some(key) = store_under.take() {
                     let cached = Cached {
                         body: served.body,
@@ -547,19 +568,21 @@ async fn complete(
                 break;
             }
             Ok(Answer::Stream { first, rest, passed }) => {
-                let outcome = (attempt == 0).then(|| StreamOutcome {
+                let (own_id, parent) = own()?;
+                let outcome = StreamOutcome {
                     state: Arc::clone(&state),
-                    decision_id: decision_id.clone(),
+                    decision_id: own_id.clone(),
                     model: model.clone(),
                     started,
                     prompt_tokens,
                     tally: StreamTally::default(),
                     failed: false,
-                });
+                };
                 let idle = Duration::from_millis(state.config.upstream_idle_timeout_ms);
                 let mut response = stream_through(first, rest, outcome, idle);
                 response.headers_mut().extend(passed);
-                answer = Some(with_headers(response, &decision_id, &model.id));
+                with_parent(&mut response, parent.as_deref());
+                answer = Some(with_headers(response, &own_id, &model.id));
                 break;
             }
             Ok(Answer::Refused {
@@ -584,14 +607,13 @@ async fn complete(
                 break;
             }
             Err(failure) => {
-                if attempt == 0 {
-                    record(
-                        &state,
-                        &decision_id,
-                        call_outcome(&*state.upstream, model, elapsed_ms(started), 0, 0).failed(),
-                    )
-                    .await;
-                }
+                let (own_id, _) = own()?;
+                record(
+                    &state,
+                    &own_id,
+                    call_outcome(&*state.upstream, model, elapsed_ms(started), 0, 0).failed(),
+                )
+                .await;
                 failures.push(format!("{arm}: {failure}"));
             }
         }
@@ -689,52 +711,58 @@ fn required_tags(headers: &HeaderMap) -> Result<Vec<String>, ApiError> {
         .collect())
 }
 
-/// A completion the proxy answers with: the first model's, or a cascade's escalation's.
+/// A completion the proxy answers with: the first model's, a fallback's, or a cascade's
+/// escalation's.
 struct Served {
     body: Bytes,
     json: Value,
     passed: Vec<(header::HeaderName, HeaderValue)>,
     model: String,
     decision_id: String,
-    /// For an escalation, the decision whose answer the check failed.
+    /// For a fallback's or an escalation's answer, the decision it followed.
     parent: Option<String>,
 }
 
-/// What a cascade escalates from: the request, and the decision whose answer failed.
-struct Escalation<'a> {
+/// What a child decision follows: the request, and the decision whose model failed or
+/// whose answer failed a cascade's check.
+struct Child<'a> {
     route: &'a str,
     request: &'a RouteRequest,
     /// The request's context's embedding block, where the route has one.
     block: Option<&'a [f64]>,
     parent: &'a str,
-    /// Whether the failed answer was the parent decision's own model's (not a fallback's).
-    own: bool,
 }
 
-/// Escalates an answer that failed a cascade's check (see `crate::cascade`): the first
-/// answer counts as quality 0 for its decision, when it was its own model's; a child
-/// decision on `then` is logged, the model called and its outcome recorded. `None` when
-/// the escalation did not answer: the first answer is served after all.
+impl Child<'_> {
+    /// Logs the child decision on `model` for `reason`: its id, and its durability.
+    fn log(&self, state: &AppState, model: &str, reason: String) -> Result<(String, Pending<()>), ApiError> {
+        let child = state.router.log_child_decision(
+            self.route,
+            self.request,
+            self.block,
+            self.parent,
+            model,
+            reason,
+        )?;
+        let (routed, logged) = child.split();
+        Ok((routed.decision_id, logged))
+    }
+}
+
+/// Escalates an answer that failed a cascade's check (see `crate::cascade`): the answer
+/// counts as quality 0 for its decision; a child decision on `then` is logged, the model
+/// called and its outcome recorded. `None` when the escalation did not answer: the first
+/// answer is served after all.
 async fn escalate(
     state: &Arc<AppState>,
-    from: Escalation<'_>,
+    from: Child<'_>,
     then: &ModelConfig,
     reason: String,
     request: &mut Value,
     call: Call<'_>,
 ) -> Result<Option<Served>, ApiError> {
-    if from.own {
-        change_router(state, |r| Ok(r.feedback(from.parent, 0.0)?)).await?;
-    }
-    let child = state.router.escalate(
-        from.route,
-        from.request,
-        from.block,
-        from.parent,
-        &then.id,
-        reason,
-    )?;
-    let (routed, logged) = child.split();
+    change_router(state, |r| Ok(r.feedback(from.parent, 0.0)?)).await?;
+    let (decision_id, logged) = from.log(state, &then.id, reason)?;
     state.metrics.cascade_escalations.inc();
     let answered = match call_with_retries(state, from.route, request, then, call).await {
         Called::Answered(called, started) => Some((called, started)),
@@ -744,13 +772,13 @@ async fn escalate(
         Some((Ok(Answer::Complete { body, json, passed }), started)) => {
             let (input, output) = usage(&json).unwrap_or((0, 0));
             let outcome = call_outcome(&*state.upstream, then, elapsed_ms(started), input, output);
-            record(state, &routed.decision_id, outcome).await;
+            record(state, &decision_id, outcome).await;
             Some(Served {
                 body,
                 json,
                 passed,
                 model: then.id.clone(),
-                decision_id: routed.decision_id,
+                decision_id,
                 parent: Some(from.parent.to_string()),
             })
         }
@@ -758,11 +786,11 @@ async fn escalate(
         // the first model answered): its call failed.
         Some((_, started)) => {
             let outcome = call_outcome(&*state.upstream, then, elapsed_ms(started), 0, 0).failed();
-            record(state, &routed.decision_id, outcome).await;
+            record(state, &decision_id, outcome).await;
             None
         }
         None => {
-            record(state, &routed.decision_id, Outcome::new(0.0, 0.0).failed()).await;
+            record(state, &decision_id, Outcome::new(0.0, 0.0).failed()).await;
             None
         }
     };
@@ -972,16 +1000,11 @@ fn error_event(message: &str) -> Bytes {
 /// an upstream error, and then ends with an error event. The outcome, if tracked, is
 /// recorded when the body is dropped (see [`StreamOutcome`]); a stream that ends without
 /// `[DONE]` counts as failed.
-fn stream_through(
-    first: Bytes,
-    rest: UpstreamBody,
-    outcome: Option<StreamOutcome>,
-    idle: Duration,
-) -> Response {
+fn stream_through(first: Bytes, rest: UpstreamBody, outcome: StreamOutcome, idle: Duration) -> Response {
     struct Passing {
         first: Option<Bytes>,
         rest: UpstreamBody,
-        outcome: Option<StreamOutcome>,
+        outcome: StreamOutcome,
         ended: bool,
     }
     let passing = Passing {
@@ -1001,9 +1024,7 @@ fn stream_through(
         let chunk = match next {
             Ok(None) => return None,
             Ok(Some(Ok(chunk))) => {
-                if let Some(o) = p.outcome.as_mut() {
-                    o.tally.feed(&chunk);
-                }
+                p.outcome.tally.feed(&chunk);
                 chunk
             }
             Ok(Some(Err(e))) => {
@@ -1016,9 +1037,7 @@ fn stream_through(
             }
         };
         if p.ended {
-            if let Some(o) = p.outcome.as_mut() {
-                o.failed = true;
-            }
+            p.outcome.failed = true;
         }
         Some((Ok::<_, std::convert::Infallible>(chunk), p))
     });

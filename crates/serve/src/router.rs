@@ -1675,12 +1675,13 @@ impl Router {
         ))
     }
 
-    /// Logs a cascade's escalation of decision `parent` of `route` (for `request`, its
-    /// context's embedding block `embedding`) to `model`, for `reason`: a child decision
-    /// with propensity 1, since the check's verdict on the answer chose it. The route's
-    /// learner tracks it for its outcome and feedback; the shadows, the canary and the
-    /// sessions leave it out.
-    pub fn escalate(
+    /// Logs a decision of `route` that follows decision `parent` (for `request`, its
+    /// context's embedding block `embedding`) on `model`, for `reason`: a fallback after the
+    /// parent's model failed, or a cascade's escalation after its answer failed the check.
+    /// A child decision with propensity 1, since the failure or the check chose it, not the
+    /// policy. The route's learner tracks it for its outcome and feedback; the shadows, the
+    /// canary and the sessions leave it out.
+    pub fn log_child_decision(
         &self,
         route: &str,
         request: &RouteRequest,

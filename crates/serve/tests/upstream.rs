@@ -108,7 +108,9 @@ fn config(dir: &Path) -> quiver_serve::ServeConfig {
     .unwrap()
 }
 
-async fn chat(app: &axum::Router) -> (StatusCode, Option<String>, Value) {
+/// A chat through route `r`: the status, the answering model, the body, and the decision
+/// ids of the answer and of the decision it followed.
+async fn chat(app: &axum::Router) -> (StatusCode, Option<String>, Value, Ids) {
     let body = json!({"model": "r", "messages": [{"role": "user", "content": "hi"}]});
     let request = Request::post("/v1/chat/completions")
         .header("content-type", "application/json")
@@ -116,12 +118,37 @@ async fn chat(app: &axum::Router) -> (StatusCode, Option<String>, Value) {
         .unwrap();
     let response = app.clone().oneshot(request).await.unwrap();
     let status = response.status();
-    let model = response
-        .headers()
-        .get("x-quiver-model")
-        .map(|v| v.to_str().unwrap().to_string());
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let model = header("x-quiver-model");
+    let ids = Ids {
+        decision: header("x-quiver-decision-id"),
+        parent: header("x-quiver-parent-decision-id"),
+    };
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, model, serde_json::from_slice(&bytes).unwrap())
+    (status, model, serde_json::from_slice(&bytes).unwrap(), ids)
+}
+
+struct Ids {
+    decision: Option<String>,
+    parent: Option<String>,
+}
+
+/// Posts a quality for `decision_id`: the status and what the report did.
+async fn feedback(app: &axum::Router, decision_id: &str, quality: f64) -> (StatusCode, Value) {
+    let body = json!({"decision_id": decision_id, "quality": quality});
+    let request = Request::post("/v1/feedback")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
 }
 
 #[tokio::test]
@@ -138,11 +165,20 @@ async fn the_gateway_retries_falls_back_and_relays_whatever_the_provider() {
     // model of the fallback order answers.
     scripted.script("a", &[Reply::ServerError, Reply::ServerError]);
     scripted.script("b", &[Reply::Completion]);
-    let (status, model, body) = chat(&app).await;
+    let (status, model, body, ids) = chat(&app).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(model.as_deref(), Some("b"));
     assert_eq!(body["choices"][0]["message"]["content"], "b");
     assert_eq!(scripted.take_calls(), ["a", "a", "b"]);
+
+    // The fallback's call is a decision of its own, after the one whose model failed: its
+    // quality is b's, and the failed decision already holds a's failure.
+    let (Some(own), Some(parent)) = (ids.decision, ids.parent) else {
+        panic!("a fallback's answer names its decision and the one it followed");
+    };
+    assert_ne!(own, parent);
+    assert_eq!(feedback(&app, &own, 1.0).await.1["status"], "applied");
+    assert_eq!(feedback(&app, &parent, 1.0).await.1["status"], "already_applied");
 
     // A body that is not a completion is unusable: no retry, straight to the next model.
     scripted.script("a", &[Reply::NotCompletion]);
@@ -152,17 +188,21 @@ async fn the_gateway_retries_falls_back_and_relays_whatever_the_provider() {
 
     // The request's own fault is relayed as it came, tried nowhere else.
     scripted.script("a", &[Reply::Refused(400)]);
-    let (status, _, body) = chat(&app).await;
+    let (status, _, body, _) = chat(&app).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["code"], "context_length_exceeded");
     assert_eq!(scripted.take_calls(), ["a"]);
 
-    // Only the chosen model's outcomes were learned: two failures and a success; the
-    // refusal is not the model's.
+    // Every model's calls were recorded as its own: a's two failures and a success, b's
+    // two answers at b's prices (3 input and 5 output tokens each); the refusal is not
+    // the model's.
     scripted.script("a", &[Reply::Completion]);
-    assert_eq!(chat(&app).await.1.as_deref(), Some("a"));
+    let (_, model, _, ids) = chat(&app).await;
+    assert_eq!((model.as_deref(), ids.parent), (Some("a"), None));
     let learner = state.router.learner("r").unwrap();
     let (a, b) = (learner.usage(0), learner.usage(1));
     assert_eq!((a.requests, a.errors), (3, 2));
-    assert_eq!(b.requests, 0);
+    assert_eq!((b.requests, b.errors), (2, 0));
+    let per_call = (3.0 * 5.0 + 5.0 * 10.0) / 1e6;
+    assert!((b.cost_usd - 2.0 * per_call).abs() < 1e-12, "{}", b.cost_usd);
 }
