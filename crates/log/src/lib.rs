@@ -35,8 +35,10 @@
 //! place, so an `fdatasync` flushes data without changing the file's size; on ext4 that
 //! roughly halves its median and cuts its tail several-fold. The space past the data
 //! reads as NUL bytes, which no record contains (JSON escapes control characters), so
-//! readers end a segment at its first NUL. Rotation and a clean close trim the space off;
-//! after a crash, opening the log does.
+//! readers end a segment at its first NUL when only NULs follow. Rotation and a clean close
+//! trim the space off; after a crash, opening the log does. NULs that records follow are
+//! damage (a reader refuses them, naming the line), but for whole pages of them in the last
+//! segment: the pages a crash left unwritten, past everything acknowledged.
 
 #![deny(missing_docs)]
 
@@ -381,20 +383,45 @@ fn preallocate(file: &File, size: u64) -> io::Result<()> {
     file.set_len(size)
 }
 
-/// The complete records of a segment's bytes. The data ends at the first NUL, where
-/// preallocated space begins; in the last segment (the one a crash can leave torn) it
-/// ends after the last newline, so a final record cut at any byte, inside a multi-byte
-/// UTF-8 character included, is dropped as the torn write it is.
-pub fn complete_records(bytes: &[u8], last_segment: bool) -> &[u8] {
-    let data = bytes
-        .iter()
-        .position(|&b| b == 0)
-        .map_or(bytes, |end| &bytes[..end]);
+/// The smallest unit in which a kernel writes a file back: after a crash, the part of a
+/// write it never wrote reads as NUL bytes from one multiple of it to another.
+const PAGE_BYTES: usize = 4096;
+
+/// The complete records of a segment's bytes, or, when NUL bytes stand amid them, the line
+/// where they begin. The data ends at the first NUL, where preallocated space begins, when
+/// only NULs follow; in the last segment also where whole pages of NULs begin that records
+/// follow, the pages a crash left unwritten (whatever followed them was never `fsync`ed,
+/// so never acknowledged). Any other NUL is damage, which no reader skips. In the last
+/// segment (the one a crash can leave torn) the data ends after the last newline, so a
+/// final record cut at any byte, inside a multi-byte UTF-8 character included, is dropped
+/// as the torn write it is.
+pub fn complete_records(bytes: &[u8], last_segment: bool) -> Result<&[u8], String> {
+    let data = match bytes.iter().position(|&b| b == 0) {
+        None => bytes,
+        Some(hole) => match bytes[hole..].iter().position(|&b| b != 0) {
+            None => &bytes[..hole],
+            Some(len) if last_segment && hole % PAGE_BYTES == 0 && len % PAGE_BYTES == 0 => &bytes[..hole],
+            Some(_) => {
+                let line = bytes[..hole].iter().filter(|&&b| b == b'\n').count() + 1;
+                return Err(format!(
+                    "line {line}: NUL bytes amid the records (at byte {hole}); the segment is damaged"
+                ));
+            }
+        },
+    };
     if !last_segment {
-        return data;
+        return Ok(data);
     }
     let end = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    &data[..end]
+    Ok(&data[..end])
+}
+
+/// The length of the complete records of `bytes`, the segment at `path` (see
+/// [`complete_records`]); damage is an error that names the file and line.
+fn complete_len(path: &Path, bytes: &[u8], last_segment: bool) -> io::Result<usize> {
+    complete_records(bytes, last_segment)
+        .map(<[u8]>::len)
+        .map_err(|why| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {why}", path.display())))
 }
 
 /// Whether `path` names a log segment (`decisions-<first seq>.jsonl`).
@@ -412,8 +439,7 @@ pub fn read_segment(path: &Path) -> io::Result<Vec<u8>> {
         None => true,
     };
     let mut bytes = std::fs::read(path)?;
-    let keep = complete_records(&bytes, last).len();
-    bytes.truncate(keep);
+    bytes.truncate(complete_len(path, &bytes, last)?);
     Ok(bytes)
 }
 
@@ -533,8 +559,7 @@ impl SegmentText {
     /// Reads `path`; in the last segment, a final line without its newline is torn.
     fn read(path: PathBuf, last: bool) -> io::Result<Self> {
         let mut bytes = std::fs::read(&path)?;
-        let keep = complete_records(&bytes, last).len();
-        bytes.truncate(keep);
+        bytes.truncate(complete_len(&path, &bytes, last)?);
         Ok(SegmentText {
             path,
             bytes,
@@ -651,7 +676,7 @@ impl DecisionLog {
         let (file, len) = match segments(dir)?.pop() {
             Some(path) => {
                 // Keep whole lines only: everything up to the last newline.
-                let keep = complete_records(&std::fs::read(&path)?, true).len() as u64;
+                let keep = complete_len(&path, &std::fs::read(&path)?, true)? as u64;
                 let file = OpenOptions::new().write(true).open(&path)?;
                 file.set_len(keep)?;
                 file.sync_all()?;
@@ -1253,6 +1278,86 @@ mod tests {
             proptest::prop_assert_eq!(&read[..], &written[..complete]);
             let _ = std::fs::remove_dir_all(&dir);
         }
+    }
+
+    /// NUL bytes that records follow are damage, in a closed segment and the last alike:
+    /// every reader refuses them with the file and line, opening the log cuts nothing,
+    /// and compaction leaves the segment as it was.
+    #[test]
+    fn nul_bytes_amid_the_records_are_refused_with_file_and_line() {
+        let dir = scratch("nul-amid");
+        let log = DecisionLog::open(&dir, 0, 4000).unwrap();
+        for i in 1..=60 {
+            log.wait_durable(log.stage(&mut varied_record(i)).unwrap())
+                .unwrap();
+        }
+        drop(log);
+        let files = segments(&dir).unwrap();
+        assert!(files.len() > 2, "the log should have rotated");
+        for (path, last) in [(&files[0], false), (files.last().unwrap(), true)] {
+            let whole = std::fs::read(path).unwrap();
+            let third_line = whole
+                .iter()
+                .enumerate()
+                .filter(|(_, &b)| b == b'\n')
+                .nth(1)
+                .unwrap()
+                .0
+                + 5;
+            let mut damaged = whole.clone();
+            damaged[third_line] = 0;
+            std::fs::write(path, &damaged).unwrap();
+            let named = |e: io::Error| {
+                let text = e.to_string();
+                assert!(
+                    text.contains(&path.display().to_string()) && text.contains("line 3"),
+                    "{text}"
+                );
+            };
+            named(read_log(&dir).unwrap_err());
+            named(read_segment(path).unwrap_err());
+            if last {
+                named(DecisionLog::open(&dir, 60, 4000).err().unwrap());
+            } else {
+                named(compact(&dir).unwrap_err());
+                assert!(path.exists());
+            }
+            assert_eq!(std::fs::read(path).unwrap(), damaged, "nothing is cut");
+            std::fs::write(path, &whole).unwrap();
+        }
+        assert_eq!(read_log(&dir).unwrap().len(), 60);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A crash can leave whole pages of the last segment unwritten, records after them:
+    /// nothing past the first such page was acknowledged, so readers end the records at
+    /// it, and reopening cuts it and appends after the records before it.
+    #[test]
+    fn pages_a_crash_left_unwritten_end_the_last_segment() {
+        let dir = scratch("nul-pages");
+        let log = DecisionLog::open(&dir, 0, 1 << 20).unwrap();
+        let mut written = Vec::new();
+        for i in 1..=80 {
+            let mut r = varied_record(i);
+            log.wait_durable(log.stage(&mut r).unwrap()).unwrap();
+            written.push(r);
+        }
+        drop(log);
+        let path = segments(&dir).unwrap().pop().unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() > 3 * PAGE_BYTES, "{} bytes", bytes.len());
+        bytes[PAGE_BYTES..2 * PAGE_BYTES].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        let before = bytes[..PAGE_BYTES].iter().filter(|&&b| b == b'\n').count();
+        assert_eq!(read_log(&dir).unwrap(), written[..before]);
+        let log = DecisionLog::open(&dir, before as u64, 1 << 20).unwrap();
+        let mut next = varied_record(before as u64 + 1);
+        log.wait_durable(log.stage(&mut next).unwrap()).unwrap();
+        drop(log);
+        let read = read_log(&dir).unwrap();
+        assert_eq!(read[..before], written[..before]);
+        assert_eq!(read.len(), before + 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// The open segment holds preallocated space past its records; readers stop at it, a
