@@ -1743,6 +1743,11 @@ impl Router {
                 replica: replica.to_string(),
             });
         }
+        // Only the spelling this router issued: the log names a decision by its id, and
+        // `r:03` or, in a cluster, `r:3` would name a decision no reader finds.
+        if decision_id != self.decision_id(decision.route, decision.number) {
+            return Err(ServeError::BadDecisionId(decision_id.to_string()));
+        }
         let record = LogRecord::new(decision_id, decision.route, &state.policy, event);
         Ok((decision.route.to_string(), decision.number, record))
     }

@@ -333,6 +333,18 @@ fn feedback_is_idempotent_and_bad_ids_are_refused() {
         router.feedback("nope", 0.5),
         Err(ServeError::BadDecisionId(_))
     ));
+    // Another spelling of the same number names no decision the log could find.
+    let number = routed.decision_id.strip_prefix("chat:").unwrap();
+    for spelling in [format!("chat:0{number}"), format!("chat:+{number}")] {
+        assert!(
+            matches!(router.feedback(&spelling, 0.5), Err(ServeError::BadDecisionId(_))),
+            "{spelling}"
+        );
+    }
+    assert!(matches!(
+        router.feedback(&format!("chat:b:{number}"), 0.5),
+        Err(ServeError::OtherReplica { .. })
+    ));
     assert!(matches!(
         router.feedback("other:1", 0.5),
         Err(ServeError::UnknownRoute(_))
@@ -342,6 +354,36 @@ fn feedback_is_idempotent_and_bad_ids_are_refused() {
         router.route("chat", &RouteRequest::default()),
         Err(ServeError::EmptyRequest)
     ));
+    // A replica's ids name it: without the replica, an id is not one it issued.
+    let replica = RouterOptions {
+        replica: Some("a".into()),
+        ..RouterOptions::default()
+    };
+    let models = vec![
+        ModelConfig::priced("big", 5.0, 10.0),
+        ModelConfig::priced("small", 0.2, 0.4),
+    ];
+    let shared = vec![RouteConfig::new("chat", "lints(v=0.3,detect=0)", models)];
+    let clustered = Router::open_with(shared, &scratch("feedback-replica"), replica).unwrap();
+    let request = RouteRequest {
+        prompt: Some("hi".into()),
+        ..RouteRequest::default()
+    };
+    let id = clustered
+        .route("chat", &request)
+        .unwrap()
+        .wait()
+        .unwrap()
+        .decision_id;
+    let number = id.strip_prefix("chat:a:").unwrap();
+    assert!(matches!(
+        clustered.feedback(&format!("chat:{number}"), 0.5),
+        Err(ServeError::BadDecisionId(_))
+    ));
+    assert_eq!(
+        clustered.feedback(&id, 0.5).unwrap().wait().unwrap(),
+        Applied::Applied
+    );
     let wrong_features = RouteRequest {
         prompt: Some("x".into()),
         ..RouteRequest::default()
