@@ -240,17 +240,22 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
         .parse()
         .ok()?;
     // A day is past any cooldown the breaker keeps (`max_cooldown_ms` bounds it further);
-    // a negative or non-finite value is no answer.
-    Duration::try_from_secs_f64(seconds.min(86_400.0)).ok()
+    // a negative or non-finite value is no answer (`NaN.min(x)` is `x`: checked first).
+    seconds
+        .is_finite()
+        .then(|| Duration::try_from_secs_f64(seconds.min(86_400.0)).ok())
+        .flatten()
 }
 
-/// The upstream's own `x-*` headers, passed on to the client.
+/// The upstream's own `x-*` headers, passed on to the client; not the gateway's own
+/// (`x-quiver-*`, and `x-request-id`, the client's id or the gateway's, in its access log).
 fn extension_headers(upstream: &reqwest::Response) -> Vec<(header::HeaderName, HeaderValue)> {
     upstream
         .headers()
         .iter()
         .filter(|(name, _)| {
-            name.as_str().starts_with("x-") && !name.as_str().starts_with("x-quiver-decision")
+            let name = name.as_str();
+            name.starts_with("x-") && !name.starts_with("x-quiver-") && name != "x-request-id"
         })
         .filter_map(|(name, value)| {
             let name = header::HeaderName::from_bytes(name.as_str().as_bytes()).ok()?;
@@ -304,6 +309,22 @@ mod tests {
     }
 
     #[test]
+    fn the_gateway_s_own_headers_are_not_the_upstream_s_to_set() {
+        let response = axum::http::Response::builder()
+            .header("x-ratelimit-remaining-requests", "99")
+            .header("x-request-id", "upstream-id")
+            .header("x-quiver-cache", "hit")
+            .header("x-quiver-parent-decision-id", "evil:1")
+            .header("x-quiver-session", "s")
+            .header("content-type", "application/json")
+            .body(Vec::<u8>::new())
+            .unwrap_or_default();
+        let passed = extension_headers(&reqwest::Response::from(response));
+        let names: Vec<&str> = passed.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["x-ratelimit-remaining-requests"]);
+    }
+
+    #[test]
     fn retry_after_is_read_in_seconds_within_a_day() {
         assert_eq!(retry_after(&with_retry_after("2")), Some(Duration::from_secs(2)));
         assert_eq!(
@@ -314,7 +335,7 @@ mod tests {
             retry_after(&with_retry_after("1e20")),
             Some(Duration::from_secs(86_400))
         );
-        for unread in ["-1", "soon", "Wed, 21 Oct 2026 07:28:00 GMT"] {
+        for unread in ["-1", "soon", "Wed, 21 Oct 2026 07:28:00 GMT", "NaN", "inf", "-inf"] {
             assert_eq!(retry_after(&with_retry_after(unread)), None, "{unread}");
         }
     }
