@@ -622,6 +622,13 @@ async fn complete(
         state.durable(decision_logged).await?;
         return Ok(answer);
     }
+    if Instant::now() >= deadline {
+        return Err(ApiError::RequestTimeout(format!(
+            "route `{route}` found no answer within `request_timeout_ms` ({} ms): {}",
+            state.config.request_timeout_ms,
+            failures.join("; ")
+        )));
+    }
     if untagged && !failures.is_empty() {
         return Err(ApiError::BadRequest(format!(
             "no model of route `{route}` has a deployment with the tags in `{TAGS_HEADER}` ({}): {}",

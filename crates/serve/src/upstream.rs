@@ -335,7 +335,14 @@ mod tests {
             retry_after(&with_retry_after("1e20")),
             Some(Duration::from_secs(86_400))
         );
-        for unread in ["-1", "soon", "Wed, 21 Oct 2026 07:28:00 GMT", "NaN", "inf", "-inf"] {
+        for unread in [
+            "-1",
+            "soon",
+            "Wed, 21 Oct 2026 07:28:00 GMT",
+            "NaN",
+            "inf",
+            "-inf",
+        ] {
             assert_eq!(retry_after(&with_retry_after(unread)), None, "{unread}");
         }
     }

@@ -26,6 +26,8 @@ enum Reply {
     ServerError,
     /// The request's own fault, relayed as it came.
     Refused(u16),
+    /// Nothing until the request's deadline, then a failure.
+    Silent,
 }
 
 /// Answers each model's attempts from its script, in order, recording `(model, path)`.
@@ -59,6 +61,7 @@ struct Provider(Arc<Scripted>);
 impl Upstream for Provider {
     fn call<'a>(&'a self, call: UpstreamCall<'a>) -> BoxFuture<'a, Result<Answer, Failure>> {
         let model = call.model.id.clone();
+        let deadline = tokio::time::Instant::from_std(call.deadline);
         self.0.calls.lock().unwrap().push((model.clone(), call.path));
         let reply = self
             .0
@@ -88,6 +91,10 @@ impl Upstream for Provider {
                     body: Bytes::from(r#"{"error":{"code":"context_length_exceeded"}}"#),
                     content_type: None,
                 }),
+                Some(Reply::Silent) => {
+                    tokio::time::sleep_until(deadline).await;
+                    Err(Failure::final_("no first byte before the deadline"))
+                }
                 None => Err(Failure::final_("no reply scripted")),
             }
         })
@@ -95,8 +102,13 @@ impl Upstream for Provider {
 }
 
 fn config(dir: &Path) -> quiver_serve::ServeConfig {
+    config_with(dir, 120_000)
+}
+
+fn config_with(dir: &Path, request_timeout_ms: u64) -> quiver_serve::ServeConfig {
     serde_json::from_value(json!({
         "log_dir": dir.join("log"),
+        "request_timeout_ms": request_timeout_ms,
         "routes": [{
             "name": "r", "policy": "fixed(a)",
             "models": [
@@ -205,4 +217,28 @@ async fn the_gateway_retries_falls_back_and_relays_whatever_the_provider() {
     assert_eq!((b.requests, b.errors), (2, 0));
     let per_call = (3.0 * 5.0 + 5.0 * 10.0) / 1e6;
     assert!((b.cost_usd - 2.0 * per_call).abs() < 1e-12, "{}", b.cost_usd);
+}
+
+/// A request whose deadline passes before any model answers is a 408, fallbacks included,
+/// whichever model was being waited for; the silent model's failure is its own.
+#[tokio::test]
+async fn no_answer_within_the_deadline_is_a_408() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("upstream-deadline");
+    let _ = std::fs::remove_dir_all(&dir);
+    let scripted = Arc::new(Scripted::default());
+    let provider = Arc::clone(&scripted);
+    let state =
+        quiver_serve::server::state_with(config_with(&dir, 300), move |_, _| Box::new(Provider(provider)))
+            .unwrap();
+    let app = quiver_serve::app::build_app(Arc::clone(&state));
+    scripted.script("a", &[Reply::Silent]);
+    scripted.script("b", &[Reply::Completion]);
+    let (status, _, body, _) = chat(&app).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("300 ms") && message.contains("a: "), "{message}");
+    assert_eq!(scripted.take_calls(), ["a"], "the deadline leaves no time for b");
+    let learner = state.router.learner("r").unwrap();
+    let a = learner.usage(0);
+    assert_eq!((a.requests, a.errors), (1, 1));
 }
