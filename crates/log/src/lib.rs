@@ -453,6 +453,15 @@ pub fn unreadable_version(version: u32) -> Option<String> {
         .then(|| format!("record format version {version}; this build reads up to {SCHEMA_VERSION}"))
 }
 
+/// The format version of a record's line, when the line says one.
+fn version_of(line: &[u8]) -> Option<u32> {
+    #[derive(Deserialize)]
+    struct Versioned {
+        schema: u32,
+    }
+    serde_json::from_slice::<Versioned>(line).ok().map(|v| v.schema)
+}
+
 /// The file that holds a segment listed as `path` now: its Parquet form if it was
 /// compacted since it was listed ([`compact`] removes the JSON lines only after the
 /// Parquet file is in place).
@@ -576,7 +585,12 @@ impl SegmentText {
                 continue;
             }
             let parsed = serde_json::from_slice::<LogRecord>(line)
-                .map_err(|e| e.to_string())
+                // A newer record need not parse as this build's: its version says why.
+                .map_err(|e| {
+                    version_of(line)
+                        .and_then(unreadable_version)
+                        .unwrap_or_else(|| e.to_string())
+                })
                 .and_then(|record| match unreadable_version(record.schema) {
                     Some(why) => Err(why),
                     None => Ok(record),
@@ -927,15 +941,24 @@ mod tests {
         let mut newer = written.clone();
         newer["schema"] = (SCHEMA_VERSION + 1).into();
         newer["seq"] = 3.into();
-        std::fs::write(&segment, format!("{}\n{older}\n{newer}\n", text.trim_end())).unwrap();
-        let records: Vec<io::Result<LogRecord>> = records_after(&dir, 0).unwrap().collect();
-        assert_eq!(records.len(), 3);
-        assert_eq!(records[1].as_ref().unwrap().schema, 1);
-        let refused = records[2].as_ref().unwrap_err().to_string();
-        assert!(
-            refused.contains("line 3") && refused.contains(&format!("format version {}", SCHEMA_VERSION + 1)),
-            "{refused}"
-        );
+        // A newer version may add fields and events this build cannot parse: its version,
+        // not the parse, is the reason given.
+        let mut unparsable = newer.clone();
+        unparsable["tenant"] = "acme".into();
+        let mut unknown_event = newer.clone();
+        unknown_event["event"] = "budget_change".into();
+        for newest in [newer, unparsable, unknown_event] {
+            std::fs::write(&segment, format!("{}\n{older}\n{newest}\n", text.trim_end())).unwrap();
+            let records: Vec<io::Result<LogRecord>> = records_after(&dir, 0).unwrap().collect();
+            assert_eq!(records.len(), 3);
+            assert_eq!(records[1].as_ref().unwrap().schema, 1);
+            let refused = records[2].as_ref().unwrap_err().to_string();
+            assert!(
+                refused.contains("line 3")
+                    && refused.contains(&format!("format version {}", SCHEMA_VERSION + 1)),
+                "{refused}"
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 
