@@ -1078,7 +1078,11 @@ impl Router {
                     }
                     let mut restored = restored;
                     let current = state.live_mut().learner.config().clone();
-                    restored.set_max_tracked_decisions(current.max_tracked_decisions)?;
+                    // The log after the snapshot was written under the snapshot's horizon:
+                    // it is replayed under the larger of the two, and the reconfiguration
+                    // after the log trims it to today's.
+                    let then = restored.config().max_tracked_decisions;
+                    restored.set_max_tracked_decisions(current.max_tracked_decisions.max(then))?;
                     if restored.config().policy.learns_as(&current.policy) {
                         restored.adopt_draws(&current.policy)?;
                     }
@@ -1211,7 +1215,12 @@ impl Router {
             };
             let decision = parse_decision_id(&record.decision_id)?.number;
             if let Some(replay) = route.replay(record.seq, decision) {
-                Self::replay_record(states, &record, replay, matches!(route, Recovery::Reset))?;
+                // Made here, and no longer tracked: forgotten under a smaller horizon.
+                let forgotten = matches!(route, Recovery::Reset)
+                    || states
+                        .get_mut(&record.route)
+                        .is_some_and(|s| s.live_mut().learner.next_decision_id() > decision);
+                Self::replay_record(states, &record, replay, forgotten)?;
             }
         }
         // The log must reach the snapshot's position for the routes that need records up
@@ -1236,15 +1245,17 @@ impl Router {
 
     /// Replays one record. A record whose values the learner refuses (written before
     /// today's limits, say) is skipped with a warning rather than stopping the start; so
-    /// is, for a route started afresh, a record of a decision the log no longer holds.
+    /// is a record of a decision the learner may have let go of (`forgettable`: the route
+    /// was started afresh, or the decision was made before and today's feedback horizon
+    /// no longer holds it).
     fn replay_record(
         states: &mut BTreeMap<String, RouteState>,
         record: &LogRecord,
         replay: Replay,
-        afresh: bool,
+        forgettable: bool,
     ) -> Result<()> {
         match Self::apply_record(states, record, replay) {
-            Err(ServeError::Bandit(e)) if e.is_input_error() || (afresh && e.is_unknown_decision()) => {
+            Err(ServeError::Bandit(e)) if e.is_input_error() || (forgettable && e.is_unknown_decision()) => {
                 tracing::warn!(
                     record = record.seq,
                     decision = %record.decision_id,

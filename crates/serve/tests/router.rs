@@ -590,6 +590,60 @@ fn a_new_horizon_restores_and_a_new_policy_is_named() {
     assert!(router.learner("chat").unwrap().usage(0).requests > 0);
 }
 
+/// What a router's routes learned, whatever their feedback horizons and the decisions
+/// they still track.
+fn learned(router: &Router) -> Vec<serde_json::Value> {
+    router
+        .route_names()
+        .iter()
+        .map(|r| {
+            let mut learned = serde_json::to_value(router.learner(r).unwrap().without_tracked()).unwrap();
+            learned["config"]["max_tracked_decisions"] = serde_json::Value::Null;
+            learned
+        })
+        .collect()
+}
+
+/// A smaller feedback horizon is an operational setting: the router restarts under it
+/// from a snapshot and the log, which is replayed under the snapshot's horizon, so that
+/// every quality it acknowledged is learned again; or from the log alone, where a record
+/// of a decision the new horizon no longer holds is skipped. A decision past the horizon
+/// then takes no feedback.
+#[test]
+fn a_smaller_horizon_restarts_and_relearns_what_it_acknowledged() {
+    let wide = RouterOptions {
+        feedback_horizon: 100,
+        ..crash_options()
+    };
+    let narrow = RouterOptions {
+        feedback_horizon: 2,
+        ..crash_options()
+    };
+    let dir = scratch("router_narrower");
+    let mut ids = Vec::new();
+    let before = {
+        let router = Router::open_with(routes(), &dir, wide).unwrap();
+        workload(&router, 0..30, &mut ids);
+        router.snapshot().unwrap();
+        workload(&router, 30..60, &mut ids);
+        learned(&router)
+    };
+    let reopened = Router::open_with(routes(), &dir, narrow.clone()).unwrap();
+    assert_eq!(learned(&reopened), before);
+    assert!(matches!(
+        reopened.feedback(&ids[40], 0.5),
+        Err(ServeError::Bandit(e)) if e.is_unknown_decision()
+    ));
+    drop(reopened);
+    std::fs::remove_file(dir.join("snapshot.json")).unwrap();
+    let rebuilt = Router::open_with(routes(), &dir, narrow).unwrap();
+    assert_eq!(
+        rebuilt.learner("chat").unwrap().next_decision_id(),
+        40,
+        "two operations in three"
+    );
+}
+
 /// Adding and removing models and changing prices, weights and the budget keep what the
 /// route learned about the models it still has, across a restart, and a snapshot records
 /// the new configuration at once.
