@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -104,21 +104,30 @@ impl Outbox {
         let path = dir.join(OUTBOX_FILE);
         let mut pending = BTreeMap::new();
         let mut next_seq = 0;
-        match File::open(&path) {
-            Ok(file) => {
-                for line in BufReader::new(file).lines() {
-                    let line = line.map_err(io_at(&path))?;
-                    // A torn line (a crash mid-write) was never acknowledged.
-                    match serde_json::from_str::<Line>(&line) {
-                        Ok(Line::Forward(f)) => {
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                // A line without its newline is torn (a crash mid-write) and was never
+                // acknowledged; every complete line must read.
+                let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                for (number, line) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
+                    if line.trim_ascii().is_empty() {
+                        continue;
+                    }
+                    let line = serde_json::from_slice::<Line>(line).map_err(|e| {
+                        io_at(&path)(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("line {}: {e}", number + 1),
+                        ))
+                    })?;
+                    match line {
+                        Line::Forward(f) => {
                             next_seq = next_seq.max(f.seq + 1);
                             pending.insert(f.seq, f);
                         }
-                        Ok(Line::Confirmed(seq)) => {
+                        Line::Confirmed(seq) => {
                             pending.remove(&seq);
                         }
-                        Ok(Line::Next(seq)) => next_seq = next_seq.max(seq),
-                        Err(_) => continue,
+                        Line::Next(seq) => next_seq = next_seq.max(seq),
                     }
                 }
             }
@@ -267,6 +276,30 @@ mod tests {
         drop(outbox);
         let outbox = Outbox::open(&dir).unwrap();
         assert_eq!(outbox.add("b", "a", "r:a:5", feedback(0.1)).unwrap(), 3);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A damaged line before the last holds a forward that was acknowledged: opening
+    /// refuses, naming the file and line, and leaves the file as it was.
+    #[test]
+    fn a_damaged_line_amid_the_outbox_is_refused_not_dropped() {
+        let dir = scratch("damaged");
+        let outbox = Outbox::open(&dir).unwrap();
+        for i in 0..3 {
+            outbox.add("b", "a", &format!("r:a:{i}"), feedback(0.5)).unwrap();
+        }
+        drop(outbox);
+        let path = dir.join(OUTBOX_FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let damaged = text.replacen(r#""seq":1"#, r#""sex":1"#, 1);
+        assert_ne!(damaged, text);
+        std::fs::write(&path, &damaged).unwrap();
+        let refused = Outbox::open(&dir).err().unwrap().to_string();
+        assert!(
+            refused.contains(&path.display().to_string()) && refused.contains("line 3"),
+            "{refused}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), damaged);
         let _ = std::fs::remove_dir_all(dir);
     }
 }
