@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use quiver_bandit::{Objective, PolicySpec};
-use quiver_sim::data::{Format, LogStream, Split};
+use quiver_sim::data::{load, Dataset, Format, LogStream, Split};
 use quiver_sim::ope::{all_estimators, estimator_by_name, evaluate, Estimator, EstimatorSettings};
 use quiver_sim::source::CHUNK_ROWS;
 
@@ -52,7 +52,30 @@ pub struct OpeArgs {
 }
 
 pub fn run(args: OpeArgs) -> Result<()> {
-    let mut log = LogStream::open(&args.data, args.format, args.split.as_ref(), CHUNK_ROWS)?;
+    let converted;
+    let mut log = match args.format {
+        Format::Auto | Format::Logged => {
+            LogStream::open(&args.data, args.format, args.split.as_ref(), CHUNK_ROWS)?
+        }
+        // Another system's log (the Open Bandit Dataset's) is read whole and streamed as a
+        // logged table from a file of its own, which goes when the command ends.
+        other => {
+            let Dataset::Logged(read) = load(&args.data, other, args.split.as_ref())? else {
+                bail!(
+                    "{}: format {other} is not a log; `quiver replay` evaluates full-information tables",
+                    args.data
+                );
+            };
+            converted = Converted::new()?;
+            quiver_sim::write::write_logged(&read, &converted.0)?;
+            LogStream::open(
+                &converted.0.display().to_string(),
+                Format::Logged,
+                None,
+                CHUNK_ROWS,
+            )?
+        }
+    };
     let spec: PolicySpec = args.policy.parse()?;
     let objective = Objective::new(args.w_cost, args.w_latency)?;
     let settings = EstimatorSettings::new(args.clip, args.switch_tau, args.bootstrap, args.seed)?;
@@ -72,7 +95,8 @@ pub fn run(args: OpeArgs) -> Result<()> {
             })
             .collect::<Result<_>>()?,
     };
-    let summary = evaluate(&mut log, &spec, objective, &estimators, settings, !args.frozen)?;
+    let mut summary = evaluate(&mut log, &spec, objective, &estimators, settings, !args.frozen)?;
+    summary.dataset.clone_from(&args.data);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());
@@ -119,4 +143,23 @@ pub fn run(args: OpeArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A log converted for streaming, removed when dropped.
+struct Converted(std::path::PathBuf);
+
+impl Converted {
+    fn new() -> Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos();
+        let name = format!("quiver-ope-{}-{nanos}.parquet", std::process::id());
+        Ok(Converted(std::env::temp_dir().join(name)))
+    }
+}
+
+impl Drop for Converted {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

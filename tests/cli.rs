@@ -339,6 +339,72 @@ fn wide_data_converts_to_a_log_that_ope_reads() {
     assert!((snips - 80.0 / 120.0).abs() < 0.2, "snips {snips}");
 }
 
+/// An Open Bandit Dataset log (its columns, three items) is evaluated by `quiver ope
+/// --format obd` as the same log converted by `quiver data convert` first, and named as
+/// the file it was read from.
+#[test]
+fn ope_reads_an_open_bandit_dataset_log_as_its_conversion() {
+    let dir = scratch("ope_obd");
+    let obd = dir.join("all.csv");
+    let mut text = String::from(
+        ",timestamp,item_id,position,click,propensity_score,user-item_affinity_0,user-item_affinity_1\n",
+    );
+    for i in 0..90 {
+        let (item, position) = (i % 3, 1 + i % 2);
+        let click = u8::from(item == 1 && i % 4 != 0);
+        let propensity = [0.5, 0.3, 0.2][item];
+        text.push_str(&format!(
+            "{i},2019-11-24 00:00:{:02},{item},{position},{click},{propensity},{},0.1\n",
+            i % 60,
+            i % 5
+        ));
+    }
+    std::fs::write(&obd, text).unwrap();
+    let converted = dir.join("all.parquet");
+    let obd_path = obd.to_str().unwrap();
+    stdout(&quiver(&[
+        "data",
+        "convert",
+        "--data",
+        obd_path,
+        "--format",
+        "obd",
+        "--to",
+        "logged",
+        "--out",
+        converted.to_str().unwrap(),
+    ]));
+    let ope = |data: &str, format: &str| -> serde_json::Value {
+        let out = stdout(&quiver(&[
+            "ope",
+            "--data",
+            data,
+            "--format",
+            format,
+            "--policy",
+            "fixed(item_1)",
+            "--json",
+        ]));
+        serde_json::from_str(&out).unwrap()
+    };
+    let direct = ope(obd_path, "obd");
+    let mut via_conversion = ope(converted.to_str().unwrap(), "logged");
+    assert_eq!(direct["dataset"], obd_path);
+    assert_eq!(direct["rows"], 90);
+    via_conversion["dataset"] = direct["dataset"].clone();
+    assert_eq!(direct, via_conversion);
+    // IPS of always item 1: its clicks weighed by 1 / 0.3, over every row.
+    let clicks = (0..90).filter(|i| i % 3 == 1 && i % 4 != 0).count() as f64;
+    let ips = direct["metrics"][1]["estimates"][1]["value"].as_f64().unwrap();
+    assert!((ips - clicks / 0.3 / 90.0).abs() < 1e-9, "ips {ips}");
+    let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("quiver-ope-"))
+        .collect();
+    assert!(left.is_empty(), "the conversion is removed: {left:?}");
+}
+
 #[test]
 fn malformed_inputs_name_the_file_row_and_column() {
     let dir = scratch("errors");
