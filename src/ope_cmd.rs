@@ -38,7 +38,7 @@ pub struct OpeArgs {
     #[arg(long, default_value_t = 100.0)]
     switch_tau: f64,
     /// Bootstrap resamples for the percentile intervals (0: analytic only).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=100_000))]
     bootstrap: usize,
     /// Seed of the candidate's draws and of the bootstrap.
     #[arg(long, default_value_t = 0)]

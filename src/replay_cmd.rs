@@ -75,7 +75,7 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "first=MODEL,then=MODEL[,pass=0.5][,check_error=0]", value_parser = cascade_arg)]
     cascade: Vec<Cascade>,
     /// Seeds; each shuffles the request order.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     seeds: u64,
     /// Keep only rows whose COLUMN equals VALUE (of --data, and of --train unless --train-split).
     #[arg(long, value_name = "COLUMN=VALUE")]
@@ -129,7 +129,7 @@ pub struct ReplayArgs {
     #[arg(long)]
     no_full_information: bool,
     /// Passes over --train, under --train-feedback bandit.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
     train_passes: usize,
     /// The first N passes over --train draw models uniformly at random, and the learner
     /// learns from what they reveal (an exploration phase); the rest follow the policy.
@@ -612,7 +612,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     };
     let settings = ReplaySettings {
         variants,
-        seeds: args.seeds.max(1),
+        seeds: args.seeds,
         knobs: Knobs {
             feedback_delay: args.feedback_delay,
             missing_feedback: args.missing_feedback,
@@ -620,7 +620,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
             latency: latency.clone(),
         },
         frozen: args.frozen,
-        train_passes: args.train_passes.max(1),
+        train_passes: args.train_passes,
         explore_passes: args.explore_passes,
         priors,
         pacer_step: args.pacer_step,

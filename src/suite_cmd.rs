@@ -32,13 +32,13 @@ pub struct SuiteArgs {
     #[arg(long, default_value = "full")]
     train_feedback: TrainFeedback,
     /// Passes over each case's training rows, under bandit feedback.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
     train_passes: usize,
     /// The priors' cap on observations per model.
     #[arg(long, default_value_t = DEFAULT_PRIOR_CAP)]
     prior_cap: f64,
     /// Seeds per case.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     seeds: u64,
     /// A RouterBench directory: its `*_train.csv` files join the suite as 3 folds (its
     /// test files are never read).

@@ -496,6 +496,37 @@ fn a_new_users_mistakes_get_precise_errors() {
         "{err}"
     );
 
+    // Counts that would run nothing, or more than memory holds, are the flag's error.
+    for (args, flag) in [
+        (
+            &["replay", "--seeds", "0"][..],
+            "--seeds <SEEDS>': 0 is not in 1..=100000",
+        ),
+        (
+            &["replay", "--train-passes", "0"][..],
+            "--train-passes <TRAIN_PASSES>': 0 is not in 1..=1000",
+        ),
+        (
+            &["suite", "--seeds", "0"][..],
+            "--seeds <SEEDS>': 0 is not in 1..=100000",
+        ),
+        (
+            &[
+                "ope",
+                "--data",
+                "log.parquet",
+                "--policy",
+                "random",
+                "--bootstrap",
+                "1000000000000",
+            ][..],
+            "--bootstrap <BOOTSTRAP>': 1000000000000 is not in 0..=100000",
+        ),
+    ] {
+        let err = stderr(&quiver(args));
+        assert!(err.contains(flag), "{args:?}: {err}");
+    }
+
     let err = stderr(&quiver(&["replay", "--policies", "fixed(gpt-5)"]));
     assert!(
         err.contains("unknown arm `gpt-5` (the arms: gpt-4-1106-preview, "),
