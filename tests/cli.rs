@@ -496,6 +496,15 @@ fn a_new_users_mistakes_get_precise_errors() {
         "{err}"
     );
 
+    // A column named twice would be read as two; the file and the column are named.
+    let twice = dir.join("twice.csv");
+    std::fs::write(&twice, "id,quality|a,quality|a\n1,1,0\n2,0,1\n").unwrap();
+    let err = stderr(&quiver(&["replay", "--data", twice.to_str().unwrap()]));
+    assert!(
+        err.contains("twice.csv") && err.contains("column `quality|a` appears more than once"),
+        "{err}"
+    );
+
     // Counts that would run nothing, or more than memory holds, are the flag's error.
     for (args, flag) in [
         (

@@ -105,15 +105,29 @@ fn open(path: &Path) -> Result<std::fs::File> {
     std::fs::File::open(path).map_err(|e| unreadable(path, e))
 }
 
-/// A CSV file's first `rows` rows, or all of them.
+/// A CSV file's first `rows` rows, or all of them. A header that names a column twice is
+/// refused: the reader would rename the second (`<name>_duplicated_0`) and read it as
+/// another column.
 fn read_csv(path: &Path, rows: Option<usize>) -> Result<DataFrame> {
-    CsvReadOptions::default()
+    let frame = CsvReadOptions::default()
         .with_has_header(true)
         .with_infer_schema_length(None)
         .with_n_rows(rows)
         .try_into_reader_with_file_path(Some(path.to_path_buf()))
         .and_then(|reader| reader.finish())
-        .map_err(|e| unreadable(path, e))
+        .map_err(|e| unreadable(path, e))?;
+    let names: Vec<&str> = frame.get_column_names().iter().map(|n| n.as_str()).collect();
+    let twice = names.iter().find_map(|name| {
+        let (first, _) = name.rsplit_once("_duplicated_")?;
+        names.contains(&first).then_some(first)
+    });
+    match twice {
+        Some(name) => Err(unreadable(
+            path,
+            format!("column `{name}` appears more than once in the header"),
+        )),
+        None => Ok(frame),
+    }
 }
 
 /// Reads one file by its extension: CSV (RFC 4180, quoted multi-line fields), Parquet, or
