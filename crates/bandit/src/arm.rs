@@ -124,9 +124,11 @@ impl Arm {
     }
 }
 
-/// Per-request restrictions on which arms may serve it.
+/// Per-request restrictions on which arms may serve it. A misspelled restriction is
+/// refused, not ignored.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Constraints {
     /// Every one of these tags must be on the arm.
     #[serde(default)]
@@ -188,6 +190,17 @@ impl Constraints {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_misspelled_constraint_is_refused_by_name() {
+        let refused = serde_json::from_str::<Constraints>(r#"{"only_arm": ["b"]}"#).unwrap_err();
+        assert!(
+            refused.to_string().contains("unknown field `only_arm`"),
+            "{refused}"
+        );
+        let read: Constraints = serde_json::from_str(r#"{"only_arms": ["b"]}"#).unwrap();
+        assert!(read.only_arms.contains("b"));
+    }
 
     #[test]
     fn families_are_the_names_stems() {

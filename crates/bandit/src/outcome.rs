@@ -101,6 +101,7 @@ pub fn validate_quality(quality: f64) -> Result<f64> {
 /// so a new trade-off applies at once, without relearning.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Objective {
     /// Quality points per USD of expected cost.
     pub w_cost: f64,
@@ -347,6 +348,15 @@ impl BudgetPacer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_misspelled_weight_is_refused_by_name() {
+        let refused = serde_json::from_str::<Objective>(r#"{"w_costt": 1, "w_latency": 0}"#).unwrap_err();
+        assert!(
+            refused.to_string().contains("unknown field `w_costt`"),
+            "{refused}"
+        );
+    }
 
     #[test]
     fn reward_is_quality_minus_weighted_cost_and_latency() {
