@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::api_error::{ApiError, UpstreamResponses};
 use crate::config::ModelConfig;
-use crate::proxy::Leased;
+use crate::proxy::{pass_on, Leased};
 use crate::state::{ApiJson, AppState};
 use crate::upstream::{Answer, UpstreamCall};
 
@@ -94,7 +94,7 @@ pub(crate) async fn embeddings(
     let (result, answer) = match answered {
         Ok(Answer::Complete { body, passed, .. }) => {
             let mut answer = json_response(StatusCode::OK, body)?;
-            answer.headers_mut().extend(passed);
+            pass_on(&mut answer, passed);
             ("ok", Ok(answer))
         }
         Ok(Answer::Refused {

@@ -217,6 +217,25 @@ impl StreamTally {
     }
 }
 
+/// The headers the gateway sets on an answer: an upstream's of the same name are not passed on.
+const GATEWAY_HEADERS: [&str; 6] = [
+    DECISION_HEADER,
+    MODEL_HEADER,
+    CACHE_HEADER,
+    PARENT_HEADER,
+    SESSION_HEADER,
+    // The client's id, or the gateway's: the one its access log holds.
+    "x-request-id",
+];
+
+/// Passes the upstream's own headers on with `response`, but not the gateway's.
+pub(crate) fn pass_on(response: &mut Response, passed: Vec<(header::HeaderName, HeaderValue)>) {
+    let theirs = passed
+        .into_iter()
+        .filter(|(name, _)| !GATEWAY_HEADERS.contains(&name.as_str()));
+    response.headers_mut().extend(theirs);
+}
+
 /// Names `parent`, if any, as the decision the answer's own decision followed.
 fn with_parent(response: &mut Response, parent: Option<&str>) {
     if let Some(parent) = parent.and_then(|p| HeaderValue::from_str(p).ok()) {
@@ -550,7 +569,7 @@ async fn complete(
                     .header(header::CONTENT_TYPE, "application/json")
                     .body(Body::from(served.body.clone()))
                     .map_err(|e| ApiError::Internal(e.to_string()))?;
-                response.headers_mut().extend(served.passed);
+                pass_on(&mut response, served.passed);
                 with_parent(&mut response, served.parent.as_deref());
                 if let Some(key) = store_under.take() {
                     let cached = Cached {
@@ -580,7 +599,7 @@ async fn complete(
                 };
                 let idle = Duration::from_millis(state.config.upstream_idle_timeout_ms);
                 let mut response = stream_through(first, rest, outcome, idle);
-                response.headers_mut().extend(passed);
+                pass_on(&mut response, passed);
                 with_parent(&mut response, parent.as_deref());
                 answer = Some(with_headers(response, &own_id, &model.id));
                 break;
@@ -1060,6 +1079,38 @@ fn stream_through(first: Bytes, rest: UpstreamBody, outcome: StreamOutcome, idle
 mod tests {
     use super::*;
     use futures_util::future::BoxFuture;
+
+    #[test]
+    fn the_gateway_s_own_headers_are_not_the_upstream_s_to_set() {
+        let passed = [
+            ("x-ratelimit-remaining-requests", "99"),
+            ("x-quiver-simulated-quality", "1"),
+            ("x-request-id", "upstream-id"),
+            ("x-quiver-cache", "hit"),
+            ("x-quiver-parent-decision-id", "evil:1"),
+            ("x-quiver-session", "s"),
+            ("x-quiver-decision-id", "evil:2"),
+            ("x-quiver-model", "evil"),
+        ]
+        .map(|(name, value)| {
+            (
+                header::HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            )
+        });
+        let mut response = Response::default();
+        pass_on(&mut response, passed.to_vec());
+        let mut names: Vec<&str> = response
+            .headers()
+            .keys()
+            .map(header::HeaderName::as_str)
+            .collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["x-quiver-simulated-quality", "x-ratelimit-remaining-requests"]
+        );
+    }
 
     #[test]
     fn the_tally_counts_the_text_api_s_chunks_too() {
