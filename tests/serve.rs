@@ -191,6 +191,21 @@ async fn proxy_falls_back_in_order_and_streams() {
     assert_eq!(state["arms"][0]["arm"], "failing");
     assert_eq!(state["arms"][0]["requests"], 1);
     assert_eq!(state["arms"][0]["errors"], 1);
+    // A name whose percent-encoding is not UTF-8 is refused in the API's error shape.
+    for path in ["v1/routes/%FF", "v1/models/%FF"] {
+        let refused = client
+            .get(format!("{base}/{path}"))
+            .bearer_auth("admin")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400, "{path}");
+        let body: Value = refused.json().await.unwrap();
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("UTF-8"),
+            "{body}"
+        );
+    }
     // Fallback went failing (a 500, called again once after a backoff) -> badjson -> slow
     // (timed out, not retried) -> good: four failed calls.
     let metrics = get_text(&client, format!("{base}/metrics"), "admin").await;

@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::api_error::{ApiError, ErrorResponses};
-use crate::state::{with_router, AppState};
+use crate::state::{with_router, ApiPath, AppState};
 
 /// A route, as an OpenAI model object.
 #[derive(Debug, Serialize, ToSchema)]
@@ -67,7 +67,7 @@ pub(crate) async fn list_models(State(state): State<Arc<AppState>>) -> Result<Js
 )]
 pub(crate) async fn retrieve_model(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ModelObject>, ApiError> {
     let routes = with_router(&state, |router| Ok(router.route_names())).await?;
     if routes.contains(&id) {

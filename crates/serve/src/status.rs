@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -18,7 +18,7 @@ use crate::api_error::{ApiError, ErrorResponses};
 use crate::health::Circuit;
 use crate::metrics::{self, LearnerStats};
 use crate::router::{CanaryAction, RecentDecision, Router};
-use crate::state::{change_router, with_router, ApiJson, AppState};
+use crate::state::{change_router, with_router, ApiJson, ApiPath, AppState};
 
 /// A route's state: its learner's decisions and each model's totals.
 #[derive(Debug, Serialize, ToSchema)]
@@ -135,7 +135,7 @@ pub struct DeploymentState {
 )]
 pub(crate) async fn route_state(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<RouteState>, ApiError> {
     let mut route = with_router(&state, move |router| route_state_of(router, &name)).await?;
     let now = Instant::now();
@@ -255,7 +255,7 @@ pub struct RouteCandidates {
 )]
 pub(crate) async fn route_candidates(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<RouteCandidates>, ApiError> {
     with_router(&state, move |router| {
         let Some(estimates) = router.candidates(&name)? else {
@@ -294,7 +294,7 @@ pub struct CanaryBody {
 )]
 pub(crate) async fn route_canary(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<CanaryBody>,
 ) -> Result<Json<CanaryReport>, ApiError> {
     change_router(
@@ -325,7 +325,7 @@ pub struct RecentDecisions {
 )]
 pub(crate) async fn route_decisions(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<RecentDecisions>, ApiError> {
     with_router(&state, move |router| {
         Ok(RecentDecisions {
@@ -347,7 +347,7 @@ pub(crate) async fn route_decisions(
 )]
 pub(crate) async fn route_snapshot(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<quiver_bandit::Snapshot>, ApiError> {
     with_router(&state, move |router| Ok(router.learner(&name)?.snapshot()))
         .await
