@@ -39,12 +39,12 @@ pub(crate) async fn require(
     }
 }
 
-/// The bearer token of a request, if it sent one.
+/// The bearer token of a request, if it sent one (the scheme's name in any case, as RFC
+/// 9110 has it).
 pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_start())
 }
 
 /// Who sent a routing request (`/v1/route`, the proxy): the first 16 hex digits of the
@@ -85,5 +85,25 @@ fn authorize(state: &AppState, headers: &HeaderMap, access: Access) -> Result<()
         Ok(())
     } else {
         Err(ApiError::Unauthorized)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        for (value, token) in [
+            ("Bearer t1", Some("t1")),
+            ("bearer t1", Some("t1")),
+            ("BEARER  t1", Some("t1")),
+            ("Basic dTpw", None),
+            ("Bearer", None),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            assert_eq!(bearer(&headers), token, "{value}");
+        }
     }
 }
