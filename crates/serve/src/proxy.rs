@@ -375,8 +375,24 @@ impl Api {
     }
 }
 
-/// A completion of either API through the route's chosen model (see the module docs).
+/// A completion of either API through the route's chosen model (see the module docs), in a
+/// task of its own: a client that goes away before its answer does not cut the calls short
+/// of their records, so each call's outcome, its cost among it, is recorded whether or not
+/// anyone reads the answer.
 async fn complete(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    request: Value,
+    api: Api,
+) -> Result<Response, ApiError> {
+    use tracing::Instrument;
+    let completion = complete_in_task(state, headers, request, api).instrument(tracing::Span::current());
+    tokio::spawn(completion)
+        .await
+        .map_err(|e| ApiError::Internal(format!("the completion's task failed: {e}")))?
+}
+
+async fn complete_in_task(
     state: Arc<AppState>,
     headers: HeaderMap,
     mut request: Value,

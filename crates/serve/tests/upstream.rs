@@ -28,6 +28,8 @@ enum Reply {
     Refused(u16),
     /// Nothing until the request's deadline, then a failure.
     Silent,
+    /// A completion after 300 ms.
+    Slow,
 }
 
 /// Answers each model's attempts from its script, in order, recording `(model, path)`.
@@ -91,6 +93,13 @@ impl Upstream for Provider {
                     body: Bytes::from(r#"{"error":{"code":"context_length_exceeded"}}"#),
                     content_type: None,
                 }),
+                Some(Reply::Slow) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    Ok(complete(json!({
+                        "choices": [{"message": {"role": "assistant", "content": model}}],
+                        "usage": {"prompt_tokens": 3, "completion_tokens": 5},
+                    })))
+                }
                 Some(Reply::Silent) => {
                     tokio::time::sleep_until(deadline).await;
                     Err(Failure::final_("no first byte before the deadline"))
@@ -241,4 +250,32 @@ async fn no_answer_within_the_deadline_is_a_408() {
     let learner = state.router.learner("r").unwrap();
     let a = learner.usage(0);
     assert_eq!((a.requests, a.errors), (1, 1));
+}
+
+/// A client that goes away while the model answers does not take the call's record with
+/// it: the outcome, and the cost with it, is recorded when the answer comes.
+#[tokio::test]
+async fn a_call_the_client_left_is_recorded_all_the_same() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("upstream-left");
+    let _ = std::fs::remove_dir_all(&dir);
+    let scripted = Arc::new(Scripted::default());
+    let provider = Arc::clone(&scripted);
+    let state =
+        quiver_serve::server::state_with(config(&dir), move |_, _| Box::new(Provider(provider))).unwrap();
+    let app = quiver_serve::app::build_app(Arc::clone(&state));
+    scripted.script("a", &[Reply::Slow]);
+    let left = tokio::time::timeout(std::time::Duration::from_millis(50), chat(&app)).await;
+    assert!(left.is_err(), "the client left before the answer");
+    let usage = || *state.router.learner("r").unwrap().usage(0);
+    let waited = std::time::Instant::now();
+    while usage().requests == 0 && waited.elapsed() < std::time::Duration::from_secs(5) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let a = usage();
+    assert_eq!((a.requests, a.errors), (1, 0));
+    assert!(
+        (a.cost_usd - (3.0 * 1.0 + 5.0 * 2.0) / 1e6).abs() < 1e-15,
+        "{}",
+        a.cost_usd
+    );
 }
