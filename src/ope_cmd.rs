@@ -97,6 +97,17 @@ pub fn run(args: OpeArgs) -> Result<()> {
     };
     let mut summary = evaluate(&mut log, &spec, objective, &estimators, settings, !args.frozen)?;
     summary.dataset.clone_from(&args.data);
+    if summary
+        .metrics
+        .iter()
+        .any(|m| m.metric == "quality" && m.rows == 0)
+    {
+        eprintln!(
+            "note: {}: none of its {} decisions has a quality (a `quality` column, or feedback records); \
+             value and quality are undefined (NaN, null in JSON), cost is estimated",
+            args.data, summary.rows
+        );
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());

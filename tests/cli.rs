@@ -505,6 +505,36 @@ fn a_new_users_mistakes_get_precise_errors() {
         "{err}"
     );
 
+    // A log without qualities estimates its cost, and says that quality is undefined
+    // rather than estimating it as 0.
+    let costs_only = dir.join("costs_only.csv");
+    std::fs::write(
+        &costs_only,
+        "decision_id,arm,propensity,cost_usd\n1,a,0.5,0.001\n2,b,0.5,0.002\n3,a,0.5,0.001\n",
+    )
+    .unwrap();
+    let output = quiver(&[
+        "ope",
+        "--data",
+        costs_only.to_str().unwrap(),
+        "--policy",
+        "fixed(b)",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("none of its 3 decisions has a quality"));
+    for m in v["metrics"].as_array().unwrap() {
+        let ips = &m["estimates"][1];
+        assert_eq!(ips["estimator"], "ips");
+        match m["metric"].as_str().unwrap() {
+            "cost_usd" => assert!(
+                (ips["value"].as_f64().unwrap() - 0.002 / 0.5 / 3.0).abs() < 1e-12,
+                "{m}"
+            ),
+            _ => assert!(ips["value"].is_null(), "{m}"),
+        }
+    }
+
     // Counts that would run nothing, or more than memory holds, are the flag's error.
     for (args, flag) in [
         (

@@ -107,9 +107,9 @@ pub struct EstimateReport {
     pub std_error: f64,
 }
 
-/// The point estimate, in one pass without materializing the terms.
+/// The point estimate, in one pass without materializing the terms (NaN without rows).
 pub fn value(estimator: &dyn Estimator, inputs: &OpeInputs) -> f64 {
-    let n = inputs.rows().max(1) as f64;
+    let n = inputs.rows() as f64;
     estimator.combine(estimator.sums(inputs).map(|s| s / n))
 }
 
@@ -153,12 +153,12 @@ impl TermMoments {
         self.rows
     }
 
-    /// The estimate, with the delta method's standard error: the sample standard
-    /// deviation of the linearized influence `grad . (t_i - mean)` over `sqrt(n)` (NaN
-    /// under two rows), and `ci95_bootstrap` as given.
+    /// The estimate (NaN without rows), with the delta method's standard error: the sample
+    /// standard deviation of the linearized influence `grad . (t_i - mean)` over `sqrt(n)`
+    /// (NaN under two rows), and `ci95_bootstrap` as given.
     pub fn report(&self, estimator: &dyn Estimator, ci95_bootstrap: Option<[f64; 2]>) -> EstimateReport {
         let n = self.rows;
-        let means = self.sums.map(|s| s / n.max(1) as f64);
+        let means = self.sums.map(|s| s / n as f64);
         let value = estimator.combine(means);
         let se = if n < 2 {
             f64::NAN
