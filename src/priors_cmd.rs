@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
 use quiver_bandit::prior::{check_cap, DEFAULT_PRIOR_CAP};
 use quiver_sim::context::{task_in_context, ContextBuilder};
@@ -65,6 +65,12 @@ fn fit(args: FitArgs) -> Result<()> {
         let env = Environment::new(&data, &builder)?;
         fit_wide(&env, &builder.definition(), args.cap)
     };
+    if priors.arms.is_empty() {
+        bail!(
+            "{}: no model has a quality on any row (check --split and the `quality|<model>` or `quality` columns): no priors to write",
+            args.data
+        );
+    }
     let text = serde_json::to_string(&priors)?;
     std::fs::write(&args.out, text).with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!(

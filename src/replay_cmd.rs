@@ -423,6 +423,12 @@ fn unpriced_datasets(args: &ReplayArgs) -> Result<(WideDataset, Option<WideDatas
                 .map(|t| load_wide(t, format, args.train_split.as_ref().or(split)))
                 .transpose()?;
             if let Some(train) = train.as_mut() {
+                if train.rows() == 0 {
+                    bail!(
+                        "--train: no rows of {} are left to train on (check --train-split)",
+                        args.train.as_deref().unwrap_or_default()
+                    );
+                }
                 train.align_to(&data)?;
             }
             Ok((data, train, objective(Objective::default())?))

@@ -535,6 +535,37 @@ fn a_new_users_mistakes_get_precise_errors() {
         }
     }
 
+    // Nothing to learn from is an error, not an empty result.
+    let unjudged = dir.join("unjudged.csv");
+    std::fs::write(&unjudged, "id,task,quality|a,quality|b\n1,x,,\n2,y,,\n").unwrap();
+    let priors = dir.join("priors.json");
+    let err = stderr(&quiver(&[
+        "priors",
+        "fit",
+        "--data",
+        unjudged.to_str().unwrap(),
+        "--out",
+        priors.to_str().unwrap(),
+    ]));
+    assert!(err.contains("no model has a quality on any row"), "{err}");
+    assert!(!priors.exists());
+    let judged = dir.join("judged.csv");
+    std::fs::write(&judged, "id,task,quality|a,quality|b\n1,x,1,0\n2,y,0,1\n").unwrap();
+    let judged = judged.to_str().unwrap();
+    let err = stderr(&quiver(&[
+        "replay",
+        "--data",
+        judged,
+        "--train",
+        judged,
+        "--train-split",
+        "task=z",
+    ]));
+    assert!(
+        err.contains("--train: no rows of") && err.contains("--train-split"),
+        "{err}"
+    );
+
     // Counts that would run nothing, or more than memory holds, are the flag's error.
     for (args, flag) in [
         (
