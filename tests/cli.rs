@@ -496,6 +496,26 @@ fn a_new_users_mistakes_get_precise_errors() {
         "{err}"
     );
 
+    // A feature beyond the learner's bounds is named where it is, not when it is learned.
+    let large = dir.join("large.csv");
+    std::fs::write(
+        &large,
+        "id,f_tokens,quality|a,quality|b\n1,3,1,0\n2,2000000,0,1\n",
+    )
+    .unwrap();
+    for command in ["replay", "priors"] {
+        let mut args = vec![command, "--data", large.to_str().unwrap()];
+        if command == "priors" {
+            args.splice(1..1, ["fit"]);
+            args.extend(["--out", "unwritten.json"]);
+        }
+        let err = stderr(&quiver(&args));
+        assert!(
+            err.contains("large.csv: row 2, column `f_tokens`: 2000000 is outside [-1000000, 1000000]"),
+            "{command}: {err}"
+        );
+    }
+
     // A column named twice would be read as two; the file and the column are named.
     let twice = dir.join("twice.csv");
     std::fs::write(&twice, "id,quality|a,quality|a\n1,1,0\n2,0,1\n").unwrap();

@@ -208,8 +208,9 @@ pub(crate) fn feature_columns(columns: &[String]) -> Vec<String> {
     columns.iter().filter(|c| c.starts_with("f_")).cloned().collect()
 }
 
-/// Reads `f_*` columns row-major. Values must be finite; they may be empty only in rows
-/// where `required(row)` is false (read as 0).
+/// Reads `f_*` columns row-major. Values must lie within the learner's bounds on a
+/// feature ([`quiver_bandit::limits::FEATURE`]); they may be empty only in rows where
+/// `required(row)` is false (read as 0).
 pub(crate) fn read_features(
     table: &Table,
     names: &[String],
@@ -223,8 +224,10 @@ pub(crate) fn read_features(
     // Row by row, so that the first bad value named is the first in the file.
     for ((row, j), value) in features.indexed_iter_mut() {
         *value = match columns[j][row] {
-            Some(x) if x.is_finite() => x,
-            Some(x) => return Err(table.bad_value(row, &names[j], format!("{x} is not a finite number"))),
+            Some(x) => {
+                let bound = quiver_bandit::limits::FEATURE;
+                crate::source::check_range(table, row, &names[j], x, bound.lo, bound.hi)?
+            }
             None if !required(row) => 0.0,
             None => return Err(table.bad_value(row, &names[j], "empty; every row needs a value")),
         };
