@@ -516,6 +516,15 @@ fn a_new_users_mistakes_get_precise_errors() {
         );
     }
 
+    // A cost column whose model has no quality column is a misspelled id, not a free model.
+    let stray = dir.join("stray.csv");
+    std::fs::write(&stray, "quality|a,quality|b,cost|A,cost|B\n1,0,0.1,0.2\n").unwrap();
+    let err = stderr(&quiver(&["replay", "--data", stray.to_str().unwrap()]));
+    assert!(
+        err.contains("`cost|A` names a model without a quality column (models: a, b)"),
+        "{err}"
+    );
+
     // A column named twice would be read as two; the file and the column are named.
     let twice = dir.join("twice.csv");
     std::fs::write(&twice, "id,quality|a,quality|a\n1,1,0\n2,0,1\n").unwrap();

@@ -333,6 +333,20 @@ impl WideReader {
                 hint: "a wide table has one quality|ARM column per arm".into(),
             });
         }
+        // A cost or latency column of a model without a quality column is a misspelled id.
+        let stray = columns.iter().find(|c| {
+            ["cost|", "latency_ms|"]
+                .iter()
+                .any(|p| c.strip_prefix(p).is_some_and(|arm| !arms.iter().any(|a| a == arm)))
+        });
+        if let Some(stray) = stray {
+            let (_, arm) = stray.split_once('|').unwrap_or_default();
+            return Err(SimError::MissingColumn {
+                path: table.path.clone(),
+                column: format!("quality|{arm}"),
+                hint: format!("`{stray}` names a model without a quality column (models: {})", arms.join(", ")),
+            });
+        }
         let per_arm = |prefix: &str, hi: f64| -> Result<Option<Vec<Vec<Option<f64>>>>> {
             let present: Vec<bool> = arms.iter().map(|a| table.has(&format!("{prefix}|{a}"))).collect();
             if present.iter().all(|p| !p) {
