@@ -64,7 +64,7 @@ pub struct ReplayArgs {
     #[arg(long)]
     prices: Option<PathBuf>,
     /// Data format.
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", requires = "data")]
     format: Format,
     /// Comma-separated policy specs, e.g. `linucb(alpha=0.3,gamma=0.999),eps(0.05),fixed(gpt-4o)`.
     #[arg(long, default_value = DEFAULT_POLICIES.as_str())]
@@ -78,10 +78,10 @@ pub struct ReplayArgs {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     seeds: u64,
     /// Keep only rows whose COLUMN equals VALUE (of --data, and of --train unless --train-split).
-    #[arg(long, value_name = "COLUMN=VALUE")]
+    #[arg(long, value_name = "COLUMN=VALUE", requires = "data")]
     split: Option<Split>,
     /// Row filter of --train.
-    #[arg(long, value_name = "COLUMN=VALUE")]
+    #[arg(long, value_name = "COLUMN=VALUE", requires = "train")]
     train_split: Option<Split>,
     /// Evaluate on this share of --data's rows, drawn at random (see --holdout-seed), after
     /// training on the rest as --train would (`0.3`: train on 70%, evaluate on 30%).

@@ -595,6 +595,18 @@ fn a_new_users_mistakes_get_precise_errors() {
         "{err}"
     );
 
+    // A filter or format with no data to apply to is an error, not the built-in scenario.
+    for args in [
+        &["replay", "--split", "task=x"][..],
+        &["replay", "--format", "wide"][..],
+    ] {
+        let err = stderr(&quiver(args));
+        assert!(
+            err.contains("required arguments were not provided") && err.contains("--data"),
+            "{args:?}: {err}"
+        );
+    }
+
     // Counts that would run nothing, or more than memory holds, are the flag's error.
     for (args, flag) in [
         (
