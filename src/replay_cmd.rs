@@ -508,14 +508,33 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         .collect::<Result<_, _>>()?;
     if let Some(path) = &args.data {
         if detect_format(path, args.format)? == Format::Logged {
-            if args.train.is_some()
-                || args.holdout.is_some()
-                || args.priors.is_some()
-                || !args.cascade.is_empty()
-            {
+            // What a log's off-policy estimates take: the policies, the objective's weights,
+            // --frozen, --split and --json. Every other option simulates full information.
+            let simulated = [
+                ("--train", args.train.is_some()),
+                ("--holdout", args.holdout.is_some()),
+                ("--priors", args.priors.is_some()),
+                ("--cascade", !args.cascade.is_empty()),
+                ("--prices", args.prices.is_some()),
+                ("--budget", args.budget.is_some()),
+                ("--sweep", args.sweep.is_some()),
+                ("--drift", args.drift.is_some()),
+                ("--latency-model", args.latency_model.is_some()),
+                ("--embedding", args.embedding.is_some()),
+                ("--out", args.out.is_some()),
+                ("--no-full-information", args.no_full_information),
+                ("--task-feature", args.task_feature),
+            ];
+            let given: Vec<&str> = simulated
+                .iter()
+                .filter(|(_, set)| *set)
+                .map(|(flag, _)| *flag)
+                .collect();
+            if !given.is_empty() {
                 bail!(
-                    "--train, --holdout, --priors and --cascade apply to full-information data; a log is \
-                     evaluated off-policy"
+                    "{} apply to full-information data; a log is evaluated off-policy (`quiver ope` \
+                     gives every estimator with intervals)",
+                    given.join(", ")
                 );
             }
             let log = LogStream::open(path, Format::Logged, args.split.as_ref(), CHUNK_ROWS)?;

@@ -334,6 +334,20 @@ fn wide_data_converts_to_a_log_that_ope_reads() {
         note.contains("is a decision log: the policies are evaluated off-policy"),
         "{note}"
     );
+    // What only a simulation of full information takes is refused, each option named.
+    let err = stderr(&quiver(&[
+        "replay",
+        "--data",
+        log.to_str().unwrap(),
+        "--budget",
+        "0.01",
+        "--out",
+        "unwritten",
+    ]));
+    assert!(
+        err.contains("--budget, --out apply to full-information data") && !Path::new("unwritten").exists(),
+        "{err}"
+    );
     // fixed(small)'s true quality on the fixture is 80/120; SNIPS with eps(0.5) logging is close.
     let snips = quality["estimates"][2]["value"].as_f64().unwrap();
     assert!((snips - 80.0 / 120.0).abs() < 0.2, "snips {snips}");
