@@ -609,6 +609,21 @@ fn a_new_users_mistakes_get_precise_errors() {
         "{err}"
     );
 
+    // Training rows without the prompts the evaluated rows have would teach another context.
+    let prompted = dir.join("prompted.csv");
+    std::fs::write(&prompted, "id,prompt,quality|a,quality|b\n1,hi,1,0\n2,bye,0,1\n").unwrap();
+    let err = stderr(&quiver(&[
+        "replay",
+        "--data",
+        prompted.to_str().unwrap(),
+        "--train",
+        judged,
+    ]));
+    assert!(
+        err.contains("prompted.csv has a prompt column and") && err.contains("judged.csv has none"),
+        "{err}"
+    );
+
     // A filter or format with no data to apply to is an error, not the built-in scenario.
     for args in [
         &["replay", "--split", "task=x"][..],

@@ -120,6 +120,13 @@ impl WideDataset {
                 other.arms.join(", ")
             )));
         }
+        if self.prompts.is_some() != other.prompts.is_some() {
+            let (with, without) = if self.prompts.is_some() { (self, other) } else { (other, self) };
+            return Err(SimError::Mismatch(format!(
+                "{} has a prompt column and {} has none: contexts are built from the prompt",
+                with.source, without.source
+            )));
+        }
         if self.feature_names != other.feature_names {
             return Err(SimError::Mismatch(format!(
                 "{} and {} have different feature columns: [{}] vs [{}]",
