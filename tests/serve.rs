@@ -816,8 +816,18 @@ async fn traffic_shifts_to_the_arm_with_the_best_feedback_and_feedback_rules_hol
 
     let (id, _) = route("one more".into()).await;
     assert_eq!(feedback(id.clone(), json!(0.5), "f").await.status(), 200);
-    let again: Value = feedback(id.clone(), json!(0.7), "f").await.json().await.unwrap();
+    let again: Value = feedback(id.clone(), json!(0.5), "f").await.json().await.unwrap();
     assert_eq!(again["status"], "already_applied");
+    let other = feedback(id.clone(), json!(0.7), "f").await;
+    assert_eq!(other.status(), 409);
+    let reason: Value = other.json().await.unwrap();
+    assert!(
+        reason["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("learned quality 0.5 already"),
+        "{reason}"
+    );
     assert_eq!(
         feedback("learn:99999".into(), json!(0.5), "f").await.status(),
         404

@@ -45,6 +45,16 @@ pub enum ErrorKind {
     DuplicateArm(String),
     /// Feedback for a decision the learner never made or has forgotten.
     UnknownDecision(u64),
+    /// A quality for a decision that has learned another one: a decision's quality is
+    /// learned once.
+    QualityConflict {
+        /// The decision.
+        id: u64,
+        /// The quality it learned.
+        learned: f64,
+        /// The one refused.
+        sent: f64,
+    },
     /// A policy specification that does not parse or has bad parameters.
     InvalidPolicySpec {
         /// The specification as written.
@@ -146,6 +156,11 @@ impl fmt::Display for Error {
             ErrorKind::UnknownDecision(id) => write!(
                 f,
                 "unknown decision {id}: never made here, or older than the feedback horizon"
+            ),
+            ErrorKind::QualityConflict { id, learned, sent } => write!(
+                f,
+                "decision {id} learned quality {learned} already (a failed call counts as 0); \
+                 {sent} is refused: a decision's quality is learned once"
             ),
             ErrorKind::InvalidPolicySpec { spec, reason } => {
                 write!(f, "policy `{spec}`: {reason}")

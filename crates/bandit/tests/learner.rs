@@ -53,9 +53,14 @@ fn delayed_quality_is_applied_exactly_once() {
             twice.record_quality(ids[1], 0.75).expect("again"),
             Applied::AlreadyApplied
         );
+        // Another quality is refused, not dropped behind an acknowledgement.
         assert_eq!(
-            twice.record_quality(ids[1], 0.1).expect("again"),
-            Applied::AlreadyApplied
+            twice.record_quality(ids[1], 0.1).unwrap_err().kind(),
+            &ErrorKind::QualityConflict {
+                id: ids[1],
+                learned: 0.75,
+                sent: 0.1
+            }
         );
         let late = Outcome::new(80.0, 0.001).with_quality(0.2);
         assert_eq!(
@@ -77,9 +82,13 @@ fn quality_in_the_outcome_and_failed_calls_count_once() {
         l.record_outcome(d.id, &failed).expect("outcome"),
         Applied::Applied
     );
-    // A failure counts as quality 0 at once; a later score does not count it again.
+    // A failure counts as quality 0 at once; a later score is refused, a 0 repeats it.
+    assert!(matches!(
+        l.record_quality(d.id, 1.0).unwrap_err().kind(),
+        ErrorKind::QualityConflict { learned, .. } if *learned == 0.0
+    ));
     assert_eq!(
-        l.record_quality(d.id, 1.0).expect("quality"),
+        l.record_quality(d.id, 0.0).expect("quality"),
         Applied::AlreadyApplied
     );
     let arm = l.arm_index(&d.arm).expect("arm");

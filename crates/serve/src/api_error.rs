@@ -23,6 +23,8 @@ pub enum ApiError {
     MethodNotAllowed(String),
     /// 408: the request (or its body) did not arrive, or was not answered, in time.
     RequestTimeout(String),
+    /// 409: the request contradicts what the server holds (another quality for a decision).
+    Conflict(String),
     /// 413: the request body is too large.
     PayloadTooLarge(String),
     /// 415: the body is not sent as JSON.
@@ -52,6 +54,7 @@ impl From<ServeError> for ApiError {
                 ErrorKind::UnknownDecision(_) | ErrorKind::UnknownArm { .. } => {
                     ApiError::NotFound(e.to_string())
                 }
+                ErrorKind::QualityConflict { .. } => ApiError::Conflict(e.to_string()),
                 ErrorKind::NotFinite { .. }
                 | ErrorKind::OutOfRange { .. }
                 | ErrorKind::DimensionMismatch { .. }
@@ -87,6 +90,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found_error", m),
             ApiError::MethodNotAllowed(m) => (StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", m),
             ApiError::RequestTimeout(m) => (StatusCode::REQUEST_TIMEOUT, "timeout_error", m),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, "invalid_request_error", m),
             ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", m),
             ApiError::HeadersTooLarge(m) => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -168,6 +172,9 @@ pub enum ErrorResponses {
     /// The body did not arrive, or the answer was not ready, in time.
     #[response(status = 408)]
     RequestTimeout(ErrorBody),
+    /// Another quality for a decision that learned one.
+    #[response(status = 409)]
+    Conflict(ErrorBody),
     /// The body is larger than `max_body_bytes`.
     #[response(status = 413)]
     PayloadTooLarge(ErrorBody),

@@ -115,7 +115,8 @@ impl From<Applied> for ReportStatus {
     }
 }
 
-/// What a report did: `applied`, `already_applied` (a repeat; nothing changed),
+/// What a report did: `applied`, `already_applied` (a repeat; nothing changed; another
+/// quality for a decision that learned one is a 409 instead),
 /// `arm_removed` (acknowledged, not learned) or `forwarded` (to the replica that made the
 /// decision).
 #[derive(Debug, Serialize, ToSchema)]

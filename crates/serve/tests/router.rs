@@ -295,10 +295,12 @@ fn snapshots_do_not_grow_with_decisions_awaiting_feedback() {
             Applied::Applied
         );
     }
+    // The quality it learned before the restart is known after it: a repeat, or refused.
     assert_eq!(
-        router.feedback(&first, 0.3).unwrap().wait().unwrap(),
+        router.feedback(&first, 0.7).unwrap().wait().unwrap(),
         Applied::AlreadyApplied
     );
+    assert!(router.feedback(&first, 0.3).is_err());
 }
 
 #[test]
@@ -322,9 +324,13 @@ fn feedback_is_idempotent_and_bad_ids_are_refused() {
         Applied::Applied
     );
     assert_eq!(
-        router.feedback(&routed.decision_id, 0.1).unwrap().wait().unwrap(),
+        router.feedback(&routed.decision_id, 0.9).unwrap().wait().unwrap(),
         Applied::AlreadyApplied
     );
+    assert!(matches!(
+        router.feedback(&routed.decision_id, 0.1),
+        Err(ServeError::Bandit(e)) if matches!(e.kind(), quiver_bandit::ErrorKind::QualityConflict { .. })
+    ));
     assert!(matches!(
         router.feedback("chat:999", 0.5),
         Err(ServeError::Bandit(_))

@@ -199,7 +199,9 @@ async fn the_gateway_retries_falls_back_and_relays_whatever_the_provider() {
     };
     assert_ne!(own, parent);
     assert_eq!(feedback(&app, &own, 1.0).await.1["status"], "applied");
-    assert_eq!(feedback(&app, &parent, 1.0).await.1["status"], "already_applied");
+    // The failed decision learned its failure as 0: another quality is a conflict.
+    assert_eq!(feedback(&app, &parent, 1.0).await.0, StatusCode::CONFLICT);
+    assert_eq!(feedback(&app, &parent, 0.0).await.1["status"], "already_applied");
 
     // A body that is not a completion is unusable: no retry, straight to the next model.
     scripted.script("a", &[Reply::NotCompletion]);

@@ -21,6 +21,9 @@ pub(super) struct TrackedDecision {
     pub(super) features: Arc<[f64]>,
     pub(super) outcome_recorded: bool,
     pub(super) quality_recorded: bool,
+    /// The quality learned, where it is known (not for a decision restored as recorded).
+    #[serde(default)]
+    pub(super) quality: Option<f64>,
 }
 
 impl TrackedDecision {
@@ -32,6 +35,7 @@ impl TrackedDecision {
             features: context.features.as_slice().into(),
             outcome_recorded: false,
             quality_recorded: false,
+            quality: None,
         }
     }
 
@@ -44,6 +48,7 @@ impl TrackedDecision {
             features: Arc::default(),
             outcome_recorded: false,
             quality_recorded: false,
+            quality: None,
         }
     }
 
@@ -101,12 +106,16 @@ impl Ledger {
     }
 
     /// Marks parts of decision `id`'s feedback as recorded without learning them (what a
-    /// restored state already holds); a decision with both parts drops its features.
-    pub(super) fn mark_recorded(&mut self, id: u64, outcome: bool, quality: bool) -> Result<()> {
+    /// restored state already holds): its outcome, and its quality when given; a decision
+    /// with both parts drops its features.
+    pub(super) fn mark_recorded(&mut self, id: u64, outcome: bool, quality: Option<f64>) -> Result<()> {
         let tracked = self.get_mut(id)?;
         if tracked.arm.is_some() {
             tracked.outcome_recorded |= outcome;
-            tracked.quality_recorded |= quality;
+            if quality.is_some() && !tracked.quality_recorded {
+                tracked.quality_recorded = true;
+                tracked.quality = quality;
+            }
             if tracked.outcome_recorded && tracked.quality_recorded {
                 tracked.features = Arc::default();
             }
@@ -124,9 +133,18 @@ impl Ledger {
         })
     }
 
-    /// What recording a quality for decision `id` would do.
-    pub(super) fn quality_would_apply(&self, id: u64) -> Result<Applied> {
+    /// What recording `quality` for decision `id` would do: a repeat of the quality it
+    /// learned is already applied; another is refused.
+    pub(super) fn quality_would_apply(&self, id: u64, quality: f64) -> Result<Applied> {
         let t = self.get(id)?;
+        if let Some(learned) = t.quality.filter(|&q| q != quality) {
+            return Err(ErrorKind::QualityConflict {
+                id,
+                learned,
+                sent: quality,
+            }
+            .into());
+        }
         Ok(match t.arm {
             None => Applied::ArmRemoved,
             Some(_) if t.quality_recorded => Applied::AlreadyApplied,

@@ -606,9 +606,9 @@ impl Learner {
     /// it (a repeat then counts as already applied).
     pub fn resume_outcome(&mut self, id: u64, outcome: &Outcome) -> Result<()> {
         outcome.validate()?;
-        let with_quality = outcome.credited_quality().is_some();
-        self.tracked.mark_recorded(id, true, with_quality)?;
-        if with_quality {
+        let quality = outcome.credited_quality();
+        self.tracked.mark_recorded(id, true, quality)?;
+        if quality.is_some() {
             self.let_go_of(id);
         }
         Ok(())
@@ -617,7 +617,7 @@ impl Learner {
     /// [`Learner::resume_outcome`] for a quality recorded before the snapshot.
     pub fn resume_quality(&mut self, id: u64, quality: f64) -> Result<()> {
         validate_quality(quality)?;
-        self.tracked.mark_recorded(id, false, true)?;
+        self.tracked.mark_recorded(id, false, Some(quality))?;
         self.let_go_of(id);
         Ok(())
     }
@@ -684,7 +684,7 @@ impl Learner {
     /// What recording `quality` for decision `id` would do, without doing it.
     pub fn quality_would_apply(&self, id: u64, quality: f64) -> Result<Applied> {
         validate_quality(quality)?;
-        self.tracked.quality_would_apply(id)
+        self.tracked.quality_would_apply(id, quality)
     }
 
     /// Records what decision `id` cost and how long it took, and its quality when the
@@ -788,9 +788,10 @@ impl Learner {
     }
 
     /// Records the quality of decision `id`, possibly long after its outcome. Idempotent:
-    /// only the first quality for a decision is learned.
+    /// only the first quality for a decision is learned, a repeat is already applied, and
+    /// another quality is refused ([`ErrorKind::QualityConflict`]).
     pub fn record_quality(&mut self, id: u64, quality: f64) -> Result<Applied> {
-        validate_quality(quality)?;
+        self.quality_would_apply(id, quality)?;
         self.apply_quality(id, quality)
     }
 
@@ -803,6 +804,7 @@ impl Learner {
             return Ok(Applied::AlreadyApplied);
         }
         tracked.quality_recorded = true;
+        tracked.quality = Some(quality);
         let features = tracked.take_or_share_features(tracked.outcome_recorded);
         self.learn_quality(arm, &features, quality, Some(id));
         Ok(Applied::Applied)
