@@ -238,6 +238,31 @@ impl ServeConfig {
         }
     }
 
+    /// Every limit lets something through: a limit of 0 would refuse every request (or
+    /// never snapshot, or remember no decision), so it stops the start, named.
+    pub fn check_limits(&self) -> Result<()> {
+        let limits = [
+            ("snapshot_interval_s", self.snapshot_interval_s),
+            ("max_body_bytes", self.max_body_bytes as u64),
+            ("max_header_bytes", self.max_header_bytes as u64),
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("body_read_timeout_ms", self.body_read_timeout_ms),
+            ("max_connections", self.max_connections as u64),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("upstream_timeout_ms", self.upstream_timeout_ms),
+            ("upstream_idle_timeout_ms", self.upstream_idle_timeout_ms),
+            ("max_upstream_body_bytes", self.max_upstream_body_bytes as u64),
+            (
+                "feedback_horizon_decisions",
+                self.feedback_horizon_decisions as u64,
+            ),
+        ];
+        match limits.iter().find(|(_, value)| *value == 0) {
+            Some((key, _)) => Err(ServeError::Config(format!("`{key}` is 0; it must be at least 1"))),
+            None => Ok(()),
+        }
+    }
+
     /// The CORS origins must be origins (`https://host[:port]`, no path, no trailing
     /// slash) or `*`; and `*` only where the proxy asks for a token, or any web page in a
     /// user's browser could spend through an open gateway.
@@ -636,6 +661,19 @@ mod tests {
         }
         config.apply_env(|name| (name == "QUIVER_LISTEN").then(String::new));
         assert_eq!(config.listen, default_listen());
+    }
+
+    #[test]
+    fn a_limit_of_zero_is_named() {
+        let mut config = with_key(None);
+        assert!(config.check_limits().is_ok());
+        config.request_timeout_ms = 0;
+        let err = config.check_limits().unwrap_err().to_string();
+        assert!(err.contains("`request_timeout_ms` is 0"), "{err}");
+        config.request_timeout_ms = 1;
+        config.max_body_bytes = 0;
+        let err = config.check_limits().unwrap_err().to_string();
+        assert!(err.contains("`max_body_bytes` is 0"), "{err}");
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub fn state_with(
     upstream: impl FnOnce(&reqwest::Client, &ServeConfig) -> Box<dyn Upstream>,
 ) -> Result<Arc<AppState>> {
     config.check_api_keys()?;
+    config.check_limits()?;
     config.check_deployments()?;
     config.check_cors()?;
     config.cache.check().map_err(ServeError::Config)?;
