@@ -616,6 +616,22 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         .as_deref()
         .map(|path| read_priors(path, &builder.definition()))
         .transpose()?;
+    if let (Some(path), Some(read)) = (&args.priors, &priors) {
+        let unknown: Vec<&str> = data
+            .arms
+            .iter()
+            .filter(|a| !read.arms.contains_key(*a))
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            tracing::warn!(
+                "{}: no prior for {}; they start cold (the file's models: {})",
+                path.display(),
+                unknown.join(", "),
+                read.arms.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
     if args.train_feedback == TrainFeedback::Full {
         if let Some(t) = train_env.take() {
             if priors.is_some() {

@@ -609,6 +609,34 @@ fn a_new_users_mistakes_get_precise_errors() {
         "{err}"
     );
 
+    // Priors of other models are said to leave these cold.
+    let other_models = dir.join("other_models.csv");
+    std::fs::write(&other_models, "id,task,quality|x,quality|y\n1,x,1,0\n2,y,0,1\n").unwrap();
+    let other_priors = dir.join("other_priors.json");
+    stdout(&quiver(&[
+        "priors",
+        "fit",
+        "--data",
+        other_models.to_str().unwrap(),
+        "--out",
+        other_priors.to_str().unwrap(),
+    ]));
+    let output = quiver(&[
+        "replay",
+        "--data",
+        judged,
+        "--priors",
+        other_priors.to_str().unwrap(),
+        "--seeds",
+        "1",
+    ]);
+    stdout(&output);
+    let warned = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        warned.contains("no prior for a, b; they start cold (the file's models: x, y)"),
+        "{warned}"
+    );
+
     // Training rows without the prompts the evaluated rows have would teach another context.
     let prompted = dir.join("prompted.csv");
     std::fs::write(&prompted, "id,prompt,quality|a,quality|b\n1,hi,1,0\n2,bye,0,1\n").unwrap();
