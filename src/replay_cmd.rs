@@ -97,7 +97,7 @@ pub struct ReplayArgs {
     budget: Option<Budget>,
     /// Initial step size of the budget pacer's dual update (it shrinks as costs are
     /// observed).
-    #[arg(long, default_value_t = DEFAULT_PACING_STEP)]
+    #[arg(long, default_value_t = DEFAULT_PACING_STEP, value_parser = pacer_step)]
     pacer_step: f64,
     /// Cost weight: quality points per USD.
     #[arg(long)]
@@ -208,6 +208,18 @@ impl std::fmt::Display for Budget {
             Budget::PercentOfBest(percent) => write!(f, "{percent}%"),
         }
     }
+}
+
+/// The pacer's step size, in the range its constructor takes (checked at once, not after
+/// the data are read).
+fn pacer_step(text: &str) -> std::result::Result<f64, String> {
+    let step: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number"))?;
+    quiver_bandit::BudgetPacer::new(1.0, step)
+        .map(|_| step)
+        .map_err(|_| format!("the pacer's step is {step}, outside (0, 10]"))
 }
 
 fn budget_arg(text: &str) -> std::result::Result<Budget, String> {

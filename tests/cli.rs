@@ -679,6 +679,10 @@ fn a_new_users_mistakes_get_precise_errors() {
             "--seeds <SEEDS>': 0 is not in 1..=100000",
         ),
         (
+            &["replay", "--pacer-step", "-1"][..],
+            "--pacer-step <PACER_STEP>': the pacer's step is -1, outside (0, 10]",
+        ),
+        (
             &[
                 "ope",
                 "--data",
