@@ -11,6 +11,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode};
 use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
+use quiver_serve::app::AppState;
 use quiver_serve::upstream::{Answer, Failure, Upstream, UpstreamCall};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -110,11 +111,19 @@ impl Upstream for Provider {
     }
 }
 
-fn config(dir: &Path) -> quiver_serve::ServeConfig {
-    config_with(dir, 120_000)
+/// The gateway in a fresh directory `name`, over a scripted provider.
+fn gateway(name: &str, request_timeout_ms: u64) -> (Arc<Scripted>, Arc<AppState>, axum::Router) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let scripted = Arc::new(Scripted::default());
+    let provider = Arc::clone(&scripted);
+    let config = config(&dir, request_timeout_ms);
+    let state = quiver_serve::server::state_with(config, move |_, _| Box::new(Provider(provider))).unwrap();
+    let app = quiver_serve::app::build_app(Arc::clone(&state));
+    (scripted, state, app)
 }
 
-fn config_with(dir: &Path, request_timeout_ms: u64) -> quiver_serve::ServeConfig {
+fn config(dir: &Path, request_timeout_ms: u64) -> quiver_serve::ServeConfig {
     serde_json::from_value(json!({
         "log_dir": dir.join("log"),
         "request_timeout_ms": request_timeout_ms,
@@ -174,13 +183,7 @@ async fn feedback(app: &axum::Router, decision_id: &str, quality: f64) -> (Statu
 
 #[tokio::test]
 async fn the_gateway_retries_falls_back_and_relays_whatever_the_provider() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("upstream-seam");
-    let _ = std::fs::remove_dir_all(&dir);
-    let scripted = Arc::new(Scripted::default());
-    let provider = Arc::clone(&scripted);
-    let state =
-        quiver_serve::server::state_with(config(&dir), move |_, _| Box::new(Provider(provider))).unwrap();
-    let app = quiver_serve::app::build_app(Arc::clone(&state));
+    let (scripted, state, app) = gateway("upstream-seam", 120_000);
 
     // A 5xx is retried once on the same model (`upstream_retries` = 1), then the next
     // model of the fallback order answers.
@@ -234,14 +237,7 @@ async fn the_gateway_retries_falls_back_and_relays_whatever_the_provider() {
 /// whichever model was being waited for; the silent model's failure is its own.
 #[tokio::test]
 async fn no_answer_within_the_deadline_is_a_408() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("upstream-deadline");
-    let _ = std::fs::remove_dir_all(&dir);
-    let scripted = Arc::new(Scripted::default());
-    let provider = Arc::clone(&scripted);
-    let state =
-        quiver_serve::server::state_with(config_with(&dir, 300), move |_, _| Box::new(Provider(provider)))
-            .unwrap();
-    let app = quiver_serve::app::build_app(Arc::clone(&state));
+    let (scripted, state, app) = gateway("upstream-deadline", 300);
     scripted.script("a", &[Reply::Silent]);
     scripted.script("b", &[Reply::Completion]);
     let (status, _, body, _) = chat(&app).await;
@@ -258,13 +254,7 @@ async fn no_answer_within_the_deadline_is_a_408() {
 /// it: the outcome, and the cost with it, is recorded when the answer comes.
 #[tokio::test]
 async fn a_call_the_client_left_is_recorded_all_the_same() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("upstream-left");
-    let _ = std::fs::remove_dir_all(&dir);
-    let scripted = Arc::new(Scripted::default());
-    let provider = Arc::clone(&scripted);
-    let state =
-        quiver_serve::server::state_with(config(&dir), move |_, _| Box::new(Provider(provider))).unwrap();
-    let app = quiver_serve::app::build_app(Arc::clone(&state));
+    let (scripted, state, app) = gateway("upstream-left", 120_000);
     scripted.script("a", &[Reply::Slow]);
     let left = tokio::time::timeout(std::time::Duration::from_millis(50), chat(&app)).await;
     assert!(left.is_err(), "the client left before the answer");
