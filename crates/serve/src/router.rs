@@ -1215,12 +1215,12 @@ impl Router {
             };
             let decision = parse_decision_id(&record.decision_id)?.number;
             if let Some(replay) = route.replay(record.seq, decision) {
-                // Made here, and no longer tracked: forgotten under a smaller horizon.
-                let forgotten = matches!(route, Recovery::Reset)
+                // Made here, so if no longer tracked, forgotten under a smaller horizon.
+                let forgettable = matches!(route, Recovery::Reset)
                     || states
                         .get_mut(&record.route)
                         .is_some_and(|s| s.live_mut().learner.next_decision_id() > decision);
-                Self::replay_record(states, &record, replay, forgotten)?;
+                Self::replay_record(states, &record, replay, forgettable)?;
             }
         }
         // The log must reach the snapshot's position for the routes that need records up
