@@ -475,8 +475,14 @@ async fn complete_in_task(
     // considered them all: so do the calls, past open breakers (never past limits or tags).
     let forced = unavailable >= models.len();
     let mut failures = Vec::new();
-    // Until a model was called, the earliest a deployment's limits free enough.
+    // While every model was stopped by a limit (a deployment's, or an upstream's 429 or
+    // 503 with `Retry-After`), the earliest one frees; `Some(None)` once one was not.
     let mut only_limits: Option<Option<Duration>> = None;
+    let earliest = |limits: Option<Option<Duration>>, wait: Option<Duration>| match (limits, wait) {
+        (None, wait) => Some(wait),
+        (Some(Some(a)), Some(b)) => Some(Some(a.min(b))),
+        _ => Some(None),
+    };
     // Whether no model has a deployment with the required tags.
     let mut untagged = true;
     let mut answer = None;
@@ -505,16 +511,11 @@ async fn complete_in_task(
                 untagged &= no.untagged;
                 // A model without the tags says nothing of the others' limits.
                 if !no.untagged {
-                    only_limits = match (only_limits, no.retry_after) {
-                        (None, wait) => Some(wait),
-                        (Some(Some(a)), Some(b)) => Some(Some(a.min(b))),
-                        _ => Some(None),
-                    };
+                    only_limits = earliest(only_limits, no.retry_after);
                 }
                 continue;
             }
             Called::Answered(called, started) => {
-                only_limits = Some(None);
                 untagged = false;
                 (called, started)
             }
@@ -649,6 +650,7 @@ async fn complete_in_task(
                     call_outcome(&*state.upstream, model, elapsed_ms(started), 0, 0).failed(),
                 )
                 .await;
+                only_limits = earliest(only_limits, failure.retry_after);
                 failures.push(format!("{arm}: {failure}"));
             }
         }
@@ -674,7 +676,7 @@ async fn complete_in_task(
     if let Some(Some(wait)) = only_limits {
         return Err(ApiError::TooManyRequests(
             format!(
-                "every model of route `{route}` is at its deployments' limits: {}",
+                "every model of route `{route}` is at its limits or asked to wait: {}",
                 failures.join("; ")
             ),
             // Rounded up: a client that waits that long finds the limit freed.

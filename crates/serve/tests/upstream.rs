@@ -31,6 +31,8 @@ enum Reply {
     Silent,
     /// A completion after 300 ms.
     Slow,
+    /// A 429 asking to wait this many seconds.
+    Wait(u64),
 }
 
 /// Answers each model's attempts from its script, in order, recording `(model, path)`.
@@ -93,6 +95,10 @@ impl Upstream for Provider {
                     status: StatusCode::from_u16(status).unwrap(),
                     body: Bytes::from(r#"{"error":{"code":"context_length_exceeded"}}"#),
                     content_type: None,
+                }),
+                Some(Reply::Wait(seconds)) => Err(Failure {
+                    retry_after: Some(std::time::Duration::from_secs(seconds)),
+                    ..Failure::final_("upstream answered 429")
                 }),
                 Some(Reply::Slow) => {
                     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -158,6 +164,7 @@ async fn chat(app: &axum::Router) -> (StatusCode, Option<String>, Value, Ids) {
     let ids = Ids {
         decision: header("x-quiver-decision-id"),
         parent: header("x-quiver-parent-decision-id"),
+        retry_after: header("retry-after"),
     };
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     (status, model, serde_json::from_slice(&bytes).unwrap(), ids)
@@ -166,6 +173,7 @@ async fn chat(app: &axum::Router) -> (StatusCode, Option<String>, Value, Ids) {
 struct Ids {
     decision: Option<String>,
     parent: Option<String>,
+    retry_after: Option<String>,
 }
 
 /// Posts a quality for `decision_id`: the status and what the report did.
@@ -270,4 +278,28 @@ async fn a_call_the_client_left_is_recorded_all_the_same() {
         "{}",
         a.cost_usd
     );
+}
+
+/// Every model asking to wait is the client's 429, with the earliest wait; one that failed
+/// otherwise makes it the gateway's 502.
+#[tokio::test]
+async fn every_model_asking_to_wait_is_a_429_with_the_earliest_wait() {
+    let (scripted, _, app) = gateway("upstream-waits", 120_000);
+    scripted.script("a", &[Reply::Wait(30)]);
+    scripted.script("b", &[Reply::Wait(5)]);
+    let (status, _, body, ids) = chat(&app).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(ids.retry_after.as_deref(), Some("5"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("asked to wait"),
+        "{body}"
+    );
+
+    let (scripted, _, app) = gateway("upstream-waits-and-fails", 120_000);
+    scripted.script("a", &[Reply::Wait(30)]);
+    scripted.script("b", &[Reply::NotCompletion]);
+    assert_eq!(chat(&app).await.0, StatusCode::BAD_GATEWAY);
 }
