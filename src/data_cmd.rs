@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
 use quiver_bandit::{Objective, PolicySpec};
 use quiver_sim::context::{task_in_context, ContextBuilder};
@@ -157,7 +157,11 @@ fn generate(args: GenerateArgs) -> Result<()> {
         return Ok(());
     }
     let scenario = match &args.scenario {
-        Some(path) => Scenario::parse(&std::fs::read_to_string(path)?, &path.display().to_string())?,
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("--scenario {}", path.display()))?;
+            Scenario::parse(&text, &path.display().to_string())?
+        }
         None => Scenario::builtin()?,
     };
     let (data, splits) = scenario.generate();

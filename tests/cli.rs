@@ -652,6 +652,30 @@ fn a_new_users_mistakes_get_precise_errors() {
         "{err}"
     );
 
+    // Files of one table that differ in their columns are named; so is a missing scenario.
+    let mixed = dir.join("mixed");
+    std::fs::create_dir_all(&mixed).unwrap();
+    std::fs::write(
+        mixed.join("costed.csv"),
+        "quality|a,quality|b,cost|a,cost|b\n1,0,0.1,0.2\n",
+    )
+    .unwrap();
+    std::fs::write(mixed.join("free.csv"), "quality|a,quality|b\n0,1\n").unwrap();
+    let err = stderr(&quiver(&["replay", "--data", mixed.to_str().unwrap()]));
+    assert!(
+        err.contains("costed.csv and") && err.contains("free.csv differ"),
+        "{err}"
+    );
+    let err = stderr(&quiver(&[
+        "data",
+        "generate",
+        "--scenario",
+        "no-such.toml",
+        "--out",
+        "unwritten.csv",
+    ]));
+    assert!(err.contains("--scenario no-such.toml: No such file"), "{err}");
+
     // A filter or format with no data to apply to is an error, not the built-in scenario.
     for args in [
         &["replay", "--split", "task=x"][..],

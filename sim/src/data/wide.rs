@@ -151,10 +151,11 @@ impl WideDataset {
             || self.prompts.is_some() != other.prompts.is_some()
             || self.tasks.is_some() != other.tasks.is_some()
         {
-            return Err(SimError::Mismatch(
-                "files of one table must all have, or all lack, cost, latency, prompt and task columns"
-                    .into(),
-            ));
+            return Err(SimError::Mismatch(format!(
+                "files of one table must all have, or all lack, cost, latency, prompt and task columns: \
+                 {} and {} differ",
+                self.source, other.source
+            )));
         }
         let stack = |mine: &Array2<f64>, theirs: &Array2<f64>| {
             concatenate(Axis(0), &[mine.view(), theirs.view()])
