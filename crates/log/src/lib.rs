@@ -37,8 +37,8 @@
 //! reads as NUL bytes, which no record contains (JSON escapes control characters), so
 //! readers end a segment at its first NUL when only NULs follow. Rotation and a clean close
 //! trim the space off; after a crash, opening the log does. NULs that records follow are
-//! damage (a reader refuses them, naming the line), but for whole pages of them in the last
-//! segment: the pages a crash left unwritten, past everything acknowledged.
+//! damage (a reader refuses them, naming the line), but for whole sectors of them in the
+//! last segment: the sectors a crash left unwritten, past everything acknowledged.
 
 #![deny(missing_docs)]
 
@@ -383,15 +383,16 @@ fn preallocate(file: &File, size: u64) -> io::Result<()> {
     file.set_len(size)
 }
 
-/// The smallest unit in which a kernel writes a file back: after a crash, the part of a
-/// write it never wrote reads as NUL bytes from one multiple of it to another.
-const PAGE_BYTES: usize = 4096;
+/// The smallest unit a disk writes whole (a sector; the kernel writes pages of several):
+/// after a crash, the part of a write that never reached the disk reads as NUL bytes from
+/// one multiple of it to another.
+const SECTOR_BYTES: usize = 512;
 
 /// The complete records of a segment's bytes, or, when NUL bytes stand amid them, the line
 /// where they begin. The data ends at the first NUL, where preallocated space begins, when
-/// only NULs follow; in the last segment also where whole pages of NULs begin that records
-/// follow, the pages a crash left unwritten (whatever followed them was never `fsync`ed,
-/// so never acknowledged). Any other NUL is damage, which no reader skips. In the last
+/// only NULs follow; in the last segment also where whole sectors of NULs begin that
+/// records follow, the sectors a crash left unwritten (whatever followed them was never
+/// `fsync`ed, so never acknowledged). Any other NUL is damage, which no reader skips. In the last
 /// segment (the one a crash can leave torn) the data ends after the last newline, so a
 /// final record cut at any byte, inside a multi-byte UTF-8 character included, is dropped
 /// as the torn write it is.
@@ -400,7 +401,9 @@ pub fn complete_records(bytes: &[u8], last_segment: bool) -> Result<&[u8], Strin
         None => bytes,
         Some(hole) => match bytes[hole..].iter().position(|&b| b != 0) {
             None => &bytes[..hole],
-            Some(len) if last_segment && hole % PAGE_BYTES == 0 && len % PAGE_BYTES == 0 => &bytes[..hole],
+            Some(len) if last_segment && hole % SECTOR_BYTES == 0 && len % SECTOR_BYTES == 0 => {
+                &bytes[..hole]
+            }
             Some(_) => {
                 let line = bytes[..hole].iter().filter(|&&b| b == b'\n').count() + 1;
                 return Err(format!(
@@ -1352,9 +1355,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// A crash can leave whole pages of the last segment unwritten, records after them:
-    /// nothing past the first such page was acknowledged, so readers end the records at
-    /// it, and reopening cuts it and appends after the records before it.
+    /// A crash can leave whole pages (whole sectors) of the last segment unwritten, records
+    /// after them: nothing past the first such page was acknowledged, so readers end the
+    /// records at it, and reopening cuts it and appends after the records before it.
     #[test]
     fn pages_a_crash_left_unwritten_end_the_last_segment() {
         let dir = scratch("nul-pages");
@@ -1368,10 +1371,11 @@ mod tests {
         drop(log);
         let path = segments(&dir).unwrap().pop().unwrap();
         let mut bytes = std::fs::read(&path).unwrap();
-        assert!(bytes.len() > 3 * PAGE_BYTES, "{} bytes", bytes.len());
-        bytes[PAGE_BYTES..2 * PAGE_BYTES].fill(0);
+        let page = 8 * SECTOR_BYTES;
+        assert!(bytes.len() > 3 * page, "{} bytes", bytes.len());
+        bytes[page..2 * page].fill(0);
         std::fs::write(&path, &bytes).unwrap();
-        let before = bytes[..PAGE_BYTES].iter().filter(|&&b| b == b'\n').count();
+        let before = bytes[..page].iter().filter(|&&b| b == b'\n').count();
         assert_eq!(read_log(&dir).unwrap(), written[..before]);
         let log = DecisionLog::open(&dir, before as u64, 1 << 20).unwrap();
         let mut next = varied_record(before as u64 + 1);
