@@ -461,6 +461,11 @@ async fn complete_in_task(
         .as_ref()
         .is_some_and(|c| c.ask_logprobs(&mut request, api == Api::Chat));
     let block = observed.embedding.clone();
+    let children = Children {
+        route: &route,
+        request: &route_request,
+        block: block.as_deref(),
+    };
     let ((routed, models), mut decision_logged) = {
         let routed = state.router.route_observed(&route, &route_request, observed)?;
         let models = state.router.route_config(&route)?.models.clone();
@@ -527,13 +532,7 @@ async fn complete_in_task(
                 return Ok((decision_id.clone(), None));
             }
             let reason = format!("fallback: {}", failures.join("; "));
-            let child = Child {
-                route: &route,
-                request: &route_request,
-                block: block.as_deref(),
-                parent: &decision_id,
-            };
-            let (routed, logged) = child.log(&state, &model.id, reason)?;
+            let (routed, logged) = children.log(&state, &decision_id, &model.id, reason)?;
             decision_logged = logged;
             state.metrics.fallbacks.inc();
             Ok((routed, Some(decision_id.clone())))
@@ -563,14 +562,9 @@ async fn complete_in_task(
                     ))
                 });
                 if let Some((reason, then)) = failed {
-                    let escalation = Child {
-                        route: &route,
-                        request: &route_request,
-                        block: block.as_deref(),
-                        parent: &served.decision_id,
-                    };
+                    let from = &served.decision_id;
                     if let Some(escalated) =
-                        escalate(&state, escalation, then, reason, &mut request, call).await?
+                        escalate(&state, &children, from, then, reason, &mut request, call).await?
                     {
                         served = escalated;
                     }
@@ -767,27 +761,28 @@ struct Served {
     parent: Option<String>,
 }
 
-/// What a child decision follows: the request, and the decision whose model failed or
-/// whose answer failed a cascade's check.
-struct Child<'a> {
+/// The request that child decisions (a fallback's, a cascade's escalation) are logged for.
+struct Children<'a> {
     route: &'a str,
     request: &'a RouteRequest,
     /// The request's context's embedding block, where the route has one.
     block: Option<&'a [f64]>,
-    parent: &'a str,
 }
 
-impl Child<'_> {
-    /// Logs the child decision on `model` for `reason`: its id, and its durability.
-    fn log(&self, state: &AppState, model: &str, reason: String) -> Result<(String, Pending<()>), ApiError> {
-        let child = state.router.log_child_decision(
-            self.route,
-            self.request,
-            self.block,
-            self.parent,
-            model,
-            reason,
-        )?;
+impl Children<'_> {
+    /// Logs a child decision of `parent` (whose model failed, or whose answer failed a
+    /// cascade's check) on `model` for `reason`: its id, and its durability.
+    fn log(
+        &self,
+        state: &AppState,
+        parent: &str,
+        model: &str,
+        reason: String,
+    ) -> Result<(String, Pending<()>), ApiError> {
+        let child =
+            state
+                .router
+                .log_child_decision(self.route, self.request, self.block, parent, model, reason)?;
         let (routed, logged) = child.split();
         Ok((routed.decision_id, logged))
     }
@@ -799,16 +794,17 @@ impl Child<'_> {
 /// answer is served after all.
 async fn escalate(
     state: &Arc<AppState>,
-    from: Child<'_>,
+    children: &Children<'_>,
+    from: &str,
     then: &ModelConfig,
     reason: String,
     request: &mut Value,
     call: Call<'_>,
 ) -> Result<Option<Served>, ApiError> {
-    change_router(state, |r| Ok(r.feedback(from.parent, 0.0)?)).await?;
-    let (decision_id, logged) = from.log(state, &then.id, reason)?;
+    change_router(state, |r| Ok(r.feedback(from, 0.0)?)).await?;
+    let (decision_id, logged) = children.log(state, from, &then.id, reason)?;
     state.metrics.cascade_escalations.inc();
-    let answered = match call_with_retries(state, from.route, request, then, call).await {
+    let answered = match call_with_retries(state, children.route, request, then, call).await {
         Called::Answered(called, started) => Some((called, started)),
         Called::NoDeployment(_) | Called::Deadline => None,
     };
@@ -823,7 +819,7 @@ async fn escalate(
                 passed,
                 model: then.id.clone(),
                 decision_id,
-                parent: Some(from.parent.to_string()),
+                parent: Some(from.to_string()),
             })
         }
         // No answer to give (a stream or a refusal cannot come of a non-streamed request
