@@ -560,7 +560,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     if args.train_feedback == TrainFeedback::Full && (args.explore_passes > 0 || args.train_passes > 1) {
         bail!("--train-passes and --explore-passes apply to --train-feedback bandit");
     }
-    if args.explore_passes > 0 && (train.is_none() || args.explore_passes > args.train_passes.max(1)) {
+    if args.explore_passes > 0 && (train.is_none() || args.explore_passes > args.train_passes) {
         bail!(
             "--explore-passes {} needs training data and at most --train-passes passes",
             args.explore_passes

@@ -100,7 +100,7 @@ pub async fn run(
     ready(addr);
     let periodic = {
         let state = Arc::clone(&state);
-        let every = Duration::from_secs(state.config.snapshot_interval_s.max(1));
+        let every = Duration::from_secs(state.config.snapshot_interval_s);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -185,7 +185,7 @@ const RESERVED_DESCRIPTORS: u64 = 64;
 
 impl ConnectionLimits {
     fn new(config: &ServeConfig) -> Self {
-        let mut max_connections = config.max_connections.max(1);
+        let mut max_connections = config.max_connections;
         if let Some(descriptors) = descriptor_limit() {
             // Each connection may hold an upstream connection too; keep room for the
             // 503 answers and the server's own files.
@@ -201,7 +201,7 @@ impl ConnectionLimits {
         }
         ConnectionLimits {
             max_connections,
-            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms.max(1)),
+            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
         }
     }
 }

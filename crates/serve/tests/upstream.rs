@@ -81,8 +81,11 @@ impl Upstream for Provider {
             passed: Vec::new(),
         };
         Box::pin(async move {
+            if let Some(Reply::Slow) = reply {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
             match reply {
-                Some(Reply::Completion) => Ok(complete(json!({
+                Some(Reply::Completion | Reply::Slow) => Ok(complete(json!({
                     "choices": [{"message": {"role": "assistant", "content": model}}],
                     "usage": {"prompt_tokens": 3, "completion_tokens": 5},
                 }))),
@@ -100,13 +103,6 @@ impl Upstream for Provider {
                     retry_after: Some(std::time::Duration::from_secs(seconds)),
                     ..Failure::final_("upstream answered 429")
                 }),
-                Some(Reply::Slow) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                    Ok(complete(json!({
-                        "choices": [{"message": {"role": "assistant", "content": model}}],
-                        "usage": {"prompt_tokens": 3, "completion_tokens": 5},
-                    })))
-                }
                 Some(Reply::Silent) => {
                     tokio::time::sleep_until(deadline).await;
                     Err(Failure::final_("no first byte before the deadline"))
@@ -148,11 +144,7 @@ fn config(dir: &Path, request_timeout_ms: u64) -> quiver_serve::ServeConfig {
 /// ids of the answer and of the decision it followed.
 async fn chat(app: &axum::Router) -> (StatusCode, Option<String>, Value, Ids) {
     let body = json!({"model": "r", "messages": [{"role": "user", "content": "hi"}]});
-    let request = Request::post("/v1/chat/completions")
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    let response = app.clone().oneshot(request).await.unwrap();
+    let response = post(app, "/v1/chat/completions", &body).await;
     let status = response.status();
     let header = |name: &str| {
         response
@@ -166,8 +158,22 @@ async fn chat(app: &axum::Router) -> (StatusCode, Option<String>, Value, Ids) {
         parent: header("x-quiver-parent-decision-id"),
         retry_after: header("retry-after"),
     };
+    (status, model, json_of(response).await, ids)
+}
+
+/// Posts `body` as JSON to `path` of the app.
+async fn post(app: &axum::Router, path: &str, body: &Value) -> axum::response::Response {
+    let request = Request::post(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    app.clone().oneshot(request).await.unwrap()
+}
+
+/// An answer's JSON body.
+async fn json_of(response: axum::response::Response) -> Value {
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, model, serde_json::from_slice(&bytes).unwrap(), ids)
+    serde_json::from_slice(&bytes).unwrap()
 }
 
 struct Ids {
@@ -179,14 +185,8 @@ struct Ids {
 /// Posts a quality for `decision_id`: the status and what the report did.
 async fn feedback(app: &axum::Router, decision_id: &str, quality: f64) -> (StatusCode, Value) {
     let body = json!({"decision_id": decision_id, "quality": quality});
-    let request = Request::post("/v1/feedback")
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap())
+    let response = post(app, "/v1/feedback", &body).await;
+    (response.status(), json_of(response).await)
 }
 
 #[tokio::test]
