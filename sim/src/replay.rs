@@ -45,6 +45,37 @@ pub struct Drift {
     pub delta: f64,
 }
 
+impl Drift {
+    /// Share of a shuffled evaluation of `rows` requests at or after the drift's step.
+    pub fn share_after(&self, rows: usize) -> f64 {
+        rows.saturating_sub(self.step) as f64 / rows.max(1) as f64
+    }
+
+    /// The table as a drifted evaluation sees it on average, so that the single models and
+    /// the hull are scored on what the policy faced: the drifted model's quality on each
+    /// row is its mean over the request orders, `(1 - f) q + f clamp(q + delta, 0, 1)`,
+    /// with `f` the [share after](Self::share_after) the step.
+    pub fn expected(&self, data: &WideDataset) -> WideDataset {
+        self.blended(data, self.share_after(data.rows()))
+    }
+
+    /// The table with every row of the drifted model shifted.
+    pub fn shifted(&self, data: &WideDataset) -> WideDataset {
+        self.blended(data, 1.0)
+    }
+
+    fn blended(&self, data: &WideDataset, f: f64) -> WideDataset {
+        let mut out = data.clone();
+        if let Some(arm) = data.arms.iter().position(|a| *a == self.arm) {
+            for row in 0..data.rows() {
+                let q = data.quality(row, arm);
+                out.quality[[row, arm]] = (1.0 - f) * q + f * (q + self.delta).clamp(0.0, 1.0);
+            }
+        }
+        out
+    }
+}
+
 /// Latency of arms whose table has none: `median_ms * exp(sigma * z)`, `z ~ N(0, 1)`, per
 /// arm (the LLMPerf measurements are close to log-normal; see datasets/scenario).
 #[derive(Debug, Clone, PartialEq)]
@@ -913,6 +944,63 @@ mod tests {
         };
         let r = run(&table(200), "fixed(a1)", knobs);
         assert!((r.mean_quality - (50.0 + 150.0 * 0.6) / 200.0).abs() < 1e-12);
+    }
+
+    /// Halfway drift of -0.3: a correct answer of the drifted model averages 0.85, a wrong
+    /// one stays 0, the other models are untouched.
+    #[test]
+    fn a_drifted_table_is_expected_at_its_mean_over_orders() {
+        let mut data = constant_table(2, &[0.0, 0.0]);
+        data.quality = ndarray::array![[1.0, 1.0], [0.0, 1.0]];
+        let drift = Drift {
+            arm: "a0".into(),
+            step: 1,
+            delta: -0.3,
+        };
+        assert_eq!(
+            drift.expected(&data).quality,
+            ndarray::array![[0.85, 1.0], [0.0, 1.0]]
+        );
+        assert_eq!(
+            drift.shifted(&data).quality,
+            ndarray::array![[0.7, 1.0], [0.0, 1.0]]
+        );
+    }
+
+    /// a1 answers 1 until step 50 of 200 and 0.2 after; a0 always 0.5. A fixed a1
+    /// averages 0.25 + 0.75 * 0.2 = 0.4, below a0, which is now the best single model and
+    /// (no prices) the hull. The oracle takes a1 before the step and a0 after:
+    /// 0.25 + 0.75 * 0.5 = 0.625.
+    #[test]
+    fn a_drifted_replay_is_summarized_against_what_it_faced() {
+        let data = constant_table(200, &[0.5, 1.0]);
+        let knobs = Knobs {
+            drift: Some(Drift {
+                arm: "a1".into(),
+                step: 50,
+                delta: -0.8,
+            }),
+            ..Knobs::default()
+        };
+        let settings = settings("fixed(a1)", knobs.clone());
+        let runs = vec![run(&data, "fixed(a1)", knobs)];
+        let summary = crate::report::summarize(&data, "none", None, &settings, &runs, None);
+        let p = &summary.policies[0];
+        assert!((p.mean_quality - 0.4).abs() < 1e-12, "{}", p.mean_quality);
+        assert_eq!(summary.best_single, "a0");
+        assert!((summary.single_arms[1].mean_quality - 0.4).abs() < 1e-12);
+        assert!(
+            (p.lift_over_hull - (0.4 - 0.5)).abs() < 1e-12,
+            "{}",
+            p.lift_over_hull
+        );
+        assert!((summary.oracle.mean_quality - 0.625).abs() < 1e-12);
+        let regret_vs_oracle = 200.0 * (0.625 - 0.4);
+        assert!(
+            (p.regret_vs_oracle - regret_vs_oracle).abs() < 1e-9,
+            "{}",
+            p.regret_vs_oracle
+        );
     }
 
     /// Greedy with optimistic untried arms: a0 (quality 0) wins the first tie and is

@@ -858,23 +858,6 @@ pub fn compare(new: &[CaseResult], base: &[CaseResult]) -> Comparison {
     }
 }
 
-/// The table as a drifted evaluation sees it on average, so that the single models and
-/// the hull are scored on what the policy faced: the drifted model's quality on each row
-/// is its mean over the request orders, `(1 - f) q + f clamp(q + delta, 0, 1)`, where `f`
-/// is the share of the evaluated requests at or after the drift's step.
-fn expected_after(data: &WideDataset, drift: &Drift) -> WideDataset {
-    let mut out = data.clone();
-    let Some(arm) = data.arms.iter().position(|a| *a == drift.arm) else {
-        return out;
-    };
-    let f = data.rows().saturating_sub(drift.step) as f64 / data.rows().max(1) as f64;
-    for row in 0..data.rows() {
-        let q = data.quality(row, arm);
-        out.quality[[row, arm]] = (1.0 - f) * q + f * (q + drift.delta).clamp(0.0, 1.0);
-    }
-    out
-}
-
 /// Runs every candidate on every case over `seeds` seeds, with the server's context (the
 /// prompt, no task label) and only the budget set.
 pub fn run(
@@ -931,12 +914,8 @@ pub fn run(
                 full_information: true,
             };
             let runs = replay(&env, bandit_train, &settings, progress)?;
-            let scored = match &case.drift {
-                Some(drift) => expected_after(&case.test, drift),
-                None => case.test.clone(),
-            };
             let summary =
-                crate::report::summarize(&scored, &builder.definition(), None, &settings, &runs, None);
+                crate::report::summarize(&case.test, &builder.definition(), None, &settings, &runs, None);
             let p = &summary.policies[0];
             results.push(CaseResult {
                 table: case.table.clone(),
@@ -1319,29 +1298,6 @@ mod tests {
             assert!(r.full_information_lift.is_finite(), "{r:?}");
             assert!(r.feasible && (r.spend_vs_budget - 1.0).abs() < 0.05, "{r:?}");
         }
-    }
-
-    /// Halfway drift of -0.3: a correct answer of the drifted model averages 0.85, a wrong
-    /// one stays 0, the other models are untouched.
-    #[test]
-    fn a_drifted_table_is_scored_at_its_expectation() {
-        let (_, mut test) = IrtTable {
-            arms: 2,
-            rows: 20,
-            seed: 2,
-        }
-        .generate();
-        test.retain_rows(|r| r < 2);
-        test.quality = ndarray::array![[1.0, 1.0], [0.0, 1.0]];
-        let drift = Drift {
-            arm: test.arms[0].clone(),
-            step: 1,
-            delta: -0.3,
-        };
-        assert_eq!(
-            expected_after(&test, &drift).quality,
-            ndarray::array![[0.85, 1.0], [0.0, 1.0]]
-        );
     }
 
     /// A cold case evaluates every row of the table, with the budget of the trained ones,
