@@ -467,6 +467,7 @@ fn malformed_inputs_name_the_file_row_and_column() {
             )),
             "{err}"
         );
+        assert_eq!(err.contains("could not have been chosen"), p == "0", "{err}");
     }
 
     let broken = dir.join("broken.csv");

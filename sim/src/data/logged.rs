@@ -146,11 +146,12 @@ impl LoggedReader {
             .enumerate()
             .map(|(row, p)| match p {
                 Some(p) if p > 0.0 && p <= 1.0 => Ok(p),
-                Some(p) => Err(table.bad_value(
+                Some(0.0) => Err(table.bad_value(
                     row,
                     "propensity",
-                    format!("{p} is not a probability in (0, 1]; an arm logged with propensity 0 could not have been chosen"),
+                    "0 is not a probability in (0, 1]: an arm logged with propensity 0 could not have been chosen",
                 )),
+                Some(p) => Err(table.bad_value(row, "propensity", format!("{p} is not a probability in (0, 1]"))),
                 None => Err(table.bad_value(row, "propensity", "empty; every decision needs its propensity")),
             })
             .collect::<Result<Vec<f64>>>()?;
