@@ -470,6 +470,25 @@ async fn reports_reach_the_replica_that_decided() {
     .await;
     assert_eq!(refused.status(), 429);
     assert!(refused.text().await.unwrap().contains("daily spend cap"));
+    // So does its dashboard, in a real browser.
+    if let Some(browser) = support::chromium() {
+        let url = format!("{base_b}/ui");
+        let dom = tokio::task::spawn_blocking(move || support::browse(&browser, &url, None))
+            .await
+            .unwrap();
+        for text in [
+            "decisions <b class=\"decisions-count\">31</b> on 2 replicas",
+            "spend today <b>$0.0300</b> of $0.0250",
+        ] {
+            assert!(dom.contains(text), "{text} missing from {dom}");
+        }
+    }
+    // An id no replica could have issued is refused, not handed on.
+    for bad in ["r::3", "r:a:03"] {
+        let body = json!({"decision_id": bad, "quality": 0.5});
+        let answer = post(&client, &format!("{base_b}/v1/feedback"), body).await;
+        assert_eq!(answer.status(), 422, "{bad}");
+    }
     // B learns that A applied them, and lets them go.
     wait_for_metric(
         &client,

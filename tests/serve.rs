@@ -14,8 +14,8 @@ use axum::response::IntoResponse;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use support::{
-    get_json, get_text, outside_tool, post_json, promtool_check, sample, scratch, start_app, start_binary,
-    start_binary_with_env, Running,
+    browse, chromium, get_json, get_text, post_json, promtool_check, sample, scratch, start_app,
+    start_binary, start_binary_with_env, Running,
 };
 
 /// `quiver serve --demo` with a log of its own: the demo keeps its log under the
@@ -1746,45 +1746,6 @@ async fn deployments_keep_to_their_limits_and_tags() {
         body["error"]["message"].as_str().unwrap().contains("region:apac"),
         "{body}"
     );
-}
-
-/// The browser the dashboard test drives: `QUIVER_CHROMIUM`, else Debian's `chromium`. CI
-/// installs it and sets `QUIVER_REQUIRE_CHROMIUM`; elsewhere a missing one skips the test.
-fn chromium() -> Option<String> {
-    let browser = std::env::var("QUIVER_CHROMIUM").unwrap_or_else(|_| "chromium".into());
-    let version = std::process::Command::new(&browser)
-        .arg("--version")
-        .output()
-        .and_then(|out| match out.status.success() {
-            true => Ok(browser.clone()),
-            false => Err(std::io::Error::other(
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )),
-        });
-    outside_tool(version, &browser, "QUIVER_REQUIRE_CHROMIUM", "chromium")
-}
-
-/// Headless Chromium on `url` after the page's scripts have run for 10 s of virtual time
-/// (which waits for its requests): the DOM, and with `screenshot`, a PNG there too.
-fn browse(browser: &str, url: &str, screenshot: Option<&Path>) -> String {
-    let profile = scratch("dashboard_profile");
-    let mut command = std::process::Command::new(browser);
-    command.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--window-size=1500,1300",
-        "--virtual-time-budget=10000",
-        &format!("--user-data-dir={}", profile.display()),
-    ]);
-    match screenshot {
-        Some(path) => command.arg(format!("--screenshot={}", path.display())),
-        None => command.arg("--dump-dom"),
-    };
-    let out = command.arg(url).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// `/ui` in a real headless Chromium: with the admin token it shows the route's live

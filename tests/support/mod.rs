@@ -366,3 +366,42 @@ pub async fn post_json(
         .unwrap();
     answer.json().await.unwrap()
 }
+
+/// The browser the dashboard test drives: `QUIVER_CHROMIUM`, else Debian's `chromium`. CI
+/// installs it and sets `QUIVER_REQUIRE_CHROMIUM`; elsewhere a missing one skips the test.
+pub fn chromium() -> Option<String> {
+    let browser = std::env::var("QUIVER_CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let version = std::process::Command::new(&browser)
+        .arg("--version")
+        .output()
+        .and_then(|out| match out.status.success() {
+            true => Ok(browser.clone()),
+            false => Err(std::io::Error::other(
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )),
+        });
+    outside_tool(version, &browser, "QUIVER_REQUIRE_CHROMIUM", "chromium")
+}
+
+/// Headless Chromium on `url` after the page's scripts have run for 10 s of virtual time
+/// (which waits for its requests): the DOM, and with `screenshot`, a PNG there too.
+pub fn browse(browser: &str, url: &str, screenshot: Option<&Path>) -> String {
+    let profile = scratch("dashboard_profile");
+    let mut command = std::process::Command::new(browser);
+    command.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--window-size=1500,1300",
+        "--virtual-time-budget=10000",
+        &format!("--user-data-dir={}", profile.display()),
+    ]);
+    match screenshot {
+        Some(path) => command.arg(format!("--screenshot={}", path.display())),
+        None => command.arg("--dump-dom"),
+    };
+    let out = command.arg(url).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}

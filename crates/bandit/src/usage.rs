@@ -51,10 +51,13 @@ pub struct ArmUsage {
 }
 
 impl ArmUsage {
-    /// Adds what `replica` recorded since `base` (see [`crate::Learner::merge`]).
+    /// Adds what `replica` recorded since `base` (see [`crate::Learner::merge`]), which
+    /// `self` already holds. A replica started afresh records less than `base`: what it
+    /// recorded before is taken out again, counts and sums alike.
     pub fn merge(&mut self, replica: &ArmUsage, base: &ArmUsage) {
-        self.requests += replica.requests.saturating_sub(base.requests);
-        self.errors += replica.errors.saturating_sub(base.errors);
+        // Exact: `self` holds `base`'s counts, so the result is at least `replica`'s.
+        self.requests = (self.requests + replica.requests).saturating_sub(base.requests);
+        self.errors = (self.errors + replica.errors).saturating_sub(base.errors);
         self.cost_usd += replica.cost_usd - base.cost_usd;
         self.input_tokens += replica.input_tokens - base.input_tokens;
         self.output_tokens += replica.output_tokens - base.output_tokens;
@@ -231,6 +234,22 @@ mod tests {
             default_output_tokens: 250.0,
         };
         seen.expected_usd(tokens, 0.0)
+    }
+
+    /// A replica's usage went from 20 requests (2 errors, $0.2) to 5 (0 errors, $0.05):
+    /// it started afresh, and a learner that had folded the 20 holds 15 fewer of each.
+    #[test]
+    fn a_replica_started_afresh_takes_its_past_out_counts_and_sums_alike() {
+        let usage = |requests, errors, cost_usd| ArmUsage {
+            requests,
+            errors,
+            cost_usd,
+            ..ArmUsage::default()
+        };
+        let mut mine = usage(30, 3, 0.3);
+        mine.merge(&usage(5, 0, 0.05), &usage(20, 2, 0.2));
+        assert_eq!((mine.requests, mine.errors), (15, 1));
+        assert!((mine.cost_usd - 0.15).abs() < 1e-15);
     }
 
     #[test]

@@ -51,7 +51,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{io_at, Result, ServeError};
 use crate::forward::{Forward, Outbox, Report};
-use crate::router::{Pending, ReplicaShare, Router};
+use crate::router::{valid_name, Pending, ReplicaShare, Router};
 use crate::spend::Spend;
 use crate::state::AppState;
 
@@ -242,14 +242,6 @@ impl Cluster {
     fn confirmed_key(&self, replica: &str) -> String {
         format!("{}:confirmed:{replica}", self.config.key_prefix)
     }
-}
-
-/// Whether `name` is 1 to 64 letters, digits, `-`, `_`, `.` and any of `more`.
-fn valid_name(name: &str, more: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c) || more.contains(c))
 }
 
 /// The replica's name: the configured one or the log directory's, which must agree.
@@ -488,8 +480,8 @@ fn apply_forward(state: &AppState, entry: &str) -> Received {
         .stage(&state.router, &forward.decision_id)
         .and_then(Pending::wait);
     let result = match applied {
-        Ok(Applied::Applied) => "applied",
-        Ok(_) => "repeated",
+        Ok(Applied::Applied | Applied::ArmRemoved) => "applied",
+        Ok(Applied::AlreadyApplied) => "repeated",
         Err(
             e @ (ServeError::Bandit(_)
             | ServeError::UnknownRoute(_)

@@ -98,7 +98,8 @@ pub enum ReportStatus {
     Applied,
     /// A repeat; nothing changed.
     AlreadyApplied,
-    /// The decision's model has since been removed; acknowledged, not learned.
+    /// The decision's model has since been removed; acknowledged, logged and its cost
+    /// counted, not learned.
     ArmRemoved,
     /// For a decision another replica of the cluster made: kept durably here and handed
     /// to that replica, which applies it (HTTP 202).
@@ -117,7 +118,7 @@ impl From<Applied> for ReportStatus {
 
 /// What a report did: `applied`, `already_applied` (a repeat; nothing changed; another
 /// quality for a decision that learned one is a 409 instead),
-/// `arm_removed` (acknowledged, not learned) or `forwarded` (to the replica that made the
+/// `arm_removed` (acknowledged, logged and paid for, not learned) or `forwarded` (to the replica that made the
 /// decision).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AppliedBody {

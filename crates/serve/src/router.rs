@@ -883,6 +883,15 @@ struct DecisionRef<'a> {
     number: u64,
 }
 
+/// Whether `name` is 1 to 64 letters, digits, `-`, `_`, `.` and any of `more`: a replica's
+/// name with no `more` (no `:`, which separates the parts of decision ids).
+pub(crate) fn valid_name(name: &str, more: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c) || more.contains(c))
+}
+
 fn parse_decision_id(id: &str) -> Result<DecisionRef<'_>> {
     let (route, rest) = id
         .split_once(':')
@@ -1055,9 +1064,11 @@ impl Router {
         let mut recovery = BTreeMap::new();
         for (name, state) in states.iter_mut() {
             let learner = match snapshot.routes.remove(name) {
-                // A route the snapshot does not know starts fresh.
+                // A route the snapshot does not know learns its whole log: nothing for a
+                // new one, and for one removed and added back what it learned before, so
+                // that its decisions go on from their numbers.
                 None => {
-                    recovery.insert(name.clone(), fresh(snapshot.last_seq));
+                    recovery.insert(name.clone(), fresh(0));
                     continue;
                 }
                 Some(read) => read.and_then(|learner| Learner::restore(learner).map_err(|e| e.to_string())),
@@ -1746,14 +1757,20 @@ impl Router {
     /// A record of `event` for decision `decision_id`, which this router must have made.
     fn tracked_record(&self, decision_id: &str, event: LogEvent) -> Result<(String, u64, LogRecord)> {
         let decision = parse_decision_id(decision_id)?;
-        let state = self.state(decision.route)?;
         if let Some(replica) = decision.replica.filter(|r| Some(*r) != self.replica.as_deref()) {
+            // Handed on before this router looks at its routes (the deciding replica may have
+            // one this one has not yet), but only in a spelling that replica could issue.
+            let issued = format!("{}:{replica}:{}", decision.route, decision.number);
+            if decision.route.is_empty() || !valid_name(replica, "") || decision_id != issued {
+                return Err(ServeError::BadDecisionId(decision_id.to_string()));
+            }
             return Err(ServeError::OtherReplica {
                 decision_id: decision_id.to_string(),
                 route: decision.route.to_string(),
                 replica: replica.to_string(),
             });
         }
+        let state = self.state(decision.route)?;
         // Only the spelling this router issued: the log names a decision by its id, and
         // `r:03` or, in a cluster, `r:3` would name a decision no reader finds.
         if decision_id != self.decision_id(decision.route, decision.number) {
@@ -1763,13 +1780,13 @@ impl Router {
         Ok((decision.route.to_string(), decision.number, record))
     }
 
-    /// Stages `record` when the change applies; otherwise (a repeat) nothing is logged,
-    /// but the answer still waits for every change staged so far, since the one it repeats
-    /// may not be durable yet.
+    /// Stages `record` when the change is news (learned, or for a removed model, only
+    /// recorded); otherwise (a repeat) nothing is logged, but the answer still waits for
+    /// every change staged so far, since the one it repeats may not be durable yet.
     fn stage_if(&self, applies: Applied, record: &mut LogRecord) -> Result<u64> {
         match applies {
-            Applied::Applied => self.stage(record),
-            _ => Ok(self.log.last_staged()),
+            Applied::Applied | Applied::ArmRemoved => self.stage(record),
+            Applied::AlreadyApplied => Ok(self.log.last_staged()),
         }
     }
 
@@ -1801,6 +1818,9 @@ impl Router {
         if applied == Applied::Applied {
             live.applied(id, &record);
             self.judge_canary(&route, id, &mut live)?;
+        }
+        // A removed model's call was paid all the same.
+        if applied != Applied::AlreadyApplied {
             if outcome.error {
                 live.session_failed(id);
             }

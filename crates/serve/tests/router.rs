@@ -390,6 +390,23 @@ fn feedback_is_idempotent_and_bad_ids_are_refused() {
         clustered.feedback(&id, 0.5).unwrap().wait().unwrap(),
         Applied::Applied
     );
+    // Another replica's decision is handed on even for a route this one lacks (the
+    // deciding replica may have it), but only in a spelling a replica could issue.
+    for other in ["chat:b:3", "code:b:3"] {
+        assert!(
+            matches!(
+                clustered.feedback(other, 0.5),
+                Err(ServeError::OtherReplica { .. })
+            ),
+            "{other}"
+        );
+    }
+    for bad in ["chat::3", "chat:b:03", "chat:b!:3", ":b:3"] {
+        assert!(
+            matches!(clustered.feedback(bad, 0.5), Err(ServeError::BadDecisionId(_))),
+            "{bad}"
+        );
+    }
     let wrong_features = RouteRequest {
         prompt: Some("x".into()),
         ..RouteRequest::default()
@@ -1149,4 +1166,149 @@ fn a_changed_dimension_is_refused_without_recorded_contexts() {
             && error.contains("--reset-route chat"),
         "{error}"
     );
+}
+
+/// A decision whose model was removed before its outcome came: the outcome is
+/// acknowledged as `arm_removed`, logged once and paid for (the call was made), never
+/// learned; a repeat is `already_applied` and changes nothing; a restart reads the same
+/// spend back from the log.
+#[test]
+fn a_removed_models_outcome_is_logged_and_paid_for_but_not_learned() {
+    let dir = scratch("router_removed_model_outcome");
+    let models = vec![
+        ModelConfig::priced("dear", 20.0, 40.0),
+        ModelConfig::priced("cheap", 1.0, 2.0),
+    ];
+    let route = |models: Vec<ModelConfig>| RouteConfig::new("r", "beta-ts", models);
+    let router = Router::open(vec![route(models.clone())], &dir).unwrap();
+    let request = RouteRequest {
+        prompt: Some("hi".into()),
+        constraints: quiver_bandit::Constraints {
+            only_arms: ["dear".to_string()].into(),
+            ..Default::default()
+        },
+        ..RouteRequest::default()
+    };
+    let routed = router.route("r", &request).unwrap().wait().unwrap();
+    assert_eq!(routed.decision.arm, "dear");
+    drop(router);
+
+    let router = Router::open(vec![route(models[1..].to_vec())], &dir).unwrap();
+    let before = router.learner("r").unwrap().clone();
+    let outcome = Outcome::new(100.0, 0.003).with_quality(0.9);
+    let report = |o: &Outcome| {
+        router
+            .record_outcome(&routed.decision_id, o)
+            .unwrap()
+            .wait()
+            .unwrap()
+    };
+    assert_eq!(report(&outcome), Applied::ArmRemoved);
+    assert_eq!(report(&outcome), Applied::AlreadyApplied);
+    assert_eq!(
+        router.feedback(&routed.decision_id, 0.9).unwrap().wait().unwrap(),
+        Applied::AlreadyApplied
+    );
+    assert!(matches!(
+        router.feedback(&routed.decision_id, 0.1),
+        Err(ServeError::Bandit(e)) if e.to_string().contains("0.9")
+    ));
+    let (day, month) = router.spend("r").unwrap();
+    assert!(
+        (day - 0.003).abs() < 1e-12 && (month - 0.003).abs() < 1e-12,
+        "{day} {month}"
+    );
+    // Nothing learned: everything but the decision's bookkeeping is as it was.
+    let learned = |learner: &quiver_bandit::Learner| {
+        serde_json::to_string(&learner.snapshot_without_tracked()).unwrap()
+    };
+    assert!(learned(&router.learner("r").unwrap()) == learned(&before));
+    let outcomes: Vec<_> = quiver_serve::log::read_log(&dir)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.decision_id == routed.decision_id && r.event != LogEvent::Decision)
+        .collect();
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    assert_eq!(
+        (outcomes[0].event, outcomes[0].cost_usd, outcomes[0].quality),
+        (LogEvent::Outcome, 0.003, Some(0.9))
+    );
+    drop(router);
+
+    let reopened = Router::open(vec![route(models[1..].to_vec())], &dir).unwrap();
+    assert_eq!(reopened.spend("r").unwrap(), (day, month));
+    assert_eq!(
+        reopened
+            .record_outcome(&routed.decision_id, &outcome)
+            .unwrap()
+            .wait()
+            .unwrap(),
+        Applied::AlreadyApplied
+    );
+}
+
+/// A route removed from the configuration and later added back goes on from what its log
+/// holds: its decisions keep their numbers (a new decision never takes an old one's id),
+/// what it learned before comes back, and its old decisions' feedback is still theirs.
+#[test]
+fn a_route_removed_and_added_back_goes_on_from_its_log() {
+    let dir = scratch("router_route_back");
+    let all = routes();
+    let router = Router::open_with(all.clone(), &dir, crash_options()).unwrap();
+    let mut ids = Vec::new();
+    workload(&router, 0..30, &mut ids);
+    let code_before = router.learner("code").unwrap().clone();
+    drop(router);
+
+    // Without `code`, the snapshot written at the stop forgets it.
+    let router = Router::open_with(all[..1].to_vec(), &dir, crash_options()).unwrap();
+    workload_on_chat(&router, 5);
+    router.snapshot().unwrap();
+    drop(router);
+    assert!(snapshot_json(&dir)["routes"].get("code").is_none());
+
+    let router = Router::open_with(all, &dir, crash_options()).unwrap();
+    let back = router.learner("code").unwrap().clone();
+    assert_eq!(back.next_decision_id(), code_before.next_decision_id());
+    assert!(
+        serde_json::to_string(&back.snapshot()).unwrap()
+            == serde_json::to_string(&code_before.snapshot()).unwrap(),
+        "the route came back without what it learned"
+    );
+    let request = RouteRequest {
+        prompt: Some("again".into()),
+        ..RouteRequest::default()
+    };
+    let routed = router.route("code", &request).unwrap().wait().unwrap();
+    assert!(
+        !ids.contains(&routed.decision_id),
+        "{} was issued before",
+        routed.decision_id
+    );
+    // The workload reported code decision 24's quality (0.4) and not yet 27's.
+    let (reported, awaiting) = (&ids[24], &ids[27]);
+    assert!(matches!(
+        router.feedback(reported, 0.1),
+        Err(ServeError::Bandit(e)) if e.to_string().contains("0.4")
+    ));
+    assert_eq!(
+        router.feedback(reported, 0.4).unwrap().wait().unwrap(),
+        Applied::AlreadyApplied
+    );
+    assert_eq!(
+        router.feedback(awaiting, 0.7).unwrap().wait().unwrap(),
+        Applied::Applied
+    );
+}
+
+fn workload_on_chat(router: &Router, count: usize) {
+    for i in 0..count {
+        let request = RouteRequest {
+            prompt: Some(format!("only chat {i}")),
+            features: vec![0.2],
+            ..RouteRequest::default()
+        };
+        let routed = router.route("chat", &request).unwrap().wait().unwrap();
+        router.feedback(&routed.decision_id, 0.5).unwrap().wait().unwrap();
+    }
 }

@@ -110,15 +110,13 @@ impl Ledger {
     /// with both parts drops its features.
     pub(super) fn mark_recorded(&mut self, id: u64, outcome: bool, quality: Option<f64>) -> Result<()> {
         let tracked = self.get_mut(id)?;
-        if tracked.arm.is_some() {
-            tracked.outcome_recorded |= outcome;
-            if quality.is_some() && !tracked.quality_recorded {
-                tracked.quality_recorded = true;
-                tracked.quality = quality;
-            }
-            if tracked.outcome_recorded && tracked.quality_recorded {
-                tracked.features = Arc::default();
-            }
+        tracked.outcome_recorded |= outcome;
+        if quality.is_some() && !tracked.quality_recorded {
+            tracked.quality_recorded = true;
+            tracked.quality = quality;
+        }
+        if tracked.outcome_recorded && tracked.quality_recorded {
+            tracked.features = Arc::default();
         }
         Ok(())
     }
@@ -126,10 +124,11 @@ impl Ledger {
     /// What recording an outcome (with a quality, or not) for decision `id` would do.
     pub(super) fn outcome_would_apply(&self, id: u64, with_quality: bool) -> Result<Applied> {
         let t = self.get(id)?;
+        let news = !t.outcome_recorded || (with_quality && !t.quality_recorded);
         Ok(match t.arm {
+            _ if !news => Applied::AlreadyApplied,
             None => Applied::ArmRemoved,
-            Some(_) if !t.outcome_recorded || (with_quality && !t.quality_recorded) => Applied::Applied,
-            Some(_) => Applied::AlreadyApplied,
+            Some(_) => Applied::Applied,
         })
     }
 
@@ -146,8 +145,8 @@ impl Ledger {
             .into());
         }
         Ok(match t.arm {
+            _ if t.quality_recorded => Applied::AlreadyApplied,
             None => Applied::ArmRemoved,
-            Some(_) if t.quality_recorded => Applied::AlreadyApplied,
             Some(_) => Applied::Applied,
         })
     }
@@ -161,15 +160,21 @@ impl Ledger {
         self.decisions = after;
     }
 
-    /// After arm `index` is removed: its decisions keep only their size (their feedback is
-    /// acknowledged, not learned), and later arms' indices shift down by one.
+    /// After arm `index` is removed: its decisions keep their size and what was recorded
+    /// of them, not their features (their feedback is acknowledged, logged and counted,
+    /// never learned), and later arms' indices shift down by one.
     pub(super) fn remove_arm(&mut self, index: usize) {
         self.decisions = self
             .decisions
             .iter()
             .map(|(&id, t)| {
                 let kept = match t.arm {
-                    Some(a) if a == index => TrackedDecision::of_removed_arm(t.input_tokens),
+                    // What was recorded stays recorded, so that a repeat is not taken for news.
+                    Some(a) if a == index => TrackedDecision {
+                        arm: None,
+                        features: Arc::default(),
+                        ..t.clone()
+                    },
                     Some(a) if a > index => TrackedDecision {
                         arm: Some(a - 1),
                         ..t.clone()

@@ -176,7 +176,8 @@ pub enum Applied {
     Applied,
     /// Already applied earlier; nothing changed (feedback is idempotent).
     AlreadyApplied,
-    /// The decision's arm has since been removed; acknowledged, not learned.
+    /// The decision's arm has since been removed; acknowledged and recorded once, not
+    /// learned.
     ArmRemoved,
 }
 
@@ -693,7 +694,11 @@ impl Learner {
         outcome.validate()?;
         let tracked = self.tracked.get_mut(id)?;
         let Some(arm) = tracked.arm else {
-            return Ok(Applied::ArmRemoved);
+            let applied = self
+                .tracked
+                .outcome_would_apply(id, outcome.credited_quality().is_some())?;
+            self.tracked.mark_recorded(id, true, outcome.credited_quality())?;
+            return Ok(applied);
         };
         let mut applied = Applied::AlreadyApplied;
         if !tracked.outcome_recorded {
@@ -797,14 +802,14 @@ impl Learner {
 
     fn apply_quality(&mut self, id: u64, quality: f64) -> Result<Applied> {
         let tracked = self.tracked.get_mut(id)?;
-        let Some(arm) = tracked.arm else {
-            return Ok(Applied::ArmRemoved);
-        };
         if tracked.quality_recorded {
             return Ok(Applied::AlreadyApplied);
         }
         tracked.quality_recorded = true;
         tracked.quality = Some(quality);
+        let Some(arm) = tracked.arm else {
+            return Ok(Applied::ArmRemoved);
+        };
         let features = tracked.take_or_share_features(tracked.outcome_recorded);
         self.learn_quality(arm, &features, quality, Some(id));
         Ok(Applied::Applied)
@@ -942,13 +947,15 @@ impl Learner {
     }
 
     /// The calls recorded since `base` (this learner's past) and what they cost in all.
+    /// An arm with fewer calls than in `base` was started afresh: it adds none.
     pub fn calls_since(&self, base: &Learner) -> (u64, f64) {
         self.usage
             .iter()
             .zip(&base.usage)
+            .filter(|(now, then)| now.requests >= then.requests)
             .fold((0, 0.0), |(n, usd), (now, then)| {
                 (
-                    n + now.requests.saturating_sub(then.requests),
+                    n + now.requests - then.requests,
                     usd + (now.cost_usd - then.cost_usd),
                 )
             })
