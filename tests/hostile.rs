@@ -393,6 +393,12 @@ async fn an_unreadable_snapshot_is_rebuilt_from_the_log_or_reset_on_request() {
         std::fs::rename(kept.join(segment.file_name().unwrap()), segment).unwrap();
     }
     let (child, base) = start_binary(&["--config", &config, "--reset-route", "r"]);
+    // A second server on the same log directory stops before it reads or writes it.
+    let error = failing_start(&["--config", &config]);
+    assert!(
+        error.contains("another process writes this log directory"),
+        "{error}"
+    );
     let state: Value = reqwest::get(format!("{base}/v1/routes/r"))
         .await
         .unwrap()

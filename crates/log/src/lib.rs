@@ -31,6 +31,10 @@
 //! Closed segments can be rewritten as Parquet ([`compact`]); every reader here takes
 //! both forms ([`segment_files`]).
 //!
+//! One writer per directory: [`WriterLock`] holds an exclusive `flock` on its `lock` file
+//! for as long as the log is open, so a second server started on the same directory stops
+//! at once instead of interleaving its records with the first's.
+//!
 //! The open segment is preallocated to its size limit (`posix_fallocate`) and written in
 //! place, so an `fdatasync` flushes data without changing the file's size; on ext4 that
 //! roughly halves its median and cuts its tail several-fold. The space past the data
@@ -301,6 +305,8 @@ pub const SEGMENT_BYTES: u64 = 64 << 20;
 /// The writer of a log directory (see the module docs for the group commit).
 pub struct DecisionLog {
     dir: PathBuf,
+    /// Held while the log is open.
+    _lock: WriterLock,
     state: Mutex<CommitState>,
     /// Signalled when a commit ends, for threads.
     committed: Condvar,
@@ -685,11 +691,56 @@ fn failed_error(reason: &str) -> io::Error {
     ))
 }
 
+/// The one writer's hold on a log directory: an exclusive advisory lock (`flock`) on its
+/// `lock` file, released when dropped or when the process ends, however it ends.
+#[derive(Debug)]
+pub struct WriterLock {
+    dir: PathBuf,
+    _file: File,
+}
+
+impl WriterLock {
+    /// Takes `dir` (made if missing) for this process, or names the lock another holds.
+    pub fn acquire(dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(WriterLock {
+                dir: dir.to_path_buf(),
+                _file: file,
+            }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "another process writes this log directory (it holds {}); give each server \
+                     its own log directory",
+                    path.display()
+                ),
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
+
+const LOCK_FILE: &str = "lock";
+
 impl DecisionLog {
     /// Opens `dir` for appending after the record with sequence `last_seq` (the last
-    /// complete record found there). A torn tail and preallocated space are cut off first.
+    /// complete record found there), once no other process writes it. A torn tail and
+    /// preallocated space are cut off first.
     pub fn open(dir: &Path, last_seq: u64, segment_bytes: u64) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        Self::open_locked(WriterLock::acquire(dir)?, last_seq, segment_bytes)
+    }
+
+    /// [`DecisionLog::open`] for a caller that took the directory earlier, before reading
+    /// what it holds.
+    pub fn open_locked(lock: WriterLock, last_seq: u64, segment_bytes: u64) -> io::Result<Self> {
+        let dir = lock.dir.as_path();
         let (file, len) = match segments(dir)?.pop() {
             Some(path) => {
                 // Keep whole lines only: everything up to the last newline.
@@ -707,6 +758,7 @@ impl DecisionLog {
         };
         Ok(DecisionLog {
             dir: dir.to_path_buf(),
+            _lock: lock,
             state: Mutex::new(CommitState {
                 staged: Vec::new(),
                 staged_first: last_seq + 1,
@@ -917,6 +969,27 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("quiver-log-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
+    }
+
+    /// One writer at a time: while a log is open, opening its directory again fails and
+    /// names the lock (separate opens conflict within one process too); once it is
+    /// closed, the directory opens.
+    #[test]
+    fn a_log_directory_has_one_writer() {
+        let dir = scratch("one-writer");
+        let log = DecisionLog::open(&dir, 0, SEGMENT_BYTES).unwrap();
+        let second = DecisionLog::open(&dir, 0, SEGMENT_BYTES).err().unwrap();
+        assert_eq!(second.kind(), io::ErrorKind::WouldBlock);
+        assert!(
+            second
+                .to_string()
+                .contains(&dir.join("lock").display().to_string()),
+            "{second}"
+        );
+        assert!(WriterLock::acquire(&dir).is_err());
+        drop(log);
+        let lock = WriterLock::acquire(&dir).unwrap();
+        DecisionLog::open_locked(lock, 0, SEGMENT_BYTES).unwrap();
     }
 
     /// Every record carries the format's version and the logged shape's columns; a record
@@ -1401,8 +1474,13 @@ mod tests {
         let path = segments(&dir).unwrap().pop().unwrap();
         assert_eq!(size(&path), reserve);
         assert_eq!(read_log(&dir).unwrap().len(), 3);
-        // A crash: the segment keeps its preallocated space.
-        std::mem::forget(log);
+        // A crash: the segment keeps its preallocated space (no trim on drop), and the
+        // lock goes with the process.
+        {
+            let mut segment = log.segment();
+            segment.allocated = segment.len;
+        }
+        drop(log);
         let log = DecisionLog::open(&dir, 3, reserve).unwrap();
         let records = std::fs::read_to_string(&path).unwrap();
         assert!(!records.contains('\0'));

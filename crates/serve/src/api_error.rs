@@ -49,7 +49,9 @@ impl From<ServeError> for ApiError {
             ServeError::UnknownRoute(_) | ServeError::OtherReplica { .. } | ServeError::NoCanary(_) => {
                 ApiError::NotFound(e.to_string())
             }
-            ServeError::BadDecisionId(_) | ServeError::EmptyRequest => ApiError::Invalid(e.to_string()),
+            ServeError::BadDecisionId(_) | ServeError::EmptyRequest | ServeError::FeatureCount { .. } => {
+                ApiError::Invalid(e.to_string())
+            }
             ServeError::Bandit(b) => match b.kind() {
                 ErrorKind::UnknownDecision(_) | ErrorKind::UnknownArm { .. } => {
                     ApiError::NotFound(e.to_string())
@@ -157,7 +159,7 @@ pub struct ErrorDetail {
 #[derive(IntoResponses)]
 #[allow(dead_code)] // a description of responses, never built
 pub enum ErrorResponses {
-    /// The body is not JSON, or not of the endpoint's shape.
+    /// The body is not JSON, or a path segment is not UTF-8 text.
     #[response(status = 400)]
     BadRequest(ErrorBody),
     /// A bearer token is missing or wrong.
@@ -181,7 +183,8 @@ pub enum ErrorResponses {
     /// The body is not sent as `application/json`.
     #[response(status = 415)]
     UnsupportedMediaType(ErrorBody),
-    /// Well-formed, but a value is invalid (the message names the field and its range).
+    /// JSON, but not of the endpoint's shape (a field missing, unknown or of another
+    /// type), or a value is invalid; the message names the field (and its range).
     #[response(status = 422)]
     Invalid(ErrorBody),
     /// The request head is larger than `max_header_bytes`.

@@ -28,6 +28,20 @@ pub enum ServeError {
     /// A request with neither prompt nor messages.
     #[error("a request needs a prompt or messages")]
     EmptyRequest,
+    /// A request with another number of caller features than its route takes.
+    #[error(
+        "route `{route}` takes {expected} caller features (its `extra_features`) and the request \
+         brought {got}: send them as `features` on /v1/route, or in the `x-quiver-features` \
+         header (comma-separated numbers) on the OpenAI-compatible endpoints"
+    )]
+    FeatureCount {
+        /// The route.
+        route: String,
+        /// Its `extra_features`.
+        expected: usize,
+        /// The request's.
+        got: usize,
+    },
     /// A configuration that cannot work.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -74,16 +74,29 @@ pub const PARENT_HEADER: &str = "x-quiver-parent-decision-id";
 /// Header naming the session a request belongs to (see `crate::sessions`).
 pub const SESSION_HEADER: &str = "x-quiver-session";
 
+/// The request's caller features, for a route with `extra_features`: comma-separated
+/// numbers, as `features` on `/v1/route`.
+pub const FEATURES_HEADER: &str = "x-quiver-features";
+
 /// The session a request names: its `x-quiver-session` header, else `named` (OpenAI's
 /// `user` on a completion, `session` on `/v1/route`).
 pub(crate) fn session(headers: &HeaderMap, named: Option<String>) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get(SESSION_HEADER) else {
+    let Some(text) = header_text(headers, SESSION_HEADER)? else {
         return Ok(named.filter(|s| !s.is_empty()));
     };
-    let text = value
-        .to_str()
-        .map_err(|_| ApiError::BadRequest(format!("`{SESSION_HEADER}` must be visible ASCII")))?;
     Ok(Some(text.trim().to_string()).filter(|s| !s.is_empty()))
+}
+
+/// Header `name`'s text, if the request has it; a 400 unless it is visible ASCII.
+fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, ApiError> {
+    headers
+        .get(name)
+        .map(|value| {
+            value
+                .to_str()
+                .map_err(|_| ApiError::BadRequest(format!("`{name}` must be visible ASCII")))
+        })
+        .transpose()
 }
 
 fn messages(body: &Value) -> Result<Vec<ChatMessage>, ApiError> {
@@ -407,6 +420,7 @@ async fn complete_in_task(
     let mut route_request = api.route_request(&request)?;
     let user = request.get("user").and_then(Value::as_str).map(str::to_string);
     route_request.session = session(&headers, user)?;
+    route_request.features = caller_features(&headers)?;
     let prompt = route_request.text()?;
     let tags = required_tags(&headers)?;
     let (mut store_under, mut read_cache) = (None, false);
@@ -735,18 +749,32 @@ async fn answer_from_cache(
 /// The tags a request requires of the deployments that serve it: `x-quiver-tags`, comma-
 /// separated (e.g. `region:eu`).
 fn required_tags(headers: &HeaderMap) -> Result<Vec<String>, ApiError> {
-    let Some(value) = headers.get(TAGS_HEADER) else {
+    let Some(text) = header_text(headers, TAGS_HEADER)? else {
         return Ok(Vec::new());
     };
-    let text = value
-        .to_str()
-        .map_err(|_| ApiError::BadRequest(format!("`{TAGS_HEADER}` must be visible ASCII")))?;
     Ok(text
         .split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .map(str::to_string)
         .collect())
+}
+
+/// The caller features of [`FEATURES_HEADER`], none without it.
+fn caller_features(headers: &HeaderMap) -> Result<Vec<f64>, ApiError> {
+    let Some(text) = header_text(headers, FEATURES_HEADER)? else {
+        return Ok(Vec::new());
+    };
+    text.split(',')
+        .map(str::trim)
+        .map(|number| {
+            number.parse().map_err(|_| {
+                ApiError::Invalid(format!(
+                    "`{FEATURES_HEADER}`: `{number}` is not a number; send comma-separated numbers"
+                ))
+            })
+        })
+        .collect()
 }
 
 /// A completion the proxy answers with: the first model's, a fallback's, or a cascade's

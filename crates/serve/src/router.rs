@@ -36,7 +36,7 @@ use crate::config::{EmbeddingConfig, ModelConfig, RouteConfig};
 use crate::error::{io_at, Result, ServeError};
 use crate::sessions::{self, Sessions, Verdict as SessionVerdict};
 use crate::spend::{self, Allowance, Spend};
-use quiver_log::{records_after, DecisionLog, LogEvent, LogRecord, SEGMENT_BYTES};
+use quiver_log::{records_after, DecisionLog, LogEvent, LogRecord, WriterLock, SEGMENT_BYTES};
 
 /// What an operator does to a route's canary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -52,6 +52,28 @@ pub enum CanaryAction {
     Block,
     /// Let the gate judge again.
     Unblock,
+}
+
+/// A request's own trade-off: either weight, or both; one left out is the route's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectiveOverride {
+    /// Quality points per USD of expected cost.
+    #[serde(default)]
+    pub w_cost: Option<f64>,
+    /// Quality points per second of expected latency.
+    #[serde(default)]
+    pub w_latency: Option<f64>,
+}
+
+impl ObjectiveOverride {
+    /// The trade-off this gives over the route's `route`.
+    pub fn over(&self, route: Objective) -> Objective {
+        Objective {
+            w_cost: self.w_cost.unwrap_or(route.w_cost),
+            w_latency: self.w_latency.unwrap_or(route.w_latency),
+        }
+    }
 }
 
 /// A request to route.
@@ -71,7 +93,7 @@ pub struct RouteRequest {
     pub constraints: Constraints,
     /// A trade-off for this request only.
     #[serde(default)]
-    pub objective: Option<Objective>,
+    pub objective: Option<ObjectiveOverride>,
     /// The session it belongs to (OpenAI's `user`, say): a session stays on one model
     /// while it keeps succeeding (see `crate::sessions`).
     #[serde(default)]
@@ -390,6 +412,13 @@ impl RouteState {
     }
 
     fn context(&self, prompt: &str, features: &[f64], embedding: Option<&[f64]>) -> Result<Context> {
+        if features.len() != self.config.extra_features {
+            return Err(ServeError::FeatureCount {
+                route: self.config.name.clone(),
+                expected: self.config.extra_features,
+                got: features.len(),
+            });
+        }
         Ok(self.layout.build(prompt, features, embedding)?)
     }
 
@@ -965,7 +994,8 @@ impl Router {
                 }
             }
         }
-        std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+        // Taken before anything is read: another server writing here would change it.
+        let lock = WriterLock::acquire(dir).map_err(io_at(dir))?;
         let (last_seq, mut recovery) = Self::restore_snapshot(&mut states, dir, &options.reset_routes)?;
         for name in &options.reset_routes {
             recovery.insert(name.clone(), Recovery::Reset);
@@ -1014,7 +1044,7 @@ impl Router {
             }
         }
         Self::read_history(&mut states, dir)?;
-        let log = DecisionLog::open(dir, log_last, options.segment_bytes).map_err(io_at(dir))?;
+        let log = DecisionLog::open_locked(lock, log_last, options.segment_bytes).map_err(io_at(dir))?;
         let router = Router {
             routes: states,
             log: Arc::new(log),
@@ -1614,7 +1644,8 @@ impl Router {
         let context = state.context(&prompt, &request.features, embedding.as_deref())?;
         let mut learner_request = Request::new(context.clone());
         learner_request.constraints = request.constraints.clone();
-        learner_request.objective = request.objective;
+        let route_objective = live.learner.config().objective;
+        learner_request.objective = request.objective.map(|o| o.over(route_objective));
         learner_request.unavailable = unavailable;
         // Propose first: nothing learned changes until the log holds the decision (the
         // latest decision, if still unjudged, is held: see `Learner::hold_latest`).

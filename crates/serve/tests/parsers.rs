@@ -219,7 +219,7 @@ proptest! {
                 prop_assert!(!answer["error"]["message"].as_str().unwrap_or("").is_empty());
             }
             let before = learners(&app).await;
-            reopen(&state, &dir, before).await
+            reopen(state, app, &dir, before).await
         })?;
     }
 
@@ -250,10 +250,16 @@ proptest! {
     }
 }
 
-/// Snapshots the router of `state`, opens a new one on the same log, and checks that it
-/// learned exactly `before`.
-async fn reopen(state: &Arc<AppState>, dir: &Path, before: Value) -> Result<(), TestCaseError> {
+/// Snapshots the router of `state`, closes it and its `app`, opens a new one on the same
+/// log, and checks that it learned exactly `before`.
+async fn reopen(
+    state: Arc<AppState>,
+    app: axum::Router,
+    dir: &Path,
+    before: Value,
+) -> Result<(), TestCaseError> {
     state.router.snapshot().unwrap();
+    drop((app, state));
     let reopened = quiver_serve::server::state(config(dir)).unwrap();
     let after = learners(&build_app(reopened)).await;
     prop_assert_eq!(after, before);

@@ -1312,3 +1312,49 @@ fn workload_on_chat(router: &Router, count: usize) {
         router.feedback(&routed.decision_id, 0.5).unwrap().wait().unwrap();
     }
 }
+
+/// A request's objective overrides the weights it names and keeps the route's for the
+/// others: with the route's `w_latency` of 2 per second and the request's `w_cost` of
+/// 100 per USD, each model's reward is its quality less both penalties.
+#[test]
+fn a_requests_objective_keeps_the_routes_weights_it_leaves_out() {
+    let dir = scratch("router_objective_override");
+    let route = RouteConfig {
+        w_latency: 2.0,
+        ..RouteConfig::new(
+            "r",
+            "beta-ts",
+            vec![
+                ModelConfig::priced("big", 5.0, 10.0),
+                ModelConfig::priced("small", 0.2, 0.4),
+            ],
+        )
+    };
+    let router = Router::open(vec![route], &dir).unwrap();
+    let request = |objective| RouteRequest {
+        prompt: Some("what is the capital of France?".into()),
+        objective,
+        ..RouteRequest::default()
+    };
+    let first = router.route("r", &request(None)).unwrap().wait().unwrap();
+    let outcome = Outcome::new(500.0, 0.01).with_tokens(10, 20);
+    router
+        .record_outcome(&first.decision_id, &outcome)
+        .unwrap()
+        .wait()
+        .unwrap();
+    let cost_only = quiver_serve::ObjectiveOverride {
+        w_cost: Some(100.0),
+        w_latency: None,
+    };
+    let routed = router
+        .route("r", &request(Some(cost_only)))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(routed.decision.arms.iter().any(|e| e.latency_ms > 0.0));
+    for estimate in &routed.decision.arms {
+        let expected = estimate.quality - 100.0 * estimate.cost_usd - 2.0 * estimate.latency_ms / 1000.0;
+        assert!((estimate.reward - expected).abs() < 1e-9, "{estimate:?}");
+    }
+}

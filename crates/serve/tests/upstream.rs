@@ -113,13 +113,22 @@ impl Upstream for Provider {
     }
 }
 
-/// The gateway in a fresh directory `name`, over a scripted provider.
-fn gateway(name: &str, request_timeout_ms: u64) -> (Arc<Scripted>, Arc<AppState>, axum::Router) {
+/// A fresh directory `name`.
+fn fresh(name: &str) -> std::path::PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// The gateway in a fresh directory `name`, over a scripted provider.
+fn gateway(name: &str, request_timeout_ms: u64) -> (Arc<Scripted>, Arc<AppState>, axum::Router) {
+    gateway_over(config(&fresh(name), request_timeout_ms))
+}
+
+/// The gateway of `config`, over a scripted provider.
+fn gateway_over(config: quiver_serve::ServeConfig) -> (Arc<Scripted>, Arc<AppState>, axum::Router) {
     let scripted = Arc::new(Scripted::default());
     let provider = Arc::clone(&scripted);
-    let config = config(&dir, request_timeout_ms);
     let state = quiver_serve::server::state_with(config, move |_, _| Box::new(Provider(provider))).unwrap();
     let app = quiver_serve::app::build_app(Arc::clone(&state));
     (scripted, state, app)
@@ -302,4 +311,48 @@ async fn every_model_asking_to_wait_is_a_429_with_the_earliest_wait() {
     scripted.script("a", &[Reply::Wait(30)]);
     scripted.script("b", &[Reply::NotCompletion]);
     assert_eq!(chat(&app).await.0, StatusCode::BAD_GATEWAY);
+}
+
+/// A route with caller features takes them from `x-quiver-features` through the
+/// OpenAI-compatible API, and logs them with the decision; without them, or with a word
+/// among them, the 422 says how to send them.
+#[tokio::test]
+async fn caller_features_come_in_a_header() {
+    let dir = fresh("upstream-features");
+    let mut config = config(&dir, 120_000);
+    config.routes[0].extra_features = 2;
+    let (scripted, _state, app) = gateway_over(config);
+    scripted.script("a", &[Reply::Completion]);
+    let chat = |features: Option<&str>| {
+        let body = json!({"model": "r", "messages": [{"role": "user", "content": "hi"}]});
+        let mut request = Request::post("/v1/chat/completions").header("content-type", "application/json");
+        if let Some(features) = features {
+            request = request.header(quiver_serve::proxy::FEATURES_HEADER, features);
+        }
+        app.clone()
+            .oneshot(request.body(Body::from(body.to_string())).unwrap())
+    };
+    let missing = chat(None).await.unwrap();
+    assert_eq!(missing.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let message = json_of(missing).await["error"]["message"].to_string();
+    assert!(
+        message.contains("takes 2 caller features") && message.contains("x-quiver-features"),
+        "{message}"
+    );
+    let word = chat(Some("0.5, much")).await.unwrap();
+    assert_eq!(word.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let message = json_of(word).await["error"]["message"].to_string();
+    assert!(message.contains("`much` is not a number"), "{message}");
+    let answered = chat(Some("0.5, -1")).await.unwrap();
+    assert_eq!(answered.status(), StatusCode::OK);
+    let decisions: Vec<_> = quiver_serve::log::read_log(&dir.join("log"))
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event == quiver_serve::log::LogEvent::Decision)
+        .collect();
+    assert_eq!(decisions.len(), 1);
+    let logged: Vec<f64> = (0..2)
+        .map(|i| decisions[0].features[&quiver_serve::log::feature_name(i)])
+        .collect();
+    assert_eq!(logged, [0.5, -1.0]);
 }
