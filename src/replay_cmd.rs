@@ -543,10 +543,17 @@ pub fn run(args: ReplayArgs) -> Result<()> {
                 .map(|(flag, _)| *flag)
                 .collect();
             if !given.is_empty() {
+                let read_as = match args.format {
+                    Format::Auto => "its columns are a log's",
+                    _ => "as `--format logged` says",
+                };
                 bail!(
-                    "{} apply to full-information data; a log is evaluated off-policy (`quiver ope` \
-                     gives every estimator with intervals)",
-                    given.join(", ")
+                    "{} {} to tables of every model's outcome, and {} is read as a decision log \
+                     ({read_as}); a log is evaluated off-policy (`quiver ope` gives every estimator \
+                     with intervals)",
+                    given.join(", "),
+                    if given.len() == 1 { "applies" } else { "apply" },
+                    path
                 );
             }
             let log = LogStream::open(path, Format::Logged, args.split.as_ref(), CHUNK_ROWS)?;

@@ -21,9 +21,10 @@ pub struct ServeArgs {
     #[arg(long)]
     demo: bool,
     /// Start route NAME afresh: its snapshot is ignored and the log teaches it nothing
-    /// (its decisions still in the log keep accepting feedback). Needed only when a
-    /// route's snapshot cannot be read and the log no longer holds its whole history.
-    /// Repeat for several routes.
+    /// (its decisions still in the log keep accepting feedback). Needed when a route's
+    /// policy or context (`extra_features`, embedding) changed, since what it learned
+    /// does not carry over, or when its snapshot cannot be read and the log no longer
+    /// holds its whole history. Repeat for several routes.
     #[arg(long = "reset-route", value_name = "NAME")]
     reset_routes: Vec<String>,
 }

@@ -345,7 +345,9 @@ fn wide_data_converts_to_a_log_that_ope_reads() {
         "unwritten",
     ]));
     assert!(
-        err.contains("--budget, --out apply to full-information data") && !Path::new("unwritten").exists(),
+        err.contains("--budget, --out apply to tables of every model's outcome")
+            && err.contains("is read as a decision log (its columns are a log's)")
+            && !Path::new("unwritten").exists(),
         "{err}"
     );
     // fixed(small)'s true quality on the fixture is 80/120; SNIPS with eps(0.5) logging is close.

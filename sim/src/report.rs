@@ -489,7 +489,7 @@ pub fn table(summary: &Summary) -> String {
                 .as_ref()
                 .map_or("n/a".into(), |f| format!("{:+.4}", f.feedback_gap)),
             p.w_cost,
-            p.budget_usd.map_or("none".into(), |b| format!("{b}"))
+            p.budget_usd.map_or("none".into(), |b| format!("{b:.6}"))
         ));
     }
     for c in &summary.cascades {
