@@ -61,7 +61,11 @@ impl Policy for LinTs {
 /// on 30 and 60 models.
 pub const DEFAULT_LINTS_LAMBDA: f64 = 10.0;
 
-/// `lints(v=0.5,lambda=10,draws=0)` (aliases `linear-ts`, `lin-ts`); `draws=0`: exact PMF.
+/// The posterior's scale the validation suite chose (`quiver suite`; benches/RESULTS.md).
+pub const DEFAULT_LINTS_V: f64 = 0.05;
+
+/// `lints(v=0.05,lambda=10,draws=0)` (aliases `linear-ts`, `lin-ts`); `draws=0`: exact PMF.
+/// `v`'s default is the validation suite's choice ([`crate::policy::DEFAULT_LEARNERS`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinTsParams {
     /// The posterior's scale.
@@ -78,7 +82,7 @@ impl PolicyParams for LinTsParams {
 
     fn parse(args: &mut Args<'_>) -> Result<Self> {
         Ok(LinTsParams {
-            v: args.positive("v", true, 0.5)?,
+            v: args.positive("v", true, DEFAULT_LINTS_V)?,
             lambda: args.positive("lambda", false, DEFAULT_LINTS_LAMBDA)?,
             draws: args.draws(0)?,
         })

@@ -134,7 +134,11 @@ impl Policy for LinUcb {
 /// mean lift after training +2.68 against +2.83 at 10.
 pub const DEFAULT_LINUCB_LAMBDA: f64 = 10.0;
 
-/// `linucb(alpha=1,lambda=10)`.
+/// The bonus scale the validation suite chose (`quiver suite`; benches/RESULTS.md).
+pub const DEFAULT_LINUCB_ALPHA: f64 = 0.1;
+
+/// `linucb(alpha=0.1,lambda=10)`; `alpha`'s default is the validation suite's choice
+/// ([`crate::policy::DEFAULT_LEARNERS`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinUcbParams {
     /// The bonus scale.
@@ -149,7 +153,7 @@ impl PolicyParams for LinUcbParams {
 
     fn parse(args: &mut Args<'_>) -> Result<Self> {
         Ok(LinUcbParams {
-            alpha: args.number("alpha", true, 1.0, 0.0, f64::MAX, "[0, inf)")?,
+            alpha: args.number("alpha", true, DEFAULT_LINUCB_ALPHA, 0.0, f64::MAX, "[0, inf)")?,
             lambda: args.positive("lambda", false, DEFAULT_LINUCB_LAMBDA)?,
         })
     }

@@ -409,8 +409,8 @@ policies! {
     Fixed: fixed::Fixed(FixedParams),
 }
 
-pub use lin_ts::DEFAULT_LINTS_LAMBDA;
-pub use linucb::DEFAULT_LINUCB_LAMBDA;
+pub use lin_ts::{DEFAULT_LINTS_LAMBDA, DEFAULT_LINTS_V};
+pub use linucb::{DEFAULT_LINUCB_ALPHA, DEFAULT_LINUCB_LAMBDA};
 
 #[cfg(test)]
 pub(crate) mod testutil {

@@ -18,8 +18,8 @@
 //! | `ucb1` | `c=1` (bonus scale) | `c` |
 //! | `beta-ts` (`ts`) | `alpha=1,beta=1` (prior), `draws=0` | - |
 //! | `gaussian-ts` (`gts`) | `mu0=1,sigma0=1` (prior), `noise=0.5`, `draws=0` | - |
-//! | `linucb` | `alpha=1`, `lambda=10` (ridge; see [`DEFAULT_LINUCB_LAMBDA`]) | `alpha` |
-//! | `lints` (`linear-ts`) | `v=0.5`, `lambda=10`, `draws=0` | `v` |
+//! | `linucb` | `alpha=0.1`, `lambda=10` (ridge; see [`DEFAULT_LINUCB_LAMBDA`]) | `alpha` |
+//! | `lints` (`linear-ts`) | `v=0.05`, `lambda=10`, `draws=0` | `v` |
 //! | `fixed` | `arm` | `arm` |
 //!
 //! `draws` is the number of Monte Carlo samples behind a Thompson policy's propensity, and
@@ -39,7 +39,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::stats::Forgetting;
 
 /// The learners the validation suite chose (`quiver suite` on its generated, public and
-/// built-in tables; benches/RESULTS.md): `quiver replay` runs both by default.
+/// built-in tables; benches/RESULTS.md): `quiver replay` runs both by default, and a bare
+/// `linucb` or `lints` means the same ([`super::DEFAULT_LINUCB_ALPHA`], [`super::DEFAULT_LINTS_V`]).
 pub const DEFAULT_LEARNERS: [&str; 2] = ["linucb(alpha=0.1)", "lints(v=0.05)"];
 
 /// A route's policy when its configuration names none: linear TS of the suite's pair. The
@@ -379,6 +380,19 @@ mod tests {
         assert_eq!(
             "random".parse::<PolicySpec>().unwrap().kind,
             PolicyKind::Uniform(UniformParams {})
+        );
+    }
+
+    /// A bare `linucb` or `lints` is the learner the suite chose, the one `quiver replay`
+    /// runs and a route serves by default.
+    #[test]
+    fn bare_linear_specs_are_the_suites_choices() {
+        let spec = |text: &str| text.parse::<PolicySpec>().unwrap();
+        assert_eq!(spec("linucb"), spec(DEFAULT_LEARNERS[0]));
+        assert_eq!(spec("lints"), spec(DEFAULT_LEARNERS[1]));
+        assert_eq!(
+            spec(DEFAULT_ROUTE_POLICY).to_string(),
+            "lints(v=0.05,lambda=10,draws=0)"
         );
     }
 
