@@ -802,6 +802,10 @@ enum Recovery {
     /// Started afresh by request ([`RouterOptions::reset_routes`]): nothing is learned;
     /// the decisions the log still holds are re-registered.
     Reset,
+    /// Not in the snapshot: it learns whatever of the log is its own, nothing for a new
+    /// route, and for one removed and added back what it learned before, so that its
+    /// decisions go on from their numbers. It needs no record the log no longer has.
+    Unknown,
 }
 
 impl Recovery {
@@ -812,7 +816,7 @@ impl Recovery {
                 last_seq,
                 tracked_from,
             } => tracked_from.map_or(last_seq, |from| from.seq.saturating_sub(1).min(last_seq)),
-            Recovery::Rebuild { .. } | Recovery::Reset => 0,
+            Recovery::Rebuild { .. } | Recovery::Reset | Recovery::Unknown => 0,
         }
     }
 
@@ -825,7 +829,7 @@ impl Recovery {
                 ..
             } if decision >= from.decision => Some(Replay::Resume),
             Recovery::Snapshot { .. } => None,
-            Recovery::Rebuild { .. } => Some(Replay::Learn),
+            Recovery::Rebuild { .. } | Recovery::Unknown => Some(Replay::Learn),
             Recovery::Reset => Some(Replay::Resume),
         }
     }
@@ -1094,11 +1098,8 @@ impl Router {
         let mut recovery = BTreeMap::new();
         for (name, state) in states.iter_mut() {
             let learner = match snapshot.routes.remove(name) {
-                // A route the snapshot does not know learns its whole log: nothing for a
-                // new one, and for one removed and added back what it learned before, so
-                // that its decisions go on from their numbers.
                 None => {
-                    recovery.insert(name.clone(), fresh(0));
+                    recovery.insert(name.clone(), Recovery::Unknown);
                     continue;
                 }
                 Some(read) => read.and_then(|learner| Learner::restore(learner).map_err(|e| e.to_string())),
@@ -1205,7 +1206,9 @@ impl Router {
         last_seq: u64,
         recovery: &BTreeMap<String, Recovery>,
     ) -> Result<u64> {
-        let needed = recovery.iter().filter(|(_, r)| !matches!(r, Recovery::Reset));
+        let needed = recovery
+            .iter()
+            .filter(|(_, r)| !matches!(r, Recovery::Reset | Recovery::Unknown));
         let required_after = needed
             .clone()
             .map(|(_, r)| r.read_after())
@@ -1274,7 +1277,7 @@ impl Router {
                     last_seq,
                     tracked_from: Some(_),
                 } => last_seq,
-                Recovery::Snapshot { .. } | Recovery::Reset => 0,
+                Recovery::Snapshot { .. } | Recovery::Reset | Recovery::Unknown => 0,
             })
             .max()
             .unwrap_or(0);

@@ -1358,3 +1358,28 @@ fn a_requests_objective_keeps_the_routes_weights_it_leaves_out() {
         assert!((estimate.reward - expected).abs() < 1e-9, "{estimate:?}");
     }
 }
+
+/// A route added to a server whose log no longer starts at its first record (its oldest
+/// segment moved away) starts all the same: a route the snapshot does not know needs no
+/// record, and learns what of the log is its own (here nothing).
+#[test]
+fn a_new_route_needs_no_record_the_log_no_longer_has() {
+    let dir = scratch("router_new_route_short_log");
+    let chat = routes()[..1].to_vec();
+    let router = Router::open_with(chat.clone(), &dir, crash_options()).unwrap();
+    workload_on_chat(&router, 40);
+    router.snapshot().unwrap();
+    drop(router);
+    let segments = log_segments(&dir);
+    assert!(segments.len() > 2, "{segments:?}");
+    std::fs::remove_file(&segments[0]).unwrap();
+    let mut more = chat;
+    more.push(RouteConfig::new(
+        "new",
+        "beta-ts",
+        vec![ModelConfig::priced("m", 1.0, 2.0)],
+    ));
+    let router = Router::open_with(more, &dir, crash_options()).unwrap();
+    assert_eq!(router.learner("new").unwrap().next_decision_id(), 0);
+    assert!(router.learner("chat").unwrap().next_decision_id() == 40);
+}
