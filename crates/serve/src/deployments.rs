@@ -329,8 +329,8 @@ impl Deployments {
                 .filter(|t| !deployment.tags.contains(t) && !model.tags.contains(t))
                 .collect();
             if !missing.is_empty() {
+                // Never this request's: the wait of those at their limits still holds.
                 reasons.push(format!("{key}: lacks tag {}", join(&missing)));
-                limited_only = false;
                 untagged += 1;
             } else if !call.forced && !call.health.admits(call.route, &key, now) {
                 reasons.push(format!("{key}: circuit open"));
@@ -624,6 +624,28 @@ mod tests {
         assert!(deployments
             .acquire("r", &m, (&apac, 1), (&health, false), Instant::now())
             .is_ok());
+
+        // The deployment with the tag at its limit: its wait holds, whatever the others lack.
+        let deployments = Deployments::new(Balance::LeastBusy);
+        let limited = model(vec![
+            deployment("us", None, None, &["region:us"]),
+            deployment("eu", Some(1), None, &["region:eu"]),
+        ]);
+        let t0 = Instant::now();
+        let lease = deployments
+            .acquire("r", &limited, (&eu, 1), (&health, false), t0)
+            .unwrap();
+        deployments.release(&lease, Some(10.0));
+        let no = deployments
+            .acquire(
+                "r",
+                &limited,
+                (&eu, 1),
+                (&health, false),
+                t0 + Duration::from_secs(1),
+            )
+            .unwrap_err();
+        assert_eq!(no.retry_after, Some(Duration::from_secs(59)), "{no:?}");
     }
 
     /// Least-busy spreads concurrent calls in proportion to the weights.

@@ -162,6 +162,28 @@ fn usage(value: &Value) -> Option<(u32, u32)> {
     Some((field("prompt_tokens")?, field("completion_tokens")?))
 }
 
+/// A complete answer's tokens: its `usage`, else, as for a stream without one, the prompt's
+/// estimate and the answer's length at four characters a token, so that an upstream that
+/// reports no usage is not taken for free (spend caps and budgets count it).
+fn answer_tokens(json: &Value, prompt_tokens: u32) -> (u32, u32) {
+    usage(json).unwrap_or_else(|| {
+        let chars: usize = json
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|choice| {
+                choice
+                    .pointer("/message/content")
+                    .or_else(|| choice.get("text"))
+                    .and_then(Value::as_str)
+            })
+            .map(|text| text.chars().count())
+            .sum();
+        (prompt_tokens, quiver_bandit::features::tokens_of_chars(chars))
+    })
+}
+
 /// Longest server-sent-event line the tally reads; longer ones pass through unread.
 const MAX_EVENT_LINE: usize = 1 << 20;
 
@@ -425,7 +447,13 @@ async fn complete_in_task(
     let tags = required_tags(&headers)?;
     let (mut store_under, mut read_cache) = (None, false);
     // Answers made under other required tags (another region, say) are not this request's.
-    let cache_scope = format!("{route}{}|{}", api.path(), tags.join(","));
+    // Nor are those chosen for other caller features.
+    let cache_scope = format!(
+        "{route}{}|{}|{:?}",
+        api.path(),
+        tags.join(","),
+        route_request.features
+    );
     if let Some((key, read)) = cache_key(&state, &headers, &cache_scope, &request, stream) {
         if read {
             if let Lookup::Hit(hit) = state.cache.lookup(key.clone(), Instant::now()) {
@@ -554,7 +582,7 @@ async fn complete_in_task(
         match called {
             Ok(Answer::Complete { body, json, passed }) => {
                 let (own_id, parent) = own()?;
-                let (input, output) = usage(&json).unwrap_or((0, 0));
+                let (input, output) = answer_tokens(&json, prompt_tokens);
                 record(
                     &state,
                     &own_id,
@@ -634,8 +662,9 @@ async fn complete_in_task(
                 body,
                 content_type,
             }) => {
+                let (own_id, parent) = own()?;
                 tracing::info!(
-                    decision = %decision_id,
+                    decision = %own_id,
                     model = %model.id,
                     %status,
                     "the upstream refused the request itself: relayed, not retried, not learned"
@@ -647,7 +676,8 @@ async fn complete_in_task(
                 if let Some(content_type) = content_type {
                     response.headers_mut().insert(header::CONTENT_TYPE, content_type);
                 }
-                answer = Some(with_headers(response, &decision_id, &model.id));
+                with_parent(&mut response, parent.as_deref());
+                answer = Some(with_headers(response, &own_id, &model.id));
                 break;
             }
             Err(failure) => {
@@ -762,7 +792,7 @@ fn required_tags(headers: &HeaderMap) -> Result<Vec<String>, ApiError> {
 
 /// The caller features of [`FEATURES_HEADER`], none without it.
 fn caller_features(headers: &HeaderMap) -> Result<Vec<f64>, ApiError> {
-    let Some(text) = header_text(headers, FEATURES_HEADER)? else {
+    let Some(text) = header_text(headers, FEATURES_HEADER)?.filter(|t| !t.trim().is_empty()) else {
         return Ok(Vec::new());
     };
     text.split(',')
@@ -838,7 +868,7 @@ async fn escalate(
     };
     let served = match answered {
         Some((Ok(Answer::Complete { body, json, passed }), started)) => {
-            let (input, output) = usage(&json).unwrap_or((0, 0));
+            let (input, output) = answer_tokens(&json, call.tokens);
             let outcome = call_outcome(&*state.upstream, then, elapsed_ms(started), input, output);
             record(state, &decision_id, outcome).await;
             Some(Served {

@@ -21,6 +21,8 @@ use tower::ServiceExt;
 enum Reply {
     /// A completion whose content names the model.
     Completion,
+    /// A completion of 40 characters without `usage`.
+    NoUsage,
     /// A JSON body that is not a completion.
     NotCompletion,
     /// A 5xx: another attempt may succeed.
@@ -88,6 +90,9 @@ impl Upstream for Provider {
                 Some(Reply::Completion | Reply::Slow) => Ok(complete(json!({
                     "choices": [{"message": {"role": "assistant", "content": model}}],
                     "usage": {"prompt_tokens": 3, "completion_tokens": 5},
+                }))),
+                Some(Reply::NoUsage) => Ok(complete(json!({
+                    "choices": [{"message": {"role": "assistant", "content": "x".repeat(40)}}],
                 }))),
                 Some(Reply::NotCompletion) => Ok(complete(json!({"data": []}))),
                 Some(Reply::ServerError) => Err(Failure {
@@ -236,15 +241,28 @@ async fn the_gateway_retries_falls_back_and_relays_whatever_the_provider() {
     assert_eq!(body["error"]["code"], "context_length_exceeded");
     assert_eq!(scripted.take_calls(), ["a"]);
 
-    // Every model's calls were recorded as its own: a's two failures and a success, b's
-    // two answers at b's prices (3 input and 5 output tokens each); the refusal is not
-    // the model's.
+    // A refusal after a fallback is the fallback's model's: its decision, after a's.
+    scripted.script("a", &[Reply::ServerError, Reply::ServerError]);
+    scripted.script("b", &[Reply::Refused(400)]);
+    let (status, model, _, ids) = chat(&app).await;
+    assert_eq!((status, model.as_deref()), (StatusCode::BAD_REQUEST, Some("b")));
+    assert!(
+        ids.parent.is_some() && ids.decision != ids.parent,
+        "{:?}",
+        ids.decision
+    );
+    assert_eq!(scripted.take_calls(), ["a", "a", "b"]);
+
+    // Every model's calls were recorded as its own: a's three failures (a retried call is
+    // one) and a success, b's
+    // two answers at b's prices (3 input and 5 output tokens each); the refusals are not
+    // the models'.
     scripted.script("a", &[Reply::Completion]);
     let (_, model, _, ids) = chat(&app).await;
     assert_eq!((model.as_deref(), ids.parent), (Some("a"), None));
     let learner = state.router.learner("r").unwrap();
     let (a, b) = (learner.usage(0), learner.usage(1));
-    assert_eq!((a.requests, a.errors), (3, 2));
+    assert_eq!((a.requests, a.errors), (4, 3));
     assert_eq!((b.requests, b.errors), (2, 0));
     let per_call = (3.0 * 5.0 + 5.0 * 10.0) / 1e6;
     assert!((b.cost_usd - 2.0 * per_call).abs() < 1e-12, "{}", b.cost_usd);
@@ -321,8 +339,9 @@ async fn caller_features_come_in_a_header() {
     let dir = fresh("upstream-features");
     let mut config = config(&dir, 120_000);
     config.routes[0].extra_features = 2;
+    config.cache.enabled = true;
     let (scripted, _state, app) = gateway_over(config);
-    scripted.script("a", &[Reply::Completion]);
+    scripted.script("a", &[Reply::Completion, Reply::Completion]);
     let chat = |features: Option<&str>| {
         let body = json!({"model": "r", "messages": [{"role": "user", "content": "hi"}]});
         let mut request = Request::post("/v1/chat/completions").header("content-type", "application/json");
@@ -343,16 +362,49 @@ async fn caller_features_come_in_a_header() {
     assert_eq!(word.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let message = json_of(word).await["error"]["message"].to_string();
     assert!(message.contains("`much` is not a number"), "{message}");
+    // An empty header is no features, which this route refuses.
+    let empty = chat(Some(" ")).await.unwrap();
+    assert_eq!(empty.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let message = json_of(empty).await["error"]["message"].to_string();
+    assert!(message.contains("the request brought 0"), "{message}");
     let answered = chat(Some("0.5, -1")).await.unwrap();
     assert_eq!(answered.status(), StatusCode::OK);
+    // The cache keeps answers apart by features: the same ones are a hit, others a miss
+    // (and a wrong count still a 422).
+    let cache = |response: &axum::response::Response| response.headers()["x-quiver-cache"].clone();
+    assert_eq!(cache(&chat(Some("0.5, -1")).await.unwrap()), "hit");
+    assert_eq!(
+        chat(None).await.unwrap().status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(cache(&chat(Some("1, 2")).await.unwrap()), "miss");
+    assert_eq!(scripted.take_calls(), ["a", "a"]);
     let decisions: Vec<_> = quiver_serve::log::read_log(&dir.join("log"))
         .unwrap()
         .into_iter()
         .filter(|r| r.event == quiver_serve::log::LogEvent::Decision)
         .collect();
-    assert_eq!(decisions.len(), 1);
+    assert_eq!(decisions.len(), 2);
     let logged: Vec<f64> = (0..2)
         .map(|i| decisions[0].features[&quiver_serve::log::feature_name(i)])
         .collect();
     assert_eq!(logged, [0.5, -1.0]);
+}
+
+/// An answer without `usage` is not free: its tokens are estimated as a stream's are (the
+/// prompt's estimate, and its 40 characters at four a token), and cost at the model's prices.
+#[tokio::test]
+async fn an_answer_without_usage_is_estimated_not_free() {
+    let (scripted, state, app) = gateway("upstream-no-usage", 120_000);
+    scripted.script("a", &[Reply::NoUsage]);
+    assert_eq!(chat(&app).await.0, StatusCode::OK);
+    let a = *state.router.learner("r").unwrap().usage(0);
+    assert_eq!(a.requests, 1);
+    assert_eq!(
+        a.output_tokens,
+        f64::from(quiver_bandit::features::tokens_of_chars(40))
+    );
+    assert!(a.input_tokens > 0.0, "{a:?}");
+    let cost = (a.input_tokens * 1.0 + a.output_tokens * 2.0) / 1e6;
+    assert!((a.cost_usd - cost).abs() < 1e-15 && a.cost_usd > 0.0, "{a:?}");
 }
