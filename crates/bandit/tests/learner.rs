@@ -63,14 +63,34 @@ fn delayed_quality_is_applied_exactly_once() {
             }
         );
         let late = Outcome::new(80.0, 0.001).with_quality(0.2);
-        assert_eq!(
-            twice.record_outcome(ids[1], &late).expect("again"),
-            Applied::AlreadyApplied
-        );
+        assert!(matches!(
+            twice.record_outcome(ids[1], &late).unwrap_err().kind(),
+            ErrorKind::QualityConflict { learned, sent, .. } if *learned == 0.75 && *sent == 0.2
+        ));
         assert_eq!(json(&once), json(&twice), "{spec}: a repeat was counted");
         let unknown = twice.record_quality(999, 0.5).unwrap_err();
         assert_eq!(unknown.kind(), &ErrorKind::UnknownDecision(999));
     }
+}
+
+/// Feedback first, then the outcome: its cost is news, but a quality other than the one
+/// learned is refused with it (nothing recorded); the same quality is not.
+#[test]
+fn an_outcome_after_feedback_carries_the_same_quality_or_is_refused() {
+    let mut l = learner("ucb1", 2, 1, 0);
+    let d = l.decide(&request(vec![1.0])).expect("decide");
+    l.record_quality(d.id, 0.6).expect("quality");
+    let conflicting = Outcome::new(80.0, 0.001).with_quality(0.1);
+    assert!(matches!(
+        l.outcome_would_apply(d.id, &conflicting).unwrap_err().kind(),
+        ErrorKind::QualityConflict { learned, sent, .. } if *learned == 0.6 && *sent == 0.1
+    ));
+    assert!(l.record_outcome(d.id, &conflicting).is_err());
+    let arm = l.arm_index(&d.arm).expect("arm");
+    assert_eq!(l.usage(arm).requests, 0);
+    let same = Outcome::new(80.0, 0.001).with_quality(0.6);
+    assert_eq!(l.record_outcome(d.id, &same).expect("outcome"), Applied::Applied);
+    assert_eq!(l.usage(arm).requests, 1);
 }
 
 #[test]
@@ -247,12 +267,15 @@ fn a_snapshot_without_tracked_decisions_resumes_them_from_a_journal() {
         }
     }
     assert_eq!(restored, original);
+    // Late outcomes, with a quality that conflicts where another was learned: both
+    // answer alike.
     for id in oldest..40 {
         let late = Outcome::new(90.0, 0.002).with_quality(0.9);
-        assert_eq!(
-            restored.record_outcome(id, &late).expect("outcome"),
-            original.record_outcome(id, &late).expect("outcome"),
+        let (r, o) = (
+            restored.record_outcome(id, &late),
+            original.record_outcome(id, &late),
         );
+        assert_eq!(format!("{r:?}"), format!("{o:?}"), "decision {id}");
     }
     assert_eq!(json(&restored), json(&original));
 }

@@ -1299,7 +1299,13 @@ impl Router {
         forgettable: bool,
     ) -> Result<()> {
         match Self::apply_record(states, record, replay) {
-            Err(ServeError::Bandit(e)) if e.is_input_error() || (forgettable && e.is_unknown_decision()) => {
+            // A log written before outcomes' qualities were checked against feedback may
+            // hold a second quality for a decision: the first stays.
+            Err(ServeError::Bandit(e))
+                if e.is_input_error()
+                    || (forgettable && e.is_unknown_decision())
+                    || matches!(e.kind(), quiver_bandit::ErrorKind::QualityConflict { .. }) =>
+            {
                 tracing::warn!(
                     record = record.seq,
                     decision = %record.decision_id,
@@ -1845,7 +1851,9 @@ impl Router {
         record.error = outcome.error;
         record.input_tokens = outcome.input_tokens;
         record.output_tokens = outcome.output_tokens;
-        record.quality = quiver_bandit::credited_quality(outcome.quality, outcome.error);
+        // A quality learned already (feedback came first) is not logged a second time.
+        let learned = live.learner.quality_recorded(id)?;
+        record.quality = quiver_bandit::credited_quality(outcome.quality, outcome.error).filter(|_| !learned);
         record.caller = live.logged.caller_of(id).map(str::to_string);
         let seq = self.stage_if(would, &mut record)?;
         let applied = live.learner.record_outcome(id, outcome)?;

@@ -331,6 +331,36 @@ fn feedback_is_idempotent_and_bad_ids_are_refused() {
         router.feedback(&routed.decision_id, 0.1),
         Err(ServeError::Bandit(e)) if matches!(e.kind(), quiver_bandit::ErrorKind::QualityConflict { .. })
     ));
+    // So is an outcome bringing another quality: nothing of it is logged.
+    let conflicting = Outcome::new(100.0, 0.001).with_quality(0.1);
+    assert!(matches!(
+        router.record_outcome(&routed.decision_id, &conflicting),
+        Err(ServeError::Bandit(e)) if matches!(e.kind(), quiver_bandit::ErrorKind::QualityConflict { .. })
+    ));
+    assert!(!quiver_serve::log::read_log(&dir)
+        .unwrap()
+        .iter()
+        .any(|r| r.decision_id == routed.decision_id && r.event == LogEvent::Outcome));
+    // A failed call's implicit 0 is no statement: its cost and failure are recorded, and
+    // logged without a second quality.
+    let failed = Outcome::new(100.0, 0.001).failed();
+    assert_eq!(
+        router
+            .record_outcome(&routed.decision_id, &failed)
+            .unwrap()
+            .wait()
+            .unwrap(),
+        Applied::Applied
+    );
+    let outcome = quiver_serve::log::read_log(&dir)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.decision_id == routed.decision_id && r.event == LogEvent::Outcome)
+        .unwrap();
+    assert_eq!(
+        (outcome.error, outcome.quality, outcome.cost_usd),
+        (true, None, 0.001)
+    );
     assert!(matches!(
         router.feedback("chat:999", 0.5),
         Err(ServeError::Bandit(_))

@@ -121,10 +121,22 @@ impl Ledger {
         Ok(())
     }
 
-    /// What recording an outcome (with a quality, or not) for decision `id` would do.
-    pub(super) fn outcome_would_apply(&self, id: u64, with_quality: bool) -> Result<Applied> {
+    /// What recording an outcome for decision `id` would do, with the quality it is
+    /// `credited` with and the one it `stated`: as for feedback, a stated quality other
+    /// than the one learned is refused (a failure's implicit 0 is not a statement).
+    pub(super) fn outcome_would_apply(
+        &self,
+        id: u64,
+        credited: Option<f64>,
+        stated: Option<f64>,
+    ) -> Result<Applied> {
         let t = self.get(id)?;
-        let news = !t.outcome_recorded || (with_quality && !t.quality_recorded);
+        if let (Some(sent), Some(learned)) = (stated, t.quality) {
+            if sent != learned {
+                return Err(ErrorKind::QualityConflict { id, learned, sent }.into());
+            }
+        }
+        let news = !t.outcome_recorded || (credited.is_some() && !t.quality_recorded);
         Ok(match t.arm {
             _ if !news => Applied::AlreadyApplied,
             None => Applied::ArmRemoved,

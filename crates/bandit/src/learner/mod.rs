@@ -674,12 +674,17 @@ impl Learner {
         Ok(self.tracked.get(id)?.outcome_recorded)
     }
 
+    /// Whether decision `id`'s quality has been recorded.
+    pub fn quality_recorded(&self, id: u64) -> Result<bool> {
+        Ok(self.tracked.get(id)?.quality_recorded)
+    }
+
     /// What recording `outcome` for decision `id` would do, without doing it: lets a
     /// caller log a change durably before applying it.
     pub fn outcome_would_apply(&self, id: u64, outcome: &Outcome) -> Result<Applied> {
         outcome.validate()?;
         self.tracked
-            .outcome_would_apply(id, outcome.credited_quality().is_some())
+            .outcome_would_apply(id, outcome.credited_quality(), outcome.quality)
     }
 
     /// What recording `quality` for decision `id` would do, without doing it.
@@ -692,13 +697,13 @@ impl Learner {
     /// outcome carries one (a failed call counts as quality 0). Each part applies once.
     pub fn record_outcome(&mut self, id: u64, outcome: &Outcome) -> Result<Applied> {
         outcome.validate()?;
+        let would = self
+            .tracked
+            .outcome_would_apply(id, outcome.credited_quality(), outcome.quality)?;
         let tracked = self.tracked.get_mut(id)?;
         let Some(arm) = tracked.arm else {
-            let applied = self
-                .tracked
-                .outcome_would_apply(id, outcome.credited_quality().is_some())?;
             self.tracked.mark_recorded(id, true, outcome.credited_quality())?;
-            return Ok(applied);
+            return Ok(would);
         };
         let mut applied = Applied::AlreadyApplied;
         if !tracked.outcome_recorded {
