@@ -2,8 +2,9 @@
 //! that a client of the gateway embeds through it too. Nothing is routed or learned: an
 //! embedding has no quality to feed back. The upstream's answer reaches the client as it
 //! came when it is a success (its JSON body and `x-*` headers) or blames the request (400,
-//! 413, 415, 422: its status, content type and body, as the proxy relays them); any other
-//! failure, a body that is not JSON included, is a 502 naming it.
+//! 413, 415, 422: its status, content type and body, as the proxy relays them); a request
+//! to wait (429 or 503 with `Retry-After`) is a 429 with the same wait; any other failure,
+//! a body that is not JSON included, is a 502 naming it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,6 +92,7 @@ pub(crate) async fn embeddings(
         deadline: started + Duration::from_millis(state.config.request_timeout_ms),
     };
     let answered = state.upstream.call(call).await;
+    let upstream = |reason: String| ApiError::Upstream(format!("model `{id}`: {reason}"));
     let (result, answer) = match answered {
         Ok(Answer::Complete { body, passed, .. }) => {
             let mut answer = json_response(StatusCode::OK, body)?;
@@ -108,13 +110,24 @@ pub(crate) async fn embeddings(
             }
             ("refused", Ok(answer))
         }
-        Ok(Answer::Stream { .. }) => ("error", Err("it answered an event stream".to_string())),
-        Err(failure) => ("error", Err(failure.to_string())),
+        Ok(Answer::Stream { .. }) => ("error", Err(upstream("it answered an event stream".into()))),
+        // Asked to wait (a 429 or 503 with `Retry-After`): so is the client, as the proxy's
+        // is when every model of a route asks.
+        Err(failure) => match failure.retry_after {
+            Some(wait) => (
+                "error",
+                Err(ApiError::TooManyRequests(
+                    format!("model `{id}` asked to wait: {failure}"),
+                    (wait.as_secs_f64().ceil() as u64).max(1),
+                )),
+            ),
+            None => ("error", Err(upstream(failure.to_string()))),
+        },
     };
     state
         .metrics
         .upstream_attempt(&model.id, result, started.elapsed());
-    answer.map_err(|reason| ApiError::Upstream(format!("model `{id}`: {reason}")))
+    answer
 }
 
 fn json_response(status: StatusCode, body: Bytes) -> Result<Response, ApiError> {

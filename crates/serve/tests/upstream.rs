@@ -408,3 +408,24 @@ async fn an_answer_without_usage_is_estimated_not_free() {
     let cost = (a.input_tokens * 1.0 + a.output_tokens * 2.0) / 1e6;
     assert!((a.cost_usd - cost).abs() < 1e-15 && a.cost_usd > 0.0, "{a:?}");
 }
+
+/// `/v1/embeddings` relays a model's request to wait (a 429 with `Retry-After`) as a 429
+/// with the same wait, not as the gateway's 502; another failure stays a 502.
+#[tokio::test]
+async fn an_embedding_model_asking_to_wait_is_a_429() {
+    let mut config = config(&fresh("upstream-embeddings-wait"), 120_000);
+    // Callable for embeddings; the scripted provider answers whatever the address.
+    config.routes[0].models[0].base_url = Some("http://127.0.0.1:9".into());
+    let (scripted, _, app) = gateway_over(config);
+    scripted.script("a", &[Reply::Wait(7), Reply::ServerError]);
+    let body = json!({"model": "a", "input": "hello"});
+    let waited = post(&app, "/v1/embeddings", &body).await;
+    assert_eq!(waited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(waited.headers()["retry-after"], "7");
+    let message = json_of(waited).await["error"]["message"].to_string();
+    assert!(message.contains("asked to wait"), "{message}");
+    assert_eq!(
+        post(&app, "/v1/embeddings", &body).await.status(),
+        StatusCode::BAD_GATEWAY
+    );
+}
