@@ -180,8 +180,17 @@ fn answer_tokens(json: &Value, prompt_tokens: u32) -> (u32, u32) {
             })
             .map(|text| text.chars().count())
             .sum();
-        (prompt_tokens, quiver_bandit::features::tokens_of_chars(chars))
+        estimated_tokens(prompt_tokens, chars)
     })
+}
+
+/// What a call that reported no `usage` is charged for: the prompt's estimated tokens, and
+/// its answer's `answer_chars` at four characters a token.
+fn estimated_tokens(prompt_tokens: u32, answer_chars: usize) -> (u32, u32) {
+    (
+        prompt_tokens,
+        quiver_bandit::features::tokens_of_chars(answer_chars),
+    )
 }
 
 /// Longest server-sent-event line the tally reads; longer ones pass through unread.
@@ -245,10 +254,8 @@ impl StreamTally {
     /// The tokens of the stream: its `usage` if it gave one, else the prompt's estimate
     /// and the content's length at four characters a token.
     fn tokens(&self, prompt_tokens: u32) -> (u32, u32) {
-        self.usage.unwrap_or((
-            prompt_tokens,
-            quiver_bandit::features::tokens_of_chars(self.content_chars),
-        ))
+        self.usage
+            .unwrap_or_else(|| estimated_tokens(prompt_tokens, self.content_chars))
     }
 }
 

@@ -39,6 +39,24 @@ impl TrackedDecision {
         }
     }
 
+    /// Refuses a quality `sent` for decision `id` (this one) other than the one it learned.
+    fn agrees(&self, id: u64, sent: f64) -> Result<()> {
+        match self.quality.filter(|&learned| learned != sent) {
+            Some(learned) => Err(ErrorKind::QualityConflict { id, learned, sent }.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// What recording a part of its feedback does: nothing unless it is `news`; else it is
+    /// applied, or for a removed arm only recorded.
+    fn applied_if(&self, news: bool) -> Applied {
+        match self.arm {
+            _ if !news => Applied::AlreadyApplied,
+            None => Applied::ArmRemoved,
+            Some(_) => Applied::Applied,
+        }
+    }
+
     /// A decision whose arm is gone: its feedback is acknowledged, never learned, so it
     /// keeps nothing but its size.
     pub(super) fn of_removed_arm(input_tokens: u32) -> Self {
@@ -131,36 +149,18 @@ impl Ledger {
         stated: Option<f64>,
     ) -> Result<Applied> {
         let t = self.get(id)?;
-        if let (Some(sent), Some(learned)) = (stated, t.quality) {
-            if sent != learned {
-                return Err(ErrorKind::QualityConflict { id, learned, sent }.into());
-            }
+        if let Some(sent) = stated {
+            t.agrees(id, sent)?;
         }
-        let news = !t.outcome_recorded || (credited.is_some() && !t.quality_recorded);
-        Ok(match t.arm {
-            _ if !news => Applied::AlreadyApplied,
-            None => Applied::ArmRemoved,
-            Some(_) => Applied::Applied,
-        })
+        Ok(t.applied_if(!t.outcome_recorded || (credited.is_some() && !t.quality_recorded)))
     }
 
     /// What recording `quality` for decision `id` would do: a repeat of the quality it
     /// learned is already applied; another is refused.
     pub(super) fn quality_would_apply(&self, id: u64, quality: f64) -> Result<Applied> {
         let t = self.get(id)?;
-        if let Some(learned) = t.quality.filter(|&q| q != quality) {
-            return Err(ErrorKind::QualityConflict {
-                id,
-                learned,
-                sent: quality,
-            }
-            .into());
-        }
-        Ok(match t.arm {
-            _ if t.quality_recorded => Applied::AlreadyApplied,
-            None => Applied::ArmRemoved,
-            Some(_) => Applied::Applied,
-        })
+        t.agrees(id, quality)?;
+        Ok(t.applied_if(!t.quality_recorded))
     }
 
     /// Forgets every decision with an id below `id`.
