@@ -189,6 +189,34 @@ fn a_budgeted_replay_reports_the_hull_at_its_budget() {
     assert!((p["regret_vs_hull_at_budget"].as_f64().unwrap() - rows * (hull - q)).abs() < 1e-9);
 }
 
+/// One seed gives no interval: its spread says nothing of the seeds' variance. Two do.
+#[test]
+fn one_seed_has_no_interval() {
+    let dir = scratch("replay_one_seed");
+    let data = wide_fixture(&dir);
+    let run = |seeds: &str| -> serde_json::Value {
+        let args = [
+            "replay",
+            "--data",
+            data.to_str().unwrap(),
+            "--policies",
+            "ucb1",
+            "--seeds",
+            seeds,
+            "--json",
+        ];
+        serde_json::from_str(&stdout(&quiver(&args))).expect("json")
+    };
+    let one = &run("1")["policies"][0];
+    for key in ["mean_quality", "mean_cost_usd", "mean_reward", "regret"] {
+        assert!(one["ci95"][key].is_null(), "{key}: {}", one["ci95"]);
+    }
+    let two = &run("2")["policies"][0];
+    let [lo, hi] = [0, 1].map(|i| two["ci95"]["mean_quality"][i].as_f64().unwrap());
+    let q = two["mean_quality"].as_f64().unwrap();
+    assert!(lo <= q && q <= hi, "{lo} {q} {hi}");
+}
+
 #[test]
 fn replay_out_writes_summary_curves_and_plots() {
     let dir = scratch("replay_out");

@@ -146,23 +146,23 @@ pub fn cpt(curve: &[(f64, f64)], x: f64) -> f64 {
     1.0
 }
 
-/// Mean and 95% Student-t interval of per-seed values (the interval collapses to the
-/// mean for a single seed).
-pub fn mean_ci95(values: &[f64]) -> (f64, [f64; 2]) {
+/// Mean and 95% Student-t interval of per-seed values; no interval from a single seed,
+/// whose spread says nothing of the seeds' variance.
+pub fn mean_ci95(values: &[f64]) -> (f64, Option<[f64; 2]>) {
     let n = values.len();
     if n == 0 {
-        return (f64::NAN, [f64::NAN, f64::NAN]);
+        return (f64::NAN, None);
     }
     let mean = values.iter().sum::<f64>() / n as f64;
     if n < 2 {
-        return (mean, [mean, mean]);
+        return (mean, None);
     }
     let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
     let t = StudentsT::new(0.0, 1.0, (n - 1) as f64)
         .map(|d| d.inverse_cdf(0.975))
         .unwrap_or(1.96);
     let half = t * (var / n as f64).sqrt();
-    (mean, [mean - half, mean + half])
+    (mean, Some([mean - half, mean + half]))
 }
 
 #[cfg(test)]
@@ -198,7 +198,8 @@ mod tests {
         let (mean, ci) = mean_ci95(&[1.0, 2.0, 3.0]);
         assert_eq!(mean, 2.0);
         // t_{0.975, 2} = 4.302653; sd = 1; half-width = 4.302653 / sqrt(3).
-        assert!((ci[1] - 2.0 - 4.302653 / 3f64.sqrt()).abs() < 1e-5);
-        assert_eq!(mean_ci95(&[5.0]), (5.0, [5.0, 5.0]));
+        assert!((ci.unwrap()[1] - 2.0 - 4.302653 / 3f64.sqrt()).abs() < 1e-5);
+        // One seed says nothing of the spread between seeds.
+        assert_eq!(mean_ci95(&[5.0]), (5.0, None));
     }
 }

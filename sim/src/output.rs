@@ -152,7 +152,7 @@ pub fn write_out(dir: &Path, summary: &Summary, settings: &ReplaySettings, runs:
                 let x = mine[0].curve[i].step as f64;
                 let (mean, ci) = mean_ci95(&values);
                 line.push((x, mean));
-                band.push((x, ci[0], ci[1]));
+                band.extend(ci.map(|[lo, hi]| (x, lo, hi)));
             }
             Series {
                 label: variant.label.clone(),
@@ -167,7 +167,7 @@ pub fn write_out(dir: &Path, summary: &Summary, settings: &ReplaySettings, runs:
         &dir.join("regret.svg"),
         &chart(
             "Cumulative regret vs the best fixed arm",
-            "line: mean over seeds; band: 95% interval across seeds (Student t)",
+            "line: mean over seeds; band: 95% interval across seeds (Student t; none from one seed)",
             "requests",
             "regret (reward units)",
             &regret_series,

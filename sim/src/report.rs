@@ -40,17 +40,17 @@ pub struct OracleInfo {
     pub mean_cost_usd: f64,
 }
 
-/// 95% intervals across seeds.
+/// 95% intervals across seeds; `None` (null) from a single seed.
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyCi {
     /// Of mean quality.
-    pub mean_quality: [f64; 2],
+    pub mean_quality: Option<[f64; 2]>,
     /// Of mean cost.
-    pub mean_cost_usd: [f64; 2],
+    pub mean_cost_usd: Option<[f64; 2]>,
     /// Of mean reward.
-    pub mean_reward: [f64; 2],
+    pub mean_reward: Option<[f64; 2]>,
     /// Of regret.
-    pub regret: [f64; 2],
+    pub regret: Option<[f64; 2]>,
 }
 
 /// `full_information` of a policy: the same policy shown every model's outcome after each
@@ -206,8 +206,8 @@ pub struct CascadeSummary {
     pub hull_quality_at_cost: f64,
     /// Mean quality minus `hull_quality_at_cost`.
     pub lift_over_hull: f64,
-    /// 95% interval of the mean quality across seeds (Student t).
-    pub ci95_quality: [f64; 2],
+    /// 95% interval of the mean quality across seeds (Student t); `None` from one seed.
+    pub ci95_quality: Option<[f64; 2]>,
 }
 
 /// The summaries of `runs` of `cascades` on `data` (whose hull `summary` holds).
