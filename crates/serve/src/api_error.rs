@@ -70,6 +70,7 @@ impl From<ServeError> for ApiError {
             ServeError::Config(_)
             | ServeError::Io { .. }
             | ServeError::Snapshot { .. }
+            | ServeError::ContextChanged { .. }
             | ServeError::FinalSnapshot(_)
             | ServeError::Poisoned(_) => ApiError::Internal(e.to_string()),
         }

@@ -73,6 +73,24 @@ pub enum ServeError {
         "stopped without the final snapshot ({0}); the log holds every change, and a restart replays it"
     )]
     FinalSnapshot(Box<ServeError>),
+    /// A logged decision to learn from, made in another context than its route builds now
+    /// (found when the log is learned again: after a crash before any snapshot, for a
+    /// route added back, or for one whose snapshot could not be read).
+    #[error(
+        "route `{route}` decided record {seq} of the log in the context {then}, and builds {now} now: \
+         what it learned does not carry over; restore the route's configuration, or start it afresh \
+         with `--reset-route {route}`"
+    )]
+    ContextChanged {
+        /// The route.
+        route: String,
+        /// The record.
+        seq: u64,
+        /// The logged context's definition.
+        then: String,
+        /// The route's today.
+        now: String,
+    },
     /// A snapshot that does not fit the configuration.
     #[error("{path}: {reason}")]
     Snapshot {

@@ -411,7 +411,7 @@ impl RouteState {
             .map_err(|_| ServeError::Poisoned(self.config.name.clone()))
     }
 
-    fn context(&self, prompt: &str, features: &[f64], embedding: Option<&[f64]>) -> Result<Context> {
+    fn check_features(&self, features: &[f64]) -> Result<()> {
         if features.len() != self.config.extra_features {
             return Err(ServeError::FeatureCount {
                 route: self.config.name.clone(),
@@ -419,6 +419,11 @@ impl RouteState {
                 got: features.len(),
             });
         }
+        Ok(())
+    }
+
+    fn context(&self, prompt: &str, features: &[f64], embedding: Option<&[f64]>) -> Result<Context> {
+        self.check_features(features)?;
         Ok(self.layout.build(prompt, features, embedding)?)
     }
 
@@ -436,6 +441,22 @@ impl RouteState {
             };
             record.featurizer = Some(by.into());
             record.embedding = embedding;
+        }
+    }
+
+    /// Whether a logged decision can be learned from again: it was decided in the context
+    /// the route builds now (a record older than recorded definitions is taken as it is).
+    /// A decision that is only re-registered, for a route started afresh, may be older.
+    fn learns_in_its_context(&self, record: &LogRecord) -> Result<()> {
+        let now = self.layout.definition();
+        match record.context.as_deref() {
+            Some(then) if then != now => Err(ServeError::ContextChanged {
+                route: record.route.clone(),
+                seq: record.seq,
+                then: then.to_string(),
+                now,
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -1374,6 +1395,9 @@ impl Router {
         let id = parse_decision_id(&record.decision_id)?.number;
         match record.event {
             LogEvent::Decision => {
+                if let Replay::Learn = replay {
+                    state.learns_in_its_context(record)?;
+                }
                 let context = state.logged_context(record)?;
                 state.live_mut().track(id, &context, record)?;
             }
@@ -1584,6 +1608,15 @@ impl Router {
     pub fn savings(&self, route: &str) -> Result<f64> {
         let now = quiver_log::now_rfc3339();
         Ok(self.state(route)?.lock()?.spend.month_savings(&now))
+    }
+
+    /// Whether a request brings as many caller features as `route` takes: checked before
+    /// the request costs anything (its prompt's embedding), and again on deciding. An
+    /// unknown route passes: deciding names it.
+    pub fn check_features(&self, route: &str, features: &[f64]) -> Result<()> {
+        self.routes
+            .get(route)
+            .map_or(Ok(()), |state| state.check_features(features))
     }
 
     /// The layout of `route`'s contexts: its hashed features and embedding block.

@@ -1331,6 +1331,54 @@ fn a_route_removed_and_added_back_goes_on_from_its_log() {
     );
 }
 
+/// A log learned again (no snapshot yet after a crash, or a route added back) whose
+/// decisions were made in another context than the route builds now is refused, as a
+/// snapshot's would be: its features do not mean what they meant. Started afresh, the
+/// route opens.
+#[test]
+fn a_log_learned_again_in_another_context_is_refused() {
+    let dir = scratch("router_log_context_changed");
+    let router = Router::open_with(routes(), &dir, crash_options()).unwrap();
+    workload(&router, 0..10, &mut Vec::new());
+    drop(router);
+    assert!(!dir.join("snapshot.json").exists(), "a crash before any snapshot");
+    let mut wider = routes();
+    wider[0].extra_features = 2;
+    let error = Router::open_with(wider.clone(), &dir, crash_options())
+        .err()
+        .expect("learned in another context")
+        .to_string();
+    assert!(
+        error.contains("route `chat` decided record") && error.contains("--reset-route chat"),
+        "{error}"
+    );
+    let options = RouterOptions {
+        reset_routes: vec!["chat".into()],
+        ..crash_options()
+    };
+    let reset = Router::open_with(wider.clone(), &dir, options).unwrap();
+    let request = RouteRequest {
+        prompt: Some("two features".into()),
+        features: vec![0.1, 0.2],
+        ..RouteRequest::default()
+    };
+    reset.route("chat", &request).unwrap().wait().unwrap();
+    reset.snapshot().unwrap();
+    drop(reset);
+    // The same for a route removed, changed and added back.
+    Router::open_with(wider[1..].to_vec(), &dir, crash_options())
+        .unwrap()
+        .snapshot()
+        .unwrap();
+    let mut narrower = wider;
+    narrower[0].extra_features = 1;
+    let error = Router::open_with(narrower, &dir, crash_options())
+        .err()
+        .expect("added back in another context")
+        .to_string();
+    assert!(error.contains("route `chat` decided record"), "{error}");
+}
+
 fn workload_on_chat(router: &Router, count: usize) {
     for i in 0..count {
         let request = RouteRequest {
