@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,7 +37,8 @@ fn toy_embedding(text: &str) -> Vec<f32> {
 type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
 
 /// A local OpenAI-compatible endpoint: `/embeddings` answers [`toy_embedding`] (slowly for
-/// an input with "slow", 500 for "fail", a malformed body for "garbled"), and
+/// an input with "slow", 500 for "fail", a malformed body for "garbled", two embeddings
+/// for "twice", a zero vector for "zero"), and
 /// `/chat/completions` answers every request.
 async fn endpoint(seen: Seen) -> SocketAddr {
     let embeddings = axum::routing::post(
@@ -59,6 +61,14 @@ async fn endpoint(seen: Seen) -> SocketAddr {
             }
             if input.contains("garbled") {
                 return axum::Json(json!({"data": [{"embedding": ["x"]}]})).into_response();
+            }
+            if input.contains("twice") {
+                let one = json!({"embedding": toy_embedding(&input)});
+                return axum::Json(json!({"data": [one, one]})).into_response();
+            }
+            if input.contains("zero") {
+                return axum::Json(json!({"data": [{"embedding": [0.0, 0.0, 0.0, 0.0, 0.0]}]}))
+                    .into_response();
             }
             axum::Json(json!({
                 "object": "list",
@@ -125,6 +135,8 @@ async fn a_route_embeds_through_an_endpoint_and_falls_back_to_hashing() {
         "a slow one",
         "this will fail",
         "garbled please",
+        "twice please",
+        "zero please",
     ];
     for prompt in prompts {
         let started = Instant::now();
@@ -149,13 +161,26 @@ async fn a_route_embeds_through_an_endpoint_and_falls_back_to_hashing() {
         .await
         .unwrap();
     assert_eq!(proxied.status(), 200);
+    // A request the route refuses (it takes no caller features) costs no embedding.
+    let refused = [
+        client
+            .post(format!("{base}/v1/route"))
+            .json(&json!({"route": "r", "prompt": "features?", "features": [1.0]})),
+        client
+            .post(format!("{base}/v1/chat/completions"))
+            .header("x-quiver-features", "1")
+            .json(&json!({"model": "r", "messages": [{"role": "user", "content": "features?"}]})),
+    ];
+    for request in refused {
+        assert_eq!(request.send().await.unwrap().status(), 422);
+    }
 
     let sent = seen.lock().unwrap().clone();
-    assert_eq!(sent.len(), 5);
+    assert_eq!(sent.len(), 7, "{sent:?}");
     for (model, _, auth) in &sent {
         assert_eq!((model.as_str(), auth.as_str()), ("emb-1", "Bearer sk-embed"));
     }
-    assert_eq!(sent[4].1, "Proxy me, 7 times");
+    assert_eq!(sent[6].1, "Proxy me, 7 times");
 
     let decisions: Vec<_> = quiver_serve::log::read_log(&dir.join("log"))
         .unwrap()
@@ -166,8 +191,19 @@ async fn a_route_embeds_through_an_endpoint_and_falls_back_to_hashing() {
         .iter()
         .map(|r| r.featurizer.as_deref().unwrap())
         .collect();
-    assert_eq!(by, ["embedding", "hashing", "hashing", "hashing", "embedding"]);
-    for (record, text) in [(&decisions[0], prompts[0]), (&decisions[4], "Proxy me, 7 times")] {
+    assert_eq!(
+        by,
+        [
+            "embedding",
+            "hashing",
+            "hashing",
+            "hashing",
+            "hashing",
+            "hashing",
+            "embedding"
+        ]
+    );
+    for (record, text) in [(&decisions[0], prompts[0]), (&decisions[6], "Proxy me, 7 times")] {
         assert_eq!(
             record.embedding,
             Some(block.project(&toy_embedding(text)).unwrap())
@@ -177,11 +213,11 @@ async fn a_route_embeds_through_an_endpoint_and_falls_back_to_hashing() {
             Some("hashing(words=40,chars=16,caller=0)+embedding(source=openai(model=emb-1),dims=8)")
         );
     }
-    assert!(decisions[1..4].iter().all(|r| r.embedding.is_none()));
+    assert!(decisions[1..6].iter().all(|r| r.embedding.is_none()));
 
     // Metrics are open on this server: no token is needed, and an empty one is ignored.
     let metrics = get_text(&client, format!("{base}/metrics"), "").await;
-    for (reason, n) in [("timeout", 1), ("error", 2)] {
+    for (reason, n) in [("timeout", 1), ("error", 4)] {
         let line = format!("quiver_embedding_fallbacks_total{{route=\"r\",reason=\"{reason}\"}} {n}");
         assert!(metrics.contains(&line), "{line} not in\n{metrics}");
     }
@@ -340,66 +376,97 @@ fn replay_without_the_bundled_encoder_says_how_to_get_it() {
 }
 
 /// A log of a route with an embedding block is read with each decision's block, so the
-/// contexts a replay or an off-policy evaluation of the log builds are the server's.
+/// contexts a replay or an off-policy evaluation of the log builds are the server's: with
+/// zero blocks where the server fell back to hashing (on every decision, for `fell`), with
+/// caller features in their order however many (`wide` takes 12, logged `f_10` before
+/// `f_2`), and for one route of a log whose routes take other features. A log of several
+/// contexts is evaluated one route at a time.
 #[test]
 fn a_logged_replay_rebuilds_the_servers_contexts_with_their_blocks() {
     use quiver_serve::Observed;
-    use quiver_sim::data::load_logged;
+    use quiver_sim::data::{load_logged, Split};
     let dir = scratch("embedding_logged");
-    let route = RouteConfig {
-        extra_features: 1,
+    let models = || {
+        vec![
+            ModelConfig::priced("small", 0.1, 0.2),
+            ModelConfig::priced("big", 5.0, 10.0),
+        ]
+    };
+    let embedded = |name: &str, extra_features: usize| RouteConfig {
+        extra_features,
         embedding: Some(EmbeddingConfig {
             dims: 8,
             ..EmbeddingConfig::endpoint("http://127.0.0.1:9/v1/embeddings", "emb-1")
         }),
-        ..RouteConfig::new(
-            "r",
-            "linucb",
-            vec![
-                ModelConfig::priced("small", 0.1, 0.2),
-                ModelConfig::priced("big", 5.0, 10.0),
-            ],
-        )
+        ..RouteConfig::new(name, "linucb", models())
     };
-    let router = Router::open(vec![route], &dir).unwrap();
+    let wide = RouteConfig {
+        extra_features: 12,
+        ..RouteConfig::new("wide", "linucb", models())
+    };
+    let router = Router::open(vec![embedded("r", 1), embedded("fell", 2), wide], &dir).unwrap();
     let block = router.layout("r").unwrap().embedding().unwrap().clone();
-    let mut expected = Vec::new();
+    let mut expected: BTreeMap<&str, Vec<quiver_bandit::Context>> = BTreeMap::new();
     for i in 0..12 {
         let prompt = format!("question {i}: what is {i} squared?");
-        let request = RouteRequest {
-            prompt: Some(prompt.clone()),
-            features: vec![i as f64 / 12.0],
-            ..RouteRequest::default()
-        };
-        // Every fourth embedding "timed out": the hashed features decided alone.
-        let embedding = (i % 4 != 3).then(|| block.project(&toy_embedding(&prompt)).unwrap());
-        let (context, _) = router.context("r", &request, embedding.as_deref()).unwrap();
-        expected.push(context);
-        let observed = Observed {
-            embedding,
-            ..Observed::default()
-        };
-        let routed = router
-            .route_observed("r", &request, observed)
-            .unwrap()
-            .wait()
-            .unwrap();
-        let outcome = quiver_bandit::Outcome::new(100.0, 0.001).with_quality(0.5);
-        router
-            .record_outcome(&routed.decision_id, &outcome)
-            .unwrap()
-            .wait()
-            .unwrap();
+        for (route, features) in [
+            ("r", vec![i as f64 / 12.0]),
+            ("fell", vec![0.5, i as f64]),
+            ("wide", (0..12).map(|j| if j == i { 1.0 } else { 0.0 }).collect()),
+        ] {
+            let request = RouteRequest {
+                prompt: Some(prompt.clone()),
+                features,
+                ..RouteRequest::default()
+            };
+            // On `r`, every fourth embedding "timed out": the hashed features decided alone.
+            let embedding =
+                (route == "r" && i % 4 != 3).then(|| block.project(&toy_embedding(&prompt)).unwrap());
+            let (context, _) = router.context(route, &request, embedding.as_deref()).unwrap();
+            expected.entry(route).or_default().push(context);
+            let observed = Observed {
+                embedding,
+                ..Observed::default()
+            };
+            let routed = router
+                .route_observed(route, &request, observed)
+                .unwrap()
+                .wait()
+                .unwrap();
+            let outcome = quiver_bandit::Outcome::new(100.0, 0.001).with_quality(0.5);
+            router
+                .record_outcome(&routed.decision_id, &outcome)
+                .unwrap()
+                .wait()
+                .unwrap();
+        }
     }
-    let definition = router.layout("r").unwrap().definition();
+    let definitions: BTreeMap<&str, String> = expected
+        .keys()
+        .map(|&route| (route, router.layout(route).unwrap().definition()))
+        .collect();
     drop(router);
 
-    let log = load_logged(dir.to_str().unwrap(), Format::Auto, None).unwrap();
-    assert_eq!(log.context.as_deref(), Some(definition.as_str()));
-    let blocks = log.embeddings.as_ref().unwrap();
-    assert_eq!(blocks.iter().filter(|b| b.is_none()).count(), 3);
-    assert_eq!(ContextBuilder::for_log(&log).definition(), definition);
-    assert_eq!(ContextBuilder::log_contexts(&log).unwrap(), expected);
+    let whole = load_logged(dir.to_str().unwrap(), Format::Auto, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        whole.contains("built in 3 contexts") && whole.contains("--split route=NAME"),
+        "{whole}"
+    );
+    for (route, contexts) in &expected {
+        let split: Split = format!("route={route}").parse().unwrap();
+        let log = load_logged(dir.to_str().unwrap(), Format::Auto, Some(&split)).unwrap();
+        let definition = definitions[route].as_str();
+        assert_eq!(log.context.as_deref(), Some(definition));
+        assert_eq!(ContextBuilder::for_log(&log).definition(), definition, "{route}");
+        assert_eq!(&ContextBuilder::log_contexts(&log).unwrap(), contexts, "{route}");
+    }
+    let r: Split = "route=r".parse().unwrap();
+    let blocks = load_logged(dir.to_str().unwrap(), Format::Auto, Some(&r))
+        .unwrap()
+        .embeddings;
+    assert_eq!(blocks.unwrap().iter().filter(|b| b.is_none()).count(), 3);
 }
 
 /// `POST /v1/embeddings` passes through to the configured model `model` names, with its

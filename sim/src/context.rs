@@ -126,12 +126,13 @@ impl ContextBuilder {
     }
 
     /// The builder of a log's contexts: its prompts and features (logs carry no task), and,
-    /// on a log of a route with an embedding block, that block as each decision logged it.
+    /// on a log of a route with an embedding block, that block as each decision logged it
+    /// (zeros where the server fell back to hashing alone, as it did).
     pub fn for_log(log: &LoggedDataset) -> Self {
         let builder = ContextBuilder::new(log.prompts.is_some(), &[], log.feature_names.len());
         let block = log.context.as_deref().and_then(EmbeddingBlock::from_definition);
-        match (builder.featurizer.clone(), block, &log.embeddings) {
-            (Some(PromptFeaturizer::Hashing(hashing)), Some(block), Some(_)) => ContextBuilder {
+        match (builder.featurizer.clone(), block) {
+            (Some(PromptFeaturizer::Hashing(hashing)), Some(block)) => ContextBuilder {
                 featurizer: Some(PromptFeaturizer::Logged(ContextLayout::new(hashing, Some(block)))),
                 ..builder
             },

@@ -133,6 +133,15 @@ impl HashingFeaturizer {
     pub fn config(&self) -> FeaturizerConfig {
         self.config
     }
+
+    /// The number of caller features a context definition (a route's, as logged) takes:
+    /// `caller=N` of its hashing block; `None` for another definition.
+    pub fn caller_features_in(definition: &str) -> Option<usize> {
+        let (blocks, _) = definition.strip_prefix("hashing(")?.split_once(')')?;
+        blocks
+            .split(',')
+            .find_map(|b| b.strip_prefix("caller=")?.parse().ok())
+    }
 }
 
 /// Estimated token count of a text: `ceil(chars / 4)`.
@@ -362,6 +371,20 @@ fn non_ascii_letter_share(text: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_definitions_caller_features_are_read_back() {
+        for n in [0, 2, 12] {
+            let definition = HashingFeaturizer::for_routes(n).definition();
+            assert_eq!(HashingFeaturizer::caller_features_in(&definition), Some(n));
+            let with_block = format!("{definition}+embedding(source=fixed,dims=8)");
+            assert_eq!(HashingFeaturizer::caller_features_in(&with_block), Some(n));
+        }
+        assert_eq!(
+            HashingFeaturizer::caller_features_in("bias+tasks(3)+caller(2)"),
+            None
+        );
+    }
 
     #[test]
     fn dimension_is_documented_and_deterministic() {

@@ -59,6 +59,7 @@ pub(crate) async fn route(
     ApiJson(mut body): ApiJson<RouteBody>,
 ) -> Result<Json<RouteAnswer>, ApiError> {
     body.request.session = crate::proxy::session(&headers, body.request.session.take())?;
+    state.router.check_features(&body.route, &body.request.features)?;
     let (observed, _) = state
         .observe(&body.route, &body.request.text()?, &headers, None)
         .await;

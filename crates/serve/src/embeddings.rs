@@ -6,6 +6,7 @@
 //! `quiver_embedding_fallbacks_total` counts it.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use quiver_bandit::EmbeddingBlock;
@@ -39,6 +40,8 @@ struct RouteEmbedder {
     source: Source,
     block: EmbeddingBlock,
     timeout: Duration,
+    /// The width of the source's first embedding: another is not the same model's.
+    width: OnceLock<usize>,
 }
 
 #[derive(Debug)]
@@ -76,6 +79,7 @@ impl Embedders {
                     source,
                     block,
                     timeout: Duration::from_millis(config.timeout_ms),
+                    width: OnceLock::new(),
                 },
             );
         }
@@ -110,11 +114,7 @@ impl Embedders {
     ) -> Option<Embedded> {
         let embedder = self.routes.get(route)?;
         let result = match tokio::time::timeout(embedder.timeout, embedder.fetch(http, text)).await {
-            Ok(Ok(raw)) => embedder
-                .block
-                .project(&raw)
-                .map(|projected| Embedded { raw, projected })
-                .map_err(|e| Failure::Error(e.to_string())),
+            Ok(Ok(raw)) => embedder.accept(raw).map_err(Failure::Error),
             Ok(Err(message)) => Err(Failure::Error(message)),
             Err(_) => Err(Failure::Timeout),
         };
@@ -165,6 +165,24 @@ fn source(config: &EmbeddingConfig) -> Result<Source> {
 }
 
 impl RouteEmbedder {
+    /// An embedding from the source, projected for the route's block, or why it is not
+    /// one: empty, not finite, a zero vector (no direction, its block the fallback's), or
+    /// of another width than the source's first.
+    fn accept(&self, raw: Vec<f32>) -> std::result::Result<Embedded, String> {
+        let projected = self.block.project(&raw).map_err(|e| e.to_string())?;
+        if raw.iter().all(|v| *v == 0.0) {
+            return Err("the embedding is a zero vector".into());
+        }
+        let width = *self.width.get_or_init(|| raw.len());
+        if raw.len() != width {
+            return Err(format!(
+                "an embedding of {} numbers, where the source's first had {width}",
+                raw.len()
+            ));
+        }
+        Ok(Embedded { raw, projected })
+    }
+
     async fn fetch(&self, http: &reqwest::Client, text: &str) -> std::result::Result<Vec<f32>, String> {
         if text.trim().is_empty() {
             return Err("blank prompt".into());
@@ -181,8 +199,7 @@ impl RouteEmbedder {
                     return Err(format!("{url}: status {status}"));
                 }
                 let body: Value = response.json().await.map_err(|e| format!("{url}: {e}"))?;
-                first_embedding(&body)
-                    .ok_or_else(|| format!("{url}: no `data[0].embedding` array of numbers"))
+                the_embedding(&body).map_err(|e| format!("{url}: {e}"))
             }
             #[cfg(feature = "minilm")]
             Source::Bundled(encoder, permits) => {
@@ -203,15 +220,23 @@ impl RouteEmbedder {
     }
 }
 
-/// `data[0].embedding` of an OpenAI embeddings answer.
-fn first_embedding(body: &Value) -> Option<Vec<f32>> {
-    body.get("data")?
-        .get(0)?
-        .get("embedding")?
-        .as_array()?
-        .iter()
-        .map(|v| v.as_f64().map(|x| x as f32))
-        .collect()
+/// The embedding of an OpenAI embeddings answer to one input: `data` holds one, its
+/// `index` (if given) 0.
+fn the_embedding(body: &Value) -> std::result::Result<Vec<f32>, String> {
+    let data = body
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or("no `data` array")?;
+    let [item] = &data[..] else {
+        return Err(format!("{} embeddings in `data` for one input", data.len()));
+    };
+    if item.get("index").is_some_and(|i| i.as_u64() != Some(0)) {
+        return Err(format!("the embedding's `index` is {}, not 0", item["index"]));
+    }
+    item.get("embedding")
+        .and_then(Value::as_array)
+        .and_then(|numbers| numbers.iter().map(|v| v.as_f64().map(|x| x as f32)).collect())
+        .ok_or_else(|| "no `data[0].embedding` array of numbers".into())
 }
 
 #[cfg(test)]
@@ -246,14 +271,63 @@ mod tests {
     }
 
     #[test]
-    fn the_first_embedding_of_an_openai_answer() {
+    fn the_embedding_of_an_openai_answer() {
         let body =
             json!({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.5, -1]}]});
-        assert_eq!(first_embedding(&body), Some(vec![0.5, -1.0]));
+        assert_eq!(the_embedding(&body), Ok(vec![0.5, -1.0]));
         assert_eq!(
-            first_embedding(&json!({"data": [{"embedding": [0.5, "x"]}]})),
-            None
+            the_embedding(&json!({"data": [{"embedding": [2]}]})),
+            Ok(vec![2.0])
         );
-        assert_eq!(first_embedding(&json!({"data": []})), None);
+        for (body, why) in [
+            (json!({"data": [{"embedding": [0.5, "x"]}]}), "array of numbers"),
+            (json!({"data": []}), "0 embeddings"),
+            (
+                json!({"data": [{"embedding": [1]}, {"embedding": [2]}]}),
+                "2 embeddings",
+            ),
+            (json!({"data": [{"index": 1, "embedding": [1]}]}), "`index` is 1"),
+            (json!({"embedding": [1]}), "no `data`"),
+        ] {
+            let error = the_embedding(&body).unwrap_err();
+            assert!(error.contains(why), "{body}: {error}");
+        }
+    }
+
+    /// A zero vector (the fallback's block under the embedding's name) and an embedding of
+    /// another width than the source's first are not the route's embeddings.
+    #[test]
+    fn an_embedding_must_have_a_direction_and_the_sources_width() {
+        let route = RouteConfig {
+            embedding: Some(
+                serde_json::from_value(json!({"url": "http://127.0.0.1:9/v1/embeddings", "model": "e"}))
+                    .unwrap(),
+            ),
+            ..RouteConfig::new(
+                "r",
+                "linucb",
+                vec![crate::config::ModelConfig::priced("m", 1.0, 1.0)],
+            )
+        };
+        let embedders = Embedders::new(&[route]).unwrap();
+        let embedder = &embedders.routes["r"];
+        assert!(embedder.accept(vec![0.0; 4]).unwrap_err().contains("zero vector"));
+        assert!(embedder
+            .accept(vec![1e-50f64 as f32; 4])
+            .unwrap_err()
+            .contains("zero vector"));
+        assert_eq!(
+            embedder
+                .accept(vec![0.5, -0.5, 1.0, 0.0])
+                .unwrap()
+                .projected
+                .len(),
+            embedder.block.dims()
+        );
+        assert!(embedder
+            .accept(vec![0.5, 1.0, 2.0])
+            .unwrap_err()
+            .contains("3 numbers, where the source's first had 4"));
+        embedder.accept(vec![0.1, 0.2, 0.3, 0.4]).unwrap();
     }
 }

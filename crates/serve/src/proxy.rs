@@ -450,6 +450,7 @@ async fn complete_in_task(
     let user = request.get("user").and_then(Value::as_str).map(str::to_string);
     route_request.session = session(&headers, user)?;
     route_request.features = caller_features(&headers)?;
+    state.router.check_features(&route, &route_request.features)?;
     let prompt = route_request.text()?;
     let tags = required_tags(&headers)?;
     let (mut store_under, mut read_cache) = (None, false);

@@ -18,7 +18,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use ndarray::{concatenate, Array2, Axis};
-use quiver_bandit::limits;
+use quiver_bandit::{limits, HashingFeaturizer};
 use quiver_log::{LogEvent, Merge, SCHEMA_VERSION};
 
 use super::wide::{ids_or_row_numbers, optional_in_range, optional_texts};
@@ -94,6 +94,44 @@ struct Rows {
 }
 
 /// Refuses a log with records of a newer format than this build reads.
+/// The context definition a log's decisions were built in, when logged: one, since a
+/// policy is evaluated in one context.
+fn decisions_context(table: &Table, is_decision: impl Fn(usize) -> bool) -> Result<Option<String>> {
+    let Some(logged) = optional_texts(table, "context")? else {
+        return Ok(None);
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    for (row, context) in logged.iter().enumerate() {
+        if is_decision(row) && !context.is_empty() && !seen.contains(&context.as_str()) {
+            seen.push(context);
+        }
+    }
+    match seen[..] {
+        [] => Ok(None),
+        [one] => Ok(Some(one.to_string())),
+        _ => Err(several_contexts(&table.path, &seen)),
+    }
+}
+
+fn several_contexts(path: &Path, contexts: &[&str]) -> SimError {
+    SimError::Mismatch(format!(
+        "{}: the log's decisions were built in {} contexts (`{}`), and a policy is evaluated in \
+         one: keep one route's decisions with `--split route=NAME`",
+        path.display(),
+        contexts.len(),
+        contexts.join("`, `")
+    ))
+}
+
+/// The caller-feature columns of a log's decisions: `f_0 .. f_{n-1}` for the `n` its
+/// context definition takes (a server's other routes may log more), else every `f_*`.
+fn logged_feature_columns(table: &Table, context: Option<&str>) -> Vec<String> {
+    match context.and_then(HashingFeaturizer::caller_features_in) {
+        Some(n) => (0..n).map(quiver_log::feature_name).collect(),
+        None => feature_columns(&table.columns()),
+    }
+}
+
 fn check_schema(table: &Table) -> Result<()> {
     if !table.has("schema") {
         return Ok(());
@@ -169,7 +207,8 @@ impl LoggedReader {
         let texts = |column: &str| -> Result<Vec<String>> {
             Ok(optional_texts(table, column)?.unwrap_or_else(|| vec![String::new(); n]))
         };
-        let feature_names = feature_columns(&table.columns());
+        let context = decisions_context(table, is_decision)?;
+        let feature_names = logged_feature_columns(table, context.as_deref());
         let features = read_features(table, &feature_names, is_decision)?;
         let (reasons, parents) = (texts("reason")?, texts("parent_decision_id")?);
         let evaluated = (0..n)
@@ -205,8 +244,7 @@ impl LoggedReader {
                 prompts: optional_texts(table, "prompt")?,
                 features,
                 feature_names,
-                context: optional_texts(table, "context")?
-                    .and_then(|c| c.into_iter().find(|d| !d.is_empty())),
+                context,
                 embeddings: table.number_lists("embedding")?,
                 ..LoggedDataset::default()
             },
@@ -399,6 +437,11 @@ pub(crate) fn combine_logged(
     let mut features = Vec::with_capacity(parts.len());
     for (i, (names, mut part)) in parts.into_iter().enumerate() {
         let rows = part.decision_ids.len();
+        if let (Some(mine), Some(theirs)) = (&out.context, &part.context) {
+            if mine != theirs {
+                return Err(several_contexts(Path::new(source), &[mine, theirs]));
+            }
+        }
         if i > 0 && part.feature_names != out.feature_names {
             return Err(SimError::Mismatch(
                 "files of one log must share their f_* columns".into(),
@@ -601,6 +644,11 @@ impl LoggedDataset {
                 path.display()
             ))
         };
+        if let (Some(mine), Some(theirs)) = (&self.context, &part.context) {
+            if mine != theirs {
+                return Err(several_contexts(path, &[mine, theirs]));
+            }
+        }
         if part.feature_names != self.feature_names {
             return Err(differs("f_* columns"));
         }

@@ -203,9 +203,16 @@ pub fn load_logged(source: &str, format: Format, split: Option<&Split>) -> Resul
     }
 }
 
-/// The numeric feature columns (`f_*`) of a table, in file order.
+/// The numeric feature columns (`f_*`) of a table: by index when every one is `f_<i>`,
+/// as a server's caller features are named and ordered (a log may write `f_10` before
+/// `f_2`), else in file order.
 pub(crate) fn feature_columns(columns: &[String]) -> Vec<String> {
-    columns.iter().filter(|c| c.starts_with("f_")).cloned().collect()
+    let mut names: Vec<&String> = columns.iter().filter(|c| c.starts_with("f_")).collect();
+    let index = |name: &str| name["f_".len()..].parse::<usize>().ok();
+    if names.iter().all(|n| index(n).is_some()) {
+        names.sort_by_key(|n| index(n));
+    }
+    names.into_iter().cloned().collect()
 }
 
 /// Reads `f_*` columns row-major. Values must lie within the learner's bounds on a
