@@ -1152,7 +1152,7 @@ async fn every_error_is_json_in_openai_shape() {
     let dir = scratch("hostile_errors");
     let config = write_config(
         &dir,
-        "max_body_bytes = 1024\nmax_header_bytes = 8192\n[auth]\nroute_tokens = [\"t\"]",
+        "max_body_bytes = 1024\nmax_header_bytes = 8192\n[auth]\nroute_tokens = [\"t\"]\nadmin_tokens = [\"a\"]",
         TWO_ARMS,
     );
     let (child, base) = start_binary(&["--config", &config]);

@@ -285,6 +285,23 @@ impl ServeConfig {
         Ok(())
     }
 
+    /// Tokens on routing or feedback and none on the admin endpoints would leave these
+    /// (every route's state, snapshots, canary actions, `/metrics`) open to anyone: an
+    /// operator who locks the doors locks all of them, or says which stay open.
+    pub fn check_auth(&self) -> Result<()> {
+        let auth = &self.auth;
+        let locked = !auth.route_tokens.is_empty() || !auth.feedback_tokens.is_empty();
+        if locked && auth.admin_tokens.is_empty() {
+            return Err(ServeError::Config(
+                "auth: route or feedback tokens are set and admin_tokens is empty, which would leave the \
+                 admin endpoints (routes' state, snapshots, canary actions, /metrics) open to anyone; \
+                 set admin_tokens (or QUIVER_ADMIN_TOKENS)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Refuses a deployment that cannot work (a weight or limit out of range, a model
     /// with deployments and its own `base_url`), naming it.
     pub fn check_deployments(&self) -> Result<()> {
@@ -699,6 +716,19 @@ mod tests {
             .contains("needs route or admin tokens"));
         config.auth.route_tokens = vec!["t".into()];
         assert!(config.check_cors().is_ok());
+    }
+
+    #[test]
+    fn locked_routes_need_locked_admin_endpoints() {
+        let mut config = with_key(None);
+        assert!(config.check_auth().is_ok(), "all open");
+        config.auth.feedback_tokens = vec!["f".into()];
+        let err = config.check_auth().unwrap_err().to_string();
+        assert!(err.contains("set admin_tokens"), "{err}");
+        config.auth.admin_tokens = vec!["a".into()];
+        assert!(config.check_auth().is_ok());
+        config.auth.feedback_tokens.clear();
+        assert!(config.check_auth().is_ok(), "admin tokens alone lock everything");
     }
 
     #[test]

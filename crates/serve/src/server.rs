@@ -40,6 +40,7 @@ pub fn state_with(
     config.check_limits()?;
     config.check_deployments()?;
     config.check_cors()?;
+    config.check_auth()?;
     config.cache.check().map_err(ServeError::Config)?;
     let cluster = config
         .cluster
@@ -341,15 +342,24 @@ async fn first_byte_arrives(stream: &tokio::net::TcpStream, limit: Duration) -> 
 /// Catches Ctrl-C and SIGTERM from now on and returns a future that resolves on either.
 /// Registering before the server announces its address means a signal sent as soon as
 /// it is listening stops it cleanly, rather than killing it before the loop first waits.
+/// SIGHUP, which asks many servers to reload, is caught too: the configuration is read at
+/// start, so it is answered with a warning and serving goes on, rather than ending the
+/// process without its drain or final snapshot.
 #[cfg(unix)]
 pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {},
-            _ = terminate.recv() => {},
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => return,
+                _ = terminate.recv() => return,
+                _ = hangup.recv() => tracing::warn!(
+                    "SIGHUP: the configuration is read at start; restart the server to apply a change"
+                ),
+            }
         }
     })
 }
@@ -367,11 +377,18 @@ mod tests {
 
     /// A SIGTERM that arrives before the future is first polled is caught, not fatal: with
     /// a handler installed only on the first poll, this signal would end the test binary.
+    /// A SIGHUP before it asks for a reload, which a server reading its configuration at
+    /// start cannot give: it neither stops the server nor ends the process. (One test:
+    /// signals reach the whole test binary.)
     #[cfg(unix)]
     #[tokio::test]
-    async fn a_terminate_signal_before_the_first_wait_is_caught() {
-        let stopped = shutdown_signal().unwrap();
+    async fn a_terminate_signal_before_the_first_wait_is_caught_and_a_hangup_ignored() {
+        let mut stopped = std::pin::pin!(shutdown_signal().unwrap());
         // SAFETY: kill only sends a signal, to this process, whose handler is installed.
+        assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGHUP) }, 0);
+        let waited = tokio::time::timeout(Duration::from_millis(300), &mut stopped).await;
+        assert!(waited.is_err(), "a hangup stopped the server");
+        // SAFETY: as above.
         assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGTERM) }, 0);
         tokio::time::timeout(Duration::from_secs(5), stopped)
             .await
