@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use quiver_bandit::canary::{CanaryReport, Stage};
 use quiver_bandit::shadow::{Draws, ShadowReport, Shadows};
@@ -121,6 +121,9 @@ pub struct Observed {
     pub unavailable: BTreeMap<String, String>,
     /// Who asked (`crate::auth::caller`), when routing takes tokens.
     pub caller: Option<String>,
+    /// Whether the server calls the chosen model itself and records the call's outcome
+    /// (the proxy): its estimated cost counts against the spend caps until then.
+    pub calls: bool,
 }
 
 /// A routed request: the decision and its id for outcome and feedback.
@@ -169,6 +172,51 @@ struct LiveRoute {
     recent: VecDeque<RecentDecision>,
     /// The sessions its requests named.
     sessions: Sessions,
+    /// The calls the server is making for the route, until their outcomes come.
+    in_flight: InFlight,
+}
+
+/// The calls a server makes for a route's decisions (the proxy's), at their decisions'
+/// estimated cost, from the decision until the call's outcome is recorded. Spend caps
+/// count them, so that a burst of concurrent calls cannot all pass a cap none of them has
+/// reached yet. A call whose outcome never came (its task dropped mid-call) is forgotten
+/// after [`IN_FLIGHT_LIMIT`].
+#[derive(Debug, Default)]
+struct InFlight {
+    calls: BTreeMap<u64, InFlightCall>,
+}
+
+#[derive(Debug)]
+struct InFlightCall {
+    usd: f64,
+    caller: Option<String>,
+    since: Instant,
+}
+
+/// How long a call counts as under way without its outcome: longer than any request's
+/// time limit, so only a call whose outcome went missing is forgotten.
+const IN_FLIGHT_LIMIT: Duration = Duration::from_secs(15 * 60);
+
+impl InFlight {
+    fn start(&mut self, id: u64, usd: f64, caller: Option<String>) {
+        let since = Instant::now();
+        self.calls.retain(|_, call| since - call.since < IN_FLIGHT_LIMIT);
+        self.calls.insert(id, InFlightCall { usd, caller, since });
+    }
+
+    fn end(&mut self, id: u64) {
+        self.calls.remove(&id);
+    }
+
+    /// The estimated cost of the calls under way: all of them, or `caller`'s.
+    fn usd(&self, caller: Option<&str>) -> f64 {
+        self.calls
+            .values()
+            .filter(|call| call.since.elapsed() < IN_FLIGHT_LIMIT)
+            .filter(|call| caller.is_none() || call.caller.as_deref() == caller)
+            .map(|call| call.usd)
+            .sum()
+    }
 }
 
 /// Decisions a route keeps for [`Router::recent_decisions`].
@@ -328,6 +376,7 @@ impl RouteState {
                 shadows,
                 recent: VecDeque::new(),
                 sessions: Sessions::new(config.sessions.clone()),
+                in_flight: InFlight::default(),
             }),
             layout,
             config,
@@ -635,6 +684,14 @@ impl LiveRoute {
 
     /// Counts what an outcome recorded at `timestamp` cost (and would have cost on the
     /// dearest model) against the route and its caller.
+    /// Counts the call the server makes for `decision` (logged as `record`) against the
+    /// spend caps at its estimated cost, until its outcome comes.
+    fn call_under_way(&mut self, decision: &quiver_bandit::Decision, record: &LogRecord) {
+        let chosen = decision.arms.iter().find(|a| a.arm == decision.arm);
+        let usd = chosen.map_or(0.0, |a| a.cost_usd);
+        self.in_flight.start(decision.id, usd, record.caller.clone());
+    }
+
     fn spent(&mut self, timestamp: &str, usd: f64, dearest_usd: f64, caller: Option<&str>) {
         self.spend.add(timestamp, usd, dearest_usd);
         if let Some(caller) = caller {
@@ -1647,24 +1704,30 @@ impl Router {
             embedding,
             mut unavailable,
             caller,
+            calls,
         } = observed;
         let prompt = request.text()?;
         let state = self.state(route)?;
         let mut live = state.lock()?;
         let now = SystemTime::now();
-        // The caps in force, each with whom it holds and what they spent (named only then:
-        // this is every decision's path).
+        // The caps in force, each with whom it holds and what they spent, the calls under
+        // way included (named only then: this is every decision's path).
+        let timestamp = quiver_log::now_rfc3339();
+        let with_calls_under_way = |mut spent: Spend, caller: Option<&str>| {
+            spent.add(&timestamp, live.in_flight.usd(caller), 0.0);
+            spent
+        };
         let caps = [
-            state
-                .config
-                .spend_cap
-                .map(|cap| (cap, format!("route `{route}`"), live.cluster_spend())),
+            state.config.spend_cap.map(|cap| {
+                let spent = with_calls_under_way(live.cluster_spend(), None);
+                (cap, format!("route `{route}`"), spent)
+            }),
             state
                 .config
                 .caller_spend_cap
                 .zip(caller.as_deref())
                 .map(|(cap, c)| {
-                    let spent = live.cluster_caller_spend(c);
+                    let spent = with_calls_under_way(live.cluster_caller_spend(c), Some(c));
                     (cap, format!("caller `{c}` on route `{route}`"), spent)
                 }),
         ];
@@ -1750,6 +1813,9 @@ impl Router {
         record.caller = caller;
         let seq = self.stage(&mut record)?;
         live.track(decision.id, &context, &record)?;
+        if calls {
+            live.call_under_way(&decision, &record);
+        }
         if let Some(key) = &record.session {
             live.sessions.decided(key, decision.id, &decision.arm, now);
         }
@@ -1807,6 +1873,7 @@ impl Router {
         record.features = logged_features(&request.features);
         let seq = self.stage(&mut record)?;
         live.track(decision.id, &context, &record)?;
+        live.call_under_way(&decision, &record);
         live.remember(&decision, &record, false);
         live.own_changes += 1;
         Ok(self.pending(
@@ -1871,6 +1938,7 @@ impl Router {
         let (route, id, mut record) = self.tracked_record(decision_id, LogEvent::Outcome)?;
         let state = self.state(&route)?;
         let mut live = state.lock()?;
+        live.in_flight.end(id);
         if live.learner.outcome_recorded(id)? {
             let Some(quality) = quiver_bandit::credited_quality(outcome.quality, outcome.error) else {
                 return Ok(self.pending(Applied::AlreadyApplied, self.log.last_staged()));

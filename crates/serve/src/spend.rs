@@ -1,8 +1,9 @@
 //! Spend caps per route, and per caller on a route: USD per UTC day and per UTC month.
 //!
 //! A route's spend is the cost of the outcomes it recorded (the proxy's calls and
-//! `/v1/outcome` reports), counted by the UTC day and month of the record; a caller's is
-//! that of the outcomes of the decisions it asked for (callers are told apart by a digest
+//! `/v1/outcome` reports), counted by the UTC day and month of the record, and the calls
+//! the proxy has under way at their estimated cost (the router's `InFlight`); a caller's
+//! is that of the outcomes of the decisions it asked for (callers are told apart by a digest
 //! of their bearer token, logged with each decision and outcome). Near a cap (from
 //! `downgrade_at` of it) decisions keep to the cheaper half of the route's models, by list
 //! price; at the cap the route (or the caller) is refused with a 429 naming the cap, until

@@ -93,6 +93,7 @@ impl AppState {
             embedding,
             unavailable,
             caller: crate::auth::caller(self, headers),
+            calls: call.is_some(),
         };
         (observed, raw)
     }

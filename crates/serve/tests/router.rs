@@ -1084,6 +1084,80 @@ fn a_spend_cap_downgrades_then_refuses_and_survives_a_restart() {
     ));
 }
 
+/// Calls the server makes (the proxy's) count against a spend cap from their decision on,
+/// at their estimated cost, until their outcomes come: a burst of concurrent calls stops
+/// at the cap instead of passing it together; an outcome replaces the estimate by the
+/// cost; decisions whose calls the client makes (`/v1/route`) reserve nothing.
+#[test]
+fn calls_under_way_count_against_a_spend_cap() {
+    use quiver_serve::spend::SpendCap;
+    use quiver_serve::Observed;
+    let dir = scratch("router_spend_cap_in_flight");
+    let route = |daily_usd: f64| RouteConfig {
+        spend_cap: Some(SpendCap {
+            daily_usd: Some(daily_usd),
+            monthly_usd: None,
+            downgrade_at: 1.0,
+        }),
+        ..RouteConfig::new("r", "beta-ts", vec![ModelConfig::priced("m", 1.0, 2.0)])
+    };
+    let request = RouteRequest {
+        prompt: Some("hi".into()),
+        ..RouteRequest::default()
+    };
+    // The model's estimated cost for this request, from a route without a cap.
+    let estimate = {
+        let router = Router::open(vec![route(1.0)], &scratch("router_spend_cap_estimate")).unwrap();
+        router.route("r", &request).unwrap().wait().unwrap().decision.arms[0].cost_usd
+    };
+    assert!(estimate > 0.0);
+    let router = Router::open(vec![route(3.5 * estimate)], &dir).unwrap();
+    let proxied = || {
+        let observed = Observed {
+            calls: true,
+            ..Observed::default()
+        };
+        router
+            .route_observed("r", &request, observed)
+            .map(|p| p.wait().unwrap())
+    };
+    let under_way: Vec<_> = (0..4).map(|_| proxied().unwrap()).collect();
+    assert!(
+        matches!(proxied(), Err(ServeError::SpendCap { .. })),
+        "four calls under way reach 4 of the cap's 3.5 estimates"
+    );
+    // A decision the client calls for reserves nothing, but is refused all the same.
+    assert!(matches!(
+        router.route("r", &request),
+        Err(ServeError::SpendCap { .. })
+    ));
+    // One call ends having cost nothing: room for one more.
+    // (Answers of the length the estimate assumed, so that the estimate stays.)
+    let free = Outcome::new(100.0, 0.0).with_tokens(1, 256);
+    router
+        .record_outcome(&under_way[0].decision_id, &free)
+        .unwrap()
+        .wait()
+        .unwrap();
+    let fifth = proxied().unwrap();
+    assert!(matches!(proxied(), Err(ServeError::SpendCap { .. })));
+    // Every call ends at half its estimate: 2 estimates spent, room for three more calls.
+    for routed in under_way[1..].iter().chain([&fifth]) {
+        let outcome = Outcome::new(100.0, 0.5 * estimate).with_tokens(1, 256);
+        router
+            .record_outcome(&routed.decision_id, &outcome)
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    for _ in 0..2 {
+        proxied().unwrap();
+    }
+    assert!(matches!(proxied(), Err(ServeError::SpendCap { .. })));
+    let (day, _) = router.spend("r").unwrap();
+    assert!((day - 2.0 * estimate).abs() < 1e-12, "{day}");
+}
+
 /// Each caller's cap counts only the outcomes of the decisions it asked for, each cost
 /// once (a later outcome bringing the quality is feedback): a caller at its cap is
 /// refused, naming itself, while another is served; decisions without a caller count
