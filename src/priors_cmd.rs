@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
-use quiver_bandit::prior::{check_cap, DEFAULT_PRIOR_CAP};
+use quiver_bandit::prior::{check_cap, Priors, DEFAULT_PRIOR_CAP};
 use quiver_sim::context::{task_in_context, ContextBuilder};
 use quiver_sim::data::{detect_format, load_wide, Format, LogStream, Split};
 use quiver_sim::priors::{fit_logged, fit_wide};
@@ -63,7 +63,10 @@ fn fit(args: FitArgs) -> Result<()> {
         };
         let builder = ContextBuilder::new(data.prompts.is_some(), &tasks, data.feature_names.len());
         let env = Environment::new(&data, &builder)?;
-        fit_wide(&env, &builder.definition(), args.cap)
+        Priors {
+            tasks: builder.tasks().to_vec(),
+            ..fit_wide(&env, &builder.definition(), args.cap)
+        }
     };
     if priors.arms.is_empty() {
         bail!(
@@ -79,6 +82,12 @@ fn fit(args: FitArgs) -> Result<()> {
         priors.arms.len(),
         priors.context
     );
+    if !priors.tasks.is_empty() {
+        eprintln!(
+            "  the first caller features are the task one-hot, in this order: {}",
+            priors.tasks.join(", ")
+        );
+    }
     for (arm, p) in &priors.arms {
         let cost = match &p.cost_correction {
             Some(c) => format!(

@@ -382,13 +382,23 @@ fn parse_latency(text: &str) -> std::result::Result<(f64, f64), String> {
     Ok((median, sigma))
 }
 
-/// Reads a priors file and checks it was fitted on contexts built as `definition`.
-pub fn read_priors(path: &std::path::Path, definition: &str) -> Result<Priors> {
+/// Reads a priors file and checks it was fitted on contexts built as `builder` builds
+/// them: the same definition, and the same task labels in the same slots.
+pub fn read_priors(path: &std::path::Path, builder: &ContextBuilder) -> Result<Priors> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let priors = Priors::from_json(&text).with_context(|| path.display().to_string())?;
     priors
-        .check_context(definition)
+        .check_context(&builder.definition())
         .with_context(|| path.display().to_string())?;
+    if priors.tasks != builder.tasks() {
+        bail!(
+            "{}: the priors were fitted with the task labels [{}] one-hot, and these contexts carry [{}]: \
+             the same slots would hold other tasks; fit the priors on this data's tasks",
+            path.display(),
+            priors.tasks.join(", "),
+            builder.tasks().join(", ")
+        );
+    }
     Ok(priors)
 }
 
@@ -633,7 +643,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     let mut priors = args
         .priors
         .as_deref()
-        .map(|path| read_priors(path, &builder.definition()))
+        .map(|path| read_priors(path, &builder))
         .transpose()?;
     if let (Some(path), Some(read)) = (&args.priors, &priors) {
         let unknown: Vec<&str> = data

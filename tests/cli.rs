@@ -668,6 +668,42 @@ fn a_new_users_mistakes_get_precise_errors() {
         "{warned}"
     );
 
+    // Priors fitted with tasks x and y one-hot would weigh another table's tasks by slot.
+    let judged_priors = dir.join("judged_priors.json");
+    let judged_priors = judged_priors.to_str().unwrap();
+    stdout(&quiver(&[
+        "priors",
+        "fit",
+        "--data",
+        judged,
+        "--out",
+        judged_priors,
+    ]));
+    stdout(&quiver(&[
+        "replay",
+        "--data",
+        judged,
+        "--priors",
+        judged_priors,
+        "--seeds",
+        "1",
+    ]));
+    let renamed = dir.join("renamed.csv");
+    std::fs::write(&renamed, "id,task,quality|a,quality|b\n1,w,1,0\n2,y,0,1\n").unwrap();
+    let err = stderr(&quiver(&[
+        "replay",
+        "--data",
+        renamed.to_str().unwrap(),
+        "--priors",
+        judged_priors,
+        "--seeds",
+        "1",
+    ]));
+    assert!(
+        err.contains("task labels [x, y] one-hot, and these contexts carry [w, y]"),
+        "{err}"
+    );
+
     // Training rows without the prompts the evaluated rows have would teach another context.
     let prompted = dir.join("prompted.csv");
     std::fs::write(&prompted, "id,prompt,quality|a,quality|b\n1,hi,1,0\n2,bye,0,1\n").unwrap();

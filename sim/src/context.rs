@@ -108,6 +108,12 @@ impl ContextBuilder {
         }
     }
 
+    /// The task labels one-hot in the contexts, in their order (sorted), first among the
+    /// caller features.
+    pub fn tasks(&self) -> &[String] {
+        &self.tasks
+    }
+
     /// The dimension of every context.
     pub fn dim(&self) -> usize {
         match &self.featurizer {

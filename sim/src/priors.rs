@@ -46,6 +46,7 @@ pub fn fit_wide(env: &Environment, context: &str, cap: f64) -> Priors {
     Priors {
         version: PRIORS_VERSION,
         context: context.to_string(),
+        tasks: Vec::new(),
         dim: env.dim(),
         cap,
         source: format!("{} ({} rows, every arm observed)", data.source, data.rows()),
@@ -189,6 +190,7 @@ pub fn fit_logged(log: &mut LogStream, cap: f64) -> Result<Priors> {
     Ok(Priors {
         version: PRIORS_VERSION,
         context: ContextBuilder::for_log(&header).definition(),
+        tasks: Vec::new(),
         dim,
         cap,
         source: format!("{} ({} logged decisions)", header.source, log.rows()),

@@ -104,6 +104,11 @@ pub struct Priors {
     /// The featurizer definition the contexts were built with
     /// ([`crate::Featurizer::definition`]); a route with another one cannot use the priors.
     pub context: String,
+    /// The task labels whose one-hot the contexts carried as their first caller features,
+    /// in order (a table's, fitted with its task as a feature); none without. The context's
+    /// definition counts them but does not name them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<String>,
     /// The feature dimension.
     pub dim: usize,
     /// The cap on observations per arm the fit applied.
@@ -457,6 +462,7 @@ mod tests {
         Priors {
             version: PRIORS_VERSION,
             context: "test".into(),
+            tasks: Vec::new(),
             dim,
             cap: 1e9,
             source: "test".into(),

@@ -843,6 +843,7 @@ fn a_budget_set_later_starts_from_the_priors_spend_curve() {
     let priors = Priors {
         version: PRIORS_VERSION,
         context: "test".into(),
+        tasks: Vec::new(),
         dim: 2,
         cap: 1e9,
         source: "test".into(),

@@ -772,6 +772,7 @@ fn write_priors(path: &Path, context: &str) {
     let priors = Priors {
         version: PRIORS_VERSION,
         context: context.into(),
+        tasks: Vec::new(),
         dim: featurizer.dim(),
         cap: 1e9,
         source: "test".into(),
