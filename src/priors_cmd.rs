@@ -56,6 +56,13 @@ fn fit(args: FitArgs) -> Result<()> {
         fit_logged(&mut log, args.cap)?
     } else {
         let data = load_wide(&args.data, args.format, args.split.as_ref())?;
+        if let Some(first) = data.dropped.first() {
+            eprintln!(
+                "{}: {} incomplete rows left out of the fit (a model's value missing), the first: {first}",
+                args.data,
+                data.dropped.len()
+            );
+        }
         let tasks = if task_in_context(data.prompts.is_some(), args.task_feature) {
             data.tasks.clone().unwrap_or_default()
         } else {

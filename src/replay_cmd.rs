@@ -75,7 +75,7 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "first=MODEL,then=MODEL[,pass=0.5][,check_error=0]", value_parser = cascade_arg)]
     cascade: Vec<Cascade>,
     /// Seeds; each shuffles the request order.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    #[arg(long, default_value_t = DEFAULT_SEEDS, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     seeds: u64,
     /// Keep only rows whose COLUMN equals VALUE (of --data, and of --train unless --train-split).
     #[arg(long, value_name = "COLUMN=VALUE", requires = "data")]
@@ -295,6 +295,9 @@ enum Sweep {
     Budget(Vec<Budget>),
     WCost(Vec<f64>),
 }
+
+/// Seeds of a replay unless `--seeds` says otherwise.
+const DEFAULT_SEEDS: u64 = 5;
 
 /// The most settings one sweep replays.
 const MAX_SWEEP_POINTS: usize = 1000;
@@ -546,6 +549,15 @@ pub fn run(args: ReplayArgs) -> Result<()> {
                 ("--out", args.out.is_some()),
                 ("--no-full-information", args.no_full_information),
                 ("--task-feature", args.task_feature),
+                // A log's estimates are exact: no request order to shuffle or feedback to delay.
+                ("--seeds", args.seeds != DEFAULT_SEEDS),
+                ("--feedback-delay", args.feedback_delay != 0),
+                ("--missing-feedback", args.missing_feedback != 0.0),
+                ("--pacer-step", args.pacer_step != DEFAULT_PACING_STEP),
+                ("--prior-cap", args.prior_cap != DEFAULT_PRIOR_CAP),
+                ("--train-feedback", args.train_feedback != TrainFeedback::Full),
+                ("--train-passes", args.train_passes != 1),
+                ("--explore-passes", args.explore_passes != 0),
             ];
             let given: Vec<&str> = simulated
                 .iter()
@@ -585,6 +597,23 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     }
     if args.budget.is_some() && matches!(args.sweep, Some(Sweep::Budget(_))) {
         bail!("--budget and --sweep budget=... both set the budget; use one");
+    }
+    if args.w_cost.is_some() && matches!(args.sweep, Some(Sweep::WCost(_))) {
+        bail!("--w-cost and --sweep w-cost=... both set the cost weight; use one");
+    }
+    if args.priors.is_some() && args.train.is_none() && args.prior_cap != DEFAULT_PRIOR_CAP {
+        bail!("--prior-cap caps priors fitted from --train; a priors file keeps the cap it was fitted with (`quiver priors fit --cap`)");
+    }
+    if let Some(drift) = &args.drift {
+        if drift.step >= data.rows() {
+            bail!(
+                "--drift {}@{}: step {} is past the {} evaluated rows, so nothing would drift",
+                drift.arm,
+                drift.step,
+                drift.step,
+                data.rows()
+            );
+        }
     }
     let budget = args
         .budget

@@ -214,8 +214,15 @@ fn report(results: &[CaseResult]) -> String {
             names.push(&r.candidate);
         }
     }
-    let mean = |lifts: &[f64]| lifts.iter().sum::<f64>() / lifts.len() as f64;
-    let worst = |lifts: &[f64]| lifts.iter().copied().fold(f64::INFINITY, f64::min);
+    // Over the cases that have the figure (a full-information lift is not always run);
+    // n/a over none (a run without trained or late cases, read with --from).
+    let shown = |lift: Option<f64>| lift.map_or("n/a".into(), |l| format!("{l:+.4}"));
+    let known = |lifts: &[f64]| -> Vec<f64> { lifts.iter().copied().filter(|l| l.is_finite()).collect() };
+    let mean = |lifts: &[f64]| {
+        let lifts = known(lifts);
+        shown((!lifts.is_empty()).then(|| lifts.iter().sum::<f64>() / lifts.len() as f64))
+    };
+    let worst = |lifts: &[f64]| shown(known(lifts).into_iter().min_by(f64::total_cmp));
     for name in names {
         let lifts = |kind: &str, full: bool| -> Vec<f64> {
             results
@@ -237,14 +244,14 @@ fn report(results: &[CaseResult]) -> String {
         let spend = feasible()
             .map(|r| r.spend_vs_budget)
             .max_by(|a, b| (a - 1.0).abs().total_cmp(&(b - 1.0).abs()))
-            .unwrap_or(f64::NAN);
+            .map_or("n/a".into(), |s| format!("{:.1}%", 100.0 * s));
         let at_budget: Vec<f64> = feasible().map(|r| r.lift_at_budget).collect();
         out.push_str(&format!(
-            "{:<width$} {:>+10.4} {:>+10.4} {:>11.1}% {:>+10.4} {:>+10.4} {:>+10.4} {:>+10.4} {:>+10.4} {:>+10.4} {:>+10.4}\n",
+            "{:<width$} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
             name,
             mean(&trained),
             worst(&trained),
-            100.0 * spend,
+            spend,
             worst(&at_budget),
             mean(&cold),
             worst(&cold),

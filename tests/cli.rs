@@ -378,6 +378,22 @@ fn wide_data_converts_to_a_log_that_ope_reads() {
             && !Path::new("unwritten").exists(),
         "{err}"
     );
+    // So are the simulation's knobs, which a log's exact estimates would ignore.
+    let err = stderr(&quiver(&[
+        "replay",
+        "--data",
+        log.to_str().unwrap(),
+        "--seeds",
+        "9",
+        "--feedback-delay",
+        "30",
+        "--prior-cap",
+        "5",
+    ]));
+    assert!(
+        err.contains("--seeds, --feedback-delay, --prior-cap apply to tables of every model's outcome"),
+        "{err}"
+    );
     // fixed(small)'s true quality on the fixture is 80/120; SNIPS with eps(0.5) logging is close.
     let snips = quality["estimates"][2]["value"].as_f64().unwrap();
     assert!((snips - 80.0 / 120.0).abs() < 0.2, "snips {snips}");
@@ -679,7 +695,7 @@ fn a_new_users_mistakes_get_precise_errors() {
         "--out",
         judged_priors,
     ]));
-    stdout(&quiver(&[
+    let table = stdout(&quiver(&[
         "replay",
         "--data",
         judged,
@@ -688,6 +704,8 @@ fn a_new_users_mistakes_get_precise_errors() {
         "--seeds",
         "1",
     ]));
+    // A table without costs has no cost share of the best model to show.
+    assert!(!table.contains("NaN"), "{table}");
     let renamed = dir.join("renamed.csv");
     std::fs::write(&renamed, "id,task,quality|a,quality|b\n1,w,1,0\n2,y,0,1\n").unwrap();
     let err = stderr(&quiver(&[
@@ -703,6 +721,27 @@ fn a_new_users_mistakes_get_precise_errors() {
         err.contains("task labels [x, y] one-hot, and these contexts carry [w, y]"),
         "{err}"
     );
+
+    // Settings that would be silently overridden, or change nothing, are refused.
+    for (args, refusal) in [
+        (
+            &["--priors", judged_priors, "--prior-cap", "30"][..],
+            "a priors file keeps the cap it was fitted with",
+        ),
+        (
+            &["--w-cost", "999", "--sweep", "w-cost=0..10:2"][..],
+            "--w-cost and --sweep w-cost=... both set the cost weight",
+        ),
+        (
+            &["--drift", "a@2:-0.5"][..],
+            "step 2 is past the 2 evaluated rows",
+        ),
+    ] {
+        let mut command = vec!["replay", "--data", judged, "--seeds", "1"];
+        command.extend_from_slice(args);
+        let err = stderr(&quiver(&command));
+        assert!(err.contains(refusal), "{args:?}: {err}");
+    }
 
     // Training rows without the prompts the evaluated rows have would teach another context.
     let prompted = dir.join("prompted.csv");
@@ -1454,6 +1493,15 @@ fn a_suite_run_compares_with_an_earlier_one() {
     );
     let (new_arg, base_arg) = (new.to_str().unwrap(), base.to_str().unwrap());
     let out = stdout(&quiver(&["suite", "--from", new_arg, "--against", base_arg]));
+    // Figures over no case (no late cases, no full-information lifts here) are n/a.
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("linucb") && l.contains('%'))
+        .unwrap_or_else(|| panic!("no summary line: {out}"));
+    assert!(
+        summary.contains("n/a") && !summary.contains("NaN") && !summary.contains("inf"),
+        "{summary}"
+    );
     let row = |set: &str| -> Vec<String> {
         let line = out
             .lines()

@@ -419,6 +419,16 @@ fn latency(ms: Option<f64>) -> String {
     ms.map_or("n/a".into(), |ms| format!("{ms:.1}"))
 }
 
+/// A ratio to the best single model as a percentage; n/a where the best has none to
+/// compare with (a table without costs).
+fn share(ratio: f64) -> String {
+    if ratio.is_finite() {
+        format!("{:.1}%", 100.0 * ratio)
+    } else {
+        "n/a".into()
+    }
+}
+
 /// The summary as a terminal table.
 pub fn table(summary: &Summary) -> String {
     let mut out = String::new();
@@ -474,15 +484,15 @@ pub fn table(summary: &Summary) -> String {
     ));
     for p in &summary.policies {
         out.push_str(&format!(
-            "{:<width$} {:>8.4} {:>11.6} {:>10} {:>8.4} {:>9.1} {:>8.1}% {:>7.1}% {:>8.4} {:>+8.4} {:>9} {:>8} {:>10}\n",
+            "{:<width$} {:>8.4} {:>11.6} {:>10} {:>8.4} {:>9.1} {:>9} {:>8} {:>8.4} {:>+8.4} {:>9} {:>8} {:>10}\n",
             p.policy,
             p.mean_quality,
             p.mean_cost_usd,
             latency(p.mean_latency_ms),
             p.mean_reward,
             p.regret,
-            100.0 * p.quality_vs_best_single,
-            100.0 * p.cost_vs_best_single,
+            share(p.quality_vs_best_single),
+            share(p.cost_vs_best_single),
             p.hull_quality_at_cost,
             p.lift_over_hull,
             p.full_information
@@ -515,15 +525,15 @@ pub fn table(summary: &Summary) -> String {
             (a.mean_quality / b.mean_quality, a.mean_cost_usd / b.mean_cost_usd)
         });
         out.push_str(&format!(
-            "{:<width$} {:>8.4} {:>11.6} {:>10} {:>8} {:>9} {:>8.1}% {:>7.1}%\n",
+            "{:<width$} {:>8.4} {:>11.6} {:>10} {:>8} {:>9} {:>9} {:>8}\n",
             format!("single:{}", a.arm),
             a.mean_quality,
             a.mean_cost_usd,
             latency(a.mean_latency_ms),
             "",
             "",
-            100.0 * q,
-            100.0 * c
+            share(q),
+            share(c)
         ));
     }
     out.push_str(&format!(
