@@ -946,6 +946,11 @@ async fn traffic_shifts_to_the_arm_with_the_best_feedback_and_feedback_rules_hol
         metrics.contains("quiver_decisions_total{route=\"learn\"} 201"),
         "{metrics}"
     );
+    // Feedback by what became of it: a repeat is not counted as applied, a refusal not at all.
+    for (status, count) in [("applied", 201), ("already_applied", 1)] {
+        let line = format!("quiver_reports_total{{kind=\"feedback\",status=\"{status}\"}} {count}");
+        assert!(metrics.contains(&line), "{line}\n{metrics}");
+    }
     let openapi: Value = client
         .get(format!("{base}/openapi.json"))
         .send()

@@ -375,7 +375,7 @@ fn a_canary_is_rebuilt_from_the_log_on_restart() {
 
     // A share the gate cannot take, and a canary on a route shared between replicas, stop
     // the start, named.
-    let mut wide = canary_route(&scenario, "random", "random", 0);
+    let mut wide = canary_route(&scenario, "random", "eps(0.1)", 0);
     wide.canary.as_mut().unwrap().share = 0.7;
     let err = Router::open(vec![wide], &scratch("canary_wide"))
         .err()

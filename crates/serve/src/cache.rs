@@ -63,8 +63,15 @@ impl Default for CacheConfig {
 }
 
 impl CacheConfig {
-    /// Refuses a similarity that is not in (0, 1].
+    /// Refuses a similarity that is not in (0, 1], and an enabled cache that could hold
+    /// nothing (a TTL or size of 0).
     pub fn check(&self) -> Result<(), String> {
+        if self.enabled && (self.ttl_s == 0 || self.max_bytes == 0) {
+            return Err(
+                "cache.ttl_s and cache.max_bytes must be at least 1 (`enabled = false` turns the cache off)"
+                    .into(),
+            );
+        }
         match self.semantic_similarity {
             Some(s) if !(s > 0.0 && s <= 1.0) => {
                 Err(format!("cache.semantic_similarity {s} is not in (0, 1]"))

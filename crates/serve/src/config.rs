@@ -315,6 +315,16 @@ impl ServeConfig {
                         "give base_url on the model or on its deployments, not both".into()
                     ));
                 }
+                if let Some(url) = &model.base_url {
+                    check_base_url(url).map_err(at)?;
+                }
+                // Deployments are told apart by name: in breakers, limits and metrics.
+                let mut named = std::collections::BTreeSet::new();
+                for name in model.deployments.iter().filter_map(|d| d.name.as_deref()) {
+                    if !named.insert(name) {
+                        return Err(at(format!("two deployments are named `{name}`")));
+                    }
+                }
                 for (i, deployment) in model.deployments.iter().enumerate() {
                     deployment.check().map_err(|e| {
                         at(format!(
@@ -360,6 +370,20 @@ impl ServeConfig {
         Ok(())
     }
 }
+
+/// An upstream's base URL must be an http(s) URL with a host: anything else would fail
+/// every call.
+pub(crate) fn check_base_url(url: &str) -> std::result::Result<(), String> {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => Ok(()),
+        Ok(_) => Err(format!("base_url `{url}` is not an http(s) URL with a host")),
+        Err(e) => Err(format!("base_url `{url}` is not a URL ({e})")),
+    }
+}
+
+/// The most caller features a route takes: each model holds a square matrix of the
+/// context's dimension, so a few hundred already weigh megabytes per model.
+pub const MAX_CALLER_FEATURES: usize = 256;
 
 /// One model a route can call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -484,6 +508,56 @@ pub struct RouteConfig {
     /// How requests naming a session stay on one model (`crate::sessions`).
     #[serde(default)]
     pub sessions: SessionConfig,
+}
+
+impl RouteConfig {
+    /// Settings that could not work, or would silently do nothing: too many caller
+    /// features, an embedding that could never come in time, sessions remembered for no
+    /// time, the route's own policy (or one twice) among its shadow candidates or as its
+    /// canary.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.extra_features > MAX_CALLER_FEATURES {
+            return Err(format!(
+                "extra_features {} is more than {MAX_CALLER_FEATURES}",
+                self.extra_features
+            ));
+        }
+        if self.embedding.as_ref().is_some_and(|e| e.timeout_ms == 0) {
+            return Err("embedding.timeout_ms is 0: no embedding would ever come in time".into());
+        }
+        let sessions = &self.sessions;
+        if sessions.enabled && (sessions.idle_timeout_s == 0 || sessions.max_sessions == 0) {
+            return Err(
+                "sessions.idle_timeout_s and sessions.max_sessions must be at least 1 (`enabled = false` turns sessions off)"
+                    .into(),
+            );
+        }
+        let spec = |text: &str| {
+            text.parse::<quiver_bandit::PolicySpec>()
+                .map_err(|e| e.to_string())
+        };
+        let own = spec(&self.policy)?;
+        let mut candidates = Vec::new();
+        for text in &self.shadow {
+            let candidate = spec(text)?;
+            if candidate == own {
+                return Err(format!("shadow `{text}` is the route's own policy"));
+            }
+            if candidates.contains(&candidate) {
+                return Err(format!("shadow `{text}` is listed twice"));
+            }
+            candidates.push(candidate);
+        }
+        if let Some(canary) = &self.canary {
+            if spec(&canary.policy)? == own {
+                return Err(format!(
+                    "canary `{}` is the route's own policy: it would be compared with itself",
+                    canary.policy
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A route's canary: a candidate policy serving a share of the traffic, promoted or
@@ -716,6 +790,109 @@ mod tests {
             .contains("needs route or admin tokens"));
         config.auth.route_tokens = vec!["t".into()];
         assert!(config.check_cors().is_ok());
+    }
+
+    /// Settings that could not work, or would silently do nothing, stop the start, named.
+    #[test]
+    fn settings_that_do_nothing_are_refused() {
+        let route = |extra: serde_json::Value| -> RouteConfig {
+            let mut route = serde_json::json!({
+                "name": "r", "policy": "lints(v=0.05)",
+                "models": [{"id": "m", "base_url": "http://127.0.0.1:9/v1"}]
+            });
+            route
+                .as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::from_value(route).unwrap()
+        };
+        assert_eq!(route(serde_json::json!({})).check(), Ok(()));
+        for (extra, refusal) in [
+            (
+                serde_json::json!({"extra_features": 257}),
+                "extra_features 257 is more than 256",
+            ),
+            (
+                serde_json::json!({"embedding": {"url": "http://127.0.0.1:9/v1/embeddings", "model": "e", "timeout_ms": 0}}),
+                "embedding.timeout_ms is 0",
+            ),
+            (
+                serde_json::json!({"sessions": {"max_sessions": 0}}),
+                "sessions.idle_timeout_s and sessions.max_sessions",
+            ),
+            (
+                serde_json::json!({"sessions": {"idle_timeout_s": 0}}),
+                "sessions.idle_timeout_s and sessions.max_sessions",
+            ),
+            (
+                serde_json::json!({"shadow": ["lints"]}),
+                "shadow `lints` is the route's own policy",
+            ),
+            (
+                serde_json::json!({"shadow": ["eps(0.1)", "eps(epsilon=0.1)"]}),
+                "shadow `eps(epsilon=0.1)` is listed twice",
+            ),
+            (
+                serde_json::json!({"canary": {"policy": "lints(v=0.05)"}}),
+                "compared with itself",
+            ),
+        ] {
+            let error = route(extra.clone()).check().unwrap_err();
+            assert!(error.contains(refusal), "{extra}: {error}");
+        }
+        assert_eq!(
+            route(serde_json::json!({"sessions": {"enabled": false, "max_sessions": 0}})).check(),
+            Ok(())
+        );
+
+        let with_models = |models: serde_json::Value| {
+            let mut config = with_key(None);
+            config.routes[0].models = serde_json::from_value(models).unwrap();
+            config.check_deployments()
+        };
+        for (url, refusal) in [
+            ("htp:/nonsense", "not an http(s) URL"),
+            ("localhost:8080", "not an http(s) URL"),
+            ("", "not a URL"),
+        ] {
+            let error = with_models(serde_json::json!([{"id": "m", "base_url": url}]))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(refusal), "{url}: {error}");
+        }
+        let twins = serde_json::json!([{"id": "m", "deployments": [
+            {"name": "a", "base_url": "http://127.0.0.1:9/v1"},
+            {"name": "a", "base_url": "http://127.0.0.1:10/v1"}
+        ]}]);
+        let error = with_models(twins).unwrap_err().to_string();
+        assert!(
+            error.contains("route `r`, model `m`: two deployments are named `a`"),
+            "{error}"
+        );
+        let bad_deployment = serde_json::json!([{"id": "m", "deployments": [{"base_url": "ftp://x/v1"}]}]);
+        assert!(with_models(bad_deployment)
+            .unwrap_err()
+            .to_string()
+            .contains("not an http(s) URL"));
+
+        let cache = |ttl_s: u64, max_bytes: usize| crate::cache::CacheConfig {
+            enabled: true,
+            ttl_s,
+            max_bytes,
+            semantic_similarity: None,
+        };
+        assert!(cache(300, 1).check().is_ok());
+        assert!(cache(0, 1)
+            .check()
+            .unwrap_err()
+            .contains("cache.ttl_s and cache.max_bytes"));
+        assert!(cache(300, 0).check().is_err());
+        let empty_cap = crate::spend::SpendCap {
+            daily_usd: None,
+            monthly_usd: None,
+            downgrade_at: 0.9,
+        };
+        assert!(empty_cap.check().unwrap_err().contains("caps nothing"));
     }
 
     #[test]

@@ -107,6 +107,18 @@ pub enum ReportStatus {
     Forwarded,
 }
 
+impl ReportStatus {
+    /// Its name, as the API and the metrics say it.
+    fn name(self) -> &'static str {
+        match self {
+            ReportStatus::Applied => "applied",
+            ReportStatus::AlreadyApplied => "already_applied",
+            ReportStatus::ArmRemoved => "arm_removed",
+            ReportStatus::Forwarded => "forwarded",
+        }
+    }
+}
+
 impl From<Applied> for ReportStatus {
     fn from(applied: Applied) -> Self {
         match applied {
@@ -136,13 +148,17 @@ async fn report(
     decision_id: String,
     report: Report,
 ) -> Result<(StatusCode, Json<AppliedBody>), ApiError> {
+    let kind = match report {
+        Report::Feedback { .. } => "feedback",
+        Report::Outcome { .. } => "outcome",
+    };
     let status = match (report.stage(&state.router, &decision_id), &state.cluster) {
         (Err(ServeError::OtherReplica { replica, .. }), Some(_)) => {
-            let (state, id) = (Arc::clone(state), decision_id.clone());
+            let (shared, id) = (Arc::clone(state), decision_id.clone());
             tokio::task::spawn_blocking(move || {
-                let cluster = state.cluster.as_ref().expect("matched above");
+                let cluster = shared.cluster.as_ref().expect("matched above");
                 cluster.forward(&replica, &id, report)?;
-                state.metrics.cluster_forwarded.inc();
+                shared.metrics.cluster_forwarded.inc();
                 Ok::<_, ServeError>(())
             })
             .await
@@ -151,6 +167,7 @@ async fn report(
                 decision_id,
                 status: ReportStatus::Forwarded,
             };
+            state.metrics.reported(kind, body.status.name());
             return Ok((StatusCode::ACCEPTED, Json(body)));
         }
         (staged, _) => state.durable(staged?).await?,
@@ -159,6 +176,7 @@ async fn report(
         decision_id,
         status: status.into(),
     };
+    state.metrics.reported(kind, body.status.name());
     Ok((StatusCode::OK, Json(body)))
 }
 
@@ -179,9 +197,7 @@ pub(crate) async fn feedback(
     ApiJson(body): ApiJson<FeedbackBody>,
 ) -> Result<(StatusCode, Json<AppliedBody>), ApiError> {
     let quality = body.quality;
-    let answer = report(&state, body.decision_id, Report::Feedback { quality }).await?;
-    state.metrics.feedback.inc();
-    Ok(answer)
+    report(&state, body.decision_id, Report::Feedback { quality }).await
 }
 
 /// `POST /v1/outcome` body: what the call of a routed request cost, for applications

@@ -59,6 +59,15 @@ pub struct EmbeddingFallbackLabels {
     pub reason: String,
 }
 
+/// A report (feedback or outcome) by what became of it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReportLabels {
+    /// `feedback` or `outcome`.
+    pub kind: String,
+    /// What became of it: `applied`, `already_applied`, `arm_removed` or `forwarded`.
+    pub status: String,
+}
+
 /// What came of something: `ok` or `error`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -99,8 +108,8 @@ pub struct Metrics {
     pub fallbacks: Counter,
     /// Upstream attempts that failed (error status, timeout, bad body).
     pub upstream_failures: Counter,
-    /// Feedback accepted.
-    pub feedback: Counter,
+    /// Feedback and outcomes reported over HTTP, by what became of them.
+    pub reports: Family<ReportLabels, Counter>,
     /// Snapshots written.
     pub snapshots: Counter,
     /// Snapshots that failed (and were not written).
@@ -165,7 +174,6 @@ impl Default for Metrics {
             "Calls to a fallback model after the decision's model failed, each a child decision",
         );
         let upstream_failures = counter("quiver_upstream_failures", "Failed upstream attempts");
-        let feedback = counter("quiver_feedback", "Accepted feedback");
         let snapshots = counter("quiver_snapshots", "Snapshots written");
         let snapshot_failures = counter(
             "quiver_snapshot_failures",
@@ -254,6 +262,13 @@ impl Default for Metrics {
             "Feedback and outcomes other replicas forwarded here, by result (applied, repeated, refused)",
             cluster_forwards_received.clone(),
         );
+        let reports = Family::<ReportLabels, Counter>::default();
+        registry.register(
+            "quiver_reports",
+            "Feedback and outcomes reported over HTTP, by kind and by what became of them (applied, \
+             already_applied: a repeat, arm_removed, forwarded: to the replica that decided)",
+            reports.clone(),
+        );
         let embedding_fallbacks = Family::<EmbeddingFallbackLabels, Counter>::default();
         registry.register(
             "quiver_embedding_fallbacks",
@@ -267,7 +282,7 @@ impl Default for Metrics {
             cascade_escalations,
             fallbacks,
             upstream_failures,
-            feedback,
+            reports,
             snapshots,
             snapshot_failures,
             overloaded,
@@ -293,6 +308,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts a report (`feedback` or `outcome`) by what became of it.
+    pub fn reported(&self, kind: &str, status: &str) {
+        let labels = ReportLabels {
+            kind: kind.to_string(),
+            status: status.to_string(),
+        };
+        self.reports.get_or_create(&labels).inc();
+    }
+
     /// Records an upstream attempt and its result: `ok`, `refused` (the upstream blamed the
     /// request) or `error`.
     pub fn upstream_attempt(&self, model: &str, result: &str, took: Duration) {

@@ -342,7 +342,20 @@ fn learner_setup(
 }
 
 impl RouteState {
+    /// The route `config` describes, nothing learned; a configuration it cannot work with
+    /// is refused naming the route.
     fn new(config: RouteConfig, feedback_horizon: usize) -> Result<Self> {
+        let name = config.name.clone();
+        Self::build(config, feedback_horizon).map_err(|e| match e {
+            ServeError::Config(_) => e,
+            other => ServeError::Config(format!("route `{name}`: {other}")),
+        })
+    }
+
+    fn build(config: RouteConfig, feedback_horizon: usize) -> Result<Self> {
+        config
+            .check()
+            .map_err(|e| ServeError::Config(format!("route `{}`: {e}", config.name)))?;
         for (key, cap) in [("", &config.spend_cap), ("caller_", &config.caller_spend_cap)] {
             if let Some(cap) = cap {
                 cap.check()
@@ -356,6 +369,8 @@ impl RouteState {
             .transpose()?;
         let layout = ContextLayout::new(HashingFeaturizer::for_routes(config.extra_features), embedding);
         let (learner_config, arms) = learner_setup(&config, layout.dim(), feedback_horizon)?;
+        // The route's own learner first: its errors are the route's, not its shadows'.
+        let learner = Learner::new(learner_config.clone(), arms.clone())?;
         let shadows = Self::shadows(&config, &learner_config, &arms, feedback_horizon)?;
         let models: Vec<String> = config.models.iter().map(|m| m.id.clone()).collect();
         let cascade = config
@@ -367,7 +382,7 @@ impl RouteState {
             cascade,
             policy: learner_config.policy.to_string(),
             live: Mutex::new(LiveRoute {
-                learner: Learner::new(learner_config, arms)?,
+                learner,
                 logged: LoggedDecisions::default(),
                 spend: Spend::default(),
                 caller_spend: BTreeMap::new(),

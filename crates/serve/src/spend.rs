@@ -36,8 +36,12 @@ fn default_downgrade_at() -> f64 {
 }
 
 impl SpendCap {
-    /// Checks the values: caps positive and finite, `downgrade_at` in (0, 1].
+    /// Checks the values: at least one cap, caps positive and finite, `downgrade_at` in
+    /// (0, 1].
     pub fn check(&self) -> Result<(), String> {
+        if self.daily_usd.is_none() && self.monthly_usd.is_none() {
+            return Err("spend_cap has neither daily_usd nor monthly_usd: it caps nothing".into());
+        }
         for (name, cap) in [("daily_usd", self.daily_usd), ("monthly_usd", self.monthly_usd)] {
             if cap.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
                 return Err(format!("spend_cap.{name} must be a positive number of USD"));

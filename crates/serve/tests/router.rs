@@ -1536,3 +1536,41 @@ fn a_new_route_needs_no_record_the_log_no_longer_has() {
     assert_eq!(router.learner("new").unwrap().next_decision_id(), 0);
     assert!(router.learner("chat").unwrap().next_decision_id() == 40);
 }
+
+/// A route's own mistakes are named as the route's, even where it has shadow candidates
+/// (whose learners would hit the same mistake first).
+#[test]
+fn a_routes_configuration_errors_name_the_route() {
+    let dir = scratch("router_config_errors");
+    let twins = vec![
+        ModelConfig::priced("m", 1.0, 2.0),
+        ModelConfig::priced("m", 1.0, 2.0),
+    ];
+    let cases = [
+        (
+            RouteConfig::new("r", "lints", twins.clone()),
+            "route `r`: arm `m` already exists",
+        ),
+        (
+            RouteConfig {
+                shadow: vec!["eps(0.1)".into()],
+                ..RouteConfig::new("r", "lints", twins)
+            },
+            "route `r`: arm `m` already exists",
+        ),
+        (
+            RouteConfig {
+                w_cost: -1.0,
+                ..RouteConfig::new("r", "lints", vec![ModelConfig::priced("m", 1.0, 2.0)])
+            },
+            "route `r`: w_cost",
+        ),
+    ];
+    for (route, named) in cases {
+        let error = Router::open(vec![route], &dir)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains(named) && !error.contains("shadow"), "{error}");
+    }
+}
