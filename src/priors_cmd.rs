@@ -11,6 +11,8 @@ use quiver_sim::priors::{fit_logged, fit_wide};
 use quiver_sim::replay::Environment;
 use quiver_sim::source::CHUNK_ROWS;
 
+use crate::replay_cmd::price_from_file;
+
 #[derive(Subcommand)]
 pub enum PriorsCommand {
     /// Fit each model's quality prior from an evaluation table (every model's outcome on
@@ -35,6 +37,11 @@ pub struct FitArgs {
     /// it as caller features (see `quiver replay --task-feature`).
     #[arg(long)]
     task_feature: bool,
+    /// The models' list prices (as `quiver replay --prices` reads them, `--prices-out` of
+    /// `quiver data convert` among them), for a table: a priced model's priors then learn
+    /// its answers' length, as a route with those prices does.
+    #[arg(long)]
+    prices: Option<PathBuf>,
     /// The table counts as at most this many observations per model.
     #[arg(long, default_value_t = DEFAULT_PRIOR_CAP)]
     cap: f64,
@@ -52,10 +59,16 @@ pub fn run(command: PriorsCommand) -> Result<()> {
 fn fit(args: FitArgs) -> Result<()> {
     check_cap(args.cap).context("--cap")?;
     let priors = if detect_format(&args.data, args.format)? == Format::Logged {
+        if args.prices.is_some() {
+            bail!("--prices applies to a table of every model's outcome; a log's costs are its calls' own");
+        }
         let mut log = LogStream::open(&args.data, Format::Logged, args.split.as_ref(), CHUNK_ROWS)?;
         fit_logged(&mut log, args.cap)?
     } else {
-        let data = load_wide(&args.data, args.format, args.split.as_ref())?;
+        let mut data = load_wide(&args.data, args.format, args.split.as_ref())?;
+        if let Some(path) = &args.prices {
+            price_from_file(path, &mut data, None)?;
+        }
         if let Some(first) = data.dropped.first() {
             eprintln!(
                 "{}: {} incomplete rows left out of the fit (a model's value missing), the first: {first}",

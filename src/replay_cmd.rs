@@ -410,20 +410,31 @@ pub fn read_priors(path: &std::path::Path, builder: &ContextBuilder) -> Result<P
 fn datasets(args: &ReplayArgs) -> Result<(WideDataset, Option<WideDataset>, Objective)> {
     let (mut data, mut train, objective) = unpriced_datasets(args)?;
     if let Some(path) = &args.prices {
-        let prices = read_list_prices(path)?;
-        let unpriced = data.price_from(&prices);
-        if let Some(train) = train.as_mut() {
-            train.price_from(&prices);
-        }
-        if !unpriced.is_empty() {
-            tracing::warn!(
-                "{}: no list price for {}; their cost is learned from their calls",
-                path.display(),
-                unpriced.join(", ")
-            );
-        }
+        price_from_file(path, &mut data, train.as_mut())?;
     }
     Ok((data, train, objective))
+}
+
+/// Gives `data` (and `train`, whose models are `data`'s) the list prices of the file at
+/// `path` (`--prices`), saying which models it does not price.
+pub fn price_from_file(
+    path: &std::path::Path,
+    data: &mut WideDataset,
+    train: Option<&mut WideDataset>,
+) -> Result<()> {
+    let prices = read_list_prices(path)?;
+    let unpriced = data.price_from(&prices);
+    if let Some(train) = train {
+        train.price_from(&prices);
+    }
+    if !unpriced.is_empty() {
+        tracing::warn!(
+            "{}: no list price for {}; their cost is learned from their calls",
+            path.display(),
+            unpriced.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// The data to evaluate and to train on, and the base objective.

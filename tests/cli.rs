@@ -1435,6 +1435,28 @@ fn a_converted_table_keeps_its_list_prices() {
         replayed(&wide, &[]),
         "unpriced, the models' costs are learned call by call"
     );
+    // So do the priors fitted on it: with the prices, those of the table itself.
+    let fitted = |data: &Path, extra: &[&str]| -> serde_json::Value {
+        let out = dir.join("fitted.json");
+        let mut args = vec![
+            "priors",
+            "fit",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        stdout(&quiver(&args));
+        let mut priors: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        priors.as_object_mut().unwrap().remove("source");
+        priors
+    };
+    let original = fitted(&table, &["--format", "routellm"]);
+    assert!(original["arms"]["gpt-4-1106-preview"]["answer_correction"].is_object());
+    assert_eq!(original, fitted(&wide, &["--prices", prices.to_str().unwrap()]));
+    assert_ne!(original, fitted(&wide, &[]));
 
     let err = stderr(&quiver(&[
         "data",
