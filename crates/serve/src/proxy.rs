@@ -511,10 +511,12 @@ async fn complete_in_task(
         .as_ref()
         .is_some_and(|c| c.ask_logprobs(&mut request, api == Api::Chat));
     let block = observed.embedding.clone();
+    let under_way = UnderWay::new(&state.router);
     let children = Children {
         route: &route,
         request: &route_request,
         block: block.as_deref(),
+        under_way: &under_way,
     };
     let ((routed, models), mut decision_logged) = {
         let routed = state.router.route_observed(&route, &route_request, observed)?;
@@ -523,6 +525,7 @@ async fn complete_in_task(
     };
     state.metrics.proxied.inc();
     let decision_id = routed.decision_id.clone();
+    under_way.add(&decision_id);
     let order: Vec<String> = std::iter::once(routed.decision.arm.clone())
         .chain(routed.decision.fallback.iter().cloned())
         .collect();
@@ -649,6 +652,8 @@ async fn complete_in_task(
             }
             Ok(Answer::Stream { first, rest, passed }) => {
                 let (own_id, parent) = own()?;
+                // Its call goes on after this request returns; its outcome ends it.
+                under_way.handed_on(&own_id);
                 let outcome = StreamOutcome {
                     state: Arc::clone(&state),
                     decision_id: own_id.clone(),
@@ -833,6 +838,53 @@ struct Children<'a> {
     request: &'a RouteRequest,
     /// The request's context's embedding block, where the route has one.
     block: Option<&'a [f64]>,
+    /// The request's calls under way, a child's among them.
+    under_way: &'a UnderWay<'a>,
+}
+
+/// The decisions whose calls a request makes, counted against the spend caps until it is
+/// done with them ([`crate::router::Router::end_call`] when this is dropped), whichever
+/// way it ends: an answer, a refusal, a call never made, or the client going away. A
+/// stream's call goes on after the request, until its outcome.
+struct UnderWay<'a> {
+    router: &'a crate::router::Router,
+    decisions: std::sync::Mutex<Vec<String>>,
+}
+
+impl<'a> UnderWay<'a> {
+    fn new(router: &'a crate::router::Router) -> Self {
+        UnderWay {
+            router,
+            decisions: std::sync::Mutex::default(),
+        }
+    }
+
+    fn add(&self, decision_id: &str) {
+        self.decisions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(decision_id.to_string());
+    }
+
+    /// Leaves decision `decision_id`'s call to the stream that goes on making it.
+    fn handed_on(&self, decision_id: &str) {
+        self.decisions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|d| d != decision_id);
+    }
+}
+
+impl Drop for UnderWay<'_> {
+    fn drop(&mut self) {
+        let decisions = self
+            .decisions
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for decision_id in decisions.iter() {
+            self.router.end_call(decision_id);
+        }
+    }
 }
 
 impl Children<'_> {
@@ -850,6 +902,7 @@ impl Children<'_> {
                 .router
                 .log_child_decision(self.route, self.request, self.block, parent, model, reason)?;
         let (routed, logged) = child.split();
+        self.under_way.add(&routed.decision_id);
         Ok((routed.decision_id, logged))
     }
 }

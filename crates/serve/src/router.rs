@@ -700,7 +700,8 @@ impl LiveRoute {
     /// Counts what an outcome recorded at `timestamp` cost (and would have cost on the
     /// dearest model) against the route and its caller.
     /// Counts the call the server makes for `decision` (logged as `record`) against the
-    /// spend caps at its estimated cost, until its outcome comes.
+    /// spend caps at its estimated cost, until its outcome comes or the request that made
+    /// it is done with it ([`Router::end_call`]).
     fn call_under_way(&mut self, decision: &quiver_bandit::Decision, record: &LogRecord) {
         let chosen = decision.arms.iter().find(|a| a.arm == decision.arm);
         let usd = chosen.map_or(0.0, |a| a.cost_usd);
@@ -1680,6 +1681,19 @@ impl Router {
     pub fn savings(&self, route: &str) -> Result<f64> {
         let now = quiver_log::now_rfc3339();
         Ok(self.state(route)?.lock()?.spend.month_savings(&now))
+    }
+
+    /// Ends the call under way of decision `decision_id`, if one is counted against the
+    /// spend caps: the request that decided it is done with it, whether or not an outcome
+    /// came (an upstream's refusal is not learned; a call may never have been made; the
+    /// client may have gone away).
+    pub fn end_call(&self, decision_id: &str) {
+        let Ok(decision) = parse_decision_id(decision_id) else {
+            return;
+        };
+        if let Ok(mut live) = self.state(decision.route).and_then(RouteState::lock) {
+            live.in_flight.end(decision.number);
+        }
     }
 
     /// Whether a request brings as many caller features as `route` takes: checked before

@@ -429,3 +429,34 @@ async fn an_embedding_model_asking_to_wait_is_a_429() {
         StatusCode::BAD_GATEWAY
     );
 }
+
+/// A proxied call counts against the spend cap from its decision until the request is
+/// done with it, however it ends: calls the provider refused (relayed, never learned, no
+/// outcome) stop counting when their requests end, so they never hold a route at its cap.
+#[tokio::test]
+async fn refused_calls_stop_counting_against_a_spend_cap() {
+    let dir = fresh("upstream-cap-refused");
+    let estimate = {
+        let (_, _, app) = gateway_over(config(&fresh("upstream-cap-estimate"), 120_000));
+        let routed = json_of(post(&app, "/v1/route", &json!({"route": "r", "prompt": "hi"})).await).await;
+        routed["explanation"][0]["cost_usd"].as_f64().unwrap()
+    };
+    assert!(estimate > 0.0);
+    let mut config = config(&dir, 120_000);
+    config.routes[0].spend_cap = Some(quiver_serve::spend::SpendCap {
+        daily_usd: Some(1.5 * estimate),
+        monthly_usd: None,
+        downgrade_at: 1.0,
+    });
+    let (scripted, state, app) = gateway_over(config);
+    scripted.script("a", &[Reply::Refused(400); 3]);
+    for _ in 0..3 {
+        let (status, _, _, _) = chat(&app).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "relayed, not held at the cap");
+    }
+    scripted.script("a", &[Reply::Completion]);
+    let (status, model, _, _) = chat(&app).await;
+    assert_eq!((status, model.as_deref()), (StatusCode::OK, Some("a")));
+    let (day, _) = state.router.spend("r").unwrap();
+    assert!((day - (3.0 * 1.0 + 5.0 * 2.0) / 1e6).abs() < 1e-15, "{day}");
+}
