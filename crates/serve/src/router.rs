@@ -177,10 +177,10 @@ struct LiveRoute {
 }
 
 /// The calls a server makes for a route's decisions (the proxy's), at their decisions'
-/// estimated cost, from the decision until the call's outcome is recorded. Spend caps
-/// count them, so that a burst of concurrent calls cannot all pass a cap none of them has
-/// reached yet. A call whose outcome never came (its task dropped mid-call) is forgotten
-/// after [`IN_FLIGHT_LIMIT`].
+/// estimated cost, from the decision until the call's outcome is recorded or the request
+/// is done with it. Spend caps count them, so that a burst of concurrent calls cannot all
+/// pass a cap none of them has reached yet. Should a call be left counted all the same,
+/// it is forgotten after [`IN_FLIGHT_LIMIT`] rather than hold the route at its cap.
 #[derive(Debug, Default)]
 struct InFlight {
     calls: BTreeMap<u64, InFlightCall>,
@@ -193,8 +193,7 @@ struct InFlightCall {
     since: Instant,
 }
 
-/// How long a call counts as under way without its outcome: longer than any request's
-/// time limit, so only a call whose outcome went missing is forgotten.
+/// How long a call counts as under way at most: longer than any request's time limit.
 const IN_FLIGHT_LIMIT: Duration = Duration::from_secs(15 * 60);
 
 impl InFlight {
@@ -697,8 +696,6 @@ impl LiveRoute {
         }
     }
 
-    /// Counts what an outcome recorded at `timestamp` cost (and would have cost on the
-    /// dearest model) against the route and its caller.
     /// Counts the call the server makes for `decision` (logged as `record`) against the
     /// spend caps at its estimated cost, until its outcome comes or the request that made
     /// it is done with it ([`Router::end_call`]).
@@ -708,6 +705,8 @@ impl LiveRoute {
         self.in_flight.start(decision.id, usd, record.caller.clone());
     }
 
+    /// Counts what an outcome recorded at `timestamp` cost (and would have cost on the
+    /// dearest model) against the route and its caller.
     fn spent(&mut self, timestamp: &str, usd: f64, dearest_usd: f64, caller: Option<&str>) {
         self.spend.add(timestamp, usd, dearest_usd);
         if let Some(caller) = caller {
