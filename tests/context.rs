@@ -109,3 +109,37 @@ fn replay_and_serve_build_the_same_context_for_the_same_request() {
     let error = Router::open(vec![route(1)], &log_dir).err().unwrap().to_string();
     assert!(error.contains("changed its context"), "{error}");
 }
+
+/// A route started afresh in another context leaves a log of two contexts: read offline,
+/// it is refused, naming the route and both contexts, rather than evaluated as one.
+#[test]
+fn a_log_across_a_change_of_context_is_refused_offline() {
+    let dir = scratch("context_reset_offline");
+    let ask = |router: &Router, features: Vec<f64>| {
+        let request = RouteRequest {
+            prompt: Some("What is 2 + 2?".into()),
+            features,
+            ..RouteRequest::default()
+        };
+        router.route("r", &request).unwrap().wait().unwrap();
+    };
+    ask(&Router::open(vec![route(1)], &dir).unwrap(), vec![0.5]);
+    let options = quiver_serve::RouterOptions {
+        reset_routes: vec!["r".into()],
+        ..quiver_serve::RouterOptions::default()
+    };
+    ask(
+        &Router::open_with(vec![route(2)], &dir, options).unwrap(),
+        vec![0.5, 1.0],
+    );
+    let error = match quiver_sim::data::load(dir.to_str().unwrap(), Format::Logged, None) {
+        Ok(_) => panic!("a log of two contexts read as one"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        error.contains("route `r`'s decisions were built in 2 contexts")
+            && error.contains("caller=1")
+            && error.contains("caller=2"),
+        "{error}"
+    );
+}

@@ -318,11 +318,14 @@ impl ServeConfig {
                 if let Some(url) = &model.base_url {
                     check_base_url(url).map_err(at)?;
                 }
-                // Deployments are told apart by name: in breakers, limits and metrics.
-                let mut named = std::collections::BTreeSet::new();
-                for name in model.deployments.iter().filter_map(|d| d.name.as_deref()) {
-                    if !named.insert(name) {
-                        return Err(at(format!("two deployments are named `{name}`")));
+                // Deployments are told apart by their keys (an unnamed one by its place):
+                // in breakers, limits and metrics.
+                let mut keys = std::collections::BTreeSet::new();
+                for key in crate::deployments::deployment_keys(model) {
+                    if !keys.insert(key.clone()) {
+                        return Err(at(format!(
+                            "two deployments are `{key}` (an unnamed one is named by its place in the list)"
+                        )));
                     }
                 }
                 for (i, deployment) in model.deployments.iter().enumerate() {
@@ -866,9 +869,17 @@ mod tests {
         ]}]);
         let error = with_models(twins).unwrap_err().to_string();
         assert!(
-            error.contains("route `r`, model `m`: two deployments are named `a`"),
+            error.contains("route `r`, model `m`: two deployments are `m@a`"),
             "{error}"
         );
+        let by_place = serde_json::json!([{"id": "m", "deployments": [
+            {"base_url": "http://127.0.0.1:9/v1"},
+            {"name": "0", "base_url": "http://127.0.0.1:10/v1"}
+        ]}]);
+        assert!(with_models(by_place)
+            .unwrap_err()
+            .to_string()
+            .contains("are `m@0`"));
         let bad_deployment = serde_json::json!([{"id": "m", "deployments": [{"base_url": "ftp://x/v1"}]}]);
         assert!(with_models(bad_deployment)
             .unwrap_err()

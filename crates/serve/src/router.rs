@@ -346,8 +346,8 @@ impl RouteState {
     fn new(config: RouteConfig, feedback_horizon: usize) -> Result<Self> {
         let name = config.name.clone();
         Self::build(config, feedback_horizon).map_err(|e| match e {
-            ServeError::Config(_) => e,
-            other => ServeError::Config(format!("route `{name}`: {other}")),
+            ServeError::Bandit(e) => ServeError::Config(format!("route `{name}`: {e}")),
+            other => other,
         })
     }
 

@@ -100,15 +100,28 @@ fn decisions_context(table: &Table, is_decision: impl Fn(usize) -> bool) -> Resu
     let Some(logged) = optional_texts(table, "context")? else {
         return Ok(None);
     };
-    let mut seen: Vec<&str> = Vec::new();
+    let routes = optional_texts(table, "route")?;
+    let (mut seen, mut routes_seen): (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
     for (row, context) in logged.iter().enumerate() {
         if is_decision(row) && !context.is_empty() && !seen.contains(&context.as_str()) {
             seen.push(context);
         }
+        let route = routes.as_ref().map_or("", |r| r[row].as_str());
+        if is_decision(row) && !routes_seen.contains(&route) {
+            routes_seen.push(route);
+        }
     }
-    match seen[..] {
-        [] => Ok(None),
-        [one] => Ok(Some(one.to_string())),
+    match (&seen[..], &routes_seen[..]) {
+        ([], _) => Ok(None),
+        ([one], _) => Ok(Some(one.to_string())),
+        (_, [route]) if !route.is_empty() => Err(SimError::Mismatch(format!(
+            "{}: route `{route}`'s decisions were built in {} contexts (`{}`), as after it was started \
+             afresh in another (`--reset-route`); a policy is evaluated in one context, and a log \
+             across the change is not read as one",
+            table.path.display(),
+            seen.len(),
+            seen.join("`, `")
+        ))),
         _ => Err(several_contexts(&table.path, &seen)),
     }
 }
