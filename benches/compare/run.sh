@@ -22,7 +22,9 @@ if [ ! -f "$litellm_venv/.ready" ]; then
     touch "$litellm_venv/.ready"
 fi
 if ! command -v wrk > /dev/null; then
-    apt-get install -y -q wrk > /dev/null || sudo apt-get install -y -q wrk > /dev/null
+    sudo=$([ "$(id -u)" = 0 ] || echo sudo)
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -q wrk > /dev/null
 fi
 
 cargo build --release --bin quiver
