@@ -209,9 +209,10 @@ pub struct OutcomeBody {
     pub decision_id: String,
     /// Latency, ms.
     pub latency_ms: f64,
-    /// Cost, USD.
+    /// Cost, USD. Left out, the tokens at the model's list prices (0 for a model without
+    /// prices, or without tokens).
     #[serde(default)]
-    pub cost_usd: f64,
+    pub cost_usd: Option<f64>,
     /// Prompt tokens.
     #[serde(default)]
     pub input_tokens: u32,
@@ -224,6 +225,21 @@ pub struct OutcomeBody {
     /// Quality, when already known.
     #[serde(default)]
     pub quality: Option<f64>,
+}
+
+/// The cost of an outcome that gives its tokens and not its cost: at the decision's model's
+/// list prices, as the proxy prices a call's `usage`. Another replica's decision is priced
+/// by that replica's model, which this one does not know: such a report must say its cost.
+fn listed_cost(state: &AppState, outcome: &OutcomeBody) -> Result<f64, ApiError> {
+    let (input, output) = (outcome.input_tokens, outcome.output_tokens);
+    match state.router.list_cost(&outcome.decision_id, input, output) {
+        Ok(cost) => Ok(cost.unwrap_or(0.0)),
+        Err(ServeError::OtherReplica { replica, .. }) => Err(ApiError::Invalid(format!(
+            "`cost_usd` is needed for decision `{}`, which replica `{replica}` made: only it knows the model to price the tokens at",
+            outcome.decision_id
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Report what a routed call cost and how long it took (idempotent).
@@ -242,11 +258,15 @@ pub(crate) async fn outcome(
     State(state): State<Arc<AppState>>,
     ApiJson(b): ApiJson<OutcomeBody>,
 ) -> Result<(StatusCode, Json<AppliedBody>), ApiError> {
+    let cost_usd = match b.cost_usd {
+        Some(cost) => cost,
+        None => listed_cost(&state, &b)?,
+    };
     let outcome = Outcome {
         latency_ms: b.latency_ms,
         input_tokens: b.input_tokens,
         output_tokens: b.output_tokens,
-        cost_usd: b.cost_usd,
+        cost_usd,
         error: b.error,
         quality: b.quality,
     };

@@ -1682,6 +1682,18 @@ impl Router {
         Ok(self.state(route)?.lock()?.spend.month_savings(&now))
     }
 
+    /// What a call of decision `decision_id` costs at its model's list prices for
+    /// `input_tokens` and `output_tokens`: for an outcome that reports its tokens and not
+    /// its cost. `None` for a model without prices, or removed since.
+    pub fn list_cost(&self, decision_id: &str, input_tokens: u32, output_tokens: u32) -> Result<Option<f64>> {
+        let (route, id, _) = self.tracked_record(decision_id, LogEvent::Outcome)?;
+        let live = self.state(&route)?.lock()?;
+        let arm = live.learner.tracked_arm(id)?;
+        Ok(arm
+            .filter(|arm| arm.has_prices())
+            .map(|arm| arm.cost_usd(f64::from(input_tokens), f64::from(output_tokens))))
+    }
+
     /// Ends the call under way of decision `decision_id`, if one is counted against the
     /// spend caps: the request that decided it is done with it, whether or not an outcome
     /// came (an upstream's refusal is not learned; a call may never have been made; the

@@ -460,3 +460,25 @@ async fn refused_calls_stop_counting_against_a_spend_cap() {
     let (day, _) = state.router.spend("r").unwrap();
     assert!((day - (3.0 * 1.0 + 5.0 * 2.0) / 1e6).abs() < 1e-15, "{day}");
 }
+
+/// An outcome that reports its tokens and not its cost costs them at the decision's model's
+/// list prices, as the proxy prices a call's `usage`; a stated cost, even 0, is the cost.
+#[tokio::test]
+async fn an_outcome_without_its_cost_is_priced_from_its_tokens() {
+    let (_, state, app) = gateway("upstream-outcome-tokens", 120_000);
+    let decide = || async {
+        let routed = json_of(post(&app, "/v1/route", &json!({"route": "r", "prompt": "hi"})).await).await;
+        routed["decision_id"].as_str().unwrap().to_string()
+    };
+    let tokens_only = decide().await;
+    let body =
+        json!({"decision_id": tokens_only, "latency_ms": 100, "input_tokens": 1000, "output_tokens": 500});
+    assert_eq!(post(&app, "/v1/outcome", &body).await.status(), StatusCode::OK);
+    // `fixed(a)`: 1,000 tokens in at $1 and 500 out at $2 a million.
+    let (day, _) = state.router.spend("r").unwrap();
+    assert!((day - 0.002).abs() < 1e-15, "{day}");
+    let stated = decide().await;
+    let body = json!({"decision_id": stated, "latency_ms": 100, "cost_usd": 0.0, "input_tokens": 1000});
+    assert_eq!(post(&app, "/v1/outcome", &body).await.status(), StatusCode::OK);
+    assert_eq!(state.router.spend("r").unwrap().0, day);
+}

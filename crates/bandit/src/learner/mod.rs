@@ -674,6 +674,11 @@ impl Learner {
         Ok(self.tracked.get(id)?.outcome_recorded)
     }
 
+    /// The arm decision `id` chose, while it is tracked; `None` once the arm was removed.
+    pub fn tracked_arm(&self, id: u64) -> Result<Option<&Arm>> {
+        Ok(self.tracked.get(id)?.arm.map(|arm| &self.arms[arm]))
+    }
+
     /// Whether decision `id`'s quality has been recorded.
     pub fn quality_recorded(&self, id: u64) -> Result<bool> {
         Ok(self.tracked.get(id)?.quality_recorded)
