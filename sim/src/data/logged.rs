@@ -111,29 +111,36 @@ fn decisions_context(table: &Table, is_decision: impl Fn(usize) -> bool) -> Resu
             routes_seen.push(route);
         }
     }
-    match (&seen[..], &routes_seen[..]) {
-        ([], _) => Ok(None),
-        ([one], _) => Ok(Some(one.to_string())),
-        (_, [route]) if !route.is_empty() => Err(SimError::Mismatch(format!(
-            "{}: route `{route}`'s decisions were built in {} contexts (`{}`), as after it was started \
-             afresh in another (`--reset-route`); a policy is evaluated in one context, and a log \
-             across the change is not read as one",
-            table.path.display(),
-            seen.len(),
-            seen.join("`, `")
-        ))),
-        _ => Err(several_contexts(&table.path, &seen)),
+    match seen[..] {
+        [] => Ok(None),
+        [one] => Ok(Some(one.to_string())),
+        _ => Err(several_contexts(&table.path, &seen, &routes_seen)),
     }
 }
 
-fn several_contexts(path: &Path, contexts: &[&str]) -> SimError {
-    SimError::Mismatch(format!(
-        "{}: the log's decisions were built in {} contexts (`{}`), and a policy is evaluated in \
-         one: keep one route's decisions with `--split route=NAME`",
-        path.display(),
-        contexts.len(),
-        contexts.join("`, `")
-    ))
+/// A log whose decisions were built in several `contexts`, by `routes`: one route's after
+/// it was started afresh in another context, or several routes' (a `--split` away).
+fn several_contexts(path: &Path, contexts: &[&str], routes: &[&str]) -> SimError {
+    let (path, n, contexts) = (path.display(), contexts.len(), contexts.join("`, `"));
+    SimError::Mismatch(match routes {
+        [route] if !route.is_empty() => format!(
+            "{path}: route `{route}`'s decisions were built in {n} contexts (`{contexts}`), as after it \
+             was started afresh in another (`--reset-route`); a policy is evaluated in one context, \
+             and a log across the change is not read as one"
+        ),
+        _ => format!(
+            "{path}: the log's decisions were built in {n} contexts (`{contexts}`), and a policy is \
+             evaluated in one: keep one route's decisions with `--split route=NAME`"
+        ),
+    })
+}
+
+/// The routes of two parts of a log, each once.
+fn routes_of<'a>(mine: &'a LoggedDataset, theirs: &'a LoggedDataset) -> Vec<&'a str> {
+    let mut routes: Vec<&str> = mine.routes.iter().chain(&theirs.routes).map(String::as_str).collect();
+    routes.sort_unstable();
+    routes.dedup();
+    routes
 }
 
 /// The caller-feature columns of a log's decisions: `f_0 .. f_{n-1}` for the `n` its
@@ -452,7 +459,8 @@ pub(crate) fn combine_logged(
         let rows = part.decision_ids.len();
         if let (Some(mine), Some(theirs)) = (&out.context, &part.context) {
             if mine != theirs {
-                return Err(several_contexts(Path::new(source), &[mine, theirs]));
+                let routes = routes_of(&out, &part);
+                return Err(several_contexts(Path::new(source), &[mine, theirs], &routes));
             }
         }
         if i > 0 && part.feature_names != out.feature_names {
@@ -659,7 +667,7 @@ impl LoggedDataset {
         };
         if let (Some(mine), Some(theirs)) = (&self.context, &part.context) {
             if mine != theirs {
-                return Err(several_contexts(path, &[mine, theirs]));
+                return Err(several_contexts(path, &[mine, theirs], &routes_of(self, &part)));
             }
         }
         if part.feature_names != self.feature_names {
