@@ -306,6 +306,9 @@ impl ServeConfig {
     /// with deployments and its own `base_url`), naming it.
     pub fn check_deployments(&self) -> Result<()> {
         for route in &self.routes {
+            // A route's circuit breakers are keyed by model, or `model@deployment` (an
+            // unnamed deployment by its place): no two may share one.
+            let mut keys = std::collections::BTreeSet::new();
             for model in &route.models {
                 let at = |what: String| {
                     ServeError::Config(format!("route `{}`, model `{}`: {what}", route.name, model.id))
@@ -318,13 +321,17 @@ impl ServeConfig {
                 if let Some(url) = &model.base_url {
                     check_base_url(url).map_err(at)?;
                 }
-                // Deployments are told apart by their keys (an unnamed one by its place):
-                // in breakers, limits and metrics.
-                let mut keys = std::collections::BTreeSet::new();
-                for key in crate::deployments::deployment_keys(model) {
+                let own = crate::deployments::deployment_keys(model);
+                let own = if own.is_empty() {
+                    vec![model.id.clone()]
+                } else {
+                    own
+                };
+                for key in own {
                     if !keys.insert(key.clone()) {
                         return Err(at(format!(
-                            "two deployments are `{key}` (an unnamed one is named by its place in the list)"
+                            "two circuit breakers of the route are `{key}` (a model's deployment is \
+                             `model@name`, an unnamed one named by its place in the list)"
                         )));
                     }
                 }
@@ -869,7 +876,7 @@ mod tests {
         ]}]);
         let error = with_models(twins).unwrap_err().to_string();
         assert!(
-            error.contains("route `r`, model `m`: two deployments are `m@a`"),
+            error.contains("route `r`, model `m`: two circuit breakers of the route are `m@a`"),
             "{error}"
         );
         let by_place = serde_json::json!([{"id": "m", "deployments": [
@@ -880,6 +887,16 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("are `m@0`"));
+        // Across models too: model `m@0` and the first deployment of model `m`.
+        let across = serde_json::json!([
+            {"id": "m", "deployments": [{"base_url": "http://127.0.0.1:9/v1"}]},
+            {"id": "m@0", "base_url": "http://127.0.0.1:10/v1"}
+        ]);
+        let error = with_models(across).unwrap_err().to_string();
+        assert!(
+            error.contains("model `m@0`: two circuit breakers of the route are `m@0`"),
+            "{error}"
+        );
         let bad_deployment = serde_json::json!([{"id": "m", "deployments": [{"base_url": "ftp://x/v1"}]}]);
         assert!(with_models(bad_deployment)
             .unwrap_err()

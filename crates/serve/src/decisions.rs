@@ -234,7 +234,7 @@ fn listed_cost(state: &AppState, outcome: &OutcomeBody) -> Result<f64, ApiError>
     let (input, output) = (outcome.input_tokens, outcome.output_tokens);
     match state.router.list_cost(&outcome.decision_id, input, output) {
         Ok(cost) => Ok(cost.unwrap_or(0.0)),
-        Err(ServeError::OtherReplica { replica, .. }) => Err(ApiError::Invalid(format!(
+        Err(ServeError::OtherReplica { replica, .. }) if state.cluster.is_some() => Err(ApiError::Invalid(format!(
             "`cost_usd` is needed for decision `{}`, which replica `{replica}` made: only it knows the model to price the tokens at",
             outcome.decision_id
         ))),

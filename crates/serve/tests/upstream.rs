@@ -477,6 +477,17 @@ async fn an_outcome_without_its_cost_is_priced_from_its_tokens() {
     // `fixed(a)`: 1,000 tokens in at $1 and 500 out at $2 a million.
     let (day, _) = state.router.spend("r").unwrap();
     assert!((day - 0.002).abs() < 1e-15, "{day}");
+    // A model with one price only is priced by it, as the proxy prices it.
+    let mut one_price = config(&fresh("upstream-outcome-one-price"), 120_000);
+    one_price.routes[0].models[0].input_usd_per_million = 0.0;
+    let (_, one_state, one_app) = gateway_over(one_price);
+    let routed = json_of(post(&one_app, "/v1/route", &json!({"route": "r", "prompt": "hi"})).await).await;
+    let body = json!({"decision_id": routed["decision_id"], "latency_ms": 100, "input_tokens": 1000, "output_tokens": 500});
+    assert_eq!(
+        post(&one_app, "/v1/outcome", &body).await.status(),
+        StatusCode::OK
+    );
+    assert!((one_state.router.spend("r").unwrap().0 - 0.001).abs() < 1e-15);
     let stated = decide().await;
     let body = json!({"decision_id": stated, "latency_ms": 100, "cost_usd": 0.0, "input_tokens": 1000});
     assert_eq!(post(&app, "/v1/outcome", &body).await.status(), StatusCode::OK);
