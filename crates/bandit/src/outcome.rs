@@ -179,6 +179,16 @@ pub fn credited_quality(quality: Option<f64>, error: bool) -> Option<f64> {
 /// at once, the dual settles near the target instead of flipping between two arms, and the
 /// propensity is the mixture of the policy's own (exact where the policy's is).
 /// While the budget does not bind (`lambda = 0`) the band is empty and nothing changes.
+///
+/// The steps follow costs, and a server's costs come back after later decisions: with
+/// many calls under way, every decision would pace by the multiplier that the calls
+/// before them found, then their costs would all step it at once, and the multiplier
+/// would swing instead of settling. A decision therefore paces by the multiplier ahead
+/// of the calls under way ([`BudgetPacer::ahead`]): the one their costs would leave if
+/// they came back at the estimates they were decided on, as a Smith predictor removes a
+/// known delay from a feedback loop. Each cost still steps the pacer once, when it comes;
+/// where the estimates are exact, decisions with calls under way pace exactly as they
+/// would had each call come back before the next decision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BudgetPacer {
     target_usd: f64,
@@ -334,6 +344,18 @@ impl BudgetPacer {
         }
     }
 
+    /// The pacer as the calls under way will leave it if they cost their estimates
+    /// `costs_usd`, oldest first: one [`BudgetPacer::observe`] each, for the latest
+    /// [`MAX_STEPS_AT_ONCE`] of them. The pacer itself does not change.
+    pub fn ahead(&self, costs_usd: &[f64]) -> BudgetPacer {
+        let mut ahead = self.clone();
+        let older = costs_usd.len().saturating_sub(MAX_STEPS_AT_ONCE as usize);
+        for &cost in &costs_usd[older..] {
+            ahead.observe(cost);
+        }
+        ahead
+    }
+
     /// One dual step after observing a request's cost.
     pub fn observe(&mut self, cost_usd: f64) {
         let owed = self.debt + cost_usd / self.target_usd;
@@ -405,6 +427,27 @@ mod tests {
             p.observe(0.0);
         }
         assert_eq!(p.lambda(), 0.0);
+    }
+
+    /// The pacer ahead of calls under way is the pacer after their costs, and the pacer
+    /// itself is left as it was.
+    #[test]
+    fn the_pacer_ahead_of_calls_under_way_has_observed_their_estimates() {
+        let mut p = BudgetPacer::new(0.001, 0.05).unwrap();
+        p.observe(0.004);
+        let before = p.clone();
+        let under_way = [0.0025, 0.0, 0.1, 0.0009];
+        let ahead = p.ahead(&under_way);
+        for cost in under_way {
+            p.observe(cost);
+        }
+        assert_eq!(ahead, p);
+        assert_ne!(ahead, before);
+        assert_eq!(before.ahead(&[]), before);
+        // Beyond the most steps taken at once, only the latest calls step it.
+        let many = vec![0.002; MAX_STEPS_AT_ONCE as usize];
+        let with_older: Vec<f64> = [0.0].iter().chain(&many).copied().collect();
+        assert_eq!(before.ahead(&with_older), before.ahead(&many));
     }
 
     /// A call of a hundred budgets moves the dual one full step at a time: 2 budgets now,

@@ -236,3 +236,104 @@ fn a_binding_budget_mixes_the_hull_arms_with_honest_propensities() {
         assert!(sd < 0.1 * mean, "{spec}: lambda {mean} +- {sd}");
     }
 }
+
+/// A server makes many calls at once: their costs come back after later decisions. Fed
+/// the estimated costs of the calls under way, a learner paces exactly as one that got
+/// each cost back before deciding again, wherever the estimates are the costs: here,
+/// priced arms whose calls always take 100 prompt and 300 answer tokens, their qualities
+/// learned beforehand and none reported during the run, so that only the pacer moves.
+/// Without the estimates, the 48 decisions of each batch share one stale multiplier,
+/// which then swings more.
+#[test]
+fn calls_under_way_pace_decisions_as_if_each_had_come_back() {
+    // (quality, USD per token): calls of 400 tokens cost 0.004, 0.01 and 0.006.
+    let arms = [(0.75, 1e-5), (0.9, 2.5e-5), (0.5, 1.5e-5)];
+    let (target, batch, requests) = (0.006, 48, 4800);
+    let (prompt, answer) = (100, 300);
+    let request = |costs_under_way: Vec<f64>| Request {
+        costs_under_way,
+        ..Request::new(Context {
+            features: vec![1.0],
+            input_tokens: prompt,
+        })
+    };
+    let priced: Vec<Arm> = arms
+        .iter()
+        .enumerate()
+        .map(|(a, &(_, usd))| Arm::new(format!("a{a}")).with_prices(usd, usd))
+        .collect();
+    let outcome = |a: usize| {
+        let cost = priced[a].cost_usd(f64::from(prompt), f64::from(answer));
+        Outcome::new(50.0, cost).with_tokens(prompt, answer)
+    };
+    let trained = || {
+        let mut config = LearnerConfig::new("ucb1".parse().expect("spec"), 1);
+        config.budget = Some(BudgetConfig {
+            target_usd_per_request: target,
+            step_size: 0.05,
+        });
+        let mut l = Learner::new(config, priced.clone()).expect("learner");
+        for _ in 0..200 {
+            for (a, &(quality, _)) in arms.iter().enumerate() {
+                l.learn(
+                    &format!("a{a}"),
+                    &request(Vec::new()).context,
+                    &outcome(a).with_quality(quality),
+                )
+                .expect("learn");
+            }
+        }
+        l
+    };
+    // Decides the requests `batch` at a time, recording their costs after each batch;
+    // returns the arms chosen, the multiplier after each cost, and the mean spend.
+    let run = |batch: usize, look_ahead: bool| {
+        let mut l = trained();
+        let (mut chosen, mut lambdas, mut spend) = (Vec::new(), Vec::new(), 0.0);
+        for _ in 0..requests / batch {
+            let mut under_way: Vec<(u64, usize, f64)> = Vec::new();
+            for _ in 0..batch {
+                let estimates = under_way.iter().map(|&(_, _, estimate)| estimate);
+                let ahead = if look_ahead {
+                    estimates.collect()
+                } else {
+                    Vec::new()
+                };
+                let d = l.decide(&request(ahead)).expect("decide");
+                let a = support::arm_index(&d.arm);
+                let estimate = d.arms.iter().find(|e| e.arm == d.arm).expect("chosen").cost_usd;
+                assert_eq!(estimate, outcome(a).cost_usd, "the estimate is the cost");
+                chosen.push(a);
+                under_way.push((d.id, a, estimate));
+            }
+            for (id, a, _) in under_way {
+                spend += outcome(a).cost_usd;
+                l.record_outcome(id, &outcome(a)).expect("outcome");
+                lambdas.push(l.pacer().expect("pacer").lambda());
+            }
+        }
+        (chosen, lambdas, spend / requests as f64)
+    };
+    let (sequential, sequential_lambdas, sequential_spend) = run(1, false);
+    let (ahead, ahead_lambdas, ahead_spend) = run(batch, true);
+    assert!(ahead == sequential, "other choices");
+    assert_eq!(ahead_lambdas, sequential_lambdas);
+    assert_eq!(ahead_spend, sequential_spend);
+    assert!(
+        (sequential_spend / target - 1.0).abs() < 0.02,
+        "spend {sequential_spend} vs {target}"
+    );
+
+    let (stale, stale_lambdas, _) = run(batch, false);
+    let differ = stale.iter().zip(&sequential).filter(|(a, b)| a != b).count();
+    let spread = |l: &[f64]| {
+        let half = &l[l.len() / 2..];
+        let mean = half.iter().sum::<f64>() / half.len() as f64;
+        (half.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / half.len() as f64).sqrt()
+    };
+    let (stale_sd, sequential_sd) = (spread(&stale_lambdas), spread(&sequential_lambdas));
+    assert!(
+        differ > 0 && stale_sd > sequential_sd,
+        "{differ} choices differ; the multiplier's spread {stale_sd} vs {sequential_sd}"
+    );
+}

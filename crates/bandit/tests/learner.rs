@@ -325,6 +325,14 @@ fn non_finite_numbers_are_rejected_and_change_nothing() {
         w_latency: 0.0,
     });
     assert!(l.decide(&bad_weights).is_err());
+    let mut bad_calls = request(vec![1.0, 0.0]);
+    bad_calls.costs_under_way = vec![0.001, f64::INFINITY];
+    assert_eq!(
+        l.decide(&bad_calls).unwrap_err().to_string(),
+        "costs_under_way[1] is inf; every number must be finite"
+    );
+    bad_calls.costs_under_way = vec![-0.001];
+    assert!(l.decide(&bad_calls).is_err());
     assert_eq!(json(&l), before);
 }
 

@@ -179,7 +179,9 @@ struct LiveRoute {
 /// The calls a server makes for a route's decisions (the proxy's), at their decisions'
 /// estimated cost, from the decision until the call's outcome is recorded or the request
 /// is done with it. Spend caps count them, so that a burst of concurrent calls cannot all
-/// pass a cap none of them has reached yet. Should a call be left counted all the same,
+/// pass a cap none of them has reached yet, and a budget paces each decision ahead of
+/// them (see `BudgetPacer::ahead`), so that concurrent calls do not all decide on the
+/// multiplier the calls before them found. Should a call be left counted all the same,
 /// it is forgotten after [`IN_FLIGHT_LIMIT`] rather than hold the route at its cap.
 #[derive(Debug, Default)]
 struct InFlight {
@@ -207,14 +209,24 @@ impl InFlight {
         self.calls.remove(&id);
     }
 
-    /// The estimated cost of the calls under way: all of them, or `caller`'s.
-    fn usd(&self, caller: Option<&str>) -> f64 {
+    /// The calls under way, oldest first.
+    fn under_way(&self) -> impl Iterator<Item = &InFlightCall> {
         self.calls
             .values()
             .filter(|call| call.since.elapsed() < IN_FLIGHT_LIMIT)
+    }
+
+    /// The estimated cost of the calls under way: all of them, or `caller`'s.
+    fn usd(&self, caller: Option<&str>) -> f64 {
+        self.under_way()
             .filter(|call| caller.is_none() || call.caller.as_deref() == caller)
             .map(|call| call.usd)
             .sum()
+    }
+
+    /// The estimated cost of each call under way, oldest first.
+    fn costs(&self) -> Vec<f64> {
+        self.under_way().map(|call| call.usd).collect()
     }
 }
 
@@ -1791,6 +1803,7 @@ impl Router {
         let route_objective = live.learner.config().objective;
         learner_request.objective = request.objective.map(|o| o.over(route_objective));
         learner_request.unavailable = unavailable;
+        learner_request.costs_under_way = live.in_flight.costs();
         // Propose first: nothing learned changes until the log holds the decision (the
         // latest decision, if still unjudged, is held: see `Learner::hold_latest`).
         live.learner.hold_latest();

@@ -1159,6 +1159,69 @@ fn calls_under_way_count_against_a_spend_cap() {
     assert!((day - 2.0 * estimate).abs() < 1e-12, "{day}");
 }
 
+/// A budget paces each decision ahead of the proxy's calls under way: its cost weight is
+/// the one the pacer will have once their estimated costs come back, so that concurrent
+/// calls do not all decide on the multiplier the calls before them found. A call stops
+/// counting when its outcome steps the pacer or its request is done with it; a decision
+/// whose call the client makes (`/v1/route`) is not under way.
+#[test]
+fn a_budget_paces_each_decision_ahead_of_the_calls_under_way() {
+    use quiver_serve::Observed;
+    let route = RouteConfig {
+        budget_usd_per_request: Some(1e-5),
+        w_cost: 0.0,
+        ..RouteConfig::new("r", "beta-ts", vec![ModelConfig::priced("m", 1.0, 2.0)])
+    };
+    let router = Router::open(vec![route], &scratch("router_pacing_ahead")).unwrap();
+    let request = RouteRequest {
+        prompt: Some("hi".into()),
+        ..RouteRequest::default()
+    };
+    let proxied = || {
+        let observed = Observed {
+            calls: true,
+            ..Observed::default()
+        };
+        let routed = router
+            .route_observed("r", &request, observed)
+            .unwrap()
+            .wait()
+            .unwrap();
+        let estimate = routed.decision.arms[0].cost_usd;
+        (routed, estimate)
+    };
+    // The cost weight a decision should pace by, with these estimates under way.
+    let ahead = |under_way: &[f64]| {
+        let learner = router.learner("r").unwrap();
+        learner.pacer().unwrap().ahead(under_way).extra_cost_weight()
+    };
+    let mut calls = Vec::new();
+    let mut estimates = Vec::new();
+    for _ in 0..3 {
+        let (routed, estimate) = proxied();
+        assert_eq!(routed.decision.w_cost, ahead(&estimates));
+        calls.push(routed);
+        estimates.push(estimate);
+    }
+    // Each estimate is dozens of budgets, so the weight grew with each call under way.
+    assert!(estimates[0] > 10.0 * 1e-5, "{}", estimates[0]);
+    assert!(ahead(&estimates[..2]) > ahead(&estimates[..1]) && ahead(&estimates[..1]) > 0.0);
+    // The client's own call is not under way.
+    let client = router.route("r", &request).unwrap().wait().unwrap();
+    assert_eq!(client.decision.w_cost, ahead(&estimates));
+    // The first request is done without an outcome; the second's outcome steps the pacer.
+    router.end_call(&calls[0].decision_id);
+    let outcome = Outcome::new(100.0, 2e-5).with_tokens(1, 256);
+    router
+        .record_outcome(&calls[1].decision_id, &outcome)
+        .unwrap()
+        .wait()
+        .unwrap();
+    let (next, _) = proxied();
+    assert_eq!(next.decision.w_cost, ahead(&estimates[2..]));
+    assert!(next.decision.w_cost < ahead(&estimates));
+}
+
 /// Each caller's cap counts only the outcomes of the decisions it asked for, each cost
 /// once (a later outcome bringing the quality is feedback): a caller at its cap is
 /// refused, naming itself, while another is served; decisions without a caller count

@@ -4,6 +4,7 @@
 use rand::{Rng, SeedableRng};
 
 use crate::error::{ErrorKind, Result};
+use crate::limits;
 use crate::outcome::{BudgetPacer, Objective};
 use crate::pmf;
 use crate::policy::{Choice, ChoiceInput, DecisionRng, Estimate, Policy, PropensityKind};
@@ -59,7 +60,8 @@ impl Learner {
     /// [`Learner::check_request`] found the request sound with.
     fn select(&self, request: &Request, unpaced: Objective) -> Result<Selection> {
         let x = &request.context.features;
-        let w_cost = unpaced.w_cost + self.pacer.as_ref().map_or(0.0, BudgetPacer::extra_cost_weight);
+        let pacer = self.pacer.as_ref().map(|p| p.ahead(&request.costs_under_way));
+        let w_cost = unpaced.w_cost + pacer.as_ref().map_or(0.0, BudgetPacer::extra_cost_weight);
         let objective = Objective { w_cost, ..unpaced };
 
         let tokens = request.context.input_tokens;
@@ -132,8 +134,7 @@ impl Learner {
             estimates: &estimates,
             penalties: &penalties,
         };
-        let band = self
-            .pacer
+        let band = pacer
             .as_ref()
             .map(BudgetPacer::extra_cost_weights)
             .unwrap_or_default();
@@ -274,6 +275,7 @@ impl Learner {
     fn check_request(&self, request: &Request) -> Result<Objective> {
         self.validate_features(&request.context.features)?;
         request.constraints.validate()?;
+        limits::COST_USD.check_all("costs_under_way", &request.costs_under_way)?;
         match request.objective {
             Some(o) => Objective::new(o.w_cost, o.w_latency),
             None => Ok(self.config.objective),

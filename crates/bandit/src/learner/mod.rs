@@ -110,6 +110,12 @@ pub struct Request {
     /// constraints allow is left, when they are all considered again.
     #[serde(default)]
     pub unavailable: BTreeMap<String, String>,
+    /// The estimated costs (USD) of the learner's earlier decisions whose calls are under
+    /// way, their outcomes not yet recorded, oldest first: a budget paces this decision
+    /// as if they had come back at these costs ([`BudgetPacer::ahead`]). Empty for a
+    /// caller that records each outcome before deciding again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub costs_under_way: Vec<f64>,
 }
 
 impl Request {
@@ -120,6 +126,7 @@ impl Request {
             constraints: Constraints::default(),
             objective: None,
             unavailable: BTreeMap::new(),
+            costs_under_way: Vec::new(),
         }
     }
 }
