@@ -369,6 +369,7 @@ fn a_log_directory_keeps_its_replica_name() {
         err.contains("cannot be shared between replicas") && err.contains("gamma=0.99"),
         "{err}"
     );
+    assert_eq!(err.matches("invalid configuration").count(), 1, "{err}");
 }
 
 /// Routes `n` prompts on the replica at `decide` and sends each decision's outcome and

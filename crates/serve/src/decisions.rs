@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use quiver_bandit::{Applied, ArmEstimate, Outcome, PropensityKind};
+use quiver_bandit::{limits, Applied, ArmEstimate, Outcome, PropensityKind};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -230,9 +230,20 @@ pub struct OutcomeBody {
 /// The cost of an outcome that gives its tokens and not its cost: at the decision's model's
 /// list prices, as the proxy prices a call's `usage`. Another replica's decision is priced
 /// by that replica's model, which this one does not know: such a report must say its cost.
+/// Counts beyond any request's, or priced beyond any request's cost, are refused naming
+/// the counts, which are what the client sent.
 fn listed_cost(state: &AppState, outcome: &OutcomeBody) -> Result<f64, ApiError> {
     let (input, output) = (outcome.input_tokens, outcome.output_tokens);
+    limits::TOKENS
+        .check("input_tokens", f64::from(input))
+        .and_then(|_| limits::TOKENS.check("output_tokens", f64::from(output)))
+        .map_err(ServeError::from)?;
     match state.router.list_cost(&outcome.decision_id, input, output) {
+        Ok(Some(cost)) if limits::COST_USD.check("cost_usd", cost).is_err() => Err(ApiError::Invalid(format!(
+            "{input} input and {output} output tokens cost {cost} USD at the model's list prices, \
+             outside {} for one request: check the counts, or send `cost_usd`",
+            limits::COST_USD.range
+        ))),
         Ok(cost) => Ok(cost.unwrap_or(0.0)),
         Err(ServeError::OtherReplica { replica, .. }) if state.cluster.is_some() => Err(ApiError::Invalid(format!(
             "`cost_usd` is needed for decision `{}`, which replica `{replica}` made: only it knows the model to price the tokens at",

@@ -109,3 +109,19 @@ pub(crate) fn io_at(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> 
     let path = path.into();
     move |cause| ServeError::Io { path, cause }
 }
+
+/// Refuses route `route`'s configuration for `cause`, naming the route, and saying that
+/// the configuration is invalid once however the cause says it.
+pub(crate) fn route_config(route: &str) -> impl FnOnce(ServeError) -> ServeError + '_ {
+    move |cause| {
+        let why = match cause {
+            ServeError::Config(why) => why,
+            ServeError::Bandit(e) => match e.kind() {
+                quiver_bandit::ErrorKind::InvalidConfig(why) => why.clone(),
+                _ => e.to_string(),
+            },
+            other => other.to_string(),
+        };
+        ServeError::Config(format!("route `{route}`: {why}"))
+    }
+}

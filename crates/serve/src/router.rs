@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cascade::Cascade;
 use crate::config::{EmbeddingConfig, ModelConfig, RouteConfig};
-use crate::error::{io_at, Result, ServeError};
+use crate::error::{io_at, route_config, Result, ServeError};
 use crate::sessions::{self, Sessions, Verdict as SessionVerdict};
 use crate::spend::{self, Allowance, Spend};
 use quiver_log::{records_after, DecisionLog, LogEvent, LogRecord, WriterLock, SEGMENT_BYTES};
@@ -358,7 +358,7 @@ impl RouteState {
     fn new(config: RouteConfig, feedback_horizon: usize) -> Result<Self> {
         let name = config.name.clone();
         Self::build(config, feedback_horizon).map_err(|e| match e {
-            ServeError::Bandit(e) => ServeError::Config(format!("route `{name}`: {e}")),
+            ServeError::Bandit(_) => route_config(&name)(e),
             other => other,
         })
     }
@@ -1094,7 +1094,7 @@ impl Router {
                 let policy: quiver_bandit::PolicySpec = state.config.policy.parse()?;
                 policy
                     .check_additive()
-                    .map_err(|e| ServeError::Config(format!("route `{name}`: {e}")))?;
+                    .map_err(|e| route_config(name)(e.into()))?;
                 if state.config.canary.is_some() {
                     return Err(ServeError::Config(format!(
                         "route `{name}`: a canary is judged on one server's log; remove `canary` from a \
@@ -1133,14 +1133,14 @@ impl Router {
             let changes = live
                 .learner
                 .reconfigure(config.clone(), &arms)
-                .map_err(|e| ServeError::Config(format!("route `{name}`: {e}")))?;
+                .map_err(|e| route_config(name)(e.into()))?;
             // What other replicas taught is kept the same way, so that their next
             // statistics, under the same configuration, fold in.
             for theirs in live.folded.values_mut() {
                 theirs
                     .learner
                     .reconfigure(config.clone(), &arms)
-                    .map_err(|e| ServeError::Config(format!("route `{name}`: {e}")))?;
+                    .map_err(|e| route_config(name)(e.into()))?;
             }
             if !changes.is_empty() {
                 tracing::info!(route = %name, ?changes, "route reconfigured; what it learned is kept");

@@ -492,4 +492,27 @@ async fn an_outcome_without_its_cost_is_priced_from_its_tokens() {
     let body = json!({"decision_id": stated, "latency_ms": 100, "cost_usd": 0.0, "input_tokens": 1000});
     assert_eq!(post(&app, "/v1/outcome", &body).await.status(), StatusCode::OK);
     assert_eq!(state.router.spend("r").unwrap().0, day);
+    // Counts that no request has, or whose price no request costs, are refused naming the
+    // counts the client sent, not a cost it did not send; nothing is recorded. (Route `r`
+    // always serves `a`, dear here.)
+    let mut dear = config(&fresh("upstream-outcome-dear"), 120_000);
+    dear.routes[0].models[0].input_usd_per_million = 50.0;
+    let (_, dear_state, dear_app) = gateway_over(dear);
+    // 200,000,000 tokens is more than any request's; 99,000,000 at $50 a million is $4,950.
+    for (tokens, names) in [(200_000_000u32, "input_tokens"), (99_000_000, "99000000 input")] {
+        let routed =
+            json_of(post(&dear_app, "/v1/route", &json!({"route": "r", "prompt": "hi"})).await).await;
+        let body = json!({"decision_id": routed["decision_id"], "latency_ms": 100, "input_tokens": tokens});
+        let refused = post(&dear_app, "/v1/outcome", &body).await;
+        assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let message = json_of(refused).await["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            message.contains(names) && !message.contains("outcome.cost_usd"),
+            "{message}"
+        );
+    }
+    assert_eq!(dear_state.router.spend("r").unwrap().0, 0.0);
 }
