@@ -1761,29 +1761,29 @@ impl Router {
         let state = self.state(route)?;
         let mut live = state.lock()?;
         let now = SystemTime::now();
-        // The caps in force, each with whom it holds and what they spent, the calls under
-        // way included (named only then: this is every decision's path).
-        let timestamp = quiver_log::now_rfc3339();
-        let with_calls_under_way = |mut spent: Spend, caller: Option<&str>| {
-            spent.add(&timestamp, live.in_flight.usd(caller), 0.0);
-            spent
-        };
+        // The caps in force, each with whom it holds, what they spent and what their calls
+        // under way are estimated at (named only then: this is every decision's path).
         let caps = [
             state.config.spend_cap.map(|cap| {
-                let spent = with_calls_under_way(live.cluster_spend(), None);
-                (cap, format!("route `{route}`"), spent)
+                let spent = live.cluster_spend();
+                (cap, format!("route `{route}`"), spent, live.in_flight.usd(None))
             }),
             state
                 .config
                 .caller_spend_cap
                 .zip(caller.as_deref())
                 .map(|(cap, c)| {
-                    let spent = with_calls_under_way(live.cluster_caller_spend(c), Some(c));
-                    (cap, format!("caller `{c}` on route `{route}`"), spent)
+                    let spent = live.cluster_caller_spend(c);
+                    (
+                        cap,
+                        format!("caller `{c}` on route `{route}`"),
+                        spent,
+                        live.in_flight.usd(Some(c)),
+                    )
                 }),
         ];
-        for (cap, who, spent) in caps.into_iter().flatten() {
-            match spend::allowance(&cap, &who, &spent, now) {
+        for (cap, who, spent, under_way) in caps.into_iter().flatten() {
+            match spend::allowance(&cap, &who, &spent, under_way, now) {
                 Allowance::Open => {}
                 Allowance::Downgraded(why) => {
                     for model in spend::dearer_half(&state.config.models) {

@@ -146,9 +146,14 @@ pub enum Allowance {
     Open,
     /// The cheaper models only; why.
     Downgraded(String),
-    /// Nothing: the message names the cap, and the wait is until its period ends.
+    /// Nothing: the message names the cap, and the wait is until its period ends, or, where
+    /// only the calls under way reach it, [`UNDER_WAY_RETRY`].
     Exhausted(String, Duration),
 }
+
+/// When to ask again where calls under way reach a cap that what was spent has not: their
+/// outcomes may come within seconds, at less than their estimates.
+pub const UNDER_WAY_RETRY: Duration = Duration::from_secs(1);
 
 /// An amount in USD: cents from a dollar up, else up to six decimals.
 fn usd(x: f64) -> String {
@@ -160,8 +165,10 @@ fn usd(x: f64) -> String {
     }
 }
 
-/// What `cap` allows `who` (`route \`r\``, say), who has spent `spend`, at `now`.
-pub fn allowance(cap: &SpendCap, who: &str, spend: &Spend, now: SystemTime) -> Allowance {
+/// What `cap` allows `who` (`route \`r\``, say), who has spent `spend` and has calls
+/// under way estimated at `under_way_usd`, at `now`. A cap that what was spent reached
+/// refuses until its period ends; one that only the calls under way reach, until they end.
+pub fn allowance(cap: &SpendCap, who: &str, spend: &Spend, under_way_usd: f64, now: SystemTime) -> Allowance {
     let stamp = humantime::format_rfc3339_seconds(now).to_string();
     let (day_usd, month_usd) = spend.at(&stamp);
     let periods = [
@@ -173,30 +180,46 @@ pub fn allowance(cap: &SpendCap, who: &str, spend: &Spend, now: SystemTime) -> A
             until_next_month(&stamp, now),
         ),
     ];
-    let mut near = None;
-    for (name, cap_usd, spent, wait) in periods {
-        let Some(cap_usd) = cap_usd else { continue };
-        if spent >= cap_usd {
-            return Allowance::Exhausted(
-                format!(
-                    "{who} reached its {name} spend cap of {} ({} spent); \
-                     it is served again when the period ends, in {} s (UTC)",
-                    usd(cap_usd),
-                    usd(spent),
-                    wait.as_secs()
-                ),
-                wait,
-            );
-        }
-        if spent >= cap.downgrade_at * cap_usd && near.is_none() {
-            let share = 100.0 * spent / cap_usd;
-            near = Some(format!(
-                "spend cap of {who}: {share:.0}% of the {name} {} spent",
-                usd(cap_usd)
-            ));
-        }
+    let capped = || {
+        periods
+            .iter()
+            .filter_map(|&(name, cap_usd, spent, wait)| cap_usd.map(|cap_usd| (name, cap_usd, spent, wait)))
+    };
+    if let Some((name, cap_usd, spent, wait)) = capped().find(|&(_, cap_usd, spent, _)| spent >= cap_usd) {
+        return Allowance::Exhausted(
+            format!(
+                "{who} reached its {name} spend cap of {} ({} spent); \
+                 it is served again when the period ends, in {} s (UTC)",
+                usd(cap_usd),
+                usd(spent),
+                wait.as_secs()
+            ),
+            wait,
+        );
     }
-    near.map_or(Allowance::Open, Allowance::Downgraded)
+    let committed = |spent: f64| spent + under_way_usd;
+    if let Some((name, cap_usd, spent, _)) =
+        capped().find(|&(_, cap_usd, spent, _)| committed(spent) >= cap_usd)
+    {
+        return Allowance::Exhausted(
+            format!(
+                "{who} has spent {} of its {name} spend cap of {}, and calls under way are \
+                 estimated at {} more; it is served again as they end below their estimates",
+                usd(spent),
+                usd(cap_usd),
+                usd(under_way_usd)
+            ),
+            UNDER_WAY_RETRY,
+        );
+    }
+    let near = capped().find(|&(_, cap_usd, spent, _)| committed(spent) >= cap.downgrade_at * cap_usd);
+    near.map_or(Allowance::Open, |(name, cap_usd, spent, _)| {
+        let share = 100.0 * committed(spent) / cap_usd;
+        Allowance::Downgraded(format!(
+            "spend cap of {who}: {share:.0}% of the {name} {} spent or under way",
+            usd(cap_usd)
+        ))
+    })
 }
 
 fn until_next_day(now: SystemTime) -> Duration {
@@ -296,6 +319,43 @@ mod tests {
         assert_eq!(spend.at("2027-01-01T00:00:00Z"), (0.0, 0.0));
     }
 
+    /// Calls under way count toward a cap at their estimates, downgrading and refusing as
+    /// spend does; but a refusal that they alone cause is worth asking again about soon,
+    /// when they may have ended below their estimates, not at the period's end. A cap
+    /// that spend reached keeps its period's wait, whatever is under way.
+    #[test]
+    fn calls_under_way_refuse_only_until_they_end() {
+        let cap = SpendCap {
+            daily_usd: Some(10.0),
+            monthly_usd: Some(100.0),
+            downgrade_at: 0.9,
+        };
+        let now = at("2026-12-15T18:00:00Z");
+        let mut spend = Spend::default();
+        spend.add("2026-12-15T01:00:00Z", 8.0, 8.0);
+        assert_eq!(allowance(&cap, "route `r`", &spend, 0.5, now), Allowance::Open);
+        assert!(matches!(
+            allowance(&cap, "route `r`", &spend, 1.0, now),
+            Allowance::Downgraded(_)
+        ));
+        let Allowance::Exhausted(message, wait) = allowance(&cap, "route `r`", &spend, 2.0, now) else {
+            panic!()
+        };
+        assert_eq!(wait, UNDER_WAY_RETRY);
+        assert_eq!(
+            message,
+            "route `r` has spent $8.00 of its daily spend cap of $10.00, and calls under way are \
+             estimated at $2.00 more; it is served again as they end below their estimates"
+        );
+        let mut month = Spend::default();
+        month.add("2026-12-02T00:00:00Z", 100.0, 100.0);
+        let Allowance::Exhausted(message, wait) = allowance(&cap, "route `r`", &month, 20.0, now) else {
+            panic!()
+        };
+        assert!(message.contains("reached its monthly spend cap"), "{message}");
+        assert_eq!(wait, Duration::from_secs(16 * 86_400 + 6 * 3600));
+    }
+
     #[test]
     fn a_cap_downgrades_then_refuses_until_its_period_ends() {
         let cap = SpendCap {
@@ -306,14 +366,17 @@ mod tests {
         let now = at("2026-12-31T18:00:00Z");
         let mut spend = Spend::default();
         spend.add("2026-12-31T01:00:00Z", 8.0, 8.0);
-        assert_eq!(allowance(&cap, "route `r`", &spend, now), Allowance::Open);
+        assert_eq!(allowance(&cap, "route `r`", &spend, 0.0, now), Allowance::Open);
         spend.add("2026-12-31T02:00:00Z", 1.0, 1.0);
-        let Allowance::Downgraded(why) = allowance(&cap, "route `r`", &spend, now) else {
+        let Allowance::Downgraded(why) = allowance(&cap, "route `r`", &spend, 0.0, now) else {
             panic!()
         };
-        assert_eq!(why, "spend cap of route `r`: 90% of the daily $10.00 spent");
+        assert_eq!(
+            why,
+            "spend cap of route `r`: 90% of the daily $10.00 spent or under way"
+        );
         spend.add("2026-12-31T03:00:00Z", 1.0, 1.0);
-        let Allowance::Exhausted(message, wait) = allowance(&cap, "route `r`", &spend, now) else {
+        let Allowance::Exhausted(message, wait) = allowance(&cap, "route `r`", &spend, 0.0, now) else {
             panic!()
         };
         assert!(
@@ -324,12 +387,13 @@ mod tests {
         // The month's cap, reached on another day, waits for the first of January.
         let mut month = Spend::default();
         month.add("2026-12-02T00:00:00Z", 100.0, 100.0);
-        let Allowance::Exhausted(message, wait) = allowance(&cap, "route `r`", &month, now) else {
+        let Allowance::Exhausted(message, wait) = allowance(&cap, "route `r`", &month, 0.0, now) else {
             panic!()
         };
         assert!(message.contains("monthly spend cap of $100.00"), "{message}");
         assert_eq!(wait, Duration::from_secs(6 * 3600));
-        let Allowance::Exhausted(_, wait) = allowance(&cap, "route `r`", &month, at("2026-12-15T00:00:00Z"))
+        let Allowance::Exhausted(_, wait) =
+            allowance(&cap, "route `r`", &month, 0.0, at("2026-12-15T00:00:00Z"))
         else {
             panic!()
         };
