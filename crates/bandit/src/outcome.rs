@@ -187,8 +187,9 @@ pub fn credited_quality(quality: Option<f64>, error: bool) -> Option<f64> {
 /// of the calls under way ([`BudgetPacer::ahead`]): the one their costs would leave if
 /// they came back at the estimates they were decided on, as a Smith predictor removes a
 /// known delay from a feedback loop. Each cost still steps the pacer once, when it comes;
-/// where the estimates are exact, decisions with calls under way pace exactly as they
-/// would had each call come back before the next decision.
+/// where the estimates are exact and the costs come back in the order of their decisions,
+/// decisions with calls under way pace exactly as they would had each call come back
+/// before the next decision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BudgetPacer {
     target_usd: f64,

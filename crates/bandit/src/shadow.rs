@@ -36,7 +36,9 @@
 //!
 //! On a route with a budget, a candidate's pacer steps on what it would have spent: DR's
 //! estimate of its cost on each completed decision (clipped at 0), since it pays for
-//! nothing itself. One candidate may serve a share of the traffic as a canary
+//! nothing itself. Until then it paces ahead of the pending decisions at the costs it
+//! expected of them (see `BudgetPacer::ahead`), as a route paces ahead of its calls under
+//! way: qualities come late, and a canary paced by completed decisions alone would swing. One candidate may serve a share of the traffic as a canary
 //! ([`crate::canary`]).
 
 use std::collections::VecDeque;
@@ -132,6 +134,13 @@ pub struct Shadows {
 pub struct Draws {
     candidates: Vec<PmfChoice>,
     canary_serves: bool,
+}
+
+impl Draws {
+    /// Each candidate's decision, in the order of the candidates.
+    pub fn choices(&self) -> &[PmfChoice] {
+        &self.candidates
+    }
 }
 
 /// An estimate and its 95% interval.
@@ -301,11 +310,18 @@ impl Shadows {
     /// coin says whether it serves (see [`Shadows::canary_arm`] and
     /// [`Shadows::propensity`]); then [`Shadows::record`] takes the logged decision.
     pub fn decide(&mut self, id: u64, request: &Request) -> Result<Draws> {
-        let candidates = self
-            .candidates
-            .iter_mut()
-            .map(|c| c.learner.decide_pmf(request))
-            .collect::<Result<Vec<_>>>()?;
+        let mut ahead = request.clone();
+        let mut candidates = Vec::with_capacity(self.candidates.len());
+        for (i, c) in self.candidates.iter_mut().enumerate() {
+            // A budget's pacer steps as the pending decisions complete: it paces ahead of
+            // them, at what they are expected to cost.
+            ahead.costs_under_way.clear();
+            if c.learner.pacer().is_some() {
+                let pending = self.pending.iter().map(|p| p.candidates[i].expected_cost_usd);
+                ahead.costs_under_way.extend(pending);
+            }
+            candidates.push(c.learner.decide_pmf(&ahead)?);
+        }
         let canary_serves = self
             .canary
             .as_ref()

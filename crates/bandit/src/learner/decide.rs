@@ -313,8 +313,14 @@ impl Learner {
             pmf[arm] = p;
         }
         let arm = s.eligible[s.position];
+        let expected_cost_usd = s.probabilities.iter().zip(&s.costs).map(|(p, c)| p * c).sum();
         self.track_decision(s.id, TrackedDecision::new(arm, &request.context));
-        Ok(PmfChoice { id: s.id, pmf, arm })
+        Ok(PmfChoice {
+            id: s.id,
+            pmf,
+            arm,
+            expected_cost_usd,
+        })
     }
 
     /// [`Learner::decide`] without the explanation, for simulators that play many

@@ -208,6 +208,8 @@ pub struct PmfChoice {
     pub pmf: Vec<f64>,
     /// Index of the arm drawn.
     pub arm: usize,
+    /// What the decision is expected to cost: the arms' estimated costs under its PMF.
+    pub expected_cost_usd: f64,
 }
 
 /// A bandit learner for one route: decides, learns from outcomes, snapshots.
