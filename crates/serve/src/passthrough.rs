@@ -82,13 +82,6 @@ pub(crate) async fn embeddings(
             ))
         })?;
     let lease = Leased::new(&state.deployments, lease);
-    if !state.health.try_call(route, &lease.key, false, started) {
-        // Never sent: it counts against no limit.
-        state.deployments.cancel(&lease.into_inner());
-        return Err(ApiError::Upstream(format!(
-            "model `{id}`: its circuit breaker is open"
-        )));
-    }
     let served = &lease.model_config;
     body["model"] = Value::String(served.upstream_model.clone().unwrap_or_else(|| served.id.clone()));
     let call = UpstreamCall {
@@ -99,7 +92,6 @@ pub(crate) async fn embeddings(
         deadline: started + Duration::from_millis(state.config.request_timeout_ms),
     };
     let answered = state.upstream.call(call).await;
-    let retry_after = answered.as_ref().err().and_then(|failure| failure.retry_after);
     let upstream = |reason: String| ApiError::Upstream(format!("model `{id}`: {reason}"));
     let (result, answer) = match answered {
         Ok(Answer::Complete { body, passed, .. }) => {
@@ -135,10 +127,6 @@ pub(crate) async fn embeddings(
     state
         .metrics
         .upstream_attempt(&model.id, result, started.elapsed());
-    // The model's breaker hears of its embeddings' failures as of its completions'.
-    state
-        .health
-        .record(route, &lease.key, result == "error", retry_after, Instant::now());
     answer
 }
 

@@ -1092,7 +1092,7 @@ impl<'a> Leased<'a> {
     }
 
     /// The lease, no longer released on drop.
-    pub(crate) fn into_inner(mut self) -> Lease {
+    fn into_inner(mut self) -> Lease {
         self.armed = false;
         self.lease.clone()
     }
