@@ -1782,18 +1782,36 @@ impl Router {
                     )
                 }),
         ];
-        for (cap, who, spent, under_way) in caps.into_iter().flatten() {
-            match spend::allowance(&cap, &who, &spent, under_way, now) {
-                Allowance::Open => {}
-                Allowance::Downgraded(why) => {
-                    for model in spend::dearer_half(&state.config.models) {
-                        unavailable
-                            .entry(model.to_string())
-                            .or_insert_with(|| why.clone());
-                    }
-                }
-                Allowance::Exhausted(message, retry_after) => {
-                    return Err(ServeError::SpendCap { message, retry_after });
+        let allowances: Vec<Allowance> = caps
+            .into_iter()
+            .flatten()
+            .map(|(cap, who, spent, under_way)| spend::allowance(&cap, &who, &spent, under_way, now))
+            .collect();
+        // A cap that spend reached says how long to wait before one that calls under way hold.
+        let refusal = allowances
+            .iter()
+            .find_map(|a| match a {
+                Allowance::Exhausted(message, wait) => Some((message, *wait)),
+                _ => None,
+            })
+            .or_else(|| {
+                allowances.iter().find_map(|a| match a {
+                    Allowance::HeldByCallsUnderWay(message) => Some((message, spend::UNDER_WAY_RETRY)),
+                    _ => None,
+                })
+            });
+        if let Some((message, retry_after)) = refusal {
+            return Err(ServeError::SpendCap {
+                message: message.clone(),
+                retry_after,
+            });
+        }
+        for allowance in allowances {
+            if let Allowance::Downgraded(why) = allowance {
+                for model in spend::dearer_half(&state.config.models) {
+                    unavailable
+                        .entry(model.to_string())
+                        .or_insert_with(|| why.clone());
                 }
             }
         }

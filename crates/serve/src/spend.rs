@@ -146,9 +146,11 @@ pub enum Allowance {
     Open,
     /// The cheaper models only; why.
     Downgraded(String),
-    /// Nothing: the message names the cap, and the wait is until its period ends, or, where
-    /// only the calls under way reach it, [`UNDER_WAY_RETRY`].
+    /// Nothing until the period ends: the message names the cap, with the wait.
     Exhausted(String, Duration),
+    /// Nothing while the calls under way reach the cap that what was spent has not: the
+    /// message says so; ask again after [`UNDER_WAY_RETRY`].
+    HeldByCallsUnderWay(String),
 }
 
 /// When to ask again where calls under way reach a cap that what was spent has not: their
@@ -201,16 +203,13 @@ pub fn allowance(cap: &SpendCap, who: &str, spend: &Spend, under_way_usd: f64, n
     if let Some((name, cap_usd, spent, _)) =
         capped().find(|&(_, cap_usd, spent, _)| committed(spent) >= cap_usd)
     {
-        return Allowance::Exhausted(
-            format!(
-                "{who} has spent {} of its {name} spend cap of {}, and calls under way are \
-                 estimated at {} more; it is served again as they end below their estimates",
-                usd(spent),
-                usd(cap_usd),
-                usd(under_way_usd)
-            ),
-            UNDER_WAY_RETRY,
-        );
+        return Allowance::HeldByCallsUnderWay(format!(
+            "{who} has spent {} of its {name} spend cap of {}, and calls under way are \
+             estimated at {} more; it is served again as they end below their estimates",
+            usd(spent),
+            usd(cap_usd),
+            usd(under_way_usd)
+        ));
     }
     let near = capped().find(|&(_, cap_usd, spent, _)| committed(spent) >= cap.downgrade_at * cap_usd);
     near.map_or(Allowance::Open, |(name, cap_usd, spent, _)| {
@@ -338,10 +337,9 @@ mod tests {
             allowance(&cap, "route `r`", &spend, 1.0, now),
             Allowance::Downgraded(_)
         ));
-        let Allowance::Exhausted(message, wait) = allowance(&cap, "route `r`", &spend, 2.0, now) else {
+        let Allowance::HeldByCallsUnderWay(message) = allowance(&cap, "route `r`", &spend, 2.0, now) else {
             panic!()
         };
-        assert_eq!(wait, UNDER_WAY_RETRY);
         assert_eq!(
             message,
             "route `r` has spent $8.00 of its daily spend cap of $10.00, and calls under way are \

@@ -1161,6 +1161,79 @@ fn calls_under_way_count_against_a_spend_cap() {
     assert!((day - 2.0 * estimate).abs() < 1e-12, "{day}");
 }
 
+/// A cap that spend reached is the refusal a caller hears, with its period's wait, though
+/// another caller's calls under way hold the route's cap too (that one would say to ask
+/// again in a second).
+#[test]
+fn a_cap_that_spend_reached_outranks_one_that_calls_under_way_hold() {
+    use quiver_serve::spend::SpendCap;
+    use quiver_serve::Observed;
+    let cap = |daily_usd: f64| {
+        Some(SpendCap {
+            daily_usd: Some(daily_usd),
+            monthly_usd: None,
+            downgrade_at: 1.0,
+        })
+    };
+    let request = RouteRequest {
+        prompt: Some("hi".into()),
+        ..RouteRequest::default()
+    };
+    let model = || vec![ModelConfig::priced("m", 1.0, 2.0)];
+    let estimate = {
+        let router = Router::open(
+            vec![RouteConfig::new("r", "beta-ts", model())],
+            &scratch("router_cap_order_estimate"),
+        )
+        .unwrap();
+        router.route("r", &request).unwrap().wait().unwrap().decision.arms[0].cost_usd
+    };
+    let route = RouteConfig {
+        spend_cap: cap(3.0 * estimate),
+        caller_spend_cap: cap(1.5 * estimate),
+        ..RouteConfig::new("r", "beta-ts", model())
+    };
+    let router = Router::open(vec![route], &scratch("router_cap_order")).unwrap();
+    let call = |caller: &str| {
+        let observed = Observed {
+            calls: true,
+            caller: Some(caller.to_string()),
+            ..Observed::default()
+        };
+        router
+            .route_observed("r", &request, observed)
+            .map(|p| p.wait().unwrap())
+    };
+    // Caller `a` spends two estimates, past its cap of 1.5.
+    for _ in 0..2 {
+        let routed = call("a").unwrap();
+        let outcome = Outcome::new(100.0, estimate).with_tokens(1, 256);
+        router
+            .record_outcome(&routed.decision_id, &outcome)
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    // Caller `b`'s call under way brings the route to its cap of three.
+    let _under_way = call("b").unwrap();
+    let Err(ServeError::SpendCap { message, retry_after }) = call("a") else {
+        panic!("caller `a` is over its cap")
+    };
+    assert!(
+        message.starts_with("caller `a` on route `r` reached its daily spend cap"),
+        "{message}"
+    );
+    assert!(
+        retry_after > quiver_serve::spend::UNDER_WAY_RETRY,
+        "{retry_after:?}"
+    );
+    let Err(ServeError::SpendCap { message, retry_after }) = call("b") else {
+        panic!("the route is held at its cap")
+    };
+    assert!(message.starts_with("route `r` has spent"), "{message}");
+    assert_eq!(retry_after, quiver_serve::spend::UNDER_WAY_RETRY);
+}
+
 /// A budget paces each decision ahead of the proxy's calls under way: its cost weight is
 /// the one the pacer will have once their estimated costs come back, so that concurrent
 /// calls do not all decide on the multiplier the calls before them found. A call stops
