@@ -35,10 +35,10 @@
 //! quality comes.
 //!
 //! On a route with a budget, a candidate's pacer steps on what it would have spent: DR's
-//! estimate of its cost on each completed decision (clipped at 0), since it pays for
-//! nothing itself. Until then it paces ahead of the pending decisions at the costs it
-//! expected of them (see `BudgetPacer::ahead`), as a route paces ahead of its calls under
-//! way: qualities come late, and a canary paced by completed decisions alone would swing. One candidate may serve a share of the traffic as a canary
+//! estimate of its cost on each decision whose outcome came (clipped at 0), since it pays
+//! for nothing itself. Until the outcome comes it paces ahead of the decision at the cost
+//! it expected of it (see `BudgetPacer::ahead`), as a route paces ahead of its calls under
+//! way (of the latest [`MAX_STEPS_AT_ONCE`] pending decisions, to bound the work). One candidate may serve a share of the traffic as a canary
 //! ([`crate::canary`]).
 
 use std::collections::VecDeque;
@@ -51,7 +51,7 @@ use crate::error::Result;
 use crate::hull;
 use crate::learner::{Learner, LearnerConfig, PmfChoice, Request};
 use crate::ope::{Dr, Estimator, OpeInputs, Snips, TermMoments, WeightStream};
-use crate::outcome::{credited_quality, Objective, Outcome};
+use crate::outcome::{credited_quality, Objective, Outcome, MAX_STEPS_AT_ONCE};
 use crate::policy::PolicySpec;
 use crate::ridge::RidgeTable;
 use crate::stats::Forgetting;
@@ -61,6 +61,35 @@ const REWARD_MODEL_LAMBDA: f64 = 1.0;
 
 /// A completed decision's metrics: `[value, quality, cost]`, `None` where unobserved.
 type Observed = [Option<f64>; 3];
+
+/// The index of cost among the metrics.
+const COST: usize = 2;
+
+/// One row of estimator inputs for a decision logged with `propensity`, rewritten
+/// ([`set_row`]) for each metric and each policy valued on it.
+fn row_of(propensity: f64) -> OpeInputs {
+    OpeInputs {
+        reward: vec![0.0],
+        propensity: vec![propensity],
+        target: vec![0.0],
+        q_logged: vec![0.0],
+        dm: vec![0.0],
+        accepted: vec![false],
+        clip: f64::INFINITY,
+        switch_tau: f64::INFINITY,
+    }
+}
+
+/// Writes into `row` a metric's value `r` and its reward model's prediction `q` for the
+/// logged arm, and a policy's probability `target` of that arm, its model-based value
+/// `dm` and whether it drew the arm (`accepted`).
+fn set_row(row: &mut OpeInputs, r: f64, q: f64, target: f64, dm: f64, accepted: bool) {
+    row.reward[0] = r;
+    row.q_logged[0] = q;
+    row.target[0] = target;
+    row.dm[0] = dm;
+    row.accepted[0] = accepted;
+}
 
 /// A live decision awaiting its outcome or quality.
 struct PendingDecision {
@@ -312,13 +341,16 @@ impl Shadows {
     pub fn decide(&mut self, id: u64, request: &Request) -> Result<Draws> {
         let mut ahead = request.clone();
         let mut candidates = Vec::with_capacity(self.candidates.len());
+        // A budget's pacer steps as the outcomes come: each candidate paces ahead of the
+        // latest decisions still awaiting theirs, at what it expected each to cost.
+        let latest = self.pending.len().saturating_sub(MAX_STEPS_AT_ONCE as usize);
         for (i, c) in self.candidates.iter_mut().enumerate() {
-            // A budget's pacer steps as the pending decisions complete: it paces ahead of
-            // them, at what they are expected to cost.
             ahead.costs_under_way.clear();
             if c.learner.pacer().is_some() {
-                let pending = self.pending.iter().map(|p| p.candidates[i].expected_cost_usd);
-                ahead.costs_under_way.extend(pending);
+                let awaiting = self.pending.range(latest..).filter(|p| p.outcome.is_none());
+                ahead
+                    .costs_under_way
+                    .extend(awaiting.map(|p| p.candidates[i].expected_cost_usd));
             }
             candidates.push(c.learner.decide_pmf(&ahead)?);
         }
@@ -401,6 +433,11 @@ impl Shadows {
 
     /// Decision `id`'s outcome (the first one counts; an unknown id is ignored).
     pub fn outcome(&mut self, id: u64, outcome: &Outcome) -> Result<()> {
+        if let Ok(at) = self.pending.binary_search_by_key(&id, |p| p.id) {
+            if self.pending[at].outcome.is_none() {
+                self.pace(at, outcome.cost_usd);
+            }
+        }
         self.update(id, |p| {
             if p.outcome.is_none() {
                 p.outcome = Some(outcome.clone());
@@ -433,6 +470,29 @@ impl Shadows {
         Ok(())
     }
 
+    /// Steps each candidate's budget, if it has one, with what it would have spent on
+    /// pending decision `at`, whose call cost `cost`: DR's estimate of its cost there,
+    /// clipped at 0, since it pays for nothing itself.
+    fn pace(&mut self, at: usize, cost: f64) {
+        let p = &self.pending[at];
+        let q = &p.q[COST];
+        let mut row = row_of(p.propensity);
+        for (c, choice) in self.candidates.iter_mut().zip(&p.candidates) {
+            if c.learner.pacer().is_some() {
+                let dm = choice.pmf.iter().zip(q).map(|(w, q)| w * q).sum();
+                set_row(
+                    &mut row,
+                    cost,
+                    q[p.arm],
+                    choice.pmf[p.arm],
+                    dm,
+                    choice.arm == p.arm,
+                );
+                c.learner.pace_calls_elsewhere(1, Dr.terms(&row, 0)[0].max(0.0));
+            }
+        }
+    }
+
     /// Adds a decision's rows to the estimates, then lets the reward models and the
     /// candidates learn it.
     fn complete(&mut self, p: PendingDecision) -> Result<()> {
@@ -446,44 +506,23 @@ impl Shadows {
             p.quality,
             Some(cost),
         ];
-        // One row of estimator inputs, rewritten for each policy valued on it.
-        let mut row = OpeInputs {
-            reward: vec![0.0],
-            propensity: vec![p.propensity],
-            target: vec![0.0],
-            q_logged: vec![0.0],
-            dm: vec![0.0],
-            accepted: vec![false],
-            clip: f64::INFINITY,
-            switch_tau: f64::INFINITY,
-        };
-        let set = |row: &mut OpeInputs, r: f64, q: f64, target: f64, dm: f64, accepted: bool| {
-            row.reward[0] = r;
-            row.q_logged[0] = q;
-            row.target[0] = target;
-            row.dm[0] = dm;
-            row.accepted[0] = accepted;
-        };
+        let mut row = row_of(p.propensity);
         self.models[p.arm].chosen += 1;
         for (m, r) in observed.iter().enumerate() {
             let Some(r) = *r else { continue };
             let q = &p.q[m];
             // The live policy on its own rows: weight 1 (only its SNIPS, the plain mean, is
             // reported, so its `dm` is never read).
-            set(&mut row, r, q[p.arm], p.propensity, q[p.arm], true);
+            set_row(&mut row, r, q[p.arm], p.propensity, q[p.arm], true);
             self.incumbent[m].add_rows(&Snips, &row);
             for (i, (c, choice)) in self.candidates.iter_mut().zip(&p.candidates).enumerate() {
                 let dm = choice.pmf.iter().zip(q).map(|(w, q)| w * q).sum();
-                set(&mut row, r, q[p.arm], choice.pmf[p.arm], dm, choice.arm == p.arm);
+                set_row(&mut row, r, q[p.arm], choice.pmf[p.arm], dm, choice.arm == p.arm);
                 c.metrics[m].add(&row);
-                match (m, &mut self.canary) {
-                    (0, Some((index, gate))) if *index == i => gate.add(&row, !p.canary_served),
-                    // What it would have spent, for its pacer: DR's cost term.
-                    (2, _) => {
-                        let cost = Dr.terms(&row, 0)[0];
-                        c.learner.pace_calls_elsewhere(1, cost.max(0.0));
+                if let (0, Some((index, gate))) = (m, &mut self.canary) {
+                    if *index == i {
+                        gate.add(&row, !p.canary_served);
                     }
-                    _ => {}
                 }
             }
             // A fixed policy on model k puts weight 1 / mu on the rows that chose k and 0
@@ -491,7 +530,7 @@ impl Shadows {
             if m > 0 {
                 for (k, model) in self.models.iter_mut().enumerate() {
                     let chosen = f64::from(u8::from(k == p.arm));
-                    set(&mut row, r, q[p.arm], chosen, q[k], true);
+                    set_row(&mut row, r, q[p.arm], chosen, q[k], true);
                     let moments = if m == 1 {
                         &mut model.quality
                     } else {
