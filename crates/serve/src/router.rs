@@ -1787,24 +1787,8 @@ impl Router {
             .flatten()
             .map(|(cap, who, spent, under_way)| spend::allowance(&cap, &who, &spent, under_way, now))
             .collect();
-        // A cap that spend reached says how long to wait before one that calls under way hold.
-        let refusal = allowances
-            .iter()
-            .find_map(|a| match a {
-                Allowance::Exhausted(message, wait) => Some((message, *wait)),
-                _ => None,
-            })
-            .or_else(|| {
-                allowances.iter().find_map(|a| match a {
-                    Allowance::HeldByCallsUnderWay(message) => Some((message, spend::UNDER_WAY_RETRY)),
-                    _ => None,
-                })
-            });
-        if let Some((message, retry_after)) = refusal {
-            return Err(ServeError::SpendCap {
-                message: message.clone(),
-                retry_after,
-            });
+        if let Some((message, retry_after)) = spend::refusal(&allowances) {
+            return Err(ServeError::SpendCap { message, retry_after });
         }
         for allowance in allowances {
             if let Allowance::Downgraded(why) = allowance {

@@ -187,7 +187,9 @@ pub fn allowance(cap: &SpendCap, who: &str, spend: &Spend, under_way_usd: f64, n
             .iter()
             .filter_map(|&(name, cap_usd, spent, wait)| cap_usd.map(|cap_usd| (name, cap_usd, spent, wait)))
     };
-    if let Some((name, cap_usd, spent, wait)) = capped().find(|&(_, cap_usd, spent, _)| spent >= cap_usd) {
+    // Of the periods spend reached, the one that ends last: the cap holds until then.
+    let reached = capped().filter(|&(_, cap_usd, spent, _)| spent >= cap_usd);
+    if let Some((name, cap_usd, spent, wait)) = reached.max_by_key(|&(_, _, _, wait)| wait) {
         return Allowance::Exhausted(
             format!(
                 "{who} reached its {name} spend cap of {} ({} spent); \
@@ -218,6 +220,26 @@ pub fn allowance(cap: &SpendCap, who: &str, spend: &Spend, under_way_usd: f64, n
             "spend cap of {who}: {share:.0}% of the {name} {} spent or under way",
             usd(cap_usd)
         ))
+    })
+}
+
+/// The refusal of a request that `allowances` (one per cap in force) answer, if any, with
+/// how long to wait: of the caps that spend reached, the one that holds longest, since
+/// the request is refused until it lifts; else any cap that calls under way hold, asked
+/// again after [`UNDER_WAY_RETRY`].
+pub fn refusal(allowances: &[Allowance]) -> Option<(String, Duration)> {
+    let reached = allowances
+        .iter()
+        .filter_map(|a| match a {
+            Allowance::Exhausted(message, wait) => Some((message.clone(), *wait)),
+            _ => None,
+        })
+        .max_by_key(|&(_, wait)| wait);
+    reached.or_else(|| {
+        allowances.iter().find_map(|a| match a {
+            Allowance::HeldByCallsUnderWay(message) => Some((message.clone(), UNDER_WAY_RETRY)),
+            _ => None,
+        })
     })
 }
 
@@ -352,6 +374,43 @@ mod tests {
         };
         assert!(message.contains("reached its monthly spend cap"), "{message}");
         assert_eq!(wait, Duration::from_secs(16 * 86_400 + 6 * 3600));
+    }
+
+    /// A request refused by several caps waits for the last of them to lift: the longer
+    /// of a cap's two periods, the longest-held of several caps, and a cap that calls
+    /// under way hold only where spend reached none.
+    #[test]
+    fn a_refusal_waits_for_the_last_cap_to_lift() {
+        let cap = SpendCap {
+            daily_usd: Some(10.0),
+            monthly_usd: Some(100.0),
+            downgrade_at: 0.9,
+        };
+        let now = at("2026-12-15T18:00:00Z");
+        let mut spend = Spend::default();
+        spend.add("2026-12-02T00:00:00Z", 95.0, 95.0);
+        spend.add("2026-12-15T01:00:00Z", 10.0, 10.0);
+        let both = allowance(&cap, "route `r`", &spend, 0.0, now);
+        let Allowance::Exhausted(message, wait) = &both else {
+            panic!("{both:?}")
+        };
+        assert!(message.contains("monthly"), "{message}");
+        assert_eq!(*wait, Duration::from_secs(16 * 86_400 + 6 * 3600));
+        let day = Allowance::Exhausted("day".into(), Duration::from_secs(60));
+        let held = Allowance::HeldByCallsUnderWay("held".into());
+        assert_eq!(
+            refusal(&[held.clone(), day.clone(), both.clone(), Allowance::Open]),
+            Some((message.clone(), *wait))
+        );
+        assert_eq!(
+            refusal(&[held.clone(), day]),
+            Some(("day".into(), Duration::from_secs(60)))
+        );
+        assert_eq!(
+            refusal(&[Allowance::Open, held]),
+            Some(("held".into(), UNDER_WAY_RETRY))
+        );
+        assert_eq!(refusal(&[Allowance::Downgraded("near".into())]), None);
     }
 
     #[test]
