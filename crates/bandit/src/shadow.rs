@@ -38,7 +38,8 @@
 //! estimate of its cost on each decision whose outcome came (clipped at 0), since it pays
 //! for nothing itself. Until the outcome comes it paces ahead of the decision at the cost
 //! it expected of it (see `BudgetPacer::ahead`), as a route paces ahead of its calls under
-//! way (of the latest [`MAX_STEPS_AT_ONCE`] pending decisions, to bound the work). One candidate may serve a share of the traffic as a canary
+//! way; only the latest [`MAX_STEPS_AT_ONCE`] pending decisions are looked at, to bound
+//! the work. One candidate may serve a share of the traffic as a canary
 //! ([`crate::canary`]).
 
 use std::collections::VecDeque;
