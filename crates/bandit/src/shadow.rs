@@ -92,6 +92,13 @@ fn set_row(row: &mut OpeInputs, r: f64, q: f64, target: f64, dm: f64, accepted: 
     row.accepted[0] = accepted;
 }
 
+/// Writes into `row` a metric's value `r` on a decision that served arm `logged`, its
+/// reward model having predicted `q` for every arm, as candidate `choice` values it.
+fn set_candidate_row(row: &mut OpeInputs, r: f64, q: &[f64], logged: usize, choice: &PmfChoice) {
+    let dm = choice.pmf.iter().zip(q).map(|(w, q)| w * q).sum();
+    set_row(row, r, q[logged], choice.pmf[logged], dm, choice.arm == logged);
+}
+
 /// A live decision awaiting its outcome or quality.
 struct PendingDecision {
     id: u64,
@@ -340,20 +347,24 @@ impl Shadows {
     /// coin says whether it serves (see [`Shadows::canary_arm`] and
     /// [`Shadows::propensity`]); then [`Shadows::record`] takes the logged decision.
     pub fn decide(&mut self, id: u64, request: &Request) -> Result<Draws> {
-        let mut ahead = request.clone();
+        let mut ahead: Option<Request> = None;
         let mut candidates = Vec::with_capacity(self.candidates.len());
         // A budget's pacer steps as the outcomes come: each candidate paces ahead of the
         // latest decisions still awaiting theirs, at what it expected each to cost.
         let latest = self.pending.len().saturating_sub(MAX_STEPS_AT_ONCE as usize);
         for (i, c) in self.candidates.iter_mut().enumerate() {
-            ahead.costs_under_way.clear();
-            if c.learner.pacer().is_some() {
+            let choice = if c.learner.pacer().is_some() {
+                let ahead = ahead.get_or_insert_with(|| request.clone());
                 let awaiting = self.pending.range(latest..).filter(|p| p.outcome.is_none());
+                ahead.costs_under_way.clear();
                 ahead
                     .costs_under_way
                     .extend(awaiting.map(|p| p.candidates[i].expected_cost_usd));
-            }
-            candidates.push(c.learner.decide_pmf(&ahead)?);
+                c.learner.decide_pmf(ahead)?
+            } else {
+                c.learner.decide_pmf(request)?
+            };
+            candidates.push(choice);
         }
         let canary_serves = self
             .canary
@@ -480,15 +491,7 @@ impl Shadows {
         let mut row = row_of(p.propensity);
         for (c, choice) in self.candidates.iter_mut().zip(&p.candidates) {
             if c.learner.pacer().is_some() {
-                let dm = choice.pmf.iter().zip(q).map(|(w, q)| w * q).sum();
-                set_row(
-                    &mut row,
-                    cost,
-                    q[p.arm],
-                    choice.pmf[p.arm],
-                    dm,
-                    choice.arm == p.arm,
-                );
+                set_candidate_row(&mut row, cost, q, p.arm, choice);
                 c.learner.pace_calls_elsewhere(1, Dr.terms(&row, 0)[0].max(0.0));
             }
         }
@@ -517,8 +520,7 @@ impl Shadows {
             set_row(&mut row, r, q[p.arm], p.propensity, q[p.arm], true);
             self.incumbent[m].add_rows(&Snips, &row);
             for (i, (c, choice)) in self.candidates.iter_mut().zip(&p.candidates).enumerate() {
-                let dm = choice.pmf.iter().zip(q).map(|(w, q)| w * q).sum();
-                set_row(&mut row, r, q[p.arm], choice.pmf[p.arm], dm, choice.arm == p.arm);
+                set_candidate_row(&mut row, r, q, p.arm, choice);
                 c.metrics[m].add(&row);
                 if let (0, Some((index, gate))) = (m, &mut self.canary) {
                     if *index == i {
