@@ -1805,7 +1805,9 @@ impl Router {
         let route_objective = live.learner.config().objective;
         learner_request.objective = request.objective.map(|o| o.over(route_objective));
         learner_request.unavailable = unavailable;
-        learner_request.costs_under_way = live.in_flight.costs();
+        if live.learner.pacer().is_some() {
+            learner_request.costs_under_way = live.in_flight.costs();
+        }
         // Propose first: nothing learned changes until the log holds the decision (the
         // latest decision, if still unjudged, is held: see `Learner::hold_latest`).
         live.learner.hold_latest();

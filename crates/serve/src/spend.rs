@@ -340,17 +340,22 @@ mod tests {
         assert_eq!(spend.at("2027-01-01T00:00:00Z"), (0.0, 0.0));
     }
 
+    /// $10 a day and $100 a month, downgrading from 90%.
+    fn ten_a_day_a_hundred_a_month() -> SpendCap {
+        SpendCap {
+            daily_usd: Some(10.0),
+            monthly_usd: Some(100.0),
+            downgrade_at: 0.9,
+        }
+    }
+
     /// Calls under way count toward a cap at their estimates, downgrading and refusing as
     /// spend does; but a refusal that they alone cause is worth asking again about soon,
     /// when they may have ended below their estimates, not at the period's end. A cap
     /// that spend reached keeps its period's wait, whatever is under way.
     #[test]
     fn calls_under_way_refuse_only_until_they_end() {
-        let cap = SpendCap {
-            daily_usd: Some(10.0),
-            monthly_usd: Some(100.0),
-            downgrade_at: 0.9,
-        };
+        let cap = ten_a_day_a_hundred_a_month();
         let now = at("2026-12-15T18:00:00Z");
         let mut spend = Spend::default();
         spend.add("2026-12-15T01:00:00Z", 8.0, 8.0);
@@ -381,11 +386,7 @@ mod tests {
     /// under way hold only where spend reached none.
     #[test]
     fn a_refusal_waits_for_the_last_cap_to_lift() {
-        let cap = SpendCap {
-            daily_usd: Some(10.0),
-            monthly_usd: Some(100.0),
-            downgrade_at: 0.9,
-        };
+        let cap = ten_a_day_a_hundred_a_month();
         let now = at("2026-12-15T18:00:00Z");
         let mut spend = Spend::default();
         spend.add("2026-12-02T00:00:00Z", 95.0, 95.0);
@@ -415,11 +416,7 @@ mod tests {
 
     #[test]
     fn a_cap_downgrades_then_refuses_until_its_period_ends() {
-        let cap = SpendCap {
-            daily_usd: Some(10.0),
-            monthly_usd: Some(100.0),
-            downgrade_at: 0.9,
-        };
+        let cap = ten_a_day_a_hundred_a_month();
         let now = at("2026-12-31T18:00:00Z");
         let mut spend = Spend::default();
         spend.add("2026-12-31T01:00:00Z", 8.0, 8.0);
