@@ -94,6 +94,11 @@ pub struct ServeConfig {
     /// its features until then (about 630 bytes with 64 features).
     #[serde(default = "default_horizon")]
     pub feedback_horizon_decisions: usize,
+    /// How long a decision of `/v1/route` counts, at its estimated cost, as a call under
+    /// way that its route's budget paces ahead of, while its outcome has not come, seconds;
+    /// 0 counts none (see [`crate::RouterOptions::routed_call_limit`]).
+    #[serde(default = "default_routed_call_limit")]
+    pub routed_call_limit_s: u64,
     /// Bearer tokens.
     #[serde(default)]
     pub auth: AuthConfig,
@@ -157,6 +162,9 @@ fn default_upstream_retries() -> u32 {
 fn default_horizon() -> usize {
     quiver_bandit::DEFAULT_FEEDBACK_HORIZON
 }
+fn default_routed_call_limit() -> u64 {
+    crate::router::ROUTED_CALL_LIMIT.as_secs()
+}
 
 impl ServeConfig {
     /// A configuration of `routes` logging to `log_dir`, with every other option at its
@@ -180,6 +188,7 @@ impl ServeConfig {
             cache: CacheConfig::default(),
             balance: Balance::default(),
             feedback_horizon_decisions: default_horizon(),
+            routed_call_limit_s: default_routed_call_limit(),
             auth: AuthConfig::default(),
             cors_allow_origins: Vec::new(),
             cluster: None,

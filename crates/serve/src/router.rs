@@ -122,7 +122,9 @@ pub struct Observed {
     /// Who asked (`crate::auth::caller`), when routing takes tokens.
     pub caller: Option<String>,
     /// Whether the server calls the chosen model itself and records the call's outcome
-    /// (the proxy): its estimated cost counts against the spend caps until then.
+    /// (the proxy): its estimated cost counts against the spend caps until then. A call
+    /// the client makes counts for the route's budget pacer alone
+    /// ([`RouterOptions::routed_call_limit`]).
     pub calls: bool,
 }
 
@@ -172,17 +174,20 @@ struct LiveRoute {
     recent: VecDeque<RecentDecision>,
     /// The sessions its requests named.
     sessions: Sessions,
-    /// The calls the server is making for the route, until their outcomes come.
+    /// The calls made for the route's decisions, until their outcomes come.
     in_flight: InFlight,
 }
 
-/// The calls a server makes for a route's decisions (the proxy's), at their decisions'
-/// estimated cost, from the decision until the call's outcome is recorded or the request
-/// is done with it. Spend caps count them, so that a burst of concurrent calls cannot all
-/// pass a cap none of them has reached yet, and a budget paces each decision ahead of
-/// them (see `BudgetPacer::ahead`), so that concurrent calls do not all decide on the
-/// multiplier the calls before them found. Should a call be left counted all the same,
-/// it is forgotten after [`IN_FLIGHT_LIMIT`] rather than hold the route at its cap.
+/// The calls made for a route's decisions, at their decisions' estimated cost, from the
+/// decision until the call's outcome is recorded. A budget paces each decision ahead of
+/// them all (see `BudgetPacer::ahead`), so that concurrent calls do not all decide on the
+/// multiplier the calls before them found. The calls the server makes (the proxy's) also
+/// end when their request is done with them, and spend caps count them, so that a burst of
+/// concurrent calls cannot all pass a cap none of them has reached yet. A call its client
+/// makes (a decision of `/v1/route`) counts for the pacer alone, until its outcome or
+/// [`RouterOptions::routed_call_limit`]: its client may never report one. Should a
+/// server's call be left counted all the same, it is forgotten after [`IN_FLIGHT_LIMIT`]
+/// rather than hold the route at its cap.
 #[derive(Debug, Default)]
 struct InFlight {
     calls: BTreeMap<u64, InFlightCall>,
@@ -192,17 +197,29 @@ struct InFlight {
 struct InFlightCall {
     usd: f64,
     caller: Option<String>,
-    since: Instant,
+    until: Instant,
+    /// Whether the server makes the call (the spend caps count it).
+    by_server: bool,
 }
 
-/// How long a call counts as under way at most: longer than any request's time limit.
+/// How long a server's call counts as under way at most: longer than any request's time
+/// limit.
 const IN_FLIGHT_LIMIT: Duration = Duration::from_secs(15 * 60);
 
 impl InFlight {
-    fn start(&mut self, id: u64, usd: f64, caller: Option<String>) {
-        let since = Instant::now();
-        self.calls.retain(|_, call| since - call.since < IN_FLIGHT_LIMIT);
-        self.calls.insert(id, InFlightCall { usd, caller, since });
+    fn start(&mut self, id: u64, usd: f64, caller: Option<String>, by_server: bool, limit: Duration) {
+        let now = Instant::now();
+        self.calls.retain(|_, call| call.until > now);
+        let until = now + limit;
+        self.calls.insert(
+            id,
+            InFlightCall {
+                usd,
+                caller,
+                until,
+                by_server,
+            },
+        );
     }
 
     fn end(&mut self, id: u64) {
@@ -211,15 +228,14 @@ impl InFlight {
 
     /// The calls under way, oldest first.
     fn under_way(&self) -> impl Iterator<Item = &InFlightCall> {
-        self.calls
-            .values()
-            .filter(|call| call.since.elapsed() < IN_FLIGHT_LIMIT)
+        let now = Instant::now();
+        self.calls.values().filter(move |call| call.until > now)
     }
 
-    /// The estimated cost of the calls under way: all of them, or `caller`'s.
+    /// The estimated cost of the server's calls under way: all of them, or `caller`'s.
     fn usd(&self, caller: Option<&str>) -> f64 {
         self.under_way()
-            .filter(|call| caller.is_none() || call.caller.as_deref() == caller)
+            .filter(|call| call.by_server && (caller.is_none() || call.caller.as_deref() == caller))
             .map(|call| call.usd)
             .sum()
     }
@@ -708,13 +724,21 @@ impl LiveRoute {
         }
     }
 
-    /// Counts the call the server makes for `decision` (logged as `record`) against the
-    /// spend caps at its estimated cost, until its outcome comes or the request that made
-    /// it is done with it ([`Router::end_call`]).
-    fn call_under_way(&mut self, decision: &quiver_bandit::Decision, record: &LogRecord) {
+    /// Counts the call made for `decision` (logged as `record`) as under way at its
+    /// estimated cost, until its outcome comes or `limit` passes: a call the server makes
+    /// (`by_server`) against the spend caps too, and until at most the request that made
+    /// it is done with it ([`Router::end_call`]); a client's for the pacer alone.
+    fn call_under_way(
+        &mut self,
+        decision: &quiver_bandit::Decision,
+        record: &LogRecord,
+        by_server: bool,
+        limit: Duration,
+    ) {
         let chosen = decision.arms.iter().find(|a| a.arm == decision.arm);
         let usd = chosen.map_or(0.0, |a| a.cost_usd);
-        self.in_flight.start(decision.id, usd, record.caller.clone());
+        self.in_flight
+            .start(decision.id, usd, record.caller.clone(), by_server, limit);
     }
 
     /// Counts what an outcome recorded at `timestamp` cost (and would have cost on the
@@ -760,7 +784,15 @@ pub struct RouterOptions {
     /// ids name the replica (`<route>:<replica>:<number>`), so that feedback sent to
     /// another replica finds this one.
     pub replica: Option<String>,
+    /// How long a decision whose call its client makes (`Router::route`, `/v1/route`)
+    /// counts as a call under way for its route's budget pacer when no outcome comes:
+    /// until its outcome otherwise. Zero counts none.
+    pub routed_call_limit: Duration,
 }
+
+/// [`RouterOptions::routed_call_limit`] by default: longer than nearly any model's
+/// answer takes, short enough that decisions whose outcomes never come do not pile up.
+pub const ROUTED_CALL_LIMIT: Duration = Duration::from_secs(5 * 60);
 
 impl Default for RouterOptions {
     fn default() -> Self {
@@ -769,6 +801,7 @@ impl Default for RouterOptions {
             feedback_horizon: quiver_bandit::DEFAULT_FEEDBACK_HORIZON,
             reset_routes: Vec::new(),
             replica: None,
+            routed_call_limit: ROUTED_CALL_LIMIT,
         }
     }
 }
@@ -951,6 +984,8 @@ pub struct Router {
     snapshot_written: Arc<Mutex<u64>>,
     /// This replica's name in its cluster ([`RouterOptions::replica`]).
     replica: Option<String>,
+    /// [`RouterOptions::routed_call_limit`].
+    routed_call_limit: Duration,
 }
 
 /// The learners' state, each route's at its own point of the log, captured under the
@@ -1160,6 +1195,7 @@ impl Router {
             dir: dir.to_path_buf(),
             snapshot_written: Arc::new(Mutex::new(last_seq)),
             replica: options.replica,
+            routed_call_limit: options.routed_call_limit,
         };
         if reconfigured {
             router.snapshot()?;
@@ -1869,8 +1905,15 @@ impl Router {
         record.caller = caller;
         let seq = self.stage(&mut record)?;
         live.track(decision.id, &context, &record)?;
-        if calls {
-            live.call_under_way(&decision, &record);
+        // A client's call is counted only for the pacer, and only if the limit lets it.
+        let paced = live.learner.pacer().is_some() && !self.routed_call_limit.is_zero();
+        if calls || paced {
+            let limit = if calls {
+                IN_FLIGHT_LIMIT
+            } else {
+                self.routed_call_limit
+            };
+            live.call_under_way(&decision, &record, calls, limit);
         }
         if let Some(key) = &record.session {
             live.sessions.decided(key, decision.id, &decision.arm, now);
@@ -1929,7 +1972,7 @@ impl Router {
         record.features = logged_features(&request.features);
         let seq = self.stage(&mut record)?;
         live.track(decision.id, &context, &record)?;
-        live.call_under_way(&decision, &record);
+        live.call_under_way(&decision, &record, true, IN_FLIGHT_LIMIT);
         live.remember(&decision, &record, false);
         live.own_changes += 1;
         Ok(self.pending(

@@ -51,6 +51,7 @@ pub fn state_with(
         feedback_horizon: config.feedback_horizon_decisions,
         reset_routes: config.reset_routes.clone(),
         replica: cluster.as_ref().map(|c| c.replica().to_string()),
+        routed_call_limit: Duration::from_secs(config.routed_call_limit_s),
         ..RouterOptions::default()
     };
     let embedders = Embedders::new(&config.routes)?;

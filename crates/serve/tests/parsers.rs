@@ -292,6 +292,7 @@ fn the_example_config_loads_and_states_the_defaults() {
                 c.request_timeout_ms,
                 c.upstream_timeout_ms,
                 c.upstream_idle_timeout_ms,
+                c.routed_call_limit_s,
             ],
         )
     };

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::panic)] // a test helper that fails should panic
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use quiver_bandit::{Applied, Outcome};
 use quiver_serve::log::LogEvent;
@@ -528,7 +529,7 @@ fn each_route_restarts_from_its_own_position_in_the_snapshot() {
         // copied in name order).
         let code = router.learner("code").unwrap();
         let capture = scope.spawn(|| router.capture_snapshot().unwrap());
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(200));
         let request = RouteRequest {
             prompt: Some("meanwhile on chat".into()),
             features: vec![0.4],
@@ -1069,7 +1070,7 @@ fn a_spend_cap_downgrades_then_refuses_and_survives_a_restart() {
         message.starts_with("route `r` reached its daily spend cap of $0.001 ($0.001 spent)"),
         "{message}"
     );
-    assert!(retry_after <= std::time::Duration::from_secs(86_400));
+    assert!(retry_after <= Duration::from_secs(86_400));
     let (day, month) = router.spend("r").unwrap();
     assert!((day - 0.001).abs() < 1e-12 && (month - 0.001).abs() < 1e-12);
     // Four calls on `dear` would have cost 0.0024: routing saved 0.0014.
@@ -1088,7 +1089,8 @@ fn a_spend_cap_downgrades_then_refuses_and_survives_a_restart() {
 /// Calls the server makes (the proxy's) count against a spend cap from their decision on,
 /// at their estimated cost, until their outcomes come: a burst of concurrent calls stops
 /// at the cap instead of passing it together; an outcome replaces the estimate by the
-/// cost; decisions whose calls the client makes (`/v1/route`) reserve nothing.
+/// cost; decisions whose calls the client makes (`/v1/route`) reserve nothing, though the
+/// route's budget paces ahead of them.
 #[test]
 fn calls_under_way_count_against_a_spend_cap() {
     use quiver_serve::spend::SpendCap;
@@ -1100,6 +1102,7 @@ fn calls_under_way_count_against_a_spend_cap() {
             monthly_usd: None,
             downgrade_at: 1.0,
         }),
+        budget_usd_per_request: Some(1e-5),
         ..RouteConfig::new("r", "beta-ts", vec![ModelConfig::priced("m", 1.0, 2.0)])
     };
     let request = RouteRequest {
@@ -1122,7 +1125,10 @@ fn calls_under_way_count_against_a_spend_cap() {
             .route_observed("r", &request, observed)
             .map(|p| p.wait().unwrap())
     };
+    // The client's call counts for the pacer, not against the cap.
+    let client = router.route("r", &request).unwrap().wait().unwrap();
     let under_way: Vec<_> = (0..4).map(|_| proxied().unwrap()).collect();
+    assert!(under_way[0].decision.w_cost > client.decision.w_cost);
     // Until they end: their outcomes may come in seconds, below their estimates.
     assert!(
         matches!(proxied(), Err(ServeError::SpendCap { retry_after, .. })
@@ -1234,27 +1240,32 @@ fn a_cap_that_spend_reached_outranks_one_that_calls_under_way_hold() {
     assert_eq!(retry_after, quiver_serve::spend::UNDER_WAY_RETRY);
 }
 
-/// A budget paces each decision ahead of the proxy's calls under way: its cost weight is
-/// the one the pacer will have once their estimated costs come back, so that concurrent
-/// calls do not all decide on the multiplier the calls before them found. A call stops
-/// counting when its outcome steps the pacer or its request is done with it; a decision
-/// whose call the client makes (`/v1/route`) is not under way.
+/// A decision under a budget paces by the multiplier ahead of the calls under way: the
+/// one the pacer will have once their estimated costs come back, so that concurrent
+/// calls do not all decide on the multiplier the calls before them found. A proxied call
+/// stops counting when its outcome steps the pacer or its request is done with it; a
+/// decision whose call the client makes (`/v1/route`) counts until its outcome, or for at
+/// most `routed_call_limit` when none comes.
 #[test]
 fn a_budget_paces_each_decision_ahead_of_the_calls_under_way() {
-    use quiver_serve::Observed;
     let route = RouteConfig {
         budget_usd_per_request: Some(1e-5),
         w_cost: 0.0,
         ..RouteConfig::new("r", "beta-ts", vec![ModelConfig::priced("m", 1.0, 2.0)])
     };
-    let router = Router::open(vec![route], &scratch("router_pacing_ahead")).unwrap();
+    let limit = Duration::from_millis(400);
+    let options = RouterOptions {
+        routed_call_limit: limit,
+        ..RouterOptions::default()
+    };
+    let router = Router::open_with(vec![route], &scratch("router_pacing_ahead"), options).unwrap();
     let request = RouteRequest {
         prompt: Some("hi".into()),
         ..RouteRequest::default()
     };
-    let proxied = || {
+    let decide = |calls: bool| {
         let observed = Observed {
-            calls: true,
+            calls,
             ..Observed::default()
         };
         let routed = router
@@ -1273,7 +1284,7 @@ fn a_budget_paces_each_decision_ahead_of_the_calls_under_way() {
     let mut calls = Vec::new();
     let mut estimates = Vec::new();
     for _ in 0..3 {
-        let (routed, estimate) = proxied();
+        let (routed, estimate) = decide(true);
         assert_eq!(routed.decision.w_cost, ahead(&estimates));
         calls.push(routed);
         estimates.push(estimate);
@@ -1281,9 +1292,6 @@ fn a_budget_paces_each_decision_ahead_of_the_calls_under_way() {
     // Each estimate is dozens of budgets, so the weight grew with each call under way.
     assert!(estimates[0] > 10.0 * 1e-5, "{}", estimates[0]);
     assert!(ahead(&estimates[..2]) > ahead(&estimates[..1]) && ahead(&estimates[..1]) > 0.0);
-    // The client's own call is not under way.
-    let client = router.route("r", &request).unwrap().wait().unwrap();
-    assert_eq!(client.decision.w_cost, ahead(&estimates));
     // The first request is done without an outcome; the second's outcome steps the pacer.
     router.end_call(&calls[0].decision_id);
     let outcome = Outcome::new(100.0, 2e-5).with_tokens(1, 256);
@@ -1292,9 +1300,31 @@ fn a_budget_paces_each_decision_ahead_of_the_calls_under_way() {
         .unwrap()
         .wait()
         .unwrap();
-    let (next, _) = proxied();
+    let (next, _) = decide(true);
     assert_eq!(next.decision.w_cost, ahead(&estimates[2..]));
     assert!(next.decision.w_cost < ahead(&estimates));
+    router.end_call(&calls[2].decision_id);
+    router.end_call(&next.decision_id);
+    // A client's calls count too, until an outcome: the second client's call paces ahead
+    // of the first's; once the first reports, of nothing.
+    let started = Instant::now();
+    let (first, estimate) = decide(false);
+    assert_eq!(first.decision.w_cost, ahead(&[]));
+    let (second, second_estimate) = decide(false);
+    assert_eq!(second.decision.w_cost, ahead(&[estimate]));
+    assert!(second.decision.w_cost > first.decision.w_cost);
+    router
+        .record_outcome(&first.decision_id, &outcome)
+        .unwrap()
+        .wait()
+        .unwrap();
+    let (third, _) = decide(false);
+    assert_eq!(third.decision.w_cost, ahead(&[second_estimate]));
+    assert!(started.elapsed() < limit, "too slow to tell the limit apart");
+    // Calls whose outcomes never come stop counting after the limit.
+    std::thread::sleep(limit);
+    let (late, _) = decide(false);
+    assert_eq!(late.decision.w_cost, ahead(&[]));
 }
 
 /// Each caller's cap counts only the outcomes of the decisions it asked for, each cost
