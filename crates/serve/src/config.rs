@@ -94,9 +94,9 @@ pub struct ServeConfig {
     /// its features until then (about 630 bytes with 64 features).
     #[serde(default = "default_horizon")]
     pub feedback_horizon_decisions: usize,
-    /// How long a decision of `/v1/route` counts, at its estimated cost, as a call under
-    /// way that its route's budget paces ahead of, while its outcome has not come, seconds;
-    /// 0 counts none (see [`crate::RouterOptions::routed_call_limit`]).
+    /// How long a decision of `/v1/route` counts at most, at its estimated cost, as a call
+    /// under way that its route's budget paces ahead of, while its outcome has not come,
+    /// seconds; 0 counts none (see [`crate::RouterOptions::routed_call_limit`]).
     #[serde(default = "default_routed_call_limit")]
     pub routed_call_limit_s: u64,
     /// Bearer tokens.

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use quiver_bandit::canary::{CanaryReport, Stage};
+use quiver_bandit::outcome::MAX_STEPS_AT_ONCE;
 use quiver_bandit::shadow::{Draws, ShadowReport, Shadows};
 use quiver_bandit::{
     Applied, Arm, ArmEstimate, BudgetConfig, ChatMessage, Constraints, Context, ContextLayout, Decision,
@@ -181,68 +182,109 @@ struct LiveRoute {
 /// The calls made for a route's decisions, at their decisions' estimated cost, from the
 /// decision until the call's outcome is recorded. A budget paces each decision ahead of
 /// them all (see `BudgetPacer::ahead`), so that concurrent calls do not all decide on the
-/// multiplier the calls before them found. The calls the server makes (the proxy's) also
-/// end when their request is done with them, and spend caps count them, so that a burst of
-/// concurrent calls cannot all pass a cap none of them has reached yet. A call its client
-/// makes (a decision of `/v1/route`) counts for the pacer alone, until its outcome or
-/// [`RouterOptions::routed_call_limit`]: its client may never report one. Should a
-/// server's call be left counted all the same, it is forgotten after [`IN_FLIGHT_LIMIT`]
-/// rather than hold the route at its cap.
+/// multiplier the calls before them found.
+///
+/// The calls the server makes (the proxy's) also end when their request is done with them,
+/// and spend caps count them, so that a burst of concurrent calls cannot all pass a cap
+/// none of them has reached yet; should one be left counted all the same, it is forgotten
+/// after [`IN_FLIGHT_LIMIT`] rather than hold the route at its cap.
+///
+/// A call its client makes (a decision of `/v1/route`) counts for the pacer alone, and
+/// only while its outcome could still be on its way: its client may never report one, and
+/// an estimate left counting would bias the pacer for as long as it counts. So it counts
+/// for twice the longest wait for an outcome among the latest [`CLIENT_WAITS`] (at most
+/// [`RouterOptions::routed_call_limit`], which also holds until a first outcome comes),
+/// and only the latest `MAX_STEPS_AT_ONCE` count, the most the pacer looks ahead of. It is
+/// kept for the whole limit (the latest [`CLIENT_CALLS_KEPT`]), so that a wait that grows
+/// is measured.
 #[derive(Debug, Default)]
 struct InFlight {
-    calls: BTreeMap<u64, InFlightCall>,
+    /// The server's calls, by decision number.
+    server: BTreeMap<u64, InFlightCall>,
+    /// The clients' calls, by decision number (so oldest first).
+    client: BTreeMap<u64, InFlightCall>,
+    /// How long the latest clients' outcomes took to come after their decisions.
+    client_waits: VecDeque<Duration>,
 }
 
 #[derive(Debug)]
 struct InFlightCall {
     usd: f64,
     caller: Option<String>,
-    until: Instant,
-    /// Whether the server makes the call (the spend caps count it).
-    by_server: bool,
+    since: Instant,
 }
 
 /// How long a server's call counts as under way at most: longer than any request's time
 /// limit.
 const IN_FLIGHT_LIMIT: Duration = Duration::from_secs(15 * 60);
 
+/// Clients' outcomes whose waits set how long a client's call counts as under way.
+const CLIENT_WAITS: usize = 256;
+
+/// Clients' calls kept at most, to measure their outcomes' waits.
+const CLIENT_CALLS_KEPT: usize = 65_536;
+
 impl InFlight {
-    fn start(&mut self, id: u64, usd: f64, caller: Option<String>, by_server: bool, limit: Duration) {
-        let now = Instant::now();
-        self.calls.retain(|_, call| call.until > now);
-        let until = now + limit;
-        self.calls.insert(
-            id,
-            InFlightCall {
-                usd,
-                caller,
-                until,
-                by_server,
-            },
-        );
+    /// Counts the server's call of decision `id`.
+    fn start_server(&mut self, id: u64, usd: f64, caller: Option<String>) {
+        let since = Instant::now();
+        self.server.retain(|_, call| since - call.since < IN_FLIGHT_LIMIT);
+        self.server.insert(id, InFlightCall { usd, caller, since });
     }
 
+    /// Counts the client's call of decision `id`, kept for at most `limit`.
+    fn start_client(&mut self, id: u64, usd: f64, limit: Duration) {
+        let since = Instant::now();
+        while self.client.len() >= CLIENT_CALLS_KEPT
+            || (self.client.first_key_value()).is_some_and(|(_, call)| since - call.since >= limit)
+        {
+            self.client.pop_first();
+        }
+        let caller = None;
+        self.client.insert(id, InFlightCall { usd, caller, since });
+    }
+
+    /// Ends the call of decision `id`, if one counts: its outcome came, or its request is
+    /// done with it.
     fn end(&mut self, id: u64) {
-        self.calls.remove(&id);
-    }
-
-    /// The calls under way, oldest first.
-    fn under_way(&self) -> impl Iterator<Item = &InFlightCall> {
-        let now = Instant::now();
-        self.calls.values().filter(move |call| call.until > now)
+        self.server.remove(&id);
+        if let Some(call) = self.client.remove(&id) {
+            if self.client_waits.len() == CLIENT_WAITS {
+                self.client_waits.pop_front();
+            }
+            self.client_waits.push_back(call.since.elapsed());
+        }
     }
 
     /// The estimated cost of the server's calls under way: all of them, or `caller`'s.
     fn usd(&self, caller: Option<&str>) -> f64 {
-        self.under_way()
-            .filter(|call| call.by_server && (caller.is_none() || call.caller.as_deref() == caller))
+        self.server
+            .values()
+            .filter(|call| call.since.elapsed() < IN_FLIGHT_LIMIT)
+            .filter(|call| caller.is_none() || call.caller.as_deref() == caller)
             .map(|call| call.usd)
             .sum()
     }
 
-    /// The estimated cost of each call under way, oldest first.
-    fn costs(&self) -> Vec<f64> {
-        self.under_way().map(|call| call.usd).collect()
+    /// The estimated cost of each call under way, the server's and the clients' (those
+    /// kept for at most `client_limit`), oldest first.
+    fn costs(&self, client_limit: Duration) -> Vec<f64> {
+        let longest_wait = self.client_waits.iter().max();
+        let counted = longest_wait.map_or(client_limit, |w| client_limit.min(w.saturating_mul(2)));
+        let server = self
+            .server
+            .iter()
+            .filter(|(_, call)| call.since.elapsed() < IN_FLIGHT_LIMIT);
+        // The clients' calls are kept in the order they began: the counted ones are the latest.
+        let clients = self
+            .client
+            .iter()
+            .rev()
+            .take_while(|(_, call)| call.since.elapsed() < counted)
+            .take(MAX_STEPS_AT_ONCE as usize);
+        let mut calls: Vec<(u64, f64)> = server.chain(clients).map(|(id, call)| (*id, call.usd)).collect();
+        calls.sort_unstable_by_key(|(id, _)| *id);
+        calls.into_iter().map(|(_, usd)| usd).collect()
     }
 }
 
@@ -725,20 +767,23 @@ impl LiveRoute {
     }
 
     /// Counts the call made for `decision` (logged as `record`) as under way at its
-    /// estimated cost, until its outcome comes or `limit` passes: a call the server makes
-    /// (`by_server`) against the spend caps too, and until at most the request that made
-    /// it is done with it ([`Router::end_call`]); a client's for the pacer alone.
+    /// chosen model's estimated cost (see [`InFlight`]): a call the server makes if
+    /// `by_server`, else its client's, counted for at most `client_limit`.
     fn call_under_way(
         &mut self,
         decision: &quiver_bandit::Decision,
         record: &LogRecord,
         by_server: bool,
-        limit: Duration,
+        client_limit: Duration,
     ) {
         let chosen = decision.arms.iter().find(|a| a.arm == decision.arm);
         let usd = chosen.map_or(0.0, |a| a.cost_usd);
-        self.in_flight
-            .start(decision.id, usd, record.caller.clone(), by_server, limit);
+        if by_server {
+            self.in_flight
+                .start_server(decision.id, usd, record.caller.clone());
+        } else {
+            self.in_flight.start_client(decision.id, usd, client_limit);
+        }
     }
 
     /// Counts what an outcome recorded at `timestamp` cost (and would have cost on the
@@ -785,13 +830,13 @@ pub struct RouterOptions {
     /// another replica finds this one.
     pub replica: Option<String>,
     /// How long a decision whose call its client makes (`Router::route`, `/v1/route`)
-    /// counts as a call under way for its route's budget pacer when no outcome comes:
-    /// until its outcome otherwise. Zero counts none.
+    /// counts as a call under way for its route's budget pacer at most, while no outcome
+    /// comes; less once outcomes come sooner (see `InFlight`). Zero counts none.
     pub routed_call_limit: Duration,
 }
 
 /// [`RouterOptions::routed_call_limit`] by default: longer than nearly any model's
-/// answer takes, short enough that decisions whose outcomes never come do not pile up.
+/// answer takes.
 pub const ROUTED_CALL_LIMIT: Duration = Duration::from_secs(5 * 60);
 
 impl Default for RouterOptions {
@@ -1741,8 +1786,8 @@ impl Router {
         Ok(arm.map(|arm| arm.cost_usd(f64::from(input_tokens), f64::from(output_tokens))))
     }
 
-    /// Ends the call under way of decision `decision_id`, if one is counted against the
-    /// spend caps: the request that decided it is done with it, whether or not an outcome
+    /// Ends the call under way of decision `decision_id`, if one counts: the request that
+    /// decided it is done with it, whether or not an outcome
     /// came (an upstream's refusal is not learned; a call may never have been made; the
     /// client may have gone away).
     pub fn end_call(&self, decision_id: &str) {
@@ -1842,7 +1887,7 @@ impl Router {
         learner_request.objective = request.objective.map(|o| o.over(route_objective));
         learner_request.unavailable = unavailable;
         if live.learner.pacer().is_some() {
-            learner_request.costs_under_way = live.in_flight.costs();
+            learner_request.costs_under_way = live.in_flight.costs(self.routed_call_limit);
         }
         // Propose first: nothing learned changes until the log holds the decision (the
         // latest decision, if still unjudged, is held: see `Learner::hold_latest`).
@@ -1908,12 +1953,7 @@ impl Router {
         // A client's call is counted only for the pacer, and only if the limit lets it.
         let paced = live.learner.pacer().is_some() && !self.routed_call_limit.is_zero();
         if calls || paced {
-            let limit = if calls {
-                IN_FLIGHT_LIMIT
-            } else {
-                self.routed_call_limit
-            };
-            live.call_under_way(&decision, &record, calls, limit);
+            live.call_under_way(&decision, &record, calls, self.routed_call_limit);
         }
         if let Some(key) = &record.session {
             live.sessions.decided(key, decision.id, &decision.arm, now);
@@ -1972,7 +2012,7 @@ impl Router {
         record.features = logged_features(&request.features);
         let seq = self.stage(&mut record)?;
         live.track(decision.id, &context, &record)?;
-        live.call_under_way(&decision, &record, true, IN_FLIGHT_LIMIT);
+        live.call_under_way(&decision, &record, true, self.routed_call_limit);
         live.remember(&decision, &record, false);
         live.own_changes += 1;
         Ok(self.pending(

@@ -1243,9 +1243,7 @@ fn a_cap_that_spend_reached_outranks_one_that_calls_under_way_hold() {
 /// A decision under a budget paces by the multiplier ahead of the calls under way: the
 /// one the pacer will have once their estimated costs come back, so that concurrent
 /// calls do not all decide on the multiplier the calls before them found. A proxied call
-/// stops counting when its outcome steps the pacer or its request is done with it; a
-/// decision whose call the client makes (`/v1/route`) counts until its outcome, or for at
-/// most `routed_call_limit` when none comes.
+/// stops counting when its outcome steps the pacer or its request is done with it.
 #[test]
 fn a_budget_paces_each_decision_ahead_of_the_calls_under_way() {
     let route = RouteConfig {
@@ -1253,12 +1251,7 @@ fn a_budget_paces_each_decision_ahead_of_the_calls_under_way() {
         w_cost: 0.0,
         ..RouteConfig::new("r", "beta-ts", vec![ModelConfig::priced("m", 1.0, 2.0)])
     };
-    let limit = Duration::from_millis(400);
-    let options = RouterOptions {
-        routed_call_limit: limit,
-        ..RouterOptions::default()
-    };
-    let router = Router::open_with(vec![route], &scratch("router_pacing_ahead"), options).unwrap();
+    let router = Router::open(vec![route], &scratch("router_pacing_ahead")).unwrap();
     let request = RouteRequest {
         prompt: Some("hi".into()),
         ..RouteRequest::default()
@@ -1303,28 +1296,93 @@ fn a_budget_paces_each_decision_ahead_of_the_calls_under_way() {
     let (next, _) = decide(true);
     assert_eq!(next.decision.w_cost, ahead(&estimates[2..]));
     assert!(next.decision.w_cost < ahead(&estimates));
-    router.end_call(&calls[2].decision_id);
-    router.end_call(&next.decision_id);
-    // A client's calls count too, until an outcome: the second client's call paces ahead
-    // of the first's; once the first reports, of nothing.
+}
+
+/// A decision whose call the client makes (`/v1/route`) counts as under way for the
+/// budget's pacer until its outcome, or while one could still come: for
+/// `routed_call_limit` until outcomes have come, then for twice the longest wait for one
+/// (at most the limit), so that outcomes never reported soon stop counting, and a wait
+/// that grows lengthens it again.
+#[test]
+fn a_budget_paces_ahead_of_client_calls_while_their_outcomes_could_come() {
+    let route = |name: &str| RouteConfig {
+        budget_usd_per_request: Some(1e-5),
+        w_cost: 0.0,
+        ..RouteConfig::new(name, "beta-ts", vec![ModelConfig::priced("m", 1.0, 2.0)])
+    };
+    let limit = Duration::from_secs(2);
+    let options = RouterOptions {
+        routed_call_limit: limit,
+        ..RouterOptions::default()
+    };
+    let dir = scratch("router_pacing_client_calls");
+    let router = Router::open_with(vec![route("r"), route("s")], &dir, options).unwrap();
+    let request = RouteRequest {
+        prompt: Some("hi".into()),
+        ..RouteRequest::default()
+    };
+    let decide = |name: &str| {
+        let routed = router.route(name, &request).unwrap().wait().unwrap();
+        let estimate = routed.decision.arms[0].cost_usd;
+        (routed, estimate)
+    };
+    let ahead = |name: &str, under_way: &[f64]| {
+        let learner = router.learner(name).unwrap();
+        learner.pacer().unwrap().ahead(under_way).extra_cost_weight()
+    };
+    let report = |routed: &quiver_serve::Routed| {
+        let outcome = Outcome::new(100.0, 2e-5).with_tokens(1, 256);
+        router
+            .record_outcome(&routed.decision_id, &outcome)
+            .unwrap()
+            .wait()
+            .unwrap();
+    };
+    let sleep_until = |started: Instant, at_ms: u64| {
+        let at = started + Duration::from_millis(at_ms);
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        assert!(
+            Instant::now() < at + Duration::from_millis(300),
+            "too slow to tell the times apart"
+        );
+    };
+    // Before any outcome, for the whole limit (route `s`).
     let started = Instant::now();
-    let (first, estimate) = decide(false);
-    assert_eq!(first.decision.w_cost, ahead(&[]));
-    let (second, second_estimate) = decide(false);
-    assert_eq!(second.decision.w_cost, ahead(&[estimate]));
-    assert!(second.decision.w_cost > first.decision.w_cost);
-    router
-        .record_outcome(&first.decision_id, &outcome)
-        .unwrap()
-        .wait()
-        .unwrap();
-    let (third, _) = decide(false);
-    assert_eq!(third.decision.w_cost, ahead(&[second_estimate]));
-    assert!(started.elapsed() < limit, "too slow to tell the limit apart");
-    // Calls whose outcomes never come stop counting after the limit.
-    std::thread::sleep(limit);
-    let (late, _) = decide(false);
-    assert_eq!(late.decision.w_cost, ahead(&[]));
+    let (a, a_estimate) = decide("s");
+    assert_eq!(a.decision.w_cost, ahead("s", &[]));
+    sleep_until(started, 1000);
+    let (b, b_estimate) = decide("s");
+    assert_eq!(b.decision.w_cost, ahead("s", &[a_estimate]));
+    assert!(b.decision.w_cost > a.decision.w_cost);
+    sleep_until(started, 2500);
+    let (c, _) = decide("s");
+    assert_eq!(
+        c.decision.w_cost,
+        ahead("s", &[b_estimate]),
+        "the first lapsed at the limit"
+    );
+    // Route `r`: an outcome 0.4 s after its decision has the others count for 0.8 s.
+    let started = Instant::now();
+    let (first, _) = decide("r");
+    let (_, second_estimate) = decide("r");
+    sleep_until(started, 400);
+    report(&first);
+    let (third, _) = decide("r");
+    assert_eq!(third.decision.w_cost, ahead("r", &[second_estimate]));
+    sleep_until(started, 1600);
+    let (fourth, fourth_estimate) = decide("r");
+    assert_eq!(
+        fourth.decision.w_cost,
+        ahead("r", &[]),
+        "the second and third lapsed"
+    );
+    // An outcome 1.2 s after its decision: the others count for the whole limit again.
+    report(&third);
+    let (fifth, _) = decide("r");
+    assert_eq!(
+        fifth.decision.w_cost,
+        ahead("r", &[second_estimate, fourth_estimate])
+    );
 }
 
 /// Each caller's cap counts only the outcomes of the decisions it asked for, each cost
