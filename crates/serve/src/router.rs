@@ -192,8 +192,10 @@ struct LiveRoute {
 /// A call its client makes (a decision of `/v1/route`) counts for the pacer alone, and
 /// only while its outcome could still be on its way: its client may never report one, and
 /// an estimate left counting would bias the pacer for as long as it counts. So it counts
-/// for twice the longest wait for an outcome among the latest [`CLIENT_WAITS`] (at most
-/// [`RouterOptions::routed_call_limit`], which also holds until a first outcome comes),
+/// for twice the 95th percentile of the waits for the latest [`CLIENT_WAITS`] outcomes (at
+/// most [`RouterOptions::routed_call_limit`], which also holds until a first outcome comes:
+/// a percentile, not the longest, so that a few slow outcomes do not keep every decision
+/// whose outcome never comes counting as long),
 /// and only the latest `MAX_STEPS_AT_ONCE` count, the most the pacer looks ahead of. It is
 /// kept for the whole limit (the latest [`CLIENT_CALLS_KEPT`]), so that a wait that grows
 /// is measured.
@@ -205,6 +207,8 @@ struct InFlight {
     client: BTreeMap<u64, InFlightCall>,
     /// How long the latest clients' outcomes took to come after their decisions.
     client_waits: VecDeque<Duration>,
+    /// The 95th percentile of `client_waits`, once there are any.
+    client_wait: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -240,8 +244,12 @@ impl InFlight {
         {
             self.client.pop_first();
         }
-        let caller = None;
-        self.client.insert(id, InFlightCall { usd, caller, since });
+        let call = InFlightCall {
+            usd,
+            caller: None,
+            since,
+        };
+        self.client.insert(id, call);
     }
 
     /// Ends the call of decision `id`, if one counts: its outcome came, or its request is
@@ -253,6 +261,9 @@ impl InFlight {
                 self.client_waits.pop_front();
             }
             self.client_waits.push_back(call.since.elapsed());
+            let mut waits: Vec<Duration> = self.client_waits.iter().copied().collect();
+            let at = (waits.len() * 95 / 100).min(waits.len() - 1);
+            self.client_wait = Some(*waits.select_nth_unstable(at).1);
         }
     }
 
@@ -266,25 +277,29 @@ impl InFlight {
             .sum()
     }
 
-    /// The estimated cost of each call under way, the server's and the clients' (those
-    /// kept for at most `client_limit`), oldest first.
+    /// The estimated cost of each call under way, oldest first: the server's, and the
+    /// clients' that count (for twice the recent waits' 95th percentile, at most
+    /// `client_limit`).
     fn costs(&self, client_limit: Duration) -> Vec<f64> {
-        let longest_wait = self.client_waits.iter().max();
-        let counted = longest_wait.map_or(client_limit, |w| client_limit.min(w.saturating_mul(2)));
+        let counted = (self.client_wait).map_or(client_limit, |w| client_limit.min(w.saturating_mul(2)));
+        let now = Instant::now();
         let server = self
             .server
             .iter()
-            .filter(|(_, call)| call.since.elapsed() < IN_FLIGHT_LIMIT);
+            .filter(|(_, call)| now - call.since < IN_FLIGHT_LIMIT);
         // The clients' calls are kept in the order they began: the counted ones are the latest.
-        let clients = self
+        let mut clients: Vec<_> = self
             .client
             .iter()
             .rev()
-            .take_while(|(_, call)| call.since.elapsed() < counted)
-            .take(MAX_STEPS_AT_ONCE as usize);
-        let mut calls: Vec<(u64, f64)> = server.chain(clients).map(|(id, call)| (*id, call.usd)).collect();
-        calls.sort_unstable_by_key(|(id, _)| *id);
-        calls.into_iter().map(|(_, usd)| usd).collect()
+            .take_while(|(_, call)| now - call.since < counted)
+            .take(MAX_STEPS_AT_ONCE as usize)
+            .collect();
+        clients.reverse();
+        let mut calls: Vec<(&u64, &InFlightCall)> = server.chain(clients).collect();
+        // Two runs in order: a stable sort merges them.
+        calls.sort_by_key(|(id, _)| **id);
+        calls.into_iter().map(|(_, call)| call.usd).collect()
     }
 }
 
@@ -1787,9 +1802,8 @@ impl Router {
     }
 
     /// Ends the call under way of decision `decision_id`, if one counts: the request that
-    /// decided it is done with it, whether or not an outcome
-    /// came (an upstream's refusal is not learned; a call may never have been made; the
-    /// client may have gone away).
+    /// decided it is done with it, whether or not an outcome came (an upstream's refusal
+    /// is not learned; a call may never have been made; the client may have gone away).
     pub fn end_call(&self, decision_id: &str) {
         let Ok(decision) = parse_decision_id(decision_id) else {
             return;
@@ -2077,7 +2091,6 @@ impl Router {
         let (route, id, mut record) = self.tracked_record(decision_id, LogEvent::Outcome)?;
         let state = self.state(&route)?;
         let mut live = state.lock()?;
-        live.in_flight.end(id);
         if live.learner.outcome_recorded(id)? {
             let Some(quality) = quiver_bandit::credited_quality(outcome.quality, outcome.error) else {
                 return Ok(self.pending(Applied::AlreadyApplied, self.log.last_staged()));
@@ -2086,6 +2099,7 @@ impl Router {
             return self.apply_feedback(&mut live, id, quality, record);
         }
         let would = live.learner.outcome_would_apply(id, outcome)?;
+        live.in_flight.end(id);
         record.cost_usd = outcome.cost_usd;
         record.latency_ms = outcome.latency_ms;
         record.error = outcome.error;

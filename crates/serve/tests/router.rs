@@ -1300,9 +1300,9 @@ fn a_budget_paces_each_decision_ahead_of_the_calls_under_way() {
 
 /// A decision whose call the client makes (`/v1/route`) counts as under way for the
 /// budget's pacer until its outcome, or while one could still come: for
-/// `routed_call_limit` until outcomes have come, then for twice the longest wait for one
-/// (at most the limit), so that outcomes never reported soon stop counting, and a wait
-/// that grows lengthens it again.
+/// `routed_call_limit` until outcomes have come, then for twice the 95th percentile of the
+/// latest waits for one (at most the limit), so that outcomes never reported soon stop
+/// counting, a wait that grows lengthens it again, and a few slow ones do not.
 #[test]
 fn a_budget_paces_ahead_of_client_calls_while_their_outcomes_could_come() {
     let route = |name: &str| RouteConfig {
@@ -1354,11 +1354,17 @@ fn a_budget_paces_ahead_of_client_calls_while_their_outcomes_could_come() {
     let (b, b_estimate) = decide("s");
     assert_eq!(b.decision.w_cost, ahead("s", &[a_estimate]));
     assert!(b.decision.w_cost > a.decision.w_cost);
+    // An outcome refused ends nothing.
+    let refused = router.record_outcome(&a.decision_id, &Outcome::new(f64::NAN, 0.0));
+    assert!(refused.is_err());
+    let (b2, b2_estimate) = decide("s");
+    assert_eq!(b2.decision.w_cost, ahead("s", &[a_estimate, b_estimate]));
     sleep_until(started, 2500);
     let (c, _) = decide("s");
+    let later = [b_estimate, b2_estimate];
     assert_eq!(
         c.decision.w_cost,
-        ahead("s", &[b_estimate]),
+        ahead("s", &later),
         "the first lapsed at the limit"
     );
     // Route `r`: an outcome 0.4 s after its decision has the others count for 0.8 s.
@@ -1383,6 +1389,14 @@ fn a_budget_paces_ahead_of_client_calls_while_their_outcomes_could_come() {
         fifth.decision.w_cost,
         ahead("r", &[second_estimate, fourth_estimate])
     );
+    // Forty outcomes at once: the waits' 95th percentile is theirs, not the slow one's.
+    for _ in 0..40 {
+        let (quick, _) = decide("r");
+        report(&quick);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let (sixth, _) = decide("r");
+    assert_eq!(sixth.decision.w_cost, ahead("r", &[]), "the fifth still counts");
 }
 
 /// Each caller's cap counts only the outcomes of the decisions it asked for, each cost
