@@ -262,7 +262,8 @@ impl InFlight {
             }
             self.client_waits.push_back(call.since.elapsed());
             let mut waits: Vec<Duration> = self.client_waits.iter().copied().collect();
-            let at = (waits.len() * 95 / 100).min(waits.len() - 1);
+            // The nearest rank: the smallest wait at least 95% of them do not exceed.
+            let at = (waits.len() * 95).div_ceil(100) - 1;
             self.client_wait = Some(*waits.select_nth_unstable(at).1);
         }
     }
@@ -297,7 +298,7 @@ impl InFlight {
             .collect();
         clients.reverse();
         let mut calls: Vec<(&u64, &InFlightCall)> = server.chain(clients).collect();
-        // Two runs in order: a stable sort merges them.
+        // Two runs in order: the sort finds them and merges them in one pass.
         calls.sort_by_key(|(id, _)| **id);
         calls.into_iter().map(|(_, call)| call.usd).collect()
     }
@@ -2099,7 +2100,6 @@ impl Router {
             return self.apply_feedback(&mut live, id, quality, record);
         }
         let would = live.learner.outcome_would_apply(id, outcome)?;
-        live.in_flight.end(id);
         record.cost_usd = outcome.cost_usd;
         record.latency_ms = outcome.latency_ms;
         record.error = outcome.error;
@@ -2110,6 +2110,7 @@ impl Router {
         record.quality = quiver_bandit::credited_quality(outcome.quality, outcome.error).filter(|_| !learned);
         record.caller = live.logged.caller_of(id).map(str::to_string);
         let seq = self.stage_if(would, &mut record)?;
+        live.in_flight.end(id);
         let applied = live.learner.record_outcome(id, outcome)?;
         if applied == Applied::Applied {
             live.applied(id, &record);

@@ -1256,9 +1256,9 @@ fn a_budget_paces_each_decision_ahead_of_the_calls_under_way() {
         prompt: Some("hi".into()),
         ..RouteRequest::default()
     };
-    let decide = |calls: bool| {
+    let proxied = || {
         let observed = Observed {
-            calls,
+            calls: true,
             ..Observed::default()
         };
         let routed = router
@@ -1277,7 +1277,7 @@ fn a_budget_paces_each_decision_ahead_of_the_calls_under_way() {
     let mut calls = Vec::new();
     let mut estimates = Vec::new();
     for _ in 0..3 {
-        let (routed, estimate) = decide(true);
+        let (routed, estimate) = proxied();
         assert_eq!(routed.decision.w_cost, ahead(&estimates));
         calls.push(routed);
         estimates.push(estimate);
@@ -1293,7 +1293,7 @@ fn a_budget_paces_each_decision_ahead_of_the_calls_under_way() {
         .unwrap()
         .wait()
         .unwrap();
-    let (next, _) = decide(true);
+    let (next, _) = proxied();
     assert_eq!(next.decision.w_cost, ahead(&estimates[2..]));
     assert!(next.decision.w_cost < ahead(&estimates));
 }
@@ -1302,29 +1302,33 @@ fn a_budget_paces_each_decision_ahead_of_the_calls_under_way() {
 /// budget's pacer until its outcome, or while one could still come: for
 /// `routed_call_limit` until outcomes have come, then for twice the 95th percentile of the
 /// latest waits for one (at most the limit), so that outcomes never reported soon stop
-/// counting, a wait that grows lengthens it again, and a few slow ones do not.
+/// counting, a wait that grows lengthens it again, and a few slow ones do not. The
+/// proxy's calls count beside them, in the order of their decisions.
 #[test]
 fn a_budget_paces_ahead_of_client_calls_while_their_outcomes_could_come() {
+    // Estimates of about a budget, so that the order of the steps shows.
     let route = |name: &str| RouteConfig {
-        budget_usd_per_request: Some(1e-5),
+        budget_usd_per_request: Some(4e-4),
         w_cost: 0.0,
         ..RouteConfig::new(name, "beta-ts", vec![ModelConfig::priced("m", 1.0, 2.0)])
     };
-    let limit = Duration::from_secs(2);
+    let limit = Duration::from_secs(4);
     let options = RouterOptions {
         routed_call_limit: limit,
         ..RouterOptions::default()
     };
     let dir = scratch("router_pacing_client_calls");
     let router = Router::open_with(vec![route("r"), route("s")], &dir, options).unwrap();
-    let request = RouteRequest {
-        prompt: Some("hi".into()),
+    let prompt = |text: &str| RouteRequest {
+        prompt: Some(text.into()),
         ..RouteRequest::default()
     };
+    let (short, long) = (prompt("hi"), prompt(&"a longer prompt ".repeat(40)));
+    let estimate = |routed: &quiver_serve::Routed| routed.decision.arms[0].cost_usd;
     let decide = |name: &str| {
-        let routed = router.route(name, &request).unwrap().wait().unwrap();
-        let estimate = routed.decision.arms[0].cost_usd;
-        (routed, estimate)
+        let routed = router.route(name, &short).unwrap().wait().unwrap();
+        let cost = estimate(&routed);
+        (routed, cost)
     };
     let ahead = |name: &str, under_way: &[f64]| {
         let learner = router.learner(name).unwrap();
@@ -1338,6 +1342,8 @@ fn a_budget_paces_ahead_of_client_calls_while_their_outcomes_could_come() {
             .wait()
             .unwrap();
     };
+    // Sleeps until `at_ms` after `started`; the schedule leaves 1 s between what counts
+    // and what does not, less three times this slack.
     let sleep_until = |started: Instant, at_ms: u64| {
         let at = started + Duration::from_millis(at_ms);
         std::thread::sleep(at.saturating_duration_since(Instant::now()));
@@ -1346,57 +1352,67 @@ fn a_budget_paces_ahead_of_client_calls_while_their_outcomes_could_come() {
             "too slow to tell the times apart"
         );
     };
-    // Before any outcome, for the whole limit (route `s`).
     let started = Instant::now();
-    let (a, a_estimate) = decide("s");
-    assert_eq!(a.decision.w_cost, ahead("s", &[]));
-    sleep_until(started, 1000);
-    let (b, b_estimate) = decide("s");
-    assert_eq!(b.decision.w_cost, ahead("s", &[a_estimate]));
-    assert!(b.decision.w_cost > a.decision.w_cost);
-    // An outcome refused ends nothing.
-    let refused = router.record_outcome(&a.decision_id, &Outcome::new(f64::NAN, 0.0));
-    assert!(refused.is_err());
-    let (b2, b2_estimate) = decide("s");
-    assert_eq!(b2.decision.w_cost, ahead("s", &[a_estimate, b_estimate]));
-    sleep_until(started, 2500);
-    let (c, _) = decide("s");
-    let later = [b_estimate, b2_estimate];
-    assert_eq!(
-        c.decision.w_cost,
-        ahead("s", &later),
-        "the first lapsed at the limit"
-    );
-    // Route `r`: an outcome 0.4 s after its decision has the others count for 0.8 s.
-    let started = Instant::now();
-    let (first, _) = decide("r");
-    let (_, second_estimate) = decide("r");
-    sleep_until(started, 400);
-    report(&first);
-    let (third, _) = decide("r");
-    assert_eq!(third.decision.w_cost, ahead("r", &[second_estimate]));
-    sleep_until(started, 1600);
-    let (fourth, fourth_estimate) = decide("r");
-    assert_eq!(
-        fourth.decision.w_cost,
-        ahead("r", &[]),
-        "the second and third lapsed"
-    );
-    // An outcome 1.2 s after its decision: the others count for the whole limit again.
-    report(&third);
-    let (fifth, _) = decide("r");
-    assert_eq!(
-        fifth.decision.w_cost,
-        ahead("r", &[second_estimate, fourth_estimate])
-    );
-    // Forty outcomes at once: the waits' 95th percentile is theirs, not the slow one's.
-    for _ in 0..40 {
-        let (quick, _) = decide("r");
-        report(&quick);
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    let (sixth, _) = decide("r");
-    assert_eq!(sixth.decision.w_cost, ahead("r", &[]), "the fifth still counts");
+    std::thread::scope(|scope| {
+        // Route `s`: before any outcome, for the whole limit; a proxied call in between.
+        scope.spawn(|| {
+            let (a, a_cost) = decide("s");
+            assert_eq!(a.decision.w_cost, ahead("s", &[]));
+            let proxied = Observed {
+                calls: true,
+                ..Observed::default()
+            };
+            let p = router
+                .route_observed("s", &long, proxied)
+                .unwrap()
+                .wait()
+                .unwrap();
+            let p_cost = estimate(&p);
+            assert_ne!(ahead("s", &[a_cost, p_cost]), ahead("s", &[p_cost, a_cost]));
+            sleep_until(started, 2000);
+            let (b, b_cost) = decide("s");
+            assert_eq!(b.decision.w_cost, ahead("s", &[a_cost, p_cost]));
+            router.end_call(&p.decision_id);
+            // An outcome refused ends nothing.
+            let refused = router.record_outcome(&a.decision_id, &Outcome::new(f64::NAN, 0.0));
+            assert!(refused.is_err());
+            let (b2, b2_cost) = decide("s");
+            assert_eq!(b2.decision.w_cost, ahead("s", &[a_cost, b_cost]));
+            sleep_until(started, 5000);
+            let (c, _) = decide("s");
+            let counted = ahead("s", &[b_cost, b2_cost]);
+            assert_eq!(c.decision.w_cost, counted, "the first lapsed at the limit");
+        });
+        // Route `r`: an outcome 0.5 s after its decision has the others count for 1 s.
+        scope.spawn(|| {
+            let (first, _) = decide("r");
+            let (_, second_cost) = decide("r");
+            sleep_until(started, 500);
+            report(&first);
+            let (third, _) = decide("r");
+            assert_eq!(third.decision.w_cost, ahead("r", &[second_cost]));
+            sleep_until(started, 3000);
+            let (fourth, fourth_cost) = decide("r");
+            assert_eq!(
+                fourth.decision.w_cost,
+                ahead("r", &[]),
+                "the second and third lapsed"
+            );
+            // An outcome 2.5 s after its decision: the others count for the whole limit.
+            report(&third);
+            let (fifth, _) = decide("r");
+            let counted = ahead("r", &[second_cost, fourth_cost]);
+            assert_eq!(fifth.decision.w_cost, counted, "the second counts again");
+            // Forty outcomes at once: the waits' 95th percentile is theirs, not the slow ones'.
+            for _ in 0..40 {
+                let (quick, _) = decide("r");
+                report(&quick);
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            let (sixth, _) = decide("r");
+            assert_eq!(sixth.decision.w_cost, ahead("r", &[]), "the fifth still counts");
+        });
+    });
 }
 
 /// Each caller's cap counts only the outcomes of the decisions it asked for, each cost
