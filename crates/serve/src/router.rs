@@ -222,6 +222,11 @@ struct InFlightCall {
 /// limit.
 const IN_FLIGHT_LIMIT: Duration = Duration::from_secs(15 * 60);
 
+/// Whether the server's `call` is still counted at `now` (see [`IN_FLIGHT_LIMIT`]).
+fn under_way(call: &InFlightCall, now: Instant) -> bool {
+    now - call.since < IN_FLIGHT_LIMIT
+}
+
 /// Clients' outcomes whose waits set how long a client's call counts as under way.
 const CLIENT_WAITS: usize = 256;
 
@@ -232,7 +237,7 @@ impl InFlight {
     /// Counts the server's call of decision `id`.
     fn start_server(&mut self, id: u64, usd: f64, caller: Option<String>) {
         let since = Instant::now();
-        self.server.retain(|_, call| since - call.since < IN_FLIGHT_LIMIT);
+        self.server.retain(|_, call| under_way(call, since));
         self.server.insert(id, InFlightCall { usd, caller, since });
     }
 
@@ -270,10 +275,10 @@ impl InFlight {
 
     /// The estimated cost of the server's calls under way: all of them, or `caller`'s.
     fn usd(&self, caller: Option<&str>) -> f64 {
+        let now = Instant::now();
         self.server
             .values()
-            .filter(|call| call.since.elapsed() < IN_FLIGHT_LIMIT)
-            .filter(|call| caller.is_none() || call.caller.as_deref() == caller)
+            .filter(|call| under_way(call, now) && (caller.is_none() || call.caller.as_deref() == caller))
             .map(|call| call.usd)
             .sum()
     }
@@ -284,10 +289,7 @@ impl InFlight {
     fn costs(&self, client_limit: Duration) -> Vec<f64> {
         let counted = (self.client_wait).map_or(client_limit, |w| client_limit.min(w.saturating_mul(2)));
         let now = Instant::now();
-        let server = self
-            .server
-            .iter()
-            .filter(|(_, call)| now - call.since < IN_FLIGHT_LIMIT);
+        let server = self.server.iter().filter(|(_, call)| under_way(call, now));
         // The clients' calls are kept in the order they began: the counted ones are the latest.
         let mut clients: Vec<_> = self
             .client
