@@ -5,7 +5,7 @@
 
 mod support;
 
-use quiver_bandit::{Applied, Outcome};
+use quiver_bandit::{Applied, LoggedTerms, ObjectiveOverride, Outcome};
 use quiver_serve::{ModelConfig, Observed, RouteConfig, RouteRequest, Router, RouterOptions};
 use quiver_sim::context::ContextBuilder;
 use quiver_sim::data::{load_logged, Format, LogStream};
@@ -24,7 +24,14 @@ fn route() -> RouteConfig {
         ..RouteConfig::new(
             "chat",
             "lints(v=0.3,floor=0.05)",
-            vec![model("big", 5.0), model("small", 0.2), model("mid", 1.0)],
+            vec![
+                ModelConfig {
+                    tags: vec!["frontier".into()],
+                    ..model("big", 5.0)
+                },
+                model("small", 0.2),
+                model("mid", 1.0),
+            ],
         )
     }
 }
@@ -40,11 +47,24 @@ fn the_log_is_a_dataset_the_simulator_reads_and_evaluates() {
     let router = Router::open_with(vec![route()], &dir, options.clone()).unwrap();
     let mut ids: Vec<String> = Vec::new();
     for i in 0..40 {
-        let request = RouteRequest {
+        let mut request = RouteRequest {
             prompt: Some(format!("question {i}: what is {} + {}?", i * 7, i % 11)),
             features: vec![(i % 5) as f64 / 5.0],
             ..RouteRequest::default()
         };
+        // Some requests bring terms of their own: the log records them, tags resolved.
+        match i % 6 {
+            1 => request.constraints.exclude_tags.insert("frontier".into()),
+            2 => request.constraints.only_arms.insert("small".into()),
+            _ => false,
+        };
+        if i % 5 == 3 {
+            request.constraints.max_cost_usd = Some(1.0);
+            request.objective = Some(ObjectiveOverride {
+                w_cost: Some(50.0),
+                w_latency: None,
+            });
+        }
         // Half the decisions name a caller (a text column the reader passes over).
         let observed = Observed {
             caller: (i % 2 == 0).then(|| "0123456789abcdef".to_string()),
@@ -132,6 +152,33 @@ fn the_log_is_a_dataset_the_simulator_reads_and_evaluates() {
     let with_quality = log.quality.iter().filter(|q| q.is_some()).count();
     assert_eq!(with_quality, (3..40).filter(|i| i % 4 != 0).count());
 
+    // Each decision's request terms as it asked them, the tag resolved into the models it
+    // allowed.
+    let requests = log.requests.as_ref().unwrap();
+    for (i, terms) in requests.iter().enumerate() {
+        let only_arms: &[&str] = match i % 6 {
+            1 => &["mid", "small"],
+            2 => &["small"],
+            _ => &[],
+        };
+        let expected = LoggedTerms {
+            only_arms: only_arms.iter().map(|m| m.to_string()).collect(),
+            max_cost_usd: (i % 5 == 3).then_some(1.0),
+            objective: ObjectiveOverride {
+                w_cost: (i % 5 == 3).then_some(50.0),
+                w_latency: None,
+            },
+            ..LoggedTerms::default()
+        };
+        assert_eq!(
+            terms.as_deref().cloned().unwrap_or_default(),
+            expected,
+            "decision {i}"
+        );
+    }
+
+    // A candidate decides each logged request as the route did: a model its constraints
+    // left out gets no probability.
     let contexts = ContextBuilder::log_contexts(&log).unwrap();
     let run = run_candidate(
         &log,
@@ -142,6 +189,14 @@ fn the_log_is_a_dataset_the_simulator_reads_and_evaluates() {
         false,
     )
     .unwrap();
+    for (i, pmf) in run.pmf.rows().into_iter().enumerate() {
+        let expected = match i % 6 {
+            1 => [0.0, 0.5, 0.5],
+            2 => [0.0, 0.0, 1.0],
+            _ => [1.0 / 3.0; 3],
+        };
+        assert_eq!(pmf.to_vec(), expected, "decision {i}");
+    }
     let inputs = inputs_for(&log, &contexts, &run, Metric::Quality, f64::INFINITY, 100.0);
     let ips = estimate(&Ips, &inputs, 100, 0);
     assert!(ips.value.is_finite() && ips.value > 0.0);

@@ -8,7 +8,8 @@ mod support;
 use quiver_bandit::canary::{Promote, Stage};
 use quiver_bandit::{Featurizer, HashingFeaturizer, Learner, LearnerConfig, Objective, Outcome, Request};
 use quiver_serve::{
-    CanaryAction, CanaryConfig, ModelConfig, RouteConfig, RouteRequest, Router, RouterOptions,
+    CanaryAction, CanaryConfig, ModelConfig, ObjectiveOverride, RouteConfig, RouteRequest, Router,
+    RouterOptions,
 };
 use quiver_sim::data::WideDataset;
 use quiver_sim::scenario::Scenario;
@@ -34,18 +35,26 @@ fn route(scenario: &Scenario, shadow: &[&str]) -> RouteConfig {
 /// Serves `rows` of `table` through the route, each decision's outcome carrying the
 /// quality and cost the table gives the chosen model.
 fn serve(router: &Router, table: &WideDataset, rows: &[usize]) {
-    serve_beside(router, table, rows, None);
+    serve_beside(router, table, rows, None, false);
+}
+
+/// [`serve`], every third request allowing two models only and every fifth bringing its
+/// own trade-off (quality alone), as a request's `constraints` and `objective` do.
+fn serve_with_terms(router: &Router, table: &WideDataset, rows: &[usize]) {
+    serve_beside(router, table, rows, None, true);
 }
 
 /// [`serve`], with `mirror`, a learner of a candidate's policy, run as a shadow runs it:
 /// it decides on each request's context (`decide_pmf`), holds the served model's decision
 /// (not the one it drew), then learns the served model's outcome. Returns
 /// the mirror's true mean quality on the rows, `sum_a pi_i(a) quality(i, a)` averaged.
+/// With `terms`, the requests of [`serve_with_terms`].
 fn serve_beside(
     router: &Router,
     table: &WideDataset,
     rows: &[usize],
     mut mirror: Option<&mut Learner>,
+    terms: bool,
 ) -> f64 {
     let prompts = table.prompts.as_ref().unwrap();
     let featurizer = HashingFeaturizer::for_routes(0);
@@ -53,10 +62,19 @@ fn serve_beside(
     let mut truth = 0.0;
     let mut drawn = None;
     for &r in rows {
-        let request = RouteRequest {
+        let mut request = RouteRequest {
             prompt: Some(prompts[r].clone()),
             ..RouteRequest::default()
         };
+        if terms && r % 3 == 0 {
+            request.constraints.only_arms = table.arms[..2].iter().cloned().collect();
+        }
+        if terms && r % 5 == 0 {
+            request.objective = Some(ObjectiveOverride {
+                w_cost: Some(0.0),
+                w_latency: None,
+            });
+        }
         let context = featurizer.featurize(&prompts[r], &[]).unwrap();
         if let Some(mirror) = mirror.as_deref_mut() {
             let choice = mirror.decide_pmf(&Request::new(context.clone())).unwrap();
@@ -136,7 +154,7 @@ fn shadow_intervals_hold_the_true_quality_on_the_builtin_scenario() {
         let mut rows: Vec<usize> = (0..table.rows()).collect();
         rows.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
         rows.truncate(800);
-        let learned = serve_beside(&router, &table, &rows, Some(&mut mirror));
+        let learned = serve_beside(&router, &table, &rows, Some(&mut mirror), false);
         let report = router.candidates("demo").unwrap().unwrap();
         assert_eq!(report.decisions, 800);
         let [fixed_truth, random_truth] = truths(&table, &rows, cheapest);
@@ -160,8 +178,9 @@ fn shadow_intervals_hold_the_true_quality_on_the_builtin_scenario() {
 }
 
 /// A restarted router rebuilds its shadows from the log to the same estimates (the
-/// candidates decide again on every logged decision and learn every outcome in the log's
-/// order), and the candidates are told of what comes after.
+/// candidates decide again on every logged decision, with its request's constraints and
+/// trade-off, and learn every outcome in the log's order), and the candidates are told of
+/// what comes after.
 #[test]
 fn shadows_are_rebuilt_from_the_log_on_restart() {
     let scenario = Scenario::builtin().unwrap();
@@ -175,9 +194,9 @@ fn shadows_are_rebuilt_from_the_log_on_restart() {
     let rows: Vec<usize> = (0..600).collect();
     let before = {
         let router = Router::open_with(vec![config.clone()], &dir, options()).unwrap();
-        serve(&router, &table, &rows[..400]);
+        serve_with_terms(&router, &table, &rows[..400]);
         router.snapshot().unwrap();
-        serve(&router, &table, &rows[400..500]);
+        serve_with_terms(&router, &table, &rows[400..500]);
         router.candidates("demo").unwrap().unwrap()
     };
     assert_eq!(before.decisions, 500);

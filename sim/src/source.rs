@@ -462,6 +462,33 @@ impl Table {
             .map(Some)
     }
 
+    /// A column of lists of text (a log's `unavailable`), a null as an empty list; None
+    /// when the file has no such column.
+    pub fn text_lists(&self, name: &str) -> Result<Option<Vec<Vec<String>>>> {
+        let Ok(column) = self.frame.column(name) else {
+            return Ok(None);
+        };
+        let series = column.as_materialized_series();
+        if series.dtype() == &DataType::Null {
+            return Ok(Some(vec![Vec::new(); series.len()]));
+        }
+        let lists = series
+            .list()
+            .map_err(|e| self.bad_value(0, name, format!("not a list of names ({e})")))?;
+        (0..lists.len())
+            .map(|row| {
+                let Some(list) = lists.get_as_series(row) else {
+                    return Ok(Vec::new());
+                };
+                let names = list
+                    .str()
+                    .map_err(|e| self.bad_value(row, name, format!("not names ({e})")))?;
+                Ok(names.iter().flatten().map(str::to_string).collect())
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
     /// A text column; other types are rendered as text, nulls are `None`.
     pub fn texts(&self, name: &str, hint: &str) -> Result<Vec<Option<String>>> {
         let column = self.column(name, hint)?;

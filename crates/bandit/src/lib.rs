@@ -87,10 +87,10 @@ pub use embedding::{ContextLayout, Embedder, EmbeddingBlock, EmbeddingFeaturizer
 pub use error::{Error, ErrorKind, Result};
 pub use features::{ChatMessage, Context, Featurizer, FeaturizerConfig, HashingFeaturizer};
 pub use learner::{
-    Applied, ArmChoice, ArmEstimate, BudgetConfig, Decision, Learner, LearnerConfig, PmfChoice, Request,
-    Snapshot, DEFAULT_FEEDBACK_HORIZON, DEFAULT_PACING_STEP, HOLD_HORIZON, SNAPSHOT_VERSION,
+    Applied, ArmChoice, ArmEstimate, BudgetConfig, Decision, Learner, LearnerConfig, LoggedTerms, PmfChoice,
+    Request, Snapshot, DEFAULT_FEEDBACK_HORIZON, DEFAULT_PACING_STEP, HOLD_HORIZON, SNAPSHOT_VERSION,
 };
-pub use outcome::{credited_quality, BudgetPacer, Objective, Outcome};
+pub use outcome::{credited_quality, BudgetPacer, Objective, ObjectiveOverride, Outcome};
 pub use packed::PackedSymmetric;
 pub use policy::{
     AnyPolicy, Estimate, Policy, PolicyKind, PolicySpec, PropensityKind, DEFAULT_LEARNERS,

@@ -109,6 +109,29 @@ pub struct Objective {
     pub w_latency: f64,
 }
 
+/// A request's own trade-off: either weight, or both; one left out is the route's.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectiveOverride {
+    /// Quality points per USD of expected cost.
+    #[serde(default)]
+    pub w_cost: Option<f64>,
+    /// Quality points per second of expected latency.
+    #[serde(default)]
+    pub w_latency: Option<f64>,
+}
+
+impl ObjectiveOverride {
+    /// The trade-off this gives over the route's `route`.
+    pub fn over(&self, route: Objective) -> Objective {
+        Objective {
+            w_cost: self.w_cost.unwrap_or(route.w_cost),
+            w_latency: self.w_latency.unwrap_or(route.w_latency),
+        }
+    }
+}
+
 impl Default for Objective {
     /// Quality only.
     fn default() -> Self {

@@ -4,8 +4,8 @@
 mod support;
 
 use quiver_bandit::{
-    Applied, Arm, BudgetConfig, Constraints, Context, ErrorKind, Learner, LearnerConfig, Objective, Outcome,
-    Policy, PropensityKind, Request, Snapshot, HOLD_HORIZON,
+    Applied, Arm, BudgetConfig, Constraints, Context, ErrorKind, Learner, LearnerConfig, LoggedTerms,
+    Objective, ObjectiveOverride, Outcome, Policy, PropensityKind, Request, Snapshot, HOLD_HORIZON,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -410,6 +410,92 @@ fn constraints_restrict_the_choice_and_explain_exclusions() {
         err.contains("no arm is eligible") && err.contains("mid: expected cost"),
         "{err}"
     );
+}
+
+/// A request rebuilt from what a decision log records of it (the models left out as
+/// unavailable, its constraints with their tags resolved, its own trade-off over the
+/// route's) decides as the request did.
+#[test]
+fn a_request_rebuilt_from_its_logged_terms_decides_as_it_did() {
+    let arms = vec![
+        Arm::new("big").with_prices(1e-5, 3e-5).with_tag("vision"),
+        Arm::new("small").with_prices(1e-7, 4e-7),
+        Arm::new("mid").with_prices(1e-6, 2e-6).with_tag("vision"),
+        Arm::new("tiny").with_prices(5e-8, 1e-7),
+    ];
+    let route = Objective::new(20.0, 0.5).expect("objective");
+    let mut config = LearnerConfig::new("lints(v=0.3,draws=0)".parse().expect("spec"), 2);
+    config.objective = route;
+    let mut l = Learner::new(config, arms.clone()).expect("learner");
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for _ in 0..200 {
+        let r = request(vec![1.0, rng.random_range(-1.0..1.0)]);
+        let d = l.decide(&r).expect("decide");
+        let q = if d.arm == "big" { 0.9 } else { 0.5 } + rng.random_range(-0.1..0.1);
+        l.record_outcome(d.id, &Outcome::new(300.0, 0.001).with_quality(q))
+            .expect("outcome");
+    }
+    let constraints = [
+        Constraints::default(),
+        Constraints {
+            require_tags: ["vision".to_string()].into(),
+            ..Constraints::default()
+        },
+        Constraints {
+            exclude_tags: ["vision".to_string()].into(),
+            max_cost_usd: Some(0.01),
+            ..Constraints::default()
+        },
+        Constraints {
+            only_arms: ["big".to_string(), "tiny".to_string(), "gone".to_string()].into(),
+            ..Constraints::default()
+        },
+    ];
+    let owns = [
+        ObjectiveOverride::default(),
+        ObjectiveOverride {
+            w_cost: Some(0.0),
+            w_latency: None,
+        },
+        ObjectiveOverride {
+            w_cost: Some(400.0),
+            w_latency: Some(2.0),
+        },
+    ];
+    let mut pmfs = Vec::new();
+    for c in &constraints {
+        for own in owns {
+            for unavailable in [vec![], vec!["small".to_string()]] {
+                let mut asked = request(vec![1.0, 0.3]);
+                asked.constraints = c.clone();
+                asked.objective = (own != ObjectiveOverride::default()).then(|| own.over(route));
+                asked.unavailable = unavailable
+                    .iter()
+                    .map(|m| (m.clone(), "breaker open".into()))
+                    .collect();
+                let resolved = c.resolved(&arms);
+                let terms = LoggedTerms {
+                    unavailable,
+                    only_arms: resolved.only_arms.into_iter().collect(),
+                    max_cost_usd: resolved.max_cost_usd,
+                    objective: own,
+                };
+                let rebuilt = terms.request(asked.context.clone(), route);
+                assert_eq!(rebuilt.objective, asked.objective);
+                let pmf = l.clone().decide_pmf(&asked).expect("decide").pmf;
+                assert_eq!(
+                    l.clone().decide_pmf(&rebuilt).expect("decide").pmf,
+                    pmf,
+                    "{c:?} {own:?}"
+                );
+                pmfs.push(pmf);
+            }
+        }
+    }
+    // The terms matter: the cases decide in many different ways.
+    pmfs.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    pmfs.dedup();
+    assert!(pmfs.len() >= 10, "{} distinct choices", pmfs.len());
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //!
 //! A compacted segment is named as its JSON-lines segment was, with `.parquet`
 //! (`decisions-<first seq>.parquet`), and holds the same records in the same order: one
-//! column per field of [`LogRecord`] (`embedding` and `unavailable` as lists) and one per
+//! column per field of [`LogRecord`] (`embedding`, `unavailable` and `only_arms` as lists) and one per
 //! caller feature, null where a record has none. Every reader of a log directory, the
 //! server's recovery among them, reads both kinds of segment ([`segment_files`]).
 //!
@@ -93,7 +93,7 @@ fn text<'a>(name: &str, values: impl Iterator<Item = &'a str>) -> Column {
 
 /// The columns of a record's fields beside the logged shape's ([`COLUMNS`]); the others
 /// are its caller features.
-const OTHER_FIELDS: [&str; 14] = [
+const OTHER_FIELDS: [&str; 18] = [
     "schema",
     "prompt",
     "input_tokens",
@@ -108,6 +108,10 @@ const OTHER_FIELDS: [&str; 14] = [
     "reason",
     "embedding",
     "unavailable",
+    "only_arms",
+    "max_cost_usd",
+    "w_cost",
+    "w_latency",
 ];
 
 /// The records as one frame, a column per field and per caller feature.
@@ -165,6 +169,18 @@ fn to_frame(records: &[LogRecord]) -> PolarsResult<DataFrame> {
             columns.push(Column::new(name.into(), values));
         }
     }
+    for (name, values) in [
+        (
+            "max_cost_usd",
+            r.iter().map(|r| r.max_cost_usd).collect::<Vec<_>>(),
+        ),
+        ("w_cost", r.iter().map(|r| r.w_cost).collect()),
+        ("w_latency", r.iter().map(|r| r.w_latency).collect()),
+    ] {
+        if values.iter().any(Option::is_some) {
+            columns.push(Column::new(name.into(), values));
+        }
+    }
     if r.iter().any(|r| r.embedding.is_some()) {
         let embedding: ListChunked = r
             .iter()
@@ -172,12 +188,20 @@ fn to_frame(records: &[LogRecord]) -> PolarsResult<DataFrame> {
             .collect();
         columns.push(embedding.with_name("embedding".into()).into_column());
     }
-    if r.iter().any(|r| !r.unavailable.is_empty()) {
-        let unavailable: ListChunked = r
-            .iter()
-            .map(|r| Some(Series::new("".into(), r.unavailable.clone())))
-            .collect();
-        columns.push(unavailable.with_name("unavailable".into()).into_column());
+    for (name, lists) in [
+        (
+            "unavailable",
+            r.iter().map(|r| &r.unavailable).collect::<Vec<_>>(),
+        ),
+        ("only_arms", r.iter().map(|r| &r.only_arms).collect()),
+    ] {
+        if lists.iter().any(|l| !l.is_empty()) {
+            let column: ListChunked = lists
+                .into_iter()
+                .map(|l| Some(Series::new("".into(), l.clone())))
+                .collect();
+            columns.push(column.with_name(name.into()).into_column());
+        }
     }
     let features: std::collections::BTreeSet<&String> = r.iter().flat_map(|r| r.features.keys()).collect();
     for name in features {
@@ -219,6 +243,10 @@ fn from_frame(frame: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
     let numbers = |name: &str| -> PolarsResult<Vec<Option<f64>>> {
         Ok(get(name)?.cast(&DataType::Float64)?.f64()?.iter().collect())
     };
+    let optional_numbers = |name: &str| match frame.column(name) {
+        Ok(_) => numbers(name),
+        Err(_) => Ok(vec![None; frame.height()]),
+    };
     let (schema, seq) = (get("schema")?.u32()?, get("seq")?.u64()?);
     let (input_tokens, output_tokens) = (get("input_tokens")?.u32()?, get("output_tokens")?.u32()?);
     let error = get("error")?.bool()?;
@@ -241,7 +269,10 @@ fn from_frame(frame: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
         .map(texts);
     let [propensity, quality, cost_usd, latency_ms] =
         ["propensity", "quality", "cost_usd", "latency_ms"].map(numbers);
-    let (embedding, unavailable) = (lists("embedding")?, lists("unavailable")?);
+    let [max_cost_usd, w_cost, w_latency] = ["max_cost_usd", "w_cost", "w_latency"].map(optional_numbers);
+    let (max_cost_usd, w_cost, w_latency) = (max_cost_usd?, w_cost?, w_latency?);
+    let (embedding, unavailable, only_arms) =
+        (lists("embedding")?, lists("unavailable")?, lists("only_arms")?);
     // Every other column is a caller feature, as every other JSON field is.
     let features: Vec<(String, Vec<Option<f64>>)> = frame
         .get_column_names()
@@ -286,10 +317,11 @@ fn from_frame(frame: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
                 embedding: list_of(&embedding)
                     .map(|s| Ok::<_, PolarsError>(s.f64()?.iter().map(Option::unwrap_or_default).collect()))
                     .transpose()?,
-                unavailable: list_of(&unavailable)
-                    .map(|s| Ok::<_, PolarsError>(s.str()?.iter().flatten().map(str::to_string).collect()))
-                    .transpose()?
-                    .unwrap_or_default(),
+                unavailable: texts_of(list_of(&unavailable))?,
+                only_arms: texts_of(list_of(&only_arms))?,
+                max_cost_usd: max_cost_usd[i],
+                w_cost: w_cost[i],
+                w_latency: w_latency[i],
                 caller: caller[i].clone(),
                 parent_decision_id: parent[i].clone(),
                 session: session[i].clone(),
@@ -301,6 +333,14 @@ fn from_frame(frame: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
             })
         })
         .collect()
+}
+
+/// The texts of a list cell, none for a null one.
+fn texts_of(list: Option<Series>) -> PolarsResult<Vec<String>> {
+    Ok(list
+        .map(|s| Ok::<_, PolarsError>(s.str()?.iter().flatten().map(str::to_string).collect()))
+        .transpose()?
+        .unwrap_or_default())
 }
 
 /// The first sequence number a compacted segment's name gives.

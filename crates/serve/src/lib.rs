@@ -47,13 +47,14 @@ mod state;
 mod status;
 pub mod upstream;
 
+pub use quiver_bandit::ObjectiveOverride;
 pub use quiver_log as log;
 
 pub use api_error::ApiError;
 pub use config::{AuthConfig, CanaryConfig, EmbeddingConfig, ModelConfig, RouteConfig, ServeConfig};
 pub use error::{Result, ServeError};
 pub use router::{
-    CanaryAction, CapturedSnapshot, ClusterFigures, LearnerRef, ObjectiveOverride, Observed, Pending,
-    RecentDecision, ReplicaShare, RouteRequest, Routed, Router, RouterOptions,
+    CanaryAction, CapturedSnapshot, ClusterFigures, LearnerRef, Observed, Pending, RecentDecision,
+    ReplicaShare, RouteRequest, Routed, Router, RouterOptions,
 };
 pub use sessions::SessionConfig;

@@ -27,8 +27,8 @@ use quiver_bandit::outcome::MAX_STEPS_AT_ONCE;
 use quiver_bandit::shadow::{Draws, ShadowReport, Shadows};
 use quiver_bandit::{
     Applied, Arm, ArmEstimate, BudgetConfig, ChatMessage, Constraints, Context, ContextLayout, Decision,
-    HashingFeaturizer, Learner, LearnerConfig, Objective, Outcome, PolicySpec, Priors, PropensityKind,
-    Request, Snapshot, DEFAULT_PACING_STEP,
+    HashingFeaturizer, Learner, LearnerConfig, LoggedTerms, Objective, ObjectiveOverride, Outcome,
+    PolicySpec, Priors, PropensityKind, Request, Snapshot, DEFAULT_PACING_STEP,
 };
 use serde::{Deserialize, Serialize};
 
@@ -53,28 +53,6 @@ pub enum CanaryAction {
     Block,
     /// Let the gate judge again.
     Unblock,
-}
-
-/// A request's own trade-off: either weight, or both; one left out is the route's.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ObjectiveOverride {
-    /// Quality points per USD of expected cost.
-    #[serde(default)]
-    pub w_cost: Option<f64>,
-    /// Quality points per second of expected latency.
-    #[serde(default)]
-    pub w_latency: Option<f64>,
-}
-
-impl ObjectiveOverride {
-    /// The trade-off this gives over the route's `route`.
-    pub fn over(&self, route: Objective) -> Objective {
-        Objective {
-            w_cost: self.w_cost.unwrap_or(route.w_cost),
-            w_latency: self.w_latency.unwrap_or(route.w_latency),
-        }
-    }
 }
 
 /// A request to route.
@@ -739,6 +717,7 @@ impl LiveRoute {
     /// decision's `context` with a decision record). A record they cannot take is skipped
     /// with a warning: the shadows never stop the route.
     fn shadow(&mut self, id: u64, record: &LogRecord, context: Option<&Context>) {
+        let route_objective = self.learner.config().objective;
         let Some(shadows) = self.shadows.as_mut() else {
             return;
         };
@@ -755,7 +734,7 @@ impl LiveRoute {
             }
             (LogEvent::Decision, Some(context)) => shadows.decided(
                 id,
-                shadow_request(context, record),
+                shadow_request(context, record, route_objective),
                 &record.arm,
                 record.propensity,
             ),
@@ -1914,6 +1893,11 @@ impl Router {
         let mut record = LogRecord::new(&decision_id, route, &state.policy, LogEvent::Decision);
         record.prompt = prompt;
         state.stamp_context(&mut record, &context, embedding);
+        let constraints = request.constraints.resolved(live.learner.arms());
+        record.only_arms = constraints.only_arms.into_iter().collect();
+        record.max_cost_usd = constraints.max_cost_usd;
+        record.w_cost = request.objective.and_then(|o| o.w_cost);
+        record.w_latency = request.objective.and_then(|o| o.w_latency);
         // The models the decision left out as unavailable (none if all were, and so were
         // all considered again).
         record.unavailable = std::mem::take(&mut learner_request.unavailable)
@@ -1950,9 +1934,7 @@ impl Router {
         let mut shadowed = None;
         let mut canary = false;
         if let Some(shadows) = live.shadows.as_mut().filter(|_| !stayed) {
-            let mut request = shadow_request(&context, &record);
-            request.constraints = learner_request.constraints;
-            request.objective = learner_request.objective;
+            let request = shadow_request(&context, &record, route_objective);
             match shadows.decide(decision.id, &request) {
                 Ok(draws) => {
                     canary = serve_canary(&mut decision, shadows, &draws);
@@ -2346,17 +2328,20 @@ fn not_shared(route: &str) -> ServeError {
     ServeError::Config(format!("route `{route}` is not shared between replicas"))
 }
 
-/// The request shadow candidates decide a logged decision on: its context, with the models
-/// it left out as unavailable. (A request's constraints are not logged: a rebuild decides
-/// without them.)
-fn shadow_request(context: &Context, record: &LogRecord) -> Request {
-    let mut request = Request::new(context.clone());
-    request.unavailable = record
-        .unavailable
-        .iter()
-        .map(|m| (m.clone(), "unavailable".to_string()))
-        .collect();
-    request
+/// The request shadow candidates decide a logged decision on, live and when rebuilt alike:
+/// its context and what its request asked beyond it, as logged ([`LoggedTerms`]), its
+/// trade-off over the route's `route_objective`.
+fn shadow_request(context: &Context, record: &LogRecord, route_objective: Objective) -> Request {
+    let terms = LoggedTerms {
+        unavailable: record.unavailable.clone(),
+        only_arms: record.only_arms.clone(),
+        max_cost_usd: record.max_cost_usd,
+        objective: ObjectiveOverride {
+            w_cost: record.w_cost,
+            w_latency: record.w_latency,
+        },
+    };
+    terms.request(context.clone(), route_objective)
 }
 
 /// Serves `decision` with `arm` instead of the policy's choice, which becomes the first

@@ -18,7 +18,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use ndarray::{concatenate, Array2, Axis};
-use quiver_bandit::{limits, HashingFeaturizer};
+use quiver_bandit::{limits, Context, HashingFeaturizer, LoggedTerms, Objective, ObjectiveOverride, Request};
 use quiver_log::{LogEvent, Merge, SCHEMA_VERSION};
 
 use super::wide::{ids_or_row_numbers, optional_in_range, optional_texts};
@@ -65,6 +65,10 @@ pub struct LoggedDataset {
     /// Each decision's projected prompt embedding (`embedding`), on a log of a route with
     /// an embedding block; None for a decision the hashed features made alone.
     pub embeddings: Option<Vec<Option<Vec<f64>>>>,
+    /// Each decision's request's terms beyond its context ([`LoggedTerms`]: models left
+    /// out as unavailable, the constraints' models and cost bound, its own trade-off),
+    /// None for a request that asked none; None for a log that records none.
+    pub requests: Option<Vec<Option<Box<LoggedTerms>>>>,
 }
 
 impl LoggedDataset {
@@ -77,6 +81,52 @@ impl LoggedDataset {
     pub fn row_features(&self, row: usize) -> &[f64] {
         row_slice(&self.features, row)
     }
+
+    /// The request the route decided `row` on, in `context`: with the request's logged
+    /// terms, its trade-off over `route_objective`.
+    pub fn request(&self, row: usize, context: Context, route_objective: Objective) -> Request {
+        match self.requests.as_ref().and_then(|r| r[row].as_deref()) {
+            Some(terms) => terms.request(context, route_objective),
+            None => Request::new(context),
+        }
+    }
+}
+
+/// Each row's request terms, from a log's `unavailable`, `only_arms`, `max_cost_usd`,
+/// `w_cost` and `w_latency` columns; None when it has none of them.
+fn request_terms(table: &Table) -> Result<Option<Vec<Option<Box<LoggedTerms>>>>> {
+    let columns = ["unavailable", "only_arms", "max_cost_usd", "w_cost", "w_latency"];
+    if !columns.iter().any(|c| table.has(c)) {
+        return Ok(None);
+    }
+    let n = table.rows();
+    let lists = |name| Ok::<_, SimError>(table.text_lists(name)?.unwrap_or_else(|| vec![Vec::new(); n]));
+    let numbers = |name, range: limits::Bound| -> Result<Vec<Option<f64>>> {
+        if table.has(name) {
+            optional_in_range(table, name, range.lo, range.hi)
+        } else {
+            Ok(vec![None; n])
+        }
+    };
+    let (mut unavailable, mut only_arms) = (lists("unavailable")?, lists("only_arms")?);
+    let max_cost_usd = numbers("max_cost_usd", limits::COST_USD)?;
+    let (w_cost, w_latency) = (numbers("w_cost", limits::W_COST)?, numbers("w_latency", limits::W_LATENCY)?);
+    Ok(Some(
+        (0..n)
+            .map(|row| {
+                let terms = LoggedTerms {
+                    unavailable: std::mem::take(&mut unavailable[row]),
+                    only_arms: std::mem::take(&mut only_arms[row]),
+                    max_cost_usd: max_cost_usd[row],
+                    objective: ObjectiveOverride {
+                        w_cost: w_cost[row],
+                        w_latency: w_latency[row],
+                    },
+                };
+                (!terms.is_empty()).then(|| Box::new(terms))
+            })
+            .collect(),
+    ))
 }
 
 /// One table's rows with arm names not yet indexed.
@@ -266,6 +316,7 @@ impl LoggedReader {
                 feature_names,
                 context,
                 embeddings: table.number_lists("embedding")?,
+                requests: request_terms(table)?,
                 ..LoggedDataset::default()
             },
             arm_names,
@@ -373,6 +424,10 @@ impl Updates {
                 .embeddings
                 .as_ref()
                 .map(|e| keep.iter().map(|&r| e[r].clone()).collect()),
+            requests: d
+                .requests
+                .as_ref()
+                .map(|q| keep.iter().map(|&r| q[r].clone()).collect()),
             feature_names: d.feature_names,
             context: d.context,
             ..LoggedDataset::default()
@@ -501,6 +556,12 @@ pub(crate) fn combine_logged(
         if let Some(mine) = out.embeddings.as_mut() {
             mine.extend(part.embeddings.unwrap_or_else(|| vec![None; rows]));
         }
+        if part.requests.is_some() && out.requests.is_none() {
+            out.requests = Some(vec![None; out.decision_ids.len() - rows]);
+        }
+        if let Some(mine) = out.requests.as_mut() {
+            mine.extend(part.requests.unwrap_or_else(|| vec![None; rows]));
+        }
         if out.context.is_none() {
             out.context = part.context;
         }
@@ -586,6 +647,9 @@ impl LogStream {
             }
             if rows.data.embeddings.is_some() {
                 header.embeddings = Some(Vec::new());
+            }
+            if rows.data.requests.is_some() {
+                header.requests = Some(Vec::new());
             }
             stream.rows += decisions;
             stream.updates.collect(&rows, file);
@@ -678,6 +742,9 @@ impl LoggedDataset {
         }
         if self.embeddings.is_some() && part.embeddings.is_none() {
             part.embeddings = Some(vec![None; names.len()]);
+        }
+        if self.requests.is_some() && part.requests.is_none() {
+            part.requests = Some(vec![None; names.len()]);
         }
         part.context = self.context.clone();
         combine_logged(&self.source, vec![(names, part)], Some(self.arms.clone()))

@@ -2,7 +2,7 @@
 //! estimator inputs for each metric.
 
 use ndarray::Array2;
-use quiver_bandit::{Arm, Context, Learner, LearnerConfig, Objective, Outcome, PolicySpec, Request};
+use quiver_bandit::{Arm, Context, Learner, LearnerConfig, Objective, Outcome, PolicySpec};
 use serde::Serialize;
 
 use super::reward_model::{CrossFitted, RewardFit};
@@ -49,13 +49,15 @@ impl Candidate {
 
     /// Runs along the rows of `log` (the next chunk of the log) in order. On each row it
     /// decides (PMF and own draw, from the row's own random stream) from what came before,
-    /// then learns the logged outcome.
+    /// on the request as the route decided it (models left out as unavailable, the
+    /// request's constraints and trade-off, where logged), then learns the logged outcome.
     pub fn run(&mut self, log: &LoggedDataset, contexts: &[Context]) -> Result<CandidateRun> {
         let learner = &mut self.learner;
+        let objective = learner.config().objective;
         let mut pmf = Array2::zeros((log.rows(), log.arms.len()));
         let mut sampled = Vec::with_capacity(log.rows());
         for (i, context) in contexts.iter().enumerate() {
-            let choice = learner.decide_pmf(&Request::new(context.clone()))?;
+            let choice = learner.decide_pmf(&log.request(i, context.clone(), objective))?;
             pmf.row_mut(i).assign(&ndarray::ArrayView1::from(&choice.pmf));
             sampled.push(choice.arm);
             if self.learn {

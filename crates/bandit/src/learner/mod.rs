@@ -22,7 +22,7 @@ use crate::cost::{ArmCost, CostModel};
 use crate::error::{in_range, ErrorKind, Result};
 use crate::features::Context;
 use crate::limits;
-use crate::outcome::{validate_quality, BudgetPacer, Objective, Outcome};
+use crate::outcome::{validate_quality, BudgetPacer, Objective, ObjectiveOverride, Outcome};
 use crate::policy::{AnyPolicy, Policy, PolicySpec, PropensityKind};
 use crate::prior::Priors;
 use crate::spend::SpendCurve;
@@ -128,6 +128,50 @@ impl Request {
             unavailable: BTreeMap::new(),
             costs_under_way: Vec::new(),
         }
+    }
+}
+
+/// What a logged decision's request asked beyond its context, as a decision log records
+/// it: the models left out as unavailable, the models its constraints allowed (tags
+/// resolved, see [`Constraints::resolved`]), its bound on a model's expected cost and its
+/// own trade-off. The server's shadow candidates and an off-policy evaluation of the log
+/// decide each logged request again from these, as the route did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoggedTerms {
+    /// Models left out as unavailable (none if every model was).
+    pub unavailable: Vec<String>,
+    /// Models the constraints allowed; empty: every model.
+    pub only_arms: Vec<String>,
+    /// Bound on a model's expected cost, USD.
+    pub max_cost_usd: Option<f64>,
+    /// The request's own trade-off.
+    pub objective: ObjectiveOverride,
+}
+
+impl LoggedTerms {
+    /// Whether the request asked nothing beyond its context.
+    pub fn is_empty(&self) -> bool {
+        *self == LoggedTerms::default()
+    }
+
+    /// The request the route decided on, in `context`, its trade-off over the route's
+    /// `route_objective`.
+    pub fn request(&self, context: Context, route_objective: Objective) -> Request {
+        let mut request = Request::new(context);
+        request.unavailable = self
+            .unavailable
+            .iter()
+            .map(|m| (m.clone(), "unavailable".to_string()))
+            .collect();
+        request.constraints = Constraints {
+            only_arms: self.only_arms.iter().cloned().collect(),
+            max_cost_usd: self.max_cost_usd,
+            ..Constraints::default()
+        };
+        if self.objective != ObjectiveOverride::default() {
+            request.objective = Some(self.objective.over(route_objective));
+        }
+        request
     }
 }
 
