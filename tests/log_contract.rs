@@ -5,7 +5,7 @@
 
 mod support;
 
-use quiver_bandit::{Applied, LoggedTerms, ObjectiveOverride, Outcome};
+use quiver_bandit::{Applied, ObjectiveOverride, Outcome};
 use quiver_serve::{ModelConfig, Observed, RouteConfig, RouteRequest, Router, RouterOptions};
 use quiver_sim::context::ContextBuilder;
 use quiver_sim::data::{load_logged, Format, LogStream};
@@ -52,20 +52,20 @@ fn the_log_is_a_dataset_the_simulator_reads_and_evaluates() {
             features: vec![(i % 5) as f64 / 5.0],
             ..RouteRequest::default()
         };
-        // Some requests bring terms of their own: the log records them, tags resolved.
+        // Some requests bring terms of their own: the log records the models they admit.
         match i % 6 {
             1 => request.constraints.exclude_tags.insert("frontier".into()),
             2 => request.constraints.only_arms.insert("small".into()),
             _ => false,
         };
         if i % 5 == 3 {
-            request.constraints.max_cost_usd = Some(1.0);
+            // At most what `small` costs (about $0.0001 a call), less than `big` ($0.0004).
+            request.constraints.max_cost_usd = Some(0.0002);
             request.objective = Some(ObjectiveOverride {
                 w_cost: Some(50.0),
                 w_latency: None,
             });
         }
-        // Half the decisions name a caller (a text column the reader passes over).
         let observed = Observed {
             caller: (i % 2 == 0).then(|| "0123456789abcdef".to_string()),
             ..Observed::default()
@@ -152,33 +152,43 @@ fn the_log_is_a_dataset_the_simulator_reads_and_evaluates() {
     let with_quality = log.quality.iter().filter(|q| q.is_some()).count();
     assert_eq!(with_quality, (3..40).filter(|i| i % 4 != 0).count());
 
-    // Each decision's request terms as it asked them, the tag resolved into the models it
-    // allowed.
+    // Each decision's request terms: the models its constraints admitted (the tag resolved,
+    // the bound against each model's expected cost then), and its own trade-off.
     let requests = log.requests.as_ref().unwrap();
     for (i, terms) in requests.iter().enumerate() {
-        let only_arms: &[&str] = match i % 6 {
+        let mut terms = terms.as_deref().cloned().unwrap_or_default();
+        terms.admitted.sort();
+        let named: &[&str] = match i % 6 {
             1 => &["mid", "small"],
             2 => &["small"],
-            _ => &[],
+            _ => &["big", "mid", "small"],
         };
-        let expected = LoggedTerms {
-            only_arms: only_arms.iter().map(|m| m.to_string()).collect(),
-            max_cost_usd: (i % 5 == 3).then_some(1.0),
-            objective: ObjectiveOverride {
-                w_cost: (i % 5 == 3).then_some(50.0),
-                w_latency: None,
-            },
-            ..LoggedTerms::default()
-        };
-        assert_eq!(
-            terms.as_deref().cloned().unwrap_or_default(),
-            expected,
+        if i % 5 == 3 {
+            assert!(terms
+                .admitted
+                .iter()
+                .all(|m| named.contains(&m.as_str()) && m != "big"));
+            assert!(
+                terms.admitted.contains(&"small".to_string()),
+                "decision {i}: {terms:?}"
+            );
+        } else if named.len() == 3 {
+            assert!(terms.admitted.is_empty(), "decision {i}: {terms:?}");
+        } else {
+            assert_eq!(terms.admitted, named, "decision {i}");
+        }
+        assert_eq!(terms.objective.w_cost, (i % 5 == 3).then_some(50.0));
+        assert!(terms.unavailable.is_empty() && terms.objective.w_latency.is_none());
+        // The model served was among those admitted.
+        let served = &log.arms[log.arm[i]];
+        assert!(
+            terms.admitted.is_empty() || terms.admitted.contains(served),
             "decision {i}"
         );
     }
 
-    // A candidate decides each logged request as the route did: a model its constraints
-    // left out gets no probability.
+    // A candidate decides each logged request as the route did: a model the request did not
+    // admit gets no probability.
     let contexts = ContextBuilder::log_contexts(&log).unwrap();
     let run = run_candidate(
         &log,
@@ -190,11 +200,16 @@ fn the_log_is_a_dataset_the_simulator_reads_and_evaluates() {
     )
     .unwrap();
     for (i, pmf) in run.pmf.rows().into_iter().enumerate() {
-        let expected = match i % 6 {
-            1 => [0.0, 0.5, 0.5],
-            2 => [0.0, 0.0, 1.0],
-            _ => [1.0 / 3.0; 3],
-        };
+        let admitted = requests[i].as_ref().map_or(&[][..], |t| &t.admitted[..]);
+        let expected: Vec<f64> = log
+            .arms
+            .iter()
+            .map(|m| match admitted.len() {
+                0 => 1.0 / 3.0,
+                n if admitted.contains(m) => 1.0 / n as f64,
+                _ => 0.0,
+            })
+            .collect();
         assert_eq!(pmf.to_vec(), expected, "decision {i}");
     }
     let inputs = inputs_for(&log, &contexts, &run, Metric::Quality, f64::INFINITY, 100.0);

@@ -155,35 +155,6 @@ impl Constraints {
         Ok(())
     }
 
-    /// These constraints with their tags resolved against `arms`: `only_arms` the models
-    /// the names and tags allow (left empty when they allow every model), no tags, and
-    /// `max_cost_usd` as it is. They leave out the same models of `arms` as these, without
-    /// the models' tags: what a log records of a decision's constraints. Constraints that
-    /// allow none of `arms` stay as they are.
-    pub fn resolved(&self, arms: &[Arm]) -> Constraints {
-        let by_name_and_tags = Constraints {
-            max_cost_usd: None,
-            ..self.clone()
-        };
-        let allowed: BTreeSet<String> = arms
-            .iter()
-            .filter(|a| by_name_and_tags.exclusion(a, 0, 0.0).is_none())
-            .map(|a| a.id.clone())
-            .collect();
-        if allowed.is_empty() {
-            return self.clone();
-        }
-        Constraints {
-            only_arms: if allowed.len() == arms.len() {
-                BTreeSet::new()
-            } else {
-                allowed
-            },
-            max_cost_usd: self.max_cost_usd,
-            ..Constraints::default()
-        }
-    }
-
     /// Why `arm` may not serve a request of `context_tokens` tokens with expected cost
     /// `expected_cost_usd`, or `None` when it may.
     pub(crate) fn exclusion(&self, arm: &Arm, context_tokens: u32, expected_cost_usd: f64) -> Option<String> {
@@ -284,56 +255,6 @@ mod tests {
                 "{error}"
             );
         }
-    }
-
-    /// Resolved constraints leave out the same models as the request's, for every
-    /// combination of names and tags over four models (brute force), at any cost.
-    #[test]
-    fn resolved_constraints_leave_out_the_same_models() {
-        let arms = [
-            Arm::new("a").with_tag("fast"),
-            Arm::new("b").with_tag("fast").with_tag("vision"),
-            Arm::new("c").with_tag("vision"),
-            Arm::new("d"),
-        ];
-        let subsets = |items: &[&str]| -> Vec<BTreeSet<String>> {
-            (0..1u32 << items.len())
-                .map(|m| {
-                    (0..items.len())
-                        .filter(|i| m & (1 << i) != 0)
-                        .map(|i| items[i].to_string())
-                        .collect()
-                })
-                .collect()
-        };
-        let mut checked = 0;
-        for only_arms in subsets(&["a", "c", "z"]) {
-            for require_tags in subsets(&["fast", "vision"]) {
-                for exclude_tags in subsets(&["vision", "gpu"]) {
-                    for max_cost_usd in [None, Some(0.5)] {
-                        let request = Constraints {
-                            require_tags: require_tags.clone(),
-                            exclude_tags: exclude_tags.clone(),
-                            only_arms: only_arms.clone(),
-                            max_cost_usd,
-                        };
-                        let resolved = request.resolved(&arms);
-                        let allowed = |c: &Constraints, cost: f64| -> Vec<bool> {
-                            arms.iter().map(|a| c.exclusion(a, 0, cost).is_none()).collect()
-                        };
-                        for cost in [0.1, 1.0] {
-                            assert_eq!(allowed(&resolved, cost), allowed(&request, cost), "{request:?}");
-                        }
-                        if allowed(&request, 0.1).contains(&true) {
-                            assert!(resolved.require_tags.is_empty() && resolved.exclude_tags.is_empty());
-                            checked += 1;
-                        }
-                    }
-                }
-            }
-        }
-        assert!(checked > 50, "{checked} resolvable cases");
-        assert_eq!(Constraints::default().resolved(&arms), Constraints::default());
     }
 
     #[test]

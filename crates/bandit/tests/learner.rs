@@ -413,20 +413,23 @@ fn constraints_restrict_the_choice_and_explain_exclusions() {
 }
 
 /// A request rebuilt from what a decision log records of it (the models left out as
-/// unavailable, its constraints with their tags resolved, its own trade-off over the
-/// route's) decides as the request did.
+/// unavailable, the models it admitted, its own trade-off over the route's) decides as the
+/// request did, its tags, cost bound and the models' context windows all in the models it
+/// admitted.
 #[test]
 fn a_request_rebuilt_from_its_logged_terms_decides_as_it_did() {
     let arms = vec![
         Arm::new("big").with_prices(1e-5, 3e-5).with_tag("vision"),
         Arm::new("small").with_prices(1e-7, 4e-7),
         Arm::new("mid").with_prices(1e-6, 2e-6).with_tag("vision"),
-        Arm::new("tiny").with_prices(5e-8, 1e-7),
+        Arm::new("tiny")
+            .with_prices(5e-8, 1e-7)
+            .with_context_window(8_000),
     ];
     let route = Objective::new(20.0, 0.5).expect("objective");
     let mut config = LearnerConfig::new("lints(v=0.3,draws=0)".parse().expect("spec"), 2);
     config.objective = route;
-    let mut l = Learner::new(config, arms.clone()).expect("learner");
+    let mut l = Learner::new(config, arms).expect("learner");
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     for _ in 0..200 {
         let r = request(vec![1.0, rng.random_range(-1.0..1.0)]);
@@ -442,8 +445,12 @@ fn a_request_rebuilt_from_its_logged_terms_decides_as_it_did() {
             ..Constraints::default()
         },
         Constraints {
+            require_tags: ["vision".to_string()].into(),
+            max_cost_usd: Some(0.1),
+            ..Constraints::default()
+        },
+        Constraints {
             exclude_tags: ["vision".to_string()].into(),
-            max_cost_usd: Some(0.01),
             ..Constraints::default()
         },
         Constraints {
@@ -463,32 +470,39 @@ fn a_request_rebuilt_from_its_logged_terms_decides_as_it_did() {
         },
     ];
     let mut pmfs = Vec::new();
-    for c in &constraints {
-        for own in owns {
-            for unavailable in [vec![], vec!["small".to_string()]] {
-                let mut asked = request(vec![1.0, 0.3]);
-                asked.constraints = c.clone();
-                asked.objective = (own != ObjectiveOverride::default()).then(|| own.over(route));
-                asked.unavailable = unavailable
-                    .iter()
-                    .map(|m| (m.clone(), "breaker open".into()))
-                    .collect();
-                let resolved = c.resolved(&arms);
-                let terms = LoggedTerms {
-                    unavailable,
-                    only_arms: resolved.only_arms.into_iter().collect(),
-                    max_cost_usd: resolved.max_cost_usd,
-                    objective: own,
-                };
-                let rebuilt = terms.request(asked.context.clone(), route);
-                assert_eq!(rebuilt.objective, asked.objective);
-                let pmf = l.clone().decide_pmf(&asked).expect("decide").pmf;
-                assert_eq!(
-                    l.clone().decide_pmf(&rebuilt).expect("decide").pmf,
-                    pmf,
-                    "{c:?} {own:?}"
-                );
-                pmfs.push(pmf);
+    for tokens in [100, 20_000] {
+        for c in &constraints {
+            for own in owns {
+                for unavailable in [vec![], vec!["small".to_string()]] {
+                    let mut asked = Request::new(Context {
+                        features: vec![1.0, 0.3],
+                        input_tokens: tokens,
+                    });
+                    asked.constraints = c.clone();
+                    asked.objective = (own != ObjectiveOverride::default()).then(|| own.over(route));
+                    asked.unavailable = unavailable
+                        .iter()
+                        .map(|m| (m.clone(), "breaker open".into()))
+                        .collect();
+                    let terms = LoggedTerms {
+                        unavailable,
+                        admitted: l.admitted_arms(&asked),
+                        objective: own,
+                    };
+                    let rebuilt = terms.request(asked.context.clone(), route);
+                    assert!(
+                        rebuilt.constraints.require_tags.is_empty()
+                            && rebuilt.constraints.max_cost_usd.is_none()
+                    );
+                    assert_eq!(rebuilt.objective, asked.objective);
+                    let pmf = l.clone().decide_pmf(&asked).expect("decide").pmf;
+                    assert_eq!(
+                        l.clone().decide_pmf(&rebuilt).expect("decide").pmf,
+                        pmf,
+                        "{c:?} {own:?}"
+                    );
+                    pmfs.push(pmf);
+                }
             }
         }
     }
@@ -496,6 +510,21 @@ fn a_request_rebuilt_from_its_logged_terms_decides_as_it_did() {
     pmfs.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
     pmfs.dedup();
     assert!(pmfs.len() >= 10, "{} distinct choices", pmfs.len());
+    // What is admitted: every model, none named; the tag's; within the bound (big:
+    // 20,000 * 1e-5 + 256 * 3e-5 = $0.208 > $0.1); the prompt too long for a window.
+    let admitted = |tokens: u32, c: &Constraints| {
+        let mut asked = Request::new(Context {
+            features: vec![1.0, 0.3],
+            input_tokens: tokens,
+        });
+        asked.constraints = c.clone();
+        l.admitted_arms(&asked)
+    };
+    assert!(admitted(100, &constraints[0]).is_empty());
+    assert_eq!(admitted(100, &constraints[1]), ["big", "mid"]);
+    assert_eq!(admitted(20_000, &constraints[2]), ["mid"]);
+    assert_eq!(admitted(20_000, &constraints[0]), ["big", "small", "mid"]);
+    assert_eq!(admitted(20_000, &constraints[4]), ["big"]);
 }
 
 #[test]

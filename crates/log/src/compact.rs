@@ -3,7 +3,7 @@
 //!
 //! A compacted segment is named as its JSON-lines segment was, with `.parquet`
 //! (`decisions-<first seq>.parquet`), and holds the same records in the same order: one
-//! column per field of [`LogRecord`] (`embedding`, `unavailable` and `only_arms` as lists) and one per
+//! column per field of [`LogRecord`] (`embedding`, `unavailable` and `admitted` as lists) and one per
 //! caller feature, null where a record has none. Every reader of a log directory, the
 //! server's recovery among them, reads both kinds of segment ([`segment_files`]).
 //!
@@ -93,7 +93,7 @@ fn text<'a>(name: &str, values: impl Iterator<Item = &'a str>) -> Column {
 
 /// The columns of a record's fields beside the logged shape's ([`COLUMNS`]); the others
 /// are its caller features.
-const OTHER_FIELDS: [&str; 18] = [
+const OTHER_FIELDS: [&str; 17] = [
     "schema",
     "prompt",
     "input_tokens",
@@ -108,8 +108,7 @@ const OTHER_FIELDS: [&str; 18] = [
     "reason",
     "embedding",
     "unavailable",
-    "only_arms",
-    "max_cost_usd",
+    "admitted",
     "w_cost",
     "w_latency",
 ];
@@ -170,11 +169,7 @@ fn to_frame(records: &[LogRecord]) -> PolarsResult<DataFrame> {
         }
     }
     for (name, values) in [
-        (
-            "max_cost_usd",
-            r.iter().map(|r| r.max_cost_usd).collect::<Vec<_>>(),
-        ),
-        ("w_cost", r.iter().map(|r| r.w_cost).collect()),
+        ("w_cost", r.iter().map(|r| r.w_cost).collect::<Vec<_>>()),
         ("w_latency", r.iter().map(|r| r.w_latency).collect()),
     ] {
         if values.iter().any(Option::is_some) {
@@ -193,7 +188,7 @@ fn to_frame(records: &[LogRecord]) -> PolarsResult<DataFrame> {
             "unavailable",
             r.iter().map(|r| &r.unavailable).collect::<Vec<_>>(),
         ),
-        ("only_arms", r.iter().map(|r| &r.only_arms).collect()),
+        ("admitted", r.iter().map(|r| &r.admitted).collect()),
     ] {
         if lists.iter().any(|l| !l.is_empty()) {
             let column: ListChunked = lists
@@ -269,10 +264,9 @@ fn from_frame(frame: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
         .map(texts);
     let [propensity, quality, cost_usd, latency_ms] =
         ["propensity", "quality", "cost_usd", "latency_ms"].map(numbers);
-    let [max_cost_usd, w_cost, w_latency] = ["max_cost_usd", "w_cost", "w_latency"].map(optional_numbers);
-    let (max_cost_usd, w_cost, w_latency) = (max_cost_usd?, w_cost?, w_latency?);
-    let (embedding, unavailable, only_arms) =
-        (lists("embedding")?, lists("unavailable")?, lists("only_arms")?);
+    let [w_cost, w_latency] = ["w_cost", "w_latency"].map(optional_numbers);
+    let (w_cost, w_latency) = (w_cost?, w_latency?);
+    let (embedding, unavailable, admitted) = (lists("embedding")?, lists("unavailable")?, lists("admitted")?);
     // Every other column is a caller feature, as every other JSON field is.
     let features: Vec<(String, Vec<Option<f64>>)> = frame
         .get_column_names()
@@ -318,8 +312,7 @@ fn from_frame(frame: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
                     .map(|s| Ok::<_, PolarsError>(s.f64()?.iter().map(Option::unwrap_or_default).collect()))
                     .transpose()?,
                 unavailable: texts_of(list_of(&unavailable))?,
-                only_arms: texts_of(list_of(&only_arms))?,
-                max_cost_usd: max_cost_usd[i],
+                admitted: texts_of(list_of(&admitted))?,
                 w_cost: w_cost[i],
                 w_latency: w_latency[i],
                 caller: caller[i].clone(),

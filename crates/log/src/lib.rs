@@ -62,7 +62,7 @@ pub use compact::{compact, Compaction};
 /// The version of the record format, written in every record (`schema`). A reader refuses
 /// a record of a newer version than its own; records written before versions were
 /// recorded have none and read as version 1. Version 2 adds `caller`; version 3 a
-/// request's own terms (`only_arms`, `max_cost_usd`, `w_cost`, `w_latency`).
+/// request's own terms (`admitted`, `w_cost`, `w_latency`).
 pub const SCHEMA_VERSION: u32 = 3;
 
 fn first_schema() -> u32 {
@@ -244,14 +244,12 @@ pub struct LogRecord {
     /// circuit breaker, a provider's cooldown).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unavailable: Vec<String>,
-    /// On decisions whose request named the models that may serve it (`only_arms`,
-    /// `require_tags`, `exclude_tags`): the models it allowed, its tags resolved against
-    /// the route's models then, so that the decision can be made again from the log alone.
+    /// On decisions that some of the route's models could not serve (the request's
+    /// `constraints`: models, tags, `max_cost_usd` against a model's expected cost; a
+    /// prompt longer than a model's context window): the models that could, so that the
+    /// decision can be made again from the log alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub only_arms: Vec<String>,
-    /// On decisions whose request bounded a model's expected cost: its `max_cost_usd`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_cost_usd: Option<f64>,
+    pub admitted: Vec<String>,
     /// On decisions whose request brought its own trade-off: its `w_cost`, and
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub w_cost: Option<f64>,
@@ -305,8 +303,7 @@ impl LogRecord {
             featurizer: None,
             embedding: None,
             unavailable: Vec::new(),
-            only_arms: Vec::new(),
-            max_cost_usd: None,
+            admitted: Vec::new(),
             w_cost: None,
             w_latency: None,
             caller: None,
@@ -1231,11 +1228,10 @@ mod tests {
             r.parent_decision_id = Some(format!("chat:{}", seq / 3 - 1));
         }
         if seq % 4 == 2 {
-            r.only_arms = vec!["big".into(), format!("small-{seq}")];
+            r.admitted = vec!["big".into(), format!("small-{seq}")];
             r.w_latency = Some(seq as f64 / 8.0);
         }
         if seq % 6 == 1 {
-            r.max_cost_usd = Some(seq as f64 * 1e-4);
             r.w_cost = Some(0.0);
         }
         if seq % 4 != 1 {

@@ -1893,9 +1893,7 @@ impl Router {
         let mut record = LogRecord::new(&decision_id, route, &state.policy, LogEvent::Decision);
         record.prompt = prompt;
         state.stamp_context(&mut record, &context, embedding);
-        let constraints = request.constraints.resolved(live.learner.arms());
-        record.only_arms = constraints.only_arms.into_iter().collect();
-        record.max_cost_usd = constraints.max_cost_usd;
+        record.admitted = live.learner.admitted_arms(&learner_request);
         record.w_cost = request.objective.and_then(|o| o.w_cost);
         record.w_latency = request.objective.and_then(|o| o.w_latency);
         // The models the decision left out as unavailable (none if all were, and so were
@@ -2334,8 +2332,7 @@ fn not_shared(route: &str) -> ServeError {
 fn shadow_request(context: &Context, record: &LogRecord, route_objective: Objective) -> Request {
     let terms = LoggedTerms {
         unavailable: record.unavailable.clone(),
-        only_arms: record.only_arms.clone(),
-        max_cost_usd: record.max_cost_usd,
+        admitted: record.admitted.clone(),
         objective: ObjectiveOverride {
             w_cost: record.w_cost,
             w_latency: record.w_latency,

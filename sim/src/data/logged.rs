@@ -66,7 +66,7 @@ pub struct LoggedDataset {
     /// an embedding block; None for a decision the hashed features made alone.
     pub embeddings: Option<Vec<Option<Vec<f64>>>>,
     /// Each decision's request's terms beyond its context ([`LoggedTerms`]: models left
-    /// out as unavailable, the constraints' models and cost bound, its own trade-off),
+    /// out as unavailable, the models it admitted, its own trade-off),
     /// None for a request that asked none; None for a log that records none.
     pub requests: Option<Vec<Option<Box<LoggedTerms>>>>,
 }
@@ -92,10 +92,10 @@ impl LoggedDataset {
     }
 }
 
-/// Each row's request terms, from a log's `unavailable`, `only_arms`, `max_cost_usd`,
-/// `w_cost` and `w_latency` columns; None when it has none of them.
+/// Each row's request terms, from a log's `unavailable`, `admitted`, `w_cost` and
+/// `w_latency` columns; None when it has none of them.
 fn request_terms(table: &Table) -> Result<Option<Vec<Option<Box<LoggedTerms>>>>> {
-    let columns = ["unavailable", "only_arms", "max_cost_usd", "w_cost", "w_latency"];
+    let columns = ["unavailable", "admitted", "w_cost", "w_latency"];
     if !columns.iter().any(|c| table.has(c)) {
         return Ok(None);
     }
@@ -108,16 +108,14 @@ fn request_terms(table: &Table) -> Result<Option<Vec<Option<Box<LoggedTerms>>>>>
             Ok(vec![None; n])
         }
     };
-    let (mut unavailable, mut only_arms) = (lists("unavailable")?, lists("only_arms")?);
-    let max_cost_usd = numbers("max_cost_usd", limits::COST_USD)?;
+    let (mut unavailable, mut admitted) = (lists("unavailable")?, lists("admitted")?);
     let (w_cost, w_latency) = (numbers("w_cost", limits::W_COST)?, numbers("w_latency", limits::W_LATENCY)?);
     Ok(Some(
         (0..n)
             .map(|row| {
                 let terms = LoggedTerms {
                     unavailable: std::mem::take(&mut unavailable[row]),
-                    only_arms: std::mem::take(&mut only_arms[row]),
-                    max_cost_usd: max_cost_usd[row],
+                    admitted: std::mem::take(&mut admitted[row]),
                     objective: ObjectiveOverride {
                         w_cost: w_cost[row],
                         w_latency: w_latency[row],

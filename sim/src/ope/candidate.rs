@@ -49,8 +49,8 @@ impl Candidate {
 
     /// Runs along the rows of `log` (the next chunk of the log) in order. On each row it
     /// decides (PMF and own draw, from the row's own random stream) from what came before,
-    /// on the request as the route decided it (models left out as unavailable, the
-    /// request's constraints and trade-off, where logged), then learns the logged outcome.
+    /// on the request as the route decided it (models left out as unavailable, the models
+    /// it admitted, its own trade-off, where logged), then learns the logged outcome.
     pub fn run(&mut self, log: &LoggedDataset, contexts: &[Context]) -> Result<CandidateRun> {
         let learner = &mut self.learner;
         let objective = learner.config().objective;

@@ -64,21 +64,7 @@ impl Learner {
         let w_cost = unpaced.w_cost + pacer.as_ref().map_or(0.0, BudgetPacer::extra_cost_weight);
         let objective = Objective { w_cost, ..unpaced };
 
-        let tokens = request.context.input_tokens;
-        let answer_tokens = self.route_answer_tokens();
-        let mut eligible = Vec::with_capacity(self.arms.len());
-        let mut excluded = Vec::new();
-        let mut costs = Vec::with_capacity(self.arms.len());
-        for (i, arm) in self.arms.iter().enumerate() {
-            let cost = self.expected_cost_usd(i, x, tokens, answer_tokens);
-            match request.constraints.exclusion(arm, tokens, cost) {
-                Some(reason) => excluded.push(reason),
-                None => {
-                    eligible.push(i);
-                    costs.push(cost);
-                }
-            }
-        }
+        let (mut eligible, mut costs, mut excluded) = self.admit(request);
         if eligible.is_empty() {
             return Err(ErrorKind::NoEligibleArm { reasons: excluded }.into());
         }
@@ -298,6 +284,40 @@ impl Learner {
         let decision = self.explain(s);
         self.track(id, arm, &request.context);
         Ok(decision)
+    }
+
+    /// The arms `request` admits (its constraints, and a context window its prompt fits), by
+    /// index, with their expected costs; and why each other arm is not admitted.
+    fn admit(&self, request: &Request) -> (Vec<usize>, Vec<f64>, Vec<String>) {
+        let (x, tokens) = (&request.context.features, request.context.input_tokens);
+        let answer_tokens = self.route_answer_tokens();
+        let mut eligible = Vec::with_capacity(self.arms.len());
+        let mut costs = Vec::with_capacity(self.arms.len());
+        let mut excluded = Vec::new();
+        for (i, arm) in self.arms.iter().enumerate() {
+            let cost = self.expected_cost_usd(i, x, tokens, answer_tokens);
+            match request.constraints.exclusion(arm, tokens, cost) {
+                Some(reason) => excluded.push(reason),
+                None => {
+                    eligible.push(i);
+                    costs.push(cost);
+                }
+            }
+        }
+        (eligible, costs, excluded)
+    }
+
+    /// The ids of the arms `request` admits as a decision now would (its constraints, a
+    /// model's expected cost against its `max_cost_usd` included, and a context window its
+    /// prompt fits), or none when every arm is: what a decision log records of them
+    /// ([`LoggedTerms::admitted`]), so that the decision can be made again without the
+    /// arms' tags, prices or windows.
+    pub fn admitted_arms(&self, request: &Request) -> Vec<String> {
+        let (eligible, _, _) = self.admit(request);
+        if eligible.len() == self.arms.len() {
+            return Vec::new();
+        }
+        eligible.into_iter().map(|a| self.arms[a].id.clone()).collect()
     }
 
     /// [`Learner::decide`] without the explanation, for off-policy evaluation: the same

@@ -132,18 +132,17 @@ impl Request {
 }
 
 /// What a logged decision's request asked beyond its context, as a decision log records
-/// it: the models left out as unavailable, the models its constraints allowed (tags
-/// resolved, see [`Constraints::resolved`]), its bound on a model's expected cost and its
-/// own trade-off. The server's shadow candidates and an off-policy evaluation of the log
-/// decide each logged request again from these, as the route did.
+/// it: the models left out as unavailable, the models it admitted
+/// ([`Learner::admitted_arms`]: its constraints as the route judged them, with the models'
+/// tags, expected costs and context windows) and its own trade-off. The server's shadow
+/// candidates and an off-policy evaluation of the log decide each logged request again
+/// from these, as the route did, without the models' tags, prices or windows.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LoggedTerms {
     /// Models left out as unavailable (none if every model was).
     pub unavailable: Vec<String>,
-    /// Models the constraints allowed; empty: every model.
-    pub only_arms: Vec<String>,
-    /// Bound on a model's expected cost, USD.
-    pub max_cost_usd: Option<f64>,
+    /// Models the request admitted; empty: every model.
+    pub admitted: Vec<String>,
     /// The request's own trade-off.
     pub objective: ObjectiveOverride,
 }
@@ -163,11 +162,7 @@ impl LoggedTerms {
             .iter()
             .map(|m| (m.clone(), "unavailable".to_string()))
             .collect();
-        request.constraints = Constraints {
-            only_arms: self.only_arms.iter().cloned().collect(),
-            max_cost_usd: self.max_cost_usd,
-            ..Constraints::default()
-        };
+        request.constraints.only_arms = self.admitted.iter().cloned().collect();
         if self.objective != ObjectiveOverride::default() {
             request.objective = Some(self.objective.over(route_objective));
         }
