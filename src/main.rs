@@ -17,6 +17,8 @@ mod suite_cmd;
 use std::io::Write;
 
 use clap::{Parser, Subcommand};
+use quiver_sim::data::{Format, LogStream, Split};
+use quiver_sim::source::CHUNK_ROWS;
 
 /// mimalloc: deciding, learning and serving allocate small, short-lived vectors per
 /// request, from several threads at once. Replaying two seeds on two cores runs 1.7x
@@ -107,6 +109,16 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Opens the decision log at `data`, read a chunk at a time, saying on standard error which
+/// of its decisions it leaves out as made in an earlier context of their route.
+pub fn open_log(data: &str, format: Format, split: Option<&Split>) -> anyhow::Result<LogStream> {
+    let log = LogStream::open(data, format, split, CHUNK_ROWS)?;
+    if let Some(note) = log.header().earlier_contexts_note() {
+        eprintln!("{note}");
+    }
+    Ok(log)
 }
 
 /// Splits a comma-separated list of policy specs at the commas outside parentheses:

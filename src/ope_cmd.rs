@@ -3,9 +3,8 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use quiver_bandit::{Objective, PolicySpec};
-use quiver_sim::data::{load, Dataset, Format, LogStream, Split};
+use quiver_sim::data::{load, Dataset, Format, Split};
 use quiver_sim::ope::{all_estimators, estimator_by_name, evaluate, Estimator, EstimatorSettings};
-use quiver_sim::source::CHUNK_ROWS;
 
 #[derive(Args)]
 #[command(allow_negative_numbers = true)]
@@ -54,9 +53,7 @@ pub struct OpeArgs {
 pub fn run(args: OpeArgs) -> Result<()> {
     let converted;
     let mut log = match args.format {
-        Format::Auto | Format::Logged => {
-            LogStream::open(&args.data, args.format, args.split.as_ref(), CHUNK_ROWS)?
-        }
+        Format::Auto | Format::Logged => crate::open_log(&args.data, args.format, args.split.as_ref())?,
         // Another system's log (the Open Bandit Dataset's) is read whole and streamed as a
         // logged table from a file of its own, which goes when the command ends.
         other => {
@@ -68,12 +65,7 @@ pub fn run(args: OpeArgs) -> Result<()> {
             };
             converted = Converted::new()?;
             quiver_sim::write::write_logged(&read, &converted.0)?;
-            LogStream::open(
-                &converted.0.display().to_string(),
-                Format::Logged,
-                None,
-                CHUNK_ROWS,
-            )?
+            crate::open_log(&converted.0.display().to_string(), Format::Logged, None)?
         }
     };
     let spec: PolicySpec = args.policy.parse()?;

@@ -6,10 +6,9 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
 use quiver_bandit::prior::{check_cap, Priors, DEFAULT_PRIOR_CAP};
 use quiver_sim::context::{task_in_context, ContextBuilder};
-use quiver_sim::data::{detect_format, load_wide, Format, LogStream, Split};
+use quiver_sim::data::{detect_format, load_wide, Format, Split};
 use quiver_sim::priors::{fit_logged, fit_wide};
 use quiver_sim::replay::Environment;
-use quiver_sim::source::CHUNK_ROWS;
 
 use crate::replay_cmd::price_from_file;
 
@@ -62,7 +61,7 @@ fn fit(args: FitArgs) -> Result<()> {
         if args.prices.is_some() {
             bail!("--prices applies to a table of every model's outcome; a log's costs are its calls' own");
         }
-        let mut log = LogStream::open(&args.data, Format::Logged, args.split.as_ref(), CHUNK_ROWS)?;
+        let mut log = crate::open_log(&args.data, Format::Logged, args.split.as_ref())?;
         fit_logged(&mut log, args.cap)?
     } else {
         let mut data = load_wide(&args.data, args.format, args.split.as_ref())?;

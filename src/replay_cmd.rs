@@ -13,7 +13,6 @@ use quiver_sim::data::{detect_format, load_wide, Format, LogStream, Split, WideD
 use quiver_sim::embeddings::{default_cache_dir, PromptEmbeddings};
 use quiver_sim::ope::{estimator_by_name, evaluate, Estimator, EstimatorSettings};
 use quiver_sim::priors::{fit_wide, TrainFeedback};
-use quiver_sim::source::CHUNK_ROWS;
 
 use quiver_sim::replay::{
     replay, replay_cascades, Cascade, Drift, Environment, Knobs, LatencyModel, ReplaySettings, Variant,
@@ -589,7 +588,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
                     path
                 );
             }
-            let log = LogStream::open(path, Format::Logged, args.split.as_ref(), CHUNK_ROWS)?;
+            let log = crate::open_log(path, Format::Logged, args.split.as_ref())?;
             return replay_log(&args, log, &specs);
         }
     }

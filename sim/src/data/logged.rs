@@ -69,6 +69,37 @@ pub struct LoggedDataset {
     /// out as unavailable, the models it admitted, its own trade-off),
     /// None for a request that asked none; None for a log that records none.
     pub requests: Option<Vec<Option<Box<LoggedTerms>>>>,
+    /// The decisions left out as made in an earlier context of the log's last route.
+    pub earlier: EarlierContexts,
+}
+
+/// Decisions of a log left out as made in another context than its last decision's, by the
+/// same route: before it was started afresh in that one (`--reset-route`). A policy is
+/// evaluated in one context, and a log is read in its last.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EarlierContexts {
+    /// The route.
+    pub route: String,
+    /// Its decisions left out.
+    pub decisions: usize,
+    /// The contexts they were made in, as first met.
+    pub contexts: Vec<String>,
+}
+
+impl EarlierContexts {
+    /// Adds the decisions `other` left out, of a later part of the same log.
+    fn absorb(&mut self, other: EarlierContexts) {
+        if other.decisions == 0 {
+            return;
+        }
+        self.route = other.route;
+        self.decisions += other.decisions;
+        for context in other.contexts {
+            if !self.contexts.contains(&context) {
+                self.contexts.push(context);
+            }
+        }
+    }
 }
 
 impl LoggedDataset {
@@ -80,6 +111,24 @@ impl LoggedDataset {
     /// The caller features of `row`.
     pub fn row_features(&self, row: usize) -> &[f64] {
         row_slice(&self.features, row)
+    }
+
+    /// What was left out as made in an earlier context ([`EarlierContexts`]), said for the
+    /// log's reader; None when nothing was.
+    pub fn earlier_contexts_note(&self) -> Option<String> {
+        let e = &self.earlier;
+        (e.decisions > 0).then(|| {
+            format!(
+                "{}: {} decisions of route `{}` made in {} (`{}`), before it was started afresh in \
+                 `{}`, left out: a policy is evaluated in one context, the log's last",
+                self.source,
+                e.decisions,
+                e.route,
+                if e.contexts.len() == 1 { "another context" } else { "other contexts" },
+                e.contexts.join("`, `"),
+                self.context.as_deref().unwrap_or_default()
+            )
+        })
     }
 
     /// The request the route decided `row` on, in `context`: with the request's logged
@@ -141,7 +190,6 @@ struct Rows {
     data: LoggedDataset,
 }
 
-/// Refuses a log with records of a newer format than this build reads.
 /// The context definition a log's decisions were built in, when logged: one, since a
 /// policy is evaluated in one context.
 fn decisions_context(table: &Table, is_decision: impl Fn(usize) -> bool) -> Result<Option<String>> {
@@ -183,6 +231,26 @@ fn several_contexts(path: &Path, contexts: &[&str], routes: &[&str]) -> SimError
     })
 }
 
+/// The route and context of a log's last decision that records its context: the context the
+/// log is read in.
+#[derive(Debug, Clone, PartialEq)]
+struct LastContext {
+    route: String,
+    context: String,
+}
+
+/// The [`LastContext`] of `table`'s decisions (only a decision records its context).
+fn last_decision_context(table: &Table) -> Result<Option<LastContext>> {
+    let Some(contexts) = optional_texts(table, "context")? else {
+        return Ok(None);
+    };
+    let routes = optional_texts(table, "route")?;
+    Ok(contexts.iter().rposition(|c| !c.is_empty()).map(|row| LastContext {
+        route: routes.as_ref().map_or_else(String::new, |r| r[row].clone()),
+        context: contexts[row].clone(),
+    }))
+}
+
 /// The routes of two parts of a log, each once.
 fn routes_of<'a>(mine: &'a LoggedDataset, theirs: &'a LoggedDataset) -> Vec<&'a str> {
     let mut routes: Vec<&str> = mine.routes.iter().chain(&theirs.routes).map(String::as_str).collect();
@@ -200,6 +268,7 @@ fn logged_feature_columns(table: &Table, context: Option<&str>) -> Vec<String> {
     }
 }
 
+/// Refuses a log with records of a newer format than this build reads.
 fn check_schema(table: &Table) -> Result<()> {
     if !table.has("schema") {
         return Ok(());
@@ -220,7 +289,10 @@ fn check_schema(table: &Table) -> Result<()> {
 pub struct LoggedReader;
 
 impl LoggedReader {
-    fn read_table(table: &Table) -> Result<Rows> {
+    /// The rows of `table`, a part of a log read in its `last` context: a decision of the
+    /// last context's route made in another is left out, as before that route was started
+    /// afresh (on a server's log, which says which rows are decisions).
+    fn read_table(table: &Table, last: Option<&LastContext>) -> Result<Rows> {
         let hint = "a log has one row per decision with arm and propensity";
         check_schema(table)?;
         let events = optional_texts(table, "event")?
@@ -275,12 +347,29 @@ impl LoggedReader {
         let texts = |column: &str| -> Result<Vec<String>> {
             Ok(optional_texts(table, column)?.unwrap_or_else(|| vec![String::new(); n]))
         };
-        let context = decisions_context(table, is_decision)?;
+        let routes = texts("route")?;
+        let contexts = texts("context")?;
+        let earlier = |row: usize| match last {
+            Some(last) if events.is_some() && is_decision(row) => {
+                !contexts[row].is_empty() && contexts[row] != last.context && routes[row] == last.route
+            }
+            _ => false,
+        };
+        let mut left_out = EarlierContexts::default();
+        for row in (0..n).filter(|&r| earlier(r)) {
+            left_out.absorb(EarlierContexts {
+                route: routes[row].clone(),
+                decisions: 1,
+                contexts: vec![contexts[row].clone()],
+            });
+        }
+        let kept = |row: usize| is_decision(row) && !earlier(row);
+        let context = decisions_context(table, kept)?;
         let feature_names = logged_feature_columns(table, context.as_deref());
-        let features = read_features(table, &feature_names, is_decision)?;
+        let features = read_features(table, &feature_names, kept)?;
         let (reasons, parents) = (texts("reason")?, texts("parent_decision_id")?);
         let evaluated = (0..n)
-            .map(|r| is_decision(r) && quiver_log::gave_every_model_a_chance(&reasons[r], &parents[r]))
+            .map(|r| kept(r) && quiver_log::gave_every_model_a_chance(&reasons[r], &parents[r]))
             .collect();
         Ok(Rows {
             path: table.path.clone(),
@@ -290,7 +379,7 @@ impl LoggedReader {
             data: LoggedDataset {
                 decision_ids: ids_or_row_numbers(table, "decision_id")?,
                 timestamps: texts("timestamp")?,
-                routes: texts("route")?,
+                routes,
                 policies: texts("policy")?,
                 propensity,
                 quality: if table.has("quality") {
@@ -315,6 +404,7 @@ impl LoggedReader {
                 context,
                 embeddings: table.number_lists("embedding")?,
                 requests: request_terms(table)?,
+                earlier: left_out,
                 ..LoggedDataset::default()
             },
             arm_names,
@@ -428,6 +518,7 @@ impl Updates {
                 .map(|q| keep.iter().map(|&r| q[r].clone()).collect()),
             feature_names: d.feature_names,
             context: d.context,
+            earlier: d.earlier,
             ..LoggedDataset::default()
         };
         for (i, id) in out.decision_ids.iter().enumerate() {
@@ -563,6 +654,7 @@ pub(crate) fn combine_logged(
         if out.context.is_none() {
             out.context = part.context;
         }
+        out.earlier.absorb(part.earlier);
     }
     if features.len() == 1 {
         out.features = features.remove(0);
@@ -587,6 +679,8 @@ pub struct LogStream {
     /// The log with no rows: its source, arms, feature names, context definition, and
     /// whether it has prompts and embeddings.
     header: LoggedDataset,
+    /// The context the log is read in.
+    last: Option<LastContext>,
     rows: usize,
     updates: Updates,
 }
@@ -612,9 +706,11 @@ impl LogStream {
                 source: source.to_string(),
                 ..LoggedDataset::default()
             },
+            last: None,
             rows: 0,
             updates: Updates::default(),
         };
+        stream.last = stream.files.last_context()?;
         let mut arms = std::collections::BTreeSet::new();
         let mut described = false;
         stream.files.each_table(|file, table| {
@@ -627,7 +723,7 @@ impl LogStream {
                     table.path.display()
                 )));
             }
-            let rows = LoggedReader::read_table(&table)?;
+            let rows = LoggedReader::read_table(&table, stream.last.as_ref())?;
             let header = &mut stream.header;
             let decisions = (0..rows.arm_names.len())
                 .filter(|&r| rows.evaluated[r])
@@ -649,6 +745,7 @@ impl LogStream {
             if rows.data.requests.is_some() {
                 header.requests = Some(Vec::new());
             }
+            header.earlier.absorb(rows.data.earlier.clone());
             stream.rows += decisions;
             stream.updates.collect(&rows, file);
             Ok(())
@@ -671,9 +768,9 @@ impl LogStream {
     /// [`LogStream::header`]; chunks may be empty.
     pub fn for_each_chunk(&mut self, mut f: impl FnMut(LoggedDataset) -> Result<()>) -> Result<()> {
         let mut updates = std::mem::take(&mut self.updates);
-        let header = &self.header;
+        let (header, last) = (&self.header, self.last.as_ref());
         let result = self.files.each_table(|_, table| {
-            let rows = LoggedReader::read_table(&table)?;
+            let rows = LoggedReader::read_table(&table, last)?;
             let (names, part) = updates.decisions(rows);
             if names.is_empty() {
                 return Ok(());
@@ -700,21 +797,44 @@ impl LogFiles {
     /// Calls `f` with each non-empty table of the log (after the split) and its file's
     /// place. A segment compacted since the log was opened is read in its Parquet form.
     fn each_table(&self, mut f: impl FnMut(usize, Table) -> Result<()>) -> Result<()> {
-        for (file, (path, json_bytes)) in self.paths.iter().zip(&self.json_bytes).enumerate() {
-            let current = quiver_log::current_segment_file(path);
-            let tables = read_chunks(&current, self.chunk_rows, json_bytes.filter(|_| current == *path))?;
-            for table in tables {
-                let mut table = table?;
-                if table.rows() == 0 {
-                    continue;
-                }
-                if let Some(split) = &self.split {
-                    table = apply_split(table, split)?;
-                }
-                f(file, table)?;
-            }
+        for file in 0..self.paths.len() {
+            self.tables_of(file, |table| f(file, table))?;
         }
         Ok(())
+    }
+
+    /// Calls `f` with each non-empty table of file `file` (after the split).
+    fn tables_of(&self, file: usize, mut f: impl FnMut(Table) -> Result<()>) -> Result<()> {
+        let (path, json_bytes) = (&self.paths[file], self.json_bytes[file]);
+        let current = quiver_log::current_segment_file(path);
+        let tables = read_chunks(&current, self.chunk_rows, json_bytes.filter(|_| current == *path))?;
+        for table in tables {
+            let mut table = table?;
+            if table.rows() == 0 {
+                continue;
+            }
+            if let Some(split) = &self.split {
+                table = apply_split(table, split)?;
+            }
+            f(table)?;
+        }
+        Ok(())
+    }
+
+    /// The context the log is read in: its last decision's (after the split), read from the
+    /// last file that has one.
+    fn last_context(&self) -> Result<Option<LastContext>> {
+        for file in (0..self.paths.len()).rev() {
+            let mut last = None;
+            self.tables_of(file, |table| {
+                last = last_decision_context(&table)?.or(last.take());
+                Ok(())
+            })?;
+            if last.is_some() {
+                return Ok(last);
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -755,7 +875,17 @@ impl DatasetReader for LoggedReader {
     }
 
     fn read(&self, source: &str, tables: &[Table]) -> Result<Dataset> {
-        let rows = tables.iter().map(Self::read_table).collect::<Result<Vec<_>>>()?;
+        let mut last = None;
+        for table in tables.iter().rev() {
+            last = last_decision_context(table)?;
+            if last.is_some() {
+                break;
+            }
+        }
+        let rows = tables
+            .iter()
+            .map(|t| Self::read_table(t, last.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
         let parts = if rows.iter().any(|r| r.events.is_some()) {
             merge_events(rows)?
         } else {

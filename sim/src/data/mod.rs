@@ -16,7 +16,7 @@ use ndarray::Array2;
 
 pub mod prices;
 
-pub use logged::{LogStream, LoggedDataset};
+pub use logged::{EarlierContexts, LogStream, LoggedDataset};
 pub use wide::WideDataset;
 
 use crate::error::{Result, SimError};
