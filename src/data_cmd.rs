@@ -104,7 +104,12 @@ fn convert(args: ConvertArgs) -> Result<()> {
     };
     match (dataset, args.to.as_str()) {
         (Dataset::Wide(data), "wide") => write_wide(&data, None, &args.out)?,
-        (Dataset::Logged(log), "logged") => quiver_sim::write::write_logged(&log, &args.out)?,
+        (Dataset::Logged(log), "logged") => {
+            if let Some(note) = log.earlier_contexts_note() {
+                eprintln!("{note}");
+            }
+            quiver_sim::write::write_logged(&log, &args.out)?;
+        }
         (Dataset::Wide(data), "logged") => {
             let spec: PolicySpec = args.logging_policy.parse()?;
             let tasks = if task_in_context(data.prompts.is_some(), false) {

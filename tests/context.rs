@@ -130,7 +130,12 @@ fn a_log_across_a_change_of_context_is_read_in_its_last() {
             .wait()
             .unwrap();
     };
-    let before = Router::open(vec![route(1)], &dir).unwrap();
+    // Small segments: the decisions before the change fill segments of their own.
+    let small = quiver_serve::RouterOptions {
+        segment_bytes: 1_000,
+        ..quiver_serve::RouterOptions::default()
+    };
+    let before = Router::open_with(vec![route(1)], &dir, small.clone()).unwrap();
     for x in [0.5, 0.25, 0.125] {
         ask(&before, vec![x]);
     }
@@ -138,7 +143,7 @@ fn a_log_across_a_change_of_context_is_read_in_its_last() {
     drop(before);
     let options = quiver_serve::RouterOptions {
         reset_routes: vec!["r".into()],
-        ..quiver_serve::RouterOptions::default()
+        ..small
     };
     let after = Router::open_with(vec![route(2)], &dir, options).unwrap();
     for x in [0.5, 0.75] {
@@ -148,6 +153,7 @@ fn a_log_across_a_change_of_context_is_read_in_its_last() {
     drop(after);
     assert_ne!(first, last);
     let path = dir.to_str().unwrap();
+    assert!(quiver_log::segment_files(&dir).unwrap().len() > 2);
     let Dataset::Logged(log) = quiver_sim::data::load(path, Format::Logged, None).unwrap() else {
         panic!("a log read as another kind of data");
     };
@@ -180,12 +186,28 @@ fn a_log_across_a_change_of_context_is_read_in_its_last() {
         })
         .unwrap();
     assert_eq!(chunks, log.decision_ids);
-    // `quiver ope` evaluates it and says what it left out.
-    let ope = Command::new(env!("CARGO_BIN_EXE_quiver"))
-        .args(["ope", "--data", path, "--policy", "random", "--bootstrap", "10"])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&ope.stderr);
-    assert!(ope.status.success(), "{said}");
-    assert!(said.contains("3 decisions of route `r`"), "{said}");
+    // `quiver ope` evaluates it, and `quiver data convert` converts it, saying what they
+    // left out.
+    let converted = scratch("context_reset_converted").join("log.parquet");
+    for args in [
+        &["ope", "--data", path, "--policy", "random", "--bootstrap", "10"][..],
+        &[
+            "data",
+            "convert",
+            "--data",
+            path,
+            "--to",
+            "logged",
+            "--out",
+            converted.to_str().unwrap(),
+        ],
+    ] {
+        let run = Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .args(args)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "{said}");
+        assert!(said.contains("3 decisions of route `r`"), "{args:?}: {said}");
+    }
 }

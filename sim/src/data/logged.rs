@@ -196,39 +196,29 @@ fn decisions_context(table: &Table, is_decision: impl Fn(usize) -> bool) -> Resu
     let Some(logged) = optional_texts(table, "context")? else {
         return Ok(None);
     };
-    let routes = optional_texts(table, "route")?;
-    let (mut seen, mut routes_seen): (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
+    let mut seen: Vec<&str> = Vec::new();
     for (row, context) in logged.iter().enumerate() {
         if is_decision(row) && !context.is_empty() && !seen.contains(&context.as_str()) {
             seen.push(context);
-        }
-        let route = routes.as_ref().map_or("", |r| r[row].as_str());
-        if is_decision(row) && !routes_seen.contains(&route) {
-            routes_seen.push(route);
         }
     }
     match seen[..] {
         [] => Ok(None),
         [one] => Ok(Some(one.to_string())),
-        _ => Err(several_contexts(&table.path, &seen, &routes_seen)),
+        _ => Err(several_contexts(&table.path, &seen)),
     }
 }
 
-/// A log whose decisions were built in several `contexts`, by `routes`: one route's after
-/// it was started afresh in another context, or several routes' (a `--split` away).
-fn several_contexts(path: &Path, contexts: &[&str], routes: &[&str]) -> SimError {
+/// A log whose decisions were built in several `contexts` that reading it in its last
+/// leaves in: several routes' (a `--split` away).
+fn several_contexts(path: &Path, contexts: &[&str]) -> SimError {
     let (path, n, contexts) = (path.display(), contexts.len(), contexts.join("`, `"));
-    SimError::Mismatch(match routes {
-        [route] if !route.is_empty() => format!(
-            "{path}: route `{route}`'s decisions were built in {n} contexts (`{contexts}`), as after it \
-             was started afresh in another (`--reset-route`); a policy is evaluated in one context, \
-             and a log across the change is not read as one"
-        ),
-        _ => format!(
-            "{path}: the log's decisions were built in {n} contexts (`{contexts}`), and a policy is \
-             evaluated in one: keep one route's decisions with `--split route=NAME`"
-        ),
-    })
+    SimError::Mismatch(format!(
+        "{path}: the log's decisions were built in {n} contexts (`{contexts}`), and a policy is \
+         evaluated in one: a log is read in its last decision's context, leaving out that route's \
+         decisions in others (made before it was started afresh), and other routes' are kept; \
+         keep one route's decisions with `--split route=NAME`"
+    ))
 }
 
 /// The route and context of a log's last decision that records its context: the context the
@@ -249,14 +239,6 @@ fn last_decision_context(table: &Table) -> Result<Option<LastContext>> {
         route: routes.as_ref().map_or_else(String::new, |r| r[row].clone()),
         context: contexts[row].clone(),
     }))
-}
-
-/// The routes of two parts of a log, each once.
-fn routes_of<'a>(mine: &'a LoggedDataset, theirs: &'a LoggedDataset) -> Vec<&'a str> {
-    let mut routes: Vec<&str> = mine.routes.iter().chain(&theirs.routes).map(String::as_str).collect();
-    routes.sort_unstable();
-    routes.dedup();
-    routes
 }
 
 /// The caller-feature columns of a log's decisions: `f_0 .. f_{n-1}` for the `n` its
@@ -570,7 +552,13 @@ fn merge_events(tables: Vec<Rows>) -> Result<Vec<(Vec<String>, LoggedDataset)>> 
     let mut parts: Vec<_> = tables.into_iter().map(|t| updates.decisions(t)).collect();
     updates.check_all_used(&paths)?;
     if parts.iter().any(|(names, _)| !names.is_empty()) {
+        // A table of decisions all left out counts them still.
+        let mut earlier = EarlierContexts::default();
+        for (_, part) in &mut parts {
+            earlier.absorb(std::mem::take(&mut part.earlier));
+        }
         parts.retain(|(names, _)| !names.is_empty());
+        parts[0].1.earlier = earlier;
     }
     Ok(parts)
 }
@@ -603,8 +591,7 @@ pub(crate) fn combine_logged(
         let rows = part.decision_ids.len();
         if let (Some(mine), Some(theirs)) = (&out.context, &part.context) {
             if mine != theirs {
-                let routes = routes_of(&out, &part);
-                return Err(several_contexts(Path::new(source), &[mine, theirs], &routes));
+                return Err(several_contexts(Path::new(source), &[mine, theirs]));
             }
         }
         if i > 0 && part.feature_names != out.feature_names {
@@ -849,7 +836,7 @@ impl LoggedDataset {
         };
         if let (Some(mine), Some(theirs)) = (&self.context, &part.context) {
             if mine != theirs {
-                return Err(several_contexts(path, &[mine, theirs], &routes_of(self, &part)));
+                return Err(several_contexts(path, &[mine, theirs]));
             }
         }
         if part.feature_names != self.feature_names {
