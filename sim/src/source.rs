@@ -427,9 +427,10 @@ impl Table {
             .collect()
     }
 
-    /// A column of lists of numbers (a log's `embedding`), nulls as `None`; None when the
-    /// file has no such column.
-    pub fn number_lists(&self, name: &str) -> Result<Option<Vec<Option<Vec<f64>>>>> {
+    /// Each row's cell of the list column `name` (a null as None; a column of nulls only
+    /// too), lists of `what` said in the error when it is no list; None when the file has
+    /// no such column.
+    fn list_cells(&self, name: &str, what: &str) -> Result<Option<Vec<Option<Series>>>> {
         let Ok(column) = self.frame.column(name) else {
             return Ok(None);
         };
@@ -439,10 +440,23 @@ impl Table {
         }
         let lists = series
             .list()
-            .map_err(|e| self.bad_value(0, name, format!("not a list of numbers ({e})")))?;
-        (0..lists.len())
-            .map(|row| {
-                let Some(list) = lists.get_as_series(row) else {
+            .map_err(|e| self.bad_value(0, name, format!("not a list of {what} ({e})")))?;
+        Ok(Some(
+            (0..lists.len()).map(|row| lists.get_as_series(row)).collect(),
+        ))
+    }
+
+    /// A column of lists of numbers (a log's `embedding`), nulls as `None`; None when the
+    /// file has no such column.
+    pub fn number_lists(&self, name: &str) -> Result<Option<Vec<Option<Vec<f64>>>>> {
+        let Some(cells) = self.list_cells(name, "numbers")? else {
+            return Ok(None);
+        };
+        cells
+            .into_iter()
+            .enumerate()
+            .map(|(row, cell)| {
+                let Some(list) = cell else {
                     return Ok(None);
                 };
                 let values = list
@@ -465,19 +479,14 @@ impl Table {
     /// A column of lists of text (a log's `unavailable`), a null as an empty list; None
     /// when the file has no such column.
     pub fn text_lists(&self, name: &str) -> Result<Option<Vec<Vec<String>>>> {
-        let Ok(column) = self.frame.column(name) else {
+        let Some(cells) = self.list_cells(name, "names")? else {
             return Ok(None);
         };
-        let series = column.as_materialized_series();
-        if series.dtype() == &DataType::Null {
-            return Ok(Some(vec![Vec::new(); series.len()]));
-        }
-        let lists = series
-            .list()
-            .map_err(|e| self.bad_value(0, name, format!("not a list of names ({e})")))?;
-        (0..lists.len())
-            .map(|row| {
-                let Some(list) = lists.get_as_series(row) else {
+        cells
+            .into_iter()
+            .enumerate()
+            .map(|(row, cell)| {
+                let Some(list) = cell else {
                     return Ok(Vec::new());
                 };
                 let names = list

@@ -486,7 +486,7 @@ fn a_request_rebuilt_from_its_logged_terms_decides_as_it_did() {
                         .collect();
                     let terms = LoggedTerms {
                         unavailable,
-                        admitted: l.admitted_arms(&asked),
+                        admitted: l.clone().decide(&asked).expect("decide").admitted,
                         objective: own,
                     };
                     let rebuilt = terms.request(asked.context.clone(), route);
@@ -518,7 +518,7 @@ fn a_request_rebuilt_from_its_logged_terms_decides_as_it_did() {
             input_tokens: tokens,
         });
         asked.constraints = c.clone();
-        l.admitted_arms(&asked)
+        l.clone().decide(&asked).expect("decide").admitted
     };
     assert!(admitted(100, &constraints[0]).is_empty());
     assert_eq!(admitted(100, &constraints[1]), ["big", "mid"]);

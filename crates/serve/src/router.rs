@@ -1893,7 +1893,7 @@ impl Router {
         let mut record = LogRecord::new(&decision_id, route, &state.policy, LogEvent::Decision);
         record.prompt = prompt;
         state.stamp_context(&mut record, &context, embedding);
-        record.admitted = live.learner.admitted_arms(&learner_request);
+        record.admitted = decision.admitted.clone();
         record.w_cost = request.objective.and_then(|o| o.w_cost);
         record.w_latency = request.objective.and_then(|o| o.w_latency);
         // The models the decision left out as unavailable (none if all were, and so were

@@ -15,6 +15,8 @@ use super::{ArmChoice, ArmEstimate, Decision, Learner, PmfChoice, Request, Track
 /// vectors run over the eligible arms, `position` indexes them.
 struct Selection {
     id: u64,
+    /// The arms the request admitted, when some were not (see [`Decision::admitted`]).
+    admitted: Vec<usize>,
     eligible: Vec<usize>,
     excluded: Vec<String>,
     costs: Vec<f64>,
@@ -64,10 +66,29 @@ impl Learner {
         let w_cost = unpaced.w_cost + pacer.as_ref().map_or(0.0, BudgetPacer::extra_cost_weight);
         let objective = Objective { w_cost, ..unpaced };
 
-        let (mut eligible, mut costs, mut excluded) = self.admit(request);
+        let tokens = request.context.input_tokens;
+        let answer_tokens = self.route_answer_tokens();
+        let mut eligible = Vec::with_capacity(self.arms.len());
+        let mut excluded = Vec::new();
+        let mut costs = Vec::with_capacity(self.arms.len());
+        for (i, arm) in self.arms.iter().enumerate() {
+            let cost = self.expected_cost_usd(i, x, tokens, answer_tokens);
+            match request.constraints.exclusion(arm, tokens, cost) {
+                Some(reason) => excluded.push(reason),
+                None => {
+                    eligible.push(i);
+                    costs.push(cost);
+                }
+            }
+        }
         if eligible.is_empty() {
             return Err(ErrorKind::NoEligibleArm { reasons: excluded }.into());
         }
+        let admitted = if eligible.len() < self.arms.len() {
+            eligible.clone()
+        } else {
+            Vec::new()
+        };
         if !request.unavailable.is_empty() {
             let available: Vec<bool> = eligible
                 .iter()
@@ -144,6 +165,7 @@ impl Learner {
             probabilities: pmf::with_floor(choice.pmf, floor),
             propensity_kind: choice.propensity,
             position,
+            admitted,
             eligible,
             excluded,
             costs,
@@ -252,6 +274,7 @@ impl Learner {
                 .collect(),
             arms,
             excluded: s.excluded,
+            admitted: s.admitted.iter().map(|&a| self.arms[a].id.clone()).collect(),
             w_cost: s.w_cost,
         }
     }
@@ -284,40 +307,6 @@ impl Learner {
         let decision = self.explain(s);
         self.track(id, arm, &request.context);
         Ok(decision)
-    }
-
-    /// The arms `request` admits (its constraints, and a context window its prompt fits), by
-    /// index, with their expected costs; and why each other arm is not admitted.
-    fn admit(&self, request: &Request) -> (Vec<usize>, Vec<f64>, Vec<String>) {
-        let (x, tokens) = (&request.context.features, request.context.input_tokens);
-        let answer_tokens = self.route_answer_tokens();
-        let mut eligible = Vec::with_capacity(self.arms.len());
-        let mut costs = Vec::with_capacity(self.arms.len());
-        let mut excluded = Vec::new();
-        for (i, arm) in self.arms.iter().enumerate() {
-            let cost = self.expected_cost_usd(i, x, tokens, answer_tokens);
-            match request.constraints.exclusion(arm, tokens, cost) {
-                Some(reason) => excluded.push(reason),
-                None => {
-                    eligible.push(i);
-                    costs.push(cost);
-                }
-            }
-        }
-        (eligible, costs, excluded)
-    }
-
-    /// The ids of the arms `request` admits as a decision now would (its constraints, a
-    /// model's expected cost against its `max_cost_usd` included, and a context window its
-    /// prompt fits), or none when every arm is: what a decision log records of them
-    /// ([`LoggedTerms::admitted`]), so that the decision can be made again without the
-    /// arms' tags, prices or windows.
-    pub fn admitted_arms(&self, request: &Request) -> Vec<String> {
-        let (eligible, _, _) = self.admit(request);
-        if eligible.len() == self.arms.len() {
-            return Vec::new();
-        }
-        eligible.into_iter().map(|a| self.arms[a].id.clone()).collect()
     }
 
     /// [`Learner::decide`] without the explanation, for off-policy evaluation: the same

@@ -133,7 +133,7 @@ impl Request {
 
 /// What a logged decision's request asked beyond its context, as a decision log records
 /// it: the models left out as unavailable, the models it admitted
-/// ([`Learner::admitted_arms`]: its constraints as the route judged them, with the models'
+/// ([`Decision::admitted`]: its constraints as the route judged them, with the models'
 /// tags, expected costs and context windows) and its own trade-off. The server's shadow
 /// candidates and an off-policy evaluation of the log decide each logged request again
 /// from these, as the route did, without the models' tags, prices or windows.
@@ -209,6 +209,13 @@ pub struct Decision {
     pub arms: Vec<ArmEstimate>,
     /// Why each ineligible arm was excluded.
     pub excluded: Vec<String>,
+    /// The arms the request admitted (its constraints, a model's expected cost against its
+    /// `max_cost_usd` included, and a context window its prompt fits), when some were not;
+    /// empty when every arm was. What a decision log records of them
+    /// ([`LoggedTerms::admitted`]), so that the decision can be made again without the arms'
+    /// tags, prices or windows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admitted: Vec<String>,
     /// The cost weight in force, quality points per USD (objective plus budget pacing).
     pub w_cost: f64,
 }
