@@ -25,7 +25,7 @@
 //! `draws` is the number of Monte Carlo samples behind a Thompson policy's propensity, and
 //! 0, the default, its exact PMF by quadrature (`crate::pmf::gaussian_argmax_pmf`,
 //! `crate::pmf::beta_argmax_pmf`): exact propensities for off-policy evaluation, at about
-//! the cost of 256 draws for the normal scores and a third of it for Beta TS
+//! half the cost of 256 draws for the normal scores and a tenth of it for Beta TS
 //! (benches/RESULTS.md). Monte Carlo is the default only where the quadrature does not
 //! apply: Beta TS with a prior below 1 ([`MONTE_CARLO_DRAWS`]).
 
