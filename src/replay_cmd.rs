@@ -239,8 +239,15 @@ fn percent_of_best(percent: f64) -> std::result::Result<Budget, String> {
 }
 
 /// A budget in USD per request: as given, or its share of the best model's mean cost on
-/// the training rows (the evaluated ones when there are none).
+/// the training rows (the evaluated ones when there are none). Refused for evaluated rows
+/// that cost nothing: a budget would pace nothing.
 fn budget_in_usd(budget: Budget, data: &WideDataset, train: Option<&WideDataset>) -> Result<f64> {
+    if data.cost_usd.is_none() {
+        bail!(
+            "a budget of {budget}: {} has no cost columns (`cost|MODEL`), so every call costs nothing and there is no spend to pace",
+            data.source
+        );
+    }
     let share = match budget {
         Budget::Usd(usd) => return Ok(usd),
         Budget::PercentOfBest(percent) => percent / 100.0,
@@ -279,7 +286,10 @@ fn holdout_share(text: &str) -> std::result::Result<f64, String> {
 
 /// A budget in USD per request, within the learner's bounds.
 fn budget_usd(text: &str) -> std::result::Result<f64, String> {
-    checked_budget_usd(text.parse().map_err(|e| format!("{e}"))?)
+    let usd = text.trim().parse().map_err(|_| {
+        format!("`{text}` is neither USD per request (0.0012) nor a share of the best model's cost (25%)")
+    })?;
+    checked_budget_usd(usd)
 }
 
 fn checked_budget_usd(usd: f64) -> std::result::Result<f64, String> {
@@ -308,6 +318,9 @@ fn parse_sweep(text: &str) -> std::result::Result<Sweep, String> {
     let (a, b) = bounds.split_once("..").ok_or(form)?;
     let (a, b, percentages) = match (key, a.strip_suffix('%'), b.strip_suffix('%')) {
         ("budget", Some(a), Some(b)) => (a, b, true),
+        ("budget", Some(_), None) | ("budget", None, Some(_)) => {
+            return Err("a budget's ends are both in USD or both in % of the best model's cost".into())
+        }
         _ => (a, b, false),
     };
     let number = |t: &str| t.parse::<f64>().map_err(|e| format!("{t}: {e}"));
@@ -410,6 +423,13 @@ fn datasets(args: &ReplayArgs) -> Result<(WideDataset, Option<WideDataset>, Obje
     let (mut data, mut train, objective) = unpriced_datasets(args)?;
     if let Some(path) = &args.prices {
         price_from_file(path, &mut data, train.as_mut())?;
+    }
+    if objective.w_latency > 0.0 && data.latency_ms.is_none() {
+        tracing::warn!(
+            "{} has no latency columns (`latency_ms|MODEL`): every call takes 0 ms, so a latency weight of {} weighs nothing",
+            data.source,
+            objective.w_latency
+        );
     }
     Ok((data, train, objective))
 }
@@ -806,6 +826,17 @@ mod tests {
             format!("{err:#}").contains("a budget of 100000000% of good's mean cost: the budget is"),
             "{err:#}"
         );
+        let free = WideDataset {
+            cost_usd: None,
+            ..table("free.csv", 1.0)
+        };
+        for budget in [Budget::Usd(0.002), share] {
+            let err = budget_in_usd(budget, &free, Some(&train)).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("free.csv has no cost columns (`cost|MODEL`)"),
+                "{err:#}"
+            );
+        }
     }
 
     #[test]

@@ -187,6 +187,29 @@ fn a_budgeted_replay_reports_the_hull_at_its_budget() {
     let q = p["mean_quality"].as_f64().unwrap();
     let rows = v["dataset"]["rows"].as_f64().unwrap();
     assert!((p["regret_vs_hull_at_budget"].as_f64().unwrap() - rows * (hull - q)).abs() < 1e-9);
+
+    // A policy that ignores the budget is compared with a mix held to it, and said to be.
+    let table = stdout(&quiver(&[
+        "replay",
+        "--data",
+        data.to_str().unwrap(),
+        "--policies",
+        "fixed(big:2024),fixed(small)",
+        "--seeds",
+        "2",
+        "--budget",
+        "0.0003",
+    ]));
+    let line = |policy: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{policy}: regret vs the hull at the budget")))
+            .unwrap_or_else(|| panic!("{policy}: {table}"))
+            .to_string()
+    };
+    // $0.002 a request against $0.0003.
+    assert!(line("fixed(arm=big:2024)").ends_with("(it spent 667% of the budget: its lift, against the hull at its own cost, is the comparison that holds)"), "{table}");
+    assert!(!line("fixed(arm=small)").contains("it spent"), "{table}");
 }
 
 /// One seed gives no interval: its spread says nothing of the seeds' variance. Two do.
@@ -397,6 +420,32 @@ fn wide_data_converts_to_a_log_that_ope_reads() {
     // fixed(small)'s true quality on the fixture is 80/120; SNIPS with eps(0.5) logging is close.
     let snips = quality["estimates"][2]["value"].as_f64().unwrap();
     assert!((snips - 80.0 / 120.0).abs() < 0.2, "snips {snips}");
+
+    // A logger that leaves a model without support writes no log: one it never chooses,
+    // or (greedy UCB1 after its first tries) decisions made with certainty.
+    for (logger, says) in [
+        ("fixed(small)", "never chose `big:2024`, `mid/v1` (2 of 3 models)"),
+        ("ucb1", "decisions with certainty"),
+    ] {
+        let unsupported = dir.join("unsupported.parquet");
+        let err = stderr(&quiver(&[
+            "data",
+            "convert",
+            "--data",
+            data.to_str().unwrap(),
+            "--to",
+            "logged",
+            "--logging-policy",
+            logger,
+            "--out",
+            unsupported.to_str().unwrap(),
+        ]));
+        assert!(
+            err.contains(says) && err.contains("give it a floor") && !unsupported.exists(),
+            "{logger}: {err}"
+        );
+    }
+    convert_to_log(&data, "ucb1(floor=0.05)", &dir.join("floored.parquet"));
 }
 
 /// An Open Bandit Dataset log (its columns, three items) is evaluated by `quiver ope
@@ -473,6 +522,15 @@ fn malformed_inputs_name_the_file_row_and_column() {
     let err = stderr(&quiver(&["replay", "--data", bad_quality.to_str().unwrap()]));
     assert!(
         err.contains("bad_quality.csv: row 2, column `quality|a`: `abc` is not a number"),
+        "{err}"
+    );
+
+    // A record the CSV reader cannot take is named by its row and line.
+    let ragged = dir.join("ragged.csv");
+    std::fs::write(&ragged, "id,quality|a,quality|b\n1,0.5,1\n2,0.5,1,1\n").unwrap();
+    let err = stderr(&quiver(&["replay", "--data", ragged.to_str().unwrap()]));
+    assert!(
+        err.contains("ragged.csv: cannot read: row 2 (line 3) has 4 fields where the header has 3"),
         "{err}"
     );
 
@@ -554,6 +612,36 @@ fn a_new_users_mistakes_get_precise_errors() {
     let err = stderr(&quiver(&["replay", "--budget", "-1"]));
     assert!(
         err.contains("'--budget <BUDGET>': the budget is -1.0, outside [1e-9, 1000] USD per request"),
+        "{err}"
+    );
+    // A weight on what the table does not hold is said to weigh nothing.
+    let no_latency = dir.join("no_latency.csv");
+    std::fs::write(
+        &no_latency,
+        "quality|a,cost|a,quality|b,cost|b\n1,0.1,0,0.2\n0,0.1,1,0.2\n",
+    )
+    .unwrap();
+    let run = quiver(&[
+        "replay",
+        "--data",
+        no_latency.to_str().unwrap(),
+        "--w-latency",
+        "0.5",
+        "--seeds",
+        "1",
+        "--policies",
+        "random",
+    ]);
+    assert!(run.status.success());
+    let note = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        note.contains("has no latency columns (`latency_ms|MODEL`): every call takes 0 ms, so a latency weight of 0.5 weighs nothing"),
+        "{note}"
+    );
+
+    let err = stderr(&quiver(&["replay", "--budget", "abc"]));
+    assert!(
+        err.contains("`abc` is neither USD per request (0.0012) nor a share of the best model's cost (25%)"),
         "{err}"
     );
 
@@ -1019,7 +1107,7 @@ fn a_holdout_and_a_budget_share_run_the_suites_protocol_on_a_table() {
     ]));
     assert!(
         err.contains("a budget of 25%: ")
-            && err.contains("unpriced.csv has no cost columns, so no best model's cost to take a share of"),
+            && err.contains("unpriced.csv has no cost columns (`cost|MODEL`), so every call costs nothing"),
         "{err}"
     );
     let err = stderr(&quiver(&[
@@ -1038,7 +1126,11 @@ fn a_holdout_and_a_budget_share_run_the_suites_protocol_on_a_table() {
         ("--budget", "0%", "a percentage above 0"),
         ("--budget", "x%", "a percentage above 0"),
         ("--sweep", "budget=0%..50%:3", "a percentage above 0"),
-        ("--sweep", "budget=10%..0.5:3", "10%: invalid float literal"),
+        (
+            "--sweep",
+            "budget=10%..0.5:3",
+            "a budget's ends are both in USD or both in % of the best model's cost",
+        ),
         ("--holdout", "1", "between 0 and 1"),
         ("--holdout", "NaN", "between 0 and 1"),
     ] {

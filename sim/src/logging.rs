@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::context::ContextBuilder;
 use crate::data::{LoggedDataset, WideDataset};
-use crate::error::Result;
+use crate::error::{Result, SimError};
 
 /// How to log a wide table.
 #[derive(Debug, Clone)]
@@ -29,7 +29,9 @@ pub struct LoggingSettings {
 }
 
 /// The log of `settings.spec` run over `data`. Row `i` of the log is the request
-/// `order[i]` of the table, returned alongside.
+/// `order[i]` of the table, returned alongside. Refused where the logger left a model
+/// without support: one it never chose, or a decision it made with certainty, which no
+/// off-policy estimate can weigh another model's choice of.
 pub fn log_wide(
     data: &WideDataset,
     builder: &ContextBuilder,
@@ -84,5 +86,43 @@ pub fn log_wide(
         }
     }
     log.features = crate::data::standard(data.features.select(Axis(0), &order));
+    check_support(&log, &policy)?;
     Ok((log, order))
+}
+
+/// Refuses `log` if its logger `policy` left a model without support (see [`log_wide`]).
+fn check_support(log: &LoggedDataset, policy: &str) -> Result<()> {
+    let mut chosen = vec![false; log.arms.len()];
+    log.arm.iter().for_each(|&a| chosen[a] = true);
+    let never: Vec<&str> = log
+        .arms
+        .iter()
+        .zip(&chosen)
+        .filter(|(_, &chosen)| !chosen)
+        .map(|(arm, _)| arm.as_str())
+        .collect();
+    let certain = if log.arms.len() > 1 {
+        log.propensity.iter().filter(|&&p| p >= 1.0).count()
+    } else {
+        0
+    };
+    let left_out = match (never.as_slice(), certain) {
+        ([], 0) => return Ok(()),
+        ([], _) => format!("made {certain} of {} decisions with certainty", log.rows()),
+        (never, _) => format!(
+            "never chose {} ({} of {} models)",
+            never
+                .iter()
+                .map(|a| format!("`{a}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            never.len(),
+            log.arms.len()
+        ),
+    };
+    Err(SimError::InvalidOption(format!(
+        "the logging policy `{policy}` {left_out}: off-policy estimates need every model a \
+         candidate may choose to have been chosen with some probability on every request; \
+         give it a floor (`lints(floor=0.05)`, say) or log with `random`"
+    )))
 }

@@ -10,6 +10,10 @@ use crate::replay::{Cascade, CascadeRun, Feedback, ReplaySettings, Run};
 /// Dropped rows a summary names; the rest are counted.
 const DROPPED_EXAMPLES: usize = 3;
 
+/// Spend over the budget, as a share of it, beyond which the report says a policy did not
+/// keep it: more than a paced learner's 2%.
+const OVERSPEND_NOTED: f64 = 0.02;
+
 /// `dataset` of the summary.
 #[derive(Debug, Clone, Serialize)]
 pub struct DatasetInfo {
@@ -562,10 +566,20 @@ pub fn table(summary: &Summary) -> String {
         .filter(|p| p.regret_vs_hull_at_budget.is_some())
     {
         out.push_str(&format!(
-            "{}: regret vs the hull at the budget {:.1}\n",
+            "{}: regret vs the hull at the budget {:.1}",
             p.policy,
             p.regret_vs_hull_at_budget.unwrap_or(f64::NAN)
         ));
+        // A policy that overspends can beat a mix held to the budget by spending more.
+        let spent = p.budget_usd.map_or(0.0, |b| p.mean_cost_usd / b);
+        if spent > 1.0 + OVERSPEND_NOTED {
+            out.push_str(&format!(
+                " (it spent {:.0}% of the budget: its lift, against the hull at its own \
+                 cost, is the comparison that holds)",
+                100.0 * spent
+            ));
+        }
+        out.push('\n');
     }
     if let Some(two) = &summary.two_arm {
         for p in &two.policies {

@@ -115,7 +115,11 @@ fn read_csv(path: &Path, rows: Option<usize>) -> Result<DataFrame> {
         .with_n_rows(rows)
         .try_into_reader_with_file_path(Some(path.to_path_buf()))
         .and_then(|reader| reader.finish())
-        .map_err(|e| unreadable(path, e))?;
+        .map_err(|e| {
+            // The reader's own message names no row; the first record out of shape does.
+            let shape = std::fs::read(path).ok().and_then(|bytes| csv_shape_error(&bytes));
+            unreadable(path, shape.unwrap_or_else(|| e.to_string()))
+        })?;
     let names: Vec<&str> = frame.get_column_names().iter().map(|n| n.as_str()).collect();
     let twice = names.iter().find_map(|name| {
         let (first, _) = name.rsplit_once("_duplicated_")?;
@@ -127,6 +131,74 @@ fn read_csv(path: &Path, rows: Option<usize>) -> Result<DataFrame> {
             format!("column `{name}` appears more than once in the header"),
         )),
         None => Ok(frame),
+    }
+}
+
+/// The first record of a CSV file `bytes` (RFC 4180: fields quoted with `"`, `""` inside
+/// them) with another number of fields than the header, or with a quote never closed,
+/// described with its 1-based data row and line; `None` if every record has the
+/// header's shape.
+fn csv_shape_error(bytes: &[u8]) -> Option<String> {
+    let (mut row, mut line, mut row_line) = (0usize, 1usize, 1usize);
+    let (mut fields, mut header_fields) = (1usize, None);
+    let (mut quoted, mut empty_record) = (false, true);
+    let mut i = 0;
+    let mut end_record = |row: &mut usize, fields: usize, row_line: usize| -> Option<String> {
+        let header = *header_fields.get_or_insert(fields);
+        let out_of_shape = (*row > 0 && fields != header).then(|| {
+            format!("row {row} (line {row_line}) has {fields} fields where the header has {header}")
+        });
+        *row += 1;
+        out_of_shape
+    };
+    while i < bytes.len() {
+        let byte = bytes[i];
+        if quoted {
+            match byte {
+                b'"' if bytes.get(i + 1) == Some(&b'"') => i += 1,
+                b'"' => quoted = false,
+                b'\n' => line += 1,
+                _ => {}
+            }
+        } else {
+            match byte {
+                b'"' => quoted = true,
+                b',' => fields += 1,
+                b'\n' => {
+                    line += 1;
+                    if !empty_record {
+                        if let Some(error) = end_record(&mut row, fields, row_line) {
+                            return Some(error);
+                        }
+                    }
+                    (fields, empty_record, row_line) = (1, true, line);
+                    i += 1;
+                    continue;
+                }
+                b'\r' => {
+                    i += 1;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        empty_record = false;
+        i += 1;
+    }
+    if quoted {
+        let record = if row == 0 {
+            "the header".to_string()
+        } else {
+            format!("row {row}")
+        };
+        return Some(format!(
+            "{record} (line {row_line}): a quoted field opened in it is never closed"
+        ));
+    }
+    if empty_record {
+        None
+    } else {
+        end_record(&mut row, fields, row_line)
     }
 }
 
@@ -534,5 +606,35 @@ fn parse_number(s: &str) -> Option<f64> {
         "true" => Some(1.0),
         "false" => Some(0.0),
         other => other.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_shape_error;
+
+    #[test]
+    fn a_csv_record_out_of_shape_is_named_by_row_and_line() {
+        let fine = "id,prompt,q\r\n1,\"a, \"\"b\"\"\nc\",0.5\r\n2,d,1\n\n";
+        assert_eq!(csv_shape_error(fine.as_bytes()), None);
+        // Row 2 starts on line 4: row 1's quoted prompt spans two lines.
+        let ragged = "id,prompt,q\n1,\"a\nb\",0.5\n2,c,1,extra\n";
+        assert_eq!(
+            csv_shape_error(ragged.as_bytes()).as_deref(),
+            Some("row 2 (line 4) has 4 fields where the header has 3")
+        );
+        let open = "id,prompt,q\n1,a,0.5\n2,\"b,1\n3,c,1\n";
+        assert_eq!(
+            csv_shape_error(open.as_bytes()).as_deref(),
+            Some("row 2 (line 3): a quoted field opened in it is never closed")
+        );
+        assert_eq!(
+            csv_shape_error(b"id,\"prompt\n").as_deref(),
+            Some("the header (line 1): a quoted field opened in it is never closed")
+        );
+        assert_eq!(
+            csv_shape_error(b"id,q\n1").as_deref(),
+            Some("row 1 (line 2) has 1 fields where the header has 2")
+        );
     }
 }

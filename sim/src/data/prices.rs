@@ -3,7 +3,8 @@
 //! whose values hold `input_cost_per_token` and `output_cost_per_token` in USD, or, as
 //! RouterArena's `model_cost.json` writes them, `input_token_price_per_million` and
 //! `output_token_price_per_million`. Entries without both (embedding and image models, the
-//! registry's `sample_spec`) are skipped.
+//! registry's `sample_spec`) are skipped; a price that is there but neither a number nor a
+//! number's text is refused.
 //!
 //! A table's models take the price of the key equal to their name, else of the one key
 //! whose last `/`-separated part equals their name's (case aside): the registry writes
@@ -36,12 +37,20 @@ pub fn read_list_prices(path: &Path) -> Result<ListPrices> {
     };
     let mut prices = ListPrices::new();
     for (model, entry) in &models {
-        let price = |side: &str| {
-            let field = |name: String| entry.get(name).and_then(Value::as_f64);
-            field(format!("{side}_cost_per_token"))
-                .or_else(|| field(format!("{side}_token_price_per_million")).map(|p| p * 1e-6))
+        // A price that is there but not a number is a mistake, not a model to skip.
+        let field = |name: String| match entry.get(&name) {
+            None => Ok(None),
+            Some(Value::Number(n)) => Ok(n.as_f64()),
+            Some(Value::String(s)) if s.trim().parse::<f64>().is_ok() => Ok(s.trim().parse().ok()),
+            Some(other) => Err(read_error(format!("`{model}` {name} is {other}, not a number"))),
         };
-        let (Some(input), Some(output)) = (price("input"), price("output")) else {
+        let price = |side: &str| -> Result<Option<f64>> {
+            Ok(match field(format!("{side}_cost_per_token"))? {
+                Some(usd) => Some(usd),
+                None => field(format!("{side}_token_price_per_million"))?.map(|p| p * 1e-6),
+            })
+        };
+        let (Some(input), Some(output)) = (price("input")?, price("output")?) else {
             continue;
         };
         for (field, value) in [("input_cost_per_token", input), ("output_cost_per_token", output)] {
@@ -166,6 +175,18 @@ mod tests {
         let message = read_list_prices(f.path()).unwrap_err().to_string();
         assert!(message.contains(&f.path().display().to_string()), "{message}");
         assert!(message.contains("`m` input_cost_per_token"), "{message}");
+        let f = file(r#"{"m": {"input_cost_per_token": "abc", "output_cost_per_token": 1e-6}}"#);
+        let message = read_list_prices(f.path()).unwrap_err().to_string();
+        assert!(
+            message.contains("`m` input_cost_per_token is \"abc\", not a number"),
+            "{message}"
+        );
+        let f = file(r#"{"m": {"input_cost_per_token": 1e-6, "output_token_price_per_million": null}}"#);
+        let message = read_list_prices(f.path()).unwrap_err().to_string();
+        assert!(
+            message.contains("`m` output_token_price_per_million is null, not a number"),
+            "{message}"
+        );
         let f = file("[1, 2]");
         assert!(read_list_prices(f.path())
             .unwrap_err()
