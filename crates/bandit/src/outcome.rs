@@ -213,6 +213,13 @@ pub fn credited_quality(quality: Option<f64>, error: bool) -> Option<f64> {
 /// where the estimates are exact and the costs come back in the order of their decisions,
 /// decisions with calls under way pace exactly as they would had each call come back
 /// before the next decision.
+///
+/// The estimates of the calls a learner chooses run below their costs: a model is chosen
+/// more often where its cost is underestimated (the optimizer's curse, Smith and Winkler
+/// 2006), and a price list can miss what a provider bills. So the pacer ahead takes each
+/// estimate times the ratio of what the learner's own calls cost to what it expected of
+/// them when their costs came ([`BudgetPacer::calibrate`]; over about the latest
+/// [`CALIBRATION_MEMORY`] costs, within `[1/4, 4]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BudgetPacer {
     target_usd: f64,
@@ -224,7 +231,20 @@ pub struct BudgetPacer {
     /// Spend, in budgets, not yet entered into the dual because of clipping.
     #[serde(default)]
     debt: f64,
+    /// What the learner expected its own calls to cost, and what they cost, in USD,
+    /// discounted by [`CALIBRATION_MEMORY`].
+    #[serde(default)]
+    calibration: [f64; 2],
 }
+
+/// How many of the latest costs, about, the ratio of costs to their estimates is taken
+/// over: long enough to average a few dear calls, short enough to follow new prices.
+pub const CALIBRATION_MEMORY: f64 = 1000.0;
+
+/// The ratio of costs to their estimates is held within `[1 / MAX, MAX]`: a model whose
+/// cost is not known yet is expected to cost nothing, and a few of its calls would
+/// otherwise scale every estimate without bound.
+const MAX_CALIBRATION: f64 = 4.0;
 
 /// The most spend, in budgets, one dual step takes in: its gradient stays within `[-1, 1]`.
 pub const MAX_SPEND_RATIO: f64 = 2.0;
@@ -257,6 +277,7 @@ impl BudgetPacer {
             lambda: 0.0,
             observed: 0,
             debt: 0.0,
+            calibration: [0.0, 0.0],
         })
     }
 
@@ -369,15 +390,60 @@ impl BudgetPacer {
     }
 
     /// The pacer as the calls under way will leave it if they cost their estimates
-    /// `costs_usd`, oldest first: one [`BudgetPacer::observe`] each, for the latest
-    /// [`MAX_STEPS_AT_ONCE`] of them. The pacer itself does not change.
+    /// `costs_usd` (oldest first) times [`BudgetPacer::cost_ratio`]: one
+    /// [`BudgetPacer::observe`] each for the latest [`MAX_STEPS_AT_ONCE`], and the older
+    /// ones together first ([`BudgetPacer::observe_together`]), so that the work stays
+    /// small and every call under way counts. The pacer itself does not change.
     pub fn ahead(&self, costs_usd: &[f64]) -> BudgetPacer {
         let mut ahead = self.clone();
+        let ratio = self.cost_ratio();
         let older = costs_usd.len().saturating_sub(MAX_STEPS_AT_ONCE as usize);
+        ahead.observe_together(costs_usd[..older].iter().map(|c| c * ratio));
         for &cost in &costs_usd[older..] {
-            ahead.observe(cost);
+            ahead.observe(cost * ratio);
         }
         ahead
+    }
+
+    /// Takes in that one of the learner's own calls, expected to cost `estimate_usd` when
+    /// its cost came, cost `cost_usd` (the pacer steps on the cost in
+    /// [`BudgetPacer::observe`]).
+    pub fn calibrate(&mut self, estimate_usd: f64, cost_usd: f64) {
+        let keep = 1.0 - 1.0 / CALIBRATION_MEMORY;
+        let [estimated, paid] = self.calibration;
+        self.calibration = [keep * estimated + estimate_usd, keep * paid + cost_usd];
+    }
+
+    /// What the learner's own calls cost for each dollar it expected of them, lately
+    /// (see [`BudgetPacer::calibrate`]); 1 before any call with an estimate above 0.
+    pub fn cost_ratio(&self) -> f64 {
+        match self.calibration {
+            [estimated, paid] if estimated > 0.0 => {
+                (paid / estimated).clamp(1.0 / MAX_CALIBRATION, MAX_CALIBRATION)
+            }
+            _ => 1.0,
+        }
+    }
+
+    /// [`BudgetPacer::observe`] of each of `costs_usd` at the step the first of them
+    /// takes, in one move of the multiplier: each cost clipped with its debt carried as
+    /// one at a time, with no square root per cost. The same as one at a time, but for
+    /// rounding, once the step has shrunk to its floor (after `99 / eta` costs) and while
+    /// the multiplier stays within its bounds; a larger move before.
+    fn observe_together(&mut self, costs_usd: impl Iterator<Item = f64>) {
+        let step = self.current_step();
+        let (mut gradient, mut costs) = (0.0, 0);
+        for cost in costs_usd {
+            let owed = self.debt + cost / self.target_usd;
+            let spend = owed.min(MAX_SPEND_RATIO);
+            self.debt = owed - spend;
+            gradient += spend - 1.0;
+            costs += 1;
+        }
+        if costs > 0 {
+            self.lambda = (self.lambda + step * gradient).clamp(0.0, LAMBDA_MAX);
+            self.observed += costs;
+        }
     }
 
     /// One dual step after observing a request's cost.
@@ -468,10 +534,89 @@ mod tests {
         assert_eq!(ahead, p);
         assert_ne!(ahead, before);
         assert_eq!(before.ahead(&[]), before);
-        // Beyond the most steps taken at once, only the latest calls step it.
-        let many = vec![0.002; MAX_STEPS_AT_ONCE as usize];
-        let with_older: Vec<f64> = [0.0].iter().chain(&many).copied().collect();
-        assert_eq!(before.ahead(&with_older), before.ahead(&many));
+    }
+
+    /// The ratio of costs to their estimates weighs the latest most, stays within its
+    /// bounds, and scales what the pacer ahead takes of each call under way.
+    #[test]
+    fn calls_under_way_count_at_the_ratio_of_costs_to_estimates() {
+        let mut p = BudgetPacer::new(0.001, 0.05).unwrap();
+        assert_eq!(p.cost_ratio(), 1.0);
+        // A call expected to cost nothing teaches no ratio.
+        p.calibrate(0.0, 0.002);
+        assert_eq!(p.cost_ratio(), 1.0);
+        p.calibrate(0.001, 0.0015);
+        let keep = 1.0 - 1.0 / CALIBRATION_MEMORY;
+        assert!((p.cost_ratio() - (keep * 0.002 + 0.0015) / 0.001).abs() < 1e-12);
+        // A thousand calls at 0.8 of their estimates later, the first two weigh keep^1000.
+        for _ in 0..1000 {
+            p.calibrate(0.001, 0.0008);
+        }
+        let old = keep.powi(1000);
+        let want = (old * (keep * 0.002 + 0.0015) + 0.0008 * (1.0 - old) / (1.0 - keep))
+            / (old * 0.001 + 0.001 * (1.0 - old) / (1.0 - keep));
+        assert!(
+            (p.cost_ratio() - want).abs() < 1e-9,
+            "{} vs {want}",
+            p.cost_ratio()
+        );
+        let mut each = p.clone();
+        each.observe(0.0025 * p.cost_ratio());
+        assert_eq!(p.ahead(&[0.0025]), each);
+        // Held within [1/4, 4].
+        let mut dear = BudgetPacer::new(0.001, 0.05).unwrap();
+        dear.calibrate(1e-6, 0.01);
+        assert_eq!(dear.cost_ratio(), MAX_CALIBRATION);
+        dear.calibrate(1.0, 0.0);
+        assert_eq!(dear.cost_ratio(), 1.0 / MAX_CALIBRATION);
+    }
+
+    /// Beyond the most steps taken at once, the older calls under way count too, together:
+    /// exactly as one at a time once the step is at its floor, and by a larger move of the
+    /// same sign before, as each step of theirs is the first's.
+    #[test]
+    fn every_call_under_way_counts_beyond_the_most_steps_taken_at_once() {
+        let (target, eta) = (0.001, 0.05);
+        let (older, latest) = (2000, MAX_STEPS_AT_ONCE as usize);
+        // Costs of 0 to 3 budgets (1.5 on average; some clipped at 2 with debt carried).
+        let costs: Vec<f64> = (0..older + latest)
+            .map(|i| target * 3.0 * ((i * 7919) % 1000) as f64 / 999.0)
+            .collect();
+        let one_at_a_time = |p: &BudgetPacer| {
+            let mut p = p.clone();
+            costs.iter().for_each(|&c| p.observe(c));
+            p
+        };
+        // Overspent by a fifth until the step is at its floor: the multiplier is then far
+        // enough from 0 that no step of the costs above reaches it.
+        let mut settled = BudgetPacer::new(target, eta).unwrap();
+        for _ in 0..(99.0 / eta) as usize + 1 {
+            settled.observe(1.2 * target);
+        }
+        assert_eq!(settled.current_step(), eta / 10.0);
+        assert!(settled.lambda() > 1.0, "{}", settled.lambda());
+        let (ahead, each) = (settled.ahead(&costs), one_at_a_time(&settled));
+        assert!(
+            (ahead.lambda() - each.lambda()).abs() < 1e-9,
+            "{} vs {}",
+            ahead.lambda(),
+            each.lambda()
+        );
+        assert!((ahead.debt() - each.debt()).abs() < 1e-9);
+        assert_eq!(ahead.observed, each.observed);
+        // The older calls moved it: half a budget over on each of 2,000 at the floor.
+        let latest_only = settled.ahead(&costs[older..]);
+        assert!(ahead.lambda() - latest_only.lambda() > 0.5 * 0.9 * older as f64 * eta / 10.0);
+
+        let fresh = BudgetPacer::new(target, eta).unwrap();
+        let (ahead, each) = (fresh.ahead(&costs), one_at_a_time(&fresh));
+        assert!(
+            ahead.lambda() > each.lambda(),
+            "{} vs {}",
+            ahead.lambda(),
+            each.lambda()
+        );
+        assert_eq!(ahead.observed, each.observed);
     }
 
     /// A call of a hundred budgets moves the dual one full step at a time: 2 budgets now,

@@ -237,103 +237,255 @@ fn a_binding_budget_mixes_the_hull_arms_with_honest_propensities() {
     }
 }
 
-/// A server makes many calls at once: their costs come back after later decisions. Fed
-/// the estimated costs of the calls under way, a learner paces exactly as one that got
-/// each cost back before deciding again, wherever the estimates are the costs: here,
-/// priced arms whose calls always take 100 prompt and 300 answer tokens, their qualities
-/// learned beforehand and none reported during the run, so that only the pacer moves.
-/// Without the estimates, the 48 decisions of each batch share one stale multiplier,
-/// which then swings more.
-#[test]
-fn calls_under_way_pace_decisions_as_if_each_had_come_back() {
-    // (quality, USD per token): calls of 400 tokens cost 0.004, 0.01 and 0.006.
-    let arms = [(0.75, 1e-5), (0.9, 2.5e-5), (0.5, 1.5e-5)];
-    let (target, batch, requests) = (0.006, 48, 4800);
-    let (prompt, answer) = (100, 300);
-    let request = |costs_under_way: Vec<f64>| Request {
-        costs_under_way,
-        ..Request::new(Context {
-            features: vec![1.0],
-            input_tokens: prompt,
-        })
-    };
-    let priced: Vec<Arm> = arms
-        .iter()
-        .enumerate()
-        .map(|(a, &(_, usd))| Arm::new(format!("a{a}")).with_prices(usd, usd))
-        .collect();
-    let outcome = |a: usize| {
-        let cost = priced[a].cost_usd(f64::from(prompt), f64::from(answer));
-        Outcome::new(50.0, cost).with_tokens(prompt, answer)
-    };
-    let trained = || {
+/// Priced arms whose calls always take 100 prompt and 300 answer tokens (so that the
+/// estimate of each call is its list price), their qualities learned beforehand and none
+/// reported during the run, so that only the pacer moves: (quality, USD per token), calls
+/// of 400 tokens listed at 0.004, 0.01 and 0.006, under a budget of 0.006. Each call
+/// costs its list price times `surcharge`.
+struct PricedUnderWay {
+    arms: Vec<Arm>,
+    qualities: [f64; 3],
+    target: f64,
+    surcharge: f64,
+}
+
+/// Decisions paced `batch` at a time, their costs recorded after each batch.
+struct Paced {
+    chosen: Vec<usize>,
+    /// The multiplier after each cost.
+    lambdas: Vec<f64>,
+    mean_spend: f64,
+}
+
+impl PricedUnderWay {
+    const PROMPT: u32 = 100;
+    const ANSWER: u32 = 300;
+
+    fn new() -> Self {
+        let per_token = [1e-5, 2.5e-5, 1.5e-5];
+        PricedUnderWay {
+            arms: per_token
+                .iter()
+                .enumerate()
+                .map(|(a, &usd)| Arm::new(format!("a{a}")).with_prices(usd, usd))
+                .collect(),
+            qualities: [0.75, 0.9, 0.5],
+            target: 0.006,
+            surcharge: 1.0,
+        }
+    }
+
+    fn request(costs_under_way: Vec<f64>) -> Request {
+        Request {
+            costs_under_way,
+            ..Request::new(Context {
+                features: vec![1.0],
+                input_tokens: Self::PROMPT,
+            })
+        }
+    }
+
+    fn outcome(&self, a: usize) -> Outcome {
+        let cost = self.arms[a].cost_usd(f64::from(Self::PROMPT), f64::from(Self::ANSWER));
+        Outcome::new(50.0, cost * self.surcharge).with_tokens(Self::PROMPT, Self::ANSWER)
+    }
+
+    fn trained(&self) -> Learner {
         let mut config = LearnerConfig::new("ucb1".parse().expect("spec"), 1);
         config.budget = Some(BudgetConfig {
-            target_usd_per_request: target,
+            target_usd_per_request: self.target,
             step_size: 0.05,
         });
-        let mut l = Learner::new(config, priced.clone()).expect("learner");
+        let mut l = Learner::new(config, self.arms.clone()).expect("learner");
         for _ in 0..200 {
-            for (a, &(quality, _)) in arms.iter().enumerate() {
-                l.learn(
-                    &format!("a{a}"),
-                    &request(Vec::new()).context,
-                    &outcome(a).with_quality(quality),
-                )
-                .expect("learn");
+            for (a, &quality) in self.qualities.iter().enumerate() {
+                let context = Self::request(Vec::new()).context;
+                l.learn(&format!("a{a}"), &context, &self.outcome(a).with_quality(quality))
+                    .expect("learn");
             }
         }
+        // A first hundred decisions of its own, each cost back before the next.
+        for _ in 0..100 {
+            let d = l.decide(&Self::request(Vec::new())).expect("decide");
+            l.record_outcome(d.id, &self.outcome(support::arm_index(&d.arm)))
+                .expect("outcome");
+        }
         l
-    };
-    // Decides the requests `batch` at a time, recording their costs after each batch;
-    // returns the arms chosen, the multiplier after each cost, and the mean spend.
-    let run = |batch: usize, look_ahead: bool| {
-        let mut l = trained();
+    }
+
+    /// `requests` decided `batch` at a time, each told the estimates of the latest
+    /// `looked_ahead` calls under way (0: none), times `told`.
+    fn run(&self, requests: usize, batch: usize, looked_ahead: usize, told: f64) -> Paced {
+        let mut l = self.trained();
         let (mut chosen, mut lambdas, mut spend) = (Vec::new(), Vec::new(), 0.0);
         for _ in 0..requests / batch {
             let mut under_way: Vec<(u64, usize, f64)> = Vec::new();
             for _ in 0..batch {
-                let estimates = under_way.iter().map(|&(_, _, estimate)| estimate);
-                let ahead = if look_ahead {
-                    estimates.collect()
-                } else {
-                    Vec::new()
-                };
-                let d = l.decide(&request(ahead)).expect("decide");
+                let latest = under_way.len().saturating_sub(looked_ahead);
+                let ahead = under_way[latest..]
+                    .iter()
+                    .map(|&(_, _, estimate)| estimate * told)
+                    .collect();
+                let d = l.decide(&Self::request(ahead)).expect("decide");
                 let a = support::arm_index(&d.arm);
                 let estimate = d.arms.iter().find(|e| e.arm == d.arm).expect("chosen").cost_usd;
-                assert_eq!(estimate, outcome(a).cost_usd, "the estimate is the cost");
+                assert_eq!(
+                    estimate * self.surcharge,
+                    self.outcome(a).cost_usd,
+                    "the estimate is the list price"
+                );
                 chosen.push(a);
                 under_way.push((d.id, a, estimate));
             }
             for (id, a, _) in under_way {
-                spend += outcome(a).cost_usd;
-                l.record_outcome(id, &outcome(a)).expect("outcome");
+                spend += self.outcome(a).cost_usd;
+                l.record_outcome(id, &self.outcome(a)).expect("outcome");
                 lambdas.push(l.pacer().expect("pacer").lambda());
             }
         }
-        (chosen, lambdas, spend / requests as f64)
-    };
-    let (sequential, sequential_lambdas, sequential_spend) = run(1, false);
-    let (ahead, ahead_lambdas, ahead_spend) = run(batch, true);
-    assert!(ahead == sequential, "other choices");
-    assert_eq!(ahead_lambdas, sequential_lambdas);
-    assert_eq!(ahead_spend, sequential_spend);
+        Paced {
+            chosen,
+            lambdas,
+            mean_spend: spend / requests as f64,
+        }
+    }
+}
+
+/// The spread of the second half of a multiplier's path.
+fn late_spread(lambdas: &[f64]) -> f64 {
+    let half = &lambdas[lambdas.len() / 2..];
+    let mean = half.iter().sum::<f64>() / half.len() as f64;
+    (half.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / half.len() as f64).sqrt()
+}
+
+/// A server makes many calls at once: their costs come back after later decisions. Fed
+/// the estimated costs of the calls under way, a learner paces exactly as one that got
+/// each cost back before deciding again, wherever the estimates are the costs.
+/// Without the estimates, the 48 decisions of each batch share one stale multiplier,
+/// which then swings more.
+#[test]
+fn calls_under_way_pace_decisions_as_if_each_had_come_back() {
+    let env = PricedUnderWay::new();
+    let (requests, batch) = (4800, 48);
+    let sequential = env.run(requests, 1, 0, 1.0);
+    let ahead = env.run(requests, batch, usize::MAX, 1.0);
+    assert!(ahead.chosen == sequential.chosen, "other choices");
+    assert_eq!(ahead.lambdas, sequential.lambdas);
+    assert_eq!(ahead.mean_spend, sequential.mean_spend);
     assert!(
-        (sequential_spend / target - 1.0).abs() < 0.02,
-        "spend {sequential_spend} vs {target}"
+        (sequential.mean_spend / env.target - 1.0).abs() < 0.02,
+        "spend {} vs {}",
+        sequential.mean_spend,
+        env.target
     );
 
-    let (stale, stale_lambdas, _) = run(batch, false);
-    let differ = stale.iter().zip(&sequential).filter(|(a, b)| a != b).count();
-    let spread = |l: &[f64]| {
-        let half = &l[l.len() / 2..];
-        let mean = half.iter().sum::<f64>() / half.len() as f64;
-        (half.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / half.len() as f64).sqrt()
-    };
-    let (stale_sd, sequential_sd) = (spread(&stale_lambdas), spread(&sequential_lambdas));
+    let stale = env.run(requests, batch, 0, 1.0);
+    let differ = stale
+        .chosen
+        .iter()
+        .zip(&sequential.chosen)
+        .filter(|(a, b)| a != b)
+        .count();
+    let (stale_sd, sequential_sd) = (late_spread(&stale.lambdas), late_spread(&sequential.lambdas));
     assert!(
         differ > 0 && stale_sd > sequential_sd,
         "{differ} choices differ; the multiplier's spread {stale_sd} vs {sequential_sd}"
+    );
+}
+
+/// More calls under way than the pacer steps through one at a time: the older ones count
+/// together ([`quiver_bandit::BudgetPacer::ahead`]), so that 6,000 calls under way pace
+/// as if each had come back, but for the first batch, taken before the step reached its
+/// floor. Looking ahead of the latest 4,096 alone, the multiplier lags through each batch
+/// and swings between batches.
+#[test]
+fn every_call_under_way_paces_however_many_there_are() {
+    let env = PricedUnderWay::new();
+    let (requests, batch) = (18_000, 6_000);
+    let sequential = env.run(requests, 1, 0, 1.0);
+    let all = env.run(requests, batch, usize::MAX, 1.0);
+    let latest = env.run(
+        requests,
+        batch,
+        quiver_bandit::outcome::MAX_STEPS_AT_ONCE as usize,
+        1.0,
+    );
+    let dear_share = |p: &Paced| p.chosen.iter().filter(|&&a| a == 1).count() as f64 / requests as f64;
+    // The batches after the first: the step at its floor, the multiplier within bounds.
+    let later = |p: &Paced| p.chosen[batch..].to_vec();
+    let differ = |p: &Paced| {
+        later(p)
+            .iter()
+            .zip(later(&sequential))
+            .filter(|(a, b)| *a != b)
+            .count()
+    };
+    assert!(
+        differ(&all) * 10 < differ(&latest),
+        "choices unlike one at a time: {} looking ahead of all, {} of the latest",
+        differ(&all),
+        differ(&latest)
+    );
+    assert!(
+        (dear_share(&all) - dear_share(&sequential)).abs()
+            < (dear_share(&latest) - dear_share(&sequential)).abs(),
+        "the dearest arm's share {} (all), {} (latest), {} (one at a time)",
+        dear_share(&all),
+        dear_share(&latest),
+        dear_share(&sequential)
+    );
+    // The multiplier settles as one at a time does; looking ahead of the latest alone, it
+    // swings with each batch.
+    let spread = |p: &Paced| late_spread(&p.lambdas);
+    assert!(
+        spread(&all) < 1.1 * spread(&sequential) && spread(&latest) > 1.3 * spread(&sequential),
+        "the multiplier's spread {} (all), {} (latest), {} (one at a time)",
+        spread(&all),
+        spread(&latest),
+        spread(&sequential)
+    );
+    for p in [&sequential, &all] {
+        assert!(
+            (p.mean_spend / env.target - 1.0).abs() < 0.02,
+            "spend {} vs {}",
+            p.mean_spend,
+            env.target
+        );
+    }
+}
+
+/// A provider that bills a quarter above the list prices the learner expects costs from:
+/// the pacer ahead takes each call under way at its estimate times what the learner's own
+/// calls cost for each dollar expected of them (learned from its first hundred calls), so
+/// that decisions with 48 calls under way pace as if each had come back.
+#[test]
+fn calls_under_way_count_at_what_calls_cost_for_what_was_expected() {
+    let env = PricedUnderWay {
+        surcharge: 1.25,
+        target: 0.0075,
+        ..PricedUnderWay::new()
+    };
+    let (requests, batch) = (4800, 48);
+    let sequential = env.run(requests, 1, 0, 1.0);
+    let ahead = env.run(requests, batch, usize::MAX, 1.0);
+    assert!(ahead.chosen == sequential.chosen, "other choices");
+    assert!(
+        (ahead.mean_spend / env.target - 1.0).abs() < 0.02,
+        "spend {}",
+        ahead.mean_spend
+    );
+    // Told the list prices alone (the estimates divided by the ratio), as without it.
+    let listed = env.run(requests, batch, usize::MAX, 1.0 / env.surcharge);
+    let differ = listed
+        .chosen
+        .iter()
+        .zip(&sequential.chosen)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(
+        differ > 100 && late_spread(&listed.lambdas) > 1.1 * late_spread(&sequential.lambdas),
+        "{differ} choices differ; the multiplier's spread {} vs {}",
+        late_spread(&listed.lambdas),
+        late_spread(&sequential.lambdas)
     );
 }

@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use quiver_bandit::canary::{CanaryReport, Stage};
-use quiver_bandit::outcome::MAX_STEPS_AT_ONCE;
 use quiver_bandit::shadow::{Draws, ShadowReport, Shadows};
 use quiver_bandit::{
     Applied, Arm, ArmEstimate, BudgetConfig, ChatMessage, Constraints, Context, ContextLayout, Decision,
@@ -173,10 +172,8 @@ struct LiveRoute {
 /// for twice the 95th percentile of the waits for the latest [`CLIENT_WAITS`] outcomes (at
 /// most [`RouterOptions::routed_call_limit`], which also holds until a first outcome comes:
 /// a percentile, not the longest, so that a few slow outcomes do not keep every decision
-/// whose outcome never comes counting as long),
-/// and only the latest `MAX_STEPS_AT_ONCE` count, the most the pacer looks ahead of. It is
-/// kept for the whole limit (the latest [`CLIENT_CALLS_KEPT`]), so that a wait that grows
-/// is measured.
+/// whose outcome never comes counting as long). It is kept for the whole limit (the
+/// latest [`CLIENT_CALLS_KEPT`]), so that a wait that grows is measured.
 #[derive(Debug, Default)]
 struct InFlight {
     /// The server's calls, by decision number.
@@ -274,7 +271,6 @@ impl InFlight {
             .iter()
             .rev()
             .take_while(|(_, call)| now - call.since < counted)
-            .take(MAX_STEPS_AT_ONCE as usize)
             .collect();
         clients.reverse();
         let mut calls: Vec<(&u64, &InFlightCall)> = server.chain(clients).collect();

@@ -785,7 +785,9 @@ impl Learner {
 
     /// What an outcome's cost teaches: the cost model and the arm's usage (`usage`,
     /// already checked), and the budget pacer when the decision was this learner's `own`
-    /// (the pacer tracks its own spend).
+    /// (the pacer tracks its own spend), with what the call was expected to cost just
+    /// before its cost came, for its ratio of costs to estimates
+    /// ([`BudgetPacer::calibrate`]).
     fn apply_cost(
         &mut self,
         arm: usize,
@@ -795,9 +797,12 @@ impl Learner {
         outcome: &Outcome,
         own: bool,
     ) {
+        let estimate = (own && self.pacer.is_some())
+            .then(|| self.expected_cost_usd(arm, x, tokens, self.route_answer_tokens()));
         self.learn_cost(arm, x, tokens, outcome);
         self.usage[arm] = usage;
-        if let Some(pacer) = self.pacer.as_mut().filter(|_| own) {
+        if let (Some(pacer), Some(estimate)) = (self.pacer.as_mut(), estimate) {
+            pacer.calibrate(estimate, outcome.cost_usd);
             pacer.observe(outcome.cost_usd);
         }
     }
