@@ -29,9 +29,10 @@ pub struct LoggingSettings {
 }
 
 /// The log of `settings.spec` run over `data`. Row `i` of the log is the request
-/// `order[i]` of the table, returned alongside. Refused where the logger left a model
-/// without support: one it never chose, or a decision it made with certainty, which no
-/// off-policy estimate can weigh another model's choice of.
+/// `order[i]` of the table, returned alongside. Refused where the logger left the other
+/// models without support: a decision made with certainty, which no off-policy estimate
+/// can weigh another model's choice of. (A model that a floored logger happened not to
+/// choose on a short table still had its chance.)
 pub fn log_wide(
     data: &WideDataset,
     builder: &ContextBuilder,
@@ -90,39 +91,18 @@ pub fn log_wide(
     Ok((log, order))
 }
 
-/// Refuses `log` if its logger `policy` left a model without support (see [`log_wide`]).
+/// Refuses `log` if its logger `policy` left the other models without support (see
+/// [`log_wide`]).
 fn check_support(log: &LoggedDataset, policy: &str) -> Result<()> {
-    let mut chosen = vec![false; log.arms.len()];
-    log.arm.iter().for_each(|&a| chosen[a] = true);
-    let never: Vec<&str> = log
-        .arms
-        .iter()
-        .zip(&chosen)
-        .filter(|(_, &chosen)| !chosen)
-        .map(|(arm, _)| arm.as_str())
-        .collect();
-    let certain = if log.arms.len() > 1 {
-        log.propensity.iter().filter(|&&p| p >= 1.0).count()
-    } else {
-        0
-    };
-    let left_out = match (never.as_slice(), certain) {
-        ([], 0) => return Ok(()),
-        ([], _) => format!("made {certain} of {} decisions with certainty", log.rows()),
-        (never, _) => format!(
-            "never chose {} ({} of {} models)",
-            never
-                .iter()
-                .map(|a| format!("`{a}`"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            never.len(),
-            log.arms.len()
-        ),
-    };
+    let certain = log.propensity.iter().filter(|&&p| p >= 1.0).count();
+    if log.arms.len() < 2 || certain == 0 {
+        return Ok(());
+    }
     Err(SimError::InvalidOption(format!(
-        "the logging policy `{policy}` {left_out}: off-policy estimates need every model a \
-         candidate may choose to have been chosen with some probability on every request; \
-         give it a floor (`lints(floor=0.05)`, say) or log with `random`"
+        "the logging policy `{policy}` made {certain} of {} decisions with certainty: \
+         off-policy estimates need every model a candidate may choose to have had some \
+         probability on every request; give it a floor (`lints(floor=0.05)`, say) or log \
+         with `random`",
+        log.rows()
     )))
 }

@@ -117,8 +117,13 @@ fn read_csv(path: &Path, rows: Option<usize>) -> Result<DataFrame> {
         .and_then(|reader| reader.finish())
         .map_err(|e| {
             // The reader's own message names no row; the first record out of shape does.
-            let shape = std::fs::read(path).ok().and_then(|bytes| csv_shape_error(&bytes));
-            unreadable(path, shape.unwrap_or_else(|| e.to_string()))
+            let shape = std::fs::read(path)
+                .ok()
+                .and_then(|bytes| csv_shape_error(&bytes, rows));
+            match shape {
+                Some(shape) => unreadable(path, format!("{shape} (the CSV reader: {e})")),
+                None => unreadable(path, e),
+            }
         })?;
     let names: Vec<&str> = frame.get_column_names().iter().map(|n| n.as_str()).collect();
     let twice = names.iter().find_map(|name| {
@@ -136,9 +141,9 @@ fn read_csv(path: &Path, rows: Option<usize>) -> Result<DataFrame> {
 
 /// The first record of a CSV file `bytes` (RFC 4180: fields quoted with `"`, `""` inside
 /// them) with another number of fields than the header, or with a quote never closed,
-/// described with its 1-based data row and line; `None` if every record has the
-/// header's shape.
-fn csv_shape_error(bytes: &[u8]) -> Option<String> {
+/// described with its 1-based data row and line (blank lines are not rows); `None` if
+/// every record has the header's shape, of the first `rows` or of all.
+fn csv_shape_error(bytes: &[u8], rows: Option<usize>) -> Option<String> {
     let (mut row, mut line, mut row_line) = (0usize, 1usize, 1usize);
     let (mut fields, mut header_fields) = (1usize, None);
     let (mut quoted, mut empty_record) = (false, true);
@@ -169,6 +174,9 @@ fn csv_shape_error(bytes: &[u8]) -> Option<String> {
                     if !empty_record {
                         if let Some(error) = end_record(&mut row, fields, row_line) {
                             return Some(error);
+                        }
+                        if rows.is_some_and(|rows| row > rows) {
+                            return None;
                         }
                     }
                     (fields, empty_record, row_line) = (1, true, line);
@@ -616,25 +624,28 @@ mod tests {
     #[test]
     fn a_csv_record_out_of_shape_is_named_by_row_and_line() {
         let fine = "id,prompt,q\r\n1,\"a, \"\"b\"\"\nc\",0.5\r\n2,d,1\n\n";
-        assert_eq!(csv_shape_error(fine.as_bytes()), None);
+        assert_eq!(csv_shape_error(fine.as_bytes(), None), None);
         // Row 2 starts on line 4: row 1's quoted prompt spans two lines.
         let ragged = "id,prompt,q\n1,\"a\nb\",0.5\n2,c,1,extra\n";
         assert_eq!(
-            csv_shape_error(ragged.as_bytes()).as_deref(),
+            csv_shape_error(ragged.as_bytes(), None).as_deref(),
             Some("row 2 (line 4) has 4 fields where the header has 3")
         );
         let open = "id,prompt,q\n1,a,0.5\n2,\"b,1\n3,c,1\n";
         assert_eq!(
-            csv_shape_error(open.as_bytes()).as_deref(),
+            csv_shape_error(open.as_bytes(), None).as_deref(),
             Some("row 2 (line 3): a quoted field opened in it is never closed")
         );
         assert_eq!(
-            csv_shape_error(b"id,\"prompt\n").as_deref(),
+            csv_shape_error(b"id,\"prompt\n", None).as_deref(),
             Some("the header (line 1): a quoted field opened in it is never closed")
         );
         assert_eq!(
-            csv_shape_error(b"id,q\n1").as_deref(),
+            csv_shape_error(b"id,q\n1", None).as_deref(),
             Some("row 1 (line 2) has 1 fields where the header has 2")
         );
+        // Only the rows read are looked at.
+        assert_eq!(csv_shape_error(ragged.as_bytes(), Some(1)), None);
+        assert!(csv_shape_error(ragged.as_bytes(), Some(2)).is_some());
     }
 }

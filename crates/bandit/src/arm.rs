@@ -69,14 +69,24 @@ impl Arm {
     }
 
     /// The arm's family: the name its `family:` tag gives, in lower case as [`family_of`]
-    /// gives an id's, else the one its id names. A tag puts a model whose id says nothing of its lineage (a
+    /// gives an id's (but for the model's own id, which keeps it alone), else the one its
+    /// id names. A tag puts a model whose id says nothing of its lineage (a
     /// fine-tune, an alias) in its family, or keeps a model alone (a `family:` tag with
     /// its own id).
     pub fn family(&self) -> String {
         self.tags
             .iter()
             .find_map(|tag| tag.strip_prefix(FAMILY_TAG))
-            .map_or_else(|| family_of(&self.id), str::to_lowercase)
+            .map_or_else(
+                || family_of(&self.id),
+                |name| {
+                    if name == self.id {
+                        name.to_owned()
+                    } else {
+                        name.to_lowercase()
+                    }
+                },
+            )
     }
 
     /// The price of a call of `input_tokens` and `output_tokens` at this arm's per-token
@@ -245,6 +255,8 @@ mod tests {
         // Named as an id would name it: `Llama` is the family `meta/Llama-2-70b` is in.
         let capitalized = Arm::new("acme-support-v4").with_tag("family:Llama");
         assert_eq!(capitalized.family(), Arm::new("meta/Llama-2-70b").family());
+        let own_id = Arm::new("Mistral").with_tag("family:Mistral");
+        assert_ne!(own_id.family(), Arm::new("mistral-7b").family());
         assert_eq!(Arm::new("llama-3-8b").family(), "llama");
         let alone = Arm::new("llama-3-8b").with_tag("family:llama-3-8b");
         assert_eq!(alone.family(), "llama-3-8b");

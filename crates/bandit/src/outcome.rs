@@ -370,8 +370,13 @@ impl BudgetPacer {
     /// optimum, held at `eta / 10` or more so that the pacer still follows prices and
     /// traffic that change.
     pub fn current_step(&self) -> f64 {
+        let floor = self.step_size / 10.0;
+        // At 99 / eta costs and beyond the schedule is below its floor: no square root.
+        if self.step_size * self.observed as f64 >= 99.0 {
+            return floor;
+        }
         let shrink = (1.0 + self.step_size * self.observed as f64).sqrt();
-        (self.step_size / shrink).max(self.step_size / 10.0)
+        (self.step_size / shrink).max(floor)
     }
 
     /// Steps for `calls` requests observed elsewhere (another replica's) that cost
@@ -391,15 +396,12 @@ impl BudgetPacer {
 
     /// The pacer as the calls under way will leave it if they cost their estimates
     /// `costs_usd` (oldest first) times [`BudgetPacer::cost_ratio`]: one
-    /// [`BudgetPacer::observe`] each for the latest [`MAX_STEPS_AT_ONCE`], and the older
-    /// ones together first ([`BudgetPacer::observe_together`]), so that the work stays
-    /// small and every call under way counts. The pacer itself does not change.
+    /// [`BudgetPacer::observe`] each, however many there are (a few nanoseconds a call once
+    /// the step is at its floor). The pacer itself does not change.
     pub fn ahead(&self, costs_usd: &[f64]) -> BudgetPacer {
         let mut ahead = self.clone();
         let ratio = self.cost_ratio();
-        let older = costs_usd.len().saturating_sub(MAX_STEPS_AT_ONCE as usize);
-        ahead.observe_together(costs_usd[..older].iter().map(|c| c * ratio));
-        for &cost in &costs_usd[older..] {
+        for &cost in costs_usd {
             ahead.observe(cost * ratio);
         }
         ahead
@@ -407,11 +409,21 @@ impl BudgetPacer {
 
     /// Takes in that one of the learner's own calls, expected to cost `estimate_usd` when
     /// its cost came, cost `cost_usd` (the pacer steps on the cost in
-    /// [`BudgetPacer::observe`]).
+    /// [`BudgetPacer::observe`]). A call expected to cost nothing (a model without prices
+    /// not called yet) is left out: no ratio scales its estimate, and its cost would
+    /// scale every other.
     pub fn calibrate(&mut self, estimate_usd: f64, cost_usd: f64) {
+        if estimate_usd <= 0.0 {
+            return;
+        }
         let keep = 1.0 - 1.0 / CALIBRATION_MEMORY;
         let [estimated, paid] = self.calibration;
         self.calibration = [keep * estimated + estimate_usd, keep * paid + cost_usd];
+    }
+
+    /// Forgets the ratio of costs to estimates: the models or their prices changed.
+    pub fn forget_calibration(&mut self) {
+        self.calibration = [0.0, 0.0];
     }
 
     /// What the learner's own calls cost for each dollar it expected of them, lately
@@ -422,27 +434,6 @@ impl BudgetPacer {
                 (paid / estimated).clamp(1.0 / MAX_CALIBRATION, MAX_CALIBRATION)
             }
             _ => 1.0,
-        }
-    }
-
-    /// [`BudgetPacer::observe`] of each of `costs_usd` at the step the first of them
-    /// takes, in one move of the multiplier: each cost clipped with its debt carried as
-    /// one at a time, with no square root per cost. The same as one at a time, but for
-    /// rounding, once the step has shrunk to its floor (after `99 / eta` costs) and while
-    /// the multiplier stays within its bounds; a larger move before.
-    fn observe_together(&mut self, costs_usd: impl Iterator<Item = f64>) {
-        let step = self.current_step();
-        let (mut gradient, mut costs) = (0.0, 0);
-        for cost in costs_usd {
-            let owed = self.debt + cost / self.target_usd;
-            let spend = owed.min(MAX_SPEND_RATIO);
-            self.debt = owed - spend;
-            gradient += spend - 1.0;
-            costs += 1;
-        }
-        if costs > 0 {
-            self.lambda = (self.lambda + step * gradient).clamp(0.0, LAMBDA_MAX);
-            self.observed += costs;
         }
     }
 
@@ -542,18 +533,18 @@ mod tests {
     fn calls_under_way_count_at_the_ratio_of_costs_to_estimates() {
         let mut p = BudgetPacer::new(0.001, 0.05).unwrap();
         assert_eq!(p.cost_ratio(), 1.0);
-        // A call expected to cost nothing teaches no ratio.
+        // A call expected to cost nothing teaches no ratio, nor weighs in a later one.
         p.calibrate(0.0, 0.002);
         assert_eq!(p.cost_ratio(), 1.0);
         p.calibrate(0.001, 0.0015);
+        assert!((p.cost_ratio() - 1.5).abs() < 1e-12);
+        // A thousand calls at 0.8 of their estimates later, the first weighs keep^1000.
         let keep = 1.0 - 1.0 / CALIBRATION_MEMORY;
-        assert!((p.cost_ratio() - (keep * 0.002 + 0.0015) / 0.001).abs() < 1e-12);
-        // A thousand calls at 0.8 of their estimates later, the first two weigh keep^1000.
         for _ in 0..1000 {
             p.calibrate(0.001, 0.0008);
         }
         let old = keep.powi(1000);
-        let want = (old * (keep * 0.002 + 0.0015) + 0.0008 * (1.0 - old) / (1.0 - keep))
+        let want = (old * 0.0015 + 0.0008 * (1.0 - old) / (1.0 - keep))
             / (old * 0.001 + 0.001 * (1.0 - old) / (1.0 - keep));
         assert!(
             (p.cost_ratio() - want).abs() < 1e-9,
@@ -569,54 +560,44 @@ mod tests {
         assert_eq!(dear.cost_ratio(), MAX_CALIBRATION);
         dear.calibrate(1.0, 0.0);
         assert_eq!(dear.cost_ratio(), 1.0 / MAX_CALIBRATION);
+        dear.forget_calibration();
+        assert_eq!(dear.cost_ratio(), 1.0);
     }
 
-    /// Beyond the most steps taken at once, the older calls under way count too, together:
-    /// exactly as one at a time once the step is at its floor, and by a larger move of the
-    /// same sign before, as each step of theirs is the first's.
+    /// However many calls are under way, each counts as a cost of its own would: more
+    /// than the most steps taken at once for calls observed elsewhere, on a pacer before
+    /// and after its step reaches its floor.
     #[test]
-    fn every_call_under_way_counts_beyond_the_most_steps_taken_at_once() {
+    fn every_call_under_way_counts_however_many_there_are() {
         let (target, eta) = (0.001, 0.05);
-        let (older, latest) = (2000, MAX_STEPS_AT_ONCE as usize);
         // Costs of 0 to 3 budgets (1.5 on average; some clipped at 2 with debt carried).
-        let costs: Vec<f64> = (0..older + latest)
+        let costs: Vec<f64> = (0..MAX_STEPS_AT_ONCE as usize + 2000)
             .map(|i| target * 3.0 * ((i * 7919) % 1000) as f64 / 999.0)
             .collect();
-        let one_at_a_time = |p: &BudgetPacer| {
-            let mut p = p.clone();
-            costs.iter().for_each(|&c| p.observe(c));
-            p
-        };
-        // Overspent by a fifth until the step is at its floor: the multiplier is then far
-        // enough from 0 that no step of the costs above reaches it.
         let mut settled = BudgetPacer::new(target, eta).unwrap();
-        for _ in 0..(99.0 / eta) as usize + 1 {
-            settled.observe(1.2 * target);
+        for _ in 0..(99.0 / eta) as usize {
+            settled.observe(target);
         }
-        assert_eq!(settled.current_step(), eta / 10.0);
-        assert!(settled.lambda() > 1.0, "{}", settled.lambda());
-        let (ahead, each) = (settled.ahead(&costs), one_at_a_time(&settled));
-        assert!(
-            (ahead.lambda() - each.lambda()).abs() < 1e-9,
-            "{} vs {}",
-            ahead.lambda(),
-            each.lambda()
-        );
-        assert!((ahead.debt() - each.debt()).abs() < 1e-9);
-        assert_eq!(ahead.observed, each.observed);
-        // The older calls moved it: half a budget over on each of 2,000 at the floor.
-        let latest_only = settled.ahead(&costs[older..]);
-        assert!(ahead.lambda() - latest_only.lambda() > 0.5 * 0.9 * older as f64 * eta / 10.0);
+        for pacer in [BudgetPacer::new(target, eta).unwrap(), settled] {
+            let mut each = pacer.clone();
+            costs.iter().for_each(|&c| each.observe(c));
+            assert_eq!(pacer.ahead(&costs), each);
+            assert!(each.lambda() > pacer.ahead(&costs[2000..]).lambda());
+        }
+    }
 
-        let fresh = BudgetPacer::new(target, eta).unwrap();
-        let (ahead, each) = (fresh.ahead(&costs), one_at_a_time(&fresh));
-        assert!(
-            ahead.lambda() > each.lambda(),
-            "{} vs {}",
-            ahead.lambda(),
-            each.lambda()
-        );
-        assert_eq!(ahead.observed, each.observed);
+    /// The step skips its square root at its floor, and is the schedule's either way.
+    #[test]
+    fn the_step_shrinks_to_its_floor() {
+        let eta = 0.05;
+        for n in [0_u64, 1, 1979, 1980, 1981, 100_000] {
+            let p = BudgetPacer {
+                observed: n,
+                ..BudgetPacer::new(0.001, eta).unwrap()
+            };
+            let schedule = (eta / (1.0 + eta * n as f64).sqrt()).max(eta / 10.0);
+            assert!((p.current_step() - schedule).abs() < 1e-15, "{n}");
+        }
     }
 
     /// A call of a hundred budgets moves the dual one full step at a time: 2 budgets now,

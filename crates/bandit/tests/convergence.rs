@@ -393,65 +393,43 @@ fn calls_under_way_pace_decisions_as_if_each_had_come_back() {
     );
 }
 
-/// More calls under way than the pacer steps through one at a time: the older ones count
-/// together ([`quiver_bandit::BudgetPacer::ahead`]), so that 6,000 calls under way pace
-/// as if each had come back, but for the first batch, taken before the step reached its
-/// floor. Looking ahead of the latest 4,096 alone, the multiplier lags through each batch
-/// and swings between batches.
+/// More calls under way than the most steps taken at once for calls observed elsewhere:
+/// each counts ([`quiver_bandit::BudgetPacer::ahead`]), so that 6,000 calls under way pace
+/// exactly as if each had come back. Looking ahead of the latest 4,096 alone, the
+/// multiplier lags through each batch and swings between batches.
 #[test]
 fn every_call_under_way_paces_however_many_there_are() {
     let env = PricedUnderWay::new();
     let (requests, batch) = (18_000, 6_000);
     let sequential = env.run(requests, 1, 0, 1.0);
     let all = env.run(requests, batch, usize::MAX, 1.0);
+    assert!(all.chosen == sequential.chosen, "other choices");
+    assert_eq!(all.lambdas, sequential.lambdas);
+    assert!(
+        (all.mean_spend / env.target - 1.0).abs() < 0.02,
+        "spend {} vs {}",
+        all.mean_spend,
+        env.target
+    );
     let latest = env.run(
         requests,
         batch,
         quiver_bandit::outcome::MAX_STEPS_AT_ONCE as usize,
         1.0,
     );
-    let dear_share = |p: &Paced| p.chosen.iter().filter(|&&a| a == 1).count() as f64 / requests as f64;
-    // The batches after the first: the step at its floor, the multiplier within bounds.
-    let later = |p: &Paced| p.chosen[batch..].to_vec();
-    let differ = |p: &Paced| {
-        later(p)
-            .iter()
-            .zip(later(&sequential))
-            .filter(|(a, b)| *a != b)
-            .count()
-    };
-    assert!(
-        differ(&all) * 10 < differ(&latest),
-        "choices unlike one at a time: {} looking ahead of all, {} of the latest",
-        differ(&all),
-        differ(&latest)
-    );
-    assert!(
-        (dear_share(&all) - dear_share(&sequential)).abs()
-            < (dear_share(&latest) - dear_share(&sequential)).abs(),
-        "the dearest arm's share {} (all), {} (latest), {} (one at a time)",
-        dear_share(&all),
-        dear_share(&latest),
-        dear_share(&sequential)
-    );
-    // The multiplier settles as one at a time does; looking ahead of the latest alone, it
-    // swings with each batch.
+    let differ = latest
+        .chosen
+        .iter()
+        .zip(&sequential.chosen)
+        .filter(|(a, b)| a != b)
+        .count();
     let spread = |p: &Paced| late_spread(&p.lambdas);
     assert!(
-        spread(&all) < 1.1 * spread(&sequential) && spread(&latest) > 1.3 * spread(&sequential),
-        "the multiplier's spread {} (all), {} (latest), {} (one at a time)",
-        spread(&all),
+        differ > 100 && spread(&latest) > 1.3 * spread(&sequential),
+        "{differ} choices differ; the multiplier's spread {} vs {}",
         spread(&latest),
         spread(&sequential)
     );
-    for p in [&sequential, &all] {
-        assert!(
-            (p.mean_spend / env.target - 1.0).abs() < 0.02,
-            "spend {} vs {}",
-            p.mean_spend,
-            env.target
-        );
-    }
 }
 
 /// A provider that bills a quarter above the list prices the learner expects costs from:

@@ -172,8 +172,10 @@ struct LiveRoute {
 /// for twice the 95th percentile of the waits for the latest [`CLIENT_WAITS`] outcomes (at
 /// most [`RouterOptions::routed_call_limit`], which also holds until a first outcome comes:
 /// a percentile, not the longest, so that a few slow outcomes do not keep every decision
-/// whose outcome never comes counting as long). It is kept for the whole limit (the
-/// latest [`CLIENT_CALLS_KEPT`]), so that a wait that grows is measured.
+/// whose outcome never comes counting as long), and only the latest
+/// [`MAX_CLIENT_CALLS_COUNTED`] count, so that a decision's work stays bounded when clients
+/// report nothing. It is kept for the whole limit (the latest [`CLIENT_CALLS_KEPT`]), so
+/// that a wait that grows is measured.
 #[derive(Debug, Default)]
 struct InFlight {
     /// The server's calls, by decision number.
@@ -204,6 +206,9 @@ fn under_way(call: &InFlightCall, now: Instant) -> bool {
 
 /// Clients' outcomes whose waits set how long a client's call counts as under way.
 const CLIENT_WAITS: usize = 256;
+
+/// Clients' calls counted under way at most: the latest.
+const MAX_CLIENT_CALLS_COUNTED: usize = 4096;
 
 /// Clients' calls kept at most, to measure their outcomes' waits.
 const CLIENT_CALLS_KEPT: usize = 65_536;
@@ -271,6 +276,7 @@ impl InFlight {
             .iter()
             .rev()
             .take_while(|(_, call)| now - call.since < counted)
+            .take(MAX_CLIENT_CALLS_COUNTED)
             .collect();
         clients.reverse();
         let mut calls: Vec<(&u64, &InFlightCall)> = server.chain(clients).collect();

@@ -3,8 +3,8 @@
 //! whose values hold `input_cost_per_token` and `output_cost_per_token` in USD, or, as
 //! RouterArena's `model_cost.json` writes them, `input_token_price_per_million` and
 //! `output_token_price_per_million`. Entries without both (embedding and image models, the
-//! registry's `sample_spec`) are skipped; a price that is there but neither a number nor a
-//! number's text is refused.
+//! registry's `sample_spec`, a price of `null`) are skipped; a price that is there but
+//! neither a number nor a number's text is refused.
 //!
 //! A table's models take the price of the key equal to their name, else of the one key
 //! whose last `/`-separated part equals their name's (case aside): the registry writes
@@ -39,7 +39,7 @@ pub fn read_list_prices(path: &Path) -> Result<ListPrices> {
     for (model, entry) in &models {
         // A price that is there but not a number is a mistake, not a model to skip.
         let field = |name: String| match entry.get(&name) {
-            None => Ok(None),
+            None | Some(Value::Null) => Ok(None),
             Some(Value::Number(n)) => Ok(n.as_f64()),
             Some(Value::String(s)) if s.trim().parse::<f64>().is_ok() => Ok(s.trim().parse().ok()),
             Some(other) => Err(read_error(format!("`{model}` {name} is {other}, not a number"))),
@@ -181,12 +181,15 @@ mod tests {
             message.contains("`m` input_cost_per_token is \"abc\", not a number"),
             "{message}"
         );
-        let f = file(r#"{"m": {"input_cost_per_token": 1e-6, "output_token_price_per_million": null}}"#);
+        let f = file(r#"{"m": {"input_cost_per_token": 1e-6, "output_token_price_per_million": [1]}}"#);
         let message = read_list_prices(f.path()).unwrap_err().to_string();
         assert!(
-            message.contains("`m` output_token_price_per_million is null, not a number"),
+            message.contains("`m` output_token_price_per_million is [1], not a number"),
             "{message}"
         );
+        // A null price is none, as the registry writes it for some models.
+        let f = file(r#"{"m": {"input_cost_per_token": null, "output_cost_per_token": null}}"#);
+        assert!(read_list_prices(f.path()).unwrap().is_empty());
         let f = file("[1, 2]");
         assert!(read_list_prices(f.path())
             .unwrap_err()

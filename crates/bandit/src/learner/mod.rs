@@ -614,6 +614,9 @@ impl Learner {
         if choices_changed && self.spend_curve.take().is_some() {
             changes.push("the priors' spend curve no longer describes the models: dropped".into());
         }
+        if let Some(pacer) = self.pacer.as_mut().filter(|_| choices_changed) {
+            pacer.forget_calibration();
+        }
         // A `family:` tag may have moved a kept model to another family.
         self.policy.share_families(&families(&self.arms));
         let budget_changed = config.budget != self.config.budget;
@@ -717,6 +720,7 @@ impl Learner {
         outcome.validate()?;
         let tokens = outcome.tokens_or(context.input_tokens);
         let usage = self.usage[arm].recorded(&self.arms[arm], outcome, tokens)?;
+        let own = own.then_some(context.input_tokens);
         self.apply_cost(arm, &context.features, tokens, usage, outcome, own);
         if let Some(quality) = outcome.credited_quality() {
             self.learn_quality(arm, &context.features, quality, id);
@@ -771,8 +775,11 @@ impl Learner {
             let usage = self.usage[arm].recorded(&self.arms[arm], outcome, tokens)?;
             let tracked = self.tracked.get_mut(id)?;
             tracked.outcome_recorded = true;
-            let features = tracked.take_or_share_features(tracked.quality_recorded);
-            self.apply_cost(arm, &features, tokens, usage, outcome, true);
+            let (features, decided_tokens) = (
+                tracked.take_or_share_features(tracked.quality_recorded),
+                tracked.input_tokens,
+            );
+            self.apply_cost(arm, &features, tokens, usage, outcome, Some(decided_tokens));
             applied = Applied::Applied;
         }
         if let Some(quality) = outcome.credited_quality() {
@@ -784,10 +791,11 @@ impl Learner {
     }
 
     /// What an outcome's cost teaches: the cost model and the arm's usage (`usage`,
-    /// already checked), and the budget pacer when the decision was this learner's `own`
-    /// (the pacer tracks its own spend), with what the call was expected to cost just
-    /// before its cost came, for its ratio of costs to estimates
-    /// ([`BudgetPacer::calibrate`]).
+    /// already checked), and the budget pacer when the decision was this learner's own,
+    /// decided on `own` prompt tokens (the pacer tracks its own spend), with what the call
+    /// was expected to cost on them just before its cost came, for its ratio of costs to
+    /// estimates ([`BudgetPacer::calibrate`]). That is the estimate a call under way is
+    /// counted at but for what the costs in between taught the cost model.
     fn apply_cost(
         &mut self,
         arm: usize,
@@ -795,10 +803,11 @@ impl Learner {
         tokens: u32,
         usage: ArmUsage,
         outcome: &Outcome,
-        own: bool,
+        own: Option<u32>,
     ) {
-        let estimate = (own && self.pacer.is_some())
-            .then(|| self.expected_cost_usd(arm, x, tokens, self.route_answer_tokens()));
+        let estimate = own
+            .filter(|_| self.pacer.is_some())
+            .map(|decided| self.expected_cost_usd(arm, x, decided, self.route_answer_tokens()));
         self.learn_cost(arm, x, tokens, outcome);
         self.usage[arm] = usage;
         if let (Some(pacer), Some(estimate)) = (self.pacer.as_mut(), estimate) {
