@@ -219,7 +219,8 @@ pub fn credited_quality(quality: Option<f64>, error: bool) -> Option<f64> {
 /// 2006), and a price list can miss what a provider bills. So the pacer ahead takes each
 /// estimate times the ratio of what the learner's own calls cost to what it expected of
 /// them when their costs came ([`BudgetPacer::calibrate`]; over about the latest
-/// [`CALIBRATION_MEMORY`] costs, within `[1/4, 4]`).
+/// [`CALIBRATION_MEMORY`] costs, within `[1/4, 4]`). Every call under way counts, a step
+/// each.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BudgetPacer {
     target_usd: f64,
@@ -242,8 +243,8 @@ pub struct BudgetPacer {
 pub const CALIBRATION_MEMORY: f64 = 1000.0;
 
 /// The ratio of costs to their estimates is held within `[1 / MAX, MAX]`: a model whose
-/// cost is not known yet is expected to cost nothing, and a few of its calls would
-/// otherwise scale every estimate without bound.
+/// cost is barely known may be expected at a small share of it, and a few of its calls
+/// would otherwise scale every estimate far.
 const MAX_CALIBRATION: f64 = 4.0;
 
 /// The most spend, in budgets, one dual step takes in: its gradient stays within `[-1, 1]`.
