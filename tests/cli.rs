@@ -421,11 +421,11 @@ fn wide_data_converts_to_a_log_that_ope_reads() {
     let snips = quality["estimates"][2]["value"].as_f64().unwrap();
     assert!((snips - 80.0 / 120.0).abs() < 0.2, "snips {snips}");
 
-    // A logger that leaves the other models without support writes no log: one that
-    // always chooses one model, or greedy UCB1 after its first tries.
+    // A logger that gives some model no chance writes no log: one that always chooses
+    // one model, or greedy UCB1 after its first tries.
     for (logger, says) in [
-        ("fixed(small)", "made 120 of 120 decisions with certainty"),
-        ("ucb1", "decisions with certainty"),
+        ("fixed(small)", "gave some model no chance on 120 of 120 requests"),
+        ("ucb1", "gave some model no chance on "),
     ] {
         let unsupported = dir.join("unsupported.parquet");
         let err = stderr(&quiver(&[

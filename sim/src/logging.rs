@@ -29,10 +29,10 @@ pub struct LoggingSettings {
 }
 
 /// The log of `settings.spec` run over `data`. Row `i` of the log is the request
-/// `order[i]` of the table, returned alongside. Refused where the logger left the other
-/// models without support: a decision made with certainty, which no off-policy estimate
-/// can weigh another model's choice of. (A model that a floored logger happened not to
-/// choose on a short table still had its chance.)
+/// `order[i]` of the table, returned alongside. Refused where the logger gave some model
+/// no chance on a request: no off-policy estimate can weigh a candidate's choice of it
+/// there. (A model that a floored logger happened not to choose on a short table still
+/// had its chance.)
 pub fn log_wide(
     data: &WideDataset,
     builder: &ContextBuilder,
@@ -59,10 +59,15 @@ pub fn log_wide(
         feature_names: data.feature_names.clone(),
         ..LoggedDataset::default()
     };
+    // Decisions that gave some model no chance.
+    let mut unsupported = 0;
     for (i, &row) in order.iter().enumerate() {
         let context = builder.wide_row(data, row)?;
-        let decision = learner.decide_arm(&Request::new(context))?;
-        let arm = decision.arm;
+        let decision = learner.decide(&Request::new(context))?;
+        let arm = learner.arm_index(&decision.arm)?;
+        let supported =
+            decision.arms.len() == data.num_arms() && decision.arms.iter().all(|a| a.probability > 0.0);
+        unsupported += usize::from(!supported);
         let quality = data.quality(row, arm);
         let cost = data.cost_usd(row, arm);
         let latency = data.latency_ms(row, arm).unwrap_or(0.0);
@@ -86,23 +91,15 @@ pub fn log_wide(
             prompts.push(source[row].clone());
         }
     }
-    log.features = crate::data::standard(data.features.select(Axis(0), &order));
-    check_support(&log, &policy)?;
-    Ok((log, order))
-}
-
-/// Refuses `log` if its logger `policy` left the other models without support (see
-/// [`log_wide`]).
-fn check_support(log: &LoggedDataset, policy: &str) -> Result<()> {
-    let certain = log.propensity.iter().filter(|&&p| p >= 1.0).count();
-    if log.arms.len() < 2 || certain == 0 {
-        return Ok(());
+    if unsupported > 0 {
+        return Err(SimError::InvalidOption(format!(
+            "the logging policy `{policy}` gave some model no chance on {unsupported} of {} \
+             requests: off-policy estimates need every model a candidate may choose to have \
+             had some probability on every request; give it a floor (`lints(floor=0.05)`, \
+             say) or log with `random`",
+            log.rows()
+        )));
     }
-    Err(SimError::InvalidOption(format!(
-        "the logging policy `{policy}` made {certain} of {} decisions with certainty: \
-         off-policy estimates need every model a candidate may choose to have had some \
-         probability on every request; give it a floor (`lints(floor=0.05)`, say) or log \
-         with `random`",
-        log.rows()
-    )))
+    log.features = crate::data::standard(data.features.select(Axis(0), &order));
+    Ok((log, order))
 }

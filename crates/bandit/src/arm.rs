@@ -69,8 +69,8 @@ impl Arm {
     }
 
     /// The arm's family: the name its `family:` tag gives, in lower case as [`family_of`]
-    /// gives an id's (but for the model's own id, which keeps it alone), else the one its
-    /// id names. A tag puts a model whose id says nothing of its lineage (a
+    /// gives an id's, else the one its id names; a tag naming the model's own id keeps it
+    /// alone, under a name no id's stem is (`=` and the id). A tag puts a model whose id says nothing of its lineage (a
     /// fine-tune, an alias) in its family, or keeps a model alone (a `family:` tag with
     /// its own id).
     pub fn family(&self) -> String {
@@ -81,7 +81,7 @@ impl Arm {
                 || family_of(&self.id),
                 |name| {
                     if name == self.id {
-                        name.to_owned()
+                        format!("={name}")
                     } else {
                         name.to_lowercase()
                     }
@@ -255,11 +255,13 @@ mod tests {
         // Named as an id would name it: `Llama` is the family `meta/Llama-2-70b` is in.
         let capitalized = Arm::new("acme-support-v4").with_tag("family:Llama");
         assert_eq!(capitalized.family(), Arm::new("meta/Llama-2-70b").family());
-        let own_id = Arm::new("Mistral").with_tag("family:Mistral");
-        assert_ne!(own_id.family(), Arm::new("mistral-7b").family());
+        for id in ["Mistral", "mistral"] {
+            let own_id = Arm::new(id).with_tag(format!("family:{id}"));
+            assert_ne!(own_id.family(), Arm::new("mistral-7b").family(), "{id}");
+        }
         assert_eq!(Arm::new("llama-3-8b").family(), "llama");
         let alone = Arm::new("llama-3-8b").with_tag("family:llama-3-8b");
-        assert_eq!(alone.family(), "llama-3-8b");
+        assert_eq!(alone.family(), "=llama-3-8b");
         for bad in [
             Arm::new("m").with_tag("family:a").with_tag("family:b"),
             Arm::new("m").with_tag("family:"),

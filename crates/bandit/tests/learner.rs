@@ -1007,6 +1007,45 @@ fn a_budget_set_later_starts_from_the_priors_spend_curve() {
     assert_eq!(l.pacer().expect("paces").lambda(), 0.0);
 }
 
+/// The budget pacer's ratio of costs to estimates is of the estimate a decision was made
+/// with, on the prompt tokens it was decided on (a provider may bill more than the router
+/// counted), and is forgotten when the prices it was of change.
+#[test]
+fn the_ratio_of_costs_to_estimates_is_of_the_decisions_estimates() {
+    let mut config = LearnerConfig::new("ucb1".parse().expect("spec"), 1);
+    config.budget = Some(BudgetConfig {
+        target_usd_per_request: 0.01,
+        step_size: 0.05,
+    });
+    let arms = vec![Arm::new("a").with_prices(1e-5, 2e-5)];
+    let mut l = Learner::new(config.clone(), arms).expect("learner");
+    let context = Context {
+        features: vec![1.0],
+        input_tokens: 100,
+    };
+    // Its first answer teaches the priced model's answer length: 300 tokens.
+    l.learn("a", &context, &Outcome::new(10.0, 0.007).with_tokens(100, 300))
+        .expect("learn");
+    let d = l.decide(&Request::new(context.clone())).expect("decide");
+    let estimate = d.arms[0].cost_usd;
+    assert!((estimate - (100.0 * 1e-5 + 300.0 * 2e-5)).abs() < 1e-15);
+    // Billed for a prompt of 400 tokens (a template the router did not count) at list
+    // prices: the estimate the ratio takes is the decision's, at 100.
+    let billed = 400.0 * 1e-5 + 300.0 * 2e-5;
+    l.record_outcome(d.id, &Outcome::new(10.0, billed).with_tokens(400, 300))
+        .expect("outcome");
+    let ratio = l.pacer().expect("paces").cost_ratio();
+    assert!(
+        (ratio - billed / estimate).abs() < 1e-12,
+        "{ratio} vs {}",
+        billed / estimate
+    );
+
+    let repriced = vec![Arm::new("a").with_prices(2e-5, 2e-5)];
+    l.reconfigure(config, &repriced).expect("reconfigures");
+    assert_eq!(l.pacer().expect("paces").cost_ratio(), 1.0);
+}
+
 /// A new configuration keeps every kept arm's statistics, its pending decisions and their
 /// feedback; a removed arm's pending feedback is acknowledged, not learned; a changed
 /// policy or dimension is refused.

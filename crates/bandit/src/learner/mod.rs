@@ -614,7 +614,10 @@ impl Learner {
         if choices_changed && self.spend_curve.take().is_some() {
             changes.push("the priors' spend curve no longer describes the models: dropped".into());
         }
-        if let Some(pacer) = self.pacer.as_mut().filter(|_| choices_changed) {
+        // The ratio of costs to estimates was of other estimates.
+        let estimates_changed =
+            choices_changed || config.default_output_tokens != self.config.default_output_tokens;
+        if let Some(pacer) = self.pacer.as_mut().filter(|_| estimates_changed) {
             pacer.forget_calibration();
         }
         // A `family:` tag may have moved a kept model to another family.
