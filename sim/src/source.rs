@@ -507,38 +507,44 @@ impl Table {
             .collect()
     }
 
-    /// Each row's cell of the list column `name` (a null as None; a column of nulls only
-    /// too), lists of `what` said in the error when it is no list; None when the file has
-    /// no such column.
-    fn list_cells(&self, name: &str, what: &str) -> Result<Option<Vec<Option<Series>>>> {
+    /// Each row's cell of the list column `name`, read by `cell` (given the row), or
+    /// `null()` for a null (a column of nulls only too); lists of `what` said in the error
+    /// when it is no list. None when the file has no such column.
+    fn list_column<T>(
+        &self,
+        name: &str,
+        what: &str,
+        null: impl Fn() -> T,
+        cell: impl Fn(usize, Series) -> Result<T>,
+    ) -> Result<Option<Vec<T>>> {
         let Ok(column) = self.frame.column(name) else {
             return Ok(None);
         };
         let series = column.as_materialized_series();
         if series.dtype() == &DataType::Null {
-            return Ok(Some(vec![None; series.len()]));
+            return Ok(Some((0..series.len()).map(|_| null()).collect()));
         }
         let lists = series
             .list()
             .map_err(|e| self.bad_value(0, name, format!("not a list of {what} ({e})")))?;
-        Ok(Some(
-            (0..lists.len()).map(|row| lists.get_as_series(row)).collect(),
-        ))
+        (0..lists.len())
+            .map(|row| {
+                lists
+                    .get_as_series(row)
+                    .map_or_else(|| Ok(null()), |list| cell(row, list))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
     }
 
     /// A column of lists of numbers (a log's `embedding`), nulls as `None`; None when the
     /// file has no such column.
     pub fn number_lists(&self, name: &str) -> Result<Option<Vec<Option<Vec<f64>>>>> {
-        let Some(cells) = self.list_cells(name, "numbers")? else {
-            return Ok(None);
-        };
-        cells
-            .into_iter()
-            .enumerate()
-            .map(|(row, cell)| {
-                let Some(list) = cell else {
-                    return Ok(None);
-                };
+        self.list_column(
+            name,
+            "numbers",
+            || None,
+            |row, list| {
                 let values = list
                     .cast(&DataType::Float64)
                     .map_err(|e| self.bad_value(row, name, format!("not numbers ({e})")))?;
@@ -551,31 +557,19 @@ impl Table {
                     .collect::<Option<Vec<f64>>>()
                     .map(Some)
                     .ok_or_else(|| self.bad_value(row, name, "a missing or non-finite number"))
-            })
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
+            },
+        )
     }
 
     /// A column of lists of text (a log's `unavailable`), a null as an empty list; None
     /// when the file has no such column.
     pub fn text_lists(&self, name: &str) -> Result<Option<Vec<Vec<String>>>> {
-        let Some(cells) = self.list_cells(name, "names")? else {
-            return Ok(None);
-        };
-        cells
-            .into_iter()
-            .enumerate()
-            .map(|(row, cell)| {
-                let Some(list) = cell else {
-                    return Ok(Vec::new());
-                };
-                let names = list
-                    .str()
-                    .map_err(|e| self.bad_value(row, name, format!("not names ({e})")))?;
-                Ok(names.iter().flatten().map(str::to_string).collect())
-            })
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
+        self.list_column(name, "names", Vec::new, |row, list| {
+            let names = list
+                .str()
+                .map_err(|e| self.bad_value(row, name, format!("not names ({e})")))?;
+            Ok(names.iter().flatten().map(str::to_string).collect())
+        })
     }
 
     /// A text column; other types are rendered as text, nulls are `None`.
