@@ -55,7 +55,7 @@ fn synthetic(rows: usize) -> WideDataset {
 
 fn rounds_per_second(c: &mut Criterion) {
     let path = std::env::temp_dir().join(format!("quiver-bench-replay-{}.parquet", std::process::id()));
-    quiver_sim::write::write_wide(&synthetic(ROWS), None, &path).expect("write");
+    quiver_sim::write::write_wide(&synthetic(ROWS), &path).expect("write");
     let data = load_wide(&path.to_string_lossy(), Format::Wide, None).expect("load");
     let _ = std::fs::remove_file(&path);
     let builder = ContextBuilder::new(false, &[], data.feature_names.len());

@@ -94,6 +94,16 @@ pub fn run(command: DataCommand) -> Result<()> {
 
 fn convert(args: ConvertArgs) -> Result<()> {
     let dataset = load(&args.data, args.format, args.split.as_ref())?;
+    match &dataset {
+        Dataset::Wide(data) if data.rows() == 0 => bail!("{}: no complete rows to convert", args.data),
+        Dataset::Wide(data) => {
+            if let Some(note) = data.dropped_note() {
+                eprintln!("{note}");
+            }
+        }
+        Dataset::Logged(log) if log.rows() == 0 => bail!("{}: no decisions to convert", args.data),
+        Dataset::Logged(_) => {}
+    }
     // Refused before anything is written; written once the table is.
     let list_prices = match (&dataset, &args.prices_out) {
         (_, None) => None,
@@ -103,7 +113,7 @@ fn convert(args: ConvertArgs) -> Result<()> {
         (_, Some(_)) => bail!("--prices-out: {} carries no list prices", args.data),
     };
     match (dataset, args.to.as_str()) {
-        (Dataset::Wide(data), "wide") => write_wide(&data, None, &args.out)?,
+        (Dataset::Wide(data), "wide") => write_wide(&data, &args.out)?,
         (Dataset::Logged(log), "logged") => {
             if let Some(note) = log.earlier_contexts_note() {
                 eprintln!("{note}");
@@ -111,7 +121,17 @@ fn convert(args: ConvertArgs) -> Result<()> {
             quiver_sim::write::write_logged(&log, &args.out)?;
         }
         (Dataset::Wide(data), "logged") => {
+            if data.split.is_some() && args.split.is_none() {
+                eprintln!(
+                    "{}: a log has no split column, so its rows' split is not written; convert each \
+                     part with --split split=VALUE",
+                    args.data
+                );
+            }
             let spec: PolicySpec = args.logging_policy.parse()?;
+            if let Some(note) = spec.floor_overrides(data.num_arms()) {
+                eprintln!("{note}");
+            }
             let tasks = if task_in_context(data.prompts.is_some(), false) {
                 data.tasks.as_deref().unwrap_or_default()
             } else {
@@ -153,7 +173,8 @@ fn generate(args: GenerateArgs) -> Result<()> {
             .collect();
         let mut data = train;
         data.append(test)?;
-        write_wide(&data, Some(&splits), &args.out)?;
+        data.split = Some(splits);
+        write_wide(&data, &args.out)?;
         eprintln!("wrote {} ({} rows)", args.out.display(), data.rows());
         if let Some(path) = &args.prices_out {
             write_list_prices(&data.list_prices, path)?;
@@ -169,8 +190,9 @@ fn generate(args: GenerateArgs) -> Result<()> {
         }
         None => Scenario::builtin()?,
     };
-    let (data, splits) = scenario.generate();
-    write_wide(&data, Some(&splits), &args.out)?;
+    let (mut data, splits) = scenario.generate();
+    data.split = Some(splits);
+    write_wide(&data, &args.out)?;
     eprintln!("wrote {} ({} rows)", args.out.display(), data.rows());
     Ok(())
 }

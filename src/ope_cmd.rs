@@ -132,18 +132,29 @@ pub fn run(args: OpeArgs) -> Result<()> {
             "{:<10} {:>12} {:>27} {:>27}",
             "estimator", "value", "95% CI (analytic)", "95% CI (bootstrap)"
         );
+        let interval =
+            |i: Option<[f64; 2]>| i.map_or("-".to_string(), |[lo, hi]| format!("[{lo:.6}, {hi:.6}]"));
         for e in &m.estimates {
-            let boot = e
-                .ci95_bootstrap
-                .map_or("-".to_string(), |b| format!("[{:.6}, {:.6}]", b[0], b[1]));
             println!(
                 "{:<10} {:>12.6} {:>27} {:>27}",
                 e.estimator,
                 e.value,
-                format!("[{:.6}, {:.6}]", e.ci95_analytic[0], e.ci95_analytic[1]),
-                boot
+                interval(e.ci95_analytic),
+                interval(e.ci95_bootstrap)
             );
         }
+    }
+    let without = summary
+        .metrics
+        .iter()
+        .flat_map(|m| &m.estimates)
+        .find(|e| e.ci95_analytic.is_none());
+    if let Some(e) = without {
+        println!(
+            "\n{}: no interval: its error is its reward model's bias, which resampling the rows \
+             does not measure; dr corrects that model with the logged rewards",
+            e.estimator
+        );
     }
     Ok(())
 }

@@ -68,12 +68,8 @@ fn fit(args: FitArgs) -> Result<()> {
         if let Some(path) = &args.prices {
             price_from_file(path, &mut data, None)?;
         }
-        if let Some(first) = data.dropped.first() {
-            eprintln!(
-                "{}: {} incomplete rows left out of the fit (a model's value missing), the first: {first}",
-                args.data,
-                data.dropped.len()
-            );
+        if let Some(note) = data.dropped_note() {
+            eprintln!("{note}");
         }
         let tasks = if task_in_context(data.prompts.is_some(), args.task_feature) {
             data.tasks.clone().unwrap_or_default()

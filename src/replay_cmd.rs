@@ -616,6 +616,9 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         bail!("--policies is empty");
     }
     let (data, train, objective) = datasets(&args)?;
+    for note in specs.iter().filter_map(|s| s.floor_overrides(data.num_arms())) {
+        eprintln!("{note}");
+    }
     if args.train_feedback == TrainFeedback::Full && (args.explore_passes > 0 || args.train_passes > 1) {
         bail!("--train-passes and --explore-passes apply to --train-feedback bandit");
     }
@@ -711,6 +714,14 @@ pub fn run(args: ReplayArgs) -> Result<()> {
             .filter(|a| !read.arms.contains_key(*a))
             .map(String::as_str)
             .collect();
+        if unknown.len() == data.arms.len() {
+            bail!(
+                "--priors {}: it has none of the table's models ({}); its models: {}",
+                path.display(),
+                unknown.join(", "),
+                read.arms.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
         if !unknown.is_empty() {
             tracing::warn!(
                 "{}: no prior for {}; they start cold (the file's models: {})",

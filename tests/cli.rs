@@ -37,20 +37,17 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// `quiver data convert` of `data` to the shape `to` in `out`, with `extra` options.
+fn convert(data: &Path, to: &str, out: &Path, extra: &[&str]) -> Output {
+    let (data, out) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let mut args = vec!["data", "convert", "--data", data, "--to", to, "--out", out];
+    args.extend_from_slice(extra);
+    quiver(&args)
+}
+
 /// Logs the wide table `data` under `policy` into `out` with `quiver data convert`.
 fn convert_to_log(data: &Path, policy: &str, out: &Path) {
-    stdout(&quiver(&[
-        "data",
-        "convert",
-        "--data",
-        data.to_str().unwrap(),
-        "--to",
-        "logged",
-        "--logging-policy",
-        policy,
-        "--out",
-        out.to_str().unwrap(),
-    ]));
+    stdout(&convert(data, "logged", out, &["--logging-policy", policy]));
 }
 
 /// A small wide table: three arms, a feature, prompts with tasks.
@@ -446,6 +443,17 @@ fn wide_data_converts_to_a_log_that_ope_reads() {
         );
     }
     convert_to_log(&data, "ucb1(floor=0.05)", &dir.join("floored.parquet"));
+    // A floor of 1/K or more logs at random whatever the policy: said, not refused.
+    let uniform = dir.join("uniform.parquet");
+    let output = convert(
+        &data,
+        "logged",
+        &uniform,
+        &["--logging-policy", "ucb1(floor=0.5)"],
+    );
+    stdout(&output);
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("every decision is uniform at random"), "{said}");
 }
 
 /// An Open Bandit Dataset log (its columns, three items) is evaluated by `quiver ope
@@ -744,31 +752,43 @@ fn a_new_users_mistakes_get_precise_errors() {
         "{err}"
     );
 
-    // Priors of other models are said to leave these cold.
-    let other_models = dir.join("other_models.csv");
-    std::fs::write(&other_models, "id,task,quality|x,quality|y\n1,x,1,0\n2,y,0,1\n").unwrap();
-    let other_priors = dir.join("other_priors.json");
-    stdout(&quiver(&[
-        "priors",
-        "fit",
-        "--data",
-        other_models.to_str().unwrap(),
-        "--out",
-        other_priors.to_str().unwrap(),
-    ]));
-    let output = quiver(&[
-        "replay",
-        "--data",
-        judged,
-        "--priors",
-        other_priors.to_str().unwrap(),
-        "--seeds",
-        "1",
-    ]);
+    // Priors of none of the table's models are refused; of some of them, are said to
+    // leave the others cold.
+    let priors_of = |columns: &str, name: &str| {
+        let table = dir.join(format!("{name}.csv"));
+        std::fs::write(&table, format!("id,task,{columns}\n1,x,1,0\n2,y,0,1\n")).unwrap();
+        let priors = dir.join(format!("{name}.json"));
+        stdout(&quiver(&[
+            "priors",
+            "fit",
+            "--data",
+            table.to_str().unwrap(),
+            "--out",
+            priors.to_str().unwrap(),
+        ]));
+        priors
+    };
+    let replay_with = |priors: &Path| {
+        quiver(&[
+            "replay",
+            "--data",
+            judged,
+            "--priors",
+            priors.to_str().unwrap(),
+            "--seeds",
+            "1",
+        ])
+    };
+    let err = stderr(&replay_with(&priors_of("quality|x,quality|y", "other_models")));
+    assert!(
+        err.contains("other_models.json: it has none of the table's models (a, b); its models: x, y"),
+        "{err}"
+    );
+    let output = replay_with(&priors_of("quality|x,quality|a", "some_models"));
     stdout(&output);
     let warned = String::from_utf8_lossy(&output.stderr);
     assert!(
-        warned.contains("no prior for a, b; they start cold (the file's models: x, y)"),
+        warned.contains("no prior for b; they start cold (the file's models: a, x)"),
         "{warned}"
     );
 
@@ -1234,6 +1254,54 @@ fn split_of(table: &Path, split: &str) -> WideDataset {
     load_wide(table.to_str().unwrap(), Format::Auto, Some(&split)).unwrap()
 }
 
+/// A table converted to another file format keeps its `split` column, so that its train
+/// and test rows are still the ones the suite and `--split` take.
+#[test]
+fn a_converted_table_keeps_its_split() {
+    let dir = scratch("convert_split");
+    let table = dir.join("irt.csv");
+    generate_irt3(&table, &[]);
+    let without_source = |mut data: WideDataset| {
+        data.source.clear();
+        data
+    };
+    for out in ["irt.parquet", "irt.jsonl"] {
+        let out = dir.join(out);
+        stdout(&convert(&table, "wide", &out, &[]));
+        for split in ["train", "test"] {
+            let (original, converted) = (split_of(&table, split), split_of(&out, split));
+            assert_eq!(original.split.as_ref().map(Vec::len), Some(original.rows()));
+            assert_eq!(without_source(original), without_source(converted), "{split}");
+        }
+    }
+}
+
+/// A conversion says which incomplete rows it left out, as a replay does, and refuses a
+/// table left with no rows rather than writing an empty file.
+#[test]
+fn a_conversion_names_the_rows_it_leaves_out() {
+    let dir = scratch("convert_incomplete");
+    let (table, out) = (dir.join("short.csv"), dir.join("out.csv"));
+    std::fs::write(&table, "id,quality|a,quality|b\n1,0.5,0.6\n2,0.7,\n3,0.1,0.2\n").unwrap();
+    for to in ["wide", "logged"] {
+        let output = convert(&table, to, &out, &[]);
+        stdout(&output);
+        let note = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            note.contains("short.csv: 1 incomplete rows left out")
+                && note.contains("row 2: no quality for `b`"),
+            "{note}"
+        );
+        let written = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(written.lines().count(), 3, "{to}: {written}");
+    }
+    std::fs::write(&table, "id,quality|a,quality|b\n2,0.7,\n").unwrap();
+    for to in ["wide", "logged"] {
+        let err = stderr(&convert(&table, to, &out, &[]));
+        assert!(err.contains("short.csv: no complete rows to convert"), "{err}");
+    }
+}
+
 /// The validation suite's tables are files a replay reads: `data generate --irt N` writes
 /// the 4,000 prompts with the 70/30 split the suite uses, and a replay of its test split,
 /// trained on its train split, reports the hull and the lift.
@@ -1483,18 +1551,12 @@ fn a_converted_table_keeps_its_list_prices() {
     }
     std::fs::write(&table, text).unwrap();
     let (wide, prices) = (dir.join("converted.csv"), dir.join("prices.json"));
-    stdout(&quiver(&[
-        "data",
-        "convert",
-        "--data",
-        table.to_str().unwrap(),
-        "--to",
+    stdout(&convert(
+        &table,
         "wide",
-        "--out",
-        wide.to_str().unwrap(),
-        "--prices-out",
-        prices.to_str().unwrap(),
-    ]));
+        &wide,
+        &["--prices-out", prices.to_str().unwrap()],
+    ));
     let registry: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&prices).unwrap()).unwrap();
     assert_eq!(registry["gpt-4-1106-preview"]["input_cost_per_token"], 10e-6);

@@ -5,7 +5,7 @@
 
 mod support;
 
-use quiver_bandit::{Applied, ObjectiveOverride, Outcome};
+use quiver_bandit::{Applied, Objective, ObjectiveOverride, Outcome};
 use quiver_serve::{ModelConfig, Observed, RouteConfig, RouteRequest, Router, RouterOptions};
 use quiver_sim::context::ContextBuilder;
 use quiver_sim::data::{load_logged, Format, LogStream};
@@ -239,6 +239,83 @@ fn the_log_is_a_dataset_the_simulator_reads_and_evaluates() {
     );
     assert_eq!(streamed.estimates[0].value.to_bits(), ips.value.to_bits());
     assert_eq!(streamed.estimates[0].ci95_bootstrap, ips.ci95_bootstrap);
+}
+
+/// A decision whose outcome has not come is no call that cost 0: off-policy cost leaves
+/// it out, and so does a reward that weighs cost, while its quality (feedback without an
+/// outcome) still counts where cost does not. A log converted to the logged shape keeps
+/// it so (a null cost), and read in chunks it evaluates alike.
+#[test]
+fn decisions_awaiting_their_outcome_are_not_calls_that_cost_nothing() {
+    let dir = scratch("log_contract_pending");
+    let router = Router::open(vec![route()], &dir).unwrap();
+    let (decisions, called) = (30, 20);
+    for i in 0..decisions {
+        let request = RouteRequest {
+            prompt: Some(format!("question {i}")),
+            features: vec![(i % 5) as f64 / 5.0],
+            ..RouteRequest::default()
+        };
+        let routed = router.route("chat", &request).unwrap().wait().unwrap();
+        if i < called {
+            let outcome = Outcome::new(100.0, 0.001 * (1 + i % 3) as f64).with_tokens(20, 30);
+            router
+                .record_outcome(&routed.decision_id, &outcome)
+                .unwrap()
+                .wait()
+                .unwrap();
+        }
+        // Feedback for every other decision, awaiting its outcome or not.
+        if i % 2 == 0 {
+            router.feedback(&routed.decision_id, 0.7).unwrap().wait().unwrap();
+        }
+    }
+    drop(router);
+    let log = load_logged(dir.to_str().unwrap(), Format::Auto, None).unwrap();
+    let expected: Vec<bool> = (0..decisions).map(|i| i < called).collect();
+    assert_eq!(log.outcome, expected);
+    let converted = dir.with_extension("parquet");
+    quiver_sim::write::write_logged(&log, &converted).unwrap();
+    let read_back = load_logged(converted.to_str().unwrap(), Format::Auto, None).unwrap();
+    assert_eq!(read_back.outcome, expected);
+
+    let rows_of = |source: &std::path::Path, objective: Objective| -> Vec<(String, usize)> {
+        let mut stream = LogStream::open(source.to_str().unwrap(), Format::Auto, None, 7).unwrap();
+        let settings = EstimatorSettings::new(f64::INFINITY, 100.0, 0, 0).unwrap();
+        let estimators: Vec<Box<dyn Estimator>> = vec![Box::new(Ips)];
+        let summary = evaluate(
+            &mut stream,
+            &"random".parse().unwrap(),
+            objective,
+            &estimators,
+            settings,
+            true,
+        )
+        .unwrap();
+        summary
+            .metrics
+            .iter()
+            .map(|m| (m.metric.clone(), m.rows))
+            .collect()
+    };
+    let with_quality = (0..decisions).filter(|i| i % 2 == 0).count();
+    let called_with_quality = (0..called).filter(|i| i % 2 == 0).count();
+    for source in [dir.as_path(), converted.as_path()] {
+        assert_eq!(
+            rows_of(source, Objective::default()),
+            [
+                ("value", with_quality),
+                ("quality", with_quality),
+                ("cost_usd", called)
+            ]
+            .map(|(m, n)| (m.to_string(), n))
+        );
+        let weighed = Objective::new(20.0, 0.0).unwrap();
+        assert_eq!(
+            rows_of(source, weighed)[0],
+            ("value".to_string(), called_with_quality)
+        );
+    }
 }
 
 /// The simulator reads a log under the log's contract: a record of a newer format than

@@ -143,7 +143,7 @@ fn self_check() -> Result<()> {
         ..WideDataset::default()
     };
     let wide = dir.join("stream.csv");
-    quiver_sim::write::write_wide(&data, None, &wide)?;
+    quiver_sim::write::write_wide(&data, &wide)?;
     let line = stream(&wide.to_string_lossy(), "linucb(alpha=0.5)")?;
     // The better arm averages 0.8; the learner must find it.
     if line["progressive_reward"].as_f64().unwrap_or(0.0) < 0.7 {

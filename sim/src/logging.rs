@@ -87,6 +87,7 @@ pub fn log_wide(
         log.cost_usd.push(cost);
         log.latency_ms.push(latency);
         log.error.push(false);
+        log.outcome.push(true);
         if let (Some(prompts), Some(source)) = (log.prompts.as_mut(), data.prompts.as_ref()) {
             prompts.push(source[row].clone());
         }
@@ -95,9 +96,10 @@ pub fn log_wide(
         return Err(SimError::InvalidOption(format!(
             "the logging policy `{policy}` gave some model no chance on {unsupported} of {} \
              requests: off-policy estimates need every model a candidate may choose to have \
-             had some probability on every request; give it a floor (`lints(floor=0.05)`, \
-             say) or log with `random`",
-            log.rows()
+             had some probability on every request; give it a floor well under 1/{} \
+             (`lints(floor=0.01)`, say) or log with `random`",
+            log.rows(),
+            data.num_arms()
         )));
     }
     log.features = crate::data::standard(data.features.select(Axis(0), &order));

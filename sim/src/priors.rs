@@ -176,7 +176,11 @@ pub fn fit_logged(log: &mut LogStream, cap: f64) -> Result<Priors> {
         let contexts = ContextBuilder::log_contexts(&chunk)?;
         arms.par_iter_mut().enumerate().for_each(|(arm, fit)| {
             for i in (0..chunk.rows()).filter(|&i| chunk.arm[i] == arm) {
-                fit.add(&contexts[i], chunk.quality[i], chunk.cost_usd[i]);
+                fit.add(
+                    &contexts[i],
+                    chunk.quality[i],
+                    chunk.outcome[i].then_some(chunk.cost_usd[i]),
+                );
             }
         });
         Ok(())
@@ -202,7 +206,9 @@ pub fn fit_logged(log: &mut LogStream, cap: f64) -> Result<Priors> {
 /// One arm's statistics from the log rows that chose it, in log order.
 struct ArmFit {
     stats: FoldStatistics,
-    seen: usize,
+    /// Decisions of the arm, and of those, calls whose cost came.
+    rows: usize,
+    calls: usize,
     cost: f64,
     tokens: f64,
 }
@@ -211,26 +217,31 @@ impl ArmFit {
     fn new(dim: usize) -> Self {
         ArmFit {
             stats: FoldStatistics::new(dim),
-            seen: 0,
+            rows: 0,
+            calls: 0,
             cost: 0.0,
             tokens: 0.0,
         }
     }
 
-    fn add(&mut self, context: &Context, quality: Option<f64>, cost_usd: f64) {
+    /// A decision's row: its quality and its cost where they came.
+    fn add(&mut self, context: &Context, quality: Option<f64>, cost_usd: Option<f64>) {
         if let Some(q) = quality {
-            self.stats.add(self.seen, &context.features, q);
+            self.stats.add(self.rows, &context.features, q);
         }
-        self.seen += 1;
-        self.cost += cost_usd;
-        self.tokens += f64::from(context.input_tokens);
+        self.rows += 1;
+        if let Some(cost) = cost_usd {
+            self.calls += 1;
+            self.cost += cost;
+            self.tokens += f64::from(context.input_tokens);
+        }
     }
 
     fn finish(self, cap: f64) -> Option<ArmPrior> {
         Some(
             self.stats
                 .fit(cap)?
-                .with_usage(self.seen as f64, self.cost, self.tokens),
+                .with_usage(self.calls as f64, self.cost, self.tokens),
         )
     }
 }

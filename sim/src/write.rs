@@ -57,9 +57,17 @@ fn feature_columns(columns: &mut Vec<Column>, names: &[String], values: &Array2<
     }
 }
 
-/// Writes a log in the logged shape (the server's exact columns, then `prompt` and `f_*`).
+/// Writes a log in the logged shape (the server's exact columns, then `prompt` and `f_*`);
+/// a call whose outcome has not come has a null cost and latency.
 pub fn write_logged(log: &LoggedDataset, path: &Path) -> Result<()> {
     let arm_names: Vec<&str> = log.arm.iter().map(|&a| log.arms[a].as_str()).collect();
+    let if_called = |values: &[f64]| -> Vec<Option<f64>> {
+        values
+            .iter()
+            .zip(&log.outcome)
+            .map(|(&v, &came)| came.then_some(v))
+            .collect()
+    };
     let mut columns = vec![
         column("decision_id", log.decision_ids.clone()),
         column("timestamp", log.timestamps.clone()),
@@ -68,8 +76,8 @@ pub fn write_logged(log: &LoggedDataset, path: &Path) -> Result<()> {
         column("arm", arm_names),
         column("propensity", log.propensity.clone()),
         column("quality", log.quality.clone()),
-        column("cost_usd", log.cost_usd.clone()),
-        column("latency_ms", log.latency_ms.clone()),
+        column("cost_usd", if_called(&log.cost_usd)),
+        column("latency_ms", if_called(&log.latency_ms)),
         column("error", log.error.clone()),
     ];
     if let Some(prompts) = &log.prompts {
@@ -79,12 +87,12 @@ pub fn write_logged(log: &LoggedDataset, path: &Path) -> Result<()> {
     write_frame(&mut frame(columns, path)?, path)
 }
 
-/// Writes a table in the wide shape, with an optional `split` column (train/test).
-pub fn write_wide(data: &WideDataset, split: Option<&[String]>, path: &Path) -> Result<()> {
+/// Writes a table in the wide shape, with its `split` column where it has one.
+pub fn write_wide(data: &WideDataset, path: &Path) -> Result<()> {
     let n = data.rows();
     let mut columns = vec![column("id", data.ids.clone())];
-    if let Some(split) = split {
-        columns.push(column("split", split.to_vec()));
+    if let Some(split) = &data.split {
+        columns.push(column("split", split.clone()));
     }
     if let Some(prompts) = &data.prompts {
         columns.push(column("prompt", prompts.clone()));

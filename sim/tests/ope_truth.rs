@@ -98,7 +98,7 @@ fn trial(logger: &str, target: &str, seed: u64, estimators: &[&dyn Estimator]) -
             .iter()
             .map(|e| {
                 let r = estimate(*e, &inputs, 0, seed);
-                (r.value, r.ci95_analytic)
+                (r.value, r.ci95_analytic.expect("an interval"))
             })
             .collect(),
         accepted: inputs.accepted.iter().filter(|&&a| a).count(),

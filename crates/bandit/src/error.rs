@@ -55,6 +55,18 @@ pub enum ErrorKind {
         /// The one refused.
         sent: f64,
     },
+    /// An outcome for a decision whose call another outcome has reported otherwise: a
+    /// decision's outcome is recorded once, and a repeat must say what the first said.
+    OutcomeConflict {
+        /// The decision.
+        id: u64,
+        /// The first field that differs.
+        field: &'static str,
+        /// Its value recorded.
+        recorded: f64,
+        /// Its value refused.
+        sent: f64,
+    },
     /// A policy specification that does not parse or has bad parameters.
     InvalidPolicySpec {
         /// The specification as written.
@@ -161,6 +173,16 @@ impl fmt::Display for Error {
                 f,
                 "decision {id} learned quality {learned} already (a failed call counts as 0); \
                  {sent} is refused: a decision's quality is learned once"
+            ),
+            ErrorKind::OutcomeConflict {
+                id,
+                field,
+                recorded,
+                sent,
+            } => write!(
+                f,
+                "decision {id} recorded its outcome already with {field} {recorded}; {sent} is \
+                 refused: a decision's outcome is recorded once, and a repeat says the same"
             ),
             ErrorKind::InvalidPolicySpec { spec, reason } => {
                 write!(f, "policy `{spec}`: {reason}")

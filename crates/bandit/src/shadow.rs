@@ -195,10 +195,9 @@ impl Interval {
         let report = moments.report(estimator, None);
         let finite = |v: f64| v.is_finite().then_some(v);
         // No weight on any row leaves the estimate, and so its interval, undefined.
-        let interval = report.ci95_analytic;
         Interval {
             value: finite(report.value),
-            ci95: interval.iter().all(|v| v.is_finite()).then_some(interval),
+            ci95: report.ci95_analytic.filter(|i| i.iter().all(|v| v.is_finite())),
         }
     }
 }

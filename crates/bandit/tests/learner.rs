@@ -93,6 +93,75 @@ fn an_outcome_after_feedback_carries_the_same_quality_or_is_refused() {
     assert_eq!(l.usage(arm).requests, 1);
 }
 
+/// A second outcome must report the call as the first did: a repeat is already applied
+/// (and may bring the quality), another report is refused with the field that differs,
+/// so that a failure reported after a success never becomes a quality of 0. The same
+/// holds for an outcome recorded before a restart.
+#[test]
+fn a_repeated_outcome_reports_the_call_as_the_first_did() {
+    let first = Outcome::new(100.0, 0.001).with_tokens(12, 150);
+    let conflicts = [
+        (first.clone().failed(), "error", 0.0, 1.0),
+        (
+            Outcome {
+                cost_usd: 5.0,
+                ..first.clone()
+            },
+            "cost_usd",
+            0.001,
+            5.0,
+        ),
+        (
+            Outcome {
+                latency_ms: 90.0,
+                ..first.clone()
+            },
+            "latency_ms",
+            100.0,
+            90.0,
+        ),
+        (first.clone().with_tokens(12, 151), "output_tokens", 150.0, 151.0),
+    ];
+    let mut l = learner("ucb1", 2, 1, 0);
+    let context = Context {
+        features: vec![1.0],
+        input_tokens: 100,
+    };
+    let d = l.decide(&Request::new(context.clone())).expect("decide");
+    assert_eq!(l.record_outcome(d.id, &first).expect("outcome"), Applied::Applied);
+    let mut resumed = learner("ucb1", 2, 1, 0);
+    resumed.resume_decision(d.id, &d.arm, &context).expect("resume");
+    resumed.resume_outcome(d.id, &first).expect("resume outcome");
+    for l in [&mut l, &mut resumed] {
+        let before = json(l);
+        for (sent, field, recorded, value) in &conflicts {
+            assert_eq!(
+                l.record_outcome(d.id, sent).unwrap_err().kind(),
+                &ErrorKind::OutcomeConflict {
+                    id: d.id,
+                    field,
+                    recorded: *recorded,
+                    sent: *value
+                }
+            );
+        }
+        assert_eq!(json(l), before, "a refused outcome changed the learner");
+        assert!(!l.quality_recorded(d.id).expect("tracked"));
+        assert_eq!(
+            l.record_outcome(d.id, &first).expect("repeat"),
+            Applied::AlreadyApplied
+        );
+        let scored = first.clone().with_quality(0.3);
+        assert_eq!(l.record_outcome(d.id, &scored).expect("scored"), Applied::Applied);
+        assert_eq!(
+            l.record_quality(d.id, 0.3).expect("same"),
+            Applied::AlreadyApplied
+        );
+    }
+    let arm = l.arm_index(&d.arm).expect("arm");
+    assert_eq!((l.usage(arm).requests, l.usage(arm).errors), (1, 0));
+}
+
 #[test]
 fn quality_in_the_outcome_and_failed_calls_count_once() {
     let mut l = learner("ucb1", 2, 1, 0);

@@ -56,7 +56,9 @@ impl From<ServeError> for ApiError {
                 ErrorKind::UnknownDecision(_) | ErrorKind::UnknownArm { .. } => {
                     ApiError::NotFound(e.to_string())
                 }
-                ErrorKind::QualityConflict { .. } => ApiError::Conflict(e.to_string()),
+                ErrorKind::QualityConflict { .. } | ErrorKind::OutcomeConflict { .. } => {
+                    ApiError::Conflict(e.to_string())
+                }
                 ErrorKind::NotFinite { .. }
                 | ErrorKind::OutOfRange { .. }
                 | ErrorKind::DimensionMismatch { .. }
@@ -175,7 +177,8 @@ pub enum ErrorResponses {
     /// The body did not arrive, or the answer was not ready, in time.
     #[response(status = 408)]
     RequestTimeout(ErrorBody),
-    /// Another quality for a decision that learned one.
+    /// Another quality for a decision that learned one, or another outcome for a decision
+    /// whose call an outcome reported otherwise.
     #[response(status = 409)]
     Conflict(ErrorBody),
     /// The body is larger than `max_body_bytes`.

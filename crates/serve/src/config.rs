@@ -197,14 +197,17 @@ impl ServeConfig {
         }
     }
 
-    /// Parses a configuration file, resolving `log_dir` against the file's directory.
+    /// Parses a configuration file, resolving `log_dir` and the routes' `priors` against
+    /// the file's directory.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(crate::error::io_at(path))?;
         let mut config: ServeConfig =
             toml::from_str(&text).map_err(|e| ServeError::Config(format!("{}: {e}", path.display())))?;
-        if config.log_dir.is_relative() {
-            if let Some(dir) = path.parent() {
-                config.log_dir = dir.join(&config.log_dir);
+        if let Some(dir) = path.parent() {
+            let paths = std::iter::once(&mut config.log_dir)
+                .chain(config.routes.iter_mut().filter_map(|r| r.priors.as_mut()));
+            for relative in paths.filter(|p| p.is_relative()) {
+                *relative = dir.join(&*relative);
             }
         }
         if config.routes.is_empty() {
@@ -315,6 +318,13 @@ impl ServeConfig {
     /// with deployments and its own `base_url`), naming it.
     pub fn check_deployments(&self) -> Result<()> {
         for route in &self.routes {
+            let mut ids = std::collections::BTreeSet::new();
+            if let Some(twice) = route.models.iter().find(|m| !ids.insert(m.id.as_str())) {
+                return Err(ServeError::Config(format!(
+                    "route `{}`: model `{}` is listed twice",
+                    route.name, twice.id
+                )));
+            }
             // A route's circuit breakers are keyed by model, or `model@deployment` (an
             // unnamed deployment by its place): no two may share one.
             let mut keys = std::collections::BTreeSet::new();
@@ -551,14 +561,36 @@ impl RouteConfig {
                     .into(),
             );
         }
-        let spec = |text: &str| {
+        if let Some(budget) = self
+            .budget_usd_per_request
+            .filter(|b| !(b.is_finite() && *b > 0.0))
+        {
+            return Err(format!(
+                "budget_usd_per_request is {budget}: a budget is a positive amount of USD per request"
+            ));
+        }
+        for model in &self.models {
+            for (key, price) in [
+                ("input_usd_per_million", model.input_usd_per_million),
+                ("output_usd_per_million", model.output_usd_per_million),
+            ] {
+                if !(price.is_finite() && price >= 0.0) {
+                    return Err(format!(
+                        "model `{}`: {key} is {price}: a price is a finite amount of USD, 0 or more",
+                        model.id
+                    ));
+                }
+            }
+        }
+        // "policy `x`: why", or "shadow policy `x`: why" for a candidate.
+        let spec = |text: &str, role: &str| {
             text.parse::<quiver_bandit::PolicySpec>()
-                .map_err(|e| e.to_string())
+                .map_err(|e| format!("{role}{e}"))
         };
-        let own = spec(&self.policy)?;
+        let own = spec(&self.policy, "")?;
         let mut candidates = Vec::new();
         for text in &self.shadow {
-            let candidate = spec(text)?;
+            let candidate = spec(text, "shadow ")?;
             if candidate == own {
                 return Err(format!("shadow `{text}` is the route's own policy"));
             }
@@ -568,7 +600,7 @@ impl RouteConfig {
             candidates.push(candidate);
         }
         if let Some(canary) = &self.canary {
-            if spec(&canary.policy)? == own {
+            if spec(&canary.policy, "canary ")? == own {
                 return Err(format!(
                     "canary `{}` is the route's own policy: it would be compared with itself",
                     canary.policy
@@ -855,6 +887,23 @@ mod tests {
                 serde_json::json!({"canary": {"policy": "lints(v=0.05)"}}),
                 "compared with itself",
             ),
+            // Named by the keys the file has, not by what they become inside.
+            (
+                serde_json::json!({"budget_usd_per_request": -1.0}),
+                "budget_usd_per_request is -1: a budget is a positive amount",
+            ),
+            (
+                serde_json::json!({"models": [{"id": "m", "input_usd_per_million": -0.4}]}),
+                "model `m`: input_usd_per_million is -0.4",
+            ),
+            (
+                serde_json::json!({"shadow": ["linucb(alpha=-1)"]}),
+                "shadow policy `linucb(alpha=-1)`",
+            ),
+            (
+                serde_json::json!({"canary": {"policy": "eps(2)"}}),
+                "canary policy `eps(2)`",
+            ),
         ] {
             let error = route(extra.clone()).check().unwrap_err();
             assert!(error.contains(refusal), "{extra}: {error}");
@@ -879,6 +928,12 @@ mod tests {
                 .to_string();
             assert!(error.contains(refusal), "{url}: {error}");
         }
+        let listed_twice = serde_json::json!([{"id": "m"}, {"id": "n"}, {"id": "m"}]);
+        let error = with_models(listed_twice).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "invalid configuration: route `r`: model `m` is listed twice"
+        );
         let twins = serde_json::json!([{"id": "m", "deployments": [
             {"name": "a", "base_url": "http://127.0.0.1:9/v1"},
             {"name": "a", "base_url": "http://127.0.0.1:10/v1"}

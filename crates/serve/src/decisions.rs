@@ -253,7 +253,8 @@ fn listed_cost(state: &AppState, outcome: &OutcomeBody) -> Result<f64, ApiError>
     }
 }
 
-/// Report what a routed call cost and how long it took (idempotent).
+/// Report what a routed call cost and how long it took (idempotent: a repeat must report
+/// the call as the first did, and may bring its quality).
 #[utoipa::path(
     post,
     path = "/v1/outcome",

@@ -370,21 +370,36 @@ impl LoggedDecisions {
 }
 
 /// Starts `learner` from the priors file at `path`, fitted on contexts built as
-/// `definition`.
+/// `definition`. A file that has none of the route's models is refused: its ids are
+/// another route's, or misspelled.
 fn absorb_priors_file(learner: &mut Learner, path: &Path, definition: &str, route: &str) -> Result<()> {
-    let text = std::fs::read_to_string(path).map_err(io_at(path))?;
-    let refuse =
-        |e: quiver_bandit::Error| ServeError::Config(format!("route {route}: {}: {e}", path.display()));
-    let priors = Priors::from_json(&text).map_err(refuse)?;
-    priors.check_context(definition).map_err(refuse)?;
-    let arms_without_prior = learner.absorb_priors(&priors).map_err(refuse)?;
-    tracing::info!(
-        route,
-        priors = %path.display(),
-        source = %priors.source,
-        models_without_prior = ?arms_without_prior,
-        "route starts from priors"
-    );
+    let refuse = |e: &dyn std::fmt::Display| {
+        ServeError::Config(format!("route {route}: priors {}: {e}", path.display()))
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| refuse(&e))?;
+    let priors = Priors::from_json(&text).map_err(|e| refuse(&e))?;
+    priors.check_context(definition).map_err(|e| refuse(&e))?;
+    let ids = |ids: Vec<&str>| ids.join(", ");
+    if !learner.arms().iter().any(|a| priors.arms.contains_key(&a.id)) {
+        let reason = format!(
+            "it has none of the route's models ({}); its models: {}",
+            ids(learner.arms().iter().map(|a| a.id.as_str()).collect()),
+            ids(priors.arms.keys().map(String::as_str).collect())
+        );
+        return Err(refuse(&reason));
+    }
+    let arms_without_prior = learner.absorb_priors(&priors).map_err(|e| refuse(&e))?;
+    if arms_without_prior.is_empty() {
+        tracing::info!(route, priors = %path.display(), source = %priors.source, "route starts from priors");
+    } else {
+        tracing::warn!(
+            route,
+            priors = %path.display(),
+            source = %priors.source,
+            models_without_prior = ?arms_without_prior,
+            "route starts from priors; models without a prior start cold"
+        );
+    }
     Ok(())
 }
 
@@ -394,7 +409,11 @@ fn learner_setup(
     dim: usize,
     feedback_horizon: usize,
 ) -> Result<(LearnerConfig, Vec<Arm>)> {
-    let mut learner_config = LearnerConfig::new(config.policy.parse()?, dim);
+    let spec: PolicySpec = config.policy.parse()?;
+    if let Some(note) = spec.floor_overrides(config.models.len()) {
+        tracing::warn!(route = %config.name, "{note}");
+    }
+    let mut learner_config = LearnerConfig::new(spec, dim);
     learner_config.objective = Objective::new(config.w_cost, config.w_latency)?;
     learner_config.seed = config.seed;
     learner_config.max_tracked_decisions = feedback_horizon.max(1);
@@ -1489,7 +1508,11 @@ impl Router {
             Err(ServeError::Bandit(e))
                 if e.is_input_error()
                     || (forgettable && e.is_unknown_decision())
-                    || matches!(e.kind(), quiver_bandit::ErrorKind::QualityConflict { .. }) =>
+                    || matches!(
+                        e.kind(),
+                        quiver_bandit::ErrorKind::QualityConflict { .. }
+                            | quiver_bandit::ErrorKind::OutcomeConflict { .. }
+                    ) =>
             {
                 tracing::warn!(
                     record = record.seq,
@@ -2070,13 +2093,16 @@ impl Router {
 
     /// Records what a decision's call cost and how long it took (and its quality, if the
     /// outcome has one). A change is logged before it is applied; a repeat changes nothing
-    /// and is not logged. Once the cost is in, a later outcome can only bring the quality,
-    /// which is logged and learned as feedback, so that no cost counts twice.
+    /// and is not logged. Once the cost is in, a later outcome must report the call as the
+    /// first did (else it is refused) and can only bring the quality, which is logged and
+    /// learned as feedback, so that no cost counts twice.
     pub fn record_outcome(&self, decision_id: &str, outcome: &Outcome) -> Result<Pending<Applied>> {
         let (route, id, mut record) = self.tracked_record(decision_id, LogEvent::Outcome)?;
         let state = self.state(&route)?;
         let mut live = state.lock()?;
         if live.learner.outcome_recorded(id)? {
+            // A repeat is checked as a first outcome is, and must report the call as it did.
+            live.learner.outcome_would_apply(id, outcome)?;
             let Some(quality) = quiver_bandit::credited_quality(outcome.quality, outcome.error) else {
                 return Ok(self.pending(Applied::AlreadyApplied, self.log.last_staged()));
             };

@@ -266,6 +266,31 @@ async fn reopen(
     Ok(())
 }
 
+/// Paths in the file are relative to it, whatever the working directory: the log
+/// directory and each route's priors.
+#[test]
+fn paths_in_the_config_file_are_relative_to_it() {
+    let dir = scratch("parsers_relative");
+    let mut config: toml::Table = EXAMPLE.parse().unwrap();
+    let route = config["routes"].as_array_mut().unwrap()[0]
+        .as_table_mut()
+        .unwrap();
+    route.insert("priors".into(), toml::Value::String("priors/chat.json".into()));
+    config.insert("log_dir".into(), toml::Value::String("/var/lib/quiver".into()));
+    let path = dir.join("quiver.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let loaded = quiver_serve::ServeConfig::load(&path).unwrap();
+    assert_eq!(
+        loaded.routes[0].priors.as_deref(),
+        Some(dir.join("priors/chat.json").as_path())
+    );
+    assert_eq!(
+        loaded.log_dir,
+        Path::new("/var/lib/quiver"),
+        "an absolute path stays"
+    );
+}
+
 /// The example documents every option at its default, so that reading it tells the truth.
 #[test]
 fn the_example_config_loads_and_states_the_defaults() {

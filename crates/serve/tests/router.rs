@@ -911,12 +911,31 @@ fn a_route_starts_from_its_priors_once() {
         error.contains("route code") && error.contains("priors.json") && error.contains("caller=2"),
         "{error}"
     );
+    // Priors of other models: another route's, or misspelled ids.
+    write_priors(&priors, "hashing(words=40,chars=16,caller=0)");
+    let renamed = std::fs::read_to_string(&priors)
+        .unwrap()
+        .replace("\"big\"", "\"large\"")
+        .replace("\"small\"", "\"tiny\"");
+    std::fs::write(&priors, renamed).unwrap();
+    let error = Router::open_with(configs.clone(), &dir.join("other"), crash_options())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("route code: priors")
+            && error.contains("it has none of the route's models (big, small); its models: large, tiny"),
+        "{error}"
+    );
     configs[1].priors = Some(dir.join("missing.json"));
     let error = Router::open_with(configs, &dir.join("other"), crash_options())
         .err()
         .unwrap()
         .to_string();
-    assert!(error.contains("missing.json"), "{error}");
+    assert!(
+        error.contains("route code: priors") && error.contains("missing.json"),
+        "{error}"
+    );
 }
 
 /// A route with an embedding block logs each decision's block and which featurizer

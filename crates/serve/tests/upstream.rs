@@ -468,6 +468,54 @@ async fn refused_calls_stop_counting_against_a_spend_cap() {
     assert!((day - (3.0 * 1.0 + 5.0 * 2.0) / 1e6).abs() < 1e-15, "{day}");
 }
 
+/// A second outcome of a decision is checked as the first was, and must report the call
+/// as the first did: a failure reported after a success is a 409, not a quality of 0 that
+/// locks out the real feedback; an exact repeat is `already_applied`, and one that brings
+/// the quality applies it.
+#[tokio::test]
+async fn a_second_outcome_reports_the_call_as_the_first_did() {
+    let (_, state, app) = gateway("upstream-outcome-repeat", 120_000);
+    let routed = json_of(post(&app, "/v1/route", &json!({"route": "r", "prompt": "hi"})).await).await;
+    let id = routed["decision_id"].as_str().unwrap();
+    let first = json!({"decision_id": id, "latency_ms": 100, "cost_usd": 0.001});
+    assert_eq!(post(&app, "/v1/outcome", &first).await.status(), StatusCode::OK);
+    let refused = [
+        (
+            json!({"decision_id": id, "latency_ms": -100, "error": true}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "latency_ms",
+        ),
+        (
+            json!({"decision_id": id, "latency_ms": 100, "cost_usd": 0.001, "error": true}),
+            StatusCode::CONFLICT,
+            "error",
+        ),
+        (
+            json!({"decision_id": id, "latency_ms": 100, "cost_usd": 5.0}),
+            StatusCode::CONFLICT,
+            "cost_usd 0.001; 5 is refused",
+        ),
+    ];
+    for (body, status, names) in refused {
+        let answer = post(&app, "/v1/outcome", &body).await;
+        assert_eq!(answer.status(), status, "{body}");
+        let message = json_of(answer).await["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(message.contains(names), "{message}");
+    }
+    let again = json_of(post(&app, "/v1/outcome", &first).await).await;
+    assert_eq!(again["status"], "already_applied");
+    let (status, answer) = feedback(&app, id, 0.3).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (StatusCode::OK, Some("applied"))
+    );
+    let (day, _) = state.router.spend("r").unwrap();
+    assert!((day - 0.001).abs() < 1e-15, "{day}");
+}
+
 /// An outcome that reports its tokens and not its cost costs them at the decision's model's
 /// list prices, as the proxy prices a call's `usage`; a stated cost, even 0, is the cost.
 #[tokio::test]

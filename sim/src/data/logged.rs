@@ -4,7 +4,8 @@
 //! `timestamp`, `route`, `policy`, `arm`, `propensity` in (0, 1], `quality` in [0, 1] or
 //! null, `cost_usd`, `latency_ms`, `error`, and `prompt` and/or numeric `f_*` columns.
 //! Only `arm` and `propensity` are required of data from elsewhere; the others default to
-//! row numbers, empty text, null quality, 0 and false.
+//! row numbers, empty text, null quality, 0 and false. A null `cost_usd` in a present
+//! column is a call whose outcome has not come (its latency and error unknown too).
 //!
 //! The server's log also has an `event` column: a `decision` row is written when the
 //! decision is made, and `outcome` and `feedback` rows with the same `decision_id` follow
@@ -53,6 +54,9 @@ pub struct LoggedDataset {
     pub latency_ms: Vec<f64>,
     /// Whether the call failed.
     pub error: Vec<bool>,
+    /// Whether the call's outcome (cost, latency, error) came: a decision of a server's
+    /// log may still await it, and then its cost is no observation of 0.
+    pub outcome: Vec<bool>,
     /// Prompts, when logged.
     pub prompts: Option<Vec<String>>,
     /// Names of the numeric feature columns.
@@ -371,6 +375,11 @@ impl LoggedReader {
                 },
                 cost_usd: or_default("cost_usd", limits::COST_USD.hi)?,
                 latency_ms: or_default("latency_ms", limits::LATENCY_MS.hi)?,
+                outcome: if table.has("cost_usd") {
+                    table.numbers("cost_usd", "")?.iter().map(Option::is_some).collect()
+                } else {
+                    vec![true; n]
+                },
                 error: if table.has("error") {
                     table
                         .numbers("error", "")?
@@ -488,6 +497,8 @@ impl Updates {
             cost_usd: keep.iter().map(|&r| d.cost_usd[r]).collect(),
             latency_ms: keep.iter().map(|&r| d.latency_ms[r]).collect(),
             error: keep.iter().map(|&r| d.error[r]).collect(),
+            // A decision's own record carries no outcome; its outcome record does.
+            outcome: vec![false; keep.len()],
             prompts: d.prompts.as_ref().map(|p| pick_texts(p)),
             features: d.features.select(Axis(0), &keep),
             embeddings: d
@@ -509,6 +520,7 @@ impl Updates {
             };
             update.used = true;
             if update.outcome {
+                out.outcome[i] = true;
                 out.cost_usd[i] = update.cost_usd;
                 out.latency_ms[i] = update.latency_ms;
                 out.error[i] = update.error;
@@ -620,6 +632,7 @@ pub(crate) fn combine_logged(
         out.cost_usd.append(&mut part.cost_usd);
         out.latency_ms.append(&mut part.latency_ms);
         out.error.append(&mut part.error);
+        out.outcome.append(&mut part.outcome);
         features.push(std::mem::take(&mut part.features));
         match (&mut out.prompts, part.prompts) {
             (Some(mine), Some(mut theirs)) => mine.append(&mut theirs),

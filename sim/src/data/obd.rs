@@ -76,6 +76,7 @@ impl ObdReader {
                 cost_usd: vec![0.0; n],
                 latency_ms: vec![0.0; n],
                 error: vec![false; n],
+                outcome: vec![true; n],
                 prompts: None,
                 feature_names,
                 features,

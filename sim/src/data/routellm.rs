@@ -80,6 +80,7 @@ impl RouteLlmReader {
                 .collect::<Result<_>>()?,
             cost_usd,
             latency_ms: None,
+            split: None,
             ids: (1..=table.rows()).map(|r| format!("{task}:{r}")).collect(),
             tasks: Some(vec![task; table.rows()]),
             prompts: Some(prompts),

@@ -132,6 +132,7 @@ impl DatasetReader for RouterArenaReader {
             quality: per_model(|m| m.quality),
             cost_usd: Some(per_model(|m| m.cost_usd)),
             latency_ms: None,
+            split: None,
             ids,
         };
         let mut data: WideDataset = columns.into_dataset(first);

@@ -40,6 +40,7 @@ impl RouterBenchReader {
                     .collect::<Result<_>>()?,
             ),
             latency_ms: None,
+            split: None,
             ids: table
                 .texts("sample_id", "RouterBench tables have a sample_id column")?
                 .into_iter()

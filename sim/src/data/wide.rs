@@ -1,6 +1,6 @@
 //! Full-information datasets: one row per request, every arm's outcome.
 //!
-//! Columns: optional `id`, `prompt`, `task`, numeric `f_*`; for every arm `A`: `quality|A`
+//! Columns: optional `id`, `split`, `prompt`, `task`, numeric `f_*`; for every arm `A`: `quality|A`
 //! in [0, 1], and optionally `cost|A` (USD), `latency_ms|A`. Arm names may contain
 //! `/ . - :`. A row missing any arm's quality (or cost or latency, when given) is dropped
 //! and named in [`WideDataset::dropped`].
@@ -30,6 +30,9 @@ pub struct WideDataset {
     pub prompts: Option<Vec<String>>,
     /// Task labels, when the data has them.
     pub tasks: Option<Vec<String>>,
+    /// The `split` column (train or test, say), when the data has one: carried so that a
+    /// converted table can still be split.
+    pub split: Option<Vec<String>>,
     /// Names of the numeric feature columns.
     pub feature_names: Vec<String>,
     /// Feature values, `rows x feature_names.len()`.
@@ -57,6 +60,18 @@ impl WideDataset {
     /// Number of arms.
     pub fn num_arms(&self) -> usize {
         self.arms.len()
+    }
+
+    /// What a command that reads the table says of its rows dropped as incomplete, naming
+    /// the first; none when none were.
+    pub fn dropped_note(&self) -> Option<String> {
+        self.dropped.first().map(|first| {
+            format!(
+                "{}: {} incomplete rows left out (a model's value missing), the first: {first}",
+                self.source,
+                self.dropped.len()
+            )
+        })
     }
 
     /// The arms as a learner takes them: each with its list prices where known.
@@ -177,6 +192,11 @@ impl WideDataset {
         if let (Some(mine), Some(theirs)) = (self.tasks.as_mut(), other.tasks.as_mut()) {
             mine.append(theirs);
         }
+        // Files of which some have no split have none together.
+        match (self.split.as_mut(), other.split.as_mut()) {
+            (Some(mine), Some(theirs)) => mine.append(theirs),
+            _ => self.split = None,
+        }
         self.dropped.append(&mut other.dropped);
         self.list_prices.append(&mut other.list_prices);
         Ok(())
@@ -191,14 +211,12 @@ impl WideDataset {
         self.latency_ms = self.latency_ms.as_ref().map(pick);
         self.features = pick(&self.features);
         self.ids = rows.iter().map(|&r| self.ids[r].clone()).collect();
-        self.prompts = self
-            .prompts
-            .as_ref()
-            .map(|p| rows.iter().map(|&r| p[r].clone()).collect());
-        self.tasks = self
-            .tasks
-            .as_ref()
-            .map(|t| rows.iter().map(|&r| t[r].clone()).collect());
+        let pick_texts = |texts: &Option<Vec<String>>| {
+            texts.as_ref().map(|t| rows.iter().map(|&r| t[r].clone()).collect())
+        };
+        self.prompts = pick_texts(&self.prompts);
+        self.tasks = pick_texts(&self.tasks);
+        self.split = pick_texts(&self.split);
     }
 
     /// The table split at random into rows to train on and rows held out to evaluate on,
@@ -239,6 +257,7 @@ pub(crate) struct WideColumns {
     pub ids: Vec<String>,
     pub prompts: Option<Vec<String>>,
     pub tasks: Option<Vec<String>>,
+    pub split: Option<Vec<String>>,
     pub feature_names: Vec<String>,
     pub features: Array2<f64>,
     /// Per arm, per row; `None` where missing.
@@ -278,6 +297,7 @@ impl WideColumns {
             ids: self.ids,
             prompts: self.prompts,
             tasks: self.tasks,
+            split: self.split,
             dropped: Vec::new(),
             arms: self.arms,
             feature_names: self.feature_names,
@@ -383,6 +403,7 @@ impl WideReader {
             ids: ids_or_row_numbers(table, "id")?,
             prompts: optional_texts(table, "prompt")?,
             tasks: optional_texts(table, "task")?,
+            split: optional_texts(table, "split")?,
             features: read_features(table, &feature_names, |_| true)?,
             feature_names,
             arms,
@@ -428,6 +449,25 @@ mod tests {
             quality: Array2::from_shape_fn((rows, 1), |(r, _)| r as f64 / rows as f64),
             ..WideDataset::default()
         }
+    }
+
+    /// A split column follows its rows through a holdout and an append; appended to a table
+    /// without one, there is none.
+    #[test]
+    fn a_split_column_follows_its_rows() {
+        let split = |data: &WideDataset| data.split.clone().unwrap();
+        let mut table = numbered(10);
+        table.split = Some((0..10).map(|r| format!("s{r}")).collect());
+        let (train, held) = table.holdout(0.3, 7).unwrap();
+        for part in [&train, &held] {
+            let expected: Vec<String> = part.ids.iter().map(|id| format!("s{id}")).collect();
+            assert_eq!(split(part), expected);
+        }
+        let mut both = train.clone();
+        both.append(held).unwrap();
+        assert_eq!(split(&both).len(), 10);
+        both.append(numbered(4)).unwrap();
+        assert_eq!((both.rows(), both.split), (14, None));
     }
 
     /// The two parts partition the rows, the held-out one of the share asked, each row with

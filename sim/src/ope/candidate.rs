@@ -60,11 +60,18 @@ impl Candidate {
             let choice = learner.decide_pmf(&log.request(i, context.clone(), objective))?;
             pmf.row_mut(i).assign(&ndarray::ArrayView1::from(&choice.pmf));
             sampled.push(choice.arm);
-            if self.learn {
-                let mut outcome = Outcome::new(log.latency_ms[i], log.cost_usd[i]);
-                outcome.error = log.error[i];
-                outcome.quality = log.quality[i];
-                learner.learn(&log.arms[log.arm[i]], context, &outcome)?;
+            let arm = &log.arms[log.arm[i]];
+            match log.quality[i] {
+                _ if !self.learn => {}
+                _ if log.outcome[i] => {
+                    let mut outcome = Outcome::new(log.latency_ms[i], log.cost_usd[i]);
+                    outcome.error = log.error[i];
+                    outcome.quality = log.quality[i];
+                    learner.learn(arm, context, &outcome)?;
+                }
+                // Feedback without an outcome: a quality and no cost, as the route learned.
+                Some(quality) => learner.learn_feedback(arm, context, quality)?,
+                None => {}
             }
         }
         Ok(CandidateRun { pmf, sampled })
@@ -88,11 +95,11 @@ pub fn run_candidate(
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Metric {
     /// `quality - w_cost cost - w_latency latency_s`; rows without quality (that did not
-    /// fail) are skipped.
+    /// fail) are skipped, and so are rows without an outcome where the weights need one.
     Reward(Objective),
     /// Quality; rows without quality (that did not fail) are skipped.
     Quality,
-    /// Cost in USD.
+    /// Cost in USD; rows whose outcome has not come are skipped.
     Cost,
 }
 
@@ -115,10 +122,15 @@ impl Metric {
     pub fn observe(&self, log: &LoggedDataset, i: usize) -> Option<f64> {
         match self {
             Metric::Reward(o) => {
-                Self::quality(log, i).map(|q| o.reward(q, log.cost_usd[i], log.latency_ms[i]))
+                let quality = Self::quality(log, i)?;
+                match log.outcome[i] {
+                    true => Some(o.reward(quality, log.cost_usd[i], log.latency_ms[i])),
+                    false if o.w_cost == 0.0 && o.w_latency == 0.0 => Some(quality),
+                    false => None,
+                }
             }
             Metric::Quality => Self::quality(log, i),
-            Metric::Cost => Some(log.cost_usd[i]),
+            Metric::Cost => log.outcome[i].then_some(log.cost_usd[i]),
         }
     }
 }

@@ -144,12 +144,13 @@ pub struct EstimateStream<'a> {
 }
 
 impl<'a> EstimateStream<'a> {
-    /// No rows yet; `resamples` bootstrap resamples (0: none) drawn from `seed`.
+    /// No rows yet; `resamples` bootstrap resamples (0: none) drawn from `seed`, for an
+    /// estimator with intervals.
     pub fn new(estimator: &'a dyn Estimator, resamples: usize, seed: u64) -> Self {
         EstimateStream {
             estimator,
             moments: TermMoments::default(),
-            resampling: (resamples > 0).then(|| {
+            resampling: (resamples > 0 && estimator.has_intervals()).then(|| {
                 (
                     Resampling::new(estimator.arity(), resamples, seed),
                     Terms::default(),
@@ -216,9 +217,21 @@ mod tests {
         let v = value(&Snips, &x);
         assert!((0.0..=1.0).contains(&v));
         let r = estimate(&Snips, &x, 200, 1);
-        assert!(r.ci95_analytic[0] <= v && v <= r.ci95_analytic[1]);
+        let [lo, hi] = r.ci95_analytic.unwrap();
+        assert!(lo <= v && v <= hi);
         let b = r.ci95_bootstrap.unwrap();
         assert!(b[0] <= b[1]);
+    }
+
+    /// The direct method's error is its reward model's, the same in every resample of the
+    /// rows: it reports its value with no interval of either kind.
+    #[test]
+    fn the_direct_method_reports_no_interval() {
+        let x = inputs();
+        let r = estimate(&Dm, &x, 200, 1);
+        assert_eq!(r.value, value(&Dm, &x));
+        assert_eq!((r.ci95_analytic, r.ci95_bootstrap), (None, None));
+        assert!(r.std_error > 0.0);
     }
 
     /// The bootstrap interval of a plain mean against its closed form, `mean +- 1.96 s /

@@ -9,6 +9,64 @@ use serde::{Deserialize, Serialize};
 use super::Applied;
 use crate::error::{Error, ErrorKind, Result};
 use crate::features::Context;
+use crate::outcome::Outcome;
+
+/// What an outcome reported of its call, which a repeat must report again.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(super) struct CallReport {
+    cost_usd: f64,
+    latency_ms: f64,
+    input_tokens: u32,
+    output_tokens: u32,
+    error: bool,
+}
+
+impl CallReport {
+    pub(super) fn of(outcome: &Outcome) -> Self {
+        CallReport {
+            cost_usd: outcome.cost_usd,
+            latency_ms: outcome.latency_ms,
+            input_tokens: outcome.input_tokens,
+            output_tokens: outcome.output_tokens,
+            error: outcome.error,
+        }
+    }
+
+    /// Refuses an outcome `sent` for decision `id` (this report's) that reports its call
+    /// otherwise, naming the first field that differs.
+    fn agrees(&self, id: u64, sent: &Outcome) -> Result<()> {
+        let sent = CallReport::of(sent);
+        let fields = [
+            ("cost_usd", self.cost_usd, sent.cost_usd),
+            ("latency_ms", self.latency_ms, sent.latency_ms),
+            (
+                "input_tokens",
+                f64::from(self.input_tokens),
+                f64::from(sent.input_tokens),
+            ),
+            (
+                "output_tokens",
+                f64::from(self.output_tokens),
+                f64::from(sent.output_tokens),
+            ),
+            (
+                "error",
+                f64::from(u8::from(self.error)),
+                f64::from(u8::from(sent.error)),
+            ),
+        ];
+        match fields.into_iter().find(|(_, recorded, sent)| recorded != sent) {
+            Some((field, recorded, sent)) => Err(ErrorKind::OutcomeConflict {
+                id,
+                field,
+                recorded,
+                sent,
+            }
+            .into()),
+            None => Ok(()),
+        }
+    }
+}
 
 /// One decision awaiting feedback.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,6 +82,9 @@ pub(super) struct TrackedDecision {
     /// The quality learned, where it is known (not for a decision restored as recorded).
     #[serde(default)]
     pub(super) quality: Option<f64>,
+    /// What its outcome reported, once recorded (not for a decision restored as recorded).
+    #[serde(default)]
+    pub(super) call: Option<CallReport>,
 }
 
 impl TrackedDecision {
@@ -36,6 +97,7 @@ impl TrackedDecision {
             outcome_recorded: false,
             quality_recorded: false,
             quality: None,
+            call: None,
         }
     }
 
@@ -67,7 +129,14 @@ impl TrackedDecision {
             outcome_recorded: false,
             quality_recorded: false,
             quality: None,
+            call: None,
         }
+    }
+
+    /// Records that `outcome` reported the decision's call.
+    pub(super) fn record_call(&mut self, outcome: &Outcome) {
+        self.outcome_recorded = true;
+        self.call = Some(CallReport::of(outcome));
     }
 
     /// The features, for one part of the feedback (cost or quality). Once the other part
@@ -124,11 +193,18 @@ impl Ledger {
     }
 
     /// Marks parts of decision `id`'s feedback as recorded without learning them (what a
-    /// restored state already holds): its outcome, and its quality when given; a decision
-    /// with both parts drops its features.
-    pub(super) fn mark_recorded(&mut self, id: u64, outcome: bool, quality: Option<f64>) -> Result<()> {
+    /// restored state already holds): its outcome when given, and its quality when given;
+    /// a decision with both parts drops its features.
+    pub(super) fn mark_recorded(
+        &mut self,
+        id: u64,
+        outcome: Option<&Outcome>,
+        quality: Option<f64>,
+    ) -> Result<()> {
         let tracked = self.get_mut(id)?;
-        tracked.outcome_recorded |= outcome;
+        if let Some(outcome) = outcome.filter(|_| !tracked.outcome_recorded) {
+            tracked.record_call(outcome);
+        }
         if quality.is_some() && !tracked.quality_recorded {
             tracked.quality_recorded = true;
             tracked.quality = quality;
@@ -139,19 +215,19 @@ impl Ledger {
         Ok(())
     }
 
-    /// What recording an outcome for decision `id` would do, with the quality it is
-    /// `credited` with and the one it `stated`: as for feedback, a stated quality other
-    /// than the one learned is refused (a failure's implicit 0 is not a statement).
-    pub(super) fn outcome_would_apply(
-        &self,
-        id: u64,
-        credited: Option<f64>,
-        stated: Option<f64>,
-    ) -> Result<Applied> {
+    /// What recording `outcome` for decision `id` would do: as for feedback, a stated
+    /// quality other than the one learned is refused (a failure's implicit 0 is not a
+    /// statement), and so is a repeat that reports the call otherwise than the outcome
+    /// recorded: a failure after a success, say, must not become a quality of 0.
+    pub(super) fn outcome_would_apply(&self, id: u64, outcome: &Outcome) -> Result<Applied> {
         let t = self.get(id)?;
-        if let Some(sent) = stated {
+        if let Some(sent) = outcome.quality {
             t.agrees(id, sent)?;
         }
+        if let Some(recorded) = &t.call {
+            recorded.agrees(id, outcome)?;
+        }
+        let credited = outcome.credited_quality();
         Ok(t.applied_if(!t.outcome_recorded || (credited.is_some() && !t.quality_recorded)))
     }
 

@@ -669,7 +669,7 @@ impl Learner {
     pub fn resume_outcome(&mut self, id: u64, outcome: &Outcome) -> Result<()> {
         outcome.validate()?;
         let quality = outcome.credited_quality();
-        self.tracked.mark_recorded(id, true, quality)?;
+        self.tracked.mark_recorded(id, Some(outcome), quality)?;
         if quality.is_some() {
             self.let_go_of(id);
         }
@@ -679,7 +679,7 @@ impl Learner {
     /// [`Learner::resume_outcome`] for a quality recorded before the snapshot.
     pub fn resume_quality(&mut self, id: u64, quality: f64) -> Result<()> {
         validate_quality(quality)?;
-        self.tracked.mark_recorded(id, false, Some(quality))?;
+        self.tracked.mark_recorded(id, None, Some(quality))?;
         self.let_go_of(id);
         Ok(())
     }
@@ -697,6 +697,16 @@ impl Learner {
     pub fn learn(&mut self, arm: &str, context: &Context, outcome: &Outcome) -> Result<()> {
         let index = self.arm_index(arm)?;
         self.learn_outcome(index, context, outcome, None, false)
+    }
+
+    /// [`Learner::learn`] of a quality whose call reported no outcome (feedback without
+    /// one): the quality is learned, the cost is not.
+    pub fn learn_feedback(&mut self, arm: &str, context: &Context, quality: f64) -> Result<()> {
+        validate_quality(quality)?;
+        let index = self.arm_index(arm)?;
+        self.validate_features(&context.features)?;
+        self.learn_quality(index, &context.features, quality, None);
+        Ok(())
     }
 
     /// [`Learner::learn`] of the outcome of decision `id`, which the caller held with
@@ -750,8 +760,7 @@ impl Learner {
     /// caller log a change durably before applying it.
     pub fn outcome_would_apply(&self, id: u64, outcome: &Outcome) -> Result<Applied> {
         outcome.validate()?;
-        self.tracked
-            .outcome_would_apply(id, outcome.credited_quality(), outcome.quality)
+        self.tracked.outcome_would_apply(id, outcome)
     }
 
     /// What recording `quality` for decision `id` would do, without doing it.
@@ -764,12 +773,11 @@ impl Learner {
     /// outcome carries one (a failed call counts as quality 0). Each part applies once.
     pub fn record_outcome(&mut self, id: u64, outcome: &Outcome) -> Result<Applied> {
         outcome.validate()?;
-        let would = self
-            .tracked
-            .outcome_would_apply(id, outcome.credited_quality(), outcome.quality)?;
+        let would = self.tracked.outcome_would_apply(id, outcome)?;
         let tracked = self.tracked.get_mut(id)?;
         let Some(arm) = tracked.arm else {
-            self.tracked.mark_recorded(id, true, outcome.credited_quality())?;
+            self.tracked
+                .mark_recorded(id, Some(outcome), outcome.credited_quality())?;
             return Ok(would);
         };
         let mut applied = Applied::AlreadyApplied;
@@ -777,7 +785,7 @@ impl Learner {
             let tokens = outcome.tokens_or(tracked.input_tokens);
             let usage = self.usage[arm].recorded(&self.arms[arm], outcome, tokens)?;
             let tracked = self.tracked.get_mut(id)?;
-            tracked.outcome_recorded = true;
+            tracked.record_call(outcome);
             let (features, decided_tokens) = (
                 tracked.take_or_share_features(tracked.quality_recorded),
                 tracked.input_tokens,

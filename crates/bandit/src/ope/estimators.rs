@@ -87,7 +87,8 @@ impl Estimator for Snips {
 }
 
 /// Direct method (Beygelzimer & Langford 2009): `(1/n) sum_i sum_a pi_i(a) q(x_i, a)`. Low
-/// variance; biased as far as the reward model is wrong.
+/// variance; biased as far as the reward model is wrong, an error no interval over the rows
+/// measures, so it reports none.
 pub struct Dm;
 
 impl Estimator for Dm {
@@ -98,6 +99,9 @@ impl Estimator for Dm {
         [inputs.dm[i], 0.0, 0.0]
     }
     fn unbiased(&self) -> bool {
+        false
+    }
+    fn has_intervals(&self) -> bool {
         false
     }
 }

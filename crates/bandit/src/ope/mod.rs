@@ -90,6 +90,13 @@ pub trait Estimator: Sync + Send {
 
     /// Whether the estimator is unbiased given true propensities.
     fn unbiased(&self) -> bool;
+
+    /// Whether resampling the rows measures the estimate's error, so that it has intervals.
+    /// Not the direct method's: its error is the reward model's bias, which is the same in
+    /// every resample.
+    fn has_intervals(&self) -> bool {
+        true
+    }
 }
 
 /// An estimate with its intervals and diagnostics.
@@ -99,11 +106,14 @@ pub struct EstimateReport {
     pub estimator: String,
     /// Point estimate.
     pub value: f64,
-    /// Delta-method (CLT) 95% interval.
-    pub ci95_analytic: [f64; 2],
-    /// Percentile bootstrap 95% interval, when resamples were asked for.
+    /// Delta-method (CLT) 95% interval; none where resampling the rows does not measure the
+    /// error ([`Estimator::has_intervals`]).
+    pub ci95_analytic: Option<[f64; 2]>,
+    /// Percentile bootstrap 95% interval, when resamples were asked for (and the estimator
+    /// has intervals).
     pub ci95_bootstrap: Option<[f64; 2]>,
-    /// Analytic standard error.
+    /// Analytic standard error of the terms' mean (for the direct method, of its
+    /// predictions over the rows alone).
     pub std_error: f64,
 }
 
@@ -174,7 +184,9 @@ impl TermMoments {
         EstimateReport {
             estimator: estimator.name().to_string(),
             value,
-            ci95_analytic: [value - Z95 * se, value + Z95 * se],
+            ci95_analytic: estimator
+                .has_intervals()
+                .then_some([value - Z95 * se, value + Z95 * se]),
             ci95_bootstrap,
             std_error: se,
         }

@@ -88,6 +88,20 @@ fn default_detect() -> f64 {
 }
 
 impl PolicySpec {
+    /// What to tell a user whose floor leaves the policy nothing to decide over `models`
+    /// models: at `1 / models` or more, every decision is uniform at random.
+    pub fn floor_overrides(&self, models: usize) -> Option<String> {
+        let uniform = self.floor > 0.0 && models > 0 && self.floor * models as f64 >= 1.0;
+        uniform.then(|| {
+            format!(
+                "policy `{self}`: a floor of {} over {models} models is at least 1/{models}, so \
+                 every decision is uniform at random and the policy decides nothing; a floor \
+                 well under 1/{models} keeps it",
+                self.floor
+            )
+        })
+    }
+
     /// A spec with no forgetting and no floor, detecting changes by default.
     pub fn new(kind: PolicyKind) -> Self {
         PolicySpec {
@@ -412,6 +426,11 @@ mod tests {
         assert!(spec("lints(v=0.1)").learns_as(&spec("lints(v=0.1,draws=256)")));
         assert!(!spec("lints(v=0.1)").learns_as(&spec("lints(v=0.2,draws=256)")));
         assert!(!spec("lints(v=0.1)").learns_as(&spec("lints(v=0.1,floor=0.01)")));
+        // A floor of 1/K or more over K models leaves nothing to decide.
+        let floored = spec("lints(v=0.1,floor=0.05)");
+        assert_eq!(floored.floor_overrides(19), None);
+        assert!(floored.floor_overrides(20).unwrap().contains("at least 1/20"));
+        assert_eq!(spec("lints(v=0.1)").floor_overrides(100), None);
         assert!(spec("linucb").learns_as(&spec("linucb")));
     }
 
