@@ -96,7 +96,8 @@ pub fn run(args: OpeArgs) -> Result<()> {
     {
         eprintln!(
             "note: {}: none of its {} decisions has a quality (a `quality` column, or feedback records); \
-             value and quality are undefined (NaN, null in JSON), cost is estimated",
+             value and quality are undefined (NaN, null in JSON), cost is estimated on the \
+             decisions whose outcome came",
             args.data, summary.rows
         );
     }

@@ -505,7 +505,7 @@ fn replay_log(args: &ReplayArgs, mut log: LogStream, specs: &[PolicySpec]) -> Re
     let objective = Objective::new(args.w_cost.unwrap_or(0.0), args.w_latency.unwrap_or(0.0))?;
     tracing::info!(
         "{} is a decision log: the policies are evaluated off-policy (replay, SNIPS and DR \
-         estimates; `quiver ope` gives every estimator with intervals)",
+         estimates; `quiver ope` gives every estimator, and intervals)",
         log.header().source
     );
     let estimators: Vec<Box<dyn Estimator>> = ["replay", "snips", "dr"]
@@ -601,8 +601,8 @@ pub fn run(args: ReplayArgs) -> Result<()> {
                 };
                 bail!(
                     "{} {} to tables of every model's outcome, and {} is read as a decision log \
-                     ({read_as}); a log is evaluated off-policy (`quiver ope` gives every estimator \
-                     with intervals)",
+                     ({read_as}); a log is evaluated off-policy (`quiver ope` gives every estimator, \
+                     and intervals)",
                     given.join(", "),
                     if given.len() == 1 { "applies" } else { "apply" },
                     path

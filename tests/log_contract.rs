@@ -278,6 +278,17 @@ fn decisions_awaiting_their_outcome_are_not_calls_that_cost_nothing() {
     quiver_sim::write::write_logged(&log, &converted).unwrap();
     let read_back = load_logged(converted.to_str().unwrap(), Format::Auto, None).unwrap();
     assert_eq!(read_back.outcome, expected);
+    // A log from elsewhere: a row with neither a cost nor a latency that did not fail
+    // awaits its outcome; a failure that cost nothing does not.
+    let plain = dir.with_extension("csv");
+    std::fs::write(
+        &plain,
+        "decision_id,arm,propensity,quality,cost_usd,latency_ms,error\n\
+         1,a,0.5,0.8,0.001,100,false\n2,a,0.5,0.7,,,false\n3,b,0.5,,,,true\n4,b,0.5,,,250,false\n",
+    )
+    .unwrap();
+    let plain = load_logged(plain.to_str().unwrap(), Format::Auto, None).unwrap();
+    assert_eq!(plain.outcome, [true, false, true, true]);
 
     let rows_of = |source: &std::path::Path, objective: Objective| -> Vec<(String, usize)> {
         let mut stream = LogStream::open(source.to_str().unwrap(), Format::Auto, None, 7).unwrap();

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use quiver_bandit::canary::{CanaryRule, Promote};
+use quiver_bandit::limits;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheConfig;
@@ -561,22 +562,21 @@ impl RouteConfig {
                     .into(),
             );
         }
-        if let Some(budget) = self
-            .budget_usd_per_request
-            .filter(|b| !(b.is_finite() && *b > 0.0))
-        {
-            return Err(format!(
-                "budget_usd_per_request is {budget}: a budget is a positive amount of USD per request"
-            ));
+        if let Some(budget) = self.budget_usd_per_request {
+            limits::BUDGET_USD
+                .check("budget_usd_per_request", budget)
+                .map_err(|e| e.to_string())?;
         }
+        // The learner's bounds on a price per token, per million tokens as the file says.
+        let most = limits::PRICE_USD_PER_TOKEN.hi * 1e6;
         for model in &self.models {
             for (key, price) in [
                 ("input_usd_per_million", model.input_usd_per_million),
                 ("output_usd_per_million", model.output_usd_per_million),
             ] {
-                if !(price.is_finite() && price >= 0.0) {
+                if !(price.is_finite() && (0.0..=most).contains(&price)) {
                     return Err(format!(
-                        "model `{}`: {key} is {price}: a price is a finite amount of USD, 0 or more",
+                        "model `{}`: {key} is {price}, outside [0, {most}] USD per million tokens",
                         model.id
                     ));
                 }
@@ -890,11 +890,19 @@ mod tests {
             // Named by the keys the file has, not by what they become inside.
             (
                 serde_json::json!({"budget_usd_per_request": -1.0}),
-                "budget_usd_per_request is -1: a budget is a positive amount",
+                "budget_usd_per_request is -1.0, outside [1e-9, 1000] USD per request",
+            ),
+            (
+                serde_json::json!({"budget_usd_per_request": 2000.0}),
+                "budget_usd_per_request is 2000.0, outside",
             ),
             (
                 serde_json::json!({"models": [{"id": "m", "input_usd_per_million": -0.4}]}),
-                "model `m`: input_usd_per_million is -0.4",
+                "model `m`: input_usd_per_million is -0.4, outside [0, 10000] USD per million",
+            ),
+            (
+                serde_json::json!({"models": [{"id": "m", "output_usd_per_million": 20000.0}]}),
+                "model `m`: output_usd_per_million is 20000, outside",
             ),
             (
                 serde_json::json!({"shadow": ["linucb(alpha=-1)"]}),

@@ -130,7 +130,8 @@ impl From<Applied> for ReportStatus {
 }
 
 /// What a report did: `applied`, `already_applied` (a repeat; nothing changed; another
-/// quality for a decision that learned one is a 409 instead),
+/// quality for a decision that learned one, or an outcome that reports its call otherwise
+/// than the first, is a 409 instead),
 /// `arm_removed` (acknowledged, logged and paid for, not learned) or `forwarded` (to the replica that made the
 /// decision).
 #[derive(Debug, Serialize, ToSchema)]

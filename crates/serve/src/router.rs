@@ -1504,7 +1504,8 @@ impl Router {
     ) -> Result<()> {
         match Self::apply_record(states, record, replay) {
             // A log written before outcomes' qualities were checked against feedback may
-            // hold a second quality for a decision: the first stays.
+            // hold a second quality for a decision: the first stays (and so would a first
+            // outcome, though a repeat's values are never logged).
             Err(ServeError::Bandit(e))
                 if e.is_input_error()
                     || (forgettable && e.is_unknown_decision())

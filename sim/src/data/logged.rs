@@ -4,8 +4,9 @@
 //! `timestamp`, `route`, `policy`, `arm`, `propensity` in (0, 1], `quality` in [0, 1] or
 //! null, `cost_usd`, `latency_ms`, `error`, and `prompt` and/or numeric `f_*` columns.
 //! Only `arm` and `propensity` are required of data from elsewhere; the others default to
-//! row numbers, empty text, null quality, 0 and false. A null `cost_usd` in a present
-//! column is a call whose outcome has not come (its latency and error unknown too).
+//! row numbers, empty text, null quality, 0 and false. Where a `cost_usd` column is
+//! present, a row with neither a cost nor a latency, and no failure, is a call whose
+//! outcome has not come.
 //!
 //! The server's log also has an `event` column: a `decision` row is written when the
 //! decision is made, and `outcome` and `feedback` rows with the same `decision_id` follow
@@ -194,6 +195,27 @@ struct Rows {
     data: LoggedDataset,
 }
 
+/// Whether each row's call reported its outcome: every row of a table without a
+/// `cost_usd` column (its costs are 0); in one with it, a row with a cost or a latency, or
+/// that failed (a failure may have cost nothing).
+fn outcomes_came(table: &Table) -> Result<Vec<bool>> {
+    if !table.has("cost_usd") {
+        return Ok(vec![true; table.rows()]);
+    }
+    let mut came: Vec<bool> = table.numbers("cost_usd", "")?.iter().map(Option::is_some).collect();
+    if table.has("latency_ms") {
+        for (came, latency) in came.iter_mut().zip(table.numbers("latency_ms", "")?) {
+            *came |= latency.is_some();
+        }
+    }
+    if table.has("error") {
+        for (came, error) in came.iter_mut().zip(table.numbers("error", "")?) {
+            *came |= error.is_some_and(|e| e != 0.0);
+        }
+    }
+    Ok(came)
+}
+
 /// The context definition a log's decisions were built in, when logged: one, since a
 /// policy is evaluated in one context.
 fn decisions_context(table: &Table, is_decision: impl Fn(usize) -> bool) -> Result<Option<String>> {
@@ -375,11 +397,7 @@ impl LoggedReader {
                 },
                 cost_usd: or_default("cost_usd", limits::COST_USD.hi)?,
                 latency_ms: or_default("latency_ms", limits::LATENCY_MS.hi)?,
-                outcome: if table.has("cost_usd") {
-                    table.numbers("cost_usd", "")?.iter().map(Option::is_some).collect()
-                } else {
-                    vec![true; n]
-                },
+                outcome: outcomes_came(table)?,
                 error: if table.has("error") {
                     table
                         .numbers("error", "")?
