@@ -60,18 +60,18 @@ impl Candidate {
             let choice = learner.decide_pmf(&log.request(i, context.clone(), objective))?;
             pmf.row_mut(i).assign(&ndarray::ArrayView1::from(&choice.pmf));
             sampled.push(choice.arm);
+            if !self.learn {
+                continue;
+            }
             let arm = &log.arms[log.arm[i]];
-            match log.quality[i] {
-                _ if !self.learn => {}
-                _ if log.outcome[i] => {
-                    let mut outcome = Outcome::new(log.latency_ms[i], log.cost_usd[i]);
-                    outcome.error = log.error[i];
-                    outcome.quality = log.quality[i];
-                    learner.learn(arm, context, &outcome)?;
-                }
+            if log.outcome[i] {
+                let mut outcome = Outcome::new(log.latency_ms[i], log.cost_usd[i]);
+                outcome.error = log.error[i];
+                outcome.quality = log.quality[i];
+                learner.learn(arm, context, &outcome)?;
+            } else if let Some(quality) = log.quality[i] {
                 // Feedback without an outcome: a quality and no cost, as the route learned.
-                Some(quality) => learner.learn_feedback(arm, context, quality)?,
-                None => {}
+                learner.learn_feedback(arm, context, quality)?;
             }
         }
         Ok(CandidateRun { pmf, sampled })
@@ -123,10 +123,11 @@ impl Metric {
         match self {
             Metric::Reward(o) => {
                 let quality = Self::quality(log, i)?;
-                match log.outcome[i] {
-                    true => Some(o.reward(quality, log.cost_usd[i], log.latency_ms[i])),
-                    false if o.w_cost == 0.0 && o.w_latency == 0.0 => Some(quality),
-                    false => None,
+                if log.outcome[i] {
+                    Some(o.reward(quality, log.cost_usd[i], log.latency_ms[i]))
+                } else {
+                    // Without its outcome, a reward that weighs cost or latency is unknown.
+                    (o.w_cost == 0.0 && o.w_latency == 0.0).then_some(quality)
                 }
             }
             Metric::Quality => Self::quality(log, i),
