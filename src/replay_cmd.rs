@@ -714,12 +714,13 @@ pub fn run(args: ReplayArgs) -> Result<()> {
             .filter(|a| !read.arms.contains_key(*a))
             .map(String::as_str)
             .collect();
+        let theirs: Vec<&str> = read.arms.keys().map(String::as_str).collect();
         if unknown.len() == data.arms.len() {
             bail!(
                 "--priors {}: it has none of the table's models ({}); its models: {}",
                 path.display(),
                 unknown.join(", "),
-                read.arms.keys().cloned().collect::<Vec<_>>().join(", ")
+                theirs.join(", ")
             );
         }
         if !unknown.is_empty() {
@@ -727,7 +728,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
                 "{}: no prior for {}; they start cold (the file's models: {})",
                 path.display(),
                 unknown.join(", "),
-                read.arms.keys().cloned().collect::<Vec<_>>().join(", ")
+                theirs.join(", ")
             );
         }
     }

@@ -379,16 +379,17 @@ fn absorb_priors_file(learner: &mut Learner, path: &Path, definition: &str, rout
     let text = std::fs::read_to_string(path).map_err(|e| refuse(&e))?;
     let priors = Priors::from_json(&text).map_err(|e| refuse(&e))?;
     priors.check_context(definition).map_err(|e| refuse(&e))?;
-    let ids = |ids: Vec<&str>| ids.join(", ");
-    if !learner.arms().iter().any(|a| priors.arms.contains_key(&a.id)) {
+    // A refused start discards the learner: it may absorb the file before the check.
+    let arms_without_prior = learner.absorb_priors(&priors).map_err(|e| refuse(&e))?;
+    if arms_without_prior.len() == learner.arms().len() {
+        let theirs: Vec<&str> = priors.arms.keys().map(String::as_str).collect();
         let reason = format!(
             "it has none of the route's models ({}); its models: {}",
-            ids(learner.arms().iter().map(|a| a.id.as_str()).collect()),
-            ids(priors.arms.keys().map(String::as_str).collect())
+            arms_without_prior.join(", "),
+            theirs.join(", ")
         );
         return Err(refuse(&reason));
     }
-    let arms_without_prior = learner.absorb_priors(&priors).map_err(|e| refuse(&e))?;
     if arms_without_prior.is_empty() {
         tracing::info!(route, priors = %path.display(), source = %priors.source, "route starts from priors");
     } else {
