@@ -195,25 +195,18 @@ struct Rows {
     data: LoggedDataset,
 }
 
-/// Whether each row's call reported its outcome: every row of a table without a
-/// `cost_usd` column (its costs are 0); in one with it, a row with a cost or a latency, or
-/// that failed (a failure may have cost nothing).
-fn outcomes_came(table: &Table) -> Result<Vec<bool>> {
-    if !table.has("cost_usd") {
-        return Ok(vec![true; table.rows()]);
-    }
-    let mut came: Vec<bool> = table.numbers("cost_usd", "")?.iter().map(Option::is_some).collect();
-    if table.has("latency_ms") {
-        for (came, latency) in came.iter_mut().zip(table.numbers("latency_ms", "")?) {
-            *came |= latency.is_some();
-        }
-    }
-    if table.has("error") {
-        for (came, error) in came.iter_mut().zip(table.numbers("error", "")?) {
-            *came |= error.is_some_and(|e| e != 0.0);
-        }
-    }
-    Ok(came)
+/// Whether each row's call reported its outcome, from its `cost` and `latency` columns
+/// where the table has them and whether it `failed`: every row of a table without a cost
+/// column (its costs are 0); in one with it, a row with a cost or a latency, or that
+/// failed (a failure may have cost nothing).
+fn outcomes_came(cost: Option<&[Option<f64>]>, latency: Option<&[Option<f64>]>, failed: &[bool]) -> Vec<bool> {
+    let Some(cost) = cost else {
+        return vec![true; failed.len()];
+    };
+    let latency_came = |row: usize| latency.is_some_and(|l| l[row].is_some());
+    (0..failed.len())
+        .map(|row| cost[row].is_some() || latency_came(row) || failed[row])
+        .collect()
 }
 
 /// The context definition a log's decisions were built in, when logged: one, since a
@@ -342,16 +335,30 @@ impl LoggedReader {
             })
             .collect::<Result<Vec<f64>>>()?;
         let n = table.rows();
-        let or_default = |column: &str, hi: f64| -> Result<Vec<f64>> {
-            if table.has(column) {
-                Ok(optional_in_range(table, column, 0.0, hi)?
-                    .into_iter()
-                    .map(|v| v.unwrap_or(0.0))
-                    .collect())
-            } else {
-                Ok(vec![0.0; n])
-            }
+        let optional = |column: &str, hi: f64| -> Result<Option<Vec<Option<f64>>>> {
+            table
+                .has(column)
+                .then(|| optional_in_range(table, column, 0.0, hi))
+                .transpose()
         };
+        let or_zero = |values: &Option<Vec<Option<f64>>>| match values {
+            Some(values) => values.iter().map(|v| v.unwrap_or(0.0)).collect(),
+            None => vec![0.0; n],
+        };
+        let (cost, latency) = (
+            optional("cost_usd", limits::COST_USD.hi)?,
+            optional("latency_ms", limits::LATENCY_MS.hi)?,
+        );
+        let error: Vec<bool> = if table.has("error") {
+            table
+                .numbers("error", "")?
+                .into_iter()
+                .map(|v| v.unwrap_or(0.0) != 0.0)
+                .collect()
+        } else {
+            vec![false; n]
+        };
+        let outcome = outcomes_came(cost.as_deref(), latency.as_deref(), &error);
         let texts = |column: &str| -> Result<Vec<String>> {
             Ok(optional_texts(table, column)?.unwrap_or_else(|| vec![String::new(); n]))
         };
@@ -395,18 +402,10 @@ impl LoggedReader {
                 } else {
                     vec![None; n]
                 },
-                cost_usd: or_default("cost_usd", limits::COST_USD.hi)?,
-                latency_ms: or_default("latency_ms", limits::LATENCY_MS.hi)?,
-                outcome: outcomes_came(table)?,
-                error: if table.has("error") {
-                    table
-                        .numbers("error", "")?
-                        .into_iter()
-                        .map(|v| v.unwrap_or(0.0) != 0.0)
-                        .collect()
-                } else {
-                    vec![false; n]
-                },
+                cost_usd: or_zero(&cost),
+                latency_ms: or_zero(&latency),
+                outcome,
+                error,
                 prompts: optional_texts(table, "prompt")?,
                 features,
                 feature_names,
