@@ -184,6 +184,11 @@ fn a_budgeted_replay_reports_the_hull_at_its_budget() {
     let q = p["mean_quality"].as_f64().unwrap();
     let rows = v["dataset"]["rows"].as_f64().unwrap();
     assert!((p["regret_vs_hull_at_budget"].as_f64().unwrap() - rows * (hull - q)).abs() < 1e-9);
+    // The best model costs $0.002, beyond the budget: it binds, and the pacer puts a positive
+    // price on a dollar over the reward's weight of 0.
+    assert_eq!(p["paced"], true);
+    assert_eq!(p["w_cost"], 0.0);
+    assert!(p["pacer_cost_weight"].as_f64().unwrap() > 0.0, "{p}");
 
     // A policy that ignores the budget is compared with a mix held to it, and said to be.
     let table = stdout(&quiver(&[
@@ -207,6 +212,12 @@ fn a_budgeted_replay_reports_the_hull_at_its_budget() {
     // $0.002 a request against $0.0003.
     assert!(line("fixed(arm=big:2024)").ends_with("(it spent 667% of the budget: its lift, against the hull at its own cost, is the comparison that holds)"), "{table}");
     assert!(!line("fixed(arm=small)").contains("it spent"), "{table}");
+    // Its row says the budget paced nothing, and no pacer priced a dollar.
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("fixed(arm=small) "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.ends_with(" unpaced         -"), "{row}");
 }
 
 /// One seed gives no interval: its spread says nothing of the seeds' variance. Two do.

@@ -18,6 +18,19 @@ fn write_text(path: &Path, text: &str) -> Result<()> {
     })
 }
 
+/// The hull through the frontier models' `points`, by cost, drawn on to `costliest`: it is
+/// flat past its costliest model, and a policy there is seen against the bar it is
+/// measured by.
+fn hull_line(points: &[[f64; 2]], costliest: f64) -> Vec<(f64, f64)> {
+    let mut line: Vec<(f64, f64)> = points.iter().map(|p| (p[0], p[1])).collect();
+    if let Some(&(last_cost, last_quality)) = line.last() {
+        if costliest > last_cost {
+            line.push((costliest, last_quality));
+        }
+    }
+    line
+}
+
 /// Writes `summary.json`, `curves.parquet` (one row per variant, seed, feedback and
 /// checkpoint), `frontier.svg` (cost-quality of every policy, its full-information
 /// reference when run, and every single model) and `regret.svg`
@@ -114,9 +127,13 @@ pub fn write_out(dir: &Path, summary: &Summary, settings: &ReplaySettings, runs:
         markers: true,
         point_labels: summary.single_arms.iter().map(|a| a.arm.clone()).collect(),
     });
+    let costliest = frontier
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .fold(f64::NEG_INFINITY, f64::max);
     frontier.push(Series {
         label: "hull: best fixed mix of <= 2 models".into(),
-        points: summary.frontier.points.iter().map(|p| (p[0], p[1])).collect(),
+        points: hull_line(&summary.frontier.points, costliest),
         band: Vec::new(),
         markers: false,
         point_labels: Vec::new(),
@@ -173,4 +190,21 @@ pub fn write_out(dir: &Path, summary: &Summary, settings: &ReplaySettings, runs:
             &regret_series,
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hull_line;
+
+    #[test]
+    fn the_hull_is_drawn_flat_to_the_costliest_point() {
+        let frontier = [[0.1, 0.5], [0.4, 0.8]];
+        assert_eq!(
+            hull_line(&frontier, 0.9),
+            vec![(0.1, 0.5), (0.4, 0.8), (0.9, 0.8)]
+        );
+        // Nothing costs more than the costliest frontier model: the line ends there.
+        assert_eq!(hull_line(&frontier, 0.4), vec![(0.1, 0.5), (0.4, 0.8)]);
+        assert!(hull_line(&[], 1.0).is_empty());
+    }
 }

@@ -25,6 +25,8 @@ const HEIGHT: f64 = 560.0;
 const LEFT: f64 = 80.0;
 /// Width of one character of the 12 px legend, generously: the legend must not be cut.
 const CHAR_WIDTH: f64 = 7.5;
+/// The same for the 10 px labels beside markers.
+const LABEL_CHAR_WIDTH: f64 = 6.5;
 const TOP: f64 = 56.0;
 const BOTTOM: f64 = 60.0;
 const PALETTE: [&str; 10] = [
@@ -195,10 +197,16 @@ pub fn chart(title: &str, note: &str, x_label: &str, y_label: &str, series: &[Se
                 );
             }
             for (p, text) in s.points.iter().zip(&s.point_labels) {
+                // A label that would run past the plot into the legend ends at its marker.
+                let fits = sx(p.0) + 7.0 + LABEL_CHAR_WIDTH * text.chars().count() as f64 <= LEFT + plot_w;
+                let (x, anchor) = if fits {
+                    (sx(p.0) + 7.0, "start")
+                } else {
+                    (sx(p.0) - 7.0, "end")
+                };
                 let _ = writeln!(
                     svg,
-                    r##"<text x="{:.1}" y="{:.1}" font-size="10" fill="#333">{}</text>"##,
-                    sx(p.0) + 7.0,
+                    r##"<text x="{x:.1}" y="{:.1}" font-size="10" fill="#333" text-anchor="{anchor}">{}</text>"##,
                     sy(p.1) - 7.0,
                     escape(text)
                 );
@@ -266,6 +274,11 @@ mod tests {
                 && svg.contains(">mixtral</text>")
                 && svg.contains(">how to read it</text>")
         );
+        // The rightmost marker's label would cross into the legend: it ends at its marker.
+        let rightmost = svg.lines().find(|l| l.contains(">mixtral</text>")).unwrap();
+        assert!(rightmost.contains(r#"text-anchor="end""#), "{rightmost}");
+        let leftmost = svg.lines().find(|l| l.contains(">gpt-4</text>")).unwrap();
+        assert!(leftmost.contains(r#"text-anchor="start""#), "{leftmost}");
     }
 
     #[test]

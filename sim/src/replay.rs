@@ -22,7 +22,8 @@ use std::collections::VecDeque;
 
 use ndarray::{Array2, ArrayView1};
 use quiver_bandit::{
-    Arm, BudgetConfig, Context, Learner, LearnerConfig, Objective, Outcome, PolicySpec, Priors, Request,
+    Arm, ArmChoice, BudgetConfig, Context, Learner, LearnerConfig, Objective, Outcome, PolicySpec, Priors,
+    Request,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -186,6 +187,9 @@ pub struct Run {
     pub mean_latency_ms: f64,
     /// Mean reward under the variant's objective.
     pub mean_reward: f64,
+    /// Mean cost weight in force (the objective's plus the budget pacer's), quality points
+    /// per USD.
+    pub mean_w_cost: f64,
     /// Cumulative regret against the best fixed arm in hindsight.
     pub regret: f64,
     /// Cumulative regret against the per-request oracle.
@@ -392,7 +396,7 @@ impl<'k> Player<'k> {
         row: usize,
         eval_step: Option<usize>,
         learn: bool,
-    ) -> Result<(usize, Truth)> {
+    ) -> Result<(ArmChoice, Truth)> {
         if learn {
             self.deliver_due()?;
         }
@@ -456,7 +460,7 @@ impl<'k> Player<'k> {
             }
         }
         self.step += 1;
-        Ok((arm, t))
+        Ok((choice, t))
     }
 
     /// Draws an arm uniformly at random and lets the learner learn everything its outcome
@@ -545,13 +549,16 @@ pub fn run_one(
     let objective = variant.objective;
     let mut arm_totals = vec![0.0; k];
     let (mut reward, mut oracle, mut quality, mut cost, mut latency) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let mut w_cost = 0.0;
     let mut arm_counts = vec![0; k];
     let mut curve = Vec::new();
     for (i, &row) in order.iter().enumerate() {
         if let Some(&ahead) = order.get(i + PREFETCH_AHEAD) {
             env.prefetch(ahead);
         }
-        let (arm, t) = player.play(env, row, Some(i), !settings.frozen)?;
+        let (choice, t) = player.play(env, row, Some(i), !settings.frozen)?;
+        let arm = choice.arm;
+        w_cost += choice.w_cost;
         // Every arm's reward on this request, for the hindsight comparisons.
         let mut best = f64::MIN;
         for (a, o) in player.others.iter().chain([(arm, t)].iter()) {
@@ -585,6 +592,7 @@ pub fn run_one(
         mean_cost_usd: cost / nf,
         mean_latency_ms: latency / nf,
         mean_reward: reward / nf,
+        mean_w_cost: w_cost / nf,
         regret: best_fixed - reward,
         regret_vs_oracle: oracle - reward,
         arm_counts,

@@ -70,7 +70,8 @@ pub struct FullInformation {
     /// Its lift over the hull at its own mean cost.
     pub lift_over_hull: f64,
     /// Its mean reward minus the policy's: what learning from the chosen model's outcome
-    /// alone costs (under a budget, where the reward is the quality, in quality points).
+    /// alone costs, in the reward's quality points (the quality's alone where no cost or
+    /// latency is weighed, as under a budget without `--w-cost`).
     pub feedback_gap: f64,
     /// Share of its decisions that went to each arm, next to the policy's own
     /// `arm_shares`: which models the information it lacks would have it call.
@@ -120,10 +121,17 @@ pub struct PolicySummary {
     pub arm_shares: Vec<f64>,
     /// 95% intervals across seeds (Student t).
     pub ci95: PolicyCi,
-    /// The variant's cost weight, quality points per USD.
+    /// The variant's cost weight, quality points per USD: the reward's.
     pub w_cost: f64,
-    /// The variant's budget, USD per request.
+    /// The variant's budget, USD per request. Only a policy that weighs costs is paced by
+    /// it (not `random` or `fixed`; see `paced`).
     pub budget_usd: Option<f64>,
+    /// Whether a budget paced its choices: it had one and weighs costs.
+    pub paced: bool,
+    /// When paced, the mean cost weight the budget's pacer added to `w_cost` over the
+    /// evaluated decisions, quality points per USD: what a dollar was worth to the policy
+    /// at the budget.
+    pub pacer_cost_weight: Option<f64>,
 }
 
 /// `frontier` of the summary.
@@ -315,6 +323,8 @@ pub fn summarize(
             let (rw, rw_ci) = metrics::mean_ci95(&of(&mine, |r| r.mean_reward));
             let (rg, rg_ci) = metrics::mean_ci95(&of(&mine, |r| r.regret));
             let hull_at_budget = variant.budget_usd.map(hull_at);
+            let paced = variant.budget_usd.is_some() && variant.spec.kind.weighs_costs();
+            let mean_w_cost = metrics::mean_ci95(&of(&mine, |r| r.mean_w_cost)).0;
             PolicySummary {
                 policy: variant.label.clone(),
                 seeds: mine.len() as u64,
@@ -356,6 +366,8 @@ pub fn summarize(
                 },
                 w_cost: variant.objective.w_cost,
                 budget_usd: variant.budget_usd,
+                paced,
+                pacer_cost_weight: paced.then_some(mean_w_cost - variant.objective.w_cost),
             }
         })
         .collect();
@@ -471,7 +483,7 @@ pub fn table(summary: &Summary) -> String {
         .unwrap_or(10)
         .max(12);
     out.push_str(&format!(
-        "{:<width$} {:>8} {:>11} {:>10} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8} {:>10}\n",
+        "{:<width$} {:>8} {:>11} {:>10} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8} {:>10} {:>9}\n",
         "policy",
         "quality",
         "cost_usd",
@@ -484,11 +496,12 @@ pub fn table(summary: &Summary) -> String {
         "lift",
         "full_gap",
         "w_cost",
-        "budget_usd"
+        "budget_usd",
+        "pacer_w"
     ));
     for p in &summary.policies {
         out.push_str(&format!(
-            "{:<width$} {:>8.4} {:>11.6} {:>10} {:>8.4} {:>9.1} {:>9} {:>8} {:>8.4} {:>+8.4} {:>9} {:>8} {:>10}\n",
+            "{:<width$} {:>8.4} {:>11.6} {:>10} {:>8.4} {:>9.1} {:>9} {:>8} {:>8.4} {:>+8.4} {:>9} {:>8} {:>10} {:>9}\n",
             p.policy,
             p.mean_quality,
             p.mean_cost_usd,
@@ -503,7 +516,12 @@ pub fn table(summary: &Summary) -> String {
                 .as_ref()
                 .map_or("n/a".into(), |f| format!("{:+.4}", f.feedback_gap)),
             p.w_cost,
-            p.budget_usd.map_or("none".into(), |b| format!("{b:.6}"))
+            match p.budget_usd {
+                None => "none".into(),
+                Some(b) if p.paced => format!("{b:.6}"),
+                Some(_) => "unpaced".into(),
+            },
+            p.pacer_cost_weight.map_or("-".into(), |w| format!("{w:+.0}"))
         ));
     }
     for c in &summary.cascades {

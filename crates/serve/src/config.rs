@@ -544,7 +544,7 @@ impl RouteConfig {
     /// Settings that could not work, or would silently do nothing: too many caller
     /// features, an embedding that could never come in time, sessions remembered for no
     /// time, the route's own policy (or one twice) among its shadow candidates or as its
-    /// canary.
+    /// canary, a budget no policy of the route weighs (`random`, `fixed`).
     pub fn check(&self) -> std::result::Result<(), String> {
         if self.extra_features > MAX_CALLER_FEATURES {
             return Err(format!(
@@ -599,13 +599,25 @@ impl RouteConfig {
             }
             candidates.push(candidate);
         }
+        let mut canary_weighs_costs = false;
         if let Some(canary) = &self.canary {
-            if spec(&canary.policy, "canary ")? == own {
+            let canary_spec = spec(&canary.policy, "canary ")?;
+            if canary_spec == own {
                 return Err(format!(
                     "canary `{}` is the route's own policy: it would be compared with itself",
                     canary.policy
                 ));
             }
+            canary_weighs_costs = canary_spec.kind.weighs_costs();
+        }
+        let paced = own.kind.weighs_costs()
+            || canary_weighs_costs
+            || candidates.iter().any(|c| c.kind.weighs_costs());
+        if self.budget_usd_per_request.is_some() && !paced {
+            return Err(format!(
+                "budget_usd_per_request: policy `{}` weighs no cost, so no budget would pace it",
+                self.policy
+            ));
         }
         Ok(())
     }
@@ -912,6 +924,14 @@ mod tests {
                 serde_json::json!({"canary": {"policy": "eps(2)"}}),
                 "canary policy `eps(2)`",
             ),
+            (
+                serde_json::json!({"policy": "fixed(m)", "budget_usd_per_request": 0.001}),
+                "budget_usd_per_request: policy `fixed(m)` weighs no cost, so no budget would pace it",
+            ),
+            (
+                serde_json::json!({"policy": "random", "shadow": ["fixed(m)"], "budget_usd_per_request": 0.001}),
+                "policy `random` weighs no cost",
+            ),
         ] {
             let error = route(extra.clone()).check().unwrap_err();
             assert!(error.contains(refusal), "{extra}: {error}");
@@ -920,6 +940,10 @@ mod tests {
             route(serde_json::json!({"sessions": {"enabled": false, "max_sessions": 0}})).check(),
             Ok(())
         );
+        // A learning candidate beside a fixed route's policy is paced by the budget.
+        let paced_candidate =
+            serde_json::json!({"policy": "fixed(m)", "shadow": ["lints"], "budget_usd_per_request": 0.001});
+        assert_eq!(route(paced_candidate).check(), Ok(()));
 
         let with_models = |models: serde_json::Value| {
             let mut config = with_key(None);

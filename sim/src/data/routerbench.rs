@@ -88,10 +88,7 @@ pub fn python_list_text(literal: &str) -> String {
         while let Some(c) = chars.next() {
             match c {
                 '\\' => match chars.next() {
-                    Some('n') => item.push('\n'),
-                    Some('t') => item.push('\t'),
-                    Some('r') => item.push('\r'),
-                    Some(other) => item.push(other),
+                    Some(escape) => unescape(escape, &mut chars, &mut item),
                     None => break,
                 },
                 c if c == quote => {
@@ -109,6 +106,46 @@ pub fn python_list_text(literal: &str) -> String {
     items.join("\n")
 }
 
+/// Appends to `item` what the escape `\{escape}` of a Python string literal stands for:
+/// those `repr` writes, taking the code point's digits of `\x`, `\u` and `\U` from
+/// `rest`. Any other escape, or a code point that is no character, stays as written.
+fn unescape(escape: char, rest: &mut std::iter::Peekable<std::str::Chars<'_>>, item: &mut String) {
+    let simple = match escape {
+        'n' => Some('\n'),
+        't' => Some('\t'),
+        'r' => Some('\r'),
+        '\\' | '\'' | '"' => Some(escape),
+        _ => None,
+    };
+    if let Some(c) = simple {
+        item.push(c);
+        return;
+    }
+    let digits = match escape {
+        'x' => 2,
+        'u' => 4,
+        'U' => 8,
+        _ => 0,
+    };
+    let mut hex = String::new();
+    while hex.len() < digits && rest.peek().is_some_and(char::is_ascii_hexdigit) {
+        hex.extend(rest.next());
+    }
+    let code_point = if digits > 0 && hex.len() == digits {
+        u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32)
+    } else {
+        None
+    };
+    match code_point {
+        Some(c) => item.push(c),
+        None => {
+            item.push('\\');
+            item.push(escape);
+            item.push_str(&hex);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::python_list_text;
@@ -121,6 +158,11 @@ mod tests {
             "it's\nsay \"hi\"\nnow"
         );
         assert_eq!(python_list_text("plain prompt"), "plain prompt");
+        // What `repr` writes for characters it does not print, as Python reads it back.
+        assert_eq!(
+            python_list_text(r"['NaNO3 \x02+ Ag \u00e9\U0001f600 a\\b \q \ud800 \x2']"),
+            "NaNO3 \u{2}+ Ag \u{e9}\u{1f600} a\\b \\q \\ud800 \\x2"
+        );
         assert_eq!(python_list_text("['unterminated"), "['unterminated");
     }
 }

@@ -354,6 +354,7 @@ impl Learner {
             id: s.id,
             arm: s.eligible[s.position],
             propensity: s.probabilities[s.position],
+            w_cost: s.w_cost,
         })
     }
 }

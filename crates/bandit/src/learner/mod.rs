@@ -243,6 +243,8 @@ pub struct ArmChoice {
     pub arm: usize,
     /// Its probability under the decision's PMF.
     pub propensity: f64,
+    /// The cost weight in force, quality points per USD (objective plus budget pacing).
+    pub w_cost: f64,
 }
 
 /// The decision [`Learner::decide_pmf`] made.

@@ -88,6 +88,7 @@ pub struct FixedParams {
 
 impl PolicyParams for FixedParams {
     const NAMES: &'static [&'static str] = &["fixed"];
+    const WEIGHS_COSTS: bool = false;
     type Policy = Fixed;
 
     fn parse(args: &mut Args<'_>) -> Result<Self> {

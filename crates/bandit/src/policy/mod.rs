@@ -261,6 +261,9 @@ pub trait Policy {
 pub trait PolicyParams: Sized {
     /// The name specs use (the canonical one first), and its aliases.
     const NAMES: &'static [&'static str];
+    /// Whether its choice weighs the arms' cost and latency penalties, so that a cost
+    /// weight or a budget's pacing steers it.
+    const WEIGHS_COSTS: bool = true;
     /// The policy the parameters build.
     type Policy: Policy;
     /// Reads the parameters from a spec's arguments (defaults for those absent).
@@ -315,6 +318,14 @@ macro_rules! policies {
             pub fn draws_mut(&mut self) -> Option<&mut u32> {
                 match self {
                     $(PolicyKind::$variant(p) => p.draws_mut(),)*
+                }
+            }
+
+            /// Whether its choice weighs the arms' cost and latency penalties, so that a
+            /// cost weight or a budget's pacing steers it (not `random`'s or `fixed`'s).
+            pub fn weighs_costs(&self) -> bool {
+                match self {
+                    $(PolicyKind::$variant(_) => <$params as PolicyParams>::WEIGHS_COSTS,)*
                 }
             }
 

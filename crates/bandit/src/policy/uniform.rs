@@ -77,6 +77,7 @@ pub struct UniformParams {}
 
 impl PolicyParams for UniformParams {
     const NAMES: &'static [&'static str] = &["random", "uniform"];
+    const WEIGHS_COSTS: bool = false;
     type Policy = Uniform;
 
     fn parse(_: &mut Args<'_>) -> Result<Self> {
