@@ -211,7 +211,7 @@ pub struct OutcomeBody {
     /// Latency, ms.
     pub latency_ms: f64,
     /// Cost, USD. Left out, the tokens at the model's list prices (0 for a model without
-    /// prices, or without tokens).
+    /// prices, or without tokens); for a repeat, the cost the first outcome reported.
     #[serde(default)]
     pub cost_usd: Option<f64>,
     /// Prompt tokens.

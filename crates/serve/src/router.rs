@@ -1801,11 +1801,15 @@ impl Router {
 
     /// What a call of decision `decision_id` costs at its model's list prices for
     /// `input_tokens` and `output_tokens` (0 where it has none), as the proxy prices a
-    /// call: for an outcome that reports its tokens and not its cost. `None` for a model
-    /// removed since.
+    /// call: for an outcome that reports its tokens and not its cost. Once its outcome is
+    /// recorded, the cost it reported: a repeat is priced as the first was, whatever the
+    /// prices since. `None` for a model removed since.
     pub fn list_cost(&self, decision_id: &str, input_tokens: u32, output_tokens: u32) -> Result<Option<f64>> {
         let (route, id, _) = self.tracked_record(decision_id, LogEvent::Outcome)?;
         let live = self.state(&route)?.lock()?;
+        if let Some(cost) = live.learner.recorded_cost(id)? {
+            return Ok(Some(cost));
+        }
         let arm = live.learner.tracked_arm(id)?;
         Ok(arm.map(|arm| arm.cost_usd(f64::from(input_tokens), f64::from(output_tokens))))
     }

@@ -516,6 +516,40 @@ async fn a_second_outcome_reports_the_call_as_the_first_did() {
     assert!((day - 0.001).abs() < 1e-15, "{day}");
 }
 
+/// A repeat that leaves out its cost is priced as the first outcome was, not at the list
+/// prices of the moment: after a restart with other prices it is the same report.
+#[tokio::test]
+async fn a_repeat_without_its_cost_is_priced_as_the_first_was() {
+    let dir = fresh("upstream-outcome-repeat-prices");
+    let tokens_only =
+        |id: &str| json!({"decision_id": id, "latency_ms": 100, "input_tokens": 1000, "output_tokens": 500});
+    let id = {
+        let (_, state, app) = gateway_over(config(&dir, 120_000));
+        let routed = json_of(post(&app, "/v1/route", &json!({"route": "r", "prompt": "hi"})).await).await;
+        let id = routed["decision_id"].as_str().unwrap().to_string();
+        assert_eq!(
+            post(&app, "/v1/outcome", &tokens_only(&id)).await.status(),
+            StatusCode::OK
+        );
+        state.router.snapshot().unwrap();
+        id
+    };
+    let mut repriced = config(&dir, 120_000);
+    repriced.routes[0].models[0].input_usd_per_million = 3.0;
+    let (_, state, app) = gateway_over(repriced);
+    let again = json_of(post(&app, "/v1/outcome", &tokens_only(&id)).await).await;
+    assert_eq!(again["status"], "already_applied", "{again}");
+    // A new decision is priced at the new list prices: 1,000 in at $3, 500 out at $2.
+    let routed = json_of(post(&app, "/v1/route", &json!({"route": "r", "prompt": "hi"})).await).await;
+    let id = routed["decision_id"].as_str().unwrap();
+    assert_eq!(
+        post(&app, "/v1/outcome", &tokens_only(id)).await.status(),
+        StatusCode::OK
+    );
+    let (day, _) = state.router.spend("r").unwrap();
+    assert!((day - 0.002 - 0.004).abs() < 1e-15, "{day}");
+}
+
 /// An outcome that reports its tokens and not its cost costs them at the decision's model's
 /// list prices, as the proxy prices a call's `usage`; a stated cost, even 0, is the cost.
 #[tokio::test]

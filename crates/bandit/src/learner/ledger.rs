@@ -139,6 +139,12 @@ impl TrackedDecision {
         self.call = Some(CallReport::of(outcome));
     }
 
+    /// The cost its outcome reported, once recorded (unknown for a decision restored as
+    /// recorded).
+    pub(super) fn recorded_cost(&self) -> Option<f64> {
+        self.call.map(|call| call.cost_usd)
+    }
+
     /// The features, for one part of the feedback (cost or quality). Once the other part
     /// is recorded too, the decision needs them no more and hands them over.
     pub(super) fn take_or_share_features(&mut self, other_recorded: bool) -> Arc<[f64]> {

@@ -748,6 +748,13 @@ impl Learner {
         Ok(self.tracked.get(id)?.outcome_recorded)
     }
 
+    /// The cost decision `id`'s outcome reported, once it is recorded: what a repeat that
+    /// leaves its cost out reports again. `None` before, and for a decision restored as
+    /// recorded.
+    pub fn recorded_cost(&self, id: u64) -> Result<Option<f64>> {
+        Ok(self.tracked.get(id)?.recorded_cost())
+    }
+
     /// The arm decision `id` chose, while it is tracked; `None` once the arm was removed.
     pub fn tracked_arm(&self, id: u64) -> Result<Option<&Arm>> {
         Ok(self.tracked.get(id)?.arm.map(|arm| &self.arms[arm]))
