@@ -61,11 +61,18 @@ pub struct SuiteArgs {
     against: Option<PathBuf>,
 }
 
-/// The results of `quiver suite --json`, read from `path`.
+/// The results of `quiver suite --json`, read from `path`: each case once.
 fn read_results(path: &Path) -> Result<Vec<CaseResult>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("{}: not the output of `quiver suite --json`", path.display()))
+    let results: Vec<CaseResult> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not the output of `quiver suite --json`", path.display()))?;
+    if let Some(case) = suite::repeated_case(&results) {
+        bail!(
+            "{}: {case} is there twice; a run of the suite has each case once",
+            path.display()
+        );
+    }
+    Ok(results)
 }
 
 pub fn run(args: SuiteArgs) -> Result<()> {
@@ -153,6 +160,13 @@ fn against(results: &[CaseResult], base: &[CaseResult], path: &Path) -> Result<S
         out.push_str(&format!(
             "({} cases of this run are not in {} and are left out)\n",
             comparison.unmatched,
+            path.display()
+        ));
+    }
+    if comparison.base_unmatched > 0 {
+        out.push_str(&format!(
+            "({} cases of {} are not in this run and are left out)\n",
+            comparison.base_unmatched,
             path.display()
         ));
     }

@@ -1667,6 +1667,8 @@ fn a_suite_run_compares_with_an_earlier_one() {
             case("t-fold0", "linucb", 0.010),
             case("t-fold1", "linucb", 0.030),
             case("t-fold0+cold", "linucb", -0.040),
+            case("w", "linucb", 0.2),
+            case("w+cold", "linucb", 0.2),
         ]),
     );
     let new = write(
@@ -1702,6 +1704,11 @@ fn a_suite_run_compares_with_an_earlier_one() {
     assert_eq!(row("trained"), ["2", "+0.0200", "+0.0300", "+0.0100"], "{out}");
     assert_eq!(row("all"), ["3", "+0.0000", "+0.0167", "+0.0167"], "{out}");
     assert!(out.contains("(1 cases of this run are not in"), "{out}");
+    assert!(
+        out.contains("base.json are not in this run and are left out)"),
+        "{out}"
+    );
+    assert!(out.contains("(2 cases of "), "{out}");
     // The report itself reads from the file as from a run, and `--json` writes it back.
     assert!(
         out.lines().any(|l| l.starts_with("u ") && l.contains("+0.5000")),
@@ -1755,6 +1762,31 @@ fn a_suite_run_compares_with_an_earlier_one() {
     ]));
     assert!(
         err.contains("no case of this run is in") && err.contains("other.json"),
+        "{err}"
+    );
+    // A figure that was no number is written `null` and read back as one, so that a run
+    // reads back whatever it wrote.
+    let mut nothing_spent = case("x", "linucb", 0.0);
+    nothing_spent["spend_vs_budget"] = serde_json::Value::Null;
+    nothing_spent["lift"] = serde_json::Value::Null;
+    let unpriced = write("unpriced.json", serde_json::json!([nothing_spent]));
+    let again: serde_json::Value = serde_json::from_str(&stdout(&quiver(&[
+        "suite",
+        "--from",
+        unpriced.to_str().unwrap(),
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(again[0]["spend_vs_budget"], serde_json::Value::Null);
+    assert_eq!(again[0]["lift"], serde_json::Value::Null);
+    // A case twice is no run: compared with itself it would not compare.
+    let twice = write(
+        "twice.json",
+        serde_json::json!([case("t", "linucb", 0.1), case("t", "linucb", 0.0)]),
+    );
+    let err = stderr(&quiver(&["suite", "--from", twice.to_str().unwrap()]));
+    assert!(
+        err.contains("twice.json: table t, budget 0.25, candidate linucb is there twice"),
         "{err}"
     );
     let err = stderr(&quiver(&["suite", "--from", new_arg, "--seeds", "3"]));

@@ -721,7 +721,8 @@ impl Candidate {
 }
 
 /// A candidate's result on one case, averaged over seeds. Read back from `quiver suite
-/// --json`'s output, a lift that was not a number (written `null`) is one again.
+/// --json`'s output, a figure that was not a number (written `null`: a spend over a
+/// budget of 0, say) is one again.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CaseResult {
     /// The case's table.
@@ -735,15 +736,19 @@ pub struct CaseResult {
     /// The candidate: its policy, and its training passes when more than one.
     pub candidate: String,
     /// Mean quality on the evaluation rows.
+    #[serde(deserialize_with = "number_or_nan")]
     pub quality: f64,
     /// Mean spend over the budget.
+    #[serde(deserialize_with = "number_or_nan")]
     pub spend_vs_budget: f64,
     /// Whether the budget can be kept at all: it is at least the cheapest model's mean
     /// cost on the evaluation rows.
     pub feasible: bool,
     /// The hull at the candidate's mean cost.
+    #[serde(deserialize_with = "number_or_nan")]
     pub hull: f64,
     /// Quality minus hull.
+    #[serde(deserialize_with = "number_or_nan")]
     pub lift: f64,
     /// Quality minus the hull at the budget: against the best fixed mix that spends up to
     /// it, so that spending less than the budget where more would have paid shows (`lift`
@@ -761,6 +766,15 @@ fn number_or_nan<'de, D: Deserializer<'de>>(deserializer: D) -> std::result::Res
 }
 
 impl CaseResult {
+    /// What names the case among a run's: its table, budget and candidate.
+    fn key(&self) -> (String, u64, String) {
+        (
+            self.table.clone(),
+            self.budget_share.to_bits(),
+            self.candidate.clone(),
+        )
+    }
+
     /// The kind of case the report's summary counts it in: `trained` (drifting ones too),
     /// `cold`, or `late` (cold, with each quality [`LATE_FEEDBACK`] decisions late).
     pub fn kind(&self) -> &'static str {
@@ -809,17 +823,30 @@ pub struct Comparison {
     pub by_kind: Vec<LiftChange>,
     /// Cases of the run the base lacks (another table, budget or candidate), left out.
     pub unmatched: usize,
+    /// Cases of the base the run lacks, left out.
+    pub base_unmatched: usize,
+}
+
+/// The first case that `results` holds twice (a run has each once), named.
+pub fn repeated_case(results: &[CaseResult]) -> Option<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    results.iter().find(|r| !seen.insert(r.key())).map(|r| {
+        format!(
+            "table {}, budget {}, candidate {}",
+            r.table, r.budget_share, r.candidate
+        )
+    })
 }
 
 /// Compares `new` with `base` case by case: a case is matched by its table, budget and
 /// candidate, so two builds' runs of the same candidates compare, and each mean is over the
-/// matched cases alone.
+/// matched cases alone. Each run holds a case once ([`repeated_case`]).
 pub fn compare(new: &[CaseResult], base: &[CaseResult]) -> Comparison {
-    let key = |r: &CaseResult| (r.table.clone(), r.budget_share.to_bits(), r.candidate.clone());
-    let base: BTreeMap<_, &CaseResult> = base.iter().map(|r| (key(r), r)).collect();
+    let base: BTreeMap<_, &CaseResult> = base.iter().map(|r| (r.key(), r)).collect();
+    let run: std::collections::BTreeSet<_> = new.iter().map(CaseResult::key).collect();
     let pairs: Vec<(&CaseResult, &CaseResult)> = new
         .iter()
-        .filter_map(|r| base.get(&key(r)).map(|b| (r, *b)))
+        .filter_map(|r| base.get(&r.key()).map(|b| (r, *b)))
         .collect();
     let mean_by = |cases_of: &dyn Fn(&CaseResult) -> String| {
         let mut changes: Vec<LiftChange> = Vec::new();
@@ -856,6 +883,7 @@ pub fn compare(new: &[CaseResult], base: &[CaseResult]) -> Comparison {
         by_table: mean_by(&|r| table_group(&r.table)),
         by_kind,
         unmatched: new.len() - pairs.len(),
+        base_unmatched: base.keys().filter(|key| !run.contains(*key)).count(),
     }
 }
 
@@ -995,6 +1023,8 @@ mod tests {
         ];
         let comparison = compare(&new, &base);
         assert_eq!(comparison.unmatched, 2);
+        // Candidate b is in the base alone.
+        assert_eq!(comparison.base_unmatched, 1);
         let summary = |changes: &[LiftChange]| -> Vec<(String, usize, f64, f64)> {
             changes
                 .iter()
