@@ -148,9 +148,24 @@ pub fn split_specs(list: &str) -> Vec<String> {
         .collect()
 }
 
+/// The policy specs of a comma-separated `list` given as `flag`, each once: two spellings
+/// of one policy (`random` and `uniform`, or a parameter at its default written out) would
+/// report the same policy twice under one name.
+pub fn parse_specs(list: &str, flag: &str) -> anyhow::Result<Vec<quiver_bandit::PolicySpec>> {
+    let mut specs: Vec<quiver_bandit::PolicySpec> = Vec::new();
+    for text in split_specs(list) {
+        let spec: quiver_bandit::PolicySpec = text.parse()?;
+        if specs.contains(&spec) {
+            anyhow::bail!("{flag}: `{text}` is `{spec}`, listed already; list each policy once");
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::split_specs;
+    use super::{parse_specs, split_specs};
 
     #[test]
     fn specs_split_at_top_level_commas() {
@@ -158,5 +173,21 @@ mod tests {
             split_specs("linucb(alpha=0.3,gamma=0.99), eps(0.05),random"),
             vec!["linucb(alpha=0.3,gamma=0.99)", "eps(0.05)", "random"]
         );
+    }
+
+    #[test]
+    fn a_policy_listed_twice_is_refused() {
+        assert_eq!(parse_specs("random,lints", "--policies").unwrap().len(), 2);
+        for (list, second) in [
+            ("random,uniform", "uniform"),
+            ("linucb,linucb(alpha=0.1)", "linucb(alpha=0.1)"),
+        ] {
+            let error = parse_specs(list, "--policies").unwrap_err().to_string();
+            assert!(
+                error.starts_with(&format!("--policies: `{second}` is `"))
+                    && error.ends_with("listed already; list each policy once"),
+                "{error}"
+            );
+        }
     }
 }

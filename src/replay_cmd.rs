@@ -20,8 +20,8 @@ use quiver_sim::replay::{
 use quiver_sim::report::{summarize, summarize_cascades, table};
 use quiver_sim::scenario::Scenario;
 
+use crate::parse_specs;
 use crate::progress::bar;
-use crate::split_specs;
 
 /// Policies replayed when `--policies` is not given: the non-contextual baselines, then
 /// the suite's learners ([`DEFAULT_LEARNERS`]).
@@ -557,10 +557,7 @@ fn replay_log(args: &ReplayArgs, mut log: LogStream, specs: &[PolicySpec]) -> Re
 }
 
 pub fn run(args: ReplayArgs) -> Result<()> {
-    let specs: Vec<PolicySpec> = split_specs(&args.policies)
-        .iter()
-        .map(|s| s.parse())
-        .collect::<Result<_, _>>()?;
+    let specs = parse_specs(&args.policies, "--policies")?;
     if let Some(path) = &args.data {
         if detect_format(path, args.format)? == Format::Logged {
             // What a log's off-policy estimates take: the policies, the objective's weights,

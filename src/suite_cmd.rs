@@ -14,13 +14,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use quiver_bandit::prior::{check_cap, DEFAULT_PRIOR_CAP};
-use quiver_bandit::PolicySpec;
 use quiver_sim::priors::TrainFeedback;
 use quiver_sim::suite::{self, Candidate, CaseResult, LiftChange};
 
+use crate::parse_specs;
 use crate::progress::bar;
 use crate::replay_cmd::DEFAULT_POLICIES;
-use crate::split_specs;
 
 #[derive(Args)]
 #[command(allow_negative_numbers = true)]
@@ -94,17 +93,15 @@ pub fn run(args: SuiteArgs) -> Result<()> {
 
 fn run_suite(args: &SuiteArgs) -> Result<Vec<CaseResult>> {
     check_cap(args.prior_cap).context("--prior-cap")?;
-    let candidates: Vec<Candidate> = split_specs(&args.candidates)
-        .iter()
-        .map(|s| {
-            Ok(Candidate {
-                spec: s.parse::<PolicySpec>()?,
-                feedback: args.train_feedback,
-                train_passes: args.train_passes,
-                prior_cap: args.prior_cap,
-            })
+    let candidates: Vec<Candidate> = parse_specs(&args.candidates, "--candidates")?
+        .into_iter()
+        .map(|spec| Candidate {
+            spec,
+            feedback: args.train_feedback,
+            train_passes: args.train_passes,
+            prior_cap: args.prior_cap,
         })
-        .collect::<Result<_>>()?;
+        .collect();
     if candidates.is_empty() {
         bail!("--candidates is empty");
     }

@@ -576,7 +576,7 @@ fn the_default_learners_hold_the_hull_on_every_trained_case_of_the_suite() {
 }
 
 /// RouterArena's cached results, a table no default was chosen on (the suite never reads
-/// it): two models on 809 queries of 36 tasks, gemini-2.0-flash better than claude-3-haiku
+/// it, though the generated tables' answer lengths were taken from its tasks): two models on 809 queries of 36 tasks, gemini-2.0-flash better than claude-3-haiku
 /// on average at a quarter of its cost, claude-3-haiku better on some tasks (PubMedQA).
 /// In 3 folds, `quiver replay`'s defaults (quality alone: no budget, no cost weight)
 /// trained on the other two folds are each at least the hull at their own spend less one

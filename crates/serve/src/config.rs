@@ -940,10 +940,13 @@ mod tests {
             route(serde_json::json!({"sessions": {"enabled": false, "max_sessions": 0}})).check(),
             Ok(())
         );
-        // A learning candidate beside a fixed route's policy is paced by the budget.
-        let paced_candidate =
+        // A learning candidate beside a fixed route's policy, in the shadow or as its canary,
+        // is paced by the budget.
+        let paced_shadow =
             serde_json::json!({"policy": "fixed(m)", "shadow": ["lints"], "budget_usd_per_request": 0.001});
-        assert_eq!(route(paced_candidate).check(), Ok(()));
+        assert_eq!(route(paced_shadow).check(), Ok(()));
+        let paced_canary = serde_json::json!({"policy": "fixed(m)", "canary": {"policy": "lints"}, "budget_usd_per_request": 0.001});
+        assert_eq!(route(paced_canary).check(), Ok(()));
 
         let with_models = |models: serde_json::Value| {
             let mut config = with_key(None);

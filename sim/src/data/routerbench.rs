@@ -163,6 +163,8 @@ mod tests {
             python_list_text(r"['NaNO3 \x02+ Ag \u00e9\U0001f600 a\\b \q \ud800 \x2']"),
             "NaNO3 \u{2}+ Ag \u{e9}\u{1f600} a\\b \\q \\ud800 \\x2"
         );
+        // An escaped backslash before `x` is a backslash, then the letter.
+        assert_eq!(python_list_text(r"['a\\x41']"), "a\\x41");
         assert_eq!(python_list_text("['unterminated"), "['unterminated");
     }
 }
