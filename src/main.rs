@@ -125,7 +125,7 @@ pub fn open_log(data: &str, format: Format, split: Option<&Split>) -> anyhow::Re
 
 /// Splits a comma-separated list of policy specs at the commas outside parentheses:
 /// `linucb(alpha=0.3,gamma=0.99),eps(0.05)` is two specs.
-pub fn split_specs(list: &str) -> Vec<String> {
+fn split_specs(list: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut depth = 0i32;
     let mut current = String::new();

@@ -599,20 +599,19 @@ impl RouteConfig {
             }
             candidates.push(candidate);
         }
-        let mut canary_weighs_costs = false;
         if let Some(canary) = &self.canary {
-            let canary_spec = spec(&canary.policy, "canary ")?;
-            if canary_spec == own {
+            let candidate = spec(&canary.policy, "canary ")?;
+            if candidate == own {
                 return Err(format!(
                     "canary `{}` is the route's own policy: it would be compared with itself",
                     canary.policy
                 ));
             }
-            canary_weighs_costs = canary_spec.kind.weighs_costs();
+            candidates.push(candidate);
         }
-        let paced = own.kind.weighs_costs()
-            || canary_weighs_costs
-            || candidates.iter().any(|c| c.kind.weighs_costs());
+        let paced = std::iter::once(&own)
+            .chain(&candidates)
+            .any(|policy| policy.kind.weighs_costs());
         if self.budget_usd_per_request.is_some() && !paced {
             return Err(format!(
                 "budget_usd_per_request: policy `{}` weighs no cost, so no budget would pace it",
