@@ -61,6 +61,12 @@ fn fit(args: FitArgs) -> Result<()> {
         if args.prices.is_some() {
             bail!("--prices applies to a table of every model's outcome; a log's costs are its calls' own");
         }
+        if args.task_feature {
+            bail!(
+                "--task-feature applies to a table with a task column; a log's contexts are the ones \
+                 its server built, caller features included"
+            );
+        }
         let mut log = crate::open_log(&args.data, Format::Logged, args.split.as_ref())?;
         fit_logged(&mut log, args.cap)?
     } else {

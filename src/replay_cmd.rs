@@ -705,28 +705,11 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         .map(|path| read_priors(path, &builder))
         .transpose()?;
     if let (Some(path), Some(read)) = (&args.priors, &priors) {
-        let unknown: Vec<&str> = data
-            .arms
-            .iter()
-            .filter(|a| !read.arms.contains_key(*a))
-            .map(String::as_str)
-            .collect();
-        let theirs: Vec<&str> = read.arms.keys().map(String::as_str).collect();
-        if unknown.len() == data.arms.len() {
-            bail!(
-                "--priors {}: it has none of the table's models ({}); its models: {}",
-                path.display(),
-                unknown.join(", "),
-                theirs.join(", ")
-            );
-        }
-        if !unknown.is_empty() {
-            tracing::warn!(
-                "{}: no prior for {}; they start cold (the file's models: {})",
-                path.display(),
-                unknown.join(", "),
-                theirs.join(", ")
-            );
+        let coverage = read
+            .coverage(data.arms.iter().map(String::as_str))
+            .with_context(|| format!("--priors {}", path.display()))?;
+        if let Some(note) = coverage.note() {
+            tracing::warn!("{}: {note}", path.display());
         }
     }
     if args.train_feedback == TrainFeedback::Full {

@@ -764,7 +764,7 @@ fn a_new_users_mistakes_get_precise_errors() {
     );
 
     // Priors of none of the table's models are refused; of some of them, are said to
-    // leave the others cold.
+    // leave the others cold and their own others unused.
     let priors_of = |columns: &str, name: &str| {
         let table = dir.join(format!("{name}.csv"));
         std::fs::write(&table, format!("id,task,{columns}\n1,x,1,0\n2,y,0,1\n")).unwrap();
@@ -792,14 +792,15 @@ fn a_new_users_mistakes_get_precise_errors() {
     };
     let err = stderr(&replay_with(&priors_of("quality|x,quality|y", "other_models")));
     assert!(
-        err.contains("other_models.json: it has none of the table's models (a, b); its models: x, y"),
+        err.contains("other_models.json: ")
+            && err.contains("the priors have none of the models (a, b); their models: x, y"),
         "{err}"
     );
     let output = replay_with(&priors_of("quality|x,quality|a", "some_models"));
     stdout(&output);
     let warned = String::from_utf8_lossy(&output.stderr);
     assert!(
-        warned.contains("no prior for b; they start cold (the file's models: a, x)"),
+        warned.contains("no prior for b: they start cold; priors of x are not used"),
         "{warned}"
     );
 
@@ -1542,6 +1543,30 @@ fn priors_fitted_from_a_table_carry_what_each_model_is_good_at() {
         .map(|a| a["rows"].as_f64().unwrap())
         .sum();
     assert_eq!(rows, 120.0, "every logged decision, under the model it chose");
+    // A log's contexts and costs are its server's: the table-only flags are refused.
+    let unused = dir.join("unused.json");
+    for (flag, says) in [
+        (
+            &["--task-feature"][..],
+            "--task-feature applies to a table with a task column",
+        ),
+        (
+            &["--prices", data.to_str().unwrap()][..],
+            "--prices applies to a table",
+        ),
+    ] {
+        let mut args = vec![
+            "priors",
+            "fit",
+            "--data",
+            log.to_str().unwrap(),
+            "--out",
+            unused.to_str().unwrap(),
+        ];
+        args.extend_from_slice(flag);
+        let e = stderr(&quiver(&args));
+        assert!(e.contains(says), "{e}");
+    }
 }
 
 /// `quiver data convert --prices-out` keeps a table's list prices, which the shapes have no

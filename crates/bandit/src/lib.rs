@@ -96,6 +96,6 @@ pub use policy::{
     AnyPolicy, Estimate, Policy, PolicyKind, PolicySpec, PropensityKind, DEFAULT_LEARNERS,
     DEFAULT_ROUTE_POLICY,
 };
-pub use prior::{ArmPrior, Priors};
+pub use prior::{ArmPrior, PriorCoverage, Priors};
 pub use spend::SpendCurve;
 pub use stats::Forgetting;

@@ -58,6 +58,7 @@ pub const LAMBDA_GRID: [f64; 9] = [0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0,
 
 /// A ridge regression's prior on its coefficients: `s P` and `s X'y` (see the module docs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RidgePrior {
     /// The ridge cross-validation chose.
     pub lambda: f64,
@@ -69,6 +70,7 @@ pub struct RidgePrior {
 
 /// One arm's prior: capped sufficient statistics of its quality and cost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ArmPrior {
     /// Rows of the table behind the prior, before the cap.
     pub rows: f64,
@@ -98,6 +100,7 @@ pub struct ArmPrior {
 
 /// Priors for the arms of one route, fitted from one table in one context definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Priors {
     /// [`PRIORS_VERSION`] when written.
     pub version: u32,
@@ -404,8 +407,94 @@ impl Priors {
             if u.requests < 0.0 || u.cost_usd < 0.0 || u.input_tokens < 0.0 {
                 return invalid(format!("priors of arm {arm}: usage sums must not be negative"));
             }
+            // The fit caps every arm's observations, and the bias (feature 0, always 1)
+            // is unshrunk: the precision's first entry counts the observations and the
+            // moment's first sums their qualities. A file where they disagree was edited.
+            let agrees = |a: f64, b: f64| (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1.0);
+            if p.observations > self.cap * (1.0 + 1e-9) {
+                return invalid(format!(
+                    "priors of arm {arm}: observations is {}, above the cap {}",
+                    p.observations, self.cap
+                ));
+            }
+            if !agrees(p.quality.precision[0], p.observations) || !agrees(p.quality.moment[0], p.sum) {
+                return invalid(format!(
+                    "priors of arm {arm}: quality.precision[0] ({}) and quality.moment[0] ({}) must \
+                     equal observations ({}) and sum ({}): the bias counts every observation",
+                    p.quality.precision[0], p.quality.moment[0], p.observations, p.sum
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// How these priors' models meet `models`, a route's or a table's; refused when they
+    /// have none of them (their ids are another route's, or misspelled).
+    pub fn coverage<'a>(&self, models: impl IntoIterator<Item = &'a str>) -> Result<PriorCoverage> {
+        let models: Vec<&str> = models.into_iter().collect();
+        let coverage = PriorCoverage {
+            without_prior: models
+                .iter()
+                .filter(|m| !self.arms.contains_key(**m))
+                .map(|m| m.to_string())
+                .collect(),
+            unused: self
+                .arms
+                .keys()
+                .filter(|m| !models.contains(&m.as_str()))
+                .cloned()
+                .collect(),
+            spend_curve: self.spend.is_some(),
+        };
+        if coverage.without_prior.len() == models.len() {
+            return Err(ErrorKind::InvalidConfig(format!(
+                "the priors have none of the models ({}); their models: {}",
+                coverage.without_prior.join(", "),
+                coverage.unused.join(", ")
+            ))
+            .into());
+        }
+        Ok(coverage)
+    }
+}
+
+/// How a priors file's models meet the models of the learner that starts from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriorCoverage {
+    /// The learner's models the priors lack: they start cold.
+    pub without_prior: Vec<String>,
+    /// The priors' models the learner lacks: their priors go unused.
+    pub unused: Vec<String>,
+    /// Whether the priors carry a spend curve.
+    pub spend_curve: bool,
+}
+
+impl PriorCoverage {
+    /// Whether the priors were fitted on exactly the learner's models: only then does
+    /// their spend curve describe the learner's choices.
+    pub fn same_models(&self) -> bool {
+        self.without_prior.is_empty() && self.unused.is_empty()
+    }
+
+    /// What a user should hear when the models differ; `None` when they match.
+    pub fn note(&self) -> Option<String> {
+        if self.same_models() {
+            return None;
+        }
+        let mut parts = Vec::new();
+        if !self.without_prior.is_empty() {
+            parts.push(format!(
+                "no prior for {}: they start cold",
+                self.without_prior.join(", ")
+            ));
+        }
+        if !self.unused.is_empty() {
+            parts.push(format!("priors of {} are not used", self.unused.join(", ")));
+        }
+        if self.spend_curve {
+            parts.push("the spend curve, fitted over other models, is not used".to_string());
+        }
+        Some(parts.join("; "))
     }
 }
 
@@ -593,9 +682,19 @@ mod tests {
         let config = LearnerConfig::new("beta-ts".parse().expect("spec"), dim);
         let arms = vec![Arm::new("a"), Arm::new("b")];
         let mut learner = Learner::new(config.clone(), arms.clone()).expect("learner");
+        let coverage = learner.absorb_priors(&priors).expect("fits");
         assert_eq!(
-            learner.absorb_priors(&priors).expect("fits"),
-            vec!["a".to_string()]
+            (coverage.without_prior, coverage.unused),
+            (vec!["a".to_string()], vec!["gone".to_string()])
+        );
+        let strangers = Learner::new(config.clone(), vec![Arm::new("x")])
+            .expect("learner")
+            .absorb_priors(&priors)
+            .expect_err("none of the models")
+            .to_string();
+        assert!(
+            strangers.contains("none of the models (x); their models: b, gone"),
+            "{strangers}"
         );
         let mut wide =
             Learner::new(LearnerConfig::new(config.policy.clone(), dim + 1), arms).expect("learner");
@@ -698,12 +797,32 @@ mod tests {
         priors.arms.get_mut("m").expect("arm").answer_correction = Some(short);
         let e = priors.validate().expect_err("short correction").to_string();
         assert!(e.contains("arm m") && e.contains("answer_correction"), "{e}");
-        priors = good;
+        priors = good.clone();
         priors.version = 99;
         assert!(priors
             .validate()
             .expect_err("version")
             .to_string()
             .contains("version 99"));
+        // Counts no fit writes: a moment scaled after the fit, observations above the cap.
+        priors = good.clone();
+        for m in &mut priors.arms.get_mut("m").expect("arm").quality.moment {
+            *m *= 1e6;
+        }
+        let e = priors.validate().expect_err("edited moment").to_string();
+        assert!(
+            e.contains("arm m: quality.precision[0] (30)") && e.contains("sum ("),
+            "{e}"
+        );
+        priors = good.clone();
+        priors.cap = 20.0;
+        let e = priors.validate().expect_err("over the cap").to_string();
+        assert!(e.contains("arm m: observations is 30, above the cap 20"), "{e}");
+        // A misspelled key is named, not dropped with what it held.
+        let text = serde_json::to_string(&good)
+            .expect("json")
+            .replace("\"usage\"", "\"usgae\"");
+        let e = Priors::from_json(&text).expect_err("misspelled").to_string();
+        assert!(e.contains("unknown field `usgae`"), "{e}");
     }
 }

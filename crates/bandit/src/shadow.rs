@@ -54,6 +54,7 @@ use crate::learner::{Learner, LearnerConfig, PmfChoice, Request};
 use crate::ope::{Dr, Estimator, OpeInputs, Snips, TermMoments, WeightStream};
 use crate::outcome::{credited_quality, Objective, Outcome, MAX_STEPS_AT_ONCE};
 use crate::policy::PolicySpec;
+use crate::prior::Priors;
 use crate::ridge::RidgeTable;
 use crate::stats::Forgetting;
 
@@ -326,6 +327,15 @@ impl Shadows {
             canary: None,
             seed: config.seed,
         })
+    }
+
+    /// Starts every candidate, the canary's among them, from `priors`, as the route's
+    /// own learner starts: a candidate is compared with the route on equal terms.
+    pub fn absorb_priors(&mut self, priors: &Priors) -> Result<()> {
+        for candidate in &mut self.candidates {
+            candidate.learner.absorb_priors(priors)?;
+        }
+        Ok(())
     }
 
     /// Lets candidate `index` serve as a canary under `rule`, starting in

@@ -1024,14 +1024,21 @@ fn confidently_dominated_arms_are_pruned() {
 
 /// A budget set after the priors were absorbed starts its pacer from their spend curve, as
 /// one configured from the start would, also across a snapshot; once the models' prices
-/// change the curve no longer describes them, and the next budget starts from 0.
+/// change the curve no longer describes them, and the next budget starts from 0; a
+/// learner over other models than the priors' never takes the curve.
 #[test]
 fn a_budget_set_later_starts_from_the_priors_spend_curve() {
-    use quiver_bandit::prior::PRIORS_VERSION;
+    use quiver_bandit::prior::{FoldStatistics, PRIORS_VERSION};
     use quiver_bandit::{BudgetPacer, Priors, SpendCurve};
     // Two rows: `a0` is better by 0.5 on both and costs $0.01 against $0.001.
     let (qualities, costs) = ([0.9, 0.4, 0.8, 0.3], [0.01, 0.001, 0.01, 0.001]);
     let curve = SpendCurve::fit(2, &qualities, &costs, &costs).expect("curve");
+    // The curve is kept only by a learner over the models it was fitted with.
+    let prior = |quality: f64| {
+        let mut rows = FoldStatistics::new(2);
+        rows.add(0, &[1.0, 0.0], quality);
+        rows.fit(1e9).expect("a row")
+    };
     let priors = Priors {
         version: PRIORS_VERSION,
         context: "test".into(),
@@ -1039,7 +1046,7 @@ fn a_budget_set_later_starts_from_the_priors_spend_curve() {
         dim: 2,
         cap: 1e9,
         source: "test".into(),
-        arms: Default::default(),
+        arms: [("a0".to_string(), prior(0.85)), ("a1".to_string(), prior(0.35))].into(),
         spend: Some(curve.clone()),
     };
     let budget = |target| BudgetConfig {
@@ -1074,6 +1081,18 @@ fn a_budget_set_later_starts_from_the_priors_spend_curve() {
     );
     assert!(changes.iter().any(|c| c.ends_with("from 0")), "{changes:?}");
     assert_eq!(l.pacer().expect("paces").lambda(), 0.0);
+
+    // Over a third model the curve describes other choices, from the first start.
+    let mut wider = learner("linucb(alpha=0.5)", 3, 2, 1);
+    let coverage = wider.absorb_priors(&priors).expect("absorbs");
+    assert_eq!(coverage.without_prior, ["a2"]);
+    assert!(coverage.note().expect("a note").contains("spend curve"));
+    let mut config = wider.config().clone();
+    config.budget = Some(budget(0.004));
+    let arms = wider.arms().to_vec();
+    let changes = wider.reconfigure(config, &arms).expect("reconfigures");
+    assert!(changes.iter().any(|c| c.ends_with("from 0")), "{changes:?}");
+    assert_eq!(wider.pacer().expect("paces").lambda(), 0.0);
 }
 
 /// The budget pacer's ratio of costs to estimates is of the estimate a decision was made

@@ -369,37 +369,39 @@ impl LoggedDecisions {
     }
 }
 
+/// The priors file at `path`, checked to be fitted on contexts built as `definition`.
+fn read_priors_file(path: &Path, definition: &str, route: &str) -> Result<Priors> {
+    let text = std::fs::read_to_string(path).map_err(|e| priors_refused(route, path, &e))?;
+    let priors = Priors::from_json(&text).map_err(|e| priors_refused(route, path, &e))?;
+    priors
+        .check_context(definition)
+        .map_err(|e| priors_refused(route, path, &e))?;
+    Ok(priors)
+}
+
+/// `route`'s priors file at `path` refused for `reason`.
+fn priors_refused(route: &str, path: &Path, reason: &dyn std::fmt::Display) -> ServeError {
+    ServeError::Config(format!("route {route}: priors {}: {reason}", path.display()))
+}
+
 /// Starts `learner` from the priors file at `path`, fitted on contexts built as
 /// `definition`. A file that has none of the route's models is refused: its ids are
 /// another route's, or misspelled.
 fn absorb_priors_file(learner: &mut Learner, path: &Path, definition: &str, route: &str) -> Result<()> {
-    let refuse = |e: &dyn std::fmt::Display| {
-        ServeError::Config(format!("route {route}: priors {}: {e}", path.display()))
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| refuse(&e))?;
-    let priors = Priors::from_json(&text).map_err(|e| refuse(&e))?;
-    priors.check_context(definition).map_err(|e| refuse(&e))?;
-    // A refused start discards the learner: it may absorb the file before the check.
-    let arms_without_prior = learner.absorb_priors(&priors).map_err(|e| refuse(&e))?;
-    if arms_without_prior.len() == learner.arms().len() {
-        let theirs: Vec<&str> = priors.arms.keys().map(String::as_str).collect();
-        let reason = format!(
-            "it has none of the route's models ({}); its models: {}",
-            arms_without_prior.join(", "),
-            theirs.join(", ")
-        );
-        return Err(refuse(&reason));
-    }
-    if arms_without_prior.is_empty() {
-        tracing::info!(route, priors = %path.display(), source = %priors.source, "route starts from priors");
-    } else {
-        tracing::warn!(
+    let priors = read_priors_file(path, definition, route)?;
+    let coverage = learner
+        .absorb_priors(&priors)
+        .map_err(|e| priors_refused(route, path, &e))?;
+    match coverage.note() {
+        None => {
+            tracing::info!(route, priors = %path.display(), source = %priors.source, "route starts from priors")
+        }
+        Some(note) => tracing::warn!(
             route,
             priors = %path.display(),
             source = %priors.source,
-            models_without_prior = ?arms_without_prior,
-            "route starts from priors; models without a prior start cold"
-        );
+            "route starts from priors fitted on other models: {note}"
+        ),
     }
     Ok(())
 }
@@ -458,7 +460,15 @@ impl RouteState {
         let (learner_config, arms) = learner_setup(&config, layout.dim(), feedback_horizon)?;
         // The route's own learner first: its errors are the route's, not its shadows'.
         let learner = Learner::new(learner_config.clone(), arms.clone())?;
-        let shadows = Self::shadows(&config, &learner_config, &arms, feedback_horizon)?;
+        let mut shadows = Self::shadows(&config, &learner_config, &arms, feedback_horizon)?;
+        // The candidates start where the route's policy starts: from its priors. They are
+        // rebuilt from the whole log at every start, so they take them every time.
+        if let (Some(shadows), Some(path)) = (shadows.as_mut(), &config.priors) {
+            let priors = read_priors_file(path, &layout.definition(), &config.name)?;
+            shadows
+                .absorb_priors(&priors)
+                .map_err(|e| priors_refused(&config.name, path, &e))?;
+        }
         let models: Vec<String> = config.models.iter().map(|m| m.id.clone()).collect();
         let cascade = config
             .cascade

@@ -924,7 +924,7 @@ fn a_route_starts_from_its_priors_once() {
         .to_string();
     assert!(
         error.contains("route code: priors")
-            && error.contains("it has none of the route's models (big, small); its models: large, tiny"),
+            && error.contains("the priors have none of the models (big, small); their models: large, tiny"),
         "{error}"
     );
     configs[1].priors = Some(dir.join("missing.json"));
@@ -936,6 +936,47 @@ fn a_route_starts_from_its_priors_once() {
         error.contains("route code: priors") && error.contains("missing.json"),
         "{error}"
     );
+}
+
+/// A route's canary starts from the route's priors as its policy does: every decision it
+/// serves goes to `big`, which the priors favour 95 to 5, where a cold one tosses a coin.
+/// It is rebuilt from the log at a restart, from the same priors.
+#[test]
+fn a_canary_starts_from_the_routes_priors() {
+    use quiver_bandit::canary::Promote;
+    use quiver_serve::CanaryConfig;
+    let dir = scratch("router_priors_canary");
+    std::fs::create_dir_all(&dir).unwrap();
+    let priors = dir.join("priors.json");
+    write_priors(&priors, "hashing(words=40,chars=16,caller=0)");
+    let mut configs = routes();
+    configs[1].priors = Some(priors);
+    configs[1].canary = Some(CanaryConfig {
+        policy: "gaussian-ts".into(),
+        share: 0.5,
+        promote: Promote::Manual,
+        min_decisions: 500,
+    });
+    let served_by_canary = |router: &Router| -> Vec<String> {
+        for i in 0..40 {
+            let request = RouteRequest {
+                prompt: Some(format!("new prompt {i}")),
+                ..RouteRequest::default()
+            };
+            router.route("code", &request).unwrap().wait().unwrap();
+        }
+        let recent = router.recent_decisions("code").unwrap();
+        recent.into_iter().filter(|d| d.canary).map(|d| d.model).collect()
+    };
+    let router = Router::open_with(configs.clone(), &dir.join("log"), crash_options()).unwrap();
+    let served = served_by_canary(&router);
+    // 40 requests at a share of one half: 10 or fewer with probability under 0.1%.
+    assert!(served.len() > 10, "{served:?}");
+    assert!(served.iter().all(|m| m == "big"), "{served:?}");
+    drop(router);
+    let router = Router::open_with(configs, &dir.join("log"), crash_options()).unwrap();
+    let served = served_by_canary(&router);
+    assert!(served.iter().all(|m| m == "big"), "{served:?}");
 }
 
 /// A route with an embedding block logs each decision's block and which featurizer

@@ -24,7 +24,7 @@ use crate::features::Context;
 use crate::limits;
 use crate::outcome::{validate_quality, BudgetPacer, Objective, ObjectiveOverride, Outcome};
 use crate::policy::{AnyPolicy, Policy, PolicySpec, PropensityKind};
-use crate::prior::Priors;
+use crate::prior::{PriorCoverage, Priors};
 use crate::spend::SpendCurve;
 use crate::usage::{AnswerSums, ArmUsage};
 
@@ -402,11 +402,12 @@ impl Learner {
     /// prior adds it to what it has learned, adds its cost sums to its usage prior and
     /// starts its cost correction from the prior's ([`CostModel::absorb_prior`]); a
     /// budget's pacer starts from the priors' spend curve ([`BudgetPacer::warm_start`]),
-    /// which the learner keeps for a budget set later ([`Learner::reconfigure`]). Returns
-    /// the ids of the arms without one. The caller checks that the priors were fitted in
-    /// the context definition its requests are featurized with; the learner can check only
-    /// the dimension.
-    pub fn absorb_priors(&mut self, priors: &Priors) -> Result<Vec<String>> {
+    /// which the learner keeps for a budget set later ([`Learner::reconfigure`]) when the
+    /// priors were fitted on exactly its models. Returns how the priors' models meet the
+    /// learner's; priors with none of them are refused. The caller checks that the priors
+    /// were fitted in the context definition its requests are featurized with; the learner
+    /// can check only the dimension.
+    pub fn absorb_priors(&mut self, priors: &Priors) -> Result<PriorCoverage> {
         priors.validate()?;
         if priors.dim != self.config.dim {
             return Err(ErrorKind::DimensionMismatch {
@@ -415,22 +416,20 @@ impl Learner {
             }
             .into());
         }
-        let mut arms_without_prior = Vec::new();
+        let coverage = priors.coverage(self.arms.iter().map(|a| a.id.as_str()))?;
         for (index, arm) in self.arms.iter().enumerate() {
-            match priors.arms.get(&arm.id) {
-                Some(prior) => {
-                    self.policy.absorb_prior(index, prior);
-                    self.usage[index].prior.add(&prior.usage);
-                    self.cost.absorb_prior(index, arm, prior);
-                }
-                None => arms_without_prior.push(arm.id.clone()),
+            if let Some(prior) = priors.arms.get(&arm.id) {
+                self.policy.absorb_prior(index, prior);
+                self.usage[index].prior.add(&prior.usage);
+                self.cost.absorb_prior(index, arm, prior);
             }
         }
-        if priors.spend.is_some() {
+        // The curve is the spend of choices among the models it was fitted with.
+        if priors.spend.is_some() && coverage.same_models() {
             self.spend_curve = priors.spend.clone();
         }
         self.warm_start_pacer();
-        Ok(arms_without_prior)
+        Ok(coverage)
     }
 
     /// Starts a pacer that has observed nothing from the priors' spend curve, if any.
