@@ -6,7 +6,7 @@ use polars::prelude::*;
 
 use crate::error::{Result, SimError};
 use crate::metrics::mean_ci95;
-use crate::plot::{chart, Series};
+use crate::plot::{self, chart, Series};
 use crate::replay::{Feedback, ReplaySettings, Run};
 use crate::report::Summary;
 use crate::write::write_frame;
@@ -92,6 +92,7 @@ pub fn write_out(dir: &Path, summary: &Summary, settings: &ReplaySettings, runs:
             band: Vec::new(),
             markers: true,
             point_labels: Vec::new(),
+            color: None,
         })
         .collect();
     frontier.extend(summary.cascades.iter().map(|c| Series {
@@ -100,6 +101,7 @@ pub fn write_out(dir: &Path, summary: &Summary, settings: &ReplaySettings, runs:
         band: Vec::new(),
         markers: true,
         point_labels: Vec::new(),
+        color: None,
     }));
     let full: Vec<(f64, f64)> = summary
         .policies
@@ -114,6 +116,7 @@ pub fn write_out(dir: &Path, summary: &Summary, settings: &ReplaySettings, runs:
             band: Vec::new(),
             markers: true,
             point_labels: Vec::new(),
+            color: Some(plot::FULL_INFORMATION),
         });
     }
     frontier.push(Series {
@@ -126,6 +129,7 @@ pub fn write_out(dir: &Path, summary: &Summary, settings: &ReplaySettings, runs:
         band: Vec::new(),
         markers: true,
         point_labels: summary.single_arms.iter().map(|a| a.arm.clone()).collect(),
+        color: Some(plot::SINGLE_MODELS),
     });
     let costliest = frontier
         .iter()
@@ -137,6 +141,7 @@ pub fn write_out(dir: &Path, summary: &Summary, settings: &ReplaySettings, runs:
         band: Vec::new(),
         markers: false,
         point_labels: Vec::new(),
+        color: Some(plot::HULL),
     });
     write_text(
         &dir.join("frontier.svg"),
@@ -177,6 +182,7 @@ pub fn write_out(dir: &Path, summary: &Summary, settings: &ReplaySettings, runs:
                 band,
                 markers: false,
                 point_labels: Vec::new(),
+                color: None,
             }
         })
         .collect();

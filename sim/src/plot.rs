@@ -18,6 +18,9 @@ pub struct Series {
     pub markers: bool,
     /// A label beside each marker (empty: none).
     pub point_labels: Vec<String>,
+    /// A colour of its own, for a reference series (the hull, single models) that must
+    /// never take a policy's; `None`: the next colour of the palette.
+    pub color: Option<&'static str>,
 }
 
 const PLOT_WIDTH: f64 = 560.0;
@@ -29,10 +32,16 @@ const CHAR_WIDTH: f64 = 7.5;
 const LABEL_CHAR_WIDTH: f64 = 6.5;
 const TOP: f64 = 56.0;
 const BOTTOM: f64 = 60.0;
-const PALETTE: [&str; 10] = [
-    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-    "#17becf",
+/// The policies' colours (Tableau's ten less its grey, which single models keep).
+const PALETTE: [&str; 9] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
 ];
+/// Single models' colour.
+pub const SINGLE_MODELS: &str = "#7f7f7f";
+/// The hull's colour.
+pub const HULL: &str = "#000000";
+/// The full-information references' colour.
+pub const FULL_INFORMATION: &str = "#393b79";
 
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
@@ -166,8 +175,9 @@ pub fn chart(title: &str, note: &str, x_label: &str, y_label: &str, series: &[Se
         TOP + plot_h / 2.0,
         escape(y_label)
     );
+    let mut palette = PALETTE.iter().cycle();
     for (i, s) in series.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
+        let color = s.color.unwrap_or_else(|| palette.next().copied().unwrap_or(HULL));
         if !s.band.is_empty() {
             let upper: Vec<String> = s
                 .band
@@ -256,6 +266,7 @@ mod tests {
             band: Vec::new(),
             markers: true,
             point_labels: vec!["gpt-4".into(), "mixtral".into()],
+            color: None,
         }];
         let svg = chart("t", "how to read it", "x", "y", &s);
         let width: f64 = svg
@@ -281,6 +292,40 @@ mod tests {
         assert!(leftmost.contains(r#"text-anchor="start""#), "{leftmost}");
     }
 
+    /// However many policies a chart shows, none takes the colour of a reference series.
+    #[test]
+    fn reference_series_keep_their_colours() {
+        let series = |label: String, color| Series {
+            label,
+            points: vec![(0.0, 0.0)],
+            band: Vec::new(),
+            markers: true,
+            point_labels: Vec::new(),
+            color,
+        };
+        let mut s: Vec<Series> = (0..12).map(|i| series(format!("policy {i}"), None)).collect();
+        s.push(series("single models".into(), Some(SINGLE_MODELS)));
+        let svg = chart("t", "", "x", "y", &s);
+        let swatches: Vec<&str> = svg
+            .lines()
+            .filter(|l| l.starts_with("<rect") && l.contains(r#"width="12""#))
+            .map(|l| {
+                l.split(r#"fill=""#)
+                    .nth(1)
+                    .and_then(|f| f.split('"').next())
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(swatches.len(), 13);
+        assert_eq!(swatches[12], SINGLE_MODELS);
+        for reference in [SINGLE_MODELS, HULL, FULL_INFORMATION] {
+            assert!(!swatches[..12].contains(&reference), "{swatches:?}");
+        }
+        // The palette cycles among the policies alone.
+        assert_eq!(swatches[9], swatches[0]);
+        assert_ne!(swatches[8], swatches[0]);
+    }
+
     #[test]
     fn chart_is_deterministic_and_escapes_text() {
         let s = vec![Series {
@@ -289,6 +334,7 @@ mod tests {
             band: vec![(0.0, -0.5, 0.5), (1.0, 1.5, 2.5)],
             markers: false,
             point_labels: Vec::new(),
+            color: None,
         }];
         let a = chart("t", "", "x", "y", &s);
         assert_eq!(a, chart("t", "", "x", "y", &s));
