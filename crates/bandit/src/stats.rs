@@ -35,6 +35,11 @@ pub enum Forgetting {
     },
 }
 
+/// Observations at the largest variance, 1/4, that a sample's variance is shrunk with
+/// ([`MeanStats::estimate`]): the four of Agresti and Coull's "add two successes and two
+/// failures".
+pub const VARIANCE_PSEUDO_OBSERVATIONS: f64 = 4.0;
+
 /// Count, sum and sum of squares of one arm's observed quality.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct MeanStats {
@@ -73,10 +78,16 @@ impl MeanStats {
     }
 
     /// The mean with its standard error. Below two observations the variance is taken as
-    /// 1/4, the largest a quality in [0, 1] can have.
+    /// 1/4, the largest a quality in [0, 1] can have; above, the sample variance is shrunk
+    /// toward 1/4 as if [`VARIANCE_PSEUDO_OBSERVATIONS`] more observations had it, so that
+    /// a few equal qualities (two wrong answers) are no certainty: their bound `mean + 2
+    /// std` is about that of Wilson's score interval (Agresti and Coull 1998), where the
+    /// sample variance alone would make it the mean itself.
     pub fn estimate(&self) -> Estimate {
         let variance = if self.count >= 2.0 {
-            (self.sum_sq / self.count - self.mean().powi(2)).max(0.0)
+            let sample = (self.sum_sq / self.count - self.mean().powi(2)).max(0.0);
+            (self.count * sample + VARIANCE_PSEUDO_OBSERVATIONS * 0.25)
+                / (self.count + VARIANCE_PSEUDO_OBSERVATIONS)
         } else {
             0.25
         };
@@ -273,6 +284,25 @@ mod tests {
         }
         let e = t.get(0).estimate();
         assert!((e.mean - 0.5).abs() < 1e-12);
+        // The sample variance is 1/4 already: shrinking toward 1/4 leaves it.
         assert!((e.std - 0.05).abs() < 1e-12);
+    }
+
+    /// Two wrong answers are no certainty: the variance is (2 * 0 + 4 / 4) / (2 + 4), so
+    /// that `mean + 2 std` is 2 sqrt(1/12) = 0.577, near Wilson's 0.667 at z = 2, where the
+    /// sample variance alone gives 0. Many equal qualities do become certain.
+    #[test]
+    fn a_few_equal_qualities_keep_a_wide_estimate() {
+        let mut t = ArmStatsTable::new(1, Forgetting::None);
+        t.observe(0, 0.0);
+        t.observe(0, 0.0);
+        let e = t.get(0).estimate();
+        assert_eq!(e.mean, 0.0);
+        assert!((e.std - (1.0f64 / 12.0).sqrt()).abs() < 1e-12, "{e:?}");
+        for _ in 0..998 {
+            t.observe(0, 0.0);
+        }
+        let e = t.get(0).estimate();
+        assert!((e.std - (1.0f64 / 1004.0 / 1000.0).sqrt()).abs() < 1e-15, "{e:?}");
     }
 }

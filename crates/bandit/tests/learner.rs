@@ -1022,6 +1022,44 @@ fn confidently_dominated_arms_are_pruned() {
     }
 }
 
+/// Two wrong answers from a model are no confidence that it is worse than one right 60% of
+/// the time at the same price (its bound is 0.58 against the other's 0.50): `prune=2`
+/// keeps it, where the plain sample variance (0) once dropped it for good. Ten wrong
+/// answers are (0.17).
+#[test]
+fn an_arm_seen_twice_is_not_dominated_with_confidence() {
+    let mut config = LearnerConfig::new("ucb1(prune=2)".parse().expect("spec"), 1);
+    config.objective = Objective::new(1.0, 0.0).expect("objective");
+    let arms = vec![
+        Arm::new("a").with_prices(1e-6, 1e-6),
+        Arm::new("b").with_prices(1e-6, 1e-6),
+    ];
+    let mut l = Learner::new(config, arms).expect("learner");
+    let context = Context {
+        features: vec![1.0],
+        input_tokens: 100,
+    };
+    let learn = |l: &mut Learner, arm: &str, quality: f64| {
+        l.learn(arm, &context, &Outcome::new(100.0, 1e-4).with_quality(quality))
+            .expect("learn")
+    };
+    for i in 0..100 {
+        learn(&mut l, "a", f64::from(u8::from(i % 5 < 3)));
+    }
+    let listed = |l: &Learner| -> Vec<String> {
+        let d = l.propose(&Request::new(context.clone())).expect("propose");
+        d.arms.iter().map(|a| a.arm.clone()).collect()
+    };
+    for _ in 0..2 {
+        learn(&mut l, "b", 0.0);
+    }
+    assert_eq!(listed(&l), ["a", "b"]);
+    for _ in 0..8 {
+        learn(&mut l, "b", 0.0);
+    }
+    assert_eq!(listed(&l), ["a"]);
+}
+
 /// A budget set after the priors were absorbed starts its pacer from their spend curve, as
 /// one configured from the start would, also across a snapshot; once the models' prices
 /// change the curve no longer describes them, and the next budget starts from 0; a
