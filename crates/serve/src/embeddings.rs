@@ -6,7 +6,7 @@
 //! `quiver_embedding_fallbacks_total` counts it.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use quiver_bandit::EmbeddingBlock;
@@ -40,8 +40,8 @@ struct RouteEmbedder {
     source: Source,
     block: EmbeddingBlock,
     timeout: Duration,
-    /// The width of the source's first embedding: another is not the same model's.
-    width: OnceLock<usize>,
+    /// The width of the source's embeddings: another is not the same model's.
+    width: Mutex<Width>,
 }
 
 #[derive(Debug)]
@@ -79,7 +79,7 @@ impl Embedders {
                     source,
                     block,
                     timeout: Duration::from_millis(config.timeout_ms),
-                    width: OnceLock::new(),
+                    width: Mutex::default(),
                 },
             );
         }
@@ -139,6 +139,43 @@ impl Embedders {
     }
 }
 
+/// The width of a source's embeddings, pinned by the first width two of its answers share:
+/// a provider serves one model's width, and a single odd answer (a hiccup) then neither
+/// decides what every later answer is checked against nor locks them all out.
+#[derive(Debug, Default)]
+struct Width {
+    pinned: Option<usize>,
+    /// The widths answered once so far, before one is pinned; the latest few.
+    seen: Vec<usize>,
+}
+
+impl Width {
+    /// How many distinct widths are remembered before one is pinned.
+    const REMEMBERED: usize = 8;
+
+    /// Whether an answer of `width` numbers may be the source's.
+    fn admit(&mut self, width: usize) -> std::result::Result<(), String> {
+        match self.pinned {
+            Some(pinned) if pinned != width => Err(format!(
+                "an embedding of {width} numbers, where the source's answers have {pinned}"
+            )),
+            Some(_) => Ok(()),
+            None if self.seen.contains(&width) => {
+                self.pinned = Some(width);
+                self.seen.clear();
+                Ok(())
+            }
+            None => {
+                if self.seen.len() == Self::REMEMBERED {
+                    self.seen.remove(0);
+                }
+                self.seen.push(width);
+                Ok(())
+            }
+        }
+    }
+}
+
 fn source(config: &EmbeddingConfig) -> Result<Source> {
     match (&config.url, &config.bundled) {
         (Some(url), _) => Ok(Source::Endpoint {
@@ -167,19 +204,16 @@ fn source(config: &EmbeddingConfig) -> Result<Source> {
 impl RouteEmbedder {
     /// An embedding from the source, projected for the route's block, or why it is not
     /// one: empty, not finite, a zero vector (no direction, its block the fallback's), or
-    /// of another width than the source's first.
+    /// of another width than the source's ([`Width`]).
     fn accept(&self, raw: Vec<f32>) -> std::result::Result<Embedded, String> {
         let projected = self.block.project(&raw).map_err(|e| e.to_string())?;
         if raw.iter().all(|v| *v == 0.0) {
             return Err("the embedding is a zero vector".into());
         }
-        let width = *self.width.get_or_init(|| raw.len());
-        if raw.len() != width {
-            return Err(format!(
-                "an embedding of {} numbers, where the source's first had {width}",
-                raw.len()
-            ));
-        }
+        self.width
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(raw.len())?;
         Ok(Embedded { raw, projected })
     }
 
@@ -204,9 +238,11 @@ impl RouteEmbedder {
             #[cfg(feature = "minilm")]
             Source::Bundled(encoder, permits) => {
                 use quiver_bandit::Embedder;
+                // Waits for a core within the route's time limit, which bounds the wait.
                 let permit = std::sync::Arc::clone(permits)
-                    .try_acquire_owned()
-                    .map_err(|_| "every core is encoding".to_string())?;
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| format!("the encoder's cores: {e}"))?;
                 let (encoder, text) = (encoder.clone(), text.to_string());
                 let mut vectors = tokio::task::spawn_blocking(move || {
                     let _held = permit;
@@ -295,7 +331,7 @@ mod tests {
     }
 
     /// A zero vector (the fallback's block under the embedding's name) and an embedding of
-    /// another width than the source's first are not the route's embeddings.
+    /// another width than the one the source's answers share are not the route's embeddings.
     #[test]
     fn an_embedding_must_have_a_direction_and_the_sources_width() {
         let route = RouteConfig {
@@ -324,10 +360,15 @@ mod tests {
                 .len(),
             embedder.block.dims()
         );
+        // One odd width is taken as it comes and pins nothing; the first width answered
+        // twice is the source's.
+        assert!(embedder.accept(vec![0.5, 1.0, 2.0]).is_ok());
+        assert!(embedder.accept(vec![0.5, 1.0, 2.0, 1.0]).is_ok());
         assert!(embedder
             .accept(vec![0.5, 1.0, 2.0])
             .unwrap_err()
-            .contains("3 numbers, where the source's first had 4"));
+            .contains("3 numbers, where the source's answers have 4"));
+        assert!(embedder.accept(vec![1.0; 4]).is_ok());
         embedder.accept(vec![0.1, 0.2, 0.3, 0.4]).unwrap();
     }
 }
