@@ -148,7 +148,7 @@ pub struct ReplayArgs {
     #[arg(long, default_value_t = 32, requires = "embedding")]
     embedding_dims: usize,
     /// Directory of the embeddings cache (default: `$XDG_CACHE_HOME/quiver/embeddings`, else
-    /// `~/.cache/quiver/embeddings`).
+    /// `~/.cache/quiver/embeddings`, else `.quiver-cache/embeddings`).
     #[arg(long, requires = "embedding")]
     embedding_cache: Option<PathBuf>,
     /// Write summary.json, curves.parquet and plots here.
@@ -265,7 +265,12 @@ fn budget_in_usd(budget: Budget, data: &WideDataset, train: Option<&WideDataset>
     let (best, cost) = quiver_sim::metrics::best_model(basis);
     let usd = checked_budget_usd(share * cost)
         .map_err(anyhow::Error::msg)
-        .with_context(|| format!("a budget of {budget} of {}'s mean cost", basis.arms[best]))?;
+        .with_context(|| {
+            format!(
+                "a budget of {budget} of {}'s mean cost per request on the {rows} rows, ${cost}",
+                basis.arms[best]
+            )
+        })?;
     tracing::info!(
         "budget: {budget} of {}'s mean cost per request on the {} {rows} rows, ${usd:.6}",
         basis.arms[best],
@@ -815,7 +820,8 @@ mod tests {
         );
         let err = budget_in_usd(Budget::PercentOfBest(1e8), &evaluated, Some(&train)).unwrap_err();
         assert!(
-            format!("{err:#}").contains("a budget of 100000000% of good's mean cost: the budget is"),
+            format!("{err:#}")
+                .contains("a budget of 100000000% of good's mean cost per request on the training rows, $20: the budget is"),
             "{err:#}"
         );
         let free = WideDataset {

@@ -258,9 +258,16 @@ fn a_replay_embeds_a_table_once_and_builds_the_servers_contexts() {
     let embeddings = PromptEmbeddings::for_datasets(&[&data], &embedder, &cache).unwrap();
     // Three distinct prompts, each embedded once.
     assert_eq!((*embedder.0.lock().unwrap(), embeddings.len()), (3, 3));
-    // Again: read from the cache, nothing embedded.
+    // Again: read from the cache, nothing embedded; and so however the rows are split
+    // between training and evaluation.
     let again = PromptEmbeddings::for_datasets(&[&data], &embedder, &cache).unwrap();
     assert_eq!(*embedder.0.lock().unwrap(), 3);
+    for seed in 0..3 {
+        let (train, evaluated) = data.holdout(0.5, seed).unwrap();
+        PromptEmbeddings::for_datasets(&[&evaluated, &train], &embedder, &cache).unwrap();
+    }
+    assert_eq!(*embedder.0.lock().unwrap(), 3);
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
     assert_eq!(
         again.embed(&["Write a haiku about rain."]).unwrap(),
         vec![toy_embedding("Write a haiku about rain.")]

@@ -26,11 +26,13 @@ pub struct PromptEmbeddings {
 }
 
 /// The default cache directory: `$XDG_CACHE_HOME/quiver/embeddings`, else
-/// `$HOME/.cache/quiver/embeddings`, else `.quiver-cache/embeddings`.
+/// `$HOME/.cache/quiver/embeddings`, else `.quiver-cache/embeddings` in the working
+/// directory. A relative `XDG_CACHE_HOME` is ignored, as the XDG base directory
+/// specification asks.
 pub fn default_cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
+        .filter(|v| v.is_absolute())
         .or_else(|| {
             std::env::var_os("HOME")
                 .filter(|v| !v.is_empty())
@@ -43,27 +45,32 @@ pub fn default_cache_dir() -> PathBuf {
 }
 
 impl PromptEmbeddings {
-    /// The embeddings of every prompt of `datasets` by `embedder`, each dataset read from
-    /// its cache file in `cache_dir` when there is one, else embedded and cached.
+    /// The embeddings of every prompt of `datasets` by `embedder`, read from the cache
+    /// file in `cache_dir` of their distinct prompts when there is one, else embedded and
+    /// cached. The file is keyed on the set of prompts, in no order, so that however a
+    /// table's rows are split between training and evaluation (`--holdout` and its seed),
+    /// its prompts are embedded once.
     pub fn for_datasets(
         datasets: &[&WideDataset],
         embedder: &dyn Embedder,
         cache_dir: &Path,
     ) -> Result<Self> {
         let source = embedder.source();
-        let mut by_prompt = HashMap::new();
-        for data in datasets {
-            let Some(prompts) = &data.prompts else { continue };
-            let mut distinct: Vec<&str> = Vec::new();
-            let mut seen = std::collections::HashSet::new();
-            for p in prompts {
-                if seen.insert(p.as_str()) {
-                    distinct.push(p);
-                }
-            }
-            let vectors = cached(&distinct, embedder, &source, cache_dir)?;
-            by_prompt.extend(distinct.iter().map(|p| p.to_string()).zip(vectors));
-        }
+        let mut distinct: Vec<&str> = datasets
+            .iter()
+            .filter_map(|data| data.prompts.as_ref())
+            .flatten()
+            .map(String::as_str)
+            .collect::<std::collections::HashSet<_>>()
+            .into_iter()
+            .collect();
+        distinct.sort_unstable();
+        let vectors = if distinct.is_empty() {
+            Vec::new()
+        } else {
+            cached(&distinct, embedder, &source, cache_dir)?
+        };
+        let by_prompt = distinct.iter().map(|p| p.to_string()).zip(vectors).collect();
         Ok(PromptEmbeddings { source, by_prompt })
     }
 
