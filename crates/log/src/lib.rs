@@ -33,7 +33,8 @@
 //!
 //! One writer per directory: [`WriterLock`] holds an exclusive `flock` on its `lock` file
 //! for as long as the log is open, so a second server started on the same directory stops
-//! at once instead of interleaving its records with the first's.
+//! (after [`WriterLock::WAIT`], which a server that is ending takes to let go) instead of
+//! interleaving its records with the first's.
 //!
 //! The open segment is preallocated to its size limit (`posix_fallocate`) and written in
 //! place, so an `fdatasync` flushes data without changing the file's size; on ext4 that
@@ -54,6 +55,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -716,7 +718,13 @@ pub struct WriterLock {
 }
 
 impl WriterLock {
-    /// Takes `dir` (made if missing) for this process, or names the lock another holds.
+    /// How long a lock held elsewhere is waited for before it is refused: a server that
+    /// is ending, or a child process between its fork and its exec (which holds a copy of
+    /// every descriptor, the lock's among them), lets go within it.
+    pub const WAIT: Duration = Duration::from_secs(1);
+
+    /// Takes `dir` (made if missing) for this process, or names the lock another holds
+    /// still after [`Self::WAIT`].
     pub fn acquire(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(LOCK_FILE);
@@ -725,7 +733,13 @@ impl WriterLock {
             .truncate(false)
             .write(true)
             .open(&path)?;
-        match file.try_lock() {
+        let deadline = Instant::now() + Self::WAIT;
+        let mut locked = file.try_lock();
+        while matches!(locked, Err(std::fs::TryLockError::WouldBlock)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            locked = file.try_lock();
+        }
+        match locked {
             Ok(()) => Ok(WriterLock {
                 dir: dir.to_path_buf(),
                 _file: file,
@@ -989,7 +1003,7 @@ mod tests {
 
     /// One writer at a time: while a log is open, opening its directory again fails and
     /// names the lock (separate opens conflict within one process too); once it is
-    /// closed, the directory opens.
+    /// closed, the directory opens, also when it closes while the next open waits.
     #[test]
     fn a_log_directory_has_one_writer() {
         let dir = scratch("one-writer");
@@ -1003,8 +1017,13 @@ mod tests {
             "{second}"
         );
         assert!(WriterLock::acquire(&dir).is_err());
-        drop(log);
+        // A lock let go within the wait is taken, as a restart's successor takes it.
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(WriterLock::WAIT / 4);
+            drop(log);
+        });
         let lock = WriterLock::acquire(&dir).unwrap();
+        release.join().unwrap();
         DecisionLog::open_locked(lock, 0, SEGMENT_BYTES).unwrap();
     }
 
