@@ -508,7 +508,8 @@ pub struct RouteConfig {
     /// A priors file (`quiver priors fit`) the route's models start from when the route
     /// starts without a learner from the snapshot: first start, a rebuild from the log
     /// (which then teaches it on top, as it did the first time), or `--reset-route`. A
-    /// restored route holds what the priors taught and does not read the file.
+    /// restored route holds what the priors taught and does not need the file; its shadow
+    /// candidates, rebuilt from the log at every start, read it when it is there.
     #[serde(default)]
     pub priors: Option<PathBuf>,
     /// A sentence embedding of the prompt as a block of the context, after the hashed

@@ -460,15 +460,7 @@ impl RouteState {
         let (learner_config, arms) = learner_setup(&config, layout.dim(), feedback_horizon)?;
         // The route's own learner first: its errors are the route's, not its shadows'.
         let learner = Learner::new(learner_config.clone(), arms.clone())?;
-        let mut shadows = Self::shadows(&config, &learner_config, &arms, feedback_horizon)?;
-        // The candidates start where the route's policy starts: from its priors. They are
-        // rebuilt from the whole log at every start, so they take them every time.
-        if let (Some(shadows), Some(path)) = (shadows.as_mut(), &config.priors) {
-            let priors = read_priors_file(path, &layout.definition(), &config.name)?;
-            shadows
-                .absorb_priors(&priors)
-                .map_err(|e| priors_refused(&config.name, path, &e))?;
-        }
+        let shadows = Self::shadows(&config, &learner_config, &arms, feedback_horizon)?;
         let models: Vec<String> = config.models.iter().map(|m| m.id.clone()).collect();
         let cascade = config
             .cascade
@@ -557,6 +549,34 @@ impl RouteState {
         };
         let (definition, name) = (self.layout.definition(), self.config.name.clone());
         absorb_priors_file(&mut self.live_mut().learner, &path, &definition, &name)
+    }
+
+    /// Starts the route's shadow candidates (the canary's among them) from its priors file,
+    /// where its policy started. They are rebuilt from the whole log at every start, so
+    /// they read the file every time; a route restored from the snapshot does not need it
+    /// any more, so there a file it cannot use leaves the candidates cold, with a warning,
+    /// rather than stopping the start.
+    fn absorb_shadow_priors(&mut self) -> Result<()> {
+        let Some(path) = self.config.priors.clone() else {
+            return Ok(());
+        };
+        let (definition, name, restored) =
+            (self.layout.definition(), self.config.name.clone(), self.restored);
+        let Some(shadows) = self.live_mut().shadows.as_mut() else {
+            return Ok(());
+        };
+        let absorbed = read_priors_file(&path, &definition, &name).and_then(|priors| {
+            shadows
+                .absorb_priors(&priors)
+                .map_err(|e| priors_refused(&name, &path, &e))
+        });
+        match absorbed {
+            Err(e) if restored => {
+                tracing::warn!(route = %name, "the shadow candidates start without priors: {e}");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// What the route changes, while the router opens (nothing else can hold it yet).
@@ -1229,6 +1249,7 @@ impl Router {
                 // What it folded in from the other replicas went with the learner.
                 state.live_mut().folded.clear();
             }
+            state.absorb_shadow_priors()?;
         }
         let log_last = Self::replay_log(&mut states, dir, last_seq, &recovery)?;
         // A restored learner takes the configuration now in force (models added or

@@ -973,10 +973,22 @@ fn a_canary_starts_from_the_routes_priors() {
     // 40 requests at a share of one half: 10 or fewer with probability under 0.1%.
     assert!(served.len() > 10, "{served:?}");
     assert!(served.iter().all(|m| m == "big"), "{served:?}");
+    router.snapshot().unwrap();
     drop(router);
-    let router = Router::open_with(configs, &dir.join("log"), crash_options()).unwrap();
+    let router = Router::open_with(configs.clone(), &dir.join("log"), crash_options()).unwrap();
     let served = served_by_canary(&router);
+    assert!(served.len() > 10, "{served:?}");
     assert!(served.iter().all(|m| m == "big"), "{served:?}");
+    drop(router);
+    // Restored from its snapshot, the route does not need the file: gone, it leaves the
+    // candidates without priors rather than stopping the start.
+    std::fs::remove_file(configs[1].priors.as_ref().unwrap()).unwrap();
+    let router = Router::open_with(configs, &dir.join("log"), crash_options()).unwrap();
+    let request = RouteRequest {
+        prompt: Some("after the file went".into()),
+        ..RouteRequest::default()
+    };
+    router.route("code", &request).unwrap().wait().unwrap();
 }
 
 /// A route with an embedding block logs each decision's block and which featurizer
