@@ -818,11 +818,16 @@ mod tests {
         priors.cap = 20.0;
         let e = priors.validate().expect_err("over the cap").to_string();
         assert!(e.contains("arm m: observations is 30, above the cap 20"), "{e}");
-        // A misspelled key is named, not dropped with what it held.
-        let text = serde_json::to_string(&good)
-            .expect("json")
-            .replace("\"usage\"", "\"usgae\"");
-        let e = Priors::from_json(&text).expect_err("misspelled").to_string();
-        assert!(e.contains("unknown field `usgae`"), "{e}");
+        // A misspelled key is named, not dropped with what it held, at every level.
+        let text = serde_json::to_string(&good).expect("json");
+        for (from, to) in [("\"usage\"", "\"usgae\""), ("\"requests\"", "\"requets\"")] {
+            let e = Priors::from_json(&text.replace(from, to))
+                .expect_err("misspelled")
+                .to_string();
+            assert!(
+                e.contains(&format!("unknown field `{}`", to.trim_matches('"'))),
+                "{e}"
+            );
+        }
     }
 }

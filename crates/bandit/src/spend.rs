@@ -29,6 +29,7 @@ const DECADES_ABOVE: i32 = 6;
 
 /// One weight of a [`SpendCurve`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SpendPoint {
     /// Quality points per USD.
     pub cost_weight: f64,
@@ -38,6 +39,7 @@ pub struct SpendPoint {
 
 /// A table's mean cost per request against the cost weight the choices are made with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SpendCurve {
     /// Increasing weights.
     pub points: Vec<SpendPoint>,

@@ -112,6 +112,7 @@ impl std::ops::Add for AnswerSums {
 
 /// The cost part of a prior: scaled sums of a table's spend and input tokens.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UsagePrior {
     /// Requests the prior counts as.
     pub requests: f64,
