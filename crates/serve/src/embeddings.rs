@@ -60,7 +60,16 @@ enum Source {
 /// Why an embedding was not to be had.
 enum Failure {
     Timeout,
+    /// Every core of the bundled encoder stayed busy for half the time limit.
+    #[cfg_attr(not(feature = "minilm"), allow(dead_code))]
+    Busy,
     Error(String),
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure::Error(message)
+    }
 }
 
 impl Embedders {
@@ -115,12 +124,16 @@ impl Embedders {
         let embedder = self.routes.get(route)?;
         let result = match tokio::time::timeout(embedder.timeout, embedder.fetch(http, text)).await {
             Ok(Ok(raw)) => embedder.accept(raw).map_err(Failure::Error),
-            Ok(Err(message)) => Err(Failure::Error(message)),
+            Ok(Err(failure)) => Err(failure),
             Err(_) => Err(Failure::Timeout),
         };
         let (reason, message) = match result {
             Ok(embedded) => return Some(embedded),
             Err(Failure::Timeout) => ("timeout", format!("no answer within {:?}", embedder.timeout)),
+            Err(Failure::Busy) => (
+                "busy",
+                format!("every core stayed busy encoding for {:?}", embedder.timeout / 2),
+            ),
             Err(Failure::Error(message)) => ("error", message),
         };
         tracing::warn!(
@@ -145,12 +158,13 @@ impl Embedders {
 #[derive(Debug, Default)]
 struct Width {
     pinned: Option<usize>,
-    /// The widths answered once so far, before one is pinned; the latest few.
+    /// The widths answered once so far, before one is pinned.
     seen: Vec<usize>,
 }
 
 impl Width {
-    /// How many distinct widths are remembered before one is pinned.
+    /// How many distinct widths are taken before one is pinned: a source whose widths
+    /// never repeat is no embedding model, and its answers are refused after these.
     const REMEMBERED: usize = 8;
 
     /// Whether an answer of `width` numbers may be the source's.
@@ -165,10 +179,12 @@ impl Width {
                 self.seen.clear();
                 Ok(())
             }
+            None if self.seen.len() == Self::REMEMBERED => Err(format!(
+                "an embedding of {width} numbers, where the source's answers have had {} widths, \
+                 none twice",
+                Self::REMEMBERED
+            )),
             None => {
-                if self.seen.len() == Self::REMEMBERED {
-                    self.seen.remove(0);
-                }
                 self.seen.push(width);
                 Ok(())
             }
@@ -217,9 +233,9 @@ impl RouteEmbedder {
         Ok(Embedded { raw, projected })
     }
 
-    async fn fetch(&self, http: &reqwest::Client, text: &str) -> std::result::Result<Vec<f32>, String> {
+    async fn fetch(&self, http: &reqwest::Client, text: &str) -> std::result::Result<Vec<f32>, Failure> {
         if text.trim().is_empty() {
-            return Err("blank prompt".into());
+            return Err(Failure::Error("blank prompt".into()));
         }
         match &self.source {
             Source::Endpoint { url, model, key } => {
@@ -230,19 +246,22 @@ impl RouteEmbedder {
                 let response = request.send().await.map_err(|e| format!("{url}: {e}"))?;
                 let status = response.status();
                 if !status.is_success() {
-                    return Err(format!("{url}: status {status}"));
+                    return Err(format!("{url}: status {status}").into());
                 }
                 let body: Value = response.json().await.map_err(|e| format!("{url}: {e}"))?;
-                the_embedding(&body).map_err(|e| format!("{url}: {e}"))
+                Ok(the_embedding(&body).map_err(|e| format!("{url}: {e}"))?)
             }
             #[cfg(feature = "minilm")]
             Source::Bundled(encoder, permits) => {
                 use quiver_bandit::Embedder;
-                // Waits for a core within the route's time limit, which bounds the wait.
-                let permit = std::sync::Arc::clone(permits)
-                    .acquire_owned()
-                    .await
-                    .map_err(|e| format!("the encoder's cores: {e}"))?;
+                // Waits for a core for half the route's time limit at most, which leaves
+                // the other half to encode in: an encoding started late runs on after the
+                // limit for nothing.
+                let permit =
+                    tokio::time::timeout(self.timeout / 2, std::sync::Arc::clone(permits).acquire_owned())
+                        .await
+                        .map_err(|_| Failure::Busy)?
+                        .map_err(|e| format!("the encoder's cores: {e}"))?;
                 let (encoder, text) = (encoder.clone(), text.to_string());
                 let mut vectors = tokio::task::spawn_blocking(move || {
                     let _held = permit;
@@ -250,7 +269,7 @@ impl RouteEmbedder {
                 })
                 .await
                 .map_err(|e| format!("encoder task failed: {e}"))??;
-                vectors.pop().ok_or_else(|| "the encoder returned nothing".into())
+                Ok(vectors.pop().ok_or("the encoder returned nothing".to_string())?)
             }
         }
     }
@@ -369,6 +388,14 @@ mod tests {
             .unwrap_err()
             .contains("3 numbers, where the source's answers have 4"));
         assert!(embedder.accept(vec![1.0; 4]).is_ok());
+        // A source whose widths never repeat is refused after a few.
+        let mut width = Width::default();
+        for w in 1..=Width::REMEMBERED {
+            assert!(width.admit(w).is_ok());
+        }
+        let e = width.admit(100).unwrap_err();
+        assert!(e.contains("8 widths, none twice"), "{e}");
+        assert!(width.admit(3).is_ok() && width.admit(100).is_err());
         embedder.accept(vec![0.1, 0.2, 0.3, 0.4]).unwrap();
     }
 }
