@@ -268,6 +268,18 @@ fn a_replay_embeds_a_table_once_and_builds_the_servers_contexts() {
     }
     assert_eq!(*embedder.0.lock().unwrap(), 3);
     assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+    // Joined with another table, only its new prompt is embedded.
+    let other = dir.join("other.csv");
+    std::fs::write(
+        &other,
+        "id,prompt,quality|small,cost|small,quality|big,cost|big\nq0,\"Name a prime.\",1,0.0001,1,0.002\nq1,\"Name a colour.\",1,0.0001,1,0.002\n",
+    )
+    .unwrap();
+    let other = load_wide(other.to_str().unwrap(), Format::Auto, None).unwrap();
+    PromptEmbeddings::for_datasets(&[&data, &other], &embedder, &cache).unwrap();
+    assert_eq!(*embedder.0.lock().unwrap(), 4);
+    PromptEmbeddings::for_datasets(&[&other], &embedder, &cache).unwrap();
+    assert_eq!(*embedder.0.lock().unwrap(), 4);
     assert_eq!(
         again.embed(&["Write a haiku about rain."]).unwrap(),
         vec![toy_embedding("Write a haiku about rain.")]
@@ -276,7 +288,7 @@ fn a_replay_embeds_a_table_once_and_builds_the_servers_contexts() {
     let file = std::fs::read_dir(&cache).unwrap().next().unwrap().unwrap().path();
     std::fs::write(&file, b"quiver-embeddings 1\n\x03\x00").unwrap();
     PromptEmbeddings::for_datasets(&[&data], &embedder, &cache).unwrap();
-    assert_eq!(*embedder.0.lock().unwrap(), 6);
+    assert_eq!(*embedder.0.lock().unwrap(), 7);
 
     let offline = ContextBuilder::new(true, &[], 0)
         .with_embeddings(again, 16)
@@ -364,8 +376,12 @@ fn replay_embeds_with_the_bundled_encoder_once() {
         .collect();
     assert_eq!(files.len(), 1);
     let written = std::fs::metadata(&files[0]).unwrap().modified().unwrap();
-    // 40 distinct prompts of 384 floats, after the header.
-    assert_eq!(std::fs::metadata(&files[0]).unwrap().len(), 20 + 8 + 40 * 384 * 4);
+    // 40 distinct prompts, each its key (12 bytes) and 384 floats, after the header and
+    // the width.
+    assert_eq!(
+        std::fs::metadata(&files[0]).unwrap().len(),
+        20 + 4 + 40 * (12 + 384 * 4)
+    );
     let second = replay_with_minilm(&table, &cache);
     assert!(second.status.success());
     assert_eq!(std::fs::metadata(&files[0]).unwrap().modified().unwrap(), written);

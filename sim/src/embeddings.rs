@@ -1,10 +1,14 @@
-//! Prompt embeddings for a replay, computed once per dataset and cached on disk.
+//! Prompt embeddings for a replay, computed once per prompt and cached on disk.
 //!
-//! A dataset's distinct prompts (in first-seen order) are embedded in batches, and the raw
-//! vectors are written to `<cache>/<source>-<key>.emb`, `key` being an FNV-1a hash of the
-//! prompts themselves: the same table embeds once, whatever its path, and a changed table
-//! embeds afresh. The file: the line `quiver-embeddings 1`, then the count and the width
-//! as little-endian `u32`, then the vectors as little-endian `f32`.
+//! The prompts a replay needs that the cache lacks are embedded in batches, and every
+//! vector a source has given is kept in `<cache>/<source>.emb` under its prompt's key (an
+//! FNV-1a hash of the prompt and its length): a table embeds once, whatever its path and
+//! however its rows are split (`--holdout`, `--split`) or joined with another's
+//! (`--train`), and a changed prompt embeds afresh. The file: the line
+//! `quiver-embeddings 2`, the width as a little-endian `u32`, then per prompt its hash
+//! (`u64`), its length in bytes (`u32`) and its vector (`f32`), all little-endian, by key.
+//! A file that is not one (damaged, of another version or width) is embedded again and
+//! replaced.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -15,7 +19,7 @@ use quiver_bandit::Embedder;
 use crate::data::WideDataset;
 use crate::error::{Result, SimError};
 
-const MAGIC: &[u8] = b"quiver-embeddings 1\n";
+const MAGIC: &[u8] = b"quiver-embeddings 2\n";
 const BATCH: usize = 256;
 
 /// Raw embeddings by prompt, from one source.
@@ -45,11 +49,8 @@ pub fn default_cache_dir() -> PathBuf {
 }
 
 impl PromptEmbeddings {
-    /// The embeddings of every prompt of `datasets` by `embedder`, read from the cache
-    /// file in `cache_dir` of their distinct prompts when there is one, else embedded and
-    /// cached. The file is keyed on the set of prompts, in no order, so that however a
-    /// table's rows are split between training and evaluation (`--holdout` and its seed),
-    /// its prompts are embedded once.
+    /// The embeddings of every prompt of `datasets` by `embedder`: those the cache in
+    /// `cache_dir` holds read from it, the others embedded and added to it.
     pub fn for_datasets(
         datasets: &[&WideDataset],
         embedder: &dyn Embedder,
@@ -104,25 +105,59 @@ impl Embedder for PromptEmbeddings {
     }
 }
 
-/// FNV-1a (64-bit) of the prompts, each followed by a NUL.
-fn key(prompts: &[&str]) -> u64 {
+/// A prompt's key in the cache: FNV-1a (64-bit) of its bytes, and their number.
+type Key = (u64, u32);
+
+fn key(prompt: &str) -> Key {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in prompts {
-        for &b in p.as_bytes().iter().chain(&[0u8]) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+    for &b in prompt.as_bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    h
+    (h, prompt.len() as u32)
 }
 
+/// The vectors of `prompts`, each read from `source`'s cache file in `dir` or embedded and
+/// added to it.
 fn cached(prompts: &[&str], embedder: &dyn Embedder, source: &str, dir: &Path) -> Result<Vec<Vec<f32>>> {
-    let path = dir.join(format!("{source}-{:016x}.emb", key(prompts)));
-    // A file that is not a cache of these prompts (truncated, another version) is
-    // embedded again and replaced.
-    if let Some(vectors) = std::fs::read(&path).ok().and_then(|b| decode(&b, prompts.len())) {
-        return Ok(vectors);
+    let path = dir.join(format!("{source}.emb"));
+    let (mut width, mut stored) = std::fs::read(&path)
+        .ok()
+        .and_then(|bytes| decode(&bytes))
+        .unwrap_or_default();
+    let missing: Vec<&str> = prompts
+        .iter()
+        .filter(|p| !stored.contains_key(&key(p)))
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        let mut fresh = embed_all(&missing, embedder, source)?;
+        let fresh_width = fresh.first().map_or(0, Vec::len);
+        if fresh_width == 0 || fresh.iter().any(|v| v.len() != fresh_width) {
+            return Err(SimError::Embedding(format!(
+                "{source}: embeddings of no width or of several widths"
+            )));
+        }
+        if fresh_width != width && !stored.is_empty() {
+            // Another width under the same source's name: another version of its model,
+            // whose vectors the stored ones are not.
+            stored.clear();
+            let rest: Vec<&str> = prompts.iter().filter(|p| !missing.contains(p)).copied().collect();
+            let mut again = embed_all(&rest, embedder, source)?;
+            stored.extend(rest.iter().map(|p| key(p)).zip(again.drain(..)));
+        }
+        width = fresh_width;
+        stored.extend(missing.iter().map(|p| key(p)).zip(fresh.drain(..)));
+        write_atomically(&path, &encode(width, &stored)).map_err(|e| SimError::Write {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
     }
+    Ok(prompts.iter().map(|p| stored[&key(p)].clone()).collect())
+}
+
+/// The vectors of `prompts` by `embedder`, in batches.
+fn embed_all(prompts: &[&str], embedder: &dyn Embedder, source: &str) -> Result<Vec<Vec<f32>>> {
     let mut vectors = Vec::with_capacity(prompts.len());
     for batch in prompts.chunks(BATCH) {
         let embedded = embedder
@@ -137,38 +172,44 @@ fn cached(prompts: &[&str], embedder: &dyn Embedder, source: &str, dir: &Path) -
         }
         vectors.extend(embedded);
     }
-    write_atomically(&path, &encode(&vectors)).map_err(|e| SimError::Write {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
     Ok(vectors)
 }
 
-fn encode(vectors: &[Vec<f32>]) -> Vec<u8> {
-    let width = vectors.first().map_or(0, Vec::len);
+fn encode(width: usize, stored: &HashMap<Key, Vec<f32>>) -> Vec<u8> {
+    let mut keys: Vec<&Key> = stored.keys().collect();
+    keys.sort_unstable();
     let mut bytes = MAGIC.to_vec();
-    bytes.extend((vectors.len() as u32).to_le_bytes());
     bytes.extend((width as u32).to_le_bytes());
-    for v in vectors {
-        v.iter().for_each(|x| bytes.extend(x.to_le_bytes()));
+    for k in keys {
+        bytes.extend(k.0.to_le_bytes());
+        bytes.extend(k.1.to_le_bytes());
+        stored[k].iter().for_each(|x| bytes.extend(x.to_le_bytes()));
     }
     bytes
 }
 
-/// The vectors of a cache file of `count` of them; None if it is not one.
-fn decode(bytes: &[u8], count: usize) -> Option<Vec<Vec<f32>>> {
+/// The width and the vectors by key of a cache file; None if it is not one.
+fn decode(bytes: &[u8]) -> Option<(usize, HashMap<Key, Vec<f32>>)> {
     let rest = bytes.strip_prefix(MAGIC)?;
-    let word = |i: usize| Some(u32::from_le_bytes(rest.get(i..i + 4)?.try_into().ok()?) as usize);
-    let (n, width) = (word(0)?, word(4)?);
-    let data = &rest[8..];
-    if n != count || width == 0 || data.len() != n * width * 4 {
+    let width = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let data = &rest[4..];
+    let record = 12 + 4 * width;
+    if width == 0 || data.len() % record != 0 {
         return None;
     }
-    let floats: Vec<f32> = data
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Some(floats.chunks(width).map(<[f32]>::to_vec).collect())
+    let stored = data
+        .chunks_exact(record)
+        .map(|r| {
+            let hash = u64::from_le_bytes(r[..8].try_into().ok()?);
+            let length = u32::from_le_bytes(r[8..12].try_into().ok()?);
+            let vector = r[12..]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            Some(((hash, length), vector))
+        })
+        .collect::<Option<HashMap<_, _>>>()?;
+    Some((width, stored))
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
