@@ -55,7 +55,7 @@ pub struct UpstreamLabels {
 pub struct EmbeddingFallbackLabels {
     /// The route.
     pub route: String,
-    /// `timeout` or `error`.
+    /// `timeout`, `busy` (every core of the bundled encoder stayed busy) or `error`.
     pub reason: String,
 }
 
@@ -272,7 +272,8 @@ impl Default for Metrics {
         let embedding_fallbacks = Family::<EmbeddingFallbackLabels, Counter>::default();
         registry.register(
             "quiver_embedding_fallbacks",
-            "Decisions of routes with an embedding block made on hashed features alone, by route and reason",
+            "Decisions of routes with an embedding block made on hashed features alone, by route and reason \
+             (timeout, busy: every core of the bundled encoder stayed busy, error)",
             embedding_fallbacks.clone(),
         );
         Metrics {
