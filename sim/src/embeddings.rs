@@ -131,7 +131,7 @@ fn cached(prompts: &[&str], embedder: &dyn Embedder, source: &str, dir: &Path) -
         .copied()
         .collect();
     if !missing.is_empty() {
-        let mut fresh = embed_all(&missing, embedder, source)?;
+        let fresh = embed_all(&missing, embedder, source)?;
         let fresh_width = fresh.first().map_or(0, Vec::len);
         if fresh_width == 0 || fresh.iter().any(|v| v.len() != fresh_width) {
             return Err(SimError::Embedding(format!(
@@ -141,13 +141,17 @@ fn cached(prompts: &[&str], embedder: &dyn Embedder, source: &str, dir: &Path) -
         if fresh_width != width && !stored.is_empty() {
             // Another width under the same source's name: another version of its model,
             // whose vectors the stored ones are not.
+            let rest: Vec<&str> = prompts
+                .iter()
+                .filter(|p| stored.contains_key(&key(p)))
+                .copied()
+                .collect();
             stored.clear();
-            let rest: Vec<&str> = prompts.iter().filter(|p| !missing.contains(p)).copied().collect();
-            let mut again = embed_all(&rest, embedder, source)?;
-            stored.extend(rest.iter().map(|p| key(p)).zip(again.drain(..)));
+            let again = embed_all(&rest, embedder, source)?;
+            stored.extend(rest.iter().map(|p| key(p)).zip(again));
         }
         width = fresh_width;
-        stored.extend(missing.iter().map(|p| key(p)).zip(fresh.drain(..)));
+        stored.extend(missing.iter().map(|p| key(p)).zip(fresh));
         write_atomically(&path, &encode(width, &stored)).map_err(|e| SimError::Write {
             path: path.clone(),
             reason: e.to_string(),
@@ -221,4 +225,54 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// Vectors of `width` numbers, counting the prompts it embeds.
+    struct Sized {
+        width: usize,
+        embedded: Cell<usize>,
+    }
+
+    impl Embedder for Sized {
+        fn source(&self) -> String {
+            "sized".into()
+        }
+        fn embed(&self, texts: &[&str]) -> std::result::Result<Vec<Vec<f32>>, String> {
+            self.embedded.set(self.embedded.get() + texts.len());
+            Ok(texts.iter().map(|t| vec![t.len() as f32; self.width]).collect())
+        }
+    }
+
+    /// A source whose vectors changed width (another version of its model under the same
+    /// name) has every prompt embedded again, not the new ones alone.
+    #[test]
+    fn a_source_of_another_width_embeds_every_prompt_again() {
+        let dir = std::env::temp_dir().join(format!("quiver-emb-width-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let old = Sized {
+            width: 4,
+            embedded: Cell::new(0),
+        };
+        assert_eq!(
+            cached(&["a", "bb"], &old, "sized", &dir).unwrap()[1],
+            vec![2.0; 4]
+        );
+        assert_eq!(cached(&["a", "bb"], &old, "sized", &dir).unwrap().len(), 2);
+        assert_eq!(old.embedded.get(), 2);
+        let new = Sized {
+            width: 3,
+            embedded: Cell::new(0),
+        };
+        let vectors = cached(&["a", "bb", "ccc"], &new, "sized", &dir).unwrap();
+        assert_eq!(vectors, vec![vec![1.0; 3], vec![2.0; 3], vec![3.0; 3]]);
+        assert_eq!(new.embedded.get(), 3);
+        let (width, stored) = decode(&std::fs::read(dir.join("sized.emb")).unwrap()).unwrap();
+        assert_eq!((width, stored.len()), (3, 3));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
