@@ -384,13 +384,11 @@ fn priors_refused(route: &str, path: &Path, reason: &dyn std::fmt::Display) -> S
     ServeError::Config(format!("route {route}: priors {}: {reason}", path.display()))
 }
 
-/// Starts `learner` from the priors file at `path`, fitted on contexts built as
-/// `definition`. A file that has none of the route's models is refused: its ids are
-/// another route's, or misspelled.
-fn absorb_priors_file(learner: &mut Learner, path: &Path, definition: &str, route: &str) -> Result<()> {
-    let priors = read_priors_file(path, definition, route)?;
+/// Starts `learner` from `priors`, read from `path`. Priors with none of the route's
+/// models are refused: their ids are another route's, or misspelled.
+fn absorb_priors_into(learner: &mut Learner, priors: &Priors, path: &Path, route: &str) -> Result<()> {
     let coverage = learner
-        .absorb_priors(&priors)
+        .absorb_priors(priors)
         .map_err(|e| priors_refused(route, path, &e))?;
     match coverage.note() {
         None => {
@@ -537,46 +535,49 @@ impl RouteState {
         let (config, arms) = learner_setup(&self.config, self.layout.dim(), feedback_horizon)?;
         let mut learner = Learner::new(config, arms)?;
         if let Some(path) = &self.config.priors {
-            absorb_priors_file(&mut learner, path, &self.layout.definition(), &self.config.name)?;
+            let priors = read_priors_file(path, &self.layout.definition(), &self.config.name)?;
+            absorb_priors_into(&mut learner, &priors, path, &self.config.name)?;
         }
         Ok(learner)
     }
 
-    /// Starts a route without learned state from its priors file, if it has one.
+    /// Starts the route from its priors file, if it has one, reading it once: its learner
+    /// when it has no learned state (a first start, a rebuild from the log, a reset), and
+    /// its shadow candidates (the canary's among them) at every start, since they are
+    /// rebuilt from the whole log. A route restored from the snapshot no longer needs the
+    /// file, so there one it cannot use leaves the candidates without priors, with a
+    /// warning, rather than stopping the start.
     fn absorb_priors(&mut self) -> Result<()> {
+        let (restored, name) = (self.restored, self.config.name.clone());
         let Some(path) = self.config.priors.clone() else {
             return Ok(());
         };
-        let (definition, name) = (self.layout.definition(), self.config.name.clone());
-        absorb_priors_file(&mut self.live_mut().learner, &path, &definition, &name)
-    }
-
-    /// Starts the route's shadow candidates (the canary's among them) from its priors file,
-    /// where its policy started. They are rebuilt from the whole log at every start, so
-    /// they read the file every time; a route restored from the snapshot does not need it
-    /// any more, so there a file it cannot use leaves the candidates cold, with a warning,
-    /// rather than stopping the start.
-    fn absorb_shadow_priors(&mut self) -> Result<()> {
-        let Some(path) = self.config.priors.clone() else {
+        if restored && self.live_mut().shadows.is_none() {
             return Ok(());
-        };
-        let (definition, name, restored) =
-            (self.layout.definition(), self.config.name.clone(), self.restored);
-        let Some(shadows) = self.live_mut().shadows.as_mut() else {
-            return Ok(());
-        };
-        let absorbed = read_priors_file(&path, &definition, &name).and_then(|priors| {
-            shadows
-                .absorb_priors(&priors)
-                .map_err(|e| priors_refused(&name, &path, &e))
-        });
-        match absorbed {
-            Err(e) if restored => {
-                tracing::warn!(route = %name, "the shadow candidates start without priors: {e}");
-                Ok(())
-            }
-            other => other,
         }
+        let without_priors = |e: ServeError| {
+            tracing::warn!(route = %name, "the shadow candidates start without priors: {e}");
+        };
+        let priors = match read_priors_file(&path, &self.layout.definition(), &name) {
+            Ok(priors) => priors,
+            Err(e) if restored => {
+                without_priors(e);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let live = self.live_mut();
+        if !restored {
+            absorb_priors_into(&mut live.learner, &priors, &path, &name)?;
+        }
+        if let Some(shadows) = live.shadows.as_mut() {
+            match shadows.absorb_priors(&priors) {
+                Err(e) if restored => without_priors(priors_refused(&name, &path, &e)),
+                Err(e) => return Err(priors_refused(&name, &path, &e)),
+                Ok(()) => {}
+            }
+        }
+        Ok(())
     }
 
     /// What the route changes, while the router opens (nothing else can hold it yet).
@@ -1239,17 +1240,17 @@ impl Router {
             recovery.insert(name.clone(), Recovery::Reset);
         }
         // Routes without learned state start from their priors: fresh, rebuilt from the
-        // log (which then teaches them on top) and reset ones.
+        // log (which then teaches them on top) and reset ones; every route's shadow
+        // candidates too.
         for (name, state) in states.iter_mut() {
             if state.restored && options.reset_routes.contains(name) {
                 *state = RouteState::new(state.config.clone(), options.feedback_horizon)?;
             }
+            state.absorb_priors()?;
             if !state.restored {
-                state.absorb_priors()?;
                 // What it folded in from the other replicas went with the learner.
                 state.live_mut().folded.clear();
             }
-            state.absorb_shadow_priors()?;
         }
         let log_last = Self::replay_log(&mut states, dir, last_seq, &recovery)?;
         // A restored learner takes the configuration now in force (models added or
