@@ -13,7 +13,7 @@ use quiver_bandit::EmbeddingBlock;
 use serde_json::{json, Value};
 
 use crate::config::{EmbeddingConfig, RouteConfig};
-use crate::error::{Result, ServeError};
+use crate::error::{route_config, Result, ServeError};
 use crate::metrics::{EmbeddingFallbackLabels, Metrics};
 
 /// The most estimated tokens (four characters each) of a text the bundled encoder is
@@ -79,9 +79,8 @@ impl Embedders {
         let mut embedders = BTreeMap::new();
         for route in routes {
             let Some(config) = &route.embedding else { continue };
-            let refuse = |e: ServeError| ServeError::Config(format!("route `{}`: {e}", route.name));
-            let block = config.block().map_err(refuse)?;
-            let source = source(config).map_err(refuse)?;
+            let block = config.block().map_err(route_config(&route.name))?;
+            let source = source(config).map_err(route_config(&route.name))?;
             embedders.insert(
                 route.name.clone(),
                 RouteEmbedder {

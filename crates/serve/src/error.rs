@@ -113,15 +113,18 @@ pub(crate) fn io_at(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> 
 /// Refuses route `route`'s configuration for `cause`, naming the route, and saying that
 /// the configuration is invalid once however the cause says it.
 pub(crate) fn route_config(route: &str) -> impl FnOnce(ServeError) -> ServeError + '_ {
-    move |cause| {
-        let why = match cause {
-            ServeError::Config(why) => why,
-            ServeError::Bandit(e) => match e.kind() {
-                quiver_bandit::ErrorKind::InvalidConfig(why) => why.clone(),
-                _ => e.to_string(),
-            },
-            other => other.to_string(),
-        };
-        ServeError::Config(format!("route `{route}`: {why}"))
+    move |cause| ServeError::Config(format!("route `{route}`: {}", config_reason(cause)))
+}
+
+/// What `cause` finds wrong with a configuration, without its own "invalid configuration"
+/// (the error that wraps it says that once).
+pub(crate) fn config_reason(cause: ServeError) -> String {
+    match cause {
+        ServeError::Config(why) => why,
+        ServeError::Bandit(e) => match e.kind() {
+            quiver_bandit::ErrorKind::InvalidConfig(why) => why.clone(),
+            _ => e.to_string(),
+        },
+        other => other.to_string(),
     }
 }

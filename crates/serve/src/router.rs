@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cascade::Cascade;
 use crate::config::{EmbeddingConfig, ModelConfig, RouteConfig};
-use crate::error::{io_at, route_config, Result, ServeError};
+use crate::error::{config_reason, io_at, route_config, Result, ServeError};
 use crate::sessions::{self, Sessions, Verdict as SessionVerdict};
 use crate::spend::{self, Allowance, Spend};
 use quiver_log::{records_after, DecisionLog, LogEvent, LogRecord, WriterLock, SEGMENT_BYTES};
@@ -371,17 +371,22 @@ impl LoggedDecisions {
 
 /// The priors file at `path`, checked to be fitted on contexts built as `definition`.
 fn read_priors_file(path: &Path, definition: &str, route: &str) -> Result<Priors> {
-    let text = std::fs::read_to_string(path).map_err(|e| priors_refused(route, path, &e))?;
-    let priors = Priors::from_json(&text).map_err(|e| priors_refused(route, path, &e))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| priors_refused(route, path, ServeError::Config(e.to_string())))?;
+    let priors = Priors::from_json(&text).map_err(|e| priors_refused(route, path, e.into()))?;
     priors
         .check_context(definition)
-        .map_err(|e| priors_refused(route, path, &e))?;
+        .map_err(|e| priors_refused(route, path, e.into()))?;
     Ok(priors)
 }
 
-/// `route`'s priors file at `path` refused for `reason`.
-fn priors_refused(route: &str, path: &Path, reason: &dyn std::fmt::Display) -> ServeError {
-    ServeError::Config(format!("route {route}: priors {}: {reason}", path.display()))
+/// `route`'s priors file at `path` refused for `cause`.
+fn priors_refused(route: &str, path: &Path, cause: ServeError) -> ServeError {
+    ServeError::Config(format!(
+        "route `{route}`: priors {}: {}",
+        path.display(),
+        config_reason(cause)
+    ))
 }
 
 /// Starts `learner` from `priors`, read from `path`. Priors with none of the route's
@@ -389,7 +394,7 @@ fn priors_refused(route: &str, path: &Path, reason: &dyn std::fmt::Display) -> S
 fn absorb_priors_into(learner: &mut Learner, priors: &Priors, path: &Path, route: &str) -> Result<()> {
     let coverage = learner
         .absorb_priors(priors)
-        .map_err(|e| priors_refused(route, path, &e))?;
+        .map_err(|e| priors_refused(route, path, e.into()))?;
     match coverage.note() {
         None => {
             tracing::info!(route, priors = %path.display(), source = %priors.source, "route starts from priors")
@@ -496,7 +501,9 @@ impl RouteState {
     ) -> Result<Option<Shadows>> {
         let name = &config.name;
         let refuse = |what: &'static str| {
-            move |e: quiver_bandit::Error| ServeError::Config(format!("route `{name}`: {what}: {e}"))
+            move |e: quiver_bandit::Error| {
+                ServeError::Config(format!("route `{name}`: {what}: {}", config_reason(e.into())))
+            }
         };
         let mut specs = config
             .shadow
@@ -572,8 +579,8 @@ impl RouteState {
         }
         if let Some(shadows) = live.shadows.as_mut() {
             match shadows.absorb_priors(&priors) {
-                Err(e) if restored => without_priors(priors_refused(&name, &path, &e)),
-                Err(e) => return Err(priors_refused(&name, &path, &e)),
+                Err(e) if restored => without_priors(priors_refused(&name, &path, e.into())),
+                Err(e) => return Err(priors_refused(&name, &path, e.into())),
                 Ok(()) => {}
             }
         }

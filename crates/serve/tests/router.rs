@@ -908,7 +908,9 @@ fn a_route_starts_from_its_priors_once() {
         .unwrap()
         .to_string();
     assert!(
-        error.contains("route code") && error.contains("priors.json") && error.contains("caller=2"),
+        error.contains("route `code`: priors ")
+            && error.contains("priors.json")
+            && error.contains("caller=2"),
         "{error}"
     );
     // Priors of other models: another route's, or misspelled ids.
@@ -923,8 +925,9 @@ fn a_route_starts_from_its_priors_once() {
         .unwrap()
         .to_string();
     assert!(
-        error.contains("route code: priors")
-            && error.contains("the priors have none of the models (big, small); their models: large, tiny"),
+        error.contains("route `code`: priors")
+            && error.contains("the priors have none of the models (big, small); their models: large, tiny")
+            && error.matches("invalid configuration").count() == 1,
         "{error}"
     );
     configs[1].priors = Some(dir.join("missing.json"));
@@ -933,7 +936,7 @@ fn a_route_starts_from_its_priors_once() {
         .unwrap()
         .to_string();
     assert!(
-        error.contains("route code: priors") && error.contains("missing.json"),
+        error.contains("route `code`: priors") && error.contains("missing.json"),
         "{error}"
     );
 }
