@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use quiver_bandit::{Objective, PolicySpec};
-use quiver_sim::data::{load, Dataset, Format, Split};
+use quiver_sim::data::{detect_format, load, Dataset, Format, Split};
 use quiver_sim::ope::{all_estimators, estimator_by_name, evaluate, Estimator, EstimatorSettings};
 
 #[derive(Args)]
@@ -52,8 +52,17 @@ pub struct OpeArgs {
 
 pub fn run(args: OpeArgs) -> Result<()> {
     let converted;
-    let mut log = match args.format {
-        Format::Auto | Format::Logged => crate::open_log(&args.data, args.format, args.split.as_ref())?,
+    // Detected from the first file's columns, another system's log is converted below; a
+    // native log keeps auto, whose reader says what a table that is no log lacks.
+    let format = match args.format {
+        Format::Auto => match detect_format(&args.data, Format::Auto) {
+            Ok(Format::Logged) | Err(_) => Format::Auto,
+            Ok(detected) => detected,
+        },
+        given => given,
+    };
+    let mut log = match format {
+        Format::Auto | Format::Logged => crate::open_log(&args.data, format, args.split.as_ref())?,
         // Another system's log (the Open Bandit Dataset's) is read whole and streamed as a
         // logged table from a file of its own, which goes when the command ends.
         other => {
@@ -133,8 +142,11 @@ pub fn run(args: OpeArgs) -> Result<()> {
             "{:<10} {:>12} {:>27} {:>27}",
             "estimator", "value", "95% CI (analytic)", "95% CI (bootstrap)"
         );
-        let interval =
-            |i: Option<[f64; 2]>| i.map_or("-".to_string(), |[lo, hi]| format!("[{lo:.6}, {hi:.6}]"));
+        let interval = |i: Option<[f64; 2]>| match i {
+            None => "-".to_string(),
+            Some([lo, hi]) if lo.is_nan() || hi.is_nan() => "n/a".to_string(),
+            Some([lo, hi]) => format!("[{lo:.6}, {hi:.6}]"),
+        };
         for e in &m.estimates {
             println!(
                 "{:<10} {:>12.6} {:>27} {:>27}",
@@ -155,6 +167,17 @@ pub fn run(args: OpeArgs) -> Result<()> {
             "\n{}: no interval: its error is its reward model's bias, which resampling the rows \
              does not measure; dr corrects that model with the logged rewards",
             e.estimator
+        );
+    }
+    let unmeasured = summary
+        .metrics
+        .iter()
+        .flat_map(|m| &m.estimates)
+        .any(|e| e.ci95_analytic.is_some() && e.std_error.is_nan());
+    if unmeasured {
+        println!(
+            "\nn/a: fewer than two rows move the estimate (of a ratio, rows where the candidate's \
+             weight is not 0): no interval can say how far it is from the truth"
         );
     }
     Ok(())

@@ -467,6 +467,60 @@ fn wide_data_converts_to_a_log_that_ope_reads() {
     assert!(said.contains("every decision is uniform at random"), "{said}");
 }
 
+/// A session's stay and a cascade's escalation are left out of an estimate whether the
+/// log says which rows are decisions (`event`) or holds decisions only; and an outcome or
+/// feedback record needs no propensity of its own.
+#[test]
+fn ope_leaves_out_stays_and_escalations_of_any_log() {
+    let dir = scratch("ope_stays");
+    let ope = |name: &str, text: &str| -> serde_json::Value {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = stdout(&quiver(&[
+            "ope",
+            "--data",
+            path.to_str().unwrap(),
+            "--policy",
+            "fixed(b)",
+            "--estimators",
+            "ips,snips,replay",
+            "--bootstrap",
+            "0",
+            "--json",
+        ]));
+        serde_json::from_str(&out).unwrap()
+    };
+    // Decisions 1 and 3 count: weights 0 and 2, qualities 1 and 0, so every estimate is 0.
+    let decisions_only = ope(
+        "decisions.csv",
+        "arm,propensity,quality,reason,parent_decision_id\n\
+         a,0.5,1,,\n\
+         b,1,1,session: stay,\n\
+         b,0.5,0,,\n\
+         b,1,1,,x1\n",
+    );
+    let with_events = ope(
+        "events.csv",
+        "event,decision_id,arm,propensity,quality,reason,parent_decision_id\n\
+         decision,1,a,0.5,,,\n\
+         decision,2,b,1,,session: stay,\n\
+         decision,3,b,0.5,,,\n\
+         decision,4,b,1,,,1\n\
+         feedback,1,,,1,,\n\
+         feedback,2,,,1,,\n\
+         feedback,3,,,0,,\n\
+         feedback,4,,,1,,\n",
+    );
+    for report in [&decisions_only, &with_events] {
+        assert_eq!(report["rows"], 2, "{report}");
+        let estimates = report["metrics"][1]["estimates"].as_array().unwrap();
+        assert_eq!(estimates.len(), 3);
+        for estimate in estimates {
+            assert_eq!(estimate["value"], 0.0, "{estimate}");
+        }
+    }
+}
+
 /// An Open Bandit Dataset log (its columns, three items) is evaluated by `quiver ope
 /// --format obd` as the same log converted by `quiver data convert` first, and named as
 /// the file it was read from.
@@ -516,6 +570,7 @@ fn ope_reads_an_open_bandit_dataset_log_as_its_conversion() {
         serde_json::from_str(&out).unwrap()
     };
     let direct = ope(obd_path, "obd");
+    assert_eq!(ope(obd_path, "auto"), direct, "auto tells the dataset's columns");
     let mut via_conversion = ope(converted.to_str().unwrap(), "logged");
     assert_eq!(direct["dataset"], obd_path);
     assert_eq!(direct["rows"], 90);

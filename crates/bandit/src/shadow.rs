@@ -187,7 +187,8 @@ impl Draws {
 pub struct Interval {
     /// Point estimate (`null` before any row).
     pub value: Option<f64>,
-    /// Delta-method 95% interval (`null` under two rows).
+    /// Delta-method 95% interval (`null` under two rows that move the estimate: of a
+    /// ratio, rows that carry weight).
     pub ci95: Option<[f64; 2]>,
 }
 

@@ -324,6 +324,8 @@ impl LoggedReader {
             .into_iter()
             .enumerate()
             .map(|(row, p)| match p {
+                // An outcome or feedback record takes its decision's.
+                None if !is_decision(row) => Ok(1.0),
                 Some(p) if p > 0.0 && p <= 1.0 => Ok(p),
                 Some(0.0) => Err(table.bad_value(
                     row,
@@ -498,10 +500,11 @@ impl Updates {
 
     /// A table's decision rows, each completed by its later records; `(arm names, rows)`.
     fn decisions(&mut self, table: Rows) -> (Vec<String>, LoggedDataset) {
-        let Some(events) = &table.events else {
+        let keep: Vec<usize> = (0..table.evaluated.len()).filter(|&r| table.evaluated[r]).collect();
+        let merged = table.events.is_some();
+        if !merged && keep.len() == table.evaluated.len() {
             return (table.arm_names, table.data);
-        };
-        let keep: Vec<usize> = (0..events.len()).filter(|&r| table.evaluated[r]).collect();
+        }
         let d = table.data;
         let pick_texts = |v: &[String]| keep.iter().map(|&r| v[r].clone()).collect::<Vec<_>>();
         let mut out = LoggedDataset {
@@ -514,8 +517,12 @@ impl Updates {
             cost_usd: keep.iter().map(|&r| d.cost_usd[r]).collect(),
             latency_ms: keep.iter().map(|&r| d.latency_ms[r]).collect(),
             error: keep.iter().map(|&r| d.error[r]).collect(),
-            // A decision's own record carries no outcome; its outcome record does.
-            outcome: vec![false; keep.len()],
+            // A server's decision record carries no outcome; its outcome record does.
+            outcome: if merged {
+                vec![false; keep.len()]
+            } else {
+                keep.iter().map(|&r| d.outcome[r]).collect()
+            },
             prompts: d.prompts.as_ref().map(|p| pick_texts(p)),
             features: d.features.select(Axis(0), &keep),
             embeddings: d
@@ -531,19 +538,21 @@ impl Updates {
             earlier: d.earlier,
             ..LoggedDataset::default()
         };
-        for (i, id) in out.decision_ids.iter().enumerate() {
-            let Some(update) = self.by_decision.get_mut(&decision_key(id)) else {
-                continue;
-            };
-            update.used = true;
-            if update.outcome {
-                out.outcome[i] = true;
-                out.cost_usd[i] = update.cost_usd;
-                out.latency_ms[i] = update.latency_ms;
-                out.error[i] = update.error;
-            }
-            if !update.quality.is_nan() {
-                out.quality[i] = Some(update.quality);
+        if merged {
+            for (i, id) in out.decision_ids.iter().enumerate() {
+                let Some(update) = self.by_decision.get_mut(&decision_key(id)) else {
+                    continue;
+                };
+                update.used = true;
+                if update.outcome {
+                    out.outcome[i] = true;
+                    out.cost_usd[i] = update.cost_usd;
+                    out.latency_ms[i] = update.latency_ms;
+                    out.error[i] = update.error;
+                }
+                if !update.quality.is_nan() {
+                    out.quality[i] = Some(update.quality);
+                }
             }
         }
         let names = keep.iter().map(|&r| table.arm_names[r].clone()).collect();

@@ -180,9 +180,10 @@ impl<'a> EstimateStream<'a> {
     /// resamples, the bootstrap's.
     pub fn finish(self) -> EstimateReport {
         let e = self.estimator;
-        let empty = self.moments.rows() == 0;
+        // Resamples of one row that moves the estimate all say the same: no interval.
+        let too_few = self.moments.support(e) < 2;
         let ci95_bootstrap = self.resampling.map(|(mut resampling, pending)| {
-            if empty {
+            if too_few {
                 return [f64::NAN, f64::NAN];
             }
             if !pending[0].is_empty() {
@@ -221,6 +222,35 @@ mod tests {
         assert!(lo <= v && v <= hi);
         let b = r.ci95_bootstrap.unwrap();
         assert!(b[0] <= b[1]);
+    }
+
+    /// A candidate whose arm the log chose once weighs one row: a ratio estimator's value
+    /// is that row's reward, and neither interval can say how far it is from the truth.
+    /// IPS still averages over every row, so it keeps its intervals.
+    #[test]
+    fn a_ratio_weighing_one_row_has_no_interval() {
+        let n = 3;
+        let x = OpeInputs {
+            reward: vec![1.0, 0.0, 1.0],
+            propensity: vec![1.0; n],
+            target: vec![0.0, 0.0, 1.0],
+            q_logged: vec![0.5; n],
+            dm: vec![0.5; n],
+            accepted: vec![false, false, true],
+            clip: f64::INFINITY,
+            switch_tau: 3.0,
+        };
+        for estimator in [&Snips as &dyn Estimator, &Replay, &Sndr] {
+            let r = estimate(estimator, &x, 200, 1);
+            assert!((r.value - 1.0).abs() < 1e-12, "{}: {}", estimator.name(), r.value);
+            assert!(r.std_error.is_nan(), "{}: {}", estimator.name(), r.std_error);
+            let [lo, hi] = r.ci95_bootstrap.unwrap();
+            assert!(lo.is_nan() && hi.is_nan(), "{}: [{lo}, {hi}]", estimator.name());
+        }
+        // IPS: terms (0, 0, 1), standard error sqrt(1/3 / 3) = 1/3.
+        let r = estimate(&Ips, &x, 200, 1);
+        assert!((r.std_error - 1.0 / 3.0).abs() < 1e-12, "{}", r.std_error);
+        assert!(r.ci95_bootstrap.unwrap()[1] > r.ci95_bootstrap.unwrap()[0]);
     }
 
     /// The direct method's error is its reward model's, the same in every resample of the

@@ -32,6 +32,9 @@ impl Estimator for Replay {
     fn arity(&self) -> usize {
         2
     }
+    fn denominator(&self) -> Option<usize> {
+        Some(1)
+    }
     fn combine(&self, m: [f64; 3]) -> f64 {
         ratio(m)
     }
@@ -74,6 +77,9 @@ impl Estimator for Snips {
     }
     fn arity(&self) -> usize {
         2
+    }
+    fn denominator(&self) -> Option<usize> {
+        Some(1)
     }
     fn combine(&self, m: [f64; 3]) -> f64 {
         ratio(m)
@@ -141,6 +147,9 @@ impl Estimator for Sndr {
     }
     fn arity(&self) -> usize {
         3
+    }
+    fn denominator(&self) -> Option<usize> {
+        Some(2)
     }
     fn combine(&self, m: [f64; 3]) -> f64 {
         if m[2] > 0.0 {

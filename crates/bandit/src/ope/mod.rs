@@ -66,6 +66,12 @@ pub trait Estimator: Sync + Send {
         1
     }
 
+    /// The term a ratio estimator divides by, if it is one: only the rows where that term
+    /// is not 0 move the estimate.
+    fn denominator(&self) -> Option<usize> {
+        None
+    }
+
     /// The sums of the terms over all rows. Written once here, but compiled for each
     /// estimator, so `terms` is a direct, inlined call rather than one virtual call per row.
     fn sums(&self, inputs: &OpeInputs) -> [f64; 3] {
@@ -129,6 +135,9 @@ pub fn value(estimator: &dyn Estimator, inputs: &OpeInputs) -> f64 {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TermMoments {
     rows: usize,
+    /// Rows where each term is not 0.
+    #[serde(default)]
+    nonzero_rows: [usize; 3],
     sums: [f64; 3],
     mean: [f64; 3],
     comoment: [[f64; 3]; 3],
@@ -141,6 +150,7 @@ impl TermMoments {
         let n = self.rows as f64;
         let before = self.mean;
         for k in 0..3 {
+            self.nonzero_rows[k] += usize::from(t[k] != 0.0);
             self.sums[k] += t[k];
             self.mean[k] += (t[k] - before[k]) / n;
         }
@@ -163,14 +173,23 @@ impl TermMoments {
         self.rows
     }
 
+    /// Rows that move `estimator`'s estimate: a ratio's, those where its denominator is
+    /// not 0 (a candidate's arm logged once gives a ratio one row, whose influence is 0);
+    /// every row otherwise.
+    pub fn support(&self, estimator: &dyn Estimator) -> usize {
+        estimator
+            .denominator()
+            .map_or(self.rows, |k| self.nonzero_rows[k])
+    }
+
     /// The estimate (NaN without rows), with the delta method's standard error: the sample
     /// standard deviation of the linearized influence `grad . (t_i - mean)` over `sqrt(n)`
-    /// (NaN under two rows), and `ci95_bootstrap` as given.
+    /// (NaN under two rows of [`TermMoments::support`]), and `ci95_bootstrap` as given.
     pub fn report(&self, estimator: &dyn Estimator, ci95_bootstrap: Option<[f64; 2]>) -> EstimateReport {
         let n = self.rows;
         let means = self.sums.map(|s| s / n as f64);
         let value = estimator.combine(means);
-        let se = if n < 2 {
+        let se = if self.support(estimator) < 2 {
             f64::NAN
         } else {
             let g = estimator.gradient(means);
