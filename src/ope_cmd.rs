@@ -79,6 +79,9 @@ pub fn run(args: OpeArgs) -> Result<()> {
     };
     let spec: PolicySpec = args.policy.parse()?;
     let objective = Objective::new(args.w_cost, args.w_latency)?;
+    if let Some(note) = log.header().unrecorded_latency_note(objective.w_latency) {
+        tracing::warn!("{note}");
+    }
     let settings = EstimatorSettings::new(args.clip, args.switch_tau, args.bootstrap, args.seed)?;
     if log.rows() == 0 {
         bail!("{}: no decisions to evaluate (check --split)", args.data);

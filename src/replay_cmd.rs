@@ -147,8 +147,9 @@ pub struct ReplayArgs {
     /// Coordinates of the embedding block (a route's `embedding.dims`).
     #[arg(long, default_value_t = 32, requires = "embedding")]
     embedding_dims: usize,
-    /// Directory of the embeddings cache (default: `$XDG_CACHE_HOME/quiver/embeddings`, else
-    /// `~/.cache/quiver/embeddings`, else `.quiver-cache/embeddings`).
+    /// Directory of the embeddings cache (default: `$XDG_CACHE_HOME/quiver/embeddings` when
+    /// that is an absolute path, else `~/.cache/quiver/embeddings`, else
+    /// `.quiver-cache/embeddings`).
     #[arg(long, requires = "embedding")]
     embedding_cache: Option<PathBuf>,
     /// Write summary.json, curves.parquet and plots here.
@@ -508,6 +509,9 @@ fn unpriced_datasets(args: &ReplayArgs) -> Result<(WideDataset, Option<WideDatas
 /// (learning as it goes), by replay (rejection sampling), SNIPS and DR.
 fn replay_log(args: &ReplayArgs, mut log: LogStream, specs: &[PolicySpec]) -> Result<()> {
     let objective = Objective::new(args.w_cost.unwrap_or(0.0), args.w_latency.unwrap_or(0.0))?;
+    if let Some(note) = log.header().unrecorded_latency_note(objective.w_latency) {
+        tracing::warn!("{note}");
+    }
     tracing::info!(
         "{} is a decision log: the policies are evaluated off-policy (replay, SNIPS and DR \
          estimates; `quiver ope` gives every estimator, and intervals)",

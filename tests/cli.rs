@@ -218,6 +218,26 @@ fn a_budgeted_replay_reports_the_hull_at_its_budget() {
         .find(|l| l.starts_with("fixed(arm=small) "))
         .unwrap_or_else(|| panic!("{table}"));
     assert!(row.ends_with(" unpaced         -"), "{row}");
+
+    // A budget below the cheapest model ($0.0001) is said to be one no policy keeps.
+    let table = stdout(&quiver(&[
+        "replay",
+        "--data",
+        data.to_str().unwrap(),
+        "--policies",
+        "fixed(small)",
+        "--seeds",
+        "1",
+        "--budget",
+        "0.00005",
+    ]));
+    assert!(
+        table.contains(
+            "the budget 0.000050 is below every model's mean cost (small, the cheapest, costs \
+             0.000100): no policy can keep it, and the hull at the budget is small's quality"
+        ),
+        "{table}"
+    );
 }
 
 /// One seed gives no interval: its spread says nothing of the seeds' variance. Two do.
@@ -365,6 +385,25 @@ fn wide_data_converts_to_a_log_that_ope_reads() {
     ]));
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["rows"], 120);
+    // The table has no latencies, and neither has its log (not 0s): a latency weight is
+    // said to weigh nothing, by `quiver ope` and by `quiver replay` on the log.
+    for (command, policy) in [("ope", "--policy"), ("replay", "--policies")] {
+        let run = quiver(&[
+            command,
+            "--data",
+            log.to_str().unwrap(),
+            policy,
+            "fixed(small)",
+            "--w-latency",
+            "0.5",
+        ]);
+        let note = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            run.status.success()
+                && note.contains("records no latency (`latency_ms`): every call reads as 0 ms, so a latency weight of 0.5 weighs nothing"),
+            "{command}: {note}"
+        );
+    }
     let quality = &v["metrics"][1];
     assert_eq!(quality["metric"], "quality");
     let names: Vec<&str> = quality["estimates"]

@@ -57,6 +57,7 @@ pub fn log_wide(
         },
         prompts: data.prompts.as_ref().map(|_| Vec::new()),
         feature_names: data.feature_names.clone(),
+        latency_recorded: data.latency_ms.is_some(),
         ..LoggedDataset::default()
     };
     // Decisions that gave some model no chance.

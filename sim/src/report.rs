@@ -572,6 +572,20 @@ pub fn table(summary: &Summary) -> String {
         "hull: the best fixed mix of at most two single models at the policy's mean cost; \
          lift: quality minus hull\n",
     );
+    if let (Some(cheapest), Some(&[cheapest_cost, _])) =
+        (summary.frontier.arms.first(), summary.frontier.points.first())
+    {
+        let mut budgets: Vec<f64> = summary.policies.iter().filter_map(|p| p.budget_usd).collect();
+        budgets.sort_by(f64::total_cmp);
+        budgets.dedup();
+        for budget in budgets.into_iter().filter(|&b| b < cheapest_cost) {
+            out.push_str(&format!(
+                "the budget {budget:.6} is below every model's mean cost ({cheapest}, the \
+                 cheapest, costs {cheapest_cost:.6}): no policy can keep it, and the hull at \
+                 the budget is {cheapest}'s quality\n"
+            ));
+        }
+    }
     if summary.policies.iter().any(|p| p.full_information.is_some()) {
         out.push_str(
             "full_gap: the reward the same policy gains when shown every model's outcome \

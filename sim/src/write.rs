@@ -58,14 +58,15 @@ fn feature_columns(columns: &mut Vec<Column>, names: &[String], values: &Array2<
 }
 
 /// Writes a log in the logged shape (the server's exact columns, then `prompt` and `f_*`);
-/// a call whose outcome has not come has a null cost and latency.
+/// a call whose outcome has not come has a null cost and latency, and so has every call of
+/// a log that records no latency.
 pub fn write_logged(log: &LoggedDataset, path: &Path) -> Result<()> {
     let arm_names: Vec<&str> = log.arm.iter().map(|&a| log.arms[a].as_str()).collect();
-    let if_called = |values: &[f64]| -> Vec<Option<f64>> {
+    let if_called = |values: &[f64], recorded: bool| -> Vec<Option<f64>> {
         values
             .iter()
             .zip(&log.outcome)
-            .map(|(&v, &came)| came.then_some(v))
+            .map(|(&v, &came)| (came && recorded).then_some(v))
             .collect()
     };
     let mut columns = vec![
@@ -76,8 +77,8 @@ pub fn write_logged(log: &LoggedDataset, path: &Path) -> Result<()> {
         column("arm", arm_names),
         column("propensity", log.propensity.clone()),
         column("quality", log.quality.clone()),
-        column("cost_usd", if_called(&log.cost_usd)),
-        column("latency_ms", if_called(&log.latency_ms)),
+        column("cost_usd", if_called(&log.cost_usd, true)),
+        column("latency_ms", if_called(&log.latency_ms, log.latency_recorded)),
         column("error", log.error.clone()),
     ];
     if let Some(prompts) = &log.prompts {

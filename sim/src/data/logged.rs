@@ -51,8 +51,11 @@ pub struct LoggedDataset {
     pub quality: Vec<Option<f64>>,
     /// Observed cost, USD.
     pub cost_usd: Vec<f64>,
-    /// Observed latency, ms.
+    /// Observed latency, ms (0 where none was recorded).
     pub latency_ms: Vec<f64>,
+    /// Whether the log records latencies: one converted from a table without them, or
+    /// another system's, does not, and its 0s are no observations.
+    pub latency_recorded: bool,
     /// Whether the call failed.
     pub error: Vec<bool>,
     /// Whether the call's outcome (cost, latency, error) came: a decision of a server's
@@ -116,6 +119,18 @@ impl LoggedDataset {
     /// The caller features of `row`.
     pub fn row_features(&self, row: usize) -> &[f64] {
         row_slice(&self.features, row)
+    }
+
+    /// A latency weight `w_latency` on a log that records no latency, said for the log's
+    /// reader: it weighs nothing. None when the weight is 0 or the log has latencies.
+    pub fn unrecorded_latency_note(&self, w_latency: f64) -> Option<String> {
+        (w_latency != 0.0 && !self.latency_recorded).then(|| {
+            format!(
+                "{} records no latency (`latency_ms`): every call reads as 0 ms, so a latency \
+                 weight of {w_latency} weighs nothing",
+                self.source
+            )
+        })
     }
 
     /// What was left out as made in an earlier context ([`EarlierContexts`]), said for the
@@ -406,6 +421,7 @@ impl LoggedReader {
                 },
                 cost_usd: or_zero(&cost),
                 latency_ms: or_zero(&latency),
+                latency_recorded: latency.as_ref().is_some_and(|l| l.iter().any(Option::is_some)),
                 outcome,
                 error,
                 prompts: optional_texts(table, "prompt")?,
@@ -516,6 +532,7 @@ impl Updates {
             quality: keep.iter().map(|&r| d.quality[r]).collect(),
             cost_usd: keep.iter().map(|&r| d.cost_usd[r]).collect(),
             latency_ms: keep.iter().map(|&r| d.latency_ms[r]).collect(),
+            latency_recorded: d.latency_recorded,
             error: keep.iter().map(|&r| d.error[r]).collect(),
             // A server's decision record carries no outcome; its outcome record does.
             outcome: if merged {
@@ -587,7 +604,16 @@ fn merge_events(tables: Vec<Rows>) -> Result<Vec<(Vec<String>, LoggedDataset)>> 
         updates.collect(table, file);
     }
     let paths: Vec<PathBuf> = tables.iter().map(|t| t.path.clone()).collect();
-    let mut parts: Vec<_> = tables.into_iter().map(|t| updates.decisions(t)).collect();
+    // A table of outcomes alone may hold the log's latencies.
+    let latency_recorded = tables.iter().any(|t| t.data.latency_recorded);
+    let mut parts: Vec<_> = tables
+        .into_iter()
+        .map(|t| updates.decisions(t))
+        .map(|(names, mut part)| {
+            part.latency_recorded = latency_recorded;
+            (names, part)
+        })
+        .collect();
     updates.check_all_used(&paths)?;
     if parts.iter().any(|(names, _)| !names.is_empty()) {
         // A table of decisions all left out counts them still.
@@ -657,6 +683,7 @@ pub(crate) fn combine_logged(
         out.quality.append(&mut part.quality);
         out.cost_usd.append(&mut part.cost_usd);
         out.latency_ms.append(&mut part.latency_ms);
+        out.latency_recorded |= part.latency_recorded;
         out.error.append(&mut part.error);
         out.outcome.append(&mut part.outcome);
         features.push(std::mem::take(&mut part.features));
@@ -772,6 +799,7 @@ impl LogStream {
                 header.requests = Some(Vec::new());
             }
             header.earlier.absorb(rows.data.earlier.clone());
+            header.latency_recorded |= rows.data.latency_recorded;
             stream.rows += decisions;
             stream.updates.collect(&rows, file);
             Ok(())
