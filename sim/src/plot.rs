@@ -43,6 +43,64 @@ pub const HULL: &str = "#000000";
 /// The full-information references' colour.
 pub const FULL_INFORMATION: &str = "#393b79";
 
+/// The labels beside markers placed so far, so that none is written over another: models
+/// of about one cost and quality (the cheap end of a frontier) crowd their labels.
+struct Labels {
+    /// Where the plot begins and ends: a label stays between, off the axis's ticks and
+    /// the legend.
+    left_edge: f64,
+    right_edge: f64,
+    /// The boxes taken by markers and labels, `[left, top, right, bottom]`.
+    placed: Vec<[f64; 4]>,
+}
+
+impl Labels {
+    /// Text height and the gap between a marker and its label, px.
+    const HEIGHT: f64 = 11.0;
+    const GAP: f64 = 7.0;
+
+    /// Where the label `text` of the marker at `(x, y)` goes: `(x, baseline, anchor)`.
+    /// Above right of the marker (left when that runs past the plot), else the first of
+    /// rows further up or down, up to four rows away, on either side, that no label holds
+    /// and the plot has room for.
+    fn place(&mut self, x: f64, y: f64, text: &str) -> (f64, f64, &'static str) {
+        let width = LABEL_CHAR_WIDTH * text.chars().count() as f64;
+        let right_first = x + Self::GAP + width <= self.right_edge;
+        let sides = if right_first { [1.0, -1.0] } else { [-1.0, 1.0] };
+        let rows = [0.0, -1.0, 1.0, -2.0, 2.0, -3.0, 3.0, -4.0, 4.0];
+        let candidate = |side: f64, row: f64| {
+            let baseline = y - Self::GAP + row * (Self::HEIGHT + 1.0);
+            let left = if side > 0.0 {
+                x + Self::GAP
+            } else {
+                x - Self::GAP - width
+            };
+            [left, baseline - Self::HEIGHT, left + width, baseline]
+        };
+        let free = |b: &[f64; 4]| {
+            self.left_edge <= b[0]
+                && b[2] <= self.right_edge
+                && self
+                    .placed
+                    .iter()
+                    .all(|p| b[2] <= p[0] || p[2] <= b[0] || b[3] <= p[1] || p[3] <= b[1])
+        };
+        let chosen = rows
+            .iter()
+            .flat_map(|&row| sides.map(|side| (side, row)))
+            .map(|(side, row)| (side, candidate(side, row)))
+            .find(|(_, b)| free(b))
+            .unwrap_or((sides[0], candidate(sides[0], 0.0)));
+        let (side, b) = chosen;
+        self.placed.push(b);
+        if side > 0.0 {
+            (b[0], b[3], "start")
+        } else {
+            (b[2], b[3], "end")
+        }
+    }
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -176,8 +234,27 @@ pub fn chart(title: &str, note: &str, x_label: &str, y_label: &str, series: &[Se
         escape(y_label)
     );
     let mut palette = PALETTE.iter().cycle();
-    for (i, s) in series.iter().enumerate() {
-        let color = s.color.unwrap_or_else(|| palette.next().copied().unwrap_or(HULL));
+    let colors: Vec<&str> = series
+        .iter()
+        .map(|s| s.color.unwrap_or_else(|| palette.next().copied().unwrap_or(HULL)))
+        .collect();
+    // Every marker is there before any label: a label is written over none.
+    let markers = series
+        .iter()
+        .filter(|s| s.markers)
+        .flat_map(|s| &s.points)
+        .map(|p| [sx(p.0) - 5.0, sy(p.1) - 5.0, sx(p.0) + 5.0, sy(p.1) + 5.0]);
+    let mut labels = Labels {
+        left_edge: LEFT,
+        right_edge: LEFT + plot_w,
+        placed: markers.collect(),
+    };
+    // The references (colours of their own) first: a policy's marker is never hidden
+    // under a single model's or a full-information point.
+    let references = (0..series.len()).filter(|&i| series[i].color.is_some());
+    let policies = (0..series.len()).filter(|&i| series[i].color.is_none());
+    for i in references.chain(policies) {
+        let (s, color) = (&series[i], colors[i]);
         if !s.band.is_empty() {
             let upper: Vec<String> = s
                 .band
@@ -207,17 +284,10 @@ pub fn chart(title: &str, note: &str, x_label: &str, y_label: &str, series: &[Se
                 );
             }
             for (p, text) in s.points.iter().zip(&s.point_labels) {
-                // A label that would run past the plot into the legend ends at its marker.
-                let fits = sx(p.0) + 7.0 + LABEL_CHAR_WIDTH * text.chars().count() as f64 <= LEFT + plot_w;
-                let (x, anchor) = if fits {
-                    (sx(p.0) + 7.0, "start")
-                } else {
-                    (sx(p.0) - 7.0, "end")
-                };
+                let (x, y, anchor) = labels.place(sx(p.0), sy(p.1), text);
                 let _ = writeln!(
                     svg,
-                    r##"<text x="{x:.1}" y="{:.1}" font-size="10" fill="#333" text-anchor="{anchor}">{}</text>"##,
-                    sy(p.1) - 7.0,
+                    r##"<text x="{x:.1}" y="{y:.1}" font-size="10" fill="#333" text-anchor="{anchor}">{}</text>"##,
                     escape(text)
                 );
             }
@@ -233,6 +303,8 @@ pub fn chart(title: &str, note: &str, x_label: &str, y_label: &str, series: &[Se
                 line.join(" ")
             );
         }
+    }
+    for (i, (s, color)) in series.iter().zip(&colors).enumerate() {
         let ly = TOP + 10.0 + 18.0 * i as f64;
         let lx = LEFT + plot_w + 16.0;
         let _ = writeln!(
@@ -290,6 +362,71 @@ mod tests {
         assert!(rightmost.contains(r#"text-anchor="end""#), "{rightmost}");
         let leftmost = svg.lines().find(|l| l.contains(">gpt-4</text>")).unwrap();
         assert!(leftmost.contains(r#"text-anchor="start""#), "{leftmost}");
+    }
+
+    /// Markers at about one point keep their labels apart: no label's box overlaps another
+    /// label's or a marker, where each would sit at the same place alone, and every label
+    /// stays inside the plot.
+    #[test]
+    fn crowded_labels_do_not_overlap() {
+        let points: Vec<(f64, f64)> = (0..6)
+            .map(|i| (0.001 * i as f64, 0.5 + 0.001 * i as f64))
+            .collect();
+        let s = vec![Series {
+            label: "single models".into(),
+            points: points.iter().copied().chain([(1.0, 1.0)]).collect(),
+            band: Vec::new(),
+            markers: true,
+            point_labels: (0..7).map(|i| format!("model-{i}")).collect(),
+            color: None,
+        }];
+        let svg = chart("t", "", "x", "y", &s);
+        let attr = |line: &str, name: &str| -> f64 {
+            line.split(&format!(" {name}=\""))
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let labels: Vec<[f64; 4]> = svg
+            .lines()
+            .filter(|l| l.contains(">model-"))
+            .map(|l| {
+                let width = LABEL_CHAR_WIDTH * "model-0".len() as f64;
+                let (x, y) = (attr(l, "x"), attr(l, "y"));
+                let left = if l.contains(r#"text-anchor="end""#) {
+                    x - width
+                } else {
+                    x
+                };
+                [left, y - Labels::HEIGHT, left + width, y]
+            })
+            .collect();
+        let markers: Vec<[f64; 4]> = svg
+            .lines()
+            .filter(|l| l.starts_with("<circle"))
+            .map(|l| {
+                let (x, y) = (attr(l, "cx"), attr(l, "cy"));
+                [x - 5.0, y - 5.0, x + 5.0, y + 5.0]
+            })
+            .collect();
+        assert_eq!((labels.len(), markers.len()), (7, 7));
+        // Coordinates are written to 0.1 px.
+        let apart = |a: &[f64; 4], b: &[f64; 4]| {
+            a[2] <= b[0] + 0.1 || b[2] <= a[0] + 0.1 || a[3] <= b[1] + 0.1 || b[3] <= a[1] + 0.1
+        };
+        for (i, a) in labels.iter().enumerate() {
+            for b in labels[i + 1..].iter().chain(&markers) {
+                assert!(apart(a, b), "{a:?} and {b:?} overlap:\n{svg}");
+            }
+            assert!(
+                a[0] >= LEFT - 0.1 && a[2] <= LEFT + PLOT_WIDTH + 0.1,
+                "{a:?} leaves the plot"
+            );
+        }
     }
 
     /// However many policies a chart shows, none takes the colour of a reference series.
