@@ -55,6 +55,11 @@ async fn upstream(kind: &'static str) -> SocketAddr {
                     axum::Json(json!({"error": {"message": "slow down", "code": "rate_limit_exceeded"}})),
                 )
                     .into_response(),
+                "ratelimited-quietly" => (
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    axum::Json(json!({"error": {"message": "slow down", "code": "rate_limit_exceeded"}})),
+                )
+                    .into_response(),
                 "missing" => (axum::http::StatusCode::NOT_FOUND, "no such model").into_response(),
                 "refusing" => (
                     axum::http::StatusCode::BAD_REQUEST,
@@ -1297,12 +1302,13 @@ fn the_api_document_is_valid_and_the_server_keeps_to_it() {
 /// A model failing half its calls is skipped once its breaker opens, which the decision,
 /// the log, `/v1/routes` and `/metrics` say; it is probed after the cooldown and closes on
 /// a success. A 429 with `Retry-After` falls back at once and cools the model down for
-/// that long, with exactly one call to it.
+/// that long, with exactly one call to it; one without, for a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breakers_skip_failing_models_and_retry_after_cools_them_down() {
-    let (flaky, limited, good) = (
+    let (flaky, limited, quiet, good) = (
         upstream("flaky").await,
         upstream("ratelimited").await,
+        upstream("ratelimited-quietly").await,
         upstream("good").await,
     );
     let dir = scratch("serve_breakers");
@@ -1312,7 +1318,8 @@ async fn breakers_skip_failing_models_and_retry_after_cools_them_down() {
             "circuit_breaker": {"window": 10, "min_calls": 4, "failure_rate": 0.5, "cooldown_ms": 500},
             "routes": [
                 {"name": "flaky", "policy": "fixed(flaky)", "models": [model("flaky", Some(flaky)), model("good", Some(good))]},
-                {"name": "limited", "policy": "fixed(limited)", "models": [model("limited", Some(limited)), model("good", Some(good))]}
+                {"name": "limited", "policy": "fixed(limited)", "models": [model("limited", Some(limited)), model("good", Some(good))]},
+                {"name": "quiet", "policy": "fixed(quiet)", "models": [model("quiet", Some(quiet)), model("good", Some(good))]}
             ]
         }),
         &dir,
@@ -1388,21 +1395,30 @@ async fn breakers_skip_failing_models_and_retry_after_cools_them_down() {
     let metrics = get_text(&client, format!("{base}/metrics"), "").await;
     assert_eq!(calls(&metrics, "flaky"), 6.0);
 
-    // A 429 asking for a second: one call, then `good`; `limited` rests for that second.
-    assert_eq!(chat("limited").await, "good");
-    assert_eq!(chat("limited").await, "good");
+    // A 429 asking for a second, and one asking nothing (a second too): one call, then
+    // `good`; the model rests for that second.
+    for route in ["limited", "quiet"] {
+        assert_eq!(chat(route).await, "good");
+        assert_eq!(chat(route).await, "good");
+    }
     let metrics = get_text(&client, format!("{base}/metrics"), "").await;
-    assert_eq!(
-        calls(&metrics, "limited"),
-        1.0,
-        "no retry, no call while cooling down"
-    );
-    let state = get_json(&client, format!("{base}/v1/routes/limited"), "").await;
-    assert_eq!(state["arms"][0]["circuit"], "open");
+    for route in ["limited", "quiet"] {
+        assert_eq!(
+            calls(&metrics, route),
+            1.0,
+            "{route}: no retry, no call while cooling down"
+        );
+        let state = get_json(&client, format!("{base}/v1/routes/{route}"), "").await;
+        assert_eq!(state["arms"][0]["circuit"], "open", "{route}");
+    }
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(chat("limited").await, "good");
+    for route in ["limited", "quiet"] {
+        assert_eq!(chat(route).await, "good");
+    }
     let metrics = get_text(&client, format!("{base}/metrics"), "").await;
-    assert_eq!(calls(&metrics, "limited"), 2.0, "probed after the cooldown");
+    for route in ["limited", "quiet"] {
+        assert_eq!(calls(&metrics, route), 2.0, "{route}: probed after the cooldown");
+    }
 }
 
 /// With `[cache]` on, an identical request from the same caller is answered from the cache

@@ -445,7 +445,16 @@ async fn complete_in_task(
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::Invalid("`model` must name a route".into()))?
         .to_string();
-    let stream = request.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let stream = match request.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(stream)) => *stream,
+        // Sent on, it would be the upstream's to read, and its answer not what this expects.
+        Some(other) => {
+            return Err(ApiError::Invalid(format!(
+                "`stream` must be true or false, not {other}"
+            )))
+        }
+    };
     let mut route_request = api.route_request(&request)?;
     let user = request.get("user").and_then(Value::as_str).map(str::to_string);
     route_request.session = session(&headers, user)?;
@@ -1158,47 +1167,53 @@ fn error_event(message: &str) -> Bytes {
 /// long as the upstream keeps sending: it is cut only by a silence longer than `idle` or
 /// an upstream error, and then ends with an error event. The outcome, if tracked, is
 /// recorded when the body is dropped (see [`StreamOutcome`]); a stream that ends without
-/// `[DONE]` counts as failed.
+/// `[DONE]` counts as failed. A client that goes away mid-stream does not cut the call
+/// short: the rest is read without it ([`finish_without_client`]), so that the outcome is
+/// the model's and the cost the upstream's usage.
 fn stream_through(first: Bytes, rest: UpstreamBody, outcome: StreamOutcome, idle: Duration) -> Response {
+    /// The stream as the client reads it; `call` until the upstream's stream has ended.
     struct Passing {
         first: Option<Bytes>,
-        rest: UpstreamBody,
-        outcome: StreamOutcome,
-        ended: bool,
+        call: Option<(UpstreamBody, StreamOutcome)>,
+        idle: Duration,
+    }
+    impl Drop for Passing {
+        fn drop(&mut self) {
+            let (Some((rest, outcome)), Ok(handle)) =
+                (self.call.take(), tokio::runtime::Handle::try_current())
+            else {
+                return;
+            };
+            handle.spawn(finish_without_client(rest, outcome, self.idle));
+        }
     }
     let passing = Passing {
         first: Some(first),
-        rest,
-        outcome,
-        ended: false,
+        call: Some((rest, outcome)),
+        idle,
     };
     let body = futures_util::stream::unfold(passing, move |mut p| async move {
-        if p.ended {
-            return None;
-        }
+        let (rest, outcome) = p.call.as_mut()?;
         let next = match p.first.take() {
             Some(first) => Ok(Some(Ok(first))),
-            None => tokio::time::timeout(idle, p.rest.next()).await,
+            None => tokio::time::timeout(idle, rest.next()).await,
         };
         let chunk = match next {
-            Ok(None) => return None,
+            Ok(None) => {
+                // The stream ended: its outcome is recorded now, with nothing left to read.
+                drop(p.call.take());
+                return None;
+            }
             Ok(Some(Ok(chunk))) => {
-                p.outcome.tally.feed(&chunk);
-                chunk
+                outcome.tally.feed(&chunk);
+                return Some((Ok::<_, std::convert::Infallible>(chunk), p));
             }
-            Ok(Some(Err(e))) => {
-                p.ended = true;
-                error_event(&format!("the upstream's stream failed: {e}"))
-            }
-            Err(_) => {
-                p.ended = true;
-                error_event(&format!("the upstream sent nothing for {} ms", idle.as_millis()))
-            }
+            Ok(Some(Err(e))) => error_event(&format!("the upstream's stream failed: {e}")),
+            Err(_) => error_event(&format!("the upstream sent nothing for {} ms", idle.as_millis())),
         };
-        if p.ended {
-            p.outcome.failed = true;
-        }
-        Some((Ok::<_, std::convert::Infallible>(chunk), p))
+        outcome.failed = true;
+        p.call = None;
+        Some((Ok(chunk), p))
     });
     Response::builder()
         .status(StatusCode::OK)
@@ -1206,6 +1221,24 @@ fn stream_through(first: Bytes, rest: UpstreamBody, outcome: StreamOutcome, idle
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(body))
         .unwrap_or_default()
+}
+
+/// Reads the rest of a streamed call whose client went away, as the client would have,
+/// until the stream ends, fails, falls silent for `idle` or passes the request's time
+/// limit; then records its outcome (dropping it).
+async fn finish_without_client(mut rest: UpstreamBody, mut outcome: StreamOutcome, idle: Duration) {
+    let deadline = outcome.started + Duration::from_millis(outcome.state.config.request_timeout_ms);
+    loop {
+        let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(wait, rest.next()).await {
+            Ok(Some(Ok(chunk))) => outcome.tally.feed(&chunk),
+            Ok(None) => return,
+            Ok(Some(Err(_))) | Err(_) => {
+                outcome.failed = true;
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -143,7 +143,12 @@ impl OpenAiCompatible {
             });
         }
         if !status.is_success() {
-            let retry_after = retry_after(&response).filter(|_| matches!(status.as_u16(), 429 | 503));
+            // A rate limit that names no wait is still one: the model rests for a second.
+            let retry_after = match status.as_u16() {
+                429 => Some(retry_after(&response).unwrap_or(RATE_LIMIT_WAIT)),
+                503 => retry_after(&response),
+                _ => None,
+            };
             return Err(Failure {
                 retryable: status.is_server_error() && retry_after.is_none(),
                 retry_after,
@@ -230,6 +235,11 @@ impl std::fmt::Display for Failure {
 }
 
 /// `Retry-After` in seconds (an HTTP date is not read).
+/// How long a model that answered 429 without `Retry-After` rests: OpenAI's limits are
+/// per minute and reset gradually, so a second lets some capacity return without leaving
+/// the model out of a whole minute's decisions.
+const RATE_LIMIT_WAIT: Duration = Duration::from_secs(1);
+
 fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     let seconds: f64 = response
         .headers()

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode};
 use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
 use http_body_util::BodyExt;
 use quiver_serve::app::AppState;
 use quiver_serve::upstream::{Answer, Failure, Upstream, UpstreamCall};
@@ -35,6 +36,9 @@ enum Reply {
     Slow,
     /// A 429 asking to wait this many seconds.
     Wait(u64),
+    /// A stream of five events 100 ms apart, its usage (3 and 5 tokens) in the last
+    /// before `[DONE]`.
+    SlowStream,
 }
 
 /// Answers each model's attempts from its script, in order, recording `(model, path)`.
@@ -108,6 +112,25 @@ impl Upstream for Provider {
                     retry_after: Some(std::time::Duration::from_secs(seconds)),
                     ..Failure::final_("upstream answered 429")
                 }),
+                Some(Reply::SlowStream) => {
+                    let event = |data: Value| Bytes::from(format!("data: {data}\n\n"));
+                    let delta =
+                        |i: usize| event(json!({"choices": [{"delta": {"content": format!("part {i} ")}}]}));
+                    let mut events: Vec<Bytes> = (1..4).map(delta).collect();
+                    events.push(event(
+                        json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}}),
+                    ));
+                    events.push(Bytes::from("data: [DONE]\n\n"));
+                    let rest = futures_util::stream::iter(events).then(|event| async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        Ok(event)
+                    });
+                    Ok(Answer::Stream {
+                        first: delta(0),
+                        rest: Box::pin(rest),
+                        passed: Vec::new(),
+                    })
+                }
                 Some(Reply::Silent) => {
                     tokio::time::sleep_until(deadline).await;
                     Err(Failure::final_("no first byte before the deadline"))
@@ -305,6 +328,48 @@ async fn a_call_the_client_left_is_recorded_all_the_same() {
         "{}",
         a.cost_usd
     );
+}
+
+/// A client that goes away mid-stream does not cut the call short either: the rest is
+/// read without it, and the call is the model's success at the cost of its usage.
+#[tokio::test]
+async fn a_stream_the_client_left_is_read_to_its_end() {
+    let (scripted, state, app) = gateway("upstream-stream-left", 120_000);
+    scripted.script("a", &[Reply::SlowStream]);
+    let body = json!({"model": "r", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let response = post(&app, "/v1/chat/completions", &body).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut events = response.into_body().into_data_stream();
+    let first = events.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("part 0"));
+    drop(events);
+    let usage = || *state.router.learner("r").unwrap().usage(0);
+    let waited = std::time::Instant::now();
+    while usage().requests == 0 && waited.elapsed() < std::time::Duration::from_secs(5) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let a = usage();
+    assert_eq!((a.requests, a.errors), (1, 0));
+    assert!(
+        (a.cost_usd - (3.0 * 1.0 + 5.0 * 2.0) / 1e6).abs() < 1e-15,
+        "{}",
+        a.cost_usd
+    );
+}
+
+/// A `stream` that is not a boolean is the request's error, said before any call.
+#[tokio::test]
+async fn a_stream_flag_must_be_a_boolean() {
+    let (scripted, _, app) = gateway("upstream-stream-flag", 120_000);
+    let body = json!({"model": "r", "stream": "yes", "messages": [{"role": "user", "content": "hi"}]});
+    let response = post(&app, "/v1/chat/completions", &body).await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let message = json_of(response).await["error"]["message"].to_string();
+    assert!(
+        message.contains("`stream` must be true or false, not \\\"yes\\\""),
+        "{message}"
+    );
+    assert!(scripted.take_calls().is_empty());
 }
 
 /// Every model asking to wait is the client's 429, with the earliest wait; one that failed
