@@ -448,6 +448,15 @@ pub struct ModelConfig {
     /// `crate::deployments`); none: the model is served at its `base_url`.
     #[serde(default)]
     pub deployments: Vec<DeploymentConfig>,
+    /// Whether a streamed call asks the upstream for its usage (`stream_options:
+    /// {"include_usage": true}`), so that it is priced by the tokens billed rather than
+    /// estimated from its text; false for an upstream that refuses the option.
+    #[serde(default = "asks_stream_usage")]
+    pub stream_usage: bool,
+}
+
+fn asks_stream_usage() -> bool {
+    true
 }
 
 impl ModelConfig {
@@ -474,6 +483,7 @@ impl ModelConfig {
             api_key_env: None,
             upstream_model: None,
             deployments: Vec::new(),
+            stream_usage: true,
         }
     }
 }

@@ -553,9 +553,11 @@ async fn complete_in_task(
     // Whether no model has a deployment with the required tags.
     let mut untagged = true;
     let mut answer = None;
+    let client_stream_options = request.get("stream_options").cloned();
     let call = Call {
         api,
         stream,
+        client_stream_options: client_stream_options.as_ref(),
         forced,
         tags: &tags,
         tokens: prompt_tokens,
@@ -673,7 +675,10 @@ async fn complete_in_task(
                     failed: false,
                 };
                 let idle = Duration::from_millis(state.config.upstream_idle_timeout_ms);
-                let mut response = stream_through(first, rest, outcome, idle);
+                // The usage asked for the gateway's sake is not the client's to read.
+                let filter = (model.stream_usage && !client_asked_usage(call.client_stream_options))
+                    .then(UsageEventFilter::default);
+                let mut response = stream_through(first, rest, outcome, filter, idle);
                 pass_on(&mut response, passed);
                 with_parent(&mut response, parent.as_deref());
                 answer = Some(with_headers(response, &own_id, &model.id));
@@ -971,6 +976,8 @@ async fn escalate(
 struct Call<'a> {
     api: Api,
     stream: bool,
+    /// The request's `stream_options` as the client sent them.
+    client_stream_options: Option<&'a Value>,
     /// Every model is unavailable, so all are tried, open breakers included.
     forced: bool,
     tags: &'a [String],
@@ -1026,6 +1033,9 @@ async fn call_with_retries(
         }
         let served = &lease.model_config;
         request["model"] = Value::String(served.upstream_model.clone().unwrap_or_else(|| served.id.clone()));
+        if call.stream {
+            ask_stream_usage(request, call.client_stream_options, served.stream_usage);
+        }
         let attempt = UpstreamCall {
             model: served,
             path: call.api.path(),
@@ -1130,6 +1140,93 @@ fn backoff(n: u32) -> Duration {
     Duration::from_secs_f64(ceiling * rand::random_range(0.5..=1.0) / 1000.0)
 }
 
+/// Sets a streamed request's `stream_options` for a model that takes them with its usage
+/// asked for (`ask`: its `stream_usage`), else as the client sent them: an answer priced
+/// by its usage is priced by what the upstream bills, not by an estimate of its tokens.
+fn ask_stream_usage(request: &mut Value, client_options: Option<&Value>, ask: bool) {
+    let Some(body) = request.as_object_mut() else {
+        return;
+    };
+    match (client_options, ask) {
+        (None, false) => {
+            body.remove("stream_options");
+        }
+        (Some(options), false) => {
+            body.insert("stream_options".into(), options.clone());
+        }
+        (options, true) => {
+            let mut options = options.and_then(Value::as_object).cloned().unwrap_or_default();
+            options.insert("include_usage".into(), Value::Bool(true));
+            body.insert("stream_options".into(), Value::Object(options));
+        }
+    }
+}
+
+/// Whether the client of a streamed call asked for its usage: the usage-only event the
+/// gateway asked for on its own is not the client's to see.
+fn client_asked_usage(client_options: Option<&Value>) -> bool {
+    client_options.and_then(|o| o.get("include_usage")) == Some(&Value::Bool(true))
+}
+
+/// The events of a stream the client reads, without the usage-only one (`choices` empty,
+/// `usage` set) that the gateway asked for and the client did not. Events pass whole, as
+/// soon as their blank line comes.
+#[derive(Default)]
+struct UsageEventFilter {
+    pending: Vec<u8>,
+}
+
+impl UsageEventFilter {
+    /// The events `chunk` completes, less the usage-only one; the rest waits for more.
+    fn pass(&mut self, chunk: &[u8]) -> Bytes {
+        self.pending.extend_from_slice(chunk);
+        let mut out = Vec::with_capacity(self.pending.len());
+        let mut start = 0;
+        while let Some(end) = event_end(&self.pending[start..]) {
+            let event = &self.pending[start..start + end];
+            if !is_usage_only(event) {
+                out.extend_from_slice(event);
+            }
+            start += end;
+        }
+        self.pending.drain(..start);
+        Bytes::from(out)
+    }
+
+    /// What is left when the stream ends: an event cut short passes as it came.
+    fn rest(&mut self) -> Bytes {
+        Bytes::from(std::mem::take(&mut self.pending))
+    }
+}
+
+/// The length of the first whole event of `bytes`, through its blank line (`\n\n` or
+/// `\r\n\r\n`), if it has one.
+fn event_end(bytes: &[u8]) -> Option<usize> {
+    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = bytes.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Whether an event is the usage-only chunk an `include_usage` stream ends with.
+fn is_usage_only(event: &[u8]) -> bool {
+    let data: Vec<u8> = event
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.trim_ascii().strip_prefix(b"data:"))
+        .flat_map(|data| data.trim_ascii().iter().copied())
+        .collect();
+    let Ok(chunk) = serde_json::from_slice::<Value>(&data) else {
+        return false;
+    };
+    chunk
+        .get("choices")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
+        && chunk.get("usage").is_some_and(Value::is_object)
+}
+
 /// Records a streamed call's outcome when its body is dropped: after the last event, when
 /// the upstream fails or falls silent mid-stream, or when the client goes away.
 struct StreamOutcome {
@@ -1170,11 +1267,18 @@ fn error_event(message: &str) -> Bytes {
 /// `[DONE]` counts as failed. A client that goes away mid-stream does not cut the call
 /// short: the rest is read without it ([`finish_without_client`]), so that the outcome is
 /// the model's and the cost the upstream's usage.
-fn stream_through(first: Bytes, rest: UpstreamBody, outcome: StreamOutcome, idle: Duration) -> Response {
+fn stream_through(
+    first: Bytes,
+    rest: UpstreamBody,
+    outcome: StreamOutcome,
+    filter: Option<UsageEventFilter>,
+    idle: Duration,
+) -> Response {
     /// The stream as the client reads it; `call` until the upstream's stream has ended.
     struct Passing {
         first: Option<Bytes>,
         call: Option<(UpstreamBody, StreamOutcome)>,
+        filter: Option<UsageEventFilter>,
         idle: Duration,
     }
     impl Drop for Passing {
@@ -1190,30 +1294,42 @@ fn stream_through(first: Bytes, rest: UpstreamBody, outcome: StreamOutcome, idle
     let passing = Passing {
         first: Some(first),
         call: Some((rest, outcome)),
+        filter,
         idle,
     };
     let body = futures_util::stream::unfold(passing, move |mut p| async move {
-        let (rest, outcome) = p.call.as_mut()?;
-        let next = match p.first.take() {
-            Some(first) => Ok(Some(Ok(first))),
-            None => tokio::time::timeout(idle, rest.next()).await,
-        };
-        let chunk = match next {
-            Ok(None) => {
-                // The stream ended: its outcome is recorded now, with nothing left to read.
-                drop(p.call.take());
-                return None;
-            }
-            Ok(Some(Ok(chunk))) => {
-                outcome.tally.feed(&chunk);
-                return Some((Ok::<_, std::convert::Infallible>(chunk), p));
-            }
-            Ok(Some(Err(e))) => error_event(&format!("the upstream's stream failed: {e}")),
-            Err(_) => error_event(&format!("the upstream sent nothing for {} ms", idle.as_millis())),
-        };
-        outcome.failed = true;
-        p.call = None;
-        Some((Ok(chunk), p))
+        loop {
+            let (rest, outcome) = p.call.as_mut()?;
+            let next = match p.first.take() {
+                Some(first) => Ok(Some(Ok(first))),
+                None => tokio::time::timeout(idle, rest.next()).await,
+            };
+            let error = match next {
+                Ok(None) => {
+                    // The stream ended: its outcome is recorded now, with nothing left to read.
+                    drop(p.call.take());
+                    let left = p.filter.as_mut().map(UsageEventFilter::rest)?;
+                    return (!left.is_empty()).then_some((Ok::<_, std::convert::Infallible>(left), p));
+                }
+                Ok(Some(Ok(chunk))) => {
+                    outcome.tally.feed(&chunk);
+                    let chunk = match p.filter.as_mut() {
+                        Some(filter) => filter.pass(&chunk),
+                        None => chunk,
+                    };
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    return Some((Ok(chunk), p));
+                }
+                Ok(Some(Err(e))) => error_event(&format!("the upstream's stream failed: {e}")),
+                Err(_) => error_event(&format!("the upstream sent nothing for {} ms", idle.as_millis())),
+            };
+            outcome.failed = true;
+            drop(p.call.take());
+            let left = p.filter.as_mut().map(UsageEventFilter::rest).unwrap_or_default();
+            return Some((Ok([left, error].concat().into()), p));
+        }
     });
     Response::builder()
         .status(StatusCode::OK)
@@ -1295,6 +1411,59 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The usage-only event the gateway asked for leaves the client's stream wherever the
+    /// upstream's chunks cut the events, and every other event passes whole and in order.
+    #[test]
+    fn the_usage_event_asked_for_the_gateway_is_not_the_clients() {
+        let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":null}\n\n\
+                      data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":5}}\r\n\r\n\
+                      : a comment\n\n\
+                      data: [DONE]\n\n";
+        let expected = stream.replace(
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":5}}\r\n\r\n",
+            "",
+        );
+        for cut in [1, 7, 40, stream.len()] {
+            let mut filter = UsageEventFilter::default();
+            let mut out = Vec::new();
+            for piece in stream.as_bytes().chunks(cut) {
+                out.extend_from_slice(&filter.pass(piece));
+            }
+            out.extend_from_slice(&filter.rest());
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "chunks of {cut}");
+        }
+        // An event the stream cut short passes as it came.
+        let mut filter = UsageEventFilter::default();
+        assert!(filter.pass(b"data: {\"choi").is_empty());
+        assert_eq!(&filter.rest()[..], b"data: {\"choi");
+    }
+
+    /// A model that takes `stream_options` is asked for the usage, the client's other
+    /// options kept; one that does not gets the client's options as they came.
+    #[test]
+    fn stream_usage_is_asked_of_the_models_that_take_it() {
+        let options = serde_json::json!({"include_obfuscation": false});
+        let mut request = serde_json::json!({"model": "m", "stream": true});
+        ask_stream_usage(&mut request, Some(&options), true);
+        assert_eq!(
+            request["stream_options"],
+            serde_json::json!({"include_obfuscation": false, "include_usage": true})
+        );
+        ask_stream_usage(&mut request, Some(&options), false);
+        assert_eq!(request["stream_options"], options);
+        ask_stream_usage(&mut request, None, true);
+        assert_eq!(
+            request["stream_options"],
+            serde_json::json!({"include_usage": true})
+        );
+        ask_stream_usage(&mut request, None, false);
+        assert!(request.get("stream_options").is_none());
+        assert!(client_asked_usage(Some(
+            &serde_json::json!({"include_usage": true})
+        )));
+        assert!(!client_asked_usage(Some(&options)) && !client_asked_usage(None));
     }
 
     fn tally_of(chunks: &[&str]) -> StreamTally {

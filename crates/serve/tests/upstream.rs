@@ -46,6 +46,8 @@ enum Reply {
 struct Scripted {
     replies: Mutex<BTreeMap<String, VecDeque<Reply>>>,
     calls: Mutex<Vec<(String, &'static str)>>,
+    /// Each call's `stream_options`, as sent.
+    stream_options: Mutex<Vec<Option<Value>>>,
 }
 
 impl Scripted {
@@ -74,6 +76,8 @@ impl Upstream for Provider {
         let model = call.model.id.clone();
         let deadline = tokio::time::Instant::from_std(call.deadline);
         self.0.calls.lock().unwrap().push((model.clone(), call.path));
+        let options = call.body.get("stream_options").cloned();
+        self.0.stream_options.lock().unwrap().push(options);
         let reply = self
             .0
             .replies
@@ -355,6 +359,76 @@ async fn a_stream_the_client_left_is_read_to_its_end() {
         "{}",
         a.cost_usd
     );
+}
+
+/// A stream is asked for its usage, whether the client asked or not, and priced by it;
+/// the usage-only event reaches only a client that asked for it. A model configured
+/// without `stream_usage` gets the client's options as they came.
+#[tokio::test]
+async fn a_stream_is_priced_by_the_usage_the_gateway_asks_for() {
+    let dir = fresh("upstream-stream-usage");
+    let mut config = config(&dir, 120_000);
+    config.routes[0].models[1].stream_usage = false;
+    let (scripted, state, app) = gateway_over(config);
+    let stream = |options: Option<Value>| {
+        let mut body = json!({"model": "r", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+        if let Some(options) = options {
+            body["stream_options"] = options;
+        }
+        let app = app.clone();
+        async move {
+            let response = post(&app, "/v1/chat/completions", &body).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8(bytes.to_vec()).unwrap()
+        }
+    };
+    scripted.script("a", &[Reply::SlowStream, Reply::SlowStream]);
+    let unasked = stream(None).await;
+    let asked = stream(Some(json!({"include_usage": true}))).await;
+    let usage_event = r#"data: {"choices":[],"usage":{"completion_tokens":5,"prompt_tokens":3}}"#;
+    assert!(
+        !unasked.contains("\"usage\"") && unasked.ends_with("data: [DONE]\n\n"),
+        "{unasked}"
+    );
+    assert!(asked.contains(usage_event), "{asked}");
+    assert_eq!(
+        asked.replace(&format!("{usage_event}\n\n"), ""),
+        unasked,
+        "every other event passes as it came"
+    );
+    // A stream's outcome is recorded as its body ends, after the client's last read.
+    let usage = || *state.router.learner("r").unwrap().usage(0);
+    let waited = std::time::Instant::now();
+    while usage().requests < 2 && waited.elapsed() < std::time::Duration::from_secs(5) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let a = usage();
+    assert_eq!((a.requests, a.errors), (2, 0));
+    assert!(
+        (a.cost_usd - 2.0 * (3.0 * 1.0 + 5.0 * 2.0) / 1e6).abs() < 1e-15,
+        "{}",
+        a.cost_usd
+    );
+    let sent = std::mem::take(&mut *scripted.stream_options.lock().unwrap());
+    assert_eq!(
+        sent,
+        [
+            Some(json!({"include_usage": true})),
+            Some(json!({"include_usage": true}))
+        ]
+    );
+
+    // Model b takes no `stream_options`: none is sent unless the client sent them.
+    let mut config = self::config(&fresh("upstream-stream-usage-off"), 120_000);
+    config.routes[0].policy = "fixed(b)".into();
+    config.routes[0].models[1].stream_usage = false;
+    let (scripted, _, app) = gateway_over(config);
+    scripted.script("b", &[Reply::SlowStream]);
+    let body = json!({"model": "r", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let response = post(&app, "/v1/chat/completions", &body).await;
+    response.into_body().collect().await.unwrap();
+    assert_eq!(*scripted.stream_options.lock().unwrap(), [None]);
 }
 
 /// A `stream` that is not a boolean is the request's error, said before any call.
