@@ -1241,7 +1241,7 @@ async fn every_error_is_json_in_openai_shape() {
         }
         assert_eq!(content_type.as_deref(), Some("application/json"), "{status}");
         let body: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(body["error"]["code"], expected);
+        assert_eq!(body["error"]["code"], expected.to_string());
         assert!(!body["error"]["message"].as_str().unwrap().is_empty());
         assert!(body["error"]["type"].is_string());
     }

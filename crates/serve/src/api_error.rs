@@ -122,7 +122,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 message,
                 kind: kind.into(),
-                code: status.as_u16(),
+                code: status.as_u16().to_string(),
             },
         };
         let mut response = (status, Json(body)).into_response();
@@ -153,8 +153,9 @@ pub struct ErrorDetail {
     #[serde(rename = "type")]
     #[schema(rename = "type")]
     pub kind: String,
-    /// The HTTP status.
-    pub code: u16,
+    /// The HTTP status, as text: OpenAI's `code` is a string (or null), and a typed
+    /// client reads a number there as a malformed error.
+    pub code: String,
 }
 
 /// The errors any endpoint may answer (each an [`ErrorBody`]): the OpenAPI document lists

@@ -1256,7 +1256,7 @@ impl Drop for StreamOutcome {
 /// The event that ends a stream the upstream broke off: OpenAI's SDKs raise an error on
 /// an event whose data is an `error` object.
 fn error_event(message: &str) -> Bytes {
-    let error = serde_json::json!({"error": {"message": message, "type": "upstream_error", "code": 502}});
+    let error = serde_json::json!({"error": {"message": message, "type": "upstream_error", "code": "502"}});
     Bytes::from(format!("data: {error}\n\n"))
 }
 

@@ -214,7 +214,7 @@ proptest! {
                     status.is_client_error() || (path == "/v1/chat/completions" && status == StatusCode::BAD_GATEWAY),
                     "{path} answered {status}: {answer}"
                 );
-                prop_assert_eq!(&answer["error"]["code"], &json!(status.as_u16()));
+                prop_assert_eq!(&answer["error"]["code"], &json!(status.as_u16().to_string()));
                 prop_assert!(answer["error"]["type"].is_string());
                 prop_assert!(!answer["error"]["message"].as_str().unwrap_or("").is_empty());
             }
