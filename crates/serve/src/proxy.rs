@@ -428,8 +428,10 @@ async fn complete(
     api: Api,
 ) -> Result<Response, ApiError> {
     use tracing::Instrument;
+    let background = state.background.clone();
     let completion = complete_in_task(state, headers, request, api).instrument(tracing::Span::current());
-    tokio::spawn(completion)
+    background
+        .spawn(completion)
         .await
         .map_err(|e| ApiError::Internal(format!("the completion's task failed: {e}")))?
 }
@@ -1177,9 +1179,13 @@ struct UsageEventFilter {
 }
 
 impl UsageEventFilter {
-    /// The events `chunk` completes, less the usage-only one; the rest waits for more.
+    /// The events `chunk` completes, less the usage-only one; the rest waits for more. An
+    /// event longer than an event line may be passes as it came, unread.
     fn pass(&mut self, chunk: &[u8]) -> Bytes {
         self.pending.extend_from_slice(chunk);
+        if self.pending.len() > MAX_EVENT_LINE && event_end(&self.pending).is_none() {
+            return self.rest();
+        }
         let mut out = Vec::with_capacity(self.pending.len());
         let mut start = 0;
         while let Some(end) = event_end(&self.pending[start..]) {
@@ -1199,15 +1205,27 @@ impl UsageEventFilter {
     }
 }
 
-/// The length of the first whole event of `bytes`, through its blank line (`\n\n` or
-/// `\r\n\r\n`), if it has one.
+/// The length of the first whole event of `bytes`, through its blank line (two line ends,
+/// each `\n`, `\r\n` or `\r`, as SSE allows), if it has one.
 fn event_end(bytes: &[u8]) -> Option<usize> {
-    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    let crlf = bytes.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+    // Where the line end at `i` ends, if one does; a `\r` last may be the first half of
+    // a `\r\n` not yet come, so it is no line end yet.
+    let line_end = |i: usize| match (bytes.get(i), bytes.get(i + 1)) {
+        (Some(b'\r'), Some(b'\n')) => Some(i + 2),
+        (Some(b'\r'), Some(_)) | (Some(b'\n'), _) => Some(i + 1),
+        _ => None,
+    };
+    let mut i = 0;
+    while i < bytes.len() {
+        match line_end(i) {
+            Some(end) => match line_end(end) {
+                Some(blank) => return Some(blank),
+                None => i = end,
+            },
+            None => i += 1,
+        }
     }
+    None
 }
 
 /// Whether an event is the usage-only chunk an `include_usage` stream ends with.
@@ -1248,7 +1266,8 @@ impl Drop for StreamOutcome {
         outcome.error = self.failed || !self.tally.done;
         let (state, id) = (Arc::clone(&self.state), std::mem::take(&mut self.decision_id));
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move { record(&state, &id, outcome).await });
+            let background = state.background.clone();
+            background.spawn_on(async move { record(&state, &id, outcome).await }, &handle);
         }
     }
 }
@@ -1283,12 +1302,17 @@ fn stream_through(
     }
     impl Drop for Passing {
         fn drop(&mut self) {
-            let (Some((rest, outcome)), Ok(handle)) =
+            let (Some((rest, mut outcome)), Ok(handle)) =
                 (self.call.take(), tokio::runtime::Handle::try_current())
             else {
                 return;
             };
-            handle.spawn(finish_without_client(rest, outcome, self.idle));
+            // The client left before it read the first chunk, which the tally has not seen.
+            if let Some(first) = self.first.take() {
+                outcome.tally.feed(&first);
+            }
+            let background = outcome.state.background.clone();
+            background.spawn_on(finish_without_client(rest, outcome, self.idle), &handle);
         }
     }
     let passing = Passing {
@@ -1339,14 +1363,12 @@ fn stream_through(
         .unwrap_or_default()
 }
 
-/// Reads the rest of a streamed call whose client went away, as the client would have,
-/// until the stream ends, fails, falls silent for `idle` or passes the request's time
-/// limit; then records its outcome (dropping it).
+/// Reads the rest of a streamed call whose client went away as the client would have, to
+/// its end, a failure or a silence longer than `idle`; then records its outcome (dropping
+/// it).
 async fn finish_without_client(mut rest: UpstreamBody, mut outcome: StreamOutcome, idle: Duration) {
-    let deadline = outcome.started + Duration::from_millis(outcome.state.config.request_timeout_ms);
     loop {
-        let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
-        match tokio::time::timeout(wait, rest.next()).await {
+        match tokio::time::timeout(idle, rest.next()).await {
             Ok(Some(Ok(chunk))) => outcome.tally.feed(&chunk),
             Ok(None) => return,
             Ok(Some(Err(_))) | Err(_) => {
@@ -1433,6 +1455,23 @@ mod tests {
             }
             out.extend_from_slice(&filter.rest());
             assert_eq!(String::from_utf8(out).unwrap(), expected, "chunks of {cut}");
+        }
+        // Events may end their lines with a bare `\r`, as SSE allows, or mix the endings.
+        let cr = "data: {\"choices\":[{\"delta\":{}}]}\r\r\
+                  data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\r\r\
+                  data: [DONE]\n\r\n";
+        for cut in [1, 2, 5, cr.len()] {
+            let mut filter = UsageEventFilter::default();
+            let mut out = Vec::new();
+            for piece in cr.as_bytes().chunks(cut) {
+                out.extend_from_slice(&filter.pass(piece));
+            }
+            let passed = String::from_utf8(out).unwrap();
+            assert_eq!(
+                passed, "data: {\"choices\":[{\"delta\":{}}]}\r\rdata: [DONE]\n\r\n",
+                "chunks of {cut}"
+            );
+            assert!(filter.rest().is_empty());
         }
         // An event the stream cut short passes as it came.
         let mut filter = UsageEventFilter::default();

@@ -46,6 +46,9 @@ pub struct AppState {
     pub cache: ResponseCache,
     /// The cluster this replica shares its learning with, if any.
     pub cluster: Option<Cluster>,
+    /// Work that outlives its request: calls whose clients went away, and outcomes on their
+    /// way to the log. A stop waits for it before its final snapshot.
+    pub background: tokio_util::task::TaskTracker,
 }
 
 impl AppState {

@@ -39,6 +39,8 @@ enum Reply {
     /// A stream of five events 100 ms apart, its usage (3 and 5 tokens) in the last
     /// before `[DONE]`.
     SlowStream,
+    /// The same stream in one chunk.
+    WholeStream,
 }
 
 /// Answers each model's attempts from its script, in order, recording `(model, path)`.
@@ -117,24 +119,22 @@ impl Upstream for Provider {
                     ..Failure::final_("upstream answered 429")
                 }),
                 Some(Reply::SlowStream) => {
-                    let event = |data: Value| Bytes::from(format!("data: {data}\n\n"));
-                    let delta =
-                        |i: usize| event(json!({"choices": [{"delta": {"content": format!("part {i} ")}}]}));
-                    let mut events: Vec<Bytes> = (1..4).map(delta).collect();
-                    events.push(event(
-                        json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}}),
-                    ));
-                    events.push(Bytes::from("data: [DONE]\n\n"));
-                    let rest = futures_util::stream::iter(events).then(|event| async move {
+                    let events = stream_events();
+                    let rest = futures_util::stream::iter(events[1..].to_vec()).then(|event| async move {
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                         Ok(event)
                     });
                     Ok(Answer::Stream {
-                        first: delta(0),
+                        first: events[0].clone(),
                         rest: Box::pin(rest),
                         passed: Vec::new(),
                     })
                 }
+                Some(Reply::WholeStream) => Ok(Answer::Stream {
+                    first: Bytes::from(stream_events().concat()),
+                    rest: Box::pin(futures_util::stream::empty()),
+                    passed: Vec::new(),
+                }),
                 Some(Reply::Silent) => {
                     tokio::time::sleep_until(deadline).await;
                     Err(Failure::final_("no first byte before the deadline"))
@@ -143,6 +143,19 @@ impl Upstream for Provider {
             }
         })
     }
+}
+
+/// The events of a streamed answer: four parts, the usage (3 and 5 tokens), `[DONE]`.
+fn stream_events() -> Vec<Bytes> {
+    let event = |data: Value| Bytes::from(format!("data: {data}\n\n"));
+    let mut events: Vec<Bytes> = (0..4)
+        .map(|i| event(json!({"choices": [{"delta": {"content": format!("part {i} ")}}]})))
+        .collect();
+    events.push(event(
+        json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}}),
+    ));
+    events.push(Bytes::from("data: [DONE]\n\n"));
+    events
 }
 
 /// A fresh directory `name`.
@@ -335,11 +348,14 @@ async fn a_call_the_client_left_is_recorded_all_the_same() {
 }
 
 /// A client that goes away mid-stream does not cut the call short either: the rest is
-/// read without it, and the call is the model's success at the cost of its usage.
+/// read without it, past the request's time limit as a connected client's stream would
+/// be, and the call is the model's success at the cost of its usage. So is a stream whose
+/// client left before reading anything, its whole answer in the first chunk.
 #[tokio::test]
 async fn a_stream_the_client_left_is_read_to_its_end() {
-    let (scripted, state, app) = gateway("upstream-stream-left", 120_000);
-    scripted.script("a", &[Reply::SlowStream]);
+    // The stream lasts 500 ms, past the 250 ms the request has to start answering.
+    let (scripted, state, app) = gateway("upstream-stream-left", 250);
+    scripted.script("a", &[Reply::SlowStream, Reply::WholeStream]);
     let body = json!({"model": "r", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
     let response = post(&app, "/v1/chat/completions", &body).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -347,18 +363,70 @@ async fn a_stream_the_client_left_is_read_to_its_end() {
     let first = events.next().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&first).contains("part 0"));
     drop(events);
+    let unread = post(&app, "/v1/chat/completions", &body).await;
+    assert_eq!(unread.status(), StatusCode::OK);
+    drop(unread);
     let usage = || *state.router.learner("r").unwrap().usage(0);
     let waited = std::time::Instant::now();
-    while usage().requests == 0 && waited.elapsed() < std::time::Duration::from_secs(5) {
+    while usage().requests < 2 && waited.elapsed() < std::time::Duration::from_secs(5) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let a = usage();
-    assert_eq!((a.requests, a.errors), (1, 0));
+    assert_eq!((a.requests, a.errors), (2, 0));
     assert!(
-        (a.cost_usd - (3.0 * 1.0 + 5.0 * 2.0) / 1e6).abs() < 1e-15,
+        (a.cost_usd - 2.0 * (3.0 * 1.0 + 5.0 * 2.0) / 1e6).abs() < 1e-15,
         "{}",
         a.cost_usd
     );
+}
+
+/// A server that stops while it reads a stream whose client left waits for its end: the
+/// outcome is in the log before the final snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_waits_for_the_streams_clients_left() {
+    let dir = fresh("upstream-stop-waits");
+    let mut config = config(&dir, 120_000);
+    config.listen = "127.0.0.1:0".into();
+    let scripted = Arc::new(Scripted::default());
+    let provider = Arc::clone(&scripted);
+    let state = quiver_serve::server::state_with(config, move |_, _| Box::new(Provider(provider))).unwrap();
+    scripted.script("a", &[Reply::SlowStream]);
+    let (address, bound) = tokio::sync::oneshot::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(quiver_serve::server::run(
+        state,
+        async move {
+            let _ = stopped.await;
+        },
+        move |addr| {
+            let _ = address.send(addr);
+        },
+    ));
+    let base = format!("http://{}", bound.await.unwrap());
+    let body = json!({"model": "r", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let mut response = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let decision = response.headers()["x-quiver-decision-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(response.chunk().await.unwrap().is_some());
+    drop(response);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    let records = quiver_serve::log::read_log(&dir.join("log")).unwrap();
+    let events: Vec<&str> = records
+        .iter()
+        .filter(|r| r.decision_id == decision)
+        .map(|r| r.event.name())
+        .collect();
+    assert_eq!(events, ["decision", "outcome"]);
+    let outcome = records.iter().rfind(|r| r.decision_id == decision).unwrap();
+    assert!(!outcome.error, "{outcome:?}");
 }
 
 /// A stream is asked for its usage, whether the client asked or not, and priced by it;
