@@ -209,14 +209,17 @@ struct StreamTally {
 }
 
 impl StreamTally {
+    /// Reads the lines `bytes` completes; a line ends at `\n`, `\r\n` or a bare `\r`, as
+    /// SSE allows (the empty line between a `\r\n`'s halves reads as nothing).
     fn feed(&mut self, bytes: &[u8]) {
-        for piece in bytes.split_inclusive(|&b| b == b'\n') {
+        let line_end = |b: &u8| matches!(b, b'\n' | b'\r');
+        for piece in bytes.split_inclusive(line_end) {
             if self.line.len() + piece.len() <= MAX_EVENT_LINE {
                 self.line.extend_from_slice(piece);
             } else {
                 self.overlong = true;
             }
-            if piece.ends_with(b"\n") {
+            if piece.last().is_some_and(line_end) {
                 self.end_line();
             }
         }
@@ -1176,24 +1179,42 @@ fn client_asked_usage(client_options: Option<&Value>) -> bool {
 #[derive(Default)]
 struct UsageEventFilter {
     pending: Vec<u8>,
+    /// Of an event that ended at a chunk's last byte, a `\r` (see [`event_end`]): whether
+    /// it passed, so that a `\n` completing that `\r\n` goes where the event went.
+    ended_on_cr: Option<bool>,
 }
 
 impl UsageEventFilter {
     /// The events `chunk` completes, less the usage-only one; the rest waits for more. An
     /// event longer than an event line may be passes as it came, unread.
     fn pass(&mut self, chunk: &[u8]) -> Bytes {
+        let mut out = Vec::with_capacity(self.pending.len() + chunk.len());
+        let mut chunk = chunk;
+        if let (Some(passed), Some((&first, after))) = (self.ended_on_cr, chunk.split_first()) {
+            self.ended_on_cr = None;
+            if first == b'\n' {
+                chunk = after;
+                if passed {
+                    out.push(first);
+                }
+            }
+        }
         self.pending.extend_from_slice(chunk);
         if self.pending.len() > MAX_EVENT_LINE && event_end(&self.pending).is_none() {
-            return self.rest();
+            out.extend_from_slice(&self.rest());
+            return Bytes::from(out);
         }
-        let mut out = Vec::with_capacity(self.pending.len());
         let mut start = 0;
         while let Some(end) = event_end(&self.pending[start..]) {
             let event = &self.pending[start..start + end];
-            if !is_usage_only(event) {
+            let passed = !is_usage_only(event);
+            if passed {
                 out.extend_from_slice(event);
             }
             start += end;
+            if start == self.pending.len() && event.ends_with(b"\r") {
+                self.ended_on_cr = Some(passed);
+            }
         }
         self.pending.drain(..start);
         Bytes::from(out)
@@ -1208,17 +1229,19 @@ impl UsageEventFilter {
 /// The length of the first whole event of `bytes`, through its blank line (two line ends,
 /// each `\n`, `\r\n` or `\r`, as SSE allows), if it has one.
 fn event_end(bytes: &[u8]) -> Option<usize> {
-    // Where the line end at `i` ends, if one does; a `\r` last may be the first half of
-    // a `\r\n` not yet come, so it is no line end yet.
-    let line_end = |i: usize| match (bytes.get(i), bytes.get(i + 1)) {
+    // Where the line end at `i` ends, if one does. A `\r` last may be the first half of a
+    // `\r\n` not yet come: as a line's end it waits for the next byte; as the blank line
+    // it ends the event whatever comes (a `\n` after it is an empty line, which SSE skips).
+    let line_end = |i: usize, blank: bool| match (bytes.get(i), bytes.get(i + 1)) {
         (Some(b'\r'), Some(b'\n')) => Some(i + 2),
         (Some(b'\r'), Some(_)) | (Some(b'\n'), _) => Some(i + 1),
+        (Some(b'\r'), None) if blank => Some(i + 1),
         _ => None,
     };
     let mut i = 0;
     while i < bytes.len() {
-        match line_end(i) {
-            Some(end) => match line_end(end) {
+        match line_end(i, false) {
+            Some(end) => match line_end(end, true) {
                 Some(blank) => return Some(blank),
                 None => i = end,
             },
@@ -1473,6 +1496,9 @@ mod tests {
             );
             assert!(filter.rest().is_empty());
         }
+        // An event ended by `\r\r` passes as soon as it ends, not with the next.
+        let mut filter = UsageEventFilter::default();
+        assert_eq!(&filter.pass(b"data: 1\r\r")[..], b"data: 1\r\r");
         // An event the stream cut short passes as it came.
         let mut filter = UsageEventFilter::default();
         assert!(filter.pass(b"data: {\"choi").is_empty());
@@ -1528,14 +1554,21 @@ mod tests {
     /// newline is read at the end; the tally keeps one line, not the stream.
     #[test]
     fn the_tally_reads_events_split_anywhere_and_holds_one_line() {
-        let text = "data: {\"choices\":[{\"delta\":{\"content\":\"Grüße\"}}]}\n\ndata: [DONE]";
-        for cut in 0..text.len() {
-            let (a, b) = text.as_bytes().split_at(cut);
-            let mut tally = StreamTally::default();
-            tally.feed(a);
-            tally.feed(b);
-            tally.end_line();
-            assert_eq!((tally.content_chars, tally.done), (5, true), "cut at {cut}");
+        for end in ["\n", "\r\n", "\r"] {
+            let text = format!(
+                "data: {{\"choices\":[{{\"delta\":{{\"content\":\"Grüße\"}}}}]}}{end}{end}\
+                 data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":3,\"completion_tokens\":5}}}}{end}{end}\
+                 data: [DONE]"
+            );
+            for cut in 0..text.len() {
+                let (a, b) = text.as_bytes().split_at(cut);
+                let mut tally = StreamTally::default();
+                tally.feed(a);
+                tally.feed(b);
+                tally.end_line();
+                let read = (tally.content_chars, tally.usage, tally.done);
+                assert_eq!(read, (5, Some((3, 5)), true), "{end:?} cut at {cut}");
+            }
         }
         let mut tally = StreamTally::default();
         let long = format!("data: {{\"x\": \"{}\"}}", "a".repeat(3 * MAX_EVENT_LINE));
