@@ -327,6 +327,18 @@ pub fn chart(title: &str, note: &str, x_label: &str, y_label: &str, series: &[Se
 mod tests {
     use super::*;
 
+    /// The number in the first ` name="…"` of `text`.
+    fn attribute(text: &str, name: &str) -> f64 {
+        text.split(&format!(" {name}=\""))
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     /// The legend sits right of the plot; the document is wide enough for its longest
     /// label at the generous character width, and markers carry their labels.
     #[test]
@@ -341,15 +353,7 @@ mod tests {
             color: None,
         }];
         let svg = chart("t", "how to read it", "x", "y", &s);
-        let width: f64 = svg
-            .split("width=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let width = attribute(&svg, "width");
         let legend_x = LEFT + PLOT_WIDTH + 16.0 + 18.0;
         assert!(width >= legend_x + CHAR_WIDTH * label.len() as f64, "{width}");
         assert!(
@@ -381,22 +385,12 @@ mod tests {
             color: None,
         }];
         let svg = chart("t", "", "x", "y", &s);
-        let attr = |line: &str, name: &str| -> f64 {
-            line.split(&format!(" {name}=\""))
-                .nth(1)
-                .unwrap()
-                .split('"')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap()
-        };
         let labels: Vec<[f64; 4]> = svg
             .lines()
             .filter(|l| l.contains(">model-"))
             .map(|l| {
                 let width = LABEL_CHAR_WIDTH * "model-0".len() as f64;
-                let (x, y) = (attr(l, "x"), attr(l, "y"));
+                let (x, y) = (attribute(l, "x"), attribute(l, "y"));
                 let left = if l.contains(r#"text-anchor="end""#) {
                     x - width
                 } else {
@@ -409,7 +403,7 @@ mod tests {
             .lines()
             .filter(|l| l.starts_with("<circle"))
             .map(|l| {
-                let (x, y) = (attr(l, "cx"), attr(l, "cy"));
+                let (x, y) = (attribute(l, "cx"), attribute(l, "cy"));
                 [x - 5.0, y - 5.0, x + 5.0, y + 5.0]
             })
             .collect();

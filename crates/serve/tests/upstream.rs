@@ -158,6 +158,17 @@ fn stream_events() -> Vec<Bytes> {
     events
 }
 
+/// Model a's usage on route `r` once it counts `requests` calls, or after 5 s: the
+/// outcome of a stream, or of a call whose client left, is recorded after the answer.
+async fn usage_of_a_once(state: &AppState, requests: u64) -> quiver_bandit::usage::ArmUsage {
+    let usage = || *state.router.learner("r").unwrap().usage(0);
+    let waited = std::time::Instant::now();
+    while usage().requests < requests && waited.elapsed() < std::time::Duration::from_secs(5) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    usage()
+}
+
 /// A fresh directory `name`.
 fn fresh(name: &str) -> std::path::PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
@@ -333,12 +344,7 @@ async fn a_call_the_client_left_is_recorded_all_the_same() {
     scripted.script("a", &[Reply::Slow]);
     let left = tokio::time::timeout(std::time::Duration::from_millis(50), chat(&app)).await;
     assert!(left.is_err(), "the client left before the answer");
-    let usage = || *state.router.learner("r").unwrap().usage(0);
-    let waited = std::time::Instant::now();
-    while usage().requests == 0 && waited.elapsed() < std::time::Duration::from_secs(5) {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let a = usage();
+    let a = usage_of_a_once(&state, 1).await;
     assert_eq!((a.requests, a.errors), (1, 0));
     assert!(
         (a.cost_usd - (3.0 * 1.0 + 5.0 * 2.0) / 1e6).abs() < 1e-15,
@@ -366,12 +372,7 @@ async fn a_stream_the_client_left_is_read_to_its_end() {
     let unread = post(&app, "/v1/chat/completions", &body).await;
     assert_eq!(unread.status(), StatusCode::OK);
     drop(unread);
-    let usage = || *state.router.learner("r").unwrap().usage(0);
-    let waited = std::time::Instant::now();
-    while usage().requests < 2 && waited.elapsed() < std::time::Duration::from_secs(5) {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let a = usage();
+    let a = usage_of_a_once(&state, 2).await;
     assert_eq!((a.requests, a.errors), (2, 0));
     assert!(
         (a.cost_usd - 2.0 * (3.0 * 1.0 + 5.0 * 2.0) / 1e6).abs() < 1e-15,
@@ -466,12 +467,7 @@ async fn a_stream_is_priced_by_the_usage_the_gateway_asks_for() {
         "every other event passes as it came"
     );
     // A stream's outcome is recorded as its body ends, after the client's last read.
-    let usage = || *state.router.learner("r").unwrap().usage(0);
-    let waited = std::time::Instant::now();
-    while usage().requests < 2 && waited.elapsed() < std::time::Duration::from_secs(5) {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let a = usage();
+    let a = usage_of_a_once(&state, 2).await;
     assert_eq!((a.requests, a.errors), (2, 0));
     assert!(
         (a.cost_usd - 2.0 * (3.0 * 1.0 + 5.0 * 2.0) / 1e6).abs() < 1e-15,
