@@ -1186,7 +1186,7 @@ struct UsageEventFilter {
 
 impl UsageEventFilter {
     /// The events `chunk` completes, less the usage-only one; the rest waits for more. An
-    /// event longer than an event line may be passes as it came, unread.
+    /// event longer than a line may be (`MAX_EVENT_LINE`) passes as it came, unread.
     fn pass(&mut self, chunk: &[u8]) -> Bytes {
         let mut out = Vec::with_capacity(self.pending.len() + chunk.len());
         let mut chunk = chunk;
@@ -1254,7 +1254,7 @@ fn event_end(bytes: &[u8]) -> Option<usize> {
 /// Whether an event is the usage-only chunk an `include_usage` stream ends with.
 fn is_usage_only(event: &[u8]) -> bool {
     let data: Vec<u8> = event
-        .split(|&b| b == b'\n')
+        .split(|&b| b == b'\n' || b == b'\r')
         .filter_map(|line| line.trim_ascii().strip_prefix(b"data:"))
         .flat_map(|data| data.trim_ascii().iter().copied())
         .collect();
