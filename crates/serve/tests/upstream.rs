@@ -158,15 +158,23 @@ fn stream_events() -> Vec<Bytes> {
     events
 }
 
-/// Model a's usage on route `r` once it counts `requests` calls, or after 5 s: the
-/// outcome of a stream, or of a call whose client left, is recorded after the answer.
-async fn usage_of_a_once(state: &AppState, requests: u64) -> quiver_bandit::usage::ArmUsage {
+/// Asserts that model a of route `r` answered `calls` calls, each a success at the price
+/// of its usage (3 input and 5 output tokens at a's prices), waiting up to 5 s for them:
+/// the outcome of a stream, or of a call whose client left, is recorded after the answer.
+async fn assert_a_answered(state: &AppState, calls: u64) {
     let usage = || *state.router.learner("r").unwrap().usage(0);
     let waited = std::time::Instant::now();
-    while usage().requests < requests && waited.elapsed() < std::time::Duration::from_secs(5) {
+    while usage().requests < calls && waited.elapsed() < std::time::Duration::from_secs(5) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    usage()
+    let a = usage();
+    assert_eq!((a.requests, a.errors), (calls, 0));
+    let per_call = (3.0 * 1.0 + 5.0 * 2.0) / 1e6;
+    assert!(
+        (a.cost_usd - calls as f64 * per_call).abs() < 1e-15,
+        "{}",
+        a.cost_usd
+    );
 }
 
 /// A fresh directory `name`.
@@ -344,13 +352,7 @@ async fn a_call_the_client_left_is_recorded_all_the_same() {
     scripted.script("a", &[Reply::Slow]);
     let left = tokio::time::timeout(std::time::Duration::from_millis(50), chat(&app)).await;
     assert!(left.is_err(), "the client left before the answer");
-    let a = usage_of_a_once(&state, 1).await;
-    assert_eq!((a.requests, a.errors), (1, 0));
-    assert!(
-        (a.cost_usd - (3.0 * 1.0 + 5.0 * 2.0) / 1e6).abs() < 1e-15,
-        "{}",
-        a.cost_usd
-    );
+    assert_a_answered(&state, 1).await;
 }
 
 /// A client that goes away mid-stream does not cut the call short either: the rest is
@@ -372,13 +374,7 @@ async fn a_stream_the_client_left_is_read_to_its_end() {
     let unread = post(&app, "/v1/chat/completions", &body).await;
     assert_eq!(unread.status(), StatusCode::OK);
     drop(unread);
-    let a = usage_of_a_once(&state, 2).await;
-    assert_eq!((a.requests, a.errors), (2, 0));
-    assert!(
-        (a.cost_usd - 2.0 * (3.0 * 1.0 + 5.0 * 2.0) / 1e6).abs() < 1e-15,
-        "{}",
-        a.cost_usd
-    );
+    assert_a_answered(&state, 2).await;
 }
 
 /// A server that stops while it reads a stream whose client left waits for its end: the
@@ -467,13 +463,7 @@ async fn a_stream_is_priced_by_the_usage_the_gateway_asks_for() {
         "every other event passes as it came"
     );
     // A stream's outcome is recorded as its body ends, after the client's last read.
-    let a = usage_of_a_once(&state, 2).await;
-    assert_eq!((a.requests, a.errors), (2, 0));
-    assert!(
-        (a.cost_usd - 2.0 * (3.0 * 1.0 + 5.0 * 2.0) / 1e6).abs() < 1e-15,
-        "{}",
-        a.cost_usd
-    );
+    assert_a_answered(&state, 2).await;
     let sent = std::mem::take(&mut *scripted.stream_options.lock().unwrap());
     assert_eq!(
         sent,
