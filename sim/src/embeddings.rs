@@ -125,11 +125,8 @@ fn cached(prompts: &[&str], embedder: &dyn Embedder, source: &str, dir: &Path) -
         .ok()
         .and_then(|bytes| decode(&bytes))
         .unwrap_or_default();
-    let missing: Vec<&str> = prompts
-        .iter()
-        .filter(|p| !stored.contains_key(&key(p)))
-        .copied()
-        .collect();
+    let (present, missing): (Vec<&str>, Vec<&str>) =
+        prompts.iter().partition(|p| stored.contains_key(&key(p)));
     if !missing.is_empty() {
         let fresh = embed_all(&missing, embedder, source)?;
         let fresh_width = fresh.first().map_or(0, Vec::len);
@@ -141,14 +138,9 @@ fn cached(prompts: &[&str], embedder: &dyn Embedder, source: &str, dir: &Path) -
         if fresh_width != width && !stored.is_empty() {
             // Another width under the same source's name: another version of its model,
             // whose vectors the stored ones are not.
-            let rest: Vec<&str> = prompts
-                .iter()
-                .filter(|p| stored.contains_key(&key(p)))
-                .copied()
-                .collect();
             stored.clear();
-            let again = embed_all(&rest, embedder, source)?;
-            stored.extend(rest.iter().map(|p| key(p)).zip(again));
+            let again = embed_all(&present, embedder, source)?;
+            stored.extend(present.iter().map(|p| key(p)).zip(again));
         }
         width = fresh_width;
         stored.extend(missing.iter().map(|p| key(p)).zip(fresh));
