@@ -225,7 +225,11 @@ impl<'a> Args<'a> {
     /// `draws` of a Thompson policy: Monte Carlo samples behind its propensity, in
     /// `[1, 1000000]`, or 0 for its exact PMF; `default` when absent.
     pub fn draws(&mut self, default: u32) -> Result<u32> {
-        Ok(self.number("draws", false, f64::from(default), 0.0, 1e6, "[0, 1000000]")? as u32)
+        let draws = self.number("draws", false, f64::from(default), 0.0, 1e6, "[0, 1000000]")?;
+        if draws.fract() != 0.0 {
+            return Err(self.invalid(&format!("draws={draws} must be a whole number")));
+        }
+        Ok(draws as u32)
     }
 }
 
@@ -255,6 +259,12 @@ impl FromStr for PolicySpec {
             .enumerate()
         {
             match part.split_once('=') {
+                Some((k, _)) if args.pairs.iter().any(|(given, _)| *given == k.trim()) => {
+                    return Err(Error::invalid_spec(
+                        spec,
+                        format!("`{}` is given twice", k.trim()),
+                    ))
+                }
                 Some((k, v)) => args.pairs.push((k.trim(), v.trim())),
                 None if i == 0 => args.main = Some(part),
                 None => {
@@ -506,6 +516,8 @@ mod tests {
         assert!(msg("lints(draws=-1)").contains("draws=-1 must be in [0, 1000000]"));
         assert!(msg("ucb1(draws=0)").contains("unknown parameter `draws`"));
         assert!(msg("beta-ts(alpha=0.5,draws=0)").contains("needs alpha and beta of at least 1"));
+        assert!(msg("lints(draws=1.5)").contains("draws=1.5 must be a whole number"));
+        assert!(msg("eps(epsilon=0.1, epsilon=0.2)").contains("`epsilon` is given twice"));
     }
 
     #[test]
