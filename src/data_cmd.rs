@@ -1,6 +1,6 @@
 //! `quiver data`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
@@ -17,7 +17,9 @@ use quiver_sim::write::{write_logged, write_wide};
 pub enum DataCommand {
     /// Convert a dataset (RouterBench, RouteLLM, RouterArena, Open Bandit Dataset, or the
     /// native shapes) to the wide or logged shape; wide data becomes a log under
-    /// --logging-policy.
+    /// --logging-policy (the log keeps prompts and `f_*` features, not a `task` column: a
+    /// table without prompts was logged on its task one-hot, which the log's context
+    /// then lacks).
     Convert(ConvertArgs),
     /// Write the table of a scenario file (default: the built-in scenario), or one of the
     /// validation suite's item-response tables (--irt).
@@ -39,19 +41,21 @@ pub struct ConvertArgs {
     /// Output shape: wide or logged.
     #[arg(long)]
     to: String,
-    /// Policy that logs wide data (needs a floor to cover every arm).
-    #[arg(long, default_value = "random")]
-    logging_policy: String,
-    /// Cost weight of the logging policy, quality points per USD.
-    #[arg(long, default_value_t = 0.0)]
-    w_cost: f64,
-    /// Share of logged rows left without quality (feedback that never arrived).
-    #[arg(long, alias = "missing-quality", default_value_t = 0.0)]
-    missing_feedback: f64,
-    /// Seed of the logging order and draws.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Output file: .csv, .parquet or .jsonl.
+    /// Policy that logs wide data (default: random). It must give every model some
+    /// probability on every row, or the log cannot evaluate a policy that chooses another.
+    #[arg(long)]
+    logging_policy: Option<String>,
+    /// Cost weight of the logging policy, quality points per USD (default: 0).
+    #[arg(long)]
+    w_cost: Option<f64>,
+    /// Share of logged rows left without quality, feedback that never arrived (default: 0).
+    #[arg(long, alias = "missing-quality")]
+    missing_feedback: Option<f64>,
+    /// Seed of the logging order and draws (default: 0).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Output file: .parquet, .jsonl (or .ndjson, .json: JSON lines); any other name is
+    /// written as CSV.
     #[arg(long)]
     out: PathBuf,
     /// Also write the table's list prices here, in LiteLLM's registry format (`quiver
@@ -68,7 +72,8 @@ pub struct GenerateArgs {
     #[arg(long, conflicts_with = "irt")]
     scenario: Option<PathBuf>,
     /// The validation suite's generated table with this many models (`quiver suite` uses
-    /// 3, 11, 30 and 60, and 30 on 10,000 prompts), with its 70/30 split.
+    /// 3, 11, 30 and 60, and 30 on 10,000 prompts), with its 70/30 split. Each size is one
+    /// fixed table, the suite's: its seed follows from the number of models.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
     irt: Option<u16>,
     /// Output file: .csv, .parquet or .jsonl; a `split` column says train or test.
@@ -85,6 +90,18 @@ pub struct GenerateArgs {
     prices_out: Option<PathBuf>,
 }
 
+/// Outcomes (models times prompts) a generated table may hold: 16 bytes each in memory
+/// for quality and cost, so at most about 1.6 GB.
+const MAX_GENERATED_CELLS: u64 = 100_000_000;
+
+/// Refuses a prices file on the table's own path, which would overwrite it.
+fn distinct_outputs(out: &Path, prices_out: Option<&Path>) -> Result<()> {
+    if prices_out == Some(out) {
+        bail!("--prices-out {}: the same file as --out", out.display());
+    }
+    Ok(())
+}
+
 pub fn run(command: DataCommand) -> Result<()> {
     match command {
         DataCommand::Convert(args) => convert(args),
@@ -93,6 +110,7 @@ pub fn run(command: DataCommand) -> Result<()> {
 }
 
 fn convert(args: ConvertArgs) -> Result<()> {
+    distinct_outputs(&args.out, args.prices_out.as_deref())?;
     let dataset = load(&args.data, args.format, args.split.as_ref())?;
     match &dataset {
         Dataset::Wide(data) if data.rows() == 0 => bail!("{}: no complete rows to convert", args.data),
@@ -112,6 +130,18 @@ fn convert(args: ConvertArgs) -> Result<()> {
         }
         (_, Some(_)) => bail!("--prices-out: {} carries no list prices", args.data),
     };
+    let logging = [
+        ("--logging-policy", args.logging_policy.is_some()),
+        ("--w-cost", args.w_cost.is_some()),
+        ("--missing-feedback", args.missing_feedback.is_some()),
+        ("--seed", args.seed.is_some()),
+    ];
+    let logs_a_table = matches!((&dataset, args.to.as_str()), (Dataset::Wide(_), "logged"));
+    if let Some((flag, _)) = logging.iter().find(|(_, given)| *given).filter(|_| !logs_a_table) {
+        bail!(
+            "{flag} applies to a wide table converted to a log (--to logged); this conversion logs nothing"
+        );
+    }
     match (dataset, args.to.as_str()) {
         (Dataset::Wide(data), "wide") => write_wide(&data, &args.out)?,
         (Dataset::Logged(log), "logged") => {
@@ -128,7 +158,7 @@ fn convert(args: ConvertArgs) -> Result<()> {
                     args.data
                 );
             }
-            let spec: PolicySpec = args.logging_policy.parse()?;
+            let spec: PolicySpec = args.logging_policy.as_deref().unwrap_or("random").parse()?;
             if let Some(note) = spec.floor_overrides(data.num_arms()) {
                 eprintln!("{note}");
             }
@@ -140,9 +170,9 @@ fn convert(args: ConvertArgs) -> Result<()> {
             let builder = ContextBuilder::new(data.prompts.is_some(), tasks, data.feature_names.len());
             let settings = LoggingSettings {
                 spec,
-                objective: Objective::new(args.w_cost, 0.0)?,
-                seed: args.seed,
-                missing_feedback: args.missing_feedback,
+                objective: Objective::new(args.w_cost.unwrap_or(0.0), 0.0)?,
+                seed: args.seed.unwrap_or(0),
+                missing_feedback: args.missing_feedback.unwrap_or(0.0),
             };
             let (log, _) = log_wide(&data, &builder, &settings)?;
             write_logged(&log, &args.out)?;
@@ -161,7 +191,16 @@ fn convert(args: ConvertArgs) -> Result<()> {
 }
 
 fn generate(args: GenerateArgs) -> Result<()> {
+    distinct_outputs(&args.out, args.prices_out.as_deref())?;
     if let Some(arms) = args.irt {
+        let cells = u64::from(arms) * u64::from(args.rows);
+        if cells > MAX_GENERATED_CELLS {
+            bail!(
+                "--irt {arms} --rows {}: {cells} outcomes, above the {MAX_GENERATED_CELLS} a generated table may hold \
+                 (its quality and cost matrices in memory)",
+                args.rows
+            );
+        }
         let (train, test) = IrtTable {
             rows: args.rows as usize,
             ..IrtTable::of_suite(usize::from(arms))

@@ -79,7 +79,7 @@ pub fn run(args: OpeArgs) -> Result<()> {
     };
     let spec: PolicySpec = args.policy.parse()?;
     let objective = Objective::new(args.w_cost, args.w_latency)?;
-    if let Some(note) = log.header().unrecorded_latency_note(objective.w_latency) {
+    for note in log.header().unrecorded_notes(objective.w_latency) {
         tracing::warn!("{note}");
     }
     let settings = EstimatorSettings::new(args.clip, args.switch_tau, args.bootstrap, args.seed)?;

@@ -430,7 +430,7 @@ fn datasets(args: &ReplayArgs) -> Result<(WideDataset, Option<WideDataset>, Obje
     if let Some(path) = &args.prices {
         price_from_file(path, &mut data, train.as_mut())?;
     }
-    if objective.w_latency > 0.0 && data.latency_ms.is_none() {
+    if objective.w_latency > 0.0 && data.latency_ms.is_none() && args.latency_model.is_none() {
         tracing::warn!(
             "{} has no latency columns (`latency_ms|MODEL`): every call takes 0 ms, so a latency weight of {} weighs nothing",
             data.source,
@@ -509,7 +509,7 @@ fn unpriced_datasets(args: &ReplayArgs) -> Result<(WideDataset, Option<WideDatas
 /// (learning as it goes), by replay (rejection sampling), SNIPS and DR.
 fn replay_log(args: &ReplayArgs, mut log: LogStream, specs: &[PolicySpec]) -> Result<()> {
     let objective = Objective::new(args.w_cost.unwrap_or(0.0), args.w_latency.unwrap_or(0.0))?;
-    if let Some(note) = log.header().unrecorded_latency_note(objective.w_latency) {
+    for note in log.header().unrecorded_notes(objective.w_latency) {
         tracing::warn!("{note}");
     }
     tracing::info!(
@@ -627,6 +627,16 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     }
     if args.train_feedback == TrainFeedback::Full && (args.explore_passes > 0 || args.train_passes > 1) {
         bail!("--train-passes and --explore-passes apply to --train-feedback bandit");
+    }
+    if args.train_passes > 1 && train.is_none() {
+        bail!(
+            "--train-passes {} pass over training data: give --train or --holdout",
+            args.train_passes
+        );
+    }
+    let paced = args.budget.is_some() || matches!(args.sweep, Some(Sweep::Budget(_)));
+    if args.pacer_step != DEFAULT_PACING_STEP && !paced {
+        bail!("--pacer-step sets the budget pacer's step: give --budget or --sweep budget=...");
     }
     if args.explore_passes > 0 && (train.is_none() || args.explore_passes > args.train_passes) {
         bail!(

@@ -238,6 +238,25 @@ fn a_budgeted_replay_reports_the_hull_at_its_budget() {
         ),
         "{table}"
     );
+    // One above the best model's ($0.0005) binds nothing, likely a share without its %.
+    let table = stdout(&quiver(&[
+        "replay",
+        "--data",
+        data.to_str().unwrap(),
+        "--policies",
+        "fixed(small)",
+        "--seeds",
+        "1",
+        "--budget",
+        "25",
+    ]));
+    assert!(
+        table.contains(
+            "the budget 25.000000 is above the best model's mean cost (mid/v1 costs 0.000500): \
+             it binds nothing"
+        ),
+        "{table}"
+    );
 }
 
 /// One seed gives no interval: its spread says nothing of the seeds' variance. Two do.
@@ -365,6 +384,55 @@ fn a_cascade_is_replayed_beside_the_policies_and_drawn_on_the_frontier() {
         "{}",
         stderr(&o)
     );
+}
+
+/// A table without costs becomes a log without them, not one of free calls: `quiver ope`
+/// says its cost estimates say nothing, and priors fitted from it learn no usage.
+#[test]
+fn a_table_without_costs_logs_no_costs() {
+    let dir = scratch("convert_no_cost");
+    let data = dir.join("free.csv");
+    let mut text = String::from("id,quality|a,quality|b\n");
+    for i in 0..40 {
+        text.push_str(&format!("{i},{},{}\n", i % 2, (i / 2) % 2));
+    }
+    std::fs::write(&data, text).unwrap();
+    let log = dir.join("log.csv");
+    convert_to_log(&data, "random", &log);
+    let header = std::fs::read_to_string(&log).unwrap();
+    let header = header.lines().next().unwrap();
+    assert!(
+        !header.contains("cost_usd") && header.contains("error"),
+        "{header}"
+    );
+    let run = quiver(&[
+        "ope",
+        "--data",
+        log.to_str().unwrap(),
+        "--policy",
+        "fixed(a)",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&run)).expect("json");
+    assert_eq!(v["rows"], 40, "every call's outcome still counts as come");
+    let note = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        note.contains("records no cost (`cost_usd`): every call reads as $0"),
+        "{note}"
+    );
+    let priors = dir.join("priors.json");
+    stdout(&quiver(&[
+        "priors",
+        "fit",
+        "--data",
+        log.to_str().unwrap(),
+        "--out",
+        priors.to_str().unwrap(),
+    ]));
+    let priors: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&priors).unwrap()).unwrap();
+    for arm in ["a", "b"] {
+        assert_eq!(priors["arms"][arm]["usage"]["requests"], 0.0, "{arm}: {priors}");
+    }
 }
 
 #[test]
@@ -687,6 +755,26 @@ fn malformed_inputs_name_the_file_row_and_column() {
         assert_eq!(err.contains("could not have been chosen"), p == "0", "{err}");
     }
 
+    // Text that is not UTF-8, and a JSON line that is not an object, are named by line and row.
+    let latin1 = dir.join("latin1.csv");
+    std::fs::write(&latin1, b"prompt,quality|a,quality|b\nhi,0.5,1\ncaf\xe9,1,0\n").unwrap();
+    let err = stderr(&quiver(&["replay", "--data", latin1.to_str().unwrap()]));
+    assert!(
+        err.contains("latin1.csv: cannot read: line 3 is not UTF-8 text (byte 40)"),
+        "{err}"
+    );
+    let bad_line = dir.join("bad_line.jsonl");
+    std::fs::write(
+        &bad_line,
+        "{\"quality|a\": 1, \"quality|b\": 0}\n\n{\"quality|a\": 1,\n",
+    )
+    .unwrap();
+    let err = stderr(&quiver(&["replay", "--data", bad_line.to_str().unwrap()]));
+    assert!(
+        err.contains("bad_line.jsonl: cannot read: row 2: not JSON: "),
+        "{err}"
+    );
+
     let broken = dir.join("broken.csv");
     std::fs::write(&broken, "quality|a,quality|b\n0.5,1\n\"unterminated,0\n").unwrap();
     let err = stderr(&quiver(&["replay", "--data", broken.to_str().unwrap()]));
@@ -750,6 +838,40 @@ fn a_new_users_mistakes_get_precise_errors() {
     assert!(
         note.contains("has no latency columns (`latency_ms|MODEL`): every call takes 0 ms, so a latency weight of 0.5 weighs nothing"),
         "{note}"
+    );
+
+    // ... unless --latency-model gives it latencies.
+    let mut modelled = vec![
+        "replay",
+        "--data",
+        no_latency.to_str().unwrap(),
+        "--w-latency",
+        "0.5",
+    ];
+    modelled.extend(["--seeds", "1", "--policies", "random", "--latency-model", "500"]);
+    let run = quiver(&modelled);
+    let note = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success() && !note.contains("weighs nothing"), "{note}");
+    // Flags that would do nothing are refused.
+    let table = no_latency.to_str().unwrap();
+    let passes = [
+        "replay",
+        "--data",
+        table,
+        "--train-passes",
+        "3",
+        "--train-feedback",
+        "bandit",
+    ];
+    let err = stderr(&quiver(&passes));
+    assert!(
+        err.contains("--train-passes 3 pass over training data: give --train or --holdout"),
+        "{err}"
+    );
+    let err = stderr(&quiver(&["replay", "--data", table, "--pacer-step", "0.1"]));
+    assert!(
+        err.contains("--pacer-step sets the budget pacer's step: give --budget"),
+        "{err}"
     );
 
     let err = stderr(&quiver(&["replay", "--budget", "abc"]));
@@ -853,7 +975,8 @@ fn a_new_users_mistakes_get_precise_errors() {
         "task=z",
     ]));
     assert!(
-        err.contains("--train: no rows of") && err.contains("--train-split"),
+        err.contains("the split task=z keeps nothing: no row of")
+            && err.contains("judged.csv has `task` equal to `z`"),
         "{err}"
     );
 
@@ -1078,6 +1201,42 @@ fn a_new_users_mistakes_get_precise_errors() {
     ]));
     assert!(
         err.contains("--missing-feedback must be in [0, 1), not 1.5"),
+        "{err}"
+    );
+    // A logging flag where nothing is logged is refused, not ignored; and a prices file on
+    // the table's own path would overwrite it.
+    let wide_out = dir.join("never_wide.csv");
+    for (flag, value) in [
+        ("--missing-feedback", "0.3"),
+        ("--logging-policy", "garbage"),
+        ("--seed", "3"),
+    ] {
+        let err = stderr(&convert(&truncated, "wide", &wide_out, &[flag, value]));
+        assert!(
+            err.contains(&format!("{flag} applies to a wide table converted to a log")),
+            "{flag}: {err}"
+        );
+    }
+    let err = stderr(&convert(
+        &truncated,
+        "wide",
+        &wide_out,
+        &["--prices-out", wide_out.to_str().unwrap()],
+    ));
+    assert!(err.contains("the same file as --out"), "{err}");
+    assert!(!wide_out.exists());
+    let err = stderr(&quiver(&[
+        "data",
+        "generate",
+        "--irt",
+        "1000",
+        "--rows",
+        "1000000",
+        "--out",
+        "never.csv",
+    ]));
+    assert!(
+        err.contains("above the 100000000 a generated table may hold"),
         "{err}"
     );
 

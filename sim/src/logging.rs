@@ -57,6 +57,7 @@ pub fn log_wide(
         },
         prompts: data.prompts.as_ref().map(|_| Vec::new()),
         feature_names: data.feature_names.clone(),
+        cost_recorded: data.cost_usd.is_some(),
         latency_recorded: data.latency_ms.is_some(),
         ..LoggedDataset::default()
     };

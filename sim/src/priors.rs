@@ -171,6 +171,8 @@ fn spend_curve(env: &Environment, fitted: &[WideFit]) -> Option<SpendCurve> {
 pub fn fit_logged(log: &mut LogStream, cap: f64) -> Result<Priors> {
     let header = log.header().clone();
     let dim = ContextBuilder::for_log(&header).dim();
+    // A log without costs teaches no usage: its 0s are no prices.
+    let costs = header.cost_recorded;
     let mut arms: Vec<ArmFit> = header.arms.iter().map(|_| ArmFit::new(dim)).collect();
     log.for_each_chunk(|chunk| {
         let contexts = ContextBuilder::log_contexts(&chunk)?;
@@ -179,7 +181,7 @@ pub fn fit_logged(log: &mut LogStream, cap: f64) -> Result<Priors> {
                 fit.add(
                     &contexts[i],
                     chunk.quality[i],
-                    chunk.outcome[i].then_some(chunk.cost_usd[i]),
+                    (costs && chunk.outcome[i]).then_some(chunk.cost_usd[i]),
                 );
             }
         });

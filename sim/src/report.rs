@@ -572,18 +572,31 @@ pub fn table(summary: &Summary) -> String {
         "hull: the best fixed mix of at most two single models at the policy's mean cost; \
          lift: quality minus hull\n",
     );
-    if let (Some(cheapest), Some(&[cheapest_cost, _])) =
-        (summary.frontier.arms.first(), summary.frontier.points.first())
-    {
+    let ends = |i: Option<usize>| {
+        Some((
+            summary.frontier.arms.get(i?)?,
+            summary.frontier.points.get(i?)?[0],
+        ))
+    };
+    let last = summary.frontier.arms.len().checked_sub(1);
+    if let (Some((cheapest, cheapest_cost)), Some((best, best_cost))) = (ends(Some(0)), ends(last)) {
         let mut budgets: Vec<f64> = summary.policies.iter().filter_map(|p| p.budget_usd).collect();
         budgets.sort_by(f64::total_cmp);
         budgets.dedup();
-        for budget in budgets.into_iter().filter(|&b| b < cheapest_cost) {
-            out.push_str(&format!(
-                "the budget {budget:.6} is below every model's mean cost ({cheapest}, the \
-                 cheapest, costs {cheapest_cost:.6}): no policy can keep it, and the hull at \
-                 the budget is {cheapest}'s quality\n"
-            ));
+        for budget in budgets {
+            if budget < cheapest_cost {
+                out.push_str(&format!(
+                    "the budget {budget:.6} is below every model's mean cost ({cheapest}, the \
+                     cheapest, costs {cheapest_cost:.6}): no policy can keep it, and the hull at \
+                     the budget is {cheapest}'s quality\n"
+                ));
+            } else if budget > best_cost {
+                out.push_str(&format!(
+                    "the budget {budget:.6} is above the best model's mean cost ({best} costs \
+                     {best_cost:.6}): it binds nothing (a share of the best model's cost is \
+                     written with %, as 25%)\n"
+                ));
+            }
         }
     }
     if summary.policies.iter().any(|p| p.full_information.is_some()) {

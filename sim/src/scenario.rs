@@ -29,11 +29,15 @@ use crate::error::{Result, SimError};
 /// The built-in scenario file.
 pub const DEFAULT_SCENARIO: &str = include_str!("../../datasets/scenario/default.json");
 
-/// A scenario file.
+/// A scenario file. A key it does not know (a misspelling) is refused by name.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Scenario {
     /// Name.
     pub name: String,
+    /// What it models, for its readers.
+    #[serde(default)]
+    pub description: Option<String>,
     /// Seed of the generation.
     pub seed: u64,
     /// Requests to generate.
@@ -50,6 +54,7 @@ pub struct Scenario {
 
 /// Reward weights as written in a scenario file.
 #[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ObjectiveSpec {
     /// Quality points per USD.
     pub w_cost: f64,
@@ -59,15 +64,20 @@ pub struct ObjectiveSpec {
 
 /// One task of the mix.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     /// `reasoning`, `code` or `commonsense`.
     pub name: String,
     /// Share of requests.
     pub share: f64,
+    /// The public evaluation it is calibrated from.
+    #[serde(default)]
+    pub source_eval: Option<String>,
 }
 
 /// One model.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ArmSpec {
     /// Model id.
     pub id: String,
@@ -75,6 +85,9 @@ pub struct ArmSpec {
     pub input_usd_per_token: f64,
     /// USD per output token.
     pub output_usd_per_token: f64,
+    /// The model's key in LiteLLM's price registry, which its prices come from.
+    #[serde(default)]
+    pub price_key: Option<String>,
     /// Probability of a good answer per task.
     pub accuracy: BTreeMap<String, f64>,
     /// Mean cost per request per task, USD.
@@ -87,6 +100,7 @@ pub struct ArmSpec {
 
 /// Latency parameters from LLMPerf.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LatencySpec {
     /// Median time to first token, ms.
     pub ttft_ms: f64,
@@ -94,6 +108,9 @@ pub struct LatencySpec {
     pub ms_per_output_token: f64,
     /// Log-space standard deviation of end-to-end latency.
     pub sigma: f64,
+    /// The LLMPerf result they come from.
+    #[serde(default)]
+    pub llmperf_file: Option<String>,
 }
 
 impl Scenario {
@@ -124,7 +141,27 @@ impl Scenario {
                 scenario.test_share
             )));
         }
+        let mut ids = std::collections::HashSet::new();
+        if let Some(arm) = scenario.arms.iter().find(|a| !ids.insert(a.id.as_str())) {
+            return Err(bad(format!("arm `{}` is given twice", arm.id)));
+        }
+        let mut names = std::collections::HashSet::new();
+        if let Some(task) = scenario.tasks.iter().find(|t| !names.insert(t.name.as_str())) {
+            return Err(bad(format!("task `{}` is given twice", task.name)));
+        }
         for arm in &scenario.arms {
+            let l = &arm.latency;
+            for (what, v) in [
+                ("input_usd_per_token", arm.input_usd_per_token),
+                ("output_usd_per_token", arm.output_usd_per_token),
+                ("latency.ttft_ms", l.ttft_ms),
+                ("latency.ms_per_output_token", l.ms_per_output_token),
+                ("latency.sigma", l.sigma),
+            ] {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(bad(format!("arm `{}` {what} is {v}, not a number >= 0", arm.id)));
+                }
+            }
             for task in &scenario.tasks {
                 for (what, table) in [
                     ("accuracy", &arm.accuracy),
@@ -446,6 +483,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("s.json") && err.contains("needs tasks"), "{err}");
+        let refusal = |change: &dyn Fn(&mut serde_json::Value)| {
+            let mut value: serde_json::Value = serde_json::from_str(DEFAULT_SCENARIO).unwrap();
+            change(&mut value);
+            Scenario::parse(&value.to_string(), "s.json")
+                .unwrap_err()
+                .to_string()
+        };
+        let err = refusal(&|v| v["objectve"] = serde_json::json!({}));
+        assert!(err.contains("unknown field `objectve`"), "{err}");
+        let err = refusal(&|v| v["arms"][1]["latncy_extra"] = serde_json::json!(1));
+        assert!(err.contains("unknown field `latncy_extra`"), "{err}");
+        let err = refusal(&|v| v["arms"][2]["latency"]["sigma"] = serde_json::json!(-1));
+        assert!(err.contains("latency.sigma is -1, not a number >= 0"), "{err}");
+        let err = refusal(&|v| v["arms"][0]["input_usd_per_token"] = serde_json::json!(-1));
+        assert!(err.contains("input_usd_per_token is -1"), "{err}");
+        let err = refusal(&|v| v["arms"][1]["id"] = v["arms"][0]["id"].clone());
+        assert!(err.contains("is given twice"), "{err}");
     }
 
     #[test]

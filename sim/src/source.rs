@@ -24,6 +24,9 @@ pub struct Table {
     pub frame: DataFrame,
     /// The file's row of this table's first row (0 unless read in chunks).
     pub first_row: usize,
+    /// The rows a `--split` kept, by their place among the table's rows before it; every
+    /// row when None.
+    kept: Option<Vec<usize>>,
 }
 
 /// Rows per table that [`read_chunks`] reads: a multiple of the bootstrap's blocks.
@@ -119,7 +122,7 @@ fn read_csv(path: &Path, rows: Option<usize>) -> Result<DataFrame> {
             // The reader's own message names no row; the first record out of shape does.
             let shape = std::fs::read(path)
                 .ok()
-                .and_then(|bytes| csv_shape_error(&bytes, rows));
+                .and_then(|bytes| not_utf8(&bytes).or_else(|| csv_shape_error(&bytes, rows)));
             match shape {
                 Some(shape) => unreadable(path, format!("{shape} (the CSV reader: {e})")),
                 None => unreadable(path, e),
@@ -137,6 +140,16 @@ fn read_csv(path: &Path, rows: Option<usize>) -> Result<DataFrame> {
         )),
         None => Ok(frame),
     }
+}
+
+/// Where `bytes` stop being UTF-8 text, if they do.
+fn not_utf8(bytes: &[u8]) -> Option<String> {
+    let valid = std::str::from_utf8(bytes).err()?.valid_up_to();
+    let line = 1 + bytes[..valid].iter().filter(|&&b| b == b'\n').count();
+    Some(format!(
+        "line {line} is not UTF-8 text (byte {}); save the file as UTF-8",
+        valid + 1
+    ))
 }
 
 /// The first record of a CSV file `bytes` (RFC 4180: fields quoted with `"`, `""` inside
@@ -213,17 +226,14 @@ fn csv_shape_error(bytes: &[u8], rows: Option<usize>) -> Option<String> {
 /// Reads one file by its extension: CSV (RFC 4180, quoted multi-line fields), Parquet, or
 /// JSON lines.
 pub fn read_file(path: &Path) -> Result<Table> {
-    let read_error = |e: PolarsError| unreadable(path, e);
     let frame = match FileKind::of(path) {
-        FileKind::Parquet => ParquetReader::new(open(path)?).finish().map_err(read_error)?,
-        FileKind::JsonLines => parse_json_lines(json_lines(path)?).map_err(read_error)?,
+        FileKind::Parquet => ParquetReader::new(open(path)?)
+            .finish()
+            .map_err(|e| unreadable(path, e))?,
+        FileKind::JsonLines => parse_json_lines(&json_lines(path)?, path, 0)?,
         FileKind::Csv => read_csv(path, None)?,
     };
-    Ok(Table {
-        path: path.to_path_buf(),
-        frame,
-        first_row: 0,
-    })
+    Ok(Table::new(path.to_path_buf(), frame, 0))
 }
 
 /// The bytes of a JSON-lines file that hold complete records now (of a log segment the
@@ -262,11 +272,7 @@ pub fn read_chunks(
                     .with_slice(Some((first_row, rows)))
                     .finish()
                     .map_err(|e| unreadable(&path, e))?;
-                Ok(Table {
-                    path: path.clone(),
-                    frame,
-                    first_row,
-                })
+                Ok(Table::new(path.clone(), frame, first_row))
             })))
         }
         FileKind::JsonLines => {
@@ -300,11 +306,7 @@ pub fn read_head(path: &Path, rows: usize) -> Result<Table> {
             .next()
             .unwrap_or_else(|| Err(unreadable(path, "no rows")));
     }
-    Ok(Table {
-        path: path.to_path_buf(),
-        frame: read_csv(path, Some(rows))?,
-        first_row: 0,
-    })
+    Ok(Table::new(path.to_path_buf(), read_csv(path, Some(rows))?, 0))
 }
 
 /// The tables of a JSON-lines file, `rows` lines at a time.
@@ -340,13 +342,9 @@ impl JsonLineChunks {
         let frame = if read == 0 {
             DataFrame::empty()
         } else {
-            parse_json_lines(bytes).map_err(|e| unreadable(&self.path, e))?
+            parse_json_lines(&bytes, &self.path, self.first_row)?
         };
-        let table = Table {
-            path: self.path.clone(),
-            frame,
-            first_row: self.first_row,
-        };
+        let table = Table::new(self.path.clone(), frame, self.first_row);
         self.first_row += read;
         Ok(table)
     }
@@ -370,13 +368,37 @@ impl Iterator for JsonLineChunks {
     }
 }
 
-fn parse_json_lines(bytes: Vec<u8>) -> PolarsResult<DataFrame> {
+/// The rows of JSON lines `bytes`, the file `path`'s from its row `first_row` on.
+fn parse_json_lines(bytes: &[u8], path: &Path, first_row: usize) -> Result<DataFrame> {
     JsonReader::new(std::io::Cursor::new(bytes))
         .with_json_format(JsonFormat::JsonLines)
         // Every row's keys: a field first seen late (an embedding once the endpoint came
         // back) would otherwise be dropped, and a chunk's columns depend on where it starts.
         .infer_schema_len(None)
         .finish()
+        .map_err(|e| {
+            // The reader's own message names no row; the first that is no JSON object does.
+            match json_record_error(bytes) {
+                Some((row, why)) => unreadable(path, format!("row {}: {why}", first_row + row + 1)),
+                None => unreadable(path, e),
+            }
+        })
+}
+
+/// The first record (0-based, blank lines not counted) of JSON lines `bytes` that is no
+/// JSON object, and why.
+fn json_record_error(bytes: &[u8]) -> Option<(usize, String)> {
+    bytes
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.trim_ascii().is_empty())
+        .enumerate()
+        .find_map(
+            |(row, line)| match serde_json::from_slice::<serde_json::Value>(line) {
+                Ok(serde_json::Value::Object(_)) => None,
+                Ok(other) => Some((row, format!("`{other}` is not a JSON object"))),
+                Err(e) => Some((row, format!("not JSON: {e}"))),
+            },
+        )
 }
 
 fn unreadable(path: &Path, reason: impl std::fmt::Display) -> SimError {
@@ -403,6 +425,35 @@ pub fn read_all(pattern: &str) -> Result<Vec<Table>> {
 }
 
 impl Table {
+    /// The rows `frame` of file `path`, from its row `first_row` on.
+    pub fn new(path: PathBuf, frame: DataFrame, first_row: usize) -> Self {
+        Table {
+            path,
+            frame,
+            first_row,
+            kept: None,
+        }
+    }
+
+    /// The rows `mask` keeps, each still numbered by its row of the file.
+    pub fn filter(self, mask: &BooleanChunked) -> Result<Self> {
+        let frame = self.frame.filter(mask).map_err(|e| unreadable(&self.path, e))?;
+        let kept = (0..self.rows())
+            .filter(|&r| mask.get(r) == Some(true))
+            .map(|r| self.kept.as_ref().map_or(r, |k| k[r]))
+            .collect();
+        Ok(Table {
+            frame,
+            kept: Some(kept),
+            ..self
+        })
+    }
+
+    /// The file's row (0-based) of the table's row `row`.
+    pub fn file_row(&self, row: usize) -> usize {
+        self.first_row + self.kept.as_ref().map_or(row, |k| k[row])
+    }
+
     /// Number of rows.
     pub fn rows(&self) -> usize {
         self.frame.height()
@@ -434,7 +485,7 @@ impl Table {
     pub fn bad_value(&self, row: usize, column: &str, reason: impl Into<String>) -> SimError {
         SimError::BadValue {
             path: self.path.clone(),
-            row: self.first_row + row + 1,
+            row: self.file_row(row) + 1,
             column: column.to_string(),
             reason: reason.into(),
         }

@@ -59,7 +59,8 @@ fn feature_columns(columns: &mut Vec<Column>, names: &[String], values: &Array2<
 
 /// Writes a log in the logged shape (the server's exact columns, then `prompt` and `f_*`);
 /// a call whose outcome has not come has a null cost and latency, and so has every call of
-/// a log that records no latency.
+/// a log that records no latency. A log that records no cost has no `cost_usd` column, so
+/// that its calls still read as come.
 pub fn write_logged(log: &LoggedDataset, path: &Path) -> Result<()> {
     let arm_names: Vec<&str> = log.arm.iter().map(|&a| log.arms[a].as_str()).collect();
     let if_called = |values: &[f64], recorded: bool| -> Vec<Option<f64>> {
@@ -81,6 +82,7 @@ pub fn write_logged(log: &LoggedDataset, path: &Path) -> Result<()> {
         column("latency_ms", if_called(&log.latency_ms, log.latency_recorded)),
         column("error", log.error.clone()),
     ];
+    columns.retain(|c| log.cost_recorded || c.name().as_str() != "cost_usd");
     if let Some(prompts) = &log.prompts {
         columns.push(column("prompt", prompts.clone()));
     }

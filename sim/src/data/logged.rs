@@ -53,6 +53,9 @@ pub struct LoggedDataset {
     pub cost_usd: Vec<f64>,
     /// Observed latency, ms (0 where none was recorded).
     pub latency_ms: Vec<f64>,
+    /// Whether the log records costs: one converted from a table without them, or another
+    /// system's, does not, and its 0s are no observations.
+    pub cost_recorded: bool,
     /// Whether the log records latencies: one converted from a table without them, or
     /// another system's, does not, and its 0s are no observations.
     pub latency_recorded: bool,
@@ -121,16 +124,25 @@ impl LoggedDataset {
         row_slice(&self.features, row)
     }
 
-    /// A latency weight `w_latency` on a log that records no latency, said for the log's
-    /// reader: it weighs nothing. None when the weight is 0 or the log has latencies.
-    pub fn unrecorded_latency_note(&self, w_latency: f64) -> Option<String> {
-        (w_latency != 0.0 && !self.latency_recorded).then(|| {
+    /// What the log's reader should know of the measures it does not record: a cost that
+    /// reads as $0 (its estimates and a cost weight say nothing), and a latency weight
+    /// `w_latency` on no latency (it weighs nothing).
+    pub fn unrecorded_notes(&self, w_latency: f64) -> Vec<String> {
+        let cost = (!self.cost_recorded).then(|| {
+            format!(
+                "{} records no cost (`cost_usd`): every call reads as $0, so its cost estimates \
+                 and a cost weight say nothing",
+                self.source
+            )
+        });
+        let latency = (w_latency != 0.0 && !self.latency_recorded).then(|| {
             format!(
                 "{} records no latency (`latency_ms`): every call reads as 0 ms, so a latency \
                  weight of {w_latency} weighs nothing",
                 self.source
             )
-        })
+        });
+        cost.into_iter().chain(latency).collect()
     }
 
     /// What was left out as made in an earlier context ([`EarlierContexts`]), said for the
@@ -198,9 +210,9 @@ fn request_terms(table: &Table) -> Result<Option<Vec<Option<Box<LoggedTerms>>>>>
 
 /// One table's rows with arm names not yet indexed.
 struct Rows {
-    /// The file, and its row of the table's first.
+    /// The file, and its row of each of the table's rows.
     path: PathBuf,
-    first_row: usize,
+    file_rows: Vec<usize>,
     arm_names: Vec<String>,
     /// The `event` column, when the table has one.
     events: Option<Vec<LogEvent>>,
@@ -405,7 +417,7 @@ impl LoggedReader {
             .collect();
         Ok(Rows {
             path: table.path.clone(),
-            first_row: table.first_row,
+            file_rows: (0..n).map(|r| table.file_row(r)).collect(),
             events,
             evaluated,
             data: LoggedDataset {
@@ -421,6 +433,7 @@ impl LoggedReader {
                 },
                 cost_usd: or_zero(&cost),
                 latency_ms: or_zero(&latency),
+                cost_recorded: cost.as_ref().is_some_and(|c| c.iter().any(Option::is_some)),
                 latency_recorded: latency.as_ref().is_some_and(|l| l.iter().any(Option::is_some)),
                 outcome,
                 error,
@@ -500,7 +513,7 @@ impl Updates {
                     error: false,
                     used: false,
                     file: u32::try_from(file).unwrap_or(u32::MAX),
-                    row: u32::try_from(table.first_row + row).unwrap_or(u32::MAX),
+                    row: u32::try_from(table.file_rows[row]).unwrap_or(u32::MAX),
                 });
             if merge == Merge::Outcome {
                 update.outcome = true;
@@ -532,6 +545,7 @@ impl Updates {
             quality: keep.iter().map(|&r| d.quality[r]).collect(),
             cost_usd: keep.iter().map(|&r| d.cost_usd[r]).collect(),
             latency_ms: keep.iter().map(|&r| d.latency_ms[r]).collect(),
+            cost_recorded: d.cost_recorded,
             latency_recorded: d.latency_recorded,
             error: keep.iter().map(|&r| d.error[r]).collect(),
             // A server's decision record carries no outcome; its outcome record does.
@@ -604,12 +618,14 @@ fn merge_events(tables: Vec<Rows>) -> Result<Vec<(Vec<String>, LoggedDataset)>> 
         updates.collect(table, file);
     }
     let paths: Vec<PathBuf> = tables.iter().map(|t| t.path.clone()).collect();
-    // A table of outcomes alone may hold the log's latencies.
+    // A table of outcomes alone may hold the log's costs and latencies.
+    let cost_recorded = tables.iter().any(|t| t.data.cost_recorded);
     let latency_recorded = tables.iter().any(|t| t.data.latency_recorded);
     let mut parts: Vec<_> = tables
         .into_iter()
         .map(|t| updates.decisions(t))
         .map(|(names, mut part)| {
+            part.cost_recorded = cost_recorded;
             part.latency_recorded = latency_recorded;
             (names, part)
         })
@@ -683,6 +699,7 @@ pub(crate) fn combine_logged(
         out.quality.append(&mut part.quality);
         out.cost_usd.append(&mut part.cost_usd);
         out.latency_ms.append(&mut part.latency_ms);
+        out.cost_recorded |= part.cost_recorded;
         out.latency_recorded |= part.latency_recorded;
         out.error.append(&mut part.error);
         out.outcome.append(&mut part.outcome);
@@ -799,6 +816,7 @@ impl LogStream {
                 header.requests = Some(Vec::new());
             }
             header.earlier.absorb(rows.data.earlier.clone());
+            header.cost_recorded |= rows.data.cost_recorded;
             header.latency_recorded |= rows.data.latency_recorded;
             stream.rows += decisions;
             stream.updates.collect(&rows, file);

@@ -125,15 +125,7 @@ pub(crate) fn apply_split(table: Table, split: &Split) -> Result<Table> {
         .iter()
         .map(|v| Some(v.as_deref() == Some(split.value.as_str())))
         .collect();
-    let frame = table.frame.filter(&mask).map_err(|e| SimError::Read {
-        path: table.path.clone(),
-        reason: e.to_string(),
-    })?;
-    Ok(Table {
-        path: table.path,
-        frame,
-        first_row: table.first_row,
-    })
+    table.filter(&mask)
 }
 
 /// Loads a data path (file, directory or glob) in `format`, keeping the rows `split` selects.
@@ -144,6 +136,12 @@ pub fn load(source: &str, format: Format, split: Option<&Split>) -> Result<Datas
             .into_iter()
             .map(|t| apply_split(t, split))
             .collect::<Result<_>>()?;
+        if tables.iter().all(|t| t.rows() == 0) {
+            return Err(SimError::InvalidOption(format!(
+                "the split {}={} keeps nothing: no row of {source} has `{}` equal to `{}`",
+                split.column, split.value, split.column, split.value
+            )));
+        }
     }
     let chosen = detect(&tables[0], format)?;
     let (_, reader) = readers()
@@ -278,5 +276,43 @@ mod tests {
         for format in &registered {
             assert!(refused.contains(&format.to_string()), "{refused}");
         }
+    }
+
+    /// Rows a `--split` keeps are still named by their row of the file: in an error, in a
+    /// dropped row's note and as ids when the table has none.
+    #[test]
+    fn a_split_keeps_the_files_row_numbers() {
+        let dir = std::env::temp_dir().join(format!("quiver-split-rows-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.csv");
+        let write = |last: &str| {
+            let rows = format!("split,quality|a,quality|b\ntrain,0.5,1\ntest,0.5,1\ntest,0.5,\ntrain,0.5,{last}\ntrain,1,0\n");
+            std::fs::write(&path, rows).unwrap();
+        };
+        let train: Split = "split=train".parse().unwrap();
+        let source = path.to_str().unwrap();
+        write("1");
+        let Dataset::Wide(kept) = load(source, Format::Wide, Some(&train)).unwrap() else {
+            panic!("a wide table");
+        };
+        assert_eq!(kept.ids, ["1", "4", "5"]);
+        let Dataset::Wide(test) = load(source, Format::Wide, Some(&"split=test".parse().unwrap())).unwrap()
+        else {
+            panic!("a wide table");
+        };
+        assert_eq!(test.ids, ["2"]);
+        assert!(
+            test.dropped[0].contains("row 3: no quality for `b`"),
+            "{:?}",
+            test.dropped
+        );
+        write("7");
+        let err = load(source, Format::Wide, Some(&train)).unwrap_err().to_string();
+        assert!(err.contains("row 4") && err.contains("quality|b"), "{err}");
+        let err = load(source, Format::Wide, Some(&"split=dev".parse().unwrap()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.ends_with("has `split` equal to `dev`"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -81,7 +81,9 @@ impl RouteLlmReader {
             cost_usd,
             latency_ms: None,
             split: None,
-            ids: (1..=table.rows()).map(|r| format!("{task}:{r}")).collect(),
+            ids: (0..table.rows())
+                .map(|r| format!("{task}:{}", table.file_row(r) + 1))
+                .collect(),
             tasks: Some(vec![task; table.rows()]),
             prompts: Some(prompts),
             feature_names: Vec::new(),

@@ -280,7 +280,11 @@ impl WideColumns {
             .filter_map(|row| {
                 measures.iter().find_map(|(measure, per_arm)| {
                     let arm = (*per_arm)?.iter().position(|a| a[row].is_none())?;
-                    let what = format!("{source} row {}: no {measure} for `{}`", row + 1, self.arms[arm]);
+                    let what = format!(
+                        "{source} row {}: no {measure} for `{}`",
+                        table.file_row(row) + 1,
+                        self.arms[arm]
+                    );
                     Some((row, what))
                 })
             })
@@ -339,9 +343,8 @@ pub(crate) fn optional_texts(table: &Table, column: &str) -> Result<Option<Vec<S
 
 /// Ids from `column`, or the 1-based row numbers.
 pub(crate) fn ids_or_row_numbers(table: &Table, column: &str) -> Result<Vec<String>> {
-    let first = table.first_row;
     Ok(optional_texts(table, column)?
-        .unwrap_or_else(|| (first + 1..=first + table.rows()).map(|r| r.to_string()).collect()))
+        .unwrap_or_else(|| (0..table.rows()).map(|r| (table.file_row(r) + 1).to_string()).collect()))
 }
 
 /// The native wide shape.
