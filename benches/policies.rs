@@ -230,7 +230,7 @@ fn shadow(c: &mut Criterion) {
             });
             let arm = rng.random_range(0..arms);
             shadows
-                .decided(id, request, &format!("a{arm}"), 0.1)
+                .decided(id, request, &format!("a{arm}"), 0.1, None)
                 .expect("decided");
             let quality: f64 = rng.random();
             let outcome = Outcome::new(300.0, 0.001).with_quality(quality);

@@ -24,7 +24,8 @@ pub struct ServeArgs {
     /// (its decisions still in the log keep accepting feedback). Needed when a route's
     /// policy or context (`extra_features`, embedding) changed, since what it learned
     /// does not carry over, or when its snapshot cannot be read and the log no longer
-    /// holds its whole history. Repeat for several routes.
+    /// holds its whole history. Its shadow candidates and canary are not reset: every
+    /// start rebuilds them from the whole log. Repeat for several routes.
     #[arg(long = "reset-route", value_name = "NAME")]
     reset_routes: Vec<String>,
 }

@@ -1837,7 +1837,7 @@ async fn the_dashboard_shows_live_numbers_in_a_real_browser() {
         "small",
         "large",
         "linucb(alpha=0.1,lambda=10)",
-        "lints(v=0.3,lambda=10,draws=0,floor=0.05) (live)",
+        "lints(v=0.3,lambda=10,draws=0,floor=0.05) (live, as served)",
         // Every call cost $0.001.
         "spend per request <b>$0.00100</b> against a budget of $0.00200",
     ] {

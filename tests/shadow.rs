@@ -349,9 +349,29 @@ fn canaries_are_promoted_when_better_and_rolled_back_when_worse() {
     }
 }
 
+/// A blocked gate holds a canary the figures would promote; unblocked, it promotes it at
+/// once, not at the next outcome.
+#[test]
+fn an_unblocked_gate_judges_at_once() {
+    let scenario = Scenario::builtin().unwrap();
+    let (table, _) = scenario.test_and_train();
+    let config = canary_route(&scenario, "random", "linucb(alpha=0.1)", 0);
+    let router = Router::open(vec![config], &scratch("canary_unblock")).unwrap();
+    let act = |action| router.canary_action("demo", action).unwrap().wait().unwrap();
+    act(CanaryAction::Block);
+    let rows: Vec<usize> = (0..700).collect();
+    assert_eq!(serve_canary(&router, &table, &rows, |_| 1.0), []);
+    let held = router.candidates("demo").unwrap().unwrap().canary.unwrap();
+    assert!(
+        held.decisions >= 300 && held.canary_value.ci95.unwrap()[0] > held.route_value.value.unwrap(),
+        "{held:?}"
+    );
+    assert_eq!(act(CanaryAction::Unblock).stage, Stage::Promoted);
+}
+
 /// A restart finds the canary where the log left it: its stage, its gate's estimates and
-/// its counts are rebuilt from the log's events and decisions, to the bit; an operator's
-/// change is an event like the gate's.
+/// its counts are rebuilt from the log's events and decisions, to the bit, whatever share
+/// a restart gives it; an operator's change is an event like the gate's.
 #[test]
 fn a_canary_is_rebuilt_from_the_log_on_restart() {
     let scenario = Scenario::builtin().unwrap();
@@ -372,6 +392,22 @@ fn a_canary_is_rebuilt_from_the_log_on_restart() {
         serve_canary(&router, &table, &rows[700..800], |_| 1.0);
         router.candidates("demo").unwrap().unwrap()
     };
+    // Another share and seed on a restart change what the canary serves from then on, not
+    // which logged decisions it served: the log names the policy that drew each.
+    let mut reshared = config.clone();
+    reshared.seed = 5;
+    reshared.canary.as_mut().unwrap().share = 0.4;
+    let router = Router::open(vec![reshared], &dir).unwrap();
+    let (canary, earlier) = (
+        router.candidates("demo").unwrap().unwrap().canary.unwrap(),
+        before.canary.clone().unwrap(),
+    );
+    assert_eq!(
+        (canary.decisions, canary.route_value, canary.canary_value),
+        (earlier.decisions, earlier.route_value, earlier.canary_value)
+    );
+    assert_eq!(canary.serving_share, 0.6);
+    drop(router);
     let router = Router::open(vec![config], &dir).unwrap();
     let after = router.candidates("demo").unwrap().unwrap();
     assert_eq!(after, before);
@@ -402,6 +438,15 @@ fn a_canary_is_rebuilt_from_the_log_on_restart() {
         .to_string();
     assert!(
         err.contains("route `demo`: canary") && err.contains("canary.share"),
+        "{err}"
+    );
+    let unknown = canary_route(&scenario, "random", "fixed(nosuch)", 0);
+    let err = Router::open(vec![unknown], &scratch("canary_unknown"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("route `demo`: canary: ") && err.contains("nosuch"),
         "{err}"
     );
     let mut shared = canary_route(&scenario, "random", "random", 0);

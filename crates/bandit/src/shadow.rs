@@ -237,7 +237,8 @@ pub struct CandidateReport {
     pub lift_over_hull: Option<f64>,
 }
 
-/// The incumbent's own means.
+/// The incumbent's own means: of the route's decisions as served, the canary's among them
+/// while a canary serves a share.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IncumbentReport {
@@ -277,7 +278,7 @@ pub struct ShadowReport {
     pub decisions: u64,
     /// Decisions still waiting for their outcome or quality.
     pub pending: usize,
-    /// The live policy.
+    /// The route's decisions as served.
     pub incumbent: IncumbentReport,
     /// The candidates, in configured order.
     pub candidates: Vec<CandidateReport>,
@@ -403,9 +404,20 @@ impl Shadows {
 
     /// The route served `arm` with `propensity` for `request` as decision `id`:
     /// [`Shadows::decide`], then [`Shadows::record`], for a decision already made (read
-    /// from the log, say).
-    pub fn decided(&mut self, id: u64, request: Request, arm: &str, propensity: f64) -> Result<()> {
-        let draws = self.decide(id, &request)?;
+    /// from the log, say), whose record says whether the canary served it when it can
+    /// (`canary_served`; else the coin tells).
+    pub fn decided(
+        &mut self,
+        id: u64,
+        request: Request,
+        arm: &str,
+        propensity: f64,
+        canary_served: Option<bool>,
+    ) -> Result<()> {
+        let mut draws = self.decide(id, &request)?;
+        if let Some(served) = canary_served.filter(|_| self.canary.is_some()) {
+            draws.canary_serves = served;
+        }
         self.record(id, request, arm, propensity, draws)
     }
 

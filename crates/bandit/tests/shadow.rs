@@ -56,7 +56,7 @@ fn serve_under(
         let request = request(kind);
         let d = learner.decide(&request).expect("decide");
         shadows
-            .decided(d.id, request, &d.arm, d.propensity)
+            .decided(d.id, request, &d.arm, d.propensity, None)
             .expect("shadow decides");
         let arm = learner.arm_index(&d.arm).expect("arm");
         let quality = f64::from(u8::from(rng.random_bool(QUALITY[kind][arm])));
@@ -187,7 +187,7 @@ fn decisions_complete_when_their_quality_comes_or_they_age_out() {
     let live = config("random", 1);
     let mut shadows = Shadows::new(&specs(&["fixed(b)"]), &live, &arms(), 2).expect("shadows");
     let r = || request(0);
-    shadows.decided(10, r(), "b", 1.0 / 3.0).unwrap();
+    shadows.decided(10, r(), "b", 1.0 / 3.0, None).unwrap();
     shadows.outcome(10, &Outcome::new(50.0, 0.002)).unwrap();
     let report = shadows.report();
     assert_eq!((report.pending, report.candidates[0].cost_usd.rows), (1, 0));
@@ -201,10 +201,10 @@ fn decisions_complete_when_their_quality_comes_or_they_age_out() {
     // Value: quality minus 100 per USD.
     assert!((report.candidates[0].value.snips.value.unwrap() - (1.0 - 0.2)).abs() < 1e-12);
 
-    shadows.decided(11, r(), "b", 1.0 / 3.0).unwrap();
+    shadows.decided(11, r(), "b", 1.0 / 3.0, None).unwrap();
     shadows.outcome(11, &Outcome::new(50.0, 0.002)).unwrap();
-    shadows.decided(12, r(), "a", 1.0 / 3.0).unwrap();
-    shadows.decided(13, r(), "a", 1.0 / 3.0).unwrap();
+    shadows.decided(12, r(), "a", 1.0 / 3.0, None).unwrap();
+    shadows.decided(13, r(), "a", 1.0 / 3.0, None).unwrap();
     // 11 aged out with its cost: a cost row, no quality row.
     let report = shadows.report();
     assert_eq!(report.pending, 2);

@@ -64,8 +64,9 @@ pub use compact::{compact, Compaction};
 /// The version of the record format, written in every record (`schema`). A reader refuses
 /// a record of a newer version than its own; records written before versions were
 /// recorded have none and read as version 1. Version 2 adds `caller`; version 3 a
-/// request's own terms (`admitted`, `w_cost`, `w_latency`).
-pub const SCHEMA_VERSION: u32 = 3;
+/// request's own terms (`admitted`, `w_cost`, `w_latency`); from version 4 a decision's
+/// `policy` is the one that drew its arm, its route's canary's when the canary served.
+pub const SCHEMA_VERSION: u32 = 4;
 
 fn first_schema() -> u32 {
     1
@@ -204,7 +205,8 @@ pub struct LogRecord {
     pub timestamp: String,
     /// Route name.
     pub route: String,
-    /// The route's policy spec.
+    /// The route's policy spec; on a decision its route's canary served (from version
+    /// 4), the canary's, so that the log alone tells which decisions it served.
     pub policy: String,
     /// The chosen arm.
     pub arm: String,

@@ -514,6 +514,14 @@ impl RouteState {
         let canary = match &config.canary {
             Some(canary) => {
                 let spec: PolicySpec = canary.policy.parse().map_err(refuse("canary"))?;
+                // Checked alone, so that a canary's own fault is named as the canary's.
+                Shadows::new(
+                    std::slice::from_ref(&spec),
+                    learner_config,
+                    arms,
+                    feedback_horizon,
+                )
+                .map_err(refuse("canary"))?;
                 let index = match specs.iter().position(|s| *s == spec) {
                     Some(index) => index,
                     None => {
@@ -797,6 +805,8 @@ impl LiveRoute {
                 shadow_request(context, record, route_objective),
                 &record.arm,
                 record.propensity,
+                // Records before version 4 name the route's policy whoever served.
+                (record.schema >= 4).then(|| shadows.canary_policy() == Some(record.policy.as_str())),
             ),
             (LogEvent::Outcome, _) => shadows.outcome(id, &outcome_of(record)),
             (LogEvent::Feedback, _) => record.quality.map_or(Ok(()), |q| shadows.quality(id, q)),
@@ -2006,6 +2016,9 @@ impl Router {
             match shadows.decide(decision.id, &request) {
                 Ok(draws) => {
                     canary = serve_canary(&mut decision, shadows, &draws);
+                    if let Some(policy) = shadows.canary_policy().filter(|_| canary) {
+                        record.policy = policy.to_string();
+                    }
                     shadowed = Some((request, draws));
                 }
                 Err(e) => tracing::warn!(route, "shadow candidates skipped a decision: {e}"),
@@ -2253,15 +2266,15 @@ impl Router {
         live: &mut LiveRoute,
         event: LogEvent,
         reason: String,
-    ) -> Result<u64> {
+    ) -> Result<()> {
         let Some(policy) = live.shadows.as_ref().and_then(Shadows::canary_policy) else {
             return Err(ServeError::NoCanary(route.to_string()));
         };
         let mut record = LogRecord::new(&format!("{route}:{id}"), route, policy, event);
         record.reason = Some(reason);
-        let seq = self.stage(&mut record)?;
+        self.stage(&mut record)?;
         live.shadow(id, &record, None);
-        Ok(seq)
+        Ok(())
     }
 
     /// An operator's `action` on the canary of `route`: a change of stage, or a block of
@@ -2287,7 +2300,12 @@ impl Router {
             // The event follows the route's latest decision.
             let id = live.learner.next_decision_id().saturating_sub(1);
             tracing::info!(route, event = event.name(), "canary: by an operator");
-            self.canary_event(route, id, &mut live, event, "by an operator".into())?
+            self.canary_event(route, id, &mut live, event, "by an operator".into())?;
+            if event == LogEvent::GateUnblocked {
+                // What the gate held while blocked is judged now, not at the next outcome.
+                self.judge_canary(route, id, &mut live)?;
+            }
+            self.log.last_staged()
         } else {
             self.log.last_staged()
         };

@@ -236,7 +236,7 @@ fn route_state_of(router: &Router, name: &str) -> Result<RouteState, ApiError> {
 pub struct RouteCandidates {
     /// The route.
     pub route: String,
-    /// Its policy spec: the incumbent.
+    /// Its policy spec: the incumbent's, which serves the decisions a canary does not.
     pub policy: String,
     /// The estimates.
     #[serde(flatten)]
