@@ -83,6 +83,12 @@ impl BreakerConfig {
                 self.failure_rate
             ));
         }
+        if self.cooldown_ms == 0 || self.cooldown_ms > self.max_cooldown_ms {
+            return Err(format!(
+                "circuit_breaker: need 1 <= cooldown_ms ({}) <= max_cooldown_ms ({})",
+                self.cooldown_ms, self.max_cooldown_ms
+            ));
+        }
         Ok(())
     }
 }
@@ -356,5 +362,19 @@ mod tests {
             ..BreakerConfig::default()
         };
         assert!(bad.check().unwrap_err().contains("failure_rate"));
+        for (cooldown_ms, max_cooldown_ms) in [(0, 1000), (60_000, 1000)] {
+            let bad = BreakerConfig {
+                cooldown_ms,
+                max_cooldown_ms,
+                ..BreakerConfig::default()
+            };
+            let err = bad.check().unwrap_err();
+            assert!(
+                err.contains(&format!(
+                    "cooldown_ms ({cooldown_ms}) <= max_cooldown_ms ({max_cooldown_ms})"
+                )),
+                "{err}"
+            );
+        }
     }
 }
