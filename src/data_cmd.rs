@@ -94,10 +94,21 @@ pub struct GenerateArgs {
 /// for quality and cost, so at most about 1.6 GB.
 const MAX_GENERATED_CELLS: u64 = 100_000_000;
 
-/// Refuses a prices file on the table's own path, which would overwrite it.
-fn distinct_outputs(out: &Path, prices_out: Option<&Path>) -> Result<()> {
-    if prices_out == Some(out) {
-        bail!("--prices-out {}: the same file as --out", out.display());
+/// Refuses a prices file on the path of the table written or read, which it would
+/// overwrite.
+fn distinct_outputs(out: &Path, prices_out: Option<&Path>, data: Option<&str>) -> Result<()> {
+    let Some(prices_out) = prices_out else {
+        return Ok(());
+    };
+    let same = |a: &Path, b: &Path| {
+        let whole = |p: &Path| std::fs::canonicalize(p).or_else(|_| std::path::absolute(p)).ok();
+        whole(a).is_some_and(|a| Some(a) == whole(b))
+    };
+    if same(prices_out, out) {
+        bail!("--prices-out {}: the same file as --out", prices_out.display());
+    }
+    if data.is_some_and(|data| same(prices_out, Path::new(data))) {
+        bail!("--prices-out {}: the same file as --data", prices_out.display());
     }
     Ok(())
 }
@@ -110,7 +121,7 @@ pub fn run(command: DataCommand) -> Result<()> {
 }
 
 fn convert(args: ConvertArgs) -> Result<()> {
-    distinct_outputs(&args.out, args.prices_out.as_deref())?;
+    distinct_outputs(&args.out, args.prices_out.as_deref(), Some(&args.data))?;
     let dataset = load(&args.data, args.format, args.split.as_ref())?;
     match &dataset {
         Dataset::Wide(data) if data.rows() == 0 => bail!("{}: no complete rows to convert", args.data),
@@ -191,7 +202,7 @@ fn convert(args: ConvertArgs) -> Result<()> {
 }
 
 fn generate(args: GenerateArgs) -> Result<()> {
-    distinct_outputs(&args.out, args.prices_out.as_deref())?;
+    distinct_outputs(&args.out, args.prices_out.as_deref(), None)?;
     if let Some(arms) = args.irt {
         let cells = u64::from(arms) * u64::from(args.rows);
         if cells > MAX_GENERATED_CELLS {

@@ -79,7 +79,10 @@ pub fn run(args: OpeArgs) -> Result<()> {
     };
     let spec: PolicySpec = args.policy.parse()?;
     let objective = Objective::new(args.w_cost, args.w_latency)?;
-    for note in log.header().unrecorded_notes(objective.w_latency) {
+    for note in log
+        .header()
+        .unrecorded_notes(&args.data, objective.w_cost, objective.w_latency)
+    {
         tracing::warn!("{note}");
     }
     let settings = EstimatorSettings::new(args.clip, args.switch_tau, args.bootstrap, args.seed)?;

@@ -68,6 +68,13 @@ fn fit(args: FitArgs) -> Result<()> {
             );
         }
         let mut log = crate::open_log(&args.data, Format::Logged, args.split.as_ref())?;
+        if !log.header().cost_recorded {
+            eprintln!(
+                "{} records no cost (`cost_usd`): the priors carry no usage, and a route learns \
+                 its models' costs from its own calls",
+                args.data
+            );
+        }
         fit_logged(&mut log, args.cap)?
     } else {
         let mut data = load_wide(&args.data, args.format, args.split.as_ref())?;

@@ -509,7 +509,11 @@ fn unpriced_datasets(args: &ReplayArgs) -> Result<(WideDataset, Option<WideDatas
 /// (learning as it goes), by replay (rejection sampling), SNIPS and DR.
 fn replay_log(args: &ReplayArgs, mut log: LogStream, specs: &[PolicySpec]) -> Result<()> {
     let objective = Objective::new(args.w_cost.unwrap_or(0.0), args.w_latency.unwrap_or(0.0))?;
-    for note in log.header().unrecorded_notes(objective.w_latency) {
+    let source = args.data.as_deref().unwrap_or_default();
+    for note in log
+        .header()
+        .unrecorded_notes(source, objective.w_cost, objective.w_latency)
+    {
         tracing::warn!("{note}");
     }
     tracing::info!(

@@ -253,7 +253,7 @@ fn a_budgeted_replay_reports_the_hull_at_its_budget() {
     assert!(
         table.contains(
             "the budget 25.000000 is above the best model's mean cost (mid/v1 costs 0.000500): \
-             it binds nothing"
+             it keeps no policy from the best model"
         ),
         "{table}"
     );
@@ -411,15 +411,29 @@ fn a_table_without_costs_logs_no_costs() {
         log.to_str().unwrap(),
         "--policy",
         "fixed(a)",
+        "--w-cost",
+        "10",
         "--json",
     ]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&run)).expect("json");
     assert_eq!(v["rows"], 40, "every call's outcome still counts as come");
     let note = String::from_utf8_lossy(&run.stderr);
     assert!(
-        note.contains("records no cost (`cost_usd`): every call reads as $0"),
+        note.contains("log.csv records no cost (`cost_usd`): every call reads as $0, so a cost weight of 10 weighs nothing"),
         "{note}"
     );
+    // A log whose calls all await their outcomes records costs still: converted again, its
+    // calls stay awaited, not free.
+    let awaiting = dir.join("awaiting.csv");
+    std::fs::write(
+        &awaiting,
+        "decision_id,arm,propensity,quality,cost_usd,latency_ms,error\nr:1,a,0.5,,,,false\nr:2,b,0.5,,,,false\n",
+    )
+    .unwrap();
+    let again = dir.join("again.csv");
+    stdout(&convert(&awaiting, "logged", &again, &[]));
+    let header = std::fs::read_to_string(&again).unwrap();
+    assert!(header.lines().next().unwrap().contains("cost_usd"), "{header}");
     let priors = dir.join("priors.json");
     stdout(&quiver(&[
         "priors",
@@ -1225,6 +1239,17 @@ fn a_new_users_mistakes_get_precise_errors() {
     ));
     assert!(err.contains("the same file as --out"), "{err}");
     assert!(!wide_out.exists());
+    let prices_on = |path: &Path| {
+        stderr(&convert(
+            &truncated,
+            "wide",
+            &wide_out,
+            &["--prices-out", path.to_str().unwrap()],
+        ))
+    };
+    assert!(prices_on(&truncated).contains("the same file as --data"));
+    let dotted = prices_on(&dir.join(".").join("never_wide.csv"));
+    assert!(dotted.contains("the same file as --out"), "{dotted}");
     let err = stderr(&quiver(&[
         "data",
         "generate",

@@ -369,6 +369,46 @@ fn an_unblocked_gate_judges_at_once() {
     assert_eq!(act(CanaryAction::Unblock).stage, Stage::Promoted);
 }
 
+/// A log from before decisions named the policy that served them (record format 3) is
+/// rebuilt by the coins that served it, under the same share and seed.
+#[test]
+fn an_older_log_rebuilds_its_canary_by_the_coins() {
+    let scenario = Scenario::builtin().unwrap();
+    let (table, _) = scenario.test_and_train();
+    let dir = scratch("canary_format_3");
+    let config = canary_route(&scenario, "random", "linucb(alpha=0.1)", 0);
+    let rows: Vec<usize> = (0..400).collect();
+    let before = {
+        let router = Router::open(vec![config.clone()], &dir).unwrap();
+        serve_canary(&router, &table, &rows, |_| 1.0);
+        router.candidates("demo").unwrap().unwrap()
+    };
+    let canary_spec = before.canary.as_ref().unwrap().policy.clone();
+    let mut served = 0;
+    for segment in quiver_serve::log::segment_files(&dir).unwrap() {
+        let bytes = quiver_serve::log::read_segment(&segment).unwrap();
+        let mut text = String::new();
+        for line in String::from_utf8(bytes).unwrap().lines() {
+            let mut record: serde_json::Value = serde_json::from_str(line).unwrap();
+            record["schema"] = 3.into();
+            if record["policy"] == canary_spec.as_str() && record["event"] == "decision" {
+                record["policy"] = config
+                    .policy
+                    .parse::<quiver_bandit::PolicySpec>()
+                    .unwrap()
+                    .to_string()
+                    .into();
+                served += 1;
+            }
+            text.push_str(&format!("{record}\n"));
+        }
+        std::fs::write(&segment, text).unwrap();
+    }
+    assert!(served > 40, "the canary served {served} of 400");
+    let router = Router::open(vec![config], &dir).unwrap();
+    assert_eq!(router.candidates("demo").unwrap().unwrap(), before);
+}
+
 /// A restart finds the canary where the log left it: its stage, its gate's estimates and
 /// its counts are rebuilt from the log's events and decisions, to the bit, whatever share
 /// a restart gives it; an operator's change is an event like the gate's.

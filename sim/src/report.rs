@@ -593,8 +593,8 @@ pub fn table(summary: &Summary) -> String {
             } else if budget > best_cost {
                 out.push_str(&format!(
                     "the budget {budget:.6} is above the best model's mean cost ({best} costs \
-                     {best_cost:.6}): it binds nothing (a share of the best model's cost is \
-                     written with %, as 25%)\n"
+                     {best_cost:.6}): it keeps no policy from the best model (a share of the \
+                     best model's cost is written with %, as 25%)\n"
                 ));
             }
         }

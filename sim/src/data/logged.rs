@@ -124,25 +124,23 @@ impl LoggedDataset {
         row_slice(&self.features, row)
     }
 
-    /// What the log's reader should know of the measures it does not record: a cost that
-    /// reads as $0 (its estimates and a cost weight say nothing), and a latency weight
-    /// `w_latency` on no latency (it weighs nothing).
-    pub fn unrecorded_notes(&self, w_latency: f64) -> Vec<String> {
-        let cost = (!self.cost_recorded).then(|| {
+    /// What the reader of the log `source` should know of a weight on a measure the log
+    /// does not record: a cost weight `w_cost` on calls that read as $0, a latency weight
+    /// `w_latency` on calls that read as 0 ms; each weighs nothing.
+    pub fn unrecorded_notes(&self, source: &str, w_cost: f64, w_latency: f64) -> Vec<String> {
+        [
+            ("cost", "cost_usd", "$0", w_cost, self.cost_recorded),
+            ("latency", "latency_ms", "0 ms", w_latency, self.latency_recorded),
+        ]
+        .into_iter()
+        .filter(|&(.., weight, recorded)| weight != 0.0 && !recorded)
+        .map(|(measure, column, zero, weight, _)| {
             format!(
-                "{} records no cost (`cost_usd`): every call reads as $0, so its cost estimates \
-                 and a cost weight say nothing",
-                self.source
+                "{source} records no {measure} (`{column}`): every call reads as {zero}, so a \
+                 {measure} weight of {weight} weighs nothing"
             )
-        });
-        let latency = (w_latency != 0.0 && !self.latency_recorded).then(|| {
-            format!(
-                "{} records no latency (`latency_ms`): every call reads as 0 ms, so a latency \
-                 weight of {w_latency} weighs nothing",
-                self.source
-            )
-        });
-        cost.into_iter().chain(latency).collect()
+        })
+        .collect()
     }
 
     /// What was left out as made in an earlier context ([`EarlierContexts`]), said for the
@@ -433,7 +431,8 @@ impl LoggedReader {
                 },
                 cost_usd: or_zero(&cost),
                 latency_ms: or_zero(&latency),
-                cost_recorded: cost.as_ref().is_some_and(|c| c.iter().any(Option::is_some)),
+                // A column of calls all still awaiting their outcome records costs still.
+                cost_recorded: cost.is_some(),
                 latency_recorded: latency.as_ref().is_some_and(|l| l.iter().any(Option::is_some)),
                 outcome,
                 error,

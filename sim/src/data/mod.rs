@@ -313,6 +313,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.ends_with("has `split` equal to `dev`"), "{err}");
+        let obd = dir.join("obd.csv");
+        std::fs::write(
+            &obd,
+            "item_id,position,click,propensity_score\n0,1,0,0.5\n1,2,1,0.5\n0,1,1,0.5\n",
+        )
+        .unwrap();
+        let first: Split = "position=1".parse().unwrap();
+        let Dataset::Logged(log) = load(obd.to_str().unwrap(), Format::Obd, Some(&first)).unwrap() else {
+            panic!("a log");
+        };
+        assert_eq!(log.decision_ids, ["1", "3"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

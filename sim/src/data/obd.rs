@@ -67,7 +67,7 @@ impl ObdReader {
         Ok((
             names,
             LoggedDataset {
-                decision_ids: (1..=n).map(|r| r.to_string()).collect(),
+                decision_ids: (0..n).map(|r| (table.file_row(r) + 1).to_string()).collect(),
                 timestamps,
                 routes: vec![String::new(); n],
                 policies: vec![String::new(); n],
