@@ -634,7 +634,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     }
     if args.train_passes > 1 && train.is_none() {
         bail!(
-            "--train-passes {} pass over training data: give --train or --holdout",
+            "--train-passes {}: there is no training data to pass over; give --train or --holdout",
             args.train_passes
         );
     }

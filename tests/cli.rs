@@ -879,7 +879,7 @@ fn a_new_users_mistakes_get_precise_errors() {
     ];
     let err = stderr(&quiver(&passes));
     assert!(
-        err.contains("--train-passes 3 pass over training data: give --train or --holdout"),
+        err.contains("--train-passes 3: there is no training data to pass over; give --train or --holdout"),
         "{err}"
     );
     let err = stderr(&quiver(&["replay", "--data", table, "--pacer-step", "0.1"]));

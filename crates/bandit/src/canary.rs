@@ -6,8 +6,8 @@
 //! route's seed: with probability `s`, the canary's share in the current [`Stage`], the
 //! canary's draw serves; otherwise the route's policy's. The server logs which served
 //! (the decision's `policy`), so that a restart under another share or seed rebuilds the
-//! same stage from the log. The decision's propensity is the
-//! mixture's, `(1 - s) pi_route(a) + s pi_canary(a)`, whichever of the two drew `a`, so
+//! same stage from the log. The decision's propensity is the mixture's,
+//! `(1 - s) pi_route(a) + s pi_canary(a)`, whichever of the two drew `a`, so
 //! the log stays a valid log for `quiver ope` and for every shadow estimate. Both policies
 //! learn every outcome (unweighted, as the shadows do), so the route's own learned state
 //! survives a promotion and a rollback unchanged.

@@ -2296,7 +2296,7 @@ impl Router {
             CanaryAction::Block => (LogEvent::GateBlocked, !now.blocked),
             CanaryAction::Unblock => (LogEvent::GateUnblocked, now.blocked),
         };
-        let seq = if changes {
+        if changes {
             // The event follows the route's latest decision.
             let id = live.learner.next_decision_id().saturating_sub(1);
             tracing::info!(route, event = event.name(), "canary: by an operator");
@@ -2305,11 +2305,8 @@ impl Router {
                 // What the gate held while blocked is judged now, not at the next outcome.
                 self.judge_canary(route, id, &mut live)?;
             }
-            self.log.last_staged()
-        } else {
-            self.log.last_staged()
-        };
-        Ok(self.pending(report(&live)?, seq))
+        }
+        Ok(self.pending(report(&live)?, self.log.last_staged()))
     }
 
     /// Writes every learner and the log position they include to `snapshot.json`:
