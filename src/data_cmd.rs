@@ -17,9 +17,8 @@ use quiver_sim::write::{write_logged, write_wide};
 pub enum DataCommand {
     /// Convert a dataset (RouterBench, RouteLLM, RouterArena, Open Bandit Dataset, or the
     /// native shapes) to the wide or logged shape; wide data becomes a log under
-    /// --logging-policy (the log keeps prompts and `f_*` features, not a `task` column: a
-    /// table without prompts was logged on its task one-hot, which the log's context
-    /// then lacks).
+    /// --logging-policy (a table without prompts is logged on its task one-hot, which the
+    /// log carries as caller features `f_task_<task>` before the table's own).
     Convert(ConvertArgs),
     /// Write the table of a scenario file (default: the built-in scenario), or one of the
     /// validation suite's item-response tables (--irt).

@@ -5,7 +5,7 @@
 //! the wide table holds every arm's outcome, any candidate's true value on the same rows is
 //! known, which gives off-policy estimators an exact ground truth.
 
-use ndarray::Axis;
+use ndarray::{Array2, Axis};
 use quiver_bandit::{Arm, Learner, LearnerConfig, Objective, Outcome, PolicySpec, Request};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -48,6 +48,10 @@ pub fn log_wide(
     let mut order: Vec<usize> = (0..data.rows()).collect();
     order.shuffle(&mut rng);
     let policy = settings.spec.to_string();
+    // The task one-hot the logger decided on is logged as caller features before the
+    // table's own, as a server gets a task, so that the log's contexts are the logger's.
+    let tasks = builder.tasks();
+    let task_columns = tasks.iter().map(|t| format!("f_task_{t}"));
     let mut log = LoggedDataset {
         source: data.source.clone(),
         arms: {
@@ -56,7 +60,7 @@ pub fn log_wide(
             a
         },
         prompts: data.prompts.as_ref().map(|_| Vec::new()),
-        feature_names: data.feature_names.clone(),
+        feature_names: task_columns.chain(data.feature_names.iter().cloned()).collect(),
         cost_recorded: data.cost_usd.is_some(),
         latency_recorded: data.latency_ms.is_some(),
         ..LoggedDataset::default()
@@ -104,6 +108,11 @@ pub fn log_wide(
             data.num_arms()
         )));
     }
-    log.features = crate::data::standard(data.features.select(Axis(0), &order));
+    let own = data.features.select(Axis(0), &order);
+    let labels = data.tasks.as_deref().unwrap_or_default();
+    let one_hot = Array2::from_shape_fn((order.len(), tasks.len()), |(i, t)| {
+        f64::from(u8::from(labels.get(order[i]) == Some(&tasks[t])))
+    });
+    log.features = crate::data::standard(ndarray::concatenate![Axis(1), one_hot, own]);
     Ok((log, order))
 }

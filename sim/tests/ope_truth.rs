@@ -207,3 +207,42 @@ fn failed_calls_count_as_quality_zero() {
     );
     assert_eq!(inputs.reward[0], 0.0);
 }
+
+/// A table without prompts is logged on its task one-hot, and the log carries it as caller
+/// features: read back from its file, the log's contexts are the ones its logger decided on.
+#[test]
+fn a_log_of_a_table_without_prompts_keeps_its_loggers_contexts() {
+    let mut data = table(60, 4);
+    data.tasks = Some(
+        (0..60)
+            .map(|r| ["code", "chat", "math"][r % 3].to_string())
+            .collect(),
+    );
+    let tasks = data.tasks.clone().unwrap();
+    let builder = ContextBuilder::new(false, &tasks, 1);
+    let settings = LoggingSettings {
+        spec: "eps(0.3)".parse().unwrap(),
+        objective: Objective::default(),
+        seed: 2,
+        missing_feedback: 0.0,
+    };
+    let (log, order) = log_wide(&data, &builder, &settings).unwrap();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("log_task_one_hot");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("log.csv");
+    quiver_sim::write::write_logged(&log, &path).unwrap();
+    let read = quiver_sim::data::load_logged(path.to_str().unwrap(), quiver_sim::data::Format::Logged, None)
+        .unwrap();
+    assert_eq!(
+        read.feature_names,
+        ["f_task_chat", "f_task_code", "f_task_math", "f_x"]
+    );
+    let contexts = ContextBuilder::log_contexts(&read).unwrap();
+    for (i, &row) in order.iter().enumerate() {
+        assert_eq!(
+            contexts[i].features,
+            builder.wide_row(&data, row).unwrap().features,
+            "row {row}"
+        );
+    }
+}
