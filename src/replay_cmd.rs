@@ -657,6 +657,14 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     if args.priors.is_some() && args.train.is_none() && args.prior_cap != DEFAULT_PRIOR_CAP {
         bail!("--prior-cap caps priors fitted from --train; a priors file keeps the cap it was fitted with (`quiver priors fit --cap`)");
     }
+    if args.feedback_delay >= data.rows() {
+        bail!(
+            "--feedback-delay {}: as many decisions as the {} evaluated rows or more, so no quality \
+             would arrive before the run ends",
+            args.feedback_delay,
+            data.rows()
+        );
+    }
     if let Some(drift) = &args.drift {
         if drift.step >= data.rows() {
             bail!(

@@ -882,6 +882,11 @@ fn a_new_users_mistakes_get_precise_errors() {
         err.contains("--train-passes 3: there is no training data to pass over; give --train or --holdout"),
         "{err}"
     );
+    let err = stderr(&quiver(&["replay", "--data", table, "--feedback-delay", "2"]));
+    assert!(
+        err.contains("--feedback-delay 2: as many decisions as the 2 evaluated rows or more"),
+        "{err}"
+    );
     let err = stderr(&quiver(&["replay", "--data", table, "--pacer-step", "0.1"]));
     assert!(
         err.contains("--pacer-step sets the budget pacer's step: give --budget"),
