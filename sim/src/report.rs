@@ -572,14 +572,10 @@ pub fn table(summary: &Summary) -> String {
         "hull: the best fixed mix of at most two single models at the policy's mean cost; \
          lift: quality minus hull\n",
     );
-    let ends = |i: Option<usize>| {
-        Some((
-            summary.frontier.arms.get(i?)?,
-            summary.frontier.points.get(i?)?[0],
-        ))
-    };
-    let last = summary.frontier.arms.len().checked_sub(1);
-    if let (Some((cheapest, cheapest_cost)), Some((best, best_cost))) = (ends(Some(0)), ends(last)) {
+    let (arms, points) = (&summary.frontier.arms, &summary.frontier.points);
+    if let (Some(cheapest), Some(&[cheapest_cost, _]), Some(best), Some(&[best_cost, _])) =
+        (arms.first(), points.first(), arms.last(), points.last())
+    {
         let mut budgets: Vec<f64> = summary.policies.iter().filter_map(|p| p.budget_usd).collect();
         budgets.sort_by(f64::total_cmp);
         budgets.dedup();

@@ -22,8 +22,9 @@ pub struct Table {
     pub path: PathBuf,
     /// The rows.
     pub frame: DataFrame,
-    /// The file's row of this table's first row (0 unless read in chunks).
-    pub first_row: usize,
+    /// The file's row of this table's first row (0 unless read in chunks); a row's own is
+    /// [`Table::file_row`].
+    first_row: usize,
     /// The rows a `--split` kept, by their place among the table's rows before it; every
     /// row when None.
     kept: Option<Vec<usize>>,
