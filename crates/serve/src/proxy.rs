@@ -228,12 +228,12 @@ impl StreamTally {
     fn end_line(&mut self) {
         let line = std::mem::take(&mut self.line);
         if !std::mem::take(&mut self.overlong) {
-            self.read_line(line.trim_ascii());
+            self.read_line(&line);
         }
     }
 
     fn read_line(&mut self, line: &[u8]) {
-        let Some(data) = line.strip_prefix(b"data:").map(<[u8]>::trim_ascii) else {
+        let Some(data) = sse_data(line) else {
             return;
         };
         if data == b"[DONE]" {
@@ -1251,12 +1251,18 @@ fn event_end(bytes: &[u8]) -> Option<usize> {
     None
 }
 
+/// The value of a server-sent event's `data:` line, trimmed; None for another line.
+fn sse_data(line: &[u8]) -> Option<&[u8]> {
+    line.trim_ascii().strip_prefix(b"data:").map(<[u8]>::trim_ascii)
+}
+
 /// Whether an event is the usage-only chunk an `include_usage` stream ends with.
 fn is_usage_only(event: &[u8]) -> bool {
     let data: Vec<u8> = event
         .split(|&b| b == b'\n' || b == b'\r')
-        .filter_map(|line| line.trim_ascii().strip_prefix(b"data:"))
-        .flat_map(|data| data.trim_ascii().iter().copied())
+        .filter_map(sse_data)
+        .flatten()
+        .copied()
         .collect();
     let Ok(chunk) = serde_json::from_slice::<Value>(&data) else {
         return false;
