@@ -788,6 +788,19 @@ fn malformed_inputs_name_the_file_row_and_column() {
         err.contains("bad_line.jsonl: cannot read: row 2: not JSON: "),
         "{err}"
     );
+    // A field whose values change kind is named where it changes.
+    std::fs::write(
+        &bad_line,
+        "{\"quality|a\": 1, \"quality|b\": 0}\n{\"quality|a\": null, \"quality|b\": 0}\n{\"quality|a\": true, \"quality|b\": 1}\n",
+    )
+    .unwrap();
+    let err = stderr(&quiver(&["replay", "--data", bad_line.to_str().unwrap()]));
+    assert!(
+        err.contains(
+            "bad_line.jsonl: cannot read: row 3, field `quality|a`: `true` is a boolean where row 1 has a number"
+        ),
+        "{err}"
+    );
 
     let broken = dir.join("broken.csv");
     std::fs::write(&broken, "quality|a,quality|b\n0.5,1\n\"unterminated,0\n").unwrap();

@@ -228,6 +228,23 @@ async fn proxy_falls_back_in_order_and_streams() {
         .await
         .unwrap();
     assert_eq!(dead.status(), 502);
+    // The error names the route's decision, as the log and dashboard hold it: its first
+    // model's call failed (its fallback's is a decision of its own).
+    let failed_id = dead.headers()["x-quiver-decision-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let recent = get_json(&client, format!("{base}/v1/routes/dead/decisions"), "admin").await;
+    let named = recent["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["decision_id"] == failed_id.as_str())
+        .unwrap_or_else(|| panic!("{failed_id} not in {recent}"));
+    assert_eq!(
+        (&named["model"], &named["quality"]),
+        (&json!("failing"), &json!(0.0))
+    );
     let reason: Value = dead.json().await.unwrap();
     assert!(
         reason["error"]["message"]
@@ -272,6 +289,38 @@ async fn proxy_falls_back_in_order_and_streams() {
     let error: Value = all_fail.json().await.unwrap();
     assert_eq!(error["error"]["message"], "unknown route `nope`");
 
+    // A chat OpenAI would refuse is refused before any decision, naming the message.
+    let before = get_json(&client, format!("{base}/v1/routes/chat"), "admin").await;
+    assert!(before["decisions"].is_u64(), "{before}");
+    for (messages, said) in [
+        (json!([]), "`messages` must be a non-empty array of chat messages"),
+        (
+            json!(["hi"]),
+            "`messages[0]` must be an object with a string `role`",
+        ),
+        (
+            json!([{"role": "system", "content": "be brief"}, {"content": "hi"}]),
+            "`messages[1]` must be an object with a string `role`",
+        ),
+        (
+            json!([{"role": "user", "content": 7}]),
+            "`messages[0]` has a `content` that is neither a string nor a list of parts",
+        ),
+    ] {
+        let refused = client
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth("admin")
+            .json(&json!({"model": "chat", "messages": messages}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 422, "{messages}");
+        let error: Value = refused.json().await.unwrap();
+        assert_eq!(error["error"]["message"], said, "{messages}");
+    }
+    let after = get_json(&client, format!("{base}/v1/routes/chat"), "admin").await;
+    assert_eq!(after["decisions"], before["decisions"]);
+
     // An upstream that blames the request: its status and body reach the client as they
     // came, no other model is tried, and the model is not charged with a failure.
     let refused = client
@@ -306,7 +355,8 @@ async fn proxy_falls_back_in_order_and_streams() {
     assert_eq!(moved.headers()["x-quiver-model"], "good");
 
     // Prometheus accepts the metrics, and the histograms counted what happened: `slow`
-    // timed out once, `good` answered three times (once streaming), every request was timed.
+    // timed out once, `good` answered three times (once streaming), every request was timed
+    // (the 4xx: an unknown route, an upstream's refusal, four chats refused).
     let metrics = get_text(&client, format!("{base}/metrics"), "admin").await;
     promtool_check(&metrics);
     for line in [
@@ -314,7 +364,7 @@ async fn proxy_falls_back_in_order_and_streams() {
         "quiver_upstream_attempt_seconds_count{model=\"good\",result=\"ok\"} 3",
         "quiver_upstream_attempt_seconds_count{model=\"refusing\",result=\"refused\"} 1",
         "quiver_time_to_first_token_seconds_count{model=\"good\"} 1",
-        "quiver_http_request_seconds_count{endpoint=\"/v1/chat/completions\",status=\"4xx\"} 2",
+        "quiver_http_request_seconds_count{endpoint=\"/v1/chat/completions\",status=\"4xx\"} 6",
         "quiver_http_request_seconds_bucket{endpoint=\"/v1/chat/completions\",status=\"2xx\",le=\"+Inf\"} 3",
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} not in\n{metrics}");

@@ -378,28 +378,54 @@ fn parse_json_lines(bytes: &[u8], path: &Path, first_row: usize) -> Result<DataF
         .infer_schema_len(None)
         .finish()
         .map_err(|e| {
-            // The reader's own message names no row; the first that is no JSON object does.
-            match json_record_error(bytes) {
-                Some((row, why)) => unreadable(path, format!("row {}: {why}", first_row + row + 1)),
+            // The reader's own message names no row; the first record out of place does.
+            match json_record_error(bytes, first_row) {
+                Some(why) => unreadable(path, why),
                 None => unreadable(path, e),
             }
         })
 }
 
-/// The first record (0-based, blank lines not counted) of JSON lines `bytes` that is no
-/// JSON object, and why.
-fn json_record_error(bytes: &[u8]) -> Option<(usize, String)> {
-    bytes
+/// The first record of JSON lines `bytes` that is no JSON object, or that gives a field a
+/// kind of value an earlier record did not (a boolean where one had a number: the reader
+/// takes a string beside any kind, and nulls anywhere), and why, named by its 1-based file
+/// row (blank lines not counted; `bytes` start after the file's first `first_row` rows).
+fn json_record_error(bytes: &[u8], first_row: usize) -> Option<String> {
+    let mut first_kinds: std::collections::HashMap<String, (&str, usize)> = Default::default();
+    let lines = bytes
         .split(|&b| b == b'\n')
-        .filter(|line| !line.trim_ascii().is_empty())
-        .enumerate()
-        .find_map(
-            |(row, line)| match serde_json::from_slice::<serde_json::Value>(line) {
-                Ok(serde_json::Value::Object(_)) => None,
-                Ok(other) => Some((row, format!("`{other}` is not a JSON object"))),
-                Err(e) => Some((row, format!("not JSON: {e}"))),
-            },
-        )
+        .filter(|line| !line.trim_ascii().is_empty());
+    for (row, line) in (first_row + 1..).zip(lines) {
+        let record = match serde_json::from_slice::<serde_json::Value>(line) {
+            Ok(serde_json::Value::Object(record)) => record,
+            Ok(other) => return Some(format!("row {row}: `{other}` is not a JSON object")),
+            Err(e) => return Some(format!("row {row}: not JSON: {e}")),
+        };
+        for (key, value) in record {
+            let Some(kind) = json_kind(&value) else {
+                continue;
+            };
+            let (first, first_seen) = *first_kinds.entry(key.clone()).or_insert((kind, row));
+            if first != kind && first != "a string" && kind != "a string" {
+                return Some(format!(
+                    "row {row}, field `{key}`: `{value}` is {kind} where row {first_seen} has {first}"
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// What kind of JSON value `value` is, as a message says it; `None` for null.
+fn json_kind(value: &serde_json::Value) -> Option<&'static str> {
+    match value {
+        serde_json::Value::Null => None,
+        serde_json::Value::Bool(_) => Some("a boolean"),
+        serde_json::Value::Number(_) => Some("a number"),
+        serde_json::Value::String(_) => Some("a string"),
+        serde_json::Value::Array(_) => Some("a list"),
+        serde_json::Value::Object(_) => Some("an object"),
+    }
 }
 
 fn unreadable(path: &Path, reason: impl std::fmt::Display) -> SimError {

@@ -43,7 +43,7 @@ use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use quiver_bandit::{limits, ChatMessage, Outcome};
 use serde_json::Value;
@@ -99,14 +99,23 @@ fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>
         .transpose()
 }
 
+/// The chat a completion request carries, as the route featurizes it: each message an
+/// object with a string `role` and a `content` that is a string, text parts, or null (an
+/// assistant's tool call). What OpenAI refuses is refused here, before any decision.
 fn messages(body: &Value) -> Result<Vec<ChatMessage>, ApiError> {
     let list = body
         .get("messages")
         .and_then(Value::as_array)
-        .ok_or_else(|| ApiError::Invalid("`messages` must be an array of chat messages".into()))?;
-    Ok(list
-        .iter()
-        .map(|m| {
+        .filter(|list| !list.is_empty())
+        .ok_or_else(|| ApiError::Invalid("`messages` must be a non-empty array of chat messages".into()))?;
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let invalid = |why: &str| ApiError::Invalid(format!("`messages[{i}]` {why}"));
+            let role = m
+                .get("role")
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid("must be an object with a string `role`"))?;
             let content = match m.get("content") {
                 Some(Value::String(s)) => s.clone(),
                 // Multi-part content: its text parts, in order.
@@ -115,18 +124,19 @@ fn messages(body: &Value) -> Result<Vec<ChatMessage>, ApiError> {
                     .filter_map(|p| p.get("text").and_then(Value::as_str))
                     .collect::<Vec<_>>()
                     .join("\n"),
-                _ => String::new(),
+                None | Some(Value::Null) => String::new(),
+                Some(_) => {
+                    return Err(invalid(
+                        "has a `content` that is neither a string nor a list of parts",
+                    ))
+                }
             };
-            ChatMessage {
-                role: m
-                    .get("role")
-                    .and_then(Value::as_str)
-                    .unwrap_or("user")
-                    .to_string(),
+            Ok(ChatMessage {
+                role: role.to_string(),
                 content,
-            }
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// The outcome of a call to `model` that took `latency_ms` and was billed the given
@@ -729,34 +739,40 @@ async fn complete_in_task(
         state.durable(decision_logged).await?;
         return Ok(answer);
     }
-    if Instant::now() >= deadline {
-        return Err(ApiError::RequestTimeout(format!(
+    // No answer: the error names the decision, whose failed calls are in the log.
+    let error = if Instant::now() >= deadline {
+        ApiError::RequestTimeout(format!(
             "route `{route}` found no answer within `request_timeout_ms` ({} ms): {}",
             state.config.request_timeout_ms,
             failures.join("; ")
-        )));
-    }
-    if untagged && !failures.is_empty() {
-        return Err(ApiError::BadRequest(format!(
+        ))
+    } else if untagged && !failures.is_empty() {
+        ApiError::BadRequest(format!(
             "no model of route `{route}` has a deployment with the tags in `{TAGS_HEADER}` ({}): {}",
             tags.join(", "),
             failures.join("; ")
-        )));
-    }
-    if let Some(Some(wait)) = only_limits {
-        return Err(ApiError::TooManyRequests(
+        ))
+    } else if let Some(Some(wait)) = only_limits {
+        ApiError::TooManyRequests(
             format!(
                 "every model of route `{route}` is at its limits or asked to wait: {}",
                 failures.join("; ")
             ),
             // Rounded up: a client that waits that long finds the limit freed.
             (wait.as_secs_f64().ceil() as u64).max(1),
-        ));
+        )
+    } else {
+        ApiError::Upstream(format!(
+            "every model of route `{route}` failed: {}",
+            failures.join("; ")
+        ))
+    };
+    state.durable(decision_logged).await?;
+    let mut response = error.into_response();
+    if let Ok(id) = HeaderValue::from_str(&decision_id) {
+        response.headers_mut().insert(DECISION_HEADER, id);
     }
-    Err(ApiError::Upstream(format!(
-        "every model of route `{route}` failed: {}",
-        failures.join("; ")
-    )))
+    Ok(response)
 }
 
 /// The cache key of a request, and whether the cache may answer it (not with
