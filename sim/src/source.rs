@@ -448,7 +448,10 @@ fn json_lines(path: &Path) -> Result<Vec<u8>> {
 
 /// Reads every file a data path names.
 pub fn read_all(pattern: &str) -> Result<Vec<Table>> {
-    expand(pattern)?.iter().map(|p| read_file(p)).collect()
+    expand(pattern)?
+        .iter()
+        .map(|p| quiver_log::read_current(p, read_file))
+        .collect()
 }
 
 impl Table {

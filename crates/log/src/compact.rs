@@ -13,8 +13,9 @@
 //! removes the JSON-lines file; a reader that lists the directory in between finds both and
 //! reads the Parquet file, and one that listed it before and finds the JSON-lines file gone
 //! reads its Parquet form, so a log is complete at every moment of a compaction, also
-//! under a crash (the next compaction removes a JSON-lines file left beside its Parquet
-//! form). Two compactions of one directory at once are not supported.
+//! under a crash (the next compaction removes a JSON-lines file left beside a Parquet form
+//! that reads back to its records, and a Parquet form that cannot be read). A compaction
+//! holds the directory's `compact.lock` throughout: a second one at once is refused.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -42,46 +43,103 @@ pub struct Compaction {
 
 /// Rewrites every closed JSON-lines segment of the log in `dir` as Parquet (see the
 /// module docs); the newest JSON-lines segment stays as it is. Each Parquet file is read
-/// back and compared with the records before their JSON lines are removed. A JSON-lines
-/// segment left beside its Parquet form by a compaction cut short is removed.
+/// back and compared with the records before their JSON lines are removed. Of a closed
+/// segment left in both forms by a compaction cut short, the JSON lines are removed if the
+/// Parquet form reads back to their records; a Parquet form that cannot be read is removed,
+/// and the segment compacted again; two forms that read otherwise are refused, named.
+/// Refused while another compaction of `dir` runs.
 pub fn compact(dir: &Path) -> io::Result<Compaction> {
+    let _lock = compaction_lock(dir)?;
     let mut done = Compaction::default();
-    for stale in segments(dir)? {
-        if stale.with_extension("parquet").exists() {
-            std::fs::remove_file(&stale)?;
-            sync_dir(dir)?;
-        }
-    }
     let mut closed = segments(dir)?;
-    closed.pop();
-    for path in closed {
+    let open = closed.pop();
+    for path in open.iter().chain(&closed) {
+        let compacted = path.with_extension("parquet");
+        if !compacted.exists() {
+            continue;
+        }
+        // A Parquet form that cannot be read holds nothing a reader could use.
+        let Ok(records) = read_parquet_segment(&compacted) else {
+            std::fs::remove_file(&compacted).map_err(|e| invalid(&compacted, e))?;
+            sync_dir(dir)?;
+            continue;
+        };
+        if Some(path) == open.as_ref() {
+            return Err(invalid(
+                path,
+                format!(
+                    "the segment the server appends to has a Parquet form, {}, that readers \
+                     take in its place; remove it",
+                    compacted.display()
+                ),
+            ));
+        }
+        let json = SegmentText::read(path.clone(), false).and_then(SegmentText::records);
+        if json.ok() != Some(records) {
+            return Err(invalid(
+                path,
+                format!(
+                    "its records differ from those of {} beside it; remove the wrong one",
+                    compacted.display()
+                ),
+            ));
+        }
+        std::fs::remove_file(path).map_err(|e| invalid(path, e))?;
+        sync_dir(dir)?;
+    }
+    for path in segments(dir)?.iter().filter(|p| closed.contains(p)) {
         let records = SegmentText::read(path.clone(), false)?.records()?;
         let target = path.with_extension("parquet");
         let partial = path.with_extension("parquet.partial");
-        let mut file = File::create(&partial)?;
-        let mut frame = to_frame(&records).map_err(|e| invalid(&path, e))?;
+        let mut file = File::create(&partial).map_err(|e| invalid(&partial, e))?;
+        let mut frame = to_frame(&records).map_err(|e| invalid(path, e))?;
         ParquetWriter::new(&mut file)
             .finish(&mut frame)
             .map_err(|e| invalid(&partial, e))?;
-        file.sync_all()?;
+        file.sync_all().map_err(|e| invalid(&partial, e))?;
         if read_parquet_segment(&partial)? != records {
             std::fs::remove_file(&partial)?;
             return Err(invalid(
-                &path,
+                path,
                 "its Parquet form reads back otherwise; left as JSON lines",
             ));
         }
-        std::fs::rename(&partial, &target)?;
+        std::fs::rename(&partial, &target).map_err(|e| invalid(&target, e))?;
         sync_dir(dir)?;
-        done.json_bytes += std::fs::metadata(&path)?.len();
+        done.json_bytes += std::fs::metadata(path)?.len();
         done.parquet_bytes += std::fs::metadata(&target)?.len();
-        std::fs::remove_file(&path)?;
+        std::fs::remove_file(path).map_err(|e| invalid(path, e))?;
         sync_dir(dir)?;
         done.segments += 1;
         done.records += records.len();
     }
     Ok(done)
 }
+
+/// The hold of one compaction on `dir`: an exclusive lock on its `compact.lock`, apart
+/// from the writer's, since a compaction runs beside the server.
+pub(crate) fn compaction_lock(dir: &Path) -> io::Result<File> {
+    let path = dir.join(COMPACT_LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| invalid(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "another compaction of this log is under way (it holds {})",
+                path.display()
+            ),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(invalid(&path, e)),
+    }
+}
+
+const COMPACT_LOCK_FILE: &str = "compact.lock";
 
 fn invalid(path: &Path, e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))

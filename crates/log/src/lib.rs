@@ -491,15 +491,19 @@ fn version_of(line: &[u8]) -> Option<u32> {
     serde_json::from_slice::<Versioned>(line).ok().map(|v| v.schema)
 }
 
-/// The file that holds a segment listed as `path` now: its Parquet form if it was
-/// compacted since it was listed ([`compact`] removes the JSON lines only after the
-/// Parquet file is in place).
-pub fn current_segment_file(path: &Path) -> PathBuf {
+/// `read` of the file that holds a segment listed as `path` now: its Parquet form if it
+/// was compacted since it was listed, also between looking and reading ([`compact`]
+/// removes the JSON lines only after the Parquet file is in place). `read` is given the
+/// file it reads.
+pub fn read_current<T, E>(path: &Path, mut read: impl FnMut(&Path) -> Result<T, E>) -> Result<T, E> {
     let compacted = path.with_extension("parquet");
-    if is_segment(path) && !path.exists() && compacted.exists() {
-        compacted
-    } else {
-        path.to_path_buf()
+    let gone = || is_segment(path) && !path.exists() && compacted.exists();
+    if gone() {
+        return read(&compacted);
+    }
+    match read(path) {
+        Err(_) if gone() => read(&compacted),
+        result => result,
     }
 }
 
@@ -681,21 +685,17 @@ impl Iterator for LogRecords {
                 self.segment = None;
             }
             // A segment compacted since the directory was listed is read as Parquet.
-            let path = current_segment_file(&self.files.next()?);
-            if compact::parquet_first_seq(&path).is_some() {
-                match compact::read_parquet_segment(&path) {
-                    Ok(records) => self.compacted = records.into_iter(),
-                    Err(e) => {
-                        self.files = Vec::new().into_iter();
-                        return Some(Err(e));
-                    }
-                }
-                continue;
-            }
+            let listed = self.files.next()?;
             let last = self.files.as_slice().is_empty();
-            match SegmentText::read(path, last) {
-                Ok(segment) => self.segment = Some(segment),
-                Err(e) => return Some(Err(e)),
+            let read = read_current(&listed, |path| match compact::parquet_first_seq(path) {
+                Some(_) => {
+                    compact::read_parquet_segment(path).map(|records| self.compacted = records.into_iter())
+                }
+                None => SegmentText::read(path.to_path_buf(), last).map(|text| self.segment = Some(text)),
+            });
+            if let Err(e) = read {
+                self.files = Vec::new().into_iter();
+                return Some(Err(e));
             }
         }
     }
@@ -1280,6 +1280,7 @@ mod tests {
         let before = read_log(&dir).unwrap();
         let jsonl = segments(&dir).unwrap();
         assert!(jsonl.len() > 3, "the log should have rotated");
+        let before_bytes: Vec<Vec<u8>> = jsonl.iter().map(|p| std::fs::read(p).unwrap()).collect();
         // A reader that listed the segments before the compaction reads them after it.
         let listed = records_after(&dir, 0).unwrap();
         let done = compact(&dir).unwrap();
@@ -1304,11 +1305,51 @@ mod tests {
         // Nothing is left to compact but the open segment.
         assert_eq!(compact(&dir).unwrap(), Compaction::default());
         // A compaction cut short after the rename: both forms of the first segment, read
-        // once; the next compaction removes the JSON lines.
+        // once; the next compaction removes the JSON lines once they are the Parquet
+        // form's records, and refuses, naming both, while they are not.
+        let parquet = jsonl[0].with_extension("parquet");
+        let (original, compacted) = (before_bytes[0].clone(), std::fs::read(&parquet).unwrap());
         std::fs::write(&jsonl[0], "not even json\n").unwrap();
         assert_eq!(read_log(&dir).unwrap(), before);
+        let refused = compact(&dir).unwrap_err().to_string();
+        assert!(
+            refused.contains(&format!(
+                "{}: its records differ from those of {}",
+                jsonl[0].display(),
+                parquet.display()
+            )),
+            "{refused}"
+        );
+        std::fs::write(&jsonl[0], &original).unwrap();
         assert_eq!(compact(&dir).unwrap(), Compaction::default());
         assert!(!jsonl[0].exists());
+        // A Parquet form that cannot be read (a copy cut short) is no reason to lose the
+        // JSON lines: it is removed and the segment compacted again.
+        std::fs::write(&jsonl[0], &original).unwrap();
+        std::fs::write(&parquet, &compacted[..100]).unwrap();
+        assert_eq!(compact(&dir).unwrap().segments, 1);
+        assert!(!jsonl[0].exists());
+        assert_eq!(read_log(&dir).unwrap(), before);
+        // A reader that finds the JSON lines gone between looking and reading reads the
+        // Parquet form.
+        std::fs::write(&jsonl[0], &original).unwrap();
+        let read = read_current(&jsonl[0], |path| {
+            if path == jsonl[0] {
+                std::fs::remove_file(path)?;
+            }
+            std::fs::read(path)
+        });
+        assert_eq!(read.unwrap(), std::fs::read(&parquet).unwrap());
+        // One compaction at a time.
+        let held = compact::compaction_lock(&dir).unwrap();
+        let busy = compact(&dir).unwrap_err();
+        assert_eq!(busy.kind(), io::ErrorKind::WouldBlock);
+        assert!(
+            busy.to_string()
+                .contains("another compaction of this log is under way"),
+            "{busy}"
+        );
+        drop(held);
         // The writer appends after the compacted log.
         let log = DecisionLog::open(&dir, 60, 4000).unwrap();
         log.wait_durable(log.stage(&mut varied_record(61)).unwrap())

@@ -766,7 +766,10 @@ impl LogStream {
         let paths = expand(source)?;
         let mut stream = LogStream {
             files: LogFiles {
-                json_bytes: paths.iter().map(|p| json_length(p)).collect::<Result<_>>()?,
+                json_bytes: paths
+                    .iter()
+                    .map(|p| quiver_log::read_current(p, json_length))
+                    .collect::<Result<_>>()?,
                 paths,
                 split: split.cloned(),
                 chunk_rows,
@@ -877,8 +880,9 @@ impl LogFiles {
     /// Calls `f` with each non-empty table of file `file` (after the split).
     fn tables_of(&self, file: usize, mut f: impl FnMut(Table) -> Result<()>) -> Result<()> {
         let (path, json_bytes) = (&self.paths[file], self.json_bytes[file]);
-        let current = quiver_log::current_segment_file(path);
-        let tables = read_chunks(&current, self.chunk_rows, json_bytes.filter(|_| current == *path))?;
+        let tables = quiver_log::read_current(path, |current| {
+            read_chunks(current, self.chunk_rows, json_bytes.filter(|_| current == path.as_path()))
+        })?;
         for table in tables {
             let mut table = table?;
             if table.rows() == 0 {

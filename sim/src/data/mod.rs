@@ -176,7 +176,8 @@ pub fn detect_format(source: &str, format: Format) -> Result<Format> {
     if format != Format::Auto {
         return Ok(format);
     }
-    detect(&read_head(&expand(source)?[0], 1000)?, format)
+    let first = quiver_log::read_current(&expand(source)?[0], |path| read_head(path, 1000))?;
+    detect(&first, format)
 }
 
 /// Loads a data path that must be full-information.
