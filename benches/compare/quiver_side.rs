@@ -25,6 +25,9 @@ use quiver_sim::data::{load_wide, Format, WideDataset};
 use quiver_sim::ope::{all_estimators, bootstrap, terms, value, OpeInputs};
 use serde_json::json;
 
+/// Timed runs per estimator, of which the best is reported (compare.py's `BEST_OF`).
+const BEST_OF: usize = 5;
+
 /// The allocator the `quiver` binary uses, so that the figures are the binary's.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -76,7 +79,7 @@ fn ope(file: &str, resamples: usize, switch_tau: f64) -> Result<serde_json::Valu
         }
         let mut best = f64::INFINITY;
         let mut estimate = f64::NAN;
-        for _ in 0..5 {
+        for _ in 0..BEST_OF {
             let started = Instant::now();
             estimate = value(estimator.as_ref(), &inputs);
             best = best.min(started.elapsed().as_secs_f64());
