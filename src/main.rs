@@ -154,7 +154,7 @@ fn split_specs(list: &str) -> Vec<String> {
 pub fn parse_specs(list: &str, flag: &str) -> anyhow::Result<Vec<quiver_bandit::PolicySpec>> {
     let mut specs: Vec<quiver_bandit::PolicySpec> = Vec::new();
     for text in split_specs(list) {
-        let spec: quiver_bandit::PolicySpec = text.parse()?;
+        let spec: quiver_bandit::PolicySpec = text.parse().map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
         if specs.contains(&spec) {
             anyhow::bail!("{flag}: `{text}` is `{spec}`, listed already; list each policy once");
         }

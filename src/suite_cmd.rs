@@ -30,12 +30,13 @@ pub struct SuiteArgs {
     /// How the training rows teach the candidates: `full` (priors) or `bandit` (a replay).
     #[arg(long, default_value = "full")]
     train_feedback: TrainFeedback,
-    /// Passes over each case's training rows, under bandit feedback.
-    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
-    train_passes: usize,
-    /// The priors' cap on observations per model.
-    #[arg(long, default_value_t = DEFAULT_PRIOR_CAP)]
-    prior_cap: f64,
+    /// Passes over each case's training rows, under bandit feedback [default: 1].
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
+    train_passes: Option<usize>,
+    /// The priors' cap on observations per model, under full feedback [default: the
+    /// server's].
+    #[arg(long)]
+    prior_cap: Option<f64>,
     /// Seeds per case.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     seeds: u64,
@@ -65,6 +66,9 @@ fn read_results(path: &Path) -> Result<Vec<CaseResult>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let results: Vec<CaseResult> = serde_json::from_str(&text)
         .with_context(|| format!("{}: not the output of `quiver suite --json`", path.display()))?;
+    if results.is_empty() {
+        bail!("{}: no case in it; a run of the suite has some", path.display());
+    }
     if let Some(case) = suite::repeated_case(&results) {
         bail!(
             "{}: {case} is there twice; a run of the suite has each case once",
@@ -84,22 +88,36 @@ pub fn run(args: SuiteArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());
     }
-    print!("{}", report(&results));
-    if let (Some(base), Some(path)) = (base, &args.against) {
-        print!("{}", against(&results, &base, path)?);
-    }
+    // Compared first: a comparison that fails prints no report.
+    let comparison = match (base, &args.against) {
+        (Some(base), Some(path)) => against(&results, &base, path)?,
+        _ => String::new(),
+    };
+    print!("{}{comparison}", report(&results));
     Ok(())
 }
 
 fn run_suite(args: &SuiteArgs) -> Result<Vec<CaseResult>> {
-    check_cap(args.prior_cap).context("--prior-cap")?;
+    // A setting the training does not use would leave the run as the default's, under
+    // another name.
+    match args.train_feedback {
+        TrainFeedback::Full if args.train_passes.is_some() => {
+            bail!("--train-passes applies to --train-feedback bandit")
+        }
+        TrainFeedback::Bandit if args.prior_cap.is_some() => {
+            bail!("--prior-cap applies to --train-feedback full (priors)")
+        }
+        _ => {}
+    }
+    let prior_cap = args.prior_cap.unwrap_or(DEFAULT_PRIOR_CAP);
+    check_cap(prior_cap).context("--prior-cap")?;
     let candidates: Vec<Candidate> = parse_specs(&args.candidates, "--candidates")?
         .into_iter()
         .map(|spec| Candidate {
             spec,
             feedback: args.train_feedback,
-            train_passes: args.train_passes,
-            prior_cap: args.prior_cap,
+            train_passes: args.train_passes.unwrap_or(1),
+            prior_cap,
         })
         .collect();
     if candidates.is_empty() {
@@ -165,6 +183,12 @@ fn against(results: &[CaseResult], base: &[CaseResult], path: &Path) -> Result<S
             "({} cases of {} are not in this run and are left out)\n",
             comparison.base_unmatched,
             path.display()
+        ));
+    }
+    if comparison.unnumbered > 0 {
+        out.push_str(&format!(
+            "({} cases of both whose lift is no number in one or both are left out)\n",
+            comparison.unnumbered
         ));
     }
     Ok(out)
@@ -254,6 +278,7 @@ fn report(results: &[CaseResult]) -> String {
         };
         let spend = feasible()
             .map(|r| r.spend_vs_budget)
+            .filter(|s| s.is_finite())
             .max_by(|a, b| (a - 1.0).abs().total_cmp(&(b - 1.0).abs()))
             .map_or("n/a".into(), |s| format!("{:.1}%", 100.0 * s));
         let at_budget: Vec<f64> = feasible().map(|r| r.lift_at_budget).collect();

@@ -1999,8 +1999,15 @@ fn a_suite_run_compares_with_an_earlier_one() {
             case("t-fold1", "linucb", 0.045),
             case("t-fold0+cold", "linucb", -0.010),
             case("u", "linucb", 0.5),
+            // No number to compare or rank: left out of the means, the worst spend and
+            // the comparison, as the report leaves it out.
+            case("w", "linucb", 0.0),
         ]),
     );
+    let mut cases: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&new).unwrap()).unwrap();
+    cases[4]["lift"] = serde_json::Value::Null;
+    cases[4]["spend_vs_budget"] = serde_json::Value::Null;
+    let new = write("new.json", cases);
     let (new_arg, base_arg) = (new.to_str().unwrap(), base.to_str().unwrap());
     let out = stdout(&quiver(&["suite", "--from", new_arg, "--against", base_arg]));
     // Figures over no case (no late cases, no full-information lifts here) are n/a.
@@ -2029,7 +2036,14 @@ fn a_suite_run_compares_with_an_earlier_one() {
         out.contains("base.json are not in this run and are left out)"),
         "{out}"
     );
-    assert!(out.contains("(2 cases of "), "{out}");
+    assert!(
+        out.contains(&format!("(1 cases of {base_arg} are not in this run")),
+        "{out}"
+    );
+    assert!(
+        out.contains("(1 cases of both whose lift is no number in one or both are left out)"),
+        "{out}"
+    );
     // The report itself reads from the file as from a run, and `--json` writes it back.
     assert!(
         out.lines().any(|l| l.starts_with("u ") && l.contains("+0.5000")),
@@ -2074,17 +2088,37 @@ fn a_suite_run_compares_with_an_earlier_one() {
         "{err}"
     );
     let other = write("other.json", serde_json::json!([case("v", "lints", 0.0)]));
-    let err = stderr(&quiver(&[
-        "suite",
-        "--from",
-        new_arg,
-        "--against",
-        other.to_str().unwrap(),
-    ]));
+    let failed = quiver(&["suite", "--from", new_arg, "--against", other.to_str().unwrap()]);
+    let err = stderr(&failed);
     assert!(
         err.contains("no case of this run is in") && err.contains("other.json"),
         "{err}"
     );
+    // A comparison that fails prints no report for a script to take as the run's.
+    assert!(
+        failed.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&failed.stdout)
+    );
+    let empty = write("empty.json", serde_json::json!([]));
+    let err = stderr(&quiver(&["suite", "--from", empty.to_str().unwrap()]));
+    assert!(err.contains("empty.json: no case in it"), "{err}");
+    // A setting the training does not use is refused, not run as the default under
+    // another name; a bad candidate names its flag.
+    for (args, said) in [
+        (
+            &["--train-passes", "5"][..],
+            "--train-passes applies to --train-feedback bandit",
+        ),
+        (
+            &["--train-feedback", "bandit", "--prior-cap", "50"][..],
+            "--prior-cap applies to --train-feedback full",
+        ),
+        (&["--candidates", "foo"][..], "--candidates: "),
+    ] {
+        let err = stderr(&quiver(&[&["suite"][..], args].concat()));
+        assert!(err.contains(said), "{args:?}: {err}");
+    }
     // A figure that was no number is written `null` and read back as one, so that a run
     // reads back whatever it wrote.
     let mut nothing_spent = case("x", "linucb", 0.0);

@@ -733,7 +733,7 @@ pub struct CaseResult {
     pub feedback_delay: usize,
     /// Its budget as a share of the best model's cost.
     pub budget_share: f64,
-    /// The candidate: its policy, and its training passes when more than one.
+    /// The candidate, as [`Candidate::label`] names it.
     pub candidate: String,
     /// Mean quality on the evaluation rows.
     #[serde(deserialize_with = "number_or_nan")]
@@ -825,6 +825,8 @@ pub struct Comparison {
     pub unmatched: usize,
     /// Cases of the base the run lacks, left out.
     pub base_unmatched: usize,
+    /// Cases of both whose lift is no number in one or both, left out.
+    pub unnumbered: usize,
 }
 
 /// The first case that `results` holds twice (a run has each once), named.
@@ -840,7 +842,8 @@ pub fn repeated_case(results: &[CaseResult]) -> Option<String> {
 
 /// Compares `new` with `base` case by case: a case is matched by its table, budget and
 /// candidate, so two builds' runs of the same candidates compare, and each mean is over the
-/// matched cases alone. Each run holds a case once ([`repeated_case`]).
+/// matched cases whose lift is a number in both. Each run holds a case once
+/// ([`repeated_case`]).
 pub fn compare(new: &[CaseResult], base: &[CaseResult]) -> Comparison {
     let base: BTreeMap<_, &CaseResult> = base.iter().map(|r| (r.key(), r)).collect();
     let run: std::collections::BTreeSet<_> = new.iter().map(CaseResult::key).collect();
@@ -848,9 +851,14 @@ pub fn compare(new: &[CaseResult], base: &[CaseResult]) -> Comparison {
         .iter()
         .filter_map(|r| base.get(&r.key()).map(|b| (r, *b)))
         .collect();
+    // A lift that is no number (written `null`) is left out, as the report leaves it.
+    let numbered: Vec<_> = pairs
+        .iter()
+        .filter(|(r, b)| r.lift.is_finite() && b.lift.is_finite())
+        .collect();
     let mean_by = |cases_of: &dyn Fn(&CaseResult) -> String| {
         let mut changes: Vec<LiftChange> = Vec::new();
-        for (r, b) in &pairs {
+        for (r, b) in &numbered {
             let name = cases_of(r);
             let at = changes
                 .iter()
@@ -883,6 +891,7 @@ pub fn compare(new: &[CaseResult], base: &[CaseResult]) -> Comparison {
         by_table: mean_by(&|r| table_group(&r.table)),
         by_kind,
         unmatched: new.len() - pairs.len(),
+        unnumbered: pairs.len() - numbered.len(),
         base_unmatched: base.keys().filter(|key| !run.contains(*key)).count(),
     }
 }
