@@ -306,6 +306,7 @@ async fn proxy_falls_back_in_order_and_streams() {
             json!([{"role": "user", "content": 7}]),
             "`messages[0]` has a `content` that is neither a string nor a list of parts",
         ),
+        (json!([{"role": "user"}]), "`messages[0]` has no `content`"),
     ] {
         let refused = client
             .post(format!("{base}/v1/chat/completions"))
@@ -356,7 +357,7 @@ async fn proxy_falls_back_in_order_and_streams() {
 
     // Prometheus accepts the metrics, and the histograms counted what happened: `slow`
     // timed out once, `good` answered three times (once streaming), every request was timed
-    // (the 4xx: an unknown route, an upstream's refusal, four chats refused).
+    // (the 4xx: an unknown route, an upstream's refusal, five chats refused).
     let metrics = get_text(&client, format!("{base}/metrics"), "admin").await;
     promtool_check(&metrics);
     for line in [
@@ -364,7 +365,7 @@ async fn proxy_falls_back_in_order_and_streams() {
         "quiver_upstream_attempt_seconds_count{model=\"good\",result=\"ok\"} 3",
         "quiver_upstream_attempt_seconds_count{model=\"refusing\",result=\"refused\"} 1",
         "quiver_time_to_first_token_seconds_count{model=\"good\"} 1",
-        "quiver_http_request_seconds_count{endpoint=\"/v1/chat/completions\",status=\"4xx\"} 6",
+        "quiver_http_request_seconds_count{endpoint=\"/v1/chat/completions\",status=\"4xx\"} 7",
         "quiver_http_request_seconds_bucket{endpoint=\"/v1/chat/completions\",status=\"2xx\",le=\"+Inf\"} 3",
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} not in\n{metrics}");
@@ -1192,6 +1193,19 @@ async fn demo_mode_serves_simulated_providers_labelled_as_such() {
         .json()
         .await
         .unwrap();
+    // No prompt at all is refused before any decision, as OpenAI refuses it.
+    let no_prompt = client
+        .post(format!("{base}/v1/completions"))
+        .json(&json!({"model": "demo", "prompt": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_prompt.status(), 422);
+    let refusal: Value = no_prompt.json().await.unwrap();
+    assert_eq!(
+        refusal["error"]["message"],
+        "`prompt` must be a string or a non-empty list of strings"
+    );
     // Embeddings pass through to a model's simulated endpoint: one vector per input.
     let model = body["model"].as_str().unwrap_or_default().to_string();
     let embedded = client

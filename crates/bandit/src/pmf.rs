@@ -125,7 +125,7 @@ const EXACT: Quadrature = Quadrature {
 };
 
 /// The most mass a Beta posterior holds beyond each end of its reach.
-const TAIL: f64 = 1e-12;
+pub(crate) const TAIL: f64 = 1e-12;
 
 /// Gauss-Kronrod 7-15 nodes on [-1, 1] (the non-negative half; the rule is symmetric),
 /// Kronrod weights, and the Gauss weights of the odd nodes.

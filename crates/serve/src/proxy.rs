@@ -100,8 +100,9 @@ fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>
 }
 
 /// The chat a completion request carries, as the route featurizes it: each message an
-/// object with a string `role` and a `content` that is a string, text parts, or null (an
-/// assistant's tool call). What OpenAI refuses is refused here, before any decision.
+/// object with a string `role` and a `content` that is a string or text parts (an
+/// assistant's may be null or absent: a tool call). What OpenAI refuses is refused here,
+/// before any decision.
 fn messages(body: &Value) -> Result<Vec<ChatMessage>, ApiError> {
     let list = body
         .get("messages")
@@ -124,7 +125,9 @@ fn messages(body: &Value) -> Result<Vec<ChatMessage>, ApiError> {
                     .filter_map(|p| p.get("text").and_then(Value::as_str))
                     .collect::<Vec<_>>()
                     .join("\n"),
-                None | Some(Value::Null) => String::new(),
+                // An assistant's tool call may come without text.
+                None | Some(Value::Null) if role == "assistant" => String::new(),
+                None | Some(Value::Null) => return Err(invalid("has no `content`")),
                 Some(_) => {
                     return Err(invalid(
                         "has a `content` that is neither a string nor a list of parts",
@@ -413,13 +416,21 @@ impl Api {
             Api::Text => {
                 let prompt = match body.get("prompt") {
                     Some(Value::String(prompt)) => prompt.clone(),
-                    Some(Value::Array(prompts)) => prompts
+                    Some(Value::Array(prompts)) if !prompts.is_empty() => prompts
                         .iter()
                         .map(|p| p.as_str().map(str::to_string))
                         .collect::<Option<Vec<_>>>()
-                        .ok_or_else(|| ApiError::Invalid("`prompt` must be a string or strings".into()))?
+                        .ok_or_else(|| {
+                            ApiError::Invalid(
+                                "`prompt` must be a string or a non-empty list of strings".into(),
+                            )
+                        })?
                         .join("\n"),
-                    _ => return Err(ApiError::Invalid("`prompt` must be a string or strings".into())),
+                    _ => {
+                        return Err(ApiError::Invalid(
+                            "`prompt` must be a string or a non-empty list of strings".into(),
+                        ))
+                    }
                 };
                 RouteRequest {
                     prompt: Some(prompt),

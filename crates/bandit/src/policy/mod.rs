@@ -170,8 +170,9 @@ fn gaussian_thompson(
 /// arm's score, picks the arm; `pmf` says how likely each was to be the largest.
 fn exact_choice(first: &[f64], mut pmf: Vec<f64>) -> Choice {
     let position = crate::pmf::argmax(first);
-    // A draw beyond the quadrature's reach (odds below 1e-12) still needs a propensity.
-    pmf[position] = pmf[position].max(f64::MIN_POSITIVE);
+    // A draw beyond the quadrature's reach (odds below TAIL) still needs a propensity: TAIL,
+    // whose inverse weight leaves an estimator's sums finite.
+    pmf[position] = pmf[position].max(crate::pmf::TAIL);
     Choice {
         position,
         pmf,
@@ -440,5 +441,21 @@ pub(crate) mod testutil {
             penalties: &penalties,
         };
         policy.choose(&input, rng).expect("choice")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exact_choice;
+
+    /// A draw the quadrature gives no mass (beyond its reach) is logged at the reach's
+    /// odds, 1e-12: the smallest positive float would give it a weight of 4.5e307, and two
+    /// such weights in one sum would make an estimate infinite.
+    #[test]
+    fn a_draw_beyond_the_quadratures_reach_keeps_weights_finite() {
+        let choice = exact_choice(&[0.0, 1.0], vec![1.0, 0.0]);
+        assert_eq!((choice.position, choice.pmf[1]), (1, crate::pmf::TAIL));
+        let weight = 1.0 / choice.pmf[choice.position];
+        assert!((weight * 1e6).is_finite());
     }
 }
