@@ -1647,6 +1647,67 @@ async fn caller_spend_caps_hold_each_token_to_its_own() {
     assert!(!log.contains("tenant-a") && log.contains(&digest("tenant-a")));
 }
 
+/// A burst of concurrent calls stops at a route's spend cap before the route has learned
+/// what its model's answers cost: each call under way counts at the most its `max_tokens`
+/// let it cost at the model's prices, not at the route's guess of an answer's length,
+/// which let a burst of 1,000-token answers spend several times the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_stops_at_the_spend_cap_by_its_calls_token_limits() {
+    let long_answers = axum::Router::new().route(
+        "/chat/completions",
+        axum::routing::post(|| async {
+            // Long enough in flight that the whole burst arrives while the first are.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            axum::Json(json!({
+                "id": "x", "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 1000}
+            }))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, long_answers).await.unwrap() });
+    let dir = scratch("serve_burst_cap");
+    let cap = 0.005;
+    let base = start_app(
+        json!({
+            "routes": [{
+                "name": "chat", "policy": "fixed(m)",
+                "spend_cap": {"daily_usd": cap},
+                "models": [{"id": "m", "base_url": format!("http://{addr}"),
+                            "input_usd_per_million": 1.0, "output_usd_per_million": 1.0}]
+            }]
+        }),
+        &dir,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let burst = (0..20).map(|i| {
+        let request = client
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&json!({"model": "chat", "max_tokens": 1000,
+                          "messages": [{"role": "user", "content": format!("question {i}")}]}));
+        async move { request.send().await.unwrap().status().as_u16() }
+    });
+    let statuses = futures_util::future::join_all(burst).await;
+    assert!(statuses.iter().all(|s| [200, 429].contains(s)), "{statuses:?}");
+    let served = statuses.iter().filter(|s| **s == 200).count();
+    // A call costs $0.001005 and counts at about $0.001 under way: the cap lets five
+    // through, the last of them admitted below it.
+    let state = get_json(&client, format!("{base}/v1/routes/chat"), "admin").await;
+    let spent = state["spend_today_usd"].as_f64().unwrap();
+    let one_call = 0.001005;
+    assert!(
+        (spent - served as f64 * one_call).abs() < 1e-9,
+        "{spent} for {served} calls"
+    );
+    assert!(
+        served >= 4 && spent <= cap + one_call,
+        "{served} calls spent ${spent}"
+    );
+}
+
 /// Through the official OpenAI SDK (`tests/clients/openai_sdk_errors.py`): an upstream's
 /// 400 surfaces as `BadRequestError` with the upstream's code after exactly one upstream
 /// call, and a 429 with `Retry-After` falls back and rests its model (one call for two

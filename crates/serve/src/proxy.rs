@@ -142,6 +142,16 @@ fn messages(body: &Value) -> Result<Vec<ChatMessage>, ApiError> {
         .collect()
 }
 
+/// The most answer tokens `body` lets its call be billed: OpenAI's
+/// `max_completion_tokens` (else the older `max_tokens`) for each of its `n` choices.
+fn max_output_tokens(body: &Value) -> Option<u32> {
+    let per_choice = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|limit| body.get(limit)?.as_u64())?;
+    let choices = body.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
+    Some(u32::try_from(per_choice.saturating_mul(choices)).unwrap_or(u32::MAX))
+}
+
 /// The outcome of a call to `model` that took `latency_ms` and was billed the given
 /// tokens, at what `upstream` charges for them. An upstream's figures are a peer's, not a
 /// caller's: beyond the physical ranges they are clamped into them and recorded, never
@@ -482,6 +492,7 @@ async fn complete_in_task(
         }
     };
     let mut route_request = api.route_request(&request)?;
+    route_request.max_output_tokens = max_output_tokens(&request);
     let user = request.get("user").and_then(Value::as_str).map(str::to_string);
     route_request.session = session(&headers, user)?;
     route_request.features = caller_features(&headers)?;

@@ -76,6 +76,12 @@ pub struct RouteRequest {
     /// while it keeps succeeding (see `crate::sessions`).
     #[serde(default)]
     pub session: Option<String>,
+    /// The most answer tokens the proxy's call may be billed (the request's
+    /// `max_completion_tokens` or `max_tokens`, times `n`): at the chosen model's prices,
+    /// what the call counts against the spend caps while under way. Not in `/v1/route`'s
+    /// body: a client's own call counts against no cap.
+    #[serde(skip)]
+    pub max_output_tokens: Option<u32>,
 }
 
 impl RouteRequest {
@@ -190,7 +196,11 @@ struct InFlight {
 
 #[derive(Debug)]
 struct InFlightCall {
+    /// Its expected cost, as the pacer counts it.
     usd: f64,
+    /// The most it can cost, as the spend caps count it: at its model's prices, its
+    /// prompt and its answer's token limit, else its expected cost.
+    usd_at_most: f64,
     caller: Option<String>,
     since: Instant,
 }
@@ -215,10 +225,16 @@ const CLIENT_CALLS_KEPT: usize = 65_536;
 
 impl InFlight {
     /// Counts the server's call of decision `id`.
-    fn start_server(&mut self, id: u64, usd: f64, caller: Option<String>) {
+    fn start_server(&mut self, id: u64, usd: f64, usd_at_most: f64, caller: Option<String>) {
         let since = Instant::now();
         self.server.retain(|_, call| under_way(call, since));
-        self.server.insert(id, InFlightCall { usd, caller, since });
+        let call = InFlightCall {
+            usd,
+            usd_at_most,
+            caller,
+            since,
+        };
+        self.server.insert(id, call);
     }
 
     /// Counts the client's call of decision `id`, kept for at most `limit`.
@@ -231,6 +247,7 @@ impl InFlight {
         }
         let call = InFlightCall {
             usd,
+            usd_at_most: usd,
             caller: None,
             since,
         };
@@ -253,13 +270,13 @@ impl InFlight {
         }
     }
 
-    /// The estimated cost of the server's calls under way: all of them, or `caller`'s.
-    fn usd(&self, caller: Option<&str>) -> f64 {
+    /// The most the server's calls under way can cost: all of them, or `caller`'s.
+    fn usd_at_most(&self, caller: Option<&str>) -> f64 {
         let now = Instant::now();
         self.server
             .values()
             .filter(|call| under_way(call, now) && (caller.is_none() || call.caller.as_deref() == caller))
-            .map(|call| call.usd)
+            .map(|call| call.usd_at_most)
             .sum()
     }
 
@@ -834,20 +851,30 @@ impl LiveRoute {
     }
 
     /// Counts the call made for `decision` (logged as `record`) as under way at its
-    /// chosen model's estimated cost (see [`InFlight`]): a call the server makes if
-    /// `by_server`, else its client's, counted for at most `client_limit`.
+    /// chosen model's estimated cost (see [`InFlight`]), and, of a call of at most
+    /// `max_output_tokens` answer tokens to a priced model, at most their cost: a call the
+    /// server makes if `by_server`, else its client's, counted for at most `client_limit`.
     fn call_under_way(
         &mut self,
         decision: &quiver_bandit::Decision,
         record: &LogRecord,
         by_server: bool,
         client_limit: Duration,
+        max_output_tokens: Option<u32>,
     ) {
         let chosen = decision.arms.iter().find(|a| a.arm == decision.arm);
         let usd = chosen.map_or(0.0, |a| a.cost_usd);
         if by_server {
+            let prompt_tokens = quiver_bandit::features::estimate_tokens(&record.prompt);
+            let usd_at_most = max_output_tokens
+                .and_then(|answer| {
+                    let arm = self.learner.arms().iter().find(|a| a.id == decision.arm)?;
+                    let bound = arm.cost_usd(f64::from(prompt_tokens), f64::from(answer));
+                    arm.has_prices().then_some(bound)
+                })
+                .unwrap_or(usd);
             self.in_flight
-                .start_server(decision.id, usd, record.caller.clone());
+                .start_server(decision.id, usd, usd_at_most, record.caller.clone());
         } else {
             self.in_flight.start_client(decision.id, usd, client_limit);
         }
@@ -1923,7 +1950,12 @@ impl Router {
         let caps = [
             state.config.spend_cap.map(|cap| {
                 let spent = live.cluster_spend();
-                (cap, format!("route `{route}`"), spent, live.in_flight.usd(None))
+                (
+                    cap,
+                    format!("route `{route}`"),
+                    spent,
+                    live.in_flight.usd_at_most(None),
+                )
             }),
             state
                 .config
@@ -1935,7 +1967,7 @@ impl Router {
                         cap,
                         format!("caller `{c}` on route `{route}`"),
                         spent,
-                        live.in_flight.usd(Some(c)),
+                        live.in_flight.usd_at_most(Some(c)),
                     )
                 }),
         ];
@@ -2033,7 +2065,13 @@ impl Router {
         // A client's call is counted only for the pacer, and only if the limit lets it.
         let paced = live.learner.pacer().is_some() && !self.routed_call_limit.is_zero();
         if calls || paced {
-            live.call_under_way(&decision, &record, calls, self.routed_call_limit);
+            live.call_under_way(
+                &decision,
+                &record,
+                calls,
+                self.routed_call_limit,
+                request.max_output_tokens,
+            );
         }
         if let Some(key) = &record.session {
             live.sessions.decided(key, decision.id, &decision.arm, now);
@@ -2092,7 +2130,13 @@ impl Router {
         record.features = logged_features(&request.features);
         let seq = self.stage(&mut record)?;
         live.track(decision.id, &context, &record)?;
-        live.call_under_way(&decision, &record, true, self.routed_call_limit);
+        live.call_under_way(
+            &decision,
+            &record,
+            true,
+            self.routed_call_limit,
+            request.max_output_tokens,
+        );
         live.remember(&decision, &record, false);
         live.own_changes += 1;
         Ok(self.pending(
