@@ -74,8 +74,9 @@ pub fn compact(dir: &Path) -> io::Result<Compaction> {
                 ),
             ));
         }
-        let json = SegmentText::read(path.clone(), false).and_then(SegmentText::records);
-        if json.ok() != Some(records) {
+        // JSON lines that cannot be read are an error of their own, naming their line.
+        let json = SegmentText::read(path.clone(), false).and_then(SegmentText::records)?;
+        if json != records {
             return Err(invalid(
                 path,
                 format!(
@@ -392,6 +393,18 @@ fn texts_of(list: Option<Series>) -> PolarsResult<Vec<String>> {
         .map(|s| Ok::<_, PolarsError>(s.str()?.iter().flatten().map(str::to_string).collect()))
         .transpose()?
         .unwrap_or_default())
+}
+
+/// Whether the file at `path` ends as a whole Parquet file does, with its magic `PAR1`.
+pub(crate) fn ends_whole(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut magic = [0u8; 4];
+    File::open(path)
+        .and_then(|mut file| {
+            file.seek(SeekFrom::End(-4))?;
+            file.read_exact(&mut magic)
+        })
+        .is_ok_and(|()| &magic == b"PAR1")
 }
 
 /// The first sequence number a compacted segment's name gives.

@@ -508,7 +508,8 @@ pub fn read_current<T, E>(path: &Path, mut read: impl FnMut(&Path) -> Result<T, 
 }
 
 /// The segments of the log in `dir` in order, JSON lines and compacted ([`compact`]) alike;
-/// of a segment found in both forms (a compaction under way), the compacted one.
+/// of a segment found in both forms (a compaction under way), the compacted one, unless it
+/// does not end as a Parquet file does (a copy cut short).
 pub fn segment_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut by_first: BTreeMap<u64, PathBuf> = segments(dir)?
         .into_iter()
@@ -517,6 +518,10 @@ pub fn segment_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if let Some(first) = compact::parquet_first_seq(&path) {
+            // A Parquet form cut short is no form of the JSON lines beside it.
+            if by_first.contains_key(&first) && !compact::ends_whole(&path) {
+                continue;
+            }
             by_first.insert(first, path);
         }
     }
@@ -1313,6 +1318,13 @@ mod tests {
         assert_eq!(read_log(&dir).unwrap(), before);
         let refused = compact(&dir).unwrap_err().to_string();
         assert!(
+            refused.starts_with(&format!("{}: line 1: ", jsonl[0].display())),
+            "{refused}"
+        );
+        let first_line = original.iter().position(|&b| b == b'\n').unwrap() + 1;
+        std::fs::write(&jsonl[0], &original[..first_line]).unwrap();
+        let refused = compact(&dir).unwrap_err().to_string();
+        assert!(
             refused.contains(&format!(
                 "{}: its records differ from those of {}",
                 jsonl[0].display(),
@@ -1327,6 +1339,11 @@ mod tests {
         // JSON lines: it is removed and the segment compacted again.
         std::fs::write(&jsonl[0], &original).unwrap();
         std::fs::write(&parquet, &compacted[..100]).unwrap();
+        assert_eq!(
+            read_log(&dir).unwrap(),
+            before,
+            "read from the JSON lines meanwhile"
+        );
         assert_eq!(compact(&dir).unwrap().segments, 1);
         assert!(!jsonl[0].exists());
         assert_eq!(read_log(&dir).unwrap(), before);

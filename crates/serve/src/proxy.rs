@@ -143,13 +143,21 @@ fn messages(body: &Value) -> Result<Vec<ChatMessage>, ApiError> {
 }
 
 /// The most answer tokens `body` lets its call be billed: OpenAI's
-/// `max_completion_tokens` (else the older `max_tokens`) for each of its `n` choices.
+/// `max_completion_tokens` (else the older `max_tokens`) for each of its `n` choices (or
+/// `best_of`, which are billed too), of each prompt of a list. None without a limit, or
+/// with a limit of 0, which some upstreams read as their own default.
 fn max_output_tokens(body: &Value) -> Option<u32> {
     let per_choice = ["max_completion_tokens", "max_tokens"]
         .iter()
-        .find_map(|limit| body.get(limit)?.as_u64())?;
-    let choices = body.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
-    Some(u32::try_from(per_choice.saturating_mul(choices)).unwrap_or(u32::MAX))
+        .find_map(|limit| body.get(limit)?.as_u64())
+        .filter(|&limit| limit > 0)?;
+    let count = |field: &str| body.get(field).and_then(Value::as_u64).unwrap_or(1).max(1);
+    let prompts = body
+        .get("prompt")
+        .and_then(Value::as_array)
+        .map_or(1, |p| p.len().max(1)) as u64;
+    let answers = count("n").max(count("best_of")).saturating_mul(prompts);
+    Some(u32::try_from(per_choice.saturating_mul(answers)).unwrap_or(u32::MAX))
 }
 
 /// The outcome of a call to `model` that took `latency_ms` and was billed the given
@@ -1450,6 +1458,44 @@ async fn finish_without_client(mut rest: UpstreamBody, mut outcome: StreamOutcom
 mod tests {
     use super::*;
     use futures_util::future::BoxFuture;
+
+    /// An agent's chat (an assistant's tool call without text, then the tool's answer) is
+    /// a chat OpenAI takes, and so is one of text parts.
+    #[test]
+    fn a_tool_call_without_text_and_text_parts_are_chats() {
+        let body = serde_json::json!({"messages": [
+            {"role": "user", "content": [{"type": "text", "text": "weather?"}, {"type": "image_url"}]},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function"}]},
+            {"role": "assistant", "tool_calls": [{"id": "c2", "type": "function"}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        ]});
+        let chat = messages(&body).unwrap();
+        let texts: Vec<&str> = chat.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(texts, ["weather?", "", "", "sunny"]);
+    }
+
+    /// The token limit that bounds a call's cost: the newer field first, times every
+    /// answer billed; none for no limit or a limit of 0.
+    #[test]
+    fn a_calls_token_limit_counts_every_answer_it_bills() {
+        let limit = |body: Value| max_output_tokens(&body);
+        assert_eq!(limit(serde_json::json!({"max_tokens": 100})), Some(100));
+        assert_eq!(
+            limit(serde_json::json!({"max_tokens": 100, "max_completion_tokens": 30, "n": 3})),
+            Some(90)
+        );
+        assert_eq!(
+            limit(serde_json::json!({"max_tokens": 10, "n": 2, "best_of": 5, "prompt": ["a", "b"]})),
+            Some(100)
+        );
+        assert_eq!(limit(serde_json::json!({"max_tokens": 10, "n": 0})), Some(10));
+        assert_eq!(limit(serde_json::json!({"max_tokens": 0})), None);
+        assert_eq!(limit(serde_json::json!({"n": 4})), None);
+        assert_eq!(
+            limit(serde_json::json!({"max_tokens": 1u64 << 40})),
+            Some(u32::MAX)
+        );
+    }
 
     #[test]
     fn the_gateway_s_own_headers_are_not_the_upstream_s_to_set() {

@@ -852,8 +852,9 @@ impl LiveRoute {
 
     /// Counts the call made for `decision` (logged as `record`) as under way at its
     /// chosen model's estimated cost (see [`InFlight`]), and, of a call of at most
-    /// `max_output_tokens` answer tokens to a priced model, at most their cost: a call the
-    /// server makes if `by_server`, else its client's, counted for at most `client_limit`.
+    /// `max_output_tokens` answer tokens (and the model's context window) to a priced model,
+    /// at most their and its prompt's cost: a call the server makes if `by_server`, else
+    /// its client's, counted for at most `client_limit`.
     fn call_under_way(
         &mut self,
         decision: &quiver_bandit::Decision,
@@ -869,8 +870,13 @@ impl LiveRoute {
             let usd_at_most = max_output_tokens
                 .and_then(|answer| {
                     let arm = self.learner.arms().iter().find(|a| a.id == decision.arm)?;
-                    let bound = arm.cost_usd(f64::from(prompt_tokens), f64::from(answer));
-                    arm.has_prices().then_some(bound)
+                    // No answer outgrows the model's context window.
+                    let room = arm
+                        .context_window_tokens
+                        .map_or(u32::MAX, |w| w.saturating_sub(prompt_tokens));
+                    let answer = f64::from(answer.min(room));
+                    arm.has_prices()
+                        .then(|| arm.cost_usd(f64::from(prompt_tokens), answer))
                 })
                 .unwrap_or(usd);
             self.in_flight

@@ -2,7 +2,7 @@
 //!
 //! A route's spend is the cost of the outcomes it recorded (the proxy's calls and
 //! `/v1/outcome` reports), counted by the UTC day and month of the record, and the calls
-//! the proxy has under way at their estimated cost (the router's `InFlight`); a caller's
+//! the proxy has under way at the most they may cost (the router's `InFlight`); a caller's
 //! is that of the outcomes of the decisions it asked for (callers are told apart by a digest
 //! of their bearer token, logged with each decision and outcome). Near a cap (from
 //! `downgrade_at` of it) decisions keep to the cheaper half of the route's models, by list
@@ -168,7 +168,7 @@ fn usd(x: f64) -> String {
 }
 
 /// What `cap` allows `who` (`route \`r\``, say), who has spent `spend` and has calls
-/// under way estimated at `under_way_usd`, at `now`. A cap that what was spent reached
+/// under way that may cost up to `under_way_usd`, at `now`. A cap that what was spent reached
 /// refuses until its period ends; one that only the calls under way reach, until they end.
 pub fn allowance(cap: &SpendCap, who: &str, spend: &Spend, under_way_usd: f64, now: SystemTime) -> Allowance {
     let stamp = humantime::format_rfc3339_seconds(now).to_string();
@@ -206,8 +206,8 @@ pub fn allowance(cap: &SpendCap, who: &str, spend: &Spend, under_way_usd: f64, n
         capped().find(|&(_, cap_usd, spent, _)| committed(spent) >= cap_usd)
     {
         return Allowance::HeldByCallsUnderWay(format!(
-            "{who} has spent {} of its {name} spend cap of {}, and calls under way are \
-             estimated at {} more; it is served again as they end below their estimates",
+            "{who} has spent {} of its {name} spend cap of {}, and calls under way may \
+             cost up to {} more; it is served again as they end below that",
             usd(spent),
             usd(cap_usd),
             usd(under_way_usd)
@@ -349,9 +349,9 @@ mod tests {
         }
     }
 
-    /// Calls under way count toward a cap at their estimates, downgrading and refusing as
-    /// spend does; but a refusal that they alone cause is worth asking again about soon,
-    /// when they may have ended below their estimates, not at the period's end. A cap
+    /// Calls under way count toward a cap at the most they may cost, downgrading and
+    /// refusing as spend does; but a refusal that they alone cause is worth asking again
+    /// about soon, when they may have ended below that, not at the period's end. A cap
     /// that spend reached keeps its period's wait, whatever is under way.
     #[test]
     fn calls_under_way_refuse_only_until_they_end() {
@@ -369,8 +369,8 @@ mod tests {
         };
         assert_eq!(
             message,
-            "route `r` has spent $8.00 of its daily spend cap of $10.00, and calls under way are \
-             estimated at $2.00 more; it is served again as they end below their estimates"
+            "route `r` has spent $8.00 of its daily spend cap of $10.00, and calls under way may \
+             cost up to $2.00 more; it is served again as they end below that"
         );
         let mut month = Spend::default();
         month.add("2026-12-02T00:00:00Z", 100.0, 100.0);
