@@ -245,7 +245,8 @@ def section_obp(args):
             columns[column] = form()
             times.append((time.perf_counter() - started) * 1e3)
         forming_ms[column] = min(times)
-    # The columns each estimator reads, whose forming its ratio with the forming counts.
+    # The columns each estimator reads: its ratio with the forming counts theirs (the DR
+    # family reads all three).
     reads = dict(ips=["target"], snips=["target"], dm=["dm"])
     pd.DataFrame(dict(reward=reward, pscore=pscore, **columns)).to_parquet(path, index=False)
     print(f"# OBP vs Quiver: {n} logged rows, K = {k}, the same reward model on both sides; Quiver's "

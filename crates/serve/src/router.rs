@@ -77,9 +77,9 @@ pub struct RouteRequest {
     #[serde(default)]
     pub session: Option<String>,
     /// The most answer tokens the proxy's call may be billed (the request's
-    /// `max_completion_tokens` or `max_tokens`, times `n`): at the chosen model's prices,
-    /// what the call counts against the spend caps while under way. Not in `/v1/route`'s
-    /// body: a client's own call counts against no cap.
+    /// `max_completion_tokens` or `max_tokens`, times the answers billed): at the chosen
+    /// model's prices, what the call counts against the spend caps while under way. Not in
+    /// `/v1/route`'s body: a client's own call counts against no cap.
     #[serde(skip)]
     pub max_output_tokens: Option<u32>,
 }
