@@ -29,6 +29,12 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
+/// What `quiver replay --data path` says, refusing `path` once it holds `text`.
+fn replay_refusal(path: &Path, text: impl AsRef<[u8]>) -> String {
+    std::fs::write(path, text).unwrap();
+    stderr(&quiver(&["replay", "--data", path.to_str().unwrap()]))
+}
+
 /// A fresh directory under the target dir for one test.
 fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
@@ -713,8 +719,7 @@ fn ope_reads_an_open_bandit_dataset_log_as_its_conversion() {
 fn malformed_inputs_name_the_file_row_and_column() {
     let dir = scratch("errors");
     let bad_quality = dir.join("bad_quality.csv");
-    std::fs::write(&bad_quality, "id,quality|a,quality|b\n1,0.5,1\n2,abc,0\n").unwrap();
-    let err = stderr(&quiver(&["replay", "--data", bad_quality.to_str().unwrap()]));
+    let err = replay_refusal(&bad_quality, "id,quality|a,quality|b\n1,0.5,1\n2,abc,0\n");
     assert!(
         err.contains("bad_quality.csv: row 2, column `quality|a`: `abc` is not a number"),
         "{err}"
@@ -722,16 +727,14 @@ fn malformed_inputs_name_the_file_row_and_column() {
 
     // A record the CSV reader cannot take is named by its row and line.
     let ragged = dir.join("ragged.csv");
-    std::fs::write(&ragged, "id,quality|a,quality|b\n1,0.5,1\n2,0.5,1,1\n").unwrap();
-    let err = stderr(&quiver(&["replay", "--data", ragged.to_str().unwrap()]));
+    let err = replay_refusal(&ragged, "id,quality|a,quality|b\n1,0.5,1\n2,0.5,1,1\n");
     assert!(
         err.contains("ragged.csv: cannot read: row 2 (line 3) has 4 fields where the header has 3"),
         "{err}"
     );
 
     let out_of_range = dir.join("range.csv");
-    std::fs::write(&out_of_range, "quality|a,quality|b\n0.5,1\n0.2,1.7\n").unwrap();
-    let err = stderr(&quiver(&["replay", "--data", out_of_range.to_str().unwrap()]));
+    let err = replay_refusal(&out_of_range, "quality|a,quality|b\n0.5,1\n0.2,1.7\n");
     assert!(
         err.contains("range.csv: row 2, column `quality|b`: 1.7 is outside [0, 1]; rescale to [0, 1]"),
         "{err}"
@@ -771,30 +774,22 @@ fn malformed_inputs_name_the_file_row_and_column() {
 
     // Text that is not UTF-8, and a JSON line that is not an object, are named by line and row.
     let latin1 = dir.join("latin1.csv");
-    std::fs::write(&latin1, b"prompt,quality|a,quality|b\nhi,0.5,1\ncaf\xe9,1,0\n").unwrap();
-    let err = stderr(&quiver(&["replay", "--data", latin1.to_str().unwrap()]));
+    let err = replay_refusal(&latin1, b"prompt,quality|a,quality|b\nhi,0.5,1\ncaf\xe9,1,0\n");
     assert!(
         err.contains("latin1.csv: cannot read: line 3 is not UTF-8 text (byte 40)"),
         "{err}"
     );
     let bad_line = dir.join("bad_line.jsonl");
-    std::fs::write(
+    let err = replay_refusal(
         &bad_line,
         "{\"quality|a\": 1, \"quality|b\": 0}\n\n{\"quality|a\": 1,\n",
-    )
-    .unwrap();
-    let err = stderr(&quiver(&["replay", "--data", bad_line.to_str().unwrap()]));
+    );
     assert!(
         err.contains("bad_line.jsonl: cannot read: row 2: not JSON: "),
         "{err}"
     );
     // A field whose values change kind is named where it changes.
-    std::fs::write(
-        &bad_line,
-        "{\"quality|a\": 1, \"quality|b\": 0}\n{\"quality|a\": null, \"quality|b\": 0}\n{\"quality|a\": true, \"quality|b\": 1}\n",
-    )
-    .unwrap();
-    let err = stderr(&quiver(&["replay", "--data", bad_line.to_str().unwrap()]));
+    let err = replay_refusal(&bad_line, "{\"quality|a\": 1, \"quality|b\": 0}\n{\"quality|a\": null, \"quality|b\": 0}\n{\"quality|a\": true, \"quality|b\": 1}\n");
     assert!(
         err.contains(
             "bad_line.jsonl: cannot read: row 3, field `quality|a`: `true` is a boolean where row 1 has a number"
@@ -803,8 +798,7 @@ fn malformed_inputs_name_the_file_row_and_column() {
     );
 
     let broken = dir.join("broken.csv");
-    std::fs::write(&broken, "quality|a,quality|b\n0.5,1\n\"unterminated,0\n").unwrap();
-    let err = stderr(&quiver(&["replay", "--data", broken.to_str().unwrap()]));
+    let err = replay_refusal(&broken, "quality|a,quality|b\n0.5,1\n\"unterminated,0\n");
     assert!(err.contains("broken.csv"), "{err}");
 
     let err = stderr(&quiver(&[
@@ -830,8 +824,7 @@ fn malformed_inputs_name_the_file_row_and_column() {
 fn a_new_users_mistakes_get_precise_errors() {
     let dir = scratch("new_user");
     let negative = dir.join("negative.csv");
-    std::fs::write(&negative, "quality|a,cost|a,quality|b,cost|b\n1,-0.5,0,0.1\n").unwrap();
-    let err = stderr(&quiver(&["replay", "--data", negative.to_str().unwrap()]));
+    let err = replay_refusal(&negative, "quality|a,cost|a,quality|b,cost|b\n1,-0.5,0,0.1\n");
     assert!(
         err.contains("negative.csv: row 1, column `cost|a`: -0.5 is outside [0, 1000]"),
         "{err}"
@@ -934,8 +927,7 @@ fn a_new_users_mistakes_get_precise_errors() {
 
     // A cost column whose model has no quality column is a misspelled id, not a free model.
     let stray = dir.join("stray.csv");
-    std::fs::write(&stray, "quality|a,quality|b,cost|A,cost|B\n1,0,0.1,0.2\n").unwrap();
-    let err = stderr(&quiver(&["replay", "--data", stray.to_str().unwrap()]));
+    let err = replay_refusal(&stray, "quality|a,quality|b,cost|A,cost|B\n1,0,0.1,0.2\n");
     assert!(
         err.contains("`cost|A` names a model without a quality column (models: a, b)"),
         "{err}"
@@ -943,8 +935,7 @@ fn a_new_users_mistakes_get_precise_errors() {
 
     // A column named twice would be read as two; the file and the column are named.
     let twice = dir.join("twice.csv");
-    std::fs::write(&twice, "id,quality|a,quality|a\n1,1,0\n2,0,1\n").unwrap();
-    let err = stderr(&quiver(&["replay", "--data", twice.to_str().unwrap()]));
+    let err = replay_refusal(&twice, "id,quality|a,quality|a\n1,1,0\n2,0,1\n");
     assert!(
         err.contains("twice.csv") && err.contains("column `quality|a` appears more than once"),
         "{err}"
