@@ -21,11 +21,13 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::path::Path;
+use std::time::Duration;
 
 use polars::prelude::*;
 
 use crate::{
-    first_seq_of, segments, sync_dir, unreadable_version, LogEvent, LogRecord, SegmentText, COLUMNS,
+    first_seq_of, lock_file, segments, sync_dir, unreadable_version, LogEvent, LogRecord, SegmentText,
+    COLUMNS,
 };
 
 /// What [`compact`] did.
@@ -121,23 +123,17 @@ pub fn compact(dir: &Path) -> io::Result<Compaction> {
 /// from the writer's, since a compaction runs beside the server.
 pub(crate) fn compaction_lock(dir: &Path) -> io::Result<File> {
     let path = dir.join(COMPACT_LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| invalid(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
-            io::ErrorKind::WouldBlock,
-            format!(
-                "another compaction of this log is under way (it holds {})",
-                path.display()
-            ),
-        )),
-        Err(std::fs::TryLockError::Error(e)) => Err(invalid(&path, e)),
-    }
+    lock_file(&path, Duration::ZERO)
+        .map_err(|e| invalid(&path, e))?
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "another compaction of this log is under way (it holds {})",
+                    path.display()
+                ),
+            )
+        })
 }
 
 const COMPACT_LOCK_FILE: &str = "compact.lock";

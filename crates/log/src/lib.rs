@@ -735,23 +735,12 @@ impl WriterLock {
     pub fn acquire(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)?;
-        let deadline = Instant::now() + Self::WAIT;
-        let mut locked = file.try_lock();
-        while matches!(locked, Err(std::fs::TryLockError::WouldBlock)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-            locked = file.try_lock();
-        }
-        match locked {
-            Ok(()) => Ok(WriterLock {
+        match lock_file(&path, Self::WAIT)? {
+            Some(file) => Ok(WriterLock {
                 dir: dir.to_path_buf(),
                 _file: file,
             }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
+            None => Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
                 format!(
                     "another process writes this log directory (it holds {}); give each server \
@@ -759,8 +748,28 @@ impl WriterLock {
                     path.display()
                 ),
             )),
-            Err(std::fs::TryLockError::Error(e)) => Err(e),
         }
+    }
+}
+
+/// An exclusive advisory lock (`flock`) on the file at `path` (made if missing), held
+/// while the returned file is open; `None` if another holds it still after `wait`.
+fn lock_file(path: &Path, wait: Duration) -> io::Result<Option<File>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    let deadline = Instant::now() + wait;
+    let mut locked = file.try_lock();
+    while matches!(locked, Err(std::fs::TryLockError::WouldBlock)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        locked = file.try_lock();
+    }
+    match locked {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
 }
 

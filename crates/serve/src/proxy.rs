@@ -432,24 +432,18 @@ impl Api {
                 ..RouteRequest::default()
             },
             Api::Text => {
-                let prompt = match body.get("prompt") {
-                    Some(Value::String(prompt)) => prompt.clone(),
-                    Some(Value::Array(prompts)) if !prompts.is_empty() => prompts
-                        .iter()
-                        .map(|p| p.as_str().map(str::to_string))
-                        .collect::<Option<Vec<_>>>()
-                        .ok_or_else(|| {
-                            ApiError::Invalid(
-                                "`prompt` must be a string or a non-empty list of strings".into(),
-                            )
-                        })?
-                        .join("\n"),
-                    _ => {
-                        return Err(ApiError::Invalid(
-                            "`prompt` must be a string or a non-empty list of strings".into(),
-                        ))
+                let texts = match body.get("prompt") {
+                    Some(Value::String(prompt)) => Some(vec![prompt.as_str()]),
+                    Some(Value::Array(prompts)) if !prompts.is_empty() => {
+                        prompts.iter().map(Value::as_str).collect::<Option<Vec<_>>>()
                     }
+                    _ => None,
                 };
+                let prompt = texts
+                    .ok_or_else(|| {
+                        ApiError::Invalid("`prompt` must be a string or a non-empty list of strings".into())
+                    })?
+                    .join("\n");
                 RouteRequest {
                     prompt: Some(prompt),
                     ..RouteRequest::default()
