@@ -1708,6 +1708,81 @@ async fn a_burst_stops_at_the_spend_cap_by_its_calls_token_limits() {
     );
 }
 
+/// A fallback's call counts against the spend cap from its first attempt: requests that
+/// come while the fallbacks of a failed model's calls are under way find the cap reached
+/// by them, where they once found nothing under way and passed it together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallbacks_call_counts_against_the_spend_cap_while_under_way() {
+    let failing = axum::Router::new().route(
+        "/chat/completions",
+        axum::routing::post(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down") }),
+    );
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&answered);
+    let slow = axum::Router::new().route(
+        "/chat/completions",
+        axum::routing::post(move || {
+            let counted = Arc::clone(&counted);
+            async move {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                axum::Json(json!({
+                    "id": "x", "object": "chat.completion",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 1000}
+                }))
+            }
+        }),
+    );
+    let mut addrs = Vec::new();
+    for app in [failing, slow] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addrs.push(listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    }
+    let dir = scratch("serve_fallback_cap");
+    let cap = 0.005;
+    let priced = |id: &str, addr: SocketAddr| {
+        json!({"id": id, "base_url": format!("http://{addr}"),
+               "input_usd_per_million": 1.0, "output_usd_per_million": 1.0})
+    };
+    let base = start_app(
+        json!({
+            "upstream_retries": 0,
+            "routes": [{
+                "name": "chat", "policy": "fixed(down)",
+                "spend_cap": {"daily_usd": cap},
+                "models": [priced("down", addrs[0]), priced("up", addrs[1])]
+            }]
+        }),
+        &dir,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let ask = |i: usize| {
+        let request = client
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&json!({"model": "chat", "max_tokens": 1000,
+                          "messages": [{"role": "user", "content": format!("question {i}")}]}));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    // Five calls fail at once and fall back; at $0.001005 at most each, their fallbacks
+    // under way reach the cap.
+    let first = tokio::spawn(futures_util::future::join_all((0..5).map(ask)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while answered.load(std::sync::atomic::Ordering::SeqCst) < 5 {
+        assert!(std::time::Instant::now() < deadline, "the fallbacks never came");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let later = futures_util::future::join_all((5..20).map(ask)).await;
+    assert!(later.iter().all(|s| *s == 429), "{later:?}");
+    assert_eq!(first.await.unwrap(), vec![200; 5]);
+    assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), 5);
+    let state = get_json(&client, format!("{base}/v1/routes/chat"), "admin").await;
+    let spent = state["spend_today_usd"].as_f64().unwrap();
+    assert!((spent - 5.0 * 0.001005).abs() < 1e-9, "{spent}");
+}
+
 /// Through the official OpenAI SDK (`tests/clients/openai_sdk_errors.py`): an upstream's
 /// 400 surfaces as `BadRequestError` with the upstream's code after exactly one upstream
 /// call, and a 429 with `Retry-After` falls back and rests its model (one call for two

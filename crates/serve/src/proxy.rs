@@ -606,7 +606,17 @@ async fn complete_in_task(
         let Some(model) = models.iter().find(|m| &m.id == arm) else {
             continue;
         };
-        let (called, started) = match call_with_retries(&state, &route, &mut request, model, call).await {
+        let mut for_decision = CallDecision {
+            children: &children,
+            parent: &decision_id,
+            model: &model.id,
+            fallback: (attempt > 0).then(|| format!("fallback: {}", failures.join("; "))),
+            child: None,
+            logged: None,
+        };
+        let called =
+            call_with_retries(&state, &route, &mut request, model, call, Some(&mut for_decision)).await;
+        let (called, started) = match called? {
             Called::Deadline => {
                 failures.push(format!("{arm}: deadline reached"));
                 only_limits = Some(None);
@@ -628,17 +638,12 @@ async fn complete_in_task(
                 (called, started)
             }
         };
-        // A fallback's call is a decision of its own, so that its outcome and its quality's
-        // feedback are its model's, not the failed model's.
         let mut own = || -> Result<(String, Option<String>), ApiError> {
-            if attempt == 0 {
-                return Ok((decision_id.clone(), None));
+            let own = for_decision.decision(&state)?;
+            if let Some(logged) = for_decision.logged.take() {
+                decision_logged = logged;
             }
-            let reason = format!("fallback: {}", failures.join("; "));
-            let (routed, logged) = children.log(&state, &decision_id, &model.id, reason)?;
-            decision_logged = logged;
-            state.metrics.fallbacks.inc();
-            Ok((routed, Some(decision_id.clone())))
+            Ok(own)
         };
         match called {
             Ok(Answer::Complete { body, json, passed }) => {
@@ -982,7 +987,7 @@ async fn escalate(
     change_router(state, |r| Ok(r.feedback(from, 0.0)?)).await?;
     let (decision_id, logged) = children.log(state, from, &then.id, reason)?;
     state.metrics.cascade_escalations.inc();
-    let answered = match call_with_retries(state, children.route, request, then, call).await {
+    let answered = match call_with_retries(state, children.route, request, then, call, None).await? {
         Called::Answered(called, started) => Some((called, started)),
         Called::NoDeployment(_) | Called::Deadline => None,
     };
@@ -1016,6 +1021,46 @@ async fn escalate(
     Ok(served)
 }
 
+/// The decision a call of the fallback order is made for: the route's, for its first
+/// model. A fallback's call is a child decision of its own, so that its outcome and its
+/// quality's feedback are its model's, not the failed model's; it is logged as the call
+/// is first sent, so that the spend caps count the call while it is under way, and not
+/// when no call is made.
+struct CallDecision<'a> {
+    children: &'a Children<'a>,
+    /// The route's decision.
+    parent: &'a str,
+    model: &'a str,
+    /// For a fallback, why: the failures of the models before it.
+    fallback: Option<String>,
+    /// The fallback's child decision, once logged.
+    child: Option<String>,
+    /// The durability of the child's record, until taken.
+    logged: Option<Pending<()>>,
+}
+
+impl CallDecision<'_> {
+    /// The call's decision id, and the decision it follows for a fallback: its child
+    /// decision is logged on the first call of this.
+    fn decision(&mut self, state: &AppState) -> Result<(String, Option<String>), ApiError> {
+        let Some(reason) = &self.fallback else {
+            return Ok((self.parent.to_string(), None));
+        };
+        let child = match &self.child {
+            Some(child) => child.clone(),
+            None => {
+                let (child, logged) = self
+                    .children
+                    .log(state, self.parent, self.model, reason.clone())?;
+                state.metrics.fallbacks.inc();
+                self.logged = Some(logged);
+                self.child.insert(child).clone()
+            }
+        };
+        Ok((child, Some(self.parent.to_string())))
+    }
+}
+
 /// What a call to one model needs besides the model.
 #[derive(Clone, Copy)]
 struct Call<'a> {
@@ -1037,25 +1082,28 @@ enum Called {
     Answered(Result<Answer, Failure>, Instant),
     /// No deployment could take a call: nothing was sent.
     NoDeployment(NoDeployment),
-    /// The request's deadline came first.
+    /// The request's deadline came before a first attempt.
     Deadline,
 }
 
 /// Calls `model` (a deployment of it, see `crate::deployments`), retrying as
-/// `upstream_retries` allows after a 5xx or a failed connection.
+/// `upstream_retries` allows after a 5xx or a failed connection; logs `for_decision`'s
+/// decision, if it has one to log, before the first attempt is sent.
 async fn call_with_retries(
     state: &AppState,
     route: &str,
     request: &mut Value,
     model: &ModelConfig,
     call: Call<'_>,
-) -> Called {
+    mut for_decision: Option<&mut CallDecision<'_>>,
+) -> Result<Called, ApiError> {
     let first_started = Instant::now();
     let mut retries = 0;
     loop {
         let started = Instant::now();
-        if call.deadline <= started {
-            return Called::Deadline;
+        // A retry waits only while the deadline allows: past it, its call fails at once.
+        if call.deadline <= started && retries == 0 {
+            return Ok(Called::Deadline);
         }
         let acquired = state.deployments.acquire(
             route,
@@ -1067,14 +1115,18 @@ async fn call_with_retries(
         let lease = match acquired {
             // Released when the attempt ends, or when this task is dropped mid-call.
             Ok(lease) => Leased::new(&state.deployments, lease),
-            Err(no) if retries == 0 => return Called::NoDeployment(no),
-            Err(no) => return Called::Answered(Err(Failure::final_(no.reason)), first_started),
+            Err(no) if retries == 0 => return Ok(Called::NoDeployment(no)),
+            Err(no) => return Ok(Called::Answered(Err(Failure::final_(no.reason)), first_started)),
         };
+        if let Some(Err(e)) = for_decision.as_deref_mut().map(|d| d.decision(state)) {
+            state.deployments.cancel(&lease.into_inner());
+            return Err(e);
+        }
         if !state.health.try_call(route, &lease.key, call.forced, started) {
             // Never sent: it counts against no limit.
             state.deployments.cancel(&lease.into_inner());
             let failure = Failure::final_("its circuit breaker opened since the decision");
-            return Called::Answered(Err(failure), first_started);
+            return Ok(Called::Answered(Err(failure), first_started));
         }
         let served = &lease.model_config;
         request["model"] = Value::String(served.upstream_model.clone().unwrap_or_else(|| served.id.clone()));
@@ -1115,7 +1167,7 @@ async fn call_with_retries(
             .health
             .record(route, &lease.key, failure.is_some(), retry_after, Instant::now());
         let Some(failure) = failure else {
-            return Called::Answered(called, first_started);
+            return Ok(Called::Answered(called, first_started));
         };
         state.metrics.upstream_failures.inc();
         let wait = backoff(retries);
@@ -1125,7 +1177,7 @@ async fn call_with_retries(
             || retries >= state.config.upstream_retries
             || Instant::now() + wait >= call.deadline
         {
-            return Called::Answered(called, first_started);
+            return Ok(Called::Answered(called, first_started));
         }
         tracing::info!(model = %model.id, deployment = %lease.key, retry = retries + 1, wait_ms = wait.as_millis() as u64, "retrying after: {failure}");
         tokio::time::sleep(wait).await;
