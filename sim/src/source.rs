@@ -231,7 +231,7 @@ pub fn read_file(path: &Path) -> Result<Table> {
         FileKind::Parquet => ParquetReader::new(open(path)?)
             .finish()
             .map_err(|e| unreadable(path, e))?,
-        FileKind::JsonLines => parse_json_lines(&json_lines(path)?, path, 0)?,
+        FileKind::JsonLines => parse_json_lines(&json_lines(path)?, path, 0, &mut FieldKinds::new())?,
         FileKind::Csv => read_csv(path, None)?,
     };
     Ok(Table::new(path.to_path_buf(), frame, 0))
@@ -293,6 +293,7 @@ pub fn read_chunks(
                 lines,
                 rows,
                 first_row: 0,
+                kinds: FieldKinds::new(),
                 done: false,
             }))
         }
@@ -316,6 +317,8 @@ struct JsonLineChunks {
     lines: Box<dyn std::io::BufRead>,
     rows: usize,
     first_row: usize,
+    /// The kinds of value the chunks before gave each field.
+    kinds: FieldKinds,
     done: bool,
 }
 
@@ -343,7 +346,7 @@ impl JsonLineChunks {
         let frame = if read == 0 {
             DataFrame::empty()
         } else {
-            parse_json_lines(&bytes, &self.path, self.first_row)?
+            parse_json_lines(&bytes, &self.path, self.first_row, &mut self.kinds)?
         };
         let table = Table::new(self.path.clone(), frame, self.first_row);
         self.first_row += read;
@@ -369,9 +372,20 @@ impl Iterator for JsonLineChunks {
     }
 }
 
-/// The rows of JSON lines `bytes`, the file `path`'s from its row `first_row` on.
-fn parse_json_lines(bytes: &[u8], path: &Path, first_row: usize) -> Result<DataFrame> {
-    JsonReader::new(std::io::Cursor::new(bytes))
+/// Each field's kind of value (see [`json_kind`]) as the first row that gave it one gave
+/// it, and that row (1-based).
+type FieldKinds = std::collections::HashMap<String, (&'static str, usize)>;
+
+/// The rows of JSON lines `bytes`, the file `path`'s from its row `first_row` on, whose
+/// earlier rows gave their fields `kinds` (added to with the fields these rows bring): a
+/// file read in chunks is refused where its whole is.
+fn parse_json_lines(
+    bytes: &[u8],
+    path: &Path,
+    first_row: usize,
+    kinds: &mut FieldKinds,
+) -> Result<DataFrame> {
+    let frame = JsonReader::new(std::io::Cursor::new(bytes))
         .with_json_format(JsonFormat::JsonLines)
         // Every row's keys: a field first seen late (an embedding once the endpoint came
         // back) would otherwise be dropped, and a chunk's columns depend on where it starts.
@@ -379,19 +393,61 @@ fn parse_json_lines(bytes: &[u8], path: &Path, first_row: usize) -> Result<DataF
         .finish()
         .map_err(|e| {
             // The reader's own message names no row; the first record out of place does.
-            match json_record_error(bytes, first_row) {
+            match json_record_error(bytes, first_row, kinds.clone()) {
                 Some(why) => unreadable(path, why),
                 None => unreadable(path, e),
             }
-        })
+        })?;
+    for column in frame.columns() {
+        let Some(kind) = column_kind(column.dtype()) else {
+            continue;
+        };
+        match kinds.get(column.name().as_str()) {
+            Some(&(first, first_seen)) if clash(first, kind) => {
+                let why = json_record_error(bytes, first_row, kinds.clone()).unwrap_or_else(|| {
+                    format!(
+                        "field `{}` is {kind} in rows {} to {} where row {first_seen} has {first}",
+                        column.name(),
+                        first_row + 1,
+                        first_row + frame.height()
+                    )
+                });
+                return Err(unreadable(path, why));
+            }
+            Some(_) => {}
+            None => {
+                let at = column.first_non_null();
+                kinds.insert(column.name().to_string(), (kind, first_row + at.unwrap_or(0) + 1));
+            }
+        }
+    }
+    Ok(frame)
+}
+
+/// Whether a field's values of kinds `first` and `then` cannot be read as one column: the
+/// reader takes a string beside any kind.
+fn clash(first: &str, then: &str) -> bool {
+    first != then && first != "a string" && then != "a string"
+}
+
+/// The kind of value (see [`json_kind`]) the reader gave a column of `dtype`; `None` for
+/// nulls only.
+fn column_kind(dtype: &DataType) -> Option<&'static str> {
+    match dtype {
+        DataType::Boolean => Some("a boolean"),
+        DataType::String => Some("a string"),
+        DataType::List(_) => Some("a list"),
+        DataType::Struct(_) => Some("an object"),
+        dtype if dtype.is_primitive_numeric() => Some("a number"),
+        _ => None,
+    }
 }
 
 /// The first record of JSON lines `bytes` that is no JSON object, or that gives a field a
-/// kind of value an earlier record did not (a boolean where one had a number: the reader
-/// takes a string beside any kind, and nulls anywhere), and why, named by its 1-based file
-/// row (blank lines not counted; `bytes` start after the file's first `first_row` rows).
-fn json_record_error(bytes: &[u8], first_row: usize) -> Option<String> {
-    let mut first_kinds: std::collections::HashMap<String, (&str, usize)> = Default::default();
+/// kind of value that an earlier record, or `first_kinds` of the rows before, did not
+/// (see [`clash`]), and why, named by its 1-based file row (blank lines not counted;
+/// `bytes` start after the file's first `first_row` rows).
+fn json_record_error(bytes: &[u8], first_row: usize, mut first_kinds: FieldKinds) -> Option<String> {
     let lines = bytes
         .split(|&b| b == b'\n')
         .filter(|line| !line.trim_ascii().is_empty());
@@ -406,7 +462,7 @@ fn json_record_error(bytes: &[u8], first_row: usize) -> Option<String> {
                 continue;
             };
             let (first, first_seen) = *first_kinds.entry(key.clone()).or_insert((kind, row));
-            if first != kind && first != "a string" && kind != "a string" {
+            if clash(first, kind) {
                 return Some(format!(
                     "row {row}, field `{key}`: `{value}` is {kind} where row {first_seen} has {first}"
                 ));

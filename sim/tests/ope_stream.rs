@@ -345,3 +345,41 @@ fn a_log_that_grows_or_is_compacted_while_read_reads_as_when_opened() {
     assert!(!first.exists());
     assert_same(&compacted, &expected, "compacted");
 }
+
+/// A field whose values change kind is refused, naming the row, whether the log is read
+/// whole or in chunks, wherever the chunks cut: a chunk of booleans after a chunk of
+/// numbers was once read as numbers, so that a propensity of `true` weighed as 1.
+#[test]
+fn a_field_changing_kind_is_refused_wherever_the_chunks_cut() {
+    let log = scenario_log();
+    let dir = scratch("ope_stream_kinds");
+    let path = dir.join("log.jsonl");
+    write_logged(&log, &path).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            let mut record: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert!(record["propensity"].is_number(), "{record}");
+            if (14..21).contains(&i) {
+                record["propensity"] = serde_json::Value::Bool(true);
+            }
+            record.to_string()
+        })
+        .collect();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let expected = "row 15, field `propensity`: `true` is a boolean where row 1 has a number";
+    let whole = load_logged(path.to_str().unwrap(), Format::Auto, None).unwrap_err();
+    assert!(whole.to_string().ends_with(expected), "{whole}");
+    let spec: PolicySpec = "linucb(alpha=0.3)".parse().unwrap();
+    // Booleans alone in a chunk, beside numbers in one, and in the first chunk's.
+    for chunk_rows in [7, 14, 1000] {
+        let streamed = LogStream::open(path.to_str().unwrap(), Format::Auto, None, chunk_rows)
+            .and_then(|mut log| evaluate(&mut log, &spec, objective(), &all_estimators(), settings(), true));
+        let error = streamed
+            .err()
+            .unwrap_or_else(|| panic!("read in chunks of {chunk_rows}"));
+        assert!(error.to_string().ends_with(expected), "{chunk_rows}: {error}");
+    }
+}
