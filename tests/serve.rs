@@ -495,6 +495,59 @@ async fn a_cascade_escalates_an_answer_that_fails_its_check() {
     assert_eq!(read.quality.iter().filter(|q| **q == Some(0.0)).count(), 2);
 }
 
+/// An escalation no deployment can take makes no call and logs no child decision: the
+/// first answer is served, learned as quality 0, where a failed call of quality 0 was once
+/// logged for the stronger model, which was never asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_escalation_no_deployment_can_take_is_not_logged() {
+    let dir = scratch("serve_cascade_busy");
+    let (plain, structured) = (upstream("ok").await, upstream("json").await);
+    let strong = json!({"id": "strong", "input_usd_per_million": 1.0, "output_usd_per_million": 2.0,
+                        "deployments": [{"name": "only", "base_url": format!("http://{structured}"), "rpm": 1}]});
+    let base = start_app(
+        json!({
+            "routes": [{"name": "json", "policy": "fixed(cheap)", "models": [model("cheap", Some(plain)), strong],
+                        "cascade": {"then": "strong", "json": true}}]
+        }),
+        &dir,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let mut served = Vec::new();
+    for _ in 0..2 {
+        let answer = client
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&json!({"model": "json", "messages": [{"role": "user", "content": "give me JSON"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        let header = |name: &str| {
+            answer
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        served.push((
+            header("x-quiver-model").unwrap(),
+            header("x-quiver-parent-decision-id"),
+        ));
+    }
+    assert_eq!(served[0].0, "strong");
+    assert_eq!(
+        served[1],
+        ("cheap".to_string(), None),
+        "the deployment's one call a minute is spent"
+    );
+    let records = quiver_serve::log::read_log(&dir.join("log")).unwrap();
+    let children = records.iter().filter(|r| r.parent_decision_id.is_some()).count();
+    assert_eq!(children, 1, "one escalation called, one not");
+    let failed_answers = records.iter().filter(|r| r.quality == Some(0.0)).count();
+    assert_eq!(failed_answers, 2, "both first answers failed the check");
+    let metrics = get_text(&client, format!("{base}/metrics"), "").await;
+    assert_eq!(sample(&metrics, "quiver_cascade_escalations_total", &[]), 1.0);
+}
+
 /// The decision records of a log directory, in order: `(reason, session, model, propensity)`.
 fn logged_decisions(dir: &Path) -> Vec<(Option<String>, Option<String>, String, f64)> {
     quiver_serve::log::read_log(&dir.join("log"))

@@ -45,6 +45,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
+use prometheus_client::metrics::counter::Counter;
 use quiver_bandit::{limits, ChatMessage, Outcome};
 use serde_json::Value;
 
@@ -606,14 +607,11 @@ async fn complete_in_task(
         let Some(model) = models.iter().find(|m| &m.id == arm) else {
             continue;
         };
-        let mut for_decision = CallDecision {
-            children: &children,
-            parent: &decision_id,
-            model: &model.id,
-            fallback: (attempt > 0).then(|| format!("fallback: {}", failures.join("; "))),
-            child: None,
-            logged: None,
-        };
+        let fallback = (attempt > 0).then(|| {
+            let reason = format!("fallback: {}", failures.join("; "));
+            (reason, &state.metrics.fallbacks)
+        });
+        let mut for_decision = CallDecision::new(&children, &decision_id, &model.id, fallback);
         let called =
             call_with_retries(&state, &route, &mut request, model, call, Some(&mut for_decision)).await;
         let (called, started) = match called? {
@@ -985,14 +983,24 @@ async fn escalate(
     call: Call<'_>,
 ) -> Result<Option<Served>, ApiError> {
     change_router(state, |r| Ok(r.feedback(from, 0.0)?)).await?;
-    let (decision_id, logged) = children.log(state, from, &then.id, reason)?;
-    state.metrics.cascade_escalations.inc();
-    let answered = match call_with_retries(state, children.route, request, then, call, None).await? {
-        Called::Answered(called, started) => Some((called, started)),
-        Called::NoDeployment(_) | Called::Deadline => None,
+    let escalation = Some((reason, &state.metrics.cascade_escalations));
+    let mut for_decision = CallDecision::new(children, from, &then.id, escalation);
+    let called = call_with_retries(
+        state,
+        children.route,
+        request,
+        then,
+        call,
+        Some(&mut for_decision),
+    )
+    .await?;
+    let Called::Answered(called, started) = called else {
+        // No call was made: nothing to learn, and the first answer is served.
+        return Ok(None);
     };
-    let served = match answered {
-        Some((Ok(Answer::Complete { body, json, passed }), started)) => {
+    let (decision_id, _) = for_decision.decision(state)?;
+    let served = match called {
+        Ok(Answer::Complete { body, json, passed }) => {
             let (input, output) = answer_tokens(&json, call.tokens);
             let outcome = call_outcome(&*state.upstream, then, elapsed_ms(started), input, output);
             record(state, &decision_id, outcome).await;
@@ -1007,43 +1015,57 @@ async fn escalate(
         }
         // No answer to give (a stream or a refusal cannot come of a non-streamed request
         // the first model answered): its call failed.
-        Some((_, started)) => {
+        _ => {
             let outcome = call_outcome(&*state.upstream, then, elapsed_ms(started), 0, 0).failed();
             record(state, &decision_id, outcome).await;
             None
         }
-        None => {
-            record(state, &decision_id, Outcome::new(0.0, 0.0).failed()).await;
-            None
-        }
     };
-    state.durable(logged).await?;
+    if let Some(logged) = for_decision.logged.take() {
+        state.durable(logged).await?;
+    }
     Ok(served)
 }
 
-/// The decision a call of the fallback order is made for: the route's, for its first
-/// model. A fallback's call is a child decision of its own, so that its outcome and its
-/// quality's feedback are its model's, not the failed model's; it is logged as the call
-/// is first sent, so that the spend caps count the call while it is under way, and not
-/// when no call is made.
+/// The decision a call to a model is made for: the route's, for the model its policy
+/// chose; else (a fallback, a cascade's escalation) a child decision of its own, so that
+/// its outcome and its quality's feedback are its model's, not the parent's model's. A
+/// child is logged as its call is first sent, so that the spend caps count the call while
+/// it is under way, and not when no call is made.
 struct CallDecision<'a> {
     children: &'a Children<'a>,
-    /// The route's decision.
+    /// The route's decision, or a child's parent.
     parent: &'a str,
     model: &'a str,
-    /// For a fallback, why: the failures of the models before it.
-    fallback: Option<String>,
-    /// The fallback's child decision, once logged.
+    /// For a child: why, and the counter of such calls.
+    child_for: Option<(String, &'a Counter)>,
+    /// The child decision, once logged.
     child: Option<String>,
     /// The durability of the child's record, until taken.
     logged: Option<Pending<()>>,
 }
 
-impl CallDecision<'_> {
-    /// The call's decision id, and the decision it follows for a fallback: its child
-    /// decision is logged on the first call of this.
+impl<'a> CallDecision<'a> {
+    fn new(
+        children: &'a Children<'a>,
+        parent: &'a str,
+        model: &'a str,
+        child_for: Option<(String, &'a Counter)>,
+    ) -> Self {
+        CallDecision {
+            children,
+            parent,
+            model,
+            child_for,
+            child: None,
+            logged: None,
+        }
+    }
+
+    /// The call's decision id, and the decision it follows for a child: the child is
+    /// logged on the first call of this.
     fn decision(&mut self, state: &AppState) -> Result<(String, Option<String>), ApiError> {
-        let Some(reason) = &self.fallback else {
+        let Some((reason, counter)) = &self.child_for else {
             return Ok((self.parent.to_string(), None));
         };
         let child = match &self.child {
@@ -1052,7 +1074,7 @@ impl CallDecision<'_> {
                 let (child, logged) = self
                     .children
                     .log(state, self.parent, self.model, reason.clone())?;
-                state.metrics.fallbacks.inc();
+                counter.inc();
                 self.logged = Some(logged);
                 self.child.insert(child).clone()
             }
