@@ -84,10 +84,16 @@ fn main() -> std::process::ExitCode {
         .lossy(true)
         .finish(std::io::stderr());
     let mut error_line = stderr.clone();
-    let logs = tracing_subscriber::fmt().with_writer(stderr).with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-    );
+    // Colours only for a terminal: a file or a journal would keep their escape codes.
+    let colours =
+        std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let logs = tracing_subscriber::fmt()
+        .with_writer(stderr)
+        .with_ansi(colours)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        );
     match cli.log_format {
         LogFormat::Human => logs.init(),
         LogFormat::Json => logs.json().init(),

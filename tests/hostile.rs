@@ -438,7 +438,9 @@ fn regex_like_replace(text: &str, key: &str, value: &str) -> String {
 }
 
 /// A crash can cut the log's last record inside a multi-byte character. The server
-/// starts, and `quiver ope` reads the log, both skipping the torn record.
+/// starts, saying what it cut off, and `quiver ope` reads the log, both skipping the
+/// torn record. A last record that lost its newline after the snapshot took it in reads
+/// as torn too: the start is refused, saying so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_last_record_torn_inside_a_character_neither_stops_a_start_nor_ope() {
     let dir = scratch("hostile_torn");
@@ -450,6 +452,21 @@ async fn a_last_record_torn_inside_a_character_neither_stops_a_start_nor_ope() {
         .find(|p| quiver_serve::log::is_segment(p))
         .unwrap();
     let mut text = std::fs::read(&segment).unwrap();
+    while text.last() == Some(&0) {
+        text.pop();
+    }
+    let last_line = text.len() - 1 - text[..text.len() - 1].iter().rposition(|&b| b == b'\n').unwrap() - 1;
+    std::fs::write(&segment, &text[..text.len() - 1]).unwrap();
+    let refusal = failing_start(&["--config", &config]);
+    let name = segment.file_name().unwrap().to_str().unwrap();
+    assert!(
+        refusal.contains("the log has no record")
+            && refusal.contains(&format!(
+                "{name} ends in {last_line} bytes after its last newline"
+            )),
+        "{refusal}"
+    );
+    std::fs::write(&segment, &text).unwrap();
     let record = r#"{"decision_id":"r:5","timestamp":"2026-01-01T00:00:00.000Z","route":"r","policy":"p","arm":"a","propensity":1.0,"quality":null,"cost_usd":0.0,"latency_ms":0.0,"error":false,"prompt":"日本語""#;
     let cut = record.find('本').unwrap() + 1; // inside the character
     text.extend_from_slice(&record.as_bytes()[..cut]);
@@ -468,6 +485,12 @@ async fn a_last_record_torn_inside_a_character_neither_stops_a_start_nor_ope() {
         .unwrap();
     assert!(ope.status.success(), "{}", String::from_utf8_lossy(&ope.stderr));
     let (child, base) = start_binary(&["--config", &config]);
+    let cut = format!("cut off segment={} bytes={cut}", segment.display());
+    assert!(
+        child.logs().iter().any(|l| l.contains(&cut)),
+        "{:?}",
+        child.logs()
+    );
     assert_eq!(
         decide(&reqwest::Client::new(), &base, "after the crash").await,
         "r:5"

@@ -1759,6 +1759,9 @@ async fn a_burst_stops_at_the_spend_cap_by_its_calls_token_limits() {
         served >= 4 && spent <= cap + one_call,
         "{served} calls spent ${spent}"
     );
+    let metrics = get_text(&client, format!("{base}/metrics"), "admin").await;
+    let refusals = sample(&metrics, "quiver_spend_cap_refusals_total", &["route=\"chat\""]);
+    assert_eq!(refusals, (statuses.len() - served) as f64);
 }
 
 /// A fallback's call counts against the spend cap from its first attempt: requests that

@@ -125,13 +125,15 @@ fn start_command(command: &mut Command) -> (Running, String) {
     }
     let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut starting = Vec::new();
     let addr = loop {
         let line = next_line(&mut stderr).expect("server output");
         if let Some(addr) = line.strip_prefix("quiver serve: listening on ") {
             break addr.to_string();
         }
+        starting.push(line);
     };
-    let logs = Arc::new(Mutex::new(Vec::new()));
+    let logs = Arc::new(Mutex::new(starting));
     let kept = Arc::clone(&logs);
     let stderr_stalled = Arc::new(AtomicBool::new(false));
     let stalled = Arc::clone(&stderr_stalled);

@@ -453,6 +453,20 @@ fn complete_len(path: &Path, bytes: &[u8], last_segment: bool) -> io::Result<usi
         .map_err(|why| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {why}", path.display())))
 }
 
+/// The last segment of the log in `dir` and how many bytes follow its last complete
+/// record, when any do: a write a crash cut short, never acknowledged (its fsync never
+/// returned), which [`DecisionLog::open`] cuts off and readers leave out. Preallocated
+/// space is not counted.
+pub fn torn_tail(dir: &Path) -> io::Result<Option<(PathBuf, usize)>> {
+    let Some(path) = segments(dir)?.pop() else {
+        return Ok(None);
+    };
+    let bytes = std::fs::read(&path)?;
+    let tail = &bytes[complete_len(&path, &bytes, true)?..];
+    let written = tail.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1);
+    Ok((written > 0).then_some((path, written)))
+}
+
 /// Whether `path` names a log segment (`decisions-<first seq>.jsonl`).
 pub fn is_segment(path: &Path) -> bool {
     first_seq_of(path).is_some()
@@ -1402,14 +1416,18 @@ mod tests {
         assert_eq!(log.commits(), 1);
         drop(log);
         let path = segments(&dir).unwrap().pop().unwrap();
+        assert_eq!(torn_tail(&dir).unwrap(), None);
         let mut text = std::fs::read_to_string(&path).unwrap();
         let mut torn = record(3);
         torn.seq = 3;
-        text.push_str(&serde_json::to_string(&torn).unwrap());
+        let torn = serde_json::to_string(&torn).unwrap();
+        text.push_str(&torn);
         std::fs::write(&path, text).unwrap();
         assert_eq!(read_log(&dir).unwrap().len(), 2);
+        assert_eq!(torn_tail(&dir).unwrap(), Some((path.clone(), torn.len())));
         let log = DecisionLog::open(&dir, 2, SEGMENT_BYTES).unwrap();
         assert_eq!(read_log(&dir).unwrap().len(), 2);
+        assert_eq!(torn_tail(&dir).unwrap(), None, "cut off");
         let third = log.stage(&mut record(3)).unwrap();
         log.wait_durable(third).unwrap();
         let seqs: Vec<u64> = read_log(&dir).unwrap().iter().map(|r| r.seq).collect();

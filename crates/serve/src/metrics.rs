@@ -164,10 +164,13 @@ impl Default for Metrics {
             c
         };
         let routed = counter("quiver_routed", "Answered /v1/route requests");
-        let proxied = counter("quiver_proxied", "Answered /v1/chat/completions requests");
+        let proxied = counter(
+            "quiver_proxied",
+            "Decisions of the proxy (/v1/chat/completions and /v1/completions), whether a model answered or not",
+        );
         let cascade_escalations = counter(
             "quiver_cascade_escalations",
-            "Completions whose answer failed the route's cascade check, escalated to its stronger model",
+            "Calls to a cascade's stronger model after an answer failed the route's check, each a child decision",
         );
         let fallbacks = counter(
             "quiver_fallbacks",
@@ -375,6 +378,8 @@ struct RouteTotals {
     spend: (f64, f64),
     /// This month's savings against the dearest model, USD.
     savings: f64,
+    /// Requests refused at a spend cap.
+    spend_cap_refusals: u64,
     /// The route's shadow candidates' estimates, if it has candidates.
     candidates: Option<ShadowReport>,
     /// Each caller's spend this UTC day and month, USD.
@@ -472,6 +477,7 @@ impl LearnerStats {
             // Each read takes the route's lock: the spend before the learner, which holds it.
             let (spend, savings) = (router.spend(&route)?, router.savings(&route)?);
             let callers = router.caller_spend(&route)?;
+            let spend_cap_refusals = router.spend_cap_refusals(&route)?;
             let cluster = router.cluster_figures(&route)?;
             let candidates = router.candidates(&route)?;
             let learner = router.learner(&route)?;
@@ -492,6 +498,7 @@ impl LearnerStats {
                 budget: learner.pacer().map(|p| (p.lambda(), p.target_usd(), p.debt())),
                 spend,
                 savings,
+                spend_cap_refusals,
                 callers,
                 cluster,
                 candidates,
@@ -681,6 +688,15 @@ impl Collector for LearnerStats {
             self.routes
                 .iter()
                 .map(|r| (route(r), ConstGauge::new(r.savings))),
+        )?;
+        family(
+            &mut encoder,
+            "quiver_spend_cap_refusals",
+            "Requests per route refused at a spend cap (429), the route's or a caller's, since the server started.",
+            MetricType::Counter,
+            self.routes
+                .iter()
+                .map(|r| (route(r), ConstCounter::new(r.spend_cap_refusals))),
         )?;
         let candidates = || {
             self.routes.iter().flat_map(|r| {
@@ -872,6 +888,7 @@ mod tests {
                 budget: Some((0.5, 0.001, 3.0)),
                 spend: (1.5, 20.25),
                 savings: 4.5,
+                spend_cap_refusals: 2,
                 callers: vec![("0123456789abcdef".into(), 0.5, 7.0)],
                 cluster: Some(crate::router::ClusterFigures {
                     replica: "a".into(),
@@ -904,6 +921,7 @@ mod tests {
             "quiver_route_spend_usd{route=\"r\",period=\"day\"} 1.5",
             "quiver_route_spend_usd{route=\"r\",period=\"month\"} 20.25",
             "quiver_route_savings_usd{route=\"r\"} 4.5",
+            "quiver_spend_cap_refusals_total{route=\"r\"} 2",
             "quiver_cluster_decisions{route=\"r\"} 9",
             "quiver_cluster_route_spend_usd{route=\"r\",period=\"day\"} 2.5",
             "quiver_cluster_route_spend_usd{route=\"r\",period=\"month\"} 30.0",

@@ -160,6 +160,8 @@ struct LiveRoute {
     sessions: Sessions,
     /// The calls made for the route's decisions, until their outcomes come.
     in_flight: InFlight,
+    /// Requests refused at a spend cap since the router opened.
+    spend_cap_refusals: u64,
 }
 
 /// The calls made for a route's decisions, at their decisions' estimated cost, from the
@@ -501,6 +503,7 @@ impl RouteState {
                 recent: VecDeque::new(),
                 sessions: Sessions::new(config.sessions.clone()),
                 in_flight: InFlight::default(),
+                spend_cap_refusals: 0,
             }),
             layout,
             config,
@@ -769,7 +772,7 @@ impl LiveRoute {
     /// Tells the shadows and the recent decisions of an outcome or feedback record of
     /// decision `id` that the learner applied.
     fn applied(&mut self, id: u64, record: &LogRecord) {
-        self.shadow(id, record, None);
+        self.shadow_or_warn(id, record);
         self.remember_result(record);
         self.own_changes += 1;
     }
@@ -798,15 +801,32 @@ impl LiveRoute {
         recent.quality = recent.quality.or(record.quality);
     }
 
+    /// [`LiveRoute::shadow`] for a record without a context, with a warning for a record
+    /// the shadows skipped.
+    fn shadow_or_warn(&mut self, id: u64, record: &LogRecord) {
+        if let Err(e) = self.shadow(id, record, None) {
+            tracing::warn!(
+                route = %record.route,
+                decision = %record.decision_id,
+                "shadow candidates skipped a record: {e}"
+            );
+        }
+    }
+
     /// Tells the route's shadow candidates, if any, of a record of decision `id` (the
-    /// decision's `context` with a decision record). A record they cannot take is skipped
-    /// with a warning: the shadows never stop the route.
-    fn shadow(&mut self, id: u64, record: &LogRecord, context: Option<&Context>) {
+    /// decision's `context` with a decision record). A record they cannot take is skipped,
+    /// and the error says why: the shadows never stop the route.
+    fn shadow(
+        &mut self,
+        id: u64,
+        record: &LogRecord,
+        context: Option<&Context>,
+    ) -> std::result::Result<(), quiver_bandit::Error> {
         let route_objective = self.learner.config().objective;
         let Some(shadows) = self.shadows.as_mut() else {
-            return;
+            return Ok(());
         };
-        let told = match (record.event, context) {
+        match (record.event, context) {
             // A decision that stayed on its session's model, or a cascade's escalation, gave
             // the other models no chance.
             (LogEvent::Decision, _)
@@ -840,13 +860,6 @@ impl LiveRoute {
                 Ok(())
             }
             _ => Ok(()),
-        };
-        if let Err(e) = told {
-            tracing::warn!(
-                route = %record.route,
-                decision = %record.decision_id,
-                "shadow candidates skipped a record: {e}"
-            );
         }
     }
 
@@ -1334,6 +1347,14 @@ impl Router {
             }
         }
         Self::read_history(&mut states, dir)?;
+        if let Some((segment, bytes)) = quiver_log::torn_tail(dir).map_err(io_at(dir))? {
+            tracing::warn!(
+                segment = %segment.display(),
+                bytes,
+                "the log ends in a record cut short (no newline after it), which no answer \
+                 acknowledged: cut off"
+            );
+        }
         let log = DecisionLog::open_locked(lock, log_last, options.segment_bytes).map_err(io_at(dir))?;
         let router = Router {
             routes: states,
@@ -1510,6 +1531,15 @@ impl Router {
                 .filter(|(_, r)| matches!(r, Recovery::Rebuild { .. }))
                 .map(|(name, _)| name.as_str())
                 .collect();
+            // A last record whose newline was lost reads as a write a crash cut short.
+            let torn = match quiver_log::torn_tail(dir) {
+                Ok(Some((segment, bytes))) => format!(
+                    "; {} ends in {bytes} bytes after its last newline, left out as a record \
+                     cut short",
+                    segment.display()
+                ),
+                _ => String::new(),
+            };
             let advice = if rebuilt.is_empty() {
                 String::new()
             } else {
@@ -1526,7 +1556,7 @@ impl Router {
                     format!(
                         "the log has no record {seq}; restarting needs every record from {} on \
                          (the snapshot's position, its oldest decision awaiting feedback, or the \
-                         first record for a route rebuilt from the log){advice}",
+                         first record for a route rebuilt from the log){torn}{advice}",
                         required_after + 1
                     ),
                 ),
@@ -1614,6 +1644,9 @@ impl Router {
     /// estimated on the route's whole log, and the sessions' models and failures.
     fn read_history(states: &mut BTreeMap<String, RouteState>, dir: &Path) -> Result<()> {
         let month = quiver_log::now_rfc3339()[..7].to_string();
+        // By route, the records the shadows skipped, and the first's decision and reason:
+        // one warning each, not one a record (a removed model's decisions are many).
+        let mut skipped: BTreeMap<String, (usize, String, String)> = BTreeMap::new();
         for record in records_after(dir, 0).map_err(io_at(dir))? {
             let record = record.map_err(io_at(dir))?;
             let Some(state) = states.get_mut(&record.route) else {
@@ -1625,7 +1658,10 @@ impl Router {
                     LogEvent::Decision => Some(state.logged_context(&record)?),
                     _ => None,
                 };
-                state.live_mut().shadow(id, &record, context.as_ref());
+                if let Err(e) = state.live_mut().shadow(id, &record, context.as_ref()) {
+                    let first = (0, record.decision_id.clone(), e.to_string());
+                    skipped.entry(record.route.clone()).or_insert(first).0 += 1;
+                }
             }
             let live = state.live_mut();
             match (record.event, &record.session) {
@@ -1651,6 +1687,13 @@ impl Router {
                     record.caller.as_deref(),
                 );
             }
+        }
+        for (route, (records, decision, e)) in skipped {
+            tracing::warn!(
+                %route,
+                records,
+                "shadow candidates skipped records of the log, the first of decision {decision}: {e}"
+            );
         }
         Ok(())
     }
@@ -1858,6 +1901,11 @@ impl Router {
         Ok(self.state(route)?.lock()?.spend.at(&now))
     }
 
+    /// How many requests `route` refused at a spend cap since the router opened.
+    pub fn spend_cap_refusals(&self, route: &str) -> Result<u64> {
+        Ok(self.state(route)?.lock()?.spend_cap_refusals)
+    }
+
     /// What each caller spent on `route` this UTC day and month, USD, by caller; callers
     /// that spent nothing this month are left out.
     pub fn caller_spend(&self, route: &str) -> Result<Vec<(String, f64, f64)>> {
@@ -1983,6 +2031,7 @@ impl Router {
             .map(|(cap, who, spent, under_way)| spend::allowance(&cap, &who, &spent, under_way, now))
             .collect();
         if let Some((message, retry_after)) = spend::refusal(&allowances) {
+            live.spend_cap_refusals += 1;
             return Err(ServeError::SpendCap { message, retry_after });
         }
         for allowance in allowances {
@@ -2323,7 +2372,7 @@ impl Router {
         let mut record = LogRecord::new(&format!("{route}:{id}"), route, policy, event);
         record.reason = Some(reason);
         self.stage(&mut record)?;
-        live.shadow(id, &record, None);
+        live.shadow_or_warn(id, &record);
         Ok(())
     }
 
