@@ -196,13 +196,13 @@ pub enum ErrorResponses {
     #[response(status = 431)]
     HeadersTooLarge(ErrorBody),
     /// The route reached a spend cap; `Retry-After` says when its period ends.
-    #[response(status = 429)]
+    #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait")))]
     TooManyRequests(ErrorBody),
     /// A fault of the server; the details are in its log.
     #[response(status = 500)]
     Internal(ErrorBody),
     /// The server serves as many connections as it may; retry after `Retry-After`.
-    #[response(status = 503)]
+    #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait")))]
     Overloaded(ErrorBody),
 }
 
@@ -238,7 +238,7 @@ pub enum UpstreamResponses {
     Invalid(serde_json::Value),
     /// The route reached a spend cap, or every model's deployments their rate limits; retry
     /// after `Retry-After`.
-    #[response(status = 429)]
+    #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait")))]
     TooManyRequests(ErrorBody),
     /// The request head is too large.
     #[response(status = 431)]
@@ -247,10 +247,13 @@ pub enum UpstreamResponses {
     #[response(status = 500)]
     Internal(ErrorBody),
     /// The upstream failed (on the proxy: every model of the route).
-    #[response(status = 502)]
+    #[response(
+        status = 502,
+        headers(("x-quiver-decision-id" = String, description = "On the proxy, the decision whose calls failed"))
+    )]
     Upstream(ErrorBody),
     /// Too many connections; retry after `Retry-After`.
-    #[response(status = 503)]
+    #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait")))]
     Overloaded(ErrorBody),
 }
 

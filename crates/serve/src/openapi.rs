@@ -33,6 +33,7 @@ use crate::api_error::{ErrorBody, ErrorDetail};
         crate::status::metrics,
         crate::status::healthz,
         crate::status::openapi,
+        crate::status::ui,
     ),
     // The error bodies the response enums refer to (`ErrorResponses`, `UpstreamResponses`
     // name them without registering them).
@@ -82,13 +83,33 @@ mod tests {
                 let open = op.get("security").is_some_and(|s| s == &serde_json::json!([{}]));
                 assert_eq!(
                     open,
-                    ["/healthz", "/openapi.json"].contains(&path.as_str()),
+                    ["/healthz", "/openapi.json", "/ui"].contains(&path.as_str()),
                     "{path}"
                 );
                 assert!(open || responses.contains_key("401"), "{method} {path}: no 401");
+                for status in ["429", "503"].iter().filter(|s| responses.contains_key(**s)) {
+                    let wait = &responses[*status]["headers"]["Retry-After"];
+                    assert!(wait.is_object(), "{method} {path}: {status} without Retry-After");
+                }
             }
         }
-        assert_eq!(names.len(), 16);
+        assert_eq!(names.len(), 17);
+        for path in ["/v1/chat/completions", "/v1/completions"] {
+            let responses = &doc["paths"][path]["post"]["responses"];
+            for header in [
+                crate::proxy::DECISION_HEADER,
+                crate::proxy::MODEL_HEADER,
+                crate::proxy::PARENT_HEADER,
+                crate::proxy::CACHE_HEADER,
+            ] {
+                assert!(
+                    responses["200"]["headers"][header].is_object(),
+                    "{path}: no {header}"
+                );
+            }
+            let failed = &responses["502"]["headers"][crate::proxy::DECISION_HEADER];
+            assert!(failed.is_object(), "{path}: 502 without the decision");
+        }
         // Every schema referred to is in the document.
         let text = doc.to_string();
         for reference in text.split("\"#/components/schemas/").skip(1) {

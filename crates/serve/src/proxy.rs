@@ -361,7 +361,13 @@ pub(crate) type Object = serde_json::Map<String, Value>;
     request_body = ChatCompletionRequest,
     responses(
         (status = 200, description = "The upstream's completion: JSON, or server-sent events when streaming",
-            content((Object = "application/json"), (String = "text/event-stream"))),
+            content((Object = "application/json"), (String = "text/event-stream")),
+            headers(
+                ("x-quiver-decision-id" = String, description = "The decision the answer is of, for its feedback"),
+                ("x-quiver-model" = String, description = "The model that answered"),
+                ("x-quiver-parent-decision-id" = String, description = "After a fallback or a cascade's escalation, the decision it followed"),
+                ("x-quiver-cache" = String, description = "With the cache on: `hit` or `miss`")
+            )),
         UpstreamResponses
     )
 )]
@@ -395,7 +401,13 @@ pub struct CompletionRequest {
     request_body = CompletionRequest,
     responses(
         (status = 200, description = "The upstream's completion: JSON, or server-sent events when streaming",
-            content((Object = "application/json"), (String = "text/event-stream"))),
+            content((Object = "application/json"), (String = "text/event-stream")),
+            headers(
+                ("x-quiver-decision-id" = String, description = "The decision the answer is of, for its feedback"),
+                ("x-quiver-model" = String, description = "The model that answered"),
+                ("x-quiver-parent-decision-id" = String, description = "After a fallback or a cascade's escalation, the decision it followed"),
+                ("x-quiver-cache" = String, description = "With the cache on: `hit` or `miss`")
+            )),
         UpstreamResponses
     )
 )]

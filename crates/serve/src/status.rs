@@ -395,6 +395,13 @@ pub(crate) async fn healthz(State(state): State<Arc<AppState>>) -> String {
 /// elsewhere (its content security policy says so). It holds no data: it reads the admin
 /// endpoints with the token it is given (`/ui#token=...`, kept in the tab's session
 /// storage) every two seconds.
+#[utoipa::path(
+    get,
+    path = "/ui",
+    operation_id = "dashboard",
+    security(()),
+    responses((status = 200, description = "The dashboard's page", body = String, content_type = "text/html"), ErrorResponses)
+)]
 pub(crate) async fn ui() -> Response {
     (
         [
