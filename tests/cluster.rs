@@ -490,6 +490,15 @@ async fn reports_reach_the_replica_that_decided() {
         let answer = post(&client, &format!("{base_b}/v1/feedback"), body).await;
         assert_eq!(answer.status(), 422, "{bad}");
     }
+    // So is one of a replica that never published the route: none could apply it.
+    let body = json!({"decision_id": "r:zzz:1", "quality": 0.5});
+    let answer = post(&client, &format!("{base_b}/v1/feedback"), body).await;
+    assert_eq!(answer.status(), 404);
+    let text = answer.text().await.unwrap();
+    assert!(
+        text.contains("names replica `zzz`, which never published route `r`"),
+        "{text}"
+    );
     // B learns that A applied them, and lets them go.
     wait_for_metric(
         &client,

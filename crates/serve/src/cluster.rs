@@ -29,7 +29,9 @@
 //! The deciding replica applies each as if sent to it (logged and fsynced in its own log;
 //! a repeat changes nothing), then confirms. A message lost with Redis is sent again (the
 //! outbox keeps it until confirmed); one applied twice is a repeat. So each is applied
-//! exactly once.
+//! exactly once. A replica publishes its routes in a first sync before it serves, so a
+//! report on a decision of a replica that never published its route is refused: no
+//! replica could apply it.
 //!
 //! Keys, under `key_prefix` (`quiver` by default): `<prefix>:<route>:versions`, a hash
 //! from replica to the version of its record; `<prefix>:<route>:learned:<replica>`, the
@@ -169,6 +171,8 @@ pub struct Cluster {
     client: redis::Client,
     status: Mutex<SyncStatus>,
     outbox: Outbox,
+    /// By route, the replicas that published it, as the syncs since start found them.
+    publishers: Mutex<HashMap<String, HashSet<String>>>,
 }
 
 impl Cluster {
@@ -196,6 +200,7 @@ impl Cluster {
             client,
             status: Mutex::new(SyncStatus::default()),
             outbox: Outbox::open(log_dir)?,
+            publishers: Mutex::default(),
         })
     }
 
@@ -203,6 +208,26 @@ impl Cluster {
     /// (see the module docs); durable when this returns. Blocks for the fsync.
     pub fn forward(&self, to: &str, decision_id: &str, report: Report) -> Result<()> {
         self.outbox.add(&self.replica, to, decision_id, report).map(drop)
+    }
+
+    /// Whether replica `replica` published route `route` to the cluster, as a sync found,
+    /// else (a replica started since) as Redis says now; `None` when Redis does not answer.
+    /// A replica publishes its routes before it serves (see [`sync_forever`]), so one
+    /// that never did made none of their decisions.
+    pub async fn published(&self, route: &str, replica: &str) -> Option<bool> {
+        let seen = (self.publishers.lock().unwrap_or_else(|e| e.into_inner()))
+            .get(route)
+            .is_some_and(|replicas| replicas.contains(replica));
+        if seen {
+            return Some(true);
+        }
+        let limit = self.interval().max(Duration::from_secs(1));
+        let mut connection = within(limit, self.client.get_multiplexed_async_connection())
+            .await
+            .ok()?;
+        within(limit, connection.hexists(self.versions_key(route), replica))
+            .await
+            .ok()
     }
 
     /// This replica's name.
@@ -315,10 +340,15 @@ struct SyncMemory {
 }
 
 /// Syncs every route with the cluster every interval, until the task is dropped.
-pub async fn sync_forever(state: Arc<AppState>) {
+///
+/// `first` is told once the first sync ended, reaching Redis or not: the server serves
+/// after it, so that each route names this replica among its publishers before the
+/// replica decides for it, and the other replicas take reports of its decisions.
+pub async fn sync_forever(state: Arc<AppState>, first: tokio::sync::oneshot::Sender<()>) {
     let Some(cluster) = state.cluster.as_ref() else {
         return;
     };
+    let mut first = Some(first);
     let boot = format!("{:016x}", rand::random::<u64>());
     let mut memory = SyncMemory::default();
     let mut tick = tokio::time::interval(cluster.interval());
@@ -347,6 +377,10 @@ pub async fn sync_forever(state: Arc<AppState>) {
                 memory.connection = None;
                 status.error = Some(error);
             }
+        }
+        drop(status);
+        if let Some(first) = first.take() {
+            let _ = first.send(());
         }
     }
 }
@@ -597,6 +631,11 @@ async fn fold(
 ) -> std::result::Result<(), String> {
     let versions: HashMap<String, String> =
         within(limit, connection.hgetall(cluster.versions_key(route))).await?;
+    // Kept once seen: Redis restarted empty forgets publishers until they publish again.
+    (cluster.publishers.lock().unwrap_or_else(|e| e.into_inner()))
+        .entry(route.to_string())
+        .or_default()
+        .extend(versions.keys().cloned());
     for (replica, version) in versions {
         let key = (route.to_string(), replica.clone());
         if replica == cluster.replica || memory.folded.get(&key) == Some(&version) {

@@ -154,7 +154,13 @@ async fn report(
         Report::Outcome { .. } => "outcome",
     };
     let status = match (report.stage(&state.router, &decision_id), &state.cluster) {
-        (Err(ServeError::OtherReplica { replica, .. }), Some(_)) => {
+        (Err(ServeError::OtherReplica { replica, route, .. }), Some(cluster)) => {
+            if cluster.published(&route, &replica).await == Some(false) {
+                return Err(ApiError::NotFound(format!(
+                    "decision `{decision_id}` names replica `{replica}`, which never published route \
+                     `{route}` to the cluster: no replica can apply it"
+                )));
+            }
             let (shared, id) = (Arc::clone(state), decision_id.clone());
             tokio::task::spawn_blocking(move || {
                 let cluster = shared.cluster.as_ref().expect("matched above");

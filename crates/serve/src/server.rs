@@ -100,6 +100,10 @@ pub async fn run(
         .await
         .map_err(io_at(&state.config.listen))?;
     let addr = listener.local_addr().map_err(io_at(&state.config.listen))?;
+    let (synced, first_sync) = tokio::sync::oneshot::channel();
+    let sync = tokio::spawn(cluster::sync_forever(Arc::clone(&state), synced));
+    // Outside a cluster the sync ends at once, and with it the wait.
+    let _ = first_sync.await;
     ready(addr);
     let periodic = {
         let state = Arc::clone(&state);
@@ -117,7 +121,6 @@ pub async fn run(
             }
         })
     };
-    let sync = tokio::spawn(cluster::sync_forever(Arc::clone(&state)));
     let limits = ConnectionLimits::new(&state.config);
     let overloaded = state.metrics.overloaded.clone();
     serve_connections(
