@@ -404,8 +404,10 @@ async fn reports_reach_the_replica_that_decided() {
     let Some((dir, redis, homes, configs)) = two_replicas("cluster_forward", cap) else {
         return;
     };
-    let (a, base_a) = start_replica(&configs[0]);
+    // B first: A's first decisions, reported to B at once, find A published, as it is
+    // before it serves.
     let (b, base_b) = start_replica(&configs[1]);
+    let (a, base_a) = start_replica(&configs[0]);
     let client = reqwest::Client::new();
 
     decide_here_report_there(&client, &base_a, &base_b, "first", 20).await;

@@ -213,7 +213,7 @@ pub enum ErrorResponses {
 #[allow(dead_code)] // a description of responses, never built
 pub enum UpstreamResponses {
     /// A malformed request; or an upstream's, relayed unchanged.
-    #[response(status = 400)]
+    #[response(status = 400, headers(("x-quiver-decision-id" = String, description = "On the proxy, the decision made, if one was")))]
     BadRequest(serde_json::Value),
     /// A bearer token is missing or wrong.
     #[response(status = 401)]
@@ -225,20 +225,26 @@ pub enum UpstreamResponses {
     #[response(status = 405)]
     MethodNotAllowed(ErrorBody),
     /// The body or the answer did not come in time.
-    #[response(status = 408)]
+    #[response(status = 408, headers(("x-quiver-decision-id" = String, description = "On the proxy, the decision made, if one was")))]
     RequestTimeout(ErrorBody),
     /// The body is too large, here or upstream (relayed unchanged).
-    #[response(status = 413)]
+    #[response(status = 413, headers(("x-quiver-decision-id" = String, description = "On the proxy, the decision made, if one was")))]
     PayloadTooLarge(serde_json::Value),
     /// The body is not JSON, here or upstream (relayed unchanged).
-    #[response(status = 415)]
+    #[response(status = 415, headers(("x-quiver-decision-id" = String, description = "On the proxy, the decision made, if one was")))]
     UnsupportedMediaType(serde_json::Value),
     /// An invalid value, here or upstream (relayed unchanged).
-    #[response(status = 422)]
+    #[response(status = 422, headers(("x-quiver-decision-id" = String, description = "On the proxy, the decision made, if one was")))]
     Invalid(serde_json::Value),
     /// The route reached a spend cap, or every model's deployments their rate limits; retry
     /// after `Retry-After`.
-    #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait")))]
+    #[response(
+        status = 429,
+        headers(
+            ("Retry-After" = u64, description = "Seconds to wait"),
+            ("x-quiver-decision-id" = String, description = "On the proxy, the decision made, if one was")
+        )
+    )]
     TooManyRequests(ErrorBody),
     /// The request head is too large.
     #[response(status = 431)]

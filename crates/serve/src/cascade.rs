@@ -8,7 +8,8 @@
 //! answers with its completion and the child's id in `x-quiver-decision-id`. Both calls'
 //! cost and latency are recorded, each under its own decision, and the first answer counts
 //! as quality 0 for the route's learner, as a failed call does. If the escalation fails,
-//! or no call can be made (no child is logged then), the first answer is served after all. `quiver replay --cascade` simulates the same on
+//! or no call can be made (no child is logged then), the first answer is served after
+//! all. `quiver replay --cascade` simulates the same on
 //! wide data.
 //!
 //! The checks (any that fails escalates): `regex`, which the answer's text must match;

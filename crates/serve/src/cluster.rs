@@ -173,6 +173,8 @@ pub struct Cluster {
     outbox: Outbox,
     /// By route, the replicas that published it, as the syncs since start found them.
     publishers: Mutex<HashMap<String, HashSet<String>>>,
+    /// The connection [`Cluster::published`] asks Redis on, once made.
+    asking: Mutex<Option<MultiplexedConnection>>,
 }
 
 impl Cluster {
@@ -201,6 +203,7 @@ impl Cluster {
             status: Mutex::new(SyncStatus::default()),
             outbox: Outbox::open(log_dir)?,
             publishers: Mutex::default(),
+            asking: Mutex::default(),
         })
     }
 
@@ -213,7 +216,8 @@ impl Cluster {
     /// Whether replica `replica` published route `route` to the cluster, as a sync found,
     /// else (a replica started since) as Redis says now; `None` when Redis does not answer.
     /// A replica publishes its routes before it serves (see [`sync_forever`]), so one
-    /// that never did made none of their decisions.
+    /// that never did made none of their decisions, unless Redis did not answer it then:
+    /// until its sync reaches Redis, its decisions are reported to it alone.
     pub async fn published(&self, route: &str, replica: &str) -> Option<bool> {
         let seen = (self.publishers.lock().unwrap_or_else(|e| e.into_inner()))
             .get(route)
@@ -222,12 +226,17 @@ impl Cluster {
             return Some(true);
         }
         let limit = self.interval().max(Duration::from_secs(1));
-        let mut connection = within(limit, self.client.get_multiplexed_async_connection())
-            .await
-            .ok()?;
-        within(limit, connection.hexists(self.versions_key(route), replica))
-            .await
-            .ok()
+        let kept = self.asking.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut connection = match kept {
+            Some(connection) => connection,
+            None => within(limit, self.client.get_multiplexed_async_connection())
+                .await
+                .ok()?,
+        };
+        let published = within(limit, connection.hexists(self.versions_key(route), replica)).await;
+        // A connection that failed is made anew next time.
+        *self.asking.lock().unwrap_or_else(|e| e.into_inner()) = published.is_ok().then_some(connection);
+        published.ok()
     }
 
     /// This replica's name.

@@ -107,8 +107,10 @@ mod tests {
                     "{path}: no {header}"
                 );
             }
-            let failed = &responses["502"]["headers"][crate::proxy::DECISION_HEADER];
-            assert!(failed.is_object(), "{path}: 502 without the decision");
+            for status in ["400", "408", "413", "415", "422", "429", "502"] {
+                let decision = &responses[status]["headers"][crate::proxy::DECISION_HEADER];
+                assert!(decision.is_object(), "{path}: {status} without the decision");
+            }
         }
         // Every schema referred to is in the document.
         let text = doc.to_string();

@@ -624,8 +624,7 @@ async fn complete_in_task(
             (reason, &state.metrics.fallbacks)
         });
         let mut for_decision = CallDecision::new(&children, &decision_id, &model.id, fallback);
-        let called =
-            call_with_retries(&state, &route, &mut request, model, call, Some(&mut for_decision)).await;
+        let called = call_with_retries(&state, &route, &mut request, model, call, &mut for_decision).await;
         let (called, started) = match called? {
             Called::Deadline => {
                 failures.push(format!("{arm}: deadline reached"));
@@ -997,15 +996,7 @@ async fn escalate(
     change_router(state, |r| Ok(r.feedback(from, 0.0)?)).await?;
     let escalation = Some((reason, &state.metrics.cascade_escalations));
     let mut for_decision = CallDecision::new(children, from, &then.id, escalation);
-    let called = call_with_retries(
-        state,
-        children.route,
-        request,
-        then,
-        call,
-        Some(&mut for_decision),
-    )
-    .await?;
+    let called = call_with_retries(state, children.route, request, then, call, &mut for_decision).await?;
     let Called::Answered(called, started) = called else {
         // No call was made: nothing to learn, and the first answer is served.
         return Ok(None);
@@ -1129,15 +1120,17 @@ async fn call_with_retries(
     request: &mut Value,
     model: &ModelConfig,
     call: Call<'_>,
-    mut for_decision: Option<&mut CallDecision<'_>>,
+    for_decision: &mut CallDecision<'_>,
 ) -> Result<Called, ApiError> {
     let first_started = Instant::now();
     let mut retries = 0;
+    // The last attempt's failure, once one failed.
+    let mut failed = None;
     loop {
         let started = Instant::now();
-        // A retry waits only while the deadline allows: past it, its call fails at once.
-        if call.deadline <= started && retries == 0 {
-            return Ok(Called::Deadline);
+        // A retry's wait ends before the deadline, but the sleep may overrun it.
+        if call.deadline <= started {
+            return Ok(failed.map_or(Called::Deadline, |failed| Called::Answered(failed, first_started)));
         }
         let acquired = state.deployments.acquire(
             route,
@@ -1152,15 +1145,25 @@ async fn call_with_retries(
             Err(no) if retries == 0 => return Ok(Called::NoDeployment(no)),
             Err(no) => return Ok(Called::Answered(Err(Failure::final_(no.reason)), first_started)),
         };
-        if let Some(Err(e)) = for_decision.as_deref_mut().map(|d| d.decision(state)) {
-            state.deployments.cancel(&lease.into_inner());
-            return Err(e);
-        }
         if !state.health.try_call(route, &lease.key, call.forced, started) {
             // Never sent: it counts against no limit.
+            let lease = lease.into_inner();
+            state.deployments.cancel(&lease);
+            let reason = "its circuit breaker opened since the decision";
+            if retries == 0 {
+                let no = NoDeployment {
+                    reason: format!("{}: {reason}", lease.key),
+                    retry_after: None,
+                    untagged: false,
+                };
+                return Ok(Called::NoDeployment(no));
+            }
+            return Ok(Called::Answered(Err(Failure::final_(reason)), first_started));
+        }
+        if let Err(e) = for_decision.decision(state) {
+            // A half-open breaker's probe taken above is given back after its cooldown.
             state.deployments.cancel(&lease.into_inner());
-            let failure = Failure::final_("its circuit breaker opened since the decision");
-            return Ok(Called::Answered(Err(failure), first_started));
+            return Err(e);
         }
         let served = &lease.model_config;
         request["model"] = Value::String(served.upstream_model.clone().unwrap_or_else(|| served.id.clone()));
@@ -1214,6 +1217,7 @@ async fn call_with_retries(
             return Ok(Called::Answered(called, first_started));
         }
         tracing::info!(model = %model.id, deployment = %lease.key, retry = retries + 1, wait_ms = wait.as_millis() as u64, "retrying after: {failure}");
+        failed = Some(called);
         tokio::time::sleep(wait).await;
         retries += 1;
     }
