@@ -217,7 +217,7 @@ async fn proxy_falls_back_in_order_and_streams() {
     assert!(metrics.contains("quiver_upstream_failures_total 4"), "{metrics}");
     for (model, calls) in [("failing", 2), ("badjson", 1), ("slow", 1)] {
         let line =
-            format!("quiver_upstream_attempt_seconds_count{{model=\"{model}\",result=\"error\"}} {calls}");
+            format!("quiver_upstream_attempt_seconds_count{{model=\"{model}\",path=\"/chat/completions\",result=\"error\"}} {calls}");
         assert!(metrics.contains(&line), "{line}\n{metrics}");
     }
     let dead = client
@@ -361,9 +361,9 @@ async fn proxy_falls_back_in_order_and_streams() {
     let metrics = get_text(&client, format!("{base}/metrics"), "admin").await;
     promtool_check(&metrics);
     for line in [
-        "quiver_upstream_attempt_seconds_count{model=\"slow\",result=\"error\"} 1",
-        "quiver_upstream_attempt_seconds_count{model=\"good\",result=\"ok\"} 3",
-        "quiver_upstream_attempt_seconds_count{model=\"refusing\",result=\"refused\"} 1",
+        "quiver_upstream_attempt_seconds_count{model=\"slow\",path=\"/chat/completions\",result=\"error\"} 1",
+        "quiver_upstream_attempt_seconds_count{model=\"good\",path=\"/chat/completions\",result=\"ok\"} 3",
+        "quiver_upstream_attempt_seconds_count{model=\"refusing\",path=\"/chat/completions\",result=\"refused\"} 1",
         "quiver_time_to_first_token_seconds_count{model=\"good\"} 1",
         "quiver_http_request_seconds_count{endpoint=\"/v1/chat/completions\",status=\"4xx\"} 7",
         "quiver_http_request_seconds_bucket{endpoint=\"/v1/chat/completions\",status=\"2xx\",le=\"+Inf\"} 3",
@@ -1303,6 +1303,14 @@ async fn demo_mode_serves_simulated_providers_labelled_as_such() {
     assert!(!candidates["hull"].as_array().unwrap().is_empty(), "{candidates}");
     // The same estimates in /metrics.
     promtool_check(&metrics);
+    // The embeddings call is timed apart from the completions.
+    let embeddings_path = format!("model=\"{model}\",path=\"/embeddings\"");
+    let embeddings_calls = sample(
+        &metrics,
+        "quiver_upstream_attempt_seconds_count",
+        &[&embeddings_path],
+    );
+    assert_eq!(embeddings_calls, 1.0);
     let shadow_quality = shadow["quality"]["dr"]["value"].as_f64().unwrap();
     let labels = [
         "route=\"demo\"",

@@ -46,6 +46,8 @@ pub struct HttpLabels {
 pub struct UpstreamLabels {
     /// The configured model id.
     pub model: String,
+    /// The upstream's path: `/chat/completions`, `/completions` or `/embeddings`.
+    pub path: &'static str,
     /// `ok`, `refused` or `error`.
     pub result: String,
 }
@@ -219,7 +221,7 @@ impl Default for Metrics {
             HistogramFamily::new_with_constructor(seconds_from_5ms as fn() -> Histogram);
         registry.register(
             "quiver_upstream_attempt_seconds",
-            "Upstream attempts by model and result, seconds to the answer (to the first chunk for a stream)",
+            "Upstream attempts by model, path and result, seconds to the answer (to the first chunk for a stream)",
             upstream_attempt_seconds.clone(),
         );
         let time_to_first_token_seconds =
@@ -323,9 +325,10 @@ impl Metrics {
 
     /// Records an upstream attempt and its result: `ok`, `refused` (the upstream blamed the
     /// request) or `error`.
-    pub fn upstream_attempt(&self, model: &str, result: &str, took: Duration) {
+    pub fn upstream_attempt(&self, model: &str, path: &'static str, result: &str, took: Duration) {
         let labels = UpstreamLabels {
             model: model.to_string(),
+            path,
             result: result.to_string(),
         };
         self.upstream_attempt_seconds

@@ -21,6 +21,9 @@ use crate::proxy::{pass_on, Leased};
 use crate::state::{ApiJson, AppState};
 use crate::upstream::{Answer, UpstreamCall};
 
+/// The upstream path of an embeddings call, after a model's `base_url`.
+const EMBEDDINGS_PATH: &str = "/embeddings";
+
 /// OpenAI's embeddings request: `model` names a configured model; every other field goes
 /// upstream as sent.
 #[derive(utoipa::ToSchema)]
@@ -86,7 +89,7 @@ pub(crate) async fn embeddings(
     body["model"] = Value::String(served.upstream_model.clone().unwrap_or_else(|| served.id.clone()));
     let call = UpstreamCall {
         model: served,
-        path: "/embeddings",
+        path: EMBEDDINGS_PATH,
         body: &body,
         stream: false,
         deadline: started + Duration::from_millis(state.config.request_timeout_ms),
@@ -126,7 +129,7 @@ pub(crate) async fn embeddings(
     };
     state
         .metrics
-        .upstream_attempt(&model.id, result, started.elapsed());
+        .upstream_attempt(&model.id, EMBEDDINGS_PATH, result, started.elapsed());
     answer
 }
 

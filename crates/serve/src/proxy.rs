@@ -1195,7 +1195,9 @@ async fn call_with_retries(
         };
         let mut lease = lease;
         lease.latency_ms = failure.is_none().then_some(took.as_secs_f64() * 1000.0);
-        state.metrics.upstream_attempt(&model.id, result, took);
+        state
+            .metrics
+            .upstream_attempt(&model.id, call.api.path(), result, took);
         if let Ok(Answer::Stream { .. }) = &called {
             state.metrics.first_token(&model.id, took);
         }
