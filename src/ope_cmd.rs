@@ -24,12 +24,13 @@ pub struct OpeArgs {
     /// Comma-separated estimators (default: all of replay, ips, snips, dm, dr, sndr, switch-dr).
     #[arg(long)]
     estimators: Option<String>,
-    /// Cost weight of the value, quality points per USD.
-    #[arg(long, default_value_t = 0.0)]
-    w_cost: f64,
-    /// Latency weight of the value, quality points per second.
-    #[arg(long, default_value_t = 0.0)]
-    w_latency: f64,
+    /// Cost weight of the value, quality points per USD [default: 0] (a log records a
+    /// request's own weights, not its route's: give the route's `w_cost`).
+    #[arg(long)]
+    w_cost: Option<f64>,
+    /// Latency weight of the value, quality points per second [default: 0].
+    #[arg(long)]
+    w_latency: Option<f64>,
     /// Largest importance weight for IPS, SNIPS, DR and SNDR.
     #[arg(long, default_value_t = f64::INFINITY)]
     clip: f64,
@@ -78,7 +79,14 @@ pub fn run(args: OpeArgs) -> Result<()> {
         }
     };
     let spec: PolicySpec = args.policy.parse()?;
-    let objective = Objective::new(args.w_cost, args.w_latency)?;
+    if args.w_cost.is_none() && args.w_latency.is_none() {
+        eprintln!(
+            "note: the value is quality alone (no --w-cost or --w-latency): a log does not record \
+             its route's weights, so give the route's `w_cost` and `w_latency` to estimate the \
+             value it routes for"
+        );
+    }
+    let objective = Objective::new(args.w_cost.unwrap_or(0.0), args.w_latency.unwrap_or(0.0))?;
     for note in log
         .header()
         .unrecorded_notes(&args.data, objective.w_cost, objective.w_latency)
@@ -91,9 +99,12 @@ pub fn run(args: OpeArgs) -> Result<()> {
     }
     let estimators: Vec<Box<dyn Estimator>> = match &args.estimators {
         None => all_estimators(),
+        // Each once, in the order first named.
         Some(list) => list
             .split(',')
-            .map(|name| {
+            .enumerate()
+            .filter(|&(i, name)| !list.split(',').take(i).any(|earlier| earlier == name))
+            .map(|(_, name)| {
                 estimator_by_name(name).ok_or_else(|| {
                     anyhow::anyhow!(
                         "unknown estimator `{name}`; use replay, ips, snips, dm, dr, sndr, switch-dr"

@@ -461,7 +461,7 @@ fn wide_data_converts_to_a_log_that_ope_reads() {
     let data = wide_fixture(&dir);
     let log = dir.join("log.parquet");
     convert_to_log(&data, "eps(0.5)", &log);
-    let out = stdout(&quiver(&[
+    let run = quiver(&[
         "ope",
         "--data",
         log.to_str().unwrap(),
@@ -470,9 +470,16 @@ fn wide_data_converts_to_a_log_that_ope_reads() {
         "--bootstrap",
         "200",
         "--json",
-    ]));
-    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&run)).expect("json");
     assert_eq!(v["rows"], 120);
+    // Without weights the value is quality alone, which is said: the log does not know
+    // its route's.
+    let note = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        note.contains("the value is quality alone (no --w-cost or --w-latency)"),
+        "{note}"
+    );
     // The table has no latencies, and neither has its log (not 0s): a latency weight is
     // said to weigh nothing, by `quiver ope` and by `quiver replay` on the log.
     for (command, policy) in [("ope", "--policy"), ("replay", "--policies")] {
@@ -501,6 +508,22 @@ fn wide_data_converts_to_a_log_that_ope_reads() {
         .map(|e| e["estimator"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["replay", "ips", "snips", "dm", "dr", "sndr", "switch-dr"]);
+    // An estimator named twice is estimated once.
+    let run = quiver(&[
+        "ope",
+        "--data",
+        log.to_str().unwrap(),
+        "--policy",
+        "fixed(small)",
+        "--estimators",
+        "ips,dr,ips",
+        "--json",
+    ]);
+    let once: serde_json::Value = serde_json::from_str(&stdout(&run)).expect("json");
+    let named: Vec<&str> = (once["metrics"][1]["estimates"].as_array().unwrap().iter())
+        .map(|e| e["estimator"].as_str().unwrap())
+        .collect();
+    assert_eq!(named, ["ips", "dr"]);
     // `quiver replay` on a log evaluates each policy off-policy along it, and says so (on
     // stderr too, where JSON output leaves no header).
     let output = quiver(&[

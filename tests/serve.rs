@@ -624,8 +624,22 @@ async fn a_session_stays_on_its_model_until_a_call_fails() {
     assert_eq!(answer.status(), 200);
     let (_, _, p) = route(Some("alice"), None).await;
     assert_eq!(p, 0.5);
+    // An empty header names no session: the body's stands.
+    let (_, _, p) = route(Some("alice"), Some("")).await;
+    assert_eq!(p, 1.0, "alice's session");
 
-    // The proxy: OpenAI's `user`.
+    // The proxy: OpenAI's `user`, which must be text.
+    let body = json!({"model": "learn", "user": 5, "messages": [{"role": "user", "content": "hi"}]});
+    let refused = client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth("r")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+    let refusal: Value = refused.json().await.unwrap();
+    assert_eq!(refusal["error"]["message"], "`user` must be a string, not 5");
     let mut answered = std::collections::BTreeSet::new();
     for _ in 0..10 {
         let body =
@@ -650,6 +664,7 @@ async fn a_session_stays_on_its_model_until_a_call_fails() {
     expected.extend([None; 40]);
     expected.push(Some("session: new"));
     expected.push(Some("session: switch after a failed call"));
+    expected.push(stay);
     expected.push(Some("session: new"));
     expected.extend([stay; 9]);
     assert_eq!(reasons, expected);
@@ -663,14 +678,14 @@ async fn a_session_stays_on_its_model_until_a_call_fails() {
         .iter()
         .all(|(reason, _, _, p)| (*p == 1.0) == (reason.as_deref() == stay)));
     // Off-policy evaluation reads the decisions that gave every model its chance: all but
-    // the 18 stays, both in memory and in chunks.
+    // the 19 stays, both in memory and in chunks.
     let log_dir = dir.join("log");
     let log = log_dir.to_str().unwrap();
     let read = quiver_sim::data::load_logged(log, quiver_sim::data::Format::Auto, None).unwrap();
-    assert_eq!(read.decision_ids.len(), logged.len() - 18);
+    assert_eq!(read.decision_ids.len(), logged.len() - 19);
     assert!(read.propensity.iter().all(|&p| p == 0.5));
     let stream = quiver_sim::data::LogStream::open(log, quiver_sim::data::Format::Auto, None, 7).unwrap();
-    assert_eq!(stream.rows(), logged.len() - 18);
+    assert_eq!(stream.rows(), logged.len() - 19);
 }
 
 /// A restarted router finds its sessions in the log: a session keeps its model across

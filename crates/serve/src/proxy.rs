@@ -79,13 +79,12 @@ pub const SESSION_HEADER: &str = "x-quiver-session";
 /// numbers, as `features` on `/v1/route`.
 pub const FEATURES_HEADER: &str = "x-quiver-features";
 
-/// The session a request names: its `x-quiver-session` header, else `named` (OpenAI's
-/// `user` on a completion, `session` on `/v1/route`).
+/// The session a request names: its `x-quiver-session` header, else (without one, or
+/// with an empty one) `named` (OpenAI's `user` on a completion, `session` on `/v1/route`).
 pub(crate) fn session(headers: &HeaderMap, named: Option<String>) -> Result<Option<String>, ApiError> {
-    let Some(text) = header_text(headers, SESSION_HEADER)? else {
-        return Ok(named.filter(|s| !s.is_empty()));
-    };
-    Ok(Some(text.trim().to_string()).filter(|s| !s.is_empty()))
+    let header = header_text(headers, SESSION_HEADER)?.map(str::trim);
+    let name = header.filter(|h| !h.is_empty()).map(str::to_string).or(named);
+    Ok(name.filter(|s| !s.is_empty()))
 }
 
 /// Header `name`'s text, if the request has it; a 400 unless it is visible ASCII.
@@ -508,7 +507,11 @@ async fn complete_in_task(
     };
     let mut route_request = api.route_request(&request)?;
     route_request.max_output_tokens = max_output_tokens(&request);
-    let user = request.get("user").and_then(Value::as_str).map(str::to_string);
+    let user = match request.get("user") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(user)) => Some(user.clone()),
+        Some(other) => return Err(ApiError::Invalid(format!("`user` must be a string, not {other}"))),
+    };
     route_request.session = session(&headers, user)?;
     route_request.features = caller_features(&headers)?;
     state.router.check_features(&route, &route_request.features)?;

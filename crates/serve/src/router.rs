@@ -1668,7 +1668,8 @@ impl Router {
                 (LogEvent::Decision, Some(key)) => {
                     let at =
                         humantime::parse_rfc3339_weak(&record.timestamp).unwrap_or(SystemTime::UNIX_EPOCH);
-                    live.sessions.decided(key, id, &record.arm, at);
+                    let stayed = record.reason.as_deref() == Some(quiver_log::SESSION_STAY);
+                    live.sessions.decided(key, id, &record.arm, at, stayed);
                 }
                 (LogEvent::Outcome, _) if record.error => live.session_failed(id),
                 _ => {}
@@ -2129,7 +2130,8 @@ impl Router {
             );
         }
         if let Some(key) = &record.session {
-            live.sessions.decided(key, decision.id, &decision.arm, now);
+            live.sessions
+                .decided(key, decision.id, &decision.arm, now, stayed);
         }
         if let (Some(shadows), Some((request, draws))) = (live.shadows.as_mut(), shadowed) {
             let recorded = shadows.record(decision.id, request, &decision.arm, decision.propensity, draws);

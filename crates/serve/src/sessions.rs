@@ -132,11 +132,12 @@ impl Sessions {
         }
     }
 
-    /// Decision `id` of session `key` went to `model` at `now`: a turn more if it stayed,
-    /// else the session starts over on it.
-    pub fn decided(&mut self, key: &str, id: u64, model: &str, now: SystemTime) {
+    /// Decision `id` of session `key` went to `model` at `now`: a turn more if it
+    /// `stayed` on the session's model, else the session starts over on it (on the same
+    /// model too, when the policy chose it afresh).
+    pub fn decided(&mut self, key: &str, id: u64, model: &str, now: SystemTime, stayed: bool) {
         let turns = match self.table.get(key) {
-            Some(s) if s.model == model && !s.failed => s.turns + 1,
+            Some(s) if stayed && s.model == model => s.turns + 1,
             _ => 1,
         };
         let session = Session {
@@ -177,16 +178,16 @@ mod tests {
         let mut sessions = Sessions::new(config);
         let any = |_: &str| true;
         assert_eq!(sessions.verdict("s", at(0), any), Verdict::Decide("session: new"));
-        sessions.decided("s", 1, "small", at(0));
+        sessions.decided("s", 1, "small", at(0), false);
         assert_eq!(sessions.verdict("s", at(30), any), Verdict::Stay("small".into()));
-        sessions.decided("s", 2, "small", at(30));
-        sessions.decided("s", 3, "small", at(40));
+        sessions.decided("s", 2, "small", at(30), true);
+        sessions.decided("s", 3, "small", at(40), true);
         // Three turns on `small`: the limit.
         assert_eq!(
             sessions.verdict("s", at(50), any),
             Verdict::Decide("session: max_turns reached")
         );
-        sessions.decided("s", 4, "big", at(50));
+        sessions.decided("s", 4, "big", at(50), false);
         assert_eq!(
             sessions.verdict("s", at(111), any),
             Verdict::Decide("session: idle past idle_timeout_s")
@@ -204,16 +205,25 @@ mod tests {
             Verdict::Decide("session: switch after a failed call")
         );
         // After a failure the session starts over, even on the same model.
-        sessions.decided("s", 5, "big", at(61));
+        sessions.decided("s", 5, "big", at(61), false);
         assert_eq!(sessions.verdict("s", at(62), any), Verdict::Stay("big".into()));
         // Two sessions at most: the least recently seen is forgotten.
-        sessions.decided("t", 6, "small", at(63));
-        sessions.decided("u", 7, "small", at(64));
+        sessions.decided("t", 6, "small", at(63), false);
+        sessions.decided("u", 7, "small", at(64), false);
         assert_eq!(
             sessions.verdict("s", at(65), any),
             Verdict::Decide("session: new")
         );
         assert_eq!(sessions.verdict("t", at(65), any), Verdict::Stay("small".into()));
+        // Past its turns and decided afresh on the same model, a session starts over on it.
+        sessions.decided("t", 8, "small", at(66), true);
+        sessions.decided("t", 9, "small", at(67), true);
+        assert_eq!(
+            sessions.verdict("t", at(68), any),
+            Verdict::Decide("session: max_turns reached")
+        );
+        sessions.decided("t", 10, "small", at(68), false);
+        assert_eq!(sessions.verdict("t", at(69), any), Verdict::Stay("small".into()));
     }
 
     #[test]
