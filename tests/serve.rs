@@ -1729,21 +1729,8 @@ async fn caller_spend_caps_hold_each_token_to_its_own() {
 /// which let a burst of 1,000-token answers spend several times the cap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_stops_at_the_spend_cap_by_its_calls_token_limits() {
-    let long_answers = axum::Router::new().route(
-        "/chat/completions",
-        axum::routing::post(|| async {
-            // Long enough in flight that the whole burst arrives while the first are.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            axum::Json(json!({
-                "id": "x", "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 1000}
-            }))
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, long_answers).await.unwrap() });
+    // Long enough in flight that the whole burst arrives while the first are.
+    let (addr, _) = counting_upstream_after(Duration::from_millis(500), 5, 1000).await;
     let dir = scratch("serve_burst_cap");
     let cap = 0.005;
     let base = start_app(
@@ -1792,33 +1779,8 @@ async fn a_burst_stops_at_the_spend_cap_by_its_calls_token_limits() {
 /// by them, where they once found nothing under way and passed it together.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fallbacks_call_counts_against_the_spend_cap_while_under_way() {
-    let failing = axum::Router::new().route(
-        "/chat/completions",
-        axum::routing::post(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down") }),
-    );
-    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = Arc::clone(&answered);
-    let slow = axum::Router::new().route(
-        "/chat/completions",
-        axum::routing::post(move || {
-            let counted = Arc::clone(&counted);
-            async move {
-                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(800)).await;
-                axum::Json(json!({
-                    "id": "x", "object": "chat.completion",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}],
-                    "usage": {"prompt_tokens": 5, "completion_tokens": 1000}
-                }))
-            }
-        }),
-    );
-    let mut addrs = Vec::new();
-    for app in [failing, slow] {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        addrs.push(listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    }
+    let down = upstream("failing").await;
+    let (up, answered) = counting_upstream_after(Duration::from_millis(800), 5, 1000).await;
     let dir = scratch("serve_fallback_cap");
     let cap = 0.005;
     let priced = |id: &str, addr: SocketAddr| {
@@ -1831,7 +1793,7 @@ async fn a_fallbacks_call_counts_against_the_spend_cap_while_under_way() {
             "routes": [{
                 "name": "chat", "policy": "fixed(down)",
                 "spend_cap": {"daily_usd": cap},
-                "models": [priced("down", addrs[0]), priced("up", addrs[1])]
+                "models": [priced("down", down), priced("up", up)]
             }]
         }),
         &dir,
@@ -1911,6 +1873,17 @@ async fn the_openai_sdk_sees_upstream_refusals_and_rate_limits_as_it_should() {
 
 /// A local upstream that answers every call and counts them.
 async fn counting_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    // A moment in flight, so that concurrent calls overlap.
+    counting_upstream_after(Duration::from_millis(50), 10, 5).await
+}
+
+/// A local upstream that answers every call after `delay`, billing `prompt_tokens` and
+/// `completion_tokens`, and counts the calls as they come.
+async fn counting_upstream_after(
+    delay: Duration,
+    prompt_tokens: u32,
+    completion_tokens: u32,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = Arc::clone(&calls);
     let app = axum::Router::new().route(
@@ -1919,12 +1892,11 @@ async fn counting_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>
             let calls = Arc::clone(&counter);
             async move {
                 calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                // A moment in flight, so that concurrent calls overlap.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(delay).await;
                 axum::Json(json!({
                     "id": "x", "object": "chat.completion",
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": 5}
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
                 }))
             }
         }),
