@@ -334,6 +334,8 @@ pub struct DecisionLog {
     commit_ended: tokio::sync::watch::Sender<u64>,
     /// The open segment; only the commit under way touches it.
     segment: Mutex<Segment>,
+    /// The last segment and the bytes cut off it on opening, if a crash left any.
+    cut: Option<(PathBuf, usize)>,
 }
 
 /// Staged bytes taken for one commit.
@@ -461,10 +463,19 @@ pub fn torn_tail(dir: &Path) -> io::Result<Option<(PathBuf, usize)>> {
     let Some(path) = segments(dir)?.pop() else {
         return Ok(None);
     };
-    let bytes = std::fs::read(&path)?;
-    let tail = &bytes[complete_len(&path, &bytes, true)?..];
-    let written = tail.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1);
-    Ok((written > 0).then_some((path, written)))
+    let (_, torn) = split_torn(&path, &std::fs::read(&path)?)?;
+    Ok((torn > 0).then_some((path, torn)))
+}
+
+/// Of `bytes`, the last segment at `path`: the length of its complete records, and how
+/// many bytes after them a crash cut short (see [`torn_tail`]).
+fn split_torn(path: &Path, bytes: &[u8]) -> io::Result<(usize, usize)> {
+    let keep = complete_len(path, bytes, true)?;
+    let torn = bytes[keep..]
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |last| last + 1);
+    Ok((keep, torn))
 }
 
 /// Whether `path` names a log segment (`decisions-<first seq>.jsonl`).
@@ -801,19 +812,19 @@ impl DecisionLog {
     /// what it holds.
     pub fn open_locked(lock: WriterLock, last_seq: u64, segment_bytes: u64) -> io::Result<Self> {
         let dir = lock.dir.as_path();
-        let (file, len) = match segments(dir)?.pop() {
+        let (file, len, cut) = match segments(dir)?.pop() {
             Some(path) => {
                 // Keep whole lines only: everything up to the last newline.
-                let keep = complete_len(&path, &std::fs::read(&path)?, true)? as u64;
+                let (keep, torn) = split_torn(&path, &std::fs::read(&path)?)?;
                 let file = OpenOptions::new().write(true).open(&path)?;
-                file.set_len(keep)?;
+                file.set_len(keep as u64)?;
                 file.sync_all()?;
-                (file, keep)
+                (file, keep as u64, (torn > 0).then_some((path, torn)))
             }
             None => {
                 let file = open_segment(&dir.join(segment_name(last_seq + 1)))?;
                 sync_dir(dir)?;
-                (file, 0)
+                (file, 0, None)
             }
         };
         Ok(DecisionLog {
@@ -836,7 +847,14 @@ impl DecisionLog {
                 allocated: len,
                 max_bytes: segment_bytes,
             }),
+            cut,
         })
+    }
+
+    /// The last segment and how many bytes of a record cut short opening it cut off (see
+    /// [`torn_tail`]), if it cut any.
+    pub fn cut_on_open(&self) -> Option<(&Path, usize)> {
+        self.cut.as_ref().map(|(path, bytes)| (path.as_path(), *bytes))
     }
 
     fn segment(&self) -> MutexGuard<'_, Segment> {
@@ -1426,6 +1444,7 @@ mod tests {
         assert_eq!(read_log(&dir).unwrap().len(), 2);
         assert_eq!(torn_tail(&dir).unwrap(), Some((path.clone(), torn.len())));
         let log = DecisionLog::open(&dir, 2, SEGMENT_BYTES).unwrap();
+        assert_eq!(log.cut_on_open(), Some((path.as_path(), torn.len())));
         assert_eq!(read_log(&dir).unwrap().len(), 2);
         assert_eq!(torn_tail(&dir).unwrap(), None, "cut off");
         let third = log.stage(&mut record(3)).unwrap();

@@ -1347,7 +1347,8 @@ impl Router {
             }
         }
         Self::read_history(&mut states, dir)?;
-        if let Some((segment, bytes)) = quiver_log::torn_tail(dir).map_err(io_at(dir))? {
+        let log = DecisionLog::open_locked(lock, log_last, options.segment_bytes).map_err(io_at(dir))?;
+        if let Some((segment, bytes)) = log.cut_on_open() {
             tracing::warn!(
                 segment = %segment.display(),
                 bytes,
@@ -1355,7 +1356,6 @@ impl Router {
                  acknowledged: cut off"
             );
         }
-        let log = DecisionLog::open_locked(lock, log_last, options.segment_bytes).map_err(io_at(dir))?;
         let router = Router {
             routes: states,
             log: Arc::new(log),
