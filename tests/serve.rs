@@ -408,30 +408,8 @@ async fn a_cascade_escalates_an_answer_that_fails_its_check() {
     .await;
     let client = reqwest::Client::new();
     let chat = |route: &'static str, stream: bool| {
-        let (client, base) = (client.clone(), base.clone());
-        async move {
-            let body = json!({"model": route, "stream": stream, "messages": [{"role": "user", "content": "give me JSON"}]});
-            let answer = client
-                .post(format!("{base}/v1/chat/completions"))
-                .bearer_auth("r")
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(answer.status(), 200);
-            let header = |name: &str| {
-                answer
-                    .headers()
-                    .get(name)
-                    .map(|v| v.to_str().unwrap().to_string())
-            };
-            let headers = [
-                header("x-quiver-model"),
-                header("x-quiver-decision-id"),
-                header("x-quiver-parent-decision-id"),
-            ];
-            (headers, answer.text().await.unwrap())
-        }
+        let body = json!({"model": route, "stream": stream, "messages": [{"role": "user", "content": "give me JSON"}]});
+        answered_chat(&client, &base, body)
     };
     let ([model_id, child, parent], text) = chat("json", false).await;
     assert_eq!(model_id.as_deref(), Some("strong"));
@@ -515,23 +493,9 @@ async fn an_escalation_no_deployment_can_take_is_not_logged() {
     let client = reqwest::Client::new();
     let mut served = Vec::new();
     for _ in 0..2 {
-        let answer = client
-            .post(format!("{base}/v1/chat/completions"))
-            .json(&json!({"model": "json", "messages": [{"role": "user", "content": "give me JSON"}]}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(answer.status(), 200);
-        let header = |name: &str| {
-            answer
-                .headers()
-                .get(name)
-                .map(|v| v.to_str().unwrap().to_string())
-        };
-        served.push((
-            header("x-quiver-model").unwrap(),
-            header("x-quiver-parent-decision-id"),
-        ));
+        let body = json!({"model": "json", "messages": [{"role": "user", "content": "give me JSON"}]});
+        let ([model, _, parent], _) = answered_chat(&client, &base, body).await;
+        served.push((model.unwrap(), parent));
     }
     assert_eq!(served[0].0, "strong");
     assert_eq!(
@@ -546,6 +510,32 @@ async fn an_escalation_no_deployment_can_take_is_not_logged() {
     assert_eq!(failed_answers, 2, "both first answers failed the check");
     let metrics = get_text(&client, format!("{base}/metrics"), "").await;
     assert_eq!(sample(&metrics, "quiver_cascade_escalations_total", &[]), 1.0);
+}
+
+/// A chat through the proxy (with the route token `r`, which a server without auth takes
+/// too), which must be answered: its model, decision and parent decision headers, and its
+/// body.
+async fn answered_chat(client: &reqwest::Client, base: &str, body: Value) -> ([Option<String>; 3], String) {
+    let answer = client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth("r")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let header = |name: &str| {
+        answer
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let headers = [
+        header("x-quiver-model"),
+        header("x-quiver-decision-id"),
+        header("x-quiver-parent-decision-id"),
+    ];
+    (headers, answer.text().await.unwrap())
 }
 
 /// The decision records of a log directory, in order: `(reason, session, model, propensity)`.
