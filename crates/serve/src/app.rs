@@ -49,11 +49,14 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
     Some(layer)
 }
 
+/// The header naming each request, set by the layers below on every answer.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
 /// The span of a request in the access log: method, path and request id.
 fn request_span(request: &Request) -> tracing::Span {
     let id = request
         .headers()
-        .get("x-request-id")
+        .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
     tracing::info_span!(

@@ -7,6 +7,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::api_error::{ErrorBody, ErrorDetail};
+use crate::app::REQUEST_ID_HEADER;
 
 /// The document's parts: the paths, and the bearer scheme every path but the open ones
 /// asks for.
@@ -38,7 +39,7 @@ use crate::api_error::{ErrorBody, ErrorDetail};
     // The error bodies the response enums refer to (`ErrorResponses`, `UpstreamResponses`
     // name them without registering them).
     components(schemas(ErrorBody, ErrorDetail)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &RequestIdHeader),
     security(("bearer" = []))
 )]
 struct ApiDoc;
@@ -49,6 +50,32 @@ impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+/// Every answer carries `x-request-id` (the client's, else a new UUID; the server's layers
+/// set it, not the handlers, so no handler's annotation can say so).
+struct RequestIdHeader;
+
+impl Modify for RequestIdHeader {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let header = utoipa::openapi::header::HeaderBuilder::new()
+            .description(Some(
+                "The request's id: the client's `x-request-id`, else a new UUID",
+            ))
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [&mut item.get, &mut item.post, &mut item.put, &mut item.delete];
+            for operation in operations.into_iter().flatten() {
+                for response in operation.responses.responses.values_mut() {
+                    if let utoipa::openapi::RefOr::T(response) = response {
+                        response
+                            .headers
+                            .insert(REQUEST_ID_HEADER.to_string(), header.clone());
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -87,6 +114,12 @@ mod tests {
                     "{path}"
                 );
                 assert!(open || responses.contains_key("401"), "{method} {path}: no 401");
+                for (status, response) in responses {
+                    assert!(
+                        response["headers"][REQUEST_ID_HEADER].is_object(),
+                        "{method} {path}: {status} without {REQUEST_ID_HEADER}"
+                    );
+                }
                 for status in ["429", "503"].iter().filter(|s| responses.contains_key(**s)) {
                     let wait = &responses[*status]["headers"]["Retry-After"];
                     assert!(wait.is_object(), "{method} {path}: {status} without Retry-After");

@@ -301,7 +301,7 @@ const GATEWAY_HEADERS: [&str; 6] = [
     PARENT_HEADER,
     SESSION_HEADER,
     // The client's id, or the gateway's: the one its access log holds.
-    "x-request-id",
+    crate::app::REQUEST_ID_HEADER,
 ];
 
 /// Passes the upstream's own headers on with `response`, but not the gateway's.
