@@ -1624,6 +1624,57 @@ fn a_conversion_names_the_rows_it_leaves_out() {
     }
 }
 
+/// Ids, prompts, tasks, splits and model names that look like numbers are text: a CSV
+/// table's `007` stays `007` through a conversion, in a log, and for `--split`.
+#[test]
+fn text_that_looks_like_numbers_stays_as_written() {
+    let dir = scratch("numeric_text");
+    let table = dir.join("codes.csv");
+    std::fs::write(
+        &table,
+        "id,prompt,task,split,quality|007,quality|b\n007,0012,01,01,1,0\n010,1.50,02,02,0,1\n",
+    )
+    .unwrap();
+    let wide = dir.join("wide.csv");
+    stdout(&convert(&table, "wide", &wide, &[]));
+    let written = std::fs::read_to_string(&wide).unwrap();
+    assert!(
+        written.contains("007,01,0012,01,") && written.contains("010,02,1.50,02,"),
+        "{written}"
+    );
+    assert!(
+        written.lines().next().unwrap().contains("quality|007"),
+        "{written}"
+    );
+    let log = dir.join("log.jsonl");
+    stdout(&convert(&table, "logged", &log, &[]));
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let prompts: Vec<&str> = records.iter().map(|r| r["prompt"].as_str().unwrap()).collect();
+    assert!(
+        prompts.contains(&"0012") && prompts.contains(&"1.50"),
+        "{prompts:?}"
+    );
+    assert!(records.iter().any(|r| r["decision_id"] == "007"), "{records:?}");
+    let replay = quiver(&[
+        "replay",
+        "--data",
+        table.to_str().unwrap(),
+        "--split",
+        "split=01",
+        "--policies",
+        "random",
+        "--seeds",
+        "1",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&stdout(&replay)).unwrap();
+    assert_eq!(report["dataset"]["rows"], 1, "{report}");
+}
+
 /// The validation suite's tables are files a replay reads: `data generate --irt N` writes
 /// the 4,000 prompts with the 70/30 split the suite uses, and a replay of its test split,
 /// trained on its train split, reports the hull and the lift.

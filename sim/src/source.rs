@@ -109,13 +109,14 @@ fn open(path: &Path) -> Result<std::fs::File> {
     std::fs::File::open(path).map_err(|e| unreadable(path, e))
 }
 
-/// A CSV file's first `rows` rows, or all of them. A header that names a column twice is
-/// refused: the reader would rename the second (`<name>_duplicated_0`) and read it as
-/// another column.
+/// A CSV file's first `rows` rows, or all of them, every column as text: ids, prompts and
+/// names such as `007` stay as written, and numbers are read from the text where a column
+/// holds them. A header that names a column twice is refused: the reader would rename the
+/// second (`<name>_duplicated_0`) and read it as another column.
 fn read_csv(path: &Path, rows: Option<usize>) -> Result<DataFrame> {
     let frame = CsvReadOptions::default()
         .with_has_header(true)
-        .with_infer_schema_length(None)
+        .with_infer_schema_length(Some(0))
         .with_n_rows(rows)
         .try_into_reader_with_file_path(Some(path.to_path_buf()))
         .and_then(|reader| reader.finish())
