@@ -485,8 +485,13 @@ fn unpriced_datasets(args: &ReplayArgs) -> Result<(WideDataset, Option<WideDatas
                 .transpose()?;
             if let Some(train) = train.as_mut() {
                 if train.rows() == 0 {
+                    let why = match (train.dropped_note(), args.train_split.as_ref().or(split)) {
+                        (Some(note), _) => format!(": {note}"),
+                        (None, Some(_)) => " (check --train-split)".to_string(),
+                        (None, None) => String::new(),
+                    };
                     bail!(
-                        "--train: no rows of {} are left to train on (check --train-split)",
+                        "--train: no rows of {} are left to train on{why}",
                         args.train.as_deref().unwrap_or_default()
                     );
                 }
@@ -626,6 +631,12 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         bail!("--policies is empty");
     }
     let (data, train, objective) = datasets(&args)?;
+    if data.rows() == 0 {
+        match data.dropped_note() {
+            Some(note) => bail!("no complete rows to evaluate: {note}"),
+            None => bail!("{}: no rows to evaluate", data.source),
+        }
+    }
     for note in specs.iter().filter_map(|s| s.floor_overrides(data.num_arms())) {
         eprintln!("{note}");
     }
@@ -654,8 +665,17 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     if args.w_cost.is_some() && matches!(args.sweep, Some(Sweep::WCost(_))) {
         bail!("--w-cost and --sweep w-cost=... both set the cost weight; use one");
     }
-    if args.priors.is_some() && args.train.is_none() && args.prior_cap != DEFAULT_PRIOR_CAP {
-        bail!("--prior-cap caps priors fitted from --train; a priors file keeps the cap it was fitted with (`quiver priors fit --cap`)");
+    if args.prior_cap != DEFAULT_PRIOR_CAP {
+        check_cap(args.prior_cap).context("--prior-cap")?;
+        if train.is_none() || args.train_feedback != TrainFeedback::Full {
+            bail!(
+                "--prior-cap caps priors fitted from --train (or --holdout) under --train-feedback full; \
+                 a priors file keeps the cap it was fitted with (`quiver priors fit --cap`)"
+            );
+        }
+    }
+    if args.frozen && train.is_none() && args.priors.is_none() {
+        bail!("--frozen evaluates learners without learning: give what they start from (--train, --holdout or --priors)");
     }
     if args.feedback_delay >= data.rows() {
         bail!(
@@ -748,7 +768,6 @@ pub fn run(args: ReplayArgs) -> Result<()> {
             if priors.is_some() {
                 bail!("--priors and --train (or --holdout) both give priors; use one, or --train-feedback bandit");
             }
-            check_cap(args.prior_cap).context("--prior-cap")?;
             priors = Some(fit_wide(&t, &builder.definition(), args.prior_cap));
         }
     }

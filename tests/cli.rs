@@ -911,6 +911,26 @@ fn a_new_users_mistakes_get_precise_errors() {
         err.contains("--train-passes 3: there is no training data to pass over; give --train or --holdout"),
         "{err}"
     );
+    // A table without a complete row names the first row it left out, not a flag.
+    let incomplete = dir.join("incomplete.csv");
+    let err = replay_refusal(&incomplete, "quality|a,quality|b\n1,\n,0\n");
+    assert!(
+        err.contains("no complete rows to evaluate: ")
+            && err.contains("incomplete.csv: 2 incomplete rows left out")
+            && err.contains("row 1: no quality for `b`"),
+        "{err}"
+    );
+    let err = stderr(&quiver(&[
+        "replay",
+        "--data",
+        table,
+        "--train",
+        incomplete.to_str().unwrap(),
+    ]));
+    assert!(
+        err.contains("--train: no rows of") && err.contains("row 1: no quality for `b`"),
+        "{err}"
+    );
     let err = stderr(&quiver(&["replay", "--data", table, "--feedback-delay", "2"]));
     assert!(
         err.contains("--feedback-delay 2: as many decisions as the 2 evaluated rows or more"),
@@ -1119,6 +1139,23 @@ fn a_new_users_mistakes_get_precise_errors() {
             &["--drift", "a@2:-0.5"][..],
             "step 2 is past the 2 evaluated rows",
         ),
+        (&["--prior-cap", "-5"][..], "--prior-cap: "),
+        (
+            &["--prior-cap", "30"][..],
+            "--prior-cap caps priors fitted from --train",
+        ),
+        (
+            &[
+                "--train",
+                judged,
+                "--train-feedback",
+                "bandit",
+                "--prior-cap",
+                "30",
+            ][..],
+            "--prior-cap caps priors fitted from --train",
+        ),
+        (&["--frozen"][..], "--frozen evaluates learners without learning"),
     ] {
         let mut command = vec!["replay", "--data", judged, "--seeds", "1"];
         command.extend_from_slice(args);

@@ -106,7 +106,10 @@ impl WideDataset {
                 Some(&price) => {
                     self.list_prices.insert(arm.clone(), price);
                 }
-                None => unpriced.push(arm.clone()),
+                None => {
+                    self.list_prices.remove(arm);
+                    unpriced.push(arm.clone());
+                }
             }
         }
         unpriced
@@ -218,6 +221,8 @@ mod tests {
             ]
             .map(String::from)
             .to_vec(),
+            // The table's own price, which the file replaces though it prices no `yi-34b`.
+            list_prices: [("yi-34b".to_string(), (1e-6, 1e-6))].into(),
             ..WideDataset::default()
         };
         let unpriced = data.price_from(&prices);
