@@ -493,7 +493,8 @@ fn a_logged_replay_rebuilds_the_servers_contexts_with_their_blocks() {
 }
 
 /// `POST /v1/embeddings` passes through to the configured model `model` names, with its
-/// upstream name and key; an upstream failure is a 502 and an unknown model a 404.
+/// upstream name and key; an upstream failure is a 502, a model at its deployments'
+/// limits a 429, and an unknown model a 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embeddings_pass_through_to_the_named_model() {
     set_key();
@@ -507,7 +508,8 @@ async fn embeddings_pass_through_to_the_named_model() {
             "models": [
                 {"id": "chat", "base_url": format!("http://{addr}"), "input_usd_per_million": 1.0},
                 {"id": "emb", "base_url": format!("http://{addr}/v1"), "upstream_model": "text-embedding-x",
-                 "api_key_env": KEY_VAR}
+                 "api_key_env": KEY_VAR},
+                {"id": "limited", "deployments": [{"base_url": format!("http://{addr}/v1"), "rpm": 1}]}
             ]
         }]
     });
@@ -546,6 +548,19 @@ async fn embeddings_pass_through_to_the_named_model() {
         "{reason}"
     );
 
+    // A model whose deployments are at their limits asks the client to wait, as the
+    // proxy does.
+    let first = post(json!({"model": "limited", "input": "hello"})).await.unwrap();
+    assert_eq!(first.status(), 200);
+    let limited = post(json!({"model": "limited", "input": "hello"})).await.unwrap();
+    assert_eq!(limited.status(), 429);
+    assert_eq!(limited.headers()["retry-after"], "60");
+    let reason: Value = limited.json().await.unwrap();
+    assert!(
+        reason["error"]["message"].as_str().unwrap().contains("rpm 1"),
+        "{reason}"
+    );
+
     let unknown = post(json!({"model": "nope", "input": "x"})).await.unwrap();
     assert_eq!(unknown.status(), 404);
     let reason: Value = unknown.json().await.unwrap();
@@ -553,7 +568,7 @@ async fn embeddings_pass_through_to_the_named_model() {
         reason["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("(models: chat, emb)"),
+            .contains("(models: chat, emb, limited)"),
         "{reason}"
     );
 }

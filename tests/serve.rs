@@ -2010,6 +2010,86 @@ async fn deployments_keep_to_their_limits_and_tags() {
     );
 }
 
+/// A model's deployments take over a call one of them failed: a deployment asking to wait
+/// hands it on at once (no retry needed), a retry after a 5xx goes to another deployment
+/// than the failing one, and the latency balance does not take a deployment that fails at
+/// once for a fast one.
+#[tokio::test]
+async fn a_models_deployments_take_over_a_call_one_of_them_failed() {
+    let (limited, failing, good) = (
+        upstream("ratelimited").await,
+        upstream("failing").await,
+        upstream("good").await,
+    );
+    // The first deployment is all but always the one a tie picks.
+    let deployments = |first: SocketAddr| {
+        json!([
+            {"name": "first", "base_url": format!("http://{first}"), "weight": 1000.0},
+            {"name": "second", "base_url": format!("http://{good}"), "weight": 0.001}
+        ])
+    };
+    let routes = json!([
+        {"name": "waits", "policy": "fixed(m)", "models": [{"id": "m", "deployments": deployments(limited)}]},
+        {"name": "fails", "policy": "fixed(m)", "models": [{"id": "m", "deployments": deployments(failing)}]}
+    ]);
+    let client = reqwest::Client::new();
+    let statuses = |base: String, route: &'static str, n: usize| {
+        let client = client.clone();
+        async move {
+            let mut statuses = Vec::new();
+            for _ in 0..n {
+                let answer = client
+                    .post(format!("{base}/v1/chat/completions"))
+                    .json(&json!({"model": route, "messages": [{"role": "user", "content": "hi"}]}))
+                    .send()
+                    .await
+                    .unwrap();
+                statuses.push(answer.status().as_u16());
+            }
+            statuses
+        }
+    };
+    let calls = |state: &Value| -> Vec<u64> {
+        state["arms"][0]["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["calls_last_minute"].as_u64().unwrap())
+            .collect()
+    };
+    let dir = scratch("serve_deployments_take_over");
+    let base = start_app(json!({"upstream_retries": 1, "routes": routes.clone()}), &dir).await;
+    assert_eq!(statuses(base.clone(), "waits", 4).await, [200; 4]);
+    let state = get_json(&client, format!("{base}/v1/routes/waits"), "").await;
+    assert_eq!(
+        calls(&state),
+        [1, 4],
+        "one call asked to wait, then rested: {state}"
+    );
+    assert_eq!(statuses(base.clone(), "fails", 3).await, [200; 3]);
+    let state = get_json(&client, format!("{base}/v1/routes/fails"), "").await;
+    assert_eq!(
+        calls(&state),
+        [3, 3],
+        "each retry on the other deployment: {state}"
+    );
+
+    let dir = scratch("serve_deployments_latency");
+    let base = start_app(
+        json!({"upstream_retries": 0, "balance": "latency",
+            "circuit_breaker": {"window": 20, "min_calls": 20},
+            "routes": routes}),
+        &dir,
+    )
+    .await;
+    let answered = statuses(base.clone(), "fails", 10).await;
+    let failed = answered.iter().filter(|s| **s == 502).count();
+    assert!(
+        failed <= 1 && failed + answered.iter().filter(|s| **s == 200).count() == 10,
+        "{answered:?}"
+    );
+}
+
 /// `/ui` in a real headless Chromium: with the admin token it shows the route's live
 /// numbers (its decision count, its newest decision, each model, the shadow candidate);
 /// without one it shows the refusal; it loads nothing from elsewhere. A screenshot is kept

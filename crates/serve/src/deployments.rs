@@ -11,7 +11,9 @@
 //!   included, so that data-residency rules hold per request.
 //!
 //! Among those, `least-busy` (the default) picks the fewest calls in flight per unit of
-//! weight; `latency` the lowest moving average of its latency (untried first). Ties are
+//! weight; `latency` the lowest moving average of its latency, a failed call counted as
+//! taking `upstream_timeout_ms` (untried first). A retry goes to another deployment than
+//! those that failed, where one can take it. Ties are
 //! broken at random in proportion to the weights. A model without deployments is its own
 //! one deployment, at its `base_url`.
 
@@ -92,7 +94,8 @@ impl DeploymentConfig {
 pub struct Lease {
     route: String,
     model: String,
-    index: usize,
+    /// Which of the model's deployments.
+    pub index: usize,
     /// When the call was counted.
     started: Instant,
     /// The breaker's key: the model's id, or `model@deployment`.
@@ -232,13 +235,14 @@ impl Deployments {
     }
 
     /// Picks a deployment of `model` on `route` for a call of `tokens` prompt tokens
-    /// requiring `tags`, and counts the call against its limits. `forced` ignores open
-    /// breakers (every model is unavailable, so all are tried); limits are never ignored.
+    /// requiring `tags`, other than those of `tried` where another can take it, and counts
+    /// the call against its limits. `forced` ignores open breakers (every model is
+    /// unavailable, so all are tried); limits are never ignored.
     pub fn acquire(
         &self,
         route: &str,
         model: &ModelConfig,
-        (tags, tokens): (&[String], u32),
+        (tags, tokens, tried): (&[String], u32, &[usize]),
         (health, forced): (&Health, bool),
         now: Instant,
     ) -> Result<Lease, NoDeployment> {
@@ -247,6 +251,7 @@ impl Deployments {
             model,
             tags,
             tokens,
+            tried,
             health,
             forced,
             now,
@@ -287,6 +292,7 @@ impl Deployments {
             model,
             tags,
             tokens,
+            tried: &[],
             health,
             forced: false,
             now,
@@ -345,6 +351,12 @@ impl Deployments {
                 candidates.push(i);
             }
         }
+        let untried: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|i| !call.tried.contains(i))
+            .collect();
+        let candidates = if untried.is_empty() { candidates } else { untried };
         self.choose(&candidates, deployments, states)
             .ok_or_else(|| NoDeployment {
                 reason: reasons.join("; "),
@@ -441,6 +453,8 @@ struct Call<'a> {
     model: &'a ModelConfig,
     tags: &'a [String],
     tokens: u32,
+    /// Deployments whose call failed already: others are taken first.
+    tried: &'a [usize],
     health: &'a Health,
     /// Open breakers are ignored (every model is unavailable, so all are tried).
     forced: bool,
@@ -507,7 +521,13 @@ mod tests {
         let t0 = Instant::now();
         let mut used = BTreeMap::<String, u32>::new();
         for s in 0..5 {
-            match deployments.acquire("r", &m, (&[], 40), (&health, false), t0 + Duration::from_secs(s)) {
+            match deployments.acquire(
+                "r",
+                &m,
+                (&[], 40, &[]),
+                (&health, false),
+                t0 + Duration::from_secs(s),
+            ) {
                 Ok(lease) => {
                     *used.entry(lease.key.clone()).or_default() += 1;
                     deployments.release(&lease, Some(10.0));
@@ -525,7 +545,7 @@ mod tests {
         // A minute after the first call, a's first call has left the window.
         let later = t0 + Duration::from_secs(60);
         assert!(deployments
-            .acquire("r", &m, (&[], 40), (&health, false), later)
+            .acquire("r", &m, (&[], 40, &[]), (&health, false), later)
             .is_ok());
     }
 
@@ -538,7 +558,7 @@ mod tests {
         let m = model(vec![deployment("a", Some(3), Some(1000), &[])]);
         let now = Instant::now();
         let first = deployments
-            .acquire("r", &m, (&[], 10), (&health, false), now)
+            .acquire("r", &m, (&[], 10, &[]), (&health, false), now)
             .unwrap();
         deployments.cancel(&first);
         for _ in 0..10 {
@@ -548,7 +568,7 @@ mod tests {
         }
         for _ in 0..3 {
             deployments
-                .acquire("r", &m, (&[], 10), (&health, false), now)
+                .acquire("r", &m, (&[], 10, &[]), (&health, false), now)
                 .unwrap();
         }
         let full = deployments.unavailable("r", &m, (&[], 10), &health, now).unwrap();
@@ -580,11 +600,11 @@ mod tests {
             deployment("well", None, None, &[]),
         ]);
         let t0 = Instant::now();
-        health.record("r", "m@sick", true, None, t0);
-        health.record("r", "m@sick", true, None, t0);
+        health.record("r", "m@sick", true, None, (t0, t0));
+        health.record("r", "m@sick", true, None, (t0, t0));
         let pick = |now| {
             deployments
-                .acquire("r", &m, (&[], 1), (&health, false), now)
+                .acquire("r", &m, (&[], 1, &[]), (&health, false), now)
                 .unwrap()
                 .key
         };
@@ -606,7 +626,7 @@ mod tests {
         let eu = ["region:eu".to_string()];
         for _ in 0..20 {
             let lease = deployments
-                .acquire("r", &m, (&eu, 1), (&health, false), Instant::now())
+                .acquire("r", &m, (&eu, 1, &[]), (&health, false), Instant::now())
                 .unwrap();
             assert_eq!(lease.key, "m@eu");
             assert_eq!(lease.model_config.base_url.as_deref(), Some("http://eu"));
@@ -614,7 +634,7 @@ mod tests {
         }
         let apac = ["region:apac".to_string()];
         let no = deployments
-            .acquire("r", &m, (&apac, 1), (&health, false), Instant::now())
+            .acquire("r", &m, (&apac, 1, &[]), (&health, false), Instant::now())
             .unwrap_err();
         assert!(
             no.reason.contains("lacks tag `region:apac`") && no.retry_after.is_none(),
@@ -622,7 +642,7 @@ mod tests {
         );
         m.tags.push("region:apac".into());
         assert!(deployments
-            .acquire("r", &m, (&apac, 1), (&health, false), Instant::now())
+            .acquire("r", &m, (&apac, 1, &[]), (&health, false), Instant::now())
             .is_ok());
 
         // The deployment with the tag at its limit: its wait holds, whatever the others lack.
@@ -633,14 +653,14 @@ mod tests {
         ]);
         let t0 = Instant::now();
         let lease = deployments
-            .acquire("r", &limited, (&eu, 1), (&health, false), t0)
+            .acquire("r", &limited, (&eu, 1, &[]), (&health, false), t0)
             .unwrap();
         deployments.release(&lease, Some(10.0));
         let no = deployments
             .acquire(
                 "r",
                 &limited,
-                (&eu, 1),
+                (&eu, 1, &[]),
                 (&health, false),
                 t0 + Duration::from_secs(1),
             )
@@ -659,12 +679,42 @@ mod tests {
         let leases: Vec<Lease> = (0..8)
             .map(|_| {
                 deployments
-                    .acquire("r", &m, (&[], 1), (&health, false), Instant::now())
+                    .acquire("r", &m, (&[], 1, &[]), (&health, false), Instant::now())
                     .unwrap()
             })
             .collect();
         let heavy_calls = leases.iter().filter(|l| l.key == "m@heavy").count();
         assert_eq!(heavy_calls, 6);
+    }
+
+    /// A retry takes a deployment that has not failed the call, while one can take it.
+    #[test]
+    fn a_retry_goes_where_the_call_has_not_failed() {
+        let deployments = Deployments::new(Balance::LeastBusy);
+        let health = Health::default();
+        let m = model(vec![
+            deployment("a", None, None, &[]),
+            deployment("b", Some(1), None, &[]),
+        ]);
+        let (t0, mut keys) = (Instant::now(), std::collections::BTreeSet::new());
+        for _ in 0..20 {
+            let lease = deployments
+                .acquire("r", &m, (&[], 1, &[1]), (&health, false), t0)
+                .unwrap();
+            keys.insert(lease.key.clone());
+            deployments.cancel(&lease);
+        }
+        assert_eq!(keys, ["m@a".to_string()].into());
+        let lease = deployments
+            .acquire("r", &m, (&[], 1, &[0]), (&health, false), t0)
+            .unwrap();
+        assert_eq!(lease.key, "m@b");
+        deployments.release(&lease, None);
+        // `b` is at its rpm: the retry goes where the call failed rather than nowhere.
+        let lease = deployments
+            .acquire("r", &m, (&[], 1, &[0]), (&health, false), t0)
+            .unwrap();
+        assert_eq!(lease.key, "m@a");
     }
 
     /// Latency balancing prefers the faster deployment once both are measured.
@@ -678,14 +728,14 @@ mod tests {
         ]);
         for _ in 0..2 {
             let lease = deployments
-                .acquire("r", &m, (&[], 1), (&health, false), Instant::now())
+                .acquire("r", &m, (&[], 1, &[]), (&health, false), Instant::now())
                 .unwrap();
             let latency = if lease.key == "m@slow" { 900.0 } else { 100.0 };
             deployments.release(&lease, Some(latency));
         }
         for _ in 0..10 {
             let lease = deployments
-                .acquire("r", &m, (&[], 1), (&health, false), Instant::now())
+                .acquire("r", &m, (&[], 1, &[]), (&health, false), Instant::now())
                 .unwrap();
             assert_eq!(lease.key, "m@fast");
             deployments.release(&lease, Some(100.0));

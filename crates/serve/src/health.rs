@@ -8,7 +8,9 @@
 //! `cooldown_ms`, then turns half-open: the next call is a probe, and while it runs no
 //! other call goes to the model ([`Health::try_call`] refuses them); the probe's success
 //! closes the breaker, its failure opens it again, and a probe that never reports (its
-//! request dropped) is given up after `cooldown_ms`. Any success closes the breaker.
+//! request dropped) is given up after `cooldown_ms`. Any success of a call that started
+//! after the breaker opened closes it; a call that started before says nothing of the
+//! model since, and counts for nothing (unless it asks to wait).
 //! Decisions leave out models whose breaker is open or probing
 //! (`quiver_bandit::Request::unavailable`), unless that leaves no model, when every model
 //! is tried as if all were closed.
@@ -111,6 +113,8 @@ struct Breaker {
     recent: VecDeque<bool>,
     /// Open until then.
     open_until: Option<Instant>,
+    /// When it last opened: calls that started before report on the model as it was.
+    opened_at: Option<Instant>,
     /// A probe under way, since then.
     probing: Option<Instant>,
     /// Why it opened.
@@ -126,8 +130,9 @@ impl Breaker {
         }
     }
 
-    /// Opens the breaker until `until`, or later if it is open longer already.
-    fn open(&mut self, until: Instant, reason: String) {
+    /// Opens the breaker at `now` until `until`, or later if it is open longer already.
+    fn open(&mut self, now: Instant, until: Instant, reason: String) {
+        self.opened_at = Some(now);
         if self.open_until.is_none_or(|u| u < until) {
             self.open_until = Some(until);
             self.reason = reason;
@@ -207,14 +212,15 @@ impl Health {
         })
     }
 
-    /// Records a call's end: `failed`, and the cooldown the provider asked for, if any.
+    /// Records the end of a call that `started`: `failed`, and the cooldown the provider
+    /// asked for, if any.
     pub fn record(
         &self,
         route: &str,
         model: &str,
         failed: bool,
         retry_after: Option<Duration>,
-        now: Instant,
+        (started, now): (Instant, Instant),
     ) {
         let (config, cooldown) = (self.config, self.cooldown());
         self.with(|breakers| {
@@ -224,9 +230,13 @@ impl Health {
             if let Some(wait) = retry_after {
                 let wait = wait.min(Duration::from_millis(config.max_cooldown_ms));
                 b.open(
+                    now,
                     now + wait,
                     format!("the provider asked to wait {} ms", wait.as_millis()),
                 );
+                return;
+            }
+            if b.opened_at.is_some_and(|opened| started < opened) {
                 return;
             }
             if !failed && b.circuit(now) != Circuit::Closed {
@@ -235,7 +245,7 @@ impl Health {
                 return;
             }
             if b.circuit(now) == Circuit::HalfOpen {
-                b.open(now + cooldown, "the probe failed".to_string());
+                b.open(now, now + cooldown, "the probe failed".to_string());
                 return;
             }
             b.recent.push_back(failed);
@@ -246,7 +256,7 @@ impl Health {
             let calls = b.recent.len();
             if calls >= config.min_calls && failures as f64 >= config.failure_rate * calls as f64 {
                 let reason = format!("{failures} of the last {calls} calls failed");
-                b.open(now + cooldown, reason);
+                b.open(now, now + cooldown, reason);
             }
         });
     }
@@ -295,10 +305,10 @@ mod tests {
         let (h, t0) = (health(), Instant::now());
         // Alternating results: half fail, but only from the fourth call on does it count.
         for (i, failed) in [true, false, true].into_iter().enumerate() {
-            h.record("r", "m", failed, None, t0);
+            h.record("r", "m", failed, None, (t0, t0));
             assert_eq!(h.circuit("r", "m", t0), Circuit::Closed, "call {i}");
         }
-        h.record("r", "m", false, None, t0);
+        h.record("r", "m", false, None, (t0, t0));
         assert_eq!(h.circuit("r", "m", t0), Circuit::Open, "2 of 4 failed");
         assert!(h.unavailable("r", t0)["m"].contains("2 of the last 4 calls failed"));
         assert!(h.unavailable("other", t0).is_empty());
@@ -308,7 +318,7 @@ mod tests {
         assert!(h.try_call("r", "m", false, later));
         assert!(h.unavailable("r", later)["m"].contains("probing"));
         assert!(!h.try_call("r", "m", false, later), "one probe at a time");
-        h.record("r", "m", true, None, later);
+        h.record("r", "m", true, None, (later, later));
         assert_eq!(h.circuit("r", "m", later), Circuit::Open, "the probe failed");
         assert!(!h.try_call("r", "m", false, later) && h.try_call("r", "m", true, later));
         // A probe whose request was dropped never reports: given up after a cooldown.
@@ -317,12 +327,12 @@ mod tests {
         let lost = after + Duration::from_millis(1000);
         assert!(h.unavailable("r", lost).is_empty());
         assert!(h.try_call("r", "m", false, lost));
-        h.record("r", "m", false, None, lost);
+        h.record("r", "m", false, None, (lost, lost));
         let after = lost;
         assert_eq!(h.circuit("r", "m", after), Circuit::Closed);
         // Closed afresh: three failures are not yet enough calls to open it.
         for _ in 0..3 {
-            h.record("r", "m", true, None, after);
+            h.record("r", "m", true, None, (after, after));
         }
         assert_eq!(h.circuit("r", "m", after), Circuit::Closed);
     }
@@ -330,7 +340,7 @@ mod tests {
     #[test]
     fn retry_after_opens_for_that_long_within_the_bound() {
         let (h, t0) = (health(), Instant::now());
-        h.record("r", "m", true, Some(Duration::from_millis(200)), t0);
+        h.record("r", "m", true, Some(Duration::from_millis(200)), (t0, t0));
         assert_eq!(
             h.circuit("r", "m", t0 + Duration::from_millis(199)),
             Circuit::Open
@@ -339,7 +349,7 @@ mod tests {
             h.circuit("r", "m", t0 + Duration::from_millis(200)),
             Circuit::HalfOpen
         );
-        h.record("r", "n", true, Some(Duration::from_secs(3600)), t0);
+        h.record("r", "n", true, Some(Duration::from_secs(3600)), (t0, t0));
         assert_eq!(
             h.circuit("r", "n", t0 + Duration::from_millis(4999)),
             Circuit::Open
@@ -348,6 +358,33 @@ mod tests {
             h.circuit("r", "n", t0 + Duration::from_millis(5000)),
             Circuit::HalfOpen
         );
+    }
+
+    /// A call that started before the breaker opened reports on the model as it was: its
+    /// success closes nothing, and its failure counts for nothing; a later call's does.
+    #[test]
+    fn calls_from_before_the_opening_neither_close_nor_count() {
+        let (h, t0) = (health(), Instant::now());
+        let (t1, t2) = (t0 + Duration::from_millis(100), t0 + Duration::from_millis(200));
+        h.record("r", "m", true, Some(Duration::from_millis(3000)), (t1, t1));
+        h.record("r", "m", false, None, (t0, t2));
+        assert_eq!(
+            h.circuit("r", "m", t2),
+            Circuit::Open,
+            "a cooldown is never shortened"
+        );
+        for _ in 0..4 {
+            h.record("r", "m", true, None, (t0, t2));
+        }
+        let probe = t1 + Duration::from_millis(3000);
+        assert_eq!(
+            h.circuit("r", "m", probe),
+            Circuit::HalfOpen,
+            "nor lengthened by old calls"
+        );
+        // A call made while it is open, when every model is tried, closes it.
+        h.record("r", "m", false, None, (t2, t2));
+        assert_eq!(h.circuit("r", "m", t2), Circuit::Closed);
     }
 
     #[test]

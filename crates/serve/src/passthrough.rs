@@ -3,7 +3,8 @@
 //! embedding has no quality to feed back. The upstream's answer reaches the client as it
 //! came when it is a success (its JSON body and `x-*` headers) or blames the request (400,
 //! 413, 415, 422: its status, content type and body, as the proxy relays them); a request
-//! to wait (429 or 503 with `Retry-After`) is a 429 with the same wait; any other failure,
+//! to wait (429 or 503 with `Retry-After`) is a 429 with the same wait, as is a model whose
+//! deployments are at their limits (until one frees); any other failure,
 //! a body that is not JSON included, is a 502 naming it.
 
 use std::sync::Arc;
@@ -77,12 +78,14 @@ pub(crate) async fn embeddings(
     // A deployment of the model, as the proxy picks one (no tags, no prompt tokens).
     let lease = state
         .deployments
-        .acquire(route, model, (&[], 0), (&state.health, false), started)
+        .acquire(route, model, (&[], 0, &[]), (&state.health, false), started)
         .map_err(|no| {
-            ApiError::Upstream(format!(
-                "model `{id}`: no deployment can take the call ({})",
-                no.reason
-            ))
+            let reason = format!("model `{id}`: no deployment can take the call ({})", no.reason);
+            match no.retry_after {
+                // Its deployments' limits, which free in time: the client waits as long.
+                Some(wait) => ApiError::TooManyRequests(reason, (wait.as_secs_f64().ceil() as u64).max(1)),
+                None => ApiError::Upstream(reason),
+            }
         })?;
     let lease = Leased::new(&state.deployments, lease);
     let served = &lease.model_config;

@@ -16,9 +16,10 @@
 //! are passed on.
 //!
 //! Each model's health decides too (`crate::health`): a 5xx or a failed connection is
-//! retried on the same model up to `upstream_retries` times after an exponential backoff
-//! with jitter; a 429 or 503 with `Retry-After` is not, and opens the model's circuit
-//! breaker for that long; a model whose breaker is open is left out of the decision, so of
+//! retried on the same model (another of its deployments, where one can take it) up to
+//! `upstream_retries` times after an exponential backoff with jitter; a 429 or 503 with
+//! `Retry-After` is not, and opens the circuit breaker of the model (of its deployment,
+//! which hands the call on to another) for that long; a model whose breaker is open is left out of the decision, so of
 //! the fallback order too, until a probe call after its cooldown succeeds.
 //!
 //! Time and size limits, per attempt: the first byte (the response head and, for a
@@ -1115,8 +1116,10 @@ enum Called {
 }
 
 /// Calls `model` (a deployment of it, see `crate::deployments`), retrying as
-/// `upstream_retries` allows after a 5xx or a failed connection; logs `for_decision`'s
-/// decision, if it has one to log, before the first attempt is sent.
+/// `upstream_retries` allows after a 5xx or a failed connection, on another deployment
+/// than those that failed where one can take the call; a deployment that asks to wait
+/// hands the call on to another of the model's at once, not counted as a retry. Logs
+/// `for_decision`'s decision, if it has one to log, before the first attempt is sent.
 async fn call_with_retries(
     state: &AppState,
     route: &str,
@@ -1127,8 +1130,9 @@ async fn call_with_retries(
 ) -> Result<Called, ApiError> {
     let first_started = Instant::now();
     let mut retries = 0;
-    // The last attempt's failure, once one failed.
+    // The last attempt's failure, once one failed, and the deployments that failed.
     let mut failed = None;
+    let mut tried = Vec::new();
     loop {
         let started = Instant::now();
         // A retry's wait ends before the deadline, but the sleep may overrun it.
@@ -1138,30 +1142,32 @@ async fn call_with_retries(
         let acquired = state.deployments.acquire(
             route,
             model,
-            (call.tags, call.tokens),
+            (call.tags, call.tokens, &tried),
             (&state.health, call.forced),
             started,
         );
         let lease = match acquired {
             // Released when the attempt ends, or when this task is dropped mid-call.
             Ok(lease) => Leased::new(&state.deployments, lease),
-            Err(no) if retries == 0 => return Ok(Called::NoDeployment(no)),
-            Err(no) => return Ok(Called::Answered(Err(Failure::final_(no.reason)), first_started)),
+            // Nothing more can be sent: the last attempt's failure is the answer.
+            Err(no) => {
+                return Ok(failed.map_or(Called::NoDeployment(no), |failed| {
+                    Called::Answered(failed, first_started)
+                }))
+            }
         };
         if !state.health.try_call(route, &lease.key, call.forced, started) {
             // Never sent: it counts against no limit.
             let lease = lease.into_inner();
             state.deployments.cancel(&lease);
-            let reason = "its circuit breaker opened since the decision";
-            if retries == 0 {
-                let no = NoDeployment {
-                    reason: format!("{}: {reason}", lease.key),
-                    retry_after: None,
-                    untagged: false,
-                };
-                return Ok(Called::NoDeployment(no));
-            }
-            return Ok(Called::Answered(Err(Failure::final_(reason)), first_started));
+            let no = NoDeployment {
+                reason: format!("{}: its circuit breaker opened since the decision", lease.key),
+                retry_after: None,
+                untagged: false,
+            };
+            return Ok(failed.map_or(Called::NoDeployment(no), |failed| {
+                Called::Answered(failed, first_started)
+            }));
         }
         if let Err(e) = for_decision.decision(state) {
             // A half-open breaker's probe taken above is given back after its cooldown.
@@ -1197,7 +1203,18 @@ async fn call_with_retries(
             Err(failure) => ("error", Some(failure)),
         };
         let mut lease = lease;
-        lease.latency_ms = failure.is_none().then_some(took.as_secs_f64() * 1000.0);
+        // A failed call counts as one that took the whole timeout: the latency balance
+        // must not take a deployment that fails at once for a fast one.
+        let timeout = Duration::from_millis(state.config.upstream_timeout_ms);
+        lease.latency_ms = Some(
+            if failure.is_some() {
+                took.max(timeout)
+            } else {
+                took
+            }
+            .as_secs_f64()
+                * 1000.0,
+        );
         state
             .metrics
             .upstream_attempt(&model.id, call.api.path(), result, took);
@@ -1205,13 +1222,25 @@ async fn call_with_retries(
             state.metrics.first_token(&model.id, took);
         }
         let retry_after = failure.and_then(|f| f.retry_after);
-        state
-            .health
-            .record(route, &lease.key, failure.is_some(), retry_after, Instant::now());
+        state.health.record(
+            route,
+            &lease.key,
+            failure.is_some(),
+            retry_after,
+            (started, Instant::now()),
+        );
         let Some(failure) = failure else {
             return Ok(Called::Answered(called, first_started));
         };
         state.metrics.upstream_failures.inc();
+        let first_try = !tried.contains(&lease.index);
+        tried.push(lease.index);
+        if retry_after.is_some() && first_try && model.deployments.len() > 1 {
+            // Its breaker is open for the wait: another deployment takes the call, if any can.
+            tracing::info!(model = %model.id, deployment = %lease.key, "handing the call on after: {failure}");
+            failed = Some(called);
+            continue;
+        }
         let wait = backoff(retries);
         let closed = state.health.circuit(route, &lease.key, Instant::now()) == Circuit::Closed;
         if !failure.retryable

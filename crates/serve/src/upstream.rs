@@ -234,27 +234,32 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// `Retry-After` in seconds (an HTTP date is not read).
 /// How long a model that answered 429 without `Retry-After` rests: OpenAI's limits are
 /// per minute and reset gradually, so a second lets some capacity return without leaving
 /// the model out of a whole minute's decisions.
 const RATE_LIMIT_WAIT: Duration = Duration::from_secs(1);
 
+/// The response's `Retry-After`, in seconds or as an HTTP date.
 fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    let seconds: f64 = response
-        .headers()
-        .get(header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    // A day is past any cooldown the breaker keeps (`max_cooldown_ms` bounds it further);
-    // a negative or non-finite value is no answer (`NaN.min(x)` is `x`: checked first).
-    seconds
-        .is_finite()
-        .then(|| Duration::try_from_secs_f64(seconds.min(86_400.0)).ok())
-        .flatten()
+    let value = response.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
+    wait_of(value, std::time::SystemTime::now())
+}
+
+/// The wait a `Retry-After` value asks for at `now` (RFC 9110, 10.2.3): seconds, or an
+/// HTTP date (a date past is no wait). A day is past any cooldown the breaker keeps
+/// (`max_cooldown_ms` bounds it further).
+fn wait_of(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    const DAY: Duration = Duration::from_secs(86_400);
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<f64>() {
+        // A negative or non-finite value is no answer (`NaN.min(x)` is `x`: checked first).
+        return seconds
+            .is_finite()
+            .then(|| Duration::try_from_secs_f64(seconds.min(DAY.as_secs_f64())).ok())
+            .flatten();
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO).min(DAY))
 }
 
 /// The upstream's own `x-*` headers, to pass on to the client (the gateway keeps its own:
@@ -329,12 +334,37 @@ mod tests {
         for unread in [
             "-1",
             "soon",
-            "Wed, 21 Oct 2026 07:28:00 GMT",
+            "Wed, 41 Oct 2026 07:28:00 GMT",
             "NaN",
             "inf",
             "-inf",
         ] {
             assert_eq!(retry_after(&with_retry_after(unread)), None, "{unread}");
         }
+    }
+
+    #[test]
+    fn retry_after_is_read_as_an_http_date() {
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2026 07:28:00 GMT").unwrap();
+        let wait = |value| wait_of(value, now);
+        assert_eq!(
+            wait("Wed, 21 Oct 2026 07:28:30 GMT"),
+            Some(Duration::from_secs(30))
+        );
+        // The obsolete forms RFC 9110 asks a recipient to read.
+        assert_eq!(
+            wait("Wednesday, 21-Oct-26 07:29:00 GMT"),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(wait("Wed Oct 21 07:28:02 2026"), Some(Duration::from_secs(2)));
+        assert_eq!(
+            wait("Wed, 21 Oct 2026 07:27:00 GMT"),
+            Some(Duration::ZERO),
+            "a date past"
+        );
+        assert_eq!(
+            wait("Fri, 21 Oct 2067 07:28:00 GMT"),
+            Some(Duration::from_secs(86_400))
+        );
     }
 }
