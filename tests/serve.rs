@@ -1920,6 +1920,9 @@ async fn deployments_keep_to_their_limits_and_tags() {
                 {"name": "tagged", "policy": "fixed(m)", "models": [{
                     "id": "m", "input_usd_per_million": 1.0, "output_usd_per_million": 2.0,
                     "deployments": [deployment(3, None, "region:eu"), deployment(4, None, "region:us")]
+                }]},
+                {"name": "small", "policy": "fixed(m)", "models": [{
+                    "id": "m", "deployments": [{"base_url": format!("http://{}", upstreams[3].0), "tpm": 20}]
                 }]}
             ]
         }),
@@ -2008,6 +2011,24 @@ async fn deployments_keep_to_their_limits_and_tags() {
         body["error"]["message"].as_str().unwrap().contains("region:apac"),
         "{body}"
     );
+    // A prompt larger than every deployment's tpm is the request's fault: no wait helps.
+    let long = "word ".repeat(200);
+    let answer = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "small", "messages": [{"role": "user", "content": long}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 413);
+    let body: Value = answer.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than the tpm of every deployment"),
+        "{body}"
+    );
+    assert_eq!(counts()[3], 6, "no call was sent");
 }
 
 /// A model's deployments take over a call one of them failed: a deployment asking to wait

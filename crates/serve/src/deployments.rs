@@ -181,6 +181,9 @@ pub struct NoDeployment {
     pub retry_after: Option<Duration>,
     /// No deployment carries the tags the request requires: no wait would help.
     pub untagged: bool,
+    /// Every deployment that carries the tags has a tpm below the prompt's tokens: no wait
+    /// would help either.
+    pub too_large: bool,
 }
 
 /// The deployments' usage, by route and model.
@@ -325,7 +328,7 @@ impl Deployments {
         let mut reasons = Vec::new();
         let mut wait: Option<Duration> = None;
         let mut limited_only = true;
-        let mut untagged = 0;
+        let (mut untagged, mut too_large) = (0, 0);
         let mut candidates = Vec::new();
         for (i, (deployment, state)) in deployments.iter().zip(states).enumerate() {
             let key = key_of(model, i, deployment);
@@ -345,7 +348,8 @@ impl Deployments {
                 reasons.push(format!("{key}: {why}"));
                 match frees {
                     Some(frees) => wait = Some(wait.map_or(frees, |w| w.min(frees))),
-                    None => limited_only = false,
+                    // Never this request's either, as for a missing tag.
+                    None => too_large += 1,
                 }
             } else {
                 candidates.push(i);
@@ -362,6 +366,7 @@ impl Deployments {
                 reason: reasons.join("; "),
                 retry_after: wait.filter(|_| limited_only),
                 untagged: untagged == deployments.len(),
+                too_large: too_large > 0 && untagged + too_large == deployments.len(),
             })
     }
 
@@ -550,7 +555,8 @@ mod tests {
     }
 
     /// Asking whether a model can take a call counts nothing; a lease cancelled before its
-    /// call counts nothing either; a prompt larger than the tpm is refused with no wait.
+    /// call counts nothing either; a prompt larger than the tpm is refused with no wait, and
+    /// leaves the wait of a deployment at its limits as it is.
     #[test]
     fn only_calls_sent_count_against_the_limits() {
         let deployments = Deployments::new(Balance::LeastBusy);
@@ -581,6 +587,17 @@ mod tests {
             too_long.reason.contains("more than tpm 100") && too_long.retry_after.is_none(),
             "{too_long:?}"
         );
+        assert!(too_long.too_large && !full.too_large);
+        // Beside a deployment the prompt is too large for, one at its limits still frees.
+        let mixed = model(vec![
+            deployment("a", Some(3), Some(1000), &[]),
+            deployment("c", None, Some(5), &[]),
+        ]);
+        let wait = deployments
+            .unavailable("r", &mixed, (&[], 10), &health, now)
+            .unwrap();
+        assert_eq!(wait.retry_after, Some(LIMIT_WINDOW), "{wait:?}");
+        assert!(!wait.too_large, "{wait:?}");
     }
 
     /// A deployment whose breaker is open, or half-open with its probe under way, is not

@@ -606,8 +606,9 @@ async fn complete_in_task(
         (Some(Some(a)), Some(b)) => Some(Some(a.min(b))),
         _ => Some(None),
     };
-    // Whether no model has a deployment with the required tags.
-    let mut untagged = true;
+    // Whether no model has a deployment for this request (with its tags, and a tpm that
+    // takes its prompt), and whether a prompt too large is why.
+    let (mut unfit, mut too_large) = (true, false);
     let mut answer = None;
     let client_stream_options = request.get("stream_options").cloned();
     let call = Call {
@@ -633,21 +634,22 @@ async fn complete_in_task(
             Called::Deadline => {
                 failures.push(format!("{arm}: deadline reached"));
                 only_limits = Some(None);
-                untagged = false;
+                unfit = false;
                 break;
             }
             Called::NoDeployment(no) => {
                 // No call was made: nothing to learn, no breaker to tell.
                 failures.push(format!("{arm}: no deployment can take the call ({})", no.reason));
-                untagged &= no.untagged;
-                // A model without the tags says nothing of the others' limits.
-                if !no.untagged {
+                unfit &= no.untagged || no.too_large;
+                too_large |= no.too_large;
+                // A model no deployment of which fits says nothing of the others' limits.
+                if !no.untagged && !no.too_large {
                     only_limits = earliest(only_limits, no.retry_after);
                 }
                 continue;
             }
             Called::Answered(called, started) => {
-                untagged = false;
+                unfit = false;
                 (called, started)
             }
         };
@@ -788,7 +790,13 @@ async fn complete_in_task(
             state.config.request_timeout_ms,
             failures.join("; ")
         ))
-    } else if untagged && !failures.is_empty() {
+    } else if unfit && too_large && !failures.is_empty() {
+        ApiError::PayloadTooLarge(format!(
+            "the prompt's {prompt_tokens} tokens (as estimated) are more than the tpm of every \
+             deployment of route `{route}` that could take it: {}",
+            failures.join("; ")
+        ))
+    } else if unfit && !failures.is_empty() {
         ApiError::BadRequest(format!(
             "no model of route `{route}` has a deployment with the tags in `{TAGS_HEADER}` ({}): {}",
             tags.join(", "),
@@ -1164,6 +1172,7 @@ async fn call_with_retries(
                 reason: format!("{}: its circuit breaker opened since the decision", lease.key),
                 retry_after: None,
                 untagged: false,
+                too_large: false,
             };
             return Ok(failed.map_or(Called::NoDeployment(no), |failed| {
                 Called::Answered(failed, first_started)
