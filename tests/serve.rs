@@ -2112,20 +2112,23 @@ async fn a_models_deployments_take_over_a_call_one_of_them_failed() {
 }
 
 /// `/ui` in a real headless Chromium: with the admin token it shows the route's live
-/// numbers (its decision count, its newest decision, each model, the shadow candidate);
-/// without one it shows the refusal; it loads nothing from elsewhere. A screenshot is kept
-/// at `target/tmp/dashboard.png`.
+/// numbers (its decision count, its newest decision, each model, the shadow candidate), and
+/// no estimate for a route with no decision yet; without one it shows the refusal; it loads
+/// nothing from elsewhere. The token is read as written (a base64 `+` stays a `+`). A
+/// screenshot is kept at `target/tmp/dashboard.png`.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_shows_live_numbers_in_a_real_browser() {
+    const ADMIN: &str = "a+b/c=";
     let Some(browser) = chromium() else { return };
     let dir = scratch("serve_dashboard");
     let base = start_app(
         json!({
-            "auth": {"route_tokens": ["r"], "feedback_tokens": ["f"], "admin_tokens": ["a"]},
+            "auth": {"route_tokens": ["r"], "feedback_tokens": ["f"], "admin_tokens": [ADMIN]},
             "routes": [{"name": "chat", "policy": "lints(v=0.3,floor=0.05,draws=0)",
                 "budget_usd_per_request": 0.002,
                 "models": [model("small", None), model("large", None)],
-                "shadow": ["linucb(alpha=0.1)"]}]
+                "shadow": ["linucb(alpha=0.1)"]},
+                {"name": "idle", "policy": "linucb", "models": [model("unasked", None)]}]
         }),
         &dir,
     )
@@ -2146,7 +2149,7 @@ async fn the_dashboard_shows_live_numbers_in_a_real_browser() {
             .status();
         assert_eq!(status, 200);
     }
-    let recent = get_json(&client, format!("{base}/v1/routes/chat/decisions"), "a").await;
+    let recent = get_json(&client, format!("{base}/v1/routes/chat/decisions"), ADMIN).await;
     let newest = recent["decisions"][0]["decision_id"]
         .as_str()
         .unwrap()
@@ -2165,7 +2168,7 @@ async fn the_dashboard_shows_live_numbers_in_a_real_browser() {
         assert!(!html.contains(loads), "the page has {loads}");
     }
 
-    let url = format!("{base}/ui#token=a");
+    let url = format!("{base}/ui#token={ADMIN}");
     let (dom, refused) = {
         let (browser, url, bare) = (browser.clone(), url.clone(), format!("{base}/ui"));
         tokio::task::spawn_blocking(move || (browse(&browser, &url, None), browse(&browser, &bare, None)))
@@ -2182,9 +2185,12 @@ async fn the_dashboard_shows_live_numbers_in_a_real_browser() {
         "lints(v=0.3,lambda=10,draws=0,floor=0.05) (live, as served)",
         // Every call cost $0.001.
         "spend per request <b>$0.00100</b> against a budget of $0.00200",
+        // The idle route's model: no call, no estimate.
+        "<td>unasked</td><td>0</td><td>0</td><td>$0.00</td><td>n/a</td><td>n/a</td><td><span class=\"closed\">closed</span></td><td>n/a</td><td>n/a</td>",
     ] {
         assert!(dom.contains(text), "{text} missing from {dom}");
     }
+    assert!(!dom.contains(">excluded<"), "{dom}");
     assert!(
         refused.contains("class=\"error\"") && refused.contains("401"),
         "{refused}"
