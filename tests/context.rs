@@ -112,7 +112,9 @@ fn replay_and_serve_build_the_same_context_for_the_same_request() {
 
 /// A route started afresh in another context leaves a log of two contexts: read offline,
 /// whole or a chunk at a time, it is read in its last, the decisions before the change left
-/// out (their outcomes with them) and said so, rather than evaluated as one.
+/// out (their outcomes with them) and said so, rather than evaluated as one. The server
+/// reads it so too: it starts again after a stop with no snapshot since the reset, and its
+/// shadow candidates are estimated on the last context's decisions.
 #[test]
 fn a_log_across_a_change_of_context_is_read_in_its_last() {
     let dir = scratch("context_reset_offline");
@@ -152,6 +154,16 @@ fn a_log_across_a_change_of_context_is_read_in_its_last() {
     let last = after.layout("r").unwrap().definition();
     drop(after);
     assert_ne!(first, last);
+    // Shadow candidates are estimated on the decisions of the route's context alone, as
+    // `quiver ope` estimates them below.
+    let shadowed = RouteConfig {
+        shadow: vec!["random".into()],
+        ..route(2)
+    };
+    let again = Router::open(vec![shadowed], &dir).unwrap();
+    let report = again.candidates("r").unwrap().unwrap();
+    assert_eq!((report.decisions, report.incumbent.rows), (2, 2), "{report:?}");
+    drop(again);
     let path = dir.to_str().unwrap();
     assert!(quiver_log::segment_files(&dir).unwrap().len() > 2);
     let Dataset::Logged(log) = quiver_sim::data::load(path, Format::Logged, None).unwrap() else {

@@ -1364,7 +1364,9 @@ impl Router {
             replica: options.replica,
             routed_call_limit: options.routed_call_limit,
         };
-        if reconfigured {
+        // A route started afresh is written down at once: learning its log again (after
+        // a crash before the next snapshot) would meet the decisions of its old context.
+        if reconfigured || !options.reset_routes.is_empty() {
             router.snapshot()?;
         }
         Ok(router)
@@ -1654,12 +1656,26 @@ impl Router {
             };
             let id = parse_decision_id(&record.decision_id)?.number;
             if state.live_mut().shadows.is_some() {
-                let context = match record.event {
-                    LogEvent::Decision => Some(state.logged_context(&record)?),
-                    _ => None,
+                let shadowed = match record.event {
+                    // A decision made in another context (before the route was reset) is
+                    // left out, as `quiver ope` leaves it out: its context cannot be rebuilt.
+                    LogEvent::Decision if state.learns_in_its_context(&record).is_err() => Err(format!(
+                        "decided in the context {}, not the route's {} now",
+                        record.context.as_deref().unwrap_or_default(),
+                        state.layout.definition()
+                    )),
+                    LogEvent::Decision => {
+                        let context = state.logged_context(&record)?;
+                        let shadowed = state.live_mut().shadow(id, &record, Some(&context));
+                        shadowed.map_err(|e| e.to_string())
+                    }
+                    _ => state
+                        .live_mut()
+                        .shadow(id, &record, None)
+                        .map_err(|e| e.to_string()),
                 };
-                if let Err(e) = state.live_mut().shadow(id, &record, context.as_ref()) {
-                    let first = (0, record.decision_id.clone(), e.to_string());
+                if let Err(e) = shadowed {
+                    let first = (0, record.decision_id.clone(), e);
                     skipped.entry(record.route.clone()).or_insert(first).0 += 1;
                 }
             }
