@@ -341,6 +341,7 @@ impl ServeConfig {
                 if let Some(url) = &model.base_url {
                     check_base_url(url).map_err(at)?;
                 }
+                check_tags(&model.tags).map_err(at)?;
                 let own = crate::deployments::deployment_keys(model);
                 let own = if own.is_empty() {
                     vec![model.id.clone()]
@@ -403,6 +404,21 @@ impl ServeConfig {
 
 /// An upstream's base URL must be an http(s) URL with a host: anything else would fail
 /// every call.
+/// Tags as a request can require them in `x-quiver-tags` (comma-separated, trimmed): one
+/// that is empty, holds a comma or begins or ends in a space could never be required.
+pub(crate) fn check_tags(tags: &[String]) -> std::result::Result<(), String> {
+    match tags
+        .iter()
+        .find(|t| t.trim().is_empty() || t.contains(',') || t.trim() != t.as_str())
+    {
+        Some(tag) => Err(format!(
+            "tag `{tag}` could never be required in `x-quiver-tags` (comma-separated, trimmed): \
+             a tag is not empty, holds no comma, and neither begins nor ends in a space"
+        )),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn check_base_url(url: &str) -> std::result::Result<(), String> {
     match reqwest::Url::parse(url) {
         Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => Ok(()),
@@ -973,6 +989,24 @@ mod tests {
                 .to_string();
             assert!(error.contains(refusal), "{url}: {error}");
         }
+        for tags in [
+            serde_json::json!({"tags": [""]}),
+            serde_json::json!({"tags": ["region:eu,us"]}),
+            serde_json::json!({"deployments": [{"base_url": "http://127.0.0.1:9/v1", "tags": [" region:eu"]}]}),
+        ] {
+            let mut model = serde_json::json!({"id": "m"});
+            model
+                .as_object_mut()
+                .unwrap()
+                .extend(tags.as_object().unwrap().clone());
+            let error = with_models(serde_json::json!([model])).unwrap_err().to_string();
+            assert!(
+                error.contains("could never be required in `x-quiver-tags`"),
+                "{tags}: {error}"
+            );
+        }
+        let spaced = serde_json::json!([{"id": "m", "tags": ["family:gpt 4"]}]);
+        assert!(with_models(spaced).is_ok());
         let listed_twice = serde_json::json!([{"id": "m"}, {"id": "n"}, {"id": "m"}]);
         let error = with_models(listed_twice).unwrap_err().to_string();
         assert_eq!(

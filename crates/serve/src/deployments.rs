@@ -85,6 +85,7 @@ impl DeploymentConfig {
         if self.rpm == Some(0) || self.tpm == Some(0) {
             return Err("rpm and tpm must be at least 1 (leave them out for no limit)".into());
         }
+        crate::config::check_tags(&self.tags)?;
         crate::config::check_base_url(&self.base_url)
     }
 }
