@@ -675,7 +675,10 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         }
     }
     if args.frozen && train.is_none() && args.priors.is_none() {
-        bail!("--frozen evaluates learners without learning: give what they start from (--train, --holdout or --priors)");
+        tracing::warn!(
+            "--frozen without --train, --holdout or --priors: the learners decide from their cold \
+             start alone, and learn nothing"
+        );
     }
     if args.feedback_delay >= data.rows() {
         bail!(

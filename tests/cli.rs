@@ -1155,7 +1155,6 @@ fn a_new_users_mistakes_get_precise_errors() {
             ][..],
             "--prior-cap caps priors fitted from --train",
         ),
-        (&["--frozen"][..], "--frozen evaluates learners without learning"),
     ] {
         let mut command = vec!["replay", "--data", judged, "--seeds", "1"];
         command.extend_from_slice(args);
@@ -1897,7 +1896,14 @@ fn priors_fitted_from_a_table_carry_what_each_model_is_good_at() {
         if with_priors {
             args.extend(["--priors", priors.to_str().unwrap()]);
         }
-        let v: serde_json::Value = serde_json::from_str(&stdout(&quiver(&args))).unwrap();
+        let run = quiver(&args);
+        let said = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(
+            said.contains("the learners decide from their cold start alone"),
+            !with_priors,
+            "{said}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
         v["policies"][0]["mean_quality"].as_f64().unwrap()
     };
     let (with, without) = (frozen(true), frozen(false));

@@ -55,6 +55,12 @@ async fn upstream(kind: &'static str) -> SocketAddr {
                     axum::Json(json!({"error": {"message": "slow down", "code": "rate_limit_exceeded"}})),
                 )
                     .into_response(),
+                "ratelimited-long" => (
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    [(axum::http::header::RETRY_AFTER, "60")],
+                    axum::Json(json!({"error": {"message": "slow down", "code": "rate_limit_exceeded"}})),
+                )
+                    .into_response(),
                 "ratelimited-quietly" => (
                     axum::http::StatusCode::TOO_MANY_REQUESTS,
                     axum::Json(json!({"error": {"message": "slow down", "code": "rate_limit_exceeded"}})),
@@ -2032,13 +2038,14 @@ async fn deployments_keep_to_their_limits_and_tags() {
 }
 
 /// A model's deployments take over a call one of them failed: a deployment asking to wait
-/// hands it on at once (no retry needed), a retry after a 5xx goes to another deployment
+/// hands it on at once (no retry needed) and is not called again for it, a retry after a
+/// 5xx goes to another deployment
 /// than the failing one, and the latency balance does not take a deployment that fails at
 /// once for a fast one.
 #[tokio::test]
 async fn a_models_deployments_take_over_a_call_one_of_them_failed() {
     let (limited, failing, good) = (
-        upstream("ratelimited").await,
+        upstream("ratelimited-long").await,
         upstream("failing").await,
         upstream("good").await,
     );
@@ -2049,8 +2056,13 @@ async fn a_models_deployments_take_over_a_call_one_of_them_failed() {
             {"name": "second", "base_url": format!("http://{good}"), "weight": 0.001}
         ])
     };
+    let both_wait = json!([
+        {"name": "first", "base_url": format!("http://{limited}")},
+        {"name": "second", "base_url": format!("http://{limited}")}
+    ]);
     let routes = json!([
         {"name": "waits", "policy": "fixed(m)", "models": [{"id": "m", "deployments": deployments(limited)}]},
+        {"name": "all_wait", "policy": "fixed(m)", "models": [{"id": "m", "deployments": both_wait}]},
         {"name": "fails", "policy": "fixed(m)", "models": [{"id": "m", "deployments": deployments(failing)}]}
     ]);
     let client = reqwest::Client::new();
@@ -2087,6 +2099,11 @@ async fn a_models_deployments_take_over_a_call_one_of_them_failed() {
         [1, 4],
         "one call asked to wait, then rested: {state}"
     );
+    // Every deployment asks to wait: each is called once per request, the second request
+    // (every model unavailable, so tried past open breakers) too, and the client waits.
+    assert_eq!(statuses(base.clone(), "all_wait", 2).await, [429; 2]);
+    let state = get_json(&client, format!("{base}/v1/routes/all_wait"), "").await;
+    assert_eq!(calls(&state), [2, 2], "{state}");
     assert_eq!(statuses(base.clone(), "fails", 3).await, [200; 3]);
     let state = get_json(&client, format!("{base}/v1/routes/fails"), "").await;
     assert_eq!(

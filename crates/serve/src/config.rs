@@ -402,23 +402,26 @@ impl ServeConfig {
     }
 }
 
-/// An upstream's base URL must be an http(s) URL with a host: anything else would fail
-/// every call.
-/// Tags as a request can require them in `x-quiver-tags` (comma-separated, trimmed): one
-/// that is empty, holds a comma or begins or ends in a space could never be required.
+/// Tags as a request can require them in `x-quiver-tags` (comma-separated visible ASCII,
+/// trimmed): one that is empty, holds a comma or another character, or begins or ends in
+/// a space could never be required.
 pub(crate) fn check_tags(tags: &[String]) -> std::result::Result<(), String> {
-    match tags
-        .iter()
-        .find(|t| t.trim().is_empty() || t.contains(',') || t.trim() != t.as_str())
-    {
+    let unrequirable = |t: &&String| {
+        t.trim().is_empty()
+            || t.trim() != t.as_str()
+            || t.chars().any(|c| c == ',' || !(c.is_ascii_graphic() || c == ' '))
+    };
+    match tags.iter().find(unrequirable) {
         Some(tag) => Err(format!(
-            "tag `{tag}` could never be required in `x-quiver-tags` (comma-separated, trimmed): \
-             a tag is not empty, holds no comma, and neither begins nor ends in a space"
+            "tag `{tag}` could never be required in `x-quiver-tags` (comma-separated visible \
+             ASCII, trimmed): a tag is not empty, holds no comma, and neither begins nor ends in a space"
         )),
         None => Ok(()),
     }
 }
 
+/// An upstream's base URL must be an http(s) URL with a host: anything else would fail
+/// every call.
 pub(crate) fn check_base_url(url: &str) -> std::result::Result<(), String> {
     match reqwest::Url::parse(url) {
         Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => Ok(()),
@@ -992,6 +995,7 @@ mod tests {
         for tags in [
             serde_json::json!({"tags": [""]}),
             serde_json::json!({"tags": ["region:eu,us"]}),
+            serde_json::json!({"tags": ["region:zürich"]}),
             serde_json::json!({"deployments": [{"base_url": "http://127.0.0.1:9/v1", "tags": [" region:eu"]}]}),
         ] {
             let mut model = serde_json::json!({"id": "m"});

@@ -12,7 +12,8 @@
 //!
 //! Among those, `least-busy` (the default) picks the fewest calls in flight per unit of
 //! weight; `latency` the lowest moving average of its latency, a failed call counted as
-//! taking `upstream_timeout_ms` (untried first). A retry goes to another deployment than
+//! taking `upstream_timeout_ms` (untried first, and an average no call renewed for a
+//! minute is forgotten, so that a slow or failing deployment is tried again). A retry goes to another deployment than
 //! those that failed, where one can take it. Ties are
 //! broken at random in proportion to the weights. A model without deployments is its own
 //! one deployment, at its `base_url`.
@@ -110,7 +111,8 @@ struct Usage {
     in_flight: u32,
     /// Calls of the last minute: when each started and its prompt tokens.
     recent: VecDeque<(Instant, u32)>,
-    latency_ms: Option<f64>,
+    /// The moving average of its latency, and when its last call ended.
+    latency_ms: Option<(f64, Instant)>,
 }
 
 impl Usage {
@@ -124,18 +126,18 @@ impl Usage {
         }
     }
 
-    /// Why a call of `tokens` prompt tokens would exceed `deployment`'s limits now, and
-    /// when it would not (never, for a prompt larger than the tpm).
+    /// Why a call of `tokens` prompt tokens (at most the tpm) would exceed `deployment`'s
+    /// limits now, and when it would not.
     fn over_limit(
         &self,
         deployment: &DeploymentConfig,
         tokens: u32,
         now: Instant,
-    ) -> Option<(String, Option<Duration>)> {
+    ) -> Option<(String, Duration)> {
         let frees = |i: usize| {
-            Some(self.recent.get(i).map_or(Duration::ZERO, |&(t, _)| {
+            self.recent.get(i).map_or(Duration::ZERO, |&(t, _)| {
                 (t + LIMIT_WINDOW).saturating_duration_since(now)
-            }))
+            })
         };
         if let Some(rpm) = deployment.rpm {
             let calls = self.recent.len();
@@ -147,9 +149,6 @@ impl Usage {
             }
         }
         if let Some(tpm) = deployment.tpm {
-            if tokens > tpm {
-                return Some((format!("{tokens} prompt tokens, more than tpm {tpm}"), None));
-            }
             let used: u64 = self.recent.iter().map(|&(_, t)| u64::from(t)).sum();
             if used + u64::from(tokens) > u64::from(tpm) {
                 // The oldest calls must leave the window until the tokens fit.
@@ -342,16 +341,19 @@ impl Deployments {
                 // Never this request's: the wait of those at their limits still holds.
                 reasons.push(format!("{key}: lacks tag {}", join(&missing)));
                 untagged += 1;
+            } else if let Some(tpm) = deployment.tpm.filter(|tpm| call.tokens > *tpm) {
+                // Never this request's either, whatever its health or its last minute.
+                reasons.push(format!(
+                    "{key}: {} prompt tokens, more than tpm {tpm}",
+                    call.tokens
+                ));
+                too_large += 1;
             } else if !call.forced && !call.health.admits(call.route, &key, now) {
                 reasons.push(format!("{key}: circuit open"));
                 limited_only = false;
             } else if let Some((why, frees)) = state.over_limit(deployment, call.tokens, now) {
                 reasons.push(format!("{key}: {why}"));
-                match frees {
-                    Some(frees) => wait = Some(wait.map_or(frees, |w| w.min(frees))),
-                    // Never this request's either, as for a missing tag.
-                    None => too_large += 1,
-                }
+                wait = Some(wait.map_or(frees, |w| w.min(frees)));
             } else {
                 candidates.push(i);
             }
@@ -362,7 +364,7 @@ impl Deployments {
             .filter(|i| !call.tried.contains(i))
             .collect();
         let candidates = if untried.is_empty() { candidates } else { untried };
-        self.choose(&candidates, deployments, states)
+        self.choose(&candidates, deployments, states, now)
             .ok_or_else(|| NoDeployment {
                 reason: reasons.join("; "),
                 retry_after: wait.filter(|_| limited_only),
@@ -377,10 +379,16 @@ impl Deployments {
         candidates: &[usize],
         deployments: &[DeploymentConfig],
         states: &[Usage],
+        now: Instant,
     ) -> Option<usize> {
         let load = |i: usize| match self.balance {
             Balance::LeastBusy => f64::from(states[i].in_flight) / deployments[i].weight,
-            Balance::Latency => states[i].latency_ms.unwrap_or(0.0),
+            // An average no call renewed for a minute is forgotten, so that a deployment
+            // that was slow or failing is tried again.
+            Balance::Latency => states[i]
+                .latency_ms
+                .filter(|(_, at)| now.saturating_duration_since(*at) < LIMIT_WINDOW)
+                .map_or(0.0, |(average, _)| average),
         };
         let best = candidates.iter().map(|&i| load(i)).min_by(f64::total_cmp)?;
         let tied: Vec<usize> = candidates.iter().copied().filter(|&i| load(i) <= best).collect();
@@ -406,10 +414,11 @@ impl Deployments {
         };
         state.in_flight = state.in_flight.saturating_sub(1);
         if let Some(latency) = latency_ms {
-            state.latency_ms = Some(match state.latency_ms {
-                Some(average) => average + LATENCY_SMOOTHING * (latency - average),
+            let average = match state.latency_ms {
+                Some((average, _)) => average + LATENCY_SMOOTHING * (latency - average),
                 None => latency,
-            });
+            };
+            state.latency_ms = Some((average, Instant::now()));
         }
     }
 
@@ -735,7 +744,8 @@ mod tests {
         assert_eq!(lease.key, "m@a");
     }
 
-    /// Latency balancing prefers the faster deployment once both are measured.
+    /// Latency balancing prefers the faster deployment once both are measured, until the
+    /// measures are a minute old.
     #[test]
     fn latency_balance_prefers_the_faster() {
         let deployments = Deployments::new(Balance::Latency);
@@ -758,5 +768,15 @@ mod tests {
             assert_eq!(lease.key, "m@fast");
             deployments.release(&lease, Some(100.0));
         }
+        // A minute on with no call, both averages are forgotten: the slow one is tried again.
+        let later = Instant::now() + LIMIT_WINDOW;
+        let tried_again = (0..50).any(|_| {
+            let lease = deployments
+                .acquire("r", &m, (&[], 1, &[]), (&health, false), later)
+                .unwrap();
+            deployments.cancel(&lease);
+            lease.key == "m@slow"
+        });
+        assert!(tried_again);
     }
 }

@@ -132,7 +132,10 @@ impl Breaker {
 
     /// Opens the breaker at `now` until `until`, or later if it is open longer already.
     fn open(&mut self, now: Instant, until: Instant, reason: String) {
-        self.opened_at = Some(now);
+        // Kept open longer, it opened when it first did: calls since then count.
+        if self.circuit(now) != Circuit::Open {
+            self.opened_at = Some(now);
+        }
         if self.open_until.is_none_or(|u| u < until) {
             self.open_until = Some(until);
             self.reason = reason;
@@ -366,7 +369,8 @@ mod tests {
     fn calls_from_before_the_opening_neither_close_nor_count() {
         let (h, t0) = (health(), Instant::now());
         let (t1, t2) = (t0 + Duration::from_millis(100), t0 + Duration::from_millis(200));
-        h.record("r", "m", true, Some(Duration::from_millis(3000)), (t1, t1));
+        // Open for 200 ms, shorter than the cooldown that enough failures would open it for.
+        h.record("r", "m", true, Some(Duration::from_millis(200)), (t1, t1));
         h.record("r", "m", false, None, (t0, t2));
         assert_eq!(
             h.circuit("r", "m", t2),
@@ -376,15 +380,18 @@ mod tests {
         for _ in 0..4 {
             h.record("r", "m", true, None, (t0, t2));
         }
-        let probe = t1 + Duration::from_millis(3000);
+        let probe = t1 + Duration::from_millis(200);
         assert_eq!(
             h.circuit("r", "m", probe),
             Circuit::HalfOpen,
             "nor lengthened by old calls"
         );
-        // A call made while it is open, when every model is tried, closes it.
-        h.record("r", "m", false, None, (t2, t2));
-        assert_eq!(h.circuit("r", "m", t2), Circuit::Closed);
+        // A longer wait asked later keeps it open from when it opened: a call made since
+        // (when every model is tried) closes it.
+        h.record("r", "m", true, Some(Duration::from_millis(4000)), (t2, t2));
+        let t3 = t2 + Duration::from_millis(50);
+        h.record("r", "m", false, None, (t1 + Duration::from_millis(50), t3));
+        assert_eq!(h.circuit("r", "m", t3), Circuit::Closed);
     }
 
     #[test]

@@ -1138,9 +1138,10 @@ async fn call_with_retries(
 ) -> Result<Called, ApiError> {
     let first_started = Instant::now();
     let mut retries = 0;
-    // The last attempt's failure, once one failed, and the deployments that failed.
+    // The last attempt's failure, once one failed; the deployments that failed, and those
+    // that asked to wait, which this call never takes again.
     let mut failed = None;
-    let mut tried = Vec::new();
+    let (mut tried, mut waiting) = (Vec::new(), Vec::new());
     loop {
         let started = Instant::now();
         // A retry's wait ends before the deadline, but the sleep may overrun it.
@@ -1155,6 +1156,12 @@ async fn call_with_retries(
             started,
         );
         let lease = match acquired {
+            // Only deployments that asked to wait are left (every model is tried, past open
+            // breakers): the last one's failure is the answer.
+            Ok(lease) if waiting.contains(&lease.index) => {
+                state.deployments.cancel(&lease);
+                return Ok(failed.map_or(Called::Deadline, |failed| Called::Answered(failed, first_started)));
+            }
             // Released when the attempt ends, or when this task is dropped mid-call.
             Ok(lease) => Leased::new(&state.deployments, lease),
             // Nothing more can be sent: the last attempt's failure is the answer.
@@ -1213,17 +1220,15 @@ async fn call_with_retries(
         };
         let mut lease = lease;
         // A failed call counts as one that took the whole timeout: the latency balance
-        // must not take a deployment that fails at once for a fast one.
+        // must not take a deployment that fails at once for a fast one. One that asked to
+        // wait is rested by its breaker instead.
         let timeout = Duration::from_millis(state.config.upstream_timeout_ms);
-        lease.latency_ms = Some(
-            if failure.is_some() {
-                took.max(timeout)
-            } else {
-                took
-            }
-            .as_secs_f64()
-                * 1000.0,
-        );
+        lease.latency_ms = match failure {
+            None => Some(took),
+            Some(failure) if failure.retry_after.is_none() => Some(took.max(timeout)),
+            Some(_) => None,
+        }
+        .map(|took| took.as_secs_f64() * 1000.0);
         state
             .metrics
             .upstream_attempt(&model.id, call.api.path(), result, took);
@@ -1242,9 +1247,9 @@ async fn call_with_retries(
             return Ok(Called::Answered(called, first_started));
         };
         state.metrics.upstream_failures.inc();
-        let first_try = !tried.contains(&lease.index);
         tried.push(lease.index);
-        if retry_after.is_some() && first_try && model.deployments.len() > 1 {
+        if retry_after.is_some() && model.deployments.len() > 1 {
+            waiting.push(lease.index);
             // Its breaker is open for the wait: another deployment takes the call, if any can.
             tracing::info!(model = %model.id, deployment = %lease.key, "handing the call on after: {failure}");
             failed = Some(called);
