@@ -327,6 +327,28 @@ async fn proxy_falls_back_in_order_and_streams() {
     }
     let after = get_json(&client, format!("{base}/v1/routes/chat"), "admin").await;
     assert_eq!(after["decisions"], before["decisions"]);
+    // `/v1/route` reads chat messages by the same rules: text parts, an assistant's null.
+    let route = |messages: Value| {
+        client
+            .post(format!("{base}/v1/route"))
+            .bearer_auth("admin")
+            .json(&json!({"route": "chat", "messages": messages}))
+            .send()
+    };
+    let parts = json!([
+        {"role": "system", "content": [{"type": "text", "text": "be brief"}]},
+        {"role": "assistant", "content": null},
+        {"role": "user", "content": "hi"}
+    ]);
+    assert_eq!(route(parts).await.unwrap().status(), 200);
+    let refused = route(json!([{"role": "user", "content": 7}])).await.unwrap();
+    assert_eq!(refused.status(), 422);
+    let error: Value = refused.json().await.unwrap();
+    let said = error["error"]["message"].as_str().unwrap();
+    assert!(
+        said.contains("a chat message has a `content` that is neither a string nor a list of parts"),
+        "{said}"
+    );
 
     // An upstream that blames the request: its status and body reach the client as they
     // came, no other model is tried, and the model is not charged with a failure.

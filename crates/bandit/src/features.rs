@@ -36,12 +36,48 @@ pub struct Context {
 
 /// One chat message, as in OpenAI's chat format.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChatMessage {
     /// `system`, `user`, `assistant` or `tool`.
     pub role: String,
-    /// The text of the message.
+    /// The text of the message: a string, or the text of its parts (`[{"type": "text",
+    /// "text": ...}, ...]`) one per line; an assistant's may be null or absent (a tool call).
     pub content: String,
+}
+
+impl ChatMessage {
+    /// A message as OpenAI's chat format writes it: an object with a string `role` and a
+    /// `content` that is a string or a list of parts (their text parts, in order, joined
+    /// by newlines); an assistant's may be null or absent. Else why not.
+    pub fn from_json(message: &serde_json::Value) -> std::result::Result<Self, &'static str> {
+        let role = message
+            .get("role")
+            .and_then(serde_json::Value::as_str)
+            .ok_or("must be an object with a string `role`")?;
+        let content = match message.get("content") {
+            Some(serde_json::Value::String(text)) => text.clone(),
+            Some(serde_json::Value::Array(parts)) => parts
+                .iter()
+                .filter_map(|part| part.get("text").and_then(serde_json::Value::as_str))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            None | Some(serde_json::Value::Null) if role == "assistant" => String::new(),
+            None | Some(serde_json::Value::Null) => return Err("has no `content`"),
+            Some(_) => return Err("has a `content` that is neither a string nor a list of parts"),
+        };
+        Ok(ChatMessage {
+            role: role.to_string(),
+            content,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for ChatMessage {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let message = serde_json::Value::deserialize(deserializer)?;
+        ChatMessage::from_json(&message)
+            .map_err(|why| serde::de::Error::custom(format!("a chat message {why}")))
+    }
 }
 
 /// Turns prompts into contexts of a fixed, documented dimension.
@@ -371,6 +407,51 @@ fn non_ascii_letter_share(text: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A chat message is read as OpenAI writes it, the same wherever it comes from.
+    #[test]
+    fn chat_messages_take_text_parts_and_an_assistants_null() {
+        let read = |v: serde_json::Value| serde_json::from_value::<ChatMessage>(v).map_err(|e| e.to_string());
+        let parts = serde_json::json!({"role": "user", "content": [
+            {"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}, {"type": "text", "text": "b"}
+        ]});
+        assert_eq!(read(parts).unwrap().content, "a\nb");
+        assert_eq!(
+            read(serde_json::json!({"role": "assistant", "content": null}))
+                .unwrap()
+                .content,
+            ""
+        );
+        assert_eq!(
+            read(serde_json::json!({"role": "assistant"})).unwrap().content,
+            ""
+        );
+        for (message, why) in [
+            (serde_json::json!({"role": "user"}), "has no `content`"),
+            (
+                serde_json::json!({"role": "tool", "content": null}),
+                "has no `content`",
+            ),
+            (
+                serde_json::json!({"content": "hi"}),
+                "must be an object with a string `role`",
+            ),
+            (serde_json::json!("hi"), "must be an object with a string `role`"),
+            (
+                serde_json::json!({"role": "user", "content": {"text": "hi"}}),
+                "neither a string nor a list of parts",
+            ),
+        ] {
+            let error = read(message.clone()).unwrap_err();
+            assert!(error.contains(why), "{message}: {error}");
+        }
+        let message = ChatMessage {
+            role: "user".into(),
+            content: "hi".into(),
+        };
+        let again = read(serde_json::to_value(&message).unwrap()).unwrap();
+        assert_eq!(again, message);
+    }
 
     #[test]
     fn a_definitions_caller_features_are_read_back() {

@@ -113,32 +113,7 @@ fn messages(body: &Value) -> Result<Vec<ChatMessage>, ApiError> {
     list.iter()
         .enumerate()
         .map(|(i, m)| {
-            let invalid = |why: &str| ApiError::Invalid(format!("`messages[{i}]` {why}"));
-            let role = m
-                .get("role")
-                .and_then(Value::as_str)
-                .ok_or_else(|| invalid("must be an object with a string `role`"))?;
-            let content = match m.get("content") {
-                Some(Value::String(s)) => s.clone(),
-                // Multi-part content: its text parts, in order.
-                Some(Value::Array(parts)) => parts
-                    .iter()
-                    .filter_map(|p| p.get("text").and_then(Value::as_str))
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-                // An assistant's tool call may come without text.
-                None | Some(Value::Null) if role == "assistant" => String::new(),
-                None | Some(Value::Null) => return Err(invalid("has no `content`")),
-                Some(_) => {
-                    return Err(invalid(
-                        "has a `content` that is neither a string nor a list of parts",
-                    ))
-                }
-            };
-            Ok(ChatMessage {
-                role: role.to_string(),
-                content,
-            })
+            ChatMessage::from_json(m).map_err(|why| ApiError::Invalid(format!("`messages[{i}]` {why}")))
         })
         .collect()
 }
