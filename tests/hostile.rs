@@ -1233,6 +1233,16 @@ async fn every_error_is_json_in_openai_shape() {
                 .bearer_auth("t")
                 .body("{}"),
         ),
+        // A compressed body is not decoded: said so, not read as malformed JSON.
+        (
+            415,
+            client
+                .post(format!("{base}/v1/route"))
+                .bearer_auth("t")
+                .header("content-type", "application/json")
+                .header("content-encoding", "gzip")
+                .body(vec![0x1f, 0x8b, 0x08, 0x00]),
+        ),
         (
             422,
             client

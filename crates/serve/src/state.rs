@@ -113,14 +113,21 @@ impl AppState {
 }
 
 /// A JSON body, the one extractor of the API's requests: malformed JSON is 400, well-formed
-/// JSON of the wrong shape or types 422, a missing JSON content type 415, each in the
-/// API's error shape.
+/// JSON of the wrong shape or types 422, a missing JSON content type or a compressed body
+/// (which the server does not decode) 415, each in the API's error shape.
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let encoding = request.headers().get(axum::http::header::CONTENT_ENCODING);
+        if let Some(encoding) = encoding.filter(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity")) {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "`content-encoding: {}` is not taken: send the JSON body uncompressed",
+                String::from_utf8_lossy(encoding.as_bytes())
+            )));
+        }
         match Json::<T>::from_request(request, state).await {
             Ok(Json(value)) => Ok(ApiJson(value)),
             Err(e @ JsonRejection::JsonDataError(_)) => Err(ApiError::Invalid(e.body_text())),
