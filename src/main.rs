@@ -65,9 +65,10 @@ enum Command {
     Serve(serve_cmd::ServeArgs),
     /// The validation suite the defaults are chosen by: each candidate's lift over the hull
     /// on generated tables of 3 to 60 models (and 30 on 10,000 prompts), the built-in
-    /// scenario's train split and, with --routerbench and --routellm, those tables' train
-    /// files (3-fold cross-validation), under budgets of 10%, 25% and 50% of the best
-    /// model's cost; trained, drifting, cold and with late qualities.
+    /// scenario's train split and, with --routerbench and --routellm, RouterBench's train
+    /// files and RouteLLM's tables whole (3-fold cross-validation), under budgets of 10%,
+    /// 25% and 50% of the best model's cost; trained, drifting, cold and with late
+    /// qualities.
     Suite(suite_cmd::SuiteArgs),
 }
 
