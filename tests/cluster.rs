@@ -531,10 +531,7 @@ async fn two_replicas_under_one_name_are_told() {
         route(&client, base, "hello").await;
         tokio::time::sleep(3 * interval).await;
     }
-    let told = |logs: Vec<String>| {
-        logs.iter()
-            .any(|l| l.contains("publishes under this replica's name"))
-    };
-    assert!(told(a.logs()), "{:?}", a.logs());
+    let told = "publishes under this replica's name";
+    assert!(a.logged_within(told, Duration::from_secs(10)), "{:?}", a.logs());
     drop((a, other, redis));
 }

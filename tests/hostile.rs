@@ -487,7 +487,7 @@ async fn a_last_record_torn_inside_a_character_neither_stops_a_start_nor_ope() {
     let (child, base) = start_binary(&["--config", &config]);
     let cut = format!("cut off segment={} bytes={cut}", segment.display());
     assert!(
-        child.logs().iter().any(|l| l.contains(&cut)),
+        child.logged_within(&cut, Duration::from_secs(10)),
         "{:?}",
         child.logs()
     );

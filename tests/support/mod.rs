@@ -43,6 +43,21 @@ impl Running {
         lines_of(&self.logs)
     }
 
+    /// Whether a line holding `text` comes within `limit`: the server writes its log on a
+    /// thread of its own, so a line may come after the answer of the request behind it.
+    pub fn logged_within(&self, text: &str, limit: Duration) -> bool {
+        let started = Instant::now();
+        loop {
+            if self.logs().iter().any(|line| line.contains(text)) {
+                return true;
+            }
+            if started.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops reading the server's standard error (after the line being read), as a
     /// stalled log reader would.
     pub fn stall_stderr(&self) {
