@@ -703,6 +703,10 @@ impl Table {
     /// when the file has no such column.
     pub fn text_lists(&self, name: &str) -> Result<Option<Vec<Vec<String>>>> {
         self.list_column(name, "names", Vec::new, |row, list| {
+            // A chunk whose lists are all empty reads as lists of nothing in particular.
+            if list.dtype() == &DataType::Null {
+                return Ok(Vec::new());
+            }
             let names = list
                 .str()
                 .map_err(|e| self.bad_value(row, name, format!("not names ({e})")))?;

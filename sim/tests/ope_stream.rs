@@ -140,6 +140,9 @@ fn write_server_log(log: &LoggedDataset, path: &Path) {
                 for (j, name) in log.feature_names.iter().enumerate() {
                     r[name] = log.features[[i, j]].into();
                 }
+                // Empty lists, as a writer that does not leave them out writes them.
+                r["unavailable"] = serde_json::json!([]);
+                r["admitted"] = serde_json::json!([]);
             }
             "outcome" => {
                 r["cost_usd"] = log.cost_usd[i].into();
