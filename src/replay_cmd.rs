@@ -17,7 +17,7 @@ use quiver_sim::priors::{fit_wide, TrainFeedback};
 use quiver_sim::replay::{
     replay, replay_cascades, Cascade, Drift, Environment, Knobs, LatencyModel, ReplaySettings, Variant,
 };
-use quiver_sim::report::{summarize, summarize_cascades, table};
+use quiver_sim::report::{summarize, summarize_cascades, table, usd};
 use quiver_sim::scenario::Scenario;
 
 use crate::parse_specs;
@@ -273,9 +273,10 @@ fn budget_in_usd(budget: Budget, data: &WideDataset, train: Option<&WideDataset>
             )
         })?;
     tracing::info!(
-        "budget: {budget} of {}'s mean cost per request on the {} {rows} rows, ${usd:.6}",
+        "budget: {budget} of {}'s mean cost per request on the {} {rows} rows, ${}",
         basis.arms[best],
-        basis.rows()
+        basis.rows(),
+        quiver_sim::report::usd(usd)
     );
     Ok(usd)
 }
@@ -561,13 +562,13 @@ fn replay_log(args: &ReplayArgs, mut log: LogStream, specs: &[PolicySpec]) -> Re
                 .map_or(f64::NAN, |e| e.value)
         };
         println!(
-            "{:<44} {:>8} {:>9.4} {:>9.4} {:>9.4} {:>11.6} {:>8.0}",
+            "{:<44} {:>8} {:>9.4} {:>9.4} {:>9.4} {:>11} {:>8.0}",
             s.policy,
             value.weights.replay_accepted,
             get(value, "replay"),
             get(value, "snips"),
             get(value, "dr"),
-            get(cost, "dr"),
+            usd(get(cost, "dr")),
             value.weights.effective_sample_size
         );
     }

@@ -394,6 +394,42 @@ fn a_cascade_is_replayed_beside_the_policies_and_drawn_on_the_frontier() {
 
 /// A table without costs becomes a log without them, not one of free calls: `quiver ope`
 /// says its cost estimates say nothing, and priors fitted from it learn no usage.
+/// Amounts too small for six decimals are printed with their digits, not as zero.
+#[test]
+fn a_table_of_very_cheap_calls_shows_its_amounts() {
+    let dir = scratch("very_cheap");
+    let data = dir.join("cheap.csv");
+    let mut text = String::from("id,quality|a,cost|a,quality|b,cost|b\n");
+    for i in 0..40 {
+        text.push_str(&format!("{i},{},0.00000001,1,0.00000004\n", i % 2));
+    }
+    std::fs::write(&data, text).unwrap();
+    let table = stdout(&quiver(&[
+        "replay",
+        "--data",
+        data.to_str().unwrap(),
+        "--policies",
+        "linucb",
+        "--budget",
+        "50%",
+        "--seeds",
+        "1",
+    ]));
+    let single = |arm: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("single:{arm} ")))
+            .unwrap()
+    };
+    assert!(
+        single("a").contains(" 1.00e-8 ") && single("b").contains(" 4.00e-8 "),
+        "{table}"
+    );
+    let linucb = table.lines().find(|l| l.starts_with("linucb")).unwrap();
+    assert!(linucb.contains(" 2.00e-8 "), "the budget: {table}");
+    assert!(!table.contains("0.000000"), "{table}");
+}
+
 #[test]
 fn a_table_without_costs_logs_no_costs() {
     let dir = scratch("convert_no_cost");

@@ -435,6 +435,16 @@ fn latency(ms: Option<f64>) -> String {
     ms.map_or("n/a".into(), |ms| format!("{ms:.1}"))
 }
 
+/// USD for the table: six decimals, or three significant digits where six decimals would
+/// print a non-zero amount as zero (a table of very cheap calls).
+pub fn usd(x: f64) -> String {
+    if x != 0.0 && x.abs() < 5e-7 {
+        format!("{x:.2e}")
+    } else {
+        format!("{x:.6}")
+    }
+}
+
 /// A ratio to the best single model as a percentage; n/a where the best has none to
 /// compare with (a table without costs).
 fn share(ratio: f64) -> String {
@@ -501,10 +511,10 @@ pub fn table(summary: &Summary) -> String {
     ));
     for p in &summary.policies {
         out.push_str(&format!(
-            "{:<width$} {:>8.4} {:>11.6} {:>10} {:>8.4} {:>9.1} {:>9} {:>8} {:>8.4} {:>+8.4} {:>9} {:>8} {:>10} {:>9}\n",
+            "{:<width$} {:>8.4} {:>11} {:>10} {:>8.4} {:>9.1} {:>9} {:>8} {:>8.4} {:>+8.4} {:>9} {:>8} {:>10} {:>9}\n",
             p.policy,
             p.mean_quality,
-            p.mean_cost_usd,
+            usd(p.mean_cost_usd),
             latency(p.mean_latency_ms),
             p.mean_reward,
             p.regret,
@@ -518,7 +528,7 @@ pub fn table(summary: &Summary) -> String {
             p.w_cost,
             match p.budget_usd {
                 None => "none".into(),
-                Some(b) if p.paced => format!("{b:.6}"),
+                Some(b) if p.paced => usd(b),
                 Some(_) => "unpaced".into(),
             },
             p.pacer_cost_weight.map_or("-".into(), |w| format!("{w:+.0}"))
@@ -526,10 +536,10 @@ pub fn table(summary: &Summary) -> String {
     }
     for c in &summary.cascades {
         out.push_str(&format!(
-            "{:<width$} {:>8.4} {:>11.6} {:>10} {:>8} {:>9} {:>9} {:>8} {:>8.4} {:>+8.4}   escalated {:.1}%\n",
+            "{:<width$} {:>8.4} {:>11} {:>10} {:>8} {:>9} {:>9} {:>8} {:>8.4} {:>+8.4}   escalated {:.1}%\n",
             c.cascade,
             c.mean_quality,
-            c.mean_cost_usd,
+            usd(c.mean_cost_usd),
             latency(c.mean_latency_ms),
             "",
             "",
@@ -547,10 +557,10 @@ pub fn table(summary: &Summary) -> String {
             (a.mean_quality / b.mean_quality, a.mean_cost_usd / b.mean_cost_usd)
         });
         out.push_str(&format!(
-            "{:<width$} {:>8.4} {:>11.6} {:>10} {:>8} {:>9} {:>9} {:>8}\n",
+            "{:<width$} {:>8.4} {:>11} {:>10} {:>8} {:>9} {:>9} {:>8}\n",
             format!("single:{}", a.arm),
             a.mean_quality,
-            a.mean_cost_usd,
+            usd(a.mean_cost_usd),
             latency(a.mean_latency_ms),
             "",
             "",
@@ -559,8 +569,10 @@ pub fn table(summary: &Summary) -> String {
         ));
     }
     out.push_str(&format!(
-        "{:<width$} {:>8.4} {:>11.6}\n",
-        "oracle", summary.oracle.mean_quality, summary.oracle.mean_cost_usd
+        "{:<width$} {:>8.4} {:>11}\n",
+        "oracle",
+        summary.oracle.mean_quality,
+        usd(summary.oracle.mean_cost_usd)
     ));
     out.push_str(&format!(
         "\nbest single model: {}; frontier: {} (AIQ {:.4})\n",
@@ -582,15 +594,19 @@ pub fn table(summary: &Summary) -> String {
         for budget in budgets {
             if budget < cheapest_cost {
                 out.push_str(&format!(
-                    "the budget {budget:.6} is below every model's mean cost ({cheapest}, the \
-                     cheapest, costs {cheapest_cost:.6}): no policy can keep it, and the hull at \
-                     the budget is {cheapest}'s quality\n"
+                    "the budget {} is below every model's mean cost ({cheapest}, the \
+                     cheapest, costs {}): no policy can keep it, and the hull at \
+                     the budget is {cheapest}'s quality\n",
+                    usd(budget),
+                    usd(cheapest_cost)
                 ));
             } else if budget > best_cost {
                 out.push_str(&format!(
-                    "the budget {budget:.6} is above the best model's mean cost ({best} costs \
-                     {best_cost:.6}): it keeps no policy from the best model (a share of the \
-                     best model's cost is written with %, as 25%)\n"
+                    "the budget {} is above the best model's mean cost ({best} costs \
+                     {}): it keeps no policy from the best model (a share of the \
+                     best model's cost is written with %, as 25%)\n",
+                    usd(budget),
+                    usd(best_cost)
                 ));
             }
         }
