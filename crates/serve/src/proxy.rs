@@ -19,8 +19,9 @@
 //! retried on the same model (another of its deployments, where one can take it) up to
 //! `upstream_retries` times after an exponential backoff with jitter; a 429 or 503 with
 //! `Retry-After` is not, and opens the circuit breaker of the model (of its deployment,
-//! which hands the call on to another) for that long; a model whose breaker is open is left out of the decision, so of
-//! the fallback order too, until a probe call after its cooldown succeeds.
+//! which hands the call on to another) for that long; a model whose breaker is open is
+//! left out of the decision, so of the fallback order too, until a probe call after its
+//! cooldown succeeds.
 //!
 //! Time and size limits, per attempt: the first byte (the response head and, for a
 //! stream, its first event) must come within `upstream_timeout_ms`; a non-streamed body
