@@ -14,7 +14,7 @@ use axum::response::IntoResponse;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use support::{
-    browse, chromium, get_json, get_text, post_json, promtool_check, sample, scratch, start_app,
+    browse, chromium, get_json, get_text, post, post_json, promtool_check, sample, scratch, start_app,
     start_binary, start_binary_with_env, Running,
 };
 
@@ -178,13 +178,13 @@ async fn proxy_falls_back_in_order_and_streams() {
     )
     .await;
     let client = reqwest::Client::new();
-    let response = client
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth("admin")
-        .json(&json!({"model": "chat", "messages": [{"role": "user", "content": "Say hi"}]}))
-        .send()
-        .await
-        .unwrap();
+    let response = post(
+        &client,
+        format!("{base}/v1/chat/completions"),
+        "admin",
+        &json!({"model": "chat", "messages": [{"role": "user", "content": "Say hi"}]}),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-quiver-model"], "good");
     assert!(response.headers()["x-quiver-decision-id"]
@@ -226,13 +226,13 @@ async fn proxy_falls_back_in_order_and_streams() {
             format!("quiver_upstream_attempt_seconds_count{{model=\"{model}\",path=\"/chat/completions\",result=\"error\"}} {calls}");
         assert!(metrics.contains(&line), "{line}\n{metrics}");
     }
-    let dead = client
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth("admin")
-        .json(&json!({"model": "dead", "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
+    let dead = post(
+        &client,
+        format!("{base}/v1/chat/completions"),
+        "admin",
+        &json!({"model": "dead", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
     assert_eq!(dead.status(), 502);
     // The error names the route's decision, as the log and dashboard hold it: its first
     // model's call failed (its fallback's is a decision of its own).
@@ -260,13 +260,13 @@ async fn proxy_falls_back_in_order_and_streams() {
         "{reason}"
     );
 
-    let streamed = client
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth("admin")
-        .json(&json!({"model": "stream", "stream": true, "messages": [{"role": "user", "content": "Say hello"}]}))
-        .send()
-        .await
-        .unwrap();
+    let streamed = post(
+        &client,
+        format!("{base}/v1/chat/completions"),
+        "admin",
+        &json!({"model": "stream", "stream": true, "messages": [{"role": "user", "content": "Say hello"}]}),
+    )
+    .await;
     assert_eq!(streamed.status(), 200);
     assert_eq!(streamed.headers()["content-type"], "text/event-stream");
     // The upstream call did not wait for the decision's fsync, but the answer did; the
@@ -284,13 +284,13 @@ async fn proxy_falls_back_in_order_and_streams() {
     // 9 prompt and 2 completion tokens at $1 and $2 per million.
     assert!((state["arms"][0]["spend_usd"].as_f64().unwrap() - 13e-6).abs() < 1e-12);
 
-    let all_fail = client
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth("admin")
-        .json(&json!({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
+    let all_fail = post(
+        &client,
+        format!("{base}/v1/chat/completions"),
+        "admin",
+        &json!({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
     assert_eq!(all_fail.status(), 404);
     let error: Value = all_fail.json().await.unwrap();
     assert_eq!(error["error"]["message"], "unknown route `nope`");
@@ -314,13 +314,13 @@ async fn proxy_falls_back_in_order_and_streams() {
         ),
         (json!([{"role": "user"}]), "`messages[0]` has no `content`"),
     ] {
-        let refused = client
-            .post(format!("{base}/v1/chat/completions"))
-            .bearer_auth("admin")
-            .json(&json!({"model": "chat", "messages": messages}))
-            .send()
-            .await
-            .unwrap();
+        let refused = post(
+            &client,
+            format!("{base}/v1/chat/completions"),
+            "admin",
+            &json!({"model": "chat", "messages": messages}),
+        )
+        .await;
         assert_eq!(refused.status(), 422, "{messages}");
         let error: Value = refused.json().await.unwrap();
         assert_eq!(error["error"]["message"], said, "{messages}");
@@ -352,13 +352,13 @@ async fn proxy_falls_back_in_order_and_streams() {
 
     // An upstream that blames the request: its status and body reach the client as they
     // came, no other model is tried, and the model is not charged with a failure.
-    let refused = client
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth("admin")
-        .json(&json!({"model": "strict", "messages": [{"role": "user", "content": "a very long prompt"}]}))
-        .send()
-        .await
-        .unwrap();
+    let refused = post(
+        &client,
+        format!("{base}/v1/chat/completions"),
+        "admin",
+        &json!({"model": "strict", "messages": [{"role": "user", "content": "a very long prompt"}]}),
+    )
+    .await;
     assert_eq!(refused.status(), 400);
     assert_eq!(refused.headers()["x-quiver-model"], "refusing");
     let body: Value = refused.json().await.unwrap();
@@ -373,13 +373,13 @@ async fn proxy_falls_back_in_order_and_streams() {
     }
 
     // A 404 is the model's (retired, or a wrong base_url): the next model answers.
-    let moved = client
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth("admin")
-        .json(&json!({"model": "moved", "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
+    let moved = post(
+        &client,
+        format!("{base}/v1/chat/completions"),
+        "admin",
+        &json!({"model": "moved", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
     assert_eq!(moved.status(), 200);
     assert_eq!(moved.headers()["x-quiver-model"], "good");
 
@@ -465,13 +465,7 @@ async fn a_cascade_escalates_an_answer_that_fails_its_check() {
     assert!((of(&parent)[1].cost_usd - 2e-5).abs() < 1e-12);
     // The client's feedback goes to the answer it got.
     let feedback = json!({"decision_id": child, "quality": 1.0});
-    let answer = client
-        .post(format!("{base}/v1/feedback"))
-        .bearer_auth("f")
-        .json(&feedback)
-        .send()
-        .await
-        .unwrap();
+    let answer = post(&client, format!("{base}/v1/feedback"), "f", &feedback).await;
     assert_eq!(answer.status(), 200);
 
     // A stream passes unchecked.
@@ -544,13 +538,7 @@ async fn an_escalation_no_deployment_can_take_is_not_logged() {
 /// too), which must be answered: its model, decision and parent decision headers, and its
 /// body.
 async fn answered_chat(client: &reqwest::Client, base: &str, body: Value) -> ([Option<String>; 3], String) {
-    let answer = client
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth("r")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let answer = post(client, format!("{base}/v1/chat/completions"), "r", &body).await;
     assert_eq!(answer.status(), 200);
     let header = |name: &str| {
         answer
@@ -632,13 +620,7 @@ async fn a_session_stays_on_its_model_until_a_call_fails() {
     assert_eq!(p, 0.5, "a new session");
     // A failed call moves the session on: the next request is decided afresh.
     let outcome = json!({"decision_id": last, "latency_ms": 100.0, "error": true});
-    let answer = client
-        .post(format!("{base}/v1/outcome"))
-        .bearer_auth("f")
-        .json(&outcome)
-        .send()
-        .await
-        .unwrap();
+    let answer = post(&client, format!("{base}/v1/outcome"), "f", &outcome).await;
     assert_eq!(answer.status(), 200);
     let (_, _, p) = route(Some("alice"), None).await;
     assert_eq!(p, 0.5);
@@ -648,13 +630,7 @@ async fn a_session_stays_on_its_model_until_a_call_fails() {
 
     // The proxy: OpenAI's `user`, which must be text.
     let body = json!({"model": "learn", "user": 5, "messages": [{"role": "user", "content": "hi"}]});
-    let refused = client
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth("r")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let refused = post(&client, format!("{base}/v1/chat/completions"), "r", &body).await;
     assert_eq!(refused.status(), 422);
     let refusal: Value = refused.json().await.unwrap();
     assert_eq!(refusal["error"]["message"], "`user` must be a string, not 5");
@@ -662,13 +638,7 @@ async fn a_session_stays_on_its_model_until_a_call_fails() {
     for _ in 0..10 {
         let body =
             json!({"model": "learn", "user": "carol", "messages": [{"role": "user", "content": "hi"}]});
-        let answer = client
-            .post(format!("{base}/v1/chat/completions"))
-            .bearer_auth("r")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let answer = post(&client, format!("{base}/v1/chat/completions"), "r", &body).await;
         assert_eq!(answer.status(), 200);
         answered.insert(answer.headers()["x-quiver-model"].to_str().unwrap().to_string());
     }
@@ -924,13 +894,13 @@ async fn traffic_shifts_to_the_arm_with_the_best_feedback_and_feedback_rules_hol
         let client = client.clone();
         let base = base.clone();
         async move {
-            client
-                .post(format!("{base}/v1/feedback"))
-                .bearer_auth(token)
-                .json(&json!({"decision_id": id, "quality": quality}))
-                .send()
-                .await
-                .unwrap()
+            post(
+                &client,
+                format!("{base}/v1/feedback"),
+                token,
+                &json!({"decision_id": id, "quality": quality}),
+            )
+            .await
         }
     };
     let mut late = Vec::new();
@@ -2178,13 +2148,8 @@ async fn the_dashboard_shows_live_numbers_in_a_real_browser() {
         let r = post_json(&client, format!("{base}/v1/route"), "r", &prompt).await;
         let quality = if r["model"] == "large" { 0.9 } else { 0.4 };
         let outcome = json!({"decision_id": r["decision_id"], "latency_ms": 120, "cost_usd": 0.001, "quality": quality});
-        let status = client
-            .post(format!("{base}/v1/outcome"))
-            .bearer_auth("f")
-            .json(&outcome)
-            .send()
+        let status = post(&client, format!("{base}/v1/outcome"), "f", &outcome)
             .await
-            .unwrap()
             .status();
         assert_eq!(status, 200);
     }

@@ -367,6 +367,22 @@ pub async fn get_text(client: &reqwest::Client, url: String, token: &str) -> Str
     get(client, url, token).await.text().await.unwrap()
 }
 
+/// `POST url` with a bearer token and a JSON body.
+pub async fn post(
+    client: &reqwest::Client,
+    url: String,
+    token: &str,
+    body: &serde_json::Value,
+) -> reqwest::Response {
+    client
+        .post(url)
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// `POST url` with a bearer token and a JSON body: the answer's JSON.
 pub async fn post_json(
     client: &reqwest::Client,
@@ -374,14 +390,7 @@ pub async fn post_json(
     token: &str,
     body: &serde_json::Value,
 ) -> serde_json::Value {
-    let answer = client
-        .post(url)
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    answer.json().await.unwrap()
+    post(client, url, token, body).await.json().await.unwrap()
 }
 
 /// The browser the dashboard test drives: `QUIVER_CHROMIUM`, else Debian's `chromium`. CI
