@@ -358,12 +358,10 @@ impl Deployments {
                 candidates.push(i);
             }
         }
-        let untried: Vec<usize> = candidates
-            .iter()
-            .copied()
-            .filter(|i| !call.tried.contains(i))
-            .collect();
-        let candidates = if untried.is_empty() { candidates } else { untried };
+        // Those the call has not failed on, while there are any.
+        if candidates.iter().any(|i| !call.tried.contains(i)) {
+            candidates.retain(|i| !call.tried.contains(i));
+        }
         self.choose(&candidates, deployments, states, now)
             .ok_or_else(|| NoDeployment {
                 reason: reasons.join("; "),

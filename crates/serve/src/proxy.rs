@@ -1118,11 +1118,16 @@ async fn call_with_retries(
     // that asked to wait, which this call never takes again.
     let mut failed = None;
     let (mut tried, mut waiting) = (Vec::new(), Vec::new());
+    // How the call ends when nothing more is sent: with the last attempt's failure, if
+    // one was sent, else as `unsent` says.
+    let ended = |failed: Option<Result<Answer, Failure>>, unsent: Called| {
+        failed.map_or(unsent, |failed| Called::Answered(failed, first_started))
+    };
     loop {
         let started = Instant::now();
         // A retry's wait ends before the deadline, but the sleep may overrun it.
         if call.deadline <= started {
-            return Ok(failed.map_or(Called::Deadline, |failed| Called::Answered(failed, first_started)));
+            return Ok(ended(failed, Called::Deadline));
         }
         let acquired = state.deployments.acquire(
             route,
@@ -1136,16 +1141,12 @@ async fn call_with_retries(
             // breakers): the last one's failure is the answer.
             Ok(lease) if waiting.contains(&lease.index) => {
                 state.deployments.cancel(&lease);
-                return Ok(failed.map_or(Called::Deadline, |failed| Called::Answered(failed, first_started)));
+                return Ok(ended(failed, Called::Deadline));
             }
             // Released when the attempt ends, or when this task is dropped mid-call.
             Ok(lease) => Leased::new(&state.deployments, lease),
             // Nothing more can be sent: the last attempt's failure is the answer.
-            Err(no) => {
-                return Ok(failed.map_or(Called::NoDeployment(no), |failed| {
-                    Called::Answered(failed, first_started)
-                }))
-            }
+            Err(no) => return Ok(ended(failed, Called::NoDeployment(no))),
         };
         if !state.health.try_call(route, &lease.key, call.forced, started) {
             // Never sent: it counts against no limit.
@@ -1157,9 +1158,7 @@ async fn call_with_retries(
                 untagged: false,
                 too_large: false,
             };
-            return Ok(failed.map_or(Called::NoDeployment(no), |failed| {
-                Called::Answered(failed, first_started)
-            }));
+            return Ok(ended(failed, Called::NoDeployment(no)));
         }
         if let Err(e) = for_decision.decision(state) {
             // A half-open breaker's probe taken above is given back after its cooldown.
