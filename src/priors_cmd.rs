@@ -9,6 +9,7 @@ use quiver_sim::context::{task_in_context, ContextBuilder};
 use quiver_sim::data::{detect_format, load_wide, Format, Split};
 use quiver_sim::priors::{fit_logged, fit_wide};
 use quiver_sim::replay::Environment;
+use quiver_sim::report::usd;
 
 use crate::replay_cmd::price_from_file;
 
@@ -82,6 +83,12 @@ fn fit(args: FitArgs) -> Result<()> {
             price_from_file(path, &mut data, None)?;
         }
         if let Some(note) = data.dropped_note() {
+            if data.rows() == 0 {
+                bail!(
+                    "{note}: no row holds every model's values, and priors are fitted on those \
+                     that do; leave out the columns of a model with few values to fit the others"
+                );
+            }
             eprintln!("{note}");
         }
         let tasks = if task_in_context(data.prompts.is_some(), args.task_feature) {
@@ -117,13 +124,15 @@ fn fit(args: FitArgs) -> Result<()> {
         );
     }
     for (arm, p) in &priors.arms {
+        // A log's priors carry the cost its calls reported, without a correction.
         let cost = match &p.cost_correction {
+            _ if p.usage.requests == 0.0 => String::new(),
             Some(c) => format!(
-                ", ${:.6} per request, cost ridge {}",
-                p.usage.cost_usd / p.usage.requests,
+                ", ${} per request, cost ridge {}",
+                usd(p.usage.cost_usd / p.usage.requests),
                 c.lambda
             ),
-            None => String::new(),
+            None => format!(", ${} per request", usd(p.usage.cost_usd / p.usage.requests)),
         };
         let answers = match &p.answer_correction {
             Some(c) => format!(", answer ridge {}", c.lambda),

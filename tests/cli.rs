@@ -1004,6 +1004,27 @@ fn a_new_users_mistakes_get_precise_errors() {
         );
     }
 
+    // A model without a value on any row leaves no row to fit the others on: said so,
+    // naming it, rather than that no model has a quality.
+    let empty = dir.join("empty.csv");
+    std::fs::write(
+        &empty,
+        "id,prompt,quality|a,quality|b\n1,hello,,0.7\n2,foo,,0.2\n",
+    )
+    .unwrap();
+    let err = stderr(&quiver(&[
+        "priors",
+        "fit",
+        "--data",
+        empty.to_str().unwrap(),
+        "--out",
+        "unwritten.json",
+    ]));
+    assert!(
+        err.contains("row 1: no quality for `a`") && err.contains("no row holds every model's values"),
+        "{err}"
+    );
+
     // A cost column whose model has no quality column is a misspelled id, not a free model.
     let stray = dir.join("stray.csv");
     let err = replay_refusal(&stray, "quality|a,quality|b,cost|A,cost|B\n1,0,0.1,0.2\n");
@@ -1062,7 +1083,7 @@ fn a_new_users_mistakes_get_precise_errors() {
         "--out",
         priors.to_str().unwrap(),
     ]));
-    assert!(err.contains("no model has a quality on any row"), "{err}");
+    assert!(err.contains("no row holds every model's values"), "{err}");
     assert!(!priors.exists());
     let judged = dir.join("judged.csv");
     std::fs::write(&judged, "id,task,quality|a,quality|b\n1,x,1,0\n2,y,0,1\n").unwrap();
@@ -1966,14 +1987,25 @@ fn priors_fitted_from_a_table_carry_what_each_model_is_good_at() {
     // From a log, each model learns from the decisions that chose it.
     let log = dir.join("log.csv");
     convert_to_log(&data, "random", &log);
-    stdout(&quiver(&[
+    let fitted = quiver(&[
         "priors",
         "fit",
         "--data",
         log.to_str().unwrap(),
         "--out",
         priors.to_str().unwrap(),
-    ]));
+    ]);
+    stdout(&fitted);
+    // The summary names the cost each model's calls reported.
+    let summary = String::from_utf8_lossy(&fitted.stderr);
+    for (arm, cost) in [
+        ("small", "0.000100"),
+        ("mid/v1", "0.000500"),
+        ("big:2024", "0.002000"),
+    ] {
+        let line = summary.lines().find(|l| l.trim_start().starts_with(arm)).unwrap();
+        assert!(line.contains(&format!("${cost} per request")), "{summary}");
+    }
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&priors).unwrap()).unwrap();
     assert_eq!(v["context"], "hashing(words=40,chars=16,caller=1)");
     let rows: f64 = v["arms"]

@@ -188,8 +188,10 @@ impl Constraints {
         if let Some(max) = self.max_cost_usd {
             if expected_cost_usd > max {
                 return Some(format!(
-                    "{}: expected cost ${expected_cost_usd:.6} exceeds max_cost_usd ${max:.6}",
-                    arm.id
+                    "{}: expected cost ${} exceeds max_cost_usd ${}",
+                    arm.id,
+                    three_figures(expected_cost_usd),
+                    three_figures(max)
                 ));
             }
         }
@@ -197,9 +199,29 @@ impl Constraints {
     }
 }
 
+/// `x` to three significant figures, in decimals: the amounts of a request, down to
+/// fractions of a cent, neither rounded to zero nor printed to the last bit.
+fn three_figures(x: f64) -> String {
+    let decimals = if x == 0.0 || !x.is_finite() {
+        0
+    } else {
+        (2.0 - x.abs().log10().floor()).clamp(0.0, 15.0) as usize
+    };
+    format!("{x:.decimals$}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn amounts_keep_three_figures() {
+        assert_eq!(three_figures(2e-5), "0.0000200");
+        assert_eq!(three_figures(0.0012345), "0.00123");
+        assert_eq!(three_figures(12.5), "12.5");
+        assert_eq!(three_figures(1500.0), "1500");
+        assert_eq!(three_figures(0.0), "0");
+    }
 
     #[test]
     fn a_misspelled_constraint_is_refused_by_name() {

@@ -91,6 +91,12 @@ fn seconds_from_100us() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
 }
 
+fn request_seconds() -> Histogram {
+    // 0.1 ms to 210 s: a proxied answer may take the request's whole time limit (120 s
+    // by default).
+    Histogram::new(exponential_buckets(0.0001, 2.0, 22))
+}
+
 fn seconds_from_5ms() -> Histogram {
     // 5 ms to 82 s: model calls.
     Histogram::new(exponential_buckets(0.005, 2.0, 15))
@@ -211,7 +217,7 @@ impl Default for Metrics {
             "Feedback and outcomes accepted here for decisions other replicas made",
         );
         let http_request_seconds =
-            HistogramFamily::new_with_constructor(seconds_from_100us as fn() -> Histogram);
+            HistogramFamily::new_with_constructor(request_seconds as fn() -> Histogram);
         registry.register(
             "quiver_http_request_seconds",
             "HTTP requests by endpoint and status class, seconds to the answer's head",
@@ -459,7 +465,7 @@ struct TokenLabels {
 }
 
 /// What the learners and the log hold, read at a scrape.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LearnerStats {
     arms: Vec<ArmTotals>,
     routes: Vec<RouteTotals>,
@@ -941,5 +947,24 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
         }
+    }
+
+    /// A proxied answer may take the request's whole time limit (120 s by default): the
+    /// request histogram's buckets reach past it, so that its quantiles do.
+    #[test]
+    fn request_buckets_reach_past_the_request_time_limit() {
+        let metrics = Metrics::default();
+        let labels = HttpLabels {
+            endpoint: "/v1/chat/completions".into(),
+            status: "2xx".into(),
+        };
+        metrics.http_request_seconds.get_or_create(&labels).observe(119.0);
+        let text = metrics.render(LearnerStats::default());
+        let finite = text
+            .lines()
+            .filter(|l| l.starts_with("quiver_http_request_seconds_bucket") && !l.contains("+Inf"))
+            .filter(|l| l.ends_with(" 1"))
+            .count();
+        assert!(finite > 0, "{text}");
     }
 }
