@@ -73,6 +73,14 @@ async fn upstream(kind: &'static str) -> SocketAddr {
                 )
                     .into_response(),
                 "badjson" => (axum::http::StatusCode::OK, "this is not json").into_response(),
+                // An answer cut at its length limit.
+                "truncated" => axum::Json(json!({
+                    "id": "x", "object": "chat.completion",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "The answer is"},
+                                 "finish_reason": "length"}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 5}
+                }))
+                .into_response(),
                 // A JSON answer.
                 "json" => axum::Json(json!({
                     "id": "x", "object": "chat.completion",
@@ -149,6 +157,127 @@ fn assert_logged<const N: usize>(dir: &Path, response: &reqwest::Response, event
         })
         .collect();
     assert_eq!(logged, events, "{id}");
+}
+
+/// An upstream that streams as providers may: the model it is asked for says how. `late`
+/// sends a keep-alive comment at once and its first event after 1.5 s; `json` answers a
+/// stream with a JSON completion; `erring` sends an error event, then `[DONE]`; `cut`
+/// breaks off in the middle of its second event; any other streams one event and `[DONE]`.
+async fn awkward_upstream() -> SocketAddr {
+    let app = axum::Router::new().route(
+        "/chat/completions",
+        axum::routing::post(|axum::Json(body): axum::Json<Value>| async move {
+            let content =
+                |text: &str| format!("data: {}\n\n", json!({"choices": [{"delta": {"content": text}}]}));
+            let (done, now) = ("data: [DONE]\n\n".to_string(), Duration::ZERO);
+            let events: Vec<(Duration, Result<String, std::io::Error>)> = match body["model"].as_str() {
+                Some("late") => vec![
+                    (now, Ok(": keep-alive\n\n".into())),
+                    (Duration::from_millis(1500), Ok(content("late"))),
+                    (now, Ok(done)),
+                ],
+                Some("json") => {
+                    let answer = json!({"choices": [{"message": {"role": "assistant", "content": "whole"}}]});
+                    return axum::Json(answer).into_response();
+                }
+                Some("erring") => vec![
+                    (now, Ok(content("a"))),
+                    (
+                        now,
+                        Ok(format!("data: {}\n\n", json!({"error": {"message": "boom"}}))),
+                    ),
+                    (now, Ok(done)),
+                ],
+                Some("cut") => vec![
+                    (now, Ok(content("a"))),
+                    (
+                        now,
+                        Ok("data: {\"choices\": [{\"delta\": {\"content\": \"par".into()),
+                    ),
+                    (Duration::from_millis(50), Err(std::io::Error::other("gone"))),
+                ],
+                _ => vec![(now, Ok(content("fine"))), (now, Ok(done))],
+            };
+            let events = futures_util::stream::iter(events).then(|(wait, event)| async move {
+                tokio::time::sleep(wait).await;
+                event
+            });
+            let body = axum::body::Body::from_stream(events);
+            ([(axum::http::header::CONTENT_TYPE, "text/event-stream")], body).into_response()
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// Streams as providers send them, read as their events say: a keep-alive comment is not
+/// the first event (the upstream timeout still falls back), nor is a JSON answer an event
+/// stream (it falls back); an error event is the call's failure though `[DONE]` follows;
+/// a stream broken off mid-event ends with an error event the client can read, in place
+/// of the event cut short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_read_as_their_events_say() {
+    let dir = scratch("serve_awkward_streams");
+    let up = Some(awkward_upstream().await);
+    let route = |name: &str, first: &str| json!({"name": name, "policy": format!("fixed({first})"), "models": [model(first, up), model("fine", up)]});
+    let base = start_app(
+        json!({
+            "upstream_timeout_ms": 500,
+            "upstream_retries": 0,
+            "routes": [route("slow", "late"), route("whole", "json"), route("erring", "erring"), route("cut", "cut")]
+        }),
+        &dir,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let stream = |route: &str| {
+        let body = json!({"model": route, "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+        let (client, url) = (&client, format!("{base}/v1/chat/completions"));
+        async move {
+            let answer = post(client, url, "", &body).await;
+            assert_eq!(answer.status(), 200);
+            let model = answer.headers()["x-quiver-model"].to_str().unwrap().to_string();
+            let decision = answer.headers()["x-quiver-decision-id"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            (model, decision, answer.text().await.unwrap())
+        }
+    };
+    for (route, served) in [
+        ("slow", "fine"),
+        ("whole", "fine"),
+        ("erring", "erring"),
+        ("cut", "cut"),
+    ] {
+        assert_eq!(stream(route).await.0, served, "{route}");
+    }
+    let (_, cut, text) = stream("cut").await;
+    let events: Vec<&str> = text.split_terminator("\n\n").collect();
+    assert_eq!(events.len(), 2, "{text}");
+    for event in &events {
+        let data = event.strip_prefix("data: ").unwrap();
+        serde_json::from_str::<Value>(data).unwrap_or_else(|e| panic!("{e}: {text}"));
+    }
+    assert!(events[1].contains("\"error\""), "{text}");
+
+    // Each stream's outcome is recorded as it ends.
+    let erring = stream("erring").await.1;
+    let failed = |id: &str| {
+        let records = quiver_serve::log::read_log(&dir.join("log")).unwrap();
+        let outcome = records
+            .iter()
+            .find(|r| r.decision_id == id && r.event.name() == "outcome");
+        outcome.map(|r| r.error)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while failed(&erring).is_none() || failed(&cut).is_none() {
+        assert!(std::time::Instant::now() < deadline, "no outcome");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!((failed(&erring), failed(&cut)), (Some(true), Some(true)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -497,17 +626,27 @@ async fn a_cascade_escalates_an_answer_that_fails_its_check() {
 
 /// An escalation no deployment can take makes no call and logs no child decision: the
 /// first answer is served, learned as quality 0, where a failed call of quality 0 was once
-/// logged for the stronger model, which was never asked.
+/// logged for the stronger model, which was never asked. An escalation the stronger
+/// model's upstream refuses itself (a 400) is not learned as a failure of that model, as
+/// a first call's refusal is not: the first answer is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_escalation_no_deployment_can_take_is_not_logged() {
     let dir = scratch("serve_cascade_busy");
-    let (plain, structured) = (upstream("ok").await, upstream("json").await);
+    let (plain, structured, refusing) = (
+        upstream("ok").await,
+        upstream("json").await,
+        upstream("refusing").await,
+    );
     let strong = json!({"id": "strong", "input_usd_per_million": 1.0, "output_usd_per_million": 2.0,
                         "deployments": [{"name": "only", "base_url": format!("http://{structured}"), "rpm": 1}]});
     let base = start_app(
         json!({
-            "routes": [{"name": "json", "policy": "fixed(cheap)", "models": [model("cheap", Some(plain)), strong],
-                        "cascade": {"then": "strong", "json": true}}]
+            "routes": [
+                {"name": "json", "policy": "fixed(cheap)", "models": [model("cheap", Some(plain)), strong],
+                 "cascade": {"then": "strong", "json": true}},
+                {"name": "strict", "policy": "fixed(cheap)", "models": [model("cheap", Some(plain)), model("strong", Some(refusing))],
+                 "cascade": {"then": "strong", "json": true}}
+            ]
         }),
         &dir,
     )
@@ -532,6 +671,203 @@ async fn an_escalation_no_deployment_can_take_is_not_logged() {
     assert_eq!(failed_answers, 2, "both first answers failed the check");
     let metrics = get_text(&client, format!("{base}/metrics"), "").await;
     assert_eq!(sample(&metrics, "quiver_cascade_escalations_total", &[]), 1.0);
+
+    let body = json!({"model": "strict", "messages": [{"role": "user", "content": "give me JSON"}]});
+    let ([model, _, parent], _) = answered_chat(&client, &base, body).await;
+    assert_eq!((model.as_deref(), parent), (Some("cheap"), None));
+    let records = quiver_serve::log::read_log(&dir.join("log")).unwrap();
+    let refused: Vec<&str> = records
+        .iter()
+        .filter(|r| r.route == "strict" && r.parent_decision_id.is_some())
+        .map(|r| r.event.name())
+        .collect();
+    assert_eq!(
+        refused,
+        ["decision"],
+        "the refused escalation is logged, not learned"
+    );
+    let state = get_json(&client, format!("{base}/v1/routes/strict"), "").await;
+    let strong = state["arms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["arm"] == "strong")
+        .unwrap();
+    assert_eq!(strong["errors"], 0, "{state}");
+}
+
+/// A cascade's escalation is a second call: the spend caps are asked again before it is
+/// made, so a route downgraded since its decision, or one at its cap, serves the first
+/// answer rather than call the dearer model, and does not keep it in the cache. The
+/// savings claim nothing for an escalation's call, since the request's first call counted
+/// what the dearest model would have cost: they are that less what both calls cost,
+/// served and on a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_escalation_keeps_to_the_spend_caps_and_claims_no_saving() {
+    let dir = scratch("serve_cascade_caps");
+    let (plain, structured) = (upstream("ok").await, upstream("json").await);
+    // A call of 10 prompt and 5 completion tokens: $2e-5 on `cheap`, $2e-4 on `strong`.
+    let strong = json!({"id": "strong", "base_url": format!("http://{structured}"),
+                        "input_usd_per_million": 10.0, "output_usd_per_million": 20.0});
+    let route = |name: &str, cap: Value| {
+        json!({"name": name, "policy": "fixed(cheap)", "spend_cap": cap,
+               "models": [model("cheap", Some(plain)), strong.clone()],
+               "cascade": {"then": "strong", "json": true}})
+    };
+    let config = json!({
+        "cache": {"enabled": true},
+        "routes": [
+            // Downgraded from $2.25e-4: after one escalated request and a second's first call.
+            route("downgraded", json!({"daily_usd": 2.5e-4})),
+            // Reached at the same point.
+            route("capped", json!({"daily_usd": 2.3e-4, "downgrade_at": 1.0}))
+        ]
+    });
+    let base = start_app(config.clone(), &dir).await;
+    let client = reqwest::Client::new();
+    let ask = |route: &str, prompt: &str| {
+        let body = json!({"model": route, "messages": [{"role": "user", "content": prompt}]});
+        let url = format!("{base}/v1/chat/completions");
+        let client = &client;
+        async move { post(client, url, "r", &body).await }
+    };
+    let served = |answer: &reqwest::Response| {
+        let header = |name| {
+            answer
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        (
+            header("x-quiver-model"),
+            header("x-quiver-parent-decision-id").is_some(),
+        )
+    };
+    for route in ["downgraded", "capped"] {
+        let first = ask(route, "one").await;
+        assert_eq!(served(&first), (Some("strong".into()), true), "{route}");
+        let second = ask(route, "two").await;
+        assert_eq!(second.status(), 200);
+        assert_eq!(
+            served(&second),
+            (Some("cheap".into()), false),
+            "{route}: not escalated"
+        );
+    }
+    let records = quiver_serve::log::read_log(&dir.join("log")).unwrap();
+    let children = records.iter().filter(|r| r.parent_decision_id.is_some()).count();
+    assert_eq!(children, 2, "one escalation a route");
+    let failed_answers = records.iter().filter(|r| r.quality == Some(0.0)).count();
+    assert_eq!(failed_answers, 4, "every first answer failed the check");
+    // The answer served after a refused escalation was not kept: its repeat asks the
+    // route, which is at its cap; the escalated answer was kept, and is served.
+    assert_eq!(ask("capped", "two").await.status(), 429);
+    let again = ask("capped", "one").await;
+    assert_eq!(again.headers()["x-quiver-cache"], "hit");
+
+    // Both calls cost $2.2e-4 and the second request $2e-5, where `strong` would have
+    // cost $4e-4 for the two.
+    let savings = 4e-4 - 2.4e-4;
+    let state = get_json(&client, format!("{base}/v1/routes/downgraded"), "").await;
+    let saved = state["savings_month_usd"].as_f64().unwrap();
+    assert!((saved - savings).abs() < 1e-12, "{saved}");
+    let copy = scratch("serve_cascade_caps_restart");
+    for entry in std::fs::read_dir(dir.join("log")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() && path.file_name().unwrap() != "lock" {
+            std::fs::copy(&path, copy.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let routes: Vec<quiver_serve::RouteConfig> = serde_json::from_value(config["routes"].clone()).unwrap();
+    let restarted = quiver_serve::Router::open(routes, &copy).unwrap();
+    let saved = restarted.savings("downgraded").unwrap();
+    assert!((saved - savings).abs() < 1e-12, "{saved} on a restart");
+}
+
+/// `/v1/feedback` takes a call's other metrics beside its quality: the report is then the
+/// call's outcome, as `/v1/outcome` takes it (logged once, with the cost and the quality,
+/// and counted in the route's spend); metrics without a latency are refused, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_may_carry_the_calls_other_metrics() {
+    let dir = scratch("serve_feedback_metrics");
+    let base = start_app(
+        json!({"routes": [{"name": "r", "policy": "random", "models": [model("a", None), model("b", None)]}]}),
+        &dir,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let decide = || async {
+        let routed = post_json(
+            &client,
+            format!("{base}/v1/route"),
+            "",
+            &json!({"route": "r", "prompt": "hi"}),
+        )
+        .await;
+        routed["decision_id"].as_str().unwrap().to_string()
+    };
+    let feedback = |body: Value| {
+        let (client, url) = (&client, format!("{base}/v1/feedback"));
+        async move { post(client, url, "", &body).await }
+    };
+    let (plain, full) = (decide().await, decide().await);
+    let answer = feedback(json!({"decision_id": plain, "quality": 0.5})).await;
+    assert_eq!(answer.status(), 200);
+    let body = json!({"decision_id": full, "quality": 1.0, "latency_ms": 250.0, "cost_usd": 0.003,
+                      "input_tokens": 12, "output_tokens": 40});
+    let answer = feedback(body.clone()).await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.json::<Value>().await.unwrap()["status"], "applied");
+    assert_eq!(
+        feedback(body).await.json::<Value>().await.unwrap()["status"],
+        "already_applied"
+    );
+    let refused = feedback(json!({"decision_id": plain, "quality": 0.5, "cost_usd": 0.001})).await;
+    assert_eq!(refused.status(), 422);
+    let refusal: Value = refused.json().await.unwrap();
+    assert!(
+        refusal["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`latency_ms`"),
+        "{refusal}"
+    );
+
+    let records = quiver_serve::log::read_log(&dir.join("log")).unwrap();
+    let reported: Vec<_> = records
+        .iter()
+        .filter(|r| r.decision_id == full && r.event.name() != "decision")
+        .collect();
+    assert_eq!(reported.len(), 1, "one record for the report");
+    let outcome = reported[0];
+    assert_eq!(outcome.event.name(), "outcome");
+    assert_eq!(
+        (
+            outcome.quality,
+            outcome.cost_usd,
+            outcome.latency_ms,
+            outcome.output_tokens
+        ),
+        (Some(1.0), 0.003, 250.0, 40)
+    );
+    let state = get_json(&client, format!("{base}/v1/routes/r"), "").await;
+    assert!(
+        (state["spend_today_usd"].as_f64().unwrap() - 0.003).abs() < 1e-12,
+        "{state}"
+    );
+    // Each model shows the qualities it learned and their mean (null before the first).
+    let arms = state["arms"].as_array().unwrap();
+    let learned: u64 = arms.iter().map(|a| a["qualities"].as_u64().unwrap()).sum();
+    let sum: f64 = arms
+        .iter()
+        .map(|a| a["qualities"].as_f64().unwrap() * a["mean_quality"].as_f64().unwrap_or(0.0))
+        .sum();
+    assert_eq!((learned, sum), (2, 1.5), "{state}");
+    assert!(
+        arms.iter()
+            .all(|a| a["mean_quality"].is_null() == (a["qualities"] == 0)),
+        "{state}"
+    );
 }
 
 /// A chat through the proxy (with the route token `r`, which a server without auth takes
@@ -1551,17 +1887,20 @@ async fn breakers_skip_failing_models_and_retry_after_cools_them_down() {
 
 /// With `[cache]` on, an identical request from the same caller is answered from the cache
 /// with no upstream call and nothing learned, the hit logged as its own event; another
-/// caller's identical request is not; `cache-control: no-cache` goes upstream; streams are
-/// not cached.
+/// caller's identical request is not; `cache-control: no-cache` goes upstream; streams and
+/// answers cut at their length limit are not cached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cache_answers_repeats_per_caller_without_calling_upstream() {
-    let good = upstream("good").await;
+    let (good, truncated) = (upstream("good").await, upstream("truncated").await);
     let dir = scratch("serve_cache");
     let base = start_app(
         json!({
             "cache": {"enabled": true, "ttl_s": 60},
             "auth": {"route_tokens": ["tenant-a", "tenant-b"], "admin_tokens": ["admin"]},
-            "routes": [{"name": "chat", "policy": "fixed(good)", "models": [model("good", Some(good))]}]
+            "routes": [
+                {"name": "chat", "policy": "fixed(good)", "models": [model("good", Some(good))]},
+                {"name": "cut", "policy": "fixed(truncated)", "models": [model("truncated", Some(truncated))]}
+            ]
         }),
         &dir,
     )
@@ -1605,6 +1944,12 @@ async fn the_cache_answers_repeats_per_caller_without_calling_upstream() {
     );
     let (cache, _, _) = send("tenant-a", true, body.clone()).await;
     assert_eq!(cache.as_deref(), Some("miss"), "no-cache goes upstream");
+    let mut cut = body.clone();
+    cut["model"] = json!("cut");
+    for _ in 0..2 {
+        let (cache, _, _) = send("tenant-a", false, cut.clone()).await;
+        assert_eq!(cache.as_deref(), Some("miss"), "an answer cut short is not kept");
+    }
     let mut streamed = body.clone();
     streamed["stream"] = json!(true);
     let (cache, _, _) = send("tenant-a", false, streamed).await;
@@ -1618,7 +1963,7 @@ async fn the_cache_answers_repeats_per_caller_without_calling_upstream() {
     );
     assert_eq!(calls, 4.0, "every request but the hit called upstream");
     assert_eq!(sample(&metrics, "quiver_cache_hits_total", &[]), 1.0);
-    assert_eq!(sample(&metrics, "quiver_cache_misses_total", &[]), 2.0);
+    assert_eq!(sample(&metrics, "quiver_cache_misses_total", &[]), 4.0);
     assert!(sample(&metrics, "quiver_cache_bytes", &[]) > first.len() as f64);
     let state = get_json(&client, format!("{base}/v1/routes/chat"), "admin").await;
     assert_eq!(state["arms"][0]["requests"], 4, "the hit taught nothing");

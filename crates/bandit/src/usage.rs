@@ -44,6 +44,12 @@ pub struct ArmUsage {
     pub latency_ms: f64,
     /// Sum of squared latencies in ms^2.
     pub latency_ms_sq: f64,
+    /// Qualities learned.
+    #[serde(default)]
+    pub qualities: u64,
+    /// Their sum.
+    #[serde(default)]
+    pub quality_sum: f64,
     /// Spend, input tokens and requests that a prior fitted offline counts as (see
     /// [`crate::prior`]): they inform the expected cost, not the usage reported.
     #[serde(default)]
@@ -58,6 +64,8 @@ impl ArmUsage {
         // Exact: `self` holds `base`'s counts, so the result is at least `replica`'s.
         self.requests = (self.requests + replica.requests).saturating_sub(base.requests);
         self.errors = (self.errors + replica.errors).saturating_sub(base.errors);
+        self.qualities = (self.qualities + replica.qualities).saturating_sub(base.qualities);
+        self.quality_sum += replica.quality_sum - base.quality_sum;
         self.cost_usd += replica.cost_usd - base.cost_usd;
         self.input_tokens += replica.input_tokens - base.input_tokens;
         self.output_tokens += replica.output_tokens - base.output_tokens;
@@ -145,6 +153,17 @@ impl UsagePrior {
 }
 
 impl ArmUsage {
+    /// The mean of the qualities learned, none before the first.
+    pub fn mean_quality(&self) -> Option<f64> {
+        (self.qualities > 0).then(|| self.quality_sum / self.qualities as f64)
+    }
+
+    /// Counts a quality learned.
+    pub(crate) fn add_quality(&mut self, quality: f64) {
+        self.qualities += 1;
+        self.quality_sum += quality;
+    }
+
     /// Mean latency in ms (0 before any outcome) and its standard error.
     pub fn latency_estimate_ms(&self) -> (f64, f64) {
         if self.requests == 0 {
@@ -194,7 +213,7 @@ impl ArmUsage {
             output_tokens: self.output_tokens + answer_tokens,
             latency_ms: self.latency_ms + outcome.latency_ms,
             latency_ms_sq: self.latency_ms_sq + outcome.latency_ms * outcome.latency_ms,
-            prior: self.prior,
+            ..*self
         };
         for (field, value) in [
             ("usage.cost_usd", next.cost_usd),

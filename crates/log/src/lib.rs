@@ -92,6 +92,17 @@ pub const COLUMNS: [&str; 10] = [
 /// The `reason` of a decision that stayed on its session's model.
 pub const SESSION_STAY: &str = "session: stay";
 
+/// How the `reason` of a cascade's escalation starts; the check its parent's answer
+/// failed follows.
+pub const ESCALATION: &str = "cascade: ";
+
+/// Whether a decision with this `reason` and `parent_decision_id` (empty when absent) is a
+/// cascade's escalation: a second call for a request its parent's call answered, where a
+/// fallback replaces a call that failed.
+pub fn is_escalation(reason: &str, parent_decision_id: &str) -> bool {
+    !parent_decision_id.is_empty() && reason.starts_with(ESCALATION)
+}
+
 /// Whether a decision with this `reason` and `parent_decision_id` (empty when absent) gave
 /// every model the chance its propensity says: not a session's stay on its model nor a
 /// cascade's escalation, which the check's verdict on an answer chose. Those are logged
@@ -264,8 +275,8 @@ pub struct LogRecord {
     /// of the bearer token (never the token), so that spend counts per caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<String>,
-    /// On a cascade's escalation, a decision of its own: the decision whose answer the
-    /// cascade's check failed.
+    /// On a child decision (a fallback, or a cascade's escalation): the decision whose call
+    /// failed, or whose answer the cascade's check failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_decision_id: Option<String>,
     /// On decisions of a session: its key (a digest of the caller and the session's name).

@@ -1,9 +1,10 @@
 //! The proxy's response cache: a non-streamed completion, kept for `ttl_s` under its
 //! request, answers the same request again without an upstream call.
 //!
-//! The key is the route, the caller (its bearer token: one tenant never sees another's
-//! answers) and the request body with its keys sorted, compared in full, not by hash
-//! alone. The cache holds at most `max_bytes` of keys and bodies, evicting the least
+//! The key is the route, the caller (its bearer token's digest: one tenant never sees
+//! another's answers) and the request body with its keys sorted, compared in full, not by
+//! hash alone. Only whole answers are kept: none a choice of which was cut at its length
+//! limit or by a content filter. The cache holds at most `max_bytes` of keys and bodies, evicting the least
 //! recently used entries first. A hit is logged as its own event (`cache_hit`, under the
 //! decision whose answer it repeats) and never learned from.
 //!
@@ -23,6 +24,7 @@ use axum::body::Bytes;
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 /// The cache's settings (`[cache]` in `quiver.toml`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -188,6 +190,17 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(p, q)| f64::from(*p) * f64::from(*q)).sum()
 }
 
+/// Who holds a bearer token, as its SHA-256 digest (the token itself is kept nowhere);
+/// empty without one, which no digest is.
+fn holder(token: Option<&str>) -> String {
+    token.map_or_else(String::new, |t| {
+        Sha256::digest(t.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    })
+}
+
 /// `body` with the text of its messages (or prompt) blanked and everything else kept:
 /// roles, non-text parts, tool calls, the number of messages and every other field.
 fn without_text(body: &Value) -> Value {
@@ -251,14 +264,23 @@ impl ResponseCache {
     /// The key of `body` sent to `route` by the holder of `token` (None: no token).
     pub fn key(route: &str, token: Option<&str>, body: &Value) -> CacheKey {
         // serde_json's maps keep their keys sorted, so equal requests print alike. A route
-        // name has no newline, and `None` (no token) differs from every `Some`.
-        let request = format!("{route}\n{token:?}\n{body}");
+        // name has no newline.
+        let request = format!("{route}\n{}\n{body}", holder(token));
         let mut hasher = DefaultHasher::new();
         request.hash(&mut hasher);
         CacheKey {
             hash: hasher.finish(),
             request,
         }
+    }
+
+    /// Whether `completion` is an answer to keep: none of its choices was cut at its
+    /// length limit or by a content filter.
+    pub fn keeps(completion: &Value) -> bool {
+        let choices = completion["choices"].as_array().map_or(&[][..], Vec::as_slice);
+        !choices
+            .iter()
+            .any(|c| matches!(c["finish_reason"].as_str(), Some("length" | "content_filter")))
     }
 
     /// The fresh answer to `key`, if any; a stale one is dropped.
@@ -289,7 +311,7 @@ impl ResponseCache {
     /// blanked is the scope.
     pub fn similar_key(route: &str, token: Option<&str>, body: &Value, embedding: Vec<f32>) -> SimilarKey {
         SimilarKey {
-            scope: format!("{route}\n{token:?}\n{}", without_text(body)),
+            scope: format!("{route}\n{}\n{}", holder(token), without_text(body)),
             embedding: unit(embedding),
         }
     }
@@ -379,6 +401,22 @@ mod tests {
     }
 
     #[test]
+    fn only_whole_answers_are_kept() {
+        let answer = |reasons: &[&str]| {
+            let choices: Vec<Value> = reasons
+                .iter()
+                .map(|r| json!({"message": {"content": "x"}, "finish_reason": r}))
+                .collect();
+            json!({ "choices": choices })
+        };
+        assert!(ResponseCache::keeps(&answer(&["stop"])));
+        assert!(ResponseCache::keeps(&answer(&["tool_calls", "stop"])));
+        assert!(ResponseCache::keeps(&json!({"choices": [{"text": "x"}]})));
+        assert!(!ResponseCache::keeps(&answer(&["length"])));
+        assert!(!ResponseCache::keeps(&answer(&["stop", "content_filter"])));
+    }
+
+    #[test]
     fn equal_requests_hit_within_the_ttl_and_tenants_are_apart() {
         let cache = ResponseCache::new(CacheConfig {
             enabled: true,
@@ -404,6 +442,11 @@ mod tests {
             Lookup::Hit(hit) => assert_eq!(hit.body, "hello"),
             Lookup::Miss(_) => panic!("missed an equal request"),
         }
+        let key = ResponseCache::key("r", Some("a-secret-token"), &body);
+        assert!(
+            !key.request.contains("a-secret-token"),
+            "the token is kept as its digest"
+        );
         for (route, token) in [("r", Some("b")), ("r", None), ("other", Some("a"))] {
             let lookup = cache.lookup(ResponseCache::key(route, token, &body), t0);
             assert!(matches!(lookup, Lookup::Miss(_)), "{route} {token:?}");

@@ -18,6 +18,7 @@
 //! answer whose client did not ask) must be at least this; an answer without them passes
 //! this check.
 
+use quiver_log::ESCALATION;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -119,24 +120,28 @@ impl Cascade {
     pub fn failed_check(&self, completion: &Value) -> Option<String> {
         let text = answer_text(completion);
         if let Some(regex) = self.regex.as_ref().filter(|r| !r.is_match(text)) {
-            return Some(format!("cascade: the answer does not match `{regex}`"));
+            return Some(format!("{ESCALATION}the answer does not match `{regex}`"));
         }
         if self.json && serde_json::from_str::<Value>(text).is_err() {
-            return Some("cascade: the answer is not JSON".into());
+            return Some(format!("{ESCALATION}the answer is not JSON"));
         }
         match (self.min_mean_logprob, mean_logprob(completion)) {
             (Some(min), Some(mean)) if mean < min => Some(format!(
-                "cascade: the answer's mean token log-probability {mean:.3} is under {min}"
+                "{ESCALATION}the answer's mean token log-probability {mean:.3} is under {min}"
             )),
             _ => None,
         }
     }
 
     /// Asks the upstream for the answer's token log-probabilities when a check reads them
-    /// and the client did not; returns whether it did, so that they are taken out again
+    /// and the client did not (it sent none, `null` or `false`; a text completion's number
+    /// asks); returns whether it did, so that they are taken out again
     /// ([`Cascade::strip_logprobs`]).
     pub fn ask_logprobs(&self, request: &mut Value, chat: bool) -> bool {
-        if self.min_mean_logprob.is_none() || request.get("logprobs").is_some_and(|v| !v.is_null()) {
+        let client_asked = request
+            .get("logprobs")
+            .is_some_and(|v| v.as_bool() == Some(true) || v.is_number());
+        if self.min_mean_logprob.is_none() || client_asked {
             return false;
         }
         request["logprobs"] = if chat { Value::Bool(true) } else { Value::from(1) };
@@ -212,6 +217,9 @@ mod tests {
         let mut asked = json!({"prompt": "p", "logprobs": 3});
         assert!(!sure.ask_logprobs(&mut asked, false));
         assert_eq!(asked["logprobs"], 3);
+        let mut declined = json!({"messages": [], "logprobs": false});
+        assert!(sure.ask_logprobs(&mut declined, true));
+        assert_eq!(declined["logprobs"], true);
         let mut answer = chat("x", Some(&[-0.1]));
         Cascade::strip_logprobs(&mut answer);
         assert_eq!(answer, chat("x", None));

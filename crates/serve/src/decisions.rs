@@ -80,7 +80,8 @@ pub(crate) async fn route(
     }))
 }
 
-/// `POST /v1/feedback` body.
+/// `POST /v1/feedback` body: a decision's quality and, optionally, its call's other
+/// metrics, which make the report the call's outcome as `POST /v1/outcome` takes it.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FeedbackBody {
@@ -89,6 +90,21 @@ pub struct FeedbackBody {
     /// Quality in [0, 1].
     #[schema(minimum = 0.0, maximum = 1.0)]
     pub quality: f64,
+    /// Latency, ms: needed with any of the call's metrics below.
+    #[serde(default)]
+    pub latency_ms: Option<f64>,
+    /// Cost, USD (as in `/v1/outcome`).
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
+    /// Prompt tokens.
+    #[serde(default)]
+    pub input_tokens: Option<u32>,
+    /// Completion tokens.
+    #[serde(default)]
+    pub output_tokens: Option<u32>,
+    /// The call failed.
+    #[serde(default)]
+    pub error: Option<bool>,
 }
 
 /// What became of a report.
@@ -203,8 +219,35 @@ pub(crate) async fn feedback(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<FeedbackBody>,
 ) -> Result<(StatusCode, Json<AppliedBody>), ApiError> {
-    let quality = body.quality;
-    report(&state, body.decision_id, Report::Feedback { quality }).await
+    let FeedbackBody {
+        decision_id,
+        quality,
+        latency_ms,
+        cost_usd,
+        input_tokens,
+        output_tokens,
+        error,
+    } = body;
+    let Some(latency_ms) = latency_ms else {
+        if cost_usd.is_some() || input_tokens.is_some() || output_tokens.is_some() || error.is_some() {
+            return Err(ApiError::Invalid(
+                "a call's metrics come with its `latency_ms`: the report is then the call's outcome, \
+                 as `/v1/outcome` takes it"
+                    .into(),
+            ));
+        }
+        return report(&state, decision_id, Report::Feedback { quality }).await;
+    };
+    let outcome = OutcomeBody {
+        decision_id,
+        latency_ms,
+        cost_usd,
+        input_tokens: input_tokens.unwrap_or(0),
+        output_tokens: output_tokens.unwrap_or(0),
+        error: error.unwrap_or(false),
+        quality: Some(quality),
+    };
+    report_outcome(&state, outcome).await
 }
 
 /// `POST /v1/outcome` body: what the call of a routed request cost, for applications
@@ -277,9 +320,17 @@ pub(crate) async fn outcome(
     State(state): State<Arc<AppState>>,
     ApiJson(b): ApiJson<OutcomeBody>,
 ) -> Result<(StatusCode, Json<AppliedBody>), ApiError> {
+    report_outcome(&state, b).await
+}
+
+/// Applies the outcome `b` reports (see [`outcome`]).
+async fn report_outcome(
+    state: &Arc<AppState>,
+    b: OutcomeBody,
+) -> Result<(StatusCode, Json<AppliedBody>), ApiError> {
     let cost_usd = match b.cost_usd {
         Some(cost) => cost,
-        None => listed_cost(&state, &b)?,
+        None => listed_cost(state, &b)?,
     };
     let outcome = Outcome {
         latency_ms: b.latency_ms,
@@ -289,5 +340,5 @@ pub(crate) async fn outcome(
         error: b.error,
         quality: b.quality,
     };
-    report(&state, b.decision_id, Report::Outcome { outcome }).await
+    report(state, b.decision_id, Report::Outcome { outcome }).await
 }

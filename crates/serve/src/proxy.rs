@@ -205,29 +205,39 @@ fn estimated_tokens(prompt_tokens: u32, answer_chars: usize) -> (u32, u32) {
 const MAX_EVENT_LINE: usize = 1 << 20;
 
 /// What a streamed answer told so far, read as it passes through without keeping it: its
-/// `usage` (the last one given), the characters of its content, and whether it ended
-/// with `[DONE]`.
+/// `usage` (the last one given), the characters of its content, whether an event was an
+/// error and whether it ended with `[DONE]`. An event's `data:` lines are read together,
+/// joined by line ends, as SSE reads them.
 #[derive(Debug, Default)]
 struct StreamTally {
     line: Vec<u8>,
     overlong: bool,
+    /// Whether the last line ended with a `\r`, whose `\n` may come next.
+    after_cr: bool,
+    /// The data of the event under way, unless longer than an event may be.
+    data: Option<Vec<u8>>,
     content_chars: usize,
     usage: Option<(u32, u32)>,
+    errored: bool,
     done: bool,
 }
 
 impl StreamTally {
     /// Reads the lines `bytes` completes; a line ends at `\n`, `\r\n` or a bare `\r`, as
-    /// SSE allows (the empty line between a `\r\n`'s halves reads as nothing).
+    /// SSE allows.
     fn feed(&mut self, bytes: &[u8]) {
         let line_end = |b: &u8| matches!(b, b'\n' | b'\r');
         for piece in bytes.split_inclusive(line_end) {
+            if std::mem::take(&mut self.after_cr) && piece == b"\n" {
+                continue;
+            }
             if self.line.len() + piece.len() <= MAX_EVENT_LINE {
                 self.line.extend_from_slice(piece);
             } else {
                 self.overlong = true;
             }
-            if piece.last().is_some_and(line_end) {
+            if let Some(&last) = piece.last().filter(|b| line_end(b)) {
+                self.after_cr = last == b'\r';
                 self.end_line();
             }
         }
@@ -235,22 +245,40 @@ impl StreamTally {
 
     fn end_line(&mut self) {
         let line = std::mem::take(&mut self.line);
-        if !std::mem::take(&mut self.overlong) {
-            self.read_line(&line);
+        if std::mem::take(&mut self.overlong) {
+            // An event with a line longer than any is read as none.
+            self.data = None;
+            return;
+        }
+        if line.trim_ascii().is_empty() {
+            self.end_event();
+        } else if let Some(data) = sse_data(&line) {
+            let event = self.data.get_or_insert_with(Vec::new);
+            if !event.is_empty() {
+                event.push(b'\n');
+            }
+            event.extend_from_slice(data);
+            if event.len() > MAX_EVENT_LINE {
+                self.data = None;
+            }
         }
     }
 
-    fn read_line(&mut self, line: &[u8]) {
-        let Some(data) = sse_data(line) else {
+    /// Reads the event whose blank line came (or the last, at the stream's end).
+    fn end_event(&mut self) {
+        let Some(data) = self.data.take() else {
             return;
         };
         if data == b"[DONE]" {
             self.done = true;
             return;
         }
-        let Ok(chunk) = serde_json::from_slice::<Value>(data) else {
+        let Ok(chunk) = serde_json::from_slice::<Value>(&data) else {
             return;
         };
+        if chunk.get("error").is_some_and(|e| !e.is_null()) {
+            self.errored = true;
+        }
         if let Some(u) = usage(&chunk) {
             self.usage = Some(u);
         }
@@ -260,6 +288,12 @@ impl StreamTally {
         if let Some(content) = content.and_then(Value::as_str) {
             self.content_chars += content.chars().count();
         }
+    }
+
+    /// Reads what the stream left unended when it ends.
+    fn end(&mut self) {
+        self.end_line();
+        self.end_event();
     }
 
     /// The tokens of the stream: its `usage` if it gave one, else the prompt's estimate
@@ -660,12 +694,13 @@ async fn complete_in_task(
                         models.iter().find(|m| m.id == c.then)?,
                     ))
                 });
+                // An answer that failed the check and is served all the same is not kept.
+                let mut keep = true;
                 if let Some((reason, then)) = failed {
                     let from = &served.decision_id;
-                    if let Some(escalated) =
-                        escalate(&state, &children, from, then, reason, &mut request, call).await?
-                    {
-                        served = escalated;
+                    match escalate(&state, &children, from, then, reason, &mut request, call).await? {
+                        Some(escalated) => served = escalated,
+                        None => keep = false,
                     }
                 }
                 if asked_logprobs {
@@ -682,13 +717,15 @@ async fn complete_in_task(
                 pass_on(&mut response, served.passed);
                 with_parent(&mut response, served.parent.as_deref());
                 if let Some(key) = store_under.take() {
-                    let cached = Cached {
-                        body: served.body,
-                        model: served.model.clone(),
-                        decision_id: served.decision_id.clone(),
-                    };
-                    let evicted = state.cache.store(key, similar.take(), cached, Instant::now());
-                    state.metrics.cache_evictions.inc_by(evicted);
+                    if keep && ResponseCache::keeps(&served.json) {
+                        let cached = Cached {
+                            body: served.body,
+                            model: served.model.clone(),
+                            decision_id: served.decision_id.clone(),
+                        };
+                        let evicted = state.cache.store(key, similar.take(), cached, Instant::now());
+                        state.metrics.cache_evictions.inc_by(evicted);
+                    }
                     response
                         .headers_mut()
                         .insert(CACHE_HEADER, HeaderValue::from_static("miss"));
@@ -711,8 +748,8 @@ async fn complete_in_task(
                 };
                 let idle = Duration::from_millis(state.config.upstream_idle_timeout_ms);
                 // The usage asked for the gateway's sake is not the client's to read.
-                let filter = (model.stream_usage && !client_asked_usage(call.client_stream_options))
-                    .then(UsageEventFilter::default);
+                let filter =
+                    EventFilter::new(model.stream_usage && !client_asked_usage(call.client_stream_options));
                 let mut response = stream_through(first, rest, outcome, filter, idle);
                 pass_on(&mut response, passed);
                 with_parent(&mut response, parent.as_deref());
@@ -984,7 +1021,15 @@ async fn escalate(
     change_router(state, |r| Ok(r.feedback(from, 0.0)?)).await?;
     let escalation = Some((reason, &state.metrics.cascade_escalations));
     let mut for_decision = CallDecision::new(children, from, &then.id, escalation);
-    let called = call_with_retries(state, children.route, request, then, call, &mut for_decision).await?;
+    let called = match call_with_retries(state, children.route, request, then, call, &mut for_decision).await
+    {
+        // A spend cap refused the second call: the first answer is served.
+        Err(ApiError::TooManyRequests(why, _)) => {
+            tracing::info!(decision = %from, "{why}");
+            return Ok(None);
+        }
+        called => called?,
+    };
     let Called::Answered(called, started) = called else {
         // No call was made: nothing to learn, and the first answer is served.
         return Ok(None);
@@ -1004,8 +1049,19 @@ async fn escalate(
                 parent: Some(from.to_string()),
             })
         }
-        // No answer to give (a stream or a refusal cannot come of a non-streamed request
-        // the first model answered): its call failed.
+        // The model refused the request itself (its context is too short, say): relayed
+        // nowhere, not learned, as a first call's refusal is; the first answer is served.
+        Ok(Answer::Refused { status, .. }) => {
+            tracing::info!(
+                decision = %decision_id,
+                model = %then.id,
+                %status,
+                "the escalation's upstream refused the request itself: not learned"
+            );
+            None
+        }
+        // No answer to give (a stream cannot come of a non-streamed request): its call
+        // failed.
         _ => {
             let outcome = call_outcome(&*state.upstream, then, elapsed_ms(started), 0, 0).failed();
             record(state, &decision_id, outcome).await;
@@ -1326,20 +1382,33 @@ fn client_asked_usage(client_options: Option<&Value>) -> bool {
     client_options.and_then(|o| o.get("include_usage")) == Some(&Value::Bool(true))
 }
 
-/// The events of a stream the client reads, without the usage-only one (`choices` empty,
-/// `usage` set) that the gateway asked for and the client did not. Events pass whole, as
-/// soon as their blank line comes.
+/// The events of a stream the client reads, passed whole as soon as their blank line
+/// comes, so that an error event the gateway adds when the upstream breaks off starts an
+/// event of its own; without the usage-only event (`choices` empty, `usage` set) when the
+/// gateway asked for it and the client did not.
 #[derive(Default)]
-struct UsageEventFilter {
+struct EventFilter {
     pending: Vec<u8>,
+    /// Whether the usage-only event is left out.
+    drop_usage: bool,
     /// Of an event that ended at a chunk's last byte, a `\r` (see [`event_end`]): whether
     /// it passed, so that a `\n` completing that `\r\n` goes where the event went.
     ended_on_cr: Option<bool>,
+    /// Whether what passed ends inside an event (one too long to hold passes as it came).
+    open: bool,
 }
 
-impl UsageEventFilter {
-    /// The events `chunk` completes, less the usage-only one; the rest waits for more. An
-    /// event longer than a line may be (`MAX_EVENT_LINE`) passes as it came, unread.
+impl EventFilter {
+    fn new(drop_usage: bool) -> Self {
+        EventFilter {
+            drop_usage,
+            ..EventFilter::default()
+        }
+    }
+
+    /// The events `chunk` completes, less the usage-only one if left out; the rest waits
+    /// for more. An event longer than a line may be (`MAX_EVENT_LINE`) passes as it came,
+    /// unread.
     fn pass(&mut self, chunk: &[u8]) -> Bytes {
         let mut out = Vec::with_capacity(self.pending.len() + chunk.len());
         let mut chunk = chunk;
@@ -1355,15 +1424,17 @@ impl UsageEventFilter {
         self.pending.extend_from_slice(chunk);
         if self.pending.len() > MAX_EVENT_LINE && event_end(&self.pending).is_none() {
             out.extend_from_slice(&self.rest());
+            self.open = true;
             return Bytes::from(out);
         }
         let mut start = 0;
         while let Some(end) = event_end(&self.pending[start..]) {
             let event = &self.pending[start..start + end];
-            let passed = !is_usage_only(event);
+            let passed = !(self.drop_usage && is_usage_only(event));
             if passed {
                 out.extend_from_slice(event);
             }
+            self.open = false;
             start += end;
             if start == self.pending.len() && event.ends_with(b"\r") {
                 self.ended_on_cr = Some(passed);
@@ -1376,6 +1447,19 @@ impl UsageEventFilter {
     /// What is left when the stream ends: an event cut short passes as it came.
     fn rest(&mut self) -> Bytes {
         Bytes::from(std::mem::take(&mut self.pending))
+    }
+
+    /// The event that ends a stream the upstream broke off (see [`error_event`]), in
+    /// place of the event it cut short: whatever of it was held is dropped, and a part
+    /// that passed is ended first, so that the error is an event of its own.
+    fn broken_off(&mut self, message: &str) -> Bytes {
+        self.pending.clear();
+        let close = if std::mem::take(&mut self.open) {
+            "\n\n"
+        } else {
+            ""
+        };
+        Bytes::from([close.as_bytes(), &error_event(message)].concat())
     }
 }
 
@@ -1414,9 +1498,8 @@ fn is_usage_only(event: &[u8]) -> bool {
     let data: Vec<u8> = event
         .split(|&b| b == b'\n' || b == b'\r')
         .filter_map(sse_data)
-        .flatten()
-        .copied()
-        .collect();
+        .collect::<Vec<_>>()
+        .join(&b'\n');
     let Ok(chunk) = serde_json::from_slice::<Value>(&data) else {
         return false;
     };
@@ -1441,11 +1524,11 @@ struct StreamOutcome {
 
 impl Drop for StreamOutcome {
     fn drop(&mut self) {
-        self.tally.end_line();
+        self.tally.end();
         let (input, output) = self.tally.tokens(self.prompt_tokens);
         let upstream = &*self.state.upstream;
         let mut outcome = call_outcome(upstream, &self.model, elapsed_ms(self.started), input, output);
-        outcome.error = self.failed || !self.tally.done;
+        outcome.error = self.failed || self.tally.errored || !self.tally.done;
         let (state, id) = (Arc::clone(&self.state), std::mem::take(&mut self.decision_id));
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let background = state.background.clone();
@@ -1472,14 +1555,14 @@ fn stream_through(
     first: Bytes,
     rest: UpstreamBody,
     outcome: StreamOutcome,
-    filter: Option<UsageEventFilter>,
+    filter: EventFilter,
     idle: Duration,
 ) -> Response {
     /// The stream as the client reads it; `call` until the upstream's stream has ended.
     struct Passing {
         first: Option<Bytes>,
         call: Option<(UpstreamBody, StreamOutcome)>,
-        filter: Option<UsageEventFilter>,
+        filter: EventFilter,
         idle: Duration,
     }
     impl Drop for Passing {
@@ -1514,27 +1597,23 @@ fn stream_through(
                 Ok(None) => {
                     // The stream ended: its outcome is recorded now, with nothing left to read.
                     drop(p.call.take());
-                    let left = p.filter.as_mut().map(UsageEventFilter::rest)?;
+                    let left = p.filter.rest();
                     return (!left.is_empty()).then_some((Ok::<_, std::convert::Infallible>(left), p));
                 }
                 Ok(Some(Ok(chunk))) => {
                     outcome.tally.feed(&chunk);
-                    let chunk = match p.filter.as_mut() {
-                        Some(filter) => filter.pass(&chunk),
-                        None => chunk,
-                    };
+                    let chunk = p.filter.pass(&chunk);
                     if chunk.is_empty() {
                         continue;
                     }
                     return Some((Ok(chunk), p));
                 }
-                Ok(Some(Err(e))) => error_event(&format!("the upstream's stream failed: {e}")),
-                Err(_) => error_event(&format!("the upstream sent nothing for {} ms", idle.as_millis())),
+                Ok(Some(Err(e))) => format!("the upstream's stream failed: {e}"),
+                Err(_) => format!("the upstream sent nothing for {} ms", idle.as_millis()),
             };
             outcome.failed = true;
             drop(p.call.take());
-            let left = p.filter.as_mut().map(UsageEventFilter::rest).unwrap_or_default();
-            return Some((Ok([left, error].concat().into()), p));
+            return Some((Ok(p.filter.broken_off(&error)), p));
         }
     });
     Response::builder()
@@ -1668,7 +1747,7 @@ mod tests {
             "",
         );
         for cut in [1, 7, 40, stream.len()] {
-            let mut filter = UsageEventFilter::default();
+            let mut filter = EventFilter::new(true);
             let mut out = Vec::new();
             for piece in stream.as_bytes().chunks(cut) {
                 out.extend_from_slice(&filter.pass(piece));
@@ -1681,7 +1760,7 @@ mod tests {
                   data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\r\r\
                   data: [DONE]\n\r\n";
         for cut in [1, 2, 5, cr.len()] {
-            let mut filter = UsageEventFilter::default();
+            let mut filter = EventFilter::new(true);
             let mut out = Vec::new();
             for piece in cr.as_bytes().chunks(cut) {
                 out.extend_from_slice(&filter.pass(piece));
@@ -1694,12 +1773,36 @@ mod tests {
             assert!(filter.rest().is_empty());
         }
         // An event ended by `\r\r` passes as soon as it ends, not with the next.
-        let mut filter = UsageEventFilter::default();
+        let mut filter = EventFilter::new(true);
         assert_eq!(&filter.pass(b"data: 1\r\r")[..], b"data: 1\r\r");
         // An event the stream cut short passes as it came.
-        let mut filter = UsageEventFilter::default();
+        let mut filter = EventFilter::new(true);
         assert!(filter.pass(b"data: {\"choi").is_empty());
         assert_eq!(&filter.rest()[..], b"data: {\"choi");
+        // Without the usage left out, every event passes whole, the usage-only one too.
+        let mut filter = EventFilter::new(false);
+        let mut out = Vec::new();
+        for piece in stream.as_bytes().chunks(7) {
+            out.extend_from_slice(&filter.pass(piece));
+        }
+        assert_eq!(String::from_utf8(out).unwrap(), stream);
+    }
+
+    /// A stream the upstream broke off mid-event ends with an error event of its own: the
+    /// part held is dropped, and a part that passed (an event too long to hold) is ended.
+    #[test]
+    fn the_error_of_a_stream_broken_off_is_an_event_of_its_own() {
+        let mut filter = EventFilter::new(false);
+        assert_eq!(&filter.pass(b"data: 1\n\ndata: {\"choi")[..], b"data: 1\n\n");
+        let error = filter.broken_off("gone");
+        assert!(error.starts_with(b"data: {\"error\""), "{error:?}");
+        assert!(error.ends_with(b"}\n\n"));
+        let mut filter = EventFilter::new(false);
+        assert_eq!(
+            filter.pass(&vec![b'a'; MAX_EVENT_LINE + 1]).len(),
+            MAX_EVENT_LINE + 1
+        );
+        assert!(filter.broken_off("gone").starts_with(b"\n\ndata: {\"error\""));
     }
 
     /// A model that takes `stream_options` is asked for the usage, the client's other
@@ -1733,7 +1836,7 @@ mod tests {
         for chunk in chunks {
             tally.feed(chunk.as_bytes());
         }
-        tally.end_line();
+        tally.end();
         tally
     }
 
@@ -1762,7 +1865,7 @@ mod tests {
                 let mut tally = StreamTally::default();
                 tally.feed(a);
                 tally.feed(b);
-                tally.end_line();
+                tally.end();
                 let read = (tally.content_chars, tally.usage, tally.done);
                 assert_eq!(read, (5, Some((3, 5)), true), "{end:?} cut at {cut}");
             }
@@ -1772,7 +1875,25 @@ mod tests {
         tally.feed(long.as_bytes());
         assert!(tally.line.len() <= MAX_EVENT_LINE);
         tally.feed(b"\ndata: [DONE]\n");
+        tally.end();
         assert!(tally.done && tally.line.is_empty());
+    }
+
+    /// An event's `data:` lines are one JSON text, whatever ends its lines; an event whose
+    /// data is an error object is the stream's failure, though `[DONE]` follows.
+    #[test]
+    fn the_tally_reads_an_events_lines_together_and_its_errors() {
+        for end in ["\n", "\r\n", "\r"] {
+            let text = format!(
+                "data: {{\"choices\":{end}data: [{{\"delta\":{{\"content\":\"abcd\"}}}}]}}{end}{end}\
+                 data: {{\"choices\": [],{end}data: \"usage\": {{\"prompt_tokens\": 11, \"completion_tokens\": 22}}}}{end}{end}"
+            );
+            let tally = tally_of(&[&text]);
+            assert_eq!((tally.content_chars, tally.usage), (4, Some((11, 22))), "{end:?}");
+            assert!(!tally.errored);
+        }
+        let failed = tally_of(&["data: {\"error\": {\"message\": \"boom\"}}\n\ndata: [DONE]\n\n"]);
+        assert!(failed.errored && failed.done);
     }
 
     #[test]

@@ -348,6 +348,7 @@ struct LoggedDecision {
     seq: u64,
     caller: Option<Box<str>>,
     session: Option<Box<str>>,
+    escalation: bool,
 }
 
 impl LoggedDecisions {
@@ -361,6 +362,7 @@ impl LoggedDecisions {
             seq: record.seq,
             caller: record.caller.as_deref().map(Box::from),
             session: record.session.as_deref().map(Box::from),
+            escalation: escalation(record),
         });
     }
 
@@ -385,6 +387,29 @@ impl LoggedDecisions {
 
     fn session_of(&self, id: u64) -> Option<&str> {
         self.get(id)?.session.as_deref()
+    }
+
+    fn is_escalation(&self, id: u64) -> bool {
+        self.get(id).is_some_and(|d| d.escalation)
+    }
+}
+
+/// Whether the decision logged as `record` is a cascade's escalation.
+fn escalation(record: &LogRecord) -> bool {
+    quiver_log::is_escalation(
+        record.reason.as_deref().unwrap_or_default(),
+        record.parent_decision_id.as_deref().unwrap_or_default(),
+    )
+}
+
+/// What the call of an outcome would have cost on the route's dearest model, for its
+/// savings: nothing for an escalation's, since its request's first call counted what
+/// the dearest model would have cost it.
+fn dearest_cost(models: &[ModelConfig], record: &LogRecord, escalation: bool) -> f64 {
+    if escalation {
+        0.0
+    } else {
+        spend::dearest_cost(models, record.input_tokens, record.output_tokens, record.cost_usd)
     }
 }
 
@@ -453,6 +478,40 @@ fn learner_setup(
 }
 
 impl RouteState {
+    /// What each spend cap in force on `route` allows a request of `caller` at `now`: with
+    /// whom it holds, what they spent and what their calls under way are estimated at.
+    fn allowances(
+        &self,
+        live: &LiveRoute,
+        route: &str,
+        caller: Option<&str>,
+        now: SystemTime,
+    ) -> Vec<Allowance> {
+        // Named only then: this is every decision's path.
+        let caps = [
+            self.config.spend_cap.map(|cap| {
+                (
+                    cap,
+                    format!("route `{route}`"),
+                    live.cluster_spend(),
+                    live.in_flight.usd_at_most(None),
+                )
+            }),
+            self.config.caller_spend_cap.zip(caller).map(|(cap, c)| {
+                (
+                    cap,
+                    format!("caller `{c}` on route `{route}`"),
+                    live.cluster_caller_spend(c),
+                    live.in_flight.usd_at_most(Some(c)),
+                )
+            }),
+        ];
+        caps.into_iter()
+            .flatten()
+            .map(|(cap, who, spent, under_way)| spend::allowance(&cap, &who, &spent, under_way, now))
+            .collect()
+    }
+
     /// The route `config` describes, nothing learned; a configuration it cannot work with
     /// is refused naming the route.
     fn new(config: RouteConfig, feedback_horizon: usize) -> Result<Self> {
@@ -1649,6 +1708,8 @@ impl Router {
         // By route, the records the shadows skipped, and the first's decision and reason:
         // one warning each, not one a record (a removed model's decisions are many).
         let mut skipped: BTreeMap<String, (usize, String, String)> = BTreeMap::new();
+        // The escalations whose outcomes are still to come, by route and id.
+        let mut escalations = std::collections::HashSet::new();
         for record in records_after(dir, 0).map_err(io_at(dir))? {
             let record = record.map_err(io_at(dir))?;
             let Some(state) = states.get_mut(&record.route) else {
@@ -1690,13 +1751,12 @@ impl Router {
                 (LogEvent::Outcome, _) if record.error => live.session_failed(id),
                 _ => {}
             }
+            if record.event == LogEvent::Decision && escalation(&record) {
+                escalations.insert((record.route.clone(), id));
+            }
             if record.event == LogEvent::Outcome && record.timestamp.starts_with(&month) {
-                let dearest = spend::dearest_cost(
-                    &state.config.models,
-                    record.input_tokens,
-                    record.output_tokens,
-                    record.cost_usd,
-                );
+                let escalation = escalations.remove(&(record.route.clone(), id));
+                let dearest = dearest_cost(&state.config.models, &record, escalation);
                 state.live_mut().spent(
                     &record.timestamp,
                     record.cost_usd,
@@ -2016,37 +2076,7 @@ impl Router {
         let state = self.state(route)?;
         let mut live = state.lock()?;
         let now = SystemTime::now();
-        // The caps in force, each with whom it holds, what they spent and what their calls
-        // under way are estimated at (named only then: this is every decision's path).
-        let caps = [
-            state.config.spend_cap.map(|cap| {
-                let spent = live.cluster_spend();
-                (
-                    cap,
-                    format!("route `{route}`"),
-                    spent,
-                    live.in_flight.usd_at_most(None),
-                )
-            }),
-            state
-                .config
-                .caller_spend_cap
-                .zip(caller.as_deref())
-                .map(|(cap, c)| {
-                    let spent = live.cluster_caller_spend(c);
-                    (
-                        cap,
-                        format!("caller `{c}` on route `{route}`"),
-                        spent,
-                        live.in_flight.usd_at_most(Some(c)),
-                    )
-                }),
-        ];
-        let allowances: Vec<Allowance> = caps
-            .into_iter()
-            .flatten()
-            .map(|(cap, who, spent, under_way)| spend::allowance(&cap, &who, &spent, under_way, now))
-            .collect();
+        let allowances = state.allowances(&live, route, caller.as_deref(), now);
         if let Some((message, retry_after)) = spend::refusal(&allowances) {
             live.spend_cap_refusals += 1;
             return Err(ServeError::SpendCap { message, retry_after });
@@ -2171,7 +2201,9 @@ impl Router {
     /// parent's model failed, or a cascade's escalation after its answer failed the check.
     /// A child decision with propensity 1, since the failure or the check chose it, not the
     /// policy. The route's learner tracks it for its outcome and feedback; the shadows, the
-    /// canary and the sessions leave it out.
+    /// canary and the sessions leave it out. An escalation is a second call, which the spend
+    /// caps may refuse (as they would a request), and a downgraded route makes none to its
+    /// dearer models: [`ServeError::SpendCap`] says why.
     pub fn log_child_decision(
         &self,
         route: &str,
@@ -2183,6 +2215,28 @@ impl Router {
     ) -> Result<Pending<Routed>> {
         let state = self.state(route)?;
         let mut live = state.lock()?;
+        let caller = live
+            .logged
+            .caller_of(parse_decision_id(parent)?.number)
+            .map(str::to_string);
+        if quiver_log::is_escalation(&reason, parent) {
+            // A second call for the request: the spend caps are asked again, with the
+            // first call's cost in, as a new decision would be.
+            let allowances = state.allowances(&live, route, caller.as_deref(), SystemTime::now());
+            let downgraded = || {
+                let dearer = spend::dearer_half(&state.config.models).contains(&model);
+                allowances.iter().find_map(|a| match a {
+                    Allowance::Downgraded(why) if dearer => Some((why.clone(), spend::UNDER_WAY_RETRY)),
+                    _ => None,
+                })
+            };
+            if let Some((why, retry_after)) = spend::refusal(&allowances).or_else(downgraded) {
+                return Err(ServeError::SpendCap {
+                    message: format!("no escalation to `{model}`: {why}"),
+                    retry_after,
+                });
+            }
+        }
         let prompt = request.text()?;
         let context = state.context(&prompt, &request.features, embedding)?;
         live.learner.hold_latest();
@@ -2196,10 +2250,7 @@ impl Router {
         state.stamp_context(&mut record, &context, embedding.map(<[f64]>::to_vec));
         record.parent_decision_id = Some(parent.to_string());
         record.reason = Some(reason);
-        record.caller = live
-            .logged
-            .caller_of(parse_decision_id(parent)?.number)
-            .map(str::to_string);
+        record.caller = caller;
         record.features = logged_features(&request.features);
         let seq = self.stage(&mut record)?;
         live.track(decision.id, &context, &record)?;
@@ -2306,12 +2357,7 @@ impl Router {
             if outcome.error {
                 live.session_failed(id);
             }
-            let dearest = spend::dearest_cost(
-                &state.config.models,
-                outcome.input_tokens,
-                outcome.output_tokens,
-                outcome.cost_usd,
-            );
+            let dearest = dearest_cost(&state.config.models, &record, live.logged.is_escalation(id));
             live.spent(
                 &record.timestamp,
                 outcome.cost_usd,

@@ -96,6 +96,10 @@ pub struct ArmState {
     pub requests: u64,
     /// Failed calls.
     pub errors: u64,
+    /// Qualities learned (feedback, and outcomes that carried one).
+    pub qualities: u64,
+    /// Their mean; null before the first.
+    pub mean_quality: Option<f64>,
     /// Spend, USD.
     pub spend_usd: f64,
     /// Spend per call, USD (0 before any call).
@@ -198,6 +202,8 @@ fn route_state_of(router: &Router, name: &str) -> Result<RouteState, ApiError> {
                 arm: arm.id.clone(),
                 requests: usage.requests,
                 errors: usage.errors,
+                qualities: usage.qualities,
+                mean_quality: usage.mean_quality(),
                 spend_usd: usage.cost_usd,
                 mean_cost_usd: if usage.requests > 0 {
                     usage.cost_usd / usage.requests as f64

@@ -159,16 +159,32 @@ impl OpenAiCompatible {
         if !stream && response.content_length().is_some_and(|len| len > limit as u64) {
             return Err(format!("the body is larger than {limit} bytes").into());
         }
+        if stream {
+            let content_type = response.headers().get(header::CONTENT_TYPE);
+            if let Some(other) = content_type.filter(|t| !t.as_bytes().starts_with(b"text/event-stream")) {
+                return Err(Failure::final_(format!(
+                    "asked to stream, the upstream answered {}",
+                    String::from_utf8_lossy(other.as_bytes())
+                )));
+            }
+        }
         let mut body: UpstreamBody = Box::pin(response.bytes_stream());
         if stream {
-            let first = match tokio::time::timeout_at(first_byte_by.into(), body.next()).await {
-                Err(_) => return Err(no_first_byte().into()),
-                Ok(None) => return Err(Failure::final_("the stream ended before its first event")),
-                Ok(Some(Err(e))) => return Err(format!("reading the stream failed: {e}").into()),
-                Ok(Some(Ok(first))) => first,
-            };
+            // The first event, past the comments (keep-alives) some providers send first.
+            let mut first = Vec::new();
+            while !first
+                .split(|&b| b == b'\n' || b == b'\r')
+                .any(|line| line.starts_with(b"data:"))
+            {
+                match tokio::time::timeout_at(first_byte_by.into(), body.next()).await {
+                    Err(_) => return Err(no_first_byte().into()),
+                    Ok(None) => return Err(Failure::final_("the stream ended before its first event")),
+                    Ok(Some(Err(e))) => return Err(format!("reading the stream failed: {e}").into()),
+                    Ok(Some(Ok(chunk))) => first.extend_from_slice(&chunk),
+                }
+            }
             return Ok(Answer::Stream {
-                first,
+                first: first.into(),
                 rest: body,
                 passed,
             });

@@ -939,6 +939,7 @@ impl Learner {
         } else {
             self.policy.update(arm, features, quality);
         }
+        self.usage[arm].add_quality(quality);
     }
 
     /// Arm `i` as the cost model sees it, a priced arm with no answers of its own expected
