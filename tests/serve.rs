@@ -216,7 +216,7 @@ async fn awkward_upstream() -> SocketAddr {
 /// the first event (the upstream timeout still falls back), nor is a JSON answer an event
 /// stream (it falls back); an error event is the call's failure though `[DONE]` follows;
 /// a stream broken off mid-event ends with an error event the client can read, in place
-/// of the event cut short.
+/// of the event cut short. Failures mid-stream count against the model's breaker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_are_read_as_their_events_say() {
     let dir = scratch("serve_awkward_streams");
@@ -226,6 +226,7 @@ async fn streams_are_read_as_their_events_say() {
         json!({
             "upstream_timeout_ms": 500,
             "upstream_retries": 0,
+            "circuit_breaker": {"window": 10, "min_calls": 2, "failure_rate": 0.5, "cooldown_ms": 60000},
             "routes": [route("slow", "late"), route("whole", "json"), route("erring", "erring"), route("cut", "cut")]
         }),
         &dir,
@@ -278,6 +279,17 @@ async fn streams_are_read_as_their_events_say() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!((failed(&erring), failed(&cut)), (Some(true), Some(true)));
+    // Each failed twice mid-stream: its breaker opened.
+    for route in ["erring", "cut"] {
+        let state = get_json(&client, format!("{base}/v1/routes/{route}"), "").await;
+        let arm = state["arms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["arm"] == route)
+            .unwrap();
+        assert_eq!(arm["circuit"], "open", "{state}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,8 +130,13 @@ fn learners_fed_halves_merge_into_the_learner_fed_the_whole() {
     merged.merge(&second, &base).unwrap();
 
     let (m, w) = (merged.usage(1), whole.usage(1));
-    assert_eq!((m.requests, m.errors), (w.requests, w.errors));
+    assert_eq!(
+        (m.requests, m.errors, m.qualities),
+        (w.requests, w.errors, w.qualities)
+    );
+    assert!(w.qualities > 0);
     for (a, b) in [
+        (m.quality_sum, w.quality_sum),
         (m.cost_usd, w.cost_usd),
         (m.latency_ms, w.latency_ms),
         (m.latency_ms_sq, w.latency_ms_sq),

@@ -447,6 +447,8 @@ mod tests {
             !key.request.contains("a-secret-token"),
             "the token is kept as its digest"
         );
+        let similar = ResponseCache::similar_key("r", Some("a-secret-token"), &body, vec![1.0]);
+        assert!(!similar.scope.contains("a-secret-token"));
         for (route, token) in [("r", Some("b")), ("r", None), ("other", Some("a"))] {
             let lookup = cache.lookup(ResponseCache::key(route, token, &body), t0);
             assert!(matches!(lookup, Lookup::Miss(_)), "{route} {token:?}");

@@ -229,7 +229,7 @@ pub(crate) async fn feedback(
         error,
     } = body;
     let Some(latency_ms) = latency_ms else {
-        if cost_usd.is_some() || input_tokens.is_some() || output_tokens.is_some() || error.is_some() {
+        if cost_usd.is_some() || input_tokens.is_some() || output_tokens.is_some() || error == Some(true) {
             return Err(ApiError::Invalid(
                 "a call's metrics come with its `latency_ms`: the report is then the call's outcome, \
                  as `/v1/outcome` takes it"

@@ -215,6 +215,18 @@ impl Health {
         })
     }
 
+    /// Gives back the probe of `model`'s half-open breaker that a call marked at `taken`
+    /// ([`Health::try_call`]) and never sent, so that the next call may take it at once.
+    pub fn give_back(&self, route: &str, model: &str, taken: Instant) {
+        self.with(|breakers| {
+            if let Some(b) = breakers.get_mut(&(route.to_string(), model.to_string())) {
+                if b.probing == Some(taken) {
+                    b.probing = None;
+                }
+            }
+        });
+    }
+
     /// Records the end of a call that `started`: `failed`, and the cooldown the provider
     /// asked for, if any.
     pub fn record(
@@ -326,6 +338,10 @@ mod tests {
         assert!(!h.try_call("r", "m", false, later) && h.try_call("r", "m", true, later));
         // A probe whose request was dropped never reports: given up after a cooldown.
         let after = later + Duration::from_millis(1000);
+        assert!(h.try_call("r", "m", false, after));
+        // One never sent is given back at once.
+        h.give_back("r", "m", after);
+        assert!(h.unavailable("r", after).is_empty());
         assert!(h.try_call("r", "m", false, after));
         let lost = after + Duration::from_millis(1000);
         assert!(h.unavailable("r", lost).is_empty());

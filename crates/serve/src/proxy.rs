@@ -214,12 +214,27 @@ struct StreamTally {
     overlong: bool,
     /// Whether the last line ended with a `\r`, whose `\n` may come next.
     after_cr: bool,
-    /// The data of the event under way, unless longer than an event may be.
+    /// The data of the event under way.
     data: Option<Vec<u8>>,
+    /// Whether the event under way is longer than an event may be: it is not read.
+    skipping: bool,
     content_chars: usize,
     usage: Option<(u32, u32)>,
+    /// An error event of the model's.
     errored: bool,
+    /// An error event that blames the request (see [`blames_the_request`]).
+    refused: bool,
     done: bool,
+}
+
+/// Whether an error event's `code` (or `status`) is one that blames the request, not the
+/// model, as [`crate::upstream::is_client_error`] tells an upstream's status.
+fn blames_the_request(error: &Value) -> bool {
+    let code = error.get("code").or_else(|| error.get("status"));
+    code.and_then(|c| c.as_u64().or_else(|| c.as_str()?.parse().ok()))
+        .and_then(|c| u16::try_from(c).ok())
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .is_some_and(crate::upstream::is_client_error)
 }
 
 impl StreamTally {
@@ -246,20 +261,22 @@ impl StreamTally {
     fn end_line(&mut self) {
         let line = std::mem::take(&mut self.line);
         if std::mem::take(&mut self.overlong) {
-            // An event with a line longer than any is read as none.
-            self.data = None;
+            // An event longer than any is read as none, to its blank line.
+            (self.data, self.skipping) = (None, true);
             return;
         }
         if line.trim_ascii().is_empty() {
-            self.end_event();
-        } else if let Some(data) = sse_data(&line) {
+            if !std::mem::take(&mut self.skipping) {
+                self.end_event();
+            }
+        } else if let Some(data) = sse_data(&line).filter(|_| !self.skipping) {
             let event = self.data.get_or_insert_with(Vec::new);
             if !event.is_empty() {
                 event.push(b'\n');
             }
             event.extend_from_slice(data);
             if event.len() > MAX_EVENT_LINE {
-                self.data = None;
+                (self.data, self.skipping) = (None, true);
             }
         }
     }
@@ -276,8 +293,12 @@ impl StreamTally {
         let Ok(chunk) = serde_json::from_slice::<Value>(&data) else {
             return;
         };
-        if chunk.get("error").is_some_and(|e| !e.is_null()) {
-            self.errored = true;
+        if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
+            if blames_the_request(error) {
+                self.refused = true;
+            } else {
+                self.errored = true;
+            }
         }
         if let Some(u) = usage(&chunk) {
             self.usage = Some(u);
@@ -663,6 +684,7 @@ async fn complete_in_task(
                 (called, started)
             }
         };
+        let streamed_by = for_decision.streamed_by.take();
         let mut own = || -> Result<(String, Option<String>), ApiError> {
             let own = for_decision.decision(&state)?;
             if let Some(logged) = for_decision.logged.take() {
@@ -745,6 +767,7 @@ async fn complete_in_task(
                     prompt_tokens,
                     tally: StreamTally::default(),
                     failed: false,
+                    breaker: streamed_by.map(|(key, started)| (route.clone(), key, started)),
                 };
                 let idle = Duration::from_millis(state.config.upstream_idle_timeout_ms);
                 // The usage asked for the gateway's sake is not the client's to read.
@@ -1090,6 +1113,9 @@ struct CallDecision<'a> {
     child: Option<String>,
     /// The durability of the child's record, until taken.
     logged: Option<Pending<()>>,
+    /// For a call that streams: the deployment whose breaker its end tells, and when its
+    /// attempt started.
+    streamed_by: Option<(String, Instant)>,
 }
 
 impl<'a> CallDecision<'a> {
@@ -1106,6 +1132,7 @@ impl<'a> CallDecision<'a> {
             child_for,
             child: None,
             logged: None,
+            streamed_by: None,
         }
     }
 
@@ -1217,7 +1244,8 @@ async fn call_with_retries(
             return Ok(ended(failed, Called::NoDeployment(no)));
         }
         if let Err(e) = for_decision.decision(state) {
-            // A half-open breaker's probe taken above is given back after its cooldown.
+            // Never sent: a half-open breaker's probe taken above is given back.
+            state.health.give_back(route, &lease.key, started);
             state.deployments.cancel(&lease.into_inner());
             return Err(e);
         }
@@ -1267,13 +1295,18 @@ async fn call_with_retries(
             state.metrics.first_token(&model.id, took);
         }
         let retry_after = failure.and_then(|f| f.retry_after);
-        state.health.record(
-            route,
-            &lease.key,
-            failure.is_some(),
-            retry_after,
-            (started, Instant::now()),
-        );
+        if let Ok(Answer::Stream { .. }) = &called {
+            // Whether a stream succeeds is known at its end (see `StreamOutcome`).
+            for_decision.streamed_by = Some((lease.key.clone(), started));
+        } else {
+            state.health.record(
+                route,
+                &lease.key,
+                failure.is_some(),
+                retry_after,
+                (started, Instant::now()),
+            );
+        }
         let Some(failure) = failure else {
             return Ok(Called::Answered(called, first_started));
         };
@@ -1511,7 +1544,9 @@ fn is_usage_only(event: &[u8]) -> bool {
 }
 
 /// Records a streamed call's outcome when its body is dropped: after the last event, when
-/// the upstream fails or falls silent mid-stream, or when the client goes away.
+/// the upstream fails or falls silent mid-stream, or when the client goes away; and tells
+/// the deployment's breaker whether the stream failed (broken off, silent, or an error
+/// event), which is known only then.
 struct StreamOutcome {
     state: Arc<AppState>,
     decision_id: String,
@@ -1520,6 +1555,8 @@ struct StreamOutcome {
     prompt_tokens: u32,
     tally: StreamTally,
     failed: bool,
+    /// The route and key of the breaker to tell, and when the attempt started.
+    breaker: Option<(String, String, Instant)>,
 }
 
 impl Drop for StreamOutcome {
@@ -1528,7 +1565,15 @@ impl Drop for StreamOutcome {
         let (input, output) = self.tally.tokens(self.prompt_tokens);
         let upstream = &*self.state.upstream;
         let mut outcome = call_outcome(upstream, &self.model, elapsed_ms(self.started), input, output);
-        outcome.error = self.failed || self.tally.errored || !self.tally.done;
+        let tally = &self.tally;
+        outcome.error = self.failed || tally.errored || tally.refused || !tally.done;
+        if let Some((route, key, started)) = self.breaker.take() {
+            // An upstream that ends its streams without `[DONE]` is not failing, nor one
+            // that refuses the request itself.
+            let failed = self.failed || self.tally.errored;
+            let health = &self.state.health;
+            health.record(&route, &key, failed, None, (started, Instant::now()));
+        }
         let (state, id) = (Arc::clone(&self.state), std::mem::take(&mut self.decision_id));
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let background = state.background.clone();
@@ -1874,6 +1919,9 @@ mod tests {
         let long = format!("data: {{\"x\": \"{}\"}}", "a".repeat(3 * MAX_EVENT_LINE));
         tally.feed(long.as_bytes());
         assert!(tally.line.len() <= MAX_EVENT_LINE);
+        // The rest of that event is not read as an event of its own.
+        tally.feed(b"\ndata: [DONE]\n");
+        assert!(!tally.done);
         tally.feed(b"\ndata: [DONE]\n");
         tally.end();
         assert!(tally.done && tally.line.is_empty());
@@ -1894,6 +1942,11 @@ mod tests {
         }
         let failed = tally_of(&["data: {\"error\": {\"message\": \"boom\"}}\n\ndata: [DONE]\n\n"]);
         assert!(failed.errored && failed.done);
+        for code in ["400", "\"400\"", "\"422\""] {
+            let refused = tally_of(&[&format!("data: {{\"error\": {{\"code\": {code}}}}}\n\n")]);
+            assert!(refused.refused && !refused.errored, "{code}");
+        }
+        assert!(tally_of(&["data: {\"error\": {\"code\": \"500\"}}\n\n"]).errored);
     }
 
     #[test]

@@ -161,7 +161,12 @@ impl OpenAiCompatible {
         }
         if stream {
             let content_type = response.headers().get(header::CONTENT_TYPE);
-            if let Some(other) = content_type.filter(|t| !t.as_bytes().starts_with(b"text/event-stream")) {
+            let event_stream = |t: &&HeaderValue| {
+                t.as_bytes()
+                    .get(..17)
+                    .is_some_and(|t| t.eq_ignore_ascii_case(b"text/event-stream"))
+            };
+            if let Some(other) = content_type.filter(|t| !event_stream(t)) {
                 return Err(Failure::final_(format!(
                     "asked to stream, the upstream answered {}",
                     String::from_utf8_lossy(other.as_bytes())
@@ -176,6 +181,9 @@ impl OpenAiCompatible {
                 .split(|&b| b == b'\n' || b == b'\r')
                 .any(|line| line.starts_with(b"data:"))
             {
+                if first.len() > limit {
+                    return Err(format!("no event in the stream's first {limit} bytes").into());
+                }
                 match tokio::time::timeout_at(first_byte_by.into(), body.next()).await {
                     Err(_) => return Err(no_first_byte().into()),
                     Ok(None) => return Err(Failure::final_("the stream ended before its first event")),
