@@ -57,7 +57,12 @@ pub(crate) fn caller(state: &AppState, headers: &HeaderMap) -> Option<String> {
         return None;
     }
     let digest = Sha256::digest(bearer(headers)?.as_bytes());
-    Some(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
+    Some(hex(&digest[..8]))
+}
+
+/// `bytes` in lower-case hex, as digests are named in logs, keys and labels.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Checks the bearer token of a request against the tokens `access` accepts (admin

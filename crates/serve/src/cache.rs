@@ -193,12 +193,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 /// Who holds a bearer token, as its SHA-256 digest (the token itself is kept nowhere);
 /// empty without one, which no digest is.
 fn holder(token: Option<&str>) -> String {
-    token.map_or_else(String::new, |t| {
-        Sha256::digest(t.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    })
+    token.map_or_else(String::new, |t| crate::auth::hex(&Sha256::digest(t.as_bytes())))
 }
 
 /// `body` with the text of its messages (or prompt) blanked and everything else kept:

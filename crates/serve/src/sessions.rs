@@ -94,7 +94,7 @@ pub fn key(caller: Option<&str>, name: &str) -> String {
     hash.update(caller.unwrap_or_default().as_bytes());
     hash.update([0]);
     hash.update(name.as_bytes());
-    hash.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::auth::hex(&hash.finalize()[..8])
 }
 
 impl Sessions {

@@ -159,9 +159,10 @@ impl OpenAiCompatible {
         if !stream && response.content_length().is_some_and(|len| len > limit as u64) {
             return Err(format!("the body is larger than {limit} bytes").into());
         }
+        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+        let mut body: UpstreamBody = Box::pin(response.bytes_stream());
         if stream {
-            let content_type = response.headers().get(header::CONTENT_TYPE);
-            let event_stream = |t: &&HeaderValue| {
+            let event_stream = |t: &HeaderValue| {
                 t.as_bytes()
                     .get(..17)
                     .is_some_and(|t| t.eq_ignore_ascii_case(b"text/event-stream"))
@@ -172,9 +173,6 @@ impl OpenAiCompatible {
                     String::from_utf8_lossy(other.as_bytes())
                 )));
             }
-        }
-        let mut body: UpstreamBody = Box::pin(response.bytes_stream());
-        if stream {
             // The first event, past the comments (keep-alives) some providers send first.
             let mut first = Vec::new();
             while !first
