@@ -25,6 +25,15 @@ pub enum DataCommand {
     Generate(GenerateArgs),
 }
 
+/// What `data convert` writes.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Shape {
+    /// Every model's outcome per prompt (a full-information table).
+    Wide,
+    /// One decision per row, with its propensity, as a server logs them.
+    Logged,
+}
+
 #[derive(Args)]
 #[command(allow_negative_numbers = true)]
 pub struct ConvertArgs {
@@ -37,18 +46,18 @@ pub struct ConvertArgs {
     /// Keep only rows whose COLUMN equals VALUE.
     #[arg(long, value_name = "COLUMN=VALUE")]
     split: Option<Split>,
-    /// Output shape: wide or logged.
-    #[arg(long)]
-    to: String,
+    /// Output shape.
+    #[arg(long, value_enum)]
+    to: Shape,
     /// Policy that logs wide data (default: random). It must give every model some
     /// probability on every row, or the log cannot evaluate a policy that chooses another.
     #[arg(long)]
     logging_policy: Option<String>,
     /// Cost weight of the logging policy, quality points per USD (default: 0).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::w_cost_arg)]
     w_cost: Option<f64>,
     /// Share of logged rows left without quality, feedback that never arrived (default: 0).
-    #[arg(long, alias = "missing-quality")]
+    #[arg(long, alias = "missing-quality", value_parser = crate::missing_feedback_arg)]
     missing_feedback: Option<f64>,
     /// Seed of the logging order and draws (default: 0).
     #[arg(long)]
@@ -146,21 +155,21 @@ fn convert(args: ConvertArgs) -> Result<()> {
         ("--missing-feedback", args.missing_feedback.is_some()),
         ("--seed", args.seed.is_some()),
     ];
-    let logs_a_table = matches!((&dataset, args.to.as_str()), (Dataset::Wide(_), "logged"));
+    let logs_a_table = matches!((&dataset, args.to), (Dataset::Wide(_), Shape::Logged));
     if let Some((flag, _)) = logging.iter().find(|(_, given)| *given).filter(|_| !logs_a_table) {
         bail!(
             "{flag} applies to a wide table converted to a log (--to logged); this conversion logs nothing"
         );
     }
-    match (dataset, args.to.as_str()) {
-        (Dataset::Wide(data), "wide") => write_wide(&data, &args.out)?,
-        (Dataset::Logged(log), "logged") => {
+    match (dataset, args.to) {
+        (Dataset::Wide(data), Shape::Wide) => write_wide(&data, &args.out)?,
+        (Dataset::Logged(log), Shape::Logged) => {
             if let Some(note) = log.earlier_contexts_note() {
                 eprintln!("{note}");
             }
             quiver_sim::write::write_logged(&log, &args.out)?;
         }
-        (Dataset::Wide(data), "logged") => {
+        (Dataset::Wide(data), Shape::Logged) => {
             if data.split.is_some() && args.split.is_none() {
                 eprintln!(
                     "{}: a log has no split column, so its rows' split is not written; convert each \
@@ -187,10 +196,9 @@ fn convert(args: ConvertArgs) -> Result<()> {
             let (log, _) = log_wide(&data, &builder, &settings)?;
             write_logged(&log, &args.out)?;
         }
-        (Dataset::Logged(_), "wide") => {
+        (Dataset::Logged(_), Shape::Wide) => {
             bail!("a log holds only the chosen arm's outcome; it cannot become full-information data")
         }
-        (_, other) => bail!("--to `{other}`: use wide or logged"),
     }
     eprintln!("wrote {}", args.out.display());
     if let Some((prices, path)) = list_prices {

@@ -72,6 +72,38 @@ enum Command {
     Suite(suite_cmd::SuiteArgs),
 }
 
+/// A flag's number, checked as clap parses it by `check` (the library's own check of that
+/// setting), so that nonsense stops the command at once, before any data is read.
+fn checked_number<E: std::fmt::Display>(
+    text: &str,
+    check: impl FnOnce(f64) -> Result<(), E>,
+) -> Result<f64, String> {
+    let x: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number"))?;
+    check(x).map(|()| x).map_err(|e| e.to_string())
+}
+
+/// `--w-cost`: quality points per USD, within the learner's bounds.
+fn w_cost_arg(text: &str) -> Result<f64, String> {
+    checked_number(text, |w| {
+        quiver_bandit::limits::W_COST.check("--w-cost", w).map(drop)
+    })
+}
+
+/// `--w-latency`: quality points per second, within the learner's bounds.
+fn w_latency_arg(text: &str) -> Result<f64, String> {
+    checked_number(text, |w| {
+        quiver_bandit::limits::W_LATENCY.check("--w-latency", w).map(drop)
+    })
+}
+
+/// `--missing-feedback`: a share in [0, 1).
+fn missing_feedback_arg(text: &str) -> Result<f64, String> {
+    checked_number(text, quiver_sim::replay::check_missing_feedback)
+}
+
 /// Log lines held while standard error is not read, a few MB; later ones are dropped.
 const QUEUED_LOG_LINES: usize = 16_384;
 

@@ -22,20 +22,20 @@ pub struct OpeArgs {
     #[arg(long, value_name = "COLUMN=VALUE")]
     split: Option<Split>,
     /// Comma-separated estimators (default: all of replay, ips, snips, dm, dr, sndr, switch-dr).
-    #[arg(long)]
-    estimators: Option<String>,
+    #[arg(long, value_parser = estimators_arg)]
+    estimators: Option<EstimatorNames>,
     /// Cost weight of the value, quality points per USD [default: 0] (a log records a
     /// request's own weights, not its route's: give the route's `w_cost`).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::w_cost_arg)]
     w_cost: Option<f64>,
     /// Latency weight of the value, quality points per second [default: 0].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::w_latency_arg)]
     w_latency: Option<f64>,
     /// Largest importance weight for IPS, SNIPS, DR and SNDR.
-    #[arg(long, default_value_t = f64::INFINITY)]
+    #[arg(long, default_value_t = f64::INFINITY, value_parser = |t: &str| crate::checked_number(t, EstimatorSettings::check_clip))]
     clip: f64,
     /// Switch-DR's weight threshold.
-    #[arg(long, default_value_t = 100.0)]
+    #[arg(long, default_value_t = 100.0, value_parser = |t: &str| crate::checked_number(t, EstimatorSettings::check_switch_tau))]
     switch_tau: f64,
     /// Bootstrap resamples for the percentile intervals (0: analytic only).
     #[arg(long, default_value_t = 1000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=100_000))]
@@ -49,6 +49,23 @@ pub struct OpeArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// `--estimators`: known names, each once, in the order first named.
+#[derive(Clone)]
+struct EstimatorNames(Vec<&'static str>);
+
+fn estimators_arg(list: &str) -> std::result::Result<EstimatorNames, String> {
+    let mut names = Vec::new();
+    for name in list.split(',') {
+        let estimator = estimator_by_name(name).ok_or_else(|| {
+            format!("unknown estimator `{name}`; use replay, ips, snips, dm, dr, sndr, switch-dr")
+        })?;
+        if !names.contains(&estimator.name()) {
+            names.push(estimator.name());
+        }
+    }
+    Ok(EstimatorNames(names))
 }
 
 pub fn run(args: OpeArgs) -> Result<()> {
@@ -99,19 +116,7 @@ pub fn run(args: OpeArgs) -> Result<()> {
     }
     let estimators: Vec<Box<dyn Estimator>> = match &args.estimators {
         None => all_estimators(),
-        // Each once, in the order first named.
-        Some(list) => list
-            .split(',')
-            .enumerate()
-            .filter(|&(i, name)| !list.split(',').take(i).any(|earlier| earlier == name))
-            .map(|(_, name)| {
-                estimator_by_name(name).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "unknown estimator `{name}`; use replay, ips, snips, dm, dr, sndr, switch-dr"
-                    )
-                })
-            })
-            .collect::<Result<_>>()?,
+        Some(EstimatorNames(names)) => names.iter().filter_map(|name| estimator_by_name(name)).collect(),
     };
     let mut summary = evaluate(&mut log, &spec, objective, &estimators, settings, !args.frozen)?;
     summary.dataset.clone_from(&args.data);

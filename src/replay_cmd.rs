@@ -99,10 +99,10 @@ pub struct ReplayArgs {
     #[arg(long, default_value_t = DEFAULT_PACING_STEP, value_parser = pacer_step)]
     pacer_step: f64,
     /// Cost weight: quality points per USD.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::w_cost_arg)]
     w_cost: Option<f64>,
     /// Latency weight: quality points per second.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::w_latency_arg)]
     w_latency: Option<f64>,
     /// Replay each policy at N settings: `budget=A..B:N` (in USD, or both ends in % as
     /// --budget takes them) or `w-cost=A..B:N`.
@@ -112,7 +112,7 @@ pub struct ReplayArgs {
     #[arg(long, default_value_t = 0)]
     feedback_delay: usize,
     /// Share of decisions whose quality never arrives.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::missing_feedback_arg)]
     missing_feedback: f64,
     /// Shift an arm's quality from an evaluation step on: `ARM@STEP:DELTA`.
     #[arg(long, value_parser = parse_drift)]
@@ -380,8 +380,8 @@ fn parse_drift(text: &str) -> std::result::Result<Drift, String> {
         delta: delta
             .parse::<f64>()
             .ok()
-            .filter(|d| d.is_finite())
-            .ok_or_else(|| format!("DELTA `{delta}` must be a number"))?,
+            .filter(|d| (-1.0..=1.0).contains(d))
+            .ok_or_else(|| format!("DELTA `{delta}` must be a shift of quality in [-1, 1]"))?,
     })
 }
 

@@ -37,7 +37,7 @@ pub fn run_serve(args: ServeArgs) -> Result<()> {
             crate::demo::demo_config(args.listen).await?
         } else {
             let mut config = ServeConfig::load(&args.config)?;
-            config.apply_env(|name| std::env::var(name).ok());
+            config.apply_env(|name| std::env::var(name).ok())?;
             if let Some(listen) = args.listen {
                 config.listen = listen;
             }

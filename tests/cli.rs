@@ -791,6 +791,13 @@ fn malformed_inputs_name_the_file_row_and_column() {
         err.contains("ragged.csv: cannot read: row 2 (line 3) has 4 fields where the header has 3"),
         "{err}"
     );
+    // One short of a field too, which the reader would take for an empty cell.
+    let short = dir.join("short.csv");
+    let err = replay_refusal(&short, "id,quality|a,quality|b\n1,0.5,1\n2,0.5\n");
+    assert!(
+        err.contains("short.csv: cannot read: row 2 (line 3) has 2 fields where the header has 3"),
+        "{err}"
+    );
 
     let out_of_range = dir.join("range.csv");
     let err = replay_refusal(&out_of_range, "quality|a,quality|b\n0.5,1\n0.2,1.7\n");
@@ -886,6 +893,12 @@ fn a_new_users_mistakes_get_precise_errors() {
     let err = replay_refusal(&negative, "quality|a,cost|a,quality|b,cost|b\n1,-0.5,0,0.1\n");
     assert!(
         err.contains("negative.csv: row 1, column `cost|a`: -0.5 is outside [0, 1000]"),
+        "{err}"
+    );
+    let huge = dir.join("huge.csv");
+    let err = replay_refusal(&huge, "quality|a,cost|a,quality|b,cost|b\n1,1e300,0,0.1\n");
+    assert!(
+        err.contains("huge.csv: row 1, column `cost|a`: 1e300 is outside [0, 1000]"),
         "{err}"
     );
 
@@ -1312,7 +1325,7 @@ fn a_new_users_mistakes_get_precise_errors() {
     );
 
     let truncated = dir.join("truncated.csv");
-    std::fs::write(&truncated, "quality|a,quality|b\n1,0\n0.5\n1,1\n").unwrap();
+    std::fs::write(&truncated, "quality|a,quality|b\n1,0\n0.5,\n1,1\n").unwrap();
     let out = stdout(&quiver(&[
         "replay",
         "--data",
@@ -1404,9 +1417,50 @@ fn a_new_users_mistakes_get_precise_errors() {
             "budget is 0.0, outside [1e-9, 1000]",
         ),
         ("--sweep", "w-cost=0..10:100000", "1 <= N <= 1000"),
-        ("--drift", "gpt-4o@10:NaN", "DELTA `NaN` must be a number"),
+        (
+            "--drift",
+            "gpt-4o@10:NaN",
+            "DELTA `NaN` must be a shift of quality in [-1, 1]",
+        ),
+        (
+            "--drift",
+            "gpt-4o@10:-3",
+            "DELTA `-3` must be a shift of quality in [-1, 1]",
+        ),
+        ("--w-cost", "nan", "--w-cost is NaN"),
+        (
+            "--missing-feedback",
+            "2",
+            "--missing-feedback must be in [0, 1), not 2",
+        ),
     ] {
         let err = stderr(&quiver(&["replay", flag, value]));
+        assert!(
+            err.contains(&format!("invalid value '{value}' for '{flag} ")) && err.contains(says),
+            "{err}"
+        );
+    }
+    // Refused as the flags are read, before a log that is not there is looked for.
+    for (command, flag, value, says) in [
+        ("ope", "--clip", "nan", "--clip must be positive, not NaN"),
+        (
+            "ope",
+            "--switch-tau",
+            "0",
+            "--switch-tau must be a positive number, not 0",
+        ),
+        ("ope", "--estimators", "", "unknown estimator ``"),
+        ("ope", "--estimators", "ips,snip", "unknown estimator `snip`"),
+        ("convert", "--to", "weird", "[possible values: wide, logged]"),
+    ] {
+        let head: &[&str] = match command {
+            "ope" => &["ope", "--policy", "random"],
+            _ => &["data", "convert", "--out", "never.csv"],
+        };
+        let args = [head, &["--data", "nowhere.jsonl", flag, value]].concat();
+        let output = quiver(&args);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{err}");
         assert!(
             err.contains(&format!("invalid value '{value}' for '{flag} ")) && err.contains(says),
             "{err}"

@@ -73,6 +73,13 @@ async fn upstream(kind: &'static str) -> SocketAddr {
                 )
                     .into_response(),
                 "badjson" => (axum::http::StatusCode::OK, "this is not json").into_response(),
+                // The request as it came, in the answer's content.
+                "echo" => axum::Json(json!({
+                    "id": "x", "object": "chat.completion",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": body.to_string()}}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 5}
+                }))
+                .into_response(),
                 // An answer cut at its length limit.
                 "truncated" => axum::Json(json!({
                     "id": "x", "object": "chat.completion",
@@ -188,6 +195,16 @@ async fn awkward_upstream() -> SocketAddr {
                     ),
                     (now, Ok(done)),
                 ],
+                Some("rejecting") => vec![
+                    (
+                        now,
+                        Ok(format!(
+                            "data: {}\n\n",
+                            json!({"error": {"message": "too long", "code": 400}})
+                        )),
+                    ),
+                    (now, Ok(done)),
+                ],
                 Some("cut") => vec![
                     (now, Ok(content("a"))),
                     (
@@ -227,7 +244,7 @@ async fn streams_are_read_as_their_events_say() {
             "upstream_timeout_ms": 500,
             "upstream_retries": 0,
             "circuit_breaker": {"window": 10, "min_calls": 2, "failure_rate": 0.5, "cooldown_ms": 60000},
-            "routes": [route("slow", "late"), route("whole", "json"), route("erring", "erring"), route("cut", "cut")]
+            "routes": [route("slow", "late"), route("whole", "json"), route("erring", "erring"), route("cut", "cut"), route("rejecting", "rejecting")]
         }),
         &dir,
     )
@@ -264,7 +281,9 @@ async fn streams_are_read_as_their_events_say() {
     }
     assert!(events[1].contains("\"error\""), "{text}");
 
-    // Each stream's outcome is recorded as it ends.
+    // Each stream's outcome is recorded as it ends; one the upstream refused in its
+    // stream is not learned.
+    let rejected = stream("rejecting").await.1;
     let erring = stream("erring").await.1;
     let failed = |id: &str| {
         let records = quiver_serve::log::read_log(&dir.join("log")).unwrap();
@@ -279,6 +298,8 @@ async fn streams_are_read_as_their_events_say() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!((failed(&erring), failed(&cut)), (Some(true), Some(true)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(failed(&rejected), None);
     // Each failed twice mid-stream: its breaker opened.
     for route in ["erring", "cut"] {
         let state = get_json(&client, format!("{base}/v1/routes/{route}"), "").await;
@@ -290,6 +311,35 @@ async fn streams_are_read_as_their_events_say() {
             .unwrap();
         assert_eq!(arm["circuit"], "open", "{state}");
     }
+}
+
+/// The request goes upstream with its fields in the order the client wrote them: a JSON
+/// schema's properties are generated in their order (a reasoning before its answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_goes_upstream_in_the_clients_order() {
+    let dir = scratch("serve_key_order");
+    let echo = Some(upstream("echo").await);
+    let route = json!({"name": "r", "policy": "fixed(echo)", "models": [model("echo", echo)]});
+    let base = start_app(json!({"routes": [route]}), &dir).await;
+    let schema = r#"{"type":"json_schema","json_schema":{"name":"a","schema":{"type":"object","properties":{"reasoning":{"type":"string"},"answer":{"type":"string"}}}}}"#;
+    let body = format!(
+        r#"{{"zeta":1,"model":"r","messages":[{{"role":"user","content":"hi"}}],"response_format":{schema}}}"#
+    );
+    let answer = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let answer: Value = answer.json().await.unwrap();
+    let received = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(received.starts_with(r#"{"zeta":1,"model":"#), "{received}");
+    assert!(
+        received.ends_with(&format!(r#""response_format":{schema}}}"#)),
+        "{received}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -462,7 +512,7 @@ async fn proxy_falls_back_in_order_and_streams() {
             &json!({"model": "chat", "messages": messages}),
         )
         .await;
-        assert_eq!(refused.status(), 422, "{messages}");
+        assert_eq!(refused.status(), 400, "{messages}");
         let error: Value = refused.json().await.unwrap();
         assert_eq!(error["error"]["message"], said, "{messages}");
     }
@@ -979,7 +1029,7 @@ async fn a_session_stays_on_its_model_until_a_call_fails() {
     // The proxy: OpenAI's `user`, which must be text.
     let body = json!({"model": "learn", "user": 5, "messages": [{"role": "user", "content": "hi"}]});
     let refused = post(&client, format!("{base}/v1/chat/completions"), "r", &body).await;
-    assert_eq!(refused.status(), 422);
+    assert_eq!(refused.status(), 400);
     let refusal: Value = refused.json().await.unwrap();
     assert_eq!(refusal["error"]["message"], "`user` must be a string, not 5");
     let mut answered = std::collections::BTreeSet::new();
@@ -1604,11 +1654,11 @@ async fn demo_mode_serves_simulated_providers_labelled_as_such() {
         .send()
         .await
         .unwrap();
-    assert_eq!(no_prompt.status(), 422);
+    assert_eq!(no_prompt.status(), 400);
     let refusal: Value = no_prompt.json().await.unwrap();
     assert_eq!(
         refusal["error"]["message"],
-        "`prompt` must be a string or a non-empty list of strings"
+        "`prompt` must be a string, a non-empty list of strings, or token ids (a list of integers, or a list of such lists)"
     );
     // Embeddings pass through to a model's simulated endpoint: one vector per input.
     let model = body["model"].as_str().unwrap_or_default().to_string();

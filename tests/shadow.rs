@@ -310,9 +310,9 @@ fn canaries_are_promoted_when_better_and_rolled_back_when_worse() {
         Router::open(vec![config], &scratch(&format!("canary_{name}_{seed}"))).unwrap()
     };
     let expected = [
-        ([300], [391], [300, 1143]),
+        ([300], [581], [300, 1143]),
         ([300], [300], [368, 1203]),
-        ([300], [725], [326, 1238]),
+        ([300], [755], [326, 1238]),
     ];
     for (seed, (better_at, worse_at, dropped_at)) in (0..3u64).zip(expected) {
         let mut rows: Vec<usize> = (0..table.rows()).collect();

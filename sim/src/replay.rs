@@ -815,7 +815,8 @@ pub fn replay_cascades(
 
 /// The share of decisions whose quality never arrives must be in [0, 1): at 1 nothing
 /// would be learned.
-pub(crate) fn check_missing_feedback(share: f64) -> Result<()> {
+/// Checks a share of decisions whose quality never arrives: in [0, 1).
+pub fn check_missing_feedback(share: f64) -> Result<()> {
     if (0.0..1.0).contains(&share) {
         Ok(())
     } else {

@@ -130,6 +130,14 @@ fn read_csv(path: &Path, rows: Option<usize>) -> Result<DataFrame> {
                 None => unreadable(path, e),
             }
         })?;
+    // The reader pads a record short of fields with nulls, as it reads an empty cell: where
+    // there are nulls, a record out of shape is named rather than read as empty cells.
+    if frame.columns().iter().any(|column| column.null_count() > 0) {
+        let bytes = std::fs::read(path).map_err(|e| unreadable(path, e))?;
+        if let Some(shape) = csv_shape_error(&bytes, rows) {
+            return Err(unreadable(path, shape));
+        }
+    }
     let names: Vec<&str> = frame.get_column_names().iter().map(|n| n.as_str()).collect();
     let twice = names.iter().find_map(|name| {
         let (first, _) = name.rsplit_once("_duplicated_")?;
@@ -739,6 +747,12 @@ pub fn check_range(table: &Table, row: usize, column: &str, x: f64, lo: f64, hi:
             "; rescale to [0, 1]"
         } else {
             ""
+        };
+        // A number far from any range is written with its exponent, not in 300 digits.
+        let x = if x.abs() >= 1e15 {
+            format!("{x:e}")
+        } else {
+            x.to_string()
         };
         return Err(table.bad_value(row, column, format!("{x} is outside [{lo}, {hi}]{hint}")));
     }

@@ -150,18 +150,30 @@ fn snips_and_dr_intervals_cover_the_truth_in_at_least_90_percent_of_200_seeds() 
     }
 }
 
-/// Under uniform logging over K arms, a deterministic candidate matches the logged arm on
-/// about n/K rows: Binomial(n, 1/K), so within 4 standard deviations.
-#[test]
-fn replay_accepts_about_n_over_k_rows_under_uniform_logging() {
-    let t = trial("random", "fixed(a1)", 7, &[&Replay]);
+/// Under uniform logging over K arms, a candidate whose draws are apart from the logger's
+/// matches the logged arm on about n/K of the 400 rows of `target`'s trial: Binomial(n,
+/// 1/K), so within 4 standard deviations.
+fn replay_accepts_about_n_over_k_rows(target: &str) {
+    let t = trial("random", target, 7, &[&Replay]);
     let (n, p) = (400.0, 1.0 / ARMS as f64);
     let sd = (n * p * (1.0 - p)).sqrt();
     assert!(
         (t.accepted as f64 - n * p).abs() < 4.0 * sd,
-        "accepted {}",
+        "{target}: accepted {}",
         t.accepted
     );
+}
+
+#[test]
+fn replay_accepts_about_n_over_k_rows_under_uniform_logging() {
+    replay_accepts_about_n_over_k_rows("fixed(a1)");
+}
+
+/// A randomized candidate run with the logger's own seed draws apart from the logger, not
+/// alike on the same rows.
+#[test]
+fn a_candidate_under_the_loggers_seed_draws_apart_from_it() {
+    replay_accepts_about_n_over_k_rows("random");
 }
 
 /// A randomized candidate draws from a fresh random stream on every row: its own draws are

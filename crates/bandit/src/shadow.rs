@@ -305,6 +305,7 @@ impl Shadows {
             .map(|spec| {
                 let mut config = config.clone();
                 config.policy = spec.clone();
+                config.seed = crate::ope::candidate_seed(config.seed);
                 // Its decisions are only read, never resolved: it learns through `learn`.
                 config.max_tracked_decisions = 1;
                 Ok(Candidate {

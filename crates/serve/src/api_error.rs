@@ -1,5 +1,5 @@
 //! HTTP errors: every failure becomes a status and a JSON body in OpenAI's error shape,
-//! `{"error": {"message", "type", "code"}}`, so OpenAI SDKs surface the reason.
+//! `{"error": {"message", "type", "param", "code"}}`, so OpenAI SDKs surface the reason.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -79,6 +79,18 @@ impl From<ServeError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The error as OpenAI's completion endpoints answer it: a request they cannot take is
+    /// a 400 there, malformed or of invalid values, so that an OpenAI SDK raises its
+    /// `BadRequestError`.
+    pub fn as_openai(self) -> Self {
+        match self {
+            ApiError::Invalid(message) => ApiError::BadRequest(message),
+            other => other,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let retry_after = match &self {
@@ -122,6 +134,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 message,
                 kind: kind.into(),
+                param: None,
                 code: status.as_u16().to_string(),
             },
         };
@@ -153,6 +166,9 @@ pub struct ErrorDetail {
     #[serde(rename = "type")]
     #[schema(rename = "type")]
     pub kind: String,
+    /// The parameter at fault, as OpenAI's errors have it; the message names it, and this
+    /// is null.
+    pub param: Option<String>,
     /// The HTTP status, as text: OpenAI's `code` is a string (or null), and a typed
     /// client reads a number there as a malformed error.
     pub code: String,
@@ -212,7 +228,8 @@ pub enum ErrorResponses {
 #[derive(IntoResponses)]
 #[allow(dead_code)] // a description of responses, never built
 pub enum UpstreamResponses {
-    /// A malformed request; or an upstream's, relayed unchanged.
+    /// A malformed or invalid request (OpenAI's status for both); or an upstream's
+    /// refusal, relayed unchanged.
     #[response(status = 400, headers(("x-quiver-decision-id" = String, description = "On the proxy, the decision made, if one was")))]
     BadRequest(serde_json::Value),
     /// A bearer token is missing or wrong.
@@ -233,7 +250,7 @@ pub enum UpstreamResponses {
     /// The body is not JSON, here or upstream (relayed unchanged).
     #[response(status = 415, headers(("x-quiver-decision-id" = String, description = "On the proxy, the decision made, if one was")))]
     UnsupportedMediaType(serde_json::Value),
-    /// An invalid value, here or upstream (relayed unchanged).
+    /// An upstream's refusal of an invalid value, relayed unchanged.
     #[response(status = 422, headers(("x-quiver-decision-id" = String, description = "On the proxy, the decision made, if one was")))]
     Invalid(serde_json::Value),
     /// The route reached a spend cap, or every model's deployments their rate limits; retry

@@ -67,7 +67,7 @@ impl Default for CacheConfig {
 impl CacheConfig {
     /// Refuses a similarity that is not in (0, 1], and an enabled cache that could hold
     /// nothing (a TTL or size of 0).
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self, any_embedding: bool) -> Result<(), String> {
         if self.enabled && (self.ttl_s == 0 || self.max_bytes == 0) {
             return Err(
                 "cache.ttl_s and cache.max_bytes must be at least 1 (`enabled = false` turns the cache off)"
@@ -78,6 +78,11 @@ impl CacheConfig {
             Some(s) if !(s > 0.0 && s <= 1.0) => {
                 Err(format!("cache.semantic_similarity {s} is not in (0, 1]"))
             }
+            Some(_) if self.enabled && !any_embedding => Err(
+                "cache.semantic_similarity needs a route with [routes.embedding] to compare prompts on; \
+                 no route has one"
+                    .into(),
+            ),
             _ => Ok(()),
         }
     }
@@ -198,6 +203,20 @@ fn holder(token: Option<&str>) -> String {
 
 /// `body` with the text of its messages (or prompt) blanked and everything else kept:
 /// roles, non-text parts, tool calls, the number of messages and every other field.
+/// `value` with every object's keys sorted: requests that differ only in their keys' order
+/// print alike (the proxy keeps the order a client sent, which a JSON schema's model reads).
+fn sorted(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_unstable_by_key(|(key, _)| *key);
+            Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+        other => other.clone(),
+    }
+}
+
 fn without_text(body: &Value) -> Value {
     let mut rest = body.clone();
     let blank = |text: &mut Value| {
@@ -258,9 +277,8 @@ impl ResponseCache {
 
     /// The key of `body` sent to `route` by the holder of `token` (None: no token).
     pub fn key(route: &str, token: Option<&str>, body: &Value) -> CacheKey {
-        // serde_json's maps keep their keys sorted, so equal requests print alike. A route
-        // name has no newline.
-        let request = format!("{route}\n{}\n{body}", holder(token));
+        // A route name has no newline.
+        let request = format!("{route}\n{}\n{}", holder(token), sorted(body));
         let mut hasher = DefaultHasher::new();
         request.hash(&mut hasher);
         CacheKey {
@@ -306,7 +324,7 @@ impl ResponseCache {
     /// blanked is the scope.
     pub fn similar_key(route: &str, token: Option<&str>, body: &Value, embedding: Vec<f32>) -> SimilarKey {
         SimilarKey {
-            scope: format!("{route}\n{}\n{}", holder(token), without_text(body)),
+            scope: format!("{route}\n{}\n{}", holder(token), sorted(&without_text(body))),
             embedding: unit(embedding),
         }
     }
@@ -517,7 +535,7 @@ mod tests {
             semantic_similarity: Some(1.5),
             ..CacheConfig::default()
         }
-        .check()
+        .check(true)
         .is_err());
     }
 

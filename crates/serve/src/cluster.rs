@@ -104,6 +104,10 @@ pub struct SharedLearning {
     pub callers: BTreeMap<String, Spend>,
     /// Decisions this replica made on the route, all time.
     pub decisions: u64,
+    /// What its learner started from ([`Router::starting_point`]); empty in a record of a
+    /// version that did not say.
+    #[serde(default)]
+    pub start: String,
 }
 
 impl SharedLearning {
@@ -117,6 +121,7 @@ impl SharedLearning {
             spend: own.spend,
             callers: own.callers,
             decisions: own.decisions,
+            start: router.starting_point(route).map_err(|e| e.to_string())?,
         })
     }
 
@@ -131,7 +136,8 @@ impl SharedLearning {
     }
 
     /// Folds the record, published by `replica`, into `route` on `router`
-    /// ([`Router::fold_replica`]), if it is of the same contexts and names that replica.
+    /// ([`Router::fold_replica`]), if it is of the same contexts, names that replica and
+    /// started where this replica's learner did.
     pub fn fold_into(self, router: &Router, route: &str, replica: &str) -> std::result::Result<(), String> {
         let ours = router.layout(route).map_err(|e| e.to_string())?.definition();
         if self.context != ours {
@@ -142,6 +148,14 @@ impl SharedLearning {
         }
         if self.replica != replica {
             return Err(format!("the record names replica `{}`", self.replica));
+        }
+        if self.start != router.starting_point(route).map_err(|e| e.to_string())? {
+            return Err(
+                "its learner started from other models, prices, policy parameters, \
+                 budget or priors (a change of them rolling out, say): learning adds up only \
+                 from the same start"
+                    .into(),
+            );
         }
         let share = ReplicaShare {
             learner: Learner::restore(self.learner).map_err(|e| e.to_string())?,

@@ -222,13 +222,25 @@ impl ServeConfig {
     /// `QUIVER_ROUTE_TOKENS`, `QUIVER_FEEDBACK_TOKENS`, `QUIVER_ADMIN_TOKENS`
     /// (comma-separated). `var` reads a variable (`std::env::var`). A variable that is
     /// empty or holds no token overrides nothing: an unset `${VAR}` in a manifest must
-    /// not leave an endpoint open.
-    pub fn apply_env(&mut self, read: impl Fn(&str) -> Option<String>) {
-        let var = |name: &str| read(name).filter(|v| !v.trim().is_empty());
+    /// not leave an endpoint open. A value that cannot serve (an address without a port, a
+    /// log directory that is a file) is refused, naming its variable.
+    pub fn apply_env(&mut self, read: impl Fn(&str) -> Option<String>) -> Result<()> {
+        let var = |name: &str| read(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let refuse =
+            |name: &str, value: &str, why: &str| Err(ServeError::Config(format!("{name}=`{value}`: {why}")));
         if let Some(listen) = var("QUIVER_LISTEN") {
+            let port = listen
+                .rsplit_once(':')
+                .and_then(|(_, port)| port.parse::<u16>().ok());
+            if port.is_none() {
+                return refuse("QUIVER_LISTEN", &listen, "give host:port, e.g. 0.0.0.0:8080");
+            }
             self.listen = listen;
         }
         if let Some(dir) = var("QUIVER_LOG_DIR") {
+            if Path::new(&dir).is_file() {
+                return refuse("QUIVER_LOG_DIR", &dir, "a file, where a directory is needed");
+            }
             self.log_dir = PathBuf::from(dir);
         }
         let tokens = |name: &str| -> Option<Vec<String>> {
@@ -249,6 +261,7 @@ impl ServeConfig {
         if let Some(t) = tokens("QUIVER_ADMIN_TOKENS") {
             self.auth.admin_tokens = t;
         }
+        Ok(())
     }
 
     /// Every limit lets something through: a limit of 0 would refuse every request (or
@@ -303,6 +316,23 @@ impl ServeConfig {
     /// operator who locks the doors locks all of them, or says which stay open.
     pub fn check_auth(&self) -> Result<()> {
         let auth = &self.auth;
+        let lists = [
+            ("route_tokens", &auth.route_tokens),
+            ("feedback_tokens", &auth.feedback_tokens),
+            ("admin_tokens", &auth.admin_tokens),
+        ];
+        // No client sends an empty token (nor one with spaces around it): such a list
+        // would lock its endpoints for good.
+        for (key, tokens) in lists {
+            if let Some(token) = tokens
+                .iter()
+                .find(|t| t.trim().is_empty() || t.trim() != t.as_str())
+            {
+                return Err(ServeError::Config(format!(
+                    "auth: {key} holds `{token}`: a token is neither empty nor starts or ends with a space"
+                )));
+            }
+        }
         let locked = !auth.route_tokens.is_empty() || !auth.feedback_tokens.is_empty();
         if locked && auth.admin_tokens.is_empty() {
             return Err(ServeError::Config(
@@ -600,6 +630,12 @@ impl RouteConfig {
         // The learner's bounds on a price per token, per million tokens as the file says.
         let most = limits::PRICE_USD_PER_TOKEN.hi * 1e6;
         for model in &self.models {
+            if model.context_window == Some(0) {
+                return Err(format!(
+                    "model `{}`: context_window is 0, so no prompt would fit (leave it out for no limit)",
+                    model.id
+                ));
+            }
             for (key, price) in [
                 ("input_usd_per_million", model.input_usd_per_million),
                 ("output_usd_per_million", model.output_usd_per_million),
@@ -826,7 +862,8 @@ mod tests {
             ("QUIVER_ADMIN_TOKENS", "a1, a2,"),
             ("QUIVER_ROUTE_TOKENS", "r1"),
         ];
-        config.apply_env(|name| env.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string()));
+        let read = |name: &str| env.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string());
+        config.apply_env(read).unwrap();
         assert_eq!(config.listen, "0.0.0.0:9000");
         assert_eq!(config.log_dir, PathBuf::from("/var/lib/quiver"));
         assert_eq!(config.auth.admin_tokens, ["a1", "a2"]);
@@ -839,11 +876,52 @@ mod tests {
         let mut config = with_key(None);
         config.auth.admin_tokens = vec!["from-file".into()];
         for empty in ["", " ", ",", " , "] {
-            config.apply_env(|name| (name == "QUIVER_ADMIN_TOKENS").then(|| empty.to_string()));
+            let read = |name: &str| (name == "QUIVER_ADMIN_TOKENS").then(|| empty.to_string());
+            config.apply_env(read).unwrap();
             assert_eq!(config.auth.admin_tokens, ["from-file"], "{empty:?}");
         }
-        config.apply_env(|name| (name == "QUIVER_LISTEN").then(String::new));
+        config
+            .apply_env(|name| (name == "QUIVER_LISTEN").then(String::new))
+            .unwrap();
         assert_eq!(config.listen, default_listen());
+    }
+
+    /// A variable that cannot serve is refused, naming it; one with spaces around it is
+    /// read without them.
+    #[test]
+    fn a_variable_that_cannot_serve_is_named() {
+        let file = std::env::temp_dir().join(format!("quiver-env-file-{}", std::process::id()));
+        std::fs::write(&file, "").unwrap();
+        let file = file.display().to_string();
+        for (name, value) in [
+            ("QUIVER_LISTEN", "garbage"),
+            ("QUIVER_LISTEN", "[::]"),
+            ("QUIVER_LOG_DIR", &file),
+        ] {
+            let mut config = with_key(None);
+            let err = config
+                .apply_env(|n| (n == name).then(|| value.to_string()))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(name) && err.contains(value), "{err}");
+        }
+        let mut config = with_key(None);
+        config
+            .apply_env(|n| (n == "QUIVER_LISTEN").then(|| " [::]:9000 ".into()))
+            .unwrap();
+        assert_eq!(config.listen, "[::]:9000");
+        let _ = std::fs::remove_file(file);
+    }
+
+    #[test]
+    fn a_token_no_client_could_send_is_refused() {
+        for token in ["", " ", " padded"] {
+            let mut config = with_key(None);
+            config.auth.admin_tokens = vec!["admin".into()];
+            config.auth.route_tokens = vec!["fine".into(), token.into()];
+            let err = config.check_auth().unwrap_err().to_string();
+            assert!(err.contains("route_tokens"), "{err}");
+        }
     }
 
     #[test]
@@ -940,6 +1018,10 @@ mod tests {
             (
                 serde_json::json!({"models": [{"id": "m", "input_usd_per_million": -0.4}]}),
                 "model `m`: input_usd_per_million is -0.4, outside [0, 10000] USD per million",
+            ),
+            (
+                serde_json::json!({"models": [{"id": "m", "context_window": 0}]}),
+                "model `m`: context_window is 0",
             ),
             (
                 serde_json::json!({"models": [{"id": "m", "output_usd_per_million": 20000.0}]}),
@@ -1056,18 +1138,30 @@ mod tests {
             max_bytes,
             semantic_similarity: None,
         };
-        assert!(cache(300, 1).check().is_ok());
+        assert!(cache(300, 1).check(false).is_ok());
         assert!(cache(0, 1)
-            .check()
+            .check(false)
             .unwrap_err()
             .contains("cache.ttl_s and cache.max_bytes"));
-        assert!(cache(300, 0).check().is_err());
-        let empty_cap = crate::spend::SpendCap {
-            daily_usd: None,
-            monthly_usd: None,
+        assert!(cache(300, 0).check(false).is_err());
+        let semantic = crate::cache::CacheConfig {
+            semantic_similarity: Some(0.9),
+            ..cache(300, 1)
+        };
+        assert!(semantic.check(true).is_ok());
+        assert!(semantic.check(false).unwrap_err().contains("no route has one"));
+        let cap = |daily_usd, monthly_usd| crate::spend::SpendCap {
+            daily_usd,
+            monthly_usd,
             downgrade_at: 0.9,
         };
-        assert!(empty_cap.check().unwrap_err().contains("caps nothing"));
+        assert!(cap(None, None).check().unwrap_err().contains("caps nothing"));
+        assert!(cap(Some(1.0), Some(30.0)).check().is_ok());
+        let never = cap(Some(50.0), Some(1.0)).check().unwrap_err();
+        assert!(
+            never.contains("daily_usd 50 is more than monthly_usd 1"),
+            "{never}"
+        );
     }
 
     #[test]

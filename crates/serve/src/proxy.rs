@@ -174,22 +174,41 @@ fn usage(value: &Value) -> Option<(u32, u32)> {
 /// estimate and the answer's length at four characters a token, so that an upstream that
 /// reports no usage is not taken for free (spend caps and budgets count it).
 fn answer_tokens(json: &Value, prompt_tokens: u32) -> (u32, u32) {
-    usage(json).unwrap_or_else(|| {
-        let chars: usize = json
-            .get("choices")
+    usage(json).unwrap_or_else(|| estimated_tokens(prompt_tokens, written_chars(json, "message")))
+}
+
+/// The characters a model wrote in an answer (`part` "message") or a stream's chunk
+/// ("delta"), over every choice: the content or the text API's `text`, the reasoning some
+/// models return beside it, and the tool calls' names and arguments, all billed as output.
+fn written_chars(json: &Value, part: &str) -> usize {
+    let chars = |text: Option<&Value>| text.and_then(Value::as_str).map_or(0, |t| t.chars().count());
+    let function = |f: &Value| chars(f.get("name")) + chars(f.get("arguments"));
+    let written = |message: &Value| {
+        let calls = message
+            .get("tool_calls")
             .and_then(Value::as_array)
             .into_iter()
-            .flatten()
-            .filter_map(|choice| {
-                choice
-                    .pointer("/message/content")
-                    .or_else(|| choice.get("text"))
-                    .and_then(Value::as_str)
-            })
-            .map(|text| text.chars().count())
-            .sum();
-        estimated_tokens(prompt_tokens, chars)
-    })
+            .flatten();
+        let texts = ["content", "reasoning_content", "reasoning"].map(|field| chars(message.get(field)));
+        texts.iter().sum::<usize>()
+            + message.get("function_call").map_or(0, function)
+            + calls
+                .filter_map(|call| call.get("function"))
+                .map(function)
+                .sum::<usize>()
+    };
+    let choices = json
+        .get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten();
+    choices
+        .map(|choice| {
+            choice
+                .get(part)
+                .map_or_else(|| chars(choice.get("text")), written)
+        })
+        .sum()
 }
 
 /// What a call that reported no `usage` is charged for: the prompt's estimated tokens, and
@@ -205,7 +224,7 @@ fn estimated_tokens(prompt_tokens: u32, answer_chars: usize) -> (u32, u32) {
 const MAX_EVENT_LINE: usize = 1 << 20;
 
 /// What a streamed answer told so far, read as it passes through without keeping it: its
-/// `usage` (the last one given), the characters of its content, whether an event was an
+/// `usage` (the last one given), the characters the model wrote, whether an event was an
 /// error and whether it ended with `[DONE]`. An event's `data:` lines are read together,
 /// joined by line ends, as SSE reads them.
 #[derive(Debug, Default)]
@@ -218,7 +237,7 @@ struct StreamTally {
     data: Option<Vec<u8>>,
     /// Whether the event under way is longer than an event may be: it is not read.
     skipping: bool,
-    content_chars: usize,
+    chars_written: usize,
     usage: Option<(u32, u32)>,
     /// An error event of the model's.
     errored: bool,
@@ -303,12 +322,7 @@ impl StreamTally {
         if let Some(u) = usage(&chunk) {
             self.usage = Some(u);
         }
-        let content = chunk
-            .pointer("/choices/0/delta/content")
-            .or_else(|| chunk.pointer("/choices/0/text"));
-        if let Some(content) = content.and_then(Value::as_str) {
-            self.content_chars += content.chars().count();
-        }
+        self.chars_written += written_chars(&chunk, "delta");
     }
 
     /// Reads what the stream left unended when it ends.
@@ -321,7 +335,7 @@ impl StreamTally {
     /// and the content's length at four characters a token.
     fn tokens(&self, prompt_tokens: u32) -> (u32, u32) {
         self.usage
-            .unwrap_or_else(|| estimated_tokens(prompt_tokens, self.content_chars))
+            .unwrap_or_else(|| estimated_tokens(prompt_tokens, self.chars_written))
     }
 }
 
@@ -417,7 +431,7 @@ pub async fn chat_completions(
 pub struct CompletionRequest {
     /// The route.
     model: String,
-    /// The prompt, or prompts (featurized as one text, one per line).
+    /// The prompt, or prompts (featurized as one text, one per line): text, or token ids.
     prompt: Value,
     /// Stream the answer as server-sent events.
     stream: Option<bool>,
@@ -476,24 +490,43 @@ impl Api {
                 ..RouteRequest::default()
             },
             Api::Text => {
-                let texts = match body.get("prompt") {
-                    Some(Value::String(prompt)) => Some(vec![prompt.as_str()]),
-                    Some(Value::Array(prompts)) if !prompts.is_empty() => {
-                        prompts.iter().map(Value::as_str).collect::<Option<Vec<_>>>()
-                    }
-                    _ => None,
-                };
-                let prompt = texts
-                    .ok_or_else(|| {
-                        ApiError::Invalid("`prompt` must be a string or a non-empty list of strings".into())
-                    })?
-                    .join("\n");
+                let prompt = body.get("prompt").and_then(prompt_text).ok_or_else(|| {
+                    ApiError::Invalid(
+                        "`prompt` must be a string, a non-empty list of strings, or token ids \
+                         (a list of integers, or a list of such lists)"
+                            .into(),
+                    )
+                })?;
                 RouteRequest {
                     prompt: Some(prompt),
                     ..RouteRequest::default()
                 }
             }
         })
+    }
+}
+
+/// The text a legacy `prompt` is routed on: the string, or the strings one per line; token
+/// ids (OpenAI's and vLLM's `int[]` and `int[][]`) are written as words, a list of them a
+/// line, as no tokenizer is at hand: the same ids featurize alike.
+fn prompt_text(prompt: &Value) -> Option<String> {
+    let ids = |items: &[Value]| -> Option<String> {
+        let ids = items.iter().map(|id| id.as_u64().map(|id| id.to_string()));
+        Some(ids.collect::<Option<Vec<_>>>()?.join(" ")).filter(|text| !text.is_empty())
+    };
+    match prompt {
+        Value::String(text) => Some(text.clone()),
+        Value::Array(items) if items.first().is_some_and(Value::is_u64) => ids(items),
+        Value::Array(items) if !items.is_empty() => items
+            .iter()
+            .map(|item| match item {
+                Value::String(text) => Some(text.clone()),
+                Value::Array(inner) => ids(inner),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(|lines| lines.join("\n")),
+        _ => None,
     }
 }
 
@@ -514,6 +547,7 @@ async fn complete(
         .spawn(completion)
         .await
         .map_err(|e| ApiError::Internal(format!("the completion's task failed: {e}")))?
+        .map_err(ApiError::as_openai)
 }
 
 async fn complete_in_task(
@@ -1546,7 +1580,8 @@ fn is_usage_only(event: &[u8]) -> bool {
 /// Records a streamed call's outcome when its body is dropped: after the last event, when
 /// the upstream fails or falls silent mid-stream, or when the client goes away; and tells
 /// the deployment's breaker whether the stream failed (broken off, silent, or an error
-/// event), which is known only then.
+/// event), which is known only then. A stream whose error event blames the request is not
+/// learned, as an upstream's refusal before any stream is not.
 struct StreamOutcome {
     state: Arc<AppState>,
     decision_id: String,
@@ -1566,13 +1601,22 @@ impl Drop for StreamOutcome {
         let upstream = &*self.state.upstream;
         let mut outcome = call_outcome(upstream, &self.model, elapsed_ms(self.started), input, output);
         let tally = &self.tally;
-        outcome.error = self.failed || tally.errored || tally.refused || !tally.done;
+        let failed = self.failed || tally.errored;
+        outcome.error = failed || !tally.done;
         if let Some((route, key, started)) = self.breaker.take() {
             // An upstream that ends its streams without `[DONE]` is not failing, nor one
             // that refuses the request itself.
-            let failed = self.failed || self.tally.errored;
             let health = &self.state.health;
             health.record(&route, &key, failed, None, (started, Instant::now()));
+        }
+        if tally.refused && !failed {
+            // As a refusal before the stream: the request's fault, not the model's.
+            tracing::info!(
+                decision = %self.decision_id,
+                model = %self.model.id,
+                "the upstream refused the request itself in its stream: not learned"
+            );
+            return;
         }
         let (state, id) = (Arc::clone(&self.state), std::mem::take(&mut self.decision_id));
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -1689,6 +1733,7 @@ async fn finish_without_client(mut rest: UpstreamBody, mut outcome: StreamOutcom
 mod tests {
     use super::*;
     use futures_util::future::BoxFuture;
+    use serde_json::json;
 
     /// An agent's chat (an assistant's tool call without text, then the tool's answer) is
     /// a chat OpenAI takes, and so is one of text parts.
@@ -1761,9 +1806,49 @@ mod tests {
     }
 
     #[test]
+    fn a_legacy_prompt_may_be_text_or_token_ids() {
+        for (prompt, text) in [
+            (json!("hi"), Some("hi")),
+            (json!(["a", "b"]), Some("a\nb")),
+            (json!([1212, 318, 257]), Some("1212 318 257")),
+            (json!([[1212, 318], [257]]), Some("1212 318\n257")),
+            (json!([]), None),
+            (json!([[]]), None),
+            (json!([1, "a"]), None),
+            (json!([-1]), None),
+            (json!({"text": "hi"}), None),
+        ] {
+            assert_eq!(prompt_text(&prompt).as_deref(), text, "{prompt}");
+        }
+    }
+
+    #[test]
     fn the_tally_counts_the_text_api_s_chunks_too() {
         let text = "data: {\"choices\":[{\"text\":\"Hello world!\"}]}\n\ndata: [DONE]\n";
         assert_eq!(tally_of(&[text]).tokens(5), (5, 3));
+    }
+
+    /// Without `usage`, an answer is charged for all the model wrote: every choice's
+    /// content, reasoning, and tool calls' names and arguments, streamed or not.
+    #[test]
+    fn an_answer_without_usage_is_charged_for_all_the_model_wrote() {
+        let message = json!({
+            "content": "abcd",
+            "reasoning_content": "efgh",
+            "tool_calls": [{"function": {"name": "ijkl", "arguments": "{\"m\":1}"}}],
+        });
+        let answer = json!({"choices": [{"message": message}, {"message": {"function_call": {"name": "no", "arguments": "pq"}}}]});
+        assert_eq!(answer_tokens(&answer, 9), (9, 6), "{answer}");
+        let chunk =
+            |delta: Value| format!("data: {}\n\n", json!({"choices": [{"index": 1, "delta": delta}]}));
+        let stream = [
+            chunk(json!({"reasoning": "abcd"})),
+            chunk(json!({"tool_calls": [{"index": 0, "function": {"name": "efgh", "arguments": ""}}]})),
+            chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "ijkl"}}]})),
+            chunk(json!({"content": null})),
+        ];
+        let tally = tally_of(&stream.each_ref().map(String::as_str));
+        assert_eq!(tally.tokens(9), (9, 3));
     }
 
     #[test]
@@ -1911,7 +1996,7 @@ mod tests {
                 tally.feed(a);
                 tally.feed(b);
                 tally.end();
-                let read = (tally.content_chars, tally.usage, tally.done);
+                let read = (tally.chars_written, tally.usage, tally.done);
                 assert_eq!(read, (5, Some((3, 5)), true), "{end:?} cut at {cut}");
             }
         }
@@ -1937,7 +2022,7 @@ mod tests {
                  data: {{\"choices\": [],{end}data: \"usage\": {{\"prompt_tokens\": 11, \"completion_tokens\": 22}}}}{end}{end}"
             );
             let tally = tally_of(&[&text]);
-            assert_eq!((tally.content_chars, tally.usage), (4, Some((11, 22))), "{end:?}");
+            assert_eq!((tally.chars_written, tally.usage), (4, Some((11, 22))), "{end:?}");
             assert!(!tally.errored);
         }
         let failed = tally_of(&["data: {\"error\": {\"message\": \"boom\"}}\n\ndata: [DONE]\n\n"]);

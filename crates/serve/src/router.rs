@@ -1864,6 +1864,21 @@ impl Router {
         })
     }
 
+    /// What a shared route's learner starts from, as a digest of it: its models and their
+    /// prices, its policy and parameters, its budget and priors. A replica's record is its start plus what it learned, so
+    /// replicas fold in each other's learning only from the same start.
+    pub fn starting_point(&self, route: &str) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let base = self
+            .state(route)?
+            .base
+            .as_ref()
+            .ok_or_else(|| not_shared(route))?;
+        let bytes = rmp_serde::to_vec(base)
+            .map_err(|e| ServeError::Config(format!("route `{route}`'s starting learner: {e}")))?;
+        Ok(crate::auth::hex(&Sha256::digest(bytes)))
+    }
+
     /// Folds in what another replica of a shared route has learned by itself and spent
     /// ([`Router::own_learning`] there): the difference from what it had learned when
     /// last folded in, so that nothing counts twice, and its calls since then step the

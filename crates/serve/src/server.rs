@@ -41,7 +41,8 @@ pub fn state_with(
     config.check_deployments()?;
     config.check_cors()?;
     config.check_auth()?;
-    config.cache.check().map_err(ServeError::Config)?;
+    let any_embedding = config.routes.iter().any(|r| r.embedding.is_some());
+    config.cache.check(any_embedding).map_err(ServeError::Config)?;
     let cluster = config
         .cluster
         .clone()
@@ -96,9 +97,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<()> {
-    let listener = listen(&state.config.listen)
-        .await
-        .map_err(io_at(&state.config.listen))?;
+    let address = format!("listen address {}", state.config.listen);
+    let listener = listen(&state.config.listen).await.map_err(io_at(&address))?;
     let addr = listener.local_addr().map_err(io_at(&state.config.listen))?;
     let (synced, first_sync) = tokio::sync::oneshot::channel();
     let sync = tokio::spawn(cluster::sync_forever(Arc::clone(&state), synced));

@@ -47,6 +47,13 @@ impl SpendCap {
                 return Err(format!("spend_cap.{name} must be a positive number of USD"));
             }
         }
+        if let (Some(daily), Some(monthly)) = (self.daily_usd, self.monthly_usd) {
+            if daily > monthly {
+                return Err(format!(
+                    "spend_cap.daily_usd {daily} is more than monthly_usd {monthly}: it could never bind"
+                ));
+            }
+        }
         if !(self.downgrade_at > 0.0 && self.downgrade_at <= 1.0) {
             return Err(format!(
                 "spend_cap.downgrade_at {} is not in (0, 1]",

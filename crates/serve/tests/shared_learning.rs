@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use quiver_bandit::Outcome;
+use quiver_serve::cluster::SharedLearning;
 use quiver_serve::{ModelConfig, RouteConfig, RouteRequest, Router, RouterOptions};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -174,4 +175,35 @@ fn three_replicas_pace_one_budget_together() {
         (per_request / budget - 1.0).abs() <= 0.03,
         "the cluster spent {per_request:.6} per request against a budget of {budget}"
     );
+}
+
+/// A replica's record is its starting learner plus what it learned, so it folds in only
+/// where the learner started alike: one of another start (a change of `lambda` rolling
+/// out, say) would add the difference of the two starts to the learner, and stays out.
+#[test]
+fn records_of_another_start_stay_out() {
+    let open = |replica: &str, policy: &str| {
+        let options = RouterOptions {
+            replica: Some(replica.to_string()),
+            ..RouterOptions::default()
+        };
+        let route = RouteConfig {
+            policy: policy.to_string(),
+            ..route(None)
+        };
+        Router::open_with(vec![route], &scratch(&format!("start_{replica}")), options).unwrap()
+    };
+    let ours = open("a", "linucb(alpha=0.3,detect=0)");
+    let alike = open("b", "linucb(alpha=0.3,detect=0)");
+    let other = open("c", "linucb(alpha=0.3,detect=0,lambda=3)");
+    for (i, replica) in [&alike, &other].into_iter().enumerate() {
+        serve(std::slice::from_ref(replica), 20, |_, _| 0, usize::MAX, i as u64);
+    }
+    let record = |router: &Router, replica: &str| SharedLearning::of(router, "r", replica).unwrap();
+    let folded = || ours.cluster_figures("r").unwrap().unwrap().other_replicas;
+    let refused = record(&other, "c").fold_into(&ours, "r", "c").unwrap_err();
+    assert!(refused.contains("started from"), "{refused}");
+    assert!(folded().is_empty());
+    record(&alike, "b").fold_into(&ours, "r", "b").unwrap();
+    assert_eq!(folded(), ["b"]);
 }

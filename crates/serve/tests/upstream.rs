@@ -451,7 +451,7 @@ async fn a_stream_is_priced_by_the_usage_the_gateway_asks_for() {
     scripted.script("a", &[Reply::SlowStream, Reply::SlowStream]);
     let unasked = stream(None).await;
     let asked = stream(Some(json!({"include_usage": true}))).await;
-    let usage_event = r#"data: {"choices":[],"usage":{"completion_tokens":5,"prompt_tokens":3}}"#;
+    let usage_event = r#"data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}"#;
     assert!(
         !unasked.contains("\"usage\"") && unasked.ends_with("data: [DONE]\n\n"),
         "{unasked}"
@@ -491,7 +491,7 @@ async fn a_stream_flag_must_be_a_boolean() {
     let (scripted, _, app) = gateway("upstream-stream-flag", 120_000);
     let body = json!({"model": "r", "stream": "yes", "messages": [{"role": "user", "content": "hi"}]});
     let response = post(&app, "/v1/chat/completions", &body).await;
-    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let message = json_of(response).await["error"]["message"].to_string();
     assert!(
         message.contains("`stream` must be true or false, not \\\"yes\\\""),
@@ -526,7 +526,7 @@ async fn every_model_asking_to_wait_is_a_429_with_the_earliest_wait() {
 
 /// A route with caller features takes them from `x-quiver-features` through the
 /// OpenAI-compatible API, and logs them with the decision; without them, or with a word
-/// among them, the 422 says how to send them.
+/// among them, the 400 says how to send them.
 #[tokio::test]
 async fn caller_features_come_in_a_header() {
     let dir = fresh("upstream-features");
@@ -545,31 +545,28 @@ async fn caller_features_come_in_a_header() {
             .oneshot(request.body(Body::from(body.to_string())).unwrap())
     };
     let missing = chat(None).await.unwrap();
-    assert_eq!(missing.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
     let message = json_of(missing).await["error"]["message"].to_string();
     assert!(
         message.contains("takes 2 caller features") && message.contains("x-quiver-features"),
         "{message}"
     );
     let word = chat(Some("0.5, much")).await.unwrap();
-    assert_eq!(word.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(word.status(), StatusCode::BAD_REQUEST);
     let message = json_of(word).await["error"]["message"].to_string();
     assert!(message.contains("`much` is not a number"), "{message}");
     // An empty header is no features, which this route refuses.
     let empty = chat(Some(" ")).await.unwrap();
-    assert_eq!(empty.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(empty.status(), StatusCode::BAD_REQUEST);
     let message = json_of(empty).await["error"]["message"].to_string();
     assert!(message.contains("the request brought 0"), "{message}");
     let answered = chat(Some("0.5, -1")).await.unwrap();
     assert_eq!(answered.status(), StatusCode::OK);
     // The cache keeps answers apart by features: the same ones are a hit, others a miss
-    // (and a wrong count still a 422).
+    // (and a wrong count still a 400).
     let cache = |response: &axum::response::Response| response.headers()["x-quiver-cache"].clone();
     assert_eq!(cache(&chat(Some("0.5, -1")).await.unwrap()), "hit");
-    assert_eq!(
-        chat(None).await.unwrap().status(),
-        StatusCode::UNPROCESSABLE_ENTITY
-    );
+    assert_eq!(chat(None).await.unwrap().status(), StatusCode::BAD_REQUEST);
     assert_eq!(cache(&chat(Some("1, 2")).await.unwrap()), "miss");
     assert_eq!(scripted.take_calls(), ["a", "a"]);
     let decisions: Vec<_> = quiver_serve::log::read_log(&dir.join("log"))

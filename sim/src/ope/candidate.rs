@@ -26,8 +26,9 @@ pub struct Candidate {
 }
 
 impl Candidate {
-    /// `spec` over `arms`, on contexts of `dim` features; with `learn`, it learns each
-    /// row's logged outcome after deciding on it.
+    /// `spec` over `arms`, on contexts of `dim` features, drawing from a stream apart from
+    /// a logger's of the same `seed` ([`quiver_bandit::ope::candidate_seed`]); with
+    /// `learn`, it learns each row's logged outcome after deciding on it.
     pub fn new(
         arms: &[String],
         dim: usize,
@@ -38,7 +39,7 @@ impl Candidate {
     ) -> Result<Self> {
         let mut config = LearnerConfig::new(spec.clone(), dim);
         config.objective = objective;
-        config.seed = seed;
+        config.seed = quiver_bandit::ope::candidate_seed(seed);
         // Decisions are only read here, never resolved: remember few of them.
         config.max_tracked_decisions = 16;
         Ok(Candidate {

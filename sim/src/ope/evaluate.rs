@@ -23,22 +23,34 @@ impl EstimatorSettings {
     /// Importance weights clipped at `clip` (> 0, infinity for none), Switch-DR's
     /// threshold `switch_tau` (finite, > 0), `bootstrap` resamples (0 for none), `seed`.
     pub fn new(clip: f64, switch_tau: f64, bootstrap: usize, seed: u64) -> Result<Self> {
-        if clip.is_nan() || clip <= 0.0 {
-            return Err(SimError::InvalidOption(format!(
-                "--clip must be positive, not {clip}"
-            )));
-        }
-        if !switch_tau.is_finite() || switch_tau <= 0.0 {
-            return Err(SimError::InvalidOption(format!(
-                "--switch-tau must be a positive number, not {switch_tau}"
-            )));
-        }
+        Self::check_clip(clip)?;
+        Self::check_switch_tau(switch_tau)?;
         Ok(EstimatorSettings {
             clip,
             switch_tau,
             bootstrap,
             seed,
         })
+    }
+
+    /// Checks a largest importance weight: above 0 (infinity for none).
+    pub fn check_clip(clip: f64) -> Result<()> {
+        if clip.is_nan() || clip <= 0.0 {
+            return Err(SimError::InvalidOption(format!(
+                "--clip must be positive, not {clip}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks Switch-DR's threshold: finite and above 0.
+    pub fn check_switch_tau(switch_tau: f64) -> Result<()> {
+        if !switch_tau.is_finite() || switch_tau <= 0.0 {
+            return Err(SimError::InvalidOption(format!(
+                "--switch-tau must be a positive number, not {switch_tau}"
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -5,7 +5,11 @@
 //! estimators target the mean value of the candidate's sequence of policies: IPS and DR
 //! are unbiased for it given true propensities, and replay under uniform logging (the
 //! martingale argument of Dudík et al. 2012 and Li et al. 2011); the others trade bias
-//! for variance, as each one's docs say.
+//! for variance, as each one's docs say. A learning candidate learns from every row,
+//! whichever model it would have chosen there: it is valued as a learner fed the whole
+//! log, which sees more than it would deployed, where it learns its own choices' outcomes
+//! alone (Li et al.'s replay of a learner learns only from the rows it accepts). A frozen
+//! candidate has no such gap.
 //!
 //! The estimators, their analytic intervals and the weight diagnostics are
 //! [`quiver_bandit::ope`]'s, which the server's shadow candidates use too; this module adds

@@ -20,6 +20,16 @@ use serde::{Deserialize, Serialize};
 /// The normal quantile of a two-sided 95% interval.
 pub const Z95: f64 = 1.959964;
 
+/// The seed of a candidate run beside (or along the log of) a logger seeded `seed`. A
+/// learner's draw for a decision comes from its seed and the decision's number, and a
+/// candidate numbers its decisions as the logger did: under the logger's own seed, a
+/// randomized candidate would repeat the logger's draws, and replay would accept far more
+/// than its share of rows. The tag keeps the two streams apart (a bijection, so distinct
+/// seeds stay distinct).
+pub fn candidate_seed(seed: u64) -> u64 {
+    seed ^ 0x6a09_e667_f3bc_c908
+}
+
 /// Everything the estimators read, one entry per row.
 #[derive(Debug, Clone, Default)]
 pub struct OpeInputs {
