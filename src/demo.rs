@@ -179,7 +179,7 @@ async fn embed(Path(index): Path<usize>, axum::Json(body): axum::Json<Value>) ->
             .map(|i| i.as_str().unwrap_or_default().to_string())
             .collect(),
         _ => {
-            let error = json!({"error": {"message": "`input` must be a string or strings", "type": "invalid_request_error"}});
+            let error = json!({"error": {"message": "`input` must be a string or strings", "type": "invalid_request_error", "param": "input", "code": null}});
             return (axum::http::StatusCode::BAD_REQUEST, axum::Json(error)).into_response();
         }
     };

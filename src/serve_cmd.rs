@@ -37,7 +37,9 @@ pub fn run_serve(args: ServeArgs) -> Result<()> {
             crate::demo::demo_config(args.listen).await?
         } else {
             let mut config = ServeConfig::load(&args.config)?;
-            config.apply_env(|name| std::env::var(name).ok())?;
+            // `--listen` overrides QUIVER_LISTEN, which is then not read.
+            let flagged = |name: &str| name == "QUIVER_LISTEN" && args.listen.is_some();
+            config.apply_env(|name| std::env::var(name).ok().filter(|_| !flagged(name)))?;
             if let Some(listen) = args.listen {
                 config.listen = listen;
             }

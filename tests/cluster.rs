@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use quiver_bandit::{Policy, PolicySpec};
 use serde_json::{json, Value};
-use support::{get_json, get_text, metric, outside_tool, scratch, start_binary, wait_for_metric, Running};
+use support::{
+    assert_line, get_json, get_text, metric, outside_tool, scratch, start_binary, wait_for_metric, Running,
+};
 
 const SYNC_MS: u64 = 250;
 const POLICY: &str = "linucb(alpha=0.1,detect=0)";
@@ -321,7 +323,7 @@ async fn replicas_share_what_they_learn_through_crashes_and_redis_restarts() {
             let health = healthz(&client, base).await;
             assert!(health.contains("serving and learning alone"), "{health}");
             let metrics = get_text(&client, format!("{base}/metrics"), "").await;
-            assert!(metrics.contains("quiver_cluster_redis_up 0"), "{metrics}");
+            assert_line(&metrics, "quiver_cluster_redis_up 0");
         }
         tokio::join!(
             learn(&client, &base_a, "a-alone", 15),

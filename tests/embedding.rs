@@ -19,7 +19,7 @@ use quiver_sim::context::ContextBuilder;
 use quiver_sim::data::{load_wide, Format};
 use quiver_sim::embeddings::PromptEmbeddings;
 use serde_json::{json, Value};
-use support::{get_text, scratch, start_app};
+use support::{assert_line, get_text, scratch, start_app};
 
 /// The test's embedding of a text: a few of its counts, so that it is known here.
 fn toy_embedding(text: &str) -> Vec<f32> {
@@ -220,7 +220,7 @@ async fn a_route_embeds_through_an_endpoint_and_falls_back_to_hashing() {
     let metrics = get_text(&client, format!("{base}/metrics"), "").await;
     for (reason, n) in [("timeout", 1), ("error", 4)] {
         let line = format!("quiver_embedding_fallbacks_total{{route=\"r\",reason=\"{reason}\"}} {n}");
-        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+        assert_line(&metrics, &line);
     }
 }
 

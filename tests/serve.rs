@@ -14,8 +14,8 @@ use axum::response::IntoResponse;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use support::{
-    browse, chromium, get_json, get_text, post, post_json, promtool_check, sample, scratch, start_app,
-    start_binary, start_binary_with_env, Running,
+    assert_line, browse, chromium, get_json, get_text, post, post_json, promtool_check, sample, scratch,
+    start_app, start_binary, start_binary_with_env, Running,
 };
 
 /// `quiver serve --demo` with a log of its own: the demo keeps its log under the
@@ -239,12 +239,15 @@ async fn streams_are_read_as_their_events_say() {
     let dir = scratch("serve_awkward_streams");
     let up = Some(awkward_upstream().await);
     let route = |name: &str, first: &str| json!({"name": name, "policy": format!("fixed({first})"), "models": [model(first, up), model("fine", up)]});
+    // A cap that any call under way holds: one the upstream refused must end.
+    let mut capped = route("rejecting", "rejecting");
+    capped["spend_cap"] = json!({"daily_usd": 1e-9});
     let base = start_app(
         json!({
             "upstream_timeout_ms": 500,
             "upstream_retries": 0,
             "circuit_breaker": {"window": 10, "min_calls": 2, "failure_rate": 0.5, "cooldown_ms": 60000},
-            "routes": [route("slow", "late"), route("whole", "json"), route("erring", "erring"), route("cut", "cut"), route("rejecting", "rejecting")]
+            "routes": [route("slow", "late"), route("whole", "json"), route("erring", "erring"), route("cut", "cut"), capped]
         }),
         &dir,
     )
@@ -300,6 +303,12 @@ async fn streams_are_read_as_their_events_say() {
     assert_eq!((failed(&erring), failed(&cut)), (Some(true), Some(true)));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(failed(&rejected), None);
+    let again =
+        json!({"model": "rejecting", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let status = post(&client, format!("{base}/v1/chat/completions"), "", &again)
+        .await
+        .status();
+    assert_eq!(status, 200, "the refused call still counts as under way");
     // Each failed twice mid-stream: its breaker opened.
     for route in ["erring", "cut"] {
         let state = get_json(&client, format!("{base}/v1/routes/{route}"), "").await;
@@ -411,11 +420,11 @@ async fn proxy_falls_back_in_order_and_streams() {
     // Fallback went failing (a 500, called again once after a backoff) -> badjson -> slow
     // (timed out, not retried) -> good: four failed calls.
     let metrics = get_text(&client, format!("{base}/metrics"), "admin").await;
-    assert!(metrics.contains("quiver_upstream_failures_total 4"), "{metrics}");
+    assert_line(&metrics, "quiver_upstream_failures_total 4");
     for (model, calls) in [("failing", 2), ("badjson", 1), ("slow", 1)] {
         let line =
             format!("quiver_upstream_attempt_seconds_count{{model=\"{model}\",path=\"/chat/completions\",result=\"error\"}} {calls}");
-        assert!(metrics.contains(&line), "{line}\n{metrics}");
+        assert_line(&metrics, &line);
     }
     let dead = post(
         &client,
@@ -468,8 +477,16 @@ async fn proxy_falls_back_in_order_and_streams() {
         text.contains("\"Hel\"") && text.contains("\"lo\"") && text.contains("[DONE]"),
         "{text}"
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let state = get_json(&client, format!("{base}/v1/routes/stream"), "admin").await;
+    // The outcome is recorded as the stream's body is dropped, a moment after its end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let state = loop {
+        let state = get_json(&client, format!("{base}/v1/routes/stream"), "admin").await;
+        let spent = state["arms"][0]["spend_usd"].as_f64().is_some_and(|s| s > 0.0);
+        if spent || std::time::Instant::now() > deadline {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(state["arms"][0]["requests"], 1);
     assert_eq!(state["arms"][0]["errors"], 0);
     // 9 prompt and 2 completion tokens at $1 and $2 per million.
@@ -587,7 +604,7 @@ async fn proxy_falls_back_in_order_and_streams() {
         "quiver_http_request_seconds_count{endpoint=\"/v1/chat/completions\",status=\"4xx\"} 7",
         "quiver_http_request_seconds_bucket{endpoint=\"/v1/chat/completions\",status=\"2xx\",le=\"+Inf\"} 3",
     ] {
-        assert!(metrics.lines().any(|l| l == line), "{line} not in\n{metrics}");
+        assert_line(&metrics, line);
     }
     let commits = metrics
         .lines()
@@ -1452,14 +1469,11 @@ async fn traffic_shifts_to_the_arm_with_the_best_feedback_and_feedback_rules_hol
         "ok"
     );
     let metrics = get_text(&client, format!("{base}/metrics"), "a").await;
-    assert!(
-        metrics.contains("quiver_decisions_total{route=\"learn\"} 201"),
-        "{metrics}"
-    );
+    assert_line(&metrics, "quiver_decisions_total{route=\"learn\"} 201");
     // Feedback by what became of it: a repeat is not counted as applied, a refusal not at all.
     for (status, count) in [("applied", 201), ("already_applied", 1)] {
         let line = format!("quiver_reports_total{{kind=\"feedback\",status=\"{status}\"}} {count}");
-        assert!(metrics.contains(&line), "{line}\n{metrics}");
+        assert_line(&metrics, &line);
     }
     let openapi: Value = client
         .get(format!("{base}/openapi.json"))
@@ -2402,7 +2416,7 @@ async fn deployments_keep_to_their_limits_and_tags() {
     );
     let metrics = get_text(&client, format!("{base}/metrics"), "any").await;
     let closed = "quiver_deployment_circuit_state{route=\"limited\",deployment=\"m@d0\",state=\"closed\"} 1";
-    assert!(metrics.contains(closed), "{metrics}");
+    assert_line(&metrics, closed);
 
     for _ in 0..6 {
         assert_eq!(chat("tagged", Some("region:eu")).await.status(), 200);

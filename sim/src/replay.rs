@@ -813,9 +813,8 @@ pub fn replay_cascades(
         .collect()
 }
 
-/// The share of decisions whose quality never arrives must be in [0, 1): at 1 nothing
+/// Checks a share of decisions whose quality never arrives: in [0, 1), since at 1 nothing
 /// would be learned.
-/// Checks a share of decisions whose quality never arrives: in [0, 1).
 pub fn check_missing_feedback(share: f64) -> Result<()> {
     if (0.0..1.0).contains(&share) {
         Ok(())

@@ -147,6 +147,20 @@ fn snips_and_dr_intervals_cover_the_truth_in_at_least_90_percent_of_200_seeds() 
             .filter(|t| t.values[k].1[0] <= t.truth && t.truth <= t.values[k].1[1])
             .count();
         assert!(covered >= 180, "{}: covered {covered} of 200", e.name());
+        // Not by being wide: the mean half-width is 1.96 times the spread of the errors
+        // over the seeds, within 25% (that spread, from 200 errors, is itself within about
+        // 5% of its truth: 1 / sqrt(2 * 199)).
+        let errors: Vec<f64> = trials.iter().map(|t| t.values[k].0 - t.truth).collect();
+        let n = errors.len() as f64;
+        let mean = errors.iter().sum::<f64>() / n;
+        let spread = (errors.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+        let half_width = trials
+            .iter()
+            .map(|t| (t.values[k].1[1] - t.values[k].1[0]) / 2.0)
+            .sum::<f64>()
+            / n;
+        let ratio = half_width / (1.959964 * spread);
+        assert!((0.75..=1.25).contains(&ratio), "{}: {ratio}", e.name());
     }
 }
 

@@ -325,6 +325,12 @@ pub fn sample(metrics: &str, metric: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// Asserts that a Prometheus text holds `line` as a whole line (a substring would take
+/// `... 4` for `... 40`).
+pub fn assert_line(metrics: &str, line: &str) {
+    assert!(metrics.lines().any(|l| l == line), "{line} not in\n{metrics}");
+}
+
 /// A metric's value on the server at `base` (0 when absent).
 pub async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
     sample(&get_text(client, format!("{base}/metrics"), "").await, name, &[])

@@ -642,6 +642,16 @@ mod tests {
             noisy.quality.lambda,
             clean.quality.lambda
         );
+        // Each is the grid's least cross-validated error, found by trying every ridge.
+        for (data, fitted) in [(&noise, &noisy), (&signal, &clean)] {
+            let stats = statistics(data, dim);
+            let error = |lambda: f64| stats.cross_validated_error(lambda);
+            let best = LAMBDA_GRID
+                .into_iter()
+                .min_by(|a, b| error(*a).total_cmp(&error(*b)))
+                .expect("a grid");
+            assert_eq!(fitted.quality.lambda, best);
+        }
     }
 
     #[test]

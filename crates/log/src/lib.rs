@@ -1199,7 +1199,11 @@ mod tests {
         let seq = log.stage(&mut record(51)).unwrap();
         // Polled once, it starts the commit; then it is dropped.
         assert!(futures_util::FutureExt::now_or_never(log.durable(seq)).is_none());
-        log.durable(seq).await.unwrap();
+        // A stalled commit fails here rather than hanging the run.
+        let durable = tokio::time::timeout(Duration::from_secs(10), log.durable(seq)).await;
+        durable
+            .expect("the commit the dropped waiter started was stalled")
+            .unwrap();
         assert_eq!(log.commits(), 2);
         let _ = std::fs::remove_dir_all(&dir);
     }

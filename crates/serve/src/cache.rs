@@ -2,7 +2,7 @@
 //! request, answers the same request again without an upstream call.
 //!
 //! The key is the route, the caller (its bearer token's digest: one tenant never sees
-//! another's answers) and the request body with its keys sorted, compared in full, not by
+//! another's answers) and the request body as sent, its keys in order, compared in full, not by
 //! hash alone. Only whole answers are kept: none a choice of which was cut at its length
 //! limit or by a content filter. The cache holds at most `max_bytes` of keys and bodies, evicting the least
 //! recently used entries first. A hit is logged as its own event (`cache_hit`, under the
@@ -203,20 +203,6 @@ fn holder(token: Option<&str>) -> String {
 
 /// `body` with the text of its messages (or prompt) blanked and everything else kept:
 /// roles, non-text parts, tool calls, the number of messages and every other field.
-/// `value` with every object's keys sorted: requests that differ only in their keys' order
-/// print alike (the proxy keeps the order a client sent, which a JSON schema's model reads).
-fn sorted(value: &Value) -> Value {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_unstable_by_key(|(key, _)| *key);
-            Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
-        }
-        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
-        other => other.clone(),
-    }
-}
-
 fn without_text(body: &Value) -> Value {
     let mut rest = body.clone();
     let blank = |text: &mut Value| {
@@ -277,8 +263,9 @@ impl ResponseCache {
 
     /// The key of `body` sent to `route` by the holder of `token` (None: no token).
     pub fn key(route: &str, token: Option<&str>, body: &Value) -> CacheKey {
-        // A route name has no newline.
-        let request = format!("{route}\n{}\n{}", holder(token), sorted(body));
+        // A route name has no newline. The body as sent: keys in another order (a JSON
+        // schema's, which the model generates in) make another request.
+        let request = format!("{route}\n{}\n{body}", holder(token));
         let mut hasher = DefaultHasher::new();
         request.hash(&mut hasher);
         CacheKey {
@@ -324,7 +311,7 @@ impl ResponseCache {
     /// blanked is the scope.
     pub fn similar_key(route: &str, token: Option<&str>, body: &Value, embedding: Vec<f32>) -> SimilarKey {
         SimilarKey {
-            scope: format!("{route}\n{}\n{}", holder(token), sorted(&without_text(body))),
+            scope: format!("{route}\n{}\n{}", holder(token), without_text(body)),
             embedding: unit(embedding),
         }
     }
@@ -443,18 +430,21 @@ mod tests {
             panic!("an empty cache hit")
         };
         cache.store(key, None, answer("hello"), t0);
-        // The same request with its keys in another order is the same request.
-        let reordered: Value = serde_json::from_str(
-            r#"{"temperature": 0, "messages": [{"content": "hi", "role": "user"}], "model": "r"}"#,
-        )
-        .unwrap();
         match cache.lookup(
-            ResponseCache::key("r", Some("a"), &reordered),
+            ResponseCache::key("r", Some("a"), &body),
             t0 + Duration::from_secs(9),
         ) {
             Lookup::Hit(hit) => assert_eq!(hit.body, "hello"),
             Lookup::Miss(_) => panic!("missed an equal request"),
         }
+        // Its keys in another order make another request: a JSON schema's properties are
+        // generated in their order.
+        let reordered: Value = serde_json::from_str(
+            r#"{"temperature": 0, "messages": [{"content": "hi", "role": "user"}], "model": "r"}"#,
+        )
+        .unwrap();
+        let reordered = cache.lookup(ResponseCache::key("r", Some("a"), &reordered), t0);
+        assert!(matches!(reordered, Lookup::Miss(_)));
         let key = ResponseCache::key("r", Some("a-secret-token"), &body);
         assert!(
             !key.request.contains("a-secret-token"),

@@ -152,7 +152,7 @@ impl Cascade {
     pub fn strip_logprobs(completion: &mut Value) {
         for choice in completion["choices"].as_array_mut().into_iter().flatten() {
             if let Some(choice) = choice.as_object_mut() {
-                choice.remove("logprobs");
+                choice.shift_remove("logprobs");
             }
         }
     }

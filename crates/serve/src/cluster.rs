@@ -149,11 +149,16 @@ impl SharedLearning {
         if self.replica != replica {
             return Err(format!("the record names replica `{}`", self.replica));
         }
+        if self.start.is_empty() {
+            return Err("the record does not say where its learner started (a version \
+                 before that was said): upgrade every replica"
+                .into());
+        }
         if self.start != router.starting_point(route).map_err(|e| e.to_string())? {
             return Err(
-                "its learner started from other models, prices, policy parameters, \
-                 budget or priors (a change of them rolling out, say): learning adds up only \
-                 from the same start"
+                "its learner started from another configuration of the route (models, \
+                 prices, policy, seed, weights, budget, feedback horizon or priors; a change \
+                 rolling out, say): learning adds up only from the same start"
                     .into(),
             );
         }

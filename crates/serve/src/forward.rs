@@ -101,6 +101,9 @@ struct OutboxState {
     len: u64,
     /// Its length when last rewritten.
     rewritten_len: u64,
+    /// Whether a rewrite failed: the handle may be on the file the rename replaced, so
+    /// nothing is written until a rewrite succeeds.
+    stale: bool,
     next_seq: u64,
     pending: BTreeMap<u64, Forward>,
 }
@@ -148,6 +151,7 @@ impl Outbox {
                 file,
                 len,
                 rewritten_len: len,
+                stale: false,
                 next_seq,
                 pending,
             }),
@@ -190,9 +194,20 @@ impl Outbox {
         // Rewritten with only what is pending once it has grown well past that, so that a
         // replica that runs for months keeps a small file.
         if state.len > COMPACT_BYTES.max(2 * state.rewritten_len) {
-            let (file, len) = rewrite(&self.path, state.next_seq, &state.pending)?;
-            (state.file, state.len, state.rewritten_len) = (file, len, len);
+            // The confirmations are durable already; a rewrite that fails is tried again
+            // before the next line.
+            if let Err(e) = self.compact(&mut state) {
+                tracing::warn!("the outbox could not be rewritten: {e}");
+            }
         }
+        Ok(())
+    }
+
+    /// Rewrites the file with what is pending alone.
+    fn compact(&self, state: &mut OutboxState) -> Result<()> {
+        state.stale = true;
+        let (file, len) = rewrite(&self.path, state.next_seq, &state.pending)?;
+        (state.file, state.len, state.rewritten_len, state.stale) = (file, len, len, false);
         Ok(())
     }
 
@@ -204,6 +219,9 @@ impl Outbox {
     fn append(&self, state: &mut OutboxState, lines: &[Line]) -> Result<()> {
         if lines.is_empty() {
             return Ok(());
+        }
+        if state.stale {
+            self.compact(state)?;
         }
         let mut text = Vec::new();
         for line in lines {
@@ -325,6 +343,31 @@ mod tests {
         let outbox = Outbox::open(&dir).unwrap();
         assert_eq!(pending(&outbox), unconfirmed);
         assert_eq!(outbox.add("b", "a", "r:a:x", feedback(0.1)).unwrap(), 20_000);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A rewrite that fails leaves the outbox refusing forwards (none is acknowledged into
+    /// a file it may no longer hold) until one succeeds; then nothing is missing.
+    #[test]
+    fn a_failed_rewrite_refuses_forwards_until_one_succeeds() {
+        let dir = scratch("stale");
+        let outbox = Outbox::open(&dir).unwrap();
+        let big = "r:a:".to_string() + &"x".repeat(4096);
+        // Where the rewrite writes first: a directory, so the rewrite fails.
+        let blocker = dir.join(OUTBOX_FILE).with_extension("jsonl.tmp");
+        std::fs::create_dir(&blocker).unwrap();
+        let mut seq = 0;
+        while !outbox.lock().stale {
+            seq = outbox.add("b", "a", &big, feedback(0.5)).unwrap();
+            outbox.confirm(&[seq]).unwrap();
+        }
+        assert!(outbox.add("b", "a", "r:a:refused", feedback(0.5)).is_err());
+        std::fs::remove_dir(&blocker).unwrap();
+        assert_eq!(outbox.add("b", "a", "r:a:kept", feedback(0.5)).unwrap(), seq + 1);
+        drop(outbox);
+        let outbox = Outbox::open(&dir).unwrap();
+        let pending: Vec<String> = outbox.pending().into_iter().map(|f| f.decision_id).collect();
+        assert_eq!(pending, ["r:a:kept"]);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -1430,7 +1430,7 @@ fn ask_stream_usage(request: &mut Value, client_options: Option<&Value>, ask: bo
     };
     match (client_options, ask) {
         (None, false) => {
-            body.remove("stream_options");
+            body.shift_remove("stream_options");
         }
         (Some(options), false) => {
             body.insert("stream_options".into(), options.clone());
@@ -1610,7 +1610,9 @@ impl Drop for StreamOutcome {
             health.record(&route, &key, failed, None, (started, Instant::now()));
         }
         if tally.refused && !failed {
-            // As a refusal before the stream: the request's fault, not the model's.
+            // As a refusal before the stream: the request's fault, not the model's. Its
+            // call is over all the same: the spend caps stop counting it.
+            self.state.router.end_call(&self.decision_id);
             tracing::info!(
                 decision = %self.decision_id,
                 model = %self.model.id,
@@ -1629,7 +1631,7 @@ impl Drop for StreamOutcome {
 /// The event that ends a stream the upstream broke off: OpenAI's SDKs raise an error on
 /// an event whose data is an `error` object.
 fn error_event(message: &str) -> Bytes {
-    let error = serde_json::json!({"error": {"message": message, "type": "upstream_error", "code": "502"}});
+    let error = serde_json::json!({"error": {"message": message, "type": "upstream_error", "param": null, "code": "502"}});
     Bytes::from(format!("data: {error}\n\n"))
 }
 

@@ -1864,8 +1864,9 @@ impl Router {
         })
     }
 
-    /// What a shared route's learner starts from, as a digest of it: its models and their
-    /// prices, its policy and parameters, its budget and priors. A replica's record is its start plus what it learned, so
+    /// What a shared route's learner starts from, as a digest of the whole starting learner:
+    /// its models (prices, context windows, tags), policy and parameters, seed, weights,
+    /// budget, feedback horizon and priors. A replica's record is its start plus what it learned, so
     /// replicas fold in each other's learning only from the same start.
     pub fn starting_point(&self, route: &str) -> Result<String> {
         use sha2::{Digest, Sha256};

@@ -265,7 +265,15 @@ mod tests {
         let r = estimate(&Dm, &x, 200, 1);
         assert_eq!(r.value, value(&Dm, &x));
         assert_eq!((r.ci95_analytic, r.ci95_bootstrap), (None, None));
-        assert!(r.std_error > 0.0);
+        // Its standard error is still the rows' own, s / sqrt(n) of the terms.
+        let n = x.dm.len() as f64;
+        let mean = x.dm.iter().sum::<f64>() / n;
+        let variance = x.dm.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        assert!(
+            (r.std_error - (variance / n).sqrt()).abs() < 1e-12,
+            "{}",
+            r.std_error
+        );
     }
 
     /// The bootstrap interval of a plain mean against its closed form, `mean +- 1.96 s /
