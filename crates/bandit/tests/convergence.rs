@@ -108,11 +108,11 @@ fn forgetting_variants_recover_after_the_best_arm_changes_and_stationary_ones_do
     }
 }
 
-/// Three arms whose quality rises with cost; the budget binds between the two dearest,
-/// so the pacer must mix them. Dual descent bounds the overspend by
-/// `target * lambda_T / (eta * T)`, far below 5% at T = 20,000.
+/// Three arms whose quality rises with cost; the budget binds between two of them, so the
+/// pacer must mix them. Dual descent bounds the overspend by `target * lambda_T / (eta *
+/// T)`, far below the 2% the budget is held to at T = 20,000.
 #[test]
-fn budget_pacing_keeps_average_spend_within_five_percent_of_target() {
+fn budget_pacing_keeps_average_spend_within_two_percent_of_target_on_the_hull() {
     let qualities = [0.6, 0.75, 0.9];
     let costs = [0.001, 0.004, 0.01];
     for (spec, target) in [("ucb1", 0.006), ("beta-ts", 0.003), ("linucb(alpha=1)", 0.005)] {
@@ -125,7 +125,7 @@ fn budget_pacing_keeps_average_spend_within_five_percent_of_target() {
         let mut l = Learner::new(config, arms).expect("learner");
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(9);
         let steps = 20_000;
-        let mut spend = 0.0;
+        let (mut spend, mut earned) = (0.0, 0.0);
         for _ in 0..steps {
             let d = l
                 .decide(&Request::new(Context {
@@ -142,13 +142,25 @@ fn budget_pacing_keeps_average_spend_within_five_percent_of_target() {
                 0.0
             };
             spend += cost;
+            earned += quality;
             l.record_outcome(d.id, &Outcome::new(50.0, cost).with_quality(quality))
                 .expect("outcome");
         }
         let mean = spend / steps as f64;
         assert!(
-            (mean / target - 1.0).abs() < 0.05,
+            (mean / target - 1.0).abs() < 0.02,
             "{spec}: mean spend {mean} vs target {target}"
+        );
+        // Spent on the hull's two models, not on any mix: quality reaches the hull at the
+        // target (the chord between the two dearest, or the two cheapest for 0.003) less
+        // 0.02, three standard errors of a mean of 20,000 outcomes (0.0085) and a point
+        // of exploration.
+        let points: Vec<(f64, f64)> = costs.into_iter().zip(qualities).collect();
+        let hull = quiver_bandit::hull::frontier_quality_at(&quiver_bandit::hull::frontier(&points), target);
+        let quality = earned / steps as f64;
+        assert!(
+            quality > hull - 0.02,
+            "{spec}: quality {quality} vs the hull's {hull}"
         );
     }
 }
