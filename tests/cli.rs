@@ -298,7 +298,7 @@ fn replay_out_writes_summary_curves_and_plots() {
     let dir = scratch("replay_out");
     let data = wide_fixture(&dir);
     let out = dir.join("out");
-    stdout(&quiver(&[
+    let answer = stdout(&quiver(&[
         "replay",
         "--data",
         data.to_str().unwrap(),
@@ -306,10 +306,41 @@ fn replay_out_writes_summary_curves_and_plots() {
         "ucb1,random",
         "--seeds",
         "2",
+        "--json",
         "--out",
         out.to_str().unwrap(),
     ]));
-    for file in ["summary.json", "curves.parquet", "frontier.svg", "regret.svg"] {
+    // The summary is the run's own answer.
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        summary,
+        serde_json::from_str::<serde_json::Value>(&answer).unwrap()
+    );
+    // The curves end where the summary does: each policy's last checkpoint, averaged over
+    // its two seeds, is its mean quality.
+    use polars::prelude::{ChunkAgg, ParquetReader, SerReader};
+    let curves = ParquetReader::new(std::fs::File::open(out.join("curves.parquet")).unwrap());
+    let curves = curves.finish().unwrap();
+    let text = |name: &str| curves.column(name).unwrap().str().unwrap().clone();
+    let (policies, feedback) = (text("policy"), text("feedback"));
+    let steps = curves.column("step").unwrap().u64().unwrap().clone();
+    let seeds = curves.column("seed").unwrap().u64().unwrap().clone();
+    let quality = curves.column("mean_quality").unwrap().f64().unwrap().clone();
+    let last_step = steps.max().unwrap();
+    for policy in summary["policies"].as_array().unwrap() {
+        let name = policy["policy"].as_str().unwrap();
+        let ends: Vec<(u64, f64)> = (0..curves.height())
+            .filter(|&i| policies.get(i) == Some(name) && feedback.get(i) == Some("bandit"))
+            .filter(|&i| steps.get(i) == Some(last_step))
+            .map(|i| (seeds.get(i).unwrap(), quality.get(i).unwrap()))
+            .collect();
+        assert_eq!(ends.len(), 2, "{name}: {ends:?}");
+        let mean = ends.iter().map(|(_, q)| q).sum::<f64>() / 2.0;
+        let reported = policy["mean_quality"].as_f64().unwrap();
+        assert!((mean - reported).abs() < 1e-9, "{name}: {mean} vs {reported}");
+    }
+    for file in ["frontier.svg", "regret.svg"] {
         let meta = std::fs::metadata(out.join(file)).unwrap_or_else(|_| panic!("{file} missing"));
         assert!(meta.len() > 100, "{file} is empty");
     }
