@@ -1,4 +1,6 @@
-//! The `quiver` command line: glue between the flags and the simulator.
+//! The `quiver` command line: glue between the flags and the library crates (the
+//! simulator for replay, ope, data, priors and suite; the server for serve; the log for
+//! log).
 //!
 //! Each subcommand parses its flags (clap), validates them into the simulator's typed
 //! settings, runs, and prints. Errors carry the library's messages (file, row, column).

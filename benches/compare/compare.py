@@ -343,7 +343,9 @@ def wrk(url, body, args, headers=(), connections=None, think_ms=0):
     script.write_text("\n".join(lines) + "\n")
     connections = connections or args.connections
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{args.seconds}s", "--latency", "-s", str(script), url],
+        # wrk needs a connection per thread.
+        ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{args.seconds}s", "--latency", "-s",
+         str(script), url],
         check=True, capture_output=True, text=True,
     ).stdout
     unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -460,27 +462,36 @@ def section_proxy(args):
     litellm_label = f"litellm {pinned} proxy"
     try:
         for scenario in ["one model", "cache hit", "three deployments"]:
-            print(f"# proxies in front of one local upstream, {scenario}: wrk, {args.connections} "
-                  f"connections, {args.seconds}s per run, runs alternated")
+            print(f"# proxies in front of one local upstream, {scenario}: wrk, {args.seconds}s per "
+                  f"run, runs alternated; latency at one connection (what a request adds, not "
+                  f"queueing), throughput at {args.connections}")
             subprocess.run(["rm", "-rf", str(log_dir)], check=True)
             quiver_text, litellm_text = proxy_configs(up_port, q_port, log_dir, scenario)
             config.write_text(quiver_text)
             litellm_config.write_text(litellm_text)
             quiver = start([args.quiver, "serve", "--config", str(config)], q_port)
             litellm_log = open(OUT / "litellm.log", "a")
+            # A worker per core, as Quiver's server has a thread per core.
             litellm = start([args.litellm, "--config", str(litellm_config), "--port", str(l_port),
-                             "--num_workers", "1"], l_port, env={"LITELLM_LOCAL_MODEL_COST_MAP": "True"},
-                            log=litellm_log)
-            runs = {"direct": [], "quiver": [], "litellm": []}
+                             "--num_workers", str(os.cpu_count() or 1)], l_port,
+                            env={"LITELLM_LOCAL_MODEL_COST_MAP": "True"}, log=litellm_log)
+            targets = {
+                "direct": (f"http://127.0.0.1:{up_port}{url}", ()),
+                "quiver": (f"http://127.0.0.1:{q_port}{url}", ()),
+                "litellm": (f"http://127.0.0.1:{l_port}{url}", [("Authorization", "Bearer sk-local")]),
+            }
+            # At one connection a request waits for no other: its latency is what each hop
+            # adds. At saturation it is mostly queueing, connections / throughput.
+            runs = {side: [] for side in targets}
+            loaded = {side: [] for side in targets}
             for _ in range(args.reps):
-                runs["direct"].append(wrk(f"http://127.0.0.1:{up_port}{url}", body, args))
-                runs["quiver"].append(wrk(f"http://127.0.0.1:{q_port}{url}", body, args))
-                runs["litellm"].append(wrk(f"http://127.0.0.1:{l_port}{url}", body, args,
-                                           headers=[("Authorization", "Bearer sk-local")]))
+                for side, (target, headers) in targets.items():
+                    runs[side].append(wrk(target, body, args, headers=headers, connections=1))
+                    loaded[side].append(wrk(target, body, args, headers=headers))
             direct = {p: min(r[p] for r in runs["direct"]) for p in ("p50", "p99")}
             for p in ("p50", "p99"):
                 added = {side: min(r[p] for r in runs[side]) - direct[p] for side in ("quiver", "litellm")}
-                name = f"proxy added latency {p}, {scenario} (c={args.connections})"
+                name = f"proxy added latency {p}, {scenario} (c=1)"
                 totals = (f"direct {direct[p]:.3f} ms; each run's total, ms: "
                           + "; ".join(f"{side} " + "/".join(f"{r[p]:.3g}" for r in runs[side]) for side in runs))
                 if added["quiver"] <= 0:
@@ -493,7 +504,7 @@ def section_proxy(args):
                 report(name, litellm_label, added["litellm"], added["quiver"], "ms", higher_is_better=False,
                        note=totals)
             report(f"proxy throughput, {scenario} (c={args.connections})", litellm_label,
-                   max(r["rps"] for r in runs["litellm"]), max(r["rps"] for r in runs["quiver"]), "req/s")
+                   max(r["rps"] for r in loaded["litellm"]), max(r["rps"] for r in loaded["quiver"]), "req/s")
             stop(litellm)
             if scenario == "one model":
                 route_load(q_port, "fsynced log", args, probe_disk=True)

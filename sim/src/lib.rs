@@ -4,7 +4,7 @@
 //!
 //! - [`data`] loads datasets with polars (CSV, Parquet, JSON lines; a file, a directory or
 //!   a glob) in the two shapes: wide (full information) and logged (bandit feedback), with
-//!   readers for RouterBench, RouteLLM and the Open Bandit Dataset.
+//!   readers for RouterBench, RouteLLM, RouterArena and the Open Bandit Dataset.
 //! - [`replay`] replays `quiver-bandit` policies on wide data under bandit feedback, seeds
 //!   in parallel, with scenario knobs (feedback delay and loss, drift, a latency model).
 //! - [`ope`] estimates a candidate policy's value, quality and cost on a log with replay,

@@ -15,9 +15,11 @@
 //! and what is learned, whatever the provider.
 //!
 //! The HTTP server ([`app::build_app`], run by [`server::run`]) exposes the router:
-//! `/v1/route`, the OpenAI-compatible `/v1/chat/completions` proxy with fallback and
-//! streaming and `/v1/models`, `/v1/feedback`, `/v1/outcome`, `/v1/routes/{name}`,
-//! `/metrics`, `/healthz` and `/openapi.json`, behind bearer tokens and body and time
+//! `/v1/route`; the OpenAI-compatible `/v1/chat/completions` and `/v1/completions` proxy
+//! with fallback and streaming, `/v1/embeddings` passed through, `/v1/models`;
+//! `/v1/feedback` and `/v1/outcome`; each route's state, snapshot, candidates, canary and
+//! recent decisions under `/v1/routes/{name}`; the `/ui` dashboard, `/metrics`, `/healthz`
+//! and `/openapi.json` (every path in `app.rs`), behind bearer tokens and body and time
 //! limits.
 
 mod api_error;

@@ -3,8 +3,9 @@
 //! Posterior of arm `a`: `Beta(alpha0 + S_a, beta0 + n_a - S_a)` with `S_a` the (possibly
 //! discounted) sum of quality and `n_a` the count. A fractional quality `q` in [0, 1] counts
 //! as `q` successes and `1 - q` failures, the usual extension beyond 0/1 rewards.
-//! Score: one posterior sample minus the penalty. PMF: Monte Carlo, estimated; with
-//! `draws=0`, exact by quadrature ([`crate::pmf::beta_argmax_pmf`]).
+//! Score: one posterior sample minus the penalty. PMF: exact by quadrature with `draws=0`
+//! ([`crate::pmf::beta_argmax_pmf`]; the default, unless a prior parameter is below 1); a
+//! Monte Carlo estimate from `draws` samples otherwise.
 
 use rand_distr::{Beta, Distribution};
 use serde::{Deserialize, Serialize};

@@ -3,7 +3,8 @@
 //! Arm `a`'s mean quality has prior `N(mu0, sigma0^2)`; observations are `N(mean, noise^2)`.
 //! Posterior precision `tau_a = 1/sigma0^2 + n_a/noise^2`, mean
 //! `m_a = (mu0/sigma0^2 + S_a/noise^2) / tau_a`, with `n_a`, `S_a` the (possibly discounted)
-//! count and sum. Score: `m_a + z / sqrt(tau_a) - penalty_a`. PMF: Monte Carlo, estimated.
+//! count and sum. Score: `m_a + z / sqrt(tau_a) - penalty_a`. PMF: exact by quadrature
+//! with `draws=0` (the default); a Monte Carlo estimate from `draws` samples otherwise.
 //! The default prior mean 1 is optimistic, so new arms are tried early.
 
 use serde::{Deserialize, Serialize};
