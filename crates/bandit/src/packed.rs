@@ -125,7 +125,7 @@ fn with_buffer<R>(x: &[f64], len: usize, f: impl FnOnce(&mut [f64]) -> R) -> R {
     }
 }
 
-/// Symmetric `dim x dim` matrix; row `i` holds `C[i][i..dim]`, and [`PADDING`] zeros
+/// Symmetric `dim x dim` matrix; row `i` holds `C[i][i..dim]`, and `PADDING` zeros
 /// follow the last row (they are not serialized).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "Packed")]

@@ -1,5 +1,5 @@
-//! The HTTP API: `build_app(state)` assembles the endpoint groups ([`crate::decisions`],
-//! [`crate::proxy`], [`crate::status`]) behind their tokens ([`crate::auth`]), the request
+//! The HTTP API: `build_app(state)` assembles the endpoint groups (`crate::decisions`,
+//! [`crate::proxy`], `crate::status`) behind their tokens (`crate::auth`), the request
 //! limits, the access log and the request timer. Nothing else lives here.
 
 use std::sync::Arc;

@@ -36,7 +36,7 @@
 //! Keys, under `key_prefix` (`quiver` by default): `<prefix>:<route>:versions`, a hash
 //! from replica to the version of its record; `<prefix>:<route>:learned:<replica>`, the
 //! record: MessagePack of [`SharedLearning`]; `<prefix>:inbox:<replica>`, a list of
-//! forwarded feedback and outcomes (JSON of [`Forward`]); `<prefix>:confirmed:<replica>`,
+//! forwarded feedback and outcomes (JSON of `Forward`); `<prefix>:confirmed:<replica>`,
 //! the set of that replica's forwards applied. When Redis cannot be reached the replicas
 //! serve and learn alone, `/healthz` and `quiver_cluster_redis_up` say so, and the next
 //! sync that reaches it publishes, folds in and delivers everything since.

@@ -57,7 +57,7 @@ impl AppState {
     /// block and the embedding comes in time (see [`Embedders::embed`]); the models that
     /// cannot take the call: their circuit is open or, for a call the proxy makes (`call`:
     /// the tags it requires and the prompt's estimated tokens), none of their deployments
-    /// can take it (see [`Deployments`]); and who asked ([`crate::auth::caller`]). Beside
+    /// can take it (see [`Deployments`]); and who asked (`crate::auth::caller`). Beside
     /// it, the prompt's embedding as its source gave it, for the semantic cache.
     pub async fn observe(
         &self,

@@ -739,7 +739,7 @@ pub(crate) fn combine_logged(
 /// A decision log read a chunk at a time, in log order, for logs larger than memory:
 /// each file in tables of at most `chunk_rows` rows ([`read_chunks`]), each table's
 /// decision rows completed by their later records. Opening it reads the log once for its
-/// arms, its number of decisions and every decision's later records ([`Updates`]); each
+/// arms, its number of decisions and every decision's later records (`Updates`); each
 /// [`LogStream::for_each_chunk`] reads it again. What stays in memory is one table and
 /// those records: nothing for a log of one row per decision, 60 to 120 bytes per decision
 /// for a server's log with its outcome and feedback records.

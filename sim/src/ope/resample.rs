@@ -251,7 +251,7 @@ impl Kernel {
 /// The count-weighted sums of `columns` (equal lengths) for `resamples` Poisson-bootstrap
 /// resamples: resample `b` weighs row `i` by `c_bi ~ Poisson(1)` (Hanley & MacGibbon 2006;
 /// Chamandy et al. 2012), which matches the multinomial bootstrap to O(1/n) and streams
-/// the rows instead of gathering them. Runs in parallel over groups of [`LANES`]; the result
+/// the rows instead of gathering them. Runs in parallel over groups of `LANES`; the result
 /// is the same for any thread count and any supported `kernel`.
 pub fn poisson_sums<const N: usize>(
     columns: [&[f64]; N],
