@@ -166,6 +166,15 @@ fn assert_logged<const N: usize>(dir: &Path, response: &reqwest::Response, event
     assert_eq!(logged, events, "{id}");
 }
 
+/// In the log under `dir`: the child decisions (escalations called), and the qualities of
+/// 0 (first answers that failed a cascade's check).
+fn escalations_logged(dir: &Path) -> (usize, usize) {
+    let records = quiver_serve::log::read_log(&dir.join("log")).unwrap();
+    let children = records.iter().filter(|r| r.parent_decision_id.is_some()).count();
+    let failed_answers = records.iter().filter(|r| r.quality == Some(0.0)).count();
+    (children, failed_answers)
+}
+
 /// An upstream that streams as providers may: the model it is asked for says how. `late`
 /// sends a keep-alive comment at once and its first event after 1.5 s; `json` answers a
 /// stream with a JSON completion; `erring` sends an error event, then `[DONE]`; `cut`
@@ -743,10 +752,8 @@ async fn an_escalation_no_deployment_can_take_is_not_logged() {
         ("cheap".to_string(), None),
         "the deployment's one call a minute is spent"
     );
-    let records = quiver_serve::log::read_log(&dir.join("log")).unwrap();
-    let children = records.iter().filter(|r| r.parent_decision_id.is_some()).count();
+    let (children, failed_answers) = escalations_logged(&dir);
     assert_eq!(children, 1, "one escalation called, one not");
-    let failed_answers = records.iter().filter(|r| r.quality == Some(0.0)).count();
     assert_eq!(failed_answers, 2, "both first answers failed the check");
     let metrics = get_text(&client, format!("{base}/metrics"), "").await;
     assert_eq!(sample(&metrics, "quiver_cascade_escalations_total", &[]), 1.0);
@@ -833,10 +840,8 @@ async fn an_escalation_keeps_to_the_spend_caps_and_claims_no_saving() {
             "{route}: not escalated"
         );
     }
-    let records = quiver_serve::log::read_log(&dir.join("log")).unwrap();
-    let children = records.iter().filter(|r| r.parent_decision_id.is_some()).count();
+    let (children, failed_answers) = escalations_logged(&dir);
     assert_eq!(children, 2, "one escalation a route");
-    let failed_answers = records.iter().filter(|r| r.quality == Some(0.0)).count();
     assert_eq!(failed_answers, 4, "every first answer failed the check");
     // The answer served after a refused escalation was not kept: its repeat asks the
     // route, which is at its cap; the escalated answer was kept, and is served.

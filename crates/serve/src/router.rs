@@ -2097,13 +2097,11 @@ impl Router {
             live.spend_cap_refusals += 1;
             return Err(ServeError::SpendCap { message, retry_after });
         }
-        for allowance in allowances {
-            if let Allowance::Downgraded(why) = allowance {
-                for model in spend::dearer_half(&state.config.models) {
-                    unavailable
-                        .entry(model.to_string())
-                        .or_insert_with(|| why.clone());
-                }
+        if let Some(why) = spend::downgrade(&allowances) {
+            for model in spend::dearer_half(&state.config.models) {
+                unavailable
+                    .entry(model.to_string())
+                    .or_insert_with(|| why.to_string());
             }
         }
         let context = state.context(&prompt, &request.features, embedding.as_deref())?;
@@ -2240,11 +2238,9 @@ impl Router {
             // first call's cost in, as a new decision would be.
             let allowances = state.allowances(&live, route, caller.as_deref(), SystemTime::now());
             let downgraded = || {
+                let why = spend::downgrade(&allowances)?;
                 let dearer = spend::dearer_half(&state.config.models).contains(&model);
-                allowances.iter().find_map(|a| match a {
-                    Allowance::Downgraded(why) if dearer => Some((why.clone(), spend::UNDER_WAY_RETRY)),
-                    _ => None,
-                })
+                dearer.then(|| (why.to_string(), spend::UNDER_WAY_RETRY))
             };
             if let Some((why, retry_after)) = spend::refusal(&allowances).or_else(downgraded) {
                 return Err(ServeError::SpendCap {

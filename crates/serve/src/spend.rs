@@ -250,6 +250,15 @@ pub fn refusal(allowances: &[Allowance]) -> Option<(String, Duration)> {
     })
 }
 
+/// Why a request that `allowances` let through is downgraded, if a cap is near: the first
+/// such cap's reason. A downgraded request calls none of the route's [`dearer_half`].
+pub fn downgrade(allowances: &[Allowance]) -> Option<&str> {
+    allowances.iter().find_map(|a| match a {
+        Allowance::Downgraded(why) => Some(why.as_str()),
+        _ => None,
+    })
+}
+
 fn until_next_day(now: SystemTime) -> Duration {
     let secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     Duration::from_secs(86_400 - secs % 86_400)
