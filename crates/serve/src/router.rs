@@ -135,6 +135,8 @@ struct RouteState {
     /// where every replica of it starts, the learner of a first start under today's
     /// configuration.
     base: Option<Learner>,
+    /// A digest of `base` ([`Router::starting_point`]), taken once.
+    starting_point: Option<String>,
     live: Mutex<LiveRoute>,
 }
 
@@ -568,6 +570,7 @@ impl RouteState {
             config,
             restored: false,
             base: None,
+            starting_point: None,
         })
     }
 
@@ -1401,8 +1404,10 @@ impl Router {
             }
         }
         if options.replica.is_some() {
-            for state in states.values_mut() {
-                state.base = Some(state.starting_learner(options.feedback_horizon)?);
+            for (name, state) in states.iter_mut() {
+                let base = state.starting_learner(options.feedback_horizon)?;
+                state.starting_point = Some(digest_of(&base, name)?);
+                state.base = Some(base);
             }
         }
         Self::read_history(&mut states, dir)?;
@@ -1869,15 +1874,8 @@ impl Router {
     /// budget, feedback horizon and priors. A replica's record is its start plus what it learned, so
     /// replicas fold in each other's learning only from the same start.
     pub fn starting_point(&self, route: &str) -> Result<String> {
-        use sha2::{Digest, Sha256};
-        let base = self
-            .state(route)?
-            .base
-            .as_ref()
-            .ok_or_else(|| not_shared(route))?;
-        let bytes = rmp_serde::to_vec(base)
-            .map_err(|e| ServeError::Config(format!("route `{route}`'s starting learner: {e}")))?;
-        Ok(crate::auth::hex(&Sha256::digest(bytes)))
+        let state = self.state(route)?;
+        state.starting_point.clone().ok_or_else(|| not_shared(route))
     }
 
     /// Folds in what another replica of a shared route has learned by itself and spent
@@ -2583,6 +2581,14 @@ impl CapturedSnapshot {
         *written = last_seq;
         Ok(())
     }
+}
+
+/// The SHA-256 of route `route`'s starting learner `base`, in hex.
+fn digest_of(base: &Learner, route: &str) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let bytes = rmp_serde::to_vec(base)
+        .map_err(|e| ServeError::Config(format!("route `{route}`'s starting learner: {e}")))?;
+    Ok(crate::auth::hex(&Sha256::digest(bytes)))
 }
 
 fn not_shared(route: &str) -> ServeError {
